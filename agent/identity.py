@@ -1,0 +1,135 @@
+"""Who this task is: resolved from the configuration and the ECS task metadata, as tags.
+
+Resolved once at start and again on every metadata poll. Pure functions over the `/task` JSON.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from agent.config import Config, hostname
+from agent.model import Tags
+
+PAUSE_CONTAINER = "~internal~ecs~pause"
+
+
+def split_image(image: str) -> tuple[str, str]:
+    """`example.com:5000/team/app:1.2` -> (`example.com:5000/team/app`, `1.2`); no tag -> `latest`."""
+    image = image.split("@", 1)[0]  # a digest is not a tag
+    slash = image.rfind("/")
+    colon = image.rfind(":")
+    if colon > slash:
+        return image[:colon], image[colon + 1:] or "latest"
+    return image, "latest"
+
+
+def is_workload(container: Mapping[str, Any]) -> bool:
+    """The pause container (and any CNI_PAUSE) only holds the network: not a workload."""
+    return container.get("Name") != PAUSE_CONTAINER and container.get("Type", "NORMAL") != "CNI_PAUSE"
+
+
+def container_tags(container: Mapping[str, Any]) -> Tags:
+    repo, tag = split_image(str(container.get("Image") or ""))
+    return (("container_name", str(container.get("Name") or "")), ("image", repo), ("image_tag", tag))
+
+
+@dataclass(frozen=True)
+class Identity:
+    service: str
+    env: str = ""
+    version: str = ""
+    ecs_cluster: str = ""
+    task_family: str = ""
+    task_revision: str = ""
+    task_id: str = ""
+    task_arn: str = ""
+    availability_zone: str = ""
+    region: str = ""
+    launch_type: str = ""
+    extra: Tags = ()
+    # DockerId -> that container's tags, for StatsD origin detection (`|c:<id>`)
+    containers: Mapping[str, Tags] = field(default_factory=dict)
+    local: bool = False
+
+    @property
+    def tags(self) -> Tags:
+        """The tags every exported series carries (empty values left out)."""
+        pairs = [
+            ("service", self.service), ("env", self.env), ("version", self.version),
+            ("ecs_cluster", self.ecs_cluster), ("task_family", self.task_family),
+            ("task_revision", self.task_revision), ("task_id", self.task_id),
+            ("availability_zone", self.availability_zone), ("region", self.region),
+            ("launch_type", self.launch_type),
+        ]
+        base = tuple((k, v) for k, v in pairs if v)
+        # extra tags from configuration add to the identity; they do not replace it
+        keys = {k for k, _ in base}
+        return base + tuple(kv for kv in self.extra if kv[0] not in keys)
+
+    @property
+    def info_tags(self) -> Tags:
+        return self.tags + ((("task_arn", self.task_arn),) if self.task_arn else ())
+
+    def as_dict(self) -> dict[str, Any]:
+        d = dict(self.info_tags)
+        d["local_mode"] = self.local
+        d["containers"] = {docker_id: dict(tags) for docker_id, tags in self.containers.items()}
+        return d
+
+
+def _explicit(config: Config, environ: Mapping[str, str]) -> tuple[str, str, str]:
+    return (
+        config.service or environ.get("DD_SERVICE", ""),
+        config.env or environ.get("DD_ENV", ""),
+        config.version or environ.get("DD_VERSION", ""),
+    )
+
+
+def local_identity(config: Config, environ: Mapping[str, str] | None = None) -> Identity:
+    environ = os.environ if environ is None else environ
+    service, env, version = _explicit(config, environ)
+    return Identity(service=service or hostname(), env=env, version=version, extra=config.tags, local=True)
+
+
+def task_identity(config: Config, task: Mapping[str, Any], environ: Mapping[str, str] | None = None) -> Identity:
+    """Identity from a `/task` response. Raises ValueError when the document is not a task."""
+    environ = os.environ if environ is None else environ
+    if not isinstance(task, Mapping) or not isinstance(task.get("TaskARN"), str):
+        raise ValueError("task metadata has no TaskARN")
+    arn = task["TaskARN"]
+    arn_fields = arn.split(":")
+    region = arn_fields[3] if len(arn_fields) > 5 else ""
+    group = str(task.get("Group") or "")
+    family = str(task.get("Family") or "")
+    service, env, version = _explicit(config, environ)
+    service = (
+        service
+        or str(task.get("ServiceName") or "")
+        or (group.removeprefix("service:") if group.startswith("service:") else "")
+        or family
+        or hostname()
+    )
+    containers = task.get("Containers") or []
+    by_id = {
+        str(c["DockerId"]): container_tags(c)
+        for c in containers
+        if isinstance(c, Mapping) and c.get("DockerId") and is_workload(c)
+    }
+    return Identity(
+        service=service,
+        env=env,
+        version=version,
+        ecs_cluster=str(task.get("Cluster") or "").rsplit("/", 1)[-1],
+        task_family=family,
+        task_revision=str(task.get("Revision") or ""),
+        task_id=arn.rsplit("/", 1)[-1],
+        task_arn=arn,
+        availability_zone=str(task.get("AvailabilityZone") or ""),
+        region=region,
+        launch_type=str(task.get("LaunchType") or "").upper(),
+        extra=config.tags,
+        containers=by_id,
+    )

@@ -1,0 +1,1 @@
+"""Integrations: queue brokers and profilers, each imported only when configured."""

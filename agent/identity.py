@@ -94,6 +94,15 @@ def local_identity(config: Config, environ: Mapping[str, str] | None = None) -> 
     return Identity(service=service or hostname(), env=env, version=version, extra=config.tags, local=True)
 
 
+def _cluster_name(task: Mapping[str, Any], arn: str) -> str:
+    """`Cluster` may be a name or an ARN; without it, the new-style task ARN `task/<cluster>/<id>` has it."""
+    cluster = str(task.get("Cluster") or "")
+    if cluster:
+        return cluster.rsplit("/", 1)[-1]
+    parts = arn.split(":", 5)[-1].split("/")
+    return parts[1] if len(parts) == 3 else ""
+
+
 def task_identity(config: Config, task: Mapping[str, Any], environ: Mapping[str, str] | None = None) -> Identity:
     """Identity from a `/task` response. Raises ValueError when the document is not a task."""
     environ = os.environ if environ is None else environ
@@ -122,7 +131,7 @@ def task_identity(config: Config, task: Mapping[str, Any], environ: Mapping[str,
         service=service,
         env=env,
         version=version,
-        ecs_cluster=str(task.get("Cluster") or "").rsplit("/", 1)[-1],
+        ecs_cluster=_cluster_name(task, arn),
         task_family=family,
         task_revision=str(task.get("Revision") or ""),
         task_id=arn.rsplit("/", 1)[-1],

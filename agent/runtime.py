@@ -1,0 +1,195 @@
+"""Builds the components the configuration names and runs them until SIGTERM/SIGINT.
+
+Sources (ECS or local, StatsD, queues, profiler) feed the hub; sinks (Prometheus, Datadog, DogStatsD
+forwarding) export. Shutdown has two phases so that nothing collected is lost: first the sources stop
+and flush their last (partial) interval into the hub, then the sinks flush to their back ends, all
+within `shutdown_timeout`. What is still running then is cancelled and logged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from aiohttp import web
+
+from agent import http
+from agent.config import Config
+from agent.hub import Component, Hub, Sink
+from agent.identity import Identity, local_identity
+from agent.logs import RateLimitedLog
+from agent.selfmetrics import SelfMetrics
+from agent.sinks.prometheus import PrometheusSink
+
+log = logging.getLogger("tasklens")
+
+
+class Runtime:
+    def __init__(self, config: Config, environ: Mapping[str, str] | None = None) -> None:
+        from agent.sources.ecs import metadata_base_url
+
+        self.config = config
+        self.environ = os.environ if environ is None else environ
+        self.metadata_url = metadata_base_url(self.environ)
+        identity = local_identity(config, self.environ)
+        if self.metadata_url:
+            # until the first poll answers, only what the configuration says is known
+            identity = Identity(service=identity.service, env=identity.env, version=identity.version,
+                                extra=config.tags)
+        self.metrics = SelfMetrics()
+        self.hub = Hub(identity, self.metrics)
+        self.prometheus = PrometheusSink(self.metrics, pull=self.hub.pull, ttl=config.prometheus_ttl,
+                                         buckets=config.histogram_buckets)
+        self.sources: list[Component] = []
+        self.sinks: list[Sink] = [self.prometheus]
+        self.http_addresses: list[tuple[str, int]] = []
+        self._runner: web.AppRunner | None = None
+        self._log = RateLimitedLog(log, interval=60.0)
+
+    # -- assembly: each component is imported only when the configuration names it -------------
+
+    async def build(self) -> None:
+        config, hub = self.config, self.hub
+        if self.metadata_url:
+            from agent.sources.ecs import EcsSource
+
+            self.sources.append(EcsSource(config, hub, self.metadata_url))
+        else:
+            from agent.sources.local import LocalSource
+
+            log.info("ECS_CONTAINER_METADATA_URI_V4 is not set: not on ECS, running in local mode")
+            self.sources.append(LocalSource(config, hub))
+        if config.statsd_enabled:
+            from agent.statsd.server import StatsdServer
+
+            statsd = StatsdServer(config, hub)
+            await statsd.start()
+            self.sources.append(statsd)
+        for url in config.queues:
+            from integrations.queues.source import QueueSource
+
+            self.sources.append(QueueSource(config, hub, url))
+        if config.profiling_enabled:
+            from integrations.profilers.pyspy import PySpyProfiler
+
+            self.sources.append(PySpyProfiler(config, hub))
+        if config.datadog_enabled:
+            from agent.sinks.datadog import DatadogSink
+
+            self.sinks.append(DatadogSink(config, hub))
+        if config.dogstatsd_forward:
+            from agent.sinks.dogstatsd_forward import DogStatsdForwarder
+
+            self.sinks.append(DogStatsdForwarder(config, hub))
+        for sink in self.sinks:
+            if sink is not self.prometheus:
+                hub.add_sink(sink)
+        hub.add_sink(self.prometheus)
+
+    def ready(self) -> bool:
+        first = self.sources[0] if self.sources else None
+        return bool(getattr(first, "ready", True))
+
+    def status(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for component in [*self.sources, *self.sinks]:
+            status = getattr(component, "status", None)
+            out[component.name] = status() if callable(status) else {}
+        return out
+
+    async def start_http(self) -> None:
+        app = http.make_app(self.hub, self.prometheus, self.ready, self.status)
+        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await self._runner.setup()
+        host, port = self.config.http_addr
+        site = web.TCPSite(self._runner, host, port, reuse_address=True)
+        await site.start()
+        server = site._server
+        sockets = getattr(server, "sockets", None) or []
+        self.http_addresses = [s.getsockname()[:2] for s in sockets]
+        log.info("HTTP on %s (/metrics, /health, /ready, /status)",
+                 ", ".join(f"{h}:{p}" for h, p in self.http_addresses))
+
+    # -- running -------------------------------------------------------------------------------
+
+    async def _supervise(self, component: Component, stop: asyncio.Event) -> None:
+        """Run a component; if it crashes, count it, log it and restart it: one part never stops the rest."""
+        delay = 1.0
+        while True:
+            started = time.monotonic()
+            try:
+                await component.run(stop)
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                self.metrics.inc("tasklens.component.crashes", component=component.name)
+                self._log.error(f"crash:{component.name}", "component %s failed: %r; restarting",
+                                component.name, exc)
+                if stop.is_set():
+                    return
+                delay = 1.0 if time.monotonic() - started > 60 else min(delay * 2, 30.0)
+                try:
+                    await asyncio.wait_for(stop.wait(), timeout=delay)
+                    return
+                except TimeoutError:
+                    pass
+
+    async def serve(self, shutdown: asyncio.Event | None = None) -> int:
+        shutdown = shutdown or asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                loop.add_signal_handler(sig, shutdown.set)
+            except (NotImplementedError, RuntimeError):  # not the main thread (tests)
+                pass
+        await self.build()
+        await self.start_http()
+        stop_sources, stop_sinks = asyncio.Event(), asyncio.Event()
+        source_tasks = [asyncio.create_task(self._supervise(c, stop_sources), name=c.name) for c in self.sources]
+        sink_tasks = [asyncio.create_task(self._supervise(s, stop_sinks), name=s.name) for s in self.sinks]
+        await shutdown.wait()
+
+        deadline = loop.time() + self.config.shutdown_timeout
+        log.info("stopping: flushing within %.0f s", self.config.shutdown_timeout)
+        stop_sources.set()
+        await self._drain(source_tasks, deadline - loop.time() - min(5.0, self.config.shutdown_timeout / 4))
+        stop_sinks.set()
+        await self._drain(sink_tasks, deadline - loop.time())
+        if self._runner is not None:
+            await self._runner.cleanup()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                loop.remove_signal_handler(sig)
+            except (NotImplementedError, RuntimeError):
+                pass
+        log.info("stopped")
+        return 0
+
+    async def _drain(self, tasks: list[asyncio.Task[None]], timeout: float) -> None:
+        if not tasks:
+            return
+        done, pending = await asyncio.wait(tasks, timeout=max(timeout, 0.1))
+        for task in pending:
+            log.warning("component %s did not finish in time; cancelled", task.get_name())
+            task.cancel()
+        if pending:
+            await asyncio.wait(pending, timeout=1.0)
+
+
+def run(config: Config) -> int:
+    """Entry point of `tasklens run`: uvloop when installed, the stock loop otherwise."""
+    runtime = Runtime(config)
+    try:
+        import uvloop
+
+        loop_factory = uvloop.new_event_loop
+    except ImportError:
+        loop_factory = None
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        return runner.run(runtime.serve())

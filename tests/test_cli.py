@@ -1,0 +1,121 @@
+"""The sidecar as users run it: `tasklens run`, `check`, `health`, and its lifecycle."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import time
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.conftest import FIXTURES, TASKLENS, clean_env, free_port, http_get, wait_until
+
+
+def families(text: str) -> dict:
+    return {f.name: f for f in text_string_to_metric_families(text)}
+
+
+def test_local_mode_serves_every_endpoint_and_stops_cleanly(sidecar_factory) -> None:
+    sidecar = sidecar_factory(TASKLENS_SERVICE="laptop-worker", TASKLENS_TAGS="team:core")
+    sidecar.wait_ready()
+    assert sidecar.get("/ready")[0] == 200  # local mode is ready at once
+    status, body = sidecar.get("/status")
+    doc = json.loads(body)
+    assert status == 200 and doc["identity"]["service"] == "laptop-worker" and doc["identity"]["local_mode"] is True
+    _, text = sidecar.get("/metrics")
+    info = families(text)["ecs_task_info"].samples[0]
+    assert info.value == 1 and info.labels["service"] == "laptop-worker" and info.labels["team"] == "core"
+    assert sidecar.stop() == 0
+    assert sidecar.log.count("local mode") == 1
+
+
+def test_openmetrics_when_asked(sidecar_factory) -> None:
+    import urllib.request
+
+    sidecar = sidecar_factory()
+    sidecar.wait_ready()
+    req = urllib.request.Request(sidecar.url + "/metrics", headers={"Accept": "application/openmetrics-text; version=1.0.0"})
+    with urllib.request.urlopen(req) as r:
+        assert r.headers["Content-Type"].startswith("application/openmetrics-text")
+        assert r.read().decode().rstrip().endswith("# EOF")
+    assert sidecar.stop() == 0
+
+
+def test_sigint_also_stops_cleanly(sidecar_factory) -> None:
+    sidecar = sidecar_factory()
+    sidecar.wait_ready()
+    sidecar.proc.send_signal(signal.SIGINT)
+    assert sidecar.proc.wait(timeout=30) == 0
+
+
+def test_bad_configuration_stops_startup_with_a_clear_message() -> None:
+    run = subprocess.run([TASKLENS, "run"], env=clean_env(TASKLENS_HTTP_ADDR="localhost"),
+                         capture_output=True, text=True, timeout=30)
+    assert run.returncode == 2
+    assert "TASKLENS_HTTP_ADDR='localhost'" in run.stderr and "host:port" in run.stderr
+
+
+def test_check_prints_configuration_and_identity_masked() -> None:
+    key = "abcdef0123456789abcdef0123456789"
+    run = subprocess.run([TASKLENS, "check"], capture_output=True, text=True, timeout=30,
+                         env=clean_env(TASKLENS_SERVICE="svc", DD_API_KEY=key))
+    assert run.returncode == 0, run.stderr
+    doc = json.loads(run.stdout)
+    assert doc["identity"]["service"] == "svc"
+    assert doc["configuration"]["TASKLENS_HTTP_ADDR"] == "127.0.0.1:9102"
+    assert key not in run.stdout and doc["configuration"]["DD_API_KEY"] == "***6789"
+    bad = subprocess.run([TASKLENS, "check"], capture_output=True, text=True, timeout=30,
+                         env=clean_env(TASKLENS_POLL_INTERVAL="0"))
+    assert bad.returncode == 2 and "TASKLENS_POLL_INTERVAL='0'" in bad.stderr
+
+
+def test_check_resolves_the_ecs_identity(tmp_path) -> None:
+    port = free_port()
+    emulator = subprocess.Popen([TASKLENS, "emulate-ecs", "--addr", f"127.0.0.1:{port}",
+                                 "--task", str(FIXTURES / "task-with-tags.task.json"),
+                                 "--stats", str(FIXTURES / "managed-instances-2025-cgroupv2.stats.json")],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        base = f"http://127.0.0.1:{port}/v4/test"
+        wait_until(lambda: http_get(base + "/task")[0] == 200, what="emulator")
+        run = subprocess.run([TASKLENS, "check"], capture_output=True, text=True, timeout=30,
+                             env=clean_env(ECS_CONTAINER_METADATA_URI_V4=base))
+        assert run.returncode == 0, run.stderr
+        task = json.loads((FIXTURES / "task-with-tags.task.json").read_text())
+        ident = json.loads(run.stdout)["identity"]
+        assert ident["task_arn"] == task["TaskARN"]
+        assert ident["task_id"] == task["TaskARN"].rsplit("/", 1)[-1]
+        assert ident["launch_type"] == "EC2"
+    finally:
+        emulator.terminate()
+        emulator.wait(timeout=10)
+    # and with the endpoint gone: the identity error is reported, non-zero
+    run = subprocess.run([TASKLENS, "check"], capture_output=True, text=True, timeout=30,
+                         env=clean_env(ECS_CONTAINER_METADATA_URI_V4=base, TASKLENS_METADATA_TIMEOUT="1"))
+    assert run.returncode == 1 and "identity_error" in run.stdout
+
+
+def test_health_command(sidecar_factory) -> None:
+    port = free_port()
+    assert subprocess.run([TASKLENS, "health", "--addr", f"127.0.0.1:{port}"], capture_output=True,
+                          timeout=10).returncode == 1
+    sidecar = sidecar_factory()
+    sidecar.wait_ready()
+    ok = subprocess.run([TASKLENS, "health"], env=clean_env(TASKLENS_HTTP_ADDR=f"0.0.0.0:{sidecar.http_port}"),
+                        capture_output=True, timeout=10)
+    assert ok.returncode == 0
+    assert sidecar.stop() == 0
+
+
+def test_port_in_use_is_a_clear_error(sidecar_factory) -> None:
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        sidecar = sidecar_factory(TASKLENS_HTTP_ADDR=f"127.0.0.1:{port}")
+        code = sidecar.proc.wait(timeout=30)
+    assert code != 0
+    assert "address already in use" in sidecar.log.lower() or "errno 98" in sidecar.log.lower()

@@ -108,7 +108,10 @@ class Runtime:
         await self._runner.setup()
         host, port = self.config.http_addr
         site = web.TCPSite(self._runner, host, port, reuse_address=True)
-        await site.start()
+        try:
+            await site.start()
+        except OSError as exc:
+            raise OSError(exc.errno, f"HTTP listener on {host}:{port} (TASKLENS_HTTP_ADDR): {exc.strerror}") from None
         server = site._server
         sockets = getattr(server, "sockets", None) or []
         self.http_addresses = [s.getsockname()[:2] for s in sockets]
@@ -192,4 +195,8 @@ def run(config: Config) -> int:
     except ImportError:
         loop_factory = None
     with asyncio.Runner(loop_factory=loop_factory) as runner:
-        return runner.run(runtime.serve())
+        try:
+            return runner.run(runtime.serve())
+        except OSError as exc:  # a listener could not bind: say which, without a traceback
+            log.error("cannot start: %s", exc)
+            return 1

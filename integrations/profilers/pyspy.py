@@ -1,0 +1,332 @@
+"""Sidecar-mode profiler: sample the task's Python processes with py-spy and push to Pyroscope.
+
+Needs a shared PID namespace (`pidMode: task`) and `SYS_PTRACE` on the sidecar; the worker runs
+unchanged. Every `TASKLENS_PROFILE_WINDOW` seconds each process gets one
+`py-spy record --nonblocking --format raw` run (at most `MAX_SPIES` at once), whose folded stacks go
+to `POST <TASKLENS_PYROSCOPE_URL>/ingest` as `<service>.cpu{task tags, container_name, process}`.
+Processes that start later are picked up at the next scan; one that exits is dropped quietly. A
+profile that cannot be pushed is dropped (counted and logged): profiles are samples, not records.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import re
+import shutil
+import signal
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import aiohttp
+import psutil
+
+from agent.config import Config, ConfigError, mask_url
+from agent.hub import Hub
+from agent.logs import RateLimitedLog, log
+from integrations.profilers import procs
+from integrations.profilers.ingest import Folded, ingest_params, parse_raw, profile_name, render
+from integrations.profilers.sitecustomize import labels, split_credentials
+
+MAX_SPIES = 4  # py-spy runs at once; more processes take turns window by window
+SCAN_INTERVAL = 5.0  # seconds between process scans: how soon a new process is picked up
+PUSH_TIMEOUT = 10.0
+INTERRUPT_GRACE = 5.0  # seconds py-spy gets to write what it has after SIGINT
+DENIED_RETRY = 300.0  # a permission does not come back by itself: retry rarely
+EMPTY_SCANS_BEFORE_HINT = 3
+
+PTRACE_FIX = (
+    "the sidecar needs the SYS_PTRACE capability and the task's PID namespace: in the task definition set "
+    '"pidMode": "task" and, on the sidecar container, "linuxParameters": {"capabilities": {"add": ["SYS_PTRACE"]}} '
+    '(docker compose: pid: "service:<worker>" and cap_add: [SYS_PTRACE])'
+)
+
+
+def find_py_spy() -> str | None:
+    """The py-spy binary of the `py-spy` package: next to this interpreter, else on PATH."""
+    return shutil.which("py-spy", path=os.path.dirname(sys.executable)) or shutil.which("py-spy")
+
+
+def failure_reason(stderr: str) -> str:
+    """Why a py-spy run failed, from what it printed (it has no error codes)."""
+    text = stderr.lower()
+    if "permission denied" in text or "operation not permitted" in text or "(os error 1)" in text:
+        return "ptrace_denied"
+    if "failed to find python version" in text or "failed to find a python interpreter" in text:
+        return "not_python"
+    if "check that the process is running" in text or "no such process" in text:
+        return "exited"
+    return "pyspy_failed"
+
+
+@dataclass(slots=True)
+class _State:
+    target: procs.Target
+    windows: int = 0
+    samples: int = 0
+    last_push: float | None = None
+    note: str = "profiling"
+
+
+class PySpyProfiler:
+    name = "profiler"
+
+    def __init__(self, config: Config, hub: Hub, *, py_spy: str | None = None,
+                 scan: Callable[[], list[procs.ProcessInfo]] = procs.scan) -> None:
+        self.config = config
+        self.hub = hub
+        self.py_spy = py_spy or find_py_spy()
+        self._scan = scan
+        try:
+            self._match = re.compile(config.profile_match) if config.profile_match else None
+        except re.error as exc:
+            raise ConfigError(f"TASKLENS_PROFILE_MATCH={config.profile_match!r} is invalid: "
+                              f"expected a regular expression ({exc})") from None
+        url, user, password = split_credentials(config.pyroscope_url)
+        self._ingest_url = url.rstrip("/") + "/ingest"
+        user, password = config.pyroscope_user or user, config.pyroscope_password or password
+        self._auth = aiohttp.BasicAuth(user, password) if user or password else None
+        self._headers = {"Content-Type": "text/plain; charset=utf-8"}
+        if config.pyroscope_tenant:
+            self._headers["X-Scope-OrgID"] = config.pyroscope_tenant
+        self._duration = max(1, round(config.profile_window))  # py-spy takes whole seconds
+        self._states: dict[tuple[int, float], _State] = {}
+        self._workers: dict[tuple[int, float], asyncio.Task[None]] = {}
+        self._skip: set[tuple[int, float]] = set()  # not Python, or profiling itself (bootstrap mode)
+        self._pushes: set[asyncio.Task[None]] = set()
+        self._spies: set[int] = set()  # pids of our py-spy runs: never targets
+        self._empty_scans = 0
+        self._problem = ""
+        self._log = RateLimitedLog()
+        self._session: aiohttp.ClientSession | None = None
+        self._slots = asyncio.Semaphore(MAX_SPIES)
+        self._tmp = ""
+
+    # --- the loop -----------------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event) -> None:
+        if not self.py_spy:
+            self._report("py-spy not found next to %s nor on PATH: install tasklens[profiling]; "
+                         "sidecar-mode profiling is off", sys.executable)
+            self.hub.metrics.inc("tasklens.profiler.record_errors", reason="pyspy_missing")
+            await stop.wait()
+            return
+        log.info("profiler: sampling Python processes at %d Hz in %d s windows, pushing to %s",
+                 self.config.profile_rate, self._duration, mask_url(self._ingest_url))
+        self._tmp = tempfile.mkdtemp(prefix="tasklens-pyspy-")
+        try:
+            async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=PUSH_TIMEOUT)) as session:
+                self._session = session
+                while not stop.is_set():
+                    await self._discover(stop)
+                    with contextlib.suppress(asyncio.TimeoutError):
+                        await asyncio.wait_for(stop.wait(), SCAN_INTERVAL)
+                # windows in flight end early (py-spy writes what it has), then their pushes finish
+                await asyncio.gather(*self._workers.values(), return_exceptions=True)
+                await asyncio.gather(*self._pushes, return_exceptions=True)
+        finally:
+            for task in list(self._workers.values()) + list(self._pushes):
+                task.cancel()
+            shutil.rmtree(self._tmp, ignore_errors=True)
+            self.hub.metrics.set("tasklens.profiler.processes", 0)
+
+    async def _discover(self, stop: asyncio.Event) -> None:
+        try:
+            found = await asyncio.to_thread(self._scan)
+        except Exception as exc:  # /proc unreadable: try again at the next scan
+            self.hub.metrics.inc("tasklens.profiler.scan_errors", reason=type(exc).__name__)
+            self._log.warning("profiler:scan", "profiler: cannot list processes: %r", exc)
+            return
+        exclude = procs.lineage(found, os.getpid()) | self._spies
+        targets = procs.select(found, exclude, self._match, self.hub.identity.containers)
+        live = {t.key for t in targets}
+        self._skip &= live  # forget processes that are gone
+        for target in targets:
+            if target.key in self._workers or target.key in self._skip:
+                continue
+            log.info("profiler: profiling pid %d (%s%s)", target.pid, target.process,
+                     f" in container {target.container}" if target.container else "")
+            self._states[target.key] = _State(target)
+            self._workers[target.key] = asyncio.create_task(self._profile(target, stop))
+        for key in list(self._states):
+            if key not in live and key not in self._workers:
+                del self._states[key]
+        self.hub.metrics.set("tasklens.profiler.processes", len(self._workers))
+        self._empty_scans = 0 if targets else self._empty_scans + 1
+        if self._empty_scans == EMPTY_SCANS_BEFORE_HINT and not self._match:
+            log.warning("profiler: no Python process to profile besides the sidecar; if the worker runs in "
+                        "another container, %s, or set TASKLENS_PROFILE_MATCH", PTRACE_FIX)
+
+    async def _profile(self, target: procs.Target, stop: asyncio.Event) -> None:
+        """Window after window until the process exits or the sidecar stops."""
+        state = self._states[target.key]
+        try:
+            while not stop.is_set():
+                if procs.profiles_itself(target.pid):
+                    log.info("profiler: pid %d (%s) profiles itself (pyroscope-io bootstrap): not sampling it",
+                             target.pid, target.process)
+                    self._skip.add(target.key)
+                    return
+                async with self._slots:
+                    if stop.is_set():
+                        return
+                    start = time.time()
+                    returncode, stderr, text = await self._record(target.pid, stop)
+                    end = time.time()
+                if returncode == 0:
+                    state.windows += 1
+                    self._submit(state, parse_raw(text), start, end)
+                    continue
+                if not self._alive(target):
+                    return  # exited: dropped quietly
+                reason = failure_reason(stderr)
+                if reason == "exited":
+                    return
+                self.hub.metrics.inc("tasklens.profiler.record_errors", reason=reason)
+                last = stderr.strip().splitlines()[-1] if stderr.strip() else f"exit status {returncode}"
+                if reason == "ptrace_denied":
+                    state.note = "permission denied"
+                    self._report("profiler: py-spy may not read pid %d (%s): %s; %s",
+                                 target.pid, target.process, last, PTRACE_FIX)
+                    await _wait(stop, DENIED_RETRY)
+                elif reason == "not_python":
+                    log.info("profiler: pid %d (%s) is not a Python process py-spy can read: skipped",
+                             target.pid, target.command)
+                    self._skip.add(target.key)
+                    return
+                else:
+                    state.note = f"py-spy failed: {last}"
+                    self._log.warning(f"profiler:{reason}", "profiler: py-spy failed on pid %d (%s): %s",
+                                      target.pid, target.process, last)
+                    await _wait(stop, self._duration)
+        finally:
+            self._workers.pop(target.key, None)
+            self.hub.metrics.set("tasklens.profiler.processes", len(self._workers))
+
+    async def _record(self, pid: int, stop: asyncio.Event) -> tuple[int, str, str]:
+        """One py-spy window: (exit status, stderr, raw folded output). Stop ends it early."""
+        path = os.path.join(self._tmp, f"{pid}.txt")
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        try:
+            proc = await self._spawn(pid, path)
+        except OSError as exc:  # the binary went away or cannot run here
+            return 127, f"cannot run {self.py_spy}: {exc}", ""
+        self._spies.add(proc.pid)
+        done = asyncio.ensure_future(proc.communicate())
+        try:
+            stopped = asyncio.ensure_future(stop.wait())
+            await asyncio.wait({done, stopped}, return_when=asyncio.FIRST_COMPLETED)
+            stopped.cancel()
+            if not done.done():
+                proc.send_signal(signal.SIGINT)  # py-spy then writes the samples it has
+                try:
+                    await asyncio.wait_for(asyncio.shield(done), INTERRUPT_GRACE)
+                except asyncio.TimeoutError:
+                    proc.kill()
+            _, err = await done
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                done.cancel()
+            self._spies.discard(proc.pid)
+        try:
+            with open(path, encoding="utf-8", errors="replace") as fh:
+                text = fh.read()
+            os.unlink(path)
+        except OSError:
+            text = ""
+        return proc.returncode or 0, err.decode("utf-8", "replace"), text
+
+    def _spawn(self, pid: int, path: str) -> Awaitable[asyncio.subprocess.Process]:
+        return asyncio.create_subprocess_exec(
+            self.py_spy or "py-spy", "record", "--pid", str(pid), "--format", "raw", "--nolineno", "--nonblocking",
+            "--rate", str(self.config.profile_rate), "--duration", str(self._duration), "--output", path,
+            stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+        )
+
+    @staticmethod
+    def _alive(target: procs.Target) -> bool:
+        try:
+            return psutil.Process(target.pid).create_time() == target.started
+        except psutil.Error:
+            return False
+
+    # --- pushing ------------------------------------------------------------------------------
+
+    def labels_for(self, target: procs.Target) -> dict[str, str]:
+        tags = [kv for kv in self.hub.identity.tags if kv[0] != "service"]  # the service is the name
+        if target.container:
+            tags.append(("container_name", target.container))
+        tags.append(("process", target.process))
+        return labels(tags)
+
+    def _submit(self, state: _State, folded: Folded, start: float, end: float) -> None:
+        if folded.skipped:
+            self.hub.metrics.inc("tasklens.profiler.bad_lines", folded.skipped)
+        if not folded.stacks:
+            return  # idle for the whole window: nothing to show
+        task = asyncio.create_task(self._push(state, folded, start, end))
+        self._pushes.add(task)
+        task.add_done_callback(self._pushes.discard)
+
+    async def _push(self, state: _State, folded: Folded, start: float, end: float) -> None:
+        assert self._session is not None
+        name = profile_name(self.hub.identity.service, self.labels_for(state.target))
+        params = ingest_params(name, start, end, self.config.profile_rate)
+        reason = detail = ""
+        try:
+            async with self._session.post(self._ingest_url, params=params, data=render(folded),
+                                          headers=self._headers, auth=self._auth) as resp:
+                if resp.status >= 300:
+                    reason = f"http_{resp.status}"
+                    detail = (await resp.text(errors="replace"))[:200]
+        except asyncio.TimeoutError:
+            reason, detail = "timeout", f"no answer in {PUSH_TIMEOUT:g} s"
+        except aiohttp.ClientError as exc:
+            reason, detail = "connection", repr(exc)
+        if reason:
+            self.hub.metrics.inc("tasklens.profiler.push_errors", reason=reason)
+            self._log.warning(f"profiler:push:{reason}", "profiler: push to %s failed (%s): %s",
+                              mask_url(self._ingest_url), reason, detail)
+            return
+        self.hub.metrics.inc("tasklens.profiler.pushes")
+        self.hub.metrics.inc("tasklens.profiler.samples", folded.samples)
+        state.samples += folded.samples
+        state.last_push = time.time()
+
+    # --- reporting ----------------------------------------------------------------------------
+
+    def _report(self, msg: str, *args: object) -> None:
+        """A problem that needs a deployment fix: logged once, shown in /status."""
+        if not self._problem:
+            log.error(msg, *args)
+            self._problem = msg % args
+
+    def status(self) -> dict[str, object]:
+        metrics = self.hub.metrics
+        return {
+            "mode": "sidecar",
+            "url": mask_url(self._ingest_url),
+            "py_spy": self.py_spy,
+            "rate_hz": self.config.profile_rate,
+            "window_s": self._duration,
+            "problem": self._problem or None,
+            "pushes": metrics.total("tasklens.profiler.pushes"),
+            "push_errors": metrics.total("tasklens.profiler.push_errors"),
+            "processes": [
+                {"pid": s.target.pid, "process": s.target.process, "container": s.target.container,
+                 "command": s.target.command, "windows": s.windows, "samples": s.samples,
+                 "last_push": s.last_push, "state": s.note}
+                for key, s in self._states.items() if key in self._workers
+            ],
+        }
+
+
+async def _wait(stop: asyncio.Event, seconds: float) -> None:
+    with contextlib.suppress(asyncio.TimeoutError):
+        await asyncio.wait_for(stop.wait(), seconds)

@@ -1,0 +1,276 @@
+"""tasklens profiling bootstrap: profile this Python process with pyroscope-io, no code change.
+
+`tasklens profiler-bootstrap DIR` copies this file as `DIR/sitecustomize.py`, next to pyroscope-io.
+A worker that has DIR on its `PYTHONPATH` imports it at interpreter start-up. It reads the same
+`TASKLENS_*` variables as the sidecar and, when `TASKLENS_PYROSCOPE_URL` is set (and
+`TASKLENS_PROFILE_MODE` is not `off`), starts pyroscope-io in a background thread labelled with the
+service name and task tags. Start-up is never delayed: the ECS metadata lookup (short timeout) and
+the import of pyroscope-io's native module happen in that thread. Nothing here may break the worker:
+any failure (a wheel that does not fit this interpreter, an unreachable endpoint) is one log line,
+then the worker runs as before. A `sitecustomize` of the worker's own, further down `sys.path`, still
+runs (chained).
+
+This file must stay standard-library only and importable by old interpreters (no `agent` import: the
+shared directory must not shadow the worker's packages). The sidecar imports the label helpers below
+so both modes label profiles the same way.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+import sys
+import threading
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # annotations only: importing nothing at start-up that the worker does not need
+    import logging
+    from collections.abc import Iterable, Mapping, Sequence
+
+ENV_PREFIX = "TASKLENS_"
+METADATA_TIMEOUT = 2.0  # seconds; the endpoint is link-local and answers in milliseconds
+LOGGER_NAME = "tasklens.profiler"
+
+# --- label rules shared with the sidecar's py-spy mode --------------------------------------------
+
+_NOT_KEY = re.compile(r"[^a-zA-Z0-9_]")
+_NOT_APP = re.compile(r"[^a-zA-Z0-9_.\-]")
+_NOT_VALUE = re.compile(r"[,{}\x00-\x1f\x7f]")
+_PYTHON_EXE = re.compile(r"^python[0-9.]*[a-z]?$")
+# interpreter options that take the next argument as their value
+_OPTIONS_WITH_VALUE = ("-W", "-X", "-Q", "--check-hash-based-pycs")
+MAX_VALUE_LENGTH = 128
+
+
+def label_key(key: str) -> str:
+    """A Pyroscope/Prometheus label name: `[a-zA-Z_][a-zA-Z0-9_]*`, `__` prefix reserved."""
+    out = _NOT_KEY.sub("_", key.strip())
+    if out[:1].isdigit():
+        out = "_" + out
+    if out.startswith("__"):
+        out = "_" + out.lstrip("_")
+    return "" if out.strip("_") == "" else out
+
+
+def label_value(value: str) -> str:
+    """A value the legacy `/ingest` name parser reads back intact: no `,` `{` `}`, trimmed."""
+    out = _NOT_VALUE.sub("_", value).strip()
+    return out[:MAX_VALUE_LENGTH] if out else "true"  # a bare tag, as in the Prometheus sink
+
+
+def app_name(service: str) -> str:
+    """The application name Pyroscope accepts: `[a-zA-Z0-9_.-]+` (becomes `service_name`)."""
+    return _NOT_APP.sub("_", service.strip()) or "unknown"
+
+
+def labels(tags: Iterable[tuple[str, str]]) -> dict[str, str]:
+    """(key, value) pairs -> a dict of valid labels; the first of two keys that collide wins."""
+    out: dict[str, str] = {}
+    for key, value in tags:
+        name = label_key(key)
+        if name and name not in out:
+            out[name] = label_value(value)
+    return out
+
+
+def is_python(exe: str) -> bool:
+    return bool(_PYTHON_EXE.match(os.path.basename(exe)))
+
+
+def process_name(cmdline: Sequence[str]) -> str:
+    """A short, stable name for what a process runs: `-m` module, script, or executable.
+
+    `python -u /app/worker.py` -> `worker.py`; `python -m app.main` -> `app.main`;
+    `/venv/bin/celery -A app worker` (argv[0] after the shebang) -> `celery`.
+    """
+    if not cmdline:
+        return ""
+    # a retitled process (setproctitle: `celery: worker`) has its title as argv[0]
+    exe = os.path.basename(cmdline[0].split(" ", 1)[0]).rstrip(":")
+    if not is_python(exe):
+        return exe
+    args = cmdline[1:]
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if arg == "-m":
+            return args[i + 1] if i + 1 < len(args) else exe
+        if arg.startswith("-m"):
+            return arg[2:]
+        if arg.startswith("-c") or arg == "-":
+            return exe
+        if arg in _OPTIONS_WITH_VALUE:
+            i += 2
+            continue
+        if arg.startswith("-"):
+            i += 1
+            continue
+        return os.path.basename(arg)
+    return exe
+
+
+def split_credentials(url: str) -> tuple[str, str, str]:
+    """`https://user:pw@host/p` -> (`https://host/p`, user, pw); a URL without them is unchanged."""
+    from urllib.parse import unquote, urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return url, "", ""
+    netloc = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=netloc)), unquote(parts.username or ""), unquote(parts.password or "")
+
+
+# --- identity: the same rules as agent.identity, over the same variables --------------------------
+
+
+def _extra_tags(text: str) -> list[tuple[str, str]]:
+    tags = []
+    for item in text.split(","):
+        key, sep, value = item.strip().partition(":")
+        if key.strip() and sep:
+            tags.append((key.strip(), value.strip()))
+    return tags
+
+
+def identity(environ: Mapping[str, str], task: Any = None) -> tuple[str, list[tuple[str, str]]]:
+    """(service, tags without `service`) from the variables and, if given, the ECS `/task` document."""
+    service = environ.get(ENV_PREFIX + "SERVICE") or environ.get("DD_SERVICE", "")
+    env = environ.get(ENV_PREFIX + "ENV") or environ.get("DD_ENV", "")
+    version = environ.get(ENV_PREFIX + "VERSION") or environ.get("DD_VERSION", "")
+    pairs = [("env", env), ("version", version)]
+    if isinstance(task, dict) and isinstance(task.get("TaskARN"), str):
+        arn = task["TaskARN"]
+        arn_fields = arn.split(":")
+        group = str(task.get("Group") or "")
+        family = str(task.get("Family") or "")
+        service = (
+            service
+            or str(task.get("ServiceName") or "")
+            or (group[len("service:"):] if group.startswith("service:") else "")
+            or family
+        )
+        pairs += [
+            ("ecs_cluster", str(task.get("Cluster") or "").rsplit("/", 1)[-1]),
+            ("task_family", family),
+            ("task_revision", str(task.get("Revision") or "")),
+            ("task_id", arn.rsplit("/", 1)[-1]),
+            ("availability_zone", str(task.get("AvailabilityZone") or "")),
+            ("region", arn_fields[3] if len(arn_fields) > 5 else ""),
+            ("launch_type", str(task.get("LaunchType") or "").upper()),
+        ]
+    tags = [(k, v) for k, v in pairs if v]
+    keys = {k for k, _ in tags} | {"service"}
+    tags += [kv for kv in _extra_tags(environ.get(ENV_PREFIX + "TAGS", "")) if kv[0] not in keys]
+    return service or socket.gethostname(), tags
+
+
+# --- the bootstrap ---------------------------------------------------------------------------------
+
+
+def settings(environ: Mapping[str, str]) -> dict[str, Any] | None:
+    """What to configure pyroscope-io with, or None when profiling is not configured here."""
+    url = environ.get(ENV_PREFIX + "PYROSCOPE_URL", "").strip()
+    if not url or environ.get(ENV_PREFIX + "PROFILE_MODE", "").strip().lower() == "off":
+        return None
+    url, user, password = split_credentials(url)
+
+    def number(name: str, default: float) -> float:
+        try:
+            value = float(environ.get(ENV_PREFIX + name, default))
+        except ValueError:
+            return default
+        return value if value > 0 else default
+
+    return {
+        "server_address": url.rstrip("/"),
+        "basic_auth_username": environ.get(ENV_PREFIX + "PYROSCOPE_USER") or user,
+        "basic_auth_password": environ.get(ENV_PREFIX + "PYROSCOPE_PASSWORD") or password,
+        "tenant_id": environ.get(ENV_PREFIX + "PYROSCOPE_TENANT", ""),
+        "sample_rate": int(number("PROFILE_RATE", 100)),
+        "upload_interval": max(1, int(number("PROFILE_WINDOW", 10))),
+    }
+
+
+def _fetch_json(url: str, timeout: float) -> Any:
+    import urllib.request
+
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # link-local: never a proxy
+    with opener.open(url, timeout=timeout) as response:
+        return json.loads(response.read().decode("utf-8"))
+
+
+def _own_cmdline() -> list[str]:
+    try:
+        with open("/proc/self/cmdline", "rb") as fh:
+            return [a.decode("utf-8", "replace") for a in fh.read().split(b"\0") if a]
+    except OSError:
+        return list(getattr(sys, "orig_argv", None) or [sys.executable] + sys.argv)
+
+
+def resolve_labels(environ: Mapping[str, str]) -> tuple[str, dict[str, str]]:
+    """(application name, labels): identity from ECS metadata when reachable, else the variables."""
+    task = container = None
+    base = environ.get("ECS_CONTAINER_METADATA_URI_V4", "").rstrip("/")
+    if base:
+        try:
+            task = _fetch_json(base + "/task", METADATA_TIMEOUT)
+            container = _fetch_json(base, METADATA_TIMEOUT)
+        except Exception as exc:  # no metadata: the variables still name the service
+            _log().warning("tasklens profiling: ECS metadata unavailable (%s); using TASKLENS_* variables only", exc)
+    service, tags = identity(environ, task)
+    if isinstance(container, dict) and container.get("Name"):
+        tags.append(("container_name", str(container["Name"])))
+    tags.append(("process", process_name(_own_cmdline())))
+    return app_name(service), labels(tags)
+
+
+def _log() -> logging.Logger:
+    import logging
+
+    return logging.getLogger(LOGGER_NAME)
+
+
+def _start(config: dict[str, Any], environ: Mapping[str, str]) -> None:
+    try:
+        import pyroscope
+    except Exception as exc:  # another Python version, musl, a missing directory: step aside
+        _log().warning("tasklens profiling disabled: pyroscope-io does not load in %s %s (%s: %s)",
+                       sys.implementation.name, sys.version.split()[0], type(exc).__name__, exc)
+        return
+    try:
+        application, tags = resolve_labels(environ)
+        pyroscope.configure(application_name=application, tags=tags, mem_enabled=True, **config)
+    except Exception as exc:
+        _log().warning("tasklens profiling disabled: pyroscope-io did not start (%s: %s)", type(exc).__name__, exc)
+
+
+def _chain(own_file: str) -> None:
+    """Run the next `sitecustomize` on sys.path (the worker's own), which this file shadows."""
+    import importlib.machinery
+    import importlib.util
+
+    own_dir = os.path.dirname(own_file)
+    rest = [p for p in sys.path if os.path.realpath(p or ".") != own_dir]
+    spec = importlib.machinery.PathFinder.find_spec("sitecustomize", rest)
+    if spec is None or spec.loader is None or os.path.realpath(spec.origin or "") == own_file:
+        return
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["sitecustomize"] = module
+    spec.loader.exec_module(module)  # its errors surface as without us ("Error in sitecustomize")
+
+
+def main() -> None:
+    environ = dict(os.environ)
+    try:
+        config = settings(environ)
+        if config is not None:
+            threading.Thread(target=_start, args=(config, environ), name="tasklens-profiler", daemon=True).start()
+    except Exception as exc:
+        _log().warning("tasklens profiling disabled: %s: %s", type(exc).__name__, exc)
+    _chain(os.path.realpath(__file__))
+
+
+if __name__ == "sitecustomize":
+    main()

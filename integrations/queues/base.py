@@ -1,0 +1,169 @@
+"""What every queue probe shares: the reading, the probe protocol, its errors and the URL.
+
+A probe reads one queue's numbers and closes; it connects lazily on the first `read()` and the
+source calls `close()` after any failure, so the next `read()` reconnects. Brokers live in one
+module each (`sqs.py`, `rabbitmq.py`, ...) and import their client library only when opened.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
+from typing import Protocol
+from urllib.parse import SplitResult, parse_qsl, urlencode, urlsplit, urlunsplit
+
+from agent.config import mask_url, parse_seconds
+
+
+@dataclass(frozen=True, slots=True)
+class Reading:
+    """One poll's numbers. None means the broker does not have that number (never a 0)."""
+
+    depth: float | None = None
+    in_flight: float | None = None
+    delayed: float | None = None
+    consumers: float | None = None
+    oldest_age_seconds: float | None = None
+
+    def values(self) -> dict[str, float]:
+        return {f.name: float(v) for f in fields(self) if (v := getattr(self, f.name)) is not None}
+
+
+class Probe(Protocol):
+    async def read(self) -> Reading:
+        """The queue's current numbers; raises on any failure (`ProbeError` when it knows why)."""
+
+    async def close(self) -> None:
+        """Drop the connection; the next `read()` opens a new one."""
+
+
+class ProbeError(Exception):
+    """A failed read with a short, bounded `reason` for the `poll_errors` self-metric."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+# Query parameters every queue URL may carry; the rest belong to the broker module.
+COMMON_PARAMS = frozenset({"name", "interval", "window", "threshold", "timeout"})
+
+
+def _number(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError("a number") from None
+    if value != value or value in (float("inf"), float("-inf")):
+        raise ValueError("a number")
+    return value
+
+
+@dataclass(frozen=True)
+class QueueURL:
+    """A parsed queue URL: its parts, its broker parameters and the per-queue overrides."""
+
+    raw: str
+    parts: SplitResult
+    params: Mapping[str, str] = field(default_factory=dict)  # broker parameters, last one wins
+    name: str | None = None
+    interval: float | None = None
+    window: float | None = None
+    threshold: float | None = None
+    timeout: float | None = None
+
+    @property
+    def scheme(self) -> str:
+        return self.parts.scheme.lower()
+
+    @property
+    def masked(self) -> str:
+        return safe_mask(self.raw)
+
+    @property
+    def password(self) -> str | None:
+        return self.parts.password
+
+    def client_url(self, keep: Callable[[str], bool] = lambda key: False) -> str:
+        """The URL without our parameters, for a client that parses URLs itself (redis, asyncpg)."""
+        query = urlencode([(k, v) for k, v in parse_qsl(self.parts.query, keep_blank_values=True) if keep(k)])
+        return urlunsplit(self.parts._replace(query=query, fragment=""))
+
+
+def parse_queue_url(url: str, broker_params: frozenset[str], pass_through: bool = False) -> QueueURL:
+    """Split a queue URL; unknown parameters are an error unless the client takes them (`pass_through`)."""
+    try:
+        parts = urlsplit(url.strip())
+        parts.port  # noqa: B018 - raises ValueError on a bad port
+    except ValueError as exc:
+        raise ValueError(f"not a valid URL: {exc}") from None
+    params: dict[str, str] = {}
+    common: dict[str, str] = {}
+    for key, value in parse_qsl(parts.query, keep_blank_values=True):
+        if key in COMMON_PARAMS:
+            common[key] = value
+        elif key in broker_params or pass_through:
+            params[key] = value
+        else:
+            known = ", ".join(sorted(COMMON_PARAMS | broker_params))
+            raise ValueError(f"unknown parameter {key!r} (known: {known})")
+    overrides: dict[str, float] = {}
+    for key, parse in (("interval", parse_seconds), ("window", parse_seconds), ("timeout", parse_seconds),
+                       ("threshold", _number)):
+        if key in common:
+            try:
+                overrides[key] = parse(common[key])
+            except ValueError as exc:
+                raise ValueError(f"{key}={common[key]!r}: expected {exc}") from None
+    return QueueURL(raw=url.strip(), parts=parts, params=params, name=common.get("name") or None, **overrides)
+
+
+def safe_mask(url: str) -> str:
+    """`mask_url` that never raises: an unparsable URL is shown as `***`."""
+    try:
+        return mask_url(url)
+    except ValueError:
+        return "***"
+
+
+def mask_secret(text: str, url: QueueURL) -> str:
+    """Hide the URL's password where a client library echoes it in an error message."""
+    secret = url.password
+    return text.replace(secret, "***") if secret else text
+
+
+def flag(url: QueueURL, key: str) -> bool:
+    value = url.params.get(key, "").strip().lower()
+    if value in ("", "0", "false", "no", "off"):
+        return False
+    if value in ("1", "true", "yes", "on"):
+        return True
+    raise ValueError(f"{key}={value!r}: expected true or false")
+
+
+@dataclass(frozen=True)
+class Broker:
+    """What the registry knows about one broker module, without importing its client."""
+
+    queue_type: str
+    client: str  # the importable module of the asyncio client, e.g. `aiobotocore`
+    extra: str  # the pip extra that installs it: `tasklens[sqs]`
+    params: frozenset[str]
+    name: Callable[[QueueURL], str]  # the `queue` tag; raises ValueError when the URL lacks it
+    reports: Callable[[QueueURL], tuple[str, ...]]  # the Reading fields this URL yields
+    open: Callable[[QueueURL], Probe]
+    pass_through: bool = False  # unknown parameters go to the client's URL
+    queue_type_of: Callable[[QueueURL], str] | None = None  # when one module serves two types
+
+    def type_of(self, url: QueueURL) -> str:
+        return self.queue_type_of(url) if self.queue_type_of else self.queue_type
+
+
+@dataclass(frozen=True)
+class Target:
+    """One configured queue: its broker, parsed URL, name (the `queue` tag) and type."""
+
+    broker: Broker
+    url: QueueURL
+    name: str
+    queue_type: str

@@ -1,0 +1,98 @@
+"""beanstalkd: `stats-tube` for the counts, `peek-ready` + `stats-job` for the next job's age.
+
+    beanstalk://host:11300/<tube>        (also beanstalkd://; no tube means `default`)
+
+greenstalk is a blocking client, so each poll runs in a worker thread on a socket with a timeout:
+a dead broker cannot hang the thread past the poll timeout. `peek-ready` returns the job the next
+`reserve` would get (highest priority first, then oldest), so with mixed priorities its age is that
+job's age, not necessarily the oldest ready job's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+from typing import Any
+
+from integrations.queues.base import Broker, ProbeError, QueueURL, Reading
+
+DEFAULT_PORT = 11300
+# A connection watches `default` unless told otherwise, and would count itself in `current-watching`
+# of that tube; it watches a tube of its own instead (it never reserves from it).
+PROBE_TUBE = "tasklens-probe"
+
+
+def tube_of(url: QueueURL) -> str:
+    return url.parts.path.strip("/") or "default"
+
+
+def reading_of(stats: dict[str, Any], next_job_age: float | None) -> Reading:
+    return Reading(depth=stats["current-jobs-ready"], in_flight=stats["current-jobs-reserved"],
+                   delayed=stats["current-jobs-delayed"], consumers=stats["current-watching"],
+                   oldest_age_seconds=next_job_age)
+
+
+def _error(exc: Exception) -> Exception:
+    import greenstalk
+
+    if isinstance(exc, greenstalk.NotFoundError):
+        return ProbeError("not_found", "tube not found (beanstalkd forgets a tube nobody uses or watches)")
+    if isinstance(exc, socket.timeout):
+        return ProbeError("timeout", str(exc) or "socket timeout")
+    if isinstance(exc, (OSError, greenstalk.UnknownResponseError)):
+        # greenstalk reads an empty line when the broker closes the connection
+        return ProbeError("connection", str(exc) or type(exc).__name__)
+    return exc
+
+
+class BeanstalkdProbe:
+    def __init__(self, url: QueueURL) -> None:
+        self.url = url
+        self.tube = tube_of(url)
+        self.address = (url.parts.hostname or "127.0.0.1", url.parts.port or DEFAULT_PORT)
+        self._client: Any = None
+        self._lock = threading.Lock()  # a timed-out poll's thread may still hold the client
+
+    def _read_sync(self) -> Reading:
+        import greenstalk
+
+        with self._lock:
+            try:
+                if self._client is None:
+                    sock = socket.create_connection(self.address, timeout=self.url.timeout or 10.0)
+                    self._client = greenstalk.Client(sock, encoding=None, use=self.tube, watch=PROBE_TUBE)
+                stats = self._client.stats_tube(self.tube)
+                age: float | None = 0.0
+                if stats["current-jobs-ready"]:
+                    try:
+                        job = self._client.peek_ready()
+                        age = float(self._client.stats_job(job)["age"])
+                    except greenstalk.NotFoundError:  # reserved or deleted between the two commands
+                        age = None
+                return reading_of(stats, age)
+            except Exception as exc:
+                raise _error(exc) from exc
+
+    def _close_sync(self) -> None:
+        with self._lock:
+            client, self._client = self._client, None
+            if client is not None:
+                client.close()
+
+    async def read(self) -> Reading:
+        return await asyncio.to_thread(self._read_sync)
+
+    async def close(self) -> None:
+        await asyncio.to_thread(self._close_sync)
+
+
+BROKER = Broker(
+    queue_type="beanstalkd",
+    client="greenstalk",
+    extra="beanstalkd",
+    params=frozenset(),
+    name=tube_of,
+    reports=lambda url: ("depth", "in_flight", "delayed", "consumers", "oldest_age_seconds"),
+    open=BeanstalkdProbe,
+)

@@ -1,0 +1,96 @@
+"""NATS JetStream: a stream and its durable consumer.
+
+    nats://[user:pass@]host:4222?stream=ORDERS&consumer=worker
+
+Consumer info gives `num_pending` (the backlog; excludes delivered, unacked messages) and
+`num_ack_pending` (in flight); stream info gives `consumer_count` (consumers defined on the stream,
+not worker connections). The oldest waiting message is the first one after the consumer's delivered
+stream sequence that matches its filter: one `STREAM.MSG.GET` with `next_by_subj`, whose timestamp is
+the enqueue time. This works for any retention policy, not only work queues.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any
+
+from integrations.queues.base import Broker, ProbeError, QueueURL, Reading
+
+
+def names(url: QueueURL) -> tuple[str, str]:
+    stream, consumer = url.params.get("stream", ""), url.params.get("consumer", "")
+    if not stream or not consumer:
+        raise ValueError("a NATS URL names the stream and the durable consumer: nats://host:4222?stream=S&consumer=C")
+    return stream, consumer
+
+
+def _error(exc: Exception) -> Exception:
+    import nats.errors as e
+    import nats.js.errors as jse
+
+    text = str(exc) or type(exc).__name__
+    if isinstance(exc, jse.NotFoundError):
+        return ProbeError("not_found", text)
+    if isinstance(exc, (e.AuthorizationError, e.InvalidUserCredentialsError)):
+        return ProbeError("auth", text)
+    if isinstance(exc, (e.TimeoutError, e.NoRespondersError)):
+        # no responders: JetStream is not enabled, or the server went away mid-request
+        return ProbeError("timeout" if isinstance(exc, e.TimeoutError) else "connection", text)
+    if isinstance(exc, (e.NoServersError, e.ConnectionClosedError, e.StaleConnectionError, ConnectionError, OSError)):
+        return ProbeError("connection", text)
+    if isinstance(exc, jse.APIError):
+        return ProbeError("bad_reply", text)
+    return exc
+
+
+async def _quiet(exc: Exception) -> None:
+    """nats-py logs connection errors itself by default; the source counts and logs them once."""
+
+
+class NATSProbe:
+    def __init__(self, url: QueueURL) -> None:
+        self.url = url
+        self.stream, self.consumer = names(url)
+        self._nc: Any = None
+
+    async def read(self) -> Reading:
+        import nats
+
+        timeout = self.url.timeout or 10.0
+        try:
+            if self._nc is None or self._nc.is_closed:
+                # our poll loop reconnects with backoff; nats-py's own reconnect loop would hide outages
+                self._nc = await nats.connect(servers=[self.url.client_url()], connect_timeout=timeout,
+                                              allow_reconnect=False, name="tasklens", error_cb=_quiet)
+            jsm = self._nc.jsm(timeout=timeout)
+            info = await jsm.consumer_info(self.stream, self.consumer)
+            stream = await jsm.stream_info(self.stream)
+            age: float | None = 0.0
+            if info.num_pending:
+                subject = info.config.filter_subject or ">"
+                msg = await jsm.get_msg(self.stream, seq=info.delivered.stream_seq + 1, subject=subject, next=True)
+                age = age_of(msg.time, datetime.now(timezone.utc)) if msg.time else None
+        except Exception as exc:
+            raise _error(exc) from exc
+        return Reading(depth=info.num_pending, in_flight=info.num_ack_pending,
+                       consumers=stream.state.consumer_count, oldest_age_seconds=age)
+
+    async def close(self) -> None:
+        nc, self._nc = self._nc, None
+        if nc is not None and not nc.is_closed:
+            await nc.close()
+
+
+def age_of(enqueued: datetime, now: datetime) -> float:
+    return max(0.0, (now - enqueued).total_seconds())
+
+
+BROKER = Broker(
+    queue_type="nats",
+    client="nats",
+    extra="nats",
+    params=frozenset({"stream", "consumer"}),
+    name=lambda url: names(url)[0],
+    reports=lambda url: ("depth", "in_flight", "consumers", "oldest_age_seconds"),
+    open=NATSProbe,
+)

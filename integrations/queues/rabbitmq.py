@@ -1,0 +1,156 @@
+"""RabbitMQ: the management API when configured, else an AMQP passive `queue.declare`.
+
+    amqp://user:pass@host:5672/vhost?queue=orders                                 ready + consumers
+    amqp://user:pass@host:5672/vhost?queue=orders&management=http://host:15672    + unacked, age
+
+The passive declare only knows ready messages and consumers. The management API
+(`GET /api/queues/{vhost}/{queue}`) adds `messages_unacknowledged` and `head_message_timestamp`
+(the oldest ready message's age, only when publishers set the AMQP `timestamp` property). Its
+numbers refresh with the broker's statistics interval (5 s by default). It uses the AMQP URL's
+user and password unless the management URL carries its own. RabbitMQ has no delayed count.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+from urllib.parse import quote, unquote, urlsplit, urlunsplit
+
+from integrations.queues.base import Broker, ProbeError, QueueURL, Reading
+
+OWN_PARAMS = ("queue", "management")  # the rest (heartbeat, ssl...) are aio-pika's URL options
+# totals without per-queue rates: cheap on large brokers
+MANAGEMENT_QUERY = "disable_stats=true&enable_queue_totals=true"
+
+
+def queue_name(url: QueueURL) -> str:
+    name = url.params.get("queue", "")
+    if not name:
+        raise ValueError("a RabbitMQ URL names the queue: amqp://host:5672/vhost?queue=<name>")
+    return name
+
+
+def vhost_of(url: QueueURL) -> str:
+    """AMQP URI rule: the path (percent-decoded) is the vhost; none or `/` alone means `/`."""
+    path = url.parts.path
+    return unquote(path[1:]) if len(path) > 1 else "/"
+
+
+def management_url(url: QueueURL) -> str:
+    base = url.params["management"].rstrip("/")
+    return f"{base}/api/queues/{quote(vhost_of(url), safe='')}/{quote(queue_name(url), safe='')}?{MANAGEMENT_QUERY}"
+
+
+def reading_of_management(doc: dict[str, Any], now: float) -> Reading:
+    ready = doc.get("messages_ready")
+    head = doc.get("head_message_timestamp")
+    if head is not None:
+        age: float | None = max(0.0, now - float(head))
+    elif ready == 0:
+        age = 0.0
+    else:
+        age = None  # messages without a timestamp property
+    return Reading(depth=ready, in_flight=doc.get("messages_unacknowledged"), consumers=doc.get("consumers"),
+                   oldest_age_seconds=age)
+
+
+def _amqp_error(exc: Exception) -> Exception:
+    import aiormq.exceptions as e
+
+    text = str(exc)
+    if isinstance(exc, e.ChannelNotFoundEntity):
+        return ProbeError("not_found", text)
+    if isinstance(exc, (e.ProbableAuthenticationError, e.ChannelAccessRefused)) or "ACCESS_REFUSED" in text:
+        return ProbeError("auth", text)
+    if isinstance(exc, (e.AMQPConnectionError, e.ConnectionClosed, ConnectionError)):
+        return ProbeError("connection", text)
+    return exc
+
+
+class AMQPProbe:
+    """Passive declare on a connection kept open between polls."""
+
+    def __init__(self, url: QueueURL) -> None:
+        self.url = url
+        self.queue = queue_name(url)
+        self._connection: Any = None
+        self._channel: Any = None
+
+    async def read(self) -> Reading:
+        import aio_pika
+
+        try:
+            if self._connection is None:
+                self._connection = await aio_pika.connect(
+                    self.url.client_url(keep=lambda k: k not in OWN_PARAMS), timeout=self.url.timeout or 10.0,
+                    client_properties={"connection_name": "tasklens"})
+            if self._channel is None or self._channel.is_closed:
+                self._channel = await self._connection.channel()
+            queue = await self._channel.declare_queue(self.queue, passive=True)
+        except Exception as exc:
+            raise _amqp_error(exc) from exc
+        ok = queue.declaration_result
+        return Reading(depth=ok.message_count, consumers=ok.consumer_count)
+
+    async def close(self) -> None:
+        connection, self._connection, self._channel = self._connection, None, None
+        if connection is not None:
+            await connection.close()
+
+
+class ManagementProbe:
+    """One HTTP GET per poll to the management API."""
+
+    def __init__(self, url: QueueURL) -> None:
+        self.url = url
+        self.endpoint = management_url(url)
+        own = urlsplit(url.params["management"])
+        if own.username is not None:  # credentials in the management URL win; keep them out of the path
+            self.auth = (unquote(own.username), unquote(own.password or ""))
+            self.endpoint = urlunsplit(urlsplit(self.endpoint)._replace(netloc=own.hostname + (
+                f":{own.port}" if own.port else "")))
+        else:
+            self.auth = (unquote(url.parts.username or "guest"), unquote(url.parts.password or "guest"))
+        self._session: Any = None
+
+    async def read(self) -> Reading:
+        import aiohttp
+
+        if self._session is None:
+            self._session = aiohttp.ClientSession(
+                auth=aiohttp.BasicAuth(*self.auth), timeout=aiohttp.ClientTimeout(total=self.url.timeout or 10.0))
+        async with self._session.get(self.endpoint) as response:
+            if response.status == 404:
+                raise ProbeError("not_found", f"queue {self.url.params['queue']!r} not found (HTTP 404)")
+            if response.status in (401, 403):
+                raise ProbeError("auth", f"management API refused the credentials (HTTP {response.status})")
+            if response.status != 200:
+                raise ProbeError("bad_reply", f"management API answered HTTP {response.status}")
+            doc = await response.json()
+        return reading_of_management(doc, time.time())
+
+    async def close(self) -> None:
+        session, self._session = self._session, None
+        if session is not None:
+            await session.close()
+
+
+def _open(url: QueueURL) -> AMQPProbe | ManagementProbe:
+    return ManagementProbe(url) if url.params.get("management") else AMQPProbe(url)
+
+
+def _reports(url: QueueURL) -> tuple[str, ...]:
+    if url.params.get("management"):
+        return ("depth", "in_flight", "consumers", "oldest_age_seconds")
+    return ("depth", "consumers")
+
+
+BROKER = Broker(
+    queue_type="rabbitmq",
+    client="aio_pika",
+    extra="rabbitmq",
+    params=frozenset({*OWN_PARAMS, "heartbeat", "ssl", "cafile", "keyfile", "certfile", "no_verify_ssl"}),
+    name=queue_name,
+    reports=_reports,
+    open=_open,
+)

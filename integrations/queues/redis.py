@@ -1,0 +1,179 @@
+"""Redis queues: plain keys (lists and friends), Celery's priority lists, RQ, and streams with a group.
+
+    redis://[:password@]host:6379/0?list=jobs          LLEN (ZCARD/SCARD/HLEN/XLEN by key type)
+    redis://host:6379/0?celery=celery                  sum of the kombu priority lists
+    redis://host:6379/0?rq=default                     RQ: ready, started, scheduled, workers, age
+    redis://host:6379/0?stream=orders&group=workers    XINFO GROUPS: lag, pending, consumers, age
+
+An absent key is an empty queue (Redis deletes empty lists), so it reads 0. Lists carry no
+timestamps: plain and Celery lists report no age; RQ's job hash has `enqueued_at`, and a stream
+id's first part is its enqueue time in milliseconds.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime
+from typing import Any
+
+from integrations.queues.base import Broker, ProbeError, QueueURL, Reading
+
+KINDS = ("list", "celery", "rq", "stream")
+# kombu's Redis transport: priority steps 0, 3, 6, 9; level 0 is the bare name
+CELERY_SEP = "\x06\x16"
+CELERY_PRIORITY_STEPS = (0, 3, 6, 9)
+# the length command by key type; an absent key (`none`) is an empty queue
+LENGTH_BY_TYPE = {"list": "LLEN", "zset": "ZCARD", "set": "SCARD", "hash": "HLEN", "stream": "XLEN"}
+
+
+def kind_of(url: QueueURL) -> tuple[str, str]:
+    """(kind, key): exactly one of list=, celery=, rq=, stream= names the queue."""
+    given = [(k, url.params[k]) for k in KINDS if url.params.get(k)]
+    if len(given) != 1:
+        raise ValueError("a Redis queue URL needs exactly one of ?list=, ?celery=, ?rq=, ?stream=")
+    if url.params.get("group") and given[0][0] != "stream":
+        raise ValueError("?group= goes with ?stream=")
+    return given[0]
+
+
+def celery_keys(queue: str) -> list[str]:
+    return [queue if p == 0 else f"{queue}{CELERY_SEP}{p}" for p in CELERY_PRIORITY_STEPS]
+
+
+def stream_id_ms(entry_id: str) -> int:
+    return int(entry_id.split("-", 1)[0])
+
+
+def next_id(entry_id: str) -> str:
+    """The smallest id after `entry_id` (for XRANGE from the group's last-delivered-id, exclusive)."""
+    ms, _, seq = entry_id.partition("-")
+    return f"{ms}-{int(seq or 0) + 1}"
+
+
+def rq_age(enqueued_at: str | None, now: float) -> float | None:
+    """RQ writes `enqueued_at` as `2024-05-01T12:00:00.123456Z` (UTC)."""
+    if not enqueued_at:
+        return None
+    return max(0.0, now - datetime.fromisoformat(enqueued_at.replace("Z", "+00:00")).timestamp())
+
+
+def _error(exc: Exception) -> Exception:
+    from redis import exceptions as e
+
+    text = str(exc)
+    if isinstance(exc, (e.AuthenticationError, e.AuthenticationWrongNumberOfArgsError)) or "NOAUTH" in text \
+            or "WRONGPASS" in text or "NOPERM" in text:
+        return ProbeError("auth", text)
+    if isinstance(exc, e.TimeoutError):
+        return ProbeError("timeout", text)
+    if isinstance(exc, e.ConnectionError):
+        return ProbeError("connection", text)
+    if isinstance(exc, e.ResponseError):
+        if "no such key" in text.lower() or "NOGROUP" in text:
+            return ProbeError("not_found", text)
+        return ProbeError("bad_reply", text)
+    return exc
+
+
+class RedisProbe:
+    def __init__(self, url: QueueURL) -> None:
+        self.url = url
+        self.kind, self.key = kind_of(url)
+        self.group = url.params.get("group", "")
+        self._client: Any = None
+
+    def _connect(self) -> Any:
+        import redis.asyncio
+
+        timeout = self.url.timeout or 10.0
+        return redis.asyncio.from_url(
+            self.url.client_url(keep=lambda k: k.startswith("ssl_")), decode_responses=True,
+            socket_timeout=timeout, socket_connect_timeout=timeout, client_name="tasklens")
+
+    async def read(self) -> Reading:
+        if self._client is None:
+            self._client = self._connect()
+        try:
+            return await getattr(self, f"_read_{self.kind}")(self._client)
+        except Exception as exc:
+            raise _error(exc) from exc
+
+    async def _read_list(self, r: Any) -> Reading:
+        key_type = await r.type(self.key)
+        if key_type == "none":
+            return Reading(depth=0)
+        command = LENGTH_BY_TYPE.get(key_type)
+        if command is None:
+            raise ProbeError("bad_reply", f"key {self.key!r} is a {key_type}, not a queue")
+        return Reading(depth=await r.execute_command(command, self.key))
+
+    async def _read_celery(self, r: Any) -> Reading:
+        async with r.pipeline(transaction=False) as p:
+            for key in celery_keys(self.key):
+                p.llen(key)
+            lengths = await p.execute()
+        return Reading(depth=sum(lengths))
+
+    async def _read_rq(self, r: Any) -> Reading:
+        now = time.time()
+        async with r.pipeline(transaction=False) as p:
+            p.llen(f"rq:queue:{self.key}")
+            p.zcount(f"rq:wip:{self.key}", now, "+inf")  # score = expiry: older entries are abandoned
+            p.zcard(f"rq:scheduled:{self.key}")
+            p.scard(f"rq:workers:{self.key}")
+            p.lindex(f"rq:queue:{self.key}", 0)  # RQ pushes right, workers pop left: the oldest
+            depth, started, scheduled, workers, head = await p.execute()
+        age = 0.0 if not depth else None
+        if head:
+            age = rq_age(await r.hget(f"rq:job:{head}", "enqueued_at"), now)
+        return Reading(depth=depth, in_flight=started, delayed=scheduled, consumers=workers,
+                       oldest_age_seconds=age)
+
+    async def _read_stream(self, r: Any) -> Reading:
+        if not self.group:
+            return Reading(depth=await r.xlen(self.key))
+        groups = await r.xinfo_groups(self.key)
+        group = next((g for g in groups if g["name"] == self.group), None)
+        if group is None:
+            raise ProbeError("not_found", f"stream {self.key!r} has no group {self.group!r}")
+        lag = group.get("lag")  # nil before Redis 7, or after deletions Redis cannot count across
+        age: float | None = None
+        if lag:
+            first = await r.xrange(self.key, min=next_id(group["last-delivered-id"]), count=1)
+            if first:
+                seconds, micros = await r.time()
+                age = max(0.0, seconds + micros / 1e6 - stream_id_ms(first[0][0]) / 1000)
+        elif lag == 0:
+            age = 0.0
+        return Reading(depth=lag, in_flight=group["pending"], consumers=group["consumers"],
+                       oldest_age_seconds=age)
+
+    async def close(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            await client.aclose()
+
+
+def _reports(url: QueueURL) -> tuple[str, ...]:
+    kind, _ = kind_of(url)
+    if kind == "rq":
+        return ("depth", "in_flight", "delayed", "consumers", "oldest_age_seconds")
+    if kind == "stream" and url.params.get("group"):
+        return ("depth", "in_flight", "consumers", "oldest_age_seconds")
+    return ("depth",)
+
+
+def _queue_type(url: QueueURL) -> str:
+    return "redis_stream" if kind_of(url)[0] == "stream" else "redis"
+
+
+BROKER = Broker(
+    queue_type="redis",  # `redis_stream` for streams
+    client="redis",
+    extra="redis",
+    params=frozenset({*KINDS, "group", "ssl_cert_reqs", "ssl_ca_certs", "ssl_check_hostname"}),
+    name=lambda url: kind_of(url)[1],
+    reports=_reports,
+    open=RedisProbe,
+    queue_type_of=_queue_type,
+)

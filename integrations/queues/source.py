@@ -1,0 +1,153 @@
+"""The queue source: polls one queue URL and publishes its numbers and trend as a snapshot.
+
+Every poll attempt publishes `Batch(source="queue:<name>", snapshot=True)`. A failed poll publishes an
+empty snapshot: the sinks drop the queue's series (a gap), never a 0 that would make a broken broker
+look like a healthy empty queue. After a failure the probe is closed (the next poll reconnects) and
+the next attempt backs off, up to `MAX_BACKOFF` intervals. Intervals carry +-10 % jitter so that the
+sidecars of one service, started together, do not poll the broker in lockstep.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Callable
+from typing import Any
+
+from agent.config import Config, ConfigError
+from agent.hub import Hub
+from agent.logs import RateLimitedLog
+from agent.model import Batch, Kind, Sample
+from integrations.queues import default_timeout, open_probe, parse
+from integrations.queues.base import Probe, ProbeError, Reading, mask_secret, safe_mask
+from integrations.queues.trend import History, Trend
+
+JITTER = 0.1
+MAX_BACKOFF = 8  # intervals
+CLOSE_TIMEOUT = 5.0
+
+
+def reason_of(exc: BaseException) -> str:
+    """A short, bounded label for the `poll_errors` self-metric."""
+    if isinstance(exc, ProbeError):
+        return exc.reason
+    if isinstance(exc, TimeoutError):
+        return "timeout"
+    if isinstance(exc, (ConnectionError, OSError)):
+        return "connection"
+    if isinstance(exc, (ValueError, KeyError, TypeError, IndexError)):
+        return "bad_reply"
+    return "error"
+
+
+def samples_of(reading: Reading, trend: Trend | None, tags: tuple[tuple[str, str], ...],
+               timestamp: float) -> list[Sample]:
+    values = {f"queue.{k}": v for k, v in reading.values().items()}
+    if trend is not None:
+        values["queue.growth_rate"] = trend.growth_rate
+        if trend.drain_seconds is not None:
+            values["queue.drain_seconds"] = trend.drain_seconds
+        values["queue.backing_up"] = 1.0 if trend.backing_up else 0.0
+    return [Sample(name, value, Kind.GAUGE, tags, timestamp) for name, value in values.items()]
+
+
+class QueueSource:
+    def __init__(self, config: Config, hub: Hub, url: str, *,
+                 clock: Callable[[], float] = time.monotonic, wall: Callable[[], float] = time.time) -> None:
+        try:
+            target = parse(url)
+            self.probe: Probe = open_probe(url)
+        except ValueError as exc:
+            raise ConfigError(f"TASKLENS_QUEUES: {safe_mask(url)}: {exc}") from None
+        self.hub = hub
+        parsed = self.url = target.url
+        queue = self.queue = target.name
+        self.queue_type = target.queue_type
+        self.name = f"queue:{queue}"
+        self.interval = parsed.interval or config.queue_poll_interval
+        self.timeout = parsed.timeout or default_timeout(self.interval)
+        self.threshold = parsed.threshold if parsed.threshold is not None else config.queue_backlog_threshold
+        self.history = History(parsed.window or config.queue_trend_window)
+        self.tags = (("queue", queue), ("queue_type", self.queue_type))
+        self.clock, self.wall = clock, wall
+        self.failures = 0  # consecutive
+        self.last_poll: float | None = None  # wall time of the last attempt
+        self.last_success: float | None = None
+        self.last_error: str | None = None
+        self.last_values: dict[str, float] = {}
+        self._log = RateLimitedLog()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        try:
+            while not stop.is_set():
+                await self.poll()
+                try:
+                    await asyncio.wait_for(stop.wait(), timeout=self.next_delay())
+                except TimeoutError:
+                    pass
+        finally:
+            await self._close()
+
+    def next_delay(self) -> float:
+        backoff = min(2 ** max(self.failures - 1, 0), MAX_BACKOFF)
+        return self.interval * backoff * random.uniform(1 - JITTER, 1 + JITTER)
+
+    async def poll(self) -> bool:
+        """One attempt: read, publish the numbers (or a gap), count it. True when it succeeded."""
+        metrics = self.hub.metrics
+        started = self.clock()
+        self.last_poll = self.wall()
+        metrics.inc("tasklens.queue.polls", queue=self.queue)
+        try:
+            reading = await asyncio.wait_for(self.probe.read(), self.timeout)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            self._failed(exc)
+            await self._close()
+            self.hub.publish(Batch(source=self.name, snapshot=True))
+            return False
+        finally:
+            metrics.set("tasklens.queue.poll_duration_seconds", self.clock() - started, queue=self.queue)
+        now = self.clock()
+        if reading.depth is not None:
+            self.history.add(now, reading.depth)
+        trend = self.history.trend(self.threshold, now)
+        samples = samples_of(reading, trend, self.tags, self.wall())
+        self.failures, self.last_error = 0, None
+        self.last_success = self.last_poll
+        self.last_values = {s.name: float(s.value) for s in samples}  # type: ignore[arg-type]
+        self.hub.publish(Batch(source=self.name, samples=samples, snapshot=True))
+        return True
+
+    def _failed(self, exc: Exception) -> None:
+        reason = reason_of(exc)
+        self.failures += 1
+        self.last_error = f"{reason}: {mask_secret(str(exc) or type(exc).__name__, self.url)}"
+        self.last_values = {}
+        self.hub.metrics.inc("tasklens.queue.poll_errors", queue=self.queue, reason=reason)
+        self._log.warning(f"{self.name}:{reason}", "queue %s (%s): poll failed (%s), reported as a gap",
+                          self.queue, self.url.masked, self.last_error)
+
+    async def _close(self) -> None:
+        try:
+            await asyncio.wait_for(self.probe.close(), CLOSE_TIMEOUT)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # closing a dead connection may fail; the next read reconnects anyway
+            self._log.warning(f"{self.name}:close", "queue %s: close failed: %r", self.queue, exc)
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "queue": self.queue,
+            "queue_type": self.queue_type,
+            "url": self.url.masked,
+            "interval_seconds": self.interval,
+            "last_poll": self.last_poll,
+            "last_success": self.last_success,
+            "last_error": self.last_error,
+            "consecutive_failures": self.failures,
+            "values": dict(self.last_values),
+        }
+

@@ -1,0 +1,170 @@
+"""AWS SQS: one `GetQueueAttributes` call per poll; the oldest age from CloudWatch when asked.
+
+    sqs://orders?region=eu-west-1                                   by name (+ sqs:GetQueueUrl, once)
+    sqs://sqs.eu-west-1.amazonaws.com/123456789012/orders           by queue URL (region from the host)
+    sqs://orders?region=us-east-1&endpoint=http://127.0.0.1:4566    an SQS-compatible endpoint
+    sqs://orders?region=eu-west-1&cloudwatch_age=true               + ApproximateAgeOfOldestMessage
+
+Credentials come from the standard AWS chain (the task role on ECS). Never `ReceiveMessage`: a peek
+would raise receive counts and could move messages to a dead-letter queue. The counts are
+approximate and settle within about a minute. CloudWatch publishes SQS metrics once a minute, so
+its value is fetched at most once per `CLOUDWATCH_PERIOD` and reused in between (each call costs).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+from integrations.queues.base import Broker, ProbeError, QueueURL, Reading, flag
+
+ATTRIBUTES = ("ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible",
+              "ApproximateNumberOfMessagesDelayed")
+CLOUDWATCH_PERIOD = 60.0
+CLOUDWATCH_LOOKBACK = timedelta(minutes=10)
+DEFAULT_REGION = "us-east-1"
+
+
+def location(url: QueueURL) -> tuple[str, str | None, str]:
+    """(queue name, queue URL when given in full, region)."""
+    parts = url.parts
+    path = parts.path.strip("/")
+    host = parts.hostname or ""
+    if path:  # sqs://<sqs host>/<account>/<name>
+        name = path.rsplit("/", 1)[-1]
+        endpoint = url.params.get("endpoint")
+        base = endpoint.rstrip("/") if endpoint else f"https://{parts.netloc}"
+        region = url.params.get("region") or region_of_host(host) or DEFAULT_REGION
+        return name, f"{base}/{path}", region
+    if not host:
+        raise ValueError("an SQS URL names the queue: sqs://<name>?region=... or sqs://<sqs host>/<account>/<name>")
+    return parts.netloc, None, url.params.get("region") or DEFAULT_REGION
+
+
+def region_of_host(host: str) -> str | None:
+    """`sqs.eu-west-1.amazonaws.com` -> `eu-west-1` (also `eu-west-1.queue.amazonaws.com`)."""
+    labels = host.split(".")
+    if len(labels) >= 4 and labels[0] == "sqs":
+        return labels[1]
+    if len(labels) >= 4 and labels[1] == "queue":
+        return labels[0]
+    return None
+
+
+def reading_of(attributes: dict[str, str]) -> Reading:
+    return Reading(depth=float(attributes["ApproximateNumberOfMessages"]),
+                   in_flight=float(attributes["ApproximateNumberOfMessagesNotVisible"]),
+                   delayed=float(attributes["ApproximateNumberOfMessagesDelayed"]))
+
+
+def latest_maximum(reply: dict[str, Any]) -> float | None:
+    points = reply.get("Datapoints") or []
+    if not points:
+        return None
+    return float(max(points, key=lambda p: p["Timestamp"])["Maximum"])
+
+
+def _error(exc: Exception) -> Exception:
+    from botocore import exceptions as e
+
+    if isinstance(exc, e.ClientError):
+        code = exc.response.get("Error", {}).get("Code", "")
+        if "NonExistentQueue" in code or "QueueDoesNotExist" in code:
+            return ProbeError("not_found", str(exc))
+        if code in ("AccessDenied", "AccessDeniedException", "InvalidClientTokenId", "SignatureDoesNotMatch",
+                    "ExpiredToken", "UnrecognizedClientException"):
+            return ProbeError("auth", str(exc))
+        return ProbeError("error", str(exc))
+    if isinstance(exc, (e.NoCredentialsError, e.PartialCredentialsError)):
+        return ProbeError("auth", str(exc))
+    if isinstance(exc, (e.ConnectTimeoutError, e.ReadTimeoutError)):
+        return ProbeError("timeout", str(exc))
+    if isinstance(exc, (e.EndpointConnectionError, e.ConnectionClosedError)):
+        return ProbeError("connection", str(exc))
+    return exc
+
+
+class SQSProbe:
+    def __init__(self, url: QueueURL) -> None:
+        self.url = url
+        self.queue, self.queue_url, self.region = location(url)
+        self.endpoint = url.params.get("endpoint") or None
+        self.cloudwatch_age = flag(url, "cloudwatch_age")
+        self.account = url.params.get("account") or None
+        self._stack: contextlib.AsyncExitStack | None = None
+        self._sqs: Any = None
+        self._cloudwatch: Any = None
+        self._age: tuple[float, float | None] | None = None  # (fetched at, value)
+
+    async def _connect(self) -> None:
+        from aiobotocore.config import AioConfig
+        from aiobotocore.session import get_session
+
+        timeout = self.url.timeout or 10.0
+        # our poll loop is the retry; botocore's own retries would only stretch a failed poll
+        config = AioConfig(connect_timeout=timeout, read_timeout=timeout, retries={"max_attempts": 1})
+        session = get_session()
+        stack = contextlib.AsyncExitStack()
+        try:
+            self._sqs = await stack.enter_async_context(session.create_client(
+                "sqs", region_name=self.region, endpoint_url=self.endpoint, config=config))
+            if self.cloudwatch_age:
+                self._cloudwatch = await stack.enter_async_context(session.create_client(
+                    "cloudwatch", region_name=self.region, config=config,
+                    endpoint_url=self.url.params.get("cloudwatch_endpoint") or self.endpoint))
+        except BaseException:
+            await stack.aclose()
+            raise
+        self._stack = stack
+
+    async def read(self) -> Reading:
+        try:
+            if self._stack is None:
+                await self._connect()
+            if self.queue_url is None:
+                args = {"QueueName": self.queue}
+                if self.account:
+                    args["QueueOwnerAWSAccountId"] = self.account
+                self.queue_url = (await self._sqs.get_queue_url(**args))["QueueUrl"]
+            reply = await self._sqs.get_queue_attributes(QueueUrl=self.queue_url, AttributeNames=list(ATTRIBUTES))
+            reading = reading_of(reply["Attributes"])
+            if self.cloudwatch_age:
+                reading = Reading(**{**reading.values(), "oldest_age_seconds": await self._oldest_age()})
+            return reading
+        except Exception as exc:
+            raise _error(exc) from exc
+
+    async def _oldest_age(self) -> float | None:
+        now = time.monotonic()
+        if self._age is not None and now - self._age[0] < CLOUDWATCH_PERIOD:
+            return self._age[1]
+        end = datetime.now(timezone.utc)
+        reply = await self._cloudwatch.get_metric_statistics(
+            Namespace="AWS/SQS", MetricName="ApproximateAgeOfOldestMessage",
+            Dimensions=[{"Name": "QueueName", "Value": self.queue}],
+            StartTime=end - CLOUDWATCH_LOOKBACK, EndTime=end, Period=60, Statistics=["Maximum"])
+        self._age = (now, latest_maximum(reply))
+        return self._age[1]
+
+    async def close(self) -> None:
+        stack, self._stack, self._sqs, self._cloudwatch = self._stack, None, None, None
+        if stack is not None:
+            await stack.aclose()
+
+
+def _reports(url: QueueURL) -> tuple[str, ...]:
+    base = ("depth", "in_flight", "delayed")
+    return base + ("oldest_age_seconds",) if flag(url, "cloudwatch_age") else base
+
+
+BROKER = Broker(
+    queue_type="sqs",
+    client="aiobotocore",
+    extra="sqs",
+    params=frozenset({"region", "endpoint", "account", "cloudwatch_age", "cloudwatch_endpoint"}),
+    name=lambda url: location(url)[0],
+    reports=_reports,
+    open=SQSProbe,
+)

@@ -53,6 +53,10 @@ def _map(value: Any) -> Mapping[str, Any]:
     return value if isinstance(value, Mapping) else {}
 
 
+def _list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else []
+
+
 def parse_time_ns(text: Any) -> int | None:
     """RFC 3339 with up to nanoseconds -> Unix nanoseconds; None for junk and Go's zero time."""
     if not isinstance(text, str):
@@ -222,8 +226,8 @@ def interfaces(stats: Any) -> dict[str, dict[str, float]]:
 def shared_network(task: Any) -> bool:
     """awsvpc and host tasks share one network namespace: every container's stats repeat the same
     interfaces. Only bridge mode gives each container its own."""
-    for container in _get(task, "Containers") or []:
-        for net in _get(container, "Networks") or []:
+    for container in _list(_get(task, "Containers")):
+        for net in _list(_get(container, "Networks")):
             if str(_get(net, "NetworkMode") or "").lower() == "bridge":
                 return False
     return True
@@ -345,7 +349,7 @@ def _task_samples(task: Any, totals: _Totals, previous: Mapping[str, Any]) -> li
         if value is not None:
             out.append(Sample(f"ecs.task.{name}", float(value), kind))
 
-    workloads = [c for c in _get(task, "Containers") or [] if isinstance(c, Mapping) and is_workload(c)]
+    workloads = [c for c in _list(_get(task, "Containers")) if isinstance(c, Mapping) and is_workload(c)]
     running = [c for c in workloads if c.get("KnownStatus") == "RUNNING"]
 
     cpu_limit = _num(_get(task, "Limits", "CPU"))
@@ -404,8 +408,7 @@ def derive(task: Any, stats: Any, previous: Mapping[str, Any] | None = None) -> 
         stats = {}
     samples: list[Sample] = []
     totals = _Totals()
-    containers = task.get("Containers")
-    for container in containers if isinstance(containers, list) else []:
+    for container in _list(task.get("Containers")):
         if not isinstance(container, Mapping) or not isinstance(container.get("DockerId"), str):
             errors.append("bad_container")
             continue

@@ -1,0 +1,484 @@
+"""The pure derivations, checked against numbers worked out by hand from each capture.
+
+The arithmetic is written out (fixture values copied from the files) so that each expected value
+can be checked by reading the JSON.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from typing import Any
+
+import pytest
+from conftest import load, managed_instances_task
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from agent.model import Kind, Sample
+from agent.sources.ecs_stats import derive, parse_time_ns, working_set_bytes
+from agent.sources.localstats import format_time_ns
+
+MIB = 1024 * 1024
+
+
+def values(samples: list[Sample]) -> dict[tuple[str, str | None], float]:
+    """(name, container_name or None for task series) -> value; fails on a duplicate series."""
+    out: dict[tuple[str, str | None], float] = {}
+    for s in samples:
+        key = (s.name, dict(s.tags).get("container_name"))
+        assert key not in out, f"duplicate series {key}"
+        out[key] = s.value  # type: ignore[assignment]
+    return out
+
+
+def pair(task: str, stats: str, previous: dict[str, Any] | None = None):
+    return derive(load(task + ".task"), load(stats + ".stats"), previous)
+
+
+def containers(samples: list[Sample]) -> set[str]:
+    return {dict(s.tags)["container_name"] for s in samples if s.name.startswith("ecs.container.")}
+
+
+# --- the spec's worked numbers ------------------------------------------------------------------
+
+
+def test_fargate_2023_worked_numbers() -> None:
+    d = pair("fargate-2023", "fargate-2023")
+    v = values(d.samples)
+    assert d.errors == []
+    # dd-agent: cpu delta 4817594472 - 4731035320 = 86,559,152 ns over 01:19:45.077342978 - 01:19:35.076984286
+    assert 4817594472 - 4731035320 == 86_559_152
+    dd_vcpus = 86_559_152 / 10_000_358_692
+    assert v["ecs.container.cpu.usage_vcpus", "dd-agent"] == pytest.approx(dd_vcpus, rel=1e-12)
+    assert round(v["ecs.container.cpu.usage_vcpus", "dd-agent"], 5) == 0.00866
+    # apmtest-ping: 977249587 - 970577025 = 6,672,562 ns over 44.895193503 - 34.895391778 = 9.999801725 s
+    ping_vcpus = 6_672_562 / 9_999_801_725
+    assert v["ecs.container.cpu.usage_vcpus", "apmtest-ping"] == pytest.approx(ping_vcpus, rel=1e-12)
+    assert round(v["ecs.container.cpu.usage_vcpus", "apmtest-ping"], 5) == 0.00067
+    # container Limits.CPU is 2 (unset on Fargate): utilization is of the task's 1 vCPU
+    assert v["ecs.container.cpu.utilization_percent", "dd-agent"] == pytest.approx(dd_vcpus * 100)
+    # memory: usage 160,886,784; working set = usage - total_inactive_file (3,919,872), not usage - cache
+    assert v["ecs.container.memory.usage_bytes", "dd-agent"] == 160_886_784
+    assert v["ecs.container.memory.working_set_bytes", "dd-agent"] == 156_966_912
+    assert 160_886_784 - 5_136_384 == 155_750_400  # usage - cache: the other, rejected answer
+    assert v["ecs.container.memory.usage_bytes", "apmtest-ping"] == 34_865_152
+    assert v["ecs.container.memory.working_set_bytes", "apmtest-ping"] == 34_865_152  # inactive file 0
+    # the capture's limits (922337, 92233) are below the usage: not real; the task's 3072 MiB applies
+    assert v["ecs.container.memory.limit_bytes", "dd-agent"] == 3072 * MIB
+    assert v["ecs.container.memory.utilization_percent", "dd-agent"] == pytest.approx(156_966_912 / (3072 * MIB) * 100)
+    assert v["ecs.container.memory.rss_bytes", "dd-agent"] == 147_873_792
+    assert v["ecs.container.memory.cache_bytes", "dd-agent"] == 5_136_384
+    # blkio: Read/Write entries of both devices; Sync/Async/Discard/Total ignored
+    assert v["ecs.container.io.read_bytes_total", "dd-agent"] == 0 + 143_360
+    assert v["ecs.container.io.write_bytes_total", "dd-agent"] == 57_344 + 0
+    assert v["ecs.container.io.read_ops_total", "dd-agent"] == 0 + 2
+    assert v["ecs.container.io.write_ops_total", "dd-agent"] == 14 + 0
+    assert v["ecs.container.io.read_bytes_total", "apmtest-ping"] == 0  # empty arrays
+    assert ("ecs.container.pids", "dd-agent") not in v  # pids_stats {} on Fargate
+    assert v["ecs.container.running", "dd-agent"] == 1
+    # uptime = read 01:19:45.077342978 - StartedAt 01:13:35.073930071
+    assert v["ecs.container.uptime_seconds", "dd-agent"] == pytest.approx(370.003412907)
+
+    # task: sums over containers; limits from the task (1 vCPU, 3072 MiB)
+    assert v["ecs.task.cpu.usage_vcpus", None] == pytest.approx(dd_vcpus + ping_vcpus)
+    assert v["ecs.task.cpu.limit_vcpus", None] == 1
+    assert v["ecs.task.cpu.utilization_percent", None] == pytest.approx((dd_vcpus + ping_vcpus) * 100)
+    assert v["ecs.task.memory.working_set_bytes", None] == 156_966_912 + 34_865_152
+    assert v["ecs.task.memory.limit_bytes", None] == 3072 * MIB
+    assert v["ecs.task.memory.utilization_percent", None] == pytest.approx(191_832_064 / (3072 * MIB) * 100)
+    # awsvpc: both containers report eth1; one copy (the newer, dd-agent's), not 781187362 + 781186753
+    assert v["ecs.task.network.receive_bytes_total", None] == 781_187_362
+    assert v["ecs.task.network.transmit_bytes_total", None] == 971_750
+    assert v["ecs.task.network.receive_packets_total", None] == 527_514
+    assert v["ecs.task.network.receive_bytes_per_second", None] == 1911.331442643617
+    assert v["ecs.task.network.transmit_bytes_per_second", None] == 2390.9142405361977
+    # EphemeralStorageMetrics in MiB
+    assert v["ecs.task.ephemeral_storage.used_bytes", None] == 2925 * MIB
+    assert v["ecs.task.ephemeral_storage.reserved_bytes", None] == 21499 * MIB
+
+
+def test_ec2_awsvpc_cgroupv2_pause_only() -> None:
+    d = pair("ec2-awsvpc-2023-cgroupv2", "ec2-awsvpc-2023-cgroupv2")
+    v = values(d.samples)
+    assert d.errors == []
+    # the pause container is not a workload: no per-container series at all
+    assert containers(d.samples) == set()
+    # but it is part of the task: cpu delta 0 over 32.690109934 - 31.642796089 = 1.047 s -> 0 vCPU
+    assert v["ecs.task.cpu.usage_vcpus", None] == 0.0
+    assert v["ecs.task.cpu.limit_vcpus", None] == 0.5
+    # cgroup v2: working set = usage 303,104 - inactive_file 0
+    assert v["ecs.task.memory.working_set_bytes", None] == 303_104
+    assert v["ecs.task.memory.limit_bytes", None] == 1024 * MIB
+    assert v["ecs.task.network.receive_bytes_total", None] == 14
+    assert v["ecs.task.network.transmit_bytes_total", None] == 21
+    assert ("ecs.task.network.receive_bytes_per_second", None) not in v  # no rate stats, one poll
+    stats = load("ec2-awsvpc-2023-cgroupv2.stats")
+    (entry,) = stats.values()
+    assert working_set_bytes(entry["memory_stats"]) == 303_104
+
+
+# --- every other capture ------------------------------------------------------------------------
+
+
+def test_ec2_bridge_2020_cgroup_v1_bridge_network_and_stopped_container() -> None:
+    d = pair("ec2-bridge-2020", "ec2-bridge-2020")
+    v = values(d.samples)
+    assert d.errors == []  # nginx200 is STOPPED: `{}` stats are expected, not an error
+    assert containers(d.samples) == {"nginx100", "nginx300", "nginx200"}
+    # zero CPU delta: 0 vCPU, emitted (read - preread > 0)
+    assert v["ecs.container.cpu.usage_vcpus", "nginx100"] == 0.0
+    assert v["ecs.container.cpu.utilization_percent", "nginx100"] == 0.0
+    # cgroup v1: usage - total_inactive_file
+    assert v["ecs.container.memory.working_set_bytes", "nginx100"] == 2_568_192 - 12_288
+    assert v["ecs.container.memory.working_set_bytes", "nginx300"] == 2_658_304 - 12_288
+    assert v["ecs.container.memory.limit_bytes", "nginx300"] == 134_217_728
+    assert v["ecs.container.memory.utilization_percent", "nginx300"] == pytest.approx(2_646_016 / 134_217_728 * 100)
+    assert v["ecs.container.pids", "nginx100"] == 2
+    # capitalised blkio ops (cgroup v1)
+    assert v["ecs.container.io.read_bytes_total", "nginx300"] == 3_452_928
+    assert v["ecs.container.io.write_bytes_total", "nginx300"] == 0
+    assert ("ecs.container.io.read_ops_total", "nginx300") not in v  # io_serviced_recursive []
+    # the stopped container: state only
+    assert v["ecs.container.running", "nginx200"] == 0
+    assert v["ecs.container.exit_code", "nginx200"] == 3
+    assert not [k for k in v if k[1] == "nginx200" and k[0] not in ("ecs.container.running", "ecs.container.exit_code")]
+    assert ("ecs.container.exit_code", "nginx100") not in v
+    # bridge mode: each container has its own namespace, so the interfaces add up
+    assert v["ecs.task.network.receive_bytes_total", None] == 2156 + 100 + 2066
+    assert v["ecs.task.network.receive_packets_total", None] == 28 + 100 + 27
+    assert v["ecs.task.network.receive_bytes_per_second", None] == pytest.approx(101.091 + 10)
+    assert v["ecs.task.network.transmit_bytes_per_second", None] == pytest.approx(55.322 + 55)
+    # no task Limits on EC2: CPU bound by the online CPUs (nginx300 has no reservation), memory by
+    # the running containers' 128 MiB each
+    assert v["ecs.task.cpu.limit_vcpus", None] == 2
+    assert v["ecs.task.memory.limit_bytes", None] == 2 * 128 * MIB
+    assert v["ecs.task.memory.working_set_bytes", None] == 2_555_904 + 2_646_016
+    assert ("ecs.task.ephemeral_storage.used_bytes", None) not in v
+
+
+def test_ec2_bridge_cpu_allocation_from_container_units() -> None:
+    task, stats = load("ec2-bridge-2020.task"), load("ec2-bridge-2020.stats")
+    nginx100 = "5302b3fac16c62951717f444030cb1b8f233f40c03fe5507fc127ca1a70597da"
+    stats[nginx100]["cpu_stats"]["cpu_usage"]["total_usage"] += 50_000_000  # over 1.002126667 s
+    v = values(derive(task, stats).samples)
+    vcpus = 50_000_000 / 1_002_126_667
+    assert v["ecs.container.cpu.usage_vcpus", "nginx100"] == pytest.approx(vcpus)
+    # Limits.CPU 100 units = 100/1024 vCPU
+    assert v["ecs.container.cpu.utilization_percent", "nginx100"] == pytest.approx(vcpus / (100 / 1024) * 100)
+
+
+def test_fargate_2021_sentinel_limit_and_stopped_container() -> None:
+    d = pair("fargate-2021", "fargate-2021")
+    v = values(d.samples)
+    assert d.errors == []
+    # limit 9223372036854771712 is "unlimited": the task's 512 MiB applies
+    assert v["ecs.container.memory.limit_bytes", "essential"] == 512 * MIB
+    assert v["ecs.container.memory.working_set_bytes", "essential"] == 974_848 - 0
+    assert v["ecs.container.memory.utilization_percent", "essential"] == pytest.approx(974_848 / (512 * MIB) * 100)
+    assert ("ecs.container.pids", "essential") not in v
+    assert v["ecs.container.cpu.usage_vcpus", "essential"] == 0.0
+    assert v["ecs.container.running", "non"] == 0
+    assert v["ecs.container.exit_code", "non"] == 42
+    assert v["ecs.task.cpu.limit_vcpus", None] == 0.25
+    assert v["ecs.task.network.receive_bytes_total", None] == 64_794_122
+    assert v["ecs.task.network.transmit_bytes_per_second", None] == 6.998895157210041
+    assert v["ecs.task.network.receive_bytes_per_second", None] == 0
+
+
+def test_fargate_v2_2017_pause_container_missing_values_and_old_network_key() -> None:
+    d = pair("fargate-v2-2017", "fargate-v2-2017-wrong-system-delta")
+    v = values(d.samples)
+    assert d.errors == []
+    assert containers(d.samples) == {"dd-agent", "redis"}  # not ~internal~ecs~pause
+    # CPU without system_cpu_usage: 371201388381 - 371199948667 over 38.512541896 - 37.512194702
+    dd = (371_201_388_381 - 371_199_948_667) / 1_000_347_194
+    assert v["ecs.container.cpu.usage_vcpus", "dd-agent"] == pytest.approx(dd)
+    assert v["ecs.container.cpu.utilization_percent", "dd-agent"] == pytest.approx(dd / (100 / 1024) * 100)
+    redis = (34_722_128_652 - 34_721_570_779) / 1_000_116_822
+    pause = 1 / 999_973_547
+    assert v["ecs.task.cpu.usage_vcpus", None] == pytest.approx(dd + redis + pause)
+    assert v["ecs.task.cpu.limit_vcpus", None] == 2
+    # blkio entries without `value` are skipped; Read of four devices
+    assert v["ecs.container.io.read_bytes_total", "dd-agent"] == 3 * 5_578_752 + 95_875_072
+    assert v["ecs.container.io.write_bytes_total", "dd-agent"] == 3 * 45_666_304 + 46_002_176
+    assert v["ecs.container.io.read_bytes_total", "redis"] == 3 * 389_120 + 6_496_256
+    assert v["ecs.container.io.write_bytes_total", "redis"] == 0
+    assert v["ecs.container.memory.working_set_bytes", "dd-agent"] == 253_894_656 - 22_790_144
+    # the task's working set includes the pause container (1110016 - 786432)
+    assert v["ecs.task.memory.working_set_bytes", None] == (253_894_656 - 22_790_144) + (7_901_184 - 4_059_136) + (
+        1_110_016 - 786_432)
+    assert v["ecs.task.memory.limit_bytes", None] == 4096 * MIB
+    # dd-agent has `"network": {}`; the pause container holds eth0/eth5, redis eth1
+    assert v["ecs.task.network.receive_bytes_total", None] == 5338 + 4641 + 268_836_870
+    assert v["ecs.task.network.transmit_bytes_total", None] == 648 + 690 + 455_081
+
+
+def test_windows_stats() -> None:
+    # the Windows capture's key is the DockerId of dd-agent in the v2 task
+    d = pair("fargate-v2-2017", "fargate-windows")
+    v = values(d.samples)
+    # redis is RUNNING but has no stats in this map
+    assert d.errors == ["no_stats"]
+    vcpus = (17_031_250_000 - 15_828_125_000) / 9_953_053_100  # 20.5933849 - 10.6403318 s, 7 digits
+    assert v["ecs.container.cpu.usage_vcpus", "dd-agent"] == pytest.approx(vcpus)
+    assert v["ecs.container.memory.working_set_bytes", "dd-agent"] == 140_673_024  # privateworkingset
+    assert v["ecs.container.memory.usage_bytes", "dd-agent"] == 210_485_248
+    assert v["ecs.container.memory.limit_bytes", "dd-agent"] == 256 * MIB  # no stats limit
+    # blkio fields are the string "None"; I/O comes from storage_stats
+    assert v["ecs.container.io.read_bytes_total", "dd-agent"] == 248_714_240
+    assert v["ecs.container.io.write_bytes_total", "dd-agent"] == 5_464_064
+    assert v["ecs.container.io.read_ops_total", "dd-agent"] == 31_932
+    assert v["ecs.container.io.write_ops_total", "dd-agent"] == 774
+    assert v["ecs.task.network.receive_bytes_total", None] == 1_220_430_883  # "Ethernet 3"
+    assert v["ecs.container.running", "redis"] == 1
+    assert ("ecs.container.cpu.usage_vcpus", "redis") not in v
+
+
+def test_managed_instances_cgroupv2_lowercase_blkio_and_shared_eth0() -> None:
+    task = managed_instances_task()
+    d = derive(task, load("managed-instances-2025-cgroupv2.stats"))
+    v = values(d.samples)
+    assert d.errors == []
+    app, agent = "managed-instances-app", "datadog-agent"
+    assert v["ecs.container.cpu.usage_vcpus", app] == pytest.approx((181_104_000 - 180_323_000) / 10_000_004_600)
+    assert v["ecs.container.cpu.usage_vcpus", agent] == pytest.approx((4_000_614_000 - 3_946_429_000) / 10_000_589_074)
+    # cgroup v2: usage - inactive_file
+    assert v["ecs.container.memory.working_set_bytes", app] == 42_827_776 - 6_082_560
+    assert v["ecs.container.memory.working_set_bytes", agent] == 398_942_208 - 149_512_192
+    assert v["ecs.container.memory.anon_bytes", agent] == 149_770_240
+    assert v["ecs.container.memory.file_bytes", agent] == 241_483_776
+    assert ("ecs.container.memory.rss_bytes", agent) not in v
+    # limit 18446744073709551615 is unlimited; the containers have no Memory: task 2048 MiB
+    assert v["ecs.container.memory.limit_bytes", agent] == 2048 * MIB
+    # lowercase `read`/`write` ops (exact-case matching would read 0 here)
+    assert v["ecs.container.io.read_bytes_total", app] == 1_875_968 + 1_875_968 + 7_593_984
+    assert v["ecs.container.io.write_bytes_total", app] == 28_672
+    assert v["ecs.container.io.read_bytes_total", agent] == 201_654_272 + 11_943_936 + 11_943_936
+    assert v["ecs.container.io.write_bytes_total", agent] == 7_258_112
+    assert ("ecs.container.io.read_ops_total", agent) not in v  # io_serviced_recursive null
+    # both containers repeat the same eth0: counted once
+    assert v["ecs.task.network.receive_bytes_total", None] == 163_710_528
+    assert v["ecs.task.network.transmit_bytes_total", None] == 1_103_607
+
+
+def test_managed_instances_without_networks() -> None:
+    d = derive(managed_instances_task(), load("managed-instances-2025-no-networks.stats"))
+    v = values(d.samples)
+    assert d.errors == []
+    assert not [k for k in v if "network" in k[0]]
+    assert v["ecs.container.memory.working_set_bytes", "datadog-agent"] == 398_942_208 - 149_512_192
+
+
+def test_task_with_tags_missing_and_extra_stats_entries() -> None:
+    # task-with-tags' containers under the managed-instances stats' task id: datadog-agent's
+    # DockerId matches, log_router has no entry, managed-instances-app is not in /task
+    task = load("task-with-tags.task")
+    for c in task["Containers"]:
+        c["DockerId"] = c["DockerId"].replace("938f6d263c464aa5985dc67ab7f38a7e", "2207f63945be40abb2d7bca5a2661cfd")
+    d = derive(task, load("managed-instances-2025-cgroupv2.stats"))
+    v = values(d.samples)
+    assert d.errors == ["no_stats"]  # log_router, running, no stats
+    assert containers(d.samples) == {"log_router", "datadog-agent"}
+    assert v["ecs.container.running", "log_router"] == 1
+    assert ("ecs.container.cpu.usage_vcpus", "log_router") not in v
+    # only datadog-agent is in the task totals (the extra key is not this task's)
+    assert v["ecs.task.memory.working_set_bytes", None] == 398_942_208 - 149_512_192
+    assert v["ecs.task.ephemeral_storage.used_bytes", None] == 2298 * MIB
+    assert v["ecs.task.ephemeral_storage.reserved_bytes", None] == 20496 * MIB
+    image = {dict(s.tags)["container_name"]: dict(s.tags) for s in d.samples if s.name == "ecs.container.running"}
+    assert image["datadog-agent"]["image"] == "public.ecr.aws/datadog/agent"
+    assert image["datadog-agent"]["image_tag"] == "latest"
+
+
+# --- rates over two polls -----------------------------------------------------------------------
+
+
+def _later(stats: dict[str, Any], seconds: int, cpu_ns: int, rx: int, tx: int) -> dict[str, Any]:
+    """The same capture `seconds` later, with more CPU time and traffic."""
+    out = copy.deepcopy(stats)
+    for entry in out.values():
+        if not entry:
+            continue
+        for key in ("read", "preread"):
+            entry[key] = format_time_ns(parse_time_ns(entry[key]) + seconds * 10**9)
+        entry["precpu_stats"] = copy.deepcopy(entry["cpu_stats"])
+        entry["cpu_stats"]["cpu_usage"]["total_usage"] += cpu_ns
+        for counters in (entry.get("networks") or {}).values():
+            counters["rx_bytes"] += rx
+            counters["tx_bytes"] += tx
+    return out
+
+
+def test_two_polls_rates_use_our_own_previous_sample() -> None:
+    task = managed_instances_task()
+    first = load("managed-instances-2025-cgroupv2.stats")
+    second = _later(first, 40, cpu_ns=2_000_000_000, rx=80_000, tx=4_000)
+    # simulate an agent that refreshed precpu 1 s before: our own 40 s delta must win
+    for entry in second.values():
+        entry["precpu_stats"]["cpu_usage"]["total_usage"] = entry["cpu_stats"]["cpu_usage"]["total_usage"] - 999
+    v = values(derive(task, second, first).samples)
+    assert v["ecs.container.cpu.usage_vcpus", "datadog-agent"] == pytest.approx(2_000_000_000 / 40e9)
+    assert v["ecs.container.cpu.usage_vcpus", "managed-instances-app"] == pytest.approx(0.05)
+    assert v["ecs.task.cpu.usage_vcpus", None] == pytest.approx(0.1)
+    assert v["ecs.task.cpu.utilization_percent", None] == pytest.approx(0.1 / 1 * 100)
+    # network: no network_rate_stats, so the counter delta over the read difference; eth0 once
+    assert v["ecs.task.network.receive_bytes_per_second", None] == pytest.approx(80_000 / 40)
+    assert v["ecs.task.network.transmit_bytes_per_second", None] == pytest.approx(4_000 / 40)
+    assert v["ecs.task.network.receive_bytes_total", None] == 163_710_528 + 80_000
+
+
+def test_same_read_twice_falls_back_to_precpu() -> None:
+    task, stats = load("fargate-2023.task"), load("fargate-2023.stats")
+    v = values(derive(task, stats, copy.deepcopy(stats)).samples)
+    assert v["ecs.container.cpu.usage_vcpus", "dd-agent"] == pytest.approx(86_559_152 / 10_000_358_692)
+
+
+def test_restart_negative_delta_and_no_precpu_give_no_cpu() -> None:
+    task, stats = load("fargate-2023.task"), load("fargate-2023.stats")
+    dd, ping = list(stats)
+    stats[dd]["precpu_stats"]["cpu_usage"]["total_usage"] = 10**12  # counter went backwards
+    stats[ping]["precpu_stats"] = {}  # first sample after a start
+    stats[ping]["preread"] = "0001-01-01T00:00:00Z"
+    d = derive(task, stats)
+    v = values(d.samples)
+    assert ("ecs.container.cpu.usage_vcpus", "dd-agent") not in v
+    assert ("ecs.container.cpu.usage_vcpus", "apmtest-ping") not in v
+    assert ("ecs.task.cpu.usage_vcpus", None) not in v
+    assert v["ecs.task.cpu.limit_vcpus", None] == 1  # still known
+    assert v["ecs.container.memory.working_set_bytes", "dd-agent"] == 156_966_912
+
+
+def test_read_not_after_preread_gives_no_cpu() -> None:
+    task, stats = load("fargate-2023.task"), load("fargate-2023.stats")
+    for entry in stats.values():
+        entry["preread"] = entry["read"]
+    v = values(derive(task, stats).samples)
+    assert not [k for k in v if "cpu.usage" in k[0] or "cpu.utilization" in k[0]]
+
+
+# --- odd shapes ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("entry", [None, {}, "oops", 42, []])
+def test_container_stats_null_empty_or_junk(entry: Any) -> None:
+    task, stats = load("fargate-2023.task"), load("fargate-2023.stats")
+    dd = next(iter(stats))
+    stats[dd] = entry
+    d = derive(task, stats)
+    v = values(d.samples)
+    expected = "bad_stats" if entry not in (None, {}) else "no_stats"
+    assert d.errors == [expected]
+    assert v["ecs.container.running", "dd-agent"] == 1
+    assert ("ecs.container.memory.usage_bytes", "dd-agent") not in v
+    # the other container is untouched
+    assert v["ecs.container.memory.working_set_bytes", "apmtest-ping"] == 34_865_152
+    assert v["ecs.task.memory.working_set_bytes", None] == 34_865_152
+
+
+def test_one_bad_container_entry_does_not_hide_the_others() -> None:
+    task, stats = load("fargate-2023.task"), load("fargate-2023.stats")
+    task["Containers"].insert(0, "not a container")
+    task["Containers"].insert(1, {"Name": "no-docker-id"})
+    dd = next(iter(stats))
+    stats[dd]["cpu_stats"] = "garbage"
+    stats[dd]["memory_stats"] = [1, 2]
+    stats[dd]["blkio_stats"] = {"io_service_bytes_recursive": [None, {"op": 7, "value": "x"}, {"op": "READ", "value": 5}]}
+    stats[dd]["networks"] = {"eth1": "nope"}
+    d = derive(task, stats)
+    v = values(d.samples)
+    assert d.errors == ["bad_container", "bad_container"]
+    assert v["ecs.container.running", "dd-agent"] == 1
+    assert v["ecs.container.io.read_bytes_total", "dd-agent"] == 5
+    assert ("ecs.container.cpu.usage_vcpus", "dd-agent") not in v
+    assert v["ecs.container.cpu.usage_vcpus", "apmtest-ping"] == pytest.approx(6_672_562 / 9_999_801_725)
+    assert v["ecs.task.network.receive_bytes_total", None] == 781_186_753  # apmtest-ping's copy only
+
+
+@pytest.mark.parametrize("limit", [18446744073709551615, 9223372036854771712, 2**62, 0, None, "None"])
+def test_memory_limit_sentinels_fall_back_to_the_task_definition(limit: Any) -> None:
+    task, stats = load("fargate-2023.task"), load("fargate-2023.stats")
+    task["Containers"][0]["Limits"]["Memory"] = 1024
+    for entry in stats.values():
+        entry["memory_stats"]["limit"] = limit
+    v = values(derive(task, stats).samples)
+    assert v["ecs.container.memory.limit_bytes", "dd-agent"] == 1024 * MIB  # the container's own
+    assert v["ecs.container.memory.limit_bytes", "apmtest-ping"] == 3072 * MIB  # the task's
+
+
+def test_real_stats_limit_is_used() -> None:
+    task, stats = load("fargate-2023.task"), load("fargate-2023.stats")
+    for entry in stats.values():
+        entry["memory_stats"]["limit"] = 512 * MIB
+    v = values(derive(task, stats).samples)
+    assert v["ecs.container.memory.limit_bytes", "dd-agent"] == 512 * MIB
+    assert v["ecs.container.memory.utilization_percent", "dd-agent"] == pytest.approx(156_966_912 / (512 * MIB) * 100)
+
+
+def test_working_set_rules() -> None:
+    assert working_set_bytes({"usage": 100, "stats": {"total_inactive_file": 30, "cache": 50}}) == 70
+    assert working_set_bytes({"usage": 100, "stats": {"cache": 50, "inactive_file": 10}}) == 50  # v1, no totals
+    assert working_set_bytes({"usage": 100, "stats": {"inactive_file": 10, "anon": 1}}) == 90  # v2
+    assert working_set_bytes({"usage": 100, "stats": {"inactive_file": 300}}) == 0  # never below 0
+    assert working_set_bytes({"usage": 100}) == 100
+    assert working_set_bytes({"usage": 100, "privateworkingset": 7}) == 7  # Windows
+    assert working_set_bytes({}) is None
+    assert working_set_bytes("junk") is None
+
+
+def test_task_and_stats_of_the_wrong_shape() -> None:
+    assert derive([], {}) == ([], ["bad_shape"])
+    assert derive("task", None).errors == ["bad_shape"]
+    d = derive(load("fargate-2023.task"), ["not", "a", "map"])
+    assert d.errors[0] == "bad_shape"
+    v = values(d.samples)
+    assert v["ecs.container.running", "dd-agent"] == 1
+    assert v["ecs.task.cpu.limit_vcpus", None] == 1
+    assert derive({"Containers": 5}, {}).errors == []
+
+
+def test_parse_time_ns() -> None:
+    assert parse_time_ns("1970-01-01T00:00:01.000000001Z") == 1_000_000_001
+    assert parse_time_ns("2023-06-20T01:19:45.077342978Z") - parse_time_ns("2023-06-20T01:19:35.076984286Z") == 10_000_358_692
+    assert parse_time_ns("2021-10-29T10:25:20.5933849Z") % 10**9 == 593_384_900
+    assert parse_time_ns("2021-10-29T12:25:20+02:00") == parse_time_ns("2021-10-29T10:25:20Z")
+    assert parse_time_ns("0001-01-01T00:00:00Z") is None
+    assert parse_time_ns("yesterday") is None
+    assert parse_time_ns(None) is None
+
+
+def test_every_series_has_a_known_kind_and_counters_are_totals() -> None:
+    d = derive(managed_instances_task(), load("managed-instances-2025-cgroupv2.stats"))
+    for s in d.samples:
+        assert s.kind is (Kind.COUNTER if s.name.endswith("_total") else Kind.GAUGE), s.name
+        assert isinstance(s.value, float)
+
+
+_json = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=5),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=12), inner, max_size=5),
+    max_leaves=30,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(entry=_json, container=_json)
+def test_never_raises_on_any_shape(entry: Any, container: Any) -> None:
+    task, stats = load("fargate-2023.task"), load("fargate-2023.stats")
+    dd = next(iter(stats))
+    stats[dd] = entry
+    task["Containers"].append(container)
+    d = derive(task, stats, {dd: entry})
+    json.dumps([s.value for s in d.samples])  # plain floats only
+    assert ("ecs.container.memory.working_set_bytes", "apmtest-ping") in values(d.samples)
+
+
+@settings(max_examples=200, deadline=None)
+@given(mem=_json, cpu=_json, blkio=_json, nets=_json)
+def test_never_raises_on_any_section(mem: Any, cpu: Any, blkio: Any, nets: Any) -> None:
+    task, stats = load("fargate-2023.task"), load("fargate-2023.stats")
+    dd = next(iter(stats))
+    stats[dd].update(memory_stats=mem, cpu_stats=cpu, blkio_stats=blkio, networks=nets)
+    d = derive(task, stats)
+    assert "bad_container" not in d.errors
+    assert values(d.samples)["ecs.container.running", "dd-agent"] == 1

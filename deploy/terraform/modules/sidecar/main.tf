@@ -1,0 +1,161 @@
+# The tasklens sidecar as values to add to any task definition: its container definition, the task
+# volumes and pidMode it needs, the IAM statements for the task and execution roles, and what the
+# worker container needs to reach it (environment, mounts, dependsOn).
+
+locals {
+  socket_dir    = "/var/run/tasklens"
+  socket_path   = "${local.socket_dir}/statsd.sock"
+  socket_volume = "tasklens-socket"
+  bootstrap_dir = "/opt/tasklens/bootstrap"
+
+  datadog           = var.datadog.api_key_secret_arn != null
+  profile_sidecar   = var.profiling.mode == "sidecar"
+  profile_bootstrap = var.profiling.mode == "bootstrap"
+  statsd_host       = var.network_mode == "bridge" ? var.container_name : "localhost"
+
+  # Profiling settings go where the profiler runs: the sidecar (py-spy) or the worker (bootstrap).
+  profiling_env = merge(
+    { TASKLENS_PYROSCOPE_URL = coalesce(var.profiling.url, "unset") },
+    var.profiling.user != null ? { TASKLENS_PYROSCOPE_USER = var.profiling.user } : {},
+    var.profiling.tenant != null ? { TASKLENS_PYROSCOPE_TENANT = var.profiling.tenant } : {},
+  )
+  profiling_secrets = var.profiling.password_secret_arn != null ? [
+    { name = "TASKLENS_PYROSCOPE_PASSWORD", valueFrom = var.profiling.password_secret_arn }
+  ] : []
+  identity_env = merge(
+    { TASKLENS_SERVICE = var.service },
+    var.env != "" ? { TASKLENS_ENV = var.env } : {},
+    var.service_version != "" ? { TASKLENS_VERSION = var.service_version } : {},
+  )
+
+  environment = merge(
+    local.identity_env,
+    {
+      TASKLENS_HTTP_ADDR   = "0.0.0.0:9102"
+      TASKLENS_STATSD_ADDR = "0.0.0.0:8125"
+    },
+    length(var.tags) > 0 ? { TASKLENS_TAGS = join(",", [for k, v in var.tags : "${k}:${v}"]) } : {},
+    length(var.queues) > 0 && var.queues_secret_arn == null ? { TASKLENS_QUEUES = join(",", [for q in var.queues : q.url]) } : {},
+    var.statsd.socket ? { TASKLENS_STATSD_SOCKET = local.socket_path } : {},
+    local.datadog ? { DD_SITE = var.datadog.site } : {},
+    local.profile_sidecar ? merge(local.profiling_env, { TASKLENS_PROFILE_MODE = "sidecar" }) : {},
+    var.environment,
+  )
+
+  secrets = concat(
+    local.datadog ? [{ name = "DD_API_KEY", valueFrom = var.datadog.api_key_secret_arn }] : [],
+    local.profile_sidecar ? local.profiling_secrets : [],
+    var.queues_secret_arn != null ? [{ name = "TASKLENS_QUEUES", valueFrom = var.queues_secret_arn }] : [],
+  )
+
+  socket_mounts = var.statsd.socket ? [
+    { sourceVolume = local.socket_volume, containerPath = local.socket_dir, readOnly = false }
+  ] : []
+
+  container_definition = merge(
+    {
+      name                   = var.container_name
+      image                  = var.image
+      essential              = var.essential
+      cpu                    = var.cpu
+      memoryReservation      = var.memory_reservation
+      user                   = "10001:10001"
+      readonlyRootFilesystem = true
+      # the sidecar flushes every exporter within TASKLENS_SHUTDOWN_TIMEOUT (20 s) after SIGTERM
+      stopTimeout = 30
+      portMappings = [
+        { containerPort = 9102, protocol = "tcp", name = "tasklens-metrics" },
+        { containerPort = 8125, protocol = "udp", name = "tasklens-statsd" },
+      ]
+      environment = [for k in sort(keys(local.environment)) : { name = k, value = local.environment[k] }]
+      secrets     = local.secrets
+      mountPoints = local.socket_mounts
+      healthCheck = {
+        command     = ["CMD", "tasklens", "health"]
+        interval    = 15
+        timeout     = 3
+        retries     = 3
+        startPeriod = 15
+      }
+      linuxParameters = merge(
+        { initProcessEnabled = true },
+        local.profile_sidecar ? { capabilities = { add = ["SYS_PTRACE"] } } : {},
+      )
+    },
+    var.memory != null ? { memory = var.memory } : {},
+    var.log_configuration != null ? { logConfiguration = var.log_configuration } : {},
+  )
+
+  worker_environment = merge(
+    {
+      DD_SERVICE        = var.service
+      DD_AGENT_HOST     = local.statsd_host
+      DD_DOGSTATSD_PORT = "8125"
+    },
+    var.env != "" ? { DD_ENV = var.env } : {},
+    var.service_version != "" ? { DD_VERSION = var.service_version } : {},
+    # the datadog client prefers DD_DOGSTATSD_URL over host and port
+    var.statsd.socket ? { DD_DOGSTATSD_URL = "unix://${local.socket_path}" } : {},
+    local.profile_bootstrap ? merge(local.identity_env, local.profiling_env, { PYTHONPATH = local.bootstrap_dir }) : {},
+  )
+
+  # --- IAM -----------------------------------------------------------------------------------
+  # SQS URLs: sqs://<name>?region=R (account from var.aws_account_id) or sqs://<host>/<account>/<name>.
+  sqs_queues = [
+    for q in var.queues : {
+      arn        = q.arn
+      full       = regexall("^sqs://[^/?]+/([0-9]{12})/([^/?]+)", q.url)
+      named      = regexall("^sqs://([^/?]+)", q.url)
+      region     = regexall("[?&]region=([^&]+)", q.url)
+      host       = regexall("^sqs://sqs\\.([a-z0-9-]+)\\.amazonaws\\.com/", q.url)
+      cloudwatch = length(regexall("[?&]cloudwatch_age=(1|true|yes|on)(&|$)", lower(q.url))) > 0
+    } if startswith(q.url, "sqs://")
+  ]
+  sqs_arns = [
+    for q in local.sqs_queues : q.arn != null ? q.arn : format(
+      "arn:%s:sqs:%s:%s:%s",
+      var.aws_partition,
+      length(q.region) > 0 ? q.region[0][0] : (length(q.host) > 0 ? q.host[0][0] : var.aws_region),
+      length(q.full) > 0 ? q.full[0][0] : var.aws_account_id,
+      length(q.full) > 0 ? q.full[0][1] : q.named[0][0],
+    )
+  ]
+  sqs_cloudwatch = anytrue([for q in local.sqs_queues : q.cloudwatch])
+
+  task_role_statements = concat(
+    length(local.sqs_arns) > 0 ? [{
+      Sid      = "TasklensReadQueueDepth"
+      Effect   = "Allow"
+      Action   = ["sqs:GetQueueAttributes", "sqs:GetQueueUrl"]
+      Resource = local.sqs_arns
+    }] : [],
+    # CloudWatch GetMetricStatistics has no resource-level permissions: "*" is the only resource.
+    local.sqs_cloudwatch ? [{
+      Sid      = "TasklensReadQueueAge"
+      Effect   = "Allow"
+      Action   = ["cloudwatch:GetMetricStatistics"]
+      Resource = ["*"]
+    }] : [],
+  )
+
+  secret_arns = distinct(concat(
+    [for s in local.secrets : s.valueFrom],
+    local.profile_bootstrap ? [for s in local.profiling_secrets : s.valueFrom] : [],
+  ))
+  secretsmanager_arns = [for a in local.secret_arns : a if can(regex("^arn:[^:]+:secretsmanager:", a))]
+  ssm_arns            = [for a in local.secret_arns : a if can(regex("^arn:[^:]+:ssm:", a))]
+  execution_role_statements = concat(
+    length(local.secretsmanager_arns) > 0 ? [{
+      Sid      = "TasklensReadSecrets"
+      Effect   = "Allow"
+      Action   = ["secretsmanager:GetSecretValue"]
+      Resource = local.secretsmanager_arns
+    }] : [],
+    length(local.ssm_arns) > 0 ? [{
+      Sid      = "TasklensReadParameters"
+      Effect   = "Allow"
+      Action   = ["ssm:GetParameters"]
+      Resource = local.ssm_arns
+    }] : [],
+  )
+}

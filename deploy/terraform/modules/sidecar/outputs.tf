@@ -1,0 +1,50 @@
+output "container_definition" {
+  description = "The sidecar's container definition (ECS shape): add it to the task's containerDefinitions."
+  value       = local.container_definition
+
+  precondition {
+    condition     = alltrue([for q in local.sqs_queues : q.arn != null || length(q.full) > 0 || var.aws_account_id != ""])
+    error_message = "An SQS queue named without its account (sqs://<name>?region=...) needs aws_account_id or an explicit arn."
+  }
+  precondition {
+    condition     = var.profiling.mode != "off" || var.profiling.url == null
+    error_message = "profiling.url is set but profiling.mode is off: set mode to sidecar or bootstrap."
+  }
+}
+
+output "volumes" {
+  description = "Task volumes the sidecar needs (add to the task definition's volumes)."
+  value       = var.statsd.socket ? [{ name = local.socket_volume }] : []
+}
+
+output "pid_mode" {
+  description = "The task's pidMode: \"task\" when profiling in sidecar mode (py-spy sees the worker), else null."
+  value       = local.profile_sidecar ? "task" : null
+}
+
+output "task_role_statements" {
+  description = "IAM policy statements for the task role (queue depth reads)."
+  value       = local.task_role_statements
+}
+
+output "execution_role_statements" {
+  description = "IAM policy statements for the execution role (reading the secrets injected into the containers)."
+  value       = local.execution_role_statements
+}
+
+output "worker" {
+  description = "What the worker container needs: environment, secrets, mountPoints, volumesFrom, dependsOn (opt-in) and links (bridge)."
+  value = {
+    environment  = [for k in sort(keys(local.worker_environment)) : { name = k, value = local.worker_environment[k] }]
+    secrets      = local.profile_bootstrap ? local.profiling_secrets : []
+    mount_points = local.socket_mounts
+    volumes_from = local.profile_bootstrap ? [{ sourceContainer = var.container_name, readOnly = true }] : []
+    depends_on   = [{ containerName = var.container_name, condition = "HEALTHY" }]
+    links        = var.network_mode == "bridge" ? [var.container_name] : []
+  }
+}
+
+output "metrics_port" {
+  description = "Port of the sidecar's /metrics (Prometheus scrape target)."
+  value       = 9102
+}

@@ -1,0 +1,198 @@
+variable "service" {
+  description = "Service name: the sidecar's TASKLENS_SERVICE, the worker's DD_SERVICE and the `service` tag of every series."
+  type        = string
+
+  validation {
+    condition     = can(regex("^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$", var.service))
+    error_message = "service must be 1-63 letters, digits, '_', '.' or '-', starting with a letter or digit."
+  }
+}
+
+variable "env" {
+  description = "Environment tag (TASKLENS_ENV); empty to leave it out."
+  type        = string
+  default     = ""
+}
+
+variable "service_version" {
+  description = "Version tag (TASKLENS_VERSION), usually the worker's image tag; empty to leave it out."
+  type        = string
+  default     = ""
+}
+
+variable "image" {
+  description = "The tasklens image (built from deploy/docker/Dockerfile)."
+  type        = string
+  default     = "tasklens/tasklens:0.1.0"
+}
+
+variable "container_name" {
+  description = "Name of the sidecar container in the task."
+  type        = string
+  default     = "tasklens"
+}
+
+variable "essential" {
+  description = "Stop the task when the sidecar stops. Off by default: a crashing observer must not kill the worker."
+  type        = bool
+  default     = false
+}
+
+variable "cpu" {
+  description = "CPU units reserved for the sidecar."
+  type        = number
+  default     = 32
+
+  validation {
+    condition     = var.cpu >= 0 && var.cpu <= 1024
+    error_message = "cpu must be between 0 and 1024 units."
+  }
+}
+
+variable "memory_reservation" {
+  description = "Soft memory reservation for the sidecar, MiB (it fits in 32-64)."
+  type        = number
+  default     = 48
+
+  validation {
+    condition     = var.memory_reservation >= 32 && var.memory_reservation <= 512
+    error_message = "memory_reservation must be between 32 and 512 MiB."
+  }
+}
+
+variable "memory" {
+  description = "Optional hard memory limit for the sidecar, MiB (null: none)."
+  type        = number
+  default     = null
+}
+
+variable "network_mode" {
+  description = "The task's network mode: how the worker reaches the sidecar (localhost in awsvpc/host, a link in bridge)."
+  type        = string
+  default     = "awsvpc"
+
+  validation {
+    condition     = contains(["awsvpc", "bridge", "host"], var.network_mode)
+    error_message = "network_mode must be awsvpc, bridge or host."
+  }
+}
+
+variable "queues" {
+  description = "The worker's queues, one URL each (see docs/queues.md). For SQS, `arn` overrides the ARN derived from the URL for the IAM statement."
+  type = list(object({
+    url = string
+    arn = optional(string)
+  }))
+  default = []
+
+  validation {
+    condition     = alltrue([for q in var.queues : can(regex("^(sqs|rabbitmq|amqp|redis|rediss|nats|beanstalkd|postgres|postgresql)://", q.url))])
+    error_message = "Each queue url starts with sqs://, rabbitmq://, redis://, nats://, beanstalkd:// or postgres://."
+  }
+  validation {
+    condition     = alltrue([for q in var.queues : !can(regex("://[^/@?]*:[^/@?]*@", q.url))])
+    error_message = "A queue url must not carry a password in plain environment: put the URLs in a secret and pass queues_secret_arn."
+  }
+}
+
+variable "aws_account_id" {
+  description = "Account of the SQS queues named without one (sqs://<name>?region=...), for their IAM ARNs."
+  type        = string
+  default     = ""
+}
+
+variable "aws_region" {
+  description = "Default region of SQS queues whose URL has no region."
+  type        = string
+  default     = "us-east-1"
+}
+
+variable "statsd" {
+  description = "StatsD listener: UDP 8125 always; `socket` adds the Unix socket on a volume shared with the worker (faster, no packet loss on a full buffer)."
+  type = object({
+    socket = optional(bool, false)
+  })
+  default = {}
+}
+
+variable "datadog" {
+  description = "Datadog export: on when `api_key_secret_arn` (Secrets Manager or SSM parameter ARN) is set."
+  type = object({
+    api_key_secret_arn = optional(string)
+    site               = optional(string, "datadoghq.com")
+  })
+  default = {}
+
+  validation {
+    condition     = var.datadog.api_key_secret_arn == null || can(regex("^arn:", var.datadog.api_key_secret_arn))
+    error_message = "datadog.api_key_secret_arn must be a Secrets Manager or SSM parameter ARN (never the key itself)."
+  }
+}
+
+variable "profiling" {
+  description = <<-EOT
+    Continuous profiling to a Pyroscope server. mode "sidecar": py-spy in the sidecar (adds pidMode task
+    and SYS_PTRACE); "bootstrap": in-process, the worker gets the bootstrap on PYTHONPATH; "off".
+  EOT
+  type = object({
+    mode                = optional(string, "off")
+    url                 = optional(string)
+    user                = optional(string)
+    password_secret_arn = optional(string)
+    tenant              = optional(string)
+  })
+  default = {}
+
+  validation {
+    condition     = contains(["off", "sidecar", "bootstrap"], var.profiling.mode)
+    error_message = "profiling.mode must be off, sidecar or bootstrap."
+  }
+  validation {
+    condition     = var.profiling.mode == "off" || can(regex("^https?://[^@]+$", var.profiling.url))
+    error_message = "profiling.url must be an http(s) URL without credentials (use user and password_secret_arn)."
+  }
+  validation {
+    condition     = var.profiling.password_secret_arn == null || can(regex("^arn:", var.profiling.password_secret_arn))
+    error_message = "profiling.password_secret_arn must be a Secrets Manager or SSM parameter ARN."
+  }
+}
+
+variable "tags" {
+  description = "Extra tags on every series (TASKLENS_TAGS)."
+  type        = map(string)
+  default     = {}
+}
+
+variable "environment" {
+  description = "Further sidecar settings as TASKLENS_* variables (see `tasklens check`), e.g. TASKLENS_FLUSH_INTERVAL."
+  type        = map(string)
+  default     = {}
+
+  validation {
+    condition     = alltrue([for k in keys(var.environment) : can(regex("^(TASKLENS_|DD_)", k)) && !contains(["DD_API_KEY", "TASKLENS_PYROSCOPE_PASSWORD"], k)])
+    error_message = "environment takes TASKLENS_* and DD_* settings; secrets go through datadog/profiling *_secret_arn."
+  }
+}
+
+variable "log_configuration" {
+  description = "The sidecar's logConfiguration (ECS shape), or null for none."
+  type        = any
+  default     = null
+}
+
+variable "queues_secret_arn" {
+  description = "A secret holding TASKLENS_QUEUES when the URLs carry passwords. `queues` is then used only for the IAM statements."
+  type        = string
+  default     = null
+
+  validation {
+    condition     = var.queues_secret_arn == null || can(regex("^arn:", var.queues_secret_arn))
+    error_message = "queues_secret_arn must be a Secrets Manager or SSM parameter ARN."
+  }
+}
+
+variable "aws_partition" {
+  description = "ARN partition of derived SQS ARNs."
+  type        = string
+  default     = "aws"
+}

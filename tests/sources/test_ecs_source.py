@@ -1,0 +1,382 @@
+"""The ECS source against a real metadata endpoint on loopback, exported through the real
+Prometheus sink: every capture, rates over two polls, and every failure the spec lists."""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import json
+import logging
+import time
+from typing import Any
+
+import pytest
+from conftest import FIXTURES, MetadataServer, load, managed_instances_task
+from prometheus_client.exposition import generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+
+from agent.config import Config
+from agent.hub import Hub
+from agent.identity import Identity
+from agent.model import Batch
+from agent.sinks.prometheus import PrometheusSink
+from agent.sources.ecs import EcsSource, metadata_base_url
+from agent.sources.ecs_stats import parse_time_ns
+from agent.sources.localstats import format_time_ns
+
+MIB = 1024 * 1024
+
+
+class Recorder:
+    name = "recorder"
+
+    def __init__(self) -> None:
+        self.batches: list[Batch] = []
+
+    def accept(self, batch: Batch) -> None:
+        self.batches.append(batch)
+
+
+class Harness:
+    def __init__(self, url: str, poll_interval: float = 0.2, timeout: float = 0.5, **kw: Any) -> None:
+        self.config = Config(poll_interval=poll_interval, metadata_timeout=timeout, service="", tags=(("team", "core"),))
+        self.hub = Hub(Identity(service="configured"))
+        self.prometheus = PrometheusSink(self.hub.metrics, pull=self.hub.pull)
+        self.recorder = Recorder()
+        self.hub.add_sink(self.recorder)
+        self.hub.add_sink(self.prometheus)
+        self.source = EcsSource(self.config, self.hub, url, backoff_initial=0.05, **kw)
+
+    def scrape(self) -> dict[tuple[str, str | None], float]:
+        """Prometheus sample name and container_name -> value, as a scraper sees it."""
+        out: dict[tuple[str, str | None], float] = {}
+        for family in text_string_to_metric_families(generate_latest(self.prometheus.registry).decode()):
+            for s in family.samples:
+                if s.name.startswith("ecs_") and s.name != "ecs_task_info":
+                    out[s.name, s.labels.get("container_name")] = s.value
+        return out
+
+    def labels(self, name: str) -> list[dict[str, str]]:
+        text = generate_latest(self.prometheus.registry).decode()
+        return [s.labels for f in text_string_to_metric_families(text) for s in f.samples if s.name == name]
+
+    def metric(self, name: str, **labels: str) -> float:
+        return self.hub.metrics.get(name, **labels)
+
+
+@pytest.fixture
+async def harness(metadata: MetadataServer):
+    h = Harness(metadata.url)
+    yield h
+    await h.source.aclose()
+
+
+def raw(name: str) -> bytes:
+    return (FIXTURES / f"{name}.json").read_bytes()
+
+
+async def wait_for(predicate, timeout: float = 5.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.02)
+
+
+def test_metadata_base_url() -> None:
+    assert metadata_base_url({"ECS_CONTAINER_METADATA_URI_V4": " http://169.254.170.2/v4/abc \n"}) == \
+        "http://169.254.170.2/v4/abc"
+    assert metadata_base_url({"ECS_CONTAINER_METADATA_URI": "http://169.254.170.2/v3/abc/"}) == \
+        "http://169.254.170.2/v3/abc"
+    both = {"ECS_CONTAINER_METADATA_URI_V4": "http://a/v4/1", "ECS_CONTAINER_METADATA_URI": "http://a/v3/1"}
+    assert metadata_base_url(both) == "http://a/v4/1"
+    assert metadata_base_url({"ECS_CONTAINER_METADATA_URI_V4": "  "}) is None
+    assert metadata_base_url({}) is None
+
+
+# --- every capture over HTTP, checked at /metrics -----------------------------------------------
+
+# (task, stats) -> Prometheus series worked out by hand from the files (see test_ecs_stats.py)
+CASES: dict[str, tuple[Any, Any, dict[tuple[str, str | None], float]]] = {
+    "fargate-2023": (raw("fargate-2023.task"), raw("fargate-2023.stats"), {
+        ("ecs_container_cpu_usage_vcpus", "dd-agent"): 86_559_152 / 10_000_358_692,
+        ("ecs_container_memory_working_set_bytes", "dd-agent"): 156_966_912,
+        ("ecs_container_memory_usage_bytes", "apmtest-ping"): 34_865_152,
+        ("ecs_container_io_write_bytes_total", "dd-agent"): 57_344,
+        ("ecs_task_network_receive_bytes_total", None): 781_187_362,
+        ("ecs_task_ephemeral_storage_reserved_bytes", None): 21499 * MIB,
+    }),
+    "ec2-bridge-2020": (raw("ec2-bridge-2020.task"), raw("ec2-bridge-2020.stats"), {
+        ("ecs_container_exit_code", "nginx200"): 3,
+        ("ecs_container_running", "nginx200"): 0,
+        ("ecs_container_pids", "nginx300"): 2,
+        ("ecs_container_io_read_bytes_total", "nginx300"): 3_452_928,
+        ("ecs_task_network_receive_bytes_total", None): 2156 + 100 + 2066,
+    }),
+    "fargate-2021": (raw("fargate-2021.task"), raw("fargate-2021.stats"), {
+        ("ecs_container_memory_limit_bytes", "essential"): 512 * MIB,
+        ("ecs_container_exit_code", "non"): 42,
+        ("ecs_task_cpu_limit_vcpus", None): 0.25,
+    }),
+    "ec2-awsvpc-2023-cgroupv2": (raw("ec2-awsvpc-2023-cgroupv2.task"), raw("ec2-awsvpc-2023-cgroupv2.stats"), {
+        ("ecs_task_memory_working_set_bytes", None): 303_104,
+        ("ecs_task_cpu_usage_vcpus", None): 0.0,
+        ("ecs_task_memory_limit_bytes", None): 1024 * MIB,
+    }),
+    "fargate-v2-2017": (raw("fargate-v2-2017.task"), raw("fargate-v2-2017-wrong-system-delta.stats"), {
+        ("ecs_container_io_read_bytes_total", "dd-agent"): 3 * 5_578_752 + 95_875_072,
+        ("ecs_task_network_receive_bytes_total", None): 5338 + 4641 + 268_836_870,
+    }),
+    "fargate-windows": (raw("fargate-v2-2017.task"), raw("fargate-windows.stats"), {
+        ("ecs_container_memory_working_set_bytes", "dd-agent"): 140_673_024,
+        ("ecs_container_io_read_bytes_total", "dd-agent"): 248_714_240,
+    }),
+    "managed-instances-2025-cgroupv2": (managed_instances_task(), raw("managed-instances-2025-cgroupv2.stats"), {
+        ("ecs_container_memory_working_set_bytes", "datadog-agent"): 398_942_208 - 149_512_192,
+        ("ecs_container_io_read_bytes_total", "managed-instances-app"): 1_875_968 * 2 + 7_593_984,
+        ("ecs_task_network_receive_bytes_total", None): 163_710_528,
+    }),
+    "managed-instances-2025-no-networks": (managed_instances_task(), raw("managed-instances-2025-no-networks.stats"), {
+        ("ecs_container_memory_working_set_bytes", "managed-instances-app"): 42_827_776 - 6_082_560,
+    }),
+    "task-with-tags": (raw("task-with-tags.task"), raw("managed-instances-2025-cgroupv2.stats"), {
+        ("ecs_container_running", "log_router"): 1,
+        ("ecs_task_ephemeral_storage_used_bytes", None): 2298 * MIB,
+        ("ecs_task_memory_limit_bytes", None): 2048 * MIB,
+    }),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+async def test_every_capture_over_http(case: str, metadata: MetadataServer, harness: Harness) -> None:
+    task, stats, expected = CASES[case]
+    metadata.serve(task, stats)
+    assert await harness.source.poll_once()
+    got = harness.scrape()
+    for key, value in expected.items():
+        assert got.get(key) == pytest.approx(value, rel=1e-12), key
+    assert harness.source.ready
+    assert harness.metric("tasklens.ecs.poll_errors") == 0
+    assert "~internal~ecs~pause" not in {k[1] for k in got}
+
+
+async def test_identity_and_tags_from_the_task(metadata: MetadataServer, harness: Harness) -> None:
+    metadata.serve(raw("fargate-2023.task"), raw("fargate-2023.stats"))
+    await harness.source.poll_once()
+    ident = harness.hub.identity
+    assert (ident.ecs_cluster, ident.task_id, ident.region, ident.launch_type) == (
+        "akira-fargate-check-cluster", "67cd8a22b533459696d4ccab5278e009", "ap-northeast-1", "FARGATE")
+    (labels,) = [lb for lb in harness.labels("ecs_container_memory_working_set_bytes")
+                 if lb["container_name"] == "dd-agent"]
+    assert labels["image"] == "public.ecr.aws/b1o7r7e0/akira-agent-fgcheck"
+    assert labels["image_tag"] == "9"
+    assert labels["task_id"] == "67cd8a22b533459696d4ccab5278e009"
+    assert labels["team"] == "core"
+    (info,) = harness.labels("ecs_task_info")
+    assert info["task_arn"].endswith("/67cd8a22b533459696d4ccab5278e009")
+    status = harness.source.status()
+    assert status["containers"] == 2 and status["last_error"] is None and status["last_success"]
+
+
+def _later(stats: dict[str, Any], seconds: int, cpu_ns: int, rx: int) -> dict[str, Any]:
+    out = copy.deepcopy(stats)
+    for entry in out.values():
+        entry["read"] = format_time_ns(parse_time_ns(entry["read"]) + seconds * 10**9)
+        entry["preread"] = format_time_ns(parse_time_ns(entry["read"]) - 10**9)  # the agent's own 1 s
+        entry["precpu_stats"] = copy.deepcopy(entry["cpu_stats"])  # nothing in the last second
+        entry["cpu_stats"]["cpu_usage"]["total_usage"] += cpu_ns
+        entry["precpu_stats"]["cpu_usage"]["total_usage"] += cpu_ns
+        for counters in (entry.get("networks") or {}).values():
+            counters["rx_bytes"] += rx
+    return out
+
+
+async def test_two_polls_rates_and_dedupe_on_read(metadata: MetadataServer, harness: Harness) -> None:
+    task, first = managed_instances_task(), load("managed-instances-2025-cgroupv2.stats")
+    metadata.serve(task, first)
+    await harness.source.poll_once()
+    assert ("ecs_task_network_receive_bytes_per_second", None) not in harness.scrape()  # one poll only
+    second = _later(first, 20, cpu_ns=3_000_000_000, rx=50_000)
+    metadata.serve(task, second)
+    await harness.source.poll_once()
+    got = harness.scrape()
+    # over our 20 s between polls, not the agent's last second (which saw no CPU)
+    assert got["ecs_container_cpu_usage_vcpus", "datadog-agent"] == pytest.approx(3e9 / 20e9)
+    assert got["ecs_task_cpu_usage_vcpus", None] == pytest.approx(2 * 3e9 / 20e9)
+    assert got["ecs_task_cpu_utilization_percent", None] == pytest.approx(30.0)  # of the task's 1 vCPU
+    assert got["ecs_task_network_receive_bytes_per_second", None] == pytest.approx(50_000 / 20)
+    # the agent has not refreshed: same `read` again -> still the rate between the two samples
+    await harness.source.poll_once()
+    again = harness.scrape()
+    assert again["ecs_container_cpu_usage_vcpus", "datadog-agent"] == pytest.approx(0.15)
+    assert again["ecs_task_network_receive_bytes_per_second", None] == pytest.approx(2500.0)
+    assert harness.metric("tasklens.ecs.polls") == 3
+
+
+# --- failures -----------------------------------------------------------------------------------
+
+
+async def test_down_at_start_then_recovers_by_itself() -> None:
+    server = MetadataServer()
+    await server.start()
+    port = server.port
+    await server.stop()  # nothing listens there now
+    h = Harness(f"http://127.0.0.1:{port}/v4/x", poll_interval=0.2)
+    stop = asyncio.Event()
+    runner = asyncio.create_task(h.source.run(stop))
+    try:
+        await wait_for(lambda: h.metric("tasklens.ecs.poll_errors", reason="connection") >= 2, what="connection errors")
+        assert not h.source.ready
+        assert h.hub.identity.service == "configured"
+        assert h.source.status()["last_error_reason"] == "connection"
+        server.serve(raw("fargate-2023.task"), raw("fargate-2023.stats"))
+        await server.start(port)
+        await wait_for(lambda: h.source.ready, what="recovery")
+        assert h.hub.identity.task_id == "67cd8a22b533459696d4ccab5278e009"
+        assert h.scrape()["ecs_container_memory_working_set_bytes", "dd-agent"] == 156_966_912
+        assert h.source.status()["consecutive_failures"] == 0
+    finally:
+        stop.set()
+        await asyncio.wait_for(runner, 5)
+        await server.stop()
+    assert runner.done() and runner.exception() is None
+
+
+async def test_down_later_keeps_identity_and_recovers(metadata: MetadataServer) -> None:
+    metadata.serve(raw("fargate-2023.task"), raw("fargate-2023.stats"))
+    h = Harness(metadata.url, poll_interval=0.2)
+    stop = asyncio.Event()
+    runner = asyncio.create_task(h.source.run(stop))
+    try:
+        await wait_for(lambda: h.source.ready, what="first poll")
+        await metadata.stop()
+        await wait_for(lambda: h.metric("tasklens.ecs.poll_errors", reason="connection") >= 1, what="an error")
+        # the identity stays; the container series go (a gap, not a stale value)
+        assert h.hub.identity.task_id == "67cd8a22b533459696d4ccab5278e009"
+        (info,) = h.labels("ecs_task_info")
+        assert info["task_id"] == "67cd8a22b533459696d4ccab5278e009"
+        assert h.scrape() == {}
+        await metadata.start(metadata.port)
+        await wait_for(lambda: ("ecs_container_running", "dd-agent") in h.scrape(), what="recovery")
+    finally:
+        stop.set()
+        await asyncio.wait_for(runner, 5)
+
+
+async def test_slow_past_the_timeout(metadata: MetadataServer) -> None:
+    metadata.serve(raw("fargate-2023.task"), raw("fargate-2023.stats"))
+    metadata.delay = 1.0
+    h = Harness(metadata.url, timeout=0.2)
+    started = time.monotonic()
+    assert not await h.source.poll_once()
+    assert time.monotonic() - started < 0.9
+    assert h.metric("tasklens.ecs.poll_errors", reason="timeout") == 1
+    metadata.delay = 0
+    assert await h.source.poll_once()
+    await h.source.aclose()
+
+
+@pytest.mark.parametrize(("status", "reason"), [(500, "http_5xx"), (503, "http_5xx"), (404, "http_4xx")])
+async def test_http_errors(status: int, reason: str, metadata: MetadataServer, harness: Harness) -> None:
+    metadata.serve(raw("fargate-2023.task"), raw("fargate-2023.stats"))
+    assert await harness.source.poll_once()
+    metadata.status = status
+    assert not await harness.source.poll_once()
+    assert harness.metric("tasklens.ecs.poll_errors", reason=reason) == 1
+    assert harness.hub.identity.task_id == "67cd8a22b533459696d4ccab5278e009"
+    assert harness.source.ready  # it was ready once; /ready does not flap on one failure
+    assert "HTTP %d" % status in harness.source.status()["last_error"]
+
+
+@pytest.mark.parametrize(("task", "stats", "reason"), [
+    (raw("fargate-2023.task")[:1000], raw("fargate-2023.stats"), "bad_json"),  # truncated
+    (raw("fargate-2023.task"), raw("fargate-2023.stats")[:-40], "bad_json"),
+    (b"\xff\xfe not utf-8", raw("fargate-2023.stats"), "bad_json"),
+    (b'"agent failed to fetch"', raw("fargate-2023.stats"), "bad_shape"),  # a JSON string
+    (b"[1, 2, 3]", raw("fargate-2023.stats"), "bad_shape"),
+    (b'{"Cluster": "x"}', raw("fargate-2023.stats"), "bad_shape"),  # no TaskARN
+    (b'{"TaskARN": "arn:aws:ecs:r:1:task/c/t", "Containers": 7}', b"{}", "bad_shape"),
+    (b'{"TaskARN": "arn:aws:ecs:r:1:task/c/t"}', b"{}", None),  # a task with no containers yet
+    (raw("fargate-2023.task"), b'["not", "a", "map"]', "bad_shape"),
+])
+async def test_bad_bodies(task: bytes, stats: bytes, reason: str | None, metadata: MetadataServer,
+                          harness: Harness) -> None:
+    metadata.serve(task, stats)
+    ok = await harness.source.poll_once()
+    assert ok is (reason is None)
+    if reason:
+        assert harness.metric("tasklens.ecs.poll_errors", reason=reason) == 1
+        assert harness.hub.metrics.total("tasklens.ecs.poll_errors") == 1  # one reason per poll
+
+
+async def test_stats_failure_still_publishes_the_task_state(metadata: MetadataServer, harness: Harness) -> None:
+    metadata.serve(raw("ec2-bridge-2020.task"), raw("ec2-bridge-2020.stats"))
+    metadata.stats_status = 500
+    assert not await harness.source.poll_once()
+    got = harness.scrape()
+    assert got["ecs_container_exit_code", "nginx200"] == 3
+    assert got["ecs_container_running", "nginx100"] == 1
+    assert ("ecs_container_memory_usage_bytes", "nginx100") not in got
+    assert harness.hub.identity.task_family == "three-nginx"
+    assert harness.metric("tasklens.ecs.poll_errors", reason="http_5xx") == 1
+
+
+async def test_one_bad_container_entry_does_not_hide_the_others(metadata: MetadataServer, harness: Harness) -> None:
+    task, stats = load("fargate-2023.task"), load("fargate-2023.stats")
+    task["Containers"].insert(0, {"DockerId": 12, "Name": ["x"]})
+    dd = next(iter(stats))
+    stats[dd] = "corrupt"
+    metadata.serve(task, stats)
+    assert await harness.source.poll_once()
+    got = harness.scrape()
+    assert got["ecs_container_memory_working_set_bytes", "apmtest-ping"] == 34_865_152
+    assert got["ecs_container_running", "dd-agent"] == 1
+    assert harness.metric("tasklens.ecs.container_errors", reason="bad_container") == 1
+    assert harness.metric("tasklens.ecs.container_errors", reason="bad_stats") == 1
+
+
+async def test_errors_are_logged_once_per_interval(metadata: MetadataServer, caplog: pytest.LogCaptureFixture) -> None:
+    h = Harness(metadata.url, log_interval=60.0)
+    metadata.serve(raw("fargate-2023.task"), raw("fargate-2023.stats"))
+    metadata.status = 500
+    with caplog.at_level(logging.INFO, logger="tasklens.ecs"):
+        for _ in range(5):
+            await h.source.poll_once()
+        metadata.status = 404
+        for _ in range(3):
+            await h.source.poll_once()
+        metadata.status = 200
+        await h.source.poll_once()
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 2, warnings
+    assert "http_5xx" in warnings[0] and "http_4xx" in warnings[1]
+    assert h.metric("tasklens.ecs.poll_errors", reason="http_5xx") == 5
+    assert h.metric("tasklens.ecs.poll_errors", reason="http_4xx") == 3
+    assert any("recovered after 8" in r.getMessage() for r in caplog.records)
+    await h.source.aclose()
+
+
+async def test_self_metrics_and_status(metadata: MetadataServer, harness: Harness) -> None:
+    metadata.serve(raw("fargate-2023.task"), raw("fargate-2023.stats"))
+    before = time.time()
+    await harness.source.poll_once()
+    assert harness.metric("tasklens.ecs.polls") == 1
+    assert 0 < harness.metric("tasklens.ecs.poll_duration_seconds") < 5
+    assert before <= harness.metric("tasklens.ecs.last_success_timestamp") <= time.time()
+    text = generate_latest(harness.prometheus.registry).decode()
+    assert "tasklens_ecs_polls_total" in text
+    assert "tasklens_ecs_last_success_timestamp" in text
+    json.dumps(harness.source.status())  # /status serialises it
+
+
+async def test_run_stops_promptly(metadata: MetadataServer) -> None:
+    metadata.serve(raw("fargate-2023.task"), raw("fargate-2023.stats"))
+    h = Harness(metadata.url, poll_interval=30)
+    stop = asyncio.Event()
+    runner = asyncio.create_task(h.source.run(stop))
+    await wait_for(lambda: h.source.ready, what="first poll")
+    started = time.monotonic()
+    stop.set()
+    await asyncio.wait_for(runner, 2)
+    assert time.monotonic() - started < 1
+    assert h.metric("tasklens.ecs.polls") == 1

@@ -206,7 +206,7 @@ class DatadogSink:
             sender = asyncio.create_task(self._send_loop(session), name="datadog-sender")
             try:
                 next_flush = loop.time() + self.interval
-                while not stop.is_set():
+                while True:
                     try:
                         await asyncio.wait_for(stop.wait(), timeout=max(0.0, next_flush - loop.time()))
                     except TimeoutError:
@@ -214,6 +214,8 @@ class DatadogSink:
                     # a slow loop must not make flushes pile up: skip to the next tick
                     next_flush = max(next_flush + self.interval, loop.time())
                     self.flush()  # on stop too: the final, partial interval
+                    if stop.is_set():
+                        break
                 await self._drain(loop.time() + self.drain_timeout)
             except asyncio.CancelledError:
                 self._give_up("cancelled")

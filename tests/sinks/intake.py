@@ -274,7 +274,7 @@ def _no_constants(name: str) -> Any:
 async def start_intake(intake: Intake) -> AsyncIterator[Intake]:
     app = web.Application(client_max_size=16 * 1024 * 1024)
     app.router.add_route("*", "/{tail:.*}", intake.handle)
-    runner = web.AppRunner(app, access_log=None)
+    runner = web.AppRunner(app, access_log=None, auto_decompress=False)  # check the raw body
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()

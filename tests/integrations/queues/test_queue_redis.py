@@ -1,0 +1,189 @@
+"""Redis lists (plain, Celery, RQ) and streams, against the Redis server on 127.0.0.1:6379."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+import time
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+import redis
+import redis.asyncio
+
+from conftest import check_backing_up, check_drain, eventually, port_open
+from integrations.queues.source import QueueSource
+
+REDIS = "redis://127.0.0.1:6379/0"
+
+pytestmark = pytest.mark.skipif(not port_open(6379), reason="Redis is not running on 127.0.0.1:6379")
+
+
+@pytest.fixture
+async def r(unique):
+    client = redis.asyncio.from_url(REDIS, decode_responses=True)
+    yield client
+    keys = await client.keys(f"*{unique}*")
+    if keys:
+        await client.delete(*keys)
+    await client.aclose()
+
+
+async def test_plain_list_depth_with_task_tags(config, hub, exported, recorder, r, unique):
+    await r.rpush(unique, *range(7))
+    source = QueueSource(config, hub, f"{REDIS}?list={unique}")
+    assert source.name == f"queue:{unique}"
+    assert await source.poll()
+    # a plain list has only its length: nothing else is reported, not even a 0
+    assert exported.queue(unique) == {"depth": 7.0}
+    labels = exported.labels("queue_depth", unique)
+    assert labels["queue_type"] == "redis"
+    assert (labels["service"], labels["env"], labels["task_id"]) == ("worker", "test", "t1")
+    batch = recorder.last(f"queue:{unique}")
+    assert batch.snapshot is True
+    assert hub.metrics.get("tasklens.queue.polls", queue=unique) == 1
+    assert source.status()["values"] == {"queue.depth": 7.0}
+
+
+@pytest.mark.parametrize("kind", ["zset", "set", "hash", "absent"])
+async def test_key_types(config, hub, exported, r, unique, kind):
+    if kind == "zset":
+        await r.zadd(unique, {"a": 1, "b": 2, "c": 3})
+    elif kind == "set":
+        await r.sadd(unique, "a", "b", "c")
+    elif kind == "hash":
+        await r.hset(unique, mapping={"a": 1, "b": 2, "c": 3})
+    source = QueueSource(config, hub, f"{REDIS}?list={unique}")
+    assert await source.poll()
+    # Redis deletes an empty list: an absent key is an empty queue
+    assert exported.queue(unique) == {"depth": 0.0 if kind == "absent" else 3.0}
+
+
+async def test_key_of_another_type_is_an_error_and_a_gap(config, hub, exported, r, unique):
+    await r.set(unique, "not a queue")
+    source = QueueSource(config, hub, f"{REDIS}?list={unique}")
+    assert not await source.poll()
+    assert exported.queue(unique) == {}
+    assert hub.metrics.get("tasklens.queue.poll_errors", queue=unique, reason="bad_reply") == 1
+    assert "is a string" in source.status()["last_error"]
+
+
+async def test_celery_priority_lists_are_summed(config, hub, exported, r, unique):
+    kombu = pytest.importorskip("kombu")
+    with kombu.Connection(REDIS) as conn:  # the real Celery transport (blocking, briefly)
+        queue = kombu.Queue(unique, routing_key=unique, max_priority=10)
+        producer = conn.Producer(serializer="json")
+        for priority, n in ((0, 2), (4, 3), (9, 4)):
+            for _ in range(n):
+                producer.publish({"x": 1}, routing_key=unique, declare=[queue], priority=priority)
+    assert len(await r.keys(f"{unique}*")) == 3  # really spread over three priority lists
+    source = QueueSource(config, hub, f"{REDIS}?celery={unique}")
+    assert await source.poll()
+    assert exported.queue(unique) == {"depth": 9.0}
+    await source.probe.close()
+
+
+def rq_worker(unique: str) -> subprocess.Popen[bytes]:
+    rq = Path(sys.executable).with_name("rq")
+    return subprocess.Popen([str(rq), "worker", "--burst", "--url", REDIS, unique],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+async def test_rq_ready_started_scheduled_workers_and_age(config, hub, exported, r, clock, unique):
+    rq = pytest.importorskip("rq")
+    sync = redis.Redis.from_url(REDIS)
+    q = rq.Queue(unique, connection=sync)
+    q.enqueue("time.sleep", 4)  # a real worker takes this one and holds it: in flight
+    worker = rq_worker(unique)
+    source = QueueSource(config, hub, f"{REDIS}?rq={unique}", clock=clock)  # time stands still: no trend
+    try:
+        async def started():
+            assert await source.poll()
+            values = exported.queue(unique)
+            assert values.get("in_flight") == 1.0 and values.get("consumers") == 1.0, values
+            return values
+        await eventually(started, 20)
+        for _ in range(5):
+            q.enqueue("os.getcwd")
+        for _ in range(2):
+            q.enqueue_in(timedelta(hours=1), "os.getcwd")
+        head = (await r.lindex(f"rq:queue:{unique}", 0))
+        hour_ago = time.time() - 3600
+        await r.hset(f"rq:job:{head}", "enqueued_at",
+                     time.strftime("%Y-%m-%dT%H:%M:%S.000000Z", time.gmtime(hour_ago)))
+        assert await source.poll()
+        values = exported.queue(unique)
+        age = values.pop("oldest_age_seconds")
+        assert values == {"depth": 5.0, "in_flight": 1.0, "delayed": 2.0, "consumers": 1.0}
+        assert 3600 <= age < 3600 + 5
+    finally:
+        worker.wait(30)
+        await source.probe.close()
+    assert await source.poll()  # the burst worker took everything and left: only the scheduled
+    assert exported.queue(unique) == {"depth": 0.0, "in_flight": 0.0, "delayed": 2.0, "consumers": 0.0,
+                                      "oldest_age_seconds": 0.0}
+    await source.probe.close()
+
+
+async def test_stream_group_lag_pending_consumers_and_age(config, hub, exported, r, unique):
+    now_ms = int(time.time() * 1000)
+    base = now_ms - 60_000  # the first entry was added a minute ago, the next ones a second apart
+    await r.xgroup_create(unique, "workers", id="0", mkstream=True)
+    for i in range(10):
+        await r.xadd(unique, {"n": i}, id=f"{base + i * 1000}-0")
+    await r.xreadgroup("workers", "c1", {unique: ">"}, count=3)  # three delivered, not acked
+    source = QueueSource(config, hub, f"{REDIS}?stream={unique}&group=workers")
+    assert await source.poll()
+    values = exported.queue(unique)
+    age = values.pop("oldest_age_seconds")
+    assert values == {"depth": 7.0, "in_flight": 3.0, "consumers": 1.0}
+    assert exported.labels("queue_depth", unique)["queue_type"] == "redis_stream"
+    # the oldest waiting entry is the 4th: added 57 s ago (Redis' own clock)
+    assert 57.0 <= age < 57.0 + 2
+    ids = [e[0] for e in await r.xrange(unique, count=3)]
+    await r.xack(unique, "workers", *ids[:2])
+    assert await source.poll()
+    assert exported.queue(unique)["in_flight"] == 1.0
+    await source.probe.close()
+
+
+async def test_stream_without_group_is_its_length(config, hub, exported, r, unique):
+    for i in range(4):
+        await r.xadd(unique, {"n": i})
+    source = QueueSource(config, hub, f"{REDIS}?stream={unique}")
+    assert await source.poll()
+    assert exported.queue(unique) == {"depth": 4.0}
+    await source.probe.close()
+
+
+async def test_missing_group_is_not_found_and_a_gap(config, hub, exported, r, unique):
+    await r.xadd(unique, {"n": 1})
+    source = QueueSource(config, hub, f"{REDIS}?stream={unique}&group=nobody")
+    assert not await source.poll()
+    assert exported.queue(unique) == {}
+    assert hub.metrics.get("tasklens.queue.poll_errors", queue=unique, reason="not_found") == 1
+    await source.probe.close()
+
+
+async def test_list_drain_trend(config, hub, exported, r, clock, unique):
+    await r.rpush(unique, *range(30))
+    source = QueueSource(config, hub, f"{REDIS}?list={unique}", clock=clock)
+
+    async def take(n):
+        await r.lpop(unique, n)
+
+    await check_drain(source, clock, exported, take, depth=30)
+    await source.probe.close()
+
+
+async def test_list_backing_up(config, hub, exported, r, clock, unique):
+    await r.rpush(unique, *range(10))
+    source = QueueSource(config, hub, f"{REDIS}?list={unique}", clock=clock)
+
+    async def put(n):
+        await r.rpush(unique, *range(n))
+
+    await check_backing_up(source, clock, exported, put)
+    await source.probe.close()

@@ -1,0 +1,402 @@
+"""Aggregation of DogStatsD lines per flush interval, split in two halves that never wait on each other.
+
+`Aggregator` is the receive side: `ingest(datagram)` parses and accumulates; `swap()` hands over the
+finished interval in O(1). `Flusher` is the export side: it turns a finished `Interval` into one
+`Batch` (tags of the task container, idle counters, TTL expiry). The server runs the first on its
+receive thread and the second on the event loop, so a slow flush, export or `/metrics` render never
+stalls receiving. Used together in one thread (tests, benchmarks), they are an ordinary aggregator.
+
+Speed comes from doing per line only what changes per line: a line `name:value|tail` is cut with two
+C-level `partition` calls, `(name, tail)` is looked up in a cache of parsed heads (type, rate, tags,
+container, the context), and only the value is converted. Everything else (decoding, tags, mapping
+rules, the context cap) happens once per distinct head, in `parser.parse_head`.
+
+Semantics (see docs/statsd.md): counters sum `value / rate`; gauges keep the last value (`+5`/`-5` set
+the gauge unless Etsy-style deltas are on); sets count distinct members; histograms, timers and
+distributions keep every value with weight `1 / rate`. Lines with `|T<ts>` are not aggregated.
+"""
+
+from __future__ import annotations
+
+import time
+from array import array
+from collections import Counter, deque
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+from agent.model import Batch, Event, Kind, Points, Sample, ServiceCheck, Tags, merge_tags
+from agent.statsd import mapping
+from agent.statsd.parser import (CHECK_PREFIX, EVENT_PREFIX, MAX_DATAGRAM, Head, ParseError, finite,
+                                 parse_event, parse_head, parse_service_check, parse_values)
+
+# slot codes: what the fast path does with a value
+COUNTER, HISTOGRAM, GAUGE, GAUGE_DELTA, SET, ERROR, DROPPED = range(7)  # numeric codes first
+_HISTOGRAM_TYPES = {"h": Kind.HISTOGRAM, "ms": Kind.HISTOGRAM, "d": Kind.DISTRIBUTION}
+NUMBER_CACHE = 100_000  # distinct value texts remembered
+MAX_EVENTS = 10_000  # per interval: events and service checks are rare; a flood is dropped and counted
+
+
+class Context:
+    """One series: name + type + tags + container. Compared and hashed by identity (fast)."""
+
+    __slots__ = ("name", "type", "tags", "container")
+
+    def __init__(self, name: str, type_: str, tags: Tags, container: str) -> None:
+        self.name, self.type, self.tags, self.container = name, type_, tags, container
+
+    def __repr__(self) -> str:
+        return f"Context({self.name!r}, {self.type!r}, {self.tags!r}, {self.container!r})"
+
+
+class Slot:
+    """A cached head: what to do with the value of a line whose (name, tail) was seen before."""
+
+    __slots__ = ("code", "ctx", "weight", "reason")
+
+    def __init__(self, code: int, ctx: Context | None = None, weight: float = 1.0, reason: str = "") -> None:
+        self.code, self.ctx, self.weight, self.reason = code, ctx, weight, reason
+
+
+@dataclass(slots=True)
+class Interval:
+    """What was received during one flush interval. Counters and histogram values are kept per slot
+    (a context seen with two sample rates has two slots) and merged per context at flush."""
+
+    start: float  # wall-clock start of the interval (Unix seconds)
+    counts: dict[Slot, float] = field(default_factory=dict)  # sum of values, times slot.weight at flush
+    gauges: dict[Context, float] = field(default_factory=dict)
+    sets: dict[Context, set[bytes]] = field(default_factory=dict)
+    values: dict[Slot, array[float]] = field(default_factory=dict)
+    timestamped: list[tuple[Context, float, float]] = field(default_factory=list)  # (ctx, value*weight, ts)
+    events: list[tuple[Event, str]] = field(default_factory=list)
+    service_checks: list[tuple[ServiceCheck, str]] = field(default_factory=list)
+
+    def contexts(self) -> set[Context]:
+        out = set(self.gauges) | set(self.sets)
+        out.update(s.ctx for s in self.counts)  # type: ignore[misc]
+        out.update(s.ctx for s in self.values)  # type: ignore[misc]
+        out.update(c for c, _, _ in self.timestamped)
+        return out
+
+
+@dataclass(slots=True)
+class Stats:
+    """Cumulative counts of the receive side (plain ints: no lock on the hot path)."""
+
+    packets: int = 0
+    bytes: int = 0
+    lines: int = 0  # non-empty lines, good or bad
+    extra_values: int = 0  # packed values beyond the first of their line
+    events: int = 0
+    service_checks: int = 0
+    contexts_dropped: int = 0
+    errors: Counter[str] = field(default_factory=Counter)
+
+    @property
+    def samples(self) -> int:
+        """Metric values accepted."""
+        return self.lines + self.extra_values - self.events - self.service_checks - sum(self.errors.values())
+
+
+class Aggregator:
+    def __init__(self, max_contexts: int = 100_000, gauge_deltas: bool = False,
+                 rules: Sequence[mapping.Rule] = (), clock: Callable[[], float] = time.time) -> None:
+        self.max_contexts = max_contexts
+        self.gauge_deltas = gauge_deltas
+        self.rules = tuple(rules)
+        self.clock = clock
+        self.stats = Stats()
+        self.contexts: dict[tuple[str, str, Tags, str], Context] = {}
+        # (name, tail) -> Slot; bounded: cleared when it outgrows the context cap (rebuilt lazily)
+        self._cache: dict[tuple[bytes, bytes], Slot] = {}
+        self._cache_limit = max(4 * max_contexts, 10_000)
+        self._numbers: dict[bytes, float] = {}
+        self._gauge_last: dict[Context, float] = {}  # Etsy deltas apply to the value of earlier intervals
+        self._expiring: deque[Iterable[Context]] = deque()  # from the Flusher's thread: deque ops are atomic
+        self.interval = Interval(clock())
+
+    # -- receive side ----------------------------------------------------------------------------
+
+    def ingest(self, datagram: bytes) -> None:
+        """Parse and accumulate one datagram. Never raises on any input."""
+        stats = self.stats
+        stats.packets += 1
+        stats.bytes += len(datagram)
+        if len(datagram) > MAX_DATAGRAM:
+            stats.lines += 1
+            stats.errors["too_long"] += 1
+            return
+        lines = datagram.split(b"\n")
+        if not lines[-1]:
+            lines.pop()  # the trailing newline most clients send
+        stats.lines += len(lines)
+        iv = self.interval
+        counts, gauges, values = iv.counts, iv.gauges, iv.values
+        counts_get, cache_get, number_get = counts.get, self._cache.get, self._numbers.get
+        slow, number = self._slow, self._number
+        for line in lines:
+            name, _, rest = line.partition(b":")
+            value, _, tail = rest.partition(b"|")
+            slot = cache_get((name, tail))
+            if slot is None:
+                slow(line)
+                continue
+            code = slot.code
+            if code <= GAUGE:
+                v = number_get(value)
+                if v is None:
+                    try:
+                        v = number(value)
+                    except ValueError:  # a packed or bad value: the slow path knows which
+                        slow(line)
+                        continue
+                if code == COUNTER:
+                    counts[slot] = counts_get(slot, 0.0) + v
+                elif code == HISTOGRAM:
+                    acc = values.get(slot)
+                    if acc is None:
+                        acc = values[slot] = array("d")
+                    acc.append(v)
+                else:
+                    gauges[slot.ctx] = v  # type: ignore[index]
+            else:
+                try:
+                    self._apply(slot, value)
+                except ValueError:
+                    slow(line)
+
+    def _number(self, text: bytes) -> float:
+        """`finite(text)`, remembered: values repeat a lot and `float()` is the slowest step per line."""
+        value = finite(text)
+        if len(self._numbers) >= NUMBER_CACHE:
+            self._numbers.clear()
+        self._numbers[text] = value
+        return value
+
+    def _gauge(self, ctx: Context, value: float, relative: bool) -> None:
+        gauges = self.interval.gauges
+        if relative:
+            value += gauges.get(ctx, self._gauge_last.get(ctx, 0.0))
+        gauges[ctx] = value
+
+    def _slow(self, line: bytes) -> None:
+        """A line whose head is not cached, or whose value is packed or bad: parse it fully."""
+        stats = self.stats
+        try:
+            if not line or line == b"\r":
+                stats.lines -= 1  # an empty line is not a line
+            elif line.startswith(EVENT_PREFIX):
+                self._event(parse_event(line), stats)
+            elif line.startswith(CHECK_PREFIX):
+                check = parse_service_check(line)
+                stats.service_checks += 1
+                if len(self.interval.service_checks) < MAX_EVENTS:
+                    self.interval.service_checks.append(check)
+                else:
+                    stats.errors["bad_service_check"] += 1
+            else:
+                self._metric(line)
+        except ParseError as exc:
+            stats.errors[exc.reason] += 1
+
+    def _event(self, event: tuple[Event, str], stats: Stats) -> None:
+        stats.events += 1
+        if len(self.interval.events) < MAX_EVENTS:
+            self.interval.events.append(event)
+        else:
+            stats.errors["bad_event"] += 1
+
+    def _metric(self, line: bytes) -> None:
+        name, colon, rest = line.partition(b":")
+        value, bar, tail = rest.partition(b"|")
+        if not colon or not bar:
+            raise ParseError("malformed_line")
+        key = (name, tail)
+        slot = self._cache.get(key)
+        timestamp = None
+        if slot is None:
+            try:
+                head = parse_head(name, tail)
+            except ParseError as exc:
+                self._remember(key, Slot(ERROR, reason=exc.reason))
+                raise
+            slot = self._slot(head)
+            if head.timestamp is None:
+                self._remember(key, slot)
+            elif head.type in ("c", "g"):
+                timestamp = float(head.timestamp)  # exported as sent, not aggregated
+        self._apply(slot, value, timestamp)
+
+    def _apply(self, slot: Slot, value: bytes, timestamp: float | None = None) -> None:
+        """Account one line's value(s) to its slot; raises ParseError for a bad value."""
+        code, iv = slot.code, self.interval
+        if code == ERROR:
+            self.stats.errors[slot.reason] += 1
+            return
+        if code == DROPPED:
+            self.stats.errors["cardinality_limit"] += 1
+            return
+        ctx: Context = slot.ctx  # type: ignore[assignment]
+        if code == SET:  # the whole text after the first `:` is one member
+            if not value:
+                raise ParseError("bad_value")
+            members = iv.sets.get(ctx)
+            if members is None:
+                members = iv.sets[ctx] = set()
+            members.add(value)
+            return
+        vals, relative = parse_values("g" if code == GAUGE_DELTA else "", value)
+        self.stats.extra_values += len(vals) - 1
+        if timestamp is not None:
+            total = sum(vals) * slot.weight if code == COUNTER else vals[-1]
+            iv.timestamped.append((ctx, total, timestamp))
+        elif code == COUNTER:
+            iv.counts[slot] = iv.counts.get(slot, 0.0) + sum(vals)
+        elif code == HISTOGRAM:
+            acc = iv.values.get(slot)
+            if acc is None:
+                acc = iv.values[slot] = array("d")
+            acc.extend(vals)
+        elif code == GAUGE:
+            iv.gauges[ctx] = vals[-1]
+        else:
+            for v, r in zip(vals, relative):
+                self._gauge(ctx, v, r)
+
+    def _remember(self, key: tuple[bytes, bytes], slot: Slot) -> None:
+        if len(self._cache) >= self._cache_limit:
+            self._cache.clear()
+        self._cache[key] = slot
+
+    def _slot(self, head: Head) -> Slot:
+        name, tags = head.name, head.tags
+        if self.rules:
+            mapped = mapping.apply(self.rules, name)
+            if mapped is not None:
+                name, tags = mapped[0], merge_tags(tags, mapped[1])
+        key = (name, head.type, tags, head.container)
+        ctx = self.contexts.get(key)
+        if ctx is None:
+            if len(self.contexts) >= self.max_contexts:
+                self.stats.contexts_dropped += 1
+                return Slot(DROPPED)
+            ctx = self.contexts[key] = Context(name, head.type, tags, head.container)
+        t = head.type
+        if t == "c":
+            return Slot(COUNTER, ctx, 1.0 / head.rate)
+        if t == "g":
+            return Slot(GAUGE_DELTA if self.gauge_deltas else GAUGE, ctx)
+        if t == "s":
+            return Slot(SET, ctx)
+        return Slot(HISTOGRAM, ctx, 1.0 / head.rate)
+
+    def swap(self, now: float | None = None) -> Interval:
+        """Start a new interval and return the finished one. O(1) but for pending expiries."""
+        done = self.interval
+        self.interval = Interval(self.clock() if now is None else now)
+        if self.gauge_deltas:
+            self._gauge_last.update(done.gauges)
+        if self._expiring:
+            self._expire(done)
+        return done
+
+    def expire(self, contexts: Iterable[Context]) -> None:
+        """Ask to forget idle contexts; applied at the next swap. Safe from another thread."""
+        self._expiring.append(contexts)
+
+    def _expire(self, done: Interval) -> None:
+        touched = done.contexts()
+        removed = 0
+        while self._expiring:
+            for ctx in self._expiring.popleft():
+                key = (ctx.name, ctx.type, ctx.tags, ctx.container)
+                if ctx not in touched and self.contexts.get(key) is ctx:
+                    del self.contexts[key]
+                    self._gauge_last.pop(ctx, None)
+                    removed += 1
+        if removed:
+            self.contexts = dict(self.contexts)  # a dict never shrinks by deletion: rebuild it
+            self._cache = {}  # slots of forgotten contexts (and refusals at the cap) are gone
+
+
+class Flusher:
+    """Turns finished intervals into batches; tracks idle counters and context expiry."""
+
+    def __init__(self, interval: float, ttl: float = 300.0) -> None:
+        self.interval = interval
+        self.ttl = ttl
+        self._last_seen: dict[Context, float] = {}
+        self._counters_seen: dict[Context, float] = {}  # aggregated counters, for zeros while idle
+
+    def batch(self, iv: Interval, containers: Mapping[str, Tags] = {}, now: float | None = None) -> Batch:
+        now = time.time() if now is None else now
+        samples: list[Sample] = []
+        add = samples.append
+
+        def tags_of(ctx: Context) -> Tags:
+            if not ctx.container:
+                return ctx.tags
+            base = containers.get(ctx.container)
+            return merge_tags(base, ctx.tags) if base else ctx.tags
+
+        seen = self._last_seen
+        counters: dict[Context, float] = {}
+        for slot, total in iv.counts.items():
+            ctx = slot.ctx
+            counters[ctx] = counters.get(ctx, 0.0) + total * slot.weight  # type: ignore[index]
+        for ctx, total in counters.items():
+            add(Sample(ctx.name, total, Kind.COUNT, tags_of(ctx), None, self.interval))
+            self._counters_seen[ctx] = now
+        for ctx, when in list(self._counters_seen.items()):
+            if ctx not in counters:
+                if now - when <= self.ttl:
+                    add(Sample(ctx.name, 0.0, Kind.COUNT, tags_of(ctx), None, self.interval))
+                else:
+                    del self._counters_seen[ctx]
+        for ctx, value in iv.gauges.items():
+            add(Sample(ctx.name, value, Kind.GAUGE, tags_of(ctx)))
+        for ctx, members in iv.sets.items():
+            add(Sample(ctx.name, float(len(members)), Kind.GAUGE, tags_of(ctx)))
+        grouped: dict[Context, list[Slot]] = {}
+        for slot in iv.values:
+            grouped.setdefault(slot.ctx, []).append(slot)  # type: ignore[arg-type]
+        for ctx, slots in grouped.items():
+            add(Sample(ctx.name, points(iv.values, slots, ctx.type == "ms"), _HISTOGRAM_TYPES[ctx.type],
+                       tags_of(ctx), None, self.interval))
+        for ctx, value, ts in iv.timestamped:
+            kind = Kind.COUNT if ctx.type == "c" else Kind.GAUGE
+            add(Sample(ctx.name, value, kind, tags_of(ctx), ts, self.interval if kind is Kind.COUNT else None))
+        events = [_with_container(e, c, containers) for e, c in iv.events]
+        checks = [_with_container(sc, c, containers) for sc, c in iv.service_checks]
+        for ctx in iv.contexts():
+            seen[ctx] = now
+        return Batch("statsd", samples, events, checks, snapshot=False)  # type: ignore[arg-type]
+
+    def expired(self, now: float | None = None) -> list[Context]:
+        """Contexts idle for longer than the TTL; forgotten here, to be passed to `Aggregator.expire`."""
+        now = time.time() if now is None else now
+        cutoff = now - self.ttl
+        old = [ctx for ctx, when in self._last_seen.items() if when < cutoff]
+        for ctx in old:
+            del self._last_seen[ctx]
+            self._counters_seen.pop(ctx, None)
+        return old
+
+
+def points(values: Mapping[Slot, array[float]], slots: Sequence[Slot], milliseconds: bool) -> Points:
+    """One context's values and weights; weights are built only here (most are 1)."""
+    if len(slots) == 1:
+        vals = values[slots[0]]
+        return Points(vals, array("d", [slots[0].weight]) * len(vals), milliseconds)
+    vals, weights = array("d"), array("d")
+    for slot in slots:
+        vals.extend(values[slot])
+        weights.extend(array("d", [slot.weight]) * len(values[slot]))
+    return Points(vals, weights, milliseconds)
+
+
+def _with_container(item: Event | ServiceCheck, container: str, containers: Mapping[str, Tags]) -> Event | ServiceCheck:
+    from dataclasses import replace
+
+    base = containers.get(container) if container else None
+    return replace(item, tags=merge_tags(base, item.tags)) if base else item

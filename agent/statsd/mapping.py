@@ -1,0 +1,90 @@
+"""Mapping rules (statsd_exporter style): a dotted name from a tag-less client -> a name plus labels.
+
+From the configuration file:
+
+    [[mappings]]
+    match = "jobs.*.processed"      # glob: `*` is one dot-free, non-empty part of the name
+    name = "jobs_processed"         # may use $1, ${1} ...
+    labels = { queue = "$1" }       # optional
+    # match_type = "regex"          # optional: `match` is then a Python regex (full match)
+
+The first matching rule wins. Labels from a rule win over the client's tags of the same key (the rule
+is explicit configuration for that name). Rules are validated at start: every error names the rule.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from agent.config import ConfigError
+from agent.model import Tags
+
+KEYS = frozenset({"match", "name", "labels", "match_type"})
+_REF = re.compile(r"\$(?:(\d+)|\{(\d+)\})")
+
+
+@dataclass(frozen=True)
+class Rule:
+    match: str
+    name: str
+    labels: tuple[tuple[str, str], ...]
+    pattern: re.Pattern[str]
+
+
+def glob_to_regex(glob: str) -> str:
+    return "".join("([^.]+)" if part == "*" else re.escape(part) for part in re.split(r"(\*)", glob))
+
+
+def compile_rules(mappings: Sequence[Mapping[str, Any]]) -> tuple[Rule, ...]:
+    """Validate and compile `config.mappings`; raises ConfigError naming the rule and the problem."""
+    rules = []
+    for i, m in enumerate(mappings):
+        where = f"mappings[{i}]" + (f" (match {m.get('match')!r})" if isinstance(m, Mapping) and "match" in m else "")
+        if not isinstance(m, Mapping):
+            raise ConfigError(f"{where}: expected a table with match, name and optional labels, match_type")
+        unknown = set(m) - KEYS
+        if unknown:
+            raise ConfigError(f"{where}: unknown key(s) {', '.join(sorted(unknown))}; known: {', '.join(sorted(KEYS))}")
+        match, name, labels = m.get("match"), m.get("name"), m.get("labels", {})
+        match_type = m.get("match_type", "glob")
+        if not isinstance(match, str) or not match:
+            raise ConfigError(f"{where}: match is required: a glob like \"jobs.*.processed\"")
+        if not isinstance(name, str) or not name:
+            raise ConfigError(f"{where}: name is required, e.g. \"jobs_processed\"")
+        if not isinstance(labels, Mapping) or not all(isinstance(k, str) and k and isinstance(v, str)
+                                                      for k, v in labels.items()):
+            raise ConfigError(f"{where}: labels must be a table of strings, e.g. {{ queue = \"$1\" }}")
+        if match_type == "glob":
+            source = glob_to_regex(match)
+        elif match_type == "regex":
+            source = match
+        else:
+            raise ConfigError(f"{where}: match_type must be \"glob\" or \"regex\", not {match_type!r}")
+        try:
+            pattern = re.compile(source)
+        except re.error as exc:
+            raise ConfigError(f"{where}: invalid regex: {exc}") from None
+        for template in (name, *labels.values()):
+            for ref in _REF.finditer(template):
+                n = int(ref.group(1) or ref.group(2))
+                if n > pattern.groups:
+                    raise ConfigError(f"{where}: {template!r} uses ${n} but the match has {pattern.groups} group(s)")
+        rules.append(Rule(match, name, tuple(labels.items()), pattern))
+    return tuple(rules)
+
+
+def _expand(template: str, groups: Sequence[str]) -> str:
+    return _REF.sub(lambda r: groups[int(r.group(1) or r.group(2)) - 1] or "", template)
+
+
+def apply(rules: Sequence[Rule], name: str) -> tuple[str, Tags] | None:
+    """(new name, labels) from the first rule that matches `name`, or None."""
+    for rule in rules:
+        found = rule.pattern.fullmatch(name)
+        if found is not None:
+            groups = found.groups()
+            return _expand(rule.name, groups), tuple((k, _expand(v, groups)) for k, v in rule.labels)
+    return None

@@ -1,0 +1,272 @@
+"""The DogStatsD endpoint: listeners, a receive thread, and the flush onto the hub.
+
+Receiving runs on its own thread, not on the event loop: it drains every ready socket in a tight loop
+(non-blocking `recv` until EAGAIN), parses and aggregates, and at each clock-aligned interval boundary
+swaps the interval out in O(1) and hands it to the event loop. Building the batch, the hub's tag
+enrichment, the sinks and `/metrics` rendering all happen off this thread, so none of them can pause
+receiving long enough to fill the socket buffer (measured: bench/statsd_parse.py, docs/statsd.md).
+The thread never takes a lock per line; its counters are read by the event loop once a second.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import os
+import select
+import threading
+import time
+from collections import deque
+from typing import Any
+
+from agent.config import Config
+from agent.hub import Hub
+from agent.logs import RateLimitedLog
+from agent.statsd import mapping
+from agent.statsd.aggregator import Aggregator, Flusher, Interval
+from agent.statsd.listener import Listener, open_udp, open_unix, read_udp_tables, udp_drops
+from agent.statsd.parser import MAX_DATAGRAM, REASONS
+
+log = logging.getLogger("tasklens")
+
+DRAIN_BATCH = 256  # datagrams read from one socket before looking at the others and the clock
+STATS_EVERY = 1.0  # seconds between copies of the receive counters into the self-metrics
+
+
+def next_boundary(now: float, interval: float) -> float:
+    """The next multiple of `interval` after `now`: intervals are aligned to the clock."""
+    return (math.floor(now / interval) + 1) * interval
+
+
+class StatsdServer:
+    name = "statsd"
+
+    def __init__(self, config: Config, hub: Hub) -> None:
+        self.config = config
+        self.hub = hub
+        self.rules = mapping.compile_rules(config.mappings)  # ConfigError naming the rule
+        self.aggregator = Aggregator(config.statsd_max_contexts, config.statsd_gauge_deltas, self.rules)
+        self.flusher = Flusher(config.flush_interval, config.statsd_context_ttl)
+        self.listeners: list[Listener] = []
+        self.last_flush: float | None = None
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._commands: deque[tuple[str, asyncio.Future[None] | None]] = deque()
+        self._wake_r, self._wake_w = -1, -1
+        self._published: dict[tuple[str, str], float] = {}
+        self._drops: dict[str, int] = {}
+        self._log = RateLimitedLog(log)
+
+    # -- start and addresses -------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Bind the sockets; raises OSError naming the address when one is in use."""
+        if self.listeners:
+            return
+        config = self.config
+        try:
+            if config.statsd_addr is not None:
+                self.listeners += open_udp(*config.statsd_addr, config.statsd_rcvbuf)
+            if config.statsd_socket:
+                self.listeners.append(open_unix(config.statsd_socket, config.statsd_rcvbuf))
+        except OSError:
+            self._close()
+            raise
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        for listener in self.listeners:
+            self._drops[listener.name] = 0
+        log.info("StatsD on %s (flush every %g s)", ", ".join(l.name for l in self.listeners), config.flush_interval)
+
+    @property
+    def udp_addresses(self) -> list[tuple[str, int]]:
+        return [l.address for l in self.listeners if l.name.startswith("udp:")]  # type: ignore[misc]
+
+    @property
+    def socket_path(self) -> str | None:
+        return next((l.address for l in self.listeners if l.name.startswith("unix:")), None)  # type: ignore[return-value]
+
+    # -- the component ---------------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event) -> None:
+        await self.start()
+        self._loop = asyncio.get_running_loop()
+        if self._thread is None or not self._thread.is_alive():
+            self._thread = threading.Thread(target=self._receive, name="statsd-receive", daemon=True)
+            self._thread.start()
+        try:
+            while not stop.is_set():
+                try:
+                    await asyncio.wait_for(stop.wait(), timeout=STATS_EVERY)
+                except TimeoutError:
+                    pass
+                self._publish_stats()
+        finally:
+            await self._command("stop")  # the final, partial interval is flushed before returning
+            await asyncio.to_thread(self._thread.join, 5.0)
+            self._publish_stats()
+            self._close()
+
+    async def flush(self) -> None:
+        """Flush the current interval now and wait until the hub has it (tests, `/status` tools)."""
+        await self._command("flush")
+
+    async def _command(self, what: str) -> None:
+        if self._thread is None or not self._thread.is_alive():
+            return
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._commands.append((what, future))
+        os.write(self._wake_w, b"x")
+        await future
+
+    def status(self) -> dict[str, Any]:
+        stats = self.aggregator.stats
+        return {
+            "listeners": [{"name": l.name, "rcvbuf_bytes": l.rcvbuf, "kernel_drops": self._drops.get(l.name)}
+                          for l in self.listeners],
+            "flush_interval_seconds": self.config.flush_interval,
+            "last_flush": self.last_flush,
+            "contexts": len(self.aggregator.contexts),
+            "max_contexts": self.config.statsd_max_contexts,
+            "mapping_rules": len(self.rules),
+            "packets": stats.packets,
+            "lines": stats.lines,
+            "samples": stats.samples,
+            "parse_errors": dict(stats.errors),
+            "contexts_dropped": stats.contexts_dropped,
+        }
+
+    # -- the receive thread ----------------------------------------------------------------------
+
+    def _receive(self) -> None:
+        agg = self.aggregator
+        poller = select.poll()
+        readers = {}
+        for listener in self.listeners:
+            poller.register(listener.sock.fileno(), select.POLLIN)
+            readers[listener.sock.fileno()] = listener.sock.recv
+        poller.register(self._wake_r, select.POLLIN)
+        interval = self.config.flush_interval
+        boundary = next_boundary(time.time(), interval)
+        agg.interval.start = boundary - interval
+        while True:
+            now = time.time()
+            if now >= boundary:
+                self._deliver(agg.swap(boundary))
+                boundary = next_boundary(now, interval)
+            try:
+                ready = poller.poll(max(0.0, min(boundary - now, 1.0)) * 1000)
+            except InterruptedError:
+                continue
+            for fd, _ in ready:
+                if fd == self._wake_r:
+                    if self._run_commands():
+                        return
+                    continue
+                self._drain(readers[fd], agg)
+
+    def _drain(self, recv: Any, agg: Aggregator) -> None:
+        ingest = agg.ingest
+        try:
+            for _ in range(DRAIN_BATCH):
+                ingest(recv(MAX_DATAGRAM + 1))  # one byte more: a larger Unix datagram is seen as too long
+        except BlockingIOError:
+            pass
+        except OSError as exc:
+            self.hub.metrics.inc("tasklens.statsd.receive_errors", reason=type(exc).__name__)
+            self._log.warning("statsd-recv", "StatsD receive error: %r", exc)
+        except Exception as exc:  # a parser bug must not kill the receive thread
+            self.hub.metrics.inc("tasklens.statsd.receive_errors", reason="internal")
+            self._log.error("statsd-internal", "StatsD internal error (datagram skipped): %r", exc)
+
+    def _run_commands(self) -> bool:
+        """Flush or stop on request of the event loop; True when the thread must end."""
+        try:
+            os.read(self._wake_r, 4096)
+        except BlockingIOError:
+            pass
+        stopping = False
+        while self._commands:
+            what, future = self._commands.popleft()
+            self._deliver(self.aggregator.swap(), future)
+            stopping = stopping or what == "stop"
+        return stopping
+
+    def _deliver(self, interval: Interval, future: asyncio.Future[None] | None = None) -> None:
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return
+        try:
+            loop.call_soon_threadsafe(self._publish, interval, future)
+        except RuntimeError:  # the loop is shutting down
+            pass
+
+    # -- on the event loop -----------------------------------------------------------------------
+
+    def _publish(self, interval: Interval, future: asyncio.Future[None] | None) -> None:
+        started = time.perf_counter()
+        try:
+            batch = self.flusher.batch(interval, self.hub.identity.containers)
+            self.hub.publish(batch)
+            expired = self.flusher.expired()
+            if expired:
+                self.aggregator.expire(expired)
+            self.last_flush = time.time()
+            metrics = self.hub.metrics
+            metrics.inc("tasklens.statsd.flushes")
+            metrics.set("tasklens.statsd.flush_duration_seconds", time.perf_counter() - started)
+            metrics.set("tasklens.statsd.contexts", len(self.aggregator.contexts))
+        except Exception as exc:
+            self.hub.metrics.inc("tasklens.statsd.flush_errors")
+            self._log.error("statsd-flush", "StatsD flush failed: %r", exc)
+        finally:
+            if future is not None and not future.done():
+                future.set_result(None)
+
+    def _publish_stats(self) -> None:
+        """Copy the receive thread's counters (plain ints, read without a lock) into the self-metrics."""
+        stats = self.aggregator.stats
+        errors = dict(stats.errors)  # one C-level copy: safe while the receive thread adds reasons
+        current = {
+            ("tasklens.statsd.packets", ""): stats.packets,
+            ("tasklens.statsd.bytes", ""): stats.bytes,
+            ("tasklens.statsd.lines", ""): stats.lines,
+            ("tasklens.statsd.samples", ""): stats.samples,
+            ("tasklens.statsd.events", ""): stats.events,
+            ("tasklens.statsd.service_checks", ""): stats.service_checks,
+            ("tasklens.statsd.contexts_dropped", ""): stats.contexts_dropped,
+        }
+        for reason in REASONS:
+            current[("tasklens.statsd.parse_errors", reason)] = errors.get(reason, 0)
+        metrics = self.hub.metrics
+        for (name, reason), value in current.items():
+            delta = value - self._published.get((name, reason), 0)
+            if delta or (name, reason) not in self._published:
+                if reason:
+                    metrics.inc(name, delta, reason=reason)
+                else:
+                    metrics.inc(name, delta)
+                self._published[(name, reason)] = value
+        metrics.set("tasklens.statsd.contexts", len(self.aggregator.contexts))
+        drops = udp_drops(read_udp_tables())
+        for listener in self.listeners:
+            if listener.inode in drops:
+                delta = drops[listener.inode] - self._drops.get(listener.name, 0)
+                if delta or not self._published.get(("drops", listener.name)):
+                    metrics.inc("tasklens.statsd.socket_drops", delta, listener=listener.name)
+                    self._published[("drops", listener.name)] = 1
+                self._drops[listener.name] = drops[listener.inode]
+
+    def _close(self) -> None:
+        for listener in self.listeners:
+            listener.sock.close()
+            if listener.name.startswith("unix:"):
+                try:
+                    os.unlink(listener.name[len("unix:"):])
+                except OSError:
+                    pass
+        for fd in (self._wake_r, self._wake_w):
+            if fd >= 0:
+                os.close(fd)
+        self._wake_r = self._wake_w = -1

@@ -1,0 +1,271 @@
+"""Forward everything to an existing DogStatsD agent (`TASKLENS_DOGSTATSD_FORWARD=host:8125`) instead of the API.
+
+For teams that already run the Datadog agent as a daemon: the sidecar still does the ECS, queue and
+StatsD work and adds the task's tags, and the agent does the shipping. Samples go back out as DogStatsD
+lines with the enriched tags, packed into UDP datagrams of at most 1432 bytes (what fits an Ethernet
+MTU without fragmentation, the DogStatsD clients' default).
+
+- GAUGE -> `|g`; COUNT (already summed, sample rate applied) -> `|c`; COUNTER (cumulative) -> the delta
+  since the previous sighting as `|c` (first sighting and resets skipped); HISTOGRAM -> `|h` (`|ms` for
+  timers) and DISTRIBUTION -> `|d`, the raw values packed (`name:1:2:3|h`) with `@rate` = 1/weight, so
+  the agent computes the aggregates itself. Timestamped samples keep `|T<ts>`.
+- Events -> `_e{..}`, service checks -> `_sc|..`, newlines escaped as the protocol says.
+- A line that cannot fit a datagram is dropped and counted (`reason="too_long"`), never cut.
+- Sending never blocks: a full socket buffer or an agent that is not listening drops the datagram and
+  counts it; pending lines are bounded (`max_pending`, oldest dropped first).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import socket
+import time
+from collections import deque
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+from agent.config import Config
+from agent.hub import Hub
+from agent.logs import RateLimitedLog
+from agent.model import Batch, Event, Kind, Points, Sample, ServiceCheck, Tags, format_tag
+from agent.sinks.datadog_series import metric_name
+from agent.sinks.deltas import CounterDeltas
+
+log = logging.getLogger("tasklens.dogstatsd_forward")
+
+EXPORTER = "dogstatsd_forward"
+MAX_DATAGRAM = 1432
+
+
+def number(value: float) -> str:
+    """Shortest exact text: `3` not `3.0`, `0.1`, `1e-05`."""
+    if value.is_integer() and abs(value) < 1e15:
+        return str(int(value))
+    return repr(value)
+
+
+def _clean(text: str) -> str:
+    # `,` `|` and newlines would break the line's structure
+    return text.replace("|", "_").replace(",", "_").replace("\n", " ")
+
+
+def tag_suffix(tags: Tags) -> str:
+    return "|#" + ",".join(_clean(format_tag(k, v)) for k, v in tags) if tags else ""
+
+
+def _escape(text: str) -> str:
+    return text.replace("\r", "").replace("\n", "\\n")
+
+
+def value_lines(name: str, values: Iterable[float], kind: str, tail: str, limit: int) -> Iterator[str]:
+    """`name:v1:v2...|kind<tail>`, as many values per line as fit in `limit` bytes."""
+    head = f"{name}:"
+    line, size = head, len(head.encode()) + len(f"|{kind}{tail}".encode())
+    for value in values:
+        text = number(float(value))
+        extra = len(text) + (0 if line == head else 1)
+        if line != head and size + extra > limit:
+            yield f"{line}|{kind}{tail}"
+            line, size = head, len(head.encode()) + len(f"|{kind}{tail}".encode())
+            extra = len(text)
+        line = line + text if line == head else f"{line}:{text}"
+        size += extra
+    if line != head:
+        yield f"{line}|{kind}{tail}"
+
+
+def sample_lines(s: Sample, deltas: CounterDeltas, now: float, limit: int = MAX_DATAGRAM) -> list[str]:
+    name = metric_name(s.name)
+    if not name:
+        return []
+    tags = tag_suffix(s.tags)
+    stamp = f"|T{int(s.timestamp)}" if s.timestamp is not None else ""
+    value = s.value
+    if isinstance(value, Points):
+        kind = "d" if s.kind is Kind.DISTRIBUTION else ("ms" if value.milliseconds else "h")
+        by_weight: dict[float, list[float]] = {}
+        for v, w in zip(value.values, value.weights):
+            by_weight.setdefault(w, []).append(v)
+        out: list[str] = []
+        for weight, values in by_weight.items():
+            rate = f"|@{number(1.0 / weight)}" if weight > 1 else ""
+            out.extend(value_lines(name, values, kind, rate + tags, limit))
+        return out
+    value = float(value)
+    if not math.isfinite(value):
+        return []
+    if s.kind is Kind.COUNTER:
+        delta = deltas.update((name, s.tags), value, now)
+        return [] if delta is None else [f"{name}:{number(delta)}|c{tags}"]
+    kind = "c" if s.kind is Kind.COUNT else "g"
+    return [f"{name}:{number(value)}|{kind}{tags}{stamp}"]
+
+
+def event_line(e: Event) -> str:
+    title, text = _escape(e.title), _escape(e.text)
+    line = f"_e{{{len(title.encode())},{len(text.encode())}}}:{title}|{text}"
+    for prefix, value in (("d", None if e.timestamp is None else int(e.timestamp)), ("h", e.hostname),
+                          ("k", e.aggregation_key), ("p", e.priority), ("s", e.source_type), ("t", e.alert_type)):
+        if value:
+            line += f"|{prefix}:{_clean(str(value))}"
+    return line + tag_suffix(e.tags)
+
+
+def check_line(c: ServiceCheck) -> str:
+    line = f"_sc|{_clean(c.name)}|{c.status}"
+    if c.timestamp is not None:
+        line += f"|d:{int(c.timestamp)}"
+    if c.hostname:
+        line += f"|h:{_clean(c.hostname)}"
+    line += tag_suffix(c.tags)
+    if c.message:
+        line += "|m:" + _escape(c.message)  # last: it may contain `|`
+    return line
+
+
+def pack(lines: Iterable[str], limit: int = MAX_DATAGRAM) -> tuple[list[bytes], int]:
+    """Lines joined by `\\n` into datagrams of at most `limit` bytes; also the count of lines too long."""
+    datagrams: list[bytes] = []
+    current: list[bytes] = []
+    size = 0
+    too_long = 0
+    for line in lines:
+        data = line.encode()
+        if len(data) > limit:
+            too_long += 1
+            continue
+        if current and size + 1 + len(data) > limit:
+            datagrams.append(b"\n".join(current))
+            current, size = [], 0
+        size += len(data) + (1 if current else 0)
+        current.append(data)
+    if current:
+        datagrams.append(b"\n".join(current))
+    return datagrams, too_long
+
+
+class DogStatsdForwarder:
+    name = "dogstatsd_forward"
+
+    def __init__(self, config: Config, hub: Hub, *, max_pending: int = 200_000, limit: int = MAX_DATAGRAM) -> None:
+        assert config.dogstatsd_forward is not None
+        self.address = config.dogstatsd_forward
+        self.hub = hub
+        self.metrics = hub.metrics
+        self.interval = config.flush_interval
+        self.max_pending = max_pending
+        self.limit = limit
+        self._pending: deque[str] = deque()
+        self._deltas = CounterDeltas()
+        self._wake = asyncio.Event()
+        self._sock: socket.socket | None = None
+        self._log = RateLimitedLog(log, interval=60.0)
+        self.last_error = ""
+
+    def accept(self, batch: Batch) -> None:
+        self._queue(self._lines(batch.samples), batch.events, batch.service_checks)
+
+    def _lines(self, samples: Iterable[Sample]) -> Iterator[str]:
+        now = time.time()
+        for s in samples:
+            yield from sample_lines(s, self._deltas, now, self.limit)
+
+    def _queue(self, lines: Iterable[str], events: Iterable[Event] = (), checks: Iterable[ServiceCheck] = ()) -> None:
+        pending = self._pending
+        pending.extend(lines)
+        pending.extend(event_line(e) for e in events)
+        pending.extend(check_line(c) for c in checks)
+        over = len(pending) - self.max_pending
+        if over > 0:
+            for _ in range(over):
+                pending.popleft()
+            self._count("points_dropped", over, "buffer_full")
+        self._wake.set()
+
+    def _count(self, what: str, amount: float, reason: str | None = None) -> None:
+        labels = {"exporter": EXPORTER} if reason is None else {"exporter": EXPORTER, "reason": reason}
+        self.metrics.inc(f"tasklens.exporter.{what}", amount, **labels)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        loop = asyncio.get_running_loop()
+        next_pull = loop.time() + self.interval
+        try:
+            while True:
+                self._wake.clear()
+                if not stop.is_set():
+                    timeout = max(0.0, next_pull - loop.time())
+                    waits = {asyncio.ensure_future(stop.wait()), asyncio.ensure_future(self._wake.wait())}
+                    _, undone = await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+                    for w in undone:
+                        w.cancel()
+                if stop.is_set() or loop.time() >= next_pull:
+                    # the task info series and the self-metrics, once per interval (and once more at exit)
+                    next_pull = max(next_pull + self.interval, loop.time())
+                    self._queue(self._lines(self.hub.pull()))
+                await self._send_pending()
+                if stop.is_set():
+                    return
+        finally:
+            if self._sock is not None:
+                self._sock.close()
+                self._sock = None
+
+    async def _connect(self) -> socket.socket | None:
+        host, port = self.address
+        try:
+            infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_DGRAM)
+            family, kind, proto, _, addr = infos[0]
+            sock = socket.socket(family, kind, proto)
+            sock.setblocking(False)
+            sock.connect(addr)
+        except OSError as exc:
+            self.last_error = f"cannot reach {host}:{port}: {exc}"
+            self._log.warning("connect", "dogstatsd forward: %s", self.last_error)
+            return None
+        return sock
+
+    async def _send_pending(self) -> None:
+        if not self._pending:
+            return
+        if self._sock is None:
+            self._sock = await self._connect()
+        lines = list(self._pending)
+        self._pending.clear()
+        datagrams, too_long = pack(lines, self.limit)
+        if too_long:
+            self._count("points_dropped", too_long, "too_long")
+        sent_lines = 0
+        for datagram in datagrams:
+            n = datagram.count(b"\n") + 1
+            if self._sock is None:
+                self._count("points_dropped", n, "unreachable")
+                continue
+            try:
+                self._sock.send(datagram)
+            except BlockingIOError:
+                self._count("points_dropped", n, "socket_full")
+                continue
+            except OSError as exc:  # ECONNREFUSED from an earlier datagram: the agent is not listening
+                self._count("points_dropped", n, "refused" if isinstance(exc, ConnectionRefusedError) else "error")
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                self._log.warning("send", "dogstatsd forward to %s:%d: %s", *self.address, self.last_error)
+                continue
+            sent_lines += n
+            self.metrics.inc("tasklens.exporter.datagrams_sent", exporter=EXPORTER)
+        if sent_lines:
+            self._count("points_sent", sent_lines)
+        self.metrics.set("tasklens.exporter.buffer_points", len(self._pending), exporter=EXPORTER)
+
+    def status(self) -> dict[str, Any]:
+        m, labels = self.metrics, {"exporter": EXPORTER}
+        return {
+            "address": f"{self.address[0]}:{self.address[1]}",
+            "pending_lines": len(self._pending),
+            "lines_sent": m.get("tasklens.exporter.points_sent", **labels),
+            "datagrams_sent": m.get("tasklens.exporter.datagrams_sent", **labels),
+            "lines_dropped": sum(x.value for x in m.samples()  # type: ignore[misc]
+                                 if x.name == "tasklens.exporter.points_dropped" and ("exporter", EXPORTER) in x.tags),
+            "last_error": self.last_error,
+        }

@@ -1,0 +1,173 @@
+"""DogStatsD forwarding: exact lines, datagrams of at most 1432 bytes, received on a real UDP socket."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+from collections.abc import Iterator
+from dataclasses import replace
+
+import pytest
+
+from agent.config import Config
+from agent.hub import Hub
+from agent.identity import Identity
+from agent.model import Batch, Event, Kind, Points, Sample, ServiceCheck
+from agent.sinks.deltas import CounterDeltas
+from agent.sinks.dogstatsd_forward import (
+    DogStatsdForwarder, check_line, event_line, number, pack, sample_lines, value_lines,
+)
+from agent.statsd.parser import parse
+
+IDENTITY = Identity(service="orders-worker", env="test", task_id="4f1c2d3e")
+TASK = "service:orders-worker,env:test,task_id:4f1c2d3e"
+
+
+def lines_of(sample: Sample, deltas: CounterDeltas | None = None) -> list[str]:
+    return sample_lines(sample, CounterDeltas() if deltas is None else deltas, now=1.0)
+
+
+def test_numbers_are_short_and_exact() -> None:
+    assert [number(v) for v in (3.0, -2.0, 0.1, 1e-05, 156966912.0, 2.5e20)] == [
+        "3", "-2", "0.1", "1e-05", "156966912", "2.5e+20"]
+
+
+def test_gauges_counts_and_timestamps() -> None:
+    tags = (("service", "orders"), ("canary", ""))
+    assert lines_of(Sample("queue.depth", 42.0, Kind.GAUGE, tags)) == ["queue.depth:42|g|#service:orders,canary"]
+    assert lines_of(Sample("jobs", 6.0, Kind.COUNT, interval=10.0)) == ["jobs:6|c"]
+    assert lines_of(Sample("late", 1.5, Kind.GAUGE, timestamp=1700000000.7)) == ["late:1.5|g|T1700000000"]
+    assert lines_of(Sample("bad name!", 1.0)) == ["bad_name_:1|g"]
+    assert lines_of(Sample("123", 1.0)) == [] and lines_of(Sample("nan", float("nan"))) == []
+    assert lines_of(Sample("t", 1.0, tags=(("k", "a,b|c"),))) == ["t:1|g|#k:a_b_c"]  # cannot break the line
+
+
+def test_cumulative_counters_become_deltas() -> None:
+    d = CounterDeltas()
+    seq = [lines_of(Sample("io.read_bytes_total", v, Kind.COUNTER), d) for v in (1000.0, 1750.0, 100.0, 160.0)]
+    assert seq == [[], ["io.read_bytes_total:750|c"], [], ["io.read_bytes_total:60|c"]]
+
+
+def test_histograms_timers_and_distributions_keep_values_and_rates() -> None:
+    h = Sample("job.seconds", Points((1.0, 2.0, 3.0), (1.0, 2.0, 1.0)), Kind.HISTOGRAM, interval=10.0)
+    assert lines_of(h) == ["job.seconds:1:3|h", "job.seconds:2|h|@0.5"]
+    t = Sample("req", Points((5.0, 7.5), (4.0, 4.0), milliseconds=True), Kind.HISTOGRAM, (("a", "b"),))
+    assert lines_of(t) == ["req:5:7.5|ms|@0.25|#a:b"]
+    d = Sample("size", Points((10.0,), (1.0,)), Kind.DISTRIBUTION)
+    assert lines_of(d) == ["size:10|d"]
+
+
+def test_many_values_are_split_into_lines_that_fit() -> None:
+    values = [float(i) for i in range(1000)]
+    lines = list(value_lines("x", values, "h", "|#service:orders", 200))
+    assert all(len(line.encode()) <= 200 for line in lines) and len(lines) > 5
+    got = [float(v) for line in lines for v in line.split("|")[0].removeprefix("x:").split(":")]
+    assert got == values
+
+
+def test_events_and_service_checks() -> None:
+    e = Event("héllo", "line1\nline2", (("team", "pay"),), timestamp=1700000000, priority="low", alert_type="info",
+              aggregation_key="deploy")
+    # lengths are UTF-8 bytes of the escaped texts: "héllo" is 6 bytes, "line1\\nline2" 12
+    assert event_line(e) == "_e{6,12}:héllo|line1\\nline2|d:1700000000|k:deploy|p:low|t:info|#team:pay"
+    c = ServiceCheck("orders.db", 2, (("db", "main"),), timestamp=1700000000, message="refused | retry\nlater")
+    assert check_line(c) == "_sc|orders.db|2|d:1700000000|#db:main|m:refused | retry\\nlater"
+
+
+def test_lines_round_trip_through_a_dogstatsd_parser() -> None:
+    lines = [
+        *lines_of(Sample("a.b", 1.25, Kind.GAUGE, (("k", "v"), ("bare", "")))),
+        *lines_of(Sample("h", Points((1.0, 2.0), (2.0, 2.0)), Kind.HISTOGRAM)),
+        event_line(Event("t", "x\ny", (("k", "v"),), alert_type="error")),
+        check_line(ServiceCheck("c", 1, (("k", "v"),), message="m|n")),
+    ]
+    parsed = parse("\n".join(lines).encode())
+    assert not parsed.errors
+    (g, h) = parsed.metrics
+    assert (g.head.name, g.head.type, g.head.tags, g.values) == ("a.b", "g", (("k", "v"), ("bare", "")), (1.25,))
+    assert (h.head.name, h.head.type, h.head.rate, h.values) == ("h", "h", 0.5, (1.0, 2.0))
+    ((event, _),) = parsed.events
+    assert (event.title, event.text, event.alert_type) == ("t", "x\ny", "error")
+    ((check, _),) = parsed.service_checks
+    assert (check.name, check.status, check.message) == ("c", 1, "m|n")
+
+
+def test_pack_fills_datagrams_up_to_the_limit() -> None:
+    lines = [f"metric.{i}:1|c|#service:orders-worker" for i in range(200)]
+    datagrams, too_long = pack(lines + ["x" * 1433])
+    assert too_long == 1
+    assert all(len(d) <= 1432 for d in datagrams)
+    assert b"\n".join(datagrams).split(b"\n") == [line.encode() for line in lines]  # all, in order
+    # greedy: each datagram is full (the next line would not have fitted)
+    for d, nxt in zip(datagrams, datagrams[1:]):
+        assert len(d) + 1 + len(nxt.split(b"\n")[0]) > 1432
+
+
+@pytest.fixture
+def receiver() -> Iterator[socket.socket]:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("127.0.0.1", 0))
+    sock.setblocking(False)
+    yield sock
+    sock.close()
+
+
+async def receive(sock: socket.socket, until_line: str, timeout: float = 5.0) -> list[bytes]:
+    datagrams: list[bytes] = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            datagrams.append(sock.recv(65536))
+        except BlockingIOError:
+            if any(until_line.encode() in d for d in datagrams):
+                return datagrams
+            await asyncio.sleep(0.01)
+    raise AssertionError(f"{until_line!r} never arrived; got {datagrams[:3]}...")
+
+
+async def test_forwarder_sends_enriched_lines_in_small_datagrams(receiver: socket.socket) -> None:
+    port = receiver.getsockname()[1]
+    config = replace(Config(), dogstatsd_forward=("127.0.0.1", port), flush_interval=0.1)
+    hub = Hub(IDENTITY)
+    forwarder = DogStatsdForwarder(config, hub)
+    hub.add_sink(forwarder)
+    stop = asyncio.Event()
+    task = asyncio.create_task(forwarder.run(stop))
+    hub.publish(Batch("statsd", [
+        Sample(f"jobs.{i}", 1.0, Kind.COUNT, (("queue", "orders"),), interval=10.0) for i in range(300)
+    ] + [Sample("queue.depth", 7.0, Kind.GAUGE)], events=[Event("deploy", "v2")],
+        service_checks=[ServiceCheck("orders.ok", 0)]))
+    datagrams = await receive(receiver, "_sc|orders.ok|0")
+    lines = [line.decode() for d in datagrams for line in d.split(b"\n")]
+    assert all(len(d) <= 1432 for d in datagrams)
+    assert len(datagrams) >= 300 * 50 // 1432  # packed, not one line per datagram
+    assert [line for line in lines if line.startswith("jobs.")] == [
+        f"jobs.{i}:1|c|#{TASK},queue:orders" for i in range(300)]
+    assert f"queue.depth:7|g|#{TASK}" in lines
+    assert f"_e{{6,2}}:deploy|v2|#{TASK}" in lines and f"_sc|orders.ok|0|#{TASK}" in lines
+    # the task info series arrives once per interval; at stop, once more
+    await receive(receiver, "ecs.task.info:1|g")
+    stop.set()
+    await asyncio.wait_for(task, 5)
+    assert forwarder.status()["lines_sent"] >= 303 and forwarder.status()["lines_dropped"] == 0
+
+
+async def test_agent_not_listening_never_blocks_and_counts_drops() -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    config = replace(Config(), dogstatsd_forward=("127.0.0.1", port), flush_interval=0.05)
+    hub = Hub(IDENTITY)
+    forwarder = DogStatsdForwarder(config, hub)
+    hub.add_sink(forwarder)
+    stop = asyncio.Event()
+    task = asyncio.create_task(forwarder.run(stop))
+    for i in range(5):
+        hub.publish(Batch("s", [Sample("m", float(i))]))
+        await asyncio.sleep(0.05)
+    stop.set()
+    await asyncio.wait_for(task, 5)
+    # loopback reports ICMP port unreachable: the next send fails with ECONNREFUSED, counted
+    assert hub.metrics.get("tasklens.exporter.points_dropped", exporter="dogstatsd_forward", reason="refused") >= 1
+    assert "ConnectionRefusedError" in forwarder.status()["last_error"]

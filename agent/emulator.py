@@ -89,23 +89,29 @@ def make_app(task_path: str | None, stats_path: str | None) -> web.Application:
         return web.Response(body=body, content_type="application/json")
 
     async def task(request: web.Request) -> web.Response:
-        return raw(await task_bytes())
+        try:
+            return raw(await task_bytes())
+        except OSError as exc:  # the agent's answer when it cannot fetch: 500 with a JSON string
+            return _error(500, f"cannot read the task file: {exc}")
 
     async def task_stats(request: web.Request) -> web.Response:
-        return raw(await stats_bytes())
+        try:
+            return raw(await stats_bytes())
+        except OSError as exc:
+            return _error(500, f"cannot read the stats file: {exc}")
 
     async def container(request: web.Request) -> web.Response:
         try:
             found = _this_container(json.loads(await task_bytes()), request.match_info["id"])
-        except ValueError:
-            return _error(500, "task metadata is not valid JSON")
+        except (OSError, ValueError):
+            return _error(500, "task metadata is not readable JSON")
         return web.json_response(found) if found else _error(404, "no such container")
 
     async def container_stats(request: web.Request) -> web.Response:
         try:
             found = _this_container(json.loads(await task_bytes()), request.match_info["id"])
             all_stats = json.loads(await stats_bytes())
-        except ValueError:
+        except (OSError, ValueError):
             return _error(500, "metadata is not valid JSON")
         if not found or not isinstance(all_stats, Mapping):
             return _error(404, "no such container")

@@ -11,9 +11,9 @@ import importlib
 import importlib.util
 from typing import Any
 
-from integrations.queues.base import Broker, Probe, ProbeError, QueueURL, Reading, Target, parse_queue_url
+from integrations.queues.base import DEFAULT_TIMEOUT, Broker, Probe, ProbeError, QueueURL, Reading, Target, parse_queue_url
 
-__all__ = ["Probe", "ProbeError", "QueueURL", "Reading", "SCHEMES", "Target", "broker_for", "describe_url",
+__all__ = ["Probe", "ProbeError", "QueueURL", "Reading", "DEFAULT_TIMEOUT", "SCHEMES", "Target", "broker_for", "describe_url",
            "open_probe", "parse", "read_once"]
 
 # scheme -> module defining `BROKER`
@@ -74,16 +74,13 @@ def describe_url(url: str, defaults: Any = None) -> dict[str, Any]:
         "queue_type": target.queue_type,
         "reports": ["queue." + r for r in broker.reports(parsed)],
         "interval_seconds": interval,
-        "timeout_seconds": parsed.timeout or default_timeout(interval),
+        "timeout_seconds": parsed.poll_timeout,
         "trend_window_seconds": parsed.window or getattr(defaults, "queue_trend_window", 300.0),
         "backlog_threshold": parsed.threshold if parsed.threshold is not None
         else getattr(defaults, "queue_backlog_threshold", 100.0),
         "client": broker.client if client_installed(broker) else f"missing: pip install 'tasklens[{broker.extra}]'",
     }
 
-
-def default_timeout(interval: float) -> float:
-    return min(10.0, interval)
 
 
 async def read_once(url: str, timeout: float = 10.0) -> Reading:

@@ -45,6 +45,8 @@ class ProbeError(Exception):
         self.reason = reason
 
 
+DEFAULT_TIMEOUT = 10.0  # per poll; polls never overlap, so a slow broker only delays the next one
+
 # Query parameters every queue URL may carry; the rest belong to the broker module.
 COMMON_PARAMS = frozenset({"name", "interval", "window", "threshold", "timeout"})
 
@@ -79,6 +81,10 @@ class QueueURL:
     @property
     def masked(self) -> str:
         return safe_mask(self.raw)
+
+    @property
+    def poll_timeout(self) -> float:
+        return self.timeout or DEFAULT_TIMEOUT
 
     @property
     def password(self) -> str | None:

@@ -60,7 +60,7 @@ class BeanstalkdProbe:
         with self._lock:
             try:
                 if self._client is None:
-                    sock = socket.create_connection(self.address, timeout=self.url.timeout or 10.0)
+                    sock = socket.create_connection(self.address, timeout=self.url.poll_timeout)
                     self._client = greenstalk.Client(sock, encoding=None, use=self.tube, watch=PROBE_TUBE)
                 stats = self._client.stats_tube(self.tube)
                 age: float | None = 0.0

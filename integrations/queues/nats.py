@@ -56,7 +56,7 @@ class NATSProbe:
     async def read(self) -> Reading:
         import nats
 
-        timeout = self.url.timeout or 10.0
+        timeout = self.url.poll_timeout
         try:
             if self._nc is None or self._nc.is_closed:
                 # our poll loop reconnects with backoff; nats-py's own reconnect loop would hide outages

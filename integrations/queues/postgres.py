@@ -83,7 +83,7 @@ class PostgresProbe:
     async def read(self) -> Reading:
         import asyncpg
 
-        timeout = self.url.timeout or 10.0
+        timeout = self.url.poll_timeout
         try:
             if self._conn is None or self._conn.is_closed():
                 self._conn = await asyncpg.connect(

@@ -82,7 +82,7 @@ class AMQPProbe:
         try:
             if self._connection is None:
                 self._connection = await aio_pika.connect(
-                    self.url.client_url(keep=lambda k: k not in OWN_PARAMS), timeout=self.url.timeout or 10.0,
+                    self.url.client_url(keep=lambda k: k not in OWN_PARAMS), timeout=self.url.poll_timeout,
                     client_properties={"connection_name": "tasklens"})
             if self._channel is None or self._channel.is_closed:
                 self._channel = await self._connection.channel()
@@ -118,7 +118,7 @@ class ManagementProbe:
 
         if self._session is None:
             self._session = aiohttp.ClientSession(
-                auth=aiohttp.BasicAuth(*self.auth), timeout=aiohttp.ClientTimeout(total=self.url.timeout or 10.0))
+                auth=aiohttp.BasicAuth(*self.auth), timeout=aiohttp.ClientTimeout(total=self.url.poll_timeout))
         async with self._session.get(self.endpoint) as response:
             if response.status == 404:
                 raise ProbeError("not_found", f"queue {self.url.params['queue']!r} not found (HTTP 404)")

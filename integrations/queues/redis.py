@@ -85,7 +85,7 @@ class RedisProbe:
     def _connect(self) -> Any:
         import redis.asyncio
 
-        timeout = self.url.timeout or 10.0
+        timeout = self.url.poll_timeout
         return redis.asyncio.from_url(
             self.url.client_url(keep=lambda k: k.startswith("ssl_")), decode_responses=True,
             socket_timeout=timeout, socket_connect_timeout=timeout, client_name="tasklens")

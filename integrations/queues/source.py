@@ -19,7 +19,7 @@ from agent.config import Config, ConfigError
 from agent.hub import Hub
 from agent.logs import RateLimitedLog
 from agent.model import Batch, Kind, Sample
-from integrations.queues import default_timeout, open_probe, parse
+from integrations.queues import open_probe, parse
 from integrations.queues.base import Probe, ProbeError, Reading, mask_secret, safe_mask
 from integrations.queues.trend import History, Trend
 
@@ -66,7 +66,7 @@ class QueueSource:
         self.queue_type = target.queue_type
         self.name = f"queue:{queue}"
         self.interval = parsed.interval or config.queue_poll_interval
-        self.timeout = parsed.timeout or default_timeout(self.interval)
+        self.timeout = parsed.poll_timeout
         self.threshold = parsed.threshold if parsed.threshold is not None else config.queue_backlog_threshold
         self.history = History(parsed.window or config.queue_trend_window)
         self.tags = (("queue", queue), ("queue_type", self.queue_type))

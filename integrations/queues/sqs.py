@@ -102,7 +102,7 @@ class SQSProbe:
         from aiobotocore.config import AioConfig
         from aiobotocore.session import get_session
 
-        timeout = self.url.timeout or 10.0
+        timeout = self.url.poll_timeout
         # our poll loop is the retry; botocore's own retries would only stretch a failed poll
         config = AioConfig(connect_timeout=timeout, read_timeout=timeout, retries={"max_attempts": 1})
         session = get_session()
@@ -140,11 +140,12 @@ class SQSProbe:
         now = time.monotonic()
         if self._age is not None and now - self._age[0] < CLOUDWATCH_PERIOD:
             return self._age[1]
-        end = datetime.now(timezone.utc)
+        # end one period ahead so that the current, still open minute is included
+        end = datetime.now(timezone.utc) + timedelta(seconds=CLOUDWATCH_PERIOD)
         reply = await self._cloudwatch.get_metric_statistics(
             Namespace="AWS/SQS", MetricName="ApproximateAgeOfOldestMessage",
             Dimensions=[{"Name": "QueueName", "Value": self.queue}],
-            StartTime=end - CLOUDWATCH_LOOKBACK, EndTime=end, Period=60, Statistics=["Maximum"])
+            StartTime=end - CLOUDWATCH_LOOKBACK, EndTime=end, Period=int(CLOUDWATCH_PERIOD), Statistics=["Maximum"])
         self._age = (now, latest_maximum(reply))
         return self._age[1]
 

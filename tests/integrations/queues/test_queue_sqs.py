@@ -1,0 +1,128 @@
+"""SQS against moto's server mode on loopback, filled with boto3 and read with aiobotocore."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import datetime, timezone
+
+import boto3
+import pytest
+
+from conftest import check_drain, eventually
+from integrations.queues.source import QueueSource
+
+pytestmark = pytest.mark.usefixtures("aws_env")
+
+
+def client(service: str, port: int):
+    return boto3.client(service, region_name="us-east-1", endpoint_url=f"http://127.0.0.1:{port}")
+
+
+def fill(sqs, queue_url: str, ready: int, in_flight: int, delayed: int) -> None:
+    for i in range(ready + in_flight):
+        sqs.send_message(QueueUrl=queue_url, MessageBody=f"m{i}")
+    for i in range(delayed):
+        sqs.send_message(QueueUrl=queue_url, MessageBody=f"d{i}", DelaySeconds=900)
+    taken = 0
+    while taken < in_flight:  # received and not deleted: in flight for the visibility timeout
+        got = sqs.receive_message(QueueUrl=queue_url, MaxNumberOfMessages=in_flight - taken, VisibilityTimeout=900)
+        taken += len(got.get("Messages", []))
+
+
+async def test_ready_in_flight_and_delayed_by_name(config, hub, exported, moto_port, unique):
+    sqs = client("sqs", moto_port)
+    queue_url = sqs.create_queue(QueueName=unique)["QueueUrl"]
+    fill(sqs, queue_url, ready=5, in_flight=2, delayed=3)
+    source = QueueSource(config, hub, f"sqs://{unique}?region=us-east-1&endpoint=http://127.0.0.1:{moto_port}")
+    assert await source.poll(), source.last_error
+    assert exported.queue(unique) == {"depth": 5.0, "in_flight": 2.0, "delayed": 3.0}
+    assert exported.labels("queue_depth", unique)["queue_type"] == "sqs"
+    await source.probe.close()
+
+
+async def test_by_queue_url(config, hub, exported, moto_port, unique):
+    sqs = client("sqs", moto_port)
+    queue_url = sqs.create_queue(QueueName=unique)["QueueUrl"]  # http://127.0.0.1:<port>/123456789012/<name>
+    fill(sqs, queue_url, ready=4, in_flight=0, delayed=0)
+    path = queue_url.split("/", 3)[3]
+    source = QueueSource(config, hub, f"sqs://127.0.0.1:{moto_port}/{path}?endpoint=http://127.0.0.1:{moto_port}")
+    assert source.queue == unique
+    assert await source.poll(), source.last_error
+    assert exported.queue(unique) == {"depth": 4.0, "in_flight": 0.0, "delayed": 0.0}
+    await source.probe.close()
+
+
+async def test_cloudwatch_oldest_age_when_asked(config, hub, exported, moto_port, unique):
+    sqs = client("sqs", moto_port)
+    sqs.create_queue(QueueName=unique)
+    # moto does not derive SQS metrics itself: publish the datapoint CloudWatch would have
+    client("cloudwatch", moto_port).put_metric_data(Namespace="AWS/SQS", MetricData=[{
+        "MetricName": "ApproximateAgeOfOldestMessage", "Dimensions": [{"Name": "QueueName", "Value": unique}],
+        "Timestamp": datetime.now(timezone.utc), "Value": 420.0, "Unit": "Seconds"}])
+    source = QueueSource(config, hub, f"sqs://{unique}?region=us-east-1&endpoint=http://127.0.0.1:{moto_port}"
+                                      "&cloudwatch_age=true")
+    assert await source.poll(), source.last_error
+    assert exported.queue(unique) == {"depth": 0.0, "in_flight": 0.0, "delayed": 0.0, "oldest_age_seconds": 420.0}
+    await source.probe.close()
+
+
+async def test_missing_queue_is_not_found_and_a_gap(config, hub, exported, moto_port, unique):
+    source = QueueSource(config, hub, f"sqs://{unique}?region=us-east-1&endpoint=http://127.0.0.1:{moto_port}")
+    assert not await source.poll()
+    assert exported.queue(unique) == {}
+    assert hub.metrics.get("tasklens.queue.poll_errors", queue=unique, reason="not_found") == 1
+    await source.probe.close()
+
+
+async def test_drain_trend(config, hub, exported, moto_port, clock, unique):
+    sqs = client("sqs", moto_port)
+    queue_url = sqs.create_queue(QueueName=unique)["QueueUrl"]
+    fill(sqs, queue_url, ready=20, in_flight=0, delayed=0)
+    source = QueueSource(config, hub, f"sqs://{unique}?region=us-east-1&endpoint=http://127.0.0.1:{moto_port}",
+                         clock=clock)
+
+    async def take(n):  # what a worker does: receive, process, delete
+        got = sqs.receive_message(QueueUrl=queue_url, MaxNumberOfMessages=n, VisibilityTimeout=900)["Messages"]
+        assert len(got) == n
+        sqs.delete_message_batch(QueueUrl=queue_url, Entries=[
+            {"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(got)])
+
+    await check_drain(source, clock, exported, take, depth=20)
+    await source.probe.close()
+
+
+async def test_outage_is_a_gap_and_values_return(config, hub, exported, moto_factory, unique):
+    server = moto_factory(None)
+    server.start(60.0)
+    sqs = client("sqs", server.port)
+
+    def setup():
+        fill(sqs, sqs.create_queue(QueueName=unique)["QueueUrl"], ready=3, in_flight=0, delayed=0)
+
+    setup()
+    source = QueueSource(config, hub, f"sqs://{unique}?region=us-east-1&endpoint=http://127.0.0.1:{server.port}")
+    stop = asyncio.Event()
+    task = asyncio.create_task(source.run(stop))
+    try:
+        await eventually(lambda: _equals(exported.queue(unique), {"depth": 3.0, "in_flight": 0.0, "delayed": 0.0}))
+        await asyncio.to_thread(server.stop)
+        await eventually(lambda: _equals(exported.queue(unique), {}))  # a gap, not zeros
+        await eventually(lambda: _async(hub.metrics.get("tasklens.queue.poll_errors", queue=unique,
+                                                         reason="connection") >= 1))
+        await asyncio.to_thread(server.start, 60.0)  # moto forgets everything: the queue comes back
+        await asyncio.to_thread(setup)
+        await eventually(lambda: _equals(exported.queue(unique), {"depth": 3.0, "in_flight": 0.0, "delayed": 0.0}),
+                         timeout=30)
+        assert source.status()["last_error"] is None
+    finally:
+        stop.set()
+        await task
+
+
+async def _equals(got, want):
+    assert got == want
+    return True
+
+
+async def _async(value):
+    return value

@@ -11,6 +11,7 @@ profile that cannot be pushed is dropped (counted and logged): profiles are samp
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import os
 import re
@@ -33,7 +34,7 @@ from integrations.profilers.ingest import Folded, ingest_params, parse_raw, prof
 from integrations.profilers.sitecustomize import labels, split_credentials
 
 MAX_SPIES = 4  # py-spy runs at once; more processes take turns window by window
-SCAN_INTERVAL = 5.0  # seconds between process scans: how soon a new process is picked up
+SCAN_INTERVAL = 5.0  # at most, seconds between process scans: how soon a new process is picked up
 PUSH_TIMEOUT = 10.0
 INTERRUPT_GRACE = 5.0  # seconds py-spy gets to write what it has after SIGINT
 DENIED_RETRY = 300.0  # a permission does not come back by itself: retry rarely
@@ -79,7 +80,7 @@ class PySpyProfiler:
                  scan: Callable[[], list[procs.ProcessInfo]] = procs.scan) -> None:
         self.config = config
         self.hub = hub
-        self.py_spy = py_spy or find_py_spy()
+        self.py_spy = py_spy if py_spy is not None else find_py_spy()
         self._scan = scan
         try:
             self._match = re.compile(config.profile_match) if config.profile_match else None
@@ -89,11 +90,13 @@ class PySpyProfiler:
         url, user, password = split_credentials(config.pyroscope_url)
         self._ingest_url = url.rstrip("/") + "/ingest"
         user, password = config.pyroscope_user or user, config.pyroscope_password or password
-        self._auth = aiohttp.BasicAuth(user, password) if user or password else None
         self._headers = {"Content-Type": "text/plain; charset=utf-8"}
+        if user or password:
+            self._headers["Authorization"] = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
         if config.pyroscope_tenant:
             self._headers["X-Scope-OrgID"] = config.pyroscope_tenant
         self._duration = max(1, round(config.profile_window))  # py-spy takes whole seconds
+        self._scan_interval = min(SCAN_INTERVAL, config.profile_window)
         self._states: dict[tuple[int, float], _State] = {}
         self._workers: dict[tuple[int, float], asyncio.Task[None]] = {}
         self._skip: set[tuple[int, float]] = set()  # not Python, or profiling itself (bootstrap mode)
@@ -109,9 +112,9 @@ class PySpyProfiler:
     # --- the loop -----------------------------------------------------------------------------
 
     async def run(self, stop: asyncio.Event) -> None:
-        if not self.py_spy:
-            self._report("py-spy not found next to %s nor on PATH: install tasklens[profiling]; "
-                         "sidecar-mode profiling is off", sys.executable)
+        if not self.py_spy or not os.access(self.py_spy, os.X_OK):
+            self._report("profiler: py-spy not found (%s): install tasklens[profiling] in the sidecar's image; "
+                         "sidecar-mode profiling is off", self.py_spy or f"not next to {sys.executable} nor on PATH")
             self.hub.metrics.inc("tasklens.profiler.record_errors", reason="pyspy_missing")
             await stop.wait()
             return
@@ -124,7 +127,7 @@ class PySpyProfiler:
                 while not stop.is_set():
                     await self._discover(stop)
                     with contextlib.suppress(asyncio.TimeoutError):
-                        await asyncio.wait_for(stop.wait(), SCAN_INTERVAL)
+                        await asyncio.wait_for(stop.wait(), self._scan_interval)
                 # windows in flight end early (py-spy writes what it has), then their pushes finish
                 await asyncio.gather(*self._workers.values(), return_exceptions=True)
                 await asyncio.gather(*self._pushes, return_exceptions=True)
@@ -281,7 +284,7 @@ class PySpyProfiler:
         reason = detail = ""
         try:
             async with self._session.post(self._ingest_url, params=params, data=render(folded),
-                                          headers=self._headers, auth=self._auth) as resp:
+                                          headers=self._headers) as resp:
                 if resp.status >= 300:
                     reason = f"http_{resp.status}"
                     detail = (await resp.text(errors="replace"))[:200]

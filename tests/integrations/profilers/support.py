@@ -1,0 +1,46 @@
+"""Helpers shared by the profiling tests: the stand-in worker, the task fixture, polling."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from tests.conftest import FIXTURES
+
+HERE = Path(__file__).resolve().parent
+HOT_WORKER = str(HERE / "hot_worker.py")
+HOT_FUNCTION = "crunch_numbers_hot"
+TASK_FIXTURE = FIXTURES / "fargate-2023.task.json"
+
+
+def task_json() -> dict:
+    return json.loads(TASK_FIXTURE.read_text())
+
+
+class Worker:
+    def __init__(self, proc: subprocess.Popen[str], marker: str) -> None:
+        self.proc = proc
+        self.marker = marker
+        self.pid = proc.pid
+
+    def wait_ready(self) -> None:
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()  # the worker prints `ready` first, at once
+        assert line.strip() == "ready", f"worker did not start: {line!r}"
+
+    def finish(self, timeout: float = 30.0) -> tuple[int, str, str]:
+        out, err = self.proc.communicate(timeout=timeout)
+        return self.proc.returncode, out, err
+
+
+async def until(predicate: Callable[[], object], timeout: float = 30.0, what: str = "condition") -> None:
+    """Poll with a deadline (the asyncio twin of tests.conftest.wait_until)."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        await asyncio.sleep(0.05)

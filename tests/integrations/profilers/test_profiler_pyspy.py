@@ -1,0 +1,220 @@
+"""Sidecar mode end to end: the real py-spy samples a real worker process; a strict local Pyroscope
+receives the folded stacks. Every test targets its own worker through TASKLENS_PROFILE_MATCH (a
+unique marker on its command line), never the machine's other Python processes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+import re
+import shutil
+import uuid
+from pathlib import Path
+
+import pytest
+
+from agent.config import Config
+from agent.hub import Hub
+from agent.identity import Identity
+from integrations.profilers.pyspy import PySpyProfiler
+from tests.conftest import clean_env, free_port
+from tests.integrations.profilers.pyroscope_fake import FakePyroscope
+from tests.integrations.profilers.support import HOT_FUNCTION, until
+
+EXPECTED_LABELS = {  # fargate-2023.task.json, as agent.identity derives it, minus the service
+    "ecs_cluster": "akira-fargate-check-cluster",
+    "task_family": "akira-fargate-check",
+    "task_revision": "1",
+    "task_id": "67cd8a22b533459696d4ccab5278e009",
+    "availability_zone": "ap-northeast-1d",
+    "region": "ap-northeast-1",
+    "launch_type": "FARGATE",
+    "process": "hot_worker.py",
+}
+
+
+def profiler_for(url: str, marker: str, identity: Identity, window: float = 2.0, **settings: object
+                 ) -> PySpyProfiler:
+    config = Config(pyroscope_url=url, profile_window=window, profile_match=re.escape(marker), **settings)
+    return PySpyProfiler(config, Hub(identity))
+
+
+async def stopped(profiler: PySpyProfiler, stop: asyncio.Event, task: asyncio.Task[None]) -> None:
+    stop.set()
+    await asyncio.wait_for(task, 20)
+
+
+async def test_hot_function_dominates_under_service_name_and_task_tags(pyroscope, start_worker, ptrace_ok,
+                                                                       identity):
+    pyroscope.require_auth = ("tenant-user", "s3cret")
+    pyroscope.require_tenant = "team-a"
+    worker = start_worker()
+    profiler = profiler_for(pyroscope.url, worker.marker, identity, pyroscope_user="tenant-user",
+                            pyroscope_password="s3cret", pyroscope_tenant="team-a")
+    stop = asyncio.Event()
+    task = asyncio.create_task(profiler.run(stop))
+    await until(lambda: len(pyroscope.ingested) >= 2, 40, "two windows pushed")
+    metrics = profiler.hub.metrics
+    assert metrics.get("tasklens.profiler.processes") == 1
+    [shown] = profiler.status()["processes"]
+    assert (shown["pid"], shown["process"], shown["state"]) == (worker.pid, "hot_worker.py", "profiling")
+    await stopped(profiler, stop, task)
+
+    for profile in pyroscope.ingested:
+        assert (profile.service, profile.kind) == ("akira-fargate-check", "cpu")
+        assert profile.labels == EXPECTED_LABELS
+        assert (profile.sample_rate, profile.spy_name) == (100, "pyspy")
+        assert 0 <= profile.until - profile.start <= 3  # a 2 s window, whole seconds
+        assert profile.headers["X-Scope-OrgID"] == "team-a"
+        assert profile.share(HOT_FUNCTION) >= 0.9, profile.stacks.most_common(3)
+        assert all("crunch_numbers_hot (hot_worker.py)" in s for s, _ in profile.stacks.most_common(1))
+    assert metrics.total("tasklens.profiler.pushes") == len(pyroscope.ingested)
+    assert metrics.total("tasklens.profiler.samples") == sum(sum(p.stacks.values()) for p in pyroscope.ingested)
+    assert metrics.total("tasklens.profiler.push_errors") == 0
+    assert metrics.total("tasklens.profiler.record_errors") == 0
+    assert metrics.get("tasklens.profiler.processes") == 0
+
+
+async def test_picks_up_a_new_process_and_drops_it_quietly_when_it_exits(pyroscope, start_worker, ptrace_ok,
+                                                                         identity, caplog):
+    caplog.set_level(logging.WARNING, logger="tasklens")
+    marker = f"tasklens-late-{uuid.uuid4().hex[:12]}"  # known before the worker exists
+    profiler = profiler_for(pyroscope.url, marker, identity, window=1.0)
+    stop = asyncio.Event()
+    task = asyncio.create_task(profiler.run(stop))
+    await asyncio.sleep(1.5)  # scans that find nothing
+    assert profiler.status()["processes"] == [] and pyroscope.ingested == []
+    worker = start_worker(seconds=3, marker=marker)
+    await until(lambda: len(pyroscope.ingested) >= 1, 20, "the late process profiled")
+    await until(lambda: worker.proc.poll() is not None, 20, "the worker to exit")
+    await until(lambda: profiler.hub.metrics.get("tasklens.profiler.processes") == 0, 20, "the exited one dropped")
+    await stopped(profiler, stop, task)
+    assert profiler.hub.metrics.total("tasklens.profiler.record_errors") == 0
+    assert profiler.hub.metrics.total("tasklens.profiler.push_errors") == 0
+    assert [r for r in caplog.records if r.levelno >= logging.WARNING] == []
+
+
+async def test_missing_ptrace_is_reported_once_with_the_task_definition_fix(pyroscope, start_worker, ptrace_ok,
+                                                                           identity, tmp_path, caplog):
+    setpriv = shutil.which("setpriv")
+    if not setpriv:
+        pytest.skip("setpriv (util-linux) is needed to run py-spy without privileges")
+    # The real py-spy, run as `nobody` with no capabilities: the kernel refuses it ptrace.
+    unprivileged = tmp_path / "py-spy-unprivileged"
+    unprivileged.write_text(f'#!/bin/sh\nexec {setpriv} --reuid=65534 --regid=65534 --clear-groups '
+                            f'--inh-caps=-all --bounding-set=-all {ptrace_ok} "$@"\n')
+    unprivileged.chmod(0o755)
+    first, second = start_worker(), start_worker()
+    config = Config(pyroscope_url=pyroscope.url, profile_window=1.0,
+                    profile_match=f"{re.escape(first.marker)}|{re.escape(second.marker)}")
+    profiler = PySpyProfiler(config, Hub(identity), py_spy=str(unprivileged))
+    stop = asyncio.Event()
+    task = asyncio.create_task(profiler.run(stop))
+    metrics = profiler.hub.metrics
+    await until(lambda: metrics.get("tasklens.profiler.record_errors", reason="ptrace_denied") == 2, 30,
+                "both processes refused")
+    await stopped(profiler, stop, task)
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1, errors
+    for needle in ("Permission Denied", "SYS_PTRACE", '"pidMode": "task"', "cap_add"):
+        assert needle in errors[0]
+    assert profiler.status()["problem"] == errors[0]
+    assert pyroscope.ingested == []
+
+
+async def test_push_failures_are_counted_and_sampling_goes_on(pyroscope, start_worker, ptrace_ok, identity):
+    pyroscope.status = 500
+    worker = start_worker()
+    profiler = profiler_for(pyroscope.url, worker.marker, identity, window=1.0)
+    stop = asyncio.Event()
+    task = asyncio.create_task(profiler.run(stop))
+    metrics = profiler.hub.metrics
+    await until(lambda: metrics.get("tasklens.profiler.push_errors", reason="http_500") >= 2, 30, "two failed pushes")
+    pyroscope.status = 200  # the server is back: the next window gets through
+    await until(lambda: metrics.total("tasklens.profiler.pushes") >= 1, 30, "a push after recovery")
+    await stopped(profiler, stop, task)
+    assert pyroscope.ingested and pyroscope.ingested[0].share(HOT_FUNCTION) >= 0.9
+
+
+async def test_unreachable_server_is_a_connection_error(start_worker, ptrace_ok, identity):
+    worker = start_worker()
+    profiler = profiler_for(f"http://127.0.0.1:{free_port()}", worker.marker, identity, window=1.0)
+    stop = asyncio.Event()
+    task = asyncio.create_task(profiler.run(stop))
+    metrics = profiler.hub.metrics
+    await until(lambda: metrics.get("tasklens.profiler.push_errors", reason="connection") >= 1, 30, "a refused push")
+    await stopped(profiler, stop, task)
+    assert metrics.total("tasklens.profiler.pushes") == 0
+
+
+async def test_stop_pushes_the_window_in_flight(pyroscope, start_worker, ptrace_ok, identity):
+    worker = start_worker()
+    profiler = profiler_for(pyroscope.url, worker.marker, identity, window=60.0)
+    stop = asyncio.Event()
+    task = asyncio.create_task(profiler.run(stop))
+    await until(lambda: profiler._spies, 20, "py-spy running")
+    await asyncio.sleep(1.5)
+    loop = asyncio.get_running_loop()
+    began = loop.time()
+    await stopped(profiler, stop, task)
+    assert loop.time() - began < 6  # py-spy writes its partial window on SIGINT, at once
+    [profile] = pyroscope.ingested
+    assert profile.until - profile.start <= 4 and profile.share(HOT_FUNCTION) >= 0.9
+
+
+async def test_a_process_that_profiles_itself_is_left_alone(pyroscope, start_worker, ptrace_ok, identity,
+                                                             bootstrap_dir):
+    env = clean_env(PYTHONPATH=str(bootstrap_dir), TASKLENS_PYROSCOPE_URL=pyroscope.url, TASKLENS_PROFILE_WINDOW="1",
+                    TASKLENS_SERVICE="self-profiled")
+    worker = start_worker(env=env)
+    maps = Path(f"/proc/{worker.pid}/maps")
+    await until(lambda: "pyroscope" in maps.read_text(), 20, "pyroscope-io loaded by the bootstrap")
+    profiler = profiler_for(pyroscope.url, worker.marker, identity, window=1.0)
+    stop = asyncio.Event()
+    task = asyncio.create_task(profiler.run(stop))
+    await until(lambda: pyroscope.pushed, 20, "the worker's own pushes")
+    await asyncio.sleep(1.5)  # a scan or two
+    await stopped(profiler, stop, task)
+    assert pyroscope.ingested == [] and profiler.status()["processes"] == []
+    assert profiler.hub.metrics.total("tasklens.profiler.record_errors") == 0
+
+
+async def test_missing_py_spy_is_one_clear_problem(identity, caplog):
+    profiler = PySpyProfiler(Config(pyroscope_url="http://127.0.0.1:9", profile_match="x"), Hub(identity),
+                             py_spy="/nonexistent/py-spy")
+    stop = asyncio.Event()
+    task = asyncio.create_task(profiler.run(stop))
+    await until(lambda: profiler.status()["problem"], 5, "the problem reported")
+    await stopped(profiler, stop, task)
+    assert "install tasklens[profiling]" in profiler.status()["problem"]
+    assert profiler.hub.metrics.get("tasklens.profiler.record_errors", reason="pyspy_missing") == 1
+    assert len([r for r in caplog.records if r.levelno >= logging.ERROR]) == 1
+
+
+async def test_no_process_to_profile_hints_at_pid_mode_once(identity, caplog):
+    caplog.set_level(logging.WARNING, logger="tasklens")
+    profiler = PySpyProfiler(Config(pyroscope_url="http://127.0.0.1:9", profile_window=0.2), Hub(identity),
+                             scan=lambda: [])
+    stop = asyncio.Event()
+    task = asyncio.create_task(profiler.run(stop))
+    await until(lambda: any("pidMode" in r.getMessage() for r in caplog.records), 10, "the hint")
+    await asyncio.sleep(1.0)  # several more empty scans
+    await stopped(profiler, stop, task)
+    assert len([r for r in caplog.records if "pidMode" in r.getMessage()]) == 1
+
+
+def test_an_invalid_match_pattern_is_a_config_error(identity):
+    from agent.config import ConfigError
+
+    with pytest.raises(ConfigError, match="TASKLENS_PROFILE_MATCH"):
+        PySpyProfiler(Config(pyroscope_url="http://x:4040", profile_match="(unclosed"), Hub(identity))
+
+
+def test_credentials_in_the_url_become_basic_auth(identity):
+    profiler = PySpyProfiler(Config(pyroscope_url="https://123:glc_tok%3D@profiles.example.net/"), Hub(identity),
+                             py_spy="")
+    assert profiler._ingest_url == "https://profiles.example.net/ingest"
+    assert profiler._headers["Authorization"] == "Basic " + base64.b64encode(b"123:glc_tok=").decode()
+    assert "glc_tok" not in str(profiler.status())

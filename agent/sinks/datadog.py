@@ -205,17 +205,16 @@ class DatadogSink:
         async with aiohttp.ClientSession(headers=headers) as session:
             sender = asyncio.create_task(self._send_loop(session), name="datadog-sender")
             try:
-                next_flush = loop.time() + self.interval
+                due = self._next_flush(self.wall())
                 while True:
                     try:
-                        await asyncio.wait_for(stop.wait(), timeout=max(0.0, next_flush - loop.time()))
+                        await asyncio.wait_for(stop.wait(), timeout=max(0.0, due - self.wall()))
                     except TimeoutError:
                         pass
-                    # a slow loop must not make flushes pile up: skip to the next tick
-                    next_flush = max(next_flush + self.interval, loop.time())
                     self.flush()  # on stop too: the final, partial interval
                     if stop.is_set():
                         break
+                    due = self._next_flush(max(self.wall(), due))  # a late loop skips ticks, never piles them
                 await self._drain(loop.time() + self.drain_timeout)
             except asyncio.CancelledError:
                 self._give_up("cancelled")
@@ -226,6 +225,15 @@ class DatadogSink:
                     await sender
                 except asyncio.CancelledError:
                     pass
+
+    def _next_flush(self, after: float) -> float:
+        """The first flush time after `after`: just past each clock-aligned interval boundary.
+
+        The StatsD source closes its intervals on the same boundaries, so each interval is exported
+        moments after it closes (within one interval of the samples, not up to two).
+        """
+        offset = min(1.0, self.interval / 10)
+        return (math.floor((after - offset) / self.interval) + 1) * self.interval + offset
 
     async def _drain(self, deadline: float) -> None:
         self._draining = True

@@ -263,3 +263,11 @@ async def test_the_api_key_is_never_shown(intake: Intake, caplog: pytest.LogCapt
     shown = json.dumps(sink.status()) + repr(sink) + caplog.text + json.dumps(
         [(s.name, s.tags) for s in hub.pull()])
     assert KEY not in shown and KEY[-8:] not in shown
+
+
+def test_flushes_follow_the_clock_aligned_boundaries() -> None:
+    sink, _ = DatadogSink(replace(Config(), flush_interval=10.0), Hub(IDENTITY)), None
+    # just past each 10 s boundary (offset 1 s): the StatsD source closed its interval there
+    assert sink._next_flush(1000.0) == 1001.0
+    assert sink._next_flush(1001.0) == 1011.0
+    assert sink._next_flush(1005.5) == 1011.0

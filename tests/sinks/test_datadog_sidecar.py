@@ -1,0 +1,133 @@
+"""The whole sidecar (`tasklens run`, a real process) exporting to the strict intake.
+
+ECS metadata comes from the project's emulator serving a Fargate capture over loopback; StatsD comes
+from the `datadog` package's real `DogStatsd` client. The flush interval is an hour, so nothing leaves
+before SIGTERM: what the intake receives is what the shutdown flushed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import socket
+import time
+from collections.abc import AsyncIterator
+
+import pytest
+from aiohttp import web
+from datadog.dogstatsd import DogStatsd
+
+from agent.emulator import container_id, make_app
+from tests.conftest import FIXTURES, Sidecar
+from tests.sinks.intake import Intake, start_intake
+
+KEY = "fedcba9876543210fedcba9876543210"
+TASK = str(FIXTURES / "fargate-2023.task.json")
+STATS = str(FIXTURES / "fargate-2023.stats.json")
+TASK_TAGS = ("service:akira-fargate-check", "ecs_cluster:akira-fargate-check-cluster",
+             "task_family:akira-fargate-check", "task_revision:1", "task_id:67cd8a22b533459696d4ccab5278e009",
+             "availability_zone:ap-northeast-1d", "region:ap-northeast-1", "launch_type:FARGATE")
+
+
+@pytest.fixture
+async def intake() -> AsyncIterator[Intake]:
+    async for running in start_intake(Intake(KEY)):
+        yield running
+        assert running.errors == [], running.errors
+
+
+@pytest.fixture
+async def metadata_url() -> AsyncIterator[str]:
+    runner = web.AppRunner(make_app(TASK, STATS), access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    yield f"http://127.0.0.1:{port}/v4/{container_id(TASK)}"
+    await runner.cleanup()
+
+
+async def wait_for(predicate, timeout: float = 30.0, what: str = "condition"):  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            value = await asyncio.to_thread(predicate)
+        except OSError:
+            value = None
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.1)
+
+
+def values(intake: Intake, metric: str, *tags: str) -> set[tuple[float, int]]:
+    """The distinct (value, type) of a series' points (one point per ECS poll)."""
+    found = {(p[1], p[3]) for p in intake.points(metric) if all(t in p[2] for t in tags)}
+    assert found, (metric, tags)
+    return found
+
+
+@pytest.fixture
+def sidecar(tmp_path, intake: Intake, metadata_url: str) -> AsyncIterator[Sidecar]:  # type: ignore[no-untyped-def]
+    s = Sidecar(tmp_path, DD_API_KEY=KEY, DD_DD_URL=intake.url, ECS_CONTAINER_METADATA_URI_V4=metadata_url,
+                TASKLENS_FLUSH_INTERVAL="3600", TASKLENS_POLL_INTERVAL="1", TASKLENS_SHUTDOWN_TIMEOUT="10")
+    yield s
+    if s.proc.poll() is None:
+        s.proc.kill()
+        s.proc.wait()
+
+
+async def test_sigterm_delivers_statsd_and_ecs_points_with_exact_values(sidecar: Sidecar, intake: Intake) -> None:
+    await wait_for(lambda: sidecar.get("/ready")[0] == 200, what="sidecar ready")
+    statsd = DogStatsd(host="127.0.0.1", port=sidecar.statsd_port, disable_telemetry=True, disable_buffering=True)
+    for v in range(1, 11):
+        statsd.histogram("job.seconds", v, tags=["queue:orders"])
+    statsd.gauge("worker.busy", 3, tags=["pool:a"])
+    statsd.event("deployed", "v42", alert_type="success", tags=["team:pay"])
+    statsd.service_check("worker.can_connect", DogStatsd.WARNING, message="slow broker")
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as raw:
+        for _ in range(3):  # what a client sampling at 0.5 sends for 3 of its 6 increments
+            raw.sendto(b"jobs.done:1|c|@0.5", ("127.0.0.1", sidecar.statsd_port))
+    statsd.close_socket()
+
+    def received() -> bool:
+        status = json.loads(sidecar.get("/status")[1])
+        return status["components"]["statsd"]["lines"] >= 16
+    await wait_for(received, what="the StatsD lines to be received")
+    await asyncio.sleep(1.2)  # at least one more ECS poll, so counters have a previous sighting
+    assert intake.requests == []  # nothing sent yet: it is all pending in the sidecar
+
+    sidecar.proc.send_signal(signal.SIGTERM)
+    code = await asyncio.to_thread(sidecar.proc.wait, 30)
+    log = sidecar.log
+    assert code == 0, log
+    assert "datadog: all points delivered before exit" in log
+    assert KEY not in log
+
+    # StatsD: the worked examples, exact
+    hour = 3600
+    ((_, rate, tags, kind, interval),) = intake.points("jobs.done")
+    assert (rate, kind, interval) == (6 / hour, 2, hour)  # 3 x 1 at rate 0.5 = 6 in the interval
+    assert set(TASK_TAGS) <= set(tags)
+    got = {m: intake.points(m)[0][1] for m in intake.metrics() if m.startswith("job.seconds.")}
+    assert got == {"job.seconds.max": 10.0, "job.seconds.median": 5.0, "job.seconds.avg": 5.5,
+                   "job.seconds.count": 10 / hour, "job.seconds.95percentile": 10.0}
+    assert "queue:orders" in intake.points("job.seconds.max")[0][2]
+    assert values(intake, "worker.busy", "pool:a", *TASK_TAGS) == {(3.0, 3)}
+    assert [(e["title"], e["text"], e["alert_type"]) for e in intake.events] == [("deployed", "v42", "success")]
+    assert set(TASK_TAGS) | {"team:pay"} <= set(intake.events[0]["tags"])
+    assert [(c["check"], c["status"], c["message"]) for c in intake.checks] == [
+        ("worker.can_connect", 1, "slow broker")]
+    # ECS: the numbers worked by hand in the spec for this capture (container dd-agent)
+    assert values(intake, "ecs.container.memory.working_set_bytes", "container_name:dd-agent", *TASK_TAGS) == {
+        (156_966_912.0, 3)}
+    ((vcpus, _),) = values(intake, "ecs.container.cpu.usage_vcpus", "container_name:dd-agent")
+    assert vcpus == pytest.approx(86_559_152 / 10_000_358_692, rel=1e-12)
+    # the capture does not change between polls: cumulative counters arrive as zero deltas, never raw
+    totals = [p for m in intake.metrics() if m.endswith("_total") for p in intake.points(m)]
+    assert totals and all(value == 0.0 and kind == 1 for _, value, _, kind, _ in totals)
+    ((_, _, info_tags, _, _),) = intake.points("ecs.task.info")
+    assert "task_arn:arn:aws:ecs:ap-northeast-1:601427279990:task/akira-fargate-check-cluster/" \
+           "67cd8a22b533459696d4ccab5278e009" in info_tags

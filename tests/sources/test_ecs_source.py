@@ -11,7 +11,7 @@ import time
 from typing import Any
 
 import pytest
-from conftest import FIXTURES, MetadataServer, load, managed_instances_task
+from ecs_helpers import FIXTURES, MetadataServer, load, managed_instances_task, metadata  # noqa: F401 (fixture)
 from prometheus_client.exposition import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 

@@ -11,7 +11,7 @@ import json
 from typing import Any
 
 import pytest
-from conftest import load, managed_instances_task
+from ecs_helpers import load, managed_instances_task
 from hypothesis import given, settings
 from hypothesis import strategies as st
 

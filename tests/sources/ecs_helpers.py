@@ -1,4 +1,4 @@
-"""Fixtures for the ECS source tests: the shared ECS captures, and a metadata endpoint on loopback
+"""Helpers for the ECS source tests: the shared ECS captures, and a metadata endpoint on loopback
 whose answers (body, status, delay) a test can change between polls."""
 
 from __future__ import annotations

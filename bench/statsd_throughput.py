@@ -1,0 +1,331 @@
+"""StatsD throughput across servers: the sidecar against every peer that can be installed here.
+
+Sends the same deterministic traffic (datagrams of ~1.4 KB, 20-40 lines, a mix of all types, 2-6
+tags per line) from sender processes pinned to one core, to each server pinned to the other, in
+rate steps; for each step checks what the server counted against what was sent (lines, counter
+sums, numbers of timer values, last gauge values) and reads the kernel's drop counter for the
+server's socket. Reports per server the highest lossless rate, CPU seconds per million lines, % of a
+core at 10k lines/s and RSS, then the sidecar's ratios to each peer.
+
+    .venv/bin/python bench/statsd_throughput.py --quick            # smoke run, ~2 minutes
+    .venv/bin/python bench/statsd_throughput.py --out statsd.json  # the full run, ~20 minutes
+    .venv/bin/python bench/statsd_throughput.py --install          # install the peers first
+
+See bench/README.md ("StatsD throughput") for what the numbers mean.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import random
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # statsd_peers, when run from anywhere
+
+from statsd_peers import collectd, etsy, netdata, traffic  # noqa: E402
+from statsd_peers.base import Reading, Server, ServerError  # noqa: E402
+from statsd_peers.measure import cpu_seconds, rss_bytes, send, udp_drops  # noqa: E402
+from statsd_peers.sidecar import Sidecar  # noqa: E402
+
+SERVERS: dict[str, type[Server]] = {
+    "tasklens": Sidecar, "netdata": netdata.Netdata, "collectd": collectd.Collectd, "etsy-statsd": etsy.Etsy,
+}
+INSTALLERS = {"netdata": netdata.install, "collectd": collectd.install, "etsy-statsd": etsy.install}
+FULL_STEPS = "10k,100k,250k,500k,750k,1M,1.25M,1.5M,2M,2.5M,3M"
+QUICK_STEPS = "10k,100k,500k,1M"
+DRAIN_SECONDS = 0.5  # after the senders stop, the server empties its socket buffer
+
+
+def parse_rate(text: str) -> int:
+    scale = {"k": 1_000, "m": 1_000_000}.get(text[-1:].lower(), 1)
+    return int(float(text[:-1] if scale > 1 else text) * scale)
+
+
+@dataclass
+class Check:
+    """A step's counts against the expected tally."""
+
+    lines_counted: float | None
+    sum_mismatches: int = 0
+    gauge_mismatches: int = 0
+    counter_shortfall: float = 0.0  # 1 - counted/expected over the summed keys
+    examples: list[str] = field(default_factory=list)
+
+    @property
+    def exact(self) -> bool:
+        return not (self.sum_mismatches or self.gauge_mismatches)
+
+
+def _close(a: float, b: float) -> bool:
+    return abs(a - b) <= 1e-6 * max(1.0, abs(b))
+
+
+def compare(before: Reading, after: Reading, expected: traffic.Tally) -> Check:
+    counted = None if after.lines is None else after.lines - (before.lines or 0.0)
+    check = Check(counted)
+    got_total = want_total = 0.0
+    for key, want in expected.sums.items():
+        got = after.values.get(key, 0.0) - before.values.get(key, 0.0)
+        got_total, want_total = got_total + got, want_total + want
+        if not _close(got, want):
+            check.sum_mismatches += 1
+            if len(check.examples) < 3:
+                check.examples.append(f"sum {key}: counted {got:g}, sent {want:g}")
+    for key, want in expected.gauges.items():
+        got = after.values.get(key, float("nan"))
+        if not _close(got, want):
+            check.gauge_mismatches += 1
+            if len(check.examples) < 6:
+                check.examples.append(f"gauge {key}: {got:g}, last sent {want:g}")
+    if counted is not None and counted != expected.lines:
+        check.examples.insert(0, f"lines: counted {counted:.0f}, sent {expected.lines}")
+    check.counter_shortfall = 1 - got_total / want_total if want_total else 0.0
+    return check
+
+
+@dataclass
+class Traffic:
+    pools: list[traffic.Pool]
+    lines_per_datagram: float
+    shape: dict[str, float]
+
+
+def build_traffic(args: argparse.Namespace, variant: str) -> Traffic:
+    contexts = traffic.make_contexts(args.contexts, random.Random(args.seed))
+    pools = traffic.make_pools(contexts, variant, args.senders, args.pool_datagrams, args.seed)
+    shape = traffic.describe(pools)
+    return Traffic(pools, shape["lines_per_datagram"], shape)
+
+
+def run_step(server: Server, tr: Traffic, positions: list[int], rate: int, args: argparse.Namespace) -> dict:
+    before = server.read()
+    drops0 = udp_drops(server.port) or 0
+    cpu0, t0 = cpu_seconds(server.pid), time.monotonic()
+    sent = send([p.datagrams for p in tr.pools], positions, rate / tr.lines_per_datagram, args.step_seconds,
+                ("127.0.0.1", server.port), args.sender_core)
+    time.sleep(DRAIN_SECONDS)
+    cpu, wall = cpu_seconds(server.pid) - cpu0, time.monotonic() - t0
+    expected = traffic.tally(tr.pools, [(pos, s.datagrams) for pos, s in zip(positions, sent)],
+                             server.sum_key, server.gauge_key)
+    for i, s in enumerate(sent):
+        positions[i] += s.datagrams
+
+    # counts appear at the server's next flush: wait for them to be complete, or for the deadline
+    deadline = time.monotonic() + args.flush_interval + 5
+    while True:
+        after = server.read()
+        check = compare(before, after, expected)
+        complete = check.exact and check.lines_counted in (None, expected.lines)
+        if complete or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    drops = (udp_drops(server.port) or 0) - drops0
+    send_seconds = max(s.seconds for s in sent)
+    errors = sum(s.errors for s in sent)
+    if check.lines_counted is not None:
+        loss = 1 - check.lines_counted / expected.lines
+    else:
+        loss = max(check.counter_shortfall, drops * tr.lines_per_datagram / expected.lines)
+    achieved = expected.lines / send_seconds
+    return {
+        "target_lines_per_s": rate,
+        "lines_per_s": round(achieved),
+        "sender_limited": achieved < 0.97 * rate,
+        "lines_sent": expected.lines,
+        "datagrams_sent": expected.datagrams,
+        "lines_counted": check.lines_counted,
+        "kernel_drops": drops,
+        "send_errors": errors,
+        "loss": round(loss, 6),
+        "sum_mismatches": check.sum_mismatches,
+        "gauge_mismatches": check.gauge_mismatches,
+        "keys_checked": len(expected.sums) + len(expected.gauges),
+        "examples": check.examples,
+        "lossless": complete and drops == 0 and errors == 0,
+        "cpu_seconds": round(cpu, 3),
+        "cpu_seconds_per_million_lines": round(cpu / expected.lines * 1e6, 3),
+        "core_percent": round(100 * cpu / wall, 1),
+        "rss_mib": round(rss_bytes(server.pid) / 2**20, 1),
+        "server_counters": {k: after.extra[k] - before.extra.get(k, 0.0) for k in after.extra},
+    }
+
+
+def run_server(cls: type[Server], variant: str, tr: Traffic, steps: Sequence[int], args: argparse.Namespace,
+               workdir: Path) -> dict:
+    server = cls(workdir / variant, args.flush_interval, args.server_core)
+    result: dict = {"server": server.name, "variant": variant, "note": server.note}
+    why = server.missing()
+    if why:
+        return {**result, "skipped": why}
+    if variant == "tagged" and not server.accepts_tags:
+        return {**result, "skipped": "rejects tagged lines"}
+    try:
+        server.start()
+    except (ServerError, OSError) as exc:
+        return {**result, "skipped": f"could not start: {exc}"}
+    try:
+        idle0 = cpu_seconds(server.pid)
+        time.sleep(2.0)  # past start-up work; also shows what the server costs when idle
+        result["idle_core_percent"] = round(100 * (cpu_seconds(server.pid) - idle0) / 2.0, 1)
+        result["load_before"] = os.getloadavg()
+        positions = [0] * len(tr.pools)
+        result["steps"] = []
+        lossy = 0
+        for rate in steps:
+            step = run_step(server, tr, positions, rate, args)
+            result["steps"].append(step)
+            print(f"  {server.name:12} {variant:6} {format_step(step)}", flush=True)
+            lossy += not step["lossless"]
+            if lossy >= args.max_lossy_steps and rate >= 100_000:
+                break
+            if server.proc is not None and server.proc.poll() is not None:
+                result["died"] = f"exit {server.proc.returncode}: {server.log_tail()}"
+                break
+        result["load_after"] = os.getloadavg()
+    finally:
+        server.stop()
+    result["summary"] = summarize(result["steps"])
+    return result
+
+
+def format_step(step: dict) -> str:
+    counted = "n/a" if step["lines_counted"] is None else f"{step['lines_counted']:.0f}"
+    flag = "ok  " if step["lossless"] else "LOSS"
+    limited = " (sender-limited)" if step["sender_limited"] else ""
+    return (f"{flag} {step['lines_per_s']:>9,} lines/s{limited}: sent {step['lines_sent']}, counted {counted}, "
+            f"kernel drops {step['kernel_drops']}, mismatches {step['sum_mismatches']}+{step['gauge_mismatches']}, "
+            f"{step['cpu_seconds_per_million_lines']:.3f} CPU-s/M, {step['core_percent']}% core, "
+            f"{step['rss_mib']} MiB" + ("" if step["lossless"] else f"; {'; '.join(step['examples'][:2])}"))
+
+
+def summarize(steps: list[dict]) -> dict:
+    best = None
+    for step in steps:  # the highest rate below the first lossy step
+        if not step["lossless"]:
+            break
+        best = step
+    by_target = {s["target_lines_per_s"]: s for s in steps}
+    at_100k, at_10k = by_target.get(100_000), by_target.get(10_000)
+    first_lossy = next((s for s in steps if not s["lossless"]), None)
+    return {
+        "max_lossless_lines_per_s": best["lines_per_s"] if best else 0,
+        "max_lossless_sender_limited": bool(best and best["sender_limited"]),
+        "cpu_seconds_per_million_at_max": best["cpu_seconds_per_million_lines"] if best else None,
+        "cpu_seconds_per_million_at_100k": at_100k["cpu_seconds_per_million_lines"] if at_100k else None,
+        "core_percent_at_10k": at_10k["core_percent"] if at_10k else None,
+        "rss_mib_max": max((s["rss_mib"] for s in steps), default=None),
+        "first_lossy": (f"{first_lossy['lines_per_s']:,} lines/s, {100 * first_lossy['loss']:.2f}% lost"
+                        if first_lossy else None),
+    }
+
+
+def print_report(results: list[dict]) -> None:
+    print("\n== StatsD throughput (server pinned to one core, senders on the other) ==")
+    head = f"{'server':12} {'traffic':7} {'max lossless':>14} {'CPU-s/M there':>13} {'CPU-s/M 100k':>12} " \
+           f"{'core @10k':>9} {'RSS MiB':>8}  first lossy step"
+    print(head)
+    print("-" * len(head))
+    for r in results:
+        if "skipped" in r:
+            print(f"{r['server']:12} {r['variant']:7} skipped: {r['skipped']}")
+            continue
+        s = r["summary"]
+        rate = f"{s['max_lossless_lines_per_s']:,}" + ("*" if s["max_lossless_sender_limited"] else "")
+        print(f"{r['server']:12} {r['variant']:7} {rate:>14} {_num(s['cpu_seconds_per_million_at_max']):>13} "
+              f"{_num(s['cpu_seconds_per_million_at_100k']):>12} {_num(s['core_percent_at_10k'], '%'):>9} "
+              f"{_num(s['rss_mib_max']):>8}  {s['first_lossy'] or 'none up to the last step'}")
+    print("(* the senders could not reach the target rate: the server did not lose anything up to there)")
+    for line in ratios(results):
+        print(line)
+
+
+def _num(value: float | None, unit: str = "") -> str:
+    return "-" if value is None else f"{value:.2f}{unit}" if value < 100 else f"{value:.0f}{unit}"
+
+
+def ratios(results: list[dict]) -> list[str]:
+    ours = {r["variant"]: r["summary"] for r in results if r["server"] == Sidecar.name and "summary" in r}
+    out = ["\n== tasklens vs each peer (same traffic) =="]
+    for r in results:
+        if r["server"] == Sidecar.name or "summary" not in r or r["variant"] not in ours:
+            continue
+        us, them = ours[r["variant"]], r["summary"]
+        parts = [f"{r['server']} ({r['variant']}):"]
+        if them["max_lossless_lines_per_s"]:
+            parts.append(f"lossless rate x{us['max_lossless_lines_per_s'] / them['max_lossless_lines_per_s']:.2f}")
+        for label, key in (("CPU per line at max rate", "cpu_seconds_per_million_at_max"),
+                           ("at 100k/s", "cpu_seconds_per_million_at_100k")):
+            if us[key] and them[key]:
+                verdict = "cheaper" if us[key] < them[key] else "MORE EXPENSIVE"
+                parts.append(f"{label}: {them[key] / us[key]:.2f}x {verdict} ({us[key]:.3f} vs {them[key]:.3f})")
+        out.append("  " + "; ".join(parts))
+    return out
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--servers", default=",".join(SERVERS), help="comma-separated: " + ", ".join(SERVERS))
+    ap.add_argument("--variants", default="tagged,plain", help="tagged, plain or both")
+    ap.add_argument("--steps", default=FULL_STEPS, help="lines/s per step, e.g. 10k,100k,1.5M")
+    ap.add_argument("--step-seconds", type=float, default=10.0)
+    ap.add_argument("--flush-interval", type=float, default=10.0, help="every server's flush interval (s)")
+    ap.add_argument("--contexts", type=int, default=2000, help="distinct name+tags (1,000-10,000 is realistic)")
+    ap.add_argument("--senders", type=int, default=2, help="sender processes")
+    ap.add_argument("--pool-datagrams", type=int, default=20000, help="pre-built datagrams, sent in a cycle")
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--server-core", type=int, default=0)
+    ap.add_argument("--sender-core", type=int, default=1)
+    ap.add_argument("--max-lossy-steps", type=int, default=1, help="stop a server after this many lossy steps")
+    ap.add_argument("--quick", action="store_true", help=f"smoke run: steps {QUICK_STEPS}, 2 s each, 2 s flush")
+    ap.add_argument("--install", action="store_true", help="install missing peers (npm, apt) first")
+    ap.add_argument("--out", type=Path, help="write the results as JSON here")
+    args = ap.parse_args(argv)
+    if args.quick:
+        args.steps, args.step_seconds, args.flush_interval = QUICK_STEPS, 2.0, 2.0
+        args.pool_datagrams, args.contexts = min(args.pool_datagrams, 4000), min(args.contexts, 1000)
+    names = [n.strip() for n in args.servers.split(",") if n.strip()]
+    unknown = set(names) - set(SERVERS)
+    if unknown:
+        ap.error(f"unknown servers: {', '.join(sorted(unknown))}")
+    steps = [parse_rate(s) for s in args.steps.split(",") if s.strip()]
+    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+
+    if args.install:
+        for name in names:
+            server = SERVERS[name](Path(tempfile.gettempdir()), 1.0, None)
+            if server.missing() and name in INSTALLERS:
+                print(f"installing {name} ...", flush=True)
+                INSTALLERS[name]()
+
+    print(f"{platform.node()}: {os.cpu_count()} cores, load {os.getloadavg()}, servers on core {args.server_core}, "
+          f"{args.senders} senders on core {args.sender_core}; {args.step_seconds:g} s per step, "
+          f"flush every {args.flush_interval:g} s", flush=True)
+    results = []
+    with tempfile.TemporaryDirectory(prefix="statsd-bench-") as tmp:
+        for variant in variants:
+            tr = build_traffic(args, variant)
+            print(f"{variant} traffic: " + ", ".join(f"{k} {v:.3g}" for k, v in tr.shape.items()), flush=True)
+            for name in names:
+                result = run_server(SERVERS[name], variant, tr, steps, args, Path(tmp))
+                result["traffic"] = tr.shape
+                if "skipped" in result:
+                    print(f"  {name:12} {variant:6} skipped: {result['skipped']}", flush=True)
+                results.append(result)
+    print_report(results)
+    if args.out:
+        args.out.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()},
+                                        "load_end": os.getloadavg(), "results": results}, indent=2))
+        print(f"\nresults written to {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator
 import aiohttp
 import pytest
 from aiohttp import web
-from conftest import FIXTURES, TASKLENS, clean_env, free_port, http_get, wait_until
+from tests.conftest import FIXTURES, TASKLENS, clean_env, free_port, http_get, wait_until
 
 from agent.config import Config
 from agent.emulator import make_app, serve

@@ -1,0 +1,43 @@
+output "task_definition" {
+  description = "The RegisterTaskDefinition input without the role ARNs (ECS API shape)."
+  value       = local.task_definition
+
+  precondition {
+    condition     = var.launch_type != "FARGATE" || var.network_mode == "awsvpc"
+    error_message = "Fargate tasks use network_mode awsvpc."
+  }
+}
+
+output "container_definitions_json" {
+  description = "The containerDefinitions as JSON, for aws_ecs_task_definition."
+  value       = jsonencode(local.task_definition.containerDefinitions)
+}
+
+output "task_role_statements" {
+  description = "IAM statements the task role needs (the sidecar's queue reads)."
+  value       = module.sidecar.task_role_statements
+}
+
+output "execution_role_statements" {
+  description = "IAM statements the execution role needs (secrets of both containers)."
+  value = concat(
+    module.sidecar.execution_role_statements,
+    length(local.worker_secret_arns.secretsmanager) == 0 ? [] : [{
+      Sid      = "WorkerReadSecrets"
+      Effect   = "Allow"
+      Action   = ["secretsmanager:GetSecretValue"]
+      Resource = local.worker_secret_arns.secretsmanager
+    }],
+    length(local.worker_secret_arns.ssm) == 0 ? [] : [{
+      Sid      = "WorkerReadParameters"
+      Effect   = "Allow"
+      Action   = ["ssm:GetParameters"]
+      Resource = local.worker_secret_arns.ssm
+    }],
+  )
+}
+
+output "service_version" {
+  description = "The version tag used (the image tag unless given)."
+  value       = local.service_version
+}

@@ -17,7 +17,7 @@ from integrations.profilers.bootstrap import populate
 from integrations.profilers.pyspy import failure_reason, find_py_spy
 from tests.conftest import clean_env
 from tests.integrations.profilers.pyroscope_fake import FakePyroscope, start_pyroscope
-from tests.integrations.profilers.support import HOT_WORKER, Worker, task_json
+from tests.integrations.profilers.support import HOT_WORKER, WORKER_PYTHON, Worker, task_json
 
 
 @pytest.fixture
@@ -39,7 +39,7 @@ def start_worker() -> Iterator[Callable[..., Worker]]:
     def start(seconds: float = 3600.0, env: dict[str, str] | None = None, cwd: str | None = None,
               marker: str = "") -> Worker:
         marker = marker or f"tasklens-test-{uuid.uuid4().hex[:12]}"
-        proc = subprocess.Popen([sys.executable, HOT_WORKER, marker, str(seconds)], env=env or clean_env(),
+        proc = subprocess.Popen([WORKER_PYTHON, HOT_WORKER, marker, str(seconds)], env=env or clean_env(),
                                 cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         worker = Worker(proc, marker)
         started.append(worker)

@@ -2,10 +2,12 @@
 
 Usage: `python hot_worker.py MARKER SECONDS` (the marker lets a test's TASKLENS_PROFILE_MATCH find it
 among the machine's other Python processes). Prints `ready` once started, then after SECONDS the
-number of calls done and whether pyroscope-io was loaded into it.
+number of calls done and whether pyroscope-io was loaded into it. The `ready` line also names the
+threads alive at that moment.
 """
 
 import sys
+import threading
 import time
 
 
@@ -18,7 +20,8 @@ def crunch_numbers_hot(n):
 
 def main():
     seconds = float(sys.argv[2]) if len(sys.argv) > 2 else 3600.0
-    print("ready", flush=True)
+    # the threads alive at start: the bootstrap's must still be busy (it never delays start-up)
+    print("ready", ",".join(sorted(t.name for t in threading.enumerate())), flush=True)
     calls = 0
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:

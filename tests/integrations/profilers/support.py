@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -14,6 +15,9 @@ from tests.conftest import FIXTURES
 HERE = Path(__file__).resolve().parent
 HOT_WORKER = str(HERE / "hot_worker.py")
 HOT_FUNCTION = "crunch_numbers_hot"
+# Workers run on the base interpreter, outside the project's venv: like a worker image, it has no
+# pyroscope-io of its own, so only the bootstrap directory can bring it.
+WORKER_PYTHON = getattr(sys, "_base_executable", sys.executable)
 TASK_FIXTURE = FIXTURES / "fargate-2023.task.json"
 
 
@@ -26,11 +30,14 @@ class Worker:
         self.proc = proc
         self.marker = marker
         self.pid = proc.pid
+        self.threads_at_start: list[str] = []
 
     def wait_ready(self) -> None:
         assert self.proc.stdout is not None
-        line = self.proc.stdout.readline()  # the worker prints `ready` first, at once
-        assert line.strip() == "ready", f"worker did not start: {line!r}"
+        line = self.proc.stdout.readline()  # the worker prints `ready <threads>` first, at once
+        word, _, threads = line.strip().partition(" ")
+        assert word == "ready", f"worker did not start: {line!r}"
+        self.threads_at_start = threads.split(",")
 
     def finish(self, timeout: float = 30.0) -> tuple[int, str, str]:
         out, err = self.proc.communicate(timeout=timeout)

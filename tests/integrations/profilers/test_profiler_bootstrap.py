@@ -1,0 +1,164 @@
+"""Bootstrap mode end to end: a real worker with the populated directory on PYTHONPATH runs the real
+pyroscope-io, whose gzip protobuf pushes a strict local Pyroscope decodes. The same worker runs
+normally with profiling unconfigured and with a broken bootstrap.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from aiohttp import web
+
+from integrations.profilers.bootstrap import BOOTSTRAP_SOURCE, distributions, populate
+from tests.conftest import clean_env, free_port
+from tests.integrations.profilers.support import HOT_FUNCTION, WORKER_PYTHON, task_json, until
+
+CONTAINER = "apmtest-ping"  # the worker's own container in fargate-2023.task.json
+
+
+class Metadata:
+    """ECS task metadata v4 on loopback: `/v4/c1` (this container) and `/v4/c1/task`."""
+
+    def __init__(self) -> None:
+        self.release = asyncio.Event()
+        self.requests: list[str] = []
+        self.url = ""
+
+    async def handle(self, request: web.Request) -> web.Response:
+        self.requests.append(request.path)
+        await self.release.wait()  # held until the test has seen the worker start
+        task = task_json()
+        if request.path.endswith("/task"):
+            return web.json_response(task)
+        return web.json_response(next(c for c in task["Containers"] if c["Name"] == CONTAINER))
+
+
+@pytest.fixture
+async def metadata() -> AsyncIterator[Metadata]:
+    meta = Metadata()
+    app = web.Application()
+    app.router.add_get("/v4/c1", meta.handle)
+    app.router.add_get("/v4/c1/task", meta.handle)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    meta.url = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}/v4/c1"  # type: ignore[union-attr]
+    yield meta
+    meta.release.set()
+    await runner.cleanup()
+
+
+def profiled_env(bootstrap_dir: Path, url: str, **extra: str) -> dict[str, str]:
+    return clean_env(PYTHONPATH=str(bootstrap_dir), TASKLENS_PYROSCOPE_URL=url, TASKLENS_PROFILE_WINDOW="1", **extra)
+
+
+def test_populate_writes_only_the_bootstrap_and_pyroscope_io(tmp_path):
+    target = tmp_path / "shared"
+    (target / "pyroscope_io-0.1.0.dist-info").mkdir(parents=True)  # left by an older image
+    populate(str(target))
+    populate(str(target))  # again: replaces its own files, no error
+    names = sorted(p.name for p in target.iterdir())
+    version = distributions()[0].version
+    assert names == ["pyroscope", "pyroscope_io", f"pyroscope_io-{version}.dist-info", "sitecustomize.py"]
+    assert (target / "sitecustomize.py").read_text() == BOOTSTRAP_SOURCE.read_text()
+    assert list(target.rglob("__pycache__")) == []
+    # nothing of the sidecar's own dependencies, which would shadow the worker's
+    assert not any((target / name).exists() for name in ("aiohttp", "prometheus_client", "psutil", "agent"))
+
+
+def test_the_cli_command_populates(tmp_path):
+    tasklens = Path(sys.executable).with_name("tasklens")
+    done = subprocess.run([str(tasklens), "profiler-bootstrap", str(tmp_path / "d")], capture_output=True, text=True,
+                          timeout=60, env=clean_env())
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "d" / "sitecustomize.py").is_file() and (tmp_path / "d" / "pyroscope").is_dir()
+
+
+async def test_worker_profiles_itself_with_service_and_task_tags(pyroscope, metadata, start_worker, bootstrap_dir):
+    pyroscope.require_auth = ("u1", "pw")
+    pyroscope.require_tenant = "team-a"
+    env = profiled_env(bootstrap_dir, pyroscope.url, TASKLENS_PYROSCOPE_USER="u1", TASKLENS_PYROSCOPE_PASSWORD="pw",
+                       TASKLENS_PYROSCOPE_TENANT="team-a", TASKLENS_ENV="prod", TASKLENS_TAGS="team:payments",
+                       ECS_CONTAINER_METADATA_URI_V4=metadata.url)
+    worker = start_worker(seconds=4, env=env)
+    # start-up did not wait: the metadata lookup was still in flight when the worker's code ran
+    assert "tasklens-profiler" in worker.threads_at_start
+    metadata.release.set()
+    cpu = lambda: [s for s in pyroscope.pushed if s.labels["__name__"] == "process_cpu"]  # noqa: E731
+    await until(lambda: len(cpu()) >= 2, 30, "two CPU profiles pushed")
+    code, out, err = await asyncio.to_thread(worker.finish)
+    assert (code, err) == (0, "")
+    assert "pyroscope loaded: True" in out
+
+    series = cpu()[-1]
+    expected = {
+        "service_name": "akira-fargate-check", "env": "prod", "ecs_cluster": "akira-fargate-check-cluster",
+        "task_family": "akira-fargate-check", "task_revision": "1", "task_id": "67cd8a22b533459696d4ccab5278e009",
+        "availability_zone": "ap-northeast-1d", "region": "ap-northeast-1", "launch_type": "FARGATE",
+        "team": "payments", "container_name": CONTAINER, "process": "hot_worker.py",
+    }
+    assert {k: series.labels.get(k) for k in expected} == expected
+    profile = series.profiles[0]
+    assert profile.sample_types == [("cpu", "nanoseconds")]
+    assert profile.share(HOT_FUNCTION) >= 0.8, profile.stacks.most_common(3)
+    # memory profiling comes with this mode
+    assert any(s.labels["__name__"] == "memory" and s.labels["service_name"] == "akira-fargate-check"
+               for s in pyroscope.pushed)
+    assert sorted(set(metadata.requests)) == ["/v4/c1", "/v4/c1/task"]
+
+
+async def test_without_metadata_the_variables_name_the_service(pyroscope, start_worker, bootstrap_dir):
+    env = profiled_env(bootstrap_dir, pyroscope.url, DD_SERVICE="orders", DD_ENV="staging",
+                       ECS_CONTAINER_METADATA_URI_V4=f"http://127.0.0.1:{free_port()}/v4/gone")
+    worker = start_worker(seconds=3, env=env)
+    await until(lambda: pyroscope.pushed, 30, "a push")
+    code, _, err = await asyncio.to_thread(worker.finish)
+    assert code == 0
+    assert len(err.splitlines()) == 1 and "ECS metadata unavailable" in err
+    labels = pyroscope.pushed[0].labels
+    assert (labels["service_name"], labels["env"], labels["process"]) == ("orders", "staging", "hot_worker.py")
+    assert "task_id" not in labels
+
+
+@pytest.mark.parametrize("settings", [{}, {"TASKLENS_PYROSCOPE_URL": "http://127.0.0.1:9", "TASKLENS_PROFILE_MODE": "off"}],
+                         ids=["unconfigured", "mode-off"])
+def test_unconfigured_the_worker_runs_as_before(start_worker, bootstrap_dir, settings):
+    worker = start_worker(seconds=0.5, env=clean_env(PYTHONPATH=str(bootstrap_dir), **settings))
+    assert worker.threads_at_start == ["MainThread"]
+    code, out, err = worker.finish()
+    assert (code, err) == (0, "")
+    assert "pyroscope loaded: False" in out
+
+
+@pytest.mark.parametrize("breakage", ["garbage-native-module", "no-pyroscope-io"])
+def test_a_broken_bootstrap_is_one_line_then_the_worker_runs(start_worker, bootstrap_dir, tmp_path, breakage):
+    broken = tmp_path / "broken"
+    shutil.copytree(bootstrap_dir, broken)
+    if breakage == "garbage-native-module":  # what a wheel for another libc or Python looks like to the loader
+        for so in (broken / "pyroscope").glob("_native*.so"):
+            so.write_bytes(b"\x7fELF not really")
+    else:
+        shutil.rmtree(broken / "pyroscope")
+    worker = start_worker(seconds=0.5, env=clean_env(PYTHONPATH=str(broken), TASKLENS_PYROSCOPE_URL="http://127.0.0.1:9"))
+    code, out, err = worker.finish()
+    assert code == 0
+    assert "calls " in out and "pyroscope loaded: False" in out
+    assert len(err.splitlines()) == 1 and "tasklens profiling disabled: pyroscope-io does not load" in err, err
+
+
+def test_the_workers_own_sitecustomize_still_runs(bootstrap_dir, tmp_path):
+    own = tmp_path / "own"
+    own.mkdir()
+    (own / "sitecustomize.py").write_text("import os\nos.environ['WORKER_SITECUSTOMIZE'] = 'ran'\n")
+    code = ("import os, sitecustomize; print(os.environ.get('WORKER_SITECUSTOMIZE'), sitecustomize.__file__)")
+    done = subprocess.run([WORKER_PYTHON, "-c", code], capture_output=True, text=True, timeout=30,
+                          env=clean_env(PYTHONPATH=f"{bootstrap_dir}:{own}"))
+    assert done.returncode == 0 and done.stderr == ""
+    assert done.stdout.split() == ["ran", str(own / "sitecustomize.py")]

@@ -1,0 +1,60 @@
+"""py-spy raw output -> `/ingest` request: parsing, the profile name, the query parameters."""
+
+from __future__ import annotations
+
+from integrations.profilers.ingest import Folded, ingest_params, parse_raw, profile_name, render
+from tests.integrations.profilers.pyroscope_fake import parse_folded, parse_key
+
+# What `py-spy record --format raw --nolineno` wrote for a short worker (a line without frames first).
+PY_SPY_RAW = """\
+ 1
+<module> (short.py) 1
+<module> (short.py);hot_function_xyz (short.py) 84
+<module> (short.py);main (short.py);time.sleep (<frozen time>) 3
+<module> (short.py);hot_function_xyz (short.py) 2
+"""
+
+
+def test_parse_raw_aggregates_stacks_and_drops_empty_ones():
+    folded = parse_raw(PY_SPY_RAW)
+    assert folded.stacks == {
+        "<module> (short.py)": 1,
+        "<module> (short.py);hot_function_xyz (short.py)": 86,
+        "<module> (short.py);main (short.py);time.sleep (<frozen time>)": 3,
+    }
+    assert (folded.samples, folded.skipped) == (90, 0)
+
+
+def test_parse_raw_counts_lines_that_are_not_stack_count():
+    folded = parse_raw("a;b 3\nnot a count\na;b -2\na;b 0\n\na;c ²\n")
+    assert (folded.stacks, folded.skipped) == ({"a;b": 3}, 4)
+
+
+def test_render_is_what_pyroscope_reads_back():
+    folded = parse_raw(PY_SPY_RAW)
+    body = render(folded)
+    assert body.endswith(b"\n")
+    assert dict(parse_folded(body)) == folded.stacks
+    assert render(Folded({})) == b""
+
+
+def test_profile_name_parses_back_to_service_type_and_labels():
+    name = profile_name("orders-worker", {"task_id": "abc", "env": "prod", "process": "app.main"})
+    assert name == "orders-worker.cpu{env=prod,process=app.main,task_id=abc}"
+    assert parse_key(name) == ("orders-worker", "cpu", {"env": "prod", "process": "app.main", "task_id": "abc"})
+
+
+def test_profile_name_with_a_service_name_pyroscope_would_refuse():
+    assert profile_name("my worker/v2", {}) == "my_worker_v2.cpu{}"
+    assert parse_key(profile_name("my worker/v2", {})) == ("my_worker_v2", "cpu", {})
+
+
+def test_ingest_params_for_a_window():
+    params = ingest_params("svc.cpu{}", 1700000000.9, 1700000010.2, 100)
+    assert params == {
+        "name": "svc.cpu{}", "from": "1700000000", "until": "1700000010", "format": "folded",
+        "sampleRate": "100", "spyName": "pyspy", "units": "samples", "aggregationType": "sum",
+    }
+    # a window shorter than a second still has from <= until
+    short = ingest_params("svc.cpu{}", 1700000000.9, 1700000000.95, 100)
+    assert short["from"] == short["until"] == "1700000000"

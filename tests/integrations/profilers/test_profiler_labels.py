@@ -1,0 +1,105 @@
+"""The label rules both modes share, and the bootstrap's identity against agent.identity's.
+
+The bootstrap cannot import `agent` (it runs inside the worker), so it derives the identity again from
+the same variables and `/task` document; these tests keep the two in step on every ECS fixture.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from agent.config import load
+from agent.identity import local_identity, task_identity
+from integrations.profilers import sitecustomize as site
+from tests.conftest import FIXTURES
+
+TASKS = sorted(FIXTURES.glob("*.task.json"))
+ENVIRONMENTS = [
+    {},
+    {"TASKLENS_SERVICE": "orders", "TASKLENS_ENV": "prod", "TASKLENS_VERSION": "1.2", "TASKLENS_TAGS": "team:pay,tier:1"},
+    {"DD_SERVICE": "dd-orders", "DD_ENV": "staging", "DD_VERSION": "9"},
+    {"TASKLENS_SERVICE": "wins", "DD_SERVICE": "loses", "TASKLENS_TAGS": "env:ignored,canary:"},
+]
+
+
+@pytest.mark.parametrize("environ", ENVIRONMENTS, ids=range(len(ENVIRONMENTS)))
+@pytest.mark.parametrize("path", TASKS, ids=[p.name for p in TASKS])
+def test_bootstrap_identity_matches_the_sidecars(path, environ):
+    task = json.loads(path.read_text())
+    expected = task_identity(load(environ), task, environ)
+    service, tags = site.identity(environ, task)
+    assert service == expected.service
+    assert tags == [kv for kv in expected.tags if kv[0] != "service"]
+
+
+@pytest.mark.parametrize("environ", ENVIRONMENTS, ids=range(len(ENVIRONMENTS)))
+def test_bootstrap_identity_without_ecs_matches_local_mode(environ):
+    expected = local_identity(load(environ), environ)
+    assert site.identity(environ) == (expected.service, [kv for kv in expected.tags if kv[0] != "service"])
+
+
+@pytest.mark.parametrize(("key", "label"), [
+    ("task_id", "task_id"), ("ecs.cluster", "ecs_cluster"), ("team-name", "team_name"), ("9lives", "_9lives"),
+    ("__name__", "_name__"), ("__", ""), ("", ""), ("  env ", "env"),
+])
+def test_label_key(key, label):
+    assert site.label_key(key) == label
+
+
+@pytest.mark.parametrize(("value", "label"), [
+    ("prod", "prod"), ("a,b", "a_b"), ("{x}", "_x_"), (" padded ", "padded"), ("", "true"),
+    ("tab\there", "tab_here"), ("k=v", "k=v"), ("x" * 300, "x" * 128),
+])
+def test_label_value(value, label):
+    assert site.label_value(value) == label
+
+
+def test_labels_drop_unusable_keys_and_keep_the_first_of_a_collision():
+    assert site.labels([("a.b", "1"), ("a-b", "2"), ("__", "3"), ("ok", "")]) == {"a_b": "1", "ok": "true"}
+
+
+@pytest.mark.parametrize(("cmdline", "name"), [
+    (["/usr/local/bin/python3.11", "-u", "/app/worker.py", "--queue", "jobs"], "worker.py"),
+    (["python", "-m", "app.main"], "app.main"),
+    (["python3", "-mcelery", "worker"], "celery"),
+    (["python3", "-X", "dev", "-W", "ignore", "run.py"], "run.py"),
+    (["/venv/bin/python", "/venv/bin/celery", "-A", "app", "worker"], "celery"),
+    (["python3", "-c", "print(1)"], "python3"),
+    (["python3"], "python3"),
+    (["gunicorn: worker [app]"], "gunicorn"),
+    (["/usr/bin/uwsgi", "--ini", "app.ini"], "uwsgi"),
+    ([], ""),
+])
+def test_process_name(cmdline, name):
+    assert site.process_name(cmdline) == name
+
+
+@pytest.mark.parametrize(("exe", "python"), [
+    ("/usr/bin/python3.11", True), ("python", True), ("/opt/venv/bin/python3", True), ("python3.13t", True),
+    ("/usr/bin/pythonista", False), ("/usr/bin/bash", False), ("py-spy", False),
+])
+def test_is_python(exe, python):
+    assert site.is_python(exe) is python
+
+
+def test_split_credentials():
+    assert site.split_credentials("https://123:tok%40x@profiles.example.net/p") == (
+        "https://profiles.example.net/p", "123", "tok@x")
+    assert site.split_credentials("http://pyroscope:4040") == ("http://pyroscope:4040", "", "")
+
+
+def test_settings_read_the_sidecars_variables():
+    assert site.settings({}) is None
+    assert site.settings({"TASKLENS_PYROSCOPE_URL": "http://p:4040", "TASKLENS_PROFILE_MODE": "off"}) is None
+    assert site.settings({
+        "TASKLENS_PYROSCOPE_URL": "https://u:p@p.example.net/", "TASKLENS_PYROSCOPE_TENANT": "t1",
+        "TASKLENS_PROFILE_RATE": "50", "TASKLENS_PROFILE_WINDOW": "15",
+    }) == {"server_address": "https://p.example.net", "basic_auth_username": "u", "basic_auth_password": "p",
+           "tenant_id": "t1", "sample_rate": 50, "upload_interval": 15}
+    # bad numbers never break the worker: the defaults apply
+    assert site.settings({"TASKLENS_PYROSCOPE_URL": "http://p", "TASKLENS_PROFILE_RATE": "fast",
+                          "TASKLENS_PROFILE_WINDOW": "-1", "TASKLENS_PYROSCOPE_USER": "explicit"}) == {
+        "server_address": "http://p", "basic_auth_username": "explicit", "basic_auth_password": "",
+        "tenant_id": "", "sample_rate": 100, "upload_interval": 10}

@@ -1,0 +1,115 @@
+"""beanstalkd, started by the test on a free port (with a binlog, so jobs survive a restart)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import greenstalk
+import pytest
+import redis.asyncio
+
+from conftest import check_drain, eventually, port_open
+from integrations.queues.source import QueueSource
+
+
+def producer(port: int, tube: str) -> greenstalk.Client:
+    return greenstalk.Client(("127.0.0.1", port), use=tube, watch=tube)
+
+
+async def test_ready_reserved_delayed_watching_and_age(config, hub, exported, beanstalkd, clock, unique):
+    put_at = time.monotonic()
+    with producer(beanstalkd.port, unique) as worker:
+        for i in range(7):
+            worker.put(f"job {i}")
+        reserved = [worker.reserve(timeout=1) for _ in range(2)]  # a worker holds two: in flight
+        for i in range(3):
+            worker.put(f"later {i}", delay=3600)
+        source = QueueSource(config, hub, f"beanstalk://127.0.0.1:{beanstalkd.port}/{unique}", clock=clock)
+        assert await source.poll(), source.last_error
+        values = exported.queue(unique)
+        age = values.pop("oldest_age_seconds")
+        # the worker's connection watches the tube; the probe's own connection does not count
+        assert values == {"depth": 5.0, "in_flight": 2.0, "delayed": 3.0, "consumers": 1.0}
+        assert 0 <= age <= time.monotonic() - put_at + 1  # beanstalkd counts whole seconds
+        assert exported.labels("queue_depth", unique)["queue_type"] == "beanstalkd"
+        for job in reserved:
+            worker.delete(job)
+    assert await source.poll()
+    values = exported.queue(unique)
+    assert (values["in_flight"], values["consumers"]) == (0.0, 0.0)
+    await source.probe.close()
+
+
+async def test_default_tube(config, hub, exported, beanstalkd, clock):
+    with greenstalk.Client(("127.0.0.1", beanstalkd.port)) as c:
+        c.put("x")
+    source = QueueSource(config, hub, f"beanstalkd://127.0.0.1:{beanstalkd.port}", clock=clock)
+    assert source.queue == "default"
+    assert await source.poll(), source.last_error
+    values = exported.queue("default")
+    assert (values["depth"], values["consumers"]) == (1.0, 0.0)  # the probe watches a tube of its own
+    await source.probe.close()
+
+
+async def test_drain_trend(config, hub, exported, beanstalkd, clock, unique):
+    with producer(beanstalkd.port, unique) as worker:
+        for i in range(20):
+            worker.put(f"job {i}")
+        source = QueueSource(config, hub, f"beanstalk://127.0.0.1:{beanstalkd.port}/{unique}", clock=clock)
+
+        async def take(n):
+            for _ in range(n):
+                worker.delete(worker.reserve(timeout=1))
+
+        await check_drain(source, clock, exported, take, depth=20)
+        await source.probe.close()
+
+
+@pytest.mark.skipif(not port_open(6379), reason="Redis is not running on 127.0.0.1:6379")
+async def test_broker_outage_is_a_gap_and_other_queues_go_on(config, hub, exported, beanstalkd, unique):
+    with producer(beanstalkd.port, unique) as p:
+        for i in range(4):
+            p.put(f"job {i}")
+    r = redis.asyncio.from_url("redis://127.0.0.1:6379/0")
+    await r.rpush(unique, 1, 2)
+    bean = QueueSource(config, hub, f"beanstalk://127.0.0.1:{beanstalkd.port}/{unique}?name=jobs")
+    other = QueueSource(config, hub, f"redis://127.0.0.1:6379/0?list={unique}")
+    stop = asyncio.Event()
+    tasks = [asyncio.create_task(s.run(stop)) for s in (bean, other)]
+
+    async def depth_is(queue, want):
+        got = exported.queue(queue).get("depth")
+        assert got == want, (queue, got)
+        return True
+
+    try:
+        await eventually(lambda: depth_is("jobs", 4.0))
+        await eventually(lambda: depth_is(unique, 2.0))
+
+        await asyncio.to_thread(beanstalkd.stop)
+        await eventually(lambda: depth_is("jobs", None))  # the series is gone, not 0
+        assert exported.queue("jobs") == {}
+
+        async def errors_counted():
+            return hub.metrics.get("tasklens.queue.poll_errors", queue="jobs", reason="connection") >= 2
+        await eventually(errors_counted)
+        assert bean.status()["last_error"].startswith("connection")
+        assert bean.status()["consecutive_failures"] >= 2
+        # the other queue keeps being polled and reported meanwhile
+        polls = hub.metrics.get("tasklens.queue.polls", queue=unique)
+        await r.rpush(unique, 3)
+        await eventually(lambda: depth_is(unique, 3.0))
+        assert hub.metrics.get("tasklens.queue.polls", queue=unique) > polls
+        assert hub.metrics.get("tasklens.queue.poll_errors", queue=unique, reason="connection") == 0
+        error_series = [s for s in exported.samples() if s.name == "tasklens_queue_poll_errors_total"]
+        assert [(s.labels["queue"], s.labels["reason"]) for s in error_series] == [("jobs", "connection")]
+
+        await asyncio.to_thread(beanstalkd.start)  # the binlog brings the four jobs back
+        await eventually(lambda: depth_is("jobs", 4.0), timeout=20)
+        assert bean.status()["last_error"] is None and bean.failures == 0
+    finally:
+        stop.set()
+        await asyncio.gather(*tasks)
+        await r.delete(unique)
+        await r.aclose()

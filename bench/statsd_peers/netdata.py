@@ -4,12 +4,13 @@ its `allmetrics` API."""
 from __future__ import annotations
 
 import shutil
+import time
 from collections.abc import Hashable
 from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from statsd_peers.base import Reading, Server, http_get
+from statsd_peers.base import Reading, Server, ServerError, http_get
 from statsd_peers.debian import apt_install
 from statsd_peers.measure import free_port, udp_drops
 from statsd_peers.traffic import Context
@@ -108,8 +109,14 @@ class Netdata(Server):
         return udp_drops(self.port) is not None
 
     def read(self) -> Reading:
-        return parse_allmetrics(http_get(
-            f"http://127.0.0.1:{self.web_port}/api/v1/allmetrics?format=prometheus&source=as-collected"))
+        # about one answer in three leaves out every statsd chart (seen while it flushes): ask again
+        url = f"http://127.0.0.1:{self.web_port}/api/v1/allmetrics?format=prometheus&source=as-collected"
+        for _ in range(50):
+            text = http_get(url)
+            if "netdata_netdata_statsd_events_total" in text:
+                return parse_allmetrics(text)
+            time.sleep(0.1)
+        raise ServerError("netdata's allmetrics keeps leaving out the statsd charts")
 
     def sum_key(self, ctx: Context) -> Hashable | None:
         return ("c", ctx.name) if ctx.kind == "c" else None

@@ -35,7 +35,7 @@ class LocalSource:
         self._log = RateLimitedLog(log)
         self._last_poll: float | None = None
         self._last_error: str | None = None
-        log.info("local mode: measuring %s as container %r", self.stats.source, self.stats.container_name)
+        log.info("local resources: measuring %s as container %r", self.stats.source, self.stats.container_name)
 
     async def run(self, stop: asyncio.Event) -> None:
         while not stop.is_set():

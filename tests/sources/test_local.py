@@ -175,7 +175,7 @@ async def test_local_source_publishes_the_ecs_families(tmp_path: Path, caplog: p
         clock.ns += 10**9
         assert await source.poll_once()
     assert [r.getMessage() for r in caplog.records] == [
-        f"local mode: measuring cgroup v2 {tmp_path / 'cg'} as container {socket.gethostname()!r}"]
+        f"local resources: measuring cgroup v2 {tmp_path / 'cg'} as container {socket.gethostname()!r}"]
     last = batches[-1]
     assert last.source == "local" and last.snapshot
     v = {s.name: s for s in last.samples}

@@ -68,7 +68,7 @@ def _this_container(task: Any, wanted: str) -> Mapping[str, Any] | None:
         if docker_id and (docker_id == wanted or docker_id.startswith(wanted)):
             return c
     normal = [c for c in containers if c.get("Type", "NORMAL") == "NORMAL"]
-    return (normal or containers or [None])[0]
+    return (normal or containers)[0] if containers else None
 
 
 def make_app(task_path: str | None, stats_path: str | None) -> web.Application:

@@ -20,7 +20,7 @@ from agent.config import Config
 from agent.hub import Hub
 from agent.identity import task_identity
 from agent.logs import RateLimitedLog
-from agent.model import Batch
+from agent.model import Batch, Sample
 from agent.sources.ecs_stats import derive
 
 log = logging.getLogger("tasklens.ecs")
@@ -104,10 +104,11 @@ class EcsSource:
         started = time.monotonic()
         self._status["last_poll"] = time.time()
         metrics.inc("tasklens.ecs.polls")
-        task_result, stats_result = await asyncio.gather(
+        results: tuple[Any, Any] = await asyncio.gather(
             self._fetch("/task"), self._fetch("/task/stats"), return_exceptions=True)
+        task_result, stats_result = results
         error: PollError | None = None
-        samples = []
+        samples: list[Sample] = []
         if isinstance(task_result, BaseException):
             error = _as_poll_error(task_result)
         else:

@@ -109,16 +109,20 @@ class Cgroup:
         return _int(d / "cpuacct.usage") if d else None
 
     def cpu_quota_vcpus(self) -> float | None:
-        if self.v2:
-            quota, _, period = (_read(self.v2 / "cpu.max") or "max").strip().partition(" ")
-            if quota == "max" or not period:
+        quota: int | None
+        period: int | None
+        if self.v2:  # cpu.max: "<quota> <period>" or "max <period>"
+            text = (_read(self.v2 / "cpu.max") or "max").split()
+            try:
+                quota, period = int(text[0]), int(text[1])
+            except (ValueError, IndexError):
                 return None
-            return int(quota) / int(period)
-        d = self._dir("cpu", "cpu.cfs_quota_us")
-        if d is None:
-            return None
-        quota, period = _int(d / "cpu.cfs_quota_us"), _int(d / "cpu.cfs_period_us")
-        return quota / period if quota and quota > 0 and period else None
+        else:
+            d = self._dir("cpu", "cpu.cfs_quota_us")
+            if d is None:
+                return None
+            quota, period = _int(d / "cpu.cfs_quota_us"), _int(d / "cpu.cfs_period_us")
+        return quota / period if quota and quota > 0 and period else None  # v1 says -1 for none
 
     def memory(self) -> dict[str, Any] | None:
         if self.v2:
@@ -141,14 +145,15 @@ class Cgroup:
             text = _read(self.v2 / "io.stat")
             if text is None:
                 return None
-            nbytes, ops = [], []
+            nbytes: list[dict[str, Any]] = []
+            ops: list[dict[str, Any]] = []
             for line in text.splitlines():
-                device, *fields = line.split()
+                device, *fields = line.split() or [""]
                 major, _, minor = device.partition(":")
                 values = dict(f.split("=", 1) for f in fields if "=" in f)
                 for op, key, into in (("read", "rbytes", nbytes), ("write", "wbytes", nbytes),
                                       ("read", "rios", ops), ("write", "wios", ops)):
-                    if key in values:
+                    if key in values and f"{major}{minor}{values[key]}".isdigit():
                         into.append({"major": int(major), "minor": int(minor), "op": op, "value": int(values[key])})
             return {"io_service_bytes_recursive": nbytes or None, "io_serviced_recursive": ops or None}
         d = self._dir("blkio", "blkio.throttle.io_service_bytes")
@@ -168,7 +173,7 @@ def _blkio_v1(path: Path) -> list[dict[str, Any]]:
     out = []
     for line in (_read(path) or "").splitlines():
         parts = line.split()
-        if len(parts) == 3 and ":" in parts[0]:
+        if len(parts) == 3 and parts[0].replace(":", "", 1).isdigit() and parts[2].isdigit():
             major, _, minor = parts[0].partition(":")
             out.append({"major": int(major), "minor": int(minor), "op": parts[1], "value": int(parts[2])})
     return out

@@ -206,3 +206,19 @@ async def test_local_source_survives_a_failing_sample_and_stops(tmp_path: Path) 
     stop.set()
     await asyncio.wait_for(runner, 2)
     assert hub.metrics.get("tasklens.local.poll_errors", reason="PermissionError") >= 3
+
+
+def test_unlimited_and_junk_cgroup_files(tmp_path: Path) -> None:
+    write_tree(tmp_path, {**V2, "cg/cpu.max": "max 100000\n", "cg/memory.max": "max\n",
+                          "cg/io.stat": "garbage\n\n259:0 rbytes=x wbytes=10\n", "cg/pids.current": "lots\n"})
+    local = LocalStats(str(tmp_path / "proc"), str(tmp_path / "cg"))
+    task = local.task()
+    assert task["Limits"]["CPU"] == psutil.cpu_count()  # no quota: the machine's CPUs
+    assert task["Limits"]["Memory"] == psutil.virtual_memory().total // MIB  # "max": no limit
+    entry = local.sample()
+    assert entry["blkio_stats"]["io_service_bytes_recursive"] == [{"major": 259, "minor": 0, "op": "write", "value": 10}]
+    assert entry["memory_stats"]["limit"] == 2**64 - 1
+    v = values(derive(task, {local.docker_id: entry}).samples)
+    assert v["ecs.container.memory.limit_bytes"] == psutil.virtual_memory().total // MIB * MIB
+    assert v["ecs.container.io.write_bytes_total"] == 10
+    assert v["ecs.container.pids"] == pytest.approx(len(psutil.pids()), abs=50)  # psutil fallback

@@ -5,6 +5,7 @@ data "aws_caller_identity" "current" {}
 data "aws_partition" "current" {}
 
 resource "aws_cloudwatch_log_group" "this" {
+  # checkov:skip=CKV_AWS_338:retention is the caller's choice (log_retention_days, 30 by default): a year of worker logs is a cost most workers do not need
   name              = "/ecs/${var.name}"
   retention_in_days = var.log_retention_days
   kms_key_id        = var.log_kms_key_id

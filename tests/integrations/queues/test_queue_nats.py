@@ -47,19 +47,23 @@ async def test_pending_ack_pending_consumers_and_age(config, hub, exported, js, 
         await js.publish(f"{stream}.other", b"not for this consumer")
     for i in range(7):
         await js.publish(f"{stream}.jobs", b"later")
+    later_end = time.time()
     sub = await consumer(js, stream)
     held = await sub.fetch(3, timeout=5)  # delivered, not acked: in flight
     assert len(held) == 3
 
     source = QueueSource(config, hub, f"{NATS}?stream={stream}&consumer=worker", clock=clock)
+    before = time.time()
     assert await source.poll(), source.last_error
+    after = time.time()
     values = exported.queue(stream)
     age = values.pop("oldest_age_seconds")
     assert values == {"depth": 7.0, "in_flight": 3.0, "consumers": 1.0}
     assert exported.labels("queue_depth", stream)["queue_type"] == "nats"
     # the oldest *waiting* message for this consumer's filter came after the pause; the early ones
     # (delivered) and the other subject's are not it
-    assert abs(age - (time.time() - later)) < 0.5
+    assert before - later_end - 0.05 <= age <= after - later + 0.05
+    assert age < after - later + 1.0  # the early messages are 1.5 s older
     for msg in held:
         await msg.ack()
     assert await source.poll()

@@ -1,0 +1,278 @@
+"""Helpers for the reliability suite: read a running sidecar from outside, generate exact traffic,
+measure memory, and the faults the suite injects (a TCP proxy that resets, black-holes or refuses,
+and brokers the tests start and restart themselves).
+
+The sidecar runs as a real process (`tests.conftest.Sidecar`); everything here looks at it the way an
+operator would: its `/metrics`, its `/status`, its log, its RSS.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import signal
+import socket
+import struct
+import subprocess
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from agent.sinks.prometheus import metric_name
+from tests.conftest import Sidecar, free_port, wait_until
+
+Labels = frozenset[tuple[str, str]]
+
+
+# --- reading the sidecar ------------------------------------------------------------------------
+
+
+class Scrape:
+    """One `/metrics` exposition, parsed with prometheus_client's own parser."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self.samples: list[tuple[str, dict[str, str], float]] = [
+            (s.name, s.labels, s.value) for f in text_string_to_metric_families(text) for s in f.samples]
+
+    def value(self, name: str, **labels: str) -> float:
+        """The sum over the series of `name` whose labels include `labels` (0 when there is none)."""
+        return sum(v for n, l, v in self.samples if n == name and all(l.get(k) == x for k, x in labels.items()))
+
+    def has(self, name: str, **labels: str) -> bool:
+        return any(n == name and all(l.get(k) == x for k, x in labels.items()) for n, l, _ in self.samples)
+
+    def series(self, name: str) -> list[tuple[dict[str, str], float]]:
+        return [(l, v) for n, l, v in self.samples if n == name]
+
+    def by_label(self, name: str, label: str) -> dict[str, float]:
+        """`{label value: value}` of `name`, summed over its other labels."""
+        out: dict[str, float] = {}
+        for n, l, v in self.samples:
+            if n == name and label in l:
+                out[l[label]] = out.get(l[label], 0.0) + v
+        return out
+
+
+def scrape(sidecar: Sidecar) -> Scrape:
+    code, text = sidecar.get("/metrics")
+    assert code == 200, text
+    return Scrape(text)
+
+
+def status(sidecar: Sidecar) -> dict[str, Any]:
+    code, text = sidecar.get("/status")
+    assert code == 200, text
+    return json.loads(text)
+
+
+def statsd_lines(sidecar: Sidecar) -> int:
+    return int(status(sidecar)["components"]["statsd"]["lines"])
+
+
+def rss_bytes(pid: int) -> int:
+    return int(psutil.Process(pid).memory_info().rss)
+
+
+def least_squares_slope(xs: Iterable[float], ys: Iterable[float]) -> float:
+    """The slope of the least-squares line through the points (e.g. RSS bytes per second)."""
+    x, y = list(xs), list(ys)
+    n = len(x)
+    mx, my = sum(x) / n, sum(y) / n
+    sxx = sum((a - mx) ** 2 for a in x)
+    return sum((a - mx) * (b - my) for a, b in zip(x, y)) / sxx if sxx else 0.0
+
+
+# --- exact traffic ----------------------------------------------------------------------------
+
+
+@dataclass
+class CounterTraffic:
+    """Counter lines over `contexts` series with integer values, packed into datagrams of up to
+    `size` bytes: every sum is exact, so "sent" and "exported" can be compared with `==`."""
+
+    prefix: str
+    contexts: int
+    size: int = 1432
+    expected: dict[tuple[str, str], float] = field(default_factory=dict)  # (name, shard) -> sum sent
+    lines: int = 0
+
+    def name(self, i: int) -> tuple[str, str]:
+        return f"{self.prefix}.c{i % 97}", f"s{i}"
+
+    def datagrams(self, count: int, start: int = 0) -> Iterator[bytes]:
+        """`count` datagrams; line k of the run has value (k % 7) + 1 on context k % contexts."""
+        k = start
+        for _ in range(count):
+            parts: list[bytes] = []
+            length = 0
+            while True:
+                name, shard = self.name(k % self.contexts)
+                line = f"{name}:{k % 7 + 1}|c|#shard:{shard},load:yes".encode()
+                if length + len(line) + 1 > self.size:
+                    break
+                parts.append(line)
+                length += len(line) + 1
+                key = (name, shard)
+                self.expected[key] = self.expected.get(key, 0.0) + (k % 7 + 1)
+                k += 1
+            self.lines += len(parts)
+            yield b"\n".join(parts)
+
+    def exported(self, scrape: Scrape) -> dict[tuple[str, str], float]:
+        """What the sidecar exports for the traffic's series, keyed like `expected`."""
+        names = {metric_name(n) + "_total": n for n, _ in self.expected}
+        return {(names[n], labels["shard"]): v for n, labels, v in scrape.samples
+                if n in names and labels.get("load") == "yes"}
+
+
+def send_paced(sock: socket.socket, address: Any, datagrams: Iterable[bytes], per_second: float) -> int:
+    """Send at a steady rate (in bursts of 1 ms worth); returns the number of datagrams sent."""
+    started = time.perf_counter()
+    sent = 0
+    for datagram in datagrams:
+        sock.sendto(datagram, address)
+        sent += 1
+        ahead = sent / per_second - (time.perf_counter() - started)
+        if ahead > 0.001:
+            time.sleep(ahead)
+    return sent
+
+
+# --- faults -----------------------------------------------------------------------------------
+
+
+class FaultProxy:
+    """A TCP proxy in front of a server, to break the connection the way networks do.
+
+    Modes: `pass` (forward), `reset` (accept, then close with RST: ECONNRESET for the client),
+    `blackhole` (accept and read, never answer: the client times out), and `refuse` (the port is
+    closed: ECONNREFUSED). Counts the connections it broke per mode.
+    """
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.port = free_port()
+        self.mode = "pass"
+        self.broken: dict[str, int] = {"reset": 0, "blackhole": 0}
+        self.forwarded = 0
+        self._server: asyncio.base_events.Server | None = None
+        self._held: list[asyncio.StreamWriter] = []
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._handle, "127.0.0.1", self.port, reuse_address=True)
+
+    async def set_mode(self, mode: str) -> None:
+        if mode == "refuse":
+            await self.stop()
+        elif self._server is None:
+            await self.start()
+        self.mode = mode
+        if mode != "blackhole":
+            for w in self._held:
+                w.close()
+            self._held.clear()
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+            self._server = None
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        mode = self.mode
+        if mode == "reset":
+            self.broken["reset"] += 1
+            sock = writer.get_extra_info("socket")
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            writer.transport.abort()
+            return
+        if mode == "blackhole":
+            self.broken["blackhole"] += 1
+            self._held.append(writer)
+            try:
+                while await reader.read(65536):
+                    pass
+            except (ConnectionError, OSError):
+                pass
+            return
+        self.forwarded += 1
+        try:
+            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
+        except OSError:
+            writer.transport.abort()
+            return
+
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            try:
+                while data := await src.read(65536):
+                    dst.write(data)
+                    await dst.drain()
+            except (ConnectionError, OSError):
+                pass
+            finally:
+                try:
+                    dst.close()
+                except Exception:
+                    pass
+
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+
+
+class BrokerProcess:
+    """A broker on a fixed free port that the test can kill and start again (same port, same data)."""
+
+    def __init__(self, argv: list[str], port: int) -> None:
+        self.argv, self.port = argv, port
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 20.0) -> None:
+        self.proc = subprocess.Popen(self.argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                     start_new_session=True)
+
+        def listening() -> bool:
+            assert self.proc is not None and self.proc.poll() is None, f"{self.argv[0]} exited"
+            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
+                return True
+        wait_until(listening, timeout, what=f"{self.argv[0]} on port {self.port}")
+
+    def kill(self) -> None:
+        """SIGKILL: a crash, not a clean shutdown."""
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+        self.proc = None
+
+
+def redis_server(tmp_path: Path) -> BrokerProcess:
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.skip("redis-server is not installed (Debian package `redis-server`)")
+    port = free_port()
+    (tmp_path / "redis").mkdir(exist_ok=True)
+    # append-only file: the list survives a kill -9 and a restart, as on a real broker
+    argv = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "yes",
+            "--appendfsync", "always", "--dir", str(tmp_path / "redis")]
+    return BrokerProcess(argv, port)
+
+
+def beanstalkd_server(tmp_path: Path) -> BrokerProcess:
+    binary = shutil.which("beanstalkd")
+    if binary is None:
+        pytest.skip("beanstalkd is not installed (Debian package `beanstalkd`)")
+    port = free_port()
+    (tmp_path / "binlog").mkdir(exist_ok=True)
+    return BrokerProcess([binary, "-l", "127.0.0.1", "-p", str(port), "-b", str(tmp_path / "binlog"), "-f", "0"],
+                         port)

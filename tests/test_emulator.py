@@ -133,9 +133,12 @@ async def test_live_mode_serves_this_machine() -> None:
         source = EcsSource(Config(), hub, f"{base}/v4/x")
         seen: list = []
         hub.add_sink(type("S", (), {"name": "s", "accept": lambda self, b: seen.append(b)})())
-        assert await source.poll_once()
-        await asyncio.sleep(1.1)  # the emulator's refresh interval
-        assert await source.poll_once()
+        # the first sample has no precpu; CPU appears once the emulator refreshes (after 1 s)
+        deadline = time.monotonic() + 10
+        while not any(s.name == "ecs.container.cpu.usage_vcpus" for s in (seen[-1].samples if seen else [])):
+            assert time.monotonic() < deadline, "no CPU rate from the live emulator"
+            assert await source.poll_once()
+            await asyncio.sleep(0.1)
         await source.aclose()
         values = {s.name: s.value for s in seen[-1].samples if s.name.startswith("ecs.container.")}
         assert values["ecs.container.cpu.usage_vcpus"] >= 0

@@ -265,11 +265,11 @@ async def test_down_later_keeps_identity_and_recovers(metadata: MetadataServer) 
 
 async def test_slow_past_the_timeout(metadata: MetadataServer) -> None:
     metadata.serve(raw("fargate-2023.task"), raw("fargate-2023.stats"))
-    metadata.delay = 1.0
+    metadata.delay = 3.0
     h = Harness(metadata.url, timeout=0.2)
     started = time.monotonic()
     assert not await h.source.poll_once()
-    assert time.monotonic() - started < 0.9
+    assert time.monotonic() - started < 2.0  # gave up at the timeout, did not wait for the answer
     assert h.metric("tasklens.ecs.poll_errors", reason="timeout") == 1
     metadata.delay = 0
     assert await h.source.poll_once()

@@ -461,7 +461,7 @@ _json = st.recursive(
 )
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(entry=_json, container=_json)
 def test_never_raises_on_any_shape(entry: Any, container: Any) -> None:
     task, stats = load("fargate-2023.task"), load("fargate-2023.stats")

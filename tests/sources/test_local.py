@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import time
 from pathlib import Path
 
 import psutil
@@ -202,7 +203,10 @@ async def test_local_source_survives_a_failing_sample_and_stops(tmp_path: Path) 
     assert "denied" in source.status()["last_error"]
     stop = asyncio.Event()
     runner = asyncio.create_task(source.run(stop))
-    await asyncio.sleep(0.2)
+    deadline = time.monotonic() + 10
+    while hub.metrics.get("tasklens.local.poll_errors", reason="PermissionError") < 3:
+        assert time.monotonic() < deadline and not runner.done()
+        await asyncio.sleep(0.02)
     stop.set()
     await asyncio.wait_for(runner, 2)
     assert hub.metrics.get("tasklens.local.poll_errors", reason="PermissionError") >= 3

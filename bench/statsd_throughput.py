@@ -180,7 +180,12 @@ def run_server(cls: type[Server], variant: str, tr: Traffic, steps: Sequence[int
         result["steps"] = []
         lossy = 0
         for rate in steps:
-            step = run_step(server, tr, positions, rate, args)
+            try:
+                step = run_step(server, tr, positions, rate, args)
+            except (ServerError, OSError) as exc:  # a peer that stops answering ends its own run only
+                result["failed"] = f"at {rate:,} lines/s: {exc}"
+                print(f"  {server.name:12} {variant:6} failed {result['failed']}", flush=True)
+                break
             result["steps"].append(step)
             print(f"  {server.name:12} {variant:6} {format_step(step)}", flush=True)
             lossy += not step["lossless"]
@@ -241,7 +246,8 @@ def print_report(results: list[dict]) -> None:
         rate = f"{s['max_lossless_lines_per_s']:,}" + ("*" if s["max_lossless_sender_limited"] else "")
         print(f"{r['server']:12} {r['variant']:7} {rate:>14} {_num(s['cpu_seconds_per_million_at_max']):>13} "
               f"{_num(s['cpu_seconds_per_million_at_100k']):>12} {_num(s['core_percent_at_10k'], '%'):>9} "
-              f"{_num(s['rss_mib_max']):>8}  {s['first_lossy'] or 'none up to the last step'}")
+              f"{_num(s['rss_mib_max']):>8}  {s['first_lossy'] or 'none up to the last step'}"
+              + (f"; FAILED {r['failed']}" if "failed" in r else ""))
     print("(* the senders could not reach the target rate: the server did not lose anything up to there)")
     for line in ratios(results):
         print(line)

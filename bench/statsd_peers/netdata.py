@@ -105,14 +105,18 @@ class Netdata(Server):
         return ["netdata", "-D", "-c", str(path)], {"DO_NOT_TRACK": "1"}, None
 
     def ready(self) -> bool:
-        http_get(f"http://127.0.0.1:{self.web_port}/api/v1/info", timeout=2)
-        return udp_drops(self.port) is not None
+        # its statsd charts (the counts) appear only after the plugin's first flush
+        return udp_drops(self.port) is not None and "netdata_netdata_statsd_events_total" in http_get(
+            self._allmetrics, timeout=2)
+
+    @property
+    def _allmetrics(self) -> str:
+        return f"http://127.0.0.1:{self.web_port}/api/v1/allmetrics?format=prometheus&source=as-collected"
 
     def read(self) -> Reading:
         # about one answer in three leaves out every statsd chart (seen while it flushes): ask again
-        url = f"http://127.0.0.1:{self.web_port}/api/v1/allmetrics?format=prometheus&source=as-collected"
         for _ in range(50):
-            text = http_get(url)
+            text = http_get(self._allmetrics)
             if "netdata_netdata_statsd_events_total" in text:
                 return parse_allmetrics(text)
             time.sleep(0.1)

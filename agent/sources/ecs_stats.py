@@ -303,7 +303,10 @@ def _container_samples(container: Mapping[str, Any], stats: Any, previous: Any, 
     exit_code = _num(container.get("ExitCode"))
     if not running:
         emit("exit_code", exit_code)
-    emit("restarts", _num(container.get("RestartCount")))
+    emit("restarts", _num(container.get("RestartCount")))  # only with a restart policy
+    health = str(_get(container, "Health", "status") or "").upper()
+    if health in ("HEALTHY", "UNHEALTHY"):  # UNKNOWN: no health check yet, or none defined
+        emit("healthy", 1.0 if health == "HEALTHY" else 0.0)
     if not isinstance(stats, dict) or not stats:
         return out
 

@@ -291,6 +291,18 @@ def test_task_with_tags_missing_and_extra_stats_entries() -> None:
     assert image["datadog-agent"]["image_tag"] == "latest"
 
 
+def test_health_and_restarts() -> None:
+    task = load("task-with-tags.task")
+    task["Containers"][0].update(RestartCount=3, Health={"status": "UNHEALTHY"})
+    v = values(derive(task, {}).samples)
+    assert v["ecs.container.healthy", "datadog-agent"] == 1  # "HEALTHY" in the capture
+    assert v["ecs.container.healthy", "log_router"] == 0
+    assert v["ecs.container.restarts", "log_router"] == 3
+    assert ("ecs.container.restarts", "datadog-agent") not in v  # no restart policy, no count
+    task["Containers"][1]["Health"] = {"status": "UNKNOWN"}
+    assert ("ecs.container.healthy", "datadog-agent") not in values(derive(task, {}).samples)
+
+
 # --- rates over two polls -----------------------------------------------------------------------
 
 

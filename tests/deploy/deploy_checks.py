@@ -135,3 +135,17 @@ def task_definition_errors(task: dict[str, Any]) -> list[str]:
         if not task.get("cpu") or not task.get("memory"):
             errors.append("Fargate needs task-level cpu and memory")
     return errors
+
+
+def datadog_unparsed(payload: dict[str, Any], model: str) -> bool:
+    """True when Datadog's own API client cannot parse the payload as `model` ("dashboard" or
+    "monitor"): a wrong widget type, enum value or field type. (The client keeps what it cannot
+    parse as an "unparsed" object instead of raising, and flags the whole tree.)"""
+    from datadog_api_client import Configuration
+    from datadog_api_client.model_utils import validate_and_convert_types
+    from datadog_api_client.v1.model.dashboard import Dashboard
+    from datadog_api_client.v1.model.monitor import Monitor
+
+    cls = {"dashboard": Dashboard, "monitor": Monitor}[model]
+    parsed = validate_and_convert_types(payload, (cls,), [model], True, True, Configuration())
+    return bool(parsed._unparsed)

@@ -8,17 +8,19 @@ dashboards and alerts may use; every query is checked against it, and it against
 
 from __future__ import annotations
 
+import copy
 import json
 import re
 from functools import cache
 from pathlib import Path
 
+import pytest
 import yaml
 
 from agent.model import Kind
 from agent.sinks.prometheus import metric_name
 from tests.conftest import FIXTURES
-from tests.deploy.deploy_checks import DEPLOY, ROOT
+from tests.deploy.deploy_checks import DEPLOY, ROOT, datadog_unparsed
 
 METRICS_LIST = DEPLOY / "dashboards" / "metrics.txt"
 GRAFANA = DEPLOY / "dashboards" / "grafana" / "tasklens-worker.json"
@@ -222,6 +224,19 @@ def test_datadog_monitors_shape() -> None:
         assert m["options"]["thresholds"]["critical"] is not None
     assert any("queue.backing_up" in m["query"] for m in monitors)
     assert any(m["options"].get("notify_no_data") for m in monitors)  # sidecar not reporting
+
+
+def test_datadog_files_parse_with_the_datadog_api_client() -> None:
+    pytest.importorskip("datadog_api_client", reason="pip install datadog-api-client")
+    dashboard = json.loads(DATADOG_DASHBOARD.read_text())
+    assert not datadog_unparsed(dashboard, "dashboard")
+    for monitor in json.loads(DATADOG_MONITORS.read_text()):
+        assert not datadog_unparsed(monitor, "monitor"), monitor["name"]
+    # and the check is not vacuous
+    broken = copy.deepcopy(dashboard)
+    broken["widgets"][0]["definition"]["widgets"][0]["definition"]["type"] = "timeserie"
+    assert datadog_unparsed(broken, "dashboard")
+    assert datadog_unparsed(dict(json.loads(DATADOG_MONITORS.read_text())[0], type="query-alert"), "monitor")
 
 
 def test_metric_names_doc_is_one_place() -> None:

@@ -21,7 +21,7 @@ from typing import Any
 import hcl2
 import pytest
 
-from tests.deploy.deploy_checks import DEPLOY, task_definition_errors
+from tests.deploy.deploy_checks import DEPLOY, datadog_unparsed, task_definition_errors
 
 TERRAFORM = DEPLOY / "terraform"
 MODULES = TERRAFORM / "modules"
@@ -451,3 +451,6 @@ def test_monitoring_dashboards_and_monitors(monitoring_outputs: dict[str, Any]) 
     assert monitors[0]["query"] == "min(last_10m):max:queue.backing_up{service:orders-worker,env:prod} by {service,env,queue} >= 1"
     assert all(m["message"].endswith(" @slack-payments") for m in monitors)
     assert all(m["tags"] == ["source:tasklens", "service:orders-worker", "env:prod"] for m in monitors)
+    pytest.importorskip("datadog_api_client", reason="pip install datadog-api-client")
+    assert not datadog_unparsed(datadog, "dashboard")
+    assert not any(datadog_unparsed(m, "monitor") for m in monitors)

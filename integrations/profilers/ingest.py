@@ -26,12 +26,15 @@ class Folded:
         return sum(self.stacks.values())
 
 
+STATUS_PREFIX = "py-spy> "  # py-spy's own messages, on the same stdout as the stacks
+
+
 def parse_raw(text: str) -> Folded:
-    """Aggregate py-spy's lines by stack; drop empty stacks and lines that do not parse."""
+    """Aggregate py-spy's lines by stack; drop py-spy's messages, empty stacks, lines that do not parse."""
     stacks: dict[str, int] = {}
     skipped = 0
     for line in text.splitlines():
-        if not line.strip():
+        if not line.strip() or line.startswith(STATUS_PREFIX):
             continue
         stack, _, count_text = line.rpartition(" ")
         stack = stack.strip()

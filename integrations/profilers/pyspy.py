@@ -18,7 +18,6 @@ import re
 import shutil
 import signal
 import sys
-import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -43,7 +42,9 @@ EMPTY_SCANS_BEFORE_HINT = 3
 PTRACE_FIX = (
     "the sidecar needs the SYS_PTRACE capability and the task's PID namespace: in the task definition set "
     '"pidMode": "task" and, on the sidecar container, "linuxParameters": {"capabilities": {"add": ["SYS_PTRACE"]}} '
-    '(docker compose: pid: "service:<worker>" and cap_add: [SYS_PTRACE])'
+    '(docker compose: pid: "service:<worker>" and cap_add: [SYS_PTRACE]); a sidecar running as a non-root user '
+    "also needs py-spy to carry the file capability (setcap cap_sys_ptrace+ep), as the tasklens image does, "
+    "or to run as root"
 )
 
 
@@ -107,7 +108,6 @@ class PySpyProfiler:
         self._log = RateLimitedLog()
         self._session: aiohttp.ClientSession | None = None
         self._slots = asyncio.Semaphore(MAX_SPIES)
-        self._tmp = ""
 
     # --- the loop -----------------------------------------------------------------------------
 
@@ -120,7 +120,6 @@ class PySpyProfiler:
             return
         log.info("profiler: sampling Python processes at %d Hz in %d s windows, pushing to %s",
                  self.config.profile_rate, self._duration, mask_url(self._ingest_url))
-        self._tmp = tempfile.mkdtemp(prefix="tasklens-pyspy-")
         try:
             async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=PUSH_TIMEOUT)) as session:
                 self._session = session
@@ -134,7 +133,6 @@ class PySpyProfiler:
         finally:
             for task in list(self._workers.values()) + list(self._pushes):
                 task.cancel()
-            shutil.rmtree(self._tmp, ignore_errors=True)
             self.hub.metrics.set("tasklens.profiler.processes", 0)
 
     async def _discover(self, stop: asyncio.Event) -> None:
@@ -184,6 +182,8 @@ class PySpyProfiler:
                     state.windows += 1
                     self._submit(state, parse_raw(text), start, end)
                     continue
+                if stop.is_set():
+                    return  # interrupted before it could sample (SIGINT at its start): nothing lost
                 if not self._alive(target):
                     return  # exited: dropped quietly
                 reason = failure_reason(stderr)
@@ -212,11 +212,8 @@ class PySpyProfiler:
 
     async def _record(self, pid: int, stop: asyncio.Event) -> tuple[int, str, str]:
         """One py-spy window: (exit status, stderr, raw folded output). Stop ends it early."""
-        path = os.path.join(self._tmp, f"{pid}.txt")
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(path)
         try:
-            proc = await self._spawn(pid, path)
+            proc = await self._spawn(pid)
         except OSError as exc:  # the binary went away or cannot run here
             return 127, f"cannot run {self.py_spy}: {exc}", ""
         self._spies.add(proc.pid)
@@ -231,31 +228,26 @@ class PySpyProfiler:
                     await asyncio.wait_for(asyncio.shield(done), INTERRUPT_GRACE)
                 except asyncio.TimeoutError:
                     proc.kill()
-            _, err = await done
+            out, err = await done
         finally:
             if proc.returncode is None:
                 proc.kill()
                 done.cancel()
             self._spies.discard(proc.pid)
-        try:
-            with open(path, encoding="utf-8", errors="replace") as fh:
-                text = fh.read()
-            os.unlink(path)
-        except OSError:
-            text = ""
-        return proc.returncode or 0, err.decode("utf-8", "replace"), text
+        return proc.returncode or 0, err.decode("utf-8", "replace"), out.decode("utf-8", "replace")
 
-    def _spawn(self, pid: int, path: str) -> Awaitable[asyncio.subprocess.Process]:
+    def _spawn(self, pid: int) -> Awaitable[asyncio.subprocess.Process]:
+        # The output goes to our pipe, not a file: the sidecar's root file system may be read-only.
         return asyncio.create_subprocess_exec(
             self.py_spy or "py-spy", "record", "--pid", str(pid), "--format", "raw", "--nolineno", "--nonblocking",
-            "--rate", str(self.config.profile_rate), "--duration", str(self._duration), "--output", path,
-            stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+            "--rate", str(self.config.profile_rate), "--duration", str(self._duration), "--output", "/dev/stdout",
+            stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
         )
 
     @staticmethod
     def _alive(target: procs.Target) -> bool:
         try:
-            return psutil.Process(target.pid).create_time() == target.started
+            return bool(psutil.Process(target.pid).create_time() == target.started)
         except psutil.Error:
             return False
 

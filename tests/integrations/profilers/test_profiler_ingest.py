@@ -2,16 +2,26 @@
 
 from __future__ import annotations
 
+import pytest
+
 from integrations.profilers.ingest import Folded, ingest_params, parse_raw, profile_name, render
+from integrations.profilers.pyspy import failure_reason
 from tests.integrations.profilers.pyroscope_fake import parse_folded, parse_key
 
-# What `py-spy record --format raw --nolineno` wrote for a short worker (a line without frames first).
+# What `py-spy record --format raw --nolineno --output /dev/stdout` wrote for a short worker: its own
+# messages on the same stream, and a line without frames (a sample outside Python code).
 PY_SPY_RAW = """\
+py-spy> Sampling process 100 times a second for 5 seconds. Press Control-C to exit.
+
+
+py-spy> Stopped sampling because process exited
  1
 <module> (short.py) 1
 <module> (short.py);hot_function_xyz (short.py) 84
 <module> (short.py);main (short.py);time.sleep (<frozen time>) 3
 <module> (short.py);hot_function_xyz (short.py) 2
+py-spy> Wrote raw flamegraph data to '/dev/stdout'. Samples: 91 Errors: 3
+py-spy> You can use the flamegraph.pl script from https://github.com/brendangregg/flamegraph to generate a SVG
 """
 
 
@@ -58,3 +68,18 @@ def test_ingest_params_for_a_window():
     # a window shorter than a second still has from <= until
     short = ingest_params("svc.cpu{}", 1700000000.9, 1700000000.95, 100)
     assert short["from"] == short["until"] == "1700000000"
+
+
+@pytest.mark.parametrize(("stderr", "reason"), [
+    ("Permission Denied: Try running again with elevated permissions by going 'sudo env \"PATH=$PATH\" !!'",
+     "ptrace_denied"),
+    ("setpriv: failed to execute /usr/local/bin/py-spy: Operation not permitted", "ptrace_denied"),
+    ("cannot run /usr/local/bin/py-spy: [Errno 1] Operation not permitted", "ptrace_denied"),
+    ("Error: Failed to find python version from target process\n\nStack backtrace:\n   0: anyhow", "not_python"),
+    ("Error: Failed to get process executable name. Check that the process is running.\n\nCaused by:\n"
+     "    0: No such file or directory (os error 2)", "exited"),
+    ("Error: something new", "pyspy_failed"),
+    ("", "pyspy_failed"),
+])
+def test_failure_reason_from_what_py_spy_printed(stderr, reason):
+    assert failure_reason(stderr) == reason

@@ -27,6 +27,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # statsd_peers, when run from anywhere
 
@@ -42,6 +43,9 @@ INSTALLERS = {"netdata": netdata.install, "collectd": collectd.install, "etsy-st
 FULL_STEPS = "10k,100k,250k,500k,750k,1M,1.25M,1.5M,2M,2.5M,3M"
 QUICK_STEPS = "10k,100k,500k,1M"
 DRAIN_SECONDS = 0.5  # after the senders stop, the server empties its socket buffer
+
+
+Result = dict[str, Any]  # JSON-ready: one step, or one server's run
 
 
 def parse_rate(text: str) -> int:
@@ -105,7 +109,7 @@ def build_traffic(args: argparse.Namespace, variant: str) -> Traffic:
     return Traffic(pools, shape["lines_per_datagram"], shape)
 
 
-def run_step(server: Server, tr: Traffic, positions: list[int], rate: int, args: argparse.Namespace) -> dict:
+def run_step(server: Server, tr: Traffic, positions: list[int], rate: int, args: argparse.Namespace) -> Result:
     before = server.read()
     drops0 = udp_drops(server.port) or 0
     cpu0, t0 = cpu_seconds(server.pid), time.monotonic()
@@ -154,14 +158,15 @@ def run_step(server: Server, tr: Traffic, positions: list[int], rate: int, args:
         "cpu_seconds_per_million_lines": round(cpu / expected.lines * 1e6, 3),
         "core_percent": round(100 * cpu / wall, 1),
         "rss_mib": round(rss_bytes(server.pid) / 2**20, 1),
-        "server_counters": {k: after.extra[k] - before.extra.get(k, 0.0) for k in after.extra},
+        # the server's own view: counters as deltas over the step, gauges (flush duration ...) as they are
+        "server_metrics": {k: v - before.extra.get(k, 0.0) if "_total" in k else v for k, v in after.extra.items()},
     }
 
 
 def run_server(cls: type[Server], variant: str, tr: Traffic, steps: Sequence[int], args: argparse.Namespace,
-               workdir: Path) -> dict:
+               workdir: Path) -> Result:
     server = cls(workdir / variant, args.flush_interval, args.server_core)
-    result: dict = {"server": server.name, "variant": variant, "note": server.note}
+    result: Result = {"server": server.name, "variant": variant, "note": server.note}
     why = server.missing()
     if why:
         return {**result, "skipped": why}
@@ -201,7 +206,7 @@ def run_server(cls: type[Server], variant: str, tr: Traffic, steps: Sequence[int
     return result
 
 
-def format_step(step: dict) -> str:
+def format_step(step: Result) -> str:
     counted = "n/a" if step["lines_counted"] is None else f"{step['lines_counted']:.0f}"
     flag = "ok  " if step["lossless"] else "LOSS"
     limited = " (sender-limited)" if step["sender_limited"] else ""
@@ -211,7 +216,7 @@ def format_step(step: dict) -> str:
             f"{step['rss_mib']} MiB" + ("" if step["lossless"] else f"; {'; '.join(step['examples'][:2])}"))
 
 
-def summarize(steps: list[dict]) -> dict:
+def summarize(steps: list[Result]) -> Result:
     best = None
     for step in steps:  # the highest rate below the first lossy step
         if not step["lossless"]:
@@ -232,7 +237,7 @@ def summarize(steps: list[dict]) -> dict:
     }
 
 
-def print_report(results: list[dict]) -> None:
+def print_report(results: list[Result]) -> None:
     print("\n== StatsD throughput (server pinned to one core, senders on the other) ==")
     head = f"{'server':12} {'traffic':7} {'max lossless':>14} {'CPU-s/M there':>13} {'CPU-s/M 100k':>12} " \
            f"{'core @10k':>9} {'RSS MiB':>8}  first lossy step"
@@ -257,7 +262,7 @@ def _num(value: float | None, unit: str = "") -> str:
     return "-" if value is None else f"{value:.2f}{unit}" if value < 100 else f"{value:.0f}{unit}"
 
 
-def ratios(results: list[dict]) -> list[str]:
+def ratios(results: list[Result]) -> list[str]:
     ours = {r["variant"]: r["summary"] for r in results if r["server"] == Sidecar.name and "summary" in r}
     out = ["\n== tasklens vs each peer (same traffic) =="]
     for r in results:
@@ -290,13 +295,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--server-core", type=int, default=0)
     ap.add_argument("--sender-core", type=int, default=1)
     ap.add_argument("--max-lossy-steps", type=int, default=1, help="stop a server after this many lossy steps")
-    ap.add_argument("--quick", action="store_true", help=f"smoke run: steps {QUICK_STEPS}, 2 s each, 2 s flush")
+    ap.add_argument("--quick", action="store_true",
+                    help=f"smoke run: steps {QUICK_STEPS}, 2 s each, 2 s flush, 1,000 contexts")
     ap.add_argument("--install", action="store_true", help="install missing peers (npm, apt) first")
     ap.add_argument("--out", type=Path, help="write the results as JSON here")
     args = ap.parse_args(argv)
-    if args.quick:
-        args.steps, args.step_seconds, args.flush_interval = QUICK_STEPS, 2.0, 2.0
-        args.pool_datagrams, args.contexts = min(args.pool_datagrams, 4000), min(args.contexts, 1000)
+    if args.quick:  # smaller defaults; what is given explicitly stays
+        quick = {"steps": QUICK_STEPS, "step_seconds": 2.0, "flush_interval": 2.0, "pool_datagrams": 4000,
+                 "contexts": 1000}
+        for key, value in quick.items():
+            if getattr(args, key) == ap.get_default(key):
+                setattr(args, key, value)
     names = [n.strip() for n in args.servers.split(",") if n.strip()]
     unknown = set(names) - set(SERVERS)
     if unknown:

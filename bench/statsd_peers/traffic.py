@@ -118,15 +118,13 @@ class Pool:
 
 
 def _sums(contexts: Sequence[Context], datagrams: Sequence[list[tuple[int, float | str]]]) -> dict[int, float]:
-    sums: Counter[int] = Counter()
+    sums: dict[int, float] = {}
     for entries in datagrams:
         for ctx, value in entries:
             kind = contexts[ctx].kind
-            if kind == "c":
-                sums[ctx] += value  # type: ignore[assignment]
-            elif kind in SUMMED:
-                sums[ctx] += 1
-    return dict(sums)
+            if kind in SUMMED:
+                sums[ctx] = sums.get(ctx, 0.0) + (float(value) if kind == "c" else 1.0)
+    return sums
 
 
 def make_pools(contexts: Sequence[Context], variant: str, senders: int, datagrams: int, seed: int) -> list[Pool]:
@@ -184,23 +182,18 @@ def tally(pools: Sequence[Pool], windows: Sequence[tuple[int, int]], key: KeyFn,
     `key` maps a wire context to the server's key for its sum (None: the server cannot show it);
     `gauge_key` the same for last gauge values."""
     out = Tally()
-    sums: Counter[Hashable] = Counter()
+    sums: dict[Hashable, float] = {}
     for pool, (start, count) in zip(pools, windows):
         size = len(pool.datagrams)
         full, rest = divmod(count, size)
-        per_ctx: Counter[int] = Counter()
-        if full:
-            out.lines += full * pool.lines
-            for ctx, s in pool.cycle_sums.items():
-                per_ctx[ctx] += full * s
         partial = [pool.entries[(start + i) % size] for i in range(rest)]
-        out.lines += sum(map(len, partial))
-        per_ctx.update(_sums(pool.contexts, partial))
+        out.lines += full * pool.lines + sum(map(len, partial))
         out.datagrams += count
-        for ctx, s in per_ctx.items():
+        partial_sums = _sums(pool.contexts, partial)
+        for ctx in (pool.cycle_sums.keys() if full else partial_sums.keys()):
             k = key(pool.contexts[ctx])
             if k is not None:
-                sums[k] += s
+                sums[k] = sums.get(k, 0.0) + full * pool.cycle_sums.get(ctx, 0.0) + partial_sums.get(ctx, 0.0)
         # last gauge values: walk back at most one cycle from the last datagram sent
         seen: set[int] = set()
         for i in range(start + count - 1, start + count - 1 - min(count, size), -1):
@@ -210,8 +203,8 @@ def tally(pools: Sequence[Pool], windows: Sequence[tuple[int, int]], key: KeyFn,
                     seen.add(ctx)
                     k = gauge_key(c)
                     if k is not None:
-                        out.gauges.setdefault(k, float(value))  # type: ignore[arg-type]
-    out.sums = dict(sums)
+                        out.gauges.setdefault(k, float(value))
+    out.sums = sums
     return out
 
 

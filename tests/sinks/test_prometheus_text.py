@@ -1,0 +1,62 @@
+"""The fast `/metrics` renderer gives what prometheus_client's `generate_latest` gives for the same sink."""
+
+from __future__ import annotations
+
+from prometheus_client.exposition import generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+
+from agent.hub import Hub
+from agent.identity import Identity
+from agent.model import Batch, Kind, Points, Sample
+from agent.sinks.prometheus import PrometheusSink
+
+
+def families(text: str) -> list[tuple[str, str, str, list[tuple[str, tuple[tuple[str, str], ...], float]]]]:
+    return [(f.name, f.type, f.documentation,
+             [(s.name, tuple(sorted(s.labels.items())), s.value) for s in f.samples])
+            for f in text_string_to_metric_families(text)]
+
+
+def make() -> tuple[Hub, PrometheusSink]:
+    hub = Hub(Identity(service="orders", env="prod", task_id="abc"))
+    sink = PrometheusSink(hub.metrics, pull=hub.pull, buckets=(0.01, 0.1, 1.0))
+    hub.add_sink(sink)
+    return hub, sink
+
+
+def test_same_families_samples_and_text_as_generate_latest() -> None:
+    hub, sink = make()
+    hub.publish(Batch("ecs", [
+        Sample("ecs.container.memory.working_set_bytes", 156966912, tags=(("container_name", "dd-agent"),)),
+        Sample("ecs.container.io.read_bytes_total", 1e20, Kind.COUNTER, (("container_name", "app"),)),
+    ], snapshot=True))
+    hub.publish(Batch("statsd", [
+        Sample("jobs.done", 3, Kind.COUNT, (("queue", "a"), ("canary", "")), interval=10),
+        Sample("jobs.done", 4, Kind.COUNT, (("queue", "b"),), interval=10),
+        Sample("lat", Points((5.0, 50.0, 5000.0), (1, 1, 2), milliseconds=True), Kind.HISTOGRAM),
+        Sample("weird", 1.5, tags=(("path", 'C:\\dir "x"\nnext'), ("a-b", "c"))),
+        Sample("tiny", 1e-7), Sample("nan", float("nan")), Sample("inf", float("-inf")),
+    ]))
+    fast = sink.render().decode()
+    slow = generate_latest(sink.registry).decode()
+    assert str(families(fast)) == str(families(slow))  # str: NaN != NaN
+    assert fast == slow  # byte for byte, even
+    assert "ecs_container_io_read_bytes_total{" in fast and "1e+20" in fast and "_total_total" not in fast
+
+
+def test_type_conflicts_are_skipped_and_counted() -> None:
+    hub, sink = make()
+    hub.publish(Batch("statsd", [Sample("lat", Points((5.0,), (1,)), Kind.HISTOGRAM),
+                                 Sample("lat", 2.0, Kind.GAUGE, (("other", "1"),))]))
+    fast = sink.render().decode()
+    assert "lat_count" in fast and 'other="1"' not in fast
+    assert sink.metrics.get("tasklens.prometheus.type_conflicts") == 1
+
+
+def test_the_label_cache_follows_the_live_series() -> None:
+    hub, sink = make()
+    for i in range(3000):  # one-off series come and go
+        hub.publish(Batch("s", [Sample("g", 1.0, tags=(("i", str(i)),))]))
+        sink._series.clear()
+        sink.render()
+    assert len(sink._text._labels) < 2 * 1 + 1024 + 10

@@ -36,6 +36,7 @@ from agent.config import Config
 from agent.hub import Hub
 from agent.logs import RateLimitedLog
 from agent.model import Batch, Kind, Points, Sample, Tags
+from agent.selfmetrics import SelfMetrics
 from agent.sinks import datadog_series as dd
 from agent.sinks.deltas import CounterDeltas
 
@@ -354,8 +355,8 @@ class DatadogSink:
             "buffer_limit_points": self.config.datadog_buffer_points,
             "buffered_payloads": len(self._buffer),
             "points_sent": m.get("tasklens.exporter.points_sent", **labels),
-            "points_failed": _sum_over(m, "tasklens.exporter.points_failed"),
-            "points_dropped": _sum_over(m, "tasklens.exporter.points_dropped"),
+            "points_failed": exporter_total(m, "tasklens.exporter.points_failed"),
+            "points_dropped": exporter_total(m, "tasklens.exporter.points_dropped"),
             "retries": m.get("tasklens.exporter.retries", **labels),
             "consecutive_failures": self._failures,
             "last_success": _iso(self.last_success),
@@ -363,10 +364,10 @@ class DatadogSink:
         }
 
 
-def _sum_over(metrics: Any, name: str) -> float:
-    """A self-metric summed over its reasons, for this exporter only."""
-    return sum(s.value for s in metrics.samples()  # type: ignore[misc]
-               if s.name == name and ("exporter", EXPORTER) in s.tags)
+def exporter_total(metrics: SelfMetrics, name: str, exporter: str = EXPORTER) -> float:
+    """A self-metric summed over its reasons, for one exporter."""
+    return math.fsum(s.value for s in metrics.samples()  # type: ignore[misc]
+                     if s.name == name and ("exporter", exporter) in s.tags)
 
 
 def _reason(exc: BaseException) -> str:

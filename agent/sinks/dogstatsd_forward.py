@@ -30,6 +30,7 @@ from agent.config import Config
 from agent.hub import Hub
 from agent.logs import RateLimitedLog
 from agent.model import Batch, Event, Kind, Points, Sample, ServiceCheck, Tags, format_tag
+from agent.sinks.datadog import exporter_total
 from agent.sinks.datadog_series import metric_name
 from agent.sinks.deltas import CounterDeltas
 
@@ -265,7 +266,6 @@ class DogStatsdForwarder:
             "pending_lines": len(self._pending),
             "lines_sent": m.get("tasklens.exporter.points_sent", **labels),
             "datagrams_sent": m.get("tasklens.exporter.datagrams_sent", **labels),
-            "lines_dropped": sum(x.value for x in m.samples()  # type: ignore[misc]
-                                 if x.name == "tasklens.exporter.points_dropped" and ("exporter", EXPORTER) in x.tags),
+            "lines_dropped": exporter_total(m, "tasklens.exporter.points_dropped", EXPORTER),
             "last_error": self.last_error,
         }

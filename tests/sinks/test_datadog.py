@@ -260,7 +260,7 @@ async def test_the_api_key_is_never_shown(intake: Intake, caplog: pytest.LogCapt
     stop.set()
     await asyncio.wait_for(task, 5)
     assert exported(sink, "retries") == 3
-    shown = json.dumps(sink.status()) + repr(sink) + caplog.text + json.dumps(
+    shown = json.dumps(sink.status()) + repr(sink) + repr(sink.config) + caplog.text + json.dumps(
         [(s.name, s.tags) for s in hub.pull()])
     assert KEY not in shown and KEY[-8:] not in shown
 

@@ -96,6 +96,8 @@ async def test_sigterm_delivers_statsd_and_ecs_points_with_exact_values(sidecar:
         status = json.loads(sidecar.get("/status")[1])
         return status["components"]["statsd"]["lines"] >= 16
     await wait_for(received, what="the StatsD lines to be received")
+    status = sidecar.get("/status")[1]
+    assert '"datadog"' in status and KEY not in status and KEY[-8:] not in status
     await asyncio.sleep(1.2)  # at least one more ECS poll, so counters have a previous sighting
     assert intake.requests == []  # nothing sent yet: it is all pending in the sidecar
 
@@ -131,3 +133,15 @@ async def test_sigterm_delivers_statsd_and_ecs_points_with_exact_values(sidecar:
     ((_, _, info_tags, _, _),) = intake.points("ecs.task.info")
     assert "task_arn:arn:aws:ecs:ap-northeast-1:601427279990:task/akira-fargate-check-cluster/" \
            "67cd8a22b533459696d4ccab5278e009" in info_tags
+
+
+async def test_check_output_does_not_show_the_key(metadata_url: str) -> None:
+    from tests.conftest import TASKLENS, clean_env
+
+    proc = await asyncio.create_subprocess_exec(  # async: the metadata emulator runs on this loop
+        TASKLENS, "check", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        env=clean_env(DD_API_KEY=KEY, ECS_CONTAINER_METADATA_URI_V4=metadata_url))
+    stdout, stderr = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 0, stderr
+    assert b"DD_API_KEY" in stdout and b"akira-fargate-check" in stdout
+    assert KEY.encode() not in stdout + stderr

@@ -171,3 +171,32 @@ async def test_agent_not_listening_never_blocks_and_counts_drops() -> None:
     # loopback reports ICMP port unreachable: the next send fails with ECONNREFUSED, counted
     assert hub.metrics.get("tasklens.exporter.points_dropped", exporter="dogstatsd_forward", reason="refused") >= 1
     assert "ConnectionRefusedError" in forwarder.status()["last_error"]
+
+
+async def test_the_sidecar_forwards_aggregated_statsd_with_its_tags(
+        receiver: socket.socket, sidecar_factory) -> None:  # type: ignore[no-untyped-def]
+    from datadog.dogstatsd import DogStatsd
+
+    port = receiver.getsockname()[1]
+    sidecar = sidecar_factory(TASKLENS_DOGSTATSD_FORWARD=f"127.0.0.1:{port}", TASKLENS_FLUSH_INTERVAL="0.5",
+                              TASKLENS_SERVICE="billing", TASKLENS_ENV="staging")
+    await asyncio.to_thread(sidecar.wait_ready)
+    statsd = DogStatsd(host="127.0.0.1", port=sidecar.statsd_port, disable_telemetry=True, disable_buffering=True)
+    for _ in range(4):
+        statsd.increment("invoices.sent", tags=["region:eu"])
+    statsd.close_socket()
+    sent: list[str] = []  # the 4 may straddle a flush boundary: sum what arrives
+    deadline = time.monotonic() + 15
+    while sum(float(x.split(":")[1].split("|")[0]) for x in sent) < 4:
+        assert time.monotonic() < deadline, sent
+        try:
+            datagram = receiver.recv(65536)
+        except BlockingIOError:
+            await asyncio.sleep(0.02)
+            continue
+        sent += [x for x in datagram.decode().split("\n") if x.startswith("invoices.sent:")]
+    assert sum(float(x.split(":")[1].split("|")[0]) for x in sent) == 4.0
+    for line in sent:
+        assert line.split("|")[1] == "c"
+        assert {"service:billing", "env:staging", "region:eu"} <= set(line.split("|#")[1].split(","))
+    assert await asyncio.to_thread(sidecar.stop) == 0

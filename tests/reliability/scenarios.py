@@ -199,3 +199,121 @@ def _per_datagram_sums(traffic: CounterTraffic, pool: list[bytes]) -> list[dict[
             sums[key] = sums.get(key, 0.0) + float(value)
         out.append(sums)
     return out
+
+
+@dataclass
+class StormResult:
+    names: int
+    max_contexts: int
+    seconds_sending: float
+    keep_expected: dict[str, float]
+    keep_exported: dict[str, float]
+    contexts_after_storm: float
+    contexts_dropped: float
+    cardinality_errors: float
+    lines_sent: int
+    lines_received: int
+    storm_series_exported: int  # storm series on /metrics right after the storm
+    storm_series_after_ttl: int
+    contexts_after_ttl: float
+    new_context_after_ttl: float  # a counter sent after the TTL: accepted again?
+    rss_baseline: int
+    rss_peak: int
+    rss_after_ttl: int
+
+
+KEEP = 10  # contexts that exist before the storm and are sent all through it
+
+
+def run_storm(tmp_path: Path, names: int, max_contexts: int, ttl: float, flush_interval: float = 1.0) -> StormResult:
+    """`names` one-off counter names over a Unix socket, with KEEP long-lived counters throughout."""
+    path = str(tmp_path / "dsd.socket")
+    sidecar = Sidecar(tmp_path, TASKLENS_STATSD_SOCKET=path, TASKLENS_STATSD_ADDR="off",
+                      TASKLENS_STATSD_MAX_CONTEXTS=str(max_contexts), TASKLENS_STATSD_CONTEXT_TTL=str(ttl),
+                      TASKLENS_PROMETHEUS_TTL=str(2 * ttl), TASKLENS_FLUSH_INTERVAL=str(flush_interval))
+    try:
+        sidecar.wait_ready()
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        sock.connect(path)  # blocking: a full receive queue makes the sender wait, never drops
+        keep: dict[str, float] = {}
+        sent_lines = 0
+
+        def send_keep(round_: int) -> None:
+            nonlocal sent_lines
+            lines = [f"keep.c{i}:{round_ % 5 + 1}|c|#storm:no".encode() for i in range(KEEP)]
+            for i in range(KEEP):
+                keep[f"keep_c{i}_total"] = keep.get(f"keep_c{i}_total", 0.0) + round_ % 5 + 1
+            sock.send(b"\n".join(lines))
+            sent_lines += KEEP
+
+        def exported_keep() -> dict[str, float]:
+            s = scrape(sidecar)
+            return {n: v for n, l, v in s.samples if n.startswith("keep_c") and l.get("storm") == "no"}
+
+        for r in range(3):
+            send_keep(r)
+        wait_until(lambda: exported_keep() == keep, 10 + 3 * flush_interval, what="the long-lived counters")
+        time.sleep(1.0)
+        baseline = rss_bytes(sidecar.proc.pid)
+
+        peak = [baseline]
+        stop = threading.Event()
+
+        def watch() -> None:
+            while not stop.wait(0.2):
+                peak.append(rss_bytes(sidecar.proc.pid))
+        watcher = threading.Thread(target=watch, daemon=True)
+        watcher.start()
+
+        started = time.perf_counter()
+        per_datagram = 3000
+        for first in range(0, names, per_datagram):
+            lines = [b"storm.n%d:1|c" % i for i in range(first, min(first + per_datagram, names))]
+            sock.send(b"\n".join(lines))
+            sent_lines += len(lines)
+            send_keep(first // per_datagram)  # the existing contexts keep being updated during the storm
+        sending = time.perf_counter() - started
+        # /metrics copies the receive counters once a second: wait for the copy, not just /status
+        wait_until(lambda: scrape(sidecar).value("tasklens_statsd_lines_total") >= sent_lines, 120,
+                   what="every storm line received")
+        wait_until(lambda: exported_keep() == keep, 10 + 3 * flush_interval, what="the long-lived counters")
+        after = scrape(sidecar)
+        received = int(after.value("tasklens_statsd_lines_total"))
+        storm_sent, keep_sent = sent_lines, dict(keep)
+        storm_exported = sum(1 for n, _, _ in after.samples if n.startswith("storm_n"))
+        contexts_after_storm = after.value("tasklens_statsd_contexts")
+        dropped = after.value("tasklens_statsd_contexts_dropped_total")
+        cardinality = after.value("tasklens_statsd_parse_errors_total", reason="cardinality_limit")
+        keep_exported = exported_keep()
+
+        # the storm stops; the long-lived counters go on; the one-off contexts expire after the TTL
+        deadline = time.monotonic() + ttl * 3 + 15
+        r = 1000
+        while time.monotonic() < deadline:
+            send_keep(r)
+            r += 1
+            s = scrape(sidecar)
+            if s.value("tasklens_statsd_contexts") == KEEP and not any(n.startswith("storm_n") for n, _, _ in s.samples):
+                break
+            time.sleep(0.5)
+        sock.send(b"after.storm:7|c")
+        wait_until(lambda: scrape(sidecar).has("after_storm_total"), 10 + 3 * flush_interval, what="a new context")
+        time.sleep(1.0)
+        stop.set()
+        watcher.join()
+        final = scrape(sidecar)
+        sock.close()
+        return StormResult(
+            names=names, max_contexts=max_contexts, seconds_sending=sending, keep_expected=keep_sent,
+            keep_exported=keep_exported, contexts_after_storm=contexts_after_storm, contexts_dropped=dropped,
+            cardinality_errors=cardinality, lines_sent=storm_sent, lines_received=received,
+            storm_series_exported=storm_exported,
+            storm_series_after_ttl=sum(1 for n, _, _ in final.samples if n.startswith("storm_n")),
+            contexts_after_ttl=final.value("tasklens_statsd_contexts"),
+            new_context_after_ttl=final.value("after_storm_total"),
+            rss_baseline=baseline, rss_peak=max(peak), rss_after_ttl=rss_bytes(sidecar.proc.pid),
+        )
+    finally:
+        if sidecar.proc.poll() is None:
+            sidecar.proc.kill()
+            sidecar.proc.wait()

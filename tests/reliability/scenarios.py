@@ -225,12 +225,16 @@ class StormResult:
 KEEP = 10  # contexts that exist before the storm and are sent all through it
 
 
-def run_storm(tmp_path: Path, names: int, max_contexts: int, ttl: float, flush_interval: float = 1.0) -> StormResult:
-    """`names` one-off counter names over a Unix socket, with KEEP long-lived counters throughout."""
+def run_storm(tmp_path: Path, names: int, max_contexts: int, ttl: float, prometheus_ttl: float = 5.0,
+              flush_interval: float = 1.0) -> StormResult:
+    """`names` one-off counter names over a Unix socket, with KEEP long-lived counters throughout.
+
+    The context TTL must outlast the storm, else its first names expire and make room for later ones.
+    """
     path = str(tmp_path / "dsd.socket")
     sidecar = Sidecar(tmp_path, TASKLENS_STATSD_SOCKET=path, TASKLENS_STATSD_ADDR="off",
                       TASKLENS_STATSD_MAX_CONTEXTS=str(max_contexts), TASKLENS_STATSD_CONTEXT_TTL=str(ttl),
-                      TASKLENS_PROMETHEUS_TTL=str(2 * ttl), TASKLENS_FLUSH_INTERVAL=str(flush_interval))
+                      TASKLENS_PROMETHEUS_TTL=str(prometheus_ttl), TASKLENS_FLUSH_INTERVAL=str(flush_interval))
     try:
         sidecar.wait_ready()
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
@@ -287,7 +291,7 @@ def run_storm(tmp_path: Path, names: int, max_contexts: int, ttl: float, flush_i
         keep_exported = exported_keep()
 
         # the storm stops; the long-lived counters go on; the one-off contexts expire after the TTL
-        deadline = time.monotonic() + ttl * 3 + 15
+        deadline = time.monotonic() + ttl + prometheus_ttl * 2 + 20
         r = 1000
         while time.monotonic() < deadline:
             send_keep(r)

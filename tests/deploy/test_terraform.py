@@ -437,6 +437,23 @@ def test_monitoring_rules_are_scoped_and_valid(monitoring_outputs: dict[str, Any
         (tmp_path / "rules.yml").write_text(text)
         result = subprocess.run([promtool, "check", "rules", str(tmp_path / "rules.yml")], capture_output=True, text=True)
         assert result.returncode == 0 and "SUCCESS: 7 rules found" in result.stdout, result.stdout + result.stderr
+        # scoped for real: the same growing backlog alerts for this worker only, not another
+        # service nor another env
+        series = "queue_depth{{service={0!r},env={1!r},queue=\"q\",queue_type=\"sqs\"}}"
+        unit = {"rule_files": ["rules.yml"], "evaluation_interval": "1m", "tests": [{
+            "interval": "1m",
+            "input_series": [{"series": series.format(s, e).replace("'", '"'), "values": "150+20x30"}
+                             for s, e in (("orders-worker", "prod"), ("other-worker", "prod"), ("orders-worker", "dev"))],
+            "alert_rule_test": [{"eval_time": "15m", "alertname": "TasklensQueueBackingUp", "exp_alerts": [{
+                "exp_labels": {"severity": "warning", "service": "orders-worker", "env": "prod", "queue": "q",
+                               "queue_type": "sqs"},
+                "exp_annotations": {
+                    "summary": "Queue q of orders-worker is backing up",
+                    "description": "q (sqs) has 450 messages waiting and has kept growing for 10 minutes. "
+                                   "Add workers or look for a slow dependency."}}]}]}]}
+        (tmp_path / "unit.yml").write_text(yaml.safe_dump(unit))
+        result = subprocess.run([promtool, "test", "rules", "unit.yml"], cwd=tmp_path, capture_output=True, text=True)
+        assert result.returncode == 0, result.stdout + result.stderr
 
 
 def test_monitoring_dashboards_and_monitors(monitoring_outputs: dict[str, Any]) -> None:

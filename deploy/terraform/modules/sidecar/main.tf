@@ -15,7 +15,7 @@ locals {
 
   # Profiling settings go where the profiler runs: the sidecar (py-spy) or the worker (bootstrap).
   profiling_env = merge(
-    { TASKLENS_PYROSCOPE_URL = coalesce(var.profiling.url, "unset") },
+    var.profiling.url != null ? { TASKLENS_PYROSCOPE_URL = var.profiling.url } : {},
     var.profiling.user != null ? { TASKLENS_PYROSCOPE_USER = var.profiling.user } : {},
     var.profiling.tenant != null ? { TASKLENS_PYROSCOPE_TENANT = var.profiling.tenant } : {},
   )

@@ -271,12 +271,12 @@ def _no_constants(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
-async def start_intake(intake: Intake) -> AsyncIterator[Intake]:
+async def start_intake(intake: Intake, port: int = 0) -> AsyncIterator[Intake]:
     app = web.Application(client_max_size=16 * 1024 * 1024)
     app.router.add_route("*", "/{tail:.*}", intake.handle)
     runner = web.AppRunner(app, access_log=None, auto_decompress=False)  # check the raw body
     await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
+    site = web.TCPSite(runner, "127.0.0.1", port)
     await site.start()
     port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
     intake.url = f"http://127.0.0.1:{port}"
@@ -284,3 +284,45 @@ async def start_intake(intake: Intake) -> AsyncIterator[Intake]:
         yield intake
     finally:
         await runner.cleanup()
+
+
+async def _serve(port: int, api_key: str) -> None:
+    """Run the intake alone and print what arrives: `python -m tests.sinks.intake --port 8126`."""
+    intake = Intake(api_key)
+    handle = intake.handle
+
+    async def printing(request: web.Request) -> web.Response:
+        before = (len(intake.series), len(intake.distributions), len(intake.events), len(intake.checks),
+                  len(intake.errors))
+        response = await handle(request)
+        for s in intake.series[before[0]:]:
+            print(f"{request.path} {s['metric']} type={s.get('type')} interval={s.get('interval')} "
+                  f"points={[(p['timestamp'], p['value']) for p in s['points']]} tags={s.get('tags')}")
+        for s in intake.distributions[before[1]:]:
+            print(f"{request.path} {s['metric']} points={s['points']} tags={s.get('tags')}")
+        for e in intake.events[before[2]:]:
+            print(f"{request.path} {e}")
+        for c in intake.checks[before[3]:]:
+            print(f"{request.path} {c}")
+        for err in intake.errors[before[4]:]:
+            print(f"REJECTED {err}")
+        return response
+
+    intake.handle = printing  # type: ignore[method-assign]
+    async for running in start_intake(intake, port):
+        print(f"fake Datadog intake on {running.url} (API key {api_key[:4]}...); "
+              f"export DD_DD_URL={running.url} DD_API_KEY=<that key>", flush=True)
+        await asyncio.Event().wait()
+
+
+if __name__ == "__main__":
+    import argparse
+
+    parser = argparse.ArgumentParser(description="a strict local Datadog intake that prints what it accepts")
+    parser.add_argument("--port", type=int, default=8126)
+    parser.add_argument("--api-key", default="0123456789abcdef0123456789abcdef")
+    args = parser.parse_args()
+    try:
+        asyncio.run(_serve(args.port, args.api_key))
+    except KeyboardInterrupt:
+        pass

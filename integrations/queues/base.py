@@ -10,9 +10,10 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Protocol
-from urllib.parse import SplitResult, parse_qsl, urlencode, urlsplit, urlunsplit
+import re
+from urllib.parse import SplitResult, parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
-from agent.config import mask_url, parse_seconds
+from agent.config import parse_seconds
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,8 +88,11 @@ class QueueURL:
         return self.timeout or DEFAULT_TIMEOUT
 
     @property
-    def password(self) -> str | None:
-        return self.parts.password
+    def secrets(self) -> list[str]:
+        """The URL's password and those of URLs in its parameters, raw and percent-decoded."""
+        found = [m.group(0)[len(m.group(1)):-1] for m in _USERINFO.finditer(self.raw)]
+        found += [m.group(0)[len(m.group(1)):-1] for m in _TOKEN.finditer(self.raw)]
+        return sorted({v for f in found if f for v in (f, unquote(f))}, key=len, reverse=True)
 
     def client_url(self, keep: Callable[[str], bool] = lambda key: False) -> str:
         """The URL without our parameters, for a client that parses URLs itself (redis, asyncpg)."""
@@ -125,18 +129,24 @@ def parse_queue_url(url: str, broker_params: frozenset[str], pass_through: bool 
     return QueueURL(raw=url.strip(), parts=parts, params=params, name=common.get("name") or None, **overrides)
 
 
+# `scheme://user:password@`, also inside a parameter (`&management=http://user:password@host`)
+_USERINFO = re.compile(r"(://[^:/?#@&=\s]*:)[^@/?#&\s]*@")
+
+
+# NATS takes a bare token as the user part: `nats://<token>@host`
+_TOKEN = re.compile(r"^(nats://)[^:/?#@\s]+@")
+
+
 def safe_mask(url: str) -> str:
-    """`mask_url` that never raises: an unparsable URL is shown as `***`."""
-    try:
-        return mask_url(url)
-    except ValueError:
-        return "***"
+    """Every password in a queue URL (its own and any in a parameter) shown as `***`; never raises."""
+    return _TOKEN.sub(r"\1***@", _USERINFO.sub(r"\1***@", url.strip()))
 
 
 def mask_secret(text: str, url: QueueURL) -> str:
-    """Hide the URL's password where a client library echoes it in an error message."""
-    secret = url.password
-    return text.replace(secret, "***") if secret else text
+    """Hide the URL's passwords where a client library echoes them in an error message."""
+    for secret in url.secrets:
+        text = text.replace(secret, "***")
+    return text
 
 
 def flag(url: QueueURL, key: str) -> bool:

@@ -38,9 +38,19 @@ def vhost_of(url: QueueURL) -> str:
     return unquote(path[1:]) if len(path) > 1 else "/"
 
 
-def management_url(url: QueueURL) -> str:
-    base = url.params["management"].rstrip("/")
-    return f"{base}/api/queues/{quote(vhost_of(url), safe='')}/{quote(queue_name(url), safe='')}?{MANAGEMENT_QUERY}"
+def management_endpoint(url: QueueURL) -> tuple[str, tuple[str, str]]:
+    """(the queue's API URL without credentials, (user, password)). The management URL's own
+    credentials win; else the AMQP URL's; else RabbitMQ's default guest/guest."""
+    m = urlsplit(url.params["management"])
+    host = m.hostname or ""
+    netloc = (f"[{host}]" if ":" in host else host) + (f":{m.port}" if m.port else "")
+    base = urlunsplit((m.scheme, netloc, m.path.rstrip("/"), "", ""))
+    path = f"/api/queues/{quote(vhost_of(url), safe='')}/{quote(queue_name(url), safe='')}"
+    if m.username is not None:
+        auth = (unquote(m.username), unquote(m.password or ""))
+    else:
+        auth = (unquote(url.parts.username or "guest"), unquote(url.parts.password or "guest"))
+    return f"{base}{path}?{MANAGEMENT_QUERY}", auth
 
 
 def basic_auth(user: str, password: str) -> str:
@@ -109,14 +119,7 @@ class ManagementProbe:
 
     def __init__(self, url: QueueURL) -> None:
         self.url = url
-        self.endpoint = management_url(url)
-        own = urlsplit(url.params["management"])
-        if own.username is not None:  # credentials in the management URL win; keep them out of the path
-            self.auth = (unquote(own.username), unquote(own.password or ""))
-            self.endpoint = urlunsplit(urlsplit(self.endpoint)._replace(netloc=own.hostname + (
-                f":{own.port}" if own.port else "")))
-        else:
-            self.auth = (unquote(url.parts.username or "guest"), unquote(url.parts.password or "guest"))
+        self.endpoint, self.auth = management_endpoint(url)
         self._session: Any = None
 
     async def read(self) -> Reading:
@@ -134,6 +137,9 @@ class ManagementProbe:
             if response.status != 200:
                 raise ProbeError("bad_reply", f"management API answered HTTP {response.status}")
             doc = await response.json()
+        if not isinstance(doc, dict) or doc.get("messages_ready") is None:
+            # `[]` or no totals: the broker has no statistics for the queue yet (new, or stats disabled)
+            raise ProbeError("bad_reply", "the management API has no statistics for this queue (yet)")
         return reading_of_management(doc, time.time())
 
     async def close(self) -> None:

@@ -94,7 +94,8 @@ class RedisProbe:
         if self._client is None:
             self._client = self._connect()
         try:
-            return await getattr(self, f"_read_{self.kind}")(self._client)
+            reading: Reading = await getattr(self, f"_read_{self.kind}")(self._client)
+            return reading
         except Exception as exc:
             raise _error(exc) from exc
 

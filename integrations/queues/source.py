@@ -90,7 +90,7 @@ class QueueSource:
             await self._close()
 
     def next_delay(self) -> float:
-        backoff = min(2 ** max(self.failures - 1, 0), MAX_BACKOFF)
+        backoff = min(1 << max(self.failures - 1, 0), MAX_BACKOFF)
         return self.interval * backoff * random.uniform(1 - JITTER, 1 + JITTER)
 
     async def poll(self) -> bool:

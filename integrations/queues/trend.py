@@ -37,25 +37,27 @@ def fit(points: Sequence[tuple[float, float]]) -> Fit | None:
     n = len(points)
     if n < MIN_POINTS:
         return None
-    mean_t = math.fsum(t for t, _ in points) / n
-    mean_y = math.fsum(y for _, y in points) / n
-    sxx = math.fsum((t - mean_t) ** 2 for t, _ in points)
+    # centred sums: monotonic clock values are large, their squares would swamp the differences
+    mean_t = sum(t for t, _ in points) / n
+    mean_y = sum(y for _, y in points) / n
+    dts = [t - mean_t for t, _ in points]
+    dys = [y - mean_y for _, y in points]
+    sxx = sum(dt * dt for dt in dts)
     if sxx <= 0.0:
         return None
-    sxy = math.fsum((t - mean_t) * (y - mean_y) for t, y in points)
-    slope = sxy / sxx
-    sse = math.fsum((y - mean_y - slope * (t - mean_t)) ** 2 for t, y in points)
-    return Fit(slope, math.sqrt(sse / (n - 2) / sxx))
+    slope = sum(dt * dy for dt, dy in zip(dts, dys)) / sxx
+    sse = sum((dy - slope * dt) ** 2 for dt, dy in zip(dts, dys))
+    return Fit(slope, math.sqrt(max(sse, 0.0) / (n - 2) / sxx))
 
 
 def trend(points: Iterable[tuple[float, float]], *, window: float, threshold: float,
           now: float | None = None) -> Trend | None:
     """The trend of the points within `window` seconds before `now` (default: the last point)."""
-    pts = sorted(points)
+    pts = list(points)
     if not pts:
         return None
-    now = pts[-1][0] if now is None else now
-    recent = [(t, y) for t, y in pts if now - window <= t <= now]
+    now = max(t for t, _ in pts) if now is None else now
+    recent = sorted((t, y) for t, y in pts if now - window <= t <= now)
     if len(recent) < MIN_POINTS or recent[-1][0] - recent[0][0] < MIN_COVERAGE * window:
         return None
     f = fit(recent)

@@ -111,3 +111,41 @@ async def test_drain_trend(config, hub, exported, channel, clock, unique):
 
     await check_drain(source, clock, exported, take, depth=20)
     await source.probe.close()
+
+
+def test_management_endpoint_and_credentials():
+    from integrations.queues.base import parse_queue_url
+    from integrations.queues.rabbitmq import BROKER, management_endpoint
+
+    def endpoint(url):
+        return management_endpoint(parse_queue_url(url, BROKER.params))
+
+    columns = "?columns=messages_ready,messages_unacknowledged,consumers,head_message_timestamp"
+    # the management URL's own credentials win and stay out of the request URL
+    assert endpoint("amqp://app:pw@h/?queue=q&management=http://mon:s3cr@[::1]:15672/") == (
+        "http://[::1]:15672/api/queues/%2F/q" + columns, ("mon", "s3cr"))
+    # else the AMQP URL's, percent-decoded; the vhost and queue are encoded into the path
+    assert endpoint("amqps://app:p%21w@h/prod?queue=my%20q&management=https://rabbit.example.com/mgmt/") == (
+        "https://rabbit.example.com/mgmt/api/queues/prod/my%20q" + columns, ("app", "p!w"))
+    assert endpoint("amqp://h?queue=q&management=http://h:15672")[1] == ("guest", "guest")
+
+
+def test_management_reading():
+    from integrations.queues.rabbitmq import reading_of_management
+
+    doc = {"messages_ready": 4, "messages_unacknowledged": 1, "consumers": 2, "head_message_timestamp": 1000}
+    got = reading_of_management(doc, now=1090.0)
+    assert (got.depth, got.in_flight, got.consumers, got.oldest_age_seconds, got.delayed) == (4, 1, 2, 90.0, None)
+    # no timestamp property on the messages: age unknown; an empty queue: age 0
+    assert reading_of_management({**doc, "head_message_timestamp": None}, 1090.0).oldest_age_seconds is None
+    empty = {"messages_ready": 0, "messages_unacknowledged": 0, "consumers": 1, "head_message_timestamp": None}
+    assert reading_of_management(empty, 1090.0).oldest_age_seconds == 0.0
+
+
+async def test_management_password_is_masked_everywhere(config, hub, clock, unique, caplog):
+    source = QueueSource(config, hub, f"{AMQP}?queue={unique}&management=http://guest:mgmt-s3cret@127.0.0.1:1/",
+                         clock=clock)
+    assert not await source.poll()  # nothing listens on port 1
+    assert "mgmt-s3cret" not in caplog.text + str(source.status())
+    assert "management=http://guest:***@127.0.0.1:1/" in source.status()["url"]
+    await source.probe.close()

@@ -198,3 +198,13 @@ async def test_run_polls_until_stopped_then_closes(config, hub, unique):
     await asyncio.wait_for(task, 2.0)  # does not sleep out the interval
     assert source.probe._client is None
     assert await read_once(f"redis://127.0.0.1:6379/0?list={unique}") is not None
+
+
+@pytest.mark.parametrize("url, shown", [
+    ("nats://s3cret-token@nats:4222?stream=S&consumer=c", "nats://***@nats:4222?stream=S&consumer=c"),
+    ("nats://user:s3cret@nats:4222?stream=S&consumer=c", "nats://user:***@nats:4222?stream=S&consumer=c"),
+    ("postgresql://app:s3cret@db/app?query=SELECT+1+AS+depth", "postgresql://app:***@db/app?query=SELECT+1+AS+depth"),
+    ("redis://:s3cret@cache:6379/0?list=jobs", "redis://:***@cache:6379/0?list=jobs"),
+])
+def test_every_form_of_secret_is_masked(url, shown):
+    assert describe_url(url)["url"] == shown

@@ -276,3 +276,80 @@ def beanstalkd_server(tmp_path: Path) -> BrokerProcess:
     (tmp_path / "binlog").mkdir(exist_ok=True)
     return BrokerProcess([binary, "-l", "127.0.0.1", "-p", str(port), "-b", str(tmp_path / "binlog"), "-f", "0"],
                          port)
+
+
+class FlakyMetadata:
+    """An ECS metadata endpoint (v4 paths) whose `/task` answer follows `mode`; `/task/stats` always
+    answers, so that each failed poll has exactly one cause. Counts the `/task` requests per mode.
+
+    Modes: `ok`, `http_500`, `slow` (answers after `slow_seconds`), `garbage` (truncated JSON),
+    `wrong_shape` (valid JSON that is not a task), `refused` (the port is closed).
+    """
+
+    BODIES = {"garbage": b'{"Cluster": "c1", "TaskARN": "arn:aws:ecs:eu-west-1:1:task/c1/ab", "Contain',
+              "wrong_shape": b'["not", "a", "task"]'}
+
+    def __init__(self, task: bytes, stats: bytes, slow_seconds: float = 2.0) -> None:
+        self.task, self.stats = task, stats
+        self.slow_seconds = slow_seconds
+        self.mode = "ok"
+        self.served: dict[str, int] = {}
+        self.port = free_port()
+        self._runner: Any = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v4/x"
+
+    async def _task(self, request: Any) -> Any:
+        from aiohttp import web
+
+        mode = self.mode
+        self.served[mode] = self.served.get(mode, 0) + 1
+        if mode == "http_500":
+            return web.Response(status=500, text='"agent error"', content_type="application/json")
+        if mode == "slow":
+            await asyncio.sleep(self.slow_seconds)
+        return web.Response(body=self.BODIES.get(mode, self.task), content_type="application/json")
+
+    async def _stats(self, request: Any) -> Any:
+        from aiohttp import web
+
+        return web.Response(body=self.stats, content_type="application/json")
+
+    async def set_mode(self, mode: str) -> None:
+        if mode == "refused":
+            await self.stop()
+        elif self._runner is None:
+            await self.start()
+        self.mode = mode
+
+    async def start(self) -> None:
+        from aiohttp import web
+
+        app = web.Application()
+        app.router.add_get("/v4/x/task", self._task)
+        app.router.add_get("/v4/x/task/stats", self._stats)
+        self._runner = web.AppRunner(app, shutdown_timeout=0.1)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, "127.0.0.1", self.port, reuse_address=True).start()
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+
+async def poll(predicate: Any, timeout: float = 20.0, what: str = "condition") -> Any:
+    """`wait_until` for async tests: the predicate (blocking HTTP) runs in a thread."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            value = await asyncio.to_thread(predicate)
+        except OSError:
+            value = None
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        await asyncio.sleep(0.1)

@@ -4,7 +4,9 @@ plus the sidecar conventions of docs/deploy.md."""
 
 from __future__ import annotations
 
+import json
 import re
+import shlex
 from dataclasses import fields
 from functools import cache
 from pathlib import Path
@@ -17,6 +19,7 @@ from agent.config import SECRET_FIELDS, Config, env_name
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
+DOCKERFILE = DEPLOY / "docker" / "Dockerfile"
 
 # Read by the sidecar outside `Config`: identity fallbacks and the ECS agent's injected variable.
 EXTRA_SIDECAR_VARIABLES = frozenset({"DD_SERVICE", "DD_ENV", "DD_VERSION", "ECS_CONTAINER_METADATA_URI_V4"})
@@ -149,3 +152,44 @@ def datadog_unparsed(payload: dict[str, Any], model: str) -> bool:
     cls = {"dashboard": Dashboard, "monitor": Monitor}[model]
     parsed = validate_and_convert_types(payload, (cls,), [model], True, True, Configuration())
     return bool(parsed._unparsed)
+
+
+# --- the Dockerfile --------------------------------------------------------------------------------
+
+
+def instructions(text: str) -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) pairs, continuation lines joined, comments dropped."""
+    out: list[tuple[str, str]] = []
+    logical = ""
+    for line in text.splitlines():
+        if not logical and (not line.strip() or line.lstrip().startswith("#")):
+            continue
+        if line.rstrip().endswith("\\"):
+            logical += line.rstrip()[:-1] + " "
+            continue
+        logical += line
+        keyword, _, args = logical.strip().partition(" ")
+        out.append((keyword.upper(), args.strip()))
+        logical = ""
+    return out
+
+
+def final_stage() -> list[tuple[str, str]]:
+    steps = instructions(DOCKERFILE.read_text())
+    last_from = max(i for i, (k, _) in enumerate(steps) if k == "FROM")
+    return steps[last_from:]
+
+
+def image_env() -> dict[str, str]:
+    env: dict[str, str] = {}
+    for keyword, args in final_stage():
+        if keyword == "ENV":
+            env.update(item.split("=", 1) for item in shlex.split(args))
+    return env
+
+
+def exec_form(keyword: str) -> list[str]:
+    (args,) = [a for k, a in final_stage() if k == keyword]
+    if keyword == "HEALTHCHECK":
+        args = args.split(" CMD ", 1)[1]
+    return json.loads(args)

@@ -22,8 +22,7 @@ import pytest
 import yaml
 
 from tests.conftest import TASKLENS, clean_env, free_port, http_get, wait_until
-from tests.deploy.deploy_checks import DEPLOY, sidecar_variables
-from tests.deploy.test_docker import exec_form
+from tests.deploy.deploy_checks import DEPLOY, exec_form, sidecar_variables
 
 COMPOSE_DIR = DEPLOY / "compose"
 COMPOSE = COMPOSE_DIR / "compose.yaml"

@@ -3,9 +3,7 @@ commands run outside Docker with the image's environment (no Docker engine on th
 
 from __future__ import annotations
 
-import json
 import re
-import shlex
 import shutil
 import signal
 import socket
@@ -16,53 +14,14 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import clean_env, free_port, http_get, wait_until
-from tests.deploy.deploy_checks import DEPLOY, sidecar_variables
+from tests.deploy.deploy_checks import (DEPLOY, DOCKERFILE, exec_form, final_stage, image_env, instructions,
+                                        sidecar_variables)
 
-DOCKERFILE = DEPLOY / "docker" / "Dockerfile"
 BIN = Path(sys.executable).parent
 
 
-def instructions(text: str) -> list[tuple[str, str]]:
-    """(INSTRUCTION, arguments) pairs, continuation lines joined, comments dropped."""
-    out: list[tuple[str, str]] = []
-    logical = ""
-    for line in text.splitlines():
-        if not logical and (not line.strip() or line.lstrip().startswith("#")):
-            continue
-        if line.rstrip().endswith("\\"):
-            logical += line.rstrip()[:-1] + " "
-            continue
-        logical += line
-        keyword, _, args = logical.strip().partition(" ")
-        out.append((keyword.upper(), args.strip()))
-        logical = ""
-    return out
-
-
-def final_stage() -> list[tuple[str, str]]:
-    steps = instructions(DOCKERFILE.read_text())
-    last_from = max(i for i, (k, _) in enumerate(steps) if k == "FROM")
-    return steps[last_from:]
-
-
-def image_env() -> dict[str, str]:
-    env: dict[str, str] = {}
-    for keyword, args in final_stage():
-        if keyword == "ENV":
-            env.update(item.split("=", 1) for item in shlex.split(args))
-    return env
-
-
-def exec_form(keyword: str) -> list[str]:
-    (args,) = [a for k, a in final_stage() if k == keyword]
-    if keyword == "HEALTHCHECK":
-        args = args.split(" CMD ", 1)[1]
-    return json.loads(args)
-
-
 def hadolint() -> str | None:
-    found = shutil.which("hadolint") or shutil.which("hadolint", path=str(BIN))
-    return found
+    return shutil.which("hadolint") or shutil.which("hadolint", path=str(BIN))
 
 
 @pytest.mark.parametrize("dockerfile", [DOCKERFILE, DEPLOY / "compose" / "worker" / "Dockerfile"],

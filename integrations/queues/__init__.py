@@ -14,7 +14,7 @@ from typing import Any
 from integrations.queues.base import DEFAULT_TIMEOUT, Broker, Probe, ProbeError, QueueURL, Reading, Target, parse_queue_url
 
 __all__ = ["Probe", "ProbeError", "QueueURL", "Reading", "DEFAULT_TIMEOUT", "SCHEMES", "Target", "broker_for", "describe_url",
-           "open_probe", "parse", "read_once"]
+           "open_probe", "parse", "probe_for", "read_once"]
 
 # scheme -> module defining `BROKER`
 SCHEMES: dict[str, str] = {
@@ -53,7 +53,10 @@ def client_installed(broker: Broker) -> bool:
 
 def open_probe(url: str) -> Probe:
     """A probe for `url` (not yet connected). Raises ValueError for a bad URL or a missing client."""
-    target = parse(url)
+    return probe_for(parse(url))
+
+
+def probe_for(target: Target) -> Probe:
     broker = target.broker
     if not client_installed(broker):
         raise ValueError(f"{broker.queue_type} queues need {broker.client}: pip install 'tasklens[{broker.extra}]'")

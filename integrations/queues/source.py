@@ -17,9 +17,9 @@ from typing import Any
 
 from agent.config import Config, ConfigError
 from agent.hub import Hub
-from agent.logs import RateLimitedLog
+from agent.logs import RateLimitedLog, log
 from agent.model import Batch, Kind, Sample
-from integrations.queues import open_probe, parse
+from integrations.queues import parse, probe_for
 from integrations.queues.base import Probe, ProbeError, Reading, mask_secret, safe_mask
 from integrations.queues.trend import History, Trend
 
@@ -57,7 +57,7 @@ class QueueSource:
                  clock: Callable[[], float] = time.monotonic, wall: Callable[[], float] = time.time) -> None:
         try:
             target = parse(url)
-            self.probe: Probe = open_probe(url)
+            self.probe: Probe = probe_for(target)
         except ValueError as exc:
             raise ConfigError(f"TASKLENS_QUEUES: {safe_mask(url)}: {exc}") from None
         self.hub = hub
@@ -115,6 +115,8 @@ class QueueSource:
             self.history.add(now, reading.depth)
         trend = self.history.trend(self.threshold, now)
         samples = samples_of(reading, trend, self.tags, self.wall())
+        if self.failures:
+            log.info("queue %s: polled again after %d failed polls", self.queue, self.failures)
         self.failures, self.last_error = 0, None
         self.last_success = self.last_poll
         self.last_values = {s.name: float(s.value) for s in samples}  # type: ignore[arg-type]

@@ -220,6 +220,10 @@ class Aggregator:
             except ParseError as exc:
                 self._remember(key, Slot(ERROR, reason=exc.reason))
                 raise
+            if head.type != "s":
+                parse_values(head.type, value)  # a bad value must not create a context
+            elif not value:
+                raise ParseError("bad_value")
             slot = self._slot(head)
             if head.timestamp is None:
                 self._remember(key, slot)

@@ -1,0 +1,49 @@
+"""Mapping rules: statsd_exporter-style globs and regexes, validated at start with the rule named."""
+
+from __future__ import annotations
+
+import pytest
+
+from agent.config import ConfigError, load
+from agent.statsd.mapping import apply, compile_rules
+
+
+def test_glob_star_is_one_dot_free_part() -> None:
+    rules = compile_rules([{"match": "jobs.*.processed", "name": "jobs_processed", "labels": {"queue": "$1"}},
+                           {"match": "http.*.*", "name": "http_${2}", "labels": {"route": "$1", "what": "${2}"}}])
+    assert apply(rules, "jobs.orders.processed") == ("jobs_processed", (("queue", "orders"),))
+    assert apply(rules, "jobs.a.b.processed") is None  # `*` does not cross dots
+    assert apply(rules, "jobs..processed") is None  # nor match nothing
+    assert apply(rules, "http.login.latency") == ("http_latency", (("route", "login"), ("what", "latency")))
+    assert apply(rules, "xjobs.orders.processed") is None  # anchored
+
+
+def test_regex_rules_and_first_match_wins() -> None:
+    rules = compile_rules([{"match": r"db\.(\w+)\.query_(ms|count)", "match_type": "regex", "name": "db_query_$2",
+                            "labels": {"table": "$1"}},
+                           {"match": "db.*.*", "name": "db_other"}])
+    assert apply(rules, "db.users.query_ms") == ("db_query_ms", (("table", "users"),))
+    assert apply(rules, "db.users.rows") == ("db_other", ())
+
+
+@pytest.mark.parametrize("rule, message", [
+    ({"name": "x"}, "mappings[0]: match is required"),
+    ({"match": "a.*"}, "mappings[0] (match 'a.*'): name is required"),
+    ({"match": "a.*", "name": "a", "labels": {"q": 1}}, "labels must be a table of strings"),
+    ({"match": "a.*", "name": "a_$2"}, "'a_$2' uses $2 but the match has 1 group(s)"),
+    ({"match": "a.(", "name": "a", "match_type": "regex"}, "invalid regex"),
+    ({"match": "a.*", "name": "a", "match_type": "fuzzy"}, "match_type must be \"glob\" or \"regex\""),
+    ({"match": "a.*", "name": "a", "lables": {}}, "unknown key(s) lables"),
+])
+def test_validation_names_the_rule(rule: dict, message: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        compile_rules([rule])
+    assert message in str(info.value)
+
+
+def test_rules_from_the_configuration_file(tmp_path) -> None:
+    path = tmp_path / "tasklens.toml"
+    path.write_text('[[mappings]]\nmatch = "jobs.*.processed"\nname = "jobs_processed"\nlabels = { queue = "$1" }\n')
+    config = load({"TASKLENS_CONFIG_FILE": str(path)})
+    rules = compile_rules(config.mappings)
+    assert apply(rules, "jobs.q1.processed") == ("jobs_processed", (("queue", "q1"),))

@@ -1,0 +1,71 @@
+"""Property-based: arbitrary bytes never make the parser or the aggregator raise, and valid lines mixed
+into garbage are still counted exactly."""
+
+from __future__ import annotations
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from agent.statsd.aggregator import Aggregator, Flusher
+from agent.statsd.parser import parse
+
+SETTINGS = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+# garbage that looks like the protocol: made of its own separators and type letters
+protocolish = st.lists(
+    st.sampled_from([b":", b"|", b"#", b",", b"@", b"\n", b"\r", b"c", b"g", b"ms", b"h", b"s", b"d", b"T", b"_e{",
+                     b"_sc|", b"}", b"1", b"-", b".", b"e", b"x", b"c:", b"\xff", b"nan", b"0"]),
+    max_size=40,
+).map(b"".join)
+garbage_line = st.one_of(st.binary(max_size=60), protocolish).filter(lambda b: b"\n" not in b)
+
+# valid counter lines for a few fixed contexts; values are integers so that sums are exact
+name = st.sampled_from(["a", "b.c", "jobs.done"])
+tags = st.sampled_from(["", "|#env:prod", "|#k:v,bare"])
+rate = st.sampled_from([("", 1), ("|@0.5", 2), ("|@0.25", 4)])
+valid = st.tuples(name, st.integers(-1000, 1000), rate, tags).map(
+    lambda t: (f"{t[0]}:{t[1]}|c{t[2][0]}{t[3]}".encode(), t[0], t[3], t[1] * t[2][1]))
+
+
+@SETTINGS
+@given(st.binary(max_size=2000))
+def test_arbitrary_bytes_never_raise(data: bytes) -> None:
+    parsed = parse(data)
+    assert sum(parsed.errors.values()) + len(parsed.metrics) + len(parsed.events) + len(parsed.service_checks) == parsed.lines
+    agg = Aggregator(max_contexts=50)
+    agg.ingest(data)
+    agg.ingest(data)  # again: now through the caches
+    Flusher(10.0).batch(agg.swap())
+
+
+@SETTINGS
+@given(st.lists(st.one_of(garbage_line, protocolish.filter(lambda b: b"\n" not in b)), max_size=30),
+       st.lists(valid, max_size=30), st.randoms(use_true_random=False))
+def test_valid_lines_in_garbage_are_counted_exactly(garbage: list[bytes], good: list[tuple], rnd) -> None:
+    # garbage lines that happen to be valid counters of our names would change the sums: keep them out
+    names = (b"a:", b"b.c:", b"jobs.done:")
+    garbage = [g for g in garbage if not g.startswith(names)]
+    lines = [g[0] for g in good] + garbage
+    rnd.shuffle(lines)
+    datagram = b"\n".join(lines)
+
+    expected: dict[tuple[str, str], int] = {}
+    for _, n, t, total in good:
+        expected[(n, t)] = expected.get((n, t), 0) + total
+
+    agg = Aggregator()
+    agg.ingest(datagram)
+    batch = Flusher(10.0).batch(agg.swap())
+    mine = {(s.name, s.tags) for s in batch.samples}
+    got = {}
+    for s in batch.samples:
+        if s.name in ("a", "b.c", "jobs.done") and s.kind.value == "count":
+            key = (s.name, {(): "", (("env", "prod"),): "|#env:prod", (("k", "v"), ("bare", "")): "|#k:v,bare"}[s.tags])
+            got[key] = got.get(key, 0) + s.value
+    assert got == expected, mine
+
+    parsed = parse(datagram)
+    assert sum(1 for m in parsed.metrics if m.head.name in ("a", "b.c", "jobs.done") and m.head.type == "c") == len(good)
+    # the aggregator and the pure parser agree on every count
+    assert agg.stats.lines == parsed.lines
+    assert dict(agg.stats.errors) == dict(parsed.errors)

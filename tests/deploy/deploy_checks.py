@@ -15,7 +15,7 @@ from typing import Any
 import botocore.session
 from botocore.validate import ParamValidator
 
-from agent.config import SECRET_FIELDS, Config, env_name
+from agent.config import SECRET_FIELDS, Config, ConfigError, env_name, load
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -54,6 +54,24 @@ def _env(container: dict[str, Any]) -> dict[str, str]:
     return {e["name"]: e["value"] for e in container.get("environment", [])}
 
 
+def config_errors(env: dict[str, str]) -> list[str]:
+    """The values, not only the names: the sidecar's own configuration loader and queue URL parser
+    must accept them."""
+    try:
+        config = load(env)
+    except ConfigError as exc:
+        return [f"the sidecar would refuse this configuration: {exc}"]
+    from integrations.queues import parse
+
+    errors = []
+    for url in config.queues:
+        try:
+            parse(url)
+        except ValueError as exc:
+            errors.append(f"bad queue URL {url!r}: {exc}")
+    return errors
+
+
 def sidecar_errors(container: dict[str, Any], task: dict[str, Any]) -> list[str]:
     """The conventions of docs/deploy.md for the sidecar container."""
     errors: list[str] = []
@@ -73,6 +91,8 @@ def sidecar_errors(container: dict[str, Any], task: dict[str, Any]) -> list[str]
     unknown_secrets = sorted({s["name"] for s in container.get("secrets", [])} - sidecar_variables())
     if unknown_secrets:
         errors.append(f"{name}: secrets the sidecar does not read: {unknown_secrets}")
+    placeholders = {s["name"]: "placeholder" for s in container.get("secrets", []) if s["name"] != "TASKLENS_QUEUES"}
+    errors.extend(f"{name}: {e}" for e in config_errors({**env, **placeholders}))
     health = container.get("healthCheck", {})
     if health.get("command") != ["CMD", "tasklens", "health"] or not health.get("startPeriod"):
         errors.append(f"{name}: healthCheck must be ['CMD', 'tasklens', 'health'] with a startPeriod")

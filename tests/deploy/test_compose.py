@@ -22,7 +22,7 @@ import pytest
 import yaml
 
 from tests.conftest import TASKLENS, clean_env, free_port, http_get, wait_until
-from tests.deploy.deploy_checks import DEPLOY, exec_form, sidecar_variables
+from tests.deploy.deploy_checks import DEPLOY, config_errors, exec_form, sidecar_variables
 
 COMPOSE_DIR = DEPLOY / "compose"
 COMPOSE = COMPOSE_DIR / "compose.yaml"
@@ -62,6 +62,7 @@ def test_sidecar_environment_is_what_the_sidecar_reads() -> None:
         env = set(services[name].get("environment", {}))
         unknown = env - sidecar_variables()
         assert not unknown, f"{name} sets variables the sidecar does not read: {sorted(unknown)}"
+        assert config_errors({k: str(v) for k, v in services[name].get("environment", {}).items()}) == []
     assert services["tasklens"]["environment"]["TASKLENS_HTTP_ADDR"] == "0.0.0.0:9102"
     assert services["tasklens"]["environment"]["TASKLENS_STATSD_ADDR"] == "0.0.0.0:8125"
 

@@ -47,3 +47,7 @@ def test_checker_catches_what_the_example_must_not_do() -> None:
     assert "undeclared volume" in broken(lambda t: t.update(volumes=[]))
     assert "non-root" in broken(lambda t: sidecar(t).pop("user"))
     assert "dependsOn HEALTHY" in broken(lambda t: sidecar(t).pop("healthCheck"))
+    assert "refuse this configuration: TASKLENS_POLL_INTERVAL='soon'" in broken(
+        lambda t: sidecar(t)["environment"].append({"name": "TASKLENS_POLL_INTERVAL", "value": "soon"}))
+    assert "bad queue URL 'redis://cache:6379/0'" in broken(
+        lambda t: sidecar(t)["environment"].append({"name": "TASKLENS_QUEUES", "value": "redis://cache:6379/0"}))

@@ -127,6 +127,17 @@ def test_service_passes_every_task_setting_through() -> None:
     assert set(declared_variables(MODULES / "task")) <= set(declared_variables(MODULES / "service"))
 
 
+def test_queue_schemes_match_the_sidecar() -> None:
+    """The sidecar module accepts exactly the queue URL schemes the sidecar knows."""
+    from integrations.queues import SCHEMES
+
+    (block,) = [b for b in parse(MODULES / "sidecar" / "variables.tf")["variable"] if "queues" in b]
+    condition = block["queues"]["validation"][0]["condition"]
+    pattern = re.search(r'regex\("([^"]+)"', condition).group(1).replace("\\\\", "\\")
+    accepted = {s for s in list(SCHEMES) + ["rabbitmq", "http", "sqs2", "kafka"] if re.match(pattern, f"{s}://x")}
+    assert accepted == set(SCHEMES)
+
+
 def test_ten_line_example() -> None:
     text = (TERRAFORM / "examples" / "service" / "main.tf").read_text()
     block = re.search(r'module "orders_worker" \{\n(.*?)\n\}', text, re.S)
@@ -383,7 +394,7 @@ def test_invalid_inputs_are_refused(terraform: Any, tmp_path: Path) -> None:
 module "s" {
   source  = "MODULES/sidecar"
   service = "w"
-  queues  = [{ url = "rabbitmq://user:secret@mq:5672/%2F?queue=jobs" }]
+  queues  = [{ url = "amqp://user:secret@mq:5672/%2F?queue=jobs" }]
 }''')
     assert "Invalid value for variable: A queue url must not carry a password in plain environment" in error
     error = apply_error(terraform, tmp_path / "account", '''

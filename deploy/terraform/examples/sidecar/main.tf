@@ -46,7 +46,7 @@ module "tasklens_ec2" {
   service      = "reports-worker"
   env          = "prod"
   network_mode = "bridge"
-  queues       = [{ url = "rabbitmq://mq.internal:5672/%2F?queue=reports" }]
+  queues       = [{ url = "amqp://mq.internal:5672/%2F?queue=reports" }]
   statsd       = { socket = true }
   profiling    = { mode = "bootstrap", url = "https://profiles.example.com" }
 }

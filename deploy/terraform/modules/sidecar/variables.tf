@@ -86,8 +86,8 @@ variable "queues" {
   default = []
 
   validation {
-    condition     = alltrue([for q in var.queues : can(regex("^(sqs|rabbitmq|amqp|redis|rediss|nats|beanstalkd|postgres|postgresql)://", q.url))])
-    error_message = "Each queue url starts with sqs://, rabbitmq://, redis://, nats://, beanstalkd:// or postgres://."
+    condition     = alltrue([for q in var.queues : can(regex("^(sqs|amqps?|rediss?|nats|beanstalkd?|postgres(ql)?)://", q.url))])
+    error_message = "Each queue url starts with sqs://, amqp(s)://, redis(s)://, nats://, beanstalk(d):// or postgres(ql)://."
   }
   validation {
     condition     = alltrue([for q in var.queues : !can(regex("://[^/@?]*:[^/@?]*@", q.url))])

@@ -10,8 +10,9 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Protocol
+import os
 import re
-from urllib.parse import SplitResult, parse_qsl, unquote, urlencode, urlsplit, urlunsplit
+from urllib.parse import SplitResult, parse_qsl, quote, unquote, urlencode, urlsplit, urlunsplit
 
 from agent.config import parse_seconds
 
@@ -49,7 +50,7 @@ class ProbeError(Exception):
 DEFAULT_TIMEOUT = 10.0  # per poll; polls never overlap, so a slow broker only delays the next one
 
 # Query parameters every queue URL may carry; the rest belong to the broker module.
-COMMON_PARAMS = frozenset({"name", "interval", "window", "threshold", "timeout"})
+COMMON_PARAMS = frozenset({"name", "interval", "window", "threshold", "timeout", "password_env"})
 
 
 def _number(text: str) -> float:
@@ -74,6 +75,7 @@ class QueueURL:
     window: float | None = None
     threshold: float | None = None
     timeout: float | None = None
+    injected_secrets: tuple[str, ...] = ()  # from `password_env=`: in `parts`, not in `raw`
 
     @property
     def scheme(self) -> str:
@@ -92,7 +94,8 @@ class QueueURL:
         """The URL's password and those of URLs in its parameters, raw and percent-decoded."""
         found = [m.group(0)[len(m.group(1)):-1] for m in _USERINFO.finditer(self.raw)]
         found += [m.group(0)[len(m.group(1)):-1] for m in _TOKEN.finditer(self.raw)]
-        return sorted({v for f in found if f for v in (f, unquote(f))}, key=len, reverse=True)
+        found += self.injected_secrets
+        return sorted({v for f in found if f for v in (f, unquote(f), quote(f, safe=""))}, key=len, reverse=True)
 
     def client_url(self, keep: Callable[[str], bool] = lambda key: False) -> str:
         """The URL without our parameters, for a client that parses URLs itself (redis, asyncpg)."""
@@ -101,8 +104,21 @@ class QueueURL:
         return urlunsplit(self.parts._replace(query=query, fragment=""))
 
 
-def parse_queue_url(url: str, broker_params: frozenset[str], pass_through: bool = False) -> QueueURL:
-    """Split a queue URL; unknown parameters are an error unless the client takes them (`pass_through`)."""
+def with_password(parts: SplitResult, password: str) -> SplitResult:
+    """The URL with `password` in its user part (percent-encoded, as a client will decode it)."""
+    host = parts.hostname or ""
+    netloc = (f"[{host}]" if ":" in host else host) + (f":{parts.port}" if parts.port else "")
+    user = parts.username or ""
+    return parts._replace(netloc=f"{user}:{quote(password, safe='')}@{netloc}")
+
+
+def parse_queue_url(url: str, broker_params: frozenset[str], pass_through: bool = False,
+                    environ: Mapping[str, str] | None = None) -> QueueURL:
+    """Split a queue URL; unknown parameters are an error unless the client takes them (`pass_through`).
+
+    `password_env=NAME` takes the password from the variable NAME (an ECS secret), so that the URL
+    itself can stay in plain `environment`.
+    """
     try:
         parts = urlsplit(url.strip())
         parts.port  # noqa: B018 - raises ValueError on a bad port
@@ -126,7 +142,15 @@ def parse_queue_url(url: str, broker_params: frozenset[str], pass_through: bool 
                 overrides[key] = parse(common[key])
             except ValueError as exc:
                 raise ValueError(f"{key}={common[key]!r}: expected {exc}") from None
-    return QueueURL(raw=url.strip(), parts=parts, params=params, name=common.get("name") or None, **overrides)
+    injected: tuple[str, ...] = ()
+    if common.get("password_env"):
+        variable = common["password_env"]
+        password = (os.environ if environ is None else environ).get(variable)
+        if password is None:
+            raise ValueError(f"password_env={variable!r}: that variable is not set")
+        parts, injected = with_password(parts, password), (password,)
+    return QueueURL(raw=url.strip(), parts=parts, params=params, name=common.get("name") or None,
+                    injected_secrets=injected, **overrides)
 
 
 # `scheme://user:password@`, also inside a parameter (`&management=http://user:password@host`)

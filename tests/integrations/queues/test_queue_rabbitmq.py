@@ -8,6 +8,7 @@ from datetime import datetime, timezone
 import aio_pika
 import pytest
 
+from agent.config import ConfigError
 from conftest import check_drain, eventually, port_open
 from integrations.queues.source import QueueSource
 
@@ -149,3 +150,26 @@ async def test_management_password_is_masked_everywhere(config, hub, clock, uniq
     assert "mgmt-s3cret" not in caplog.text + str(source.status())
     assert "management=http://guest:***@127.0.0.1:1/" in source.status()["url"]
     await source.probe.close()
+
+
+async def test_password_from_another_variable(config, hub, exported, channel, clock, unique, monkeypatch,
+                                              rabbitmq_management):
+    await channel.declare_queue(unique)
+    monkeypatch.setenv("TL_TEST_RABBIT_PASSWORD", "guest")  # as an ECS secret would inject it
+    for url in (f"amqp://guest@127.0.0.1:5672/?queue={unique}&password_env=TL_TEST_RABBIT_PASSWORD",
+                f"amqp://guest@127.0.0.1:5672/?queue={unique}&password_env=TL_TEST_RABBIT_PASSWORD"
+                f"&management={rabbitmq_management}"):
+        source = QueueSource(config, hub, url, clock=clock)
+        await eventually(source.poll, timeout=30)  # a new queue has no management statistics for a moment
+        assert exported.queue(unique)["depth"] == 0.0
+        await source.probe.close()
+    monkeypatch.setenv("TL_TEST_RABBIT_PASSWORD", "wrong-pw")
+    source = QueueSource(config, hub, f"amqp://guest@127.0.0.1:5672/?queue={unique}"
+                                      "&password_env=TL_TEST_RABBIT_PASSWORD", clock=clock)
+    assert not await source.poll()
+    assert hub.metrics.get("tasklens.queue.poll_errors", queue=unique, reason="auth") == 1
+    assert "wrong-pw" not in str(source.status())
+    await source.probe.close()
+    monkeypatch.delenv("TL_TEST_RABBIT_PASSWORD")
+    with pytest.raises(ConfigError, match="password_env='TL_TEST_RABBIT_PASSWORD': that variable is not set"):
+        QueueSource(config, hub, f"amqp://guest@127.0.0.1:5672/?queue={unique}&password_env=TL_TEST_RABBIT_PASSWORD")

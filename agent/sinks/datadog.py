@@ -66,7 +66,7 @@ class _Rejected(Exception):
 class DatadogSink:
     name = "datadog"
 
-    def __init__(self, config: Config, hub: Hub, *, backoff_base: float = 1.0, backoff_max: float = 60.0,
+    def __init__(self, config: Config, hub: Hub, *, backoff_base: float = 1.0, backoff_max: float = 30.0,
                  drain_timeout: float | None = None, wall: Callable[[], float] = time.time) -> None:
         self.config = config
         self.hub = hub

@@ -321,3 +321,88 @@ def run_storm(tmp_path: Path, names: int, max_contexts: int, ttl: float, prometh
         if sidecar.proc.poll() is None:
             sidecar.proc.kill()
             sidecar.proc.wait()
+
+
+@dataclass
+class DatadogFaultsResult:
+    sent: dict[str, float]  # phase -> counter total sent in that phase
+    delivered: dict[str, float]  # phase -> what the intake accepted (rate x interval, summed)
+    answered_500: int
+    broken: dict[str, int]  # by the proxy: resets, black-holed requests
+    intake_errors: list[str]
+    metrics: Any  # the final Scrape
+    recovery_seconds: float  # from the end of the blackout to the first accepted request
+    exit_code: int
+    log: str
+
+
+DD_KEY = "0123456789abcdef0123456789abcdef"
+
+
+async def run_datadog_faults(tmp_path: Path, phases: list[tuple[str, float]]) -> DatadogFaultsResult:
+    """The sidecar exporting to the strict intake through a `FaultProxy`; `phases` are (fault, seconds)
+    with faults `ok`, `http_500`, `timeout`, `reset`, `blackout` (connection refused). A counter is
+    sent all through each phase; at the end the intake must hold each phase's total exactly once."""
+    import asyncio
+
+    from datadog.dogstatsd import DogStatsd
+
+    from tests.reliability.support import FaultProxy, poll
+    from tests.sinks.intake import Intake, start_intake
+
+    async for intake in start_intake(Intake(DD_KEY)):
+        proxy = FaultProxy(int(intake.url.rsplit(":", 1)[1]))
+        await proxy.start()
+        sidecar = Sidecar(tmp_path, DD_API_KEY=DD_KEY, DD_DD_URL=proxy.url, TASKLENS_FLUSH_INTERVAL="1",
+                          TASKLENS_DATADOG_TIMEOUT="1", TASKLENS_SHUTDOWN_TIMEOUT="10")
+        statsd = DogStatsd(host="127.0.0.1", port=sidecar.statsd_port, disable_telemetry=True,
+                           disable_buffering=True)
+        sent: dict[str, float] = {}
+        blackout_end = None
+        try:
+            await poll(lambda: sidecar.get("/ready")[0] == 200, 30, "sidecar ready")
+            for i, (fault, seconds) in enumerate(phases):
+                phase = f"{i}-{fault}"
+                intake.always(500 if fault == "http_500" else None)
+                await proxy.set_mode({"ok": "pass", "http_500": "pass", "timeout": "blackhole", "reset": "reset",
+                                      "blackout": "refuse"}[fault])
+                end = time.monotonic() + seconds
+                n = 0
+                while time.monotonic() < end:
+                    n += 1
+                    statsd.increment("faults.sent", n % 3 + 1, tags=[f"phase:{phase}"])
+                    sent[phase] = sent.get(phase, 0.0) + n % 3 + 1
+                    await asyncio.sleep(0.05)
+                if fault == "blackout":
+                    blackout_end = time.monotonic()
+                    accepted_before = len([r for r in intake.requests if r[1] == 202])
+            intake.always(None)
+            await proxy.set_mode("pass")
+            recovery = 0.0
+            if blackout_end is not None:
+                await poll(lambda: len([r for r in intake.requests if r[1] == 202]) > accepted_before, 120,
+                           "the first accepted request after the blackout")
+                recovery = time.monotonic() - blackout_end
+
+            def delivered() -> dict[str, float]:
+                out: dict[str, float] = {}
+                for _, value, tags, kind, interval in intake.points("faults.sent"):
+                    phase = next(t for t in tags if t.startswith("phase:"))[len("phase:"):]
+                    out[phase] = out.get(phase, 0.0) + value * (interval or 1)
+                return out
+            await poll(lambda: delivered() == sent, 120, "every phase's counter delivered")
+            await poll(lambda: scrape(sidecar).value("tasklens_exporter_buffer_points") == 0, 30, "empty buffer")
+            final = scrape(sidecar)
+            got = delivered()
+            code = await asyncio.to_thread(sidecar.stop)
+        finally:
+            statsd.close_socket()
+            if sidecar.proc.poll() is None:
+                sidecar.proc.kill()
+                sidecar.proc.wait()
+            await proxy.stop()
+        return DatadogFaultsResult(sent=sent, delivered=got,
+                                   answered_500=sum(1 for _, status in intake.requests if status == 500),
+                                   broken=dict(proxy.broken), intake_errors=list(intake.errors), metrics=final,
+                                   recovery_seconds=recovery, exit_code=code, log=sidecar.log)
+    raise AssertionError("the intake did not start")

@@ -175,15 +175,14 @@ class FaultProxy:
         self._server = await asyncio.start_server(self._handle, "127.0.0.1", self.port, reuse_address=True)
 
     async def set_mode(self, mode: str) -> None:
+        for w in self._held:
+            w.transport.abort()
+        self._held.clear()
         if mode == "refuse":
             await self.stop()
         elif self._server is None:
             await self.start()
         self.mode = mode
-        if mode != "blackhole":
-            for w in self._held:
-                w.close()
-            self._held.clear()
 
     async def stop(self) -> None:
         if self._server is not None:
@@ -215,9 +214,15 @@ class FaultProxy:
             writer.transport.abort()
             return
 
-        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter, request: bool) -> None:
             try:
                 while data := await src.read(65536):
+                    if request and self.mode != "pass":
+                        # a kept-alive connection must not bypass a fault: break it before the
+                        # request reaches the server (so the server never sees it: no duplicates)
+                        self.broken[self.mode] = self.broken.get(self.mode, 0) + 1
+                        writer.transport.abort()
+                        break
                     dst.write(data)
                     await dst.drain()
             except (ConnectionError, OSError):
@@ -228,7 +233,7 @@ class FaultProxy:
                 except Exception:
                     pass
 
-        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+        await asyncio.gather(pipe(reader, up_writer, True), pipe(up_reader, writer, False))
 
 
 class BrokerProcess:

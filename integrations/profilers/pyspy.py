@@ -21,6 +21,7 @@ import sys
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import BinaryIO
 
 import aiohttp
 import psutil
@@ -190,7 +191,7 @@ class PySpyProfiler:
                 if reason == "exited":
                     return
                 self.hub.metrics.inc("tasklens.profiler.record_errors", reason=reason)
-                last = stderr.strip().splitlines()[-1] if stderr.strip() else f"exit status {returncode}"
+                last = _message(stderr) or f"exit status {returncode}"
                 if reason == "ptrace_denied":
                     state.note = "permission denied"
                     self._report("profiler: py-spy may not read pid %d (%s): %s; %s",
@@ -212,11 +213,16 @@ class PySpyProfiler:
 
     async def _record(self, pid: int, stop: asyncio.Event) -> tuple[int, str, str]:
         """One py-spy window: (exit status, stderr, raw folded output). Stop ends it early."""
+        read_end, write_end = os.pipe()
         try:
-            proc = await self._spawn(pid)
+            proc = await self._spawn(pid, write_end)
         except OSError as exc:  # the binary went away or cannot run here
+            os.close(read_end)
             return 127, f"cannot run {self.py_spy}: {exc}", ""
+        finally:
+            os.close(write_end)  # py-spy has its copy: end of file when it exits
         self._spies.add(proc.pid)
+        output = asyncio.ensure_future(_read_all(os.fdopen(read_end, "rb", buffering=0)))
         done = asyncio.ensure_future(proc.communicate())
         try:
             stopped = asyncio.ensure_future(stop.wait())
@@ -228,20 +234,24 @@ class PySpyProfiler:
                     await asyncio.wait_for(asyncio.shield(done), INTERRUPT_GRACE)
                 except asyncio.TimeoutError:
                     proc.kill()
-            out, err = await done
+            _, err = await done
+            out = await output
         finally:
             if proc.returncode is None:
                 proc.kill()
                 done.cancel()
+            output.cancel()
             self._spies.discard(proc.pid)
         return proc.returncode or 0, err.decode("utf-8", "replace"), out.decode("utf-8", "replace")
 
-    def _spawn(self, pid: int) -> Awaitable[asyncio.subprocess.Process]:
-        # The output goes to our pipe, not a file: the sidecar's root file system may be read-only.
+    def _spawn(self, pid: int, output: int) -> Awaitable[asyncio.subprocess.Process]:
+        # py-spy writes its result to a path: /dev/stdout, our own pipe, as the sidecar's root file
+        # system may be read-only (no temporary file), and uvloop's stdout is a socket, which
+        # /dev/stdout cannot be opened on.
         return asyncio.create_subprocess_exec(
             self.py_spy or "py-spy", "record", "--pid", str(pid), "--format", "raw", "--nolineno", "--nonblocking",
             "--rate", str(self.config.profile_rate), "--duration", str(self._duration), "--output", "/dev/stdout",
-            stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            stdin=asyncio.subprocess.DEVNULL, stdout=output, stderr=asyncio.subprocess.PIPE,
         )
 
     @staticmethod
@@ -320,6 +330,23 @@ class PySpyProfiler:
                 for key, s in self._states.items() if key in self._workers
             ],
         }
+
+
+async def _read_all(pipe: BinaryIO) -> bytes:
+    """Everything from a pipe until its writer exits, without blocking the loop."""
+    reader = asyncio.StreamReader()
+    transport, _ = await asyncio.get_running_loop().connect_read_pipe(
+        lambda: asyncio.StreamReaderProtocol(reader), pipe)
+    try:
+        return await reader.read()
+    finally:
+        transport.close()
+
+
+def _message(stderr: str) -> str:
+    """py-spy's error line, without the backtrace that follows it."""
+    lines = [line.strip() for line in stderr.splitlines() if line.strip()]
+    return next((line for line in lines if line.startswith("Error:")), lines[0] if lines else "")
 
 
 async def _wait(stop: asyncio.Event, seconds: float) -> None:

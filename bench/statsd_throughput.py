@@ -251,7 +251,7 @@ def print_report(results: list[Result]) -> None:
         rate = f"{s['max_lossless_lines_per_s']:,}" + ("*" if s["max_lossless_sender_limited"] else "")
         print(f"{r['server']:12} {r['variant']:7} {rate:>14} {_num(s['cpu_seconds_per_million_at_max']):>13} "
               f"{_num(s['cpu_seconds_per_million_at_100k']):>12} {_num(s['core_percent_at_10k'], '%'):>9} "
-              f"{_num(s['rss_mib_max']):>8}  {s['first_lossy'] or 'none up to the last step'}"
+              f"{_num(s['rss_mib_max']):>8}  {s['first_lossy'] or ('none up to the last step' if r['steps'] else '-')}"
               + (f"; FAILED {r['failed']}" if "failed" in r else ""))
     print("(* the senders could not reach the target rate: the server did not lose anything up to there)")
     for line in ratios(results):
@@ -263,22 +263,41 @@ def _num(value: float | None, unit: str = "") -> str:
 
 
 def ratios(results: list[Result]) -> list[str]:
-    ours = {r["variant"]: r["summary"] for r in results if r["server"] == Sidecar.name and "summary" in r}
-    out = ["\n== tasklens vs each peer (same traffic) =="]
+    """The sidecar against each peer on the same traffic: lossless rates, and CPU per line at the
+    same load (100k lines/s, and the highest step both passed without loss), then each at its best."""
+    ours = {r["variant"]: r for r in results if r["server"] == Sidecar.name and "summary" in r}
+    out = ["\n== tasklens vs each peer (same traffic; CPU-s per million lines, tasklens vs peer) =="]
     for r in results:
         if r["server"] == Sidecar.name or "summary" not in r or r["variant"] not in ours:
             continue
-        us, them = ours[r["variant"]], r["summary"]
-        parts = [f"{r['server']} ({r['variant']}):"]
-        if them["max_lossless_lines_per_s"]:
-            parts.append(f"lossless rate x{us['max_lossless_lines_per_s'] / them['max_lossless_lines_per_s']:.2f}")
-        for label, key in (("CPU per line at max rate", "cpu_seconds_per_million_at_max"),
-                           ("at 100k/s", "cpu_seconds_per_million_at_100k")):
-            if us[key] and them[key]:
-                verdict = "cheaper" if us[key] < them[key] else "MORE EXPENSIVE"
-                parts.append(f"{label}: {them[key] / us[key]:.2f}x {verdict} ({us[key]:.3f} vs {them[key]:.3f})")
-        out.append("  " + "; ".join(parts))
+        us, them = ours[r["variant"]], r
+        parts = []
+        rate_us, rate_them = us["summary"]["max_lossless_lines_per_s"], them["summary"]["max_lossless_lines_per_s"]
+        if rate_them:
+            parts.append(f"lossless rate {rate_us / rate_them:.2f}x ({rate_us:,} vs {rate_them:,} lines/s)")
+        both = _lossless_targets(us) & _lossless_targets(them)
+        for label, target in (("at 100k/s", 100_000), (f"at {max(both, default=0):,}/s", max(both, default=0))):
+            a, b = _step_cost(us, target), _step_cost(them, target)
+            if a and b:
+                parts.append(f"{label}: {a:.3f} vs {b:.3f} = {_verdict(a, b)}")
+        a, b = us["summary"]["cpu_seconds_per_million_at_max"], them["summary"]["cpu_seconds_per_million_at_max"]
+        if a and b:
+            parts.append(f"each at its max: {a:.3f} vs {b:.3f} = {_verdict(a, b)}")
+        out.append(f"  {r['server']} ({r['variant']}): " + "; ".join(parts or ["nothing to compare"]))
     return out
+
+
+def _lossless_targets(result: Result) -> set[int]:
+    return {s["target_lines_per_s"] for s in result.get("steps", []) if s["lossless"]}
+
+
+def _step_cost(result: Result, target: int) -> float | None:
+    step = next((s for s in result.get("steps", []) if s["target_lines_per_s"] == target), None)
+    return step["cpu_seconds_per_million_lines"] if step else None
+
+
+def _verdict(ours: float, theirs: float) -> str:
+    return f"{theirs / ours:.2f}x cheaper" if ours < theirs else f"{ours / theirs:.2f}x MORE EXPENSIVE"
 
 
 def main(argv: Sequence[str] | None = None) -> int:

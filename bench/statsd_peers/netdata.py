@@ -4,13 +4,12 @@ its `allmetrics` API."""
 from __future__ import annotations
 
 import shutil
-import time
 from collections.abc import Hashable
 from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from statsd_peers.base import Reading, Server, ServerError, http_get
+from statsd_peers.base import Reading, Server, http_get
 from statsd_peers.debian import apt_install
 from statsd_peers.measure import free_port, udp_drops
 from statsd_peers.traffic import Context
@@ -93,6 +92,7 @@ class Netdata(Server):
     def __init__(self, workdir: Path, flush_interval: float, core: int | None) -> None:
         super().__init__(workdir, flush_interval, core)
         self.web_port = free_port()
+        self._reads = 0
 
     def missing(self) -> str | None:
         return None if shutil.which("netdata") else "netdata-core is not installed (run with --install)"
@@ -107,20 +107,17 @@ class Netdata(Server):
     def ready(self) -> bool:
         # its statsd charts (the counts) appear only after the plugin's first flush
         return udp_drops(self.port) is not None and "netdata_netdata_statsd_events_total" in http_get(
-            self._allmetrics, timeout=2)
+            self._allmetrics(), timeout=2)
 
-    @property
     def _allmetrics(self) -> str:
-        return f"http://127.0.0.1:{self.web_port}/api/v1/allmetrics?format=prometheus&source=as-collected"
+        # netdata answers each Prometheus `server` only with what changed since that server's last
+        # scrape: a new name per read gets every series
+        self._reads += 1
+        return (f"http://127.0.0.1:{self.web_port}/api/v1/allmetrics?format=prometheus&source=as-collected"
+                f"&server=bench-{self._reads}")
 
     def read(self) -> Reading:
-        # about one answer in three leaves out every statsd chart (seen while it flushes): ask again
-        for _ in range(50):
-            text = http_get(self._allmetrics)
-            if "netdata_netdata_statsd_events_total" in text:
-                return parse_allmetrics(text)
-            time.sleep(0.1)
-        raise ServerError("netdata's allmetrics keeps leaving out the statsd charts")
+        return parse_allmetrics(http_get(self._allmetrics()))
 
     def sum_key(self, ctx: Context) -> Hashable | None:
         return ("c", ctx.name) if ctx.kind == "c" else None

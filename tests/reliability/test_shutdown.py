@@ -1,0 +1,159 @@
+"""Shutdown and crash of the sidecar process itself.
+
+SIGTERM while a Datadog request is in flight (the intake holds its answer): the in-flight request
+completes, the partial StatsD interval is flushed, every increment is delivered exactly once, and
+the process exits 0 within its shutdown timeout. SIGTERM while the intake fails: the process still
+exits in time and logs how many points it could not deliver. SIGKILL of the sidecar alone: the
+worker's StatsD sends (UDP and Unix socket, the real client) neither block nor raise, and reach the
+sidecar again once it is restarted on the same addresses.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from aiohttp import web
+from datadog.dogstatsd import DogStatsd
+
+from tests.conftest import Sidecar, free_port, wait_until
+from tests.reliability.scenarios import DD_KEY
+from tests.reliability.support import poll, scrape
+from tests.sinks.intake import Intake, start_intake
+
+WORKER = str(Path(__file__).with_name("worker.py"))
+
+
+class TracingIntake(Intake):
+    """The strict intake, also counting requests that started (to know one is in flight)."""
+
+    def __init__(self, api_key: str) -> None:
+        super().__init__(api_key)
+        self.started = 0
+
+    async def handle(self, request: web.Request) -> web.Response:
+        self.started += 1
+        return await super().handle(request)
+
+
+def delivered(intake: Intake, metric: str) -> float:
+    return sum(value * (interval or 1) for _, value, _, _, interval in intake.points(metric))
+
+
+@pytest.mark.slow
+async def test_sigterm_during_a_flush_delivers_everything_once(tmp_path) -> None:
+    async for intake in start_intake(TracingIntake(DD_KEY)):
+        intake.delay = 2.0  # every answer is held: a request is in flight for 2 s
+        sidecar = Sidecar(tmp_path, DD_API_KEY=DD_KEY, DD_DD_URL=intake.url, TASKLENS_FLUSH_INTERVAL="1",
+                          TASKLENS_SHUTDOWN_TIMEOUT="10")
+        statsd = DogStatsd(host="127.0.0.1", port=sidecar.statsd_port, disable_telemetry=True,
+                           disable_buffering=True)
+        try:
+            await poll(lambda: sidecar.get("/ready")[0] == 200, 30, "sidecar ready")
+            sent = 0
+            deadline = time.monotonic() + 15
+            while intake.started == len(intake.requests):  # until a request is held by the intake
+                assert time.monotonic() < deadline, "no request reached the intake"
+                statsd.increment("term.sent", 2)
+                sent += 2
+                await asyncio.sleep(0.02)
+            for _ in range(5):  # and a few more: the interval still open when SIGTERM comes
+                statsd.increment("term.sent", 2)
+                sent += 2
+            await poll(lambda: json.loads(sidecar.get("/status")[1])["components"]["statsd"]["lines"] == sent / 2,
+                       10, "the last lines received")
+            stopping = time.monotonic()
+            sidecar.proc.send_signal(signal.SIGTERM)
+            code = await asyncio.to_thread(sidecar.proc.wait, 30)
+            took = time.monotonic() - stopping
+            log = sidecar.log
+            assert code == 0, log
+            assert took < 10, took
+            assert "all points delivered before exit" in log
+            assert delivered(intake, "term.sent") == sent
+            assert intake.errors == []
+        finally:
+            statsd.close_socket()
+            if sidecar.proc.poll() is None:
+                sidecar.proc.kill()
+                sidecar.proc.wait()
+
+
+@pytest.mark.slow
+async def test_sigterm_with_the_intake_down_exits_in_time_and_logs_the_loss(tmp_path) -> None:
+    async for intake in start_intake(Intake(DD_KEY)):
+        intake.always(503)
+        sidecar = Sidecar(tmp_path, DD_API_KEY=DD_KEY, DD_DD_URL=intake.url, TASKLENS_FLUSH_INTERVAL="1",
+                          TASKLENS_SHUTDOWN_TIMEOUT="4")
+        try:
+            await poll(lambda: sidecar.get("/ready")[0] == 200, 30, "sidecar ready")
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+                s.sendto(b"lost.jobs:5|c", ("127.0.0.1", sidecar.statsd_port))
+            await poll(lambda: scrape(sidecar).value("tasklens_exporter_retries_total") >= 2, 20, "failed attempts")
+            stopping = time.monotonic()
+            sidecar.proc.send_signal(signal.SIGTERM)
+            code = await asyncio.to_thread(sidecar.proc.wait, 30)
+            took = time.monotonic() - stopping
+            log = sidecar.log
+            assert code == 0, log
+            assert took < 4 + 2, took
+            found = re.search(r"datadog: (\d+) points could not be delivered before the shutdown deadline "
+                              r"\(last error: http_503\)", log)
+            assert found and int(found.group(1)) > 0, log
+            assert intake.accepted("/api/v2/series") == 0
+        finally:
+            if sidecar.proc.poll() is None:
+                sidecar.proc.kill()
+                sidecar.proc.wait()
+
+
+def at(sidecar: Sidecar, http: int, udp: int) -> Sidecar:
+    """A sidecar started on addresses chosen by the test (to start another one on the same)."""
+    sidecar.http_port, sidecar.statsd_port, sidecar.url = http, udp, f"http://127.0.0.1:{http}"
+    return sidecar
+
+
+@pytest.mark.slow
+def test_sigkill_of_the_sidecar_never_blocks_or_breaks_the_worker(tmp_path) -> None:
+    path = str(tmp_path / "dsd.socket")
+    http, udp = free_port(), free_port(socket.SOCK_DGRAM)
+    env = dict(TASKLENS_HTTP_ADDR=f"127.0.0.1:{http}", TASKLENS_STATSD_ADDR=f"127.0.0.1:{udp}",
+               TASKLENS_STATSD_SOCKET=path, TASKLENS_FLUSH_INTERVAL="1")
+    first = at(Sidecar(tmp_path, **env), http, udp)
+    first.wait_ready()
+    out = tmp_path / "worker.json"
+    worker = subprocess.Popen([sys.executable, WORKER, str(udp), path, "8", str(out)])
+    second = None
+    try:
+        wait_until(lambda: scrape(first).value("worker_jobs_total", transport="uds") > 0
+                   and scrape(first).value("worker_jobs_total", transport="udp") > 0, 10, what="worker metrics")
+        first.proc.kill()  # SIGKILL: no cleanup, the socket file stays behind
+        first.proc.wait()
+        time.sleep(2.0)  # the worker goes on sending to nobody
+        assert worker.poll() is None
+        second = at(Sidecar(tmp_path, **env), http, udp)  # same addresses, same socket path
+        second.wait_ready()
+        # the worker's sends reach the new sidecar on both transports, without a worker restart
+        wait_until(lambda: scrape(second).value("worker_jobs_total", transport="uds") > 0
+                   and scrape(second).value("worker_jobs_total", transport="udp") > 0, 10, what="metrics again")
+        assert worker.wait(30) == 0
+        result = json.loads(out.read_text())
+        assert result["errors"] == []
+        assert result["sends"] > 1000
+        # a blocked send would take as long as the sidecar was gone (2 s and more)
+        assert result["slowest_seconds"] < 0.1, result
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+        for s in (first, second):
+            if s is not None and s.proc.poll() is None:
+                s.proc.kill()
+                s.proc.wait()

@@ -38,8 +38,8 @@ class Target:
     pid: int
     started: float
     process: str  # label: what it runs (`worker.py`, `app.main`, `celery`)
-    container: str  # label: its container's name, when the task metadata knows it
     command: str  # for logs and /status
+    cgroup: str  # names its container once the task metadata is known (`container_name`)
 
     @property
     def key(self) -> tuple[int, float]:
@@ -74,8 +74,7 @@ def container_name(cgroup: str, containers: Mapping[str, Tags]) -> str:
     return ""
 
 
-def select(procs: Iterable[ProcessInfo], exclude: set[int], match: re.Pattern[str] | None,
-           containers: Mapping[str, Tags]) -> list[Target]:
+def select(procs: Iterable[ProcessInfo], exclude: set[int], match: re.Pattern[str] | None) -> list[Target]:
     """The processes to profile, but not those in `exclude` (the sidecar's lineage, its py-spy runs)."""
     out = []
     for p in procs:
@@ -84,8 +83,7 @@ def select(procs: Iterable[ProcessInfo], exclude: set[int], match: re.Pattern[st
         command = " ".join(p.cmdline)
         wanted = match.search(command) if match else is_python(p.exe or p.cmdline[0])
         if wanted:
-            out.append(Target(p.pid, p.started, process_name(p.cmdline), container_name(p.cgroup, containers),
-                              command[:_CMDLINE_SHOWN]))
+            out.append(Target(p.pid, p.started, process_name(p.cmdline), command[:_CMDLINE_SHOWN], p.cgroup))
     return out
 
 

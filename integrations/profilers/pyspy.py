@@ -144,20 +144,21 @@ class PySpyProfiler:
             self._log.warning("profiler:scan", "profiler: cannot list processes: %r", exc)
             return
         exclude = procs.lineage(found, os.getpid()) | self._spies
-        targets = procs.select(found, exclude, self._match, self.hub.identity.containers)
+        targets = procs.select(found, exclude, self._match)
         live = {t.key for t in targets}
         self._skip &= live  # forget processes that are gone
         for target in targets:
             if target.key in self._workers or target.key in self._skip:
                 continue
+            container = self.container_of(target)
             log.info("profiler: profiling pid %d (%s%s)", target.pid, target.process,
-                     f" in container {target.container}" if target.container else "")
+                     f" in container {container}" if container else "")
             self._states[target.key] = _State(target)
             self._workers[target.key] = asyncio.create_task(self._profile(target, stop))
         for key in list(self._states):
             if key not in live and key not in self._workers:
                 del self._states[key]
-        self.hub.metrics.set("tasklens.profiler.processes", len(self._workers))
+        self._count_processes()
         self._empty_scans = 0 if targets else self._empty_scans + 1
         if self._empty_scans == EMPTY_SCANS_BEFORE_HINT and not self._match:
             log.warning("profiler: no Python process to profile besides the sidecar; if the worker runs in "
@@ -180,6 +181,9 @@ class PySpyProfiler:
                     returncode, stderr, text = await self._record(target.pid, stop)
                     end = time.time()
                 if returncode == 0:
+                    if state.note != "profiling":
+                        state.note = "profiling"
+                        self._count_processes()
                     state.windows += 1
                     self._submit(state, parse_raw(text), start, end)
                     continue
@@ -192,8 +196,9 @@ class PySpyProfiler:
                     return
                 self.hub.metrics.inc("tasklens.profiler.record_errors", reason=reason)
                 last = _message(stderr) or f"exit status {returncode}"
+                state.note = "permission denied" if reason == "ptrace_denied" else f"py-spy failed: {last}"
+                self._count_processes()
                 if reason == "ptrace_denied":
-                    state.note = "permission denied"
                     self._report("profiler: py-spy may not read pid %d (%s): %s; %s",
                                  target.pid, target.process, last, PTRACE_FIX)
                     await _wait(stop, DENIED_RETRY)
@@ -203,13 +208,12 @@ class PySpyProfiler:
                     self._skip.add(target.key)
                     return
                 else:
-                    state.note = f"py-spy failed: {last}"
                     self._log.warning(f"profiler:{reason}", "profiler: py-spy failed on pid %d (%s): %s",
                                       target.pid, target.process, last)
                     await _wait(stop, self._duration)
         finally:
             self._workers.pop(target.key, None)
-            self.hub.metrics.set("tasklens.profiler.processes", len(self._workers))
+            self._count_processes()
 
     async def _record(self, pid: int, stop: asyncio.Event) -> tuple[int, str, str]:
         """One py-spy window: (exit status, stderr, raw folded output). Stop ends it early."""
@@ -263,10 +267,15 @@ class PySpyProfiler:
 
     # --- pushing ------------------------------------------------------------------------------
 
+    def container_of(self, target: procs.Target) -> str:
+        # resolved at use: the task's containers are known only after the first metadata poll
+        return procs.container_name(target.cgroup, self.hub.identity.containers)
+
     def labels_for(self, target: procs.Target) -> dict[str, str]:
         tags = [kv for kv in self.hub.identity.tags if kv[0] != "service"]  # the service is the name
-        if target.container:
-            tags.append(("container_name", target.container))
+        container = self.container_of(target)
+        if container:
+            tags.append(("container_name", container))
         tags.append(("process", target.process))
         return labels(tags)
 
@@ -306,6 +315,11 @@ class PySpyProfiler:
 
     # --- reporting ----------------------------------------------------------------------------
 
+    def _count_processes(self) -> None:
+        """`tasklens.profiler.processes`: those being sampled, not those refused or failing."""
+        sampled = sum(1 for key, s in self._states.items() if key in self._workers and s.note == "profiling")
+        self.hub.metrics.set("tasklens.profiler.processes", sampled)
+
     def _report(self, msg: str, *args: object) -> None:
         """A problem that needs a deployment fix: logged once, shown in /status."""
         if not self._problem:
@@ -324,7 +338,7 @@ class PySpyProfiler:
             "pushes": metrics.total("tasklens.profiler.pushes"),
             "push_errors": metrics.total("tasklens.profiler.push_errors"),
             "processes": [
-                {"pid": s.target.pid, "process": s.target.process, "container": s.target.container,
+                {"pid": s.target.pid, "process": s.target.process, "container": self.container_of(s.target),
                  "command": s.target.command, "windows": s.windows, "samples": s.samples,
                  "last_push": s.last_push, "state": s.note}
                 for key, s in self._states.items() if key in self._workers

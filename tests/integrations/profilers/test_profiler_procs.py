@@ -38,18 +38,18 @@ def test_lineage_is_the_process_and_its_ancestors():
 
 
 def test_select_picks_the_python_processes_that_are_not_the_sidecar():
-    targets = select(TASK, lineage(TASK, 7) | {30}, None, CONTAINERS)
-    assert [(t.pid, t.started, t.process, t.container) for t in targets] == [
+    targets = select(TASK, lineage(TASK, 7) | {30}, None)
+    assert [(t.pid, t.started, t.process, container_name(t.cgroup, CONTAINERS)) for t in targets] == [
         (41, 3.1, "app.main", "worker"), (42, 3.2, "app.main", "worker"),
     ]
     assert targets[0].key == (41, 3.1) and targets[0].command == "python -m app.main"
 
 
 def test_select_with_a_pattern_takes_what_it_matches_python_or_not():
-    targets = select(TASK, lineage(TASK, 7) | {30}, re.compile(r"server\.js|sh -c"), CONTAINERS)
+    targets = select(TASK, lineage(TASK, 7) | {30}, re.compile(r"server\.js|sh -c"))
     assert [t.pid for t in targets] == [40, 50]
     # the sidecar's own py-spy runs are excluded even when the pattern matches them
-    assert select(TASK, {7, 1, 30}, re.compile("py-spy"), {}) == []
+    assert select(TASK, {7, 1, 30}, re.compile("py-spy")) == []
 
 
 def test_container_name_from_cgroup_paths():
@@ -77,7 +77,7 @@ def test_scan_sees_a_real_child_process_and_its_cgroup():
         probe = found[child.pid]
         assert probe.ppid == os.getpid() and probe.cmdline[-1] == "tasklens-scan-probe"
         assert os.path.samefile(probe.exe, os.path.realpath(sys.executable))
-        [target] = select(found.values(), lineage(found.values(), os.getpid()), re.compile("tasklens-scan-probe"), {})
+        [target] = select(found.values(), lineage(found.values(), os.getpid()), re.compile("tasklens-scan-probe"))
         assert target.pid == child.pid and not profiles_itself(child.pid)
     finally:
         child.kill()

@@ -11,6 +11,7 @@ import logging
 import re
 import shutil
 import uuid
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -218,3 +219,26 @@ def test_credentials_in_the_url_become_basic_auth(identity):
     assert profiler._ingest_url == "https://profiles.example.net/ingest"
     assert profiler._headers["Authorization"] == "Basic " + base64.b64encode(b"123:glc_tok=").decode()
     assert "glc_tok" not in str(profiler.status())
+
+
+async def test_container_name_comes_from_the_metadata_even_when_it_arrives_later(pyroscope, start_worker, ptrace_ok,
+                                                                                 identity):
+    worker = start_worker()
+    # This machine's cgroup path of the worker stands in for a container id of the task metadata.
+    parts = [line.rsplit("/", 1)[-1] for line in Path(f"/proc/{worker.pid}/cgroup").read_text().splitlines()]
+    docker_id = next((p for p in parts if p), "")
+    if not docker_id:
+        pytest.skip("the worker runs in the root cgroup here: no container path to recognise")
+    profiler = profiler_for(pyroscope.url, worker.marker, identity, window=1.0)
+    stop = asyncio.Event()
+    task = asyncio.create_task(profiler.run(stop))
+    await until(lambda: pyroscope.ingested, 20, "a first profile")
+    assert "container_name" not in pyroscope.ingested[0].labels  # the identity knows no container yet
+    # the ECS source's next poll brings the task's containers
+    containers = {docker_id: (("container_name", "worker"), ("image", "acme/worker"), ("image_tag", "2"))}
+    profiler.hub.set_identity(replace(identity, containers=containers))
+    seen = len(pyroscope.ingested)
+    await until(lambda: len(pyroscope.ingested) >= seen + 2, 20, "profiles after the metadata")
+    await stopped(profiler, stop, task)
+    assert pyroscope.ingested[-1].labels["container_name"] == "worker"
+    assert profiler.status()["processes"] == []

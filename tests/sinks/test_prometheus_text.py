@@ -60,3 +60,37 @@ def test_the_label_cache_follows_the_live_series() -> None:
         sink._series.clear()
         sink.render()
     assert len(sink._text._labels) < 2 * 1 + 1024 + 10
+
+
+async def test_metrics_endpoint_negotiation_and_gzip() -> None:
+    import gzip
+
+    from aiohttp import ClientSession
+    from aiohttp.test_utils import TestServer
+
+    from agent.http import make_app
+
+    hub, sink = make()
+    hub.publish(Batch("statsd", [Sample("jobs.done", 3, Kind.COUNT, (("queue", "a"),), interval=10)]))
+    server = TestServer(make_app(hub, sink, lambda: True, dict))
+    await server.start_server()
+    try:
+        async with ClientSession(auto_decompress=False) as session:
+            prometheus_accept = ("application/openmetrics-text;version=1.0.0,application/openmetrics-text;"
+                                 "version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1")
+            async with session.get(server.make_url("/metrics"),
+                                   headers={"Accept": prometheus_accept, "Accept-Encoding": "gzip"}) as r:
+                assert r.headers["Content-Type"].startswith("text/plain; version=0.0.4")
+                assert r.headers["Content-Encoding"] == "gzip"
+                text = gzip.decompress(await r.read()).decode()
+            assert 'jobs_done_total{queue="a",service="orders",task_id="abc",env="prod"}' not in text  # sorted
+            assert 'jobs_done_total{env="prod",queue="a",service="orders",task_id="abc"} 3.0' in text
+            async with session.get(server.make_url("/metrics"), headers={"Accept-Encoding": "identity"}) as r:
+                assert "Content-Encoding" not in r.headers and "jobs_done_total" in (await r.text())
+            async with session.get(server.make_url("/metrics"),
+                                   headers={"Accept": "application/openmetrics-text; version=1.0.0",
+                                            "Accept-Encoding": "identity"}) as r:
+                assert r.headers["Content-Type"].startswith("application/openmetrics-text")
+                assert (await r.text()).rstrip().endswith("# EOF")
+    finally:
+        await server.close()

@@ -153,3 +153,16 @@ class QueueSource:
             "values": dict(self.last_values),
         }
 
+
+
+def queue_sources(config: Config, hub: Hub) -> list[QueueSource]:
+    """One source per URL in `TASKLENS_QUEUES`. Two queues with one name would overwrite each
+    other's series (and `/status` entry), so that stops start-up with a ConfigError."""
+    sources = [QueueSource(config, hub, url) for url in config.queues]
+    seen: dict[str, QueueSource] = {}
+    for source in sources:
+        other = seen.setdefault(source.name, source)
+        if other is not source:
+            raise ConfigError(f"TASKLENS_QUEUES: {other.url.masked} and {source.url.masked} are both named "
+                              f"{source.queue!r}; give one a name= parameter")
+    return sources

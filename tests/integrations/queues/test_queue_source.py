@@ -208,3 +208,13 @@ async def test_run_polls_until_stopped_then_closes(config, hub, unique):
 ])
 def test_every_form_of_secret_is_masked(url, shown):
     assert describe_url(url)["url"] == shown
+
+
+def test_queue_sources_builds_one_per_url_and_refuses_duplicate_names(hub):
+    from integrations.queues.source import queue_sources
+
+    config = Config(queues=("redis://h?list=jobs", "beanstalk://h/jobs?name=bean-jobs", "sqs://orders"))
+    assert [s.name for s in queue_sources(config, hub)] == ["queue:jobs", "queue:bean-jobs", "queue:orders"]
+    with pytest.raises(ConfigError, match=r"redis://:\*\*\*@h\?list=jobs and beanstalk://h/jobs are both named "
+                                          r"'jobs'; give one a name= parameter"):
+        queue_sources(Config(queues=("redis://:pw@h?list=jobs", "beanstalk://h/jobs")), hub)

@@ -5,12 +5,14 @@ plus the sidecar conventions of docs/deploy.md."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import shlex
 from dataclasses import fields
 from functools import cache
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import botocore.session
 from botocore.validate import ParamValidator
@@ -64,11 +66,12 @@ def config_errors(env: dict[str, str]) -> list[str]:
     from integrations.queues import parse
 
     errors = []
-    for url in config.queues:
-        try:
-            parse(url)
-        except ValueError as exc:
-            errors.append(f"bad queue URL {url!r}: {exc}")
+    with mock.patch.dict(os.environ, env, clear=True):  # password_env= is read from the environment
+        for url in config.queues:
+            try:
+                parse(url)
+            except ValueError as exc:
+                errors.append(f"bad queue URL {url!r}: {exc}")
     return errors
 
 
@@ -88,10 +91,12 @@ def sidecar_errors(container: dict[str, Any], task: dict[str, Any]) -> list[str]
     for secret in container.get("secrets", []):
         if not secret.get("valueFrom", "").startswith("arn:"):
             errors.append(f"{name}: secret {secret.get('name')} must be valueFrom a Secrets Manager or SSM ARN")
-    unknown_secrets = sorted({s["name"] for s in container.get("secrets", [])} - sidecar_variables())
+    # a queue URL may name further variables, holding broker passwords (`password_env=NAME`)
+    password_envs = set(re.findall(r"[?&]password_env=([^&,]+)", env.get("TASKLENS_QUEUES", "")))
+    unknown_secrets = sorted({s["name"] for s in container.get("secrets", [])} - sidecar_variables() - password_envs)
     if unknown_secrets:
         errors.append(f"{name}: secrets the sidecar does not read: {unknown_secrets}")
-    placeholders = {s["name"]: "placeholder" for s in container.get("secrets", []) if s["name"] != "TASKLENS_QUEUES"}
+    placeholders = {s["name"]: "placeholder" for s in container.get("secrets", [])}
     errors.extend(f"{name}: {e}" for e in config_errors({**env, **placeholders}))
     health = container.get("healthCheck", {})
     if health.get("command") != ["CMD", "tasklens", "health"] or not health.get("startPeriod"):

@@ -29,6 +29,8 @@ PROVIDER_FREE = ("sidecar", "task-definition", "monitoring")
 ACCOUNT = "123456789012"
 DD_SECRET = f"arn:aws:secretsmanager:eu-west-1:{ACCOUNT}:secret:tasklens/dd-AbCdEf"
 PYRO_SECRET = f"arn:aws:ssm:eu-west-1:{ACCOUNT}:parameter/tasklens/pyroscope"
+RABBIT_SECRET = f"arn:aws:secretsmanager:eu-west-1:{ACCOUNT}:secret:rabbit-XyZ"
+RABBIT_URL = "amqp://worker@mq:5672/prod?queue=orders&password_env=RABBIT_PASSWORD"
 
 
 def tf_files() -> list[Path]:
@@ -217,7 +219,9 @@ module "full" {{
     {{ url = "sqs://sqs.eu-central-1.amazonaws.com/210987654321/emails" }},
     {{ url = "sqs://audit", arn = "arn:aws:sqs:us-east-2:333333333333:audit" }},
     {{ url = "redis://cache:6379/0?list=jobs" }},
+    {{ url = "{RABBIT_URL}" }},
   ]
+  queue_secrets  = {{ RABBIT_PASSWORD = "{RABBIT_SECRET}" }}
   aws_account_id = "{ACCOUNT}"
   statsd         = {{ socket = true }}
   datadog        = {{ api_key_secret_arn = "{DD_SECRET}", site = "datadoghq.eu" }}
@@ -256,7 +260,7 @@ def test_sidecar_full_outputs(sidecar_outputs: dict[str, Any]) -> None:
         "TASKLENS_PYROSCOPE_USER": "tl",
         "TASKLENS_QUEUES": "sqs://orders?region=eu-west-1&cloudwatch_age=true,"
                            "sqs://sqs.eu-central-1.amazonaws.com/210987654321/emails,sqs://audit,"
-                           "redis://cache:6379/0?list=jobs",
+                           f"redis://cache:6379/0?list=jobs,{RABBIT_URL}",
         "TASKLENS_SERVICE": "orders-worker",
         "TASKLENS_STATSD_ADDR": "0.0.0.0:8125",
         "TASKLENS_STATSD_SOCKET": "/var/run/tasklens/statsd.sock",
@@ -264,7 +268,8 @@ def test_sidecar_full_outputs(sidecar_outputs: dict[str, Any]) -> None:
         "TASKLENS_VERSION": "1.4.2",
     }
     assert container["secrets"] == [{"name": "DD_API_KEY", "valueFrom": DD_SECRET},
-                                    {"name": "TASKLENS_PYROSCOPE_PASSWORD", "valueFrom": PYRO_SECRET}]
+                                    {"name": "TASKLENS_PYROSCOPE_PASSWORD", "valueFrom": PYRO_SECRET},
+                                    {"name": "RABBIT_PASSWORD", "valueFrom": RABBIT_SECRET}]
     assert container["linuxParameters"] == {"initProcessEnabled": True, "capabilities": {"add": ["SYS_PTRACE"]}}
     assert full["pid_mode"] == "task"
     assert full["volumes"] == [{"name": "tasklens-socket"}]
@@ -275,7 +280,8 @@ def test_sidecar_full_outputs(sidecar_outputs: dict[str, Any]) -> None:
         {"Sid": "TasklensReadQueueAge", "Effect": "Allow", "Action": ["cloudwatch:GetMetricStatistics"], "Resource": ["*"]},
     ]
     assert full["execution_role_statements"] == [
-        {"Sid": "TasklensReadSecrets", "Effect": "Allow", "Action": ["secretsmanager:GetSecretValue"], "Resource": [DD_SECRET]},
+        {"Sid": "TasklensReadSecrets", "Effect": "Allow", "Action": ["secretsmanager:GetSecretValue"],
+         "Resource": [DD_SECRET, RABBIT_SECRET]},
         {"Sid": "TasklensReadParameters", "Effect": "Allow", "Action": ["ssm:GetParameters"], "Resource": [PYRO_SECRET]},
     ]
     worker = full["worker"]
@@ -405,6 +411,14 @@ module "s" {
 }
 output "c" { value = module.s.container_definition }''')
     assert "needs aws_account_id or an explicit arn" in error
+    error = apply_error(terraform, tmp_path / "password_env", f'''
+module "s" {{
+  source  = "MODULES/sidecar"
+  service = "w"
+  queues  = [{{ url = "{RABBIT_URL}" }}]
+}}
+output "c" {{ value = module.s.container_definition }}''')
+    assert "Each password_env=NAME of a queue URL needs NAME in queue_secrets" in error
     error = apply_error(terraform, tmp_path / "fargate", '''
 module "t" {
   source       = "MODULES/task-definition"

@@ -35,7 +35,7 @@ locals {
       TASKLENS_STATSD_ADDR = "0.0.0.0:8125"
     },
     length(var.tags) > 0 ? { TASKLENS_TAGS = join(",", [for k, v in var.tags : "${k}:${v}"]) } : {},
-    length(var.queues) > 0 && var.queues_secret_arn == null ? { TASKLENS_QUEUES = join(",", [for q in var.queues : q.url]) } : {},
+    length(var.queues) > 0 ? { TASKLENS_QUEUES = join(",", [for q in var.queues : q.url]) } : {},
     var.statsd.socket ? { TASKLENS_STATSD_SOCKET = local.socket_path } : {},
     local.datadog ? { DD_SITE = var.datadog.site } : {},
     local.profile_sidecar ? merge(local.profiling_env, { TASKLENS_PROFILE_MODE = "sidecar" }) : {},
@@ -45,7 +45,7 @@ locals {
   secrets = concat(
     local.datadog ? [{ name = "DD_API_KEY", valueFrom = var.datadog.api_key_secret_arn }] : [],
     local.profile_sidecar ? local.profiling_secrets : [],
-    var.queues_secret_arn != null ? [{ name = "TASKLENS_QUEUES", valueFrom = var.queues_secret_arn }] : [],
+    [for name in sort(keys(var.queue_secrets)) : { name = name, valueFrom = var.queue_secrets[name] }],
   )
 
   socket_mounts = var.statsd.socket ? [
@@ -121,6 +121,9 @@ locals {
     )
   ]
   sqs_cloudwatch = anytrue([for q in local.sqs_queues : q.cloudwatch])
+
+  # variables named by password_env= in the queue URLs: each must come from queue_secrets
+  password_envs = distinct(flatten([for q in var.queues : [for m in regexall("[?&]password_env=([^&]+)", q.url) : m[0]]]))
 
   task_role_statements = concat(
     length(local.sqs_arns) > 0 ? [{

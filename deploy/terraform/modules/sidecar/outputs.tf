@@ -7,6 +7,10 @@ output "container_definition" {
     error_message = "An SQS queue named without its account (sqs://<name>?region=...) needs aws_account_id or an explicit arn."
   }
   precondition {
+    condition     = alltrue([for name in local.password_envs : contains(keys(var.queue_secrets), name)])
+    error_message = "Each password_env=NAME of a queue URL needs NAME in queue_secrets (the secret holding the password)."
+  }
+  precondition {
     condition     = var.profiling.mode != "off" || var.profiling.url == null
     error_message = "profiling.url is set but profiling.mode is off: set mode to sidecar or bootstrap."
   }

@@ -78,7 +78,7 @@ variable "network_mode" {
 }
 
 variable "queues" {
-  description = "The worker's queues, one URL each (see docs/queues.md). For SQS, `arn` overrides the ARN derived from the URL for the IAM statement."
+  description = "The worker's queues, one URL each (see docs/queues.md); passwords through password_env= and queue_secrets. For SQS, `arn` overrides the ARN derived from the URL for the IAM statement."
   type = list(object({
     url = string
     arn = optional(string)
@@ -91,7 +91,7 @@ variable "queues" {
   }
   validation {
     condition     = alltrue([for q in var.queues : !can(regex("://[^/@?]*:[^/@?]*@", q.url))])
-    error_message = "A queue url must not carry a password in plain environment: put the URLs in a secret and pass queues_secret_arn."
+    error_message = "A queue url must not carry a password in plain environment: write password_env=NAME in the URL and pass queue_secrets = { NAME = <secret ARN> }."
   }
 }
 
@@ -180,14 +180,14 @@ variable "log_configuration" {
   default     = null
 }
 
-variable "queues_secret_arn" {
-  description = "A secret holding TASKLENS_QUEUES when the URLs carry passwords. `queues` is then used only for the IAM statements."
-  type        = string
-  default     = null
+variable "queue_secrets" {
+  description = "Broker passwords as secrets: variable name -> Secrets Manager or SSM parameter ARN. A queue URL takes one with `password_env=NAME` (docs/queues.md)."
+  type        = map(string)
+  default     = {}
 
   validation {
-    condition     = var.queues_secret_arn == null || can(regex("^arn:", var.queues_secret_arn))
-    error_message = "queues_secret_arn must be a Secrets Manager or SSM parameter ARN."
+    condition     = alltrue([for name, arn in var.queue_secrets : can(regex("^[A-Z_][A-Z0-9_]*$", name)) && can(regex("^arn:[^:]+:(secretsmanager|ssm):", arn))])
+    error_message = "queue_secrets maps UPPER_CASE variable names to Secrets Manager or SSM parameter ARNs."
   }
 }
 

@@ -34,6 +34,7 @@ module "sidecar" {
   profiling          = var.sidecar.profiling
   tags               = var.sidecar.tags
   environment        = var.sidecar.environment
+  queue_secrets      = var.sidecar.queue_secrets
   log_configuration  = local.log_configuration["tasklens"]
 }
 

@@ -113,7 +113,7 @@ variable "readonly_root_filesystem" {
 }
 
 variable "sidecar" {
-  description = "tasklens sidecar settings (see modules/sidecar): image, wait_for_sidecar (worker dependsOn HEALTHY), essential, statsd, datadog, profiling, tags, environment."
+  description = "tasklens sidecar settings (see modules/sidecar): image, wait_for_sidecar (worker dependsOn HEALTHY), essential, statsd, datadog, profiling, tags, environment, queue_secrets (broker passwords for password_env=)."
   type = object({
     image              = optional(string, "tasklens/tasklens:0.1.0")
     wait_for_sidecar   = optional(bool, false)
@@ -132,8 +132,9 @@ variable "sidecar" {
       password_secret_arn = optional(string)
       tenant              = optional(string)
     }), {})
-    tags        = optional(map(string), {})
-    environment = optional(map(string), {})
+    tags          = optional(map(string), {})
+    environment   = optional(map(string), {})
+    queue_secrets = optional(map(string), {})
   })
   default = {}
 }

@@ -130,3 +130,27 @@ def test_history_keeps_only_the_window():
     got = h.trend(threshold=0, now=90.0)
     assert got.growth_rate == exact(1.0)
     assert got.backing_up is True
+
+
+from hypothesis import given, settings, strategies as st  # noqa: E402
+
+
+@settings(max_examples=200, deadline=None)
+@given(intercept=st.floats(0, 1e6), slope=st.floats(-50, 50), start=st.floats(0, 1e7),
+       step=st.sampled_from([1.0, 5.0, 15.0, 30.0]), threshold=st.floats(0, 1e6))
+def test_any_exact_line_is_recovered(intercept, slope, start, step, threshold):
+    # a monotonic clock can read anything; the fit is centred, so large times lose nothing
+    n = int(WINDOW / step) + 1
+    points = [(start + i * step, intercept + slope * i * step) for i in range(n)]
+    got = trend(points, window=WINDOW, threshold=threshold)
+    assert got.growth_rate == pytest.approx(slope, rel=1e-6, abs=1e-6)
+    last = points[-1][1]
+    clearly_growing, clearly_draining = slope > 1e-6, slope < -1e-6
+    if clearly_growing:
+        assert got.backing_up == (last > threshold)
+        assert got.drain_seconds is None
+    if clearly_draining:
+        assert got.backing_up is False
+        assert got.drain_seconds == pytest.approx(last / -slope, rel=1e-6, abs=1e-6)
+    # the order in which points arrive does not matter
+    assert trend(list(reversed(points)), window=WINDOW, threshold=threshold) == got

@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from integrations.queues.trend import History, fit, trend
 
@@ -130,9 +132,6 @@ def test_history_keeps_only_the_window():
     got = h.trend(threshold=0, now=90.0)
     assert got.growth_rate == exact(1.0)
     assert got.backing_up is True
-
-
-from hypothesis import given, settings, strategies as st  # noqa: E402
 
 
 @settings(max_examples=200, deadline=None)

@@ -126,3 +126,22 @@ async def _equals(got, want):
 
 async def _async(value):
     return value
+
+
+@pytest.mark.parametrize("url, expected", [
+    ("sqs://orders?region=eu-west-1", ("orders", None, "eu-west-1")),
+    ("sqs://orders.fifo", ("orders.fifo", None, "us-east-1")),
+    ("sqs://sqs.eu-west-1.amazonaws.com/123456789012/orders",
+     ("orders", "https://sqs.eu-west-1.amazonaws.com/123456789012/orders", "eu-west-1")),
+    ("sqs://eu-central-1.queue.amazonaws.com/123456789012/jobs",
+     ("jobs", "https://eu-central-1.queue.amazonaws.com/123456789012/jobs", "eu-central-1")),
+    ("sqs://sqs.cn-north-1.amazonaws.com.cn/123456789012/jobs",
+     ("jobs", "https://sqs.cn-north-1.amazonaws.com.cn/123456789012/jobs", "cn-north-1")),
+    ("sqs://localhost:4566/000000000000/jobs?endpoint=http://localhost:4566&region=eu-west-1",
+     ("jobs", "http://localhost:4566/000000000000/jobs", "eu-west-1")),
+])
+def test_location(url, expected):
+    from integrations.queues.base import parse_queue_url
+    from integrations.queues.sqs import BROKER, location
+
+    assert location(parse_queue_url(url, BROKER.params)) == expected

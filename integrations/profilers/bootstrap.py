@@ -2,15 +2,17 @@
 
 The directory gets exactly two things: `sitecustomize.py` (this package's stdlib-only bootstrap) and
 pyroscope-io with its runtime dependencies, copied file by file from the environment tasklens runs
-in. Copying needs no network and no pip, so it works in an offline image build; it also means the
+in (plus their bytecode). Copying needs no network and no pip, so it works in an offline image build; it also means the
 native wheel is the one built for this interpreter (same Python version, glibc). A worker whose
 interpreter does not fit it gets one log line from the bootstrap and runs unprofiled.
 """
 
 from __future__ import annotations
 
+import compileall
 import logging
 import os
+import py_compile
 import re
 import shutil
 from importlib import metadata
@@ -98,4 +100,7 @@ def populate(directory: str) -> None:
         log.info("profiler-bootstrap: copied %s %s (%d files)", dist.metadata["Name"], dist.version, len(files))
     shutil.copyfile(BOOTSTRAP_SOURCE, target / "sitecustomize.py")
     os.chmod(target / "sitecustomize.py", 0o644)
+    # Bytecode for this interpreter, so a worker on the same Python does not compile at each start
+    # (the directory is read-only there). Hash-checked: valid whatever the copied files' mtimes.
+    compileall.compile_dir(str(target), quiet=1, invalidation_mode=py_compile.PycInvalidationMode.CHECKED_HASH)
     log.info("profiler-bootstrap: %s is ready; on the worker set PYTHONPATH=%s", target, target.resolve())

@@ -17,17 +17,16 @@ so both modes label profiles the same way.
 
 from __future__ import annotations
 
-import json
 import os
-import re
-import socket
 import sys
-import threading
-from typing import TYPE_CHECKING, Any
 
-if TYPE_CHECKING:  # annotations only: importing nothing at start-up that the worker does not need
+# Start-up cost matters in every worker, profiled or not: at import this module needs only `os` and
+# `sys` (already loaded by `site`); the rest is imported when profiling is configured.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
     import logging
     from collections.abc import Iterable, Mapping, Sequence
+    from typing import Any
 
 ENV_PREFIX = "TASKLENS_"
 METADATA_TIMEOUT = 2.0  # seconds; the endpoint is link-local and answers in milliseconds
@@ -35,18 +34,21 @@ LOGGER_NAME = "tasklens.profiler"
 
 # --- label rules shared with the sidecar's py-spy mode --------------------------------------------
 
-_NOT_KEY = re.compile(r"[^a-zA-Z0-9_]")
-_NOT_APP = re.compile(r"[^a-zA-Z0-9_.\-]")
-_NOT_VALUE = re.compile(r"[,{}\x00-\x1f\x7f]")
-_PYTHON_EXE = re.compile(r"^python[0-9.]*[a-z]?$")
+_DIGITS = "0123456789"
+_KEY_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ_" + _DIGITS)
+_APP_CHARS = _KEY_CHARS | frozenset(".-")
 # interpreter options that take the next argument as their value
 _OPTIONS_WITH_VALUE = ("-W", "-X", "-Q", "--check-hash-based-pycs")
 MAX_VALUE_LENGTH = 128
 
 
+def _only(text: str, allowed: frozenset[str]) -> str:
+    return "".join(c if c in allowed else "_" for c in text)
+
+
 def label_key(key: str) -> str:
     """A Pyroscope/Prometheus label name: `[a-zA-Z_][a-zA-Z0-9_]*`, `__` prefix reserved."""
-    out = _NOT_KEY.sub("_", key.strip())
+    out = _only(key.strip(), _KEY_CHARS)
     if out[:1].isdigit():
         out = "_" + out
     if out.startswith("__"):
@@ -56,13 +58,13 @@ def label_key(key: str) -> str:
 
 def label_value(value: str) -> str:
     """A value the legacy `/ingest` name parser reads back intact: no `,` `{` `}`, trimmed."""
-    out = _NOT_VALUE.sub("_", value).strip()
+    out = "".join("_" if c in ",{}" or ord(c) < 32 or ord(c) == 127 else c for c in value).strip()
     return out[:MAX_VALUE_LENGTH] if out else "true"  # a bare tag, as in the Prometheus sink
 
 
 def app_name(service: str) -> str:
     """The application name Pyroscope accepts: `[a-zA-Z0-9_.-]+` (becomes `service_name`)."""
-    return _NOT_APP.sub("_", service.strip()) or "unknown"
+    return _only(service.strip(), _APP_CHARS) or "unknown"
 
 
 def labels(tags: Iterable[tuple[str, str]]) -> dict[str, str]:
@@ -76,7 +78,14 @@ def labels(tags: Iterable[tuple[str, str]]) -> dict[str, str]:
 
 
 def is_python(exe: str) -> bool:
-    return bool(_PYTHON_EXE.match(os.path.basename(exe)))
+    """`python`, `python3`, `python3.11`, `python3.13t` (free-threaded), `python3.11d` (debug)."""
+    name = os.path.basename(exe)
+    if not name.startswith("python"):
+        return False
+    version = name[len("python"):]
+    if version[-1:].isalpha():
+        version = version[:-1]
+    return all(c in _DIGITS or c == "." for c in version)
 
 
 def process_name(cmdline: Sequence[str]) -> str:
@@ -163,7 +172,11 @@ def identity(environ: Mapping[str, str], task: Any = None) -> tuple[str, list[tu
     tags = [(k, v) for k, v in pairs if v]
     keys = {k for k, _ in tags} | {"service"}
     tags += [kv for kv in _extra_tags(environ.get(ENV_PREFIX + "TAGS", "")) if kv[0] not in keys]
-    return service or socket.gethostname(), tags
+    if not service:
+        import socket
+
+        service = socket.gethostname()
+    return service, tags
 
 
 # --- the bootstrap ---------------------------------------------------------------------------------
@@ -194,6 +207,7 @@ def settings(environ: Mapping[str, str]) -> dict[str, Any] | None:
 
 
 def _fetch_json(url: str, timeout: float) -> Any:
+    import json
     import urllib.request
 
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # link-local: never a proxy
@@ -266,6 +280,8 @@ def main() -> None:
     try:
         config = settings(environ)
         if config is not None:
+            import threading
+
             threading.Thread(target=_start, args=(config, environ), name="tasklens-profiler", daemon=True).start()
     except Exception as exc:
         _log().warning("tasklens profiling disabled: %s: %s", type(exc).__name__, exc)

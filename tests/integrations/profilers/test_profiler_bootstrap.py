@@ -66,9 +66,12 @@ def test_populate_writes_only_the_bootstrap_and_pyroscope_io(tmp_path):
     populate(str(target))  # again: replaces its own files, no error
     names = sorted(p.name for p in target.iterdir())
     version = distributions()[0].version
-    assert names == ["pyroscope", "pyroscope_io", f"pyroscope_io-{version}.dist-info", "sitecustomize.py"]
+    assert names == ["__pycache__", "pyroscope", "pyroscope_io", f"pyroscope_io-{version}.dist-info",
+                     "sitecustomize.py"]
     assert (target / "sitecustomize.py").read_text() == BOOTSTRAP_SOURCE.read_text()
-    assert list(target.rglob("__pycache__")) == []
+    # bytecode for this interpreter, so that a read-only mount does not mean compiling at each start
+    tag = sys.implementation.cache_tag
+    assert [p.name for p in (target / "__pycache__").iterdir()] == [f"sitecustomize.{tag}.pyc"]
     # nothing of the sidecar's own dependencies, which would shadow the worker's
     assert not any((target / name).exists() for name in ("aiohttp", "prometheus_client", "psutil", "agent"))
 

@@ -57,6 +57,9 @@ class Slot:
         self.code, self.ctx, self.weight, self.reason = code, ctx, weight, reason
 
 
+_DROPPED = Slot(DROPPED)  # one for every refused context: the cache may hold many keys pointing to it
+
+
 @dataclass(slots=True)
 class Interval:
     """What was received during one flush interval. Counters and histogram values are kept per slot
@@ -111,6 +114,9 @@ class Aggregator:
         self._cache: dict[tuple[bytes, bytes], Slot] = {}
         self._cache_limit = max(4 * max_contexts, 10_000)
         self._numbers: dict[bytes, float] = {}
+        self._errors: dict[str, Slot] = {}
+        # contexts share equal tag pairs and tag sets (`env:prod` on 10,000 names is stored once)
+        self._shared_tags: dict[object, object] = {}
         self._gauge_last: dict[Context, float] = {}  # Etsy deltas apply to the value of earlier intervals
         self._expiring: deque[Iterable[Context]] = deque()  # from the Flusher's thread: deque ops are atomic
         self.interval = Interval(clock())
@@ -226,7 +232,7 @@ class Aggregator:
             try:
                 head = parse_head(name, tail)
             except ParseError as exc:
-                self._remember(key, Slot(ERROR, reason=exc.reason))
+                self._remember(key, self._errors.setdefault(exc.reason, Slot(ERROR, reason=exc.reason)))
                 raise
             if head.type != "s":
                 parse_values(head.type, value)  # a bad value must not create a context
@@ -281,7 +287,7 @@ class Aggregator:
         self._cache[key] = slot
 
     def _slot(self, head: Head) -> Slot:
-        name, tags = head.name, head.tags
+        name, tags = head.name, self._share(head.tags)
         if self.rules:
             mapped = mapping.apply(self.rules, name)
             if mapped is not None:
@@ -291,7 +297,7 @@ class Aggregator:
         if ctx is None:
             if len(self.contexts) >= self.max_contexts:
                 self.stats.contexts_dropped += 1
-                return Slot(DROPPED)
+                return _DROPPED
             ctx = self.contexts[key] = Context(name, head.type, tags, head.container)
         t = head.type
         if t == "c":
@@ -301,6 +307,13 @@ class Aggregator:
         if t == "s":
             return Slot(SET, ctx)
         return Slot(HISTOGRAM, ctx, 1.0 / head.rate)
+
+    def _share(self, tags: Tags) -> Tags:
+        shared = self._shared_tags
+        if len(shared) > self._cache_limit:
+            shared.clear()
+        tags = tuple([shared.setdefault(kv, kv) for kv in tags])  # type: ignore[misc]
+        return shared.setdefault(tags, tags)  # type: ignore[return-value]
 
     def swap(self, now: float | None = None) -> Interval:
         """Start a new interval and return the finished one. O(1) but for pending expiries."""
@@ -329,6 +342,7 @@ class Aggregator:
         if removed:
             self.contexts = dict(self.contexts)  # a dict never shrinks by deletion: rebuild it
             self._cache = {}  # slots of forgotten contexts (and refusals at the cap) are gone
+            self._shared_tags = {}
 
 
 class Flusher:

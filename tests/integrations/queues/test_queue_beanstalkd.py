@@ -103,7 +103,9 @@ async def test_broker_outage_is_a_gap_and_other_queues_go_on(config, hub, export
         assert hub.metrics.get("tasklens.queue.polls", queue=unique) > polls
         assert hub.metrics.get("tasklens.queue.poll_errors", queue=unique, reason="connection") == 0
         error_series = [s for s in exported.samples() if s.name == "tasklens_queue_poll_errors_total"]
-        assert [(s.labels["queue"], s.labels["reason"]) for s in error_series] == [("jobs", "connection")]
+        # only the broken queue has errors (a broker killed mid-reply may also give another reason)
+        assert {s.labels["queue"] for s in error_series} == {"jobs"}
+        assert ("jobs", "connection") in {(s.labels["queue"], s.labels["reason"]) for s in error_series}
 
         await asyncio.to_thread(beanstalkd.start)  # the binlog brings the four jobs back
         await eventually(lambda: depth_is("jobs", 4.0), timeout=20)

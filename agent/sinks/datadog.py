@@ -107,7 +107,11 @@ class DatadogSink:
     def accept(self, batch: Batch) -> None:
         now = self.wall()
         for sample in batch.samples:
-            self._add(sample, now)
+            try:
+                self._add(sample, now)
+            except (TypeError, ValueError, ZeroDivisionError) as exc:  # one bad sample never costs the batch
+                self._count("points_dropped", 1, "invalid")
+                self._log.warning("invalid", "datadog: dropped an invalid sample %r: %r", sample.name, exc)
         for e in batch.events:
             self._events.append(dd.event(e, now))
         for c in batch.service_checks:
@@ -122,6 +126,9 @@ class DatadogSink:
         value = s.value
         if isinstance(value, Points):
             if not value.values:
+                return
+            if not all(map(math.isfinite, value.values)) or len(value.values) != len(value.weights):
+                self._count("points_dropped", 1, "not_finite")  # JSON has no NaN; a weight per value
                 return
             if s.kind is Kind.DISTRIBUTION:
                 self._distributions.append(dd.distribution(name, dd.expand_weights(value), ts, s.tags))
@@ -181,7 +188,8 @@ class DatadogSink:
 
     def _enforce_bound(self) -> None:
         limit = self.config.datadog_buffer_points
-        while self._buffered > limit and self._buffer:
+        in_flight = self._in_flight.points if self._in_flight else 0
+        while self._buffered + in_flight > limit and self._buffer:
             dropped = self._buffer.popleft()
             self._buffered -= dropped.points
             self._count("points_dropped", dropped.points, "buffer_full")
@@ -308,6 +316,7 @@ class DatadogSink:
             self.last_success = self.wall()
             return
         # retryable: back to the head of the buffer, after a backoff with full jitter
+        self._in_flight = None
         self._buffer.appendleft(payload)
         self._buffered += payload.points
         self._enforce_bound()

@@ -88,7 +88,8 @@ def sample_lines(s: Sample, deltas: CounterDeltas, now: float, limit: int = MAX_
         kind = "d" if s.kind is Kind.DISTRIBUTION else ("ms" if value.milliseconds else "h")
         by_weight: dict[float, list[float]] = {}
         for v, w in zip(value.values, value.weights):
-            by_weight.setdefault(w, []).append(v)
+            if math.isfinite(v):  # `nan` would make the agent reject the whole line
+                by_weight.setdefault(w, []).append(v)
         out: list[str] = []
         for weight, values in by_weight.items():
             rate = f"|@{number(1.0 / weight)}" if weight > 1 else ""
@@ -171,7 +172,12 @@ class DogStatsdForwarder:
     def _lines(self, samples: Iterable[Sample]) -> Iterator[str]:
         now = time.time()
         for s in samples:
-            yield from sample_lines(s, self._deltas, now, self.limit)
+            try:
+                lines = sample_lines(s, self._deltas, now, self.limit)
+            except (TypeError, ValueError, ZeroDivisionError):  # one bad sample never costs the batch
+                self._count("points_dropped", 1, "invalid")
+                continue
+            yield from lines
 
     def _queue(self, lines: Iterable[str], events: Iterable[Event] = (), checks: Iterable[ServiceCheck] = ()) -> None:
         pending = self._pending

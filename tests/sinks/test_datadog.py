@@ -271,3 +271,23 @@ def test_flushes_follow_the_clock_aligned_boundaries() -> None:
     assert sink._next_flush(1000.0) == 1001.0
     assert sink._next_flush(1001.0) == 1011.0
     assert sink._next_flush(1005.5) == 1011.0
+
+
+async def test_a_bad_sample_costs_only_itself(intake: Intake) -> None:
+    sink, hub = make(intake, flush_interval=3600.0)
+    hub.pull = list  # type: ignore[method-assign]
+    stop = asyncio.Event()
+    task = asyncio.create_task(sink.run(stop))
+    hub.publish(Batch("s", [
+        Sample("ok.before", 1.0),
+        Sample("h", Points((1.0, float("nan")), (1.0, 1.0)), Kind.HISTOGRAM, interval=10.0),
+        Sample("bad.value", "x", Kind.GAUGE),  # type: ignore[arg-type]
+        Sample("zero.interval", 3.0, Kind.COUNT, interval=0.0),  # no interval: a count, not a rate
+        Sample("ok.after", 2.0),
+    ]))
+    stop.set()
+    await asyncio.wait_for(task, 5)
+    assert intake.metrics() == {"ok.before", "ok.after", "zero.interval"}
+    assert intake.points("zero.interval")[0][3] == 1
+    assert exported(sink, "points_dropped", reason="not_finite") == 1
+    assert exported(sink, "points_dropped", reason="invalid") == 1

@@ -54,8 +54,8 @@ def test_histograms_timers_and_distributions_keep_values_and_rates() -> None:
     assert lines_of(h) == ["job.seconds:1:3|h", "job.seconds:2|h|@0.5"]
     t = Sample("req", Points((5.0, 7.5), (4.0, 4.0), milliseconds=True), Kind.HISTOGRAM, (("a", "b"),))
     assert lines_of(t) == ["req:5:7.5|ms|@0.25|#a:b"]
-    d = Sample("size", Points((10.0,), (1.0,)), Kind.DISTRIBUTION)
-    assert lines_of(d) == ["size:10|d"]
+    d = Sample("size", Points((10.0, float("nan")), (1.0, 1.0)), Kind.DISTRIBUTION)
+    assert lines_of(d) == ["size:10|d"]  # a NaN would make the agent drop the line
 
 
 def test_many_values_are_split_into_lines_that_fit() -> None:

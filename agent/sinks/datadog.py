@@ -8,7 +8,8 @@ Delivery guarantees:
 - Each flush becomes compressed payloads appended to a FIFO buffer. One sender submits them in order;
   a payload leaves the buffer only when the intake accepts it (2xx), so an outage loses nothing that fits
   in the buffer, and a recovered intake receives every point once.
-- A timeout, a connection error, a 5xx, 408 or 429 is retried with exponential backoff and full jitter.
+- A timeout, a connection error, a 5xx, 408 or 429 is retried with exponential backoff and jitter:
+  a random wait between half and all of 1, 2, 4 ... 30 s (never an immediate retry into an outage).
 - Any other 4xx (a bad key: 403; a bad payload: 400, 413) is logged clearly, counted as failed and not
   retried: sending the same request again cannot succeed.
 - The buffer holds at most `datadog_buffer_points` points; past that the oldest payloads are dropped and
@@ -315,7 +316,7 @@ class DatadogSink:
             self._failures = 0
             self.last_success = self.wall()
             return
-        # retryable: back to the head of the buffer, after a backoff with full jitter
+        # retryable: back to the head of the buffer, after a backoff with jitter
         self._in_flight = None
         self._buffer.appendleft(payload)
         self._buffered += payload.points

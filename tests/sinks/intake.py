@@ -138,6 +138,7 @@ class Intake:
         self.api_key = api_key
         self.errors: list[str] = []  # validation failures: every test expects none
         self.requests: list[tuple[str, int]] = []  # (path, status answered), in order
+        self.arrivals: list[float] = []  # time.monotonic() of each request's arrival
         self.series: list[dict[str, Any]] = []
         self.distributions: list[dict[str, Any]] = []
         self.events: list[dict[str, Any]] = []
@@ -177,6 +178,7 @@ class Intake:
     # -- the server ---------------------------------------------------------------------------
 
     async def handle(self, request: web.Request) -> web.Response:
+        self.arrivals.append(time.monotonic())
         path = request.path
         body = await request.read()
         if self.delay:

@@ -291,3 +291,21 @@ async def test_a_bad_sample_costs_only_itself(intake: Intake) -> None:
     assert intake.points("zero.interval")[0][3] == 1
     assert exported(sink, "points_dropped", reason="not_finite") == 1
     assert exported(sink, "points_dropped", reason="invalid") == 1
+
+
+async def test_retries_back_off_exponentially_with_jitter(intake: Intake) -> None:
+    sink, hub = make(intake, flush_interval=3600.0, backoff_base=0.1, backoff_max=0.4, drain_timeout=0.2)
+    hub.pull = list  # type: ignore[method-assign]
+    intake.always(500)
+    hub.publish(Batch("s", [Sample("m", 1.0)]))
+    sink.flush()  # one payload, retried until stop
+    stop = asyncio.Event()
+    task = asyncio.create_task(sink.run(stop))
+    await until(lambda: len(intake.arrivals) >= 6, what="6 attempts")
+    stop.set()
+    await asyncio.wait_for(task, 5)
+    gaps = [b - a for a, b in zip(intake.arrivals, intake.arrivals[1:])][:5]
+    # waits drawn from [d/2, d] for d = 0.1, 0.2, 0.4, 0.4, 0.4: never earlier; later only by load
+    for gap, d in zip(gaps, (0.1, 0.2, 0.4, 0.4, 0.4)):
+        assert d / 2 - 0.01 <= gap <= d + 0.5, gaps
+    assert exported(sink, "retries") >= 6

@@ -33,7 +33,7 @@ from agent.statsd.parser import (CHECK_PREFIX, EVENT_PREFIX, MAX_DATAGRAM, Head,
 COUNTER, HISTOGRAM, GAUGE, GAUGE_DELTA, SET, ERROR, DROPPED = range(7)  # numeric codes first
 _HISTOGRAM_TYPES = {"h": Kind.HISTOGRAM, "ms": Kind.HISTOGRAM, "d": Kind.DISTRIBUTION}
 NUMBER_CACHE = 100_000  # distinct value texts remembered
-MAX_EVENTS = 10_000  # per interval: events and service checks are rare; a flood is dropped and counted
+MAX_EVENTS = 10_000  # each, per interval: a flood is dropped and counted as `cardinality_limit`
 
 
 class Context:
@@ -207,7 +207,7 @@ class Aggregator:
                 if len(self.interval.service_checks) < MAX_EVENTS:
                     self.interval.service_checks.append(check)
                 else:
-                    stats.errors["bad_service_check"] += 1
+                    stats.errors["cardinality_limit"] += 1
             else:
                 self._metric(line)
         except ParseError as exc:
@@ -218,7 +218,7 @@ class Aggregator:
         if len(self.interval.events) < MAX_EVENTS:
             self.interval.events.append(event)
         else:
-            stats.errors["bad_event"] += 1
+            stats.errors["cardinality_limit"] += 1
 
     def _metric(self, line: bytes) -> None:
         name, colon, rest = line.partition(b":")
@@ -232,7 +232,8 @@ class Aggregator:
             try:
                 head = parse_head(name, tail)
             except ParseError as exc:
-                self._remember(key, self._errors.setdefault(exc.reason, Slot(ERROR, reason=exc.reason)))
+                if tail:  # with an empty tail, lines of other shapes share the key (`x`, `x:1`, `x:1|`)
+                    self._remember(key, self._errors.setdefault(exc.reason, Slot(ERROR, reason=exc.reason)))
                 raise
             if head.type != "s":
                 parse_values(head.type, value)  # a bad value must not create a context
@@ -369,7 +370,8 @@ class Flusher:
         counters: dict[Context, float] = {}
         for slot, total in iv.counts.items():
             ctx = slot.ctx
-            counters[ctx] = counters.get(ctx, 0.0) + total * slot.weight  # type: ignore[index]
+            assert ctx is not None  # only slots with a context accumulate
+            counters[ctx] = counters.get(ctx, 0.0) + total * slot.weight
         for ctx, total in counters.items():
             add(Sample(ctx.name, total, Kind.COUNT, tags_of(ctx), None, self.interval))
             self._counters_seen[ctx] = now

@@ -80,7 +80,7 @@ def open_udp(host: str, port: int, rcvbuf: int) -> list[Listener]:
             port = sock.getsockname()[1]
             return [_listener(_udp_name(host or "0.0.0.0", port), sock, rcvbuf)]
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
-        addresses = list(dict.fromkeys((family, sockaddr[0]) for family, _, _, _, sockaddr in infos))
+        addresses = list(dict.fromkeys((family, str(sockaddr[0])) for family, _, _, _, sockaddr in infos))
         first_family, first_host = addresses[0]
         sock = _bind_udp(first_family, first_host, port)
     except OSError as exc:

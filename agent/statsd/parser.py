@@ -117,7 +117,8 @@ def parse_head(name: bytes, tail: bytes) -> Head:
     kind = TYPES.get(fields[0])
     if kind is None:
         raise ParseError("bad_type")
-    rate, tags, container, timestamp = 1.0, (), "", None
+    rate, container, timestamp = 1.0, "", None
+    tags: Tags = ()
     for f in fields[1:]:
         first = f[:1]
         if first == b"@":
@@ -270,7 +271,7 @@ def parse(datagram: bytes) -> Parsed:
         if isinstance(item, MetricLine):
             out.metrics.append(item)
         elif isinstance(item[0], Event):
-            out.events.append(item)  # type: ignore[arg-type]
+            out.events.append((item[0], item[1]))
         else:
-            out.service_checks.append(item)  # type: ignore[arg-type]
+            out.service_checks.append((item[0], item[1]))
     return out

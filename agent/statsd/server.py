@@ -151,20 +151,21 @@ class StatsdServer:
         boundary = next_boundary(time.time(), interval)
         agg.interval.start = boundary - interval
         while True:
-            now = time.time()
-            if now >= boundary:
-                self._deliver(agg.swap(boundary))
-                boundary = next_boundary(now, interval)
             try:
-                ready = poller.poll(max(0.0, min(boundary - now, 1.0)) * 1000)
-            except InterruptedError:
-                continue
-            for fd, _ in ready:
-                if fd == self._wake_r:
-                    if self._run_commands():
-                        return
-                    continue
-                self._drain(readers[fd], agg)
+                now = time.time()
+                if now >= boundary:
+                    self._deliver(agg.swap(boundary))
+                    boundary = next_boundary(now, interval)
+                for fd, _ in poller.poll(max(0.0, min(boundary - now, 1.0)) * 1000):
+                    if fd == self._wake_r:
+                        if self._run_commands():
+                            return
+                        continue
+                    self._drain(readers[fd], agg)
+            except Exception as exc:  # keep receiving whatever happens; say so
+                self.hub.metrics.inc("tasklens.statsd.receive_errors", reason="internal")
+                self._log.error("statsd-loop", "StatsD receive loop error: %r", exc)
+                time.sleep(0.01)
 
     def _drain(self, recv: Any, agg: Aggregator) -> None:
         datagrams: list[bytes] = []
@@ -264,7 +265,8 @@ class StatsdServer:
                 self._drops[listener.name] = drops[listener.inode]
 
     def _close(self) -> None:
-        for listener in self.listeners:
+        listeners, self.listeners = self.listeners, []  # a restarted run() binds again
+        for listener in listeners:
             listener.sock.close()
             if listener.name.startswith("unix:"):
                 try:

@@ -18,15 +18,19 @@ from agent.model import Points
 AGGREGATES = ("max", "min", "median", "avg", "sum", "count")
 
 
-def _first_above(ordered: Sequence[tuple[float, float]] | Sequence[float], target: float, weighted: bool) -> float:
-    if not weighted:
-        return ordered[min(max(int(target), 0), len(ordered) - 1)]  # type: ignore[return-value]
+def _first_above(ordered: Sequence[tuple[float, float]], target: float) -> float:
+    """The first value whose cumulative weight exceeds `target` (values sorted, with weights)."""
     cumulative = 0.0
-    for value, weight in ordered:  # type: ignore[misc]
+    for value, weight in ordered:
         cumulative += weight
         if cumulative > target:
-            return value  # type: ignore[no-any-return]
-    return ordered[-1][0]  # type: ignore[index,no-any-return]
+            return value
+    return ordered[-1][0]
+
+
+def _rank(ordered: Sequence[float], target: float) -> float:
+    """The same with every weight 1: the value at index `target`."""
+    return ordered[min(max(int(target), 0), len(ordered) - 1)]
 
 
 def summarize(points: Points, interval: float, aggregates: Sequence[str] = ("max", "median", "avg", "count"),
@@ -38,17 +42,23 @@ def summarize(points: Points, interval: float, aggregates: Sequence[str] = ("max
     values, weights = points.values, points.weights
     if not values:
         return []
-    weighted = len(weights) != len(values) or weights.count(1.0) != len(values)  # type: ignore[attr-defined]
+    weighted = len(weights) != len(values) or weights.count(1.0) != len(values)
     if weighted:
         count = math.fsum(weights)
         total = math.fsum(v * w for v, w in zip(values, weights))
-        ordered: Sequence = sorted(zip(values, weights))
-        low, high = ordered[0][0], ordered[-1][0]
+        pairs = sorted(zip(values, weights))
+        low, high = pairs[0][0], pairs[-1][0]
+
+        def at(target: float) -> float:
+            return _first_above(pairs, target)
     else:
         count = float(len(values))
         total = math.fsum(values)
         ordered = sorted(values)
         low, high = ordered[0], ordered[-1]
+
+        def at(target: float) -> float:
+            return _rank(ordered, target)
     out: list[tuple[str, float]] = []
     for name in aggregates:
         if name == "max":
@@ -56,7 +66,7 @@ def summarize(points: Points, interval: float, aggregates: Sequence[str] = ("max
         elif name == "min":
             out.append((".min", low))
         elif name == "median":
-            out.append((".median", _first_above(ordered, math.floor((count - 1) / 2), weighted)))
+            out.append((".median", at(math.floor((count - 1) / 2))))
         elif name == "avg":
             out.append((".avg", total / count))
         elif name == "sum":
@@ -66,5 +76,5 @@ def summarize(points: Points, interval: float, aggregates: Sequence[str] = ("max
     for p in sorted(percentiles):
         percent = round(p * 100, 6)
         target = math.floor((percent * count - 1) / 100)
-        out.append((f".{percent:g}percentile", _first_above(ordered, target, weighted)))
+        out.append((f".{percent:g}percentile", at(target)))
     return out

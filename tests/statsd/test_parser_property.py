@@ -3,13 +3,17 @@ into garbage are still counted exactly."""
 
 from __future__ import annotations
 
+import os
+
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from agent.statsd.aggregator import Aggregator, Flusher
 from agent.statsd.parser import parse
 
-SETTINGS = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+# STATSD_EXAMPLES=20000 for a longer hunt
+SETTINGS = settings(max_examples=int(os.environ.get("STATSD_EXAMPLES", "300")), deadline=None,
+                    suppress_health_check=[HealthCheck.too_slow])
 
 # garbage that looks like the protocol: made of its own separators and type letters
 protocolish = st.lists(
@@ -69,3 +73,22 @@ def test_valid_lines_in_garbage_are_counted_exactly(garbage: list[bytes], good: 
     # the aggregator and the pure parser agree on every count
     assert agg.stats.lines == parsed.lines
     assert dict(agg.stats.errors) == dict(parsed.errors)
+
+
+@SETTINGS
+@given(st.lists(st.one_of(st.binary(max_size=300), protocolish, st.lists(valid, max_size=5).map(
+    lambda g: b"\n".join(x[0] for x in g))), min_size=1, max_size=8))
+def test_datagrams_parsed_together_count_as_parsed_apart(datagrams: list[bytes]) -> None:
+    together, apart = Aggregator(), Aggregator()
+    together.ingest_many(datagrams)
+    for d in datagrams:
+        apart.ingest(d)
+    assert (together.stats.lines, together.stats.samples, dict(together.stats.errors)) == \
+        (apart.stats.lines, apart.stats.samples, dict(apart.stats.errors))
+    expected_lines = sum(parse(d).lines for d in datagrams)
+    assert together.stats.lines == expected_lines
+    a, b = Flusher(10.0).batch(together.swap(1.0), now=1.0), Flusher(10.0).batch(apart.swap(1.0), now=1.0)
+    key = lambda s: (s.name, s.tags, s.kind.value, s.timestamp)  # noqa: E731
+    assert sorted(map(key, a.samples)) == sorted(map(key, b.samples))
+    assert {key(s): s.value for s in a.samples if s.kind.value == "count"} == \
+        {key(s): s.value for s in b.samples if s.kind.value == "count"}

@@ -140,6 +140,27 @@ def test_queue_schemes_match_the_sidecar() -> None:
     assert accepted == set(SCHEMES)
 
 
+def test_docs_examples_match_the_modules() -> None:
+    """The module blocks shown in docs/deploy.md and the module READMEs parse and pass only (and
+    every required) variables of the module they name."""
+    meta = {"source", "version", "providers", "count", "for_each", "depends_on"}
+    docs = [DEPLOY.parent / "docs" / "deploy.md", *MODULES.glob("*/README.md")]
+    checked = 0
+    for doc in docs:
+        for block in re.findall(r"```hcl\n(.*?)```", doc.read_text(), re.S):
+            for match in re.finditer(r'^module "\w+" \{\n.*?^\}', block, re.S | re.M):
+                (call,) = _clean(hcl2.loads(match.group(0)))["module"]
+                ((name, body),) = call.items()
+                module = re.search(r"modules/([\w-]+)", body["source"]).group(1)
+                variables = declared_variables(MODULES / module)
+                given = set(body) - meta
+                assert given <= set(variables), f"{doc.name}: {name} passes unknown {sorted(given - set(variables))}"
+                required = {v for v, b in variables.items() if "default" not in b}
+                assert required <= given, f"{doc.name}: {name} lacks {sorted(required - given)}"
+                checked += 1
+    assert checked >= 5
+
+
 def test_ten_line_example() -> None:
     text = (TERRAFORM / "examples" / "service" / "main.tf").read_text()
     block = re.search(r'module "orders_worker" \{\n(.*?)\n\}', text, re.S)

@@ -141,7 +141,8 @@ async def polls(polls: int) -> None:
             await nc.close()
         if port_open(5432):
             conn = await asyncpg.connect("postgresql://postgres@127.0.0.1:5432/test")
-            await conn.execute("CREATE TABLE IF NOT EXISTS bench_jobs (id serial, created_at timestamptz DEFAULT now())")
+            await conn.execute("CREATE TABLE IF NOT EXISTS bench_jobs "
+                               "(id serial, created_at timestamptz DEFAULT now())")
             await conn.execute("INSERT INTO bench_jobs (created_at) SELECT now() FROM generate_series(1, 1000)")
             await bench_poll("postgres", "postgresql://postgres@127.0.0.1:5432/test?name=jobs&query=SELECT+count(*)"
                              "+AS+depth,+now()-min(created_at)+AS+oldest_age_seconds+FROM+bench_jobs", polls)

@@ -11,10 +11,11 @@ import importlib
 import importlib.util
 from typing import Any
 
-from integrations.queues.base import DEFAULT_TIMEOUT, Broker, Probe, ProbeError, QueueURL, Reading, Target, parse_queue_url
+from integrations.queues.base import (DEFAULT_TIMEOUT, Broker, Probe, ProbeError, QueueURL, Reading, Target,
+                                      parse_queue_url)
 
-__all__ = ["Probe", "ProbeError", "QueueURL", "Reading", "DEFAULT_TIMEOUT", "SCHEMES", "Target", "broker_for", "describe_url",
-           "open_probe", "parse", "probe_for", "read_once"]
+__all__ = ["DEFAULT_TIMEOUT", "SCHEMES", "Probe", "ProbeError", "QueueURL", "Reading", "Target", "broker_for",
+           "describe_url", "open_probe", "parse", "probe_for", "read_once"]
 
 # scheme -> module defining `BROKER`
 SCHEMES: dict[str, str] = {

@@ -70,7 +70,7 @@ def make_datagrams(contexts: list[tuple[bytes, str]], count: int, rng: random.Ra
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--contexts", type=int, default=2000)
-    ap.add_argument("--datagrams", type=int, default=20_000, help="distinct datagrams generated")
+    ap.add_argument("--datagrams", type=int, default=5_000, help="distinct datagrams generated (one pass)")
     ap.add_argument("--seconds", type=float, default=5.0)
     ap.add_argument("--plain", action="store_true", help="no tags")
     ap.add_argument("--batch", type=int, default=16,
@@ -88,16 +88,18 @@ def main() -> None:
         agg.ingest(d)
     agg.swap()
     batches = [datagrams[i:i + args.batch] for i in range(0, len(datagrams), args.batch)]
-    lines = 0
+    lines, best = 0, float("inf")
     wall0, cpu0 = time.perf_counter(), time.process_time()
     ingest = agg.ingest_many
     while time.perf_counter() - wall0 < args.seconds:
+        pass_cpu = time.process_time()
         for b in batches:
             ingest(b)
+        best = min(best, (time.process_time() - pass_cpu) / lines_per_pass * 1e6)
         lines += lines_per_pass
     wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
-    print(f"ingest ({args.batch} datagrams per call): {lines / wall:,.0f} lines/s, {cpu / lines * 1e6:.3f} CPU-s per million lines "
-          f"({lines:,} lines in {wall:.2f} s)")
+    print(f"ingest ({args.batch} datagrams per call): {lines / wall:,.0f} lines/s, {cpu / lines * 1e6:.3f} CPU-s per "
+          f"million lines (best pass {best:.3f}; {lines:,} lines in {wall:.2f} s)")
     errors = sum(agg.stats.errors.values())
     print(f"errors: {errors}, contexts: {len(agg.contexts)}, samples: {agg.stats.samples:,}")
 

@@ -1,0 +1,28 @@
+"""The StatsD endpoint inside `tasklens run` (a real process): datagrams in, `/metrics` and `/status` out."""
+
+from __future__ import annotations
+
+import json
+import socket
+
+from tests.conftest import wait_until
+
+
+def test_statsd_through_the_running_sidecar(sidecar_factory) -> None:
+    sidecar = sidecar_factory(TASKLENS_FLUSH_INTERVAL="0.5", TASKLENS_SERVICE="orders", TASKLENS_TAGS="team:payments")
+    sidecar.wait_ready()
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.sendto(b"jobs.done:2|c|#queue:orders\njobs.done:1|c|#queue:orders\nbad line", ("127.0.0.1", sidecar.statsd_port))
+
+    def scraped() -> str | None:
+        status, body = sidecar.get("/metrics")
+        return body if 'jobs_done_total{' in body else None
+
+    body = wait_until(scraped, 20, what="jobs_done_total on /metrics")
+    line = next(l for l in body.splitlines() if l.startswith("jobs_done_total{"))
+    assert 'queue="orders"' in line and 'service="orders"' in line and 'team="payments"' in line
+    assert line.endswith(" 3.0")
+    status = json.loads(sidecar.get("/status")[1])["components"]["statsd"]
+    assert status["lines"] == 3 and status["parse_errors"] == {"malformed_line": 1}
+    assert status["listeners"][0]["name"] == f"udp:127.0.0.1:{sidecar.statsd_port}"
+    assert sidecar.stop() == 0

@@ -106,11 +106,15 @@ def parse_optional_addr(text: str) -> tuple[str, int] | None:
     return parse_addr(text)
 
 
-def parse_url(text: str) -> str:
+def parse_http_url(text: str) -> str:
     text = text.strip()
-    parts = urlsplit(text)
-    if not parts.scheme or not (parts.netloc or parts.path):
-        raise ValueError("a URL, e.g. http://host:4040")
+    try:
+        parts = urlsplit(text)
+        parts.port  # noqa: B018 - raises ValueError on a bad port
+    except ValueError:
+        parts = None
+    if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError("an http:// or https:// URL, e.g. http://host:4040")
     return text
 
 
@@ -156,7 +160,9 @@ def parse_choice(*choices: str) -> Callable[[str], str]:
 def setting(default: Any, parse: Callable[[str], Any] = str, *, env: str = "", secret: bool = False,
             doc: str = "") -> Any:
     """A dataclass field that knows its variable (default `TASKLENS_<NAME>`) and how to parse it."""
-    return field(default=default, metadata={"parse": parse, "env": env, "secret": secret, "doc": doc})
+    # secrets stay out of repr(config): a traceback or a debug log must not print the API key
+    return field(default=default, repr=not secret,
+                 metadata={"parse": parse, "env": env, "secret": secret, "doc": doc})
 
 
 @dataclass(frozen=True)
@@ -192,7 +198,7 @@ class Config:
     # Datadog
     dd_api_key: str = setting("", env="DD_API_KEY", secret=True)
     dd_site: str = setting("datadoghq.com", env="DD_SITE")
-    dd_url: str = setting("", env="DD_DD_URL", doc="intake base URL override")
+    dd_url: str = setting("", parse_http_url, env="DD_DD_URL", doc="intake base URL override")
     datadog_buffer_points: int = setting(2_000_000, parse_positive_int, doc="points kept while the intake is down")
     datadog_timeout: float = setting(10.0, parse_seconds)
     dogstatsd_forward: tuple[str, int] | None = setting(None, parse_optional_addr,
@@ -203,7 +209,7 @@ class Config:
     queue_trend_window: float = setting(300.0, parse_seconds)
     queue_backlog_threshold: float = setting(100.0, float, doc="depth above which growth means backing up")
     # profiling
-    pyroscope_url: str = setting("", parse_url, secret=True, doc="Pyroscope server; enables profiling")
+    pyroscope_url: str = setting("", parse_http_url, secret=True, doc="Pyroscope server; enables profiling")
     pyroscope_user: str = setting("")
     pyroscope_password: str = setting("", secret=True)
     pyroscope_tenant: str = setting("", doc="X-Scope-OrgID")
@@ -268,7 +274,7 @@ def load(environ: Mapping[str, str] | None = None) -> Config:
         try:
             values[f.name] = f.metadata["parse"](raw)
         except ValueError as exc:
-            shown = mask_value(f.name, raw) if f.metadata.get("secret") else raw
+            shown = mask_value(f.name, raw)
             raise ConfigError(f"{where}={shown!r} is invalid: expected {exc}") from None
     mappings = file_values.get("mappings", [])
     if not isinstance(mappings, list) or not all(isinstance(m, dict) for m in mappings):
@@ -293,15 +299,21 @@ def mask_url(url: str) -> str:
     return urlunsplit(parts._replace(netloc=netloc))
 
 
-def mask_value(name: str, value: Any) -> str:
-    if isinstance(value, str) and value and name in SECRET_FIELDS:
-        if name == "pyroscope_url":
-            return mask_url(value)
+def mask_value(name: str, value: Any) -> Any:
+    """What may be shown of a setting: secrets as `***` plus the last 4 characters of a long key,
+    URLs without their password, and nothing of a text that looks like credentials (`user:pw@`)."""
+    if not isinstance(value, str) or not value:
+        return value
+    if name in URL_FIELDS:
+        masked = ",".join(mask_url(u) for u in value.split(","))
+        return masked if "@" not in masked or ":***@" in masked else "***"
+    if name in SECRET_FIELDS:
         return "***" if len(value) < 12 else "***" + value[-4:]
     return value
 
 
 SECRET_FIELDS = frozenset(f.name for f in fields(Config) if f.metadata.get("secret"))
+URL_FIELDS = frozenset({"pyroscope_url", "dd_url", "queues"})
 
 
 def describe(config: Config) -> dict[str, Any]:
@@ -309,10 +321,10 @@ def describe(config: Config) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for f in fields(Config):
         value = getattr(config, f.name)
-        if f.name in SECRET_FIELDS:
+        if f.name == "queues":
+            value = [mask_value(f.name, u) for u in value]
+        elif f.name in SECRET_FIELDS or f.name in URL_FIELDS:
             value = mask_value(f.name, value)
-        elif f.name == "queues":
-            value = [mask_url(u) for u in value]
         elif isinstance(value, tuple) and f.name in ("http_addr", "statsd_addr", "dogstatsd_forward"):
             value = f"{value[0]}:{value[1]}"
         elif f.name == "tags":

@@ -33,7 +33,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from agent import __version__
-from agent.config import Config
+from agent.config import Config, mask_url
 from agent.hub import Hub
 from agent.logs import RateLimitedLog
 from agent.model import Batch, Kind, Points, Sample, Tags
@@ -101,7 +101,7 @@ class DatadogSink:
         self.last_error = ""
 
     def __repr__(self) -> str:
-        return f"DatadogSink(url={self.url!r})"
+        return f"DatadogSink(url={mask_url(self.url)!r})"
 
     # -- sink side: convert now, so the interval's data is small and typed ------------------------
 
@@ -348,7 +348,7 @@ class DatadogSink:
         self.last_error = f"http_{code}: {detail}"
         if code in (401, 403):
             self._log.error(f"http_{code}", "datadog: the intake %s refused the API key (HTTP %d): check DD_API_KEY"
-                            " and DD_SITE; %d points dropped, not retried", self.url, code, payload.points)
+                            " and DD_SITE; %d points dropped, not retried", mask_url(self.url), code, payload.points)
         else:
             self._log.error(f"http_{code}", "datadog: the intake refused a payload to %s (HTTP %d: %s); "
                             "%d points dropped, not retried", payload.path, code, detail, payload.points)
@@ -359,7 +359,7 @@ class DatadogSink:
     def status(self) -> dict[str, Any]:
         m, labels = self.metrics, {"exporter": EXPORTER}
         return {
-            "url": self.url,
+            "url": mask_url(self.url),
             "flush_interval_seconds": self.interval,
             "buffered_points": self._buffered + (self._in_flight.points if self._in_flight else 0),
             "buffer_limit_points": self.config.datadog_buffer_points,

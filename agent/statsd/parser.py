@@ -128,8 +128,10 @@ def parse_head(name: bytes, tail: bytes) -> Head:
                 raise ParseError("bad_rate") from None
             if math.isnan(rate):
                 raise ParseError("bad_rate")
-            if not 0.0 < rate <= 1.0:
-                rate = 1.0  # 0 or out of range: counted as unsampled, never a division by zero
+            if not 0.0 < rate <= 1.0 or not math.isfinite(1.0 / rate):
+                # 0, out of range, or so small that 1/rate overflows: counted as unsampled,
+                # never a division by zero or an infinite weight
+                rate = 1.0
         elif first == b"#":
             tags = parse_tags(f[1:])
         elif first == b"T":

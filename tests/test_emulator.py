@@ -195,3 +195,30 @@ def test_emulate_ecs_feeds_a_real_sidecar(sidecar_factory) -> None:
     finally:
         emulator.terminate()
         emulator.wait(10)
+
+
+def test_sidecar_outlives_a_dead_endpoint_and_recovers_when_it_starts(sidecar_factory) -> None:
+    port = free_port()  # nothing listens here yet
+    sidecar = sidecar_factory(ECS_CONTAINER_METADATA_URI_V4=f"http://127.0.0.1:{port}/v4/x", TASKLENS_POLL_INTERVAL="1")
+    try:
+        sidecar.wait_ready()
+    except AssertionError:
+        raise AssertionError(sidecar.log) from None
+    wait_until(lambda: 'tasklens_ecs_poll_errors_total{reason="connection"' in sidecar.get("/metrics")[1], 20,
+               what="connection errors counted")
+    assert sidecar.get("/ready")[0] == 503
+    assert sidecar.get("/health")[0] == 200
+    emulator = subprocess.Popen(
+        [TASKLENS, "emulate-ecs", "--addr", f"127.0.0.1:{port}", "--task", path("ec2-bridge-2020.task"),
+         "--stats", path("ec2-bridge-2020.stats")], env=clean_env(), stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL)
+    try:
+        wait_until(lambda: sidecar.get("/ready")[0] == 200, 20, what="recovery")
+        text = sidecar.get("/metrics")[1]
+        assert 'ecs_container_exit_code{' in text and 'container_name="nginx200"' in text
+        assert sidecar.log.count("ECS metadata poll failed (connection)") == 1  # rate-limited
+        assert "recovered after" in sidecar.log
+        assert sidecar.stop() == 0
+    finally:
+        emulator.terminate()
+        emulator.wait(10)

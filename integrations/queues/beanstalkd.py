@@ -43,6 +43,8 @@ def _error(exc: Exception) -> Exception:
     if isinstance(exc, (OSError, greenstalk.UnknownResponseError)):
         # greenstalk reads an empty line when the broker closes the connection
         return ProbeError("connection", str(exc) or type(exc).__name__)
+    if isinstance(exc, AssertionError):  # greenstalk asserts a reply line ends in CRLF: cut off mid-reply
+        return ProbeError("connection", "reply cut off")
     return exc
 
 

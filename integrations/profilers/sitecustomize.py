@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 
 ENV_PREFIX = "TASKLENS_"
 METADATA_TIMEOUT = 2.0  # seconds; the endpoint is link-local and answers in milliseconds
+EXIT_GRACE = 2.0  # seconds the worker's exit may wait for its last profile to be sent
 LOGGER_NAME = "tasklens.profiler"
 
 # --- label rules shared with the sidecar's py-spy mode --------------------------------------------
@@ -256,8 +257,25 @@ def _start(config: dict[str, Any], environ: Mapping[str, str]) -> None:
     try:
         application, tags = resolve_labels(environ)
         pyroscope.configure(application_name=application, tags=tags, mem_enabled=True, **config)
+        import atexit
+
+        atexit.register(_stop_at_exit, pyroscope)
     except Exception as exc:
         _log().warning("tasklens profiling disabled: pyroscope-io did not start (%s: %s)", type(exc).__name__, exc)
+
+
+def _stop_at_exit(pyroscope: Any) -> None:
+    """Send the last profile at exit, but never hold the worker for long.
+
+    Left alone, pyroscope-io's own exit hook waits for pending uploads as long as its HTTP timeout
+    (10 s each) when the server accepts connections but does not answer; once stopped here, it does
+    not wait at all.
+    """
+    import threading
+
+    stopping = threading.Thread(target=pyroscope.shutdown, name="tasklens-profiler-exit", daemon=True)
+    stopping.start()
+    stopping.join(EXIT_GRACE)
 
 
 def _chain(own_file: str) -> None:

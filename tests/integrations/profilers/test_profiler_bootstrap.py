@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+import socket
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -56,7 +57,8 @@ async def metadata() -> AsyncIterator[Metadata]:
 
 
 def profiled_env(bootstrap_dir: Path, url: str, **extra: str) -> dict[str, str]:
-    return clean_env(PYTHONPATH=str(bootstrap_dir), TASKLENS_PYROSCOPE_URL=url, TASKLENS_PROFILE_WINDOW="1", **extra)
+    settings = {"PYTHONPATH": str(bootstrap_dir), "TASKLENS_PYROSCOPE_URL": url, "TASKLENS_PROFILE_WINDOW": "1"}
+    return clean_env(**{**settings, **extra})
 
 
 def test_populate_writes_only_the_bootstrap_and_pyroscope_io(tmp_path):
@@ -165,3 +167,29 @@ def test_the_workers_own_sitecustomize_still_runs(bootstrap_dir, tmp_path):
                           env=clean_env(PYTHONPATH=f"{bootstrap_dir}:{own}"))
     assert done.returncode == 0 and done.stderr == ""
     assert done.stdout.split() == ["ran", str(own / "sitecustomize.py")]
+
+
+@pytest.mark.parametrize("server", ["refused", "unresponsive"])
+def test_a_server_that_is_down_or_hangs_never_holds_the_worker(start_worker, bootstrap_dir, server):
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        if server == "unresponsive":
+            listener.listen(16)  # connections are queued, never answered
+        url = f"http://127.0.0.1:{listener.getsockname()[1]}"
+        worker = start_worker(seconds=2.5, env=profiled_env(bootstrap_dir, url, TASKLENS_SERVICE="down"))
+        # 2.5 s of work, then at most the bootstrap's 2 s exit grace (pyroscope-io alone: 10 s and
+        # more per pending upload to a server that does not answer)
+        code, out, err = worker.finish(timeout=15)
+    assert (code, err) == (0, "")
+    assert "pyroscope loaded: True" in out and int(out.split()[1]) > 0
+
+
+async def test_the_last_partial_window_is_sent_at_exit(pyroscope, start_worker, bootstrap_dir):
+    # a 60 s upload interval: the only profile a 2 s worker sends is the one flushed at its exit
+    worker = start_worker(seconds=2, env=profiled_env(bootstrap_dir, pyroscope.url, TASKLENS_PROFILE_WINDOW="60",
+                                                      TASKLENS_SERVICE="short-lived"))
+    code, _, err = await asyncio.to_thread(worker.finish)
+    assert (code, err) == (0, "")
+    await until(lambda: any(s.labels["__name__"] == "process_cpu" for s in pyroscope.pushed), 10, "the last profile")
+    [cpu] = [s for s in pyroscope.pushed if s.labels["__name__"] == "process_cpu"]
+    assert cpu.labels["service_name"] == "short-lived" and cpu.profiles[0].share(HOT_FUNCTION) >= 0.8

@@ -280,14 +280,15 @@ def _stop_at_exit(pyroscope: Any) -> None:
 
 def _chain(own_file: str) -> None:
     """Run the next `sitecustomize` on sys.path (the worker's own), which this file shadows."""
-    import importlib.machinery
-    import importlib.util
+    import importlib.machinery  # loaded by Python's start-up already
 
     own_dir = os.path.dirname(own_file)
     rest = [p for p in sys.path if os.path.realpath(p or ".") != own_dir]
     spec = importlib.machinery.PathFinder.find_spec("sitecustomize", rest)
     if spec is None or spec.loader is None or os.path.realpath(spec.origin or "") == own_file:
         return
+    import importlib.util
+
     module = importlib.util.module_from_spec(spec)
     sys.modules["sitecustomize"] = module
     spec.loader.exec_module(module)  # its errors surface as without us ("Error in sitecustomize")

@@ -5,7 +5,7 @@ contexts with 2-6 tags each, a mix of counters, gauges, timers, histograms, sets
 Prints lines/s and CPU seconds per million lines for `Aggregator.ingest`, then the cost of one flush
 (`swap` on the receive side, `Flusher.batch` on the export side).
 
-    .venv/bin/python bench/statsd_parse.py [--contexts 2000] [--seconds 5] [--plain] [--batch 16]
+    .venv/bin/python bench/statsd_parse.py [--contexts 2000] [--seconds 5] [--plain] [--batch 16] [--skew 1.1]
 """
 
 from __future__ import annotations
@@ -49,14 +49,19 @@ def value_for(kind: str, rng: random.Random) -> bytes:
 
 
 def make_datagrams(contexts: list[tuple[bytes, str]], count: int, rng: random.Random,
-                   size: int = 1432) -> tuple[list[bytes], int]:
-    """`count` datagrams of at most `size` bytes and 20-40 lines; returns them and the line count."""
+                   size: int = 1432, skew: float = 0.0) -> tuple[list[bytes], int]:
+    """`count` datagrams of at most `size` bytes and 20-40 lines; returns them and the line count.
+
+    `skew` > 0 picks contexts with Zipf weights 1 / rank**skew (a few hot counters, a long tail), as
+    real workers send; 0 picks them uniformly (every context equally often: the least repetition)."""
+    weights = [1 / (rank + 1) ** skew for rank in range(len(contexts))] if skew else None
     out, lines = [], 0
     for _ in range(count):
         parts: list[bytes] = []
         length, want = 0, rng.randint(20, 40)
+        picks = iter(rng.choices(contexts, weights, k=want))
         while len(parts) < want:
-            fmt, kind = rng.choice(contexts)
+            fmt, kind = next(picks)
             line = fmt % value_for(kind, rng)
             if length + len(line) + 1 > size:
                 break
@@ -73,14 +78,16 @@ def main() -> None:
     ap.add_argument("--datagrams", type=int, default=5_000, help="distinct datagrams generated (one pass)")
     ap.add_argument("--seconds", type=float, default=5.0)
     ap.add_argument("--plain", action="store_true", help="no tags")
+    ap.add_argument("--skew", type=float, default=0.0, help="Zipf exponent of context popularity (0: uniform)")
     ap.add_argument("--batch", type=int, default=16,
                     help="datagrams parsed together, as the server does with what one wake-up drains")
     args = ap.parse_args()
     rng = random.Random(42)
     contexts = make_contexts(args.contexts, rng, tagged=not args.plain)
-    datagrams, lines_per_pass = make_datagrams(contexts, args.datagrams, rng)
+    datagrams, lines_per_pass = make_datagrams(contexts, args.datagrams, rng, skew=args.skew)
     size = sum(map(len, datagrams)) / len(datagrams)
-    print(f"traffic: {args.contexts} contexts, {'plain' if args.plain else 'tagged'}, "
+    print(f"traffic: {args.contexts} contexts ({'uniform' if not args.skew else f'Zipf {args.skew}'}), "
+          f"{'plain' if args.plain else 'tagged'}, "
           f"{lines_per_pass / len(datagrams):.1f} lines and {size:.0f} bytes per datagram")
 
     agg = Aggregator(max_contexts=100_000)

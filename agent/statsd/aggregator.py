@@ -22,6 +22,7 @@ import time
 from array import array
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from itertools import repeat
 from dataclasses import dataclass, field
 
 from agent.model import Batch, Event, Kind, Points, Sample, ServiceCheck, Tags, merge_tags
@@ -33,6 +34,8 @@ from agent.statsd.parser import (CHECK_PREFIX, EVENT_PREFIX, MAX_DATAGRAM, Head,
 COUNTER, HISTOGRAM, GAUGE, GAUGE_DELTA, SET, ERROR, DROPPED = range(7)  # numeric codes first
 _HISTOGRAM_TYPES = {"h": Kind.HISTOGRAM, "ms": Kind.HISTOGRAM, "d": Kind.DISTRIBUTION}
 NUMBER_CACHE = 100_000  # distinct value texts remembered
+DEDUPE_RATIO = 0.6  # count equal lines first when fewer than 60% of a batch's lines are distinct (break-even measured)
+DEDUPE_PROBE_EVERY = 2_000  # datagrams between two measurements while lines do not repeat
 MAX_EVENTS = 10_000  # each, per interval: a flood is dropped and counted as `cardinality_limit`
 
 
@@ -114,6 +117,9 @@ class Aggregator:
         self._cache: dict[tuple[bytes, bytes], Slot] = {}
         self._cache_limit = max(4 * max_contexts, 10_000)
         self._numbers: dict[bytes, float] = {}
+        self._dedupe = False  # lines repeat enough to count them first (measured, see ingest_many)
+        self._probe_at = 0  # packet count at which to measure again
+        self._batch_gauges: set[Context] | None = None
         self._errors: dict[str, Slot] = {}
         # contexts share equal tag pairs and tag sets (`env:prod` on 10,000 names is stored once)
         self._shared_tags: dict[object, object] = {}
@@ -140,10 +146,30 @@ class Aggregator:
             datagrams = [d for d in datagrams if len(d) <= MAX_DATAGRAM]
             if not datagrams:
                 return
-        lines = (datagrams[0] if len(datagrams) == 1 else b"\n".join(datagrams)).split(b"\n")
+        data = datagrams[0] if len(datagrams) == 1 else b"\n".join(datagrams)
+        lines = data.split(b"\n")
         if not lines[-1]:
             lines.pop()  # the trailing newline most clients send; those inside are skipped below
         stats.lines += len(lines)
+        if (self.gauge_deltas or len(self.contexts) + len(lines) > self.max_contexts
+                or b"_e{" in data or b"_sc|" in data or b"|T" in data):
+            # these depend on the order of equal lines: Etsy gauge deltas, which new contexts fit under
+            # the cap, events, service checks and timestamped samples (a C-level scan decides)
+            self._each(lines)
+        elif self._dedupe or stats.packets >= self._probe_at:
+            # most of the cost is per line: when lines repeat (hot counters, common values), count the
+            # equal ones in C first and do the Python work once per distinct line. Whether they repeat
+            # is measured on every such batch, and probed again now and then when they did not.
+            counted = Counter(reversed(lines))  # reversed: the first seen is the last sent (gauges)
+            self._dedupe = len(counted) < DEDUPE_RATIO * len(lines)
+            if not self._dedupe:
+                self._probe_at = stats.packets + DEDUPE_PROBE_EVERY
+            self._each_distinct(counted)
+        else:
+            self._each(lines)
+
+    def _each(self, lines: list[bytes]) -> None:
+        """The hot loop: one line at a time, in order."""
         iv = self.interval
         counts, gauges, values = iv.counts, iv.gauges, iv.values
         counts_get, values_get, cache_get, number_get = counts.get, values.get, self._cache.get, self._numbers.get
@@ -178,6 +204,50 @@ class Aggregator:
                 acc.append(v)
             else:  # GAUGE
                 gauges[slot.ctx] = v  # type: ignore[index]
+
+    def _each_distinct(self, counted: Counter[bytes]) -> None:
+        """The same once per distinct line, `n` times its effect; lines come last-sent first, so a gauge
+        keeps the first value seen here (a set of the gauges already set in this batch)."""
+        iv = self.interval
+        counts, gauges, values = iv.counts, iv.gauges, iv.values
+        counts_get, values_get, cache_get, number_get = counts.get, values.get, self._cache.get, self._numbers.get
+        slow, number = self._slow, self._number
+        self._batch_gauges = batch_gauges = set()
+        try:
+            for line, n in counted.items():
+                name, _, rest = line.partition(b":")
+                value, _, tail = rest.partition(b"|")
+                slot = cache_get((name, tail))
+                code = -1 if slot is None else slot.code
+                if code == -1 or code > 2:
+                    for _ in range(n):
+                        slow(line)
+                    continue
+                v = number_get(value)
+                if v is None:
+                    try:
+                        v = number(value)
+                    except ValueError:
+                        for _ in range(n):
+                            slow(line)
+                        continue
+                if code == 0:
+                    counts[slot] = counts_get(slot, 0.0) + v * n  # type: ignore[index,arg-type]
+                elif code == 1:
+                    acc = values_get(slot)  # type: ignore[arg-type]
+                    if acc is None:
+                        acc = values[slot] = array("d")  # type: ignore[index]
+                    if n == 1:
+                        acc.append(v)
+                    else:
+                        acc.extend(repeat(v, n))
+                else:
+                    ctx = slot.ctx  # type: ignore[union-attr]
+                    if ctx not in batch_gauges:
+                        batch_gauges.add(ctx)  # type: ignore[arg-type]
+                        gauges[ctx] = v  # type: ignore[index]
+        finally:
+            self._batch_gauges = None
 
     def _number(self, text: bytes) -> float:
         """`finite(text)`, remembered: values repeat a lot and `float()` is the slowest step per line."""
@@ -277,6 +347,10 @@ class Aggregator:
                 acc = iv.values[slot] = array("d")
             acc.extend(vals)
         elif code == GAUGE:
+            if self._batch_gauges is not None:  # in `_each_distinct`: the last sent was seen first
+                if ctx in self._batch_gauges:
+                    return
+                self._batch_gauges.add(ctx)
             iv.gauges[ctx] = vals[-1]
         else:
             for v, r in zip(vals, relative):

@@ -60,7 +60,11 @@ def cmd_check(args: argparse.Namespace) -> int:
     if config.queues:
         from integrations.queues import describe_url
 
-        out["queues"] = [describe_url(u) for u in config.queues]
+        try:
+            out["queues"] = [describe_url(u, config) for u in config.queues]
+        except ValueError as exc:  # ConfigError included: the message names the URL, masked
+            print(f"tasklens: invalid configuration: {exc}", file=sys.stderr)
+            return 2
     print(json.dumps(out, indent=2, default=str))
     return code
 

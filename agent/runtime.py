@@ -19,7 +19,7 @@ from typing import Any
 from aiohttp import web
 
 from agent import http
-from agent.config import Config
+from agent.config import Config, ConfigError
 from agent.hub import Component, Hub, Sink
 from agent.identity import Identity, local_identity
 from agent.logs import RateLimitedLog
@@ -70,10 +70,10 @@ class Runtime:
             statsd = StatsdServer(config, hub)
             await statsd.start()
             self.sources.append(statsd)
-        for url in config.queues:
-            from integrations.queues.source import QueueSource
+        if config.queues:
+            from integrations.queues.source import queue_sources
 
-            self.sources.append(QueueSource(config, hub, url))
+            self.sources += queue_sources(config, hub)  # ConfigError on a bad or duplicate URL
         if config.profiling_enabled:
             from integrations.profilers.pyspy import PySpyProfiler
 
@@ -200,3 +200,6 @@ def run(config: Config) -> int:
         except OSError as exc:  # a listener could not bind: say which, without a traceback
             log.error("cannot start: %s", exc)
             return 1
+        except ConfigError as exc:  # found while building a component (a queue URL, a mapping rule)
+            log.error("invalid configuration: %s", exc)
+            return 2

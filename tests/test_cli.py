@@ -119,3 +119,13 @@ def test_port_in_use_is_a_clear_error(sidecar_factory) -> None:
         code = sidecar.proc.wait(timeout=30)
     assert code != 0
     assert "address already in use" in sidecar.log.lower() or "errno 98" in sidecar.log.lower()
+
+
+def test_a_bad_queue_url_stops_startup_and_check_without_a_traceback(sidecar_factory) -> None:
+    env = {"TASKLENS_QUEUES": "redis://:hunter2@127.0.0.1:6379/0?lsit=jobs"}
+    sidecar = sidecar_factory(**env)
+    assert sidecar.proc.wait(timeout=30) == 2
+    assert "invalid configuration" in sidecar.log and "Traceback" not in sidecar.log
+    assert "hunter2" not in sidecar.log
+    check = subprocess.run([TASKLENS, "check"], env=clean_env(**env), capture_output=True, text=True, timeout=30)
+    assert check.returncode == 2 and "Traceback" not in check.stderr and "hunter2" not in check.stderr + check.stdout

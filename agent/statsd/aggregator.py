@@ -244,7 +244,7 @@ class Aggregator:
                 else:
                     ctx = slot.ctx  # type: ignore[union-attr]
                     if ctx not in batch_gauges:
-                        batch_gauges.add(ctx)  # type: ignore[arg-type]
+                        batch_gauges.add(ctx)
                         gauges[ctx] = v  # type: ignore[index]
         finally:
             self._batch_gauges = None

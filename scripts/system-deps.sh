@@ -1,19 +1,27 @@
 #!/usr/bin/env bash
-# Installs the system tools the test suite uses and starts the servers it expects that a fresh
-# machine of this kind does not start by itself. Idempotent; quiet when everything is there.
+# Installs the system tools the test suite uses that a fresh machine lacks, and prepares the local
+# services it expects. Idempotent; quiet when everything is there.
 set -euo pipefail
+cd "$(dirname "$0")/.."
 
 need=()
-command -v beanstalkd >/dev/null || need+=(beanstalkd)
-command -v promtool >/dev/null || need+=(prometheus)
+command -v beanstalkd >/dev/null || need+=(beanstalkd)        # queue tests start their own
+command -v promtool >/dev/null || need+=(prometheus)          # rule checks, the real-scrape test
+command -v redis-server >/dev/null || need+=(redis-server)    # outage tests start their own
 if ((${#need[@]})); then
   if [ "$(id -u)" = 0 ]; then
     apt-get update -qq
     # keep Debian's service scripts from starting daemons during the install
     printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d
+    trap 'rm -f /usr/sbin/policy-rc.d' EXIT
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
-    rm -f /usr/sbin/policy-rc.d
   else
     echo "system-deps: missing ${need[*]} (not root: the tests that need them will skip)" >&2
   fi
+fi
+
+# checkov pins its own versions of libraries the project uses: it gets a virtualenv of its own.
+if [ ! -x .tools/checkov/bin/checkov ]; then
+  python3 -m venv .tools/checkov
+  .tools/checkov/bin/pip install -q checkov >/dev/null 2>&1 || { echo "system-deps: checkov did not install (its test will skip)" >&2; }
 fi

@@ -20,7 +20,7 @@ run: install
 	$(VENV)/bin/tasklens run
 
 test: install system-deps
-	CHECKOV=$(CURDIR)/.tools/checkov/bin/checkov $(PY) -m pytest
+	CHECKOV=$(wildcard $(CURDIR)/.tools/checkov/bin/checkov) $(PY) -m pytest
 
 bench: install
 	$(PY) bench/idle_footprint.py

@@ -313,6 +313,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--server-core", type=int, default=0)
     ap.add_argument("--sender-core", type=int, default=1)
+    ap.add_argument("--nice", type=int, default=0,
+                    help="scheduling priority for the run, inherited by servers and senders (e.g. -10 as root "
+                         "on a shared machine, so that other work disturbs the servers less)")
     ap.add_argument("--max-lossy-steps", type=int, default=1, help="stop a server after this many lossy steps")
     ap.add_argument("--quick", action="store_true",
                     help=f"smoke run: steps {QUICK_STEPS}, 2 s each, 2 s flush, 1,000 contexts")
@@ -339,7 +342,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(f"installing {name} ...", flush=True)
                 INSTALLERS[name]()
 
-    print(f"{platform.node()}: {os.cpu_count()} cores, load {os.getloadavg()}, servers on core {args.server_core}, "
+    if args.nice:
+        os.setpriority(os.PRIO_PROCESS, 0, args.nice)
+    print(f"{platform.node()}: {os.cpu_count()} cores, load {os.getloadavg()}, "
+          f"nice {os.getpriority(os.PRIO_PROCESS, 0)}, "
+          f"servers on core {args.server_core}, "
           f"{args.senders} senders on core {args.sender_core}; {args.step_seconds:g} s per step, "
           f"flush every {args.flush_interval:g} s", flush=True)
     results = []

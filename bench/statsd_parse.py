@@ -14,6 +14,9 @@ import argparse
 import random
 import time
 
+from agent.model import Points
+from agent.selfmetrics import SelfMetrics
+from agent.sinks.prometheus import PrometheusSink
 from agent.statsd.aggregator import Aggregator, Flusher
 
 # counters 55%, timers 15%, histograms 10%, gauges 12%, distributions 5%, sets 3%
@@ -43,9 +46,9 @@ def value_for(kind: str, rng: random.Random) -> bytes:
         return str(rng.randint(0, 1000)).encode()
     if kind == "s":
         return b"user%d" % rng.randrange(200)
-    if kind == "ms":
-        return str(rng.randint(1, 500)).encode()
-    return f"{rng.random() * 100:.3f}".encode()
+    if kind == "ms":  # whole milliseconds (statsd `timing`) or floats (datadog `timed`), half each
+        return str(rng.randint(1, 500)).encode() if rng.random() < 0.5 else f"{rng.random() * 500:.6f}".encode()
+    return f"{rng.random() * 100:.6f}".encode()  # sizes, durations: practically never equal
 
 
 def make_datagrams(contexts: list[tuple[bytes, str]], count: int, rng: random.Random,
@@ -75,7 +78,7 @@ def make_datagrams(contexts: list[tuple[bytes, str]], count: int, rng: random.Ra
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--contexts", type=int, default=2000)
-    ap.add_argument("--datagrams", type=int, default=5_000, help="distinct datagrams generated (one pass)")
+    ap.add_argument("--datagrams", type=int, default=20_000, help="distinct datagrams generated (one pass)")
     ap.add_argument("--seconds", type=float, default=5.0)
     ap.add_argument("--plain", action="store_true", help="no tags")
     ap.add_argument("--skew", type=float, default=0.0, help="Zipf exponent of context popularity (0: uniform)")
@@ -110,15 +113,23 @@ def main() -> None:
     errors = sum(agg.stats.errors.values())
     print(f"errors: {errors}, contexts: {len(agg.contexts)}, samples: {agg.stats.samples:,}")
 
-    # one interval's worth at 1M lines/s is 10M lines; measure a flush of what this run accumulated
+    # a flush of one pass (each datagram once: values repeat no more than in the traffic itself)
+    agg.swap()
+    for b in batches:
+        ingest(b)
     t0 = time.perf_counter()
     iv = agg.swap()
     t1 = time.perf_counter()
     batch = Flusher(10.0).batch(iv)
     t2 = time.perf_counter()
+    sink = PrometheusSink(SelfMetrics())
+    sink.accept(batch)
+    t3 = time.perf_counter()
     held = sum(len(v) for v in iv.values.values())
-    print(f"flush: swap {1e3 * (t1 - t0):.3f} ms (receive side), batch of {len(batch.samples)} samples "
-          f"holding {held:,} histogram values {1e3 * (t2 - t1):.1f} ms (export side)")
+    kept = sum(len(s.value.values) for s in batch.samples if isinstance(s.value, Points))
+    print(f"flush of {lines_per_pass:,} lines: swap {1e3 * (t1 - t0):.3f} ms (receive side); batch of {len(batch.samples)} samples "
+          f"{1e3 * (t2 - t1):.1f} ms, {held:,} histogram values merged into {kept:,}; Prometheus sink "
+          f"{1e3 * (t3 - t2):.1f} ms (export side)")
 
 
 if __name__ == "__main__":

@@ -36,16 +36,18 @@ _HISTOGRAM_TYPES = {"h": Kind.HISTOGRAM, "ms": Kind.HISTOGRAM, "d": Kind.DISTRIB
 NUMBER_CACHE = 100_000  # distinct value texts remembered
 DEDUPE_RATIO = 0.6  # count equal lines first when fewer than 60% of a batch's lines are distinct (break-even measured)
 DEDUPE_PROBE_EVERY = 2_000  # datagrams between two measurements while lines do not repeat
+MERGE_MIN, MERGE_RATIO, MERGE_RETRY = 1024, 0.5, 16  # see `points`
 MAX_EVENTS = 10_000  # each, per interval: a flood is dropped and counted as `cardinality_limit`
 
 
 class Context:
     """One series: name + type + tags + container. Compared and hashed by identity (fast)."""
 
-    __slots__ = ("name", "type", "tags", "container")
+    __slots__ = ("name", "type", "tags", "container", "merge")
 
     def __init__(self, name: str, type_: str, tags: Tags, container: str) -> None:
         self.name, self.type, self.tags, self.container = name, type_, tags, container
+        self.merge = 0  # export side only: do this histogram's values repeat? (see `points`)
 
     def __repr__(self) -> str:
         return f"Context({self.name!r}, {self.type!r}, {self.tags!r}, {self.container!r})"
@@ -486,7 +488,28 @@ class Flusher:
 
 
 def points(values: Mapping[Slot, array[float]], slots: Sequence[Slot], milliseconds: bool) -> Points:
-    """One context's values and weights; weights are built only here (most are 1)."""
+    """One context's values and weights (weights are built only here: most are 1).
+
+    When values repeat (timers in whole milliseconds, small sizes), equal values are merged into one
+    with the sum of their weights, so that every sink works per distinct value, not per sample. Whether
+    a context's values repeat is remembered (`Context.merge`) and tried again every 16 flushes."""
+    ctx: Context = slots[0].ctx  # type: ignore[assignment]
+    total = sum(len(values[slot]) for slot in slots)
+    if total >= MERGE_MIN and ctx.merge >= 0:
+        merged: Counter[float] = Counter()
+        for slot in slots:
+            counted = Counter(values[slot])  # C-level counting
+            if slot.weight == 1.0:
+                merged.update(counted)
+            else:
+                for value, n in counted.items():
+                    merged[value] += n * slot.weight  # type: ignore[assignment]
+        if len(merged) <= total * MERGE_RATIO:
+            ctx.merge = 1
+            return Points(array("d", merged.keys()), array("d", merged.values()), milliseconds)
+        ctx.merge = -MERGE_RETRY
+    elif ctx.merge < 0:
+        ctx.merge += 1
     if len(slots) == 1:
         vals = values[slots[0]]
         return Points(vals, array("d", [slots[0].weight]) * len(vals), milliseconds)

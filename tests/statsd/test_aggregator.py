@@ -196,3 +196,23 @@ def test_events_and_service_checks_pass_through() -> None:
 def test_datagram_over_64_kib_is_one_too_long_error() -> None:
     _, agg = run(b"x:1|c\n" * 11000)
     assert dict(agg.stats.errors) == {"too_long": 1} and agg.stats.lines == 1
+
+
+def test_repeated_histogram_values_are_merged_with_their_weights() -> None:
+    agg = Aggregator()
+    agg.ingest_many([b"\n".join(b"t:%d|ms" % (i % 10) for i in range(2000)), b"t:3|ms|@0.5\nt:11|ms|@0.5"])
+    points = by_name(flush(agg))["t"].value
+    assert isinstance(points, Points) and points.milliseconds
+    merged = dict(zip(points.values, points.weights))
+    # 0..9 two hundred times each, and 3 and 11 sampled at 0.5 (weight 2)
+    assert merged == {**{float(v): 200.0 for v in range(10)}, 3.0: 202.0, 11.0: 2.0}
+
+
+def test_distinct_histogram_values_are_kept_and_merging_is_retried_later() -> None:
+    agg, flusher = Aggregator(), Flusher(10.0)
+    for now in range(1000, 1000 + 17 * 10, 10):
+        agg.ingest(b"\n".join(b"d:%d.5|d" % i for i in range(1100)))
+        points = by_name(flush(agg, flusher, float(now)))["d"].value
+        assert sorted(points.values) == [i + 0.5 for i in range(1100)] and set(points.weights) == {1.0}  # type: ignore[union-attr]
+    ctx = next(iter(agg.contexts.values()))
+    assert ctx.merge == 0  # tried at the first flush, then 16 flushes without trying: tried again next time

@@ -202,6 +202,8 @@ def _as_poll_error(exc: BaseException) -> PollError:
         return exc
     if isinstance(exc, asyncio.TimeoutError):
         return PollError("timeout", "no answer within the metadata timeout")
+    if isinstance(exc, aiohttp.InvalidURL):  # the variable holds something that is not an http URL
+        return PollError("bad_url", f"{type(exc).__name__}: {exc} (check {ENV_V4})")
     if isinstance(exc, aiohttp.ClientConnectionError | OSError):
         return PollError("connection", f"{type(exc).__name__}: {exc}")
     if isinstance(exc, aiohttp.ClientError):

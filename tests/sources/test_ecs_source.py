@@ -94,6 +94,15 @@ def test_metadata_base_url() -> None:
     assert metadata_base_url({}) is None
 
 
+@pytest.mark.parametrize("url", ["169.254.170.2/v4/x", "ftp://host/v4/x", "http://[bad/v4"])
+async def test_a_url_that_is_not_http_is_counted_not_fatal(url: str) -> None:
+    h = Harness(url)
+    assert not await h.source.poll_once()
+    assert h.metric("tasklens.ecs.poll_errors", reason="bad_url") == 1
+    assert "ECS_CONTAINER_METADATA_URI_V4" in h.source.status()["last_error"]
+    await h.source.aclose()
+
+
 # --- every capture over HTTP, checked at /metrics -----------------------------------------------
 
 # (task, stats) -> Prometheus series worked out by hand from the files (see test_ecs_stats.py)

@@ -197,12 +197,16 @@ def _get_read(stats: Any) -> Any:
     return stats.get("read") if isinstance(stats, Mapping) else None
 
 
+# aiohttp >= 3.10 raises NonHttpUrlClientError (not an InvalidURL) for other schemes
+_BAD_URL = (aiohttp.InvalidURL, getattr(aiohttp, "NonHttpUrlClientError", aiohttp.InvalidURL))
+
+
 def _as_poll_error(exc: BaseException) -> PollError:
     if isinstance(exc, PollError):
         return exc
     if isinstance(exc, asyncio.TimeoutError):
         return PollError("timeout", "no answer within the metadata timeout")
-    if isinstance(exc, aiohttp.InvalidURL):  # the variable holds something that is not an http URL
+    if isinstance(exc, _BAD_URL):  # the variable holds something that is not an http URL
         return PollError("bad_url", f"{type(exc).__name__}: {exc} (check {ENV_V4})")
     if isinstance(exc, aiohttp.ClientConnectionError | OSError):
         return PollError("connection", f"{type(exc).__name__}: {exc}")

@@ -295,7 +295,8 @@ def _container_samples(container: Mapping[str, Any], stats: Any, previous: Any, 
     workload = is_workload(container)
 
     def emit(name: str, value: float | None, kind: Kind = Kind.GAUGE) -> None:
-        if value is not None and workload:
+        # finite check: absurd inputs (a 1e308 MiB limit) must not export `+Inf`
+        if value is not None and workload and math.isfinite(value):
             out.append(Sample(f"ecs.container.{name}", float(value), kind, tags))
 
     running = container.get("KnownStatus") == "RUNNING"
@@ -350,7 +351,7 @@ def _task_samples(task: Any, totals: _Totals, previous: Mapping[str, Any]) -> li
     out: list[Sample] = []
 
     def emit(name: str, value: float | None, kind: Kind = Kind.GAUGE) -> None:
-        if value is not None:
+        if value is not None and math.isfinite(value):
             out.append(Sample(f"ecs.task.{name}", float(value), kind))
 
     workloads = [c for c in _list(_get(task, "Containers")) if isinstance(c, dict) and is_workload(c)]

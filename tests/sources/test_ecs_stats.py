@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 from typing import Any
 
 import pytest
@@ -425,6 +426,17 @@ def test_real_stats_limit_is_used() -> None:
     v = values(derive(task, stats).samples)
     assert v["ecs.container.memory.limit_bytes", "dd-agent"] == 512 * MIB
     assert v["ecs.container.memory.utilization_percent", "dd-agent"] == pytest.approx(156_966_912 / (512 * MIB) * 100)
+
+
+@pytest.mark.parametrize("mib", [1e308, 1e-320])
+def test_absurd_limits_never_export_infinity(mib: float) -> None:
+    task, stats = load("fargate-2023.task"), load("fargate-2023.stats")
+    task["Limits"]["Memory"] = mib
+    task["Limits"]["CPU"] = 1e-320
+    v = values(derive(task, stats).samples)
+    assert all(math.isfinite(x) for x in v.values())
+    assert v["ecs.task.memory.working_set_bytes", None] == 191_832_064
+    assert ("ecs.task.cpu.utilization_percent", None) not in v  # 0.0093 / 1e-320 overflows
 
 
 def test_working_set_rules() -> None:

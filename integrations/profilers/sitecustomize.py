@@ -256,12 +256,23 @@ def _start(config: dict[str, Any], environ: Mapping[str, str]) -> None:
         return
     try:
         application, tags = resolve_labels(environ)
-        pyroscope.configure(application_name=application, tags=tags, mem_enabled=True, **config)
+        options = dict(config, application_name=application, tags=tags, mem_enabled=True)
+        pyroscope.configure(**_supported(pyroscope.configure, options))
         import atexit
 
         atexit.register(_stop_at_exit, pyroscope)
     except Exception as exc:
         _log().warning("tasklens profiling disabled: pyroscope-io did not start (%s: %s)", type(exc).__name__, exc)
+
+
+def _supported(function: Any, options: dict[str, Any]) -> dict[str, Any]:
+    """The options `function` takes: an older pyroscope-io lacks some (memory profiling, the interval)."""
+    import inspect
+
+    parameters = inspect.signature(function).parameters
+    if any(p.kind is p.VAR_KEYWORD for p in parameters.values()):
+        return options
+    return {k: v for k, v in options.items() if k in parameters}
 
 
 def _stop_at_exit(pyroscope: Any) -> None:

@@ -103,3 +103,15 @@ def test_settings_read_the_sidecars_variables():
                           "TASKLENS_PROFILE_WINDOW": "-1", "TASKLENS_PYROSCOPE_USER": "explicit"}) == {
         "server_address": "http://p", "basic_auth_username": "explicit", "basic_auth_password": "",
         "tenant_id": "", "sample_rate": 100, "upload_interval": 10}
+
+
+def test_options_an_older_pyroscope_io_does_not_take_are_left_out():
+    def configure_0_8(application_name=None, server_address="", tags=None, sample_rate=100):
+        pass
+
+    def configure_any(**kwargs):
+        pass
+
+    options = {"application_name": "a", "server_address": "http://p", "mem_enabled": True, "upload_interval": 10}
+    assert site._supported(configure_0_8, options) == {"application_name": "a", "server_address": "http://p"}
+    assert site._supported(configure_any, options) == options

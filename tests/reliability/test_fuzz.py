@@ -21,7 +21,7 @@ from agent.statsd.parser import parse
 from tests.conftest import FIXTURES, ROOT
 
 FUZZ = ROOT / "bench" / "fuzz.py"
-SECONDS = 20
+SECONDS = 15
 
 
 @pytest.mark.slow

@@ -58,14 +58,17 @@ def hostile() -> tuple[list[tuple[str, bytes]], dict[str, float], dict[str, int]
         ("udp", b"num.nan:nan|c\nnum.inf:inf|c\nnum.ninf:-inf|g\nnum.big:1e400|c\nnum.NaN:NaN|h\n"
                 b"num.negzero:-0|c\nnum.negzero:4|c\nnum.zero:-0|g\nnum.huge:1e308|g"),  # 5 bad_value
         ("udp", "métrique.été:4|c|#q:a\"b\\c,emoji:\U0001F600".encode()),  # valid UTF-8, odd characters
+        ("uds", b"_e{4,60000}:huge|" + b"x" * 60000 + b"|t:warning"),  # an event text far past Datadog's 4000
+        ("uds", b"_sc|huge.check|1|m:" + b"y" * 60000),  # a service check message as long
+        ("udp", b"_e{40,2}:short|no"),  # lengths that do not match: bad_event
     ]
     totals[name200.decode() + "_total"] = 1
     totals["t200_total"] = 2
     totals["utf_ok_total"] = 5
     totals["num_negzero_total"] = 4
     totals["m_trique__t__total"] = 4
-    lines += 2 + 2 + 1 + 4 + 9 + 1
-    errors = {"too_long": 4, "malformed_line": 2, "bad_value": 5}
+    lines += 2 + 2 + 1 + 4 + 9 + 1 + 3
+    errors = {"too_long": 4, "malformed_line": 2, "bad_value": 5, "bad_event": 1}
     return out, totals, errors, lines
 
 
@@ -117,6 +120,10 @@ async def test_hostile_datagrams_are_counted_and_the_rest_kept_exactly(tmp_path)
             await poll(lambda: dd_total("utf.ok") == 5 and dd_total("max.udp") == totals["max_udp_total"]
                        and dd_total("max.uds") == totals["max_uds_total"], 15, "the intake's totals")
             assert dd_total("n" * 200) == 1 and dd_total("num.negzero") == 4
+            # the huge event and service check, cut to what the intake takes, not refused whole
+            await poll(lambda: intake.events and intake.checks, 15, "the event and the service check")
+            assert [(e["title"], e["text"], e["alert_type"]) for e in intake.events] == [("huge", "x" * 4000, "warning")]
+            assert [(c["check"], c["status"], c["message"]) for c in intake.checks] == [("huge.check", 1, "y" * 60000)]
             assert intake.errors == []
             assert sidecar.proc.poll() is None
         finally:

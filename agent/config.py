@@ -234,7 +234,7 @@ class Config:
 
 
 def env_name(f: Any) -> str:
-    return f.metadata.get("env") or PREFIX + f.name.upper()
+    return str(f.metadata.get("env") or PREFIX + f.name.upper())
 
 
 def load(environ: Mapping[str, str] | None = None) -> Config:

@@ -74,7 +74,7 @@ class Identity:
         return self.tags + ((("task_arn", self.task_arn),) if self.task_arn else ())
 
     def as_dict(self) -> dict[str, Any]:
-        d = dict(self.info_tags)
+        d: dict[str, Any] = dict(self.info_tags)
         d["local_mode"] = self.local
         d["containers"] = {docker_id: dict(tags) for docker_id, tags in self.containers.items()}
         return d
@@ -121,7 +121,9 @@ def task_identity(config: Config, task: Mapping[str, Any], environ: Mapping[str,
         or family
         or hostname()
     )
-    containers = task.get("Containers") or []
+    containers = task.get("Containers")
+    if not isinstance(containers, list):
+        containers = []
     by_id = {
         str(c["DockerId"]): container_tags(c)
         for c in containers

@@ -430,6 +430,7 @@ class Flusher:
         self.ttl = ttl
         self._last_seen: dict[Context, float] = {}
         self._counters_seen: dict[Context, float] = {}  # aggregated counters, for zeros while idle
+        self.overflows = 0  # counter sums that overflowed to infinity: dropped, counted as bad_value
 
     def batch(self, iv: Interval, containers: Mapping[str, Tags] = {}, now: float | None = None) -> Batch:
         now = time.time() if now is None else now
@@ -449,6 +450,9 @@ class Flusher:
             assert ctx is not None  # only slots with a context accumulate
             counters[ctx] = counters.get(ctx, 0.0) + total * slot.weight
         for ctx, total in counters.items():
+            if total - total != 0.0:  # finite values whose sum overflowed: never export an infinity
+                self.overflows += 1
+                continue
             add(Sample(ctx.name, total, Kind.COUNT, tags_of(ctx), None, self.interval))
             self._counters_seen[ctx] = now
         for ctx, when in list(self._counters_seen.items()):
@@ -468,6 +472,9 @@ class Flusher:
             add(Sample(ctx.name, points(iv.values, slots, ctx.type == "ms"), _HISTOGRAM_TYPES[ctx.type],
                        tags_of(ctx), None, self.interval))
         for ctx, value, ts in iv.timestamped:
+            if value - value != 0.0:
+                self.overflows += 1
+                continue
             kind = Kind.COUNT if ctx.type == "c" else Kind.GAUGE
             add(Sample(ctx.name, value, kind, tags_of(ctx), ts, self.interval if kind is Kind.COUNT else None))
         events = [_with_container(e, c, containers) for e, c in iv.events]

@@ -122,6 +122,9 @@ class StatsdServer:
 
     def status(self) -> dict[str, Any]:
         stats = self.aggregator.stats
+        errors = dict(stats.errors)
+        if self.flusher.overflows:
+            errors["bad_value"] = errors.get("bad_value", 0) + self.flusher.overflows
         return {
             "listeners": [{"name": l.name, "rcvbuf_bytes": l.rcvbuf, "kernel_drops": self._drops.get(l.name)}
                           for l in self.listeners],
@@ -133,7 +136,7 @@ class StatsdServer:
             "packets": stats.packets,
             "lines": stats.lines,
             "samples": stats.samples,
-            "parse_errors": dict(stats.errors),
+            "parse_errors": errors,
             "contexts_dropped": stats.contexts_dropped,
         }
 
@@ -245,6 +248,7 @@ class StatsdServer:
         }
         for reason in REASONS:
             current[("tasklens.statsd.parse_errors", reason)] = errors.get(reason, 0)
+        current[("tasklens.statsd.parse_errors", "bad_value")] += self.flusher.overflows
         metrics = self.hub.metrics
         for (name, reason), value in current.items():
             delta = value - self._published.get((name, reason), 0)

@@ -216,3 +216,11 @@ def test_distinct_histogram_values_are_kept_and_merging_is_retried_later() -> No
         assert sorted(points.values) == [i + 0.5 for i in range(1100)] and set(points.weights) == {1.0}  # type: ignore[union-attr]
     ctx = next(iter(agg.contexts.values()))
     assert ctx.merge == 0  # tried at the first flush, then 16 flushes without trying: tried again next time
+
+
+def test_a_counter_sum_that_overflows_is_dropped_and_counted() -> None:
+    agg, flusher = Aggregator(), Flusher(10.0)
+    agg.ingest(b"big:1e308|c\nbig:1e308|c\nstamped:1e308|c|@0.5|T1700000000\nok:1|c")
+    batch = flush(agg, flusher)
+    assert [(s.name, s.value) for s in batch.samples] == [("ok", 1.0)]
+    assert flusher.overflows == 2 and not agg.stats.errors

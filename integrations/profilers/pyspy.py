@@ -213,6 +213,9 @@ class PySpyProfiler:
                     self._log.warning(f"profiler:{reason}", "profiler: py-spy failed on pid %d (%s): %s",
                                       target.pid, target.process, last)
                     await _wait(stop, self._duration)
+        except Exception as exc:  # a bug here must not end profiling: the next scan starts it again
+            self.hub.metrics.inc("tasklens.profiler.record_errors", reason="internal")
+            self._log.error("profiler:internal", "profiler: pid %d (%s): %r", target.pid, target.process, exc)
         finally:
             self._workers.pop(target.key, None)
             self._count_processes()
@@ -305,6 +308,8 @@ class PySpyProfiler:
             reason, detail = "timeout", f"no answer in {PUSH_TIMEOUT:g} s"
         except aiohttp.ClientError as exc:
             reason, detail = "connection", repr(exc)
+        except Exception as exc:  # whatever else: the profile is dropped, the profiler goes on
+            reason, detail = "error", repr(exc)
         if reason:
             self.hub.metrics.inc("tasklens.profiler.push_errors", reason=reason)
             self._log.warning(f"profiler:push:{reason}", "profiler: push to %s failed (%s): %s",

@@ -31,6 +31,8 @@ from aiohttp import web
 KNOWN_TYPES = {"cpu", "itimer", "wall", "alloc_objects", "alloc_space", "inuse_objects", "inuse_space",
                "goroutines", "mutex_count", "mutex_duration", "block_count", "block_duration"}
 APP_NAME = re.compile(r"^[a-zA-Z0-9_.\-]+$")
+# Grafana Pyroscope's default per-tenant limits on series labels
+MAX_LABELS, MAX_NAME_LENGTH, MAX_VALUE_LENGTH = 30, 1024, 2048
 LABEL_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
 
 
@@ -62,7 +64,16 @@ def parse_key(name: str) -> tuple[str, str, dict[str, str]]:
             if key in labels:
                 raise Invalid(f"name {name!r}: label {key!r} twice")
             labels[key] = value.strip()
+    check_limits(labels)
     return service, kind, labels
+
+
+def check_limits(labels: dict[str, str]) -> None:
+    if len(labels) + 2 > MAX_LABELS:  # + __name__ and service_name
+        raise Invalid(f"{len(labels)} labels: over the limit of {MAX_LABELS}")
+    for key, value in labels.items():
+        if len(key) > MAX_NAME_LENGTH or len(value) > MAX_VALUE_LENGTH:
+            raise Invalid(f"label {key!r}: name or value too long")
 
 
 def parse_folded(body: bytes) -> Counter[str]:
@@ -206,6 +217,7 @@ def decode_push(body: bytes) -> list[Series]:
                 raise Invalid(f"invalid label name {name!r}")
         if "__name__" not in labels or "service_name" not in labels:
             raise Invalid(f"series without __name__ or service_name: {labels}")
+        check_limits({k: v for k, v in labels.items() if k not in ("__name__", "service_name")})
         profiles = [decode_pprof(bytes(_by_number(bytes(s))[1][0])) for s in d.get(2, [])]  # type: ignore[arg-type]
         out.append(Series(labels, profiles))
     return out

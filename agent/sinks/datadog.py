@@ -212,7 +212,8 @@ class DatadogSink:
         loop = asyncio.get_running_loop()
         headers = {"DD-API-KEY": self._api_key, "Content-Type": "application/json",
                    "User-Agent": f"tasklens/{__version__}"}
-        async with aiohttp.ClientSession(headers=headers) as session:
+        # trust_env: HTTPS_PROXY / NO_PROXY are honoured, as egress from a task often needs them
+        async with aiohttp.ClientSession(headers=headers, trust_env=True) as session:
             sender = asyncio.create_task(self._send_loop(session), name="datadog-sender")
             try:
                 due = self._next_flush(self.wall())
@@ -335,7 +336,8 @@ class DatadogSink:
         import aiohttp
 
         headers = {"Content-Encoding": payload.encoding} if payload.encoding else {}
-        async with session.post(self.url + payload.path, data=payload.body, headers=headers,
+        # no redirects: the key header must never follow a redirect to another host
+        async with session.post(self.url + payload.path, data=payload.body, headers=headers, allow_redirects=False,
                                 timeout=aiohttp.ClientTimeout(total=timeout)) as response:
             body = await response.read()
             code = response.status

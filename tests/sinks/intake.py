@@ -145,6 +145,7 @@ class Intake:
         self.checks: list[dict[str, Any]] = []
         self.encodings: set[str | None] = set()
         self.delay = 0.0
+        self.redirect_to = ""
         self._fail: list[int] = []
         self._always: int | None = None
         self._fail_until = 0.0
@@ -181,6 +182,9 @@ class Intake:
         self.arrivals.append(time.monotonic())
         path = request.path
         body = await request.read()
+        if self.redirect_to:  # a hijacked or misconfigured endpoint: the key must not follow
+            self.requests.append((path, 307))
+            return web.Response(status=307, headers={"Location": self.redirect_to + path})
         if self.delay:
             await asyncio.sleep(self.delay)
         outage = time.monotonic() < self._fail_until

@@ -309,3 +309,17 @@ async def test_retries_back_off_exponentially_with_jitter(intake: Intake) -> Non
     for gap, d in zip(gaps, (0.1, 0.2, 0.4, 0.4, 0.4)):
         assert d / 2 - 0.01 <= gap <= d + 0.5, gaps
     assert exported(sink, "retries") >= 6
+
+
+async def test_redirects_are_not_followed_with_the_key(intake: Intake) -> None:
+    async for elsewhere in start_intake(Intake(KEY)):
+        sink, hub = make(intake, flush_interval=3600.0)
+        hub.pull = list  # type: ignore[method-assign]
+        intake.redirect_to = elsewhere.url
+        stop = asyncio.Event()
+        task = asyncio.create_task(sink.run(stop))
+        hub.publish(Batch("s", [Sample("m", 1.0)]))
+        stop.set()
+        await asyncio.wait_for(task, 5)
+        assert elsewhere.requests == [] and elsewhere.arrivals == []
+        assert exported(sink, "points_failed", reason="http_307") == 1

@@ -60,6 +60,30 @@ def base_url(config: Config) -> str:
     return f"https://api.{site}"
 
 
+async def check_api_key(config: Config, timeout: float = 5.0) -> dict[str, str]:
+    """`GET /api/v1/validate`: does the intake take this key? For `tasklens check`; never shows the key."""
+    import aiohttp
+
+    url = base_url(config)
+    out = {"url": url}
+    try:
+        async with aiohttp.ClientSession(trust_env=True) as session:
+            async with session.get(url + "/api/v1/validate", headers={"DD-API-KEY": config.dd_api_key},
+                                   allow_redirects=False, timeout=aiohttp.ClientTimeout(total=timeout)) as r:
+                body = await r.json(content_type=None) if r.status == 200 else None
+                status = r.status
+    except (aiohttp.ClientError, asyncio.TimeoutError, OSError, ValueError) as exc:
+        out["api_key"] = f"not checked: the intake did not answer ({type(exc).__name__})"
+        return out
+    if status == 200 and isinstance(body, dict) and body.get("valid") is True:
+        out["api_key"] = "valid"
+    elif status in (401, 403):
+        out["api_key"] = f"invalid (HTTP {status}): check DD_API_KEY and DD_SITE"
+    else:
+        out["api_key"] = f"not checked: HTTP {status}"
+    return out
+
+
 class _Rejected(Exception):
     """The intake refused the request for good (a 4xx other than 408/429)."""
 

@@ -187,6 +187,11 @@ class Intake:
             return web.Response(status=307, headers={"Location": self.redirect_to + path})
         if self.delay:
             await asyncio.sleep(self.delay)
+        if path == "/api/v1/validate" and request.method == "GET":  # the key check, as Datadog answers it
+            valid = request.headers.get("DD-API-KEY") == self.api_key
+            self.requests.append((path, 200 if valid else 403))
+            return web.json_response({"valid": True} if valid else {"errors": ["Forbidden"]},
+                                     status=200 if valid else 403)
         outage = time.monotonic() < self._fail_until
         if self._fail or self._always or outage:
             status = self._fail.pop(0) if self._fail else (self._fail_status if outage else self._always)

@@ -20,7 +20,7 @@ from agent.config import Config
 from agent.hub import Hub
 from agent.identity import Identity
 from agent.model import Batch, Event, Kind, Points, Sample, ServiceCheck
-from agent.sinks.datadog import DatadogSink, base_url
+from agent.sinks.datadog import DatadogSink, base_url, check_api_key
 from tests.sinks.intake import Intake, start_intake
 
 KEY = "0123456789abcdef0123456789abcdef"
@@ -323,3 +323,12 @@ async def test_redirects_are_not_followed_with_the_key(intake: Intake) -> None:
         await asyncio.wait_for(task, 5)
         assert elsewhere.requests == [] and elsewhere.arrivals == []
         assert exported(sink, "points_failed", reason="http_307") == 1
+
+
+async def test_check_api_key(intake: Intake) -> None:
+    good = replace(Config(), dd_api_key=KEY, dd_url=intake.url)
+    assert await check_api_key(good) == {"url": intake.url, "api_key": "valid"}
+    bad = await check_api_key(replace(good, dd_api_key="wrong" * 8))
+    assert bad["api_key"] == "invalid (HTTP 403): check DD_API_KEY and DD_SITE" and "wrong" not in str(bad)
+    down = await check_api_key(replace(good, dd_url="http://127.0.0.1:9"), timeout=2.0)
+    assert down["api_key"].startswith("not checked: the intake did not answer")

@@ -145,3 +145,24 @@ async def test_check_output_does_not_show_the_key(metadata_url: str) -> None:
     assert proc.returncode == 0, stderr
     assert b"DD_API_KEY" in stdout and b"akira-fargate-check" in stdout
     assert KEY.encode() not in stdout + stderr
+
+
+async def test_statsd_reaches_the_intake_within_one_interval(tmp_path, intake: Intake, metadata_url: str) -> None:  # type: ignore[no-untyped-def]
+    s = Sidecar(tmp_path, DD_API_KEY=KEY, DD_DD_URL=intake.url, ECS_CONTAINER_METADATA_URI_V4=metadata_url,
+                TASKLENS_FLUSH_INTERVAL="2")
+    try:
+        await wait_for(lambda: s.get("/ready")[0] == 200, what="sidecar ready")
+        statsd = DogStatsd(host="127.0.0.1", port=s.statsd_port, disable_telemetry=True, disable_buffering=True)
+        sent = time.monotonic()
+        statsd.gauge("latency.probe", 1)
+        statsd.close_socket()
+        while not intake.points("latency.probe"):
+            assert time.monotonic() - sent < 10, "never arrived"
+            await asyncio.sleep(0.02)
+        took = time.monotonic() - sent
+        # the StatsD interval closes within 2 s, the exporter flushes 0.2 s after that boundary: the
+        # sample arrives within one interval plus the offset (a 4 s margin for a loaded machine)
+        assert took < 2.2 + 1.8, took
+    finally:
+        s.proc.send_signal(signal.SIGTERM)
+        assert await asyncio.to_thread(s.proc.wait, 30) == 0

@@ -9,7 +9,9 @@ stalls receiving. Used together in one thread (tests, benchmarks), they are an o
 Speed comes from doing per line only what changes per line: a line `name:value|tail` is cut with two
 C-level `partition` calls, `(name, tail)` is looked up in a cache of parsed heads (type, rate, tags,
 container, the context), and only the value is converted. Everything else (decoding, tags, mapping
-rules, the context cap) happens once per distinct head, in `parser.parse_head`.
+rules, the context cap) happens once per distinct head, in `parser.parse_head`. When a batch's lines
+repeat, equal lines are counted in C first (`_each_distinct`); at flush, repeated histogram values are
+merged into weights (`points`).
 
 Semantics (see docs/statsd.md): counters sum `value / rate`; gauges keep the last value (`+5`/`-5` set
 the gauge unless Etsy-style deltas are on); sets count distinct members; histograms, timers and
@@ -22,8 +24,8 @@ import time
 from array import array
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from itertools import repeat
 from dataclasses import dataclass, field
+from itertools import repeat
 
 from agent.model import Batch, Event, Kind, Points, Sample, ServiceCheck, Tags, merge_tags
 from agent.statsd import mapping

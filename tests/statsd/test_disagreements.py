@@ -12,7 +12,7 @@ from agent.model import Batch, Kind, Points
 from agent.selfmetrics import SelfMetrics
 from agent.sinks.prometheus import PrometheusSink
 from agent.statsd.aggregator import Aggregator, Flusher
-from agent.statsd.summary import summarize
+from agent.sinks.datadog_series import histogram_aggregates
 
 DOCKER_ID = "c0ffee"
 
@@ -76,7 +76,7 @@ def test_row_timers_stay_in_ms_for_datadog_and_become_seconds_in_prometheus() ->
     batch = interval(b"t:250|ms", b"t:750|ms")
     points = batch.samples[0].value
     assert isinstance(points, Points) and points.milliseconds
-    assert summarize(points, 10.0, ("max", "avg"), ()) == [(".max", 750.0), (".avg", 500.0)]
+    assert [(s, v) for s, v, _ in histogram_aggregates(points, 10.0, ("max", "avg"), ())] == [(".max", 750.0), (".avg", 500.0)]
     got = prometheus(batch)
     labels = (("service", "svc"),)
     assert got[("t_sum", labels)] == 1.0  # 0.25 s + 0.75 s

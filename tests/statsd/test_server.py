@@ -22,7 +22,7 @@ from agent.model import Batch, Event, Kind, Sample, ServiceCheck
 from agent.selfmetrics import SelfMetrics
 from agent.sinks.prometheus import PrometheusSink
 from agent.statsd.server import StatsdServer, next_boundary
-from agent.statsd.summary import summarize
+from agent.sinks.datadog_series import histogram_aggregates
 
 DOCKER_ID = "1e3b5c7d9f0a2b4c6d8e0f1a3b5c7d9f0a2b4c6d8e0f1a3b5c7d9f0a2b4c6d8e"
 CONTAINER_TAGS = (("container_name", "worker"), ("image", "acme/worker"), ("image_tag", "1.2"))
@@ -152,7 +152,9 @@ async def test_datadog_client_values_arrive_exactly(start, tmp_path, monkeypatch
     size = by[("job.size", q)]
     assert size.kind is Kind.HISTOGRAM and sorted(size.value.values) == [float(v) for v in range(1, 11)]  # type: ignore[union-attr]
     assert by[("job.started", ())].value == 4.0 and by[("job.started", ())].kind is Kind.COUNT
-    assert summarize(size.value, size.interval) == [  # type: ignore[arg-type]
+    # the spec's worked example, as the Datadog sink computes it from these points
+    aggregates = histogram_aggregates(size.value, size.interval, ("max", "median", "avg", "count"), (0.95,))  # type: ignore[arg-type]
+    assert [(suffix, value) for suffix, value, _ in aggregates] == [
         (".max", 10.0), (".median", 5.0), (".avg", 5.5), (".count", 1.0), (".95percentile", 10.0)]
     assert by[("job.done", q)].value == 6.0  # the spec's example: 3 lines of 1 at rate 0.5 -> 0.6/s
     assert by[("job.backlog", ())].value == 7.0

@@ -65,7 +65,7 @@ async def check_api_key(config: Config, timeout: float = 5.0) -> dict[str, str]:
     import aiohttp
 
     url = base_url(config)
-    out = {"url": url}
+    out = {"url": mask_url(url)}  # a DD_DD_URL may carry proxy credentials
     try:
         async with aiohttp.ClientSession(trust_env=True) as session:
             async with session.get(url + "/api/v1/validate", headers={"DD-API-KEY": config.dd_api_key},

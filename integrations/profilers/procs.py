@@ -1,8 +1,8 @@
 """Which processes of the task to profile: the facts come from /proc (psutil), the choice is pure.
 
 With `pidMode: task` the sidecar sees every process of the task. It profiles the Python processes
-that are not itself (nor its parents, nor the py-spy it runs), or, with `TASKLENS_PROFILE_MATCH`, those whose
-command line matches the pattern. A process is known by (pid, start time), so a reused pid is a new
+that are not itself (nor its parents, nor the py-spy it runs), or, with `TASKLENS_PROFILE_MATCH`,
+those whose command line matches the pattern. A process is known by (pid, start time), so a reused pid is a new
 process.
 """
 

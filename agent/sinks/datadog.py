@@ -106,8 +106,9 @@ class DatadogSink:
         self.wall = wall
         self._log = RateLimitedLog(log, interval=60.0)
         # the current interval, filled by accept()
-        self._series: list[dict[str, Any]] = []
-        self._distributions: list[dict[str, Any]] = []
+        self._series: list[bytes] = []  # one point each, already JSON (the hot path)
+        self._distributions: list[bytes] = []
+        self._distribution_points: list[int] = []
         self._events: list[dict[str, Any]] = []
         self._checks: list[dict[str, Any]] = []
         self._counts: dict[tuple[str, Tags], float] = {}
@@ -156,7 +157,9 @@ class DatadogSink:
                 self._count("points_dropped", 1, "not_finite")  # JSON has no NaN; a weight per value
                 return
             if s.kind is Kind.DISTRIBUTION:
-                self._distributions.append(dd.distribution(name, dd.expand_weights(value), ts, s.tags))
+                values = dd.expand_weights(value)
+                self._distributions.append(dd.dumps(dd.distribution(name, values, ts, s.tags)))
+                self._distribution_points.append(len(values))
                 return
             interval = s.interval or self.interval
             for suffix, agg, kind in dd.histogram_aggregates(value, interval, self.config.histogram_aggregates,
@@ -193,13 +196,15 @@ class DatadogSink:
         self._counts = {}
         self._deltas.prune(now - max(METRICS_MAX_AGE, 10 * self.interval))
         distributions, self._distributions = self._distributions, []
-        events, self._events = self._events, []
-        checks, self._checks = self._checks, []
+        distribution_points, self._distribution_points = self._distribution_points, []
+        events = [dd.dumps(e) for e in self._events]
+        checks = [dd.dumps(c) for c in self._checks]
+        self._events, self._checks = [], []
         payloads = (
-            dd.encode(dd.SERIES_PATH, series, dd.series_points, now + METRICS_MAX_AGE)
-            + dd.encode(dd.DISTRIBUTION_PATH, distributions, dd.distribution_points, now + METRICS_MAX_AGE)
-            + dd.encode(dd.EVENTS_PATH, events, dd.one, now + EVENTS_MAX_AGE)
-            + dd.encode(dd.CHECK_RUN_PATH, checks, dd.one, now + CHECKS_MAX_AGE)
+            dd.encode(dd.SERIES_PATH, series, [1] * len(series), now + METRICS_MAX_AGE)
+            + dd.encode(dd.DISTRIBUTION_PATH, distributions, distribution_points, now + METRICS_MAX_AGE)
+            + dd.encode(dd.EVENTS_PATH, events, [1] * len(events), now + EVENTS_MAX_AGE)
+            + dd.encode(dd.CHECK_RUN_PATH, checks, [1] * len(checks), now + CHECKS_MAX_AGE)
         )
         produced = 0
         for payload in payloads:

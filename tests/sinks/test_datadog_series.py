@@ -64,13 +64,16 @@ def test_distribution_weights_are_expanded() -> None:
 
 
 def test_series_objects() -> None:
-    tags = (("service", "orders"),)
-    assert dd.series("x", dd.RATE, 0.6, 1700000000.9, tags, 10.0) == {
+    tags = (("service", "orders"), ("path", 'a"b\\c'))
+    assert json.loads(dd.series("x", dd.RATE, 0.6, 1700000000.9, tags, 10.0)) == {
         "metric": "x", "type": 2, "points": [{"timestamp": 1700000000, "value": 0.6}],
-        "tags": ["service:orders"], "interval": 10}
-    assert dd.series("g", dd.GAUGE, 1.5, 1700000000, ()) == {
+        "tags": ["service:orders", 'path:a"b\\c'], "interval": 10}
+    assert json.loads(dd.series("g", dd.GAUGE, 1.5, 1700000000, ())) == {
         "metric": "g", "type": 3, "points": [{"timestamp": 1700000000, "value": 1.5}], "tags": []}
-    assert dd.series("c", dd.COUNT, 3, 1700000000, (), 0.2)["interval"] == 1  # never 0
+    assert json.loads(dd.series("c", dd.COUNT, 3, 1700000000, (), 0.2))["interval"] == 1  # never 0
+    # every finite float is written as a JSON number that reads back exactly
+    for value in (1e20, 1e-7, -0.0, 156966912.0, 2 ** 53 + 0.0, 0.1 + 0.2):
+        assert json.loads(dd.series("v", dd.GAUGE, value, 1700000000, ()))["points"][0]["value"] == value
 
 
 def test_event_and_service_check_objects() -> None:
@@ -89,7 +92,7 @@ def test_encode_splits_under_the_size_limits() -> None:
     # 30,000 series with ~40 random-looking bytes each: raw JSON well over one 2 MB chunk
     objs = [dd.series(f"m.{i}", dd.GAUGE, i, 1700000000, (("id", f"{i * 2654435761 % 2**32:x}" * 4),))
             for i in range(30_000)]
-    payloads = dd.encode(dd.SERIES_PATH, objs, dd.series_points, expires=0.0)
+    payloads = dd.encode(dd.SERIES_PATH, objs, [1] * len(objs), expires=0.0)
     assert len(payloads) >= 2
     assert sum(p.points for p in payloads) == 30_000
     seen = []
@@ -102,11 +105,12 @@ def test_encode_splits_under_the_size_limits() -> None:
 
 
 def test_encode_events_one_per_request_and_checks_as_an_array() -> None:
-    events = [dd.event(Event("a", "b"), 1700000000), dd.event(Event("c", "d"), 1700000000)]
-    out = dd.encode(dd.EVENTS_PATH, events, dd.one, 0.0)
+    events = [dd.dumps(dd.event(Event("a", "b"), 1700000000)), dd.dumps(dd.event(Event("c", "d"), 1700000000))]
+    out = dd.encode(dd.EVENTS_PATH, events, [1, 1], 0.0)
     assert [json.loads(p.body)["title"] for p in out] == ["a", "c"] and all(p.encoding is None for p in out)
-    checks = [dd.service_check(ServiceCheck("a", 0), 1700000000), dd.service_check(ServiceCheck("b", 1), 1700000000)]
-    (payload,) = dd.encode(dd.CHECK_RUN_PATH, checks, dd.one, 0.0)
+    checks = [dd.dumps(dd.service_check(ServiceCheck("a", 0), 1700000000)),
+              dd.dumps(dd.service_check(ServiceCheck("b", 1), 1700000000))]
+    (payload,) = dd.encode(dd.CHECK_RUN_PATH, checks, [1, 1], 0.0)
     assert [c["check"] for c in json.loads(payload.body)] == ["a", "b"] and payload.points == 2
 
 

@@ -42,7 +42,9 @@ def soak_load(args: argparse.Namespace) -> bool:
     flushes = [f for f in r.flush_durations if f]
     exact = r.exported == r.expected
     print(f"  lines sent {r.lines_sent:,} ({r.lines_sent / r.seconds:,.0f}/s), counted {r.lines_received:,}, "
-          f"lost {r.lost_lines:,}; kernel drops {r.socket_drops:.0f}; parse errors {r.parse_errors:.0f}")
+          f"lost {r.lost_lines:,}; parse errors {r.parse_errors:.0f}")
+    print(f"  datagrams sent {r.datagrams_sent:,} = received {r.packets_received:,.0f} + dropped by the kernel "
+          f"(counted in tasklens_statsd_socket_drops_total) {r.socket_drops:,.0f}: {r.accounted}")
     print(f"  counter sums: {len(r.expected)} series, exported == sent: {exact}"
           + ("" if exact else f" (sent {sum(r.expected.values()):.0f}, exported {sum(r.exported.values()):.0f})"))
     print(f"  RSS: {r.rss[0][1] / MIB:.1f} MiB at start, {r.rss[-1][1] / MIB:.1f} MiB at end; after a {warmup:.0f} s "
@@ -59,9 +61,10 @@ def soak_load(args: argparse.Namespace) -> bool:
 
 
 def soak_storm(args: argparse.Namespace) -> bool:
-    print(f"storm: {args.names:,} one-off names, cap {args.cap:,} contexts, TTL {args.ttl:g} s (Unix socket)")
+    print(f"storm: {args.names:,} one-off names, cap {args.cap:,} contexts, TTL {args.ttl:g} s, flush every "
+          f"{args.flush:g} s (Unix socket)")
     r = run_storm(Path(tempfile.mkdtemp(prefix="tasklens-soak-")), args.names, args.cap, args.ttl,
-                  prometheus_ttl=max(5.0, args.ttl / 3))
+                  prometheus_ttl=max(5.0, args.ttl / 3), flush_interval=args.flush)
     accepted = args.cap - 10
     ok = (r.contexts_after_storm == args.cap and r.contexts_dropped == args.names - accepted
           and r.keep_exported == r.keep_expected and r.lines_received == r.lines_sent and r.storm_series_after_ttl == 0)
@@ -70,6 +73,7 @@ def soak_storm(args: argparse.Namespace) -> bool:
           f"contexts exact: {r.keep_exported == r.keep_expected}")
     print(f"  after the TTL: {r.contexts_after_ttl:.0f} contexts, {r.storm_series_after_ttl} storm series on /metrics, "
           f"a new name accepted: {r.new_context_after_ttl == 7.0}")
+    print(f"  one /metrics scrape with the cap full: {r.scrape_seconds:.1f} s")
     print(f"  RSS: baseline {r.rss_baseline / MIB:.1f} MiB, peak {r.rss_peak / MIB:.1f} MiB, after the TTL "
           f"{r.rss_after_ttl / MIB:.1f} MiB ({(r.rss_after_ttl - r.rss_baseline) / MIB:+.1f} MiB)")
     return ok
@@ -97,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=300.0, help="load: duration (default 300)")
     parser.add_argument("--rate", type=int, default=300_000, help="load: lines per second (default 300,000)")
     parser.add_argument("--contexts", type=int, default=2_000)
-    parser.add_argument("--flush", type=float, default=10.0, help="load: flush interval (default 10 s)")
+    parser.add_argument("--flush", type=float, default=10.0, help="flush interval (default 10 s, the sidecar's)")
     parser.add_argument("--names", type=int, default=1_000_000, help="storm: one-off names")
     parser.add_argument("--cap", type=int, default=100_000, help="storm: context cap (default: the sidecar's)")
     parser.add_argument("--ttl", type=float, default=60.0, help="storm: context TTL; must outlast the storm")

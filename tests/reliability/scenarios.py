@@ -59,7 +59,8 @@ class LoadResult:
     lines_received: int
     expected: dict[tuple[str, str], float]
     exported: dict[tuple[str, str], float]
-    socket_drops: float
+    socket_drops: float  # datagrams the kernel dropped (its own counter for the socket)
+    packets_received: float
     parse_errors: float
     rss: list[tuple[float, int]]  # (seconds since start, bytes)
     flush_durations: list[float]
@@ -73,6 +74,11 @@ class LoadResult:
     @property
     def lost_lines(self) -> int:
         return self.lines_sent - self.lines_received
+
+    @property
+    def accounted(self) -> bool:
+        """Every datagram sent was either received or dropped by the kernel and counted as such."""
+        return self.packets_received + self.socket_drops == self.datagrams_sent
 
     def rss_slope(self, warmup: float) -> float:
         """Bytes per second, least squares over the samples after `warmup` seconds."""
@@ -156,6 +162,7 @@ def run_load(tmp_path: Path, seconds: float, lines_per_second: float, contexts: 
             seconds=elapsed, lines_sent=lines_sent, datagrams_sent=datagrams, lines_received=lines_received,
             expected=expected, exported=traffic.exported(final),
             socket_drops=final.value("tasklens_statsd_socket_drops_total"),
+            packets_received=final.value("tasklens_statsd_packets_total"),
             parse_errors=final.value("tasklens_statsd_parse_errors_total"),
             rss=rss, flush_durations=flushes, flush_interval=flush_interval,
             queue_depth=final.value("queue_depth", queue="jobs") if final.has("queue_depth") else None,
@@ -220,6 +227,7 @@ class StormResult:
     rss_baseline: int
     rss_peak: int
     rss_after_ttl: int
+    scrape_seconds: float  # one /metrics scrape right after the storm (with the cap full)
 
 
 KEEP = 10  # contexts that exist before the storm and are sent all through it
@@ -280,8 +288,10 @@ def run_storm(tmp_path: Path, names: int, max_contexts: int, ttl: float, prometh
         # /metrics copies the receive counters once a second: wait for the copy, not just /status
         wait_until(lambda: scrape(sidecar).value("tasklens_statsd_lines_total") >= sent_lines, 120,
                    what="every storm line received")
-        wait_until(lambda: exported_keep() == keep, 10 + 3 * flush_interval, what="the long-lived counters")
+        wait_until(lambda: exported_keep() == keep, 60 + 3 * flush_interval, what="the long-lived counters")
+        t = time.monotonic()
         after = scrape(sidecar)
+        scrape_seconds = time.monotonic() - t
         received = int(after.value("tasklens_statsd_lines_total"))
         storm_sent, keep_sent = sent_lines, dict(keep)
         storm_exported = sum(1 for n, _, _ in after.samples if n.startswith("storm_n"))
@@ -291,7 +301,7 @@ def run_storm(tmp_path: Path, names: int, max_contexts: int, ttl: float, prometh
         keep_exported = exported_keep()
 
         # the storm stops; the long-lived counters go on; the one-off contexts expire after the TTL
-        deadline = time.monotonic() + ttl + prometheus_ttl * 2 + 20
+        deadline = time.monotonic() + ttl + prometheus_ttl * 2 + 3 * flush_interval + 20
         r = 1000
         while time.monotonic() < deadline:
             send_keep(r)
@@ -316,6 +326,7 @@ def run_storm(tmp_path: Path, names: int, max_contexts: int, ttl: float, prometh
             contexts_after_ttl=final.value("tasklens_statsd_contexts"),
             new_context_after_ttl=final.value("after_storm_total"),
             rss_baseline=baseline, rss_peak=max(peak), rss_after_ttl=rss_bytes(sidecar.proc.pid),
+            scrape_seconds=scrape_seconds,
         )
     finally:
         if sidecar.proc.poll() is None:

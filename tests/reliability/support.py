@@ -27,7 +27,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from agent.sinks.prometheus import metric_name
-from tests.conftest import Sidecar, free_port, wait_until
+from tests.conftest import Sidecar, free_port, http_get, wait_until
 
 Labels = frozenset[tuple[str, str]]
 
@@ -62,8 +62,9 @@ class Scrape:
         return out
 
 
-def scrape(sidecar: Sidecar) -> Scrape:
-    code, text = sidecar.get("/metrics")
+def scrape(sidecar: Sidecar, timeout: float = 30.0) -> Scrape:
+    # a long timeout: /metrics with 100,000 series takes seconds to render
+    code, text = http_get(sidecar.url + "/metrics", timeout)
     assert code == 200, text
     return Scrape(text)
 

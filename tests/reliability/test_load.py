@@ -32,6 +32,7 @@ def test_steady_load_loses_nothing_and_memory_stays_flat(tmp_path, record_proper
     # kept: every line, every counter sum, exactly
     assert r.lines_sent >= 0.9 * SECONDS * LINES_PER_SECOND
     assert (r.lines_received, r.socket_drops, r.parse_errors) == (r.lines_sent, 0, 0)
+    assert r.packets_received == r.datagrams_sent
     assert r.exported == r.expected
     assert sum(r.exported.values()) == sum(r.expected.values())
     # the other sources kept working alongside

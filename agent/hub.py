@@ -13,7 +13,7 @@ from typing import Protocol
 
 from agent.identity import Identity
 from agent.logs import RateLimitedLog
-from agent.model import Batch, Kind, Sample, merge_tags
+from agent.model import Batch, Kind, Sample, Tags, merge_tags
 from agent.selfmetrics import SelfMetrics
 
 
@@ -46,9 +46,19 @@ class Hub:
 
     def enrich(self, batch: Batch) -> Batch:
         base = self.identity.tags
+        merged: dict[Tags, Tags] = {}  # many samples share a tag set: merge each set once
+
+        def tags_of(own: Tags) -> Tags:
+            out = merged.get(own)
+            if out is None:
+                out = merged[own] = merge_tags(base, own)
+            return out
+
         return Batch(
             source=batch.source,
-            samples=[replace(s, tags=merge_tags(base, s.tags)) for s in batch.samples],
+            # the constructor, not dataclasses.replace: this runs for every sample of every flush
+            samples=[Sample(s.name, s.value, s.kind, tags_of(s.tags), s.timestamp, s.interval)
+                     for s in batch.samples],
             events=[replace(e, tags=merge_tags(base, e.tags)) for e in batch.events],
             service_checks=[replace(c, tags=merge_tags(base, c.tags)) for c in batch.service_checks],
             snapshot=batch.snapshot,

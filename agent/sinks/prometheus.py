@@ -20,6 +20,7 @@ from prometheus_client.registry import CollectorRegistry
 
 from agent.model import Batch, Kind, Points, Sample, Tags
 from agent.selfmetrics import SelfMetrics
+from agent.sinks.prometheus_text import TextRenderer
 
 _INVALID = re.compile(r"[^a-zA-Z0-9_]")
 
@@ -31,7 +32,7 @@ def metric_name(name: str) -> str:
 
 def label_name(key: str) -> str:
     out = metric_name(key)
-    return "_" + out if out.startswith("__") else out  # `__` is reserved by Prometheus
+    return "_" + out.lstrip("_") if out.startswith("__") else out  # `__` is reserved by Prometheus
 
 
 def labels_of(tags: Tags) -> dict[str, str]:
@@ -87,6 +88,7 @@ class PrometheusSink:
         self._series: dict[tuple[str, Tags], _Series] = {}
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(self)  # type: ignore[arg-type]
+        self._text = TextRenderer(metric_name, labels_of)
 
     # -- sink side ---------------------------------------------------------------------------
 
@@ -141,6 +143,13 @@ class PrometheusSink:
         now = self.clock()
         for s in self.pull():
             yield s.name, s.tags, _Series(s.kind, float(s.value), now)  # type: ignore[arg-type]
+
+    def render(self) -> bytes:
+        """`/metrics` in text format 0.0.4, fast with 100,000 series (see prometheus_text.py)."""
+        body, conflicts = self._text.render(self._items())
+        if conflicts:
+            self.metrics.inc("tasklens.prometheus.type_conflicts", conflicts)
+        return body
 
     def collect(self) -> Iterator[Metric]:
         families: dict[str, Metric] = {}

@@ -102,3 +102,12 @@ def test_a_broken_sink_does_not_stop_the_others() -> None:
     hub.publish(Batch("statsd", [Sample("g", 2.0)]))
     assert scrape(sink)[("g", (("service", "orders"), ("task_id", "abc")))] == 2.0
     assert hub.metrics.get("tasklens.sink.errors", sink="broken") == 1
+
+
+def test_reserved_label_prefix() -> None:
+    from agent.sinks.prometheus import label_name
+
+    assert label_name("__name__") == "_name__"
+    assert label_name("___x") == "_x"
+    assert label_name("_x") == "_x"
+    assert label_name("a.b-c") == "a_b_c"

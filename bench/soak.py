@@ -66,8 +66,10 @@ def soak_storm(args: argparse.Namespace) -> bool:
     r = run_storm(Path(tempfile.mkdtemp(prefix="tasklens-soak-")), args.names, args.cap, args.ttl,
                   prometheus_ttl=max(5.0, args.ttl / 3), flush_interval=args.flush)
     accepted = args.cap - 10
+    memory_back = r.rss_after_ttl - r.rss_baseline < 32 * MIB  # "near the baseline": within 32 MiB
     ok = (r.contexts_after_storm == args.cap and r.contexts_dropped == args.names - accepted
-          and r.keep_exported == r.keep_expected and r.lines_received == r.lines_sent and r.storm_series_after_ttl == 0)
+          and r.keep_exported == r.keep_expected and r.lines_received == r.lines_sent and r.storm_series_after_ttl == 0
+          and memory_back)
     print(f"  sent in {r.seconds_sending:.1f} s; contexts after the storm {r.contexts_after_storm:.0f} (cap "
           f"{args.cap:,}); refused {r.contexts_dropped:,.0f} (expected {args.names - accepted:,}); existing "
           f"contexts exact: {r.keep_exported == r.keep_expected}")
@@ -75,7 +77,8 @@ def soak_storm(args: argparse.Namespace) -> bool:
           f"a new name accepted: {r.new_context_after_ttl == 7.0}")
     print(f"  one /metrics scrape with the cap full: {r.scrape_seconds:.1f} s")
     print(f"  RSS: baseline {r.rss_baseline / MIB:.1f} MiB, peak {r.rss_peak / MIB:.1f} MiB, after the TTL "
-          f"{r.rss_after_ttl / MIB:.1f} MiB ({(r.rss_after_ttl - r.rss_baseline) / MIB:+.1f} MiB)")
+          f"{r.rss_after_ttl / MIB:.1f} MiB ({(r.rss_after_ttl - r.rss_baseline) / MIB:+.1f} MiB): "
+          f"{'back near the baseline' if memory_back else 'NOT back near the baseline (over 32 MiB above)'}")
     return ok
 
 

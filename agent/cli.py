@@ -103,9 +103,14 @@ def cmd_emulate_ecs(args: argparse.Namespace) -> int:
 
 
 def cmd_profiler_bootstrap(args: argparse.Namespace) -> int:
-    from integrations.profilers.bootstrap import populate
+    from integrations.profilers.bootstrap import BootstrapError, populate
 
-    populate(args.directory)
+    logs.setup("info")
+    try:
+        populate(args.directory)
+    except BootstrapError as exc:
+        print(f"tasklens profiler-bootstrap: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 

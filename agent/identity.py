@@ -121,9 +121,9 @@ def task_identity(config: Config, task: Mapping[str, Any], environ: Mapping[str,
         or family
         or hostname()
     )
-    containers = task.get("Containers")
+    containers = task.get("Containers", [])
     if not isinstance(containers, list):
-        containers = []
+        raise ValueError("task metadata Containers is not a list")
     by_id = {
         str(c["DockerId"]): container_tags(c)
         for c in containers

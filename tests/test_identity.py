@@ -76,9 +76,10 @@ def test_local_identity_defaults_to_hostname() -> None:
     assert local_identity(load({}), environ={"DD_SERVICE": "svc"}).service == "svc"
 
 
-def test_containers_of_the_wrong_shape_are_ignored() -> None:
+def test_containers_of_the_wrong_shape() -> None:
     doc = {"TaskARN": "arn:aws:ecs:us-east-1:123:task/c/abc", "Containers": {"not": "a list"}}
-    assert task_identity(load({}), doc, environ={}).containers == {}
+    with pytest.raises(ValueError, match="Containers"):
+        task_identity(load({}), doc, environ={})
     doc["Containers"] = [None, "x", {"DockerId": "d1", "Name": "app", "Image": "app:1"}]
     assert task_identity(load({}), doc, environ={}).containers == {
         "d1": (("container_name", "app"), ("image", "app"), ("image_tag", "1"))}

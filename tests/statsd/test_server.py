@@ -274,25 +274,32 @@ async def test_intervals_are_aligned_to_the_clock(start) -> None:
         assert time.monotonic() < deadline, "no periodic flush"
         await asyncio.sleep(0.01)
     assert r.server.last_flush is not None
-    assert r.server.last_flush - next_boundary(r.server.last_flush - 0.2, 0.2) < 0.15  # just after a boundary
+    start = r.server.aggregator.interval.start  # the current interval began on a boundary of the clock
+    assert abs(start / 0.2 - round(start / 0.2)) < 1e-6
     assert sum(s.value for s in r.recorder.samples() if s.name == "tick") == 1.0
 
 
 async def test_receiving_continues_while_the_event_loop_is_blocked(start) -> None:
     r = await start()
-    seen: list[int] = []
+    seen: list[tuple[int, bool]] = []
+    blocked = threading.Event()
 
     def sender() -> None:
         for i in range(50):
             send(r.port, b"busy:1|c")
             time.sleep(0.004)
-        seen.append(r.server.aggregator.stats.lines)  # read while the loop is still blocked
+        deadline = time.monotonic() + 0.3
+        while r.server.aggregator.stats.lines < 50 and time.monotonic() < deadline:
+            time.sleep(0.005)
+        seen.append((r.server.aggregator.stats.lines, blocked.is_set()))  # while the loop is still blocked
 
     thread = threading.Thread(target=sender)
+    blocked.set()
     thread.start()
-    time.sleep(0.5)  # block the event loop (a slow flush, a huge /metrics render)
+    time.sleep(0.8)  # block the event loop (a slow flush, a huge /metrics render)
+    blocked.clear()
     thread.join()
-    assert seen == [50]
+    assert seen == [(50, True)]
 
 
 async def test_flush_never_waits_for_a_slow_sink(start) -> None:

@@ -9,12 +9,13 @@ a `ConfigError` that names the variable, the value and the expected form.
 from __future__ import annotations
 
 import os
+import re
 import socket
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 PREFIX = "TASKLENS_"
 
@@ -283,20 +284,24 @@ def load(environ: Mapping[str, str] | None = None) -> Config:
     return Config(**values)
 
 
+# `scheme://user:password@`, also inside a parameter (`&management=http://user:password@host`); the
+# password runs to the last `@` of the authority, as urlsplit reads it (`:p@ss@host` -> `p@ss`)
+_USERINFO = re.compile(r"(://[^:/?#@&=\s]*:)[^/?#&\s]*@")
+# NATS takes a bare token as the user part: `nats://<token>@host`
+_TOKEN = re.compile(r"^(nats://)[^:/?#@\s]+@")
+
+
 def mask_url(url: str) -> str:
-    """Hide the password of a URL (`redis://:secret@host` -> `redis://:***@host`)."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "***"
-    if parts.password is None:
-        return url
-    user = parts.username or ""
-    host = parts.hostname or ""
-    if ":" in host:
-        host = f"[{host}]"
-    netloc = f"{user}:***@{host}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit(parts._replace(netloc=netloc))
+    """Every password in a URL (its own, any in a parameter, a NATS token) shown as `***`; never raises.
+
+    `redis://:secret@host` -> `redis://:***@host`.
+    """
+    return _TOKEN.sub(r"\1***@", _USERINFO.sub(r"\1***@", url.strip()))
+
+
+def url_passwords(url: str) -> list[str]:
+    """The passwords `mask_url` hides, as written in the URL (for masking them in other text)."""
+    return [m.group(0)[len(m.group(1)):-1] for pattern in (_USERINFO, _TOKEN) for m in pattern.finditer(url)]
 
 
 def mask_value(name: str, value: Any) -> Any:

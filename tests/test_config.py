@@ -87,3 +87,17 @@ def test_secrets_are_masked() -> None:
     assert "***cdef" in text
     assert mask_url("redis://:pw@[::1]:6379/0") == "redis://:***@[::1]:6379/0"
     assert mask_url("redis://localhost:6379/0") == "redis://localhost:6379/0"
+
+
+def test_every_password_of_a_queue_url_is_masked_in_check_and_errors() -> None:
+    # the management API's password is inside a parameter; `tasklens check` and errors must hide it too
+    url = "amqp://app:s3cret@rabbit/?queue=jobs&management=http://guest:hunter2@rabbit:15672"
+    shown = describe(load({"TASKLENS_QUEUES": url}))["TASKLENS_QUEUES"]
+    assert shown == ["amqp://app:***@rabbit/?queue=jobs&management=http://guest:***@rabbit:15672"]
+    with pytest.raises(ConfigError) as raised:
+        load({"TASKLENS_QUEUES": url + ",not-a-url"})
+    assert "s3cret" not in str(raised.value) and "hunter2" not in str(raised.value)
+    assert mask_url("redis://:p@ss@cache:6379/0") == "redis://:***@cache:6379/0"  # as urlsplit reads it
+    # a URL that urlsplit refuses (port out of range) is still shown, masked, not a traceback
+    assert describe(load({"TASKLENS_QUEUES": "redis://:pw@h:99999/0?list=j"}))["TASKLENS_QUEUES"] == [
+        "redis://:***@h:99999/0?list=j"]

@@ -7,14 +7,13 @@ module each (`sqs.py`, `rabbitmq.py`, ...) and import their client library only 
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Protocol
-import os
-import re
 from urllib.parse import SplitResult, parse_qsl, quote, unquote, urlencode, urlsplit, urlunsplit
 
-from agent.config import parse_seconds
+from agent.config import mask_url, parse_seconds, url_passwords
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,7 +82,7 @@ class QueueURL:
 
     @property
     def masked(self) -> str:
-        return safe_mask(self.raw)
+        return mask_url(self.raw)
 
     @property
     def poll_timeout(self) -> float:
@@ -92,9 +91,7 @@ class QueueURL:
     @property
     def secrets(self) -> list[str]:
         """The URL's password and those of URLs in its parameters, raw and percent-decoded."""
-        found = [m.group(0)[len(m.group(1)):-1] for m in _USERINFO.finditer(self.raw)]
-        found += [m.group(0)[len(m.group(1)):-1] for m in _TOKEN.finditer(self.raw)]
-        found += self.injected_secrets
+        found = url_passwords(self.raw) + list(self.injected_secrets)
         return sorted({v for f in found if f for v in (f, unquote(f), quote(f, safe=""))}, key=len, reverse=True)
 
     def client_url(self, keep: Callable[[str], bool] = lambda key: False) -> str:
@@ -151,19 +148,6 @@ def parse_queue_url(url: str, broker_params: frozenset[str], pass_through: bool 
         parts, injected = with_password(parts, password), (password,)
     return QueueURL(raw=url.strip(), parts=parts, params=params, name=common.get("name") or None,
                     injected_secrets=injected, **overrides)
-
-
-# `scheme://user:password@`, also inside a parameter (`&management=http://user:password@host`)
-_USERINFO = re.compile(r"(://[^:/?#@&=\s]*:)[^@/?#&\s]*@")
-
-
-# NATS takes a bare token as the user part: `nats://<token>@host`
-_TOKEN = re.compile(r"^(nats://)[^:/?#@\s]+@")
-
-
-def safe_mask(url: str) -> str:
-    """Every password in a queue URL (its own and any in a parameter) shown as `***`; never raises."""
-    return _TOKEN.sub(r"\1***@", _USERINFO.sub(r"\1***@", url.strip()))
 
 
 def mask_secret(text: str, url: QueueURL) -> str:

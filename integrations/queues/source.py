@@ -15,12 +15,12 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from agent.config import Config, ConfigError
+from agent.config import Config, ConfigError, mask_url
 from agent.hub import Hub
 from agent.logs import RateLimitedLog, log
 from agent.model import Batch, Kind, Sample
 from integrations.queues import parse, probe_for
-from integrations.queues.base import Probe, ProbeError, Reading, mask_secret, safe_mask
+from integrations.queues.base import Probe, ProbeError, Reading, mask_secret
 from integrations.queues.trend import History, Trend
 
 JITTER = 0.1
@@ -59,7 +59,7 @@ class QueueSource:
             target = parse(url)
             self.probe: Probe = probe_for(target)
         except ValueError as exc:
-            raise ConfigError(f"TASKLENS_QUEUES: {safe_mask(url)}: {exc}") from None
+            raise ConfigError(f"TASKLENS_QUEUES: {mask_url(url)}: {exc}") from None
         self.hub = hub
         parsed = self.url = target.url
         queue = self.queue = target.name

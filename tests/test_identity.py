@@ -32,11 +32,14 @@ def test_split_image(image: str, expected: tuple[str, str]) -> None:
 def test_fargate_identity() -> None:
     ident = task_identity(load({}), task("fargate-2023.task.json"), environ={})
     tags = dict(ident.info_tags)
-    assert tags["ecs_cluster"] == tags["ecs_cluster"].rsplit("/", 1)[-1]  # a name, not an ARN
+    arn = "arn:aws:ecs:ap-northeast-1:601427279990:task/akira-fargate-check-cluster/67cd8a22b533459696d4ccab5278e009"
+    assert tags["ecs_cluster"] == "akira-fargate-check-cluster"  # a name, not the ARN the document has
     assert ident.launch_type == "FARGATE"
     assert ident.region == "ap-northeast-1"
-    assert ident.task_id == ident.task_arn.rsplit("/", 1)[-1]
-    assert tags["task_arn"] == ident.task_arn
+    assert ident.availability_zone == "ap-northeast-1d"
+    assert (ident.task_family, ident.task_revision) == ("akira-fargate-check", "1")
+    assert ident.task_id == "67cd8a22b533459696d4ccab5278e009"
+    assert tags["task_arn"] == ident.task_arn == arn
     assert "task_arn" not in dict(ident.tags)
 
 

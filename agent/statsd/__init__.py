@@ -1,0 +1,1 @@
+"""The DogStatsD endpoint: parser, aggregator, listeners, server, mapping rules (docs/statsd.md)."""

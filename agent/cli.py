@@ -50,6 +50,14 @@ async def _resolve_identity(config: Config) -> tuple[dict[str, Any], str]:
 
 def cmd_check(args: argparse.Namespace) -> int:
     config = _load_or_exit()
+    if config.mappings:
+        from agent.statsd.mapping import compile_rules
+
+        try:
+            compile_rules(config.mappings)
+        except ConfigError as exc:
+            print(f"tasklens: invalid configuration: {exc}", file=sys.stderr)
+            return 2
     out: dict[str, Any] = {"version": __version__, "configuration": describe(config)}
     code = 0
     try:

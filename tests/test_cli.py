@@ -129,3 +129,14 @@ def test_a_bad_queue_url_stops_startup_and_check_without_a_traceback(sidecar_fac
     assert "hunter2" not in sidecar.log
     check = subprocess.run([TASKLENS, "check"], env=clean_env(**env), capture_output=True, text=True, timeout=30)
     assert check.returncode == 2 and "Traceback" not in check.stderr and "hunter2" not in check.stderr + check.stdout
+
+
+def test_check_validates_mapping_rules(tmp_path) -> None:
+    path = tmp_path / "tasklens.toml"
+    path.write_text('[[mappings]]\nmatch = "jobs.*.processed"\nlabels = { queue = "$1" }\n')  # no name
+    env = clean_env(TASKLENS_CONFIG_FILE=str(path))
+    check = subprocess.run([TASKLENS, "check"], env=env, capture_output=True, text=True, timeout=30)
+    assert check.returncode == 2 and "jobs.*.processed" in check.stderr
+    path.write_text('[[mappings]]\nmatch = "jobs.*.processed"\nname = "jobs_processed"\nlabels = { queue = "$1" }\n')
+    check = subprocess.run([TASKLENS, "check"], env=env, capture_output=True, text=True, timeout=30)
+    assert check.returncode == 0, check.stderr

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import gzip
+import json
 import time
 from collections.abc import Callable
 from typing import Any
@@ -67,6 +68,4 @@ def _gzipped(render: Callable[[], bytes]) -> bytes:
 
 
 def _dumps(obj: Any) -> str:
-    import json
-
     return json.dumps(obj, indent=2, default=str)

@@ -7,7 +7,6 @@ the ECS source) and the self-metrics, which sinks pull at export time.
 from __future__ import annotations
 
 import asyncio
-import logging
 from dataclasses import replace
 from typing import Protocol
 
@@ -79,5 +78,3 @@ class Hub:
         base = self.identity.tags
         return [info] + [replace(s, tags=merge_tags(base, s.tags)) for s in self.metrics.samples()]
 
-
-log = logging.getLogger("tasklens")

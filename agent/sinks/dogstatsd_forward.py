@@ -204,9 +204,11 @@ class DogStatsdForwarder:
                 if not stop.is_set():
                     timeout = max(0.0, next_pull - loop.time())
                     waits = {asyncio.ensure_future(stop.wait()), asyncio.ensure_future(self._wake.wait())}
-                    _, undone = await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-                    for w in undone:
-                        w.cancel()
+                    try:
+                        await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+                    finally:  # also when cancelled at the shutdown deadline: no pending waiter left behind
+                        for w in waits:
+                            w.cancel()
                 if stop.is_set() or loop.time() >= next_pull:
                     # the task info series and the self-metrics, once per interval (and once more at exit)
                     next_pull = max(next_pull + self.interval, loop.time())

@@ -171,7 +171,8 @@ class PySpyProfiler:
         state = self._states[target.key]
         try:
             while not stop.is_set():
-                if procs.profiles_itself(target.pid):
+                # /proc/<pid>/maps of a large worker is long, and reading it takes the process's mmap lock
+                if await asyncio.to_thread(procs.profiles_itself, target.pid):
                     log.info("profiler: pid %d (%s) profiles itself (pyroscope-io bootstrap): not sampling it",
                              target.pid, target.process)
                     self._skip.add(target.key)

@@ -1,7 +1,9 @@
-"""Shared test helpers: free ports, the fixture directory, and a sidecar started as a real process."""
+"""Shared test helpers: free ports, waiting, a recording sink, the fixture directory, and a sidecar
+started as a real process."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
 import subprocess
@@ -12,6 +14,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from agent.model import Batch
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = ROOT.parent / "shared" / "fixtures" / "ecs"
@@ -44,6 +48,24 @@ def wait_until(predicate, timeout: float = 20.0, interval: float = 0.05, what: s
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout} s waiting for {what}")
         time.sleep(interval)
+
+
+class Recorder:
+    """A sink that keeps every batch (to check what a source published, and when)."""
+
+    name = "recorder"
+
+    def __init__(self) -> None:
+        self.batches: list[Batch] = []
+
+    def accept(self, batch: Batch) -> None:
+        self.batches.append(batch)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        await stop.wait()
+
+    def last(self, source: str) -> Batch:
+        return next(b for b in reversed(self.batches) if b.source == source)
 
 
 def clean_env(**extra: str) -> dict[str, str]:

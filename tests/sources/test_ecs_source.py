@@ -14,27 +14,17 @@ import pytest
 from ecs_helpers import FIXTURES, MetadataServer, load, managed_instances_task, metadata  # noqa: F401 (fixture)
 from prometheus_client.exposition import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
+from tests.conftest import Recorder
 
 from agent.config import Config
 from agent.hub import Hub
 from agent.identity import Identity
-from agent.model import Batch
 from agent.sinks.prometheus import PrometheusSink
 from agent.sources.ecs import EcsSource, metadata_base_url
 from agent.sources.ecs_stats import parse_time_ns
 from agent.sources.localstats import format_time_ns
 
 MIB = 1024 * 1024
-
-
-class Recorder:
-    name = "recorder"
-
-    def __init__(self) -> None:
-        self.batches: list[Batch] = []
-
-    def accept(self, batch: Batch) -> None:
-        self.batches.append(batch)
 
 
 class Harness:

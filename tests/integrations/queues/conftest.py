@@ -21,20 +21,14 @@ from typing import Any
 import pytest
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
+from tests.conftest import Recorder, free_port  # noqa: F401 (the queue tests import them from here)
 
 from agent.config import Config
 from agent.hub import Hub
 from agent.identity import Identity
-from agent.model import Batch
 from agent.sinks.prometheus import PrometheusSink
 
 IDENTITY = Identity(service="worker", env="test", ecs_cluster="c1", task_id="t1")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def port_open(port: int, host: str = "127.0.0.1") -> bool:
@@ -67,24 +61,6 @@ async def eventually(check: Callable[[], Awaitable[Any]], timeout: float = 15.0,
         if time.monotonic() > deadline:
             raise error
         await asyncio.sleep(interval)
-
-
-class Recorder:
-    """A sink that keeps every batch (to check what a source published, and when)."""
-
-    name = "recorder"
-
-    def __init__(self) -> None:
-        self.batches: list[Batch] = []
-
-    def accept(self, batch: Batch) -> None:
-        self.batches.append(batch)
-
-    async def run(self, stop: asyncio.Event) -> None:
-        await stop.wait()
-
-    def last(self, source: str) -> Batch:
-        return next(b for b in reversed(self.batches) if b.source == source)
 
 
 class Clock:

@@ -5,27 +5,16 @@ from __future__ import annotations
 import json
 import socket
 import subprocess
-import sys
-import time
-import urllib.request
-from pathlib import Path
 
 import greenstalk
 import pytest
 import redis
 from prometheus_client.parser import text_string_to_metric_families
+from tests.conftest import TASKLENS, wait_until
 
 from conftest import port_open
 
 pytestmark = pytest.mark.skipif(not port_open(6379), reason="Redis is not running on 127.0.0.1:6379")
-
-
-def get(url: str) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(url, timeout=2) as r:
-            return r.status, r.read().decode()
-    except urllib.error.HTTPError as e:
-        return e.code, e.read().decode()
 
 
 def series(sidecar, name: str) -> dict[str, float]:
@@ -37,20 +26,6 @@ def series(sidecar, name: str) -> dict[str, float]:
             if s.name == name:
                 out[s.labels.get("queue") or json.dumps(s.labels, sort_keys=True)] = s.value
     return out
-
-
-def wait_for(predicate, timeout: float = 20.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            value = predicate()
-        except (OSError, AssertionError):
-            value = None
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.1)
 
 
 def test_outage_of_one_broker_is_a_gap_and_the_rest_goes_on(sidecar_factory, beanstalkd, unique):
@@ -66,29 +41,29 @@ def test_outage_of_one_broker_is_a_gap_and_the_rest_goes_on(sidecar_factory, bea
                             f"redis://:hunter2-secret@127.0.0.1:6379/0?list={unique}&name=emails",
             TASKLENS_QUEUE_POLL_INTERVAL="0.2")
         sidecar.wait_ready()
-        wait_for(lambda: series(sidecar, "queue_depth") == {"jobs": 4.0, "emails": 2.0}, what="both queues")
+        wait_until(lambda: series(sidecar, "queue_depth") == {"jobs": 4.0, "emails": 2.0}, what="both queues")
         _, text = sidecar.get("/metrics")
         labels = next(s.labels for f in text_string_to_metric_families(text) for s in f.samples
                       if s.name == "queue_depth" and s.labels["queue"] == "jobs")
         assert (labels["queue_type"], labels["service"]) == ("beanstalkd", "mailer")
 
         beanstalkd.stop()
-        wait_for(lambda: "jobs" not in series(sidecar, "queue_depth"), what="the gap")
-        wait_for(lambda: series(sidecar, "tasklens_queue_poll_errors_total"), what="a counted error")
+        wait_until(lambda: "jobs" not in series(sidecar, "queue_depth"), what="the gap")
+        wait_until(lambda: series(sidecar, "tasklens_queue_poll_errors_total"), what="a counted error")
         errors = series(sidecar, "tasklens_queue_poll_errors_total")
         assert list(errors) == ["jobs"]
         # the rest of the sidecar is unaffected: the other queue, health, StatsD
         r.rpush(unique, 3)
-        wait_for(lambda: series(sidecar, "queue_depth") == {"emails": 3.0}, what="the other queue")
+        wait_until(lambda: series(sidecar, "queue_depth") == {"emails": 3.0}, what="the other queue")
         assert sidecar.get("/health")[0] == 200
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
             s.sendto(b"mailer.sent:1|c", ("127.0.0.1", sidecar.statsd_port))
-        wait_for(lambda: "mailer_sent" in sidecar.get("/metrics")[1], what="a StatsD metric")
+        wait_until(lambda: "mailer_sent" in sidecar.get("/metrics")[1], what="a StatsD metric")
         status = json.loads(sidecar.get("/status")[1])
         assert "queue:jobs" in json.dumps(status) and "connection" in json.dumps(status)
 
         beanstalkd.start()  # its binlog brings the four jobs back
-        wait_for(lambda: series(sidecar, "queue_depth") == {"jobs": 4.0, "emails": 3.0}, timeout=30,
+        wait_until(lambda: series(sidecar, "queue_depth") == {"jobs": 4.0, "emails": 3.0}, timeout=30,
                  what="the values back")
         assert sidecar.stop() == 0
         assert "hunter2-secret" not in sidecar.log
@@ -100,8 +75,7 @@ def test_outage_of_one_broker_is_a_gap_and_the_rest_goes_on(sidecar_factory, bea
 def test_check_describes_the_queues_masked():
     env = {"PATH": "/usr/bin:/bin", "TASKLENS_QUEUES": "amqp://app:hunter2@rabbit:5672/?queue=orders,"
                                                       "sqs://orders?region=eu-west-1&interval=60"}
-    tasklens = str(Path(sys.executable).with_name("tasklens"))
-    out = subprocess.run([tasklens, "check"], capture_output=True, text=True, env=env, timeout=60)
+    out = subprocess.run([TASKLENS, "check"], capture_output=True, text=True, env=env, timeout=60)
     assert "hunter2" not in out.stdout + out.stderr
     queues = json.loads(out.stdout)["queues"]
     assert [(q["queue"], q["queue_type"], q["interval_seconds"]) for q in queues] == [

@@ -8,6 +8,7 @@ a `ConfigError` that names the variable, the value and the expected form.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import socket
@@ -43,6 +44,17 @@ def parse_seconds(text: str) -> float:
         raise ValueError("a number of seconds > 0, e.g. 10 or 2.5") from None
     if not value > 0 or value == float("inf"):
         raise ValueError("a number of seconds > 0, e.g. 10 or 2.5")
+    return value
+
+
+def parse_number(text: str) -> float:
+    """A finite number (`nan` and `inf` parse as floats but mean nothing as a threshold)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError("a number") from None
+    if not math.isfinite(value):
+        raise ValueError("a number")
     return value
 
 
@@ -208,7 +220,7 @@ class Config:
     queues: tuple[str, ...] = setting((), parse_url_list, doc="queue URLs, comma-separated")
     queue_poll_interval: float = setting(15.0, parse_seconds)
     queue_trend_window: float = setting(300.0, parse_seconds)
-    queue_backlog_threshold: float = setting(100.0, float, doc="depth above which growth means backing up")
+    queue_backlog_threshold: float = setting(100.0, parse_number, doc="depth above which growth means backing up")
     # profiling
     pyroscope_url: str = setting("", parse_http_url, secret=True, doc="Pyroscope server; enables profiling")
     pyroscope_user: str = setting("")

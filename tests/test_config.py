@@ -42,6 +42,8 @@ def test_environment_values() -> None:
         ("TASKLENS_STATSD_MAX_CONTEXTS", "0", "whole number"),
         ("TASKLENS_LOG_LEVEL", "loud", "one of"),
         ("TASKLENS_QUEUES", "orders", "URLs"),
+        ("TASKLENS_QUEUE_BACKLOG_THRESHOLD", "lots", "expected a number"),
+        ("TASKLENS_QUEUE_BACKLOG_THRESHOLD", "nan", "expected a number"),
     ],
 )
 def test_bad_value_names_variable_value_and_form(name: str, value: str, expected: str) -> None:

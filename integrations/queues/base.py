@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, fields
 from typing import Protocol
 from urllib.parse import SplitResult, parse_qsl, quote, unquote, urlencode, urlsplit, urlunsplit
 
-from agent.config import mask_url, parse_seconds, url_passwords
+from agent.config import mask_url, parse_number, parse_seconds, url_passwords
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,16 +50,6 @@ DEFAULT_TIMEOUT = 10.0  # per poll; polls never overlap, so a slow broker only d
 
 # Query parameters every queue URL may carry; the rest belong to the broker module.
 COMMON_PARAMS = frozenset({"name", "interval", "window", "threshold", "timeout", "password_env"})
-
-
-def _number(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise ValueError("a number") from None
-    if value != value or value in (float("inf"), float("-inf")):
-        raise ValueError("a number")
-    return value
 
 
 @dataclass(frozen=True)
@@ -133,7 +123,7 @@ def parse_queue_url(url: str, broker_params: frozenset[str], pass_through: bool 
             raise ValueError(f"unknown parameter {key!r} (known: {known})")
     overrides: dict[str, float] = {}
     for key, parse in (("interval", parse_seconds), ("window", parse_seconds), ("timeout", parse_seconds),
-                       ("threshold", _number)):
+                       ("threshold", parse_number)):
         if key in common:
             try:
                 overrides[key] = parse(common[key])

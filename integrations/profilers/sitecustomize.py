@@ -136,12 +136,21 @@ def split_credentials(url: str) -> tuple[str, str, str]:
 
 
 def _extra_tags(text: str) -> list[tuple[str, str]]:
-    tags = []
+    tags: dict[str, str] = {}  # a repeated key: the last value wins, as in agent.config.parse_tags
     for item in text.split(","):
         key, sep, value = item.strip().partition(":")
         if key.strip() and sep:
-            tags.append((key.strip(), value.strip()))
-    return tags
+            tags[key.strip()] = value.strip()
+    return list(tags.items())
+
+
+def _cluster(task: Mapping[str, Any], arn: str) -> str:
+    """`Cluster` (a name or an ARN), else the cluster in a new-style task ARN `task/<cluster>/<id>`."""
+    cluster = str(task.get("Cluster") or "")
+    if cluster:
+        return cluster.rsplit("/", 1)[-1]
+    parts = arn.split(":", 5)[-1].split("/")
+    return parts[1] if len(parts) == 3 else ""
 
 
 def identity(environ: Mapping[str, str], task: Any = None) -> tuple[str, list[tuple[str, str]]]:
@@ -162,7 +171,7 @@ def identity(environ: Mapping[str, str], task: Any = None) -> tuple[str, list[tu
             or family
         )
         pairs += [
-            ("ecs_cluster", str(task.get("Cluster") or "").rsplit("/", 1)[-1]),
+            ("ecs_cluster", _cluster(task, arn)),
             ("task_family", family),
             ("task_revision", str(task.get("Revision") or "")),
             ("task_id", arn.rsplit("/", 1)[-1]),

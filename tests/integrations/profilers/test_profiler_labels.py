@@ -34,6 +34,15 @@ def test_bootstrap_identity_matches_the_sidecars(path, environ):
     assert tags == [kv for kv in expected.tags if kv[0] != "service"]
 
 
+@pytest.mark.parametrize("environ", ENVIRONMENTS + [{"TASKLENS_TAGS": "team:a,team:b"}])
+def test_bootstrap_identity_matches_without_a_cluster_field(environ):
+    # `Cluster` missing: the cluster comes from the task ARN; a repeated tag key: the last value wins
+    task = {"TaskARN": "arn:aws:ecs:us-east-1:123456789012:task/prod-cluster/abc", "Family": "fam"}
+    expected = task_identity(load(environ), task, environ)
+    assert dict(expected.tags)["ecs_cluster"] == "prod-cluster"
+    assert site.identity(environ, task) == (expected.service, [kv for kv in expected.tags if kv[0] != "service"])
+
+
 @pytest.mark.parametrize("environ", ENVIRONMENTS, ids=range(len(ENVIRONMENTS)))
 def test_bootstrap_identity_without_ecs_matches_local_mode(environ):
     expected = local_identity(load(environ), environ)

@@ -19,7 +19,7 @@ from aiohttp import web
 from datadog.dogstatsd import DogStatsd
 
 from agent.emulator import container_id, make_app
-from tests.conftest import FIXTURES, Sidecar
+from tests.conftest import FIXTURES, Sidecar, wait_until
 from tests.sinks.intake import Intake, start_intake
 
 KEY = "fedcba9876543210fedcba9876543210"
@@ -49,17 +49,8 @@ async def metadata_url() -> AsyncIterator[str]:
 
 
 async def wait_for(predicate, timeout: float = 30.0, what: str = "condition"):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            value = await asyncio.to_thread(predicate)
-        except OSError:
-            value = None
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.1)
+    """`wait_until` in a thread: the metadata server runs on this test's event loop."""
+    return await asyncio.to_thread(wait_until, predicate, timeout, 0.1, what)
 
 
 def values(intake: Intake, metric: str, *tags: str) -> set[tuple[float, int]]:

@@ -25,7 +25,6 @@ def depth(sidecar: Sidecar, queue: str) -> float | None:
     return s.value("queue_depth", queue=queue) if s.has("queue_depth", queue=queue) else None
 
 
-
 def queue_errors(sidecar: Sidecar, queue: str) -> dict[str, float]:
     out: dict[str, float] = {}
     for labels, v in scrape(sidecar).series("tasklens_queue_poll_errors_total"):

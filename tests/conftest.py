@@ -1,5 +1,5 @@
-"""Shared test helpers: free ports, waiting, a recording sink, the fixture directory, and a sidecar
-started as a real process."""
+"""Shared test helpers: free ports, waiting, an aiohttp app on loopback, a recording sink, the fixture
+directory, and a sidecar started as a real process."""
 
 from __future__ import annotations
 
@@ -12,8 +12,10 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+from aiohttp import web
 
 from agent.model import Batch
 
@@ -34,6 +36,16 @@ def http_get(url: str, timeout: float = 2.0) -> tuple[int, str]:
             return r.status, r.read().decode()
     except urllib.error.HTTPError as e:
         return e.code, e.read().decode()
+
+
+async def serve_app(app: web.Application, port: int = 0, **runner_options: Any) -> tuple[web.AppRunner, str]:
+    """Serve an aiohttp app on loopback (a free port unless one is given): (runner to clean up, base URL)."""
+    runner = web.AppRunner(app, access_log=None, **runner_options)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", port)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    return runner, f"http://127.0.0.1:{port}"
 
 
 def wait_until(predicate, timeout: float = 20.0, interval: float = 0.05, what: str = "condition"):

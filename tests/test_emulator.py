@@ -13,8 +13,7 @@ from collections.abc import AsyncIterator
 
 import aiohttp
 import pytest
-from aiohttp import web
-from tests.conftest import FIXTURES, TASKLENS, clean_env, free_port, http_get, wait_until
+from tests.conftest import FIXTURES, TASKLENS, clean_env, free_port, http_get, serve_app, wait_until
 
 from agent.config import Config
 from agent.emulator import make_app, serve
@@ -38,18 +37,9 @@ def path(name: str) -> str:
     return str(FIXTURES / f"{name}.json")
 
 
-async def start(app: web.Application) -> tuple[web.AppRunner, str]:
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    return runner, f"http://127.0.0.1:{port}"
-
-
 @pytest.fixture
 async def fargate() -> AsyncIterator[str]:
-    runner, base = await start(make_app(path("fargate-2023.task"), path("fargate-2023.stats")))
+    runner, base = await serve_app(make_app(path("fargate-2023.task"), path("fargate-2023.stats")))
     yield base
     await runner.cleanup()
 
@@ -83,7 +73,7 @@ async def test_container_paths_follow_the_id_in_the_url(fargate: str) -> None:
 
 
 async def test_unknown_paths_and_unreadable_files(tmp_path) -> None:
-    runner, base = await start(make_app(str(tmp_path / "missing.json"), path("fargate-2023.stats")))
+    runner, base = await serve_app(make_app(str(tmp_path / "missing.json"), path("fargate-2023.stats")))
     try:
         status, body = await get(f"{base}/v4/x/nothing-here")
         assert status == 404 and isinstance(json.loads(body), str)
@@ -99,7 +89,7 @@ async def test_unknown_paths_and_unreadable_files(tmp_path) -> None:
 
 @pytest.mark.parametrize(("task", "stats"), PAIRS)
 async def test_the_ecs_source_reads_every_pair(task: str, stats: str) -> None:
-    runner, base = await start(make_app(path(task), path(stats)))
+    runner, base = await serve_app(make_app(path(task), path(stats)))
     hub = Hub(Identity(service="configured"))
     source = EcsSource(Config(), hub, f"{base}/v4/abc")
     try:
@@ -112,7 +102,7 @@ async def test_the_ecs_source_reads_every_pair(task: str, stats: str) -> None:
 
 
 async def test_live_mode_serves_this_machine() -> None:
-    runner, base = await start(make_app(None, None))
+    runner, base = await serve_app(make_app(None, None))
     try:
         _, body = await get(f"{base}/v4/x/task")
         task = json.loads(body)

@@ -26,6 +26,8 @@ from typing import Any
 import jsonschema
 from aiohttp import web
 
+from tests.conftest import serve_app
+
 MAX_COMPRESSED = 512_000
 MAX_DECOMPRESSED = 5_242_880
 
@@ -285,12 +287,7 @@ def _no_constants(name: str) -> Any:
 async def start_intake(intake: Intake, port: int = 0) -> AsyncIterator[Intake]:
     app = web.Application(client_max_size=16 * 1024 * 1024)
     app.router.add_route("*", "/{tail:.*}", intake.handle)
-    runner = web.AppRunner(app, access_log=None, auto_decompress=False)  # check the raw body
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", port)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    intake.url = f"http://127.0.0.1:{port}"
+    runner, intake.url = await serve_app(app, port, auto_decompress=False)  # check the raw body
     try:
         yield intake
     finally:

@@ -15,11 +15,10 @@ import time
 from collections.abc import AsyncIterator
 
 import pytest
-from aiohttp import web
 from datadog.dogstatsd import DogStatsd
 
 from agent.emulator import container_id, make_app
-from tests.conftest import FIXTURES, Sidecar, wait_until
+from tests.conftest import FIXTURES, Sidecar, serve_app, wait_until
 from tests.sinks.intake import Intake, start_intake
 
 KEY = "fedcba9876543210fedcba9876543210"
@@ -39,12 +38,8 @@ async def intake() -> AsyncIterator[Intake]:
 
 @pytest.fixture
 async def metadata_url() -> AsyncIterator[str]:
-    runner = web.AppRunner(make_app(TASK, STATS), access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    yield f"http://127.0.0.1:{port}/v4/{container_id(TASK)}"
+    runner, base = await serve_app(make_app(TASK, STATS))
+    yield f"{base}/v4/{container_id(TASK)}"
     await runner.cleanup()
 
 

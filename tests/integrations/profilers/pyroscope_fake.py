@@ -28,6 +28,8 @@ from dataclasses import dataclass, field
 
 from aiohttp import web
 
+from tests.conftest import serve_app
+
 KNOWN_TYPES = {"cpu", "itimer", "wall", "alloc_objects", "alloc_space", "inuse_objects", "inuse_space",
                "goroutines", "mutex_count", "mutex_duration", "block_count", "block_duration"}
 APP_NAME = re.compile(r"^[a-zA-Z0-9_.\-]+$")
@@ -305,12 +307,7 @@ async def start_pyroscope(fake: FakePyroscope) -> AsyncIterator[FakePyroscope]:
     app = web.Application()
     app.router.add_post("/ingest", fake.ingest)
     app.router.add_post("/push.v1.PusherService/Push", fake.push)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    fake.url = f"http://127.0.0.1:{port}"
+    runner, fake.url = await serve_app(app)
     try:
         yield fake
     finally:

@@ -17,7 +17,7 @@ import pytest
 from aiohttp import web
 
 from integrations.profilers.bootstrap import BOOTSTRAP_SOURCE, distributions, populate
-from tests.conftest import clean_env, free_port
+from tests.conftest import clean_env, free_port, serve_app
 from tests.integrations.profilers.support import HOT_FUNCTION, WORKER_PYTHON, task_json, until
 
 CONTAINER = "apmtest-ping"  # the worker's own container in fargate-2023.task.json
@@ -46,11 +46,8 @@ async def metadata() -> AsyncIterator[Metadata]:
     app = web.Application()
     app.router.add_get("/v4/c1", meta.handle)
     app.router.add_get("/v4/c1/task", meta.handle)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    meta.url = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}/v4/c1"  # type: ignore[union-attr]
+    runner, base = await serve_app(app)
+    meta.url = f"{base}/v4/c1"
     yield meta
     meta.release.set()
     await runner.cleanup()

@@ -77,12 +77,13 @@ def make_app(task_path: str | None, stats_path: str | None) -> web.Application:
     fixtures = _Fixtures(task_path, stats_path) if task_path and stats_path else None
     live = None if fixtures else _Live()
 
+    # file reads and live sampling (cgroup files, psutil) in a thread: clients poll concurrently
     async def task_bytes() -> bytes:
-        return fixtures.task_bytes() if fixtures else live.task_bytes()  # type: ignore[union-attr]
+        return await asyncio.to_thread(fixtures.task_bytes if fixtures else live.task_bytes)  # type: ignore[union-attr]
 
     async def stats_bytes() -> bytes:
         if fixtures:
-            return fixtures.stats_bytes()
+            return await asyncio.to_thread(fixtures.stats_bytes)
         return json.dumps(await live.stats()).encode()  # type: ignore[union-attr]
 
     def raw(body: bytes) -> web.Response:

@@ -31,11 +31,12 @@ class LocalSource:
         self.hub = hub
         self.stats = LocalStats(proc, cgroup_root)
         self._task = self.stats.task(hub.identity.service)
+        self._measuring = self.stats.source  # reads cgroup files: once, not on every /status
         self._previous: dict[str, Any] = {}
         self._log = RateLimitedLog(log)
         self._last_poll: float | None = None
         self._last_error: str | None = None
-        log.info("local resources: measuring %s as container %r", self.stats.source, self.stats.container_name)
+        log.info("local resources: measuring %s as container %r", self._measuring, self.stats.container_name)
 
     async def run(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
@@ -61,5 +62,5 @@ class LocalSource:
         return True
 
     def status(self) -> dict[str, Any]:
-        return {"mode": "local", "measuring": self.stats.source, "container_name": self.stats.container_name,
+        return {"mode": "local", "measuring": self._measuring, "container_name": self.stats.container_name,
                 "last_poll": self._last_poll, "last_error": self._last_error, "ready": True}

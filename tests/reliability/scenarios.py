@@ -151,7 +151,7 @@ def run_load(tmp_path: Path, seconds: float, lines_per_second: float, contexts: 
                 expected[key] = expected.get(key, 0.0) + c * v
         # the last interval is exported at the next flush boundary
         try:
-            wait_until(lambda: traffic.exported(scrape(sidecar)) == expected, flush_interval * 3 + 5,
+            wait_until(lambda: traffic.exported(scrape(sidecar)) == expected, flush_interval * 3 + 30,
                        what="every counter exported")
         except AssertionError:
             pass

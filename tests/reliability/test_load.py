@@ -21,7 +21,9 @@ def test_steady_load_loses_nothing_and_memory_stays_flat(tmp_path, record_proper
     r = run_load(tmp_path, SECONDS, LINES_PER_SECOND)
     slope = r.rss_slope(WARMUP)
     growth = r.rss_growth(WARMUP)
-    numbers = {"lines_sent": r.lines_sent, "lines_per_second": round(r.lines_sent / r.seconds),
+    numbers = {"lines_sent": r.lines_sent, "lines_received": r.lines_received, "datagrams_sent": r.datagrams_sent,
+               "datagrams_received": r.packets_received, "kernel_drops": r.socket_drops,
+               "series_exact": r.exported == r.expected, "lines_per_second": round(r.lines_sent / r.seconds),
                "rss_mib_start": round(r.rss[0][1] / 2**20, 1), "rss_mib_end": round(r.rss[-1][1] / 2**20, 1),
                "rss_slope_kib_per_s": round(slope / 1024, 2), "rss_growth_after_warmup_mib": round(growth / 2**20, 2),
                "max_flush_seconds": max(r.flush_durations), "cpu_seconds": round(r.extra["cpu_seconds"], 2)}
@@ -31,9 +33,9 @@ def test_steady_load_loses_nothing_and_memory_stays_flat(tmp_path, record_proper
 
     # kept: every line, every counter sum, exactly
     assert r.lines_sent >= 0.9 * SECONDS * LINES_PER_SECOND
-    assert (r.lines_received, r.socket_drops, r.parse_errors) == (r.lines_sent, 0, 0)
-    assert r.packets_received == r.datagrams_sent
-    assert r.exported == r.expected
+    assert (r.lines_received, r.socket_drops, r.parse_errors) == (r.lines_sent, 0, 0), numbers
+    assert r.packets_received == r.datagrams_sent, numbers
+    assert r.exported == r.expected, numbers
     assert sum(r.exported.values()) == sum(r.expected.values())
     # the other sources kept working alongside
     assert r.queue_depth == QUEUE_DEPTH and r.queue_poll_errors == 0

@@ -9,7 +9,7 @@ import greenstalk
 import pytest
 import redis.asyncio
 
-from conftest import check_drain, eventually, port_open
+from tests.integrations.queues.support import check_drain, eventually, port_open
 from integrations.queues.source import QueueSource
 
 

@@ -9,7 +9,7 @@ import nats
 import pytest
 from nats.js.api import AckPolicy, ConsumerConfig
 
-from conftest import check_drain, port_open
+from tests.integrations.queues.support import check_drain, port_open
 from integrations.queues.source import QueueSource
 
 NATS = "nats://127.0.0.1:4222"

@@ -10,7 +10,8 @@ import nats
 import pytest
 import redis.asyncio
 
-from conftest import Server, eventually, free_port
+from tests.conftest import free_port
+from tests.integrations.queues.support import Server, eventually
 from integrations.queues.source import QueueSource
 
 

@@ -7,7 +7,7 @@ from urllib.parse import quote
 import asyncpg
 import pytest
 
-from conftest import check_drain, port_open
+from tests.integrations.queues.support import check_drain, port_open
 from integrations.queues.source import QueueSource
 
 DSN = "postgresql://postgres@127.0.0.1:5432/test"

@@ -9,7 +9,7 @@ import aio_pika
 import pytest
 
 from agent.config import ConfigError
-from conftest import check_drain, eventually, port_open
+from tests.integrations.queues.support import check_drain, eventually, port_open
 from integrations.queues.source import QueueSource
 
 AMQP = "amqp://guest:guest@127.0.0.1:5672/"

@@ -12,7 +12,7 @@ import pytest
 import redis
 import redis.asyncio
 
-from conftest import check_backing_up, check_drain, eventually, port_open
+from tests.integrations.queues.support import check_backing_up, check_drain, eventually, port_open
 from integrations.queues.source import QueueSource
 
 REDIS = "redis://127.0.0.1:6379/0"

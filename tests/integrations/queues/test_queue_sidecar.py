@@ -12,7 +12,7 @@ import redis
 from prometheus_client.parser import text_string_to_metric_families
 from tests.conftest import TASKLENS, wait_until
 
-from conftest import port_open
+from tests.integrations.queues.support import port_open
 
 pytestmark = pytest.mark.skipif(not port_open(6379), reason="Redis is not running on 127.0.0.1:6379")
 

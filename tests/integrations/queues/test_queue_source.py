@@ -11,7 +11,7 @@ import time
 import pytest
 
 from agent.config import Config, ConfigError
-from conftest import eventually, port_open
+from tests.integrations.queues.support import eventually, port_open
 from integrations.queues import describe_url, open_probe, read_once
 from integrations.queues.source import MAX_BACKOFF, QueueSource
 
@@ -162,7 +162,7 @@ async def test_a_silent_broker_is_a_timeout_not_a_hang(config, hub, exported):
 
 
 async def test_unreachable_broker_is_a_connection_error(config, hub, recorder):
-    from conftest import free_port
+    from tests.conftest import free_port
 
     source = QueueSource(config, hub, f"redis://127.0.0.1:{free_port()}/0?list=jobs")
     assert not await source.poll()

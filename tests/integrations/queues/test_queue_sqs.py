@@ -8,7 +8,7 @@ from datetime import datetime, timezone
 import boto3
 import pytest
 
-from conftest import check_drain, eventually
+from tests.integrations.queues.support import check_drain, eventually
 from integrations.queues.source import QueueSource
 
 pytestmark = pytest.mark.usefixtures("aws_env")

@@ -1,14 +1,12 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
+from tests.conftest import FIXTURES
 
 from agent.config import load
 from agent.identity import local_identity, split_image, task_identity
-
-FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "ecs"
 
 
 def task(name: str) -> dict:

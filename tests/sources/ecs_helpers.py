@@ -7,13 +7,11 @@ import asyncio
 import copy
 import json
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 from aiohttp import web
-
-FIXTURES = Path(__file__).resolve().parents[2].parent / "shared" / "fixtures" / "ecs"
+from tests.conftest import FIXTURES
 
 
 def load(name: str) -> Any:

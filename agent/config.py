@@ -317,20 +317,22 @@ def url_passwords(url: str) -> list[str]:
 
 
 def mask_value(name: str, value: Any) -> Any:
-    """What may be shown of a setting: secrets as `***` plus the last 4 characters of a long key,
-    URLs without their password, and nothing of a text that looks like credentials (`user:pw@`)."""
+    """What may be shown of a setting: secrets as `***` (a long API key with its last 4 characters, to
+    tell keys apart, as Datadog shows them; never part of a password), URLs without their password,
+    and nothing of a text that looks like credentials (`user:pw@`)."""
     if not isinstance(value, str) or not value:
         return value
     if name in URL_FIELDS:
         masked = ",".join(mask_url(u) for u in value.split(","))
         return masked if "@" not in masked or ":***@" in masked else "***"
     if name in SECRET_FIELDS:
-        return "***" if len(value) < 12 else "***" + value[-4:]
+        return "***" + value[-4:] if name in API_KEY_FIELDS and len(value) >= 12 else "***"
     return value
 
 
 SECRET_FIELDS = frozenset(f.name for f in fields(Config) if f.metadata.get("secret"))
 URL_FIELDS = frozenset({"pyroscope_url", "dd_url", "queues"})
+API_KEY_FIELDS = frozenset({"dd_api_key"})
 
 
 def describe(config: Config) -> dict[str, Any]:

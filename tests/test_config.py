@@ -83,10 +83,12 @@ def test_secrets_are_masked() -> None:
         "DD_API_KEY": key,
         "TASKLENS_PYROSCOPE_URL": "https://user:hunter2@profiles.example.com",
         "TASKLENS_QUEUES": "rabbitmq://guest:s3cret@localhost:5672/%2F?queue=jobs",
+        "TASKLENS_PYROSCOPE_PASSWORD": "correct-horse-battery",
     })
     text = repr(describe(config))
     assert key not in text and "hunter2" not in text and "s3cret" not in text
     assert "***cdef" in text
+    assert describe(config)["TASKLENS_PYROSCOPE_PASSWORD"] == "***"  # not even the end of a password
     assert mask_url("redis://:pw@[::1]:6379/0") == "redis://:***@[::1]:6379/0"
     assert mask_url("redis://localhost:6379/0") == "redis://localhost:6379/0"
 

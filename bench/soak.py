@@ -52,6 +52,9 @@ def soak_load(args: argparse.Namespace) -> bool:
     if flushes:
         print(f"  flush duration: median {statistics.median(flushes) * 1000:.1f} ms, max {max(flushes) * 1000:.1f} ms "
               f"(interval {r.flush_interval:g} s)")
+    scrapes = r.extra["scrape_seconds"]
+    print(f"  /metrics scrape under load: median {statistics.median(scrapes) * 1000:.1f} ms, "
+          f"max {max(scrapes) * 1000:.1f} ms")
     print(f"  CPU: {r.extra['cpu_seconds']:.1f} s ({r.extra['cpu_seconds'] / r.lines_sent * 1e6:.2f} s per million "
           f"lines, everything included)")
     print(f"  ECS: {r.extra['ecs_polls']:.0f} polls, {r.ecs_poll_errors:.0f} errors, working set "

@@ -115,6 +115,7 @@ def run_load(tmp_path: Path, seconds: float, lines_per_second: float, contexts: 
 
         rss: list[tuple[float, int]] = []
         flushes: list[float] = []
+        scrapes: list[float] = []
         sent_counts = [0] * len(pool)
         stop = threading.Event()
         started = time.monotonic()
@@ -122,7 +123,9 @@ def run_load(tmp_path: Path, seconds: float, lines_per_second: float, contexts: 
         def watch() -> None:  # an operator's view once a second: RSS, a Prometheus scrape
             while not stop.wait(1.0):
                 rss.append((time.monotonic() - started, rss_bytes(sidecar.proc.pid)))
+                t = time.monotonic()
                 flushes.append(scrape(sidecar).value("tasklens_statsd_flush_duration_seconds"))
+                scrapes.append(time.monotonic() - t)
 
         watcher = threading.Thread(target=watch, daemon=True)
         watcher.start()
@@ -172,6 +175,7 @@ def run_load(tmp_path: Path, seconds: float, lines_per_second: float, contexts: 
             queue_poll_errors=final.value("tasklens_queue_poll_errors_total"),
         )
         result.extra["status"] = status(sidecar)["components"]["statsd"]
+        result.extra["scrape_seconds"] = scrapes
         result.extra["ecs_polls"] = final.value("tasklens_ecs_polls_total")
         result.extra["queue_polls"] = final.value("tasklens_queue_polls_total")
         result.extra["cpu_seconds"] = sum(psutil_cpu(sidecar.proc.pid))

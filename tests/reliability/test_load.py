@@ -26,7 +26,8 @@ def test_steady_load_loses_nothing_and_memory_stays_flat(tmp_path, record_proper
                "series_exact": r.exported == r.expected, "lines_per_second": round(r.lines_sent / r.seconds),
                "rss_mib_start": round(r.rss[0][1] / 2**20, 1), "rss_mib_end": round(r.rss[-1][1] / 2**20, 1),
                "rss_slope_kib_per_s": round(slope / 1024, 2), "rss_growth_after_warmup_mib": round(growth / 2**20, 2),
-               "max_flush_seconds": max(r.flush_durations), "cpu_seconds": round(r.extra["cpu_seconds"], 2)}
+               "max_flush_seconds": max(r.flush_durations), "max_scrape_seconds": max(r.extra["scrape_seconds"]),
+               "cpu_seconds": round(r.extra["cpu_seconds"], 2)}
     for k, v in numbers.items():
         record_property(k, v)
     print("load:", numbers)

@@ -146,6 +146,7 @@ def test_sigkill_of_the_sidecar_never_blocks_or_breaks_the_worker(tmp_path) -> N
                    and scrape(second).value("worker_jobs_total", transport="udp") > 0, 10, what="metrics again")
         assert worker.wait(30) == 0
         result = json.loads(out.read_text())
+        print("worker:", result)
         assert result["errors"] == []
         assert result["sends"] > 1000
         # a blocked send would last as long as the sidecar was gone (over 2 s); the margin below

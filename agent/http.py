@@ -23,6 +23,7 @@ def make_app(hub: Hub, prometheus: PrometheusSink, ready: Callable[[], bool],
 
     async def metrics(request: web.Request) -> web.Response:
         accept = request.headers.get("Accept", "")
+        render: Callable[[], bytes]
         if "application/openmetrics-text" in accept and "text/plain" not in accept:
             encoder, content_type = exposition.choose_encoder(accept)  # OpenMetrics only when it is all they take
             render = functools.partial(encoder, prometheus.registry)

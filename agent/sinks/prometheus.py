@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import CollectorRegistry
 
+from agent.memory import BURST
 from agent.model import Batch, Kind, Points, Sample, Tags
 from agent.selfmetrics import SelfMetrics
 from agent.sinks.prometheus_text import TextRenderer
@@ -87,7 +88,7 @@ class PrometheusSink:
         self._snapshots: dict[str, dict[tuple[str, Tags], _Series]] = {}
         self._series: dict[tuple[str, Tags], _Series] = {}
         self.registry = CollectorRegistry(auto_describe=False)
-        self.registry.register(self)  # type: ignore[arg-type]
+        self.registry.register(self)
         self._text = TextRenderer(metric_name, labels_of)
 
     # -- sink side ---------------------------------------------------------------------------
@@ -96,7 +97,7 @@ class PrometheusSink:
         now = self.clock()
         if batch.snapshot:
             self._snapshots[batch.source] = {
-                (s.name, s.tags): _Series(s.kind, float(s.value), now)  # type: ignore[arg-type]
+                (s.name, s.tags): _Series(s.kind, float(s.value), now)
                 for s in batch.samples if not isinstance(s.value, Points)
             }
             return
@@ -129,6 +130,8 @@ class PrometheusSink:
         stale = [k for k, v in self._series.items() if v.updated < cutoff]
         for key in stale:
             del self._series[key]
+        if len(stale) > BURST:  # a dict never shrinks by deletion: rebuild it after a burst
+            self._series = dict(self._series)
         self.metrics.set("tasklens.prometheus.series", len(self._series) + sum(map(len, self._snapshots.values())))
         return len(stale)
 

@@ -301,6 +301,8 @@ def load(environ: Mapping[str, str] | None = None) -> Config:
 _USERINFO = re.compile(r"(://[^:/?#@&=\s]*:)[^/?#&\s]*@")
 # NATS takes a bare token as the user part: `nats://<token>@host`
 _TOKEN = re.compile(r"^(nats://)[^:/?#@\s]+@")
+# a password as a query parameter (`postgresql://app@db/app?password=...`, as libpq and asyncpg read it)
+_PARAM = re.compile(r"([?&][A-Za-z_]*password=)([^&#\s]*)", re.IGNORECASE)
 
 
 def mask_url(url: str) -> str:
@@ -308,12 +310,14 @@ def mask_url(url: str) -> str:
 
     `redis://:secret@host` -> `redis://:***@host`.
     """
-    return _TOKEN.sub(r"\1***@", _USERINFO.sub(r"\1***@", url.strip()))
+    masked = _TOKEN.sub(r"\1***@", _USERINFO.sub(r"\1***@", url.strip()))
+    return _PARAM.sub(lambda m: m.group(1) + "***" if m.group(2) else m.group(0), masked)
 
 
 def url_passwords(url: str) -> list[str]:
     """The passwords `mask_url` hides, as written in the URL (for masking them in other text)."""
-    return [m.group(0)[len(m.group(1)):-1] for pattern in (_USERINFO, _TOKEN) for m in pattern.finditer(url)]
+    found = [m.group(0)[len(m.group(1)):-1] for pattern in (_USERINFO, _TOKEN) for m in pattern.finditer(url)]
+    return found + [m.group(2) for m in _PARAM.finditer(url) if m.group(2)]
 
 
 def mask_value(name: str, value: Any) -> Any:

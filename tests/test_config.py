@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from agent.config import ConfigError, describe, load, mask_url
+from agent.config import ConfigError, describe, load, mask_url, url_passwords
 
 
 def test_defaults() -> None:
@@ -102,6 +102,8 @@ def test_every_password_of_a_queue_url_is_masked_in_check_and_errors() -> None:
         load({"TASKLENS_QUEUES": url + ",not-a-url"})
     assert "s3cret" not in str(raised.value) and "hunter2" not in str(raised.value)
     assert mask_url("redis://:p@ss@cache:6379/0") == "redis://:***@cache:6379/0"  # as urlsplit reads it
+    assert mask_url("postgresql://db/app?sslmode=require&Password=pw1") == "postgresql://db/app?sslmode=require&Password=***"
+    assert url_passwords("postgresql://u:pw1@db/app?password=pw2") == ["pw1", "pw2"]  # for client error texts
     # a URL that urlsplit refuses (port out of range) is still shown, masked, not a traceback
     assert describe(load({"TASKLENS_QUEUES": "redis://:pw@h:99999/0?list=j"}))["TASKLENS_QUEUES"] == [
         "redis://:***@h:99999/0?list=j"]

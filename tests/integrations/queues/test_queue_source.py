@@ -207,6 +207,8 @@ async def test_run_polls_until_stopped_then_closes(config, hub, unique):
     ("nats://user:s3cret@nats:4222?stream=S&consumer=c", "nats://user:***@nats:4222?stream=S&consumer=c"),
     ("postgresql://app:s3cret@db/app?query=SELECT+1+AS+depth", "postgresql://app:***@db/app?query=SELECT+1+AS+depth"),
     ("redis://:s3cret@cache:6379/0?list=jobs", "redis://:***@cache:6379/0?list=jobs"),
+    ("postgresql://app@db/app?password=s3cret&query=SELECT+1+AS+depth",  # asyncpg reads ?password= too
+     "postgresql://app@db/app?password=***&query=SELECT+1+AS+depth"),
 ])
 def test_every_form_of_secret_is_masked(url, shown):
     assert describe_url(url)["url"] == shown

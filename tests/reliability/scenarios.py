@@ -93,11 +93,12 @@ class LoadResult:
 def run_load(tmp_path: Path, seconds: float, lines_per_second: float, contexts: int = 500,
              flush_interval: float = 2.0) -> LoadResult:
     redis = redis_server(tmp_path)
-    redis.start()
-    emulator = Emulator()
-    sidecar = None
+    emulator = sidecar = None
     try:
         import redis as redis_client
+
+        redis.start()
+        emulator = Emulator()
 
         r = redis_client.Redis(port=redis.port)
         r.delete("jobs")
@@ -186,7 +187,8 @@ def run_load(tmp_path: Path, seconds: float, lines_per_second: float, contexts: 
         if sidecar is not None and sidecar.proc.poll() is None:
             sidecar.proc.kill()
             sidecar.proc.wait()
-        emulator.stop()
+        if emulator is not None:
+            emulator.stop()
         redis.kill()
 
 

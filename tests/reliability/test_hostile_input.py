@@ -14,7 +14,7 @@ import socket
 
 import pytest
 
-from tests.conftest import Sidecar
+from tests.conftest import Sidecar, wait_until
 from tests.reliability.scenarios import DD_KEY
 from tests.reliability.support import Scrape, poll, scrape
 from tests.sinks.intake import Intake, start_intake
@@ -136,13 +136,14 @@ def test_a_denormal_sample_rate_never_makes_a_value_infinite(tmp_path) -> None:
     """`@1e-320` passes `0 < rate <= 1`, but `1 / rate` overflows: the line must be refused as
     `bad_rate` or counted as unsampled, never exported as +Inf."""
     sidecar = Sidecar(tmp_path, TASKLENS_FLUSH_INTERVAL="1")
-    sidecar.wait_ready()
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.sendto(b"rate.tiny:1|c|@1e-320\nrate.ok:1|c|@0.5", ("127.0.0.1", sidecar.statsd_port))
-    from tests.conftest import wait_until
-    wait_until(lambda: scrape(sidecar).value("rate_ok_total") == 2, 10, what="the valid line")
-    s = scrape(sidecar)
-    value = s.value("rate_tiny_total") if s.has("rate_tiny_total") else None
-    refused = s.value("tasklens_statsd_parse_errors_total", reason="bad_rate")
-    assert (value, refused) in ((None, 1.0), (1.0, 0.0)), (value, refused)
-    sidecar.stop()
+    try:
+        sidecar.wait_ready()
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.sendto(b"rate.tiny:1|c|@1e-320\nrate.ok:1|c|@0.5", ("127.0.0.1", sidecar.statsd_port))
+        wait_until(lambda: scrape(sidecar).value("rate_ok_total") == 2, 10, what="the valid line")
+        exported = scrape(sidecar)
+        value = exported.value("rate_tiny_total") if exported.has("rate_tiny_total") else None
+        refused = exported.value("tasklens_statsd_parse_errors_total", reason="bad_rate")
+        assert (value, refused) in ((None, 1.0), (1.0, 0.0)), (value, refused)
+    finally:
+        sidecar.stop()

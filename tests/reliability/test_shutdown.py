@@ -128,11 +128,11 @@ def test_sigkill_of_the_sidecar_never_blocks_or_breaks_the_worker(tmp_path) -> N
     env = dict(TASKLENS_HTTP_ADDR=f"127.0.0.1:{http}", TASKLENS_STATSD_ADDR=f"127.0.0.1:{udp}",
                TASKLENS_STATSD_SOCKET=path, TASKLENS_FLUSH_INTERVAL="1")
     first = at(Sidecar(tmp_path, **env), http, udp)
-    first.wait_ready()
+    second = worker = None
     out = tmp_path / "worker.json"
-    worker = subprocess.Popen([sys.executable, WORKER, str(udp), path, "8", str(out)])
-    second = None
     try:
+        first.wait_ready()
+        worker = subprocess.Popen([sys.executable, WORKER, str(udp), path, "8", str(out)])
         wait_until(lambda: scrape(first).value("worker_jobs_total", transport="uds") > 0
                    and scrape(first).value("worker_jobs_total", transport="udp") > 0, 10, what="worker metrics")
         first.proc.kill()  # SIGKILL: no cleanup, the socket file stays behind
@@ -153,7 +153,7 @@ def test_sigkill_of_the_sidecar_never_blocks_or_breaks_the_worker(tmp_path) -> N
         # that is for a loaded CI machine's scheduling, not for the client
         assert result["slowest_seconds"] < 1.0, result
     finally:
-        if worker.poll() is None:
+        if worker is not None and worker.poll() is None:
             worker.kill()
         for s in (first, second):
             if s is not None and s.proc.poll() is None:

@@ -44,7 +44,11 @@ class Emulator:
         def up() -> bool:
             with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
                 return True
-        wait_until(up, 20, what="the ECS emulator")
+        try:
+            wait_until(up, 20, what="the ECS emulator")
+        except AssertionError:
+            self.stop()
+            raise
 
     def stop(self) -> None:
         self.proc.terminate()

@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import socket
@@ -154,8 +155,8 @@ def test_the_image_runs_as_non_root_and_the_sidecar_works_as_that_user(tmp_path)
     uid, _, gid = user.partition(":")
     assert uid.isdigit() and int(uid) != 0 and gid.isdigit() and int(gid) != 0, user
     setpriv = shutil.which("setpriv")
-    if setpriv is None:
-        pytest.skip("needs setpriv (util-linux) to drop to the image's user")
+    if setpriv is None or os.geteuid() != 0:
+        pytest.skip("needs setpriv (util-linux) and root, to drop to the image's user")
     # the sidecar as that user, with no capability: binds, a Unix socket, serves, reads its cgroup
     shared = Path(tempfile.mkdtemp(prefix="tasklens-nonroot-"))  # pytest's tmp_path is root-only (0700)
     shared.chmod(0o777)

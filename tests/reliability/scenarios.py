@@ -163,6 +163,12 @@ def run_load(tmp_path: Path, seconds: float, lines_per_second: float, contexts: 
                        what="every counter exported")
         except AssertionError:
             pass
+        try:  # /metrics copies the receive counters once a second: let the copy catch up
+            wait_until(lambda: (lambda s: s.value("tasklens_statsd_packets_total")
+                                + s.value("tasklens_statsd_socket_drops_total") >= datagrams)(scrape(sidecar)),
+                       10, what="the receive counters on /metrics")
+        except AssertionError:
+            pass
         stop.set()
         watcher.join()
         final = scrape(sidecar)

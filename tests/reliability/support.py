@@ -135,19 +135,6 @@ class CounterTraffic:
                 if n in names and labels.get("load") == "yes"}
 
 
-def send_paced(sock: socket.socket, address: Any, datagrams: Iterable[bytes], per_second: float) -> int:
-    """Send at a steady rate (in bursts of 1 ms worth); returns the number of datagrams sent."""
-    started = time.perf_counter()
-    sent = 0
-    for datagram in datagrams:
-        sock.sendto(datagram, address)
-        sent += 1
-        ahead = sent / per_second - (time.perf_counter() - started)
-        if ahead > 0.001:
-            time.sleep(ahead)
-    return sent
-
-
 # --- faults -----------------------------------------------------------------------------------
 
 

@@ -171,11 +171,15 @@ def parse_choice(*choices: str) -> Callable[[str], str]:
 
 
 def setting(default: Any, parse: Callable[[str], Any] = str, *, env: str = "", secret: bool = False,
-            doc: str = "") -> Any:
-    """A dataclass field that knows its variable (default `TASKLENS_<NAME>`) and how to parse it."""
-    # secrets stay out of repr(config): a traceback or a debug log must not print the API key
-    return field(default=default, repr=not secret,
-                 metadata={"parse": parse, "env": env, "secret": secret, "doc": doc})
+            url: bool = False, doc: str = "") -> Any:
+    """A dataclass field that knows its variable (default `TASKLENS_<NAME>`) and how to parse it.
+
+    `secret`: shown masked, and deployed only through secrets (`valueFrom`); `url`: URLs that may carry
+    a password, shown with it masked.
+    """
+    # neither stays in repr(config): a traceback or a debug log must not print the API key or a password
+    return field(default=default, repr=not (secret or url),
+                 metadata={"parse": parse, "env": env, "secret": secret, "url": url, "doc": doc})
 
 
 @dataclass(frozen=True)
@@ -211,18 +215,18 @@ class Config:
     # Datadog
     dd_api_key: str = setting("", env="DD_API_KEY", secret=True)
     dd_site: str = setting("datadoghq.com", env="DD_SITE")
-    dd_url: str = setting("", parse_http_url, env="DD_DD_URL", doc="intake base URL override")
+    dd_url: str = setting("", parse_http_url, env="DD_DD_URL", url=True, doc="intake base URL override")
     datadog_buffer_points: int = setting(2_000_000, parse_positive_int, doc="points kept while the intake is down")
     datadog_timeout: float = setting(10.0, parse_seconds)
     dogstatsd_forward: tuple[str, int] | None = setting(None, parse_optional_addr,
                                                         doc="forward enriched lines to a DogStatsD agent")
     # queues
-    queues: tuple[str, ...] = setting((), parse_url_list, doc="queue URLs, comma-separated")
+    queues: tuple[str, ...] = setting((), parse_url_list, url=True, doc="queue URLs, comma-separated")
     queue_poll_interval: float = setting(15.0, parse_seconds)
     queue_trend_window: float = setting(300.0, parse_seconds)
     queue_backlog_threshold: float = setting(100.0, parse_number, doc="depth above which growth means backing up")
     # profiling
-    pyroscope_url: str = setting("", parse_http_url, secret=True, doc="Pyroscope server; enables profiling")
+    pyroscope_url: str = setting("", parse_http_url, secret=True, url=True, doc="Pyroscope server; enables profiling")
     pyroscope_user: str = setting("")
     pyroscope_password: str = setting("", secret=True)
     pyroscope_tenant: str = setting("", doc="X-Scope-OrgID")
@@ -335,7 +339,7 @@ def mask_value(name: str, value: Any) -> Any:
 
 
 SECRET_FIELDS = frozenset(f.name for f in fields(Config) if f.metadata.get("secret"))
-URL_FIELDS = frozenset({"pyroscope_url", "dd_url", "queues"})
+URL_FIELDS = frozenset(f.name for f in fields(Config) if f.metadata.get("url"))
 API_KEY_FIELDS = frozenset({"dd_api_key"})
 
 

@@ -87,6 +87,8 @@ def test_secrets_are_masked() -> None:
     })
     text = repr(describe(config))
     assert key not in text and "hunter2" not in text and "s3cret" not in text
+    shown = repr(config)
+    assert key not in shown and "hunter2" not in shown and "s3cret" not in shown
     assert "***cdef" in text
     assert describe(config)["TASKLENS_PYROSCOPE_PASSWORD"] == "***"  # not even the end of a password
     assert mask_url("redis://:pw@[::1]:6379/0") == "redis://:***@[::1]:6379/0"

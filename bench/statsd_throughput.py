@@ -8,7 +8,7 @@ server's socket. Reports per server the highest lossless rate, CPU seconds per m
 core at 10k lines/s and RSS, then the sidecar's ratios to each peer.
 
     .venv/bin/python bench/statsd_throughput.py --quick            # smoke run, ~2 minutes
-    .venv/bin/python bench/statsd_throughput.py --out statsd.json  # the full run, ~20 minutes
+    .venv/bin/python bench/statsd_throughput.py --out statsd.json  # the full run, 10-15 minutes
     .venv/bin/python bench/statsd_throughput.py --install          # install the peers first
 
 See bench/README.md ("StatsD throughput") for what the numbers mean.

@@ -23,10 +23,12 @@ from agent.config import Config, ConfigError
 from agent.hub import Component, Hub, Sink
 from agent.identity import Identity, local_identity
 from agent.logs import RateLimitedLog
+from agent.memory import release_freed_memory
 from agent.selfmetrics import SelfMetrics
 from agent.sinks.prometheus import PrometheusSink
 
 log = logging.getLogger("tasklens")
+MEMORY_RELEASE_EVERY = 30.0  # seconds; a trim with nothing to give back costs well under a millisecond
 
 
 class Runtime:
@@ -143,6 +145,15 @@ class Runtime:
                 except TimeoutError:
                     pass
 
+    async def _release_memory(self, stop: asyncio.Event) -> None:
+        """After a burst (a cardinality storm, an outage buffer drained) the objects are freed but glibc
+        keeps the pages: hand them back now and then, so RSS returns near its baseline."""
+        while not stop.is_set():
+            try:
+                await asyncio.wait_for(stop.wait(), timeout=MEMORY_RELEASE_EVERY)
+            except TimeoutError:
+                await asyncio.to_thread(release_freed_memory)
+
     async def serve(self, shutdown: asyncio.Event | None = None) -> int:
         shutdown = shutdown or asyncio.Event()
         loop = asyncio.get_running_loop()
@@ -156,6 +167,7 @@ class Runtime:
         stop_sources, stop_sinks = asyncio.Event(), asyncio.Event()
         source_tasks = [asyncio.create_task(self._supervise(c, stop_sources), name=c.name) for c in self.sources]
         sink_tasks = [asyncio.create_task(self._supervise(s, stop_sinks), name=s.name) for s in self.sinks]
+        sink_tasks.append(asyncio.create_task(self._release_memory(stop_sinks), name="memory"))
         await shutdown.wait()
 
         deadline = loop.time() + self.config.shutdown_timeout

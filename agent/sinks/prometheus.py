@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import CollectorRegistry
 
-from agent.memory import BURST
+from agent.memory import BURST, release_freed_memory
 from agent.model import Batch, Kind, Points, Sample, Tags
 from agent.selfmetrics import SelfMetrics
 from agent.sinks.prometheus_text import TextRenderer
@@ -132,6 +132,7 @@ class PrometheusSink:
             del self._series[key]
         if len(stale) > BURST:  # a dict never shrinks by deletion: rebuild it after a burst
             self._series = dict(self._series)
+            release_freed_memory()
         self.metrics.set("tasklens.prometheus.series", len(self._series) + sum(map(len, self._snapshots.values())))
         return len(stale)
 

@@ -103,7 +103,7 @@ class TextRenderer:
             else:
                 labels = f"{{{block}}}" if block else ""
                 lines.append(f"{pname}{labels} {go(value)}\n")
-        if len(self._labels) > 2 * seen + 1024:  # series came and went: drop the cache, rebuild lazily
+        if max(len(self._labels), len(self._names)) > 2 * seen + 1024:  # series came and went: drop the caches
             self._labels.clear()
             self._buckets.clear()
             self._names.clear()

@@ -27,6 +27,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import repeat
 
+from agent.memory import BURST, release_freed_memory
 from agent.model import Batch, Event, Kind, Points, Sample, ServiceCheck, Tags, merge_tags
 from agent.statsd import mapping
 from agent.statsd.parser import (CHECK_PREFIX, EVENT_PREFIX, MAX_DATAGRAM, Head, ParseError, finite,
@@ -422,6 +423,8 @@ class Aggregator:
             self.contexts = dict(self.contexts)  # a dict never shrinks by deletion: rebuild it
             self._cache = {}  # slots of forgotten contexts (and refusals at the cap) are gone
             self._shared_tags = {}
+        if removed > BURST:
+            release_freed_memory()  # a few ms, once after a storm: RSS back near the baseline
 
 
 class Flusher:
@@ -493,6 +496,9 @@ class Flusher:
         for ctx in old:
             del self._last_seen[ctx]
             self._counters_seen.pop(ctx, None)
+        if len(old) > BURST:  # a dict never shrinks by deletion: rebuild both after a burst
+            self._last_seen = dict(self._last_seen)
+            self._counters_seen = dict(self._counters_seen)
         return old
 
 

@@ -65,6 +65,12 @@ def cmd_check(args: argparse.Namespace) -> int:
     except Exception as exc:  # the metadata endpoint is down: say so, the sidecar would still run
         out["identity_error"] = f"{type(exc).__name__}: {exc}"
         code = 1
+    if config.datadog_enabled:  # does the intake take the key? (the key itself is never shown)
+        from agent.sinks.datadog import check_api_key
+
+        out["datadog"] = asyncio.run(check_api_key(config))
+        if out["datadog"]["api_key"].startswith("invalid"):
+            code = 1
     if config.queues:
         from integrations.queues import describe_url
 

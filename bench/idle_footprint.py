@@ -49,7 +49,7 @@ def main() -> None:
     parser.add_argument("--fixture", default="fargate-2023")
     args = parser.parse_args()
 
-    meta_port, http_port, statsd_port = free_port(), free_port(), free_port()
+    meta_port, http_port = free_port(), free_port()
     emulator = subprocess.Popen(
         [TASKLENS, "emulate-ecs", "--addr", f"127.0.0.1:{meta_port}",
          "--task", str(FIXTURES / f"{args.fixture}.task.json"),
@@ -57,7 +57,7 @@ def main() -> None:
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("TASKLENS_", "DD_", "ECS_"))}
     env.update(ECS_CONTAINER_METADATA_URI_V4=f"http://127.0.0.1:{meta_port}/v4/bench",
-               TASKLENS_HTTP_ADDR=f"127.0.0.1:{http_port}", TASKLENS_STATSD_ADDR=f"127.0.0.1:{statsd_port}")
+               TASKLENS_HTTP_ADDR=f"127.0.0.1:{http_port}", TASKLENS_STATSD_ADDR="127.0.0.1:0")
     try:
         wait_http(f"http://127.0.0.1:{meta_port}/v4/bench/task", time.monotonic() + 20)
         sidecar = subprocess.Popen([TASKLENS, "run"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -59,7 +59,7 @@ def test_bad_configuration_stops_startup_with_a_clear_message() -> None:
 def test_check_prints_configuration_and_identity_masked() -> None:
     key = "abcdef0123456789abcdef0123456789"
     run = subprocess.run([TASKLENS, "check"], capture_output=True, text=True, timeout=30,
-                         env=clean_env(TASKLENS_SERVICE="svc", DD_API_KEY=key))
+                         env=clean_env(TASKLENS_SERVICE="svc", DD_API_KEY=key, DD_DD_URL="http://127.0.0.1:9"))
     assert run.returncode == 0, run.stderr
     doc = json.loads(run.stdout)
     assert doc["identity"]["service"] == "svc"
@@ -140,3 +140,23 @@ def test_check_validates_mapping_rules(tmp_path) -> None:
     path.write_text('[[mappings]]\nmatch = "jobs.*.processed"\nname = "jobs_processed"\nlabels = { queue = "$1" }\n')
     check = subprocess.run([TASKLENS, "check"], env=env, capture_output=True, text=True, timeout=30)
     assert check.returncode == 0, check.stderr
+
+
+async def test_check_says_whether_the_intake_takes_the_key() -> None:
+    import asyncio
+
+    from tests.sinks.intake import Intake, start_intake
+
+    key = "0123456789abcdef0123456789abcdef"
+    async for intake in start_intake(Intake(key)):
+        async def check(api_key: str) -> tuple[int, str]:
+            proc = await asyncio.create_subprocess_exec(
+                TASKLENS, "check", env=clean_env(DD_API_KEY=api_key, DD_DD_URL=intake.url),
+                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+            out, _ = await asyncio.wait_for(proc.communicate(), 30)
+            return proc.returncode, out.decode()
+
+        code, out = await check(key)
+        assert code == 0 and json.loads(out)["datadog"]["api_key"] == "valid" and key not in out
+        code, out = await check("f" * 32)
+        assert code == 1 and json.loads(out)["datadog"]["api_key"].startswith("invalid (HTTP 403)")

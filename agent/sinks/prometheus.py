@@ -151,8 +151,9 @@ class PrometheusSink:
     def render(self) -> bytes:
         """`/metrics` in text format 0.0.4, fast with 100,000 series (see prometheus_text.py)."""
         body, conflicts = self._text.render(self._items())
-        if conflicts:
-            self.metrics.inc("tasklens.prometheus.type_conflicts", conflicts)
+        # a gauge: series left out of the last scrape (a counter would grow with the scrape rate)
+        if conflicts or self.metrics.get("tasklens.prometheus.type_conflicts"):
+            self.metrics.set("tasklens.prometheus.type_conflicts", conflicts)
         return body
 
     def collect(self) -> Iterator[Metric]:
@@ -187,6 +188,7 @@ class PrometheusSink:
                 family.add_sample(family.name + "_total", labels, entry.value)
             else:
                 family.add_sample(pname, labels, entry.value)
-        if conflicts:
-            self.metrics.inc("tasklens.prometheus.type_conflicts", conflicts)
+        # a gauge: series left out of the last scrape (a counter would grow with the scrape rate)
+        if conflicts or self.metrics.get("tasklens.prometheus.type_conflicts"):
+            self.metrics.set("tasklens.prometheus.type_conflicts", conflicts)
         yield from families.values()

@@ -49,21 +49,26 @@ class _Histogram:
     count: float = 0.0
 
     def add(self, points: Points) -> None:
-        if not self.counts:
-            self.counts = [0.0] * (len(self.bounds) + 1)
+        counts = list(self.counts) or [0.0] * (len(self.bounds) + 1)
+        bounds, total, count = self.bounds, 0.0, 0.0
         scale = 0.001 if points.milliseconds else 1.0
         for value, weight in zip(points.values, points.weights):
             value *= scale
-            self.counts[bisect.bisect_left(self.bounds, value)] += weight
-            self.total += value * weight
-            self.count += weight
+            counts[bisect.bisect_left(bounds, value)] += weight
+            total += value * weight
+            count += weight
+        # whole-list assignment: a scrape rendering in another thread sees the old or the new buckets
+        self.counts = counts
+        self.total += total
+        self.count += count
 
     def buckets(self) -> list[tuple[str, float]]:
         out, running = [], 0.0
-        for bound, n in zip(self.bounds, self.counts):
+        counts = self.counts
+        for bound, n in zip(self.bounds, counts):
             running += n
             out.append((repr(float(bound)), running))
-        out.append(("+Inf", self.count))
+        out.append(("+Inf", running + (counts[-1] if counts else 0.0)))
         return out
 
 

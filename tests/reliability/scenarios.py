@@ -394,8 +394,17 @@ async def run_datadog_faults(tmp_path: Path, phases: list[tuple[str, float]]) ->
                 await proxy.set_mode({"ok": "pass", "http_500": "pass", "timeout": "blackhole", "reset": "reset",
                                       "blackout": "refuse"}[fault])
                 end = time.monotonic() + seconds
+                accepted = len([r for r in intake.requests if r[1] == 202])
                 n = 0
-                while time.monotonic() < end:
+
+                def going_on() -> bool:
+                    if time.monotonic() < end:
+                        return True
+                    # a recovery phase lasts until the exporter delivered again (its backoff from the
+                    # fault before may outlast the phase), so that each fault meets a fresh exporter
+                    return (fault == "ok" and time.monotonic() < end + 60
+                            and len([r for r in intake.requests if r[1] == 202]) == accepted)
+                while going_on():
                     n += 1
                     statsd.increment("faults.sent", n % 3 + 1, tags=[f"phase:{phase}"])
                     sent[phase] = sent.get(phase, 0.0) + n % 3 + 1

@@ -12,7 +12,7 @@ storm: one-off names against the default context cap: cap held, drops counted, e
 exact, RSS at baseline / peak / after the TTL. datadog: the intake faults with a full 30 s blackout:
 every phase's total delivered exactly once, time to recover after the blackout.
 
-The suite runs the same scenarios short (tests/reliability); the numbers go in docs/guarantees.md.
+The suite runs the same scenarios short (tests/reliability); the numbers go in the README's Guarantees section.
 """
 
 from __future__ import annotations

@@ -51,7 +51,9 @@ def test_after_the_ttl_only_live_contexts_remain_and_new_names_are_accepted(stor
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="open bug (reported by the reliability suite): after the TTL most of a "
+# not strict: how much the heap keeps varies from run to run (+21 to +26 MiB seen), and an unexpected
+# pass must not fail CI while the bug is open; the run shows XPASS when it passes
+@pytest.mark.xfail(strict=False, reason="open bug (reported by the reliability suite): after the TTL most of a "
                    "storm's memory stays (cap 20,000: +26 of +45 MiB; heap fragmentation after c2b9b94's dict "
                    "rebuilds and malloc_trim)")
 def test_memory_returns_near_the_baseline_after_the_ttl(storm: StormResult) -> None:

@@ -6,12 +6,13 @@ finished interval in O(1). `Flusher` is the export side: it turns a finished `In
 receive thread and the second on the event loop, so a slow flush, export or `/metrics` render never
 stalls receiving. Used together in one thread (tests, benchmarks), they are an ordinary aggregator.
 
-Speed comes from doing per line only what changes per line: a line `name:value|tail` is cut with two
-C-level `partition` calls, `(name, tail)` is looked up in a cache of parsed heads (type, rate, tags,
-container, the context), and only the value is converted. Everything else (decoding, tags, mapping
-rules, the context cap) happens once per distinct head, in `parser.parse_head`. When a batch's lines
-repeat, equal lines are counted in C first (`_each_distinct`); at flush, repeated histogram values are
-merged into weights (`points`).
+Speed comes from doing per line only what changes per line: a line `name:value|tail` is cut in three,
+`(name, tail)` is looked up in a cache of parsed heads (type, rate, tags, container, the context), and
+only the value is converted. Everything else (decoding, tags, mapping rules, the context cap) happens
+once per distinct head, in `parser.parse_head`. That per-line loop runs in C (`_fast.c`, built with the
+package): it handles every line whose head is known and whose value is a plain number, in order, and
+leaves the others to the Python slow path; where the extension is missing, `_each` does the same in
+Python, about six times slower. At flush, repeated histogram values are merged into weights (`points`).
 
 Semantics (see docs/statsd.md): counters sum `value / rate`; gauges keep the last value (`+5`/`-5` set
 the gauge unless Etsy-style deltas are on); sets count distinct members; histograms, timers and
@@ -25,7 +26,6 @@ from array import array
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from itertools import repeat
 
 from agent.memory import BURST, release_freed_memory
 from agent.model import Batch, Event, Kind, Points, Sample, ServiceCheck, Tags, merge_tags
@@ -33,12 +33,16 @@ from agent.statsd import mapping
 from agent.statsd.parser import (CHECK_PREFIX, EVENT_PREFIX, MAX_DATAGRAM, Head, ParseError, finite,
                                  parse_event, parse_head, parse_service_check, parse_values)
 
+try:
+    from agent.statsd._fast import Table
+except ImportError:  # built without a C compiler: `Aggregator._each` does the same in Python
+    Table = None
+
 # slot codes: what the fast path does with a value
 COUNTER, HISTOGRAM, GAUGE, GAUGE_DELTA, SET, ERROR, DROPPED = range(7)  # numeric codes first
 _HISTOGRAM_TYPES = {"h": Kind.HISTOGRAM, "ms": Kind.HISTOGRAM, "d": Kind.DISTRIBUTION}
+FAST_CODES = (COUNTER, HISTOGRAM, GAUGE, SET)  # what the C loop handles
 NUMBER_CACHE = 100_000  # distinct value texts remembered
-DEDUPE_RATIO = 0.6  # count equal lines first when fewer than 60% of a batch's lines are distinct (break-even measured)
-DEDUPE_PROBE_EVERY = 2_000  # datagrams between two measurements while lines do not repeat
 MERGE_MIN, MERGE_RATIO, MERGE_RETRY = 1024, 0.5, 16  # see `points`
 MAX_EVENTS = 10_000  # each, per interval: a flood is dropped and counted as `cardinality_limit`
 
@@ -81,8 +85,23 @@ class Interval:
     timestamped: list[tuple[Context, float, float]] = field(default_factory=list)  # (ctx, value*weight, ts)
     events: list[tuple[Event, str]] = field(default_factory=list)
     service_checks: list[tuple[ServiceCheck, str]] = field(default_factory=list)
+    # what the C loop accumulated, as `Table.harvest` returns it: merged into counts and values by
+    # `settle`, off the receive thread
+    pending: list[tuple[Slot, float, bytes | None]] = field(default_factory=list)
+
+    def settle(self) -> None:
+        counts, values = self.counts, self.values
+        for slot, total, packed in self.pending:
+            if packed is None:
+                counts[slot] = counts.get(slot, 0.0) + total
+            elif (acc := values.get(slot)) is None:
+                values[slot] = array("d", packed)
+            else:
+                acc.frombytes(packed)
+        self.pending = []
 
     def contexts(self) -> set[Context]:
+        self.settle()
         out = set(self.gauges) | set(self.sets)
         out.update(s.ctx for s in self.counts)  # type: ignore[misc]
         out.update(s.ctx for s in self.values)  # type: ignore[misc]
@@ -111,7 +130,8 @@ class Stats:
 
 class Aggregator:
     def __init__(self, max_contexts: int = 100_000, gauge_deltas: bool = False,
-                 rules: Sequence[mapping.Rule] = (), clock: Callable[[], float] = time.time) -> None:
+                 rules: Sequence[mapping.Rule] = (), clock: Callable[[], float] = time.time,
+                 accelerated: bool = True) -> None:
         self.max_contexts = max_contexts
         self.gauge_deltas = gauge_deltas
         self.rules = tuple(rules)
@@ -121,10 +141,8 @@ class Aggregator:
         # (name, tail) -> Slot; bounded: cleared when it outgrows the context cap (rebuilt lazily)
         self._cache: dict[tuple[bytes, bytes], Slot] = {}
         self._cache_limit = max(4 * max_contexts, 10_000)
+        self._table = Table() if accelerated and Table is not None else None  # the C side of `_cache`
         self._numbers: dict[bytes, float] = {}
-        self._dedupe = False  # lines repeat enough to count them first (measured, see ingest_many)
-        self._probe_at = 0  # packet count at which to measure again
-        self._batch_gauges: set[Context] | None = None
         self._errors: dict[str, Slot] = {}
         # contexts share equal tag pairs and tag sets (`env:prod` on 10,000 names is stored once)
         self._shared_tags: dict[object, object] = {}
@@ -152,29 +170,31 @@ class Aggregator:
             if not datagrams:
                 return
         data = datagrams[0] if len(datagrams) == 1 else b"\n".join(datagrams)
+        if self._table is not None:
+            self._run(data)
+            return
         lines = data.split(b"\n")
         if not lines[-1]:
             lines.pop()  # the trailing newline most clients send; those inside are skipped below
         stats.lines += len(lines)
-        if (self.gauge_deltas or len(self.contexts) + len(lines) > self.max_contexts
-                or b"_e{" in data or b"_sc|" in data or b"|T" in data):
-            # these depend on the order of equal lines: Etsy gauge deltas, which new contexts fit under
-            # the cap, events, service checks and timestamped samples (a C-level scan decides)
-            self._each(lines)
-        elif self._dedupe or stats.packets >= self._probe_at:
-            # most of the cost is per line: when lines repeat (hot counters, common values), count the
-            # equal ones in C first and do the Python work once per distinct line. Whether they repeat
-            # is measured on every such batch, and probed again now and then when they did not.
-            counted = Counter(reversed(lines))  # reversed: the first seen is the last sent (gauges)
-            self._dedupe = len(counted) < DEDUPE_RATIO * len(lines)
-            if not self._dedupe:
-                self._probe_at = stats.packets + DEDUPE_PROBE_EVERY
-            self._each_distinct(counted)
-        else:
-            self._each(lines)
+        self._each(lines)
+
+    def _run(self, data: bytes) -> None:
+        """The C loop, with the Python slow path for each line it leaves (`_fast.c`)."""
+        table, end, stats = self._table, len(data), self.stats
+        assert table is not None
+        pos = table.run(data, 0, self.interval.gauges, self.interval.sets)
+        while pos < end:
+            eol = data.find(b"\n", pos)
+            if eol < 0:
+                eol = end
+            stats.lines += 1  # never an empty line: the C loop skips those
+            self._slow(data[pos:eol])
+            pos = table.run(data, eol + 1, self.interval.gauges, self.interval.sets)
+        stats.lines += table.take_lines()
 
     def _each(self, lines: list[bytes]) -> None:
-        """The hot loop: one line at a time, in order."""
+        """The hot loop in Python, where the C extension is missing: one line at a time, in order."""
         iv = self.interval
         counts, gauges, values = iv.counts, iv.gauges, iv.values
         counts_get, values_get, cache_get, number_get = counts.get, values.get, self._cache.get, self._numbers.get
@@ -209,50 +229,6 @@ class Aggregator:
                 acc.append(v)
             else:  # GAUGE
                 gauges[slot.ctx] = v  # type: ignore[index]
-
-    def _each_distinct(self, counted: Counter[bytes]) -> None:
-        """The same once per distinct line, `n` times its effect; lines come last-sent first, so a gauge
-        keeps the first value seen here (a set of the gauges already set in this batch)."""
-        iv = self.interval
-        counts, gauges, values = iv.counts, iv.gauges, iv.values
-        counts_get, values_get, cache_get, number_get = counts.get, values.get, self._cache.get, self._numbers.get
-        slow, number = self._slow, self._number
-        self._batch_gauges = batch_gauges = set()
-        try:
-            for line, n in counted.items():
-                name, _, rest = line.partition(b":")
-                value, _, tail = rest.partition(b"|")
-                slot = cache_get((name, tail))
-                code = -1 if slot is None else slot.code
-                if code == -1 or code > 2:
-                    for _ in range(n):
-                        slow(line)
-                    continue
-                v = number_get(value)
-                if v is None:
-                    try:
-                        v = number(value)
-                    except ValueError:
-                        for _ in range(n):
-                            slow(line)
-                        continue
-                if code == 0:
-                    counts[slot] = counts_get(slot, 0.0) + v * n  # type: ignore[index,arg-type]
-                elif code == 1:
-                    acc = values_get(slot)  # type: ignore[arg-type]
-                    if acc is None:
-                        acc = values[slot] = array("d")  # type: ignore[index]
-                    if n == 1:
-                        acc.append(v)
-                    else:
-                        acc.extend(repeat(v, n))
-                else:
-                    ctx = slot.ctx  # type: ignore[union-attr]
-                    if ctx not in batch_gauges:
-                        batch_gauges.add(ctx)
-                        gauges[ctx] = v  # type: ignore[index]
-        finally:
-            self._batch_gauges = None
 
     def _number(self, text: bytes) -> float:
         """`finite(text)`, remembered: values repeat a lot and `float()` is the slowest step per line."""
@@ -352,10 +328,6 @@ class Aggregator:
                 acc = iv.values[slot] = array("d")
             acc.extend(vals)
         elif code == GAUGE:
-            if self._batch_gauges is not None:  # in `_each_distinct`: the last sent was seen first
-                if ctx in self._batch_gauges:
-                    return
-                self._batch_gauges.add(ctx)
             iv.gauges[ctx] = vals[-1]
         else:
             for v, r in zip(vals, relative):
@@ -363,8 +335,17 @@ class Aggregator:
 
     def _remember(self, key: tuple[bytes, bytes], slot: Slot) -> None:
         if len(self._cache) >= self._cache_limit:
-            self._cache.clear()
+            self._forget_heads()
         self._cache[key] = slot
+        if self._table is not None and slot.code in FAST_CODES:
+            self._table.add(key[0], key[1], slot, slot.ctx, slot.code)
+
+    def _forget_heads(self) -> None:
+        """Empty the head cache (both sides); what the C side accumulated stays in the interval."""
+        self._cache = {}
+        if self._table is not None:
+            self.interval.pending += self._table.harvest()
+            self._table.clear()
 
     def _slot(self, head: Head) -> Slot:
         name, tags = head.name, self._share(head.tags)
@@ -399,6 +380,8 @@ class Aggregator:
         """Start a new interval and return the finished one. O(1) but for pending expiries."""
         done = self.interval
         self.interval = Interval(self.clock() if now is None else now)
+        if self._table is not None:
+            done.pending += self._table.harvest()
         if self.gauge_deltas:
             self._gauge_last.update(done.gauges)
         if self._expiring:
@@ -421,7 +404,7 @@ class Aggregator:
                     removed += 1
         if removed:
             self.contexts = dict(self.contexts)  # a dict never shrinks by deletion: rebuild it
-            self._cache = {}  # slots of forgotten contexts (and refusals at the cap) are gone
+            self._forget_heads()  # slots of forgotten contexts (and refusals at the cap) are gone
             self._shared_tags = {}
         if removed > BURST:
             release_freed_memory()  # a few ms, once after a storm: RSS back near the baseline
@@ -439,6 +422,7 @@ class Flusher:
 
     def batch(self, iv: Interval, containers: Mapping[str, Tags] = {}, now: float | None = None) -> Batch:
         now = time.time() if now is None else now
+        iv.settle()
         samples: list[Sample] = []
         add = samples.append
 

@@ -41,7 +41,7 @@ def test_dockerignore_keeps_what_the_build_copies() -> None:
             if line.startswith("!")}
     sources = {src for keyword, args in instructions(DOCKERFILE.read_text()) if keyword == "COPY"
                for src in args.split()[:-1] if not src.startswith("--")}
-    assert sources == kept == {"pyproject.toml", "README.md", "agent", "integrations"}
+    assert sources == kept == {"pyproject.toml", "setup.py", "README.md", "agent", "integrations"}
 
 
 def test_image_conventions() -> None:

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 from array import array
 
+import pytest
+
 from agent.model import Batch, Event, Kind, Points, Sample, ServiceCheck
 from agent.statsd.aggregator import Aggregator, Flusher
 from agent.statsd.mapping import compile_rules
+
+pytestmark = pytest.mark.usefixtures("both_loops")  # the C loop and the Python loop alike
 
 CONTAINERS = {"c0ffee": (("container_name", "worker"), ("image", "acme/worker"), ("image_tag", "1.2"))}
 

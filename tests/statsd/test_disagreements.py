@@ -3,6 +3,7 @@ disagree, this pins the answer the project chose."""
 
 from __future__ import annotations
 
+import pytest
 from prometheus_client.exposition import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -13,6 +14,8 @@ from agent.selfmetrics import SelfMetrics
 from agent.sinks.prometheus import PrometheusSink
 from agent.statsd.aggregator import Aggregator, Flusher
 from agent.sinks.datadog_series import histogram_aggregates
+
+pytestmark = pytest.mark.usefixtures("both_loops")  # the C loop and the Python loop alike
 
 DOCKER_ID = "c0ffee"
 

@@ -1,0 +1,424 @@
+/* The StatsD receive path's hot loop, in C: split lines, look up their head, convert the value,
+ * accumulate. Everything else stays in Python (agent/statsd/aggregator.py).
+ *
+ * A `Table` maps the head of a line (`name` and `tail` of `name:value|tail`) to what the aggregator's
+ * slow path decided for it (a Python `Slot` and its `Context`). `run(data, pos, gauges, sets)` walks
+ * the lines of `data` from `pos` and handles, in order, every line whose head is in the table and
+ * whose value is a plain decimal number (or any member, for sets). It stops at the first line it
+ * cannot handle and returns that line's offset, so that Python parses it fully and calls `run` again
+ * after it: lines are applied in the order they were sent, whichever side handles them.
+ *
+ * Counters and histogram values accumulate here, per entry, until `harvest()` hands them to Python
+ * (at the end of each interval); gauges and sets are written to the interval's dicts directly.
+ * Memory comes from malloc, so that it goes back to the system (malloc_trim) once freed.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stdint.h>
+#include <string.h>
+
+enum { COUNTER = 0, HISTOGRAM = 1, GAUGE = 2, SET = 4 };  /* the slot codes of aggregator.py */
+
+typedef struct {
+    char *key;                 /* name, then tail, without separator */
+    Py_ssize_t name_len, tail_len;
+    uint64_t hash;
+    PyObject *slot, *ctx;      /* strong references */
+    int code;
+    int touched;               /* in `touched` since the last harvest */
+    double sum;                /* counters */
+    double *values;            /* histograms */
+    Py_ssize_t n, cap;
+} Entry;
+
+typedef struct {
+    PyObject_HEAD
+    Entry *entries;
+    Py_ssize_t count, room;
+    Py_ssize_t *slots;         /* open addressing: entry index + 1, 0 when empty */
+    size_t mask;
+    Py_ssize_t *touched;
+    Py_ssize_t ntouched;
+    uint64_t seed;
+    long long lines;           /* lines handled since the last take_lines() */
+} Table;
+
+static uint64_t mix(uint64_t h, uint64_t w) {
+    h ^= w;
+    h *= 0x9E3779B97F4A7C15ULL;
+    return h ^ (h >> 29);
+}
+
+static uint64_t hash_bytes(uint64_t h, const char *p, Py_ssize_t n) {
+    uint64_t w;
+    for (; n >= 8; p += 8, n -= 8) {
+        memcpy(&w, p, 8);
+        h = mix(h, w);
+    }
+    w = 0;
+    memcpy(&w, p, (size_t)n);
+    return mix(h, w ^ ((uint64_t)n << 56));
+}
+
+static uint64_t head_hash(const Table *t, const char *name, Py_ssize_t nlen, const char *tail, Py_ssize_t tlen) {
+    uint64_t h = hash_bytes(t->seed, name, nlen);
+    h = hash_bytes(h ^ (uint64_t)nlen, tail, tlen);
+    return h ^ (h >> 32);
+}
+
+/* The entry for a head, or NULL. */
+static Entry *find(const Table *t, uint64_t h, const char *name, Py_ssize_t nlen, const char *tail, Py_ssize_t tlen) {
+    if (t->slots == NULL)
+        return NULL;
+    for (size_t i = h & t->mask;; i = (i + 1) & t->mask) {
+        Py_ssize_t at = t->slots[i];
+        if (at == 0)
+            return NULL;
+        Entry *e = &t->entries[at - 1];
+        if (e->hash == h && e->name_len == nlen && e->tail_len == tlen
+                && memcmp(e->key, name, (size_t)nlen) == 0 && memcmp(e->key + nlen, tail, (size_t)tlen) == 0)
+            return e;
+    }
+}
+
+static const double POW10[] = {1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11,
+                               1e12, 1e13, 1e14, 1e15, 1e16, 1e17, 1e18, 1e19, 1e20, 1e21, 1e22};
+
+/* A plain decimal `-?digits[.digits]` whose digits fit in 2**53 and whose fraction has at most 22
+ * digits: the quotient of two exact doubles, so rounded exactly as Python's float() rounds it.
+ * Anything else (exponents, `+`, `_`, `inf`, packing, more digits) returns 0: Python decides. */
+static int plain_number(const char *p, const char *end, double *out) {
+    int negative = 0, dot = 0, digits = 0, fraction = 0;
+    uint64_t m = 0;
+    if (p < end && *p == '-') {
+        negative = 1;
+        p++;
+    }
+    for (; p < end; p++) {
+        char c = *p;
+        if (c >= '0' && c <= '9') {
+            if (++digits > 16)
+                return 0;
+            m = m * 10 + (uint64_t)(c - '0');
+            fraction += dot;
+        } else if (c == '.' && !dot) {
+            dot = 1;
+        } else {
+            return 0;
+        }
+    }
+    if (digits == 0 || m > (1ULL << 53) || fraction > 22)
+        return 0;
+    double v = (double)m / POW10[fraction];
+    *out = negative ? -v : v;
+    return 1;
+}
+
+static int append(Entry *e, double v) {
+    if (e->n == e->cap) {
+        Py_ssize_t cap = e->cap ? 2 * e->cap : 8;
+        double *grown = PyMem_RawRealloc(e->values, (size_t)cap * sizeof(double));
+        if (grown == NULL)
+            return -1;
+        e->values = grown;
+        e->cap = cap;
+    }
+    e->values[e->n++] = v;
+    return 0;
+}
+
+static int touch(Table *t, Entry *e) {
+    if (e->touched)
+        return 0;
+    e->touched = 1;
+    t->touched[t->ntouched++] = e - t->entries;
+    return 0;
+}
+
+/* Account one line; 1 when done, 0 when Python must parse it, -1 on a Python error. */
+static int handle(Table *t, const char *line, const char *end, PyObject *gauges, PyObject *sets) {
+    const char *colon = memchr(line, ':', (size_t)(end - line));
+    if (colon == NULL)
+        return 0;
+    const char *value = colon + 1;
+    const char *bar = memchr(value, '|', (size_t)(end - value));
+    if (bar == NULL)
+        return 0;
+    const char *tail = bar + 1;
+    Py_ssize_t nlen = colon - line, tlen = end - tail;
+    Entry *e = find(t, head_hash(t, line, nlen, tail, tlen), line, nlen, tail, tlen);
+    if (e == NULL)
+        return 0;
+    if (e->code == SET) {
+        if (value == bar)
+            return 0;
+        PyObject *members = PyDict_GetItemWithError(sets, e->ctx);  /* borrowed */
+        if (members == NULL) {
+            if (PyErr_Occurred() || (members = PySet_New(NULL)) == NULL)
+                return -1;
+            int failed = PyDict_SetItem(sets, e->ctx, members);
+            Py_DECREF(members);  /* the dict holds it */
+            if (failed)
+                return -1;
+        }
+        PyObject *member = PyBytes_FromStringAndSize(value, bar - value);
+        if (member == NULL)
+            return -1;
+        int failed = PySet_Add(members, member);
+        Py_DECREF(member);
+        return failed ? -1 : 1;
+    }
+    double v;
+    if (!plain_number(value, bar, &v))
+        return 0;
+    if (e->code == COUNTER) {
+        e->sum += v;
+        return touch(t, e) ? -1 : 1;
+    }
+    if (e->code == HISTOGRAM) {
+        if (append(e, v)) {
+            PyErr_NoMemory();
+            return -1;
+        }
+        return touch(t, e) ? -1 : 1;
+    }
+    PyObject *f = PyFloat_FromDouble(v);  /* GAUGE: the last value wins, in order */
+    if (f == NULL)
+        return -1;
+    int failed = PyDict_SetItem(gauges, e->ctx, f);
+    Py_DECREF(f);
+    return failed ? -1 : 1;
+}
+
+static PyObject *Table_run(Table *t, PyObject *args) {
+    Py_buffer data;
+    Py_ssize_t pos;
+    PyObject *gauges, *sets;
+    if (!PyArg_ParseTuple(args, "y*nO!O!", &data, &pos, &PyDict_Type, &gauges, &PyDict_Type, &sets))
+        return NULL;
+    const char *start = data.buf, *end = start + data.len;
+    const char *p = start + (pos < 0 ? 0 : pos > data.len ? data.len : pos);
+    while (p < end) {
+        const char *nl = memchr(p, '\n', (size_t)(end - p));
+        const char *eol = nl ? nl : end;
+        if (eol > p && !(eol - p == 1 && *p == '\r')) {  /* an empty line is not a line */
+            int done = handle(t, p, eol, gauges, sets);
+            if (done < 0) {
+                PyBuffer_Release(&data);
+                return NULL;
+            }
+            if (done == 0)
+                break;
+            t->lines++;
+        }
+        p = nl ? nl + 1 : end;
+    }
+    PyBuffer_Release(&data);
+    return PyLong_FromSsize_t(p - start);
+}
+
+static int grow(Table *t) {
+    size_t size = t->slots ? 2 * (t->mask + 1) : 1024;
+    Py_ssize_t *slots = PyMem_RawCalloc(size, sizeof(Py_ssize_t));
+    Py_ssize_t room = (Py_ssize_t)(size / 2);  /* load factor at most 1/2 */
+    Entry *entries = PyMem_RawRealloc(t->entries, (size_t)room * sizeof(Entry));
+    Py_ssize_t *touched = PyMem_RawRealloc(t->touched, (size_t)room * sizeof(Py_ssize_t));
+    if (entries)
+        t->entries = entries;
+    if (touched)
+        t->touched = touched;
+    if (!slots || !entries || !touched) {
+        PyMem_RawFree(slots);
+        PyErr_NoMemory();
+        return -1;
+    }
+    for (Py_ssize_t k = 0; k < t->count; k++) {
+        size_t i = t->entries[k].hash & (size - 1);
+        while (slots[i])
+            i = (i + 1) & (size - 1);
+        slots[i] = k + 1;
+    }
+    PyMem_RawFree(t->slots);
+    t->slots = slots;
+    t->mask = size - 1;
+    t->room = room;
+    return 0;
+}
+
+static PyObject *Table_add(Table *t, PyObject *args) {
+    Py_buffer name, tail;
+    PyObject *slot, *ctx;
+    int code;
+    if (!PyArg_ParseTuple(args, "y*y*OOi", &name, &tail, &slot, &ctx, &code))
+        return NULL;
+    PyObject *result = NULL;
+    uint64_t h = head_hash(t, name.buf, name.len, tail.buf, tail.len);
+    if (code != COUNTER && code != HISTOGRAM && code != GAUGE && code != SET) {
+        PyErr_Format(PyExc_ValueError, "slot code %d is not handled here", code);
+    } else if (find(t, h, name.buf, name.len, tail.buf, tail.len) != NULL) {
+        PyErr_SetString(PyExc_KeyError, "head already in the table");
+    } else if (t->count < t->room || grow(t) == 0) {
+        char *key = PyMem_RawMalloc((size_t)(name.len + tail.len) + 1);
+        if (key == NULL) {
+            PyErr_NoMemory();
+        } else {
+            memcpy(key, name.buf, (size_t)name.len);
+            memcpy(key + name.len, tail.buf, (size_t)tail.len);
+            Entry *e = &t->entries[t->count];
+            memset(e, 0, sizeof(*e));
+            e->key = key;
+            e->name_len = name.len;
+            e->tail_len = tail.len;
+            e->hash = h;
+            e->slot = Py_NewRef(slot);
+            e->ctx = Py_NewRef(ctx);
+            e->code = code;
+            size_t i = h & t->mask;
+            while (t->slots[i])
+                i = (i + 1) & t->mask;
+            t->slots[i] = ++t->count;
+            result = Py_NewRef(Py_None);
+        }
+    }
+    PyBuffer_Release(&name);
+    PyBuffer_Release(&tail);
+    return result;
+}
+
+/* [(slot, sum, None) for touched counters] + [(slot, 0.0, values as bytes of doubles) for histograms];
+ * the accumulators start again from zero. */
+static PyObject *Table_harvest(Table *t, PyObject *Py_UNUSED(ignored)) {
+    PyObject *out = PyList_New(t->ntouched);
+    if (out == NULL)
+        return NULL;
+    for (Py_ssize_t k = 0; k < t->ntouched; k++) {
+        Entry *e = &t->entries[t->touched[k]];
+        PyObject *item;
+        if (e->code == COUNTER) {
+            item = Py_BuildValue("(OdO)", e->slot, e->sum, Py_None);
+        } else {
+            item = Py_BuildValue("(Ody#)", e->slot, 0.0, (const char *)e->values, e->n * (Py_ssize_t)sizeof(double));
+        }
+        if (item == NULL) {
+            Py_DECREF(out);
+            return NULL;  /* nothing reset: a later harvest still has it all */
+        }
+        PyList_SET_ITEM(out, k, item);
+    }
+    for (Py_ssize_t k = 0; k < t->ntouched; k++) {
+        Entry *e = &t->entries[t->touched[k]];
+        e->touched = 0;
+        e->sum = 0.0;
+        PyMem_RawFree(e->values);
+        e->values = NULL;
+        e->n = e->cap = 0;
+    }
+    t->ntouched = 0;
+    return out;
+}
+
+static void forget(Table *t) {
+    for (Py_ssize_t k = 0; k < t->count; k++) {
+        Entry *e = &t->entries[k];
+        PyMem_RawFree(e->key);
+        PyMem_RawFree(e->values);
+        Py_DECREF(e->slot);
+        Py_DECREF(e->ctx);
+    }
+    PyMem_RawFree(t->entries);
+    PyMem_RawFree(t->slots);
+    PyMem_RawFree(t->touched);
+    t->entries = NULL;
+    t->slots = NULL;
+    t->touched = NULL;
+    t->count = t->room = t->ntouched = 0;
+    t->mask = 0;
+}
+
+static PyObject *Table_clear(Table *t, PyObject *Py_UNUSED(ignored)) {
+    if (t->ntouched) {
+        PyErr_SetString(PyExc_RuntimeError, "harvest before clearing: values would be lost");
+        return NULL;
+    }
+    forget(t);
+    Py_RETURN_NONE;
+}
+
+static PyObject *Table_take_lines(Table *t, PyObject *Py_UNUSED(ignored)) {
+    long long n = t->lines;
+    t->lines = 0;
+    return PyLong_FromLongLong(n);
+}
+
+static Py_ssize_t Table_len(Table *t) {
+    return t->count;
+}
+
+static PyObject *Table_new(PyTypeObject *type, PyObject *args, PyObject *kwds) {
+    if (!PyArg_ParseTuple(args, ":Table"))
+        return NULL;
+    if (kwds && PyDict_GET_SIZE(kwds)) {
+        PyErr_SetString(PyExc_TypeError, "Table() takes no arguments");
+        return NULL;
+    }
+    Table *t = (Table *)type->tp_alloc(type, 0);
+    if (t == NULL)
+        return NULL;
+    /* a per-table seed: lines from a hostile client cannot be chosen to collide */
+    PyObject *os = PyImport_ImportModule("os");
+    PyObject *bytes = os ? PyObject_CallMethod(os, "urandom", "i", 8) : NULL;
+    Py_XDECREF(os);
+    if (bytes == NULL) {
+        Py_DECREF(t);
+        return NULL;
+    }
+    memcpy(&t->seed, PyBytes_AS_STRING(bytes), 8);
+    Py_DECREF(bytes);
+    return (PyObject *)t;
+}
+
+static void Table_dealloc(Table *t) {
+    forget(t);
+    Py_TYPE(t)->tp_free((PyObject *)t);
+}
+
+static PyMethodDef Table_methods[] = {
+    {"run", (PyCFunction)Table_run, METH_VARARGS,
+     "run(data, pos, gauges, sets) -> offset of the first line left to Python, or len(data)"},
+    {"add", (PyCFunction)Table_add, METH_VARARGS, "add(name, tail, slot, ctx, code): handle this head from now on"},
+    {"harvest", (PyCFunction)Table_harvest, METH_NOARGS,
+     "harvest() -> [(slot, counter sum, histogram values as bytes or None)] since the last harvest"},
+    {"clear", (PyCFunction)Table_clear, METH_NOARGS, "forget every head (harvest first)"},
+    {"take_lines", (PyCFunction)Table_take_lines, METH_NOARGS, "lines handled since the last call"},
+    {NULL, NULL, 0, NULL},
+};
+
+static PySequenceMethods Table_as_sequence = {.sq_length = (lenfunc)Table_len};
+
+static PyTypeObject TableType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "agent.statsd._fast.Table",
+    .tp_basicsize = sizeof(Table),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "Heads of StatsD lines and their accumulators (see the module's source).",
+    .tp_new = Table_new,
+    .tp_dealloc = (destructor)Table_dealloc,
+    .tp_methods = Table_methods,
+    .tp_as_sequence = &Table_as_sequence,
+};
+
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "agent.statsd._fast",
+                                    "The StatsD hot loop in C (see agent/statsd/aggregator.py).", -1, NULL};
+
+PyMODINIT_FUNC PyInit__fast(void) {
+    if (PyType_Ready(&TableType) < 0)
+        return NULL;
+    PyObject *m = PyModule_Create(&module);
+    if (m == NULL)
+        return NULL;
+    if (PyModule_AddObjectRef(m, "Table", (PyObject *)&TableType) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}

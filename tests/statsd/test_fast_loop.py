@@ -1,0 +1,121 @@
+"""The C loop (`agent/statsd/_fast.c`) against the Python loop: the same input gives the same batches,
+the same counts and the same errors, whatever the input. Plus the cases only the C side has: heads
+forgotten in the middle of an interval, and its own bookkeeping."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from agent.model import Batch
+from agent.statsd import aggregator
+from agent.statsd.aggregator import Aggregator, Flusher
+
+SETTINGS = settings(max_examples=int(os.environ.get("STATSD_EXAMPLES", "300")), deadline=None,
+                    suppress_health_check=[HealthCheck.too_slow])
+
+# value texts: what the C side converts itself, and everything it must leave to Python
+number = st.one_of(
+    st.integers(-10**6, 10**6).map(str),
+    st.integers(0, 2**60).map(str),  # past 2**53 and past 16 digits: Python's turn
+    st.floats(allow_nan=False, allow_infinity=False).map(repr),  # shortest repr: exponents too
+    st.tuples(st.integers(-10**20, 10**20), st.integers(0, 25)).map(lambda t: f"{t[0] / 10**t[1]:.{t[1]}f}"),
+    st.sampled_from(["-0", "0", "-0.0", ".5", "5.", "-.5", "007", "+5", "1_000", "1e3", "1E-3", "nan", "inf", "-inf",
+                     "1e400", "9007199254740993", "0.1", "0.30000000000000004", "123456789012345678", "1.5:2",
+                     "1::2", "", ".", "-", " 1", "1 ", "0x10", "١"]),
+)
+name = st.sampled_from(["a", "b.c", "jobs.done", "x"])
+kind = st.sampled_from(["c", "g", "ms", "h", "d", "s"])
+tail_extra = st.sampled_from(["", "|@0.5", "|@0.25", "|#env:prod", "|#k:v,bare", "|c:c0ffee", "|@0.5|#env:prod",
+                              "\r", "|T100", "|e:x|card:low"])
+metric_line = st.tuples(name, number, kind, tail_extra).map(lambda t: f"{t[0]}:{t[1]}|{t[2]}{t[3]}".encode())
+other_line = st.sampled_from([b"", b"\r", b"bad", b"a:1", b"a:1|", b"a:1|zz", b"_e{1,1}:a|b", b"_sc|s|0", b"a|b:1|c",
+                              b"\xff:1|c", b"a:1|c|@x"])
+line = st.one_of(metric_line, metric_line, metric_line, other_line, st.binary(max_size=20).filter(lambda b: b"\n" not in b))
+datagram = st.lists(line, min_size=1, max_size=30).map(b"\n".join)
+
+
+def canonical(batch: Batch) -> list[tuple[object, ...]]:
+    """Samples in a comparable form: histogram values as a sorted multiset, floats by repr (-0.0)."""
+    def value(s):
+        if hasattr(s.value, "values"):
+            return repr(sorted(zip(s.value.values, s.value.weights)))
+        return repr(s.value)
+    return sorted((s.name, s.tags, s.kind.value, s.timestamp or 0, value(s)) for s in batch.samples)
+
+
+def stats(agg: Aggregator) -> tuple[object, ...]:
+    s = agg.stats
+    return s.packets, s.bytes, s.lines, s.samples, dict(+s.errors), s.contexts_dropped, s.events, s.service_checks
+
+
+def test_the_c_loop_is_built() -> None:
+    assert aggregator.Table is not None, "agent/statsd/_fast.c is not built: `pip install -e .` builds it"
+    assert Aggregator()._table is not None
+    assert Aggregator(accelerated=False)._table is None
+
+
+@SETTINGS
+@given(st.lists(st.lists(datagram, min_size=1, max_size=6), min_size=1, max_size=3),
+       st.booleans(), st.sampled_from([3, 100]))
+def test_the_c_loop_and_the_python_loop_agree(intervals: list[list[bytes]], deltas: bool, cap: int) -> None:
+    c_side = Aggregator(max_contexts=cap, gauge_deltas=deltas)
+    python_side = Aggregator(max_contexts=cap, gauge_deltas=deltas, accelerated=False)
+    c_flusher, python_flusher = Flusher(10.0), Flusher(10.0)
+    containers = {"c0ffee": (("container_name", "worker"),)}
+    for i, datagrams in enumerate(intervals):
+        c_side.ingest_many(datagrams)
+        for d in datagrams:
+            python_side.ingest(d)
+        now = 1000.0 + 10 * i
+        a = c_flusher.batch(c_side.swap(now), containers, now=now)
+        b = python_flusher.batch(python_side.swap(now), containers, now=now)
+        assert canonical(a) == canonical(b)
+        assert a.events == b.events and a.service_checks == b.service_checks
+        assert stats(c_side) == stats(python_side)
+
+
+def test_heads_forgotten_mid_interval_keep_what_they_accumulated() -> None:
+    """A flood of refused names empties the head cache (both sides) in the middle of an interval: the
+    sums, values, gauges and sets accumulated so far by the C loop are all still exported."""
+    agg = Aggregator(max_contexts=4)
+    agg.ingest(b"hits:2|c\nlat:5|ms\nq:7|g\nu:x|s")
+    agg.ingest(b"hits:3|c\nlat:6|ms\nu:y|s")
+    flood = [b"\n".join(b"oneoff.%d:1|c" % (i * 30 + j) for j in range(30)) for i in range(400)]  # 12,000 names
+    agg.ingest_many(flood)
+    agg.ingest(b"hits:4|c\nlat:7|ms\nq:8|g")
+    batch = Flusher(10.0).batch(agg.swap(1000.0), now=1000.0)
+    got = {s.name: s.value for s in batch.samples}
+    assert got["hits"] == 9.0 and got["q"] == 8.0 and got["u"] == 2.0
+    assert sorted(got["lat"].values) == [5.0, 6.0, 7.0]
+    assert agg.stats.contexts_dropped == 12_000 and agg.stats.errors["cardinality_limit"] == 12_000
+
+
+def test_values_accumulated_in_c_are_not_counted_twice_or_carried_over() -> None:
+    agg, flusher = Aggregator(), Flusher(10.0)
+    agg.ingest(b"c:1|c\nc:1|c\nh:2|h")
+    first = {s.name: s.value for s in flusher.batch(agg.swap(10.0), now=10.0).samples}
+    agg.ingest(b"c:5|c")
+    second = {s.name: s.value for s in flusher.batch(agg.swap(20.0), now=20.0).samples}
+    assert first["c"] == 2.0 and list(first["h"].values) == [2.0]
+    assert second == {"c": 5.0}
+
+
+def test_the_table_refuses_what_would_lose_data() -> None:
+    table = aggregator.Table()
+    slot = aggregator.Slot(aggregator.COUNTER)
+    table.add(b"a", b"c", slot, None, aggregator.COUNTER)
+    assert len(table) == 1
+    with pytest.raises(KeyError):
+        table.add(b"a", b"c", slot, None, aggregator.COUNTER)
+    with pytest.raises(ValueError):
+        table.add(b"b", b"g", slot, None, aggregator.DROPPED)
+    assert table.run(b"a:2|c\na:3.5|c\nb:1|c\na:1|c", 0, {}, {}) == len(b"a:2|c\na:3.5|c\n")
+    with pytest.raises(RuntimeError):
+        table.clear()  # accumulated values would be lost
+    assert table.harvest() == [(slot, 5.5, None)] and table.take_lines() == 2
+    table.clear()
+    assert len(table) == 0 and table.run(b"a:1|c", 0, {}, {}) == 0

@@ -285,27 +285,32 @@ static PyObject *Table_add(Table *t, PyObject *args) {
     return result;
 }
 
-/* [(slot, sum, None) for touched counters] + [(slot, 0.0, values as bytes of doubles) for histograms];
- * the accumulators start again from zero. */
+/* (slots, sums, values): the entries touched since the last harvest, their counter sums (bytes of
+ * doubles, 0 for histograms) and their histogram values (bytes of doubles, None for counters). Three
+ * objects whatever the number of entries: no tuple per entry, so no garbage collection pass over a
+ * large heap in the middle of the receive thread. The accumulators start again from zero. */
 static PyObject *Table_harvest(Table *t, PyObject *Py_UNUSED(ignored)) {
-    PyObject *out = PyList_New(t->ntouched);
-    if (out == NULL)
-        return NULL;
-    for (Py_ssize_t k = 0; k < t->ntouched; k++) {
+    Py_ssize_t n = t->ntouched;
+    PyObject *slots = PyList_New(n), *values = PyList_New(n);
+    PyObject *sums = PyBytes_FromStringAndSize(NULL, n * (Py_ssize_t)sizeof(double));
+    if (slots == NULL || values == NULL || sums == NULL)
+        goto failed;
+    double *sum = (double *)PyBytes_AS_STRING(sums);
+    for (Py_ssize_t k = 0; k < n; k++) {
         Entry *e = &t->entries[t->touched[k]];
-        PyObject *item;
-        if (e->code == COUNTER) {
-            item = Py_BuildValue("(OdO)", e->slot, e->sum, Py_None);
+        PyObject *packed = Py_None;
+        if (e->code == HISTOGRAM) {
+            packed = PyBytes_FromStringAndSize((const char *)e->values, e->n * (Py_ssize_t)sizeof(double));
+            if (packed == NULL)
+                goto failed;  /* nothing reset: a later harvest still has it all */
         } else {
-            item = Py_BuildValue("(Ody#)", e->slot, 0.0, (const char *)e->values, e->n * (Py_ssize_t)sizeof(double));
+            Py_INCREF(packed);
         }
-        if (item == NULL) {
-            Py_DECREF(out);
-            return NULL;  /* nothing reset: a later harvest still has it all */
-        }
-        PyList_SET_ITEM(out, k, item);
+        PyList_SET_ITEM(values, k, packed);
+        PyList_SET_ITEM(slots, k, Py_NewRef(e->slot));
+        sum[k] = e->code == COUNTER ? e->sum : 0.0;
     }
-    for (Py_ssize_t k = 0; k < t->ntouched; k++) {
+    for (Py_ssize_t k = 0; k < n; k++) {
         Entry *e = &t->entries[t->touched[k]];
         e->touched = 0;
         e->sum = 0.0;
@@ -314,7 +319,12 @@ static PyObject *Table_harvest(Table *t, PyObject *Py_UNUSED(ignored)) {
         e->n = e->cap = 0;
     }
     t->ntouched = 0;
-    return out;
+    return Py_BuildValue("(NNN)", slots, sums, values);
+failed:
+    Py_XDECREF(slots);
+    Py_XDECREF(values);
+    Py_XDECREF(sums);
+    return NULL;
 }
 
 static void forget(Table *t) {
@@ -387,7 +397,7 @@ static PyMethodDef Table_methods[] = {
      "run(data, pos, gauges, sets) -> offset of the first line left to Python, or len(data)"},
     {"add", (PyCFunction)Table_add, METH_VARARGS, "add(name, tail, slot, ctx, code): handle this head from now on"},
     {"harvest", (PyCFunction)Table_harvest, METH_NOARGS,
-     "harvest() -> [(slot, counter sum, histogram values as bytes or None)] since the last harvest"},
+     "harvest() -> (slots, counter sums as bytes of doubles, histogram values as bytes or None) since the last harvest"},
     {"clear", (PyCFunction)Table_clear, METH_NOARGS, "forget every head (harvest first)"},
     {"take_lines", (PyCFunction)Table_take_lines, METH_NOARGS, "lines handled since the last call"},
     {NULL, NULL, 0, NULL},

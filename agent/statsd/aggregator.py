@@ -87,17 +87,18 @@ class Interval:
     service_checks: list[tuple[ServiceCheck, str]] = field(default_factory=list)
     # what the C loop accumulated, as `Table.harvest` returns it: merged into counts and values by
     # `settle`, off the receive thread
-    pending: list[tuple[Slot, float, bytes | None]] = field(default_factory=list)
+    pending: list[tuple[list[Slot], bytes, list[bytes | None]]] = field(default_factory=list)
 
     def settle(self) -> None:
         counts, values = self.counts, self.values
-        for slot, total, packed in self.pending:
-            if packed is None:
-                counts[slot] = counts.get(slot, 0.0) + total
-            elif (acc := values.get(slot)) is None:
-                values[slot] = array("d", packed)
-            else:
-                acc.frombytes(packed)
+        for slots, sums, packs in self.pending:
+            for slot, total, packed in zip(slots, array("d", sums), packs):
+                if packed is None:
+                    counts[slot] = counts.get(slot, 0.0) + total
+                elif (acc := values.get(slot)) is None:
+                    values[slot] = array("d", packed)
+                else:
+                    acc.frombytes(packed)
         self.pending = []
 
     def contexts(self) -> set[Context]:
@@ -344,7 +345,7 @@ class Aggregator:
         """Empty the head cache (both sides); what the C side accumulated stays in the interval."""
         self._cache = {}
         if self._table is not None:
-            self.interval.pending += self._table.harvest()
+            self.interval.pending.append(self._table.harvest())
             self._table.clear()
 
     def _slot(self, head: Head) -> Slot:
@@ -381,7 +382,7 @@ class Aggregator:
         done = self.interval
         self.interval = Interval(self.clock() if now is None else now)
         if self._table is not None:
-            done.pending += self._table.harvest()
+            done.pending.append(self._table.harvest())
         if self.gauge_deltas:
             self._gauge_last.update(done.gauges)
         if self._expiring:

@@ -5,6 +5,7 @@ forgotten in the middle of an interval, and its own bookkeeping."""
 from __future__ import annotations
 
 import os
+from array import array
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -116,6 +117,8 @@ def test_the_table_refuses_what_would_lose_data() -> None:
     assert table.run(b"a:2|c\na:3.5|c\nb:1|c\na:1|c", 0, {}, {}) == len(b"a:2|c\na:3.5|c\n")
     with pytest.raises(RuntimeError):
         table.clear()  # accumulated values would be lost
-    assert table.harvest() == [(slot, 5.5, None)] and table.take_lines() == 2
+    slots, sums, packs = table.harvest()
+    assert (slots, array("d", sums).tolist(), packs, table.take_lines()) == ([slot], [5.5], [None], 2)
+    assert table.harvest() == ([], b"", [])
     table.clear()
     assert len(table) == 0 and table.run(b"a:1|c", 0, {}, {}) == 0

@@ -1,7 +1,7 @@
 """Aggregation of DogStatsD lines per flush interval, split in two halves that never wait on each other.
 
 `Aggregator` is the receive side: `ingest(datagram)` parses and accumulates; `swap()` hands over the
-finished interval in O(1). `Flusher` is the export side: it turns a finished `Interval` into one
+finished interval in a few ms at most. `Flusher` is the export side: it turns a finished `Interval` into one
 `Batch` (tags of the task container, idle counters, TTL expiry). The server runs the first on its
 receive thread and the second on the event loop, so a slow flush, export or `/metrics` render never
 stalls receiving. Used together in one thread (tests, benchmarks), they are an ordinary aggregator.
@@ -378,7 +378,8 @@ class Aggregator:
         return shared.setdefault(tags, tags)  # type: ignore[return-value]
 
     def swap(self, now: float | None = None) -> Interval:
-        """Start a new interval and return the finished one. O(1) but for pending expiries."""
+        """Start a new interval and return the finished one: O(contexts touched) in C, without a Python
+        object per context (85,000 contexts: 7 ms), plus pending expiries."""
         done = self.interval
         self.interval = Interval(self.clock() if now is None else now)
         if self._table is not None:

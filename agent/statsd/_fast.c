@@ -11,11 +11,18 @@
  * Counters and histogram values accumulate here, per entry, until `harvest()` hands them to Python
  * (at the end of each interval); gauges and sets are written to the interval's dicts directly.
  * Memory comes from malloc, so that it goes back to the system (malloc_trim) once freed.
+ *
+ * `drain(fd, limit)` reads up to `limit` datagrams from a non-blocking socket in one call, joined by
+ * newlines, without releasing the GIL between them (each `recv` returns at once): a Python `recv`
+ * loop releases it at every call and, while another thread runs Python code, waits up to the switch
+ * interval (5 ms) to get it back, which starves the receive thread when the event loop is busy.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <errno.h>
 #include <stdint.h>
 #include <string.h>
+#include <sys/socket.h>
 
 enum { COUNTER = 0, HISTOGRAM = 1, GAUGE = 2, SET = 4 };  /* the slot codes of aggregator.py */
 
@@ -392,6 +399,54 @@ static void Table_dealloc(Table *t) {
     Py_TYPE(t)->tp_free((PyObject *)t);
 }
 
+#define MAX_DATAGRAM 65536  /* as in parser.py: one byte more is read, to see that it is too long */
+
+static char *drained;  /* grows to what the largest drain needed; used under the GIL only */
+static size_t drained_cap;
+
+/* drain(fd, limit) -> (datagrams joined by newlines, packets, bytes, too long): too long datagrams
+ * are counted, not kept. Raises OSError only when the first read fails with something but EAGAIN. */
+static PyObject *drain(PyObject *Py_UNUSED(module), PyObject *args) {
+    int fd, limit;
+    if (!PyArg_ParseTuple(args, "ii", &fd, &limit))
+        return NULL;
+    size_t used = 0;
+    Py_ssize_t packets = 0, too_long = 0, total = 0;
+    while (packets + too_long < limit) {
+        if (drained_cap - used < MAX_DATAGRAM + 2) {
+            size_t cap = drained_cap ? 2 * drained_cap : 4 * (MAX_DATAGRAM + 2);
+            char *grown = PyMem_RawRealloc(drained, cap);
+            if (grown == NULL)
+                return PyErr_NoMemory();
+            drained = grown;
+            drained_cap = cap;
+        }
+        ssize_t n = recv(fd, drained + used, MAX_DATAGRAM + 1, MSG_DONTWAIT);
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            if (errno == EAGAIN || errno == EWOULDBLOCK || packets + too_long > 0)
+                break;  /* an error after some datagrams shows again at the next drain */
+            return PyErr_SetFromErrno(PyExc_OSError);
+        }
+        total += n;
+        if (n > MAX_DATAGRAM) {
+            too_long++;
+            continue;
+        }
+        used += (size_t)n;
+        drained[used++] = '\n';
+        packets++;
+    }
+    return Py_BuildValue("(y#nnn)", drained, (Py_ssize_t)used, packets + too_long, total, too_long);
+}
+
+static PyMethodDef module_methods[] = {
+    {"drain", drain, METH_VARARGS,
+     "drain(fd, limit) -> (datagrams joined by newlines, packets, bytes, too long)"},
+    {NULL, NULL, 0, NULL},
+};
+
 static PyMethodDef Table_methods[] = {
     {"run", (PyCFunction)Table_run, METH_VARARGS,
      "run(data, pos, gauges, sets) -> offset of the first line left to Python, or len(data)"},
@@ -418,7 +473,7 @@ static PyTypeObject TableType = {
 };
 
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "agent.statsd._fast",
-                                    "The StatsD hot loop in C (see agent/statsd/aggregator.py).", -1, NULL};
+                                    "The StatsD hot loop in C (see agent/statsd/aggregator.py).", -1, module_methods};
 
 PyMODINIT_FUNC PyInit__fast(void) {
     if (PyType_Ready(&TableType) < 0)

@@ -34,9 +34,9 @@ from agent.statsd.parser import (CHECK_PREFIX, EVENT_PREFIX, MAX_DATAGRAM, Head,
                                  parse_event, parse_head, parse_service_check, parse_values)
 
 try:
-    from agent.statsd._fast import Table
+    from agent.statsd._fast import Table, drain
 except ImportError:  # built without a C compiler: `Aggregator._each` does the same in Python
-    Table = None
+    Table = drain = None
 
 # slot codes: what the fast path does with a value
 COUNTER, HISTOGRAM, GAUGE, GAUGE_DELTA, SET, ERROR, DROPPED = range(7)  # numeric codes first
@@ -159,18 +159,21 @@ class Aggregator:
 
     def ingest_many(self, datagrams: list[bytes]) -> None:
         """Parse and accumulate datagrams read in one go: their lines are split once, together."""
-        stats = self.stats
         sizes = list(map(len, datagrams))
-        stats.packets += len(sizes)
-        stats.bytes += sum(sizes)
-        if max(sizes, default=0) > MAX_DATAGRAM:  # rejected whole, never truncated
-            rejected = sum(1 for n in sizes if n > MAX_DATAGRAM)
-            stats.lines += rejected
-            stats.errors["too_long"] += rejected
+        too_long = sum(1 for n in sizes if n > MAX_DATAGRAM)
+        if too_long:  # rejected whole, never truncated
             datagrams = [d for d in datagrams if len(d) <= MAX_DATAGRAM]
-            if not datagrams:
-                return
-        data = datagrams[0] if len(datagrams) == 1 else b"\n".join(datagrams)
+        self.ingest_joined(b"\n".join(datagrams), len(sizes), sum(sizes), too_long)
+
+    def ingest_joined(self, data: bytes, packets: int, size: int, too_long: int = 0) -> None:
+        """The same for datagrams already joined by newlines (`_fast.drain`): `packets` datagrams of
+        `size` bytes in all, `too_long` of them left out of `data`."""
+        stats = self.stats
+        stats.packets += packets
+        stats.bytes += size
+        if too_long:
+            stats.lines += too_long
+            stats.errors["too_long"] += too_long
         if self._table is not None:
             self._run(data)
             return

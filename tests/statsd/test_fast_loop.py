@@ -5,6 +5,7 @@ forgotten in the middle of an interval, and its own bookkeeping."""
 from __future__ import annotations
 
 import os
+import socket
 from array import array
 
 import pytest
@@ -122,3 +123,18 @@ def test_the_table_refuses_what_would_lose_data() -> None:
     assert table.harvest() == ([], b"", [])
     table.clear()
     assert len(table) == 0 and table.run(b"a:1|c", 0, {}, {}) == 0
+
+
+def test_drain_reads_what_the_socket_holds_and_counts_too_long_datagrams() -> None:
+    reader, writer = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    with reader, writer:
+        reader.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+        writer.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 20)
+        assert aggregator.drain(reader.fileno(), 64) == (b"", 0, 0, 0)  # nothing there: no error
+        for datagram in (b"a:1|c", b"", b"x" * 70_000, b"b:2|c\n", b"c:3|c"):
+            writer.send(datagram)
+        data, packets, size, too_long = aggregator.drain(reader.fileno(), 3)  # at most 3 per call
+        assert (data, packets, size, too_long) == (b"a:1|c\n\n", 3, 5 + 0 + 65537, 1)
+        assert aggregator.drain(reader.fileno(), 64) == (b"b:2|c\n\nc:3|c\n", 2, 11, 0)
+    with pytest.raises(OSError):
+        aggregator.drain(reader.fileno(), 64)  # closed: EBADF

@@ -24,6 +24,8 @@ from agent.sinks.prometheus import PrometheusSink
 from agent.statsd.server import StatsdServer, next_boundary
 from agent.sinks.datadog_series import histogram_aggregates
 
+pytestmark = pytest.mark.usefixtures("both_loops")  # the C loop and drain, and the Python ones
+
 DOCKER_ID = "1e3b5c7d9f0a2b4c6d8e0f1a3b5c7d9f0a2b4c6d8e0f1a3b5c7d9f0a2b4c6d8e"
 CONTAINER_TAGS = (("container_name", "worker"), ("image", "acme/worker"), ("image_tag", "1.2"))
 TASK_TAGS = (("service", "orders"), ("env", "prod"), ("task_id", "t-1"))

@@ -33,7 +33,7 @@ log = logging.getLogger("tasklens")
 
 DRAIN_BATCH = 64  # datagrams read (and then parsed together) before looking at the other sockets and the clock
 STATS_EVERY = 1.0  # seconds between copies of the receive counters into the self-metrics
-GATHER_SECONDS, GATHER_BELOW = 0.002, 8  # pause 2 ms when a wake-up found fewer than 8 datagrams
+GATHER_SECONDS, GATHER_BELOW = 0.01, 8  # pause 10 ms when a wake-up found fewer than 8 datagrams (see docs/statsd.md)
 
 
 def next_boundary(now: float, interval: float) -> float:

@@ -452,7 +452,7 @@ static PyMethodDef Table_methods[] = {
      "run(data, pos, gauges, sets) -> offset of the first line left to Python, or len(data)"},
     {"add", (PyCFunction)Table_add, METH_VARARGS, "add(name, tail, slot, ctx, code): handle this head from now on"},
     {"harvest", (PyCFunction)Table_harvest, METH_NOARGS,
-     "harvest() -> (slots, counter sums as bytes of doubles, histogram values as bytes or None) since the last harvest"},
+     "harvest() -> (slots, counter sums as bytes of doubles, histogram values as bytes or None)"},
     {"clear", (PyCFunction)Table_clear, METH_NOARGS, "forget every head (harvest first)"},
     {"take_lines", (PyCFunction)Table_take_lines, METH_NOARGS, "lines handled since the last call"},
     {NULL, NULL, 0, NULL},

@@ -1,8 +1,8 @@
 """Aggregation of DogStatsD lines per flush interval, split in two halves that never wait on each other.
 
 `Aggregator` is the receive side: `ingest(datagram)` parses and accumulates; `swap()` hands over the
-finished interval in a few ms at most. `Flusher` is the export side: it turns a finished `Interval` into one
-`Batch` (tags of the task container, idle counters, TTL expiry). The server runs the first on its
+finished interval (in a few ms at most). `Flusher` is the export side: it turns a finished `Interval`
+into one `Batch` (tags of the task container, idle counters, TTL expiry). The server runs the first on its
 receive thread and the second on the event loop, so a slow flush, export or `/metrics` render never
 stalls receiving. Used together in one thread (tests, benchmarks), they are an ordinary aggregator.
 
@@ -90,6 +90,7 @@ class Interval:
     pending: list[tuple[list[Slot], bytes, list[bytes | None]]] = field(default_factory=list)
 
     def settle(self) -> None:
+        """Merge what the C loop accumulated into `counts` and `values` (called by the export side)."""
         counts, values = self.counts, self.values
         for slots, sums, packs in self.pending:
             for slot, total, packed in zip(slots, array("d", sums), packs):

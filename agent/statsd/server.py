@@ -1,10 +1,11 @@
 """The DogStatsD endpoint: listeners, a receive thread, and the flush onto the hub.
 
 Receiving runs on its own thread, not on the event loop: it drains every ready socket in a tight loop
-(non-blocking `recv` until EAGAIN), parses and aggregates, and at each clock-aligned interval boundary
-swaps the interval out (a few ms at most: see `Aggregator.swap`) and hands it to the event loop. Building the batch, the hub's tag
-enrichment, the sinks and `/metrics` rendering all happen off this thread, so none of them can pause
-receiving long enough to fill the socket buffer (measured: bench/statsd_parse.py, docs/statsd.md).
+(non-blocking reads until EAGAIN, in C: `_fast.drain`), parses and aggregates, and at each
+clock-aligned interval boundary swaps the interval out (a few ms at most: see `Aggregator.swap`) and
+hands it to the event loop. Building the batch, the hub's tag enrichment, the sinks and `/metrics`
+rendering all happen off this thread, so none of them can pause receiving long enough to fill the
+socket buffer (measured: bench/statsd_throughput.py, docs/statsd.md).
 The thread never takes a lock per line; its counters are read by the event loop once a second.
 """
 

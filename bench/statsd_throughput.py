@@ -293,7 +293,8 @@ def _lossless_targets(result: Result) -> set[int]:
 
 
 def _step_cost(result: Result, target: int) -> float | None:
-    step = next((s for s in result.get("steps", []) if s["target_lines_per_s"] == target), None)
+    # the last step at that rate: past the warm-up when a rate is run twice
+    step = next((s for s in reversed(result.get("steps", [])) if s["target_lines_per_s"] == target), None)
     return step["cpu_seconds_per_million_lines"] if step else None
 
 

@@ -24,6 +24,10 @@ def _load_or_exit() -> Config:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from agent import memory
+
+    memory.use_system_allocator()  # exec again with PYTHONMALLOC=malloc: memory returns after a storm
+    memory.configure()
     config = _load_or_exit()
     logs.setup(config.log_level)
     from agent.runtime import run

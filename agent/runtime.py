@@ -18,17 +18,17 @@ from typing import Any
 
 from aiohttp import web
 
-from agent import http
+from agent import http, memory
 from agent.config import Config, ConfigError
 from agent.hub import Component, Hub, Sink
 from agent.identity import Identity, local_identity
 from agent.logs import RateLimitedLog
-from agent.memory import release_freed_memory
 from agent.selfmetrics import SelfMetrics
 from agent.sinks.prometheus import PrometheusSink
 
 log = logging.getLogger("tasklens")
 MEMORY_RELEASE_EVERY = 30.0  # seconds; a trim with nothing to give back costs well under a millisecond
+MEMORY_CHECK_EVERY = 1.0  # seconds between looks for a burst's second trim (see agent/memory.py)
 
 
 class Runtime:
@@ -147,12 +147,18 @@ class Runtime:
 
     async def _release_memory(self, stop: asyncio.Event) -> None:
         """After a burst (a cardinality storm, an outage buffer drained) the objects are freed but glibc
-        keeps the pages: hand them back now and then, so RSS returns near its baseline."""
+        keeps the pages: hand them back a moment after each burst, and every 30 s for the rest."""
+        loop = asyncio.get_running_loop()
+        periodic = loop.time() + MEMORY_RELEASE_EVERY
         while not stop.is_set():
             try:
-                await asyncio.wait_for(stop.wait(), timeout=MEMORY_RELEASE_EVERY)
+                await asyncio.wait_for(stop.wait(), timeout=MEMORY_CHECK_EVERY)
+                return
             except TimeoutError:
-                await asyncio.to_thread(release_freed_memory)
+                pass
+            if memory.second_trim_due() or loop.time() >= periodic:
+                periodic = loop.time() + MEMORY_RELEASE_EVERY
+                await asyncio.to_thread(memory.trim)
 
     async def serve(self, shutdown: asyncio.Event | None = None) -> int:
         shutdown = shutdown or asyncio.Event()

@@ -135,11 +135,13 @@ class PrometheusSink:
         stale = [k for k, v in self._series.items() if v.updated < cutoff]
         for key in stale:
             del self._series[key]
-        if len(stale) > BURST:  # a dict never shrinks by deletion: rebuild it after a burst
+        expired = len(stale)
+        del stale  # the keys go now, before the trim
+        if expired > BURST:  # a dict never shrinks by deletion: rebuild it after a burst
             self._series = dict(self._series)
             release_freed_memory()
         self.metrics.set("tasklens.prometheus.series", len(self._series) + sum(map(len, self._snapshots.values())))
-        return len(stale)
+        return expired
 
     # -- collector side (prometheus_client calls this from generate_latest) ---------------------
 

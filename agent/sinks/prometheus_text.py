@@ -16,6 +16,7 @@ from typing import Any
 
 from prometheus_client.utils import floatToGoString
 
+from agent.memory import BURST, release_freed_memory
 from agent.model import Kind, Tags
 
 _TYPES = {Kind.COUNTER: "counter", Kind.GAUGE: "gauge", Kind.HISTOGRAM: "histogram"}
@@ -103,10 +104,13 @@ class TextRenderer:
             else:
                 labels = f"{{{block}}}" if block else ""
                 lines.append(f"{pname}{labels} {go(value)}\n")
-        if max(len(self._labels), len(self._names)) > 2 * seen + 1024:  # series came and went: drop the caches
+        cached = max(len(self._labels), len(self._names))
+        if cached > 2 * seen + 1024:  # series came and went: drop the caches
             self._labels.clear()
             self._buckets.clear()
             self._names.clear()
+            if cached - seen > BURST:
+                release_freed_memory()
         out: list[str] = []
         for pname, (kind, help_text, lines) in families.items():
             fname = _counter(pname) if kind is Kind.COUNTER else pname

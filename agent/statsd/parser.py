@@ -23,6 +23,8 @@ REASONS = ("malformed_line", "bad_value", "bad_type", "bad_rate", "bad_timestamp
 MAX_DATAGRAM = 65536  # bytes; larger Unix datagrams are rejected whole (UDP cannot exceed 65507)
 MAX_NAME = 200  # bytes, Datadog's limit for a metric name
 MAX_TAG = 200  # bytes per tag, Datadog's limit
+MAX_DIGITS = 18  # in a timestamp or an event's lengths: more can only be garbage (and int() of 4,301
+                 # digits raises ValueError, float() of 310 OverflowError: never a ParseError)
 
 TYPES = {b"c": "c", b"g": "g", b"ms": "ms", b"h": "h", b"s": "s", b"d": "d"}
 EVENT_PREFIX = b"_e{"
@@ -135,7 +137,7 @@ def parse_head(name: bytes, tail: bytes) -> Head:
         elif first == b"#":
             tags = parse_tags(f[1:])
         elif first == b"T":
-            if not f[1:].isdigit():
+            if not f[1:].isdigit() or len(f) > MAX_DIGITS + 1:
                 raise ParseError("bad_timestamp")
             timestamp = int(f[1:])
         elif f.startswith(b"c:"):
@@ -178,7 +180,7 @@ def _unescape(text: str) -> str:
 def _common_field(f: bytes, fields: dict[str, object], reason: str) -> None:
     """Fields shared by events and service checks: d: h: #tags c:."""
     if f.startswith(b"d:"):
-        if not f[2:].isdigit():
+        if not f[2:].isdigit() or len(f) > MAX_DIGITS + 2:
             raise ParseError(reason)
         fields["timestamp"] = float(int(f[2:]))
     elif f.startswith(b"h:"):
@@ -194,7 +196,7 @@ def parse_event(line: bytes) -> tuple[Event, str]:
     line = line.removesuffix(b"\r")
     close = line.find(b"}:")
     lengths = line[len(EVENT_PREFIX):close].split(b",") if close > 0 else []
-    if len(lengths) != 2 or not all(n.isdigit() for n in lengths):
+    if len(lengths) != 2 or not all(n.isdigit() and len(n) <= MAX_DIGITS for n in lengths):
         raise ParseError("bad_event")
     title_len, text_len = int(lengths[0]), int(lengths[1])
     start = close + 2

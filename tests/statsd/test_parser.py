@@ -143,3 +143,14 @@ def test_a_bad_line_never_spoils_the_others() -> None:
 def test_a_datagram_over_64_kib_is_rejected_whole() -> None:
     parsed = parse(b"x:1|c\n" * (MAX_DATAGRAM // 6 + 1))
     assert parsed.metrics == [] and dict(parsed.errors) == {"too_long": 1}
+
+
+@pytest.mark.parametrize("line, reason", [
+    (b"a:1|c|T" + b"9" * 5000, "bad_timestamp"),  # int() of over 4,300 digits raises ValueError
+    (b"_e{1,1}:a|b|d:" + b"9" * 400, "bad_event"),  # float() of that many digits: OverflowError
+    (b"_sc|s|0|d:" + b"9" * 400, "bad_service_check"),
+    (b"_e{" + b"9" * 5000 + b",1}:a|b", "bad_event"),
+])
+def test_numbers_of_absurd_length_are_parse_errors(line: bytes, reason: str) -> None:
+    parsed = parse(line + b"\nok:1|c")
+    assert dict(parsed.errors) == {reason: 1} and [m.head.name for m in parsed.metrics] == ["ok"]

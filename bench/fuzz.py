@@ -61,12 +61,14 @@ def check_statsd(data: bytes) -> None:
     agg.ingest(data)
     agg.ingest(data)  # the same again, now through the caches
     assert agg.stats.lines == 2 * parsed.lines, (agg.stats.lines, parsed.lines)
-    # the second pass may meet the context cap where the first created contexts: the same lines
-    # then fail as cardinality_limit; every other reason is counted exactly twice
-    errors = dict(agg.stats.errors)
-    errors.pop("cardinality_limit", None)
-    expected = {k: 2 * v for k, v in parsed.errors.items() if v and k != "cardinality_limit"}
-    assert {k: v for k, v in errors.items() if v} == expected, (agg.stats.errors, parsed.errors)
+    # at the context cap (20 here) a line of a refused context counts as cardinality_limit, whatever
+    # its value (a bad value too) and in either pass; every other line counts as the parser says
+    errors = {k: v for k, v in agg.stats.errors.items() if v}
+    capped = errors.pop("cardinality_limit", 0)
+    expected = {k: 2 * v for k, v in parsed.errors.items() if v}
+    moved = sum(expected.values()) - sum(errors.values())  # errors the cap took over
+    assert errors.keys() <= expected.keys() and all(errors[k] <= expected[k] for k in errors), (errors, expected)
+    assert 0 <= moved <= capped, (agg.stats.errors, parsed.errors)
     for m in parsed.metrics:
         assert len(m.head.name.encode()) <= MAX_NAME
         assert all(len((f"{k}:{v}" if v else k).encode()) <= MAX_TAG for k, v in m.head.tags)

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from agent.model import Batch
+from agent.model import Batch, Sample
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = ROOT.parent / "shared" / "fixtures" / "ecs"
@@ -78,6 +78,9 @@ class Recorder:
 
     def last(self, source: str) -> Batch:
         return next(b for b in reversed(self.batches) if b.source == source)
+
+    def samples(self) -> list[Sample]:
+        return [s for b in self.batches for s in b.samples]
 
 
 def clean_env(**extra: str) -> dict[str, str]:

@@ -22,6 +22,7 @@ from agent.model import Batch, Event, Kind, Sample, ServiceCheck
 from agent.selfmetrics import SelfMetrics
 from agent.sinks.prometheus import PrometheusSink
 from agent.statsd.server import StatsdServer, next_boundary
+from tests.conftest import Recorder
 from agent.sinks.datadog_series import histogram_aggregates
 
 pytestmark = pytest.mark.usefixtures("both_loops")  # the C loop and drain, and the Python ones
@@ -30,18 +31,6 @@ DOCKER_ID = "1e3b5c7d9f0a2b4c6d8e0f1a3b5c7d9f0a2b4c6d8e0f1a3b5c7d9f0a2b4c6d8e"
 CONTAINER_TAGS = (("container_name", "worker"), ("image", "acme/worker"), ("image_tag", "1.2"))
 TASK_TAGS = (("service", "orders"), ("env", "prod"), ("task_id", "t-1"))
 
-
-class Recorder:
-    name = "recorder"
-
-    def __init__(self) -> None:
-        self.batches: list[Batch] = []
-
-    def accept(self, batch: Batch) -> None:
-        self.batches.append(batch)
-
-    def samples(self) -> list[Sample]:
-        return [s for b in self.batches for s in b.samples]
 
 
 @dataclass

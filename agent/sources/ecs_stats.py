@@ -58,6 +58,11 @@ def _list(value: Any) -> list[Any]:
     return value if isinstance(value, list) else []
 
 
+def _scalar(value: Any) -> int | float | str | None:
+    """A JSON scalar usable as a key (garbage such as a list becomes None)."""
+    return value if isinstance(value, (int, float, str)) else None
+
+
 def parse_time_ns(text: Any) -> int | None:
     """RFC 3339 with up to nanoseconds -> Unix nanoseconds; None for junk and Go's zero time."""
     if not isinstance(text, str):
@@ -139,39 +144,51 @@ def working_set_bytes(memory: Any) -> float | None:
 
 
 def memory_limit_bytes(memory: Any, container: Any, task: Any) -> float | None:
-    """The stats limit unless it is a sentinel, 0, or below the usage (not a real limit: captures
-    with hand-truncated limits exist); else the container's, else the task's `Limits.Memory`."""
+    """The smallest of the limits that apply: the stats limit, the container's hard limit and the
+    task's hard limit (`Limits.Memory`, MiB). On EC2 with awsvpc on cgroup v2 the stats can report
+    the host's memory as the limit of a container without a limit of its own, while the task's
+    limit is what the kernel enforces. A stats limit that is a sentinel, 0, or below the usage is
+    not a limit (captures with hand-truncated limits exist)."""
+    limits = []
     limit = _num(_get(memory, "limit"))
     usage = _num(_get(memory, "usage"))
     if limit is not None and 0 < limit < UNLIMITED and (usage is None or limit >= usage):
-        return limit
+        limits.append(limit)
     for mib in (_num(_get(container, "Limits", "Memory")), _num(_get(task, "Limits", "Memory"))):
         if mib is not None and mib > 0:
-            return mib * MIB
-    return None
+            limits.append(mib * MIB)
+    return min(limits) if limits else None
 
 
 # --- block I/O ----------------------------------------------------------------------------------
 
 
 def blkio_read_write(entries: Any) -> tuple[float, float] | None:
-    """Sum of `read` and `write` entries, op compared lowercased (cgroup v2 writes `read`, v1
-    `Read`). Entries without a value count 0; `null`, `"None"` or `[]` -> (0, 0). None if absent."""
+    """Bytes (or operations) read and written, each I/O counted once.
+
+    Entries are per device (`major`, `minor`) and op, compared lowercased (cgroup v2 writes `read`,
+    v1 `Read`); entries without a value count 0; `null`, `"None"` or `[]` -> (0, 0); None if absent.
+    A device stacked over another (device-mapper over its disk: real captures show a dm device with
+    exactly the numbers of the disk under it, sometimes two levels deep) sees the same I/O again, so
+    devices whose read and write are both identical are counted once. Two distinct disks with the
+    very same non-zero totals would be undercounted; that is the rarer error."""
     if entries is None or entries == "None":
         return 0.0, 0.0
     if not isinstance(entries, list):
         return None
-    read = write = 0.0
+    devices: dict[tuple[Any, Any], list[float]] = {}
     for entry in entries:
         op = _get(entry, "op")
         value = _num(_get(entry, "value"))
         if not isinstance(op, str) or value is None:
             continue
+        device = devices.setdefault((_scalar(_get(entry, "major")), _scalar(_get(entry, "minor"))), [0.0, 0.0])
         if op.lower() == "read":
-            read += value
+            device[0] += value
         elif op.lower() == "write":
-            write += value
-    return read, write
+            device[1] += value
+    distinct = {(read, write) for read, write in devices.values()}
+    return sum(read for read, _ in distinct), sum(write for _, write in distinct)
 
 
 def io_totals(stats: Any) -> dict[str, float]:
@@ -370,12 +387,17 @@ def _task_samples(task: Any, totals: _Totals, previous: Mapping[str, Any]) -> li
     if usage is not None and cpu_limit:
         emit("cpu.utilization_percent", usage / cpu_limit * 100)
 
+    # Without a task-level size (EC2) the task has no memory limit of its own: each container has
+    # its own. The sum of what the containers were given is a reservation, not a limit (the working
+    # set can pass it), so it gets its own name and no utilisation.
     mem_limit = _num(_get(task, "Limits", "Memory"))
     if mem_limit and mem_limit > 0:
         mem_limit *= MIB
     else:
+        mem_limit = None
         mibs = [_num(_get(c, "Limits", "Memory")) or 0.0 for c in running]
-        mem_limit = sum(mibs) * MIB if mibs and all(m > 0 for m in mibs) else None
+        if mibs and all(m > 0 for m in mibs):
+            emit("memory.reservation_bytes", sum(mibs) * MIB)
     ws = sum(totals.working_set) if totals.working_set else None
     emit("memory.working_set_bytes", ws)
     emit("memory.limit_bytes", mem_limit)

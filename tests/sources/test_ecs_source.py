@@ -123,7 +123,7 @@ CASES: dict[str, tuple[Any, Any, dict[tuple[str, str | None], float]]] = {
         ("ecs_task_memory_limit_bytes", None): 1024 * MIB,
     }),
     "fargate-v2-2017": (raw("fargate-v2-2017.task"), raw("fargate-v2-2017-wrong-system-delta.stats"), {
-        ("ecs_container_io_read_bytes_total", "dd-agent"): 3 * 5_578_752 + 95_875_072,
+        ("ecs_container_io_read_bytes_total", "dd-agent"): 5_578_752 + 95_875_072,
         ("ecs_task_network_receive_bytes_total", None): 5338 + 4641 + 268_836_870,
     }),
     "fargate-windows": (raw("fargate-v2-2017.task"), raw("fargate-windows.stats"), {
@@ -132,7 +132,7 @@ CASES: dict[str, tuple[Any, Any, dict[tuple[str, str | None], float]]] = {
     }),
     "managed-instances-2025-cgroupv2": (managed_instances_task(), raw("managed-instances-2025-cgroupv2.stats"), {
         ("ecs_container_memory_working_set_bytes", "datadog-agent"): 398_942_208 - 149_512_192,
-        ("ecs_container_io_read_bytes_total", "managed-instances-app"): 1_875_968 * 2 + 7_593_984,
+        ("ecs_container_io_read_bytes_total", "managed-instances-app"): 1_875_968 + 7_593_984,
         ("ecs_task_network_receive_bytes_total", None): 163_710_528,
     }),
     "managed-instances-2025-no-networks": (managed_instances_task(), raw("managed-instances-2025-no-networks.stats"), {

@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -150,10 +151,12 @@ def test_ec2_bridge_2020_cgroup_v1_bridge_network_and_stopped_container() -> Non
     assert v["ecs.task.network.receive_packets_total", None] == 28 + 100 + 27
     assert v["ecs.task.network.receive_bytes_per_second", None] == pytest.approx(101.091 + 10)
     assert v["ecs.task.network.transmit_bytes_per_second", None] == pytest.approx(55.322 + 55)
-    # no task Limits on EC2: CPU bound by the online CPUs (nginx300 has no reservation), memory by
-    # the running containers' 128 MiB each
+    # no task Limits on EC2: CPU bound by the online CPUs (nginx300 has no reservation); memory has
+    # no task limit, only what the running containers reserved (128 MiB each), under its own name
     assert v["ecs.task.cpu.limit_vcpus", None] == 2
-    assert v["ecs.task.memory.limit_bytes", None] == 2 * 128 * MIB
+    assert v["ecs.task.memory.reservation_bytes", None] == 2 * 128 * MIB
+    assert ("ecs.task.memory.limit_bytes", None) not in v
+    assert ("ecs.task.memory.utilization_percent", None) not in v
     assert v["ecs.task.memory.working_set_bytes", None] == 2_555_904 + 2_646_016
     assert ("ecs.task.ephemeral_storage.used_bytes", None) not in v
 
@@ -200,10 +203,11 @@ def test_fargate_v2_2017_pause_container_missing_values_and_old_network_key() ->
     pause = 1 / 999_973_547
     assert v["ecs.task.cpu.usage_vcpus", None] == pytest.approx(dd + redis + pause)
     assert v["ecs.task.cpu.limit_vcpus", None] == 2
-    # blkio entries without `value` are skipped; Read of four devices
-    assert v["ecs.container.io.read_bytes_total", "dd-agent"] == 3 * 5_578_752 + 95_875_072
-    assert v["ecs.container.io.write_bytes_total", "dd-agent"] == 3 * 45_666_304 + 46_002_176
-    assert v["ecs.container.io.read_bytes_total", "redis"] == 3 * 389_120 + 6_496_256
+    # blkio entries without `value` are skipped; the disk (202:26368) and the two device-mapper
+    # devices stacked on it (253:1, 253:2) carry the same I/O: counted once, plus the fourth device
+    assert v["ecs.container.io.read_bytes_total", "dd-agent"] == 5_578_752 + 95_875_072
+    assert v["ecs.container.io.write_bytes_total", "dd-agent"] == 45_666_304 + 46_002_176
+    assert v["ecs.container.io.read_bytes_total", "redis"] == 389_120 + 6_496_256
     assert v["ecs.container.io.write_bytes_total", "redis"] == 0
     assert v["ecs.container.memory.working_set_bytes", "dd-agent"] == 253_894_656 - 22_790_144
     # the task's working set includes the pause container (1110016 - 786432)
@@ -253,9 +257,10 @@ def test_managed_instances_cgroupv2_lowercase_blkio_and_shared_eth0() -> None:
     # limit 18446744073709551615 is unlimited; the containers have no Memory: task 2048 MiB
     assert v["ecs.container.memory.limit_bytes", agent] == 2048 * MIB
     # lowercase `read`/`write` ops (exact-case matching would read 0 here)
-    assert v["ecs.container.io.read_bytes_total", app] == 1_875_968 + 1_875_968 + 7_593_984
+    # 252:0 (device-mapper) repeats 259:0 under it: counted once
+    assert v["ecs.container.io.read_bytes_total", app] == 1_875_968 + 7_593_984
     assert v["ecs.container.io.write_bytes_total", app] == 28_672
-    assert v["ecs.container.io.read_bytes_total", agent] == 201_654_272 + 11_943_936 + 11_943_936
+    assert v["ecs.container.io.read_bytes_total", agent] == 201_654_272 + 11_943_936
     assert v["ecs.container.io.write_bytes_total", agent] == 7_258_112
     assert ("ecs.container.io.read_ops_total", agent) not in v  # io_serviced_recursive null
     # both containers repeat the same eth0: counted once
@@ -506,3 +511,49 @@ def test_never_raises_on_any_section(mem: Any, cpu: Any, blkio: Any, nets: Any) 
     d = derive(task, stats)
     assert "bad_container" not in d.errors
     assert values(d.samples)["ecs.container.running", "dd-agent"] == 1
+
+
+def test_host_memory_reported_as_the_limit_gives_way_to_the_task_limit() -> None:
+    # EC2 awsvpc on cgroup v2: the stats `limit` of a container without its own limit is the host's
+    # memory (4051226624); the kernel enforces the task's 1024 MiB, the smallest limit that applies
+    fixtures = Path(__file__).parent / "fixtures"
+    task = json.loads((fixtures / "ec2-awsvpc-host-limit.task.json").read_text())
+    stats = json.loads((fixtures / "ec2-awsvpc-host-limit.stats.json").read_text())
+    v = values(derive(task, stats).samples)
+    assert v["ecs.container.memory.limit_bytes", "worker"] == 1024 * MIB
+    working_set = 268_435_456 - 16_777_216
+    assert v["ecs.container.memory.working_set_bytes", "worker"] == working_set
+    assert v["ecs.container.memory.utilization_percent", "worker"] == pytest.approx(working_set / (1024 * MIB) * 100)
+    assert v["ecs.task.memory.limit_bytes", None] == 1024 * MIB
+
+
+@settings(max_examples=300, deadline=None)
+@given(stats_limit=st.one_of(st.none(), st.integers(0, 2**64)), container_mib=st.integers(0, 1 << 20),
+       task_mib=st.integers(0, 1 << 20), usage=st.integers(0, 1 << 40))
+def test_memory_limit_is_the_smallest_limit_that_applies(stats_limit: int | None, container_mib: int,
+                                                         task_mib: int, usage: int) -> None:
+    from agent.sources.ecs_stats import UNLIMITED, memory_limit_bytes
+
+    memory = {"usage": usage} if stats_limit is None else {"usage": usage, "limit": stats_limit}
+    got = memory_limit_bytes(memory, {"Limits": {"Memory": container_mib}}, {"Limits": {"Memory": task_mib}})
+    real = [m * MIB for m in (container_mib, task_mib) if m > 0]
+    if stats_limit is not None and 0 < stats_limit < UNLIMITED and stats_limit >= usage:
+        real.append(stats_limit)
+    assert got == (min(real) if real else None)
+
+
+@settings(max_examples=300, deadline=None)
+@given(disks=st.lists(st.tuples(st.integers(0, 1 << 40), st.integers(0, 1 << 40)), min_size=1, max_size=4,
+                      unique=True), stacked=st.integers(0, 3))
+def test_device_mapper_over_a_disk_counts_its_io_once(disks: list[tuple[int, int]], stacked: int) -> None:
+    from agent.sources.ecs_stats import blkio_read_write
+
+    entries = []
+    for minor, (read, write) in enumerate(disks):
+        entries += [{"major": 259, "minor": minor, "op": "Read", "value": read},
+                    {"major": 259, "minor": minor, "op": "Write", "value": write}]
+    for level in range(stacked):  # dm devices over the first disk repeat its numbers
+        read, write = disks[0]
+        entries += [{"major": 253, "minor": level, "op": "read", "value": read},
+                    {"major": 253, "minor": level, "op": "write", "value": write}]
+    assert blkio_read_write(entries) == (sum(r for r, _ in disks), sum(w for _, w in disks))

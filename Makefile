@@ -1,14 +1,25 @@
 # Two commands on a fresh machine: `make run` (the sidecar) and `make test` (the whole suite).
+#   make run     installs the sidecar and its integrations (`.[all]`) into .venv, then runs it
+#   make test    adds the test tools (`.[dev]`) to .venv, installs the system packages the tests use
+#                (scripts/system-deps.sh, as root), runs the linters, then the whole suite
+#   make unit    the fast tests only (no brokers, no processes, no engines)
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: install system-deps run test bench
+.PHONY: install dev system-deps run lint test unit bench
 
 install: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml setup.py agent/statsd/_fast.c
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[all]'
+	rm -f $(VENV)/.dev
+	touch $@
+
+dev: $(VENV)/.dev
+
+$(VENV)/.dev: $(VENV)/.installed
 	$(PY) -m pip install -q -e '.[all,dev]'
 	touch $@
 
@@ -19,8 +30,14 @@ system-deps:
 run: install
 	$(VENV)/bin/tasklens run
 
-test: install system-deps
+lint: dev
+	$(PY) -m mypy agent integrations
+
+test: dev system-deps lint
 	CHECKOV=$(wildcard $(CURDIR)/.tools/checkov/bin/checkov) $(PY) -m pytest
+
+unit: dev
+	$(PY) -m pytest tests/statsd tests/sources/test_ecs_stats.py tests/test_config.py tests/sinks/test_prometheus.py -q
 
 bench: install
 	$(PY) bench/idle_footprint.py

@@ -143,6 +143,8 @@ class PySpyProfiler:
             self.hub.metrics.inc("tasklens.profiler.scan_errors", reason=type(exc).__name__)
             self._log.warning("profiler:scan", "profiler: cannot list processes: %r", exc)
             return
+        finally:
+            self.hub.metrics.inc("tasklens.profiler.scans")
         # our py-spy runs are never targets, even one started while the scan was running
         spy = os.path.realpath(self.py_spy or "")
         exclude = procs.lineage(found, os.getpid()) | self._spies | {p.pid for p in found if p.exe == spy}

@@ -42,6 +42,12 @@ def profiler_for(url: str, marker: str, identity: Identity, window: float = 2.0,
     return PySpyProfiler(config, Hub(identity))
 
 
+async def scans(profiler: PySpyProfiler, more: int) -> None:
+    """Wait until the profiler has listed the processes `more` more times."""
+    target = profiler.hub.metrics.get("tasklens.profiler.scans") + more
+    await until(lambda: profiler.hub.metrics.get("tasklens.profiler.scans") >= target, 30, f"{more} more scans")
+
+
 async def stopped(profiler: PySpyProfiler, stop: asyncio.Event, task: asyncio.Task[None]) -> None:
     stop.set()
     await asyncio.wait_for(task, 20)
@@ -87,7 +93,7 @@ async def test_picks_up_a_new_process_and_drops_it_quietly_when_it_exits(pyrosco
     profiler = profiler_for(pyroscope.url, marker, identity, window=1.0)
     stop = asyncio.Event()
     task = asyncio.create_task(profiler.run(stop))
-    await asyncio.sleep(1.5)  # scans that find nothing
+    await scans(profiler, 2)  # scans that find nothing
     assert profiler.status()["processes"] == [] and pyroscope.ingested == []
     worker = start_worker(seconds=3, marker=marker)
     await until(lambda: len(pyroscope.ingested) >= 1, 20, "the late process profiled")
@@ -158,7 +164,8 @@ async def test_stop_pushes_the_window_in_flight(pyroscope, start_worker, ptrace_
     stop = asyncio.Event()
     task = asyncio.create_task(profiler.run(stop))
     await until(lambda: profiler._spies, 20, "py-spy running")
-    await asyncio.sleep(1.5)
+    await until(lambda: profiler.status()["processes"], 20, "the window open")
+    await scans(profiler, 2)  # the window has samples to write
     loop = asyncio.get_running_loop()
     began = loop.time()
     await stopped(profiler, stop, task)
@@ -178,7 +185,7 @@ async def test_a_process_that_profiles_itself_is_left_alone(pyroscope, start_wor
     stop = asyncio.Event()
     task = asyncio.create_task(profiler.run(stop))
     await until(lambda: pyroscope.pushed, 20, "the worker's own pushes")
-    await asyncio.sleep(1.5)  # a scan or two
+    await scans(profiler, 2)
     await stopped(profiler, stop, task)
     assert pyroscope.ingested == [] and profiler.status()["processes"] == []
     assert profiler.hub.metrics.total("tasklens.profiler.record_errors") == 0
@@ -203,7 +210,7 @@ async def test_no_process_to_profile_hints_at_pid_mode_once(identity, caplog):
     stop = asyncio.Event()
     task = asyncio.create_task(profiler.run(stop))
     await until(lambda: any("pidMode" in r.getMessage() for r in caplog.records), 10, "the hint")
-    await asyncio.sleep(1.0)  # several more empty scans
+    await scans(profiler, 3)  # several more empty scans
     await stopped(profiler, stop, task)
     assert len([r for r in caplog.records if "pidMode" in r.getMessage()]) == 1
 

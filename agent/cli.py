@@ -1,4 +1,4 @@
-"""`tasklens` command line: run, check, health, emulate-ecs, profiler-bootstrap."""
+"""`tasklens` command line: run, check, health, emulate-ecs, send, profiler-bootstrap."""
 
 from __future__ import annotations
 
@@ -120,6 +120,19 @@ def cmd_emulate_ecs(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_send(args: argparse.Namespace) -> int:
+    from agent.send import SendError, datagram, send
+
+    try:
+        body = datagram(args.lines)
+        host, port = parse_addr(args.addr or os.environ.get("TASKLENS_STATSD_ADDR") or "127.0.0.1:8125")
+        send(host, port, body)
+    except (SendError, ValueError, OSError) as exc:
+        print(f"tasklens send: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def cmd_profiler_bootstrap(args: argparse.Namespace) -> int:
     from integrations.profilers.bootstrap import BootstrapError, populate
 
@@ -146,6 +159,9 @@ def main(argv: list[str] | None = None) -> int:
     emulate.add_argument("--task", help="a /task JSON file (with --stats); default: live from this machine")
     emulate.add_argument("--stats", help="a /task/stats JSON file")
     emulate.add_argument("--addr", default="127.0.0.1:51678", help="listen address (default 127.0.0.1:51678)")
+    send = sub.add_parser("send", help="send StatsD lines to the sidecar (one datagram), checked first")
+    send.add_argument("lines", nargs="+", metavar="LINE", help="e.g. 'jobs.processed:1|c|#queue:orders'")
+    send.add_argument("--addr", help="host:port of the StatsD listener (default TASKLENS_STATSD_ADDR or 127.0.0.1:8125)")
     bootstrap = sub.add_parser("profiler-bootstrap", help="populate a directory for PYTHONPATH that profiles the worker")
     bootstrap.add_argument("directory")
     args = parser.parse_args(argv)
@@ -153,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--task and --stats go together")
     commands = {
         "run": cmd_run, "check": cmd_check, "health": cmd_health,
-        "emulate-ecs": cmd_emulate_ecs, "profiler-bootstrap": cmd_profiler_bootstrap,
+        "emulate-ecs": cmd_emulate_ecs, "send": cmd_send, "profiler-bootstrap": cmd_profiler_bootstrap,
     }
     if args.command is None:
         parser.print_help()

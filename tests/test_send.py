@@ -1,0 +1,34 @@
+"""`tasklens send`: the quick start's way to try a line, checked by the sidecar's own parser."""
+
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+
+from agent.send import SendError, datagram
+from tests.conftest import TASKLENS, clean_env, wait_until
+
+
+def test_lines_are_checked_before_they_are_sent() -> None:
+    assert datagram(["a:1|c", "b:2|g|#k:v"]) == b"a:1|c\nb:2|g|#k:v"
+    with pytest.raises(SendError, match="bad_type"):
+        datagram(["a:1|c", "b:2|x"])
+    with pytest.raises(SendError, match="do not fit"):
+        datagram([f"metric.{i}:1|c" for i in range(6000)])
+
+
+def test_send_reaches_the_sidecar(sidecar_factory) -> None:
+    sidecar = sidecar_factory(TASKLENS_FLUSH_INTERVAL="1")
+    sidecar.wait_ready()
+    addr = f"127.0.0.1:{sidecar.statsd_port}"
+    sent = subprocess.run([TASKLENS, "send", "--addr", addr, "tried.out:3|c|#queue:orders"], env=clean_env(),
+                          capture_output=True, text=True, timeout=30)
+    assert sent.returncode == 0, sent.stderr
+    wait_until(lambda: 'tried_out_total{' in sidecar.get("/metrics")[1], 20, what="the sent counter")
+    line = next(x for x in sidecar.get("/metrics")[1].splitlines() if x.startswith("tried_out_total{"))
+    assert 'queue="orders"' in line and line.endswith(" 3.0")
+    refused = subprocess.run([TASKLENS, "send", "--addr", addr, "oops:1|q"], env=clean_env(),
+                             capture_output=True, text=True, timeout=30)
+    assert refused.returncode == 2 and "bad_type" in refused.stderr and "Traceback" not in refused.stderr
+    assert sidecar.stop() == 0

@@ -13,6 +13,7 @@ from typing import Any
 
 from agent import __version__, logs
 from agent.config import Config, ConfigError, describe, load, parse_addr
+from agent.examples import EXAMPLES as EMULATOR_EXAMPLES
 
 
 def _load_or_exit() -> Config:
@@ -109,14 +110,23 @@ def cmd_health(args: argparse.Namespace) -> int:
 
 
 def cmd_emulate_ecs(args: argparse.Namespace) -> int:
-    from agent.emulator import serve
+    from agent.emulator import check_fixtures, serve
+    from agent.examples import example
 
     logs.setup("info")
-    host, port = parse_addr(args.addr)
     try:
-        asyncio.run(serve(host, port, args.task, args.stats))
-    except KeyboardInterrupt:
-        pass
+        task, stats = example(args.example) if args.example else (args.task, args.stats)
+        if task and stats:
+            check_fixtures(task, stats)
+        host, port = parse_addr(args.addr)
+    except (ValueError, ConfigError) as exc:
+        print(f"tasklens emulate-ecs: {exc}", file=sys.stderr)
+        return 2
+    try:
+        asyncio.run(serve(host, port, task, stats))
+    except OSError as exc:  # the address is taken or cannot be bound
+        print(f"tasklens emulate-ecs: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -155,9 +165,12 @@ def main(argv: list[str] | None = None) -> int:
     health.add_argument("--addr", help="host:port of the sidecar's HTTP listener (default TASKLENS_HTTP_ADDR)")
     health.add_argument("--endpoint", default="health", choices=["health", "ready"])
     health.add_argument("--timeout", type=float, default=2.0)
-    emulate = sub.add_parser("emulate-ecs", help="serve ECS task metadata v4 locally (fixtures or live)")
+    emulate = sub.add_parser("emulate-ecs", help="serve ECS task metadata locally (fixtures or live)",
+                             description="Serves /v4/<id>, /v4/<id>/stats, /v4/<id>/task, /v4/<id>/taskWithTags "
+                                         "and /v4/<id>/task/stats, and the same under /v3; any other path is 404.")
     emulate.add_argument("--task", help="a /task JSON file (with --stats); default: live from this machine")
     emulate.add_argument("--stats", help="a /task/stats JSON file")
+    emulate.add_argument("--example", choices=sorted(EMULATOR_EXAMPLES), help="a packaged capture instead of files")
     emulate.add_argument("--addr", default="127.0.0.1:51678", help="listen address (default 127.0.0.1:51678)")
     send = sub.add_parser("send", help="send StatsD lines to the sidecar (one datagram), checked first")
     send.add_argument("lines", nargs="+", metavar="LINE", help="e.g. 'jobs.processed:1|c|#queue:orders'")
@@ -167,6 +180,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "emulate-ecs" and bool(args.task) != bool(args.stats):
         parser.error("--task and --stats go together")
+    if args.command == "emulate-ecs" and args.example and args.task:
+        parser.error("--example or --task/--stats, not both")
     commands = {
         "run": cmd_run, "check": cmd_check, "health": cmd_health,
         "emulate-ecs": cmd_emulate_ecs, "send": cmd_send, "profiler-bootstrap": cmd_profiler_bootstrap,

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import signal
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -146,19 +147,34 @@ def container_id(task_path: str | None) -> str:
     return LocalStats().docker_id
 
 
+def check_fixtures(task_path: str, stats_path: str) -> None:
+    """Refuse at start what would only fail at the first request: a missing or unreadable file."""
+    for what, path in (("--task", task_path), ("--stats", stats_path)):
+        if not Path(path).is_file():
+            raise ValueError(f"{what} {path}: no such file")
+        try:
+            json.loads(Path(path).read_bytes())
+        except (OSError, ValueError) as exc:
+            raise ValueError(f"{what} {path}: not readable JSON ({exc})") from None
+
+
 async def serve(host: str, port: int, task_path: str | None, stats_path: str | None) -> None:
-    """Serve until cancelled; logs the variable to export."""
+    """Serve until SIGTERM or SIGINT; logs the variable to export."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
     runner = web.AppRunner(make_app(task_path, stats_path), access_log=None)
     await runner.setup()
     try:
-        site = web.TCPSite(runner, host, port)
-        await site.start()
-        sockets = getattr(site._server, "sockets", None) or []
-        bound = sockets[0].getsockname()[1] if sockets else port
+        await web.TCPSite(runner, host, port).start()
+        bound = runner.addresses[0][1] if runner.addresses else port
         shown = f"[{host}]" if ":" in host else host
         what = f"{task_path} + {stats_path}" if task_path else "this machine, live"
         log.info("ECS metadata emulator serving %s; export ECS_CONTAINER_METADATA_URI_V4=http://%s:%d/v4/%s",
                  what, shown, bound, container_id(task_path))
-        await asyncio.Event().wait()
+        await stop.wait()
     finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
         await runner.cleanup()

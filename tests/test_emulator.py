@@ -158,6 +158,33 @@ async def test_serve_logs_the_variable_to_export(caplog: pytest.LogCaptureFixtur
         await get(url + "/task")
 
 
+def test_emulate_ecs_refuses_missing_or_unreadable_fixtures(tmp_path) -> None:
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    for args, expected in ((["--task", str(tmp_path / "nope.json"), "--stats", path("fargate-2023.stats")],
+                            "--task " + str(tmp_path / "nope.json") + ": no such file"),
+                           (["--task", path("fargate-2023.task"), "--stats", str(bad)], "not readable JSON"),
+                           (["--example", "nope"], "invalid choice")):
+        run = subprocess.run([TASKLENS, "emulate-ecs", "--addr", f"127.0.0.1:{free_port()}", *args],
+                             env=clean_env(), capture_output=True, text=True, timeout=30)
+        assert run.returncode == 2 and expected in run.stderr and "Traceback" not in run.stderr, run.stderr
+
+
+def test_emulate_ecs_serves_a_packaged_example_and_exits_0_on_sigterm() -> None:
+    port = free_port()
+    emulator = subprocess.Popen([TASKLENS, "emulate-ecs", "--addr", f"127.0.0.1:{port}", "--example", "fargate"],
+                                env=clean_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        wait_until(lambda: http_get(f"http://127.0.0.1:{port}/v4/x/task")[0] == 200, 20, what="emulator")
+        status, body = http_get(f"http://127.0.0.1:{port}/v4/x/task")
+        assert json.loads(body)["Family"] == "akira-fargate-check"
+        assert http_get(f"http://127.0.0.1:{port}/v2/metadata")[0] == 404  # only the paths its help lists
+    finally:
+        emulator.terminate()
+        code = emulator.wait(10)
+    assert code == 0, emulator.stderr.read() if emulator.stderr else ""
+
+
 def test_emulate_ecs_feeds_a_real_sidecar(sidecar_factory) -> None:
     port = free_port()
     emulator = subprocess.Popen(

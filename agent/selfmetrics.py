@@ -7,6 +7,7 @@ snapshot through the hub, so self-metrics carry the task's tags like every other
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterable
 
 from agent.model import Kind, Sample, Tags
 
@@ -19,20 +20,28 @@ class SelfMetrics:
 
     def inc(self, name: str, amount: float = 1.0, **labels: str) -> None:
         """A cumulative counter: `inc("tasklens.ecs.poll_errors", reason="timeout")`."""
-        key = (name, tuple(labels.items()))
+        key = (name, _tags(labels))
         with self._lock:
             self._kinds[name] = Kind.COUNTER
             self._values[key] = self._values.get(key, 0.0) + amount
+
+    def declare(self, name: str, reasons: Iterable[str], **labels: str) -> None:
+        """Export a counter at 0 for every known reason from the start, so that `increase()` sees the
+        first error after a restart (a series that appears at 1 has no increase to show)."""
+        with self._lock:
+            self._kinds[name] = Kind.COUNTER
+            for reason in reasons:
+                self._values.setdefault((name, _tags({**labels, "reason": reason})), 0.0)
 
     def set(self, name: str, value: float, **labels: str) -> None:
         """A gauge: last value wins."""
         with self._lock:
             self._kinds[name] = Kind.GAUGE
-            self._values[(name, tuple(labels.items()))] = float(value)
+            self._values[(name, _tags(labels))] = float(value)
 
     def get(self, name: str, **labels: str) -> float:
         """The current value (0 when never set); for tests and `/status`."""
-        return self._values.get((name, tuple(labels.items())), 0.0)
+        return self._values.get((name, _tags(labels)), 0.0)
 
     def total(self, name: str) -> float:
         """Sum over every label set of `name`."""
@@ -42,3 +51,8 @@ class SelfMetrics:
     def samples(self) -> list[Sample]:
         with self._lock:
             return [Sample(name, value, self._kinds[name], tags) for (name, tags), value in self._values.items()]
+
+
+def _tags(labels: dict[str, str]) -> Tags:
+    """One key per label set, whatever order the caller named the labels in."""
+    return tuple(sorted(labels.items()))

@@ -99,6 +99,9 @@ class PySpyProfiler:
             self._headers["X-Scope-OrgID"] = config.pyroscope_tenant
         self._duration = max(1, round(config.profile_window))  # py-spy takes whole seconds
         self._scan_interval = min(SCAN_INTERVAL, config.profile_window)
+        hub.metrics.declare("tasklens.profiler.record_errors",
+                            ("pyspy_missing", "ptrace_denied", "not_python", "pyspy_failed", "internal"))
+        hub.metrics.declare("tasklens.profiler.push_errors", ("timeout", "connection", "error"))
         self._states: dict[tuple[int, float], _State] = {}
         self._workers: dict[tuple[int, float], asyncio.Task[None]] = {}
         self._skip: set[tuple[int, float]] = set()  # not Python, or profiling itself (bootstrap mode)

@@ -200,6 +200,10 @@ async def test_missing_py_spy_is_one_clear_problem(identity, caplog):
     await stopped(profiler, stop, task)
     assert "install tasklens[profiling]" in profiler.status()["problem"]
     assert profiler.hub.metrics.get("tasklens.profiler.record_errors", reason="pyspy_missing") == 1
+    # every known reason is exported from the start, at 0 until it happens
+    pushes = {dict(s.tags)["reason"]: s.value for s in profiler.hub.metrics.samples()
+              if s.name == "tasklens.profiler.push_errors"}
+    assert pushes == {"timeout": 0, "connection": 0, "error": 0}
     assert len([r for r in caplog.records if r.levelno >= logging.ERROR]) == 1
 
 

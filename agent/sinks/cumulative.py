@@ -59,6 +59,7 @@ class Series:
     updated: float  # monotonic
     start: float  # wall clock: when this stream started (OTLP's start_time_unix_nano)
     source: str = ""
+    summed: bool = False  # a sum of StatsD counts from 0: its first value is all increase
     cache: object = None  # a sink's encoded form of the labels, built once per series
 
 
@@ -129,7 +130,8 @@ class CumulativeState:
             if entry is None or entry.kind is not kind:
                 if entry is not None:
                     self._ended.append((key, entry))
-                entry = series[key] = Series(kind, Histogram(self.bounds) if is_points else 0.0, now, wall, batch.source)
+                entry = series[key] = Series(kind, Histogram(self.bounds) if is_points else 0.0, now, wall, batch.source,
+                                             summed=s.kind is Kind.COUNT)
             entry.updated = now
             value = s.value
             if isinstance(value, Points):

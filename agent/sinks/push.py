@@ -28,7 +28,7 @@ import math
 import random
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -87,19 +87,23 @@ def retry_after(value: str | None, now: float | None = None) -> float | None:
     return min(max(seconds, 0.0), MAX_RETRY_AFTER)
 
 
-def classify(status: int, headers: Mapping[str, str], body: bytes) -> Outcome:
-    """The retry rule of remote_write 1.0, OTLP/HTTP and Datadog alike, from a response."""
+def classify(status: int, headers: Mapping[str, str], body: bytes,
+             retryable: Collection[int] | None = None) -> Outcome:
+    """The retry rule, from a response: by default remote_write 1.0's and Datadog's (408, 429, 5xx);
+    OTLP/HTTP passes its own list (429, 502, 503, 504)."""
     if 200 <= status < 300:
         return OK
     detail = body[:300].decode(errors="replace").strip()
-    if status in RETRYABLE or status >= 500:
+    if (status in retryable) if retryable is not None else (status in RETRYABLE or status >= 500):
         return Outcome("retry", f"http_{status}", retry_after(headers.get("Retry-After")), detail)
     return Outcome("reject", f"http_{status}", None, detail)
 
 
 async def post(session: aiohttp.ClientSession, url: str, payload: Payload, timeout: float,
-               headers: Mapping[str, str] | None = None) -> Outcome:
-    """POST a payload; a network error or timeout is a retryable outcome, never an exception."""
+               headers: Mapping[str, str] | None = None, *, retryable: Collection[int] | None = None,
+               on_ok: Callable[[bytes], None] | None = None) -> Outcome:
+    """POST a payload; a network error or timeout is a retryable outcome, never an exception.
+    `on_ok` sees the body of an accepted request (OTLP's partial success)."""
     import aiohttp
 
     try:
@@ -107,7 +111,10 @@ async def post(session: aiohttp.ClientSession, url: str, payload: Payload, timeo
         async with session.post(url, data=payload.body, headers={**payload.headers, **(headers or {})},
                                 allow_redirects=False, timeout=aiohttp.ClientTimeout(total=timeout)) as r:
             body = await r.read()
-            return classify(r.status, r.headers, body)
+            outcome = classify(r.status, r.headers, body, retryable)
+        if outcome.kind == "ok" and on_ok is not None:
+            on_ok(body)
+        return outcome
     except asyncio.TimeoutError:
         return Outcome("retry", "timeout")
     except (aiohttp.ClientError, OSError) as exc:

@@ -15,8 +15,8 @@ timeout)` (one attempt, usually through `post()`, returning an `Outcome`). The `
 - on stop: the final flush, then sends until the drain deadline; what is left is counted as `shutdown`.
 
 Self-metrics, labelled `exporter=<sink>` (the Datadog sink's names): `tasklens.exporter.points_queued`,
-`points_sent`, `points_failed{reason}`, `points_dropped{reason}`, `retries`, `submissions{status}`,
-`buffer_points` and `submission_seconds` (gauges).
+`points_sent`, `bytes_sent` (request bodies as sent), `points_failed{reason}`, `points_dropped{reason}`,
+`retries`, `submissions{status}`, `buffer_points` and `submission_seconds` (gauges).
 """
 
 from __future__ import annotations
@@ -296,6 +296,7 @@ class Pusher:
         self.metrics.inc("tasklens.exporter.submissions", exporter=self.name, status=outcome.reason or "ok")
         if outcome.kind == "ok":
             self.count("points_sent", payload.points)
+            self.count("bytes_sent", len(payload.body))
             self._failures = 0
             self.last_success = self.wall()
             return

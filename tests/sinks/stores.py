@@ -39,10 +39,12 @@ class Store:
     def values(self, expr: str, at: float | None = None) -> dict[tuple[tuple[str, str], ...], float]:
         return {tuple(sorted(r["metric"].items())): float(r["value"][1]) for r in self.query(expr, at)}
 
-    def series_count(self, match: str) -> int:
-        code, body = http_get(f"{self.base}/api/v1/series?{urllib.parse.urlencode({'match[]': match})}", timeout=5.0)
+    def series(self, match: str, start: float) -> list[dict[str, str]]:
+        """Every series matching since `start`, ended (stale) ones included."""
+        query = urllib.parse.urlencode({"match[]": match, "start": f"{start:.3f}", "end": f"{time.time() + 60:.3f}"})
+        code, body = http_get(f"{self.base}/api/v1/series?{query}", timeout=10.0)
         assert code == 200, (code, body)
-        return len(json.loads(body)["data"])
+        return json.loads(body)["data"]  # type: ignore[no-any-return]
 
     async def aquery(self, expr: str, at: float | None = None) -> list[dict[str, Any]]:
         return await asyncio.to_thread(self.query, expr, at)

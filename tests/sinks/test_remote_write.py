@@ -503,3 +503,19 @@ async def test_a_fleet_of_20_tasks_with_replacements_and_a_store_outage(store: S
     assert report["problems"] == []
     assert report["tasks_run"] == 26 and report["series_per_task"] == 24
     assert report["retries"] > 0  # the outage was seen, and ridden out
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.floats(allow_nan=True, allow_infinity=True), st.integers(0, 2**62))
+def test_the_hand_written_sample_bytes_equal_protobufs_own(value: float, ts: int) -> None:
+    from agent.sinks.remote_write import _pack_double, _sample_tail
+
+    head, tail = _sample_tail(ts)
+    ours = head + _pack_double(value) + tail
+    decoded = pb()["TimeSeries"]()
+    decoded.ParseFromString(ours)
+    (sample,) = decoded.samples
+    assert struct.pack("<d", sample.value) == struct.pack("<d", value) and sample.timestamp == ts
+    if ts and struct.pack("<d", value) != bytes(8):  # proto3 leaves out zero fields; otherwise byte-identical
+        expected = pb()["TimeSeries"](samples=[pb()["Sample"](value=value, timestamp=ts)]).SerializeToString()
+        assert ours == expected

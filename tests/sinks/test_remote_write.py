@@ -519,3 +519,62 @@ def test_the_hand_written_sample_bytes_equal_protobufs_own(value: float, ts: int
     if ts and struct.pack("<d", value) != bytes(8):  # proto3 leaves out zero fields; otherwise byte-identical
         expected = pb()["TimeSeries"](samples=[pb()["Sample"](value=value, timestamp=ts)]).SerializeToString()
         assert ours == expected
+
+
+# -- the sidecar as users run it -----------------------------------------------------------------
+
+def test_a_sidecar_pushes_to_prometheus_writes_emf_and_ends_its_series_on_sigterm(tmp_path: Path) -> None:
+    """`tasklens run` on the ECS emulator with remote_write and EMF on: StatsD and ECS series land in a real
+    Prometheus with the task's labels, EMF records come out on stdout, and SIGTERM ends every series."""
+    import subprocess
+
+    from datadog.dogstatsd import DogStatsd
+
+    from tests.conftest import FIXTURES, TASKLENS, Sidecar, clean_env, free_port, http_get, wait_until
+    from tests.sinks.test_emf import check_emf
+
+    if not have("prometheus"):
+        pytest.skip("prometheus is not installed")
+    task_json = FIXTURES / "fargate-2023.task.json"
+    port = free_port()
+    with open(tmp_path / "emulator.log", "wb") as out:
+        emulator = subprocess.Popen([TASKLENS, "emulate-ecs", "--task", str(task_json), "--stats",
+                                     str(FIXTURES / "fargate-2023.stats.json"), "--addr", f"127.0.0.1:{port}"],
+                                    stdout=out, stderr=subprocess.STDOUT, env=clean_env())
+    prom = start_prometheus(tmp_path)
+    sidecar = None
+    try:
+        docker_id = json.loads(task_json.read_text())["Containers"][0]["DockerId"]
+        metadata = f"http://127.0.0.1:{port}/v4/{docker_id}"
+        wait_until(lambda: http_get(metadata + "/task")[0] == 200, 20, what="the ECS emulator")
+        sidecar = Sidecar(tmp_path, ECS_CONTAINER_METADATA_URI_V4=metadata, TASKLENS_FLUSH_INTERVAL="1",
+                          TASKLENS_POLL_INTERVAL="1", TASKLENS_REMOTE_WRITE_URL=prom.write_url,
+                          TASKLENS_CLOUDWATCH="emf", TASKLENS_CLOUDWATCH_INTERVAL="1",
+                          TASKLENS_CLOUDWATCH_METRICS="jobs_done_total,ecs_task_*")
+        sidecar.wait_ready()
+        statsd = DogStatsd(host="127.0.0.1", port=sidecar.statsd_port, disable_telemetry=True,
+                           disable_buffering=True)
+        for _ in range(5):
+            statsd.increment("jobs.done", tags=["queue:orders"])
+        statsd.close_socket()
+        task_id = "67cd8a22b533459696d4ccab5278e009"
+        wait_until(lambda: prom.values(f'jobs_done_total{{task_id="{task_id}",queue="orders"}}')
+                   and list(prom.values(f'jobs_done_total{{task_id="{task_id}"}}').values()) == [5.0],
+                   30, interval=0.25, what="the StatsD counter in Prometheus")
+        ecs = prom.values(f'ecs_container_memory_working_set_bytes{{task_id="{task_id}",container_name="dd-agent"}}')
+        assert list(ecs.values()) == [156_966_912.0]
+        labels = dict(next(iter(ecs)))
+        assert labels["launch_type"] == "FARGATE" and labels["ecs_cluster"] == "akira-fargate-check-cluster"
+        wait_until(lambda: '"jobs_done_total"' in sidecar.log, 20, what="an EMF record with the counter")
+
+        assert sidecar.stop() == 0  # SIGTERM: final flush, drain, stale markers
+        assert not prom.query(f'{{task_id="{task_id}"}}', time.time() + 1)  # every line ended at once
+        emf = [check_emf(line) for line in sidecar.log.splitlines() if line.startswith('{"_aws"')]
+        assert any(d.get("jobs_done_total") == 5.0 and d.get("queue") == "orders" for d in emf)
+        assert "Traceback" not in sidecar.log
+    finally:
+        if sidecar is not None and sidecar.proc.poll() is None:
+            sidecar.proc.kill()
+        emulator.terminate()
+        emulator.wait(10)
+        prom.stop()

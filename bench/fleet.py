@@ -32,11 +32,11 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from agent.config import Config  # noqa: E402
-from agent.hub import Hub  # noqa: E402
-from agent.identity import Identity  # noqa: E402
-from agent.model import Batch, Kind, Points, Sample  # noqa: E402
-from agent.sinks.remote_write import RemoteWriteSink  # noqa: E402
+from agent.config import Config
+from agent.hub import Hub
+from agent.identity import Identity
+from agent.model import Batch, Kind, Points, Sample
+from agent.sinks.remote_write import RemoteWriteSink
 
 COUNTERS = 5  # StatsD counters per simulated task (each with its own tag)
 
@@ -168,7 +168,7 @@ async def run_fleet(store: Any, tmp: Path, tasks: int, rounds: int, interval: fl
     wire = sum(metric(t, "bytes_sent") for t in finished)
     requests = sum(metric(t, "submissions", status="ok") for t in finished)
     report = {
-        "tasks_run": len(finished), "series_per_task": sorted(series_counts)[0] if series_counts else 0,
+        "tasks_run": len(finished), "series_per_task": min(series_counts) if series_counts else 0,
         "series_in_store": int(sum(got_counts.values())),
         "samples_sent": int(samples), "bytes_sent": int(wire),
         "bytes_per_sample": round(wire / samples, 2) if samples else 0.0,
@@ -231,7 +231,7 @@ def measure(make_sink: Any, contexts: int, flushes: int = 5) -> dict[str, float]
 def cost(contexts: int, series: int) -> None:
     from agent.sinks.emf import EmfSink
     from agent.sinks.otlp import OtlpSink
-    from agent.sinks.remote_write import STALE_NAN, pb
+    from agent.sinks.remote_write import pb
 
     base = replace(Config(), remote_write_url="http://127.0.0.1:9/api/v1/write", otlp_endpoint="http://127.0.0.1:9",
                    cloudwatch="emf", cloudwatch_metrics=("*",), cloudwatch_dimensions=("service", "queue"))
@@ -280,7 +280,7 @@ def cost(contexts: int, series: int) -> None:
         snappy_block(req.SerializeToString())
     t_whole = time.perf_counter() - t0
     print(f"remote_write encoder, {series} series: cached labels {t_cached:.2f} s, whole message each flush "
-          f"{t_whole:.2f} s ({t_whole / t_cached:.1f}x); {len(cached)} requests; stale NaN ok: {STALE_NAN != STALE_NAN}")
+          f"{t_whole:.2f} s ({t_whole / t_cached:.1f}x); {len(cached)} requests")
 
 
 def _emf(cls: Any, config: Config, hub: Hub) -> Any:

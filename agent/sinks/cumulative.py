@@ -110,9 +110,10 @@ class CumulativeState:
                 key = (s.name, s.tags)
                 entry = old.get(key)
                 kind = Kind.COUNTER if s.kind in (Kind.COUNT, Kind.COUNTER) else Kind.GAUGE
-                if entry is None or entry.kind is not kind or (kind is Kind.COUNTER and float(s.value) < entry.value):
+                number = float(s.value)  # type: ignore[arg-type]  # not Points: checked above
+                if entry is None or entry.kind is not kind or (kind is Kind.COUNTER and number < entry.value):  # type: ignore[operator]
                     entry = Series(kind, 0.0, now, wall, batch.source)  # new, or a counter reset: a new stream
-                entry.value, entry.updated = float(s.value), now
+                entry.value, entry.updated = number, now
                 new[key] = entry
             self._ended += [(k, v) for k, v in old.items() if k not in new]
             self._snapshots[batch.source] = new
@@ -139,9 +140,10 @@ class CumulativeState:
             elif s.kind is Kind.COUNT:
                 entry.value += float(value)  # type: ignore[operator]
             else:
-                if s.kind is Kind.COUNTER and float(value) < entry.value:  # type: ignore[operator]
+                number = float(value)
+                if s.kind is Kind.COUNTER and isinstance(entry.value, float) and number < entry.value:
                     entry.start = wall  # the source restarted: a new cumulative stream
-                entry.value = float(value)
+                entry.value = number
 
     def expire(self) -> int:
         cutoff = self.clock() - self.ttl

@@ -23,7 +23,6 @@ from __future__ import annotations
 import asyncio
 import fnmatch
 import json
-import math
 import re
 import sys
 import time

@@ -99,7 +99,7 @@ class OtlpSink:
         self.delta = config.otlp_temporality in ("delta", "lowmemory")
         self.gzip = config.otlp_compression == "gzip"
         self.state = CumulativeState(NAME, hub.metrics, config.histogram_buckets, config.prometheus_ttl, wall=wall)
-        self._last: dict[tuple[str, Any], tuple[float, Any]] = {}  # delta mode: previous (time, value) per stream
+        self._last: dict[tuple[str, Any], tuple[int, Any]] = {}  # delta mode: previous (time, value) per stream
         self._log = RateLimitedLog(log, interval=60.0)
         headers = dict(parse_headers(config.otlp_headers))
         headers.update(parse_headers(config.otlp_metrics_headers))
@@ -188,7 +188,8 @@ class OtlpSink:
             payloads.append(self._payload(ExportMetricsServiceRequest, resource, chunk, chunk_points, now))
         return payloads
 
-    def _delta(self, name: str, tags: Any, now_ns: int, start: int, value: Any, summed: bool = False) -> tuple[int, Any]:
+    def _delta(self, name: str, tags: Any, now_ns: int, start: int, value: Any,
+               summed: bool = False) -> tuple[int, Any]:
         """Delta temporality: the change since the previous export; start = the previous export's time."""
         key = (name, tags)
         previous = self._last.get(key)
@@ -203,9 +204,9 @@ class OtlpSink:
         return previous[0], value - previous[1]
 
     def _payload(self, request_cls: Any, resource: Any, metrics: list[Any], points: int, now: float) -> Payload:
+        from opentelemetry.proto.common.v1.common_pb2 import InstrumentationScope
         from opentelemetry.proto.metrics.v1.metrics_pb2 import ResourceMetrics, ScopeMetrics
         from opentelemetry.proto.resource.v1.resource_pb2 import Resource
-        from opentelemetry.proto.common.v1.common_pb2 import InstrumentationScope
 
         request = request_cls(resource_metrics=[ResourceMetrics(
             resource=Resource(attributes=resource),
@@ -220,10 +221,12 @@ class OtlpSink:
     def _partial(self, body: bytes) -> None:
         from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceResponse
 
+        from google.protobuf.message import DecodeError
+
         response = ExportMetricsServiceResponse()
         try:
             response.ParseFromString(body)
-        except Exception:  # the spec asks receivers for a protobuf body; a bad one is not our loss
+        except DecodeError:  # the spec asks receivers for a protobuf body; a bad one is not our loss
             return
         rejected = response.partial_success.rejected_data_points
         if rejected or response.partial_success.error_message:

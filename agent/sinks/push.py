@@ -115,7 +115,7 @@ async def post(session: aiohttp.ClientSession, url: str, payload: Payload, timeo
         if outcome.kind == "ok" and on_ok is not None:
             on_ok(body)
         return outcome
-    except asyncio.TimeoutError:
+    except TimeoutError:
         return Outcome("retry", "timeout")
     except (aiohttp.ClientError, OSError) as exc:
         return Outcome("retry", "connection", detail=type(exc).__name__)

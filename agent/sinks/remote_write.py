@@ -272,7 +272,7 @@ class RemoteWriteSink:
         """The `WriteRequest.timeseries` entries (one sample each) of some series at `now_ms`."""
         out: list[bytes] = []
         seen: set[bytes] = set()
-        tails: dict[int, bytes] = {}
+        tails: dict[int, tuple[bytes, bytes]] = {}
         for key, series in items:
             enc = self._encoded(key, series)
             if enc is None:

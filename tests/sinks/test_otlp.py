@@ -22,11 +22,13 @@ from tests.conftest import serve_app
 from tests.sinks.stores import until
 
 pytest.importorskip("opentelemetry.proto")
-from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (  # noqa: E402
-    ExportMetricsServiceRequest, ExportMetricsServiceResponse)
-from opentelemetry.proto.metrics.v1 import metrics_pb2 as m  # noqa: E402
+from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
+    ExportMetricsServiceRequest,
+    ExportMetricsServiceResponse,
+)
+from opentelemetry.proto.metrics.v1 import metrics_pb2 as m
 
-from agent.sinks.otlp import OtlpSink, metrics_url  # noqa: E402
+from agent.sinks.otlp import OtlpSink, metrics_url
 
 TASK = Identity(service="orders-worker", env="production", version="1.4.2", ecs_cluster="prod", task_family="orders",
                 task_revision="7", task_id="4f1c2d3e", task_arn="arn:aws:ecs:eu-west-1:123456789012:task/prod/4f1c2d3e",

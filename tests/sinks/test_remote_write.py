@@ -20,7 +20,7 @@ import struct
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import replace
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -170,7 +170,7 @@ async def test_an_outage_of_the_store_loses_nothing_and_counts_nothing_twice(tmp
         for i in range(2, 6):  # four rounds while the store is down: each adds i to the counter
             publish_round(hub, float(i), float(i))
             before = sent(sink, "retries")
-            await until(lambda: sent(sink, "retries") > before, 20, "a retry during the outage")
+            await until(lambda before=before: sent(sink, "retries") > before, 20, "a retry during the outage")
         assert sink.pusher.pending > 0
         prom = start_prometheus(tmp_path, port)  # the same data directory, the same port
         await until(lambda: sink.pusher.pending == 0, 30, "the queue drained after the outage")
@@ -261,7 +261,7 @@ def check_request(headers: dict[str, str], req: Any) -> None:
         assert names == sorted(names) and len(set(names)) == len(names), names
         assert all(LABEL_NAME.match(n) or n == "__name__" for n in names), names
         assert all(label.value for label in ts.labels), ts
-        name = dict((label.name, label.value) for label in ts.labels)["__name__"]
+        name = {label.name: label.value for label in ts.labels}["__name__"]
         assert METRIC_NAME.match(name), name
         key = tuple((label.name, label.value) for label in ts.labels)
         assert key not in seen, key  # one series once per request
@@ -291,7 +291,7 @@ async def test_requests_follow_the_wire_contract_and_batches_are_bounded(receive
         req = rec.decode(i)
         check_request(headers, req)  # the reserved Content-Type was not overridden
         for ts in req.timeseries:
-            labels = dict((label.name, label.value) for label in ts.labels)
+            labels = {label.name: label.value for label in ts.labels}
             assert labels["cluster"] == "eu" and labels["service"] == "orders-worker"  # the series' own label wins
             key = tuple(sorted(labels.items()))
             for s in ts.samples:  # timestamp order per series across requests
@@ -410,8 +410,8 @@ def verify_sigv4(secrets: dict[str, str], region: str, service: str):  # type: i
             return f"wrong scope {key_id} {reg} {svc}"
         lower = {k.lower(): v for k, v in headers.items()}
         amz_date = lower["x-amz-date"]
-        if abs(datetime.strptime(amz_date, "%Y%m%dT%H%M%SZ").replace(tzinfo=timezone.utc)
-               - datetime.now(timezone.utc)) > timedelta(minutes=5):
+        if abs(datetime.strptime(amz_date, "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC)
+               - datetime.now(UTC)) > timedelta(minutes=5):
             return "stale signature"
         names = signed.split(";")
         if "host" not in names or "x-amz-date" not in names:
@@ -438,7 +438,7 @@ async def test_sigv4_signs_with_rotating_credentials_from_the_ecs_endpoint(
     async def credentials(request: web.Request) -> web.Response:
         key = f"AKIATASKROLE{len(issued):04d}"
         issued.append(key)
-        expires = datetime.now(timezone.utc) + timedelta(minutes=5)  # inside botocore's refresh window
+        expires = datetime.now(UTC) + timedelta(minutes=5)  # inside botocore's refresh window
         return web.json_response({"AccessKeyId": key, "SecretAccessKey": f"secret-{key}", "Token": f"token-{key}",
                                   "Expiration": expires.strftime("%Y-%m-%dT%H:%M:%SZ")})
 
@@ -495,7 +495,7 @@ async def test_a_fleet_of_20_tasks_with_replacements_and_a_store_outage(store: S
     import sys
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
-    from fleet import run_fleet  # noqa: PLC0415
+    from fleet import run_fleet
 
     start = start_prometheus if store.kind == "prometheus" else start_victoria_metrics
     report = await run_fleet(store, tmp_path, tasks=20, rounds=8, interval=0.5, outage=3.0, restart=1 / 3,

@@ -9,7 +9,9 @@ Mapping (the OpenTelemetry Prometheus compatibility rules, reversed):
 - the task's identity is the *resource* (`service.name`, `cloud.platform=aws_ecs`, `aws.ecs.task.arn`,
   ...); a point's attributes are its own tags (`container_name`, `queue`, StatsD tags);
 - gauges -> Gauge; source counters and StatsD counts -> monotonic Sum, cumulative (start time = when
-  the stream started; a reset starts a new one) or delta on request (`delta` / `lowmemory`);
+  the stream started; a reset starts a new one) or delta on request: `delta` for every counter and
+  histogram, `lowmemory` for the synchronous ones only (StatsD counts and histograms; a source's own
+  cumulative counter, an asynchronous counter in OpenTelemetry's terms, stays cumulative);
 - StatsD histograms, timers (seconds) and distributions -> explicit-bucket Histogram on the configured
   Prometheus buckets: the same layout as `/metrics` and remote_write, so every path agrees (an exponential
   histogram would need a second bucket scheme); StatsD sets arrive as gauges already.
@@ -96,7 +98,7 @@ class OtlpSink:
         self.hub = hub
         self.url = metrics_url(config)
         self.wall = wall
-        self.delta = config.otlp_temporality in ("delta", "lowmemory")
+        self.temporality = config.otlp_temporality
         self.gzip = config.otlp_compression == "gzip"
         self.state = CumulativeState(NAME, hub.metrics, config.histogram_buckets, config.prometheus_ttl, wall=wall)
         self._last: dict[tuple[str, Any], tuple[int, Any]] = {}  # delta mode: previous (time, value) per stream
@@ -131,9 +133,9 @@ class OtlpSink:
         self.state.take_ended()
         identity = self.hub.identity
         resource_keys = {k for k, _ in identity.info_tags}
-        temporality = m.AGGREGATION_TEMPORALITY_DELTA if self.delta else m.AGGREGATION_TEMPORALITY_CUMULATIVE
         metrics: dict[str, Any] = {}
         kinds: dict[str, Kind] = {}
+        temporalities: dict[str, int] = {}
         points = 0
         for (name, tags), series in list(self.state.items()):
             iname = instrument_name(name)
@@ -150,10 +152,17 @@ class OtlpSink:
             attributes = [KeyValue(key=k, value=AnyValue(string_value=v or "true"))
                           for k, v in tags if k not in resource_keys]
             value = series.value
+            # delta: every counter and histogram; lowmemory: the synchronous ones (StatsD counts, histograms)
+            delta = self.temporality == "delta" or (self.temporality == "lowmemory"
+                                                    and (series.summed or isinstance(value, Histogram)))
+            temporality = m.AGGREGATION_TEMPORALITY_DELTA if delta else m.AGGREGATION_TEMPORALITY_CUMULATIVE
+            if kind is not Kind.GAUGE and temporalities.setdefault(iname, temporality) != temporality:
+                self.state.reject("type_conflict")  # one metric has one temporality
+                continue
             if isinstance(value, Histogram):
                 counts, total, count = list(value.counts or [0.0] * (len(value.bounds) + 1)), value.total, value.count
                 start = int(series.start * 1e9)
-                if self.delta:
+                if delta:
                     start, (counts, total, count) = self._delta(name, tags, now_ns, start, (counts, total, count))
                 metric.histogram.aggregation_temporality = temporality
                 buckets = [round(c) for c in counts]  # uint64: weighted (sampled) counts are rounded per bucket,
@@ -162,7 +171,7 @@ class OtlpSink:
                     count=sum(buckets), sum=total, bucket_counts=buckets, explicit_bounds=list(value.bounds))
             elif kind is Kind.COUNTER:
                 start, v = int(series.start * 1e9), float(value)
-                if self.delta:
+                if delta:
                     start, v = self._delta(name, tags, now_ns, start, v, summed=series.summed)
                 metric.sum.aggregation_temporality = temporality
                 metric.sum.is_monotonic = True
@@ -244,7 +253,7 @@ class OtlpSink:
             await self.pusher.run(stop, session)
 
     def status(self) -> dict[str, Any]:
-        return {"url": mask_url(self.url), "temporality": "delta" if self.delta else "cumulative",
+        return {"url": mask_url(self.url), "temporality": self.temporality,
                 "series": len(self.state), **self.pusher.status()}
 
 

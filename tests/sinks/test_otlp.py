@@ -201,3 +201,18 @@ def test_endpoints_follow_the_standard_variables() -> None:
     sink = OtlpSink(config, Hub(TASK))
     assert sink.headers["api-key"] == "s3cr3t=" and sink.pusher.timeout == 2.5
     assert "s3cr3t" not in repr(config) + repr(sink)
+
+
+async def test_lowmemory_deltas_only_the_synchronous_instruments(collector: tuple[Collector, str]) -> None:
+    c, url = collector
+    sink, hub = make(url, otlp_temporality="lowmemory")
+    publish(hub, 3.0, 10.0)
+    sink.pusher.put(sink.flush())
+    stop = asyncio.Event()
+    stop.set()
+    await sink.run(stop)
+    metrics = by_name(c.requests[0])
+    assert metrics["orders.processed"].sum.aggregation_temporality == m.AGGREGATION_TEMPORALITY_DELTA
+    assert metrics["orders.latency"].histogram.aggregation_temporality == m.AGGREGATION_TEMPORALITY_DELTA
+    cpu = metrics["ecs.container.cpu.usage_seconds_total"].sum
+    assert cpu.aggregation_temporality == m.AGGREGATION_TEMPORALITY_CUMULATIVE and cpu.data_points[0].as_double == 10.0

@@ -52,6 +52,7 @@ NAME = "remote_write"
 # the one NaN that means "this series ended" (remote-write 1.0); no other value may use these bits
 STALE_NAN: float = struct.unpack("<d", struct.pack("<Q", 0x7FF0000000000002))[0]
 RESERVED_HEADERS = frozenset({"content-encoding", "content-type", "user-agent", "x-prometheus-remote-write-version"})
+NEW_SERIES_PER_FLUSH = 10_000
 MAX_AGE = 3000.0  # Prometheus refuses samples ~1 h behind its head ("out of bounds"): give up before
 _AMP_HOST = re.compile(r"^aps-workspaces(?:-fips)?\.([a-z0-9-]+)\.amazonaws\.com(?:\.cn)?$")
 
@@ -217,6 +218,9 @@ class RemoteWriteSink:
         self.wall = wall
         self.external = tuple(sorted(labels_of(config.remote_write_labels).items()))
         self.batch_samples = config.remote_write_batch_samples
+        # a new series costs ~80 us to encode (its labels, once): a burst of them is spread over flushes so
+        # that one flush never holds the event loop (and StatsD reading) for more than ~1 s
+        self.new_series_per_flush = NEW_SERIES_PER_FLUSH
         self.state = CumulativeState(NAME, hub.metrics, config.histogram_buckets, config.prometheus_ttl, wall=wall)
         region = sigv4_region(config)
         self.signer = SigV4Signer(region, config.remote_write_sigv4_service) if region else None
@@ -256,12 +260,16 @@ class RemoteWriteSink:
         enc = series.cache
         if isinstance(enc, _Encoded):
             return enc
+        if isinstance(enc, str):  # refused before: each of its points is refused, without encoding again
+            self.state.reject(enc)
+            return None
         TimeSeries, Label = pb()["TimeSeries"], pb()["Label"]
         try:
             sets = label_sets(key[0], key[1], series, self.external)
             blocks = [TimeSeries(labels=[Label(name=k, value=v) for k, v in s]).SerializeToString() for s in sets]
         except ValueError as exc:  # a bad label, or text protobuf cannot encode (a lone surrogate)
             reason = exc.args[0] if exc.args and exc.args[0] in ("invalid_label", "reserved_label") else "invalid_utf8"
+            series.cache = reason
             self.state.reject(reason)
             return None
         series.cache = enc = _Encoded(blocks)
@@ -273,7 +281,16 @@ class RemoteWriteSink:
         out: list[bytes] = []
         seen: set[bytes] = set()
         tails: dict[int, tuple[bytes, bytes]] = {}
+        budget = self.new_series_per_flush
+        deferred = 0
         for key, series in items:
+            if series.cache is None:  # a series never sent
+                if stale:
+                    continue  # nothing to end
+                if budget <= 0:
+                    deferred += 1  # its labels are encoded in a later flush: a delay, never a loss
+                    continue
+                budget -= 1
             enc = self._encoded(key, series)
             if enc is None:
                 continue
@@ -290,6 +307,8 @@ class RemoteWriteSink:
             for block, value in zip(enc.blocks, values):  # one wire series each (a histogram has several)
                 msg = block + tail[0] + _pack_double(value) + tail[1]
                 out.append(b"\x0a" + _varint(len(msg)) + msg)
+        if not stale:
+            self.hub.metrics.set("tasklens.exporter.series_deferred", deferred, exporter=NAME)
         return out
 
     def _payloads(self, frames: list[bytes], now: float) -> list[Payload]:

@@ -578,3 +578,27 @@ def test_a_sidecar_pushes_to_prometheus_writes_emf_and_ends_its_series_on_sigter
         emulator.terminate()
         emulator.wait(10)
         prom.stop()
+
+
+def test_a_burst_of_new_series_is_spread_over_flushes_and_nothing_is_lost() -> None:
+    sink, hub = make("http://127.0.0.1:9/api/v1/write")
+    sink.new_series_per_flush = 40
+    hub.publish(Batch("statsd", [Sample(f"burst.m{i}", float(i), Kind.GAUGE) for i in range(100)]))
+    import cramjam
+
+    seen: set[str] = set()
+    for _ in range(4):
+        for p in sink.flush():
+            req = pb()["WriteRequest"]()
+            req.ParseFromString(bytes(cramjam.snappy.decompress_raw(p.body)))
+            seen |= {label.value for ts in req.timeseries for label in ts.labels if label.name == "__name__"}
+    assert {f"burst_m{i}" for i in range(100)} <= seen
+    assert hub.metrics.get("tasklens.exporter.series_deferred", exporter="remote_write") == 0
+
+
+def test_a_refused_series_is_counted_per_point_without_being_encoded_again() -> None:
+    sink, hub = make("http://127.0.0.1:9/api/v1/write")
+    hub.publish(Batch("statsd", [Sample("h", Points((1.0,), (1.0,)), Kind.HISTOGRAM, (("le", "x"),))]))
+    sink.flush()
+    sink.flush()
+    assert hub.metrics.get("tasklens.sink.points_rejected", sink="remote_write", reason="reserved_label") == 2

@@ -266,6 +266,9 @@ class Config:
                                       doc="SigV4 signing; auto: on for aps-workspaces URLs")
     remote_write_sigv4_region: str = setting("", doc="SigV4 region; else from the URL")
     remote_write_sigv4_service: str = setting("aps", doc="SigV4 service name")
+    remote_write_interval: float = setting(10.0, parse_seconds, doc="seconds between pushes")
+    remote_write_metrics: tuple[str, ...] = setting(("*",), parse_str_list,
+                                                    doc="Prometheus-style names (fnmatch globs) pushed")
     remote_write_batch_samples: int = setting(2000, parse_positive_int, doc="samples per request at most")
     remote_write_buffer_points: int = setting(1_000_000, parse_positive_int, doc="samples kept while the store is down")
     remote_write_timeout: float = setting(10.0, parse_seconds)
@@ -277,6 +280,7 @@ class Config:
     otlp_metrics_headers: str = setting("", headers_text, env="OTEL_EXPORTER_OTLP_METRICS_HEADERS", secret=True)
     otlp_compression: str = setting("gzip", parse_choice("gzip", "none"), env="OTEL_EXPORTER_OTLP_COMPRESSION")
     otlp_timeout_ms: float = setting(10000.0, parse_seconds, env="OTEL_EXPORTER_OTLP_TIMEOUT", doc="milliseconds")
+    otlp_interval_ms: float = setting(10000.0, parse_seconds, env="OTEL_METRIC_EXPORT_INTERVAL", doc="milliseconds")
     otlp_temporality: str = setting("cumulative", parse_choice("cumulative", "delta", "lowmemory"),
                                     env="OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE")
     otel_resource_attributes: tuple[tuple[str, str], ...] = setting((), parse_headers, env="OTEL_RESOURCE_ATTRIBUTES")

@@ -77,8 +77,8 @@ class SimTask:
 
 def start_task(n: int, generation: int, url: str, interval: float, external: tuple[tuple[str, str], ...]) -> SimTask:
     ident = identity(n, generation)
-    config = replace(Config(), remote_write_url=url, flush_interval=interval, remote_write_labels=external,
-                     shutdown_timeout=60.0)
+    config = replace(Config(), remote_write_url=url, remote_write_interval=interval,
+                     remote_write_labels=external, shutdown_timeout=60.0)
     hub = Hub(ident)
     sink = RemoteWriteSink(config, hub, drain_timeout=45.0)
     hub.add_sink(sink)

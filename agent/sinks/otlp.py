@@ -110,7 +110,7 @@ class OtlpSink:
         if self.gzip:
             headers["Content-Encoding"] = "gzip"
         self.headers = headers
-        self.pusher = Pusher(NAME, hub.metrics, flush=self.flush, send=self._send, interval=config.flush_interval,
+        self.pusher = Pusher(NAME, hub.metrics, flush=self.flush, send=self._send, interval=config.otlp_interval_ms / 1000,
                              max_points=config.otlp_buffer_points, timeout=config.otlp_timeout_ms / 1000, wall=wall,
                              drain_timeout=config.shutdown_timeout * 0.75 if drain_timeout is None else drain_timeout)
 

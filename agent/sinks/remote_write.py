@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import fnmatch
 import logging
 import re
 import struct
@@ -221,12 +222,15 @@ class RemoteWriteSink:
         # a new series costs ~80 us to encode (its labels, once): a burst of them is spread over flushes so
         # that one flush never holds the event loop (and StatsD reading) for more than ~1 s
         self.new_series_per_flush = NEW_SERIES_PER_FLUSH
+        self.patterns = config.remote_write_metrics
+        self.select_all = "*" in self.patterns
+        self._selected: dict[tuple[str, Kind], bool] = {}
         self.state = CumulativeState(NAME, hub.metrics, config.histogram_buckets, config.prometheus_ttl, wall=wall)
         region = sigv4_region(config)
         self.signer = SigV4Signer(region, config.remote_write_sigv4_service) if region else None
         self.headers = self._headers(config)
         self.pusher = Pusher(NAME, hub.metrics, flush=self.flush, send=self._send, on_stop=self.stop_series,
-                             interval=config.flush_interval, max_points=config.remote_write_buffer_points,
+                             interval=config.remote_write_interval, max_points=config.remote_write_buffer_points,
                              timeout=config.remote_write_timeout, wall=wall,
                              drain_timeout=config.shutdown_timeout * 0.75 if drain_timeout is None else drain_timeout)
 
@@ -323,9 +327,23 @@ class RemoteWriteSink:
         self.state.accept(Batch("tasklens:pull", self.hub.pull(), snapshot=True))
         self.state.expire()
         ended = self.state.take_ended()
-        frames = self._frames(list(self.state.items()), now_ms) + self._frames(ended, now_ms, stale=True)
+        items = list(self.state.items()) if self.select_all else [kv for kv in self.state.items() if self.selected(kv)]
+        frames = self._frames(items, now_ms) + self._frames(ended, now_ms, stale=True)
         self.hub.metrics.set("tasklens.exporter.series", len(self.state), exporter=NAME)
         return self._payloads(frames, now)
+
+    def selected(self, item: tuple[tuple[str, Tags], Series]) -> bool:
+        """Is this series pushed (`TASKLENS_REMOTE_WRITE_METRICS`)? By its name on `/metrics`."""
+        (name, _), series = item
+        hit = self._selected.get((name, series.kind))
+        if hit is None:
+            pname = metric_name(name)
+            if series.kind is Kind.COUNTER:
+                pname = counter_name(pname)
+            if len(self._selected) > 100_000:
+                self._selected.clear()
+            hit = self._selected[(name, series.kind)] = any(fnmatch.fnmatchcase(pname, p) for p in self.patterns)
+        return hit
 
     def stop_series(self) -> list[Payload]:
         """On a clean stop (after the final flush): a stale marker for every series."""

@@ -71,7 +71,7 @@ async def collector() -> AsyncIterator[tuple[Collector, str]]:
 
 
 def make(url: str, **overrides: Any) -> tuple[OtlpSink, Hub]:
-    config = replace(Config(), **{"otlp_endpoint": url, "flush_interval": 0.2, **overrides})
+    config = replace(Config(), **{"otlp_endpoint": url, "otlp_interval_ms": 200.0, **overrides})
     hub = Hub(TASK)
     sink = OtlpSink(config, hub, drain_timeout=5.0)
     sink.pusher.backoff_base, sink.pusher.backoff_max = 0.05, 0.2

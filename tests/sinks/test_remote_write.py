@@ -47,7 +47,7 @@ METRIC_NAME = re.compile(r"^[a-zA-Z_:][a-zA-Z0-9_:]*$")
 
 
 def make(url: str, identity: Identity = TASK, **overrides: Any) -> tuple[RemoteWriteSink, Hub]:
-    config = replace(Config(), **{"remote_write_url": url, "flush_interval": 0.3, "shutdown_timeout": 10.0,
+    config = replace(Config(), **{"remote_write_url": url, "remote_write_interval": 0.3, "shutdown_timeout": 10.0,
                                   **overrides})
     hub = Hub(identity)
     sink = RemoteWriteSink(config, hub, drain_timeout=8.0)
@@ -307,7 +307,7 @@ async def test_requests_follow_the_wire_contract_and_batches_are_bounded(receive
 async def test_retry_rules_5xx_and_429_with_retry_after_retried_other_4xx_dropped_once(
         receiver: tuple[Receiver, str], caplog: pytest.LogCaptureFixture) -> None:
     rec, url = receiver
-    sink, hub = make(url + "/api/v1/write", flush_interval=30.0)
+    sink, hub = make(url + "/api/v1/write", remote_write_interval=30.0)
     rec.script = [(503, {}), (429, {"Retry-After": "1"}), (400, {})]
     stop = asyncio.Event()
     runner = asyncio.create_task(sink.run(stop))
@@ -549,6 +549,7 @@ def test_a_sidecar_pushes_to_prometheus_writes_emf_and_ends_its_series_on_sigter
         wait_until(lambda: http_get(metadata + "/task")[0] == 200, 20, what="the ECS emulator")
         sidecar = Sidecar(tmp_path, ECS_CONTAINER_METADATA_URI_V4=metadata, TASKLENS_FLUSH_INTERVAL="1",
                           TASKLENS_POLL_INTERVAL="1", TASKLENS_REMOTE_WRITE_URL=prom.write_url,
+                          TASKLENS_REMOTE_WRITE_INTERVAL="1",
                           TASKLENS_CLOUDWATCH="emf", TASKLENS_CLOUDWATCH_INTERVAL="1",
                           TASKLENS_CLOUDWATCH_METRICS="jobs_done_total,ecs_task_*")
         sidecar.wait_ready()
@@ -602,3 +603,17 @@ def test_a_refused_series_is_counted_per_point_without_being_encoded_again() -> 
     sink.flush()
     sink.flush()
     assert hub.metrics.get("tasklens.sink.points_rejected", sink="remote_write", reason="reserved_label") == 2
+
+
+def test_only_the_selected_metrics_are_pushed() -> None:
+    sink, hub = make("http://127.0.0.1:9/api/v1/write", remote_write_metrics=("queue_*", "jobs_done_total"))
+    hub.publish(Batch("statsd", [Sample("jobs.done", 1.0, Kind.COUNT), Sample("jobs.other", 1.0, Kind.COUNT),
+                                 Sample("queue.depth", 3.0)]))
+    import cramjam
+
+    names = set()
+    for p in sink.flush():
+        req = pb()["WriteRequest"]()
+        req.ParseFromString(bytes(cramjam.snappy.decompress_raw(p.body)))
+        names |= {label.value for ts in req.timeseries for label in ts.labels if label.name == "__name__"}
+    assert names == {"jobs_done_total", "queue_depth"}

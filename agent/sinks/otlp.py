@@ -244,9 +244,8 @@ class OtlpSink:
     # -- delivery ---------------------------------------------------------------------------------
 
     def _partial(self, body: bytes) -> None:
-        from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceResponse
-
         from google.protobuf.message import DecodeError
+        from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceResponse
 
         response = ExportMetricsServiceResponse()
         try:

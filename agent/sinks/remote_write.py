@@ -216,6 +216,9 @@ class RemoteWriteSink:
         self.config = config
         self.hub = hub
         self.url = config.remote_write_url
+        # credentials in the URL go into the Authorization header (aiohttp refuses both at once)
+        parts = urlsplit(self.url)
+        self.post_url = parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()
         self.wall = wall
         self.external = tuple(sorted(labels_of(config.remote_write_labels).items()))
         self.batch_samples = config.remote_write_batch_samples
@@ -355,8 +358,8 @@ class RemoteWriteSink:
     async def _send(self, session: aiohttp.ClientSession, payload: Payload, timeout: float) -> Outcome:
         headers = self.headers
         if self.signer is not None:
-            headers = await self.signer.sign(self.url, payload.body, dict(headers))
-        return await post(session, self.url, payload, timeout, headers)
+            headers = await self.signer.sign(self.post_url, payload.body, dict(headers))
+        return await post(session, self.post_url, payload, timeout, headers)
 
     async def run(self, stop: asyncio.Event) -> None:
         import aiohttp

@@ -120,9 +120,12 @@ async def until(predicate: Any, timeout: float = 20.0, what: str = "condition", 
     """Wait on the event loop for a predicate (a self-metric, a store answer); never a fixed sleep."""
     deadline = time.monotonic() + timeout
     while True:
-        value = predicate()
-        if asyncio.iscoroutine(value):
-            value = await value
+        try:
+            value = predicate()
+            if asyncio.iscoroutine(value):
+                value = await value
+        except OSError:  # not listening yet
+            value = None
         if value:
             return value
         if time.monotonic() > deadline:

@@ -617,3 +617,38 @@ def test_only_the_selected_metrics_are_pushed() -> None:
         req.ParseFromString(bytes(cramjam.snappy.decompress_raw(p.body)))
         names |= {label.value for ts in req.timeseries for label in ts.labels if label.name == "__name__"}
     assert names == {"jobs_done_total", "queue_depth"}
+
+
+async def test_no_export_credential_in_any_endpoint_the_debug_log_or_check(
+        receiver: tuple[Receiver, str], tmp_path: Path) -> None:
+    """Like tests/reliability/test_security.py, for the export sinks: each credential is in use (the
+    receiver demands it), and none shows in an endpoint, the debug log or `tasklens check`."""
+    import base64
+    import subprocess
+
+    from tests.conftest import TASKLENS, Sidecar, clean_env
+
+    rec, url = receiver
+    password, token, header = "rw-pw-9f3a-secret", "otlp-token-77c1", "hdr-key-5521"
+    expected = "Basic " + base64.b64encode(f"tl:{password}".encode()).decode()
+    rec.verify = lambda m, p, h, b: "" if h.get("Authorization") == expected and h.get("X-Api-Key") == header \
+        else "bad credentials"
+    host = url.removeprefix("http://")
+    env = {"TASKLENS_REMOTE_WRITE_URL": f"http://tl:{password}@{host}/api/v1/write",
+           "TASKLENS_REMOTE_WRITE_HEADERS": f"X-Api-Key={header}", "TASKLENS_REMOTE_WRITE_INTERVAL": "1",
+           "OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:9", "OTEL_EXPORTER_OTLP_HEADERS": f"api-key={token}",
+           "TASKLENS_LOG_LEVEL": "debug", "TASKLENS_SHUTDOWN_TIMEOUT": "4"}  # the OTLP collector is down
+    sidecar = Sidecar(tmp_path, **env)
+    try:
+        await until(lambda: sidecar.get("/health")[0] == 200, 30, "sidecar up")
+        await until(lambda: any(h.get("Authorization") == expected for h, _, _ in rec.requests), 20,
+                    "an accepted push (the password is in use)")
+        shown = {path: sidecar.get(path)[1] for path in ("/metrics", "/status")}
+        assert "***" in shown["/status"]
+    finally:
+        assert await asyncio.to_thread(sidecar.stop) == 0
+    check = subprocess.run([TASKLENS, "check"], env=clean_env(**env), capture_output=True, text=True, timeout=60)
+    shown["log"], shown["check"] = sidecar.log, check.stdout + check.stderr
+    assert "otlp: delivery failed" in shown["log"]  # a failure was logged, without its header
+    assert {where: [s for s in (password, token, header) if s in text] for where, text in shown.items()
+            if any(s in text for s in (password, token, header))} == {}

@@ -652,3 +652,46 @@ async def test_no_export_credential_in_any_endpoint_the_debug_log_or_check(
     assert "otlp: delivery failed" in shown["log"]  # a failure was logged, without its header
     assert {where: [s for s in (password, token, header) if s in text] for where, text in shown.items()
             if any(s in text for s in (password, token, header))} == {}
+
+
+@pytest.mark.parametrize("fault", ["hang", "reset", "413"])
+async def test_a_failing_store_never_holds_up_the_other_sinks(fault: str) -> None:
+    import io
+
+    from agent.sinks.emf import EmfSink
+
+    async def handle(request: web.Request) -> web.StreamResponse:
+        await request.read()
+        if fault == "hang":
+            await asyncio.sleep(60)
+        elif fault == "reset":
+            assert request.transport is not None
+            request.transport.abort()
+        return web.Response(status=413, text="too large")
+
+    app = web.Application()
+    app.router.add_post("/api/v1/write", handle)
+    runner, url = await serve_app(app, shutdown_timeout=0.1)
+    try:
+        sink, hub = make(url + "/api/v1/write", remote_write_timeout=0.3, cloudwatch_interval=0.2,
+                         cloudwatch_metrics=("queue_depth",))
+        sink.pusher.drain_timeout = 1.0  # the store never recovers: give up soon
+        out = io.StringIO()
+        emf = EmfSink(sink.config, hub, stream=out)
+        hub.add_sink(emf)
+        stop = asyncio.Event()
+        tasks = [asyncio.create_task(sink.run(stop)), asyncio.create_task(emf.run(stop))]
+        for i in range(5):
+            started = time.monotonic()
+            hub.publish(Batch("queue:q", [Sample("queue.depth", float(i), tags=(("queue", "q"),))], snapshot=True))
+            assert time.monotonic() - started < 0.05  # publishing never waits for a store
+            await until(lambda i=i: f'"queue_depth":{float(i)}' in out.getvalue(), 5, "the EMF record")
+        reason = {"hang": "timeout", "reset": "connection", "413": "http_413"}[fault]
+        await until(lambda: hub.metrics.get("tasklens.exporter.submissions", exporter="remote_write",
+                                            status=reason) > 0, 10, f"a counted {reason}")
+        stop.set()
+        await asyncio.wait_for(asyncio.gather(*tasks), 15)
+        if fault == "413":  # refused for good: counted, not retried
+            assert sent(sink, "points_failed", reason="http_413") > 0 and sent(sink, "retries") == 0
+    finally:
+        await runner.cleanup()

@@ -224,6 +224,7 @@ def measure(make_sink: Any, contexts: int, flushes: int = 5) -> dict[str, float]
         cpu.append(time.process_time() - t0)
         wire, points = body_bytes, n
     cpu_s = sorted(cpu)[len(cpu) // 2]
+    # points: samples (remote_write), data points (OTLP) or records (EMF)
     return {"cpu_ms_per_flush": round(cpu_s * 1000, 1), "bytes_per_flush": wire, "points_per_flush": points,
             "core_percent_at_10s": round(cpu_s / 10 * 100, 3)}
 

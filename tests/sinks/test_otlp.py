@@ -7,12 +7,16 @@ gzip, the ECS semantic-convention resource, temporality, monotonicity, start tim
 from __future__ import annotations
 
 import asyncio
+import math
+import re
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from typing import Any
 
 import pytest
 from aiohttp import web
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from agent.config import Config, load
 from agent.hub import Hub
@@ -216,3 +220,32 @@ async def test_lowmemory_deltas_only_the_synchronous_instruments(collector: tupl
     assert metrics["orders.latency"].histogram.aggregation_temporality == m.AGGREGATION_TEMPORALITY_DELTA
     cpu = metrics["ecs.container.cpu.usage_seconds_total"].sum
     assert cpu.aggregation_temporality == m.AGGREGATION_TEMPORALITY_CUMULATIVE and cpu.data_points[0].as_double == 10.0
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.text(max_size=12), st.lists(st.tuples(st.text(max_size=6), st.text(max_size=6)),
+                                                          max_size=3),
+                          st.sampled_from([Kind.GAUGE, Kind.COUNT, Kind.COUNTER, Kind.HISTOGRAM]),
+                          st.floats(width=32)), max_size=20))
+def test_any_input_gives_a_valid_request_and_rejects_are_counted(items: list[Any]) -> None:
+    import gzip as gz
+
+    sink, hub = make("http://127.0.0.1:9")
+    samples = [Sample(n, Points((v,), (1.0,)) if k is Kind.HISTOGRAM else v, k, tuple(t)) for n, t, k, v in items]
+    hub.publish(Batch("statsd", samples))
+    for payload in sink.flush():
+        req = ExportMetricsServiceRequest()
+        req.ParseFromString(gz.decompress(payload.body))
+        names = [metric.name for metric in by_name(req).values()]
+        assert len(names) == len(set(names))
+        for metric in by_name(req).values():
+            assert re.fullmatch(r"[A-Za-z][A-Za-z0-9_.\-/]{0,254}", metric.name), metric.name
+            kind = metric.WhichOneof("data")
+            for p in getattr(metric, kind).data_points:
+                assert p.time_unix_nano > 0
+                if kind == "histogram":
+                    assert len(p.bucket_counts) == len(p.explicit_bounds) + 1 and sum(p.bucket_counts) == p.count
+                if kind != "gauge":
+                    assert 0 < p.start_time_unix_nano <= p.time_unix_nano
+    bad = sum(1 for _, _, _, v in items if not math.isfinite(v))
+    assert hub.metrics.total("tasklens.sink.points_rejected") >= bad

@@ -166,7 +166,9 @@ async def run_fleet(store: Any, tmp: Path, tasks: int, rounds: int, interval: fl
             problems.append(f"store log says {bad!r}")
     samples = sum(metric(t, "points_sent") for t in finished)
     wire = sum(metric(t, "bytes_sent") for t in finished)
-    requests = sum(metric(t, "submissions", status="ok") for t in finished)
+    requests = sum(float(s.value) for t in finished for s in t.hub.metrics.samples()  # type: ignore[arg-type]
+                   if s.name == "tasklens.exporter.submissions" and any(k == "status" and v.startswith("2")
+                                                                         for k, v in s.tags))
     report = {
         "tasks_run": len(finished), "series_per_task": min(series_counts) if series_counts else 0,
         "series_in_store": int(sum(got_counts.values())),

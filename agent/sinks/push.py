@@ -52,6 +52,7 @@ class Payload:
     points: int
     expires: float = math.inf  # wall-clock time after which the receiver would refuse it
     headers: Mapping[str, str] = field(default_factory=dict)
+    path: str = ""  # for sinks with several endpoints (Datadog's series, checks, events): theirs to use
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,9 +63,9 @@ class Outcome:
     reason: str = ""  # `http_503`, `timeout`, ...: the label of the counters
     retry_after: float | None = None
     detail: str = ""  # what the server said (its body, cut), for the log line
+    status: str = ""  # the HTTP status (`204`), for `submissions{status}` as the Datadog sink counts them
 
 
-OK = Outcome("ok")
 
 
 def retry_after(value: str | None, now: float | None = None) -> float | None:
@@ -92,11 +93,11 @@ def classify(status: int, headers: Mapping[str, str], body: bytes,
     """The retry rule, from a response: by default remote_write 1.0's and Datadog's (408, 429, 5xx);
     OTLP/HTTP passes its own list (429, 502, 503, 504)."""
     if 200 <= status < 300:
-        return OK
+        return Outcome("ok", status=str(status))
     detail = body[:300].decode(errors="replace").strip()
     if (status in retryable) if retryable is not None else (status in RETRYABLE or status >= 500):
-        return Outcome("retry", f"http_{status}", retry_after(headers.get("Retry-After")), detail)
-    return Outcome("reject", f"http_{status}", None, detail)
+        return Outcome("retry", f"http_{status}", retry_after(headers.get("Retry-After")), detail, str(status))
+    return Outcome("reject", f"http_{status}", None, detail, str(status))
 
 
 async def post(session: aiohttp.ClientSession, url: str, payload: Payload, timeout: float,
@@ -293,7 +294,7 @@ class Pusher:
         except Exception as exc:  # a signer or encoder failure: worth another try, and visible
             outcome = Outcome("retry", "error", detail=repr(exc))
         self.metrics.set("tasklens.exporter.submission_seconds", loop.time() - started, exporter=self.name)
-        self.metrics.inc("tasklens.exporter.submissions", exporter=self.name, status=outcome.reason or "ok")
+        self.metrics.inc("tasklens.exporter.submissions", exporter=self.name, status=outcome.status or outcome.reason)
         if outcome.kind == "ok":
             self.count("points_sent", payload.points)
             self.count("bytes_sent", len(payload.body))

@@ -686,7 +686,7 @@ async def test_a_failing_store_never_holds_up_the_other_sinks(fault: str) -> Non
             hub.publish(Batch("queue:q", [Sample("queue.depth", float(i), tags=(("queue", "q"),))], snapshot=True))
             assert time.monotonic() - started < 0.05  # publishing never waits for a store
             await until(lambda i=i: f'"queue_depth":{float(i)}' in out.getvalue(), 5, "the EMF record")
-        reason = {"hang": "timeout", "reset": "connection", "413": "http_413"}[fault]
+        reason = {"hang": "timeout", "reset": "connection", "413": "413"}[fault]
         await until(lambda: hub.metrics.get("tasklens.exporter.submissions", exporter="remote_write",
                                             status=reason) > 0, 10, f"a counted {reason}")
         stop.set()

@@ -66,8 +66,6 @@ class Outcome:
     status: str = ""  # the HTTP status (`204`), for `submissions{status}` as the Datadog sink counts them
 
 
-
-
 def retry_after(value: str | None, now: float | None = None) -> float | None:
     """`Retry-After` in seconds: a number of seconds or an HTTP date; None when absent or unreadable."""
     if not value:

@@ -303,8 +303,9 @@ class Pusher:
         if outcome.kind == "reject":
             self.count("points_failed", payload.points, outcome.reason)
             self._failures = 0
-            self._log.error(f"{self.name}:{outcome.reason}", "%s: the receiver refused %d points (%s: %s); "
-                            "dropped, not retried", self.name, payload.points, outcome.reason, outcome.detail)
+            hint = " (check the sink's credentials)" if outcome.reason in ("http_401", "http_403") else ""
+            self._log.error(f"{self.name}:{outcome.reason}", "%s: the receiver refused %d points (%s: %s)%s; "
+                            "dropped, not retried", self.name, payload.points, outcome.reason, outcome.detail, hint)
             return
         # retryable: back to the head of the queue, after a backoff with jitter (or what the server asked)
         self._in_flight = None

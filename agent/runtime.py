@@ -14,7 +14,7 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from aiohttp import web
@@ -31,7 +31,7 @@ log = logging.getLogger("tasklens")
 MEMORY_RELEASE_EVERY = 30.0  # seconds; a trim with nothing to give back costs well under a millisecond
 MEMORY_CHECK_EVERY = 1.0  # seconds between looks for a burst's second trim (see agent/memory.py)
 # push sinks: name -> (is it configured?, "module:Class" taking (config, hub)); imported only when configured
-SINKS: dict[str, tuple[Any, str]] = {
+SINKS: dict[str, tuple[Callable[[Config], bool], str]] = {
     "remote_write": (lambda c: bool(c.remote_write_url), "agent.sinks.remote_write:RemoteWriteSink"),
     "otlp": (lambda c: bool(c.otlp_endpoint or c.otlp_metrics_endpoint), "agent.sinks.otlp:OtlpSink"),
     "emf": (lambda c: c.cloudwatch == "emf", "agent.sinks.emf:EmfSink"),

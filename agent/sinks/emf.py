@@ -189,21 +189,28 @@ class EmfSink:
         half = len(chunk) // 2
         return self._fit(timestamp, dims, chunk[:half]) + self._fit(timestamp, dims, chunk[half:])
 
-    def emit(self, boundary: float) -> int:
+    def render(self, boundary: float) -> tuple[str, int, int]:
+        """(the JSON lines, records, metrics) for the interval that ended at `boundary`."""
         docs = self.documents(boundary)
-        out = self.stream or sys.stdout
         lines = "".join(json.dumps(d, separators=(",", ":"), allow_nan=False) + "\n" for d in docs)
+        return lines, len(docs), sum(len(d["_aws"]["CloudWatchMetrics"][0]["Metrics"]) for d in docs)
+
+    def write(self, lines: str, records: int, metrics: int) -> int:
+        out = self.stream or sys.stdout
         try:
             out.write(lines)
             out.flush()
         except (OSError, ValueError) as exc:  # a closed stdout must not stop the sidecar
-            self.metrics.inc("tasklens.exporter.points_dropped", len(docs), exporter=NAME, reason="write_error")
+            self.metrics.inc("tasklens.exporter.points_dropped", metrics, exporter=NAME, reason="write_error")
             self._log.error("emf:write", "emf: cannot write to stdout: %r", exc)
             return 0
-        self.metrics.inc("tasklens.exporter.points_sent", sum(len(d["_aws"]["CloudWatchMetrics"][0]["Metrics"])
-                                                              for d in docs), exporter=NAME)
-        self.metrics.inc("tasklens.exporter.submissions", len(docs), exporter=NAME, status="ok")
-        return len(docs)
+        self.metrics.inc("tasklens.exporter.points_sent", metrics, exporter=NAME)
+        self.metrics.inc("tasklens.exporter.submissions", records, exporter=NAME, status="ok")
+        return records
+
+    def emit(self, boundary: float) -> int:
+        """Render and write one interval's records; returns how many were written."""
+        return self.write(*self.render(boundary))
 
     async def run(self, stop: asyncio.Event) -> None:
         due = next_tick(self.wall(), self.interval)
@@ -214,7 +221,10 @@ class EmfSink:
                 pass
             offset = min(1.0, self.interval / 10)
             # the boundary the values belong to: the tick less its offset (or now, for the final record)
-            self.emit(due - offset if not stop.is_set() else self.wall())
+            rendered = self.render(due - offset if not stop.is_set() else self.wall())
+            # in a thread: with the awslogs driver's default blocking mode a slow log stream blocks writes
+            # to stdout, which must never stall the event loop (StatsD, the other sinks)
+            await asyncio.to_thread(self.write, *rendered)
             if stop.is_set():
                 return
             due = next_tick(max(self.wall(), due), self.interval)

@@ -7,6 +7,7 @@ import asyncio
 import io
 import json
 import math
+import time
 from dataclasses import replace
 from typing import Any
 
@@ -187,3 +188,33 @@ async def test_the_sink_writes_on_its_interval_and_once_more_on_stop() -> None:
     await asyncio.wait_for(runner, 5)
     assert len(out.getvalue().splitlines()) > n  # the final record
     assert all(d["queue_depth"] == 3.0 for d in records(out) if "queue_depth" in d)
+
+
+async def test_a_blocked_stdout_never_stalls_the_event_loop() -> None:
+    """awslogs in its default blocking mode blocks writes while CloudWatch Logs is slow."""
+    import threading
+
+    class BlockedStream(io.StringIO):
+        def __init__(self) -> None:
+            super().__init__()
+            self.release = threading.Event()
+            self.entered = threading.Event()
+
+        def write(self, text: str) -> int:
+            self.entered.set()
+            self.release.wait(10)
+            return super().write(text)
+
+    sink, hub, _ = make(cloudwatch_interval=0.1)
+    stream = sink.stream = BlockedStream()
+    hub.publish(Batch("queue:q", [Sample("queue.depth", 1.0, tags=(("queue", "q"),))], snapshot=True))
+    stop = asyncio.Event()
+    runner = asyncio.create_task(sink.run(stop))
+    await until(stream.entered.is_set, 5, "a write in progress")
+    started = time.monotonic()
+    await asyncio.sleep(0.01)
+    assert time.monotonic() - started < 0.5  # the loop still runs while the write is blocked
+    stream.release.set()
+    stop.set()
+    await asyncio.wait_for(runner, 5)
+    assert "queue_depth" in stream.getvalue()

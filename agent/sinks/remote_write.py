@@ -282,11 +282,15 @@ class RemoteWriteSink:
         series.cache = enc = _Encoded(blocks)
         return enc
 
-    def _frames(self, items: list[tuple[tuple[str, Tags], Series]], now_ms: int,
-                stale: bool = False) -> list[bytes]:
-        """The `WriteRequest.timeseries` entries (one sample each) of some series at `now_ms`."""
+    def _frames(self, items: list[tuple[tuple[str, Tags], Series]], now_ms: int, stale: bool = False,
+                seen: set[bytes] | None = None) -> list[bytes]:
+        """The `WriteRequest.timeseries` entries (one sample each) of some series at `now_ms`.
+
+        `seen`: the label sets already in this push; a label set goes out once per push (a second sample
+        of it could carry the same timestamp and a different value, which Prometheus refuses along with
+        the whole request)."""
         out: list[bytes] = []
-        seen: set[bytes] = set()
+        seen = set() if seen is None else seen
         tails: dict[int, tuple[bytes, bytes]] = {}
         budget = self.new_series_per_flush
         deferred = 0
@@ -302,7 +306,8 @@ class RemoteWriteSink:
             if enc is None:
                 continue
             if enc.blocks[0] in seen:  # two tag sets that sanitise to one label set: one series only
-                self.state.reject("duplicate_series")
+                if not stale:  # an ended series whose labels live on needs no stale marker
+                    self.state.reject("duplicate_series")
                 continue
             seen.add(enc.blocks[0])
             ts = max(now_ms, enc.last_ms + 1)
@@ -331,7 +336,8 @@ class RemoteWriteSink:
         self.state.expire()
         ended = self.state.take_ended()
         items = list(self.state.items()) if self.select_all else [kv for kv in self.state.items() if self.selected(kv)]
-        frames = self._frames(items, now_ms) + self._frames(ended, now_ms, stale=True)
+        seen: set[bytes] = set()
+        frames = self._frames(items, now_ms, seen=seen) + self._frames(ended, now_ms, stale=True, seen=seen)
         self.hub.metrics.set("tasklens.exporter.series", len(self.state), exporter=NAME)
         return self._payloads(frames, now)
 

@@ -696,3 +696,21 @@ async def test_a_failing_store_never_holds_up_the_other_sinks(fault: str) -> Non
             assert sent(sink, "points_failed", reason="http_413") > 0 and sent(sink, "retries") == 0
     finally:
         await runner.cleanup()
+
+
+def test_a_series_that_ends_while_its_labels_live_on_gets_no_stale_marker_in_the_same_push() -> None:
+    """A gauge `x_total` replaced by a counter `x_total`: one label set; a stale marker beside the live
+    sample could share its timestamp, and Prometheus would refuse the whole request."""
+    sink, hub = make("http://127.0.0.1:9/api/v1/write")
+    hub.publish(Batch("statsd", [Sample("jobs.x_total", 1.0, Kind.GAUGE)]))
+    sink.flush()
+    hub.publish(Batch("statsd", [Sample("jobs.x_total", 5.0, Kind.COUNTER)]))
+    import cramjam
+
+    samples = []
+    for p in sink.flush():
+        req = pb()["WriteRequest"]()
+        req.ParseFromString(bytes(cramjam.snappy.decompress_raw(p.body)))
+        samples += [s.value for ts in req.timeseries for s in ts.samples
+                    if any(label.value == "jobs_x_total" for label in ts.labels)]
+    assert samples == [5.0]

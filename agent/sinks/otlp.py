@@ -15,7 +15,8 @@ Mapping (the OpenTelemetry Prometheus compatibility rules, reversed):
 - StatsD histograms, timers (seconds) and distributions -> explicit-bucket Histogram on the configured
   Prometheus buckets: the same layout as `/metrics` and remote_write, so every path agrees (an exponential
   histogram would need a second bucket scheme); StatsD sets arrive as gauges already.
-Retries follow the OTLP/HTTP specification: 429, 502, 503, 504 (honouring `Retry-After`), timeouts and
+A series that ends, and every series on a clean stop, gets a point flagged NO_RECORDED_VALUE (the OTLP
+analogue of remote_write's stale marker). Retries follow the OTLP/HTTP specification: 429, 502, 503, 504 (honouring `Retry-After`), timeouts and
 connection errors; anything else is dropped and counted. A partial success is logged and counted.
 """
 
@@ -35,7 +36,7 @@ from agent.hub import Hub
 from agent.identity import Identity
 from agent.logs import RateLimitedLog
 from agent.model import Batch, Kind
-from agent.sinks.cumulative import CumulativeState, Histogram
+from agent.sinks.cumulative import CumulativeState, Histogram, Series
 from agent.sinks.push import Outcome, Payload, Pusher, post
 
 if TYPE_CHECKING:
@@ -110,7 +111,8 @@ class OtlpSink:
         if self.gzip:
             headers["Content-Encoding"] = "gzip"
         self.headers = headers
-        self.pusher = Pusher(NAME, hub.metrics, flush=self.flush, send=self._send, interval=config.otlp_interval_ms / 1000,
+        self.pusher = Pusher(NAME, hub.metrics, flush=self.flush, send=self._send, on_stop=self.stop_series,
+                             interval=config.otlp_interval_ms / 1000,
                              max_points=config.otlp_buffer_points, timeout=config.otlp_timeout_ms / 1000, wall=wall,
                              drain_timeout=config.shutdown_timeout * 0.75 if drain_timeout is None else drain_timeout)
 
@@ -123,15 +125,22 @@ class OtlpSink:
     # -- encoding ---------------------------------------------------------------------------------
 
     def flush(self) -> list[Payload]:
+        self.state.accept(Batch("tasklens:pull", self.hub.pull(), snapshot=True))
+        self.state.expire()
+        return self._encode(list(self.state.items()), self.state.take_ended())
+
+    def stop_series(self) -> list[Payload]:
+        """On a clean stop: every series ends with a point flagged `NO_RECORDED_VALUE` (OTLP's stale marker)."""
+        return self._encode([], self.state.end_all())
+
+    def _encode(self, items: list[tuple[tuple[str, Any], Series]],
+                ended: list[tuple[tuple[str, Any], Series]]) -> list[Payload]:
         from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
         from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
         from opentelemetry.proto.metrics.v1 import metrics_pb2 as m
 
         now = self.wall()
         now_ns = int(now * 1e9)
-        self.state.accept(Batch("tasklens:pull", self.hub.pull(), snapshot=True))
-        self.state.expire()
-        self.state.take_ended()
         identity = self.hub.identity
         keys = frozenset(k for k, _ in identity.info_tags)
         if keys != self._resource_keys:  # the identity grew (the first ECS poll): attributes are rebuilt
@@ -141,7 +150,10 @@ class OtlpSink:
         kinds: dict[str, Kind] = {}
         temporalities: dict[str, int] = {}
         points = 0
-        for (name, tags), series in list(self.state.items()):
+        no_value = m.DATA_POINT_FLAGS_NO_RECORDED_VALUE_MASK
+        # the ended series that were sent: a flagged point each, so the line ends (a gap, not a flat line)
+        last = [(kv, True) for kv in ended if isinstance(kv[1].cache, tuple)]
+        for ((name, tags), series), stale in [(kv, False) for kv in items] + last:
             iname = instrument_name(name)
             if not iname:
                 self.state.reject("invalid_name")
@@ -170,7 +182,20 @@ class OtlpSink:
             if kind is not Kind.GAUGE and temporalities.setdefault(iname, temporality) != temporality:
                 self.state.reject("type_conflict")  # one metric has one temporality
                 continue
-            if isinstance(value, Histogram):
+            if stale:
+                field = "histogram" if isinstance(value, Histogram) else "sum" if kind is Kind.COUNTER else "gauge"
+                if field != "gauge":
+                    getattr(metric, field).aggregation_temporality = temporality
+                if field == "sum":
+                    metric.sum.is_monotonic = True
+                p = getattr(metric, field).data_points.add()
+                p.CopyFrom(cached[1])
+                if field == "histogram":
+                    del p.explicit_bounds[:]  # no buckets at all: the layout rule allows both empty
+                if field != "gauge":
+                    p.start_time_unix_nano = min(int(series.start * 1e9), now_ns)
+                p.time_unix_nano, p.flags = now_ns, no_value
+            elif isinstance(value, Histogram):
                 counts, total, count = list(value.counts or [0.0] * (len(value.bounds) + 1)), value.total, value.count
                 start = int(series.start * 1e9)
                 if delta:

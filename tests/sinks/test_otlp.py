@@ -127,6 +127,14 @@ async def test_cumulative_export_with_the_ecs_resource_and_valid_points(collecto
         "aws.ecs.task.revision": "7", "aws.ecs.launchtype": "fargate", "team": "payments",
         "telemetry.sdk.name": "tasklens", "telemetry.sdk.version": resource["telemetry.sdk.version"]}
 
+    # a clean stop ends every series: the last request flags each one NO_RECORDED_VALUE (OTLP's stale marker)
+    final = by_name(c.requests[-1])
+    flagged = [p for metric in final.values() for p in getattr(metric, metric.WhichOneof("data")).data_points]
+    assert flagged and all(p.flags == m.DATA_POINT_FLAGS_NO_RECORDED_VALUE_MASK for p in flagged)
+    assert {"orders.processed", "orders.latency", "ecs.task.cpu.utilization_percent"} <= set(final)
+    assert final["orders.processed"].sum.is_monotonic
+    assert not final["orders.latency"].histogram.data_points[0].bucket_counts
+    c.requests.pop()
     starts: dict[Any, int] = {}
     last: dict[Any, float] = {}
     for req in c.requests:

@@ -150,7 +150,8 @@ class EmfSink:
             value = have.get(key)
             if value is None:
                 continue
-            if not value or len(value) > MAX_DIMENSION_VALUE:
+            value = value or "true"  # a bare tag, as on /metrics
+            if len(value) > MAX_DIMENSION_VALUE:
                 return None
             out.append((key, value))
         return tuple(out)

@@ -160,6 +160,27 @@ def parse_str_list(text: str) -> tuple[str, ...]:
     return tuple(v.strip() for v in text.split(",") if v.strip())
 
 
+def parse_headers(text: str) -> tuple[tuple[str, str], ...]:
+    """`Name=value,Name2=value2` (the OTLP header format; values percent-decoded), for headers and attributes."""
+    from urllib.parse import unquote
+
+    out: dict[str, str] = {}
+    for item in text.split(","):
+        if not item.strip():
+            continue
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip() or any(c in key for c in "\r\n:"):
+            raise ValueError("comma-separated name=value pairs, e.g. X-Scope-OrgID=team-a,Authorization=Bearer%20x")
+        out[unquote(key.strip())] = unquote(value.strip())
+    return tuple(out.items())
+
+
+def headers_text(text: str) -> str:
+    """Checked like `parse_headers` but kept as text: a secret setting must be a string to be masked."""
+    parse_headers(text)
+    return text.strip()
+
+
 def parse_choice(*choices: str) -> Callable[[str], str]:
     def parse(text: str) -> str:
         low = text.strip().lower()
@@ -234,6 +255,46 @@ class Config:
     profile_rate: int = setting(100, parse_positive_int, doc="py-spy samples per second")
     profile_window: float = setting(10.0, parse_seconds, doc="seconds per py-spy sampling window")
     profile_match: str = setting("", doc="regex on the command line of processes to profile")
+    # fleet export: remote_write, OTLP/HTTP, CloudWatch EMF (agent/sinks/remote_write.py, otlp.py, emf.py)
+    remote_write_url: str = setting("", parse_http_url, url=True, doc="Prometheus remote_write URL; enables it")
+    remote_write_labels: tuple[tuple[str, str], ...] = setting((), parse_tags, doc="external labels, k:v,k:v")
+    remote_write_username: str = setting("", doc="basic auth user")
+    remote_write_password: str = setting("", secret=True, doc="basic auth password")
+    remote_write_bearer_token: str = setting("", secret=True, doc="Authorization: Bearer token")
+    remote_write_headers: str = setting("", headers_text, secret=True, doc="extra headers, Name=value,Name=value")
+    remote_write_sigv4: str = setting("auto", parse_choice("auto", "on", "off"),
+                                      doc="SigV4 signing; auto: on for aps-workspaces URLs")
+    remote_write_sigv4_region: str = setting("", doc="SigV4 region; else from the URL")
+    remote_write_sigv4_service: str = setting("aps", doc="SigV4 service name")
+    remote_write_interval: float = setting(10.0, parse_seconds, doc="seconds between pushes")
+    remote_write_metrics: tuple[str, ...] = setting(("*",), parse_str_list,
+                                                    doc="Prometheus-style names (fnmatch globs) pushed")
+    remote_write_batch_samples: int = setting(2000, parse_positive_int, doc="samples per request at most")
+    remote_write_buffer_points: int = setting(1_000_000, parse_positive_int, doc="samples kept while the store is down")
+    remote_write_timeout: float = setting(10.0, parse_seconds)
+    otlp_endpoint: str = setting("", parse_http_url, env="OTEL_EXPORTER_OTLP_ENDPOINT", url=True,
+                                 doc="OTLP/HTTP base URL; enables OTLP (+ /v1/metrics)")
+    otlp_metrics_endpoint: str = setting("", parse_http_url, env="OTEL_EXPORTER_OTLP_METRICS_ENDPOINT", url=True,
+                                         doc="OTLP/HTTP metrics URL, used as is")
+    otlp_headers: str = setting("", headers_text, env="OTEL_EXPORTER_OTLP_HEADERS", secret=True)
+    otlp_metrics_headers: str = setting("", headers_text, env="OTEL_EXPORTER_OTLP_METRICS_HEADERS", secret=True)
+    otlp_compression: str = setting("gzip", parse_choice("gzip", "none"), env="OTEL_EXPORTER_OTLP_COMPRESSION")
+    otlp_timeout_ms: float = setting(10000.0, parse_seconds, env="OTEL_EXPORTER_OTLP_TIMEOUT", doc="milliseconds")
+    otlp_interval_ms: float = setting(10000.0, parse_seconds, env="OTEL_METRIC_EXPORT_INTERVAL", doc="milliseconds")
+    otlp_temporality: str = setting("cumulative", parse_choice("cumulative", "delta", "lowmemory"),
+                                    env="OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE")
+    otel_resource_attributes: tuple[tuple[str, str], ...] = setting((), parse_headers, env="OTEL_RESOURCE_ATTRIBUTES")
+    otel_service_name: str = setting("", env="OTEL_SERVICE_NAME")
+    otlp_buffer_points: int = setting(1_000_000, parse_positive_int, doc="points kept while the collector is down")
+    cloudwatch: str = setting("off", parse_choice("off", "emf"), doc="emf: CloudWatch EMF records on stdout")
+    cloudwatch_namespace: str = setting("tasklens", doc="EMF namespace")
+    cloudwatch_metrics: tuple[str, ...] = setting(
+        ("queue_backlog*", "queue_depth", "queue_in_flight", "queue_oldest_age_seconds", "tasklens_scaling_*",
+         "ecs_task_cpu_utilization_percent", "ecs_task_memory_utilization_percent"), parse_str_list,
+        doc="Prometheus-style names (fnmatch globs) sent as EMF")
+    cloudwatch_dimensions: tuple[str, ...] = setting(("ecs_cluster", "service", "queue"), parse_str_list,
+                                                     doc="tags used as EMF dimensions, in order")
+    cloudwatch_interval: float = setting(60.0, parse_seconds, doc="seconds between EMF records")
     # StatsD mapping rules: only from the file (`[[mappings]]`)
     mappings: tuple[dict[str, Any], ...] = ()
 

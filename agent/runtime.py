@@ -9,11 +9,12 @@ within `shutdown_timeout`. What is still running then is cancelled and logged.
 from __future__ import annotations
 
 import asyncio
+import importlib
 import logging
 import os
 import signal
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from aiohttp import web
@@ -29,6 +30,12 @@ from agent.sinks.prometheus import PrometheusSink
 log = logging.getLogger("tasklens")
 MEMORY_RELEASE_EVERY = 30.0  # seconds; a trim with nothing to give back costs well under a millisecond
 MEMORY_CHECK_EVERY = 1.0  # seconds between looks for a burst's second trim (see agent/memory.py)
+# push sinks: name -> (is it configured?, "module:Class" taking (config, hub)); imported only when configured
+SINKS: dict[str, tuple[Callable[[Config], bool], str]] = {
+    "remote_write": (lambda c: bool(c.remote_write_url), "agent.sinks.remote_write:RemoteWriteSink"),
+    "otlp": (lambda c: bool(c.otlp_endpoint or c.otlp_metrics_endpoint), "agent.sinks.otlp:OtlpSink"),
+    "emf": (lambda c: c.cloudwatch == "emf", "agent.sinks.emf:EmfSink"),
+}
 
 
 class Runtime:
@@ -88,6 +95,10 @@ class Runtime:
             from agent.sinks.dogstatsd_forward import DogStatsdForwarder
 
             self.sinks.append(DogStatsdForwarder(config, hub))
+        for configured, target in SINKS.values():
+            if configured(config):
+                module, _, cls = target.partition(":")
+                self.sinks.append(getattr(importlib.import_module(module), cls)(config, hub))
         for sink in self.sinks:
             if sink is not self.prometheus:
                 hub.add_sink(sink)

@@ -67,6 +67,13 @@ locals {
         { containerPort = 9102, protocol = "tcp", name = "tasklens-metrics" },
         { containerPort = 8125, protocol = "udp", name = "tasklens-statsd" },
       ]
+      # pull discovery (docs/export.md): the ECS observers of the ADOT collector and the CloudWatch agent
+      # scrape the containers that carry these labels
+      dockerLabels = {
+        ECS_PROMETHEUS_EXPORTER_PORT = "9102"
+        ECS_PROMETHEUS_METRICS_PATH  = "/metrics"
+        ECS_PROMETHEUS_JOB_NAME      = "tasklens"
+      }
       environment = [for k in sort(keys(local.environment)) : { name = k, value = local.environment[k] }]
       secrets     = local.secrets
       mountPoints = local.socket_mounts

@@ -1,0 +1,172 @@
+"""The current cumulative state of every series, for push sinks whose receivers want cumulative values
+(remote_write, OTLP): what `/metrics` would show, kept between flushes.
+
+Kinds: a gauge keeps its last value; a source's cumulative counter (`*_total`) is kept as is; a StatsD
+count is summed since the series was first seen (as the Prometheus sink does); StatsD histograms, timers
+(in seconds) and distributions become cumulative bucket counts, a sum and a count.
+
+A series *ends* when its snapshot source leaves it out (a container that went away, a queue whose poll
+failed), when it is not updated for `ttl` seconds, or when the sink stops: `take_ended()` hands those
+over once, so a sink can mark them stale (remote_write) instead of letting the line hang flat.
+
+Bad points are dropped alone, counted as `tasklens.sink.points_rejected{sink,reason}`.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+
+from agent.model import Batch, Kind, Points, Sample, Tags
+from agent.selfmetrics import SelfMetrics
+
+Key = tuple[str, Tags]
+
+
+@dataclass(slots=True)
+class Histogram:
+    bounds: tuple[float, ...]
+    counts: list[float] = field(default_factory=list)  # per bucket, not cumulative; the last is +Inf
+    total: float = 0.0
+    count: float = 0.0
+
+    def add(self, points: Points) -> None:
+        if not self.counts:
+            self.counts = [0.0] * (len(self.bounds) + 1)
+        scale = 0.001 if points.milliseconds else 1.0
+        for value, weight in zip(points.values, points.weights):
+            value *= scale
+            self.counts[bisect.bisect_left(self.bounds, value)] += weight
+            self.total += value * weight
+            self.count += weight
+
+    def cumulative(self) -> list[float]:
+        """Counts per `le` bound, the last for +Inf (Prometheus's `_bucket` series)."""
+        out, running = [], 0.0
+        for n in self.counts or [0.0] * (len(self.bounds) + 1):
+            running += n
+            out.append(running)
+        return out
+
+
+@dataclass(slots=True)
+class Series:
+    kind: Kind  # GAUGE, COUNTER (also for summed StatsD counts) or HISTOGRAM
+    value: float | Histogram
+    updated: float  # monotonic
+    start: float  # wall clock: when this stream started (OTLP's start_time_unix_nano)
+    source: str = ""
+    summed: bool = False  # a sum of StatsD counts from 0: its first value is all increase
+    cache: object = None  # a sink's encoded form of the labels, built once per series
+
+
+def _reject_reason(s: Sample) -> str | None:
+    if not s.name:
+        return "invalid_name"
+    v = s.value
+    if isinstance(v, Points):
+        if len(v.values) != len(v.weights):
+            return "invalid_points"
+        if not all(map(math.isfinite, v.values)) or not all(map(math.isfinite, v.weights)):
+            return "not_finite"
+        return None
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return "not_a_number"
+    # NaN would poison a sum, and remote_write reserves one NaN for staleness: no NaN or inf at all
+    return None if math.isfinite(f) else "not_finite"
+
+
+class CumulativeState:
+    def __init__(self, sink: str, metrics: SelfMetrics, buckets: Iterable[float], ttl: float = 300.0,
+                 clock: Callable[[], float] = time.monotonic, wall: Callable[[], float] = time.time) -> None:
+        self.sink = sink
+        self.metrics = metrics
+        self.bounds = tuple(sorted(float(b) for b in buckets))
+        self.ttl = ttl
+        self.clock = clock
+        self.wall = wall
+        self._snapshots: dict[str, dict[Key, Series]] = {}
+        self._series: dict[Key, Series] = {}
+        self._ended: list[tuple[Key, Series]] = []
+
+    def reject(self, reason: str, amount: float = 1.0) -> None:
+        self.metrics.inc("tasklens.sink.points_rejected", amount, sink=self.sink, reason=reason)
+
+    def accept(self, batch: Batch) -> None:
+        now, wall = self.clock(), self.wall()
+        if batch.snapshot:
+            old = self._snapshots.get(batch.source, {})
+            new: dict[Key, Series] = {}
+            for s in batch.samples:
+                reason = "histogram_in_snapshot" if isinstance(s.value, Points) else _reject_reason(s)
+                if reason:
+                    self.reject(reason)
+                    continue
+                key = (s.name, s.tags)
+                entry = old.get(key)
+                kind = Kind.COUNTER if s.kind in (Kind.COUNT, Kind.COUNTER) else Kind.GAUGE
+                number = float(s.value)  # type: ignore[arg-type]  # not Points: checked above
+                if entry is None or entry.kind is not kind or (kind is Kind.COUNTER and number < entry.value):  # type: ignore[operator]
+                    entry = Series(kind, 0.0, now, wall, batch.source)  # new, or a counter reset: a new stream
+                entry.value, entry.updated = number, now
+                new[key] = entry
+            self._ended += [(k, v) for k, v in old.items() if k not in new]
+            self._snapshots[batch.source] = new
+            return
+        series = self._series
+        for s in batch.samples:
+            reason = _reject_reason(s)
+            if reason:
+                self.reject(reason)
+                continue
+            key = (s.name, s.tags)
+            entry = series.get(key)
+            is_points = isinstance(s.value, Points)
+            kind = Kind.HISTOGRAM if is_points else Kind.COUNTER if s.kind in (Kind.COUNT, Kind.COUNTER) else Kind.GAUGE
+            if entry is None or entry.kind is not kind:
+                if entry is not None:
+                    self._ended.append((key, entry))
+                entry = series[key] = Series(kind, Histogram(self.bounds) if is_points else 0.0, now, wall, batch.source,
+                                             summed=s.kind is Kind.COUNT)
+            entry.updated = now
+            value = s.value
+            if isinstance(value, Points):
+                entry.value.add(value)  # type: ignore[union-attr]
+            elif s.kind is Kind.COUNT:
+                entry.value += float(value)  # type: ignore[operator]
+            else:
+                number = float(value)
+                if s.kind is Kind.COUNTER and isinstance(entry.value, float) and number < entry.value:
+                    entry.start = wall  # the source restarted: a new cumulative stream
+                entry.value = number
+
+    def expire(self) -> int:
+        cutoff = self.clock() - self.ttl
+        stale = [k for k, v in self._series.items() if v.updated < cutoff]
+        for key in stale:
+            self._ended.append((key, self._series.pop(key)))
+        return len(stale)
+
+    def items(self) -> Iterator[tuple[Key, Series]]:
+        for snap in self._snapshots.values():
+            yield from snap.items()
+        yield from self._series.items()
+
+    def __len__(self) -> int:
+        return len(self._series) + sum(map(len, self._snapshots.values()))
+
+    def take_ended(self) -> list[tuple[Key, Series]]:
+        ended, self._ended = self._ended, []
+        return ended
+
+    def end_all(self) -> list[tuple[Key, Series]]:
+        """On a clean stop: every series ends now."""
+        ended = self.take_ended() + list(self.items())
+        self._snapshots.clear()
+        self._series.clear()
+        return ended

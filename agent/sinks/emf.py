@@ -1,0 +1,236 @@
+"""CloudWatch Embedded Metric Format sink: chosen metrics as EMF JSON lines on stdout, which the task's
+`awslogs` log group turns into CloudWatch metrics (no API calls, no credentials in the sidecar).
+
+Enabled by `TASKLENS_CLOUDWATCH=emf`. Every `TASKLENS_CLOUDWATCH_INTERVAL` seconds (default 60) it writes
+one document per dimension set:
+- metrics: the series whose Prometheus-style name (as on `/metrics`: `queue_depth`, counters `*_total`)
+  matches one of the `TASKLENS_CLOUDWATCH_METRICS` globs; the EMF metric name is that name;
+- dimensions: the series' tags restricted to `TASKLENS_CLOUDWATCH_DIMENSIONS` (default
+  `ecs_cluster,service,queue`), in that order; series with the same dimension values share a document;
+- values: a gauge's last value; a counter's increase over the interval (a StatsD count's sum, a
+  cumulative counter's difference), since CloudWatch aggregates per period; several series of one name
+  in a document (two containers) give an array of values, as EMF allows;
+- `_aws.Timestamp`: set explicitly to the middle of the interval the values describe, so that a
+  60-second record lands inside the minute it covers, not on the next minute's boundary.
+Limits (EMF specification): at most 100 metrics per directive and 100 values per metric (larger
+documents are split), at most 9 dimension keys (the older, stricter limit), dimension values of 1 to
+1,024 characters, a document at most 256 KB (the older event limit; today's is 1 MB).
+Histograms are not sent (CloudWatch would need every value); use remote_write or OTLP for them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fnmatch
+import json
+import re
+import sys
+import time
+from collections.abc import Callable
+from typing import IO, Any
+
+from agent.config import Config, ConfigError
+from agent.hub import Hub
+from agent.logs import RateLimitedLog
+from agent.model import Batch, Kind, Tags
+from agent.sinks.cumulative import CumulativeState, Histogram, Series
+from agent.sinks.deltas import CounterDeltas
+from agent.sinks.prometheus import metric_name
+from agent.sinks.push import next_tick
+
+NAME = "emf"
+MAX_METRICS = 100
+MAX_VALUES = 100
+MAX_DIMENSIONS = 9
+MAX_DIMENSION_VALUE = 1024
+MAX_BYTES = 256 * 1024
+_UNITS = (("_percent", "Percent"), ("_bytes", "Bytes"), ("_seconds", "Seconds"), ("_total", "Count"))
+_GLOB = re.compile(r"^[a-zA-Z0-9_:*?\[\]!]+$")
+
+
+def unit_of(name: str) -> str:
+    for suffix, unit in _UNITS:
+        if name.endswith(suffix):
+            return unit
+    return "None"
+
+
+def prometheus_name(name: str, kind: Kind) -> str:
+    pname = metric_name(name)
+    if kind is Kind.COUNTER and not pname.endswith("_total"):
+        return pname + "_total"
+    return pname
+
+
+class EmfSink:
+    name = NAME
+
+    def __init__(self, config: Config, hub: Hub, *, stream: IO[str] | None = None,
+                 wall: Callable[[], float] = time.time) -> None:
+        if len(config.cloudwatch_dimensions) > MAX_DIMENSIONS:
+            raise ConfigError(f"TASKLENS_CLOUDWATCH_DIMENSIONS names {len(config.cloudwatch_dimensions)} keys: "
+                              f"EMF allows at most {MAX_DIMENSIONS}")
+        bad = [g for g in config.cloudwatch_metrics if not _GLOB.match(g)]
+        if bad:
+            raise ConfigError(f"TASKLENS_CLOUDWATCH_METRICS={','.join(bad)!r} is invalid: expected Prometheus-style "
+                              "names or globs, e.g. queue_depth,ecs_task_*")
+        if not config.cloudwatch_namespace or len(config.cloudwatch_namespace) > 255 \
+                or config.cloudwatch_namespace.startswith(":"):
+            raise ConfigError("TASKLENS_CLOUDWATCH_NAMESPACE must be 1-255 characters, not starting with ':'")
+        self.hub = hub
+        self.metrics = hub.metrics
+        self.namespace = config.cloudwatch_namespace
+        self.patterns = config.cloudwatch_metrics
+        self.dimensions = config.cloudwatch_dimensions
+        self.interval = config.cloudwatch_interval
+        self.stream = stream
+        self.wall = wall
+        # a long TTL: a series is sent while it lives; snapshots end theirs themselves
+        self.state = CumulativeState(NAME, hub.metrics, (), max(config.prometheus_ttl, 2 * self.interval), wall=wall)
+        self._deltas = CounterDeltas()
+        self._selected: dict[str, bool] = {}
+        self._log = RateLimitedLog(interval=60.0)
+
+    def accept(self, batch: Batch) -> None:
+        self.state.accept(batch)
+
+    def selected(self, pname: str) -> bool:
+        hit = self._selected.get(pname)
+        if hit is None:
+            if len(self._selected) > 100_000:
+                self._selected.clear()
+            hit = self._selected[pname] = any(fnmatch.fnmatchcase(pname, p) for p in self.patterns)
+        return hit
+
+    # -- one emission --------------------------------------------------------------------------------
+
+    def documents(self, boundary: float) -> list[dict[str, Any]]:
+        """The EMF documents for the interval that ended at `boundary` (wall clock, seconds)."""
+        self.state.accept(Batch("tasklens:pull", self.hub.pull(), snapshot=True))
+        self.state.expire()
+        self.state.take_ended()
+        groups: dict[tuple[tuple[str, str], ...], dict[str, list[float]]] = {}
+        for (name, tags), series in list(self.state.items()):
+            if isinstance(series.value, Histogram):
+                continue
+            pname = prometheus_name(name, series.kind)
+            if not self.selected(pname):
+                continue
+            value = self._value(pname, tags, series, boundary)
+            if value is None:
+                continue
+            dims = self._dimensions(tags)
+            if dims is None:
+                self.state.reject("invalid_dimension")
+                continue
+            groups.setdefault(dims, {}).setdefault(pname, []).append(value)
+        self._deltas.prune(boundary - 3 * self.interval)
+        # explicitly inside the period the values describe (its middle), never on the next boundary
+        timestamp = int((boundary - self.interval / 2) * 1000)
+        docs: list[dict[str, Any]] = []
+        for dims, by_name in groups.items():
+            docs += self._split(timestamp, dims, by_name)
+        return docs
+
+    def _value(self, pname: str, tags: Tags, series: Series, now: float) -> float | None:
+        value = float(series.value)  # type: ignore[arg-type]
+        if series.kind is not Kind.COUNTER:
+            return value
+        # counters: the increase since the last record (none for a source's counter first seen or reset;
+        # a StatsD count summed from 0 is all increase)
+        delta = self._deltas.update((pname, tags), value, now)
+        if delta is None and series.summed:
+            return value
+        return delta
+
+    def _dimensions(self, tags: Tags) -> tuple[tuple[str, str], ...] | None:
+        have = dict(tags)
+        out = []
+        for key in self.dimensions:
+            value = have.get(key)
+            if value is None:
+                continue
+            value = value or "true"  # a bare tag, as on /metrics
+            if len(value) > MAX_DIMENSION_VALUE:
+                return None
+            out.append((key, value))
+        return tuple(out)
+
+    def _split(self, timestamp: int, dims: tuple[tuple[str, str], ...],
+               by_name: dict[str, list[float]]) -> list[dict[str, Any]]:
+        """Documents within the limits: ≤100 metrics, ≤100 values each, ≤256 KB."""
+        chunks: list[list[tuple[str, list[float]]]] = [[]]
+        pending = [(n, vs[i:i + MAX_VALUES]) for n, vs in by_name.items() for i in range(0, len(vs), MAX_VALUES)]
+        for name, values in pending:
+            # a name appears once per document: its second slice of 100 values goes to another document
+            target = next((c for c in chunks if len(c) < MAX_METRICS and all(n != name for n, _ in c)), None)
+            if target is None:
+                target = []
+                chunks.append(target)
+            target.append((name, values))
+        docs = []
+        for chunk in chunks:
+            if chunk:
+                docs += self._fit(timestamp, dims, chunk)
+        return docs
+
+    def _fit(self, timestamp: int, dims: tuple[tuple[str, str], ...],
+             chunk: list[tuple[str, list[float]]]) -> list[dict[str, Any]]:
+        doc: dict[str, Any] = {
+            "_aws": {"Timestamp": timestamp, "CloudWatchMetrics": [{
+                "Namespace": self.namespace,
+                "Dimensions": [[k for k, _ in dims]],
+                "Metrics": [{"Name": n, "Unit": unit_of(n)} for n, _ in chunk],
+            }]},
+            **dict(dims),
+            **{n: (vs[0] if len(vs) == 1 else vs) for n, vs in chunk},
+        }
+        if len(json.dumps(doc)) <= MAX_BYTES or len(chunk) == 1:
+            return [doc]
+        half = len(chunk) // 2
+        return self._fit(timestamp, dims, chunk[:half]) + self._fit(timestamp, dims, chunk[half:])
+
+    def render(self, boundary: float) -> tuple[str, int, int]:
+        """(the JSON lines, records, metrics) for the interval that ended at `boundary`."""
+        docs = self.documents(boundary)
+        lines = "".join(json.dumps(d, separators=(",", ":"), allow_nan=False) + "\n" for d in docs)
+        return lines, len(docs), sum(len(d["_aws"]["CloudWatchMetrics"][0]["Metrics"]) for d in docs)
+
+    def write(self, lines: str, records: int, metrics: int) -> int:
+        out = self.stream or sys.stdout
+        try:
+            out.write(lines)
+            out.flush()
+        except (OSError, ValueError) as exc:  # a closed stdout must not stop the sidecar
+            self.metrics.inc("tasklens.exporter.points_dropped", metrics, exporter=NAME, reason="write_error")
+            self._log.error("emf:write", "emf: cannot write to stdout: %r", exc)
+            return 0
+        self.metrics.inc("tasklens.exporter.points_sent", metrics, exporter=NAME)
+        self.metrics.inc("tasklens.exporter.submissions", records, exporter=NAME, status="ok")
+        return records
+
+    def emit(self, boundary: float) -> int:
+        """Render and write one interval's records; returns how many were written."""
+        return self.write(*self.render(boundary))
+
+    async def run(self, stop: asyncio.Event) -> None:
+        due = next_tick(self.wall(), self.interval)
+        while True:
+            try:
+                await asyncio.wait_for(stop.wait(), timeout=max(0.0, due - self.wall()))
+            except TimeoutError:
+                pass
+            offset = min(1.0, self.interval / 10)
+            # the boundary the values belong to: the tick less its offset (or now, for the final record)
+            rendered = self.render(due - offset if not stop.is_set() else self.wall())
+            # in a thread: with the awslogs driver's default blocking mode a slow log stream blocks writes
+            # to stdout, which must never stall the event loop (StatsD, the other sinks)
+            await asyncio.to_thread(self.write, *rendered)
+            if stop.is_set():
+                return
+            due = next_tick(max(self.wall(), due), self.interval)
+
+    def status(self) -> dict[str, Any]:
+        return {"namespace": self.namespace, "interval_seconds": self.interval, "metrics": list(self.patterns),
+                "dimensions": list(self.dimensions),
+                "records": self.metrics.get("tasklens.exporter.submissions", exporter=NAME, status="ok")}

@@ -1,0 +1,302 @@
+"""OTLP/HTTP metrics sink: everything the hub sees, as OTLP protobuf to an OpenTelemetry Collector or any
+OTLP backend, with the ECS resource attributes of the OpenTelemetry semantic conventions.
+
+Enabled by `OTEL_EXPORTER_OTLP_ENDPOINT` (`/v1/metrics` is appended) or
+`OTEL_EXPORTER_OTLP_METRICS_ENDPOINT` (used as is); headers, compression (gzip by default), timeout
+(milliseconds) and temporality preference follow the standard variables.
+
+Mapping (the OpenTelemetry Prometheus compatibility rules, reversed):
+- the task's identity is the *resource* (`service.name`, `cloud.platform=aws_ecs`, `aws.ecs.task.arn`,
+  ...); a point's attributes are its own tags (`container_name`, `queue`, StatsD tags);
+- gauges -> Gauge; source counters and StatsD counts -> monotonic Sum, cumulative (start time = when
+  the stream started; a reset starts a new one) or delta on request: `delta` for every counter and
+  histogram, `lowmemory` for the synchronous ones only (StatsD counts and histograms; a source's own
+  cumulative counter, an asynchronous counter in OpenTelemetry's terms, stays cumulative);
+- StatsD histograms, timers (seconds) and distributions -> explicit-bucket Histogram on the configured
+  Prometheus buckets: the same layout as `/metrics` and remote_write, so every path agrees (an exponential
+  histogram would need a second bucket scheme); StatsD sets arrive as gauges already.
+A series that ends, and every series on a clean stop, gets a point flagged NO_RECORDED_VALUE (the OTLP
+analogue of remote_write's stale marker). Retries follow the OTLP/HTTP specification: 429, 502, 503, 504 (honouring `Retry-After`), timeouts and
+connection errors; anything else is dropped and counted. A partial success is logged and counted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import logging
+import re
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from agent import __version__
+from agent.config import Config, mask_url, parse_headers
+from agent.hub import Hub
+from agent.identity import Identity
+from agent.logs import RateLimitedLog
+from agent.model import Batch, Kind
+from agent.sinks.cumulative import CumulativeState, Histogram, Series
+from agent.sinks.push import Outcome, Payload, Pusher, post
+
+if TYPE_CHECKING:
+    import aiohttp
+
+log = logging.getLogger("tasklens.otlp")
+
+NAME = "otlp"
+RETRYABLE = frozenset({429, 502, 503, 504})
+_BAD_NAME = re.compile(r"[^A-Za-z0-9_.\-/]")
+MAX_POINTS_PER_REQUEST = 10_000
+
+
+def metrics_url(config: Config) -> str:
+    if config.otlp_metrics_endpoint:
+        return config.otlp_metrics_endpoint
+    return config.otlp_endpoint.rstrip("/") + "/v1/metrics"
+
+
+def instrument_name(name: str) -> str:
+    """OTLP instrument names: ASCII letters first, then `[A-Za-z0-9_.-/]`, at most 255 characters."""
+    out = _BAD_NAME.sub("_", name)[:255]
+    return out if out[:1].isalpha() else ("m" + out)[:255] if out else ""
+
+
+def resource_attributes(identity: Identity, config: Config) -> dict[str, str]:
+    """The ECS resource per the semantic conventions (what the Collector's `ecs` detector derives)."""
+    attrs: dict[str, str] = {}
+    arn = identity.task_arn
+    parts = arn.split(":")
+    if arn and len(parts) > 5:
+        region, account = parts[3], parts[4]
+        attrs.update({"cloud.provider": "aws", "cloud.platform": "aws_ecs", "cloud.region": region,
+                      "cloud.account.id": account, "aws.ecs.task.arn": arn, "aws.ecs.task.id": identity.task_id})
+        if identity.ecs_cluster:
+            attrs["aws.ecs.cluster.arn"] = f"arn:aws:ecs:{region}:{account}:cluster/{identity.ecs_cluster}"
+    for key, value in (("cloud.availability_zone", identity.availability_zone),
+                       ("aws.ecs.task.family", identity.task_family),
+                       ("aws.ecs.task.revision", identity.task_revision),
+                       ("aws.ecs.launchtype", identity.launch_type.lower()),
+                       ("service.version", identity.version),
+                       ("deployment.environment.name", identity.env)):
+        if value:
+            attrs[key] = value
+    attrs["service.name"] = identity.service
+    attrs["telemetry.sdk.name"] = "tasklens"
+    attrs["telemetry.sdk.version"] = __version__
+    attrs.update(dict(config.otel_resource_attributes))  # the user's word wins
+    if config.otel_service_name:
+        attrs["service.name"] = config.otel_service_name
+    return attrs
+
+
+class OtlpSink:
+    name = NAME
+
+    def __init__(self, config: Config, hub: Hub, *, wall: Callable[[], float] = time.time,
+                 drain_timeout: float | None = None) -> None:
+        self.config = config
+        self.hub = hub
+        self.url = metrics_url(config)
+        self.wall = wall
+        self.temporality = config.otlp_temporality
+        self.gzip = config.otlp_compression == "gzip"
+        self.state = CumulativeState(NAME, hub.metrics, config.histogram_buckets, config.prometheus_ttl, wall=wall)
+        self._last: dict[tuple[str, Any], tuple[int, Any]] = {}  # delta mode: previous (time, value) per stream
+        self._log = RateLimitedLog(log, interval=60.0)
+        self._resource_keys: frozenset[str] = frozenset()
+        headers = dict(parse_headers(config.otlp_headers))
+        headers.update(parse_headers(config.otlp_metrics_headers))
+        headers.update({"Content-Type": "application/x-protobuf", "User-Agent": f"tasklens/{__version__}"})
+        if self.gzip:
+            headers["Content-Encoding"] = "gzip"
+        self.headers = headers
+        self.pusher = Pusher(NAME, hub.metrics, flush=self.flush, send=self._send, on_stop=self.stop_series,
+                             interval=config.otlp_interval_ms / 1000,
+                             max_points=config.otlp_buffer_points, timeout=config.otlp_timeout_ms / 1000, wall=wall,
+                             drain_timeout=config.shutdown_timeout * 0.75 if drain_timeout is None else drain_timeout)
+
+    def __repr__(self) -> str:
+        return f"OtlpSink(url={mask_url(self.url)!r})"
+
+    def accept(self, batch: Batch) -> None:
+        self.state.accept(batch)
+
+    # -- encoding ---------------------------------------------------------------------------------
+
+    def flush(self) -> list[Payload]:
+        self.state.accept(Batch("tasklens:pull", self.hub.pull(), snapshot=True))
+        self.state.expire()
+        return self._encode(list(self.state.items()), self.state.take_ended())
+
+    def stop_series(self) -> list[Payload]:
+        """On a clean stop: every series ends with a point flagged `NO_RECORDED_VALUE` (OTLP's stale marker)."""
+        return self._encode([], self.state.end_all())
+
+    def _encode(self, items: list[tuple[tuple[str, Any], Series]],
+                ended: list[tuple[tuple[str, Any], Series]]) -> list[Payload]:
+        from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
+        from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
+        from opentelemetry.proto.metrics.v1 import metrics_pb2 as m
+
+        now = self.wall()
+        now_ns = int(now * 1e9)
+        identity = self.hub.identity
+        keys = frozenset(k for k, _ in identity.info_tags)
+        if keys != self._resource_keys:  # the identity grew (the first ECS poll): attributes are rebuilt
+            self._resource_keys = keys
+        resource_keys = self._resource_keys
+        metrics: dict[str, Any] = {}
+        kinds: dict[str, Kind] = {}
+        temporalities: dict[str, int] = {}
+        points = 0
+        no_value = m.DATA_POINT_FLAGS_NO_RECORDED_VALUE_MASK
+        # the ended series that were sent: a flagged point each, so the line ends (a gap, not a flat line)
+        last = [(kv, True) for kv in ended if isinstance(kv[1].cache, tuple)]
+        for ((name, tags), series), stale in [(kv, False) for kv in items] + last:
+            iname = instrument_name(name)
+            if not iname:
+                self.state.reject("invalid_name")
+                continue
+            kind = series.kind
+            if kinds.setdefault(iname, kind) is not kind:
+                self.state.reject("type_conflict")  # one instrument has one type
+                continue
+            metric = metrics.get(iname)
+            if metric is None:
+                metric = metrics[iname] = m.Metric(name=iname)
+            value = series.value
+            # the point's attributes are built once per series, into a template copied each flush (5x cheaper)
+            cached = series.cache
+            if not isinstance(cached, tuple) or cached[0] is not resource_keys:
+                template = (m.HistogramDataPoint if isinstance(value, Histogram) else m.NumberDataPoint)(
+                    attributes=[KeyValue(key=k, value=AnyValue(string_value=v or "true"))
+                                for k, v in tags if k not in resource_keys])
+                if isinstance(value, Histogram):
+                    template.explicit_bounds.extend(value.bounds)
+                cached = series.cache = (resource_keys, template)
+            # delta: every counter and histogram; lowmemory: the synchronous ones (StatsD counts, histograms)
+            delta = self.temporality == "delta" or (self.temporality == "lowmemory"
+                                                    and (series.summed or isinstance(value, Histogram)))
+            temporality = m.AGGREGATION_TEMPORALITY_DELTA if delta else m.AGGREGATION_TEMPORALITY_CUMULATIVE
+            if kind is not Kind.GAUGE and temporalities.setdefault(iname, temporality) != temporality:
+                self.state.reject("type_conflict")  # one metric has one temporality
+                continue
+            if stale:
+                field = "histogram" if isinstance(value, Histogram) else "sum" if kind is Kind.COUNTER else "gauge"
+                if field != "gauge":
+                    getattr(metric, field).aggregation_temporality = temporality
+                if field == "sum":
+                    metric.sum.is_monotonic = True
+                p = getattr(metric, field).data_points.add()
+                p.CopyFrom(cached[1])
+                if field == "histogram":
+                    del p.explicit_bounds[:]  # no buckets at all: the layout rule allows both empty
+                if field != "gauge":
+                    p.start_time_unix_nano = min(int(series.start * 1e9), now_ns)
+                p.time_unix_nano, p.flags = now_ns, no_value
+            elif isinstance(value, Histogram):
+                counts, total, count = list(value.counts or [0.0] * (len(value.bounds) + 1)), value.total, value.count
+                start = int(series.start * 1e9)
+                if delta:
+                    start, (counts, total, count) = self._delta(name, tags, now_ns, start, (counts, total, count))
+                metric.histogram.aggregation_temporality = temporality
+                buckets = [round(c) for c in counts]  # uint64: weighted (sampled) counts are rounded per bucket,
+                hp = metric.histogram.data_points.add()  # and the count is their sum, so the two always agree
+                hp.CopyFrom(cached[1])
+                hp.start_time_unix_nano, hp.time_unix_nano = min(start, now_ns), now_ns
+                hp.count, hp.sum = sum(buckets), total
+                hp.bucket_counts.extend(buckets)
+            elif kind is Kind.COUNTER:
+                start, v = int(series.start * 1e9), float(value)
+                if delta:
+                    start, v = self._delta(name, tags, now_ns, start, v, summed=series.summed)
+                metric.sum.aggregation_temporality = temporality
+                metric.sum.is_monotonic = True
+                dp = metric.sum.data_points.add()
+                dp.CopyFrom(cached[1])
+                dp.start_time_unix_nano, dp.time_unix_nano, dp.as_double = min(start, now_ns), now_ns, v
+            else:
+                dp = metric.gauge.data_points.add()
+                dp.CopyFrom(cached[1])
+                dp.time_unix_nano, dp.as_double = now_ns, float(value)
+            points += 1
+        if not metrics:
+            return []
+        resource = [KeyValue(key=k, value=AnyValue(string_value=v))
+                    for k, v in resource_attributes(identity, self.config).items()]
+        payloads = []
+        chunk: list[Any] = []
+        chunk_points = 0
+        for metric in metrics.values():
+            chunk.append(metric)
+            chunk_points += len(_points_of(metric))
+            if chunk_points >= MAX_POINTS_PER_REQUEST:
+                payloads.append(self._payload(ExportMetricsServiceRequest, resource, chunk, chunk_points, now))
+                chunk, chunk_points = [], 0
+        if chunk:
+            payloads.append(self._payload(ExportMetricsServiceRequest, resource, chunk, chunk_points, now))
+        return payloads
+
+    def _delta(self, name: str, tags: Any, now_ns: int, start: int, value: Any,
+               summed: bool = False) -> tuple[int, Any]:
+        """Delta temporality: the change since the previous export; start = the previous export's time."""
+        key = (name, tags)
+        previous = self._last.get(key)
+        self._last[key] = (now_ns, value)
+        if isinstance(value, tuple):  # a histogram: (counts, total, count)
+            if previous is None or previous[1][2] > value[2]:
+                return start, value
+            pc, pt, pn = previous[1]
+            return previous[0], ([a - b for a, b in zip(value[0], pc)], value[1] - pt, value[2] - pn)
+        if previous is None or previous[1] > value:
+            return (start, value) if summed or previous is not None else (now_ns, 0.0)
+        return previous[0], value - previous[1]
+
+    def _payload(self, request_cls: Any, resource: Any, metrics: list[Any], points: int, now: float) -> Payload:
+        from opentelemetry.proto.common.v1.common_pb2 import InstrumentationScope
+        from opentelemetry.proto.metrics.v1.metrics_pb2 import ResourceMetrics, ScopeMetrics
+        from opentelemetry.proto.resource.v1.resource_pb2 import Resource
+
+        request = request_cls(resource_metrics=[ResourceMetrics(
+            resource=Resource(attributes=resource),
+            scope_metrics=[ScopeMetrics(scope=InstrumentationScope(name="tasklens", version=__version__),
+                                        metrics=metrics)],
+        )])
+        body = request.SerializeToString()
+        return Payload(gzip.compress(body, 6) if self.gzip else body, points, now + 3600)
+
+    # -- delivery ---------------------------------------------------------------------------------
+
+    def _partial(self, body: bytes) -> None:
+        from google.protobuf.message import DecodeError
+        from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceResponse
+
+        response = ExportMetricsServiceResponse()
+        try:
+            response.ParseFromString(body)
+        except DecodeError:  # the spec asks receivers for a protobuf body; a bad one is not our loss
+            return
+        rejected = response.partial_success.rejected_data_points
+        if rejected or response.partial_success.error_message:
+            self.hub.metrics.inc("tasklens.exporter.points_failed", rejected, exporter=NAME, reason="partial_success")
+            self._log.warning("partial", "otlp: the receiver rejected %d points: %s", rejected,
+                              response.partial_success.error_message[:300])
+
+    async def _send(self, session: aiohttp.ClientSession, payload: Payload, timeout: float) -> Outcome:
+        return await post(session, self.url, payload, timeout, self.headers, retryable=RETRYABLE, on_ok=self._partial)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        import aiohttp
+
+        async with aiohttp.ClientSession(trust_env=True) as session:
+            await self.pusher.run(stop, session)
+
+    def status(self) -> dict[str, Any]:
+        return {"url": mask_url(self.url), "temporality": self.temporality,
+                "series": len(self.state), **self.pusher.status()}
+
+
+def _points_of(metric: Any) -> Any:
+    field = metric.WhichOneof("data")
+    return getattr(metric, field).data_points if field else []

@@ -1,0 +1,128 @@
+"""The shared push helper (agent/sinks/push.py) on its own: the retry rule, Retry-After, expiry and the
+drain deadline, against a loopback HTTP server."""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import logging
+import time
+from collections.abc import AsyncIterator
+
+import aiohttp
+import pytest
+from aiohttp import web
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from agent.selfmetrics import SelfMetrics
+from agent.sinks.push import MAX_RETRY_AFTER, Payload, Pusher, classify, post, retry_after
+from tests.conftest import serve_app
+from tests.sinks.stores import until
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.one_of(st.text(max_size=40), st.floats().map(str), st.integers(-10**9, 10**9).map(str)))
+def test_retry_after_is_none_or_a_bounded_wait_for_any_text(text: str) -> None:
+    wait = retry_after(text)
+    assert wait is None or 0.0 <= wait <= MAX_RETRY_AFTER
+
+
+def test_retry_after_reads_seconds_and_http_dates() -> None:
+    assert retry_after("7") == 7.0
+    assert retry_after("100000") == MAX_RETRY_AFTER
+    now = time.time()
+    assert retry_after(email.utils.formatdate(now + 30, usegmt=True), now) == pytest.approx(30, abs=1)
+    assert retry_after("soon") is None and retry_after(None) is None
+
+
+@pytest.mark.parametrize(("status", "kind"), [(200, "ok"), (204, "ok"), (400, "reject"), (401, "reject"),
+                                              (403, "reject"), (404, "reject"), (408, "retry"), (413, "reject"),
+                                              (429, "retry"), (500, "retry"), (503, "retry")])
+def test_the_default_retry_rule(status: int, kind: str) -> None:
+    assert classify(status, {}, b"").kind == kind
+
+
+def test_a_receiver_specific_retry_rule() -> None:
+    otlp = frozenset({429, 502, 503, 504})
+    assert classify(500, {}, b"", otlp).kind == "reject" and classify(502, {}, b"", otlp).kind == "retry"
+
+
+class Server:
+    def __init__(self) -> None:
+        self.status = 204
+        self.hits = 0
+        self.hang = False
+
+    async def handle(self, request: web.Request) -> web.Response:
+        self.hits += 1
+        await request.read()
+        if self.hang:
+            await asyncio.sleep(30)
+        return web.Response(status=self.status)
+
+
+@pytest.fixture
+async def server() -> AsyncIterator[tuple[Server, str]]:
+    s = Server()
+    app = web.Application()
+    app.router.add_post("/", s.handle)
+    runner, url = await serve_app(app)
+    yield s, url + "/"
+    await runner.cleanup()
+
+
+def pusher(url: str, metrics: SelfMetrics, **options: float) -> Pusher:
+    async def send(session: aiohttp.ClientSession, payload: Payload, timeout: float):  # type: ignore[no-untyped-def]
+        return await post(session, url, payload, timeout)
+
+    return Pusher("test", metrics, flush=list, send=send, interval=60.0, max_points=100,
+                  **{"timeout": 1.0, "drain_timeout": 0.5, "backoff_base": 0.02, "backoff_max": 0.05, **options})
+
+
+async def test_a_store_that_stays_down_is_given_up_at_the_drain_deadline(
+        server: tuple[Server, str], caplog: pytest.LogCaptureFixture) -> None:
+    srv, url = server
+    srv.status = 503
+    metrics = SelfMetrics()
+    p = pusher(url, metrics)
+    p.put([Payload(b"x", 5), Payload(b"y", 7)])
+    stop = asyncio.Event()
+    stop.set()
+    started = time.monotonic()
+    async with aiohttp.ClientSession() as session:
+        with caplog.at_level(logging.ERROR, "tasklens.push"):
+            await p.run(stop, session)
+    assert time.monotonic() - started < 3.0
+    assert metrics.get("tasklens.exporter.points_dropped", exporter="test", reason="shutdown") == 12
+    assert srv.hits >= 2 and p.pending == 0
+    assert any("12 points could not be delivered" in r.message for r in caplog.records)
+
+
+async def test_a_hanging_store_times_out_and_is_retried(server: tuple[Server, str]) -> None:
+    srv, url = server
+    srv.hang = True
+    metrics = SelfMetrics()
+    p = pusher(url, metrics, timeout=0.2)
+    p.put([Payload(b"x", 1)])
+    async with aiohttp.ClientSession() as session:
+        sender = asyncio.create_task(p._send_loop(session))
+        await until(lambda: metrics.get("tasklens.exporter.submissions", exporter="test", status="timeout") >= 2,
+                    10, "two timeouts")
+        srv.hang = False
+        await until(lambda: metrics.get("tasklens.exporter.points_sent", exporter="test") == 1, 10, "delivery")
+        sender.cancel()
+
+
+async def test_expired_payloads_are_dropped_not_sent(server: tuple[Server, str]) -> None:
+    srv, url = server
+    metrics = SelfMetrics()
+    p = pusher(url, metrics)
+    p.put([Payload(b"old", 3, expires=time.time() - 1), Payload(b"new", 2)])
+    stop = asyncio.Event()
+    stop.set()
+    async with aiohttp.ClientSession() as session:
+        await p.run(stop, session)
+    assert srv.hits == 1
+    assert metrics.get("tasklens.exporter.points_dropped", exporter="test", reason="expired") == 3
+    assert metrics.get("tasklens.exporter.points_sent", exporter="test") == 2

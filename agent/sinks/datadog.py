@@ -44,7 +44,7 @@ from agent import __version__
 from agent.config import Config, mask_url
 from agent.hub import Hub
 from agent.logs import RateLimitedLog
-from agent.model import Batch, Kind, Points, Sample, Tags
+from agent.model import Batch, Event, Kind, Points, Sample, ServiceCheck, Tags
 from agent.redact import Redactor, config_secrets
 from agent.selfmetrics import SelfMetrics
 from agent.sinks import datadog_series as dd
@@ -154,14 +154,14 @@ class DatadogSink:
             self._add_one(sample, now)
         # each object alone: one the intake would refuse, or one that breaks the code, costs only itself
         for e in batch.events:
-            self._keep_object(self._events, self._event_stamps, e, lambda: dd.event(e, now), "date_happened")
+            self._keep_object(self._events, self._event_stamps, dd.event, e, now, "date_happened")
         for c in batch.service_checks:
-            self._keep_object(self._checks, self._check_stamps, c, lambda: dd.service_check(c, now), "timestamp")
+            self._keep_object(self._checks, self._check_stamps, dd.service_check, c, now, "timestamp")
 
-    def _keep_object(self, into: list[bytes], stamps: list[float], what: object,
-                     build: Callable[[], dict[str, Any]], stamp_key: str) -> None:
+    def _keep_object(self, into: list[bytes], stamps: list[float], build: Callable[[Any, float], dict[str, Any]],
+                     what: Event | ServiceCheck, now: float, stamp_key: str) -> None:
         try:
-            obj = build()
+            obj = build(what, now)
             body = dd.dumps(obj)
         except dd.Rejected as exc:
             self._reject(exc.reason, 1, str(exc))
@@ -179,18 +179,32 @@ class DatadogSink:
         try:
             self._add(sample, now)
         except dd.Rejected as exc:
-            self._reject(exc.reason, 1, str(exc))
+            self._reject(exc.reason, self._points_of(sample), str(exc))
         except Exception as exc:  # noqa: BLE001 - one bad sample never costs the batch
-            self._reject("invalid", 1, f"sample {str(sample.name)[:100]!r}: {exc!r}")
+            self._reject("invalid", self._points_of(sample), f"sample {str(sample.name)[:100]!r}: {exc!r}")
+
+    def _points_of(self, s: Sample) -> int:
+        """The points a sample becomes: what rejecting it whole counts."""
+        try:
+            if isinstance(s.value, Points):
+                if s.kind is Kind.DISTRIBUTION:
+                    return len(s.value.values)
+                return self._per_histogram if len(s.value.values) else 0
+        except Exception:  # noqa: BLE001 - a malformed value counts as one
+            pass
+        return 1
 
     def _add(self, s: Sample, now: float) -> None:
         name = dd.metric_name(s.name)
         if not name:
-            self._reject("invalid_name", 1, f"no letter to start the name {s.name[:100]!r}")
+            self._reject("invalid_name", self._points_of(s), f"no letter to start the name {s.name[:100]!r}")
             return
         ts = s.timestamp if s.timestamp is not None else now
         if not dd.in_window(ts, now, dd.SERIES_WINDOW, self._margin):
-            self._reject("timestamp_out_of_range", 1, f"{name[:100]!r} at {ts!r}")
+            self._reject("timestamp_out_of_range", self._points_of(s), f"{name[:100]!r} at {ts!r}")
+            return
+        if s.interval is not None and not 0 <= s.interval <= dd.MAX_INTERVAL:  # NaN too; 0: the flush interval
+            self._reject("invalid", self._points_of(s), f"{name[:100]!r} over an interval of {s.interval!r} s")
             return
         value = s.value
         if isinstance(value, Points):
@@ -220,8 +234,7 @@ class DatadogSink:
         if (len(value.values) != len(value.weights) or not all(map(math.isfinite, value.values))
                 or not all(math.isfinite(w) and w > 0 for w in value.weights)):
             # JSON has no NaN; a weight per value, finite (a denormal sample rate gives an infinite one)
-            self._reject("not_finite", len(value.values) if s.kind is Kind.DISTRIBUTION else self._per_histogram,
-                         f"{name[:100]!r}: a value or weight is not finite")
+            self._reject("not_finite", self._points_of(s), f"{name[:100]!r}: a value or weight is not finite")
             return
         if s.kind is Kind.DISTRIBUTION:
             if len(name) > dd.MAX_NAME:
@@ -476,6 +489,10 @@ class DatadogSink:
             self._log.error(f"http_{code}", "datadog: the intake refused a payload to %s (HTTP %d: %s); "
                             "%d points dropped, not retried", payload.path, code, detail, payload.points)
         raise _Rejected(f"http_{code}")
+
+    def pending(self) -> list[dd.Payload]:
+        """The payloads waiting for the intake, oldest first (not the one in flight)."""
+        return list(self._buffer)
 
     # -- /status -----------------------------------------------------------------------------------
 

@@ -20,7 +20,8 @@ characters to `_`, ...), this one refuses any tag not already in that normal for
 the sidecar sends exactly what Datadog would store.
 
 Failure injection: `fail_next(n, status)` answers `status` to the next n requests; `always(status)` to
-every request; `delay` holds every answer for that many seconds (for timeouts).
+every request; `fail_text` replaces the body of those answers (an intake that echoes the request);
+`delay` holds every answer for that many seconds (for timeouts).
 """
 
 from __future__ import annotations
@@ -164,6 +165,7 @@ class Intake:
         self.delay = 0.0
         self.redirect_to = ""
         self._fail: list[int] = []
+        self.fail_text: str | None = None  # the body of injected failures, instead of Datadog's
         self._always: int | None = None
         self._fail_until = 0.0
         self._fail_status = 500
@@ -214,7 +216,7 @@ class Intake:
             status = self._fail.pop(0) if self._fail else (self._fail_status if outage else self._always)
             assert status is not None
             self.requests.append((path, status))
-            text = {403: '{"errors":["Forbidden"]}', 429: '{"errors":["Too many requests"]}'}.get(
+            text = self.fail_text or {403: '{"errors":["Forbidden"]}', 429: '{"errors":["Too many requests"]}'}.get(
                 status, '{"errors":["Internal Server Error"]}')
             return web.Response(status=status, text=text, content_type="application/json")
         try:
@@ -243,7 +245,7 @@ class Intake:
             raise Invalid(f"unknown path {request.path}")
         if request.query:
             raise Invalid(f"unexpected query string {request.query_string!r} (the key belongs in DD-API-KEY)")
-        schema, encodings, _ = ENDPOINTS[request.path]
+        _, encodings, _ = ENDPOINTS[request.path]
         if request.headers.get("DD-API-KEY") != self.api_key:
             raise Invalid("missing or wrong DD-API-KEY header")
         if request.headers.get("Content-Type", "").split(";")[0].strip() != "application/json":
@@ -252,70 +254,82 @@ class Intake:
         self.encodings.add(encoding)
         if encoding not in encodings:
             raise Invalid(f"Content-Encoding {encoding!r}, expected one of {encodings}")
-        if len(body) > MAX_COMPRESSED:
-            raise Invalid(f"payload of {len(body)} bytes, over {MAX_COMPRESSED}")
-        try:
-            if encoding == "deflate":
-                raw = zlib.decompress(body)
-            elif encoding == "gzip":
-                raw = gzip.decompress(body)
-            else:
-                raw = body
-        except (zlib.error, OSError) as exc:
-            raise Invalid(f"body is not {encoding}: {exc}") from None
-        if len(raw) >= MAX_DECOMPRESSED:
-            raise Invalid(f"decompressed payload of {len(raw)} bytes, over {MAX_DECOMPRESSED}")
-        try:
-            doc = json.loads(raw, parse_constant=_no_constants)
-        except ValueError as exc:
-            raise Invalid(f"body is not JSON: {exc}") from None
-        try:
-            jsonschema.validate(doc, schema, cls=jsonschema.Draft202012Validator)
-        except jsonschema.ValidationError as exc:
-            raise Invalid(f"{exc.message} at {list(exc.absolute_path)}") from None
-        _check_unicode(doc)
-        self._check_times(request.path, doc)
-        self._check_values(request.path, doc)
-        self._check_tags(doc)
-        return doc
+        return check_payload(request.path, encoding, body)
 
-    def _check_times(self, path: str, doc: Any) -> None:
-        now = time.time()
-        if path == "/api/v2/series":
-            stamps = [p["timestamp"] for s in doc["series"] for p in s["points"]]
-        elif path == "/api/v1/distribution_points":
-            stamps = [p[0] for s in doc["series"] for p in s["points"]]
-        elif path == "/api/v1/check_run":
-            stamps = [c["timestamp"] for c in doc if "timestamp" in c]
+
+def check_payload(path: str, encoding: str | None, body: bytes, now: float | None = None) -> Any:
+    """The body of a request to `path`, checked as the intake checks it; raises `Invalid`, else the JSON.
+
+    Apart from the HTTP details (method, headers), so property tests can check thousands of payloads
+    without a request each.
+    """
+    schema, encodings, _ = ENDPOINTS[path]
+    if encoding not in encodings:
+        raise Invalid(f"Content-Encoding {encoding!r}, expected one of {encodings}")
+    if len(body) > MAX_COMPRESSED:
+        raise Invalid(f"payload of {len(body)} bytes, over {MAX_COMPRESSED}")
+    try:
+        if encoding == "deflate":
+            raw = zlib.decompress(body)
+        elif encoding == "gzip":
+            raw = gzip.decompress(body)
         else:
-            stamps = [doc["date_happened"]] if "date_happened" in doc else []
-        past, future = WINDOWS[path]
-        for ts in stamps:
-            if not now - past <= ts <= now + future:
-                raise Invalid(f"timestamp {ts} outside [now - {past} s, now + {future} s] (seconds, not ms?)")
+            raw = body
+    except (zlib.error, OSError) as exc:
+        raise Invalid(f"body is not {encoding}: {exc}") from None
+    if len(raw) >= MAX_DECOMPRESSED:
+        raise Invalid(f"decompressed payload of {len(raw)} bytes, over {MAX_DECOMPRESSED}")
+    try:
+        doc = json.loads(raw, parse_constant=_no_constants)
+    except ValueError as exc:
+        raise Invalid(f"body is not JSON: {exc}") from None
+    try:
+        jsonschema.validate(doc, schema, cls=jsonschema.Draft202012Validator)
+    except jsonschema.ValidationError as exc:
+        raise Invalid(f"{exc.message} at {list(exc.absolute_path)}") from None
+    _check_unicode(doc)
+    _check_times(path, doc, time.time() if now is None else now)
+    _check_values(path, doc)
+    _check_tags(doc)
+    return doc
 
-    def _check_values(self, path: str, doc: Any) -> None:
-        if path == "/api/v2/series":
-            values = [p["value"] for s in doc["series"] for p in s["points"]]
-        elif path == "/api/v1/distribution_points":
-            values = [v for s in doc["series"] for p in s["points"] for v in p[1]]
-        else:
-            return
-        for v in values:  # `1e999` is valid JSON syntax but no double: Datadog refuses it
-            try:
-                finite = math.isfinite(v)
-            except OverflowError:  # an integer beyond any double
-                finite = False
-            if not finite:
-                raise Invalid(f"value {str(v)[:50]} is not a finite number")
 
-    def _check_tags(self, doc: Any) -> None:
-        objects = doc["series"] if isinstance(doc, dict) and "series" in doc else doc if isinstance(doc, list) else [doc]
-        for obj in objects:
-            for tag in obj.get("tags", ()):
-                problem = tag_problem(tag)
-                if problem:
-                    raise Invalid(f"tag {tag!r}: {problem}")
+def _check_times(path: str, doc: Any, now: float) -> None:
+    if path == "/api/v2/series":
+        stamps = [p["timestamp"] for s in doc["series"] for p in s["points"]]
+    elif path == "/api/v1/distribution_points":
+        stamps = [p[0] for s in doc["series"] for p in s["points"]]
+    elif path == "/api/v1/check_run":
+        stamps = [c["timestamp"] for c in doc if "timestamp" in c]
+    else:
+        stamps = [doc["date_happened"]] if "date_happened" in doc else []
+    past, future = WINDOWS[path]
+    for ts in stamps:
+        if not now - past <= ts <= now + future:
+            raise Invalid(f"timestamp {ts} outside [now - {past} s, now + {future} s] (seconds, not ms?)")
+
+def _check_values(path: str, doc: Any) -> None:
+    if path == "/api/v2/series":
+        values = [p["value"] for s in doc["series"] for p in s["points"]]
+    elif path == "/api/v1/distribution_points":
+        values = [v for s in doc["series"] for p in s["points"] for v in p[1]]
+    else:
+        return
+    for v in values:  # `1e999` is valid JSON syntax but no double: Datadog refuses it
+        try:
+            finite = math.isfinite(v)
+        except OverflowError:  # an integer beyond any double
+            finite = False
+        if not finite:
+            raise Invalid(f"value {str(v)[:50]} is not a finite number")
+
+def _check_tags(doc: Any) -> None:
+    objects = doc["series"] if isinstance(doc, dict) and "series" in doc else doc if isinstance(doc, list) else [doc]
+    for obj in objects:
+        for tag in obj.get("tags", ()):
+            problem = tag_problem(tag)
+            if problem:
+                raise Invalid(f"tag {tag!r}: {problem}")
 
 
 def tag_problem(tag: str) -> str | None:

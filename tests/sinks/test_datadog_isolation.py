@@ -86,7 +86,7 @@ async def test_each_hostile_class_costs_only_itself(intake: Intake) -> None:
     assert [p[1] for p in intake.points("big.max")] == [1e308]
     assert intake.metrics() & {"old", "future", "denormal.max", "nan", "rate", "bad.type", "bad.interval"} == set()
     assert [(e["title"], e["tags"]) for e in intake.events] == [("deploy", list(TASK_TAGS) + ["team:core"])]
-    assert [(c["check"], len(c.get("message", ""))) for c in intake.checks] == [("orders.up", 500)]
+    assert [(c["check"], len(c.get("message", ""))) for c in intake.checks] == [("orders.up", 600)]
     assert rejected_by_reason(sink) == {
         "name_too_long": 3, "timestamp_out_of_range": 4, "not_finite": 8, "invalid_name": 1, "invalid": 3,
         "invalid_event": 1, "invalid_service_check": 2}

@@ -158,10 +158,11 @@ class DatadogSink:
         for c in batch.service_checks:
             self._keep_object(self._checks, self._check_stamps, dd.service_check, c, now, "timestamp")
 
-    def _keep_object(self, into: list[bytes], stamps: list[float], build: Callable[[Any, float], dict[str, Any]],
-                     what: Event | ServiceCheck, now: float, stamp_key: str) -> None:
+    def _keep_object(self, into: list[bytes], stamps: list[float],
+                     build: Callable[[Any, float, float], dict[str, Any]], what: Event | ServiceCheck, now: float,
+                     stamp_key: str) -> None:
         try:
-            obj = build(what, now)
+            obj = build(what, now, self._margin)
             body = dd.dumps(obj)
         except dd.Rejected as exc:
             self._reject(exc.reason, 1, str(exc))

@@ -231,14 +231,14 @@ def distribution(name: str, values: list[float], timestamp: float, tags: Tags) -
     return {"metric": name, "points": [[int(timestamp), values]], "tags": tag_list(tags), "type": "distribution"}
 
 
-def event(e: Event, now: float) -> dict[str, Any]:
+def event(e: Event, now: float, margin: float = SEND_MARGIN) -> dict[str, Any]:
     """The API object for an event; raises `Rejected` for one the intake would refuse.
 
     Repaired: title, text and aggregation key cut to their documented lengths, an unknown priority or
     alert type left out (the intake's default applies), tags normalised.
     """
     ts = e.timestamp if e.timestamp is not None else now
-    if not in_window(ts, now, EVENT_WINDOW):
+    if not in_window(ts, now, EVENT_WINDOW, margin):
         raise Rejected("timestamp_out_of_range", f"event {e.title[:50]!r} at {ts!r}")
     title = text(e.title, MAX_TITLE)
     if not title:
@@ -258,14 +258,14 @@ def event(e: Event, now: float) -> dict[str, Any]:
     return obj
 
 
-def service_check(c: ServiceCheck, now: float) -> dict[str, Any]:
+def service_check(c: ServiceCheck, now: float, margin: float = SEND_MARGIN) -> dict[str, Any]:
     """The API object for a service check; raises `Rejected` for one the intake would refuse.
 
     Repaired: tags normalised. A message past the 500 characters Datadog shows is taken (and shown cut):
     sent whole.
     """
     ts = c.timestamp if c.timestamp is not None else now
-    if not in_window(ts, now, CHECK_WINDOW):
+    if not in_window(ts, now, CHECK_WINDOW, margin):
         raise Rejected("timestamp_out_of_range", f"service check {c.name[:50]!r} at {ts!r}")
     name = text(c.name, MAX_CHECK_NAME + 1)
     if not name or len(name) > MAX_CHECK_NAME:

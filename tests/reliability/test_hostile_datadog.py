@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 
 import pytest
 from datadog.dogstatsd.base import DogStatsd
@@ -48,7 +49,7 @@ def send(statsd: DogStatsd, now: float) -> None:
 
 
 @pytest.mark.slow
-async def test_hostile_lines_cost_only_themselves_and_are_counted(tmp_path) -> None:
+async def test_hostile_lines_cost_only_themselves_and_are_counted(tmp_path: Path) -> None:
     async for intake in start_intake(Intake(DD_KEY)):
         sidecar = Sidecar(tmp_path, DD_API_KEY=DD_KEY, DD_DD_URL=intake.url, TASKLENS_FLUSH_INTERVAL="1")
         try:

@@ -14,6 +14,7 @@ import json
 import logging
 import math
 import time
+import zlib
 from dataclasses import replace
 from typing import Any
 
@@ -40,7 +41,7 @@ def rejected(sink: DatadogSink, reason: str) -> float:
 
 
 def rejected_by_reason(sink: DatadogSink) -> dict[str, float]:
-    return {dict(s.tags)["reason"]: s.value for s in sink.metrics.samples()
+    return {dict(s.tags)["reason"]: float(s.value) for s in sink.metrics.samples()  # type: ignore[arg-type]
             if s.name == REJECTED and ("sink", "datadog") in s.tags}
 
 
@@ -134,7 +135,7 @@ def test_far_apart_timestamps_never_share_a_payload() -> None:
     stamps = [now, now - 1, now - 3000, now - 290, now - 3001]
     items = [dd.series(f"m{i}", dd.GAUGE, 1.0, ts, ()) for i, ts in enumerate(stamps)]
     payloads = dd.encode(dd.SERIES_PATH, items, [1] * 5, stamps, dd.SERIES_WINDOW)
-    groups = [[s["metric"] for s in json.loads(dd.zlib.decompress(p.body))["series"]] for p in payloads]
+    groups = [[s["metric"] for s in json.loads(zlib.decompress(p.body))["series"]] for p in payloads]
     assert groups == [["m0", "m1", "m3"], ["m2", "m4"]]  # within 300 s (a twelfth of the hour) of the newest
     assert [p.expires for p in payloads] == [now - 290 + 3600 - 60, now - 3001 + 3600 - 60]
     # the usual case: one payload

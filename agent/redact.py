@@ -11,9 +11,10 @@ through `Redactor.remote_text` (or `Redactor.mask` for text that is already a st
 from __future__ import annotations
 
 import json
+import os
 import re
-from collections.abc import Iterable
-from urllib.parse import quote, quote_plus, unquote
+from collections.abc import Iterable, Mapping
+from urllib.parse import parse_qsl, quote, quote_plus, unquote, urlsplit
 
 from agent.config import SECRET_FIELDS, URL_FIELDS, Config, url_passwords
 
@@ -47,8 +48,10 @@ class Redactor:
         return text if len(text) <= limit else text[:limit] + "..."
 
 
-def config_secrets(config: Config) -> list[str]:
-    """Every secret the configuration holds: secret settings and the passwords inside URL settings."""
+def config_secrets(config: Config, environ: Mapping[str, str] | None = None) -> list[str]:
+    """Every secret the configuration holds: secret settings, the passwords inside URL settings, and
+    those a URL takes from another variable (`password_env=NAME`)."""
+    environ = os.environ if environ is None else environ
     found: list[str] = []
     for name in sorted(SECRET_FIELDS | URL_FIELDS):
         value = getattr(config, name, "")
@@ -59,4 +62,9 @@ def config_secrets(config: Config) -> list[str]:
             if name in SECRET_FIELDS:
                 found.append(item)
             found.extend(url_passwords(item))
-    return found
+            try:
+                params = parse_qsl(urlsplit(item).query)
+            except ValueError:
+                continue
+            found.extend(environ.get(v, "") for k, v in params if k == "password_env")
+    return [f for f in found if f]

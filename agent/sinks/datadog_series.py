@@ -85,6 +85,10 @@ def metric_name(name: str) -> str:
     return _LEADING.sub("", _INVALID_NAME.sub("_", name))
 
 
+# a tag already in normal form, ASCII only (the usual case): returned as it is, as the agent's fast path
+_NORMAL_ASCII_TAG = re.compile(r"[a-z](?:[a-z0-9.:/-]|_(?=[a-z0-9.:/-]))*")
+
+
 @functools.lru_cache(maxsize=65536)
 def normalize_tag(tag: str) -> str:
     """A tag in the form Datadog stores it ("" when nothing is left), as its normaliser does:
@@ -93,6 +97,8 @@ def normalize_tag(tag: str) -> str:
     `-`, `:`; any run of other characters (`_` included) becomes one `_`, and is dropped at the end;
     no trailing `:` or `_`; at most 200 characters (Datadog cuts there too).
     """
+    if len(tag) <= MAX_TAG and _NORMAL_ASCII_TAG.fullmatch(tag) and not tag.endswith(":"):
+        return tag
     out: list[str] = []
     cut = False  # characters to replace with one `_` before the next kept one
     for c in tag:

@@ -182,8 +182,11 @@ def test_redactor() -> None:
 
 def test_config_secrets() -> None:
     config = replace(Config(), dd_api_key=KEY, dd_url="http://proxy:pr0xy@127.0.0.1:1", pyroscope_password="pw",
-                     queues=("redis://:r3dis@h:6379/0?queue=q", "amqp://u:amqp-pw@h/v"))
-    assert set(config_secrets(config)) >= {KEY, "pr0xy", "pw", "r3dis", "amqp-pw"}
+                     queues=("redis://:r3dis@h:6379/0?queue=q", "amqp://u:amqp-pw@h/v",
+                             "postgresql://app@db/app?password_env=PG_PASSWORD&table=jobs"))
+    found = config_secrets(config, environ={"PG_PASSWORD": "pg-secret", "OTHER": "not-a-secret"})
+    assert set(found) >= {KEY, "pr0xy", "pw", "r3dis", "amqp-pw", "pg-secret"}
+    assert "not-a-secret" not in found and "" not in found
 
 
 # --- property tests: hostile batches, every payload checked by the intake's own rules -------------

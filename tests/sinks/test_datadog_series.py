@@ -5,9 +5,13 @@ from __future__ import annotations
 import json
 import zlib
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from agent.model import Event, Points, ServiceCheck
 from agent.sinks import datadog_series as dd
 from agent.sinks.deltas import CounterDeltas
+from tests.sinks.intake import tag_problem
 
 
 def test_histogram_worked_example_from_the_spec() -> None:
@@ -152,3 +156,13 @@ def test_counter_deltas_skip_first_sighting_and_resets() -> None:
     assert d.update("k", 1300.0, now=4.0) == 100.0
     assert d.update("other", 5.0, now=4.0) is None
     assert d.prune(older_than=4.0) == 0 and d.prune(older_than=4.5) == 2 and len(d) == 0
+
+
+@settings(max_examples=2000, deadline=None)
+@given(st.text(max_size=220) | st.text("abcXYZ019_:./- #é", max_size=220))
+def test_a_normalised_tag_is_one_the_intake_takes_and_stays_as_it_is(raw: str) -> None:
+    tag = dd.normalize_tag(raw)
+    assert tag == "" or tag_problem(tag) is None, (raw, tag)
+    assert dd.normalize_tag(tag) == tag  # idempotent: the fast path and the slow one agree
+    if tag_problem(raw) is None:  # already normal: unchanged
+        assert tag == raw

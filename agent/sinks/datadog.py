@@ -277,7 +277,7 @@ class DatadogSink:
     def _reject(self, reason: str, points: int, detail: str) -> None:
         """A point the intake would refuse (or that cannot be built), dropped alone before it joins a payload."""
         self.metrics.inc(REJECTED, points, sink=EXPORTER, reason=reason)
-        self._log.warning(f"rejected:{reason}", "datadog: dropped %d point(s) the intake would refuse (%s): %s",
+        self._log.warning(f"rejected:{reason}", "datadog: dropped %d point(s) before sending (%s): %s",
                           points, reason, detail)
 
     # -- flushing: the interval becomes payloads in the buffer -----------------------------------

@@ -233,7 +233,7 @@ class DatadogSink:
         if not value.values:
             return
         if (len(value.values) != len(value.weights) or not all(map(math.isfinite, value.values))
-                or not all(math.isfinite(w) and w > 0 for w in value.weights)):
+                or not all(map(math.isfinite, value.weights)) or min(value.weights) <= 0):
             # JSON has no NaN; a weight per value, finite (a denormal sample rate gives an infinite one)
             self._reject("not_finite", self._points_of(s), f"{name[:100]!r}: a value or weight is not finite")
             return

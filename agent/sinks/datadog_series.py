@@ -332,11 +332,12 @@ def encode(path: str, items: Sequence[bytes], points: Sequence[int], stamps: Seq
         groups = [buckets[k] for k in sorted(buckets)]
     payloads: list[Payload] = []
     for group in groups:
-        expires = min(stamps[i] for i in group) + past - margin
         if len(groups) == 1:
-            g_items, g_points = items, points
+            g_items, g_points, oldest = items, points, min(stamps)
         else:
             g_items, g_points = [items[i] for i in group], [points[i] for i in group]
+            oldest = min(stamps[i] for i in group)
+        expires = oldest + past - margin
         start, size = 0, 0
         for i, item in enumerate(g_items):
             if size and size + len(item) + 1 > CHUNK_RAW:

@@ -17,6 +17,10 @@ How each kind is typed (as the Datadog agent's DogStatsD does):
 - DISTRIBUTION -> distribution points. The API takes plain values, so a value with weight w (sample rate
   1/w) is repeated w times (rounded half up); past MAX_EXPANDED values per point the weights are scaled down (the
   shape is kept, the count becomes approximate).
+
+The intake's rules (names, tags, values, timestamp windows, event and service check fields) are the
+constants below and `metric_name`, `normalize_tag`, `in_window`, `event`, `service_check`; the sink
+applies them to each point before it joins a payload (docs/datadog.md lists each with its source).
 """
 
 from __future__ import annotations

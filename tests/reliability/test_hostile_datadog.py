@@ -67,6 +67,10 @@ async def test_hostile_lines_cost_only_themselves_and_are_counted(tmp_path: Path
                        and intake.points("control.stamped") and intake.events and intake.checks, 20,
                        "the controls at the intake")
             assert scrape(sidecar).value("tasklens_sink_points_rejected_total", sink="datadog") == 8
+            # logged once a minute per reason: three name_too_long points, one line
+            await poll(lambda: "before sending (name_too_long)" in sidecar.log, 10, "the rejects logged")
+            assert sidecar.log.count("before sending (name_too_long)") == 1
+            assert sidecar.log.count("before sending (timestamp_out_of_range)") == 1
 
             # kept, exactly: one gauge point, five increments (a rate per second times the interval), the
             # timestamped gauge at its own time

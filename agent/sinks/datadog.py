@@ -4,6 +4,12 @@ Enabled by `DD_API_KEY`; the intake is `https://api.<DD_SITE>` unless `DD_DD_URL
 the Datadog agent; the tests point it at loopback). Conversion to API objects is pure
 (`datadog_series.py`); this module is the delivery: batching per flush, a bounded buffer, retries.
 
+Isolation: each point, event and service check is checked against the intake's documented rules
+before it joins a payload (`datadog_series.py` holds the rules). One the intake would repair the same
+way is repaired (names, tags); one it would refuse is dropped alone and counted as
+`tasklens.sink.points_rejected{sink="datadog", reason}`, so a payload is never refused for another
+context's data. An exception while building one object costs that object only.
+
 Delivery guarantees:
 - Each flush becomes compressed payloads appended to a FIFO buffer. One sender submits them in order;
   a payload leaves the buffer only when the intake accepts it (2xx), so an outage loses nothing that fits
@@ -13,12 +19,14 @@ Delivery guarantees:
 - Any other 4xx (a bad key: 403; a bad payload: 400, 413) is logged clearly, counted as failed and not
   retried: sending the same request again cannot succeed.
 - The buffer holds at most `datadog_buffer_points` points; past that the oldest payloads are dropped and
-  counted (`points_dropped{reason="buffer_full"}`). Payloads older than the intake accepts (1 h for
-  metrics, 10 min for service checks) are dropped as `expired` instead of being sent to be refused.
+  counted (`points_dropped{reason="buffer_full"}`). A payload expires with its oldest timestamp (1 h for
+  metrics, 10 min for service checks, 18 h for events, less a margin for the request): past that it is
+  dropped as `expired` instead of being sent to be refused; points far apart in time never share one.
 - On stop (SIGTERM, after the sources flushed their partial interval): a final flush, then retries until
   the drain deadline; what is still undelivered is logged with its count and `reason="shutdown"`.
 
-The API key is only ever in the `DD-API-KEY` header: never in a URL, a log line, `status()` or `repr`.
+The API key is only ever in the `DD-API-KEY` header: never in a URL, a log line, `status()` or `repr`;
+an intake's error text is kept and logged only through `agent.redact` (every configured secret masked).
 """
 
 from __future__ import annotations
@@ -36,7 +44,8 @@ from agent import __version__
 from agent.config import Config, mask_url
 from agent.hub import Hub
 from agent.logs import RateLimitedLog
-from agent.model import Batch, Kind, Points, Sample, Tags
+from agent.model import Batch, Event, Kind, Points, Sample, ServiceCheck, Tags
+from agent.redact import Redactor, config_secrets
 from agent.selfmetrics import SelfMetrics
 from agent.sinks import datadog_series as dd
 from agent.sinks.deltas import CounterDeltas
@@ -47,10 +56,10 @@ if TYPE_CHECKING:
 log = logging.getLogger("tasklens.datadog")
 
 EXPORTER = "datadog"
+REJECTED = "tasklens.sink.points_rejected"  # {sink, reason}: every sink counts refused points under this name
 RETRYABLE = frozenset({408, 429})
 METRICS_MAX_AGE = 3600.0  # the series API refuses points more than an hour old
-CHECKS_MAX_AGE = 600.0  # service checks: ten minutes
-EVENTS_MAX_AGE = 7 * 86400.0
+ERROR_BODY_LIMIT = 65536  # bytes of a refusal's body read: enough for its reason, never a flood
 
 
 def base_url(config: Config) -> str:
@@ -105,12 +114,21 @@ class DatadogSink:
         self.drain_timeout = config.shutdown_timeout * 0.75 if drain_timeout is None else drain_timeout
         self.wall = wall
         self._log = RateLimitedLog(log, interval=60.0)
+        self._redact = Redactor(config_secrets(config))  # for every remote text kept or logged
+        # a point must still be inside the intake's window when a request sent at its expiry lands
+        self._margin = max(dd.SEND_MARGIN, config.datadog_timeout)
+        # points a histogram sample becomes: what one rejected whole counts
+        self._per_histogram = len(config.histogram_aggregates) + len(config.histogram_percentiles)
         # the current interval, filled by accept()
         self._series: list[bytes] = []  # one point each, already JSON (the hot path)
         self._distributions: list[bytes] = []
         self._distribution_points: list[int] = []
-        self._events: list[dict[str, Any]] = []
-        self._checks: list[dict[str, Any]] = []
+        self._series_stamps: list[float] = []  # each point's timestamp: a payload expires with its oldest
+        self._distribution_stamps: list[float] = []
+        self._events: list[bytes] = []
+        self._event_stamps: list[float] = []
+        self._checks: list[bytes] = []
+        self._check_stamps: list[float] = []
         self._counts: dict[tuple[str, Tags], float] = {}
         self._deltas = CounterDeltas()
         # what waits for the intake
@@ -133,43 +151,71 @@ class DatadogSink:
     def accept(self, batch: Batch) -> None:
         now = self.wall()
         for sample in batch.samples:
-            try:
-                self._add(sample, now)
-            except (TypeError, ValueError, ZeroDivisionError) as exc:  # one bad sample never costs the batch
-                self._count("points_dropped", 1, "invalid")
-                self._log.warning("invalid", "datadog: dropped an invalid sample %r: %r", sample.name, exc)
+            self._add_one(sample, now)
+        # each object alone: one the intake would refuse, or one that breaks the code, costs only itself
         for e in batch.events:
-            self._events.append(dd.event(e, now))
+            self._keep_object(self._events, self._event_stamps, dd.event, e, now, "date_happened")
         for c in batch.service_checks:
-            self._checks.append(dd.service_check(c, now))
+            self._keep_object(self._checks, self._check_stamps, dd.service_check, c, now, "timestamp")
+
+    def _keep_object(self, into: list[bytes], stamps: list[float],
+                     build: Callable[[Any, float, float], dict[str, Any]], what: Event | ServiceCheck, now: float,
+                     stamp_key: str) -> None:
+        try:
+            obj = build(what, now, self._margin)
+            body = dd.dumps(obj)
+        except dd.Rejected as exc:
+            self._reject(exc.reason, 1, str(exc))
+            return
+        except Exception as exc:  # noqa: BLE001 - a bug or a malformed object: counted, never the batch
+            self._reject("invalid", 1, f"{type(what).__name__}: {exc!r}")
+            return
+        if len(body) > dd.MAX_OBJECT:
+            self._reject("too_large", 1, f"{type(what).__name__} of {len(body)} bytes")
+            return
+        into.append(body)
+        stamps.append(float(obj[stamp_key]))
+
+    def _add_one(self, sample: Sample, now: float) -> None:
+        try:
+            self._add(sample, now)
+        except dd.Rejected as exc:
+            self._reject(exc.reason, self._points_of(sample), str(exc))
+        except Exception as exc:  # noqa: BLE001 - one bad sample never costs the batch
+            self._reject("invalid", self._points_of(sample), f"sample {str(sample.name)[:100]!r}: {exc!r}")
+
+    def _points_of(self, s: Sample) -> int:
+        """The points a sample becomes: what rejecting it whole counts."""
+        try:
+            if isinstance(s.value, Points):
+                if s.kind is Kind.DISTRIBUTION:
+                    return len(s.value.values)
+                return self._per_histogram if len(s.value.values) else 0
+        except Exception:  # noqa: BLE001 - a malformed value counts as one
+            pass
+        return 1
 
     def _add(self, s: Sample, now: float) -> None:
         name = dd.metric_name(s.name)
         if not name:
-            self._count("points_dropped", 1, "invalid_name")
+            self._reject("invalid_name", self._points_of(s), f"no letter to start the name {s.name[:100]!r}")
             return
         ts = s.timestamp if s.timestamp is not None else now
+        if not dd.in_window(ts, now, dd.SERIES_WINDOW, self._margin):
+            self._reject("timestamp_out_of_range", self._points_of(s), f"{name[:100]!r} at {ts!r}")
+            return
+        if s.interval is not None and not 0 <= s.interval <= dd.MAX_INTERVAL:  # NaN too; 0: the flush interval
+            self._reject("invalid", self._points_of(s), f"{name[:100]!r} over an interval of {s.interval!r} s")
+            return
         value = s.value
         if isinstance(value, Points):
-            if not value.values:
-                return
-            if not all(map(math.isfinite, value.values)) or len(value.values) != len(value.weights):
-                self._count("points_dropped", 1, "not_finite")  # JSON has no NaN; a weight per value
-                return
-            if s.kind is Kind.DISTRIBUTION:
-                values = dd.expand_weights(value)
-                self._distributions.append(dd.dumps(dd.distribution(name, values, ts, s.tags)))
-                self._distribution_points.append(len(values))
-                return
-            interval = s.interval or self.interval
-            for suffix, agg, kind in dd.histogram_aggregates(value, interval, self.config.histogram_aggregates,
-                                                             self.config.histogram_percentiles):
-                self._series.append(dd.series(name + suffix, kind, agg, ts, s.tags,
-                                              interval if kind == dd.RATE else None))
+            self._add_points(name, s, value, ts)
             return
         value = float(value)
         if not math.isfinite(value):
-            self._count("points_dropped", 1, "not_finite")
+            self._reject("not_finite", 1, f"{name[:100]!r} = {value!r}")
+        elif len(name) > dd.MAX_NAME:
+            self._reject("name_too_long", 1, f"{name[:100]!r}... ({len(name)} characters)")
         elif s.kind is Kind.COUNTER:
             delta = self._deltas.update((name, s.tags), value, now)
             if delta is not None:
@@ -177,11 +223,62 @@ class DatadogSink:
                 self._counts[key] = self._counts.get(key, 0.0) + delta
         elif s.kind is Kind.COUNT:
             if s.interval:  # a StatsD counter summed over its interval -> a rate, as DogStatsD sends it
-                self._series.append(dd.series(name, dd.RATE, value / s.interval, ts, s.tags, s.interval))
+                self._series_point(name, dd.RATE, value / s.interval, ts, s.tags, s.interval)
             else:  # a timestamped count, not aggregated
-                self._series.append(dd.series(name, dd.COUNT, value, ts, s.tags, self.interval))
+                self._series_point(name, dd.COUNT, value, ts, s.tags, self.interval)
         else:
-            self._series.append(dd.series(name, dd.GAUGE, value, ts, s.tags))
+            self._series_point(name, dd.GAUGE, value, ts, s.tags)
+
+    def _add_points(self, name: str, s: Sample, value: Points, ts: float) -> None:
+        if not value.values:
+            return
+        if (len(value.values) != len(value.weights) or not all(map(math.isfinite, value.values))
+                or not all(map(math.isfinite, value.weights)) or min(value.weights) <= 0):
+            # JSON has no NaN; a weight per value, finite (a denormal sample rate gives an infinite one)
+            self._reject("not_finite", self._points_of(s), f"{name[:100]!r}: a value or weight is not finite")
+            return
+        if s.kind is Kind.DISTRIBUTION:
+            if len(name) > dd.MAX_NAME:
+                self._reject("name_too_long", len(value.values), f"{name[:100]!r}... ({len(name)} characters)")
+                return
+            values = dd.expand_weights(value)
+            body = dd.dumps(dd.distribution(name, values, ts, s.tags))
+            if len(body) > dd.MAX_OBJECT:
+                self._reject("too_large", len(values), f"distribution {name[:100]!r} of {len(body)} bytes")
+                return
+            self._distributions.append(body)
+            self._distribution_points.append(len(values))
+            self._distribution_stamps.append(ts)
+            return
+        interval = s.interval or self.interval
+        for suffix, agg, kind in dd.histogram_aggregates(value, interval, self.config.histogram_aggregates,
+                                                         self.config.histogram_percentiles):
+            # each aggregate is a point of its own: an overflowing `.avg` costs neither `.max` nor another context
+            full = name + suffix
+            if not math.isfinite(agg):
+                self._reject("not_finite", 1, f"{full[:100]!r} = {agg!r}")
+            elif len(full) > dd.MAX_NAME:
+                self._reject("name_too_long", 1, f"{full[:100]!r}... ({len(full)} characters with {suffix!r})")
+            else:
+                self._series_point(full, kind, agg, ts, s.tags, interval if kind == dd.RATE else None)
+
+    def _series_point(self, name: str, kind: int, value: float, ts: float, tags: Tags,
+                      interval: float | None = None) -> None:
+        if not math.isfinite(value):  # a finite count over a tiny interval can still overflow as a rate
+            self._reject("not_finite", 1, f"{name[:100]!r} = {value!r}")
+            return
+        body = dd.series(name, kind, value, ts, tags, interval)
+        if len(body) > dd.MAX_OBJECT:
+            self._reject("too_large", 1, f"{name[:100]!r} of {len(body)} bytes")
+            return
+        self._series.append(body)
+        self._series_stamps.append(ts)
+
+    def _reject(self, reason: str, points: int, detail: str) -> None:
+        """A point the intake would refuse (or that cannot be built), dropped alone before it joins a payload."""
+        self.metrics.inc(REJECTED, points, sink=EXPORTER, reason=reason)
+        self._log.warning(f"rejected:{reason}", "datadog: dropped %d point(s) before sending (%s): %s",
+                          points, reason, detail)
 
     # -- flushing: the interval becomes payloads in the buffer -----------------------------------
 
@@ -189,22 +286,30 @@ class DatadogSink:
         """Close the current interval; returns the points it produced."""
         now = self.wall()
         for sample in self.hub.pull():  # task info and self-metrics, current at export time
-            self._add(sample, now)
-        series, self._series = self._series, []
+            self._add_one(sample, now)
         for (name, tags), delta in self._counts.items():
-            series.append(dd.series(name, dd.COUNT, delta, now, tags, self.interval))
+            try:
+                self._series_point(name, dd.COUNT, delta, now, tags, self.interval)
+            except Exception as exc:  # noqa: BLE001
+                self._reject("invalid", 1, f"{name[:100]!r}: {exc!r}")
         self._counts = {}
         self._deltas.prune(now - max(METRICS_MAX_AGE, 10 * self.interval))
+        series, self._series = self._series, []
+        series_stamps, self._series_stamps = self._series_stamps, []
         distributions, self._distributions = self._distributions, []
         distribution_points, self._distribution_points = self._distribution_points, []
-        events = [dd.dumps(e) for e in self._events]
-        checks = [dd.dumps(c) for c in self._checks]
-        self._events, self._checks = [], []
+        distribution_stamps, self._distribution_stamps = self._distribution_stamps, []
+        events, self._events = self._events, []
+        event_stamps, self._event_stamps = self._event_stamps, []
+        checks, self._checks = self._checks, []
+        check_stamps, self._check_stamps = self._check_stamps, []
+        margin = self._margin
         payloads = (
-            dd.encode(dd.SERIES_PATH, series, [1] * len(series), now + METRICS_MAX_AGE)
-            + dd.encode(dd.DISTRIBUTION_PATH, distributions, distribution_points, now + METRICS_MAX_AGE)
-            + dd.encode(dd.EVENTS_PATH, events, [1] * len(events), now + EVENTS_MAX_AGE)
-            + dd.encode(dd.CHECK_RUN_PATH, checks, [1] * len(checks), now + CHECKS_MAX_AGE)
+            dd.encode(dd.SERIES_PATH, series, [1] * len(series), series_stamps, dd.SERIES_WINDOW, margin)
+            + dd.encode(dd.DISTRIBUTION_PATH, distributions, distribution_points, distribution_stamps,
+                        dd.SERIES_WINDOW, margin)
+            + dd.encode(dd.EVENTS_PATH, events, [1] * len(events), event_stamps, dd.EVENT_WINDOW, margin)
+            + dd.encode(dd.CHECK_RUN_PATH, checks, [1] * len(checks), check_stamps, dd.CHECK_WINDOW, margin)
         )
         produced = 0
         for payload in payloads:
@@ -368,14 +473,15 @@ class DatadogSink:
         # no redirects: the key header must never follow a redirect to another host
         async with session.post(self.url + payload.path, data=payload.body, headers=headers, allow_redirects=False,
                                 timeout=aiohttp.ClientTimeout(total=timeout)) as response:
-            body = await response.read()
             code = response.status
+            body = b"" if 200 <= code < 300 else await _read_at_most(response, ERROR_BODY_LIMIT)
         self.metrics.inc("tasklens.exporter.submissions", exporter=EXPORTER, status=str(code))
         if 200 <= code < 300:
             return "ok"
         if code in RETRYABLE or code >= 500:
             return f"http_{code}"
-        detail = body[:200].decode(errors="replace")
+        # the intake may echo what it was sent (the key among it): masked before it is kept or logged
+        detail = self._redact.remote_text(body)
         self.last_error = f"http_{code}: {detail}"
         if code in (401, 403):
             self._log.error(f"http_{code}", "datadog: the intake %s refused the API key (HTTP %d): check DD_API_KEY"
@@ -384,6 +490,10 @@ class DatadogSink:
             self._log.error(f"http_{code}", "datadog: the intake refused a payload to %s (HTTP %d: %s); "
                             "%d points dropped, not retried", payload.path, code, detail, payload.points)
         raise _Rejected(f"http_{code}")
+
+    def pending(self) -> list[dd.Payload]:
+        """The payloads waiting for the intake, oldest first (not the one in flight)."""
+        return list(self._buffer)
 
     # -- /status -----------------------------------------------------------------------------------
 
@@ -398,6 +508,7 @@ class DatadogSink:
             "points_sent": m.get("tasklens.exporter.points_sent", **labels),
             "points_failed": exporter_total(m, "tasklens.exporter.points_failed"),
             "points_dropped": exporter_total(m, "tasklens.exporter.points_dropped"),
+            "points_rejected": rejected_total(m),
             "retries": m.get("tasklens.exporter.retries", **labels),
             "consecutive_failures": self._failures,
             "last_success": _iso(self.last_success),
@@ -409,6 +520,24 @@ def exporter_total(metrics: SelfMetrics, name: str, exporter: str = EXPORTER) ->
     """A self-metric summed over its reasons, for one exporter."""
     return math.fsum(s.value for s in metrics.samples()  # type: ignore[misc]
                      if s.name == name and ("exporter", exporter) in s.tags)
+
+
+async def _read_at_most(response: aiohttp.ClientResponse, limit: int) -> bytes:
+    """The start of a response body, without holding more than `limit` bytes of a hostile one."""
+    chunks, size = [], 0
+    while size < limit:
+        chunk = await response.content.read(limit - size)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    return b"".join(chunks)
+
+
+def rejected_total(metrics: SelfMetrics, sink: str = EXPORTER) -> float:
+    """Points a sink refused before queuing them, summed over the reasons."""
+    return math.fsum(s.value for s in metrics.samples()  # type: ignore[misc]
+                     if s.name == REJECTED and ("sink", sink) in s.tags)
 
 
 def _reason(exc: BaseException) -> str:

@@ -17,6 +17,10 @@ How each kind is typed (as the Datadog agent's DogStatsD does):
 - DISTRIBUTION -> distribution points. The API takes plain values, so a value with weight w (sample rate
   1/w) is repeated w times (rounded half up); past MAX_EXPANDED values per point the weights are scaled down (the
   shape is kept, the count becomes approximate).
+
+The intake's rules (names, tags, values, timestamp windows, event and service check fields) are the
+constants below and `metric_name`, `normalize_tag`, `in_window`, `event`, `service_check`; the sink
+applies them to each point before it joins a payload (docs/datadog.md lists each with its source).
 """
 
 from __future__ import annotations
@@ -43,29 +47,101 @@ MAX_COMPRESSED = 512_000  # bytes per payload, as sent
 MAX_DECOMPRESSED = 5_242_880
 CHUNK_RAW = 2_000_000  # raw JSON per payload before compression: well inside both limits
 MAX_EXPANDED = 10_000  # distribution values per point after applying weights
-MAX_NAME = 200
-MAX_TAG = 200
+
+# The intake's rules, each with its source in docs/datadog.md. A point that breaks one is repaired when
+# the intake itself would repair it the same way, else dropped alone and counted with `reason`.
+MAX_NAME = 200  # characters in a metric name, suffix (`.95percentile`) included
+MAX_TAG = 200  # characters in a tag, after normalisation
+MAX_TITLE = 100  # event title
+MAX_TEXT = 4000  # event text
+MAX_AGGREGATION_KEY = 100
+MAX_CHECK_NAME = 200  # ours: the API gives no bound, a metric name's is the natural one
+MAX_FIELD = 255  # host names and the like: free text, bounded only to keep payloads small
+MAX_OBJECT = 500_000  # bytes of JSON for one series, event or check: alone it still fits a payload
+MAX_INTERVAL = 2**31 - 1  # seconds; the API's field is an int64, our flush intervals are far below
+# (seconds accepted before, after the intake's clock)
+SERIES_WINDOW = (3600.0, 600.0)
+EVENT_WINDOW = (18 * 3600.0, 2 * 3600.0)
+CHECK_WINDOW = (600.0, 600.0)  # the future bound is ours: the API documents only the past one
+SEND_MARGIN = 60.0  # a point must still be inside its window when its request arrives
+EVENT_PRIORITIES = frozenset({"normal", "low"})
+EVENT_ALERT_TYPES = frozenset({"error", "warning", "info", "success", "user_update", "recommendation", "snapshot"})
 
 _INVALID_NAME = re.compile(r"[^A-Za-z0-9_.]")
 _LEADING = re.compile(r"^[^A-Za-z]+")
 
 
+class Rejected(ValueError):
+    """An object the intake would refuse: dropped alone, counted under `reason`."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+
+
 @functools.lru_cache(maxsize=65536)
 def metric_name(name: str) -> str:
-    """Datadog's rules: ASCII letters, digits, `_` and `.`; starts with a letter; at most 200 chars.
+    """Datadog's rules: ASCII letters, digits, `_` and `.`; starts with a letter; at most 200 characters.
 
-    Returns "" for a name with no letter to start from (the caller drops and counts it).
+    Other characters become `_` and leading non-letters go, as the intake converts them. Returns "" for
+    a name with no letter to start from. Never cut: the caller checks the length with its suffix.
     """
-    return _LEADING.sub("", _INVALID_NAME.sub("_", name))[:MAX_NAME]
+    return _LEADING.sub("", _INVALID_NAME.sub("_", name))
+
+
+# a tag already in normal form, ASCII only (the usual case): returned as it is, as the agent's fast path
+_NORMAL_ASCII_TAG = re.compile(r"[a-z](?:[a-z0-9.:/-]|_(?=[a-z0-9.:/-]))*")
+
+
+@functools.lru_cache(maxsize=65536)
+def normalize_tag(tag: str) -> str:
+    """A tag in the form Datadog stores it ("" when nothing is left), as its normaliser does:
+
+    lower case; starts with a letter (leading non-letters go); then letters, decimal digits, `.`, `/`,
+    `-`, `:`; any run of other characters (`_` included) becomes one `_`, and is dropped at the end;
+    no trailing `:` or `_`; at most 200 characters (Datadog cuts there too).
+    """
+    if len(tag) <= MAX_TAG and _NORMAL_ASCII_TAG.fullmatch(tag) and not tag.endswith(":"):
+        return tag
+    out: list[str] = []
+    cut = False  # characters to replace with one `_` before the next kept one
+    for c in tag:
+        low = c.lower()
+        if low != c and len(low) == 1 and len(low.encode("utf-8", "surrogatepass")) == len(
+                c.encode("utf-8", "surrogatepass")):  # as Datadog: only where the width stays the same
+            c = low
+        if not (c.isalpha() or (out and (c.isdecimal() or c in "./-:"))):
+            cut = bool(out)  # before the first letter: trimmed, not replaced
+            continue
+        if len(out) + cut + 1 > MAX_TAG:
+            break
+        if cut:
+            out.append("_")
+            cut = False
+        out.append(c)
+    return "".join(out).rstrip(":_")
 
 
 @functools.lru_cache(maxsize=65536)
 def tag_list(tags: Tags) -> list[str]:
-    """`key:value` strings (a bare tag stays bare). Cached: the same tag sets repeat every flush.
+    """Normalised `key:value` strings (a bare tag stays bare), without the empty and the repeated ones.
 
-    Callers must not mutate the returned list.
+    Cached: the same tag sets repeat every flush. Callers must not mutate the returned list.
     """
-    return [format_tag(k, v)[:MAX_TAG] for k, v in tags]
+    return list(dict.fromkeys(t for t in (normalize_tag(format_tag(k, v)) for k, v in tags) if t))
+
+
+def in_window(ts: float, now: float, window: tuple[float, float], margin: float = SEND_MARGIN) -> bool:
+    """Will the intake still take timestamp `ts` when a request made at `now` arrives?"""
+    past, future = window
+    return now - past + margin <= ts <= now + future - margin
+
+
+def text(value: str, limit: int) -> str:
+    """Free text for JSON: lone surrogates (undecodable input) replaced, cut to `limit` characters."""
+    if not isinstance(value, str):
+        raise TypeError(f"expected text, got {type(value).__name__}")
+    return value.encode("utf-8", "replace").decode("utf-8")[:limit]
 
 
 def percentile_suffix(p: float) -> str:
@@ -87,7 +163,9 @@ def histogram_aggregates(points: Points, interval: float, aggregates: Iterable[s
     if not pairs:
         return []
     count = sum(w for _, w in pairs)
-    total = sum(v * w for v, w in pairs)
+    if not math.isfinite(count) or count <= 0:  # weights that overflow: no rank can be computed
+        raise Rejected("not_finite", f"histogram weights sum to {count}")
+    total = sum(v * w for v, w in pairs)  # may overflow: that aggregate alone is dropped by the caller
 
     def rank(target: float) -> float:
         running = 0.0
@@ -130,6 +208,8 @@ def expand_weights(points: Points, limit: int = MAX_EXPANDED) -> list[float]:
 
 def interval_seconds(interval: float) -> int:
     """The API wants whole seconds; a sub-second test interval still needs a valid (>= 1) field."""
+    if not 0 < interval <= MAX_INTERVAL:  # NaN too
+        raise Rejected("invalid", f"interval {interval!r}")
     return max(1, round(interval))
 
 
@@ -148,8 +228,9 @@ def series(name: str, kind: int, value: float, timestamp: float, tags: Tags,
     """One series with one point, as the JSON the intake reads.
 
     The hot path of the exporter: written directly as bytes, with the name's and tags' JSON cached
-    (they repeat every flush), instead of building and serializing a dict per point. `value` must be
-    finite (the caller checks): `repr` of a finite float is a JSON number.
+    (they repeat every flush), instead of building and serializing a dict per point. The caller has
+    checked the name's length, the value (finite: `repr` of a finite float is a JSON number) and the
+    timestamp.
     """
     extra = b',"interval":%d' % interval_seconds(interval) if interval is not None else b""
     return b'{"metric":%s,"type":%d,"points":[{"timestamp":%d,"value":%s}],"tags":%s%s}' % (
@@ -160,30 +241,56 @@ def distribution(name: str, values: list[float], timestamp: float, tags: Tags) -
     return {"metric": name, "points": [[int(timestamp), values]], "tags": tag_list(tags), "type": "distribution"}
 
 
-def event(e: Event, now: float) -> dict[str, Any]:
-    obj: dict[str, Any] = {
-        "title": e.title[:100],
-        "text": e.text[:4000],
-        "date_happened": int(e.timestamp if e.timestamp is not None else now),
-        "tags": tag_list(e.tags),
-    }
-    for key, value in (("host", e.hostname), ("aggregation_key", e.aggregation_key and e.aggregation_key[:100]),
-                       ("priority", e.priority), ("source_type_name", e.source_type), ("alert_type", e.alert_type)):
-        if value:
-            obj[key] = value
+def event(e: Event, now: float, margin: float = SEND_MARGIN) -> dict[str, Any]:
+    """The API object for an event; raises `Rejected` for one the intake would refuse.
+
+    Repaired: title, text and aggregation key cut to their documented lengths, an unknown priority or
+    alert type left out (the intake's default applies), tags normalised.
+    """
+    ts = e.timestamp if e.timestamp is not None else now
+    if not in_window(ts, now, EVENT_WINDOW, margin):
+        raise Rejected("timestamp_out_of_range", f"event {e.title[:50]!r} at {ts!r}")
+    title = text(e.title, MAX_TITLE)
+    if not title:
+        raise Rejected("invalid_event", "event without a title")
+    obj: dict[str, Any] = {"title": title, "text": text(e.text, MAX_TEXT), "date_happened": int(ts),
+                           "tags": tag_list(e.tags)}
+    if e.hostname:
+        obj["host"] = text(e.hostname, MAX_FIELD)
+    if e.aggregation_key:
+        obj["aggregation_key"] = text(e.aggregation_key, MAX_AGGREGATION_KEY)
+    if e.priority in EVENT_PRIORITIES:
+        obj["priority"] = e.priority
+    if e.source_type:
+        obj["source_type_name"] = text(e.source_type, MAX_FIELD)
+    if e.alert_type in EVENT_ALERT_TYPES:
+        obj["alert_type"] = e.alert_type
     return obj
 
 
-def service_check(c: ServiceCheck, now: float) -> dict[str, Any]:
+def service_check(c: ServiceCheck, now: float, margin: float = SEND_MARGIN) -> dict[str, Any]:
+    """The API object for a service check; raises `Rejected` for one the intake would refuse.
+
+    Repaired: tags normalised. A message past the 500 characters Datadog shows is taken (and shown cut):
+    sent whole.
+    """
+    ts = c.timestamp if c.timestamp is not None else now
+    if not in_window(ts, now, CHECK_WINDOW, margin):
+        raise Rejected("timestamp_out_of_range", f"service check {c.name[:50]!r} at {ts!r}")
+    name = text(c.name, MAX_CHECK_NAME + 1)
+    if not name or len(name) > MAX_CHECK_NAME:
+        raise Rejected("invalid_service_check", f"service check name of {len(c.name)} characters")
+    if type(c.status) is not int or c.status not in (0, 1, 2, 3):
+        raise Rejected("invalid_service_check", f"service check {name[:50]!r} with status {c.status!r}")
     obj: dict[str, Any] = {
-        "check": c.name,
-        "host_name": c.hostname or "",  # required; a task is not a host, its tags identify it
+        "check": name,
+        "host_name": text(c.hostname or "", MAX_FIELD),  # required; a task is not a host, its tags identify it
         "status": c.status,
         "tags": tag_list(c.tags),
-        "timestamp": int(c.timestamp if c.timestamp is not None else now),
+        "timestamp": int(ts),
     }
     if c.message:
-        obj["message"] = c.message
+        obj["message"] = text(c.message, MAX_OBJECT)
     return obj
 
 
@@ -198,27 +305,50 @@ class Payload:
     body: bytes
     encoding: str | None  # Content-Encoding
     points: int  # values it carries (a distribution point counts each of its values)
-    expires: float  # Unix time after which the intake would refuse its timestamps
+    expires: float  # Unix time after which the intake would refuse its oldest timestamp
 
 
 def dumps(obj: Any) -> bytes:
     return json.dumps(obj, separators=(",", ":"), allow_nan=False).encode()
 
 
-def encode(path: str, items: Sequence[bytes], points: Sequence[int], expires: float) -> list[Payload]:
-    """Pack JSON objects (`items`, carrying `points` each) into as few payloads as the size limits allow."""
+def encode(path: str, items: Sequence[bytes], points: Sequence[int], stamps: Sequence[float],
+           window: tuple[float, float], margin: float = SEND_MARGIN) -> list[Payload]:
+    """Pack JSON objects (`items`, carrying `points` each, timestamped `stamps`) into as few payloads as
+    the size limits allow.
+
+    A payload expires with its oldest timestamp (the intake refuses it whole after that), so objects
+    whose timestamps lie far apart never share one: a backdated point waiting in the buffer cannot take
+    current ones down with it. Each payload spans at most a twelfth of the window.
+    """
     if not items:
         return []
+    past = window[0]
     if path == EVENTS_PATH:  # the v1 events API takes one event per request
-        return [Payload(path, item, None, n, expires) for item, n in zip(items, points)]
+        return [Payload(path, item, None, n, ts + past - margin) for item, n, ts in zip(items, points, stamps)]
+    newest, spread = max(stamps), past / 12
+    if min(stamps) >= newest - spread:  # the usual case: one group
+        groups: list[list[int]] = [list(range(len(items)))]
+    else:
+        buckets: dict[int, list[int]] = {}
+        for i, ts in enumerate(stamps):
+            buckets.setdefault(int((newest - ts) // spread), []).append(i)
+        groups = [buckets[k] for k in sorted(buckets)]
     payloads: list[Payload] = []
-    start, size = 0, 0
-    for i, item in enumerate(items):
-        if size and size + len(item) + 1 > CHUNK_RAW:
-            payloads.extend(_compress(path, items[start:i], points[start:i], expires))
-            start, size = i, 0
-        size += len(item) + 1
-    payloads.extend(_compress(path, items[start:], points[start:], expires))
+    for group in groups:
+        if len(groups) == 1:
+            g_items, g_points, oldest = items, points, min(stamps)
+        else:
+            g_items, g_points = [items[i] for i in group], [points[i] for i in group]
+            oldest = min(stamps[i] for i in group)
+        expires = oldest + past - margin
+        start, size = 0, 0
+        for i, item in enumerate(g_items):
+            if size and size + len(item) + 1 > CHUNK_RAW:
+                payloads.extend(_compress(path, g_items[start:i], g_points[start:i], expires))
+                start, size = i, 0
+            size += len(item) + 1
+        payloads.extend(_compress(path, g_items[start:], g_points[start:], expires))
     return payloads
 
 
@@ -231,5 +361,5 @@ def _compress(path: str, items: Sequence[bytes], points: Sequence[int], expires:
         half = len(items) // 2
         return (_compress(path, items[:half], points[:half], expires)
                 + _compress(path, items[half:], points[half:], expires))
-    # a single object over the limit is sent anyway: the intake's 413 is counted, not retried
+    # one object is at most MAX_OBJECT bytes (the sink checks), so this holds by construction
     return [Payload(path, body, "deflate", sum(points), expires)]

@@ -9,8 +9,19 @@ the points' shapes, the events' and service checks' required fields and enums. A
 rule gets 400 with the reason (as Datadog answers) and the reason is kept in `errors`, which every test
 asserts is empty. Good requests get 202 and Datadog's response body.
 
+It is at least as strict as the real intake for every rule the sidecar validates (docs/datadog.md lists
+them with their sources), and refuses the WHOLE payload for one bad object, as the real one does:
+metric names (a letter first, `[A-Za-z0-9_.]`, 200 characters), values (finite numbers only, also
+when the JSON spells one too large for a double), timestamps inside each endpoint's window (series and
+distributions: 1 h back, 10 min ahead; service checks: 10 min back and ahead; events: 18 h back, 2 h
+ahead), event title/text/aggregation key lengths, the service check name length, and text
+that is valid Unicode. Where the real intake normalises instead of refusing (tags: lower case, other
+characters to `_`, ...), this one refuses any tag not already in that normal form, so a test proves
+the sidecar sends exactly what Datadog would store.
+
 Failure injection: `fail_next(n, status)` answers `status` to the next n requests; `always(status)` to
-every request; `delay` holds every answer for that many seconds (for timeouts).
+every request; `fail_text` replaces the body of those answers (an intake that echoes the request);
+`delay` holds every answer for that many seconds (for timeouts).
 """
 
 from __future__ import annotations
@@ -18,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import gzip
 import json
+import math
 import time
 import zlib
 from collections.abc import AsyncIterator
@@ -30,8 +42,12 @@ from tests.conftest import serve_app
 
 MAX_COMPRESSED = 512_000
 MAX_DECOMPRESSED = 5_242_880
+INT64_MAX = 2**63 - 1
+# (seconds accepted before, after the intake's clock) per endpoint
+WINDOWS = {"/api/v2/series": (3600, 600), "/api/v1/distribution_points": (3600, 600),
+           "/api/v1/check_run": (600, 600), "/api/v1/events": (18 * 3600, 2 * 3600)}
 
-TAG = {"type": "string", "minLength": 1, "maxLength": 200, "pattern": r"^[A-Za-z][^,]*$"}
+TAG = {"type": "string", "minLength": 1, "maxLength": 200}  # and in normal form: `tag_problem`
 TAGS = {"type": "array", "items": TAG}
 NAME = {"type": "string", "pattern": r"^[A-Za-z][A-Za-z0-9_.]{0,199}$"}
 TIMESTAMP = {"type": "integer"}
@@ -47,7 +63,7 @@ SERIES_SCHEMA = {
         "properties": {
             "metric": NAME,
             "type": {"enum": [0, 1, 2, 3]},
-            "interval": {"type": "integer", "minimum": 1},
+            "interval": {"type": "integer", "minimum": 1, "maximum": INT64_MAX},
             "points": {"type": "array", "minItems": 1, "items": {
                 "type": "object", "required": ["timestamp", "value"], "additionalProperties": False,
                 "properties": {"timestamp": TIMESTAMP, "value": {"type": "number"}},
@@ -90,7 +106,7 @@ EVENT_SCHEMA = {
     "required": ["title", "text"],
     "additionalProperties": False,
     "properties": {
-        "title": {"type": "string", "minLength": 1},
+        "title": {"type": "string", "minLength": 1, "maxLength": 100},
         "text": {"type": "string", "maxLength": 4000},
         "aggregation_key": {"type": "string", "maxLength": 100},
         "alert_type": {"enum": ["error", "warning", "info", "success", "user_update", "recommendation",
@@ -113,9 +129,9 @@ CHECK_RUN_SCHEMA = {
         "required": ["check", "host_name", "status", "tags"],
         "additionalProperties": False,
         "properties": {
-            "check": {"type": "string", "minLength": 1},
+            "check": {"type": "string", "minLength": 1, "maxLength": 200},
             "host_name": {"type": "string"},
-            "message": {"type": "string"},
+            "message": {"type": "string"},  # past 500 characters only shown cut, not refused
             "status": {"enum": [0, 1, 2, 3]},
             "tags": TAGS,
             "timestamp": TIMESTAMP,
@@ -149,6 +165,7 @@ class Intake:
         self.delay = 0.0
         self.redirect_to = ""
         self._fail: list[int] = []
+        self.fail_text: str | None = None  # the body of injected failures, instead of Datadog's
         self._always: int | None = None
         self._fail_until = 0.0
         self._fail_status = 500
@@ -199,7 +216,7 @@ class Intake:
             status = self._fail.pop(0) if self._fail else (self._fail_status if outage else self._always)
             assert status is not None
             self.requests.append((path, status))
-            text = {403: '{"errors":["Forbidden"]}', 429: '{"errors":["Too many requests"]}'}.get(
+            text = self.fail_text or {403: '{"errors":["Forbidden"]}', 429: '{"errors":["Too many requests"]}'}.get(
                 status, '{"errors":["Internal Server Error"]}')
             return web.Response(status=status, text=text, content_type="application/json")
         try:
@@ -228,7 +245,7 @@ class Intake:
             raise Invalid(f"unknown path {request.path}")
         if request.query:
             raise Invalid(f"unexpected query string {request.query_string!r} (the key belongs in DD-API-KEY)")
-        schema, encodings, _ = ENDPOINTS[request.path]
+        _, encodings, _ = ENDPOINTS[request.path]
         if request.headers.get("DD-API-KEY") != self.api_key:
             raise Invalid("missing or wrong DD-API-KEY header")
         if request.headers.get("Content-Type", "").split(";")[0].strip() != "application/json":
@@ -237,47 +254,120 @@ class Intake:
         self.encodings.add(encoding)
         if encoding not in encodings:
             raise Invalid(f"Content-Encoding {encoding!r}, expected one of {encodings}")
-        if len(body) > MAX_COMPRESSED:
-            raise Invalid(f"payload of {len(body)} bytes, over {MAX_COMPRESSED}")
-        try:
-            if encoding == "deflate":
-                raw = zlib.decompress(body)
-            elif encoding == "gzip":
-                raw = gzip.decompress(body)
-            else:
-                raw = body
-        except (zlib.error, OSError) as exc:
-            raise Invalid(f"body is not {encoding}: {exc}") from None
-        if len(raw) >= MAX_DECOMPRESSED:
-            raise Invalid(f"decompressed payload of {len(raw)} bytes, over {MAX_DECOMPRESSED}")
-        try:
-            doc = json.loads(raw, parse_constant=_no_constants)
-        except ValueError as exc:
-            raise Invalid(f"body is not JSON: {exc}") from None
-        try:
-            jsonschema.validate(doc, schema, cls=jsonschema.Draft202012Validator)
-        except jsonschema.ValidationError as exc:
-            raise Invalid(f"{exc.message} at {list(exc.absolute_path)}") from None
-        self._check_times(request.path, doc)
-        return doc
+        return check_payload(request.path, encoding, body)
 
-    def _check_times(self, path: str, doc: Any) -> None:
-        now = time.time()
-        if path == "/api/v2/series":
-            stamps = [p["timestamp"] for s in doc["series"] for p in s["points"]]
-            oldest = 3600
-        elif path == "/api/v1/distribution_points":
-            stamps = [p[0] for s in doc["series"] for p in s["points"]]
-            oldest = 3600
-        elif path == "/api/v1/check_run":
-            stamps = [c["timestamp"] for c in doc if "timestamp" in c]
-            oldest = 600
+
+def check_payload(path: str, encoding: str | None, body: bytes, now: float | None = None) -> Any:
+    """The body of a request to `path`, checked as the intake checks it; raises `Invalid`, else the JSON.
+
+    Apart from the HTTP details (method, headers), so property tests can check thousands of payloads
+    without a request each.
+    """
+    schema, encodings, _ = ENDPOINTS[path]
+    if encoding not in encodings:
+        raise Invalid(f"Content-Encoding {encoding!r}, expected one of {encodings}")
+    if len(body) > MAX_COMPRESSED:
+        raise Invalid(f"payload of {len(body)} bytes, over {MAX_COMPRESSED}")
+    try:
+        if encoding == "deflate":
+            raw = zlib.decompress(body)
+        elif encoding == "gzip":
+            raw = gzip.decompress(body)
         else:
-            stamps = [doc["date_happened"]] if "date_happened" in doc else []
-            oldest = 7 * 86400
-        for ts in stamps:
-            if not now - oldest <= ts <= now + 600:
-                raise Invalid(f"timestamp {ts} outside [now - {oldest} s, now + 600 s] (seconds, not ms?)")
+            raw = body
+    except (zlib.error, OSError) as exc:
+        raise Invalid(f"body is not {encoding}: {exc}") from None
+    if len(raw) >= MAX_DECOMPRESSED:
+        raise Invalid(f"decompressed payload of {len(raw)} bytes, over {MAX_DECOMPRESSED}")
+    try:
+        doc = json.loads(raw, parse_constant=_no_constants)
+    except ValueError as exc:
+        raise Invalid(f"body is not JSON: {exc}") from None
+    try:
+        jsonschema.validate(doc, schema, cls=jsonschema.Draft202012Validator)
+    except jsonschema.ValidationError as exc:
+        raise Invalid(f"{exc.message} at {list(exc.absolute_path)}") from None
+    _check_unicode(doc)
+    _check_times(path, doc, time.time() if now is None else now)
+    _check_values(path, doc)
+    _check_tags(doc)
+    return doc
+
+
+def _check_times(path: str, doc: Any, now: float) -> None:
+    if path == "/api/v2/series":
+        stamps = [p["timestamp"] for s in doc["series"] for p in s["points"]]
+    elif path == "/api/v1/distribution_points":
+        stamps = [p[0] for s in doc["series"] for p in s["points"]]
+    elif path == "/api/v1/check_run":
+        stamps = [c["timestamp"] for c in doc if "timestamp" in c]
+    else:
+        stamps = [doc["date_happened"]] if "date_happened" in doc else []
+    past, future = WINDOWS[path]
+    for ts in stamps:
+        if not now - past <= ts <= now + future:
+            raise Invalid(f"timestamp {ts} outside [now - {past} s, now + {future} s] (seconds, not ms?)")
+
+def _check_values(path: str, doc: Any) -> None:
+    if path == "/api/v2/series":
+        values = [p["value"] for s in doc["series"] for p in s["points"]]
+    elif path == "/api/v1/distribution_points":
+        values = [v for s in doc["series"] for p in s["points"] for v in p[1]]
+    else:
+        return
+    for v in values:  # `1e999` is valid JSON syntax but no double: Datadog refuses it
+        try:
+            finite = math.isfinite(v)
+        except OverflowError:  # an integer beyond any double
+            finite = False
+        if not finite:
+            raise Invalid(f"value {str(v)[:50]} is not a finite number")
+
+def _check_tags(doc: Any) -> None:
+    objects = doc["series"] if isinstance(doc, dict) and "series" in doc else doc if isinstance(doc, list) else [doc]
+    for obj in objects:
+        for tag in obj.get("tags", ()):
+            problem = tag_problem(tag)
+            if problem:
+                raise Invalid(f"tag {tag!r}: {problem}")
+
+
+def tag_problem(tag: str) -> str | None:
+    """Why `tag` is not in the form Datadog stores it (getting_started/tagging), or None.
+
+    Written apart from the sidecar's normaliser on purpose: the two must agree for the tests to pass.
+    """
+    if not 1 <= len(tag) <= 200:
+        return "not 1-200 characters"
+    if not tag[0].isalpha():
+        return "does not start with a letter"
+    for c in tag:
+        if not (c.isalpha() or c.isdecimal() or c in "_.:/-"):
+            return f"character {c!r} is not allowed"
+        low = c.lower()
+        if low != c and len(low) == 1 and len(low.encode()) == len(c.encode()):
+            return f"upper case {c!r} (Datadog stores tags in lower case)"
+    if "__" in tag:
+        return "contiguous underscores"
+    if tag[-1] in "_:":
+        return "ends with an underscore or a colon"
+    return None
+
+
+def _check_unicode(value: Any) -> None:
+    """Every string must be valid Unicode: a lone surrogate (`"\\ud800"`) is not text."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise Invalid(f"string {value[:50]!r} is not valid Unicode") from None
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            _check_unicode(k)
+            _check_unicode(v)
+    elif isinstance(value, list):
+        for v in value:
+            _check_unicode(v)
 
 
 def _no_constants(name: str) -> Any:

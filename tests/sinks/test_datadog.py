@@ -289,8 +289,10 @@ async def test_a_bad_sample_costs_only_itself(intake: Intake) -> None:
     await asyncio.wait_for(task, 5)
     assert intake.metrics() == {"ok.before", "ok.after", "zero.interval"}
     assert intake.points("zero.interval")[0][3] == 1
-    assert exported(sink, "points_dropped", reason="not_finite") == 1
-    assert exported(sink, "points_dropped", reason="invalid") == 1
+    # rejected before queuing: a histogram counts the points it would have become (4 aggregates, p95)
+    assert sink.metrics.get("tasklens.sink.points_rejected", sink="datadog", reason="not_finite") == 5
+    assert sink.metrics.get("tasklens.sink.points_rejected", sink="datadog", reason="invalid") == 1
+    assert sink.status()["points_rejected"] == 6 and sink.status()["points_dropped"] == 0
 
 
 async def test_retries_back_off_exponentially_with_jitter(intake: Intake) -> None:

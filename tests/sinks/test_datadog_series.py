@@ -5,9 +5,13 @@ from __future__ import annotations
 import json
 import zlib
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from agent.model import Event, Points, ServiceCheck
 from agent.sinks import datadog_series as dd
 from agent.sinks.deltas import CounterDeltas
+from tests.sinks.intake import tag_problem
 
 
 def test_histogram_worked_example_from_the_spec() -> None:
@@ -47,12 +51,42 @@ def test_metric_names_follow_datadog_rules() -> None:
     assert dd.metric_name("1st.metric") == "st.metric"
     assert dd.metric_name("__x") == "x"
     assert dd.metric_name("123") == ""
-    assert dd.metric_name("a" * 300) == "a" * 200
+    assert dd.metric_name("a" * 300) == "a" * 300  # never cut: the sink drops it, counted, with its suffix
 
 
 def test_tags_are_key_value_strings() -> None:
     assert dd.tag_list((("service", "orders"), ("canary", ""), ("url", "http://x:1"))) == [
         "service:orders", "canary", "url:http://x:1"]
+
+
+def test_tags_are_normalised_as_datadog_stores_them() -> None:
+    # getting_started/tagging: a letter first; letters, digits, `_ - : . /`; other characters become `_`,
+    # contiguous underscores one, no trailing `_`; lower case; 200 characters
+    cases = {
+        "Env:Prod": "env:prod",
+        "#test_starting_hash": "test_starting_hash",
+        "1abc": "abc",
+        "__x": "x",
+        ":key:v": "key:v",
+        "Test Conversion Of Weird !@#$%^&**() Characters": "test_conversion_of_weird_characters",
+        "a__b": "a_b",
+        "trailing_": "trailing",
+        "key:": "key",
+        "path:/a/b-c.d": "path:/a/b-c.d",
+        "日本語:値": "日本語:値",  # Unicode letters are kept
+        "ÉTÉ:Ça": "été:ça",
+        "x:½²": "x",  # not decimal digits
+        "a\ud800b": "a_b",
+        "123": "",
+        "": "",
+        "a" * 300: "a" * 200,
+        "a" * 199 + "!b": "a" * 199,  # the `_` would make 201 characters with the `b`
+    }
+    for raw, want in cases.items():
+        raw = raw.encode().decode("unicode_escape") if "\\u" in raw else raw
+        assert dd.normalize_tag(raw) == want, raw
+    # empty after normalisation: left out; equal after normalisation: once
+    assert dd.tag_list((("123", ""), ("Env", "Prod"), ("env", "prod"), ("q", "1"))) == ["env:prod", "q:1"]
 
 
 def test_distribution_weights_are_expanded() -> None:
@@ -67,7 +101,7 @@ def test_series_objects() -> None:
     tags = (("service", "orders"), ("path", 'a"b\\c'))
     assert json.loads(dd.series("x", dd.RATE, 0.6, 1700000000.9, tags, 10.0)) == {
         "metric": "x", "type": 2, "points": [{"timestamp": 1700000000, "value": 0.6}],
-        "tags": ["service:orders", 'path:a"b\\c'], "interval": 10}
+        "tags": ["service:orders", "path:a_b_c"], "interval": 10}  # quote and backslash normalised
     assert json.loads(dd.series("g", dd.GAUGE, 1.5, 1700000000, ())) == {
         "metric": "g", "type": 3, "points": [{"timestamp": 1700000000, "value": 1.5}], "tags": []}
     assert json.loads(dd.series("c", dd.COUNT, 3, 1700000000, (), 0.2))["interval"] == 1  # never 0
@@ -79,7 +113,7 @@ def test_series_objects() -> None:
 def test_event_and_service_check_objects() -> None:
     e = Event("deploy", "x" * 5000, (("service", "orders"),), timestamp=1700000000.5, aggregation_key="k" * 150,
               priority="low", alert_type="info")
-    obj = dd.event(e, now=1.0)
+    obj = dd.event(e, now=1700000001.0)
     assert obj == {"title": "deploy", "text": "x" * 4000, "date_happened": 1700000000, "tags": ["service:orders"],
                    "aggregation_key": "k" * 100, "priority": "low", "alert_type": "info"}
     c = ServiceCheck("orders.can_connect", 2, (("db", "main"),), message="refused")
@@ -92,7 +126,7 @@ def test_encode_splits_under_the_size_limits() -> None:
     # 30,000 series with ~40 random-looking bytes each: raw JSON well over one 2 MB chunk
     objs = [dd.series(f"m.{i}", dd.GAUGE, i, 1700000000, (("id", f"{i * 2654435761 % 2**32:x}" * 4),))
             for i in range(30_000)]
-    payloads = dd.encode(dd.SERIES_PATH, objs, [1] * len(objs), expires=0.0)
+    payloads = dd.encode(dd.SERIES_PATH, objs, [1] * len(objs), [1700000000.0] * len(objs), dd.SERIES_WINDOW)
     assert len(payloads) >= 2
     assert sum(p.points for p in payloads) == 30_000
     seen = []
@@ -106,11 +140,11 @@ def test_encode_splits_under_the_size_limits() -> None:
 
 def test_encode_events_one_per_request_and_checks_as_an_array() -> None:
     events = [dd.dumps(dd.event(Event("a", "b"), 1700000000)), dd.dumps(dd.event(Event("c", "d"), 1700000000))]
-    out = dd.encode(dd.EVENTS_PATH, events, [1, 1], 0.0)
+    out = dd.encode(dd.EVENTS_PATH, events, [1, 1], [1700000000.0] * 2, dd.EVENT_WINDOW)
     assert [json.loads(p.body)["title"] for p in out] == ["a", "c"] and all(p.encoding is None for p in out)
     checks = [dd.dumps(dd.service_check(ServiceCheck("a", 0), 1700000000)),
               dd.dumps(dd.service_check(ServiceCheck("b", 1), 1700000000))]
-    (payload,) = dd.encode(dd.CHECK_RUN_PATH, checks, [1, 1], 0.0)
+    (payload,) = dd.encode(dd.CHECK_RUN_PATH, checks, [1, 1], [1700000000.0] * 2, dd.CHECK_WINDOW)
     assert [c["check"] for c in json.loads(payload.body)] == ["a", "b"] and payload.points == 2
 
 
@@ -122,3 +156,13 @@ def test_counter_deltas_skip_first_sighting_and_resets() -> None:
     assert d.update("k", 1300.0, now=4.0) == 100.0
     assert d.update("other", 5.0, now=4.0) is None
     assert d.prune(older_than=4.0) == 0 and d.prune(older_than=4.5) == 2 and len(d) == 0
+
+
+@settings(max_examples=2000, deadline=None)
+@given(st.text(max_size=220) | st.text("abcXYZ019_:./- #é", max_size=220))
+def test_a_normalised_tag_is_one_the_intake_takes_and_stays_as_it_is(raw: str) -> None:
+    tag = dd.normalize_tag(raw)
+    assert tag == "" or tag_problem(tag) is None, (raw, tag)
+    assert dd.normalize_tag(tag) == tag  # idempotent: the fast path and the slow one agree
+    if tag_problem(raw) is None:  # already normal: unchanged
+        assert tag == raw

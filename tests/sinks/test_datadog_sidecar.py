@@ -26,7 +26,7 @@ TASK = str(FIXTURES / "fargate-2023.task.json")
 STATS = str(FIXTURES / "fargate-2023.stats.json")
 TASK_TAGS = ("service:akira-fargate-check", "ecs_cluster:akira-fargate-check-cluster",
              "task_family:akira-fargate-check", "task_revision:1", "task_id:67cd8a22b533459696d4ccab5278e009",
-             "availability_zone:ap-northeast-1d", "region:ap-northeast-1", "launch_type:FARGATE")
+             "availability_zone:ap-northeast-1d", "region:ap-northeast-1", "launch_type:fargate")  # Datadog stores tags in lower case
 
 
 @pytest.fixture

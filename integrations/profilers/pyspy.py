@@ -29,6 +29,7 @@ import psutil
 from agent.config import Config, ConfigError, mask_url
 from agent.hub import Hub
 from agent.logs import RateLimitedLog, log
+from agent.redact import Redactor, config_secrets
 from integrations.profilers import procs
 from integrations.profilers.ingest import Folded, ingest_params, parse_raw, profile_name, render
 from integrations.profilers.sitecustomize import labels, split_credentials
@@ -99,6 +100,7 @@ class PySpyProfiler:
             self._headers["X-Scope-OrgID"] = config.pyroscope_tenant
         self._duration = max(1, round(config.profile_window))  # py-spy takes whole seconds
         self._scan_interval = min(SCAN_INTERVAL, config.profile_window)
+        self._redact = Redactor(config_secrets(config))  # a server's error text may echo the password
         hub.metrics.declare("tasklens.profiler.record_errors",
                             ("pyspy_missing", "ptrace_denied", "not_python", "pyspy_failed", "internal"))
         hub.metrics.declare("tasklens.profiler.push_errors", ("timeout", "connection", "error"))
@@ -309,7 +311,7 @@ class PySpyProfiler:
                                           headers=self._headers) as resp:
                 if resp.status >= 300:
                     reason = f"http_{resp.status}"
-                    detail = (await resp.text(errors="replace"))[:200]
+                    detail = self._redact.remote_text(await resp.content.read(64 * 1024))
         except asyncio.TimeoutError:
             reason, detail = "timeout", f"no answer in {PUSH_TIMEOUT:g} s"
         except aiohttp.ClientError as exc:

@@ -254,6 +254,7 @@ class FakePyroscope:
     pushed: list[Series] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     url: str = ""
+    error_text: str = ""  # the body of a non-200 answer to an ingest (servers echo what they got)
 
     def _check_headers(self, request: web.Request) -> web.Response | None:
         if self.require_auth:
@@ -286,7 +287,8 @@ class FakePyroscope:
         if self.status == 200:
             self.ingested.append(Ingested(service, kind, labels, start, until, rate, q["spyName"], stacks,
                                           dict(request.headers)))
-        return web.Response(status=self.status)
+            return web.Response(status=200)
+        return web.Response(status=self.status, text=self.error_text)
 
     async def push(self, request: web.Request) -> web.Response:
         denied = self._check_headers(request)

@@ -147,6 +147,22 @@ async def test_push_failures_are_counted_and_sampling_goes_on(pyroscope, start_w
     assert pyroscope.ingested and pyroscope.ingested[0].share(HOT_FUNCTION) >= 0.9
 
 
+async def test_an_error_text_that_echoes_the_password_is_logged_masked(pyroscope, start_worker, ptrace_ok,
+                                                                       identity, caplog):
+    caplog.set_level(logging.WARNING, logger="tasklens")
+    password = "s3cr3t-Pyroscope-pw"
+    pyroscope.status, pyroscope.error_text = 401, f"denied: user=team-a password={password}"
+    worker = start_worker()
+    profiler = profiler_for(pyroscope.url, worker.marker, identity, window=1.0, pyroscope_user="team-a",
+                            pyroscope_password=password)
+    stop = asyncio.Event()
+    task = asyncio.create_task(profiler.run(stop))
+    metrics = profiler.hub.metrics
+    await until(lambda: metrics.get("tasklens.profiler.push_errors", reason="http_401") >= 1, 30, "a refused push")
+    await stopped(profiler, stop, task)
+    assert "denied: user=team-a" in caplog.text and password not in caplog.text
+
+
 async def test_unreachable_server_is_a_connection_error(start_worker, ptrace_ok, identity):
     worker = start_worker()
     profiler = profiler_for(f"http://127.0.0.1:{free_port()}", worker.marker, identity, window=1.0)

@@ -206,8 +206,8 @@ class HealthMonitor:
         """`task`/`stats`: this poll's JSON; `derived`: what `ecs_stats.derive` made of it (for the
         CPU utilization, computed there once); `poll_time`: Unix seconds of the poll."""
         stats = stats if isinstance(stats, dict) else {}
-        utilization = {(s.name, s.tags): s.value for s in derived
-                       if s.name.endswith("cpu.utilization_percent") and isinstance(s.value, float)}
+        utilization = {(s.name, s.tags): float(s.value) for s in derived
+                       if s.name.endswith("cpu.utilization_percent") and isinstance(s.value, (int, float))}
         observed: dict[str, tuple[Tags, Observation]] = {}
         containers = _get(task, "Containers")
         for container in containers if isinstance(containers, list) else []:

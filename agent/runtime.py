@@ -51,6 +51,7 @@ class Runtime:
         self.sinks: list[Sink] = [self.prometheus]
         self.http_addresses: list[tuple[str, int]] = []
         self._runner: web.AppRunner | None = None
+        self.page: Any = None  # the status page's history (agent.statuspage), when enabled
         self._log = RateLimitedLog(log, interval=60.0)
 
     # -- assembly: each component is imported only when the configuration names it -------------
@@ -88,6 +89,11 @@ class Runtime:
             from agent.sinks.dogstatsd_forward import DogStatsdForwarder
 
             self.sinks.append(DogStatsdForwarder(config, hub))
+        if config.status_page:  # GET /: keeps the last hour of a few series per container and queue
+            from agent.statuspage import PageHistory
+
+            self.page = PageHistory(hub, history_seconds=config.status_history)
+            self.sinks.append(self.page)
         for sink in self.sinks:
             if sink is not self.prometheus:
                 hub.add_sink(sink)
@@ -106,6 +112,10 @@ class Runtime:
 
     async def start_http(self) -> None:
         app = http.make_app(self.hub, self.prometheus, self.ready, self.status)
+        if self.page is not None:
+            from agent.statuspage import add_routes
+
+            add_routes(app, self.page, self.status)
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._runner.setup()
         host, port = self.config.http_addr

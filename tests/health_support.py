@@ -122,3 +122,61 @@ CAPTURES: dict[str, tuple[Any, Any, dict[str, dict[str, float]]]] = {
         "datadog-agent": _first_sight(None),
     }),
 }
+
+
+# --- the status page ---------------------------------------------------------------------------------
+
+HOSTILE = '<img src=x onerror="window.__pwned=1">'  # a StatsD name, a container name: shown as text
+
+
+class Clock:
+    def __init__(self, now: float = 1_700_000_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def feed_page(page: Any, clock: Clock, *, polls: int = 181, step: float = 10.0, depth_start: float = 900.0) -> None:
+    """What the sidecar publishes over `polls` polls of fargate-2023 with dd-agent leaking 2 MiB a poll
+    (derive + health, as the ECS source does), a queue draining 3 messages a poll, and a StatsD flush
+    with a hostile metric name, all into the page's history at the clock's times."""
+    from agent.model import Batch, Kind, Points, Sample
+    from agent.sources.ecs_stats import derive
+    from integrations.queues.trend import History
+
+    m = monitor()
+    queue = History(300.0)
+    previous: dict[str, Any] = {}
+    busy = 0.0
+    for i, (task, stats) in enumerate(leaking_polls(polls=polls, step=step, grow=2 * MIB)):
+        clock.now += step
+        # dd-agent busier and busier: 20 % of its 1 vCPU, rising 0.2 points a poll (56 % at the end)
+        busy += (0.2 + 0.002 * i) * step * 1e9
+        stats[_docker_id(task, "dd-agent")]["cpu_stats"]["cpu_usage"]["total_usage"] += int(busy)
+        if i == 0:  # as just after a start: no `precpu_stats`, so no CPU rate for the first poll
+            for entry in stats.values():
+                entry["precpu_stats"] = {}
+        for c in task["Containers"]:
+            if c["Name"] == "apmtest-ping":
+                c["Name"] = HOSTILE
+        derived = derive(task, stats, previous).samples
+        previous = stats
+        derived += m.observe(task, stats, derived, clock.now)
+        page.accept(Batch("ecs", derived, snapshot=True))
+        depth = max(0.0, depth_start - 3 * i)
+        queue.add(clock.now, depth)
+        tr = queue.trend(100.0, clock.now)
+        q = [Sample("queue.depth", depth, tags=(("queue", "orders"), ("queue_type", "sqs")))]
+        if tr is not None:
+            q += [Sample("queue.growth_rate", tr.growth_rate, tags=q[0].tags),
+                  Sample("queue.backing_up", 1.0 if tr.backing_up else 0.0, tags=q[0].tags)]
+            if tr.drain_seconds is not None:
+                q.append(Sample("queue.drain_seconds", tr.drain_seconds, tags=q[0].tags))
+        page.accept(Batch("queue:orders", q, snapshot=True))
+    page.accept(Batch("statsd", [
+        Sample("jobs.done", 500.0, Kind.COUNT, interval=10.0),
+        Sample(HOSTILE, 50.0, Kind.COUNT, interval=10.0),
+        Sample("job.seconds", Points([0.1] * 30, [1.0] * 30), Kind.HISTOGRAM, interval=10.0),
+        Sample("workers", 4.0, Kind.GAUGE),
+    ]))

@@ -8,6 +8,7 @@ need=()
 command -v beanstalkd >/dev/null || need+=(beanstalkd)        # queue tests start their own
 command -v promtool >/dev/null || need+=(prometheus)          # rule checks, the real-scrape test
 command -v redis-server >/dev/null || need+=(redis-server)    # outage tests start their own
+command -v chromium >/dev/null || need+=(chromium chromium-driver)  # the status page in a real browser
 if ((${#need[@]})); then
   if [ "$(id -u)" = 0 ]; then
     apt-get update -qq

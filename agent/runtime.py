@@ -77,6 +77,10 @@ class Runtime:
             from integrations.queues.source import queue_sources
 
             self.sources += queue_sources(config, hub)  # ConfigError on a bad or duplicate URL
+        if config.top_processes:  # needs pidMode task to see the workers' processes
+            from agent.processes import ProcessSource
+
+            self.sources.append(ProcessSource(hub, interval=config.poll_interval, n=config.top_processes))
         if config.profiling_enabled:
             from integrations.profilers.pyspy import PySpyProfiler
 

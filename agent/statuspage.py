@@ -123,6 +123,7 @@ class PageHistory:
         self.containers: dict[str, dict[str, Any]] = {}
         self.queues: dict[str, dict[str, Any]] = {}
         self.statsd: list[dict[str, Any]] = []
+        self.processes: list[dict[str, Any]] = []  # the latest top processes (agent/processes.py)
         self.statsd_at: float | None = None
         self.dropped = 0  # containers or queues beyond the caps
         self.errors = RecentErrors()
@@ -139,6 +140,8 @@ class PageHistory:
             self._resources(batch, now)
         elif batch.source.startswith("queue"):
             self._queue(batch, now)
+        elif batch.source == "processes":
+            self._processes(batch)
         elif batch.source == "statsd" and now - self.watched_at < WATCHING:
             self._statsd(batch, now)
 
@@ -205,6 +208,14 @@ class PageHistory:
                 ring.add(now, got.get(key))  # a failed poll is a gap in the chart
             entry["latest"] = {k: got.get(k) for k in QUEUE_LATEST.values()}
 
+    def _processes(self, batch: Batch) -> None:
+        top: dict[str, dict[str, float]] = {}
+        for s in batch.samples:
+            name = dict(s.tags).get("process")
+            if name and _number(s.value):
+                top.setdefault(name, {})[s.name.rsplit(".", 1)[-1]] = float(s.value)
+        self.processes = [{"name": n, **v} for n, v in sorted(top.items(), key=lambda kv: -kv[1].get("rss_bytes", 0))]
+
     def _statsd(self, batch: Batch, now: float) -> None:
         """The busiest StatsD metrics of this flush: values received per second, by name."""
         rates: dict[str, float] = {}
@@ -237,6 +248,7 @@ class PageHistory:
             "queues": [{"name": name, **{k: r.points() for k, r in e["series"].items()}, **e.get("latest", {})}
                        for name, e in sorted(self.queues.items())],
             "statsd": {"busiest": self.statsd, "at": self.statsd_at},
+            "processes": self.processes,
             "errors": list(self.errors.records)[::-1],
             "components": {name: _health(status) for name, status in components.items()},
         }

@@ -174,6 +174,11 @@ def feed_page(page: Any, clock: Clock, *, polls: int = 181, step: float = 10.0, 
             if tr.drain_seconds is not None:
                 q.append(Sample("queue.drain_seconds", tr.drain_seconds, tags=q[0].tags))
         page.accept(Batch("queue:orders", q, snapshot=True))
+    worker, agent = (("process", "python:worker.py"),), (("process", "agent"),)
+    page.accept(Batch("processes", [
+        Sample("ecs.task.process.cpu_vcpus", 0.45, tags=worker), Sample("ecs.task.process.cpu_vcpus", 0.02, tags=agent),
+        Sample("ecs.task.process.rss_bytes", 480 * MIB, tags=worker), Sample("ecs.task.process.rss_bytes", 60 * MIB, tags=agent),
+    ], snapshot=True))
     page.accept(Batch("statsd", [
         Sample("jobs.done", 500.0, Kind.COUNT, interval=10.0),
         Sample(HOSTILE, 50.0, Kind.COUNT, interval=10.0),

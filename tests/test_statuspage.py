@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import shutil
 import sys
@@ -41,6 +42,8 @@ def fed(polls: int = 181) -> tuple[PageHistory, Clock]:
     clock = Clock()
     page = PageHistory(Hub(IDENTITY), clock=clock)
     feed_page(page, clock, polls=polls)
+    page.errors.handle(logging.makeLogRecord({"name": "tasklens.queue", "levelno": logging.WARNING, "levelname": "WARNING",
+                                              "msg": "queue %s: poll failed", "args": (HOSTILE,), "created": clock.now}))
     return page, clock
 
 
@@ -249,6 +252,10 @@ async def test_the_page_in_chromium(chromium: Browser, tmp_path, width, height, 
         assert await asyncio.to_thread(chromium.js, "return window.__pwned === undefined")
         statsd = await asyncio.to_thread(chromium.js, "return [...document.querySelectorAll('#statsd td')].map(t => t.textContent)")
         assert statsd == ["jobs.done", "50/s", HOSTILE, "5/s"]
+        procs = await asyncio.to_thread(chromium.js, "return [...document.querySelectorAll('#processes td')].map(t => t.textContent)")
+        assert procs == ["python:worker.py", "45 % vCPU", "480 MiB", "agent", "2 % vCPU", "60 MiB"]
+        errors = await asyncio.to_thread(chromium.js, "return [...document.querySelectorAll('#errors td')].map(t => t.textContent)")
+        assert errors[1] == f"WARNING tasklens.queue: queue {HOSTILE}: poll failed"
         # missing numbers are shown as missing: apmtest-ping has no countdown
         assert await asyncio.to_thread(chromium.js, card_text(HOSTILE, "ttl")) == "–"
 
@@ -273,3 +280,40 @@ async def test_the_page_in_chromium(chromium: Browser, tmp_path, width, height, 
         assert {u.removeprefix(url) for u in requests} == {"/?refresh=1", "/status/history"}
     finally:
         await runner.cleanup()
+
+
+async def test_the_sidecar_serves_the_page(tmp_path):
+    """The real runtime (local mode): `GET /` and its data, with the sidecar's own container in it."""
+    import aiohttp
+
+    from agent.config import Config
+    from agent.runtime import Runtime
+    from tests.conftest import free_port
+
+    port = free_port()
+    runtime = Runtime(Config(http_addr=("127.0.0.1", port), statsd_addr=None, poll_interval=0.2), environ={})
+    shutdown = asyncio.Event()
+    serving = asyncio.create_task(runtime.serve(shutdown))
+    base = f"http://127.0.0.1:{port}"
+    try:
+        async with aiohttp.ClientSession() as session:
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + 20
+            data: dict[str, Any] = {}
+            while not data.get("containers"):
+                assert loop.time() < deadline, "the page's data never showed a container"
+                try:
+                    async with session.get(base + "/status/history") as r:
+                        data = await r.json()
+                except aiohttp.ClientConnectionError:
+                    pass
+                await asyncio.sleep(0.05)
+            async with session.get(base + "/") as r:
+                assert r.status == 200 and (await r.read()) == page_html()
+        (container,) = data["containers"]
+        assert container["working_set_bytes"][-1][1] > 0
+        assert container["restarts"] == 0 and container["oom_kills"] == 0
+        assert data["components"]["local"]["ok"] is True
+    finally:
+        shutdown.set()
+        assert await serving == 0

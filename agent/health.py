@@ -248,17 +248,18 @@ class HealthMonitor:
         exited = before is not None and before.running and not obs.running
         restarts = restarts_between(before, obs) if before is not None else 0
         # an exit is judged once: when the stop is seen, or at the restart if the stop fell between polls
-        if exited or (restarts and before is not None and before.running):
-            if c.last_running is not None and oom_killed(obs.exit_code, c.last_running, c.failcnt_rose):
-                c.oom_kills += 1
+        judged = exited or bool(restarts and before is not None and before.running)
+        if judged and c.last_running is not None and oom_killed(obs.exit_code, c.last_running, c.failcnt_rose):
+            c.oom_kills += 1
         if restarts or exited:
             c.restarts += restarts
             c.memory = trend.History(self.memory_window)  # a new process: its memory starts afresh
             c.saturation = Saturation()
         # the agent refreshes stats every 1-10 s: a `read` already seen is the same sample, not a point
         if obs.running and obs.working_set is not None and (c.last_running is None or obs.t > c.last_running.t):
-            if c.last_running is not None and obs.failcnt is not None and c.last_running.failcnt is not None:
-                c.failcnt_rose = obs.failcnt > c.last_running.failcnt
+            previous = c.last_running.failcnt if c.last_running is not None else None
+            if obs.failcnt is not None and previous is not None:
+                c.failcnt_rose = obs.failcnt > previous
             c.last_running = obs
             c.memory.add(obs.t, obs.working_set)
             c.peak_working_set = max(c.peak_working_set or 0.0, obs.working_set)

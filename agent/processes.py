@@ -28,6 +28,7 @@ log = logging.getLogger("tasklens.processes")
 
 INTERPRETERS = ("python", "node", "java", "ruby", "perl", "php", "bash", "sh", "dotnet", "bun", "deno")
 MAX_NAME = 64
+MIN_INTERVAL = 30.0  # seconds
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,21 +73,33 @@ def top(before: Mapping[int, Proc], now: Iterable[Proc], seconds: float, n: int)
     return out
 
 
-def read_processes() -> list[Proc]:
-    """Every process this PID namespace shows (blocking: /proc reads)."""
-    out = []
-    for p in psutil.process_iter(["name", "cmdline", "cpu_times", "memory_info"]):
+def read_processes(names: dict[psutil.Process, str] | None = None) -> list[Proc]:
+    """Every process this PID namespace shows (blocking: /proc reads). `names` caches each process's
+    command name (psutil hands back the same Process object while the process lives, a new one for a
+    reused pid): the command line is read once per process, not once per poll."""
+    names = {} if names is None else names
+    out, alive = [], set()
+    for p in psutil.process_iter(["cpu_times", "memory_info"]):
         info: dict[str, Any] = p.info
         times, memory = info.get("cpu_times"), info.get("memory_info")
         if times is None or memory is None:  # gone, or not ours to read
             continue
-        out.append(Proc(p.pid, command_name(info.get("name") or "", info.get("cmdline") or ()),
-                        times.user + times.system, float(memory.rss)))
+        name = names.get(p)
+        if name is None:
+            try:
+                name = names[p] = command_name(p.name(), p.cmdline())
+            except (psutil.Error, OSError):
+                continue
+        alive.add(p)
+        out.append(Proc(p.pid, name, times.user + times.system, float(memory.rss)))
+    for gone in set(names) - alive:
+        del names[gone]
     return out
 
 
 class ProcessSource:
-    """Publishes the top processes once per poll interval."""
+    """Publishes the top processes every `interval` seconds (the runtime uses the poll interval, at
+    least `MIN_INTERVAL`: reading every process costs ~0.1 ms each, and a leak takes minutes)."""
 
     name = "processes"
 
@@ -95,6 +108,7 @@ class ProcessSource:
         self.interval = interval
         self.n = n
         self._before: dict[int, Proc] = {}
+        self._names: dict[psutil.Process, str] = {}
         self._at: float | None = None
         self._log = RateLimitedLog(log)
         self.last_error: str | None = None
@@ -109,7 +123,7 @@ class ProcessSource:
 
     async def poll_once(self) -> None:
         try:
-            procs = await asyncio.to_thread(read_processes)
+            procs = await asyncio.to_thread(read_processes, self._names)
         except Exception as exc:  # psutil on a strange /proc: count it, keep the sidecar going
             self.hub.metrics.inc("tasklens.processes.poll_errors", reason=type(exc).__name__)
             self.last_error = repr(exc)

@@ -78,9 +78,10 @@ class Runtime:
 
             self.sources += queue_sources(config, hub)  # ConfigError on a bad or duplicate URL
         if config.top_processes:  # needs pidMode task to see the workers' processes
-            from agent.processes import ProcessSource
+            from agent.processes import MIN_INTERVAL, ProcessSource
 
-            self.sources.append(ProcessSource(hub, interval=config.poll_interval, n=config.top_processes))
+            interval = max(config.poll_interval, MIN_INTERVAL)
+            self.sources.append(ProcessSource(hub, interval=interval, n=config.top_processes))
         if config.profiling_enabled:
             from integrations.profilers.pyspy import PySpyProfiler
 

@@ -19,7 +19,7 @@ from array import array
 from collections import deque
 from collections.abc import Callable
 from importlib import resources
-from typing import Any
+from typing import Any, TypeGuard
 
 from aiohttp import web
 
@@ -65,7 +65,7 @@ QUEUE_LATEST = {"queue.growth_rate": "growth_rate", "queue.drain_seconds": "drai
 class Ring:
     """The last `capacity` (time, value) points in two preallocated arrays: 16 bytes a point."""
 
-    __slots__ = ("t", "v", "head", "size", "spacing")
+    __slots__ = ("head", "size", "spacing", "t", "v")
 
     def __init__(self, capacity: int, spacing: float) -> None:
         self.t = array("d", bytes(8 * capacity))
@@ -89,7 +89,8 @@ class Ring:
         out: list[list[float | None]] = []
         for i in range(self.head - self.size, self.head):
             v = self.v[i % cap]
-            out.append([round(self.t[i % cap], 3), None if math.isnan(v) else v])
+            # 3 decimals: plenty for a chart (bytes are whole), half the JSON of full doubles
+            out.append([round(self.t[i % cap], 1), None if math.isnan(v) else round(v, 3)])
         return out
 
 
@@ -254,7 +255,8 @@ class PageHistory:
         }
 
 
-def _number(value: Any) -> bool:
+def _number(value: object) -> TypeGuard[float]:
+    """A plain number (sources may hand over ints); not a bool, not a histogram's Points."""
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
@@ -282,7 +284,9 @@ def add_routes(app: web.Application, history: PageHistory, components: Callable[
         return web.Response(body=html, content_type="text/html", charset="utf-8", headers=HEADERS)
 
     async def data(request: web.Request) -> web.Response:
-        return web.json_response(history.snapshot(components()), headers=HEADERS)
+        response = web.json_response(history.snapshot(components()), headers=HEADERS)
+        response.enable_compression()  # ~400 KB of JSON at the caps, ~25 KB gzipped
+        return response
 
     app.router.add_get("/", page)
     app.router.add_get("/status/history", data)

@@ -13,10 +13,28 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent.health import (NEAR_LIMIT, HealthMonitor, Observation, Saturation, memory_forecast, oom_killed,
-                          restarts_between, saturation_step)
-from tests.health_support import (CAPTURES, MIB, container_values, leaking_polls, monitor, poll, series,
-                                  stopped, with_memory, with_restart)
+from agent.health import (
+    NEAR_LIMIT,
+    HealthMonitor,
+    Observation,
+    Saturation,
+    memory_forecast,
+    oom_killed,
+    restarts_between,
+    saturation_step,
+)
+from tests.health_support import (
+    CAPTURES,
+    MIB,
+    container_values,
+    leaking_polls,
+    monitor,
+    poll,
+    series,
+    stopped,
+    with_memory,
+    with_restart,
+)
 from tests.sources.ecs_helpers import load
 
 WINDOW = 1800.0
@@ -297,7 +315,7 @@ def test_task_and_container_saturation_from_the_derived_utilization():
     from agent.model import Sample
 
     m = monitor(saturation_window=20)
-    task, stats = poll("fargate-2023", "fargate-2023", t=0)
+    task, _ = poll("fargate-2023", "fargate-2023", t=0)
     tags = container_tags(task["Containers"][0])
     for t in (0, 10, 20, 30):
         derived = [Sample("ecs.task.cpu.utilization_percent", 97.0),

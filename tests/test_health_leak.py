@@ -29,10 +29,10 @@ from prometheus_client.parser import text_string_to_metric_families
 from agent.config import Config
 from agent.hub import Hub
 from agent.identity import Identity
+from agent.model import Batch
 from agent.sinks.prometheus import PrometheusSink
 from agent.sources.ecs import EcsSource
 from agent.sources.localstats import LocalStats
-from agent.model import Batch
 from tests.conftest import Recorder, serve_app
 
 MEMORY = Path("/sys/fs/cgroup/memory")

@@ -23,7 +23,17 @@ from aiohttp import web
 from agent.hub import Hub
 from agent.identity import Identity
 from agent.model import Batch, Kind, Sample
-from agent.statuspage import CSP, MAX_CONTAINERS, MAX_POINTS, MAX_QUEUES, WATCHING, PageHistory, Ring, add_routes, page_html
+from agent.statuspage import (
+    CSP,
+    MAX_CONTAINERS,
+    MAX_POINTS,
+    MAX_QUEUES,
+    WATCHING,
+    PageHistory,
+    Ring,
+    add_routes,
+    page_html,
+)
 from tests.conftest import serve_app
 from tests.health_support import HOSTILE, MIB, Clock, feed_page
 
@@ -59,13 +69,13 @@ def test_ring_keeps_the_last_points_and_gaps():
 
 def test_ring_thins_out_polls_faster_than_its_spacing():
     r = Ring(10, spacing=10.0)
-    for t in range(0, 100):
+    for t in range(100):
         r.add(float(t), 1.0)
     assert [t for t, _ in r.points()] == [0.0, 10.0, 20.0, 30.0, 40.0, 50.0, 60.0, 70.0, 80.0, 90.0]
 
 
 def test_snapshot_has_the_fixture_numbers():
-    page, clock = fed()
+    page, _ = fed()
     snap = page.snapshot(components())
     dd = next(c for c in snap["containers"] if c["name"] == "dd-agent")
     # 181 polls of the leaking dd-agent (tests/health_support.py): 156,966,912 B + 180 x 2 MiB at the end

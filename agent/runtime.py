@@ -14,7 +14,7 @@ import os
 import signal
 import time
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
@@ -25,6 +25,9 @@ from agent.identity import Identity, local_identity
 from agent.logs import RateLimitedLog
 from agent.selfmetrics import SelfMetrics
 from agent.sinks.prometheus import PrometheusSink
+
+if TYPE_CHECKING:
+    from agent.statuspage import PageHistory
 
 log = logging.getLogger("tasklens")
 MEMORY_RELEASE_EVERY = 30.0  # seconds; a trim with nothing to give back costs well under a millisecond
@@ -51,7 +54,7 @@ class Runtime:
         self.sinks: list[Sink] = [self.prometheus]
         self.http_addresses: list[tuple[str, int]] = []
         self._runner: web.AppRunner | None = None
-        self.page: Any = None  # the status page's history (agent.statuspage), when enabled
+        self.page: PageHistory | None = None  # the status page's history, when enabled
         self._log = RateLimitedLog(log, interval=60.0)
 
     # -- assembly: each component is imported only when the configuration names it -------------

@@ -377,3 +377,33 @@ def test_monitor_from_config_reads_the_settings():
     m = HealthMonitor.from_config(Config(memory_trend_window=600, cpu_saturation_threshold=80,
                                          cpu_saturation_window=30))
     assert (m.memory_window, m.saturation_threshold, m.saturation_window) == (600, 80, 30)
+
+
+# --- settings -----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("variable,value", [
+    ("TASKLENS_MEMORY_TREND_WINDOW", "0"), ("TASKLENS_MEMORY_TREND_WINDOW", "59"),
+    ("TASKLENS_MEMORY_TREND_WINDOW", "1e9"), ("TASKLENS_MEMORY_TREND_WINDOW", "nan"),
+    ("TASKLENS_MEMORY_TREND_WINDOW", "half an hour"), ("TASKLENS_CPU_SATURATION_THRESHOLD", "150"),
+    ("TASKLENS_CPU_SATURATION_THRESHOLD", "0"), ("TASKLENS_CPU_SATURATION_WINDOW", "inf"),
+    ("TASKLENS_TOP_PROCESSES", "-1"), ("TASKLENS_TOP_PROCESSES", "2.5"), ("TASKLENS_TOP_PROCESSES", "51"),
+    ("TASKLENS_STATUS_HISTORY", "10"), ("TASKLENS_STATUS_PAGE", "maybe"),
+])
+def test_out_of_range_settings_stop_the_start_naming_the_variable(variable, value):
+    from agent.config import ConfigError, load
+
+    with pytest.raises(ConfigError) as error:
+        load({variable: value})
+    assert variable in str(error.value) and repr(value) in str(error.value)
+
+
+@settings(max_examples=100, deadline=None)
+@given(window=st.floats(60, 86400), threshold=st.floats(1, 100), top=st.integers(0, 50))
+def test_any_value_in_range_is_taken_as_given(window, threshold, top):
+    from agent.config import load
+
+    config = load({"TASKLENS_MEMORY_TREND_WINDOW": repr(window), "TASKLENS_CPU_SATURATION_THRESHOLD": repr(threshold),
+                   "TASKLENS_TOP_PROCESSES": str(top), "TASKLENS_STATUS_PAGE": "off"})
+    assert (config.memory_trend_window, config.cpu_saturation_threshold, config.top_processes) == (window, threshold, top)
+    assert config.status_page is False

@@ -10,6 +10,7 @@ samples go out in the same snapshot batch.
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -17,8 +18,12 @@ from typing import Any
 
 from agent import trend
 from agent.identity import container_tags, is_workload
+from agent.logs import RateLimitedLog
 from agent.model import Kind, Sample, Tags
+from agent.selfmetrics import SelfMetrics
 from agent.sources.ecs_stats import memory_limit_bytes, parse_time_ns, working_set_bytes
+
+_log = RateLimitedLog(logging.getLogger("tasklens.health"))
 
 OOM_EXIT_CODE = 137  # 128 + SIGKILL: what the kernel's OOM killer leaves (and any other SIGKILL)
 NEAR_LIMIT = 0.9  # working set at or above this share of the limit counts as "at the limit"
@@ -189,12 +194,14 @@ class HealthMonitor:
     """Feeds each poll's snapshots through the rules above and returns the health samples."""
 
     @classmethod
-    def from_config(cls, config: Any) -> HealthMonitor:
+    def from_config(cls, config: Any, metrics: SelfMetrics | None = None) -> HealthMonitor:
         return cls(memory_window=config.memory_trend_window,
                    saturation_threshold=config.cpu_saturation_threshold,
-                   saturation_window=config.cpu_saturation_window)
+                   saturation_window=config.cpu_saturation_window, metrics=metrics)
 
-    def __init__(self, *, memory_window: float, saturation_threshold: float, saturation_window: float) -> None:
+    def __init__(self, *, memory_window: float, saturation_threshold: float, saturation_window: float,
+                 metrics: SelfMetrics | None = None) -> None:
+        self.metrics = metrics or SelfMetrics()
         self.memory_window = memory_window
         self.saturation_threshold = saturation_threshold
         self.saturation_window = saturation_window
@@ -204,7 +211,16 @@ class HealthMonitor:
 
     def observe(self, task: Any, stats: Any, derived: Iterable[Sample], poll_time: float) -> list[Sample]:
         """`task`/`stats`: this poll's JSON; `derived`: what `ecs_stats.derive` made of it (for the
-        CPU utilization, computed there once); `poll_time`: Unix seconds of the poll."""
+        CPU utilization, computed there once); `poll_time`: Unix seconds of the poll. Never raises:
+        a bug here costs the health series of one poll, never the container metrics beside them."""
+        try:
+            return self._observe(task, stats, derived, poll_time)
+        except Exception as exc:
+            self.metrics.inc("tasklens.health.errors")
+            _log.error("observe", "health signals failed for this poll: %r", exc)
+            return []
+
+    def _observe(self, task: Any, stats: Any, derived: Iterable[Sample], poll_time: float) -> list[Sample]:
         stats = stats if isinstance(stats, dict) else {}
         utilization = {(s.name, s.tags): float(s.value) for s in derived
                        if s.name.endswith("cpu.utilization_percent") and isinstance(s.value, (int, float))}

@@ -407,3 +407,16 @@ def test_any_value_in_range_is_taken_as_given(window, threshold, top):
                    "TASKLENS_TOP_PROCESSES": str(top), "TASKLENS_STATUS_PAGE": "off"})
     assert (config.memory_trend_window, config.cpu_saturation_threshold, config.top_processes) == (window, threshold, top)
     assert config.status_page is False
+
+
+def test_a_bug_costs_one_polls_health_series_not_the_poll(monkeypatch):
+    import agent.health
+
+    m = monitor()
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(agent.health, "saturation_step", broken)
+    assert m.observe(load("fargate-2023.task"), load("fargate-2023.stats"), [], 0) == []
+    assert m.metrics.get("tasklens.health.errors") == 1

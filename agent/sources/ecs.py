@@ -62,7 +62,7 @@ class EcsSource:
         # the agent has not refreshed its stats since the last one
         self._history: dict[str, tuple[Any, Any]] = {}
         self._failures = 0
-        self.health = HealthMonitor.from_config(config)  # leak forecast, OOM kills, restarts, saturation
+        self.health = HealthMonitor.from_config(config, hub.metrics)  # leak forecast, OOM kills, restarts, saturation
         self.ready = False
         self._status: dict[str, Any] = {"base_url": self.base_url, "last_poll": None, "last_success": None,
                                         "last_error": None, "last_error_reason": None, "last_error_at": None,

@@ -34,7 +34,7 @@ class LocalSource:
         self._task = self.stats.task(hub.identity.service)
         self._measuring = self.stats.source  # reads cgroup files: once, not on every /status
         self._previous: dict[str, Any] = {}
-        self.health = HealthMonitor.from_config(config)
+        self.health = HealthMonitor.from_config(config, hub.metrics)
         self._log = RateLimitedLog(log)
         self._last_poll: float | None = None
         self._last_error: str | None = None

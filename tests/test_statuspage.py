@@ -327,3 +327,19 @@ async def test_the_sidecar_serves_the_page(tmp_path):
     finally:
         shutdown.set()
         assert await serving == 0
+
+
+@browser
+async def test_a_gap_now_is_shown_as_missing_not_as_the_last_value(chromium: Browser):
+    page, clock = fed(polls=3)
+    clock.now += 10
+    page.accept(Batch("queue:orders", [], snapshot=True))  # the queue's poll failed
+    runner, url = await serve(page)
+    try:
+        await asyncio.to_thread(chromium.driver.get, url + "/")
+        await wait_js(chromium, "return document.body.dataset.updated", "the first render")
+        assert await asyncio.to_thread(chromium.js, "return document.querySelector('.queue b.depth').textContent") == "–"
+        points = await asyncio.to_thread(chromium.js, "return +document.querySelector('svg[data-series=\"orders depth\"]').dataset.points")
+        assert points == 3  # the three polls that answered; the gap is not drawn
+    finally:
+        await runner.cleanup()

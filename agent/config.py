@@ -191,6 +191,33 @@ def parse_choice(*choices: str) -> Callable[[str], str]:
     return parse
 
 
+# health signals: numbers that must lie in a range (a 0 s window or a 500 % threshold means nothing)
+def parse_between(low: float, high: float, unit: str = "") -> Callable[[str], float]:
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+        if not low <= value <= high:
+            raise ValueError(f"a number{unit} from {low:g} to {high:g}")
+        return value
+
+    return parse
+
+
+def parse_int_between(low: int, high: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = low - 1
+        if not low <= value <= high:
+            raise ValueError(f"a whole number from {low} to {high}")
+        return value
+
+    return parse
+
+
 def setting(default: Any, parse: Callable[[str], Any] = str, *, env: str = "", secret: bool = False,
             url: bool = False, doc: str = "") -> Any:
     """A dataclass field that knows its variable (default `TASKLENS_<NAME>`) and how to parse it.
@@ -295,6 +322,17 @@ class Config:
     cloudwatch_dimensions: tuple[str, ...] = setting(("ecs_cluster", "service", "queue"), parse_str_list,
                                                      doc="tags used as EMF dimensions, in order")
     cloudwatch_interval: float = setting(60.0, parse_seconds, doc="seconds between EMF records")
+    # health signals and the status page (docs/health.md)
+    memory_trend_window: float = setting(1800.0, parse_between(60, 86400, " of seconds"),
+                                         doc="working-set trend window for the leak forecast (s)")
+    cpu_saturation_threshold: float = setting(90.0, parse_between(1, 100, " (percent)"),
+                                              doc="CPU share of the allocation that counts as saturated (%)")
+    cpu_saturation_window: float = setting(60.0, parse_between(1, 3600, " of seconds"),
+                                           doc="saturated only when sustained this long (s)")
+    top_processes: int = setting(5, parse_int_between(0, 50), doc="processes named by CPU and RSS; 0: off")
+    status_page: bool = setting(True, parse_bool, doc="serve the status page at GET /")
+    status_history: float = setting(3600.0, parse_between(60, 86400, " of seconds"),
+                                    doc="seconds of history the status page keeps in memory")
     # StatsD mapping rules: only from the file (`[[mappings]]`)
     mappings: tuple[dict[str, Any], ...] = ()
 

@@ -15,7 +15,7 @@ import os
 import signal
 import time
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
@@ -26,6 +26,9 @@ from agent.identity import Identity, local_identity
 from agent.logs import RateLimitedLog
 from agent.selfmetrics import SelfMetrics
 from agent.sinks.prometheus import PrometheusSink
+
+if TYPE_CHECKING:
+    from agent.statuspage import PageHistory
 
 log = logging.getLogger("tasklens")
 MEMORY_RELEASE_EVERY = 30.0  # seconds; a trim with nothing to give back costs well under a millisecond
@@ -58,6 +61,7 @@ class Runtime:
         self.sinks: list[Sink] = [self.prometheus]
         self.http_addresses: list[tuple[str, int]] = []
         self._runner: web.AppRunner | None = None
+        self.page: PageHistory | None = None  # the status page's history, when enabled
         self._log = RateLimitedLog(log, interval=60.0)
 
     # -- assembly: each component is imported only when the configuration names it -------------
@@ -83,6 +87,11 @@ class Runtime:
             from integrations.queues.source import queue_sources
 
             self.sources += queue_sources(config, hub)  # ConfigError on a bad or duplicate URL
+        if config.top_processes:  # needs pidMode task to see the workers' processes
+            from agent.processes import MIN_INTERVAL, ProcessSource
+
+            interval = max(config.poll_interval, MIN_INTERVAL)
+            self.sources.append(ProcessSource(hub, interval=interval, n=config.top_processes))
         if config.profiling_enabled:
             from integrations.profilers.pyspy import PySpyProfiler
 
@@ -99,6 +108,11 @@ class Runtime:
             if configured(config):
                 module, _, cls = target.partition(":")
                 self.sinks.append(getattr(importlib.import_module(module), cls)(config, hub))
+        if config.status_page:  # GET /: keeps the last hour of a few series per container and queue
+            from agent.statuspage import PageHistory
+
+            self.page = PageHistory(hub, history_seconds=config.status_history)
+            self.sinks.append(self.page)
         for sink in self.sinks:
             if sink is not self.prometheus:
                 hub.add_sink(sink)
@@ -117,6 +131,10 @@ class Runtime:
 
     async def start_http(self) -> None:
         app = http.make_app(self.hub, self.prometheus, self.ready, self.status)
+        if self.page is not None:
+            from agent.statuspage import add_routes
+
+            add_routes(app, self.page, self.status)
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._runner.setup()
         host, port = self.config.http_addr

@@ -47,6 +47,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=60.0)
     parser.add_argument("--fixture", default="fargate-2023")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="a sidecar variable, e.g. --set TASKLENS_STATUS_PAGE=off")
     args = parser.parse_args()
 
     meta_port, http_port = free_port(), free_port()
@@ -58,6 +60,7 @@ def main() -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("TASKLENS_", "DD_", "ECS_"))}
     env.update(ECS_CONTAINER_METADATA_URI_V4=f"http://127.0.0.1:{meta_port}/v4/bench",
                TASKLENS_HTTP_ADDR=f"127.0.0.1:{http_port}", TASKLENS_STATSD_ADDR="127.0.0.1:0")
+    env.update(item.split("=", 1) for item in args.set)
     try:
         wait_http(f"http://127.0.0.1:{meta_port}/v4/bench/task", time.monotonic() + 20)
         sidecar = subprocess.Popen([TASKLENS, "run"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -9,6 +9,7 @@ command -v beanstalkd >/dev/null || need+=(beanstalkd)        # queue tests star
 command -v promtool >/dev/null || need+=(prometheus)          # rule checks, the real-scrape test
 command -v redis-server >/dev/null || need+=(redis-server)    # outage tests start their own
 command -v victoria-metrics >/dev/null || need+=(victoria-metrics)  # remote_write tests start their own
+command -v chromium >/dev/null || need+=(chromium chromium-driver)  # the status page in a real browser
 if ((${#need[@]})); then
   if [ "$(id -u)" = 0 ]; then
     apt-get update -qq

@@ -17,6 +17,7 @@ from typing import Any
 import aiohttp
 
 from agent.config import Config
+from agent.health import HealthMonitor
 from agent.hub import Hub
 from agent.identity import task_identity
 from agent.logs import RateLimitedLog
@@ -61,6 +62,7 @@ class EcsSource:
         # the agent has not refreshed its stats since the last one
         self._history: dict[str, tuple[Any, Any]] = {}
         self._failures = 0
+        self.health = HealthMonitor.from_config(config, hub.metrics)  # leak forecast, OOM kills, restarts, saturation
         self.ready = False
         self._status: dict[str, Any] = {"base_url": self.base_url, "last_poll": None, "last_success": None,
                                         "last_error": None, "last_error_reason": None, "last_error_at": None,
@@ -144,6 +146,7 @@ class EcsSource:
             error, stats = PollError("bad_shape", "/task/stats: not a JSON object"), {}
         # the task's own series (state, limits) still go out when only the stats failed
         derived = derive(task, stats, self._previous(stats))
+        derived.samples.extend(self.health.observe(task, stats, derived.samples, time.time()))
         for reason in derived.errors:
             self.hub.metrics.inc("tasklens.ecs.container_errors", reason=reason)
         if error is None:

@@ -13,6 +13,7 @@ import time
 from typing import Any
 
 from agent.config import Config
+from agent.health import HealthMonitor
 from agent.hub import Hub
 from agent.logs import RateLimitedLog
 from agent.model import Batch
@@ -33,6 +34,7 @@ class LocalSource:
         self._task = self.stats.task(hub.identity.service)
         self._measuring = self.stats.source  # reads cgroup files: once, not on every /status
         self._previous: dict[str, Any] = {}
+        self.health = HealthMonitor.from_config(config, hub.metrics)
         self._log = RateLimitedLog(log)
         self._last_poll: float | None = None
         self._last_error: str | None = None
@@ -52,6 +54,7 @@ class LocalSource:
         try:
             stats = {self.stats.docker_id: await asyncio.to_thread(self.stats.sample)}
             derived = derive(self._task, stats, self._previous)
+            derived.samples.extend(self.health.observe(self._task, stats, derived.samples, time.time()))
         except Exception as exc:  # a vanished file or a psutil error: count it, keep going
             self.hub.metrics.inc("tasklens.local.poll_errors", reason=type(exc).__name__)
             self._last_error = repr(exc)

@@ -32,7 +32,7 @@ def run(promtool: str, *args: str, cwd: Path = RULES_DIR) -> subprocess.Complete
 def test_rules_are_valid(promtool: str) -> None:
     result = run(promtool, "check", "rules", RULES.name)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "SUCCESS: 7 rules found" in result.stdout
+    assert "SUCCESS: 12 rules found" in result.stdout
 
 
 def test_rule_unit_tests_pass(promtool: str) -> None:
@@ -50,3 +50,18 @@ def test_unit_tests_catch_a_broken_rule(promtool: str, tmp_path: Path) -> None:
     result = run(promtool, "test", "rules", RULE_TESTS.name, cwd=tmp_path)
     assert result.returncode != 0
     assert "tiny-worker" in result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("rule,broken,culprit", [
+    ("TasklensMemoryLeakTimeToLimit", ") < 3600", ") < 90000"),  # the far countdown (1 day) would page
+    ("TasklensContainerRestarted", "[15m])) > 0", "[15m])) >= 0"),  # a steady restart count would alert
+])
+def test_unit_tests_catch_a_broken_health_rule(promtool: str, tmp_path: Path, rule: str, broken: str,
+                                               culprit: str) -> None:
+    text = RULES.read_text()
+    assert text.count(broken) == 1, broken
+    (tmp_path / RULES.name).write_text(text.replace(broken, culprit))
+    shutil.copy(RULE_TESTS, tmp_path / RULE_TESTS.name)
+    result = run(promtool, "test", "rules", RULE_TESTS.name, cwd=tmp_path)
+    assert result.returncode != 0
+    assert rule in result.stdout + result.stderr

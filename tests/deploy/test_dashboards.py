@@ -61,6 +61,23 @@ def _ecs_samples() -> dict[str, str]:
     return out
 
 
+def _health_samples() -> dict[str, str]:
+    """agent/health.py over a leaking, saturated, restarting series derived from fargate-2023."""
+    from agent.identity import container_tags
+    from agent.model import Sample
+    from tests.health_support import leaking_polls, monitor
+
+    m = monitor(saturation_window=10)
+    out: dict[str, str] = {}
+    for task, stats in leaking_polls(polls=181, step=10, grow=2 * 1024 * 1024):
+        derived = [Sample("ecs.task.cpu.utilization_percent", 99.0)]
+        derived += [Sample("ecs.container.cpu.utilization_percent", 99.0, tags=container_tags(c))
+                    for c in task["Containers"]]
+        for s in m.observe(task, stats, derived, 0):
+            out[_exported(s.name, s.kind)] = s.name
+    return out
+
+
 def _queue_samples() -> dict[str, str]:
     from integrations.queues.base import Reading
     from integrations.queues.source import samples_of
@@ -90,7 +107,8 @@ def _self_metrics() -> dict[str, str]:
 @cache
 def emitted() -> dict[str, str]:
     """Prometheus name -> dotted (Datadog) name, for everything the code emits."""
-    return {**_ecs_samples(), **_queue_samples(), **_self_metrics(), "ecs_task_info": "ecs.task.info"}
+    return {**_ecs_samples(), **_health_samples(), **_queue_samples(), **_self_metrics(),
+            "ecs_task_info": "ecs.task.info"}
 
 
 # --- what the dashboards and alerts use --------------------------------------------------------------
@@ -218,7 +236,7 @@ def test_grafana_dashboard_shape() -> None:
 def test_datadog_monitors_shape() -> None:
     monitors = json.loads(DATADOG_MONITORS.read_text())
     names = [m["name"] for m in monitors]
-    assert len(monitors) == 6 and len(set(names)) == 6
+    assert len(monitors) == 10 and len(set(names)) == 10
     for m in monitors:
         assert m["type"] == "query alert" and "{*}" in m["query"] and "by {service,env" in m["query"]
         assert m["options"]["thresholds"]["critical"] is not None

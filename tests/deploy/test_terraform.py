@@ -482,7 +482,7 @@ def test_monitoring_rules_are_scoped_and_valid(monitoring_outputs: dict[str, Any
     if promtool:
         (tmp_path / "rules.yml").write_text(text)
         result = subprocess.run([promtool, "check", "rules", str(tmp_path / "rules.yml")], capture_output=True, text=True)
-        assert result.returncode == 0 and "SUCCESS: 7 rules found" in result.stdout, result.stdout + result.stderr
+        assert result.returncode == 0 and "SUCCESS: 12 rules found" in result.stdout, result.stdout + result.stderr
         # scoped for real: the same growing backlog alerts for this worker only, not another
         # service nor another env
         series = "queue_depth{{service={0!r},env={1!r},queue=\"q\",queue_type=\"sqs\"}}"
@@ -510,7 +510,7 @@ def test_monitoring_dashboards_and_monitors(monitoring_outputs: dict[str, Any]) 
     datadog = json.loads(monitoring_outputs["datadog_dashboard_json"])
     assert {v["name"]: v["default"] for v in datadog["template_variables"]} == {"service": "orders-worker", "env": "prod"}
     monitors = monitoring_outputs["datadog_monitors"]
-    assert len(monitors) == 6
+    assert len(monitors) == 10
     assert monitors[0]["query"] == "min(last_10m):max:queue.backing_up{service:orders-worker,env:prod} by {service,env,queue} >= 1"
     assert all(m["message"].endswith(" @slack-payments") for m in monitors)
     assert all(m["tags"] == ["source:tasklens", "service:orders-worker", "env:prod"] for m in monitors)

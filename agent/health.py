@@ -1,0 +1,308 @@
+"""Container health over successive ECS snapshots: memory leak forecast, OOM kills, restarts, peaks,
+CPU saturation and the throttling counters that are real.
+
+The rules (and their known false positives) are in docs/health.md. Everything but `HealthMonitor` is
+a pure function over parsed `/task` + `/task/stats` JSON or over the observations made from them;
+`HealthMonitor` only remembers, per container name, what the next poll needs to compare against. It
+runs inside the ECS (or local) source right after `ecs_stats.derive`, on the same snapshots, and its
+samples go out in the same snapshot batch.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from agent import trend
+from agent.identity import container_tags, is_workload
+from agent.logs import RateLimitedLog
+from agent.model import Kind, Sample, Tags
+from agent.selfmetrics import SelfMetrics
+from agent.sources.ecs_stats import memory_limit_bytes, parse_time_ns, working_set_bytes
+
+_log = RateLimitedLog(logging.getLogger("tasklens.health"))
+
+OOM_EXIT_CODE = 137  # 128 + SIGKILL: what the kernel's OOM killer leaves (and any other SIGKILL)
+NEAR_LIMIT = 0.9  # working set at or above this share of the limit counts as "at the limit"
+LEAK_SIGNIFICANCE = 3.0  # standard errors (~99.7 %): stricter than the queue's 2, a false countdown pages
+MIN_GROWTH = 0.01  # the fitted growth over the window must reach 1 % of the limit to be a leak
+
+
+# --- memory forecast ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class MemoryForecast:
+    leak_suspected: bool
+    growth_bytes_per_hour: float | None  # only when the growth is significant
+    time_to_limit_seconds: float | None  # only when a leak is suspected and the limit is known
+
+
+def memory_forecast(points: Iterable[trend.Point], *, limit: float | None, window: float,
+                    now: float | None = None) -> MemoryForecast | None:
+    """The working set's trend over the last `window` seconds; None until the window holds enough points.
+
+    A leak is suspected when the slope is more than `LEAK_SIGNIFICANCE` standard errors above 0 (it is
+    growing, not noise) and the fitted growth over the window is at least `MIN_GROWTH` of the limit
+    (or of the working set when there is no limit): a cache warming by a few kilobytes is real growth
+    but not a leak anybody should be told about. The time to the limit extrapolates the fitted line
+    from its value now (not from the last, noisy, point)."""
+    f = trend.windowed_fit(points, window=window, now=now)
+    if f is None:
+        return None
+    scale = limit if limit else abs(f.level)
+    leaking = f.direction(LEAK_SIGNIFICANCE) > 0 and f.slope * window >= MIN_GROWTH * scale
+    if not leaking:
+        return MemoryForecast(False, None, None)
+    ttl = max(0.0, (limit - f.level) / f.slope) if limit else None
+    return MemoryForecast(True, f.slope * 3600.0, ttl)
+
+
+# --- one container at one poll ------------------------------------------------------------------
+
+
+def _num(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+def _get(obj: Any, *path: str) -> Any:
+    for key in path:
+        if not isinstance(obj, dict):
+            return None
+        obj = obj.get(key)
+    return obj
+
+
+@dataclass(frozen=True, slots=True)
+class Observation:
+    """What one poll says about one container; None wherever the snapshot does not say."""
+
+    t: float  # seconds: the stats' `read` time, else the poll's
+    running: bool
+    exit_code: float | None = None
+    restart_count: float | None = None  # only with a restart policy
+    started_ns: int | None = None
+    working_set: float | None = None
+    limit: float | None = None
+    failcnt: float | None = None  # cgroup v1: times the usage hit the limit; v2: memory.events `oom`
+    throttled_periods: float | None = None
+    throttled_seconds: float | None = None
+
+    @property
+    def near_limit(self) -> bool:
+        return bool(self.working_set is not None and self.limit and self.working_set >= NEAR_LIMIT * self.limit)
+
+
+def observe(container: Mapping[str, Any], stats: Any, task: Any, poll_time: float) -> Observation:
+    """One container's `/task` entry and Docker stats (any shape) -> an Observation (never raises)."""
+    stats = stats if isinstance(stats, dict) else {}
+    memory = _get(stats, "memory_stats")
+    read = parse_time_ns(stats.get("read"))
+    ws = working_set_bytes(memory) if isinstance(memory, dict) and memory else None
+    throttling = _get(stats, "cpu_stats", "throttling_data")
+    throttled_ns = _num(_get(throttling, "throttled_time"))
+    return Observation(
+        t=read / 1e9 if read is not None else poll_time,
+        running=container.get("KnownStatus") == "RUNNING",
+        exit_code=_num(container.get("ExitCode")),
+        restart_count=_num(container.get("RestartCount")),
+        started_ns=parse_time_ns(container.get("StartedAt")),
+        working_set=ws,
+        limit=memory_limit_bytes(memory, container, task) if ws is not None else None,
+        failcnt=_num(_get(memory, "failcnt")),
+        throttled_periods=_num(_get(throttling, "throttled_periods")),
+        throttled_seconds=throttled_ns / 1e9 if throttled_ns is not None else None,
+    )
+
+
+# --- transitions between two polls --------------------------------------------------------------
+
+
+def restarts_between(before: Observation, now: Observation) -> int:
+    """Restarts between two polls: the rise of `RestartCount` when ECS gives it (restart policy), else
+    1 when the container's `StartedAt` moved forward (it started again), else 0."""
+    if before.restart_count is not None and now.restart_count is not None:
+        return max(0, int(now.restart_count - before.restart_count))
+    if before.started_ns is not None and now.started_ns is not None and now.started_ns > before.started_ns:
+        return 1
+    return 0
+
+
+def oom_killed(exit_code: float | None, last_running: Observation, limit_hit: bool) -> bool:
+    """An exit (a stop or a restart) was an OOM kill when its exit code is 137, or unknown (a restart
+    whose exit code ECS does not show), and memory was at the limit before it: the last working set
+    seen running was at least `NEAR_LIMIT` of the limit, or the cgroup's `failcnt` rose just before."""
+    if exit_code is not None and exit_code != OOM_EXIT_CODE:
+        return False
+    return last_running.near_limit or limit_hit
+
+
+# --- CPU saturation ------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class Saturation:
+    """A run of readings at or above the threshold, and the seconds spent saturated so far."""
+
+    above_since: float | None = None
+    last_t: float | None = None
+    seconds: float = 0.0
+    saturated: bool = False
+
+
+def saturation_step(state: Saturation, t: float, utilization: float | None, *, threshold: float,
+                    window: float) -> Saturation:
+    """Advance by one reading. A utilization is the average since the previous reading, so a run
+    starts at the previous reading's time. Saturated once the run has lasted `window` seconds;
+    `seconds` integrates the saturated state (rate() of it is the share of time saturated). A missing
+    reading ends the run: unknown is never saturated."""
+    if state.last_t is not None and t <= state.last_t:
+        return state  # the same sample again (the agent had not refreshed its stats)
+    if utilization is None or utilization < threshold:
+        return Saturation(None, t if utilization is not None else None, state.seconds, False)
+    since = state.above_since if state.above_since is not None else (state.last_t if state.last_t is not None else t)
+    saturated = t - since >= window
+    seconds = state.seconds
+    if saturated and state.last_t is not None:
+        seconds += t - max(state.last_t, since + window)
+    return Saturation(since, t, seconds, saturated)
+
+
+# --- the monitor: per-container memory of the previous polls ------------------------------------
+
+
+@dataclass
+class _Container:
+    tags: Tags
+    last: Observation | None = None
+    last_running: Observation | None = None
+    memory: trend.History = field(default_factory=lambda: trend.History(0.0))
+    peak_working_set: float | None = None
+    restarts: float = 0.0
+    oom_kills: float = 0.0
+    failcnt_rose: bool = False
+    saturation: Saturation = field(default_factory=Saturation)
+
+
+class HealthMonitor:
+    """Feeds each poll's snapshots through the rules above and returns the health samples."""
+
+    @classmethod
+    def from_config(cls, config: Any, metrics: SelfMetrics | None = None) -> HealthMonitor:
+        return cls(memory_window=config.memory_trend_window,
+                   saturation_threshold=config.cpu_saturation_threshold,
+                   saturation_window=config.cpu_saturation_window, metrics=metrics)
+
+    def __init__(self, *, memory_window: float, saturation_threshold: float, saturation_window: float,
+                 metrics: SelfMetrics | None = None) -> None:
+        self.metrics = metrics or SelfMetrics()
+        self.memory_window = memory_window
+        self.saturation_threshold = saturation_threshold
+        self.saturation_window = saturation_window
+        self._containers: dict[str, _Container] = {}
+        self._task_saturation = Saturation()
+        self._throttling_real = False
+
+    def observe(self, task: Any, stats: Any, derived: Iterable[Sample], poll_time: float) -> list[Sample]:
+        """`task`/`stats`: this poll's JSON; `derived`: what `ecs_stats.derive` made of it (for the
+        CPU utilization, computed there once); `poll_time`: Unix seconds of the poll. Never raises:
+        a bug here costs the health series of one poll, never the container metrics beside them."""
+        try:
+            return self._observe(task, stats, derived, poll_time)
+        except Exception as exc:
+            self.metrics.inc("tasklens.health.errors")
+            _log.error("observe", "health signals failed for this poll: %r", exc)
+            return []
+
+    def _observe(self, task: Any, stats: Any, derived: Iterable[Sample], poll_time: float) -> list[Sample]:
+        stats = stats if isinstance(stats, dict) else {}
+        utilization = {(s.name, s.tags): float(s.value) for s in derived
+                       if s.name.endswith("cpu.utilization_percent") and isinstance(s.value, (int, float))}
+        observed: dict[str, tuple[Tags, Observation]] = {}
+        containers = _get(task, "Containers")
+        for container in containers if isinstance(containers, list) else []:
+            if not isinstance(container, dict) or not is_workload(container):
+                continue
+            name = str(container.get("Name") or container.get("DockerId") or "")
+            if not name or name in observed:
+                continue
+            try:
+                obs = observe(container, stats.get(str(container.get("DockerId"))), task, poll_time)
+                observed[name] = (container_tags(container), obs)
+            except Exception:  # a shape nobody has seen: this container's health is a gap, not a crash
+                continue
+        # ECS reports throttling as 0 even under throttling (a platform bug): a constant 0 would be a
+        # lie, so the counters appear only once some container of the task shows a non-zero value
+        self._throttling_real |= any(obs.throttled_periods for _, obs in observed.values())
+        out: list[Sample] = []
+        for name, (tags, obs) in observed.items():
+            util = utilization.get(("ecs.container.cpu.utilization_percent", tags))
+            out += self._container(name, tags, obs, util)
+        for gone in set(self._containers) - set(observed):
+            del self._containers[gone]
+        state = self._task_saturation = saturation_step(
+            self._task_saturation, poll_time, utilization.get(("ecs.task.cpu.utilization_percent", ())),
+            threshold=self.saturation_threshold, window=self.saturation_window)
+        if state.last_t is not None:
+            out.append(Sample("ecs.task.cpu.saturated", 1.0 if state.saturated else 0.0))
+            out.append(Sample("ecs.task.cpu.saturated_seconds_total", state.seconds, Kind.COUNTER))
+        return out
+
+    def _container(self, name: str, tags: Tags, obs: Observation, utilization: float | None) -> list[Sample]:
+        c = self._containers.get(name)
+        if c is None:
+            c = self._containers[name] = _Container(tags, memory=trend.History(self.memory_window))
+            c.restarts = obs.restart_count or 0.0  # RestartCount counts from the task's start
+        c.tags = tags
+        before = c.last
+        exited = before is not None and before.running and not obs.running
+        restarts = restarts_between(before, obs) if before is not None else 0
+        # an exit is judged once: when the stop is seen, or at the restart if the stop fell between polls
+        judged = exited or bool(restarts and before is not None and before.running)
+        if judged and c.last_running is not None and oom_killed(obs.exit_code, c.last_running, c.failcnt_rose):
+            c.oom_kills += 1
+        if restarts or exited:
+            c.restarts += restarts
+            c.memory = trend.History(self.memory_window)  # a new process: its memory starts afresh
+            c.saturation = Saturation()
+        # the agent refreshes stats every 1-10 s: a `read` already seen is the same sample, not a point
+        if obs.running and obs.working_set is not None and (c.last_running is None or obs.t > c.last_running.t):
+            previous = c.last_running.failcnt if c.last_running is not None else None
+            if obs.failcnt is not None and previous is not None:
+                c.failcnt_rose = obs.failcnt > previous
+            c.last_running = obs
+            c.memory.add(obs.t, obs.working_set)
+            c.peak_working_set = max(c.peak_working_set or 0.0, obs.working_set)
+        c.last = obs
+        if obs.running:
+            c.saturation = saturation_step(c.saturation, obs.t, utilization,
+                                           threshold=self.saturation_threshold, window=self.saturation_window)
+
+        out: list[Sample] = []
+
+        def emit(metric: str, value: float | None, kind: Kind = Kind.GAUGE) -> None:
+            if value is not None and math.isfinite(value):
+                out.append(Sample(f"ecs.container.{metric}", float(value), kind, tags))
+
+        emit("restarts_total", c.restarts, Kind.COUNTER)
+        emit("oom_kills_total", c.oom_kills, Kind.COUNTER)
+        emit("memory.peak_working_set_bytes", c.peak_working_set)
+        if obs.running and obs.working_set is not None:
+            forecast = memory_forecast(c.memory.points, limit=obs.limit, window=self.memory_window, now=obs.t)
+            if forecast is not None:
+                emit("memory.leak_suspected", 1.0 if forecast.leak_suspected else 0.0)
+                emit("memory.growth_bytes_per_hour", forecast.growth_bytes_per_hour)
+                emit("memory.time_to_limit_seconds", forecast.time_to_limit_seconds)
+        if obs.running and c.saturation.last_t is not None:
+            emit("cpu.saturated", 1.0 if c.saturation.saturated else 0.0)
+            emit("cpu.saturated_seconds_total", c.saturation.seconds, Kind.COUNTER)
+        if self._throttling_real:
+            emit("cpu.throttled_periods_total", obs.throttled_periods, Kind.COUNTER)
+            emit("cpu.throttled_seconds_total", obs.throttled_seconds, Kind.COUNTER)
+        return out

@@ -1,0 +1,422 @@
+"""Health signals (agent/health.py) on synthetic series and on the ECS captures.
+
+Series "derived" from a capture are the capture's JSON with a few fields changed by the helpers in
+tests/health_support.py (each says which fields); every expected value is worked out in a comment.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from agent.health import (
+    NEAR_LIMIT,
+    HealthMonitor,
+    Observation,
+    Saturation,
+    memory_forecast,
+    oom_killed,
+    restarts_between,
+    saturation_step,
+)
+from tests.health_support import (
+    CAPTURES,
+    MIB,
+    container_values,
+    leaking_polls,
+    monitor,
+    poll,
+    series,
+    stopped,
+    with_memory,
+    with_restart,
+)
+from tests.sources.ecs_helpers import load
+
+WINDOW = 1800.0
+GIB = 1024 * MIB
+
+
+# --- the memory forecast ------------------------------------------------------------------------
+
+
+def test_a_clean_leak_gives_the_exact_time_to_limit():
+    # 500 MiB growing 1 MiB/min, polled every 10 s for 30 min: at the end 530 MiB of 1 GiB
+    points = series(lambda t: 500 * MIB + MIB / 60 * t, seconds=WINDOW, step=10)
+    got = memory_forecast(points, limit=GIB, window=WINDOW)
+    assert got is not None and got.leak_suspected
+    assert got.growth_bytes_per_hour == pytest.approx(60 * MIB)
+    assert got.time_to_limit_seconds == pytest.approx((1024 - 530) * 60.0)  # 494 MiB at 1 MiB/min
+
+
+def test_a_flat_worker_never_shows_a_countdown():
+    got = memory_forecast(series(lambda t: 300 * MIB, seconds=WINDOW, step=10), limit=GIB, window=WINDOW)
+    assert got is not None
+    assert (got.leak_suspected, got.growth_bytes_per_hour, got.time_to_limit_seconds) == (False, None, None)
+
+
+def test_not_enough_history_gives_no_forecast():
+    # 10 minutes of a 30-minute window: less than half covered
+    assert memory_forecast(series(lambda t: t, seconds=600, step=10), limit=GIB, window=WINDOW) is None
+
+
+def test_above_the_limit_already_is_zero_seconds():
+    points = series(lambda t: GIB + 10_000 * t, seconds=WINDOW, step=10)  # 18 MB over the window
+    got = memory_forecast(points, limit=GIB, window=WINDOW)
+    assert got is not None and got.time_to_limit_seconds == 0.0
+
+
+def test_growth_too_small_to_matter_is_not_a_leak():
+    # perfectly steady growth (significant) but 0.5 % of the limit over the window: below MIN_GROWTH
+    points = series(lambda t: 300 * MIB + 0.005 * GIB * t / WINDOW, seconds=WINDOW, step=10)
+    got = memory_forecast(points, limit=GIB, window=WINDOW)
+    assert got is not None and not got.leak_suspected
+
+
+def test_without_a_limit_a_leak_has_a_rate_but_no_countdown():
+    points = series(lambda t: 500 * MIB + MIB / 60 * t, seconds=WINDOW, step=10)
+    got = memory_forecast(points, limit=None, window=WINDOW)
+    assert got is not None and got.leak_suspected and got.time_to_limit_seconds is None
+    assert got.growth_bytes_per_hour == pytest.approx(60 * MIB)
+
+
+@settings(max_examples=150, deadline=None)
+@given(level=st.floats(10 * MIB, 900 * MIB), noise=st.floats(0, 0.05), seed=st.integers(0, 2**32 - 1),
+       step=st.sampled_from([1.0, 10.0, 20.0]))
+def test_flat_noisy_series_are_never_leaks(level, noise, seed, step):
+    # Gaussian noise up to 5 % of the level (a busy allocator): no slope anybody should be paged for
+    rng = random.Random(seed)
+    points = series(lambda t: max(0.0, level * (1 + rng.gauss(0, noise))), seconds=WINDOW, step=step)
+    got = memory_forecast(points, limit=GIB, window=WINDOW)
+    assert got is not None and not got.leak_suspected and got.time_to_limit_seconds is None
+
+
+@settings(max_examples=150, deadline=None)
+@given(level=st.floats(50 * MIB, 700 * MIB), amplitude=st.floats(0.01, 0.2), period=st.floats(20, 300),
+       phase=st.floats(0, 1), step=st.sampled_from([5.0, 10.0]))
+def test_a_garbage_collectors_sawtooth_is_not_a_leak(level, amplitude, period, phase, step):
+    # allocate up to +amplitude, collect back to the level, every `period` seconds (at most 1/6 of
+    # the window: the window is chosen to span several cycles of a collector)
+    def saw(t: float) -> float:
+        return level * (1 + amplitude * (((t / period) + phase) % 1.0))
+
+    got = memory_forecast(series(saw, seconds=WINDOW, step=step), limit=GIB, window=WINDOW)
+    assert got is not None and not got.leak_suspected
+
+
+@settings(max_examples=150, deadline=None)
+@given(level=st.floats(10 * MIB, 400 * MIB), mib_per_hour=st.floats(100, 2000), noise=st.floats(0, 0.02),
+       seed=st.integers(0, 2**32 - 1))
+def test_a_leak_through_noise_is_found_and_its_countdown_is_close(level, mib_per_hour, noise, seed):
+    # from 100 MiB/h: at least MIN_GROWTH (1 %) of the 4 GiB limit over the 30-minute window is 82 MiB/h
+    rng = random.Random(seed)
+    rate = mib_per_hour * MIB / 3600
+
+    def leak(t: float) -> float:
+        return level + rate * t + level * rng.gauss(0, noise)
+
+    got = memory_forecast(series(leak, seconds=WINDOW, step=10), limit=4 * GIB, window=WINDOW)
+    assert got is not None and got.leak_suspected
+    truth = (4 * GIB - (level + rate * WINDOW)) / rate
+    # 2 % noise on the level over 181 points moves the fitted rate by a few percent at most
+    assert got.time_to_limit_seconds == pytest.approx(truth, rel=0.15, abs=120)
+    assert got.growth_bytes_per_hour == pytest.approx(mib_per_hour * MIB, rel=0.15)
+
+
+# --- restarts and OOM kills: the pure rules ---------------------------------------------------------
+
+
+def obs(**kw) -> Observation:
+    kw.setdefault("t", 0.0)
+    kw.setdefault("running", True)
+    return Observation(**kw)
+
+
+def test_restarts_from_restart_count_else_from_started_at():
+    assert restarts_between(obs(restart_count=1), obs(restart_count=3)) == 2
+    assert restarts_between(obs(restart_count=3), obs(restart_count=3, started_ns=5)) == 0
+    assert restarts_between(obs(started_ns=10), obs(started_ns=20)) == 1
+    assert restarts_between(obs(started_ns=20), obs(started_ns=20)) == 0
+    assert restarts_between(obs(), obs(started_ns=20)) == 0  # nothing to compare: no restart seen
+
+
+def test_oom_needs_exit_137_or_unknown_and_memory_at_the_limit():
+    high = obs(working_set=NEAR_LIMIT * GIB, limit=GIB)
+    low = obs(working_set=0.5 * GIB, limit=GIB)
+    assert oom_killed(137, high, limit_hit=False)
+    assert oom_killed(None, high, limit_hit=False)  # a restart whose exit code ECS does not show
+    assert not oom_killed(137, low, limit_hit=False)  # a SIGKILL after the stop timeout, say
+    assert oom_killed(137, low, limit_hit=True)  # failcnt rose just before
+    assert not oom_killed(1, high, limit_hit=True)  # the program exited by itself
+    assert not oom_killed(137, obs(working_set=GIB), limit_hit=False)  # no limit known: cannot tell
+
+
+# --- every capture, one poll -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("case", sorted(CAPTURES))
+def test_every_capture_on_first_sight(case):
+    task, stats, expected = CAPTURES[case]
+    got = container_values(monitor().observe(task, stats, [], 1e9))
+    assert got == expected
+
+
+# --- series derived from the captures --------------------------------------------------------------
+
+
+def test_fargate_2023_leaking_dd_agent_counts_down_to_the_task_limit():
+    # dd-agent's working set in the capture is 156,966,912 B; it grows 2 MiB per 10 s poll for 30 min.
+    # Its limit is the task's 3072 MiB (the stats' `limit` is a truncated 922337, below the usage).
+    m = monitor()
+    for task, stats in leaking_polls(polls=181, step=10, grow=2 * MIB):
+        got = container_values(m.observe(task, stats, [], 0))
+    dd = got["dd-agent"]
+    last = 156_966_912 + 180 * 2 * MIB
+    assert dd["ecs.container.memory.leak_suspected"] == 1
+    assert dd["ecs.container.memory.growth_bytes_per_hour"] == pytest.approx(2 * MIB * 360)
+    assert dd["ecs.container.memory.time_to_limit_seconds"] == pytest.approx((3072 * MIB - last) / (2 * MIB / 10))
+    assert dd["ecs.container.memory.peak_working_set_bytes"] == last
+    # apmtest-ping stays flat: a trend, no leak, no countdown
+    ping = got["apmtest-ping"]
+    assert ping["ecs.container.memory.leak_suspected"] == 0
+    assert "ecs.container.memory.time_to_limit_seconds" not in ping
+    assert "ecs.container.memory.growth_bytes_per_hour" not in ping
+
+
+def test_oom_kill_from_exit_137_after_memory_at_the_limit():
+    # fargate-v2-2017 redis (limit 256 MiB) at 95 % of its limit, then STOPPED with exit code 137
+    m = monitor()
+    task, stats = poll("fargate-v2-2017", "fargate-v2-2017-wrong-system-delta", t=0)
+    with_memory(stats, task, "redis", working_set=0.95 * 256 * MIB)
+    m.observe(task, stats, [], 0)
+    task2, stats2 = poll("fargate-v2-2017", "fargate-v2-2017-wrong-system-delta", t=10)
+    stopped(task2, stats2, "redis", exit_code=137)
+    got = container_values(m.observe(task2, stats2, [], 10))
+    assert got["redis"]["ecs.container.oom_kills_total"] == 1
+    assert got["redis"]["ecs.container.restarts_total"] == 0
+    assert got["redis"]["ecs.container.memory.peak_working_set_bytes"] == pytest.approx(0.95 * 256 * MIB)
+    # the next poll shows the same stopped container: the exit is not counted twice
+    got = container_values(m.observe(task2, stats2, [], 20))
+    assert got["redis"]["ecs.container.oom_kills_total"] == 1
+
+
+def test_oom_kill_from_failcnt_in_the_capture():
+    # fargate-v2-2017 dd-agent: working set 231,104,512 B = 86 % of 256 MiB (below NEAR_LIMIT), failcnt
+    # 8977, max_usage at the limit. Next poll failcnt 9001 (it hit the limit again), then exit 137.
+    m = monitor()
+    for t, failcnt in ((0, None), (10, 9001)):
+        task, stats = poll("fargate-v2-2017", "fargate-v2-2017-wrong-system-delta", t=t)
+        if failcnt:
+            stats[next(k for k in stats if k.startswith("e8d4"))]["memory_stats"]["failcnt"] = failcnt
+        m.observe(task, stats, [], t)
+    task, stats = poll("fargate-v2-2017", "fargate-v2-2017-wrong-system-delta", t=20)
+    stopped(task, stats, "dd-agent", exit_code=137)
+    assert container_values(m.observe(task, stats, [], 20))["dd-agent"]["ecs.container.oom_kills_total"] == 1
+
+
+def test_exit_137_without_memory_pressure_is_not_an_oom_kill():
+    # the same capture, failcnt unchanged: a SIGKILL after the stop timeout looks exactly like this
+    m = monitor()
+    for t in (0, 10):
+        m.observe(*poll("fargate-v2-2017", "fargate-v2-2017-wrong-system-delta", t=t), [], t)
+    task, stats = poll("fargate-v2-2017", "fargate-v2-2017-wrong-system-delta", t=20)
+    stopped(task, stats, "dd-agent", exit_code=137)
+    assert container_values(m.observe(task, stats, [], 20))["dd-agent"]["ecs.container.oom_kills_total"] == 0
+
+
+def test_restart_policy_restarts_and_an_oom_restart_between_polls():
+    # fargate-2021 `essential` with a restart policy: RestartCount 0 -> 2 (two restarts between polls,
+    # memory at the limit before them: one OOM kill judged, as the exits themselves were not seen)
+    m = monitor()
+    task, stats = poll("fargate-2021", "fargate-2021", t=0)
+    with_restart(task, "essential", restart_count=0)
+    with_memory(stats, task, "essential", working_set=510 * MIB)  # of the task's 512 MiB
+    assert container_values(m.observe(task, stats, [], 0))["essential"]["ecs.container.restarts_total"] == 0
+    task, stats = poll("fargate-2021", "fargate-2021", t=10)
+    with_restart(task, "essential", restart_count=2)
+    got = container_values(m.observe(task, stats, [], 10))["essential"]
+    assert got["ecs.container.restarts_total"] == 2
+    assert got["ecs.container.oom_kills_total"] == 1
+
+
+def test_a_restart_without_restart_count_is_seen_from_started_at_and_resets_the_trend():
+    m = monitor(memory_window=100)
+    for task, stats in leaking_polls(polls=11, step=10, grow=50 * MIB):
+        got = container_values(m.observe(task, stats, [], 0))
+    assert got["dd-agent"]["ecs.container.memory.leak_suspected"] == 1
+    task, stats = poll("fargate-2023", "fargate-2023", t=120)
+    task["Containers"][0]["StartedAt"] = "2023-06-20T01:21:00Z"  # it started again
+    got = container_values(m.observe(task, stats, [], 0))["dd-agent"]
+    assert got["ecs.container.restarts_total"] == 1
+    assert "ecs.container.memory.leak_suspected" not in got  # a new process: no history yet
+    assert got["ecs.container.memory.peak_working_set_bytes"] == 156_966_912 + 10 * 50 * MIB  # kept
+
+
+def test_a_stale_read_is_not_a_second_point():
+    # Fargate refreshes stats every 10 s; polling faster returns the same `read`: one point, not two
+    m = monitor(memory_window=100)
+    for t in range(0, 110, 10):
+        task, stats = poll("fargate-2023", "fargate-2023", t=t)
+        for _ in range(3):
+            m.observe(task, stats, [], t)
+    assert len(m._containers["dd-agent"].memory.points) == 11
+
+
+# --- CPU saturation -----------------------------------------------------------------------------------
+
+
+def run_saturation(readings, threshold=90.0, window=60.0):
+    state = Saturation()
+    out = []
+    for t, u in readings:
+        state = saturation_step(state, t, u, threshold=threshold, window=window)
+        out.append((state.saturated, state.seconds))
+    return out
+
+
+def test_saturated_only_after_the_window_and_seconds_integrate_it():
+    # 10 s polls, 95 % from t=10 on: the run starts at t=0 (the reading at 10 covers 0..10), so it
+    # lasts 60 s at t=60, and every later poll adds 10 s
+    readings = [(0, 50.0)] + [(t, 95.0) for t in range(10, 110, 10)]
+    got = run_saturation(readings)
+    assert [s for s, _ in got] == [False] * 6 + [True] * 5
+    assert [sec for _, sec in got][-1] == 40.0  # saturated from t=60 to t=100
+    # dropping below ends it; the counter keeps its value
+    state = Saturation()
+    for t, u in readings + [(110, 20.0)]:
+        state = saturation_step(state, t, u, threshold=90, window=60)
+    assert (state.saturated, state.seconds) == (False, 40.0)
+
+
+def test_a_missing_reading_is_not_saturation():
+    readings = [(t, 99.0) for t in range(0, 50, 10)] + [(50, None)] + [(t, 99.0) for t in range(60, 100, 10)]
+    assert not any(s for s, _ in run_saturation(readings))
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.floats(0.5, 30), st.one_of(st.none(), st.floats(0, 150))), max_size=60),
+       st.floats(1, 100), st.floats(1, 600))
+def test_saturated_seconds_never_exceed_the_time_and_only_grow(steps, threshold, window):
+    t, previous, state = 0.0, 0.0, Saturation()
+    for dt, u in steps:
+        t += dt
+        state = saturation_step(state, t, u, threshold=threshold, window=window)
+        assert previous <= state.seconds <= max(0.0, t - window) + 1e-9
+        assert not state.saturated or (u is not None and u >= threshold)
+        previous = state.seconds
+
+
+def test_task_and_container_saturation_from_the_derived_utilization():
+    from agent.identity import container_tags
+    from agent.model import Sample
+
+    m = monitor(saturation_window=20)
+    task, _ = poll("fargate-2023", "fargate-2023", t=0)
+    tags = container_tags(task["Containers"][0])
+    for t in (0, 10, 20, 30):
+        derived = [Sample("ecs.task.cpu.utilization_percent", 97.0),
+                   Sample("ecs.container.cpu.utilization_percent", 99.0, tags=tags)]
+        out = m.observe(*poll("fargate-2023", "fargate-2023", t=t), derived, 1000.0 + t)
+    values = {(s.name, s.tags): s.value for s in out}
+    assert values[("ecs.task.cpu.saturated", ())] == 1
+    assert values[("ecs.task.cpu.saturated_seconds_total", ())] == 10.0  # saturated from 1020 to 1030
+    assert values[("ecs.container.cpu.saturated", tags)] == 1
+    assert values[("ecs.container.cpu.saturated_seconds_total", tags)] == 10.0
+
+
+# --- throttling: never a constant 0 ----------------------------------------------------------------
+
+
+def test_throttling_counters_appear_only_when_real():
+    m = monitor()
+    task, stats = poll("fargate-2023", "fargate-2023", t=0)  # the capture: all three fields 0
+    names = {s.name for s in m.observe(task, stats, [], 0)}
+    assert not any("throttled" in n for n in names)
+    task, stats = poll("fargate-2023", "fargate-2023", t=10)
+    first = next(iter(stats.values()))
+    first["cpu_stats"]["throttling_data"] = {"periods": 100, "throttled_periods": 7, "throttled_time": 2_500_000_000}
+    got = container_values(m.observe(task, stats, [], 10))
+    assert got["dd-agent"]["ecs.container.cpu.throttled_periods_total"] == 7
+    assert got["dd-agent"]["ecs.container.cpu.throttled_seconds_total"] == 2.5
+    assert got["apmtest-ping"]["ecs.container.cpu.throttled_periods_total"] == 0  # real now: its 0 is true
+
+
+# --- bad input ---------------------------------------------------------------------------------------
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4),
+    max_leaves=20)
+
+
+@settings(max_examples=300, deadline=None)
+@given(task=json_values, stats=json_values)
+def test_any_json_never_raises_and_emits_only_finite_numbers(task, stats):
+    for s in monitor().observe(task, stats, [], 0):
+        assert math.isfinite(s.value)
+
+
+@settings(max_examples=100, deadline=None)
+@given(field=st.sampled_from(["ExitCode", "RestartCount", "StartedAt", "KnownStatus", "Name", "Limits"]),
+       value=json_values)
+def test_a_broken_field_in_one_container_loses_nothing_of_the_other(field, value):
+    m = monitor()
+    task, stats = load("fargate-2023.task"), load("fargate-2023.stats")
+    task["Containers"][0][field] = value
+    got = container_values(m.observe(task, stats, [], 0))
+    assert got["apmtest-ping"]["ecs.container.memory.peak_working_set_bytes"] == 34_865_152
+
+
+def test_monitor_from_config_reads_the_settings():
+    from agent.config import Config
+
+    m = HealthMonitor.from_config(Config(memory_trend_window=600, cpu_saturation_threshold=80,
+                                         cpu_saturation_window=30))
+    assert (m.memory_window, m.saturation_threshold, m.saturation_window) == (600, 80, 30)
+
+
+# --- settings -----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("variable,value", [
+    ("TASKLENS_MEMORY_TREND_WINDOW", "0"), ("TASKLENS_MEMORY_TREND_WINDOW", "59"),
+    ("TASKLENS_MEMORY_TREND_WINDOW", "1e9"), ("TASKLENS_MEMORY_TREND_WINDOW", "nan"),
+    ("TASKLENS_MEMORY_TREND_WINDOW", "half an hour"), ("TASKLENS_CPU_SATURATION_THRESHOLD", "150"),
+    ("TASKLENS_CPU_SATURATION_THRESHOLD", "0"), ("TASKLENS_CPU_SATURATION_WINDOW", "inf"),
+    ("TASKLENS_TOP_PROCESSES", "-1"), ("TASKLENS_TOP_PROCESSES", "2.5"), ("TASKLENS_TOP_PROCESSES", "51"),
+    ("TASKLENS_STATUS_HISTORY", "10"), ("TASKLENS_STATUS_PAGE", "maybe"),
+])
+def test_out_of_range_settings_stop_the_start_naming_the_variable(variable, value):
+    from agent.config import ConfigError, load
+
+    with pytest.raises(ConfigError) as error:
+        load({variable: value})
+    assert variable in str(error.value) and repr(value) in str(error.value)
+
+
+@settings(max_examples=100, deadline=None)
+@given(window=st.floats(60, 86400), threshold=st.floats(1, 100), top=st.integers(0, 50))
+def test_any_value_in_range_is_taken_as_given(window, threshold, top):
+    from agent.config import load
+
+    config = load({"TASKLENS_MEMORY_TREND_WINDOW": repr(window), "TASKLENS_CPU_SATURATION_THRESHOLD": repr(threshold),
+                   "TASKLENS_TOP_PROCESSES": str(top), "TASKLENS_STATUS_PAGE": "off"})
+    assert (config.memory_trend_window, config.cpu_saturation_threshold, config.top_processes) == (window, threshold, top)
+    assert config.status_page is False
+
+
+def test_a_bug_costs_one_polls_health_series_not_the_poll(monkeypatch):
+    import agent.health
+
+    m = monitor()
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(agent.health, "saturation_step", broken)
+    assert m.observe(load("fargate-2023.task"), load("fargate-2023.stats"), [], 0) == []
+    assert m.metrics.get("tasklens.health.errors") == 1

@@ -1,0 +1,345 @@
+"""The status page: its history (bounded), its data endpoint, and the page in a real headless Chromium.
+
+The browser tests drive Debian's Chromium through its chromedriver (selenium), against the page
+served on loopback by the same aiohttp routes the sidecar adds. They skip, saying why, where
+Chromium is not installed (scripts/system-deps.sh installs it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import shutil
+import sys
+import tracemalloc
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+
+from agent.hub import Hub
+from agent.identity import Identity
+from agent.model import Batch, Kind, Sample
+from agent.statuspage import (
+    CSP,
+    MAX_CONTAINERS,
+    MAX_POINTS,
+    MAX_QUEUES,
+    WATCHING,
+    PageHistory,
+    Ring,
+    add_routes,
+    page_html,
+)
+from tests.conftest import serve_app
+from tests.health_support import HOSTILE, MIB, Clock, feed_page
+
+IDENTITY = Identity(service="orders-worker", env="prod", ecs_cluster="prod", task_family="orders",
+                    task_revision="7", task_id="67cd8a22b533459696d4ccab5278e009")
+SCREENSHOTS = os.environ.get("TASKLENS_SCREENSHOT_DIR")  # docs/ to refresh the README's pictures
+
+
+def components() -> dict[str, Any]:
+    return {"ecs": {"ready": True, "last_error": None, "consecutive_failures": 0},
+            "queue:orders": {"last_error": "timeout <b>after 5 s</b>", "consecutive_failures": 2},
+            "statsd": {"packets": 10}}
+
+
+def fed(polls: int = 181) -> tuple[PageHistory, Clock]:
+    clock = Clock()
+    page = PageHistory(Hub(IDENTITY), clock=clock)
+    feed_page(page, clock, polls=polls)
+    page.errors.handle(logging.makeLogRecord({"name": "tasklens.queue", "levelno": logging.WARNING, "levelname": "WARNING",
+                                              "msg": "queue %s: poll failed", "args": (HOSTILE,), "created": clock.now}))
+    return page, clock
+
+
+# --- the history ------------------------------------------------------------------------------------
+
+
+def test_ring_keeps_the_last_points_and_gaps():
+    r = Ring(4, spacing=0.0)
+    for t in range(6):
+        r.add(float(t), None if t == 4 else float(t * 10))
+    assert r.points() == [[2.0, 20.0], [3.0, 30.0], [4.0, None], [5.0, 50.0]]
+
+
+def test_ring_thins_out_polls_faster_than_its_spacing():
+    r = Ring(10, spacing=10.0)
+    for t in range(100):
+        r.add(float(t), 1.0)
+    assert [t for t, _ in r.points()] == [0.0, 10.0, 20.0, 30.0, 40.0, 50.0, 60.0, 70.0, 80.0, 90.0]
+
+
+def test_snapshot_has_the_fixture_numbers():
+    page, _ = fed()
+    snap = page.snapshot(components())
+    dd = next(c for c in snap["containers"] if c["name"] == "dd-agent")
+    # 181 polls of the leaking dd-agent (tests/health_support.py): 156,966,912 B + 180 x 2 MiB at the end
+    assert dd["working_set_bytes"][-1][1] == 156_966_912 + 180 * 2 * MIB
+    assert dd["limit_bytes"] == 3072 * MIB
+    assert dd["leak_suspected"] == 1
+    assert dd["time_to_limit_seconds"] == pytest.approx((3072 * MIB - (156_966_912 + 360 * MIB)) / (2 * MIB / 10))
+    assert len(dd["working_set_bytes"]) == 181
+    assert dd["cpu_percent"][0][1] is None  # the first poll has no rate: missing, not 0
+    assert dd["cpu_percent"][-1][1] == pytest.approx(20 + 0.2 * 180)
+    (queue,) = snap["queues"]
+    assert queue["name"] == "orders" and queue["depth"][-1][1] == 900 - 3 * 180
+    assert queue["drain_seconds"] == pytest.approx(360 / 0.3)
+    assert snap["components"]["queue:orders"] == {"ok": False, "error": "timeout <b>after 5 s</b>"}
+    assert snap["components"]["ecs"] == {"ok": True, "error": None}
+
+
+def test_statsd_is_ranked_only_while_somebody_watches():
+    page, clock = fed(polls=3)
+    assert page.statsd == []  # nobody fetched the page: the flush was not even looked at
+    page.snapshot(components())
+    page.accept(Batch("statsd", [Sample("a", 10.0, Kind.COUNT, interval=10.0),
+                                 Sample("b", 100.0, Kind.COUNT, interval=10.0)]))
+    assert [m["name"] for m in page.statsd] == ["b", "a"]
+    assert page.statsd[0]["per_second"] == 10.0
+    clock.now += WATCHING + 1
+    page.accept(Batch("statsd", [Sample("c", 1e6, Kind.COUNT, interval=10.0)]))
+    assert [m["name"] for m in page.statsd] == ["b", "a"]  # stopped looking
+
+
+def test_memory_is_bounded_whatever_the_number_of_containers_and_queues():
+    clock = Clock()
+    page = PageHistory(Hub(IDENTITY), clock=clock)
+
+    def flood(n: int) -> None:
+        for i in range(n):
+            clock.now += 10
+            page.accept(Batch("ecs", [Sample("ecs.container.memory.working_set_bytes", float(i),
+                                             tags=(("container_name", f"c{j}-{i % 3}"),)) for j in range(200)]))
+            page.accept(Batch(f"queue:q{i}", [Sample("queue.depth", 1.0, tags=(("queue", f"q{i}"),))]))
+
+    flood(MAX_POINTS)
+    tracemalloc.start()
+    before = tracemalloc.take_snapshot()
+    flood(5 * MAX_POINTS)  # five times as many polls, thousands more names
+    grown = sum(s.size_diff for s in tracemalloc.take_snapshot().compare_to(before, "filename"))
+    tracemalloc.stop()
+    assert len(page.containers) == MAX_CONTAINERS and len(page.queues) == MAX_QUEUES
+    assert page.dropped > 0
+    assert grown < 64 * 1024, grown
+
+
+# --- over HTTP ---------------------------------------------------------------------------------------
+
+
+async def serve(page: PageHistory) -> tuple[web.AppRunner, str]:
+    app = web.Application()
+    add_routes(app, page, components)
+    return await serve_app(app)
+
+
+async def test_page_and_data_over_http():
+    import aiohttp
+
+    page, _ = fed(polls=5)
+    runner, url = await serve(page)
+    try:
+        async with aiohttp.ClientSession() as session:
+            async with session.get(url + "/") as r:
+                body = await r.read()
+                assert r.status == 200 and r.content_type == "text/html"
+                assert r.headers["Content-Security-Policy"] == CSP
+            async with session.get(url + "/status/history") as r:
+                data = await r.json()
+                assert r.headers["Content-Security-Policy"] == CSP
+        assert body == page_html()
+        assert len(body) < 16 * 1024  # self-contained and small: no asset to fetch
+        assert b"http://" not in body.replace(b"http://www.w3.org/2000/svg", b"") and b"https://" not in body
+        assert HOSTILE in {c["name"] for c in data["containers"]}  # data, for the page to show as text
+    finally:
+        await runner.cleanup()
+
+
+# --- in a real browser -------------------------------------------------------------------------------
+
+CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
+browser = pytest.mark.skipif(not (CHROMIUM and CHROMEDRIVER) or sys.platform != "linux",
+                             reason="needs Debian's chromium and chromium-driver (scripts/system-deps.sh)")
+
+
+class Browser:
+    """Headless Chromium through chromedriver; every console message and request is recorded."""
+
+    def __init__(self, profile: Path) -> None:
+        from selenium import webdriver
+        from selenium.webdriver.chrome.service import Service
+
+        options = webdriver.ChromeOptions()
+        options.binary_location = CHROMIUM  # type: ignore[assignment]
+        for arg in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                    "--disable-component-update", "--disable-sync", f"--user-data-dir={profile}"):
+            options.add_argument(arg)
+        options.set_capability("goog:loggingPrefs", {"browser": "ALL", "performance": "ALL"})
+        self.driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+
+    def viewport(self, width: int, height: int, mobile: bool) -> None:
+        self.driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride",
+                                    {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": mobile})
+
+    def js(self, script: str) -> Any:
+        return self.driver.execute_script(script)
+
+    def requests(self) -> list[str]:
+        urls = []
+        for entry in self.driver.get_log("performance"):
+            message = json.loads(entry["message"])["message"]
+            if message["method"] == "Network.requestWillBeSent":
+                urls.append(message["params"]["request"]["url"])
+        return urls
+
+    def console(self) -> list[dict[str, Any]]:
+        return list(self.driver.get_log("browser"))
+
+    def screenshot(self, path: Path, width: int) -> None:
+        height = int(self.js("return document.documentElement.scrollHeight"))
+        self.viewport(width, height, mobile=width < 600)
+        path.write_bytes(self.driver.get_screenshot_as_png())
+
+    def close(self) -> None:
+        self.driver.quit()
+
+
+@pytest.fixture
+async def chromium(tmp_path):
+    b = await asyncio.to_thread(Browser, tmp_path / "profile")
+    yield b
+    await asyncio.to_thread(b.close)
+
+
+async def wait_js(b: Browser, script: str, what: str, timeout: float = 10.0) -> Any:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        value = await asyncio.to_thread(b.js, script)
+        if value:
+            return value
+        if loop.time() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        await asyncio.sleep(0.05)
+
+
+CARD = """return [...document.querySelectorAll('.container')].find(c => c.dataset.name === %s)"""
+
+
+def card_text(name: str, cls: str) -> str:
+    return (CARD % json.dumps(name)) + f".querySelector('b.{cls}').textContent"
+
+
+@browser
+@pytest.mark.parametrize("width,height,mobile", [(390, 844, True), (1280, 900, False)], ids=["phone", "desktop"])
+async def test_the_page_in_chromium(chromium: Browser, tmp_path, width, height, mobile):
+    page, clock = fed()
+    page.snapshot(components())  # somebody is watching: the next StatsD flush gets ranked
+    page.accept(Batch("statsd", [Sample("jobs.done", 500.0, Kind.COUNT, interval=10.0),
+                                 Sample(HOSTILE, 50.0, Kind.COUNT, interval=10.0)]))
+    runner, url = await serve(page)
+    try:
+        await asyncio.to_thread(chromium.viewport, width, height, mobile)
+        await asyncio.to_thread(chromium.driver.get, url + "/?refresh=1")
+        await wait_js(chromium, "return document.body.dataset.updated", "the first render")
+
+        # the charts are drawn, with every poll as a point; the numbers are the fixture's
+        points = await asyncio.to_thread(chromium.js, "return Object.fromEntries([...document.querySelectorAll"
+                                         "('svg[data-series]')].map(s => [s.dataset.series, +s.dataset.points]))")
+        assert points["dd-agent memory"] == 181 and points["dd-agent cpu"] == 180  # the first has no rate
+        assert points["orders depth"] == 181
+        assert points["task cpu"] == 180
+        assert await asyncio.to_thread(chromium.js, card_text("dd-agent", "mem")) == "510 MiB / 3.0 GiB"
+        assert await asyncio.to_thread(chromium.js, card_text("dd-agent", "ttl")) == "3.6 h"  # 12,812 s
+        assert await asyncio.to_thread(chromium.js, card_text("dd-agent", "cpu")) == "56.0 %"
+        # a hostile container name and StatsD name are shown as text: no element, no script ran
+        assert await asyncio.to_thread(chromium.js, (CARD % json.dumps(HOSTILE)) + ".querySelector('h3').firstChild.data") == HOSTILE
+        assert await asyncio.to_thread(chromium.js, "return document.querySelectorAll('img').length") == 0
+        assert await asyncio.to_thread(chromium.js, "return window.__pwned === undefined")
+        statsd = await asyncio.to_thread(chromium.js, "return [...document.querySelectorAll('#statsd td')].map(t => t.textContent)")
+        assert statsd == ["jobs.done", "50/s", HOSTILE, "5/s"]
+        procs = await asyncio.to_thread(chromium.js, "return [...document.querySelectorAll('#processes td')].map(t => t.textContent)")
+        assert procs == ["python:worker.py", "45 % vCPU", "480 MiB", "agent", "2 % vCPU", "60 MiB"]
+        errors = await asyncio.to_thread(chromium.js, "return [...document.querySelectorAll('#errors td')].map(t => t.textContent)")
+        assert errors[1] == f"WARNING tasklens.queue: queue {HOSTILE}: poll failed"
+        # missing numbers are shown as missing: apmtest-ping has no countdown
+        assert await asyncio.to_thread(chromium.js, card_text(HOSTILE, "ttl")) == "–"
+
+        if SCREENSHOTS:
+            await asyncio.to_thread(chromium.screenshot, Path(SCREENSHOTS) / f"status-page-{'phone' if mobile else 'desktop'}.png", width)
+            await asyncio.to_thread(chromium.viewport, width, height, mobile)
+        # readable on a phone: nothing wider than the screen
+        assert await asyncio.to_thread(chromium.js, "return document.documentElement.scrollWidth") <= width
+
+        # it updates by itself when the data changes
+        before = await asyncio.to_thread(chromium.js, "return document.body.dataset.updated")
+        feed_page(page, clock, polls=1, depth_start=12345)
+        await wait_js(chromium, f"return document.body.dataset.updated !== {json.dumps(before)}", "a refresh")
+        q = "return document.querySelector('.queue b.depth').textContent"
+        assert await asyncio.to_thread(chromium.js, q) == "12,345"
+
+        errors = [m for m in await asyncio.to_thread(chromium.console) if m["level"] in ("SEVERE", "WARNING")]
+        assert errors == []
+        # the browser's own new tab loads chrome:// and data: resources (no network): the rest must be ours
+        requests = [u for u in await asyncio.to_thread(chromium.requests) if not u.startswith(("chrome", "about:", "data:"))]
+        assert requests and all(u.startswith(url + "/") for u in requests), requests
+        assert {u.removeprefix(url) for u in requests} == {"/?refresh=1", "/status/history"}
+    finally:
+        await runner.cleanup()
+
+
+async def test_the_sidecar_serves_the_page(tmp_path):
+    """The real runtime (local mode): `GET /` and its data, with the sidecar's own container in it."""
+    import aiohttp
+
+    from agent.config import Config
+    from agent.runtime import Runtime
+    from tests.conftest import free_port
+
+    port = free_port()
+    runtime = Runtime(Config(http_addr=("127.0.0.1", port), statsd_addr=None, poll_interval=0.2), environ={})
+    shutdown = asyncio.Event()
+    serving = asyncio.create_task(runtime.serve(shutdown))
+    base = f"http://127.0.0.1:{port}"
+    try:
+        async with aiohttp.ClientSession() as session:
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + 20
+            data: dict[str, Any] = {}
+            while not data.get("containers"):
+                assert loop.time() < deadline, "the page's data never showed a container"
+                try:
+                    async with session.get(base + "/status/history") as r:
+                        data = await r.json()
+                except aiohttp.ClientConnectionError:
+                    pass
+                await asyncio.sleep(0.05)
+            async with session.get(base + "/") as r:
+                assert r.status == 200 and (await r.read()) == page_html()
+        (container,) = data["containers"]
+        assert container["working_set_bytes"][-1][1] > 0
+        assert container["restarts"] == 0 and container["oom_kills"] == 0
+        assert data["components"]["local"]["ok"] is True
+    finally:
+        shutdown.set()
+        assert await serving == 0
+
+
+@browser
+async def test_a_gap_now_is_shown_as_missing_not_as_the_last_value(chromium: Browser):
+    page, clock = fed(polls=3)
+    clock.now += 10
+    page.accept(Batch("queue:orders", [], snapshot=True))  # the queue's poll failed
+    runner, url = await serve(page)
+    try:
+        await asyncio.to_thread(chromium.driver.get, url + "/")
+        await wait_js(chromium, "return document.body.dataset.updated", "the first render")
+        assert await asyncio.to_thread(chromium.js, "return document.querySelector('.queue b.depth').textContent") == "–"
+        points = await asyncio.to_thread(chromium.js, "return +document.querySelector('svg[data-series=\"orders depth\"]').dataset.points")
+        assert points == 3  # the three polls that answered; the gap is not drawn
+    finally:
+        await runner.cleanup()

@@ -189,7 +189,7 @@ class ScaleInProtection:
 
     def __init__(self, rule: Rule | str, hub: Hub, agent_uri: str | None, *, idle: float = 60.0,
                  expires_minutes: int = 30, metadata_url: str | None = None, tick: float = 1.0,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 request_timeout: float = REQUEST_TIMEOUT, clock: Callable[[], float] = time.monotonic) -> None:
         self.rule = parse_rule(rule) if isinstance(rule, str) else rule
         self.hub = hub
         self.idle, self.expires_minutes, self.tick = idle, expires_minutes, tick
@@ -197,7 +197,7 @@ class ScaleInProtection:
         self.clock = clock
         self.seen = Observations(self.rule)
         self.state = State()
-        self.client = ProtectionClient(agent_uri) if agent_uri else None
+        self.client = ProtectionClient(agent_uri, request_timeout) if agent_uri else None
         if self.client is None:
             self.state.disabled = f"{ENV_AGENT_URI} is not set"
         self.own_container: str | None = None
@@ -218,7 +218,7 @@ class ScaleInProtection:
 
     async def run(self, stop: asyncio.Event) -> None:
         if self.client is None:
-            log.warning("scale-in protection is unavailable: %s (not on ECS, or an agent older than "
+            log.warning("scale-in protection is unavailable: %s is not set (not on ECS, or an agent older than "
                         "1.65.0); the busy state is still reported", ENV_AGENT_URI)
         try:
             while not stop.is_set():

@@ -1,0 +1,79 @@
+"""A simulated service on a real broker: several tasks, each a sidecar (its own task id) and a worker
+holding one job, on one beanstalkd tube. Tasks start and stop during the test; every sidecar's backlog
+per task follows exactly, and the heartbeats count the running tasks."""
+
+from __future__ import annotations
+
+import greenstalk
+from prometheus_client import generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+from tests.integrations.queues.support import Clock
+
+from agent.config import Config
+from agent.hub import Hub
+from agent.identity import Identity
+from agent.scaling.heartbeat import Heartbeat
+from agent.sinks.prometheus import PrometheusSink
+from integrations.queues.source import QueueSource
+
+JOBS = 24
+
+
+class Task:
+    def __init__(self, n: int, port: int, tube: str, config: Config, clock: Clock) -> None:
+        identity = Identity(service="thumbs", ecs_cluster="prod", task_id=f"task-{n}")
+        self.hub = Hub(identity)
+        self.prometheus = PrometheusSink(self.hub.metrics, self.hub.pull)
+        self.hub.add_sink(self.prometheus)
+        self.source = QueueSource(config, self.hub, f"beanstalk://127.0.0.1:{port}/{tube}", clock=clock)
+        self.heartbeat = Heartbeat(self.hub)
+        self.heartbeat.beat()
+        self.worker = greenstalk.Client(("127.0.0.1", port), watch=tube)
+        self.job = self.worker.reserve(timeout=2)  # a job in flight
+
+    def exported(self) -> dict[str, tuple[dict[str, str], float]]:
+        text = generate_latest(self.prometheus.registry).decode()
+        return {s.name: (s.labels, s.value) for f in text_string_to_metric_families(text) for s in f.samples
+                if s.name.startswith(("queue_backlog", "queue_tasks", "tasklens_scaling"))}
+
+    async def stop(self) -> None:
+        self.worker.close()  # beanstalkd puts the reserved job back: the backlog stays
+        await self.source.probe.close()
+
+
+async def test_backlog_per_task_follows_the_running_tasks(beanstalkd, unique):
+    config = Config(queue_poll_interval=0.2, scaling_smoothing_window=4.0)
+    clock = Clock()
+    with greenstalk.Client(("127.0.0.1", beanstalkd.port), use=unique) as producer:
+        for i in range(JOBS):
+            producer.put(f"job {i}")
+    tasks = [Task(n, beanstalkd.port, unique, config, clock) for n in range(3)]
+    try:
+        for step, change in enumerate(("start", "add", "stop two", "add")):
+            if change == "add":
+                tasks.append(Task(len(tasks) + 10, beanstalkd.port, unique, config, clock))
+            elif change == "stop two":
+                for task in tasks[:2]:
+                    await task.stop()
+                tasks = tasks[2:]
+            for _ in range(5):  # 5 polls 1 s apart: the 4 s window fills
+                for task in tasks:
+                    assert await task.source.poll(), task.source.last_error
+                clock.advance(1.0)
+            running = len(tasks)
+            heartbeats = [t.exported()["tasklens_scaling_task_heartbeat"] for t in tasks]
+            # what CloudWatch's SampleCount (and Prometheus' count) of the heartbeat sees
+            assert len(heartbeats) == running and all(value == 1.0 for _, value in heartbeats)
+            assert {labels["task_id"] for labels, _ in heartbeats} == {t.hub.identity.task_id for t in tasks}
+            for task in tasks:
+                exported = task.exported()
+                values = {name: value for name, (labels, value) in exported.items() if name.startswith("queue_")}
+                assert values == {
+                    "queue_backlog": JOBS, "queue_backlog_smoothed": JOBS, "queue_tasks_estimate": running,
+                    "queue_backlog_per_task": JOBS / running, "queue_backlog_per_task_smoothed": JOBS / running,
+                }, (change, task.hub.identity.task_id)
+                labels = exported["queue_backlog_per_task"][0]
+                assert (labels["queue"], labels["service"], labels["ecs_cluster"]) == (unique, "thumbs", "prod")
+    finally:
+        for task in tasks:
+            await task.stop()

@@ -259,6 +259,9 @@ class Config:
                                               doc="queue_backlog_smoothed: the backlog's minimum over this many seconds")
     scaling_consumers_per_task: float = setting(1.0, _parse_positive_number,
                                                 doc="broker consumers per task, for the local task-count estimate")
+    scaling_target: float = setting(0.0, _parse_positive_number,
+                                    doc="the policy's backlog-per-task target, reported for dashboards and alerts")
+    scaling_max_tasks: int = setting(0, parse_positive_int, doc="the service's max task count, reported likewise")
     scale_in_protection: str = setting("", _parse_busy_rule,
                                        doc="busy rule that protects the task from scale-in, e.g. cpu>20% or jobs.in_progress>0")
     scale_in_idle: float = setting(60.0, parse_seconds, doc="release scale-in protection after idle this long (s)")

@@ -99,7 +99,8 @@ class Runtime:
         rule is set: a source of its own state and a sink that watches the rule's metrics."""
         from agent.scaling.heartbeat import Heartbeat
 
-        self.sources.append(Heartbeat(self.hub))
+        self.sources.append(Heartbeat(self.hub, target=self.config.scaling_target,
+                                      max_tasks=self.config.scaling_max_tasks))
         if self.config.scale_in_protection:
             from agent.scaling.protection import ENV_AGENT_URI, ScaleInProtection
 

@@ -18,6 +18,8 @@ BACKLOG_PER_TASK = "queue.backlog_per_task"  # only with a local task-count esti
 BACKLOG_PER_TASK_SMOOTHED = "queue.backlog_per_task_smoothed"
 TASKS_ESTIMATE = "queue.tasks_estimate"  # the local estimate itself (live consumers / consumers per task)
 HEARTBEAT = "tasklens.scaling.task_heartbeat"  # 1, once a minute: CloudWatch's SampleCount = running tasks
+TARGET = "tasklens.scaling.target_backlog_per_task"  # the policy's target, when configured
+MAX_TASKS = "tasklens.scaling.max_tasks"  # the scalable target's maximum, when configured
 BUSY = "tasklens.scaling.busy"  # 1 while the busy rule holds
 PROTECTED = "tasklens.scaling.protected"  # 1 while the task is (as far as we know) protected from scale-in
 

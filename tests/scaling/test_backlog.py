@@ -102,3 +102,22 @@ def test_a_level_held_for_the_window_passes_within_one_window(base: int, rise: i
         assert out[BACKLOG_SMOOTHED] == base
         t += step
     assert t - risen_at <= window + step  # one window late, not more
+
+
+def test_heartbeat_carries_the_target_and_maximum_when_configured() -> None:
+    from tests.conftest import Recorder
+
+    from agent.hub import Hub
+    from agent.identity import Identity
+    from agent.scaling import HEARTBEAT, MAX_TASKS, TARGET
+    from agent.scaling.heartbeat import Heartbeat
+
+    hub = Hub(Identity(service="thumbs", ecs_cluster="prod", task_id="t1"))
+    recorder = Recorder()
+    hub.add_sink(recorder)
+    Heartbeat(hub).beat()
+    Heartbeat(hub, target=200.0, max_tasks=50).beat()
+    plain, configured = recorder.batches
+    assert [(s.name, s.value) for s in plain.samples] == [(HEARTBEAT, 1.0)]
+    assert [(s.name, s.value) for s in configured.samples] == [(HEARTBEAT, 1.0), (TARGET, 200.0), (MAX_TASKS, 50.0)]
+    assert dict(configured.samples[0].tags)["ecs_cluster"] == "prod" and configured.snapshot

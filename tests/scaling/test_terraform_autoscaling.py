@@ -83,7 +83,10 @@ def test_the_metric_math_reads_what_the_sidecar_emits(outputs) -> None:
     env = outputs["sqs_name"]["sidecar_environment"]
     # the EMF sink's settings: the policy's namespace and every dimension it selects on
     assert env == {"TASKLENS_CLOUDWATCH": "emf", "TASKLENS_CLOUDWATCH_NAMESPACE": "tasklens",
-                   "TASKLENS_CLOUDWATCH_DIMENSIONS": ",".join([*DIMENSIONS, QUEUE_DIMENSION])}
+                   "TASKLENS_CLOUDWATCH_DIMENSIONS": ",".join([*DIMENSIONS, QUEUE_DIMENSION]),
+                   "TASKLENS_SCALING_TARGET": "200", "TASKLENS_SCALING_MAX_TASKS": "50"}
+    config = load(env)  # the sidecar reports the target and the maximum for dashboards and alerts
+    assert (config.scaling_target, config.scaling_max_tasks) == (200.0, 50)
     assert outputs["sqs_name"]["resource_id"] == "service/prod/orders-worker"
     assert outputs["sqs_name"]["task_role_statements"] == []
 

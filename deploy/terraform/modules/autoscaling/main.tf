@@ -78,6 +78,8 @@ locals {
       TASKLENS_CLOUDWATCH            = "emf"
       TASKLENS_CLOUDWATCH_NAMESPACE  = local.namespace
       TASKLENS_CLOUDWATCH_DIMENSIONS = "ecs_cluster,service,queue"
+      TASKLENS_SCALING_TARGET        = tostring(var.autoscaling.backlog_per_task)
+      TASKLENS_SCALING_MAX_TASKS     = tostring(var.autoscaling.max)
     },
     local.protection ? {
       TASKLENS_SCALE_IN_PROTECTION      = var.autoscaling.scale_in_protection

@@ -255,8 +255,9 @@ class Config:
     profile_window: float = setting(10.0, parse_seconds, doc="seconds per py-spy sampling window")
     profile_match: str = setting("", doc="regex on the command line of processes to profile")
     # autoscaling and scale-in protection (agent/scaling/, docs/scaling.md)
-    scaling_smoothing_window: float = setting(120.0, parse_seconds,
-                                              doc="queue_backlog_smoothed: the backlog's minimum over this many seconds")
+    scaling_smoothing_window: float = setting(60.0, parse_seconds,
+                                              doc="queue_backlog_smoothed: levels must last this long (s)")
+    scaling_hold: float = setting(600.0, parse_seconds, doc="queue_backlog_smoothed: falls pass after this long (s)")
     scaling_consumers_per_task: float = setting(1.0, _parse_positive_number,
                                                 doc="broker consumers per task, for the local task-count estimate")
     scaling_target: float = setting(0.0, _parse_positive_number,

@@ -2,10 +2,15 @@
 
 The backlog is the work not yet done: ready messages plus those delivered and not yet acked (a
 scaler that ignores in-flight messages scales in under workers that are busy). Delayed messages are
-not work yet and are left out. The smoothed backlog is the *minimum* over a sliding window: a level
-counts only once it has lasted the whole window, so a burst that the running tasks drain within the
-window never scales the service out (and so never has to scale it back in), while a sustained rise
-passes through one window late.
+not work yet and are left out.
+
+The smoothed backlog is a max of mins: the minimum over a short window (`TASKLENS_SCALING_SMOOTHING_WINDOW`,
+60 s) keeps a level only once it has lasted that long, so a burst the running tasks drain within
+the window never scales the service out; the maximum of those minima over a longer hold
+(`TASKLENS_SCALING_HOLD`, 600 s) lets a rise through at once but a fall only after the hold, so a
+queue that drains between periodic bursts does not scale in and out with every burst. A sustained
+rise passes one short window late; a sustained fall one hold late (on top of target tracking's own
+15 minutes before it scales in).
 
 The running-task count comes from CloudWatch (the heartbeat's SampleCount, see `heartbeat.py`).
 Locally the sidecar has no cheap exact count; where the broker reports live consumers (RabbitMQ,
@@ -51,6 +56,12 @@ def window_min(points: deque[tuple[float, float]], now: float, window: float) ->
     return min(v for _, v in inside)
 
 
+def held_max(minima: deque[tuple[float, float]], now: float, hold: float) -> float | None:
+    """The largest of the windowed minima within `hold` seconds before `now`."""
+    inside = [v for t, v in minima if now - hold <= t <= now]
+    return max(inside) if inside else None
+
+
 @dataclass
 class BacklogTracker:
     """One queue's backlog history and the samples it adds to each poll's snapshot."""
@@ -58,14 +69,24 @@ class BacklogTracker:
     queue_type: str
     window: float
     consumers_per_task: float = 1.0
+    hold: float = 0.0  # 0: the windowed minimum alone
 
     def __post_init__(self) -> None:
         self.points: deque[tuple[float, float]] = deque()
+        self.minima: deque[tuple[float, float]] = deque()
 
-    def add(self, now: float, value: float) -> None:
+    def add(self, now: float, value: float) -> float | None:
+        """Add a reading; the smoothed backlog (None until the window has enough history)."""
         self.points.append((now, value))
         while self.points and self.points[0][0] < now - self.window:
             self.points.popleft()
+        low = window_min(self.points, now, self.window)
+        if low is None:
+            return None
+        self.minima.append((now, low))
+        while self.minima and self.minima[0][0] < now - self.hold:
+            self.minima.popleft()
+        return held_max(self.minima, now, self.hold)
 
     def samples(self, depth: float | None, in_flight: float | None, consumers: float | None, now: float,
                 tags: Tags, timestamp: float) -> list[Sample]:
@@ -73,9 +94,8 @@ class BacklogTracker:
         raw = backlog(depth, in_flight)
         if raw is None:
             return []
-        self.add(now, raw)
+        smoothed = self.add(now, raw)
         values = {BACKLOG: raw}
-        smoothed = window_min(self.points, now, self.window)
         if smoothed is not None:
             values[BACKLOG_SMOOTHED] = smoothed
         tasks = tasks_estimate(self.queue_type, consumers, self.consumers_per_task)

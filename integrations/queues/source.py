@@ -71,7 +71,7 @@ class QueueSource:
         self.threshold = parsed.threshold if parsed.threshold is not None else config.queue_backlog_threshold
         self.history = History(parsed.window or config.queue_trend_window)
         self.backlog = BacklogTracker(self.queue_type, config.scaling_smoothing_window,
-                                      config.scaling_consumers_per_task)  # docs/scaling.md
+                                      config.scaling_consumers_per_task, config.scaling_hold)  # docs/scaling.md
         self.tags = (("queue", queue), ("queue_type", self.queue_type))
         self.clock, self.wall = clock, wall
         self.failures = 0  # consecutive

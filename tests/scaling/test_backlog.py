@@ -121,3 +121,24 @@ def test_heartbeat_carries_the_target_and_maximum_when_configured() -> None:
     assert [(s.name, s.value) for s in plain.samples] == [(HEARTBEAT, 1.0)]
     assert [(s.name, s.value) for s in configured.samples] == [(HEARTBEAT, 1.0), (TARGET, 200.0), (MAX_TASKS, 50.0)]
     assert dict(configured.samples[0].tags)["ecs_cluster"] == "prod" and configured.snapshot
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(100, 1000), st.integers(1, 8), st.sampled_from([15.0, 30.0]))
+def test_the_hold_keeps_a_level_through_a_short_dip(level: int, dip_polls: int, step: float) -> None:
+    """A queue drained between bursts: within the hold the smoothed backlog stays at the level held
+    before; once the dip has lasted the hold, it falls."""
+    window, hold = 60.0, 300.0
+    tracker = BacklogTracker("sqs", window, hold=hold)
+    t = 0.0
+    for _ in range(int((window + hold) / step) + 2):
+        tracker.samples(float(level), None, None, t, (), 0.0)
+        t += step
+    dip_started = t
+    while True:
+        out = {s.name: s.value for s in tracker.samples(0.0, None, None, t, (), 0.0)}
+        if out[BACKLOG_SMOOTHED] == 0.0:
+            break
+        assert out[BACKLOG_SMOOTHED] == level
+        t += step
+    assert hold <= t - dip_started <= hold + window + step

@@ -22,12 +22,13 @@ import math
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from itertools import pairwise
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from agent.scaling.backlog import BacklogTracker  # noqa: E402
-from agent.scaling import BACKLOG, BACKLOG_SMOOTHED  # noqa: E402
+from agent.scaling import BACKLOG, BACKLOG_SMOOTHED
+from agent.scaling.backlog import BacklogTracker
 
 STEP = 15.0
 
@@ -143,7 +144,7 @@ def first_scale_out(run: Run, since: float) -> float:
 def flips(run: Run) -> int:
     """Changes of scaling direction: out then in then out again is two flips."""
     events = sorted([(t, 1) for t in run.scale_outs] + [(t, -1) for t in run.scale_ins])
-    return sum(1 for a, b in zip(events, events[1:]) if a[1] != b[1])
+    return sum(1 for a, b in pairwise(events) if a[1] != b[1])
 
 
 def summary(run: Run, workload: Workload, until: float | None = None, since: float = 0.0) -> dict[str, float]:

@@ -15,7 +15,7 @@ import json
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from aiohttp import web
@@ -57,7 +57,7 @@ class TaskProtectionAgent:
     def _protection(self) -> dict[str, Any]:
         expiration = None
         if self.protected() and self.expires_at is not None:
-            expiration = datetime.fromtimestamp(self.expires_at, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+            expiration = datetime.fromtimestamp(self.expires_at, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         return {"protection": {"ExpirationDate": expiration, "ProtectionEnabled": self.enabled,
                                "TaskArn": self.task_arn}}
 
@@ -98,7 +98,7 @@ class TaskProtectionAgent:
             return self._invalid("Failed to decode request body: not an object")
         unknown = set(body) - {"ProtectionEnabled", "ExpiresInMinutes"}
         if unknown:  # DisallowUnknownFields; also catches a wrong casing, which Fargate may not accept
-            return self._invalid(f"Failed to decode request body: unknown field {sorted(unknown)[0]!r}")
+            return self._invalid(f"Failed to decode request body: unknown field {min(unknown)!r}")
         enabled = body.get("ProtectionEnabled")
         if not isinstance(enabled, bool):
             return self._invalid("Invalid request: does not contain 'ProtectionEnabled' field")

@@ -24,8 +24,13 @@ from collections import deque
 from dataclasses import dataclass
 
 from agent.model import Kind, Sample, Tags
-from agent.scaling import (BACKLOG, BACKLOG_PER_TASK, BACKLOG_PER_TASK_SMOOTHED, BACKLOG_SMOOTHED,
-                           TASKS_ESTIMATE)
+from agent.scaling import (
+    BACKLOG,
+    BACKLOG_PER_TASK,
+    BACKLOG_PER_TASK_SMOOTHED,
+    BACKLOG_SMOOTHED,
+    TASKS_ESTIMATE,
+)
 
 # queue types whose `consumers` are live connections (gone when a worker dies). NATS counts consumers
 # defined on the stream and a Redis stream group keeps its consumer names: neither counts workers.

@@ -18,7 +18,6 @@ import math
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Union
 
 from agent.model import Batch, Kind, Points, Tags
 
@@ -73,7 +72,7 @@ class InProgress:
         return f"{self.started} - {self.finished} {'>=' if self.inclusive else '>'} {_num(str(self.threshold))}"
 
 
-Term = Union[Cpu, Gauge, InProgress]
+Term = Cpu | Gauge | InProgress
 
 
 @dataclass(frozen=True)

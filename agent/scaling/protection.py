@@ -133,7 +133,7 @@ class ProtectionClient:
                 return interpret(response.status, body)
         except ProtectionError:
             raise
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise ProtectionError("timeout", f"no answer within {self.timeout:g} s") from None
         except (aiohttp.ClientError, OSError) as exc:
             raise ProtectionError("connection", f"{type(exc).__name__}: {exc}") from None
@@ -281,10 +281,10 @@ class ScaleInProtection:
         """The sidecar's own container name, from its metadata (`${ECS_CONTAINER_METADATA_URI_V4}`)."""
         assert self.metadata_url is not None
         try:
-            async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=REQUEST_TIMEOUT)) as session:
-                async with session.get(self.metadata_url) as response:
-                    doc = await response.json(content_type=None) if response.status == 200 else None
-        except (aiohttp.ClientError, OSError, ValueError, asyncio.TimeoutError) as exc:
+            async with (aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=REQUEST_TIMEOUT)) as session,
+                        session.get(self.metadata_url) as response):
+                doc = await response.json(content_type=None) if response.status == 200 else None
+        except (TimeoutError, aiohttp.ClientError, OSError, ValueError) as exc:
             self._log.warning("protection:own", "scale-in protection: cannot read this container's metadata "
                               "(%r); counting every container's CPU until it can", exc)
             return None
@@ -307,7 +307,8 @@ class ScaleInProtection:
             "busy": state.busy,
             "holding": list(self.holding),
             "protected": state.protected(now),
-            "protected_for_seconds": round(state.confirmed_until - now, 1) if state.protected(now) else None,
+            "protected_for_seconds": (round(state.confirmed_until - now, 1)
+                                      if state.confirmed_until is not None and state.protected(now) else None),
             "idle_seconds": round(now - state.idle_since, 1) if state.idle_since is not None else None,
             "unavailable": state.disabled,
             "consecutive_failures": state.failures,

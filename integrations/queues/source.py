@@ -119,7 +119,7 @@ class QueueSource:
         trend = self.history.trend(self.threshold, now)
         samples = samples_of(reading, trend, self.tags, self.wall())
         samples += self.backlog.samples(reading.depth, reading.in_flight, reading.consumers, now, self.tags,
-                                        samples[0].timestamp if samples else self.wall())
+                                        self.wall())
         if self.failures:
             log.info("queue %s: polled again after %d failed polls", self.queue, self.failures)
         self.failures, self.last_error = 0, None

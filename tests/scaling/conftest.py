@@ -7,11 +7,11 @@ from collections.abc import AsyncIterator
 
 import pytest
 from aiohttp import web
+
+from agent.scaling.agent_endpoint import TaskProtectionAgent
 from tests.conftest import serve_app
 from tests.integrations.queues.conftest import beanstalkd, unique  # noqa: F401 - fixtures re-exported
 from tests.scaling.support import FakeClock
-
-from agent.scaling.agent_endpoint import TaskProtectionAgent
 
 
 @pytest.fixture

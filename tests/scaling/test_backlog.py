@@ -8,9 +8,21 @@ from collections import deque
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from agent.scaling import (BACKLOG, BACKLOG_PER_TASK, BACKLOG_PER_TASK_SMOOTHED, BACKLOG_SMOOTHED, TASKS_ESTIMATE,
-                           prometheus_name)
-from agent.scaling.backlog import LIVE_CONSUMERS, BacklogTracker, backlog, tasks_estimate, window_min
+from agent.scaling import (
+    BACKLOG,
+    BACKLOG_PER_TASK,
+    BACKLOG_PER_TASK_SMOOTHED,
+    BACKLOG_SMOOTHED,
+    TASKS_ESTIMATE,
+    prometheus_name,
+)
+from agent.scaling.backlog import (
+    LIVE_CONSUMERS,
+    BacklogTracker,
+    backlog,
+    tasks_estimate,
+    window_min,
+)
 
 TAGS = (("queue", "jobs"), ("queue_type", "beanstalkd"))
 
@@ -105,12 +117,11 @@ def test_a_level_held_for_the_window_passes_within_one_window(base: int, rise: i
 
 
 def test_heartbeat_carries_the_target_and_maximum_when_configured() -> None:
-    from tests.conftest import Recorder
-
     from agent.hub import Hub
     from agent.identity import Identity
     from agent.scaling import HEARTBEAT, MAX_TASKS, TARGET
     from agent.scaling.heartbeat import Heartbeat
+    from tests.conftest import Recorder
 
     hub = Hub(Identity(service="thumbs", ecs_cluster="prod", task_id="t1"))
     recorder = Recorder()

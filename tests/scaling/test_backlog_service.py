@@ -7,7 +7,6 @@ from __future__ import annotations
 import greenstalk
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
-from tests.integrations.queues.support import Clock
 
 from agent.config import Config
 from agent.hub import Hub
@@ -15,6 +14,7 @@ from agent.identity import Identity
 from agent.scaling.heartbeat import Heartbeat
 from agent.sinks.prometheus import PrometheusSink
 from integrations.queues.source import QueueSource
+from tests.integrations.queues.support import Clock
 
 JOBS = 24
 

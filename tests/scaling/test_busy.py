@@ -10,7 +10,16 @@ from hypothesis import strategies as st
 
 from agent.config import ConfigError, load
 from agent.model import Batch, Kind, Points, Sample
-from agent.scaling.busy import CPU_METRIC, Cpu, Gauge, InProgress, Observations, Rule, evaluate, parse_rule
+from agent.scaling.busy import (
+    CPU_METRIC,
+    Cpu,
+    Gauge,
+    InProgress,
+    Observations,
+    Rule,
+    evaluate,
+    parse_rule,
+)
 
 
 @pytest.mark.parametrize("text, expected", [

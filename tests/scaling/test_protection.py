@@ -11,15 +11,19 @@ import time
 
 import pytest
 from aiohttp import web
-from tests.conftest import free_port, serve_app
 
 from agent.hub import Hub
 from agent.identity import Identity
 from agent.model import Batch, Kind, Sample
-from agent.scaling import BUSY, PROTECTED
-from agent.scaling.agent_endpoint import TaskProtectionAgent
-from agent.scaling.protection import Protection, ProtectionError, ScaleInProtection, interpret, request_body
+from agent.scaling.protection import (
+    Protection,
+    ProtectionError,
+    ScaleInProtection,
+    interpret,
+    request_body,
+)
 from agent.sinks.prometheus import PrometheusSink
+from tests.conftest import free_port, serve_app
 
 ARN = "arn:aws:ecs:eu-west-1:123456789012:task/prod/0123456789abcdef"
 

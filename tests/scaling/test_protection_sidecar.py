@@ -10,11 +10,12 @@ import subprocess
 import sys
 import threading
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import psutil
 import pytest
+
 from tests.conftest import TASKLENS, clean_env, free_port, http_get, wait_until
 
 WORKER = str(Path(__file__).with_name("worker.py"))
@@ -44,7 +45,7 @@ class StatsWriter(threading.Thread):
 
     def sample(self) -> dict:
         out = {}
-        now = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
         for docker_id, pid in self.pids.items():
             try:
                 times = psutil.Process(pid).cpu_times()

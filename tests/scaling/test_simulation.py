@@ -10,7 +10,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
 
-from scaling_simulation import Workload, first_scale_out, flips, plot, simulate, summary  # noqa: E402
+from scaling_simulation import Workload, first_scale_out, flips, plot, simulate, summary
 
 
 def test_smoothing_flaps_less_and_follows_a_ramp() -> None:

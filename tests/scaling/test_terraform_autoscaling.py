@@ -13,12 +13,24 @@ from typing import Any
 import botocore.session
 import pytest
 from botocore.validate import ParamValidator
-from tests.deploy.test_terraform import MODULES, apply_error, apply_root, parse, terraform  # noqa: F401
 
 from agent.config import load
-from agent.scaling import BACKLOG_SMOOTHED, DIMENSIONS, HEARTBEAT, QUEUE_DIMENSION, prometheus_name
+from agent.scaling import (
+    BACKLOG_SMOOTHED,
+    DIMENSIONS,
+    HEARTBEAT,
+    QUEUE_DIMENSION,
+    prometheus_name,
+)
 from agent.scaling.busy import parse_rule
 from integrations.queues import parse as parse_queue_url
+from tests.deploy.test_terraform import (  # noqa: F401
+    MODULES,
+    apply_error,
+    apply_root,
+    parse,
+    terraform,
+)
 
 URLS = {
     "sqs_name": "sqs://orders?region=eu-west-1",
@@ -196,6 +208,6 @@ def test_the_service_module_builds_the_policy_from_the_module_output(outputs) ->
     assert set(re.findall(r"local\.scaling\.target_tracking\.(\w+)", text)) == set(outputs["sqs_name"]["target_tracking"])
     assert set(re.findall(r"local\.scaling\.(\w+)", text)) - {"target_tracking"} <= set(outputs["sqs_name"])
     # the autoscaling variable of the service is the autoscaling module's, field for field
-    service_var = [b for b in parse(MODULES / "service" / "variables.tf")["variable"] if "autoscaling" in b][0]
-    module_var = [b for b in parse(MODULES / "autoscaling" / "variables.tf")["variable"] if "autoscaling" in b][0]
+    service_var = next(b for b in parse(MODULES / "service" / "variables.tf")["variable"] if "autoscaling" in b)
+    module_var = next(b for b in parse(MODULES / "autoscaling" / "variables.tf")["variable"] if "autoscaling" in b)
     assert service_var["autoscaling"]["type"] == module_var["autoscaling"]["type"]

@@ -118,13 +118,13 @@ class QueueSource:
             self.history.add(now, reading.depth)
         trend = self.history.trend(self.threshold, now)
         samples = samples_of(reading, trend, self.tags, self.wall())
-        samples += self.backlog.samples(reading.depth, reading.in_flight, reading.consumers, now, self.tags,
-                                        self.wall())
         if self.failures:
             log.info("queue %s: polled again after %d failed polls", self.queue, self.failures)
         self.failures, self.last_error = 0, None
         self.last_success = self.last_poll
         self.last_values = {s.name: float(s.value) for s in samples}  # type: ignore[arg-type]
+        samples += self.backlog.samples(reading.depth, reading.in_flight, reading.consumers, now, self.tags,
+                                        self.wall())  # backlog per task: docs/scaling.md
         self.hub.publish(Batch(source=self.name, samples=samples, snapshot=True))
         return True
 

@@ -10,7 +10,7 @@ from aiohttp import web
 
 from agent.scaling.agent_endpoint import TaskProtectionAgent
 from tests.conftest import serve_app
-from tests.integrations.queues.conftest import beanstalkd, unique  # noqa: F401 - fixtures re-exported
+from tests.integrations.queues.conftest import beanstalkd, rabbitmq_management, unique  # noqa: F401 - fixtures re-exported
 from tests.scaling.support import FakeClock
 
 

@@ -77,3 +77,74 @@ async def test_backlog_per_task_follows_the_running_tasks(beanstalkd, unique):
     finally:
         for task in tasks:
             await task.stop()
+
+
+async def test_rabbitmq_service_counts_unacked_messages_and_consumers(rabbitmq_management, unique):
+    """The same on RabbitMQ through the management API: each worker is a consumer holding one
+    unacknowledged message (in flight), so the backlog stays at every message while the consumers
+    (the local task estimate) follow the tasks."""
+    import aio_pika
+
+    from tests.integrations.queues.support import eventually
+
+    amqp = "amqp://guest:guest@127.0.0.1:5672/"
+    config = Config(queue_poll_interval=0.2, scaling_smoothing_window=4.0)
+    clock = Clock()
+    admin = await aio_pika.connect(amqp)
+    channel = await admin.channel()
+    await channel.declare_queue(unique)
+    for i in range(JOBS):
+        await channel.default_exchange.publish(aio_pika.Message(f"job {i}".encode()), routing_key=unique)
+    url = f"{amqp}%2F?queue={unique}&management={rabbitmq_management}"
+    sidecars: list[tuple[Hub, PrometheusSink, QueueSource, aio_pika.abc.AbstractConnection]] = []
+
+    async def start(n: int) -> None:
+        hub = Hub(Identity(service="invoices", ecs_cluster="prod", task_id=f"task-{n}"))
+        sink = PrometheusSink(hub.metrics, hub.pull)
+        hub.add_sink(sink)
+        worker = await aio_pika.connect(amqp)
+        worker_channel = await worker.channel()
+        await worker_channel.set_qos(prefetch_count=1)
+        held: list[object] = []
+
+        async def hold(message: object) -> None:
+            held.append(message)
+
+        await (await worker_channel.get_queue(unique)).consume(hold, no_ack=False)
+        await eventually(lambda: _true(len(held) == 1))
+        sidecars.append((hub, sink, QueueSource(config, hub, url, clock=clock), worker))
+
+    try:
+        for n in range(3):
+            await start(n)
+        for change in ("start", "add", "stop two"):
+            if change == "add":
+                await start(10)
+            elif change == "stop two":
+                for _, _, source, worker in sidecars[:2]:
+                    await worker.close()  # its unacked message goes back to ready
+                    await source.probe.close()
+                del sidecars[:2]
+            running = len(sidecars)
+
+            async def settled() -> bool:  # the management API refreshes its numbers every few seconds
+                for _, sink, source, _ in sidecars:
+                    assert await source.poll(), source.last_error
+                    text = generate_latest(sink.registry).decode()
+                    values = {s.name: s.value for f in text_string_to_metric_families(text) for s in f.samples
+                              if s.name in ("queue_backlog", "queue_tasks_estimate", "queue_backlog_per_task")}
+                    assert values == {"queue_backlog": JOBS, "queue_tasks_estimate": running,
+                                      "queue_backlog_per_task": JOBS / running}, (change, values)
+                return True
+
+            await eventually(settled, timeout=30.0, interval=0.5)
+    finally:
+        for _, _, source, worker in sidecars:
+            await worker.close()
+            await source.probe.close()
+        await channel.queue_delete(unique)
+        await admin.close()
+
+
+async def _true(value: bool) -> bool:
+    return value

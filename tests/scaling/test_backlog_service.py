@@ -127,7 +127,7 @@ async def test_rabbitmq_service_counts_unacked_messages_and_consumers(rabbitmq_m
                 del sidecars[:2]
             running = len(sidecars)
 
-            async def settled() -> bool:  # the management API refreshes its numbers every few seconds
+            async def settled(running: int = running, change: str = change) -> bool:  # stats refresh every few s
                 for _, sink, source, _ in sidecars:
                     assert await source.poll(), source.last_error
                     text = generate_latest(sink.registry).decode()

@@ -1,4 +1,4 @@
-"""Fixtures of the scaling tests: the queue tests' broker fixtures (beanstalkd started on a free port),
+"""Fixtures of the scaling tests: the queue tests' broker fixtures (beanstalkd and moto started on free ports,
 and the emulated ECS agent's task-protection endpoint on loopback."""
 
 from __future__ import annotations
@@ -10,7 +10,13 @@ from aiohttp import web
 
 from agent.scaling.agent_endpoint import TaskProtectionAgent
 from tests.conftest import serve_app
-from tests.integrations.queues.conftest import beanstalkd, rabbitmq_management, unique  # noqa: F401 - fixtures re-exported
+from tests.integrations.queues.conftest import (  # noqa: F401 - fixtures re-exported
+    aws_env,
+    beanstalkd,
+    moto_port,
+    rabbitmq_management,
+    unique,
+)
 from tests.scaling.support import FakeClock
 
 

@@ -148,3 +148,39 @@ async def test_rabbitmq_service_counts_unacked_messages_and_consumers(rabbitmq_m
 
 async def _true(value: bool) -> bool:
     return value
+
+
+async def test_sqs_backlog_counts_messages_in_flight(moto_port, aws_env, unique):
+    """SQS (moto's server, the real AWS client): received, undeleted messages are in flight and stay
+    in the backlog of every task; SQS has no consumer count, so the per-task value is left to
+    CloudWatch (the heartbeats) and is not reported locally."""
+    import boto3
+
+    sqs = boto3.client("sqs", region_name="us-east-1", endpoint_url=f"http://127.0.0.1:{moto_port}")
+    queue_url = sqs.create_queue(QueueName=unique)["QueueUrl"]
+    for i in range(JOBS):
+        sqs.send_message(QueueUrl=queue_url, MessageBody=f"job {i}")
+    received = sqs.receive_message(QueueUrl=queue_url, MaxNumberOfMessages=5, VisibilityTimeout=600)["Messages"]
+    config = Config(queue_poll_interval=0.2, scaling_smoothing_window=4.0)
+    clock = Clock()
+    url = f"sqs://{unique}?region=us-east-1&endpoint=http://127.0.0.1:{moto_port}"
+    sidecars = []
+    for n in range(2):
+        hub = Hub(Identity(service="orders", ecs_cluster="prod", task_id=f"task-{n}"))
+        sink = PrometheusSink(hub.metrics, hub.pull)
+        hub.add_sink(sink)
+        sidecars.append((sink, QueueSource(config, hub, url, clock=clock)))
+    try:
+        for _ in range(5):
+            for _, source in sidecars:
+                assert await source.poll(), source.last_error
+            clock.advance(1.0)
+        for sink, _ in sidecars:
+            text = generate_latest(sink.registry).decode()
+            values = {s.name: s.value for f in text_string_to_metric_families(text) for s in f.samples
+                      if s.name.startswith(("queue_backlog", "queue_tasks", "queue_depth", "queue_in_flight"))}
+            assert values == {"queue_depth": JOBS - len(received), "queue_in_flight": len(received),
+                              "queue_backlog": JOBS, "queue_backlog_smoothed": JOBS}
+    finally:
+        for _, source in sidecars:
+            await source.probe.close()

@@ -1,5 +1,5 @@
-"""Fixtures of the scaling tests: the queue tests' broker fixtures (beanstalkd and moto started on free ports,
-and the emulated ECS agent's task-protection endpoint on loopback."""
+"""Fixtures of the scaling tests: the queue tests' broker fixtures (beanstalkd and moto's server on free
+ports, RabbitMQ's management API), and the emulated ECS agent's task-protection endpoint on loopback."""
 
 from __future__ import annotations
 

@@ -124,6 +124,7 @@ def test_busy_worker_protects_the_task_and_idle_releases_it(ecs, sidecar_factory
         started = time.monotonic()
         wait_until(lambda: protection(agent_uri)["ProtectionEnabled"], timeout=15, what="protection")
         took = time.monotonic() - started
+        print(f"{rule}: protected {took:.2f} s after the worker became busy")
         assert took < 5.0, took  # one metadata poll / StatsD flush (0.5 s) plus one evaluation (1 s)
         assert state()["busy"] and state()["holding"] == [rule] and state()["protected"]
         assert protection(agent_uri)["ExpirationDate"] is not None

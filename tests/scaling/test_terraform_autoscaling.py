@@ -68,6 +68,15 @@ module "rule{i}" {{
   autoscaling = {{ min = 1, max = 3, backlog_per_task = 0.5, queue = "q", scale_in_protection = "{rule}", scale_in_idle = 90, protection_expires_minutes = 60, scale_in_cooldown = 600 }}
 }}
 output "rule{i}" {{ value = module.rule{i} }}''' for i, rule in enumerate(RULES)]
+    blocks.append('''
+module "zero" {
+  source      = "MODULES/autoscaling"
+  cluster     = "prod"
+  service     = "orders-worker"
+  queue_url   = "sqs://sqs.eu-west-1.amazonaws.com/123456789012/orders?name=orders-eu"
+  autoscaling = { min = 0, max = 10, backlog_per_task = 100 }
+}
+output "zero" { value = module.zero }''')
     return apply_root(terraform, tmp_path_factory.mktemp("autoscaling"), "\n".join(blocks))
 
 
@@ -151,7 +160,8 @@ def test_protection_settings_reach_the_sidecar_and_the_task_role(outputs) -> Non
 
 
 @pytest.mark.parametrize("setting, says", [
-    ("min = 0, max = 5, backlog_per_task = 10", "autoscaling.min must be a whole number >= 1"),
+    ("min = -1, max = 5, backlog_per_task = 10", "autoscaling.min must be a whole number >= 0"),
+    ("min = 1.5, max = 5, backlog_per_task = 10", "autoscaling.min must be a whole number >= 0"),
     ("min = 6, max = 5, backlog_per_task = 10", "autoscaling.max must be a whole number >= autoscaling.min"),
     ("min = 1, max = 5, backlog_per_task = -1", "autoscaling.backlog_per_task must be > 0"),
     ("min = 1, max = 5, backlog_per_task = 0", "autoscaling.backlog_per_task must be > 0"),
@@ -198,7 +208,8 @@ def test_the_service_module_builds_the_policy_from_the_module_output(outputs) ->
     body = parse(MODULES / "service" / "main.tf")
     resources = {name: spec for block in body["resource"] for kind, named in block.items()
                  for name, spec in named.items() if kind.startswith("aws_appautoscaling")}
-    assert set(resources) == {"this", "backlog_per_task"}
+    assert set(resources) == {"this", "backlog_per_task", "wake_from_zero"}
+    assert resources["wake_from_zero"]["policy_type"] == '"StepScaling"'
     policy = resources["backlog_per_task"]
     assert policy["policy_type"] == '"TargetTrackingScaling"'  # python-hcl2 keeps the quotes of strings
     assert resources["this"]["scalable_dimension"] == '"ecs:service:DesiredCount"'
@@ -207,7 +218,75 @@ def test_the_service_module_builds_the_policy_from_the_module_output(outputs) ->
     assert set(re.findall(r"metric_stat\.value\.(\w+)", text)) == set(metric["metric_stat"])
     assert set(re.findall(r"local\.scaling\.target_tracking\.(\w+)", text)) == set(outputs["sqs_name"]["target_tracking"])
     assert set(re.findall(r"local\.scaling\.(\w+)", text)) - {"target_tracking"} <= set(outputs["sqs_name"])
+    wake = outputs["zero"]["scale_from_zero"]
+    assert set(re.findall(r"scale_from_zero\.alarm\.(\w+)", text)) <= set(wake["alarm"])
+    assert set(re.findall(r"scale_from_zero\.step\.(\w+)", text)) <= set(wake["step"])
+    assert set(re.findall(r"metric_query\.value\.(\w+)", text)) == set(wake["alarm"]["metrics"][0])
+    assert set(re.findall(r"\bmetric\.value\.(\w+)", text)) == set(wake["alarm"]["metrics"][0]["metric"])
+    assert set(re.findall(r"step_adjustment\.value\.(\w+)", text)) == set(wake["step"]["adjustments"][0])
     # the autoscaling variable of the service is the autoscaling module's, field for field
     service_var = next(b for b in parse(MODULES / "service" / "variables.tf")["variable"] if "autoscaling" in b)
     module_var = next(b for b in parse(MODULES / "autoscaling" / "variables.tf")["variable"] if "autoscaling" in b)
     assert service_var["autoscaling"]["type"] == module_var["autoscaling"]["type"]
+
+
+def test_min_zero_is_only_for_sqs(terraform, tmp_path: Path) -> None:  # noqa: F811
+    error = apply_error(terraform, tmp_path, '''
+module "a" {
+  source      = "MODULES/autoscaling"
+  cluster     = "prod"
+  service     = "w"
+  queue_url   = "redis://cache:6379/0?list=jobs"
+  autoscaling = { min = 0, max = 5, backlog_per_task = 9 }
+}
+output "q" { value = module.a.queue }''')
+    assert "autoscaling.min = 0 works only for an SQS queue" in error
+
+
+def test_sqs_wakes_from_zero(outputs) -> None:
+    """min = 0 on SQS: an alarm "messages visible and no heartbeat" adds one task; every other
+    module has no such alarm. The inputs are valid PutMetricAlarm / PutScalingPolicy requests."""
+    assert all(outputs[k]["scale_from_zero"] is None for k in [*URLS, "rule0"])
+    wake = outputs["zero"]["scale_from_zero"]
+    waiting, tasks, expression = wake["alarm"]["metrics"]
+    assert waiting["metric"]["namespace"] == "AWS/SQS"
+    assert waiting["metric"]["dimensions"] == {"QueueName": "orders"}  # the SQS name, not name=
+    assert outputs["zero"]["queue"] == "orders-eu"
+    assert tasks["metric"]["metric_name"] == prometheus_name(HEARTBEAT)
+    assert tasks["metric"]["dimensions"] == {"ecs_cluster": "prod", "service": "orders-worker"}
+    assert expression["expression"] == "IF(waiting > 0 AND FILL(tasks, 0) == 0, 1, 0)"
+    assert [m["return_data"] for m in wake["alarm"]["metrics"]] == [False, False, True]
+    assert wake["step"]["adjustment_type"] == "ChangeInCapacity"
+    assert wake["step"]["adjustments"] == [{"metric_interval_lower_bound": 0, "scaling_adjustment": 1}]
+    session = botocore.session.get_session()
+
+    def errors(service: str, operation: str, params: dict[str, Any]) -> str | None:
+        shape = session.get_service_model(service).operation_model(operation).input_shape
+        report = ParamValidator().validate(params, shape)
+        return report.generate_report() if report.has_errors() else None
+
+    def query(m: dict[str, Any]) -> dict[str, Any]:
+        out: dict[str, Any] = {"Id": m["id"], "ReturnData": m["return_data"]}
+        if m["expression"]:
+            out["Expression"] = m["expression"]
+        else:
+            metric = m["metric"]
+            out["MetricStat"] = {"Period": metric["period"], "Stat": metric["stat"], "Metric": {
+                "Namespace": metric["namespace"], "MetricName": metric["metric_name"],
+                "Dimensions": [{"Name": k, "Value": v} for k, v in metric["dimensions"].items()]}}
+        return out
+
+    alarm = wake["alarm"]
+    assert errors("cloudwatch", "PutMetricAlarm", {
+        "AlarmName": "orders-worker-queue-waiting-no-task", "EvaluationPeriods": alarm["evaluation_periods"],
+        "Threshold": alarm["threshold"], "ComparisonOperator": alarm["comparison_operator"],
+        "AlarmActions": ["arn:aws:autoscaling:eu-west-1:123456789012:scalingPolicy:x"],
+        "Metrics": [query(m) for m in alarm["metrics"]]}) is None
+    step = wake["step"]
+    assert errors("application-autoscaling", "PutScalingPolicy", {
+        "PolicyName": "orders-worker-wake-from-zero", "ServiceNamespace": "ecs",
+        "ResourceId": outputs["zero"]["resource_id"], "ScalableDimension": "ecs:service:DesiredCount",
+        "PolicyType": "StepScaling", "StepScalingPolicyConfiguration": {
+            "AdjustmentType": step["adjustment_type"], "Cooldown": step["cooldown"],
+            "StepAdjustments": [{"MetricIntervalLowerBound": a["metric_interval_lower_bound"],
+                                 "ScalingAdjustment": a["scaling_adjustment"]} for a in step["adjustments"]]}}) is None

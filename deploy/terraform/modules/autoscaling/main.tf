@@ -30,6 +30,46 @@ locals {
   derived_queue = lookup(local.param, "name", "") != "" ? local.param["name"] : lookup(local.by_scheme, local.scheme, "")
   queue         = var.autoscaling.queue != null ? var.autoscaling.queue : local.derived_queue
 
+  # Scale from zero (SQS only): at 0 tasks there is no heartbeat, so the policy's metric has no data;
+  # SQS's own metric still counts the waiting messages. The alarm is "messages wait and no task
+  # runs" and adds one task (an alarm with a scaling action invokes it every minute while in ALARM:
+  # adding one, never setting a count, cannot undo what target tracking did if a heartbeat minute
+  # arrives late). The QueueName is the SQS name, whatever `name=` says.
+  sqs_queue_name  = local.scheme == "sqs" ? local.by_scheme["sqs"] : null
+  scale_from_zero = var.autoscaling.min == 0 && local.sqs_queue_name != null
+  wake = local.scale_from_zero ? {
+    alarm = {
+      evaluation_periods  = 1
+      threshold           = 0
+      comparison_operator = "GreaterThanThreshold"
+      metrics = [
+        {
+          id          = "waiting"
+          expression  = null
+          return_data = false
+          metric      = { namespace = "AWS/SQS", metric_name = "ApproximateNumberOfMessagesVisible", dimensions = { QueueName = local.sqs_queue_name }, stat = "Maximum", period = 60 }
+        },
+        {
+          id          = "tasks"
+          expression  = null
+          return_data = false
+          metric      = { namespace = var.autoscaling.namespace, metric_name = "tasklens_scaling_task_heartbeat", dimensions = { ecs_cluster = local.cluster_name, service = var.service }, stat = "SampleCount", period = 60 }
+        },
+        {
+          id          = "wake"
+          expression  = "IF(waiting > 0 AND FILL(tasks, 0) == 0, 1, 0)"
+          return_data = true
+          metric      = null
+        },
+      ]
+    }
+    step = {
+      adjustment_type = "ChangeInCapacity"
+      cooldown        = var.autoscaling.scale_out_cooldown
+      adjustments     = [{ metric_interval_lower_bound = 0, scaling_adjustment = 1 }]
+    }
+  } : null
+
   namespace = var.autoscaling.namespace
   backlog   = "queue_backlog_smoothed"
   heartbeat = "tasklens_scaling_task_heartbeat"

@@ -12,6 +12,10 @@ output "queue" {
     error_message = "The queue's name cannot be derived from queue_url: set autoscaling.queue (the sidecar's queue tag)."
   }
   precondition {
+    condition     = var.autoscaling.min >= 1 || local.sqs_queue_name != null
+    error_message = "autoscaling.min = 0 works only for an SQS queue (AWS/SQS metrics exist at 0 tasks); other brokers need min >= 1 (docs/scaling.md, scale from zero)."
+  }
+  precondition {
     condition     = !can(regex("[%+]", local.queue))
     error_message = "The derived queue name has percent-escapes: set autoscaling.queue to the decoded name."
   }
@@ -26,6 +30,11 @@ output "target_tracking" {
     disable_scale_in   = var.autoscaling.disable_scale_in
     metrics            = local.metrics
   }
+}
+
+output "scale_from_zero" {
+  description = "With min = 0 on an SQS queue: the CloudWatch alarm (messages visible in AWS/SQS and no heartbeat) and the step policy (+1 task) that wake the service; null otherwise."
+  value       = local.wake
 }
 
 output "sidecar_environment" {

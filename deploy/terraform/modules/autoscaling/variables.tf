@@ -17,7 +17,7 @@ variable "queue_url" {
 variable "autoscaling" {
   description = <<-EOT
     Target tracking on the queue's backlog per running task (docs/scaling.md). min/max: task counts
-    (min >= 1: backlog per task has no value at 0 tasks). backlog_per_task: the target, i.e. the
+    (min = 0 only for SQS, which wakes the service from its own metric). backlog_per_task: the target, i.e. the
     acceptable latency divided by the time one task takes per message. queue: the queue tag, derived
     from queue_url when not given. Cooldowns in seconds. scale_in_protection: a busy rule
     (TASKLENS_SCALE_IN_PROTECTION, e.g. "cpu>20%" or "jobs.in_progress>0"); scale_in_idle: seconds
@@ -38,8 +38,8 @@ variable "autoscaling" {
   })
 
   validation {
-    condition     = var.autoscaling.min >= 1 && floor(var.autoscaling.min) == var.autoscaling.min
-    error_message = "autoscaling.min must be a whole number >= 1: backlog per task has no value at 0 tasks (docs/scaling.md, scale from zero)."
+    condition     = var.autoscaling.min >= 0 && floor(var.autoscaling.min) == var.autoscaling.min
+    error_message = "autoscaling.min must be a whole number >= 0."
   }
   validation {
     condition     = var.autoscaling.max >= var.autoscaling.min && floor(var.autoscaling.max) == var.autoscaling.max

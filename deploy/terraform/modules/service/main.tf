@@ -157,3 +157,59 @@ resource "aws_appautoscaling_policy" "backlog_per_task" {
     }
   }
 }
+
+# Scale from zero (SQS, min = 0): SQS's own metric wakes the service; target tracking takes over.
+resource "aws_appautoscaling_policy" "wake_from_zero" {
+  count = local.scaling == null ? 0 : (local.scaling.scale_from_zero == null ? 0 : 1)
+
+  name               = "${var.name}-wake-from-zero"
+  policy_type        = "StepScaling"
+  service_namespace  = aws_appautoscaling_target.this[0].service_namespace
+  resource_id        = aws_appautoscaling_target.this[0].resource_id
+  scalable_dimension = aws_appautoscaling_target.this[0].scalable_dimension
+
+  step_scaling_policy_configuration {
+    adjustment_type = local.scaling.scale_from_zero.step.adjustment_type
+    cooldown        = local.scaling.scale_from_zero.step.cooldown
+
+    dynamic "step_adjustment" {
+      for_each = local.scaling.scale_from_zero.step.adjustments
+      content {
+        metric_interval_lower_bound = step_adjustment.value.metric_interval_lower_bound
+        scaling_adjustment          = step_adjustment.value.scaling_adjustment
+      }
+    }
+  }
+}
+
+resource "aws_cloudwatch_metric_alarm" "wake_from_zero" {
+  count = length(aws_appautoscaling_policy.wake_from_zero)
+
+  alarm_name          = "${var.name}-queue-waiting-no-task"
+  alarm_description   = "Messages wait in the queue and no task runs: wake ${var.name} (tasklens autoscaling)."
+  evaluation_periods  = local.scaling.scale_from_zero.alarm.evaluation_periods
+  threshold           = local.scaling.scale_from_zero.alarm.threshold
+  comparison_operator = local.scaling.scale_from_zero.alarm.comparison_operator
+  alarm_actions       = [aws_appautoscaling_policy.wake_from_zero[0].arn]
+  tags                = var.tags
+
+  dynamic "metric_query" {
+    for_each = local.scaling.scale_from_zero.alarm.metrics
+    content {
+      id          = metric_query.value.id
+      expression  = metric_query.value.expression
+      return_data = metric_query.value.return_data
+
+      dynamic "metric" {
+        for_each = metric_query.value.metric == null ? [] : [metric_query.value.metric]
+        content {
+          namespace   = metric.value.namespace
+          metric_name = metric.value.metric_name
+          dimensions  = metric.value.dimensions
+          stat        = metric.value.stat
+          period      = metric.value.period
+        }
+      }
+    }
+  }
+}

@@ -228,7 +228,8 @@ variable "autoscaling" {
     and optionally queue (the queue tag, else derived from `queue`), scale_out_cooldown (60 s),
     scale_in_cooldown (300 s), disable_scale_in, namespace ("tasklens"), scale_in_protection (a busy
     rule, e.g. "cpu>20%" or "jobs.in_progress>0"), scale_in_idle (60 s), protection_expires_minutes (30).
-    Validated by the autoscaling module (min >= 1, max >= min, backlog_per_task > 0, ...).
+    Validated by the autoscaling module (max >= min, backlog_per_task > 0, ...). min = 0 only for
+    SQS: an alarm on the queue's AWS/SQS metric then wakes the service (docs/scaling.md).
   EOT
   type = object({
     min                        = number

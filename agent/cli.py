@@ -167,7 +167,8 @@ def main(argv: list[str] | None = None) -> int:
     health.add_argument("--timeout", type=float, default=2.0)
     emulate = sub.add_parser("emulate-ecs", help="serve ECS task metadata locally (fixtures or live)",
                              description="Serves /v4/<id>, /v4/<id>/stats, /v4/<id>/task, /v4/<id>/taskWithTags "
-                                         "and /v4/<id>/task/stats, and the same under /v3; any other path is 404.")
+                                         "and /v4/<id>/task/stats, the same under /v3, and the agent's task protection at "
+                                         "/api/<id>/task-protection/v1/state; any other path is 404.")
     emulate.add_argument("--task", help="a /task JSON file (with --stats); default: live from this machine")
     emulate.add_argument("--stats", help="a /task/stats JSON file")
     emulate.add_argument("--example", choices=sorted(EMULATOR_EXAMPLES), help="a packaged capture instead of files")

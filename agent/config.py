@@ -216,6 +216,24 @@ def parse_int_between(low: int, high: int) -> Callable[[str], int]:
         return value
 
     return parse
+def _parse_busy_rule(text: str) -> str:
+    from agent.scaling.busy import parse_rule  # the grammar lives with the rule (docs/scaling.md)
+
+    return str(parse_rule(text)) if text.strip() else ""
+
+
+def _parse_positive_number(text: str) -> float:
+    value = parse_number(text)
+    if value <= 0:
+        raise ValueError("a number > 0, e.g. 1 or 4")
+    return value
+
+
+def _parse_expires_minutes(text: str) -> int:
+    value = parse_positive_int(text)
+    if value > 2880:  # the agent's limit: 48 h
+        raise ValueError("a whole number of minutes from 1 to 2880")
+    return value
 
 
 def setting(default: Any, parse: Callable[[str], Any] = str, *, env: str = "", secret: bool = False,
@@ -333,6 +351,20 @@ class Config:
     status_page: bool = setting(True, parse_bool, doc="serve the status page at GET /")
     status_history: float = setting(3600.0, parse_between(60, 86400, " of seconds"),
                                     doc="seconds of history the status page keeps in memory")
+    # autoscaling and scale-in protection (agent/scaling/, docs/scaling.md)
+    scaling_smoothing_window: float = setting(60.0, parse_seconds,
+                                              doc="queue_backlog_smoothed: levels must last this long (s)")
+    scaling_hold: float = setting(600.0, parse_seconds, doc="queue_backlog_smoothed: falls pass after this long (s)")
+    scaling_consumers_per_task: float = setting(1.0, _parse_positive_number,
+                                                doc="broker consumers per task, for the local task-count estimate")
+    scaling_target: float = setting(0.0, _parse_positive_number,
+                                    doc="the policy's backlog-per-task target, reported for dashboards and alerts")
+    scaling_max_tasks: int = setting(0, parse_positive_int, doc="the service's max task count, reported likewise")
+    scale_in_protection: str = setting("", _parse_busy_rule,
+                                       doc="busy rule that protects the task from scale-in, e.g. cpu>20% or jobs.in_progress>0")
+    scale_in_idle: float = setting(60.0, parse_seconds, doc="release scale-in protection after idle this long (s)")
+    scale_in_expires_minutes: int = setting(30, _parse_expires_minutes,
+                                            doc="protection expiry (1-2880 min), renewed at half-time while busy")
     # StatsD mapping rules: only from the file (`[[mappings]]`)
     mappings: tuple[dict[str, Any], ...] = ()
 

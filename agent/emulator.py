@@ -4,7 +4,8 @@
 and sent byte for byte (so a truncated or odd file reaches the client exactly as written); without
 files it serves this machine live as a one-container task, with Docker-format stats refreshed at
 most once a second like the ECS agent's. Point the sidecar at it with the printed
-`ECS_CONTAINER_METADATA_URI_V4`.
+`ECS_CONTAINER_METADATA_URI_V4`. It also serves the agent's task-protection endpoint
+(`ECS_AGENT_URI`, agent/scaling/agent_endpoint.py), so that scale-in protection runs locally too.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import Any
 
 from aiohttp import web
 
+from agent.scaling.agent_endpoint import TaskProtectionAgent
 from agent.sources.localstats import LocalStats
 
 log = logging.getLogger("tasklens.emulator")
@@ -72,7 +74,8 @@ def _this_container(task: Any, wanted: str) -> Mapping[str, Any] | None:
     return (normal or containers)[0] if containers else None
 
 
-def make_app(task_path: str | None, stats_path: str | None) -> web.Application:
+def make_app(task_path: str | None, stats_path: str | None,
+             protection: TaskProtectionAgent | None = None) -> web.Application:
     if (task_path is None) != (stats_path is None):
         raise ValueError("give both a task file and a stats file, or neither (live mode)")
     fixtures = _Fixtures(task_path, stats_path) if task_path and stats_path else None
@@ -123,6 +126,7 @@ def make_app(task_path: str | None, stats_path: str | None) -> web.Application:
         return _error(404, f"unknown path {request.path}")
 
     app = web.Application()
+    (protection or TaskProtectionAgent()).add_routes(app)  # ECS_AGENT_URI=http://host:port/api/<any id>
     for version in ("v3", "v4"):
         base = f"/{version}/{{id}}"
         app.router.add_get(base, container)
@@ -171,8 +175,9 @@ async def serve(host: str, port: int, task_path: str | None, stats_path: str | N
         bound = runner.addresses[0][1] if runner.addresses else port
         shown = f"[{host}]" if ":" in host else host
         what = f"{task_path} + {stats_path}" if task_path else "this machine, live"
-        log.info("ECS metadata emulator serving %s; export ECS_CONTAINER_METADATA_URI_V4=http://%s:%d/v4/%s",
-                 what, shown, bound, container_id(task_path))
+        log.info("ECS metadata emulator serving %s; export ECS_CONTAINER_METADATA_URI_V4=http://%s:%d/v4/%s "
+                 "ECS_AGENT_URI=http://%s:%d/api/%s", what, shown, bound, container_id(task_path), shown, bound,
+                 container_id(task_path))
         await stop.wait()
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT):

@@ -92,6 +92,7 @@ class Runtime:
 
             interval = max(config.poll_interval, MIN_INTERVAL)
             self.sources.append(ProcessSource(hub, interval=interval, n=config.top_processes))
+        self._add_scaling()
         if config.profiling_enabled:
             from integrations.profilers.pyspy import PySpyProfiler
 
@@ -117,6 +118,23 @@ class Runtime:
             if sink is not self.prometheus:
                 hub.add_sink(sink)
         hub.add_sink(self.prometheus)
+
+    def _add_scaling(self) -> None:
+        """The task heartbeat (CloudWatch counts tasks with it), and scale-in protection when a busy
+        rule is set: a source of its own state and a sink that watches the rule's metrics."""
+        from agent.scaling.heartbeat import Heartbeat
+
+        self.sources.append(Heartbeat(self.hub, target=self.config.scaling_target,
+                                      max_tasks=self.config.scaling_max_tasks))
+        if self.config.scale_in_protection:
+            from agent.scaling.protection import ENV_AGENT_URI, ScaleInProtection
+
+            protection = ScaleInProtection(
+                self.config.scale_in_protection, self.hub, self.environ.get(ENV_AGENT_URI, "").strip() or None,
+                idle=self.config.scale_in_idle, expires_minutes=self.config.scale_in_expires_minutes,
+                metadata_url=self.metadata_url)
+            self.sources.append(protection)
+            self.hub.add_sink(protection)
 
     def ready(self) -> bool:
         first = self.sources[0] if self.sources else None

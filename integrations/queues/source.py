@@ -19,6 +19,7 @@ from agent.config import Config, ConfigError, mask_url
 from agent.hub import Hub
 from agent.logs import RateLimitedLog, log
 from agent.model import Batch, Kind, Sample
+from agent.scaling.backlog import BacklogTracker
 from integrations.queues import parse, probe_for
 from integrations.queues.base import Probe, ProbeError, Reading, mask_secret
 from integrations.queues.trend import History, Trend
@@ -69,6 +70,8 @@ class QueueSource:
         self.timeout = parsed.poll_timeout
         self.threshold = parsed.threshold if parsed.threshold is not None else config.queue_backlog_threshold
         self.history = History(parsed.window or config.queue_trend_window)
+        self.backlog = BacklogTracker(self.queue_type, config.scaling_smoothing_window,
+                                      config.scaling_consumers_per_task, config.scaling_hold)  # docs/scaling.md
         self.tags = (("queue", queue), ("queue_type", self.queue_type))
         self.clock, self.wall = clock, wall
         self.failures = 0  # consecutive
@@ -120,6 +123,8 @@ class QueueSource:
         self.failures, self.last_error = 0, None
         self.last_success = self.last_poll
         self.last_values = {s.name: float(s.value) for s in samples}  # type: ignore[arg-type]
+        samples += self.backlog.samples(reading.depth, reading.in_flight, reading.consumers, now, self.tags,
+                                        self.wall())  # backlog per task: docs/scaling.md
         self.hub.publish(Batch(source=self.name, samples=samples, snapshot=True))
         return True
 

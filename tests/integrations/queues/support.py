@@ -65,6 +65,10 @@ class Clock:
         self.t += seconds
 
 
+# the backlog-per-task series every poll adds (agent/scaling/backlog.py), checked in tests/scaling
+SCALING_SERIES = ("queue_backlog", "queue_tasks_estimate")
+
+
 class Exported:
     """The Prometheus sink's /metrics text, parsed with prometheus_client's own parser."""
 
@@ -78,7 +82,8 @@ class Exported:
     def queue(self, queue: str) -> dict[str, float]:
         """`{metric name: value}` of one queue's series (name without the `queue_` prefix)."""
         return {s.name.removeprefix("queue_"): s.value for s in self.samples()
-                if s.name.startswith("queue_") and s.labels.get("queue") == queue}
+                if s.name.startswith("queue_") and s.labels.get("queue") == queue
+                and not s.name.startswith(SCALING_SERIES)}
 
     def labels(self, metric: str, queue: str) -> dict[str, str]:
         return next(s.labels for s in self.samples() if s.name == metric and s.labels.get("queue") == queue)

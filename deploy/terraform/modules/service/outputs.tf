@@ -42,3 +42,13 @@ output "datadog_monitors" {
   description = "This worker's Datadog monitors (API shape)."
   value       = module.monitoring.datadog_monitors
 }
+
+output "autoscaling_policy_arn" {
+  description = "ARN of the backlog-per-task scaling policy (null without autoscaling)."
+  value       = one(aws_appautoscaling_policy.backlog_per_task[*].arn)
+}
+
+output "autoscaling_alarm_arns" {
+  description = "The CloudWatch alarms Application Auto Scaling manages for the policy (do not edit them)."
+  value       = one(aws_appautoscaling_policy.backlog_per_task[*].alarm_arns)
+}

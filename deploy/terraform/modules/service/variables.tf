@@ -175,7 +175,7 @@ variable "cluster" {
 }
 
 variable "desired_count" {
-  description = "Number of tasks."
+  description = "Number of tasks at creation (later changes come from autoscaling or by hand: not reverted by an apply)."
   type        = number
   default     = 1
 }
@@ -220,4 +220,29 @@ variable "alerts" {
     prometheus_workspace_id = optional(string)
   })
   default = {}
+}
+
+variable "autoscaling" {
+  description = <<-EOT
+    Scale on the queue's backlog per running task (docs/scaling.md): { min, max, backlog_per_task }
+    and optionally queue (the queue tag, else derived from `queue`), scale_out_cooldown (60 s),
+    scale_in_cooldown (300 s), disable_scale_in, namespace ("tasklens"), scale_in_protection (a busy
+    rule, e.g. "cpu>20%" or "jobs.in_progress>0"), scale_in_idle (60 s), protection_expires_minutes (30).
+    Validated by the autoscaling module (max >= min, backlog_per_task > 0, ...). min = 0 only for
+    SQS: an alarm on the queue's AWS/SQS metric then wakes the service (docs/scaling.md).
+  EOT
+  type = object({
+    min                        = number
+    max                        = number
+    backlog_per_task           = number
+    queue                      = optional(string)
+    scale_out_cooldown         = optional(number, 60)
+    scale_in_cooldown          = optional(number, 300)
+    disable_scale_in           = optional(bool, false)
+    namespace                  = optional(string, "tasklens")
+    scale_in_protection        = optional(string)
+    scale_in_idle              = optional(number, 60)
+    protection_expires_minutes = optional(number, 30)
+  })
+  default = null
 }

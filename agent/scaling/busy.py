@@ -1,0 +1,201 @@
+"""The busy rule: when is the worker busy, read from metrics the sidecar already has (no worker code).
+
+Grammar (`TASKLENS_SCALE_IN_PROTECTION`; terms joined by ` or ` or `,`, busy when any term holds):
+
+    cpu>20%                          a worker container's CPU above 20 % of its allocation
+    cpu[worker,thumbs]>20%           only these containers (by task-definition name)
+    jobs.in_progress>0               a StatsD gauge (summed over its tag sets; `>=` also works)
+    jobs.started-jobs.finished>0     two StatsD counters, counted since the sidecar started
+
+Without a container list, `cpu` means every container of the task but the sidecar's own. A metric
+never seen reads 0 (not busy). Parsing and evaluation are pure; `Observations` keeps the latest values
+of just the metrics the rule names, fed from the hub's batches.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from agent.model import Batch, Kind, Points, Tags
+
+CPU_METRIC = "ecs.container.cpu.utilization_percent"
+
+NAME = r"[A-Za-z_][A-Za-z0-9_.]*"  # a Datadog metric name: no `-`, so `a-b>0` is a difference
+NUMBER = r"-?[0-9]+(?:\.[0-9]+)?"
+_CPU = re.compile(rf"cpu(?:\[(?P<containers>[^\]]*)\])?\s*(?P<op>>=?)\s*(?P<n>{NUMBER})\s*%")
+_DIFF = re.compile(rf"(?P<a>{NAME})\s*-\s*(?P<b>{NAME})\s*(?P<op>>=?)\s*(?P<n>{NUMBER})")
+_GAUGE = re.compile(rf"(?P<a>{NAME})\s*(?P<op>>=?)\s*(?P<n>{NUMBER})")
+_CONTAINER = re.compile(r"[A-Za-z0-9][A-Za-z0-9_\-]{0,254}")
+_SPLIT = re.compile(r"\s*,\s*(?![^\[]*\])|(?:^|\s+)or(?:\s+|$)")  # a comma inside cpu[...] lists containers
+
+EXPECTED = ("a busy rule: cpu>N% (N >= 0; cpu[name,...]>N% for some containers), <statsd gauge>>N, or "
+            "<started counter> - <finished counter> > N; several joined by ' or ' or ','")
+
+
+def _num(text: str) -> str:
+    value = float(text)
+    return str(int(value)) if value.is_integer() and abs(value) < 1e15 else repr(value)
+
+
+@dataclass(frozen=True)
+class Cpu:
+    threshold: float  # percent of the container's CPU allocation
+    inclusive: bool = False
+    containers: tuple[str, ...] = ()  # empty: every container but the sidecar's
+
+    def __str__(self) -> str:
+        names = f"[{','.join(self.containers)}]" if self.containers else ""
+        return f"cpu{names}{'>=' if self.inclusive else '>'}{_num(str(self.threshold))}%"
+
+
+@dataclass(frozen=True)
+class Gauge:
+    name: str
+    threshold: float
+    inclusive: bool = False
+
+    def __str__(self) -> str:
+        return f"{self.name}{'>=' if self.inclusive else '>'}{_num(str(self.threshold))}"
+
+
+@dataclass(frozen=True)
+class InProgress:
+    started: str
+    finished: str
+    threshold: float
+    inclusive: bool = False
+
+    def __str__(self) -> str:
+        return f"{self.started} - {self.finished} {'>=' if self.inclusive else '>'} {_num(str(self.threshold))}"
+
+
+Term = Cpu | Gauge | InProgress
+
+
+@dataclass(frozen=True)
+class Rule:
+    terms: tuple[Term, ...]
+
+    def __str__(self) -> str:
+        return " or ".join(str(t) for t in self.terms)
+
+    @property
+    def metric_names(self) -> frozenset[str]:
+        names: set[str] = set()
+        for t in self.terms:
+            if isinstance(t, Gauge):
+                names.add(t.name)
+            elif isinstance(t, InProgress):
+                names.update((t.started, t.finished))
+        return frozenset(names)
+
+    @property
+    def uses_cpu(self) -> bool:
+        return any(isinstance(t, Cpu) for t in self.terms)
+
+
+def _threshold(text: str, what: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"{EXPECTED}; {what} is not a finite number")
+    return value
+
+
+def parse_term(text: str) -> Term:
+    if m := _CPU.fullmatch(text):
+        containers = tuple(c.strip() for c in (m["containers"] or "").split(",") if c.strip())
+        if m["containers"] is not None and not containers:
+            raise ValueError(f"{EXPECTED}; {text!r} names no container")
+        for c in containers:
+            if not _CONTAINER.fullmatch(c):
+                raise ValueError(f"{EXPECTED}; {c!r} is not a container name")
+        threshold = _threshold(m["n"], text)
+        if threshold < 0:
+            raise ValueError(f"{EXPECTED}; {text!r}: the CPU share must be >= 0")
+        return Cpu(threshold, m["op"] == ">=", containers)
+    if m := _DIFF.fullmatch(text):
+        return InProgress(m["a"], m["b"], _threshold(m["n"], text), m["op"] == ">=")
+    if m := _GAUGE.fullmatch(text):
+        if m["a"] == "cpu":
+            raise ValueError(f"{EXPECTED}; {text!r}: a CPU share ends with %")
+        return Gauge(m["a"], _threshold(m["n"], text), m["op"] == ">=")
+    raise ValueError(f"{EXPECTED}; {text!r} is none of these")
+
+
+def parse_rule(text: str) -> Rule:
+    """The rule in `text`. Raises ValueError saying what is expected (the config names the variable)."""
+    if len(text) > 1000:
+        raise ValueError(f"{EXPECTED}; the rule is longer than 1000 characters")
+    parts = _SPLIT.split(text.strip())
+    if not parts or any(not p for p in parts):
+        raise ValueError(f"{EXPECTED}; {text!r} has an empty term")
+    return Rule(tuple(parse_term(p) for p in parts))
+
+
+# --- evaluation ---------------------------------------------------------------------------------
+
+
+def _value(value: float | Points) -> float:
+    if isinstance(value, Points):  # a histogram: how many values this interval
+        return float(sum(value.weights))
+    return float(value)
+
+
+@dataclass
+class Observations:
+    """The latest values of what a rule reads, fed with every batch the hub publishes."""
+
+    rule: Rule
+    cpu: dict[str, float] = field(default_factory=dict)  # container name -> % of its allocation
+    gauges: dict[str, dict[Tags, float]] = field(default_factory=dict)  # name -> tags -> last value
+    counts: dict[str, float] = field(default_factory=dict)  # name -> total since start
+
+    def __post_init__(self) -> None:
+        self._names = self.rule.metric_names
+        self._counted = frozenset(n for t in self.rule.terms if isinstance(t, InProgress)
+                                  for n in (t.started, t.finished))
+
+    def observe(self, batch: Batch) -> None:
+        cpu: dict[str, float] = {}
+        for s in batch.samples:
+            if s.name == CPU_METRIC and self.rule.uses_cpu:
+                container = dict(s.tags).get("container_name", "")
+                cpu[container] = _value(s.value)
+            elif s.name in self._names:
+                value = _value(s.value)
+                if not math.isfinite(value):
+                    continue
+                if s.name in self._counted and s.kind in (Kind.COUNT, Kind.HISTOGRAM, Kind.DISTRIBUTION):
+                    self.counts[s.name] = self.counts.get(s.name, 0.0) + value
+                self.gauges.setdefault(s.name, {})[s.tags] = value
+        if cpu:  # an ECS poll that produced no CPU (an outage, a first poll) keeps the last known values
+            self.cpu = cpu
+
+    def total(self, name: str) -> float:
+        return self.counts.get(name, sum(self.gauges.get(name, {}).values()))
+
+
+def _above(value: float, threshold: float, inclusive: bool) -> bool:
+    return value >= threshold if inclusive else value > threshold
+
+
+def holds(term: Term, seen: Observations, own_container: str | None) -> bool:
+    if isinstance(term, Cpu):
+        chosen: Iterable[float]
+        if term.containers:
+            chosen = (v for c, v in seen.cpu.items() if c in term.containers)
+        else:
+            chosen = (v for c, v in seen.cpu.items() if c != own_container)
+        return any(_above(v, term.threshold, term.inclusive) for v in chosen)
+    if isinstance(term, Gauge):
+        return _above(sum(seen.gauges.get(term.name, {}).values()), term.threshold, term.inclusive)
+    return _above(seen.total(term.started) - seen.total(term.finished), term.threshold, term.inclusive)
+
+
+def evaluate(rule: Rule, seen: Observations, own_container: str | None = None) -> tuple[bool, list[str]]:
+    """(busy, the terms that hold)."""
+    holding = [str(t) for t in rule.terms if holds(t, seen, own_container)]
+    return bool(holding), holding

@@ -1,0 +1,318 @@
+"""Scale-in protection: protect the task through the ECS agent while the worker is busy.
+
+`$ECS_AGENT_URI/task-protection/v1/state` takes `PUT {"ProtectionEnabled": bool, "ExpiresInMinutes": n}`
+(docs/scaling.md has the request and every answer shape). The component evaluates the busy rule once a
+second over the latest metrics (it is a sink of the hub: it sees the ECS source's CPU and the StatsD
+gauges as they are published) and:
+
+- busy and not protected, or protected for less than half the expiry: PUT protection with the expiry;
+- idle for `TASKLENS_SCALE_IN_IDLE` seconds while protected: PUT release.
+
+Never protected forever: every protection carries an expiry (default 30 min), so a sidecar that dies
+or hangs leaves the task protected at most that long. Failures are counted by reason, logged at most
+once a minute per reason, retried with a backoff (5 s doubling to 5 min), and never block anything
+else: the requests run in this component's own task with a 5 s deadline. A task that ECS says is not
+in a service (`TASK_NOT_VALID`) stops trying. Protection is not released on SIGTERM: the task is
+stopping anyway, and a stop already under way is not held back by protection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+
+from agent.hub import Hub
+from agent.logs import RateLimitedLog
+from agent.model import Batch, Kind, Sample
+from agent.scaling import BUSY, PROTECTED
+from agent.scaling.busy import Observations, Rule, evaluate, parse_rule
+
+log = logging.getLogger("tasklens.scaling")
+
+ENV_AGENT_URI = "ECS_AGENT_URI"
+PATH = "/task-protection/v1/state"
+REQUEST_TIMEOUT = 5.0  # the agent gives up on ECS after 4 s and on its own connection after 5 s
+BACKOFF_FIRST, BACKOFF_MAX = 5.0, 300.0
+PUBLISH_EVERY = 15.0  # seconds between state samples when nothing changes
+MAX_BODY = 65536
+
+# error codes and failure reasons of the agent's answers -> our bounded `reason` label
+_CODES = {
+    "ThrottlingException": "throttled",
+    "RequestCanceled": "agent_timeout",
+    "AccessDeniedException": "access_denied",
+    "ResourceNotFoundException": "not_found",
+    "InvalidParameterException": "bad_request",
+    "ServerException": "server_error",
+    "DEPLOYMENT_BLOCKED": "deployment_blocked",
+    "TASK_NOT_VALID": "task_not_valid",
+}
+PERMANENT = frozenset({"task_not_valid"})  # a standalone task: protection does not apply to it
+
+
+class ProtectionError(Exception):
+    def __init__(self, reason: str, detail: str, status: int | None = None) -> None:
+        super().__init__(detail)
+        self.reason, self.status = reason, status
+
+
+@dataclass(frozen=True)
+class Protection:
+    """What the agent said: the `protection` object of a successful answer."""
+
+    enabled: bool
+    expiration: str | None  # ISO time from the agent, None when not protected
+    task_arn: str | None
+
+
+def request_body(enabled: bool, expires_minutes: int | None) -> dict[str, Any]:
+    """The PUT body with the agent's exact field names (it refuses unknown fields)."""
+    body: dict[str, Any] = {"ProtectionEnabled": enabled}
+    if enabled and expires_minutes is not None:
+        body["ExpiresInMinutes"] = expires_minutes
+    return body
+
+
+def interpret(status: int, body: bytes) -> Protection:
+    """The agent's answer as a Protection, or ProtectionError with a bounded reason. A 200 may carry
+    a `failure` (ECS refused for this task), so success is the presence of `protection`."""
+    try:
+        doc: Any = json.loads(body)
+    except ValueError:
+        doc = None
+    if status == 429:
+        raise ProtectionError("throttled", "the agent's request rate limit (HTTP 429)", status)
+    if isinstance(doc, Mapping):
+        protection, failure, error = doc.get("protection"), doc.get("failure"), doc.get("error")
+        if status == 200 and isinstance(protection, Mapping) and isinstance(protection.get("ProtectionEnabled"), bool):
+            expiration = protection.get("ExpirationDate")
+            arn = protection.get("TaskArn")
+            return Protection(protection["ProtectionEnabled"], expiration if isinstance(expiration, str) else None,
+                              arn if isinstance(arn, str) else None)
+        if isinstance(failure, Mapping):
+            reason = str(failure.get("Reason") or "")
+            raise ProtectionError(_CODES.get(reason, "failure"), f"ECS failure {reason}: {failure.get('Detail')}", status)
+        if isinstance(error, Mapping):
+            code = str(error.get("Code") or "")
+            raise ProtectionError(_CODES.get(code, _by_status(status)),
+                                  f"HTTP {status} {code}: {str(error.get('Message') or '')[:200]}", status)
+    if status >= 400 or status < 200:
+        raise ProtectionError(_by_status(status), f"HTTP {status}: {body[:200].decode('utf-8', 'replace')}", status)
+    raise ProtectionError("bad_reply", f"HTTP {status} without a protection object: {body[:200]!r}", status)
+
+
+def _by_status(status: int) -> str:
+    if status >= 500:
+        return "server_error"
+    if status >= 400:
+        return "http_4xx"
+    return "bad_reply"
+
+
+class ProtectionClient:
+    """PUT requests to the agent's task-protection endpoint; one session, a deadline per request."""
+
+    def __init__(self, agent_uri: str, timeout: float = REQUEST_TIMEOUT) -> None:
+        self.url = agent_uri.rstrip("/") + PATH
+        self.timeout = timeout
+        self._session: aiohttp.ClientSession | None = None
+
+    async def put(self, enabled: bool, expires_minutes: int | None) -> Protection:
+        if self._session is None:
+            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.timeout))
+        try:
+            async with self._session.put(self.url, json=request_body(enabled, expires_minutes)) as response:
+                body = await response.content.read(MAX_BODY)
+                return interpret(response.status, body)
+        except ProtectionError:
+            raise
+        except TimeoutError:
+            raise ProtectionError("timeout", f"no answer within {self.timeout:g} s") from None
+        except (aiohttp.ClientError, OSError) as exc:
+            raise ProtectionError("connection", f"{type(exc).__name__}: {exc}") from None
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+
+@dataclass
+class State:
+    """What we know of the task's protection, on the monotonic clock."""
+
+    busy: bool = False
+    idle_since: float | None = None
+    confirmed_until: float | None = None  # protected, as the agent confirmed, until then
+    possibly_until: float | None = None  # may be protected until then (a protect whose answer was lost)
+    next_attempt: float = 0.0
+    failures: int = 0
+    disabled: str | None = None  # why no request is made at all
+
+    def protected(self, now: float) -> bool:
+        return self.confirmed_until is not None and now < self.confirmed_until
+
+    def maybe_protected(self, now: float) -> bool:
+        until = max(self.confirmed_until or 0.0, self.possibly_until or 0.0)
+        return now < until
+
+
+def decide(state: State, busy: bool, now: float, idle: float, expires_minutes: int) -> str | None:
+    """The request to make now: "protect", "release" or None. Updates the busy/idle bookkeeping."""
+    state.busy = busy
+    if busy:
+        state.idle_since = None
+    elif state.idle_since is None:
+        state.idle_since = now
+    if state.disabled or now < state.next_attempt:
+        return None
+    if busy:
+        remaining = (state.confirmed_until or now) - now
+        return "protect" if remaining < expires_minutes * 60 / 2 else None
+    assert state.idle_since is not None
+    if state.maybe_protected(now) and now - state.idle_since >= idle:
+        return "release"
+    return None
+
+
+class ScaleInProtection:
+    """A component (its own loop) and a sink (it watches every batch for the rule's metrics)."""
+
+    name = "scaling:protection"
+
+    def __init__(self, rule: Rule | str, hub: Hub, agent_uri: str | None, *, idle: float = 60.0,
+                 expires_minutes: int = 30, metadata_url: str | None = None, tick: float = 1.0,
+                 request_timeout: float = REQUEST_TIMEOUT, clock: Callable[[], float] = time.monotonic) -> None:
+        self.rule = parse_rule(rule) if isinstance(rule, str) else rule
+        self.hub = hub
+        self.idle, self.expires_minutes, self.tick = idle, expires_minutes, tick
+        self.metadata_url = metadata_url
+        self.clock = clock
+        self.seen = Observations(self.rule)
+        self.state = State()
+        self.client = ProtectionClient(agent_uri, request_timeout) if agent_uri else None
+        if self.client is None:
+            self.state.disabled = f"{ENV_AGENT_URI} is not set"
+        self.own_container: str | None = None
+        self.holding: list[str] = []
+        self.last_error: str | None = None
+        self.last_answer: dict[str, Any] | None = None
+        self._published: tuple[bool, bool] | None = None
+        self._published_at = -float("inf")
+        self._log = RateLimitedLog(log)
+
+    # -- sink side: observe -------------------------------------------------------------------
+
+    def accept(self, batch: Batch) -> None:
+        if batch.source != self.name:
+            self.seen.observe(batch)
+
+    # -- component side -----------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event) -> None:
+        if self.client is None:
+            log.warning("scale-in protection is unavailable: %s is not set (not on ECS, or an agent older than "
+                        "1.65.0); the busy state is still reported", ENV_AGENT_URI)
+        try:
+            while not stop.is_set():
+                await self.step()
+                try:
+                    await asyncio.wait_for(stop.wait(), timeout=self.tick)
+                except TimeoutError:
+                    pass
+        finally:
+            if self.client is not None:
+                await self.client.close()
+
+    async def step(self) -> None:
+        """One evaluation, and at most one request."""
+        if self.metadata_url and self.own_container is None and self.rule.uses_cpu:
+            self.own_container = await self._own_container()
+        busy, self.holding = evaluate(self.rule, self.seen, self.own_container)
+        now = self.clock()
+        action = decide(self.state, busy, now, self.idle, self.expires_minutes)
+        if action is not None and self.client is not None:
+            await self._request(action == "protect", now)
+        self._publish(self.clock())
+
+    async def _request(self, enabled: bool, sent: float) -> None:
+        state, metrics = self.state, self.hub.metrics
+        action = "protect" if enabled else "release"
+        expiry = sent + self.expires_minutes * 60  # from our send time: never later than the agent's
+        if enabled:
+            state.possibly_until = max(state.possibly_until or 0.0, expiry)
+        assert self.client is not None
+        try:
+            answer = await self.client.put(enabled, self.expires_minutes if enabled else None)
+        except ProtectionError as exc:
+            state.failures += 1
+            metrics.inc("tasklens.scaling.protection_requests", action=action, result="error")
+            metrics.inc("tasklens.scaling.protection_errors", reason=exc.reason)
+            self.last_error = f"{action}: {exc.reason}: {exc}"
+            if exc.reason in PERMANENT:
+                state.disabled = f"{exc.reason}: {exc}"
+                state.confirmed_until = state.possibly_until = None
+                log.warning("scale-in protection stops: %s (only tasks of a service can be protected)", exc)
+                return
+            delay = min(BACKOFF_FIRST * 2 ** (state.failures - 1), BACKOFF_MAX)
+            state.next_attempt = self.clock() + delay
+            self._log.warning(f"protection:{exc.reason}", "scale-in protection: %s failed (%s); retrying in %.0f s",
+                              action, self.last_error, delay)
+            return
+        metrics.inc("tasklens.scaling.protection_requests", action=action, result="ok")
+        if state.failures:
+            log.info("scale-in protection: %s succeeded after %d failed attempts", action, state.failures)
+        state.failures, state.next_attempt, self.last_error = 0, 0.0, None
+        self.last_answer = {"ProtectionEnabled": answer.enabled, "ExpirationDate": answer.expiration,
+                            "TaskArn": answer.task_arn}
+        if answer.enabled:
+            state.confirmed_until = expiry
+        else:
+            state.confirmed_until = state.possibly_until = None
+
+    async def _own_container(self) -> str | None:
+        """The sidecar's own container name, from its metadata (`${ECS_CONTAINER_METADATA_URI_V4}`)."""
+        assert self.metadata_url is not None
+        try:
+            async with (aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=REQUEST_TIMEOUT)) as session,
+                        session.get(self.metadata_url) as response):
+                doc = await response.json(content_type=None) if response.status == 200 else None
+        except (TimeoutError, aiohttp.ClientError, OSError, ValueError) as exc:
+            self._log.warning("protection:own", "scale-in protection: cannot read this container's metadata "
+                              "(%r); counting every container's CPU until it can", exc)
+            return None
+        name = doc.get("Name") if isinstance(doc, Mapping) else None
+        return name if isinstance(name, str) and name else None
+
+    def _publish(self, now: float) -> None:
+        current = (self.state.busy, self.state.protected(now))
+        if current == self._published and now - self._published_at < PUBLISH_EVERY:
+            return
+        self._published, self._published_at = current, now
+        self.hub.publish(Batch(self.name, [Sample(BUSY, float(current[0]), Kind.GAUGE),
+                                           Sample(PROTECTED, float(current[1]), Kind.GAUGE)], snapshot=True))
+
+    def status(self) -> dict[str, Any]:
+        now = self.clock()
+        state = self.state
+        return {
+            "rule": str(self.rule),
+            "busy": state.busy,
+            "holding": list(self.holding),
+            "protected": state.protected(now),
+            "protected_for_seconds": (round(state.confirmed_until - now, 1)
+                                      if state.confirmed_until is not None and state.protected(now) else None),
+            "idle_seconds": round(now - state.idle_since, 1) if state.idle_since is not None else None,
+            "unavailable": state.disabled,
+            "consecutive_failures": state.failures,
+            "last_error": self.last_error,
+            "last_answer": self.last_answer,
+            "own_container": self.own_container,
+        }

@@ -1,0 +1,36 @@
+"""Fixtures of the scaling tests: the queue tests' broker fixtures (beanstalkd and moto's server on free
+ports, RabbitMQ's management API), and the emulated ECS agent's task-protection endpoint on loopback."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+from aiohttp import web
+
+from agent.scaling.agent_endpoint import TaskProtectionAgent
+from tests.conftest import serve_app
+from tests.integrations.queues.conftest import (  # noqa: F401 - fixtures re-exported
+    aws_env,
+    beanstalkd,
+    moto_port,
+    rabbitmq_management,
+    unique,
+)
+from tests.scaling.support import FakeClock
+
+
+@pytest.fixture
+def fake_clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+async def agent(fake_clock: FakeClock) -> AsyncIterator[tuple[TaskProtectionAgent, str]]:
+    """The emulated agent endpoint, on the same hand-moved clock as the component: (agent, ECS_AGENT_URI)."""
+    fake = TaskProtectionAgent(clock=fake_clock.wall)
+    app = web.Application()
+    fake.add_routes(app)
+    runner, base = await serve_app(app)
+    yield fake, f"{base}/api/0123456789abcdef-agent"
+    await runner.cleanup()

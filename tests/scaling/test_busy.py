@@ -1,0 +1,165 @@
+"""The busy rule: its grammar (examples, errors that name the variable, properties) and evaluation."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from agent.config import ConfigError, load
+from agent.model import Batch, Kind, Points, Sample
+from agent.scaling.busy import (
+    CPU_METRIC,
+    Cpu,
+    Gauge,
+    InProgress,
+    Observations,
+    Rule,
+    evaluate,
+    parse_rule,
+)
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("cpu>20%", Rule((Cpu(20.0),))),
+    ("cpu >= 12.5 %", Rule((Cpu(12.5, inclusive=True),))),
+    ("cpu[worker,thumbs]>5%", Rule((Cpu(5.0, containers=("worker", "thumbs")),))),
+    ("jobs.in_progress>0", Rule((Gauge("jobs.in_progress", 0.0),))),
+    ("app.active_jobs >= 1", Rule((Gauge("app.active_jobs", 1.0, inclusive=True),))),
+    ("jobs.started - jobs.finished > 0", Rule((InProgress("jobs.started", "jobs.finished", 0.0),))),
+    ("jobs.started-jobs.finished>=2", Rule((InProgress("jobs.started", "jobs.finished", 2.0, True),))),
+    ("cpu>20% or jobs.in_progress>0", Rule((Cpu(20.0), Gauge("jobs.in_progress", 0.0)))),
+    ("cpu>20%, queue.depth>-1", Rule((Cpu(20.0), Gauge("queue.depth", -1.0)))),
+])
+def test_examples(text: str, expected: Rule) -> None:
+    rule = parse_rule(text)
+    assert rule == expected
+    assert parse_rule(str(rule)) == rule  # the canonical form parses back to the same rule
+
+
+@pytest.mark.parametrize("text, says", [
+    ("", "empty term"),
+    ("cpu>20", "ends with %"),
+    ("cpu>-5%", "must be >= 0"),
+    ("cpu[]>5%", "names no container"),
+    ("cpu[a b]>5%", "not a container name"),
+    ("jobs.in_progress", "none of these"),
+    ("jobs.in_progress<3", "none of these"),
+    ("jobs.started-jobs.finished>0 or", "empty term"),
+    ("jobs.x > 1e3", "none of these"),
+    ("jobs.x > nan", "none of these"),
+    ("x>1" + " or x>1" * 300, "longer than 1000"),
+    ("or", "empty term"),
+    ("my-app.jobs-x.y-z>1", "none of these"),
+])
+def test_bad_rules_say_what_is_expected(text: str, says: str) -> None:
+    with pytest.raises(ValueError, match="a busy rule: cpu>N%") as info:
+        parse_rule(text)
+    assert says in str(info.value)
+
+
+def test_a_bad_rule_is_a_start_up_error_naming_the_variable() -> None:
+    with pytest.raises(ConfigError) as info:
+        load({"TASKLENS_SCALE_IN_PROTECTION": "cpu>twenty%"})
+    assert str(info.value).startswith("TASKLENS_SCALE_IN_PROTECTION='cpu>twenty%' is invalid: expected a busy rule")
+    for variable, value in (("TASKLENS_SCALE_IN_IDLE", "-1"), ("TASKLENS_SCALE_IN_EXPIRES_MINUTES", "2881"),
+                            ("TASKLENS_SCALE_IN_EXPIRES_MINUTES", "0"), ("TASKLENS_SCALING_SMOOTHING_WINDOW", "x"),
+                            ("TASKLENS_SCALING_CONSUMERS_PER_TASK", "0")):
+        with pytest.raises(ConfigError, match=f"^{variable}="):
+            load({variable: value})
+    config = load({"TASKLENS_SCALE_IN_PROTECTION": "cpu > 20 %  or jobs.in_progress>0"})
+    assert config.scale_in_protection == "cpu>20% or jobs.in_progress>0"  # stored in canonical form
+    assert load({}).scale_in_protection == ""
+
+
+names = st.from_regex(r"[A-Za-z_][A-Za-z0-9_.]{0,20}", fullmatch=True).filter(lambda n: n not in ("cpu", "or"))
+thresholds = st.integers(0, 10**6) | st.floats(0, 1e6, allow_nan=False).map(lambda f: round(f, 3))
+containers = st.lists(st.from_regex(r"[A-Za-z0-9][A-Za-z0-9_\-]{0,10}", fullmatch=True), max_size=3, unique=True)
+terms = st.one_of(
+    st.builds(lambda t, i, c: Cpu(float(t), i, tuple(c)), thresholds, st.booleans(), containers),
+    st.builds(lambda n, t, i: Gauge(n, float(t), i), names, thresholds | st.integers(-100, 0), st.booleans()),
+    st.builds(lambda a, b, t, i: InProgress(a, b, float(t), i), names, names, thresholds, st.booleans()),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(terms, min_size=1, max_size=4))
+def test_every_rule_round_trips_through_its_text(items: list) -> None:
+    rule = Rule(tuple(items))
+    assert parse_rule(str(rule)) == rule
+    spaced = re.sub(r">=?", lambda m: f"  {m.group(0)} ", str(rule)).replace(" or ", " ,  ")
+    assert parse_rule(spaced) == rule
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.text(max_size=60) | st.text(alphabet="cpu[],<>=%-. or0123456789_abx", max_size=40))
+def test_any_text_parses_or_says_what_is_expected(text: str) -> None:
+    try:
+        rule = parse_rule(text)
+    except ValueError as exc:
+        assert str(exc).startswith("a busy rule: ")
+    else:
+        assert rule.terms and parse_rule(str(rule)) == rule
+
+
+# --- evaluation ---------------------------------------------------------------------------------
+
+
+def cpu_batch(**percent: float) -> Batch:
+    return Batch("ecs", [Sample(CPU_METRIC, v, Kind.GAUGE, (("container_name", c), ("task_id", "t")))
+                         for c, v in percent.items()], snapshot=True)
+
+
+def test_cpu_rule_reads_the_workers_and_not_the_sidecar() -> None:
+    rule = parse_rule("cpu>20%")
+    seen = Observations(rule)
+    seen.observe(cpu_batch(worker=10.0, tasklens=90.0))
+    assert evaluate(rule, seen, own_container="tasklens") == (False, [])
+    assert evaluate(rule, seen, own_container=None) == (True, ["cpu>20%"])  # unknown: every container counts
+    seen.observe(cpu_batch(worker=35.0, tasklens=1.0))
+    assert evaluate(rule, seen, own_container="tasklens") == (True, ["cpu>20%"])
+    seen.observe(Batch("ecs", [], snapshot=True))  # a failed poll keeps the last known CPU
+    assert evaluate(rule, seen, "tasklens")[0]
+    seen.observe(cpu_batch(tasklens=1.0))  # the worker container went away
+    assert not evaluate(rule, seen, "tasklens")[0]
+    named = parse_rule("cpu[thumbs]>20%")
+    seen = Observations(named)
+    seen.observe(cpu_batch(worker=80.0, thumbs=15.0))
+    assert not evaluate(named, seen)[0]
+
+
+def test_gauge_rule_sums_tag_sets_and_keeps_the_last_value() -> None:
+    rule = parse_rule("jobs.in_progress>0")
+    seen = Observations(rule)
+    assert not evaluate(rule, seen)[0]  # never seen: not busy
+    seen.observe(Batch("statsd", [Sample("jobs.in_progress", 1.0, Kind.GAUGE, (("thread", "1"),)),
+                                  Sample("jobs.in_progress", 0.0, Kind.GAUGE, (("thread", "2"),)),
+                                  Sample("other", 5.0, Kind.GAUGE)]))
+    assert evaluate(rule, seen) == (True, ["jobs.in_progress>0"])
+    assert set(seen.gauges) == {"jobs.in_progress"}  # only what the rule reads is kept
+    seen.observe(Batch("statsd", [Sample("other", 1.0, Kind.GAUGE)]))  # gauges hold their last value
+    assert evaluate(rule, seen)[0]
+    seen.observe(Batch("statsd", [Sample("jobs.in_progress", 0.0, Kind.GAUGE, (("thread", "1"),))]))
+    assert not evaluate(rule, seen)[0]
+    seen.observe(Batch("statsd", [Sample("jobs.in_progress", float("nan"), Kind.GAUGE, (("thread", "1"),))]))
+    assert not evaluate(rule, seen)[0]  # a NaN is ignored, not busy
+
+
+def test_started_minus_finished_counts_since_start() -> None:
+    rule = parse_rule("jobs.started - jobs.finished > 0")
+    seen = Observations(rule)
+
+    def counts(started: float, finished: float) -> Batch:
+        return Batch("statsd", [Sample("jobs.started", started, Kind.COUNT, (), None, 10.0),
+                                Sample("jobs.finished", finished, Kind.COUNT, (), None, 10.0)])
+
+    seen.observe(counts(3, 1))
+    assert evaluate(rule, seen)[0]
+    seen.observe(counts(0, 1))
+    assert evaluate(rule, seen)[0]  # 3 started, 2 finished
+    seen.observe(counts(0, 1))
+    assert not evaluate(rule, seen)[0]
+    seen.observe(Batch("statsd", [Sample("jobs.started", Points([0.1, 0.2], [1.0, 1.0]), Kind.HISTOGRAM)]))
+    assert evaluate(rule, seen)[0]  # a timer counts its values

@@ -1,0 +1,286 @@
+"""Scale-in protection against the emulated ECS agent endpoint on loopback (as strict as the agent):
+protect when busy, renew before expiry, release after the idle time; every documented error shape
+counted and logged once, never blocking, never protected past the expiry."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+
+import pytest
+from aiohttp import web
+
+from agent.hub import Hub
+from agent.identity import Identity
+from agent.model import Batch, Kind, Sample
+from agent.scaling.protection import (
+    Protection,
+    ProtectionError,
+    ScaleInProtection,
+    interpret,
+    request_body,
+)
+from agent.sinks.prometheus import PrometheusSink
+from tests.conftest import free_port, serve_app
+
+ARN = "arn:aws:ecs:eu-west-1:123456789012:task/prod/0123456789abcdef"
+
+
+# --- the agent's answers, as documented (spec: scaling.md 1.3) ----------------------------------
+
+
+@pytest.mark.parametrize("status, body, reason", [
+    (200, {"failure": {"Arn": ARN, "Detail": None, "Reason": "TASK_NOT_VALID"}}, "task_not_valid"),
+    (200, {"failure": {"Arn": ARN, "Detail": None, "Reason": "DEPLOYMENT_BLOCKED"}}, "deployment_blocked"),
+    (200, {"failure": {"Arn": ARN, "Detail": "x", "Reason": "SOMETHING_NEW"}}, "failure"),
+    (400, {"requestID": "r", "error": {"Arn": ARN, "Code": "ThrottlingException", "Message": "Rate exceeded"}}, "throttled"),
+    (400, {"error": {"Code": "DEPLOYMENT_BLOCKED", "Message": "m"}}, "deployment_blocked"),
+    (504, {"error": {"Arn": ARN, "Code": "RequestCanceled", "Message": "Timed out calling ECS Task Protection API"}},
+     "agent_timeout"),
+    (404, {"error": {"Code": "ResourceNotFoundException", "Message": "Failed to find a task for the request"}},
+     "not_found"),
+    (400, {"error": {"Code": "InvalidParameterException", "Message": "bad"}}, "bad_request"),
+    (403, {"error": {"Arn": ARN, "Code": "AccessDeniedException", "Message": "no task IAM role credentials"}},
+     "access_denied"),
+    (500, {"error": {"Code": "ServerException", "Message": "x"}}, "server_error"),
+    (418, {"error": {"Code": "Teapot"}}, "http_4xx"),
+    (429, "You have reached maximum request limit.", "throttled"),
+    (502, "<html>bad gateway</html>", "server_error"),
+    (200, "not json", "bad_reply"),
+    (200, {"protection": {"ProtectionEnabled": "yes"}}, "bad_reply"),
+    (200, [], "bad_reply"),
+])
+def test_every_error_shape_has_a_reason(status: int, body: object, reason: str) -> None:
+    raw = body.encode() if isinstance(body, str) else json.dumps(body).encode()
+    with pytest.raises(ProtectionError) as info:
+        interpret(status, raw)
+    assert info.value.reason == reason
+
+
+def test_success_is_the_protection_object() -> None:
+    body = {"protection": {"ExpirationDate": "2022-10-06T02:29:16Z", "ProtectionEnabled": True, "TaskArn": ARN}}
+    assert interpret(200, json.dumps(body).encode()) == Protection(True, "2022-10-06T02:29:16Z", ARN)
+    body = {"protection": {"ExpirationDate": None, "ProtectionEnabled": False, "TaskArn": ARN}}
+    assert interpret(200, json.dumps(body).encode()) == Protection(False, None, ARN)
+    assert request_body(True, 30) == {"ProtectionEnabled": True, "ExpiresInMinutes": 30}
+    assert request_body(False, 30) == {"ProtectionEnabled": False}
+
+
+# --- the emulated agent is as strict as the real one ----------------------------------------------
+
+
+async def test_the_emulated_agent_refuses_what_the_agent_refuses(agent) -> None:
+    fake, uri = agent
+    import aiohttp
+
+    async with aiohttp.ClientSession() as session:
+        async def put(body: object) -> tuple[int, dict]:
+            data = body if isinstance(body, bytes) else json.dumps(body).encode()
+            async with session.put(uri + "/task-protection/v1/state", data=data) as r:
+                return r.status, await r.json(content_type=None)
+
+        for bad in ({"protectionEnabled": True}, {"ProtectionEnabled": True, "Extra": 1}, {"ExpiresInMinutes": 5},
+                    {"ProtectionEnabled": "true"}, {"ProtectionEnabled": True, "ExpiresInMinutes": 0},
+                    {"ProtectionEnabled": True, "ExpiresInMinutes": 2881}, {"ProtectionEnabled": True, "ExpiresInMinutes": 1.5},
+                    b"{not json", [True]):
+            status, answer = await put(bad)
+            assert status == 400 and answer["error"]["Code"] == "InvalidParameterException", bad
+        assert fake.requests == [] and len(fake.rejected) == 9
+        status, answer = await put({"ProtectionEnabled": True})
+        assert status == 200 and answer["protection"]["ProtectionEnabled"] is True
+        assert fake.expires_at == fake.clock() + 120 * 60  # the agent's default expiry
+        async with session.get(uri + "/task-protection/v1/state") as r:
+            assert (await r.json())["protection"]["TaskArn"] == fake.task_arn
+
+
+# --- the component --------------------------------------------------------------------------------
+
+
+_made: list[ScaleInProtection] = []
+
+
+@pytest.fixture(autouse=True)
+async def close_clients():
+    yield
+    while _made:
+        component = _made.pop()
+        if component.client is not None:
+            await component.client.close()
+
+
+def make(uri: str | None, clock, rule: str = "jobs.in_progress>0", **kw) -> tuple[ScaleInProtection, Hub, PrometheusSink]:
+    hub = Hub(Identity(service="thumbs", ecs_cluster="prod", task_id="t1"))
+    sink = PrometheusSink(hub.metrics, hub.pull)
+    hub.add_sink(sink)
+    component = ScaleInProtection(rule, hub, uri, idle=60.0, expires_minutes=30, clock=clock, **kw)
+    hub.add_sink(component)
+    _made.append(component)
+    return component, hub, sink
+
+
+def in_progress(hub: Hub, value: float) -> None:
+    hub.publish(Batch("statsd", [Sample("jobs.in_progress", value, Kind.GAUGE)]))
+
+
+def states(hub: Hub, sink: PrometheusSink) -> dict[str, float]:
+    from prometheus_client import generate_latest
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = generate_latest(sink.registry).decode()
+    return {s.name: s.value for f in text_string_to_metric_families(text) for s in f.samples
+            if s.name in ("tasklens_scaling_busy", "tasklens_scaling_protected")}
+
+
+async def test_protect_renew_release(agent, fake_clock) -> None:
+    fake, uri = agent
+    component, hub, sink = make(uri, fake_clock)
+    await component.step()
+    assert fake.requests == [] and states(hub, sink) == {"tasklens_scaling_busy": 0.0, "tasklens_scaling_protected": 0.0}
+    in_progress(hub, 2.0)
+    await component.step()  # the first evaluation after the worker became busy
+    assert fake.requests == [{"ProtectionEnabled": True, "ExpiresInMinutes": 30}] and fake.protected()
+    assert states(hub, sink) == {"tasklens_scaling_busy": 1.0, "tasklens_scaling_protected": 1.0}
+    assert component.status()["protected"] and component.status()["holding"] == ["jobs.in_progress>0"]
+    for _ in range(14):  # busy for 14 minutes: no request (the protection lasts 30)
+        fake_clock.advance(60)
+        await component.step()
+    assert len(fake.requests) == 1
+    fake_clock.advance(61)  # less than 15 minutes left: renewed, well before the agent's expiry
+    await component.step()
+    assert len(fake.requests) == 2 and fake.protected()
+    in_progress(hub, 0.0)
+    await component.step()
+    fake_clock.advance(59)
+    await component.step()
+    assert len(fake.requests) == 2 and fake.protected()  # idle, but not yet for 60 s
+    fake_clock.advance(1)
+    await component.step()
+    assert fake.requests[-1] == {"ProtectionEnabled": False} and not fake.protected()
+    assert states(hub, sink) == {"tasklens_scaling_busy": 0.0, "tasklens_scaling_protected": 0.0}
+    for _ in range(5):
+        fake_clock.advance(60)
+        await component.step()
+    assert len(fake.requests) == 3  # released once; idle costs nothing
+    assert hub.metrics.get("tasklens.scaling.protection_requests", action="protect", result="ok") == 2
+    assert hub.metrics.get("tasklens.scaling.protection_requests", action="release", result="ok") == 1
+
+
+@pytest.mark.parametrize("status, body, reason", [
+    (429, b"You have reached maximum request limit.", "throttled"),
+    (400, {"requestID": "r", "error": {"Arn": ARN, "Code": "ThrottlingException", "Message": "Rate exceeded"}}, "throttled"),
+    (504, {"error": {"Arn": ARN, "Code": "RequestCanceled", "Message": "Timed out calling ECS Task Protection API"}},
+     "agent_timeout"),
+    (403, {"error": {"Arn": ARN, "Code": "AccessDeniedException", "Message": "no creds"}}, "access_denied"),
+    (500, {"error": {"Code": "ServerException", "Message": "x"}}, "server_error"),
+    (200, {"failure": {"Arn": ARN, "Detail": None, "Reason": "DEPLOYMENT_BLOCKED"}}, "deployment_blocked"),
+])
+async def test_errors_are_counted_logged_once_and_retried_with_backoff(agent, fake_clock, caplog, status, body,
+                                                                        reason) -> None:
+    fake, uri = agent
+    component, hub, _ = make(uri, fake_clock)
+    fake.fail(status, body, times=3)
+    in_progress(hub, 1.0)
+    with caplog.at_level(logging.WARNING, "tasklens.scaling"):
+        await component.step()
+        assert hub.metrics.get("tasklens.scaling.protection_errors", reason=reason) == 1
+        await component.step()  # within the backoff (5 s): no request
+        assert len(fake.canned) == 2
+        fake_clock.advance(5)
+        await component.step()
+        fake_clock.advance(10)
+        await component.step()
+        assert hub.metrics.get("tasklens.scaling.protection_errors", reason=reason) == 3
+    assert len([r for r in caplog.records if "scale-in protection" in r.getMessage()]) == 1  # logged once
+    assert not component.status()["protected"] and component.status()["consecutive_failures"] == 3
+    fake_clock.advance(20)  # the backoff was 20 s after the third failure
+    await component.step()
+    assert fake.protected() and component.status()["protected"] and component.status()["last_error"] is None
+    assert fake.requests == [{"ProtectionEnabled": True, "ExpiresInMinutes": 30}]
+
+
+async def test_a_standalone_task_stops_trying(agent, fake_clock, caplog) -> None:
+    fake, uri = agent
+    component, hub, _ = make(uri, fake_clock)
+    fake.fail(200, {"failure": {"Arn": ARN, "Detail": None, "Reason": "TASK_NOT_VALID"}})
+    in_progress(hub, 1.0)
+    await component.step()
+    for _ in range(10):
+        fake_clock.advance(600)
+        await component.step()
+    assert fake.requests == [] and not fake.canned
+    assert component.status()["unavailable"].startswith("task_not_valid")
+    assert hub.metrics.get("tasklens.scaling.protection_errors", reason="task_not_valid") == 1
+
+
+async def test_agent_down_slow_never_blocks_and_the_expiry_ends_protection(agent, fake_clock) -> None:
+    fake, uri = agent
+    component, hub, _ = make(uri, fake_clock, request_timeout=0.5)
+    in_progress(hub, 1.0)
+    await component.step()
+    assert fake.protected()
+    in_progress(hub, 0.0)
+    await component.step()
+    fake_clock.advance(60)
+    fake.fail(200, {"protection": {}}, delay=2.0)  # slower than the client's deadline
+    started = time.monotonic()
+    await component.step()
+    assert time.monotonic() - started < 1.5
+    assert hub.metrics.get("tasklens.scaling.protection_errors", reason="timeout") == 1
+    # the agent then goes away altogether: the release keeps failing...
+    component.client.url = f"http://127.0.0.1:{free_port()}/api/x/task-protection/v1/state"
+    for _ in range(40):
+        fake_clock.advance(60)
+        await component.step()
+    assert hub.metrics.get("tasklens.scaling.protection_errors", reason="connection") >= 5
+    # ...and the protection still ends: the agent's expiry, 30 minutes after the last protect
+    assert not fake.protected() and not component.status()["protected"]
+    errors_then = hub.metrics.total("tasklens.scaling.protection_errors")
+    for _ in range(10):  # once the expiry has passed there is nothing left to release
+        fake_clock.advance(600)
+        await component.step()
+    assert hub.metrics.total("tasklens.scaling.protection_errors") == errors_then
+
+
+async def test_without_ecs_agent_uri_it_says_so_once_and_carries_on(caplog) -> None:
+    component, hub, sink = make(None, time.monotonic)
+    component.tick = 0.01
+    stop = asyncio.Event()
+    with caplog.at_level(logging.WARNING, "tasklens.scaling"):
+        task = asyncio.create_task(component.run(stop))
+        in_progress(hub, 1.0)
+        for _ in range(200):
+            if states(hub, sink).get("tasklens_scaling_busy") == 1.0:
+                break
+            await asyncio.sleep(0.01)
+        stop.set()
+        await asyncio.wait_for(task, 2)
+    assert states(hub, sink) == {"tasklens_scaling_busy": 1.0, "tasklens_scaling_protected": 0.0}
+    assert [r.getMessage() for r in caplog.records].count(
+        "scale-in protection is unavailable: ECS_AGENT_URI is not set (not on ECS, or an agent older than 1.65.0); "
+        "the busy state is still reported") == 1
+    assert component.status()["unavailable"] == "ECS_AGENT_URI is not set"
+
+
+async def test_cpu_rule_skips_the_sidecars_own_container(fake_clock) -> None:
+    """The sidecar's own container name comes from its metadata (`${ECS_CONTAINER_METADATA_URI_V4}`)."""
+    async def own(request: web.Request) -> web.Response:
+        return web.json_response({"Name": "tasklens", "DockerId": "abc"})
+
+    app = web.Application()
+    app.router.add_get("/v4/abc", own)
+    runner, base = await serve_app(app)
+    try:
+        component, hub, _ = make(None, fake_clock, rule="cpu>20%", metadata_url=f"{base}/v4/abc")
+        cpu = "ecs.container.cpu.utilization_percent"
+        hub.publish(Batch("ecs", [Sample(cpu, 95.0, Kind.GAUGE, (("container_name", "tasklens"),)),
+                                  Sample(cpu, 5.0, Kind.GAUGE, (("container_name", "worker"),))], snapshot=True))
+        await component.step()
+        assert component.own_container == "tasklens" and not component.status()["busy"]
+        hub.publish(Batch("ecs", [Sample(cpu, 1.0, Kind.GAUGE, (("container_name", "tasklens"),)),
+                                  Sample(cpu, 25.0, Kind.GAUGE, (("container_name", "worker"),))], snapshot=True))
+        await component.step()
+        assert component.status()["busy"]
+    finally:
+        await runner.cleanup()

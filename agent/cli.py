@@ -6,21 +6,92 @@ import argparse
 import asyncio
 import json
 import os
+import socket
 import sys
 import urllib.error
 import urllib.request
+from collections.abc import Mapping
 from typing import Any
 
 from agent import __version__, logs
-from agent.config import Config, ConfigError, describe, load, parse_addr
+from agent.config import Config, ConfigError, describe, load, parse_addr, unknown_variables
 
 
-def _load_or_exit() -> Config:
+def _show_addr(addr: tuple[str, int]) -> str:
+    host, port = addr
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _check_bindable(name: str, addr: tuple[str, int], kind: socket.SocketKind) -> None:
+    """The listener's host must resolve to an address of this host. Only the host is tried (port 0):
+    the port may be taken by a sidecar already running when `check` runs beside it."""
+    host = addr[0]
+    if host in ("", "0.0.0.0", "::"):
+        return
     try:
-        return load()
+        family, _, _, _, sockaddr = socket.getaddrinfo(host, 0, type=kind)[0]
+        with socket.socket(family, kind) as probe:
+            probe.bind(sockaddr)
+    except OSError as exc:  # gaierror included: a name that does not resolve
+        raise ConfigError(f"{name}={_show_addr(addr)!r} is invalid: expected an address of this host to listen on "
+                          f"({host}: {exc.strerror or exc})") from None
+
+
+def _check_forward(config: Config, warnings: list[str]) -> None:
+    from agent.sinks.dogstatsd_forward import loop_reason
+
+    assert config.dogstatsd_forward is not None
+    shown = _show_addr(config.dogstatsd_forward)
+    try:
+        reason = loop_reason(config.dogstatsd_forward, config.statsd_addr)
+    except OSError as exc:  # a name that does not resolve yet: the forwarder retries at every send
+        warnings.append(f"TASKLENS_DOGSTATSD_FORWARD={shown!r}: cannot resolve it now ({exc.strerror or exc}); "
+                        "lines are dropped until it does")
+        return
+    if reason:
+        raise ConfigError(f"TASKLENS_DOGSTATSD_FORWARD={shown!r} is invalid: expected the address of another "
+                          f"DogStatsD agent, not this sidecar's (TASKLENS_STATSD_ADDR): {reason}")
+
+
+def validate(environ: Mapping[str, str] | None = None) -> tuple[Config, list[str]]:
+    """The one validation of `run` and `check`, so that they cannot disagree: the settings (agent/config.py),
+    then what needs several settings or a look at this host, with the code `run` builds with (mapping
+    rules, queue URLs and their clients). Raises ConfigError; returns the configuration and warnings."""
+    environ = os.environ if environ is None else environ
+    config = load(environ)
+    warnings = unknown_variables(environ)
+    if config.mappings:
+        from agent.statsd.mapping import compile_rules
+
+        compile_rules(config.mappings)
+    if config.queues:
+        from agent.hub import Hub
+        from agent.identity import Identity
+        from integrations.queues.source import queue_sources
+
+        queue_sources(config, Hub(Identity(service="check")))  # probes are built, not connected
+    _check_bindable("TASKLENS_HTTP_ADDR", config.http_addr, socket.SOCK_STREAM)
+    if config.statsd_addr is not None:
+        _check_bindable("TASKLENS_STATSD_ADDR", config.statsd_addr, socket.SOCK_DGRAM)
+    if config.dogstatsd_forward is not None:
+        _check_forward(config, warnings)
+    return config, warnings
+
+
+def _say(text: str) -> None:
+    # a value may hold bytes that were not UTF-8 (surrogates): shown escaped, never an encoding error
+    print(text.encode("utf-8", "backslashreplace").decode("utf-8"), file=sys.stderr)
+
+
+def _validate_or_exit() -> tuple[Config, list[str]]:
+    try:
+        config, warnings = validate()
     except ConfigError as exc:
-        print(f"tasklens: invalid configuration: {exc}", file=sys.stderr)
+        _say(f"tasklens: invalid configuration: {exc}")
         raise SystemExit(2) from None
+    for warning in warnings:
+        _say(f"tasklens: warning: {warning}")
+    return config, warnings
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -28,7 +99,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     memory.use_system_allocator()  # exec again with PYTHONMALLOC=malloc: memory returns after a storm
     memory.configure()
-    config = _load_or_exit()
+    config, _ = _validate_or_exit()
     logs.setup(config.log_level)
     from agent.runtime import run
 
@@ -53,16 +124,8 @@ async def _resolve_identity(config: Config) -> tuple[dict[str, Any], str]:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    config = _load_or_exit()
-    if config.mappings:
-        from agent.statsd.mapping import compile_rules
-
-        try:
-            compile_rules(config.mappings)
-        except ConfigError as exc:
-            print(f"tasklens: invalid configuration: {exc}", file=sys.stderr)
-            return 2
-    out: dict[str, Any] = {"version": __version__, "configuration": describe(config)}
+    config, warnings = _validate_or_exit()
+    out: dict[str, Any] = {"version": __version__, "configuration": describe(config), "warnings": warnings}
     code = 0
     try:
         out["identity"], out["identity_source"] = asyncio.run(_resolve_identity(config))
@@ -75,14 +138,10 @@ def cmd_check(args: argparse.Namespace) -> int:
         out["datadog"] = asyncio.run(check_api_key(config))
         if out["datadog"]["api_key"].startswith("invalid"):
             code = 1
-    if config.queues:
+    if config.queues:  # valid: validate() built them as `run` does
         from integrations.queues import describe_url
 
-        try:
-            out["queues"] = [describe_url(u, config) for u in config.queues]
-        except ValueError as exc:  # ConfigError included: the message names the URL, masked
-            print(f"tasklens: invalid configuration: {exc}", file=sys.stderr)
-            return 2
+        out["queues"] = [describe_url(u, config) for u in config.queues]
     print(json.dumps(out, indent=2, default=str))
     return code
 

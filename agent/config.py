@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import difflib
 import ipaddress
+import itertools
 import math
 import os
 import re
@@ -248,7 +249,7 @@ def parse_float_list(text: str) -> tuple[float, ...]:
 def parse_buckets(text: str) -> tuple[float, ...]:
     """Histogram bucket bounds: `le` labels, so strictly increasing (a repeat is a duplicate series)."""
     values = parse_float_list(text)
-    for low, high in zip(values, values[1:]):
+    for low, high in itertools.pairwise(values):
         if not low < high:
             what = "repeated" if low == high else f"not above {number_text(low)}"
             raise ValueError(f"comma-separated finite numbers in increasing order, e.g. 0.1,0.5,1 "
@@ -463,9 +464,9 @@ def _file_text(f: Any, raw: Any) -> str:
         if not all(isinstance(v, (str, int, float)) and not isinstance(v, bool) for v in raw.values()):
             raise ValueError("a table of strings, e.g. { team = \"payments\" }")
         return ",".join(f"{k}:{v}" for k, v in raw.items())
-    kind = {list: "a list", dict: "a table"}.get(type(raw), "a date or time")
-    return_form = "a string or a list of them" if many else "a string or a number"
-    raise ValueError(f"{return_form}, not {kind}")
+    kind = "a list" if isinstance(raw, list) else "a table" if isinstance(raw, dict) else "a date or time"
+    form = "a string or a list of them" if many else "a string or a number"
+    raise ValueError(f"{form}, not {kind}")
 
 
 def parse_value(f: Any, raw: str) -> Any:

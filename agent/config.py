@@ -258,11 +258,10 @@ def parse_buckets(text: str) -> tuple[float, ...]:
 
 
 def parse_percentiles(text: str) -> tuple[float, ...]:
+    """Fractions (their range, 0.000001 to 0.999999, is DEFAULT_RANGE's)."""
     values = parse_float_list(text)
     # each becomes a `<p>percentile` series, p in percent with 4 decimals: two that round alike collide
     suffixes = [round(v * 100, 4) for v in values]
-    if any(not 0 < v < 1 for v in values) or any(not 0 < s < 100 for s in suffixes):
-        raise ValueError("comma-separated fractions between 0 and 1, e.g. 0.95,0.99")
     if len(set(suffixes)) != len(suffixes):
         raise ValueError("comma-separated fractions between 0 and 1 without repeats (to 6 decimals), e.g. 0.95,0.99")
     return values
@@ -309,7 +308,7 @@ DEFAULT_RANGE: dict[Callable[[str], Any], tuple[float, float, str]] = {
     parse_number: (-1e15, 1e15, "a number"),
     parse_float_list: (-1e15, 1e15, "comma-separated numbers, each"),
     parse_buckets: (-1e15, 1e15, "comma-separated increasing numbers, each"),
-    parse_percentiles: (0.0, 1.0, "comma-separated fractions, each"),
+    parse_percentiles: (0.000001, 0.999999, "comma-separated fractions, each"),
 }
 
 
@@ -426,10 +425,11 @@ def read_file(path: str) -> dict[str, Any]:
         return ConfigError(f"{PREFIX}CONFIG_FILE={path!r} is invalid: {why}")
 
     try:
+        # a FIFO would block start-up (even open() waits for a writer), a device like /dev/zero never
+        # ends: only a regular file is read
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            raise fail("expected a regular file")
         with open(path, "rb") as fh:
-            # a FIFO or a device (`/dev/zero`) would block or never end: only a regular file is read
-            if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
-                raise fail("expected a regular file")
             data = fh.read(MAX_FILE_BYTES + 1)
     except OSError as exc:
         raise fail(f"cannot read it: {exc.strerror or exc}") from None
@@ -471,8 +471,14 @@ def _file_text(f: Any, raw: Any) -> str:
 
 def parse_value(f: Any, raw: str) -> Any:
     """One setting's value from its text: the parser's form, then the setting's range."""
-    value = f.metadata["parse"](raw)
     bounds = f.metadata.get("bounds")
+    try:
+        value = f.metadata["parse"](raw)
+    except ValueError:
+        if bounds is None or isinstance(f.default, tuple):
+            raise  # a list's parser says which entry is wrong
+        low, high, form = bounds  # one number: say the whole range, not only "> 0"
+        raise ValueError(f"{form} from {number_text(low)} to {number_text(high)}") from None
     if bounds is not None:
         check_range(value, *bounds)
     return value

@@ -7,6 +7,7 @@ import signal
 import subprocess
 import time
 
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import FIXTURES, TASKLENS, clean_env, free_port, http_get, wait_until
@@ -160,3 +161,90 @@ async def test_check_says_whether_the_intake_takes_the_key() -> None:
         assert code == 0 and json.loads(out)["datadog"]["api_key"] == "valid" and key not in out
         code, out = await check("f" * 32)
         assert code == 1 and json.loads(out)["datadog"]["api_key"].startswith("invalid (HTTP 403)")
+
+
+# --- one validation for `check` and `run` ------------------------------------------------------------
+
+def bad_configurations(tmp_path) -> list[tuple[str, dict[str, str]]]:  # type: ignore[no-untyped-def]
+    """(the variable the error must name, environment): generated from the settings' own bounds, plus
+    what only `run` used to find (queue URLs, mapping rules, listen hosts, a forwarding loop)."""
+    from dataclasses import fields
+
+    from agent.config import Config, env_name, number_text
+
+    out: list[tuple[str, dict[str, str]]] = []
+    for f in fields(Config):
+        if f.name == "mappings":
+            continue
+        name = env_name(f)
+        bounds = f.metadata.get("bounds")
+        if bounds is not None:
+            out.append((name, {name: number_text(bounds[1] * 2 + 1)}))
+            out.append((name, {name: "nan"}))
+        elif f.name not in ("log_level", "profile_mode") and not isinstance(f.default, bool):
+            out.append((name, {name: "x\x1b[2Jy"}))  # a control character: refused by every text form
+    rules = tmp_path / "rules.toml"
+    rules.write_text('[[mappings]]\nmatch = "jobs.*"\n')  # no name
+    table = tmp_path / "table.toml"
+    table.write_text("service = {a = 1}\n")
+    out += [
+        ("TASKLENS_QUEUES", {"TASKLENS_QUEUES": "redis://:hunter2@127.0.0.1:6379/0?lsit=jobs"}),
+        ("TASKLENS_QUEUES", {"TASKLENS_QUEUES": "nosuch://host/q"}),
+        ("TASKLENS_QUEUES", {"TASKLENS_QUEUES": "redis://127.0.0.1/0?list=a,redis://127.0.0.1/1?list=a"}),
+        ("mappings[0]", {"TASKLENS_CONFIG_FILE": str(rules)}),
+        ("service", {"TASKLENS_CONFIG_FILE": str(table)}),
+        ("TASKLENS_HTTP_ADDR", {"TASKLENS_HTTP_ADDR": "192.0.2.1:9102"}),  # TEST-NET: not this host's
+        ("TASKLENS_HTTP_ADDR", {"TASKLENS_HTTP_ADDR": "no-such-host.invalid:9102"}),
+        ("TASKLENS_STATSD_ADDR", {"TASKLENS_STATSD_ADDR": "192.0.2.1:8125"}),
+        ("TASKLENS_DOGSTATSD_FORWARD", {"TASKLENS_DOGSTATSD_FORWARD": "127.0.0.1:8125"}),
+        ("TASKLENS_DOGSTATSD_FORWARD", {"TASKLENS_DOGSTATSD_FORWARD": "localhost:8125"}),
+        ("TASKLENS_DOGSTATSD_FORWARD", {"TASKLENS_STATSD_ADDR": "0.0.0.0:18125",
+                                        "TASKLENS_DOGSTATSD_FORWARD": "127.0.0.9:18125"}),
+        ("TASKLENS_HISTOGRAM_BUCKETS", {"TASKLENS_HISTOGRAM_BUCKETS": "1,1"}),
+        ("TASKLENS_HISTOGRAM_AGGREGATES", {"TASKLENS_HISTOGRAM_AGGREGATES": "p99"}),
+    ]
+    return out
+
+
+def test_every_generated_bad_configuration_is_refused_by_the_shared_validation(tmp_path) -> None:
+    from agent.cli import validate
+    from agent.config import ConfigError
+
+    cases = bad_configurations(tmp_path)
+    assert len(cases) > 40
+    for variable, env in cases:
+        with pytest.raises(ConfigError) as err:
+            validate(env)
+        assert variable in str(err.value), (env, str(err.value))
+        assert "hunter2" not in str(err.value)
+
+
+@pytest.mark.parametrize(("variable", "value"), [
+    ("TASKLENS_SERVICE", "[2J"), ("TASKLENS_FLUSH_INTERVAL", "nan"), ("TASKLENS_QUEUES", "hunter2"),
+    ("TASKLENS_QUEUES", "nosuch"), ("service", "table.toml"), ("TASKLENS_HTTP_ADDR", "invalid"),
+    ("TASKLENS_STATSD_ADDR", "192.0.2.1"), ("TASKLENS_DOGSTATSD_FORWARD", "127.0.0.9"),
+])
+def test_check_and_run_refuse_alike(tmp_path, variable: str, value: str) -> None:
+    """The real commands: the same one-line message, exit 2, no traceback (a handful of the cases above)."""
+    env = next(env for name, env in bad_configurations(tmp_path) if name == variable and value in str(env))
+    results = [subprocess.run([TASKLENS, command], env=clean_env(**env), capture_output=True, text=True, timeout=60)
+               for command in ("check", "run")]
+    (check, run) = results
+    assert check.returncode == run.returncode == 2, (check.stderr, run.stderr)
+    assert check.stderr == run.stderr
+    (line,) = check.stderr.splitlines()
+    assert line.startswith("tasklens: invalid configuration: ") and variable in line
+    assert check.stdout == "" and "Traceback" not in run.stdout + run.stderr
+
+
+def test_unknown_variables_are_warned_by_check_and_run(sidecar_factory) -> None:
+    env = {"TASKLENS_FLUSH_INTERVL": "1", "TASKLENS_SERVICE": "svc"}
+    check = subprocess.run([TASKLENS, "check"], env=clean_env(**env), capture_output=True, text=True, timeout=30)
+    warning = ("tasklens: warning: 'TASKLENS_FLUSH_INTERVL' is not a tasklens setting and is ignored; "
+               "did you mean 'TASKLENS_FLUSH_INTERVAL'?")
+    assert check.returncode == 0 and warning in check.stderr.splitlines()
+    assert json.loads(check.stdout)["warnings"] == [warning.removeprefix("tasklens: warning: ")]
+    sidecar = sidecar_factory(**env)
+    sidecar.wait_ready()
+    assert sidecar.stop() == 0
+    assert warning in sidecar.log.splitlines()

@@ -484,11 +484,14 @@ def parse_value(f: Any, raw: str) -> Any:
     return value
 
 
-def _show(f: Any, raw: Any) -> str:
+def _show(f: Any, raw: Any, limit: int = 120) -> str:
+    """The value as an error shows it: masked, as repr (a newline stays `\\n`: one line), and cut short
+    (a 100 kB value would otherwise be a 100 kB log line)."""
     if isinstance(raw, str):
-        return repr(mask_value(f.name, raw))
-    # a TOML list or table the setting cannot take: nothing of it for a secret or a URL
-    return "'***'" if f.name in SECRET_FIELDS or f.name in URL_FIELDS else repr(raw)
+        shown = repr(mask_value(f.name, raw))
+    else:  # a TOML list or table the setting cannot take: nothing of it for a secret or a URL
+        shown = "'***'" if f.name in SECRET_FIELDS or f.name in URL_FIELDS else repr(raw)
+    return shown if len(shown) <= limit else f"{shown[:limit]}... ({len(shown)} characters)"
 
 
 def load(environ: Mapping[str, str] | None = None) -> Config:

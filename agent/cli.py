@@ -7,6 +7,7 @@ import asyncio
 import json
 import os
 import socket
+import stat
 import sys
 import urllib.error
 import urllib.request
@@ -35,6 +36,18 @@ def _check_bindable(name: str, addr: tuple[str, int], kind: socket.SocketKind) -
     except OSError as exc:  # gaierror included: a name that does not resolve
         raise ConfigError(f"{name}={_show_addr(addr)!r} is invalid: expected an address of this host to listen on "
                           f"({host}: {exc.strerror or exc})") from None
+
+
+def _check_socket_path(path: str) -> None:
+    """What the Unix listener would refuse: a missing directory, a path that is not a socket. (A live
+    socket is left to `run`: it may be a sidecar already running beside `check`.)"""
+    directory = os.path.dirname(path) or "."
+    if not os.path.isdir(directory):
+        raise ConfigError(f"TASKLENS_STATSD_SOCKET={path!r} is invalid: expected a path in an existing "
+                          f"directory ({directory!r} is not one)")
+    if os.path.lexists(path) and not stat.S_ISSOCK(os.lstat(path).st_mode):
+        raise ConfigError(f"TASKLENS_STATSD_SOCKET={path!r} is invalid: expected a path that is free or a "
+                          "socket (a file that is not a socket is there)")
 
 
 def _check_forward(config: Config, warnings: list[str]) -> None:
@@ -73,6 +86,8 @@ def validate(environ: Mapping[str, str] | None = None) -> tuple[Config, list[str
     _check_bindable("TASKLENS_HTTP_ADDR", config.http_addr, socket.SOCK_STREAM)
     if config.statsd_addr is not None:
         _check_bindable("TASKLENS_STATSD_ADDR", config.statsd_addr, socket.SOCK_DGRAM)
+    if config.statsd_socket:
+        _check_socket_path(config.statsd_socket)
     if config.dogstatsd_forward is not None:
         _check_forward(config, warnings)
     return config, warnings

@@ -200,6 +200,8 @@ def bad_configurations(tmp_path) -> list[tuple[str, dict[str, str]]]:  # type: i
         ("TASKLENS_DOGSTATSD_FORWARD", {"TASKLENS_DOGSTATSD_FORWARD": "localhost:8125"}),
         ("TASKLENS_DOGSTATSD_FORWARD", {"TASKLENS_STATSD_ADDR": "0.0.0.0:18125",
                                         "TASKLENS_DOGSTATSD_FORWARD": "127.0.0.9:18125"}),
+        ("TASKLENS_STATSD_SOCKET", {"TASKLENS_STATSD_SOCKET": str(tmp_path / "no-such-dir" / "statsd.sock")}),
+        ("TASKLENS_STATSD_SOCKET", {"TASKLENS_STATSD_SOCKET": str(table)}),  # a regular file
         ("TASKLENS_HISTOGRAM_BUCKETS", {"TASKLENS_HISTOGRAM_BUCKETS": "1,1"}),
         ("TASKLENS_HISTOGRAM_AGGREGATES", {"TASKLENS_HISTOGRAM_AGGREGATES": "p99"}),
     ]

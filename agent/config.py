@@ -18,6 +18,7 @@ import socket
 import stat
 import tomllib
 import unicodedata
+import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
@@ -80,7 +81,9 @@ def parse_socket_path(text: str) -> str:
 def parse_regex(text: str) -> str:
     text = check_text(text.strip(), "a regular expression")
     try:
-        re.compile(text)
+        with warnings.catch_warnings():  # `[[` warns "possible nested set": a pattern, not our problem
+            warnings.simplefilter("ignore")
+            re.compile(text)
     except (re.error, RecursionError, OverflowError) as exc:
         raise ValueError(f"a regular expression ({exc})") from None
     return text

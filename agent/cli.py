@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import os
 import socket
 import stat
@@ -186,11 +187,22 @@ def cmd_emulate_ecs(args: argparse.Namespace) -> int:
     from agent.emulator import serve
 
     logs.setup("info")
-    host, port = parse_addr(args.addr)
+    try:
+        host, port = parse_addr(args.addr)
+    except ValueError as exc:
+        print(f"tasklens emulate-ecs: bad address {args.addr!r}: expected {exc}", file=sys.stderr)
+        return 2
+    for path in (args.task, args.stats):
+        if path and not os.path.isfile(path):
+            print(f"tasklens emulate-ecs: {path!r} is not a file", file=sys.stderr)
+            return 2
     try:
         asyncio.run(serve(host, port, args.task, args.stats))
     except KeyboardInterrupt:
         pass
+    except OSError as exc:  # the port is taken
+        print(f"tasklens emulate-ecs: cannot listen on {args.addr}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -206,6 +218,16 @@ def cmd_profiler_bootstrap(args: argparse.Namespace) -> int:
     return 0
 
 
+def _timeout(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0.1 <= value <= 60:  # NaN too: socket.settimeout(nan) raises
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a number of seconds from 0.1 to 60")
+    return value
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="tasklens", description=__doc__)
     parser.add_argument("--version", action="version", version=f"tasklens {__version__}")
@@ -215,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
     health = sub.add_parser("health", help="exit 0 iff the sidecar's /health answers (container health check)")
     health.add_argument("--addr", help="host:port of the sidecar's HTTP listener (default TASKLENS_HTTP_ADDR)")
     health.add_argument("--endpoint", default="health", choices=["health", "ready"])
-    health.add_argument("--timeout", type=float, default=2.0)
+    health.add_argument("--timeout", type=_timeout, default=2.0, help="seconds (0.1 to 60)")
     emulate = sub.add_parser("emulate-ecs", help="serve ECS task metadata v4 locally (fixtures or live)")
     emulate.add_argument("--task", help="a /task JSON file (with --stats); default: live from this machine")
     emulate.add_argument("--stats", help="a /task/stats JSON file")

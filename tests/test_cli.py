@@ -250,3 +250,11 @@ def test_unknown_variables_are_warned_by_check_and_run(sidecar_factory) -> None:
     sidecar.wait_ready()
     assert sidecar.stop() == 0
     assert warning in sidecar.log.splitlines()
+
+
+@pytest.mark.parametrize("argv", [["health", "--timeout", "nan"], ["health", "--addr", "nope"],
+                                  ["emulate-ecs", "--addr", "nope"],
+                                  ["emulate-ecs", "--task", "/no/such.json", "--stats", "/no/such.json"]])
+def test_the_other_commands_refuse_bad_arguments_without_a_traceback(argv: list[str]) -> None:
+    result = subprocess.run([TASKLENS, *argv], env=clean_env(), capture_output=True, text=True, timeout=30)
+    assert result.returncode == 2 and "Traceback" not in result.stderr and result.stderr.strip()

@@ -252,7 +252,8 @@ class DogStatsdForwarder:
     def _loop_detected(self) -> None:
         if not self.looping:
             self.metrics.inc("tasklens.exporter.loops_detected", exporter=EXPORTER)
-            self._pending.clear()  # what is queued would go round too
+            self._count("points_dropped", len(self._pending), "loop")  # what is queued would go round too
+            self._pending.clear()
         self._loop_until = time.monotonic() + self._loop_hold
         host, port = self.address
         self.last_error = (f"loop: lines sent to {host}:{port} come back to this sidecar's StatsD listener; "

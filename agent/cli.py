@@ -13,10 +13,12 @@ import sys
 import urllib.error
 import urllib.request
 from collections.abc import Mapping
+from dataclasses import fields
 from typing import Any
 
 from agent import __version__, logs
-from agent.config import Config, ConfigError, describe, load, parse_addr, unknown_variables
+from agent.config import (Config, ConfigError, check_range, describe, load, number_text, parse_addr,
+                          unknown_variables)
 
 
 def _show_addr(addr: tuple[str, int]) -> str:
@@ -51,6 +53,23 @@ def _check_socket_path(path: str) -> None:
                           "socket (a file that is not a socket is there)")
 
 
+def _check_queue_overrides(url: Any) -> None:
+    """A queue URL's own `interval=`, `window=`, `threshold=` get the range of the setting they
+    override, `timeout=` (a poll's) 0.1 to 300 s: `?interval=1e-300` would poll in a tight loop."""
+    bounds: dict[str, tuple[float, float, str]] = {f.name: f.metadata["bounds"] for f in fields(Config)
+                                                   if f.metadata.get("bounds")}
+    for key, value, (low, high, form) in (("interval", url.interval, bounds["queue_poll_interval"]),
+                                          ("window", url.window, bounds["queue_trend_window"]),
+                                          ("threshold", url.threshold, bounds["queue_backlog_threshold"]),
+                                          ("timeout", url.timeout, (0.1, 300.0, "a number of seconds"))):
+        if value is None:
+            continue
+        try:
+            check_range(value, low, high, form)
+        except ValueError as exc:
+            raise ConfigError(f"TASKLENS_QUEUES: {url.masked}: {key}={number_text(value)!r}: expected {exc}") from None
+
+
 def _check_forward(config: Config, warnings: list[str]) -> None:
     from agent.sinks.dogstatsd_forward import loop_reason
 
@@ -83,7 +102,8 @@ def validate(environ: Mapping[str, str] | None = None) -> tuple[Config, list[str
         from agent.identity import Identity
         from integrations.queues.source import queue_sources
 
-        queue_sources(config, Hub(Identity(service="check")))  # probes are built, not connected
+        for source in queue_sources(config, Hub(Identity(service="check"))):  # built, not connected
+            _check_queue_overrides(source.url)
     _check_bindable("TASKLENS_HTTP_ADDR", config.http_addr, socket.SOCK_STREAM)
     if config.statsd_addr is not None:
         _check_bindable("TASKLENS_STATSD_ADDR", config.statsd_addr, socket.SOCK_DGRAM)

@@ -8,6 +8,8 @@ import subprocess
 import time
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import FIXTURES, TASKLENS, clean_env, free_port, http_get, wait_until
@@ -190,6 +192,8 @@ def bad_configurations(tmp_path) -> list[tuple[str, dict[str, str]]]:  # type: i
     out += [
         ("TASKLENS_QUEUES", {"TASKLENS_QUEUES": "redis://:hunter2@127.0.0.1:6379/0?lsit=jobs"}),
         ("TASKLENS_QUEUES", {"TASKLENS_QUEUES": "nosuch://host/q"}),
+        ("TASKLENS_QUEUES", {"TASKLENS_QUEUES": "redis://127.0.0.1/0?list=a&interval=1e-300"}),  # would spin
+        ("TASKLENS_QUEUES", {"TASKLENS_QUEUES": "redis://127.0.0.1/0?list=a&timeout=1e9"}),
         ("TASKLENS_QUEUES", {"TASKLENS_QUEUES": "redis://127.0.0.1/0?list=a,redis://127.0.0.1/1?list=a"}),
         ("mappings[0]", {"TASKLENS_CONFIG_FILE": str(rules)}),
         ("service", {"TASKLENS_CONFIG_FILE": str(table)}),
@@ -223,7 +227,7 @@ def test_every_generated_bad_configuration_is_refused_by_the_shared_validation(t
 
 @pytest.mark.parametrize(("variable", "value"), [
     ("TASKLENS_SERVICE", "[2J"), ("TASKLENS_FLUSH_INTERVAL", "nan"), ("TASKLENS_QUEUES", "hunter2"),
-    ("TASKLENS_QUEUES", "nosuch"), ("service", "table.toml"), ("TASKLENS_HTTP_ADDR", "invalid"),
+    ("TASKLENS_QUEUES", "nosuch"), ("TASKLENS_QUEUES", "1e-300"), ("service", "table.toml"), ("TASKLENS_HTTP_ADDR", "invalid"),
     ("TASKLENS_STATSD_ADDR", "192.0.2.1"), ("TASKLENS_DOGSTATSD_FORWARD", "127.0.0.9"),
 ])
 def test_check_and_run_refuse_alike(tmp_path, variable: str, value: str) -> None:
@@ -258,3 +262,32 @@ def test_unknown_variables_are_warned_by_check_and_run(sidecar_factory) -> None:
 def test_the_other_commands_refuse_bad_arguments_without_a_traceback(argv: list[str]) -> None:
     result = subprocess.run([TASKLENS, *argv], env=clean_env(), capture_output=True, text=True, timeout=30)
     assert result.returncode == 2 and "Traceback" not in result.stderr and result.stderr.strip()
+
+
+def _queue_urls():  # type: ignore[no-untyped-def]
+    from hypothesis import strategies as st
+
+    from integrations.queues import SCHEMES
+
+    word = st.text(alphabet="abcAZ019-_.%:@[]/ ", max_size=12)
+    params = ["list", "celery", "rq", "stream", "group", "queue", "name", "interval", "window", "timeout",
+              "threshold", "region", "endpoint", "query", "management", "password_env", "x"]
+    query = st.lists(st.tuples(st.sampled_from(params), st.one_of(word, st.sampled_from(
+        ["1e-300", "nan", "inf", "-1", "0", "5", "1e400", "jobs"]))), max_size=4).map(
+        lambda kv: "&".join(f"{k}={v}" for k, v in kv))
+    return st.builds(lambda scheme, netloc, path, q: f"{scheme}://{netloc}/{path}?{q}",
+                     st.sampled_from([*sorted(SCHEMES), "http", "Redis"]), word, word, query)
+
+
+@settings(max_examples=300, deadline=None)
+@given(urls=st.lists(_queue_urls(), min_size=1, max_size=3))
+def test_any_queue_url_validates_or_fails_naming_tasklens_queues(urls: list[str]) -> None:
+    """The shared validation builds the queue sources as `run` does: whatever the URLs, a ConfigError
+    naming the variable or a configuration `run` accepts, never another exception."""
+    from agent.cli import validate
+    from agent.config import ConfigError
+
+    try:
+        validate({"TASKLENS_QUEUES": ",".join(urls)})
+    except ConfigError as exc:
+        assert str(exc).startswith("TASKLENS_QUEUES"), str(exc)

@@ -12,7 +12,8 @@ import stat
 import sys
 import urllib.error
 import urllib.request
-from collections.abc import Mapping
+import warnings
+from collections.abc import Mapping, Sequence
 from dataclasses import fields
 from typing import Any
 
@@ -51,6 +52,26 @@ def _check_socket_path(path: str) -> None:
     if os.path.lexists(path) and not stat.S_ISSOCK(os.lstat(path).st_mode):
         raise ConfigError(f"TASKLENS_STATSD_SOCKET={path!r} is invalid: expected a path that is free or a "
                           "socket (a file that is not a socket is there)")
+
+
+def _check_mappings(mappings: Sequence[Mapping[str, Any]]) -> None:
+    """The rules as the StatsD server compiles them. A pattern `re` cannot take raises more than
+    re.error (`a{99999999999}`: OverflowError; 1,500 nested groups: RecursionError): named here."""
+    from agent.statsd.mapping import compile_rules
+
+    with warnings.catch_warnings():  # `[[` warns "possible nested set": the user's pattern, not a failure
+        warnings.simplefilter("ignore")
+        for i, rule in enumerate(mappings):
+            try:
+                compile_rules([rule])
+            except ConfigError:
+                break  # compile_rules(mappings) below says it with the rule's own index
+            except (RecursionError, OverflowError) as exc:
+                match = rule.get("match") if isinstance(rule, Mapping) else None
+                shown = repr(match) if len(repr(match)) <= 120 else repr(match)[:120] + "..."
+                raise ConfigError(f"mappings[{i}] (match {shown}): invalid regex: "
+                                  f"{exc if isinstance(exc, OverflowError) else 'nested too deep'}") from None
+        compile_rules(mappings)
 
 
 def _check_queue_overrides(url: Any) -> None:
@@ -94,9 +115,7 @@ def validate(environ: Mapping[str, str] | None = None) -> tuple[Config, list[str
     config = load(environ)
     warnings = unknown_variables(environ)
     if config.mappings:
-        from agent.statsd.mapping import compile_rules
-
-        compile_rules(config.mappings)
+        _check_mappings(config.mappings)
     if config.queues:
         from agent.hub import Hub
         from agent.identity import Identity

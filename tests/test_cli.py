@@ -291,3 +291,31 @@ def test_any_queue_url_validates_or_fails_naming_tasklens_queues(urls: list[str]
         validate({"TASKLENS_QUEUES": ",".join(urls)})
     except ConfigError as exc:
         assert str(exc).startswith("TASKLENS_QUEUES"), str(exc)
+
+
+def _toml_string(text: str) -> str:
+    return json.dumps(text, ensure_ascii=False).replace("\x7f", "\\u007f")
+
+
+@settings(max_examples=200, deadline=None)
+@given(rules=st.lists(st.fixed_dictionaries({
+    "match": st.one_of(st.text(alphabet="ab.*$()[]{}?+|\\^:0123456789", max_size=20),
+                       st.sampled_from(["(" * 1500 + ")" * 1500, "a{99999999999}", "[[:alpha:]]"])),
+    "name": st.text(alphabet="ab_$1{}2.", max_size=10),
+    "labels": st.dictionaries(st.text(alphabet="abq", min_size=1, max_size=3), st.text(alphabet="$12{}x", max_size=5),
+                              max_size=2),
+    "match_type": st.sampled_from(["glob", "regex", "other"]),
+}), min_size=1, max_size=3))
+def test_any_mapping_rules_validate_or_fail_naming_the_rule(tmp_path_factory, rules: list[dict]) -> None:  # type: ignore[type-arg]
+    from agent.cli import validate
+    from agent.config import ConfigError
+
+    path = tmp_path_factory.mktemp("rules") / "tasklens.toml"
+    path.write_text("".join(
+        "[[mappings]]\n" + f"match = {_toml_string(r['match'])}\nname = {_toml_string(r['name'])}\n"
+        f"match_type = {_toml_string(r['match_type'])}\n"
+        "labels = {" + ", ".join(f"{k} = {_toml_string(v)}" for k, v in r["labels"].items()) + "}\n" for r in rules))
+    try:
+        validate({"TASKLENS_CONFIG_FILE": str(path)})
+    except ConfigError as exc:
+        assert str(exc).startswith("mappings["), str(exc)

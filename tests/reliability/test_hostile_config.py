@@ -3,7 +3,8 @@
 For every class of bad value (out of range, not a number, duplicate or non-finite histogram buckets,
 unknown aggregates, control characters and bytes that are not UTF-8, a TOML table where a string
 belongs, a file that is not TOML or not a file, a queue URL with a password, a forwarding loop, an
-address that is not this host's), both commands exit 2 with one line on stderr that names the
+address that is not this host's, a regex `re` cannot compile in a mapping rule, a queue
+URL's own `interval=1e-300`), both commands exit 2 with one line on stderr that names the
 variable (or the file's key), never a traceback, never a password, and within a few seconds (a FIFO
 as the configuration file does not hang start-up).
 """
@@ -30,6 +31,8 @@ def cases(tmp: Path) -> list[tuple[str, str, dict[str, str | bytes]]]:
         "unknown": 'srevice = "orders"\n',
         "list_port": "http_addr = [9102]\n",
         "buckets": "histogram_buckets = [0.5, 0.5]\n",
+        "rule_overflow": '[[mappings]]\nmatch = "a{99999999999}"\nmatch_type = "regex"\nname = "x"\n',
+        "rule_deep": '[[mappings]]\nmatch = "' + "(" * 1500 + ")" * 1500 + '"\nmatch_type = "regex"\nname = "x"\n',
     }
     for name, text in files.items():
         (tmp / f"{name}.toml").write_text(text)
@@ -62,6 +65,9 @@ def cases(tmp: Path) -> list[tuple[str, str, dict[str, str | bytes]]]:
         ("file_fifo", "TASKLENS_CONFIG_FILE", {"TASKLENS_CONFIG_FILE": str(tmp / "fifo.toml")}),
         ("queue_param", "TASKLENS_QUEUES",
          {"TASKLENS_QUEUES": f"redis://:{PASSWORD}@127.0.0.1:6379/0?lsit=jobs"}),
+        ("rule_overflow", "mappings[0]", {"TASKLENS_CONFIG_FILE": str(tmp / "rule_overflow.toml")}),
+        ("rule_deep", "mappings[0]", {"TASKLENS_CONFIG_FILE": str(tmp / "rule_deep.toml")}),
+        ("queue_interval", "TASKLENS_QUEUES", {"TASKLENS_QUEUES": "redis://127.0.0.1/0?list=a&interval=1e-300"}),
         ("queue_scheme", "TASKLENS_QUEUES", {"TASKLENS_QUEUES": f"kafka://u:{PASSWORD}@127.0.0.1/jobs"}),
         ("forward_loop", "TASKLENS_DOGSTATSD_FORWARD",
          {"TASKLENS_STATSD_ADDR": "127.0.0.1:18125", "TASKLENS_DOGSTATSD_FORWARD": "localhost:18125"}),

@@ -5,23 +5,149 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import os
+import socket
+import stat
 import sys
 import urllib.error
 import urllib.request
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import fields
 from typing import Any
 
 from agent import __version__, logs
-from agent.config import Config, ConfigError, describe, load, parse_addr
+from agent.config import (Config, ConfigError, check_range, describe, load, number_text, parse_addr,
+                          unknown_variables)
 from agent.examples import EXAMPLES as EMULATOR_EXAMPLES
 
 
-def _load_or_exit() -> Config:
+def _show_addr(addr: tuple[str, int]) -> str:
+    host, port = addr
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _check_bindable(name: str, addr: tuple[str, int], kind: socket.SocketKind) -> None:
+    """The listener's host must resolve to an address of this host. Only the host is tried (port 0):
+    the port may be taken by a sidecar already running when `check` runs beside it."""
+    host = addr[0]
+    if host in ("", "0.0.0.0", "::"):
+        return
     try:
-        return load()
+        family, _, _, _, sockaddr = socket.getaddrinfo(host, 0, type=kind)[0]
+        with socket.socket(family, kind) as probe:
+            probe.bind(sockaddr)
+    except OSError as exc:  # gaierror included: a name that does not resolve
+        raise ConfigError(f"{name}={_show_addr(addr)!r} is invalid: expected an address of this host to listen on "
+                          f"({host}: {exc.strerror or exc})") from None
+
+
+def _check_socket_path(path: str) -> None:
+    """What the Unix listener would refuse: a missing directory, a path that is not a socket. (A live
+    socket is left to `run`: it may be a sidecar already running beside `check`.)"""
+    directory = os.path.dirname(path) or "."
+    if not os.path.isdir(directory):
+        raise ConfigError(f"TASKLENS_STATSD_SOCKET={path!r} is invalid: expected a path in an existing "
+                          f"directory ({directory!r} is not one)")
+    if os.path.lexists(path) and not stat.S_ISSOCK(os.lstat(path).st_mode):
+        raise ConfigError(f"TASKLENS_STATSD_SOCKET={path!r} is invalid: expected a path that is free or a "
+                          "socket (a file that is not a socket is there)")
+
+
+def _check_mappings(mappings: Sequence[Mapping[str, Any]]) -> None:
+    """The rules as the StatsD server compiles them. A pattern `re` cannot take raises more than
+    re.error (`a{99999999999}`: OverflowError; 1,500 nested groups: RecursionError): named here."""
+    from agent.statsd.mapping import compile_rules
+
+    with warnings.catch_warnings():  # `[[` warns "possible nested set": the user's pattern, not a failure
+        warnings.simplefilter("ignore")
+        for i, rule in enumerate(mappings):
+            try:
+                compile_rules([rule])
+            except ConfigError:
+                break  # compile_rules(mappings) below says it with the rule's own index
+            except (RecursionError, OverflowError) as exc:
+                match = rule.get("match") if isinstance(rule, Mapping) else None
+                shown = repr(match) if len(repr(match)) <= 120 else repr(match)[:120] + "..."
+                raise ConfigError(f"mappings[{i}] (match {shown}): invalid regex: "
+                                  f"{exc if isinstance(exc, OverflowError) else 'nested too deep'}") from None
+        compile_rules(mappings)
+
+
+def _check_queue_overrides(url: Any) -> None:
+    """A queue URL's own `interval=`, `window=`, `threshold=` get the range of the setting they
+    override, `timeout=` (a poll's) 0.1 to 300 s: `?interval=1e-300` would poll in a tight loop."""
+    bounds: dict[str, tuple[float, float, str]] = {f.name: f.metadata["bounds"] for f in fields(Config)
+                                                   if f.metadata.get("bounds")}
+    for key, value, (low, high, form) in (("interval", url.interval, bounds["queue_poll_interval"]),
+                                          ("window", url.window, bounds["queue_trend_window"]),
+                                          ("threshold", url.threshold, bounds["queue_backlog_threshold"]),
+                                          ("timeout", url.timeout, (0.1, 300.0, "a number of seconds"))):
+        if value is None:
+            continue
+        try:
+            check_range(value, low, high, form)
+        except ValueError as exc:
+            raise ConfigError(f"TASKLENS_QUEUES: {url.masked}: {key}={number_text(value)!r}: expected {exc}") from None
+
+
+def _check_forward(config: Config, warnings: list[str]) -> None:
+    from agent.sinks.dogstatsd_forward import loop_reason
+
+    assert config.dogstatsd_forward is not None
+    shown = _show_addr(config.dogstatsd_forward)
+    try:
+        reason = loop_reason(config.dogstatsd_forward, config.statsd_addr)
+    except OSError as exc:  # a name that does not resolve yet: the forwarder retries at every send
+        warnings.append(f"TASKLENS_DOGSTATSD_FORWARD={shown!r}: cannot resolve it now ({exc.strerror or exc}); "
+                        "lines are dropped until it does")
+        return
+    if reason:
+        raise ConfigError(f"TASKLENS_DOGSTATSD_FORWARD={shown!r} is invalid: expected the address of another "
+                          f"DogStatsD agent, not this sidecar's (TASKLENS_STATSD_ADDR): {reason}")
+
+
+def validate(environ: Mapping[str, str] | None = None) -> tuple[Config, list[str]]:
+    """The one validation of `run` and `check`, so that they cannot disagree: the settings (agent/config.py),
+    then what needs several settings or a look at this host, with the code `run` builds with (mapping
+    rules, queue URLs and their clients). Raises ConfigError; returns the configuration and warnings."""
+    environ = os.environ if environ is None else environ
+    config = load(environ)
+    warnings = unknown_variables(environ)
+    if config.mappings:
+        _check_mappings(config.mappings)
+    if config.queues:
+        from agent.hub import Hub
+        from agent.identity import Identity
+        from integrations.queues.source import queue_sources
+
+        for source in queue_sources(config, Hub(Identity(service="check"))):  # built, not connected
+            _check_queue_overrides(source.url)
+    _check_bindable("TASKLENS_HTTP_ADDR", config.http_addr, socket.SOCK_STREAM)
+    if config.statsd_addr is not None:
+        _check_bindable("TASKLENS_STATSD_ADDR", config.statsd_addr, socket.SOCK_DGRAM)
+    if config.statsd_socket:
+        _check_socket_path(config.statsd_socket)
+    if config.dogstatsd_forward is not None:
+        _check_forward(config, warnings)
+    return config, warnings
+
+
+def _say(text: str) -> None:
+    # a value may hold bytes that were not UTF-8 (surrogates): shown escaped, never an encoding error
+    print(text.encode("utf-8", "backslashreplace").decode("utf-8"), file=sys.stderr)
+
+
+def _validate_or_exit() -> tuple[Config, list[str]]:
+    try:
+        config, warnings = validate()
     except ConfigError as exc:
-        print(f"tasklens: invalid configuration: {exc}", file=sys.stderr)
+        _say(f"tasklens: invalid configuration: {exc}")
         raise SystemExit(2) from None
+    for warning in warnings:
+        _say(f"tasklens: warning: {warning}")
+    return config, warnings
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -29,7 +155,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     memory.use_system_allocator()  # exec again with PYTHONMALLOC=malloc: memory returns after a storm
     memory.configure()
-    config = _load_or_exit()
+    config, _ = _validate_or_exit()
     logs.setup(config.log_level)
     from agent.runtime import run
 
@@ -54,16 +180,8 @@ async def _resolve_identity(config: Config) -> tuple[dict[str, Any], str]:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    config = _load_or_exit()
-    if config.mappings:
-        from agent.statsd.mapping import compile_rules
-
-        try:
-            compile_rules(config.mappings)
-        except ConfigError as exc:
-            print(f"tasklens: invalid configuration: {exc}", file=sys.stderr)
-            return 2
-    out: dict[str, Any] = {"version": __version__, "configuration": describe(config)}
+    config, warnings = _validate_or_exit()
+    out: dict[str, Any] = {"version": __version__, "configuration": describe(config), "warnings": warnings}
     code = 0
     try:
         out["identity"], out["identity_source"] = asyncio.run(_resolve_identity(config))
@@ -76,14 +194,10 @@ def cmd_check(args: argparse.Namespace) -> int:
         out["datadog"] = asyncio.run(check_api_key(config))
         if out["datadog"]["api_key"].startswith("invalid"):
             code = 1
-    if config.queues:
+    if config.queues:  # valid: validate() built them as `run` does
         from integrations.queues import describe_url
 
-        try:
-            out["queues"] = [describe_url(u, config) for u in config.queues]
-        except ValueError as exc:  # ConfigError included: the message names the URL, masked
-            print(f"tasklens: invalid configuration: {exc}", file=sys.stderr)
-            return 2
+        out["queues"] = [describe_url(u, config) for u in config.queues]
     print(json.dumps(out, indent=2, default=str))
     return code
 
@@ -155,6 +269,16 @@ def cmd_profiler_bootstrap(args: argparse.Namespace) -> int:
     return 0
 
 
+def _timeout(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0.1 <= value <= 60:  # NaN too: socket.settimeout(nan) raises
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a number of seconds from 0.1 to 60")
+    return value
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="tasklens", description=__doc__)
     parser.add_argument("--version", action="version", version=f"tasklens {__version__}")
@@ -164,7 +288,7 @@ def main(argv: list[str] | None = None) -> int:
     health = sub.add_parser("health", help="exit 0 iff the sidecar's /health answers (container health check)")
     health.add_argument("--addr", help="host:port of the sidecar's HTTP listener (default TASKLENS_HTTP_ADDR)")
     health.add_argument("--endpoint", default="health", choices=["health", "ready"])
-    health.add_argument("--timeout", type=float, default=2.0)
+    health.add_argument("--timeout", type=_timeout, default=2.0, help="seconds (0.1 to 60)")
     emulate = sub.add_parser("emulate-ecs", help="serve ECS task metadata locally (fixtures or live)",
                              description="Serves /v4/<id>, /v4/<id>/stats, /v4/<id>/task, /v4/<id>/taskWithTags "
                                          "and /v4/<id>/task/stats, the same under /v3, and the agent's task protection at "

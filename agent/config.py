@@ -8,11 +8,17 @@ a `ConfigError` that names the variable, the value and the expected form.
 
 from __future__ import annotations
 
+import difflib
+import ipaddress
+import itertools
 import math
 import os
 import re
 import socket
+import stat
 import tomllib
+import unicodedata
+import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
@@ -26,6 +32,71 @@ class ConfigError(ValueError):
 
 
 # --- value parsers: str -> value, raising ValueError with the expected form --------------------
+#
+# A parser checks the form; `setting(low=, high=)` adds the range of a number (of every number of a
+# list), so a new setting gets a bound by the same pattern. Without one, the parser's default range
+# below applies: no setting is unbounded.
+
+MAX_TEXT = 1024  # characters of a free-form value (a path, a regex, a user name)
+MAX_TAG = 200  # characters of a tag, as Datadog keeps them
+MAX_ITEMS = 100  # entries of a list setting (tags, queue URLs, buckets)
+
+
+def check_text(text: str, form: str, limit: int = MAX_TEXT) -> str:
+    """`text` unless it holds bytes that were not UTF-8 (decoded as surrogates by Python), a control
+    character (a newline would split a log line or a StatsD line), or is longer than `limit`."""
+    if any("\ud800" <= c <= "\udfff" for c in text):
+        raise ValueError(f"{form}, in UTF-8 (this value has bytes that are not)")
+    if any(unicodedata.category(c) == "Cc" for c in text):
+        raise ValueError(f"{form}, without control characters (newline, tab, escape...)")
+    if len(text) > limit:
+        raise ValueError(f"{form}, at most {limit} characters")
+    return text
+
+
+def parse_text(text: str) -> str:
+    return check_text(text.strip(), "text")
+
+
+def parse_name(text: str) -> str:
+    """A tag value (service, env, version)."""
+    return check_text(text.strip(), "a name", MAX_TAG)
+
+
+def parse_secret(text: str) -> str:
+    return check_text(text.strip(), "a secret")
+
+
+def parse_path(text: str) -> str:
+    return check_text(text.strip(), "a file path", 4096)
+
+
+def parse_socket_path(text: str) -> str:
+    path = check_text(text.strip(), "a Unix socket path")
+    if len(path.encode()) > 107:  # sun_path is 108 bytes with its terminating NUL
+        raise ValueError("a Unix socket path of at most 107 bytes")
+    return path
+
+
+def parse_regex(text: str) -> str:
+    text = check_text(text.strip(), "a regular expression")
+    try:
+        with warnings.catch_warnings():  # `[[` warns "possible nested set": a pattern, not our problem
+            warnings.simplefilter("ignore")
+            re.compile(text)
+    except (re.error, RecursionError, OverflowError) as exc:
+        raise ValueError(f"a regular expression ({exc})") from None
+    return text
+
+
+_HOSTNAME = re.compile(r"(?=.{1,253}$)[A-Za-z0-9_]([A-Za-z0-9_-]{0,62})(\.[A-Za-z0-9_-]{1,63})*\.?", re.ASCII)
+
+
+def parse_hostname(text: str) -> str:
+    text = text.strip()
+    if not _HOSTNAME.fullmatch(text):
+        raise ValueError("a host name, e.g. datadoghq.eu")
+    return text
 
 
 def parse_bool(text: str) -> bool:
@@ -76,7 +147,7 @@ def parse_size(text: str) -> int:
         t = t[:-1]
     try:
         value = int(float(t) * scale)
-    except ValueError:
+    except (ValueError, OverflowError):  # `1e400` is an infinite float, which int() refuses
         raise ValueError("a size in bytes, e.g. 8M or 65536") from None
     if value <= 0:
         raise ValueError("a size in bytes > 0, e.g. 8M or 65536")
@@ -84,6 +155,7 @@ def parse_size(text: str) -> int:
 
 
 def parse_tags(text: str) -> tuple[tuple[str, str], ...]:
+    expected = "comma-separated key:value pairs, e.g. team:payments,tier:1"
     tags: dict[str, str] = {}
     for item in text.split(","):
         item = item.strip()
@@ -91,9 +163,22 @@ def parse_tags(text: str) -> tuple[tuple[str, str], ...]:
             continue
         key, sep, value = item.partition(":")
         if not key.strip() or not sep:
-            raise ValueError("comma-separated key:value pairs, e.g. team:payments,tier:1")
+            raise ValueError(expected)
+        check_text(item, expected, MAX_TAG)
         tags[key.strip()] = value.strip()
+    if len(tags) > MAX_ITEMS:
+        raise ValueError(f"{expected}, at most {MAX_ITEMS}")
     return tuple(tags.items())
+
+
+def _host(host: str, expected: str) -> str:
+    """An IP address (v6 without brackets, maybe with a %zone) or a host name."""
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        if not _HOSTNAME.fullmatch(host):
+            raise ValueError(expected) from None
+    return host
 
 
 def parse_addr(text: str) -> tuple[str, int]:
@@ -110,7 +195,7 @@ def parse_addr(text: str) -> tuple[str, int]:
         raise ValueError(expected) from None
     if not 0 <= port <= 65535:
         raise ValueError(expected)
-    return host or "0.0.0.0", port
+    return _host(host, expected) if host else "0.0.0.0", port
 
 
 def parse_optional_addr(text: str) -> tuple[str, int] | None:
@@ -119,45 +204,89 @@ def parse_optional_addr(text: str) -> tuple[str, int] | None:
     return parse_addr(text)
 
 
+def parse_target(text: str) -> tuple[str, int] | None:
+    """Where to send (`host:port`, or off): port 0 means "any port" to bind, nothing to send to."""
+    addr = parse_optional_addr(text)
+    if addr is not None and addr[1] == 0:
+        raise ValueError("host:port with a port from 1 to 65535, e.g. 127.0.0.1:8125")
+    return addr
+
+
 def parse_http_url(text: str) -> str:
     text = text.strip()
+    expected = "an http:// or https:// URL, e.g. http://host:4040"
+    check_text(text, expected, 2048)
     try:
         parts = urlsplit(text)
         parts.port  # noqa: B018 - raises ValueError on a bad port
     except ValueError:
         parts = None
-    if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError("an http:// or https:// URL, e.g. http://host:4040")
+    if parts is None or parts.scheme not in ("http", "https") or not parts.hostname or " " in text:
+        raise ValueError(expected)
     return text
 
 
 def parse_url_list(text: str) -> tuple[str, ...]:
+    expected = "comma-separated URLs, e.g. sqs://orders?region=eu-west-1,redis://host:6379/0?list=jobs"
     urls = tuple(u.strip() for u in text.split(",") if u.strip())
     for url in urls:
-        if "://" not in url:
-            raise ValueError("comma-separated URLs, e.g. sqs://orders?region=eu-west-1,redis://host:6379/0?list=jobs")
+        check_text(url, expected, 2048)
+        if not re.match(r"[A-Za-z][A-Za-z0-9+.-]*://", url) or any(c.isspace() for c in url):
+            raise ValueError(expected)
+    if len(urls) > MAX_ITEMS:
+        raise ValueError(f"{expected}, at most {MAX_ITEMS}")
     return urls
 
 
 def parse_float_list(text: str) -> tuple[float, ...]:
+    expected = "comma-separated numbers, e.g. 0.005,0.01,0.1,1"
     try:
         values = tuple(float(v) for v in text.split(",") if v.strip())
     except ValueError:
-        raise ValueError("comma-separated numbers, e.g. 0.005,0.01,0.1,1") from None
-    if not values:
-        raise ValueError("comma-separated numbers, e.g. 0.005,0.01,0.1,1")
+        raise ValueError(expected) from None
+    if not values or len(values) > MAX_ITEMS or not all(math.isfinite(v) for v in values):
+        raise ValueError(f"{expected}: 1 to {MAX_ITEMS} finite numbers")
+    return values
+
+
+def parse_buckets(text: str) -> tuple[float, ...]:
+    """Histogram bucket bounds: `le` labels, so strictly increasing (a repeat is a duplicate series)."""
+    values = parse_float_list(text)
+    for low, high in itertools.pairwise(values):
+        if not low < high:
+            what = "repeated" if low == high else f"not above {number_text(low)}"
+            raise ValueError(f"comma-separated finite numbers in increasing order, e.g. 0.1,0.5,1 "
+                             f"({number_text(high)} is {what})")
     return values
 
 
 def parse_percentiles(text: str) -> tuple[float, ...]:
+    """Fractions (their range, 0.000001 to 0.999999, is DEFAULT_RANGE's)."""
     values = parse_float_list(text)
-    if any(not 0 < v < 1 for v in values):
-        raise ValueError("comma-separated fractions between 0 and 1, e.g. 0.95,0.99")
+    # each becomes a `<p>percentile` series, p in percent with 4 decimals: two that round alike collide
+    suffixes = [round(v * 100, 4) for v in values]
+    if len(set(suffixes)) != len(suffixes):
+        raise ValueError("comma-separated fractions between 0 and 1 without repeats (to 6 decimals), e.g. 0.95,0.99")
     return values
 
 
 def parse_str_list(text: str) -> tuple[str, ...]:
-    return tuple(v.strip() for v in text.split(",") if v.strip())
+    values = tuple(check_text(v.strip(), "comma-separated names", MAX_TAG) for v in text.split(",") if v.strip())
+    if len(values) > MAX_ITEMS:
+        raise ValueError(f"comma-separated names, at most {MAX_ITEMS}")
+    return values
+
+
+HISTOGRAM_AGGREGATES = ("max", "min", "median", "avg", "sum", "count")
+
+
+def parse_aggregates(text: str) -> tuple[str, ...]:
+    values = tuple(v.lower() for v in parse_str_list(text))
+    unknown = [v for v in values if v not in HISTOGRAM_AGGREGATES]
+    if unknown or len(set(values)) != len(values):
+        why = f"{unknown[0]!r} is not one" if unknown else "each once"
+        raise ValueError(f"comma-separated names from {', '.join(HISTOGRAM_AGGREGATES)} ({why})")
+    return values
 
 
 def parse_headers(text: str) -> tuple[tuple[str, str], ...]:
@@ -236,70 +365,106 @@ def _parse_expires_minutes(text: str) -> int:
     return value
 
 
-def setting(default: Any, parse: Callable[[str], Any] = str, *, env: str = "", secret: bool = False,
-            url: bool = False, doc: str = "") -> Any:
-    """A dataclass field that knows its variable (default `TASKLENS_<NAME>`) and how to parse it.
+def number_text(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() and abs(value) < 1e15 else repr(float(value))
+
+
+# the range a parser's numbers get when a setting gives none, and how a range is described
+DEFAULT_RANGE: dict[Callable[[str], Any], tuple[float, float, str]] = {
+    parse_seconds: (0.001, 7 * 86400, "a number of seconds"),
+    parse_positive_int: (1, 2**31 - 1, "a whole number"),
+    parse_size: (1, 2**40, "a size in bytes (K, M, G suffixes allowed)"),
+    parse_number: (-1e15, 1e15, "a number"),
+    parse_float_list: (-1e15, 1e15, "comma-separated numbers, each"),
+    parse_buckets: (-1e15, 1e15, "comma-separated increasing numbers, each"),
+    parse_percentiles: (0.000001, 0.999999, "comma-separated fractions, each"),
+}
+
+
+def check_range(value: Any, low: float, high: float, form: str) -> None:
+    """Raise ValueError unless the number (or every number of a tuple) is in [low, high]."""
+    numbers = value if isinstance(value, tuple) else (value,)
+    for v in numbers:
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and not low <= v <= high:
+            raise ValueError(f"{form} from {number_text(low)} to {number_text(high)}")
+
+
+def setting(default: Any, parse: Callable[[str], Any] = parse_text, *, env: str = "", secret: bool = False,
+            url: bool = False, doc: str = "", low: float | None = None, high: float | None = None) -> Any:
+    """A dataclass field that knows its variable (default `TASKLENS_<NAME>`), how to parse it and, for a
+    number, its range (`low`..`high`, inclusive; the parser's default range when not given).
 
     `secret`: shown masked, and deployed only through secrets (`valueFrom`); `url`: URLs that may carry
     a password, shown with it masked.
     """
+    bounds: tuple[float, float, str] | None = None
+    if parse in DEFAULT_RANGE:
+        default_low, default_high, form = DEFAULT_RANGE[parse]
+        bounds = (default_low if low is None else low, default_high if high is None else high, form)
+    elif low is not None or high is not None:
+        bounds = (-math.inf if low is None else low, math.inf if high is None else high, "a value")
     # neither stays in repr(config): a traceback or a debug log must not print the API key or a password
     return field(default=default, repr=not (secret or url),
-                 metadata={"parse": parse, "env": env, "secret": secret, "url": url, "doc": doc})
+                 metadata={"parse": parse, "env": env, "secret": secret, "url": url, "doc": doc, "bounds": bounds})
 
 
 @dataclass(frozen=True)
 class Config:
     # identity
-    service: str = setting("", doc="service name; else DD_SERVICE, ECS ServiceName, Group, Family")
-    env: str = setting("", doc="environment tag; else DD_ENV")
-    version: str = setting("", doc="version tag; else DD_VERSION")
+    service: str = setting("", parse_name, doc="service name; else DD_SERVICE, ECS ServiceName, Group, Family")
+    env: str = setting("", parse_name, doc="environment tag; else DD_ENV")
+    version: str = setting("", parse_name, doc="version tag; else DD_VERSION")
     tags: tuple[tuple[str, str], ...] = setting((), parse_tags, doc="extra tags, k:v,k:v")
     # runtime and HTTP
     http_addr: tuple[str, int] = setting(("127.0.0.1", 9102), parse_addr, doc="HTTP listen address")
-    poll_interval: float = setting(10.0, parse_seconds, doc="ECS metadata poll interval (s)")
-    metadata_timeout: float = setting(3.0, parse_seconds, doc="ECS metadata request timeout (s)")
-    shutdown_timeout: float = setting(20.0, parse_seconds, doc="deadline to flush on SIGTERM (s)")
-    prometheus_ttl: float = setting(300.0, parse_seconds, doc="drop series not updated for this long (s)")
+    poll_interval: float = setting(10.0, parse_seconds, low=0.5, high=3600, doc="ECS metadata poll interval (s)")
+    metadata_timeout: float = setting(3.0, parse_seconds, low=0.1, high=60, doc="ECS metadata request timeout (s)")
+    shutdown_timeout: float = setting(20.0, parse_seconds, low=1, high=3600, doc="deadline to flush on SIGTERM (s)")
+    prometheus_ttl: float = setting(300.0, parse_seconds, low=1, high=7 * 86400,
+                                    doc="drop series not updated for this long (s)")
     log_level: str = setting("info", parse_choice("debug", "info", "warning", "error"))
-    config_file: str = setting("", doc="optional TOML file with the same keys")
+    config_file: str = setting("", parse_path, doc="optional TOML file with the same keys")
     # StatsD
     statsd_addr: tuple[str, int] | None = setting(("127.0.0.1", 8125), parse_optional_addr,
                                                   doc="StatsD UDP address, or off")
-    statsd_socket: str = setting("", doc="Unix datagram socket path for StatsD")
-    statsd_rcvbuf: int = setting(8 * 1024 * 1024, parse_size, doc="socket receive buffer requested")
-    flush_interval: float = setting(10.0, parse_seconds, doc="StatsD aggregation interval (s)")
-    statsd_max_contexts: int = setting(100_000, parse_positive_int, doc="cap on live StatsD contexts")
-    statsd_context_ttl: float = setting(300.0, parse_seconds, doc="idle StatsD contexts expire after (s)")
+    statsd_socket: str = setting("", parse_socket_path, doc="Unix datagram socket path for StatsD")
+    statsd_rcvbuf: int = setting(8 * 1024 * 1024, parse_size, low=4096, high=2**30,
+                                 doc="socket receive buffer requested")
+    flush_interval: float = setting(10.0, parse_seconds, low=0.1, high=3600, doc="StatsD aggregation interval (s)")
+    statsd_max_contexts: int = setting(100_000, parse_positive_int, high=10_000_000, doc="cap on live StatsD contexts")
+    statsd_context_ttl: float = setting(300.0, parse_seconds, low=1, high=7 * 86400,
+                                        doc="idle StatsD contexts expire after (s)")
     statsd_gauge_deltas: bool = setting(False, parse_bool, doc="Etsy-style +N/-N gauge deltas")
-    histogram_aggregates: tuple[str, ...] = setting(("max", "median", "avg", "count"), parse_str_list,
+    histogram_aggregates: tuple[str, ...] = setting(("max", "median", "avg", "count"), parse_aggregates,
                                                     doc="Datadog histogram aggregates")
     histogram_percentiles: tuple[float, ...] = setting((0.95,), parse_percentiles)
     histogram_buckets: tuple[float, ...] = setting(
-        (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0), parse_float_list,
+        (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0), parse_buckets,
         doc="Prometheus buckets for StatsD histograms (timers in seconds)")
     # Datadog
-    dd_api_key: str = setting("", env="DD_API_KEY", secret=True)
-    dd_site: str = setting("datadoghq.com", env="DD_SITE")
+    dd_api_key: str = setting("", parse_secret, env="DD_API_KEY", secret=True)
+    dd_site: str = setting("datadoghq.com", parse_hostname, env="DD_SITE")
     dd_url: str = setting("", parse_http_url, env="DD_DD_URL", url=True, doc="intake base URL override")
-    datadog_buffer_points: int = setting(2_000_000, parse_positive_int, doc="points kept while the intake is down")
-    datadog_timeout: float = setting(10.0, parse_seconds)
-    dogstatsd_forward: tuple[str, int] | None = setting(None, parse_optional_addr,
+    datadog_buffer_points: int = setting(2_000_000, parse_positive_int, high=100_000_000,
+                                         doc="points kept while the intake is down")
+    datadog_timeout: float = setting(10.0, parse_seconds, low=0.1, high=300)
+    dogstatsd_forward: tuple[str, int] | None = setting(None, parse_target,
                                                         doc="forward enriched lines to a DogStatsD agent")
     # queues
     queues: tuple[str, ...] = setting((), parse_url_list, url=True, doc="queue URLs, comma-separated")
-    queue_poll_interval: float = setting(15.0, parse_seconds)
-    queue_trend_window: float = setting(300.0, parse_seconds)
-    queue_backlog_threshold: float = setting(100.0, parse_number, doc="depth above which growth means backing up")
+    queue_poll_interval: float = setting(15.0, parse_seconds, low=0.1, high=3600)
+    queue_trend_window: float = setting(300.0, parse_seconds, low=1, high=7 * 86400)
+    queue_backlog_threshold: float = setting(100.0, parse_number, low=0, high=1e15,
+                                            doc="depth above which growth means backing up")
     # profiling
     pyroscope_url: str = setting("", parse_http_url, secret=True, url=True, doc="Pyroscope server; enables profiling")
     pyroscope_user: str = setting("")
-    pyroscope_password: str = setting("", secret=True)
+    pyroscope_password: str = setting("", parse_secret, secret=True)
     pyroscope_tenant: str = setting("", doc="X-Scope-OrgID")
     profile_mode: str = setting("sidecar", parse_choice("sidecar", "off"))
-    profile_rate: int = setting(100, parse_positive_int, doc="py-spy samples per second")
-    profile_window: float = setting(10.0, parse_seconds, doc="seconds per py-spy sampling window")
-    profile_match: str = setting("", doc="regex on the command line of processes to profile")
+    profile_rate: int = setting(100, parse_positive_int, high=1000, doc="py-spy samples per second")
+    profile_window: float = setting(10.0, parse_seconds, low=1, high=3600, doc="seconds per py-spy sampling window")
+    profile_match: str = setting("", parse_regex, doc="regex on the command line of processes to profile")
     # fleet export: remote_write, OTLP/HTTP, CloudWatch EMF (agent/sinks/remote_write.py, otlp.py, emf.py)
     remote_write_url: str = setting("", parse_http_url, url=True, doc="Prometheus remote_write URL; enables it")
     remote_write_labels: tuple[tuple[str, str], ...] = setting((), parse_tags, doc="external labels, k:v,k:v")
@@ -385,50 +550,153 @@ def env_name(f: Any) -> str:
     return str(f.metadata.get("env") or PREFIX + f.name.upper())
 
 
+MAX_FILE_BYTES = 1024 * 1024  # a configuration file is a few lines: a bigger one is a mistake
+
+
+def read_file(path: str) -> dict[str, Any]:
+    """The TOML file's tables; ConfigError naming `TASKLENS_CONFIG_FILE` when it cannot be used."""
+    def fail(why: str) -> ConfigError:
+        return ConfigError(f"{PREFIX}CONFIG_FILE={path!r} is invalid: {why}")
+
+    try:
+        # a FIFO would block start-up (even open() waits for a writer), a device like /dev/zero never
+        # ends: only a regular file is read
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            raise fail("expected a regular file")
+        with open(path, "rb") as fh:
+            data = fh.read(MAX_FILE_BYTES + 1)
+    except OSError as exc:
+        raise fail(f"cannot read it: {exc.strerror or exc}") from None
+    if len(data) > MAX_FILE_BYTES:
+        raise fail(f"expected a TOML file of at most {MAX_FILE_BYTES // 1024} KiB")
+    try:
+        return tomllib.loads(data.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise fail(f"expected a UTF-8 TOML file (byte {exc.start} is not UTF-8)") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise fail(f"expected a TOML file ({exc})") from None
+    except RecursionError:  # `a = [[[[...` thousands deep
+        raise fail("expected a TOML file (nested too deep)") from None
+
+
+def _file_text(f: Any, raw: Any) -> str:
+    """A value from the TOML file as the text its variable would hold; ValueError for a TOML type
+    the setting cannot take (a table as the service name, a list for a port)."""
+    many = "..." in str(f.type)  # `tuple[str, ...]`: a list setting
+    parse = f.metadata["parse"]
+    if isinstance(raw, bool):
+        if parse is not parse_bool:
+            raise ValueError("a string or a number, not true/false")
+        return "true" if raw else "false"
+    if isinstance(raw, (str, int, float)):
+        return str(raw)
+    if isinstance(raw, list) and many:
+        if not all(isinstance(v, (str, int, float)) and not isinstance(v, bool) for v in raw):
+            raise ValueError("a list of strings or numbers")
+        return ",".join(str(v) for v in raw)
+    if isinstance(raw, dict) and parse is parse_tags:
+        if not all(isinstance(v, (str, int, float)) and not isinstance(v, bool) for v in raw.values()):
+            raise ValueError("a table of strings, e.g. { team = \"payments\" }")
+        return ",".join(f"{k}:{v}" for k, v in raw.items())
+    kind = "a list" if isinstance(raw, list) else "a table" if isinstance(raw, dict) else "a date or time"
+    form = "a string or a list of them" if many else "a string or a number"
+    raise ValueError(f"{form}, not {kind}")
+
+
+def parse_value(f: Any, raw: str) -> Any:
+    """One setting's value from its text: the parser's form, then the setting's range."""
+    bounds = f.metadata.get("bounds")
+    try:
+        value = f.metadata["parse"](raw)
+    except ValueError:
+        if bounds is None or isinstance(f.default, tuple):
+            raise  # a list's parser says which entry is wrong
+        low, high, form = bounds  # one number: say the whole range, not only "> 0"
+        raise ValueError(f"{form} from {number_text(low)} to {number_text(high)}") from None
+    if bounds is not None:
+        check_range(value, *bounds)
+    return value
+
+
+def _show(f: Any, raw: Any, limit: int = 120) -> str:
+    """The value as an error shows it: masked, as repr (a newline stays `\\n`: one line), and cut short
+    (a 100 kB value would otherwise be a 100 kB log line)."""
+    if isinstance(raw, str):
+        shown = repr(mask_value(f.name, raw))
+    else:  # a TOML list or table the setting cannot take: nothing of it for a secret or a URL
+        shown = "'***'" if f.name in SECRET_FIELDS or f.name in URL_FIELDS else repr(raw)
+    return shown if len(shown) <= limit else f"{shown[:limit]}... ({len(shown)} characters)"
+
+
 def load(environ: Mapping[str, str] | None = None) -> Config:
     """Resolve the configuration: defaults < file < environment. Raises ConfigError."""
     environ = os.environ if environ is None else environ
+    by_name = {f.name: f for f in fields(Config)}
     file_values: dict[str, Any] = {}
-    path = environ.get(PREFIX + "CONFIG_FILE", "").strip()
-    if path:
+    path = environ.get(PREFIX + "CONFIG_FILE", "")
+    if path.strip():
         try:
-            with open(path, "rb") as fh:
-                file_values = tomllib.load(fh)
-        except (OSError, tomllib.TOMLDecodeError) as exc:
-            raise ConfigError(f"{PREFIX}CONFIG_FILE={path!r}: cannot read a TOML file: {exc}") from None
+            path = parse_path(path)
+        except ValueError as exc:
+            raise ConfigError(f"{PREFIX}CONFIG_FILE={path!r} is invalid: expected {exc}") from None
+        file_values = read_file(path)
+    for key in file_values:
+        if key not in by_name:
+            raise ConfigError(f"{path}: unknown key {key!r}{closest(key, by_name)}")
 
     values: dict[str, Any] = {}
-    known = {f.name for f in fields(Config)}
-    for key in file_values:
-        if key not in known:
-            raise ConfigError(f"{path}: unknown key {key!r}; known keys: {', '.join(sorted(known))}")
     for f in fields(Config):
         if f.name == "mappings":
             continue
         name = env_name(f)
-        if name in environ:
-            raw, where = environ[name], name
-        elif f.name in file_values:
-            raw, where = file_values[f.name], f"{path}: {f.name}"
-            if isinstance(raw, list):
-                raw = ",".join(str(v) for v in raw)
-            elif isinstance(raw, dict):
-                raw = ",".join(f"{k}:{v}" for k, v in raw.items())
-            elif isinstance(raw, bool):
-                raw = "true" if raw else "false"
-            raw = str(raw)
-        else:
-            continue
         try:
-            values[f.name] = f.metadata["parse"](raw)
+            if name in environ:
+                raw, where = environ[name], name
+                values[f.name] = parse_value(f, raw)
+            elif f.name in file_values:
+                raw, where = file_values[f.name], f"{path}: {f.name}"
+                raw = _file_text(f, raw)  # shown as text from here: masked like a variable's
+                values[f.name] = parse_value(f, raw)
         except ValueError as exc:
-            shown = mask_value(f.name, raw)
-            raise ConfigError(f"{where}={shown!r} is invalid: expected {exc}") from None
+            raise ConfigError(f"{where}={_show(f, raw)} is invalid: expected {exc}") from None
     mappings = file_values.get("mappings", [])
     if not isinstance(mappings, list) or not all(isinstance(m, dict) for m in mappings):
         raise ConfigError(f"{path}: mappings: expected a list of tables ([[mappings]])")
     values["mappings"] = tuple(mappings)
     return Config(**values)
+
+
+# `TASKLENS_*` variables read by something other than a Config field. None today: the profiler
+# bootstrap (integrations/profilers/sitecustomize.py) reads only variables that are settings too.
+# tests/test_config.py greps the source tree for others, so that a new one is added here.
+OTHER_VARIABLES: frozenset[str] = frozenset()
+
+
+def known_variables() -> frozenset[str]:
+    return frozenset(env_name(f) for f in fields(Config) if f.name != "mappings") | OTHER_VARIABLES
+
+
+def closest(name: str, known: Any) -> str:
+    """`; did you mean 'x'?` for the known name closest to a misspelled one, or nothing.
+
+    The shared prefix is left out of the comparison: it would make every name look close."""
+    def bare(text: str) -> str:
+        return text.removeprefix(PREFIX).lower()
+
+    by_bare = {bare(k): k for k in sorted(known)}
+    match = difflib.get_close_matches(bare(name), list(by_bare), n=1, cutoff=0.6)
+    return f"; did you mean {by_bare[match[0]]!r}?" if match else ""
+
+
+def unknown_variables(environ: Mapping[str, str] | None = None) -> list[str]:
+    """A warning for each `TASKLENS_*` variable that no setting reads (a typo is otherwise silent).
+
+    `DD_*` variables are not looked at: Datadog's own libraries in the same task read many of them.
+    """
+    environ = os.environ if environ is None else environ
+    known = known_variables()
+    return [f"{name!r} is not a tasklens setting and is ignored{closest(name, known)}"
+            for name in sorted(environ) if name.startswith(PREFIX) and name not in known]
 
 
 # `scheme://user:password@`, also inside a parameter (`&management=http://user:password@host`); the

@@ -7,6 +7,9 @@ import signal
 import subprocess
 import time
 
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import FIXTURES, TASKLENS, clean_env, free_port, http_get, wait_until
@@ -160,3 +163,159 @@ async def test_check_says_whether_the_intake_takes_the_key() -> None:
         assert code == 0 and json.loads(out)["datadog"]["api_key"] == "valid" and key not in out
         code, out = await check("f" * 32)
         assert code == 1 and json.loads(out)["datadog"]["api_key"].startswith("invalid (HTTP 403)")
+
+
+# --- one validation for `check` and `run` ------------------------------------------------------------
+
+def bad_configurations(tmp_path) -> list[tuple[str, dict[str, str]]]:  # type: ignore[no-untyped-def]
+    """(the variable the error must name, environment): generated from the settings' own bounds, plus
+    what only `run` used to find (queue URLs, mapping rules, listen hosts, a forwarding loop)."""
+    from dataclasses import fields
+
+    from agent.config import Config, env_name, number_text
+
+    out: list[tuple[str, dict[str, str]]] = []
+    for f in fields(Config):
+        if f.name == "mappings":
+            continue
+        name = env_name(f)
+        bounds = f.metadata.get("bounds")
+        if bounds is not None:
+            out.append((name, {name: number_text(bounds[1] * 2 + 1)}))
+            out.append((name, {name: "nan"}))
+        elif f.name not in ("log_level", "profile_mode") and not isinstance(f.default, bool):
+            out.append((name, {name: "x\x1b[2Jy"}))  # a control character: refused by every text form
+    rules = tmp_path / "rules.toml"
+    rules.write_text('[[mappings]]\nmatch = "jobs.*"\n')  # no name
+    table = tmp_path / "table.toml"
+    table.write_text("service = {a = 1}\n")
+    out += [
+        ("TASKLENS_QUEUES", {"TASKLENS_QUEUES": "redis://:hunter2@127.0.0.1:6379/0?lsit=jobs"}),
+        ("TASKLENS_QUEUES", {"TASKLENS_QUEUES": "nosuch://host/q"}),
+        ("TASKLENS_QUEUES", {"TASKLENS_QUEUES": "redis://127.0.0.1/0?list=a&interval=1e-300"}),  # would spin
+        ("TASKLENS_QUEUES", {"TASKLENS_QUEUES": "redis://127.0.0.1/0?list=a&timeout=1e9"}),
+        ("TASKLENS_QUEUES", {"TASKLENS_QUEUES": "redis://127.0.0.1/0?list=a,redis://127.0.0.1/1?list=a"}),
+        ("mappings[0]", {"TASKLENS_CONFIG_FILE": str(rules)}),
+        ("service", {"TASKLENS_CONFIG_FILE": str(table)}),
+        ("TASKLENS_HTTP_ADDR", {"TASKLENS_HTTP_ADDR": "192.0.2.1:9102"}),  # TEST-NET: not this host's
+        ("TASKLENS_HTTP_ADDR", {"TASKLENS_HTTP_ADDR": "no-such-host.invalid:9102"}),
+        ("TASKLENS_STATSD_ADDR", {"TASKLENS_STATSD_ADDR": "192.0.2.1:8125"}),
+        ("TASKLENS_DOGSTATSD_FORWARD", {"TASKLENS_DOGSTATSD_FORWARD": "127.0.0.1:8125"}),
+        ("TASKLENS_DOGSTATSD_FORWARD", {"TASKLENS_DOGSTATSD_FORWARD": "localhost:8125"}),
+        ("TASKLENS_DOGSTATSD_FORWARD", {"TASKLENS_STATSD_ADDR": "0.0.0.0:18125",
+                                        "TASKLENS_DOGSTATSD_FORWARD": "127.0.0.9:18125"}),
+        ("TASKLENS_STATSD_SOCKET", {"TASKLENS_STATSD_SOCKET": str(tmp_path / "no-such-dir" / "statsd.sock")}),
+        ("TASKLENS_STATSD_SOCKET", {"TASKLENS_STATSD_SOCKET": str(table)}),  # a regular file
+        ("TASKLENS_HISTOGRAM_BUCKETS", {"TASKLENS_HISTOGRAM_BUCKETS": "1,1"}),
+        ("TASKLENS_HISTOGRAM_AGGREGATES", {"TASKLENS_HISTOGRAM_AGGREGATES": "p99"}),
+    ]
+    return out
+
+
+def test_every_generated_bad_configuration_is_refused_by_the_shared_validation(tmp_path) -> None:
+    from agent.cli import validate
+    from agent.config import ConfigError
+
+    cases = bad_configurations(tmp_path)
+    assert len(cases) > 40
+    for variable, env in cases:
+        with pytest.raises(ConfigError) as err:
+            validate(env)
+        assert variable in str(err.value), (env, str(err.value))
+        assert "hunter2" not in str(err.value)
+
+
+@pytest.mark.parametrize(("variable", "value"), [
+    ("TASKLENS_SERVICE", "[2J"), ("TASKLENS_FLUSH_INTERVAL", "nan"), ("TASKLENS_QUEUES", "hunter2"),
+    ("TASKLENS_QUEUES", "nosuch"), ("TASKLENS_QUEUES", "1e-300"), ("service", "table.toml"), ("TASKLENS_HTTP_ADDR", "invalid"),
+    ("TASKLENS_STATSD_ADDR", "192.0.2.1"), ("TASKLENS_DOGSTATSD_FORWARD", "127.0.0.9"),
+])
+def test_check_and_run_refuse_alike(tmp_path, variable: str, value: str) -> None:
+    """The real commands: the same one-line message, exit 2, no traceback (a handful of the cases above)."""
+    env = next(env for name, env in bad_configurations(tmp_path) if name == variable and value in str(env))
+    results = [subprocess.run([TASKLENS, command], env=clean_env(**env), capture_output=True, text=True, timeout=60)
+               for command in ("check", "run")]
+    (check, run) = results
+    assert check.returncode == run.returncode == 2, (check.stderr, run.stderr)
+    assert check.stderr == run.stderr
+    (line,) = check.stderr.splitlines()
+    assert line.startswith("tasklens: invalid configuration: ") and variable in line
+    assert check.stdout == "" and "Traceback" not in run.stdout + run.stderr
+
+
+def test_unknown_variables_are_warned_by_check_and_run(sidecar_factory) -> None:
+    env = {"TASKLENS_FLUSH_INTERVL": "1", "TASKLENS_SERVICE": "svc"}
+    check = subprocess.run([TASKLENS, "check"], env=clean_env(**env), capture_output=True, text=True, timeout=30)
+    warning = ("tasklens: warning: 'TASKLENS_FLUSH_INTERVL' is not a tasklens setting and is ignored; "
+               "did you mean 'TASKLENS_FLUSH_INTERVAL'?")
+    assert check.returncode == 0 and warning in check.stderr.splitlines()
+    assert json.loads(check.stdout)["warnings"] == [warning.removeprefix("tasklens: warning: ")]
+    sidecar = sidecar_factory(**env)
+    sidecar.wait_ready()
+    assert sidecar.stop() == 0
+    assert warning in sidecar.log.splitlines()
+
+
+@pytest.mark.parametrize("argv", [["health", "--timeout", "nan"], ["health", "--addr", "nope"],
+                                  ["emulate-ecs", "--addr", "nope"],
+                                  ["emulate-ecs", "--task", "/no/such.json", "--stats", "/no/such.json"]])
+def test_the_other_commands_refuse_bad_arguments_without_a_traceback(argv: list[str]) -> None:
+    result = subprocess.run([TASKLENS, *argv], env=clean_env(), capture_output=True, text=True, timeout=30)
+    assert result.returncode == 2 and "Traceback" not in result.stderr and result.stderr.strip()
+
+
+def _queue_urls():  # type: ignore[no-untyped-def]
+    from hypothesis import strategies as st
+
+    from integrations.queues import SCHEMES
+
+    word = st.text(alphabet="abcAZ019-_.%:@[]/ ", max_size=12)
+    params = ["list", "celery", "rq", "stream", "group", "queue", "name", "interval", "window", "timeout",
+              "threshold", "region", "endpoint", "query", "management", "password_env", "x"]
+    query = st.lists(st.tuples(st.sampled_from(params), st.one_of(word, st.sampled_from(
+        ["1e-300", "nan", "inf", "-1", "0", "5", "1e400", "jobs"]))), max_size=4).map(
+        lambda kv: "&".join(f"{k}={v}" for k, v in kv))
+    return st.builds(lambda scheme, netloc, path, q: f"{scheme}://{netloc}/{path}?{q}",
+                     st.sampled_from([*sorted(SCHEMES), "http", "Redis"]), word, word, query)
+
+
+@settings(max_examples=300, deadline=None)
+@given(urls=st.lists(_queue_urls(), min_size=1, max_size=3))
+def test_any_queue_url_validates_or_fails_naming_tasklens_queues(urls: list[str]) -> None:
+    """The shared validation builds the queue sources as `run` does: whatever the URLs, a ConfigError
+    naming the variable or a configuration `run` accepts, never another exception."""
+    from agent.cli import validate
+    from agent.config import ConfigError
+
+    try:
+        validate({"TASKLENS_QUEUES": ",".join(urls)})
+    except ConfigError as exc:
+        assert str(exc).startswith("TASKLENS_QUEUES"), str(exc)
+
+
+def _toml_string(text: str) -> str:
+    return json.dumps(text, ensure_ascii=False).replace("\x7f", "\\u007f")
+
+
+@settings(max_examples=200, deadline=None)
+@given(rules=st.lists(st.fixed_dictionaries({
+    "match": st.one_of(st.text(alphabet="ab.*$()[]{}?+|\\^:0123456789", max_size=20),
+                       st.sampled_from(["(" * 1500 + ")" * 1500, "a{99999999999}", "[[:alpha:]]"])),
+    "name": st.text(alphabet="ab_$1{}2.", max_size=10),
+    "labels": st.dictionaries(st.text(alphabet="abq", min_size=1, max_size=3), st.text(alphabet="$12{}x", max_size=5),
+                              max_size=2),
+    "match_type": st.sampled_from(["glob", "regex", "other"]),
+}), min_size=1, max_size=3))
+def test_any_mapping_rules_validate_or_fail_naming_the_rule(tmp_path_factory, rules: list[dict]) -> None:  # type: ignore[type-arg]
+    from agent.cli import validate
+    from agent.config import ConfigError
+
+    path = tmp_path_factory.mktemp("rules") / "tasklens.toml"
+    path.write_text("".join(
+        "[[mappings]]\n" + f"match = {_toml_string(r['match'])}\nname = {_toml_string(r['name'])}\n"
+        f"match_type = {_toml_string(r['match_type'])}\n"
+        "labels = {" + ", ".join(f"{k} = {_toml_string(v)}" for k, v in r["labels"].items()) + "}\n" for r in rules))
+    try:
+        validate({"TASKLENS_CONFIG_FILE": str(path)})
+    except ConfigError as exc:
+        assert str(exc).startswith("mappings["), str(exc)

@@ -1,8 +1,19 @@
 from __future__ import annotations
 
-import pytest
+import json
+import math
+import os
+import re
+import unicodedata
+from dataclasses import fields
+from pathlib import Path
 
-from agent.config import ConfigError, describe, load, mask_url, url_passwords
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from agent.config import (DEFAULT_RANGE, Config, ConfigError, closest, describe, env_name, known_variables, load,
+                          mask_url, number_text, parse_value, unknown_variables, url_passwords)
 
 
 def test_defaults() -> None:
@@ -73,7 +84,7 @@ def test_file_errors(tmp_path) -> None:
         load({"TASKLENS_CONFIG_FILE": str(bad)})
     unknown = tmp_path / "unknown.toml"
     unknown.write_text('srevice = "typo"\n')
-    with pytest.raises(ConfigError, match="unknown key 'srevice'"):
+    with pytest.raises(ConfigError, match="unknown key 'srevice'; did you mean 'service'"):
         load({"TASKLENS_CONFIG_FILE": str(unknown)})
 
 
@@ -109,3 +120,260 @@ def test_every_password_of_a_queue_url_is_masked_in_check_and_errors() -> None:
     # a URL that urlsplit refuses (port out of range) is still shown, masked, not a traceback
     assert describe(load({"TASKLENS_QUEUES": "redis://:pw@h:99999/0?list=j"}))["TASKLENS_QUEUES"] == [
         "redis://:***@h:99999/0?list=j"]
+
+
+# --- every setting bounded, every error naming the variable (issue: hostile configuration) ----------
+
+NUMERIC = [f for f in fields(Config) if f.metadata.get("bounds")]
+SETTINGS_ALL = [f for f in fields(Config) if f.name != "mappings"]
+
+
+def test_every_setting_has_a_parser_and_every_number_a_bound() -> None:
+    for f in fields(Config):
+        if f.name == "mappings":
+            continue
+        assert f.metadata["parse"] is not str, f"{f.name}: a raw str parser takes control characters"
+        if f.metadata["parse"] in DEFAULT_RANGE or isinstance(f.default, (int, float)) and not isinstance(f.default, bool):
+            assert f.metadata["bounds"] is not None, f"{f.name} has no range"
+    for f in NUMERIC:  # every default inside its own range
+        low, high, _ = f.metadata["bounds"]
+        values = f.default if isinstance(f.default, tuple) else (f.default,)
+        assert all(low <= v <= high for v in values), f.name
+
+
+@pytest.mark.parametrize("f", NUMERIC, ids=lambda f: f.name)
+def test_a_number_outside_its_range_names_the_variable_and_the_range(f) -> None:
+    low, high, _ = f.metadata["bounds"]
+    name = env_name(f)
+    for value in (number_text(high * 2 + 1), number_text(low / 2 if low > 0 else low - abs(low) - 1)):
+        with pytest.raises(ConfigError) as err:
+            load({name: value})
+        assert f"{name}={value!r} is invalid: expected" in str(err.value)
+        assert number_text(high) in str(err.value).partition("expected")[2]
+    assert parse_value(f, number_text(high)) is not None and parse_value(f, number_text(low)) is not None
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "expected"),
+    [
+        ("TASKLENS_FLUSH_INTERVAL", "1e-300", "from 0.1 to 3600"),  # it killed the StatsD receive thread
+        ("TASKLENS_FLUSH_INTERVAL", "inf", "seconds"),
+        ("TASKLENS_HISTOGRAM_BUCKETS", "0.1,0.5,0.5,1", "(0.5 is repeated)"),
+        ("TASKLENS_HISTOGRAM_BUCKETS", "1,0.5", "(0.5 is not above 1)"),
+        ("TASKLENS_HISTOGRAM_BUCKETS", "0.1,nan", "finite"),
+        ("TASKLENS_HISTOGRAM_BUCKETS", "0.1,inf", "finite"),
+        ("TASKLENS_HISTOGRAM_BUCKETS", "", "finite numbers"),
+        ("TASKLENS_HISTOGRAM_PERCENTILES", "0.95,0.95", "without repeats"),
+        ("TASKLENS_HISTOGRAM_PERCENTILES", "0.9999999", "from 1e-06 to 0.999999"),  # would be `100percentile`
+        ("TASKLENS_HISTOGRAM_AGGREGATES", "max,p99", "from max, min, median, avg, sum, count ('p99' is not one)"),
+        ("TASKLENS_HISTOGRAM_AGGREGATES", "max,max", "each once"),
+        ("TASKLENS_SERVICE", "orders\nworker", "without control characters"),
+        ("TASKLENS_SERVICE", "orders\udcffworker", "in UTF-8"),  # os.environ's decoding of a 0xff byte
+        ("TASKLENS_SERVICE", "x" * 201, "at most 200 characters"),
+        ("TASKLENS_TAGS", "team:pay\x1bments", "without control characters"),
+        ("TASKLENS_STATSD_RCVBUF", "1e400", "size in bytes"),  # int(inf) raised OverflowError
+        ("TASKLENS_STATSD_RCVBUF", "1K", "from 4096 to"),
+        ("TASKLENS_STATSD_SOCKET", "/tmp/" + "s" * 200, "at most 107 bytes"),
+        ("TASKLENS_DOGSTATSD_FORWARD", "127.0.0.1:0", "port from 1 to 65535"),
+        ("TASKLENS_HTTP_ADDR", "not a host:9102", "host:port"),
+        ("TASKLENS_PROFILE_MATCH", "worker(", "regular expression"),
+        ("DD_SITE", "datadoghq.com/evil path", "host name"),
+        ("TASKLENS_QUEUES", "redis://h:6379/0?list=a b", "URLs"),
+    ],
+)
+def test_hostile_values_are_refused_with_the_expected_form(name: str, value: str, expected: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        load({name: value})
+    message = str(err.value)
+    shown = repr(value) if len(repr(value)) <= 120 else repr(value)[:120] + f"... ({len(repr(value))} characters)"
+    assert message.startswith(f"{name}={shown} is invalid: expected") and expected in message
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "expected"),
+    [
+        ("service = {a = 1}", "service", "not a table"),
+        ("http_addr = ['127.0.0.1:1']", "http_addr", "not a list"),
+        ("service = true", "service", "not true/false"),
+        ("flush_interval = 1979-05-27", "flush_interval", "not a date or time"),
+        ("tags = [{a = 1}]", "tags", "a list of strings or numbers"),
+        ("tags = {team = [1]}", "tags", "a table of strings"),
+        ("flush_interval = 1e-300", "flush_interval", "from 0.1 to 3600"),
+        ("histogram_buckets = [0.5, 0.1]", "histogram_buckets", "increasing order"),
+        ("flush_interval = nan", "flush_interval", "seconds"),
+    ],
+)
+def test_a_toml_value_of_the_wrong_type_names_the_key(tmp_path, text: str, key: str, expected: str) -> None:
+    path = tmp_path / "tasklens.toml"
+    path.write_text(text + "\n")
+    with pytest.raises(ConfigError) as err:
+        load({"TASKLENS_CONFIG_FILE": str(path)})
+    assert str(err.value).startswith(f"{path}: {key}=") and expected in str(err.value)
+
+
+def test_a_toml_table_for_tags_and_lists_for_lists_are_taken(tmp_path) -> None:
+    path = tmp_path / "tasklens.toml"
+    path.write_text('tags = {team = "pay", tier = 1}\nhistogram_buckets = [1, 2.5]\nstatsd_gauge_deltas = true\n')
+    config = load({"TASKLENS_CONFIG_FILE": str(path)})
+    assert config.tags == (("team", "pay"), ("tier", "1")) and config.histogram_buckets == (1.0, 2.5)
+    assert config.statsd_gauge_deltas is True
+
+
+def test_a_secret_in_a_toml_value_of_the_wrong_type_is_not_shown(tmp_path) -> None:
+    path = tmp_path / "tasklens.toml"
+    path.write_text('queues = ["redis://:hunter2@h:6379/0?list=a", {x = 1}]\n'
+                    'pyroscope_password = ["correct-horse"]\n')
+    with pytest.raises(ConfigError) as err:
+        load({"TASKLENS_CONFIG_FILE": str(path)})
+    assert "queues='***' is invalid" in str(err.value) and "hunter2" not in str(err.value)
+    path.write_text('queues = ["redis://:hunter2@h:6379/0?list=a", "no-scheme"]\n')
+    with pytest.raises(ConfigError) as err:
+        load({"TASKLENS_CONFIG_FILE": str(path)})
+    assert "redis://:***@h" in str(err.value) and "hunter2" not in str(err.value)
+
+
+def test_an_unusable_file_names_the_variable(tmp_path) -> None:
+    def error(path: object) -> str:
+        with pytest.raises(ConfigError) as err:
+            load({"TASKLENS_CONFIG_FILE": str(path)})
+        assert str(err.value).startswith(f"TASKLENS_CONFIG_FILE={str(path)!r} is invalid: ")
+        return str(err.value)
+
+    assert "cannot read it: No such file" in error(tmp_path / "missing.toml")
+    assert "regular file" in error(tmp_path)  # a directory
+    assert "regular file" in error("/dev/zero")  # would never end
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    assert "regular file" in error(fifo)  # would block start-up forever
+    big = tmp_path / "big.toml"
+    big.write_text("# padding\n" * 200_000)
+    assert "at most 1024 KiB" in error(big)
+    latin = tmp_path / "latin1.toml"
+    latin.write_bytes('service = "caf\xe9"\n'.encode("latin-1"))
+    assert "UTF-8" in error(latin)
+    deep = tmp_path / "deep.toml"
+    deep.write_text("a = " + "[" * 50_000 + "]" * 50_000 + "\n")
+    assert "expected a TOML file" in error(deep)
+    syntax = tmp_path / "syntax.toml"
+    syntax.write_text("service = \n")
+    assert "expected a TOML file (" in error(syntax)
+
+
+def test_an_unknown_file_key_suggests_the_closest() -> None:
+    assert closest("srevice", {f.name for f in fields(Config)}) == "; did you mean 'service'?"
+
+
+def test_unknown_variables_are_warned_with_the_closest_name() -> None:
+    warnings = unknown_variables({"TASKLENS_FLUSH_INTERVL": "1", "TASKLENS_QUEUE": "x", "TASKLENS_XYZZY": "1",
+                                  "TASKLENS_SERVICE": "ok", "DD_TRACE_ENABLED": "true", "PATH": "/bin"})
+    assert warnings == [
+        "'TASKLENS_FLUSH_INTERVL' is not a tasklens setting and is ignored; did you mean 'TASKLENS_FLUSH_INTERVAL'?",
+        "'TASKLENS_QUEUE' is not a tasklens setting and is ignored; did you mean 'TASKLENS_QUEUES'?",
+        "'TASKLENS_XYZZY' is not a tasklens setting and is ignored",
+    ]
+    assert unknown_variables({env_name(f): "" for f in SETTINGS_ALL}) == []
+
+
+def test_every_tasklens_variable_the_code_reads_is_known() -> None:
+    """A `TASKLENS_*` name read anywhere (the profiler bootstrap reads the environment itself) is a
+    setting or listed in OTHER_VARIABLES, so that it is never warned about as unknown."""
+    root = Path(__file__).resolve().parents[1]
+    names: set[str] = set()
+    for directory in ("agent", "integrations", "deploy"):
+        for path in (root / directory).rglob("*"):
+            if path.is_file() and path.suffix in (".py", ".tf", ".json", ".yaml", ".yml", ".sh", ""):
+                names |= set(re.findall(r"\bTASKLENS_[A-Z0-9_]*[A-Z0-9]\b", path.read_text(errors="replace")))
+    # the bootstrap builds names: `ENV_PREFIX + "SERVICE"`, `number("PROFILE_RATE", 100)`
+    names |= {"TASKLENS_" + n for n in re.findall(r'(?:ENV_PREFIX \+ |number\()"([A-Z_]+)"',
+                                                 (root / "integrations/profilers/sitecustomize.py").read_text())}
+    assert "TASKLENS_PYROSCOPE_URL" in names and "TASKLENS_PROFILE_RATE" in names  # the scan sees them
+    assert names - known_variables() == set()
+
+
+# --- property: any value into any setting loads within its bound, or fails naming it ----------------
+
+SETTINGS = [f for f in fields(Config) if f.name not in ("mappings", "config_file")]
+
+
+def within_bound(f, value) -> None:  # type: ignore[no-untyped-def]
+    """What every loaded value satisfies: its range, and text without control characters."""
+    bounds = f.metadata.get("bounds")
+    flat: list = []
+    stack = [value]
+    while stack:
+        v = stack.pop()
+        if isinstance(v, tuple):
+            stack.extend(v)
+        else:
+            flat.append(v)
+    for v in flat:
+        if isinstance(v, float):
+            assert math.isfinite(v), (f.name, value)
+        if bounds is not None and isinstance(v, (int, float)) and not isinstance(v, bool):
+            assert bounds[0] <= v <= bounds[1], (f.name, value)
+        if isinstance(v, str):
+            assert len(v) <= 4096 and not any(unicodedata.category(c) in ("Cc", "Cs") for c in v), (f.name, value)
+    if f.name in ("http_addr", "statsd_addr", "dogstatsd_forward") and value is not None:
+        assert 0 <= value[1] <= 65535 and (value[1] > 0 or f.name != "dogstatsd_forward")
+
+
+numbers_as_text = st.one_of(
+    st.integers(-2**70, 2**70).map(str),
+    st.floats(allow_nan=True, allow_infinity=True).map(repr),
+    st.sampled_from(["1e-300", "1e400", "-0", "0x10", "1_000", "8M", "1.5G", "nan", "-inf", "", " ", "off"]),
+)
+any_text = st.one_of(st.text(max_size=300), numbers_as_text,
+                     st.lists(numbers_as_text, max_size=5).map(",".join),
+                     st.text(alphabet="a:,.1-[]/@?=&%\x00\n\udcff", max_size=40))
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(f=st.sampled_from(SETTINGS), text=any_text)
+def test_any_text_in_any_variable_loads_within_bound_or_names_it(f, text: str) -> None:  # type: ignore[no-untyped-def]
+    name = env_name(f)
+    try:
+        config = load({name: text})
+    except ConfigError as exc:
+        assert str(exc).startswith(f"{name}="), str(exc)
+        assert "\n" not in str(exc).replace("\\n", "")  # one line: the value is shown as repr
+        return
+    within_bound(f, getattr(config, f.name))
+
+
+def toml_value(value) -> str:  # type: ignore[no-untyped-def]
+    """A Python value (str, int, float, bool, list, dict) as TOML (enough for the test's values)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):  # TOML also refuses a raw DEL, which JSON leaves as it is
+        return json.dumps(value, ensure_ascii=False).replace("\x7f", "\\u007f")
+    if isinstance(value, float):
+        return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf") if math.isinf(value) else repr(value)
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, list):
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{json.dumps(k)} = {toml_value(v)}" for k, v in value.items()) + "}"
+    return str(value)  # a date
+
+
+toml_scalars = st.one_of(st.text(alphabet=st.characters(exclude_categories=["Cs"]), max_size=60), st.booleans(),
+                         st.integers(-2**63, 2**63 - 1), st.floats(), st.sampled_from(["1979-05-27", "07:32:00"]).map(
+                             lambda s: type("Date", (), {"__str__": lambda self: s})()))
+toml_values = st.recursive(toml_scalars, lambda inner: st.one_of(
+    st.lists(inner, max_size=4), st.dictionaries(st.text("abcdef", min_size=1, max_size=3), inner, max_size=3)),
+    max_leaves=8)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+                                                                  HealthCheck.function_scoped_fixture])
+@given(f=st.sampled_from(SETTINGS), value=toml_values)
+def test_any_toml_value_for_any_key_loads_within_bound_or_names_it(tmp_path, f, value) -> None:  # type: ignore[no-untyped-def]
+    path = tmp_path / "tasklens.toml"
+    path.write_text(f"{f.name} = {toml_value(value)}\n", encoding="utf-8")
+    try:
+        config = load({"TASKLENS_CONFIG_FILE": str(path)})
+    except ConfigError as exc:
+        assert str(exc).startswith(f"{path}: {f.name}="), str(exc)
+        return
+    within_bound(f, getattr(config, f.name))

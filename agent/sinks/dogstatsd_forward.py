@@ -13,13 +13,27 @@ MTU without fragmentation, the DogStatsD clients' default).
 - A line that cannot fit a datagram is dropped and counted (`reason="too_long"`), never cut.
 - Sending never blocks: a full socket buffer or an agent that is not listening drops the datagram and
   counts it; pending lines are bounded (`max_pending`, oldest dropped first).
+
+Loops. Forwarding to the sidecar's own StatsD listener would send every line back in, forever. The
+configuration refuses a target that resolves to the listener (`loop_reason`, used by `tasklens check`
+and `run`). A loop it cannot see (a NAT or port mapping back to this host, a relay, a name that later
+resolves here) is caught at run time by detecting our own datagrams: while the StatsD listener is on,
+each interval also sends the service check `tasklens.dogstatsd_forward.loop_check` (status OK) whose
+message is a random token of this process. The token can only come back in a StatsD batch through a
+loop; when it does, forwarding pauses (lines counted as `points_dropped{reason="loop"}`, an error in
+`/status` and the log) and only the probe keeps going, one line per interval, so that the loop carries
+one line instead of everything. Without an echo for `LOOP_HOLD_INTERVALS` intervals forwarding
+resumes. A rate cap was the alternative; it would bound the loop but keep it running, and cap real
+traffic with it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import math
+import secrets
 import socket
 import time
 from collections import deque
@@ -38,6 +52,58 @@ log = logging.getLogger("tasklens.dogstatsd_forward")
 
 EXPORTER = "dogstatsd_forward"
 MAX_DATAGRAM = 1432
+LOOP_CHECK = "tasklens.dogstatsd_forward.loop_check"
+LOOP_HOLD_INTERVALS = 5  # intervals without an echo before forwarding resumes (an echo takes 1-2)
+LOOP_HOLD_MIN = 30.0  # seconds, at least
+
+
+# --- loops: is the target this sidecar's own StatsD listener? -------------------------------------
+
+def _ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    addr = ipaddress.ip_address(text.split("%", 1)[0])
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+        return addr.ipv4_mapped
+    return addr
+
+
+def _resolve(host: str, port: int) -> list[str]:
+    return list(dict.fromkeys(str(info[4][0]) for info in socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)))
+
+
+def is_own_address(text: str) -> bool:
+    """Loopback, unspecified (sending to it reaches this host), or an address a socket here can bind."""
+    addr = _ip(text)
+    if addr.is_loopback or addr.is_unspecified:
+        return True
+    family = socket.AF_INET6 if addr.version == 6 else socket.AF_INET
+    try:
+        with socket.socket(family, socket.SOCK_DGRAM) as probe:
+            probe.bind((str(addr), 0))
+    except OSError:
+        return False
+    return True
+
+
+def loop_reason(target: tuple[str, int], listen: tuple[str, int] | None) -> str | None:
+    """Why datagrams sent to `target` would reach the StatsD listener on `listen` (the same port on an
+    address it listens on), or None. Raises OSError when a name does not resolve."""
+    if listen is None or listen[1] != target[1] or listen[1] == 0:
+        return None
+    listen_host = listen[0]
+    wildcard = listen_host in ("", "0.0.0.0", "::")
+    listening: set[ipaddress.IPv4Address | ipaddress.IPv6Address] = set()
+    if not wildcard:
+        listening = {_ip(a) for a in _resolve(listen_host, listen[1])}
+        if listen_host in ("127.0.0.1", "localhost"):
+            listening.add(ipaddress.IPv6Address("::1"))  # the listener's companion (agent/statsd/listener.py)
+    for text in _resolve(*target):
+        addr = _ip(text)
+        if (is_own_address(text) if wildcard
+                else addr in listening or (addr.is_unspecified and any(a.is_loopback for a in listening))):
+            where = "every address of this host" if wildcard else listen_host
+            return (f"{text} port {target[1]} is this sidecar's own StatsD listener ({where} port {listen[1]}): "
+                    "every forwarded line would come back in, forever")
+    return None
 
 
 def number(value: float) -> str:
@@ -165,9 +231,38 @@ class DogStatsdForwarder:
         self._sock: socket.socket | None = None
         self._log = RateLimitedLog(log, interval=60.0)
         self.last_error = ""
+        # the loop guard (module docstring): only a sidecar with a StatsD listener can be looped into
+        self._probe = config.statsd_enabled
+        self._token = secrets.token_hex(8)
+        self._loop_hold = max(LOOP_HOLD_MIN, LOOP_HOLD_INTERVALS * self.interval)
+        self._loop_until = 0.0  # monotonic time until which forwarding is paused
 
     def accept(self, batch: Batch) -> None:
+        if self._probe and any(c.name == LOOP_CHECK and self._token in (c.message or "") for c in batch.service_checks):
+            self._loop_detected()
+        if self.looping:
+            self._count("points_dropped", len(batch.samples) + len(batch.events) + len(batch.service_checks), "loop")
+            return
         self._queue(self._lines(batch.samples), batch.events, batch.service_checks)
+
+    @property
+    def looping(self) -> bool:
+        return time.monotonic() < self._loop_until
+
+    def _loop_detected(self) -> None:
+        if not self.looping:
+            self.metrics.inc("tasklens.exporter.loops_detected", exporter=EXPORTER)
+            self._count("points_dropped", len(self._pending), "loop")  # what is queued would go round too
+            self._pending.clear()
+        self._loop_until = time.monotonic() + self._loop_hold
+        host, port = self.address
+        self.last_error = (f"loop: lines sent to {host}:{port} come back to this sidecar's StatsD listener; "
+                           f"forwarding paused (TASKLENS_DOGSTATSD_FORWARD must name another DogStatsD agent)")
+        self._log.error("loop", "dogstatsd forward: %s", self.last_error)
+
+    def _probe_line(self) -> str:
+        return check_line(ServiceCheck(LOOP_CHECK, 0, self.hub.identity.tags,
+                                       message=f"tasklens loop probe {self._token}"))
 
     def _lines(self, samples: Iterable[Sample]) -> Iterator[str]:
         now = time.time()
@@ -212,7 +307,13 @@ class DogStatsdForwarder:
                 if stop.is_set() or loop.time() >= next_pull:
                     # the task info series and the self-metrics, once per interval (and once more at exit)
                     next_pull = max(next_pull + self.interval, loop.time())
-                    self._queue(self._lines(self.hub.pull()))
+                    if self.looping:
+                        self._count("points_dropped", len(self.hub.pull()), "loop")
+                    else:
+                        self._queue(self._lines(self.hub.pull()))
+                    if self._probe:
+                        self._pending.append(self._probe_line())
+                        self._wake.set()
                 await self._send_pending()
                 if stop.is_set():
                     return
@@ -275,5 +376,6 @@ class DogStatsdForwarder:
             "lines_sent": m.get("tasklens.exporter.points_sent", **labels),
             "datagrams_sent": m.get("tasklens.exporter.datagrams_sent", **labels),
             "lines_dropped": exporter_total(m, "tasklens.exporter.points_dropped", EXPORTER),
+            "loop_detected": self.looping,
             "last_error": self.last_error,
         }

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import replace
@@ -16,7 +18,8 @@ from agent.identity import Identity
 from agent.model import Batch, Event, Kind, Points, Sample, ServiceCheck
 from agent.sinks.deltas import CounterDeltas
 from agent.sinks.dogstatsd_forward import (
-    DogStatsdForwarder, check_line, event_line, number, pack, sample_lines, value_lines,
+    LOOP_CHECK, DogStatsdForwarder, check_line, event_line, is_own_address, loop_reason, number, pack, sample_lines,
+    value_lines,
 )
 from agent.statsd.parser import parse
 
@@ -200,3 +203,134 @@ async def test_the_sidecar_forwards_aggregated_statsd_with_its_tags(
         assert line.split("|")[1] == "c"
         assert {"service:billing", "env:staging", "region:eu"} <= set(line.split("|#")[1].split(","))
     assert await asyncio.to_thread(sidecar.stop) == 0
+
+
+# --- loops: refused by the configuration, stopped at run time when the configuration cannot see them --
+
+def test_a_target_that_is_the_own_listener_is_a_loop() -> None:
+    assert loop_reason(("127.0.0.1", 8125), ("127.0.0.1", 8125))
+    assert loop_reason(("localhost", 8125), ("127.0.0.1", 8125))  # resolves to 127.0.0.1 (and ::1)
+    assert loop_reason(("0.0.0.0", 8125), ("127.0.0.1", 8125))  # sending to 0.0.0.0 reaches this host
+    assert loop_reason(("127.0.0.2", 8125), ("0.0.0.0", 8125))  # the listener takes every local address
+    assert loop_reason(("::ffff:127.0.0.1", 8125), ("0.0.0.0", 8125))  # a v4-mapped loopback too
+    # not a loop: another port, another host, a listener on one address and a target on another
+    assert loop_reason(("127.0.0.1", 8126), ("127.0.0.1", 8125)) is None
+    assert loop_reason(("192.0.2.1", 8125), ("0.0.0.0", 8125)) is None  # TEST-NET: not this host
+    assert loop_reason(("127.0.0.2", 8125), ("127.0.0.1", 8125)) is None
+    assert loop_reason(("127.0.0.1", 8125), None) is None  # no UDP listener
+    with pytest.raises(OSError):
+        loop_reason(("no-such-host.invalid", 8125), ("0.0.0.0", 8125))
+
+
+def test_own_addresses() -> None:
+    assert is_own_address("127.0.0.1") and is_own_address("::1") and is_own_address("0.0.0.0")
+    assert not is_own_address("192.0.2.1")
+
+
+async def test_an_echo_of_the_probe_pauses_forwarding_and_only_the_probe_goes_on(receiver: socket.socket) -> None:
+    port = receiver.getsockname()[1]
+    config = replace(Config(), dogstatsd_forward=("127.0.0.1", port), flush_interval=0.05)
+    hub = Hub(IDENTITY)
+    forwarder = DogStatsdForwarder(config, hub)
+    hub.add_sink(forwarder)
+    stop = asyncio.Event()
+    task = asyncio.create_task(forwarder.run(stop))
+    datagrams = await receive(receiver, LOOP_CHECK)
+    (probe,) = [line for d in datagrams for line in d.decode().split("\n") if line.startswith(f"_sc|{LOOP_CHECK}|")]
+    parsed = parse(probe.encode())
+    ((check, _),) = parsed.service_checks
+    # another sidecar's probe (another token) is not an echo
+    hub.publish(Batch("statsd", [], service_checks=[replace(check, message="tasklens loop probe 0123")]))
+    assert not forwarder.looping
+    hub.publish(Batch("statsd", [Sample("jobs", 1.0, Kind.COUNT)], service_checks=[check]))  # our own: a loop
+    assert forwarder.looping and forwarder.status()["loop_detected"]
+    assert "loop" in forwarder.status()["last_error"]
+    assert hub.metrics.get("tasklens.exporter.loops_detected", exporter="dogstatsd_forward") == 1
+    hub.publish(Batch("statsd", [Sample("jobs", 1.0, Kind.COUNT)]))
+    assert hub.metrics.get("tasklens.exporter.points_dropped", exporter="dogstatsd_forward", reason="loop") >= 3
+    # from now on each datagram holds the probe alone
+    while True:
+        try:
+            receiver.recv(65536)
+        except BlockingIOError:
+            break
+    later = [d for _ in range(3) for d in await receive(receiver, LOOP_CHECK)]
+    assert later and all(d.decode().startswith(f"_sc|{LOOP_CHECK}|0|") and b"\n" not in d for d in later)
+    stop.set()
+    await asyncio.wait_for(task, 5)
+
+
+async def test_no_probe_without_a_statsd_listener(receiver: socket.socket) -> None:
+    port = receiver.getsockname()[1]
+    config = replace(Config(), dogstatsd_forward=("127.0.0.1", port), flush_interval=0.05, statsd_addr=None)
+    hub = Hub(IDENTITY)
+    forwarder = DogStatsdForwarder(config, hub)
+    hub.add_sink(forwarder)
+    stop = asyncio.Event()
+    task = asyncio.create_task(forwarder.run(stop))
+    datagrams = await receive(receiver, "ecs.task.info")
+    stop.set()
+    await asyncio.wait_for(task, 5)
+    assert not any(LOOP_CHECK.encode() in d for d in datagrams)
+
+
+class Relay:
+    """A UDP port that sends every datagram on to another: a NAT or port mapping back to the sidecar,
+    which the configuration cannot see as a loop."""
+
+    def __init__(self, to_port: int) -> None:
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.settimeout(0.2)
+        self.port = self.sock.getsockname()[1]
+        self.to = ("127.0.0.1", to_port)
+        self.datagrams: list[bytes] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as out:
+            while not self._stop.is_set():
+                try:
+                    data = self.sock.recv(65536)
+                except TimeoutError:
+                    continue
+                self.datagrams.append(data)
+                out.sendto(data, self.to)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        self.sock.close()
+
+
+def test_a_loop_the_configuration_cannot_see_is_stopped_by_the_probe(sidecar_factory) -> None:  # type: ignore[no-untyped-def]
+    from tests.conftest import free_port, wait_until
+
+    statsd_port = free_port(socket.SOCK_DGRAM)
+    relay = Relay(statsd_port)
+    try:
+        sidecar = sidecar_factory(TASKLENS_STATSD_ADDR=f"127.0.0.1:{statsd_port}", TASKLENS_FLUSH_INTERVAL="0.2",
+                                  TASKLENS_DOGSTATSD_FORWARD=f"127.0.0.1:{relay.port}")
+        sidecar.wait_ready()
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as worker:
+            for i in range(50):
+                worker.sendto(f"jobs.{i}:1|c|#queue:orders".encode(), ("127.0.0.1", statsd_port))
+
+        def forwarder() -> dict:  # type: ignore[type-arg]
+            return json.loads(sidecar.get("/status")[1])["components"]["dogstatsd_forward"]
+
+        wait_until(lambda: forwarder()["loop_detected"], 20, what="the loop to be detected")
+        assert "loop" in forwarder()["last_error"]
+        # from then on the loop carries the probe alone: one line per interval, not every line forever
+        seen = len(relay.datagrams)
+        assert any(b"jobs.7:1|c|#" in d for d in relay.datagrams[:seen])  # the worker's lines went round
+        wait_until(lambda: len(relay.datagrams) >= seen + 10, 20, what="ten more intervals")
+        later = relay.datagrams[seen + 2:]  # one or two may have been sent just before the pause
+        assert later and all(d.startswith(f"_sc|{LOOP_CHECK}|0|".encode()) and b"\n" not in d for d in later)
+        assert forwarder()["loop_detected"]  # the echo keeps renewing the pause
+        assert sidecar.stop() == 0
+        assert "loop: lines sent to 127.0.0.1" in sidecar.log
+    finally:
+        relay.close()

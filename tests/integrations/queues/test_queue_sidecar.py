@@ -74,10 +74,10 @@ def test_outage_of_one_broker_is_a_gap_and_the_rest_goes_on(sidecar_factory, bea
 
 def test_check_describes_the_queues_masked():
     env = {"PATH": "/usr/bin:/bin", "TASKLENS_QUEUES": "amqp://app:hunter2@rabbit:5672/?queue=orders,"
-                                                      "sqs://orders?region=eu-west-1&interval=60"}
+                                                      "sqs://orders?region=eu-west-1&interval=60&name=orders-sqs"}
     out = subprocess.run([TASKLENS, "check"], capture_output=True, text=True, env=env, timeout=60)
     assert "hunter2" not in out.stdout + out.stderr
     queues = json.loads(out.stdout)["queues"]
     assert [(q["queue"], q["queue_type"], q["interval_seconds"]) for q in queues] == [
-        ("orders", "rabbitmq", 15.0), ("orders", "sqs", 60.0)]
+        ("orders", "rabbitmq", 15.0), ("orders-sqs", "sqs", 60.0)]  # one name each: `run` refuses two alike
     assert queues[0]["url"] == "amqp://app:***@rabbit:5672/?queue=orders"

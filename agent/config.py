@@ -139,6 +139,17 @@ def parse_positive_int(text: str) -> int:
     return value
 
 
+def parse_count(text: str) -> int:
+    """A whole number, 0 allowed (0 usually means "off" or "not set")."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise ValueError("a whole number >= 0") from None
+    if value < 0:
+        raise ValueError("a whole number >= 0")
+    return value
+
+
 def parse_size(text: str) -> int:
     """Bytes, with an optional K/M/G suffix (powers of 1024): `8M`, `65536`."""
     t = text.strip().upper().removesuffix("IB").removesuffix("B")
@@ -293,14 +304,20 @@ def parse_headers(text: str) -> tuple[tuple[str, str], ...]:
     """`Name=value,Name2=value2` (the OTLP header format; values percent-decoded), for headers and attributes."""
     from urllib.parse import unquote
 
+    expected = "comma-separated name=value pairs, e.g. X-Scope-OrgID=team-a,Authorization=Bearer%20x"
+    check_text(text, expected)
     out: dict[str, str] = {}
     for item in text.split(","):
         if not item.strip():
             continue
         key, sep, value = item.partition("=")
         if not sep or not key.strip() or any(c in key for c in "\r\n:"):
-            raise ValueError("comma-separated name=value pairs, e.g. X-Scope-OrgID=team-a,Authorization=Bearer%20x")
-        out[unquote(key.strip())] = unquote(value.strip())
+            raise ValueError(expected)
+        name, value = unquote(key.strip()), unquote(value.strip())
+        check_text(name + value, expected + " (decoded)")  # %0A must not smuggle a newline into a header
+        out[name] = value
+    if len(out) > MAX_ITEMS:
+        raise ValueError(f"{expected}, at most {MAX_ITEMS}")
     return tuple(out.items())
 
 
@@ -320,49 +337,10 @@ def parse_choice(*choices: str) -> Callable[[str], str]:
     return parse
 
 
-# health signals: numbers that must lie in a range (a 0 s window or a 500 % threshold means nothing)
-def parse_between(low: float, high: float, unit: str = "") -> Callable[[str], float]:
-    def parse(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            value = math.nan
-        if not low <= value <= high:
-            raise ValueError(f"a number{unit} from {low:g} to {high:g}")
-        return value
-
-    return parse
-
-
-def parse_int_between(low: int, high: int) -> Callable[[str], int]:
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            value = low - 1
-        if not low <= value <= high:
-            raise ValueError(f"a whole number from {low} to {high}")
-        return value
-
-    return parse
 def _parse_busy_rule(text: str) -> str:
     from agent.scaling.busy import parse_rule  # the grammar lives with the rule (docs/scaling.md)
 
     return str(parse_rule(text)) if text.strip() else ""
-
-
-def _parse_positive_number(text: str) -> float:
-    value = parse_number(text)
-    if value <= 0:
-        raise ValueError("a number > 0, e.g. 1 or 4")
-    return value
-
-
-def _parse_expires_minutes(text: str) -> int:
-    value = parse_positive_int(text)
-    if value > 2880:  # the agent's limit: 48 h
-        raise ValueError("a whole number of minutes from 1 to 2880")
-    return value
 
 
 def number_text(value: float) -> str:
@@ -373,6 +351,7 @@ def number_text(value: float) -> str:
 DEFAULT_RANGE: dict[Callable[[str], Any], tuple[float, float, str]] = {
     parse_seconds: (0.001, 7 * 86400, "a number of seconds"),
     parse_positive_int: (1, 2**31 - 1, "a whole number"),
+    parse_count: (0, 2**31 - 1, "a whole number"),
     parse_size: (1, 2**40, "a size in bytes (K, M, G suffixes allowed)"),
     parse_number: (-1e15, 1e15, "a number"),
     parse_float_list: (-1e15, 1e15, "comma-separated numbers, each"),
@@ -506,29 +485,29 @@ class Config:
                                                      doc="tags used as EMF dimensions, in order")
     cloudwatch_interval: float = setting(60.0, parse_seconds, doc="seconds between EMF records")
     # health signals and the status page (docs/health.md)
-    memory_trend_window: float = setting(1800.0, parse_between(60, 86400, " of seconds"),
+    memory_trend_window: float = setting(1800.0, parse_seconds, low=60, high=86400,
                                          doc="working-set trend window for the leak forecast (s)")
-    cpu_saturation_threshold: float = setting(90.0, parse_between(1, 100, " (percent)"),
+    cpu_saturation_threshold: float = setting(90.0, parse_number, low=1, high=100,
                                               doc="CPU share of the allocation that counts as saturated (%)")
-    cpu_saturation_window: float = setting(60.0, parse_between(1, 3600, " of seconds"),
+    cpu_saturation_window: float = setting(60.0, parse_seconds, low=1, high=3600,
                                            doc="saturated only when sustained this long (s)")
-    top_processes: int = setting(5, parse_int_between(0, 50), doc="processes named by CPU and RSS; 0: off")
+    top_processes: int = setting(5, parse_count, high=50, doc="processes named by CPU and RSS; 0: off")
     status_page: bool = setting(True, parse_bool, doc="serve the status page at GET /")
-    status_history: float = setting(3600.0, parse_between(60, 86400, " of seconds"),
+    status_history: float = setting(3600.0, parse_seconds, low=60, high=86400,
                                     doc="seconds of history the status page keeps in memory")
     # autoscaling and scale-in protection (agent/scaling/, docs/scaling.md)
     scaling_smoothing_window: float = setting(60.0, parse_seconds,
                                               doc="queue_backlog_smoothed: levels must last this long (s)")
     scaling_hold: float = setting(600.0, parse_seconds, doc="queue_backlog_smoothed: falls pass after this long (s)")
-    scaling_consumers_per_task: float = setting(1.0, _parse_positive_number,
+    scaling_consumers_per_task: float = setting(1.0, parse_number, low=0.001, high=1e6,
                                                 doc="broker consumers per task, for the local task-count estimate")
-    scaling_target: float = setting(0.0, _parse_positive_number,
+    scaling_target: float = setting(0.0, parse_number, low=0, high=1e12,
                                     doc="the policy's backlog-per-task target, reported for dashboards and alerts")
-    scaling_max_tasks: int = setting(0, parse_positive_int, doc="the service's max task count, reported likewise")
+    scaling_max_tasks: int = setting(0, parse_count, high=1_000_000, doc="the service's max task count, reported likewise")
     scale_in_protection: str = setting("", _parse_busy_rule,
                                        doc="busy rule that protects the task from scale-in, e.g. cpu>20% or jobs.in_progress>0")
     scale_in_idle: float = setting(60.0, parse_seconds, doc="release scale-in protection after idle this long (s)")
-    scale_in_expires_minutes: int = setting(30, _parse_expires_minutes,
+    scale_in_expires_minutes: int = setting(30, parse_positive_int, high=2880,
                                             doc="protection expiry (1-2880 min), renewed at half-time while busy")
     # StatsD mapping rules: only from the file (`[[mappings]]`)
     mappings: tuple[dict[str, Any], ...] = ()

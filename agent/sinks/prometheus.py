@@ -1,29 +1,54 @@
 """Prometheus sink: keeps the latest state of every series and renders `/metrics` on demand.
 
-Names: dots and every other character outside `[a-zA-Z0-9_]` become `_`. Counters (cumulative
-sources and StatsD counts, summed since start) are exported as `<name>_total`; StatsD histograms,
-timers (converted to seconds, as statsd_exporter does) and distributions as Prometheus histograms.
-Series of a snapshot source are replaced by each snapshot; other series expire after the TTL.
+Every point is checked against Prometheus's rules when it arrives, before it joins a series, so that
+`/metrics` is valid in the text format and in OpenMetrics whatever a worker sends: one family per
+name, one series per label set, no reserved name or label taken over, nothing non-finite where the
+format forbids it. A point that cannot be exported is refused alone and counted as
+`tasklens.sink.points_rejected{sink="prometheus", reason}`; the rules are in docs/statsd.md ("How
+names reach /metrics").
+
+Names: every character outside `[a-zA-Z0-9_]` becomes `_`. Counters (cumulative sources and StatsD
+counts, summed since start) are exported as `<name>_total`; StatsD histograms, timers (converted to
+seconds, as statsd_exporter does) and distributions as Prometheus histograms. Series of a snapshot
+source are replaced by each snapshot; other series expire after the TTL.
 """
 
 from __future__ import annotations
 
 import asyncio
 import bisect
+import math
 import re
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import CollectorRegistry
+from prometheus_client.utils import floatToGoString
 
+from agent.logs import RateLimitedLog
 from agent.memory import BURST, release_freed_memory
 from agent.model import Batch, Kind, Points, Sample, Tags
 from agent.selfmetrics import SelfMetrics
-from agent.sinks.prometheus_text import TextRenderer
+from agent.sinks.prometheus_text import Family, LabelSet, Renderer
 
 _INVALID = re.compile(r"[^a-zA-Z0-9_]")
+
+# Names the sidecar exports itself. A worker's name that sanitises to one of these prefixes would
+# shadow (or be mistaken for) the sidecar's own series: it is refused, not renamed.
+RESERVED_PREFIXES = ("tasklens_", "ecs_", "queue_")
+# Labels the formats give a meaning: `le` (histogram buckets), `quantile` (summaries), `__*` (Prometheus
+# internal). A tag with such a key is exported as `exported_<key>`, as Prometheus itself does when a
+# scraped label collides with a target label.
+RESERVED_LABELS = frozenset({"le", "quantile"})
+# The label text of every line of the worker's series together (a histogram repeats its labels on each
+# bucket line). 100,000 counters with the ten identity labels use ~45 MiB.
+MAX_LABEL_BYTES = 64 * 1024 * 1024
+
+_SUFFIXES = {Kind.COUNTER: ("_total", "_created"), Kind.GAUGE: (),
+             Kind.HISTOGRAM: ("_bucket", "_count", "_sum", "_created")}
 
 
 def metric_name(name: str) -> str:
@@ -32,13 +57,66 @@ def metric_name(name: str) -> str:
 
 
 def label_name(key: str) -> str:
+    """The label for a tag key; "" when none can be made (an empty key)."""
     out = metric_name(key)
-    return "_" + out.lstrip("_") if out.startswith("__") else out  # `__` is reserved by Prometheus
+    if out in RESERVED_LABELS or out.startswith("__"):
+        return "exported_" + out.lstrip("_")
+    return out
 
 
-def labels_of(tags: Tags) -> dict[str, str]:
-    # a bare tag (`canary`) becomes `canary="true"`: an empty label value means "no label" in PromQL
-    return {label_name(k): (v if v else "true") for k, v in tags}
+def family_name(pname: str, kind: Kind) -> str:
+    """`x_total` as a counter is the family `x` (OpenMetrics names a counter without `_total`)."""
+    if kind is Kind.COUNTER and pname.endswith("_total") and len(pname) > 6:
+        return pname[:-6]
+    return pname
+
+
+def claims(family: str, kind: Kind) -> tuple[str, ...]:
+    """Every name a family occupies in either format: its own, and its samples' suffixed names."""
+    return (family,) + tuple(family + suffix for suffix in _SUFFIXES[kind])
+
+
+def rendered_kind(sample: Sample) -> Kind:
+    if isinstance(sample.value, Points):
+        return Kind.HISTOGRAM
+    return Kind.COUNTER if sample.kind in (Kind.COUNT, Kind.COUNTER) else Kind.GAUGE
+
+
+def _printable(text: str) -> str:
+    if text.isascii() and text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else "?" for c in _encodable(text))
+
+
+def _encodable(text: str) -> str:
+    """Lone surrogates (from environment variables, say) cannot be written as UTF-8: `?` instead."""
+    try:
+        text.encode()
+        return text
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "replace").decode()
+
+
+def labels_of(tags: Tags, identity: dict[str, str] | None = None) -> LabelSet | str:
+    """The label set for a tag set, or the reason it has none.
+
+    A bare tag (`canary`) becomes `canary="true"`: an empty label value means "no label" in PromQL.
+    A tag that gives an identity key (`service`, `task_id`, ...) another value than the sidecar's is
+    exported as `exported_<key>`; the identity label keeps the sidecar's value.
+    """
+    labels: dict[str, str] = {}
+    for key, value in tags:
+        if identity is not None and key in identity and identity[key] != value:
+            name = "exported_" + key
+            labels.setdefault(key, identity[key])
+        else:
+            name = label_name(key)
+        if not name:
+            return "bad_label"
+        if name in labels:
+            return "label_conflict"  # `a-b` and `a_b`, or a worker's `exported_x` beside a renamed `x`
+        labels[name] = _encodable(value) if value else "true"
+    return LabelSet(labels)
 
 
 @dataclass(slots=True)
@@ -48,7 +126,8 @@ class _Histogram:
     total: float = 0.0
     count: float = 0.0
 
-    def add(self, points: Points) -> None:
+    def add(self, points: Points) -> bool:
+        """Add the points; False (and nothing added) when a total would stop being finite."""
         counts = list(self.counts) or [0.0] * (len(self.bounds) + 1)
         bounds, total, count = self.bounds, 0.0, 0.0
         scale = 0.001 if points.milliseconds else 1.0
@@ -57,26 +136,30 @@ class _Histogram:
             counts[bisect.bisect_left(bounds, value)] += weight
             total += value * weight
             count += weight
+        if not (math.isfinite(self.total + total) and math.isfinite(self.count + count)
+                and all(map(math.isfinite, counts))):
+            return False
         # whole-list assignment: a scrape rendering in another thread sees the old or the new buckets
         self.counts = counts
         self.total += total
         self.count += count
+        return True
 
-    def buckets(self) -> list[tuple[str, float]]:
+    def cumulative(self) -> list[float]:
         out, running = [], 0.0
-        counts = self.counts
-        for bound, n in zip(self.bounds, counts):
+        for n in self.counts or [0.0] * (len(self.bounds) + 1):
             running += n
-            out.append((repr(float(bound)), running))
-        out.append(("+Inf", running + (counts[-1] if counts else 0.0)))
+            out.append(running)
         return out
 
 
 @dataclass(slots=True)
 class _Series:
-    kind: Kind
+    kind: Kind  # as rendered: COUNTER, GAUGE or HISTOGRAM
     value: float | _Histogram
     updated: float
+    family: str
+    labels: LabelSet
 
 
 class PrometheusSink:
@@ -84,43 +167,133 @@ class PrometheusSink:
 
     def __init__(self, metrics: SelfMetrics, pull: Callable[[], list[Sample]] = list,
                  ttl: float = 300.0, buckets: Iterable[float] = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, identity: Callable[[], Tags] = tuple,
+                 max_label_bytes: int = MAX_LABEL_BYTES) -> None:
         self.metrics = metrics
         self.pull = pull
+        self.identity = identity
         self.ttl = ttl
         self.buckets = tuple(sorted(float(b) for b in buckets))
         self.clock = clock
-        self._snapshots: dict[str, dict[tuple[str, Tags], _Series]] = {}
+        self.max_label_bytes = max_label_bytes
+        self.label_bytes = 0  # of the worker's series, as rendered (see MAX_LABEL_BYTES)
+        self.version = 0  # changes with the data: a rendering is reused until then
+        self._snapshots: dict[str, list[_Series]] = {}
         self._series: dict[tuple[str, Tags], _Series] = {}
+        self._families: dict[str, Family] = {}  # the worker's families, by family name
+        self._claims: dict[str, str] = {}  # every name a worker family occupies -> that family
+        self._labels: dict[Tags, LabelSet | str] = {}  # cache for the current identity
+        self._names: dict[str, str] = {}
+        self._identity: Tags = ()
+        self._log = RateLimitedLog()
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(self)
-        self._text = TextRenderer(metric_name, labels_of)
+        self._renderer = Renderer(self.buckets)
+        self._cache: dict[bool, tuple[int, bytes]] = {}  # openmetrics? -> (version, worker part)
 
     # -- sink side ---------------------------------------------------------------------------
 
     def accept(self, batch: Batch) -> None:
         now = self.clock()
+        refused: Counter[str] = Counter()
+        identity = self._current_identity()
+        self.version += 1
         if batch.snapshot:
-            self._snapshots[batch.source] = {
-                (s.name, s.tags): _Series(s.kind, float(s.value), now)
-                for s in batch.samples if not isinstance(s.value, Points)
-            }
-            return
-        series = self._series
-        for s in batch.samples:
-            key = (s.name, s.tags)
-            entry = series.get(key)
-            if entry is None or entry.kind is not s.kind:
-                value: float | _Histogram = _Histogram(self.buckets) if isinstance(s.value, Points) else 0.0
-                entry = series[key] = _Series(s.kind, value, now)
-            entry.updated = now
-            if isinstance(s.value, Points):
-                if isinstance(entry.value, _Histogram):
-                    entry.value.add(s.value)
-            elif s.kind is Kind.COUNT:
-                entry.value += s.value  # type: ignore[operator]
-            else:
-                entry.value = float(s.value)
+            # the sidecar's own sources: checked like the worker's points, but never budgeted
+            kept = []
+            for s in batch.samples:
+                if isinstance(s.value, Points):
+                    continue
+                entry = self._check(s, identity, now, refused, reserve=False)
+                if entry is not None and entry.kind is Kind.COUNTER and not _counter_value_ok(float(s.value)):
+                    refused["non_finite" if not math.isfinite(s.value) else "negative_counter"] += 1
+                    continue
+                if entry is not None:
+                    entry.value = float(s.value)
+                    kept.append(entry)
+            self._snapshots[batch.source] = kept
+        else:
+            series = self._series
+            for s in batch.samples:
+                key = (s.name, s.tags)
+                entry = series.get(key)
+                if entry is None:
+                    entry = self._admit(key, s, identity, now, refused)
+                    if entry is None:
+                        continue
+                elif entry.kind is not rendered_kind(s):
+                    refused["type_conflict"] += 1  # same name and tags, another type: the first keeps it
+                    continue
+                reason = _update(entry, s)
+                if reason:
+                    refused[reason] += 1
+                else:
+                    entry.updated = now
+        for reason, n in refused.items():
+            self.metrics.inc("tasklens.sink.points_rejected", n, sink="prometheus", reason=reason)
+            self._log.warning(f"prometheus:{reason}", "prometheus: %d point(s) of source %s refused: %s "
+                              "(docs/statsd.md, \"How names reach /metrics\")", n, batch.source, reason)
+
+    def _current_identity(self) -> dict[str, str]:
+        tags = self.identity()
+        if tags != self._identity:  # the label cache depends on it
+            self._identity = tags
+            self._labels.clear()
+        return dict(tags)
+
+    def _check(self, s: Sample, identity: dict[str, str], now: float, refused: Counter[str], *,
+               reserve: bool) -> _Series | None:
+        """A new series for `s` with its name and labels checked (not yet registered), or None."""
+        pname = self._names.get(s.name)
+        if pname is None:
+            pname = self._names[s.name] = metric_name(s.name)
+        if not pname:
+            refused["bad_name"] += 1
+            return None
+        if reserve and pname.startswith(RESERVED_PREFIXES):
+            refused["reserved_name"] += 1
+            return None
+        labels = self._labels.get(s.tags)
+        if labels is None:
+            labels = self._labels[s.tags] = labels_of(s.tags, identity)
+        if isinstance(labels, str):
+            refused[labels] += 1
+            return None
+        kind = rendered_kind(s)
+        value: float | _Histogram = _Histogram(self.buckets) if kind is Kind.HISTOGRAM else 0.0
+        return _Series(kind, value, now, family_name(pname, kind), labels)
+
+    def _admit(self, key: tuple[str, Tags], s: Sample, identity: dict[str, str], now: float,
+               refused: Counter[str]) -> _Series | None:
+        """Register a new worker series, or count why it cannot be one."""
+        entry = self._check(s, identity, now, refused, reserve=True)
+        if entry is None:
+            return None
+        family = self._families.get(entry.family)
+        if family is None:
+            names = claims(entry.family, entry.kind)
+            owner = next((self._claims[n] for n in names if n in self._claims), None)
+            if owner is not None:  # `x` counter vs `x_total` gauge, `y` histogram vs `y_count` ...
+                refused["type_conflict" if owner == entry.family else "name_conflict"] += 1
+                return None
+        elif family.kind is not entry.kind:
+            refused["type_conflict"] += 1  # README: the first type seen keeps the name
+            return None
+        elif entry.labels.block in family.series:
+            refused["duplicate_series"] += 1  # `a.b` and `a_b` with the same tags: the first keeps it
+            return None
+        cost = entry.labels.cost(entry.kind, len(self.buckets))
+        if self.label_bytes + cost > self.max_label_bytes:
+            refused["label_bytes_limit"] += 1
+            return None
+        if family is None:
+            family = self._families[entry.family] = Family(entry.family, entry.kind, _printable(s.name))
+            for n in claims(entry.family, entry.kind):
+                self._claims[n] = entry.family
+        family.series[entry.labels.block] = entry
+        self.label_bytes += cost
+        self._series[key] = entry
+        return entry
 
     async def run(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
@@ -134,68 +307,147 @@ class PrometheusSink:
         cutoff = self.clock() - self.ttl
         stale = [k for k, v in self._series.items() if v.updated < cutoff]
         for key in stale:
-            del self._series[key]
+            entry = self._series.pop(key)
+            family = self._families[entry.family]
+            del family.series[entry.labels.block]
+            self.label_bytes -= entry.labels.cost(entry.kind, len(self.buckets))
+            if not family.series:  # the name is free again, for any type
+                del self._families[entry.family]
+                for n in claims(entry.family, entry.kind):
+                    self._claims.pop(n, None)
         expired = len(stale)
         del stale  # the keys go now, before the trim
+        if expired:
+            self.version += 1
+        if len(self._labels) > 2 * len(self._series) + 1024 or len(self._names) > 2 * len(self._series) + 1024:
+            self._labels.clear()  # tag sets and names came and went
+            self._names.clear()
         if expired > BURST:  # a dict never shrinks by deletion: rebuild it after a burst
             self._series = dict(self._series)
             release_freed_memory()
         self.metrics.set("tasklens.prometheus.series", len(self._series) + sum(map(len, self._snapshots.values())))
+        self.metrics.set("tasklens.prometheus.label_bytes", self.label_bytes)
         return expired
 
-    # -- collector side (prometheus_client calls this from generate_latest) ---------------------
+    # -- exposition ---------------------------------------------------------------------------
 
-    def _items(self) -> Iterator[tuple[str, Tags, _Series]]:
-        for snap in list(self._snapshots.values()):
-            for (name, tags), entry in list(snap.items()):
-                yield name, tags, entry
-        for (name, tags), entry in list(self._series.items()):
-            yield name, tags, entry
+    def _sidecar_families(self) -> tuple[list[Family], int]:
+        """The sidecar's own series (snapshots and the hub's pull), grouped; a clash among them left out."""
+        identity = dict(self.identity())
         now = self.clock()
+        families: dict[str, Family] = {}
+        taken: set[str] = set()
+        refused = 0
+        entries: list[tuple[str, _Series]] = []
+        for snap in list(self._snapshots.values()):
+            entries.extend(("", e) for e in snap)
         for s in self.pull():
-            yield s.name, s.tags, _Series(s.kind, float(s.value), now)  # type: ignore[arg-type]
+            labels = labels_of(s.tags, identity)
+            kind = rendered_kind(s)
+            value = float(s.value)  # type: ignore[arg-type]
+            if isinstance(labels, str) or (kind is Kind.COUNTER and not _counter_value_ok(value)):
+                refused += 1
+                continue
+            entries.append((s.name, _Series(kind, value, now, family_name(metric_name(s.name), kind), labels)))
+        for help_text, entry in entries:
+            family = families.get(entry.family)
+            if family is None:
+                names = claims(entry.family, entry.kind)
+                if any(n in taken for n in names):
+                    refused += 1
+                    continue
+                taken.update(names)
+                family = families[entry.family] = Family(entry.family, entry.kind,
+                                                         _printable(help_text or entry.family))
+            if family.kind is not entry.kind or entry.labels.block in family.series:
+                refused += 1
+                continue
+            family.series[entry.labels.block] = entry
+        return list(families.values()), refused
 
-    def render(self) -> bytes:
-        """`/metrics` in text format 0.0.4, fast with 100,000 series (see prometheus_text.py)."""
-        body, conflicts = self._text.render(self._items())
-        # a gauge: series left out of the last scrape (a counter would grow with the scrape rate)
-        if conflicts or self.metrics.get("tasklens.prometheus.type_conflicts"):
-            self.metrics.set("tasklens.prometheus.type_conflicts", conflicts)
-        return body
+    def _worker_families(self, sidecar: list[Family]) -> list[Family]:
+        """The worker's families but any that would clash with the sidecar's (the sidecar's names win)."""
+        shadowed = {self._claims[n] for f in sidecar for n in claims(f.name, f.kind) if n in self._claims}
+        families = list(self._families.values())  # a copy: the event loop may add families meanwhile
+        return [f for f in families if f.name not in shadowed] if shadowed else families
+
+    def render(self, openmetrics: bool = False) -> bytes:
+        """`/metrics` in text format 0.0.4 or OpenMetrics 1.0 (see prometheus_text.py).
+
+        Safe to call from another thread than the event loop. The worker's part (nearly all of it
+        with many series) is rendered once per change of the data; the sidecar's part every time.
+        """
+        version = self.version
+        sidecar, refused = self._sidecar_families()
+        if refused or self.metrics.get("tasklens.prometheus.render_conflicts"):
+            # a gauge: sidecar series left out of the last scrape (never expected; a bug if seen)
+            self.metrics.set("tasklens.prometheus.render_conflicts", refused)
+        cached = self._cache.get(openmetrics)
+        if cached is not None and cached[0] == version:
+            worker = cached[1]
+        else:
+            worker = self._renderer.render(self._worker_families(sidecar), openmetrics).encode()
+            self._cache[openmetrics] = (version, worker)
+        parts = [self._renderer.render(sidecar, openmetrics).encode(), worker]
+        if openmetrics:
+            parts.append(b"# EOF\n")
+        return b"".join(parts)
 
     def collect(self) -> Iterator[Metric]:
-        families: dict[str, Metric] = {}
-        kinds: dict[str, Kind] = {}
-        conflicts = 0
-        for name, tags, entry in self._items():
-            pname = metric_name(name)
-            kind = Kind.COUNTER if entry.kind in (Kind.COUNT, Kind.COUNTER) else entry.kind
-            if isinstance(entry.value, _Histogram):
-                kind = Kind.HISTOGRAM
-            family = families.get(pname)
-            if family is None:
-                if kind is Kind.COUNTER:
-                    family = CounterMetricFamily(pname, name)
-                elif kind is Kind.HISTOGRAM:
-                    family = HistogramMetricFamily(pname, name)
-                else:
-                    family = GaugeMetricFamily(pname, name)
-                families[pname], kinds[pname] = family, kind
-            elif kinds[pname] is not kind:
-                conflicts += 1  # two types under one name would make Prometheus reject the scrape
-                continue
-            labels = labels_of(tags)
-            if isinstance(entry.value, _Histogram):
-                h = entry.value
-                for bound, cumulative in h.buckets():
-                    family.add_sample(pname + "_bucket", {**labels, "le": bound}, cumulative)
-                family.add_sample(pname + "_count", labels, h.count)
-                family.add_sample(pname + "_sum", labels, h.total)
-            elif kind is Kind.COUNTER:
-                family.add_sample(family.name + "_total", labels, entry.value)
-            else:
-                family.add_sample(pname, labels, entry.value)
-        # a gauge: series left out of the last scrape (a counter would grow with the scrape rate)
-        if conflicts or self.metrics.get("tasklens.prometheus.type_conflicts"):
-            self.metrics.set("tasklens.prometheus.type_conflicts", conflicts)
-        yield from families.values()
+        """The same families for prometheus_client's encoders (tests compare the two)."""
+        sidecar, _ = self._sidecar_families()
+        for family in sidecar + self._worker_families(sidecar):
+            yield _metric(family)
+
+
+def _counter_value_ok(value: float) -> bool:
+    return math.isfinite(value) and value >= 0.0
+
+
+def _update(entry: _Series, s: Sample) -> str:
+    """Apply a point to its series; the reason it was refused, or ""."""
+    if isinstance(entry.value, _Histogram):
+        return "" if entry.value.add(s.value) else "non_finite"  # type: ignore[arg-type]
+    value = float(s.value)  # type: ignore[arg-type]
+    if entry.kind is Kind.GAUGE:
+        entry.value = value
+        return ""
+    if s.kind is Kind.COUNTER:  # cumulative already
+        if not _counter_value_ok(value):
+            return "non_finite" if not math.isfinite(value) else "negative_counter"
+        entry.value = value
+        return ""
+    total = entry.value + value
+    if not math.isfinite(total):
+        return "non_finite"  # the counter would reach +Inf: it keeps its value
+    if value < 0.0:
+        return "negative_counter"  # a Prometheus counter never decreases (`x:-1|c`)
+    entry.value = total
+    return ""
+
+
+def _metric(family: Family) -> Metric:
+    metric: Metric
+    if family.kind is Kind.COUNTER:
+        metric = CounterMetricFamily(family.name, family.help)
+    elif family.kind is Kind.HISTOGRAM:
+        metric = HistogramMetricFamily(family.name, family.help)
+    else:
+        metric = GaugeMetricFamily(family.name, family.help)
+    for entry in list(family.series.values()):
+        labels = dict(entry.labels.items)
+        value = entry.value
+        if isinstance(value, _Histogram):
+            for bound, cumulative in zip(_le(value.bounds), value.cumulative()):
+                metric.add_sample(family.name + "_bucket", {**labels, "le": bound}, cumulative)
+            metric.add_sample(family.name + "_count", labels, value.count)
+            metric.add_sample(family.name + "_sum", labels, value.total)
+        elif family.kind is Kind.COUNTER:
+            metric.add_sample(family.name + "_total", labels, value)
+        else:
+            metric.add_sample(family.name, labels, value)
+    return metric
+
+
+def _le(bounds: tuple[float, ...]) -> list[str]:
+    return [floatToGoString(b) for b in bounds] + ["+Inf"]

@@ -50,16 +50,43 @@ def test_type_conflicts_are_skipped_and_counted() -> None:
                                  Sample("lat", 2.0, Kind.GAUGE, (("other", "1"),))]))
     fast = sink.render().decode()
     assert "lat_count" in fast and 'other="1"' not in fast
-    assert sink.metrics.get("tasklens.prometheus.type_conflicts") == 1
+    assert sink.metrics.get("tasklens.sink.points_rejected", sink="prometheus", reason="type_conflict") == 1
 
 
-def test_the_label_cache_follows_the_live_series() -> None:
+def test_openmetrics_is_the_same_data_in_its_own_rules() -> None:
+    from prometheus_client.openmetrics.parser import text_string_to_metric_families as openmetrics_families
+
     hub, sink = make()
-    for i in range(3000):  # one-off series come and go
-        hub.publish(Batch("s", [Sample("g", 1.0, tags=(("i", str(i)),))]))
-        sink._series.clear()
-        sink.render()
-    assert len(sink._text._labels) < 2 * 1 + 1024 + 10
+    hub.publish(Batch("statsd", [
+        Sample("jobs.done", 3, Kind.COUNT, (("queue", "a"),), interval=10),
+        Sample("lat", Points((5.0, 50.0, 5000.0), (1, 1, 2.5), milliseconds=True), Kind.HISTOGRAM),  # @0.4
+        Sample("neg", Points((-1.0,), (1.0,)), Kind.HISTOGRAM),
+        Sample("help", 1.0, tags=(("q", 'say "hi"'),)),
+    ]))
+    text = sink.render(openmetrics=True).decode()
+    assert text.endswith("# EOF\n") and "# TYPE jobs_done counter\n" in text
+    got = {(f.name, s.name, tuple(sorted(s.labels.items()))): s.value
+           for f in openmetrics_families(text) for s in f.samples}
+    ident = (("env", "prod"), ("service", "orders"), ("task_id", "abc"))
+    assert got[("jobs_done", "jobs_done_total", tuple(sorted(ident + (("queue", "a"),))))] == 3
+    # integer counts in OpenMetrics (4.5 weighted observations -> 4 or 5, the same for +Inf and _count)
+    inf = got[("lat", "lat_bucket", tuple(sorted(ident + (("le", "+Inf"),))))]
+    assert inf == got[("lat", "lat_count", ident)] == round(4.5)
+    assert abs(got[("lat", "lat_sum", ident)] - (0.005 + 0.05 + 12.5)) < 1e-9
+    # a negative sum cannot be written in OpenMetrics: buckets only
+    assert ("neg", "neg_sum", ident) not in got and got[("neg", "neg_bucket", tuple(sorted(ident + (("le", "+Inf"),))))] == 1
+    assert "neg_sum" in sink.render().decode()  # the text format has it
+
+
+def test_the_worker_part_is_rendered_once_per_change() -> None:
+    hub, sink = make()
+    hub.publish(Batch("statsd", [Sample("g", 1.0)]))
+    first = sink.render()
+    cached = sink._cache[False][1]
+    assert sink.render() == first and sink._cache[False][1] is cached  # nothing changed: reused
+    hub.publish(Batch("statsd", [Sample("g", 2.0)]))
+    assert b"\ng{" in sink.render() and sink._cache[False][1] is not cached
+    assert b'g{env="prod",service="orders",task_id="abc"} 2.0' in sink.render()
 
 
 async def test_metrics_endpoint_negotiation_and_gzip() -> None:

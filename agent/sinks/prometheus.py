@@ -83,9 +83,11 @@ def rendered_kind(sample: Sample) -> Kind:
 
 
 def _printable(text: str) -> str:
-    if text.isascii() and text.isprintable():
-        return text
-    return "".join(c if c.isprintable() else "?" for c in _encodable(text))
+    """HELP text: the name as sent, with `?` for what is not printable and `'` for `"` (which the
+    text format cannot escape in HELP and OpenMetrics must)."""
+    if not (text.isascii() and text.isprintable()):
+        text = "".join(c if c.isprintable() else "?" for c in _encodable(text))
+    return text.replace('"', "'")
 
 
 def _encodable(text: str) -> str:

@@ -35,9 +35,8 @@ def _escape(value: str) -> str:
     return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
 
 
-def _escape_help(text: str, openmetrics: bool) -> str:
-    text = text.replace("\\", "\\\\").replace("\n", "\\n")
-    return text.replace('"', '\\"') if openmetrics else text
+def _escape_help(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("\n", "\\n")  # the same in both formats (no `"` in HELP)
 
 
 def _number(value: float, go: Callable[[float], str] = floatToGoString) -> str:
@@ -89,7 +88,7 @@ class Renderer:
             if not entries:
                 continue
             fname = name + "_total" if kind is Kind.COUNTER and not openmetrics else name
-            add(f"# HELP {fname} {_escape_help(family.help, openmetrics)}\n")
+            add(f"# HELP {fname} {_escape_help(family.help)}\n")
             add(f"# TYPE {fname} {_TYPES[kind]}\n")
             if kind is Kind.HISTOGRAM:
                 self._histograms(name, entries, openmetrics, add)

@@ -19,6 +19,7 @@ import asyncio
 import bisect
 import math
 import re
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
@@ -181,7 +182,9 @@ class PrometheusSink:
         self.label_bytes = 0  # of the worker's series, as rendered (see MAX_LABEL_BYTES)
         self.version = 0  # changes with the data: a rendering is reused until then
         self._snapshots: dict[str, list[_Series]] = {}
-        self._series: dict[tuple[str, Tags], _Series] = {}
+        self._by_tags: dict[Tags, dict[str, _Series]] = {}  # the worker's series: tags -> name -> series
+        self.live = 0  # number of the worker's series
+        self._lock = threading.Lock()
         self._families: dict[str, Family] = {}  # the worker's families, by family name
         self._claims: dict[str, str] = {}  # every name a worker family occupies -> that family
         self._labels: dict[Tags, LabelSet | str] = {}  # cache for the current identity
@@ -196,45 +199,81 @@ class PrometheusSink:
     # -- sink side ---------------------------------------------------------------------------
 
     def accept(self, batch: Batch) -> None:
-        now = self.clock()
+        """Apply a batch; may be called from any thread (a lock keeps accept and expire apart)."""
         refused: Counter[str] = Counter()
-        identity = self._current_identity()
-        self.version += 1
-        if batch.snapshot:
-            # the sidecar's own sources: checked like the worker's points, but never budgeted
-            kept = []
-            for s in batch.samples:
-                if isinstance(s.value, Points):
-                    continue
-                entry = self._check(s, identity, now, refused, reserve=False)
-                if entry is not None and entry.kind is Kind.COUNTER and not _counter_value_ok(float(s.value)):
-                    refused["non_finite" if not math.isfinite(s.value) else "negative_counter"] += 1
-                    continue
-                if entry is not None:
-                    entry.value = float(s.value)
-                    kept.append(entry)
-            self._snapshots[batch.source] = kept
-        else:
-            series = self._series
-            for s in batch.samples:
-                key = (s.name, s.tags)
-                entry = series.get(key)
-                if entry is None:
-                    entry = self._admit(key, s, identity, now, refused)
-                    if entry is None:
-                        continue
-                elif entry.kind is not rendered_kind(s):
-                    refused["type_conflict"] += 1  # same name and tags, another type: the first keeps it
-                    continue
-                reason = _update(entry, s)
-                if reason:
-                    refused[reason] += 1
-                else:
-                    entry.updated = now
+        with self._lock:
+            now = self.clock()
+            identity = self._current_identity()
+            self.version += 1
+            if batch.snapshot:
+                self._accept_snapshot(batch, identity, now, refused)
+            else:
+                self._accept_points(batch.samples, identity, now, refused)
         for reason, n in refused.items():
             self.metrics.inc("tasklens.sink.points_rejected", n, sink="prometheus", reason=reason)
             self._log.warning(f"prometheus:{reason}", "prometheus: %d point(s) of source %s refused: %s "
                               "(docs/statsd.md, \"How names reach /metrics\")", n, batch.source, reason)
+
+    def _accept_snapshot(self, batch: Batch, identity: dict[str, str], now: float, refused: Counter[str]) -> None:
+        """The sidecar's own sources: checked like the worker's points, but never budgeted."""
+        kept = []
+        for s in batch.samples:
+            if isinstance(s.value, Points):
+                continue
+            entry = self._check(s, identity, now, refused, reserve=False)
+            if entry is None:
+                continue
+            value = float(s.value)
+            if entry.kind is Kind.COUNTER and not _counter_value_ok(value):
+                refused["non_finite" if not math.isfinite(value) else "negative_counter"] += 1
+                continue
+            entry.value = value
+            kept.append(entry)
+        self._snapshots[batch.source] = kept
+
+    def _accept_points(self, samples: list[Sample], identity: dict[str, str], now: float,
+                       refused: Counter[str]) -> None:
+        """The hot path: 100,000 points per flush. Series are found by tags, then name: the samples of a
+        batch share a few tag tuples (the hub merges each distinct set once), and a tuple of tuples is
+        hashed anew on every lookup, so each distinct tuple object is looked up once per batch."""
+        by_tags = self._by_tags
+        groups: dict[int, dict[str, _Series]] = {}
+        isfinite = math.isfinite
+        for s in samples:
+            tags = s.tags
+            inner = groups.get(id(tags))
+            if inner is None:
+                inner = by_tags.get(tags)
+                if inner is None:
+                    inner = by_tags[tags] = {}
+                groups[id(tags)] = inner
+            entry = inner.get(s.name)
+            if entry is None:
+                entry = self._admit(inner, s, identity, now, refused)
+                if entry is None:
+                    continue
+            value = s.value
+            kind = entry.kind
+            if kind is Kind.GAUGE and s.kind is Kind.GAUGE:  # the common cases first, inline
+                entry.value = value  # type: ignore[assignment]
+                entry.updated = now
+                continue
+            if kind is Kind.COUNTER and s.kind is Kind.COUNT:
+                total = entry.value + value  # type: ignore[operator]
+                if value >= 0.0 and isfinite(total):  # type: ignore[operator]
+                    entry.value = total
+                    entry.updated = now
+                else:
+                    refused["negative_counter" if isfinite(total) else "non_finite"] += 1
+                continue
+            if kind is not rendered_kind(s):
+                refused["type_conflict"] += 1  # same name and tags, another type: the first keeps it
+                continue
+            reason = _update(entry, s)
+            if reason:
+                refused[reason] += 1
+            else:
+                entry.updated = now
 
     def _current_identity(self) -> dict[str, str]:
         tags = self.identity()
@@ -265,7 +304,7 @@ class PrometheusSink:
         value: float | _Histogram = _Histogram(self.buckets) if kind is Kind.HISTOGRAM else 0.0
         return _Series(kind, value, now, family_name(pname, kind), labels)
 
-    def _admit(self, key: tuple[str, Tags], s: Sample, identity: dict[str, str], now: float,
+    def _admit(self, inner: dict[str, _Series], s: Sample, identity: dict[str, str], now: float,
                refused: Counter[str]) -> _Series | None:
         """Register a new worker series, or count why it cannot be one."""
         entry = self._check(s, identity, now, refused, reserve=True)
@@ -294,7 +333,8 @@ class PrometheusSink:
                 self._claims[n] = entry.family
         family.series[entry.labels.block] = entry
         self.label_bytes += cost
-        self._series[key] = entry
+        inner[s.name] = entry
+        self.live += 1
         return entry
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -306,29 +346,40 @@ class PrometheusSink:
             self.expire()
 
     def expire(self) -> int:
-        cutoff = self.clock() - self.ttl
-        stale = [k for k, v in self._series.items() if v.updated < cutoff]
-        for key in stale:
-            entry = self._series.pop(key)
-            family = self._families[entry.family]
-            del family.series[entry.labels.block]
-            self.label_bytes -= entry.labels.cost(entry.kind, len(self.buckets))
-            if not family.series:  # the name is free again, for any type
-                del self._families[entry.family]
-                for n in claims(entry.family, entry.kind):
-                    self._claims.pop(n, None)
-        expired = len(stale)
-        del stale  # the keys go now, before the trim
+        with self._lock:
+            expired = self._expire(self.clock() - self.ttl)
+        self.metrics.set("tasklens.prometheus.series", self.live + sum(map(len, self._snapshots.values())))
+        self.metrics.set("tasklens.prometheus.label_bytes", self.label_bytes)
+        return expired
+
+    def _expire(self, cutoff: float) -> int:
+        expired = 0
+        buckets = len(self.buckets)
+        for tags, inner in list(self._by_tags.items()):
+            stale = [name for name, entry in inner.items() if entry.updated < cutoff]
+            for name in stale:
+                entry = inner.pop(name)
+                family = self._families[entry.family]
+                del family.series[entry.labels.block]
+                self.label_bytes -= entry.labels.cost(entry.kind, buckets)
+                if not family.series:  # the name is free again, for any type
+                    del self._families[entry.family]
+                    for n in claims(entry.family, entry.kind):
+                        self._claims.pop(n, None)
+            expired += len(stale)
+            if not inner:
+                del self._by_tags[tags]
+        self.live -= expired
         if expired:
             self.version += 1
-        if len(self._labels) > 2 * len(self._series) + 1024 or len(self._names) > 2 * len(self._series) + 1024:
+        if len(self._labels) > 2 * self.live + 1024 or len(self._names) > 2 * self.live + 1024:
             self._labels.clear()  # tag sets and names came and went
             self._names.clear()
-        if expired > BURST:  # a dict never shrinks by deletion: rebuild it after a burst
-            self._series = dict(self._series)
+        if expired > BURST:  # a dict never shrinks by deletion: rebuild them after a burst
+            self._by_tags = dict(self._by_tags)
+            self._families = dict(self._families)
+            self._claims = dict(self._claims)
             release_freed_memory()
-        self.metrics.set("tasklens.prometheus.series", len(self._series) + sum(map(len, self._snapshots.values())))
-        self.metrics.set("tasklens.prometheus.label_bytes", self.label_bytes)
         return expired
 
     # -- exposition ---------------------------------------------------------------------------
@@ -374,7 +425,11 @@ class PrometheusSink:
         return [f for f in families if f.name not in shadowed] if shadowed else families
 
     def render(self, openmetrics: bool = False) -> bytes:
-        """`/metrics` in text format 0.0.4 or OpenMetrics 1.0 (see prometheus_text.py).
+        """`/metrics` in text format 0.0.4 or OpenMetrics 1.0 (see prometheus_text.py)."""
+        return b"".join(self.render_parts(openmetrics))
+
+    def render_parts(self, openmetrics: bool = False) -> list[bytes]:
+        """`/metrics` in pieces (a gzip stream takes them without one more copy of 50 MB).
 
         Safe to call from another thread than the event loop. The worker's part (nearly all of it
         with many series) is rendered once per change of the data; the sidecar's part every time.
@@ -393,7 +448,7 @@ class PrometheusSink:
         parts = [self._renderer.render(sidecar, openmetrics).encode(), worker]
         if openmetrics:
             parts.append(b"# EOF\n")
-        return b"".join(parts)
+        return parts
 
     def collect(self) -> Iterator[Metric]:
         """The same families for prometheus_client's encoders (tests compare the two)."""

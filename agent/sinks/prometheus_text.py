@@ -47,7 +47,7 @@ def _number(value: float, go: Callable[[float], str] = floatToGoString) -> str:
 class LabelSet:
     """The labels of a series: sorted, escaped once, shared by every series with the same tags."""
 
-    __slots__ = ("items", "block", "before_le", "after_le")
+    __slots__ = ("items", "block", "before_le", "after_le", "size")
 
     def __init__(self, labels: dict[str, str]) -> None:
         self.items = tuple(sorted(labels.items()))
@@ -55,11 +55,12 @@ class LabelSet:
         # the block split where `le` sorts in, for bucket lines: (`a="x",`, `,z="y"`)
         self.before_le = "".join(f'{k}="{_escape(v)}",' for k, v in self.items if k < "le")
         self.after_le = "".join(f',{k}="{_escape(v)}"' for k, v in self.items if k > "le")
+        self.size = len(self.block.encode()) + 2  # with the braces
 
     def cost(self, kind: Kind, buckets: int) -> int:
         """Bytes of label text this series puts into `/metrics` (counted against the limit)."""
         lines = buckets + 3 if kind is Kind.HISTOGRAM else 1
-        return (len(self.block.encode()) + 2) * lines
+        return self.size * lines
 
 
 @dataclass(slots=True)

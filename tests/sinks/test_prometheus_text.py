@@ -121,3 +121,57 @@ async def test_metrics_endpoint_negotiation_and_gzip() -> None:
                 assert (await r.text()).rstrip().endswith("# EOF")
     finally:
         await server.close()
+
+
+async def test_concurrent_scrapes_share_one_rendering_off_the_event_loop() -> None:
+    import asyncio
+    import threading
+
+    from typing import Any
+
+    from aiohttp import ClientSession, web
+    from aiohttp.test_utils import TestServer
+
+    from agent.http import make_app
+
+    hub, sink = make()
+    hub.publish(Batch("statsd", [Sample("g", float(i), tags=(("i", str(i)),)) for i in range(2000)]))
+    calls: list[str] = []
+    gate = threading.Event()
+    render_parts = sink.render_parts
+
+    def slow_render(openmetrics: bool = False) -> list[bytes]:
+        calls.append(threading.current_thread().name)
+        gate.wait(10)  # hold the rendering until every scrape has arrived
+        return render_parts(openmetrics)
+
+    sink.render_parts = slow_render  # type: ignore[method-assign]
+    app = make_app(hub, sink, lambda: True, dict)
+    arrived: list[str] = []
+
+    @web.middleware
+    async def count(request: web.Request, handler: Any) -> web.StreamResponse:
+        arrived.append(request.path)
+        return await handler(request)
+
+    app.middlewares.append(count)
+    server = TestServer(app)
+    await server.start_server()
+    try:
+        async with ClientSession() as session:
+            async def scrape() -> str:
+                async with session.get(server.make_url("/metrics")) as r:
+                    return await r.text()
+
+            scrapes = [asyncio.create_task(scrape()) for _ in range(20)]
+            while arrived.count("/metrics") < 20:  # every scrape is in the handler, waiting
+                await asyncio.sleep(0.01)
+            async with session.get(server.make_url("/health")) as r:  # the loop answers meanwhile
+                assert r.status == 200
+            gate.set()
+            bodies = await asyncio.gather(*scrapes)
+    finally:
+        await server.close()
+    assert len(calls) == 1 and calls[0] != threading.main_thread().name
+    assert all(body == bodies[0] and 'g{env="prod",i="1999"' in body for body in bodies)
+    assert hub.metrics.get("tasklens.http.scrapes") == 20

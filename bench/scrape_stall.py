@@ -128,7 +128,7 @@ async def server(args: argparse.Namespace) -> dict[str, object]:
     stop.set()
     await asyncio.gather(*tasks)
     await runner.cleanup()
-    result = json.loads(out)
+    result: dict[str, object] = json.loads(out)
     result.update(lateness=lateness, ingest=ingest, sink_ingest=sink_ingest)
     return result
 

@@ -27,13 +27,12 @@ from dataclasses import dataclass, field
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import CollectorRegistry
-from prometheus_client.utils import floatToGoString
 
 from agent.logs import RateLimitedLog
 from agent.memory import BURST, release_freed_memory
 from agent.model import Batch, Kind, Points, Sample, Tags
 from agent.selfmetrics import SelfMetrics
-from agent.sinks.prometheus_text import Family, LabelSet, Renderer
+from agent.sinks.prometheus_text import Family, LabelSet, Renderer, go_float
 
 _INVALID = re.compile(r"[^a-zA-Z0-9_]")
 
@@ -507,4 +506,4 @@ def _metric(family: Family) -> Metric:
 
 
 def _le(bounds: tuple[float, ...]) -> list[str]:
-    return [floatToGoString(b) for b in bounds] + ["+Inf"]
+    return [go_float(b) for b in bounds] + ["+Inf"]

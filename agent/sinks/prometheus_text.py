@@ -29,6 +29,7 @@ from prometheus_client.utils import floatToGoString
 from agent.model import Kind
 
 _TYPES = {Kind.COUNTER: "counter", Kind.GAUGE: "gauge", Kind.HISTOGRAM: "histogram"}
+go_float: Callable[[float], str] = floatToGoString  # typed: prometheus_client's is not
 
 
 def _escape(value: str) -> str:
@@ -47,7 +48,7 @@ def _number(value: float, go: Callable[[float], str] = floatToGoString) -> str:
 class LabelSet:
     """The labels of a series: sorted, escaped once, shared by every series with the same tags."""
 
-    __slots__ = ("items", "block", "before_le", "after_le", "size")
+    __slots__ = ("after_le", "before_le", "block", "items", "size")
 
     def __init__(self, labels: dict[str, str]) -> None:
         self.items = tuple(sorted(labels.items()))
@@ -74,7 +75,7 @@ class Family:
 class Renderer:
     def __init__(self, buckets: Iterable[float]) -> None:
         self.bounds = tuple(buckets)
-        self.le = [floatToGoString(b) for b in self.bounds] + ["+Inf"]
+        self.le = [go_float(b) for b in self.bounds] + ["+Inf"]
         # OpenMetrics forbids `_sum` next to a negative bucket bound
         self.negative_bounds = any(b < 0 for b in self.bounds)
 

@@ -43,7 +43,7 @@ def test_names() -> None:
 
 
 def test_identity_labels_counts_and_histograms() -> None:
-    hub, sink, clock = make()
+    hub, sink, _ = make()
     hub.publish(Batch("statsd", [
         Sample("jobs.processed", 3, Kind.COUNT, (("queue", "a"),), interval=10),
         Sample("jobs.latency", Points((5.0, 50.0, 500.0, 5000.0), (1, 1, 1, 2), milliseconds=True), Kind.HISTOGRAM),
@@ -86,7 +86,7 @@ def rejected(hub: Hub, reason: str) -> float:
 
 
 def test_type_conflict_is_counted_not_exported_twice() -> None:
-    hub, sink, clock = make()
+    hub, sink, _ = make()
     hub.publish(Batch("statsd", [Sample("x", 1.0, Kind.GAUGE), Sample("x", 2.0, Kind.COUNT, (("a", "b"),))]))
     text = generate_latest(sink.registry).decode()
     assert text.count("# TYPE x ") == 1 and "x_total" not in text
@@ -111,7 +111,7 @@ def test_the_first_type_keeps_the_name_across_intervals_until_it_expires() -> No
 
 
 def test_collisions_after_sanitising_keep_the_first_and_count_the_rest() -> None:
-    hub, sink, clock = make()
+    hub, sink, _ = make()
     hub.publish(Batch("statsd", [
         Sample("a.b", 1.0), Sample("a-b", 2.0), Sample("a_b", 3.0, tags=(("k", "v"),)),  # merge by label set
         Sample("x", 1.0, Kind.COUNT, interval=10), Sample("x_total", 3.0),  # x_total is x's sample
@@ -132,7 +132,7 @@ def test_collisions_after_sanitising_keep_the_first_and_count_the_rest() -> None
 
 
 def test_counters_never_decrease_nor_reach_infinity() -> None:
-    hub, sink, clock = make()
+    hub, sink, _ = make()
     hub.publish(Batch("statsd", [Sample("c", 1e308, Kind.COUNT, interval=10),
                                  Sample("h", Points((1e308,), (1.0,)), Kind.HISTOGRAM)]))
     hub.publish(Batch("statsd", [Sample("c", 1e308, Kind.COUNT, interval=10),
@@ -159,7 +159,7 @@ def test_label_bytes_are_bounded() -> None:
 
 
 def test_a_broken_sink_does_not_stop_the_others() -> None:
-    hub, sink, clock = make()
+    hub, sink, _ = make()
 
     class Broken:
         name = "broken"

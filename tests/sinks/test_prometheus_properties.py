@@ -132,9 +132,10 @@ def promtool(renderings: list[str]) -> None:
         pytest.skip("needs Debian's `prometheus` package for promtool")
     parts = []
     for i, body in enumerate(renderings):
-        parts.append(re.sub(r"^(# (?:HELP|TYPE) )?(?=[a-zA-Z_])", lambda m: f"{m.group(1) or ''}e{i}_", body,
-                            flags=re.M).replace("# EOF\n", ""))
-    out = subprocess.run([tool, "check", "metrics"], input="".join(parts).encode(), capture_output=True, timeout=60)
+        prefixed = re.sub(r"^(# (?:HELP|TYPE) )?(?=[a-zA-Z_])", rf"\g<1>e{i}_", body, flags=re.MULTILINE)
+        parts.append(prefixed.replace("# EOF\n", ""))
+    out = subprocess.run([tool, "check", "metrics"], input="".join(parts).encode(), capture_output=True, timeout=60,
+                         check=False)
     report = (out.stdout + out.stderr).decode(errors="replace")
     # exit 3 is lint advice only (names without help, non-snake-case names a worker chose); 1 is an error
     assert out.returncode in (0, 3) and "error while linting" not in report, report[:2000]

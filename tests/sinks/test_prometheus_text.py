@@ -126,7 +126,6 @@ async def test_metrics_endpoint_negotiation_and_gzip() -> None:
 async def test_concurrent_scrapes_share_one_rendering_off_the_event_loop() -> None:
     import asyncio
     import threading
-
     from typing import Any
 
     from aiohttp import ClientSession, web

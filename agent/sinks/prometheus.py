@@ -22,7 +22,7 @@ import re
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
@@ -49,6 +49,7 @@ MAX_LABEL_BYTES = 64 * 1024 * 1024
 
 _SUFFIXES = {Kind.COUNTER: ("_total", "_created"), Kind.GAUGE: (),
              Kind.HISTOGRAM: ("_bucket", "_count", "_sum", "_created")}
+_ALL_SUFFIXES = ("_total", "_created", "_bucket", "_count", "_sum")
 
 
 def metric_name(name: str) -> str:
@@ -74,6 +75,22 @@ def family_name(pname: str, kind: Kind) -> str:
 def claims(family: str, kind: Kind) -> tuple[str, ...]:
     """Every name a family occupies in either format: its own, and its samples' suffixed names."""
     return (family,) + tuple(family + suffix for suffix in _SUFFIXES[kind])
+
+
+def clash(name: str, kind: Kind, families: Mapping[str, _Owner | Family]) -> str | None:
+    """The family among `families` (other than `name` itself) whose names overlap those of a family
+    `name` of `kind`: `x_total` beside counter `x`, counter `x` beside `x_total`, `y_count` beside
+    histogram `y`... No suffix ends with another, so checking both directions finds every overlap
+    without keeping a table of every claimed name (which cost ~300 bytes per series)."""
+    for suffix in _SUFFIXES[kind]:
+        if name + suffix in families:
+            return name + suffix
+    for suffix in _ALL_SUFFIXES:
+        if name.endswith(suffix):
+            other = families.get(name[:-len(suffix)])
+            if other is not None and suffix in _SUFFIXES[other.kind]:
+                return name[:-len(suffix)]
+    return None
 
 
 def rendered_kind(sample: Sample) -> Kind:
@@ -156,6 +173,15 @@ class _Histogram:
 
 
 @dataclass(slots=True)
+class _Owner:
+    """A worker family: the type that took the name first, and how many series it has."""
+
+    kind: Kind
+    help: str
+    count: int = 0
+
+
+@dataclass(slots=True)
 class _Series:
     kind: Kind  # as rendered: COUNTER, GAUGE or HISTOGRAM
     value: float | _Histogram
@@ -184,10 +210,9 @@ class PrometheusSink:
         self._by_tags: dict[Tags, dict[str, _Series]] = {}  # the worker's series: tags -> name -> series
         self.live = 0  # number of the worker's series
         self._lock = threading.Lock()
-        self._families: dict[str, Family] = {}  # the worker's families, by family name
-        self._claims: dict[str, str] = {}  # every name a worker family occupies -> that family
+        self._families: dict[str, _Owner] = {}  # the worker's families, by family name
+        self._owners: dict[tuple[str, str], _Series] = {}  # (family, label block) -> the series that has it
         self._labels: dict[Tags, LabelSet | str] = {}  # cache for the current identity
-        self._names: dict[str, str] = {}
         self._identity: Tags = ()
         self._log = RateLimitedLog()
         self.registry = CollectorRegistry(auto_describe=False)
@@ -284,9 +309,7 @@ class PrometheusSink:
     def _check(self, s: Sample, identity: dict[str, str], now: float, refused: Counter[str], *,
                reserve: bool) -> _Series | None:
         """A new series for `s` with its name and labels checked (not yet registered), or None."""
-        pname = self._names.get(s.name)
-        if pname is None:
-            pname = self._names[s.name] = metric_name(s.name)
+        pname = metric_name(s.name)  # once per new series: not worth a cache the size of the name table
         if not pname:
             refused["bad_name"] += 1
             return None
@@ -311,15 +334,13 @@ class PrometheusSink:
             return None
         family = self._families.get(entry.family)
         if family is None:
-            names = claims(entry.family, entry.kind)
-            owner = next((self._claims[n] for n in names if n in self._claims), None)
-            if owner is not None:  # `x` counter vs `x_total` gauge, `y` histogram vs `y_count` ...
-                refused["type_conflict" if owner == entry.family else "name_conflict"] += 1
+            if clash(entry.family, entry.kind, self._families):  # `x` counter vs `x_total` gauge ...
+                refused["name_conflict"] += 1
                 return None
         elif family.kind is not entry.kind:
             refused["type_conflict"] += 1  # README: the first type seen keeps the name
             return None
-        elif entry.labels.block in family.series:
+        elif (entry.family, entry.labels.block) in self._owners:
             refused["duplicate_series"] += 1  # `a.b` and `a_b` with the same tags: the first keeps it
             return None
         cost = entry.labels.cost(entry.kind, len(self.buckets))
@@ -327,10 +348,9 @@ class PrometheusSink:
             refused["label_bytes_limit"] += 1
             return None
         if family is None:
-            family = self._families[entry.family] = Family(entry.family, entry.kind, _printable(s.name))
-            for n in claims(entry.family, entry.kind):
-                self._claims[n] = entry.family
-        family.series[entry.labels.block] = entry
+            family = self._families[entry.family] = _Owner(entry.kind, _printable(s.name))
+        family.count += 1
+        self._owners[(entry.family, entry.labels.block)] = entry
         self.label_bytes += cost
         inner[s.name] = entry
         self.live += 1
@@ -359,25 +379,25 @@ class PrometheusSink:
             for name in stale:
                 entry = inner.pop(name)
                 family = self._families[entry.family]
-                del family.series[entry.labels.block]
+                del self._owners[(entry.family, entry.labels.block)]
                 self.label_bytes -= entry.labels.cost(entry.kind, buckets)
-                if not family.series:  # the name is free again, for any type
+                family.count -= 1
+                if not family.count:  # the name is free again, for any type
                     del self._families[entry.family]
-                    for n in claims(entry.family, entry.kind):
-                        self._claims.pop(n, None)
             expired += len(stale)
             if not inner:
                 del self._by_tags[tags]
+            elif len(stale) > BURST:  # one tag set with many one-off names: shrink its dict too
+                self._by_tags[tags] = dict(inner)
         self.live -= expired
         if expired:
             self.version += 1
-        if len(self._labels) > 2 * self.live + 1024 or len(self._names) > 2 * self.live + 1024:
-            self._labels.clear()  # tag sets and names came and went
-            self._names.clear()
+        if len(self._labels) > 2 * self.live + 1024:
+            self._labels.clear()  # tag sets came and went
         if expired > BURST:  # a dict never shrinks by deletion: rebuild them after a burst
             self._by_tags = dict(self._by_tags)
             self._families = dict(self._families)
-            self._claims = dict(self._claims)
+            self._owners = dict(self._owners)
             release_freed_memory()
         return expired
 
@@ -388,6 +408,7 @@ class PrometheusSink:
         identity = dict(self.identity())
         now = self.clock()
         families: dict[str, Family] = {}
+        blocks: set[tuple[str, str]] = set()
         taken: set[str] = set()
         refused = 0
         entries: list[tuple[str, _Series]] = []
@@ -411,17 +432,30 @@ class PrometheusSink:
                 taken.update(names)
                 family = families[entry.family] = Family(entry.family, entry.kind,
                                                          _printable(help_text or entry.family))
-            if family.kind is not entry.kind or entry.labels.block in family.series:
+            if family.kind is not entry.kind or (entry.family, entry.labels.block) in blocks:
                 refused += 1
                 continue
-            family.series[entry.labels.block] = entry
+            blocks.add((entry.family, entry.labels.block))
+            family.series.append(entry)
         return list(families.values()), refused
 
     def _worker_families(self, sidecar: list[Family]) -> list[Family]:
-        """The worker's families but any that would clash with the sidecar's (the sidecar's names win)."""
-        shadowed = {self._claims[n] for f in sidecar for n in claims(f.name, f.kind) if n in self._claims}
-        families = list(self._families.values())  # a copy: the event loop may add families meanwhile
-        return [f for f in families if f.name not in shadowed] if shadowed else families
+        """The worker's series grouped by family, but any family that would clash with the sidecar's
+        (the sidecar's names win). Runs in the rendering thread: the copies keep it safe from the
+        event loop adding series meanwhile."""
+        owners = self._families
+        shadowed = {f.name for f in sidecar if f.name in owners} | {
+            c for f in sidecar if (c := clash(f.name, f.kind, owners)) is not None}
+        families: dict[str, Family] = {}
+        for (name, _), entry in list(self._owners.items()):
+            family = families.get(name)
+            if family is None:
+                owner = owners.get(name)
+                if owner is None or name in shadowed:  # expired meanwhile, or shadowed
+                    continue
+                family = families[name] = Family(name, owner.kind, owner.help)
+            family.series.append(entry)
+        return list(families.values())
 
     def render(self, openmetrics: bool = False) -> bytes:
         """`/metrics` in text format 0.0.4 or OpenMetrics 1.0 (see prometheus_text.py)."""
@@ -490,7 +524,7 @@ def _metric(family: Family) -> Metric:
         metric = HistogramMetricFamily(family.name, family.help)
     else:
         metric = GaugeMetricFamily(family.name, family.help)
-    for entry in list(family.series.values()):
+    for entry in family.series:
         labels = dict(entry.labels.items)
         value = entry.value
         if isinstance(value, _Histogram):

@@ -69,7 +69,7 @@ class Family:
     name: str  # the OpenMetrics family name (a counter's without `_total`)
     kind: Kind  # COUNTER, GAUGE or HISTOGRAM
     help: str
-    series: dict[str, Any] = field(default_factory=dict)  # label block -> series (`.value`, `.labels`)
+    series: list[Any] = field(default_factory=list)  # each with `.value` and `.labels`
 
 
 class Renderer:
@@ -86,7 +86,7 @@ class Renderer:
         go = _number
         for family in families:
             name, kind = family.name, family.kind
-            entries = list(family.series.values())  # a copy: the event loop may add series meanwhile
+            entries = family.series
             if not entries:
                 continue
             fname = name + "_total" if kind is Kind.COUNTER and not openmetrics else name

@@ -447,7 +447,8 @@ class PrometheusSink:
         shadowed = {f.name for f in sidecar if f.name in owners} | {
             c for f in sidecar if (c := clash(f.name, f.kind, owners)) is not None}
         families: dict[str, Family] = {}
-        for (name, _), entry in list(self._owners.items()):
+        for entry in list(self._owners.values()):  # values, not items: 100,000 tuples would wake the GC
+            name = entry.family
             family = families.get(name)
             if family is None:
                 owner = owners.get(name)

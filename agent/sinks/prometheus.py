@@ -125,13 +125,13 @@ def labels_of(tags: Tags, identity: dict[str, str] | None = None) -> LabelSet | 
     """
     labels: dict[str, str] = {}
     for key, value in tags:
-        if identity is not None and key in identity and identity[key] != value:
-            name = "exported_" + key
-            labels.setdefault(key, identity[key])
-        else:
-            name = label_name(key)
+        name = label_name(key)
         if not name:
             return "bad_label"
+        if identity is not None and identity.get(key, value) != value:  # a worker's value for an identity key
+            if labels.setdefault(name, identity[key]) != identity[key]:
+                return "label_conflict"
+            name = "exported_" + name
         if name in labels:
             return "label_conflict"  # `a-b` and `a_b`, or a worker's `exported_x` beside a renamed `x`
         labels[name] = _encodable(value) if value else "true"

@@ -29,12 +29,14 @@ from agent.model import Batch, Kind, Points, Sample
 from agent.sinks.prometheus import PrometheusSink
 
 CONTROL = Sample("zz.control", 1.0, Kind.COUNT, (("queue", "orders"),), interval=10)
-IDENTITY = Identity(service="orders", env="prod", task_id="abc")
+# with an extra tag from TASKLENS_TAGS whose key is no label name as it is
+IDENTITY = Identity(service="orders", env="prod", task_id="abc", extra=(("team-name", "core"),))
 
 _NAME_PARTS = ["a.b", "a_b", "a-b", "x", "x_total", "y", "y_count", "y_bucket", "y_sum", "y_created", "_total",
                "tasklens.", "ecs.", "queue.", "ecs_task_info", "1", "9x", ".", "-", ":", "é", "\x00", "\n", " ",
                "le", "quantile", "__", "total", "_"]
 _KEYS = ["le", "quantile", "service", "task_id", "env", "exported_service", "__name__", "__x", "a-b", "a_b",
+         "team-name", "team_name", "exported_team_name",
          "1a", "", "-", "é", "queue", "a\nb"]
 # no `z`: nothing generated can become the control's name
 _NO_Z = st.characters(blacklist_categories=(), blacklist_characters="zZ")
@@ -78,7 +80,8 @@ def check(sink: PrometheusSink, control_value: float) -> tuple[str, str]:
     om = sink.render(openmetrics=True).decode()
     in_text = parsed(text_families(text))
     in_om = parsed(openmetrics_families(om))
-    control = ("zz_control_total", (("env", "prod"), ("queue", "orders"), ("service", "orders"), ("task_id", "abc")))
+    control = ("zz_control_total", (("env", "prod"), ("queue", "orders"), ("service", "orders"), ("task_id", "abc"),
+                                    ("team_name", "core")))
     assert in_text[control] == control_value and in_om[control] == control_value
     # the same series in both formats; OpenMetrics rounds histogram counts and may leave out _sum/_count
     histogram = re.compile(r"_(bucket|count|sum)$")

@@ -185,3 +185,18 @@ def test_reserved_label_prefix() -> None:
     assert label_name("a.b-c") == "a_b_c"
     assert label_name("le") == "exported_le" and label_name("quantile") == "exported_quantile"
     assert label_name("1a") == "_1a" and label_name("") == ""
+
+
+def test_identity_labels_keep_the_tasks_values_and_reserved_labels_are_exported() -> None:
+    hub = Hub(Identity(service="orders", task_id="abc", extra=(("team-name", "core"),)), SelfMetrics())
+    sink = PrometheusSink(hub.metrics, pull=hub.pull, identity=lambda: hub.identity.tags)
+    hub.add_sink(sink)
+    hub.publish(Batch("statsd", [
+        Sample("g", 1.0, tags=(("team-name", "other"), ("task_id", "forged"), ("le", "5"), ("__name__", "x"))),
+        Sample("h", 2.0, tags=(("team-name", "core"),)),  # the same value: nothing to export
+    ]))
+    got = scrape(sink)
+    assert got[("g", (("exported_le", "5"), ("exported_name__", "x"), ("exported_task_id", "forged"),
+                      ("exported_team_name", "other"), ("service", "orders"), ("task_id", "abc"),
+                      ("team_name", "core")))] == 1.0
+    assert got[("h", (("service", "orders"), ("task_id", "abc"), ("team_name", "core")))] == 2.0

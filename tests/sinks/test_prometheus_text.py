@@ -174,3 +174,52 @@ async def test_concurrent_scrapes_share_one_rendering_off_the_event_loop() -> No
     assert len(calls) == 1 and calls[0] != threading.main_thread().name
     assert all(body == bodies[0] and 'g{env="prod",i="1999"' in body for body in bodies)
     assert hub.metrics.get("tasklens.http.scrapes") == 20
+
+
+def test_rendering_in_a_thread_while_batches_arrive_and_expire() -> None:
+    """accept/expire under the sink's lock on one side, render (no lock) on the other: every rendering
+    parses, with one series per label set, while series come and go."""
+    import threading
+
+    from prometheus_client.openmetrics.parser import text_string_to_metric_families as openmetrics_families
+
+    from agent.sinks.prometheus import PrometheusSink
+
+    class Clock:
+        now = 0.0
+
+        def __call__(self) -> float:
+            return self.now
+
+    clock = Clock()
+    hub = Hub(Identity(service="orders"))
+    sink = PrometheusSink(hub.metrics, pull=hub.pull, ttl=5, clock=clock, identity=lambda: hub.identity.tags)
+    hub.add_sink(sink)
+    done = threading.Event()
+    errors: list[BaseException] = []
+
+    def feed() -> None:
+        try:
+            for round_ in range(200):
+                clock.now += 1
+                hub.publish(Batch("statsd", [Sample(f"m{(round_ + i) % 300}", 1.0, Kind.COUNT, (("i", str(i % 7)),))
+                                             for i in range(50)] + [Sample("lat", Points((0.5,), (1.0,)), Kind.HISTOGRAM)]))
+                sink.expire()
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+        finally:
+            done.set()
+
+    feeder = threading.Thread(target=feed)
+    feeder.start()
+    renderings = 0
+    while not done.is_set() or renderings < 5:
+        for openmetrics in (False, True):
+            text = sink.render(openmetrics).decode()
+            parse = openmetrics_families if openmetrics else text_string_to_metric_families
+            seen = [(s.name, tuple(sorted(s.labels.items()))) for f in parse(text) for s in f.samples]
+            assert len(seen) == len(set(seen))
+            renderings += 1
+    feeder.join()
+    assert not errors and renderings >= 5
+    assert sink.metrics.get("tasklens.sink.errors", sink="prometheus") == 0

@@ -205,7 +205,7 @@ def test_rendering_in_a_thread_while_batches_arrive_and_expire() -> None:
                 hub.publish(Batch("statsd", [Sample(f"m{(round_ + i) % 300}", 1.0, Kind.COUNT, (("i", str(i % 7)),))
                                              for i in range(50)] + [Sample("lat", Points((0.5,), (1.0,)), Kind.HISTOGRAM)]))
                 sink.expire()
-        except BaseException as exc:  # reported below
+        except Exception as exc:  # noqa: BLE001 - reported below
             errors.append(exc)
         finally:
             done.set()

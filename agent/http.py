@@ -3,40 +3,78 @@
 from __future__ import annotations
 
 import asyncio
-import functools
-import gzip
 import json
 import time
+import zlib
 from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
-from prometheus_client import exposition
 
 from agent.hub import Hub
 from agent.sinks.prometheus import PrometheusSink
+
+TEXT = "text/plain; version=0.0.4; charset=utf-8"
+OPENMETRICS = "application/openmetrics-text; version=1.0.0; charset=utf-8"
+
+
+class SingleFlight:
+    """Concurrent callers with the same key share one run of `fn` in a worker thread.
+
+    Twenty scrapes arriving together render `/metrics` once instead of twenty times side by side,
+    each holding the GIL in turn while the event loop (StatsD, `/health`) waits for it.
+    """
+
+    def __init__(self) -> None:
+        self._running: dict[object, asyncio.Future[bytes]] = {}
+
+    async def run(self, key: object, fn: Callable[[], bytes]) -> bytes:
+        future = self._running.get(key)
+        if future is None:
+            future = self._running[key] = asyncio.ensure_future(asyncio.to_thread(fn))
+            future.add_done_callback(lambda f: self._forget(key, f))
+        # shield: a scraper that hangs up does not cancel the rendering the others wait for
+        return await asyncio.shield(future)
+
+    def _forget(self, key: object, future: asyncio.Future[bytes]) -> None:
+        if self._running.get(key) is future:
+            del self._running[key]
+        if not future.cancelled():
+            future.exception()  # retrieved: no "never retrieved" warning when every caller left
+
+
+def negotiate(accept: str) -> bool:
+    """True for OpenMetrics: only when the scraper does not take the text format.
+
+    Prometheus lists both and prefers OpenMetrics; the text format keeps a sampled histogram's
+    weighted counts exact, where OpenMetrics needs them rounded to integers.
+    """
+    return "application/openmetrics-text" in accept and "text/plain" not in accept
 
 
 def make_app(hub: Hub, prometheus: PrometheusSink, ready: Callable[[], bool],
              status: Callable[[], dict[str, Any]]) -> web.Application:
     started = time.time()
+    flights = SingleFlight()
 
     async def metrics(request: web.Request) -> web.Response:
-        accept = request.headers.get("Accept", "")
-        render: Callable[[], bytes]
-        if "application/openmetrics-text" in accept and "text/plain" not in accept:
-            encoder, content_type = exposition.choose_encoder(accept)  # OpenMetrics only when it is all they take
-            render = functools.partial(encoder, prometheus.registry)
-        else:
-            # text format 0.0.4 (Prometheus accepts it) from the sink's cached renderer: the generic
-            # encoders take seconds for 100,000 series (bench/metrics_exposition.py)
-            render, content_type = prometheus.render, "text/plain; version=0.0.4; charset=utf-8"
-        headers = {"Content-Type": content_type}
-        if "gzip" in request.headers.get("Accept-Encoding", ""):  # Prometheus asks: 53 MB -> 1.2 MB at 100k series
+        openmetrics = negotiate(request.headers.get("Accept", ""))
+        headers = {"Content-Type": OPENMETRICS if openmetrics else TEXT}
+        compress = "gzip" in request.headers.get("Accept-Encoding", "")
+        if compress:  # Prometheus asks: 53 MB -> 1.2 MB at 100k series
             headers["Content-Encoding"] = "gzip"
-            render = functools.partial(_gzipped, render)
-        # render off the event loop: a large exposition must not stall the StatsD receive path
-        body = await asyncio.to_thread(render)
+
+        def render() -> bytes:
+            parts = prometheus.render_parts(openmetrics)
+            if not compress:
+                return b"".join(parts)
+            # level 1: ~0.15 s for 53 MB, with the GIL released
+            gz = zlib.compressobj(1, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+            return b"".join([gz.compress(p) for p in parts] + [gz.flush()])
+
+        # off the event loop, and shared by concurrent scrapes: a large exposition must not stall
+        # the StatsD receive path or `/health`
+        body = await flights.run((openmetrics, compress), render)
         hub.metrics.inc("tasklens.http.scrapes")
         return web.Response(body=body, headers=headers)
 
@@ -62,10 +100,6 @@ def make_app(hub: Hub, prometheus: PrometheusSink, ready: Callable[[], bool],
     app.router.add_get("/ready", ready_handler)
     app.router.add_get("/status", status_handler)
     return app
-
-
-def _gzipped(render: Callable[[], bytes]) -> bytes:
-    return gzip.compress(render(), 1)  # level 1: ~0.15 s for 53 MB, and zlib lets go of the GIL
 
 
 def _dumps(obj: Any) -> str:

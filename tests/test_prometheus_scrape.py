@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 from datadog.dogstatsd import DogStatsd
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import FIXTURES, TASKLENS, Sidecar, clean_env, free_port, http_get, wait_until
 
@@ -147,3 +148,47 @@ def test_a_series_that_stops_being_reported_disappears_after_its_ttl(sidecar: Si
     wait_until(lambda: query(prometheus, "one_off") == [], 30, interval=0.25, what="one_off to go stale")
     assert time.monotonic() - seen < 15
     assert "one_off" not in sidecar.get("/metrics")[1]
+
+
+def prometheus_counter(prometheus: str, name: str) -> float:
+    """A counter from Prometheus's own `/metrics` (0 when it has not been created)."""
+    status, body = http_get(prometheus + "/metrics")
+    assert status == 200, body
+    return sum(s.value for f in text_string_to_metric_families(body) for s in f.samples if s.name == name)
+
+
+def test_hostile_names_and_tags_are_ingested_without_a_drop(sidecar: Sidecar, prometheus: str) -> None:
+    """Collisions after sanitising, the sidecar's own names, family suffixes, reserved and identity
+    labels: every scrape stays good (`up` never 0) and Prometheus rejects no sample of it."""
+    statsd = DogStatsd(host="127.0.0.1", port=sidecar.statsd_port, disable_telemetry=True, disable_buffering=True)
+    for _ in range(7):
+        statsd.increment("control.jobs", tags=["queue:orders"])
+    statsd.increment("x")
+    statsd.histogram("y", 0.5)
+    statsd.gauge("a.b", 1)
+    one_series(prometheus, 'control_jobs_total{queue="orders"}', 7.0)
+    for name in ("x_total", "y_count", "y_bucket", "a-b", "a_b", "tasklens.http.scrapes", "ecs.task.info",
+                 "queue.depth"):
+        statsd.gauge(name, 12345)
+    statsd.gauge("labels", 1, tags=["le:1", "quantile:0.5", "__name__:evil", "service:evil", "task_id:evil",
+                                    "1st:x", "a-b:1"])
+    statsd.gauge("dup.labels", 1, tags=["a-b:1", "a_b:2"])
+    statsd.close_socket()
+    labels = one_series(prometheus, 'labels{exported_le="1"}', 1.0)
+    assert (labels["exported_service"], labels["exported_task_id"], labels["exported_quantile"]) == ("evil", "evil", "0.5")
+    assert {k: labels.get(k) for k in IDENTITY} == IDENTITY and labels["exported_name__"] == "evil"
+    scrapes = prometheus_counter(prometheus, "prometheus_target_scrapes_sample_duplicate_timestamp_total")
+    # a few more scrapes with the hostile series in them
+    wait_until(lambda: query(prometheus, 'count_over_time(up{job="tasklens"}[1m]) >= 8'), 30, interval=0.25,
+               what="eight scrapes")
+    assert query(prometheus, 'min_over_time(up{job="tasklens"}[1m]) == 0') == []  # never a failed scrape
+    assert scrapes == prometheus_counter(prometheus, "prometheus_target_scrapes_sample_duplicate_timestamp_total") == 0
+    for name in ("prometheus_target_scrapes_sample_out_of_order_total",
+                 "prometheus_target_scrapes_sample_out_of_bounds_total",
+                 "prometheus_target_scrapes_exceeded_sample_limit_total"):
+        assert prometheus_counter(prometheus, name) == 0, name
+    assert query(prometheus, "{__name__=~'.+'} == 12345") == []  # no shadowing name was ingested
+    one_series(prometheus, 'control_jobs_total{queue="orders"}', 7.0)
+    one_series(prometheus, "a_b", 1.0)
+    one_series(prometheus, "ecs_task_info", 1.0)
+    assert len(query(prometheus, 'tasklens_sink_points_rejected_total{sink="prometheus"}')) >= 4

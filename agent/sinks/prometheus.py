@@ -1,29 +1,55 @@
 """Prometheus sink: keeps the latest state of every series and renders `/metrics` on demand.
 
-Names: dots and every other character outside `[a-zA-Z0-9_]` become `_`. Counters (cumulative
-sources and StatsD counts, summed since start) are exported as `<name>_total`; StatsD histograms,
-timers (converted to seconds, as statsd_exporter does) and distributions as Prometheus histograms.
-Series of a snapshot source are replaced by each snapshot; other series expire after the TTL.
+Every point is checked against Prometheus's rules when it arrives, before it joins a series, so that
+`/metrics` is valid in the text format and in OpenMetrics whatever a worker sends: one family per
+name, one series per label set, no reserved name or label taken over, nothing non-finite where the
+format forbids it. A point that cannot be exported is refused alone and counted as
+`tasklens.sink.points_rejected{sink="prometheus", reason}`; the rules are in docs/statsd.md ("How
+names reach /metrics").
+
+Names: every character outside `[a-zA-Z0-9_]` becomes `_`. Counters (cumulative sources and StatsD
+counts, summed since start) are exported as `<name>_total`; StatsD histograms, timers (converted to
+seconds, as statsd_exporter does) and distributions as Prometheus histograms. Series of a snapshot
+source are replaced by each snapshot; other series expire after the TTL.
 """
 
 from __future__ import annotations
 
 import asyncio
 import bisect
+import math
 import re
+import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import CollectorRegistry
 
+from agent.logs import RateLimitedLog
 from agent.memory import BURST, release_freed_memory
 from agent.model import Batch, Kind, Points, Sample, Tags
 from agent.selfmetrics import SelfMetrics
-from agent.sinks.prometheus_text import TextRenderer
+from agent.sinks.prometheus_text import Family, LabelSet, Renderer, go_float
 
 _INVALID = re.compile(r"[^a-zA-Z0-9_]")
+
+# Names the sidecar exports itself. A worker's name that sanitises to one of these prefixes would
+# shadow (or be mistaken for) the sidecar's own series: it is refused, not renamed.
+RESERVED_PREFIXES = ("tasklens_", "ecs_", "queue_")
+# Labels the formats give a meaning: `le` (histogram buckets), `quantile` (summaries), `__*` (Prometheus
+# internal). A tag with such a key is exported as `exported_<key>`, as Prometheus itself does when a
+# scraped label collides with a target label.
+RESERVED_LABELS = frozenset({"le", "quantile"})
+# The label text of every line of the worker's series together (a histogram repeats its labels on each
+# bucket line). 100,000 counters with the ten identity labels use ~45 MiB.
+MAX_LABEL_BYTES = 64 * 1024 * 1024
+
+_SUFFIXES = {Kind.COUNTER: ("_total", "_created"), Kind.GAUGE: (),
+             Kind.HISTOGRAM: ("_bucket", "_count", "_sum", "_created")}
+_ALL_SUFFIXES = ("_total", "_created", "_bucket", "_count", "_sum")
 
 
 def metric_name(name: str) -> str:
@@ -32,13 +58,84 @@ def metric_name(name: str) -> str:
 
 
 def label_name(key: str) -> str:
+    """The label for a tag key; "" when none can be made (an empty key)."""
     out = metric_name(key)
-    return "_" + out.lstrip("_") if out.startswith("__") else out  # `__` is reserved by Prometheus
+    if out in RESERVED_LABELS or out.startswith("__"):
+        return "exported_" + out.lstrip("_")
+    return out
 
 
-def labels_of(tags: Tags) -> dict[str, str]:
-    # a bare tag (`canary`) becomes `canary="true"`: an empty label value means "no label" in PromQL
-    return {label_name(k): (v if v else "true") for k, v in tags}
+def family_name(pname: str, kind: Kind) -> str:
+    """`x_total` as a counter is the family `x` (OpenMetrics names a counter without `_total`)."""
+    if kind is Kind.COUNTER and pname.endswith("_total") and len(pname) > 6:
+        return pname[:-6]
+    return pname
+
+
+def claims(family: str, kind: Kind) -> tuple[str, ...]:
+    """Every name a family occupies in either format: its own, and its samples' suffixed names."""
+    return (family,) + tuple(family + suffix for suffix in _SUFFIXES[kind])
+
+
+def clash(name: str, kind: Kind, families: Mapping[str, _Owner | Family]) -> str | None:
+    """The family among `families` (other than `name` itself) whose names overlap those of a family
+    `name` of `kind`: `x_total` beside counter `x`, counter `x` beside `x_total`, `y_count` beside
+    histogram `y`... No suffix ends with another, so checking both directions finds every overlap
+    without keeping a table of every claimed name (which cost ~300 bytes per series)."""
+    for suffix in _SUFFIXES[kind]:
+        if name + suffix in families:
+            return name + suffix
+    for suffix in _ALL_SUFFIXES:
+        if name.endswith(suffix):
+            other = families.get(name[:-len(suffix)])
+            if other is not None and suffix in _SUFFIXES[other.kind]:
+                return name[:-len(suffix)]
+    return None
+
+
+def rendered_kind(sample: Sample) -> Kind:
+    if isinstance(sample.value, Points):
+        return Kind.HISTOGRAM
+    return Kind.COUNTER if sample.kind in (Kind.COUNT, Kind.COUNTER) else Kind.GAUGE
+
+
+def _printable(text: str) -> str:
+    """HELP text: the name as sent, with `?` for what is not printable and `'` for `"` (which the
+    text format cannot escape in HELP and OpenMetrics must)."""
+    if not (text.isascii() and text.isprintable()):
+        text = "".join(c if c.isprintable() else "?" for c in _encodable(text))
+    return text.replace('"', "'")
+
+
+def _encodable(text: str) -> str:
+    """Lone surrogates (from environment variables, say) cannot be written as UTF-8: `?` instead."""
+    try:
+        text.encode()
+        return text
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "replace").decode()
+
+
+def labels_of(tags: Tags, identity: dict[str, str] | None = None) -> LabelSet | str:
+    """The label set for a tag set, or the reason it has none.
+
+    A bare tag (`canary`) becomes `canary="true"`: an empty label value means "no label" in PromQL.
+    A tag that gives an identity key (`service`, `task_id`, ...) another value than the sidecar's is
+    exported as `exported_<key>`; the identity label keeps the sidecar's value.
+    """
+    labels: dict[str, str] = {}
+    for key, value in tags:
+        name = label_name(key)
+        if not name:
+            return "bad_label"
+        if identity is not None and identity.get(key, value) != value:  # a worker's value for an identity key
+            if labels.setdefault(name, identity[key]) != identity[key]:
+                return "label_conflict"
+            name = "exported_" + name
+        if name in labels:
+            return "label_conflict"  # `a-b` and `a_b`, or a worker's `exported_x` beside a renamed `x`
+        labels[name] = _encodable(value) if value else "true"
+    return LabelSet(labels)
 
 
 @dataclass(slots=True)
@@ -48,7 +145,8 @@ class _Histogram:
     total: float = 0.0
     count: float = 0.0
 
-    def add(self, points: Points) -> None:
+    def add(self, points: Points) -> bool:
+        """Add the points; False (and nothing added) when a total would stop being finite."""
         counts = list(self.counts) or [0.0] * (len(self.bounds) + 1)
         bounds, total, count = self.bounds, 0.0, 0.0
         scale = 0.001 if points.milliseconds else 1.0
@@ -57,26 +155,39 @@ class _Histogram:
             counts[bisect.bisect_left(bounds, value)] += weight
             total += value * weight
             count += weight
+        if not (math.isfinite(self.total + total) and math.isfinite(self.count + count)
+                and all(map(math.isfinite, counts))):
+            return False
         # whole-list assignment: a scrape rendering in another thread sees the old or the new buckets
         self.counts = counts
         self.total += total
         self.count += count
+        return True
 
-    def buckets(self) -> list[tuple[str, float]]:
+    def cumulative(self) -> list[float]:
         out, running = [], 0.0
-        counts = self.counts
-        for bound, n in zip(self.bounds, counts):
+        for n in self.counts or [0.0] * (len(self.bounds) + 1):
             running += n
-            out.append((repr(float(bound)), running))
-        out.append(("+Inf", running + (counts[-1] if counts else 0.0)))
+            out.append(running)
         return out
 
 
 @dataclass(slots=True)
-class _Series:
+class _Owner:
+    """A worker family: the type that took the name first, and how many series it has."""
+
     kind: Kind
+    help: str
+    count: int = 0
+
+
+@dataclass(slots=True)
+class _Series:
+    kind: Kind  # as rendered: COUNTER, GAUGE or HISTOGRAM
     value: float | _Histogram
     updated: float
+    family: str
+    labels: LabelSet
 
 
 class PrometheusSink:
@@ -84,43 +195,166 @@ class PrometheusSink:
 
     def __init__(self, metrics: SelfMetrics, pull: Callable[[], list[Sample]] = list,
                  ttl: float = 300.0, buckets: Iterable[float] = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, identity: Callable[[], Tags] = tuple,
+                 max_label_bytes: int = MAX_LABEL_BYTES) -> None:
         self.metrics = metrics
         self.pull = pull
+        self.identity = identity
         self.ttl = ttl
         self.buckets = tuple(sorted(float(b) for b in buckets))
         self.clock = clock
-        self._snapshots: dict[str, dict[tuple[str, Tags], _Series]] = {}
-        self._series: dict[tuple[str, Tags], _Series] = {}
+        self.max_label_bytes = max_label_bytes
+        self.label_bytes = 0  # of the worker's series, as rendered (see MAX_LABEL_BYTES)
+        self.version = 0  # changes with the data: a rendering is reused until then
+        self._snapshots: dict[str, list[_Series]] = {}
+        self._by_tags: dict[Tags, dict[str, _Series]] = {}  # the worker's series: tags -> name -> series
+        self.live = 0  # number of the worker's series
+        self._lock = threading.Lock()
+        self._families: dict[str, _Owner] = {}  # the worker's families, by family name
+        self._owners: dict[tuple[str, str], _Series] = {}  # (family, label block) -> the series that has it
+        self._labels: dict[Tags, LabelSet | str] = {}  # cache for the current identity
+        self._identity: Tags = ()
+        self._log = RateLimitedLog()
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(self)
-        self._text = TextRenderer(metric_name, labels_of)
+        self._renderer = Renderer(self.buckets)
+        self._cache: dict[bool, tuple[int, bytes]] = {}  # openmetrics? -> (version, worker part)
 
     # -- sink side ---------------------------------------------------------------------------
 
     def accept(self, batch: Batch) -> None:
-        now = self.clock()
-        if batch.snapshot:
-            self._snapshots[batch.source] = {
-                (s.name, s.tags): _Series(s.kind, float(s.value), now)
-                for s in batch.samples if not isinstance(s.value, Points)
-            }
-            return
-        series = self._series
-        for s in batch.samples:
-            key = (s.name, s.tags)
-            entry = series.get(key)
-            if entry is None or entry.kind is not s.kind:
-                value: float | _Histogram = _Histogram(self.buckets) if isinstance(s.value, Points) else 0.0
-                entry = series[key] = _Series(s.kind, value, now)
-            entry.updated = now
-            if isinstance(s.value, Points):
-                if isinstance(entry.value, _Histogram):
-                    entry.value.add(s.value)
-            elif s.kind is Kind.COUNT:
-                entry.value += s.value  # type: ignore[operator]
+        """Apply a batch; may be called from any thread (a lock keeps accept and expire apart)."""
+        refused: Counter[str] = Counter()
+        with self._lock:
+            now = self.clock()
+            identity = self._current_identity()
+            self.version += 1
+            if batch.snapshot:
+                self._accept_snapshot(batch, identity, now, refused)
             else:
-                entry.value = float(s.value)
+                self._accept_points(batch.samples, identity, now, refused)
+        for reason, n in refused.items():
+            self.metrics.inc("tasklens.sink.points_rejected", n, sink="prometheus", reason=reason)
+            self._log.warning(f"prometheus:{reason}", "prometheus: %d point(s) of source %s refused: %s "
+                              "(docs/statsd.md, \"How names reach /metrics\")", n, batch.source, reason)
+
+    def _accept_snapshot(self, batch: Batch, identity: dict[str, str], now: float, refused: Counter[str]) -> None:
+        """The sidecar's own sources: checked like the worker's points, but never budgeted."""
+        kept = []
+        for s in batch.samples:
+            if isinstance(s.value, Points):
+                continue
+            entry = self._check(s, identity, now, refused, reserve=False)
+            if entry is None:
+                continue
+            value = float(s.value)
+            if entry.kind is Kind.COUNTER and not _counter_value_ok(value):
+                refused["non_finite" if not math.isfinite(value) else "negative_counter"] += 1
+                continue
+            entry.value = value
+            kept.append(entry)
+        self._snapshots[batch.source] = kept
+
+    def _accept_points(self, samples: list[Sample], identity: dict[str, str], now: float,
+                       refused: Counter[str]) -> None:
+        """The hot path: 100,000 points per flush. Series are found by tags, then name: the samples of a
+        batch share a few tag tuples (the hub merges each distinct set once), and a tuple of tuples is
+        hashed anew on every lookup, so each distinct tuple object is looked up once per batch."""
+        by_tags = self._by_tags
+        groups: dict[int, dict[str, _Series]] = {}
+        isfinite = math.isfinite
+        for s in samples:
+            tags = s.tags
+            inner = groups.get(id(tags))
+            if inner is None:
+                inner = by_tags.get(tags)
+                if inner is None:
+                    inner = by_tags[tags] = {}
+                groups[id(tags)] = inner
+            entry = inner.get(s.name)
+            if entry is None:
+                entry = self._admit(inner, s, identity, now, refused)
+                if entry is None:
+                    continue
+            value = s.value
+            kind = entry.kind
+            if kind is Kind.GAUGE and s.kind is Kind.GAUGE:  # the common cases first, inline
+                entry.value = value  # type: ignore[assignment]
+                entry.updated = now
+                continue
+            if kind is Kind.COUNTER and s.kind is Kind.COUNT:
+                total = entry.value + value  # type: ignore[operator]
+                if value >= 0.0 and isfinite(total):  # type: ignore[operator]
+                    entry.value = total
+                    entry.updated = now
+                else:
+                    refused["negative_counter" if isfinite(total) else "non_finite"] += 1
+                continue
+            if kind is not rendered_kind(s):
+                refused["type_conflict"] += 1  # same name and tags, another type: the first keeps it
+                continue
+            reason = _update(entry, s)
+            if reason:
+                refused[reason] += 1
+            else:
+                entry.updated = now
+
+    def _current_identity(self) -> dict[str, str]:
+        tags = self.identity()
+        if tags != self._identity:  # the label cache depends on it
+            self._identity = tags
+            self._labels.clear()
+        return dict(tags)
+
+    def _check(self, s: Sample, identity: dict[str, str], now: float, refused: Counter[str], *,
+               reserve: bool) -> _Series | None:
+        """A new series for `s` with its name and labels checked (not yet registered), or None."""
+        pname = metric_name(s.name)  # once per new series: not worth a cache the size of the name table
+        if not pname:
+            refused["bad_name"] += 1
+            return None
+        if reserve and pname.startswith(RESERVED_PREFIXES):
+            refused["reserved_name"] += 1
+            return None
+        labels = self._labels.get(s.tags)
+        if labels is None:
+            labels = self._labels[s.tags] = labels_of(s.tags, identity)
+        if isinstance(labels, str):
+            refused[labels] += 1
+            return None
+        kind = rendered_kind(s)
+        value: float | _Histogram = _Histogram(self.buckets) if kind is Kind.HISTOGRAM else 0.0
+        return _Series(kind, value, now, family_name(pname, kind), labels)
+
+    def _admit(self, inner: dict[str, _Series], s: Sample, identity: dict[str, str], now: float,
+               refused: Counter[str]) -> _Series | None:
+        """Register a new worker series, or count why it cannot be one."""
+        entry = self._check(s, identity, now, refused, reserve=True)
+        if entry is None:
+            return None
+        family = self._families.get(entry.family)
+        if family is None:
+            if clash(entry.family, entry.kind, self._families):  # `x` counter vs `x_total` gauge ...
+                refused["name_conflict"] += 1
+                return None
+        elif family.kind is not entry.kind:
+            refused["type_conflict"] += 1  # README: the first type seen keeps the name
+            return None
+        elif (entry.family, entry.labels.block) in self._owners:
+            refused["duplicate_series"] += 1  # `a.b` and `a_b` with the same tags: the first keeps it
+            return None
+        cost = entry.labels.cost(entry.kind, len(self.buckets))
+        if self.label_bytes + cost > self.max_label_bytes:
+            refused["label_bytes_limit"] += 1
+            return None
+        if family is None:
+            family = self._families[entry.family] = _Owner(entry.kind, _printable(s.name))
+        family.count += 1
+        self._owners[(entry.family, entry.labels.block)] = entry
+        self.label_bytes += cost
+        inner[s.name] = entry
+        self.live += 1
+        return entry
 
     async def run(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
@@ -131,71 +365,180 @@ class PrometheusSink:
             self.expire()
 
     def expire(self) -> int:
-        cutoff = self.clock() - self.ttl
-        stale = [k for k, v in self._series.items() if v.updated < cutoff]
-        for key in stale:
-            del self._series[key]
-        expired = len(stale)
-        del stale  # the keys go now, before the trim
-        if expired > BURST:  # a dict never shrinks by deletion: rebuild it after a burst
-            self._series = dict(self._series)
-            release_freed_memory()
-        self.metrics.set("tasklens.prometheus.series", len(self._series) + sum(map(len, self._snapshots.values())))
+        with self._lock:
+            expired = self._expire(self.clock() - self.ttl)
+        self.metrics.set("tasklens.prometheus.series", self.live + sum(map(len, self._snapshots.values())))
+        self.metrics.set("tasklens.prometheus.label_bytes", self.label_bytes)
         return expired
 
-    # -- collector side (prometheus_client calls this from generate_latest) ---------------------
+    def _expire(self, cutoff: float) -> int:
+        expired = 0
+        buckets = len(self.buckets)
+        for tags, inner in list(self._by_tags.items()):
+            stale = [name for name, entry in inner.items() if entry.updated < cutoff]
+            for name in stale:
+                entry = inner.pop(name)
+                family = self._families[entry.family]
+                del self._owners[(entry.family, entry.labels.block)]
+                self.label_bytes -= entry.labels.cost(entry.kind, buckets)
+                family.count -= 1
+                if not family.count:  # the name is free again, for any type
+                    del self._families[entry.family]
+            expired += len(stale)
+            if not inner:
+                del self._by_tags[tags]
+            elif len(stale) > BURST:  # one tag set with many one-off names: shrink its dict too
+                self._by_tags[tags] = dict(inner)
+        self.live -= expired
+        if expired:
+            self.version += 1
+        if len(self._labels) > 2 * self.live + 1024:
+            self._labels.clear()  # tag sets came and went
+        if expired > BURST:  # a dict never shrinks by deletion: rebuild them after a burst
+            self._by_tags = dict(self._by_tags)
+            self._families = dict(self._families)
+            self._owners = dict(self._owners)
+            release_freed_memory()
+        return expired
 
-    def _items(self) -> Iterator[tuple[str, Tags, _Series]]:
-        for snap in list(self._snapshots.values()):
-            for (name, tags), entry in list(snap.items()):
-                yield name, tags, entry
-        for (name, tags), entry in list(self._series.items()):
-            yield name, tags, entry
+    # -- exposition ---------------------------------------------------------------------------
+
+    def _sidecar_families(self) -> tuple[list[Family], int]:
+        """The sidecar's own series (snapshots and the hub's pull), grouped; a clash among them left out."""
+        identity = dict(self.identity())
         now = self.clock()
+        families: dict[str, Family] = {}
+        blocks: set[tuple[str, str]] = set()
+        taken: set[str] = set()
+        refused = 0
+        entries: list[tuple[str, _Series]] = []
+        for snap in list(self._snapshots.values()):
+            entries.extend(("", e) for e in snap)
         for s in self.pull():
-            yield s.name, s.tags, _Series(s.kind, float(s.value), now)  # type: ignore[arg-type]
+            labels = labels_of(s.tags, identity)
+            kind = rendered_kind(s)
+            value = float(s.value)  # type: ignore[arg-type]
+            if isinstance(labels, str) or (kind is Kind.COUNTER and not _counter_value_ok(value)):
+                refused += 1
+                continue
+            entries.append((s.name, _Series(kind, value, now, family_name(metric_name(s.name), kind), labels)))
+        for help_text, entry in entries:
+            family = families.get(entry.family)
+            if family is None:
+                names = claims(entry.family, entry.kind)
+                if any(n in taken for n in names):
+                    refused += 1
+                    continue
+                taken.update(names)
+                family = families[entry.family] = Family(entry.family, entry.kind,
+                                                         _printable(help_text or entry.family))
+            if family.kind is not entry.kind or (entry.family, entry.labels.block) in blocks:
+                refused += 1
+                continue
+            blocks.add((entry.family, entry.labels.block))
+            family.series.append(entry)
+        return list(families.values()), refused
 
-    def render(self) -> bytes:
-        """`/metrics` in text format 0.0.4, fast with 100,000 series (see prometheus_text.py)."""
-        body, conflicts = self._text.render(self._items())
-        # a gauge: series left out of the last scrape (a counter would grow with the scrape rate)
-        if conflicts or self.metrics.get("tasklens.prometheus.type_conflicts"):
-            self.metrics.set("tasklens.prometheus.type_conflicts", conflicts)
-        return body
+    def _worker_families(self, sidecar: list[Family]) -> list[Family]:
+        """The worker's series grouped by family, but any family that would clash with the sidecar's
+        (the sidecar's names win). Runs in the rendering thread: the copies keep it safe from the
+        event loop adding series meanwhile."""
+        owners = self._families
+        shadowed = {f.name for f in sidecar if f.name in owners} | {
+            c for f in sidecar if (c := clash(f.name, f.kind, owners)) is not None}
+        families: dict[str, Family] = {}
+        for entry in list(self._owners.values()):  # values, not items: 100,000 tuples would wake the GC
+            name = entry.family
+            family = families.get(name)
+            if family is None:
+                owner = owners.get(name)
+                if owner is None or name in shadowed:  # expired meanwhile, or shadowed
+                    continue
+                family = families[name] = Family(name, owner.kind, owner.help)
+            family.series.append(entry)
+        return list(families.values())
+
+    def render(self, openmetrics: bool = False) -> bytes:
+        """`/metrics` in text format 0.0.4 or OpenMetrics 1.0 (see prometheus_text.py)."""
+        return b"".join(self.render_parts(openmetrics))
+
+    def render_parts(self, openmetrics: bool = False) -> list[bytes]:
+        """`/metrics` in pieces (a gzip stream takes them without one more copy of 50 MB).
+
+        Safe to call from another thread than the event loop. The worker's part (nearly all of it
+        with many series) is rendered once per change of the data; the sidecar's part every time.
+        """
+        version = self.version
+        sidecar, refused = self._sidecar_families()
+        if refused or self.metrics.get("tasklens.prometheus.render_conflicts"):
+            # a gauge: sidecar series left out of the last scrape (never expected; a bug if seen)
+            self.metrics.set("tasklens.prometheus.render_conflicts", refused)
+        cached = self._cache.get(openmetrics)
+        if cached is not None and cached[0] == version:
+            worker = cached[1]
+        else:
+            worker = self._renderer.render(self._worker_families(sidecar), openmetrics).encode()
+            self._cache[openmetrics] = (version, worker)
+        parts = [self._renderer.render(sidecar, openmetrics).encode(), worker]
+        if openmetrics:
+            parts.append(b"# EOF\n")
+        return parts
 
     def collect(self) -> Iterator[Metric]:
-        families: dict[str, Metric] = {}
-        kinds: dict[str, Kind] = {}
-        conflicts = 0
-        for name, tags, entry in self._items():
-            pname = metric_name(name)
-            kind = Kind.COUNTER if entry.kind in (Kind.COUNT, Kind.COUNTER) else entry.kind
-            if isinstance(entry.value, _Histogram):
-                kind = Kind.HISTOGRAM
-            family = families.get(pname)
-            if family is None:
-                if kind is Kind.COUNTER:
-                    family = CounterMetricFamily(pname, name)
-                elif kind is Kind.HISTOGRAM:
-                    family = HistogramMetricFamily(pname, name)
-                else:
-                    family = GaugeMetricFamily(pname, name)
-                families[pname], kinds[pname] = family, kind
-            elif kinds[pname] is not kind:
-                conflicts += 1  # two types under one name would make Prometheus reject the scrape
-                continue
-            labels = labels_of(tags)
-            if isinstance(entry.value, _Histogram):
-                h = entry.value
-                for bound, cumulative in h.buckets():
-                    family.add_sample(pname + "_bucket", {**labels, "le": bound}, cumulative)
-                family.add_sample(pname + "_count", labels, h.count)
-                family.add_sample(pname + "_sum", labels, h.total)
-            elif kind is Kind.COUNTER:
-                family.add_sample(family.name + "_total", labels, entry.value)
-            else:
-                family.add_sample(pname, labels, entry.value)
-        # a gauge: series left out of the last scrape (a counter would grow with the scrape rate)
-        if conflicts or self.metrics.get("tasklens.prometheus.type_conflicts"):
-            self.metrics.set("tasklens.prometheus.type_conflicts", conflicts)
-        yield from families.values()
+        """The same families for prometheus_client's encoders (tests compare the two)."""
+        sidecar, _ = self._sidecar_families()
+        for family in sidecar + self._worker_families(sidecar):
+            yield _metric(family)
+
+
+def _counter_value_ok(value: float) -> bool:
+    return math.isfinite(value) and value >= 0.0
+
+
+def _update(entry: _Series, s: Sample) -> str:
+    """Apply a point to its series; the reason it was refused, or ""."""
+    if isinstance(entry.value, _Histogram):
+        return "" if entry.value.add(s.value) else "non_finite"  # type: ignore[arg-type]
+    value = float(s.value)  # type: ignore[arg-type]
+    if entry.kind is Kind.GAUGE:
+        entry.value = value
+        return ""
+    if s.kind is Kind.COUNTER:  # cumulative already
+        if not _counter_value_ok(value):
+            return "non_finite" if not math.isfinite(value) else "negative_counter"
+        entry.value = value
+        return ""
+    total = entry.value + value
+    if not math.isfinite(total):
+        return "non_finite"  # the counter would reach +Inf: it keeps its value
+    if value < 0.0:
+        return "negative_counter"  # a Prometheus counter never decreases (`x:-1|c`)
+    entry.value = total
+    return ""
+
+
+def _metric(family: Family) -> Metric:
+    metric: Metric
+    if family.kind is Kind.COUNTER:
+        metric = CounterMetricFamily(family.name, family.help)
+    elif family.kind is Kind.HISTOGRAM:
+        metric = HistogramMetricFamily(family.name, family.help)
+    else:
+        metric = GaugeMetricFamily(family.name, family.help)
+    for entry in family.series:
+        labels = dict(entry.labels.items)
+        value = entry.value
+        if isinstance(value, _Histogram):
+            for bound, cumulative in zip(_le(value.bounds), value.cumulative()):
+                metric.add_sample(family.name + "_bucket", {**labels, "le": bound}, cumulative)
+            metric.add_sample(family.name + "_count", labels, value.count)
+            metric.add_sample(family.name + "_sum", labels, value.total)
+        elif family.kind is Kind.COUNTER:
+            metric.add_sample(family.name + "_total", labels, value)
+        else:
+            metric.add_sample(family.name, labels, value)
+    return metric
+
+
+def _le(bounds: tuple[float, ...]) -> list[str]:
+    return [go_float(b) for b in bounds] + ["+Inf"]

@@ -1,25 +1,35 @@
-"""Prometheus text format 0.0.4, rendered fast enough for 100,000 live series.
+"""`/metrics` in the Prometheus text format 0.0.4 and in OpenMetrics 1.0, fast with 100,000 series.
 
-prometheus_client's `generate_latest` rebuilds, sorts and escapes every label of every sample on every
-scrape; with the ten identity labels each series carries, that took ~10 s for 100,000 series here,
-past Prometheus's default scrape timeout (bench/metrics_exposition.py). The label block of a series
-does not change between scrapes, so it is built once and cached per tag set; a scrape is then one
-formatted line per sample. The output is the same as `generate_latest` gives for the sink's collector
-(family order, `# HELP`/`# TYPE`, counter `_total` naming, sorted labels, Go float formatting), which a
-test checks by parsing both.
+prometheus_client's encoders rebuild, sort and escape every label of every sample on every scrape;
+with the ten identity labels each series carries, that took ~10 s for 100,000 series here, past
+Prometheus's default scrape timeout (bench/metrics_exposition.py). The label block of a series does
+not change between scrapes, so it is built once per tag set (`LabelSet`); a scrape is then one
+formatted line per sample.
+
+The families handed in are already valid (prometheus.py checks every point when it arrives): unique
+family names, one series per label block. What differs between the two formats is handled here:
+
+| | text 0.0.4 | OpenMetrics |
+|---|---|---|
+| counter family | `# TYPE x_total counter` | `# TYPE x counter` |
+| histogram bucket and `_count` values | the weighted counts as they are | rounded to integers (the format requires it) |
+| histogram `_sum` below zero, or a negative bucket bound | written | `_sum` and `_count` left out (the format forbids them) |
+| end | | `# EOF` |
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from typing import Any
 
 from prometheus_client.utils import floatToGoString
 
-from agent.memory import BURST, release_freed_memory
-from agent.model import Kind, Tags
+from agent.model import Kind
 
 _TYPES = {Kind.COUNTER: "counter", Kind.GAUGE: "gauge", Kind.HISTOGRAM: "histogram"}
+go_float: Callable[[float], str] = floatToGoString  # typed: prometheus_client's is not
 
 
 def _escape(value: str) -> str:
@@ -27,7 +37,7 @@ def _escape(value: str) -> str:
 
 
 def _escape_help(text: str) -> str:
-    return text.replace("\\", "\\\\").replace("\n", "\\n")
+    return text.replace("\\", "\\\\").replace("\n", "\\n")  # the same in both formats (no `"` in HELP)
 
 
 def _number(value: float, go: Callable[[float], str] = floatToGoString) -> str:
@@ -35,86 +45,78 @@ def _number(value: float, go: Callable[[float], str] = floatToGoString) -> str:
     return repr(value) if -1e16 < value < 1e6 else go(value)
 
 
-def _counter(pname: str) -> str:
-    """`x` -> `x_total`; `x_total` stays (as prometheus_client names counter samples)."""
-    return pname if pname.endswith("_total") else pname + "_total"
+class LabelSet:
+    """The labels of a series: sorted, escaped once, shared by every series with the same tags."""
+
+    __slots__ = ("after_le", "before_le", "block", "items", "size")
+
+    def __init__(self, labels: dict[str, str]) -> None:
+        self.items = tuple(sorted(labels.items()))
+        self.block = ",".join(f'{k}="{_escape(v)}"' for k, v in self.items)
+        # the block split where `le` sorts in, for bucket lines: (`a="x",`, `,z="y"`)
+        self.before_le = "".join(f'{k}="{_escape(v)}",' for k, v in self.items if k < "le")
+        self.after_le = "".join(f',{k}="{_escape(v)}"' for k, v in self.items if k > "le")
+        self.size = len(self.block.encode()) + 2  # with the braces
+
+    def cost(self, kind: Kind, buckets: int) -> int:
+        """Bytes of label text this series puts into `/metrics` (counted against the limit)."""
+        lines = buckets + 3 if kind is Kind.HISTOGRAM else 1
+        return self.size * lines
 
 
-class TextRenderer:
-    def __init__(self, metric_name: Callable[[str], str], labels_of: Callable[[Tags], dict[str, str]]) -> None:
-        self.metric_name = metric_name
-        self.labels_of = labels_of
-        self._labels: dict[Tags, str] = {}  # tags -> `a="x",b="y"` (sorted, escaped)
-        self._buckets: dict[Tags, tuple[str, str]] = {}
-        self._names: dict[str, str] = {}
+@dataclass(slots=True)
+class Family:
+    name: str  # the OpenMetrics family name (a counter's without `_total`)
+    kind: Kind  # COUNTER, GAUGE or HISTOGRAM
+    help: str
+    series: list[Any] = field(default_factory=list)  # each with `.value` and `.labels`
 
-    def _label_block(self, tags: Tags) -> str:
-        block = self._labels.get(tags)
-        if block is None:
-            labels = self.labels_of(tags)
-            block = self._labels[tags] = ",".join(f'{k}="{_escape(v)}"' for k, v in sorted(labels.items()))
-        return block
 
-    def _bucket_blocks(self, tags: Tags) -> tuple[str, str]:
-        """The label block split where `le` sorts in: (`a="x",`, `,z="y"`)."""
-        split = self._buckets.get(tags)
-        if split is None:
-            items = sorted(self.labels_of(tags).items())
-            before = "".join(f'{k}="{_escape(v)}",' for k, v in items if k < "le")
-            after = "".join(f',{k}="{_escape(v)}"' for k, v in items if k > "le")
-            split = self._buckets[tags] = (before, after)
-        return split
+class Renderer:
+    def __init__(self, buckets: Iterable[float]) -> None:
+        self.bounds = tuple(buckets)
+        self.le = [go_float(b) for b in self.bounds] + ["+Inf"]
+        # OpenMetrics forbids `_sum` next to a negative bucket bound
+        self.negative_bounds = any(b < 0 for b in self.bounds)
 
-    def render(self, items: Iterable[tuple[str, Tags, Any]]) -> tuple[bytes, int]:
-        """(`/metrics` body, number of series skipped for a type conflict) for (name, tags, series) items.
-
-        A series is `.kind` and `.value`: a float, or a histogram with `.buckets()`, `.count`, `.total`.
-        """
-        families: dict[str, tuple[Kind, str, list[str]]] = {}
-        conflicts = 0
-        seen = 0
-        go = _number
-        for name, tags, entry in items:
-            seen += 1
-            pname = self._names.get(name)
-            if pname is None:
-                pname = self._names[name] = self.metric_name(name)
-            value = entry.value
-            is_histogram = not isinstance(value, float)
-            kind = Kind.HISTOGRAM if is_histogram else (
-                Kind.COUNTER if entry.kind in (Kind.COUNT, Kind.COUNTER) else Kind.GAUGE)
-            family = families.get(pname)
-            if family is None:
-                family = families[pname] = (kind, name, [])
-            elif family[0] is not kind:
-                conflicts += 1  # two types under one name would make Prometheus reject the scrape
-                continue
-            lines = family[2]
-            block = self._label_block(tags)
-            if is_histogram:
-                before, after = self._bucket_blocks(tags)
-                for bound, cumulative in value.buckets():
-                    lines.append(f'{pname}_bucket{{{before}le="{bound}"{after}}} {go(cumulative)}\n')
-                labels = f"{{{block}}}" if block else ""
-                lines.append(f"{pname}_count{labels} {go(value.count)}\n")
-                lines.append(f"{pname}_sum{labels} {go(value.total)}\n")
-            elif kind is Kind.COUNTER:
-                labels = f"{{{block}}}" if block else ""
-                lines.append(f"{_counter(pname)}{labels} {go(value)}\n")
-            else:
-                labels = f"{{{block}}}" if block else ""
-                lines.append(f"{pname}{labels} {go(value)}\n")
-        cached = max(len(self._labels), len(self._names))
-        if cached > 2 * seen + 1024:  # series came and went: drop the caches
-            self._labels.clear()
-            self._buckets.clear()
-            self._names.clear()
-            if cached - seen > BURST:
-                release_freed_memory()
+    def render(self, families: Iterable[Family], openmetrics: bool) -> str:
+        """The families, without the OpenMetrics `# EOF` (the caller joins parts)."""
         out: list[str] = []
-        for pname, (kind, help_text, lines) in families.items():
-            fname = _counter(pname) if kind is Kind.COUNTER else pname
-            out.append(f"# HELP {fname} {_escape_help(help_text)}\n")
-            out.append(f"# TYPE {fname} {_TYPES[kind]}\n")
-            out.extend(lines)
-        return "".join(out).encode(), conflicts
+        add = out.append
+        go = _number
+        for family in families:
+            name, kind = family.name, family.kind
+            entries = family.series
+            if not entries:
+                continue
+            fname = name + "_total" if kind is Kind.COUNTER and not openmetrics else name
+            add(f"# HELP {fname} {_escape_help(family.help)}\n")
+            add(f"# TYPE {fname} {_TYPES[kind]}\n")
+            if kind is Kind.HISTOGRAM:
+                self._histograms(name, entries, openmetrics, add)
+                continue
+            sample = name + "_total" if kind is Kind.COUNTER else name
+            for entry in entries:
+                block = entry.labels.block
+                add(f"{sample}{{{block}}} {go(entry.value)}\n" if block else f"{sample} {go(entry.value)}\n")
+        return "".join(out)
+
+    def _histograms(self, name: str, entries: list[Any], openmetrics: bool, add: Callable[[str], None]) -> None:
+        go = _number
+        le = self.le
+        for entry in entries:
+            h = entry.value
+            labels = entry.labels
+            before, after = labels.before_le, labels.after_le
+            count, total = h.count, h.total
+            cumulative = h.cumulative()
+            if openmetrics:  # integer counts; rounding a non-decreasing list keeps it non-decreasing
+                cumulative = [float(round(c)) for c in cumulative]
+                count = cumulative[-1]
+            for bound, value in zip(le, cumulative):
+                add(f'{name}_bucket{{{before}le="{bound}"{after}}} {go(value)}\n')
+            if openmetrics and (total < 0 or self.negative_bounds or not math.isfinite(total)):
+                continue
+            block = f"{{{labels.block}}}" if labels.block else ""
+            add(f"{name}_count{block} {go(count)}\n")
+            add(f"{name}_sum{block} {go(total)}\n")

@@ -30,7 +30,8 @@ def scrape(sink: PrometheusSink) -> dict[tuple[str, tuple], float]:
 def make() -> tuple[Hub, PrometheusSink, Clock]:
     clock = Clock()
     hub = Hub(Identity(service="orders", task_id="abc"), SelfMetrics())
-    sink = PrometheusSink(hub.metrics, pull=hub.pull, ttl=60, buckets=(0.01, 0.1, 1), clock=clock)
+    sink = PrometheusSink(hub.metrics, pull=hub.pull, ttl=60, buckets=(0.01, 0.1, 1), clock=clock,
+                          identity=lambda: hub.identity.tags)
     hub.add_sink(sink)
     return hub, sink, clock
 
@@ -42,7 +43,7 @@ def test_names() -> None:
 
 
 def test_identity_labels_counts_and_histograms() -> None:
-    hub, sink, clock = make()
+    hub, sink, _ = make()
     hub.publish(Batch("statsd", [
         Sample("jobs.processed", 3, Kind.COUNT, (("queue", "a"),), interval=10),
         Sample("jobs.latency", Points((5.0, 50.0, 500.0, 5000.0), (1, 1, 1, 2), milliseconds=True), Kind.HISTOGRAM),
@@ -60,7 +61,9 @@ def test_identity_labels_counts_and_histograms() -> None:
     assert got[("jobs_latency_bucket", tuple(sorted(lat + (("le", "+Inf"),))))] == 5
     assert got[("jobs_latency_count", lat)] == 5
     assert abs(got[("jobs_latency_sum", lat)] - (0.005 + 0.05 + 0.5 + 10.0)) < 1e-9
-    assert got[("temp", (("canary", "true"), ("service", "client-wins"), ("task_id", "abc")))] == 21.5
+    # a worker's identity tag is kept beside the sidecar's, never instead of it
+    assert got[("temp", (("canary", "true"), ("exported_service", "client-wins"), ("service", "orders"),
+                         ("task_id", "abc")))] == 21.5
     info = got[("ecs_task_info", lat)]
     assert info == 1
 
@@ -78,16 +81,85 @@ def test_snapshot_replaces_and_ttl_expires() -> None:
     assert not any(k[0] == "g" for k in scrape(sink))
 
 
+def rejected(hub: Hub, reason: str) -> float:
+    return hub.metrics.get("tasklens.sink.points_rejected", sink="prometheus", reason=reason)
+
+
 def test_type_conflict_is_counted_not_exported_twice() -> None:
-    hub, sink, clock = make()
+    hub, sink, _ = make()
     hub.publish(Batch("statsd", [Sample("x", 1.0, Kind.GAUGE), Sample("x", 2.0, Kind.COUNT, (("a", "b"),))]))
     text = generate_latest(sink.registry).decode()
-    assert text.count("# TYPE x ") == 1
-    assert hub.metrics.total("tasklens.prometheus.type_conflicts") == 1
+    assert text.count("# TYPE x ") == 1 and "x_total" not in text
+    assert rejected(hub, "type_conflict") == 1
+
+
+def test_the_first_type_keeps_the_name_across_intervals_until_it_expires() -> None:
+    """The README's example: `q:1|c` then `q:5|g`, interval after interval."""
+    hub, sink, clock = make()
+    for _ in range(3):
+        hub.publish(Batch("statsd", [Sample("q", 1.0, Kind.COUNT, interval=10), Sample("q", 5.0, Kind.GAUGE)]))
+        clock.now += 10
+    got = scrape(sink)
+    ident = (("service", "orders"), ("task_id", "abc"))
+    assert got[("q_total", ident)] == 3.0 and ("q", ident) not in got
+    assert rejected(hub, "type_conflict") == 3
+    clock.now += 61  # the counter goes idle and expires: the name is free for the gauge
+    sink.expire()
+    hub.publish(Batch("statsd", [Sample("q", 5.0, Kind.GAUGE)]))
+    got = scrape(sink)
+    assert got[("q", ident)] == 5.0 and ("q_total", ident) not in got
+
+
+def test_collisions_after_sanitising_keep_the_first_and_count_the_rest() -> None:
+    hub, sink, _ = make()
+    hub.publish(Batch("statsd", [
+        Sample("a.b", 1.0), Sample("a-b", 2.0), Sample("a_b", 3.0, tags=(("k", "v"),)),  # merge by label set
+        Sample("x", 1.0, Kind.COUNT, interval=10), Sample("x_total", 3.0),  # x_total is x's sample
+        Sample("y", Points((1.0,), (1.0,)), Kind.HISTOGRAM), Sample("y_count", 1.0), Sample("y_bucket", 1.0),
+        Sample("t", 1.0, tags=(("a-b", "1"), ("a_b", "2"))),  # one label twice
+        Sample("tasklens.http.scrapes", 99.0), Sample("ecs.task.info", 7.0), Sample("queue.depth", 1.0),
+        Sample("1st", 1.0), Sample("", 1.0), Sample("..", 2.0),
+    ]))
+    got = scrape(sink)
+    ident = (("service", "orders"), ("task_id", "abc"))
+    assert got[("a_b", ident)] == 1.0 and got[("a_b", tuple(sorted(ident + (("k", "v"),))))] == 3.0
+    assert got[("x_total", ident)] == 1.0 and got[("y_count", ident)] == 1.0
+    assert got[("_1st", ident)] == 1.0 and got[("__", ident)] == 2.0
+    assert got[("ecs_task_info", ident)] == 1.0 and ("tasklens_http_scrapes_total", ident) not in got
+    assert not any(k[0] == "t" for k in got)
+    assert (rejected(hub, "duplicate_series"), rejected(hub, "name_conflict"), rejected(hub, "label_conflict"),
+            rejected(hub, "reserved_name"), rejected(hub, "bad_name")) == (1, 3, 1, 3, 1)
+
+
+def test_counters_never_decrease_nor_reach_infinity() -> None:
+    hub, sink, _ = make()
+    hub.publish(Batch("statsd", [Sample("c", 1e308, Kind.COUNT, interval=10),
+                                 Sample("h", Points((1e308,), (1.0,)), Kind.HISTOGRAM)]))
+    hub.publish(Batch("statsd", [Sample("c", 1e308, Kind.COUNT, interval=10),
+                                 Sample("h", Points((1e308,), (1.0,)), Kind.HISTOGRAM)]))
+    hub.publish(Batch("statsd", [Sample("c", -1.0, Kind.COUNT, interval=10)]))
+    got = scrape(sink)
+    ident = (("service", "orders"), ("task_id", "abc"))
+    assert got[("c_total", ident)] == 1e308 and got[("h_sum", ident)] == 1e308 and got[("h_count", ident)] == 1
+    assert rejected(hub, "non_finite") == 2 and rejected(hub, "negative_counter") == 1
+
+
+def test_label_bytes_are_bounded() -> None:
+    hub, sink, clock = make()
+    sink.max_label_bytes = 10_000
+    hub.publish(Batch("statsd", [Sample("g", 1.0, tags=(("i", str(i)),)) for i in range(1000)]))
+    assert 9_000 < sink.label_bytes <= 10_000
+    kept = sum(1 for k in scrape(sink) if k[0] == "g")
+    assert kept + rejected(hub, "label_bytes_limit") == 1000 and kept > 100
+    hub.publish(Batch("statsd", [Sample("g", 2.0, tags=(("i", "0"),))]))  # a live series keeps working
+    assert scrape(sink)[("g", (("i", "0"), ("service", "orders"), ("task_id", "abc")))] == 2.0
+    clock.now += 61
+    sink.expire()
+    assert sink.label_bytes == 0
 
 
 def test_a_broken_sink_does_not_stop_the_others() -> None:
-    hub, sink, clock = make()
+    hub, sink, _ = make()
 
     class Broken:
         name = "broken"
@@ -107,7 +179,24 @@ def test_a_broken_sink_does_not_stop_the_others() -> None:
 def test_reserved_label_prefix() -> None:
     from agent.sinks.prometheus import label_name
 
-    assert label_name("__name__") == "_name__"
-    assert label_name("___x") == "_x"
+    assert label_name("__name__") == "exported_name__"
+    assert label_name("___x") == "exported_x"
     assert label_name("_x") == "_x"
     assert label_name("a.b-c") == "a_b_c"
+    assert label_name("le") == "exported_le" and label_name("quantile") == "exported_quantile"
+    assert label_name("1a") == "_1a" and label_name("") == ""
+
+
+def test_identity_labels_keep_the_tasks_values_and_reserved_labels_are_exported() -> None:
+    hub = Hub(Identity(service="orders", task_id="abc", extra=(("team-name", "core"),)), SelfMetrics())
+    sink = PrometheusSink(hub.metrics, pull=hub.pull, identity=lambda: hub.identity.tags)
+    hub.add_sink(sink)
+    hub.publish(Batch("statsd", [
+        Sample("g", 1.0, tags=(("team-name", "other"), ("task_id", "forged"), ("le", "5"), ("__name__", "x"))),
+        Sample("h", 2.0, tags=(("team-name", "core"),)),  # the same value: nothing to export
+    ]))
+    got = scrape(sink)
+    assert got[("g", (("exported_le", "5"), ("exported_name__", "x"), ("exported_task_id", "forged"),
+                      ("exported_team_name", "other"), ("service", "orders"), ("task_id", "abc"),
+                      ("team_name", "core")))] == 1.0
+    assert got[("h", (("service", "orders"), ("task_id", "abc"), ("team_name", "core")))] == 2.0

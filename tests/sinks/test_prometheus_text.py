@@ -50,16 +50,43 @@ def test_type_conflicts_are_skipped_and_counted() -> None:
                                  Sample("lat", 2.0, Kind.GAUGE, (("other", "1"),))]))
     fast = sink.render().decode()
     assert "lat_count" in fast and 'other="1"' not in fast
-    assert sink.metrics.get("tasklens.prometheus.type_conflicts") == 1
+    assert sink.metrics.get("tasklens.sink.points_rejected", sink="prometheus", reason="type_conflict") == 1
 
 
-def test_the_label_cache_follows_the_live_series() -> None:
+def test_openmetrics_is_the_same_data_in_its_own_rules() -> None:
+    from prometheus_client.openmetrics.parser import text_string_to_metric_families as openmetrics_families
+
     hub, sink = make()
-    for i in range(3000):  # one-off series come and go
-        hub.publish(Batch("s", [Sample("g", 1.0, tags=(("i", str(i)),))]))
-        sink._series.clear()
-        sink.render()
-    assert len(sink._text._labels) < 2 * 1 + 1024 + 10
+    hub.publish(Batch("statsd", [
+        Sample("jobs.done", 3, Kind.COUNT, (("queue", "a"),), interval=10),
+        Sample("lat", Points((5.0, 50.0, 5000.0), (1, 1, 2.5), milliseconds=True), Kind.HISTOGRAM),  # @0.4
+        Sample("neg", Points((-1.0,), (1.0,)), Kind.HISTOGRAM),
+        Sample("help", 1.0, tags=(("q", 'say "hi"'),)),
+    ]))
+    text = sink.render(openmetrics=True).decode()
+    assert text.endswith("# EOF\n") and "# TYPE jobs_done counter\n" in text
+    got = {(f.name, s.name, tuple(sorted(s.labels.items()))): s.value
+           for f in openmetrics_families(text) for s in f.samples}
+    ident = (("env", "prod"), ("service", "orders"), ("task_id", "abc"))
+    assert got[("jobs_done", "jobs_done_total", tuple(sorted(ident + (("queue", "a"),))))] == 3
+    # integer counts in OpenMetrics (4.5 weighted observations -> 4 or 5, the same for +Inf and _count)
+    inf = got[("lat", "lat_bucket", tuple(sorted(ident + (("le", "+Inf"),))))]
+    assert inf == got[("lat", "lat_count", ident)] == round(4.5)
+    assert abs(got[("lat", "lat_sum", ident)] - (0.005 + 0.05 + 12.5)) < 1e-9
+    # a negative sum cannot be written in OpenMetrics: buckets only
+    assert ("neg", "neg_sum", ident) not in got and got[("neg", "neg_bucket", tuple(sorted(ident + (("le", "+Inf"),))))] == 1
+    assert "neg_sum" in sink.render().decode()  # the text format has it
+
+
+def test_the_worker_part_is_rendered_once_per_change() -> None:
+    hub, sink = make()
+    hub.publish(Batch("statsd", [Sample("g", 1.0)]))
+    first = sink.render()
+    cached = sink._cache[False][1]
+    assert sink.render() == first and sink._cache[False][1] is cached  # nothing changed: reused
+    hub.publish(Batch("statsd", [Sample("g", 2.0)]))
+    assert b"\ng{" in sink.render() and sink._cache[False][1] is not cached
+    assert b'g{env="prod",service="orders",task_id="abc"} 2.0' in sink.render()
 
 
 async def test_metrics_endpoint_negotiation_and_gzip() -> None:
@@ -94,3 +121,105 @@ async def test_metrics_endpoint_negotiation_and_gzip() -> None:
                 assert (await r.text()).rstrip().endswith("# EOF")
     finally:
         await server.close()
+
+
+async def test_concurrent_scrapes_share_one_rendering_off_the_event_loop() -> None:
+    import asyncio
+    import threading
+    from typing import Any
+
+    from aiohttp import ClientSession, web
+    from aiohttp.test_utils import TestServer
+
+    from agent.http import make_app
+
+    hub, sink = make()
+    hub.publish(Batch("statsd", [Sample("g", float(i), tags=(("i", str(i)),)) for i in range(2000)]))
+    calls: list[str] = []
+    gate = threading.Event()
+    render_parts = sink.render_parts
+
+    def slow_render(openmetrics: bool = False) -> list[bytes]:
+        calls.append(threading.current_thread().name)
+        gate.wait(10)  # hold the rendering until every scrape has arrived
+        return render_parts(openmetrics)
+
+    sink.render_parts = slow_render  # type: ignore[method-assign]
+    app = make_app(hub, sink, lambda: True, dict)
+    arrived: list[str] = []
+
+    @web.middleware
+    async def count(request: web.Request, handler: Any) -> web.StreamResponse:
+        arrived.append(request.path)
+        return await handler(request)
+
+    app.middlewares.append(count)
+    server = TestServer(app)
+    await server.start_server()
+    try:
+        async with ClientSession() as session:
+            async def scrape() -> str:
+                async with session.get(server.make_url("/metrics")) as r:
+                    return await r.text()
+
+            scrapes = [asyncio.create_task(scrape()) for _ in range(20)]
+            while arrived.count("/metrics") < 20:  # every scrape is in the handler, waiting
+                await asyncio.sleep(0.01)
+            async with session.get(server.make_url("/health")) as r:  # the loop answers meanwhile
+                assert r.status == 200
+            gate.set()
+            bodies = await asyncio.gather(*scrapes)
+    finally:
+        await server.close()
+    assert len(calls) == 1 and calls[0] != threading.main_thread().name
+    assert all(body == bodies[0] and 'g{env="prod",i="1999"' in body for body in bodies)
+    assert hub.metrics.get("tasklens.http.scrapes") == 20
+
+
+def test_rendering_in_a_thread_while_batches_arrive_and_expire() -> None:
+    """accept/expire under the sink's lock on one side, render (no lock) on the other: every rendering
+    parses, with one series per label set, while series come and go."""
+    import threading
+
+    from prometheus_client.openmetrics.parser import text_string_to_metric_families as openmetrics_families
+
+    from agent.sinks.prometheus import PrometheusSink
+
+    class Clock:
+        now = 0.0
+
+        def __call__(self) -> float:
+            return self.now
+
+    clock = Clock()
+    hub = Hub(Identity(service="orders"))
+    sink = PrometheusSink(hub.metrics, pull=hub.pull, ttl=5, clock=clock, identity=lambda: hub.identity.tags)
+    hub.add_sink(sink)
+    done = threading.Event()
+    errors: list[BaseException] = []
+
+    def feed() -> None:
+        try:
+            for round_ in range(200):
+                clock.now += 1
+                hub.publish(Batch("statsd", [Sample(f"m{(round_ + i) % 300}", 1.0, Kind.COUNT, (("i", str(i % 7)),))
+                                             for i in range(50)] + [Sample("lat", Points((0.5,), (1.0,)), Kind.HISTOGRAM)]))
+                sink.expire()
+        except Exception as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+        finally:
+            done.set()
+
+    feeder = threading.Thread(target=feed)
+    feeder.start()
+    renderings = 0
+    while not done.is_set() or renderings < 5:
+        for openmetrics in (False, True):
+            text = sink.render(openmetrics).decode()
+            parse = openmetrics_families if openmetrics else text_string_to_metric_families
+            seen = [(s.name, tuple(sorted(s.labels.items()))) for f in parse(text) for s in f.samples]
+            assert len(seen) == len(set(seen))
+            renderings += 1
+    feeder.join()
+    assert not errors and renderings >= 5
+    assert sink.metrics.get("tasklens.sink.errors", sink="prometheus") == 0

@@ -139,9 +139,10 @@ class _Encoded:
 def label_sets(name: str, tags: Tags, series: Series, external: Tags) -> list[list[tuple[str, str]]]:
     """The sorted label sets of the wire series of one series; ValueError when it cannot be sent."""
     pname = metric_name(name)
-    labels = labels_of(tags)
-    if "" in labels:
-        raise ValueError("invalid_label")
+    found = labels_of(tags)
+    if isinstance(found, str):  # the reason it cannot be sent (the same rules as /metrics)
+        raise ValueError(found)
+    labels = dict(found.items)
     for k, v in external:  # the series' own labels win, as Prometheus applies external labels
         labels.setdefault(k, v)
     if isinstance(series.value, Histogram):
@@ -220,7 +221,10 @@ class RemoteWriteSink:
         parts = urlsplit(self.url)
         self.post_url = parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()
         self.wall = wall
-        self.external = tuple(sorted(labels_of(config.remote_write_labels).items()))
+        external = labels_of(config.remote_write_labels)
+        if isinstance(external, str):
+            raise ConfigError(f"TASKLENS_REMOTE_WRITE_LABELS: {external} (two keys give the same label name)")
+        self.external = external.items
         self.batch_samples = config.remote_write_batch_samples
         # a new series costs ~80 us to encode (its labels, once): a burst of them is spread over flushes so
         # that one flush never holds the event loop (and StatsD reading) for more than ~1 s
@@ -275,7 +279,8 @@ class RemoteWriteSink:
             sets = label_sets(key[0], key[1], series, self.external)
             blocks = [TimeSeries(labels=[Label(name=k, value=v) for k, v in s]).SerializeToString() for s in sets]
         except ValueError as exc:  # a bad label, or text protobuf cannot encode (a lone surrogate)
-            reason = exc.args[0] if exc.args and exc.args[0] in ("invalid_label", "reserved_label") else "invalid_utf8"
+            known = ("bad_label", "label_conflict", "reserved_label")  # the reasons label_sets gives
+            reason = exc.args[0] if exc.args and exc.args[0] in known else "invalid_utf8"
             series.cache = reason
             self.state.reject(reason)
             return None

@@ -598,11 +598,26 @@ def test_a_burst_of_new_series_is_spread_over_flushes_and_nothing_is_lost() -> N
 
 
 def test_a_refused_series_is_counted_per_point_without_being_encoded_again() -> None:
+    # `a-b` and `a_b` give the same label name: refused, as on /metrics
+    sink, hub = make("http://127.0.0.1:9/api/v1/write")
+    hub.publish(Batch("statsd", [Sample("h", Points((1.0,), (1.0,)), Kind.HISTOGRAM, (("a-b", "x"), ("a_b", "y")))]))
+    sink.flush()
+    sink.flush()
+    assert hub.metrics.get("tasklens.sink.points_rejected", sink="remote_write", reason="label_conflict") == 2
+
+
+def test_a_worker_tag_named_le_is_renamed_as_on_metrics() -> None:
+    import cramjam
+
     sink, hub = make("http://127.0.0.1:9/api/v1/write")
     hub.publish(Batch("statsd", [Sample("h", Points((1.0,), (1.0,)), Kind.HISTOGRAM, (("le", "x"),))]))
-    sink.flush()
-    sink.flush()
-    assert hub.metrics.get("tasklens.sink.points_rejected", sink="remote_write", reason="reserved_label") == 2
+    [payload] = sink.flush()
+    req = pb()["WriteRequest"]()
+    req.ParseFromString(bytes(cramjam.snappy.decompress_raw(payload.body)))
+    labels = [{label.name: label.value for label in ts.labels} for ts in req.timeseries]
+    ours = [ls for ls in labels if ls["__name__"] in ("h_bucket", "h_sum", "h_count")]
+    assert len(ours) == len(Config().histogram_buckets) + 3 and {ls["exported_le"] for ls in ours} == {"x"}
+    assert all("le" in ls for ls in ours if ls["__name__"] == "h_bucket")
 
 
 def test_only_the_selected_metrics_are_pushed() -> None:

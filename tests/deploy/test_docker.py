@@ -46,7 +46,10 @@ def test_dockerignore_keeps_what_the_build_copies() -> None:
 
 def test_image_conventions() -> None:
     stage = dict(final_stage())
-    assert re.fullmatch(r"python:3\.11-slim-\w+", stage["FROM"])
+    # both stages start from BASE_IMAGE, by default the official slim image users pull
+    steps = instructions(DOCKERFILE.read_text())
+    assert steps[0][0] == "ARG" and re.fullmatch(r"BASE_IMAGE=python:3\.11-slim-\w+", steps[0][1])
+    assert [args.split()[0] for keyword, args in steps if keyword == "FROM"] == ["${BASE_IMAGE}"] * 2
     assert stage["USER"] not in ("root", "0", "0:0")
     assert exec_form("ENTRYPOINT") + exec_form("CMD") == ["tasklens", "run"]
     assert exec_form("HEALTHCHECK") == ["tasklens", "health"]

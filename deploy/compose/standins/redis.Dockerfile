@@ -4,9 +4,9 @@ ARG BASE_IMAGE=debian:bookworm-slim
 FROM ${BASE_IMAGE}
 # hadolint ignore=DL3008
 RUN apt-get update && apt-get install -y --no-install-recommends redis-server && rm -rf /var/lib/apt/lists/* \
-    && mkdir -p /data && chown redis:redis /data
+    && mkdir -p /data && chown 65534:65534 /data
 WORKDIR /data
-USER redis
+USER 65534:65534
 EXPOSE 6379
 # as the official image: no protected mode (the network is the container's), no config file
 CMD ["redis-server", "--protected-mode", "no", "--dir", "/data"]

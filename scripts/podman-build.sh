@@ -17,10 +17,13 @@ base=${BASE_IMAGE:-$("$here/podman-base.sh")}
 
 mounts=()
 [ -d /etc/ssl/certs ] && mounts+=(-v /etc/ssl/certs:/etc/ssl/certs:ro)
-# `docker` format keeps the HEALTHCHECK (the OCI image format has no field for it)
+# `docker` format keeps the HEALTHCHECK (the OCI image format has no field for it).
+# --layers=false: buildah 1.28 (Debian bookworm's podman 4.3) skips a build stage it has cached and
+# then cannot bind-mount that stage's /wheels into the final one. The pip cache mount still saves
+# the downloads between builds.
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
-podman build --format docker --network host "${mounts[@]}" \
+podman build --format docker --layers=false --network host "${mounts[@]}" \
   --build-arg "BASE_IMAGE=$base" \
   --ignorefile "$root/deploy/docker/Dockerfile.dockerignore" \
   -f "$root/deploy/docker/Dockerfile" -t "$tag" "$@" "$root" >"$log" 2>&1 || { tail -40 "$log" >&2; exit 1; }

@@ -147,8 +147,8 @@ def up(project: str, publish: bool, tasklens_image: str | None) -> None:
             source, _, rest = volume.partition(":")
             argv += ["-v", f"{(COMPOSE_DIR / source).resolve()}:{rest}"]
         if publish:
-            for port in service.get("ports", []):
-                argv += ["-p", f"127.0.0.1:{port}"]
+            for port in service.get("ports", []):  # host addresses as given, else loopback only
+                argv += ["-p", port if str(port).count(":") == 2 else f"127.0.0.1:{port}"]
         argv.append(image)
         argv += [str(a) for a in service.get("command", [])]
         podman(*argv)

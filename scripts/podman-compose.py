@@ -159,8 +159,8 @@ def up(project: str, publish: bool, tasklens_image: str | None) -> None:
 
 def down(project: str) -> None:
     containers = podman("ps", "-a", "--filter", f"network={project}", "--format", "{{.Names}}", check=False)
-    for name in containers.stdout.split():
-        podman("rm", "-f", "-t", "10", name, check=False)
+    if containers.stdout.split():  # all at once: podman stops them in parallel, 10 s each at most
+        podman("rm", "-f", "-t", "10", *containers.stdout.split(), check=False)
     podman("network", "rm", "-f", project, check=False)
 
 

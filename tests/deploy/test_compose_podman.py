@@ -31,7 +31,11 @@ def project(podman: Podman, image: str) -> Iterator[dict[str, str]]:
     try:
         assert up.returncode == 0, up.stdout + up.stderr
         assert "grafana: left out" in up.stderr
-        yield json.loads(up.stdout.strip().splitlines()[-1])
+        addresses = json.loads(up.stdout.strip().splitlines()[-1])
+        # Prometheus answers 503 until its storage is open
+        wait_until(lambda: http_get(f"http://{addresses['prometheus']}:9090/-/ready")[0] == 200, timeout=60,
+                   interval=0.5, what="Prometheus ready")
+        yield addresses
     finally:
         subprocess.run([*COMPOSE, "down", "--project", name], capture_output=True, env=podman.env, timeout=120)
         assert podman("ps", "-a", "--filter", f"name={name}", "--format", "{{.Names}}").stdout.strip() == ""

@@ -61,7 +61,7 @@ def sizes(image: str) -> dict[str, float]:
 def ready(url: str) -> bool:
     try:
         with urllib.request.urlopen(url, timeout=1) as r:
-            return r.status == 200
+            return bool(r.status == 200)
     except OSError:
         return False
 
@@ -71,15 +71,39 @@ def start_and_idle(image: str, starts: int, seconds: float) -> dict[str, float]:
     podman("network", "create", name)
     try:
         podman("pod", "create", "--name", name, "--network", name)
-        podman("run", "-d", "--pod", name, "--name", f"{name}-metadata", "--read-only", image,
-               "emulate-ecs", "--addr", "127.0.0.1:51678")
+        podman(
+            "run",
+            "-d",
+            "--pod",
+            name,
+            "--name",
+            f"{name}-metadata",
+            "--read-only",
+            image,
+            "emulate-ecs",
+            "--addr",
+            "127.0.0.1:51678",
+        )
         infra = podman("pod", "inspect", name, "--format", "{{.InfraContainerID}}").strip()
-        ip = podman("inspect", infra, "--format", f'{{{{(index .NetworkSettings.Networks "{name}").IPAddress}}}}').strip()
+        ip = podman(
+            "inspect", infra, "--format", f'{{{{(index .NetworkSettings.Networks "{name}").IPAddress}}}}'
+        ).strip()
         url = f"http://{ip}:9102/ready"
         sidecar = f"{name}-sidecar"
-        run = ["run", "-d", "--pod", name, "--name", sidecar, "--read-only",
-               "-e", "ECS_CONTAINER_METADATA_URI_V4=http://127.0.0.1:51678/v4/numbers",
-               "-e", "TASKLENS_SERVICE=numbers", image]
+        run = [
+            "run",
+            "-d",
+            "--pod",
+            name,
+            "--name",
+            sidecar,
+            "--read-only",
+            "-e",
+            "ECS_CONTAINER_METADATA_URI_V4=http://127.0.0.1:51678/v4/numbers",
+            "-e",
+            "TASKLENS_SERVICE=numbers",
+            image,
+        ]
         times = []
         for _ in range(starts):
             started = time.monotonic()
@@ -98,18 +122,27 @@ def start_and_idle(image: str, starts: int, seconds: float) -> dict[str, float]:
         while True:
             status = podman("exec", sidecar, "cat", "/proc/1/status")
             rss.append(next(int(line.split()[1]) * 1024 for line in status.splitlines() if line.startswith("VmRSS:")))
-            usage = podman("exec", sidecar, "sh", "-c",
-                           "cat /sys/fs/cgroup/memory.current 2>/dev/null || cat /sys/fs/cgroup/memory/memory.usage_in_bytes")
+            usage = podman(
+                "exec",
+                sidecar,
+                "sh",
+                "-c",
+                "cat /sys/fs/cgroup/memory.current 2>/dev/null || cat /sys/fs/cgroup/memory/memory.usage_in_bytes",
+            )
             cgroup.append(int(usage.split()[0]))
             if time.monotonic() >= deadline:
                 break
             time.sleep(5)
-        return {"cold_start_to_ready_s_median": statistics.median(times), "cold_start_to_ready_s_max": max(times),
-                "idle_rss_mib_median": statistics.median(rss) / MiB, "idle_rss_mib_max": max(rss) / MiB,
-                "idle_cgroup_memory_mib_median": statistics.median(cgroup) / MiB}
+        return {
+            "cold_start_to_ready_s_median": statistics.median(times),
+            "cold_start_to_ready_s_max": max(times),
+            "idle_rss_mib_median": statistics.median(rss) / MiB,
+            "idle_rss_mib_max": max(rss) / MiB,
+            "idle_cgroup_memory_mib_median": statistics.median(cgroup) / MiB,
+        }
     finally:
-        subprocess.run(["podman", "pod", "rm", "-f", "-t", "0", name], capture_output=True, env=ENV)
-        subprocess.run(["podman", "network", "rm", "-f", name], capture_output=True, env=ENV)
+        subprocess.run(["podman", "pod", "rm", "-f", "-t", "0", name], capture_output=True, env=ENV, check=False)
+        subprocess.run(["podman", "network", "rm", "-f", name], capture_output=True, env=ENV, check=False)
 
 
 def main() -> None:

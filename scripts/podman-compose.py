@@ -42,14 +42,14 @@ STANDINS: dict[str, str | None] = {
 
 
 def podman(*args: str, check: bool = True, capture: bool = True) -> subprocess.CompletedProcess[str]:
-    result = subprocess.run(["podman", *args], capture_output=capture, text=True, env=ENV)
+    result = subprocess.run(["podman", *args], capture_output=capture, text=True, env=ENV, check=False)
     if check and result.returncode != 0:
         sys.exit(f"podman {' '.join(args)} failed ({result.returncode}):\n{result.stderr}")
     return result
 
 
 def script(name: str, *args: str) -> str:
-    result = subprocess.run([str(SCRIPTS / name), *args], capture_output=True, text=True, env=ENV)
+    result = subprocess.run([str(SCRIPTS / name), *args], capture_output=True, text=True, env=ENV, check=False)
     if result.returncode != 0:
         sys.exit(f"{name} failed:\n{result.stderr}")
     return result.stdout.strip().splitlines()[-1]
@@ -58,10 +58,29 @@ def script(name: str, *args: str) -> str:
 def build(tag: str, context: Path, dockerfile: Path, base: str) -> str:
     """Build an image on the stand-in base; pip and apt reach their indexes through the host's
     network and CA bundle, mounted for the build only."""
-    result = subprocess.run(["podman", "build", "--format", "docker", "--network", "host",
-                             "-v", "/etc/ssl/certs:/etc/ssl/certs:ro", "--build-arg", f"BASE_IMAGE={base}",
-                             "-f", str(dockerfile), "-t", tag, str(context)],
-                            capture_output=True, text=True, env=ENV)
+    result = subprocess.run(
+        [
+            "podman",
+            "build",
+            "--format",
+            "docker",
+            "--network",
+            "host",
+            "-v",
+            "/etc/ssl/certs:/etc/ssl/certs:ro",
+            "--build-arg",
+            f"BASE_IMAGE={base}",
+            "-f",
+            str(dockerfile),
+            "-t",
+            tag,
+            str(context),
+        ],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        check=False,
+    )
     if result.returncode != 0:
         sys.exit(f"building {tag} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
     return tag
@@ -76,8 +95,11 @@ def images(services: dict[str, Any], tasklens_image: str | None) -> dict[str, st
         image = service.get("image")
         if image in STANDINS:
             dockerfile = STANDINS[image]
-            out[name] = None if dockerfile is None else build(
-                f"localhost/tasklens-standin-{name}:dev", COMPOSE_DIR, COMPOSE_DIR / dockerfile, base)
+            out[name] = (
+                None
+                if dockerfile is None
+                else build(f"localhost/tasklens-standin-{name}:dev", COMPOSE_DIR, COMPOSE_DIR / dockerfile, base)
+            )
         elif image == "tasklens:dev":
             out[name] = tasklens
         elif "build" in service and isinstance(service["build"], str):
@@ -152,8 +174,12 @@ def up(project: str, publish: bool, tasklens_image: str | None) -> None:
         argv.append(image)
         argv += [str(a) for a in service.get("command", [])]
         podman(*argv)
-        addresses[name] = podman("inspect", f"{project}-{name}", "--format",
-                                 f'{{{{(index .NetworkSettings.Networks "{project}").IPAddress}}}}').stdout.strip()
+        addresses[name] = podman(
+            "inspect",
+            f"{project}-{name}",
+            "--format",
+            f'{{{{(index .NetworkSettings.Networks "{project}").IPAddress}}}}',
+        ).stdout.strip()
     print(json.dumps(addresses))
 
 

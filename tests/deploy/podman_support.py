@@ -41,16 +41,26 @@ class Podman:
         if shutil.which("podman") is None:
             raise PodmanUnavailable("podman is not installed (scripts/system-deps.sh installs it as root)")
         if os.geteuid() != 0:
-            raise PodmanUnavailable("the image tests run podman as root (scripts/containers.conf is for rootful podman)")
-        info = subprocess.run(["podman", "info", "--format", "{{.Host.OCIRuntime.Name}}"], capture_output=True,
-                              text=True, env={**os.environ, "CONTAINERS_CONF": str(CONTAINERS_CONF)}, timeout=60)
+            raise PodmanUnavailable(
+                "the image tests run podman as root (scripts/containers.conf is for rootful podman)"
+            )
+        info = subprocess.run(
+            ["podman", "info", "--format", "{{.Host.OCIRuntime.Name}}"],
+            capture_output=True,
+            text=True,
+            env={**os.environ, "CONTAINERS_CONF": str(CONTAINERS_CONF)},
+            timeout=60,
+            check=False,
+        )
         if info.returncode != 0:
             raise PodmanUnavailable(f"podman does not work here: {info.stderr.strip()[-400:]}")
 
-    def __call__(self, *args: str, check: bool = True, timeout: float = 120, input: str | None = None
-                 ) -> subprocess.CompletedProcess[str]:
-        result = subprocess.run(["podman", *args], capture_output=True, text=True, env=self.env, timeout=timeout,
-                                input=input)
+    def __call__(
+        self, *args: str, check: bool = True, timeout: float = 120, input: str | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run(
+            ["podman", *args], capture_output=True, text=True, env=self.env, timeout=timeout, input=input, check=False
+        )
         if check and result.returncode != 0:
             raise AssertionError(f"podman {' '.join(args)} -> {result.returncode}\n{result.stdout}\n{result.stderr}")
         return result
@@ -60,11 +70,13 @@ class Podman:
 
     def script(self, name: str, *args: str, timeout: float = 900) -> str:
         """Run scripts/<name> with these settings; its last output line (the image name)."""
-        result = subprocess.run([str(SCRIPTS / name), *args], capture_output=True, text=True, env=self.env,
-                                timeout=timeout)
+        result = subprocess.run(
+            [str(SCRIPTS / name), *args], capture_output=True, text=True, env=self.env, timeout=timeout, check=False
+        )
         if result.returncode != 0:
-            raise AssertionError(f"{name} {' '.join(args)} -> {result.returncode}\n{result.stdout[-3000:]}\n"
-                                 f"{result.stderr[-3000:]}")
+            raise AssertionError(
+                f"{name} {' '.join(args)} -> {result.returncode}\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+            )
         return result.stdout.strip().splitlines()[-1]
 
     # -- objects removed at the end of the session ---------------------------------------------
@@ -75,8 +87,9 @@ class Podman:
         name = self.name(base)
         self("network", "create", name)
         self._created.append(("network", name))
-        self.start(f"{base}-keeper", image, "--network", name, "--read-only", "--entrypoint", "sleep",
-                   command=("infinity",))
+        self.start(
+            f"{base}-keeper", image, "--network", name, "--read-only", "--entrypoint", "sleep", command=("infinity",)
+        )
         (subnet,) = json.loads(self("network", "inspect", name).stdout)[0]["subnets"]
         return name, subnet["gateway"]
 
@@ -94,11 +107,13 @@ class Podman:
         return name
 
     def ip(self, container: str, network: str) -> str:
-        return self("inspect", container, "--format",
-                    f'{{{{(index .NetworkSettings.Networks "{network}").IPAddress}}}}').stdout.strip()
+        return self(
+            "inspect", container, "--format", f'{{{{(index .NetworkSettings.Networks "{network}").IPAddress}}}}'
+        ).stdout.strip()
 
     def inspect(self, name: str) -> dict[str, Any]:
-        return json.loads(self("inspect", name).stdout)[0]
+        inspected: list[dict[str, Any]] = json.loads(self("inspect", name).stdout)
+        return inspected[0]
 
     def remove(self, kind: str, name: str) -> None:
         if kind == "container":
@@ -122,14 +137,14 @@ def serve_on(host: str, app: web.Application, **runner_options: Any) -> Iterator
     loop = asyncio.new_event_loop()
     runner = web.AppRunner(app, access_log=None, **runner_options)
     started = threading.Event()
-    failed: list[BaseException] = []
+    failed: list[OSError] = []
 
     def run() -> None:
         asyncio.set_event_loop(loop)
         try:
             loop.run_until_complete(runner.setup())
             loop.run_until_complete(web.TCPSite(runner, host, 0).start())
-        except BaseException as exc:  # reported to the test below
+        except OSError as exc:  # a bind that fails: reported to the test below
             failed.append(exc)
             return
         finally:

@@ -26,18 +26,30 @@ COMPOSE = [sys.executable, str(SCRIPTS / "podman-compose.py")]
 @pytest.fixture(scope="module")
 def project(podman: Podman, image: str) -> Iterator[dict[str, str]]:
     name = podman.name("dev")
-    up = subprocess.run([*COMPOSE, "up", "--project", name, "--no-ports", "--tasklens-image", image],
-                        capture_output=True, text=True, env=podman.env, timeout=900)
+    up = subprocess.run(
+        [*COMPOSE, "up", "--project", name, "--no-ports", "--tasklens-image", image],
+        capture_output=True,
+        text=True,
+        env=podman.env,
+        timeout=900,
+        check=False,
+    )
     try:
         assert up.returncode == 0, up.stdout + up.stderr
         assert "grafana: left out" in up.stderr
         addresses = json.loads(up.stdout.strip().splitlines()[-1])
         # Prometheus answers 503 until its storage is open
-        wait_until(lambda: http_get(f"http://{addresses['prometheus']}:9090/-/ready")[0] == 200, timeout=60,
-                   interval=0.5, what="Prometheus ready")
+        wait_until(
+            lambda: http_get(f"http://{addresses['prometheus']}:9090/-/ready")[0] == 200,
+            timeout=60,
+            interval=0.5,
+            what="Prometheus ready",
+        )
         yield addresses
     finally:
-        subprocess.run([*COMPOSE, "down", "--project", name], capture_output=True, env=podman.env, timeout=120)
+        subprocess.run(
+            [*COMPOSE, "down", "--project", name], capture_output=True, env=podman.env, timeout=120, check=False
+        )
         assert podman("ps", "-a", "--filter", f"name={name}", "--format", "{{.Names}}").stdout.strip() == ""
 
 
@@ -56,18 +68,28 @@ def test_prometheus_scrapes_the_sidecar(project: dict[str, str]) -> None:
     def target_up() -> bool:
         targets = prometheus(project, "targets")["activeTargets"]
         return [(t["labels"]["job"], t["labels"]["instance"], t["health"]) for t in targets] == [
-            ("tasklens", "tasklens:9102", "up")]
+            ("tasklens", "tasklens:9102", "up")
+        ]
 
     wait_until(target_up, timeout=60, interval=1, what="Prometheus scraping tasklens:9102")
 
     def series(query: str) -> list[dict[str, Any]]:
-        return prometheus(project, "query", query=query)["result"]
+        result: list[dict[str, Any]] = prometheus(project, "query", query=query)["result"]
+        return result
 
     # the worker's DogStatsD, through the sidecar, in Prometheus; and the queue the sidecar polls
-    wait_until(lambda: series('worker_jobs_total{service="orders-worker",env="dev",outcome="ok"}'), timeout=60,
-               interval=1, what="the worker's jobs in Prometheus")
-    wait_until(lambda: series('queue_depth{queue="jobs",queue_type="redis",service="orders-worker"}'), timeout=60,
-               interval=1, what="the Redis queue's depth in Prometheus")
+    wait_until(
+        lambda: series('worker_jobs_total{service="orders-worker",env="dev",outcome="ok"}'),
+        timeout=60,
+        interval=1,
+        what="the worker's jobs in Prometheus",
+    )
+    wait_until(
+        lambda: series('queue_depth{queue="jobs",queue_type="redis",service="orders-worker"}'),
+        timeout=60,
+        interval=1,
+        what="the Redis queue's depth in Prometheus",
+    )
 
 
 def test_prometheus_evaluates_the_alert_rules(project: dict[str, str]) -> None:

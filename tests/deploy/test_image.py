@@ -98,46 +98,80 @@ def intake(network: tuple[str, str]) -> Any:
         yield fake
 
 
-def test_sidecar_container_as_users_run_it(podman: Podman, image: str, network: tuple[str, str],
-                                           intake: Intake) -> None:
+def test_sidecar_container_as_users_run_it(
+    podman: Podman, image: str, network: tuple[str, str], intake: Intake
+) -> None:
     """Read-only root, UID 10001, the image's own health check, /metrics and StatsD reached from
     another container by name, and SIGTERM -> exit 0 with the last interval flushed to Datadog."""
     net, _ = network
     started = time.monotonic()
-    sidecar = podman.start("sidecar", image, "--network", net, "--read-only",
-                           "-e", "TASKLENS_SERVICE=image-test", "-e", f"DD_API_KEY={intake.api_key}",
-                           "-e", f"DD_DD_URL={intake.url}",
-                           # longer than the test: only the flush at SIGTERM can send the counter
-                           "-e", "TASKLENS_FLUSH_INTERVAL=300")
-    wait_until(lambda: podman("healthcheck", "run", sidecar, check=False).returncode == 0, timeout=30,
-               interval=0.2, what="the image's health check")
+    sidecar = podman.start(
+        "sidecar",
+        image,
+        "--network",
+        net,
+        "--read-only",
+        "-e",
+        "TASKLENS_SERVICE=image-test",
+        "-e",
+        f"DD_API_KEY={intake.api_key}",
+        "-e",
+        f"DD_DD_URL={intake.url}",
+        # longer than the test: only the flush at SIGTERM can send the counter
+        "-e",
+        "TASKLENS_FLUSH_INTERVAL=300",
+    )
+    wait_until(
+        lambda: podman("healthcheck", "run", sidecar, check=False).returncode == 0,
+        timeout=30,
+        interval=0.2,
+        what="the image's health check",
+    )
     ready_after = time.monotonic() - started
     state = podman.inspect(sidecar)
     assert state["HostConfig"]["ReadonlyRootfs"] is True
     status = podman("exec", sidecar, "cat", "/proc/1/status").stdout
-    assert re.search(r"^Uid:\s+10001\s", status, re.M), status
+    assert re.search(r"^Uid:\s+10001\s", status, re.MULTILINE), status
     assert podman("exec", sidecar, "touch", "/usr/local/written", check=False).returncode != 0
 
     # another container on the network: StatsD in, /metrics out, by the sidecar's name
-    peer = podman("run", "--rm", "--network", net, "--entrypoint", "python", image, "-c", f"""
+    peer = podman(
+        "run",
+        "--rm",
+        "--network",
+        net,
+        "--entrypoint",
+        "python",
+        image,
+        "-c",
+        f"""
 import urllib.request
 from datadog import DogStatsd
 DogStatsd(host={sidecar!r}, port=8125).increment("image.last_interval", 3, tags=["from:peer"])
 with urllib.request.urlopen("http://{sidecar}:9102/metrics", timeout=5) as r:
     print(r.status)
     print(r.read().decode())
-""").stdout
+""",
+    ).stdout
     assert peer.startswith("200\n") and "# TYPE tasklens_" in peer, peer[:500]
     ip = podman.ip(sidecar, net)
-    wait_until(lambda: (metric_value(scrape(f"http://{ip}:9102/metrics"), "tasklens_statsd_packets_total") or 0) >= 1,
-               timeout=10, what="the sidecar counting the peer's StatsD packet")
+    wait_until(
+        lambda: (metric_value(scrape(f"http://{ip}:9102/metrics"), "tasklens_statsd_packets_total") or 0) >= 1,
+        timeout=10,
+        what="the sidecar counting the peer's StatsD packet",
+    )
     assert intake.points("image.last_interval") == []  # not flushed yet
 
     podman("stop", "-t", "30", sidecar)  # SIGTERM, the image's STOPSIGNAL
     assert exit_code(podman, sidecar) == 0, podman("logs", sidecar).stderr[-2000:]
     points = intake.points("image.last_interval")
     # a DogStatsD count leaves as a rate over the flush interval, as the Datadog agent sends it
-    assert round(sum(value * (interval or 1) for _, value, _, _, interval in points), 6) == 3, (intake.errors, intake.requests, intake.metrics(), podman("logs", sidecar).stderr[-3000:])
+    assert round(sum(value * (interval or 1) for _, value, _, _, interval in points), 6) == 3, (
+        intake.errors,
+        intake.requests,
+        intake.metrics(),
+        podman("logs", sidecar).stderr[-3000:],
+    )
     assert "from:peer" in points[0][2] and "service:image-test" in points[0][2]
     assert intake.errors == []
     assert ready_after < 30
@@ -153,26 +187,60 @@ def pyroscope(network: tuple[str, str]) -> Any:
         yield fake
 
 
-def test_pod_like_an_awsvpc_task(podman: Podman, image: str, network: tuple[str, str],
-                                 pyroscope: FakePyroscope) -> None:
+def test_pod_like_an_awsvpc_task(
+    podman: Podman, image: str, network: tuple[str, str], pyroscope: FakePyroscope
+) -> None:
     """A worker container and the sidecar in one pod (shared network and PID namespace, like an ECS
     task with awsvpc and pidMode task), the metadata emulator standing in for ECS: the worker's
     DogStatsD reaches the sidecar over 127.0.0.1, StatsD bound to loopback is out of reach of other
     containers, /metrics is reachable for a scraper, and py-spy in the sidecar samples the worker."""
     net, _ = network
     pod = podman.pod("task", "--network", net, "--share", "net,ipc,uts,pid")
-    metadata = podman.start("metadata", image, "--pod", pod, "--read-only", command=("emulate-ecs", "--addr", "127.0.0.1:51678"))
+    metadata = podman.start(
+        "metadata", image, "--pod", pod, "--read-only", command=("emulate-ecs", "--addr", "127.0.0.1:51678")
+    )
     sidecar = podman.start(
-        "pod-sidecar", image, "--pod", pod, "--read-only", "--cap-add", "SYS_PTRACE",
-        "-e", "ECS_CONTAINER_METADATA_URI_V4=http://127.0.0.1:51678/v4/sidecar",
-        "-e", "TASKLENS_SERVICE=orders-worker",
+        "pod-sidecar",
+        image,
+        "--pod",
+        pod,
+        "--read-only",
+        "--cap-add",
+        "SYS_PTRACE",
+        "-e",
+        "ECS_CONTAINER_METADATA_URI_V4=http://127.0.0.1:51678/v4/sidecar",
+        "-e",
+        "TASKLENS_SERVICE=orders-worker",
         # what the Terraform modules set in awsvpc mode: StatsD on loopback, HTTP for the scraper
-        "-e", "TASKLENS_STATSD_ADDR=127.0.0.1:8125", "-e", "TASKLENS_HTTP_ADDR=0.0.0.0:9102",
-        "-e", "TASKLENS_FLUSH_INTERVAL=1", "-e", "TASKLENS_POLL_INTERVAL=2",
-        "-e", f"TASKLENS_PYROSCOPE_URL={pyroscope.url}", "-e", "TASKLENS_PROFILE_WINDOW=2",
-        "-e", "TASKLENS_PROFILE_MATCH=burn_cpu_for_the_profiler|DogStatsd")
-    podman.start("worker", image, "--pod", pod, "--read-only", "--entrypoint", "python",
-                 "-e", "DD_AGENT_HOST=127.0.0.1", "-e", "DD_DOGSTATSD_PORT=8125", command=("-c", WORKER))
+        "-e",
+        "TASKLENS_STATSD_ADDR=127.0.0.1:8125",
+        "-e",
+        "TASKLENS_HTTP_ADDR=0.0.0.0:9102",
+        "-e",
+        "TASKLENS_FLUSH_INTERVAL=1",
+        "-e",
+        "TASKLENS_POLL_INTERVAL=2",
+        "-e",
+        f"TASKLENS_PYROSCOPE_URL={pyroscope.url}",
+        "-e",
+        "TASKLENS_PROFILE_WINDOW=2",
+        "-e",
+        "TASKLENS_PROFILE_MATCH=burn_cpu_for_the_profiler|DogStatsd",
+    )
+    podman.start(
+        "worker",
+        image,
+        "--pod",
+        pod,
+        "--read-only",
+        "--entrypoint",
+        "python",
+        "-e",
+        "DD_AGENT_HOST=127.0.0.1",
+        "-e",
+        "DD_DOGSTATSD_PORT=8125",
+        command=("-c", WORKER),
+    )
     infra = podman("pod", "inspect", pod, "--format", "{{.InfraContainerID}}").stdout.strip()
     ip = podman.ip(infra, net)
     metrics = f"http://{ip}:9102/metrics"
@@ -189,15 +257,31 @@ def test_pod_like_an_awsvpc_task(podman: Podman, image: str, network: tuple[str,
 
     # StatsD on 127.0.0.1 inside the pod: a container outside it cannot inject metrics
     flushes = metric_value(body, "tasklens_statsd_flushes_total") or 0
-    podman("run", "--rm", "--network", net, "--entrypoint", "python", image, "-c",
-           f"from datadog import DogStatsd; DogStatsd(host={ip!r}, port=8125).increment('outside.injected')")
-    wait_until(lambda: (metric_value(scrape(metrics), "tasklens_statsd_flushes_total") or 0) >= flushes + 2,
-               timeout=20, what="two more StatsD flushes")
+    podman(
+        "run",
+        "--rm",
+        "--network",
+        net,
+        "--entrypoint",
+        "python",
+        image,
+        "-c",
+        f"from datadog import DogStatsd; DogStatsd(host={ip!r}, port=8125).increment('outside.injected')",
+    )
+    wait_until(
+        lambda: (metric_value(scrape(metrics), "tasklens_statsd_flushes_total") or 0) >= flushes + 2,
+        timeout=20,
+        what="two more StatsD flushes",
+    )
     assert "outside_injected" not in scrape(metrics)
 
     # py-spy in the sidecar sees the worker's process through the shared PID namespace
-    wait_until(lambda: any(i.stacks and i.share("burn_cpu_for_the_profiler") > 0 for i in pyroscope.ingested),
-               timeout=60, interval=0.5, what="a profile of the worker")
+    wait_until(
+        lambda: any(i.stacks and i.share("burn_cpu_for_the_profiler") > 0 for i in pyroscope.ingested),
+        timeout=60,
+        interval=0.5,
+        what="a profile of the worker",
+    )
     assert pyroscope.errors == []
 
     podman("stop", "-t", "30", sidecar)

@@ -22,7 +22,7 @@ WORKFLOW = ROOT / ".github" / "workflows" / "release.yml"
 
 
 def workflow() -> dict[str, Any]:
-    doc = yaml.safe_load(WORKFLOW.read_text())
+    doc: dict[Any, Any] = yaml.safe_load(WORKFLOW.read_text())
     doc["on"] = doc.pop(True, doc.get("on"))  # YAML 1.1 reads the key `on` as true
     return doc
 
@@ -53,8 +53,11 @@ def test_builds_the_dockerfile_for_amd64_and_arm64_and_pushes() -> None:
     assert pushed["tags"] == "${{ steps.meta.outputs.tags }}"
     # the smoke-tested build comes before the push, and the login only after it
     names = [s.get("name", s.get("uses", "")) for s in steps()]
-    assert names.index("Smoke test") < names.index("docker/login-action@v3") < names.index(
-        "Build and push linux/amd64 and linux/arm64")
+    assert (
+        names.index("Smoke test")
+        < names.index("docker/login-action@v3")
+        < names.index("Build and push linux/amd64 and linux/arm64")
+    )
 
 
 def test_pushes_the_image_the_modules_default_to() -> None:
@@ -69,13 +72,16 @@ def test_pushes_the_image_the_modules_default_to() -> None:
 def test_no_secret_in_the_file() -> None:
     for step in steps():
         for key, value in (step.get("with") or {}).items():
-            if re.search(r"user|pass|token|key", key, re.I):
+            if re.search(r"user|pass|token|key", key, re.IGNORECASE):
                 assert re.fullmatch(r"\$\{\{ secrets\.[A-Z_]+ \}\}", str(value)), (step, key)
 
 
 def actionlint() -> str | None:
-    candidates = [shutil.which("actionlint"), str(Path(sys.executable).with_name("actionlint")),
-                  str(ROOT / ".tools" / "actionlint" / "bin" / "actionlint")]
+    candidates = [
+        shutil.which("actionlint"),
+        str(Path(sys.executable).with_name("actionlint")),
+        str(ROOT / ".tools" / "actionlint" / "bin" / "actionlint"),
+    ]
     return next((c for c in candidates if c and Path(c).is_file()), None)
 
 
@@ -83,10 +89,10 @@ def test_actionlint_clean(tmp_path: Path) -> None:
     tool = actionlint()
     if tool is None:
         pytest.skip("actionlint not installed (scripts/system-deps.sh puts it in .tools/actionlint)")
-    result = subprocess.run([tool, "-no-color", str(WORKFLOW)], capture_output=True, text=True, timeout=60)
+    result = subprocess.run([tool, "-no-color", str(WORKFLOW)], capture_output=True, text=True, timeout=60, check=False)
     assert result.returncode == 0, result.stdout + result.stderr
     # and it is not vacuous: a step output that does not exist is an error
     broken = tmp_path / "release.yml"
     broken.write_text(WORKFLOW.read_text().replace("steps.meta.outputs.tags", "steps.metadata.outputs.tags"))
-    result = subprocess.run([tool, "-no-color", str(broken)], capture_output=True, text=True, timeout=60)
+    result = subprocess.run([tool, "-no-color", str(broken)], capture_output=True, text=True, timeout=60, check=False)
     assert result.returncode == 1 and "metadata" in result.stdout, result.stdout + result.stderr

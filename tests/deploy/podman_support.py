@@ -26,6 +26,11 @@ SCRIPTS = ROOT / "scripts"
 CONTAINERS_CONF = SCRIPTS / "containers.conf"
 
 
+def env(**values: str) -> list[str]:
+    """`-e NAME=value` options for `podman run`."""
+    return [flag for name, value in values.items() for flag in ("-e", f"{name}={value}")]
+
+
 class PodmanUnavailable(Exception):
     """Why the image tests cannot run on this machine (the skip reason)."""
 

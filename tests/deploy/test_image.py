@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import json
 import re
-import time
 from typing import Any
 
 import pytest
 from aiohttp import web
 
 from tests.conftest import http_get, wait_until
-from tests.deploy.podman_support import Podman, serve_on
+from tests.deploy.podman_support import Podman, env, serve_on
 from tests.integrations.profilers.pyroscope_fake import FakePyroscope
 from tests.sinks.intake import Intake
 
@@ -104,30 +103,17 @@ def test_sidecar_container_as_users_run_it(
     """Read-only root, UID 10001, the image's own health check, /metrics and StatsD reached from
     another container by name, and SIGTERM -> exit 0 with the last interval flushed to Datadog."""
     net, _ = network
-    started = time.monotonic()
-    sidecar = podman.start(
-        "sidecar",
-        image,
-        "--network",
-        net,
-        "--read-only",
-        "-e",
-        "TASKLENS_SERVICE=image-test",
-        "-e",
-        f"DD_API_KEY={intake.api_key}",
-        "-e",
-        f"DD_DD_URL={intake.url}",
-        # longer than the test: only the flush at SIGTERM can send the counter
-        "-e",
-        "TASKLENS_FLUSH_INTERVAL=300",
+    # the flush interval is longer than the test: only the flush at SIGTERM can send the counter
+    settings = env(
+        TASKLENS_SERVICE="image-test", DD_API_KEY=intake.api_key, DD_DD_URL=intake.url, TASKLENS_FLUSH_INTERVAL="300"
     )
+    sidecar = podman.start("sidecar", image, "--network", net, "--read-only", *settings)
     wait_until(
         lambda: podman("healthcheck", "run", sidecar, check=False).returncode == 0,
         timeout=30,
         interval=0.2,
         what="the image's health check",
     )
-    ready_after = time.monotonic() - started
     state = podman.inspect(sidecar)
     assert state["HostConfig"]["ReadonlyRootfs"] is True
     status = podman("exec", sidecar, "cat", "/proc/1/status").stdout
@@ -174,7 +160,6 @@ with urllib.request.urlopen("http://{sidecar}:9102/metrics", timeout=5) as r:
     )
     assert "from:peer" in points[0][2] and "service:image-test" in points[0][2]
     assert intake.errors == []
-    assert ready_after < 30
 
 
 @pytest.fixture
@@ -199,47 +184,22 @@ def test_pod_like_an_awsvpc_task(
     metadata = podman.start(
         "metadata", image, "--pod", pod, "--read-only", command=("emulate-ecs", "--addr", "127.0.0.1:51678")
     )
-    sidecar = podman.start(
-        "pod-sidecar",
-        image,
-        "--pod",
-        pod,
-        "--read-only",
-        "--cap-add",
-        "SYS_PTRACE",
-        "-e",
-        "ECS_CONTAINER_METADATA_URI_V4=http://127.0.0.1:51678/v4/sidecar",
-        "-e",
-        "TASKLENS_SERVICE=orders-worker",
+    settings = env(
+        ECS_CONTAINER_METADATA_URI_V4="http://127.0.0.1:51678/v4/sidecar",
+        TASKLENS_SERVICE="orders-worker",
         # what the Terraform modules set in awsvpc mode: StatsD on loopback, HTTP for the scraper
-        "-e",
-        "TASKLENS_STATSD_ADDR=127.0.0.1:8125",
-        "-e",
-        "TASKLENS_HTTP_ADDR=0.0.0.0:9102",
-        "-e",
-        "TASKLENS_FLUSH_INTERVAL=1",
-        "-e",
-        "TASKLENS_POLL_INTERVAL=2",
-        "-e",
-        f"TASKLENS_PYROSCOPE_URL={pyroscope.url}",
-        "-e",
-        "TASKLENS_PROFILE_WINDOW=2",
-        "-e",
-        "TASKLENS_PROFILE_MATCH=burn_cpu_for_the_profiler|DogStatsd",
+        TASKLENS_STATSD_ADDR="127.0.0.1:8125",
+        TASKLENS_HTTP_ADDR="0.0.0.0:9102",
+        TASKLENS_FLUSH_INTERVAL="1",
+        TASKLENS_POLL_INTERVAL="2",
+        TASKLENS_PYROSCOPE_URL=pyroscope.url,
+        TASKLENS_PROFILE_WINDOW="2",
+        TASKLENS_PROFILE_MATCH="burn_cpu_for_the_profiler|DogStatsd",
     )
+    sidecar = podman.start("pod-sidecar", image, "--pod", pod, "--read-only", "--cap-add", "SYS_PTRACE", *settings)
+    worker_settings = env(DD_AGENT_HOST="127.0.0.1", DD_DOGSTATSD_PORT="8125")
     podman.start(
-        "worker",
-        image,
-        "--pod",
-        pod,
-        "--read-only",
-        "--entrypoint",
-        "python",
-        "-e",
-        "DD_AGENT_HOST=127.0.0.1",
-        "-e",
-        "DD_DOGSTATSD_PORT=8125",
-        command=("-c", WORKER),
+        "worker", image, "--pod", pod, "--read-only", "--entrypoint", "python", *worker_settings, command=("-c", WORKER)
     )
     infra = podman("pod", "inspect", pod, "--format", "{{.InfraContainerID}}").stdout.strip()
     ip = podman.ip(infra, net)
@@ -257,17 +217,8 @@ def test_pod_like_an_awsvpc_task(
 
     # StatsD on 127.0.0.1 inside the pod: a container outside it cannot inject metrics
     flushes = metric_value(body, "tasklens_statsd_flushes_total") or 0
-    podman(
-        "run",
-        "--rm",
-        "--network",
-        net,
-        "--entrypoint",
-        "python",
-        image,
-        "-c",
-        f"from datadog import DogStatsd; DogStatsd(host={ip!r}, port=8125).increment('outside.injected')",
-    )
+    inject = f"from datadog import DogStatsd; DogStatsd(host={ip!r}, port=8125).increment('outside.injected')"
+    podman("run", "--rm", "--network", net, "--entrypoint", "python", image, "-c", inject)
     wait_until(
         lambda: (metric_value(scrape(metrics), "tasklens_statsd_flushes_total") or 0) >= flushes + 2,
         timeout=20,

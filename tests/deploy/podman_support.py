@@ -24,6 +24,7 @@ from aiohttp import web
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPTS = ROOT / "scripts"
 CONTAINERS_CONF = SCRIPTS / "containers.conf"
+BASE_IMAGE = "localhost/tasklens-python:3.11-bookworm"  # scripts/podman-base.sh's default
 
 
 def env(**values: str) -> list[str]:
@@ -59,6 +60,19 @@ class Podman:
         )
         if info.returncode != 0:
             raise PodmanUnavailable(f"podman does not work here: {info.stderr.strip()[-400:]}")
+        # the base image comes from debootstrap unless scripts/podman-base.sh made it already
+        base = subprocess.run(
+            ["podman", "image", "exists", BASE_IMAGE],
+            capture_output=True,
+            check=False,
+            env={**os.environ, "CONTAINERS_CONF": str(CONTAINERS_CONF)},
+            timeout=60,
+        )
+        if base.returncode != 0 and shutil.which("debootstrap") is None:
+            raise PodmanUnavailable(
+                "debootstrap is not installed, and the base image is not there to reuse "
+                "(scripts/system-deps.sh installs it as root)"
+            )
 
     def __call__(
         self, *args: str, check: bool = True, timeout: float = 120, input: str | None = None

@@ -62,6 +62,9 @@ def test_image_conventions() -> None:
     assert {k for k in env if k.startswith(("TASKLENS_", "DD_"))} <= sidecar_variables()
     assert "/opt/tasklens/bootstrap" in stage["VOLUME"] and "/var/run/tasklens" in stage["VOLUME"]
     assert "tasklens profiler-bootstrap /opt/tasklens/bootstrap" in stage["RUN"]
+    # EXTRAS without profiling (EXTRAS= builds the core alone) has no bootstrap to populate
+    assert 'if python -c "import pyroscope" 2>/dev/null; then tasklens profiler-bootstrap' in stage["RUN"]
+    assert ".${EXTRAS:+[$EXTRAS]}" in DOCKERFILE.read_text()
 
 
 def test_entrypoint_and_healthcheck_commands_run(tmp_path: Path) -> None:

@@ -9,8 +9,10 @@ command -v beanstalkd >/dev/null || need+=(beanstalkd)        # queue tests star
 command -v promtool >/dev/null || need+=(prometheus)          # rule checks, the real-scrape test
 command -v redis-server >/dev/null || need+=(redis-server)    # outage tests start their own
 # the image tests (tests/deploy/test_image.py): rootful podman with runc, catatonit for pods,
-# debootstrap for the local stand-in base image (scripts/podman-base.sh)
-for pkg in podman runc catatonit uidmap slirp4netns fuse-overlayfs debootstrap; do
+# debootstrap for the local stand-in base image (scripts/podman-base.sh); netavark, aardvark-dns
+# (containers reach each other by name) and iptables are only recommended by podman, and this
+# installs without recommendations
+for pkg in podman runc catatonit uidmap slirp4netns fuse-overlayfs debootstrap netavark aardvark-dns iptables; do
   dpkg-query -W -f '${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' || need+=("$pkg")
 done
 if ((${#need[@]})); then

@@ -111,12 +111,20 @@ def sidecar_errors(container: dict[str, Any], task: dict[str, Any]) -> list[str]
         errors.append(f"{name}: cpu reservation above 64 units")
     if container.get("stopTimeout", 0) < 25:
         errors.append(f"{name}: stopTimeout must leave time to flush (>= 25 s)")
+    # Least exposure: where the worker shares the network namespace (awsvpc, host) StatsD listens on
+    # loopback; bridge mode needs the container's interface for the link. HTTP leaves loopback only
+    # with its port mapped (a scraper), and StatsD is never mapped.
     ports = {(p.get("containerPort"), p.get("protocol", "tcp")) for p in container.get("portMappings", [])}
-    if not {(9102, "tcp"), (8125, "udp")} <= ports:
-        errors.append(f"{name}: portMappings must include 9102/tcp and 8125/udp")
-    for var, port in (("TASKLENS_HTTP_ADDR", "9102"), ("TASKLENS_STATSD_ADDR", "8125")):
-        if env.get(var, f"0.0.0.0:{port}") != f"0.0.0.0:{port}":
-            errors.append(f"{name}: {var} must bind 0.0.0.0:{port}")
+    if (8125, "udp") in ports:
+        errors.append(f"{name}: 8125/udp must not be mapped: StatsD stays inside the task")
+    shared = task.get("networkMode", "bridge") in ("awsvpc", "host")
+    statsd = env.get("TASKLENS_STATSD_ADDR", "0.0.0.0:8125")  # the image's default
+    if statsd != ("127.0.0.1:8125" if shared else "0.0.0.0:8125"):
+        errors.append(f"{name}: TASKLENS_STATSD_ADDR={statsd} in {task.get('networkMode')} mode: "
+                      f"{'127.0.0.1:8125 (the worker shares the network namespace)' if shared else '0.0.0.0:8125'}")
+    http = env.get("TASKLENS_HTTP_ADDR", "0.0.0.0:9102")
+    if http not in ("127.0.0.1:9102", "0.0.0.0:9102") or (http == "0.0.0.0:9102") != ((9102, "tcp") in ports):
+        errors.append(f"{name}: TASKLENS_HTTP_ADDR={http}: 127.0.0.1:9102, or 0.0.0.0:9102 with 9102/tcp mapped for a scraper")
     profiling_sidecar = env.get("TASKLENS_PYROSCOPE_URL") and env.get("TASKLENS_PROFILE_MODE", "sidecar") == "sidecar"
     caps = container.get("linuxParameters", {}).get("capabilities", {}).get("add", [])
     if profiling_sidecar and (task.get("pidMode") != "task" or "SYS_PTRACE" not in caps):

@@ -24,8 +24,9 @@ def hadolint() -> str | None:
     return shutil.which("hadolint") or shutil.which("hadolint", path=str(BIN))
 
 
-@pytest.mark.parametrize("dockerfile", [DOCKERFILE, DEPLOY / "compose" / "worker" / "Dockerfile"],
-                         ids=["sidecar", "compose-worker"])
+@pytest.mark.parametrize("dockerfile", [DOCKERFILE, DEPLOY / "compose" / "worker" / "Dockerfile",
+                                        *sorted((DEPLOY / "compose" / "standins").glob("*.Dockerfile"))],
+                         ids=["sidecar", "compose-worker", "standin-prometheus", "standin-redis"])
 def test_hadolint_clean(dockerfile: Path) -> None:
     tool = hadolint()
     if tool is None:
@@ -46,7 +47,10 @@ def test_dockerignore_keeps_what_the_build_copies() -> None:
 
 def test_image_conventions() -> None:
     stage = dict(final_stage())
-    assert re.fullmatch(r"python:3\.11-slim-\w+", stage["FROM"])
+    # both stages start from BASE_IMAGE, by default the official slim image users pull
+    steps = instructions(DOCKERFILE.read_text())
+    assert steps[0][0] == "ARG" and re.fullmatch(r"BASE_IMAGE=python:3\.11-slim-\w+", steps[0][1])
+    assert [args.split()[0] for keyword, args in steps if keyword == "FROM"] == ["${BASE_IMAGE}"] * 2
     assert stage["USER"] not in ("root", "0", "0:0")
     assert exec_form("ENTRYPOINT") + exec_form("CMD") == ["tasklens", "run"]
     assert exec_form("HEALTHCHECK") == ["tasklens", "health"]
@@ -58,6 +62,9 @@ def test_image_conventions() -> None:
     assert {k for k in env if k.startswith(("TASKLENS_", "DD_"))} <= sidecar_variables()
     assert "/opt/tasklens/bootstrap" in stage["VOLUME"] and "/var/run/tasklens" in stage["VOLUME"]
     assert "tasklens profiler-bootstrap /opt/tasklens/bootstrap" in stage["RUN"]
+    # EXTRAS without profiling (EXTRAS= builds the core alone) has no bootstrap to populate
+    assert 'if python -c "import pyroscope" 2>/dev/null; then tasklens profiler-bootstrap' in stage["RUN"]
+    assert ".${EXTRAS:+[$EXTRAS]}" in DOCKERFILE.read_text()
 
 
 def test_entrypoint_and_healthcheck_commands_run(tmp_path: Path) -> None:

@@ -275,7 +275,7 @@ def test_sidecar_full_outputs(sidecar_outputs: dict[str, Any]) -> None:
     assert env_of(container["environment"]) == {
         "DD_SITE": "datadoghq.eu",
         "TASKLENS_ENV": "prod",
-        "TASKLENS_HTTP_ADDR": "0.0.0.0:9102",
+        "TASKLENS_HTTP_ADDR": "127.0.0.1:9102",
         "TASKLENS_PROFILE_MODE": "sidecar",
         "TASKLENS_PYROSCOPE_URL": "https://profiles.example.com",
         "TASKLENS_PYROSCOPE_USER": "tl",
@@ -283,7 +283,7 @@ def test_sidecar_full_outputs(sidecar_outputs: dict[str, Any]) -> None:
                            "sqs://sqs.eu-central-1.amazonaws.com/210987654321/emails,sqs://audit,"
                            f"redis://cache:6379/0?list=jobs,{RABBIT_URL}",
         "TASKLENS_SERVICE": "orders-worker",
-        "TASKLENS_STATSD_ADDR": "0.0.0.0:8125",
+        "TASKLENS_STATSD_ADDR": "127.0.0.1:8125",
         "TASKLENS_STATSD_SOCKET": "/var/run/tasklens/statsd.sock",
         "TASKLENS_TAGS": "team:payments,tier:1",
         "TASKLENS_VERSION": "1.4.2",
@@ -307,7 +307,7 @@ def test_sidecar_full_outputs(sidecar_outputs: dict[str, Any]) -> None:
     ]
     worker = full["worker"]
     assert env_of(worker["environment"]) == {
-        "DD_AGENT_HOST": "localhost", "DD_DOGSTATSD_PORT": "8125", "DD_ENV": "prod", "DD_SERVICE": "orders-worker",
+        "DD_AGENT_HOST": "127.0.0.1", "DD_DOGSTATSD_PORT": "8125", "DD_ENV": "prod", "DD_SERVICE": "orders-worker",
         "DD_VERSION": "1.4.2", "DD_DOGSTATSD_URL": "unix:///var/run/tasklens/statsd.sock"}
     assert worker["mount_points"] == container["mountPoints"] == [
         {"sourceVolume": "tasklens-socket", "containerPath": "/var/run/tasklens", "readOnly": False}]
@@ -327,8 +327,8 @@ def test_sidecar_full_renders_a_valid_task_definition(sidecar_outputs: dict[str,
 def test_sidecar_minimal_and_bootstrap(sidecar_outputs: dict[str, Any]) -> None:
     minimal = sidecar_outputs["minimal"]
     c = minimal["container_definition"]
-    assert env_of(c["environment"]) == {"TASKLENS_SERVICE": "tiny", "TASKLENS_HTTP_ADDR": "0.0.0.0:9102",
-                                        "TASKLENS_STATSD_ADDR": "0.0.0.0:8125"}
+    assert env_of(c["environment"]) == {"TASKLENS_SERVICE": "tiny", "TASKLENS_HTTP_ADDR": "127.0.0.1:9102",
+                                        "TASKLENS_STATSD_ADDR": "127.0.0.1:8125"}
     assert (c["essential"], c["cpu"], c["memoryReservation"], c["stopTimeout"]) == (False, 32, 48, 30)
     assert c["secrets"] == [] and c["linuxParameters"] == {"initProcessEnabled": True}
     assert minimal["pid_mode"] is None and minimal["task_role_statements"] == [] == minimal["execution_role_statements"]
@@ -344,6 +344,70 @@ def test_sidecar_minimal_and_bootstrap(sidecar_outputs: dict[str, Any]) -> None:
     assert boot["worker"]["volumes_from"] == [{"sourceContainer": "tasklens", "readOnly": True}]
     assert boot["worker"]["links"] == ["tasklens"]
     assert boot["execution_role_statements"][0]["Resource"] == [PYRO_SECRET]
+
+
+@pytest.fixture(scope="module")
+def exposure_outputs(terraform: Any, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """The sidecar module in each network mode, with and without a Prometheus scraper, and the
+    task-definition module in awsvpc (Fargate) and bridge (EC2)."""
+    sidecars = "".join(f'''
+module "{mode}_{scrape}" {{
+  source       = "MODULES/sidecar"
+  service      = "w"
+  network_mode = "{mode}"
+  prometheus   = {{ scrape = {str(scrape == "scraped").lower()} }}
+}}
+output "{mode}_{scrape}" {{ value = module.{mode}_{scrape} }}''' for mode in ("awsvpc", "host", "bridge")
+                       for scrape in ("quiet", "scraped"))
+    return apply_root(terraform, tmp_path_factory.mktemp("exposure"), sidecars + '''
+module "fargate" {
+  source     = "MODULES/task-definition"
+  name       = "w"
+  image      = "w:1"
+  region     = "eu-west-1"
+  sidecar    = { prometheus = { scrape = true } }
+}
+module "ec2" {
+  source       = "MODULES/task-definition"
+  name         = "w"
+  image        = "w:1"
+  region       = "eu-west-1"
+  launch_type  = "EC2"
+  network_mode = "bridge"
+}
+output "fargate" { value = module.fargate.task_definition }
+output "ec2" { value = module.ec2.task_definition }
+''')
+
+
+@pytest.mark.parametrize("mode", ["awsvpc", "host", "bridge"])
+@pytest.mark.parametrize("scrape", ["quiet", "scraped"])
+def test_least_exposure_binds(exposure_outputs: dict[str, Any], mode: str, scrape: str) -> None:
+    """Loopback wherever the worker shares the sidecar's network namespace; HTTP beyond loopback
+    and a mapped port only for a configured scraper; StatsD never mapped."""
+    out = exposure_outputs[f"{mode}_{scrape}"]
+    container = out["container_definition"]
+    env = env_of(container["environment"])
+    shared = mode != "bridge"
+    assert env["TASKLENS_STATSD_ADDR"] == ("127.0.0.1:8125" if shared else "0.0.0.0:8125")
+    assert env["TASKLENS_HTTP_ADDR"] == ("0.0.0.0:9102" if scrape == "scraped" else "127.0.0.1:9102")
+    assert env_of(out["worker"]["environment"])["DD_AGENT_HOST"] == ("127.0.0.1" if shared else "tasklens")
+    if scrape == "scraped":
+        assert container["portMappings"] == [{"containerPort": 9102, "protocol": "tcp", "name": "tasklens-metrics"}]
+        assert out["ingress"] == [{"port": 9102, "protocol": "tcp", "purpose": "Prometheus scrape of /metrics"}]
+    else:
+        assert container["portMappings"] == [] and out["ingress"] == []
+    assert container["healthCheck"]["command"] == ["CMD", "tasklens", "health"]  # reads TASKLENS_HTTP_ADDR
+
+
+def test_least_exposure_in_task_definitions(exposure_outputs: dict[str, Any]) -> None:
+    for name, statsd, http in (("fargate", "127.0.0.1:8125", "0.0.0.0:9102"), ("ec2", "0.0.0.0:8125", "127.0.0.1:9102")):
+        td = exposure_outputs[name]
+        assert task_definition_errors(td) == [], name
+        worker, sidecar = td["containerDefinitions"]
+        env = env_of(sidecar["environment"])
+        assert (env["TASKLENS_STATSD_ADDR"], env["TASKLENS_HTTP_ADDR"]) == (statsd, http), name
+        assert all(m["containerPort"] != 8125 for m in sidecar["portMappings"]), name
 
 
 @pytest.fixture(scope="module")

@@ -113,7 +113,7 @@ variable "readonly_root_filesystem" {
 }
 
 variable "sidecar" {
-  description = "tasklens sidecar settings (see modules/sidecar): image, wait_for_sidecar (worker dependsOn HEALTHY), essential, statsd, datadog, profiling, tags, environment, queue_secrets (broker passwords for password_env=)."
+  description = "tasklens sidecar settings (see modules/sidecar): image, wait_for_sidecar (worker dependsOn HEALTHY), essential, statsd, prometheus (scrape from outside the task), datadog, profiling, tags, environment, queue_secrets (broker passwords for password_env=)."
   type = object({
     image              = optional(string, "tasklens/tasklens:0.1.0")
     wait_for_sidecar   = optional(bool, false)
@@ -121,6 +121,7 @@ variable "sidecar" {
     cpu                = optional(number, 32)
     memory_reservation = optional(number, 48)
     statsd             = optional(object({ socket = optional(bool, false) }), {})
+    prometheus         = optional(object({ scrape = optional(bool, false) }), {})
     datadog = optional(object({
       api_key_secret_arn = optional(string)
       site               = optional(string, "datadoghq.com")
@@ -187,7 +188,7 @@ variable "subnets" {
 }
 
 variable "security_groups" {
-  description = "Security groups of the tasks (awsvpc). The sidecar needs no inbound rule except 9102/tcp from your Prometheus."
+  description = "Security groups of the tasks (awsvpc). The sidecar needs no inbound rule, except 9102/tcp from your Prometheus with sidecar.prometheus.scrape."
   type        = list(string)
   default     = []
 }

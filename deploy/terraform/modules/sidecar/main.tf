@@ -11,7 +11,17 @@ locals {
   datadog           = var.datadog.api_key_secret_arn != null
   profile_sidecar   = var.profiling.mode == "sidecar"
   profile_bootstrap = var.profiling.mode == "bootstrap"
-  statsd_host       = var.network_mode == "bridge" ? var.container_name : "localhost"
+
+  # Least exposure. In awsvpc and host mode the worker shares the sidecar's network namespace, so
+  # StatsD listens on loopback only: nothing the security group lets in can inject metrics. Bridge
+  # mode reaches the sidecar through a link, which needs the container's own interface (not the
+  # host's: no port is published for it). HTTP (/metrics, /status) leaves loopback only for a
+  # configured Prometheus scraper; the health check runs inside the container.
+  shared_netns = var.network_mode != "bridge"
+  statsd_addr  = "${local.shared_netns ? "127.0.0.1" : "0.0.0.0"}:8125"
+  http_addr    = "${var.prometheus.scrape ? "0.0.0.0" : "127.0.0.1"}:9102"
+  # 127.0.0.1 rather than localhost: localhost may resolve to ::1 first, where nothing listens
+  statsd_host = local.shared_netns ? "127.0.0.1" : var.container_name
 
   # Profiling settings go where the profiler runs: the sidecar (py-spy) or the worker (bootstrap).
   profiling_env = merge(
@@ -31,8 +41,8 @@ locals {
   environment = merge(
     local.identity_env,
     {
-      TASKLENS_HTTP_ADDR   = "0.0.0.0:9102"
-      TASKLENS_STATSD_ADDR = "0.0.0.0:8125"
+      TASKLENS_HTTP_ADDR   = local.http_addr
+      TASKLENS_STATSD_ADDR = local.statsd_addr
     },
     length(var.tags) > 0 ? { TASKLENS_TAGS = join(",", [for k, v in var.tags : "${k}:${v}"]) } : {},
     length(var.queues) > 0 ? { TASKLENS_QUEUES = join(",", [for q in var.queues : q.url]) } : {},
@@ -63,17 +73,15 @@ locals {
       readonlyRootFilesystem = true
       # the sidecar flushes every exporter within TASKLENS_SHUTDOWN_TIMEOUT (20 s) after SIGTERM
       stopTimeout = 30
-      portMappings = [
-        { containerPort = 9102, protocol = "tcp", name = "tasklens-metrics" },
-        { containerPort = 8125, protocol = "udp", name = "tasklens-statsd" },
-      ]
+      # only the scrape port is mapped: StatsD never needs to leave the task
+      portMappings = var.prometheus.scrape ? [{ containerPort = 9102, protocol = "tcp", name = "tasklens-metrics" }] : []
       # pull discovery (docs/export.md): the ECS observers of the ADOT collector and the CloudWatch agent
-      # scrape the containers that carry these labels
-      dockerLabels = {
+      # scrape the containers that carry these labels, so only a sidecar that serves a scraper has them
+      dockerLabels = var.prometheus.scrape ? {
         ECS_PROMETHEUS_EXPORTER_PORT = "9102"
         ECS_PROMETHEUS_METRICS_PATH  = "/metrics"
         ECS_PROMETHEUS_JOB_NAME      = "tasklens"
-      }
+      } : {}
       environment = [for k in sort(keys(local.environment)) : { name = k, value = local.environment[k] }]
       secrets     = local.secrets
       mountPoints = local.socket_mounts

@@ -52,3 +52,8 @@ output "metrics_port" {
   description = "Port of the sidecar's /metrics (Prometheus scrape target)."
   value       = 9102
 }
+
+output "ingress" {
+  description = "Inbound rules the task's security group needs for the sidecar: 9102/tcp from the scraper when prometheus.scrape is on, else none."
+  value       = var.prometheus.scrape ? [{ port = 9102, protocol = "tcp", purpose = "Prometheus scrape of /metrics" }] : []
+}

@@ -67,7 +67,7 @@ variable "memory" {
 }
 
 variable "network_mode" {
-  description = "The task's network mode: how the worker reaches the sidecar (localhost in awsvpc/host, a link in bridge)."
+  description = "The task's network mode: how the worker reaches the sidecar (127.0.0.1 in awsvpc/host, where StatsD binds loopback only; a link in bridge)."
   type        = string
   default     = "awsvpc"
 
@@ -75,6 +75,14 @@ variable "network_mode" {
     condition     = contains(["awsvpc", "bridge", "host"], var.network_mode)
     error_message = "network_mode must be awsvpc, bridge or host."
   }
+}
+
+variable "prometheus" {
+  description = "Prometheus scraping of /metrics from outside the task: `scrape = true` listens on 0.0.0.0:9102 and maps the port (the task's security group must then allow 9102/tcp from the scraper only). Off, HTTP listens on 127.0.0.1 (the health check runs inside the container)."
+  type = object({
+    scrape = optional(bool, false)
+  })
+  default = {}
 }
 
 variable "queues" {

@@ -30,6 +30,7 @@ module "sidecar" {
   aws_account_id     = var.account_id
   aws_region         = var.region
   statsd             = var.sidecar.statsd
+  prometheus         = var.sidecar.prometheus
   datadog            = var.sidecar.datadog
   profiling          = var.sidecar.profiling
   tags               = var.sidecar.tags

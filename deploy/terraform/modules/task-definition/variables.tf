@@ -130,7 +130,7 @@ variable "log_group" {
 }
 
 variable "sidecar" {
-  description = "tasklens sidecar settings (see modules/sidecar): image, wait_for_sidecar (worker dependsOn HEALTHY), essential, statsd, datadog, profiling, tags, environment, queue_secrets (broker passwords for password_env=)."
+  description = "tasklens sidecar settings (see modules/sidecar): image, wait_for_sidecar (worker dependsOn HEALTHY), essential, statsd, prometheus (scrape from outside the task), datadog, profiling, tags, environment, queue_secrets (broker passwords for password_env=)."
   type = object({
     image              = optional(string, "tasklens/tasklens:0.1.0")
     wait_for_sidecar   = optional(bool, false)
@@ -138,6 +138,7 @@ variable "sidecar" {
     cpu                = optional(number, 32)
     memory_reservation = optional(number, 48)
     statsd             = optional(object({ socket = optional(bool, false) }), {})
+    prometheus         = optional(object({ scrape = optional(bool, false) }), {})
     datadog = optional(object({
       api_key_secret_arn = optional(string)
       site               = optional(string, "datadoghq.com")

@@ -1,7 +1,7 @@
 # Two commands on a fresh machine: `make run` (the sidecar) and `make test` (the whole suite).
 #   make run     installs the sidecar and its integrations (`.[all]`) into .venv, then runs it
 #   make test    adds the test tools (`.[dev]`) to .venv, installs the system packages the tests use
-#                (scripts/system-deps.sh, as root), runs the linters, then the whole suite
+#                (scripts/system-deps.sh, as root), runs the linters (ruff, mypy --strict), then the suite
 #   make unit    the fast tests only (no brokers, no processes, no engines)
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -31,6 +31,7 @@ run: install
 	$(VENV)/bin/tasklens run
 
 lint: dev
+	$(PY) -m ruff check .
 	$(PY) -m mypy agent integrations
 
 test: dev system-deps lint

@@ -134,7 +134,7 @@ async def polls(polls: int) -> None:
             js = nc.jetstream()
             await js.add_stream(name="BENCH", subjects=["BENCH.>"])
             await js.add_consumer("BENCH", durable_name="w")
-            for i in range(100):
+            for _ in range(100):
                 await js.publish("BENCH.x", b"x")
             await bench_poll("nats jetstream", "nats://127.0.0.1:4222?stream=BENCH&consumer=w", polls)
             await js.delete_stream("BENCH")
@@ -153,7 +153,7 @@ async def polls(polls: int) -> None:
             procs.append(subprocess.Popen(["beanstalkd", "-l", "127.0.0.1", "-p", str(port)]))
             wait_port(port)
             with greenstalk.Client(("127.0.0.1", port), use="bench") as c:
-                for i in range(100):
+                for _ in range(100):
                     c.put("x")
             await bench_poll("beanstalkd", f"beanstalk://127.0.0.1:{port}/bench", polls)
         moto = Path(sys.executable).with_name("moto_server")

@@ -32,6 +32,7 @@ from agent.logs import RateLimitedLog
 from agent.memory import BURST, release_freed_memory
 from agent.model import Batch, Kind, Points, Sample, Tags
 from agent.selfmetrics import SelfMetrics
+from agent.sinks.metric_help import own_help, worker_help
 from agent.sinks.prometheus_text import Family, LabelSet, Renderer, go_float
 
 _INVALID = re.compile(r"[^a-zA-Z0-9_]")
@@ -348,7 +349,8 @@ class PrometheusSink:
             refused["label_bytes_limit"] += 1
             return None
         if family is None:
-            family = self._families[entry.family] = _Owner(entry.kind, _printable(s.name))
+            ms = isinstance(s.value, Points) and s.value.milliseconds
+            family = self._families[entry.family] = _Owner(entry.kind, _printable(worker_help(s.name, s.kind, ms)))
         family.count += 1
         self._owners[(entry.family, entry.labels.block)] = entry
         self.label_bytes += cost
@@ -411,9 +413,9 @@ class PrometheusSink:
         blocks: set[tuple[str, str]] = set()
         taken: set[str] = set()
         refused = 0
-        entries: list[tuple[str, _Series]] = []
+        entries: list[_Series] = []
         for snap in list(self._snapshots.values()):
-            entries.extend(("", e) for e in snap)
+            entries.extend(snap)
         for s in self.pull():
             labels = labels_of(s.tags, identity)
             kind = rendered_kind(s)
@@ -421,8 +423,8 @@ class PrometheusSink:
             if isinstance(labels, str) or (kind is Kind.COUNTER and not _counter_value_ok(value)):
                 refused += 1
                 continue
-            entries.append((s.name, _Series(kind, value, now, family_name(metric_name(s.name), kind), labels)))
-        for help_text, entry in entries:
+            entries.append(_Series(kind, value, now, family_name(metric_name(s.name), kind), labels))
+        for entry in entries:
             family = families.get(entry.family)
             if family is None:
                 names = claims(entry.family, entry.kind)
@@ -430,8 +432,7 @@ class PrometheusSink:
                     refused += 1
                     continue
                 taken.update(names)
-                family = families[entry.family] = Family(entry.family, entry.kind,
-                                                         _printable(help_text or entry.family))
+                family = families[entry.family] = Family(entry.family, entry.kind, own_help(entry.family, entry.kind))
             if family.kind is not entry.kind or (entry.family, entry.labels.block) in blocks:
                 refused += 1
                 continue

@@ -29,6 +29,10 @@ MAX_BACKOFF = 8  # intervals
 CLOSE_TIMEOUT = 5.0
 
 
+# every reason a failed poll is counted under (probes raise ProbeError with one of these)
+POLL_ERRORS = ("timeout", "connection", "auth", "not_found", "query", "bad_reply", "error")
+
+
 def reason_of(exc: BaseException) -> str:
     """A short, bounded label for the `poll_errors` self-metric."""
     if isinstance(exc, ProbeError):
@@ -73,6 +77,7 @@ class QueueSource:
         self.backlog = BacklogTracker(self.queue_type, config.scaling_smoothing_window,
                                       config.scaling_consumers_per_task, config.scaling_hold)  # docs/scaling.md
         self.tags = (("queue", queue), ("queue_type", self.queue_type))
+        hub.metrics.declare("tasklens.queue.poll_errors", POLL_ERRORS, queue=queue)
         self.clock, self.wall = clock, wall
         self.failures = 0  # consecutive
         self.last_poll: float | None = None  # wall time of the last attempt

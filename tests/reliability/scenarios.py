@@ -422,7 +422,7 @@ async def run_datadog_faults(tmp_path: Path, phases: list[tuple[str, float]]) ->
 
             def delivered() -> dict[str, float]:
                 out: dict[str, float] = {}
-                for _, value, tags, kind, interval in intake.points("faults.sent"):
+                for _, value, tags, _kind, interval in intake.points("faults.sent"):
                     phase = next(t for t in tags if t.startswith("phase:"))[len("phase:"):]
                     out[phase] = out.get(phase, 0.0) + value * (interval or 1)
                 return out

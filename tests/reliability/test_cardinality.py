@@ -7,7 +7,6 @@ near its baseline. The storm runs once for the module; each test checks one prom
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import pytest
 

@@ -49,7 +49,7 @@ async def test_backlog_per_task_follows_the_running_tasks(beanstalkd, unique):
             producer.put(f"job {i}")
     tasks = [Task(n, beanstalkd.port, unique, config, clock) for n in range(3)]
     try:
-        for step, change in enumerate(("start", "add", "stop two", "add")):
+        for change in ("start", "add", "stop two", "add"):
             if change == "add":
                 tasks.append(Task(len(tasks) + 10, beanstalkd.port, unique, config, clock))
             elif change == "stop two":

@@ -18,7 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from agent.config import ConfigError, load
 from agent.hub import Hub
 from agent.identity import Identity
-from agent.model import Batch, Event, Kind, Sample, ServiceCheck
+from agent.model import Batch, Event, Kind, ServiceCheck
 from agent.selfmetrics import SelfMetrics
 from agent.sinks.prometheus import PrometheusSink
 from agent.statsd.server import StatsdServer, next_boundary

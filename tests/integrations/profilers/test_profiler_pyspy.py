@@ -21,7 +21,6 @@ from agent.hub import Hub
 from agent.identity import Identity
 from integrations.profilers.pyspy import PySpyProfiler
 from tests.conftest import clean_env, free_port
-from tests.integrations.profilers.pyroscope_fake import FakePyroscope
 from tests.integrations.profilers.support import HOT_FUNCTION, until
 
 EXPECTED_LABELS = {  # fargate-2023.task.json, as agent.identity derives it, minus the service

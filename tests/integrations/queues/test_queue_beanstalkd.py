@@ -10,7 +10,7 @@ import pytest
 import redis.asyncio
 
 from tests.integrations.queues.support import check_drain, eventually, port_open
-from integrations.queues.source import QueueSource
+from integrations.queues.source import POLL_ERRORS, QueueSource
 
 
 def producer(port: int, tube: str) -> greenstalk.Client:
@@ -104,7 +104,10 @@ async def test_broker_outage_is_a_gap_and_other_queues_go_on(config, hub, export
         assert hub.metrics.get("tasklens.queue.poll_errors", queue=unique, reason="connection") == 0
         error_series = [s for s in exported.samples() if s.name == "tasklens_queue_poll_errors_total"]
         # only the broken queue has errors (a broker killed mid-reply may also give another reason)
-        assert {s.labels["queue"] for s in error_series} == {"jobs"}
+        assert {s.labels["queue"] for s in error_series if s.value > 0} == {"jobs"}
+        # every known reason is exported for every queue from the start, at 0 until it happens
+        assert {(s.labels["queue"], s.labels["reason"]) for s in error_series if s.value == 0} >= {
+            (unique, reason) for reason in POLL_ERRORS}
         assert ("jobs", "connection") in {(s.labels["queue"], s.labels["reason"]) for s in error_series}
 
         await asyncio.to_thread(beanstalkd.start)  # the binlog brings the four jobs back

@@ -37,15 +37,15 @@ async def consumer(js, stream: str):
 
 async def test_pending_ack_pending_consumers_and_age(config, hub, exported, js, clock):
     stream = js.test_stream
-    for i in range(3):
+    for _ in range(3):
         await js.publish(f"{stream}.jobs", b"early")
-    for i in range(2):
+    for _ in range(2):
         await js.publish(f"{stream}.other", b"not for this consumer")
     await asyncio.sleep(1.5)
     later = time.time()
-    for i in range(2):
+    for _ in range(2):
         await js.publish(f"{stream}.other", b"not for this consumer")
-    for i in range(7):
+    for _ in range(7):
         await js.publish(f"{stream}.jobs", b"later")
     later_end = time.time()
     sub = await consumer(js, stream)
@@ -82,7 +82,7 @@ async def test_missing_consumer_is_not_found(config, hub, exported, js, clock):
 
 async def test_drain_trend(config, hub, exported, js, clock):
     stream = js.test_stream
-    for i in range(20):
+    for _ in range(20):
         await js.publish(f"{stream}.jobs", b"x")
     sub = await consumer(js, stream)
     source = QueueSource(config, hub, f"{NATS}?stream={stream}&consumer=worker", clock=clock)

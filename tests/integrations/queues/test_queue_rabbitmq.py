@@ -31,7 +31,7 @@ async def channel(unique):
 
 async def fill(channel, queue_name: str, ready: int, unacked: int, enqueued_at: datetime | None = None):
     """Publish ready + unacked messages, then let a consumer (prefetch = unacked) hold `unacked` of them."""
-    queue = await channel.declare_queue(queue_name)
+    await channel.declare_queue(queue_name)
     for i in range(ready + unacked):
         await channel.default_exchange.publish(
             aio_pika.Message(f"m{i}".encode(), timestamp=enqueued_at), routing_key=queue_name)
@@ -101,7 +101,7 @@ async def test_wrong_password_is_auth_and_masked(config, hub, clock, unique, rab
 
 async def test_drain_trend(config, hub, exported, channel, clock, unique):
     queue = await channel.declare_queue(unique)
-    for i in range(20):
+    for _ in range(20):
         await channel.default_exchange.publish(aio_pika.Message(b"x"), routing_key=unique)
     source = QueueSource(config, hub, f"{AMQP}?queue={unique}", clock=clock)
 

@@ -29,6 +29,7 @@ OOM_EXIT_CODE = 137  # 128 + SIGKILL: what the kernel's OOM killer leaves (and a
 NEAR_LIMIT = 0.9  # working set at or above this share of the limit counts as "at the limit"
 LEAK_SIGNIFICANCE = 3.0  # standard errors (~99.7 %): stricter than the queue's 2, a false countdown pages
 MIN_GROWTH = 0.01  # the fitted growth over the window must reach 1 % of the limit to be a leak
+FLOOR_BINS = 6  # the floor (lowest point of each sixth of the window) must rise too: see _floor_growth
 
 
 # --- memory forecast ----------------------------------------------------------------------------
@@ -50,15 +51,33 @@ def memory_forecast(points: Iterable[trend.Point], *, limit: float | None, windo
     (or of the working set when there is no limit): a cache warming by a few kilobytes is real growth
     but not a leak anybody should be told about. The time to the limit extrapolates the fitted line
     from its value now (not from the last, noisy, point)."""
-    f = trend.windowed_fit(points, window=window, now=now)
-    if f is None:
+    pts = trend.recent(points, window=window, now=now)
+    f = trend.fit(pts) if pts is not None else None
+    if pts is None or f is None:
         return None
     scale = limit if limit else abs(f.level)
-    leaking = f.direction(LEAK_SIGNIFICANCE) > 0 and f.slope * window >= MIN_GROWTH * scale
+    leaking = (f.direction(LEAK_SIGNIFICANCE) > 0 and f.slope * window >= MIN_GROWTH * scale
+               and _floor_growth(pts) >= MIN_GROWTH * scale)
     if not leaking:
         return MemoryForecast(False, None, None)
     ttl = max(0.0, (limit - f.level) / f.slope) if limit else None
     return MemoryForecast(True, f.slope * 3600.0, ttl)
+
+
+def _floor_growth(points: list[trend.Point]) -> float:
+    """How much the floor rose over the window: the slope through the lowest point of each of
+    `FLOOR_BINS` equal spans, times the window. A garbage collector's sawtooth has a flat floor (each
+    span holds a collection when its period is at most window / FLOOR_BINS), while its rising teeth
+    can tilt the fit of all points significantly; a leak raises the floor too."""
+    start, end = points[0][0], points[-1][0]
+    span = (end - start) / FLOOR_BINS
+    lows: dict[int, trend.Point] = {}
+    for t, y in points:
+        b = min(int((t - start) / span), FLOOR_BINS - 1) if span > 0 else 0
+        if b not in lows or y < lows[b][1]:
+            lows[b] = (t, y)
+    f = trend.fit(sorted(lows.values()))
+    return f.slope * (end - start) if f is not None else 0.0
 
 
 # --- one container at one poll ------------------------------------------------------------------

@@ -25,7 +25,8 @@ import time
 from array import array
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
+from typing import Any
 
 from agent.memory import BURST, release_freed_memory
 from agent.model import Batch, Event, Kind, Points, Sample, ServiceCheck, Tags, merge_tags
@@ -41,20 +42,58 @@ except ImportError:  # built without a C compiler: `Aggregator._each` does the s
 # slot codes: what the fast path does with a value
 COUNTER, HISTOGRAM, GAUGE, GAUGE_DELTA, SET, ERROR, DROPPED = range(7)  # numeric codes first
 _HISTOGRAM_TYPES = {"h": Kind.HISTOGRAM, "ms": Kind.HISTOGRAM, "d": Kind.DISTRIBUTION}
-FAST_CODES = (COUNTER, HISTOGRAM, GAUGE, SET)  # what the C loop handles
+# what the C loop handles; set members stay in Python, which bounds them (`Limits`), and are rare
+FAST_CODES = (COUNTER, HISTOGRAM, GAUGE)
 NUMBER_CACHE = 100_000  # distinct value texts remembered
+NUMBER_CACHE_TEXT = 32  # bytes: a longer value text is converted but not remembered
+HEAD_CACHE_BYTES = 64 * 1024**2  # keys of the head cache (each is held twice: here and in the C table)
+HEAD_COST = 128  # bytes a head cache entry is charged beyond its key
 MERGE_MIN, MERGE_RATIO, MERGE_RETRY = 1024, 0.5, 16  # see `points`
-MAX_EVENTS = 10_000  # each, per interval: a flood is dropped and counted as `cardinality_limit`
+TAG_COST, CONTEXT_COST = 64, 256  # bytes a context is charged per tag and for itself, beyond its text
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """What the receive side may hold, in bytes as well as counts (docs/statsd.md, "Limits").
+
+    Counts alone are not a bound: 100,000 contexts of 100 tags each, or 10,000 events of 60 KiB, are
+    gigabytes. Each overflow refuses the line (never truncates it) and counts it by reason."""
+
+    max_contexts: int = 100_000
+    context_bytes: int = 128 * 1024**2  # names, tags and container ids of live contexts (see `cost`)
+    events: int = 10_000  # events, and service checks, each per interval
+    event_bytes: int = 4 * 1024**2  # per interval: titles, texts, messages and tags of both
+    set_members: int = 500_000  # distinct set members per interval, all contexts together
+    set_bytes: int = 16 * 1024**2  # their bytes, per interval
+    set_members_per_context: int = 100_000
+    set_bytes_per_context: int = 4 * 1024**2
+
+
+def cost(name: str, tags: Tags, container: str) -> int:
+    """What a context is charged against `Limits.context_bytes`: its text (UTF-8 length is at least
+    the str length: a fair, cheap estimate) plus the objects behind each tag and the context itself."""
+    return len(name) + len(container) + CONTEXT_COST + sum(len(k) + len(v) + TAG_COST for k, v in tags)
+
+
+def item_bytes(item: Event | ServiceCheck) -> int:
+    """The text an event or service check holds (title, text or message, tags, ...)."""
+    size = sum(len(k) + len(v) + TAG_COST for k, v in item.tags)
+    for f in fields(item):
+        value = getattr(item, f.name)
+        if isinstance(value, str):
+            size += len(value)
+    return size + CONTEXT_COST
 
 
 class Context:
     """One series: name + type + tags + container. Compared and hashed by identity (fast)."""
 
-    __slots__ = ("name", "type", "tags", "container", "merge")
+    __slots__ = ("name", "type", "tags", "container", "merge", "cost")
 
     def __init__(self, name: str, type_: str, tags: Tags, container: str) -> None:
         self.name, self.type, self.tags, self.container = name, type_, tags, container
         self.merge = 0  # export side only: do this histogram's values repeat? (see `points`)
+        self.cost = cost(name, tags, container)  # charged against Limits.context_bytes while it lives
 
     def __repr__(self) -> str:
         return f"Context({self.name!r}, {self.type!r}, {self.tags!r}, {self.container!r})"
@@ -85,6 +124,11 @@ class Interval:
     timestamped: list[tuple[Context, float, float]] = field(default_factory=list)  # (ctx, value*weight, ts)
     events: list[tuple[Event, str]] = field(default_factory=list)
     service_checks: list[tuple[ServiceCheck, str]] = field(default_factory=list)
+    # what the interval holds against Limits: bytes of events and checks, set members and their bytes
+    event_bytes: int = 0
+    set_members: int = 0
+    set_bytes: int = 0
+    set_bytes_of: dict[Context, int] = field(default_factory=dict)
     # what the C loop accumulated, as `Table.harvest` returns it: merged into counts and values by
     # `settle`, off the receive thread
     pending: list[tuple[list[Slot], bytes, list[bytes | None]]] = field(default_factory=list)
@@ -133,8 +177,10 @@ class Stats:
 class Aggregator:
     def __init__(self, max_contexts: int = 100_000, gauge_deltas: bool = False,
                  rules: Sequence[mapping.Rule] = (), clock: Callable[[], float] = time.time,
-                 accelerated: bool = True) -> None:
-        self.max_contexts = max_contexts
+                 accelerated: bool = True, limits: Limits | None = None) -> None:
+        self.limits = limits if limits is not None else Limits(max_contexts=max_contexts)
+        self.max_contexts = self.limits.max_contexts
+        self.context_bytes = 0  # sum of Context.cost over `contexts`
         self.gauge_deltas = gauge_deltas
         self.rules = tuple(rules)
         self.clock = clock
@@ -142,7 +188,8 @@ class Aggregator:
         self.contexts: dict[tuple[str, str, Tags, str], Context] = {}
         # (name, tail) -> Slot; bounded: cleared when it outgrows the context cap (rebuilt lazily)
         self._cache: dict[tuple[bytes, bytes], Slot] = {}
-        self._cache_limit = max(4 * max_contexts, 10_000)
+        self._cache_limit = max(4 * self.max_contexts, 10_000)
+        self._cache_bytes = 0  # of the keys in `_cache`; cleared too at HEAD_CACHE_BYTES
         self._table = Table() if accelerated and Table is not None else None  # the C side of `_cache`
         self._numbers: dict[bytes, float] = {}
         self._errors: dict[str, Slot] = {}
@@ -238,9 +285,10 @@ class Aggregator:
     def _number(self, text: bytes) -> float:
         """`finite(text)`, remembered: values repeat a lot and `float()` is the slowest step per line."""
         value = finite(text)
-        if len(self._numbers) >= NUMBER_CACHE:
-            self._numbers.clear()
-        self._numbers[text] = value
+        if len(text) <= NUMBER_CACHE_TEXT:
+            if len(self._numbers) >= NUMBER_CACHE:
+                self._numbers.clear()
+            self._numbers[text] = value
         return value
 
     def _gauge(self, ctx: Context, value: float, relative: bool) -> None:
@@ -258,12 +306,8 @@ class Aggregator:
             elif line.startswith(EVENT_PREFIX):
                 self._event(parse_event(line), stats)
             elif line.startswith(CHECK_PREFIX):
-                check = parse_service_check(line)
+                self._keep(self.interval.service_checks, parse_service_check(line))
                 stats.service_checks += 1
-                if len(self.interval.service_checks) < MAX_EVENTS:
-                    self.interval.service_checks.append(check)
-                else:
-                    stats.errors["cardinality_limit"] += 1
             else:
                 self._metric(line)
         except ParseError as exc:
@@ -272,11 +316,17 @@ class Aggregator:
             stats.errors["malformed_line"] += 1
 
     def _event(self, event: tuple[Event, str], stats: Stats) -> None:
-        stats.events += 1
-        if len(self.interval.events) < MAX_EVENTS:
-            self.interval.events.append(event)
-        else:
-            stats.errors["cardinality_limit"] += 1
+        self._keep(self.interval.events, event)
+        stats.events += 1  # kept ones only: a refused one is a parse error (`samples` counts neither)
+
+    def _keep(self, kept: list[Any], item: tuple[Event | ServiceCheck, str]) -> None:
+        """An event or service check joins the interval within its count and byte limits."""
+        iv, limits = self.interval, self.limits
+        size = item_bytes(item[0]) + len(item[1])
+        if len(kept) >= limits.events or iv.event_bytes + size > limits.event_bytes:
+            raise ParseError("event_limit")
+        iv.event_bytes += size
+        kept.append(item)
 
     def _metric(self, line: bytes) -> None:
         name, colon, rest = line.partition(b":")
@@ -321,9 +371,20 @@ class Aggregator:
             if not value:
                 raise ParseError("bad_value")
             members = iv.sets.get(ctx)
+            if members is not None and value in members:
+                return
+            size, limits = len(value), self.limits
+            held = iv.set_bytes_of.get(ctx, 0)
+            if (members is not None and len(members) >= limits.set_members_per_context
+                    or held + size > limits.set_bytes_per_context
+                    or iv.set_members >= limits.set_members or iv.set_bytes + size > limits.set_bytes):
+                raise ParseError("set_limit")
             if members is None:
                 members = iv.sets[ctx] = set()
             members.add(value)
+            iv.set_bytes_of[ctx] = held + size
+            iv.set_members += 1
+            iv.set_bytes += size
             return
         vals, relative = parse_values("g" if code == GAUGE_DELTA else "", value)
         self.stats.extra_values += len(vals) - 1
@@ -347,9 +408,11 @@ class Aggregator:
                 self._gauge(ctx, v, r)
 
     def _remember(self, key: tuple[bytes, bytes], slot: Slot) -> None:
-        if len(self._cache) >= self._cache_limit:
+        size = len(key[0]) + len(key[1]) + HEAD_COST
+        if len(self._cache) >= self._cache_limit or self._cache_bytes + size > HEAD_CACHE_BYTES:
             self._forget_heads()
         self._cache[key] = slot
+        self._cache_bytes += size
         if self._table is not None and slot.code in FAST_CODES:
             self._table.add(key[0], key[1], slot, slot.ctx, slot.code)
 
@@ -359,6 +422,7 @@ class Aggregator:
             self.interval.pending.append(self._table.harvest())
             self._table.clear()
         self._cache.clear()  # in place: `_each` holds its `get`
+        self._cache_bytes = 0
 
     def _slot(self, head: Head) -> Slot:
         name, tags = head.name, self._share(head.tags)
@@ -369,10 +433,12 @@ class Aggregator:
         key = (name, head.type, tags, head.container)
         ctx = self.contexts.get(key)
         if ctx is None:
-            if len(self.contexts) >= self.max_contexts:
+            ctx = Context(name, head.type, tags, head.container)
+            if len(self.contexts) >= self.max_contexts or self.context_bytes + ctx.cost > self.limits.context_bytes:
                 self.stats.contexts_dropped += 1
                 return _DROPPED
-            ctx = self.contexts[key] = Context(name, head.type, tags, head.container)
+            self.contexts[key] = ctx
+            self.context_bytes += ctx.cost
         t = head.type
         if t == "c":
             return Slot(COUNTER, ctx, 1.0 / head.rate)
@@ -414,6 +480,7 @@ class Aggregator:
                 key = (ctx.name, ctx.type, ctx.tags, ctx.container)
                 if ctx not in touched and self.contexts.get(key) is ctx:
                     del self.contexts[key]
+                    self.context_bytes -= ctx.cost
                     self._gauge_last.pop(ctx, None)
                     removed += 1
         if removed:

@@ -26,7 +26,7 @@ from agent.config import Config
 from agent.hub import Hub
 from agent.logs import RateLimitedLog
 from agent.statsd import mapping
-from agent.statsd.aggregator import Aggregator, Flusher, Interval, drain
+from agent.statsd.aggregator import Aggregator, Flusher, Interval, Limits, drain
 from agent.statsd.listener import Listener, open_udp, open_unix, read_udp_tables, udp_drops
 from agent.statsd.parser import MAX_DATAGRAM, REASONS
 
@@ -35,6 +35,16 @@ log = logging.getLogger("tasklens")
 DRAIN_BATCH = 64  # datagrams read (and then parsed together) before looking at the other sockets and the clock
 STATS_EVERY = 1.0  # seconds between copies of the receive counters into the self-metrics
 GATHER_SECONDS, GATHER_BELOW = 0.01, 8  # pause 10 ms when a wake-up found fewer than 8 datagrams (see docs/statsd.md)
+
+
+# the reasons that mean a limit was reached (not a malformed line): logged, at most once a minute each
+LIMIT_REASONS = {
+    "too_long": "a name, tag, tag field, line tail or datagram over its size",
+    "too_many_tags": "a line with more tags than allowed",
+    "cardinality_limit": "a new context past TASKLENS_STATSD_MAX_CONTEXTS or TASKLENS_STATSD_MAX_CONTEXT_BYTES",
+    "event_limit": "events or service checks past the interval's count or TASKLENS_STATSD_MAX_EVENT_BYTES",
+    "set_limit": "set members past TASKLENS_STATSD_MAX_SET_MEMBERS or _BYTES, or a set's own limit",
+}
 
 
 def next_boundary(now: float, interval: float) -> float:
@@ -49,7 +59,11 @@ class StatsdServer:
         self.config = config
         self.hub = hub
         self.rules = mapping.compile_rules(config.mappings)  # ConfigError naming the rule
-        self.aggregator = Aggregator(config.statsd_max_contexts, config.statsd_gauge_deltas, self.rules)
+        limits = Limits(max_contexts=config.statsd_max_contexts, context_bytes=config.statsd_max_context_bytes,
+                        event_bytes=config.statsd_max_event_bytes, set_members=config.statsd_max_set_members,
+                        set_bytes=config.statsd_max_set_bytes)
+        self.aggregator = Aggregator(config.statsd_max_contexts, config.statsd_gauge_deltas, self.rules,
+                                     limits=limits)
         self.flusher = Flusher(config.flush_interval, config.statsd_context_ttl)
         self.listeners: list[Listener] = []
         self.last_flush: float | None = None
@@ -59,7 +73,7 @@ class StatsdServer:
         self._wake_r, self._wake_w = -1, -1
         self._published: dict[tuple[str, str], float] = {}
         self._drops: dict[str, int] = {}
-        self._log = RateLimitedLog(log)
+        self._log = RateLimitedLog(log, interval=60.0)
 
     # -- start and addresses -------------------------------------------------------------------
 
@@ -274,6 +288,9 @@ class StatsdServer:
                 else:
                     metrics.inc(name, delta)
                 self._published[(name, reason)] = value
+                if delta and reason in LIMIT_REASONS:
+                    self._log.warning(f"limit:{reason}", "StatsD: %d line(s) refused (%s): %s (docs/statsd.md, "
+                                      "Limits)", delta, reason, LIMIT_REASONS[reason])
         metrics.set("tasklens.statsd.contexts", len(self.aggregator.contexts))
         drops = udp_drops(read_udp_tables())
         for listener in self.listeners:

@@ -117,6 +117,7 @@ class Interval:
     (a context seen with two sample rates has two slots) and merged per context at flush."""
 
     start: float  # wall-clock start of the interval (Unix seconds)
+    periods: int = 1  # flush periods it covers: more when the export side fell behind (server.MAX_BACKLOG)
     counts: dict[Slot, float] = field(default_factory=dict)  # sum of values, times slot.weight at flush
     gauges: dict[Context, float] = field(default_factory=dict)
     sets: dict[Context, set[bytes]] = field(default_factory=dict)
@@ -514,6 +515,7 @@ class Flusher:
             return merge_tags(base, ctx.tags) if base else ctx.tags
 
         seen = self._last_seen
+        seconds = self.interval * iv.periods  # what counts and histograms of this interval cover
         counters: dict[Context, float] = {}
         for slot, total in iv.counts.items():
             ctx = slot.ctx
@@ -523,12 +525,12 @@ class Flusher:
             if total - total != 0.0:  # finite values whose sum overflowed: never export an infinity
                 self.overflows += 1
                 continue
-            add(Sample(ctx.name, total, Kind.COUNT, tags_of(ctx), None, self.interval))
+            add(Sample(ctx.name, total, Kind.COUNT, tags_of(ctx), None, seconds))
             self._counters_seen[ctx] = now
         for ctx, when in list(self._counters_seen.items()):
             if ctx not in counters:
                 if now - when <= self.ttl:
-                    add(Sample(ctx.name, 0.0, Kind.COUNT, tags_of(ctx), None, self.interval))
+                    add(Sample(ctx.name, 0.0, Kind.COUNT, tags_of(ctx), None, seconds))
                 else:
                     del self._counters_seen[ctx]
         for ctx, value in iv.gauges.items():
@@ -540,7 +542,7 @@ class Flusher:
             grouped.setdefault(slot.ctx, []).append(slot)  # type: ignore[arg-type]
         for ctx, slots in grouped.items():
             add(Sample(ctx.name, points(iv.values, slots, ctx.type == "ms"), _HISTOGRAM_TYPES[ctx.type],
-                       tags_of(ctx), None, self.interval))
+                       tags_of(ctx), None, seconds))
         for ctx, value, ts in iv.timestamped:
             if value - value != 0.0:
                 self.overflows += 1

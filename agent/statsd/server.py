@@ -26,7 +26,8 @@ from agent.config import Config
 from agent.hub import Hub
 from agent.logs import RateLimitedLog
 from agent.statsd import mapping
-from agent.statsd.aggregator import Aggregator, Flusher, Interval, Limits, drain
+from agent.model import Batch
+from agent.statsd.aggregator import Aggregator, Context, Flusher, Interval, Limits, drain
 from agent.statsd.listener import Listener, open_udp, open_unix, read_udp_tables, udp_drops
 from agent.statsd.parser import MAX_DATAGRAM, REASONS
 
@@ -35,6 +36,13 @@ log = logging.getLogger("tasklens")
 DRAIN_BATCH = 64  # datagrams read (and then parsed together) before looking at the other sockets and the clock
 STATS_EVERY = 1.0  # seconds between copies of the receive counters into the self-metrics
 GATHER_SECONDS, GATHER_BELOW = 0.01, 8  # pause 10 ms when a wake-up found fewer than 8 datagrams (see docs/statsd.md)
+# The export side must never hold the event loop for long: the batch is built on a worker thread and
+# handed to the sinks this many samples per loop turn (100,000 contexts: ~1 s of work in all, at most a
+# few ms per turn), so `/health` and `/metrics` answer during a flush.
+PUBLISH_CHUNK = 2_000
+# finished intervals waiting for the export side; past this the receive side keeps extending the open
+# interval (its counters then cover several periods, exported as such) instead of queueing more of them
+MAX_BACKLOG = 2
 
 
 # the reasons that mean a limit was reached (not a malformed line): logged, at most once a minute each
@@ -70,6 +78,10 @@ class StatsdServer:
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._commands: deque[tuple[str, asyncio.Future[None] | None]] = deque()
+        # finished intervals on their way to the event loop, oldest first (appended by the receive
+        # thread, removed by `_publisher` once published: deque operations are atomic)
+        self._ready: deque[tuple[Interval, asyncio.Future[None] | None]] = deque()
+        self._wakeup: asyncio.Event | None = None
         self._wake_r, self._wake_w = -1, -1
         self._published: dict[tuple[str, str], float] = {}
         self._drops: dict[str, int] = {}
@@ -109,6 +121,8 @@ class StatsdServer:
     async def run(self, stop: asyncio.Event) -> None:
         await self.start()
         self._loop = asyncio.get_running_loop()
+        self._wakeup = asyncio.Event()
+        publisher = asyncio.create_task(self._publisher(), name="statsd-publisher")
         if self._thread is None or not self._thread.is_alive():
             self._thread = threading.Thread(target=self._receive, name="statsd-receive", daemon=True)
             self._thread.start()
@@ -120,10 +134,13 @@ class StatsdServer:
                     pass
                 self._publish_stats()
         finally:
-            await self._command("stop")  # the final, partial interval is flushed before returning
-            await asyncio.to_thread(self._thread.join, 5.0)
-            self._publish_stats()
-            self._close()
+            try:
+                await self._command("stop")  # the final, partial interval is flushed before returning
+                await asyncio.to_thread(self._thread.join, 5.0)
+                self._publish_stats()
+            finally:
+                publisher.cancel()
+                self._close()
 
     async def flush(self) -> None:
         """Flush the current interval now and wait until the hub has it (tests, `/status` tools)."""
@@ -174,7 +191,10 @@ class StatsdServer:
             try:
                 now = time.time()
                 if now >= boundary:
-                    self._deliver(agg.swap(boundary))
+                    if len(self._ready) < MAX_BACKLOG:
+                        self._deliver(agg.swap(boundary))
+                    else:  # the export side is behind: this interval goes on for another period
+                        agg.interval.periods += 1
                     boundary = next_boundary(now, interval)
                 read = 0
                 for fd, _ in poller.poll(max(0.0, min(boundary - now, 1.0)) * 1000):
@@ -233,22 +253,48 @@ class StatsdServer:
         return stopping
 
     def _deliver(self, interval: Interval, future: asyncio.Future[None] | None = None) -> None:
-        loop = self._loop
-        if loop is None or loop.is_closed():
+        loop, wakeup = self._loop, self._wakeup
+        if loop is None or loop.is_closed() or wakeup is None:
             return
+        self._ready.append((interval, future))
         try:
-            loop.call_soon_threadsafe(self._publish, interval, future)
+            loop.call_soon_threadsafe(wakeup.set)
         except RuntimeError:  # the loop is shutting down
             pass
 
     # -- on the event loop -----------------------------------------------------------------------
 
-    def _publish(self, interval: Interval, future: asyncio.Future[None] | None) -> None:
+    async def _publisher(self) -> None:
+        """Publish finished intervals one at a time, in order; a flush's waiter is released after its
+        interval reached the hub."""
+        assert self._wakeup is not None
+        while True:
+            await self._wakeup.wait()
+            self._wakeup.clear()
+            while self._ready:
+                interval, future = self._ready[0]
+                try:
+                    await self._publish(interval)
+                finally:
+                    self._ready.popleft()
+                    if future is not None and not future.done():
+                        future.set_result(None)
+
+    def _build(self, interval: Interval, containers: dict[str, Any]) -> tuple[Batch, list[Context]]:
+        """On a worker thread: the batch of a finished interval, and the contexts now idle too long."""
+        return self.flusher.batch(interval, containers), self.flusher.expired()
+
+    async def _publish(self, interval: Interval) -> None:
         started = time.perf_counter()
         try:
-            batch = self.flusher.batch(interval, self.hub.identity.containers)
-            self.hub.publish(batch)
-            expired = self.flusher.expired()
+            batch, expired = await asyncio.to_thread(self._build, interval, dict(self.hub.identity.containers))
+            samples = batch.samples
+            for start in range(0, max(len(samples), 1), PUBLISH_CHUNK):
+                first = start == 0
+                self.hub.publish(Batch(batch.source, samples[start:start + PUBLISH_CHUNK],
+                                       batch.events if first else [], batch.service_checks if first else [],
+                                       snapshot=False))
+                await asyncio.sleep(0)  # let `/health`, `/metrics` and the other components run
             if expired:
                 self.aggregator.expire(expired)
             self.last_flush = time.time()
@@ -259,9 +305,6 @@ class StatsdServer:
         except Exception as exc:
             self.hub.metrics.inc("tasklens.statsd.flush_errors")
             self._log.error("statsd-flush", "StatsD flush failed: %r", exc)
-        finally:
-            if future is not None and not future.done():
-                future.set_result(None)
 
     def _publish_stats(self) -> None:
         """Copy the receive thread's counters (plain ints, read without a lock) into the self-metrics."""

@@ -9,6 +9,7 @@ within `shutdown_timeout`. What is still running then is cancelled and logged.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import signal
@@ -190,6 +191,9 @@ class Runtime:
             except (NotImplementedError, RuntimeError):
                 pass
         log.info("stopped")
+        # everything is flushed: spare the interpreter's last full collection of a heap about to go
+        # (100,000 contexts: 1-2 s after "stopped", counted against the shutdown deadline)
+        gc.freeze()
         return 0
 
     async def _drain(self, tasks: list[asyncio.Task[None]], timeout: float) -> None:

@@ -16,6 +16,7 @@ import signal
 import socket
 import struct
 import subprocess
+import threading
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -346,3 +347,67 @@ async def poll(predicate: Any, timeout: float = 20.0, what: str = "condition") -
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout} s waiting for {what}")
         await asyncio.sleep(0.1)
+
+
+# --- many live contexts (stalls, memory) -------------------------------------------------------
+
+
+def context_datagrams(prefix: str, contexts: int, per_datagram: int = 40) -> list[bytes]:
+    """One counter line (value 1) for each of `contexts` distinct contexts, `per_datagram` a datagram."""
+    lines = [f"{prefix}.m{i % 100}:1|c|#id:{i}".encode() for i in range(contexts)]
+    return [b"\n".join(lines[k:k + per_datagram]) for k in range(0, contexts, per_datagram)]
+
+
+def send_paced(sidecar: Sidecar, datagrams: list[bytes], lines: int, step: int = 100, timeout: float = 120.0) -> int:
+    """Send `datagrams` (holding `lines` lines in all) `step` at a time, each step only once the sidecar
+    counted the previous one: a first sighting of a context is slow (parsed in Python), and a burst of
+    them would overflow the socket buffer. Returns the sidecar's line count afterwards."""
+    start = statsd_lines(sidecar)
+    per = lines / len(datagrams)
+    sent = 0
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        for k in range(0, len(datagrams), step):
+            part = datagrams[k:k + step]
+            for d in part:
+                s.sendto(d, ("127.0.0.1", sidecar.statsd_port))
+            sent += len(part)
+            want = start + round(sent * per)
+            wait_until(lambda: statsd_lines(sidecar) >= want, timeout, interval=0.02, what=f"{want} lines counted")
+    return statsd_lines(sidecar)
+
+
+class SteadyLoad:
+    """A thread sending `datagrams` to the sidecar over and over, the whole list once per `period`
+    seconds (every context touched in every interval), until `stop()`."""
+
+    def __init__(self, port: int, datagrams: list[bytes], period: float = 1.0) -> None:
+        self.port, self.datagrams, self.period = port, datagrams, period
+        self.rounds = 0
+        self._halt = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def start(self) -> SteadyLoad:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._halt.set()
+        self._thread.join(30)
+
+    def _run(self) -> None:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            while not self._halt.is_set():
+                started = time.monotonic()
+                for d in self.datagrams:
+                    s.sendto(d, ("127.0.0.1", self.port))
+                self.rounds += 1
+                self._halt.wait(max(0.0, self.period - (time.monotonic() - started)))
+
+
+def latency(url: str, timeout: float = 5.0) -> float:
+    """Seconds for one GET of `url` to answer 200 (a new connection each time, as a health checker)."""
+    started = time.perf_counter()
+    code, _ = http_get(url, timeout)
+    took = time.perf_counter() - started
+    assert code == 200, code
+    return took

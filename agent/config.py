@@ -242,8 +242,8 @@ class Config:
                                             doc="names, tags and container ids of live StatsD contexts")
     statsd_max_event_bytes: int = setting(4 * 1024**2, parse_size,
                                           doc="StatsD events and service checks per interval")
-    statsd_max_set_members: int = setting(500_000, parse_positive_int, doc="StatsD set members per interval")
-    statsd_max_set_bytes: int = setting(16 * 1024**2, parse_size, doc="bytes of StatsD set members per interval")
+    statsd_max_set_members: int = setting(200_000, parse_positive_int, doc="StatsD set members per interval")
+    statsd_max_set_bytes: int = setting(8 * 1024**2, parse_size, doc="bytes of StatsD set members per interval")
 
     @property
     def statsd_enabled(self) -> bool:

@@ -49,7 +49,10 @@ NUMBER_CACHE_TEXT = 32  # bytes: a longer value text is converted but not rememb
 HEAD_CACHE_BYTES = 64 * 1024**2  # keys of the head cache (each is held twice: here and in the C table)
 HEAD_COST = 128  # bytes a head cache entry is charged beyond its key
 MERGE_MIN, MERGE_RATIO, MERGE_RETRY = 1024, 0.5, 16  # see `points`
-TAG_COST, CONTEXT_COST = 64, 256  # bytes a context is charged per tag and for itself, beyond its text
+# Bytes charged against Limits.context_bytes beyond the text (measured with sys.getsizeof on 3.11): a
+# context (its Context, Slot, key tuples and entries in the aggregator's and flusher's dicts), a reference
+# to a tag from a context's tuple, a distinct tag pair (its tuple, two str headers, its pool entry).
+CONTEXT_COST, TAG_REF_COST, PAIR_COST = 512, 8, 200
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,24 +63,64 @@ class Limits:
     gigabytes. Each overflow refuses the line (never truncates it) and counts it by reason."""
 
     max_contexts: int = 100_000
-    context_bytes: int = 128 * 1024**2  # names, tags and container ids of live contexts (see `cost`)
+    context_bytes: int = 128 * 1024**2  # what live contexts hold, as `cost` and `TagPool` charge it
     events: int = 10_000  # events, and service checks, each per interval
     event_bytes: int = 4 * 1024**2  # per interval: titles, texts, messages and tags of both
-    set_members: int = 500_000  # distinct set members per interval, all contexts together
-    set_bytes: int = 16 * 1024**2  # their bytes, per interval
+    set_members: int = 200_000  # distinct set members per interval, all contexts together
+    set_bytes: int = 8 * 1024**2  # their bytes, per interval
     set_members_per_context: int = 100_000
     set_bytes_per_context: int = 4 * 1024**2
 
 
 def cost(name: str, tags: Tags, container: str) -> int:
-    """What a context is charged against `Limits.context_bytes`: its text (UTF-8 length is at least
-    the str length: a fair, cheap estimate) plus the objects behind each tag and the context itself."""
-    return len(name) + len(container) + CONTEXT_COST + sum(len(k) + len(v) + TAG_COST for k, v in tags)
+    """What a context is charged for itself against `Limits.context_bytes` (its tag pairs are charged
+    once for all contexts by `TagPool`). Lengths of str: never more than their UTF-8 bytes."""
+    return len(name) + len(container) + CONTEXT_COST + TAG_REF_COST * len(tags)
+
+
+def pair_cost(kv: tuple[str, str]) -> int:
+    return len(kv[0]) + len(kv[1]) + PAIR_COST
+
+
+class TagPool:
+    """Equal tag pairs and tag tuples are stored once (`env:prod` on 10,000 contexts is one tuple) and
+    charged once: a worker whose contexts share their tags is charged what it really costs, and one whose
+    every tag is unique is charged every pair. Pairs of forgotten contexts stay (and stay charged) until
+    `rebuild`, which the aggregator calls when that could make room, or after a storm of expiries."""
+
+    def __init__(self) -> None:
+        self.pairs: dict[tuple[str, str], tuple[str, str]] = {}
+        self.tuples: dict[Tags, Tags] = {}
+        self.bytes = 0  # sum of pair_cost over `pairs`
+        self.stale = False  # contexts were forgotten since the last rebuild
+
+    def canonical(self, tags: Tags) -> Tags:
+        pairs = self.pairs
+        shared = tuple([pairs.get(kv, kv) for kv in tags])
+        return self.tuples.get(shared, shared)
+
+    def new_bytes(self, tags: Tags) -> int:
+        """What `add(tags)` would charge."""
+        pairs = self.pairs
+        return sum(pair_cost(kv) for kv in tags if kv not in pairs)
+
+    def add(self, tags: Tags) -> None:
+        pairs = self.pairs
+        for kv in tags:
+            if kv not in pairs:
+                pairs[kv] = kv
+                self.bytes += pair_cost(kv)
+        self.tuples.setdefault(tags, tags)
+
+    def rebuild(self, contexts: Iterable[Context]) -> None:
+        self.pairs, self.tuples, self.bytes, self.stale = {}, {}, 0, False
+        for ctx in contexts:
+            self.add(ctx.tags)
 
 
 def item_bytes(item: Event | ServiceCheck) -> int:
     """The text an event or service check holds (title, text or message, tags, ...)."""
-    size = sum(len(k) + len(v) + TAG_COST for k, v in item.tags)
+    size = sum(pair_cost(kv) for kv in item.tags)
     for f in fields(item):
         value = getattr(item, f.name)
         if isinstance(value, str):
@@ -181,7 +224,7 @@ class Aggregator:
                  accelerated: bool = True, limits: Limits | None = None) -> None:
         self.limits = limits if limits is not None else Limits(max_contexts=max_contexts)
         self.max_contexts = self.limits.max_contexts
-        self.context_bytes = 0  # sum of Context.cost over `contexts`
+        self.context_bytes = 0  # sum of Context.cost over `contexts`; their tags: `_pool.bytes`
         self.gauge_deltas = gauge_deltas
         self.rules = tuple(rules)
         self.clock = clock
@@ -194,8 +237,7 @@ class Aggregator:
         self._table = Table() if accelerated and Table is not None else None  # the C side of `_cache`
         self._numbers: dict[bytes, float] = {}
         self._errors: dict[str, Slot] = {}
-        # contexts share equal tag pairs and tag sets (`env:prod` on 10,000 names is stored once)
-        self._shared_tags: dict[object, object] = {}
+        self._pool = TagPool()
         self._gauge_last: dict[Context, float] = {}  # Etsy deltas apply to the value of earlier intervals
         self._expiring: deque[Iterable[Context]] = deque()  # from the Flusher's thread: deque ops are atomic
         self.interval = Interval(clock())
@@ -425,19 +467,26 @@ class Aggregator:
         self._cache.clear()  # in place: `_each` holds its `get`
         self._cache_bytes = 0
 
+    @property
+    def held_bytes(self) -> int:
+        """What the live contexts are charged against `Limits.context_bytes`."""
+        return self.context_bytes + self._pool.bytes
+
     def _slot(self, head: Head) -> Slot:
-        name, tags = head.name, self._share(head.tags)
+        name, tags = head.name, head.tags
         if self.rules:
             mapped = mapping.apply(self.rules, name)
             if mapped is not None:
                 name, tags = mapped[0], merge_tags(tags, mapped[1])
+        tags = self._pool.canonical(tags)
         key = (name, head.type, tags, head.container)
         ctx = self.contexts.get(key)
         if ctx is None:
             ctx = Context(name, head.type, tags, head.container)
-            if len(self.contexts) >= self.max_contexts or self.context_bytes + ctx.cost > self.limits.context_bytes:
+            if not self._room_for(ctx):
                 self.stats.contexts_dropped += 1
                 return _DROPPED
+            self._pool.add(tags)
             self.contexts[key] = ctx
             self.context_bytes += ctx.cost
         t = head.type
@@ -449,12 +498,16 @@ class Aggregator:
             return Slot(SET, ctx)
         return Slot(HISTOGRAM, ctx, 1.0 / head.rate)
 
-    def _share(self, tags: Tags) -> Tags:
-        shared = self._shared_tags
-        if len(shared) > self._cache_limit:
-            shared.clear()
-        tags = tuple([shared.setdefault(kv, kv) for kv in tags])  # type: ignore[misc]
-        return shared.setdefault(tags, tags)  # type: ignore[return-value]
+    def _room_for(self, ctx: Context) -> bool:
+        if len(self.contexts) >= self.max_contexts:
+            return False
+        pool, limit = self._pool, self.limits.context_bytes
+        if self.held_bytes + ctx.cost + pool.new_bytes(ctx.tags) <= limit:
+            return True
+        if not pool.stale:
+            return False
+        pool.rebuild(self.contexts.values())  # drop the pairs only forgotten contexts used, and retry
+        return self.held_bytes + ctx.cost + pool.new_bytes(ctx.tags) <= limit
 
     def swap(self, now: float | None = None) -> Interval:
         """Start a new interval and return the finished one: O(contexts touched) in C, without a Python
@@ -487,7 +540,9 @@ class Aggregator:
         if removed:
             self.contexts = dict(self.contexts)  # a dict never shrinks by deletion: rebuild it
             self._forget_heads()  # slots of forgotten contexts (and refusals at the cap) are gone
-            self._shared_tags = {}
+            self._pool.stale = True
+            if removed > BURST or len(self._pool.tuples) > 2 * len(self.contexts) + BURST:
+                self._pool.rebuild(self.contexts.values())  # after a storm; or it would only grow
         if removed > BURST:
             release_freed_memory()  # a few ms, once after a storm: RSS back near the baseline
 

@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from agent.model import Kind
-from agent.statsd.aggregator import Aggregator, Flusher, Limits
+from agent.statsd.aggregator import Aggregator, Flusher, Limits, pair_cost
 from agent.statsd.parser import MAX_TAG, MAX_TAGS, MAX_TAGS_BYTES, ParseError, parse, parse_line
 
 SETTINGS = settings(max_examples=int(os.environ.get("STATSD_EXAMPLES", "150")), deadline=None,
@@ -125,8 +125,11 @@ def test_context_bytes_never_pass_their_limit(contexts: list[tuple[int, int, int
         tags = ",".join(f"t{j}:{'v' * size}" for j in range(ntags))
         datagrams.append(b"\n".join([f"ctx.{i}:1|c|#{tags}".encode(), CONTROL]))
     for agg in run_both(datagrams, limits):
-        held = sum(c.cost for c in agg.contexts.values())
-        assert agg.context_bytes == held
+        held = agg.held_bytes
+        assert agg.context_bytes == sum(c.cost for c in agg.contexts.values())
+        pairs = {kv for c in agg.contexts.values() for kv in c.tags}
+        assert held == agg.context_bytes + sum(pair_cost(kv) for kv in pairs)  # each distinct pair once
         # the control context was made before the storm: what it holds may be all that fits
-        assert held <= max(budget, next(iter(agg.contexts.values())).cost)
+        control = next(iter(agg.contexts.values()))
+        assert held <= max(budget, control.cost + sum(map(pair_cost, control.tags)))
         assert control_sum(agg) == 3.0 * (len(contexts) + 1)

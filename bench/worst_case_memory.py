@@ -1,0 +1,112 @@
+"""Worst-case memory of the sidecar: the most a worker can make it hold within the StatsD limits.
+
+Starts `tasklens run` (defaults, but a 10 s context TTL so that the end state is reached quickly) and
+sends, while sampling its RSS every 50 ms:
+
+1. contexts at both tag limits (100 unique tags, ~3.7 KB of tags per line), until the context
+   bytes budget refuses new ones (and 10% more, refused);
+2. for `--intervals` flush intervals: events of 60 KB past the per-interval event bytes, set members
+   past the per-interval member count and bytes, and the contexts of step 1 again (all live);
+3. a control counter alongside everything, which must be exported exactly.
+
+Then it stops sending and waits until the idle contexts expired. Prints RSS before / peak / after.
+
+    .venv/bin/python bench/worst_case_memory.py [--intervals 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import socket
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from agent.statsd.aggregator import Limits  # noqa: E402
+from tests.conftest import Sidecar, wait_until  # noqa: E402
+from tests.reliability.support import (RssSampler, event_storm, rss_bytes, scrape, send_paced, set_storm,  # noqa: E402
+                                       status, tag_storm)
+
+MIB = 1024 * 1024
+CONTROL = b"control.jobs:1|c|#ctl:yes"
+
+
+@dataclass
+class Result:
+    rss_before: int
+    rss_peak: int
+    rss_after: int
+    contexts_peak: int
+    control_sent: int
+    control_exported: float
+    errors: dict[str, int]
+
+
+def statsd(sidecar: Sidecar) -> dict:
+    return status(sidecar)["components"]["statsd"]
+
+
+def run(tmp: Path, intervals: int = 3, flush: float = 10.0) -> Result:
+    limits = Limits()
+    sidecar = Sidecar(tmp, TASKLENS_FLUSH_INTERVAL=str(flush), TASKLENS_STATSD_CONTEXT_TTL="10",
+                      TASKLENS_PROMETHEUS_TTL="10")
+    try:
+        sidecar.wait_ready()
+        scrape(sidecar)
+        before = rss_bytes(sidecar.proc.pid)
+        sampler = RssSampler(sidecar.proc.pid)
+        control = 0
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            def send_control() -> None:
+                nonlocal control
+                s.sendto(CONTROL, ("127.0.0.1", sidecar.statsd_port))
+                control += 1
+
+            # 1. contexts until the bytes budget refuses them (each line charged ~10 KB: ~13,000 fit)
+            per_line = 100 * (3 + 32 + 8 + 200) + 512 + 24  # see aggregator.cost and pair_cost
+            contexts = int(limits.context_bytes / per_line * 1.1)
+            storm = tag_storm(contexts)
+            datagrams = [b"\n".join(storm[k:k + 15]) for k in range(0, len(storm), 15)]
+            send_control()
+            send_paced(sidecar, datagrams, step=20)
+            send_control()
+            # 2. every interval: the contexts again, events and set members past their limits
+            events = event_storm(limits.events // 100 + 100)  # ~160 x 60 KB: past the 4 MiB
+            for n in range(intervals):
+                members = set_storm(contexts=8, members=limits.set_members + 50_000, salt=n)
+                send_paced(sidecar, datagrams + events + members, step=20)
+                send_control()
+                flushes = statsd(sidecar)["last_flush"]
+                wait_until(lambda: statsd(sidecar)["last_flush"] != flushes, flush * 3, what="a flush")
+        contexts_peak = statsd(sidecar)["contexts"]
+        wait_until(lambda: scrape(sidecar).value("control_jobs_total") == control, flush * 3, what="control")
+        exported = scrape(sidecar).value("control_jobs_total")
+        errors = statsd(sidecar)["parse_errors"]
+        peak = sampler.stop()
+        # 3. idle: every storm context expires after its TTL (plus a flush), memory goes back
+        wait_until(lambda: statsd(sidecar)["contexts"] <= 1, 10 + flush * 4, interval=0.5, what="expiry")
+        scrape(sidecar)
+        after = rss_bytes(sidecar.proc.pid)
+        return Result(before, max(peak, after), after, contexts_peak, control, exported, errors)
+    finally:
+        sidecar.stop()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--intervals", type=int, default=3)
+    parser.add_argument("--flush", type=float, default=10.0)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        r = run(Path(tmp), args.intervals, args.flush)
+    print(f"RSS before {r.rss_before / MIB:.0f} MiB, peak {r.rss_peak / MIB:.0f} MiB, after {r.rss_after / MIB:.0f} MiB")
+    print(f"contexts at the peak {r.contexts_peak}; control counter sent {r.control_sent}, exported "
+          f"{r.control_exported:g}; refused lines by reason: {r.errors}")
+
+
+if __name__ == "__main__":
+    main()

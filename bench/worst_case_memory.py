@@ -28,8 +28,8 @@ sys.path.insert(0, str(ROOT))
 
 from agent.statsd.aggregator import Limits  # noqa: E402
 from tests.conftest import Sidecar, wait_until  # noqa: E402
-from tests.reliability.support import (RssSampler, event_storm, rss_bytes, scrape, send_paced, set_storm,  # noqa: E402
-                                       status, tag_storm)
+from tests.reliability.support import (RssSampler, event_storm, rss_bytes, scrape, send_paced,  # noqa: E402
+                                       set_storm, status, tag_storm)
 
 MIB = 1024 * 1024
 CONTROL = b"control.jobs:1|c|#ctl:yes"
@@ -48,6 +48,11 @@ class Result:
 
 def statsd(sidecar: Sidecar) -> dict:
     return status(sidecar)["components"]["statsd"]
+
+
+def wait_for_flush(sidecar: Sidecar, flush: float) -> None:
+    last = statsd(sidecar)["last_flush"]
+    wait_until(lambda: statsd(sidecar)["last_flush"] != last, flush * 3, what="a flush")
 
 
 def run(tmp: Path, intervals: int = 3, flush: float = 10.0) -> Result:
@@ -80,8 +85,7 @@ def run(tmp: Path, intervals: int = 3, flush: float = 10.0) -> Result:
                 members = set_storm(contexts=8, members=limits.set_members + 50_000, salt=n)
                 send_paced(sidecar, datagrams + events + members, step=20)
                 send_control()
-                flushes = statsd(sidecar)["last_flush"]
-                wait_until(lambda: statsd(sidecar)["last_flush"] != flushes, flush * 3, what="a flush")
+                wait_for_flush(sidecar, flush)
         contexts_peak = statsd(sidecar)["contexts"]
         wait_until(lambda: scrape(sidecar).value("control_jobs_total") == control, flush * 3, what="control")
         exported = scrape(sidecar).value("control_jobs_total")

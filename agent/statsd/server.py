@@ -220,11 +220,14 @@ class StatsdServer:
             try:
                 now = time.time()
                 if now >= boundary:
+                    following = next_boundary(now, interval)
+                    periods = max(1, round((following - boundary) / interval))  # more after a pause
                     if len(self._ready) < MAX_BACKLOG:
                         self._deliver(agg.swap(boundary))
+                        agg.interval.periods = periods
                     else:  # the export side is behind: this interval goes on for another period
-                        agg.interval.periods += 1
-                    boundary = next_boundary(now, interval)
+                        agg.interval.periods += periods
+                    boundary = following
                 read = 0
                 for fd, _ in poller.poll(max(0.0, min(boundary - now, 1.0)) * 1000):
                     if fd == self._wake_r:

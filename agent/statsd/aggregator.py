@@ -482,10 +482,10 @@ class Aggregator:
         key = (name, head.type, tags, head.container)
         ctx = self.contexts.get(key)
         if ctx is None:
-            ctx = Context(name, head.type, tags, head.container)
-            if not self._room_for(ctx):
+            if not self._room_for(cost(name, tags, head.container), tags):
                 self.stats.contexts_dropped += 1
                 return _DROPPED
+            ctx = Context(name, head.type, tags, head.container)
             self._pool.add(tags)
             self.contexts[key] = ctx
             self.context_bytes += ctx.cost
@@ -498,16 +498,17 @@ class Aggregator:
             return Slot(SET, ctx)
         return Slot(HISTOGRAM, ctx, 1.0 / head.rate)
 
-    def _room_for(self, ctx: Context) -> bool:
+    def _room_for(self, charge: int, tags: Tags) -> bool:
+        """Whether a new context charged `charge` bytes for itself, with these tags, fits the limits."""
         if len(self.contexts) >= self.max_contexts:
             return False
         pool, limit = self._pool, self.limits.context_bytes
-        if self.held_bytes + ctx.cost + pool.new_bytes(ctx.tags) <= limit:
+        if self.held_bytes + charge + pool.new_bytes(tags) <= limit:
             return True
         if not pool.stale:
             return False
         pool.rebuild(self.contexts.values())  # drop the pairs only forgotten contexts used, and retry
-        return self.held_bytes + ctx.cost + pool.new_bytes(ctx.tags) <= limit
+        return self.held_bytes + charge + pool.new_bytes(tags) <= limit
 
     def swap(self, now: float | None = None) -> Interval:
         """Start a new interval and return the finished one: O(contexts touched) in C, without a Python

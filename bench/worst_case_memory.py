@@ -22,6 +22,7 @@ import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -46,8 +47,9 @@ class Result:
     errors: dict[str, int]
 
 
-def statsd(sidecar: Sidecar) -> dict:
-    return status(sidecar)["components"]["statsd"]
+def statsd(sidecar: Sidecar) -> dict[str, Any]:
+    out: dict[str, Any] = status(sidecar)["components"]["statsd"]
+    return out
 
 
 def wait_for_flush(sidecar: Sidecar, flush: float) -> None:

@@ -69,6 +69,7 @@ class Limits:
     set_members: int = 200_000  # distinct set members per interval, all contexts together
     set_bytes: int = 8 * 1024**2  # their bytes, per interval
     set_members_per_context: int = 100_000
+    timestamped: int = 100_000  # lines with `|T<ts>` per interval (each one is a sample of its own)
     set_bytes_per_context: int = 4 * 1024**2
 
 
@@ -429,6 +430,8 @@ class Aggregator:
             iv.set_members += 1
             iv.set_bytes += size
             return
+        if timestamp is not None and len(iv.timestamped) >= self.limits.timestamped:
+            raise ParseError("timestamp_limit")  # each is kept apart, not aggregated: bounded by count
         vals, relative = parse_values("g" if code == GAUGE_DELTA else "", value)
         self.stats.extra_values += len(vals) - 1
         if timestamp is not None:

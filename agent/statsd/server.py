@@ -57,6 +57,7 @@ LIMIT_REASONS = {
     "cardinality_limit": "a new context past TASKLENS_STATSD_MAX_CONTEXTS or TASKLENS_STATSD_MAX_CONTEXT_BYTES",
     "event_limit": "events or service checks past the interval's count or TASKLENS_STATSD_MAX_EVENT_BYTES",
     "set_limit": "set members past TASKLENS_STATSD_MAX_SET_MEMBERS or _BYTES, or a set's own limit",
+    "timestamp_limit": "lines with a |T timestamp past 100,000 in an interval",
 }
 
 

@@ -119,3 +119,10 @@ def test_set_member_bytes_are_limited_per_set_and_in_all() -> None:
     assert agg.interval.set_bytes == 200
     assert {c.name: len(m) for c, m in agg.interval.sets.items()} == {"u": 1, "v": 1}
     assert agg.stats.errors == {"set_limit": 3}
+
+
+def test_timestamped_lines_past_their_count_are_refused() -> None:
+    agg = run(b"\n".join(b"t:%d|c|T1700000000" % i for i in range(1, 6)), Limits(timestamped=3))
+    assert [v for _, v, _ in agg.interval.timestamped] == [1.0, 2.0, 3.0]
+    assert agg.stats.errors == {"timestamp_limit": 2}
+    assert control(agg) == 3.0

@@ -70,6 +70,7 @@ class Limits:
     set_bytes: int = 8 * 1024**2  # their bytes, per interval
     set_members_per_context: int = 100_000
     timestamped: int = 100_000  # lines with `|T<ts>` per interval (each one is a sample of its own)
+    packed_values: int = 4_000_000  # histogram values sent packed (`h:1:2:3|h`) per interval: 32 MiB
     set_bytes_per_context: int = 4 * 1024**2
 
 
@@ -174,6 +175,7 @@ class Interval:
     set_members: int = 0
     set_bytes: int = 0
     set_bytes_of: dict[Context, int] = field(default_factory=dict)
+    packed_values: int = 0
     # what the C loop accumulated, as `Table.harvest` returns it: merged into counts and values by
     # `settle`, off the receive thread
     pending: list[tuple[list[Slot], bytes, list[bytes | None]]] = field(default_factory=list)
@@ -433,6 +435,11 @@ class Aggregator:
         if timestamp is not None and len(iv.timestamped) >= self.limits.timestamped:
             raise ParseError("timestamp_limit")  # each is kept apart, not aggregated: bounded by count
         vals, relative = parse_values("g" if code == GAUGE_DELTA else "", value)
+        if code == HISTOGRAM and len(vals) > 1 and timestamp is None:
+            # packed values are kept one by one (8 bytes each: a 64 KiB line holds 32,000 of them)
+            if iv.packed_values + len(vals) > self.limits.packed_values:
+                raise ParseError("value_limit")
+            iv.packed_values += len(vals)
         self.stats.extra_values += len(vals) - 1
         if timestamp is not None:
             total = sum(vals) * slot.weight if code == COUNTER else vals[-1]

@@ -126,3 +126,12 @@ def test_timestamped_lines_past_their_count_are_refused() -> None:
     assert [v for _, v, _ in agg.interval.timestamped] == [1.0, 2.0, 3.0]
     assert agg.stats.errors == {"timestamp_limit": 2}
     assert control(agg) == 3.0
+
+
+def test_packed_histogram_values_past_their_count_are_refused() -> None:
+    agg = run(b"h:1:2:3|h\nh:4:5|h\nh:6:7|h\nh:8|h", Limits(packed_values=5))
+    batch = Flusher(10.0).batch(agg.swap())
+    (h,) = [s for s in batch.samples if s.name == "h"]
+    assert sorted(h.value.values) == [1.0, 2.0, 3.0, 4.0, 5.0, 8.0]  # type: ignore[union-attr]
+    assert agg.stats.errors == {"value_limit": 1}
+    assert agg.stats.samples == 3 + 6  # the control lines and the values kept

@@ -191,9 +191,6 @@ class Runtime:
             except (NotImplementedError, RuntimeError):
                 pass
         log.info("stopped")
-        # everything is flushed: spare the interpreter's last full collection of a heap about to go
-        # (100,000 contexts: 1-2 s after "stopped", counted against the shutdown deadline)
-        gc.freeze()
         return 0
 
     async def _drain(self, tasks: list[asyncio.Task[None]], timeout: float) -> None:
@@ -218,7 +215,11 @@ def run(config: Config) -> int:
         loop_factory = None
     with asyncio.Runner(loop_factory=loop_factory) as runner:
         try:
-            return runner.run(runtime.serve())
+            code = runner.run(runtime.serve())
+            # everything is flushed: spare the interpreter its last full collection of a heap about to
+            # go (100,000 contexts: 1-2 s after "stopped", counted against the shutdown deadline)
+            gc.freeze()
+            return code
         except OSError as exc:  # a listener could not bind: say which, without a traceback
             log.error("cannot start: %s", exc)
             return 1

@@ -19,7 +19,7 @@ from tests.conftest import Sidecar
 from tests.reliability.support import SteadyLoad, context_datagrams, latency, send_paced, status
 
 MIB = 1024 * 1024
-# docs/statsd.md, "Limits", and the README's Guarantees: measured peak 363-376 MiB (bench/worst_case_memory.py)
+# docs/statsd.md, "Limits", and the README's Guarantees: measured peak 352-376 MiB (bench/worst_case_memory.py)
 RSS_CEILING = 512 * MIB
 
 

@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from agent.statsd.aggregator import Limits  # noqa: E402
-from tests.conftest import Sidecar, wait_until  # noqa: E402
+from tests.support import Sidecar, wait_until  # noqa: E402
 from tests.reliability.support import (RssSampler, event_storm, rss_bytes, scrape, send_paced,  # noqa: E402
                                        set_storm, status, tag_storm)
 

@@ -35,7 +35,7 @@ from agent.statsd.parser import (CHECK_PREFIX, EVENT_PREFIX, MAX_DATAGRAM, Head,
                                  parse_event, parse_head, parse_service_check, parse_values)
 
 try:
-    from agent.statsd._fast import Table, drain
+    from agent.statsd._fast import Table as Table, drain as drain  # drain: re-exported for the server
 except ImportError:  # built without a C compiler: `Aggregator._each` does the same in Python
     Table = drain = None
 

@@ -2,7 +2,7 @@
 measure memory, and the faults the suite injects (a TCP proxy that resets, black-holes or refuses,
 and brokers the tests start and restart themselves).
 
-The sidecar runs as a real process (`tests.conftest.Sidecar`); everything here looks at it the way an
+The sidecar runs as a real process (`tests.support.Sidecar`); everything here looks at it the way an
 operator would: its `/metrics`, its `/status`, its log, its RSS.
 """
 
@@ -28,7 +28,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from agent.sinks.prometheus import metric_name
-from tests.conftest import Sidecar, free_port, http_get, wait_until
+from tests.support import Sidecar, free_port, http_get, until, wait_until
 
 Labels = frozenset[tuple[str, str]]
 
@@ -334,20 +334,6 @@ class FlakyMetadata:
             self._runner = None
 
 
-async def poll(predicate: Any, timeout: float = 20.0, what: str = "condition") -> Any:
-    """`wait_until` for async tests: the predicate (blocking HTTP) runs in a thread."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            value = await asyncio.to_thread(predicate)
-        except OSError:
-            value = None
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        await asyncio.sleep(0.1)
-
 
 # --- many live contexts (stalls, memory) -------------------------------------------------------
 
@@ -458,3 +444,8 @@ def set_storm(contexts: int, members: int, member_bytes: int = 32, salt: int = 0
     lines = [b"hostile.set.%d:%0*d|s" % (m % contexts, member_bytes, m + salt * members) for m in range(members)]
     per = 60_000 // (len(lines[0]) + 1)
     return [b"\n".join(lines[k:k + per]) for k in range(0, len(lines), per)]
+
+
+async def poll(predicate: Any, timeout: float = 20.0, what: str = "condition") -> Any:
+    """`until` for a blocking predicate (HTTP to the sidecar): it runs in a thread."""
+    return await until(predicate, timeout, what, interval=0.1, in_thread=True)

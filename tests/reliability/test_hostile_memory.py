@@ -15,7 +15,7 @@ import time
 import pytest
 
 from bench.worst_case_memory import run as worst_case
-from tests.conftest import Sidecar
+from tests.support import Sidecar
 from tests.reliability.support import SteadyLoad, context_datagrams, latency, send_paced, status
 
 MIB = 1024 * 1024

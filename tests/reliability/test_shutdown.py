@@ -24,7 +24,7 @@ import pytest
 from aiohttp import web
 from datadog.dogstatsd import DogStatsd
 
-from tests.conftest import Sidecar, free_port, wait_until
+from tests.support import Sidecar, free_port, wait_until
 from tests.reliability.scenarios import DD_KEY
 from tests.reliability.support import SteadyLoad, context_datagrams, poll, scrape, send_paced
 from tests.sinks.intake import Intake, start_intake

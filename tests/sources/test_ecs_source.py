@@ -13,10 +13,10 @@ from typing import Any
 import psutil
 import pytest
 from aiohttp import web
-from ecs_helpers import FIXTURES, MetadataServer, load, managed_instances_task, metadata  # noqa: F401 (fixture)
+from tests.sources.ecs_helpers import FIXTURES, MetadataServer, load, managed_instances_task
 from prometheus_client.exposition import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
-from tests.conftest import Recorder, serve_app
+from tests.support import Recorder, serve_app
 
 from agent.config import Config
 from agent.hub import Hub
@@ -25,6 +25,7 @@ from agent.sinks.prometheus import PrometheusSink
 from agent.sources.ecs import MAX_BODY, EcsSource, metadata_base_url
 from agent.sources.ecs_stats import parse_time_ns
 from agent.sources.localstats import format_time_ns
+from tests.support import until as wait_for
 
 MIB = 1024 * 1024
 
@@ -67,12 +68,6 @@ def raw(name: str) -> bytes:
     return (FIXTURES / f"{name}.json").read_bytes()
 
 
-async def wait_for(predicate, timeout: float = 5.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.02)
 
 
 def test_metadata_base_url() -> None:

@@ -23,7 +23,7 @@ from agent.model import Batch, Event, Kind, ServiceCheck
 from agent.selfmetrics import SelfMetrics
 from agent.sinks.prometheus import PrometheusSink
 from agent.statsd.server import StatsdServer, next_boundary
-from tests.conftest import Recorder
+from tests.support import Recorder
 from agent.sinks.datadog_series import histogram_aggregates
 
 pytestmark = pytest.mark.usefixtures("both_loops")  # the C loop and drain, and the Python ones
@@ -277,7 +277,7 @@ async def test_receiving_continues_while_the_event_loop_is_blocked(start) -> Non
     blocked = threading.Event()
 
     def sender() -> None:
-        for i in range(50):
+        for _ in range(50):
             send(r.port, b"busy:1|c")
             time.sleep(0.004)
         deadline = time.monotonic() + 0.3

@@ -511,6 +511,14 @@ class Config:
                                             doc="protection expiry (1-2880 min), renewed at half-time while busy")
     # StatsD mapping rules: only from the file (`[[mappings]]`)
     mappings: tuple[dict[str, Any], ...] = ()
+    # StatsD memory bounds, in bytes as well as counts (docs/statsd.md, "Limits"); per flush interval
+    # except the context bytes, which are for the live contexts
+    statsd_max_context_bytes: int = setting(128 * 1024**2, parse_size,
+                                            doc="names, tags and container ids of live StatsD contexts")
+    statsd_max_event_bytes: int = setting(4 * 1024**2, parse_size,
+                                          doc="StatsD events and service checks per interval")
+    statsd_max_set_members: int = setting(200_000, parse_positive_int, doc="StatsD set members per interval")
+    statsd_max_set_bytes: int = setting(8 * 1024**2, parse_size, doc="bytes of StatsD set members per interval")
 
     @property
     def statsd_enabled(self) -> bool:

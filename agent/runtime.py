@@ -9,6 +9,7 @@ within `shutdown_timeout`. What is still running then is cancelled and logged.
 from __future__ import annotations
 
 import asyncio
+import gc
 import importlib
 import logging
 import os
@@ -261,7 +262,11 @@ def run(config: Config) -> int:
         loop_factory = None
     with asyncio.Runner(loop_factory=loop_factory) as runner:
         try:
-            return runner.run(runtime.serve())
+            code = runner.run(runtime.serve())
+            # everything is flushed: spare the interpreter its last full collection of a heap about to
+            # go (100,000 contexts: 1-2 s after "stopped", counted against the shutdown deadline)
+            gc.freeze()
+            return code
         except OSError as exc:  # a listener could not bind: say which, without a traceback
             log.error("cannot start: %s", exc)
             return 1

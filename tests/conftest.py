@@ -1,123 +1,13 @@
-"""Shared test helpers: free ports, waiting, an aiohttp app on loopback, a recording sink, the fixture
-directory, and a sidecar started as a real process."""
+"""Fixtures shared by every test; the helpers they use are in tests/support.py."""
 
 from __future__ import annotations
 
-import asyncio
-import os
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
-from aiohttp import web
 
-from agent.model import Batch, Sample
-
-ROOT = Path(__file__).resolve().parents[1]
-FIXTURES = ROOT.parent / "shared" / "fixtures" / "ecs"
-TASKLENS = str(Path(sys.executable).with_name("tasklens"))
-
-
-def free_port(kind: int = socket.SOCK_STREAM) -> int:
-    with socket.socket(socket.AF_INET, kind) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def http_get(url: str, timeout: float = 2.0) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as r:
-            return r.status, r.read().decode()
-    except urllib.error.HTTPError as e:
-        return e.code, e.read().decode()
-
-
-async def serve_app(app: web.Application, port: int = 0, **runner_options: Any) -> tuple[web.AppRunner, str]:
-    """Serve an aiohttp app on loopback (a free port unless one is given): (runner to clean up, base URL)."""
-    runner = web.AppRunner(app, access_log=None, **runner_options)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", port)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    return runner, f"http://127.0.0.1:{port}"
-
-
-def wait_until(predicate, timeout: float = 20.0, interval: float = 0.05, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            value = predicate()
-        except OSError:
-            value = None
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(interval)
-
-
-class Recorder:
-    """A sink that keeps every batch (to check what a source published, and when)."""
-
-    name = "recorder"
-
-    def __init__(self) -> None:
-        self.batches: list[Batch] = []
-
-    def accept(self, batch: Batch) -> None:
-        self.batches.append(batch)
-
-    async def run(self, stop: asyncio.Event) -> None:
-        await stop.wait()
-
-    def last(self, source: str) -> Batch:
-        return next(b for b in reversed(self.batches) if b.source == source)
-
-    def samples(self) -> list[Sample]:
-        return [s for b in self.batches for s in b.samples]
-
-
-def clean_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("TASKLENS_", "DD_", "ECS_"))}
-    env.update(extra)
-    return env
-
-
-class Sidecar:
-    """`tasklens run` as a subprocess on free ports; stopped with SIGTERM at the end."""
-
-    def __init__(self, tmp_path: Path, **env: str) -> None:
-        self.http_port = free_port()
-        self.statsd_port = free_port(socket.SOCK_DGRAM)
-        self.log_path = tmp_path / f"sidecar-{self.http_port}.log"
-        env.setdefault("TASKLENS_HTTP_ADDR", f"127.0.0.1:{self.http_port}")
-        env.setdefault("TASKLENS_STATSD_ADDR", f"127.0.0.1:{self.statsd_port}")
-        self._log = open(self.log_path, "wb")
-        self.proc = subprocess.Popen([TASKLENS, "run"], env=clean_env(**env), stdout=self._log, stderr=subprocess.STDOUT)
-        self.url = f"http://127.0.0.1:{self.http_port}"
-
-    def get(self, path: str) -> tuple[int, str]:
-        return http_get(self.url + path)
-
-    def wait_ready(self, timeout: float = 30.0) -> None:
-        wait_until(lambda: self.get("/health")[0] == 200, timeout, what="sidecar /health")
-
-    def stop(self, timeout: float = 40.0) -> int:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-        code = self.proc.wait(timeout=timeout)
-        self._log.close()
-        return code
-
-    @property
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
+from tests.support import Sidecar
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import FIXTURES, TASKLENS, clean_env, free_port, http_get, wait_until
+from tests.support import FIXTURES, TASKLENS, clean_env, free_port, http_get, wait_until
 
 
 def families(text: str) -> dict:

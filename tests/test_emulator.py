@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator
 
 import aiohttp
 import pytest
-from tests.conftest import FIXTURES, TASKLENS, clean_env, free_port, http_get, serve_app, wait_until
+from tests.support import FIXTURES, TASKLENS, clean_env, free_port, http_get, serve_app, wait_until
 
 from agent.config import Config
 from agent.emulator import make_app, serve

@@ -33,7 +33,7 @@ from agent.model import Batch
 from agent.sinks.prometheus import PrometheusSink
 from agent.sources.ecs import EcsSource
 from agent.sources.localstats import LocalStats
-from tests.conftest import Recorder, serve_app
+from tests.support import Recorder, serve_app
 
 MEMORY = Path("/sys/fs/cgroup/memory")
 MIB = 1024 * 1024

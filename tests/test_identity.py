@@ -3,7 +3,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from tests.conftest import FIXTURES
+from tests.support import FIXTURES
 
 from agent.config import load
 from agent.identity import local_identity, split_image, task_identity

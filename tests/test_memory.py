@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from agent import memory
-from tests.conftest import Sidecar
+from tests.support import Sidecar
 
 # a burst of small objects, one in 2,000 of them kept (as the objects a storm leaves behind: counters,
 # strings, dict entries made while it lasted), then the rest freed and a trim

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from agent.hub import Hub
 from agent.identity import Identity
 from agent.processes import Proc, ProcessSource, command_name, top
-from tests.conftest import Recorder, wait_until
+from tests.support import Recorder, wait_until
 
 MIB = 1024 * 1024
 

@@ -21,7 +21,7 @@ import pytest
 from datadog.dogstatsd import DogStatsd
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import FIXTURES, TASKLENS, Sidecar, clean_env, free_port, http_get, wait_until
+from tests.support import FIXTURES, TASKLENS, Sidecar, clean_env, free_port, http_get, wait_until
 
 PROMETHEUS = shutil.which("prometheus")
 pytestmark = pytest.mark.skipif(PROMETHEUS is None, reason="needs Debian's `prometheus` package "

@@ -7,7 +7,7 @@ import subprocess
 import pytest
 
 from agent.send import SendError, datagram
-from tests.conftest import TASKLENS, clean_env, wait_until
+from tests.support import TASKLENS, clean_env, wait_until
 
 
 def test_lines_are_checked_before_they_are_sent() -> None:

@@ -34,7 +34,7 @@ from agent.statuspage import (
     add_routes,
     page_html,
 )
-from tests.conftest import serve_app
+from tests.support import serve_app
 from tests.health_support import HOSTILE, MIB, Clock, feed_page
 
 IDENTITY = Identity(service="orders-worker", env="prod", ecs_cluster="prod", task_family="orders",
@@ -298,7 +298,7 @@ async def test_the_sidecar_serves_the_page(tmp_path):
 
     from agent.config import Config
     from agent.runtime import Runtime
-    from tests.conftest import free_port
+    from tests.support import free_port
 
     port = free_port()
     runtime = Runtime(Config(http_addr=("127.0.0.1", port), statsd_addr=None, poll_interval=0.2), environ={})

@@ -28,6 +28,9 @@ log = logging.getLogger("tasklens.ecs")
 
 ENV_V4 = "ECS_CONTAINER_METADATA_URI_V4"
 ENV_V3 = "ECS_CONTAINER_METADATA_URI"
+# A response body larger than this is refused (`too_large`), read no further: the agent's `/task/stats`
+# for a task of 10 containers is about 50 KB, and a body that never ends must not fill the memory.
+MAX_BODY = 4 * 1024 * 1024
 
 
 def metadata_base_url(environ: Mapping[str, str]) -> str | None:
@@ -158,8 +161,11 @@ class EcsSource:
             self._session = aiohttp.ClientSession(
                 timeout=aiohttp.ClientTimeout(total=self.config.metadata_timeout))
         url = self.base_url + path
-        async with self._session.get(url) as response:
-            body = await response.read()
+        # the metadata endpoint never redirects: a redirect is an error, not followed to another host
+        async with self._session.get(url, allow_redirects=False) as response:
+            if 300 <= response.status < 400:
+                raise PollError("redirect", f"{path}: HTTP {response.status}: redirect refused")
+            body = await _read_capped(response, path)
             if response.status >= 500:
                 raise PollError("http_5xx", f"{path}: HTTP {response.status}: {_snippet(body)}")
             if response.status >= 400:
@@ -216,6 +222,20 @@ def _as_poll_error(exc: BaseException) -> PollError:
     if isinstance(exc, aiohttp.ClientError):
         return PollError("http_error", f"{type(exc).__name__}: {exc}")
     return PollError("unexpected", f"{type(exc).__name__}: {exc}")
+
+
+async def _read_capped(response: aiohttp.ClientResponse, path: str) -> bytes:
+    """The body, or PollError("too_large") as soon as it passes MAX_BODY (the connection is closed)."""
+    too_large = PollError("too_large", f"{path}: response body over {MAX_BODY} bytes: refused")
+    if response.content_length is not None and response.content_length > MAX_BODY:
+        raise too_large
+    chunks, size = [], 0
+    async for chunk in response.content.iter_chunked(64 * 1024):
+        size += len(chunk)
+        if size > MAX_BODY:
+            raise too_large
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def _snippet(body: bytes) -> str:

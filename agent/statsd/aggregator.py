@@ -25,7 +25,8 @@ import time
 from array import array
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
+from typing import Any
 
 from agent.memory import BURST, release_freed_memory
 from agent.model import Batch, Event, Kind, Points, Sample, ServiceCheck, Tags, merge_tags
@@ -34,27 +35,110 @@ from agent.statsd.parser import (CHECK_PREFIX, EVENT_PREFIX, MAX_DATAGRAM, Head,
                                  parse_event, parse_head, parse_service_check, parse_values)
 
 try:
-    from agent.statsd._fast import Table, drain
+    from agent.statsd._fast import Table as Table, drain as drain  # drain: re-exported for the server
 except ImportError:  # built without a C compiler: `Aggregator._each` does the same in Python
     Table = drain = None
 
 # slot codes: what the fast path does with a value
 COUNTER, HISTOGRAM, GAUGE, GAUGE_DELTA, SET, ERROR, DROPPED = range(7)  # numeric codes first
 _HISTOGRAM_TYPES = {"h": Kind.HISTOGRAM, "ms": Kind.HISTOGRAM, "d": Kind.DISTRIBUTION}
-FAST_CODES = (COUNTER, HISTOGRAM, GAUGE, SET)  # what the C loop handles
+# what the C loop handles; set members stay in Python, which bounds them (`Limits`), and are rare
+FAST_CODES = (COUNTER, HISTOGRAM, GAUGE)
 NUMBER_CACHE = 100_000  # distinct value texts remembered
+NUMBER_CACHE_TEXT = 32  # bytes: a longer value text is converted but not remembered
+HEAD_CACHE_BYTES = 64 * 1024**2  # keys of the head cache (each is held twice: here and in the C table)
+HEAD_COST = 128  # bytes a head cache entry is charged beyond its key
 MERGE_MIN, MERGE_RATIO, MERGE_RETRY = 1024, 0.5, 16  # see `points`
-MAX_EVENTS = 10_000  # each, per interval: a flood is dropped and counted as `cardinality_limit`
+# Bytes charged against Limits.context_bytes beyond the text (measured with sys.getsizeof on 3.11): a
+# context (its Context, Slot, key tuples and entries in the aggregator's and flusher's dicts), a reference
+# to a tag from a context's tuple, a distinct tag pair (its tuple, two str headers, its pool entry).
+CONTEXT_COST, TAG_REF_COST, PAIR_COST = 512, 8, 200
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """What the receive side may hold, in bytes as well as counts (docs/statsd.md, "Limits").
+
+    Counts alone are not a bound: 100,000 contexts of 100 tags each, or 10,000 events of 60 KiB, are
+    gigabytes. Each overflow refuses the line (never truncates it) and counts it by reason."""
+
+    max_contexts: int = 100_000
+    context_bytes: int = 128 * 1024**2  # what live contexts hold, as `cost` and `TagPool` charge it
+    events: int = 10_000  # events, and service checks, each per interval
+    event_bytes: int = 4 * 1024**2  # per interval: titles, texts, messages and tags of both
+    set_members: int = 200_000  # distinct set members per interval, all contexts together
+    set_bytes: int = 8 * 1024**2  # their bytes, per interval
+    set_members_per_context: int = 100_000
+    timestamped: int = 100_000  # lines with `|T<ts>` per interval (each one is a sample of its own)
+    packed_values: int = 4_000_000  # histogram values sent packed (`h:1:2:3|h`) per interval: 32 MiB
+    set_bytes_per_context: int = 4 * 1024**2
+
+
+def cost(name: str, tags: Tags, container: str) -> int:
+    """What a context is charged for itself against `Limits.context_bytes` (its tag pairs are charged
+    once for all contexts by `TagPool`). Lengths of str: never more than their UTF-8 bytes."""
+    return len(name) + len(container) + CONTEXT_COST + TAG_REF_COST * len(tags)
+
+
+def pair_cost(kv: tuple[str, str]) -> int:
+    return len(kv[0]) + len(kv[1]) + PAIR_COST
+
+
+class TagPool:
+    """Equal tag pairs and tag tuples are stored once (`env:prod` on 10,000 contexts is one tuple) and
+    charged once: a worker whose contexts share their tags is charged what it really costs, and one whose
+    every tag is unique is charged every pair. Pairs of forgotten contexts stay (and stay charged) until
+    `rebuild`, which the aggregator calls when that could make room, or after a storm of expiries."""
+
+    def __init__(self) -> None:
+        self.pairs: dict[tuple[str, str], tuple[str, str]] = {}
+        self.tuples: dict[Tags, Tags] = {}
+        self.bytes = 0  # sum of pair_cost over `pairs`
+        self.stale = False  # contexts were forgotten since the last rebuild
+
+    def canonical(self, tags: Tags) -> Tags:
+        pairs = self.pairs
+        shared = tuple([pairs.get(kv, kv) for kv in tags])
+        return self.tuples.get(shared, shared)
+
+    def new_bytes(self, tags: Tags) -> int:
+        """What `add(tags)` would charge."""
+        pairs = self.pairs
+        return sum(pair_cost(kv) for kv in tags if kv not in pairs)
+
+    def add(self, tags: Tags) -> None:
+        pairs = self.pairs
+        for kv in tags:
+            if kv not in pairs:
+                pairs[kv] = kv
+                self.bytes += pair_cost(kv)
+        self.tuples.setdefault(tags, tags)
+
+    def rebuild(self, contexts: Iterable[Context]) -> None:
+        self.pairs, self.tuples, self.bytes, self.stale = {}, {}, 0, False
+        for ctx in contexts:
+            self.add(ctx.tags)
+
+
+def item_bytes(item: Event | ServiceCheck) -> int:
+    """The text an event or service check holds (title, text or message, tags, ...)."""
+    size = sum(pair_cost(kv) for kv in item.tags)
+    for f in fields(item):
+        value = getattr(item, f.name)
+        if isinstance(value, str):
+            size += len(value)
+    return size + CONTEXT_COST
 
 
 class Context:
     """One series: name + type + tags + container. Compared and hashed by identity (fast)."""
 
-    __slots__ = ("name", "type", "tags", "container", "merge")
+    __slots__ = ("name", "type", "tags", "container", "merge", "cost")
 
     def __init__(self, name: str, type_: str, tags: Tags, container: str) -> None:
         self.name, self.type, self.tags, self.container = name, type_, tags, container
         self.merge = 0  # export side only: do this histogram's values repeat? (see `points`)
+        self.cost = cost(name, tags, container)  # charged against Limits.context_bytes while it lives
 
     def __repr__(self) -> str:
         return f"Context({self.name!r}, {self.type!r}, {self.tags!r}, {self.container!r})"
@@ -78,6 +162,7 @@ class Interval:
     (a context seen with two sample rates has two slots) and merged per context at flush."""
 
     start: float  # wall-clock start of the interval (Unix seconds)
+    periods: int = 1  # flush periods it covers: more when the export side fell behind (server.MAX_BACKLOG)
     counts: dict[Slot, float] = field(default_factory=dict)  # sum of values, times slot.weight at flush
     gauges: dict[Context, float] = field(default_factory=dict)
     sets: dict[Context, set[bytes]] = field(default_factory=dict)
@@ -85,6 +170,12 @@ class Interval:
     timestamped: list[tuple[Context, float, float]] = field(default_factory=list)  # (ctx, value*weight, ts)
     events: list[tuple[Event, str]] = field(default_factory=list)
     service_checks: list[tuple[ServiceCheck, str]] = field(default_factory=list)
+    # what the interval holds against Limits: bytes of events and checks, set members and their bytes
+    event_bytes: int = 0
+    set_members: int = 0
+    set_bytes: int = 0
+    set_bytes_of: dict[Context, int] = field(default_factory=dict)
+    packed_values: int = 0
     # what the C loop accumulated, as `Table.harvest` returns it: merged into counts and values by
     # `settle`, off the receive thread
     pending: list[tuple[list[Slot], bytes, list[bytes | None]]] = field(default_factory=list)
@@ -133,8 +224,10 @@ class Stats:
 class Aggregator:
     def __init__(self, max_contexts: int = 100_000, gauge_deltas: bool = False,
                  rules: Sequence[mapping.Rule] = (), clock: Callable[[], float] = time.time,
-                 accelerated: bool = True) -> None:
-        self.max_contexts = max_contexts
+                 accelerated: bool = True, limits: Limits | None = None) -> None:
+        self.limits = limits if limits is not None else Limits(max_contexts=max_contexts)
+        self.max_contexts = self.limits.max_contexts
+        self.context_bytes = 0  # sum of Context.cost over `contexts`; their tags: `_pool.bytes`
         self.gauge_deltas = gauge_deltas
         self.rules = tuple(rules)
         self.clock = clock
@@ -142,12 +235,12 @@ class Aggregator:
         self.contexts: dict[tuple[str, str, Tags, str], Context] = {}
         # (name, tail) -> Slot; bounded: cleared when it outgrows the context cap (rebuilt lazily)
         self._cache: dict[tuple[bytes, bytes], Slot] = {}
-        self._cache_limit = max(4 * max_contexts, 10_000)
+        self._cache_limit = max(4 * self.max_contexts, 10_000)
+        self._cache_bytes = 0  # of the keys in `_cache`; cleared too at HEAD_CACHE_BYTES
         self._table = Table() if accelerated and Table is not None else None  # the C side of `_cache`
         self._numbers: dict[bytes, float] = {}
         self._errors: dict[str, Slot] = {}
-        # contexts share equal tag pairs and tag sets (`env:prod` on 10,000 names is stored once)
-        self._shared_tags: dict[object, object] = {}
+        self._pool = TagPool()
         self._gauge_last: dict[Context, float] = {}  # Etsy deltas apply to the value of earlier intervals
         self._expiring: deque[Iterable[Context]] = deque()  # from the Flusher's thread: deque ops are atomic
         self.interval = Interval(clock())
@@ -238,9 +331,10 @@ class Aggregator:
     def _number(self, text: bytes) -> float:
         """`finite(text)`, remembered: values repeat a lot and `float()` is the slowest step per line."""
         value = finite(text)
-        if len(self._numbers) >= NUMBER_CACHE:
-            self._numbers.clear()
-        self._numbers[text] = value
+        if len(text) <= NUMBER_CACHE_TEXT:
+            if len(self._numbers) >= NUMBER_CACHE:
+                self._numbers.clear()
+            self._numbers[text] = value
         return value
 
     def _gauge(self, ctx: Context, value: float, relative: bool) -> None:
@@ -258,12 +352,8 @@ class Aggregator:
             elif line.startswith(EVENT_PREFIX):
                 self._event(parse_event(line), stats)
             elif line.startswith(CHECK_PREFIX):
-                check = parse_service_check(line)
+                self._keep(self.interval.service_checks, parse_service_check(line))
                 stats.service_checks += 1
-                if len(self.interval.service_checks) < MAX_EVENTS:
-                    self.interval.service_checks.append(check)
-                else:
-                    stats.errors["cardinality_limit"] += 1
             else:
                 self._metric(line)
         except ParseError as exc:
@@ -272,11 +362,17 @@ class Aggregator:
             stats.errors["malformed_line"] += 1
 
     def _event(self, event: tuple[Event, str], stats: Stats) -> None:
-        stats.events += 1
-        if len(self.interval.events) < MAX_EVENTS:
-            self.interval.events.append(event)
-        else:
-            stats.errors["cardinality_limit"] += 1
+        self._keep(self.interval.events, event)
+        stats.events += 1  # kept ones only: a refused one is a parse error (`samples` counts neither)
+
+    def _keep(self, kept: list[Any], item: tuple[Event | ServiceCheck, str]) -> None:
+        """An event or service check joins the interval within its count and byte limits."""
+        iv, limits = self.interval, self.limits
+        size = item_bytes(item[0]) + len(item[1])
+        if len(kept) >= limits.events or iv.event_bytes + size > limits.event_bytes:
+            raise ParseError("event_limit")
+        iv.event_bytes += size
+        kept.append(item)
 
     def _metric(self, line: bytes) -> None:
         name, colon, rest = line.partition(b":")
@@ -321,11 +417,29 @@ class Aggregator:
             if not value:
                 raise ParseError("bad_value")
             members = iv.sets.get(ctx)
+            if members is not None and value in members:
+                return
+            size, limits = len(value), self.limits
+            held = iv.set_bytes_of.get(ctx, 0)
+            if (members is not None and len(members) >= limits.set_members_per_context
+                    or held + size > limits.set_bytes_per_context
+                    or iv.set_members >= limits.set_members or iv.set_bytes + size > limits.set_bytes):
+                raise ParseError("set_limit")
             if members is None:
                 members = iv.sets[ctx] = set()
             members.add(value)
+            iv.set_bytes_of[ctx] = held + size
+            iv.set_members += 1
+            iv.set_bytes += size
             return
+        if timestamp is not None and len(iv.timestamped) >= self.limits.timestamped:
+            raise ParseError("timestamp_limit")  # each is kept apart, not aggregated: bounded by count
         vals, relative = parse_values("g" if code == GAUGE_DELTA else "", value)
+        if code == HISTOGRAM and len(vals) > 1 and timestamp is None:
+            # packed values are kept one by one (8 bytes each: a 64 KiB line holds 32,000 of them)
+            if iv.packed_values + len(vals) > self.limits.packed_values:
+                raise ParseError("value_limit")
+            iv.packed_values += len(vals)
         self.stats.extra_values += len(vals) - 1
         if timestamp is not None:
             total = sum(vals) * slot.weight if code == COUNTER else vals[-1]
@@ -347,9 +461,11 @@ class Aggregator:
                 self._gauge(ctx, v, r)
 
     def _remember(self, key: tuple[bytes, bytes], slot: Slot) -> None:
-        if len(self._cache) >= self._cache_limit:
+        size = len(key[0]) + len(key[1]) + HEAD_COST
+        if len(self._cache) >= self._cache_limit or self._cache_bytes + size > HEAD_CACHE_BYTES:
             self._forget_heads()
         self._cache[key] = slot
+        self._cache_bytes += size
         if self._table is not None and slot.code in FAST_CODES:
             self._table.add(key[0], key[1], slot, slot.ctx, slot.code)
 
@@ -359,20 +475,30 @@ class Aggregator:
             self.interval.pending.append(self._table.harvest())
             self._table.clear()
         self._cache.clear()  # in place: `_each` holds its `get`
+        self._cache_bytes = 0
+
+    @property
+    def held_bytes(self) -> int:
+        """What the live contexts are charged against `Limits.context_bytes`."""
+        return self.context_bytes + self._pool.bytes
 
     def _slot(self, head: Head) -> Slot:
-        name, tags = head.name, self._share(head.tags)
+        name, tags = head.name, head.tags
         if self.rules:
             mapped = mapping.apply(self.rules, name)
             if mapped is not None:
                 name, tags = mapped[0], merge_tags(tags, mapped[1])
+        tags = self._pool.canonical(tags)
         key = (name, head.type, tags, head.container)
         ctx = self.contexts.get(key)
         if ctx is None:
-            if len(self.contexts) >= self.max_contexts:
+            if not self._room_for(cost(name, tags, head.container), tags):
                 self.stats.contexts_dropped += 1
                 return _DROPPED
-            ctx = self.contexts[key] = Context(name, head.type, tags, head.container)
+            ctx = Context(name, head.type, tags, head.container)
+            self._pool.add(tags)
+            self.contexts[key] = ctx
+            self.context_bytes += ctx.cost
         t = head.type
         if t == "c":
             return Slot(COUNTER, ctx, 1.0 / head.rate)
@@ -382,12 +508,17 @@ class Aggregator:
             return Slot(SET, ctx)
         return Slot(HISTOGRAM, ctx, 1.0 / head.rate)
 
-    def _share(self, tags: Tags) -> Tags:
-        shared = self._shared_tags
-        if len(shared) > self._cache_limit:
-            shared.clear()
-        tags = tuple([shared.setdefault(kv, kv) for kv in tags])  # type: ignore[misc]
-        return shared.setdefault(tags, tags)  # type: ignore[return-value]
+    def _room_for(self, charge: int, tags: Tags) -> bool:
+        """Whether a new context charged `charge` bytes for itself, with these tags, fits the limits."""
+        if len(self.contexts) >= self.max_contexts:
+            return False
+        pool, limit = self._pool, self.limits.context_bytes
+        if self.held_bytes + charge + pool.new_bytes(tags) <= limit:
+            return True
+        if not pool.stale:
+            return False
+        pool.rebuild(self.contexts.values())  # drop the pairs only forgotten contexts used, and retry
+        return self.held_bytes + charge + pool.new_bytes(tags) <= limit
 
     def swap(self, now: float | None = None) -> Interval:
         """Start a new interval and return the finished one: O(contexts touched) in C, without a Python
@@ -414,12 +545,15 @@ class Aggregator:
                 key = (ctx.name, ctx.type, ctx.tags, ctx.container)
                 if ctx not in touched and self.contexts.get(key) is ctx:
                     del self.contexts[key]
+                    self.context_bytes -= ctx.cost
                     self._gauge_last.pop(ctx, None)
                     removed += 1
         if removed:
             self.contexts = dict(self.contexts)  # a dict never shrinks by deletion: rebuild it
             self._forget_heads()  # slots of forgotten contexts (and refusals at the cap) are gone
-            self._shared_tags = {}
+            self._pool.stale = True
+            if removed > BURST or len(self._pool.tuples) > 2 * len(self.contexts) + BURST:
+                self._pool.rebuild(self.contexts.values())  # after a storm; or it would only grow
         if removed > BURST:
             release_freed_memory()  # a few ms, once after a storm: RSS back near the baseline
 
@@ -447,6 +581,7 @@ class Flusher:
             return merge_tags(base, ctx.tags) if base else ctx.tags
 
         seen = self._last_seen
+        seconds = self.interval * iv.periods  # what counts and histograms of this interval cover
         counters: dict[Context, float] = {}
         for slot, total in iv.counts.items():
             ctx = slot.ctx
@@ -456,12 +591,12 @@ class Flusher:
             if total - total != 0.0:  # finite values whose sum overflowed: never export an infinity
                 self.overflows += 1
                 continue
-            add(Sample(ctx.name, total, Kind.COUNT, tags_of(ctx), None, self.interval))
+            add(Sample(ctx.name, total, Kind.COUNT, tags_of(ctx), None, seconds))
             self._counters_seen[ctx] = now
         for ctx, when in list(self._counters_seen.items()):
             if ctx not in counters:
                 if now - when <= self.ttl:
-                    add(Sample(ctx.name, 0.0, Kind.COUNT, tags_of(ctx), None, self.interval))
+                    add(Sample(ctx.name, 0.0, Kind.COUNT, tags_of(ctx), None, seconds))
                 else:
                     del self._counters_seen[ctx]
         for ctx, value in iv.gauges.items():
@@ -473,7 +608,7 @@ class Flusher:
             grouped.setdefault(slot.ctx, []).append(slot)  # type: ignore[arg-type]
         for ctx, slots in grouped.items():
             add(Sample(ctx.name, points(iv.values, slots, ctx.type == "ms"), _HISTOGRAM_TYPES[ctx.type],
-                       tags_of(ctx), None, self.interval))
+                       tags_of(ctx), None, seconds))
         for ctx, value, ts in iv.timestamped:
             if value - value != 0.0:
                 self.overflows += 1

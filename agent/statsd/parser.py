@@ -18,11 +18,18 @@ from dataclasses import dataclass, field
 from agent.model import Event, ServiceCheck, Tags
 
 REASONS = ("malformed_line", "bad_value", "bad_type", "bad_rate", "bad_timestamp", "bad_event",
-           "bad_service_check", "too_long", "cardinality_limit")
+           "bad_service_check", "too_long", "too_many_tags", "cardinality_limit", "event_limit", "set_limit",
+           "timestamp_limit", "value_limit")
 
 MAX_DATAGRAM = 65536  # bytes; larger Unix datagrams are rejected whole (UDP cannot exceed 65507)
 MAX_NAME = 200  # bytes, Datadog's limit for a metric name
 MAX_TAG = 200  # bytes per tag, Datadog's limit
+# What one line may cost, whatever its datagram: without these, a 64 KiB line of 10,000 one-letter tags
+# becomes a context of 10,000 Python objects (~2 MiB), and a line's unknown fields (`|x:<60 KiB>`)
+# a 60 KiB key in the head cache. Real clients send a few tags of a few dozen bytes.
+MAX_TAGS = 100  # tags per line
+MAX_TAGS_BYTES = 4096  # bytes of the `#` field of a line (all its tags)
+MAX_TAIL = 8192  # bytes after a metric's value: type, rate, tags, container, unknown fields
 MAX_DIGITS = 18  # in a timestamp or an event's lengths: more can only be garbage (and int() of 4,301
                  # digits raises ValueError, float() of 310 OverflowError: never a ParseError)
 
@@ -96,9 +103,16 @@ def decode(raw: bytes, reason: str) -> str:
 
 
 def parse_tags(raw: bytes, reason: str = "malformed_line") -> Tags:
-    """`a:b,c,a:d` -> (("a", "d"), ("c", "")): first position kept, last value wins, empty items skipped."""
+    """`a:b,c,a:d` -> (("a", "d"), ("c", "")): first position kept, last value wins, empty items skipped.
+
+    At most MAX_TAGS items and MAX_TAGS_BYTES bytes, checked before anything is decoded."""
+    if len(raw) > MAX_TAGS_BYTES:
+        raise ParseError("too_long")
+    items = raw.split(b",")
+    if len(items) > MAX_TAGS and sum(1 for item in items if item) > MAX_TAGS:
+        raise ParseError("too_many_tags")
     tags: dict[str, str] = {}
-    for item in raw.split(b","):
+    for item in items:
         if not item:
             continue
         if len(item) > MAX_TAG:
@@ -113,7 +127,7 @@ def parse_head(name: bytes, tail: bytes) -> Head:
     """The cacheable part of a metric line: its name and what follows the first `|` after the value."""
     if not name or b"|" in name or name.startswith((EVENT_PREFIX, CHECK_PREFIX)):
         raise ParseError("malformed_line")
-    if len(name) > MAX_NAME:
+    if len(name) > MAX_NAME or len(tail) > MAX_TAIL:
         raise ParseError("too_long")
     fields = tail.removesuffix(b"\r").split(b"|")
     kind = TYPES.get(fields[0])

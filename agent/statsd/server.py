@@ -12,21 +12,26 @@ The thread never takes a lock per line; its counters are read by the event loop 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import gc
 import logging
 import math
 import os
 import select
 import socket
+import sys
 import threading
 import time
 from collections import deque
+from collections.abc import Iterator
 from typing import Any
 
 from agent.config import Config
 from agent.hub import Hub
 from agent.logs import RateLimitedLog
 from agent.statsd import mapping
-from agent.statsd.aggregator import Aggregator, Flusher, Interval, drain
+from agent.model import Batch
+from agent.statsd.aggregator import Aggregator, Context, Flusher, Interval, Limits, drain
 from agent.statsd.listener import Listener, open_udp, open_unix, read_udp_tables, udp_drops
 from agent.statsd.parser import MAX_DATAGRAM, REASONS
 
@@ -35,6 +40,45 @@ log = logging.getLogger("tasklens")
 DRAIN_BATCH = 64  # datagrams read (and then parsed together) before looking at the other sockets and the clock
 STATS_EVERY = 1.0  # seconds between copies of the receive counters into the self-metrics
 GATHER_SECONDS, GATHER_BELOW = 0.01, 8  # pause 10 ms when a wake-up found fewer than 8 datagrams (see docs/statsd.md)
+# The export side must never hold the event loop for long: the batch is built on a worker thread and
+# handed to the sinks this many samples per loop turn (100,000 contexts: ~1 s of work in all, at most a
+# few ms per turn), so `/health` and `/metrics` answer during a flush.
+PUBLISH_CHUNK = 1_000
+# finished intervals waiting for the export side; past this the receive side keeps extending the open
+# interval (its counters then cover several periods, exported as such) instead of queueing more of them
+MAX_BACKLOG = 1
+SWITCH_INTERVAL = 0.001  # seconds (sys.setswitchinterval)
+
+
+# the reasons that mean a limit was reached (not a malformed line): logged, at most once a minute each
+LIMIT_REASONS = {
+    "too_long": "a name, tag, tag field, line tail or datagram over its size",
+    "too_many_tags": "a line with more tags than allowed",
+    "cardinality_limit": "a new context past TASKLENS_STATSD_MAX_CONTEXTS or TASKLENS_STATSD_MAX_CONTEXT_BYTES",
+    "event_limit": "events or service checks past the interval's count or TASKLENS_STATSD_MAX_EVENT_BYTES",
+    "set_limit": "set members past TASKLENS_STATSD_MAX_SET_MEMBERS or _BYTES, or a set's own limit",
+    "timestamp_limit": "lines with a |T timestamp past 100,000 in an interval",
+    "value_limit": "packed histogram values past 4,000,000 in an interval",
+}
+
+
+@contextlib.contextmanager
+def paused_gc() -> Iterator[None]:
+    """No garbage collection while a flush's batch is alive.
+
+    A flush makes one short-lived object per sample (100,000 contexts: 100,000 samples, alive for
+    the whole flush). A collection in mid-flush promotes them to the oldest generation, and once that
+    grows by a quarter CPython collects it whole: over a heap of 100,000 contexts and series, 0.3-1.5 s
+    holding the GIL, when neither `/health` nor the receive thread can run (measured: the slowest
+    `/health` answers of a 1 s flush). With collection paused they are freed by reference counting and
+    never promoted, and the next automatic pass takes what cycles other code made meanwhile."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
 
 
 def next_boundary(now: float, interval: float) -> float:
@@ -49,17 +93,26 @@ class StatsdServer:
         self.config = config
         self.hub = hub
         self.rules = mapping.compile_rules(config.mappings)  # ConfigError naming the rule
-        self.aggregator = Aggregator(config.statsd_max_contexts, config.statsd_gauge_deltas, self.rules)
+        limits = Limits(max_contexts=config.statsd_max_contexts, context_bytes=config.statsd_max_context_bytes,
+                        event_bytes=config.statsd_max_event_bytes, set_members=config.statsd_max_set_members,
+                        set_bytes=config.statsd_max_set_bytes)
+        self.aggregator = Aggregator(config.statsd_max_contexts, config.statsd_gauge_deltas, self.rules,
+                                     limits=limits)
         self.flusher = Flusher(config.flush_interval, config.statsd_context_ttl)
         self.listeners: list[Listener] = []
         self.last_flush: float | None = None
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._commands: deque[tuple[str, asyncio.Future[None] | None]] = deque()
+        # finished intervals on their way to the event loop, oldest first (appended by the receive
+        # thread, removed by `_publisher` once published: deque operations are atomic)
+        self._ready: deque[tuple[Interval, asyncio.Future[None] | None]] = deque()
+        self._wakeup: asyncio.Event | None = None
+        self._last_samples = 0  # in the last batch published
         self._wake_r, self._wake_w = -1, -1
         self._published: dict[tuple[str, str], float] = {}
         self._drops: dict[str, int] = {}
-        self._log = RateLimitedLog(log)
+        self._log = RateLimitedLog(log, interval=60.0)
 
     # -- start and addresses -------------------------------------------------------------------
 
@@ -95,6 +148,11 @@ class StatsdServer:
     async def run(self, stop: asyncio.Event) -> None:
         await self.start()
         self._loop = asyncio.get_running_loop()
+        self._wakeup = asyncio.Event()
+        # three threads want the GIL during a flush (receive, batch, event loop): hand it over every
+        # 1 ms instead of 5, so that the event loop gets it back soon after each wait for I/O
+        sys.setswitchinterval(min(sys.getswitchinterval(), SWITCH_INTERVAL))
+        publisher = asyncio.create_task(self._publisher(), name="statsd-publisher")
         if self._thread is None or not self._thread.is_alive():
             self._thread = threading.Thread(target=self._receive, name="statsd-receive", daemon=True)
             self._thread.start()
@@ -106,10 +164,14 @@ class StatsdServer:
                     pass
                 self._publish_stats()
         finally:
-            await self._command("stop")  # the final, partial interval is flushed before returning
-            await asyncio.to_thread(self._thread.join, 5.0)
-            self._publish_stats()
-            self._close()
+            try:
+                await self._command("stop")  # the final, partial interval is flushed before returning
+                log.info("StatsD: last interval flushed (%d samples) before stopping", self._last_samples)
+                await asyncio.to_thread(self._thread.join, 5.0)
+                self._publish_stats()
+            finally:
+                publisher.cancel()
+                self._close()
 
     async def flush(self) -> None:
         """Flush the current interval now and wait until the hub has it (tests, `/status` tools)."""
@@ -160,8 +222,14 @@ class StatsdServer:
             try:
                 now = time.time()
                 if now >= boundary:
-                    self._deliver(agg.swap(boundary))
-                    boundary = next_boundary(now, interval)
+                    following = next_boundary(now, interval)
+                    periods = max(1, round((following - boundary) / interval))  # more after a pause
+                    if len(self._ready) < MAX_BACKLOG:
+                        self._deliver(agg.swap(boundary))
+                        agg.interval.periods = periods
+                    else:  # the export side is behind: this interval goes on for another period
+                        agg.interval.periods += periods
+                    boundary = following
                 read = 0
                 for fd, _ in poller.poll(max(0.0, min(boundary - now, 1.0)) * 1000):
                     if fd == self._wake_r:
@@ -219,22 +287,53 @@ class StatsdServer:
         return stopping
 
     def _deliver(self, interval: Interval, future: asyncio.Future[None] | None = None) -> None:
-        loop = self._loop
-        if loop is None or loop.is_closed():
+        loop, wakeup = self._loop, self._wakeup
+        if loop is None or loop.is_closed() or wakeup is None:
             return
+        self._ready.append((interval, future))
         try:
-            loop.call_soon_threadsafe(self._publish, interval, future)
+            loop.call_soon_threadsafe(wakeup.set)
         except RuntimeError:  # the loop is shutting down
             pass
 
     # -- on the event loop -----------------------------------------------------------------------
 
-    def _publish(self, interval: Interval, future: asyncio.Future[None] | None) -> None:
+    async def _publisher(self) -> None:
+        """Publish finished intervals one at a time, in order; a flush's waiter is released after its
+        interval reached the hub."""
+        assert self._wakeup is not None
+        while True:
+            await self._wakeup.wait()
+            self._wakeup.clear()
+            while self._ready:
+                interval, future = self._ready[0]
+                try:
+                    await self._publish(interval)
+                finally:
+                    self._ready.popleft()
+                    if future is not None and not future.done():
+                        future.set_result(None)
+
+    def _build(self, interval: Interval, containers: dict[str, Any]) -> tuple[Batch, list[Context]]:
+        """On a worker thread: the batch of a finished interval, and the contexts now idle too long."""
+        return self.flusher.batch(interval, containers), self.flusher.expired()
+
+    async def _publish(self, interval: Interval) -> None:
         started = time.perf_counter()
+        with paused_gc():
+            await self._publish_paused(interval, started)
+
+    async def _publish_paused(self, interval: Interval, started: float) -> None:
         try:
-            batch = self.flusher.batch(interval, self.hub.identity.containers)
-            self.hub.publish(batch)
-            expired = self.flusher.expired()
+            batch, expired = await asyncio.to_thread(self._build, interval, dict(self.hub.identity.containers))
+            samples = batch.samples
+            self._last_samples = len(samples)
+            for start in range(0, max(len(samples), 1), PUBLISH_CHUNK):
+                first = start == 0
+                self.hub.publish(Batch(batch.source, samples[start:start + PUBLISH_CHUNK],
+                                       batch.events if first else [], batch.service_checks if first else [],
+                                       snapshot=False))
+                await asyncio.sleep(0)  # let `/health`, `/metrics` and the other components run
             if expired:
                 self.aggregator.expire(expired)
             self.last_flush = time.time()
@@ -245,9 +344,6 @@ class StatsdServer:
         except Exception as exc:
             self.hub.metrics.inc("tasklens.statsd.flush_errors")
             self._log.error("statsd-flush", "StatsD flush failed: %r", exc)
-        finally:
-            if future is not None and not future.done():
-                future.set_result(None)
 
     def _publish_stats(self) -> None:
         """Copy the receive thread's counters (plain ints, read without a lock) into the self-metrics."""
@@ -274,6 +370,9 @@ class StatsdServer:
                 else:
                     metrics.inc(name, delta)
                 self._published[(name, reason)] = value
+                if delta and reason in LIMIT_REASONS:
+                    self._log.warning(f"limit:{reason}", "StatsD: %d line(s) refused (%s): %s (docs/statsd.md, "
+                                      "Limits)", delta, reason, LIMIT_REASONS[reason])
         metrics.set("tasklens.statsd.contexts", len(self.aggregator.contexts))
         drops = udp_drops(read_udp_tables())
         for listener in self.listeners:

@@ -21,7 +21,7 @@ import jsonschema
 import pytest
 import yaml
 
-from tests.conftest import TASKLENS, clean_env, free_port, http_get, wait_until
+from tests.support import TASKLENS, clean_env, free_port, http_get, wait_until
 from tests.deploy.deploy_checks import DEPLOY, config_errors, exec_form, sidecar_variables
 
 COMPOSE_DIR = DEPLOY / "compose"

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.conftest import http_get, wait_until
+from tests.support import http_get, wait_until
 from tests.deploy.deploy_checks import DEPLOY
 from tests.deploy.podman_support import SCRIPTS, Podman
 

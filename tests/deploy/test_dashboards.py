@@ -19,7 +19,7 @@ import yaml
 
 from agent.model import Kind
 from agent.sinks.prometheus import metric_name
-from tests.conftest import FIXTURES
+from tests.support import FIXTURES
 from tests.deploy.deploy_checks import DEPLOY, ROOT, datadog_unparsed
 
 METRICS_LIST = DEPLOY / "dashboards" / "metrics.txt"

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import clean_env, free_port, http_get, wait_until
+from tests.support import clean_env, free_port, http_get, wait_until
 from tests.deploy.deploy_checks import (DEPLOY, DOCKERFILE, exec_form, final_stage, image_env, instructions,
                                         sidecar_variables)
 

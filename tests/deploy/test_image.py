@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from tests.conftest import http_get, wait_until
+from tests.support import http_get, wait_until
 from tests.deploy.podman_support import Podman, env, serve_on
 from tests.integrations.profilers.pyroscope_fake import FakePyroscope
 from tests.sinks.intake import Intake

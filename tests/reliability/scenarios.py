@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.emulator import container_id
-from tests.conftest import FIXTURES, TASKLENS, Sidecar, clean_env, free_port, wait_until
+from tests.support import FIXTURES, TASKLENS, Sidecar, clean_env, free_port, wait_until
 from tests.reliability.support import (CounterTraffic, least_squares_slope, redis_server, rss_bytes, scrape,
                                        statsd_lines, status)
 

@@ -2,7 +2,7 @@
 measure memory, and the faults the suite injects (a TCP proxy that resets, black-holes or refuses,
 and brokers the tests start and restart themselves).
 
-The sidecar runs as a real process (`tests.conftest.Sidecar`); everything here looks at it the way an
+The sidecar runs as a real process (`tests.support.Sidecar`); everything here looks at it the way an
 operator would: its `/metrics`, its `/status`, its log, its RSS.
 """
 
@@ -16,6 +16,7 @@ import signal
 import socket
 import struct
 import subprocess
+import threading
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -27,7 +28,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from agent.sinks.prometheus import metric_name
-from tests.conftest import Sidecar, free_port, http_get, wait_until
+from tests.support import Sidecar, free_port, http_get, until, wait_until
 
 Labels = frozenset[tuple[str, str]]
 
@@ -333,16 +334,118 @@ class FlakyMetadata:
             self._runner = None
 
 
+
+# --- many live contexts (stalls, memory) -------------------------------------------------------
+
+
+def context_datagrams(prefix: str, contexts: int, per_datagram: int = 40) -> list[bytes]:
+    """One counter line (value 1) for each of `contexts` distinct contexts, `per_datagram` a datagram."""
+    lines = [f"{prefix}.m{i % 100}:1|c|#id:{i}".encode() for i in range(contexts)]
+    return [b"\n".join(lines[k:k + per_datagram]) for k in range(0, contexts, per_datagram)]
+
+
+def send_paced(sidecar: Sidecar, datagrams: list[bytes], step: int = 100, timeout: float = 120.0) -> int:
+    """Send `datagrams` `step` at a time, each step only once the sidecar counted its lines: a first
+    sighting of a context is slow (parsed in Python), and a burst of them would overflow the socket
+    buffer. Returns the sidecar's line count afterwards."""
+    want = statsd_lines(sidecar)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        for k in range(0, len(datagrams), step):
+            for d in datagrams[k:k + step]:
+                s.sendto(d, ("127.0.0.1", sidecar.statsd_port))
+                want += sum(1 for line in d.split(b"\n") if line)
+            wait_until(lambda: statsd_lines(sidecar) >= want, timeout, interval=0.02, what=f"{want} lines counted")
+    return statsd_lines(sidecar)
+
+
+class SteadyLoad:
+    """A thread sending `datagrams` to the sidecar over and over, the whole list once per `period`
+    seconds (every context touched in every interval), until `stop()`."""
+
+    def __init__(self, port: int, datagrams: list[bytes], period: float = 1.0) -> None:
+        self.port, self.datagrams, self.period = port, datagrams, period
+        self.rounds = 0
+        self._halt = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def start(self) -> SteadyLoad:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._halt.set()
+        self._thread.join(30)
+
+    def _run(self) -> None:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            while not self._halt.is_set():
+                started = time.monotonic()
+                for d in self.datagrams:
+                    s.sendto(d, ("127.0.0.1", self.port))
+                self.rounds += 1
+                self._halt.wait(max(0.0, self.period - (time.monotonic() - started)))
+
+
+def latency(url: str, timeout: float = 5.0) -> float:
+    """Seconds for one GET of `url` to answer 200 (a new connection each time, as a health checker)."""
+    started = time.perf_counter()
+    code, _ = http_get(url, timeout)
+    took = time.perf_counter() - started
+    assert code == 200, code
+    return took
+
+
+# --- the worst input within the StatsD limits (bench/worst_case_memory.py, test_hostile_memory.py) ---
+
+
+class RssSampler:
+    """The peak RSS of a process, sampled every `every` seconds on a thread until `stop()`."""
+
+    def __init__(self, pid: int, every: float = 0.05) -> None:
+        self.process = psutil.Process(pid)
+        self.peak = 0
+        self._halt = threading.Event()
+        self._every = every
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._halt.is_set():
+            try:
+                self.peak = max(self.peak, int(self.process.memory_info().rss))
+            except psutil.Error:
+                return
+            self._halt.wait(self._every)
+
+    def stop(self) -> int:
+        self._halt.set()
+        self._thread.join(5)
+        return self.peak
+
+
+def tag_storm(contexts: int, start: int = 0) -> list[bytes]:
+    """One line per context, each at both tag limits (100 tags, ~4,000 bytes), every tag unique to its
+    context: the most memory a context can hold (nothing shared), charged the least per byte held."""
+    out = []
+    for i in range(start, start + contexts):
+        tags = ",".join(f"k{j:02d}:{i:08d}{'x' * 24}" for j in range(100))
+        out.append(f"hostile.tags.{i}:1|c|#{tags}".encode())
+    return out
+
+
+def event_storm(count: int, text_bytes: int = 60_000) -> list[bytes]:
+    """`count` events of ~60 KB each (one per datagram): past the per-interval event bytes."""
+    text = "e" * text_bytes
+    return [f"_e{{{len(str(i)) + 6},{len(text)}}}:event {i}|{text}|#storm:yes".encode() for i in range(count)]
+
+
+def set_storm(contexts: int, members: int, member_bytes: int = 32, salt: int = 0) -> list[bytes]:
+    """`members` distinct members of `member_bytes` bytes spread over `contexts` sets, ~60 KB datagrams."""
+    lines = [b"hostile.set.%d:%0*d|s" % (m % contexts, member_bytes, m + salt * members) for m in range(members)]
+    per = 60_000 // (len(lines[0]) + 1)
+    return [b"\n".join(lines[k:k + per]) for k in range(0, len(lines), per)]
+
+
 async def poll(predicate: Any, timeout: float = 20.0, what: str = "condition") -> Any:
-    """`wait_until` for async tests: the predicate (blocking HTTP) runs in a thread."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            value = await asyncio.to_thread(predicate)
-        except OSError:
-            value = None
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        await asyncio.sleep(0.1)
+    """`until` for a blocking predicate (HTTP to the sidecar): it runs in a thread."""
+    return await until(predicate, timeout, what, interval=0.1, in_thread=True)

@@ -16,7 +16,7 @@ import greenstalk
 import pytest
 import redis
 
-from tests.conftest import Sidecar, wait_until
+from tests.support import Sidecar, wait_until
 from tests.reliability.support import BrokerProcess, beanstalkd_server, redis_server, scrape
 
 

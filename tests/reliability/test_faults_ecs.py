@@ -14,7 +14,7 @@ import asyncio
 import pytest
 from datadog.dogstatsd import DogStatsd
 
-from tests.conftest import Sidecar
+from tests.support import Sidecar
 from tests.reliability.scenarios import DD_AGENT_WORKING_SET, STATS, TASK
 from tests.reliability.support import FlakyMetadata, poll, scrape
 

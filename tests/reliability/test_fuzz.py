@@ -18,7 +18,7 @@ import pytest
 from agent.sources.ecs_stats import derive
 from agent.statsd.aggregator import Aggregator
 from agent.statsd.parser import parse
-from tests.conftest import FIXTURES, ROOT
+from tests.support import FIXTURES, ROOT
 
 FUZZ = ROOT / "bench" / "fuzz.py"
 SECONDS = 15

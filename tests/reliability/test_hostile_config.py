@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import TASKLENS, clean_env
+from tests.support import TASKLENS, clean_env
 
 PASSWORD = "hunter2-secret"
 

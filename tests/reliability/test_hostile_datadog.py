@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 from datadog.dogstatsd.base import DogStatsd
 
-from tests.conftest import Sidecar
+from tests.support import Sidecar
 from tests.reliability.scenarios import DD_KEY
 from tests.reliability.support import poll, scrape, status
 from tests.sinks.intake import Intake, start_intake, tag_problem

@@ -14,7 +14,7 @@ import socket
 
 import pytest
 
-from tests.conftest import Sidecar, wait_until
+from tests.support import Sidecar, wait_until
 from tests.reliability.scenarios import DD_KEY
 from tests.reliability.support import Scrape, poll, scrape
 from tests.sinks.intake import Intake, start_intake

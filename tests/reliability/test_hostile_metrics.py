@@ -21,7 +21,7 @@ from datadog.dogstatsd import DogStatsd
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as openmetrics_families
 from prometheus_client.parser import text_string_to_metric_families as text_families
 
-from tests.conftest import Sidecar, wait_until
+from tests.support import Sidecar, wait_until
 
 OPENMETRICS = "application/openmetrics-text; version=1.0.0"
 CONTROL = 7  # increments of the control counter

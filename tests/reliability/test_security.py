@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from tests.conftest import ROOT, TASKLENS, Sidecar, clean_env, free_port, wait_until
+from tests.support import ROOT, TASKLENS, Sidecar, clean_env, free_port, wait_until
 from tests.reliability.support import poll, redis_server, scrape
 from tests.sinks.intake import Intake, start_intake
 
@@ -168,7 +168,7 @@ def test_the_image_runs_as_non_root_and_the_sidecar_works_as_that_user(tmp_path)
                                           TASKLENS_STATSD_SOCKET=str(sock), TASKLENS_FLUSH_INTERVAL="1"),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
-        from tests.conftest import http_get
+        from tests.support import http_get
 
         wait_until(lambda: http_get(f"http://127.0.0.1:{http}/ready")[0] == 200, 30, what="the sidecar as uid " + uid)
         import psutil

@@ -24,9 +24,9 @@ import pytest
 from aiohttp import web
 from datadog.dogstatsd import DogStatsd
 
-from tests.conftest import Sidecar, free_port, wait_until
+from tests.support import Sidecar, free_port, wait_until
 from tests.reliability.scenarios import DD_KEY
-from tests.reliability.support import poll, scrape
+from tests.reliability.support import SteadyLoad, context_datagrams, poll, scrape, send_paced
 from tests.sinks.intake import Intake, start_intake
 
 WORKER = str(Path(__file__).with_name("worker.py"))
@@ -159,3 +159,33 @@ def test_sigkill_of_the_sidecar_never_blocks_or_breaks_the_worker(tmp_path) -> N
             if s is not None and s.proc.poll() is None:
                 s.proc.kill()
                 s.proc.wait()
+
+
+@pytest.mark.slow
+def test_sigterm_at_100k_contexts_and_a_1s_flush_flushes_the_last_interval_in_time(tmp_path) -> None:
+    sidecar = Sidecar(tmp_path, TASKLENS_FLUSH_INTERVAL="1", TASKLENS_SHUTDOWN_TIMEOUT="10")
+    load = None
+    try:
+        sidecar.wait_ready()
+        datagrams = context_datagrams("storm", 100_000)
+        send_paced(sidecar, datagrams)
+        load = SteadyLoad(sidecar.statsd_port, datagrams).start()  # still sending when SIGTERM comes
+        wait_until(lambda: load.rounds >= 3, 30, what="three rounds of 100,000 contexts")
+        stopping = time.monotonic()
+        sidecar.proc.send_signal(signal.SIGTERM)
+        code = sidecar.proc.wait(30)
+        took = time.monotonic() - stopping
+        log = sidecar.log
+        print(f"SIGTERM to exit: {took:.2f} s")
+        assert code == 0, log
+        assert took < 10, took  # the shutdown deadline
+        assert "did not finish in time" not in log
+        # the last interval reached the sinks: every context (with its lines or an idle counter's zero)
+        flushed = re.search(r"StatsD: last interval flushed \((\d+) samples\) before stopping", log)
+        assert flushed and int(flushed.group(1)) >= 100_000, log
+    finally:
+        if load is not None:
+            load.stop()
+        if sidecar.proc.poll() is None:
+            sidecar.proc.kill()
+            sidecar.proc.wait()

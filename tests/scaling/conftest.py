@@ -9,7 +9,7 @@ import pytest
 from aiohttp import web
 
 from agent.scaling.agent_endpoint import TaskProtectionAgent
-from tests.conftest import serve_app
+from tests.support import serve_app
 from tests.integrations.queues.conftest import (  # noqa: F401 - fixtures re-exported
     aws_env,
     beanstalkd,

@@ -121,7 +121,7 @@ def test_heartbeat_carries_the_target_and_maximum_when_configured() -> None:
     from agent.identity import Identity
     from agent.scaling import HEARTBEAT, MAX_TASKS, TARGET
     from agent.scaling.heartbeat import Heartbeat
-    from tests.conftest import Recorder
+    from tests.support import Recorder
 
     hub = Hub(Identity(service="thumbs", ecs_cluster="prod", task_id="t1"))
     recorder = Recorder()

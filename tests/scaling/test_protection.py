@@ -23,7 +23,7 @@ from agent.scaling.protection import (
     request_body,
 )
 from agent.sinks.prometheus import PrometheusSink
-from tests.conftest import free_port, serve_app
+from tests.support import free_port, serve_app
 
 ARN = "arn:aws:ecs:eu-west-1:123456789012:task/prod/0123456789abcdef"
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tests.conftest import TASKLENS, clean_env, free_port, http_get, wait_until
+from tests.support import TASKLENS, clean_env, free_port, http_get, wait_until
 
 WORKER = str(Path(__file__).with_name("worker.py"))
 TASK_ARN = "arn:aws:ecs:eu-west-1:123456789012:task/prod/0123456789abcdef0123456789abcdef"

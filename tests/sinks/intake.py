@@ -38,7 +38,7 @@ from typing import Any
 import jsonschema
 from aiohttp import web
 
-from tests.conftest import serve_app
+from tests.support import serve_app
 
 MAX_COMPRESSED = 512_000
 MAX_DECOMPRESSED = 5_242_880

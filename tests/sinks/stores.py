@@ -14,7 +14,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from tests.conftest import free_port, http_get, wait_until
+from tests.support import free_port, http_get, wait_until
+from tests.support import until  # noqa: F401 (re-exported for the sink tests)
 
 
 class Store:
@@ -114,20 +115,3 @@ def running(store: Store) -> Iterator[Store]:
         yield store
     finally:
         store.stop()
-
-
-async def until(predicate: Any, timeout: float = 20.0, what: str = "condition", interval: float = 0.05) -> Any:
-    """Wait on the event loop for a predicate (a self-metric, a store answer); never a fixed sleep."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            value = predicate()
-            if asyncio.iscoroutine(value):
-                value = await value
-        except OSError:  # not listening yet
-            value = None
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        await asyncio.sleep(interval)

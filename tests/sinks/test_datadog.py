@@ -22,6 +22,7 @@ from agent.identity import Identity
 from agent.model import Batch, Event, Kind, Points, Sample, ServiceCheck
 from agent.sinks.datadog import DatadogSink, base_url, check_api_key
 from tests.sinks.intake import Intake, start_intake
+from tests.support import until
 
 KEY = "0123456789abcdef0123456789abcdef"
 IDENTITY = Identity(service="orders-worker", env="test", ecs_cluster="prod", task_family="orders",
@@ -47,13 +48,6 @@ def make(intake: Intake, **overrides: object) -> tuple[DatadogSink, Hub]:
     return sink, hub
 
 
-async def until(predicate, timeout: float = 10.0, what: str = "condition"):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while not (value := predicate()):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.02)
-    return value
 
 
 def exported(sink: DatadogSink, what: str, **labels: str) -> float:

@@ -18,7 +18,7 @@ import pytest
 from datadog.dogstatsd import DogStatsd
 
 from agent.emulator import container_id, make_app
-from tests.conftest import FIXTURES, Sidecar, serve_app, wait_until
+from tests.support import FIXTURES, Sidecar, serve_app, until
 from tests.sinks.intake import Intake, start_intake
 
 KEY = "fedcba9876543210fedcba9876543210"
@@ -44,8 +44,8 @@ async def metadata_url() -> AsyncIterator[str]:
 
 
 async def wait_for(predicate, timeout: float = 30.0, what: str = "condition"):  # type: ignore[no-untyped-def]
-    """`wait_until` in a thread: the metadata server runs on this test's event loop."""
-    return await asyncio.to_thread(wait_until, predicate, timeout, 0.1, what)
+    """`until` with the predicate in a thread: the metadata server runs on this test's event loop."""
+    return await until(predicate, timeout, what, interval=0.1, in_thread=True)
 
 
 def values(intake: Intake, metric: str, *tags: str) -> set[tuple[float, int]]:
@@ -122,7 +122,7 @@ async def test_sigterm_delivers_statsd_and_ecs_points_with_exact_values(sidecar:
 
 
 async def test_check_output_does_not_show_the_key(metadata_url: str) -> None:
-    from tests.conftest import TASKLENS, clean_env
+    from tests.support import TASKLENS, clean_env
 
     proc = await asyncio.create_subprocess_exec(  # async: the metadata emulator runs on this loop
         TASKLENS, "check", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,

@@ -306,7 +306,7 @@ class Relay:
 
 
 def test_a_loop_the_configuration_cannot_see_is_stopped_by_the_probe(sidecar_factory) -> None:  # type: ignore[no-untyped-def]
-    from tests.conftest import free_port, wait_until
+    from tests.support import free_port, wait_until
 
     statsd_port = free_port(socket.SOCK_DGRAM)
     relay = Relay(statsd_port)

@@ -22,7 +22,7 @@ from agent.config import Config, load
 from agent.hub import Hub
 from agent.identity import Identity
 from agent.model import Batch, Kind, Points, Sample
-from tests.conftest import serve_app
+from tests.support import serve_app
 from tests.sinks.stores import until
 
 pytest.importorskip("opentelemetry.proto")

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from agent.selfmetrics import SelfMetrics
 from agent.sinks.push import MAX_RETRY_AFTER, Payload, Pusher, classify, post, retry_after
-from tests.conftest import serve_app
+from tests.support import serve_app
 from tests.sinks.stores import until
 
 

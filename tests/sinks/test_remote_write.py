@@ -34,7 +34,7 @@ from agent.hub import Hub
 from agent.identity import Identity
 from agent.model import Batch, Kind, Points, Sample
 from agent.sinks.remote_write import STALE_NAN, RemoteWriteSink, pb
-from tests.conftest import serve_app
+from tests.support import serve_app
 from tests.sinks.stores import Store, have, start_prometheus, start_victoria_metrics, until
 
 pytest.importorskip("cramjam")
@@ -530,7 +530,7 @@ def test_a_sidecar_pushes_to_prometheus_writes_emf_and_ends_its_series_on_sigter
 
     from datadog.dogstatsd import DogStatsd
 
-    from tests.conftest import FIXTURES, TASKLENS, Sidecar, clean_env, free_port, http_get, wait_until
+    from tests.support import FIXTURES, TASKLENS, Sidecar, clean_env, free_port, http_get, wait_until
     from tests.sinks.test_emf import check_emf
 
     if not have("prometheus"):
@@ -641,7 +641,7 @@ async def test_no_export_credential_in_any_endpoint_the_debug_log_or_check(
     import base64
     import subprocess
 
-    from tests.conftest import TASKLENS, Sidecar, clean_env
+    from tests.support import TASKLENS, Sidecar, clean_env
 
     rec, url = receiver
     password, token, header = "rw-pw-9f3a-secret", "otlp-token-77c1", "hdr-key-5521"

@@ -6,12 +6,10 @@ from __future__ import annotations
 import asyncio
 import copy
 import json
-from collections.abc import AsyncIterator
 from typing import Any
 
-import pytest
 from aiohttp import web
-from tests.conftest import FIXTURES
+from tests.support import FIXTURES
 
 
 def load(name: str) -> Any:
@@ -82,10 +80,3 @@ class MetadataServer:
             await self._runner.cleanup()
             self._runner = None
 
-
-@pytest.fixture
-async def metadata() -> AsyncIterator[MetadataServer]:
-    server = MetadataServer()
-    await server.start()
-    yield server
-    await server.stop()

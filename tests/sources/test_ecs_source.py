@@ -10,19 +10,22 @@ import logging
 import time
 from typing import Any
 
+import psutil
 import pytest
-from ecs_helpers import FIXTURES, MetadataServer, load, managed_instances_task, metadata  # noqa: F401 (fixture)
+from aiohttp import web
+from tests.sources.ecs_helpers import FIXTURES, MetadataServer, load, managed_instances_task
 from prometheus_client.exposition import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
-from tests.conftest import Recorder
+from tests.support import Recorder, serve_app
 
 from agent.config import Config
 from agent.hub import Hub
 from agent.identity import Identity
 from agent.sinks.prometheus import PrometheusSink
-from agent.sources.ecs import EcsSource, metadata_base_url
+from agent.sources.ecs import MAX_BODY, EcsSource, metadata_base_url
 from agent.sources.ecs_stats import parse_time_ns
 from agent.sources.localstats import format_time_ns
+from tests.support import until as wait_for
 
 MIB = 1024 * 1024
 
@@ -65,12 +68,6 @@ def raw(name: str) -> bytes:
     return (FIXTURES / f"{name}.json").read_bytes()
 
 
-async def wait_for(predicate, timeout: float = 5.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.02)
 
 
 def test_metadata_base_url() -> None:
@@ -379,3 +376,81 @@ async def test_run_stops_promptly(metadata: MetadataServer) -> None:
     await asyncio.wait_for(runner, 2)
     assert time.monotonic() - started < 1
     assert h.metric("tasklens.ecs.polls") == 1
+
+
+# --- hostile endpoints: a body that never ends, a redirect ----------------------------------------
+
+
+class HostileMetadata:
+    """A metadata endpoint that answers well until `mode` says otherwise: `endless` streams a body
+    without end (chunked, no length), `huge` announces a body over the cap, `redirect` sends `/task` to
+    another path that serves a different, valid task (following it would change the identity)."""
+
+    def __init__(self, task: bytes, stats: bytes) -> None:
+        self.task, self.stats = task, stats
+        self.mode = "ok"
+        self.streamed = 0  # bytes of the endless body written before the client went away
+        self.redirected_followed = 0
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        if request.path.endswith("/task/stats"):
+            return web.Response(body=self.stats, content_type="application/json")
+        if self.mode == "redirect":
+            raise web.HTTPFound("/elsewhere/task")
+        if self.mode == "huge":
+            return web.Response(body=b" " * (MAX_BODY + 1) + self.task, content_type="application/json")
+        if self.mode == "endless":
+            response = web.StreamResponse(headers={"Content-Type": "application/json"})
+            await response.prepare(request)
+            chunk = b'{"pad": "' + b"x" * 65536
+            try:
+                while True:  # until the client closes the connection
+                    await response.write(chunk)
+                    self.streamed += len(chunk)
+            except (ConnectionError, RuntimeError):
+                return response
+        return web.Response(body=self.task, content_type="application/json")
+
+    async def elsewhere(self, request: web.Request) -> web.Response:
+        self.redirected_followed += 1
+        other = json.loads(self.task)
+        other["TaskARN"] = "arn:aws:ecs:eu-west-1:1:task/evil/00000000000000000000000000000000"
+        return web.Response(body=json.dumps(other).encode(), content_type="application/json")
+
+
+@pytest.fixture
+async def hostile() -> Any:
+    server = HostileMetadata(raw("fargate-2023.task"), raw("fargate-2023.stats"))
+    app = web.Application()
+    app.router.add_get("/v4/x/task", server.handle)
+    app.router.add_get("/v4/x/task/stats", server.handle)
+    app.router.add_get("/elsewhere/task", server.elsewhere)
+    runner, base = await serve_app(app, shutdown_timeout=0.1)
+    server.url = base + "/v4/x"  # type: ignore[attr-defined]
+    yield server
+    await runner.cleanup()
+
+
+@pytest.mark.parametrize(("mode", "reason"), [("endless", "too_large"), ("huge", "too_large"),
+                                              ("redirect", "redirect")])
+async def test_a_hostile_answer_is_refused_counted_and_the_identity_kept(
+        mode: str, reason: str, hostile: HostileMetadata) -> None:
+    h = Harness(hostile.url, timeout=10.0)  # type: ignore[attr-defined]
+    assert await h.source.poll_once()
+    task_id = h.hub.identity.task_id
+    rss_before = psutil.Process().memory_info().rss
+    hostile.mode = mode
+    started = time.monotonic()
+    assert not await h.source.poll_once()
+    # refused as soon as the cap was passed, not at the 10 s timeout; nothing buffered past the cap
+    assert time.monotonic() - started < 5.0
+    assert psutil.Process().memory_info().rss - rss_before < 4 * MAX_BODY
+    assert h.metric("tasklens.ecs.poll_errors", reason=reason) == 1
+    assert h.source.status()["last_error_reason"] == reason
+    assert h.hub.identity.task_id == task_id  # the last identity is kept
+    assert hostile.redirected_followed == 0
+    if mode == "endless":
+        assert MAX_BODY < hostile.streamed < 64 * MAX_BODY
+    hostile.mode = "ok"
+    assert await h.source.poll_once()  # and it recovers by itself
+    await h.source.aclose()

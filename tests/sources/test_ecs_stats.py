@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from ecs_helpers import load, managed_instances_task
+from tests.sources.ecs_helpers import load, managed_instances_task
 from hypothesis import given, settings
 from hypothesis import strategies as st
 

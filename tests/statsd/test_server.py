@@ -4,6 +4,7 @@ Unix socket) and raw datagrams in, exact values out of the hub and of `/metrics`
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
 import threading
 import time
@@ -22,7 +23,7 @@ from agent.model import Batch, Event, Kind, ServiceCheck
 from agent.selfmetrics import SelfMetrics
 from agent.sinks.prometheus import PrometheusSink
 from agent.statsd.server import StatsdServer, next_boundary
-from tests.conftest import Recorder
+from tests.support import Recorder
 from agent.sinks.datadog_series import histogram_aggregates
 
 pytestmark = pytest.mark.usefixtures("both_loops")  # the C loop and drain, and the Python ones
@@ -276,7 +277,7 @@ async def test_receiving_continues_while_the_event_loop_is_blocked(start) -> Non
     blocked = threading.Event()
 
     def sender() -> None:
-        for i in range(50):
+        for _ in range(50):
             send(r.port, b"busy:1|c")
             time.sleep(0.004)
         deadline = time.monotonic() + 0.3
@@ -339,3 +340,57 @@ async def test_status_reports_listeners_and_counts(start) -> None:
     assert status["listeners"][0]["name"] == f"udp:127.0.0.1:{r.port}"
     assert status["listeners"][0]["rcvbuf_bytes"] >= 8 * 1024 * 1024 or status["listeners"][0]["rcvbuf_bytes"] > 0
     assert (status["lines"], status["samples"], status["parse_errors"], status["contexts"]) == (2, 1, {"malformed_line": 1}, 1)
+
+
+class SlowSink(Recorder):
+    """A sink whose `accept` takes `seconds` (on the event loop): an export side slower than the interval."""
+
+    name = "slow"
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__()
+        self.seconds = seconds
+
+    def accept(self, batch) -> None:
+        super().accept(batch)
+        time.sleep(self.seconds)
+
+
+async def test_a_slow_export_side_extends_the_interval_instead_of_queueing_them(start) -> None:
+    r = await start(TASKLENS_FLUSH_INTERVAL="1")
+    slow = SlowSink(2.5)
+    r.hub.add_sink(slow)
+    sent = 0
+    started = time.monotonic()
+    while time.monotonic() - started < 5:  # five intervals, while each export takes 2.5 s
+        send(r.port, b"slow.jobs:1|c")
+        sent += 1
+        await asyncio.sleep(0.05)
+    await r.wait_lines(sent)
+    await r.server.flush()
+    counts = [s for b in slow.batches for s in b.samples if s.name == "slow.jobs" and s.value]
+    assert sum(s.value for s in counts) == sent  # nothing lost, nothing counted twice
+    # at most one interval waited for the export side: the others were extended, and say so
+    assert max(s.interval for s in counts) >= 2.0
+
+
+async def test_a_refusal_by_a_limit_is_counted_and_logged_once_a_minute(start, caplog) -> None:
+    r = await start()
+    many_tags = b"m:1|c|#" + b",".join(b"t%d" % i for i in range(101))
+
+    async def refused(n: int) -> None:
+        deadline = time.monotonic() + 10
+        while r.hub.metrics.get("tasklens.statsd.parse_errors", reason="too_many_tags") < n:
+            assert time.monotonic() < deadline, "the refusals were not counted"
+            await asyncio.sleep(0.05)
+
+    with caplog.at_level(logging.WARNING, logger="tasklens"):
+        send(r.port, many_tags + b"\nok:1|c")
+        await refused(1)
+        send(r.port, many_tags, many_tags)
+        await refused(3)
+    logged = [m for m in caplog.messages if "refused (too_many_tags)" in m]
+    assert len(logged) == 1, caplog.messages
+    assert "docs/statsd.md" in logged[0]
+    await r.server.flush()
+    assert sum(s.value for s in r.recorder.samples() if s.name == "ok") == 1.0  # (an idle counter's zeros too)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import socket
 
-from tests.conftest import wait_until
+from tests.support import wait_until
 
 
 def test_statsd_through_the_running_sidecar(sidecar_factory) -> None:

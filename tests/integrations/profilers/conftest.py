@@ -15,7 +15,7 @@ from agent.config import load
 from agent.identity import Identity, task_identity
 from integrations.profilers.bootstrap import populate
 from integrations.profilers.pyspy import failure_reason, find_py_spy
-from tests.conftest import clean_env
+from tests.support import clean_env
 from tests.integrations.profilers.pyroscope_fake import FakePyroscope, start_pyroscope
 from tests.integrations.profilers.support import HOT_WORKER, WORKER_PYTHON, Worker, task_json
 

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 
 from aiohttp import web
 
-from tests.conftest import serve_app
+from tests.support import serve_app
 
 KNOWN_TYPES = {"cpu", "itimer", "wall", "alloc_objects", "alloc_space", "inuse_objects", "inuse_space",
                "goroutines", "mutex_count", "mutex_duration", "block_count", "block_duration"}

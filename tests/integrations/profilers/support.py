@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import subprocess
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 
-from tests.conftest import FIXTURES
+from tests.support import FIXTURES
+from tests.support import until  # noqa: F401 (the profiler tests import it from here)
 
 HERE = Path(__file__).resolve().parent
 HOT_WORKER = str(HERE / "hot_worker.py")
@@ -42,12 +40,3 @@ class Worker:
     def finish(self, timeout: float = 30.0) -> tuple[int, str, str]:
         out, err = self.proc.communicate(timeout=timeout)
         return self.proc.returncode, out, err
-
-
-async def until(predicate: Callable[[], object], timeout: float = 30.0, what: str = "condition") -> None:
-    """Poll with a deadline (the asyncio twin of tests.conftest.wait_until)."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        await asyncio.sleep(0.05)

@@ -17,7 +17,7 @@ import pytest
 from aiohttp import web
 
 from integrations.profilers.bootstrap import BOOTSTRAP_SOURCE, distributions, populate
-from tests.conftest import clean_env, free_port, serve_app
+from tests.support import clean_env, free_port, serve_app
 from tests.integrations.profilers.support import HOT_FUNCTION, WORKER_PYTHON, task_json, until
 
 CONTAINER = "apmtest-ping"  # the worker's own container in fargate-2023.task.json

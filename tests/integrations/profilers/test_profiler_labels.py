@@ -13,7 +13,7 @@ import pytest
 from agent.config import load
 from agent.identity import local_identity, task_identity
 from integrations.profilers import sitecustomize as site
-from tests.conftest import FIXTURES
+from tests.support import FIXTURES
 
 TASKS = sorted(FIXTURES.glob("*.task.json"))
 ENVIRONMENTS = [

@@ -20,7 +20,7 @@ from agent.config import Config
 from agent.hub import Hub
 from agent.identity import Identity
 from integrations.profilers.pyspy import PySpyProfiler
-from tests.conftest import clean_env, free_port
+from tests.support import clean_env, free_port
 from tests.integrations.profilers.support import HOT_FUNCTION, until
 
 EXPECTED_LABELS = {  # fargate-2023.task.json, as agent.identity derives it, minus the service

@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import pytest
-from tests.conftest import Recorder, free_port
+from tests.support import Recorder, free_port
 
 from agent.config import Config
 from agent.hub import Hub

@@ -10,7 +10,7 @@ import nats
 import pytest
 import redis.asyncio
 
-from tests.conftest import free_port
+from tests.support import free_port
 from tests.integrations.queues.support import Server, eventually
 from integrations.queues.source import QueueSource
 

@@ -10,7 +10,7 @@ import greenstalk
 import pytest
 import redis
 from prometheus_client.parser import text_string_to_metric_families
-from tests.conftest import TASKLENS, wait_until
+from tests.support import TASKLENS, wait_until
 
 from tests.integrations.queues.support import port_open
 

@@ -162,7 +162,7 @@ async def test_a_silent_broker_is_a_timeout_not_a_hang(config, hub, exported):
 
 
 async def test_unreachable_broker_is_a_connection_error(config, hub, recorder):
-    from tests.conftest import free_port
+    from tests.support import free_port
 
     source = QueueSource(config, hub, f"redis://127.0.0.1:{free_port()}/0?list=jobs")
     assert not await source.poll()

@@ -1,0 +1,138 @@
+"""Worst-case memory of the sidecar: the most a worker can make it hold within the StatsD limits.
+
+Starts `tasklens run` (defaults, but a 10 s context TTL so that the end state is reached quickly) and
+sends, while sampling its RSS every 50 ms:
+
+1. contexts at both tag limits (100 unique tags, ~3.7 KB of tags per line), until the context
+   bytes budget refuses new ones (and 10% more, refused);
+2. for `--intervals` flush intervals: events of 60 KB, three times the per-interval event bytes; set
+   members past the per-interval count (32-byte members) and three times past its bytes (1 KB
+   members); and the contexts of step 1 again (all live);
+3. a control counter alongside everything, which must be exported exactly.
+
+Then it stops sending and waits until the idle contexts and their series expired, and memory was given
+back (the lowest RSS over 10 s). Prints RSS before / peak / after.
+
+    .venv/bin/python bench/worst_case_memory.py [--intervals 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import socket
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from agent.statsd.aggregator import Limits  # noqa: E402
+from tests.support import Sidecar, wait_until  # noqa: E402
+from tests.reliability.support import (RssSampler, event_storm, rss_bytes, scrape, send_paced,  # noqa: E402
+                                       set_storm, status, tag_storm)
+
+MIB = 1024 * 1024
+CONTROL = b"control.jobs:1|c|#ctl:yes"
+
+
+@dataclass
+class Result:
+    rss_before: int
+    rss_peak: int
+    rss_after: int
+    contexts_peak: int
+    control_sent: int
+    control_exported: float
+    errors: dict[str, int]
+
+
+def statsd(sidecar: Sidecar) -> dict[str, Any]:
+    out: dict[str, Any] = status(sidecar)["components"]["statsd"]
+    return out
+
+
+def wait_for_flush(sidecar: Sidecar, flush: float) -> None:
+    last = statsd(sidecar)["last_flush"]
+    wait_until(lambda: statsd(sidecar)["last_flush"] != last, flush * 3, what="a flush")
+
+
+def run(tmp: Path, intervals: int = 3, flush: float = 10.0) -> Result:
+    limits = Limits()
+    sidecar = Sidecar(tmp, TASKLENS_FLUSH_INTERVAL=str(flush), TASKLENS_STATSD_CONTEXT_TTL="10",
+                      TASKLENS_PROMETHEUS_TTL="10")
+    try:
+        sidecar.wait_ready()
+        scrape(sidecar)
+        before = rss_bytes(sidecar.proc.pid)
+        sampler = RssSampler(sidecar.proc.pid)
+        control = 0
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            def send_control() -> None:
+                nonlocal control
+                s.sendto(CONTROL, ("127.0.0.1", sidecar.statsd_port))
+                control += 1
+
+            # 1. contexts until the bytes budget refuses them (each line charged ~10 KB: ~13,000 fit)
+            per_line = 100 * (3 + 32 + 8 + 200) + 512 + 24  # see aggregator.cost and pair_cost
+            contexts = int(limits.context_bytes / per_line * 1.1)
+            storm = tag_storm(contexts)
+            datagrams = [b"\n".join(storm[k:k + 15]) for k in range(0, len(storm), 15)]
+            send_control()
+            send_paced(sidecar, datagrams, step=20)
+            send_control()
+            # 2. every interval: the contexts again, events and set members past their limits
+            # three times the event and set bytes: past them even when a flush splits the storm in two
+            events = event_storm(3 * limits.event_bytes // 60_000)
+            for n in range(intervals):
+                members = set_storm(contexts=8, members=limits.set_members + 50_000, salt=n)  # the count
+                members += set_storm(contexts=8, members=3 * limits.set_bytes // 1000, member_bytes=1000,
+                                     salt=n)  # the bytes
+                send_paced(sidecar, datagrams + events + members, step=20)
+                send_control()
+                wait_for_flush(sidecar, flush)
+        contexts_peak = statsd(sidecar)["contexts"]
+        seen: list[float] = []  # what each scrape showed, the last one is the result
+
+        def exported_exactly() -> bool:
+            s = scrape(sidecar)
+            seen.append(s.value("control_jobs_total"))
+            return seen[-1] == control
+
+        wait_until(exported_exactly, flush * 3, what="control")
+        exported = seen[-1]
+        errors = statsd(sidecar)["parse_errors"]
+        peak = sampler.stop()
+        # 3. idle: every storm context expires after its TTL (plus a flush), memory goes back
+        wait_until(lambda: statsd(sidecar)["contexts"] <= 1, 10 + flush * 4, interval=0.5, what="expiry")
+        wait_until(lambda: not any(n.startswith("hostile_") for n, _, _ in scrape(sidecar).samples),
+                   40, interval=0.5, what="the storm's series gone from /metrics")
+        # the freed memory goes back to the system in two trims, the second 2 s after a burst
+        # (agent/memory.py): the lowest RSS within 10 s
+        after = rss_bytes(sidecar.proc.pid)
+        settle = time.monotonic() + 10
+        while time.monotonic() < settle:
+            after = min(after, rss_bytes(sidecar.proc.pid))
+            time.sleep(0.5)
+        return Result(before, max(peak, after), after, contexts_peak, control, exported, errors)
+    finally:
+        sidecar.stop()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--intervals", type=int, default=3)
+    parser.add_argument("--flush", type=float, default=10.0)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        r = run(Path(tmp), args.intervals, args.flush)
+    print(f"RSS before {r.rss_before / MIB:.0f} MiB, peak {r.rss_peak / MIB:.0f} MiB, after {r.rss_after / MIB:.0f} MiB")
+    print(f"contexts at the peak {r.contexts_peak}; control counter sent {r.control_sent}, exported "
+          f"{r.control_exported:g}; refused lines by reason: {r.errors}")
+
+
+if __name__ == "__main__":
+    main()

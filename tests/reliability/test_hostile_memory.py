@@ -1,0 +1,66 @@
+"""Memory bounded by bytes and an event loop that never stalls, against the real process.
+
+- The worst input within every StatsD limit (contexts at both tag limits until the context bytes budget
+  refuses them, 60 KB events past the interval's event bytes, set members past their count and bytes)
+  keeps the sidecar's RSS under the documented ceiling, a control counter sent alongside is exported
+  exactly, every refusal is counted by reason, and the memory goes back after the TTL.
+- With 100,000 live contexts and a 1 s flush, `/health` answers within 100 ms while the flushes run.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+import pytest
+
+from bench.worst_case_memory import run as worst_case
+from tests.support import Sidecar
+from tests.reliability.support import SteadyLoad, context_datagrams, latency, send_paced, status
+
+MIB = 1024 * 1024
+# docs/statsd.md, "Limits", and the README's Guarantees: measured peak 352-376 MiB (bench/worst_case_memory.py)
+RSS_CEILING = 512 * MIB
+
+
+@pytest.mark.slow
+def test_the_worst_input_within_the_limits_stays_under_the_rss_ceiling(tmp_path) -> None:
+    result = worst_case(tmp_path, intervals=2, flush=5.0)
+    print(f"RSS before {result.rss_before / MIB:.0f} MiB, peak {result.rss_peak / MIB:.0f} MiB, "
+          f"after {result.rss_after / MIB:.0f} MiB; refused: {result.errors}")
+    assert result.rss_peak < RSS_CEILING
+    assert result.control_exported == result.control_sent  # the control counter, exactly
+    # every limit was reached, and each refusal counted under its reason
+    assert result.errors.get("cardinality_limit", 0) > 0
+    assert result.errors.get("event_limit", 0) > 0
+    assert result.errors.get("set_limit", 0) > 0
+    assert result.rss_after < result.rss_before + 48 * MIB  # and the memory goes back after the TTL
+
+
+@pytest.mark.slow
+def test_health_answers_within_100_ms_during_flushes_of_100k_contexts(tmp_path) -> None:
+    sidecar = Sidecar(tmp_path, TASKLENS_FLUSH_INTERVAL="1")
+    load = None
+    try:
+        sidecar.wait_ready()
+        datagrams = context_datagrams("storm", 100_000)
+        send_paced(sidecar, datagrams)
+        assert status(sidecar)["components"]["statsd"]["contexts"] == 100_000
+        load = SteadyLoad(sidecar.statsd_port, datagrams).start()  # every context live in every interval
+        flushes_before = status(sidecar)["components"]["statsd"]["last_flush"]
+        took = []
+        started = time.monotonic()
+        while time.monotonic() - started < 10:  # ten 1 s intervals, each flushing 100,000 contexts
+            took.append(latency(sidecar.url + "/health"))
+        took.sort()
+        p95 = took[int(len(took) * 0.95)]
+        print(f"/health over {len(took)} requests: median {statistics.median(took) * 1000:.0f} ms, "
+              f"95th percentile {p95 * 1000:.0f} ms, slowest {took[-1] * 1000:.0f} ms")
+        assert status(sidecar)["components"]["statsd"]["last_flush"] != flushes_before
+        assert load.rounds >= 5
+        assert p95 < 0.1
+        assert took[-1] < 1.0  # and never a stall of seconds (before: over 10 s)
+    finally:
+        if load is not None:
+            load.stop()
+        sidecar.stop()

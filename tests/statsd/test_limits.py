@@ -1,0 +1,137 @@
+"""Each byte and count limit of docs/statsd.md ("Limits") at its boundary, with both loops (C and
+Python): the last value allowed is accepted, one more is refused and counted under its reason, and
+the lines around it are kept."""
+
+from __future__ import annotations
+
+import pytest
+
+from agent.model import Kind
+from agent.statsd.aggregator import CONTEXT_COST, PAIR_COST, TAG_REF_COST, Aggregator, Flusher, Limits
+from agent.statsd.parser import MAX_TAGS, MAX_TAGS_BYTES, MAX_TAIL
+
+pytestmark = pytest.mark.usefixtures("both_loops")
+
+CONTROL = b"control:1|c"
+
+
+def run(datagram: bytes, limits: Limits | None = None) -> Aggregator:
+    agg = Aggregator(limits=limits or Limits())
+    agg.ingest(CONTROL)  # known before: the C loop handles its later lines
+    agg.ingest(b"\n".join([CONTROL, datagram, CONTROL]))
+    return agg
+
+
+def control(agg: Aggregator) -> float:
+    batch = Flusher(10.0).batch(agg.swap())
+    return next(s.value for s in batch.samples if s.name == "control" and s.kind is Kind.COUNT)  # type: ignore[return-value]
+
+
+@pytest.mark.parametrize(("count", "errors"), [(MAX_TAGS, {}), (MAX_TAGS + 1, {"too_many_tags": 1})])
+def test_tags_per_line(count: int, errors: dict[str, int]) -> None:
+    tags = ",".join(f"t{i}" for i in range(count))
+    agg = run(f"m:1|c|#{tags}".encode())
+    assert dict(agg.stats.errors) == errors
+    assert control(agg) == 3.0
+
+
+@pytest.mark.parametrize(("size", "errors"), [(MAX_TAGS_BYTES, {}), (MAX_TAGS_BYTES + 1, {"too_long": 1})])
+def test_tag_bytes_per_line(size: int, errors: dict[str, int]) -> None:
+    tags = ",".join(["a" * 99] * 50)  # 4,999 bytes: cut to `size`
+    field = (tags[:size - 1] + "z") if size <= len(tags) else tags
+    assert len(field) == size
+    agg = run(f"m:1|c|#{field}".encode())
+    assert dict(agg.stats.errors) == errors
+
+
+@pytest.mark.parametrize(("size", "errors"), [(MAX_TAIL, {}), (MAX_TAIL + 1, {"too_long": 1})])
+def test_bytes_after_the_value(size: int, errors: dict[str, int]) -> None:
+    tail = b"c|x:" + b"u" * (size - 4)  # an unknown field: ignored, but it is held in the head cache
+    agg = run(b"m:1|" + tail)
+    assert dict(agg.stats.errors) == errors
+    assert control(agg) == 3.0
+
+
+def test_context_bytes_refuse_new_contexts_and_keep_the_old_ones() -> None:
+    # each context: name "n<i>" (2 bytes) + one unique pair ("k", "<i>": 2 bytes)
+    each = 2 + CONTEXT_COST + TAG_REF_COST + 1 + 1 + PAIR_COST
+    control_cost = len("control") + CONTEXT_COST
+    agg = run(b"\n".join(b"n%d:1|c|#k:%d" % (i, i) for i in range(10)),
+              Limits(context_bytes=control_cost + 4 * each))
+    assert len(agg.contexts) == 5  # the control context and 4 more
+    assert agg.held_bytes == control_cost + 4 * each
+    assert agg.stats.errors == {"cardinality_limit": 6} and agg.stats.contexts_dropped == 6
+    assert control(agg) == 3.0
+
+
+def test_a_shared_tag_is_charged_once() -> None:
+    agg = run(b"\n".join(b"n%d:1|c|#env:prod" % i for i in range(10)))
+    pair = len("env") + len("prod") + PAIR_COST
+    assert agg.held_bytes == len("control") + CONTEXT_COST + 10 * (2 + CONTEXT_COST + TAG_REF_COST) + pair
+
+
+def test_expired_contexts_make_room_again() -> None:
+    limits = Limits(context_bytes=len("control") + CONTEXT_COST + 4 * (2 + CONTEXT_COST + TAG_REF_COST + 2 + PAIR_COST))
+    agg = Aggregator(limits=limits)
+    agg.ingest(CONTROL)
+    agg.ingest(b"\n".join(b"a%d:1|c|#k:%d" % (i, i) for i in range(4)))
+    agg.ingest(b"b0:1|c|#k:9")
+    assert agg.stats.contexts_dropped == 1
+    agg.swap()
+    agg.ingest(CONTROL)  # the control context stays live
+    agg.expire([c for c in agg.contexts.values() if c.name != "control"])
+    agg.swap()
+    agg.ingest(b"\n".join(b"b%d:1|c|#k:%d" % (i, i + 5) for i in range(4)))  # new pairs, as long
+    assert agg.stats.contexts_dropped == 1  # the pairs of the forgotten contexts were dropped too
+    assert sorted(c.name for c in agg.contexts.values()) == ["b0", "b1", "b2", "b3", "control"]
+
+
+def test_events_and_service_checks_past_their_bytes_are_refused_alone() -> None:
+    event = b"_e{5,1000}:title|" + b"x" * 1000
+    check = b"_sc|check|0|m:" + b"y" * 1000
+    # each is charged its text plus 512 bytes (about 1,517): three fit in 4,800
+    agg = run(b"\n".join([event, check] * 5), Limits(event_bytes=3 * 1600))
+    assert len(agg.interval.events) + len(agg.interval.service_checks) == 3
+    assert agg.stats.errors == {"event_limit": 7}
+    assert agg.stats.events + agg.stats.service_checks == 3
+    assert control(agg) == 3.0
+
+
+def test_events_past_their_count_are_refused() -> None:
+    agg = run(b"\n".join([b"_e{1,1}:t|x"] * 5), Limits(events=2))
+    assert len(agg.interval.events) == 2 and agg.stats.errors == {"event_limit": 3}
+
+
+def test_set_members_past_their_limits_are_refused_and_known_ones_kept() -> None:
+    limits = Limits(set_members=5, set_bytes=1000, set_members_per_context=3, set_bytes_per_context=1000)
+    lines = [b"u:%d|s" % i for i in range(4)] + [b"v:%d|s" % i for i in range(4)] + [b"u:0|s"]
+    agg = run(b"\n".join(lines), limits)
+    sets = {c.name: m for c, m in agg.interval.sets.items()}
+    assert sets == {"u": {b"0", b"1", b"2"}, "v": {b"0", b"1"}}
+    assert agg.stats.errors == {"set_limit": 3}  # u:3 (the set's own count), v:2 and v:3 (all sets)
+    assert control(agg) == 3.0
+
+
+def test_set_member_bytes_are_limited_per_set_and_in_all() -> None:
+    limits = Limits(set_bytes=250, set_bytes_per_context=150)
+    lines = [b"u:" + bytes([97 + i]) * 100 + b"|s" for i in range(2)] + [b"v:" + bytes([97 + i]) * 100 + b"|s" for i in range(3)]
+    agg = run(b"\n".join(lines), limits)
+    assert agg.interval.set_bytes == 200
+    assert {c.name: len(m) for c, m in agg.interval.sets.items()} == {"u": 1, "v": 1}
+    assert agg.stats.errors == {"set_limit": 3}
+
+
+def test_timestamped_lines_past_their_count_are_refused() -> None:
+    agg = run(b"\n".join(b"t:%d|c|T1700000000" % i for i in range(1, 6)), Limits(timestamped=3))
+    assert [v for _, v, _ in agg.interval.timestamped] == [1.0, 2.0, 3.0]
+    assert agg.stats.errors == {"timestamp_limit": 2}
+    assert control(agg) == 3.0
+
+
+def test_packed_histogram_values_past_their_count_are_refused() -> None:
+    agg = run(b"h:1:2:3|h\nh:4:5|h\nh:6:7|h\nh:8|h", Limits(packed_values=5))
+    batch = Flusher(10.0).batch(agg.swap())
+    (h,) = [s for s in batch.samples if s.name == "h"]
+    assert sorted(h.value.values) == [1.0, 2.0, 3.0, 4.0, 5.0, 8.0]  # type: ignore[union-attr]
+    assert agg.stats.errors == {"value_limit": 1}
+    assert agg.stats.samples == 3 + 6  # the control lines and the values kept

@@ -115,6 +115,12 @@ class DatadogSink:
         self.wall = wall
         self._log = RateLimitedLog(log, interval=60.0)
         self._redact = Redactor(config_secrets(config))  # for every remote text kept or logged
+        # every known reason exported at 0 from the start, so that increase() sees the first one
+        self.metrics.declare("tasklens.exporter.points_dropped", ("buffer_full", "expired", "shutdown"),
+                             exporter=EXPORTER)
+        self.metrics.declare(REJECTED, ("invalid", "invalid_name", "name_too_long", "not_finite",
+                                        "timestamp_out_of_range", "invalid_event", "invalid_service_check",
+                                        "too_large"), sink=EXPORTER)
         # a point must still be inside the intake's window when a request sent at its expiry lands
         self._margin = max(dd.SEND_MARGIN, config.datadog_timeout)
         # points a histogram sample becomes: what one rejected whole counts

@@ -42,6 +42,11 @@ def metadata_base_url(environ: Mapping[str, str]) -> str | None:
     return None
 
 
+# every reason a failed poll is counted under
+POLL_ERRORS = ("timeout", "connection", "http_5xx", "http_4xx", "http_other", "redirect", "too_large", "bad_json",
+               "bad_shape", "bad_url", "http_error", "unexpected")
+
+
 class PollError(Exception):
     """A failed poll, with the `reason` label it is counted under."""
 
@@ -65,6 +70,7 @@ class EcsSource:
         # the agent has not refreshed its stats since the last one
         self._history: dict[str, tuple[Any, Any]] = {}
         self._failures = 0
+        hub.metrics.declare("tasklens.ecs.poll_errors", POLL_ERRORS)  # at 0 from the start, for increase()
         self.health = HealthMonitor.from_config(config, hub.metrics)  # leak forecast, OOM kills, restarts, saturation
         self.ready = False
         self._status: dict[str, Any] = {"base_url": self.base_url, "last_poll": None, "last_success": None,
@@ -140,6 +146,11 @@ class EcsSource:
             identity = task_identity(self.config, task)
         except Exception as exc:  # ValueError, or a TypeError from a field of the wrong type
             return [], PollError("bad_shape", f"/task: {exc}")
+        if not self.ready:  # once: where the metadata came from and which task it describes
+            log.info("ECS mode: metadata from %s; task %s of %s:%s in cluster %s (%s), service %r, %d containers",
+                     self.base_url, identity.task_id or "?", identity.task_family or "?",
+                     identity.task_revision or "?", identity.ecs_cluster or "?", identity.launch_type or "?",
+                     identity.service, len(identity.containers))
         self.hub.set_identity(identity)
         self._status["containers"] = len(identity.containers)
         error = None

@@ -17,6 +17,7 @@ from datadog.dogstatsd import DogStatsd
 from tests.support import Sidecar
 from tests.reliability.scenarios import DD_AGENT_WORKING_SET, STATS, TASK
 from tests.reliability.support import FlakyMetadata, poll, scrape
+from agent.sources.ecs import POLL_ERRORS
 
 REASONS = {"http_500": "http_5xx", "slow": "timeout", "garbage": "bad_json", "wrong_shape": "bad_shape",
            "refused": "connection"}
@@ -73,7 +74,8 @@ async def test_flapping_metadata_endpoint_keeps_identity_and_counts_every_failur
             if mode != "refused":
                 assert errors.get(reason) == endpoint.served[mode], (reason, errors, endpoint.served)
         assert errors.get("connection", 0) >= 4
-        assert set(errors) <= set(REASONS.values()), errors
+        assert {reason for reason, n in errors.items() if n} <= set(REASONS.values()), errors
+        assert set(errors) >= set(POLL_ERRORS)  # every reason exported, at 0 until it happens
         # kept: every StatsD increment, with the last known identity of the task, in every phase
         for i, mode in enumerate(PHASES):
             ((labels, value),) = [(l, v) for l, v in final.series(f"during_{mode}_total") if l.get("phase") == str(i)]

@@ -509,6 +509,9 @@ class Config:
     scale_in_idle: float = setting(60.0, parse_seconds, doc="release scale-in protection after idle this long (s)")
     scale_in_expires_minutes: int = setting(30, parse_positive_int, high=2880,
                                             doc="protection expiry (1-2880 min), renewed at half-time while busy")
+    # queue polling shared by a service's tasks (integrations/queues/source.py, docs/scaling.md "Queue polling cost")
+    queue_poll_share: int = setting(1, parse_positive_int, high=1000,
+                                    doc="each task polls its queues in 1 of this many intervals (phase from its task id)")
     # StatsD mapping rules: only from the file (`[[mappings]]`)
     mappings: tuple[dict[str, Any], ...] = ()
     # StatsD memory bounds, in bytes as well as counts (docs/statsd.md, "Limits"); per flush interval

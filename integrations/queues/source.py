@@ -5,6 +5,16 @@ empty snapshot: the sinks drop the queue's series (a gap), never a 0 that would 
 look like a healthy empty queue. After a failure the probe is closed (the next poll reconnects) and
 the next attempt backs off, up to `MAX_BACKOFF` intervals. Intervals carry +-10 % jitter so that the
 sidecars of one service, started together, do not poll the broker in lockstep.
+
+Shared polling (`TASKLENS_QUEUE_POLL_SHARE=k`, docs/scaling.md "Queue polling cost at fleet scale"):
+every task reads the same queue, so with k > 1 each task polls in one interval of k, at a phase taken
+from its task id, and a service of N tasks makes about N/k calls per interval instead of N. The first
+interval always polls, so a new task has numbers at once. A skipped interval is not a gap: it
+republishes the last reading as it was (same values, same timestamps) and feeds it, held, to the
+backlog smoothing, whose window would otherwise never see enough readings. The price is staleness:
+each task's numbers are up to k intervals old (the service as a whole still sees a fresh reading
+about every interval / (N/k)). A failed poll is a gap as always, and the task then polls every
+interval (with its backoff) until one succeeds: nothing stale is ever held across a failure.
 """
 
 from __future__ import annotations
@@ -12,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
+import zlib
 from collections.abc import Callable
 from typing import Any
 
@@ -57,6 +68,11 @@ def samples_of(reading: Reading, trend: Trend | None, tags: tuple[tuple[str, str
     return [Sample(name, value, Kind.GAUGE, tags, timestamp) for name, value in values.items()]
 
 
+def shared_slot(slot: int, phase: int, share: int) -> bool:
+    """Whether interval `slot` is this task's under shared polling: one in every `share`, at `phase`."""
+    return (slot + phase) % share == 0
+
+
 class QueueSource:
     def __init__(self, config: Config, hub: Hub, url: str, *,
                  clock: Callable[[], float] = time.monotonic, wall: Callable[[], float] = time.time) -> None:
@@ -84,18 +100,50 @@ class QueueSource:
         self.last_success: float | None = None
         self.last_error: str | None = None
         self.last_values: dict[str, float] = {}
+        self.share = config.queue_poll_share
+        self.slots = 0  # intervals so far, polled or skipped
+        self.skipped = 0
+        self._held: tuple[Reading, list[Sample]] | None = None  # the last good reading and its samples
         self._log = RateLimitedLog()
 
     async def run(self, stop: asyncio.Event) -> None:
         try:
             while not stop.is_set():
-                await self.poll()
+                await self.step()
                 try:
                     await asyncio.wait_for(stop.wait(), timeout=self.next_delay())
                 except TimeoutError:
                     pass
         finally:
             await self._close()
+
+    async def step(self) -> None:
+        """One interval: a poll, or (shared polling) the last reading held."""
+        if self.due():
+            await self.poll()
+        else:
+            self.hold()
+
+    def phase(self) -> int:
+        """This task's slot among `share`: from its task id, so tasks started together spread out."""
+        task_id = self.hub.identity.task_id
+        return zlib.crc32(task_id.encode()) % self.share if task_id else 0
+
+    def due(self) -> bool:
+        """Whether this interval polls: until a poll succeeds and after a failure always, else 1 in `share`."""
+        slot, self.slots = self.slots, self.slots + 1
+        return self.failures > 0 or self._held is None or shared_slot(slot, self.phase(), self.share)
+
+    def hold(self) -> None:
+        """A skipped interval: the last reading again, unchanged; the smoothing gets it as held."""
+        self.skipped += 1
+        self.hub.metrics.inc("tasklens.queue.polls_skipped", queue=self.queue)
+        if self._held is None:
+            return
+        reading, samples = self._held
+        samples = samples + self.backlog.samples(reading.depth, reading.in_flight, reading.consumers, self.clock(),
+                                                 self.tags, self.wall())
+        self.hub.publish(Batch(source=self.name, samples=samples, snapshot=True))
 
     def next_delay(self) -> float:
         backoff = min(1 << max(self.failures - 1, 0), MAX_BACKOFF)
@@ -113,6 +161,7 @@ class QueueSource:
             raise
         except Exception as exc:
             self._failed(exc)
+            self._held = None
             await self._close()
             self.hub.publish(Batch(source=self.name, snapshot=True))
             return False
@@ -128,6 +177,7 @@ class QueueSource:
         self.failures, self.last_error = 0, None
         self.last_success = self.last_poll
         self.last_values = {s.name: float(s.value) for s in samples}  # type: ignore[arg-type]
+        self._held = (reading, list(samples))
         samples += self.backlog.samples(reading.depth, reading.in_flight, reading.consumers, now, self.tags,
                                         self.wall())  # backlog per task: docs/scaling.md
         self.hub.publish(Batch(source=self.name, samples=samples, snapshot=True))
@@ -156,6 +206,8 @@ class QueueSource:
             "queue_type": self.queue_type,
             "url": self.url.masked,
             "interval_seconds": self.interval,
+            "poll_share": self.share,
+            "polls_skipped": self.skipped,
             "last_poll": self.last_poll,
             "last_success": self.last_success,
             "last_error": self.last_error,

@@ -88,6 +88,22 @@ def _queue_samples() -> dict[str, str]:
     return {_exported(s.name, s.kind): s.name for s in samples}
 
 
+def _scaling_samples() -> dict[str, str]:
+    """The heartbeat with its target and maximum, and a beanstalkd queue's backlog over a window's
+    history (beanstalkd reports live consumers, so the per-task values appear too)."""
+    from agent.scaling import BUSY, PROTECTED
+    from agent.scaling.backlog import BacklogTracker
+    from agent.scaling.heartbeat import Heartbeat
+
+    samples = list(Heartbeat(hub=None, target=200.0, max_tasks=50).samples)  # type: ignore[arg-type]
+    tracker = BacklogTracker("beanstalkd", window=60.0, hold=600.0)
+    for t in range(0, 61, 15):
+        samples += tracker.samples(10.0, 2.0, 3.0, float(t), (), 0.0)
+    out = {_exported(s.name, s.kind): s.name for s in samples}
+    # the protection component publishes these two gauges (agent/scaling/protection.py)
+    return out | {_exported(n, Kind.GAUGE): n for n in (BUSY, PROTECTED)}
+
+
 _SELF_NAME = re.compile(r"""["'](tasklens\.[a-z0-9_]+\.[a-z0-9_.]+)["']""")
 _SELF_GAUGE = re.compile(r"""\.set\(\s*["'](tasklens\.[a-z0-9_.]+)["']""")
 
@@ -107,7 +123,8 @@ def _self_metrics() -> dict[str, str]:
 @cache
 def emitted() -> dict[str, str]:
     """Prometheus name -> dotted (Datadog) name, for everything the code emits."""
-    return {**_ecs_samples(), **_health_samples(), **_queue_samples(), **_self_metrics(),
+    return {**_ecs_samples(), **_health_samples(), **_queue_samples(), **_scaling_samples(),
+            **_self_metrics(),
             "ecs_task_info": "ecs.task.info"}
 
 
@@ -262,3 +279,25 @@ def test_metric_names_doc_is_one_place() -> None:
     lines = [l.strip() for l in METRICS_LIST.read_text().splitlines() if l.strip() and not l.startswith("#")]
     assert len(lines) == len(set(lines)) and all(re.fullmatch(r"[a-z_]+", l) for l in lines)
     assert Path(METRICS_LIST).is_file()
+
+
+def test_grafana_queries_parse_with_promtool(tmp_path: Path) -> None:
+    """Every Grafana query (template variables filled in) is valid PromQL to promtool itself."""
+    import shutil
+    import subprocess
+
+    tool = shutil.which("promtool")
+    if not tool:
+        pytest.skip("promtool not installed (Debian package `prometheus`)")
+    dashboard = json.loads(GRAFANA.read_text())
+    exprs = [t["expr"].replace("$__rate_interval", "5m").replace("$service", ".*").replace("$env", ".*")
+             for p in dashboard["panels"] for t in p.get("targets", [])]
+    rules = {"groups": [{"name": "grafana", "rules": [{"record": f"grafana:q{i}", "expr": e}
+                                                      for i, e in enumerate(exprs)]}]}
+    path = tmp_path / "grafana.rules.yml"
+    path.write_text(yaml.safe_dump(rules))
+    result = subprocess.run([tool, "check", "rules", str(path)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+    # and the check is not vacuous
+    path.write_text(yaml.safe_dump({"groups": [{"name": "g", "rules": [{"record": "r", "expr": "max by (x"}]}]}))
+    assert subprocess.run([tool, "check", "rules", str(path)], capture_output=True, timeout=60).returncode != 0

@@ -136,6 +136,9 @@ class Pusher:
                  on_stop: Callable[[], list[Payload]] | None = None, wall: Callable[[], float] = time.time) -> None:
         self.name = name
         self.metrics = metrics
+        # every known reason exported at 0 from the start, so that increase() sees the first one
+        metrics.declare("tasklens.exporter.points_dropped", ("buffer_full", "flush_error", "shutdown", "expired"),
+                        exporter=name)
         self.flush = flush
         self.send = send
         self.on_stop = on_stop

@@ -125,4 +125,8 @@ async def test_expired_payloads_are_dropped_not_sent(server: tuple[Server, str])
         await p.run(stop, session)
     assert srv.hits == 1
     assert metrics.get("tasklens.exporter.points_dropped", exporter="test", reason="expired") == 3
+    # the reasons that did not happen are exported too, at 0
+    zeros = {dict(s.tags)["reason"] for s in metrics.samples() if s.name == "tasklens.exporter.points_dropped"
+             and ("exporter", "test") in s.tags and s.value == 0}
+    assert zeros >= {"buffer_full", "flush_error"}
     assert metrics.get("tasklens.exporter.points_sent", exporter="test") == 2

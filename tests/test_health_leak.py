@@ -91,9 +91,10 @@ class FakeAgent:
 
     def start_worker(self) -> None:
         procs = self.cgroup / "cgroup.procs"
+        # in the cgroup before it allocates: the shell moves itself, then becomes the worker (a
+        # preexec_fn can deadlock in a process with threads, as pytest's is after other tests)
         self.process = subprocess.Popen(
-            [sys.executable, "-c", LEAKY],
-            preexec_fn=lambda: procs.write_text(str(os.getpid())))  # in the cgroup before it allocates
+            ["sh", "-c", 'echo $$ > "$1" && exec "$2" -c "$3"', "sh", str(procs), sys.executable, LEAKY])
 
         def reap() -> None:
             assert self.process is not None

@@ -123,7 +123,12 @@ def test_every_listener_binds_loopback_by_default(tmp_path) -> None:
     proc = subprocess.Popen([unshare, "--net", "sh", "-c", f"{ip} link set lo up && exec {TASKLENS} run"],
                             env=clean_env(), stdout=log, stderr=subprocess.STDOUT)
     try:
+        host_ns = os.readlink("/proc/self/ns/net")
+
         def listening() -> set[tuple[str, str, str]]:
+            # until unshare(2) has run, the process is still in this namespace: its sockets are not the sidecar's
+            if os.readlink(f"/proc/{proc.pid}/ns/net") == host_ns:
+                return set()
             # the sidecar's own view of its namespace: `ss` run inside it
             out = subprocess.run(["nsenter", f"--target={proc.pid}", "--net", "ss", "-H", "-ltnu"],
                                  capture_output=True, text=True, timeout=10).stdout

@@ -29,7 +29,7 @@ OOM_EXIT_CODE = 137  # 128 + SIGKILL: what the kernel's OOM killer leaves (and a
 NEAR_LIMIT = 0.9  # working set at or above this share of the limit counts as "at the limit"
 LEAK_SIGNIFICANCE = 3.0  # standard errors (~99.7 %): stricter than the queue's 2, a false countdown pages
 MIN_GROWTH = 0.01  # the fitted growth over the window must reach 1 % of the limit to be a leak
-FLOOR_BINS = 6  # the floor (lowest point of each sixth of the window) must rise too: see _floor_growth
+FLOOR_BINS = 6  # the floor (lowest point of each sixth of the window) must rise by half that too: _floor_growth
 
 
 # --- memory forecast ----------------------------------------------------------------------------
@@ -57,7 +57,7 @@ def memory_forecast(points: Iterable[trend.Point], *, limit: float | None, windo
         return None
     scale = limit if limit else abs(f.level)
     leaking = (f.direction(LEAK_SIGNIFICANCE) > 0 and f.slope * window >= MIN_GROWTH * scale
-               and _floor_growth(pts) >= MIN_GROWTH * scale)
+               and _floor_growth(pts) >= MIN_GROWTH * scale / 2)  # half: six minima are a noisy estimate
     if not leaking:
         return MemoryForecast(False, None, None)
     ttl = max(0.0, (limit - f.level) / f.slope) if limit else None
@@ -153,10 +153,21 @@ def restarts_between(before: Observation, now: Observation) -> int:
     return 0
 
 
+def reached_limit(last_running: Observation, growth_per_second: float, at: float) -> bool:
+    """A suspected leak projected from the last working set seen running to `at` (the poll that saw the
+    exit) reaches `NEAR_LIMIT` of the limit: with polls 10 s apart a fast leak is often last seen well
+    below the limit, and killed before the next poll."""
+    if not growth_per_second or last_running.working_set is None or not last_running.limit:
+        return False
+    projected = last_running.working_set + growth_per_second * max(0.0, at - last_running.t)
+    return projected >= NEAR_LIMIT * last_running.limit
+
+
 def oom_killed(exit_code: float | None, last_running: Observation, limit_hit: bool) -> bool:
     """An exit (a stop or a restart) was an OOM kill when its exit code is 137, or unknown (a restart
     whose exit code ECS does not show), and memory was at the limit before it: the last working set
-    seen running was at least `NEAR_LIMIT` of the limit, or the cgroup's `failcnt` rose just before."""
+    seen running was at least `NEAR_LIMIT` of the limit, or the cgroup's `failcnt` rose just before, or
+    a suspected leak projected to the exit reaches it (`limit_hit` carries the last two)."""
     if exit_code is not None and exit_code != OOM_EXIT_CODE:
         return False
     return last_running.near_limit or limit_hit
@@ -206,6 +217,7 @@ class _Container:
     restarts: float = 0.0
     oom_kills: float = 0.0
     failcnt_rose: bool = False
+    growth_per_second: float = 0.0  # of the last forecast that suspected a leak, else 0
     saturation: Saturation = field(default_factory=Saturation)
 
 
@@ -284,7 +296,8 @@ class HealthMonitor:
         restarts = restarts_between(before, obs) if before is not None else 0
         # an exit is judged once: when the stop is seen, or at the restart if the stop fell between polls
         judged = exited or bool(restarts and before is not None and before.running)
-        if judged and c.last_running is not None and oom_killed(obs.exit_code, c.last_running, c.failcnt_rose):
+        if judged and c.last_running is not None and oom_killed(
+                obs.exit_code, c.last_running, c.failcnt_rose or reached_limit(c.last_running, c.growth_per_second, obs.t)):
             c.oom_kills += 1
         if restarts or exited:
             c.restarts += restarts
@@ -315,6 +328,7 @@ class HealthMonitor:
         if obs.running and obs.working_set is not None:
             forecast = memory_forecast(c.memory.points, limit=obs.limit, window=self.memory_window, now=obs.t)
             if forecast is not None:
+                c.growth_per_second = (forecast.growth_bytes_per_hour or 0.0) / 3600 if forecast.leak_suspected else 0.0
                 emit("memory.leak_suspected", 1.0 if forecast.leak_suspected else 0.0)
                 emit("memory.growth_bytes_per_hour", forecast.growth_bytes_per_hour)
                 emit("memory.time_to_limit_seconds", forecast.time_to_limit_seconds)

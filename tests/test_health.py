@@ -20,6 +20,7 @@ from agent.health import (
     Saturation,
     memory_forecast,
     oom_killed,
+    reached_limit,
     restarts_between,
     saturation_step,
 )
@@ -420,3 +421,12 @@ def test_a_bug_costs_one_polls_health_series_not_the_poll(monkeypatch):
     monkeypatch.setattr(agent.health, "saturation_step", broken)
     assert m.observe(load("fargate-2023.task"), load("fargate-2023.stats"), [], 0) == []
     assert m.metrics.get("tasklens.health.errors") == 1
+
+
+def test_a_fast_leak_last_seen_below_the_limit_is_projected_to_it():
+    # polls 10 s apart: last seen at 70 % of 1 GiB, growing 40 MiB/s under a suspected leak
+    last = obs(t=100.0, working_set=0.7 * 1024 * MIB, limit=1024 * MIB)
+    assert reached_limit(last, 40 * MIB, at=110.0)  # 700 + 400 MiB: past the limit by the exit poll
+    assert not reached_limit(last, 40 * MIB, at=101.0)  # 740 MiB: not yet near it
+    assert not reached_limit(last, 0.0, at=110.0)  # no suspected leak: nothing is projected
+    assert not reached_limit(obs(t=100.0, working_set=700.0), 40 * MIB, at=110.0)  # no limit known

@@ -173,7 +173,10 @@ async def test_a_leaking_worker_is_forecast_then_oom_killed_and_counted(cgroup: 
     try:
         deadline = time.monotonic() + 60
         while scrape(prometheus, "ecs_container_oom_kills_total") != 1.0:
-            assert time.monotonic() < deadline, "no OOM kill counted within 60 s"
+            assert time.monotonic() < deadline, (
+                f"no OOM kill counted within 60 s: worker exit {agent.process.poll() if agent.process else None}, "
+                f"working set {scrape(prometheus, 'ecs_container_memory_working_set_bytes')}, "
+                f"restarts {scrape(prometheus, 'ecs_container_restarts_total')}, status {source.status()}")
             await asyncio.sleep(0.05)
     finally:
         stop.set()

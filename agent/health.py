@@ -22,6 +22,7 @@ from agent.logs import RateLimitedLog
 from agent.model import Kind, Sample, Tags
 from agent.selfmetrics import SelfMetrics
 from agent.sources.ecs_stats import memory_limit_bytes, parse_time_ns, working_set_bytes
+from agent.sources.ecs_stats import _get, _num  # the same tolerant JSON accessors as the derivations
 
 _log = RateLimitedLog(logging.getLogger("tasklens.health"))
 
@@ -81,21 +82,6 @@ def _floor_growth(points: list[trend.Point]) -> float:
 
 
 # --- one container at one poll ------------------------------------------------------------------
-
-
-def _num(value: Any) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return None
-    value = float(value)
-    return value if math.isfinite(value) else None
-
-
-def _get(obj: Any, *path: str) -> Any:
-    for key in path:
-        if not isinstance(obj, dict):
-            return None
-        obj = obj.get(key)
-    return obj
 
 
 @dataclass(frozen=True, slots=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -24,3 +25,12 @@ def sidecar_factory(tmp_path: Path) -> Iterator:
         if s.proc.poll() is None:
             s.proc.kill()
             s.proc.wait()
+
+
+@pytest.fixture(scope="session")
+def promtool() -> str:
+    """Debian's promtool, or a skip that says which package brings it."""
+    tool = shutil.which("promtool")
+    if tool is None:
+        pytest.skip("promtool not installed (Debian package `prometheus`)")
+    return tool

@@ -21,14 +21,6 @@ RULES = RULES_DIR / "scaling.rules.yml"
 RULE_TESTS = RULES_DIR / "scaling.rules.test.yml"
 
 
-@pytest.fixture(scope="module")
-def promtool() -> str:
-    tool = shutil.which("promtool")
-    if tool is None:
-        pytest.skip("promtool not installed (Debian package `prometheus`)")
-    return tool
-
-
 def run(promtool: str, *args: str, cwd: Path = RULES_DIR) -> subprocess.CompletedProcess[str]:
     return subprocess.run([promtool, *args], cwd=cwd, capture_output=True, text=True, timeout=60, check=False)
 

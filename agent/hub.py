@@ -64,10 +64,14 @@ class Hub:
         )
 
     def publish(self, batch: Batch) -> None:
-        enriched = self.enrich(batch)
+        self.deliver(self.enrich(batch))
+
+    def deliver(self, batch: Batch) -> None:
+        """Hand a batch already through `enrich` to every sink (a source with large batches enriches
+        them on a worker thread, off the event loop)."""
         for sink in self.sinks:
             try:
-                sink.accept(enriched)
+                sink.accept(batch)
             except Exception as exc:  # a broken sink never stops the others or the source
                 self.metrics.inc("tasklens.sink.errors", sink=sink.name)
                 self._log.error(f"sink:{sink.name}", "sink %s rejected a batch: %r", sink.name, exc)

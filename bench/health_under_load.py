@@ -52,13 +52,14 @@ def main() -> None:
     parser.add_argument("--contexts", type=int, default=100_000)
     parser.add_argument("--scrapers", type=int, default=20)
     parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument("--flush-interval", default="1", help="TASKLENS_FLUSH_INTERVAL (default 1 s)")
     parser.add_argument("--client", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.client:
         scrapers(args.client, args.scrapers, args.seconds)
         return
     with tempfile.TemporaryDirectory() as tmp:
-        sidecar = Sidecar(Path(tmp), TASKLENS_FLUSH_INTERVAL="1", TASKLENS_SHUTDOWN_TIMEOUT="20")
+        sidecar = Sidecar(Path(tmp), TASKLENS_FLUSH_INTERVAL=args.flush_interval, TASKLENS_SHUTDOWN_TIMEOUT="20")
         load = None
         try:
             sidecar.wait_ready()
@@ -75,7 +76,7 @@ def main() -> None:
                 time.sleep(0.02)
             scraped = client.communicate(timeout=120)[0].strip()
             took.sort()
-            print(f"{args.contexts:,} contexts sent in every 1 s interval ({load.rounds} rounds), "
+            print(f"{args.contexts:,} contexts sent in every {args.flush_interval} s interval ({load.rounds} rounds), "
                   f"{args.scrapers} scrapers: {scraped} scrapes of /metrics in {args.seconds:g} s")
             print(f"/health over {len(took)} requests: median {statistics.median(took) * 1000:.1f} ms, "
                   f"p95 {took[int(len(took) * 0.95)] * 1000:.1f} ms, p99 {took[int(len(took) * 0.99)] * 1000:.1f} ms, "

@@ -47,6 +47,9 @@ RESERVED_LABELS = frozenset({"le", "quantile"})
 # The label text of every line of the worker's series together (a histogram repeats its labels on each
 # bucket line). 100,000 counters with the ten identity labels use ~45 MiB.
 MAX_LABEL_BYTES = 64 * 1024 * 1024
+# a rendering of the worker's series that took over SLOW_RENDER seconds is reused, even when the data
+# changed, until RENDER_SPACING times as long has passed (see `render_parts`)
+SLOW_RENDER, RENDER_SPACING = 0.05, 2.0
 
 _SUFFIXES = {Kind.COUNTER: ("_total", "_created"), Kind.GAUGE: (),
              Kind.HISTOGRAM: ("_bucket", "_count", "_sum", "_created")}
@@ -219,7 +222,8 @@ class PrometheusSink:
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(self)
         self._renderer = Renderer(self.buckets)
-        self._cache: dict[bool, tuple[int, bytes]] = {}  # openmetrics? -> (version, worker part)
+        # openmetrics? -> (version, worker part, when it was rendered, how long that took if slow)
+        self._cache: dict[bool, tuple[int, bytes, float, float]] = {}
 
     # -- sink side ---------------------------------------------------------------------------
 
@@ -464,10 +468,13 @@ class PrometheusSink:
         return b"".join(self.render_parts(openmetrics))
 
     def render_parts(self, openmetrics: bool = False) -> list[bytes]:
-        """`/metrics` in pieces (a gzip stream takes them without one more copy of 50 MB).
+        """`/metrics` in pieces: the worker's series, the sidecar's, and OpenMetrics' `# EOF`.
 
         Safe to call from another thread than the event loop. The worker's part (nearly all of it
-        with many series) is rendered once per change of the data; the sidecar's part every time.
+        with many series) is rendered once per change of the data, and when that took longer than
+        SLOW_RENDER, not again before RENDER_SPACING times as long has passed: under back-to-back
+        scrapes of 100,000 series, rendering then holds the GIL a third of the time at most, not
+        all of it (scrapes meanwhile get the last rendering). The sidecar's part is new every time.
         """
         version = self.version
         sidecar, refused = self._sidecar_families()
@@ -475,12 +482,15 @@ class PrometheusSink:
             # a gauge: sidecar series left out of the last scrape (never expected; a bug if seen)
             self.metrics.set("tasklens.prometheus.render_conflicts", refused)
         cached = self._cache.get(openmetrics)
-        if cached is not None and cached[0] == version:
+        now = time.perf_counter()
+        if cached is not None and (cached[0] == version or now - cached[2] < RENDER_SPACING * cached[3]):
             worker = cached[1]
         else:
             worker = self._renderer.render(self._worker_families(sidecar), openmetrics).encode()
-            self._cache[openmetrics] = (version, worker)
-        parts = [self._renderer.render(sidecar, openmetrics).encode(), worker]
+            took = time.perf_counter() - now
+            self._cache[openmetrics] = (version, worker, now, took if took > SLOW_RENDER else 0.0)
+        # the worker's part first: a gzip stream of it is kept and continued (`http.GzipCache`)
+        parts = [worker, self._renderer.render(sidecar, openmetrics).encode()]
         if openmetrics:
             parts.append(b"# EOF\n")
         return parts

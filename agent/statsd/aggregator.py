@@ -25,7 +25,7 @@ import time
 from array import array
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 from agent.memory import BURST, release_freed_memory
@@ -568,17 +568,24 @@ class Flusher:
         self._counters_seen: dict[Context, float] = {}  # aggregated counters, for zeros while idle
         self.overflows = 0  # counter sums that overflowed to infinity: dropped, counted as bad_value
 
-    def batch(self, iv: Interval, containers: Mapping[str, Tags] = {}, now: float | None = None) -> Batch:
+    def batch(self, iv: Interval, containers: Mapping[str, Tags] = {}, now: float | None = None,
+              base: Tags = ()) -> Batch:
+        """The batch of a finished interval. Tags: `base` (the task's: what `Hub.enrich` adds, done
+        here once per distinct tag set instead of once more per sample), then the container's, then
+        the line's own, each winning over the one before."""
         now = time.time() if now is None else now
         iv.settle()
         samples: list[Sample] = []
         add = samples.append
+        merged: dict[tuple[int, str], Tags] = {}  # by id: contexts share pooled tag tuples (`TagPool`)
 
         def tags_of(ctx: Context) -> Tags:
-            if not ctx.container:
-                return ctx.tags
-            base = containers.get(ctx.container)
-            return merge_tags(base, ctx.tags) if base else ctx.tags
+            key = (id(ctx.tags), ctx.container)
+            out = merged.get(key)
+            if out is None:
+                own = merge_tags(containers.get(ctx.container, ()), ctx.tags) if ctx.container else ctx.tags
+                out = merged[key] = merge_tags(base, own)
+            return out
 
         seen = self._last_seen
         seconds = self.interval * iv.periods  # what counts and histograms of this interval cover
@@ -615,8 +622,8 @@ class Flusher:
                 continue
             kind = Kind.COUNT if ctx.type == "c" else Kind.GAUGE
             add(Sample(ctx.name, value, kind, tags_of(ctx), ts, self.interval if kind is Kind.COUNT else None))
-        events = [_with_container(e, c, containers) for e, c in iv.events]
-        checks = [_with_container(sc, c, containers) for sc, c in iv.service_checks]
+        events = [_with_container(e, c, containers, base) for e, c in iv.events]
+        checks = [_with_container(sc, c, containers, base) for sc, c in iv.service_checks]
         for ctx in iv.contexts():
             seen[ctx] = now
         return Batch("statsd", samples, events, checks, snapshot=False)  # type: ignore[arg-type]
@@ -668,8 +675,8 @@ def points(values: Mapping[Slot, array[float]], slots: Sequence[Slot], milliseco
     return Points(vals, weights, milliseconds)
 
 
-def _with_container(item: Event | ServiceCheck, container: str, containers: Mapping[str, Tags]) -> Event | ServiceCheck:
-    from dataclasses import replace
-
-    base = containers.get(container) if container else None
-    return replace(item, tags=merge_tags(base, item.tags)) if base else item
+def _with_container(item: Event | ServiceCheck, container: str, containers: Mapping[str, Tags],
+                    base: Tags) -> Event | ServiceCheck:
+    own = merge_tags(containers.get(container, ()), item.tags) if container else item.tags
+    tags = merge_tags(base, own)
+    return item if tags is item.tags else replace(item, tags=tags)

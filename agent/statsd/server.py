@@ -26,6 +26,7 @@ from collections import deque
 from collections.abc import Iterator
 from typing import Any
 
+from agent import heavy
 from agent.config import Config
 from agent.hub import Hub
 from agent.logs import RateLimitedLog
@@ -48,6 +49,7 @@ PUBLISH_CHUNK = 1_000
 # interval (its counters then cover several periods, exported as such) instead of queueing more of them
 MAX_BACKLOG = 1
 SWITCH_INTERVAL = 0.001  # seconds (sys.setswitchinterval)
+FREEZE_ABOVE = 10_000  # objects left in the youngest generation by a flush (see `paused_gc`)
 
 
 # the reasons that mean a limit was reached (not a malformed line): logged, at most once a minute each
@@ -71,12 +73,21 @@ def paused_gc() -> Iterator[None]:
     grows by a quarter CPython collects it whole: over a heap of 100,000 contexts and series, 0.3-1.5 s
     holding the GIL, when neither `/health` nor the receive thread can run (measured: the slowest
     `/health` answers of a 1 s flush). With collection paused they are freed by reference counting and
-    never promoted, and the next automatic pass takes what cycles other code made meanwhile."""
+    never promoted, and the next automatic pass takes what cycles other code made meanwhile.
+
+    What the flush did keep (new contexts and series: up to 100,000 objects after a storm) would
+    make that next pass, a young one, traverse all of it: 65-290 ms holding the GIL on whichever
+    thread allocates next, the event loop included (measured, bench/health_under_load.py). So when
+    more than FREEZE_ABOVE objects were left, they are frozen (`gc.freeze`): long-lived by nature,
+    freed by reference counting like any other, never traversed by a collection again. The price:
+    a reference cycle already garbage at that moment is never collected (none is made by a flush)."""
     was_enabled = gc.isenabled()
     gc.disable()
     try:
         yield
     finally:
+        if gc.get_count()[0] > FREEZE_ABOVE:
+            gc.freeze()
         if was_enabled:
             gc.enable()
 
@@ -315,8 +326,10 @@ class StatsdServer:
                         future.set_result(None)
 
     def _build(self, interval: Interval, containers: dict[str, Any]) -> tuple[Batch, list[Context]]:
-        """On a worker thread: the batch of a finished interval, and the contexts now idle too long."""
-        return self.flusher.batch(interval, containers), self.flusher.expired()
+        """On a worker thread: the batch of a finished interval, with the task's tags, and the contexts
+        now idle too long."""
+        batch = self.flusher.batch(interval, containers, base=self.hub.identity.tags)
+        return batch, self.flusher.expired()
 
     async def _publish(self, interval: Interval) -> None:
         started = time.perf_counter()
@@ -325,12 +338,12 @@ class StatsdServer:
 
     async def _publish_paused(self, interval: Interval, started: float) -> None:
         try:
-            batch, expired = await asyncio.to_thread(self._build, interval, dict(self.hub.identity.containers))
+            batch, expired = await heavy.run(self._build, interval, dict(self.hub.identity.containers))
             samples = batch.samples
             self._last_samples = len(samples)
             for start in range(0, max(len(samples), 1), PUBLISH_CHUNK):
                 first = start == 0
-                self.hub.publish(Batch(batch.source, samples[start:start + PUBLISH_CHUNK],
+                self.hub.deliver(Batch(batch.source, samples[start:start + PUBLISH_CHUNK],
                                        batch.events if first else [], batch.service_checks if first else [],
                                        snapshot=False))
                 await asyncio.sleep(0)  # let `/health`, `/metrics` and the other components run

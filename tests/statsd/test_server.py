@@ -244,9 +244,11 @@ async def test_final_flush_on_stop_and_socket_removed(start, tmp_path) -> None:
     await r.wait_lines(1)
     r.stop.set()
     await asyncio.wait_for(r.task, 10)
-    assert [(s.name, s.value) for s in r.recorder.samples()] == [("last", 3.0)]
+    # the line reached a sink although no interval ended before the stop; should the clock have
+    # crossed an interval boundary meanwhile (10 s apart), that flush sent it and the last one a zero
+    assert [(s.name, s.value) for s in r.recorder.samples() if s.value] == [("last", 3.0)]
     assert not path.exists()
-    assert r.hub.metrics.get("tasklens.statsd.flushes") == 1
+    assert r.hub.metrics.get("tasklens.statsd.flushes") in (1, 2)
 
 
 async def test_ipv6_loopback_is_served_too(start) -> None:

@@ -409,7 +409,7 @@ class Config:
     statsd_socket: str = setting("", parse_socket_path, doc="Unix datagram socket path for StatsD")
     statsd_rcvbuf: int = setting(8 * 1024 * 1024, parse_size, low=4096, high=2**30,
                                  doc="socket receive buffer requested")
-    flush_interval: float = setting(10.0, parse_seconds, low=0.1, high=3600, doc="StatsD aggregation interval (s)")
+    flush_interval: float = setting(10.0, parse_seconds, low=1, high=3600, doc="StatsD aggregation interval (s)")
     statsd_max_contexts: int = setting(100_000, parse_positive_int, high=10_000_000, doc="cap on live StatsD contexts")
     statsd_context_ttl: float = setting(300.0, parse_seconds, low=1, high=7 * 86400,
                                         doc="idle StatsD contexts expire after (s)")

@@ -2,8 +2,7 @@
 
     .venv/bin/python bench/health_under_load.py [--contexts 100000] [--scrapers 20] [--seconds 20]
 
-Starts `tasklens run` with `TASKLENS_FLUSH_INTERVAL=1` (the minimum allowed is 0.1; 1 s is the
-shortest a deployment would use), creates the contexts, then sends every one of them again in every
+Starts `tasklens run` with `TASKLENS_FLUSH_INTERVAL=1` (the minimum allowed), creates the contexts, then sends every one of them again in every
 interval while a second process runs `--scrapers` threads scraping `/metrics` back to back (gzip, as
 Prometheus does). Meanwhile `/health` is asked every 20 ms on a new connection, as a health checker
 does. Prints the `/health` latencies, the scrapes done and how long SIGTERM took afterwards.

@@ -42,9 +42,9 @@ DRAIN_BATCH = 64  # datagrams read (and then parsed together) before looking at 
 STATS_EVERY = 1.0  # seconds between copies of the receive counters into the self-metrics
 GATHER_SECONDS, GATHER_BELOW = 0.01, 8  # pause 10 ms when a wake-up found fewer than 8 datagrams (see docs/statsd.md)
 # The export side must never hold the event loop for long: the batch is built on a worker thread and
-# handed to the sinks this many samples per loop turn (100,000 contexts: ~1 s of work in all, at most a
-# few ms per turn), so `/health` and `/metrics` answer during a flush.
-PUBLISH_CHUNK = 1_000
+# handed to the sinks in slices of about PUBLISH_TURN seconds of work, one per loop turn (starting at
+# PUBLISH_CHUNK samples, then sized to the pace seen), so `/health` and `/metrics` answer during a flush.
+PUBLISH_CHUNK, PUBLISH_TURN = 1_000, 0.002
 # finished intervals waiting for the export side; past this the receive side keeps extending the open
 # interval (its counters then cover several periods, exported as such) instead of queueing more of them
 MAX_BACKLOG = 1
@@ -173,7 +173,8 @@ class StatsdServer:
                     await asyncio.wait_for(stop.wait(), timeout=STATS_EVERY)
                 except TimeoutError:
                     pass
-                self._publish_stats()
+                # /proc/net/udp is read on a thread: the kernel took up to 65 ms to list it under load
+                self._publish_stats(await asyncio.to_thread(read_udp_tables))
         finally:
             try:
                 await self._command("stop")  # the final, partial interval is flushed before returning
@@ -341,11 +342,20 @@ class StatsdServer:
             batch, expired = await heavy.run(self._build, interval, dict(self.hub.identity.containers))
             samples = batch.samples
             self._last_samples = len(samples)
-            for start in range(0, max(len(samples), 1), PUBLISH_CHUNK):
+            start, size = 0, PUBLISH_CHUNK
+            while True:
+                turn = time.perf_counter()
                 first = start == 0
-                self.hub.deliver(Batch(batch.source, samples[start:start + PUBLISH_CHUNK],
+                self.hub.deliver(Batch(batch.source, samples[start:start + size],
                                        batch.events if first else [], batch.service_checks if first else [],
                                        snapshot=False))
+                start += size
+                if start >= len(samples):
+                    break
+                # as many samples in the next turn as fit in PUBLISH_TURN at this turn's pace (new
+                # series cost the sinks ten times more than known ones)
+                took = max(time.perf_counter() - turn, 1e-6)
+                size = max(PUBLISH_CHUNK // 10, min(PUBLISH_CHUNK * 10, int(size * PUBLISH_TURN / took)))
                 await asyncio.sleep(0)  # let `/health`, `/metrics` and the other components run
             if expired:
                 self.aggregator.expire(expired)
@@ -358,8 +368,9 @@ class StatsdServer:
             self.hub.metrics.inc("tasklens.statsd.flush_errors")
             self._log.error("statsd-flush", "StatsD flush failed: %r", exc)
 
-    def _publish_stats(self) -> None:
-        """Copy the receive thread's counters (plain ints, read without a lock) into the self-metrics."""
+    def _publish_stats(self, udp_tables: dict[str, str] | None = None) -> None:
+        """Copy the receive thread's counters (plain ints, read without a lock) into the self-metrics;
+        the kernel's drop counts from `udp_tables` (`read_udp_tables()`, read now when not given)."""
         stats = self.aggregator.stats
         errors = dict(stats.errors)  # one C-level copy: safe while the receive thread adds reasons
         current = {
@@ -387,7 +398,7 @@ class StatsdServer:
                     self._log.warning(f"limit:{reason}", "StatsD: %d line(s) refused (%s): %s (docs/statsd.md, "
                                       "Limits)", delta, reason, LIMIT_REASONS[reason])
         metrics.set("tasklens.statsd.contexts", len(self.aggregator.contexts))
-        drops = udp_drops(read_udp_tables())
+        drops = udp_drops(read_udp_tables() if udp_tables is None else udp_tables)
         for listener in self.listeners:
             if listener.inode in drops:
                 delta = drops[listener.inode] - self._drops.get(listener.name, 0)

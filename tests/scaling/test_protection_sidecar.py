@@ -103,7 +103,7 @@ def test_busy_worker_protects_the_task_and_idle_releases_it(ecs, sidecar_factory
     agent_uri = f"{base}/api/sidecar0"
     sidecar = sidecar_factory(ECS_CONTAINER_METADATA_URI_V4=f"{base}/v4/sidecar0", ECS_AGENT_URI=agent_uri,
                               TASKLENS_SCALE_IN_PROTECTION=rule, TASKLENS_SCALE_IN_IDLE="2",
-                              TASKLENS_POLL_INTERVAL="0.5", TASKLENS_FLUSH_INTERVAL="0.5")
+                              TASKLENS_POLL_INTERVAL="0.5", TASKLENS_FLUSH_INTERVAL="1")
     flag = tmp_path / "busy"
     worker = subprocess.Popen([sys.executable, WORKER, str(sidecar.statsd_port), str(flag)])
     writer = StatsWriter(files / "stats.json", {"worker0": worker.pid, "sidecar0": sidecar.proc.pid})

@@ -181,7 +181,7 @@ async def test_the_sidecar_forwards_aggregated_statsd_with_its_tags(
     from datadog.dogstatsd import DogStatsd
 
     port = receiver.getsockname()[1]
-    sidecar = sidecar_factory(TASKLENS_DOGSTATSD_FORWARD=f"127.0.0.1:{port}", TASKLENS_FLUSH_INTERVAL="0.5",
+    sidecar = sidecar_factory(TASKLENS_DOGSTATSD_FORWARD=f"127.0.0.1:{port}", TASKLENS_FLUSH_INTERVAL="1",
                               TASKLENS_SERVICE="billing", TASKLENS_ENV="staging")
     await asyncio.to_thread(sidecar.wait_ready)
     statsd = DogStatsd(host="127.0.0.1", port=sidecar.statsd_port, disable_telemetry=True, disable_buffering=True)
@@ -311,7 +311,7 @@ def test_a_loop_the_configuration_cannot_see_is_stopped_by_the_probe(sidecar_fac
     statsd_port = free_port(socket.SOCK_DGRAM)
     relay = Relay(statsd_port)
     try:
-        sidecar = sidecar_factory(TASKLENS_STATSD_ADDR=f"127.0.0.1:{statsd_port}", TASKLENS_FLUSH_INTERVAL="0.2",
+        sidecar = sidecar_factory(TASKLENS_STATSD_ADDR=f"127.0.0.1:{statsd_port}", TASKLENS_FLUSH_INTERVAL="1",
                                   TASKLENS_DOGSTATSD_FORWARD=f"127.0.0.1:{relay.port}")
         sidecar.wait_ready()
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as worker:

@@ -260,16 +260,16 @@ async def test_ipv6_loopback_is_served_too(start) -> None:
 
 async def test_intervals_are_aligned_to_the_clock(start) -> None:
     assert next_boundary(1000.0, 10.0) == 1010.0 and next_boundary(1009.99, 10.0) == 1010.0
-    r = await start(TASKLENS_FLUSH_INTERVAL="0.2")
+    r = await start(TASKLENS_FLUSH_INTERVAL="1")
     send(r.port, b"tick:1|c")
     await r.wait_lines(1)
-    deadline = time.monotonic() + 5
+    deadline = time.monotonic() + 10
     while r.hub.metrics.get("tasklens.statsd.flushes") < 2:
         assert time.monotonic() < deadline, "no periodic flush"
         await asyncio.sleep(0.01)
     assert r.server.last_flush is not None
     start = r.server.aggregator.interval.start  # the current interval began on a boundary of the clock
-    assert abs(start / 0.2 - round(start / 0.2)) < 1e-6
+    assert abs(start - round(start)) < 1e-6
     assert sum(s.value for s in r.recorder.samples() if s.name == "tick") == 1.0
 
 

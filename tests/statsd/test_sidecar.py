@@ -9,7 +9,7 @@ from tests.support import wait_until
 
 
 def test_statsd_through_the_running_sidecar(sidecar_factory) -> None:
-    sidecar = sidecar_factory(TASKLENS_FLUSH_INTERVAL="0.5", TASKLENS_SERVICE="orders", TASKLENS_TAGS="team:payments")
+    sidecar = sidecar_factory(TASKLENS_FLUSH_INTERVAL="1", TASKLENS_SERVICE="orders", TASKLENS_TAGS="team:payments")
     sidecar.wait_ready()
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.sendto(b"jobs.done:2|c|#queue:orders\njobs.done:1|c|#queue:orders\nbad line", ("127.0.0.1", sidecar.statsd_port))

@@ -18,8 +18,8 @@ from dataclasses import fields
 from typing import Any
 
 from agent import __version__, logs
-from agent.config import (Config, ConfigError, check_range, describe, load, number_text, parse_addr,
-                          unknown_variables)
+from agent.config import (DATADOG_FALLBACKS, Config, ConfigError, check_range, datadog_fallback, describe, load,
+                          number_text, parse_addr, unknown_variables)
 from agent.examples import EXAMPLES as EMULATOR_EXAMPLES
 
 
@@ -115,6 +115,7 @@ def validate(environ: Mapping[str, str] | None = None) -> tuple[Config, list[str
     environ = os.environ if environ is None else environ
     config = load(environ)
     warnings = unknown_variables(environ)
+    warnings += [w for name in DATADOG_FALLBACKS if (w := datadog_fallback(environ, name)[1])]
     if config.mappings:
         _check_mappings(config.mappings)
     if config.queues:

@@ -678,6 +678,19 @@ def closest(name: str, known: Any) -> str:
     return f"; did you mean {by_bare[match[0]]!r}?" if match else ""
 
 
+DATADOG_FALLBACKS = ("DD_SERVICE", "DD_ENV", "DD_VERSION")  # read when TASKLENS_SERVICE, _ENV, _VERSION are empty
+
+
+def datadog_fallback(environ: Mapping[str, str], name: str) -> tuple[str, str]:
+    """The value of `DD_SERVICE`, `DD_ENV` or `DD_VERSION`, checked as a name, and a warning when it
+    is not one: it is then ignored, not refused (Datadog's libraries in the same task read it too)."""
+    raw = environ.get(name, "")
+    try:
+        return parse_name(raw), ""
+    except ValueError as exc:
+        return "", f"{name}={raw[:80]!r} is ignored: expected {exc}"
+
+
 def unknown_variables(environ: Mapping[str, str] | None = None) -> list[str]:
     """A warning for each `TASKLENS_*` variable that no setting reads (a typo is otherwise silent).
 

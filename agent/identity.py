@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from agent.config import Config, hostname
+from agent.config import Config, datadog_fallback, hostname
 from agent.model import Tags
 
 PAUSE_CONTAINER = "~internal~ecs~pause"
@@ -81,10 +81,11 @@ class Identity:
 
 
 def _explicit(config: Config, environ: Mapping[str, str]) -> tuple[str, str, str]:
+    """Service, env and version from the settings, else from `DD_*` when those are valid names."""
     return (
-        config.service or environ.get("DD_SERVICE", ""),
-        config.env or environ.get("DD_ENV", ""),
-        config.version or environ.get("DD_VERSION", ""),
+        config.service or datadog_fallback(environ, "DD_SERVICE")[0],
+        config.env or datadog_fallback(environ, "DD_ENV")[0],
+        config.version or datadog_fallback(environ, "DD_VERSION")[0],
     )
 
 

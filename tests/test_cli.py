@@ -255,6 +255,19 @@ def test_unknown_variables_are_warned_by_check_and_run(sidecar_factory) -> None:
     assert warning in sidecar.log.splitlines()
 
 
+def test_datadog_fallbacks_that_are_not_names_are_ignored_with_a_warning() -> None:
+    """DD_SERVICE, DD_ENV and DD_VERSION are read when the TASKLENS_ setting is empty: held to the same
+    rule as a name, but a bad one is only ignored (Datadog's libraries read them too)."""
+    env = {"DD_SERVICE": "bad\x1b[2J", "DD_ENV": "e" * 201, "DD_VERSION": "1.2"}
+    check = subprocess.run([TASKLENS, "check"], env=clean_env(**env), capture_output=True, text=True, timeout=30)
+    assert check.returncode == 0, check.stderr
+    out = json.loads(check.stdout)
+    assert [w.split("=")[0] for w in out["warnings"]] == ["DD_SERVICE", "DD_ENV"]
+    assert all(" is ignored: expected a name" in w for w in out["warnings"])
+    identity = out["identity"]
+    assert identity["service"] != env["DD_SERVICE"] and "env" not in identity and identity["version"] == "1.2"
+
+
 @pytest.mark.parametrize("argv", [["health", "--timeout", "nan"], ["health", "--addr", "nope"],
                                   ["emulate-ecs", "--addr", "nope"],
                                   ["emulate-ecs", "--task", "/no/such.json", "--stats", "/no/such.json"]])

@@ -32,6 +32,9 @@ ENV_PREFIX = "TASKLENS_"
 METADATA_TIMEOUT = 2.0  # seconds; the endpoint is link-local and answers in milliseconds
 EXIT_GRACE = 2.0  # seconds the worker's exit may wait for its last profile to be sent
 LOGGER_NAME = "tasklens.profiler"
+# (default, lowest, highest) of the numbers read here, as the sidecar's settings have them (a test
+# compares the two)
+NUMBERS = {"PROFILE_RATE": (100, 1, 1000), "PROFILE_WINDOW": (10, 1, 3600)}
 
 # --- label rules shared with the sidecar's py-spy mode --------------------------------------------
 
@@ -197,22 +200,33 @@ def settings(environ: Mapping[str, str]) -> dict[str, Any] | None:
     url = environ.get(ENV_PREFIX + "PYROSCOPE_URL", "").strip()
     if not url or environ.get(ENV_PREFIX + "PROFILE_MODE", "").strip().lower() == "off":
         return None
+    import math
     url, user, password = split_credentials(url)
 
-    def number(name: str, default: float) -> float:
-        try:
-            value = float(environ.get(ENV_PREFIX + name, default))
-        except ValueError:
+    def number(name: str) -> float:
+        """The sidecar's rule for the same variable (agent/config.py); a bad value is not this
+        worker's problem: one warning naming it, and the default."""
+        default, low, high = NUMBERS[name]
+        raw = environ.get(ENV_PREFIX + name, "").strip()
+        if not raw:
             return default
-        return value if value > 0 else default
+        try:
+            value = float(raw)
+        except ValueError:
+            value = math.nan
+        if not low <= value <= high:  # NaN too
+            _log().warning("tasklens profiling: %s%s=%r is ignored: expected a number from %g to %g; using %g",
+                           ENV_PREFIX, name, raw[:40], low, high, default)
+            return default
+        return value
 
     return {
         "server_address": url.rstrip("/"),
         "basic_auth_username": environ.get(ENV_PREFIX + "PYROSCOPE_USER") or user,
         "basic_auth_password": environ.get(ENV_PREFIX + "PYROSCOPE_PASSWORD") or password,
         "tenant_id": environ.get(ENV_PREFIX + "PYROSCOPE_TENANT", ""),
-        "sample_rate": int(number("PROFILE_RATE", 100)),
-        "upload_interval": max(1, int(number("PROFILE_WINDOW", 10))),
+        "sample_rate": int(number("PROFILE_RATE")),
+        "upload_interval": int(number("PROFILE_WINDOW")),
     }
 
 

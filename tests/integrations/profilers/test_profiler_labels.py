@@ -114,6 +114,29 @@ def test_settings_read_the_sidecars_variables():
         "tenant_id": "", "sample_rate": 100, "upload_interval": 10}
 
 
+@pytest.mark.parametrize("name", ["PROFILE_RATE", "PROFILE_WINDOW"])
+@pytest.mark.parametrize("value", ["inf", "nan", "1e300", "0", "-5", "1001", "3601", " ", "0x10"])
+def test_numbers_out_of_the_sidecars_range_are_refused_by_the_bootstrap_with_a_warning(name, value, caplog):
+    """The bootstrap runs in the worker and cannot import the sidecar's settings: it keeps its own
+    copy of their ranges, which must be the sidecar's; out of range, the default and one warning."""
+    from dataclasses import fields
+
+    from agent.config import Config
+
+    setting = next(f for f in fields(Config) if f.name == name.lower())
+    low, high, _ = setting.metadata["bounds"]
+    assert site.NUMBERS[name] == (setting.default, low, high)
+    with caplog.at_level("WARNING", logger=site.LOGGER_NAME):
+        got = site.settings({"TASKLENS_PYROSCOPE_URL": "http://p", f"TASKLENS_{name}": value})
+    key = {"PROFILE_RATE": "sample_rate", "PROFILE_WINDOW": "upload_interval"}[name]
+    blank = not value.strip()
+    in_range = not blank and value != "0x10" and low <= float(value) <= high
+    assert got is not None and got[key] == (int(float(value)) if in_range else setting.default)
+    assert bool(caplog.records) == (not in_range and not blank)
+    if caplog.records:
+        assert f"TASKLENS_{name}" in caplog.text and "is ignored" in caplog.text
+
+
 def test_options_an_older_pyroscope_io_does_not_take_are_left_out():
     def configure_0_8(application_name=None, server_address="", tags=None, sample_rate=100):
         pass

@@ -20,6 +20,7 @@ from agent.sinks import prometheus
 from agent.sinks.prometheus import PrometheusSink
 from agent.statsd import server
 from agent.statsd.server import StatsdServer, paused_gc
+from tests.support import Recorder
 
 
 def gunzip(body: bytes) -> bytes:
@@ -97,16 +98,6 @@ def test_gradual_expiry_forgets_exactly_what_expire_forgets(series: list[tuple[i
         assert results[0] == results[1]
     finally:
         prometheus.EXPIRE_CHUNK = monkey
-
-
-class Recorder:
-    name = "recorder"
-
-    def __init__(self) -> None:
-        self.batches: list[Batch] = []
-
-    def accept(self, batch: Batch) -> None:
-        self.batches.append(batch)
 
 
 def test_a_flush_reaches_the_sinks_in_slices_each_sample_once_in_order(monkeypatch) -> None:

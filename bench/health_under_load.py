@@ -1,11 +1,17 @@
 """The worst load for the event loop, all at once: 100,000 live contexts, a 1 s flush, 20 scrapers.
 
     .venv/bin/python bench/health_under_load.py [--contexts 100000] [--scrapers 20] [--seconds 20]
+    .venv/bin/python bench/health_under_load.py --baseline 4f27b28 --rounds 3   # old and new, in turn
 
-Starts `tasklens run` with `TASKLENS_FLUSH_INTERVAL=1` (the minimum allowed), creates the contexts, then sends every one of them again in every
-interval while a second process runs `--scrapers` threads scraping `/metrics` back to back (gzip, as
-Prometheus does). Meanwhile `/health` is asked every 20 ms on a new connection, as a health checker
-does. Prints the `/health` latencies, the scrapes done and how long SIGTERM took afterwards.
+Starts `tasklens run` with `TASKLENS_FLUSH_INTERVAL=1` (the minimum allowed), creates the contexts,
+then sends every one of them again in every interval while a second process runs `--scrapers` threads
+scraping `/metrics` back to back (gzip, as Prometheus does). Meanwhile `/health` is asked every 20 ms
+on a new connection, as a health checker does. Prints the `/health` latencies, the scrapes done and
+how long SIGTERM took afterwards.
+
+`--baseline REV` also runs the code of another commit (`git archive` of its `agent/`, its C extensions
+compiled in place, put first on `PYTHONPATH`), alternating with this checkout for `--rounds` rounds,
+and prints the medians of each.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ import argparse
 import statistics
 import subprocess
 import sys
+import sysconfig
 import tempfile
 import threading
 import time
@@ -46,19 +53,10 @@ def scrapers(url: str, threads: int, seconds: float) -> None:
     print(done[0])
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--contexts", type=int, default=100_000)
-    parser.add_argument("--scrapers", type=int, default=20)
-    parser.add_argument("--seconds", type=float, default=20.0)
-    parser.add_argument("--flush-interval", default="1", help="TASKLENS_FLUSH_INTERVAL (default 1 s)")
-    parser.add_argument("--client", help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.client:
-        scrapers(args.client, args.scrapers, args.seconds)
-        return
+def measure(args: argparse.Namespace, env: dict[str, str]) -> dict[str, float]:
+    """One run against `tasklens run` with `env` added; the latencies in ms, scrapes and SIGTERM time."""
     with tempfile.TemporaryDirectory() as tmp:
-        sidecar = Sidecar(Path(tmp), TASKLENS_FLUSH_INTERVAL=args.flush_interval, TASKLENS_SHUTDOWN_TIMEOUT="20")
+        sidecar = Sidecar(Path(tmp), TASKLENS_FLUSH_INTERVAL="1", TASKLENS_SHUTDOWN_TIMEOUT="20", **env)
         load = None
         try:
             sidecar.wait_ready()
@@ -73,19 +71,64 @@ def main() -> None:
             while time.monotonic() - started < args.seconds:
                 took.append(latency(sidecar.url + "/health", timeout=30))
                 time.sleep(0.02)
-            scraped = client.communicate(timeout=120)[0].strip()
-            took.sort()
-            print(f"{args.contexts:,} contexts sent in every {args.flush_interval} s interval ({load.rounds} rounds), "
-                  f"{args.scrapers} scrapers: {scraped} scrapes of /metrics in {args.seconds:g} s")
-            print(f"/health over {len(took)} requests: median {statistics.median(took) * 1000:.1f} ms, "
-                  f"p95 {took[int(len(took) * 0.95)] * 1000:.1f} ms, p99 {took[int(len(took) * 0.99)] * 1000:.1f} ms, "
-                  f"max {took[-1] * 1000:.1f} ms")
+            scraped = int(client.communicate(timeout=120)[0].strip())
+            rounds = load.rounds
         finally:
             if load is not None:
                 load.stop()
             stopping = time.monotonic()
             code = sidecar.stop()
-            print(f"SIGTERM: exit {code} after {time.monotonic() - stopping:.1f} s (deadline 20 s)")
+            sigterm = time.monotonic() - stopping
+    took.sort()
+    return {"requests": len(took), "median": statistics.median(took) * 1000, "p95": took[int(len(took) * 0.95)] * 1000,
+            "p99": took[int(len(took) * 0.99)] * 1000, "max": took[-1] * 1000, "scrapes": scraped, "rounds": rounds,
+            "sigterm": sigterm, "exit": code}
+
+
+def show(label: str, r: dict[str, float], args: argparse.Namespace) -> None:
+    print(f"{label}: {args.contexts:,} contexts sent in every 1 s interval ({r['rounds']:.0f} rounds), "
+          f"{args.scrapers} scrapers: {r['scrapes']:.0f} scrapes of /metrics in {args.seconds:g} s; "
+          f"/health over {r['requests']:.0f} requests: median {r['median']:.1f} ms, p95 {r['p95']:.1f} ms, "
+          f"p99 {r['p99']:.1f} ms, max {r['max']:.1f} ms; SIGTERM: exit {r['exit']:.0f} after {r['sigterm']:.1f} s "
+          f"(deadline 20 s)", flush=True)
+
+
+def baseline_tree(rev: str, into: str) -> dict[str, str]:
+    """`rev`'s `agent/`, with its C extensions compiled in place, and the environment that puts it first."""
+    archive = subprocess.run(["git", "-C", str(ROOT), "archive", rev, "agent"], check=True, capture_output=True).stdout
+    subprocess.run(["tar", "-x", "-C", into], input=archive, check=True)
+    include, suffix = sysconfig.get_paths()["include"], sysconfig.get_config_var("EXT_SUFFIX")
+    for source in Path(into, "agent", "statsd").glob("*.c"):
+        subprocess.run(["gcc", "-shared", "-fPIC", "-O2", "-pthread", f"-I{include}", str(source), "-o",
+                        str(source.with_suffix("")) + suffix], check=True)
+    return {"PYTHONPATH": into}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--contexts", type=int, default=100_000)
+    parser.add_argument("--scrapers", type=int, default=20)
+    parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument("--baseline", help="also run the code of this git revision, in turn with this checkout")
+    parser.add_argument("--rounds", type=int, default=1, help="runs of each (with --baseline: alternating)")
+    parser.add_argument("--client", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.client:
+        scrapers(args.client, args.scrapers, args.seconds)
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        variants = {"this checkout": {}}
+        if args.baseline:
+            variants = {f"baseline {args.baseline}": baseline_tree(args.baseline, tmp), **variants}
+        results: dict[str, list[dict[str, float]]] = {label: [] for label in variants}
+        for _ in range(args.rounds):
+            for label, env in variants.items():
+                results[label].append(measure(args, env))
+                show(label, results[label][-1], args)
+    if args.rounds > 1:
+        for label, runs in results.items():
+            medians = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
+            show(f"{label}, median of {args.rounds}", medians, args)
 
 
 if __name__ == "__main__":

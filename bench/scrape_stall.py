@@ -5,8 +5,10 @@ with 100,000 live series (the workload of bench/metrics_exposition.py: identity 
 A client process (this script with `--client`, so that the clients do not share the server's GIL)
 runs 20 threads that scrape `/metrics` back to back as Prometheus does (gzip, the text format) and one
 thread that asks `/health` every 20 ms. In the server, a 10 ms ticker measures how late the event loop
-runs, and every `--flush` seconds one batch updates every series on the event loop, as the StatsD
-flush does (its time is printed, and the sink's share of it: the rest is the hub's tagging).
+runs, and every `--flush` seconds one batch updates every series on the event loop in one go (its
+time is printed, and the sink's share of it: the rest is the hub's tagging). The StatsD server itself
+hands a flush to the sinks in slices of about 2 ms; bench/health_under_load.py measures the real
+process, flushes and scrapes together.
 
     .venv/bin/python bench/scrape_stall.py                       # this checkout
     .venv/bin/python bench/scrape_stall.py --baseline d2b0790    # also the code of another commit, same run

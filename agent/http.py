@@ -81,7 +81,7 @@ def make_app(hub: Hub, prometheus: PrometheusSink, ready: Callable[[], bool],
              status: Callable[[], dict[str, Any]]) -> web.Application:
     started = time.time()
     flights = SingleFlight()
-    gzip = GzipCache()  # used by one rendering at a time per key (SingleFlight)
+    gzipped = GzipCache()  # used by one rendering at a time per key (SingleFlight)
     scraping = asyncio.Semaphore(SCRAPES_AT_ONCE)
 
     async def metrics(request: web.Request) -> web.Response:
@@ -93,7 +93,7 @@ def make_app(hub: Hub, prometheus: PrometheusSink, ready: Callable[[], bool],
 
         def render() -> bytes:
             parts = prometheus.render_parts(openmetrics)
-            return gzip.compress(openmetrics, parts) if compress else b"".join(parts)
+            return gzipped.compress(openmetrics, parts) if compress else b"".join(parts)
 
         # off the event loop, and shared by concurrent scrapes: a large exposition must not stall
         # the StatsD receive path or `/health`

@@ -1,7 +1,7 @@
 /* The StatsD receive path's hot loop, in C: split lines, look up their head, convert the value,
- * accumulate. Everything else stays in Python (agent/statsd/aggregator.py).
+ * accumulate. Everything else stays in Python (agent/statsd/receive.py).
  *
- * A `Table` maps the head of a line (`name` and `tail` of `name:value|tail`) to what the aggregator's
+ * A `Table` maps the head of a line (`name` and `tail` of `name:value|tail`) to what the receive side's
  * slow path decided for it (a Python `Slot` and its `Context`). `run(data, pos, gauges, sets)` walks
  * the lines of `data` from `pos` and handles, in order, every line whose head is in the table and
  * whose value is a plain decimal number (or any member, for sets). It stops at the first line it
@@ -24,7 +24,9 @@
 #include <string.h>
 #include <sys/socket.h>
 
-enum { COUNTER = 0, HISTOGRAM = 1, GAUGE = 2, SET = 4 };  /* the slot codes of aggregator.py */
+/* The slot codes: what to do with a line's value. Exported to Python (interval.py checks its own copy
+ * against these at import), so that the two sides cannot drift apart. */
+enum { COUNTER = 0, HISTOGRAM = 1, GAUGE = 2, GAUGE_DELTA = 3, SET = 4, ERROR = 5, DROPPED = 6 };
 
 typedef struct {
     char *key;                 /* name, then tail, without separator */
@@ -550,7 +552,7 @@ static PyTypeObject TableType = {
 };
 
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "agent.statsd._fast",
-                                    "The StatsD hot loop in C (see agent/statsd/aggregator.py).", -1, module_methods};
+                                    "The StatsD hot loop in C (see agent/statsd/receive.py).", -1, module_methods};
 
 PyMODINIT_FUNC PyInit__fast(void) {
     if (PyType_Ready(&TableType) < 0)
@@ -558,7 +560,11 @@ PyMODINIT_FUNC PyInit__fast(void) {
     PyObject *m = PyModule_Create(&module);
     if (m == NULL)
         return NULL;
-    if (PyModule_AddObjectRef(m, "Table", (PyObject *)&TableType) < 0) {
+    if (PyModule_AddObjectRef(m, "Table", (PyObject *)&TableType) < 0
+            || PyModule_AddIntMacro(m, COUNTER) < 0 || PyModule_AddIntMacro(m, HISTOGRAM) < 0
+            || PyModule_AddIntMacro(m, GAUGE) < 0 || PyModule_AddIntMacro(m, GAUGE_DELTA) < 0
+            || PyModule_AddIntMacro(m, SET) < 0 || PyModule_AddIntMacro(m, ERROR) < 0
+            || PyModule_AddIntMacro(m, DROPPED) < 0) {
         Py_DECREF(m);
         return NULL;
     }

@@ -13,8 +13,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from agent.model import Batch
-from agent.statsd import aggregator
-from agent.statsd.aggregator import Aggregator, Flusher
+from agent.statsd import interval, receive, server
+from agent.statsd.flush import Flusher
+from agent.statsd.receive import Aggregator
 
 SETTINGS = settings(max_examples=int(os.environ.get("STATSD_EXAMPLES", "300")), deadline=None,
                     suppress_health_check=[HealthCheck.too_slow])
@@ -55,7 +56,7 @@ def stats(agg: Aggregator) -> tuple[object, ...]:
 
 
 def test_the_c_loop_is_built() -> None:
-    assert aggregator.Table is not None, "agent/statsd/_fast.c is not built: `pip install -e .` builds it"
+    assert receive.Table is not None, "agent/statsd/_fast.c is not built: `pip install -e .` builds it"
     assert Aggregator()._table is not None
     assert Aggregator(accelerated=False)._table is None
 
@@ -107,14 +108,14 @@ def test_values_accumulated_in_c_are_not_counted_twice_or_carried_over() -> None
 
 
 def test_the_table_refuses_what_would_lose_data() -> None:
-    table = aggregator.Table()
-    slot = aggregator.Slot(aggregator.COUNTER)
-    table.add(b"a", b"c", slot, None, aggregator.COUNTER)
+    table = receive.Table()
+    slot = interval.Slot(interval.COUNTER)
+    table.add(b"a", b"c", slot, None, interval.COUNTER)
     assert len(table) == 1
     with pytest.raises(KeyError):
-        table.add(b"a", b"c", slot, None, aggregator.COUNTER)
+        table.add(b"a", b"c", slot, None, interval.COUNTER)
     with pytest.raises(ValueError):
-        table.add(b"b", b"g", slot, None, aggregator.DROPPED)
+        table.add(b"b", b"g", slot, None, interval.DROPPED)
     assert table.run(b"a:2|c\na:3.5|c\nb:1|c\na:1|c", 0, {}, {}) == len(b"a:2|c\na:3.5|c\n")
     with pytest.raises(RuntimeError):
         table.clear()  # accumulated values would be lost
@@ -130,14 +131,14 @@ def test_drain_reads_what_the_socket_holds_and_counts_too_long_datagrams() -> No
     with reader, writer:
         reader.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
         writer.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 20)
-        assert aggregator.drain(reader.fileno(), 64) == (b"", 0, 0, 0)  # nothing there: no error
+        assert server.drain(reader.fileno(), 64) == (b"", 0, 0, 0)  # nothing there: no error
         for datagram in (b"a:1|c", b"", b"x" * 70_000, b"b:2|c\n", b"c:3|c"):
             writer.send(datagram)
-        data, packets, size, too_long = aggregator.drain(reader.fileno(), 3)  # at most 3 per call
+        data, packets, size, too_long = server.drain(reader.fileno(), 3)  # at most 3 per call
         assert (data, packets, size, too_long) == (b"a:1|c\n\n", 3, 5 + 0 + 65537, 1)
-        assert aggregator.drain(reader.fileno(), 64) == (b"b:2|c\n\nc:3|c\n", 2, 11, 0)
+        assert server.drain(reader.fileno(), 64) == (b"b:2|c\n\nc:3|c\n", 2, 11, 0)
     with pytest.raises(OSError):
-        aggregator.drain(reader.fileno(), 64)  # closed: EBADF
+        server.drain(reader.fileno(), 64)  # closed: EBADF
 
 
 def both(*datagrams: bytes, **options: object) -> tuple[dict[str, object], dict[str, object]]:
@@ -182,9 +183,9 @@ def test_a_full_head_cache_is_emptied_for_the_rest_of_the_batch_too() -> None:
 
 def test_every_head_finds_a_bucket() -> None:
     """Heads are hashed with a random key (SipHash-1-3): 100,000 similar heads all go into the table."""
-    table = aggregator.Table()
-    slot = aggregator.Slot(aggregator.COUNTER)
-    assert all(table.add(b"jobs.%d.done" % i, b"c|#queue:q%d" % (i % 7), slot, None, aggregator.COUNTER)
+    table = receive.Table()
+    slot = interval.Slot(interval.COUNTER)
+    assert all(table.add(b"jobs.%d.done" % i, b"c|#queue:q%d" % (i % 7), slot, None, interval.COUNTER)
                for i in range(100_000))
     assert len(table) == 100_000
     assert table.run(b"jobs.99999.done:3|c|#queue:q4\njobs.5.done:1|c|#queue:q5", 0, {}, {}) == 55

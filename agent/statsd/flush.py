@@ -1,0 +1,138 @@
+"""The export side of the StatsD aggregator: what runs off the receive thread, once per interval.
+
+`Flusher.batch(interval)` turns a finished `Interval` (handed over by `receive.Aggregator.swap`) into one
+`Batch`: counters merged per context, zeros for idle counters, the tags of the task's containers, and
+histogram values merged into weights where they repeat (`points`). `Flusher.expired()` says which
+contexts were idle past the TTL; the server passes them back to `Aggregator.expire`, which forgets them
+at its next swap. The server runs this on a worker thread of the event loop.
+"""
+
+from __future__ import annotations
+
+import time
+from array import array
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
+
+from agent.memory import BURST
+from agent.model import Batch, Event, Kind, Points, Sample, ServiceCheck, Tags, merge_tags
+from agent.statsd.interval import Context, Interval, Slot
+
+HISTOGRAM_TYPES = {"h": Kind.HISTOGRAM, "ms": Kind.HISTOGRAM, "d": Kind.DISTRIBUTION}
+MERGE_MIN, MERGE_RATIO, MERGE_RETRY = 1024, 0.5, 16  # see `points`
+
+
+class Flusher:
+    """Turns finished intervals into batches; tracks idle counters and context expiry."""
+
+    def __init__(self, interval: float, ttl: float = 300.0) -> None:
+        self.interval = interval
+        self.ttl = ttl
+        self._last_seen: dict[Context, float] = {}
+        self._counters_seen: dict[Context, float] = {}  # aggregated counters, for zeros while idle
+        self.overflows = 0  # counter sums that overflowed to infinity: dropped, counted as bad_value
+
+    def batch(self, iv: Interval, containers: Mapping[str, Tags] = {}, now: float | None = None) -> Batch:
+        now = time.time() if now is None else now
+        iv.settle()
+        samples: list[Sample] = []
+        add = samples.append
+
+        def tags_of(ctx: Context) -> Tags:
+            if not ctx.container:
+                return ctx.tags
+            base = containers.get(ctx.container)
+            return merge_tags(base, ctx.tags) if base else ctx.tags
+
+        seen = self._last_seen
+        seconds = self.interval * iv.periods  # what counts and histograms of this interval cover
+        counters: dict[Context, float] = {}
+        for slot, total in iv.counts.items():
+            ctx = slot.ctx
+            assert ctx is not None  # only slots with a context accumulate
+            counters[ctx] = counters.get(ctx, 0.0) + total * slot.weight
+        for ctx, total in counters.items():
+            if total - total != 0.0:  # finite values whose sum overflowed: never export an infinity
+                self.overflows += 1
+                continue
+            add(Sample(ctx.name, total, Kind.COUNT, tags_of(ctx), None, seconds))
+            self._counters_seen[ctx] = now
+        for ctx, when in list(self._counters_seen.items()):
+            if ctx not in counters:
+                if now - when <= self.ttl:
+                    add(Sample(ctx.name, 0.0, Kind.COUNT, tags_of(ctx), None, seconds))
+                else:
+                    del self._counters_seen[ctx]
+        for ctx, value in iv.gauges.items():
+            add(Sample(ctx.name, value, Kind.GAUGE, tags_of(ctx)))
+        for ctx, members in iv.sets.items():
+            add(Sample(ctx.name, float(len(members)), Kind.GAUGE, tags_of(ctx)))
+        grouped: dict[Context, list[Slot]] = {}
+        for slot in iv.values:
+            grouped.setdefault(slot.ctx, []).append(slot)  # type: ignore[arg-type]
+        for ctx, slots in grouped.items():
+            add(Sample(ctx.name, points(iv.values, slots, ctx.type == "ms"), HISTOGRAM_TYPES[ctx.type],
+                       tags_of(ctx), None, seconds))
+        for ctx, value, ts in iv.timestamped:
+            if value - value != 0.0:
+                self.overflows += 1
+                continue
+            kind = Kind.COUNT if ctx.type == "c" else Kind.GAUGE
+            add(Sample(ctx.name, value, kind, tags_of(ctx), ts, self.interval if kind is Kind.COUNT else None))
+        events = [_with_container(e, c, containers) for e, c in iv.events]
+        checks = [_with_container(sc, c, containers) for sc, c in iv.service_checks]
+        for ctx in iv.contexts():
+            seen[ctx] = now
+        return Batch("statsd", samples, events, checks, snapshot=False)  # type: ignore[arg-type]
+
+    def expired(self, now: float | None = None) -> list[Context]:
+        """Contexts idle for longer than the TTL; forgotten here, to be passed to `Aggregator.expire`."""
+        now = time.time() if now is None else now
+        cutoff = now - self.ttl
+        old = [ctx for ctx, when in self._last_seen.items() if when < cutoff]
+        for ctx in old:
+            del self._last_seen[ctx]
+            self._counters_seen.pop(ctx, None)
+        if len(old) > BURST:  # a dict never shrinks by deletion: rebuild both after a burst
+            self._last_seen = dict(self._last_seen)
+            self._counters_seen = dict(self._counters_seen)
+        return old
+
+
+def points(values: Mapping[Slot, array[float]], slots: Sequence[Slot], milliseconds: bool) -> Points:
+    """One context's values and weights (weights are built only here: most are 1).
+
+    When values repeat (timers in whole milliseconds, small sizes), equal values are merged into one
+    with the sum of their weights, so that every sink works per distinct value, not per sample. Whether
+    a context's values repeat is remembered (`Context.merge`) and tried again every 16 flushes."""
+    ctx: Context = slots[0].ctx  # type: ignore[assignment]
+    total = sum(len(values[slot]) for slot in slots)
+    if total >= MERGE_MIN and ctx.merge >= 0:
+        merged: Counter[float] = Counter()
+        for slot in slots:
+            counted = Counter(values[slot])  # C-level counting
+            if slot.weight == 1.0:
+                merged.update(counted)
+            else:
+                for value, n in counted.items():
+                    merged[value] += n * slot.weight  # type: ignore[assignment]
+        if len(merged) <= total * MERGE_RATIO:
+            ctx.merge = 1
+            return Points(array("d", merged.keys()), array("d", merged.values()), milliseconds)
+        ctx.merge = -MERGE_RETRY
+    elif ctx.merge < 0:
+        ctx.merge += 1
+    if len(slots) == 1:
+        vals = values[slots[0]]
+        return Points(vals, array("d", [slots[0].weight]) * len(vals), milliseconds)
+    vals, weights = array("d"), array("d")
+    for slot in slots:
+        vals.extend(values[slot])
+        weights.extend(array("d", [slot.weight]) * len(values[slot]))
+    return Points(vals, weights, milliseconds)
+
+
+def _with_container(item: Event | ServiceCheck, container: str, containers: Mapping[str, Tags]) -> Event | ServiceCheck:
+    base = containers.get(container) if container else None
+    return replace(item, tags=merge_tags(base, item.tags)) if base else item

@@ -40,16 +40,40 @@ typedef struct {
     Py_ssize_t n, cap;
 } Entry;
 
+/* A set of 64-bit hashes (open addressing; 0 empty, 1 deleted): contexts by the hash of their key,
+ * refused heads by the hash of their text. */
+typedef struct {
+    uint64_t *buckets;
+    size_t mask;
+    Py_ssize_t used, deleted;
+} HashSet;
+
+/* A bucket holds its entry's hash: a lookup that misses (a new head) compares hashes in one array
+ * and never touches the entries. */
+typedef struct {
+    uint64_t hash;
+    Py_ssize_t at;             /* entry index + 1, 0 when empty */
+} Bucket;
+
 typedef struct {
     PyObject_HEAD
     Entry *entries;
     Py_ssize_t count, room;
-    Py_ssize_t *slots;         /* open addressing: entry index + 1, 0 when empty */
+    Bucket *slots;             /* open addressing */
     size_t mask;
     Py_ssize_t *touched;
     Py_ssize_t ntouched;
     uint64_t key[2];           /* SipHash key, random per table */
-    long long lines;           /* lines handled since the last take_lines() */
+    long long lines;           /* lines handled since the last take_counts() */
+    /* Refusals at the context cap, decided here (see `refuse_or_leave`) */
+    HashSet live;              /* hashes of the live contexts' keys (`context_key`), as Python adds them */
+    Py_ssize_t contexts, max_contexts;
+    int decide;                /* may refuse new contexts itself: no mapping rules (they rename) */
+    HashSet refused;           /* heads refused at the cap: their lines are counted without a parse */
+    Py_ssize_t refused_bytes, refused_limit, refused_max_bytes, head_cost;
+    long long refused_lines, refused_heads;  /* since the last take_counts() */
+    char *scratch;             /* a context's key, built for hashing */
+    size_t scratch_cap;
 } Table;
 
 /* SipHash-1-3, keyed: a client that cannot read the key cannot choose heads that collide (the
@@ -100,11 +124,13 @@ static Entry *find(const Table *t, uint64_t h, const char *name, Py_ssize_t nlen
         return NULL;
     size_t i = h & t->mask;
     for (int probe = 0; probe < MAX_PROBES; probe++, i = (i + 1) & t->mask) {
-        Py_ssize_t at = t->slots[i];
+        Py_ssize_t at = t->slots[i].at;
         if (at == 0)
             return NULL;
+        if (t->slots[i].hash != h)
+            continue;
         Entry *e = &t->entries[at - 1];
-        if (e->hash == h && e->name_len == nlen && e->tail_len == tlen
+        if (e->name_len == nlen && e->tail_len == tlen
                 && memcmp(e->key, name, (size_t)nlen) == 0 && memcmp(e->key + nlen, tail, (size_t)tlen) == 0)
             return e;
     }
@@ -112,10 +138,10 @@ static Entry *find(const Table *t, uint64_t h, const char *name, Py_ssize_t nlen
 }
 
 /* The first free bucket for hash h within MAX_PROBES, or -1. */
-static Py_ssize_t free_bucket(Py_ssize_t *slots, size_t mask, uint64_t h) {
+static Py_ssize_t free_bucket(Bucket *slots, size_t mask, uint64_t h) {
     size_t i = h & mask;
     for (int probe = 0; probe < MAX_PROBES; probe++, i = (i + 1) & mask)
-        if (slots[i] == 0)
+        if (slots[i].at == 0)
             return (Py_ssize_t)i;
     return -1;
 }
@@ -173,6 +199,298 @@ static void touch(Table *t, Entry *e) {
     }
 }
 
+/* -- hash sets ------------------------------------------------------------------------------- */
+
+static uint64_t hs_norm(uint64_t h) {
+    return h < 2 ? h + 2 : h;  /* 0 and 1 mark empty and deleted buckets */
+}
+
+static int hs_find(const HashSet *s, uint64_t h) {
+    if (s->buckets == NULL)
+        return 0;
+    h = hs_norm(h);
+    for (size_t i = h & s->mask;; i = (i + 1) & s->mask) {  /* at most half full: ends at an empty bucket */
+        if (s->buckets[i] == h)
+            return 1;
+        if (s->buckets[i] == 0)
+            return 0;
+    }
+}
+
+static int hs_add(HashSet *s, uint64_t h) {
+    size_t size = s->buckets ? s->mask + 1 : 0;
+    if (2 * (size_t)(s->used + s->deleted + 1) > size) {  /* rehash into a quarter-full table */
+        size_t want = 1024;
+        while (want < 4 * (size_t)(s->used + 1))
+            want *= 2;
+        uint64_t *buckets = PyMem_RawCalloc(want, sizeof(uint64_t));
+        if (buckets == NULL) {
+            PyErr_NoMemory();
+            return -1;
+        }
+        for (size_t k = 0; k < size; k++) {
+            uint64_t b = s->buckets[k];
+            if (b > 1) {
+                size_t i = b & (want - 1);
+                while (buckets[i])
+                    i = (i + 1) & (want - 1);
+                buckets[i] = b;
+            }
+        }
+        PyMem_RawFree(s->buckets);
+        s->buckets = buckets;
+        s->mask = want - 1;
+        s->deleted = 0;
+    }
+    h = hs_norm(h);
+    size_t i = h & s->mask;
+    while (s->buckets[i] > 1)
+        i = (i + 1) & s->mask;
+    if (s->buckets[i] == 1)
+        s->deleted--;
+    s->buckets[i] = h;
+    s->used++;
+    return 0;
+}
+
+static void hs_remove(HashSet *s, uint64_t h) {
+    if (s->buckets == NULL)
+        return;
+    h = hs_norm(h);
+    for (size_t i = h & s->mask; s->buckets[i] != 0; i = (i + 1) & s->mask) {
+        if (s->buckets[i] == h) {
+            s->buckets[i] = 1;
+            s->used--;
+            s->deleted++;
+            return;
+        }
+    }
+}
+
+static void hs_clear(HashSet *s) {
+    PyMem_RawFree(s->buckets);
+    s->buckets = NULL;
+    s->mask = 0;
+    s->used = s->deleted = 0;
+}
+
+/* -- context keys ----------------------------------------------------------------------------- */
+
+/* A context's key, hashed: name \0 type \0 (tag key \1 tag value \0)... \2 container, in UTF-8. Built
+ * from a line (`line_context`) or from a Context's strings (`Table.live_add`), the same bytes for the
+ * same context. Two contexts whose texts hold the separators may share a key: the set then says
+ * "maybe live" for a context that is not, and Python decides; it never says "not live" for a live one. */
+#define MAX_NAME 200           /* as in parser.py */
+#define MAX_TAG 200
+#define MAX_TAGS 100
+#define MAX_TAGS_BYTES 4096
+#define MAX_TAIL 8192
+
+static char *reserve(Table *t, size_t n) {
+    if (n > t->scratch_cap) {
+        char *grown = PyMem_RawRealloc(t->scratch, n);
+        if (grown == NULL) {
+            PyErr_NoMemory();
+            return NULL;
+        }
+        t->scratch = grown;
+        t->scratch_cap = n;
+    }
+    return t->scratch;
+}
+
+static int ascii(const char *p, const char *end) {
+    for (; p < end; p++)
+        if ((unsigned char)*p >= 0x80)
+            return 0;
+    return 1;
+}
+
+/* The hash of the context a line names, read as parser.parse_head reads it, when that is simple: 1
+ * and *h set. 0 when Python must look: non-ASCII text (decoding), a `T` field, a trailing `\r`, a tag
+ * key given twice, anything parse_head would refuse, or a value it would refuse (that error comes
+ * first). -1 on a Python error. */
+static int line_context(Table *t, const char *name, Py_ssize_t nlen, const char *value, const char *bar,
+                        const char *end, uint64_t *h) {
+    const char *tail = bar + 1;
+    if (nlen < 1 || nlen > MAX_NAME || end - tail > MAX_TAIL || !ascii(name, name + nlen)
+            || memchr(name, '|', (size_t)nlen) != NULL || (nlen >= 3 && memcmp(name, "_e{", 3) == 0)
+            || (end > tail && end[-1] == '\r'))
+        return 0;
+    const char *type_end = memchr(tail, '|', (size_t)(end - tail));
+    if (type_end == NULL)
+        type_end = end;
+    Py_ssize_t type_len = type_end - tail;
+    int is_set = type_len == 1 && tail[0] == 's';
+    if (!(type_len == 1 && tail[0] != 0 && strchr("cghsd", tail[0]) != NULL) && !(type_len == 2 && memcmp(tail, "ms", 2) == 0))
+        return 0;
+    const char *tags = type_end, *tags_end = type_end, *cont = type_end, *cont_end = type_end;
+    for (const char *f = type_end; f < end;) {
+        const char *start = f + 1, *fe = memchr(start, '|', (size_t)(end - start));
+        if (fe == NULL)
+            fe = end;
+        double rate;
+        if (fe > start) {
+            if (*start == '@' && !plain_number(start + 1, fe, &rate))
+                return 0;
+            if (*start == 'T')
+                return 0;
+            if (*start == '#') {
+                tags = start + 1;
+                tags_end = fe;
+            } else if (fe - start >= 2 && start[0] == 'c' && start[1] == ':') {
+                cont = start + 2;
+                cont_end = fe;
+            }
+        }
+        f = fe;
+    }
+    double v;
+    if (is_set ? value == bar : !plain_number(value, bar, &v))
+        return 0;
+    if (tags_end - tags > MAX_TAGS_BYTES || !ascii(tags, tags_end) || !ascii(cont, cont_end))
+        return 0;
+    char *buf = reserve(t, (size_t)(nlen + type_len + 2 * (tags_end - tags) + (cont_end - cont)) + 8);
+    if (buf == NULL)
+        return -1;
+    char *w = buf;
+    memcpy(w, name, (size_t)nlen);
+    w += nlen;
+    *w++ = 0;
+    memcpy(w, tail, (size_t)type_len);
+    w += type_len;
+    *w++ = 0;
+    const char *keys[MAX_TAGS];
+    Py_ssize_t key_lens[MAX_TAGS];
+    int nkeys = 0;
+    for (const char *item = tags; item < tags_end;) {
+        const char *ie = memchr(item, ',', (size_t)(tags_end - item));
+        if (ie == NULL)
+            ie = tags_end;
+        if (ie > item) {
+            if (ie - item > MAX_TAG || nkeys == MAX_TAGS)
+                return 0;
+            const char *colon = memchr(item, ':', (size_t)(ie - item));
+            Py_ssize_t klen = (colon ? colon : ie) - item;
+            if (klen > 0) {
+                for (int k = 0; k < nkeys; k++)
+                    if (key_lens[k] == klen && memcmp(keys[k], item, (size_t)klen) == 0)
+                        return 0;  /* the last value at the first position: Python's dict does it */
+                keys[nkeys] = item;
+                key_lens[nkeys++] = klen;
+                memcpy(w, item, (size_t)klen);
+                w += klen;
+                *w++ = 1;
+                if (colon) {
+                    memcpy(w, colon + 1, (size_t)(ie - colon - 1));
+                    w += ie - colon - 1;
+                }
+                *w++ = 0;
+            } else if (nkeys == MAX_TAGS) {
+                return 0;
+            } else {
+                keys[nkeys] = item;  /* an empty key is skipped, but counts as a tag */
+                key_lens[nkeys++] = -1;
+            }
+        }
+        item = ie + 1;
+    }
+    *w++ = 2;
+    memcpy(w, cont, (size_t)(cont_end - cont));
+    w += cont_end - cont;
+    *h = siphash13(t->key[0], t->key[1], buf, w - buf);
+    return 1;
+}
+
+/* The same hash from a Context's strings (name, type, tags as pairs of str, container). */
+static int object_context(Table *t, PyObject *name, PyObject *type, PyObject *tags, PyObject *container,
+                          uint64_t *h) {
+    if (!PyTuple_Check(tags)) {
+        PyErr_SetString(PyExc_TypeError, "tags must be a tuple of (key, value) pairs");
+        return -1;
+    }
+    Py_ssize_t n = PyTuple_GET_SIZE(tags), lens[3];
+    const char *texts[3];
+    PyObject *parts[3] = {name, type, container};
+    size_t size = 8;
+    for (int k = 0; k < 3; k++) {
+        if ((texts[k] = PyUnicode_AsUTF8AndSize(parts[k], &lens[k])) == NULL)
+            return -1;
+        size += (size_t)lens[k];
+    }
+    for (Py_ssize_t k = 0; k < n; k++) {
+        PyObject *pair = PyTuple_GET_ITEM(tags, k);
+        Py_ssize_t klen, vlen;
+        if (!PyTuple_Check(pair) || PyTuple_GET_SIZE(pair) != 2) {
+            PyErr_SetString(PyExc_TypeError, "tags must be a tuple of (key, value) pairs");
+            return -1;
+        }
+        if (PyUnicode_AsUTF8AndSize(PyTuple_GET_ITEM(pair, 0), &klen) == NULL
+                || PyUnicode_AsUTF8AndSize(PyTuple_GET_ITEM(pair, 1), &vlen) == NULL)
+            return -1;
+        size += (size_t)(klen + vlen) + 2;
+    }
+    char *w = reserve(t, size), *buf = w;
+    if (buf == NULL)
+        return -1;
+    for (int k = 0; k < 2; k++) {
+        memcpy(w, texts[k], (size_t)lens[k]);
+        w += lens[k];
+        *w++ = 0;
+    }
+    for (Py_ssize_t k = 0; k < n; k++) {
+        PyObject *pair = PyTuple_GET_ITEM(tags, k);
+        for (int j = 0; j < 2; j++) {
+            Py_ssize_t len;
+            const char *text = PyUnicode_AsUTF8AndSize(PyTuple_GET_ITEM(pair, j), &len);  /* cached above */
+            memcpy(w, text, (size_t)len);
+            w += len;
+            *w++ = j == 0 ? 1 : 0;
+        }
+    }
+    *w++ = 2;
+    memcpy(w, texts[2], (size_t)lens[2]);
+    w += lens[2];
+    *h = siphash13(t->key[0], t->key[1], buf, w - buf);
+    return 1;
+}
+
+/* Remember a head refused at the cap, within the bounds of Python's head cache: emptied when full. */
+static int remember_refused(Table *t, uint64_t head, Py_ssize_t size) {
+    size += t->head_cost;
+    if (t->refused.used >= t->refused_limit || t->refused_bytes + size > t->refused_max_bytes) {
+        hs_clear(&t->refused);
+        t->refused_bytes = 0;
+    }
+    if (hs_add(&t->refused, head) < 0)
+        return -1;
+    t->refused_bytes += size;
+    return 0;
+}
+
+/* A line whose head is not in the table: counted here when its head was refused before, or when its
+ * context is new and the cap is reached (1); else left to Python (0). -1 on a Python error. */
+static int refuse_or_leave(Table *t, uint64_t head, const char *line, Py_ssize_t nlen, const char *value,
+                           const char *bar, const char *end) {
+    if (hs_find(&t->refused, head)) {
+        t->refused_lines++;
+        return 1;
+    }
+    if (!t->decide || t->contexts < t->max_contexts)
+        return 0;
+    uint64_t h;
+    int known = line_context(t, line, nlen, value, bar, end, &h);
+    if (known <= 0)
+        return known;
+    if (hs_find(&t->live, h))
+        return 0;  /* another head of a live context (another rate, `|e:` field, ...): Python finds it */
+    if (remember_refused(t, head, nlen + (end - bar - 1)) < 0)
+        return -1;
+    t->refused_lines++;
+    t->refused_heads++;
+    return 1;
+}
+
 /* Account one line; 1 when done, 0 when Python must parse it, -1 on a Python error. */
 static int handle(Table *t, const char *line, const char *end, PyObject *gauges, PyObject *sets) {
     const char *colon = memchr(line, ':', (size_t)(end - line));
@@ -184,9 +502,10 @@ static int handle(Table *t, const char *line, const char *end, PyObject *gauges,
         return 0;
     const char *tail = bar + 1;
     Py_ssize_t nlen = colon - line, tlen = end - tail;
-    Entry *e = find(t, head_hash(t, line, nlen, tail, tlen), line, nlen, tail, tlen);
+    uint64_t head = head_hash(t, line, nlen, tail, tlen);
+    Entry *e = find(t, head, line, nlen, tail, tlen);
     if (e == NULL)
-        return 0;
+        return refuse_or_leave(t, head, line, nlen, value, bar, end);
     if (e->code == SET) {
         if (value == bar)
             return 0;
@@ -259,7 +578,7 @@ static PyObject *Table_run(Table *t, PyObject *args) {
 
 static int grow(Table *t) {
     size_t size = t->slots ? 2 * (t->mask + 1) : 1024;
-    Py_ssize_t *slots = PyMem_RawCalloc(size, sizeof(Py_ssize_t));
+    Bucket *slots = PyMem_RawCalloc(size, sizeof(Bucket));
     Py_ssize_t room = (Py_ssize_t)(size / 2);  /* load factor at most 1/2 */
     Entry *entries = PyMem_RawRealloc(t->entries, (size_t)room * sizeof(Entry));
     Py_ssize_t *touched = PyMem_RawRealloc(t->touched, (size_t)room * sizeof(Py_ssize_t));
@@ -275,7 +594,7 @@ static int grow(Table *t) {
     for (Py_ssize_t k = 0; k < t->count; k++) {
         Py_ssize_t i = free_bucket(slots, size - 1, t->entries[k].hash);
         if (i >= 0)  /* else unreachable: its lines go to Python, which still has the head */
-            slots[i] = k + 1;
+            slots[i] = (Bucket){t->entries[k].hash, k + 1};
     }
     PyMem_RawFree(t->slots);
     t->slots = slots;
@@ -318,7 +637,7 @@ static PyObject *Table_add(Table *t, PyObject *args) {
         e->slot = Py_NewRef(slot);
         e->ctx = Py_NewRef(ctx);
         e->code = code;
-        t->slots[bucket] = ++t->count;
+        t->slots[bucket] = (Bucket){h, ++t->count};
         result = Py_NewRef(Py_True);
     }
     PyBuffer_Release(&name);
@@ -427,10 +746,129 @@ static PyObject *Table_clear(Table *t, PyObject *Py_UNUSED(ignored)) {
     Py_RETURN_NONE;
 }
 
-static PyObject *Table_take_lines(Table *t, PyObject *Py_UNUSED(ignored)) {
-    long long n = t->lines;
-    t->lines = 0;
-    return PyLong_FromLongLong(n);
+/* (lines handled, lines refused at the cap, heads refused for the first time) since the last call */
+static PyObject *Table_take_counts(Table *t, PyObject *Py_UNUSED(ignored)) {
+    PyObject *counts = Py_BuildValue("(LLL)", t->lines, t->refused_lines, t->refused_heads);
+    if (counts != NULL)
+        t->lines = t->refused_lines = t->refused_heads = 0;
+    return counts;
+}
+
+static PyObject *Table_configure(Table *t, PyObject *args) {
+    Py_ssize_t max_contexts, refused_limit, refused_max_bytes, head_cost;
+    int decide;
+    if (!PyArg_ParseTuple(args, "npnnn", &max_contexts, &decide, &refused_limit, &refused_max_bytes, &head_cost))
+        return NULL;
+    t->max_contexts = max_contexts;
+    t->decide = decide;
+    t->refused_limit = refused_limit;
+    t->refused_max_bytes = refused_max_bytes;
+    t->head_cost = head_cost;
+    Py_RETURN_NONE;
+}
+
+static PyObject *Table_live_add(Table *t, PyObject *args) {
+    PyObject *name, *type, *tags, *container;
+    uint64_t h;
+    if (!PyArg_ParseTuple(args, "UUOU", &name, &type, &tags, &container)
+            || object_context(t, name, type, tags, container, &h) < 0 || hs_add(&t->live, h) < 0)
+        return NULL;
+    t->contexts++;
+    Py_RETURN_NONE;
+}
+
+/* forget_contexts(contexts): they are gone from the live set, and so are the heads that point to them
+ * (harvest first). Heads of other contexts stay: they need no parse again. */
+static PyObject *Table_forget_contexts(Table *t, PyObject *arg) {
+    if (t->ntouched) {
+        PyErr_SetString(PyExc_RuntimeError, "harvest before forgetting: values would be lost");
+        return NULL;
+    }
+    PyObject *gone = PySet_New(arg);
+    if (gone == NULL)
+        return NULL;
+    PyObject *each = PyObject_GetIter(gone), *ctx;
+    if (each == NULL) {
+        Py_DECREF(gone);
+        return NULL;
+    }
+    while ((ctx = PyIter_Next(each)) != NULL) {
+        PyObject *parts[4] = {NULL, NULL, NULL, NULL};
+        static const char *names[4] = {"name", "type", "tags", "container"};
+        uint64_t h;
+        int failed = 0;
+        for (int k = 0; k < 4 && !failed; k++)
+            failed = (parts[k] = PyObject_GetAttrString(ctx, names[k])) == NULL;
+        if (!failed && (!PyUnicode_Check(parts[0]) || !PyUnicode_Check(parts[1]) || !PyUnicode_Check(parts[3]))) {
+            PyErr_SetString(PyExc_TypeError, "a context's name, type and container are str");
+            failed = 1;
+        }
+        failed = failed || object_context(t, parts[0], parts[1], parts[2], parts[3], &h) < 0;
+        for (int k = 0; k < 4; k++)
+            Py_XDECREF(parts[k]);
+        Py_DECREF(ctx);
+        if (failed)
+            break;
+        hs_remove(&t->live, h);
+        t->contexts--;
+    }
+    Py_DECREF(each);
+    if (PyErr_Occurred()) {
+        Py_DECREF(gone);
+        return NULL;
+    }
+    Py_ssize_t kept = 0;
+    for (Py_ssize_t k = 0; k < t->count; k++) {
+        Entry *e = &t->entries[k];
+        int dead = PySet_Contains(gone, e->ctx);
+        if (dead < 0) {
+            PyErr_Clear();  /* an unhashable ctx cannot be among them */
+            dead = 0;
+        }
+        if (dead) {
+            PyMem_RawFree(e->key);
+            PyMem_RawFree(e->values);
+            Py_DECREF(e->slot);
+            Py_DECREF(e->ctx);
+        } else {
+            t->entries[kept++] = *e;
+        }
+    }
+    Py_DECREF(gone);
+    t->count = kept;
+    if (t->slots != NULL) {  /* the index again, for the entries left */
+        memset(t->slots, 0, (t->mask + 1) * sizeof(Bucket));
+        for (Py_ssize_t k = 0; k < t->count; k++) {
+            Py_ssize_t i = free_bucket(t->slots, t->mask, t->entries[k].hash);
+            if (i >= 0)
+                t->slots[i] = (Bucket){t->entries[k].hash, k + 1};
+        }
+    }
+    Py_RETURN_NONE;
+}
+
+/* refuse(name, tail): Python refused this head's context; its next lines are counted here */
+static PyObject *Table_refuse(Table *t, PyObject *args) {
+    Py_buffer name, tail;
+    if (!PyArg_ParseTuple(args, "y*y*", &name, &tail))
+        return NULL;
+    uint64_t head = head_hash(t, name.buf, name.len, tail.buf, tail.len);
+    int failed = !hs_find(&t->refused, head) && remember_refused(t, head, name.len + tail.len) < 0;
+    PyBuffer_Release(&name);
+    PyBuffer_Release(&tail);
+    if (failed)
+        return NULL;
+    Py_RETURN_NONE;
+}
+
+static PyObject *Table_forget_refused(Table *t, PyObject *Py_UNUSED(ignored)) {
+    hs_clear(&t->refused);
+    t->refused_bytes = 0;
+    Py_RETURN_NONE;
+}
+
+static PyObject *Table_live(Table *t, PyObject *Py_UNUSED(ignored)) {
+    return Py_BuildValue("(nn)", t->contexts, t->refused.used);
 }
 
 static Py_ssize_t Table_len(Table *t) {
@@ -462,6 +900,9 @@ static PyObject *Table_new(PyTypeObject *type, PyObject *args, PyObject *kwds) {
 
 static void Table_dealloc(Table *t) {
     forget(t);
+    hs_clear(&t->live);
+    hs_clear(&t->refused);
+    PyMem_RawFree(t->scratch);
     Py_TYPE(t)->tp_free((PyObject *)t);
 }
 
@@ -533,7 +974,16 @@ static PyMethodDef Table_methods[] = {
     {"harvest", (PyCFunction)Table_harvest, METH_NOARGS,
      "harvest() -> (slots, counter sums as bytes of doubles, histogram values as bytes or None)"},
     {"clear", (PyCFunction)Table_clear, METH_NOARGS, "forget every head (harvest first)"},
-    {"take_lines", (PyCFunction)Table_take_lines, METH_NOARGS, "lines handled since the last call"},
+    {"take_counts", (PyCFunction)Table_take_counts, METH_NOARGS,
+     "take_counts() -> (lines handled, lines refused at the cap, heads refused first) since the last call"},
+    {"configure", (PyCFunction)Table_configure, METH_VARARGS,
+     "configure(max_contexts, decide, refused_limit, refused_max_bytes, head_cost): refusals at the cap"},
+    {"live_add", (PyCFunction)Table_live_add, METH_VARARGS, "live_add(name, type, tags, container): a new context"},
+    {"forget_contexts", (PyCFunction)Table_forget_contexts, METH_O,
+     "forget_contexts(contexts): expired: out of the live set, their heads out of the table"},
+    {"refuse", (PyCFunction)Table_refuse, METH_VARARGS, "refuse(name, tail): a head refused at the cap by Python"},
+    {"forget_refused", (PyCFunction)Table_forget_refused, METH_NOARGS, "forget the refused heads"},
+    {"live", (PyCFunction)Table_live, METH_NOARGS, "live() -> (live contexts, refused heads remembered)"},
     {NULL, NULL, 0, NULL},
 };
 

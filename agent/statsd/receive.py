@@ -88,13 +88,23 @@ class Aggregator:
         self._cache: dict[tuple[bytes, bytes], Slot] = {}
         self._cache_limit = max(4 * self.max_contexts, 10_000)
         self._cache_bytes = 0  # of the keys in `_cache`; cleared too at HEAD_CACHE_BYTES
+        # heads refused at the cap (not in `_cache`: a storm of refused heads never evicts live ones)
+        self._refused: set[tuple[bytes, bytes]] = set()  # the Python loop's; the C loop keeps its own
+        self._refused_bytes = 0
         self._table = Table() if accelerated and Table is not None else None  # the C side of `_cache`
+        self._configure_table()
         self._numbers: dict[bytes, float] = {}
         self._errors: dict[str, Slot] = {}
         self._pool = TagPool()
         self._gauge_last: dict[Context, float] = {}  # Etsy deltas apply to the value of earlier intervals
         self._expiring: deque[Iterable[Context]] = deque()  # from the Flusher's thread: deque ops are atomic
         self.interval = Interval(clock())
+
+    def _configure_table(self) -> None:
+        """What the C loop needs to refuse new contexts at the cap itself: the cap, and the bounds of the
+        refused heads it remembers (those of `_refused`). Not with mapping rules: they rename."""
+        if self._table is not None:
+            self._table.configure(self.max_contexts, not self.rules, self._cache_limit, HEAD_CACHE_BYTES, HEAD_COST)
 
     # -- receive side ----------------------------------------------------------------------------
 
@@ -140,7 +150,11 @@ class Aggregator:
             stats.lines += 1  # never an empty line: the C loop skips those
             self._slow(data[pos:eol])
             pos = table.run(data, eol + 1, self.interval.gauges, self.interval.sets)
-        stats.lines += table.take_lines()
+        lines, refused, dropped = table.take_counts()
+        stats.lines += lines
+        if refused:  # refused at the cap in C (`refuse_or_leave`): no Python object per line
+            stats.errors["cardinality_limit"] += refused
+            stats.contexts_dropped += dropped
 
     def _each(self, lines: list[bytes]) -> None:
         """The hot loop in Python, where the C extension is missing: one line at a time, in order."""
@@ -232,6 +246,8 @@ class Aggregator:
             raise ParseError("malformed_line")
         key = (name, tail)
         slot = self._cache.get(key)
+        if slot is None and key in self._refused:
+            slot = _DROPPED
         timestamp = None
         if slot is None:
             try:
@@ -313,12 +329,41 @@ class Aggregator:
 
     def _remember(self, key: tuple[bytes, bytes], slot: Slot) -> None:
         size = len(key[0]) + len(key[1]) + HEAD_COST
+        if slot is _DROPPED:
+            self._refuse(key, size)
+            return
         if len(self._cache) >= self._cache_limit or self._cache_bytes + size > HEAD_CACHE_BYTES:
             self._forget_heads()
         self._cache[key] = slot
         self._cache_bytes += size
         if self._table is not None and slot.code in FAST_CODES:
             self._table.add(key[0], key[1], slot, slot.ctx, slot.code)
+
+    def _refuse(self, key: tuple[bytes, bytes], size: int) -> None:
+        """Remember a head refused at the cap: its next lines are counted without a parse. Bounded as the
+        head cache is, and emptied when full; the C loop keeps the same set by the heads' hashes."""
+        if self._table is not None:
+            self._table.refuse(*key)
+            return
+        if len(self._refused) >= self._cache_limit or self._refused_bytes + size > HEAD_CACHE_BYTES:
+            self._refused.clear()
+            self._refused_bytes = 0
+        self._refused.add(key)
+        self._refused_bytes += size
+
+    def _forget_contexts(self, gone: set[Context]) -> None:
+        """The heads of expired contexts go (the others stay parsed), and so do the refusals at the cap:
+        there may be room now. Called at a swap, after the C side's harvest."""
+        if self._table is not None:
+            self._table.forget_contexts(gone)
+            self._table.forget_refused()
+        kept, size = {}, 0
+        for key, slot in self._cache.items():
+            if slot.ctx not in gone:
+                kept[key] = slot
+                size += len(key[0]) + len(key[1]) + HEAD_COST
+        self._cache, self._cache_bytes = kept, size
+        self._refused, self._refused_bytes = set(), 0
 
     def _forget_heads(self) -> None:
         """Empty the head cache (both sides); what the C side accumulated stays in the interval."""
@@ -349,6 +394,8 @@ class Aggregator:
             ctx = Context(name, head.type, tags, head.container)
             self._pool.add(tags)
             self.contexts[key] = ctx
+            if self._table is not None:
+                self._table.live_add(name, head.type, tags, head.container)
             self.context_bytes += ctx.cost
         t = head.type
         if t == "c":
@@ -390,7 +437,7 @@ class Aggregator:
 
     def _expire(self, done: Interval) -> None:
         touched = done.contexts()
-        removed = 0
+        gone: set[Context] = set()
         while self._expiring:
             for ctx in self._expiring.popleft():
                 key = (ctx.name, ctx.type, ctx.tags, ctx.container)
@@ -398,13 +445,13 @@ class Aggregator:
                     del self.contexts[key]
                     self.context_bytes -= ctx.cost
                     self._gauge_last.pop(ctx, None)
-                    removed += 1
-        if removed:
+                    gone.add(ctx)
+        if gone:
             self.contexts = dict(self.contexts)  # a dict never shrinks by deletion: rebuild it
-            self._forget_heads()  # slots of forgotten contexts (and refusals at the cap) are gone
+            self._forget_contexts(gone)
             self._pool.stale = True
-            if removed > BURST or len(self._pool.tuples) > 2 * len(self.contexts) + BURST:
+            if len(gone) > BURST or len(self._pool.tuples) > 2 * len(self.contexts) + BURST:
                 self._pool.rebuild(self.contexts.values())  # after a storm; or it would only grow
-        if removed > BURST:
+        if len(gone) > BURST:
             release_freed_memory()  # a few ms, once after a storm: RSS back near the baseline
 

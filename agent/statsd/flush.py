@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 from array import array
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 
 from agent.memory import BURST
@@ -29,8 +29,16 @@ class Flusher:
     def __init__(self, interval: float, ttl: float = 300.0) -> None:
         self.interval = interval
         self.ttl = ttl
+        # when each context was last in an interval, and each counter last exported: oldest first (an
+        # update moves the entry to the end), so what passed its TTL is found at the front
         self._last_seen: dict[Context, float] = {}
-        self._counters_seen: dict[Context, float] = {}  # aggregated counters, for zeros while idle
+        self._counters_seen: dict[Context, float] = {}
+        # An idle counter is exported as 0 until its TTL: the same Sample every flush, made once when it
+        # goes idle (again when the containers' tags or the interval change), so that a flush costs what
+        # changed, not what sits idle (100,000 idle counters: see docs/statsd.md, "Measured")
+        self._zeros: dict[Context, Sample] = {}
+        self._exported: set[Context] = set()  # the counters of the last batch
+        self._zeros_for: tuple[dict[str, Tags], float] = ({}, 0.0)  # (containers, seconds) of `_zeros`
         self.overflows = 0  # counter sums that overflowed to infinity: dropped, counted as bad_value
 
     def batch(self, iv: Interval, containers: Mapping[str, Tags] = {}, now: float | None = None) -> Batch:
@@ -52,18 +60,17 @@ class Flusher:
             ctx = slot.ctx
             assert ctx is not None  # only slots with a context accumulate
             counters[ctx] = counters.get(ctx, 0.0) + total * slot.weight
+        counters_seen, zeros = self._counters_seen, self._zeros
         for ctx, total in counters.items():
+            zeros.pop(ctx, None)
             if total - total != 0.0:  # finite values whose sum overflowed: never export an infinity
                 self.overflows += 1
                 continue
             add(Sample(ctx.name, total, Kind.COUNT, tags_of(ctx), None, seconds))
-            self._counters_seen[ctx] = now
-        for ctx, when in list(self._counters_seen.items()):
-            if ctx not in counters:
-                if now - when <= self.ttl:
-                    add(Sample(ctx.name, 0.0, Kind.COUNT, tags_of(ctx), None, seconds))
-                else:
-                    del self._counters_seen[ctx]
+            counters_seen.pop(ctx, None)
+            counters_seen[ctx] = now
+        self._idle_zeros(counters, containers, seconds, now, tags_of)
+        samples.extend(zeros.values())
         for ctx, value in iv.gauges.items():
             add(Sample(ctx.name, value, Kind.GAUGE, tags_of(ctx)))
         for ctx, members in iv.sets.items():
@@ -83,21 +90,55 @@ class Flusher:
         events = [_with_container(e, c, containers) for e, c in iv.events]
         checks = [_with_container(sc, c, containers) for sc, c in iv.service_checks]
         for ctx in iv.contexts():
+            seen.pop(ctx, None)
             seen[ctx] = now
         return Batch("statsd", samples, events, checks, snapshot=False)  # type: ignore[arg-type]
+
+    def _idle_zeros(self, counters: Mapping[Context, float], containers: Mapping[str, Tags], seconds: float,
+                    now: float, tags_of: Callable[[Context], Tags]) -> None:
+        """Keep `_zeros` to the counters exported before, not in this batch, within their TTL."""
+        zeros, counters_seen = self._zeros, self._counters_seen
+        if (containers, seconds) != self._zeros_for:  # the zeros' tags or interval changed: all anew
+            self._zeros_for = (dict(containers), seconds)
+            for ctx in zeros:
+                zeros[ctx] = Sample(ctx.name, 0.0, Kind.COUNT, tags_of(ctx), None, seconds)
+        for ctx in self._exported:
+            if ctx not in counters and ctx in counters_seen:  # idle from this batch on
+                zeros[ctx] = Sample(ctx.name, 0.0, Kind.COUNT, tags_of(ctx), None, seconds)
+        self._exported = set(counters)
+        old = []
+        for ctx, when in counters_seen.items():  # oldest first: stop at the first within its TTL
+            if now - when <= self.ttl:
+                break
+            old.append(ctx)
+        for ctx in old:
+            del counters_seen[ctx]
+            zeros.pop(ctx, None)
 
     def expired(self, now: float | None = None) -> list[Context]:
         """Contexts idle for longer than the TTL; forgotten here, to be passed to `Aggregator.expire`."""
         now = time.time() if now is None else now
-        cutoff = now - self.ttl
-        old = [ctx for ctx, when in self._last_seen.items() if when < cutoff]
+        old = _older_than(self._last_seen, now - self.ttl)
         for ctx in old:
             del self._last_seen[ctx]
             self._counters_seen.pop(ctx, None)
-        if len(old) > BURST:  # a dict never shrinks by deletion: rebuild both after a burst
+            self._zeros.pop(ctx, None)
+            self._exported.discard(ctx)
+        if len(old) > BURST:  # a dict never shrinks by deletion: rebuild them after a burst
             self._last_seen = dict(self._last_seen)
             self._counters_seen = dict(self._counters_seen)
+            self._zeros = dict(self._zeros)
         return old
+
+
+def _older_than(when: dict[Context, float], cutoff: float) -> list[Context]:
+    """The first entries of `when` (oldest first) with a time before `cutoff`."""
+    old = []
+    for ctx, t in when.items():
+        if t >= cutoff:
+            break
+        old.append(ctx)
+    return old
 
 
 def points(values: Mapping[Slot, array[float]], slots: Sequence[Slot], milliseconds: bool) -> Points:

@@ -217,31 +217,36 @@ static int hs_find(const HashSet *s, uint64_t h) {
     }
 }
 
+/* Rehash into a table a quarter full: to grow, or to shrink after many removals. */
+static int hs_rehash(HashSet *s) {
+    size_t size = s->buckets ? s->mask + 1 : 0, want = 1024;
+    while (want < 4 * (size_t)(s->used + 1))
+        want *= 2;
+    uint64_t *buckets = PyMem_RawCalloc(want, sizeof(uint64_t));
+    if (buckets == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    for (size_t k = 0; k < size; k++) {
+        uint64_t b = s->buckets[k];
+        if (b > 1) {
+            size_t i = b & (want - 1);
+            while (buckets[i])
+                i = (i + 1) & (want - 1);
+            buckets[i] = b;
+        }
+    }
+    PyMem_RawFree(s->buckets);
+    s->buckets = buckets;
+    s->mask = want - 1;
+    s->deleted = 0;
+    return 0;
+}
+
 static int hs_add(HashSet *s, uint64_t h) {
     size_t size = s->buckets ? s->mask + 1 : 0;
-    if (2 * (size_t)(s->used + s->deleted + 1) > size) {  /* rehash into a quarter-full table */
-        size_t want = 1024;
-        while (want < 4 * (size_t)(s->used + 1))
-            want *= 2;
-        uint64_t *buckets = PyMem_RawCalloc(want, sizeof(uint64_t));
-        if (buckets == NULL) {
-            PyErr_NoMemory();
-            return -1;
-        }
-        for (size_t k = 0; k < size; k++) {
-            uint64_t b = s->buckets[k];
-            if (b > 1) {
-                size_t i = b & (want - 1);
-                while (buckets[i])
-                    i = (i + 1) & (want - 1);
-                buckets[i] = b;
-            }
-        }
-        PyMem_RawFree(s->buckets);
-        s->buckets = buckets;
-        s->mask = want - 1;
-        s->deleted = 0;
-    }
+    if (2 * (size_t)(s->used + s->deleted + 1) > size && hs_rehash(s) < 0)
+        return -1;
     h = hs_norm(h);
     size_t i = h & s->mask;
     while (s->buckets[i] > 1)
@@ -576,6 +581,38 @@ static PyObject *Table_run(Table *t, PyObject *args) {
     return PyLong_FromSsize_t(p - start);
 }
 
+/* A new index for the entries, sized for them (load at most 1/4 after a shrink), the arrays with it. */
+static int reindex(Table *t) {
+    size_t size = 1024;
+    while (size / 4 < (size_t)t->count)
+        size *= 2;
+    if (size > t->mask + 1)
+        size = t->mask + 1;  /* never grows here */
+    Bucket *slots = PyMem_RawCalloc(size, sizeof(Bucket));
+    if (slots == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    Py_ssize_t room = (Py_ssize_t)(size / 2);
+    Entry *entries;
+    if (room < t->room && (entries = PyMem_RawRealloc(t->entries, (size_t)room * sizeof(Entry))) != NULL) {
+        Py_ssize_t *touched = PyMem_RawRealloc(t->touched, (size_t)room * sizeof(Py_ssize_t));
+        t->entries = entries;
+        if (touched)  /* else the larger block stays: as good */
+            t->touched = touched;
+        t->room = room;
+    }
+    for (Py_ssize_t k = 0; k < t->count; k++) {
+        Py_ssize_t i = free_bucket(slots, size - 1, t->entries[k].hash);
+        if (i >= 0)
+            slots[i] = (Bucket){t->entries[k].hash, k + 1};
+    }
+    PyMem_RawFree(t->slots);
+    t->slots = slots;
+    t->mask = size - 1;
+    return 0;
+}
+
 static int grow(Table *t) {
     size_t size = t->slots ? 2 * (t->mask + 1) : 1024;
     Bucket *slots = PyMem_RawCalloc(size, sizeof(Bucket));
@@ -836,14 +873,11 @@ static PyObject *Table_forget_contexts(Table *t, PyObject *arg) {
     }
     Py_DECREF(gone);
     t->count = kept;
-    if (t->slots != NULL) {  /* the index again, for the entries left */
-        memset(t->slots, 0, (t->mask + 1) * sizeof(Bucket));
-        for (Py_ssize_t k = 0; k < t->count; k++) {
-            Py_ssize_t i = free_bucket(t->slots, t->mask, t->entries[k].hash);
-            if (i >= 0)
-                t->slots[i] = (Bucket){t->entries[k].hash, k + 1};
-        }
-    }
+    /* after a storm, memory goes back: the live set and the table shrink to what is left */
+    if (t->live.buckets != NULL && (size_t)(8 * (t->live.used + 1)) < t->live.mask + 1 && hs_rehash(&t->live) < 0)
+        return NULL;
+    if (t->slots != NULL && reindex(t) < 0)
+        return NULL;
     Py_RETURN_NONE;
 }
 

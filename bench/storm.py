@@ -6,6 +6,8 @@ lines of the same shape (`storm.requests:1|c|#env:prod,service:api,request_id:<i
 
 - *known*: lines of 1,000 contexts that already exist;
 - *new*: lines that each create a context (100,000 of them, under the cap);
+- *known, spread*: one line of each of the 101,000 live contexts, in random order (what a known line
+  costs when the contexts do not fit in the CPU's caches);
 - *refused*: lines that each name a new context once the cap is reached (200,000);
 
 then the export side: `Flusher.batch` of an interval that touched only the 1,000 known contexts while
@@ -27,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import statistics
 import subprocess
 import sys
@@ -85,7 +88,9 @@ def worker(profile: str | None) -> dict[str, Any]:
     flusher.batch(agg.swap(0.0), now=0.0)
     memory.trim()
     result: dict[str, Any] = {"rss_before": rss()}
-    phases = {"known": known * (3 * CHUNK // KNOWN), "new": lines("n", range(NEW)),
+    spread = lines("n", range(NEW))
+    random.Random(7).shuffle(spread)
+    phases = {"known": known * (3 * CHUNK // KNOWN), "new": lines("n", range(NEW)), "known_spread": spread,
               "refused": lines("r", range(REFUSED))}
     if profile:
         import cProfile
@@ -102,7 +107,7 @@ def worker(profile: str | None) -> dict[str, Any]:
             per_line(agg, batch)
     for name, batch in phases.items():
         result[name] = statistics.median(per_line(agg, batch))
-    del phases, batch  # the storm's lines themselves are not what the sidecar holds
+    del phases, batch, spread  # the storm's lines themselves are not what the sidecar holds
     assert len(agg.contexts) == KNOWN + NEW and agg.stats.contexts_dropped == REFUSED
     assert agg.stats.errors["cardinality_limit"] == REFUSED
     flusher.batch(agg.swap(10.0), now=10.0)  # the storm's counters: exported once, idle from now on
@@ -151,7 +156,8 @@ def report(label: str, results: list[dict[str, Any]]) -> dict[str, float]:
     m = {k: statistics.median(r[k] for r in results) for k in results[0]}
     print(f"{label}: CPU per line: known {m['known']:.3f} us, new context {m['new']:.3f} us "
           f"({m['new'] / m['known']:.1f}x), refused at the cap {m['refused']:.3f} us "
-          f"({m['refused'] / m['known']:.1f}x)")
+          f"({m['refused'] / m['known']:.1f}x); a known line of one of {KNOWN + NEW:,} live contexts in "
+          f"turn {m['known_spread']:.3f} us (refused: {m['refused'] / m['known_spread']:.1f}x that)")
     print(f"{label}: flush with {NEW:,} idle counters: {m['flush_ms']:.1f} ms ({m['flush_samples']:.0f} samples); "
           f"RSS {m['rss_before'] / MIB:.0f} MiB before, {m['rss_storm'] / MIB:.0f} after the storm, "
           f"{m['rss_after'] / MIB:.0f} after its contexts expired")
@@ -162,7 +168,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--baseline", help="also measure agent/ of this git revision")
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--profile", choices=["known", "new", "refused"])
+    parser.add_argument("--profile", choices=["known", "new", "known_spread", "refused"])
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker or args.profile:
@@ -182,7 +188,8 @@ def main() -> None:
     if len(medians) == 2:
         now, before = medians.values()
         print("this tree / baseline: " + ", ".join(f"{k} {now[k] / before[k]:.2f}" for k in
-                                                     ("known", "new", "refused", "flush_ms", "rss_after")))
+                                                     ("known", "new", "known_spread", "refused", "flush_ms",
+                                                      "rss_after")))
 
 
 if __name__ == "__main__":

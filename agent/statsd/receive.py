@@ -248,7 +248,7 @@ class Aggregator:
         slot = self._cache.get(key)
         if slot is None and key in self._refused:
             slot = _DROPPED
-        timestamp = None
+        timestamp, parsed = None, None
         if slot is None:
             try:
                 head = parse_head(name, tail)
@@ -257,7 +257,7 @@ class Aggregator:
                     self._remember(key, self._errors.setdefault(exc.reason, Slot(ERROR, reason=exc.reason)))
                 raise
             if head.type != "s":
-                parse_values(head.type, value)  # a bad value must not create a context
+                parsed = parse_values(head.type, value)  # a bad value must not create a context
             elif not value:
                 raise ParseError("bad_value")
             slot = self._slot(head)
@@ -265,10 +265,11 @@ class Aggregator:
                 timestamp = float(head.timestamp)  # exported as sent, not aggregated
             else:  # other types ignore a timestamp: cached like any head
                 self._remember(key, slot)
-        self._apply(slot, value, timestamp, key)
+        self._apply(slot, value, timestamp, key, parsed)
 
     def _apply(self, slot: Slot, value: bytes, timestamp: float | None = None,
-               key: tuple[bytes, bytes] | None = None) -> None:
+               key: tuple[bytes, bytes] | None = None,
+               parsed: tuple[tuple[float, ...], tuple[bool, ...]] | None = None) -> None:
         """Account one line's value(s) to its slot; raises ParseError for a bad value. A counter or
         histogram whose head `key` is in the C table accumulates there, with the lines the C loop
         handled: in one place, in the order of the lines, as the Python loop does."""
@@ -301,7 +302,8 @@ class Aggregator:
             return
         if timestamp is not None and len(iv.timestamped) >= self.limits.timestamped:
             raise ParseError("timestamp_limit")  # each is kept apart, not aggregated: bounded by count
-        vals, relative = parse_values("g" if code == GAUGE_DELTA else "", value)
+        # `parsed`: the values as `_metric` read them for the head's type (relative ones only for `g`)
+        vals, relative = parsed if parsed is not None else parse_values("g" if code == GAUGE_DELTA else "", value)
         if code == HISTOGRAM and len(vals) > 1 and timestamp is None:
             # packed values are kept one by one (8 bytes each: a 64 KiB line holds 32,000 of them)
             if iv.packed_values + len(vals) > self.limits.packed_values:

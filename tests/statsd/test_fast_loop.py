@@ -298,3 +298,20 @@ def test_the_table_refuses_a_new_context_at_the_cap_and_leaves_the_rest_to_pytho
     assert table.run(new, 0, {}, {}) == len(new)  # but a head refused before is still counted here
     table.forget_refused()
     assert table.run(new, 0, {}, {}) == 0
+
+
+def test_after_a_storm_expired_the_c_tables_shrink_and_keep_working() -> None:
+    agg, flusher = Aggregator(max_contexts=5000), Flusher(10.0, ttl=15.0)
+    agg.ingest(b"keep.c:1|c\nkeep.h:2|h")
+    agg.ingest_many(storm("a", 3000))
+    flusher.batch(agg.swap(1000.0), now=1000.0)
+    agg.ingest(b"keep.c:1|c\nkeep.h:2|h")
+    flusher.batch(agg.swap(1010.0), now=1010.0)
+    agg.expire(flusher.expired(1020.0))
+    agg.swap(1020.0)
+    assert len(agg.contexts) == 2 == len(agg._table) == agg._table.live()[0]
+    agg.ingest(b"keep.c:3|c\nkeep.h:4|h")  # the heads that stayed, in the shrunk table
+    agg.ingest_many(storm("b", 3000))  # and the table grows again
+    batch = {(s.name, s.tags): s.value for s in flusher.batch(agg.swap(1030.0), now=1030.0).samples}
+    assert batch[("keep.c", ())] == 3.0 and list(batch[("keep.h", ())].values) == [4.0]  # type: ignore[union-attr]
+    assert len(agg.contexts) == 3002 == agg._table.live()[0] and len(batch) == 3002

@@ -8,6 +8,9 @@
  * cannot handle and returns that line's offset, so that Python parses it fully and calls `run` again
  * after it: lines are applied in the order they were sent, whichever side handles them.
  *
+ * At the context cap, a line whose head is not in the table and whose context is not live is refused
+ * here, without a Python object (`refuse_or_leave`); Python keeps the set of live contexts up to date.
+ *
  * Counters and histogram values accumulate here, per entry, until `harvest()` hands them to Python
  * (at the end of each interval); gauges and sets are written to the interval's dicts directly.
  * Memory comes from malloc, so that it goes back to the system (malloc_trim) once freed.
@@ -41,7 +44,8 @@ typedef struct {
 } Entry;
 
 /* A set of 64-bit hashes (open addressing; 0 empty, 1 deleted): contexts by the hash of their key,
- * refused heads by the hash of their text. */
+ * refused heads by the hash of their text. Keyed SipHash: a new head shares the hash of a refused one
+ * (and is counted as refused without a look) with odds of 2**-64 per pair, and a client cannot steer it. */
 typedef struct {
     uint64_t *buckets;
     size_t mask;

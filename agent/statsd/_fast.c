@@ -23,6 +23,7 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <errno.h>
+#include <math.h>
 #include <stdint.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -315,13 +316,21 @@ static int ascii(const char *p, const char *end) {
     return 1;
 }
 
-/* The hash of the context a line names, read as parser.parse_head reads it, when that is simple: 1
- * and *h set. 0 when Python must look: non-ASCII text (decoding), a `T` field, a trailing `\r`, a tag
- * key given twice, anything parse_head would refuse, or a value it would refuse (that error comes
- * first). -1 on a Python error. */
-static int line_context(Table *t, const char *name, Py_ssize_t nlen, const char *value, const char *bar,
-                        const char *end, uint64_t *h) {
-    const char *tail = bar + 1;
+/* A head read as parser.parse_head reads it, when that is simple (`read_head`): spans of the text. */
+typedef struct {
+    const char *type;
+    Py_ssize_t type_len;
+    double rate;
+    const char *container, *container_end;
+    int ntags;                         /* tags kept: no empty key, no key given twice */
+    const char *keys[MAX_TAGS], *values[MAX_TAGS];
+    Py_ssize_t key_lens[MAX_TAGS], value_lens[MAX_TAGS];
+} Head;
+
+/* 1 and *hd filled when the head is plain ASCII, has no `T` field, no trailing `\r`, at most one `#`
+ * field and one `c:` field, no tag key given twice, and parse_head would accept it; else 0 (Python
+ * reads it, and says which error). */
+static int read_head(const char *name, Py_ssize_t nlen, const char *tail, const char *end, Head *hd) {
     if (nlen < 1 || nlen > MAX_NAME || end - tail > MAX_TAIL || !ascii(name, name + nlen)
             || memchr(name, '|', (size_t)nlen) != NULL || (nlen >= 3 && memcmp(name, "_e{", 3) == 0)
             || (end > tail && end[-1] == '\r'))
@@ -329,84 +338,109 @@ static int line_context(Table *t, const char *name, Py_ssize_t nlen, const char 
     const char *type_end = memchr(tail, '|', (size_t)(end - tail));
     if (type_end == NULL)
         type_end = end;
-    Py_ssize_t type_len = type_end - tail;
-    int is_set = type_len == 1 && tail[0] == 's';
-    if (!(type_len == 1 && tail[0] != 0 && strchr("cghsd", tail[0]) != NULL) && !(type_len == 2 && memcmp(tail, "ms", 2) == 0))
+    hd->type = tail;
+    hd->type_len = type_end - tail;
+    if (!(hd->type_len == 1 && tail[0] != 0 && strchr("cghsd", tail[0]) != NULL)
+            && !(hd->type_len == 2 && memcmp(tail, "ms", 2) == 0))
         return 0;
-    const char *tags = type_end, *tags_end = type_end, *cont = type_end, *cont_end = type_end;
+    const char *tags = NULL, *tags_end = NULL;
+    hd->container = hd->container_end = NULL;
+    hd->rate = 1.0;
     for (const char *f = type_end; f < end;) {
         const char *start = f + 1, *fe = memchr(start, '|', (size_t)(end - start));
         if (fe == NULL)
             fe = end;
-        double rate;
         if (fe > start) {
-            if (*start == '@' && !plain_number(start + 1, fe, &rate))
+            if (*start == '@') {
+                double rate;
+                if (!plain_number(start + 1, fe, &rate))
+                    return 0;
+                /* 0, out of range, or so small that 1/rate overflows: unsampled, as parse_head */
+                hd->rate = rate > 0.0 && rate <= 1.0 && isfinite(1.0 / rate) ? rate : 1.0;
+            } else if (*start == 'T') {
                 return 0;
-            if (*start == 'T')
-                return 0;
-            if (*start == '#') {
+            } else if (*start == '#') {
+                if (tags != NULL)
+                    return 0;
                 tags = start + 1;
                 tags_end = fe;
             } else if (fe - start >= 2 && start[0] == 'c' && start[1] == ':') {
-                cont = start + 2;
-                cont_end = fe;
+                if (hd->container != NULL)
+                    return 0;
+                hd->container = start + 2;
+                hd->container_end = fe;
             }
         }
         f = fe;
     }
-    double v;
-    if (is_set ? value == bar : !plain_number(value, bar, &v))
+    if (hd->container == NULL)
+        hd->container = hd->container_end = end;
+    if (!ascii(hd->container, hd->container_end))
         return 0;
-    if (tags_end - tags > MAX_TAGS_BYTES || !ascii(tags, tags_end) || !ascii(cont, cont_end))
+    hd->ntags = 0;
+    if (tags == NULL)
+        return 1;
+    if (tags_end - tags > MAX_TAGS_BYTES || !ascii(tags, tags_end))
         return 0;
-    char *buf = reserve(t, (size_t)(nlen + type_len + 2 * (tags_end - tags) + (cont_end - cont)) + 8);
-    if (buf == NULL)
-        return -1;
-    char *w = buf;
-    memcpy(w, name, (size_t)nlen);
-    w += nlen;
-    *w++ = 0;
-    memcpy(w, tail, (size_t)type_len);
-    w += type_len;
-    *w++ = 0;
-    const char *keys[MAX_TAGS];
-    Py_ssize_t key_lens[MAX_TAGS];
-    int nkeys = 0;
+    int items = 0;  /* non-empty ones, as parse_tags counts them */
     for (const char *item = tags; item < tags_end;) {
         const char *ie = memchr(item, ',', (size_t)(tags_end - item));
         if (ie == NULL)
             ie = tags_end;
         if (ie > item) {
-            if (ie - item > MAX_TAG || nkeys == MAX_TAGS)
+            if (ie - item > MAX_TAG || items++ == MAX_TAGS)
                 return 0;
             const char *colon = memchr(item, ':', (size_t)(ie - item));
             Py_ssize_t klen = (colon ? colon : ie) - item;
             if (klen > 0) {
-                for (int k = 0; k < nkeys; k++)
-                    if (key_lens[k] == klen && memcmp(keys[k], item, (size_t)klen) == 0)
+                for (int k = 0; k < hd->ntags; k++)
+                    if (hd->key_lens[k] == klen && memcmp(hd->keys[k], item, (size_t)klen) == 0)
                         return 0;  /* the last value at the first position: Python's dict does it */
-                keys[nkeys] = item;
-                key_lens[nkeys++] = klen;
-                memcpy(w, item, (size_t)klen);
-                w += klen;
-                *w++ = 1;
-                if (colon) {
-                    memcpy(w, colon + 1, (size_t)(ie - colon - 1));
-                    w += ie - colon - 1;
-                }
-                *w++ = 0;
-            } else if (nkeys == MAX_TAGS) {
-                return 0;
-            } else {
-                keys[nkeys] = item;  /* an empty key is skipped, but counts as a tag */
-                key_lens[nkeys++] = -1;
+                int k = hd->ntags++;
+                hd->keys[k] = item;
+                hd->key_lens[k] = klen;
+                hd->values[k] = colon ? colon + 1 : ie;
+                hd->value_lens[k] = colon ? ie - colon - 1 : 0;
             }
         }
         item = ie + 1;
     }
+    return 1;
+}
+
+/* The hash of the context a line names, when `read_head` reads its head and its value is one Python
+ * would accept (else that error comes first): 1 and *h set; 0 when Python must look; -1 on an error. */
+static int line_context(Table *t, const char *name, Py_ssize_t nlen, const char *value, const char *bar,
+                        const char *end, uint64_t *h) {
+    Head hd;
+    double v;
+    if (!read_head(name, nlen, bar + 1, end, &hd))
+        return 0;
+    if (hd.type_len == 1 && hd.type[0] == 's' ? value == bar : !plain_number(value, bar, &v))
+        return 0;
+    size_t size = (size_t)(nlen + hd.type_len + (hd.container_end - hd.container)) + 8;
+    for (int k = 0; k < hd.ntags; k++)
+        size += (size_t)(hd.key_lens[k] + hd.value_lens[k]) + 2;
+    char *buf = reserve(t, size), *w = buf;
+    if (buf == NULL)
+        return -1;
+    memcpy(w, name, (size_t)nlen);
+    w += nlen;
+    *w++ = 0;
+    memcpy(w, hd.type, (size_t)hd.type_len);
+    w += hd.type_len;
+    *w++ = 0;
+    for (int k = 0; k < hd.ntags; k++) {
+        memcpy(w, hd.keys[k], (size_t)hd.key_lens[k]);
+        w += hd.key_lens[k];
+        *w++ = 1;
+        memcpy(w, hd.values[k], (size_t)hd.value_lens[k]);
+        w += hd.value_lens[k];
+        *w++ = 0;
+    }
     *w++ = 2;
-    memcpy(w, cont, (size_t)(cont_end - cont));
-    w += cont_end - cont;
+    memcpy(w, hd.container, (size_t)(hd.container_end - hd.container));
+    w += hd.container_end - hd.container;
     *h = siphash13(t->key[0], t->key[1], buf, w - buf);
     return 1;
 }
@@ -899,6 +933,35 @@ static PyObject *Table_refuse(Table *t, PyObject *args) {
     Py_RETURN_NONE;
 }
 
+/* head(name, tail) -> (name, type, rate, tags, container) as parser.parse_head gives them, or None
+ * when `read_head` leaves it to parse_head. */
+static PyObject *Table_head(Table *t, PyObject *args) {
+    Py_buffer name, tail;
+    Head hd;
+    (void)t;
+    if (!PyArg_ParseTuple(args, "y*y*", &name, &tail))
+        return NULL;
+    PyObject *result = NULL, *tags = NULL;
+    if (!read_head(name.buf, name.len, tail.buf, (const char *)tail.buf + tail.len, &hd)) {
+        result = Py_NewRef(Py_None);
+    } else if ((tags = PyTuple_New(hd.ntags)) != NULL) {
+        int k = 0;
+        for (; k < hd.ntags; k++) {
+            PyObject *pair = Py_BuildValue("(s#s#)", hd.keys[k], hd.key_lens[k], hd.values[k], hd.value_lens[k]);
+            if (pair == NULL)
+                break;
+            PyTuple_SET_ITEM(tags, k, pair);
+        }
+        if (k == hd.ntags)
+            result = Py_BuildValue("(s#s#dOs#)", (const char *)name.buf, name.len, hd.type, hd.type_len, hd.rate,
+                                   tags, hd.container, (Py_ssize_t)(hd.container_end - hd.container));
+        Py_DECREF(tags);
+    }
+    PyBuffer_Release(&name);
+    PyBuffer_Release(&tail);
+    return result;
+}
+
 static PyObject *Table_forget_refused(Table *t, PyObject *Py_UNUSED(ignored)) {
     hs_clear(&t->refused);
     t->refused_bytes = 0;
@@ -1021,6 +1084,8 @@ static PyMethodDef Table_methods[] = {
      "forget_contexts(contexts): expired: out of the live set, their heads out of the table"},
     {"refuse", (PyCFunction)Table_refuse, METH_VARARGS, "refuse(name, tail): a head refused at the cap by Python"},
     {"forget_refused", (PyCFunction)Table_forget_refused, METH_NOARGS, "forget the refused heads"},
+    {"head", (PyCFunction)Table_head, METH_VARARGS,
+     "head(name, tail) -> (name, type, rate, tags, container) as parse_head reads them, or None: Python's"},
     {"live", (PyCFunction)Table_live, METH_NOARGS, "live() -> (live contexts, refused heads remembered)"},
     {NULL, NULL, 0, NULL},
 };

@@ -31,7 +31,7 @@ from agent.model import Event, ServiceCheck, Tags, merge_tags
 from agent.statsd import mapping
 from agent.statsd.interval import (COUNTER, DROPPED, ERROR, GAUGE, GAUGE_DELTA, HISTOGRAM, SET, SLOT_CODES,
                                    Context, Interval, Limits, Slot, TagPool, cost, item_bytes)
-from agent.statsd.parser import (CHECK_PREFIX, EVENT_PREFIX, MAX_DATAGRAM, Head, ParseError, finite,
+from agent.statsd.parser import (CHECK_PREFIX, EVENT_PREFIX, MAX_DATAGRAM, ParseError, finite,
                                  parse_event, parse_head, parse_service_check, parse_values)
 
 try:
@@ -250,19 +250,28 @@ class Aggregator:
             slot = _DROPPED
         timestamp, parsed = None, None
         if slot is None:
-            try:
-                head = parse_head(name, tail)
-            except ParseError as exc:
-                if tail:  # with an empty tail, lines of other shapes share the key (`x`, `x:1`, `x:1|`)
-                    self._remember(key, self._errors.setdefault(exc.reason, Slot(ERROR, reason=exc.reason)))
-                raise
-            if head.type != "s":
-                parsed = parse_values(head.type, value)  # a bad value must not create a context
+            # the C side reads the simple heads (`Table.head`: ASCII, no tag given twice, ...), as
+            # parse_head would, without its Python objects; parse_head reads the others
+            simple = self._table.head(name, tail) if self._table is not None else None
+            if simple is not None:
+                hname, kind, rate, tags, container = simple
+                stamp = None
+            else:
+                try:
+                    head = parse_head(name, tail)
+                except ParseError as exc:
+                    if tail:  # with an empty tail, lines of other shapes share the key (`x`, `x:1`, `x:1|`)
+                        self._remember(key, self._errors.setdefault(exc.reason, Slot(ERROR, reason=exc.reason)))
+                    raise
+                hname, kind, rate, tags, container, stamp = (head.name, head.type, head.rate, head.tags,
+                                                             head.container, head.timestamp)
+            if kind != "s":
+                parsed = parse_values(kind, value)  # a bad value must not create a context
             elif not value:
                 raise ParseError("bad_value")
-            slot = self._slot(head)
-            if head.timestamp is not None and head.type in ("c", "g"):
-                timestamp = float(head.timestamp)  # exported as sent, not aggregated
+            slot = self._slot(hname, kind, rate, tags, container)
+            if stamp is not None and kind in ("c", "g"):
+                timestamp = float(stamp)  # exported as sent, not aggregated
             else:  # other types ignore a timestamp: cached like any head
                 self._remember(key, slot)
         self._apply(slot, value, timestamp, key, parsed)
@@ -380,33 +389,32 @@ class Aggregator:
         """What the live contexts are charged against `Limits.context_bytes`."""
         return self.context_bytes + self._pool.bytes
 
-    def _slot(self, head: Head) -> Slot:
-        name, tags = head.name, head.tags
+    def _slot(self, name: str, kind: str, rate: float, tags: Tags, container: str) -> Slot:
+        """The slot of a new head (`parser.Head`'s fields): its context, found or made within the limits."""
         if self.rules:
             mapped = mapping.apply(self.rules, name)
             if mapped is not None:
                 name, tags = mapped[0], merge_tags(tags, mapped[1])
         tags = self._pool.canonical(tags)
-        key = (name, head.type, tags, head.container)
+        key = (name, kind, tags, container)
         ctx = self.contexts.get(key)
         if ctx is None:
-            if not self._room_for(cost(name, tags, head.container), tags):
+            if not self._room_for(cost(name, tags, container), tags):
                 self.stats.contexts_dropped += 1
                 return _DROPPED
-            ctx = Context(name, head.type, tags, head.container)
+            ctx = Context(name, kind, tags, container)
             self._pool.add(tags)
             self.contexts[key] = ctx
             if self._table is not None:
-                self._table.live_add(name, head.type, tags, head.container)
+                self._table.live_add(name, kind, tags, container)
             self.context_bytes += ctx.cost
-        t = head.type
-        if t == "c":
-            return Slot(COUNTER, ctx, 1.0 / head.rate)
-        if t == "g":
+        if kind == "c":
+            return Slot(COUNTER, ctx, 1.0 / rate)
+        if kind == "g":
             return Slot(GAUGE_DELTA if self.gauge_deltas else GAUGE, ctx)
-        if t == "s":
+        if kind == "s":
             return Slot(SET, ctx)
-        return Slot(HISTOGRAM, ctx, 1.0 / head.rate)
+        return Slot(HISTOGRAM, ctx, 1.0 / rate)
 
     def _room_for(self, charge: int, tags: Tags) -> bool:
         """Whether a new context charged `charge` bytes for itself, with these tags, fits the limits."""

@@ -200,7 +200,8 @@ storm_tags = st.lists(st.sampled_from(["id:1", "id:2", "id:3", "env:prod", "env:
                                        "id:é", "k:" + "v" * 201]), max_size=4).map(",".join)
 storm_tail = st.tuples(st.sampled_from(["c", "g", "ms", "h", "d", "s", "x"]),
                        st.sampled_from(["", "|@0.5", "|@x", "|e:x", "|c:c0ffee", "|c:other", "|T100", "\r", "|",
-                                        "|@0.5|e:y"]),
+                                        "|@0.5|e:y", "|#id:1", "|#k:" + "v" * 201, "|c:\xff", "|c:a|c:b", "|@2",
+                                        "|@0", "|@1e-400"]),
                        st.booleans(), storm_tags)
 storm_line = st.tuples(storm_name, st.integers(0, 30), st.sampled_from(["1", "2.5", "1:2", "", "x", "+1"]),
                        storm_tail).map(
@@ -315,3 +316,37 @@ def test_after_a_storm_expired_the_c_tables_shrink_and_keep_working() -> None:
     batch = {(s.name, s.tags): s.value for s in flusher.batch(agg.swap(1030.0), now=1030.0).samples}
     assert batch[("keep.c", ())] == 3.0 and list(batch[("keep.h", ())].values) == [4.0]  # type: ignore[union-attr]
     assert len(agg.contexts) == 3002 == agg._table.live()[0] and len(batch) == 3002
+
+
+head_text = st.one_of(
+    st.tuples(st.sampled_from(["a", "b.c", "_e{x", "x|y", "é", "", "n" * 201]),
+              st.lists(st.sampled_from(["c", "g", "ms", "h", "s", "d", "x", "", "@0.5", "@0", "@2", "@-1", "@x", "@1e-3",
+                                        "@0.0000001", "#a:1,b", "#a:1,a:2", "#,,:v,k:", "#" + "t," * 101, "#é",
+                                        "#k:" + "v" * 201, "c:c1", "c:é", "T12", "e:z", ""]),
+                       min_size=1, max_size=4)).map(lambda t: (t[0].encode(), "|".join(t[1]).encode())),
+    st.tuples(st.binary(max_size=12), st.binary(max_size=40)),
+)
+
+
+@SETTINGS
+@given(head_text)
+def test_the_c_side_reads_a_head_as_parse_head_or_leaves_it(head: tuple[bytes, bytes]) -> None:
+    from agent.statsd.parser import ParseError, parse_head
+    name, tail = head
+    simple = receive.Table().head(name, tail)
+    if simple is None:
+        return  # parse_head's to read (and to refuse)
+    try:
+        parsed = parse_head(name, tail)
+    except ParseError as exc:
+        raise AssertionError(f"read in C, refused by parse_head: {exc.reason}") from None
+    assert simple == (parsed.name, parsed.type, parsed.rate, parsed.tags, parsed.container)
+    assert parsed.timestamp is None
+
+
+def test_the_c_side_reads_simple_heads_and_leaves_the_others() -> None:
+    table = receive.Table()
+    assert table.head(b"a", b"ms|@0.5|#k:v,b,,:x,c:|c:c1|e:z") == ("a", "ms", 0.5, (("k", "v"), ("b", ""), ("c", "")), "c1")
+    assert table.head(b"a", b"c|@2") == ("a", "c", 1.0, (), "")  # out of range: unsampled, as parse_head
+    for tail in (b"c|#k:1,k:2", b"c|T5", b"c\r", b"c|#\xc3\xa9", b"c|#a|#b", b"c|c:a|c:b", b"x", b"c|@1e-3"):
+        assert table.head(b"a", tail) is None, tail

@@ -18,7 +18,7 @@ processes, the versions alternating.
 
     .venv/bin/python bench/storm.py                       # this tree
     .venv/bin/python bench/storm.py --baseline 4f27b28    # and agent/ of that commit, same run
-    .venv/bin/python bench/storm.py --profile new         # cProfile of one phase (known, new, refused)
+    .venv/bin/python bench/storm.py --profile new         # cProfile of one phase (known, new, known_spread, refused)
 
 `--baseline REV` exports `agent/` of that commit (`git archive`) into a temporary directory and builds its
 C loop there with gcc.

@@ -40,7 +40,8 @@ with atheris.instrument_imports():
     from agent.identity import task_identity
     from agent.model import Points
     from agent.sources.ecs_stats import derive
-    from agent.statsd.aggregator import Aggregator, Flusher
+    from agent.statsd.flush import Flusher
+    from agent.statsd.receive import Aggregator
     from agent.statsd.parser import MAX_NAME, MAX_TAG, parse
 
 # --- StatsD ------------------------------------------------------------------------------------

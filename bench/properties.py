@@ -24,6 +24,7 @@ TARGETS = [
     "tests/statsd/test_parser_property.py",
     "tests/statsd/test_limits_property.py",
     "tests/statsd/test_fast_loop.py",
+    "tests/statsd/test_flush.py",
     "tests/sinks/test_prometheus_properties.py",
     "tests/sinks/test_datadog_isolation.py",
     "tests/sinks/test_datadog_series.py",

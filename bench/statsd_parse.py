@@ -17,7 +17,8 @@ import time
 from agent.model import Points
 from agent.selfmetrics import SelfMetrics
 from agent.sinks.prometheus import PrometheusSink
-from agent.statsd.aggregator import Aggregator, Flusher, Table
+from agent.statsd.flush import Flusher
+from agent.statsd.receive import Aggregator, Table
 
 # counters 55%, timers 15%, histograms 10%, gauges 12%, distributions 5%, sets 3%
 TYPE_MIX = ["c"] * 55 + ["ms"] * 15 + ["h"] * 10 + ["g"] * 12 + ["d"] * 5 + ["s"] * 3

@@ -30,7 +30,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from agent.statsd.aggregator import Limits  # noqa: E402
+from agent.statsd.interval import Limits  # noqa: E402
 from tests.support import Sidecar, wait_until  # noqa: E402
 from tests.reliability.support import (RssSampler, event_storm, rss_bytes, scrape, send_paced,  # noqa: E402
                                        set_storm, status, tag_storm)
@@ -77,7 +77,7 @@ def run(tmp: Path, intervals: int = 3, flush: float = 10.0) -> Result:
                 control += 1
 
             # 1. contexts until the bytes budget refuses them (each line charged ~10 KB: ~13,000 fit)
-            per_line = 100 * (3 + 32 + 8 + 200) + 512 + 24  # see aggregator.cost and pair_cost
+            per_line = 100 * (3 + 32 + 8 + 200) + 512 + 24  # see interval.cost and pair_cost
             contexts = int(limits.context_bytes / per_line * 1.1)
             storm = tag_storm(contexts)
             datagrams = [b"\n".join(storm[k:k + 15]) for k in range(0, len(storm), 15)]

@@ -1,12 +1,15 @@
 /* The StatsD receive path's hot loop, in C: split lines, look up their head, convert the value,
- * accumulate. Everything else stays in Python (agent/statsd/aggregator.py).
+ * accumulate. Everything else stays in Python (agent/statsd/receive.py).
  *
- * A `Table` maps the head of a line (`name` and `tail` of `name:value|tail`) to what the aggregator's
+ * A `Table` maps the head of a line (`name` and `tail` of `name:value|tail`) to what the receive side's
  * slow path decided for it (a Python `Slot` and its `Context`). `run(data, pos, gauges, sets)` walks
  * the lines of `data` from `pos` and handles, in order, every line whose head is in the table and
  * whose value is a plain decimal number (or any member, for sets). It stops at the first line it
  * cannot handle and returns that line's offset, so that Python parses it fully and calls `run` again
  * after it: lines are applied in the order they were sent, whichever side handles them.
+ *
+ * At the context cap, a line whose head is not in the table and whose context is not live is refused
+ * here, without a Python object (`refuse_or_leave`); Python keeps the set of live contexts up to date.
  *
  * Counters and histogram values accumulate here, per entry, until `harvest()` hands them to Python
  * (at the end of each interval); gauges and sets are written to the interval's dicts directly.
@@ -20,11 +23,14 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <errno.h>
+#include <math.h>
 #include <stdint.h>
 #include <string.h>
 #include <sys/socket.h>
 
-enum { COUNTER = 0, HISTOGRAM = 1, GAUGE = 2, SET = 4 };  /* the slot codes of aggregator.py */
+/* The slot codes: what to do with a line's value. Exported to Python (interval.py checks its own copy
+ * against these at import), so that the two sides cannot drift apart. */
+enum { COUNTER = 0, HISTOGRAM = 1, GAUGE = 2, GAUGE_DELTA = 3, SET = 4, ERROR = 5, DROPPED = 6 };
 
 typedef struct {
     char *key;                 /* name, then tail, without separator */
@@ -38,16 +44,41 @@ typedef struct {
     Py_ssize_t n, cap;
 } Entry;
 
+/* A set of 64-bit hashes (open addressing; 0 empty, 1 deleted): contexts by the hash of their key,
+ * refused heads by the hash of their text. Keyed SipHash: a new head shares the hash of a refused one
+ * (and is counted as refused without a look) with odds of 2**-64 per pair, and a client cannot steer it. */
+typedef struct {
+    uint64_t *buckets;
+    size_t mask;
+    Py_ssize_t used, deleted;
+} HashSet;
+
+/* A bucket holds its entry's hash: a lookup that misses (a new head) compares hashes in one array
+ * and never touches the entries. */
+typedef struct {
+    uint64_t hash;
+    Py_ssize_t at;             /* entry index + 1, 0 when empty */
+} Bucket;
+
 typedef struct {
     PyObject_HEAD
     Entry *entries;
     Py_ssize_t count, room;
-    Py_ssize_t *slots;         /* open addressing: entry index + 1, 0 when empty */
+    Bucket *slots;             /* open addressing */
     size_t mask;
     Py_ssize_t *touched;
     Py_ssize_t ntouched;
     uint64_t key[2];           /* SipHash key, random per table */
-    long long lines;           /* lines handled since the last take_lines() */
+    long long lines;           /* lines handled since the last take_counts() */
+    /* Refusals at the context cap, decided here (see `refuse_or_leave`) */
+    HashSet live;              /* hashes of the live contexts' keys (`context_key`), as Python adds them */
+    Py_ssize_t contexts, max_contexts;
+    int decide;                /* may refuse new contexts itself: no mapping rules (they rename) */
+    HashSet refused;           /* heads refused at the cap: their lines are counted without a parse */
+    Py_ssize_t refused_bytes, refused_limit, refused_max_bytes, head_cost;
+    long long refused_lines, refused_heads;  /* since the last take_counts() */
+    char *scratch;             /* a context's key, built for hashing */
+    size_t scratch_cap;
 } Table;
 
 /* SipHash-1-3, keyed: a client that cannot read the key cannot choose heads that collide (the
@@ -98,11 +129,13 @@ static Entry *find(const Table *t, uint64_t h, const char *name, Py_ssize_t nlen
         return NULL;
     size_t i = h & t->mask;
     for (int probe = 0; probe < MAX_PROBES; probe++, i = (i + 1) & t->mask) {
-        Py_ssize_t at = t->slots[i];
+        Py_ssize_t at = t->slots[i].at;
         if (at == 0)
             return NULL;
+        if (t->slots[i].hash != h)
+            continue;
         Entry *e = &t->entries[at - 1];
-        if (e->hash == h && e->name_len == nlen && e->tail_len == tlen
+        if (e->name_len == nlen && e->tail_len == tlen
                 && memcmp(e->key, name, (size_t)nlen) == 0 && memcmp(e->key + nlen, tail, (size_t)tlen) == 0)
             return e;
     }
@@ -110,10 +143,10 @@ static Entry *find(const Table *t, uint64_t h, const char *name, Py_ssize_t nlen
 }
 
 /* The first free bucket for hash h within MAX_PROBES, or -1. */
-static Py_ssize_t free_bucket(Py_ssize_t *slots, size_t mask, uint64_t h) {
+static Py_ssize_t free_bucket(Bucket *slots, size_t mask, uint64_t h) {
     size_t i = h & mask;
     for (int probe = 0; probe < MAX_PROBES; probe++, i = (i + 1) & mask)
-        if (slots[i] == 0)
+        if (slots[i].at == 0)
             return (Py_ssize_t)i;
     return -1;
 }
@@ -171,6 +204,336 @@ static void touch(Table *t, Entry *e) {
     }
 }
 
+/* -- hash sets ------------------------------------------------------------------------------- */
+
+static uint64_t hs_norm(uint64_t h) {
+    return h < 2 ? h + 2 : h;  /* 0 and 1 mark empty and deleted buckets */
+}
+
+static int hs_find(const HashSet *s, uint64_t h) {
+    if (s->buckets == NULL)
+        return 0;
+    h = hs_norm(h);
+    for (size_t i = h & s->mask;; i = (i + 1) & s->mask) {  /* at most half full: ends at an empty bucket */
+        if (s->buckets[i] == h)
+            return 1;
+        if (s->buckets[i] == 0)
+            return 0;
+    }
+}
+
+/* Rehash into a table a quarter full: to grow, or to shrink after many removals. */
+static int hs_rehash(HashSet *s) {
+    size_t size = s->buckets ? s->mask + 1 : 0, want = 1024;
+    while (want < 4 * (size_t)(s->used + 1))
+        want *= 2;
+    uint64_t *buckets = PyMem_RawCalloc(want, sizeof(uint64_t));
+    if (buckets == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    for (size_t k = 0; k < size; k++) {
+        uint64_t b = s->buckets[k];
+        if (b > 1) {
+            size_t i = b & (want - 1);
+            while (buckets[i])
+                i = (i + 1) & (want - 1);
+            buckets[i] = b;
+        }
+    }
+    PyMem_RawFree(s->buckets);
+    s->buckets = buckets;
+    s->mask = want - 1;
+    s->deleted = 0;
+    return 0;
+}
+
+static int hs_add(HashSet *s, uint64_t h) {
+    size_t size = s->buckets ? s->mask + 1 : 0;
+    if (2 * (size_t)(s->used + s->deleted + 1) > size && hs_rehash(s) < 0)
+        return -1;
+    h = hs_norm(h);
+    size_t i = h & s->mask;
+    while (s->buckets[i] > 1)
+        i = (i + 1) & s->mask;
+    if (s->buckets[i] == 1)
+        s->deleted--;
+    s->buckets[i] = h;
+    s->used++;
+    return 0;
+}
+
+static void hs_remove(HashSet *s, uint64_t h) {
+    if (s->buckets == NULL)
+        return;
+    h = hs_norm(h);
+    for (size_t i = h & s->mask; s->buckets[i] != 0; i = (i + 1) & s->mask) {
+        if (s->buckets[i] == h) {
+            s->buckets[i] = 1;
+            s->used--;
+            s->deleted++;
+            return;
+        }
+    }
+}
+
+static void hs_clear(HashSet *s) {
+    PyMem_RawFree(s->buckets);
+    s->buckets = NULL;
+    s->mask = 0;
+    s->used = s->deleted = 0;
+}
+
+/* -- context keys ----------------------------------------------------------------------------- */
+
+/* A context's key, hashed: name \0 type \0 (tag key \1 tag value \0)... \2 container, in UTF-8. Built
+ * from a line (`line_context`) or from a Context's strings (`Table.live_add`), the same bytes for the
+ * same context. Two contexts whose texts hold the separators may share a key: the set then says
+ * "maybe live" for a context that is not, and Python decides; it never says "not live" for a live one. */
+#define MAX_NAME 200           /* as in parser.py */
+#define MAX_TAG 200
+#define MAX_TAGS 100
+#define MAX_TAGS_BYTES 4096
+#define MAX_TAIL 8192
+
+static char *reserve(Table *t, size_t n) {
+    if (n > t->scratch_cap) {
+        char *grown = PyMem_RawRealloc(t->scratch, n);
+        if (grown == NULL) {
+            PyErr_NoMemory();
+            return NULL;
+        }
+        t->scratch = grown;
+        t->scratch_cap = n;
+    }
+    return t->scratch;
+}
+
+static int ascii(const char *p, const char *end) {
+    for (; p < end; p++)
+        if ((unsigned char)*p >= 0x80)
+            return 0;
+    return 1;
+}
+
+/* A head read as parser.parse_head reads it, when that is simple (`read_head`): spans of the text. */
+typedef struct {
+    const char *type;
+    Py_ssize_t type_len;
+    double rate;
+    const char *container, *container_end;
+    int ntags;                         /* tags kept: no empty key, no key given twice */
+    const char *keys[MAX_TAGS], *values[MAX_TAGS];
+    Py_ssize_t key_lens[MAX_TAGS], value_lens[MAX_TAGS];
+} Head;
+
+/* 1 and *hd filled when the head is plain ASCII, has no `T` field, no trailing `\r`, at most one `#`
+ * field and one `c:` field, no tag key given twice, and parse_head would accept it; else 0 (Python
+ * reads it, and says which error). */
+static int read_head(const char *name, Py_ssize_t nlen, const char *tail, const char *end, Head *hd) {
+    if (nlen < 1 || nlen > MAX_NAME || end - tail > MAX_TAIL || !ascii(name, name + nlen)
+            || memchr(name, '|', (size_t)nlen) != NULL || (nlen >= 3 && memcmp(name, "_e{", 3) == 0)
+            || (end > tail && end[-1] == '\r'))
+        return 0;
+    const char *type_end = memchr(tail, '|', (size_t)(end - tail));
+    if (type_end == NULL)
+        type_end = end;
+    hd->type = tail;
+    hd->type_len = type_end - tail;
+    if (!(hd->type_len == 1 && tail[0] != 0 && strchr("cghsd", tail[0]) != NULL)
+            && !(hd->type_len == 2 && memcmp(tail, "ms", 2) == 0))
+        return 0;
+    const char *tags = NULL, *tags_end = NULL;
+    hd->container = hd->container_end = NULL;
+    hd->rate = 1.0;
+    for (const char *f = type_end; f < end;) {
+        const char *start = f + 1, *fe = memchr(start, '|', (size_t)(end - start));
+        if (fe == NULL)
+            fe = end;
+        if (fe > start) {
+            if (*start == '@') {
+                double rate;
+                if (!plain_number(start + 1, fe, &rate))
+                    return 0;
+                /* 0, out of range, or so small that 1/rate overflows: unsampled, as parse_head */
+                hd->rate = rate > 0.0 && rate <= 1.0 && isfinite(1.0 / rate) ? rate : 1.0;
+            } else if (*start == 'T') {
+                return 0;
+            } else if (*start == '#') {
+                if (tags != NULL)
+                    return 0;
+                tags = start + 1;
+                tags_end = fe;
+            } else if (fe - start >= 2 && start[0] == 'c' && start[1] == ':') {
+                if (hd->container != NULL)
+                    return 0;
+                hd->container = start + 2;
+                hd->container_end = fe;
+            }
+        }
+        f = fe;
+    }
+    if (hd->container == NULL)
+        hd->container = hd->container_end = end;
+    if (!ascii(hd->container, hd->container_end))
+        return 0;
+    hd->ntags = 0;
+    if (tags == NULL)
+        return 1;
+    if (tags_end - tags > MAX_TAGS_BYTES || !ascii(tags, tags_end))
+        return 0;
+    int items = 0;  /* non-empty ones, as parse_tags counts them */
+    for (const char *item = tags; item < tags_end;) {
+        const char *ie = memchr(item, ',', (size_t)(tags_end - item));
+        if (ie == NULL)
+            ie = tags_end;
+        if (ie > item) {
+            if (ie - item > MAX_TAG || items++ == MAX_TAGS)
+                return 0;
+            const char *colon = memchr(item, ':', (size_t)(ie - item));
+            Py_ssize_t klen = (colon ? colon : ie) - item;
+            if (klen > 0) {
+                for (int k = 0; k < hd->ntags; k++)
+                    if (hd->key_lens[k] == klen && memcmp(hd->keys[k], item, (size_t)klen) == 0)
+                        return 0;  /* the last value at the first position: Python's dict does it */
+                int k = hd->ntags++;
+                hd->keys[k] = item;
+                hd->key_lens[k] = klen;
+                hd->values[k] = colon ? colon + 1 : ie;
+                hd->value_lens[k] = colon ? ie - colon - 1 : 0;
+            }
+        }
+        item = ie + 1;
+    }
+    return 1;
+}
+
+/* The hash of the context a line names, when `read_head` reads its head and its value is one Python
+ * would accept (else that error comes first): 1 and *h set; 0 when Python must look; -1 on an error. */
+static int line_context(Table *t, const char *name, Py_ssize_t nlen, const char *value, const char *bar,
+                        const char *end, uint64_t *h) {
+    Head hd;
+    double v;
+    if (!read_head(name, nlen, bar + 1, end, &hd))
+        return 0;
+    if (hd.type_len == 1 && hd.type[0] == 's' ? value == bar : !plain_number(value, bar, &v))
+        return 0;
+    size_t size = (size_t)(nlen + hd.type_len + (hd.container_end - hd.container)) + 8;
+    for (int k = 0; k < hd.ntags; k++)
+        size += (size_t)(hd.key_lens[k] + hd.value_lens[k]) + 2;
+    char *buf = reserve(t, size), *w = buf;
+    if (buf == NULL)
+        return -1;
+    memcpy(w, name, (size_t)nlen);
+    w += nlen;
+    *w++ = 0;
+    memcpy(w, hd.type, (size_t)hd.type_len);
+    w += hd.type_len;
+    *w++ = 0;
+    for (int k = 0; k < hd.ntags; k++) {
+        memcpy(w, hd.keys[k], (size_t)hd.key_lens[k]);
+        w += hd.key_lens[k];
+        *w++ = 1;
+        memcpy(w, hd.values[k], (size_t)hd.value_lens[k]);
+        w += hd.value_lens[k];
+        *w++ = 0;
+    }
+    *w++ = 2;
+    memcpy(w, hd.container, (size_t)(hd.container_end - hd.container));
+    w += hd.container_end - hd.container;
+    *h = siphash13(t->key[0], t->key[1], buf, w - buf);
+    return 1;
+}
+
+/* The same hash from a Context's strings (name, type, tags as pairs of str, container). */
+static int object_context(Table *t, PyObject *name, PyObject *type, PyObject *tags, PyObject *container,
+                          uint64_t *h) {
+    if (!PyTuple_Check(tags)) {
+        PyErr_SetString(PyExc_TypeError, "tags must be a tuple of (key, value) pairs");
+        return -1;
+    }
+    Py_ssize_t n = PyTuple_GET_SIZE(tags), lens[3];
+    const char *texts[3];
+    PyObject *parts[3] = {name, type, container};
+    size_t size = 8;
+    for (int k = 0; k < 3; k++) {
+        if ((texts[k] = PyUnicode_AsUTF8AndSize(parts[k], &lens[k])) == NULL)
+            return -1;
+        size += (size_t)lens[k];
+    }
+    for (Py_ssize_t k = 0; k < n; k++) {
+        PyObject *pair = PyTuple_GET_ITEM(tags, k);
+        Py_ssize_t klen, vlen;
+        if (!PyTuple_Check(pair) || PyTuple_GET_SIZE(pair) != 2) {
+            PyErr_SetString(PyExc_TypeError, "tags must be a tuple of (key, value) pairs");
+            return -1;
+        }
+        if (PyUnicode_AsUTF8AndSize(PyTuple_GET_ITEM(pair, 0), &klen) == NULL
+                || PyUnicode_AsUTF8AndSize(PyTuple_GET_ITEM(pair, 1), &vlen) == NULL)
+            return -1;
+        size += (size_t)(klen + vlen) + 2;
+    }
+    char *w = reserve(t, size), *buf = w;
+    if (buf == NULL)
+        return -1;
+    for (int k = 0; k < 2; k++) {
+        memcpy(w, texts[k], (size_t)lens[k]);
+        w += lens[k];
+        *w++ = 0;
+    }
+    for (Py_ssize_t k = 0; k < n; k++) {
+        PyObject *pair = PyTuple_GET_ITEM(tags, k);
+        for (int j = 0; j < 2; j++) {
+            Py_ssize_t len;
+            const char *text = PyUnicode_AsUTF8AndSize(PyTuple_GET_ITEM(pair, j), &len);  /* cached above */
+            memcpy(w, text, (size_t)len);
+            w += len;
+            *w++ = j == 0 ? 1 : 0;
+        }
+    }
+    *w++ = 2;
+    memcpy(w, texts[2], (size_t)lens[2]);
+    w += lens[2];
+    *h = siphash13(t->key[0], t->key[1], buf, w - buf);
+    return 1;
+}
+
+/* Remember a head refused at the cap, within the bounds of Python's head cache: emptied when full. */
+static int remember_refused(Table *t, uint64_t head, Py_ssize_t size) {
+    size += t->head_cost;
+    if (t->refused.used >= t->refused_limit || t->refused_bytes + size > t->refused_max_bytes) {
+        hs_clear(&t->refused);
+        t->refused_bytes = 0;
+    }
+    if (hs_add(&t->refused, head) < 0)
+        return -1;
+    t->refused_bytes += size;
+    return 0;
+}
+
+/* A line whose head is not in the table: counted here when its head was refused before, or when its
+ * context is new and the cap is reached (1); else left to Python (0). -1 on a Python error. */
+static int refuse_or_leave(Table *t, uint64_t head, const char *line, Py_ssize_t nlen, const char *value,
+                           const char *bar, const char *end) {
+    if (hs_find(&t->refused, head)) {
+        t->refused_lines++;
+        return 1;
+    }
+    if (!t->decide || t->contexts < t->max_contexts)
+        return 0;
+    uint64_t h;
+    int known = line_context(t, line, nlen, value, bar, end, &h);
+    if (known <= 0)
+        return known;
+    if (hs_find(&t->live, h))
+        return 0;  /* another head of a live context (another rate, `|e:` field, ...): Python finds it */
+    if (remember_refused(t, head, nlen + (end - bar - 1)) < 0)
+        return -1;
+    t->refused_lines++;
+    t->refused_heads++;
+    return 1;
+}
+
 /* Account one line; 1 when done, 0 when Python must parse it, -1 on a Python error. */
 static int handle(Table *t, const char *line, const char *end, PyObject *gauges, PyObject *sets) {
     const char *colon = memchr(line, ':', (size_t)(end - line));
@@ -182,9 +545,10 @@ static int handle(Table *t, const char *line, const char *end, PyObject *gauges,
         return 0;
     const char *tail = bar + 1;
     Py_ssize_t nlen = colon - line, tlen = end - tail;
-    Entry *e = find(t, head_hash(t, line, nlen, tail, tlen), line, nlen, tail, tlen);
+    uint64_t head = head_hash(t, line, nlen, tail, tlen);
+    Entry *e = find(t, head, line, nlen, tail, tlen);
     if (e == NULL)
-        return 0;
+        return refuse_or_leave(t, head, line, nlen, value, bar, end);
     if (e->code == SET) {
         if (value == bar)
             return 0;
@@ -255,9 +619,41 @@ static PyObject *Table_run(Table *t, PyObject *args) {
     return PyLong_FromSsize_t(p - start);
 }
 
+/* A new index for the entries, sized for them (load at most 1/4 after a shrink), the arrays with it. */
+static int reindex(Table *t) {
+    size_t size = 1024;
+    while (size / 4 < (size_t)t->count)
+        size *= 2;
+    if (size > t->mask + 1)
+        size = t->mask + 1;  /* never grows here */
+    Bucket *slots = PyMem_RawCalloc(size, sizeof(Bucket));
+    if (slots == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    Py_ssize_t room = (Py_ssize_t)(size / 2);
+    Entry *entries;
+    if (room < t->room && (entries = PyMem_RawRealloc(t->entries, (size_t)room * sizeof(Entry))) != NULL) {
+        Py_ssize_t *touched = PyMem_RawRealloc(t->touched, (size_t)room * sizeof(Py_ssize_t));
+        t->entries = entries;
+        if (touched)  /* else the larger block stays: as good */
+            t->touched = touched;
+        t->room = room;
+    }
+    for (Py_ssize_t k = 0; k < t->count; k++) {
+        Py_ssize_t i = free_bucket(slots, size - 1, t->entries[k].hash);
+        if (i >= 0)
+            slots[i] = (Bucket){t->entries[k].hash, k + 1};
+    }
+    PyMem_RawFree(t->slots);
+    t->slots = slots;
+    t->mask = size - 1;
+    return 0;
+}
+
 static int grow(Table *t) {
     size_t size = t->slots ? 2 * (t->mask + 1) : 1024;
-    Py_ssize_t *slots = PyMem_RawCalloc(size, sizeof(Py_ssize_t));
+    Bucket *slots = PyMem_RawCalloc(size, sizeof(Bucket));
     Py_ssize_t room = (Py_ssize_t)(size / 2);  /* load factor at most 1/2 */
     Entry *entries = PyMem_RawRealloc(t->entries, (size_t)room * sizeof(Entry));
     Py_ssize_t *touched = PyMem_RawRealloc(t->touched, (size_t)room * sizeof(Py_ssize_t));
@@ -273,7 +669,7 @@ static int grow(Table *t) {
     for (Py_ssize_t k = 0; k < t->count; k++) {
         Py_ssize_t i = free_bucket(slots, size - 1, t->entries[k].hash);
         if (i >= 0)  /* else unreachable: its lines go to Python, which still has the head */
-            slots[i] = k + 1;
+            slots[i] = (Bucket){t->entries[k].hash, k + 1};
     }
     PyMem_RawFree(t->slots);
     t->slots = slots;
@@ -316,7 +712,7 @@ static PyObject *Table_add(Table *t, PyObject *args) {
         e->slot = Py_NewRef(slot);
         e->ctx = Py_NewRef(ctx);
         e->code = code;
-        t->slots[bucket] = ++t->count;
+        t->slots[bucket] = (Bucket){h, ++t->count};
         result = Py_NewRef(Py_True);
     }
     PyBuffer_Release(&name);
@@ -425,10 +821,155 @@ static PyObject *Table_clear(Table *t, PyObject *Py_UNUSED(ignored)) {
     Py_RETURN_NONE;
 }
 
-static PyObject *Table_take_lines(Table *t, PyObject *Py_UNUSED(ignored)) {
-    long long n = t->lines;
-    t->lines = 0;
-    return PyLong_FromLongLong(n);
+/* (lines handled, lines refused at the cap, heads refused for the first time) since the last call */
+static PyObject *Table_take_counts(Table *t, PyObject *Py_UNUSED(ignored)) {
+    PyObject *counts = Py_BuildValue("(LLL)", t->lines, t->refused_lines, t->refused_heads);
+    if (counts != NULL)
+        t->lines = t->refused_lines = t->refused_heads = 0;
+    return counts;
+}
+
+static PyObject *Table_configure(Table *t, PyObject *args) {
+    Py_ssize_t max_contexts, refused_limit, refused_max_bytes, head_cost;
+    int decide;
+    if (!PyArg_ParseTuple(args, "npnnn", &max_contexts, &decide, &refused_limit, &refused_max_bytes, &head_cost))
+        return NULL;
+    t->max_contexts = max_contexts;
+    t->decide = decide;
+    t->refused_limit = refused_limit;
+    t->refused_max_bytes = refused_max_bytes;
+    t->head_cost = head_cost;
+    Py_RETURN_NONE;
+}
+
+static PyObject *Table_live_add(Table *t, PyObject *args) {
+    PyObject *name, *type, *tags, *container;
+    uint64_t h;
+    if (!PyArg_ParseTuple(args, "UUOU", &name, &type, &tags, &container)
+            || object_context(t, name, type, tags, container, &h) < 0 || hs_add(&t->live, h) < 0)
+        return NULL;
+    t->contexts++;
+    Py_RETURN_NONE;
+}
+
+/* forget_contexts(contexts): they are gone from the live set, and so are the heads that point to them
+ * (harvest first). Heads of other contexts stay: they need no parse again. */
+static PyObject *Table_forget_contexts(Table *t, PyObject *arg) {
+    if (t->ntouched) {
+        PyErr_SetString(PyExc_RuntimeError, "harvest before forgetting: values would be lost");
+        return NULL;
+    }
+    PyObject *gone = PySet_New(arg);
+    if (gone == NULL)
+        return NULL;
+    PyObject *each = PyObject_GetIter(gone), *ctx;
+    if (each == NULL) {
+        Py_DECREF(gone);
+        return NULL;
+    }
+    while ((ctx = PyIter_Next(each)) != NULL) {
+        PyObject *parts[4] = {NULL, NULL, NULL, NULL};
+        static const char *names[4] = {"name", "type", "tags", "container"};
+        uint64_t h;
+        int failed = 0;
+        for (int k = 0; k < 4 && !failed; k++)
+            failed = (parts[k] = PyObject_GetAttrString(ctx, names[k])) == NULL;
+        if (!failed && (!PyUnicode_Check(parts[0]) || !PyUnicode_Check(parts[1]) || !PyUnicode_Check(parts[3]))) {
+            PyErr_SetString(PyExc_TypeError, "a context's name, type and container are str");
+            failed = 1;
+        }
+        failed = failed || object_context(t, parts[0], parts[1], parts[2], parts[3], &h) < 0;
+        for (int k = 0; k < 4; k++)
+            Py_XDECREF(parts[k]);
+        Py_DECREF(ctx);
+        if (failed)
+            break;
+        hs_remove(&t->live, h);
+        t->contexts--;
+    }
+    Py_DECREF(each);
+    if (PyErr_Occurred()) {
+        Py_DECREF(gone);
+        return NULL;
+    }
+    Py_ssize_t kept = 0;
+    for (Py_ssize_t k = 0; k < t->count; k++) {
+        Entry *e = &t->entries[k];
+        int dead = PySet_Contains(gone, e->ctx);
+        if (dead < 0) {
+            PyErr_Clear();  /* an unhashable ctx cannot be among them */
+            dead = 0;
+        }
+        if (dead) {
+            PyMem_RawFree(e->key);
+            PyMem_RawFree(e->values);
+            Py_DECREF(e->slot);
+            Py_DECREF(e->ctx);
+        } else {
+            t->entries[kept++] = *e;
+        }
+    }
+    Py_DECREF(gone);
+    t->count = kept;
+    /* after a storm, memory goes back: the live set and the table shrink to what is left */
+    if (t->live.buckets != NULL && (size_t)(8 * (t->live.used + 1)) < t->live.mask + 1 && hs_rehash(&t->live) < 0)
+        return NULL;
+    if (t->slots != NULL && reindex(t) < 0)
+        return NULL;
+    Py_RETURN_NONE;
+}
+
+/* refuse(name, tail): Python refused this head's context; its next lines are counted here */
+static PyObject *Table_refuse(Table *t, PyObject *args) {
+    Py_buffer name, tail;
+    if (!PyArg_ParseTuple(args, "y*y*", &name, &tail))
+        return NULL;
+    uint64_t head = head_hash(t, name.buf, name.len, tail.buf, tail.len);
+    int failed = !hs_find(&t->refused, head) && remember_refused(t, head, name.len + tail.len) < 0;
+    PyBuffer_Release(&name);
+    PyBuffer_Release(&tail);
+    if (failed)
+        return NULL;
+    Py_RETURN_NONE;
+}
+
+/* head(name, tail) -> (name, type, rate, tags, container) as parser.parse_head gives them, or None
+ * when `read_head` leaves it to parse_head. */
+static PyObject *Table_head(Table *t, PyObject *args) {
+    Py_buffer name, tail;
+    Head hd;
+    (void)t;
+    if (!PyArg_ParseTuple(args, "y*y*", &name, &tail))
+        return NULL;
+    PyObject *result = NULL, *tags = NULL;
+    if (!read_head(name.buf, name.len, tail.buf, (const char *)tail.buf + tail.len, &hd)) {
+        result = Py_NewRef(Py_None);
+    } else if ((tags = PyTuple_New(hd.ntags)) != NULL) {
+        int k = 0;
+        for (; k < hd.ntags; k++) {
+            PyObject *pair = Py_BuildValue("(s#s#)", hd.keys[k], hd.key_lens[k], hd.values[k], hd.value_lens[k]);
+            if (pair == NULL)
+                break;
+            PyTuple_SET_ITEM(tags, k, pair);
+        }
+        if (k == hd.ntags)
+            result = Py_BuildValue("(s#s#dOs#)", (const char *)name.buf, name.len, hd.type, hd.type_len, hd.rate,
+                                   tags, hd.container, (Py_ssize_t)(hd.container_end - hd.container));
+        Py_DECREF(tags);
+    }
+    PyBuffer_Release(&name);
+    PyBuffer_Release(&tail);
+    return result;
+}
+
+static PyObject *Table_forget_refused(Table *t, PyObject *Py_UNUSED(ignored)) {
+    hs_clear(&t->refused);
+    t->refused_bytes = 0;
+    Py_RETURN_NONE;
+}
+
+static PyObject *Table_live(Table *t, PyObject *Py_UNUSED(ignored)) {
+    return Py_BuildValue("(nn)", t->contexts, t->refused.used);
 }
 
 static Py_ssize_t Table_len(Table *t) {
@@ -460,6 +1001,9 @@ static PyObject *Table_new(PyTypeObject *type, PyObject *args, PyObject *kwds) {
 
 static void Table_dealloc(Table *t) {
     forget(t);
+    hs_clear(&t->live);
+    hs_clear(&t->refused);
+    PyMem_RawFree(t->scratch);
     Py_TYPE(t)->tp_free((PyObject *)t);
 }
 
@@ -531,7 +1075,18 @@ static PyMethodDef Table_methods[] = {
     {"harvest", (PyCFunction)Table_harvest, METH_NOARGS,
      "harvest() -> (slots, counter sums as bytes of doubles, histogram values as bytes or None)"},
     {"clear", (PyCFunction)Table_clear, METH_NOARGS, "forget every head (harvest first)"},
-    {"take_lines", (PyCFunction)Table_take_lines, METH_NOARGS, "lines handled since the last call"},
+    {"take_counts", (PyCFunction)Table_take_counts, METH_NOARGS,
+     "take_counts() -> (lines handled, lines refused at the cap, heads refused first) since the last call"},
+    {"configure", (PyCFunction)Table_configure, METH_VARARGS,
+     "configure(max_contexts, decide, refused_limit, refused_max_bytes, head_cost): refusals at the cap"},
+    {"live_add", (PyCFunction)Table_live_add, METH_VARARGS, "live_add(name, type, tags, container): a new context"},
+    {"forget_contexts", (PyCFunction)Table_forget_contexts, METH_O,
+     "forget_contexts(contexts): expired: out of the live set, their heads out of the table"},
+    {"refuse", (PyCFunction)Table_refuse, METH_VARARGS, "refuse(name, tail): a head refused at the cap by Python"},
+    {"forget_refused", (PyCFunction)Table_forget_refused, METH_NOARGS, "forget the refused heads"},
+    {"head", (PyCFunction)Table_head, METH_VARARGS,
+     "head(name, tail) -> (name, type, rate, tags, container) as parse_head reads them, or None: Python's"},
+    {"live", (PyCFunction)Table_live, METH_NOARGS, "live() -> (live contexts, refused heads remembered)"},
     {NULL, NULL, 0, NULL},
 };
 
@@ -550,7 +1105,7 @@ static PyTypeObject TableType = {
 };
 
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "agent.statsd._fast",
-                                    "The StatsD hot loop in C (see agent/statsd/aggregator.py).", -1, module_methods};
+                                    "The StatsD hot loop in C (see agent/statsd/receive.py).", -1, module_methods};
 
 PyMODINIT_FUNC PyInit__fast(void) {
     if (PyType_Ready(&TableType) < 0)
@@ -558,7 +1113,11 @@ PyMODINIT_FUNC PyInit__fast(void) {
     PyObject *m = PyModule_Create(&module);
     if (m == NULL)
         return NULL;
-    if (PyModule_AddObjectRef(m, "Table", (PyObject *)&TableType) < 0) {
+    if (PyModule_AddObjectRef(m, "Table", (PyObject *)&TableType) < 0
+            || PyModule_AddIntMacro(m, COUNTER) < 0 || PyModule_AddIntMacro(m, HISTOGRAM) < 0
+            || PyModule_AddIntMacro(m, GAUGE) < 0 || PyModule_AddIntMacro(m, GAUGE_DELTA) < 0
+            || PyModule_AddIntMacro(m, SET) < 0 || PyModule_AddIntMacro(m, ERROR) < 0
+            || PyModule_AddIntMacro(m, DROPPED) < 0) {
         Py_DECREF(m);
         return NULL;
     }

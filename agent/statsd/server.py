@@ -32,9 +32,16 @@ from agent.hub import Hub
 from agent.logs import RateLimitedLog
 from agent.statsd import mapping
 from agent.model import Batch
-from agent.statsd.aggregator import Aggregator, Context, Flusher, Interval, Limits, drain
+from agent.statsd.flush import Flusher
+from agent.statsd.interval import Context, Interval, Limits
+from agent.statsd.receive import Aggregator
 from agent.statsd.listener import Listener, open_udp, open_unix, read_udp_tables, udp_drops
 from agent.statsd.parser import MAX_DATAGRAM, REASONS
+
+try:
+    from agent.statsd._fast import drain
+except ImportError:  # built without a C compiler: a Python `recv` loop
+    drain = None
 
 log = logging.getLogger("tasklens")
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from agent.sources.ecs_stats import derive
-from agent.statsd.aggregator import Aggregator
+from agent.statsd.receive import Aggregator
 from agent.statsd.parser import parse
 from tests.support import FIXTURES, ROOT
 

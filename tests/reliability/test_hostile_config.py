@@ -98,7 +98,7 @@ def test_every_bad_value_stops_run_and_check_with_one_line_naming_it(tmp_path: P
     assert not failures, "\n".join(failures)
 
 
-@pytest.mark.parametrize("value", ["0.1", "3600"])
+@pytest.mark.parametrize("value", ["1", "3600"])
 def test_the_flush_interval_bounds_themselves_are_accepted(value: str) -> None:
     result = run("check", {"TASKLENS_FLUSH_INTERVAL": value})
     assert result.returncode == 0, result.stderr

@@ -7,14 +7,14 @@ from collections.abc import Iterator
 
 import pytest
 
-from agent.statsd import aggregator, server
+from agent.statsd import receive, server
 
 
 @pytest.fixture(params=["c_loop", "python_loop"])
 def both_loops(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     if request.param == "python_loop":
-        monkeypatch.setattr(aggregator, "Table", None)
+        monkeypatch.setattr(receive, "Table", None)
         monkeypatch.setattr(server, "drain", None)
-    elif aggregator.Table is None:
+    elif receive.Table is None:
         pytest.fail("agent/statsd/_fast.c is not built: `pip install -e .` builds it (needs a C compiler)")
     yield request.param

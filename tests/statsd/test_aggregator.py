@@ -7,7 +7,8 @@ from array import array
 import pytest
 
 from agent.model import Batch, Event, Kind, Points, Sample, ServiceCheck
-from agent.statsd.aggregator import Aggregator, Flusher
+from agent.statsd.flush import Flusher
+from agent.statsd.receive import Aggregator
 from agent.statsd.mapping import compile_rules
 
 pytestmark = pytest.mark.usefixtures("both_loops")  # the C loop and the Python loop alike

@@ -12,7 +12,8 @@ from agent.identity import Identity
 from agent.model import Batch, Kind, Points
 from agent.selfmetrics import SelfMetrics
 from agent.sinks.prometheus import PrometheusSink
-from agent.statsd.aggregator import Aggregator, Flusher
+from agent.statsd.flush import Flusher
+from agent.statsd.receive import Aggregator
 from agent.sinks.datadog_series import histogram_aggregates
 
 pytestmark = pytest.mark.usefixtures("both_loops")  # the C loop and the Python loop alike

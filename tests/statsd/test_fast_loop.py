@@ -13,8 +13,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from agent.model import Batch
-from agent.statsd import aggregator
-from agent.statsd.aggregator import Aggregator, Flusher
+from agent.statsd import interval, receive, server
+from agent.statsd.flush import Flusher
+from agent.statsd.receive import Aggregator
 
 SETTINGS = settings(max_examples=int(os.environ.get("STATSD_EXAMPLES", "300")), deadline=None,
                     suppress_health_check=[HealthCheck.too_slow])
@@ -55,7 +56,7 @@ def stats(agg: Aggregator) -> tuple[object, ...]:
 
 
 def test_the_c_loop_is_built() -> None:
-    assert aggregator.Table is not None, "agent/statsd/_fast.c is not built: `pip install -e .` builds it"
+    assert receive.Table is not None, "agent/statsd/_fast.c is not built: `pip install -e .` builds it"
     assert Aggregator()._table is not None
     assert Aggregator(accelerated=False)._table is None
 
@@ -107,19 +108,19 @@ def test_values_accumulated_in_c_are_not_counted_twice_or_carried_over() -> None
 
 
 def test_the_table_refuses_what_would_lose_data() -> None:
-    table = aggregator.Table()
-    slot = aggregator.Slot(aggregator.COUNTER)
-    table.add(b"a", b"c", slot, None, aggregator.COUNTER)
+    table = receive.Table()
+    slot = interval.Slot(interval.COUNTER)
+    table.add(b"a", b"c", slot, None, interval.COUNTER)
     assert len(table) == 1
     with pytest.raises(KeyError):
-        table.add(b"a", b"c", slot, None, aggregator.COUNTER)
+        table.add(b"a", b"c", slot, None, interval.COUNTER)
     with pytest.raises(ValueError):
-        table.add(b"b", b"g", slot, None, aggregator.DROPPED)
+        table.add(b"b", b"g", slot, None, interval.DROPPED)
     assert table.run(b"a:2|c\na:3.5|c\nb:1|c\na:1|c", 0, {}, {}) == len(b"a:2|c\na:3.5|c\n")
     with pytest.raises(RuntimeError):
         table.clear()  # accumulated values would be lost
     slots, sums, packs = table.harvest()
-    assert (slots, array("d", sums).tolist(), packs, table.take_lines()) == ([slot], [5.5], [None], 2)
+    assert (slots, array("d", sums).tolist(), packs, table.take_counts()) == ([slot], [5.5], [None], (2, 0, 0))
     assert table.harvest() == ([], b"", [])
     table.clear()
     assert len(table) == 0 and table.run(b"a:1|c", 0, {}, {}) == 0
@@ -130,14 +131,14 @@ def test_drain_reads_what_the_socket_holds_and_counts_too_long_datagrams() -> No
     with reader, writer:
         reader.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
         writer.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 20)
-        assert aggregator.drain(reader.fileno(), 64) == (b"", 0, 0, 0)  # nothing there: no error
+        assert server.drain(reader.fileno(), 64) == (b"", 0, 0, 0)  # nothing there: no error
         for datagram in (b"a:1|c", b"", b"x" * 70_000, b"b:2|c\n", b"c:3|c"):
             writer.send(datagram)
-        data, packets, size, too_long = aggregator.drain(reader.fileno(), 3)  # at most 3 per call
+        data, packets, size, too_long = server.drain(reader.fileno(), 3)  # at most 3 per call
         assert (data, packets, size, too_long) == (b"a:1|c\n\n", 3, 5 + 0 + 65537, 1)
-        assert aggregator.drain(reader.fileno(), 64) == (b"b:2|c\n\nc:3|c\n", 2, 11, 0)
+        assert server.drain(reader.fileno(), 64) == (b"b:2|c\n\nc:3|c\n", 2, 11, 0)
     with pytest.raises(OSError):
-        aggregator.drain(reader.fileno(), 64)  # closed: EBADF
+        server.drain(reader.fileno(), 64)  # closed: EBADF
 
 
 def both(*datagrams: bytes, **options: object) -> tuple[dict[str, object], dict[str, object]]:
@@ -173,18 +174,179 @@ def test_a_full_head_cache_is_emptied_for_the_rest_of_the_batch_too() -> None:
     for accelerated in (True, False):
         agg = Aggregator(max_contexts=2, accelerated=accelerated)
         agg._cache_limit = 2  # tiny, to empty it within one datagram
+        agg._configure_table()
         agg.ingest(datagram)
         results.append((stats(agg), canonical(Flusher(10.0).batch(agg.swap(1000.0), now=1000.0))))
     assert results[0] == results[1]
-    # contexts_dropped: `a:0|g` found no room under the cap of 2, twice (its refusal was forgotten too)
-    assert results[0][0][5] == 2
+    # `a:0|g` found no room under the cap of 2 once: its refusal is remembered apart from the head cache,
+    # so emptying the cache (at `a:0|c|@0.5`) does not make it a new refused context
+    assert results[0][0][5] == 1 and results[0][0][4] == {"cardinality_limit": 2}
 
 
 def test_every_head_finds_a_bucket() -> None:
     """Heads are hashed with a random key (SipHash-1-3): 100,000 similar heads all go into the table."""
-    table = aggregator.Table()
-    slot = aggregator.Slot(aggregator.COUNTER)
-    assert all(table.add(b"jobs.%d.done" % i, b"c|#queue:q%d" % (i % 7), slot, None, aggregator.COUNTER)
+    table = receive.Table()
+    slot = interval.Slot(interval.COUNTER)
+    assert all(table.add(b"jobs.%d.done" % i, b"c|#queue:q%d" % (i % 7), slot, None, interval.COUNTER)
                for i in range(100_000))
     assert len(table) == 100_000
     assert table.run(b"jobs.99999.done:3|c|#queue:q4\njobs.5.done:1|c|#queue:q5", 0, {}, {}) == 55
+
+
+# -- storms: refusals at the cap decided in C, expiry, re-creation ---------------------------------
+
+storm_name = st.sampled_from(["req", "req.x", "é", "_e{x", "a|b"])
+storm_tags = st.lists(st.sampled_from(["id:1", "id:2", "id:3", "env:prod", "env:dev", "bare", "bare:", ":v", "",
+                                       "id:é", "k:" + "v" * 201]), max_size=4).map(",".join)
+storm_tail = st.tuples(st.sampled_from(["c", "g", "ms", "h", "d", "s", "x"]),
+                       st.sampled_from(["", "|@0.5", "|@x", "|e:x", "|c:c0ffee", "|c:other", "|T100", "\r", "|",
+                                        "|@0.5|e:y", "|#id:1", "|#k:" + "v" * 201, "|c:\xff", "|c:a|c:b", "|@2",
+                                        "|@0", "|@1e-400"]),
+                       st.booleans(), storm_tags)
+storm_line = st.tuples(storm_name, st.integers(0, 30), st.sampled_from(["1", "2.5", "1:2", "", "x", "+1"]),
+                       storm_tail).map(
+    lambda t: f"{t[0]}{t[1]}:{t[2]}|{t[3][0]}{t[3][1]}{'|#' + t[3][3] if t[3][2] else ''}".encode())
+storm_datagram = st.lists(st.one_of(storm_line, storm_line, line), min_size=1, max_size=30).map(b"\n".join)
+
+
+@SETTINGS
+@given(st.lists(st.lists(storm_datagram, min_size=1, max_size=5), min_size=1, max_size=5),
+       st.sampled_from([1, 3, 20]), st.booleans(), st.booleans())
+def test_the_c_loop_and_the_python_loop_agree_through_storms_expiry_and_re_creation(
+        intervals: list[list[bytes]], cap: int, deltas: bool, rules: bool) -> None:
+    """Many heads per context (rates, ignored fields, tags given twice or empty), the cap reached, contexts
+    expired every other interval and created again: both loops give the same batches and counts, and the
+    C side's count of live contexts is the aggregator's."""
+    from agent.statsd.mapping import compile_rules
+    mapping = compile_rules([{"match": "req*", "name": "mapped", "labels": {"n": "$1"}}]) if rules else ()
+    sides = [Aggregator(max_contexts=cap, gauge_deltas=deltas, rules=mapping, accelerated=a) for a in (True, False)]
+    flushers = [Flusher(10.0, ttl=15.0), Flusher(10.0, ttl=15.0)]
+    for i, datagrams in enumerate(intervals * 2):  # the second round meets what the first left
+        now = 1000.0 + 10 * i
+        batches = []
+        for agg, flusher in zip(sides, flushers):
+            if i % 2 == 0:  # nothing sent this interval: the idle contexts reach the TTL
+                agg.ingest_many(datagrams)
+            batches.append(flusher.batch(agg.swap(now), now=now))
+            agg.expire(flusher.expired(now))
+        assert canonical(batches[0]) == canonical(batches[1])
+        assert stats(sides[0]) == stats(sides[1])
+        assert len(sides[0].contexts) == len(sides[1].contexts) == sides[0]._table.live()[0]
+
+
+def storm(prefix: str, n: int) -> list[bytes]:
+    return [b"\n".join(b"req:1|c|#env:prod,id:%s%d" % (prefix.encode(), i * 30 + j) for j in range(30))
+            for i in range(n // 30)]
+
+
+def test_at_the_cap_a_storm_is_refused_in_c_without_python_state() -> None:
+    agg = Aggregator(max_contexts=100)
+    agg.ingest_many(storm("a", 3000))  # 100 contexts, then 2,900 refused heads
+    heads, refused = len(agg._cache), agg._table.live()[1]
+    assert (len(agg.contexts), agg.stats.contexts_dropped, agg.stats.errors["cardinality_limit"]) == (100, 2900, 2900)
+    assert (heads, refused) == (100, 2900)  # the refusals are remembered in C only
+    agg.ingest_many(storm("a", 3000))  # the same lines again: refused by their heads, not counted as new
+    assert (agg.stats.contexts_dropped, agg.stats.errors["cardinality_limit"]) == (2900, 5800)
+    assert len(agg._cache) == heads and agg.stats.lines == 6000
+
+
+def test_at_the_cap_other_heads_of_live_contexts_are_still_accepted() -> None:
+    """A refusal in C is only for a context that is not live: another rate, an ignored field, a tag given
+    twice or an empty tag item name a live context under another head, and Python finds it."""
+    lines = [b"x:1|c|#a:1,b:2", b"x:1|c|#a:1,b:2|@0.5", b"x:1|c|#a:1,b:2|e:z", b"x:1|c|#a:0,a:1,b:2",
+             b"x:1|c|#a:1,,b:2", b"x:1|c|#b:2,a:1", b"y:1|c"]
+    for accelerated in (True, False):
+        agg = Aggregator(max_contexts=1, accelerated=accelerated)
+        agg.ingest(b"\n".join(lines))
+        batch = Flusher(10.0).batch(agg.swap(1000.0), now=1000.0)
+        # tags in another order are another context (tags keep their order): refused, as `y`
+        assert [(s.name, s.tags, s.value) for s in batch.samples] == [("x", (("a", "1"), ("b", "2")), 6.0)]
+        assert agg.stats.errors == {"cardinality_limit": 2} and agg.stats.contexts_dropped == 2
+
+
+def test_expiry_keeps_the_heads_of_live_contexts_and_makes_room_again() -> None:
+    agg, flusher = Aggregator(max_contexts=100), Flusher(10.0, ttl=15.0)
+    agg.ingest(b"keep:1|c\nkeep:2|ms|#k:v")
+    agg.ingest_many(storm("a", 300))
+    flusher.batch(agg.swap(1000.0), now=1000.0)
+    assert len(agg._table) == 100 and agg.stats.contexts_dropped == 202
+    agg.ingest(b"keep:1|c\nkeep:2|ms|#k:v")  # only these stay live
+    flusher.batch(agg.swap(1010.0), now=1010.0)
+    agg.expire(flusher.expired(1020.0))
+    agg.swap(1020.0)
+    assert len(agg.contexts) == 2 == agg._table.live()[0]
+    assert len(agg._table) == 2 and agg._table.live()[1] == 0  # the heads of `keep` stay parsed
+    agg.ingest(b"keep:1|c")  # handled in C at once: no parse
+    assert agg._table.run(b"keep:1|c", 0, {}, {}) == len(b"keep:1|c")
+    agg.ingest_many(storm("a", 300))  # the refused names of before find room now
+    assert len(agg.contexts) == 100 and agg.stats.contexts_dropped == 202 + 202
+    batch = flusher.batch(agg.swap(1030.0), now=1030.0)
+    assert sum(1 for s in batch.samples if s.name == "req" and s.value == 1.0) == 98
+
+
+def test_the_table_refuses_a_new_context_at_the_cap_and_leaves_the_rest_to_python() -> None:
+    table = receive.Table()
+    table.configure(1, True, 10, 1 << 20, 128)
+    table.live_add("x", "c", (("a", "1"),), "")
+    new, live_again, not_simple = b"y:1|c|#a:1", b"x:1|c|#a:1|@0.5", b"y:1|c|#a:1,a:2"
+    assert table.run(new + b"\n" + new, 0, {}, {}) == len(new) * 2 + 1  # refused, then by its head
+    assert table.take_counts() == (2, 2, 1) and table.live() == (1, 1)
+    assert table.run(live_again, 0, {}, {}) == 0  # a live context under a new head: Python's
+    assert table.run(not_simple, 0, {}, {}) == 0  # a tag given twice: Python's
+    assert table.run(b"z:x|c", 0, {}, {}) == 0  # a bad value: Python says which error
+    table.configure(1, False, 10, 1 << 20, 128)  # mapping rules: never decided here
+    assert table.run(b"w:1|c", 0, {}, {}) == 0
+    assert table.run(new, 0, {}, {}) == len(new)  # but a head refused before is still counted here
+    table.forget_refused()
+    assert table.run(new, 0, {}, {}) == 0
+
+
+def test_after_a_storm_expired_the_c_tables_shrink_and_keep_working() -> None:
+    agg, flusher = Aggregator(max_contexts=5000), Flusher(10.0, ttl=15.0)
+    agg.ingest(b"keep.c:1|c\nkeep.h:2|h")
+    agg.ingest_many(storm("a", 3000))
+    flusher.batch(agg.swap(1000.0), now=1000.0)
+    agg.ingest(b"keep.c:1|c\nkeep.h:2|h")
+    flusher.batch(agg.swap(1010.0), now=1010.0)
+    agg.expire(flusher.expired(1020.0))
+    agg.swap(1020.0)
+    assert len(agg.contexts) == 2 == len(agg._table) == agg._table.live()[0]
+    agg.ingest(b"keep.c:3|c\nkeep.h:4|h")  # the heads that stayed, in the shrunk table
+    agg.ingest_many(storm("b", 3000))  # and the table grows again
+    batch = {(s.name, s.tags): s.value for s in flusher.batch(agg.swap(1030.0), now=1030.0).samples}
+    assert batch[("keep.c", ())] == 3.0 and list(batch[("keep.h", ())].values) == [4.0]  # type: ignore[union-attr]
+    assert len(agg.contexts) == 3002 == agg._table.live()[0] and len(batch) == 3002
+
+
+head_text = st.one_of(
+    st.tuples(st.sampled_from(["a", "b.c", "_e{x", "x|y", "é", "", "n" * 201]),
+              st.lists(st.sampled_from(["c", "g", "ms", "h", "s", "d", "x", "", "@0.5", "@0", "@2", "@-1", "@x", "@1e-3",
+                                        "@0.0000001", "#a:1,b", "#a:1,a:2", "#,,:v,k:", "#" + "t," * 101, "#é",
+                                        "#k:" + "v" * 201, "c:c1", "c:é", "T12", "e:z", ""]),
+                       min_size=1, max_size=4)).map(lambda t: (t[0].encode(), "|".join(t[1]).encode())),
+    st.tuples(st.binary(max_size=12), st.binary(max_size=40)),
+)
+
+
+@SETTINGS
+@given(head_text)
+def test_the_c_side_reads_a_head_as_parse_head_or_leaves_it(head: tuple[bytes, bytes]) -> None:
+    from agent.statsd.parser import ParseError, parse_head
+    name, tail = head
+    simple = receive.Table().head(name, tail)
+    if simple is None:
+        return  # parse_head's to read (and to refuse)
+    try:
+        parsed = parse_head(name, tail)
+    except ParseError as exc:
+        raise AssertionError(f"read in C, refused by parse_head: {exc.reason}") from None
+    assert simple == (parsed.name, parsed.type, parsed.rate, parsed.tags, parsed.container)
+    assert parsed.timestamp is None
+
+
+def test_the_c_side_reads_simple_heads_and_leaves_the_others() -> None:
+    table = receive.Table()
+    assert table.head(b"a", b"ms|@0.5|#k:v,b,,:x,c:|c:c1|e:z") == ("a", "ms", 0.5, (("k", "v"), ("b", ""), ("c", "")), "c1")
+    assert table.head(b"a", b"c|@2") == ("a", "c", 1.0, (), "")  # out of range: unsampled, as parse_head
+    for tail in (b"c|#k:1,k:2", b"c|T5", b"c\r", b"c|#\xc3\xa9", b"c|#a|#b", b"c|c:a|c:b", b"x", b"c|@1e-3"):
+        assert table.head(b"a", tail) is None, tail

@@ -7,7 +7,9 @@ from __future__ import annotations
 import pytest
 
 from agent.model import Kind
-from agent.statsd.aggregator import CONTEXT_COST, PAIR_COST, TAG_REF_COST, Aggregator, Flusher, Limits
+from agent.statsd.flush import Flusher
+from agent.statsd.interval import CONTEXT_COST, PAIR_COST, TAG_REF_COST, Limits
+from agent.statsd.receive import Aggregator
 from agent.statsd.parser import MAX_TAGS, MAX_TAGS_BYTES, MAX_TAIL
 
 pytestmark = pytest.mark.usefixtures("both_loops")

@@ -10,7 +10,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from agent.model import Kind
-from agent.statsd.aggregator import Aggregator, Flusher, Limits, pair_cost
+from agent.statsd.flush import Flusher
+from agent.statsd.interval import Limits, pair_cost
+from agent.statsd.receive import Aggregator
 from agent.statsd.parser import MAX_TAG, MAX_TAGS, MAX_TAGS_BYTES, ParseError, parse, parse_line
 
 SETTINGS = settings(max_examples=int(os.environ.get("STATSD_EXAMPLES", "150")), deadline=None,

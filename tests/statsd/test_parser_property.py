@@ -8,7 +8,8 @@ import os
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from agent.statsd.aggregator import Aggregator, Flusher
+from agent.statsd.flush import Flusher
+from agent.statsd.receive import Aggregator
 from agent.statsd.parser import parse
 
 # STATSD_EXAMPLES=20000 for a longer hunt

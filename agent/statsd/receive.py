@@ -1,10 +1,8 @@
-"""Aggregation of DogStatsD lines per flush interval, split in two halves that never wait on each other.
+"""The receive side of the StatsD aggregator: what runs on the receive thread, line by line.
 
-`Aggregator` is the receive side: `ingest(datagram)` parses and accumulates; `swap()` hands over the
-finished interval (in a few ms at most). `Flusher` is the export side: it turns a finished `Interval`
-into one `Batch` (tags of the task container, idle counters, TTL expiry). The server runs the first on its
-receive thread and the second on the event loop, so a slow flush, export or `/metrics` render never
-stalls receiving. Used together in one thread (tests, benchmarks), they are an ordinary aggregator.
+`Aggregator.ingest(datagram)` parses and accumulates into the open `Interval`; `swap()` hands the
+finished interval over to the export side (`flush.Flusher`, on the event loop's worker thread) in a
+few ms at most, and applies the expiries that side asked for. Nothing here waits on the export side.
 
 Speed comes from doing per line only what changes per line: a line `name:value|tail` is cut in three,
 `(name, tail)` is looked up in a cache of parsed heads (type, rate, tags, container, the context), and
@@ -12,7 +10,7 @@ only the value is converted. Everything else (decoding, tags, mapping rules, the
 once per distinct head, in `parser.parse_head`. That per-line loop runs in C (`_fast.c`, built with the
 package): it handles every line whose head is known and whose value is a plain number, in order, and
 leaves the others to the Python slow path; where the extension is missing, `_each` does the same in
-Python, about six times slower. At flush, repeated histogram values are merged into weights (`points`).
+Python, about six times slower.
 
 Semantics (see docs/statsd.md): counters sum `value / rate`; gauges keep the last value (`+5`/`-5` set
 the gauge unless Etsy-style deltas are on); sets count distinct members; histograms, timers and
@@ -24,182 +22,35 @@ from __future__ import annotations
 import time
 from array import array
 from collections import Counter, deque
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, fields, replace
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from agent.memory import BURST, release_freed_memory
-from agent.model import Batch, Event, Kind, Points, Sample, ServiceCheck, Tags, merge_tags
+from agent.model import Event, ServiceCheck, Tags, merge_tags
 from agent.statsd import mapping
-from agent.statsd.parser import (CHECK_PREFIX, EVENT_PREFIX, MAX_DATAGRAM, Head, ParseError, finite,
+from agent.statsd.interval import (COUNTER, DROPPED, ERROR, GAUGE, GAUGE_DELTA, HISTOGRAM, SET, SLOT_CODES,
+                                   Context, Interval, Limits, Slot, TagPool, cost, item_bytes)
+from agent.statsd.parser import (CHECK_PREFIX, EVENT_PREFIX, MAX_DATAGRAM, ParseError, finite,
                                  parse_event, parse_head, parse_service_check, parse_values)
 
 try:
-    from agent.statsd._fast import Table as Table, drain as drain  # drain: re-exported for the server
+    from agent.statsd import _fast
 except ImportError:  # built without a C compiler: `Aggregator._each` does the same in Python
-    Table = drain = None
+    _fast = None
+if _fast is not None and any(getattr(_fast, n, None) != code for n, code in SLOT_CODES.items()):
+    raise ImportError("agent/statsd/_fast.c disagrees with interval.py on the slot codes: rebuild it "
+                      "(`pip install -e .`)")
+Table = _fast.Table if _fast is not None else None
 
-# slot codes: what the fast path does with a value
-COUNTER, HISTOGRAM, GAUGE, GAUGE_DELTA, SET, ERROR, DROPPED = range(7)  # numeric codes first
-_HISTOGRAM_TYPES = {"h": Kind.HISTOGRAM, "ms": Kind.HISTOGRAM, "d": Kind.DISTRIBUTION}
 # what the C loop handles; set members stay in Python, which bounds them (`Limits`), and are rare
 FAST_CODES = (COUNTER, HISTOGRAM, GAUGE)
 NUMBER_CACHE = 100_000  # distinct value texts remembered
 NUMBER_CACHE_TEXT = 32  # bytes: a longer value text is converted but not remembered
 HEAD_CACHE_BYTES = 64 * 1024**2  # keys of the head cache (each is held twice: here and in the C table)
 HEAD_COST = 128  # bytes a head cache entry is charged beyond its key
-MERGE_MIN, MERGE_RATIO, MERGE_RETRY = 1024, 0.5, 16  # see `points`
-# Bytes charged against Limits.context_bytes beyond the text (measured with sys.getsizeof on 3.11): a
-# context (its Context, Slot, key tuples and entries in the aggregator's and flusher's dicts), a reference
-# to a tag from a context's tuple, a distinct tag pair (its tuple, two str headers, its pool entry).
-CONTEXT_COST, TAG_REF_COST, PAIR_COST = 512, 8, 200
-
-
-@dataclass(frozen=True, slots=True)
-class Limits:
-    """What the receive side may hold, in bytes as well as counts (docs/statsd.md, "Limits").
-
-    Counts alone are not a bound: 100,000 contexts of 100 tags each, or 10,000 events of 60 KiB, are
-    gigabytes. Each overflow refuses the line (never truncates it) and counts it by reason."""
-
-    max_contexts: int = 100_000
-    context_bytes: int = 128 * 1024**2  # what live contexts hold, as `cost` and `TagPool` charge it
-    events: int = 10_000  # events, and service checks, each per interval
-    event_bytes: int = 4 * 1024**2  # per interval: titles, texts, messages and tags of both
-    set_members: int = 200_000  # distinct set members per interval, all contexts together
-    set_bytes: int = 8 * 1024**2  # their bytes, per interval
-    set_members_per_context: int = 100_000
-    timestamped: int = 100_000  # lines with `|T<ts>` per interval (each one is a sample of its own)
-    packed_values: int = 4_000_000  # histogram values sent packed (`h:1:2:3|h`) per interval: 32 MiB
-    set_bytes_per_context: int = 4 * 1024**2
-
-
-def cost(name: str, tags: Tags, container: str) -> int:
-    """What a context is charged for itself against `Limits.context_bytes` (its tag pairs are charged
-    once for all contexts by `TagPool`). Lengths of str: never more than their UTF-8 bytes."""
-    return len(name) + len(container) + CONTEXT_COST + TAG_REF_COST * len(tags)
-
-
-def pair_cost(kv: tuple[str, str]) -> int:
-    return len(kv[0]) + len(kv[1]) + PAIR_COST
-
-
-class TagPool:
-    """Equal tag pairs and tag tuples are stored once (`env:prod` on 10,000 contexts is one tuple) and
-    charged once: a worker whose contexts share their tags is charged what it really costs, and one whose
-    every tag is unique is charged every pair. Pairs of forgotten contexts stay (and stay charged) until
-    `rebuild`, which the aggregator calls when that could make room, or after a storm of expiries."""
-
-    def __init__(self) -> None:
-        self.pairs: dict[tuple[str, str], tuple[str, str]] = {}
-        self.tuples: dict[Tags, Tags] = {}
-        self.bytes = 0  # sum of pair_cost over `pairs`
-        self.stale = False  # contexts were forgotten since the last rebuild
-
-    def canonical(self, tags: Tags) -> Tags:
-        pairs = self.pairs
-        shared = tuple([pairs.get(kv, kv) for kv in tags])
-        return self.tuples.get(shared, shared)
-
-    def new_bytes(self, tags: Tags) -> int:
-        """What `add(tags)` would charge."""
-        pairs = self.pairs
-        return sum(pair_cost(kv) for kv in tags if kv not in pairs)
-
-    def add(self, tags: Tags) -> None:
-        pairs = self.pairs
-        for kv in tags:
-            if kv not in pairs:
-                pairs[kv] = kv
-                self.bytes += pair_cost(kv)
-        self.tuples.setdefault(tags, tags)
-
-    def rebuild(self, contexts: Iterable[Context]) -> None:
-        self.pairs, self.tuples, self.bytes, self.stale = {}, {}, 0, False
-        for ctx in contexts:
-            self.add(ctx.tags)
-
-
-def item_bytes(item: Event | ServiceCheck) -> int:
-    """The text an event or service check holds (title, text or message, tags, ...)."""
-    size = sum(pair_cost(kv) for kv in item.tags)
-    for f in fields(item):
-        value = getattr(item, f.name)
-        if isinstance(value, str):
-            size += len(value)
-    return size + CONTEXT_COST
-
-
-class Context:
-    """One series: name + type + tags + container. Compared and hashed by identity (fast)."""
-
-    __slots__ = ("name", "type", "tags", "container", "merge", "cost")
-
-    def __init__(self, name: str, type_: str, tags: Tags, container: str) -> None:
-        self.name, self.type, self.tags, self.container = name, type_, tags, container
-        self.merge = 0  # export side only: do this histogram's values repeat? (see `points`)
-        self.cost = cost(name, tags, container)  # charged against Limits.context_bytes while it lives
-
-    def __repr__(self) -> str:
-        return f"Context({self.name!r}, {self.type!r}, {self.tags!r}, {self.container!r})"
-
-
-class Slot:
-    """A cached head: what to do with the value of a line whose (name, tail) was seen before."""
-
-    __slots__ = ("code", "ctx", "weight", "reason")
-
-    def __init__(self, code: int, ctx: Context | None = None, weight: float = 1.0, reason: str = "") -> None:
-        self.code, self.ctx, self.weight, self.reason = code, ctx, weight, reason
-
 
 _DROPPED = Slot(DROPPED)  # one for every refused context: the cache may hold many keys pointing to it
-
-
-@dataclass(slots=True)
-class Interval:
-    """What was received during one flush interval. Counters and histogram values are kept per slot
-    (a context seen with two sample rates has two slots) and merged per context at flush."""
-
-    start: float  # wall-clock start of the interval (Unix seconds)
-    periods: int = 1  # flush periods it covers: more when the export side fell behind (server.MAX_BACKLOG)
-    counts: dict[Slot, float] = field(default_factory=dict)  # sum of values, times slot.weight at flush
-    gauges: dict[Context, float] = field(default_factory=dict)
-    sets: dict[Context, set[bytes]] = field(default_factory=dict)
-    values: dict[Slot, array[float]] = field(default_factory=dict)
-    timestamped: list[tuple[Context, float, float]] = field(default_factory=list)  # (ctx, value*weight, ts)
-    events: list[tuple[Event, str]] = field(default_factory=list)
-    service_checks: list[tuple[ServiceCheck, str]] = field(default_factory=list)
-    # what the interval holds against Limits: bytes of events and checks, set members and their bytes
-    event_bytes: int = 0
-    set_members: int = 0
-    set_bytes: int = 0
-    set_bytes_of: dict[Context, int] = field(default_factory=dict)
-    packed_values: int = 0
-    # what the C loop accumulated, as `Table.harvest` returns it: merged into counts and values by
-    # `settle`, off the receive thread
-    pending: list[tuple[list[Slot], bytes, list[bytes | None]]] = field(default_factory=list)
-
-    def settle(self) -> None:
-        """Merge what the C loop accumulated into `counts` and `values` (called by the export side)."""
-        counts, values = self.counts, self.values
-        for slots, sums, packs in self.pending:
-            for slot, total, packed in zip(slots, array("d", sums), packs):
-                if packed is None:
-                    counts[slot] = counts.get(slot, 0.0) + total
-                elif (acc := values.get(slot)) is None:
-                    values[slot] = array("d", packed)
-                else:
-                    acc.frombytes(packed)
-        self.pending = []
-
-    def contexts(self) -> set[Context]:
-        self.settle()
-        out = set(self.gauges) | set(self.sets)
-        out.update(s.ctx for s in self.counts)  # type: ignore[misc]
-        out.update(s.ctx for s in self.values)  # type: ignore[misc]
-        out.update(c for c, _, _ in self.timestamped)
-        return out
 
 
 @dataclass(slots=True)
@@ -237,13 +88,23 @@ class Aggregator:
         self._cache: dict[tuple[bytes, bytes], Slot] = {}
         self._cache_limit = max(4 * self.max_contexts, 10_000)
         self._cache_bytes = 0  # of the keys in `_cache`; cleared too at HEAD_CACHE_BYTES
+        # heads refused at the cap (not in `_cache`: a storm of refused heads never evicts live ones)
+        self._refused: set[tuple[bytes, bytes]] = set()  # the Python loop's; the C loop keeps its own
+        self._refused_bytes = 0
         self._table = Table() if accelerated and Table is not None else None  # the C side of `_cache`
+        self._configure_table()
         self._numbers: dict[bytes, float] = {}
         self._errors: dict[str, Slot] = {}
         self._pool = TagPool()
         self._gauge_last: dict[Context, float] = {}  # Etsy deltas apply to the value of earlier intervals
         self._expiring: deque[Iterable[Context]] = deque()  # from the Flusher's thread: deque ops are atomic
         self.interval = Interval(clock())
+
+    def _configure_table(self) -> None:
+        """What the C loop needs to refuse new contexts at the cap itself: the cap, and the bounds of the
+        refused heads it remembers (those of `_refused`). Not with mapping rules: they rename."""
+        if self._table is not None:
+            self._table.configure(self.max_contexts, not self.rules, self._cache_limit, HEAD_CACHE_BYTES, HEAD_COST)
 
     # -- receive side ----------------------------------------------------------------------------
 
@@ -289,7 +150,11 @@ class Aggregator:
             stats.lines += 1  # never an empty line: the C loop skips those
             self._slow(data[pos:eol])
             pos = table.run(data, eol + 1, self.interval.gauges, self.interval.sets)
-        stats.lines += table.take_lines()
+        lines, refused, dropped = table.take_counts()
+        stats.lines += lines
+        if refused:  # refused at the cap in C (`refuse_or_leave`): no Python object per line
+            stats.errors["cardinality_limit"] += refused
+            stats.contexts_dropped += dropped
 
     def _each(self, lines: list[bytes]) -> None:
         """The hot loop in Python, where the C extension is missing: one line at a time, in order."""
@@ -381,27 +246,39 @@ class Aggregator:
             raise ParseError("malformed_line")
         key = (name, tail)
         slot = self._cache.get(key)
-        timestamp = None
+        if slot is None and key in self._refused:
+            slot = _DROPPED
+        timestamp, parsed = None, None
         if slot is None:
-            try:
-                head = parse_head(name, tail)
-            except ParseError as exc:
-                if tail:  # with an empty tail, lines of other shapes share the key (`x`, `x:1`, `x:1|`)
-                    self._remember(key, self._errors.setdefault(exc.reason, Slot(ERROR, reason=exc.reason)))
-                raise
-            if head.type != "s":
-                parse_values(head.type, value)  # a bad value must not create a context
+            # the C side reads the simple heads (`Table.head`: ASCII, no tag given twice, ...), as
+            # parse_head would, without its Python objects; parse_head reads the others
+            simple = self._table.head(name, tail) if self._table is not None else None
+            if simple is not None:
+                hname, kind, rate, tags, container = simple
+                stamp = None
+            else:
+                try:
+                    head = parse_head(name, tail)
+                except ParseError as exc:
+                    if tail:  # with an empty tail, lines of other shapes share the key (`x`, `x:1`, `x:1|`)
+                        self._remember(key, self._errors.setdefault(exc.reason, Slot(ERROR, reason=exc.reason)))
+                    raise
+                hname, kind, rate, tags, container, stamp = (head.name, head.type, head.rate, head.tags,
+                                                             head.container, head.timestamp)
+            if kind != "s":
+                parsed = parse_values(kind, value)  # a bad value must not create a context
             elif not value:
                 raise ParseError("bad_value")
-            slot = self._slot(head)
-            if head.timestamp is not None and head.type in ("c", "g"):
-                timestamp = float(head.timestamp)  # exported as sent, not aggregated
+            slot = self._slot(hname, kind, rate, tags, container)
+            if stamp is not None and kind in ("c", "g"):
+                timestamp = float(stamp)  # exported as sent, not aggregated
             else:  # other types ignore a timestamp: cached like any head
                 self._remember(key, slot)
-        self._apply(slot, value, timestamp, key)
+        self._apply(slot, value, timestamp, key, parsed)
 
     def _apply(self, slot: Slot, value: bytes, timestamp: float | None = None,
-               key: tuple[bytes, bytes] | None = None) -> None:
+               key: tuple[bytes, bytes] | None = None,
+               parsed: tuple[tuple[float, ...], tuple[bool, ...]] | None = None) -> None:
         """Account one line's value(s) to its slot; raises ParseError for a bad value. A counter or
         histogram whose head `key` is in the C table accumulates there, with the lines the C loop
         handled: in one place, in the order of the lines, as the Python loop does."""
@@ -434,7 +311,8 @@ class Aggregator:
             return
         if timestamp is not None and len(iv.timestamped) >= self.limits.timestamped:
             raise ParseError("timestamp_limit")  # each is kept apart, not aggregated: bounded by count
-        vals, relative = parse_values("g" if code == GAUGE_DELTA else "", value)
+        # `parsed`: the values as `_metric` read them for the head's type (relative ones only for `g`)
+        vals, relative = parsed if parsed is not None else parse_values("g" if code == GAUGE_DELTA else "", value)
         if code == HISTOGRAM and len(vals) > 1 and timestamp is None:
             # packed values are kept one by one (8 bytes each: a 64 KiB line holds 32,000 of them)
             if iv.packed_values + len(vals) > self.limits.packed_values:
@@ -462,12 +340,41 @@ class Aggregator:
 
     def _remember(self, key: tuple[bytes, bytes], slot: Slot) -> None:
         size = len(key[0]) + len(key[1]) + HEAD_COST
+        if slot is _DROPPED:
+            self._refuse(key, size)
+            return
         if len(self._cache) >= self._cache_limit or self._cache_bytes + size > HEAD_CACHE_BYTES:
             self._forget_heads()
         self._cache[key] = slot
         self._cache_bytes += size
         if self._table is not None and slot.code in FAST_CODES:
             self._table.add(key[0], key[1], slot, slot.ctx, slot.code)
+
+    def _refuse(self, key: tuple[bytes, bytes], size: int) -> None:
+        """Remember a head refused at the cap: its next lines are counted without a parse. Bounded as the
+        head cache is, and emptied when full; the C loop keeps the same set by the heads' hashes."""
+        if self._table is not None:
+            self._table.refuse(*key)
+            return
+        if len(self._refused) >= self._cache_limit or self._refused_bytes + size > HEAD_CACHE_BYTES:
+            self._refused.clear()
+            self._refused_bytes = 0
+        self._refused.add(key)
+        self._refused_bytes += size
+
+    def _forget_contexts(self, gone: set[Context]) -> None:
+        """The heads of expired contexts go (the others stay parsed), and so do the refusals at the cap:
+        there may be room now. Called at a swap, after the C side's harvest."""
+        if self._table is not None:
+            self._table.forget_contexts(gone)
+            self._table.forget_refused()
+        kept, size = {}, 0
+        for key, slot in self._cache.items():
+            if slot.ctx not in gone:
+                kept[key] = slot
+                size += len(key[0]) + len(key[1]) + HEAD_COST
+        self._cache, self._cache_bytes = kept, size
+        self._refused, self._refused_bytes = set(), 0
 
     def _forget_heads(self) -> None:
         """Empty the head cache (both sides); what the C side accumulated stays in the interval."""
@@ -482,31 +389,32 @@ class Aggregator:
         """What the live contexts are charged against `Limits.context_bytes`."""
         return self.context_bytes + self._pool.bytes
 
-    def _slot(self, head: Head) -> Slot:
-        name, tags = head.name, head.tags
+    def _slot(self, name: str, kind: str, rate: float, tags: Tags, container: str) -> Slot:
+        """The slot of a new head (`parser.Head`'s fields): its context, found or made within the limits."""
         if self.rules:
             mapped = mapping.apply(self.rules, name)
             if mapped is not None:
                 name, tags = mapped[0], merge_tags(tags, mapped[1])
         tags = self._pool.canonical(tags)
-        key = (name, head.type, tags, head.container)
+        key = (name, kind, tags, container)
         ctx = self.contexts.get(key)
         if ctx is None:
-            if not self._room_for(cost(name, tags, head.container), tags):
+            if not self._room_for(cost(name, tags, container), tags):
                 self.stats.contexts_dropped += 1
                 return _DROPPED
-            ctx = Context(name, head.type, tags, head.container)
+            ctx = Context(name, kind, tags, container)
             self._pool.add(tags)
             self.contexts[key] = ctx
+            if self._table is not None:
+                self._table.live_add(name, kind, tags, container)
             self.context_bytes += ctx.cost
-        t = head.type
-        if t == "c":
-            return Slot(COUNTER, ctx, 1.0 / head.rate)
-        if t == "g":
+        if kind == "c":
+            return Slot(COUNTER, ctx, 1.0 / rate)
+        if kind == "g":
             return Slot(GAUGE_DELTA if self.gauge_deltas else GAUGE, ctx)
-        if t == "s":
+        if kind == "s":
             return Slot(SET, ctx)
-        return Slot(HISTOGRAM, ctx, 1.0 / head.rate)
+        return Slot(HISTOGRAM, ctx, 1.0 / rate)
 
     def _room_for(self, charge: int, tags: Tags) -> bool:
         """Whether a new context charged `charge` bytes for itself, with these tags, fits the limits."""
@@ -539,7 +447,7 @@ class Aggregator:
 
     def _expire(self, done: Interval) -> None:
         touched = done.contexts()
-        removed = 0
+        gone: set[Context] = set()
         while self._expiring:
             for ctx in self._expiring.popleft():
                 key = (ctx.name, ctx.type, ctx.tags, ctx.container)
@@ -547,136 +455,13 @@ class Aggregator:
                     del self.contexts[key]
                     self.context_bytes -= ctx.cost
                     self._gauge_last.pop(ctx, None)
-                    removed += 1
-        if removed:
+                    gone.add(ctx)
+        if gone:
             self.contexts = dict(self.contexts)  # a dict never shrinks by deletion: rebuild it
-            self._forget_heads()  # slots of forgotten contexts (and refusals at the cap) are gone
+            self._forget_contexts(gone)
             self._pool.stale = True
-            if removed > BURST or len(self._pool.tuples) > 2 * len(self.contexts) + BURST:
+            if len(gone) > BURST or len(self._pool.tuples) > 2 * len(self.contexts) + BURST:
                 self._pool.rebuild(self.contexts.values())  # after a storm; or it would only grow
-        if removed > BURST:
+        if len(gone) > BURST:
             release_freed_memory()  # a few ms, once after a storm: RSS back near the baseline
 
-
-class Flusher:
-    """Turns finished intervals into batches; tracks idle counters and context expiry."""
-
-    def __init__(self, interval: float, ttl: float = 300.0) -> None:
-        self.interval = interval
-        self.ttl = ttl
-        self._last_seen: dict[Context, float] = {}
-        self._counters_seen: dict[Context, float] = {}  # aggregated counters, for zeros while idle
-        self.overflows = 0  # counter sums that overflowed to infinity: dropped, counted as bad_value
-
-    def batch(self, iv: Interval, containers: Mapping[str, Tags] = {}, now: float | None = None,
-              base: Tags = ()) -> Batch:
-        """The batch of a finished interval. Tags: `base` (the task's: what `Hub.enrich` adds, done
-        here once per distinct tag set instead of once more per sample), then the container's, then
-        the line's own, each winning over the one before."""
-        now = time.time() if now is None else now
-        iv.settle()
-        samples: list[Sample] = []
-        add = samples.append
-        merged: dict[tuple[int, str], Tags] = {}  # by id: contexts share pooled tag tuples (`TagPool`)
-
-        def tags_of(ctx: Context) -> Tags:
-            key = (id(ctx.tags), ctx.container)
-            out = merged.get(key)
-            if out is None:
-                own = merge_tags(containers.get(ctx.container, ()), ctx.tags) if ctx.container else ctx.tags
-                out = merged[key] = merge_tags(base, own)
-            return out
-
-        seen = self._last_seen
-        seconds = self.interval * iv.periods  # what counts and histograms of this interval cover
-        counters: dict[Context, float] = {}
-        for slot, total in iv.counts.items():
-            ctx = slot.ctx
-            assert ctx is not None  # only slots with a context accumulate
-            counters[ctx] = counters.get(ctx, 0.0) + total * slot.weight
-        for ctx, total in counters.items():
-            if total - total != 0.0:  # finite values whose sum overflowed: never export an infinity
-                self.overflows += 1
-                continue
-            add(Sample(ctx.name, total, Kind.COUNT, tags_of(ctx), None, seconds))
-            self._counters_seen[ctx] = now
-        for ctx, when in list(self._counters_seen.items()):
-            if ctx not in counters:
-                if now - when <= self.ttl:
-                    add(Sample(ctx.name, 0.0, Kind.COUNT, tags_of(ctx), None, seconds))
-                else:
-                    del self._counters_seen[ctx]
-        for ctx, value in iv.gauges.items():
-            add(Sample(ctx.name, value, Kind.GAUGE, tags_of(ctx)))
-        for ctx, members in iv.sets.items():
-            add(Sample(ctx.name, float(len(members)), Kind.GAUGE, tags_of(ctx)))
-        grouped: dict[Context, list[Slot]] = {}
-        for slot in iv.values:
-            grouped.setdefault(slot.ctx, []).append(slot)  # type: ignore[arg-type]
-        for ctx, slots in grouped.items():
-            add(Sample(ctx.name, points(iv.values, slots, ctx.type == "ms"), _HISTOGRAM_TYPES[ctx.type],
-                       tags_of(ctx), None, seconds))
-        for ctx, value, ts in iv.timestamped:
-            if value - value != 0.0:
-                self.overflows += 1
-                continue
-            kind = Kind.COUNT if ctx.type == "c" else Kind.GAUGE
-            add(Sample(ctx.name, value, kind, tags_of(ctx), ts, self.interval if kind is Kind.COUNT else None))
-        events = [_with_container(e, c, containers, base) for e, c in iv.events]
-        checks = [_with_container(sc, c, containers, base) for sc, c in iv.service_checks]
-        for ctx in iv.contexts():
-            seen[ctx] = now
-        return Batch("statsd", samples, events, checks, snapshot=False)  # type: ignore[arg-type]
-
-    def expired(self, now: float | None = None) -> list[Context]:
-        """Contexts idle for longer than the TTL; forgotten here, to be passed to `Aggregator.expire`."""
-        now = time.time() if now is None else now
-        cutoff = now - self.ttl
-        old = [ctx for ctx, when in self._last_seen.items() if when < cutoff]
-        for ctx in old:
-            del self._last_seen[ctx]
-            self._counters_seen.pop(ctx, None)
-        if len(old) > BURST:  # a dict never shrinks by deletion: rebuild both after a burst
-            self._last_seen = dict(self._last_seen)
-            self._counters_seen = dict(self._counters_seen)
-        return old
-
-
-def points(values: Mapping[Slot, array[float]], slots: Sequence[Slot], milliseconds: bool) -> Points:
-    """One context's values and weights (weights are built only here: most are 1).
-
-    When values repeat (timers in whole milliseconds, small sizes), equal values are merged into one
-    with the sum of their weights, so that every sink works per distinct value, not per sample. Whether
-    a context's values repeat is remembered (`Context.merge`) and tried again every 16 flushes."""
-    ctx: Context = slots[0].ctx  # type: ignore[assignment]
-    total = sum(len(values[slot]) for slot in slots)
-    if total >= MERGE_MIN and ctx.merge >= 0:
-        merged: Counter[float] = Counter()
-        for slot in slots:
-            counted = Counter(values[slot])  # C-level counting
-            if slot.weight == 1.0:
-                merged.update(counted)
-            else:
-                for value, n in counted.items():
-                    merged[value] += n * slot.weight  # type: ignore[assignment]
-        if len(merged) <= total * MERGE_RATIO:
-            ctx.merge = 1
-            return Points(array("d", merged.keys()), array("d", merged.values()), milliseconds)
-        ctx.merge = -MERGE_RETRY
-    elif ctx.merge < 0:
-        ctx.merge += 1
-    if len(slots) == 1:
-        vals = values[slots[0]]
-        return Points(vals, array("d", [slots[0].weight]) * len(vals), milliseconds)
-    vals, weights = array("d"), array("d")
-    for slot in slots:
-        vals.extend(values[slot])
-        weights.extend(array("d", [slot.weight]) * len(values[slot]))
-    return Points(vals, weights, milliseconds)
-
-
-def _with_container(item: Event | ServiceCheck, container: str, containers: Mapping[str, Tags],
-                    base: Tags) -> Event | ServiceCheck:
-    own = merge_tags(containers.get(container, ()), item.tags) if container else item.tags
-    tags = merge_tags(base, own)
-    return item if tags is item.tags else replace(item, tags=tags)

@@ -1,0 +1,189 @@
+"""The export side of the StatsD aggregator: what runs off the receive thread, once per interval.
+
+`Flusher.batch(interval)` turns a finished `Interval` (handed over by `receive.Aggregator.swap`) into one
+`Batch`: counters merged per context, zeros for idle counters, the tags of the task's containers, and
+histogram values merged into weights where they repeat (`points`). `Flusher.expired()` says which
+contexts were idle past the TTL; the server passes them back to `Aggregator.expire`, which forgets them
+at its next swap. The server runs this on a worker thread of the event loop.
+"""
+
+from __future__ import annotations
+
+import time
+from array import array
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
+
+from agent.memory import BURST
+from agent.model import Batch, Event, Kind, Points, Sample, ServiceCheck, Tags, merge_tags
+from agent.statsd.interval import Context, Interval, Slot
+
+HISTOGRAM_TYPES = {"h": Kind.HISTOGRAM, "ms": Kind.HISTOGRAM, "d": Kind.DISTRIBUTION}
+MERGE_MIN, MERGE_RATIO, MERGE_RETRY = 1024, 0.5, 16  # see `points`
+
+
+class Flusher:
+    """Turns finished intervals into batches; tracks idle counters and context expiry."""
+
+    def __init__(self, interval: float, ttl: float = 300.0) -> None:
+        self.interval = interval
+        self.ttl = ttl
+        # when each context was last in an interval, and each counter last exported: oldest first (an
+        # update moves the entry to the end), so what passed its TTL is found at the front
+        self._last_seen: dict[Context, float] = {}
+        self._counters_seen: dict[Context, float] = {}
+        # An idle counter is exported as 0 until its TTL: the same Sample every flush, made once when it
+        # goes idle (again when the containers' tags or the interval change), so that a flush costs what
+        # changed, not what sits idle (100,000 idle counters: see docs/statsd.md, "Measured")
+        self._zeros: dict[Context, Sample] = {}
+        self._exported: set[Context] = set()  # the counters of the last batch
+        self._zeros_for: tuple[dict[str, Tags], float, Tags] = ({}, 0.0, ())  # what `_zeros` were made with
+        self.overflows = 0  # counter sums that overflowed to infinity: dropped, counted as bad_value
+
+    def batch(self, iv: Interval, containers: Mapping[str, Tags] = {}, now: float | None = None,
+              base: Tags = ()) -> Batch:
+        """The batch of a finished interval. Tags: `base` (the task's: what `Hub.enrich` adds, done
+        here once per distinct tag set instead of once more per sample), then the container's, then
+        the line's own, each winning over the one before."""
+        now = time.time() if now is None else now
+        iv.settle()
+        samples: list[Sample] = []
+        add = samples.append
+        merged: dict[tuple[int, str], Tags] = {}  # by id: contexts share pooled tag tuples (`TagPool`)
+
+        def tags_of(ctx: Context) -> Tags:
+            key = (id(ctx.tags), ctx.container)
+            out = merged.get(key)
+            if out is None:
+                own = merge_tags(containers.get(ctx.container, ()), ctx.tags) if ctx.container else ctx.tags
+                out = merged[key] = merge_tags(base, own)
+            return out
+
+        seen = self._last_seen
+        seconds = self.interval * iv.periods  # what counts and histograms of this interval cover
+        counters: dict[Context, float] = {}
+        for slot, total in iv.counts.items():
+            ctx = slot.ctx
+            assert ctx is not None  # only slots with a context accumulate
+            counters[ctx] = counters.get(ctx, 0.0) + total * slot.weight
+        counters_seen, zeros = self._counters_seen, self._zeros
+        for ctx, total in counters.items():
+            zeros.pop(ctx, None)
+            if total - total != 0.0:  # finite values whose sum overflowed: never export an infinity
+                self.overflows += 1
+                continue
+            add(Sample(ctx.name, total, Kind.COUNT, tags_of(ctx), None, seconds))
+            counters_seen.pop(ctx, None)
+            counters_seen[ctx] = now
+        self._idle_zeros(counters, (dict(containers), seconds, base), now, tags_of)
+        samples.extend(zeros.values())
+        for ctx, value in iv.gauges.items():
+            add(Sample(ctx.name, value, Kind.GAUGE, tags_of(ctx)))
+        for ctx, members in iv.sets.items():
+            add(Sample(ctx.name, float(len(members)), Kind.GAUGE, tags_of(ctx)))
+        grouped: dict[Context, list[Slot]] = {}
+        for slot in iv.values:
+            grouped.setdefault(slot.ctx, []).append(slot)  # type: ignore[arg-type]
+        for ctx, slots in grouped.items():
+            add(Sample(ctx.name, points(iv.values, slots, ctx.type == "ms"), HISTOGRAM_TYPES[ctx.type],
+                       tags_of(ctx), None, seconds))
+        for ctx, value, ts in iv.timestamped:
+            if value - value != 0.0:
+                self.overflows += 1
+                continue
+            kind = Kind.COUNT if ctx.type == "c" else Kind.GAUGE
+            add(Sample(ctx.name, value, kind, tags_of(ctx), ts, self.interval if kind is Kind.COUNT else None))
+        events = [_with_container(e, c, containers, base) for e, c in iv.events]
+        checks = [_with_container(sc, c, containers, base) for sc, c in iv.service_checks]
+        for ctx in iv.contexts():
+            seen.pop(ctx, None)
+            seen[ctx] = now
+        return Batch("statsd", samples, events, checks, snapshot=False)  # type: ignore[arg-type]
+
+    def _idle_zeros(self, counters: Mapping[Context, float], made_for: tuple[dict[str, Tags], float, Tags],
+                    now: float, tags_of: Callable[[Context], Tags]) -> None:
+        """Keep `_zeros` to the counters exported before, not in this batch, within their TTL.
+        `made_for`: the containers' tags, the interval and the task's tags the zeros are made with."""
+        zeros, counters_seen, seconds = self._zeros, self._counters_seen, made_for[1]
+        if made_for != self._zeros_for:  # the zeros' tags or interval changed: all anew
+            self._zeros_for = made_for
+            for ctx in zeros:
+                zeros[ctx] = Sample(ctx.name, 0.0, Kind.COUNT, tags_of(ctx), None, seconds)
+        for ctx in self._exported:
+            if ctx not in counters and ctx in counters_seen:  # idle from this batch on
+                zeros[ctx] = Sample(ctx.name, 0.0, Kind.COUNT, tags_of(ctx), None, seconds)
+        self._exported = set(counters)
+        old = []
+        for ctx, when in counters_seen.items():  # oldest first: stop at the first within its TTL
+            if now - when <= self.ttl:
+                break
+            old.append(ctx)
+        for ctx in old:
+            del counters_seen[ctx]
+            zeros.pop(ctx, None)
+
+    def expired(self, now: float | None = None) -> list[Context]:
+        """Contexts idle for longer than the TTL; forgotten here, to be passed to `Aggregator.expire`."""
+        now = time.time() if now is None else now
+        old = _older_than(self._last_seen, now - self.ttl)
+        for ctx in old:
+            del self._last_seen[ctx]
+            self._counters_seen.pop(ctx, None)
+            self._zeros.pop(ctx, None)
+            self._exported.discard(ctx)
+        if len(old) > BURST:  # a dict never shrinks by deletion: rebuild them after a burst
+            self._last_seen = dict(self._last_seen)
+            self._counters_seen = dict(self._counters_seen)
+            self._zeros = dict(self._zeros)
+        return old
+
+
+def _older_than(when: dict[Context, float], cutoff: float) -> list[Context]:
+    """The first entries of `when` (oldest first) with a time before `cutoff`."""
+    old = []
+    for ctx, t in when.items():
+        if t >= cutoff:
+            break
+        old.append(ctx)
+    return old
+
+
+def points(values: Mapping[Slot, array[float]], slots: Sequence[Slot], milliseconds: bool) -> Points:
+    """One context's values and weights (weights are built only here: most are 1).
+
+    When values repeat (timers in whole milliseconds, small sizes), equal values are merged into one
+    with the sum of their weights, so that every sink works per distinct value, not per sample. Whether
+    a context's values repeat is remembered (`Context.merge`) and tried again every 16 flushes."""
+    ctx: Context = slots[0].ctx  # type: ignore[assignment]
+    total = sum(len(values[slot]) for slot in slots)
+    if total >= MERGE_MIN and ctx.merge >= 0:
+        merged: Counter[float] = Counter()
+        for slot in slots:
+            counted = Counter(values[slot])  # C-level counting
+            if slot.weight == 1.0:
+                merged.update(counted)
+            else:
+                for value, n in counted.items():
+                    merged[value] += n * slot.weight  # type: ignore[assignment]
+        if len(merged) <= total * MERGE_RATIO:
+            ctx.merge = 1
+            return Points(array("d", merged.keys()), array("d", merged.values()), milliseconds)
+        ctx.merge = -MERGE_RETRY
+    elif ctx.merge < 0:
+        ctx.merge += 1
+    if len(slots) == 1:
+        vals = values[slots[0]]
+        return Points(vals, array("d", [slots[0].weight]) * len(vals), milliseconds)
+    vals, weights = array("d"), array("d")
+    for slot in slots:
+        vals.extend(values[slot])
+        weights.extend(array("d", [slot.weight]) * len(values[slot]))
+    return Points(vals, weights, milliseconds)
+
+
+def _with_container(item: Event | ServiceCheck, container: str, containers: Mapping[str, Tags],
+                    base: Tags) -> Event | ServiceCheck:
+    own = merge_tags(containers.get(container, ()), item.tags) if container else item.tags
+    tags = merge_tags(base, own)
+    return item if tags is item.tags else replace(item, tags=tags)

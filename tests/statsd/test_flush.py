@@ -11,7 +11,7 @@ import os
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from agent.model import Kind
+from agent.model import Kind, merge_tags
 from agent.statsd.flush import Flusher
 from agent.statsd.receive import Aggregator
 
@@ -19,20 +19,23 @@ SETTINGS = settings(max_examples=int(os.environ.get("STATSD_EXAMPLES", "150")), 
                     suppress_health_check=[HealthCheck.too_slow])
 NAMES = [b"a", b"b|#k:v", b"c|c:c1", b"d|c:c2", b"e|#k:w|c:c1", b"f", b"big"]
 CONTAINERS = [{}, {"c1": (("container_name", "one"),)}, {"c1": (("container_name", "uno"),), "c2": (("x", "y"),)}]
+# the task's tags (what the hub would add): they change when the identity does (the first ECS poll)
+BASES = [(), (("service", "orders"), ("x", "task")), (("service", "orders"), ("task_id", "t2"))]
 
 # one interval: which counters are sent (and whether `big` overflows), the containers' tags, periods,
 # the seconds since the last flush, and whether expired contexts are forgotten after it
 interval = st.tuples(st.sets(st.sampled_from(range(len(NAMES)))), st.booleans(), st.sampled_from(range(3)),
-                     st.sampled_from([1, 1, 2]), st.sampled_from([10.0, 10.0, 40.0]), st.booleans())
+                     st.sampled_from([1, 1, 2]), st.sampled_from([10.0, 10.0, 40.0]), st.booleans(),
+                     st.sampled_from(range(len(BASES))))
 
 
 @SETTINGS
 @given(st.lists(interval, min_size=1, max_size=12))
-def test_idle_counters_are_zero_until_their_ttl(intervals: list[tuple[set[int], bool, int, int, float, bool]]) -> None:
+def test_idle_counters_are_zero_until_their_ttl(intervals: list[tuple[set[int], bool, int, int, float, bool, int]]) -> None:
     agg, flusher = Aggregator(), Flusher(10.0, ttl=30.0)
     exported: dict[str, float] = {}  # name -> when last exported with a value (the reference model)
     now = 1000.0
-    for sent, overflow, which, periods, step, expire in intervals:
+    for sent, overflow, which, periods, step, expire, task in intervals:
         now += step
         lines = [NAMES[i].replace(b"|", b":1|c|", 1) if b"|" in NAMES[i] else NAMES[i] + b":1|c" for i in sent]
         if 6 in sent and overflow:
@@ -41,7 +44,7 @@ def test_idle_counters_are_zero_until_their_ttl(intervals: list[tuple[set[int], 
         iv = agg.swap(now)
         iv.periods = periods
         containers = CONTAINERS[which]
-        batch = flusher.batch(iv, containers, now=now)
+        batch = flusher.batch(iv, containers, now=now, base=BASES[task])
         values = {NAMES[i].split(b"|")[0].decode() for i in sent}
         got = {}
         for s in batch.samples:
@@ -60,12 +63,12 @@ def test_idle_counters_are_zero_until_their_ttl(intervals: list[tuple[set[int], 
                 else:
                     del exported[name]
         assert {n: v for n, (v, _) in got.items()} == expected
-        for name, (_, tags) in got.items():  # the containers' tags of this flush, under the client's
+        for name, (_, tags) in got.items():  # the task's, then the containers' tags of this flush, then the client's
             full = next(n for n in NAMES if n.split(b"|")[0].decode() == name)
             container = full.split(b"|c:")[1].decode() if b"|c:" in full else ""
             own = (("k", full.split(b"#k:")[1].split(b"|")[0].decode()),) if b"#k:" in full else ()
-            base = containers.get(container, ())
-            assert tags == tuple(kv for kv in base if kv[0] not in dict(own)) + own
+            with_container = merge_tags(containers.get(container, ()), own)
+            assert tags == merge_tags(BASES[task], with_container)
         if expire:
             gone = flusher.expired(now)
             agg.expire(gone)

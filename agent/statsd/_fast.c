@@ -22,6 +22,7 @@
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <structmember.h>
 #include <errno.h>
 #include <math.h>
 #include <stdint.h>
@@ -79,6 +80,10 @@ typedef struct {
     long long refused_lines, refused_heads;  /* since the last take_counts() */
     char *scratch;             /* a context's key, built for hashing */
     size_t scratch_cap;
+    /* histogram values this interval may still take, here or in Python (Limits.histogram_values):
+     * set by Python at each interval, taken by both; at 0 a histogram line is left to Python, which
+     * refuses it (`value_limit`) */
+    Py_ssize_t values_left;
 } Table;
 
 /* SipHash-1-3, keyed: a client that cannot read the key cannot choose heads that collide (the
@@ -577,10 +582,13 @@ static int handle(Table *t, const char *line, const char *end, PyObject *gauges,
         return 1;
     }
     if (e->code == HISTOGRAM) {
+        if (t->values_left <= 0)
+            return 0;
         if (append(e, v)) {
             PyErr_NoMemory();
             return -1;
         }
+        t->values_left--;
         touch(t, e);
         return 1;
     }
@@ -1092,6 +1100,12 @@ static PyMethodDef Table_methods[] = {
 
 static PySequenceMethods Table_as_sequence = {.sq_length = (lenfunc)Table_len};
 
+static PyMemberDef Table_members[] = {
+    {"values_left", T_PYSSIZET, offsetof(Table, values_left), 0,
+     "histogram values the interval may still take (set by Python at each interval)"},
+    {NULL, 0, 0, 0, NULL},
+};
+
 static PyTypeObject TableType = {
     PyVarObject_HEAD_INIT(NULL, 0)
     .tp_name = "agent.statsd._fast.Table",
@@ -1101,6 +1115,7 @@ static PyTypeObject TableType = {
     .tp_new = Table_new,
     .tp_dealloc = (destructor)Table_dealloc,
     .tp_methods = Table_methods,
+    .tp_members = Table_members,
     .tp_as_sequence = &Table_as_sequence,
 };
 

@@ -42,7 +42,7 @@ class Limits:
     set_bytes: int = 8 * 1024**2  # their bytes, per interval
     set_members_per_context: int = 100_000
     timestamped: int = 100_000  # lines with `|T<ts>` per interval (each one is a sample of its own)
-    packed_values: int = 4_000_000  # histogram values sent packed (`h:1:2:3|h`) per interval: 32 MiB
+    histogram_values: int = 4_000_000  # histogram, timer and distribution values per interval: 32 MiB
     set_bytes_per_context: int = 4 * 1024**2
 
 
@@ -145,7 +145,7 @@ class Interval:
     set_members: int = 0
     set_bytes: int = 0
     set_bytes_of: dict[Context, int] = field(default_factory=dict)
-    packed_values: int = 0
+    histogram_values: int = 0  # held in Python's arrays (with the C loop: `Table.values_left` counts)
     # what the C loop accumulated, as `Table.harvest` returns it: merged into counts and values by
     # `settle`, off the receive thread
     pending: list[tuple[list[Slot], bytes, list[bytes | None]]] = field(default_factory=list)

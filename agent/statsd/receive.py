@@ -99,6 +99,8 @@ class Aggregator:
         self._gauge_last: dict[Context, float] = {}  # Etsy deltas apply to the value of earlier intervals
         self._expiring: deque[Iterable[Context]] = deque()  # from the Flusher's thread: deque ops are atomic
         self.interval = Interval(clock())
+        if self._table is not None:
+            self._table.values_left = self.limits.histogram_values
 
     def _configure_table(self) -> None:
         """What the C loop needs to refuse new contexts at the cap itself: the cap, and the bounds of the
@@ -162,6 +164,7 @@ class Aggregator:
         counts, gauges, values = iv.counts, iv.gauges, iv.values
         counts_get, values_get, cache_get, number_get = counts.get, values.get, self._cache.get, self._numbers.get
         slow, number = self._slow, self._number
+        limit = self.limits.histogram_values
         for line in lines:
             name, _, rest = line.partition(b":")
             value, _, tail = rest.partition(b"|")
@@ -186,6 +189,10 @@ class Aggregator:
             if code == 0:  # COUNTER (literals: a constant is faster than a global here)
                 counts[slot] = counts_get(slot, 0.0) + v
             elif code == 1:  # HISTOGRAM
+                if iv.histogram_values >= limit:
+                    slow(line)  # refused there (`value_limit`)
+                    continue
+                iv.histogram_values += 1
                 acc = values_get(slot)
                 if acc is None:
                     acc = values[slot] = array("d")
@@ -313,11 +320,8 @@ class Aggregator:
             raise ParseError("timestamp_limit")  # each is kept apart, not aggregated: bounded by count
         # `parsed`: the values as `_metric` read them for the head's type (relative ones only for `g`)
         vals, relative = parsed if parsed is not None else parse_values("g" if code == GAUGE_DELTA else "", value)
-        if code == HISTOGRAM and len(vals) > 1 and timestamp is None:
-            # packed values are kept one by one (8 bytes each: a 64 KiB line holds 32,000 of them)
-            if iv.packed_values + len(vals) > self.limits.packed_values:
-                raise ParseError("value_limit")
-            iv.packed_values += len(vals)
+        if code == HISTOGRAM and timestamp is None and not self._take_values(len(vals)):
+            raise ParseError("value_limit")  # each value is kept, 8 bytes: bounded per interval
         self.stats.extra_values += len(vals) - 1
         if timestamp is not None:
             total = sum(vals) * slot.weight if code == COUNTER else vals[-1]
@@ -337,6 +341,21 @@ class Aggregator:
         else:
             for v, r in zip(vals, relative):
                 self._gauge(ctx, v, r)
+
+    def _take_values(self, n: int) -> bool:
+        """Room for `n` more histogram values in this interval (`Limits.histogram_values`), taken; the
+        C loop takes from the same count (`Table.values_left`)."""
+        table = self._table
+        if table is not None:
+            if n > table.values_left:
+                return False
+            table.values_left -= n
+            return True
+        iv = self.interval
+        if iv.histogram_values + n > self.limits.histogram_values:
+            return False
+        iv.histogram_values += n
+        return True
 
     def _remember(self, key: tuple[bytes, bytes], slot: Slot) -> None:
         size = len(key[0]) + len(key[1]) + HEAD_COST
@@ -435,6 +454,8 @@ class Aggregator:
         if self._table is not None:
             done.pending.append(self._table.harvest())
         self.interval = Interval(self.clock() if now is None else now)
+        if self._table is not None:
+            self._table.values_left = self.limits.histogram_values
         if self.gauge_deltas:
             self._gauge_last.update(done.gauges)
         if self._expiring:

@@ -67,7 +67,7 @@ LIMIT_REASONS = {
     "event_limit": "events or service checks past the interval's count or TASKLENS_STATSD_MAX_EVENT_BYTES",
     "set_limit": "set members past TASKLENS_STATSD_MAX_SET_MEMBERS or _BYTES, or a set's own limit",
     "timestamp_limit": "lines with a |T timestamp past 100,000 in an interval",
-    "value_limit": "packed histogram values past 4,000,000 in an interval",
+    "value_limit": "histogram, timer and distribution values past 4,000,000 in an interval",
 }
 
 

@@ -130,10 +130,15 @@ def test_timestamped_lines_past_their_count_are_refused() -> None:
     assert control(agg) == 3.0
 
 
-def test_packed_histogram_values_past_their_count_are_refused() -> None:
-    agg = run(b"h:1:2:3|h\nh:4:5|h\nh:6:7|h\nh:8|h", Limits(packed_values=5))
-    batch = Flusher(10.0).batch(agg.swap())
-    (h,) = [s for s in batch.samples if s.name == "h"]
-    assert sorted(h.value.values) == [1.0, 2.0, 3.0, 4.0, 5.0, 8.0]  # type: ignore[union-attr]
-    assert agg.stats.errors == {"value_limit": 1}
-    assert agg.stats.samples == 3 + 6  # the control lines and the values kept
+def test_histogram_values_past_their_count_are_refused_packed_or_not() -> None:
+    """Every value is kept (8 bytes): past `histogram_values` in an interval a line is refused whole,
+    whether its values are packed or one per line, and whichever loop (C or Python) reads it."""
+    agg = Aggregator(limits=Limits(histogram_values=7))
+    lines = [b"h:1:2:3|h", b"h:4|h", b"h:4|h", b"h:4|h", b"t:5|ms", b"h:6|h", b"h:7:8|h", b"t:9|ms"]
+    agg.ingest(b"\n".join(lines))
+    assert agg.stats.errors == {"value_limit": 3}
+    batch = Flusher(10.0).batch(agg.swap(), now=1.0)
+    values = {s.name: sorted(s.value.values) for s in batch.samples}  # type: ignore[union-attr]
+    assert values == {"h": [1.0, 2.0, 3.0, 4.0, 4.0, 4.0], "t": [5.0]}
+    agg.ingest(b"\n".join(lines[:3]))  # a new interval: room again
+    assert agg.stats.errors == {"value_limit": 3}

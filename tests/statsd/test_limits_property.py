@@ -118,6 +118,27 @@ def test_sets_never_pass_their_limits(members: list[tuple[int, bytes]], total: i
 
 
 @SETTINGS
+@given(st.lists(st.tuples(st.sampled_from([b"h", b"ms", b"d"]), st.integers(0, 3),
+                          st.lists(st.integers(-5, 5), min_size=1, max_size=6)), max_size=80),
+       st.integers(1, 60))
+def test_histogram_values_never_pass_their_count(lines: list[tuple[bytes, int, list[int]]], limit: int) -> None:
+    """Packed or one per line, in C or in Python: at most `histogram_values` kept per interval, a line
+    refused whole when its values do not all fit, the same lines refused by both loops."""
+    datagrams = [b"\n".join([b"lat.%d:%s|%s" % (ctx, b":".join(b"%d" % v for v in values), kind), CONTROL])
+                 for kind, ctx, values in lines]
+    aggs = run_both(datagrams, Limits(histogram_values=limit))
+    kept = []
+    for agg in aggs:
+        batch = Flusher(10.0).batch(agg.swap(), now=1.0)
+        values = {(s.name, s.kind): sorted(s.value.values) for s in batch.samples if s.name.startswith("lat.")}
+        assert sum(map(len, values.values())) <= limit
+        assert sum(s.value for s in batch.samples if s.name == "control.jobs") == 3.0 * (len(lines) + 1)  # type: ignore[misc]
+        kept.append(values)
+    assert kept[0] == kept[1]
+    assert aggs[0].stats.errors == aggs[1].stats.errors
+
+
+@SETTINGS
 @given(st.lists(st.tuples(st.integers(0, 10_000), st.integers(0, 60), st.integers(1, 150)), max_size=120),
        st.integers(1_000, 200_000))
 def test_context_bytes_never_pass_their_limit(contexts: list[tuple[int, int, int]], budget: int) -> None:

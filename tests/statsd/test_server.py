@@ -26,7 +26,7 @@ from agent.statsd.server import StatsdServer, next_boundary
 from tests.support import Recorder
 from agent.sinks.datadog_series import histogram_aggregates
 
-pytestmark = pytest.mark.usefixtures("both_loops")  # the C loop and drain, and the Python ones
+pytestmark = pytest.mark.usefixtures("every_receiver")  # the C thread, the C drain, all in Python
 
 DOCKER_ID = "1e3b5c7d9f0a2b4c6d8e0f1a3b5c7d9f0a2b4c6d8e0f1a3b5c7d9f0a2b4c6d8e"
 CONTAINER_TAGS = (("container_name", "worker"), ("image", "acme/worker"), ("image_tag", "1.2"))

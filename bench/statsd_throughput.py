@@ -220,6 +220,7 @@ def run_step(server: Server, tr: Traffic, positions: list[int], rate: int, args:
         "core_percent": round(100 * cpu / wall, 1),
         # the core's busy share, every process on it: near 100 with a lower core_percent, others took it
         "core_total_percent": round(100 * (busy1 - busy0) / (total1 - total0), 1) if total1 > total0 else None,
+        "load": os.getloadavg()[0],
         "rss_mib": round(rss_bytes(server.pid) / 2**20, 1),
         # the server's own view: counters as deltas over the step, gauges (flush duration ...) as they are
         "server_metrics": {k: v - before.extra.get(k, 0.0) if "_total" in k else v for k, v in after.extra.items()},
@@ -278,6 +279,41 @@ def run_server(cls: type[Server], variant: str, tr: Traffic, steps: Sequence[int
     return result
 
 
+def run_interleaved(classes: Sequence[type[Server]], variant: str, tr: Traffic, steps: Sequence[int],
+                    args: argparse.Namespace, workdir: Path) -> list[Result]:
+    """--interleave: every server started at once (each on the server core), and each rate sent to one
+    after the other, so that what else runs on the machine weighs on all of them alike. The servers not
+    under test are idle (and not scraped) meanwhile."""
+    servers = [cls(workdir / variant, args.flush_interval, args.server_core) for cls in classes]
+    results: list[Result] = [{"server": s.name, "variant": variant, "note": s.note, "steps": []} for s in servers]
+    busy: Busy | None = args.busy_load
+    try:
+        for server in servers:
+            server.start()
+        time.sleep(2.0)
+        positions = [[0] * len(tr.pools) for _ in servers]
+        lossy = [0] * len(servers)
+        for rate in steps:
+            for i, server in enumerate(servers):
+                if lossy[i] >= args.max_lossy_steps and rate >= 100_000:
+                    continue
+                if busy is not None:
+                    busy.url = f"http://127.0.0.1:{server.http_port}/metrics"  # type: ignore[attr-defined]
+                step = run_step(server, tr, positions[i], rate, args)
+                results[i]["steps"].append(step)
+                print(f"  {server.name:15} {variant:6} {format_step(step)}", flush=True)
+                lossy[i] += not step["lossless"]
+                time.sleep(1.0)  # the next server's step starts after this one's flush
+    finally:
+        if busy is not None:
+            busy.url = None
+        for server in servers:
+            server.stop()
+    for result in results:
+        result["summary"] = summarize(result["steps"])
+    return results
+
+
 def format_step(step: Result) -> str:
     counted = "n/a" if step["lines_counted"] is None else f"{step['lines_counted']:.0f}"
     flag = "ok  " if step["lossless"] else "LOSS"
@@ -287,7 +323,7 @@ def format_step(step: Result) -> str:
             f"kernel drops {step['kernel_drops']}" + ("" if full is None else f", buffer full {full:.0f}x")
             + f", mismatches {step['sum_mismatches']}+{step['gauge_mismatches']}, "
             f"{step['cpu_seconds_per_million_lines']:.3f} CPU-s/M, {step['core_percent']}% core "
-            f"({step['core_total_percent']}% all processes), "
+            f"({step['core_total_percent']}% all processes), load {step['load']:.1f}, "
             f"{step['rss_mib']} MiB" + ("" if step["lossless"] else f"; {'; '.join(step['examples'][:2])}"))
 
 
@@ -336,6 +372,12 @@ def print_report(results: list[Result]) -> None:
               f"{_num(s['rss_mib_max']):>8}  {s['first_lossy'] or ('none up to the last step' if r['steps'] else '-')}"
               + (f"; FAILED {r['failed']}" if "failed" in r else ""))
     print("(* the senders could not reach the target rate: the server did not lose anything up to there)")
+    for r in results:
+        s = r.get("summary") or {}
+        if s.get("saturation_lines_per_s"):
+            print(f"{r['server']} ({r['variant']}): a full core takes ~{s['saturation_lines_per_s']:,} lines/s at "
+                  f"its cost per line; highest lossless rate {s['max_lossless_lines_per_s']:,} = "
+                  f"{100 * s['max_lossless_of_saturation']:.0f}% of that")
     for line in ratios(results):
         print(line)
 
@@ -400,6 +442,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                     help="scheduling priority for the run, inherited by servers and senders (e.g. -10 as root "
                          "on a shared machine, so that other work disturbs the servers less)")
     ap.add_argument("--max-lossy-steps", type=int, default=1, help="stop a server after this many lossy steps")
+    ap.add_argument("--interleave", action="store_true",
+                    help="run every server at once and send each rate to one after the other (tasklens variants)")
     ap.add_argument("--busy", action="store_true",
                     help="scrape the sidecar's /metrics every 0.5 s and have it poll an ECS emulator every 1 s")
     ap.add_argument("--quick", action="store_true",
@@ -442,6 +486,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         for variant in variants:
             tr = build_traffic(args, variant)
             print(f"{variant} traffic: " + ", ".join(f"{k} {v:.3g}" for k, v in tr.shape.items()), flush=True)
+            if args.interleave:
+                for result in run_interleaved([SERVERS[n] for n in names], variant, tr, steps, args, Path(tmp)):
+                    result["traffic"] = tr.shape
+                    results.append(result)
+                continue
             for name in names:
                 result = run_server(SERVERS[name], variant, tr, steps, args, Path(tmp))
                 result["traffic"] = tr.shape

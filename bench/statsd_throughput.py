@@ -336,11 +336,17 @@ def summarize(steps: list[Result]) -> Result:
     by_target = {s["target_lines_per_s"]: s for s in steps}  # the last step of each rate (past the warm-up)
     at_100k, at_10k = by_target.get(100_000), by_target.get(10_000)
     first_lossy = next((s for s in steps if not s["lossless"]), None)
-    # the rate that saturates the core: lines per CPU-second (a full core) at the steps that counted every
-    # line and kept it at least 30% busy (fixed costs, scrapes and polls, weigh less there); the median
-    full_core = sorted(1e6 / s["cpu_seconds_per_million_lines"] for s in steps
-                       if s["core_percent"] >= 30 and s["lines_counted"] == s["lines_sent"])
-    saturation = full_core[len(full_core) // 2] if full_core else None
+    # the rate that saturates the core: the server's busy share against the rate over the steps that
+    # counted every line (least squares: a fixed cost, the scrapes and polls, plus a cost per line),
+    # extended to 100%
+    fit = [(s["lines_per_s"], s["core_percent"]) for s in steps if s["lines_counted"] == s["lines_sent"]]
+    saturation = None
+    if len(fit) >= 3:
+        mean_x, mean_y = sum(x for x, _ in fit) / len(fit), sum(y for _, y in fit) / len(fit)
+        sxx = sum((x - mean_x) ** 2 for x, _ in fit)
+        slope = sum((x - mean_x) * (y - mean_y) for x, y in fit) / sxx if sxx else 0.0
+        if slope > 0:
+            saturation = (100 - (mean_y - slope * mean_x)) / slope
     return {
         "saturation_lines_per_s": round(saturation) if saturation else None,
         "max_lossless_of_saturation": round(best["lines_per_s"] / saturation, 3) if best and saturation else None,
@@ -375,8 +381,8 @@ def print_report(results: list[Result]) -> None:
     for r in results:
         s = r.get("summary") or {}
         if s.get("saturation_lines_per_s"):
-            print(f"{r['server']} ({r['variant']}): a full core takes ~{s['saturation_lines_per_s']:,} lines/s at "
-                  f"its cost per line; highest lossless rate {s['max_lossless_lines_per_s']:,} = "
+            print(f"{r['server']} ({r['variant']}): its core would be full at ~{s['saturation_lines_per_s']:,} lines/s "
+                  f"(busy share against rate, extended); highest lossless rate {s['max_lossless_lines_per_s']:,} = "
                   f"{100 * s['max_lossless_of_saturation']:.0f}% of that")
     for line in ratios(results):
         print(line)

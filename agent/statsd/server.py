@@ -190,7 +190,11 @@ class StatsdServer:
         if Receiver is None:
             log.warning("StatsD: the C receive thread is not built (agent/statsd/_recv.c); reading from Python")
             return None
-        receiver = Receiver([l.sock.fileno() for l in self.listeners], self.config.statsd_buffer_bytes)
+        try:
+            receiver = Receiver([l.sock.fileno() for l in self.listeners], self.config.statsd_buffer_bytes)
+        except (OSError, MemoryError) as exc:  # no thread or no memory for the buffer: read from Python
+            log.warning("StatsD: could not start the C receive thread (%r); reading from Python", exc)
+            return None
         log.info("StatsD: sockets read by a C thread into %d bytes of buffer", receiver.buffer_bytes)
         return receiver
 

@@ -188,6 +188,8 @@ static void *receive(void *arg) {
         do {  /* every socket in turn, until none had a full batch waiting */
             busy = 0;
             for (int i = 0; i < rc->nfds && !stopping; i++) {
+                if (pfds[i].fd < 0)
+                    continue;
                 if (pfds[i].revents & POLLNVAL) {
                     count_error(rc, EBADF);  /* cannot happen with our dups; never spin on it */
                     pfds[i].fd = -1;

@@ -5,9 +5,10 @@ of TASKLENS_STATSD_BUFFER_BYTES while the interpreter is busy elsewhere. Parsing
 thread, not on the event loop: it takes the filled chunks, parses and aggregates them in place, and at
 each clock-aligned interval boundary swaps the interval out (a few ms at most: see `Aggregator.swap`)
 and hands it to the event loop. Without the C module (or with TASKLENS_STATSD_RECEIVER=python) that
-Python thread reads the sockets itself (non-blocking reads until EAGAIN, in C: `_fast.drain`). Building the batch, the hub's tag enrichment, the sinks and `/metrics`
-rendering all happen off this thread, so none of them can pause receiving long enough to fill the
-socket buffer (measured: bench/statsd_throughput.py, docs/statsd.md).
+Python thread reads the sockets itself (non-blocking reads until EAGAIN, in C: `_fast.drain`).
+Building the batch, the hub's tag enrichment, the sinks and `/metrics` rendering all happen off these
+threads, so none of them can pause receiving long enough to fill the socket buffer (measured:
+bench/statsd_throughput.py, docs/statsd.md).
 The thread never takes a lock per line; its counters are read by the event loop once a second.
 """
 

@@ -332,7 +332,8 @@ def summarize(steps: list[Result]) -> Result:
     for step in steps:  # the highest rate below the first lossy step
         if not step["lossless"]:
             break
-        best = step
+        if best is None or step["lines_per_s"] >= best["lines_per_s"]:  # sender-limited steps may fall back
+            best = step
     by_target = {s["target_lines_per_s"]: s for s in steps}  # the last step of each rate (past the warm-up)
     at_100k, at_10k = by_target.get(100_000), by_target.get(10_000)
     first_lossy = next((s for s in steps if not s["lossless"]), None)

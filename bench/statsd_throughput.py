@@ -480,6 +480,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     if args.nice:
         os.setpriority(os.PRIO_PROCESS, 0, args.nice)
+        try:  # the senders' too: with autogroups a nice value counts only within its session
+            with open("/proc/self/autogroup", "w") as fh:
+                fh.write(str(args.nice))
+        except OSError:
+            pass
     print(f"{platform.node()}: {os.cpu_count()} cores, load {os.getloadavg()}, "
           f"nice {os.getpriority(os.PRIO_PROCESS, 0)}, "
           f"servers on core {args.server_core}, "

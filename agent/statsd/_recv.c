@@ -10,8 +10,8 @@
  * does.
  *
  * The chunks are bytes objects, allocated under the GIL and filled by the thread before Python sees
- * them. `take()` (under the GIL) lends Python the oldest chunk with data, shrunk to its length: Python
- * parses it in place, no copy. When Python no longer holds it (reference count back to 1: nobody else
+ * them. `take()` (under the GIL) lends Python the oldest chunk with data, its length set to what it
+ * holds: Python parses it in place, no copy. When Python no longer holds it (reference count back to 1: nobody else
  * can see it) the next `take()` gives it back to the thread, full size again; one still referenced
  * elsewhere is left to its holder and replaced by a new one.
  *
@@ -19,7 +19,7 @@
  * wait in the kernel's socket buffer, which drops (and counts) what does not fit. The thread counts
  * how often that happened (`buffer_full`), and the errors of its reads, for Python to export.
  * The thread never touches a Python object's reference count or calls the Python API; it shares the
- * ring with Python under one mutex, held only for the reads of one pass (no blocking call inside).
+ * ring with Python under one mutex, held for one non-blocking recvmmsg at a time.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>

@@ -31,6 +31,7 @@
 #include <stdint.h>
 #include <string.h>
 #include <sys/eventfd.h>
+#include <sys/mman.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
@@ -69,6 +70,7 @@ typedef struct {
     int nchunks, r, w;             /* r: the oldest chunk with data; w: the one the thread fills */
     size_t cap;
     size_t pending, peak;          /* bytes waiting for Python, and the most since stats() */
+    long long received;            /* bytes stored since the start */
     long long buffer_full;
     long long errors[ERRNOS];
 } Receiver;
@@ -152,6 +154,7 @@ static int read_once(Receiver *rc, int fd, int *more) {
     size_t added = (size_t)(to - base);
     c->used += added;
     rc->pending += added;
+    rc->received += (long long)added;
     if (rc->pending > rc->peak)
         rc->peak = rc->pending;
     if (n > 0 && !rc->notified) {
@@ -408,8 +411,8 @@ static PyObject *Receiver_fileno(Receiver *rc, PyObject *Py_UNUSED(ignored)) {
     return PyLong_FromLong(rc->ready_fd);
 }
 
-/* stats() -> {"buffer_full": n, "peak_bytes": n, "errors": {errno: n}}: counts since the start; the
- * peak is the most bytes waiting for Python since the last call. */
+/* stats() -> {"buffer_full": n, "peak_bytes": n, "received_bytes": n, "errors": {errno: n}}: counts
+ * since the start; the peak is the most bytes waiting for Python since the last call. */
 static PyObject *Receiver_stats(Receiver *rc, PyObject *Py_UNUSED(ignored)) {
     long long errors[ERRNOS];
     if (rc->chunks == NULL) {
@@ -417,7 +420,7 @@ static PyObject *Receiver_stats(Receiver *rc, PyObject *Py_UNUSED(ignored)) {
         return NULL;
     }
     pthread_mutex_lock(&rc->lock);
-    long long full = rc->buffer_full;
+    long long full = rc->buffer_full, received = rc->received;
     size_t peak = rc->peak;
     rc->peak = rc->pending;
     memcpy(errors, rc->errors, sizeof(errors));
@@ -437,7 +440,33 @@ static PyObject *Receiver_stats(Receiver *rc, PyObject *Py_UNUSED(ignored)) {
             return NULL;
         }
     }
-    return Py_BuildValue("{sLsnsN}", "buffer_full", full, "peak_bytes", (Py_ssize_t)peak, "errors", by_errno);
+    return Py_BuildValue("{sLsnsLsN}", "buffer_full", full, "peak_bytes", (Py_ssize_t)peak, "received_bytes",
+                         received, "errors", by_errno);
+}
+
+/* trim() -> bytes handed back: the pages of the chunks holding nothing go back to the system (they
+ * read as zeros if touched again). After a burst, what it touched is not kept for good; not under
+ * load, where every page would be faulted in again. */
+static PyObject *Receiver_trim(Receiver *rc, PyObject *Py_UNUSED(ignored)) {
+    if (rc->chunks == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "Receiver not initialized");
+        return NULL;
+    }
+    uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE);
+    size_t released = 0;
+    pthread_mutex_lock(&rc->lock);
+    for (int i = 0; i < rc->nchunks; i++) {
+        Chunk *c = &rc->chunks[i];
+        if (!(c->state == FREE || (c->state == FILLING && c->packets == 0)))
+            continue;
+        /* whole pages inside the buffer only: the object's header and its last byte stay */
+        uintptr_t start = ((uintptr_t)c->data + page - 1) & ~(page - 1);
+        uintptr_t end = ((uintptr_t)c->data + rc->cap) & ~(page - 1);
+        if (end > start && madvise((void *)start, end - start, MADV_DONTNEED) == 0)
+            released += end - start;
+    }
+    pthread_mutex_unlock(&rc->lock);
+    return PyLong_FromSize_t(released);
 }
 
 static PyObject *Receiver_get_buffer_bytes(Receiver *rc, void *Py_UNUSED(closure)) {
@@ -470,9 +499,10 @@ static PyMethodDef Receiver_methods[] = {
     {"take", (PyCFunction)Receiver_take, METH_NOARGS,
      "take() -> (datagrams joined by newlines, packets, bytes, too long), or None when nothing waits"},
     {"stop", (PyCFunction)Receiver_stop, METH_NOARGS, "stop the thread and wait for it; take() still works"},
+    {"trim", (PyCFunction)Receiver_trim, METH_NOARGS, "trim() -> bytes of empty chunks handed back to the system"},
     {"fileno", (PyCFunction)Receiver_fileno, METH_NOARGS, "readable while data waits for take()"},
     {"stats", (PyCFunction)Receiver_stats, METH_NOARGS,
-     "stats() -> {'buffer_full': n, 'peak_bytes': n, 'errors': {errno: n}}"},
+     "stats() -> {'buffer_full': n, 'peak_bytes': n, 'received_bytes': n, 'errors': {errno: n}}"},
     {NULL, NULL, 0, NULL},
 };
 

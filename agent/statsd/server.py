@@ -57,6 +57,9 @@ PUBLISH_CHUNK = 1_000
 # interval (its counters then cover several periods, exported as such) instead of queueing more of them
 MAX_BACKLOG = 1
 SWITCH_INTERVAL = 0.001  # seconds (sys.setswitchinterval)
+# a second in which the C thread read less than this is quiet: the receive buffer's empty chunks are
+# handed back to the system (after a burst); never under load, where their pages would be faulted again
+TRIM_BELOW = 1024 * 1024
 
 
 # the reasons that mean a limit was reached (not a malformed line): logged, at most once a minute each
@@ -120,6 +123,7 @@ class StatsdServer:
         self._last_samples = 0  # in the last batch published
         self._wake_r, self._wake_w = -1, -1
         self._receiver: Receiver | None = None
+        self._received = self._trimmed_at = 0  # bytes the C thread had stored: last second, last trim
         self._published: dict[tuple[str, str], float] = {}
         self._drops: dict[str, int] = {}
         self._log = RateLimitedLog(log, interval=60.0)
@@ -197,6 +201,7 @@ class StatsdServer:
             log.warning("StatsD: could not start the C receive thread (%r); reading from Python", exc)
             return None
         log.info("StatsD: sockets read by a C thread into %d bytes of buffer", receiver.buffer_bytes)
+        self._received = self._trimmed_at = 0
         return receiver
 
     async def flush(self) -> None:
@@ -471,6 +476,12 @@ class StatsdServer:
                 if delta:
                     self._log.warning("statsd-recv", "StatsD receive error: %s (%d time(s))", reason, delta)
         metrics.set("tasklens.statsd.buffer_peak_bytes", stats["peak_bytes"])
+        received = stats["received_bytes"]
+        quiet = received - self._received < TRIM_BELOW
+        self._received = received
+        if quiet and received != self._trimmed_at:  # once after each burst, not every quiet second
+            receiver.trim()
+            self._trimmed_at = received
 
     def _close(self) -> None:
         if self._receiver is not None:

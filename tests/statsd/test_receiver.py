@@ -252,3 +252,30 @@ def test_several_sockets_are_all_read() -> None:
     for r, w in pairs:
         r.close()
         w.close()
+
+
+def resident_kib() -> int:
+    with open("/proc/self/status") as fh:
+        return next(int(line.split()[1]) for line in fh if line.startswith("VmRSS:"))
+
+
+def test_trim_hands_back_the_pages_of_a_burst_and_reading_goes_on(pair: tuple[socket.socket, socket.socket]) -> None:
+    reader, writer = pair
+    receiver = Receiver([reader.fileno()], 64 << 20)
+    assert receiver.trim() >= 0  # nothing touched yet
+    burst = [b"burst:%d|c|#" % i + b"t" * 20_000 for i in range(2000)]  # 40 MB through the buffer
+    before = resident_kib()
+    sent = 0
+    for i, d in enumerate(burst):
+        writer.send(d)
+        sent += 1
+        if i % 400 == 399:  # let the chunks fill before taking them (the sender would block meanwhile)
+            got = take_all(receiver, 400)
+            assert joined(got)[0] == b"".join(x + b"\n" for x in burst[i - 399:i + 1])
+    grown = resident_kib() - before
+    released = receiver.trim()
+    shrunk = grown - (resident_kib() - before)
+    writer.send(b"after:1|c")  # trimmed chunks read as zeros until written: nothing of the burst shows
+    assert take_all(receiver, 1) == [(b"after:1|c\n", 1, 9, 0)]
+    receiver.stop()
+    assert released >= 4 << 20 and shrunk >= 4 * 1024, (released, grown, shrunk)

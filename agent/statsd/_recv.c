@@ -40,7 +40,8 @@
 #define SLOT (MAX_DATAGRAM + 1)    /* room for one datagram in recvmmsg: one byte more than allowed */
 #define VLEN 64                    /* datagrams per recvmmsg call at most */
 #define MAX_SOCKETS 16
-#define MAX_CHUNK (8 * 1024 * 1024)
+#define MAX_CHUNK (2 * 1024 * 1024) /* Python parses a chunk at a time: slow-path lines (a storm of new
+                                    * names, ~2 us each) keep it from the clock and the flush for ~0.3 s */
 #define MIN_CHUNKS 2               /* one filled by the thread while Python parses the other */
 #define GATHER_NS 1000000          /* after a pass, 1 ms before the next: wake-ups at most 1,000/s, not one
                                     * per datagram (the kernel buffers meanwhile: 3,640 datagrams in 8 MiB) */
@@ -295,7 +296,7 @@ static int Receiver_init(Receiver *rc, PyObject *args, PyObject *kwds) {
         close_fds(rc);
         return -1;
     }
-    /* chunks of up to 8 MiB, at least two; a chunk's last slot must fit whole */
+    /* chunks of up to MAX_CHUNK, at least two; a chunk's last slot must fit whole */
     int nchunks = MIN_CHUNKS;
     while ((size_t)buffer_bytes / (size_t)nchunks > MAX_CHUNK)
         nchunks++;

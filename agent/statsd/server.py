@@ -46,7 +46,6 @@ except ImportError:  # built without a C compiler: the Python receive thread rea
 log = logging.getLogger("tasklens")
 
 DRAIN_BATCH = 64  # datagrams read (and then parsed together) before looking at the other sockets and the clock
-TAKE_BATCH = 4  # chunks of the C receiver parsed before looking at the clock and the commands again
 STATS_EVERY = 1.0  # seconds between copies of the receive counters into the self-metrics
 GATHER_SECONDS, GATHER_BELOW = 0.01, 8  # pause 10 ms when a wake-up found fewer than 8 datagrams (see docs/statsd.md)
 # The export side must never hold the event loop for long: the batch is built on a worker thread and
@@ -258,7 +257,6 @@ class StatsdServer:
             try:
                 now = time.time()
                 if now >= boundary:
-                    self._take_all(agg)  # what was read before the boundary belongs to this interval
                     following = next_boundary(now, interval)
                     periods = max(1, round((following - boundary) / interval))  # more after a pause
                     if len(self._ready) < MAX_BACKLOG:
@@ -273,12 +271,8 @@ class StatsdServer:
                         if self._run_commands():
                             return
                         continue
-                    if receiver is not None:
-                        for _ in range(TAKE_BATCH):
-                            taken = self._take(receiver, agg)
-                            read += taken
-                            if not taken:
-                                break
+                    if receiver is not None:  # one chunk, then the clock and the commands again
+                        read += self._take(receiver, agg)
                     else:
                         read += self._drain(readers[fd], agg)
                 if 0 < read < GATHER_BELOW:
@@ -331,7 +325,7 @@ class StatsdServer:
         return taken[1]
 
     def _take_all(self, agg: Aggregator) -> None:
-        """Parse what the C thread holds, before the interval is swapped (bounded: it keeps reading)."""
+        """Parse what the C thread holds, before a flush or the last interval (bounded: it keeps reading)."""
         receiver = self._receiver
         if receiver is None:
             return

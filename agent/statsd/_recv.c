@@ -100,10 +100,20 @@ static void count_error(Receiver *rc, int err) {
 static Chunk *writable(Receiver *rc) {
     for (;;) {
         Chunk *c = &rc->chunks[rc->w];
+        if (c->state == LENT) {  /* the next in the ring is in Python's hands: any free one will do */
+            for (int i = 0; i < rc->nchunks; i++) {
+                if (rc->chunks[i].state == FREE) {  /* outside r..w, where the chunks wait in order */
+                    Chunk lent = *c;
+                    *c = rc->chunks[i];
+                    rc->chunks[i] = lent;
+                    break;
+                }
+            }
+        }
         if (c->state == FREE)
             c->state = FILLING;
         if (c->state != FILLING)
-            return NULL;  /* FULL or LENT: Python has not taken or handed back the next one yet */
+            return NULL;  /* every chunk full or lent: Python has not taken or handed back one yet */
         if (c->used + SLOT <= rc->cap)
             return c;
         c->state = FULL;

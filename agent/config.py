@@ -409,6 +409,11 @@ class Config:
     statsd_socket: str = setting("", parse_socket_path, doc="Unix datagram socket path for StatsD")
     statsd_rcvbuf: int = setting(8 * 1024 * 1024, parse_size, low=4096, high=2**30,
                                  doc="socket receive buffer requested")
+    # the StatsD receive thread's own buffer, in user space (docs/statsd.md, "How it is built")
+    statsd_buffer_bytes: int = setting(32 * 1024 * 1024, parse_size, low=256 * 1024, high=2**30,
+                                       doc="StatsD datagrams read but not yet parsed, at most")
+    statsd_receiver: str = setting("native", parse_choice("native", "python"),
+                                   doc="who reads the StatsD sockets: a C thread (native) or the Python thread")
     flush_interval: float = setting(10.0, parse_seconds, low=1, high=3600, doc="StatsD aggregation interval (s)")
     statsd_max_contexts: int = setting(100_000, parse_positive_int, high=10_000_000, doc="cap on live StatsD contexts")
     statsd_context_ttl: float = setting(300.0, parse_seconds, low=1, high=7 * 86400,

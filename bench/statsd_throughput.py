@@ -10,6 +10,11 @@ core at 10k lines/s and RSS, then the sidecar's ratios to each peer.
     .venv/bin/python bench/statsd_throughput.py --quick            # smoke run, ~2 minutes
     .venv/bin/python bench/statsd_throughput.py --out statsd.json  # the full run, 10-15 minutes
     .venv/bin/python bench/statsd_throughput.py --install          # install the peers first
+    .venv/bin/python bench/statsd_throughput.py --servers tasklens,tasklens-python --variants tagged \
+        --busy --flush-interval 2 --steps 1M,1.5M,2M,2.5M,3M,3.5M --max-lossy-steps 3   # receive paths
+
+`--busy` keeps the sidecar busy the way a task does while it receives: `/metrics` scraped every
+0.5 s and ECS metadata polled every second (`tasklens emulate-ecs`), besides its flushes.
 
 See bench/README.md ("StatsD throughput") for what the numbers mean.
 """
@@ -21,9 +26,12 @@ import json
 import os
 import platform
 import random
+import subprocess
 import sys
 import tempfile
+import threading
 import time
+import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,10 +42,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # statsd_peers, when r
 from statsd_peers import collectd, etsy, netdata, traffic  # noqa: E402
 from statsd_peers.base import Reading, Server, ServerError  # noqa: E402
 from statsd_peers.measure import cpu_seconds, rss_bytes, send, udp_drops  # noqa: E402
-from statsd_peers.sidecar import Sidecar  # noqa: E402
+from statsd_peers.measure import free_port  # noqa: E402
+from statsd_peers.sidecar import Sidecar, SidecarPythonReceiver  # noqa: E402
 
 SERVERS: dict[str, type[Server]] = {
-    "tasklens": Sidecar, "netdata": netdata.Netdata, "collectd": collectd.Collectd, "etsy-statsd": etsy.Etsy,
+    "tasklens": Sidecar, "tasklens-python": SidecarPythonReceiver, "netdata": netdata.Netdata,
+    "collectd": collectd.Collectd, "etsy-statsd": etsy.Etsy,
 }
 INSTALLERS = {"netdata": netdata.install, "collectd": collectd.install, "etsy-statsd": etsy.install}
 # 10k twice: the first step warms up (each server creates its contexts), the summary takes the second
@@ -110,14 +120,64 @@ def build_traffic(args: argparse.Namespace, variant: str) -> Traffic:
     return Traffic(pools, shape["lines_per_datagram"], shape)
 
 
+def core_ticks(core: int | None, proc: str = "/proc") -> tuple[int, int]:
+    """(busy, total) clock ticks of one core from /proc/stat: what every process took of it."""
+    if core is None:
+        return 0, 0
+    with open(f"{proc}/stat") as fh:
+        for line in fh:
+            if line.startswith(f"cpu{core} "):
+                ticks = [int(v) for v in line.split()[1:]]
+                idle = ticks[3] + ticks[4]  # idle, iowait
+                return sum(ticks[:8]) - idle, sum(ticks[:8])
+    return 0, 0
+
+
+class Busy:
+    """--busy: what keeps a sidecar busy besides StatsD: an ECS metadata endpoint it polls every second
+    (`tasklens emulate-ecs`, pinned with the senders) and a `/metrics` scrape every 0.5 s."""
+
+    def __init__(self, core: int | None) -> None:
+        port = free_port()
+        argv = [str(Path(sys.executable).with_name("tasklens")), "emulate-ecs", "--example", "fargate",
+                "--addr", f"127.0.0.1:{port}"]
+        self.emulator = subprocess.Popen((["taskset", "-c", str(core)] if core is not None else []) + argv,
+                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.env = {"ECS_CONTAINER_METADATA_URI_V4": f"http://127.0.0.1:{port}/v4/local",
+                    "TASKLENS_POLL_INTERVAL": "1"}
+        self.url: str | None = None
+        self.scrapes = self.scrape_errors = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._scrape, daemon=True)
+        self._thread.start()
+
+    def _scrape(self) -> None:
+        while not self._stop.wait(0.5):
+            if self.url is None:
+                continue
+            try:
+                with urllib.request.urlopen(self.url, timeout=10) as resp:
+                    resp.read()
+                self.scrapes += 1
+            except OSError:
+                self.scrape_errors += 1
+
+    def close(self) -> None:
+        self._stop.set()
+        self.emulator.terminate()
+        self.emulator.wait(timeout=10)
+
+
 def run_step(server: Server, tr: Traffic, positions: list[int], rate: int, args: argparse.Namespace) -> Result:
     before = server.read()
     drops0 = udp_drops(server.port) or 0
+    busy0, total0 = core_ticks(args.server_core)
     cpu0, t0 = cpu_seconds(server.pid), time.monotonic()
     sent = send([p.datagrams for p in tr.pools], positions, rate / tr.lines_per_datagram, args.step_seconds,
                 ("127.0.0.1", server.port), args.sender_core)
     time.sleep(DRAIN_SECONDS)
     cpu, wall = cpu_seconds(server.pid) - cpu0, time.monotonic() - t0
+    busy1, total1 = core_ticks(args.server_core)
     expected = traffic.tally(tr.pools, [(pos, s.datagrams) for pos, s in zip(positions, sent)],
                              server.sum_key, server.gauge_key)
     for i, s in enumerate(sent):
@@ -158,6 +218,9 @@ def run_step(server: Server, tr: Traffic, positions: list[int], rate: int, args:
         "cpu_seconds": round(cpu, 3),
         "cpu_seconds_per_million_lines": round(cpu / expected.lines * 1e6, 3),
         "core_percent": round(100 * cpu / wall, 1),
+        # the core's busy share, every process on it: near 100 with a lower core_percent, others took it
+        "core_total_percent": round(100 * (busy1 - busy0) / (total1 - total0), 1) if total1 > total0 else None,
+        "load": os.getloadavg()[0],
         "rss_mib": round(rss_bytes(server.pid) / 2**20, 1),
         # the server's own view: counters as deltas over the step, gauges (flush duration ...) as they are
         "server_metrics": {k: v - before.extra.get(k, 0.0) if "_total" in k else v for k, v in after.extra.items()},
@@ -177,6 +240,9 @@ def run_server(cls: type[Server], variant: str, tr: Traffic, steps: Sequence[int
         server.start()
     except (ServerError, OSError) as exc:
         return {**result, "skipped": f"could not start: {exc}"}
+    busy: Busy | None = args.busy_load
+    if busy is not None and isinstance(server, Sidecar):
+        busy.url, scrapes0 = f"http://127.0.0.1:{server.http_port}/metrics", busy.scrapes
     try:
         idle0 = cpu_seconds(server.pid)
         time.sleep(2.0)  # past start-up work; also shows what the server costs when idle
@@ -201,19 +267,63 @@ def run_server(cls: type[Server], variant: str, tr: Traffic, steps: Sequence[int
                 result["died"] = f"exit {server.proc.returncode}: {server.log_tail()}"
                 break
         result["load_after"] = os.getloadavg()
+        if busy is not None and busy.url is not None:
+            result["busy_scrapes"] = busy.scrapes - scrapes0
+            result["busy_ecs_polls"] = result["steps"][-1]["server_metrics"].get("tasklens_ecs_polls_total") \
+                if result["steps"] else None
     finally:
+        if busy is not None:
+            busy.url = None
         server.stop()
     result["summary"] = summarize(result["steps"])
     return result
+
+
+def run_interleaved(classes: Sequence[type[Server]], variant: str, tr: Traffic, steps: Sequence[int],
+                    args: argparse.Namespace, workdir: Path) -> list[Result]:
+    """--interleave: every server started at once (each on the server core), and each rate sent to one
+    after the other, so that what else runs on the machine weighs on all of them alike. The servers not
+    under test are idle (and not scraped) meanwhile."""
+    servers = [cls(workdir / variant, args.flush_interval, args.server_core) for cls in classes]
+    results: list[Result] = [{"server": s.name, "variant": variant, "note": s.note, "steps": []} for s in servers]
+    busy: Busy | None = args.busy_load
+    try:
+        for server in servers:
+            server.start()
+        time.sleep(2.0)
+        positions = [[0] * len(tr.pools) for _ in servers]
+        lossy = [0] * len(servers)
+        for rate in steps:
+            for i, server in enumerate(servers):
+                if lossy[i] >= args.max_lossy_steps and rate >= 100_000:
+                    continue
+                if busy is not None:
+                    busy.url = f"http://127.0.0.1:{server.http_port}/metrics"  # type: ignore[attr-defined]
+                step = run_step(server, tr, positions[i], rate, args)
+                results[i]["steps"].append(step)
+                print(f"  {server.name:15} {variant:6} {format_step(step)}", flush=True)
+                lossy[i] += not step["lossless"]
+                time.sleep(1.0)  # the next server's step starts after this one's flush
+    finally:
+        if busy is not None:
+            busy.url = None
+        for server in servers:
+            server.stop()
+    for result in results:
+        result["summary"] = summarize(result["steps"])
+    return results
 
 
 def format_step(step: Result) -> str:
     counted = "n/a" if step["lines_counted"] is None else f"{step['lines_counted']:.0f}"
     flag = "ok  " if step["lossless"] else "LOSS"
     limited = " (sender-limited)" if step["sender_limited"] else ""
+    full = step["server_metrics"].get("tasklens_statsd_buffer_full_total")
     return (f"{flag} {step['lines_per_s']:>9,} lines/s{limited}: sent {step['lines_sent']}, counted {counted}, "
-            f"kernel drops {step['kernel_drops']}, mismatches {step['sum_mismatches']}+{step['gauge_mismatches']}, "
-            f"{step['cpu_seconds_per_million_lines']:.3f} CPU-s/M, {step['core_percent']}% core, "
+            f"kernel drops {step['kernel_drops']}" + ("" if full is None else f", buffer full {full:.0f}x")
+            + f", mismatches {step['sum_mismatches']}+{step['gauge_mismatches']}, "
+            f"{step['cpu_seconds_per_million_lines']:.3f} CPU-s/M, {step['core_percent']}% core "
+            f"({step['core_total_percent']}% all processes), load {step['load']:.1f}, "
             f"{step['rss_mib']} MiB" + ("" if step["lossless"] else f"; {'; '.join(step['examples'][:2])}"))
 
 
@@ -222,11 +332,25 @@ def summarize(steps: list[Result]) -> Result:
     for step in steps:  # the highest rate below the first lossy step
         if not step["lossless"]:
             break
-        best = step
+        if best is None or step["lines_per_s"] >= best["lines_per_s"]:  # sender-limited steps may fall back
+            best = step
     by_target = {s["target_lines_per_s"]: s for s in steps}  # the last step of each rate (past the warm-up)
     at_100k, at_10k = by_target.get(100_000), by_target.get(10_000)
     first_lossy = next((s for s in steps if not s["lossless"]), None)
+    # the rate that saturates the core: the server's busy share against the rate over the steps that
+    # counted every line (least squares: a fixed cost, the scrapes and polls, plus a cost per line),
+    # extended to 100%
+    fit = [(s["lines_per_s"], s["core_percent"]) for s in steps if s["lines_counted"] == s["lines_sent"]]
+    saturation = None
+    if len(fit) >= 3:
+        mean_x, mean_y = sum(x for x, _ in fit) / len(fit), sum(y for _, y in fit) / len(fit)
+        sxx = sum((x - mean_x) ** 2 for x, _ in fit)
+        slope = sum((x - mean_x) * (y - mean_y) for x, y in fit) / sxx if sxx else 0.0
+        if slope > 0:
+            saturation = (100 - (mean_y - slope * mean_x)) / slope
     return {
+        "saturation_lines_per_s": round(saturation) if saturation else None,
+        "max_lossless_of_saturation": round(best["lines_per_s"] / saturation, 3) if best and saturation else None,
         "max_lossless_lines_per_s": best["lines_per_s"] if best else 0,
         "max_lossless_sender_limited": bool(best and best["sender_limited"]),
         "cpu_seconds_per_million_at_max": best["cpu_seconds_per_million_lines"] if best else None,
@@ -255,6 +379,12 @@ def print_report(results: list[Result]) -> None:
               f"{_num(s['rss_mib_max']):>8}  {s['first_lossy'] or ('none up to the last step' if r['steps'] else '-')}"
               + (f"; FAILED {r['failed']}" if "failed" in r else ""))
     print("(* the senders could not reach the target rate: the server did not lose anything up to there)")
+    for r in results:
+        s = r.get("summary") or {}
+        if s.get("saturation_lines_per_s"):
+            print(f"{r['server']} ({r['variant']}): its core would be full at ~{s['saturation_lines_per_s']:,} lines/s "
+                  f"(busy share against rate, extended); highest lossless rate {s['max_lossless_lines_per_s']:,} = "
+                  f"{100 * s['max_lossless_of_saturation']:.0f}% of that")
     for line in ratios(results):
         print(line)
 
@@ -319,6 +449,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                     help="scheduling priority for the run, inherited by servers and senders (e.g. -10 as root "
                          "on a shared machine, so that other work disturbs the servers less)")
     ap.add_argument("--max-lossy-steps", type=int, default=1, help="stop a server after this many lossy steps")
+    ap.add_argument("--interleave", action="store_true",
+                    help="run every server at once and send each rate to one after the other (tasklens variants)")
+    ap.add_argument("--busy", action="store_true",
+                    help="scrape the sidecar's /metrics every 0.5 s and have it poll an ECS emulator every 1 s")
     ap.add_argument("--quick", action="store_true",
                     help=f"smoke run: steps {QUICK_STEPS}, 2 s each, 2 s flush, 1,000 contexts")
     ap.add_argument("--install", action="store_true", help="install missing peers (npm, apt) first")
@@ -346,22 +480,38 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     if args.nice:
         os.setpriority(os.PRIO_PROCESS, 0, args.nice)
+        try:  # the senders' too: with autogroups a nice value counts only within its session
+            with open("/proc/self/autogroup", "w") as fh:
+                fh.write(str(args.nice))
+        except OSError:
+            pass
     print(f"{platform.node()}: {os.cpu_count()} cores, load {os.getloadavg()}, "
           f"nice {os.getpriority(os.PRIO_PROCESS, 0)}, "
           f"servers on core {args.server_core}, "
           f"{args.senders} senders on core {args.sender_core}; {args.step_seconds:g} s per step, "
           f"flush every {args.flush_interval:g} s", flush=True)
     results = []
+    args.busy_load = Busy(args.sender_core) if args.busy else None
+    if args.busy_load is not None:
+        Sidecar.extra_env = args.busy_load.env
     with tempfile.TemporaryDirectory(prefix="statsd-bench-") as tmp:
         for variant in variants:
             tr = build_traffic(args, variant)
             print(f"{variant} traffic: " + ", ".join(f"{k} {v:.3g}" for k, v in tr.shape.items()), flush=True)
+            if args.interleave:
+                for result in run_interleaved([SERVERS[n] for n in names], variant, tr, steps, args, Path(tmp)):
+                    result["traffic"] = tr.shape
+                    results.append(result)
+                continue
             for name in names:
                 result = run_server(SERVERS[name], variant, tr, steps, args, Path(tmp))
                 result["traffic"] = tr.shape
                 if "skipped" in result:
                     print(f"  {name:12} {variant:6} skipped: {result['skipped']}", flush=True)
                 results.append(result)
+    if args.busy_load is not None:
+        args.busy_load.close()
+        args.busy_load = None
     print_report(results)
     if args.out:
         args.out.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()},

@@ -173,6 +173,10 @@ def test_a_number_outside_its_range_names_the_variable_and_the_range(f) -> None:
         ("TASKLENS_TAGS", "team:pay\x1bments", "without control characters"),
         ("TASKLENS_STATSD_RCVBUF", "1e400", "size in bytes"),  # int(inf) raised OverflowError
         ("TASKLENS_STATSD_RCVBUF", "1K", "from 4096 to"),
+        ("TASKLENS_STATSD_BUFFER_BYTES", "128K", "from 262144 to 1073741824"),  # under two 64 KiB slots
+        ("TASKLENS_STATSD_BUFFER_BYTES", "2G", "from 262144 to 1073741824"),
+        ("TASKLENS_STATSD_BUFFER_BYTES", "-1", "size in bytes"),
+        ("TASKLENS_STATSD_RECEIVER", "kernel", "one of native, python"),
         ("TASKLENS_STATSD_SOCKET", "/tmp/" + "s" * 200, "at most 107 bytes"),
         ("TASKLENS_DOGSTATSD_FORWARD", "127.0.0.1:0", "port from 1 to 65535"),
         ("TASKLENS_HTTP_ADDR", "not a host:9102", "host:port"),

@@ -1,11 +1,14 @@
 """The DogStatsD endpoint: listeners, a receive thread, and the flush onto the hub.
 
-Receiving runs on its own thread, not on the event loop: it drains every ready socket in a tight loop
-(non-blocking reads until EAGAIN, in C: `_fast.drain`), parses and aggregates, and at each
-clock-aligned interval boundary swaps the interval out (a few ms at most: see `Aggregator.swap`) and
-hands it to the event loop. Building the batch, the hub's tag enrichment, the sinks and `/metrics`
-rendering all happen off this thread, so none of them can pause receiving long enough to fill the
-socket buffer (measured: bench/statsd_throughput.py, docs/statsd.md).
+The sockets are read by a thread in C that never needs the GIL (`_recv.Receiver`): it fills a buffer
+of TASKLENS_STATSD_BUFFER_BYTES while the interpreter is busy elsewhere. Parsing runs on a Python
+thread, not on the event loop: it takes the filled chunks, parses and aggregates them in place, and at
+each clock-aligned interval boundary swaps the interval out (a few ms at most: see `Aggregator.swap`)
+and hands it to the event loop. Without the C module (or with TASKLENS_STATSD_RECEIVER=python) that
+Python thread reads the sockets itself (non-blocking reads until EAGAIN, in C: `_fast.drain`).
+Building the batch, the hub's tag enrichment, the sinks and `/metrics` rendering all happen off these
+threads, so none of them can pause receiving long enough to fill the socket buffer (measured:
+bench/statsd_throughput.py, docs/statsd.md).
 The thread never takes a lock per line; its counters are read by the event loop once a second.
 """
 
@@ -42,6 +45,10 @@ try:
     from agent.statsd._fast import drain
 except ImportError:  # built without a C compiler: a Python `recv` loop
     drain = None
+try:
+    from agent.statsd._recv import Receiver
+except ImportError:  # built without a C compiler: the Python receive thread reads the sockets
+    Receiver = None  # type: ignore[assignment,misc]
 
 log = logging.getLogger("tasklens")
 
@@ -57,6 +64,9 @@ PUBLISH_CHUNK, PUBLISH_TURN = 1_000, 0.002
 MAX_BACKLOG = 1
 SWITCH_INTERVAL = 0.001  # seconds (sys.setswitchinterval)
 FREEZE_ABOVE = 10_000  # objects left in the youngest generation by a flush (see `paused_gc`)
+# a second in which the C thread read less than this is quiet: the receive buffer's empty chunks are
+# handed back to the system (after a burst); never under load, where their pages would be faulted again
+TRIM_BELOW = 1024 * 1024
 
 
 # the reasons that mean a limit was reached (not a malformed line): logged, at most once a minute each
@@ -128,6 +138,8 @@ class StatsdServer:
         self._wakeup: asyncio.Event | None = None
         self._last_samples = 0  # in the last batch published
         self._wake_r, self._wake_w = -1, -1
+        self._receiver: Receiver | None = None
+        self._received = self._trimmed_at = 0  # bytes the C thread had stored: last second, last trim
         self._published: dict[tuple[str, str], float] = {}
         self._drops: dict[str, int] = {}
         self._log = RateLimitedLog(log, interval=60.0)
@@ -172,6 +184,7 @@ class StatsdServer:
         sys.setswitchinterval(min(sys.getswitchinterval(), SWITCH_INTERVAL))
         publisher = asyncio.create_task(self._publisher(), name="statsd-publisher")
         if self._thread is None or not self._thread.is_alive():
+            self._receiver = self._start_receiver()
             self._thread = threading.Thread(target=self._receive, name="statsd-receive", daemon=True)
             self._thread.start()
         try:
@@ -192,6 +205,22 @@ class StatsdServer:
                 publisher.cancel()
                 self._close()
 
+    def _start_receiver(self) -> Receiver | None:
+        """The C receive thread, unless Python is asked to read or the module was not built."""
+        if self.config.statsd_receiver != "native":
+            return None
+        if Receiver is None:
+            log.warning("StatsD: the C receive thread is not built (agent/statsd/_recv.c); reading from Python")
+            return None
+        try:
+            receiver = Receiver([l.sock.fileno() for l in self.listeners], self.config.statsd_buffer_bytes)
+        except (OSError, MemoryError) as exc:  # no thread or no memory for the buffer: read from Python
+            log.warning("StatsD: could not start the C receive thread (%r); reading from Python", exc)
+            return None
+        log.info("StatsD: sockets read by a C thread into %d bytes of buffer", receiver.buffer_bytes)
+        self._received = self._trimmed_at = 0
+        return receiver
+
     async def flush(self) -> None:
         """Flush the current interval now and wait until the hub has it (tests, `/status` tools)."""
         await self._command("flush")
@@ -210,6 +239,8 @@ class StatsdServer:
         if self.flusher.overflows:
             errors["bad_value"] = errors.get("bad_value", 0) + self.flusher.overflows
         return {
+            "receiver": "native" if self._receiver is not None else "python",
+            "buffer_bytes": self._receiver.buffer_bytes if self._receiver is not None else None,
             "listeners": [{"name": l.name, "rcvbuf_bytes": l.rcvbuf, "kernel_drops": self._drops.get(l.name)}
                           for l in self.listeners],
             "flush_interval_seconds": self.config.flush_interval,
@@ -227,12 +258,15 @@ class StatsdServer:
     # -- the receive thread ----------------------------------------------------------------------
 
     def _receive(self) -> None:
-        agg = self.aggregator
+        agg, receiver = self.aggregator, self._receiver
         poller = select.poll()
         readers = {}
-        for listener in self.listeners:
-            poller.register(listener.sock.fileno(), select.POLLIN)
-            readers[listener.sock.fileno()] = listener.sock
+        if receiver is not None:  # the C thread reads the sockets; this one parses what it read
+            poller.register(receiver.fileno(), select.POLLIN)
+        else:
+            for listener in self.listeners:
+                poller.register(listener.sock.fileno(), select.POLLIN)
+                readers[listener.sock.fileno()] = listener.sock
         poller.register(self._wake_r, select.POLLIN)
         interval = self.config.flush_interval
         boundary = next_boundary(time.time(), interval)
@@ -255,7 +289,10 @@ class StatsdServer:
                         if self._run_commands():
                             return
                         continue
-                    read += self._drain(readers[fd], agg)
+                    if receiver is not None:  # one chunk, then the clock and the commands again
+                        read += self._take(receiver, agg)
+                    else:
+                        read += self._drain(readers[fd], agg)
                 if 0 < read < GATHER_BELOW:
                     # light traffic: let datagrams gather for a moment instead of waking up for each one
                     # (a wake-up costs more than parsing a datagram); never when traffic is heavy
@@ -292,12 +329,37 @@ class StatsdServer:
                 self._log.error("statsd-internal", "StatsD internal error (datagrams skipped): %r", exc)
         return read
 
+    def _take(self, receiver: Receiver, agg: Aggregator) -> int:
+        """Parse the oldest chunk the C thread filled, in place; returns its datagrams (0: none waiting).
+        Its own function: the chunk goes back to the C thread once nothing refers to it any more."""
+        taken = receiver.take()
+        if taken is None:
+            return 0
+        try:
+            agg.ingest_joined(*taken)
+        except Exception as exc:  # a parser bug must not kill the receive thread
+            self.hub.metrics.inc("tasklens.statsd.receive_errors", reason="internal")
+            self._log.error("statsd-internal", "StatsD internal error (datagrams skipped): %r", exc)
+        return taken[1]
+
+    def _take_all(self, agg: Aggregator) -> None:
+        """Parse what the C thread holds, before a flush or the last interval (bounded: it keeps reading)."""
+        receiver = self._receiver
+        if receiver is None:
+            return
+        for _ in range(receiver.buffer_bytes // MAX_DATAGRAM + 1):
+            if not self._take(receiver, agg):
+                break
+
     def _run_commands(self) -> bool:
         """Flush or stop on request of the event loop; True when the thread must end."""
         try:
             os.read(self._wake_r, 4096)
         except BlockingIOError:
             pass
+        if any(what == "stop" for what, _ in self._commands) and self._receiver is not None:
+            self._receiver.stop()  # joins the C thread: nothing is read after this
+        self._take_all(self.aggregator)
         stopping = False
         while self._commands:
             what, future = self._commands.popleft()
@@ -405,6 +467,8 @@ class StatsdServer:
                     self._log.warning(f"limit:{reason}", "StatsD: %d line(s) refused (%s): %s (docs/statsd.md, "
                                       "Limits)", delta, reason, LIMIT_REASONS[reason])
         metrics.set("tasklens.statsd.contexts", len(self.aggregator.contexts))
+        if self._receiver is not None:
+            self._publish_receiver_stats(self._receiver)
         drops = udp_drops(read_udp_tables() if udp_tables is None else udp_tables)
         for listener in self.listeners:
             if listener.inode in drops:
@@ -414,7 +478,38 @@ class StatsdServer:
                     self._published[("drops", listener.name)] = 1
                 self._drops[listener.name] = drops[listener.inode]
 
+    def _publish_receiver_stats(self, receiver: Receiver) -> None:
+        stats = receiver.stats()
+        metrics = self.hub.metrics
+        counts: dict[tuple[str, str], int] = {("buffer_full", ""): stats["buffer_full"]}
+        for code, n in stats["errors"].items():
+            counts[("errors", type(OSError(code, "")).__name__ if code else "OSError")] = n
+        for (what, reason), value in counts.items():
+            delta = value - self._published.get(("receiver:" + what, reason), 0)
+            if not delta and ("receiver:" + what, reason) in self._published:
+                continue
+            self._published[("receiver:" + what, reason)] = value
+            if what == "buffer_full":
+                metrics.inc("tasklens.statsd.buffer_full", delta)
+                if delta:
+                    self._log.warning("statsd-buffer-full", "StatsD: the receive buffer was full %d time(s): "
+                                      "datagrams waited in the socket buffer (raise TASKLENS_STATSD_BUFFER_BYTES "
+                                      "if tasklens_statsd_socket_drops_total grows too)", delta)
+            else:
+                metrics.inc("tasklens.statsd.receive_errors", delta, reason=reason)
+                if delta:
+                    self._log.warning("statsd-recv", "StatsD receive error: %s (%d time(s))", reason, delta)
+        metrics.set("tasklens.statsd.buffer_peak_bytes", stats["peak_bytes"])
+        received = stats["received_bytes"]
+        quiet = received - self._received < TRIM_BELOW
+        self._received = received
+        if quiet and received != self._trimmed_at:  # once after each burst, not every quiet second
+            receiver.trim()
+            self._trimmed_at = received
+
     def _close(self) -> None:
+        if self._receiver is not None:
+            self._receiver.stop()  # before the sockets close: the C thread holds dups of them
         listeners, self.listeners = self.listeners, []  # a restarted run() binds again
         for listener in listeners:
             listener.sock.close()

@@ -85,6 +85,13 @@ class Server:
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(argv, env=environ, cwd=cwd, stdout=log,
                                          stderr=subprocess.STDOUT, start_new_session=True)
+        nice = os.getpriority(os.PRIO_PROCESS, 0)
+        if nice:  # the server is a session of its own: with autogroups its nice counts only within it
+            try:
+                with open(f"/proc/{self.proc.pid}/autogroup", "w") as fh:
+                    fh.write(str(nice))
+            except OSError:
+                pass
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

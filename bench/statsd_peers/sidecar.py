@@ -22,7 +22,7 @@ def parse_metrics(text: str) -> Reading:
     lines = 0.0
     for family in text_string_to_metric_families(text):
         for s in family.samples:
-            if s.name.startswith("tasklens_statsd_"):
+            if s.name.startswith("tasklens_statsd_") or s.name == "tasklens_ecs_polls_total":
                 # self-metrics, summed over their labels but the reason of errors
                 label = s.labels.get("reason") or s.labels.get("listener") or ""
                 key = s.name + (f"{{{label}}}" if label else "")
@@ -30,7 +30,11 @@ def parse_metrics(text: str) -> Reading:
                 if s.name == "tasklens_statsd_lines_total":
                     lines += s.value
                 continue
-            tags = frozenset((k, v) for k, v in s.labels.items() if k in _TAG_KEYS)
+            # on ECS the task's labels win and a worker tag of the same key is exported as `exported_<key>`
+            labels = {k: v for k, v in s.labels.items() if k in _TAG_KEYS}
+            labels.update((k[len("exported_"):], v) for k, v in s.labels.items()
+                          if k.startswith("exported_") and k[len("exported_"):] in _TAG_KEYS)
+            tags = frozenset(labels.items())
             values[(s.name, tags)] = s.value
     return Reading(lines, values, extra)
 
@@ -38,6 +42,8 @@ def parse_metrics(text: str) -> Reading:
 class Sidecar(Server):
     name = "tasklens"
     note = "this project: tasklens run (local mode), counted from its /metrics"
+    receiver = "native"  # TASKLENS_STATSD_RECEIVER
+    extra_env: dict[str, str] = {}  # the benchmark's --busy: an ECS endpoint to poll, ...
 
     def __init__(self, workdir: Path, flush_interval: float, core: int | None) -> None:
         super().__init__(workdir, flush_interval, core)
@@ -59,6 +65,8 @@ class Sidecar(Server):
             # no ECS variable: local mode, whatever the shell running the bench has
             "ECS_CONTAINER_METADATA_URI_V4": None,
             "ECS_CONTAINER_METADATA_URI": None,
+            "TASKLENS_STATSD_RECEIVER": self.receiver,
+            **self.extra_env,
         }
         return [str(Path(sys.executable).with_name("tasklens")), "run"], env, None
 
@@ -78,3 +86,11 @@ class Sidecar(Server):
 
     def gauge_key(self, ctx: Context) -> Hashable | None:
         return (metric_name(ctx.name), frozenset(ctx.tags)) if ctx.kind == "g" else None
+
+
+class SidecarPythonReceiver(Sidecar):
+    """The same, with the sockets read by its Python receive thread (`_fast.drain`) instead of the C one."""
+
+    name = "tasklens-python"
+    note = "this project with TASKLENS_STATSD_RECEIVER=python: the sockets read from Python, as before"
+    receiver = "python"

@@ -25,7 +25,8 @@ MAX_DATAGRAM = 1432  # the Datadog clients' default UDP payload
 KINDS = (("c", 55), ("ms", 13), ("g", 14), ("h", 9), ("d", 5), ("s", 4))
 SUMMED = frozenset({"c", "ms", "h", "d"})  # counters: sum of values; the others: number of values
 
-PREFIXES = ("worker", "app", "queue", "http", "db", "cache", "pay", "img", "mail", "bill")
+# not `queue`: the sidecar keeps `queue_*` (and `ecs_*`, `tasklens_*`) for its own families and refuses them
+PREFIXES = ("worker", "app", "jobq", "http", "db", "cache", "pay", "img", "mail", "bill")
 NOUNS = ("jobs", "tasks", "requests", "messages", "batches", "queries", "uploads", "retries", "events",
          "orders", "invoices", "thumbs", "emails", "sessions", "locks", "pages")
 VERBS = ("done", "failed", "started", "latency", "size", "inflight", "acked", "skipped", "wait",
@@ -34,7 +35,7 @@ VERBS = ("done", "failed", "started", "latency", "size", "inflight", "acked", "s
 TAG_VALUES = {
     "queue": ("orders", "emails", "thumbs", "reports", "imports", "exports", "webhooks"),
     "status": ("ok", "error", "timeout", "retry"),
-    "region": ("eu1", "eu2", "us1", "us2", "ap1"),
+    "dc": ("eu1", "eu2", "us1", "us2", "ap1"),  # not `region`: an ECS task's own label
     "route": ("users", "orders", "items", "search", "login", "cart", "checkout", "health"),
     "method": ("get", "post", "put", "delete"),
     "shard": tuple(f"s{i}" for i in range(8)),

@@ -44,6 +44,8 @@ def cases(tmp: Path) -> list[tuple[str, str, dict[str, str | bytes]]]:
         ("poll_huge", "TASKLENS_POLL_INTERVAL", {"TASKLENS_POLL_INTERVAL": "1e308"}),
         ("contexts_zero", "TASKLENS_STATSD_MAX_CONTEXTS", {"TASKLENS_STATSD_MAX_CONTEXTS": "0"}),
         ("rcvbuf_inf", "TASKLENS_STATSD_RCVBUF", {"TASKLENS_STATSD_RCVBUF": "1e400"}),
+        ("buffer_small", "TASKLENS_STATSD_BUFFER_BYTES", {"TASKLENS_STATSD_BUFFER_BYTES": "64K"}),
+        ("buffer_huge", "TASKLENS_STATSD_BUFFER_BYTES", {"TASKLENS_STATSD_BUFFER_BYTES": "4G"}),
         ("buckets_dup", "TASKLENS_HISTOGRAM_BUCKETS", {"TASKLENS_HISTOGRAM_BUCKETS": "0.1,0.1,1"}),
         ("buckets_nan", "TASKLENS_HISTOGRAM_BUCKETS", {"TASKLENS_HISTOGRAM_BUCKETS": "0.1,nan"}),
         ("buckets_unsorted", "TASKLENS_HISTOGRAM_BUCKETS", {"TASKLENS_HISTOGRAM_BUCKETS": "1,0.1"}),

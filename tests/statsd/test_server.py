@@ -26,7 +26,7 @@ from agent.statsd.server import StatsdServer, next_boundary
 from tests.support import Recorder
 from agent.sinks.datadog_series import histogram_aggregates
 
-pytestmark = pytest.mark.usefixtures("both_loops")  # the C loop and drain, and the Python ones
+pytestmark = pytest.mark.usefixtures("every_receiver")  # the C thread, the C drain, all in Python
 
 DOCKER_ID = "1e3b5c7d9f0a2b4c6d8e0f1a3b5c7d9f0a2b4c6d8e0f1a3b5c7d9f0a2b4c6d8e"
 CONTAINER_TAGS = (("container_name", "worker"), ("image", "acme/worker"), ("image_tag", "1.2"))
@@ -334,11 +334,19 @@ async def test_address_in_use_fails_at_start(start) -> None:
         await StatsdServer(config, Hub(identity())).start()
 
 
-async def test_status_reports_listeners_and_counts(start) -> None:
-    r = await start()
+async def test_status_reports_listeners_and_counts(start, every_receiver: str) -> None:
+    r = await start(TASKLENS_STATSD_BUFFER_BYTES="1M")
     send(r.port, b"a:1|c\nbad")
     await r.wait_lines(2)
     status = r.server.status()
+    if every_receiver == "c_thread":
+        assert (status["receiver"], status["buffer_bytes"]) == ("native", 1024 * 1024)
+        await asyncio.sleep(1.2)  # the receive thread's counters reach the self-metrics once a second
+        exported = {s.name: s.value for s in r.hub.metrics.samples()}
+        assert exported["tasklens.statsd.buffer_full"] == 0  # there from the start, at 0
+        assert 0 <= exported["tasklens.statsd.buffer_peak_bytes"] <= 1024 * 1024
+    else:
+        assert (status["receiver"], status["buffer_bytes"]) == ("python", None)
     assert status["listeners"][0]["name"] == f"udp:127.0.0.1:{r.port}"
     assert status["listeners"][0]["rcvbuf_bytes"] >= 8 * 1024 * 1024 or status["listeners"][0]["rcvbuf_bytes"] > 0
     assert (status["lines"], status["samples"], status["parse_errors"], status["contexts"]) == (2, 1, {"malformed_line": 1}, 1)

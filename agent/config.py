@@ -527,6 +527,8 @@ class Config:
                                           doc="StatsD events and service checks per interval")
     statsd_max_set_members: int = setting(200_000, parse_positive_int, doc="StatsD set members per interval")
     statsd_max_set_bytes: int = setting(8 * 1024**2, parse_size, doc="bytes of StatsD set members per interval")
+    statsd_max_histogram_values: int = setting(8_000_000, parse_positive_int, low=1000, high=100_000_000,
+                                               doc="StatsD histogram, timer and distribution values per interval")
 
     @property
     def statsd_enabled(self) -> bool:

@@ -42,7 +42,7 @@ class Limits:
     set_bytes: int = 8 * 1024**2  # their bytes, per interval
     set_members_per_context: int = 100_000
     timestamped: int = 100_000  # lines with `|T<ts>` per interval (each one is a sample of its own)
-    histogram_values: int = 4_000_000  # histogram, timer and distribution values per interval: 32 MiB
+    histogram_values: int = 8_000_000  # histogram, timer and distribution values per interval: 64 MiB
     set_bytes_per_context: int = 4 * 1024**2
 
 

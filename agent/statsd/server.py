@@ -77,7 +77,7 @@ LIMIT_REASONS = {
     "event_limit": "events or service checks past the interval's count or TASKLENS_STATSD_MAX_EVENT_BYTES",
     "set_limit": "set members past TASKLENS_STATSD_MAX_SET_MEMBERS or _BYTES, or a set's own limit",
     "timestamp_limit": "lines with a |T timestamp past 100,000 in an interval",
-    "value_limit": "histogram, timer and distribution values past 4,000,000 in an interval",
+    "value_limit": "histogram, timer and distribution values past TASKLENS_STATSD_MAX_HISTOGRAM_VALUES in an interval",
 }
 
 
@@ -123,7 +123,7 @@ class StatsdServer:
         self.rules = mapping.compile_rules(config.mappings)  # ConfigError naming the rule
         limits = Limits(max_contexts=config.statsd_max_contexts, context_bytes=config.statsd_max_context_bytes,
                         event_bytes=config.statsd_max_event_bytes, set_members=config.statsd_max_set_members,
-                        set_bytes=config.statsd_max_set_bytes)
+                        set_bytes=config.statsd_max_set_bytes, histogram_values=config.statsd_max_histogram_values)
         self.aggregator = Aggregator(config.statsd_max_contexts, config.statsd_gauge_deltas, self.rules,
                                      limits=limits)
         self.flusher = Flusher(config.flush_interval, config.statsd_context_ttl)

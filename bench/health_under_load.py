@@ -9,7 +9,7 @@ scraping `/metrics` back to back (gzip, as Prometheus does). Meanwhile `/health`
 on a new connection, as a health checker does. Prints the `/health` latencies, the scrapes done and
 how long SIGTERM took afterwards.
 
-`--baseline REV` also runs the code of another commit (`git archive` of its `agent/`, its C extensions
+`--baseline REV` also runs the code of another commit (`bench/baseline.py`: its `agent/`, its C extensions
 compiled in place, put first on `PYTHONPATH`), alternating with this checkout for `--rounds` rounds,
 and prints the medians of each.
 """
@@ -20,7 +20,6 @@ import argparse
 import statistics
 import subprocess
 import sys
-import sysconfig
 import tempfile
 import threading
 import time
@@ -30,6 +29,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.baseline import export  # noqa: E402
 from tests.reliability.support import SteadyLoad, context_datagrams, latency, send_paced  # noqa: E402
 from tests.support import Sidecar  # noqa: E402
 
@@ -93,17 +93,6 @@ def show(label: str, r: dict[str, float], args: argparse.Namespace) -> None:
           f"(deadline 20 s)", flush=True)
 
 
-def baseline_tree(rev: str, into: str) -> dict[str, str]:
-    """`rev`'s `agent/`, with its C extensions compiled in place, and the environment that puts it first."""
-    archive = subprocess.run(["git", "-C", str(ROOT), "archive", rev, "agent"], check=True, capture_output=True).stdout
-    subprocess.run(["tar", "-x", "-C", into], input=archive, check=True)
-    include, suffix = sysconfig.get_paths()["include"], sysconfig.get_config_var("EXT_SUFFIX")
-    for source in Path(into, "agent", "statsd").glob("*.c"):
-        subprocess.run(["gcc", "-shared", "-fPIC", "-O2", "-pthread", f"-I{include}", str(source), "-o",
-                        str(source.with_suffix("")) + suffix], check=True)
-    return {"PYTHONPATH": into}
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--contexts", type=int, default=100_000)
@@ -119,7 +108,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         variants = {"this checkout": {}}
         if args.baseline:
-            variants = {f"baseline {args.baseline}": baseline_tree(args.baseline, tmp), **variants}
+            baseline = {"PYTHONPATH": str(export(args.baseline, Path(tmp)))}
+            variants = {f"baseline {args.baseline}": baseline, **variants}
         results: dict[str, list[dict[str, float]]] = {label: [] for label in variants}
         for _ in range(args.rounds):
             for label, env in variants.items():

@@ -33,7 +33,6 @@ import random
 import statistics
 import subprocess
 import sys
-import sysconfig
 import tempfile
 import time
 from pathlib import Path
@@ -133,17 +132,6 @@ def worker(profile: str | None) -> dict[str, Any]:
     return result
 
 
-def build_baseline(rev: str, tmp: Path) -> Path:
-    archive = subprocess.run(["git", "-C", str(HERE.parent), "archive", rev, "agent"], check=True,
-                             capture_output=True).stdout
-    subprocess.run(["tar", "-x", "-C", str(tmp)], input=archive, check=True)
-    include = sysconfig.get_paths()["include"]
-    module = tmp / ("agent/statsd/_fast" + sysconfig.get_config_var("EXT_SUFFIX"))
-    subprocess.run(["gcc", "-shared", "-fPIC", "-O2", f"-I{include}", str(tmp / "agent/statsd/_fast.c"),
-                    "-o", str(module)], check=True)
-    return tmp
-
-
 def run(root: Path) -> dict[str, Any]:
     env = dict(os.environ, PYTHONPATH=str(root), PYTHONMALLOC="malloc")
     out = subprocess.run([sys.executable, __file__, "--worker"], cwd=root, env=env, check=True,
@@ -179,7 +167,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         roots = {"this tree": HERE.parent}
         if args.baseline:
-            roots[f"baseline {args.baseline}"] = build_baseline(args.baseline, Path(tmp))
+            sys.path.insert(0, str(HERE.parent))  # here, not at the top: the workers run other trees
+            from bench.baseline import export
+
+            roots[f"baseline {args.baseline}"] = export(args.baseline, Path(tmp))
         results: dict[str, list[dict[str, Any]]] = {label: [] for label in roots}
         for _ in range(args.rounds):
             for label, root in roots.items():

@@ -295,7 +295,7 @@ static void hs_clear(HashSet *s) {
  * from a line (`line_context`) or from a Context's strings (`Table.live_add`), the same bytes for the
  * same context. Two contexts whose texts hold the separators may share a key: the set then says
  * "maybe live" for a context that is not, and Python decides; it never says "not live" for a live one. */
-#define MAX_NAME 200           /* as in parser.py */
+#define MAX_NAME 200           /* as in parser.py (checked at import: receive.py) */
 #define MAX_TAG 200
 #define MAX_TAGS 100
 #define MAX_TAGS_BYTES 4096
@@ -1132,7 +1132,11 @@ PyMODINIT_FUNC PyInit__fast(void) {
             || PyModule_AddIntMacro(m, COUNTER) < 0 || PyModule_AddIntMacro(m, HISTOGRAM) < 0
             || PyModule_AddIntMacro(m, GAUGE) < 0 || PyModule_AddIntMacro(m, GAUGE_DELTA) < 0
             || PyModule_AddIntMacro(m, SET) < 0 || PyModule_AddIntMacro(m, ERROR) < 0
-            || PyModule_AddIntMacro(m, DROPPED) < 0) {
+            || PyModule_AddIntMacro(m, DROPPED) < 0
+            /* the parser's limits, which `read_head` applies too: receive.py checks them against parser.py */
+            || PyModule_AddIntMacro(m, MAX_NAME) < 0 || PyModule_AddIntMacro(m, MAX_TAG) < 0
+            || PyModule_AddIntMacro(m, MAX_TAGS) < 0 || PyModule_AddIntMacro(m, MAX_TAGS_BYTES) < 0
+            || PyModule_AddIntMacro(m, MAX_TAIL) < 0 || PyModule_AddIntMacro(m, MAX_DATAGRAM) < 0) {
         Py_DECREF(m);
         return NULL;
     }

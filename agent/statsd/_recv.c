@@ -487,6 +487,9 @@ static PyObject *Receiver_trim(Receiver *rc, PyObject *Py_UNUSED(ignored)) {
     }
     uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE);
     size_t released = 0;
+    /* no Python object is touched (the chunks live until dealloc): madvise of up to the whole buffer
+     * runs without the GIL, so the event loop and the receive thread go on meanwhile */
+    Py_BEGIN_ALLOW_THREADS
     pthread_mutex_lock(&rc->lock);
     for (int i = 0; i < rc->nchunks; i++) {
         Chunk *c = &rc->chunks[i];
@@ -499,6 +502,7 @@ static PyObject *Receiver_trim(Receiver *rc, PyObject *Py_UNUSED(ignored)) {
             released += end - start;
     }
     pthread_mutex_unlock(&rc->lock);
+    Py_END_ALLOW_THREADS
     return PyLong_FromSize_t(released);
 }
 

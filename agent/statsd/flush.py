@@ -57,8 +57,7 @@ class Flusher:
             key = (id(ctx.tags), ctx.container)
             out = merged.get(key)
             if out is None:
-                own = merge_tags(containers.get(ctx.container, ()), ctx.tags) if ctx.container else ctx.tags
-                out = merged[key] = merge_tags(base, own)
+                out = merged[key] = _full_tags(ctx.tags, ctx.container, containers, base)
             return out
 
         seen = self._last_seen
@@ -115,12 +114,7 @@ class Flusher:
             if ctx not in counters and ctx in counters_seen:  # idle from this batch on
                 zeros[ctx] = Sample(ctx.name, 0.0, Kind.COUNT, tags_of(ctx), None, seconds)
         self._exported = set(counters)
-        old = []
-        for ctx, when in counters_seen.items():  # oldest first: stop at the first within its TTL
-            if now - when <= self.ttl:
-                break
-            old.append(ctx)
-        for ctx in old:
+        for ctx in _older_than(counters_seen, now - self.ttl):
             del counters_seen[ctx]
             zeros.pop(ctx, None)
 
@@ -195,8 +189,14 @@ def _merged(values: Mapping[Slot, array[float]], slots: Sequence[Slot], most: in
     return merged
 
 
+def _full_tags(own: Tags, container: str, containers: Mapping[str, Tags], base: Tags) -> Tags:
+    """The task's tags, then the container's, then the line's own, each winning over the one before."""
+    if container:
+        own = merge_tags(containers.get(container, ()), own)
+    return merge_tags(base, own)
+
+
 def _with_container(item: Event | ServiceCheck, container: str, containers: Mapping[str, Tags],
                     base: Tags) -> Event | ServiceCheck:
-    own = merge_tags(containers.get(container, ()), item.tags) if container else item.tags
-    tags = merge_tags(base, own)
+    tags = _full_tags(item.tags, container, containers, base)
     return item if tags is item.tags else replace(item, tags=tags)

@@ -30,6 +30,9 @@ MAX_TAG = 200  # bytes per tag, Datadog's limit
 MAX_TAGS = 100  # tags per line
 MAX_TAGS_BYTES = 4096  # bytes of the `#` field of a line (all its tags)
 MAX_TAIL = 8192  # bytes after a metric's value: type, rate, tags, container, unknown fields
+# what the C side applies too (`_fast.c`, `_recv.c` export theirs; checked when they are imported)
+LIMITS = {"MAX_NAME": MAX_NAME, "MAX_TAG": MAX_TAG, "MAX_TAGS": MAX_TAGS, "MAX_TAGS_BYTES": MAX_TAGS_BYTES,
+          "MAX_TAIL": MAX_TAIL, "MAX_DATAGRAM": MAX_DATAGRAM}
 MAX_DIGITS = 18  # in a timestamp or an event's lengths: more can only be garbage (and int() of 4,301
                  # digits raises ValueError, float() of 310 OverflowError: never a ParseError)
 

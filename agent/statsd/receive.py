@@ -28,7 +28,7 @@ from typing import Any
 
 from agent.memory import BURST, release_freed_memory
 from agent.model import Event, ServiceCheck, Tags, merge_tags
-from agent.statsd import mapping
+from agent.statsd import mapping, parser
 from agent.statsd.interval import (COUNTER, DROPPED, ERROR, GAUGE, GAUGE_DELTA, HISTOGRAM, SET, SLOT_CODES,
                                    Context, Interval, Limits, Slot, TagPool, cost, item_bytes)
 from agent.statsd.parser import (CHECK_PREFIX, EVENT_PREFIX, MAX_DATAGRAM, ParseError, finite,
@@ -40,6 +40,9 @@ except ImportError:  # built without a C compiler: `Aggregator._each` does the s
     _fast = None
 if _fast is not None and any(getattr(_fast, n, None) != code for n, code in SLOT_CODES.items()):
     raise ImportError("agent/statsd/_fast.c disagrees with interval.py on the slot codes: rebuild it "
+                      "(`pip install -e .`)")
+if _fast is not None and any(getattr(_fast, n, None) != value for n, value in parser.LIMITS.items()):
+    raise ImportError("agent/statsd/_fast.c disagrees with parser.py on the line limits: rebuild it "
                       "(`pip install -e .`)")
 Table = _fast.Table if _fast is not None else None
 
@@ -98,7 +101,11 @@ class Aggregator:
         self._pool = TagPool()
         self._gauge_last: dict[Context, float] = {}  # Etsy deltas apply to the value of earlier intervals
         self._expiring: deque[Iterable[Context]] = deque()  # from the Flusher's thread: deque ops are atomic
-        self.interval = Interval(clock())
+        self._open_interval(clock())
+
+    def _open_interval(self, start: float) -> None:
+        """A new interval, with all of its room for histogram values (on the C side too)."""
+        self.interval = Interval(start)
         if self._table is not None:
             self._table.values_left = self.limits.histogram_values
 
@@ -453,9 +460,7 @@ class Aggregator:
         done = self.interval
         if self._table is not None:
             done.pending.append(self._table.harvest())
-        self.interval = Interval(self.clock() if now is None else now)
-        if self._table is not None:
-            self._table.values_left = self.limits.histogram_values
+        self._open_interval(self.clock() if now is None else now)
         if self.gauge_deltas:
             self._gauge_last.update(done.gauges)
         if self._expiring:

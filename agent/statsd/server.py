@@ -26,7 +26,7 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from agent import heavy
@@ -46,9 +46,13 @@ try:
 except ImportError:  # built without a C compiler: a Python `recv` loop
     drain = None
 try:
-    from agent.statsd._recv import Receiver
+    from agent.statsd._recv import MAX_DATAGRAM as _RECV_MAX_DATAGRAM, Receiver
 except ImportError:  # built without a C compiler: the Python receive thread reads the sockets
     Receiver = None  # type: ignore[assignment,misc]
+else:
+    if _RECV_MAX_DATAGRAM != MAX_DATAGRAM:
+        raise ImportError("agent/statsd/_recv.c disagrees with parser.py on MAX_DATAGRAM: rebuild it "
+                          "(`pip install -e .`)")
 
 log = logging.getLogger("tasklens")
 
@@ -200,7 +204,7 @@ class StatsdServer:
                 await self._command("stop")  # the final, partial interval is flushed before returning
                 log.info("StatsD: last interval flushed (%d samples) before stopping", self._last_samples)
                 await asyncio.to_thread(self._thread.join, 5.0)
-                self._publish_stats()
+                self._publish_stats(await asyncio.to_thread(read_udp_tables))
             finally:
                 publisher.cancel()
                 self._close()
@@ -318,15 +322,10 @@ class StatsdServer:
             self.hub.metrics.inc("tasklens.statsd.receive_errors", reason=type(exc).__name__)
             self._log.warning("statsd-recv", "StatsD receive error: %r", exc)
         read = drained[1] if drained else len(datagrams)
-        if read:
-            try:
-                if drained:
-                    agg.ingest_joined(*drained)
-                else:
-                    agg.ingest_many(datagrams)
-            except Exception as exc:  # a parser bug must not kill the receive thread
-                self.hub.metrics.inc("tasklens.statsd.receive_errors", reason="internal")
-                self._log.error("statsd-internal", "StatsD internal error (datagrams skipped): %r", exc)
+        if drained:
+            self._ingest(agg.ingest_joined, *drained)
+        elif datagrams:
+            self._ingest(agg.ingest_many, datagrams)
         return read
 
     def _take(self, receiver: Receiver, agg: Aggregator) -> int:
@@ -335,12 +334,16 @@ class StatsdServer:
         taken = receiver.take()
         if taken is None:
             return 0
+        self._ingest(agg.ingest_joined, *taken)
+        return taken[1]
+
+    def _ingest(self, ingest: Callable[..., None], *args: Any) -> None:
+        """Parse what was read; a parser bug costs those datagrams (counted, logged), never the thread."""
         try:
-            agg.ingest_joined(*taken)
-        except Exception as exc:  # a parser bug must not kill the receive thread
+            ingest(*args)
+        except Exception as exc:
             self.hub.metrics.inc("tasklens.statsd.receive_errors", reason="internal")
             self._log.error("statsd-internal", "StatsD internal error (datagrams skipped): %r", exc)
-        return taken[1]
 
     def _take_all(self, agg: Aggregator) -> None:
         """Parse what the C thread holds, before a flush or the last interval (bounded: it keeps reading)."""
@@ -456,13 +459,12 @@ class StatsdServer:
         current[("tasklens.statsd.parse_errors", "bad_value")] += self.flusher.overflows
         metrics = self.hub.metrics
         for (name, reason), value in current.items():
-            delta = value - self._published.get((name, reason), 0)
-            if delta or (name, reason) not in self._published:
+            delta = self._delta((name, reason), value)
+            if delta is not None:
                 if reason:
                     metrics.inc(name, delta, reason=reason)
                 else:
                     metrics.inc(name, delta)
-                self._published[(name, reason)] = value
                 if delta and reason in LIMIT_REASONS:
                     self._log.warning(f"limit:{reason}", "StatsD: %d line(s) refused (%s): %s (docs/statsd.md, "
                                       "Limits)", delta, reason, LIMIT_REASONS[reason])
@@ -478,6 +480,15 @@ class StatsdServer:
                     self._published[("drops", listener.name)] = 1
                 self._drops[listener.name] = drops[listener.inode]
 
+    def _delta(self, key: tuple[str, str], value: float) -> float | None:
+        """How much a cumulative count of the receive side grew since it was last published (recorded
+        now); None when it did not and was published before (a count is published once, even at 0)."""
+        delta = value - self._published.get(key, 0)
+        if not delta and key in self._published:
+            return None
+        self._published[key] = value
+        return delta
+
     def _publish_receiver_stats(self, receiver: Receiver) -> None:
         stats = receiver.stats()
         metrics = self.hub.metrics
@@ -485,10 +496,9 @@ class StatsdServer:
         for code, n in stats["errors"].items():
             counts[("errors", type(OSError(code, "")).__name__ if code else "OSError")] = n
         for (what, reason), value in counts.items():
-            delta = value - self._published.get(("receiver:" + what, reason), 0)
-            if not delta and ("receiver:" + what, reason) in self._published:
+            delta = self._delta(("receiver:" + what, reason), value)
+            if delta is None:
                 continue
-            self._published[("receiver:" + what, reason)] = value
             if what == "buffer_full":
                 metrics.inc("tasklens.statsd.buffer_full", delta)
                 if delta:

@@ -7,10 +7,18 @@ the Prometheus sink turns dots into underscores.
 
 from __future__ import annotations
 
+import bisect
 import enum
+import math
+from array import array
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Union
+
+try:
+    from agent.statsd import _fast
+except ImportError:  # built without a C compiler
+    _fast = None
 
 # Tags keep their order and are unique by key. A bare DogStatsD tag `foo` is ("foo", "").
 Tags = tuple[tuple[str, str], ...]
@@ -26,12 +34,87 @@ class Kind(enum.Enum):
 
 @dataclass(frozen=True, slots=True)
 class Points:
-    """Values observed in one interval, each with a weight (1 / sample rate)."""
+    """Values observed in one interval, each with a weight (1 / sample rate).
 
-    values: Sequence[float]  # a tuple, list or array('d')
+    Sorted when made: `values` ascending (an array('d') given is sorted in place), `weights` along
+    with them, their running sum in `cumulative` and the sum of value times weight in `total`. The
+    StatsD flush makes them on its own thread, in C without the GIL, so that every sink reads counts,
+    buckets and ranks in O(log n) on the event loop, never value by value: an interval may hold
+    millions of values (`TASKLENS_STATSD_MAX_HISTOGRAM_VALUES`). `valid` is False, and nothing is
+    sorted or summed, unless every value and weight is finite, every weight is above 0 and there is
+    one weight per value: sinks then drop the points whole."""
+
+    values: Sequence[float]  # array('d') once made
     weights: Sequence[float]  # same length as values
     # True for StatsD timers (`ms`): the values are milliseconds.
     milliseconds: bool = False
+    cumulative: Sequence[float] = field(init=False, repr=False, compare=False)
+    total: float = field(init=False, repr=False, compare=False)
+    valid: bool = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        values, weights = _doubles(self.values), _doubles(self.weights)
+        cumulative = array("d", [0.0]) * len(values)
+        if len(weights) != len(values):
+            total, valid = math.nan, False
+        elif _fast is not None:
+            total, valid = _fast.order(values, weights, cumulative)
+        else:
+            total, valid = _order(values, weights, cumulative)
+        for name, value in (("values", values), ("weights", weights), ("cumulative", cumulative),
+                            ("total", total), ("valid", valid)):
+            object.__setattr__(self, name, value)
+
+    @property
+    def count(self) -> float:
+        """The sum of the weights: how many samples the values stand for."""
+        return self.cumulative[-1] if self.valid and self.cumulative else 0.0
+
+    def weight_upto(self, bound: float, scale: float = 1.0) -> float:
+        """The weight of the values `v` with `v * scale <= bound`."""
+        key = None if scale == 1.0 else (lambda v: v * scale)
+        i = bisect.bisect_right(self.values, bound, key=key)
+        return self.cumulative[i - 1] if i else 0.0
+
+    def buckets(self, bounds: Sequence[float], scale: float = 1.0) -> list[float]:
+        """The weight in each bucket of ascending `bounds` (Prometheus's `le`: a value equal to a bound
+        is in that bound's bucket) of the values times `scale`; one more bucket at the end for +Inf."""
+        out, below = [], 0.0
+        for bound in bounds:
+            upto = self.weight_upto(bound, scale)
+            out.append(upto - below)
+            below = upto
+        out.append(self.count - below)
+        return out
+
+    def at_rank(self, rank: float) -> float:
+        """The first value whose running weight exceeds `rank` (the largest when none does)."""
+        i = bisect.bisect_right(self.cumulative, rank)
+        return self.values[min(i, len(self.values) - 1)]
+
+    def spread(self, n: int) -> list[float]:
+        """`n` values at evenly spaced ranks, each standing for `count / n` samples: the shape of the
+        distribution in a bounded number of values."""
+        step = self.count / n
+        return [self.at_rank((k + 0.5) * step) for k in range(n)]
+
+
+def _doubles(seq: Sequence[float]) -> array[float]:
+    return seq if isinstance(seq, array) and seq.typecode == "d" else array("d", seq)
+
+
+def _order(values: array[float], weights: array[float], cumulative: array[float]) -> tuple[float, bool]:
+    """`_fast.order` in Python, for an install without the C module."""
+    if not all(math.isfinite(v) for v in values) or not all(math.isfinite(w) and w > 0 for w in weights):
+        return math.nan, False
+    pairs = sorted(zip(values, weights))
+    running = total = 0.0
+    for i, (value, weight) in enumerate(pairs):
+        values[i], weights[i] = value, weight
+        running += weight
+        cumulative[i] = running
+        total += value * weight
+    return total, True
 
 
 @dataclass(frozen=True, slots=True)

@@ -225,7 +225,7 @@ class PageHistory:
             if interval <= 0:
                 continue
             if isinstance(s.value, Points):
-                n = float(sum(s.value.weights))
+                n = s.value.count
             elif s.kind is Kind.COUNT:
                 n = abs(s.value)
             else:

@@ -14,7 +14,6 @@ Bad points are dropped alone, counted as `tasklens.sink.points_rejected{sink,rea
 
 from __future__ import annotations
 
-import bisect
 import math
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -34,14 +33,12 @@ class Histogram:
     count: float = 0.0
 
     def add(self, points: Points) -> None:
-        if not self.counts:
-            self.counts = [0.0] * (len(self.bounds) + 1)
+        """Add valid points (`_reject_reason` refused the others): sorted, so O(buckets * log values)."""
         scale = 0.001 if points.milliseconds else 1.0
-        for value, weight in zip(points.values, points.weights):
-            value *= scale
-            self.counts[bisect.bisect_left(self.bounds, value)] += weight
-            self.total += value * weight
-            self.count += weight
+        added = points.buckets(self.bounds, scale)
+        self.counts = [a + b for a, b in zip(self.counts, added)] if self.counts else added
+        self.total += points.total * scale
+        self.count += points.count
 
     def cumulative(self) -> list[float]:
         """Counts per `le` bound, the last for +Inf (Prometheus's `_bucket` series)."""
@@ -70,9 +67,7 @@ def _reject_reason(s: Sample) -> str | None:
     if isinstance(v, Points):
         if len(v.values) != len(v.weights):
             return "invalid_points"
-        if not all(map(math.isfinite, v.values)) or not all(map(math.isfinite, v.weights)):
-            return "not_finite"
-        return None
+        return None if v.valid and math.isfinite(v.total) else "not_finite"
     try:
         f = float(v)
     except (TypeError, ValueError):

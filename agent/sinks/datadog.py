@@ -238,8 +238,7 @@ class DatadogSink:
     def _add_points(self, name: str, s: Sample, value: Points, ts: float) -> None:
         if not value.values:
             return
-        if (len(value.values) != len(value.weights) or not all(map(math.isfinite, value.values))
-                or not all(map(math.isfinite, value.weights)) or min(value.weights) <= 0):
+        if not value.valid:
             # JSON has no NaN; a weight per value, finite (a denormal sample rate gives an infinite one)
             self._reject("not_finite", self._points_of(s), f"{name[:100]!r}: a value or weight is not finite")
             return

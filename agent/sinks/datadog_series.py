@@ -159,28 +159,19 @@ def histogram_aggregates(points: Points, interval: float, aggregates: Iterable[s
     median 5 (the lower middle) and 95percentile 10. Values are kept in their unit (timers stay in ms,
     as in Datadog).
     """
-    pairs = sorted(zip(points.values, points.weights))
-    if not pairs:
+    if not points.values:
         return []
-    count = sum(w for _, w in pairs)
+    count, total = points.count, points.total  # total may overflow: that aggregate alone is dropped by the caller
     if not math.isfinite(count) or count <= 0:  # weights that overflow: no rank can be computed
         raise Rejected("not_finite", f"histogram weights sum to {count}")
-    total = sum(v * w for v, w in pairs)  # may overflow: that aggregate alone is dropped by the caller
-
-    def rank(target: float) -> float:
-        running = 0.0
-        for value, weight in pairs:
-            running += weight
-            if running > target:
-                return value
-        return pairs[-1][0]
+    rank = points.at_rank  # sorted: a rank is a bisection, not a walk
 
     out: list[tuple[str, float, int]] = []
     for name in aggregates:
         if name == "max":
-            out.append((".max", pairs[-1][0], GAUGE))
+            out.append((".max", points.values[-1], GAUGE))
         elif name == "min":
-            out.append((".min", pairs[0][0], GAUGE))
+            out.append((".min", points.values[0], GAUGE))
         elif name == "median":
             out.append((".median", rank(math.floor((count - 1) / 2)), GAUGE))
         elif name == "avg":
@@ -196,13 +187,15 @@ def histogram_aggregates(points: Points, interval: float, aggregates: Iterable[s
 
 
 def expand_weights(points: Points, limit: int = MAX_EXPANDED) -> list[float]:
-    """Each value repeated by its weight (rounded, at least once), scaled down past `limit` values."""
-    weights = [max(1.0, w) for w in points.weights]
-    total = sum(weights)
-    scale = limit / total if total > limit else 1.0
+    """Each value repeated by its weight (rounded, at least once) while that makes at most `limit`
+    values; past it, `limit` values at evenly spaced ranks (`Points.spread`), each standing for
+    `count / limit` samples: the shape of the distribution, in bounded time and size."""
+    repeats = [max(1, int(w + 0.5)) for w in points.weights[:limit + 1]]  # half up, not to even
+    if sum(repeats) > limit:
+        return points.spread(limit)
     out: list[float] = []
-    for value, weight in zip(points.values, weights):
-        out.extend([float(value)] * max(1, int(weight * scale + 0.5)))  # half up, not to even
+    for value, n in zip(points.values, repeats):
+        out.extend([float(value)] * n)
     return out
 
 

@@ -8,7 +8,9 @@ MTU without fragmentation, the DogStatsD clients' default).
 - GAUGE -> `|g`; COUNT (already summed, sample rate applied) -> `|c`; COUNTER (cumulative) -> the delta
   since the previous sighting as `|c` (first sighting and resets skipped); HISTOGRAM -> `|h` (`|ms` for
   timers) and DISTRIBUTION -> `|d`, the raw values packed (`name:1:2:3|h`) with `@rate` = 1/weight, so
-  the agent computes the aggregates itself. Timestamped samples keep `|T<ts>`.
+  the agent computes the aggregates itself. Past `MAX_VALUES` values in an interval, that many values
+  at evenly spaced ranks go instead, with the rate that makes their count right (as a client that
+  samples would send them). Timestamped samples keep `|T<ts>`.
 - Events -> `_e{..}`, service checks -> `_sc|..`, newlines escaped as the protocol says.
 - A line that cannot fit a datagram is dropped and counted (`reason="too_long"`), never cut.
 - Sending never blocks: a full socket buffer or an agent that is not listening drops the datagram and
@@ -52,6 +54,7 @@ log = logging.getLogger("tasklens.dogstatsd_forward")
 
 EXPORTER = "dogstatsd_forward"
 MAX_DATAGRAM = 1432
+MAX_VALUES = 10_000  # histogram values forwarded per series and interval; more are sent as a spread
 LOOP_CHECK = "tasklens.dogstatsd_forward.loop_check"
 LOOP_HOLD_INTERVALS = 5  # intervals without an echo before forwarding resumes (an echo takes 1-2)
 LOOP_HOLD_MIN = 30.0  # seconds, at least
@@ -153,9 +156,12 @@ def sample_lines(s: Sample, deltas: CounterDeltas, now: float, limit: int = MAX_
     if isinstance(value, Points):
         kind = "d" if s.kind is Kind.DISTRIBUTION else ("ms" if value.milliseconds else "h")
         by_weight: dict[float, list[float]] = {}
-        for v, w in zip(value.values, value.weights):
-            if math.isfinite(v):  # `nan` would make the agent reject the whole line
-                by_weight.setdefault(w, []).append(v)
+        if value.valid and len(value.values) > MAX_VALUES:  # a flood: its shape, as a sampling client sends it
+            by_weight[value.count / MAX_VALUES] = value.spread(MAX_VALUES)
+        else:
+            for v, w in zip(value.values, value.weights):
+                if math.isfinite(v):  # `nan` would make the agent reject the whole line
+                    by_weight.setdefault(w, []).append(v)
         out: list[str] = []
         for weight, values in by_weight.items():
             rate = f"|@{number(1.0 / weight)}" if weight > 1 else ""

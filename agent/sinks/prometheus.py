@@ -16,7 +16,6 @@ source are replaced by each snapshot; other series expire after the TTL.
 from __future__ import annotations
 
 import asyncio
-import bisect
 import math
 import re
 import threading
@@ -151,22 +150,19 @@ class _Histogram:
     count: float = 0.0
 
     def add(self, points: Points) -> bool:
-        """Add the points; False (and nothing added) when a total would stop being finite."""
-        counts = list(self.counts) or [0.0] * (len(self.bounds) + 1)
-        bounds, total, count = self.bounds, 0.0, 0.0
+        """Add the points; False (and nothing added) when they are not valid or a total would stop being
+        finite. O(buckets * log values): the points are sorted."""
+        if not points.valid:
+            return False
         scale = 0.001 if points.milliseconds else 1.0
-        for value, weight in zip(points.values, points.weights):
-            value *= scale
-            counts[bisect.bisect_left(bounds, value)] += weight
-            total += value * weight
-            count += weight
-        if not (math.isfinite(self.total + total) and math.isfinite(self.count + count)
-                and all(map(math.isfinite, counts))):
+        added = points.buckets(self.bounds, scale)
+        counts = [a + b for a, b in zip(self.counts, added)] if self.counts else added
+        total, count = self.total + points.total * scale, self.count + points.count
+        if not (math.isfinite(total) and math.isfinite(count) and all(map(math.isfinite, counts))):
             return False
         # whole-list assignment: a scrape rendering in another thread sees the old or the new buckets
         self.counts = counts
-        self.total += total
-        self.count += count
+        self.total, self.count = total, count
         return True
 
     def cumulative(self) -> list[float]:

@@ -1067,9 +1067,105 @@ static PyObject *drain(PyObject *Py_UNUSED(module), PyObject *args) {
     return Py_BuildValue("(Nnnn)", data, packets + too_long, total, too_long);
 }
 
+/* order(values, weights, cumulative) -> (total, finite): one interval's histogram values sorted, for
+ * `model.Points`. When every value and weight is finite and every weight positive, sorts `values`
+ * ascending in place, `weights` along with them, and fills `cumulative` with the running weight in
+ * that order; `total` is the sum of value times weight. Otherwise touches nothing: (nan, False).
+ * All three are array('d') of one length. Runs without the GIL: a sort of millions of values on the
+ * flush thread must not stop the event loop (the buffers stay exported, so no array can be resized). */
+typedef struct {
+    double value, weight;
+} Pair;
+
+static int compare_doubles(const void *a, const void *b) {
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+static int compare_pairs(const void *a, const void *b) {
+    const Pair *x = a, *y = b;
+    int by_value = (x->value > y->value) - (x->value < y->value);
+    return by_value ? by_value : (x->weight > y->weight) - (x->weight < y->weight);
+}
+
+static int double_buffer(PyObject *obj, Py_buffer *view, const char *what) {
+    if (PyObject_GetBuffer(obj, view, PyBUF_WRITABLE | PyBUF_FORMAT | PyBUF_C_CONTIGUOUS) < 0)
+        return -1;
+    if (view->itemsize != sizeof(double) || view->format == NULL || strcmp(view->format, "d") != 0) {
+        PyBuffer_Release(view);
+        PyErr_Format(PyExc_TypeError, "order: %s must be array('d')", what);
+        return -1;
+    }
+    return 0;
+}
+
+static PyObject *order(PyObject *Py_UNUSED(module), PyObject *args) {
+    PyObject *objs[3];
+    const char *names[3] = {"values", "weights", "cumulative"};
+    Py_buffer views[3];
+    if (!PyArg_ParseTuple(args, "OOO", &objs[0], &objs[1], &objs[2]))
+        return NULL;
+    int got = 0;
+    for (; got < 3; got++)
+        if (double_buffer(objs[got], &views[got], names[got]) < 0)
+            break;
+    PyObject *out = NULL;
+    if (got < 3)
+        goto done;
+    Py_ssize_t n = views[0].len / (Py_ssize_t)sizeof(double);
+    if (views[1].len != views[0].len || views[2].len != views[0].len) {
+        PyErr_SetString(PyExc_ValueError, "order: values, weights and cumulative differ in length");
+        goto done;
+    }
+    double *values = views[0].buf, *weights = views[1].buf, *cumulative = views[2].buf;
+    double total = 0.0;
+    int finite = 1, uniform = 1, no_memory = 0;
+    Py_BEGIN_ALLOW_THREADS
+    for (Py_ssize_t i = 0; i < n && finite; i++) {
+        finite = isfinite(values[i]) && isfinite(weights[i]) && weights[i] > 0.0;
+        uniform = uniform && weights[i] == weights[0];
+    }
+    if (finite && uniform) {  /* the usual case: one sample rate, no pairs to build */
+        qsort(values, (size_t)n, sizeof(double), compare_doubles);
+    } else if (finite) {
+        Pair *pairs = malloc((size_t)n * sizeof(Pair));
+        if (pairs == NULL) {
+            no_memory = 1;
+        } else {
+            for (Py_ssize_t i = 0; i < n; i++)
+                pairs[i] = (Pair){values[i], weights[i]};
+            qsort(pairs, (size_t)n, sizeof(Pair), compare_pairs);
+            for (Py_ssize_t i = 0; i < n; i++) {
+                values[i] = pairs[i].value;
+                weights[i] = pairs[i].weight;
+            }
+            free(pairs);
+        }
+    }
+    if (finite && !no_memory) {
+        double running = 0.0;
+        for (Py_ssize_t i = 0; i < n; i++) {
+            running += weights[i];
+            cumulative[i] = running;
+            total += values[i] * weights[i];
+        }
+    }
+    Py_END_ALLOW_THREADS
+    if (no_memory)
+        PyErr_NoMemory();
+    else
+        out = finite ? Py_BuildValue("(dO)", total, Py_True) : Py_BuildValue("(dO)", Py_NAN, Py_False);
+done:
+    for (int i = 0; i < got; i++)
+        PyBuffer_Release(&views[i]);
+    return out;
+}
+
 static PyMethodDef module_methods[] = {
     {"drain", drain, METH_VARARGS,
      "drain(fd, limit) -> (datagrams joined by newlines, packets, bytes, too long)"},
+    {"order", order, METH_VARARGS,
+     "order(values, weights, cumulative) -> (total, finite): sorted in place, without the GIL"},
     {NULL, NULL, 0, NULL},
 };
 

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import bisect
 import enum
+import itertools
 import math
 from array import array
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Union
+from typing import Union, overload
 
 try:
     from agent.statsd import _fast
@@ -32,6 +33,41 @@ class Kind(enum.Enum):
     DISTRIBUTION = "distribution"  # weighted values of one interval (StatsD d)
 
 
+class Repeated(Sequence[float]):
+    """One weight, `n` times, without an array of them: the weights of values sent at one sample rate.
+    As `Points.cumulative`, `Repeated(w, n, running=True)` is the running weight: (i + 1) * w."""
+
+    __slots__ = ("weight", "n", "running")
+
+    def __init__(self, weight: float, n: int, running: bool = False) -> None:
+        self.weight, self.n, self.running = float(weight), n, running
+
+    def __len__(self) -> int:
+        return self.n
+
+    @overload
+    def __getitem__(self, i: int) -> float: ...
+    @overload
+    def __getitem__(self, i: slice) -> list[float]: ...
+
+    def __getitem__(self, i: int | slice) -> float | list[float]:
+        if isinstance(i, slice):
+            return [self[k] for k in range(*i.indices(self.n))]
+        if not -self.n <= i < self.n:
+            raise IndexError(i)
+        return (i % self.n + 1) * self.weight if self.running else self.weight
+
+    def __iter__(self) -> Iterator[float]:
+        return (self[i] for i in range(self.n)) if self.running else itertools.repeat(self.weight, self.n)
+
+    def __eq__(self, other: object) -> bool:  # as the sequence it stands for (Points compare by weights)
+        if not isinstance(other, (Repeated, array, list, tuple)) or len(other) != self.n:
+            return False
+        return all(a == b for a, b in zip(self, other))
+
+    __hash__ = None  # type: ignore[assignment]
+
+
 @dataclass(frozen=True, slots=True)
 class Points:
     """Values observed in one interval, each with a weight (1 / sample rate).
@@ -40,12 +76,13 @@ class Points:
     with them, their running sum in `cumulative` and the sum of value times weight in `total`. The
     StatsD flush makes them on its own thread, in C without the GIL, so that every sink reads counts,
     buckets and ranks in O(log n) on the event loop, never value by value: an interval may hold
-    millions of values (`TASKLENS_STATSD_MAX_HISTOGRAM_VALUES`). `valid` is False, and nothing is
-    sorted or summed, unless every value and weight is finite, every weight is above 0 and there is
-    one weight per value: sinks then drop the points whole."""
+    millions of values (`TASKLENS_STATSD_MAX_HISTOGRAM_VALUES`). Values of one sample rate come with
+    `Repeated` weights: 8 bytes a value in all. `valid` is False, and nothing is sorted or summed,
+    unless every value and weight is finite, every weight is above 0 and there is one weight per
+    value: sinks then drop the points whole."""
 
     values: Sequence[float]  # array('d') once made
-    weights: Sequence[float]  # same length as values
+    weights: Sequence[float]  # same length as values: array('d') once made, or `Repeated`
     # True for StatsD timers (`ms`): the values are milliseconds.
     milliseconds: bool = False
     cumulative: Sequence[float] = field(init=False, repr=False, compare=False)
@@ -53,22 +90,26 @@ class Points:
     valid: bool = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        values, weights = _doubles(self.values), _doubles(self.weights)
-        cumulative = array("d", [0.0]) * len(values)
+        values = _doubles(self.values)
+        weights = self.weights if isinstance(self.weights, Repeated) else _doubles(self.weights)
+        cumulative: Sequence[float] | None = None
         if len(weights) != len(values):
             total, valid = math.nan, False
-        elif _fast is not None:
-            total, valid = _fast.order(values, weights, cumulative)
         else:
-            total, valid = _order(values, weights, cumulative)
-        for name, value in (("values", values), ("weights", weights), ("cumulative", cumulative),
+            order = _fast.order if _fast is not None else _order
+            total, valid, running = order(values, weights.weight if isinstance(weights, Repeated) else weights)
+            if valid and running is not None:
+                cumulative = memoryview(running).cast("d")
+            elif valid:
+                cumulative = Repeated(weights.weight, len(values), running=True)  # type: ignore[union-attr]
+        for name, value in (("values", values), ("weights", weights), ("cumulative", cumulative or ()),
                             ("total", total), ("valid", valid)):
             object.__setattr__(self, name, value)
 
     @property
     def count(self) -> float:
         """The sum of the weights: how many samples the values stand for."""
-        return self.cumulative[-1] if self.valid and self.cumulative else 0.0
+        return self.cumulative[-1] if self.cumulative else 0.0
 
     def weight_upto(self, bound: float, scale: float = 1.0) -> float:
         """The weight of the values `v` with `v * scale <= bound`."""
@@ -103,18 +144,22 @@ def _doubles(seq: Sequence[float]) -> array[float]:
     return seq if isinstance(seq, array) and seq.typecode == "d" else array("d", seq)
 
 
-def _order(values: array[float], weights: array[float], cumulative: array[float]) -> tuple[float, bool]:
+def _order(values: array[float], weights: array[float] | float) -> tuple[float, bool, bytearray | None]:
     """`_fast.order` in Python, for an install without the C module."""
-    if not all(math.isfinite(v) for v in values) or not all(math.isfinite(w) and w > 0 for w in weights):
-        return math.nan, False
-    pairs = sorted(zip(values, weights))
+    ws = weights if isinstance(weights, array) else [weights]
+    if not all(math.isfinite(v) for v in values) or not all(math.isfinite(w) and w > 0 for w in ws):
+        return math.nan, False, None
+    if not isinstance(weights, array):
+        values[:] = array("d", sorted(values))
+        return sum(v * weights for v in values), True, None
     running = total = 0.0
-    for i, (value, weight) in enumerate(pairs):
+    cumulative = array("d")
+    for i, (value, weight) in enumerate(sorted(zip(values, weights))):
         values[i], weights[i] = value, weight
         running += weight
-        cumulative[i] = running
+        cumulative.append(running)
         total += value * weight
-    return total, True
+    return total, True, bytearray(cumulative.tobytes())
 
 
 @dataclass(frozen=True, slots=True)

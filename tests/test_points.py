@@ -15,13 +15,14 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from agent import model
-from agent.model import Points
+from agent.model import Points, Repeated
 from agent.statsd import _fast
 
 BOUNDS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 values_st = st.lists(st.one_of(st.floats(-1e6, 1e6), st.sampled_from([0.0, -0.0, 1.0, 5.0, 0.005, 10.0])),
                      min_size=1, max_size=300)
-rates_st = st.sampled_from([1.0, 0.5, 0.1, 0.3, 0.25, 0.001])
+RATES = [1.0, 0.5, 0.1, 0.3, 0.25, 0.001]
+rates_st = st.sampled_from(RATES)
 
 
 def weighted(draw_values: list[float], rates: list[float]) -> tuple[list[float], list[float]]:
@@ -73,14 +74,30 @@ def test_a_spread_keeps_the_shape_of_the_distribution(values: list[float], rates
         assert abs(share - points.weight_upto(x) / points.count) <= 1 / n + 1e-9
 
 
-@given(values_st, st.lists(rates_st, min_size=1, max_size=3))
-def test_the_c_and_python_orderings_agree_exactly(values: list[float], rates: list[float]) -> None:
+@given(values_st, st.lists(rates_st, min_size=1, max_size=3), st.booleans())
+def test_the_c_and_python_orderings_agree_exactly(values: list[float], rates: list[float], one: bool) -> None:
     values, weights = weighted(values, rates)
     outs = []
     for order in (_fast.order, model._order):
-        v, w, c = array("d", values), array("d", weights), array("d", [0.0]) * len(values)
-        outs.append((order(v, w, c), list(v), list(w), list(c)))
+        v, w = array("d", values), array("d", weights)
+        total, valid, cumulative = order(v, weights[0] if one else w)
+        outs.append((total, valid, list(v), list(w), None if cumulative is None else bytes(cumulative)))
     assert outs[0] == outs[1]
+    assert outs[0][4] is None if one else outs[0][4] is not None
+
+
+@given(values_st, rates_st)
+def test_values_of_one_sample_rate_need_no_array_of_weights(values: list[float], rate: float) -> None:
+    weight = 1.0 / rate
+    one = Points(list(values), Repeated(weight, len(values)))
+    many = Points(list(values), [weight] * len(values))
+    assert one.valid and many.valid and list(one.values) == list(many.values)
+    assert isinstance(one.cumulative, Repeated) and not isinstance(many.cumulative, Repeated)
+    assert list(one.weights) == list(many.weights)
+    for got, want in zip(one.cumulative, many.cumulative, strict=True):
+        assert math.isclose(got, want, rel_tol=1e-12)
+    assert math.isclose(one.total, many.total, rel_tol=1e-9, abs_tol=1e-6)
+    assert one.buckets(BOUNDS) == pytest.approx(many.buckets(BOUNDS), rel=1e-9, abs=1e-6)
 
 
 @given(st.lists(st.floats(allow_nan=True, allow_infinity=True), min_size=1, max_size=20),
@@ -90,11 +107,11 @@ def test_anything_not_finite_or_not_positive_is_invalid_and_left_as_it_was(value
     weights = (weights * len(values))[:len(values)]
     should = all(map(math.isfinite, values)) and all(math.isfinite(w) and w > 0 for w in weights)
     for order in (_fast.order, model._order):
-        v, w, c = array("d", values), array("d", weights), array("d", [0.0]) * len(values)
-        total, valid = order(v, w, c)
+        v, w = array("d", values), array("d", weights)
+        total, valid, cumulative = order(v, w)
         assert valid is should
         if not valid:
-            assert math.isnan(total) and list(c) == [0.0] * len(values)
+            assert math.isnan(total) and cumulative is None
             assert [x for x in v if x == x] == [x for x in values if x == x]  # untouched (NaN != NaN)
     assert Points(values, weights).valid is should
     assert not Points((1.0, 2.0), (1.0,)).valid  # one weight per value
@@ -123,6 +140,7 @@ def test_ordering_millions_of_values_leaves_the_interpreter_to_other_threads() -
     done.set()
     ticker.join()
     assert points.valid and points.count == 6_000_000
+    assert list(points.values[:9]) == [0.0] * 4 + [1.0] * 4 + [2.0]  # each value 4 times: i and i + 1,000,003 ...
     # the ticker kept running while the sort did: at least a tick every few of its milliseconds
     assert after - before >= took / 0.02, (after - before, took)
 

@@ -1067,12 +1067,15 @@ static PyObject *drain(PyObject *Py_UNUSED(module), PyObject *args) {
     return Py_BuildValue("(Nnnn)", data, packets + too_long, total, too_long);
 }
 
-/* order(values, weights, cumulative) -> (total, finite): one interval's histogram values sorted, for
- * `model.Points`. When every value and weight is finite and every weight positive, sorts `values`
- * ascending in place, `weights` along with them, and fills `cumulative` with the running weight in
- * that order; `total` is the sum of value times weight. Otherwise touches nothing: (nan, False).
- * All three are array('d') of one length. Runs without the GIL: a sort of millions of values on the
- * flush thread must not stop the event loop (the buffers stay exported, so no array can be resized). */
+/* order(values, weights) -> (total, valid, cumulative): one interval's histogram values sorted, for
+ * `model.Points`. `values` is an array('d'), sorted ascending in place; `weights` an array('d') of the
+ * same length, sorted along with them, or one float: the weight of every value (one sample rate, the
+ * usual case: no array of weights, no pairs to sort). `total` is the sum of value times weight;
+ * `cumulative`, for an array of weights, a new bytearray of the running weight in value order (None
+ * for one weight: it is (i + 1) * weight). When a value or weight is not finite, or a weight is not
+ * above 0, nothing is touched: (nan, False, None). The sort and the sums run without the GIL: millions
+ * of values on the flush thread must not stop the event loop (the buffers stay exported meanwhile, so
+ * no array can be resized under them). */
 typedef struct {
     double value, weight;
 } Pair;
@@ -1099,65 +1102,87 @@ static int double_buffer(PyObject *obj, Py_buffer *view, const char *what) {
     return 0;
 }
 
-static PyObject *order(PyObject *Py_UNUSED(module), PyObject *args) {
-    PyObject *objs[3];
-    const char *names[3] = {"values", "weights", "cumulative"};
-    Py_buffer views[3];
-    if (!PyArg_ParseTuple(args, "OOO", &objs[0], &objs[1], &objs[2]))
-        return NULL;
-    int got = 0;
-    for (; got < 3; got++)
-        if (double_buffer(objs[got], &views[got], names[got]) < 0)
-            break;
-    PyObject *out = NULL;
-    if (got < 3)
-        goto done;
-    Py_ssize_t n = views[0].len / (Py_ssize_t)sizeof(double);
-    if (views[1].len != views[0].len || views[2].len != views[0].len) {
-        PyErr_SetString(PyExc_ValueError, "order: values, weights and cumulative differ in length");
-        goto done;
-    }
-    double *values = views[0].buf, *weights = views[1].buf, *cumulative = views[2].buf;
-    double total = 0.0;
-    int finite = 1, uniform = 1, no_memory = 0;
-    Py_BEGIN_ALLOW_THREADS
-    for (Py_ssize_t i = 0; i < n && finite; i++) {
-        finite = isfinite(values[i]) && isfinite(weights[i]) && weights[i] > 0.0;
-        uniform = uniform && weights[i] == weights[0];
-    }
-    if (finite && uniform) {  /* the usual case: one sample rate, no pairs to build */
+/* Sorts values (and weights, when there are several) in place; 0, or -1 when out of memory. */
+static int sort_points(double *values, double *weights, Py_ssize_t n) {
+    if (weights == NULL) {
         qsort(values, (size_t)n, sizeof(double), compare_doubles);
-    } else if (finite) {
-        Pair *pairs = malloc((size_t)n * sizeof(Pair));
-        if (pairs == NULL) {
-            no_memory = 1;
-        } else {
-            for (Py_ssize_t i = 0; i < n; i++)
-                pairs[i] = (Pair){values[i], weights[i]};
-            qsort(pairs, (size_t)n, sizeof(Pair), compare_pairs);
-            for (Py_ssize_t i = 0; i < n; i++) {
-                values[i] = pairs[i].value;
-                weights[i] = pairs[i].weight;
-            }
-            free(pairs);
-        }
+        return 0;
     }
-    if (finite && !no_memory) {
-        double running = 0.0;
-        for (Py_ssize_t i = 0; i < n; i++) {
-            running += weights[i];
-            cumulative[i] = running;
-            total += values[i] * weights[i];
-        }
+    Pair *pairs = malloc((size_t)n * sizeof(Pair) + 1);
+    if (pairs == NULL)
+        return -1;
+    for (Py_ssize_t i = 0; i < n; i++)
+        pairs[i] = (Pair){values[i], weights[i]};
+    qsort(pairs, (size_t)n, sizeof(Pair), compare_pairs);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        values[i] = pairs[i].value;
+        weights[i] = pairs[i].weight;
+    }
+    free(pairs);
+    return 0;
+}
+
+static PyObject *order(PyObject *Py_UNUSED(module), PyObject *args) {
+    PyObject *values_obj, *weights_obj, *cumulative = NULL;
+    if (!PyArg_ParseTuple(args, "OO", &values_obj, &weights_obj))
+        return NULL;
+    Py_buffer views[2];
+    double weight = 0.0, *weights = NULL;
+    if (double_buffer(values_obj, &views[0], "values") < 0)
+        return NULL;
+    int several = !PyFloat_Check(weights_obj);
+    if (!several) {
+        weight = PyFloat_AS_DOUBLE(weights_obj);
+    } else if (double_buffer(weights_obj, &views[1], "weights") < 0) {
+        PyBuffer_Release(&views[0]);
+        return NULL;
+    } else {
+        weights = views[1].buf;
+    }
+    PyObject *out = NULL;
+    Py_ssize_t n = views[0].len / (Py_ssize_t)sizeof(double);
+    double *values = views[0].buf, total = 0.0;
+    int valid = 1, sorted = 0;
+    if (several && views[1].len != views[0].len) {
+        PyErr_SetString(PyExc_ValueError, "order: values and weights differ in length");
+        goto done;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    for (Py_ssize_t i = 0; i < n && valid; i++) {
+        double w = several ? weights[i] : weight;
+        valid = isfinite(values[i]) && isfinite(w) && w > 0.0;
+    }
+    if (valid && sort_points(values, weights, n) == 0) {
+        sorted = 1;
+        for (Py_ssize_t i = 0; i < n; i++)
+            total += values[i] * (several ? weights[i] : weight);
     }
     Py_END_ALLOW_THREADS
-    if (no_memory)
+    if (!valid) {
+        out = Py_BuildValue("(dOO)", Py_NAN, Py_False, Py_None);
+        goto done;
+    }
+    if (!sorted) {
         PyErr_NoMemory();
-    else
-        out = finite ? Py_BuildValue("(dO)", total, Py_True) : Py_BuildValue("(dO)", Py_NAN, Py_False);
+        goto done;
+    }
+    if (several) {
+        cumulative = PyByteArray_FromStringAndSize(NULL, n * (Py_ssize_t)sizeof(double));
+        if (cumulative == NULL)
+            goto done;
+        double *running = (double *)PyByteArray_AS_STRING(cumulative), sum = 0.0;
+        Py_BEGIN_ALLOW_THREADS  /* nobody else can see the new bytearray yet */
+        for (Py_ssize_t i = 0; i < n; i++) {
+            sum += weights[i];
+            running[i] = sum;
+        }
+        Py_END_ALLOW_THREADS
+    }
+    out = Py_BuildValue("(dON)", total, Py_True, cumulative ? cumulative : Py_NewRef(Py_None));
 done:
-    for (int i = 0; i < got; i++)
-        PyBuffer_Release(&views[i]);
+    PyBuffer_Release(&views[0]);
+    if (several)
+        PyBuffer_Release(&views[1]);
     return out;
 }
 
@@ -1165,7 +1190,7 @@ static PyMethodDef module_methods[] = {
     {"drain", drain, METH_VARARGS,
      "drain(fd, limit) -> (datagrams joined by newlines, packets, bytes, too long)"},
     {"order", order, METH_VARARGS,
-     "order(values, weights, cumulative) -> (total, finite): sorted in place, without the GIL"},
+     "order(values, weights) -> (total, valid, cumulative): sorted in place, without the GIL"},
     {NULL, NULL, 0, NULL},
 };
 

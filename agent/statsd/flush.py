@@ -16,7 +16,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 
 from agent.memory import BURST
-from agent.model import Batch, Event, Kind, Points, Sample, ServiceCheck, Tags, merge_tags
+from agent.model import Batch, Event, Kind, Points, Repeated, Sample, ServiceCheck, Tags, merge_tags
 from agent.statsd.interval import Context, Interval, Slot
 
 HISTOGRAM_TYPES = {"h": Kind.HISTOGRAM, "ms": Kind.HISTOGRAM, "d": Kind.DISTRIBUTION}
@@ -162,7 +162,7 @@ def points(values: Mapping[Slot, array[float]], slots: Sequence[Slot], milliseco
         ctx.merge += 1
     if len(slots) == 1:
         vals = values[slots[0]]
-        return Points(vals, array("d", [slots[0].weight]) * len(vals), milliseconds)
+        return Points(vals, Repeated(slots[0].weight, len(vals)), milliseconds)
     vals, weights = array("d"), array("d")
     for slot in slots:
         vals.extend(values[slot])

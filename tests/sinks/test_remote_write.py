@@ -76,9 +76,8 @@ def publish_round(hub: Hub, count: float, depth: float) -> None:
 
 def expected_round(counts_total: float, cpu: float, depth: float, rounds: int = 1) -> dict[str, float]:
     total = 0.0
-    for _ in range(rounds):  # the same additions in the same order as the sink makes them
-        for v, w in ((0.005, 1.0), (0.05, 1.0), (0.5, 2.0)):
-            total += v * w
+    for _ in range(rounds):  # the same arithmetic as the sink's: each round's sum in ms, then in seconds
+        total += (5.0 * 1.0 + 50.0 * 1.0 + 500.0 * 2.0) * 0.001
     buckets = {"0.005": 1, "0.01": 1, "0.025": 1, "0.05": 2, "0.1": 2, "0.25": 2, "0.5": 4, "1.0": 4, "2.5": 4,
                "5.0": 4, "10.0": 4, "+Inf": 4}
     out = {"ecs_task_memory_usage_bytes": 1024.0, "ecs_container_cpu_usage_seconds_total{container_name=app}": cpu,

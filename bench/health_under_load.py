@@ -35,19 +35,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.baseline import export  # noqa: E402
-from tests.reliability.support import RssSampler, SteadyLoad, context_datagrams, latency, send_paced  # noqa: E402
+from tests.reliability.support import (RssSampler, SteadyLoad, context_datagrams, histogram_flood, latency,  # noqa: E402
+                                       send_paced)
 from tests.support import Sidecar, free_port  # noqa: E402
 
 INTAKE_KEY = "0123456789abcdef0123456789abcdef"
-
-
-def flood_datagrams(values: int, per_line: int = 900) -> list[bytes]:
-    """`values` distinct timer values of one context, `per_line` packed in each line, a line a datagram."""
-    out = []
-    for start in range(0, values, per_line):
-        packed = ":".join(f"{(i * 0.37) % 100_000:.2f}" for i in range(start, min(values, start + per_line)))
-        out.append(f"flood.latency:{packed}|ms|#flood:yes".encode())
-    return out
 
 
 def scrapers(url: str, threads: int, seconds: float) -> None:
@@ -86,7 +78,7 @@ def measure(args: argparse.Namespace, env: dict[str, str]) -> dict[str, float]:
             send_paced(sidecar, datagrams)
             load = SteadyLoad(sidecar.statsd_port, datagrams).start()
             if args.flood:
-                flood = SteadyLoad(sidecar.statsd_port, flood_datagrams(args.flood)).start()
+                flood = SteadyLoad(sidecar.statsd_port, histogram_flood(args.flood, per_line=900)).start()
             rss = RssSampler(sidecar.proc.pid)
             client = subprocess.Popen([sys.executable, __file__, "--client", sidecar.url, "--scrapers",
                                        str(args.scrapers), "--seconds", str(args.seconds)], stdout=subprocess.PIPE,

@@ -7,7 +7,8 @@ sends, while sampling its RSS every 50 ms:
    bytes budget refuses new ones (and 10% more, refused);
 2. for `--intervals` flush intervals: events of 60 KB, three times the per-interval event bytes; set
    members past the per-interval count (32-byte members) and three times past its bytes (1 KB
-   members); and the contexts of step 1 again (all live);
+   members); distinct timer values 10% past the per-interval histogram values (8,800,000 by
+   default, 6,000 to a line); and the contexts of step 1 again (all live);
 3. a control counter alongside everything, which must be exported exactly.
 
 Then it stops sending and waits until the idle contexts and their series expired, and memory was given
@@ -32,8 +33,8 @@ sys.path.insert(0, str(ROOT))
 
 from agent.statsd.interval import Limits  # noqa: E402
 from tests.support import Sidecar, wait_until  # noqa: E402
-from tests.reliability.support import (RssSampler, event_storm, rss_bytes, scrape, send_paced,  # noqa: E402
-                                       set_storm, status, tag_storm)
+from tests.reliability.support import (RssSampler, event_storm, histogram_flood, rss_bytes, scrape,  # noqa: E402
+                                       send_paced, set_storm, status, tag_storm)
 
 MIB = 1024 * 1024
 CONTROL = b"control.jobs:1|c|#ctl:yes"
@@ -91,7 +92,8 @@ def run(tmp: Path, intervals: int = 3, flush: float = 10.0) -> Result:
                 members = set_storm(contexts=8, members=limits.set_members + 50_000, salt=n)  # the count
                 members += set_storm(contexts=8, members=3 * limits.set_bytes // 1000, member_bytes=1000,
                                      salt=n)  # the bytes
-                send_paced(sidecar, datagrams + events + members, step=20)
+                flood = histogram_flood(limits.histogram_values * 11 // 10, salt=n)
+                send_paced(sidecar, datagrams + events + members + flood, step=20)
                 send_control()
                 wait_for_flush(sidecar, flush)
         contexts_peak = statsd(sidecar)["contexts"]
@@ -102,7 +104,7 @@ def run(tmp: Path, intervals: int = 3, flush: float = 10.0) -> Result:
             seen.append(s.value("control_jobs_total"))
             return seen[-1] == control
 
-        wait_until(exported_exactly, flush * 3, what="control")
+        wait_until(exported_exactly, flush * 6, what="control")
         exported = seen[-1]
         errors = statsd(sidecar)["parse_errors"]
         peak = sampler.stop()

@@ -41,6 +41,7 @@ class Flusher:
         self._exported: set[Context] = set()  # the counters of the last batch
         self._zeros_for: tuple[dict[str, Tags], float, Tags] = ({}, 0.0, ())  # what `_zeros` were made with
         self.overflows = 0  # counter sums that overflowed to infinity: dropped, counted as bad_value
+        self.histogram_values = 0  # in the last batch
 
     def batch(self, iv: Interval, containers: Mapping[str, Tags] = {}, now: float | None = None,
               base: Tags = ()) -> Batch:
@@ -85,9 +86,11 @@ class Flusher:
         grouped: dict[Context, list[Slot]] = {}
         for slot in iv.values:
             grouped.setdefault(slot.ctx, []).append(slot)  # type: ignore[arg-type]
+        self.histogram_values = 0
         for ctx, slots in grouped.items():
-            add(Sample(ctx.name, points(iv.values, slots, ctx.type == "ms"), HISTOGRAM_TYPES[ctx.type],
-                       tags_of(ctx), None, seconds))
+            held = points(iv.values, slots, ctx.type == "ms")
+            self.histogram_values += len(held.values)
+            add(Sample(ctx.name, held, HISTOGRAM_TYPES[ctx.type], tags_of(ctx), None, seconds))
         for ctx, value, ts in iv.timestamped:
             if value - value != 0.0:
                 self.overflows += 1

@@ -33,6 +33,7 @@ from agent import heavy
 from agent.config import Config
 from agent.hub import Hub
 from agent.logs import RateLimitedLog
+from agent.memory import release_freed_memory
 from agent.statsd import mapping
 from agent.model import Batch
 from agent.statsd.flush import Flusher
@@ -63,6 +64,7 @@ GATHER_SECONDS, GATHER_BELOW = 0.01, 8  # pause 10 ms when a wake-up found fewer
 # handed to the sinks in slices of about PUBLISH_TURN seconds of work, one per loop turn (starting at
 # PUBLISH_CHUNK samples, then sized to the pace seen), so `/health` and `/metrics` answer during a flush.
 PUBLISH_CHUNK, PUBLISH_TURN = 1_000, 0.002
+RELEASE_AFTER_VALUES = 1_000_000  # histogram values in a flush (8 MiB and more) worth a trim once freed
 # finished intervals waiting for the export side; past this the receive side keeps extending the open
 # interval (its counters then cover several periods, exported as such) instead of queueing more of them
 MAX_BACKLOG = 1
@@ -408,6 +410,11 @@ class StatsdServer:
         started = time.perf_counter()
         with paused_gc():
             await self._publish_paused(interval, started)
+        if self.flusher.histogram_values > RELEASE_AFTER_VALUES:
+            # a flood of histogram values, now freed: hand the memory back now, not at the next
+            # periodic trim (up to 30 s later), before the next flood arrives on top of it
+            interval.values.clear()
+            await heavy.run(release_freed_memory)
 
     async def _publish_paused(self, interval: Interval, started: float) -> None:
         try:

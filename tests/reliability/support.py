@@ -439,6 +439,16 @@ def event_storm(count: int, text_bytes: int = 60_000) -> list[bytes]:
     return [f"_e{{{len(str(i)) + 6},{len(text)}}}:event {i}|{text}|#storm:yes".encode() for i in range(count)]
 
 
+def histogram_flood(values: int, per_line: int = 6_000, salt: int = 0) -> list[bytes]:
+    """`values` distinct timer values of one context, `per_line` packed in each line (`flood.latency:
+    0.37:0.74:...|ms`), a line a datagram: the most histogram values a worker can send per byte."""
+    out = []
+    for start in range(salt * values, (salt + 1) * values, per_line):
+        packed = ":".join(f"{(i * 0.37) % 1e6:.2f}" for i in range(start, min((salt + 1) * values, start + per_line)))
+        out.append(f"flood.latency:{packed}|ms|#flood:yes".encode())
+    return out
+
+
 def set_storm(contexts: int, members: int, member_bytes: int = 32, salt: int = 0) -> list[bytes]:
     """`members` distinct members of `member_bytes` bytes spread over `contexts` sets, ~60 KB datagrams."""
     lines = [b"hostile.set.%d:%0*d|s" % (m % contexts, member_bytes, m + salt * members) for m in range(members)]

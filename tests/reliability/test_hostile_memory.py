@@ -34,6 +34,7 @@ def test_the_worst_input_within_the_limits_stays_under_the_rss_ceiling(tmp_path)
     assert result.errors.get("cardinality_limit", 0) > 0
     assert result.errors.get("event_limit", 0) > 0
     assert result.errors.get("set_limit", 0) > 0
+    assert result.errors.get("value_limit", 0) > 0  # the histogram flood too
     assert result.rss_after < result.rss_before + 48 * MIB  # and the memory goes back after the TTL
 
 

@@ -7,14 +7,14 @@ sends, while sampling its RSS every 50 ms:
    bytes budget refuses new ones (and 10% more, refused);
 2. for `--intervals` flush intervals: events of 60 KB, three times the per-interval event bytes; set
    members past the per-interval count (32-byte members) and three times past its bytes (1 KB
-   members); distinct timer values 10% past the per-interval histogram values (8,800,000 by
-   default, 6,000 to a line); and the contexts of step 1 again (all live);
+   members); with `--flood`, distinct timer values 10% past the per-interval histogram values
+   (8,800,000 by default, 6,000 to a line); and the contexts of step 1 again (all live);
 3. a control counter alongside everything, which must be exported exactly.
 
 Then it stops sending and waits until the idle contexts and their series expired, and memory was given
 back (the lowest RSS over 10 s). Prints RSS before / peak / after.
 
-    .venv/bin/python bench/worst_case_memory.py [--intervals 3]
+    .venv/bin/python bench/worst_case_memory.py [--intervals 3] [--flood]
 """
 
 from __future__ import annotations
@@ -61,7 +61,7 @@ def wait_for_flush(sidecar: Sidecar, flush: float) -> None:
     wait_until(lambda: statsd(sidecar)["last_flush"] != last, flush * 3, what="a flush")
 
 
-def run(tmp: Path, intervals: int = 3, flush: float = 10.0) -> Result:
+def run(tmp: Path, intervals: int = 3, flush: float = 10.0, flood: bool = False) -> Result:
     limits = Limits()
     sidecar = Sidecar(tmp, TASKLENS_FLUSH_INTERVAL=str(flush), TASKLENS_STATSD_CONTEXT_TTL="10",
                       TASKLENS_PROMETHEUS_TTL="10")
@@ -92,8 +92,9 @@ def run(tmp: Path, intervals: int = 3, flush: float = 10.0) -> Result:
                 members = set_storm(contexts=8, members=limits.set_members + 50_000, salt=n)  # the count
                 members += set_storm(contexts=8, members=3 * limits.set_bytes // 1000, member_bytes=1000,
                                      salt=n)  # the bytes
-                flood = histogram_flood(limits.histogram_values * 11 // 10, salt=n)
-                send_paced(sidecar, datagrams + events + members + flood, step=20)
+                send_paced(sidecar, datagrams + events + members, step=20)
+                if flood:  # 12 MB at a time (the socket and receive buffers hold them)
+                    send_paced(sidecar, histogram_flood(limits.histogram_values * 11 // 10, salt=n), step=200)
                 send_control()
                 wait_for_flush(sidecar, flush)
         contexts_peak = statsd(sidecar)["contexts"]
@@ -128,9 +129,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--intervals", type=int, default=3)
     parser.add_argument("--flush", type=float, default=10.0)
+    parser.add_argument("--flood", action="store_true", help="a histogram flood in every interval too")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        r = run(Path(tmp), args.intervals, args.flush)
+        r = run(Path(tmp), args.intervals, args.flush, args.flood)
     print(f"RSS before {r.rss_before / MIB:.0f} MiB, peak {r.rss_peak / MIB:.0f} MiB, after {r.rss_after / MIB:.0f} MiB")
     print(f"contexts at the peak {r.contexts_peak}; control counter sent {r.control_sent}, exported "
           f"{r.control_exported:g}; refused lines by reason: {r.errors}")

@@ -4,6 +4,8 @@
   refuses them, 60 KB events past the interval's event bytes, set members past their count and bytes)
   keeps the sidecar's RSS under the documented ceiling, a control counter sent alongside is exported
   exactly, every refusal is counted by reason, and the memory goes back after the TTL.
+- A histogram flood past the per-interval histogram values is refused by line and counted, every value
+  accepted is exported, and the memory stays bounded and goes back.
 - With 100,000 live contexts and a 1 s flush, `/health` answers within 100 ms while the flushes run.
 """
 
@@ -15,8 +17,10 @@ import time
 import pytest
 
 from bench.worst_case_memory import run as worst_case
-from tests.support import Sidecar
-from tests.reliability.support import SteadyLoad, context_datagrams, latency, send_paced, status
+from tests.support import Sidecar, wait_until
+from agent.statsd.interval import Limits
+from tests.reliability.support import (RssSampler, SteadyLoad, context_datagrams, histogram_flood, latency, rss_bytes,
+                                       scrape, send_paced, status)
 
 MIB = 1024 * 1024
 # docs/statsd.md, "Limits", and the README's Guarantees: measured peak 352-376 MiB (bench/worst_case_memory.py)
@@ -36,6 +40,36 @@ def test_the_worst_input_within_the_limits_stays_under_the_rss_ceiling(tmp_path)
     assert result.errors.get("set_limit", 0) > 0
     assert result.errors.get("value_limit", 0) > 0  # the histogram flood too
     assert result.rss_after < result.rss_before + 48 * MIB  # and the memory goes back after the TTL
+
+
+def test_a_histogram_flood_past_the_limit_is_refused_counted_and_its_memory_bounded(tmp_path) -> None:
+    per_line = 6_000
+    sent = -(-2 * Limits().histogram_values // per_line) * per_line  # twice the limit, in full lines
+    flood = histogram_flood(sent, per_line)  # distinct values: nothing to merge
+    sidecar = Sidecar(tmp_path, TASKLENS_FLUSH_INTERVAL="10", TASKLENS_STATSD_CONTEXT_TTL="10",
+                      TASKLENS_PROMETHEUS_TTL="10")
+    try:
+        sidecar.wait_ready()
+        scrape(sidecar)
+        before = rss_bytes(sidecar.proc.pid)
+        sampler = RssSampler(sidecar.proc.pid)
+        send_paced(sidecar, flood, step=200)  # within two 10 s intervals: one of them past the limit
+        refused = status(sidecar)["components"]["statsd"]["parse_errors"].get("value_limit", 0)
+        assert refused > 0  # whole lines, counted
+        accepted = sent - refused * per_line
+        wait_until(lambda: scrape(sidecar).value("flood_latency_count", flood="yes") == accepted, 40,
+                   what="every accepted value in /metrics, exactly")
+        peak = sampler.stop()
+        print(f"RSS before {before / MIB:.0f} MiB, peak {peak / MIB:.0f} MiB; {sent:,} values sent, "
+              f"{refused * per_line:,} refused")
+        assert peak < before + 256 * MIB  # 8,000,000 values are 61 MiB
+        wait_until(lambda: not any(n.startswith("flood_") for n, _, _ in scrape(sidecar).samples), 60,
+                   interval=0.5, what="the flood's series gone after the TTL")
+        after = min(rss_bytes(sidecar.proc.pid) for _ in range(20) if time.sleep(0.5) is None)
+        print(f"RSS after the TTL {after / MIB:.0f} MiB")
+        assert after < before + 24 * MIB
+    finally:
+        sidecar.stop()
 
 
 @pytest.mark.slow

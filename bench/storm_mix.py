@@ -43,6 +43,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
+import psutil  # noqa: E402
 from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
 
 from bench.baseline import export  # noqa: E402
@@ -140,10 +141,9 @@ def _send(datagrams: list[bytes], port: int, start_at: float, seconds: float, ou
     sock.close()
 
 
-def send_all(p: Plan, senders: int, port: int, seconds: float) -> dict[str, Any]:
+def send_all(p: Plan, senders: int, port: int, seconds: float, start_at: float) -> dict[str, Any]:
     ctx = mp.get_context("fork")  # the datagrams are shared copy-on-write, not pickled
     out = [ctx.Queue() for _ in range(senders)]
-    start_at = time.time() + 0.5
     procs = [ctx.Process(target=_send, args=(p.datagrams[i::senders], port, start_at, seconds, out[i]), daemon=True)
              for i in range(senders)]
     for proc in procs:
@@ -157,6 +157,11 @@ def send_all(p: Plan, senders: int, port: int, seconds: float) -> dict[str, Any]
 
 
 # -- reading the sidecar ---------------------------------------------------------------------------
+
+
+def thread_cpu(pid: int) -> dict[int, float]:
+    """CPU seconds of each thread of the process so far."""
+    return {t.id: t.user_time + t.system_time for t in psutil.Process(pid).threads()}
 
 
 def status(sidecar: Sidecar) -> dict[str, Any]:
@@ -188,8 +193,9 @@ def exported(sidecar: Sidecar, known: int) -> tuple[list[float], float, dict[str
 
 def run(args: argparse.Namespace, p: Plan, env: dict[str, str]) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
-        sidecar = Sidecar(Path(tmp), TASKLENS_FLUSH_INTERVAL=str(args.flush_interval),
-                           TASKLENS_SHUTDOWN_TIMEOUT="30", **env)
+        settings = dict(TASKLENS_FLUSH_INTERVAL=str(args.flush_interval), TASKLENS_SHUTDOWN_TIMEOUT="30")
+        settings.update(item.split("=", 1) for item in args.set)
+        sidecar = Sidecar(Path(tmp), **settings, **env)
         try:
             return measure(args, p, sidecar)
         finally:
@@ -199,6 +205,8 @@ def run(args: argparse.Namespace, p: Plan, env: dict[str, str]) -> dict[str, Any
 def measure(args: argparse.Namespace, p: Plan, sidecar: Sidecar) -> dict[str, Any]:
     sidecar.wait_ready()
     port = sidecar.statsd_port
+    with open(f"/proc/{sidecar.proc.pid}/maps") as fh:  # which tree's C loop runs: this one, or --baseline's
+        tree = next((line.split()[-1] for line in fh if "/agent/statsd/_fast" in line), "no _fast")
     # the known contexts first, as a worker that has run for a while has them
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         for k in range(0, args.known, 20):
@@ -210,25 +218,38 @@ def measure(args: argparse.Namespace, p: Plan, sidecar: Sidecar) -> dict[str, An
     before, _, own0 = exported(sidecar, args.known)
     st0 = status(sidecar)
     drops0 = udp_drops(port) or 0
-    sent = send_all(p, args.senders, port, args.seconds)
+    threads0 = thread_cpu(sidecar.proc.pid)
+    # at a fixed point of the flush interval: with the default, the storm's contexts are all made in
+    # its first second and the flush that exports them (~100,000 new series) runs under full traffic
+    start_at = (math.floor(time.time() / args.flush_interval) + 1) * args.flush_interval + args.phase
+    if start_at - time.time() > args.flush_interval:
+        start_at -= args.flush_interval
+    sent = send_all(p, args.senders, port, args.seconds, start_at)
     last_sent = sent["ended"]
+    threads = thread_cpu(sidecar.proc.pid)
+    busiest = sorted((cpu - threads0.get(tid, 0.0) for tid, cpu in threads.items()), reverse=True)
     known_sent, storm_sent = expected(p, sent["sent"], args.senders)
     lines_sent = sum(known_sent) + storm_sent
-    # the receive side caught up: every line sent parsed (counted, good or refused)
+    # the receive side caught up: every line sent parsed (counted, good or refused); or, when lines were
+    # lost, its count stood still for a second
     deadline = last_sent + 3 * args.flush_interval + 30
     parsed_at = None
-    while time.time() < deadline:
-        st = status(sidecar)
-        if st["lines"] - st0["lines"] >= lines_sent:
+    counted, still = -1, time.time()
+    while time.time() < deadline and time.time() - still < 1.0:
+        lines = status(sidecar)["lines"] - st0["lines"]
+        if lines >= lines_sent:
             parsed_at = time.time()
             break
+        if lines != counted:
+            counted, still = lines, time.time()
         time.sleep(0.02)
     # exported: the first flush that ended after the receive side caught up, then each next one
     boundary = (math.floor(last_sent / args.flush_interval) + 1) * args.flush_interval
     flushes, exact_at = 0, None
     check: dict[str, Any] | None = None
     seen = status(sidecar)["last_flush"]
-    while time.time() < deadline and flushes < 4:
+    deadline = time.time() + 3 * args.flush_interval + 30
+    while time.time() < deadline and flushes < (4 if parsed_at else 2):
         st = status(sidecar)
         if st["last_flush"] == seen or st["last_flush"] < boundary:
             time.sleep(0.02)
@@ -245,19 +266,26 @@ def measure(args: argparse.Namespace, p: Plan, sidecar: Sidecar) -> dict[str, An
             exact_at = seen
             break
     drops = (udp_drops(port) or 0) - drops0
-    assert check is not None, "no flush after the storm"
+    if check is None:  # not one flush in all that time: say so, with what /status shows
+        st = status(sidecar)
+        print(f"no flush after the storm within {deadline - last_sent:.0f} s; /status: {st}", flush=True)
+        check = {"known_wrong": args.known, "known_shortfall": sum(known_sent), "storm_exported": 0.0,
+                 "refused": {}, "own": {}}
     own: dict[str, float] = check.pop("own")
     full = own.get("tasklens_statsd_buffer_full_total", 0.0) - own0.get("tasklens_statsd_buffer_full_total", 0.0)
+    peak = own.get("tasklens_statsd_buffer_peak_bytes")  # since the start: the storm's, here
     return {"known_rate": sum(known_sent) / sent["seconds"], "storm_rate": storm_sent / sent["seconds"],
             "known_sent": sum(known_sent), "storm_sent": storm_sent, "send_seconds": sent["seconds"],
             "sender_cpu": sent["sender_cpu"], "send_errors": sent["send_errors"], **check,
             "kernel_drops": drops, "buffer_full": full,
+            "buffer_peak_mib": None if peak is None else peak / 2**20,
             "parsed_after": None if parsed_at is None else parsed_at - last_sent,
             "exported_after": None if exact_at is None else exact_at - last_sent,
             "first_boundary_after": boundary - last_sent,
             "flushes_needed": flushes if exact_at is not None else None,
             "flush_seconds": own.get("tasklens_statsd_flush_duration_seconds"),
-            "contexts": st["contexts"], "load": os.getloadavg()[0]}
+            "contexts": st["contexts"], "load": os.getloadavg()[0], "tree": tree,
+            "sidecar_cpu": sum(busiest) / sent["seconds"], "threads_cpu": [c / sent["seconds"] for c in busiest[:3]]}
 
 
 # -- report ----------------------------------------------------------------------------------------
@@ -300,6 +328,10 @@ def main() -> None:
     ap.add_argument("--storm-rate", type=int, default=100_000, help="storm lines (each a new context) per second")
     ap.add_argument("--senders", type=int, default=2, help="sender processes")
     ap.add_argument("--flush-interval", type=float, default=10.0)
+    ap.add_argument("--phase", type=float, default=0.5,
+                    help="seconds after a flush boundary when sending starts (see `measure`)")
+    ap.add_argument("--set", action="append", default=[], metavar="VAR=VALUE",
+                    help="a setting of the sidecar, e.g. TASKLENS_STATSD_BUFFER_BYTES=64MiB (repeatable)")
     ap.add_argument("--rounds", type=int, default=1)
     ap.add_argument("--baseline", help="also run agent/ of this git revision, in turn with this checkout")
     args = ap.parse_args()
@@ -320,9 +352,14 @@ def main() -> None:
                 r = run(args, p, env)
                 results[label].append(r)
                 print(row(f"{label} #{i + 1}", r), flush=True)
+                if i == 0:
+                    print(f"{'':<22} runs {r['tree']}", flush=True)
                 if r["refused"]:
                     print(f"{'':<22} refused by reason: {r['refused']}; sender CPU {r['sender_cpu']:.1f} s over "
-                          f"{r['send_seconds']:.1f} s; send errors {r['send_errors']}", flush=True)
+                          f"{r['send_seconds']:.1f} s; send errors {r['send_errors']}; receive buffer peak "
+                          f"{opt(r['buffer_peak_mib'])} MiB; the sidecar while sending: "
+                          f"{100 * r['sidecar_cpu']:.0f}% of a core, busiest threads "
+                          + ", ".join(f"{100 * c:.0f}%" for c in r["threads_cpu"]), flush=True)
     if args.rounds > 1:
         print("medians:")
         for label, rs in results.items():
@@ -331,7 +368,8 @@ def main() -> None:
             med.update(refused={"all": statistics.median(sum(r["refused"].values()) for r in rs)},
                        parsed_after=_median_or_none(r["parsed_after"] for r in rs),
                        exported_after=_median_or_none(r["exported_after"] for r in rs),
-                       flushes_needed=max((r["flushes_needed"] or 99) for r in rs))
+                       flushes_needed=None if any(r["flushes_needed"] is None for r in rs)
+                       else max(r["flushes_needed"] for r in rs))
             print(row(label, med))
     print("wrong: known counters whose total is not what was sent; shortfall: known lines missing; exported/refused: "
           "storm lines in /metrics / refused (any reason); unacc: storm lines neither (negative: lost); drops: "

@@ -18,6 +18,7 @@ datagrams are built beforehand and sent by `--senders` processes, paced every ~1
     .venv/bin/python bench/storm_mix.py                                    # 10 s, 500k + 100k lines/s
     .venv/bin/python bench/storm_mix.py --rounds 3 --baseline 4b4f589      # and agent/ of that commit, in turn
     .venv/bin/python bench/storm_mix.py --storm-rate 0                     # the steady traffic alone
+    .venv/bin/python bench/storm_mix.py --hogs 1 --set TASKLENS_STATSD_BUFFER_BYTES=96M   # a busy neighbour
 
 `--baseline REV` runs `agent/` of that commit (`bench/baseline.py`) first on PYTHONPATH, alternating with
 this checkout for `--rounds` rounds; the table shows every round and the medians.
@@ -34,6 +35,7 @@ import socket
 import statistics
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -141,9 +143,16 @@ def _send(datagrams: list[bytes], port: int, start_at: float, seconds: float, ou
     sock.close()
 
 
-def send_all(p: Plan, senders: int, port: int, seconds: float, start_at: float) -> dict[str, Any]:
+def _spin(until: float) -> None:
+    while time.time() < until:
+        pass
+
+
+def send_all(p: Plan, senders: int, port: int, seconds: float, start_at: float, hogs: int) -> dict[str, Any]:
     ctx = mp.get_context("fork")  # the datagrams are shared copy-on-write, not pickled
     out = [ctx.Queue() for _ in range(senders)]
+    for _ in range(hogs):  # a busy neighbour (the worker itself, on a task's vCPUs): until 5 s after the end
+        ctx.Process(target=_spin, args=(start_at + seconds + 5.0,), daemon=True).start()
     procs = [ctx.Process(target=_send, args=(p.datagrams[i::senders], port, start_at, seconds, out[i]), daemon=True)
              for i in range(senders)]
     for proc in procs:
@@ -191,6 +200,31 @@ def exported(sidecar: Sidecar, known: int) -> tuple[list[float], float, dict[str
     return totals, storm, own
 
 
+class Lag:
+    """/status's line count every 100 ms while sending: how far the parsing fell behind."""
+
+    def __init__(self, sidecar: Sidecar) -> None:
+        self.sidecar = sidecar
+        self.seen: list[tuple[float, int]] = []
+        self._halt = threading.Event()
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+        self._thread.start()
+
+    def _poll(self) -> None:
+        while not self._halt.wait(0.1):
+            self.seen.append((time.time(), status(self.sidecar)["lines"]))
+
+    def stop(self) -> None:
+        self._halt.set()
+        self._thread.join()
+
+    def worst(self, start: float, seconds: float, rate: float, lines0: int) -> float:
+        """The most seconds of sending the parsed count was behind (lines sent by then: `rate` a second
+        for `seconds` from `start`)."""
+        return max(((min(t - start, seconds) * rate - (lines - lines0)) / rate for t, lines in self.seen
+                    if t > start), default=0.0)
+
+
 def run(args: argparse.Namespace, p: Plan, env: dict[str, str]) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         settings = dict(TASKLENS_FLUSH_INTERVAL=str(args.flush_interval), TASKLENS_SHUTDOWN_TIMEOUT="30")
@@ -224,7 +258,9 @@ def measure(args: argparse.Namespace, p: Plan, sidecar: Sidecar) -> dict[str, An
     start_at = (math.floor(time.time() / args.flush_interval) + 1) * args.flush_interval + args.phase
     if start_at - time.time() > args.flush_interval:
         start_at -= args.flush_interval
-    sent = send_all(p, args.senders, port, args.seconds, start_at)
+    lag = Lag(sidecar)
+    sent = send_all(p, args.senders, port, args.seconds, start_at, args.hogs)
+    lag.stop()
     last_sent = sent["ended"]
     threads = thread_cpu(sidecar.proc.pid)
     busiest = sorted((cpu - threads0.get(tid, 0.0) for tid, cpu in threads.items()), reverse=True)
@@ -273,12 +309,11 @@ def measure(args: argparse.Namespace, p: Plan, sidecar: Sidecar) -> dict[str, An
                  "refused": {}, "own": {}}
     own: dict[str, float] = check.pop("own")
     full = own.get("tasklens_statsd_buffer_full_total", 0.0) - own0.get("tasklens_statsd_buffer_full_total", 0.0)
-    peak = own.get("tasklens_statsd_buffer_peak_bytes")  # since the start: the storm's, here
     return {"known_rate": sum(known_sent) / sent["seconds"], "storm_rate": storm_sent / sent["seconds"],
             "known_sent": sum(known_sent), "storm_sent": storm_sent, "send_seconds": sent["seconds"],
             "sender_cpu": sent["sender_cpu"], "send_errors": sent["send_errors"], **check,
-            "kernel_drops": drops, "buffer_full": full,
-            "buffer_peak_mib": None if peak is None else peak / 2**20,
+            "kernel_drops": drops, "buffer_full": full, "lag": lag.worst(start_at, args.seconds, lines_sent / args.seconds,
+                                                                           st0["lines"]),
             "parsed_after": None if parsed_at is None else parsed_at - last_sent,
             "exported_after": None if exact_at is None else exact_at - last_sent,
             "first_boundary_after": boundary - last_sent,
@@ -327,6 +362,8 @@ def main() -> None:
     ap.add_argument("--known-rate", type=int, default=500_000, help="known lines per second")
     ap.add_argument("--storm-rate", type=int, default=100_000, help="storm lines (each a new context) per second")
     ap.add_argument("--senders", type=int, default=2, help="sender processes")
+    ap.add_argument("--hogs", type=int, default=0,
+                    help="processes spinning on the CPU while sending (a busy neighbour on the same cores)")
     ap.add_argument("--flush-interval", type=float, default=10.0)
     ap.add_argument("--phase", type=float, default=0.5,
                     help="seconds after a flush boundary when sending starts (see `measure`)")
@@ -339,7 +376,7 @@ def main() -> None:
     p = plan(args)
     print(f"{os.cpu_count()} cores, load {os.getloadavg()}; {len(p.datagrams):,} datagrams of {p.known_per} known + "
           f"{p.storm_per} storm lines (~{statistics.mean(map(len, p.datagrams[:1000])):.0f} bytes), built in "
-          f"{time.perf_counter() - t:.1f} s; {args.senders} senders; flush every {args.flush_interval:g} s", flush=True)
+          f"{time.perf_counter() - t:.1f} s; {args.senders} senders, {args.hogs} CPU hogs; flush every {args.flush_interval:g} s", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         variants: dict[str, dict[str, str]] = {"this checkout": {}}
         if args.baseline:
@@ -356,8 +393,8 @@ def main() -> None:
                     print(f"{'':<22} runs {r['tree']}", flush=True)
                 if r["refused"]:
                     print(f"{'':<22} refused by reason: {r['refused']}; sender CPU {r['sender_cpu']:.1f} s over "
-                          f"{r['send_seconds']:.1f} s; send errors {r['send_errors']}; receive buffer peak "
-                          f"{opt(r['buffer_peak_mib'])} MiB; the sidecar while sending: "
+                          f"{r['send_seconds']:.1f} s; send errors {r['send_errors']}; the parsing at most "
+                          f"{r['lag']:.2f} s behind the sending; the sidecar while sending: "
                           f"{100 * r['sidecar_cpu']:.0f}% of a core, busiest threads "
                           + ", ".join(f"{100 * c:.0f}%" for c in r["threads_cpu"]), flush=True)
     if args.rounds > 1:

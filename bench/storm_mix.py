@@ -114,9 +114,11 @@ def expected(p: Plan, sent: list[int], senders: int) -> tuple[list[int], int]:
 # -- senders ---------------------------------------------------------------------------------------
 
 
-def _send(datagrams: list[bytes], port: int, start_at: float, seconds: float, out: Any) -> None:
+def _send(datagrams: list[bytes], port: int, start_at: float, seconds: float, out: Any, progress: Any,
+          me: int) -> None:
     """Send `datagrams` evenly over `seconds` from `start_at` (time.time): every ~1 ms what is due,
-    never more than 2 ms worth at once; stops 1 s past the end if it cannot keep up."""
+    never more than 2 ms worth at once; stops 1 s past the end if it cannot keep up. `progress[me]`:
+    the datagrams sent so far."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sock.connect(("127.0.0.1", port))
     send, total = sock.send, len(datagrams)
@@ -138,6 +140,7 @@ def _send(datagrams: list[bytes], port: int, start_at: float, seconds: float, ou
             except OSError:  # ENOBUFS: counted, the datagram is not sent again
                 errors += 1
             sent += 1
+        progress[me] = sent
         time.sleep(0.001)
     out.put((sent, time.perf_counter() - t0, time.process_time() - cpu0, errors, time.time()))
     sock.close()
@@ -148,12 +151,14 @@ def _spin(until: float) -> None:
         pass
 
 
-def send_all(p: Plan, senders: int, port: int, seconds: float, start_at: float, hogs: int) -> dict[str, Any]:
+def send_all(p: Plan, senders: int, port: int, seconds: float, start_at: float, hogs: int,
+             progress: Any) -> dict[str, Any]:
     ctx = mp.get_context("fork")  # the datagrams are shared copy-on-write, not pickled
     out = [ctx.Queue() for _ in range(senders)]
     for _ in range(hogs):  # a busy neighbour (the worker itself, on a task's vCPUs): until 5 s after the end
         ctx.Process(target=_spin, args=(start_at + seconds + 5.0,), daemon=True).start()
-    procs = [ctx.Process(target=_send, args=(p.datagrams[i::senders], port, start_at, seconds, out[i]), daemon=True)
+    procs = [ctx.Process(target=_send, args=(p.datagrams[i::senders], port, start_at, seconds, out[i], progress, i),
+                         daemon=True)
              for i in range(senders)]
     for proc in procs:
         proc.start()
@@ -201,28 +206,29 @@ def exported(sidecar: Sidecar, known: int) -> tuple[list[float], float, dict[str
 
 
 class Lag:
-    """/status's line count every 100 ms while sending: how far the parsing fell behind."""
+    """/status's line count every 100 ms while sending, against the senders' progress: how far the
+    parsing fell behind."""
 
-    def __init__(self, sidecar: Sidecar) -> None:
-        self.sidecar = sidecar
-        self.seen: list[tuple[float, int]] = []
+    def __init__(self, sidecar: Sidecar, senders: int, lines_per_datagram: int) -> None:
+        self.sidecar, self.lines_per_datagram = sidecar, lines_per_datagram
+        self.progress = mp.get_context("fork").Array("q", senders, lock=False)  # datagrams sent, by sender
+        self.seen: list[tuple[int, int]] = []  # (lines sent, lines parsed)
         self._halt = threading.Event()
         self._thread = threading.Thread(target=self._poll, daemon=True)
         self._thread.start()
 
     def _poll(self) -> None:
         while not self._halt.wait(0.1):
-            self.seen.append((time.time(), status(self.sidecar)["lines"]))
+            sent = sum(self.progress) * self.lines_per_datagram
+            self.seen.append((sent, status(self.sidecar)["lines"]))
 
     def stop(self) -> None:
         self._halt.set()
         self._thread.join()
 
-    def worst(self, start: float, seconds: float, rate: float, lines0: int) -> float:
-        """The most seconds of sending the parsed count was behind (lines sent by then: `rate` a second
-        for `seconds` from `start`)."""
-        return max(((min(t - start, seconds) * rate - (lines - lines0)) / rate for t, lines in self.seen
-                    if t > start), default=0.0)
+    def worst(self, rate: float, lines0: int) -> float:
+        """The most seconds of sending (at `rate` lines/s) the parsed count was behind."""
+        return max(((sent - (parsed - lines0)) / rate for sent, parsed in self.seen), default=0.0)
 
 
 def run(args: argparse.Namespace, p: Plan, env: dict[str, str]) -> dict[str, Any]:
@@ -258,8 +264,8 @@ def measure(args: argparse.Namespace, p: Plan, sidecar: Sidecar) -> dict[str, An
     start_at = (math.floor(time.time() / args.flush_interval) + 1) * args.flush_interval + args.phase
     if start_at - time.time() > args.flush_interval:
         start_at -= args.flush_interval
-    lag = Lag(sidecar)
-    sent = send_all(p, args.senders, port, args.seconds, start_at, args.hogs)
+    lag = Lag(sidecar, args.senders, p.known_per + p.storm_per)
+    sent = send_all(p, args.senders, port, args.seconds, start_at, args.hogs, lag.progress)
     lag.stop()
     last_sent = sent["ended"]
     threads = thread_cpu(sidecar.proc.pid)
@@ -312,8 +318,7 @@ def measure(args: argparse.Namespace, p: Plan, sidecar: Sidecar) -> dict[str, An
     return {"known_rate": sum(known_sent) / sent["seconds"], "storm_rate": storm_sent / sent["seconds"],
             "known_sent": sum(known_sent), "storm_sent": storm_sent, "send_seconds": sent["seconds"],
             "sender_cpu": sent["sender_cpu"], "send_errors": sent["send_errors"], **check,
-            "kernel_drops": drops, "buffer_full": full, "lag": lag.worst(start_at, args.seconds, lines_sent / args.seconds,
-                                                                           st0["lines"]),
+            "kernel_drops": drops, "buffer_full": full, "lag": lag.worst(lines_sent / args.seconds, st0["lines"]),
             "parsed_after": None if parsed_at is None else parsed_at - last_sent,
             "exported_after": None if exact_at is None else exact_at - last_sent,
             "first_boundary_after": boundary - last_sent,
@@ -345,13 +350,13 @@ def row(label: str, r: dict[str, Any]) -> str:
     refused = sum(r["refused"].values())
     return (f"{label:<22} {r['known_rate'] / 1e3:>7.0f}k {r['storm_rate'] / 1e3:>6.0f}k {r['known_wrong']:>6} "
             f"{r['known_shortfall']:>9,.0f} {r['storm_exported']:>9,.0f} {refused:>9,.0f} "
-            f"{r['storm_exported'] + refused - r['storm_sent']:>+6,.0f} {r['kernel_drops']:>6} {r['buffer_full']:>5.0f} "
+            f"{r['storm_exported'] + refused - r['storm_sent']:>+6,.0f} {r['kernel_drops']:>6} {r['buffer_full']:>5.0f} {r['lag']:>5.2f} "
             f"{opt(r['parsed_after']):>7} {opt(r['exported_after']):>7} {opt(r['first_boundary_after']):>7} "
             f"{str(r['flushes_needed'] or '-'):>4} {opt(r['flush_seconds']):>6} {r['load']:>5.2f}  {verdict(r)}")
 
 
 HEADER = (f"{'':<22} {'known/s':>8} {'storm/s':>7} {'wrong':>6} {'shortfall':>9} {'exported':>9} {'refused':>9} "
-          f"{'unacc':>6} {'drops':>6} {'full':>5} {'parsed':>7} {'export':>7} {'bound':>7} {'fl':>4} {'flush':>6} "
+          f"{'unacc':>6} {'drops':>6} {'full':>5} {'lag':>5} {'parsed':>7} {'export':>7} {'bound':>7} {'fl':>4} {'flush':>6} "
           f"{'load':>5}")
 
 
@@ -393,8 +398,7 @@ def main() -> None:
                     print(f"{'':<22} runs {r['tree']}", flush=True)
                 if r["refused"]:
                     print(f"{'':<22} refused by reason: {r['refused']}; sender CPU {r['sender_cpu']:.1f} s over "
-                          f"{r['send_seconds']:.1f} s; send errors {r['send_errors']}; the parsing at most "
-                          f"{r['lag']:.2f} s behind the sending; the sidecar while sending: "
+                          f"{r['send_seconds']:.1f} s; send errors {r['send_errors']}; the sidecar while sending: "
                           f"{100 * r['sidecar_cpu']:.0f}% of a core, busiest threads "
                           + ", ".join(f"{100 * c:.0f}%" for c in r["threads_cpu"]), flush=True)
     if args.rounds > 1:
@@ -410,7 +414,7 @@ def main() -> None:
             print(row(label, med))
     print("wrong: known counters whose total is not what was sent; shortfall: known lines missing; exported/refused: "
           "storm lines in /metrics / refused (any reason); unacc: storm lines neither (negative: lost); drops: "
-          "kernel drops; full: receive buffer full; parsed/export: s after the last line until every line was "
+          "kernel drops; full: receive buffer full; lag: most s of traffic sent and not yet parsed; parsed/export: s after the last line until every line was "
           "parsed / exported; bound: s from the last line to the next flush boundary; fl: flushes after the last "
           "line until all was exported (1 = caught up within one flush interval); flush: the last flush's seconds")
 

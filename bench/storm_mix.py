@@ -402,7 +402,7 @@ def main() -> None:
                           f"{100 * r['sidecar_cpu']:.0f}% of a core, busiest threads "
                           + ", ".join(f"{100 * c:.0f}%" for c in r["threads_cpu"]), flush=True)
     if args.rounds > 1:
-        print("medians:")
+        print("medians (parsed, export, fl: '-' when a round never got there):")
         for label, rs in results.items():
             med: dict[str, Any] = {k: statistics.median(r[k] for r in rs) for k in rs[0]
                                    if all(isinstance(r[k], (int, float)) for r in rs)}
@@ -411,7 +411,8 @@ def main() -> None:
                        exported_after=_median_or_none(r["exported_after"] for r in rs),
                        flushes_needed=None if any(r["flushes_needed"] is None for r in rs)
                        else max(r["flushes_needed"] for r in rs))
-            print(row(label, med))
+            passed = sum(verdict(r) == "PASS" for r in rs)
+            print(row(label, med)[:-4] + f"{passed}/{len(rs)} passed")
     print("wrong: known counters whose total is not what was sent; shortfall: known lines missing; exported/refused: "
           "storm lines in /metrics / refused (any reason); unacc: storm lines neither (negative: lost); drops: "
           "kernel drops; full: receive buffer full; lag: most s of traffic sent and not yet parsed; parsed/export: s after the last line until every line was "

@@ -85,8 +85,6 @@ def plan(args: argparse.Namespace) -> Plan:
     per = max(1, DATAGRAM_BYTES // max(sample, len(storm_line(10**7)) + 1))
     storm_per = round(per * args.storm_rate / total)
     known_per = per - storm_per
-    if known_per and args.known % known_per:
-        raise SystemExit(f"--known must be a multiple of the {known_per} known lines a datagram holds")
     count = int(total * args.seconds / per)
     lines = [known_line(i) for i in range(args.known)]
     chunks = [b"\n".join(lines[k:k + known_per]) for k in range(0, args.known, known_per)] if known_per else [b""]

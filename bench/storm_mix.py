@@ -3,22 +3,24 @@
 Starts `tasklens run` (local mode) and, once `--known` counters exist, sends for `--seconds` a mix of
 known lines (value 1, one of `--known` contexts in turn) at `--known-rate` lines/s and storm lines
 (`storm.requests:1|c|#env:prod,request_id:<n>`, every one a new context) at `--storm-rate` lines/s,
-both in the same datagrams of ~1.2 KB as a buffering client (`datadog.DogStatsd`) packs them. The
+both in the same datagrams of ~1.35 KB (20 known + 4 storm lines) as a buffering client (`datadog.DogStatsd`) packs them. The
 datagrams are built beforehand and sent by `--senders` processes, paced every ~1 ms. Then checks:
 
 - every known counter's exported total (`/metrics`, `<name>_total`) went up by exactly what was sent;
 - storm lines exported (the storm's series in `/metrics`) + refused (`/status` parse errors, by
   reason) == storm lines sent;
-- kernel drops of the sidecar's socket (`/proc/net/udp`) == 0, and how often the C receive thread's
-  buffer was full (`tasklens_statsd_buffer_full_total`);
+- kernel drops of the sidecar's socket (`/proc/net/udp`) == 0, how often the C receive thread's
+  buffer was full (`tasklens_statsd_buffer_full_total`), and how far the parsing fell behind the
+  senders (`lag`: seconds of traffic sent and not yet parsed, from `/status` every 100 ms);
 - catching up: when, after the last line was sent, the receive side had parsed every line (`/status`
   lines), and whether the first flush after the last line exported everything (at most one flush
   interval after the last line, plus the flush's own time).
 
     .venv/bin/python bench/storm_mix.py                                    # 10 s, 500k + 100k lines/s
-    .venv/bin/python bench/storm_mix.py --rounds 3 --baseline 4b4f589      # and agent/ of that commit, in turn
+    .venv/bin/python bench/storm_mix.py --rounds 3 --baseline b785568      # and agent/ of that commit, in turn
     .venv/bin/python bench/storm_mix.py --storm-rate 0                     # the steady traffic alone
-    .venv/bin/python bench/storm_mix.py --hogs 1 --set TASKLENS_STATSD_BUFFER_BYTES=96M   # a busy neighbour
+    .venv/bin/python bench/storm_mix.py --hogs 2 --baseline b785568 --rounds 2   # beside two busy processes
+    .venv/bin/python bench/storm_mix.py --set TASKLENS_STATSD_BUFFER_BYTES=96M  # any setting of the sidecar
 
 `--baseline REV` runs `agent/` of that commit (`bench/baseline.py`) first on PYTHONPATH, alternating with
 this checkout for `--rounds` rounds; the table shows every round and the medians.

@@ -510,6 +510,15 @@ static PyObject *Receiver_get_buffer_bytes(Receiver *rc, void *Py_UNUSED(closure
     return PyLong_FromSize_t(rc->cap * (size_t)rc->nchunks);
 }
 
+static PyObject *Receiver_get_pending_bytes(Receiver *rc, void *Py_UNUSED(closure)) {
+    if (rc->chunks == NULL)
+        return PyLong_FromLong(0);
+    pthread_mutex_lock(&rc->lock);  /* held by the thread only for a non-blocking read: never long */
+    size_t pending = rc->pending;
+    pthread_mutex_unlock(&rc->lock);
+    return PyLong_FromSize_t(pending);
+}
+
 static PyObject *Receiver_new(PyTypeObject *type, PyObject *Py_UNUSED(args), PyObject *Py_UNUSED(kwds)) {
     Receiver *rc = (Receiver *)type->tp_alloc(type, 0);
     if (rc != NULL)
@@ -545,6 +554,7 @@ static PyMethodDef Receiver_methods[] = {
 
 static PyGetSetDef Receiver_getset[] = {
     {"buffer_bytes", (getter)Receiver_get_buffer_bytes, NULL, "bytes of the ring, all chunks", NULL},
+    {"pending_bytes", (getter)Receiver_get_pending_bytes, NULL, "bytes read and not yet taken", NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
 

@@ -19,7 +19,7 @@ from agent.model import Event, ServiceCheck, Tags
 
 REASONS = ("malformed_line", "bad_value", "bad_type", "bad_rate", "bad_timestamp", "bad_event",
            "bad_service_check", "too_long", "too_many_tags", "cardinality_limit", "event_limit", "set_limit",
-           "timestamp_limit", "value_limit")
+           "timestamp_limit", "value_limit", "overload")
 
 MAX_DATAGRAM = 65536  # bytes; larger Unix datagrams are rejected whole (UDP cannot exceed 65507)
 MAX_NAME = 200  # bytes, Datadog's limit for a metric name

@@ -95,6 +95,7 @@ class Aggregator:
         self._refused: set[tuple[bytes, bytes]] = set()  # the Python loop's; the C loop keeps its own
         self._refused_bytes = 0
         self._table = Table() if accelerated and Table is not None else None  # the C side of `_cache`
+        self.shedding = False  # see `shed`
         self._configure_table()
         self._numbers: dict[bytes, float] = {}
         self._errors: dict[str, Slot] = {}
@@ -110,10 +111,34 @@ class Aggregator:
             self._table.values_left = self.limits.histogram_values
 
     def _configure_table(self) -> None:
-        """What the C loop needs to refuse new contexts at the cap itself: the cap, and the bounds of the
-        refused heads it remembers (those of `_refused`). Not with mapping rules: they rename."""
+        """What the C loop needs to refuse new contexts at the cap itself: the cap (the contexts there
+        are while shedding), and the bounds of the refused heads it remembers (those of `_refused`).
+        Not with mapping rules: they rename."""
         if self._table is not None:
-            self._table.configure(self.max_contexts, not self.rules, self._cache_limit, HEAD_CACHE_BYTES, HEAD_COST)
+            cap = min(len(self.contexts), self.max_contexts) if self.shedding else self.max_contexts
+            self._table.configure(cap, not self.rules, self._cache_limit, HEAD_CACHE_BYTES, HEAD_COST)
+
+    def shed(self, on: bool) -> None:
+        """Refuse new contexts (`overload`) while `on`: the receive side is far behind (server.py).
+
+        A line that makes a context costs ~130 known lines (docs/statsd.md): a storm of 100,000 new
+        names a second needs more than a core for its first 100,000, while the steady traffic waits in
+        the receive buffer, and under a busy neighbour the kernel then drops datagrams of every metric
+        (bench/storm_mix.py). Refused as at the cap (in C, ~5 known lines each), the buffer empties; the
+        known contexts go on, and new ones are made again once it has (their refusals are forgotten)."""
+        if on == self.shedding:
+            return
+        self.shedding = on
+        self._configure_table()
+        if not on:
+            if self._table is not None:
+                self._table.forget_refused()
+            self._refused, self._refused_bytes = set(), 0
+
+    @property
+    def _refusal(self) -> str:
+        """Why a new context is refused now."""
+        return "overload" if self.shedding and len(self.contexts) < self.max_contexts else "cardinality_limit"
 
     # -- receive side ----------------------------------------------------------------------------
 
@@ -162,7 +187,7 @@ class Aggregator:
         lines, refused, dropped = table.take_counts()
         stats.lines += lines
         if refused:  # refused at the cap in C (`refuse_or_leave`): no Python object per line
-            stats.errors["cardinality_limit"] += refused
+            stats.errors[self._refusal] += refused
             stats.contexts_dropped += dropped
 
     def _each(self, lines: list[bytes]) -> None:
@@ -301,7 +326,7 @@ class Aggregator:
             self.stats.errors[slot.reason] += 1
             return
         if code == DROPPED:
-            self.stats.errors["cardinality_limit"] += 1
+            self.stats.errors[self._refusal] += 1
             return
         ctx: Context = slot.ctx  # type: ignore[assignment]
         if code == SET:  # the whole text after the first `:` is one member
@@ -444,7 +469,7 @@ class Aggregator:
 
     def _room_for(self, charge: int, tags: Tags) -> bool:
         """Whether a new context charged `charge` bytes for itself, with these tags, fits the limits."""
-        if len(self.contexts) >= self.max_contexts:
+        if len(self.contexts) >= self.max_contexts or self.shedding:
             return False
         pool, limit = self._pool, self.limits.context_bytes
         if self.held_bytes + charge + pool.new_bytes(tags) <= limit:

@@ -73,6 +73,9 @@ FREEZE_ABOVE = 10_000  # objects left in the youngest generation by a flush (see
 # a second in which the C thread read less than this is quiet: the receive buffer's empty chunks are
 # handed back to the system (after a burst); never under load, where their pages would be faulted again
 TRIM_BELOW = 1024 * 1024
+# new contexts are refused (`overload`) while the C thread holds more than this share of its buffer
+# unparsed, until it is back under the second: see `Aggregator.shed`
+SHED_ABOVE, SHED_BELOW = 1 / 4, 1 / 8
 
 
 # the reasons that mean a limit was reached (not a malformed line): logged, at most once a minute each
@@ -84,6 +87,7 @@ LIMIT_REASONS = {
     "set_limit": "set members past TASKLENS_STATSD_MAX_SET_MEMBERS or _BYTES, or a set's own limit",
     "timestamp_limit": "lines with a |T timestamp past 100,000 in an interval",
     "value_limit": "histogram, timer and distribution values past TASKLENS_STATSD_MAX_HISTOGRAM_VALUES in an interval",
+    "overload": "a new context while the receive buffer was over a quarter full (the known ones go on)",
 }
 
 
@@ -337,6 +341,8 @@ class StatsdServer:
         if taken is None:
             return 0
         self._ingest(agg.ingest_joined, *taken)
+        behind = receiver.pending_bytes / receiver.buffer_bytes
+        agg.shed(behind > (SHED_BELOW if agg.shedding else SHED_ABOVE))
         return taken[1]
 
     def _ingest(self, ingest: Callable[..., None], *args: Any) -> None:

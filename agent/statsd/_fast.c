@@ -772,7 +772,8 @@ static PyObject *Table_harvest(Table *t, PyObject *Py_UNUSED(ignored)) {
         Entry *e = &t->entries[t->touched[k]];
         PyObject *packed = Py_None;
         if (e->code == HISTOGRAM) {
-            packed = PyBytes_FromStringAndSize((const char *)e->values, e->n * (Py_ssize_t)sizeof(double));
+            /* a bytearray: writable, so that the export side sorts these values where they are */
+            packed = PyByteArray_FromStringAndSize((const char *)e->values, e->n * (Py_ssize_t)sizeof(double));
             if (packed == NULL)
                 goto failed;  /* nothing reset: a later harvest still has it all */
         } else {

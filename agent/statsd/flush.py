@@ -168,7 +168,7 @@ def points(values: Mapping[Slot, array[float]], slots: Sequence[Slot], milliseco
         return Points(vals, Repeated(slots[0].weight, len(vals)), milliseconds)
     vals, weights = array("d"), array("d")
     for slot in slots:
-        vals.extend(values[slot])
+        vals.frombytes(memoryview(values[slot]).cast("B"))  # an array or a harvest: no float objects
         weights.extend(array("d", [slot.weight]) * len(values[slot]))
     return Points(vals, weights, milliseconds)
 

@@ -148,7 +148,7 @@ class Interval:
     histogram_values: int = 0  # held in Python's arrays (with the C loop: `Table.values_left` counts)
     # what the C loop accumulated, as `Table.harvest` returns it: merged into counts and values by
     # `settle`, off the receive thread
-    pending: list[tuple[list[Slot], bytes, list[bytes | None]]] = field(default_factory=list)
+    pending: list[tuple[list[Slot], bytes, list[bytearray | None]]] = field(default_factory=list)
 
     def settle(self) -> None:
         """Merge what the C loop accumulated into `counts` and `values` (called by the export side)."""
@@ -158,8 +158,12 @@ class Interval:
                 if packed is None:
                     counts[slot] = counts.get(slot, 0.0) + total
                 elif (acc := values.get(slot)) is None:
-                    values[slot] = array("d", packed)
+                    # the harvest's own bytearray, not a copy of it: a finished interval's, which no one
+                    # appends to any more, and which `Points` sorts in place as it would an array
+                    values[slot] = memoryview(packed).cast("d")  # type: ignore[assignment]
                 else:
+                    if not isinstance(acc, array):
+                        acc = values[slot] = array("d", acc.tobytes())
                     acc.frombytes(packed)
         self.pending = []
 

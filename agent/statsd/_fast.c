@@ -516,23 +516,87 @@ static int remember_refused(Table *t, uint64_t head, Py_ssize_t size) {
     return 0;
 }
 
+/* A line cut as `handle` reads it (`name:value|tail`), with the hash of its head. `Table_run` cuts each
+ * line one ahead of the line it handles and asks the CPU for the buckets that line will read: when the
+ * tables outgrow the caches (a storm, many live contexts), those reads wait on memory, and the wait
+ * overlaps the work on the line before. */
+typedef struct {
+    const char *line, *end, *after;    /* the line, its end, where the next one starts; line NULL: none left */
+    const char *value, *bar;           /* NULL when a `:` or the `|` after it is missing: Python's */
+    uint64_t head;
+    int context;                       /* line_context's answer when worked out ahead, else UNKNOWN */
+    uint64_t context_hash;
+} Cut;
+
+#define UNKNOWN 2
+
+/* What the line before the one being handled was: a storm's lines come in runs. */
+enum { CALM, REFUSED_AGAIN, REFUSED_NEW };
+
+/* Cut the first line at or after p that is not empty, and prefetch what handling it reads: its bucket in
+ * the head table; after a refused line, its bucket in the refused heads; and after a new head refused,
+ * its context's key, hashed ahead, in the live contexts. */
+static void cut(Table *t, const char *p, const char *end, int storm, Cut *c) {
+    c->line = NULL;
+    while (p < end) {
+        const char *nl = memchr(p, '\n', (size_t)(end - p));
+        const char *eol = nl ? nl : end;
+        if (eol > p && !(eol - p == 1 && *p == '\r')) {  /* an empty line is not a line */
+            c->line = p;
+            c->end = eol;
+            c->after = nl ? nl + 1 : end;
+            break;
+        }
+        p = nl ? nl + 1 : end;
+    }
+    if (c->line == NULL)
+        return;
+    c->value = c->bar = NULL;
+    c->context = UNKNOWN;
+    const char *colon = memchr(c->line, ':', (size_t)(c->end - c->line));
+    if (colon == NULL)
+        return;
+    const char *bar = memchr(colon + 1, '|', (size_t)(c->end - colon - 1));
+    if (bar == NULL)
+        return;
+    c->value = colon + 1;
+    c->bar = bar;
+    Py_ssize_t nlen = colon - c->line;
+    c->head = head_hash(t, c->line, nlen, bar + 1, c->end - bar - 1);
+    if (t->slots != NULL)
+        __builtin_prefetch(&t->slots[c->head & t->mask]);
+    if (storm == CALM)
+        return;
+    if (t->refused.buckets != NULL)
+        __builtin_prefetch(&t->refused.buckets[hs_norm(c->head) & t->refused.mask]);
+    if (storm == REFUSED_NEW && t->decide && t->contexts >= t->max_contexts) {
+        c->context = line_context(t, c->line, nlen, c->value, bar, c->end, &c->context_hash);
+        if (c->context < 0) {  /* out of memory: worked out again, and raised, if the line needs it */
+            PyErr_Clear();
+            c->context = UNKNOWN;
+        } else if (c->context == 1 && t->live.buckets != NULL) {
+            __builtin_prefetch(&t->live.buckets[hs_norm(c->context_hash) & t->live.mask]);
+        }
+    }
+}
+
 /* A line whose head is not in the table: counted here when its head was refused before, or when its
  * context is new and the cap is reached (1); else left to Python (0). -1 on a Python error. */
-static int refuse_or_leave(Table *t, uint64_t head, const char *line, Py_ssize_t nlen, const char *value,
-                           const char *bar, const char *end) {
-    if (hs_find(&t->refused, head)) {
+static int refuse_or_leave(Table *t, Cut *c) {
+    if (hs_find(&t->refused, c->head)) {
         t->refused_lines++;
         return 1;
     }
     if (!t->decide || t->contexts < t->max_contexts)
         return 0;
-    uint64_t h;
-    int known = line_context(t, line, nlen, value, bar, end, &h);
-    if (known <= 0)
-        return known;
-    if (hs_find(&t->live, h))
+    Py_ssize_t nlen = c->value - 1 - c->line;
+    if (c->context == UNKNOWN)
+        c->context = line_context(t, c->line, nlen, c->value, c->bar, c->end, &c->context_hash);
+    if (c->context <= 0)
+        return c->context;
+    if (hs_find(&t->live, c->context_hash))
         return 0;  /* another head of a live context (another rate, `|e:` field, ...): Python finds it */
-    if (remember_refused(t, head, nlen + (end - bar - 1)) < 0)
+    if (remember_refused(t, c->head, nlen + (c->end - c->bar - 1)) < 0)
         return -1;
     t->refused_lines++;
     t->refused_heads++;
@@ -540,20 +604,14 @@ static int refuse_or_leave(Table *t, uint64_t head, const char *line, Py_ssize_t
 }
 
 /* Account one line; 1 when done, 0 when Python must parse it, -1 on a Python error. */
-static int handle(Table *t, const char *line, const char *end, PyObject *gauges, PyObject *sets) {
-    const char *colon = memchr(line, ':', (size_t)(end - line));
-    if (colon == NULL)
+static int handle(Table *t, Cut *c, PyObject *gauges, PyObject *sets) {
+    if (c->value == NULL)
         return 0;
-    const char *value = colon + 1;
-    const char *bar = memchr(value, '|', (size_t)(end - value));
-    if (bar == NULL)
-        return 0;
-    const char *tail = bar + 1;
-    Py_ssize_t nlen = colon - line, tlen = end - tail;
-    uint64_t head = head_hash(t, line, nlen, tail, tlen);
-    Entry *e = find(t, head, line, nlen, tail, tlen);
+    const char *line = c->line, *value = c->value, *bar = c->bar, *tail = bar + 1;
+    Py_ssize_t nlen = value - 1 - line, tlen = c->end - tail;
+    Entry *e = find(t, c->head, line, nlen, tail, tlen);
     if (e == NULL)
-        return refuse_or_leave(t, head, line, nlen, value, bar, end);
+        return refuse_or_leave(t, c);
     if (e->code == SET) {
         if (value == bar)
             return 0;
@@ -608,20 +666,27 @@ static PyObject *Table_run(Table *t, PyObject *args) {
         return NULL;
     const char *start = data.buf, *end = start + data.len;
     const char *p = start + (pos < 0 ? 0 : pos > data.len ? data.len : pos);
-    while (p < end) {
-        const char *nl = memchr(p, '\n', (size_t)(end - p));
-        const char *eol = nl ? nl : end;
-        if (eol > p && !(eol - p == 1 && *p == '\r')) {  /* an empty line is not a line */
-            int done = handle(t, p, eol, gauges, sets);
-            if (done < 0) {
-                PyBuffer_Release(&data);
-                return NULL;
-            }
-            if (done == 0)
-                break;
-            t->lines++;
+    Cut cuts[2], *c = &cuts[0], *next = &cuts[1], *swap;
+    int storm = CALM;
+    cut(t, p, end, storm, c);
+    p = end;
+    while (c->line != NULL) {
+        cut(t, c->after, end, storm, next);
+        long long refused = t->refused_lines, heads = t->refused_heads;
+        int done = handle(t, c, gauges, sets);
+        if (done < 0) {
+            PyBuffer_Release(&data);
+            return NULL;
         }
-        p = nl ? nl + 1 : end;
+        if (done == 0) {
+            p = c->line;
+            break;
+        }
+        t->lines++;
+        storm = t->refused_heads != heads ? REFUSED_NEW : t->refused_lines != refused ? REFUSED_AGAIN : CALM;
+        swap = c;
+        c = next;
+        next = swap;
     }
     PyBuffer_Release(&data);
     return PyLong_FromSsize_t(p - start);

@@ -291,10 +291,13 @@ static void hs_clear(HashSet *s) {
 
 /* -- context keys ----------------------------------------------------------------------------- */
 
-/* A context's key, hashed: name \0 type \0 (tag key \1 tag value \0)... \2 container, in UTF-8. Built
- * from a line (`line_context`) or from a Context's strings (`Table.live_add`), the same bytes for the
- * same context. Two contexts whose texts hold the separators may share a key: the set then says
- * "maybe live" for a context that is not, and Python decides; it never says "not live" for a live one. */
+/* A context's key, hashed: `head_hash` of its name and of its tail written the one way its strings give
+ * it, `type|#key:value,key:value|c:container` (no `#` field without tags, no `c:` field without a
+ * container), in UTF-8. A line whose tail is written that way (the usual case) has its head's hash for
+ * its context's: nothing more to hash. Built from a line (`line_context`) or from a Context's strings
+ * (`Table.live_add`), the same bytes for the same context. Two contexts whose texts hold the separators
+ * may share a key: the set then says "maybe live" for a context that is not, and Python decides; it
+ * never says "not live" for a live one. */
 #define MAX_NAME 200           /* as in parser.py (checked at import: receive.py) */
 #define MAX_TAG 200
 #define MAX_TAGS 100
@@ -413,40 +416,41 @@ static int read_head(const char *name, Py_ssize_t nlen, const char *tail, const 
     return 1;
 }
 
+static char *put(char *w, const char *text, Py_ssize_t len) {
+    memcpy(w, text, (size_t)len);
+    return w + len;
+}
+
 /* The hash of the context a line names, when `read_head` reads its head and its value is one Python
- * would accept (else that error comes first): 1 and *h set; 0 when Python must look; -1 on an error. */
+ * would accept (else that error comes first): 1 and *h set; 0 when Python must look; -1 on an error.
+ * `head`: the line's head_hash. */
 static int line_context(Table *t, const char *name, Py_ssize_t nlen, const char *value, const char *bar,
-                        const char *end, uint64_t *h) {
+                        const char *end, uint64_t head, uint64_t *h) {
     Head hd;
     double v;
-    if (!read_head(name, nlen, bar + 1, end, &hd))
+    const char *tail = bar + 1;
+    if (!read_head(name, nlen, tail, end, &hd))
         return 0;
     if (hd.type_len == 1 && hd.type[0] == 's' ? value == bar : !plain_number(value, bar, &v))
         return 0;
-    size_t size = (size_t)(nlen + hd.type_len + (hd.container_end - hd.container)) + 8;
+    Py_ssize_t clen = hd.container_end - hd.container;
+    size_t size = (size_t)(hd.type_len + clen) + 5;
     for (int k = 0; k < hd.ntags; k++)
         size += (size_t)(hd.key_lens[k] + hd.value_lens[k]) + 2;
     char *buf = reserve(t, size), *w = buf;
     if (buf == NULL)
         return -1;
-    memcpy(w, name, (size_t)nlen);
-    w += nlen;
-    *w++ = 0;
-    memcpy(w, hd.type, (size_t)hd.type_len);
-    w += hd.type_len;
-    *w++ = 0;
+    w = put(w, hd.type, hd.type_len);
     for (int k = 0; k < hd.ntags; k++) {
-        memcpy(w, hd.keys[k], (size_t)hd.key_lens[k]);
-        w += hd.key_lens[k];
-        *w++ = 1;
-        memcpy(w, hd.values[k], (size_t)hd.value_lens[k]);
-        w += hd.value_lens[k];
-        *w++ = 0;
+        w = put(w, k == 0 ? "|#" : ",", k == 0 ? 2 : 1);
+        w = put(w, hd.keys[k], hd.key_lens[k]);
+        *w++ = ':';
+        w = put(w, hd.values[k], hd.value_lens[k]);
     }
-    *w++ = 2;
-    memcpy(w, hd.container, (size_t)(hd.container_end - hd.container));
-    w += hd.container_end - hd.container;
-    *h = siphash13(t->key[0], t->key[1], buf, w - buf);
+    if (clen > 0)
+        w = put(put(w, "|c:", 3), hd.container, clen);
+    Py_ssize_t len = w - buf;
+    *h = len == end - tail && memcmp(buf, tail, (size_t)len) == 0 ? head : head_hash(t, name, nlen, buf, len);
     return 1;
 }
 
@@ -460,7 +464,7 @@ static int object_context(Table *t, PyObject *name, PyObject *type, PyObject *ta
     Py_ssize_t n = PyTuple_GET_SIZE(tags), lens[3];
     const char *texts[3];
     PyObject *parts[3] = {name, type, container};
-    size_t size = 8;
+    size_t size = 5;
     for (int k = 0; k < 3; k++) {
         if ((texts[k] = PyUnicode_AsUTF8AndSize(parts[k], &lens[k])) == NULL)
             return -1;
@@ -481,25 +485,21 @@ static int object_context(Table *t, PyObject *name, PyObject *type, PyObject *ta
     char *w = reserve(t, size), *buf = w;
     if (buf == NULL)
         return -1;
-    for (int k = 0; k < 2; k++) {
-        memcpy(w, texts[k], (size_t)lens[k]);
-        w += lens[k];
-        *w++ = 0;
-    }
+    w = put(w, texts[1], lens[1]);
     for (Py_ssize_t k = 0; k < n; k++) {
         PyObject *pair = PyTuple_GET_ITEM(tags, k);
+        w = put(w, k == 0 ? "|#" : ",", k == 0 ? 2 : 1);
         for (int j = 0; j < 2; j++) {
             Py_ssize_t len;
             const char *text = PyUnicode_AsUTF8AndSize(PyTuple_GET_ITEM(pair, j), &len);  /* cached above */
-            memcpy(w, text, (size_t)len);
-            w += len;
-            *w++ = j == 0 ? 1 : 0;
+            w = put(w, text, len);
+            if (j == 0)
+                *w++ = ':';
         }
     }
-    *w++ = 2;
-    memcpy(w, texts[2], (size_t)lens[2]);
-    w += lens[2];
-    *h = siphash13(t->key[0], t->key[1], buf, w - buf);
+    if (lens[2] > 0)
+        w = put(put(w, "|c:", 3), texts[2], lens[2]);
+    *h = head_hash(t, texts[0], lens[0], buf, w - buf);
     return 1;
 }
 
@@ -570,7 +570,7 @@ static void cut(Table *t, const char *p, const char *end, int storm, Cut *c) {
     if (t->refused.buckets != NULL)
         __builtin_prefetch(&t->refused.buckets[hs_norm(c->head) & t->refused.mask]);
     if (storm == REFUSED_NEW && t->decide && t->contexts >= t->max_contexts) {
-        c->context = line_context(t, c->line, nlen, c->value, bar, c->end, &c->context_hash);
+        c->context = line_context(t, c->line, nlen, c->value, bar, c->end, c->head, &c->context_hash);
         if (c->context < 0) {  /* out of memory: worked out again, and raised, if the line needs it */
             PyErr_Clear();
             c->context = UNKNOWN;
@@ -591,7 +591,7 @@ static int refuse_or_leave(Table *t, Cut *c) {
         return 0;
     Py_ssize_t nlen = c->value - 1 - c->line;
     if (c->context == UNKNOWN)
-        c->context = line_context(t, c->line, nlen, c->value, c->bar, c->end, &c->context_hash);
+        c->context = line_context(t, c->line, nlen, c->value, c->bar, c->end, c->head, &c->context_hash);
     if (c->context <= 0)
         return c->context;
     if (hs_find(&t->live, c->context_hash))

@@ -421,6 +421,25 @@ static char *put(char *w, const char *text, Py_ssize_t len) {
     return w + len;
 }
 
+/* Whether a tail read by `read_head` is written the one way of the context's key: its spans follow each
+ * other in the text with exactly the separators that way writes (`|#`, `:`, `,`, `|c:`). */
+static int written_one_way(const Head *hd, const char *tail, const char *end) {
+    const char *p = tail + hd->type_len;
+    if (hd->ntags > 0) {
+        if (end - p < 2 || p[0] != '|' || p[1] != '#')
+            return 0;
+        p += 2;
+        for (int k = 0; k < hd->ntags; k++) {
+            if (hd->keys[k] - p != (k > 0) || hd->values[k] - hd->keys[k] != hd->key_lens[k] + 1)
+                return 0;  /* an item skipped or without `:` */
+            p = hd->values[k] + hd->value_lens[k];
+        }
+    }
+    if (hd->container == hd->container_end)
+        return p == end;
+    return hd->container - p == 3 && memcmp(p, "|c:", 3) == 0 && hd->container_end == end;
+}
+
 /* The hash of the context a line names, when `read_head` reads its head and its value is one Python
  * would accept (else that error comes first): 1 and *h set; 0 when Python must look; -1 on an error.
  * `head`: the line's head_hash. */
@@ -433,6 +452,10 @@ static int line_context(Table *t, const char *name, Py_ssize_t nlen, const char 
         return 0;
     if (hd.type_len == 1 && hd.type[0] == 's' ? value == bar : !plain_number(value, bar, &v))
         return 0;
+    if (written_one_way(&hd, tail, end)) {
+        *h = head;
+        return 1;
+    }
     Py_ssize_t clen = hd.container_end - hd.container;
     size_t size = (size_t)(hd.type_len + clen) + 5;
     for (int k = 0; k < hd.ntags; k++)
@@ -449,8 +472,7 @@ static int line_context(Table *t, const char *name, Py_ssize_t nlen, const char 
     }
     if (clen > 0)
         w = put(put(w, "|c:", 3), hd.container, clen);
-    Py_ssize_t len = w - buf;
-    *h = len == end - tail && memcmp(buf, tail, (size_t)len) == 0 ? head : head_hash(t, name, nlen, buf, len);
+    *h = head_hash(t, name, nlen, buf, w - buf);
     return 1;
 }
 

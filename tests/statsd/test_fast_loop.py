@@ -315,6 +315,21 @@ def test_a_live_context_is_found_under_each_way_of_writing_its_head() -> None:
     assert table.take_counts() == (4, 4, 4)
 
 
+@SETTINGS
+@given(storm_line)
+def test_a_line_whose_context_is_live_is_never_refused_in_c(line: bytes) -> None:
+    """The key hashed from a line (`line_context`) and from the context's strings (`live_add`) agree."""
+    table = receive.Table()
+    table.configure(1, True, 10, 1 << 20, 128)
+    name, _, rest = line.partition(b":")
+    tail = rest.partition(b"|")[2]
+    head = table.head(name, tail)
+    if head is not None:
+        hname, kind, _, tags, container = head
+        table.live_add(hname, kind, tags, container)
+    assert table.run(line, 0, {}, {}) == 0 or head is None
+
+
 def test_after_a_storm_expired_the_c_tables_shrink_and_keep_working() -> None:
     agg, flusher = Aggregator(max_contexts=5000), Flusher(10.0, ttl=15.0)
     agg.ingest(b"keep.c:1|c\nkeep.h:2|h")

@@ -318,10 +318,14 @@ static char *reserve(Table *t, size_t n) {
 }
 
 static int ascii(const char *p, const char *end) {
+    uint64_t seen = 0, word;  /* the bytes or'ed together, eight at a time */
+    for (; end - p >= 8; p += 8) {
+        memcpy(&word, p, 8);
+        seen |= word;
+    }
     for (; p < end; p++)
-        if ((unsigned char)*p >= 0x80)
-            return 0;
-    return 1;
+        seen |= (unsigned char)*p;
+    return (seen & 0x8080808080808080ULL) == 0;
 }
 
 /* A head read as parser.parse_head reads it, when that is simple (`read_head`): spans of the text. */

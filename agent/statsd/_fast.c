@@ -1032,8 +1032,23 @@ static PyObject *Table_refuse(Table *t, PyObject *args) {
     Py_RETURN_NONE;
 }
 
+/* A tuple of n new references, stolen (released on failure too), or NULL. */
+static PyObject *tuple_of(Py_ssize_t n, PyObject **items) {
+    PyObject *tuple = PyTuple_New(n);
+    for (Py_ssize_t k = 0; k < n; k++) {
+        if (tuple != NULL && items[k] != NULL) {
+            PyTuple_SET_ITEM(tuple, k, items[k]);
+        } else {
+            Py_XDECREF(items[k]);
+            Py_CLEAR(tuple);
+        }
+    }
+    return tuple;
+}
+
 /* head(name, tail) -> (name, type, rate, tags, container) as parser.parse_head gives them, or None
- * when `read_head` leaves it to parse_head. */
+ * when `read_head` leaves it to parse_head. Built directly (a context is made from it per new head:
+ * Py_BuildValue's format parsing was most of this call). */
 static PyObject *Table_head(Table *t, PyObject *args) {
     Py_buffer name, tail;
     Head hd;
@@ -1045,15 +1060,21 @@ static PyObject *Table_head(Table *t, PyObject *args) {
         result = Py_NewRef(Py_None);
     } else if ((tags = PyTuple_New(hd.ntags)) != NULL) {
         int k = 0;
-        for (; k < hd.ntags; k++) {
-            PyObject *pair = Py_BuildValue("(s#s#)", hd.keys[k], hd.key_lens[k], hd.values[k], hd.value_lens[k]);
-            if (pair == NULL)
+        for (; k < hd.ntags; k++) {  /* ASCII: read_head checked */
+            PyObject *pair[2] = {PyUnicode_DecodeASCII(hd.keys[k], hd.key_lens[k], NULL),
+                                 PyUnicode_DecodeASCII(hd.values[k], hd.value_lens[k], NULL)};
+            PyObject *each = tuple_of(2, pair);
+            if (each == NULL)
                 break;
-            PyTuple_SET_ITEM(tags, k, pair);
+            PyTuple_SET_ITEM(tags, k, each);
         }
-        if (k == hd.ntags)
-            result = Py_BuildValue("(s#s#dOs#)", (const char *)name.buf, name.len, hd.type, hd.type_len, hd.rate,
-                                   tags, hd.container, (Py_ssize_t)(hd.container_end - hd.container));
+        if (k == hd.ntags) {
+            PyObject *fields[5] = {PyUnicode_DecodeASCII(name.buf, name.len, NULL),
+                                   PyUnicode_DecodeASCII(hd.type, hd.type_len, NULL), PyFloat_FromDouble(hd.rate),
+                                   Py_NewRef(tags),
+                                   PyUnicode_DecodeASCII(hd.container, hd.container_end - hd.container, NULL)};
+            result = tuple_of(5, fields);
+        }
         Py_DECREF(tags);
     }
     PyBuffer_Release(&name);

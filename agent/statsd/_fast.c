@@ -777,20 +777,40 @@ static int grow(Table *t) {
     return 0;
 }
 
+/* The arguments of a method called per new head (METH_FASTCALL: PyArg_ParseTuple and its tuple were a
+ * good part of such a call): `n` of them, the first two bytes-like, read as "y*" reads them. 0, or -1
+ * with an exception (nothing to release then). */
+static int head_args(const char *method, PyObject *const *args, Py_ssize_t nargs, Py_ssize_t n, Py_buffer *name,
+                     Py_buffer *tail) {
+    if (nargs != n) {
+        PyErr_Format(PyExc_TypeError, "%s() takes %zd arguments (%zd given)", method, n, nargs);
+        return -1;
+    }
+    if (PyObject_GetBuffer(args[0], name, PyBUF_SIMPLE) < 0)
+        return -1;
+    if (PyObject_GetBuffer(args[1], tail, PyBUF_SIMPLE) < 0) {
+        PyBuffer_Release(name);
+        return -1;
+    }
+    return 0;
+}
+
 /* add(name, tail, slot, ctx, code) -> True, or False when the head has no bucket near its hash
  * (Python keeps handling it then). */
-static PyObject *Table_add(Table *t, PyObject *args) {
+static PyObject *Table_add(Table *t, PyObject *const *args, Py_ssize_t nargs) {
     Py_buffer name, tail;
-    PyObject *slot, *ctx;
-    int code;
-    if (!PyArg_ParseTuple(args, "y*y*OOi", &name, &tail, &slot, &ctx, &code))
+    if (head_args("add", args, nargs, 5, &name, &tail) < 0)
         return NULL;
+    PyObject *slot = args[2], *ctx = args[3];
+    long code = PyLong_AsLong(args[4]);
     PyObject *result = NULL;
     uint64_t h = head_hash(t, name.buf, name.len, tail.buf, tail.len);
     Py_ssize_t bucket;
     char *key;
-    if (code != COUNTER && code != HISTOGRAM && code != GAUGE && code != SET) {
-        PyErr_Format(PyExc_ValueError, "slot code %d is not handled here", code);
+    if (code == -1 && PyErr_Occurred()) {
+        /* TypeError or OverflowError set */
+    } else if (code != COUNTER && code != HISTOGRAM && code != GAUGE && code != SET) {
+        PyErr_Format(PyExc_ValueError, "slot code %ld is not handled here", code);
     } else if (find(t, h, name.buf, name.len, tail.buf, tail.len) != NULL) {
         PyErr_SetString(PyExc_KeyError, "head already in the table");
     } else if (t->count == t->room && grow(t) != 0) {
@@ -810,7 +830,7 @@ static PyObject *Table_add(Table *t, PyObject *args) {
         e->hash = h;
         e->slot = Py_NewRef(slot);
         e->ctx = Py_NewRef(ctx);
-        e->code = code;
+        e->code = (int)code;
         t->slots[bucket] = (Bucket){h, ++t->count};
         result = Py_NewRef(Py_True);
     }
@@ -822,11 +842,17 @@ static PyObject *Table_add(Table *t, PyObject *args) {
 /* feed(name, tail, values) -> True when the head is here: its counter gets the sum of the values (as
  * Python's sum() adds them), its histogram each value. For the lines Python parsed itself (a new head,
  * packed values), so that a slot held here accumulates in one place, in the order of the lines. */
-static PyObject *Table_feed(Table *t, PyObject *args) {
+static PyObject *Table_feed(Table *t, PyObject *const *args, Py_ssize_t nargs) {
     Py_buffer name, tail;
-    PyObject *values;
-    if (!PyArg_ParseTuple(args, "y*y*O!", &name, &tail, &PyTuple_Type, &values))
+    if (head_args("feed", args, nargs, 3, &name, &tail) < 0)
         return NULL;
+    PyObject *values = args[2];
+    if (!PyTuple_Check(values)) {
+        PyBuffer_Release(&name);
+        PyBuffer_Release(&tail);
+        PyErr_SetString(PyExc_TypeError, "feed(): values must be a tuple");
+        return NULL;
+    }
     Entry *e = find(t, head_hash(t, name.buf, name.len, tail.buf, tail.len), name.buf, name.len, tail.buf, tail.len);
     PyBuffer_Release(&name);
     PyBuffer_Release(&tail);
@@ -941,11 +967,13 @@ static PyObject *Table_configure(Table *t, PyObject *args) {
     Py_RETURN_NONE;
 }
 
-static PyObject *Table_live_add(Table *t, PyObject *args) {
-    PyObject *name, *type, *tags, *container;
+static PyObject *Table_live_add(Table *t, PyObject *const *args, Py_ssize_t nargs) {
     uint64_t h;
-    if (!PyArg_ParseTuple(args, "UUOU", &name, &type, &tags, &container)
-            || object_context(t, name, type, tags, container, &h) < 0 || hs_add(&t->live, h) < 0)
+    if (nargs != 4 || !PyUnicode_Check(args[0]) || !PyUnicode_Check(args[1]) || !PyUnicode_Check(args[3])) {
+        PyErr_SetString(PyExc_TypeError, "live_add(name, type, tags, container): name, type and container are str");
+        return NULL;
+    }
+    if (object_context(t, args[0], args[1], args[2], args[3], &h) < 0 || hs_add(&t->live, h) < 0)
         return NULL;
     t->contexts++;
     Py_RETURN_NONE;
@@ -1049,11 +1077,11 @@ static PyObject *tuple_of(Py_ssize_t n, PyObject **items) {
 /* head(name, tail) -> (name, type, rate, tags, container) as parser.parse_head gives them, or None
  * when `read_head` leaves it to parse_head. Built directly (a context is made from it per new head:
  * Py_BuildValue's format parsing was most of this call). */
-static PyObject *Table_head(Table *t, PyObject *args) {
+static PyObject *Table_head(Table *t, PyObject *const *args, Py_ssize_t nargs) {
     Py_buffer name, tail;
     Head hd;
     (void)t;
-    if (!PyArg_ParseTuple(args, "y*y*", &name, &tail))
+    if (head_args("head", args, nargs, 2, &name, &tail) < 0)
         return NULL;
     PyObject *result = NULL, *tags = NULL;
     if (!read_head(name.buf, name.len, tail.buf, (const char *)tail.buf + tail.len, &hd)) {
@@ -1188,9 +1216,9 @@ static PyMethodDef module_methods[] = {
 static PyMethodDef Table_methods[] = {
     {"run", (PyCFunction)Table_run, METH_VARARGS,
      "run(data, pos, gauges, sets) -> offset of the first line left to Python, or len(data)"},
-    {"add", (PyCFunction)Table_add, METH_VARARGS,
+    {"add", (PyCFunction)(void (*)(void))Table_add, METH_FASTCALL,
      "add(name, tail, slot, ctx, code) -> whether this head is handled here from now on"},
-    {"feed", (PyCFunction)Table_feed, METH_VARARGS,
+    {"feed", (PyCFunction)(void (*)(void))Table_feed, METH_FASTCALL,
      "feed(name, tail, values) -> whether the head's counter or histogram is here and took the values"},
     {"harvest", (PyCFunction)Table_harvest, METH_NOARGS,
      "harvest() -> (slots, counter sums as bytes of doubles, histogram values as bytes or None)"},
@@ -1199,12 +1227,13 @@ static PyMethodDef Table_methods[] = {
      "take_counts() -> (lines handled, lines refused at the cap, heads refused first) since the last call"},
     {"configure", (PyCFunction)Table_configure, METH_VARARGS,
      "configure(max_contexts, decide, refused_limit, refused_max_bytes, head_cost): refusals at the cap"},
-    {"live_add", (PyCFunction)Table_live_add, METH_VARARGS, "live_add(name, type, tags, container): a new context"},
+    {"live_add", (PyCFunction)(void (*)(void))Table_live_add, METH_FASTCALL,
+     "live_add(name, type, tags, container): a new context"},
     {"forget_contexts", (PyCFunction)Table_forget_contexts, METH_O,
      "forget_contexts(contexts): expired: out of the live set, their heads out of the table"},
     {"refuse", (PyCFunction)Table_refuse, METH_VARARGS, "refuse(name, tail): a head refused at the cap by Python"},
     {"forget_refused", (PyCFunction)Table_forget_refused, METH_NOARGS, "forget the refused heads"},
-    {"head", (PyCFunction)Table_head, METH_VARARGS,
+    {"head", (PyCFunction)(void (*)(void))Table_head, METH_FASTCALL,
      "head(name, tail) -> (name, type, rate, tags, container) as parse_head reads them, or None: Python's"},
     {"live", (PyCFunction)Table_live, METH_NOARGS, "live() -> (live contexts, refused heads remembered)"},
     {NULL, NULL, 0, NULL},

@@ -694,22 +694,27 @@ static PyObject *Table_run(Table *t, PyObject *args) {
     const char *p = start + (pos < 0 ? 0 : pos > data.len ? data.len : pos);
     Cut cuts[2], *c = &cuts[0], *next = &cuts[1], *swap;
     int storm = CALM;
-    cut(t, p, end, storm, c);
+    c->line = NULL;  /* the first turn only cuts a line */
+    c->after = p;
     p = end;
-    while (c->line != NULL) {
-        cut(t, c->after, end, storm, next);
-        long long refused = t->refused_lines, heads = t->refused_heads;
-        int done = handle(t, c, gauges, sets);
-        if (done < 0) {
-            PyBuffer_Release(&data);
-            return NULL;
+    for (;;) {
+        cut(t, c->after, end, storm, next);  /* one line ahead of the one handled (one call: inlined) */
+        if (c->line != NULL) {
+            long long refused = t->refused_lines, heads = t->refused_heads;
+            int done = handle(t, c, gauges, sets);
+            if (done < 0) {
+                PyBuffer_Release(&data);
+                return NULL;
+            }
+            if (done == 0) {
+                p = c->line;
+                break;
+            }
+            t->lines++;
+            storm = t->refused_heads != heads ? REFUSED_NEW : t->refused_lines != refused ? REFUSED_AGAIN : CALM;
         }
-        if (done == 0) {
-            p = c->line;
+        if (next->line == NULL)
             break;
-        }
-        t->lines++;
-        storm = t->refused_heads != heads ? REFUSED_NEW : t->refused_lines != refused ? REFUSED_AGAIN : CALM;
         swap = c;
         c = next;
         next = swap;

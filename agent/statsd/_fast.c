@@ -291,10 +291,13 @@ static void hs_clear(HashSet *s) {
 
 /* -- context keys ----------------------------------------------------------------------------- */
 
-/* A context's key, hashed: name \0 type \0 (tag key \1 tag value \0)... \2 container, in UTF-8. Built
- * from a line (`line_context`) or from a Context's strings (`Table.live_add`), the same bytes for the
- * same context. Two contexts whose texts hold the separators may share a key: the set then says
- * "maybe live" for a context that is not, and Python decides; it never says "not live" for a live one. */
+/* A context's key, hashed: `head_hash` of its name and of its tail written the one way its strings give
+ * it, `type|#key:value,key:value|c:container` (no `#` field without tags, no `c:` field without a
+ * container), in UTF-8. A line whose tail is written that way (the usual case) has its head's hash for
+ * its context's: nothing more to hash. Built from a line (`line_context`) or from a Context's strings
+ * (`Table.live_add`), the same bytes for the same context. Two contexts whose texts hold the separators
+ * may share a key: the set then says "maybe live" for a context that is not, and Python decides; it
+ * never says "not live" for a live one. */
 #define MAX_NAME 200           /* as in parser.py (checked at import: receive.py) */
 #define MAX_TAG 200
 #define MAX_TAGS 100
@@ -315,10 +318,14 @@ static char *reserve(Table *t, size_t n) {
 }
 
 static int ascii(const char *p, const char *end) {
+    uint64_t seen = 0, word;  /* the bytes or'ed together, eight at a time */
+    for (; end - p >= 8; p += 8) {
+        memcpy(&word, p, 8);
+        seen |= word;
+    }
     for (; p < end; p++)
-        if ((unsigned char)*p >= 0x80)
-            return 0;
-    return 1;
+        seen |= (unsigned char)*p;
+    return (seen & 0x8080808080808080ULL) == 0;
 }
 
 /* A head read as parser.parse_head reads it, when that is simple (`read_head`): spans of the text. */
@@ -413,40 +420,63 @@ static int read_head(const char *name, Py_ssize_t nlen, const char *tail, const 
     return 1;
 }
 
+static char *put(char *w, const char *text, Py_ssize_t len) {
+    memcpy(w, text, (size_t)len);
+    return w + len;
+}
+
+/* Whether a tail read by `read_head` is written the one way of the context's key: its spans follow each
+ * other in the text with exactly the separators that way writes (`|#`, `:`, `,`, `|c:`). */
+static int written_one_way(const Head *hd, const char *tail, const char *end) {
+    const char *p = tail + hd->type_len;
+    if (hd->ntags > 0) {
+        if (end - p < 2 || p[0] != '|' || p[1] != '#')
+            return 0;
+        p += 2;
+        for (int k = 0; k < hd->ntags; k++) {
+            if (hd->keys[k] - p != (k > 0) || hd->values[k] - hd->keys[k] != hd->key_lens[k] + 1)
+                return 0;  /* an item skipped or without `:` */
+            p = hd->values[k] + hd->value_lens[k];
+        }
+    }
+    if (hd->container == hd->container_end)
+        return p == end;
+    return hd->container - p == 3 && memcmp(p, "|c:", 3) == 0 && hd->container_end == end;
+}
+
 /* The hash of the context a line names, when `read_head` reads its head and its value is one Python
- * would accept (else that error comes first): 1 and *h set; 0 when Python must look; -1 on an error. */
+ * would accept (else that error comes first): 1 and *h set; 0 when Python must look; -1 on an error.
+ * `head`: the line's head_hash. */
 static int line_context(Table *t, const char *name, Py_ssize_t nlen, const char *value, const char *bar,
-                        const char *end, uint64_t *h) {
+                        const char *end, uint64_t head, uint64_t *h) {
     Head hd;
     double v;
-    if (!read_head(name, nlen, bar + 1, end, &hd))
+    const char *tail = bar + 1;
+    if (!read_head(name, nlen, tail, end, &hd))
         return 0;
     if (hd.type_len == 1 && hd.type[0] == 's' ? value == bar : !plain_number(value, bar, &v))
         return 0;
-    size_t size = (size_t)(nlen + hd.type_len + (hd.container_end - hd.container)) + 8;
+    if (written_one_way(&hd, tail, end)) {
+        *h = head;
+        return 1;
+    }
+    Py_ssize_t clen = hd.container_end - hd.container;
+    size_t size = (size_t)(hd.type_len + clen) + 5;
     for (int k = 0; k < hd.ntags; k++)
         size += (size_t)(hd.key_lens[k] + hd.value_lens[k]) + 2;
     char *buf = reserve(t, size), *w = buf;
     if (buf == NULL)
         return -1;
-    memcpy(w, name, (size_t)nlen);
-    w += nlen;
-    *w++ = 0;
-    memcpy(w, hd.type, (size_t)hd.type_len);
-    w += hd.type_len;
-    *w++ = 0;
+    w = put(w, hd.type, hd.type_len);
     for (int k = 0; k < hd.ntags; k++) {
-        memcpy(w, hd.keys[k], (size_t)hd.key_lens[k]);
-        w += hd.key_lens[k];
-        *w++ = 1;
-        memcpy(w, hd.values[k], (size_t)hd.value_lens[k]);
-        w += hd.value_lens[k];
-        *w++ = 0;
+        w = put(w, k == 0 ? "|#" : ",", k == 0 ? 2 : 1);
+        w = put(w, hd.keys[k], hd.key_lens[k]);
+        *w++ = ':';
+        w = put(w, hd.values[k], hd.value_lens[k]);
     }
-    *w++ = 2;
-    memcpy(w, hd.container, (size_t)(hd.container_end - hd.container));
-    w += hd.container_end - hd.container;
-    *h = siphash13(t->key[0], t->key[1], buf, w - buf);
+    if (clen > 0)
+        w = put(put(w, "|c:", 3), hd.container, clen);
+    *h = head_hash(t, name, nlen, buf, w - buf);
     return 1;
 }
 
@@ -460,7 +490,7 @@ static int object_context(Table *t, PyObject *name, PyObject *type, PyObject *ta
     Py_ssize_t n = PyTuple_GET_SIZE(tags), lens[3];
     const char *texts[3];
     PyObject *parts[3] = {name, type, container};
-    size_t size = 8;
+    size_t size = 5;
     for (int k = 0; k < 3; k++) {
         if ((texts[k] = PyUnicode_AsUTF8AndSize(parts[k], &lens[k])) == NULL)
             return -1;
@@ -481,25 +511,21 @@ static int object_context(Table *t, PyObject *name, PyObject *type, PyObject *ta
     char *w = reserve(t, size), *buf = w;
     if (buf == NULL)
         return -1;
-    for (int k = 0; k < 2; k++) {
-        memcpy(w, texts[k], (size_t)lens[k]);
-        w += lens[k];
-        *w++ = 0;
-    }
+    w = put(w, texts[1], lens[1]);
     for (Py_ssize_t k = 0; k < n; k++) {
         PyObject *pair = PyTuple_GET_ITEM(tags, k);
+        w = put(w, k == 0 ? "|#" : ",", k == 0 ? 2 : 1);
         for (int j = 0; j < 2; j++) {
             Py_ssize_t len;
             const char *text = PyUnicode_AsUTF8AndSize(PyTuple_GET_ITEM(pair, j), &len);  /* cached above */
-            memcpy(w, text, (size_t)len);
-            w += len;
-            *w++ = j == 0 ? 1 : 0;
+            w = put(w, text, len);
+            if (j == 0)
+                *w++ = ':';
         }
     }
-    *w++ = 2;
-    memcpy(w, texts[2], (size_t)lens[2]);
-    w += lens[2];
-    *h = siphash13(t->key[0], t->key[1], buf, w - buf);
+    if (lens[2] > 0)
+        w = put(put(w, "|c:", 3), texts[2], lens[2]);
+    *h = head_hash(t, texts[0], lens[0], buf, w - buf);
     return 1;
 }
 
@@ -516,23 +542,87 @@ static int remember_refused(Table *t, uint64_t head, Py_ssize_t size) {
     return 0;
 }
 
+/* A line cut as `handle` reads it (`name:value|tail`), with the hash of its head. `Table_run` cuts each
+ * line one ahead of the line it handles and asks the CPU for the buckets that line will read: when the
+ * tables outgrow the caches (a storm, many live contexts), those reads wait on memory, and the wait
+ * overlaps the work on the line before. */
+typedef struct {
+    const char *line, *end, *after;    /* the line, its end, where the next one starts; line NULL: none left */
+    const char *value, *bar;           /* NULL when a `:` or the `|` after it is missing: Python's */
+    uint64_t head;
+    int context;                       /* line_context's answer when worked out ahead, else UNKNOWN */
+    uint64_t context_hash;
+} Cut;
+
+#define UNKNOWN 2
+
+/* What the line before the one being handled was: a storm's lines come in runs. */
+enum { CALM, REFUSED_AGAIN, REFUSED_NEW };
+
+/* Cut the first line at or after p that is not empty, and prefetch what handling it reads: its bucket in
+ * the head table; after a refused line, its bucket in the refused heads; and after a new head refused,
+ * its context's key, hashed ahead, in the live contexts. */
+static void cut(Table *t, const char *p, const char *end, int storm, Cut *c) {
+    c->line = NULL;
+    while (p < end) {
+        const char *nl = memchr(p, '\n', (size_t)(end - p));
+        const char *eol = nl ? nl : end;
+        if (eol > p && !(eol - p == 1 && *p == '\r')) {  /* an empty line is not a line */
+            c->line = p;
+            c->end = eol;
+            c->after = nl ? nl + 1 : end;
+            break;
+        }
+        p = nl ? nl + 1 : end;
+    }
+    if (c->line == NULL)
+        return;
+    c->value = c->bar = NULL;
+    c->context = UNKNOWN;
+    const char *colon = memchr(c->line, ':', (size_t)(c->end - c->line));
+    if (colon == NULL)
+        return;
+    const char *bar = memchr(colon + 1, '|', (size_t)(c->end - colon - 1));
+    if (bar == NULL)
+        return;
+    c->value = colon + 1;
+    c->bar = bar;
+    Py_ssize_t nlen = colon - c->line;
+    c->head = head_hash(t, c->line, nlen, bar + 1, c->end - bar - 1);
+    if (t->slots != NULL)
+        __builtin_prefetch(&t->slots[c->head & t->mask]);
+    if (storm == CALM)
+        return;
+    if (t->refused.buckets != NULL)
+        __builtin_prefetch(&t->refused.buckets[hs_norm(c->head) & t->refused.mask]);
+    if (storm == REFUSED_NEW && t->decide && t->contexts >= t->max_contexts) {
+        c->context = line_context(t, c->line, nlen, c->value, bar, c->end, c->head, &c->context_hash);
+        if (c->context < 0) {  /* out of memory: worked out again, and raised, if the line needs it */
+            PyErr_Clear();
+            c->context = UNKNOWN;
+        } else if (c->context == 1 && t->live.buckets != NULL) {
+            __builtin_prefetch(&t->live.buckets[hs_norm(c->context_hash) & t->live.mask]);
+        }
+    }
+}
+
 /* A line whose head is not in the table: counted here when its head was refused before, or when its
  * context is new and the cap is reached (1); else left to Python (0). -1 on a Python error. */
-static int refuse_or_leave(Table *t, uint64_t head, const char *line, Py_ssize_t nlen, const char *value,
-                           const char *bar, const char *end) {
-    if (hs_find(&t->refused, head)) {
+static int refuse_or_leave(Table *t, Cut *c) {
+    if (hs_find(&t->refused, c->head)) {
         t->refused_lines++;
         return 1;
     }
     if (!t->decide || t->contexts < t->max_contexts)
         return 0;
-    uint64_t h;
-    int known = line_context(t, line, nlen, value, bar, end, &h);
-    if (known <= 0)
-        return known;
-    if (hs_find(&t->live, h))
+    Py_ssize_t nlen = c->value - 1 - c->line;
+    if (c->context == UNKNOWN)
+        c->context = line_context(t, c->line, nlen, c->value, c->bar, c->end, c->head, &c->context_hash);
+    if (c->context <= 0)
+        return c->context;
+    if (hs_find(&t->live, c->context_hash))
         return 0;  /* another head of a live context (another rate, `|e:` field, ...): Python finds it */
-    if (remember_refused(t, head, nlen + (end - bar - 1)) < 0)
+    if (remember_refused(t, c->head, nlen + (c->end - c->bar - 1)) < 0)
         return -1;
     t->refused_lines++;
     t->refused_heads++;
@@ -540,20 +630,14 @@ static int refuse_or_leave(Table *t, uint64_t head, const char *line, Py_ssize_t
 }
 
 /* Account one line; 1 when done, 0 when Python must parse it, -1 on a Python error. */
-static int handle(Table *t, const char *line, const char *end, PyObject *gauges, PyObject *sets) {
-    const char *colon = memchr(line, ':', (size_t)(end - line));
-    if (colon == NULL)
+static int handle(Table *t, Cut *c, PyObject *gauges, PyObject *sets) {
+    if (c->value == NULL)
         return 0;
-    const char *value = colon + 1;
-    const char *bar = memchr(value, '|', (size_t)(end - value));
-    if (bar == NULL)
-        return 0;
-    const char *tail = bar + 1;
-    Py_ssize_t nlen = colon - line, tlen = end - tail;
-    uint64_t head = head_hash(t, line, nlen, tail, tlen);
-    Entry *e = find(t, head, line, nlen, tail, tlen);
+    const char *line = c->line, *value = c->value, *bar = c->bar, *tail = bar + 1;
+    Py_ssize_t nlen = value - 1 - line, tlen = c->end - tail;
+    Entry *e = find(t, c->head, line, nlen, tail, tlen);
     if (e == NULL)
-        return refuse_or_leave(t, head, line, nlen, value, bar, end);
+        return refuse_or_leave(t, c);
     if (e->code == SET) {
         if (value == bar)
             return 0;
@@ -608,20 +692,32 @@ static PyObject *Table_run(Table *t, PyObject *args) {
         return NULL;
     const char *start = data.buf, *end = start + data.len;
     const char *p = start + (pos < 0 ? 0 : pos > data.len ? data.len : pos);
-    while (p < end) {
-        const char *nl = memchr(p, '\n', (size_t)(end - p));
-        const char *eol = nl ? nl : end;
-        if (eol > p && !(eol - p == 1 && *p == '\r')) {  /* an empty line is not a line */
-            int done = handle(t, p, eol, gauges, sets);
+    Cut cuts[2], *c = &cuts[0], *next = &cuts[1], *swap;
+    int storm = CALM;
+    c->line = NULL;  /* the first turn only cuts a line */
+    c->after = p;
+    p = end;
+    for (;;) {
+        cut(t, c->after, end, storm, next);  /* one line ahead of the one handled (one call: inlined) */
+        if (c->line != NULL) {
+            long long refused = t->refused_lines, heads = t->refused_heads;
+            int done = handle(t, c, gauges, sets);
             if (done < 0) {
                 PyBuffer_Release(&data);
                 return NULL;
             }
-            if (done == 0)
+            if (done == 0) {
+                p = c->line;
                 break;
+            }
             t->lines++;
+            storm = t->refused_heads != heads ? REFUSED_NEW : t->refused_lines != refused ? REFUSED_AGAIN : CALM;
         }
-        p = nl ? nl + 1 : end;
+        if (next->line == NULL)
+            break;
+        swap = c;
+        c = next;
+        next = swap;
     }
     PyBuffer_Release(&data);
     return PyLong_FromSsize_t(p - start);
@@ -686,20 +782,40 @@ static int grow(Table *t) {
     return 0;
 }
 
+/* The arguments of a method called per new head (METH_FASTCALL: PyArg_ParseTuple and its tuple were a
+ * good part of such a call): `n` of them, the first two bytes-like, read as "y*" reads them. 0, or -1
+ * with an exception (nothing to release then). */
+static int head_args(const char *method, PyObject *const *args, Py_ssize_t nargs, Py_ssize_t n, Py_buffer *name,
+                     Py_buffer *tail) {
+    if (nargs != n) {
+        PyErr_Format(PyExc_TypeError, "%s() takes %zd arguments (%zd given)", method, n, nargs);
+        return -1;
+    }
+    if (PyObject_GetBuffer(args[0], name, PyBUF_SIMPLE) < 0)
+        return -1;
+    if (PyObject_GetBuffer(args[1], tail, PyBUF_SIMPLE) < 0) {
+        PyBuffer_Release(name);
+        return -1;
+    }
+    return 0;
+}
+
 /* add(name, tail, slot, ctx, code) -> True, or False when the head has no bucket near its hash
  * (Python keeps handling it then). */
-static PyObject *Table_add(Table *t, PyObject *args) {
+static PyObject *Table_add(Table *t, PyObject *const *args, Py_ssize_t nargs) {
     Py_buffer name, tail;
-    PyObject *slot, *ctx;
-    int code;
-    if (!PyArg_ParseTuple(args, "y*y*OOi", &name, &tail, &slot, &ctx, &code))
+    if (head_args("add", args, nargs, 5, &name, &tail) < 0)
         return NULL;
+    PyObject *slot = args[2], *ctx = args[3];
+    long code = PyLong_AsLong(args[4]);
     PyObject *result = NULL;
     uint64_t h = head_hash(t, name.buf, name.len, tail.buf, tail.len);
     Py_ssize_t bucket;
     char *key;
-    if (code != COUNTER && code != HISTOGRAM && code != GAUGE && code != SET) {
-        PyErr_Format(PyExc_ValueError, "slot code %d is not handled here", code);
+    if (code == -1 && PyErr_Occurred()) {
+        /* TypeError or OverflowError set */
+    } else if (code != COUNTER && code != HISTOGRAM && code != GAUGE && code != SET) {
+        PyErr_Format(PyExc_ValueError, "slot code %ld is not handled here", code);
     } else if (find(t, h, name.buf, name.len, tail.buf, tail.len) != NULL) {
         PyErr_SetString(PyExc_KeyError, "head already in the table");
     } else if (t->count == t->room && grow(t) != 0) {
@@ -719,7 +835,7 @@ static PyObject *Table_add(Table *t, PyObject *args) {
         e->hash = h;
         e->slot = Py_NewRef(slot);
         e->ctx = Py_NewRef(ctx);
-        e->code = code;
+        e->code = (int)code;
         t->slots[bucket] = (Bucket){h, ++t->count};
         result = Py_NewRef(Py_True);
     }
@@ -731,11 +847,17 @@ static PyObject *Table_add(Table *t, PyObject *args) {
 /* feed(name, tail, values) -> True when the head is here: its counter gets the sum of the values (as
  * Python's sum() adds them), its histogram each value. For the lines Python parsed itself (a new head,
  * packed values), so that a slot held here accumulates in one place, in the order of the lines. */
-static PyObject *Table_feed(Table *t, PyObject *args) {
+static PyObject *Table_feed(Table *t, PyObject *const *args, Py_ssize_t nargs) {
     Py_buffer name, tail;
-    PyObject *values;
-    if (!PyArg_ParseTuple(args, "y*y*O!", &name, &tail, &PyTuple_Type, &values))
+    if (head_args("feed", args, nargs, 3, &name, &tail) < 0)
         return NULL;
+    PyObject *values = args[2];
+    if (!PyTuple_Check(values)) {
+        PyBuffer_Release(&name);
+        PyBuffer_Release(&tail);
+        PyErr_SetString(PyExc_TypeError, "feed(): values must be a tuple");
+        return NULL;
+    }
     Entry *e = find(t, head_hash(t, name.buf, name.len, tail.buf, tail.len), name.buf, name.len, tail.buf, tail.len);
     PyBuffer_Release(&name);
     PyBuffer_Release(&tail);
@@ -851,11 +973,13 @@ static PyObject *Table_configure(Table *t, PyObject *args) {
     Py_RETURN_NONE;
 }
 
-static PyObject *Table_live_add(Table *t, PyObject *args) {
-    PyObject *name, *type, *tags, *container;
+static PyObject *Table_live_add(Table *t, PyObject *const *args, Py_ssize_t nargs) {
     uint64_t h;
-    if (!PyArg_ParseTuple(args, "UUOU", &name, &type, &tags, &container)
-            || object_context(t, name, type, tags, container, &h) < 0 || hs_add(&t->live, h) < 0)
+    if (nargs != 4 || !PyUnicode_Check(args[0]) || !PyUnicode_Check(args[1]) || !PyUnicode_Check(args[3])) {
+        PyErr_SetString(PyExc_TypeError, "live_add(name, type, tags, container): name, type and container are str");
+        return NULL;
+    }
+    if (object_context(t, args[0], args[1], args[2], args[3], &h) < 0 || hs_add(&t->live, h) < 0)
         return NULL;
     t->contexts++;
     Py_RETURN_NONE;
@@ -942,28 +1066,49 @@ static PyObject *Table_refuse(Table *t, PyObject *args) {
     Py_RETURN_NONE;
 }
 
+/* A tuple of n new references, stolen (released on failure too), or NULL. */
+static PyObject *tuple_of(Py_ssize_t n, PyObject **items) {
+    PyObject *tuple = PyTuple_New(n);
+    for (Py_ssize_t k = 0; k < n; k++) {
+        if (tuple != NULL && items[k] != NULL) {
+            PyTuple_SET_ITEM(tuple, k, items[k]);
+        } else {
+            Py_XDECREF(items[k]);
+            Py_CLEAR(tuple);
+        }
+    }
+    return tuple;
+}
+
 /* head(name, tail) -> (name, type, rate, tags, container) as parser.parse_head gives them, or None
- * when `read_head` leaves it to parse_head. */
-static PyObject *Table_head(Table *t, PyObject *args) {
+ * when `read_head` leaves it to parse_head. Built directly (a context is made from it per new head:
+ * Py_BuildValue's format parsing was most of this call). */
+static PyObject *Table_head(Table *t, PyObject *const *args, Py_ssize_t nargs) {
     Py_buffer name, tail;
     Head hd;
     (void)t;
-    if (!PyArg_ParseTuple(args, "y*y*", &name, &tail))
+    if (head_args("head", args, nargs, 2, &name, &tail) < 0)
         return NULL;
     PyObject *result = NULL, *tags = NULL;
     if (!read_head(name.buf, name.len, tail.buf, (const char *)tail.buf + tail.len, &hd)) {
         result = Py_NewRef(Py_None);
     } else if ((tags = PyTuple_New(hd.ntags)) != NULL) {
         int k = 0;
-        for (; k < hd.ntags; k++) {
-            PyObject *pair = Py_BuildValue("(s#s#)", hd.keys[k], hd.key_lens[k], hd.values[k], hd.value_lens[k]);
-            if (pair == NULL)
+        for (; k < hd.ntags; k++) {  /* ASCII: read_head checked */
+            PyObject *pair[2] = {PyUnicode_DecodeASCII(hd.keys[k], hd.key_lens[k], NULL),
+                                 PyUnicode_DecodeASCII(hd.values[k], hd.value_lens[k], NULL)};
+            PyObject *each = tuple_of(2, pair);
+            if (each == NULL)
                 break;
-            PyTuple_SET_ITEM(tags, k, pair);
+            PyTuple_SET_ITEM(tags, k, each);
         }
-        if (k == hd.ntags)
-            result = Py_BuildValue("(s#s#dOs#)", (const char *)name.buf, name.len, hd.type, hd.type_len, hd.rate,
-                                   tags, hd.container, (Py_ssize_t)(hd.container_end - hd.container));
+        if (k == hd.ntags) {
+            PyObject *fields[5] = {PyUnicode_DecodeASCII(name.buf, name.len, NULL),
+                                   PyUnicode_DecodeASCII(hd.type, hd.type_len, NULL), PyFloat_FromDouble(hd.rate),
+                                   Py_NewRef(tags),
+                                   PyUnicode_DecodeASCII(hd.container, hd.container_end - hd.container, NULL)};
+            result = tuple_of(5, fields);
+        }
         Py_DECREF(tags);
     }
     PyBuffer_Release(&name);
@@ -1198,9 +1343,9 @@ static PyMethodDef module_methods[] = {
 static PyMethodDef Table_methods[] = {
     {"run", (PyCFunction)Table_run, METH_VARARGS,
      "run(data, pos, gauges, sets) -> offset of the first line left to Python, or len(data)"},
-    {"add", (PyCFunction)Table_add, METH_VARARGS,
+    {"add", (PyCFunction)(void (*)(void))Table_add, METH_FASTCALL,
      "add(name, tail, slot, ctx, code) -> whether this head is handled here from now on"},
-    {"feed", (PyCFunction)Table_feed, METH_VARARGS,
+    {"feed", (PyCFunction)(void (*)(void))Table_feed, METH_FASTCALL,
      "feed(name, tail, values) -> whether the head's counter or histogram is here and took the values"},
     {"harvest", (PyCFunction)Table_harvest, METH_NOARGS,
      "harvest() -> (slots, counter sums as bytes of doubles, histogram values as bytes or None)"},
@@ -1209,12 +1354,13 @@ static PyMethodDef Table_methods[] = {
      "take_counts() -> (lines handled, lines refused at the cap, heads refused first) since the last call"},
     {"configure", (PyCFunction)Table_configure, METH_VARARGS,
      "configure(max_contexts, decide, refused_limit, refused_max_bytes, head_cost): refusals at the cap"},
-    {"live_add", (PyCFunction)Table_live_add, METH_VARARGS, "live_add(name, type, tags, container): a new context"},
+    {"live_add", (PyCFunction)(void (*)(void))Table_live_add, METH_FASTCALL,
+     "live_add(name, type, tags, container): a new context"},
     {"forget_contexts", (PyCFunction)Table_forget_contexts, METH_O,
      "forget_contexts(contexts): expired: out of the live set, their heads out of the table"},
     {"refuse", (PyCFunction)Table_refuse, METH_VARARGS, "refuse(name, tail): a head refused at the cap by Python"},
     {"forget_refused", (PyCFunction)Table_forget_refused, METH_NOARGS, "forget the refused heads"},
-    {"head", (PyCFunction)Table_head, METH_VARARGS,
+    {"head", (PyCFunction)(void (*)(void))Table_head, METH_FASTCALL,
      "head(name, tail) -> (name, type, rate, tags, container) as parse_head reads them, or None: Python's"},
     {"live", (PyCFunction)Table_live, METH_NOARGS, "live() -> (live contexts, refused heads remembered)"},
     {NULL, NULL, 0, NULL},

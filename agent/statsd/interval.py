@@ -69,14 +69,16 @@ class TagPool:
         self.stale = False  # contexts were forgotten since the last rebuild
 
     def canonical(self, tags: Tags) -> Tags:
-        pairs = self.pairs
-        shared = tuple([pairs.get(kv, kv) for kv in tags])
+        shared = tuple(map(self.pairs.get, tags, tags))  # each pair as stored, else itself
         return self.tuples.get(shared, shared)
 
     def new_bytes(self, tags: Tags) -> int:
         """What `add(tags)` would charge."""
-        pairs = self.pairs
-        return sum(pair_cost(kv) for kv in tags if kv not in pairs)
+        pairs, size = self.pairs, 0
+        for kv in tags:  # a loop, not sum() of a generator: called per new context
+            if kv not in pairs:
+                size += pair_cost(kv)
+        return size
 
     def add(self, tags: Tags) -> None:
         pairs = self.pairs

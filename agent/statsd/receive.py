@@ -30,7 +30,7 @@ from agent.memory import BURST, release_freed_memory
 from agent.model import Event, ServiceCheck, Tags, merge_tags
 from agent.statsd import mapping, parser
 from agent.statsd.interval import (COUNTER, DROPPED, ERROR, GAUGE, GAUGE_DELTA, HISTOGRAM, SET, SLOT_CODES,
-                                   Context, Interval, Limits, Slot, TagPool, cost, item_bytes)
+                                   Context, Interval, Limits, Slot, TagPool, item_bytes)
 from agent.statsd.parser import (CHECK_PREFIX, EVENT_PREFIX, MAX_DATAGRAM, ParseError, finite,
                                  parse_event, parse_head, parse_service_check, parse_values)
 
@@ -450,10 +450,10 @@ class Aggregator:
         key = (name, kind, tags, container)
         ctx = self.contexts.get(key)
         if ctx is None:
-            if not self._room_for(cost(name, tags, container), tags):
+            ctx = Context(name, kind, tags, container)
+            if not self._room_for(ctx.cost, tags):
                 self.stats.contexts_dropped += 1
                 return _DROPPED
-            ctx = Context(name, kind, tags, container)
             self._pool.add(tags)
             self.contexts[key] = ctx
             if self._table is not None:

@@ -319,6 +319,35 @@ def test_the_table_refuses_a_new_context_at_the_cap_and_leaves_the_rest_to_pytho
     assert table.run(new, 0, {}, {}) == 0
 
 
+def test_a_live_context_is_found_under_each_way_of_writing_its_head() -> None:
+    """The C side hashes a context's key as its tail written one way (`c|#a:1,bare:|c:c1`): a line written
+    that way and one written otherwise (a bare tag, fields in another order, a rate) both find it live."""
+    table = receive.Table()
+    table.configure(1, True, 10, 1 << 20, 128)
+    table.live_add("x", "c", (("a", "1"), ("bare", "")), "c1")
+    for live in (b"x:1|c|#a:1,bare:|c:c1", b"x:1|c|#a:1,bare|c:c1", b"x:1|c|c:c1|#a:1,bare:", b"x:1|c|@0.5|#a:1,bare|c:c1",
+                 b"x:1|c|#a:1,,bare:|c:c1|e:z", b"x:1|c|#a:1,bare|c:c1|c:"):
+        assert table.run(live, 0, {}, {}) == 0, live  # Python's: it finds the live context
+    for new in (b"x:1|c|#a:1,bare:", b"x:1|c|#a:1,bare:|c:c2", b"x:1|g|#a:1,bare:|c:c1", b"x:1|c|#bare:,a:1|c:c1"):
+        assert table.run(new, 0, {}, {}) == len(new), new  # refused here
+    assert table.take_counts() == (4, 4, 4)
+
+
+@SETTINGS
+@given(storm_line)
+def test_a_line_whose_context_is_live_is_never_refused_in_c(line: bytes) -> None:
+    """The key hashed from a line (`line_context`) and from the context's strings (`live_add`) agree."""
+    table = receive.Table()
+    table.configure(1, True, 10, 1 << 20, 128)
+    name, _, rest = line.partition(b":")
+    tail = rest.partition(b"|")[2]
+    head = table.head(name, tail)
+    if head is not None:
+        hname, kind, _, tags, container = head
+        table.live_add(hname, kind, tags, container)
+    assert table.run(line, 0, {}, {}) == 0 or head is None
+
+
 def test_after_a_storm_expired_the_c_tables_shrink_and_keep_working() -> None:
     agg, flusher = Aggregator(max_contexts=5000), Flusher(10.0, ttl=15.0)
     agg.ingest(b"keep.c:1|c\nkeep.h:2|h")

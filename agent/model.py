@@ -92,6 +92,11 @@ class Points:
     def __post_init__(self) -> None:
         values = _doubles(self.values)
         weights = self.weights if isinstance(self.weights, Repeated) else _doubles(self.weights)
+        if isinstance(weights, Repeated) and not weights.weight.is_integer():
+            # (i + 1) * w is not the running sum w + w + ... for every w (1 / 0.3): ranks would differ
+            # from the value-by-value rule at their boundaries. Integer weights (rates 1, 0.5, 0.1,
+            # 0.01 ...) are exact up to 2**53.
+            weights = array("d", [weights.weight]) * len(values)
         cumulative: Sequence[float] | None = None
         if len(weights) != len(values):
             total, valid = math.nan, False

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import time
 import zlib
 
 from hypothesis import given, settings, strategies as st
@@ -131,3 +132,37 @@ def test_a_flush_that_leaves_many_objects_freezes_them_out_of_the_gc() -> None:
     with paused_gc():
         few = [[i] for i in range(10)]
     assert gc.get_freeze_count() == 0 and few
+
+
+def test_metrics_written_in_pieces_keep_head_bodiless_and_the_connection_usable(sidecar_factory) -> None:
+    """`/metrics` is written a piece at a time; a HEAD request still gets no body, so the next response
+    on the same keep-alive connection is read as itself, and a GET gets all of the exposition."""
+    import http.client
+    import socket
+
+    from agent.http import WRITE_CHUNK
+    from tests.support import wait_until
+
+    sidecar = sidecar_factory(TASKLENS_FLUSH_INTERVAL="1")
+    sidecar.wait_ready()
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:  # an exposition of several pieces
+        for i in range(0, 6000, 20):
+            s.sendto(b"\n".join(b"pieces.m%d:1|c|#k:%s" % (j, b"v" * 150) for j in range(i, i + 20)),
+                     ("127.0.0.1", sidecar.statsd_port))
+            time.sleep(0.001)
+    wait_until(lambda: sidecar.get("/metrics")[1].count("\npieces_m") == 6000, 30, what="every series")
+    conn = http.client.HTTPConnection("127.0.0.1", sidecar.http_port, timeout=30)
+    try:
+        conn.request("HEAD", "/metrics")
+        head = conn.getresponse()
+        assert head.status == 200 and head.read() == b""
+        conn.request("GET", "/health")
+        health = conn.getresponse()
+        assert health.status == 200 and b'"ok"' in health.read()
+        conn.request("GET", "/metrics")
+        body = conn.getresponse()
+        text = body.read()
+        assert body.status == 200 and len(text) == int(body.getheader("Content-Length", "-1"))
+        assert len(text) > WRITE_CHUNK and text.count(b"\npieces_m") == 6000 and text.endswith(b"\n")
+    finally:
+        conn.close()

@@ -92,12 +92,17 @@ def test_values_of_one_sample_rate_need_no_array_of_weights(values: list[float],
     one = Points(list(values), Repeated(weight, len(values)))
     many = Points(list(values), [weight] * len(values))
     assert one.valid and many.valid and list(one.values) == list(many.values)
-    assert isinstance(one.cumulative, Repeated) and not isinstance(many.cumulative, Repeated)
+    # an integer weight (rates 1, 0.5, 0.1 ...) needs no array; others (1 / 0.3) take one, for exact ranks
+    assert isinstance(one.cumulative, Repeated) is weight.is_integer() and not isinstance(many.cumulative, Repeated)
     assert list(one.weights) == list(many.weights)
     for got, want in zip(one.cumulative, many.cumulative, strict=True):
         assert math.isclose(got, want, rel_tol=1e-12)
     assert math.isclose(one.total, many.total, rel_tol=1e-9, abs_tol=1e-6)
     assert one.buckets(BOUNDS) == pytest.approx(many.buckets(BOUNDS), rel=1e-9, abs=1e-6)
+    count = many.count
+    for target in (0.0, math.floor((count - 1) / 2), math.floor((95 * count - 1) / 100), count - 1, count):
+        # exactly the value-by-value rule, whatever the weight (1 / 0.3 is not exact as (i + 1) * w)
+        assert one.at_rank(target) == many.at_rank(target) == naive_rank(values, [weight] * len(values), target)
 
 
 @given(st.lists(st.floats(allow_nan=True, allow_infinity=True), min_size=1, max_size=20),

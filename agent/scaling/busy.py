@@ -140,7 +140,7 @@ def parse_rule(text: str) -> Rule:
 
 def _value(value: float | Points) -> float:
     if isinstance(value, Points):  # a histogram: how many values this interval
-        return float(sum(value.weights))
+        return value.count
     return float(value)
 
 

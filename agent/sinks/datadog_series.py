@@ -15,8 +15,8 @@ How each kind is typed (as the Datadog agent's DogStatsD does):
 - HISTOGRAM -> `.max .median .avg .count .<p>percentile` (and `.min .sum` if configured) with the agent's
   weighted rank rule; `.count` is a rate (weighted count / interval), the others gauges.
 - DISTRIBUTION -> distribution points. The API takes plain values, so a value with weight w (sample rate
-  1/w) is repeated w times (rounded half up); past MAX_EXPANDED values per point the weights are scaled down (the
-  shape is kept, the count becomes approximate).
+  1/w) is repeated w times (rounded half up); past MAX_EXPANDED values per point, MAX_EXPANDED values at
+  evenly spaced ranks (`Points.spread`: the shape is kept, the count becomes approximate).
 
 The intake's rules (names, tags, values, timestamp windows, event and service check fields) are the
 constants below and `metric_name`, `normalize_tag`, `in_window`, `event`, `service_check`; the sink

@@ -88,9 +88,9 @@ class Flusher:
             grouped.setdefault(slot.ctx, []).append(slot)  # type: ignore[arg-type]
         self.histogram_values = 0
         for ctx, slots in grouped.items():
-            held = points(iv.values, slots, ctx.type == "ms")
-            self.histogram_values += len(held.values)
-            add(Sample(ctx.name, held, HISTOGRAM_TYPES[ctx.type], tags_of(ctx), None, seconds))
+            self.histogram_values += sum(len(iv.values[slot]) for slot in slots)  # as received
+            add(Sample(ctx.name, points(iv.values, slots, ctx.type == "ms"), HISTOGRAM_TYPES[ctx.type],
+                       tags_of(ctx), None, seconds))
         for ctx, value, ts in iv.timestamped:
             if value - value != 0.0:
                 self.overflows += 1

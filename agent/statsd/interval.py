@@ -164,8 +164,10 @@ class Interval:
                     # appends to any more, and which `Points` sorts in place as it would an array
                     values[slot] = memoryview(packed).cast("d")  # type: ignore[assignment]
                 else:
-                    if not isinstance(acc, array):
-                        acc = values[slot] = array("d", acc.tobytes())
+                    if not isinstance(acc, array):  # a harvest already: into an array, to grow
+                        copied = array("d")
+                        copied.frombytes(acc.cast("B"))
+                        acc = values[slot] = copied
                     acc.frombytes(packed)
         self.pending = []
 

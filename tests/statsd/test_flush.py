@@ -121,3 +121,20 @@ def test_a_flush_of_a_million_distinct_values_allocates_a_bounded_amount() -> No
         tracemalloc.stop()
     assert len(batch.samples[0].value.values) == n  # type: ignore[union-attr]
     assert peak < 48 * 1024**2, peak
+
+
+def test_two_harvests_of_one_slot_in_an_interval_are_joined_in_order() -> None:
+    """The C loop's harvests arrive as bytearrays, kept as they are when a slot has one; a second one
+    for the same slot (a harvest before the swap, at an expiry) joins the first."""
+    from array import array
+
+    from agent.statsd.interval import Context, Interval, Slot
+
+    slot = Slot(1, Context("h", "h", (), ""), 2.0)
+    iv = Interval(0.0)
+    for values in ([3.0, 1.0], [2.0]):
+        iv.pending.append(([slot], array("d", [0.0]).tobytes(), [bytearray(array("d", values).tobytes())]))
+    iv.settle()
+    assert list(iv.values[slot]) == [3.0, 1.0, 2.0]
+    points = Flusher(10.0).batch(iv, now=1.0).samples[0].value
+    assert list(points.values) == [1.0, 2.0, 3.0] and list(points.weights) == [2.0] * 3  # type: ignore[union-attr]

@@ -147,7 +147,7 @@ def _older_than(when: dict[Context, float], cutoff: float) -> list[Context]:
     return old
 
 
-def points(values: Mapping[Slot, array[float]], slots: Sequence[Slot], milliseconds: bool) -> Points:
+def points(values: dict[Slot, array[float]], slots: Sequence[Slot], milliseconds: bool) -> Points:
     """One context's values and weights (weights are built only here: most are 1).
 
     When values repeat (timers in whole milliseconds, small sizes), equal values are merged into one
@@ -168,8 +168,11 @@ def points(values: Mapping[Slot, array[float]], slots: Sequence[Slot], milliseco
         return Points(vals, Repeated(slots[0].weight, len(vals)), milliseconds)
     vals, weights = array("d"), array("d")
     for slot in slots:
-        vals.frombytes(memoryview(values[slot]).cast("B"))  # an array or a harvest: no float objects
-        weights.extend(array("d", [slot.weight]) * len(values[slot]))
+        held = values[slot]
+        vals.frombytes(memoryview(held).cast("B"))  # an array or a harvest: no float objects
+        weights.extend(array("d", [slot.weight]) * len(held))
+        values[slot] = array("d")  # copied: freed now, not with the interval (8 bytes a value of a flood)
+    del held
     return Points(vals, weights, milliseconds)
 
 

@@ -439,13 +439,15 @@ def event_storm(count: int, text_bytes: int = 60_000) -> list[bytes]:
     return [f"_e{{{len(str(i)) + 6},{len(text)}}}:event {i}|{text}|#storm:yes".encode() for i in range(count)]
 
 
-def histogram_flood(values: int, per_line: int = 6_000, salt: int = 0) -> list[bytes]:
+def histogram_flood(values: int, per_line: int = 6_000, salt: int = 0, rates: int = 1) -> list[bytes]:
     """`values` distinct timer values of one context, `per_line` packed in each line (`flood.latency:
-    0.37:0.74:...|ms`), a line a datagram: the most histogram values a worker can send per byte."""
+    0.37:0.74:...|ms`), a line a datagram: the most histogram values a worker can send per byte. With
+    `rates` > 1, the lines take turns among that many sample rates (each its own weight to sort by)."""
     out = []
-    for start in range(salt * values, (salt + 1) * values, per_line):
+    for n, start in enumerate(range(salt * values, (salt + 1) * values, per_line)):
         packed = ":".join(f"{(i * 0.37) % 1e6:.2f}" for i in range(start, min((salt + 1) * values, start + per_line)))
-        out.append(f"flood.latency:{packed}|ms|#flood:yes".encode())
+        rate = f"|@{1 / (1 + n % rates):.6g}" if n % rates else ""
+        out.append(f"flood.latency:{packed}|ms{rate}|#flood:yes".encode())
     return out
 
 

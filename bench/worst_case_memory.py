@@ -8,7 +8,8 @@ sends, while sampling its RSS every 50 ms:
 2. for `--intervals` flush intervals: events of 60 KB, three times the per-interval event bytes; set
    members past the per-interval count (32-byte members) and three times past its bytes (1 KB
    members); with `--flood`, distinct timer values 10% past the per-interval histogram values
-   (8,800,000 by default, 6,000 to a line); and the contexts of step 1 again (all live);
+   (8,800,000 by default, 6,000 to a line, the lines in two slots: sorted with their weights, the
+   costlier way); and the contexts of step 1 again (all live);
 3. a control counter alongside everything, which must be exported exactly.
 
 Then it stops sending and waits until the idle contexts and their series expired, and memory was given
@@ -94,7 +95,8 @@ def run(tmp: Path, intervals: int = 3, flush: float = 10.0, flood: bool = False)
                                      salt=n)  # the bytes
                 send_paced(sidecar, datagrams + events + members, step=20)
                 if flood:  # 12 MB at a time (the socket and receive buffers hold them)
-                    send_paced(sidecar, histogram_flood(limits.histogram_values * 11 // 10, salt=n), step=200)
+                    send_paced(sidecar, histogram_flood(limits.histogram_values * 11 // 10, salt=n, rates=2),
+                               step=200)
                 send_control()
                 wait_for_flush(sidecar, flush)
         contexts_peak = statsd(sidecar)["contexts"]

@@ -442,11 +442,13 @@ def event_storm(count: int, text_bytes: int = 60_000) -> list[bytes]:
 def histogram_flood(values: int, per_line: int = 6_000, salt: int = 0, rates: int = 1) -> list[bytes]:
     """`values` distinct timer values of one context, `per_line` packed in each line (`flood.latency:
     0.37:0.74:...|ms`), a line a datagram: the most histogram values a worker can send per byte. With
-    `rates` > 1, the lines take turns among that many sample rates (each its own weight to sort by)."""
+    `rates` > 1, the lines take turns among that many spellings of the sample rate 1 (none, `@1.0`,
+    `@1.00`, ...): as many slots of the context, whose values are sorted with their weights as for
+    mixed rates, while every value still counts once."""
     out = []
     for n, start in enumerate(range(salt * values, (salt + 1) * values, per_line)):
         packed = ":".join(f"{(i * 0.37) % 1e6:.2f}" for i in range(start, min((salt + 1) * values, start + per_line)))
-        rate = f"|@{1 / (1 + n % rates):.6g}" if n % rates else ""
+        rate = "|@1." + "0" * (n % rates) if n % rates else ""
         out.append(f"flood.latency:{packed}|ms{rate}|#flood:yes".encode())
     return out
 

@@ -77,7 +77,7 @@ class Points:
     StatsD flush makes them on its own thread, in C without the GIL, so that every sink reads counts,
     buckets and ranks in O(log n) on the event loop, never value by value: an interval may hold
     millions of values (`TASKLENS_STATSD_MAX_HISTOGRAM_VALUES`). Values of one sample rate come with
-    `Repeated` weights: 8 bytes a value in all. `valid` is False, and nothing is sorted or summed,
+    `Repeated` weights: 8 bytes a value in all when the weight is an integer (others take an array). `valid` is False, and nothing is sorted or summed,
     unless every value and weight is finite, every weight is above 0 and there is one weight per
     value: sinks then drop the points whole."""
 

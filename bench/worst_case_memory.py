@@ -34,8 +34,8 @@ sys.path.insert(0, str(ROOT))
 
 from agent.statsd.interval import Limits  # noqa: E402
 from tests.support import Sidecar, wait_until  # noqa: E402
-from tests.reliability.support import (RssSampler, event_storm, histogram_flood, rss_bytes, scrape,  # noqa: E402
-                                       send_paced, set_storm, status, tag_storm)
+from tests.reliability.support import (event_storm, histogram_flood, memory_sidecar, rss_bytes,  # noqa: E402
+                                       scrape, send_paced, set_storm, status, tag_storm)
 
 MIB = 1024 * 1024
 CONTROL = b"control.jobs:1|c|#ctl:yes"
@@ -64,13 +64,8 @@ def wait_for_flush(sidecar: Sidecar, flush: float) -> None:
 
 def run(tmp: Path, intervals: int = 3, flush: float = 10.0, flood: bool = False) -> Result:
     limits = Limits()
-    sidecar = Sidecar(tmp, TASKLENS_FLUSH_INTERVAL=str(flush), TASKLENS_STATSD_CONTEXT_TTL="10",
-                      TASKLENS_PROMETHEUS_TTL="10")
+    sidecar, before, sampler = memory_sidecar(tmp, flush)
     try:
-        sidecar.wait_ready()
-        scrape(sidecar)
-        before = rss_bytes(sidecar.proc.pid)
-        sampler = RssSampler(sidecar.proc.pid)
         control = 0
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
             def send_control() -> None:

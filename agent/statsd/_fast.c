@@ -1356,7 +1356,7 @@ static PyMethodDef Table_methods[] = {
     {"feed", (PyCFunction)(void (*)(void))Table_feed, METH_FASTCALL,
      "feed(name, tail, values) -> whether the head's counter or histogram is here and took the values"},
     {"harvest", (PyCFunction)Table_harvest, METH_NOARGS,
-     "harvest() -> (slots, counter sums as bytes of doubles, histogram values as bytes or None)"},
+     "harvest() -> (slots, counter sums as bytes of doubles, histogram values as a bytearray or None)"},
     {"clear", (PyCFunction)Table_clear, METH_NOARGS, "forget every head (harvest first)"},
     {"take_counts", (PyCFunction)Table_take_counts, METH_NOARGS,
      "take_counts() -> (lines handled, lines refused at the cap, heads refused first) since the last call"},

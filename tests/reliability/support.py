@@ -398,6 +398,21 @@ def latency(url: str, timeout: float = 5.0) -> float:
 # --- the worst input within the StatsD limits (bench/worst_case_memory.py, test_hostile_memory.py) ---
 
 
+def memory_sidecar(tmp: Path, flush: float) -> tuple[Sidecar, int, RssSampler]:
+    """A ready sidecar whose contexts and series expire 10 s after their last line, scraped once (the
+    first rendering's memory is part of its baseline): the sidecar, its RSS now, and a sampler of its
+    peak RSS from now on."""
+    sidecar = Sidecar(tmp, TASKLENS_FLUSH_INTERVAL=f"{flush:g}", TASKLENS_STATSD_CONTEXT_TTL="10",
+                      TASKLENS_PROMETHEUS_TTL="10")
+    try:
+        sidecar.wait_ready()
+        scrape(sidecar)
+    except BaseException:
+        sidecar.stop()
+        raise
+    return sidecar, rss_bytes(sidecar.proc.pid), RssSampler(sidecar.proc.pid)
+
+
 class RssSampler:
     """The peak RSS of a process, sampled every `every` seconds on a thread until `stop()`."""
 

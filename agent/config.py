@@ -531,6 +531,13 @@ class Config:
                                                doc="StatsD histogram, timer and distribution values per interval")
 
     @property
+    def series_ttl(self) -> float:
+        """How long an exported series outlives its last update: `prometheus_ttl`, but at least two
+        StatsD flushes. A StatsD series is updated at flushes only; dropped between two of them, its
+        cumulative count (a counter's total, a histogram's count) would start again from zero."""
+        return max(self.prometheus_ttl, 2 * self.flush_interval)
+
+    @property
     def statsd_enabled(self) -> bool:
         return self.statsd_addr is not None or bool(self.statsd_socket)
 

@@ -56,7 +56,7 @@ class Runtime:
                                 extra=config.tags)
         self.metrics = SelfMetrics()
         self.hub = Hub(identity, self.metrics)
-        self.prometheus = PrometheusSink(self.metrics, pull=self.hub.pull, ttl=config.prometheus_ttl,
+        self.prometheus = PrometheusSink(self.metrics, pull=self.hub.pull, ttl=config.series_ttl,
                                          buckets=config.histogram_buckets, identity=lambda: self.hub.identity.tags)
         self.sources: list[Component] = []
         self.sinks: list[Sink] = [self.prometheus]

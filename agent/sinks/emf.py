@@ -86,7 +86,7 @@ class EmfSink:
         self.stream = stream
         self.wall = wall
         # a long TTL: a series is sent while it lives; snapshots end theirs themselves
-        self.state = CumulativeState(NAME, hub.metrics, (), max(config.prometheus_ttl, 2 * self.interval), wall=wall)
+        self.state = CumulativeState(NAME, hub.metrics, (), max(config.series_ttl, 2 * self.interval), wall=wall)
         self._deltas = CounterDeltas()
         self._selected: dict[str, bool] = {}
         self._log = RateLimitedLog(interval=60.0)

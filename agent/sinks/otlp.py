@@ -101,7 +101,7 @@ class OtlpSink:
         self.wall = wall
         self.temporality = config.otlp_temporality
         self.gzip = config.otlp_compression == "gzip"
-        self.state = CumulativeState(NAME, hub.metrics, config.histogram_buckets, config.prometheus_ttl, wall=wall)
+        self.state = CumulativeState(NAME, hub.metrics, config.histogram_buckets, config.series_ttl, wall=wall)
         self._last: dict[tuple[str, Any], tuple[int, Any]] = {}  # delta mode: previous (time, value) per stream
         self._log = RateLimitedLog(log, interval=60.0)
         self._resource_keys: frozenset[str] = frozenset()

@@ -232,7 +232,7 @@ class RemoteWriteSink:
         self.patterns = config.remote_write_metrics
         self.select_all = "*" in self.patterns
         self._selected: dict[tuple[str, Kind], bool] = {}
-        self.state = CumulativeState(NAME, hub.metrics, config.histogram_buckets, config.prometheus_ttl, wall=wall)
+        self.state = CumulativeState(NAME, hub.metrics, config.histogram_buckets, config.series_ttl, wall=wall)
         region = sigv4_region(config)
         self.signer = SigV4Signer(region, config.remote_write_sigv4_service) if region else None
         self.headers = self._headers(config)

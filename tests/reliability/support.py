@@ -399,9 +399,9 @@ def latency(url: str, timeout: float = 5.0) -> float:
 
 
 def memory_sidecar(tmp: Path, flush: float) -> tuple[Sidecar, int, RssSampler]:
-    """A ready sidecar whose contexts and series expire 10 s after their last line, scraped once (the
-    first rendering's memory is part of its baseline): the sidecar, its RSS now, and a sampler of its
-    peak RSS from now on."""
+    """A ready sidecar whose contexts expire 10 s after their last line and series 10 s after their last
+    update (at least two flushes: `Config.series_ttl`), scraped once (the first rendering's memory is
+    part of its baseline): the sidecar, its RSS now, and a sampler of its peak RSS from now on."""
     sidecar = Sidecar(tmp, TASKLENS_FLUSH_INTERVAL=f"{flush:g}", TASKLENS_STATSD_CONTEXT_TTL="10",
                       TASKLENS_PROMETHEUS_TTL="10")
     try:

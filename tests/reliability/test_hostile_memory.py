@@ -70,7 +70,8 @@ def test_a_histogram_flood_past_the_limit_is_refused_counted_and_its_memory_boun
         # 183 MiB at most. Two slots: 8 + 8 + 4 + 8 flushed, 8 next: 275 MiB. Measured +104-172 MiB
         # and +213-270 MiB.
         assert peak < before + (256 if rates == 1 else 320) * MIB
-        wait_until(lambda: not any(n.startswith("flood_") for n, _, _ in scrape(sidecar).samples), 60,
+        # the series TTL in effect is two 30 s flushes, looked at every 30 s
+        wait_until(lambda: not any(n.startswith("flood_") for n, _, _ in scrape(sidecar).samples), 120,
                    interval=0.5, what="the flood's series gone after the TTL")
         after = min(rss_bytes(sidecar.proc.pid) for _ in range(20) if time.sleep(0.5) is None)
         print(f"RSS after the TTL {after / MIB:.0f} MiB")

@@ -21,7 +21,8 @@ try:
 except ImportError:  # built without a C compiler
     _fast = None
 
-# Tags keep their order and are unique by key. A bare DogStatsD tag `foo` is ("foo", "").
+# Tags are unique by key; a StatsD context's are sorted by key (statsd/receive.py), the others keep
+# their order. A bare DogStatsD tag `foo` is ("foo", "").
 Tags = tuple[tuple[str, str], ...]
 
 

@@ -444,9 +444,17 @@ static int written_one_way(const Head *hd, const char *tail, const char *end) {
     return hd->container - p == 3 && memcmp(p, "|c:", 3) == 0 && hd->container_end == end;
 }
 
+/* How Python orders two of a head's tags: by key (unique in a head), as str; ASCII here, so as bytes. */
+static int key_order(const Head *hd, int a, int b) {
+    Py_ssize_t la = hd->key_lens[a], lb = hd->key_lens[b];
+    int c = memcmp(hd->keys[a], hd->keys[b], (size_t)(la < lb ? la : lb));
+    return c != 0 ? c : (la > lb) - (la < lb);
+}
+
 /* The hash of the context a line names, when `read_head` reads its head and its value is one Python
  * would accept (else that error comes first): 1 and *h set; 0 when Python must look; -1 on an error.
- * `head`: the line's head_hash. */
+ * `head`: the line's head_hash. A context's tags are sorted by key (`Aggregator._slot`): `#b:2,a:1`
+ * names the context of `#a:1,b:2`. */
 static int line_context(Table *t, const char *name, Py_ssize_t nlen, const char *value, const char *bar,
                         const char *end, uint64_t head, uint64_t *h) {
     Head hd;
@@ -456,7 +464,15 @@ static int line_context(Table *t, const char *name, Py_ssize_t nlen, const char 
         return 0;
     if (hd.type_len == 1 && hd.type[0] == 's' ? value == bar : !plain_number(value, bar, &v))
         return 0;
-    if (written_one_way(&hd, tail, end)) {
+    int order[MAX_TAGS], sorted = 1;
+    for (int k = 0; k < hd.ntags; k++) {  /* insertion sort by key: few tags, usually in order already */
+        int j = k;
+        for (; j > 0 && key_order(&hd, order[j - 1], k) > 0; j--)
+            order[j] = order[j - 1];
+        order[j] = k;
+        sorted &= j == k;
+    }
+    if (sorted && written_one_way(&hd, tail, end)) {
         *h = head;
         return 1;
     }
@@ -469,10 +485,11 @@ static int line_context(Table *t, const char *name, Py_ssize_t nlen, const char 
         return -1;
     w = put(w, hd.type, hd.type_len);
     for (int k = 0; k < hd.ntags; k++) {
+        int i = order[k];
         w = put(w, k == 0 ? "|#" : ",", k == 0 ? 2 : 1);
-        w = put(w, hd.keys[k], hd.key_lens[k]);
+        w = put(w, hd.keys[i], hd.key_lens[i]);
         *w++ = ':';
-        w = put(w, hd.values[k], hd.value_lens[k]);
+        w = put(w, hd.values[i], hd.value_lens[i]);
     }
     if (clen > 0)
         w = put(put(w, "|c:", 3), hd.container, clen);

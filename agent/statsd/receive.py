@@ -446,6 +446,8 @@ class Aggregator:
             mapped = mapping.apply(self.rules, name)
             if mapped is not None:
                 name, tags = mapped[0], merge_tags(tags, mapped[1])
+        if len(tags) > 1:  # tags are a set: `#b:2,a:1` is the context of `#a:1,b:2` (keys are unique)
+            tags = tuple(sorted(tags))
         tags = self._pool.canonical(tags)
         key = (name, kind, tags, container)
         ctx = self.contexts.get(key)

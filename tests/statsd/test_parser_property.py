@@ -65,7 +65,7 @@ def test_valid_lines_in_garbage_are_counted_exactly(garbage: list[bytes], good: 
     got = {}
     for s in batch.samples:
         if s.name in ("a", "b.c", "jobs.done") and s.kind.value == "count":
-            key = (s.name, {(): "", (("env", "prod"),): "|#env:prod", (("k", "v"), ("bare", "")): "|#k:v,bare"}[s.tags])
+            key = (s.name, {(): "", (("env", "prod"),): "|#env:prod", (("bare", ""), ("k", "v")): "|#k:v,bare"}[s.tags])
             got[key] = got.get(key, 0) + s.value
     assert got == expected, mine
 

@@ -19,6 +19,7 @@ distributions keep every value with weight `1 / rate`. Lines with `|T<ts>` are n
 
 from __future__ import annotations
 
+import math
 import time
 from array import array
 from collections import Counter, deque
@@ -241,10 +242,15 @@ class Aggregator:
             self._numbers[text] = value
         return value
 
-    def _gauge(self, ctx: Context, value: float, relative: bool) -> None:
+    def _gauges(self, ctx: Context, vals: tuple[float, ...], relative: tuple[bool, ...]) -> None:
+        """A line's gauge values, each a value or (`+N`, `-N`) a change of the last one; a line whose
+        changes would leave a finite range is refused whole (`bad_value`): nothing infinite is exported."""
         gauges = self.interval.gauges
-        if relative:
-            value += gauges.get(ctx, self._gauge_last.get(ctx, 0.0))
+        value = gauges.get(ctx, self._gauge_last.get(ctx, 0.0))
+        for v, r in zip(vals, relative):
+            value = value + v if r else v
+        if not math.isfinite(value):
+            raise ParseError("bad_value")
         gauges[ctx] = value
 
     def _slow(self, line: bytes) -> None:
@@ -371,8 +377,7 @@ class Aggregator:
         elif code == GAUGE:
             iv.gauges[ctx] = vals[-1]
         else:
-            for v, r in zip(vals, relative):
-                self._gauge(ctx, v, r)
+            self._gauges(ctx, vals, relative)
 
     def _take_values(self, n: int) -> bool:
         """Room for `n` more histogram values in this interval (`Limits.histogram_values`), taken; the

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import math
 from array import array
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from agent.model import Batch, Event, Kind, Points, Sample, ServiceCheck
 from agent.statsd.flush import Flusher
@@ -70,6 +73,28 @@ def test_etsy_gauge_deltas_apply_across_intervals() -> None:
     agg.ingest(b"g:+1:+1|g\nnew:-2|g")
     gauges = by_name(flush(agg, flusher, 1020.0))
     assert gauges["g"].value == -3.0 and gauges["new"].value == -2.0
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.lists(st.tuples(st.sampled_from(["+", "-", ""]),
+                                   st.sampled_from([0.0, 1.0, 1e300, 1.7976931348623157e308, 5e-324])),
+                         min_size=1, max_size=3), min_size=1, max_size=8))
+def test_gauge_deltas_never_leave_the_finite_range(lines: list[list[tuple[str, float]]]) -> None:
+    """Any sequence of values and changes: a line whose changes would make the gauge infinite is refused
+    whole (`bad_value`) and the gauge keeps its value; every other line applies as arithmetic says."""
+    agg, flusher, expected, refused = Aggregator(gauge_deltas=True), Flusher(10.0), 0.0, 0
+    for n, values in enumerate(lines):
+        value = expected
+        for sign, v in values:
+            value = value + (v if sign == "+" else -v) if sign else v
+        if math.isfinite(value):
+            expected = value
+        else:
+            refused += 1
+        agg.ingest(b"g:" + ":".join(f"{sign}{v!r}" for sign, v in values).encode() + b"|g")
+        gauge = by_name(flush(agg, flusher, 1000.0 + 10 * n)).get("g")
+        assert (gauge.value if gauge else expected) == expected
+    assert agg.stats.errors.get("bad_value", 0) == refused
 
 
 def test_gauge_only_in_intervals_with_a_sample() -> None:

@@ -20,7 +20,8 @@ class SendError(ValueError):
 def datagram(lines: list[str]) -> bytes:
     """The lines joined into one datagram; SendError names the first line the sidecar would refuse."""
     encoded = [line.encode() for line in lines]
-    for line in encoded:
+    # the sidecar reads a datagram line by line: an argument holding newlines is that many lines
+    for line in (part for arg in encoded for part in arg.split(b"\n")):
         try:
             parse_line(line)
         except ParseError as exc:

@@ -5,8 +5,11 @@ from __future__ import annotations
 import subprocess
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from agent.send import SendError, datagram
+from agent.statsd.parser import parse
 from tests.support import TASKLENS, clean_env, wait_until
 
 
@@ -16,6 +19,29 @@ def test_lines_are_checked_before_they_are_sent() -> None:
         datagram(["a:1|c", "b:2|x"])
     with pytest.raises(SendError, match="do not fit"):
         datagram([f"metric.{i}:1|c" for i in range(6000)])
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.lists(st.one_of(st.sampled_from(["a:1|c", "b:2.5|ms", "|#k:v", ",x", "|@0.5", "\n", "\r", "|", ":",
+                                                    "bad", "_sc|x|0", "_sc|x|9", "_e{1,1}:a|b", "|c:id", "|T1"]),
+                                    st.text(st.sampled_from("ab.:|#@,\n\r1e-+cgmshdTS_{}é\x00 "), max_size=4)),
+                          max_size=6).map("".join), min_size=1, max_size=4))
+def test_what_send_accepts_the_sidecar_accepts_whole(lines: list[str]) -> None:
+    """Any arguments: either refused here, or every line of the datagram is one the sidecar's parser takes
+    (an argument holding a newline is two lines to the sidecar, and each is checked)."""
+    try:
+        body = datagram(lines)
+    except SendError:
+        return
+    assert not parse(body).errors
+
+
+def test_an_argument_with_a_newline_is_checked_line_by_line() -> None:
+    with pytest.raises(SendError, match="malformed_line"):
+        datagram(["ok:1|c|#x\nbad"])
+    with pytest.raises(SendError, match="bad_service_check"):
+        datagram(["ok:1|c|#x\n_sc|x|9"])
+    assert datagram(["a:1|c\nb:2|c"]) == b"a:1|c\nb:2|c"
 
 
 def test_send_reaches_the_sidecar(sidecar_factory) -> None:

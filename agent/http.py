@@ -72,13 +72,41 @@ class GzipCache:
         return b"".join([kept[1]] + [gz.compress(p) for p in rest] + [gz.flush()])
 
 
+def quality(header: str, wanted: str) -> float:
+    """The q value an `Accept` or `Accept-Encoding` header gives `wanted` (`type/subtype`, or a coding),
+    from its most specific entry (`type/subtype`, then `type/*`, then `*/*` or `*`); 0 when none names
+    it. Case-insensitive, parameters other than q ignored, a q that is no number in 0-1 taken as 0."""
+    wanted = wanted.lower()
+    ranges = (wanted, wanted.split("/")[0] + "/*", "*/*") if "/" in wanted else (wanted, "*")
+    found: dict[str, float] = {}
+    for entry in header.split(","):
+        item, *params = entry.split(";")
+        item = item.strip().lower()
+        if item not in ranges:
+            continue
+        q = 1.0
+        for param in params:
+            key, _, value = param.partition("=")
+            if key.strip().lower() == "q":
+                try:
+                    q = float(value.strip())
+                except ValueError:
+                    q = 0.0
+                q = q if 0.0 <= q <= 1.0 else 0.0  # also NaN
+        found[item] = max(found.get(item, 0.0), q)
+    return next((found[r] for r in ranges if r in found), 0.0)
+
+
 def negotiate(accept: str) -> bool:
-    """True for OpenMetrics: only when the scraper does not take the text format.
+    """True for OpenMetrics: only when the scraper does not take the text format and takes OpenMetrics
+    (else the text format, also for a header that takes neither).
 
     Prometheus lists both and prefers OpenMetrics; the text format keeps a sampled histogram's
     weighted counts exact, where OpenMetrics needs them rounded to integers.
     """
-    return "application/openmetrics-text" in accept and "text/plain" not in accept
+    if not accept.strip():
+        return False
+    return quality(accept, "text/plain") == 0 and quality(accept, "application/openmetrics-text") > 0
 
 
 def make_app(hub: Hub, prometheus: PrometheusSink, ready: Callable[[], bool],
@@ -91,7 +119,7 @@ def make_app(hub: Hub, prometheus: PrometheusSink, ready: Callable[[], bool],
     async def metrics(request: web.Request) -> web.StreamResponse:
         openmetrics = negotiate(request.headers.get("Accept", ""))
         headers = {"Content-Type": OPENMETRICS if openmetrics else TEXT}
-        compress = "gzip" in request.headers.get("Accept-Encoding", "")
+        compress = quality(request.headers.get("Accept-Encoding", ""), "gzip") > 0
         if compress:  # Prometheus asks: 53 MB -> 1.2 MB at 100k series
             headers["Content-Encoding"] = "gzip"
 

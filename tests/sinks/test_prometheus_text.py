@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from prometheus_client.exposition import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -121,6 +122,38 @@ async def test_metrics_endpoint_negotiation_and_gzip() -> None:
                 assert (await r.text()).rstrip().endswith("# EOF")
     finally:
         await server.close()
+
+
+@pytest.mark.parametrize("accept, openmetrics", [
+    ("", False),
+    ("*/*", False),
+    ("text/plain", False),
+    ("application/openmetrics-text", True),
+    ("APPLICATION/OpenMetrics-Text; Version=1.0.0", True),  # media types are case-insensitive
+    ("text/plain;q=0, application/openmetrics-text", True),  # q=0: "not acceptable"
+    ("text/plain; q=0.0, */*", True),
+    ("text/*;q=0, application/openmetrics-text;q=0.2", True),
+    ("text/*;q=0, text/plain;q=0.1, application/openmetrics-text", False),  # the most specific range wins
+    ("application/openmetrics-text;q=0, text/plain;q=0", False),  # neither: the text format anyway
+    ("application/openmetrics-text;q=0", False),
+    ("application/openmetrics-text;q=nan", False),
+    ("application/openmetrics-text;q=2", False),
+    ("application/json", False),
+])
+def test_negotiation_reads_media_ranges_and_their_q(accept: str, openmetrics: bool) -> None:
+    from agent.http import negotiate
+
+    assert negotiate(accept) is openmetrics
+
+
+@pytest.mark.parametrize("accept_encoding, gzip", [
+    ("", False), ("identity", False), ("gzip", True), ("GZIP", True), ("deflate, gzip;q=0.5", True),
+    ("gzip;q=0, identity", False), ("*", True), ("*;q=0", False), ("gzip;q=0, *", False), ("x-gzip", False),
+])
+def test_gzip_only_when_the_scraper_takes_it(accept_encoding: str, gzip: bool) -> None:
+    from agent.http import quality
+
+    assert (quality(accept_encoding, "gzip") > 0) is gzip
 
 
 async def test_concurrent_scrapes_share_one_rendering_off_the_event_loop() -> None:

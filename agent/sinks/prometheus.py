@@ -315,7 +315,7 @@ class PrometheusSink:
         if not pname:
             refused["bad_name"] += 1
             return None
-        if reserve and pname.startswith(RESERVED_PREFIXES):
+        if reserve and (pname + "_").startswith(RESERVED_PREFIXES):  # `tasklens` alone: `tasklens_total`
             refused["reserved_name"] += 1
             return None
         labels = self._labels.get(s.tags)

@@ -128,6 +128,25 @@ def test_a_reserved_name_never_reaches_metrics_from_a_worker() -> None:
     one()
 
 
+def test_no_series_of_a_worker_is_named_under_a_reserved_prefix() -> None:
+    """The word alone too, of any type: `tasklens` as a counter would be `tasklens_total`, `ecs` as a
+    histogram `ecs_bucket`: refused as `reserved_name`, beside any other samples."""
+    @settings(max_examples=200, deadline=None)
+    @given(st.lists(samples, max_size=6), st.sampled_from(["tasklens", "ecs", "queue", "queue-", "ecs.", "tasklens_"]),
+           st.sampled_from([Kind.COUNT, Kind.GAUGE, Kind.COUNTER, Kind.HISTOGRAM]))
+    def one(batch: list[Sample], word: str, kind: Kind) -> None:
+        hub = Hub(IDENTITY)
+        sink = PrometheusSink(hub.metrics, pull=hub.pull, identity=lambda: hub.identity.tags)
+        hub.add_sink(sink)
+        value = Points((12345.5,), (1.0,), False) if kind is Kind.HISTOGRAM else 12345.5
+        hub.publish(Batch("statsd", batch + [Sample(word, value, kind, (("mark", "reserved"),), interval=10)]))
+        for body in (sink.render(), sink.render(openmetrics=True)):
+            assert b'mark="reserved"' not in body
+        assert hub.metrics.get("tasklens.sink.points_rejected", sink="prometheus", reason="reserved_name") >= 1
+
+    one()
+
+
 def promtool(renderings: list[str]) -> None:
     """All renderings through one `promtool check metrics`, each example's names prefixed to keep them apart."""
     tool = shutil.which("promtool")

@@ -237,16 +237,24 @@ def _as_poll_error(exc: BaseException) -> PollError:
 
 async def _read_capped(response: aiohttp.ClientResponse, path: str) -> bytes:
     """The body, or PollError("too_large") as soon as it passes MAX_BODY (the connection is closed)."""
-    too_large = PollError("too_large", f"{path}: response body over {MAX_BODY} bytes: refused")
     if response.content_length is not None and response.content_length > MAX_BODY:
-        raise too_large
-    chunks, size = [], 0
+        raise _too_large(path)
+    chunks: list[bytes] = []
+    size = 0
     async for chunk in response.content.iter_chunked(64 * 1024):
         size += len(chunk)
         if size > MAX_BODY:
-            raise too_large
+            # the error's traceback holds this frame: without its chunks, and with no reference back to
+            # the error (an error kept in a local is a cycle, and each refusal kept 4 MiB until the
+            # rarely run cyclic collector found it)
+            chunks.clear()
+            raise _too_large(path)
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+def _too_large(path: str) -> PollError:
+    return PollError("too_large", f"{path}: response body over {MAX_BODY} bytes: refused")
 
 
 def _snippet(body: bytes) -> str:

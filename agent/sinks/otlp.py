@@ -162,19 +162,23 @@ class OtlpSink:
             if kinds.setdefault(iname, kind) is not kind:
                 self.state.reject("type_conflict")  # one instrument has one type
                 continue
-            metric = metrics.get(iname)
-            if metric is None:
-                metric = metrics[iname] = m.Metric(name=iname)
             value = series.value
             # the point's attributes are built once per series, into a template copied each flush (5x cheaper)
             cached = series.cache
             if not isinstance(cached, tuple) or cached[0] is not resource_keys:
-                template = (m.HistogramDataPoint if isinstance(value, Histogram) else m.NumberDataPoint)(
-                    attributes=[KeyValue(key=k, value=AnyValue(string_value=v or "true"))
-                                for k, v in tags if k not in resource_keys])
+                try:
+                    template = (m.HistogramDataPoint if isinstance(value, Histogram) else m.NumberDataPoint)(
+                        attributes=[KeyValue(key=k, value=AnyValue(string_value=v or "true"))
+                                    for k, v in tags if k not in resource_keys])
+                except ValueError:  # text protobuf cannot encode (a lone surrogate): this series alone
+                    self.state.reject("invalid_utf8")
+                    continue
                 if isinstance(value, Histogram):
                     template.explicit_bounds.extend(value.bounds)
                 cached = series.cache = (resource_keys, template)
+            metric = metrics.get(iname)
+            if metric is None:
+                metric = metrics[iname] = m.Metric(name=iname)
             # delta: every counter and histogram; lowmemory: the synchronous ones (StatsD counts, histograms)
             delta = self.temporality == "delta" or (self.temporality == "lowmemory"
                                                     and (series.summed or isinstance(value, Histogram)))

@@ -184,9 +184,14 @@ class EcsSource:
             if response.status != 200:
                 raise PollError("http_other", f"{path}: HTTP {response.status}")
         try:
-            return json.loads(body)
+            data = json.loads(body)
+            # `\ud800` escapes JSON allows, alone, decode to text no UTF-8 output (OTLP, remote_write,
+            # Datadog) can hold: `?` instead, as everywhere else
+            return _valid_text(data) if b"\\ud" in body.lower() else data
         except ValueError as exc:  # truncated or not JSON (UnicodeDecodeError is a ValueError)
             raise PollError("bad_json", f"{path}: {exc}") from None
+        except RecursionError:
+            raise PollError("bad_json", f"{path}: nested too deep") from None
 
     # -- rates -------------------------------------------------------------------------------
 
@@ -211,6 +216,17 @@ class EcsSource:
             else:
                 history[docker_id] = (latest, entry)
         self._history = history  # containers that went away are forgotten
+
+
+def _valid_text(data: Any) -> Any:
+    """`data` with every string (keys too) encodable as UTF-8: lone surrogates become `?`."""
+    if isinstance(data, str):
+        return data.encode("utf-8", "replace").decode("utf-8")
+    if isinstance(data, list):
+        return [_valid_text(v) for v in data]
+    if isinstance(data, dict):
+        return {_valid_text(k): _valid_text(v) for k, v in data.items()}
+    return data
 
 
 def _get_read(stats: Any) -> Any:

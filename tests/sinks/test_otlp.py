@@ -230,9 +230,14 @@ async def test_lowmemory_deltas_only_the_synchronous_instruments(collector: tupl
     assert cpu.aggregation_temporality == m.AGGREGATION_TEMPORALITY_CUMULATIVE and cpu.data_points[0].as_double == 10.0
 
 
-@settings(max_examples=60, deadline=None)
-@given(st.lists(st.tuples(st.text(max_size=12), st.lists(st.tuples(st.text(max_size=6), st.text(max_size=6)),
-                                                          max_size=3),
+# lone surrogates included (undecodable input: a `\ud800` escape in ECS metadata, an environment variable)
+HOSTILE_TEXT = st.one_of(st.text(max_size=6), st.text(st.characters(blacklist_categories=()), max_size=6),
+                         st.sampled_from(["\ud800", "x\udfff", "é", "", "\x00"]))
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.tuples(st.one_of(st.text(max_size=12), HOSTILE_TEXT),
+                          st.lists(st.tuples(HOSTILE_TEXT, HOSTILE_TEXT), max_size=3),
                           st.sampled_from([Kind.GAUGE, Kind.COUNT, Kind.COUNTER, Kind.HISTOGRAM]),
                           st.floats(width=32)), max_size=20))
 def test_any_input_gives_a_valid_request_and_rejects_are_counted(items: list[Any]) -> None:

@@ -176,6 +176,40 @@ async def test_identity_and_tags_from_the_task(metadata: MetadataServer, harness
     assert status["containers"] == 2 and status["last_error"] is None and status["last_success"]
 
 
+def _with_lone_surrogates(data: Any) -> Any:
+    """Every string of `data` (keys too) ending in a lone surrogate, which JSON writes as `\\ud800`."""
+    if isinstance(data, str):
+        return data + "\ud800"
+    if isinstance(data, list):
+        return [_with_lone_surrogates(v) for v in data]
+    if isinstance(data, dict):
+        return {_with_lone_surrogates(k): _with_lone_surrogates(v) for k, v in data.items()}
+    return data
+
+
+async def test_lone_surrogate_escapes_become_text_every_output_can_hold(metadata: MetadataServer,
+                                                                          harness: Harness) -> None:
+    """JSON allows `\\ud800` alone; no UTF-8 output (OTLP, remote_write, Datadog) can hold it: every
+    string read from the endpoint has it as `?`, and the task's series are still published."""
+    task = load("fargate-2023.task")
+    task["Containers"] = [{**c, "Name": c["Name"] + "\ud800", "Labels": _with_lone_surrogates(c.get("Labels", {}))}
+                          for c in task["Containers"]]
+    task["Family"] += "\udfff"
+    metadata.serve(json.dumps(task).encode(), raw("fargate-2023.stats"))
+    assert b"\\ud800" in metadata.task
+    assert await harness.source.poll_once()
+    batch = harness.recorder.last("ecs")
+    texts = [t for s in batch.samples for kv in s.tags for t in kv] + [t for kv in harness.hub.identity.tags for t in kv]
+    assert texts and all(t.encode("utf-8") for t in texts)  # raises on a lone surrogate
+    assert {"dd-agent?", "apmtest-ping?"} <= {v for s in batch.samples for k, v in s.tags if k == "container_name"}
+
+
+async def test_json_nested_too_deep_is_bad_json(metadata: MetadataServer, harness: Harness) -> None:
+    metadata.serve(b"[" * 200_000, b"{}")
+    assert not await harness.source.poll_once()
+    assert harness.metric("tasklens.ecs.poll_errors", reason="bad_json") == 1
+
+
 def _later(stats: dict[str, Any], seconds: int, cpu_ns: int, rx: int) -> dict[str, Any]:
     out = copy.deepcopy(stats)
     for entry in out.values():

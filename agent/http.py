@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import time
 import zlib
 from collections.abc import Callable
@@ -168,5 +169,24 @@ def make_app(hub: Hub, prometheus: PrometheusSink, ready: Callable[[], bool],
     return app
 
 
+def json_text(obj: Any, indent: int | None = None) -> str:
+    """JSON every parser reads: a number that is not finite (a sum that overflowed, say) is null, never
+    `Infinity` or `NaN`, which are no JSON (`JSON.parse` refuses the whole document for one of them)."""
+    try:
+        return json.dumps(obj, indent=indent, default=str, allow_nan=False)
+    except ValueError:
+        return json.dumps(_finite(obj), indent=indent, default=str, allow_nan=False)
+
+
+def _finite(obj: Any) -> Any:
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    return obj
+
+
 def _dumps(obj: Any) -> str:
-    return json.dumps(obj, indent=2, default=str)
+    return json_text(obj, indent=2)

@@ -24,6 +24,7 @@ from typing import Any, TypeGuard
 from aiohttp import web
 
 from agent.hub import Hub
+from agent.http import json_text
 from agent.model import Batch, Kind, Points
 
 MAX_CONTAINERS = 20
@@ -284,7 +285,7 @@ def add_routes(app: web.Application, history: PageHistory, components: Callable[
         return web.Response(body=html, content_type="text/html", charset="utf-8", headers=HEADERS)
 
     async def data(request: web.Request) -> web.Response:
-        response = web.json_response(history.snapshot(components()), headers=HEADERS)
+        response = web.json_response(history.snapshot(components()), headers=HEADERS, dumps=json_text)
         response.enable_compression()  # ~400 KB of JSON at the caps, ~25 KB gzipped
         return response
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import os
 import shutil
 import sys
@@ -19,10 +20,13 @@ from typing import Any
 
 import pytest
 from aiohttp import web
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from agent.hub import Hub
 from agent.identity import Identity
-from agent.model import Batch, Kind, Sample
+from agent.http import json_text
+from agent.model import Batch, Kind, Points, Sample
 from agent.statuspage import (
     CSP,
     MAX_CONTAINERS,
@@ -135,6 +139,38 @@ async def serve(page: PageHistory) -> tuple[web.AppRunner, str]:
     app = web.Application()
     add_routes(app, page, components)
     return await serve_app(app)
+
+
+def strict_json(text: str) -> Any:
+    """json.loads refusing what JSON.parse refuses: NaN, Infinity, -Infinity."""
+    def refuse(constant: str) -> None:
+        raise ValueError(f"{constant} is not JSON")
+    return json.loads(text, parse_constant=refuse)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["hot", "cold", "x"]),
+                          st.one_of(st.floats(), st.sampled_from([1.7e308, -1.7e308, math.inf, math.nan])),
+                          st.sampled_from([Kind.COUNT, Kind.HISTOGRAM, Kind.GAUGE]), st.sampled_from([0.5, 1.0, 10.0])),
+                max_size=12))
+def test_the_data_is_json_whatever_the_numbers(samples: list[tuple[str, float, Kind, float]]) -> None:
+    """Sums that overflow (twelve counters of 1.7e308) and non-finite values reach the page's data as
+    null, never as `Infinity`, which makes the whole document unreadable to the page."""
+    page, _ = fed(polls=3)
+    page.snapshot(components())  # somebody watches: StatsD is ranked
+    page.accept(Batch("statsd", [Sample(name, Points((v,), (1.0,)) if kind is Kind.HISTOGRAM else v, kind,
+                                        (("k", str(n)),), interval=interval)
+                                 for n, (name, v, kind, interval) in enumerate(samples)]))
+    data = strict_json(json_text(page.snapshot(components())))
+    assert all(m["per_second"] is None or math.isfinite(m["per_second"]) for m in data["statsd"]["busiest"])
+
+
+def test_twelve_huge_counters_of_one_name_are_null_per_second():
+    page, _ = fed(polls=3)
+    page.snapshot(components())
+    page.accept(Batch("statsd", [Sample("hot", 1.7e308, Kind.COUNT, (("k", str(n)),), interval=10.0) for n in range(12)]))
+    busiest = strict_json(json_text(page.snapshot(components())))["statsd"]["busiest"]
+    assert busiest[0] == {"name": "hot", "per_second": None}
 
 
 async def test_page_and_data_over_http():

@@ -132,6 +132,10 @@ def validate(environ: Mapping[str, str] | None = None) -> tuple[Config, list[str
         _check_socket_path(config.statsd_socket)
     if config.dogstatsd_forward is not None:
         _check_forward(config, warnings)
+    if config.remote_write_url:
+        from agent.sinks.remote_write import sigv4_region
+
+        sigv4_region(config)  # SigV4 on needs a region
     return config, warnings
 
 

@@ -179,6 +179,14 @@ def parse_tags(text: str) -> tuple[tuple[str, str], ...]:
         tags[key.strip()] = value.strip()
     if len(tags) > MAX_ITEMS:
         raise ValueError(f"{expected}, at most {MAX_ITEMS}")
+    from agent.sinks.prometheus import label_name  # the task's tags are labels of every series
+
+    labels: dict[str, str] = {}
+    for key in tags:
+        other = labels.setdefault(label_name(key), key)
+        if other != key:
+            raise ValueError(f"{expected}, keys that stay apart as Prometheus labels "
+                             f"({other!r} and {key!r} are both {label_name(key)!r})")
     return tuple(tags.items())
 
 
@@ -321,9 +329,15 @@ def parse_headers(text: str) -> tuple[tuple[str, str], ...]:
     return tuple(out.items())
 
 
+_FIELD_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # an HTTP field name (RFC 9110, 5.1)
+
+
 def headers_text(text: str) -> str:
-    """Checked like `parse_headers` but kept as text: a secret setting must be a string to be masked."""
-    parse_headers(text)
+    """Checked like `parse_headers`, each name an HTTP field name, but kept as text: a secret setting
+    must be a string to be masked."""
+    for name, _ in parse_headers(text):
+        if not _FIELD_NAME.fullmatch(name):
+            raise ValueError(f"comma-separated name=value pairs, each name an HTTP header name ({name!r} is not)")
     return text.strip()
 
 

@@ -31,6 +31,7 @@ from agent.logs import RateLimitedLog
 from agent.memory import BURST, release_freed_memory
 from agent.model import Batch, Kind, Points, Sample, Tags
 from agent.selfmetrics import SelfMetrics
+from agent.sinks.cumulative import count_refusal, counter_refusal
 from agent.sinks.metric_help import own_help, worker_help
 from agent.sinks.prometheus_text import Family, LabelSet, Renderer, go_float
 
@@ -250,8 +251,9 @@ class PrometheusSink:
             if entry is None:
                 continue
             value = float(s.value)
-            if entry.kind is Kind.COUNTER and not _counter_value_ok(value):
-                refused["non_finite" if not math.isfinite(value) else "negative_counter"] += 1
+            reason = counter_refusal(value) if entry.kind is Kind.COUNTER else ""
+            if reason:
+                refused[reason] += 1
                 continue
             entry.value = value
             kept.append(entry)
@@ -286,11 +288,11 @@ class PrometheusSink:
                 continue
             if kind is Kind.COUNTER and s.kind is Kind.COUNT:
                 total = entry.value + value  # type: ignore[operator]
-                if value >= 0.0 and isfinite(total):  # type: ignore[operator]
+                if value >= 0.0 and isfinite(total):  # type: ignore[operator]  # what count_refusal accepts, inline
                     entry.value = total
                     entry.updated = now
                 else:
-                    refused["negative_counter" if isfinite(total) else "non_finite"] += 1
+                    refused[count_refusal(entry.value, value)] += 1  # type: ignore[arg-type]
                 continue
             if kind is not rendered_kind(s):
                 refused["type_conflict"] += 1  # same name and tags, another type: the first keeps it
@@ -445,7 +447,7 @@ class PrometheusSink:
             labels = labels_of(s.tags, identity)
             kind = rendered_kind(s)
             value = float(s.value)  # type: ignore[arg-type]
-            if isinstance(labels, str) or (kind is Kind.COUNTER and not _counter_value_ok(value)):
+            if isinstance(labels, str) or (kind is Kind.COUNTER and counter_refusal(value)):
                 refused += 1
                 continue
             entries.append(_Series(kind, value, now, family_name(metric_name(s.name), kind), labels))
@@ -523,10 +525,6 @@ class PrometheusSink:
             yield _metric(family)
 
 
-def _counter_value_ok(value: float) -> bool:
-    return math.isfinite(value) and value >= 0.0
-
-
 def _update(entry: _Series, s: Sample) -> str:
     """Apply a point to its series; the reason it was refused, or ""."""
     if isinstance(entry.value, _Histogram):
@@ -535,18 +533,11 @@ def _update(entry: _Series, s: Sample) -> str:
     if entry.kind is Kind.GAUGE:
         entry.value = value
         return ""
-    if s.kind is Kind.COUNTER:  # cumulative already
-        if not _counter_value_ok(value):
-            return "non_finite" if not math.isfinite(value) else "negative_counter"
-        entry.value = value
-        return ""
-    total = entry.value + value
-    if not math.isfinite(total):
-        return "non_finite"  # the counter would reach +Inf: it keeps its value
-    if value < 0.0:
-        return "negative_counter"  # a Prometheus counter never decreases (`x:-1|c`)
-    entry.value = total
-    return ""
+    # a counter never decreases nor becomes infinite: the rule every cumulative sink shares
+    reason = counter_refusal(value) if s.kind is Kind.COUNTER else count_refusal(entry.value, value)
+    if not reason:
+        entry.value = value if s.kind is Kind.COUNTER else entry.value + value
+    return reason
 
 
 def _metric(family: Family) -> Metric:

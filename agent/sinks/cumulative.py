@@ -29,18 +29,29 @@ Key = tuple[str, Tags]
 
 @dataclass(slots=True)
 class Histogram:
+    """A StatsD histogram, timer or distribution as cumulative buckets, a sum and a count (the Prometheus
+    sink's too)."""
+
     bounds: tuple[float, ...]
     counts: list[float] = field(default_factory=list)  # per bucket, not cumulative; the last is +Inf
     total: float = 0.0
     count: float = 0.0
 
-    def add(self, points: Points) -> None:
-        """Add valid points (`_reject_reason` refused the others): sorted, so O(buckets * log values)."""
+    def add(self, points: Points) -> bool:
+        """Add the points; False (and nothing added) when they are not valid or a total would stop being
+        finite. O(buckets * log values): the points are sorted."""
+        if not points.valid:
+            return False
         scale = 0.001 if points.milliseconds else 1.0
         added = points.buckets(self.bounds, scale)
-        self.counts = [a + b for a, b in zip(self.counts, added)] if self.counts else added
-        self.total += points.total * scale
-        self.count += points.count
+        counts = [a + b for a, b in zip(self.counts, added)] if self.counts else added
+        total, count = self.total + points.total * scale, self.count + points.count
+        if not (math.isfinite(total) and math.isfinite(count) and all(map(math.isfinite, counts))):
+            return False
+        # whole-list assignment: a scrape rendering in another thread sees the old or the new buckets
+        self.counts = counts
+        self.total, self.count = total, count
+        return True
 
     def cumulative(self) -> list[float]:
         """Counts per `le` bound, the last for +Inf (Prometheus's `_bucket` series)."""
@@ -154,8 +165,10 @@ class CumulativeState:
                                              summed=s.kind is Kind.COUNT)
             value = s.value
             if isinstance(value, Points):
-                entry.value.add(value)  # type: ignore[union-attr]
-                entry.updated = now
+                if entry.value.add(value):  # type: ignore[union-attr]
+                    entry.updated = now
+                else:
+                    self.reject("non_finite")  # a sum, count or bucket would become infinite
                 continue
             number = float(value)
             reason = (count_refusal(entry.value, number) if s.kind is Kind.COUNT  # type: ignore[arg-type]

@@ -22,7 +22,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import CollectorRegistry
@@ -31,7 +31,7 @@ from agent.logs import RateLimitedLog
 from agent.memory import BURST, release_freed_memory
 from agent.model import Batch, Kind, Points, Sample, Tags
 from agent.selfmetrics import SelfMetrics
-from agent.sinks.cumulative import count_refusal, counter_refusal
+from agent.sinks.cumulative import Histogram, count_refusal, counter_refusal
 from agent.sinks.metric_help import own_help, worker_help
 from agent.sinks.prometheus_text import Family, LabelSet, Renderer, go_float
 
@@ -144,37 +144,6 @@ def labels_of(tags: Tags, identity: dict[str, str] | None = None) -> LabelSet | 
 
 
 @dataclass(slots=True)
-class _Histogram:
-    bounds: tuple[float, ...]
-    counts: list[float] = field(default_factory=list)  # per bucket, not cumulative; last is +Inf
-    total: float = 0.0
-    count: float = 0.0
-
-    def add(self, points: Points) -> bool:
-        """Add the points; False (and nothing added) when they are not valid or a total would stop being
-        finite. O(buckets * log values): the points are sorted."""
-        if not points.valid:
-            return False
-        scale = 0.001 if points.milliseconds else 1.0
-        added = points.buckets(self.bounds, scale)
-        counts = [a + b for a, b in zip(self.counts, added)] if self.counts else added
-        total, count = self.total + points.total * scale, self.count + points.count
-        if not (math.isfinite(total) and math.isfinite(count) and all(map(math.isfinite, counts))):
-            return False
-        # whole-list assignment: a scrape rendering in another thread sees the old or the new buckets
-        self.counts = counts
-        self.total, self.count = total, count
-        return True
-
-    def cumulative(self) -> list[float]:
-        out, running = [], 0.0
-        for n in self.counts or [0.0] * (len(self.bounds) + 1):
-            running += n
-            out.append(running)
-        return out
-
-
-@dataclass(slots=True)
 class _Owner:
     """A worker family: the type that took the name first, and how many series it has."""
 
@@ -186,7 +155,7 @@ class _Owner:
 @dataclass(slots=True)
 class _Series:
     kind: Kind  # as rendered: COUNTER, GAUGE or HISTOGRAM
-    value: float | _Histogram
+    value: float | Histogram
     updated: float
     family: str
     labels: LabelSet
@@ -327,7 +296,7 @@ class PrometheusSink:
             refused[labels] += 1
             return None
         kind = rendered_kind(s)
-        value: float | _Histogram = _Histogram(self.buckets) if kind is Kind.HISTOGRAM else 0.0
+        value: float | Histogram = Histogram(self.buckets) if kind is Kind.HISTOGRAM else 0.0
         return _Series(kind, value, now, family_name(pname, kind), labels)
 
     def _admit(self, inner: dict[str, _Series], s: Sample, identity: dict[str, str], now: float,
@@ -527,7 +496,7 @@ class PrometheusSink:
 
 def _update(entry: _Series, s: Sample) -> str:
     """Apply a point to its series; the reason it was refused, or ""."""
-    if isinstance(entry.value, _Histogram):
+    if isinstance(entry.value, Histogram):
         return "" if entry.value.add(s.value) else "non_finite"  # type: ignore[arg-type]
     value = float(s.value)  # type: ignore[arg-type]
     if entry.kind is Kind.GAUGE:
@@ -551,7 +520,7 @@ def _metric(family: Family) -> Metric:
     for entry in family.series:
         labels = dict(entry.labels.items)
         value = entry.value
-        if isinstance(value, _Histogram):
+        if isinstance(value, Histogram):
             for bound, cumulative in zip(_le(value.bounds), value.cumulative()):
                 metric.add_sample(family.name + "_bucket", {**labels, "le": bound}, cumulative)
             metric.add_sample(family.name + "_count", labels, value.count)

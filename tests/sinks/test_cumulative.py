@@ -13,9 +13,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 
-from agent.model import Batch, Kind, Sample
+from agent.model import Batch, Kind, Points, Sample
 from agent.selfmetrics import SelfMetrics
-from agent.sinks.cumulative import CumulativeState
+from agent.sinks.cumulative import CumulativeState, Histogram
 from agent.sinks.prometheus import PrometheusSink
 
 REASONS = ("negative_counter", "non_finite")
@@ -61,3 +61,14 @@ def test_negative_counts_are_refused_and_counted() -> None:
     [(_, series)] = list(state.items())
     assert series.value == 5.0 + 1e308
     assert rejected(metrics, "remote_write") == {"negative_counter": 2, "non_finite": 1}
+
+
+def test_a_histogram_whose_sum_would_overflow_keeps_its_last_finite_value() -> None:
+    metrics = SelfMetrics()
+    state = CumulativeState("otlp", metrics, buckets=(1.0,))
+    for _ in range(2):
+        state.accept(Batch("statsd", [Sample("h", Points((1e308,), (1.0,)), Kind.HISTOGRAM, interval=10)]))
+    [(_, series)] = list(state.items())
+    assert isinstance(series.value, Histogram)
+    assert (series.value.total, series.value.count, series.value.cumulative()) == (1e308, 1.0, [0.0, 1.0])
+    assert rejected(metrics, "otlp")["non_finite"] == 1

@@ -1,12 +1,14 @@
 """The hub: sources publish batches, the hub adds the task's tags, sinks consume.
 
 The hub is the only place that knows both sides. It also holds the current identity (refreshed by
-the ECS source) and the self-metrics, which sinks pull at export time.
+the ECS source; most components read it when they need it, one that publishes rarely asks to be told
+of a change) and the self-metrics, which sinks pull at export time.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import replace
 from typing import Protocol
 
@@ -35,13 +37,22 @@ class Hub:
         self.identity = identity
         self.metrics = metrics or SelfMetrics()
         self.sinks: list[Sink] = []
+        self._identity_listeners: list[Callable[[], None]] = []
         self._log = RateLimitedLog()
 
     def add_sink(self, sink: Sink) -> None:
         self.sinks.append(sink)
 
+    def on_identity_change(self, listener: Callable[[], None]) -> None:
+        """Call `listener` each time the identity's tags change (the first ECS poll, most often)."""
+        self._identity_listeners.append(listener)
+
     def set_identity(self, identity: Identity) -> None:
+        changed = identity.tags != self.identity.tags
         self.identity = identity
+        if changed:
+            for listener in self._identity_listeners:
+                listener()
 
     def enrich(self, batch: Batch) -> Batch:
         base = self.identity.tags

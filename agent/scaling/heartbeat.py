@@ -6,7 +6,9 @@ number of running tasks of the service: no Container Insights and no ECS API cal
 has the arithmetic). In Prometheus, `count by (ecs_cluster, service) (tasklens_scaling_task_heartbeat)`
 is the same count, exactly.
 
-The sample is republished every `PERIOD` so that sinks with a time-to-live (Prometheus) keep it.
+The sample is republished every `PERIOD` so that sinks with a time-to-live (Prometheus) keep it, and
+at once when the task's identity changes, so that it never waits a period under the pre-poll identity
+(the host name as service, no cluster) while every other series already has the task's.
 With it go the policy's target and maximum task count when the configuration has them
 (`TASKLENS_SCALING_TARGET`, `TASKLENS_SCALING_MAX_TASKS`, set by the Terraform module), so that
 dashboards and the "scaled to max and still backing up" alert need nothing else.
@@ -39,6 +41,7 @@ class Heartbeat:
         self.beats += 1
 
     async def run(self, stop: asyncio.Event) -> None:
+        self.hub.on_identity_change(self.beat)
         while not stop.is_set():
             self.beat()
             try:

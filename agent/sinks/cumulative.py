@@ -2,8 +2,10 @@
 (remote_write, OTLP): what `/metrics` would show, kept between flushes.
 
 Kinds: a gauge keeps its last value; a source's cumulative counter (`*_total`) is kept as is; a StatsD
-count is summed since the series was first seen (as the Prometheus sink does); StatsD histograms, timers
-(in seconds) and distributions become cumulative bucket counts, a sum and a count.
+count is summed since the series was first seen; StatsD histograms, timers (in seconds) and distributions
+become cumulative bucket counts, a sum and a count. Counters follow `/metrics`' rule, which lives here
+and which the Prometheus sink uses too (`count_refusal`, `counter_refusal`): a counter never decreases
+and never becomes infinite, so an OTLP monotonic Sum and a remote_write `_total` are what `/metrics` shows.
 
 A series *ends* when its snapshot source leaves it out (a container that went away, a queue whose poll
 failed), when it is not updated for `ttl` seconds, or when the sink stops: `take_ended()` hands those
@@ -27,18 +29,29 @@ Key = tuple[str, Tags]
 
 @dataclass(slots=True)
 class Histogram:
+    """A StatsD histogram, timer or distribution as cumulative buckets, a sum and a count (the Prometheus
+    sink's too)."""
+
     bounds: tuple[float, ...]
     counts: list[float] = field(default_factory=list)  # per bucket, not cumulative; the last is +Inf
     total: float = 0.0
     count: float = 0.0
 
-    def add(self, points: Points) -> None:
-        """Add valid points (`_reject_reason` refused the others): sorted, so O(buckets * log values)."""
+    def add(self, points: Points) -> bool:
+        """Add the points; False (and nothing added) when they are not valid or a total would stop being
+        finite. O(buckets * log values): the points are sorted."""
+        if not points.valid:
+            return False
         scale = 0.001 if points.milliseconds else 1.0
         added = points.buckets(self.bounds, scale)
-        self.counts = [a + b for a, b in zip(self.counts, added)] if self.counts else added
-        self.total += points.total * scale
-        self.count += points.count
+        counts = [a + b for a, b in zip(self.counts, added)] if self.counts else added
+        total, count = self.total + points.total * scale, self.count + points.count
+        if not (math.isfinite(total) and math.isfinite(count) and all(map(math.isfinite, counts))):
+            return False
+        # whole-list assignment: a scrape rendering in another thread sees the old or the new buckets
+        self.counts = counts
+        self.total, self.count = total, count
+        return True
 
     def cumulative(self) -> list[float]:
         """Counts per `le` bound, the last for +Inf (Prometheus's `_bucket` series)."""
@@ -60,6 +73,22 @@ class Series:
     cache: object = None  # a sink's encoded form of the labels, built once per series
 
 
+def count_refusal(total: float, value: float) -> str:
+    """Why a StatsD count interval `value` cannot be added to a counter at `total`, or "" when it can:
+    the counter would not be finite (`1e308` twice, NaN), or the interval is negative (`decrement()`
+    sends `x:-1|c`; Datadog takes it, a cumulative counter cannot go down). The counter keeps its value."""
+    if not math.isfinite(total + value):
+        return "non_finite"
+    return "negative_counter" if value < 0.0 else ""
+
+
+def counter_refusal(value: float) -> str:
+    """Why a source's cumulative counter value cannot be exported, or ""."""
+    if not math.isfinite(value):
+        return "non_finite"
+    return "negative_counter" if value < 0.0 else ""
+
+
 def _reject_reason(s: Sample) -> str | None:
     if not s.name:
         return "invalid_name"
@@ -67,13 +96,15 @@ def _reject_reason(s: Sample) -> str | None:
     if isinstance(v, Points):
         if len(v.values) != len(v.weights):
             return "invalid_points"
-        return None if v.valid and math.isfinite(v.total) else "not_finite"
+        return None if v.valid and math.isfinite(v.total) else "non_finite"
     try:
         f = float(v)
     except (TypeError, ValueError):
         return "not_a_number"
+    if s.kind is Kind.COUNT:
+        return None  # checked with the sum it makes, once the series exists (`count_refusal`), as on /metrics
     # NaN would poison a sum, and remote_write reserves one NaN for staleness: no NaN or inf at all
-    return None if math.isfinite(f) else "not_finite"
+    return None if math.isfinite(f) else "non_finite"
 
 
 class CumulativeState:
@@ -106,6 +137,10 @@ class CumulativeState:
                 entry = old.get(key)
                 kind = Kind.COUNTER if s.kind in (Kind.COUNT, Kind.COUNTER) else Kind.GAUGE
                 number = float(s.value)  # type: ignore[arg-type]  # not Points: checked above
+                reason = counter_refusal(number) if kind is Kind.COUNTER else ""
+                if reason:
+                    self.reject(reason)
+                    continue
                 if entry is None or entry.kind is not kind or (kind is Kind.COUNTER and number < entry.value):  # type: ignore[operator]
                     entry = Series(kind, 0.0, now, wall, batch.source)  # new, or a counter reset: a new stream
                 entry.value, entry.updated = number, now
@@ -128,17 +163,24 @@ class CumulativeState:
                     self._ended.append((key, entry))
                 entry = series[key] = Series(kind, Histogram(self.bounds) if is_points else 0.0, now, wall, batch.source,
                                              summed=s.kind is Kind.COUNT)
-            entry.updated = now
             value = s.value
             if isinstance(value, Points):
-                entry.value.add(value)  # type: ignore[union-attr]
-            elif s.kind is Kind.COUNT:
-                entry.value += float(value)  # type: ignore[operator]
-            else:
-                number = float(value)
-                if s.kind is Kind.COUNTER and isinstance(entry.value, float) and number < entry.value:
-                    entry.start = wall  # the source restarted: a new cumulative stream
-                entry.value = number
+                if entry.value.add(value):  # type: ignore[union-attr]
+                    entry.updated = now
+                else:
+                    self.reject("non_finite")  # a sum, count or bucket would become infinite
+                continue
+            number = float(value)
+            reason = (count_refusal(entry.value, number) if s.kind is Kind.COUNT  # type: ignore[arg-type]
+                      else counter_refusal(number) if s.kind is Kind.COUNTER else "")
+            if reason:
+                self.reject(reason)  # the series stays as it was (a new one at 0), as on /metrics
+                continue
+            if s.kind is Kind.COUNT:
+                number += entry.value  # type: ignore[operator]
+            elif s.kind is Kind.COUNTER and number < entry.value:  # type: ignore[operator]
+                entry.start = wall  # the source restarted: a new cumulative stream
+            entry.value, entry.updated = number, now
 
     def expire(self) -> int:
         cutoff = self.clock() - self.ttl

@@ -22,7 +22,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import CollectorRegistry
@@ -31,6 +31,7 @@ from agent.logs import RateLimitedLog
 from agent.memory import BURST, release_freed_memory
 from agent.model import Batch, Kind, Points, Sample, Tags
 from agent.selfmetrics import SelfMetrics
+from agent.sinks.cumulative import Histogram, count_refusal, counter_refusal
 from agent.sinks.metric_help import own_help, worker_help
 from agent.sinks.prometheus_text import Family, LabelSet, Renderer, go_float
 
@@ -143,37 +144,6 @@ def labels_of(tags: Tags, identity: dict[str, str] | None = None) -> LabelSet | 
 
 
 @dataclass(slots=True)
-class _Histogram:
-    bounds: tuple[float, ...]
-    counts: list[float] = field(default_factory=list)  # per bucket, not cumulative; last is +Inf
-    total: float = 0.0
-    count: float = 0.0
-
-    def add(self, points: Points) -> bool:
-        """Add the points; False (and nothing added) when they are not valid or a total would stop being
-        finite. O(buckets * log values): the points are sorted."""
-        if not points.valid:
-            return False
-        scale = 0.001 if points.milliseconds else 1.0
-        added = points.buckets(self.bounds, scale)
-        counts = [a + b for a, b in zip(self.counts, added)] if self.counts else added
-        total, count = self.total + points.total * scale, self.count + points.count
-        if not (math.isfinite(total) and math.isfinite(count) and all(map(math.isfinite, counts))):
-            return False
-        # whole-list assignment: a scrape rendering in another thread sees the old or the new buckets
-        self.counts = counts
-        self.total, self.count = total, count
-        return True
-
-    def cumulative(self) -> list[float]:
-        out, running = [], 0.0
-        for n in self.counts or [0.0] * (len(self.bounds) + 1):
-            running += n
-            out.append(running)
-        return out
-
-
-@dataclass(slots=True)
 class _Owner:
     """A worker family: the type that took the name first, and how many series it has."""
 
@@ -185,7 +155,7 @@ class _Owner:
 @dataclass(slots=True)
 class _Series:
     kind: Kind  # as rendered: COUNTER, GAUGE or HISTOGRAM
-    value: float | _Histogram
+    value: float | Histogram
     updated: float
     family: str
     labels: LabelSet
@@ -250,8 +220,9 @@ class PrometheusSink:
             if entry is None:
                 continue
             value = float(s.value)
-            if entry.kind is Kind.COUNTER and not _counter_value_ok(value):
-                refused["non_finite" if not math.isfinite(value) else "negative_counter"] += 1
+            reason = counter_refusal(value) if entry.kind is Kind.COUNTER else ""
+            if reason:
+                refused[reason] += 1
                 continue
             entry.value = value
             kept.append(entry)
@@ -286,11 +257,11 @@ class PrometheusSink:
                 continue
             if kind is Kind.COUNTER and s.kind is Kind.COUNT:
                 total = entry.value + value  # type: ignore[operator]
-                if value >= 0.0 and isfinite(total):  # type: ignore[operator]
+                if value >= 0.0 and isfinite(total):  # type: ignore[operator]  # what count_refusal accepts, inline
                     entry.value = total
                     entry.updated = now
                 else:
-                    refused["negative_counter" if isfinite(total) else "non_finite"] += 1
+                    refused[count_refusal(entry.value, value)] += 1  # type: ignore[arg-type]
                 continue
             if kind is not rendered_kind(s):
                 refused["type_conflict"] += 1  # same name and tags, another type: the first keeps it
@@ -325,7 +296,7 @@ class PrometheusSink:
             refused[labels] += 1
             return None
         kind = rendered_kind(s)
-        value: float | _Histogram = _Histogram(self.buckets) if kind is Kind.HISTOGRAM else 0.0
+        value: float | Histogram = Histogram(self.buckets) if kind is Kind.HISTOGRAM else 0.0
         return _Series(kind, value, now, family_name(pname, kind), labels)
 
     def _admit(self, inner: dict[str, _Series], s: Sample, identity: dict[str, str], now: float,
@@ -445,7 +416,7 @@ class PrometheusSink:
             labels = labels_of(s.tags, identity)
             kind = rendered_kind(s)
             value = float(s.value)  # type: ignore[arg-type]
-            if isinstance(labels, str) or (kind is Kind.COUNTER and not _counter_value_ok(value)):
+            if isinstance(labels, str) or (kind is Kind.COUNTER and counter_refusal(value)):
                 refused += 1
                 continue
             entries.append(_Series(kind, value, now, family_name(metric_name(s.name), kind), labels))
@@ -523,30 +494,19 @@ class PrometheusSink:
             yield _metric(family)
 
 
-def _counter_value_ok(value: float) -> bool:
-    return math.isfinite(value) and value >= 0.0
-
-
 def _update(entry: _Series, s: Sample) -> str:
     """Apply a point to its series; the reason it was refused, or ""."""
-    if isinstance(entry.value, _Histogram):
+    if isinstance(entry.value, Histogram):
         return "" if entry.value.add(s.value) else "non_finite"  # type: ignore[arg-type]
     value = float(s.value)  # type: ignore[arg-type]
     if entry.kind is Kind.GAUGE:
         entry.value = value
         return ""
-    if s.kind is Kind.COUNTER:  # cumulative already
-        if not _counter_value_ok(value):
-            return "non_finite" if not math.isfinite(value) else "negative_counter"
-        entry.value = value
-        return ""
-    total = entry.value + value
-    if not math.isfinite(total):
-        return "non_finite"  # the counter would reach +Inf: it keeps its value
-    if value < 0.0:
-        return "negative_counter"  # a Prometheus counter never decreases (`x:-1|c`)
-    entry.value = total
-    return ""
+    # a counter never decreases nor becomes infinite: the rule every cumulative sink shares
+    reason = counter_refusal(value) if s.kind is Kind.COUNTER else count_refusal(entry.value, value)
+    if not reason:
+        entry.value = value if s.kind is Kind.COUNTER else entry.value + value
+    return reason
 
 
 def _metric(family: Family) -> Metric:
@@ -560,7 +520,7 @@ def _metric(family: Family) -> Metric:
     for entry in family.series:
         labels = dict(entry.labels.items)
         value = entry.value
-        if isinstance(value, _Histogram):
+        if isinstance(value, Histogram):
             for bound, cumulative in zip(_le(value.bounds), value.cumulative()):
                 metric.add_sample(family.name + "_bucket", {**labels, "le": bound}, cumulative)
             metric.add_sample(family.name + "_count", labels, value.count)

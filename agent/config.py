@@ -296,6 +296,52 @@ def parse_str_list(text: str) -> tuple[str, ...]:
     return values
 
 
+# CloudWatch's rules for EMF (CloudWatch API reference: Dimension, Metric, PutMetricData; the EMF
+# specification). Here so that `check` and `run` refuse a bad setting alike; agent/sinks/emf.py applies
+# the same rules to the tags and names of the points it writes.
+EMF_MAX_DIMENSIONS = 9  # dimension keys per record: the archived EMF specification's, stricter than today's 30
+EMF_MAX_NAME = 255  # characters of a namespace, a dimension name or a metric name
+EMF_ROOT = "_aws"  # the record's metadata member: no dimension or metric may take its place at the root
+_EMF_GLOB = re.compile(r"[a-zA-Z0-9_:*?\[\]!]+")
+
+
+def is_cloudwatch_text(text: str, limit: int) -> bool:
+    """What CloudWatch takes as a namespace, a dimension name or value: 1 to `limit` ASCII characters,
+    no control character, not only spaces."""
+    return 0 < len(text) <= limit and text.isascii() and text.isprintable() and not text.isspace()
+
+
+def parse_cloudwatch_namespace(text: str) -> str:
+    text = text.strip()
+    if not is_cloudwatch_text(text, EMF_MAX_NAME) or text.startswith((":", "AWS/")):
+        raise ValueError(f"a CloudWatch namespace: 1-{EMF_MAX_NAME} printable ASCII characters, not starting "
+                         "with ':' nor with 'AWS/' (reserved for AWS services), e.g. tasklens or MyApp/Workers")
+    return text
+
+
+def parse_cloudwatch_dimensions(text: str) -> tuple[str, ...]:
+    expected = (f"comma-separated tag keys, at most {EMF_MAX_DIMENSIONS}, each once, of 1-{EMF_MAX_NAME} printable "
+                f"ASCII characters, not starting with ':', not {EMF_ROOT!r}, e.g. ecs_cluster,service,queue")
+    names = parse_str_list(text)
+    for i, name in enumerate(names):
+        if not is_cloudwatch_text(name, EMF_MAX_NAME) or name.startswith(":") or name == EMF_ROOT:
+            raise ValueError(f"{expected} ({name!r} is not one)")
+        if name in names[:i]:
+            raise ValueError(f"{expected} ({name!r} is repeated)")
+    if len(names) > EMF_MAX_DIMENSIONS:
+        raise ValueError(f"{expected} ({len(names)} given)")
+    return names
+
+
+def parse_cloudwatch_metrics(text: str) -> tuple[str, ...]:
+    globs = parse_str_list(text)
+    for glob in globs:
+        if not _EMF_GLOB.fullmatch(glob):
+            raise ValueError("comma-separated Prometheus-style names or fnmatch globs, e.g. queue_depth,ecs_task_* "
+                             f"({glob!r} is not one)")
+    return globs
+
+
 HISTOGRAM_AGGREGATES = ("max", "min", "median", "avg", "sum", "count")
 
 
@@ -495,12 +541,12 @@ class Config:
     otel_service_name: str = setting("", env="OTEL_SERVICE_NAME")
     otlp_buffer_points: int = setting(1_000_000, parse_positive_int, doc="points kept while the collector is down")
     cloudwatch: str = setting("off", parse_choice("off", "emf"), doc="emf: CloudWatch EMF records on stdout")
-    cloudwatch_namespace: str = setting("tasklens", doc="EMF namespace")
+    cloudwatch_namespace: str = setting("tasklens", parse_cloudwatch_namespace, doc="EMF namespace")
     cloudwatch_metrics: tuple[str, ...] = setting(
         ("queue_backlog*", "queue_depth", "queue_in_flight", "queue_oldest_age_seconds", "tasklens_scaling_*",
-         "ecs_task_cpu_utilization_percent", "ecs_task_memory_utilization_percent"), parse_str_list,
+         "ecs_task_cpu_utilization_percent", "ecs_task_memory_utilization_percent"), parse_cloudwatch_metrics,
         doc="Prometheus-style names (fnmatch globs) sent as EMF")
-    cloudwatch_dimensions: tuple[str, ...] = setting(("ecs_cluster", "service", "queue"), parse_str_list,
+    cloudwatch_dimensions: tuple[str, ...] = setting(("ecs_cluster", "service", "queue"), parse_cloudwatch_dimensions,
                                                      doc="tags used as EMF dimensions, in order")
     cloudwatch_interval: float = setting(60.0, parse_seconds, doc="seconds between EMF records")
     # health signals and the status page (docs/health.md)

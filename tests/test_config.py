@@ -183,6 +183,18 @@ def test_a_number_outside_its_range_names_the_variable_and_the_range(f) -> None:
         ("TASKLENS_PROFILE_MATCH", "worker(", "regular expression"),
         ("DD_SITE", "datadoghq.com/evil path", "host name"),
         ("TASKLENS_QUEUES", "redis://h:6379/0?list=a b", "URLs"),
+        # CloudWatch's rules (API reference: Dimension, PutMetricData), refused by `check` as by `run`
+        ("TASKLENS_CLOUDWATCH_DIMENSIONS", "service,service", "'service' is repeated"),
+        ("TASKLENS_CLOUDWATCH_DIMENSIONS", "_aws", "'_aws' is not one"),
+        ("TASKLENS_CLOUDWATCH_DIMENSIONS", "a,b,c,d,e,f,g,h,i,j", "at most 9"),
+        ("TASKLENS_CLOUDWATCH_DIMENSIONS", "queue,:x", "':x' is not one"),
+        ("TASKLENS_CLOUDWATCH_DIMENSIONS", "caf\u00e9", "ASCII"),
+        ("TASKLENS_CLOUDWATCH_NAMESPACE", "AWS/ECS", "'AWS/'"),
+        ("TASKLENS_CLOUDWATCH_NAMESPACE", ":x", "not starting with ':'"),
+        ("TASKLENS_CLOUDWATCH_NAMESPACE", " ", "CloudWatch namespace"),
+        ("TASKLENS_CLOUDWATCH_NAMESPACE", "caf\u00e9", "ASCII"),
+        ("TASKLENS_CLOUDWATCH_NAMESPACE", "n" * 256, "1-255"),
+        ("TASKLENS_CLOUDWATCH_METRICS", "queue depth", "'queue depth' is not one"),
     ],
 )
 def test_hostile_values_are_refused_with_the_expected_form(name: str, value: str, expected: str) -> None:

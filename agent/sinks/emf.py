@@ -13,8 +13,16 @@ one document per dimension set:
 - `_aws.Timestamp`: set explicitly to the middle of the interval the values describe, so that a
   60-second record lands inside the minute it covers, not on the next minute's boundary.
 Limits (EMF specification): at most 100 metrics per directive and 100 values per metric (larger
-documents are split), at most 9 dimension keys (the older, stricter limit), dimension values of 1 to
-1,024 characters, a document at most 256 KB (the older event limit; today's is 1 MB).
+documents are split), a document at most 256 KB (the older event limit; today's is 1 MB). The settings
+are checked when loaded (agent/config.py: at most 9 dimension keys, each once, not `_aws`). A point
+CloudWatch would refuse, or that would take another's place at the record's root, is dropped alone and
+counted in `tasklens.sink.points_rejected{sink="emf"}` by reason, so the rest of its record still counts:
+- `reserved_name`: its metric name is `_aws` or one of the dimension keys;
+- `invalid_name`: its metric name is over 255 characters;
+- `invalid_dimension`: a dimension value that is not 1 to 1,024 ASCII characters without control
+  characters and not only spaces (CloudWatch API reference, Dimension). Not repaired: a rewritten
+  value could merge two queues into one metric;
+- `not_finite`: a counter's increase that overflowed.
 Histograms are not sent (CloudWatch would need every value); use remote_write or OTLP for them.
 """
 
@@ -23,13 +31,13 @@ from __future__ import annotations
 import asyncio
 import fnmatch
 import json
-import re
+import math
 import sys
 import time
 from collections.abc import Callable
 from typing import IO, Any
 
-from agent.config import Config, ConfigError
+from agent.config import EMF_MAX_NAME, EMF_ROOT, Config, is_cloudwatch_text
 from agent.hub import Hub
 from agent.logs import RateLimitedLog
 from agent.model import Batch, Kind, Tags
@@ -41,11 +49,9 @@ from agent.sinks.push import next_tick
 NAME = "emf"
 MAX_METRICS = 100
 MAX_VALUES = 100
-MAX_DIMENSIONS = 9
 MAX_DIMENSION_VALUE = 1024
 MAX_BYTES = 256 * 1024
 _UNITS = (("_percent", "Percent"), ("_bytes", "Bytes"), ("_seconds", "Seconds"), ("_total", "Count"))
-_GLOB = re.compile(r"^[a-zA-Z0-9_:*?\[\]!]+$")
 
 
 def unit_of(name: str) -> str:
@@ -67,21 +73,13 @@ class EmfSink:
 
     def __init__(self, config: Config, hub: Hub, *, stream: IO[str] | None = None,
                  wall: Callable[[], float] = time.time) -> None:
-        if len(config.cloudwatch_dimensions) > MAX_DIMENSIONS:
-            raise ConfigError(f"TASKLENS_CLOUDWATCH_DIMENSIONS names {len(config.cloudwatch_dimensions)} keys: "
-                              f"EMF allows at most {MAX_DIMENSIONS}")
-        bad = [g for g in config.cloudwatch_metrics if not _GLOB.match(g)]
-        if bad:
-            raise ConfigError(f"TASKLENS_CLOUDWATCH_METRICS={','.join(bad)!r} is invalid: expected Prometheus-style "
-                              "names or globs, e.g. queue_depth,ecs_task_*")
-        if not config.cloudwatch_namespace or len(config.cloudwatch_namespace) > 255 \
-                or config.cloudwatch_namespace.startswith(":"):
-            raise ConfigError("TASKLENS_CLOUDWATCH_NAMESPACE must be 1-255 characters, not starting with ':'")
         self.hub = hub
         self.metrics = hub.metrics
         self.namespace = config.cloudwatch_namespace
         self.patterns = config.cloudwatch_metrics
         self.dimensions = config.cloudwatch_dimensions
+        # names a metric may not take: the record's root holds `_aws` and the dimensions beside the metrics
+        self.reserved = frozenset((EMF_ROOT, *self.dimensions))
         self.interval = config.cloudwatch_interval
         self.stream = stream
         self.wall = wall
@@ -120,10 +118,16 @@ class EmfSink:
             if value is None:
                 continue
             dims = self._dimensions(tags)
-            if dims is None:
-                self.state.reject("invalid_dimension")
-                continue
-            groups.setdefault(dims, {}).setdefault(pname, []).append(value)
+            if pname in self.reserved:
+                self._reject("reserved_name", f"the metric name {pname!r} is a dimension key or _aws")
+            elif len(pname) > EMF_MAX_NAME:
+                self._reject("invalid_name", f"the metric name {pname[:100]!r}... is over {EMF_MAX_NAME} characters")
+            elif isinstance(dims, str):
+                self._reject("invalid_dimension", f"{pname!r}: {dims}")
+            elif not math.isfinite(value):
+                self._reject("not_finite", f"{pname!r}: its increase is {value!r}")
+            else:
+                groups.setdefault(dims, {}).setdefault(pname, []).append(value)
         self._deltas.prune(boundary - 3 * self.interval)
         # explicitly inside the period the values describe (its middle), never on the next boundary
         timestamp = int((boundary - self.interval / 2) * 1000)
@@ -143,7 +147,12 @@ class EmfSink:
             return value
         return delta
 
-    def _dimensions(self, tags: Tags) -> tuple[tuple[str, str], ...] | None:
+    def _reject(self, reason: str, detail: str) -> None:
+        self.state.reject(reason)
+        self._log.warning(f"emf:{reason}", "emf: a point is not sent (%s): %s", reason, detail)
+
+    def _dimensions(self, tags: Tags) -> tuple[tuple[str, str], ...] | str:
+        """The point's dimensions, or why CloudWatch would refuse one of them."""
         have = dict(tags)
         out = []
         for key in self.dimensions:
@@ -151,8 +160,9 @@ class EmfSink:
             if value is None:
                 continue
             value = value or "true"  # a bare tag, as on /metrics
-            if len(value) > MAX_DIMENSION_VALUE:
-                return None
+            if not is_cloudwatch_text(value, MAX_DIMENSION_VALUE):
+                return (f"the value of dimension {key!r}, {value[:100]!r}, is not 1-{MAX_DIMENSION_VALUE} ASCII "
+                        "characters without control characters and not only spaces")
             out.append((key, value))
         return tuple(out)
 

@@ -4,9 +4,10 @@ For every class of bad value (out of range, not a number, duplicate or non-finit
 unknown aggregates, control characters and bytes that are not UTF-8, a TOML table where a string
 belongs, a file that is not TOML or not a file, a queue URL with a password, a forwarding loop, an
 address that is not this host's, a regex `re` cannot compile in a mapping rule, a queue
-URL's own `interval=1e-300`), both commands exit 2 with one line on stderr that names the
-variable (or the file's key), never a traceback, never a password, and within a few seconds (a FIFO
-as the configuration file does not hang start-up).
+URL's own `interval=1e-300`, an EMF namespace or dimension list CloudWatch would refuse), both
+commands exit 2 with one line on stderr that names the variable (or the file's key), never a
+traceback, never a password, and within a few seconds (a FIFO as the configuration file does not
+hang start-up).
 """
 
 from __future__ import annotations
@@ -82,6 +83,19 @@ def cases(tmp: Path) -> list[tuple[str, str, dict[str, str | bytes]]]:
         ("http_not_here", "TASKLENS_HTTP_ADDR", {"TASKLENS_HTTP_ADDR": "192.0.2.1:9102"}),
         ("pyroscope_url", "TASKLENS_PYROSCOPE_URL", {"TASKLENS_PYROSCOPE_URL": f"ftp://u:{PASSWORD}@p"}),
         ("profile_regex", "TASKLENS_PROFILE_MATCH", {"TASKLENS_PROFILE_MATCH": "worker(["}),
+        # CloudWatch EMF: `run` used to refuse the first only when building the sink, after StatsD was up
+        ("emf_ten_dimensions", "TASKLENS_CLOUDWATCH_DIMENSIONS",
+         {"TASKLENS_CLOUDWATCH": "emf", "TASKLENS_CLOUDWATCH_DIMENSIONS": "a,b,c,d,e,f,g,h,i,j"}),
+        ("emf_repeated_dimension", "TASKLENS_CLOUDWATCH_DIMENSIONS",
+         {"TASKLENS_CLOUDWATCH": "emf", "TASKLENS_CLOUDWATCH_DIMENSIONS": "service,service"}),
+        ("emf_aws_dimension", "TASKLENS_CLOUDWATCH_DIMENSIONS",
+         {"TASKLENS_CLOUDWATCH": "emf", "TASKLENS_CLOUDWATCH_DIMENSIONS": "_aws"}),
+        ("emf_aws_namespace", "TASKLENS_CLOUDWATCH_NAMESPACE",
+         {"TASKLENS_CLOUDWATCH": "emf", "TASKLENS_CLOUDWATCH_NAMESPACE": "AWS/ECS"}),
+        ("emf_colon_namespace", "TASKLENS_CLOUDWATCH_NAMESPACE",
+         {"TASKLENS_CLOUDWATCH": "emf", "TASKLENS_CLOUDWATCH_NAMESPACE": ":x"}),
+        ("emf_metric_glob", "TASKLENS_CLOUDWATCH_METRICS",
+         {"TASKLENS_CLOUDWATCH": "emf", "TASKLENS_CLOUDWATCH_METRICS": "queue depth"}),
     ]
 
 

@@ -21,6 +21,7 @@ from agent.hub import Hub
 from agent.identity import Identity
 from agent.model import Batch, Kind, Points, Sample
 from agent.sinks.emf import EmfSink
+from agent.sinks.prometheus import metric_name
 from tests.sinks.stores import until
 
 TASK = Identity(service="orders-worker", env="test", ecs_cluster="prod", task_family="orders", task_revision="7",
@@ -46,11 +47,17 @@ EMF_SCHEMA: dict[str, Any] = {
                         "items": {"type": "string", "minLength": 1, "maxLength": 255}}},
                     "Metrics": {"type": "array", "minItems": 1, "maxItems": 100, "items": {
                         "type": "object", "additionalProperties": False, "required": ["Name"],
-                        "properties": {"Name": {"type": "string", "minLength": 1, "maxLength": 1024},
+                        "properties": {"Name": {"type": "string", "minLength": 1, "maxLength": 255},
                                        "Unit": {"enum": UNITS}, "StorageResolution": {"enum": [1, 60]}}}},
                 }}},
         }}},
 }
+
+
+def cloudwatch_text(text: str) -> bool:
+    """A dimension value CloudWatch takes (API reference, Dimension): ASCII, no control character, not
+    only whitespace, 1 to 1,024 characters. Written out here, not imported from the code under test."""
+    return 1 <= len(text) <= 1024 and all(" " <= c <= "~" for c in text) and text.strip() != ""
 
 
 def check_emf(line: str) -> dict[str, Any]:
@@ -59,11 +66,12 @@ def check_emf(line: str) -> dict[str, Any]:
     doc = json.loads(line)
     jsonschema.validate(doc, EMF_SCHEMA)
     for directive in doc["_aws"]["CloudWatchMetrics"]:
-        for dimension_set in directive["Dimensions"]:
-            for key in dimension_set:
-                assert isinstance(doc.get(key), str) and 1 <= len(doc[key]) <= 1024, key  # a string at the root
+        keys = [key for dimension_set in directive["Dimensions"] for key in dimension_set]
+        for key in keys:
+            assert isinstance(doc.get(key), str) and cloudwatch_text(doc[key]), key  # a string at the root
         names = [m["Name"] for m in directive["Metrics"]]
         assert len(names) == len(set(names))
+        assert not set(names) & {"_aws", *keys}, names  # one root member is one target
         for name in names:
             value = doc.get(name)
             values = value if isinstance(value, list) else [value]
@@ -154,25 +162,110 @@ def test_limits_split_documents_and_repeat_values_become_arrays() -> None:
     assert max(len(d["_aws"]["CloudWatchMetrics"][0]["Metrics"]) for d in docs) == 100
 
 
-@settings(max_examples=50, deadline=None)
-@given(st.lists(st.tuples(st.sampled_from(["queue.depth", "queue.in_flight", "ecs.task.cpu.utilization_percent"]),
-                          st.text(max_size=1100), st.floats(allow_nan=True, allow_infinity=True)), max_size=30))
-def test_any_tags_and_values_give_valid_records_or_counted_rejects(items: list[tuple[str, str, float]]) -> None:
-    sink, hub, out = make()
-    hub.publish(Batch("queue:q", [Sample(n, v, tags=(("queue", q),)) for n, q, v in items]))
-    sink.emit(1_800_000_060.0)
-    records(out)  # every line valid
+DIMENSIONS = ("ecs_cluster", "service", "queue")  # the default
+hostile_text = st.one_of(st.text(max_size=30), st.sampled_from(
+    ["", " ", "   ", "\t", "a\x01b", "a\x7fb", "ünï", "ok", ":ok", "x" * 1024, "x" * 1025]))
+hostile_names = st.one_of(st.sampled_from(["_aws", *DIMENSIONS, "queue_depth", "n" * 255, "n" * 256, ""]),
+                          st.text(max_size=20)).filter(
+    lambda n: not metric_name(n).startswith(("tasklens_", "ecs_task_info")))  # not one of the hub's own series
+hostile_tags = st.lists(st.tuples(st.one_of(st.sampled_from(["_aws", *DIMENSIONS, "other"]), st.text(max_size=8)),
+                                  hostile_text), max_size=4)
+
+
+def written_values(docs: list[dict[str, Any]]) -> dict[tuple[str, tuple[tuple[str, str], ...]], list[float]]:
+    """(metric name, its dimensions) -> the values written, over every record."""
+    out: dict[tuple[str, tuple[tuple[str, str], ...]], list[float]] = {}
+    for doc in docs:
+        directive = doc["_aws"]["CloudWatchMetrics"][0]
+        dims = tuple((k, doc[k]) for k in directive["Dimensions"][0])
+        for metric in directive["Metrics"]:
+            value = doc[metric["Name"]]
+            out.setdefault((metric["Name"], dims), []).extend(value if isinstance(value, list) else [value])
+    return out
+
+
+def refused(sample: Sample) -> bool:
+    """What CloudWatch would refuse, or what would take another member's place at the record's root."""
+    pname = metric_name(sample.name)
+    have = dict(sample.tags)
+    values = [have[k] or "true" for k in DIMENSIONS if k in have]
+    return (not pname or pname in ("_aws", *DIMENSIONS) or len(pname) > 255 or not math.isfinite(float(sample.value))
+            or not all(cloudwatch_text(v) for v in values))
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(hostile_names, hostile_tags, st.floats(allow_nan=True, allow_infinity=True)), max_size=20))
+def test_hostile_names_tags_and_values_drop_only_their_own_point_and_count_it(
+        points: list[tuple[str, list[tuple[str, str]], float]]) -> None:
+    sink, hub, out = make(cloudwatch_metrics=("*",))
+    # each its own series (its `point` tag), beside well-formed points and the autoscaling heartbeat
+    hostile = [Sample(name, value, tags=(*tags, ("point", str(i)))) for i, (name, tags, value) in enumerate(points)]
+    good = [Sample(f"good.{i}", float(i), tags=(("queue", f"q{i % 2}"),)) for i in range(4)]
+    heartbeat = Sample("tasklens.scaling.task_heartbeat", 1.0)
+    batch = Batch("statsd", hostile + good + [heartbeat])
+    expected_refused = sum(refused(s) for s in hub.enrich(batch).samples)
+    hub.publish(batch)
+    sink.emit(1_800_000_060.0)  # never raises
+    written = written_values(records(out))  # every record valid EMF
+    task = (("ecs_cluster", "prod"), ("service", "orders-worker"))
+    for i in range(4):
+        assert float(i) in written[(f"good_{i}", (*task, ("queue", f"q{i % 2}")))]
+    assert written[("tasklens_scaling_task_heartbeat", task)] == [1.0]
+    # every point is written or counted, never both, and only the refused ones are counted
     rejected = hub.metrics.total("tasklens.sink.points_rejected")
-    bad = {(n, q) for n, q, v in items if len(q) > 1024 or not math.isfinite(v)}
-    assert (rejected > 0) == bool(bad) or not items
+    own = {metric_name(s.name) for s in hub.pull()} - {"tasklens_scaling_task_heartbeat"}  # the hub's series
+    sent = sum(len(vs) for (name, _), vs in written.items() if name not in own)
+    assert sent + rejected == len(hostile) + len(good) + 1
+    assert rejected == expected_refused
 
 
-def test_bad_settings_are_start_up_errors_naming_the_variable() -> None:
-    config = load({"TASKLENS_CLOUDWATCH": "emf", "TASKLENS_CLOUDWATCH_DIMENSIONS": ",".join(f"d{i}" for i in range(10))})
-    with pytest.raises(ConfigError, match="TASKLENS_CLOUDWATCH_DIMENSIONS"):
-        EmfSink(config, Hub(TASK))
-    with pytest.raises(ConfigError, match="TASKLENS_CLOUDWATCH_METRICS"):
-        EmfSink(load({"TASKLENS_CLOUDWATCH_METRICS": "queue depth"}), Hub(TASK))
+def test_a_point_that_would_corrupt_its_record_is_dropped_alone_and_counted() -> None:
+    """As a worker sends them: `_aws:1|g`, `ecs_cluster:7|g`, `service:8|g|#queue:q1`, a queue tag with a
+    control character, non-ASCII or only spaces, beside points that are fine."""
+    sink, hub, out = make(cloudwatch_metrics=("*",))
+    hub.publish(Batch("statsd", [
+        Sample("_aws", 1.0), Sample("ecs_cluster", 7.0), Sample("service", 8.0, tags=(("queue", "q1"),)),
+        Sample("queue_depth", 5.0, tags=(("queue", "a\x01b"),)), Sample("queue_depth", 5.0, tags=(("queue", "ünï"),)),
+        Sample("queue_depth", 5.0, tags=(("queue", "   "),)),
+        Sample("queue_depth", 9.0, tags=(("queue", "q1"),)), Sample("jobs_done", 3.0, tags=(("queue", "q1"),)),
+        Sample("tasklens.scaling.task_heartbeat", 1.0),
+    ]))
+    assert sink.emit(1_800_000_060.0) == 2
+    by_dims = {tuple(d["_aws"]["CloudWatchMetrics"][0]["Dimensions"][0]): d for d in records(out)}
+    task, queue = by_dims[("ecs_cluster", "service")], by_dims[("ecs_cluster", "service", "queue")]
+    assert task["ecs_cluster"] == "prod" and task["service"] == "orders-worker"
+    assert task["tasklens_scaling_task_heartbeat"] == 1.0
+    assert queue["queue"] == "q1" and queue["queue_depth"] == 9.0 and queue["jobs_done"] == 3.0
+    assert "_aws" not in [m["Name"] for d in by_dims.values() for m in d["_aws"]["CloudWatchMetrics"][0]["Metrics"]]
+    rejected = {reason: hub.metrics.get("tasklens.sink.points_rejected", sink="emf", reason=reason)
+                for reason in ("reserved_name", "invalid_dimension")}
+    assert rejected == {"reserved_name": 3, "invalid_dimension": 3}
+
+
+def test_a_metric_name_over_255_characters_is_dropped_and_counted() -> None:
+    sink, hub, out = make(cloudwatch_metrics=("*",))
+    hub.publish(Batch("statsd", [Sample("n" * 256, 1.0), Sample("n" * 255, 2.0)]))
+    sink.emit(1_800_000_060.0)
+    assert [d.get("n" * 255) for d in records(out)] == [2.0]
+    assert hub.metrics.get("tasklens.sink.points_rejected", sink="emf", reason="invalid_name") == 1
+
+
+def test_a_counter_increase_that_overflows_is_dropped_and_counted() -> None:
+    """-1.7e308 then 1.7e308: finite values whose difference is not (JSON has no inf: the render raised)."""
+    sink, hub, out = make(cloudwatch_metrics=("big_total", "ok"))
+    for value, boundary in ((-1.7e308, 1_800_000_060.0), (1.7e308, 1_800_000_120.0)):
+        hub.publish(Batch("q", [Sample("big_total", value, Kind.COUNTER), Sample("ok", 1.0)], snapshot=True))
+        sink.emit(boundary)
+    assert [d["ok"] for d in records(out)] == [1.0, 1.0] and not any("big_total" in d for d in records(out))
+    assert hub.metrics.get("tasklens.sink.points_rejected", sink="emf", reason="not_finite") == 1
+
+
+def test_settings_within_cloudwatch_rules_are_taken() -> None:
+    """(The bad ones: tests/test_config.py and, through `check` and `run`, tests/reliability/test_hostile_config.py.)"""
+    config = load({"TASKLENS_CLOUDWATCH_NAMESPACE": "MyApp/Workers #1", "TASKLENS_CLOUDWATCH_METRICS": "queue_*,x",
+                   "TASKLENS_CLOUDWATCH_DIMENSIONS": ",".join(f"d{i}" for i in range(9))})
+    assert config.cloudwatch_namespace == "MyApp/Workers #1" and config.cloudwatch_metrics == ("queue_*", "x")
+    assert len(config.cloudwatch_dimensions) == 9
     with pytest.raises(ConfigError, match="TASKLENS_CLOUDWATCH"):
         load({"TASKLENS_CLOUDWATCH": "api"})
 

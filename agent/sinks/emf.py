@@ -22,7 +22,7 @@ counted in `tasklens.sink.points_rejected{sink="emf"}` by reason, so the rest of
 - `invalid_dimension`: a dimension value that is not 1 to 1,024 ASCII characters without control
   characters and not only spaces (CloudWatch API reference, Dimension). Not repaired: a rewritten
   value could merge two queues into one metric;
-- `not_finite`: a counter's increase that overflowed.
+- `non_finite`: a counter's increase that overflowed.
 Histograms are not sent (CloudWatch would need every value); use remote_write or OTLP for them.
 """
 
@@ -125,7 +125,7 @@ class EmfSink:
             elif isinstance(dims, str):
                 self._reject("invalid_dimension", f"{pname!r}: {dims}")
             elif not math.isfinite(value):
-                self._reject("not_finite", f"{pname!r}: its increase is {value!r}")
+                self._reject("non_finite", f"{pname!r}: its increase is {value!r}")
             else:
                 groups.setdefault(dims, {}).setdefault(pname, []).append(value)
         self._deltas.prune(boundary - 3 * self.interval)

@@ -250,14 +250,15 @@ def test_a_metric_name_over_255_characters_is_dropped_and_counted() -> None:
     assert hub.metrics.get("tasklens.sink.points_rejected", sink="emf", reason="invalid_name") == 1
 
 
-def test_a_counter_increase_that_overflows_is_dropped_and_counted() -> None:
-    """-1.7e308 then 1.7e308: finite values whose difference is not (JSON has no inf: the render raised)."""
+def test_a_counter_whose_increase_would_overflow_is_dropped_and_counted() -> None:
+    """-1.7e308 then 1.7e308: finite values whose difference is not (JSON has no inf: the render raised).
+    A cumulative counter is never negative (agent/sinks/cumulative.py): the first is refused there."""
     sink, hub, out = make(cloudwatch_metrics=("big_total", "ok"))
     for value, boundary in ((-1.7e308, 1_800_000_060.0), (1.7e308, 1_800_000_120.0)):
         hub.publish(Batch("q", [Sample("big_total", value, Kind.COUNTER), Sample("ok", 1.0)], snapshot=True))
         sink.emit(boundary)
     assert [d["ok"] for d in records(out)] == [1.0, 1.0] and not any("big_total" in d for d in records(out))
-    assert hub.metrics.get("tasklens.sink.points_rejected", sink="emf", reason="not_finite") == 1
+    assert hub.metrics.get("tasklens.sink.points_rejected", sink="emf", reason="negative_counter") == 1
 
 
 def test_settings_within_cloudwatch_rules_are_taken() -> None:

@@ -52,9 +52,11 @@ def fit(points: Sequence[Point]) -> Fit | None:
     if sxx <= 0.0:
         return None
     slope = sum(dt * dy for dt, dy in zip(dts, dys)) / sxx
-    sse = sum((dy - slope * dt) ** 2 for dt, dy in zip(dts, dys))
+    sse = sum((dy - slope * dt) * (dy - slope * dt) for dt, dy in zip(dts, dys))  # `** 2` raises past 1e154
     last_t = max(t for t, _ in points)
-    return Fit(slope, math.sqrt(max(sse, 0.0) / (n - 2) / sxx), mean_y + slope * (last_t - mean_t))
+    out = Fit(slope, math.sqrt(max(sse, 0.0) / (n - 2) / sxx), mean_y + slope * (last_t - mean_t))
+    # values so large that the sums overflow say nothing about a trend
+    return out if all(map(math.isfinite, (out.slope, out.stderr, out.level))) else None
 
 
 def recent(points: Iterable[Point], *, window: float, now: float | None = None) -> list[Point] | None:

@@ -6,6 +6,8 @@ forecast's in tests/test_health.py; here only what both rely on.
 
 from __future__ import annotations
 
+import math
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -67,3 +69,12 @@ def test_any_exact_line_is_recovered_wherever_the_clock_starts(intercept, slope,
     assert f.level == pytest.approx(points[-1][1], abs=1e-6 * (abs(intercept) + abs(slope) * n * step + 1.0))
     backwards = trend.fit(list(reversed(points)))
     assert backwards is not None and backwards.slope == pytest.approx(f.slope, abs=tol)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.floats(0, 1e6), st.floats(-1.7e308, 1.7e308)), min_size=3, max_size=20))
+def test_a_fit_of_any_finite_points_is_finite_or_none(points: list[tuple[float, float]]) -> None:
+    """Values so large that the sums overflow (`** 2` raised OverflowError and crashed the queue
+    source) give no fit, never an exception or an infinite slope."""
+    f = trend.fit(points)
+    assert f is None or all(math.isfinite(x) for x in (f.slope, f.stderr, f.level))

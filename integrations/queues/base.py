@@ -7,6 +7,7 @@ module each (`sqs.py`, `rabbitmq.py`, ...) and import their client library only 
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
@@ -14,6 +15,9 @@ from typing import Protocol
 from urllib.parse import SplitResult, parse_qsl, quote, unquote, urlencode, urlsplit, urlunsplit
 
 from agent.config import mask_url, parse_number, parse_seconds, url_passwords
+
+
+MAX_COUNT = float(2**53)
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,6 +32,23 @@ class Reading:
 
     def values(self) -> dict[str, float]:
         return {f.name: float(v) for f in fields(self) if (v := getattr(self, f.name)) is not None}
+
+    def checked(self) -> Reading:
+        """This reading when each number is a count or an age from 0 to 2**53 (past that no float counts
+        exactly, and sums such as the backlog could overflow); else ProbeError("bad_reply") naming the first
+        that is not (a NaN, an infinity, a negative number or text from a broker's API or a user's query):
+        the poll is then a gap, and nothing derived from it (backlog, trend) is wrong."""
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if value is None:
+                continue
+            try:
+                number = float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else math.nan
+            except OverflowError:  # an int past any float
+                number = math.inf
+            if not 0.0 <= number <= MAX_COUNT:  # also NaN
+                raise ProbeError("bad_reply", f"{f.name} is {str(value)[:40]!r}: not a number from 0 to 2**53")
+        return self
 
 
 class Probe(Protocol):

@@ -156,10 +156,19 @@ class QueueSource:
         self.last_poll = self.wall()
         metrics.inc("tasklens.queue.polls", queue=self.queue)
         try:
-            reading = await asyncio.wait_for(self.probe.read(), self.timeout)
+            reading = (await asyncio.wait_for(self.probe.read(), self.timeout)).checked()
+            now = self.clock()
+            if reading.depth is not None:
+                self.history.add(now, reading.depth)
+            # no depth this poll (a stream's lag not known, a query's NULL): no trend either, not the
+            # one of the depths before
+            trend = self.history.trend(self.threshold, now) if reading.depth is not None else None
+            samples = samples_of(reading, trend, self.tags, self.wall())
+            backlog = self.backlog.samples(reading.depth, reading.in_flight, reading.consumers, now, self.tags,
+                                           self.wall())  # backlog per task: docs/scaling.md
         except asyncio.CancelledError:
             raise
-        except Exception as exc:
+        except Exception as exc:  # the read, or a reading nothing can be worked out from: a gap, never a crash
             self._failed(exc)
             self._held = None
             await self._close()
@@ -167,20 +176,13 @@ class QueueSource:
             return False
         finally:
             metrics.set("tasklens.queue.poll_duration_seconds", self.clock() - started, queue=self.queue)
-        now = self.clock()
-        if reading.depth is not None:
-            self.history.add(now, reading.depth)
-        trend = self.history.trend(self.threshold, now)
-        samples = samples_of(reading, trend, self.tags, self.wall())
         if self.failures:
             log.info("queue %s: polled again after %d failed polls", self.queue, self.failures)
         self.failures, self.last_error = 0, None
         self.last_success = self.last_poll
         self.last_values = {s.name: float(s.value) for s in samples}  # type: ignore[arg-type]
         self._held = (reading, list(samples))
-        samples += self.backlog.samples(reading.depth, reading.in_flight, reading.consumers, now, self.tags,
-                                        self.wall())  # backlog per task: docs/scaling.md
-        self.hub.publish(Batch(source=self.name, samples=samples, snapshot=True))
+        self.hub.publish(Batch(source=self.name, samples=samples + backlog, snapshot=True))
         return True
 
     def _failed(self, exc: Exception) -> None:

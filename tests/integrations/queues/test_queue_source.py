@@ -4,13 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import subprocess
 import sys
 import time
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from agent.config import Config, ConfigError
+from agent.hub import Hub
+from agent.identity import Identity
+from integrations.queues.base import Reading
+from tests.support import Recorder
 from tests.integrations.queues.support import eventually, port_open
 from integrations.queues import describe_url, open_probe, read_once
 from integrations.queues.source import MAX_BACKOFF, QueueSource
@@ -222,3 +229,64 @@ def test_queue_sources_builds_one_per_url_and_refuses_duplicate_names(hub):
     with pytest.raises(ConfigError, match=r"redis://:\*\*\*@h\?list=jobs and beanstalk://h/jobs are both named "
                                           r"'jobs'; give one a name= parameter"):
         queue_sources(Config(queues=("redis://:pw@h?list=jobs", "beanstalk://h/jobs")), hub)
+
+
+# -- what a broker or a query answers: any numbers, any types ----------------------------------------
+
+class Scripted:
+    """A probe answering the readings it is given, one per read."""
+
+    def __init__(self, readings: list[Reading]) -> None:
+        self.readings = list(readings)
+
+    async def read(self) -> Reading:
+        return self.readings.pop(0)
+
+    async def close(self) -> None:
+        pass
+
+
+ANY_VALUE = st.one_of(st.none(), st.floats(allow_nan=True, allow_infinity=True), st.integers(-10, 10**6),
+                      st.sampled_from([10**400, -1, -0.0, 1e308, 1.7e308, 2**53, 2**53 + 1, "12", "abc", True, b"1",
+                                       [], {}]))
+READINGS = st.builds(Reading, depth=ANY_VALUE, in_flight=ANY_VALUE, delayed=ANY_VALUE, consumers=ANY_VALUE,
+                     oldest_age_seconds=ANY_VALUE)
+
+
+def valid(value: object) -> bool:
+    if value is None:
+        return True
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    try:
+        return 0 <= float(value) <= 2**53
+    except OverflowError:
+        return False
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=list(HealthCheck))
+@given(st.lists(READINGS, min_size=1, max_size=12))
+def test_any_reading_is_published_whole_or_is_a_counted_gap(readings: list[Reading]) -> None:
+    """Whatever a broker's API or a user's query answers (NaN, infinity, negative, huge, text): a poll
+    never crashes; a reading with a number that is not a count from 0 to 2**53 is a gap counted as
+    `bad_reply`; every number published is finite, and a trend only comes with a depth."""
+    hub = Hub(Identity(service="worker"))
+    recorder = Recorder()
+    hub.add_sink(recorder)
+    now = [1000.0]
+    source = QueueSource(Config(queue_trend_window=4.0, queue_backlog_threshold=1.0), hub,
+                         "redis://127.0.0.1:6379/0?list=jobs", clock=lambda: now[0])
+    source.probe = Scripted(readings)
+    bad = 0
+    for reading in readings:
+        ok = all(valid(getattr(reading, f)) for f in ("depth", "in_flight", "delayed", "consumers",
+                                                      "oldest_age_seconds"))
+        assert asyncio.run(source.poll()) is ok
+        bad += not ok
+        published = recorder.last("queue:jobs").samples
+        values = {s.name: s.value for s in published}
+        assert all(math.isfinite(v) for v in values.values()), values  # type: ignore[arg-type]
+        if not ok or reading.depth is None:
+            assert "queue.growth_rate" not in values and "queue.backing_up" not in values
+        now[0] += 1.0
+    assert hub.metrics.get("tasklens.queue.poll_errors", queue="jobs", reason="bad_reply") == bad

@@ -29,7 +29,19 @@ def queue_name(url: QueueURL) -> str:
     name = url.params.get("queue", "")
     if not name:
         raise ValueError("a RabbitMQ URL names the queue: amqp://host:5672/vhost?queue=<name>")
+    if not url.params.get("management") and not _amqp_name(name):
+        raise ValueError(f"queue={name!r}: the AMQP client (pamqp) refuses this name (non-ASCII, say); "
+                         "read it through the management API: add &management=http://host:15672")
     return name
+
+
+def _amqp_name(name: str) -> bool:
+    """Whether aio-pika's codec takes `name` in a queue.declare (checked at start-up, not at every poll)."""
+    try:
+        from pamqp.constants import DOMAIN_REGEX
+    except ImportError:  # the rabbitmq extra is not installed: the poll says so
+        return True
+    return bool(DOMAIN_REGEX["queue-name"].fullmatch(name))
 
 
 def vhost_of(url: QueueURL) -> str:

@@ -83,6 +83,7 @@ def test_url_forms(url, queue, queue_type, reports):
     ("amqp://host/", "names the queue"),
     ("nats://host?stream=S", "names the stream and the durable consumer"),
     ("sqs://", "an SQS URL names the queue"),
+    ("amqp://host/?queue=caf%C3%A9", "add &management="),
     ("postgres://h/db", "exactly one of ?query=<SQL> or ?query_file=<path>"),
     ("postgres://h/db?query_file=/nonexistent/q.sql", "query_file='/nonexistent/q.sql'"),
     ("redis://host?list=a&interval=0", "interval='0': expected a number of seconds > 0"),

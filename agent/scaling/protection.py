@@ -41,7 +41,7 @@ PATH = "/task-protection/v1/state"
 REQUEST_TIMEOUT = 5.0  # the agent gives up on ECS after 4 s and on its own connection after 5 s
 BACKOFF_FIRST, BACKOFF_MAX = 5.0, 300.0
 PUBLISH_EVERY = 15.0  # seconds between state samples when nothing changes
-MAX_BODY = 65536
+MAX_BODY = 65536  # the agent's answers are a few hundred bytes
 
 # error codes and failure reasons of the agent's answers -> our bounded `reason` label
 _CODES = {
@@ -129,8 +129,7 @@ class ProtectionClient:
             self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.timeout))
         try:
             async with self._session.put(self.url, json=request_body(enabled, expires_minutes)) as response:
-                body = await response.content.read(MAX_BODY)
-                return interpret(response.status, body)
+                return interpret(response.status, await _read_capped(response))
         except ProtectionError:
             raise
         except TimeoutError:
@@ -142,6 +141,26 @@ class ProtectionClient:
         if self._session is not None:
             await self._session.close()
             self._session = None
+
+
+async def _read_capped(response: aiohttp.ClientResponse) -> bytes:
+    """The whole body, however many pieces it arrives in (`content.read(n)` returns only what is
+    buffered: the first TCP segment), or ProtectionError("too_large") as soon as it passes MAX_BODY."""
+    if response.content_length is not None and response.content_length > MAX_BODY:
+        raise _too_large(response.status)
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in response.content.iter_chunked(16384):
+        size += len(chunk)
+        if size > MAX_BODY:
+            chunks.clear()  # the error's traceback holds this frame: not its chunks
+            raise _too_large(response.status)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _too_large(status: int) -> ProtectionError:
+    return ProtectionError("too_large", f"HTTP {status}: answer over {MAX_BODY} bytes: refused", status)
 
 
 @dataclass

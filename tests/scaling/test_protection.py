@@ -284,3 +284,80 @@ async def test_cpu_rule_skips_the_sidecars_own_container(fake_clock) -> None:
         assert component.status()["busy"]
     finally:
         await runner.cleanup()
+
+
+# --- an agent whose answer comes in pieces, or is too large --------------------------------------
+
+
+def protected_answer(enabled: bool = True) -> bytes:
+    return json.dumps({"protection": {"ExpirationDate": "2026-01-01T00:30:00Z" if enabled else None,
+                                      "ProtectionEnabled": enabled, "TaskArn": ARN}}).encode()
+
+
+async def serve_agent(handler) -> tuple[web.AppRunner, str, list[web.Request]]:
+    """A hand-written agent endpoint on loopback: (runner, ECS_AGENT_URI, the requests it got)."""
+    seen: list[web.Request] = []
+
+    async def put(request: web.Request) -> web.StreamResponse:
+        seen.append(request)
+        await request.read()
+        return await handler(request)
+
+    app = web.Application()
+    app.router.add_put("/api/abc/task-protection/v1/state", put)
+    runner, base = await serve_app(app)
+    return runner, f"{base}/api/abc", seen
+
+
+def in_pieces(pieces: list[bytes], pause: float, *, declared: int | None = None):
+    """An answer written piece by piece with a pause between them (the TCP segments of a slow agent);
+    chunked unless a Content-Length is declared."""
+    async def handler(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(status=200, headers={"Content-Type": "application/json"})
+        if declared is not None:
+            response.content_length = declared
+        await response.prepare(request)
+        for i, piece in enumerate(pieces):
+            if i:
+                await asyncio.sleep(pause)  # the agent's behaviour under test, not a wait of the test
+            await response.write(piece)
+        await response.write_eof()
+        return response
+    return handler
+
+
+@pytest.mark.parametrize("declared", [None, len(protected_answer())], ids=["chunked", "content-length"])
+async def test_an_answer_in_two_pieces_is_read_whole(fake_clock, declared) -> None:
+    body = protected_answer()
+    runner, uri, seen = await serve_agent(in_pieces([body[:10], body[10:]], 0.2, declared=declared))
+    try:
+        component, hub, sink = make(uri, fake_clock)
+        in_progress(hub, 1.0)
+        await component.step()
+        assert hub.metrics.total("tasklens.scaling.protection_errors") == 0, component.last_error
+        assert hub.metrics.get("tasklens.scaling.protection_requests", action="protect", result="ok") == 1
+        assert states(hub, sink) == {"tasklens_scaling_busy": 1.0, "tasklens_scaling_protected": 1.0}
+        assert component.status()["last_answer"] == {"ProtectionEnabled": True,
+                                                      "ExpirationDate": "2026-01-01T00:30:00Z", "TaskArn": ARN}
+        fake_clock.advance(60)
+        await component.step()
+        assert len(seen) == 1  # confirmed: no retry
+    finally:
+        await runner.cleanup()
+
+
+@pytest.mark.parametrize("declared", [None, 70000], ids=["chunked", "content-length"])
+async def test_an_answer_over_the_cap_is_refused_and_counted(fake_clock, declared) -> None:
+    piece = b" " * 16384  # JSON allows the whitespace: only the size is wrong
+    pieces = [piece] * 4 + [b" " * (70000 - 4 * 16384 - len(protected_answer())) + protected_answer()]
+    runner, uri, _ = await serve_agent(in_pieces(pieces, 0.0, declared=declared))
+    try:
+        component, hub, sink = make(uri, fake_clock)
+        in_progress(hub, 1.0)
+        await component.step()
+        assert hub.metrics.get("tasklens.scaling.protection_errors", reason="too_large") == 1
+        assert "65536" in component.status()["last_error"]
+        assert states(hub, sink) == {"tasklens_scaling_busy": 1.0, "tasklens_scaling_protected": 0.0}
+    finally:
+        await runner.cleanup()
+

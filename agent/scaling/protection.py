@@ -128,7 +128,13 @@ class ProtectionClient:
         if self._session is None:
             self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.timeout))
         try:
-            async with self._session.put(self.url, json=request_body(enabled, expires_minutes)) as response:
+            # not followed: the agent never redirects, and a PUT that did would go to whoever it names
+            async with self._session.put(self.url, json=request_body(enabled, expires_minutes),
+                                         allow_redirects=False) as response:
+                if 300 <= response.status < 400:
+                    raise ProtectionError("redirect", f"HTTP {response.status} to "
+                                          f"{response.headers.get('Location', '')[:200]!r}: not followed",
+                                          response.status)
                 return interpret(response.status, await _read_capped(response))
         except ProtectionError:
             raise

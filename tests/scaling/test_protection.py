@@ -286,7 +286,7 @@ async def test_cpu_rule_skips_the_sidecars_own_container(fake_clock) -> None:
         await runner.cleanup()
 
 
-# --- an agent whose answer comes in pieces, or is too large --------------------------------------
+# --- an agent whose answer comes in pieces, is too large, or redirects ----------------------------
 
 
 def protected_answer(enabled: bool = True) -> bytes:
@@ -361,3 +361,19 @@ async def test_an_answer_over_the_cap_is_refused_and_counted(fake_clock, declare
     finally:
         await runner.cleanup()
 
+
+async def test_a_redirect_is_not_followed_and_counted_as_such(fake_clock) -> None:
+    async def redirect_to_itself(request: web.Request) -> web.StreamResponse:
+        return web.Response(status=307, headers={"Location": str(request.url)})
+
+    runner, uri, seen = await serve_agent(redirect_to_itself)
+    try:
+        component, hub, _ = make(uri, fake_clock)
+        in_progress(hub, 1.0)
+        await component.step()
+        assert hub.metrics.get("tasklens.scaling.protection_errors", reason="redirect") == 1
+        assert hub.metrics.get("tasklens.scaling.protection_errors", reason="connection") == 0
+        assert len(seen) == 1 and "307" in component.status()["last_error"]
+        assert component.status()["consecutive_failures"] == 1  # and it backs off like any failure
+    finally:
+        await runner.cleanup()

@@ -23,7 +23,7 @@ from agent.scaling.protection import (
     request_body,
 )
 from agent.sinks.prometheus import PrometheusSink
-from tests.support import free_port, serve_app
+from tests.support import free_port, serve_app, until
 
 ARN = "arn:aws:ecs:eu-west-1:123456789012:task/prod/0123456789abcdef"
 
@@ -376,4 +376,87 @@ async def test_a_redirect_is_not_followed_and_counted_as_such(fake_clock) -> Non
         assert len(seen) == 1 and "307" in component.status()["last_error"]
         assert component.status()["consecutive_failures"] == 1  # and it backs off like any failure
     finally:
+        await runner.cleanup()
+
+
+# --- a hostile ECS_AGENT_URI ----------------------------------------------------------------------
+
+
+HOSTILE_URIS = {
+    "label-too-long": "http://" + "a" * 70 + ".example/api/x",
+    "unicode-label-too-long": "http://ü" + "a" * 70 + ".example/api/x",
+    "unicode-host-invalid": "http://\u2100x.example/api/x",
+    "unicode-zero-width": "http://a\u200b.example/api/x",
+    "port-out-of-range": "http://127.0.0.1:99999/api/x",
+    "port-not-a-number": "http://127.0.0.1:abc/api/x",
+    "no-scheme": "169.254.170.2/api/x",
+    "non-http-scheme": "ftp://169.254.170.2/api/x",
+    "no-host": "http:///api/x",
+    "space-in-host": "http://a b/api/x",
+    "query": "http://169.254.170.2/api/x?y=1",
+}
+
+
+@pytest.mark.parametrize("uri", HOSTILE_URIS.values(), ids=HOSTILE_URIS.keys())
+async def test_a_hostile_agent_uri_is_refused_once_and_the_busy_state_still_reported(caplog, uri) -> None:
+    component, hub, sink = make(uri, time.monotonic)
+    component.tick = 0.01
+    stop = asyncio.Event()
+    with caplog.at_level(logging.WARNING, "tasklens.scaling"):
+        task = asyncio.create_task(component.run(stop))
+        in_progress(hub, 1.0)
+        await until(lambda: task.done() or states(hub, sink).get("tasklens_scaling_busy") == 1.0, 5,
+                    "the busy state")
+        await until(lambda: task.done() or hub.metrics.total("tasklens.scaling.protection_errors"), 5,
+                    "a counted error")
+        stop.set()
+        await asyncio.wait_for(task, 2)  # raises if the component crashed
+    assert states(hub, sink) == {"tasklens_scaling_busy": 1.0, "tasklens_scaling_protected": 0.0}
+    assert hub.metrics.get("tasklens.scaling.protection_errors", reason="bad_url") == 1
+    assert hub.metrics.total("tasklens.scaling.protection_errors") == 1  # said once, not retried
+    assert component.status()["unavailable"].startswith("ECS_AGENT_URI=")
+    warnings = [r.getMessage() for r in caplog.records if "ECS_AGENT_URI" in r.getMessage()]
+    assert len(warnings) == 1 and "invalid" in warnings[0], warnings
+
+
+UNREQUESTABLE = {k: v for k, v in HOSTILE_URIS.items() if k not in ("space-in-host", "query")}  # these go out
+
+
+@pytest.mark.parametrize("url", [u + "/task-protection/v1/state" for u in UNREQUESTABLE.values()],
+                         ids=UNREQUESTABLE.keys())
+async def test_any_failure_of_a_request_is_counted_never_a_crash(agent, fake_clock, url) -> None:
+    """Past the check at start (the URL swapped afterwards): whatever a request raises, bar
+    cancellation, is a counted error with a reason and a backoff."""
+    _, uri = agent
+    component, hub, sink = make(uri, fake_clock)
+    assert component.client is not None
+    component.client.url = url
+    in_progress(hub, 1.0)
+    await component.step()  # raises if anything escapes the request
+    assert hub.metrics.get("tasklens.scaling.protection_errors", reason="bad_url") == 1, component.last_error
+    assert hub.metrics.get("tasklens.scaling.protection_requests", action="protect", result="error") == 1
+    assert states(hub, sink) == {"tasklens_scaling_busy": 1.0, "tasklens_scaling_protected": 0.0}
+    assert component.status()["consecutive_failures"] == 1
+
+
+async def test_cancelling_a_request_is_not_a_failure(fake_clock) -> None:
+    answer = asyncio.Event()
+
+    async def held(request: web.Request) -> web.StreamResponse:
+        await answer.wait()
+        return web.Response(body=protected_answer(), content_type="application/json")
+
+    runner, uri, seen = await serve_agent(held)
+    try:
+        component, hub, _ = make(uri, fake_clock)
+        in_progress(hub, 1.0)
+        step = asyncio.create_task(component.step())
+        await until(lambda: seen, 5, "the request to reach the agent")
+        step.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await step
+        assert hub.metrics.total("tasklens.scaling.protection_errors") == 0
+        assert component.status()["consecutive_failures"] == 0
+    finally:
+        answer.set()
         await runner.cleanup()

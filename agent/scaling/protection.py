@@ -332,30 +332,43 @@ class ScaleInProtection:
         try:
             answer = await self.client.put(enabled, self.expires_minutes if enabled else None)
         except ProtectionError as exc:
-            state.failures += 1
-            metrics.inc("tasklens.scaling.protection_requests", action=action, result="error")
-            metrics.inc("tasklens.scaling.protection_errors", reason=exc.reason)
-            self.last_error = f"{action}: {exc.reason}: {exc}"
-            if exc.reason in PERMANENT:
-                state.disabled = f"{exc.reason}: {exc}"
-                state.confirmed_until = state.possibly_until = None
-                log.warning("scale-in protection stops: %s (only tasks of a service can be protected)", exc)
-                return
-            delay = min(BACKOFF_FIRST * 2 ** (state.failures - 1), BACKOFF_MAX)
-            state.next_attempt = self.clock() + delay
-            self._log.warning(f"protection:{exc.reason}", "scale-in protection: %s failed (%s); retrying in %.0f s",
-                              action, self.last_error, delay)
+            self._failed(action, exc)
+            return
+        self.last_answer = {"ProtectionEnabled": answer.enabled, "ExpirationDate": answer.expiration,
+                            "TaskArn": answer.task_arn}
+        if not answer.enabled:
+            state.confirmed_until = None
+        if answer.enabled != enabled:
+            # a well-formed answer that does not say what was asked: not a success, or `decide` would
+            # ask again every tick; a release keeps the task possibly protected, so it is retried
+            self._failed(action, ProtectionError(
+                "not_confirmed", f"asked ProtectionEnabled={enabled}, the agent answered {answer.enabled}", 200))
             return
         metrics.inc("tasklens.scaling.protection_requests", action=action, result="ok")
         if state.failures:
             log.info("scale-in protection: %s succeeded after %d failed attempts", action, state.failures)
         state.failures, state.next_attempt, self.last_error = 0, 0.0, None
-        self.last_answer = {"ProtectionEnabled": answer.enabled, "ExpirationDate": answer.expiration,
-                            "TaskArn": answer.task_arn}
         if answer.enabled:
             state.confirmed_until = expiry
         else:
+            state.possibly_until = None
+
+    def _failed(self, action: str, exc: ProtectionError) -> None:
+        """Count a failed request, log it at most once a minute per reason, and back off (or stop)."""
+        state, metrics = self.state, self.hub.metrics
+        state.failures += 1
+        metrics.inc("tasklens.scaling.protection_requests", action=action, result="error")
+        metrics.inc("tasklens.scaling.protection_errors", reason=exc.reason)
+        self.last_error = f"{action}: {exc.reason}: {exc}"
+        if exc.reason in PERMANENT:
+            state.disabled = f"{exc.reason}: {exc}"
             state.confirmed_until = state.possibly_until = None
+            log.warning("scale-in protection stops: %s (only tasks of a service can be protected)", exc)
+            return
+        delay = min(BACKOFF_FIRST * 2 ** (state.failures - 1), BACKOFF_MAX)
+        state.next_attempt = self.clock() + delay
+        self._log.warning(f"protection:{exc.reason}", "scale-in protection: %s failed (%s); retrying in %.0f s",
+                          action, self.last_error, delay)
 
     async def _own_container(self) -> str | None:
         """The sidecar's own container name, from its metadata (`${ECS_CONTAINER_METADATA_URI_V4}`)."""

@@ -175,6 +175,8 @@ async def test_protect_renew_release(agent, fake_clock) -> None:
     (403, {"error": {"Arn": ARN, "Code": "AccessDeniedException", "Message": "no creds"}}, "access_denied"),
     (500, {"error": {"Code": "ServerException", "Message": "x"}}, "server_error"),
     (200, {"failure": {"Arn": ARN, "Detail": None, "Reason": "DEPLOYMENT_BLOCKED"}}, "deployment_blocked"),
+    # a well-formed answer that does not protect what was asked to be protected
+    (200, {"protection": {"ExpirationDate": None, "ProtectionEnabled": False, "TaskArn": ARN}}, "not_confirmed"),
 ])
 async def test_errors_are_counted_logged_once_and_retried_with_backoff(agent, fake_clock, caplog, status, body,
                                                                         reason) -> None:
@@ -198,6 +200,34 @@ async def test_errors_are_counted_logged_once_and_retried_with_backoff(agent, fa
     await component.step()
     assert fake.protected() and component.status()["protected"] and component.status()["last_error"] is None
     assert fake.requests == [{"ProtectionEnabled": True, "ExpiresInMinutes": 30}]
+
+
+async def test_a_release_the_agent_does_not_confirm_is_retried_with_backoff(agent, fake_clock) -> None:
+    fake, uri = agent
+    component, hub, sink = make(uri, fake_clock)
+    in_progress(hub, 1.0)
+    await component.step()
+    in_progress(hub, 0.0)
+    await component.step()
+    fake_clock.advance(60)
+    still = {"protection": {"ExpirationDate": "2026-01-01T00:30:00Z", "ProtectionEnabled": True, "TaskArn": ARN}}
+    fake.fail(200, still, times=2)
+    await component.step()
+    assert hub.metrics.get("tasklens.scaling.protection_errors", reason="not_confirmed") == 1
+    assert hub.metrics.get("tasklens.scaling.protection_requests", action="release", result="error") == 1
+    assert component.status()["last_answer"]["ProtectionEnabled"] is True
+    assert states(hub, sink)["tasklens_scaling_protected"] == 1.0  # as far as anyone knows, it still is
+    for _ in range(4):  # within the 5 s backoff: not asked again
+        fake_clock.advance(1)
+        await component.step()
+    assert len(fake.canned) == 1
+    fake_clock.advance(1)
+    await component.step()  # the second refusal: backoff 10 s
+    fake_clock.advance(10)
+    await component.step()
+    assert fake.requests[-1] == {"ProtectionEnabled": False} and not fake.protected()
+    assert states(hub, sink)["tasklens_scaling_protected"] == 0.0
+    assert hub.metrics.get("tasklens.scaling.protection_errors", reason="not_confirmed") == 2
 
 
 async def test_a_standalone_task_stops_trying(agent, fake_clock, caplog) -> None:

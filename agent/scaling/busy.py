@@ -14,6 +14,7 @@ of just the metrics the rule names, fed from the hub's batches.
 
 from __future__ import annotations
 
+import decimal
 import math
 import re
 from collections.abc import Iterable
@@ -35,9 +36,13 @@ EXPECTED = ("a busy rule: cpu>N% (N >= 0; cpu[name,...]>N% for some containers),
             "<started counter> - <finished counter> > N; several joined by ' or ' or ','")
 
 
-def _num(text: str) -> str:
-    value = float(text)
-    return str(int(value)) if value.is_integer() and abs(value) < 1e15 else repr(value)
+def _num(value: float) -> str:
+    """In plain decimal, as NUMBER reads it: repr's shortest digits that round-trip, written out
+    without an exponent (1e+20 is 100000000000000000000, 1e-07 is 0.0000001)."""
+    if value == 0:
+        return "0"  # and not -0
+    text = format(decimal.Decimal(repr(value)), "f")
+    return text.rstrip("0").rstrip(".") if "." in text else text
 
 
 @dataclass(frozen=True)
@@ -48,7 +53,7 @@ class Cpu:
 
     def __str__(self) -> str:
         names = f"[{','.join(self.containers)}]" if self.containers else ""
-        return f"cpu{names}{'>=' if self.inclusive else '>'}{_num(str(self.threshold))}%"
+        return f"cpu{names}{'>=' if self.inclusive else '>'}{_num(self.threshold)}%"
 
 
 @dataclass(frozen=True)
@@ -58,7 +63,7 @@ class Gauge:
     inclusive: bool = False
 
     def __str__(self) -> str:
-        return f"{self.name}{'>=' if self.inclusive else '>'}{_num(str(self.threshold))}"
+        return f"{self.name}{'>=' if self.inclusive else '>'}{_num(self.threshold)}"
 
 
 @dataclass(frozen=True)
@@ -69,7 +74,7 @@ class InProgress:
     inclusive: bool = False
 
     def __str__(self) -> str:
-        return f"{self.started} - {self.finished} {'>=' if self.inclusive else '>'} {_num(str(self.threshold))}"
+        return f"{self.started} - {self.finished} {'>=' if self.inclusive else '>'} {_num(self.threshold)}"
 
 
 Term = Cpu | Gauge | InProgress

@@ -12,21 +12,26 @@ Never protected forever: every protection carries an expiry (default 30 min), so
 or hangs leaves the task protected at most that long. Failures are counted by reason, logged at most
 once a minute per reason, retried with a backoff (5 s doubling to 5 min), and never block anything
 else: the requests run in this component's own task with a 5 s deadline. A task that ECS says is not
-in a service (`TASK_NOT_VALID`) stops trying. Protection is not released on SIGTERM: the task is
+in a service (`TASK_NOT_VALID`) stops trying, and so does an `ECS_AGENT_URI` no request could use
+(checked once at start; counted once as `bad_url`). Any failure of a request but its cancellation is
+a counted error, never a crash of the component. Protection is not released on SIGTERM: the task is
 stopping anyway, and a stop already under way is not held back by protection.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import json
 import logging
+import re
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
+import yarl
 
 from agent.hub import Hub
 from agent.logs import RateLimitedLog
@@ -41,7 +46,7 @@ PATH = "/task-protection/v1/state"
 REQUEST_TIMEOUT = 5.0  # the agent gives up on ECS after 4 s and on its own connection after 5 s
 BACKOFF_FIRST, BACKOFF_MAX = 5.0, 300.0
 PUBLISH_EVERY = 15.0  # seconds between state samples when nothing changes
-MAX_BODY = 65536
+MAX_BODY = 65536  # the agent's answers are a few hundred bytes
 
 # error codes and failure reasons of the agent's answers -> our bounded `reason` label
 _CODES = {
@@ -116,11 +121,52 @@ def _by_status(status: int) -> str:
     return "bad_reply"
 
 
+_LABEL = re.compile(r"(?!-)[A-Za-z0-9_-]{1,63}(?<!-)")  # a DNS label, as IDNA encodes it
+# aiohttp >= 3.10 raises NonHttpUrlClientError (not an InvalidURL) for other schemes
+_BAD_URL = (aiohttp.InvalidURL, getattr(aiohttp, "NonHttpUrlClientError", aiohttp.InvalidURL), ValueError)
+
+
+def endpoint_url(agent_uri: str) -> str:
+    """The task-protection URL under `agent_uri` (`http://169.254.170.2/api/<id>` on ECS), or ValueError
+    saying what is wrong: checked once at start, so a hostile value is one clear error, not a
+    failure (or a crash) per request."""
+    try:
+        url = yarl.URL(agent_uri.strip())
+        host = url.raw_host  # IDNA-encoded; a label too long to encode raises UnicodeError (a ValueError)
+    except ValueError as exc:
+        raise ValueError(f"not a URL ({exc})") from None
+    if url.scheme not in ("http", "https") or not host:
+        raise ValueError("expected an http URL with a host, like http://169.254.170.2/api/<id>")
+    if url.query_string or url.fragment or url.user is not None:
+        raise ValueError("expected no user, query or fragment: the endpoint's path is appended to it")
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        labels = host.rstrip(".").split(".")
+        if len(host) > 253 or not all(_LABEL.fullmatch(label) for label in labels):
+            raise ValueError(f"{host[:80]!r} is not a host name (labels of 1-63 letters, digits and "
+                             "hyphens; 253 characters at most)") from None
+    return str(url).rstrip("/") + PATH
+
+
+def _as_protection_error(exc: Exception, timeout: float) -> ProtectionError:
+    """Any failure of a request as a counted reason (cancellation is not a failure: never caught)."""
+    if isinstance(exc, TimeoutError):
+        return ProtectionError("timeout", f"no answer within {timeout:g} s")
+    if isinstance(exc, _BAD_URL):  # a URL aiohttp or yarl will not request (UnicodeError is a ValueError)
+        return ProtectionError("bad_url", f"{type(exc).__name__}: {exc} (check {ENV_AGENT_URI})")
+    if isinstance(exc, aiohttp.ClientConnectionError | OSError):
+        return ProtectionError("connection", f"{type(exc).__name__}: {exc}")
+    if isinstance(exc, aiohttp.ClientError):  # a malformed answer: bad status line, headers, chunks
+        return ProtectionError("bad_reply", f"{type(exc).__name__}: {exc}")
+    return ProtectionError("unexpected", f"{type(exc).__name__}: {exc}")
+
+
 class ProtectionClient:
     """PUT requests to the agent's task-protection endpoint; one session, a deadline per request."""
 
     def __init__(self, agent_uri: str, timeout: float = REQUEST_TIMEOUT) -> None:
-        self.url = agent_uri.rstrip("/") + PATH
+        self.url = endpoint_url(agent_uri)  # ValueError for a URI no request could use
         self.timeout = timeout
         self._session: aiohttp.ClientSession | None = None
 
@@ -128,20 +174,43 @@ class ProtectionClient:
         if self._session is None:
             self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.timeout))
         try:
-            async with self._session.put(self.url, json=request_body(enabled, expires_minutes)) as response:
-                body = await response.content.read(MAX_BODY)
-                return interpret(response.status, body)
+            # not followed: the agent never redirects, and a PUT that did would go to whoever it names
+            async with self._session.put(self.url, json=request_body(enabled, expires_minutes),
+                                         allow_redirects=False) as response:
+                if 300 <= response.status < 400:
+                    raise ProtectionError("redirect", f"HTTP {response.status} to "
+                                          f"{response.headers.get('Location', '')[:200]!r}: not followed",
+                                          response.status)
+                return interpret(response.status, await _read_capped(response))
         except ProtectionError:
             raise
-        except TimeoutError:
-            raise ProtectionError("timeout", f"no answer within {self.timeout:g} s") from None
-        except (aiohttp.ClientError, OSError) as exc:
-            raise ProtectionError("connection", f"{type(exc).__name__}: {exc}") from None
+        except Exception as exc:  # anything but cancellation: a counted failure, never a crash
+            raise _as_protection_error(exc, self.timeout) from None
 
     async def close(self) -> None:
         if self._session is not None:
             await self._session.close()
             self._session = None
+
+
+async def _read_capped(response: aiohttp.ClientResponse) -> bytes:
+    """The whole body, however many pieces it arrives in (`content.read(n)` returns only what is
+    buffered: the first TCP segment), or ProtectionError("too_large") as soon as it passes MAX_BODY."""
+    if response.content_length is not None and response.content_length > MAX_BODY:
+        raise _too_large(response.status)
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in response.content.iter_chunked(16384):
+        size += len(chunk)
+        if size > MAX_BODY:
+            chunks.clear()  # the error's traceback holds this frame: not its chunks
+            raise _too_large(response.status)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _too_large(status: int) -> ProtectionError:
+    return ProtectionError("too_large", f"HTTP {status}: answer over {MAX_BODY} bytes: refused", status)
 
 
 @dataclass
@@ -197,9 +266,16 @@ class ScaleInProtection:
         self.clock = clock
         self.seen = Observations(self.rule)
         self.state = State()
-        self.client = ProtectionClient(agent_uri, request_timeout) if agent_uri else None
-        if self.client is None:
+        self.client: ProtectionClient | None = None
+        self.invalid_uri: str | None = None  # why ECS_AGENT_URI cannot be used
+        if not agent_uri:
             self.state.disabled = f"{ENV_AGENT_URI} is not set"
+        else:
+            try:
+                self.client = ProtectionClient(agent_uri, request_timeout)
+            except ValueError as exc:
+                self.invalid_uri = f"{ENV_AGENT_URI}={agent_uri[:200]!r} is invalid: {exc}"
+                self.state.disabled = self.invalid_uri
         self.own_container: str | None = None
         self.holding: list[str] = []
         self.last_error: str | None = None
@@ -217,7 +293,11 @@ class ScaleInProtection:
     # -- component side -----------------------------------------------------------------------
 
     async def run(self, stop: asyncio.Event) -> None:
-        if self.client is None:
+        if self.invalid_uri is not None:  # no request could use it: one counted error, not one per request
+            self.hub.metrics.inc("tasklens.scaling.protection_errors", reason="bad_url")
+            self.last_error = self.invalid_uri
+            log.warning("scale-in protection is unavailable: %s; the busy state is still reported", self.invalid_uri)
+        elif self.client is None:
             log.warning("scale-in protection is unavailable: %s is not set (not on ECS, or an agent older than "
                         "1.65.0); the busy state is still reported", ENV_AGENT_URI)
         try:
@@ -252,30 +332,43 @@ class ScaleInProtection:
         try:
             answer = await self.client.put(enabled, self.expires_minutes if enabled else None)
         except ProtectionError as exc:
-            state.failures += 1
-            metrics.inc("tasklens.scaling.protection_requests", action=action, result="error")
-            metrics.inc("tasklens.scaling.protection_errors", reason=exc.reason)
-            self.last_error = f"{action}: {exc.reason}: {exc}"
-            if exc.reason in PERMANENT:
-                state.disabled = f"{exc.reason}: {exc}"
-                state.confirmed_until = state.possibly_until = None
-                log.warning("scale-in protection stops: %s (only tasks of a service can be protected)", exc)
-                return
-            delay = min(BACKOFF_FIRST * 2 ** (state.failures - 1), BACKOFF_MAX)
-            state.next_attempt = self.clock() + delay
-            self._log.warning(f"protection:{exc.reason}", "scale-in protection: %s failed (%s); retrying in %.0f s",
-                              action, self.last_error, delay)
+            self._failed(action, exc)
+            return
+        self.last_answer = {"ProtectionEnabled": answer.enabled, "ExpirationDate": answer.expiration,
+                            "TaskArn": answer.task_arn}
+        if not answer.enabled:
+            state.confirmed_until = None
+        if answer.enabled != enabled:
+            # a well-formed answer that does not say what was asked: not a success, or `decide` would
+            # ask again every tick; a release keeps the task possibly protected, so it is retried
+            self._failed(action, ProtectionError(
+                "not_confirmed", f"asked ProtectionEnabled={enabled}, the agent answered {answer.enabled}", 200))
             return
         metrics.inc("tasklens.scaling.protection_requests", action=action, result="ok")
         if state.failures:
             log.info("scale-in protection: %s succeeded after %d failed attempts", action, state.failures)
         state.failures, state.next_attempt, self.last_error = 0, 0.0, None
-        self.last_answer = {"ProtectionEnabled": answer.enabled, "ExpirationDate": answer.expiration,
-                            "TaskArn": answer.task_arn}
         if answer.enabled:
             state.confirmed_until = expiry
         else:
+            state.possibly_until = None
+
+    def _failed(self, action: str, exc: ProtectionError) -> None:
+        """Count a failed request, log it at most once a minute per reason, and back off (or stop)."""
+        state, metrics = self.state, self.hub.metrics
+        state.failures += 1
+        metrics.inc("tasklens.scaling.protection_requests", action=action, result="error")
+        metrics.inc("tasklens.scaling.protection_errors", reason=exc.reason)
+        self.last_error = f"{action}: {exc.reason}: {exc}"
+        if exc.reason in PERMANENT:
+            state.disabled = f"{exc.reason}: {exc}"
             state.confirmed_until = state.possibly_until = None
+            log.warning("scale-in protection stops: %s (only tasks of a service can be protected)", exc)
+            return
+        delay = min(BACKOFF_FIRST * 2 ** (state.failures - 1), BACKOFF_MAX)
+        state.next_attempt = self.clock() + delay
+        self._log.warning(f"protection:{exc.reason}", "scale-in protection: %s failed (%s); retrying in %.0f s",
+                          action, self.last_error, delay)
 
     async def _own_container(self) -> str | None:
         """The sidecar's own container name, from its metadata (`${ECS_CONTAINER_METADATA_URI_V4}`)."""
@@ -284,7 +377,7 @@ class ScaleInProtection:
             async with (aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=REQUEST_TIMEOUT)) as session,
                         session.get(self.metadata_url) as response):
                 doc = await response.json(content_type=None) if response.status == 200 else None
-        except (TimeoutError, aiohttp.ClientError, OSError, ValueError) as exc:
+        except Exception as exc:  # any failure (a bad URL too) is a gap here; cancellation passes
             self._log.warning("protection:own", "scale-in protection: cannot read this container's metadata "
                               "(%r); counting every container's CPU until it can", exc)
             return None

@@ -23,7 +23,7 @@ from agent.scaling.protection import (
     request_body,
 )
 from agent.sinks.prometheus import PrometheusSink
-from tests.support import free_port, serve_app
+from tests.support import free_port, serve_app, until
 
 ARN = "arn:aws:ecs:eu-west-1:123456789012:task/prod/0123456789abcdef"
 
@@ -175,6 +175,8 @@ async def test_protect_renew_release(agent, fake_clock) -> None:
     (403, {"error": {"Arn": ARN, "Code": "AccessDeniedException", "Message": "no creds"}}, "access_denied"),
     (500, {"error": {"Code": "ServerException", "Message": "x"}}, "server_error"),
     (200, {"failure": {"Arn": ARN, "Detail": None, "Reason": "DEPLOYMENT_BLOCKED"}}, "deployment_blocked"),
+    # a well-formed answer that does not protect what was asked to be protected
+    (200, {"protection": {"ExpirationDate": None, "ProtectionEnabled": False, "TaskArn": ARN}}, "not_confirmed"),
 ])
 async def test_errors_are_counted_logged_once_and_retried_with_backoff(agent, fake_clock, caplog, status, body,
                                                                         reason) -> None:
@@ -198,6 +200,34 @@ async def test_errors_are_counted_logged_once_and_retried_with_backoff(agent, fa
     await component.step()
     assert fake.protected() and component.status()["protected"] and component.status()["last_error"] is None
     assert fake.requests == [{"ProtectionEnabled": True, "ExpiresInMinutes": 30}]
+
+
+async def test_a_release_the_agent_does_not_confirm_is_retried_with_backoff(agent, fake_clock) -> None:
+    fake, uri = agent
+    component, hub, sink = make(uri, fake_clock)
+    in_progress(hub, 1.0)
+    await component.step()
+    in_progress(hub, 0.0)
+    await component.step()
+    fake_clock.advance(60)
+    still = {"protection": {"ExpirationDate": "2026-01-01T00:30:00Z", "ProtectionEnabled": True, "TaskArn": ARN}}
+    fake.fail(200, still, times=2)
+    await component.step()
+    assert hub.metrics.get("tasklens.scaling.protection_errors", reason="not_confirmed") == 1
+    assert hub.metrics.get("tasklens.scaling.protection_requests", action="release", result="error") == 1
+    assert component.status()["last_answer"]["ProtectionEnabled"] is True
+    assert states(hub, sink)["tasklens_scaling_protected"] == 1.0  # as far as anyone knows, it still is
+    for _ in range(4):  # within the 5 s backoff: not asked again
+        fake_clock.advance(1)
+        await component.step()
+    assert len(fake.canned) == 1
+    fake_clock.advance(1)
+    await component.step()  # the second refusal: backoff 10 s
+    fake_clock.advance(10)
+    await component.step()
+    assert fake.requests[-1] == {"ProtectionEnabled": False} and not fake.protected()
+    assert states(hub, sink)["tasklens_scaling_protected"] == 0.0
+    assert hub.metrics.get("tasklens.scaling.protection_errors", reason="not_confirmed") == 2
 
 
 async def test_a_standalone_task_stops_trying(agent, fake_clock, caplog) -> None:
@@ -283,4 +313,180 @@ async def test_cpu_rule_skips_the_sidecars_own_container(fake_clock) -> None:
         await component.step()
         assert component.status()["busy"]
     finally:
+        await runner.cleanup()
+
+
+# --- an agent whose answer comes in pieces, is too large, or redirects ----------------------------
+
+
+def protected_answer(enabled: bool = True) -> bytes:
+    return json.dumps({"protection": {"ExpirationDate": "2026-01-01T00:30:00Z" if enabled else None,
+                                      "ProtectionEnabled": enabled, "TaskArn": ARN}}).encode()
+
+
+async def serve_agent(handler) -> tuple[web.AppRunner, str, list[web.Request]]:
+    """A hand-written agent endpoint on loopback: (runner, ECS_AGENT_URI, the requests it got)."""
+    seen: list[web.Request] = []
+
+    async def put(request: web.Request) -> web.StreamResponse:
+        seen.append(request)
+        await request.read()
+        return await handler(request)
+
+    app = web.Application()
+    app.router.add_put("/api/abc/task-protection/v1/state", put)
+    runner, base = await serve_app(app)
+    return runner, f"{base}/api/abc", seen
+
+
+def in_pieces(pieces: list[bytes], pause: float, *, declared: int | None = None):
+    """An answer written piece by piece with a pause between them (the TCP segments of a slow agent);
+    chunked unless a Content-Length is declared."""
+    async def handler(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(status=200, headers={"Content-Type": "application/json"})
+        if declared is not None:
+            response.content_length = declared
+        await response.prepare(request)
+        for i, piece in enumerate(pieces):
+            if i:
+                await asyncio.sleep(pause)  # the agent's behaviour under test, not a wait of the test
+            await response.write(piece)
+        await response.write_eof()
+        return response
+    return handler
+
+
+@pytest.mark.parametrize("declared", [None, len(protected_answer())], ids=["chunked", "content-length"])
+async def test_an_answer_in_two_pieces_is_read_whole(fake_clock, declared) -> None:
+    body = protected_answer()
+    runner, uri, seen = await serve_agent(in_pieces([body[:10], body[10:]], 0.2, declared=declared))
+    try:
+        component, hub, sink = make(uri, fake_clock)
+        in_progress(hub, 1.0)
+        await component.step()
+        assert hub.metrics.total("tasklens.scaling.protection_errors") == 0, component.last_error
+        assert hub.metrics.get("tasklens.scaling.protection_requests", action="protect", result="ok") == 1
+        assert states(hub, sink) == {"tasklens_scaling_busy": 1.0, "tasklens_scaling_protected": 1.0}
+        assert component.status()["last_answer"] == {"ProtectionEnabled": True,
+                                                      "ExpirationDate": "2026-01-01T00:30:00Z", "TaskArn": ARN}
+        fake_clock.advance(60)
+        await component.step()
+        assert len(seen) == 1  # confirmed: no retry
+    finally:
+        await runner.cleanup()
+
+
+@pytest.mark.parametrize("declared", [None, 70000], ids=["chunked", "content-length"])
+async def test_an_answer_over_the_cap_is_refused_and_counted(fake_clock, declared) -> None:
+    piece = b" " * 16384  # JSON allows the whitespace: only the size is wrong
+    pieces = [piece] * 4 + [b" " * (70000 - 4 * 16384 - len(protected_answer())) + protected_answer()]
+    runner, uri, _ = await serve_agent(in_pieces(pieces, 0.0, declared=declared))
+    try:
+        component, hub, sink = make(uri, fake_clock)
+        in_progress(hub, 1.0)
+        await component.step()
+        assert hub.metrics.get("tasklens.scaling.protection_errors", reason="too_large") == 1
+        assert "65536" in component.status()["last_error"]
+        assert states(hub, sink) == {"tasklens_scaling_busy": 1.0, "tasklens_scaling_protected": 0.0}
+    finally:
+        await runner.cleanup()
+
+
+async def test_a_redirect_is_not_followed_and_counted_as_such(fake_clock) -> None:
+    async def redirect_to_itself(request: web.Request) -> web.StreamResponse:
+        return web.Response(status=307, headers={"Location": str(request.url)})
+
+    runner, uri, seen = await serve_agent(redirect_to_itself)
+    try:
+        component, hub, _ = make(uri, fake_clock)
+        in_progress(hub, 1.0)
+        await component.step()
+        assert hub.metrics.get("tasklens.scaling.protection_errors", reason="redirect") == 1
+        assert hub.metrics.get("tasklens.scaling.protection_errors", reason="connection") == 0
+        assert len(seen) == 1 and "307" in component.status()["last_error"]
+        assert component.status()["consecutive_failures"] == 1  # and it backs off like any failure
+    finally:
+        await runner.cleanup()
+
+
+# --- a hostile ECS_AGENT_URI ----------------------------------------------------------------------
+
+
+HOSTILE_URIS = {
+    "label-too-long": "http://" + "a" * 70 + ".example/api/x",
+    "unicode-label-too-long": "http://ü" + "a" * 70 + ".example/api/x",
+    "unicode-host-invalid": "http://\u2100x.example/api/x",
+    "unicode-zero-width": "http://a\u200b.example/api/x",
+    "port-out-of-range": "http://127.0.0.1:99999/api/x",
+    "port-not-a-number": "http://127.0.0.1:abc/api/x",
+    "no-scheme": "169.254.170.2/api/x",
+    "non-http-scheme": "ftp://169.254.170.2/api/x",
+    "no-host": "http:///api/x",
+    "space-in-host": "http://a b/api/x",
+    "query": "http://169.254.170.2/api/x?y=1",
+}
+
+
+@pytest.mark.parametrize("uri", HOSTILE_URIS.values(), ids=HOSTILE_URIS.keys())
+async def test_a_hostile_agent_uri_is_refused_once_and_the_busy_state_still_reported(caplog, uri) -> None:
+    component, hub, sink = make(uri, time.monotonic)
+    component.tick = 0.01
+    stop = asyncio.Event()
+    with caplog.at_level(logging.WARNING, "tasklens.scaling"):
+        task = asyncio.create_task(component.run(stop))
+        in_progress(hub, 1.0)
+        await until(lambda: task.done() or states(hub, sink).get("tasklens_scaling_busy") == 1.0, 5,
+                    "the busy state")
+        await until(lambda: task.done() or hub.metrics.total("tasklens.scaling.protection_errors"), 5,
+                    "a counted error")
+        stop.set()
+        await asyncio.wait_for(task, 2)  # raises if the component crashed
+    assert states(hub, sink) == {"tasklens_scaling_busy": 1.0, "tasklens_scaling_protected": 0.0}
+    assert hub.metrics.get("tasklens.scaling.protection_errors", reason="bad_url") == 1
+    assert hub.metrics.total("tasklens.scaling.protection_errors") == 1  # said once, not retried
+    assert component.status()["unavailable"].startswith("ECS_AGENT_URI=")
+    warnings = [r.getMessage() for r in caplog.records if "ECS_AGENT_URI" in r.getMessage()]
+    assert len(warnings) == 1 and "invalid" in warnings[0], warnings
+
+
+UNREQUESTABLE = {k: v for k, v in HOSTILE_URIS.items() if k not in ("space-in-host", "query")}  # these go out
+
+
+@pytest.mark.parametrize("url", [u + "/task-protection/v1/state" for u in UNREQUESTABLE.values()],
+                         ids=UNREQUESTABLE.keys())
+async def test_any_failure_of_a_request_is_counted_never_a_crash(agent, fake_clock, url) -> None:
+    """Past the check at start (the URL swapped afterwards): whatever a request raises, bar
+    cancellation, is a counted error with a reason and a backoff."""
+    _, uri = agent
+    component, hub, sink = make(uri, fake_clock)
+    assert component.client is not None
+    component.client.url = url
+    in_progress(hub, 1.0)
+    await component.step()  # raises if anything escapes the request
+    assert hub.metrics.get("tasklens.scaling.protection_errors", reason="bad_url") == 1, component.last_error
+    assert hub.metrics.get("tasklens.scaling.protection_requests", action="protect", result="error") == 1
+    assert states(hub, sink) == {"tasklens_scaling_busy": 1.0, "tasklens_scaling_protected": 0.0}
+    assert component.status()["consecutive_failures"] == 1
+
+
+async def test_cancelling_a_request_is_not_a_failure(fake_clock) -> None:
+    answer = asyncio.Event()
+
+    async def held(request: web.Request) -> web.StreamResponse:
+        await answer.wait()
+        return web.Response(body=protected_answer(), content_type="application/json")
+
+    runner, uri, seen = await serve_agent(held)
+    try:
+        component, hub, _ = make(uri, fake_clock)
+        in_progress(hub, 1.0)
+        step = asyncio.create_task(component.step())
+        await until(lambda: seen, 5, "the request to reach the agent")
+        step.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await step
+        assert hub.metrics.total("tasklens.scaling.protection_errors") == 0
+        assert component.status()["consecutive_failures"] == 0
+    finally:
+        answer.set()
         await runner.cleanup()

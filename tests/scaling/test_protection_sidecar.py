@@ -140,3 +140,27 @@ def test_busy_worker_protects_the_task_and_idle_releases_it(ecs, sidecar_factory
         worker.wait()
     assert sidecar.stop() == 0
     assert "Traceback" not in sidecar.log
+
+
+def test_a_hostile_agent_uri_does_not_crash_the_sidecar(sidecar_factory) -> None:
+    """The outside tester's case: an IDNA label too long for the agent's host. Protection says once
+    that it is unavailable, counts it, and the busy state is still reported; nothing crashes."""
+    import socket
+
+    sidecar = sidecar_factory(ECS_AGENT_URI="http://" + "a" * 70 + ".example/api/x",
+                              TASKLENS_SCALE_IN_PROTECTION="jobs.in_progress>0", TASKLENS_FLUSH_INTERVAL="1")
+    sidecar.wait_ready()
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+        def busy() -> bool:
+            udp.sendto(b"jobs.in_progress:1|g", ("127.0.0.1", sidecar.statsd_port))
+            return metric(sidecar, "tasklens_scaling_busy") == 1.0
+
+        wait_until(busy, timeout=15, what="the busy state")
+    _, text = sidecar.get("/metrics")
+    assert 'tasklens_scaling_protection_errors_total{' in text and 'reason="bad_url"' in text
+    assert metric(sidecar, "tasklens_scaling_protection_errors_total") == 1.0
+    assert "tasklens_component_crashes_total{" not in text, text
+    state = json.loads(sidecar.get("/status")[1])["components"]["scaling:protection"]
+    assert state["unavailable"].startswith("ECS_AGENT_URI=") and state["busy"]
+    assert sidecar.stop() == 0
+    assert "Traceback" not in sidecar.log and sidecar.log.count("ECS_AGENT_URI=") == 1, sidecar.log

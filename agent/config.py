@@ -400,7 +400,13 @@ def parse_choice(*choices: str) -> Callable[[str], str]:
 def _parse_busy_rule(text: str) -> str:
     from agent.scaling.busy import parse_rule  # the grammar lives with the rule (docs/scaling.md)
 
-    return str(parse_rule(text)) if text.strip() else ""
+    if not text.strip():
+        return ""
+    canonical = str(parse_rule(text))
+    # kept in its canonical form, which `run` parses again: that form must be within the limit too
+    # (`,` is ` or ` there, `a-b>1` is `a - b > 1`)
+    parse_rule(canonical)
+    return canonical
 
 
 def number_text(value: float) -> str:

@@ -9,6 +9,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from agent.config import ConfigError, load
+from agent.hub import Hub
+from agent.identity import Identity
 from agent.model import Batch, Kind, Points, Sample
 from agent.scaling.busy import (
     CPU_METRIC,
@@ -182,3 +184,18 @@ def test_started_minus_finished_counts_since_start() -> None:
     assert not evaluate(rule, seen)[0]
     seen.observe(Batch("statsd", [Sample("jobs.started", Points([0.1, 0.2], [1.0, 1.0]), Kind.HISTOGRAM)]))
     assert evaluate(rule, seen)[0]  # a timer counts its values
+
+
+def test_what_the_setting_takes_run_takes_too() -> None:
+    """The setting is kept in canonical form, which `run` parses again: a rule of 999 characters as
+    written but 1746 in that form is refused at load, naming the variable (before: `check` took it and
+    `run` failed on it); one whose canonical form fits is taken by both."""
+    from agent.scaling.protection import ScaleInProtection
+
+    text = "x>1" + ",x>1" * 249
+    assert len(text) == 999 and len(str(parse_rule(text))) > 1000
+    with pytest.raises(ConfigError, match="^TASKLENS_SCALE_IN_PROTECTION="):
+        load({"TASKLENS_SCALE_IN_PROTECTION": text})
+    text = "x>1" + ",x>1" * 120
+    config = load({"TASKLENS_SCALE_IN_PROTECTION": text})
+    assert ScaleInProtection(config.scale_in_protection, Hub(Identity(service="s")), None).rule == parse_rule(text)

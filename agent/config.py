@@ -24,6 +24,8 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 from urllib.parse import urlsplit
 
+from agent.urlmask import mask_url
+
 PREFIX = "TASKLENS_"
 
 
@@ -782,39 +784,15 @@ def unknown_variables(environ: Mapping[str, str] | None = None) -> list[str]:
             for name in sorted(environ) if name.startswith(PREFIX) and name not in known]
 
 
-# `scheme://user:password@`, also inside a parameter (`&management=http://user:password@host`); the
-# password runs to the last `@` of the authority, as urlsplit reads it (`:p@ss@host` -> `p@ss`)
-_USERINFO = re.compile(r"(://[^:/?#@&=\s]*:)[^/?#&\s]*@")
-# NATS takes a bare token as the user part: `nats://<token>@host`
-_TOKEN = re.compile(r"^(nats://)[^:/?#@\s]+@")
-# a password as a query parameter (`postgresql://app@db/app?password=...`, as libpq and asyncpg read it)
-_PARAM = re.compile(r"([?&][A-Za-z_]*password=)([^&#\s]*)", re.IGNORECASE)
-
-
-def mask_url(url: str) -> str:
-    """Every password in a URL (its own, any in a parameter, a NATS token) shown as `***`; never raises.
-
-    `redis://:secret@host` -> `redis://:***@host`.
-    """
-    masked = _TOKEN.sub(r"\1***@", _USERINFO.sub(r"\1***@", url.strip()))
-    return _PARAM.sub(lambda m: m.group(1) + "***" if m.group(2) else m.group(0), masked)
-
-
-def url_passwords(url: str) -> list[str]:
-    """The passwords `mask_url` hides, as written in the URL (for masking them in other text)."""
-    found = [m.group(0)[len(m.group(1)):-1] for pattern in (_USERINFO, _TOKEN) for m in pattern.finditer(url)]
-    return found + [m.group(2) for m in _PARAM.finditer(url) if m.group(2)]
-
-
 def mask_value(name: str, value: Any) -> Any:
     """What may be shown of a setting: secrets as `***` (a long API key with its last 4 characters, to
     tell keys apart, as Datadog shows them; never part of a password), URLs without their password,
     and nothing of a text that looks like credentials (`user:pw@`)."""
     if not isinstance(value, str) or not value:
         return value
-    if name in URL_FIELDS:
-        masked = ",".join(mask_url(u) for u in value.split(","))
-        return masked if "@" not in masked or ":***@" in masked else "***"
+    if name in URL_FIELDS:  # as one text: a password may hold the comma that separates a list's URLs
+        masked = mask_url(value)
+        return masked if "@" not in masked or "***@" in masked else "***"
     if name in SECRET_FIELDS:
         return "***" + value[-4:] if name in API_KEY_FIELDS and len(value) >= 12 else "***"
     return value

@@ -16,7 +16,8 @@ import re
 from collections.abc import Iterable, Mapping
 from urllib.parse import parse_qsl, quote, quote_plus, unquote, urlsplit
 
-from agent.config import SECRET_FIELDS, URL_FIELDS, Config, url_passwords
+from agent.config import SECRET_FIELDS, URL_FIELDS, Config
+from agent.urlmask import url_passwords
 
 MASK = "***"
 REMOTE_TEXT_LIMIT = 200  # characters of a remote error kept: enough to say what went wrong

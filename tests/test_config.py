@@ -13,7 +13,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from agent.config import (DEFAULT_RANGE, Config, ConfigError, closest, describe, env_name, known_variables, load,
-                          mask_url, number_text, parse_value, unknown_variables, url_passwords)
+                          number_text, parse_value, unknown_variables)
+from agent.urlmask import mask_url, url_passwords
 
 
 def test_defaults() -> None:
@@ -117,9 +118,9 @@ def test_every_password_of_a_queue_url_is_masked_in_check_and_errors() -> None:
     assert mask_url("redis://:p@ss@cache:6379/0") == "redis://:***@cache:6379/0"  # as urlsplit reads it
     assert mask_url("postgresql://db/app?sslmode=require&Password=pw1") == "postgresql://db/app?sslmode=require&Password=***"
     assert url_passwords("postgresql://u:pw1@db/app?password=pw2") == ["pw1", "pw2"]  # for client error texts
-    # a URL that urlsplit refuses (port out of range) is still shown, masked, not a traceback
+    # a URL that urlsplit refuses (port out of range) is still shown, without its user info, not a traceback
     assert describe(load({"TASKLENS_QUEUES": "redis://:pw@h:99999/0?list=j"}))["TASKLENS_QUEUES"] == [
-        "redis://:***@h:99999/0?list=j"]
+        "redis://***@h:99999/0?list=j"]
 
 
 # --- every setting bounded, every error naming the variable (issue: hostile configuration) ----------

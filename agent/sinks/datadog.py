@@ -42,7 +42,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from agent import __version__, heavy
-from agent.config import Config, mask_url
+from agent.config import Config
+from agent.urlmask import mask_url
 from agent.hub import Hub
 from agent.logs import RateLimitedLog
 from agent.model import Batch, Event, Kind, Points, Sample, ServiceCheck, Tags

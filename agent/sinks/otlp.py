@@ -31,7 +31,8 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from agent import __version__
-from agent.config import Config, mask_url, parse_headers
+from agent.config import Config, parse_headers
+from agent.urlmask import mask_url
 from agent.hub import Hub
 from agent.identity import Identity
 from agent.logs import RateLimitedLog

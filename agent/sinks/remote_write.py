@@ -37,7 +37,8 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from agent import __version__
-from agent.config import Config, ConfigError, mask_url, parse_headers
+from agent.config import Config, ConfigError, parse_headers
+from agent.urlmask import mask_url
 from agent.hub import Hub
 from agent.model import Batch, Kind, Tags
 from agent.sinks.cumulative import CumulativeState, Histogram, Series

@@ -26,7 +26,8 @@ from typing import BinaryIO
 import aiohttp
 import psutil
 
-from agent.config import Config, ConfigError, mask_url
+from agent.config import Config, ConfigError
+from agent.urlmask import mask_url
 from agent.hub import Hub
 from agent.logs import RateLimitedLog, log
 from agent.redact import Redactor, config_secrets

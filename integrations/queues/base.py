@@ -12,9 +12,10 @@ import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Protocol
-from urllib.parse import SplitResult, parse_qsl, quote, unquote, urlencode, urlsplit, urlunsplit
+from urllib.parse import SplitResult, parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
-from agent.config import mask_url, parse_number, parse_seconds, url_passwords
+from agent.config import parse_number, parse_seconds
+from agent.urlmask import is_readable, mask_secrets, mask_url, url_passwords
 
 
 MAX_COUNT = float(2**53)
@@ -101,9 +102,8 @@ class QueueURL:
 
     @property
     def secrets(self) -> list[str]:
-        """The URL's password and those of URLs in its parameters, raw and percent-decoded."""
-        found = url_passwords(self.raw) + list(self.injected_secrets)
-        return sorted({v for f in found if f for v in (f, unquote(f), quote(f, safe=""))}, key=len, reverse=True)
+        """The URL's password, those of URLs in its parameters and one from `password_env=`."""
+        return url_passwords(self.raw) + list(self.injected_secrets)
 
     def client_url(self, keep: Callable[[str], bool] = lambda key: False) -> str:
         """The URL without our parameters, for a client that parses URLs itself (redis, asyncpg)."""
@@ -125,8 +125,25 @@ def parse_queue_url(url: str, broker_params: frozenset[str], pass_through: bool 
     """Split a queue URL; unknown parameters are an error unless the client takes them (`pass_through`).
 
     `password_env=NAME` takes the password from the variable NAME (an ECS secret), so that the URL
-    itself can stay in plain `environment`.
+    itself can stay in plain `environment`. Every error message is masked: it may quote part of the URL.
     """
+    try:
+        return _parse_queue_url(url, broker_params, pass_through, environ)
+    except ValueError as exc:
+        raise ValueError(mask_secrets(str(exc), url_passwords(url))) from None
+
+
+# A URL read otherwise than written would send part of its password as a host, port, path or parameter,
+# and quote it in errors; said without quoting any of it.
+UNREADABLE = ("not a valid URL as written: a user name or password with / ? # @ (or & in a parameter's URL) must "
+              "be percent-encoded (%2F %3F %23 %40 %26), as must an @ after the host, and the port must be a number "
+              "from 0 to 65535")
+
+
+def _parse_queue_url(url: str, broker_params: frozenset[str], pass_through: bool,
+                     environ: Mapping[str, str] | None) -> QueueURL:
+    if not is_readable(url):
+        raise ValueError(UNREADABLE)
     try:
         parts = urlsplit(url.strip())
         parts.port  # noqa: B018 - raises ValueError on a bad port
@@ -135,6 +152,8 @@ def parse_queue_url(url: str, broker_params: frozenset[str], pass_through: bool 
     params: dict[str, str] = {}
     common: dict[str, str] = {}
     for key, value in parse_qsl(parts.query, keep_blank_values=True):
+        if "://" in value and not is_readable(value):  # a URL in a parameter (`management=`), decoded
+            raise ValueError(f"{key}=: {UNREADABLE}")
         if key in COMMON_PARAMS:
             common[key] = value
         elif key in broker_params or pass_through:
@@ -163,9 +182,7 @@ def parse_queue_url(url: str, broker_params: frozenset[str], pass_through: bool 
 
 def mask_secret(text: str, url: QueueURL) -> str:
     """Hide the URL's passwords where a client library echoes them in an error message."""
-    for secret in url.secrets:
-        text = text.replace(secret, "***")
-    return text
+    return mask_secrets(text, url.secrets)
 
 
 def flag(url: QueueURL, key: str) -> bool:

@@ -26,7 +26,8 @@ import zlib
 from collections.abc import Callable
 from typing import Any
 
-from agent.config import Config, ConfigError, mask_url
+from agent.config import Config, ConfigError
+from agent.urlmask import mask_secrets, mask_url, url_passwords
 from agent.hub import Hub
 from agent.logs import RateLimitedLog, log
 from agent.model import Batch, Kind, Sample
@@ -79,8 +80,8 @@ class QueueSource:
         try:
             target = parse(url)
             self.probe: Probe = probe_for(target)
-        except ValueError as exc:
-            raise ConfigError(f"TASKLENS_QUEUES: {mask_url(url)}: {exc}") from None
+        except ValueError as exc:  # a broker's or client's message may quote the URL: masked too
+            raise ConfigError(f"TASKLENS_QUEUES: {mask_url(url)}: {mask_secrets(str(exc), url_passwords(url))}") from None
         self.hub = hub
         parsed = self.url = target.url
         queue = self.queue = target.name

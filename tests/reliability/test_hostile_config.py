@@ -16,10 +16,11 @@ import os
 import subprocess
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from urllib.parse import quote, unquote
 
 import pytest
 
-from tests.support import TASKLENS, clean_env
+from tests.support import TASKLENS, clean_env, free_port
 
 PASSWORD = "hunter2-secret"
 
@@ -125,3 +126,27 @@ def test_the_flush_interval_bounds_themselves_are_accepted(value: str) -> None:
     result = run("check", {"TASKLENS_FLUSH_INTERVAL": value})
     assert result.returncode == 0, result.stderr
     assert b'"TASKLENS_FLUSH_INTERVAL": ' + value.encode() in result.stdout
+
+
+# An outside tester's three leaks: a percent-encoded `management=` URL (its password in the masked URL),
+# `=` in a user name and `/` in a password (the whole URL, or part of the password in the error).
+SPLIT = f"{PASSWORD[:7]}/{PASSWORD[7:]}"  # `hunter2/-secret`: urlsplit reads `hunter2` as the port
+LEAKY_QUEUES = [
+    ("management_encoded", 0, "amqp://guest:guest@127.0.0.1:5672/?queue=q1&management="
+                              + quote(f"http://guest:{PASSWORD}@127.0.0.1:15672", safe=""), PASSWORD),
+    ("user_with_equals", 0, f"redis://us=er:{PASSWORD}@127.0.0.1:6379/9?list=x", PASSWORD),
+    ("slash_in_password", 2, f"amqp://u:{SPLIT}@127.0.0.1:5672/?queue=x", SPLIT),
+]
+
+
+@pytest.mark.parametrize(("code", "url", "password"), [case[1:] for case in LEAKY_QUEUES],
+                         ids=[case[0] for case in LEAKY_QUEUES])
+def test_check_shows_no_password_of_a_queue_url(code: int, url: str, password: str) -> None:
+    result = run("check", {"TASKLENS_QUEUES": url, "TASKLENS_HTTP_ADDR": f"127.0.0.1:{free_port()}",
+                           "TASKLENS_STATSD_ADDR": "off"})
+    assert result.returncode == code, result.stderr
+    shown = (result.stdout + result.stderr).decode()
+    assert "***" in shown
+    for form in {shown, unquote(shown), unquote(unquote(shown))}:
+        for part in (password, quote(password, safe=""), *password.split("/")):
+            assert part not in form, f"{part!r} in {shown}"

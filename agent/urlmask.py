@@ -1,0 +1,144 @@
+"""What of a URL's text is secret, and how to show the text without it.
+
+A URL setting may carry passwords in its own user info, in a URL-valued parameter (RabbitMQ's
+`management=`, raw or percent-encoded), in a `password=` parameter, or as a NATS token. Users write
+passwords as generated: `/ ? # @ = & %` unencoded, unicode, percent-encoded once or twice. So:
+
+- the user info is read as a person means it, up to the last `@` before the next `scheme://`, not only
+  as `urlsplit` reads it (up to the first `/ ? #`); a URL where the two differ cannot be read as
+  written, and nothing of its user info is shown;
+- the text is read again percent-decoded (as `parse_qsl` and then a client decode it), and every
+  password found at any level is a secret;
+- a secret is masked wherever it occurs, literally or with any of its characters percent-encoded (or
+  escaped, as a `repr` or JSON shows it).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import re
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from urllib.parse import unquote, unquote_plus, urlsplit
+
+MASK = "***"
+DECODE_LEVELS = 3  # one more than the code decodes: parse_qsl, then a client's unquote of the password
+
+# a URL starts the text, a parameter's value (`management=http://`) or an entry of a list (`,redis://`);
+# elsewhere `x://` is part of a password
+_SCHEME = re.compile(r"(?:^|(?<=[=,\s]))[A-Za-z][A-Za-z0-9+.-]*://")
+# a password as a query parameter (`postgresql://app@db/app?password=...`, as libpq and asyncpg read it)
+_PARAM = re.compile(r"[?&;][A-Za-z_]*password=([^&#\s]*)", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class Authority:
+    """One `scheme://` in a text (a URL, a nested URL, one of a comma-separated list)."""
+
+    scheme: str
+    start: int  # where the user info would start (after `://`)
+    end: int  # where this URL's text ends (the next `scheme://`, or the end)
+    userinfo: str | None  # up to the last `@` before `end`: a password may hold / ? # @
+    readable: bool  # urlsplit reads the same user info and a port that is a number
+
+    @property
+    def password(self) -> str | None:
+        if self.userinfo is None:
+            return None
+        user, colon, password = self.userinfo.partition(":")
+        if colon:
+            return password
+        return user if self.scheme == "nats" else None  # NATS takes a bare token: `nats://<token>@host`
+
+
+def authorities(text: str) -> Iterator[Authority]:
+    found = list(_SCHEME.finditer(text))
+    for i, match in enumerate(found):
+        end = found[i + 1].start() if i + 1 < len(found) else len(text)
+        rest = text[match.end():end]
+        userinfo = rest.rpartition("@")[0] if "@" in rest else None
+        url = text[match.start():end]
+        if text[match.start() - 1:match.start()] == "=":  # a parameter's value ends at `&` or `#`
+            url = re.split(r"[&#]", url, maxsplit=1)[0]
+        try:
+            parts = urlsplit(url)
+            parts.port  # noqa: B018 - raises ValueError on a port that is not a number
+            readable = userinfo == (parts.netloc.rpartition("@")[0] if "@" in parts.netloc else None)
+        except ValueError:
+            readable = False
+        yield Authority(match.group()[:-3].lower(), match.end(), end, userinfo, readable)
+
+
+def _decodings(text: str) -> list[str]:
+    """`text` and what it becomes percent-decoded, once and again, as `%2B` or as `+` for a space."""
+    found, frontier = [text], [text]
+    for _ in range(DECODE_LEVELS):
+        frontier = list(dict.fromkeys(d for t in frontier for d in (unquote(t), unquote_plus(t)) if d not in found))
+        found += frontier
+    return found
+
+
+def url_passwords(url: str) -> list[str]:
+    """Every secret the text may carry (for masking it in other text), as written and decoded."""
+    found: dict[str, None] = {}
+    for text in _decodings(url.strip()):
+        for authority in authorities(text):
+            if authority.password:
+                found.update(dict.fromkeys(_decodings(authority.password)))
+        for match in _PARAM.finditer(text):
+            if match.group(1):
+                found.update(dict.fromkeys(_decodings(match.group(1))))
+    return [secret for secret in found if secret]
+
+
+def mask_url(url: str) -> str:
+    """The text with every secret as `***`; never raises. `redis://:secret@host` -> `redis://:***@host`.
+
+    Where the text cannot be read as written (`amqp://u:pa/ss@host`: a port `pa`), nothing of the user
+    info is shown (`amqp://***@host`), nor a port that is not a number (it may be half a password)."""
+    text = url.strip()
+    secrets = url_passwords(text)
+    for authority in reversed(list(authorities(text))):
+        if authority.readable:
+            continue
+        if authority.userinfo is not None:
+            text = text[:authority.start] + MASK + text[authority.start + len(authority.userinfo):]
+        else:  # no user info: a port that is not a number may be half a password (`amqp://u:Sec/ret`)
+            netloc = re.split(r"[/?#]", text[authority.start:authority.end], maxsplit=1)[0]
+            colon = netloc.find(":", netloc.find("]") + 1)  # after an IPv6 address's brackets
+            if colon >= 0:
+                text = text[:authority.start + colon + 1] + MASK + text[authority.start + len(netloc):]
+    return mask_secrets(text, secrets)
+
+
+def is_readable(url: str) -> bool:
+    """Whether every URL in the text reads as written: its user info holds no unencoded / ? # (nor an
+    `@` after the host) and its port is a number."""
+    return all(a.readable for a in authorities(url.strip()))
+
+
+def mask_secrets(text: str, secrets: Iterable[str]) -> str:
+    """`text` with every occurrence of each secret as `***`, its characters literal or percent-encoded
+    (up to DECODE_LEVELS deep, any case): `a/b` hides `a/b`, `a%2Fb`, `a%252fb`, `%61/b`."""
+    pattern = _pattern(tuple(sorted({s for s in secrets if s}, key=len, reverse=True)))
+    return pattern.sub(MASK, text) if pattern else text
+
+
+@functools.lru_cache(maxsize=256)
+def _pattern(secrets: tuple[str, ...]) -> re.Pattern[str] | None:
+    if not secrets:
+        return None
+    return re.compile("|".join("".join(_char(c, DECODE_LEVELS) for c in s) for s in secrets), re.IGNORECASE)
+
+
+@functools.lru_cache(maxsize=4096)
+def _char(c: str, levels: int) -> str:
+    """A regex for the character `c` written literally (a space also as `+`, escaped as a repr or JSON
+    shows it) or percent-encoded, each character of the encoding itself encoded again, `levels` deep."""
+    if levels == 0:  # also as an error's repr or JSON shows it: `\xa0`, `\U0001f600`, `\"`
+        shown = {c, repr(c)[1:-1], ascii(c)[1:-1], json.dumps(c)[1:-1], *(("+",) if c == " " else ())}
+        return "(?:" + "|".join(map(re.escape, sorted(shown, key=len, reverse=True))) + ")"
+    encoded = "".join("".join(_char(e, levels - 1) for e in f"%{byte:02X}")
+                      for byte in c.encode("utf-8", "surrogatepass"))
+    return f"(?:{_char(c, levels - 1)}|{encoded})"

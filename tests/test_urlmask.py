@@ -1,0 +1,175 @@
+"""No password of a queue URL is ever shown, whatever characters it holds and however it is written.
+
+Passwords (and user names) are drawn from the characters that break URL parsing (`/ ? # @ : = & % ,`,
+space, `+`), unicode, and percent-encoded pieces, written raw or percent-encoded, in the URL itself
+or in a `management=` URL (raw, encoded once, encoded twice). Each URL goes through what `run` and
+`check` do with it: the configuration's validation, the queue source's construction, its `/status`
+and log line after a client error quoting the URL, `check`'s description, `mask_url`, and the errors
+of `parse_queue_url`. Not the password, nor its distinctive start or end, may appear in any of it,
+as written, percent-encoded or decoded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from typing import Any
+from urllib.parse import quote, unquote, unquote_plus
+
+import pytest
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
+from tests.support import free_port
+
+from agent.cli import validate
+from agent.config import ConfigError, describe
+from agent.hub import Hub
+from agent.identity import Identity
+from agent.urlmask import mask_secrets, mask_url, url_passwords
+from integrations.queues import describe_url, parse
+from integrations.queues.base import Reading, parse_queue_url
+from integrations.queues.source import queue_sources
+
+HEAD, TAIL = "Qv7Wj", "Xk9Zb"  # a password's start and end: no user name, host or parameter holds them
+
+PIECES = st.one_of(
+    st.sampled_from(list("/?#@:=&%, +;~!*'()[]$\\\"")),
+    st.sampled_from(["%2F", "%40", "%3A", "%25", "%2C", "%3D", "%26", "%20", "%C3%A9", "%zz", "%"]),
+    st.characters(codec="utf-8", exclude_categories=("Cs",)),
+    st.text("abcdefghijklmnopqrstuvwxyz0123456789", min_size=1, max_size=4),
+)
+# `=x://` or `,x://` starts another URL (a parameter's, a list's): a password cannot hold it
+PASSWORDS = st.lists(PIECES, min_size=1, max_size=12).map(lambda p: HEAD + "".join(p) + TAIL).filter(
+    lambda p: not re.search(r"[=,\s][A-Za-z][A-Za-z0-9+.-]*://", p))
+USERS = st.lists(st.one_of(st.sampled_from(list("=&:@/%?# ")), st.text("guestmn", min_size=1, max_size=3)),
+                 max_size=4).map("".join)
+ENCODINGS = st.sampled_from(["raw", "encoded"])
+
+
+def userinfo(user: str, password: str, encoding: str) -> str:
+    return f"{user}:{password}" if encoding == "raw" else f"{quote(user, safe='')}:{quote(password, safe='')}"
+
+
+@st.composite
+def queue_urls(draw: Any) -> tuple[str, str]:
+    """(a TASKLENS_QUEUES value, the password it carries)."""
+    password, user, encoding = draw(PASSWORDS), draw(USERS), draw(ENCODINGS)
+    where = draw(st.sampled_from(["amqp", "redis", "management", "management_encoded", "management_twice"]))
+    if where == "amqp":
+        return f"amqp://{userinfo(user, password, encoding)}@127.0.0.1:5672/?queue=q1", password
+    if where == "redis":
+        return f"redis://{userinfo(user, password, encoding)}@127.0.0.1:6379/9?list=x", password
+    management = f"http://{userinfo(user, password, encoding)}@127.0.0.1:15672"
+    if where == "management_encoded":
+        management = quote(management, safe="")
+    elif where == "management_twice":
+        management = quote(quote(management, safe=""), safe="")
+    return f"amqp://guest:guest@127.0.0.1:5672/?queue=q1&management={management}", password
+
+
+def shown_forms(text: str) -> set[str]:
+    """The text and what it reads as once percent-decoded, up to three times."""
+    forms = {text}
+    for _ in range(3):
+        forms |= {decode(f) for f in forms for decode in (unquote, unquote_plus)}
+    return forms
+
+
+def assert_hidden(password: str, texts: list[str]) -> None:
+    for text in texts:
+        for form in shown_forms(text):
+            for secret in (password, HEAD, TAIL):
+                assert secret not in form, f"{secret!r} shown in {text!r}"
+
+
+def strings(value: Any) -> list[str]:
+    """Every string in a describe()/status() answer (not its repr: that would escape the password)."""
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, dict):
+        return [s for k, v in value.items() for s in strings(k) + strings(v)]
+    if isinstance(value, (list, tuple)):
+        return [s for v in value for s in strings(v)]
+    return [str(value)]
+
+
+class EchoingProbe:
+    """A client that fails quoting its URL, raw and decoded, as some client libraries do."""
+
+    def __init__(self, raw: str) -> None:
+        self.raw = raw
+
+    async def read(self) -> Reading:
+        raise ConnectionError(f"cannot connect to {self.raw} ({unquote(self.raw)}, {unquote(unquote(self.raw))})")
+
+    async def close(self) -> None:
+        pass
+
+
+def shown_by_run_and_check(url: str, environ: dict[str, str], caplog: pytest.LogCaptureFixture) -> list[str]:
+    """What `run` and `check` show of one TASKLENS_QUEUES value: an error, or the configuration, the
+    queues' descriptions, and each source's log line and `/status` after a client error."""
+    shown = [mask_url(url)]
+    try:
+        config, warnings = validate({**environ, "TASKLENS_QUEUES": url})
+    except ConfigError as exc:
+        return [*shown, str(exc)]
+    shown += warnings + strings(describe(config)) + strings([describe_url(u, config) for u in config.queues])
+    caplog.clear()
+    for source in queue_sources(config, Hub(Identity(service="check"))):
+        source.probe = EchoingProbe(source.url.raw)
+        assert not asyncio.run(source.poll())
+        shown += strings(source.status())
+    return [*shown, caplog.text]
+
+
+@pytest.fixture(scope="module")
+def environ() -> dict[str, str]:
+    return {"TASKLENS_HTTP_ADDR": f"127.0.0.1:{free_port()}", "TASKLENS_STATSD_ADDR": "off"}
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(case=queue_urls())
+# the outside tester's three: a percent-encoded management URL, `=` in a user name, `/` in a password
+@example(case=("amqp://guest:guest@127.0.0.1:5672/?queue=q1&management=http%3A%2F%2Fguest%3AQv7WjMgmtXk9Zb"
+               "%40127.0.0.1%3A15672", "Qv7WjMgmtXk9Zb"))
+@example(case=("redis://us=er:Qv7WjEqXk9Zb@127.0.0.1:6379/9?list=x", "Qv7WjEqXk9Zb"))
+@example(case=("amqp://u:Qv7Wj/Xk9Zb@127.0.0.1:5672/?queue=x", "Qv7Wj/Xk9Zb"))
+def test_no_password_is_shown_by_run_or_check(case: tuple[str, str], environ: dict[str, str],
+                                               caplog: pytest.LogCaptureFixture) -> None:
+    url, password = case
+    caplog.set_level(logging.INFO)
+    assert_hidden(password, shown_by_run_and_check(url, environ, caplog))
+
+
+@settings(max_examples=300, deadline=None)
+@given(case=queue_urls())
+def test_no_password_is_in_a_parse_error(case: tuple[str, str]) -> None:
+    url, password = case
+    for params, pass_through in ((frozenset(), False), (frozenset({"queue", "list"}), False), (frozenset(), True)):
+        try:
+            parse_queue_url(url, params, pass_through)
+        except ValueError as exc:
+            assert_hidden(password, [str(exc)])
+    try:
+        parse(url)
+    except ValueError as exc:
+        assert_hidden(password, [str(exc)])
+
+
+def test_a_password_is_masked_in_any_encoding() -> None:
+    assert mask_secrets("a/b a%2Fb a%252fb %61/b A/B", ["a/b"]) == "*** *** *** *** ***"
+    assert mask_secrets("p w, p+w, p%20w", ["p w"]) == "***, ***, ***"
+    assert url_passwords("amqp://u:Sec/ret@h/?queue=x") == ["Sec/ret"]
+    assert "MgmtS3cret" in url_passwords("amqp://h/?queue=q&management=http%3A%2F%2Fg%3AMgmtS3cret%40h")
+
+
+def test_a_url_that_does_not_read_as_written_shows_no_user_info() -> None:
+    assert mask_url("amqp://u:Sec/ret@127.0.0.1:5672/?queue=x") == "amqp://***@127.0.0.1:5672/?queue=x"
+    assert mask_url("amqp://u:Sec#ret@h/?queue=x") == "amqp://***@h/?queue=x"
+    assert mask_url("amqp://u:Sec") == "amqp://u:***"  # no host: the port may be half a password
+    # what reads as written keeps its user name and everything but the password
+    assert mask_url("redis://us=er:pw1@h:6379/9?list=x") == "redis://us=er:***@h:6379/9?list=x"
+    assert mask_url("amqp://app:s3cret@h/?queue=q&management=http%3A%2F%2Fg%3Ahunter2%40h") == (
+        "amqp://app:***@h/?queue=q&management=http%3A%2F%2Fg%3A***%40h")

@@ -794,6 +794,11 @@ def mask_url(url: str) -> str:
     return _PARAM.sub(lambda m: m.group(1) + "***" if m.group(2) else m.group(0), masked)
 
 
+def url_credentials(url: str) -> list[tuple[str, str]]:
+    """Every `user:password@` in a URL (its own, any in a parameter), as written."""
+    return [(m.group(1)[3:-1], m.group(0)[len(m.group(1)):-1]) for m in _USERINFO.finditer(url)]
+
+
 def url_passwords(url: str) -> list[str]:
     """The passwords `mask_url` hides, as written in the URL (for masking them in other text)."""
     found = [m.group(0)[len(m.group(1)):-1] for pattern in (_USERINFO, _TOKEN) for m in pattern.finditer(url)]

@@ -11,7 +11,6 @@ profile that cannot be pushed is dropped (counted and logged): profiles are samp
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import os
 import re
@@ -29,7 +28,7 @@ import psutil
 from agent.config import Config, ConfigError, mask_url
 from agent.hub import Hub
 from agent.logs import RateLimitedLog, log
-from agent.redact import Redactor, config_secrets
+from agent.redact import Redactor, basic_auth, config_secrets
 from integrations.profilers import procs
 from integrations.profilers.ingest import Folded, ingest_params, parse_raw, profile_name, render
 from integrations.profilers.sitecustomize import labels, split_credentials
@@ -95,7 +94,7 @@ class PySpyProfiler:
         user, password = config.pyroscope_user or user, config.pyroscope_password or password
         self._headers = {"Content-Type": "text/plain; charset=utf-8"}
         if user or password:
-            self._headers["Authorization"] = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+            self._headers["Authorization"] = basic_auth(user, password)
         if config.pyroscope_tenant:
             self._headers["X-Scope-OrgID"] = config.pyroscope_tenant
         self._duration = max(1, round(config.profile_window))  # py-spy takes whole seconds

@@ -162,6 +162,23 @@ async def test_an_error_text_that_echoes_the_password_is_logged_masked(pyroscope
     assert "denied: user=team-a" in caplog.text and password not in caplog.text
 
 
+async def test_an_error_text_that_echoes_the_basic_auth_header_is_logged_masked(pyroscope, start_worker, ptrace_ok,
+                                                                                identity, caplog):
+    caplog.set_level(logging.WARNING, logger="tasklens")
+    header = "Basic " + base64.b64encode(b"user:s3cr3t-Pyro-Pass!").decode()  # dXNlcjpzM2NyM3QtUHlyby1QYXNzIQ==
+    pyroscope.status, pyroscope.error_text = 401, f"invalid credentials: auth header was {header}"
+    worker = start_worker()
+    profiler = profiler_for(pyroscope.url, worker.marker, identity, window=1.0, pyroscope_user="user",
+                            pyroscope_password="s3cr3t-Pyro-Pass!")
+    stop = asyncio.Event()
+    task = asyncio.create_task(profiler.run(stop))
+    metrics = profiler.hub.metrics
+    await until(lambda: metrics.get("tasklens.profiler.push_errors", reason="http_401") >= 1, 30, "a refused push")
+    await stopped(profiler, stop, task)
+    assert "auth header was Basic ***" in caplog.text
+    assert "dXNlcjpzM2NyM3QtUHlyby1QYXNzIQ" not in caplog.text
+
+
 async def test_unreachable_server_is_a_connection_error(start_worker, ptrace_ok, identity):
     worker = start_worker()
     profiler = profiler_for(f"http://127.0.0.1:{free_port()}", worker.marker, identity, window=1.0)

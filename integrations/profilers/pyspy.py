@@ -286,10 +286,9 @@ class PySpyProfiler:
     def labels_for(self, target: procs.Target) -> dict[str, str]:
         tags = [kv for kv in self.hub.identity.tags if kv[0] != "service"]  # the service is the name
         container = self.container_of(target)
-        if container:
-            tags.append(("container_name", container))
-        tags.append(("process", target.process))
-        return labels(tags)
+        own = [("container_name", container)] if container else []
+        own.append(("process", target.process))
+        return labels(tags, own)  # the process's own labels win over task tags of the same name
 
     def _submit(self, state: _State, folded: Folded, start: float, end: float) -> None:
         if folded.skipped:

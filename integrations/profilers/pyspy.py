@@ -27,7 +27,7 @@ import psutil
 
 from agent.config import Config, ConfigError, mask_url
 from agent.hub import Hub
-from agent.logs import RateLimitedLog, log
+from agent.logs import RateLimitedLog, log, shown
 from agent.redact import Redactor, basic_auth, config_secrets
 from integrations.profilers import procs
 from integrations.profilers.ingest import Folded, ingest_params, parse_raw, profile_name, render
@@ -159,8 +159,8 @@ class PySpyProfiler:
             if target.key in self._workers or target.key in self._skip:
                 continue
             container = self.container_of(target)
-            log.info("profiler: profiling pid %d (%s%s)", target.pid, target.process,
-                     f" in container {container}" if container else "")
+            log.info("profiler: profiling pid %d (%s%s)", target.pid, shown(target.process),
+                     f" in container {shown(container)}" if container else "")
             self._states[target.key] = _State(target)
             self._workers[target.key] = asyncio.create_task(self._profile(target, stop))
         for key in list(self._states):
@@ -180,7 +180,7 @@ class PySpyProfiler:
                 # /proc/<pid>/maps of a large worker is long, and reading it takes the process's mmap lock
                 if await asyncio.to_thread(procs.profiles_itself, target.pid):
                     log.info("profiler: pid %d (%s) profiles itself (pyroscope-io bootstrap): not sampling it",
-                             target.pid, target.process)
+                             target.pid, shown(target.process))
                     self._skip.add(target.key)
                     return
                 async with self._slots:
@@ -209,20 +209,21 @@ class PySpyProfiler:
                 self._count_processes()
                 if reason == "ptrace_denied":
                     self._report("profiler: py-spy may not read pid %d (%s): %s; %s",
-                                 target.pid, target.process, last, PTRACE_FIX)
+                                 target.pid, shown(target.process), shown(last), PTRACE_FIX)
                     await _wait(stop, DENIED_RETRY)
                 elif reason == "not_python":
                     log.info("profiler: pid %d (%s) is not a Python process py-spy can read: skipped",
-                             target.pid, target.command)
+                             target.pid, shown(target.command))
                     self._skip.add(target.key)
                     return
                 else:
                     self._log.warning(f"profiler:{reason}", "profiler: py-spy failed on pid %d (%s): %s",
-                                      target.pid, target.process, last)
+                                      target.pid, shown(target.process), shown(last))
                     await _wait(stop, self._duration)
         except Exception as exc:  # a bug here must not end profiling: the next scan starts it again
             self.hub.metrics.inc("tasklens.profiler.record_errors", reason="internal")
-            self._log.error("profiler:internal", "profiler: pid %d (%s): %r", target.pid, target.process, exc)
+            self._log.error("profiler:internal", "profiler: pid %d (%s): %r", target.pid, shown(target.process),
+                            exc)
         finally:
             self._workers.pop(target.key, None)
             self._count_processes()

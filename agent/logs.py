@@ -35,6 +35,13 @@ class RateLimitedLog:
         return self(logging.ERROR, key, msg, *args)
 
 
+def shown(text: str) -> str:
+    """`text` for a log line: control and other unprintable characters escaped as in a Python literal
+    (`\\n`, `\\x1b`), so that a name from elsewhere (a script file name, a command line) can neither
+    split a log line nor forge one."""
+    return text if text.isprintable() else "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 def setup(level: str = "info") -> None:
     logging.basicConfig(
         level=getattr(logging, level.upper(), logging.INFO),

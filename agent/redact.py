@@ -1,7 +1,7 @@
 """Masking secrets in text that came from elsewhere, before it is stored (`/status`) or logged.
 
 A remote peer can echo what we sent it: an intake's 400 body may quote the API key, a broker's error
-may quote the URL with its password. Every sink that keeps or logs a remote error text passes it
+may quote the URL with its password, a server may quote the `Authorization: Basic <base64>` header. Every sink that keeps or logs a remote error text passes it
 through `Redactor.remote_text` (or `Redactor.mask` for text that is already a string):
 
     redact = Redactor(config_secrets(config))
@@ -10,6 +10,7 @@ through `Redactor.remote_text` (or `Redactor.mask` for text that is already a st
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import re
@@ -17,23 +18,38 @@ from collections.abc import Iterable, Mapping
 from urllib.parse import parse_qsl, quote, quote_plus, unquote, urlsplit
 
 from agent.config import SECRET_FIELDS, URL_FIELDS, Config
-from agent.urlmask import url_passwords
+from agent.urlmask import url_credentials, url_passwords
 
 MASK = "***"
 REMOTE_TEXT_LIMIT = 200  # characters of a remote error kept: enough to say what went wrong
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]+")  # no line breaks or escapes from a peer in our log
 
 
+def basic_auth(user: str, password: str) -> str:
+    """The `Authorization` value for HTTP basic auth. Every client of the sidecar builds it here, so
+    that `Redactor` masks exactly the bytes that were sent (base64 of UTF-8 `user:password`)."""
+    return "Basic " + _base64(f"{user}:{password}")
+
+
+def _base64(text: str) -> str:
+    return base64.b64encode(text.encode("utf-8", "surrogatepass")).decode()
+
+
 class Redactor:
-    """Replaces every occurrence of a secret (as written, percent-encoded or decoded, JSON-escaped; any
-    case). A secret of a few characters masks those characters everywhere: unreadable beats leaked."""
+    """Replaces every occurrence of a secret in every form the sidecar sends it: as written,
+    percent-encoded or decoded, JSON-escaped (`\\uXXXX` or not), base64 (with or without its `=` padding); any case.
+    `config_secrets` adds `user:password` for each basic-auth pair, so its base64 is masked too.
+    A secret of a few characters masks those characters everywhere: unreadable beats leaked."""
 
     def __init__(self, secrets: Iterable[str]) -> None:
         variants: set[str] = set()
         for secret in secrets:
             if secret:
+                encoded = _base64(secret)
                 variants.update((secret, unquote(secret), quote(secret, safe=""), quote_plus(secret),
-                                 json.dumps(secret)[1:-1]))
+                                 json.dumps(secret)[1:-1], json.dumps(secret, ensure_ascii=False)[1:-1],
+                                 encoded, encoded.rstrip("=")))
+        variants.discard("")
         # longest first, so that a secret containing another is masked whole
         alternatives = sorted(variants, key=len, reverse=True)
         self._pattern = re.compile("|".join(map(re.escape, alternatives)), re.IGNORECASE) if alternatives else None
@@ -50,10 +66,14 @@ class Redactor:
 
 
 def config_secrets(config: Config, environ: Mapping[str, str] | None = None) -> list[str]:
-    """Every secret the configuration holds: secret settings, the passwords inside URL settings, and
-    those a URL takes from another variable (`password_env=NAME`)."""
+    """Every secret the configuration holds: secret settings, the passwords inside URL settings, those a
+    URL takes from another variable (`password_env=NAME`), and `user:password` for every basic-auth pair
+    the sidecar may build from them (a user setting or a URL's user, with a password setting or a URL's
+    password; as written and percent-decoded)."""
     environ = os.environ if environ is None else environ
     found: list[str] = []
+    users = {"", config.pyroscope_user, config.remote_write_username}
+    passwords = {config.pyroscope_password, config.remote_write_password}
     for name in sorted(SECRET_FIELDS | URL_FIELDS):
         value = getattr(config, name, "")
         values = value if isinstance(value, tuple) else (value,)
@@ -63,9 +83,14 @@ def config_secrets(config: Config, environ: Mapping[str, str] | None = None) -> 
             if name in SECRET_FIELDS:
                 found.append(item)
             found.extend(url_passwords(item))
+            for user, password in url_credentials(item):
+                users.update((user, unquote(user)))
+                passwords.update((password, unquote(password)))
             try:
                 params = parse_qsl(urlsplit(item).query)
             except ValueError:
                 continue
             found.extend(environ.get(v, "") for k, v in params if k == "password_env")
+    found.extend(passwords)
+    found.extend(f"{user}:{password}" for user in sorted(users) for password in sorted(passwords) if password)
     return [f for f in found if f]

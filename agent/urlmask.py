@@ -92,6 +92,18 @@ def url_passwords(url: str) -> list[str]:
     return [secret for secret in found if secret]
 
 
+def url_credentials(url: str) -> list[tuple[str, str]]:
+    """Every `user:password` of the text's URLs (its own, any in a parameter), as written and decoded:
+    what a client sends as basic auth."""
+    found: dict[tuple[str, str], None] = {}
+    for text in _decodings(url.strip()):
+        for authority in authorities(text):
+            if authority.userinfo and ":" in authority.userinfo:
+                user, _, password = authority.userinfo.partition(":")
+                found[(user, password)] = None
+    return list(found)
+
+
 def mask_url(url: str) -> str:
     """The text with every secret as `***`; never raises. `redis://:secret@host` -> `redis://:***@host`.
 

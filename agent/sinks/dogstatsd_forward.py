@@ -11,7 +11,9 @@ MTU without fragmentation, the DogStatsD clients' default).
   the agent computes the aggregates itself. Past `MAX_VALUES` values in an interval, that many values
   at evenly spaced ranks go instead, with the rate that makes their count right (as a client that
   samples would send them). Timestamped samples keep `|T<ts>`.
-- Events -> `_e{..}`, service checks -> `_sc|..`, newlines escaped as the protocol says.
+- Events -> `_e{..}`, service checks -> `_sc|..`. No field may hold what the agent splits on there
+  (it reads every `|` piece of a line as a field, a later `#` replacing the tags): in names, hosts and
+  tags those characters become `_`, in a service check message `|` becomes `¦` (docs/datadog.md).
 - A line that cannot fit a datagram is dropped and counted (`reason="too_long"`), never cut.
 - Sending never blocks: a full socket buffer or an agent that is not listening drops the datagram and
   counts it; pending lines are bounded (`max_pending`, oldest dropped first).
@@ -116,17 +118,37 @@ def number(value: float) -> str:
     return repr(value)
 
 
+# What the DogStatsD protocol splits on, per field (docs/datadog.md, "Forwarding"): a datagram on
+# newlines (a trailing `\r` dropped), a line on every `|` (the Datadog agent reads each piece as a
+# field: a later `#..` replaces the tags, `h:`/`d:` set the host and time), tags on `,`, a tag on its
+# first `:`. A forwarded field never contains the separators of its position.
+_SEPARATORS = {"|": "_", ",": "_", "#": "_", "\n": "_", "\r": "_"}
+_FIELD = str.maketrans(_SEPARATORS)  # names, hostnames, keys, tag values
+_TAG_KEY = str.maketrans({**_SEPARATORS, ":": "_"})  # a `:` in a key would move the key/value split
+_MESSAGE = str.maketrans({"|": "\u00a6", "\r": None, "\n": "\\n"})  # `|` -> `¦`, newline -> `\n`
+
+
 def _clean(text: str) -> str:
-    # `,` `|` and newlines would break the line's structure
-    return text.replace("|", "_").replace(",", "_").replace("\n", " ")
+    return text.translate(_FIELD)
+
+
+def _tag(key: str, value: str) -> str:
+    return format_tag(key.translate(_TAG_KEY), value.translate(_FIELD))
 
 
 def tag_suffix(tags: Tags) -> str:
-    return "|#" + ",".join(_clean(format_tag(k, v)) for k, v in tags) if tags else ""
+    items = [t for t in (_tag(k, v) for k, v in tags) if t]  # an empty item would be an empty tag
+    return "|#" + ",".join(items) if items else ""
 
 
 def _escape(text: str) -> str:
+    """Event title and text: sent with their byte lengths, so `|` is safe; only newlines are escaped."""
     return text.replace("\r", "").replace("\n", "\\n")
+
+
+def _message(text: str) -> str:
+    """A service check message is one `|` field like the others for the Datadog agent."""
+    return text.translate(_MESSAGE)
 
 
 def value_lines(name: str, values: Iterable[float], kind: str, tail: str, limit: int) -> Iterator[str]:
@@ -195,7 +217,7 @@ def check_line(c: ServiceCheck) -> str:
         line += f"|h:{_clean(c.hostname)}"
     line += tag_suffix(c.tags)
     if c.message:
-        line += "|m:" + _escape(c.message)  # last: it may contain `|`
+        line += "|m:" + _message(c.message)  # last, as the clients send it
     return line
 
 

@@ -25,7 +25,6 @@ bench/fleet.py `cost` measures this against building the whole message every flu
 from __future__ import annotations
 
 import asyncio
-import base64
 import fnmatch
 import logging
 import re
@@ -41,6 +40,7 @@ from agent.config import Config, ConfigError, parse_headers
 from agent.urlmask import mask_url
 from agent.hub import Hub
 from agent.model import Batch, Kind, Tags
+from agent.redact import basic_auth
 from agent.sinks.cumulative import CumulativeState, Histogram, Series
 from agent.sinks.prometheus import labels_of, metric_name
 from agent.sinks.push import Outcome, Payload, Pusher, post
@@ -254,7 +254,7 @@ class RemoteWriteSink:
         if config.remote_write_bearer_token:
             out["Authorization"] = f"Bearer {config.remote_write_bearer_token}"
         elif user or password:
-            out["Authorization"] = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+            out["Authorization"] = basic_auth(user, password)
         out.update({
             "Content-Encoding": "snappy",
             "Content-Type": "application/x-protobuf",

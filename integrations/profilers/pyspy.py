@@ -11,7 +11,6 @@ profile that cannot be pushed is dropped (counted and logged): profiles are samp
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import os
 import re
@@ -29,8 +28,8 @@ import psutil
 from agent.config import Config, ConfigError
 from agent.urlmask import mask_url
 from agent.hub import Hub
-from agent.logs import RateLimitedLog, log
-from agent.redact import Redactor, config_secrets
+from agent.logs import RateLimitedLog, log, shown
+from agent.redact import Redactor, basic_auth, config_secrets
 from integrations.profilers import procs
 from integrations.profilers.ingest import Folded, ingest_params, parse_raw, profile_name, render
 from integrations.profilers.sitecustomize import labels, split_credentials
@@ -96,7 +95,7 @@ class PySpyProfiler:
         user, password = config.pyroscope_user or user, config.pyroscope_password or password
         self._headers = {"Content-Type": "text/plain; charset=utf-8"}
         if user or password:
-            self._headers["Authorization"] = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+            self._headers["Authorization"] = basic_auth(user, password)
         if config.pyroscope_tenant:
             self._headers["X-Scope-OrgID"] = config.pyroscope_tenant
         self._duration = max(1, round(config.profile_window))  # py-spy takes whole seconds
@@ -161,8 +160,8 @@ class PySpyProfiler:
             if target.key in self._workers or target.key in self._skip:
                 continue
             container = self.container_of(target)
-            log.info("profiler: profiling pid %d (%s%s)", target.pid, target.process,
-                     f" in container {container}" if container else "")
+            log.info("profiler: profiling pid %d (%s%s)", target.pid, shown(target.process),
+                     f" in container {shown(container)}" if container else "")
             self._states[target.key] = _State(target)
             self._workers[target.key] = asyncio.create_task(self._profile(target, stop))
         for key in list(self._states):
@@ -182,7 +181,7 @@ class PySpyProfiler:
                 # /proc/<pid>/maps of a large worker is long, and reading it takes the process's mmap lock
                 if await asyncio.to_thread(procs.profiles_itself, target.pid):
                     log.info("profiler: pid %d (%s) profiles itself (pyroscope-io bootstrap): not sampling it",
-                             target.pid, target.process)
+                             target.pid, shown(target.process))
                     self._skip.add(target.key)
                     return
                 async with self._slots:
@@ -211,20 +210,21 @@ class PySpyProfiler:
                 self._count_processes()
                 if reason == "ptrace_denied":
                     self._report("profiler: py-spy may not read pid %d (%s): %s; %s",
-                                 target.pid, target.process, last, PTRACE_FIX)
+                                 target.pid, shown(target.process), shown(last), PTRACE_FIX)
                     await _wait(stop, DENIED_RETRY)
                 elif reason == "not_python":
                     log.info("profiler: pid %d (%s) is not a Python process py-spy can read: skipped",
-                             target.pid, target.command)
+                             target.pid, shown(target.command))
                     self._skip.add(target.key)
                     return
                 else:
                     self._log.warning(f"profiler:{reason}", "profiler: py-spy failed on pid %d (%s): %s",
-                                      target.pid, target.process, last)
+                                      target.pid, shown(target.process), shown(last))
                     await _wait(stop, self._duration)
         except Exception as exc:  # a bug here must not end profiling: the next scan starts it again
             self.hub.metrics.inc("tasklens.profiler.record_errors", reason="internal")
-            self._log.error("profiler:internal", "profiler: pid %d (%s): %r", target.pid, target.process, exc)
+            self._log.error("profiler:internal", "profiler: pid %d (%s): %r", target.pid, shown(target.process),
+                            exc)
         finally:
             self._workers.pop(target.key, None)
             self._count_processes()
@@ -288,10 +288,9 @@ class PySpyProfiler:
     def labels_for(self, target: procs.Target) -> dict[str, str]:
         tags = [kv for kv in self.hub.identity.tags if kv[0] != "service"]  # the service is the name
         container = self.container_of(target)
-        if container:
-            tags.append(("container_name", container))
-        tags.append(("process", target.process))
-        return labels(tags)
+        own = [("container_name", container)] if container else []
+        own.append(("process", target.process))
+        return labels(tags, own)  # the process's own labels win over task tags of the same name
 
     def _submit(self, state: _State, folded: Folded, start: float, end: float) -> None:
         if folded.skipped:

@@ -71,13 +71,18 @@ def app_name(service: str) -> str:
     return _only(service.strip(), _APP_CHARS) or "unknown"
 
 
-def labels(tags: Iterable[tuple[str, str]]) -> dict[str, str]:
-    """(key, value) pairs -> a dict of valid labels; the first of two keys that collide wins."""
+def labels(tags: Iterable[tuple[str, str]], own: Iterable[tuple[str, str]] = ()) -> dict[str, str]:
+    """(key, value) pairs -> a dict of valid labels; the first of two keys that collide wins.
+
+    `own` are the process's own labels (`container_name`, `process`): they win over task tags of the
+    same name (`TASKLENS_TAGS=process:x` must not merge every process's profiles into one)."""
     out: dict[str, str] = {}
+    mine = labels(own) if own else {}
     for key, value in tags:
         name = label_key(key)
-        if name and name not in out:
+        if name and name not in out and name not in mine:
             out[name] = label_value(value)
+    out.update(mine)
     return out
 
 
@@ -258,10 +263,10 @@ def resolve_labels(environ: Mapping[str, str]) -> tuple[str, dict[str, str]]:
         except Exception as exc:  # no metadata: the variables still name the service
             _log().warning("tasklens profiling: ECS metadata unavailable (%s); using TASKLENS_* variables only", exc)
     service, tags = identity(environ, task)
+    own = [("process", process_name(_own_cmdline()))]
     if isinstance(container, dict) and container.get("Name"):
-        tags.append(("container_name", str(container["Name"])))
-    tags.append(("process", process_name(_own_cmdline())))
-    return app_name(service), labels(tags)
+        own.insert(0, ("container_name", str(container["Name"])))
+    return app_name(service), labels(tags, own)
 
 
 def _log() -> logging.Logger:

@@ -12,11 +12,11 @@ user and password unless the management URL carries its own. RabbitMQ has no del
 
 from __future__ import annotations
 
-import base64
 import time
 from typing import Any
 from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
+from agent.redact import basic_auth
 from integrations.queues.base import Broker, ProbeError, QueueURL, Reading
 
 OWN_PARAMS = ("queue", "management")  # the rest (heartbeat, ssl...) are aio-pika's URL options
@@ -63,10 +63,6 @@ def management_endpoint(url: QueueURL) -> tuple[str, tuple[str, str]]:
     else:
         auth = (unquote(url.parts.username or "guest"), unquote(url.parts.password or "guest"))
     return f"{base}{path}?{MANAGEMENT_QUERY}", auth
-
-
-def basic_auth(user: str, password: str) -> str:
-    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
 
 
 def reading_of_management(doc: dict[str, Any], now: float) -> Reading:

@@ -75,7 +75,8 @@ def test_events_and_service_checks() -> None:
     # lengths are UTF-8 bytes of the escaped texts: "héllo" is 6 bytes, "line1\\nline2" 12
     assert event_line(e) == "_e{6,12}:héllo|line1\\nline2|d:1700000000|k:deploy|p:low|t:info|#team:pay"
     c = ServiceCheck("orders.db", 2, (("db", "main"),), timestamp=1700000000, message="refused | retry\nlater")
-    assert check_line(c) == "_sc|orders.db|2|d:1700000000|#db:main|m:refused | retry\\nlater"
+    # a message is one `|` field for the Datadog agent: `|` is sent as `¦` (test_dogstatsd_forward_fields.py)
+    assert check_line(c) == "_sc|orders.db|2|d:1700000000|#db:main|m:refused \u00a6 retry\\nlater"
 
 
 def test_lines_round_trip_through_a_dogstatsd_parser() -> None:
@@ -93,7 +94,7 @@ def test_lines_round_trip_through_a_dogstatsd_parser() -> None:
     ((event, _),) = parsed.events
     assert (event.title, event.text, event.alert_type) == ("t", "x\ny", "error")
     ((check, _),) = parsed.service_checks
-    assert (check.name, check.status, check.message) == ("c", 1, "m|n")
+    assert (check.name, check.status, check.message) == ("c", 1, "m\u00a6n")
 
 
 def test_pack_fills_datagrams_up_to_the_limit() -> None:

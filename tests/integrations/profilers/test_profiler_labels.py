@@ -147,3 +147,44 @@ def test_options_an_older_pyroscope_io_does_not_take_are_left_out():
     options = {"application_name": "a", "server_address": "http://p", "mem_enabled": True, "upload_interval": 10}
     assert site._supported(configure_0_8, options) == {"application_name": "a", "server_address": "http://p"}
     assert site._supported(configure_any, options) == options
+
+
+# --- the process's own labels win over task tags of the same name ---------------------------------
+
+OWN_TAGS = {"TASKLENS_TAGS": "process:x,container_name:y,team:pay", "TASKLENS_SERVICE": "orders"}
+
+
+def test_own_labels_win_over_tags_of_the_same_name():
+    own = [("container_name", "worker"), ("process", "worker.py")]
+    assert site.labels([("process", "x"), ("team", "pay"), ("container-name", "y")], own) == {
+        "team": "pay", "container_name": "worker", "process": "worker.py"}
+
+
+def test_sidecar_mode_labels_each_process_whatever_the_task_tags_say():
+    from agent.config import Config
+    from agent.hub import Hub
+    from integrations.profilers.procs import Target
+    from integrations.profilers.pyspy import PySpyProfiler
+    from tests.integrations.profilers.support import task_json
+
+    identity = task_identity(load(OWN_TAGS), task_json(), {})
+    docker_id, tags = next(iter(identity.containers.items()))
+    profiler = PySpyProfiler(Config(pyroscope_url="http://127.0.0.1:9"), Hub(identity), py_spy="")
+    got = [profiler.labels_for(Target(pid, 1.0, name, f"python {name}", f"0::/ecs/task/{docker_id}"))
+           for pid, name in ((10, "worker.py"), (11, "beat.py"))]
+    assert [(g["process"], g["container_name"], g["team"]) for g in got] == [
+        ("worker.py", dict(tags)["container_name"], "pay"), ("beat.py", dict(tags)["container_name"], "pay")]
+
+
+def test_bootstrap_labels_its_own_process_whatever_the_task_tags_say(monkeypatch):
+    from tests.integrations.profilers.support import task_json
+
+    monkeypatch.setattr(site, "_own_cmdline", lambda: ["/usr/bin/python3", "/app/worker.py"])
+    documents = {"http://169.254.170.2/v4/c/task": task_json(), "http://169.254.170.2/v4/c": {"Name": "worker"}}
+    monkeypatch.setattr(site, "_fetch_json", lambda url, timeout: documents[url])
+    environ = dict(OWN_TAGS, ECS_CONTAINER_METADATA_URI_V4="http://169.254.170.2/v4/c")
+    _, labels = site.resolve_labels(environ)
+    assert (labels["process"], labels["container_name"], labels["team"]) == ("worker.py", "worker", "pay")
+    # without metadata the container is unknown: the task tag stays, the process is still its own
+    _, labels = site.resolve_labels(OWN_TAGS)
+    assert (labels["process"], labels["container_name"]) == ("worker.py", "y")

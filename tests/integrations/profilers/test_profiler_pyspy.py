@@ -10,6 +10,7 @@ import base64
 import logging
 import re
 import shutil
+import subprocess
 import uuid
 from dataclasses import replace
 from pathlib import Path
@@ -21,7 +22,7 @@ from agent.hub import Hub
 from agent.identity import Identity
 from integrations.profilers.pyspy import PySpyProfiler
 from tests.support import clean_env, free_port
-from tests.integrations.profilers.support import HOT_FUNCTION, until
+from tests.integrations.profilers.support import HOT_FUNCTION, HOT_WORKER, WORKER_PYTHON, Worker, until
 
 EXPECTED_LABELS = {  # fargate-2023.task.json, as agent.identity derives it, minus the service
     "ecs_cluster": "akira-fargate-check-cluster",
@@ -162,6 +163,23 @@ async def test_an_error_text_that_echoes_the_password_is_logged_masked(pyroscope
     assert "denied: user=team-a" in caplog.text and password not in caplog.text
 
 
+async def test_an_error_text_that_echoes_the_basic_auth_header_is_logged_masked(pyroscope, start_worker, ptrace_ok,
+                                                                                identity, caplog):
+    caplog.set_level(logging.WARNING, logger="tasklens")
+    header = "Basic " + base64.b64encode(b"user:s3cr3t-Pyro-Pass!").decode()  # dXNlcjpzM2NyM3QtUHlyby1QYXNzIQ==
+    pyroscope.status, pyroscope.error_text = 401, f"invalid credentials: auth header was {header}"
+    worker = start_worker()
+    profiler = profiler_for(pyroscope.url, worker.marker, identity, window=1.0, pyroscope_user="user",
+                            pyroscope_password="s3cr3t-Pyro-Pass!")
+    stop = asyncio.Event()
+    task = asyncio.create_task(profiler.run(stop))
+    metrics = profiler.hub.metrics
+    await until(lambda: metrics.get("tasklens.profiler.push_errors", reason="http_401") >= 1, 30, "a refused push")
+    await stopped(profiler, stop, task)
+    assert "auth header was Basic ***" in caplog.text
+    assert "dXNlcjpzM2NyM3QtUHlyby1QYXNzIQ" not in caplog.text
+
+
 async def test_unreachable_server_is_a_connection_error(start_worker, ptrace_ok, identity):
     worker = start_worker()
     profiler = profiler_for(f"http://127.0.0.1:{free_port()}", worker.marker, identity, window=1.0)
@@ -270,3 +288,29 @@ async def test_container_name_comes_from_the_metadata_even_when_it_arrives_later
     await stopped(profiler, stop, task)
     assert pyroscope.ingested[-1].labels["container_name"] == "worker"
     assert profiler.status()["processes"] == []
+
+
+async def test_a_file_name_with_a_newline_cannot_split_or_forge_a_log_line(tmp_path, identity, caplog):
+    """The names of what a process runs come from the worker's side: shown escaped in every line."""
+    caplog.set_level(logging.INFO, logger="tasklens")
+    script = tmp_path / "job\nERROR tasklens: forged.py"
+    shutil.copy(HOT_WORKER, script)
+    marker = f"tasklens-test-{uuid.uuid4().hex[:12]}"
+    proc = subprocess.Popen([WORKER_PYTHON, str(script), marker, "60"], env=clean_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        Worker(proc, marker).wait_ready()
+        # py-spy is `false`: every window fails, so the failure line shows the name too (no ptrace needed)
+        config = Config(pyroscope_url="http://127.0.0.1:9", profile_window=1.0, profile_match=re.escape(marker))
+        profiler = PySpyProfiler(config, Hub(identity), py_spy=shutil.which("false"))
+        stop = asyncio.Event()
+        task = asyncio.create_task(profiler.run(stop))
+        await until(lambda: "py-spy failed on pid" in caplog.text, 30, "a failed window logged")
+        await stopped(profiler, stop, task)
+    finally:
+        proc.kill()
+        proc.communicate()
+    lines = [r.getMessage() for r in caplog.records if str(proc.pid) in r.getMessage()]
+    assert len(lines) >= 2  # "profiling pid ..." and "py-spy failed on pid ..."
+    for line in lines:
+        assert "\n" not in line and "(job\\nERROR tasklens: forged.py)" in line

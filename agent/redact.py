@@ -17,7 +17,7 @@ import re
 from collections.abc import Iterable, Mapping
 from urllib.parse import parse_qsl, quote, quote_plus, unquote, urlsplit
 
-from agent.config import SECRET_FIELDS, URL_FIELDS, Config
+from agent.config import SECRET_FIELDS, URL_FIELDS, Config, parse_headers
 from agent.urlmask import url_credentials, url_passwords
 
 MASK = "***"
@@ -65,6 +65,9 @@ class Redactor:
         return text if len(text) <= limit else text[:limit] + "..."
 
 
+HEADER_FIELDS = ("remote_write_headers", "otlp_headers")  # `Name=value,...` settings sent as headers
+
+
 def config_secrets(config: Config, environ: Mapping[str, str] | None = None) -> list[str]:
     """Every secret the configuration holds: secret settings, the passwords inside URL settings, those a
     URL takes from another variable (`password_env=NAME`), and `user:password` for every basic-auth pair
@@ -82,6 +85,8 @@ def config_secrets(config: Config, environ: Mapping[str, str] | None = None) -> 
                 continue
             if name in SECRET_FIELDS:
                 found.append(item)
+            if name in HEADER_FIELDS:  # each header's value as sent (`Authorization=Bearer%20x`: `Bearer x`)
+                found.extend(value for _, value in parse_headers(item))
             found.extend(url_passwords(item))
             for user, password in url_credentials(item):
                 users.update((user, unquote(user)))

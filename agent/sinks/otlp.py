@@ -38,6 +38,7 @@ from agent.identity import Identity
 from agent.logs import RateLimitedLog
 from agent.model import Batch, Kind
 from agent.sinks.cumulative import CumulativeState, Histogram, Series
+from agent.redact import Redactor, config_secrets
 from agent.sinks.push import Outcome, Payload, Pusher, post
 
 if TYPE_CHECKING:
@@ -114,7 +115,7 @@ class OtlpSink:
         self.headers = headers
         self.pusher = Pusher(NAME, hub.metrics, flush=self.flush, send=self._send, on_stop=self.stop_series,
                              interval=config.otlp_interval_ms / 1000,
-                             max_points=config.otlp_buffer_points, timeout=config.otlp_timeout_ms / 1000, wall=wall,
+                             max_points=config.otlp_buffer_points, timeout=config.otlp_timeout_ms / 1000, wall=wall, mask=Redactor(config_secrets(config)).remote_text,
                              drain_timeout=config.shutdown_timeout * 0.75 if drain_timeout is None else drain_timeout)
 
     def __repr__(self) -> str:

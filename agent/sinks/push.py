@@ -133,8 +133,10 @@ class Pusher:
     def __init__(self, name: str, metrics: SelfMetrics, *, flush: Callable[[], list[Payload]], send: Send,
                  interval: float, max_points: int, timeout: float = 10.0, drain_timeout: float = 15.0,
                  backoff_base: float = 1.0, backoff_max: float = 30.0,
-                 on_stop: Callable[[], list[Payload]] | None = None, wall: Callable[[], float] = time.time) -> None:
+                 on_stop: Callable[[], list[Payload]] | None = None, wall: Callable[[], float] = time.time,
+                 mask: Callable[[str], str] = str) -> None:
         self.name = name
+        self.mask = mask  # a receiver's error text may echo a header or a key: masked before kept or logged
         self.metrics = metrics
         # every known reason exported at 0 from the start, so that increase() sees the first one
         metrics.declare("tasklens.exporter.points_dropped", ("buffer_full", "flush_error", "shutdown", "expired"),
@@ -302,13 +304,14 @@ class Pusher:
             self._failures = 0
             self.last_success = self.wall()
             return
-        self.last_error = f"{outcome.reason}: {outcome.detail}" if outcome.detail else outcome.reason
+        detail = self.mask(outcome.detail)
+        self.last_error = f"{outcome.reason}: {detail}" if detail else outcome.reason
         if outcome.kind == "reject":
             self.count("points_failed", payload.points, outcome.reason)
             self._failures = 0
             hint = " (check the sink's credentials)" if outcome.reason in ("http_401", "http_403") else ""
             self._log.error(f"{self.name}:{outcome.reason}", "%s: the receiver refused %d points (%s: %s)%s; "
-                            "dropped, not retried", self.name, payload.points, outcome.reason, outcome.detail, hint)
+                            "dropped, not retried", self.name, payload.points, outcome.reason, detail, hint)
             return
         # retryable: back to the head of the queue, after a backoff with jitter (or what the server asked)
         self._in_flight = None

@@ -40,7 +40,7 @@ from agent.config import Config, ConfigError, parse_headers
 from agent.urlmask import mask_url
 from agent.hub import Hub
 from agent.model import Batch, Kind, Tags
-from agent.redact import basic_auth
+from agent.redact import Redactor, basic_auth, config_secrets
 from agent.sinks.cumulative import CumulativeState, Histogram, Series
 from agent.sinks.prometheus import labels_of, metric_name
 from agent.sinks.push import Outcome, Payload, Pusher, post
@@ -239,7 +239,7 @@ class RemoteWriteSink:
         self.headers = self._headers(config)
         self.pusher = Pusher(NAME, hub.metrics, flush=self.flush, send=self._send, on_stop=self.stop_series,
                              interval=config.remote_write_interval, max_points=config.remote_write_buffer_points,
-                             timeout=config.remote_write_timeout, wall=wall,
+                             timeout=config.remote_write_timeout, wall=wall, mask=Redactor(config_secrets(config)).remote_text,
                              drain_timeout=config.shutdown_timeout * 0.75 if drain_timeout is None else drain_timeout)
 
     def __repr__(self) -> str:

@@ -728,3 +728,30 @@ def test_a_series_that_ends_while_its_labels_live_on_gets_no_stale_marker_in_the
         samples += [s.value for ts in req.timeseries for s in ts.samples
                     if any(label.value == "jobs_x_total" for label in ts.labels)]
     assert samples == [5.0]
+
+
+@pytest.mark.parametrize("overrides, secret", [
+    ({"remote_write_headers": "Authorization=Bearer%20s3cr3t-T0ken-42"}, "s3cr3t-T0ken-42"),
+    ({"remote_write_username": "team", "remote_write_password": "pa55-W0rd-42"}, "pa55-W0rd-42"),
+])
+async def test_a_receiver_echoing_the_credentials_never_gets_them_logged(
+        receiver: tuple[Receiver, str], caplog: pytest.LogCaptureFixture, overrides: dict[str, str], secret: str) -> None:
+    """A refusal whose text echoes the Authorization header (a bearer token, basic auth's base64) is
+    kept and logged masked, as the Datadog sink's and the profiler's are."""
+    import base64
+
+    rec, url = receiver
+    rec.verify = lambda method, path, headers, body: f"refused: Authorization was {headers.get('Authorization')}"
+    sink, hub = make(url + "/api/v1/write", **overrides)
+    hub.publish(Batch("statsd", [Sample("a", 1.0, Kind.GAUGE)]))
+    with caplog.at_level(logging.ERROR, "tasklens.push"):
+        stop = asyncio.Event()
+        runner = asyncio.create_task(sink.run(stop))
+        sink.pusher.put(sink.flush())
+        await until(lambda: sink.pusher.last_error, 10, "the refusal")
+        stop.set()
+        await asyncio.wait_for(runner, 10)
+    shown = sink.pusher.last_error + caplog.text
+    assert "refused: Authorization was" in shown
+    encoded = base64.b64encode(f"team:{secret}".encode()).decode()
+    assert secret not in shown and encoded not in shown and encoded.rstrip("=") not in shown

@@ -257,7 +257,9 @@ class DatadogSink:
                 self._counts[key] = self._counts.get(key, 0.0) + delta
         elif s.kind is Kind.COUNT:
             if s.interval:  # a StatsD counter summed over its interval -> a rate, as DogStatsD sends it
-                self._series_point(name, dd.RATE, value / s.interval, ts, s.tags, s.interval)
+                # over the whole seconds the point carries as `interval`: rate x interval is the count exactly
+                seconds = dd.interval_seconds(s.interval)
+                self._series_point(name, dd.RATE, value / seconds, ts, s.tags, seconds)
             else:  # a timestamped count, not aggregated
                 self._series_point(name, dd.COUNT, value, ts, s.tags, self.interval)
         else:
@@ -283,7 +285,7 @@ class DatadogSink:
             self._distribution_points.append(len(values))
             self._distribution_stamps.append(ts)
             return
-        interval = s.interval or self.interval
+        interval = dd.interval_seconds(s.interval or self.interval)  # `.count` x interval: the weighted count
         for suffix, agg, kind in dd.histogram_aggregates(value, interval, self.config.histogram_aggregates,
                                                          self.config.histogram_percentiles):
             # each aggregate is a point of its own: an overflowing `.avg` costs neither `.max` nor another context
@@ -297,7 +299,7 @@ class DatadogSink:
 
     def _series_point(self, name: str, kind: int, value: float, ts: float, tags: Tags,
                       interval: float | None = None) -> None:
-        if not math.isfinite(value):  # a finite count over a tiny interval can still overflow as a rate
+        if not math.isfinite(value):  # computed values too (`.avg` of an overflowing sum)
             self._reject("not_finite", 1, f"{name[:100]!r} = {value!r}")
             return
         body = dd.series(name, kind, value, ts, tags, interval)

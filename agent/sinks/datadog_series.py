@@ -11,7 +11,8 @@ Endpoints and shapes (Datadog API reference):
 
 How each kind is typed (as the Datadog agent's DogStatsD does):
 - GAUGE -> gauge. COUNT (a StatsD counter summed over `interval`) -> rate = sum / interval, with the
-  interval. COUNTER (cumulative) -> the caller turns it into deltas (`deltas.py`), sent as counts.
+  interval, both in whole seconds (`interval_seconds`: the field is an integer, and rate x interval
+  must give the sum back). COUNTER (cumulative) -> the caller turns it into deltas (`deltas.py`), sent as counts.
 - HISTOGRAM -> `.max .median .avg .count .<p>percentile` (and `.min .sum` if configured) with the agent's
   weighted rank rule; `.count` is a rate (weighted count / interval), the others gauges.
 - DISTRIBUTION -> distribution points. The API takes plain values, so a value with weight w (sample rate
@@ -200,7 +201,11 @@ def expand_weights(points: Points, limit: int = MAX_EXPANDED) -> list[float]:
 
 
 def interval_seconds(interval: float) -> int:
-    """The API wants whole seconds; a sub-second test interval still needs a valid (>= 1) field."""
+    """The `interval` field of a count or rate: whole seconds (the API's type), at least 1.
+
+    A rate is divided by this, not by the interval it covered, so that value x interval (what Datadog's
+    `as_count()` shows) is the count exactly: 300 increments over a 1.5 s flush are 150/s over 2 s.
+    """
     if not 0 < interval <= MAX_INTERVAL:  # NaN too
         raise Rejected("invalid", f"interval {interval!r}")
     return max(1, round(interval))

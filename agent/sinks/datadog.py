@@ -61,6 +61,7 @@ REJECTED = "tasklens.sink.points_rejected"  # {sink, reason}: every sink counts 
 RETRYABLE = frozenset({408, 429})
 METRICS_MAX_AGE = 3600.0  # the series API refuses points more than an hour old
 ERROR_BODY_LIMIT = 65536  # bytes of a refusal's body read: enough for its reason, never a flood
+ERROR_BODY_SECONDS = 2.0  # at most this long to read it: the status has decided, the body is only for the log
 
 
 def base_url(config: Config) -> str:
@@ -506,11 +507,13 @@ class DatadogSink:
         async with session.post(self.url + payload.path, data=payload.body, headers=headers, allow_redirects=False,
                                 timeout=aiohttp.ClientTimeout(total=timeout)) as response:
             code = response.status
-            body = b"" if 200 <= code < 300 else await _read_at_most(response, ERROR_BODY_LIMIT)
+            # the status decides from here on: a refusal's body is read for the log only, best effort
+            final = not (200 <= code < 300 or code in RETRYABLE or code >= 500)
+            body = await _read_at_most(response, ERROR_BODY_LIMIT, min(ERROR_BODY_SECONDS, timeout)) if final else b""
         self.metrics.inc("tasklens.exporter.submissions", exporter=EXPORTER, status=str(code))
         if 200 <= code < 300:
             return "ok"
-        if code in RETRYABLE or code >= 500:
+        if not final:
             return f"http_{code}"
         # the intake may echo what it was sent (the key among it): masked before it is kept or logged
         detail = self._redact.remote_text(body)
@@ -554,15 +557,26 @@ def exporter_total(metrics: SelfMetrics, name: str, exporter: str = EXPORTER) ->
                      if s.name == name and ("exporter", exporter) in s.tags)
 
 
-async def _read_at_most(response: aiohttp.ClientResponse, limit: int) -> bytes:
-    """The start of a response body, without holding more than `limit` bytes of a hostile one."""
-    chunks, size = [], 0
-    while size < limit:
-        chunk = await response.content.read(limit - size)
-        if not chunk:
-            break
-        chunks.append(chunk)
-        size += len(chunk)
+async def _read_at_most(response: aiohttp.ClientResponse, limit: int, seconds: float) -> bytes:
+    """The start of a response body, without holding more than `limit` bytes of a hostile one.
+
+    Best effort: what arrived within `seconds` (or before the request's own timeout, or before the
+    connection broke). Never raises: the caller has its answer in the status already.
+    """
+    import aiohttp
+
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        async with asyncio.timeout(seconds):
+            while size < limit:
+                chunk = await response.content.read(limit - size)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+                size += len(chunk)
+    except (TimeoutError, aiohttp.ClientError, OSError):
+        pass
     return b"".join(chunks)
 
 

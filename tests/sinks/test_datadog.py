@@ -243,6 +243,27 @@ async def test_timeouts_are_retried(intake: Intake) -> None:
     assert exported(sink, "points_sent") == exported(sink, "points_queued")
 
 
+@pytest.mark.parametrize("timeout", [1.0, 3.0])  # the request's timeout first, or the body's own bound (2 s)
+async def test_a_refusal_whose_body_stalls_is_final_not_a_timeout(
+        intake: Intake, caplog: pytest.LogCaptureFixture, timeout: float) -> None:
+    caplog.set_level(logging.INFO, logger="tasklens")
+    sink, hub = make(intake, flush_interval=3600.0, datadog_timeout=timeout, drain_timeout=10.0)
+    hub.pull = list  # type: ignore[method-assign]
+    intake.slow_body = timeout + 1.5  # status, headers and text at once, then the body stalls past the timeout
+    intake.fail_next(1, 400)  # a retry would be accepted: it must not happen
+    intake.fail_text = '{"errors":["Bad Request: metric"]}'
+    stop = asyncio.Event()
+    task = asyncio.create_task(sink.run(stop))
+    hub.publish(Batch("s", [Sample("m", 1.0)]))
+    stop.set()
+    await asyncio.wait_for(task, 10)
+    assert intake.requests == [("/api/v2/series", 400)] and intake.points("m") == []
+    assert exported(sink, "retries") == 0 and exported(sink, "points_failed", reason="http_400") == 1
+    assert "timeout" not in caplog.text and "retrying" not in caplog.text
+    # the body is read for the log as far as it came
+    assert sink.status()["last_error"].startswith('http_400: {"errors":["Bad Request: metric"]}')
+
+
 async def test_the_api_key_is_never_shown(intake: Intake, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG)
     sink, hub = make(intake, flush_interval=0.05, drain_timeout=0.3)

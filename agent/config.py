@@ -489,7 +489,8 @@ class Config:
     dd_api_key: str = setting("", parse_secret, env="DD_API_KEY", secret=True)
     dd_site: str = setting("datadoghq.com", parse_hostname, env="DD_SITE")
     dd_url: str = setting("", parse_http_url, env="DD_DD_URL", url=True, doc="intake base URL override")
-    datadog_buffer_points: int = setting(2_000_000, parse_positive_int, high=100_000_000,
+    # low: a buffer smaller than one flush of the sidecar's own series holds nothing past the newest flush
+    datadog_buffer_points: int = setting(2_000_000, parse_positive_int, low=1000, high=100_000_000,
                                          doc="points kept while the intake is down")
     datadog_timeout: float = setting(10.0, parse_seconds, low=0.1, high=300)
     dogstatsd_forward: tuple[str, int] | None = setting(None, parse_target,

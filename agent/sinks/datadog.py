@@ -19,7 +19,8 @@ Delivery guarantees:
 - Any other 4xx (a bad key: 403; a bad payload: 400, 413) is logged clearly, counted as failed and not
   retried: sending the same request again cannot succeed.
 - The buffer holds at most `datadog_buffer_points` points; past that the oldest payloads are dropped and
-  counted (`points_dropped{reason="buffer_full"}`). A payload expires with its oldest timestamp (1 h for
+  counted (`points_dropped{reason="buffer_full"}`), never those of the newest flush (a flush larger than
+  the bound is kept whole, alone). A payload expires with its oldest timestamp (1 h for
   metrics, 10 min for service checks, 18 h for events, less a margin for the request): past that it is
   dropped as `expired` instead of being sent to be refused; points far apart in time never share one.
 - On stop (SIGTERM, after the sources flushed their partial interval): a final flush, then retries until
@@ -169,6 +170,7 @@ class DatadogSink:
         # what waits for the intake
         self._buffer: deque[dd.Payload] = deque()
         self._buffered = 0
+        self._newest: set[int] = set()  # id() of the newest flush's payloads still here: never dropped for space
         self._in_flight: dd.Payload | None = None
         self._wake = asyncio.Event()
         self._failures = 0  # consecutive retryable failures: drives the backoff
@@ -343,22 +345,30 @@ class DatadogSink:
         return closed
 
     def queue(self, payloads: list[dd.Payload]) -> int:
-        """Payloads into the send buffer (oldest dropped past its bound); returns the points queued."""
+        """One flush's payloads into the send buffer (oldest dropped past its bound); returns the points queued."""
         produced = 0
         for payload in payloads:
             self._buffer.append(payload)
             self._buffered += payload.points
             produced += payload.points
+        self._newest = {id(p) for p in payloads}
         self._count("points_queued", produced)
         self._enforce_bound()
         self._wake.set()
         return produced
 
     def _enforce_bound(self) -> None:
+        """Drop the oldest payloads past the bound, never the newest flush's: a flush larger than the
+        bound is kept whole (dropping it as it arrives would lose everything with a healthy intake)."""
         limit = self.config.datadog_buffer_points
         in_flight = self._in_flight.points if self._in_flight else 0
-        while self._buffered + in_flight > limit and self._buffer:
-            dropped = self._buffer.popleft()
+        while self._buffered + in_flight > limit:
+            # the oldest not of the newest flush (one of those may be back at the head for a retry)
+            i = next((i for i, p in enumerate(self._buffer) if id(p) not in self._newest), None)
+            if i is None:
+                break
+            dropped = self._buffer[i]
+            del self._buffer[i]
             self._buffered -= dropped.points
             self._count("points_dropped", dropped.points, "buffer_full")
             self._log.warning("buffer_full", "datadog: buffer full (%d points): dropped the oldest %d points",
@@ -434,6 +444,7 @@ class DatadogSink:
                       pending, why, self.last_error or "none")
         self._buffer.clear()
         self._buffered = 0
+        self._newest.clear()
         self._in_flight = None
 
     async def _send_loop(self, session: aiohttp.ClientSession) -> None:
@@ -457,6 +468,8 @@ class DatadogSink:
             try:
                 await self._deliver(session, payload)
             finally:
+                if not (self._buffer and self._buffer[0] is payload):  # gone for good, not back for a retry
+                    self._newest.discard(id(payload))
                 self._in_flight = None
                 self.metrics.set("tasklens.exporter.buffer_points", self._buffered, exporter=EXPORTER)
 

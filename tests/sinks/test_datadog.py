@@ -153,6 +153,33 @@ async def test_buffer_bound_drops_the_oldest_and_counts_them(intake: Intake) -> 
     assert sorted(v for _, v, _, _, _ in intake.points("m0")) == [3.0, 4.0]
 
 
+async def test_a_bound_smaller_than_a_flush_still_delivers_every_flush(intake: Intake) -> None:
+    sink, hub = make(intake, flush_interval=0.1, datadog_buffer_points=20)  # the self-metrics alone are more
+    stop = asyncio.Event()
+    task = asyncio.create_task(sink.run(stop))
+    for _ in range(50):
+        hub.publish(Batch("statsd", [Sample("jobs", 1.0, Kind.COUNT, interval=1.0)]))
+        await asyncio.sleep(0.01)
+    stop.set()
+    await asyncio.wait_for(task, 10)
+    assert sum(v * i for _, v, _, _, i in intake.points("jobs")) == 50
+    assert exported(sink, "points_dropped", reason="buffer_full") == 0
+    assert exported(sink, "points_sent") == exported(sink, "points_queued")
+
+
+async def test_a_flush_larger_than_the_bound_is_kept_while_it_is_retried(intake: Intake) -> None:
+    sink, hub = make(intake, flush_interval=3600.0, datadog_buffer_points=20)
+    hub.pull = list  # type: ignore[method-assign]
+    intake.fail_next(2, 500)
+    stop = asyncio.Event()
+    task = asyncio.create_task(sink.run(stop))
+    hub.publish(Batch("s", [Sample(f"m{j}", 1.0) for j in range(30)]))
+    stop.set()  # one flush of 30 points, back at the head of the buffer after each 500
+    await asyncio.wait_for(task, 10)
+    assert len(intake.metrics()) == 30 and exported(sink, "retries") == 2
+    assert exported(sink, "points_dropped", reason="buffer_full") == 0
+
+
 async def test_intake_that_never_recovers_keeps_memory_bounded(intake: Intake) -> None:
     sink, hub = make(intake, flush_interval=0.05, datadog_buffer_points=200, drain_timeout=0.3)
     intake.always(503)

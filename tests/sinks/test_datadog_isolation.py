@@ -302,3 +302,23 @@ def test_a_rate_times_its_interval_is_the_count_for_any_flush_interval(
         assert sent[f"h{i}.count"] == [pytest.approx(math.fsum(w), rel=1e-12)]
     assert math.fsum(v for vs in sent.values() for v in vs) == pytest.approx(
         math.fsum(counts) + math.fsum(math.fsum(w) for w in weights), rel=1e-12)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(1, 100), st.lists(st.lists(st.integers(1, 60), min_size=1, max_size=4), min_size=1, max_size=8))
+def test_the_buffer_bound_drops_the_oldest_never_the_newest_flush(bound: int, flushes: list[list[int]]) -> None:
+    config = replace(Config(), dd_api_key=KEY, dd_url="http://127.0.0.1:9", datadog_buffer_points=bound)
+    sink = DatadogSink(config, Hub(IDENTITY), wall=lambda: NOW)
+    queued: list[dd.Payload] = []
+    for sizes in flushes:  # not running: nothing leaves but what the bound drops
+        payloads = [dd.Payload(dd.SERIES_PATH, b"", "deflate", n, NOW + 3000) for n in sizes]
+        queued += payloads
+        sink.queue(payloads)
+        kept = sink.pending()
+        assert kept[-len(payloads):] == payloads and all(a is b for a, b in zip(kept[-len(payloads):], payloads))
+        buffered = sum(p.points for p in kept)
+        assert buffered <= bound or kept == payloads  # over the bound only with the newest flush alone
+        # the oldest go first: what is kept is the newest payloads, in order
+        assert kept == queued[len(queued) - len(kept):]
+        dropped = exported(sink, "points_dropped", reason="buffer_full")
+        assert dropped + buffered == exported(sink, "points_queued") == sum(p.points for p in queued)

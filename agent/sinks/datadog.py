@@ -16,6 +16,8 @@ Delivery guarantees:
   in the buffer, and a recovered intake receives every point once.
 - A timeout, a connection error, a 5xx, 408 or 429 is retried with exponential backoff and jitter:
   a random wait between half and all of 1, 2, 4 ... 30 s (never an immediate retry into an outage).
+  So is a 3xx: a redirect is never followed (the key header would go with it to another host), and
+  it is no answer about the payload either.
 - Any other 4xx (a bad key: 403; a bad payload: 400, 413) is logged clearly, counted as failed and not
   retried: sending the same request again cannot succeed.
 - The buffer holds at most `datadog_buffer_points` points; past that the oldest payloads are dropped and
@@ -521,11 +523,13 @@ class DatadogSink:
                                 timeout=aiohttp.ClientTimeout(total=timeout)) as response:
             code = response.status
             # the status decides from here on: a refusal's body is read for the log only, best effort
-            final = not (200 <= code < 300 or code in RETRYABLE or code >= 500)
+            final = 400 <= code < 500 and code not in RETRYABLE  # a 3xx, 5xx, 408, 429: tried again
             body = await _read_at_most(response, ERROR_BODY_LIMIT, min(ERROR_BODY_SECONDS, timeout)) if final else b""
         self.metrics.inc("tasklens.exporter.submissions", exporter=EXPORTER, status=str(code))
         if 200 <= code < 300:
             return "ok"
+        if 300 <= code < 400:  # not followed (the key would go along), not final either: the intake may come back
+            return f"http_{code} (a redirect, not followed: check DD_SITE and DD_DD_URL)"
         if not final:
             return f"http_{code}"
         # the intake may echo what it was sent (the key among it): masked before it is kept or logged

@@ -355,7 +355,7 @@ async def test_retries_back_off_exponentially_with_jitter(intake: Intake) -> Non
     assert exported(sink, "retries") >= 6
 
 
-async def test_redirects_are_not_followed_with_the_key(intake: Intake) -> None:
+async def test_redirects_are_not_followed_with_the_key_and_are_retried(intake: Intake) -> None:
     async for elsewhere in start_intake(Intake(KEY)):
         sink, hub = make(intake, flush_interval=3600.0)
         hub.pull = list  # type: ignore[method-assign]
@@ -363,10 +363,17 @@ async def test_redirects_are_not_followed_with_the_key(intake: Intake) -> None:
         stop = asyncio.Event()
         task = asyncio.create_task(sink.run(stop))
         hub.publish(Batch("s", [Sample("m", 1.0)]))
+        sink.flush()
+        await until(lambda: exported(sink, "retries") >= 2, what="two redirects")
+        intake.redirect_to = ""  # the intake answers again: the payload was kept for it
+        await until(lambda: intake.points("m"), what="delivery")
         stop.set()
         await asyncio.wait_for(task, 5)
         assert elsewhere.requests == [] and elsewhere.arrivals == []
-        assert exported(sink, "points_failed", reason="http_307") == 1
+        assert sink.metrics.get("tasklens.exporter.submissions", exporter="datadog", status="307") >= 2
+        assert exported(sink, "points_failed", reason="http_307") == 0
+        assert [v for _, v, _, _, _ in intake.points("m")] == [1.0]
+        assert "http_307 (a redirect, not followed" in sink.last_error
 
 
 async def test_check_api_key(intake: Intake) -> None:

@@ -43,6 +43,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit, urlunsplit
 
 from agent import __version__, heavy
 from agent.config import Config, mask_url
@@ -74,6 +75,13 @@ def base_url(config: Config) -> str:
     return f"https://api.{site}"
 
 
+def endpoint(base: str, path: str) -> str:
+    """`path` under the base URL's own path (a proxy may serve the intake under a prefix); a query or
+    fragment of the base (refused in DD_DD_URL) never comes before the path."""
+    parts = urlsplit(base)
+    return urlunsplit(parts._replace(path=parts.path.rstrip("/") + path, query="", fragment=""))
+
+
 async def check_api_key(config: Config, timeout: float = 5.0) -> dict[str, str]:
     """`GET /api/v1/validate`: does the intake take this key? For `tasklens check`; never shows the key."""
     import aiohttp
@@ -82,7 +90,7 @@ async def check_api_key(config: Config, timeout: float = 5.0) -> dict[str, str]:
     out = {"url": mask_url(url)}  # a DD_DD_URL may carry proxy credentials
     try:
         async with aiohttp.ClientSession(trust_env=True) as session:
-            async with session.get(url + "/api/v1/validate", headers={"DD-API-KEY": config.dd_api_key},
+            async with session.get(endpoint(url, "/api/v1/validate"), headers={"DD-API-KEY": config.dd_api_key},
                                    allow_redirects=False, timeout=aiohttp.ClientTimeout(total=timeout)) as r:
                 body = await r.json(content_type=None) if r.status == 200 else None
                 status = r.status
@@ -519,7 +527,7 @@ class DatadogSink:
 
         headers = {"Content-Encoding": payload.encoding} if payload.encoding else {}
         # no redirects: the key header must never follow a redirect to another host
-        async with session.post(self.url + payload.path, data=payload.body, headers=headers, allow_redirects=False,
+        async with session.post(endpoint(self.url, payload.path), data=payload.body, headers=headers, allow_redirects=False,
                                 timeout=aiohttp.ClientTimeout(total=timeout)) as response:
             code = response.status
             # the status decides from here on: a refusal's body is read for the log only, best effort

@@ -20,7 +20,7 @@ from agent.config import Config
 from agent.hub import Hub
 from agent.identity import Identity
 from agent.model import Batch, Event, Kind, Points, Sample, ServiceCheck
-from agent.sinks.datadog import DatadogSink, base_url, check_api_key
+from agent.sinks.datadog import DatadogSink, base_url, check_api_key, endpoint
 from tests.sinks.intake import Intake, start_intake
 from tests.support import until
 
@@ -59,6 +59,18 @@ def test_site_and_url_override() -> None:
     assert base_url(Config(dd_site="datadoghq.eu")) == "https://api.datadoghq.eu"
     assert base_url(Config(dd_site="us5.datadoghq.com")) == "https://api.us5.datadoghq.com"
     assert base_url(Config(dd_site="datadoghq.com", dd_url="http://127.0.0.1:9/")) == "http://127.0.0.1:9"
+
+
+@pytest.mark.parametrize(("base", "url"), [
+    ("http://127.0.0.1:9", "http://127.0.0.1:9/api/v2/series"),
+    ("http://127.0.0.1:9/", "http://127.0.0.1:9/api/v2/series"),
+    ("https://proxy.example/datadog/", "https://proxy.example/datadog/api/v2/series"),  # a prefix is kept
+    ("http://u:p@127.0.0.1:9/dd", "http://u:p@127.0.0.1:9/dd/api/v2/series"),
+    ("http://127.0.0.1:9/#f", "http://127.0.0.1:9/api/v2/series"),  # never before the path
+    ("http://127.0.0.1:9?x=1", "http://127.0.0.1:9/api/v2/series"),
+])
+def test_request_urls_are_the_path_under_the_base(base: str, url: str) -> None:
+    assert endpoint(base, "/api/v2/series") == url
 
 
 async def test_known_statsd_and_ecs_samples_arrive_typed_with_exact_values(intake: Intake) -> None:

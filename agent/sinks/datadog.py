@@ -48,6 +48,7 @@ from urllib.parse import urlsplit, urlunsplit
 from agent import __version__, heavy
 from agent.config import Config, mask_url
 from agent.hub import Hub
+from agent.identity import INFO_TAG_KEYS
 from agent.logs import RateLimitedLog
 from agent.model import Batch, Event, Kind, Points, Sample, ServiceCheck, Tags
 from agent.redact import Redactor, config_secrets
@@ -163,6 +164,8 @@ class DatadogSink:
                                         "too_large"), sink=EXPORTER)
         # a point must still be inside the intake's window when a request sent at its expiry lands
         self._margin = max(dd.SEND_MARGIN, config.datadog_timeout)
+        # the sidecar's own tag keys as Datadog stores them: one tag each, the client's if it sent one
+        self._unique = frozenset(dd.tag_key(dd.normalize_tag(k)) for k in INFO_TAG_KEYS + tuple(k for k, _ in config.tags))
         # points a histogram sample becomes: what one rejected whole counts
         self._per_histogram = len(config.histogram_aggregates) + len(config.histogram_percentiles)
         # the current interval, filled by accept()
@@ -206,10 +209,11 @@ class DatadogSink:
             self._keep_object(self._checks, self._check_stamps, dd.service_check, c, now, "timestamp")
 
     def _keep_object(self, into: list[bytes], stamps: list[float],
-                     build: Callable[[Any, float, float], dict[str, Any]], what: Event | ServiceCheck, now: float,
+                     build: Callable[[Any, float, float, frozenset[str]], dict[str, Any]], what: Event | ServiceCheck,
+                     now: float,
                      stamp_key: str) -> None:
         try:
-            obj = build(what, now, self._margin)
+            obj = build(what, now, self._margin, self._unique)
             body = dd.dumps(obj)
         except dd.Rejected as exc:
             self._reject(exc.reason, 1, str(exc))
@@ -290,7 +294,7 @@ class DatadogSink:
                 self._reject("name_too_long", len(value.values), f"{name[:100]!r}... ({len(name)} characters)")
                 return
             values = dd.expand_weights(value)
-            body = dd.dumps(dd.distribution(name, values, ts, s.tags))
+            body = dd.dumps(dd.distribution(name, values, ts, s.tags, self._unique))
             if len(body) > dd.MAX_OBJECT:
                 self._reject("too_large", len(values), f"distribution {name[:100]!r} of {len(body)} bytes")
                 return
@@ -315,7 +319,7 @@ class DatadogSink:
         if not math.isfinite(value):  # computed values too (`.avg` of an overflowing sum)
             self._reject("not_finite", 1, f"{name[:100]!r} = {value!r}")
             return
-        body = dd.series(name, kind, value, ts, tags, interval)
+        body = dd.series(name, kind, value, ts, tags, interval, self._unique)
         if len(body) > dd.MAX_OBJECT:
             self._reject("too_large", 1, f"{name[:100]!r} of {len(body)} bytes")
             return

@@ -322,3 +322,43 @@ def test_the_buffer_bound_drops_the_oldest_never_the_newest_flush(bound: int, fl
         assert kept == queued[len(queued) - len(kept):]
         dropped = exported(sink, "points_dropped", reason="buffer_full")
         assert dropped + buffered == exported(sink, "points_queued") == sum(p.points for p in queued)
+
+
+SIDECAR_KEYS = [t.partition(":")[0] for t in TASK_TAGS]
+# a client's spelling of a sidecar key that Datadog normalises to it: case, leading non-letters, a trailing `_`
+CLIENT_KEYS = st.builds(lambda key, upper, lead, trail: lead + "".join(c.upper() if u else c for c, u in zip(
+    key, upper)) + trail, st.sampled_from(SIDECAR_KEYS), st.lists(st.booleans(), min_size=20, max_size=20),
+    st.sampled_from(["", "1", "#", "_", "$#", "9 "]), st.sampled_from(["", "_", "__"]))
+CLIENT_TAGS = st.lists(st.tuples(CLIENT_KEYS | st.sampled_from(["q", "Q", "role"]),
+                                 st.sampled_from(["mine", "Mine", "z", "a b", "x:y"])), max_size=5).map(tuple)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(CLIENT_TAGS)
+def test_a_client_tag_that_normalises_to_a_sidecar_key_replaces_the_sidecars(tags: tuple[tuple[str, str], ...]) -> None:
+    _, docs = flushed(Batch("s", [Sample("m", 1.0, Kind.GAUGE, tags)], events=[Event("e", "t", tags)],
+                            service_checks=[ServiceCheck("c", 0, tags)]))
+    client = [dd.normalize_tag(f"{k}:{v}") for k, v in tags]
+    for obj in (docs[dd.SERIES_PATH] + docs[dd.EVENTS_PATH] + docs[dd.CHECK_RUN_PATH]):
+        sent = obj["tags"]
+        for sidecar in TASK_TAGS:
+            key = sidecar.partition(":")[0]
+            theirs = [t for t in client if t.partition(":")[0] == key]
+            # one tag of each sidecar key: the client's last spelling of it, else the sidecar's
+            assert [t for t in sent if t.partition(":")[0] == key] == [theirs[-1] if theirs else sidecar]
+        # the client's other tags all kept
+        assert [t for t in sent if t.partition(":")[0] not in SIDECAR_KEYS] == list(dict.fromkeys(
+            t for t in client if t.partition(":")[0] not in SIDECAR_KEYS))
+
+
+def test_a_configured_tag_key_is_the_sidecars_too() -> None:
+    config = replace(Config(), dd_api_key=KEY, dd_url="http://127.0.0.1:9", tags=(("Team", "pay"),))
+    hub = Hub(replace(IDENTITY, extra=config.tags))
+    hub.pull = list  # type: ignore[method-assign]
+    sink = DatadogSink(config, hub, wall=lambda: NOW)
+    hub.add_sink(sink)
+    hub.publish(Batch("s", [Sample("m", 1.0, Kind.GAUGE, (("team", "core"),)), Sample("n", 1.0)]))
+    sink.flush()
+    (payload,) = sink.pending()
+    doc = check_payload(payload.path, payload.encoding, payload.body, now=NOW)
+    assert {s["metric"]: s["tags"][len(TASK_TAGS):] for s in doc["series"]} == {"m": ["team:core"], "n": ["team:pay"]}

@@ -247,6 +247,15 @@ def parse_http_url(text: str) -> str:
     return text
 
 
+def parse_base_url(text: str) -> str:
+    """An http(s) URL that paths are appended to (`/api/v2/series`): a query or fragment would end up
+    before them, so every request would go to the base path."""
+    text = parse_http_url(text)
+    if "?" in text or "#" in text:
+        raise ValueError("an http:// or https:// base URL without a query or fragment, e.g. https://api.datadoghq.eu")
+    return text
+
+
 def parse_url_list(text: str) -> tuple[str, ...]:
     expected = "comma-separated URLs, e.g. sqs://orders?region=eu-west-1,redis://host:6379/0?list=jobs"
     urls = tuple(u.strip() for u in text.split(",") if u.strip())
@@ -496,8 +505,9 @@ class Config:
     # Datadog
     dd_api_key: str = setting("", parse_secret, env="DD_API_KEY", secret=True)
     dd_site: str = setting("datadoghq.com", parse_hostname, env="DD_SITE")
-    dd_url: str = setting("", parse_http_url, env="DD_DD_URL", url=True, doc="intake base URL override")
-    datadog_buffer_points: int = setting(2_000_000, parse_positive_int, high=100_000_000,
+    dd_url: str = setting("", parse_base_url, env="DD_DD_URL", url=True, doc="intake base URL override")
+    # low: a buffer smaller than one flush of the sidecar's own series holds nothing past the newest flush
+    datadog_buffer_points: int = setting(2_000_000, parse_positive_int, low=1000, high=100_000_000,
                                          doc="points kept while the intake is down")
     datadog_timeout: float = setting(10.0, parse_seconds, low=0.1, high=300)
     dogstatsd_forward: tuple[str, int] | None = setting(None, parse_target,

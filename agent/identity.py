@@ -14,6 +14,10 @@ from agent.config import Config, datadog_fallback, hostname
 from agent.model import Tags
 
 PAUSE_CONTAINER = "~internal~ecs~pause"
+# the keys of the tags every exported series carries (`Identity.tags`, in this order), and `info_tags`' one more
+TAG_KEYS = ("service", "env", "version", "ecs_cluster", "task_family", "task_revision", "task_id",
+            "availability_zone", "region", "launch_type")
+INFO_TAG_KEYS = TAG_KEYS + ("task_arn",)
 
 
 def split_image(image: str) -> tuple[str, str]:
@@ -57,14 +61,7 @@ class Identity:
     @property
     def tags(self) -> Tags:
         """The tags every exported series carries (empty values left out)."""
-        pairs = [
-            ("service", self.service), ("env", self.env), ("version", self.version),
-            ("ecs_cluster", self.ecs_cluster), ("task_family", self.task_family),
-            ("task_revision", self.task_revision), ("task_id", self.task_id),
-            ("availability_zone", self.availability_zone), ("region", self.region),
-            ("launch_type", self.launch_type),
-        ]
-        base = tuple((k, v) for k, v in pairs if v)
+        base = tuple((k, v) for k in TAG_KEYS if (v := getattr(self, k)))
         # extra tags from configuration add to the identity; they do not replace it
         keys = {k for k, _ in base}
         return base + tuple(kv for kv in self.extra if kv[0] not in keys)

@@ -16,10 +16,13 @@ Delivery guarantees:
   in the buffer, and a recovered intake receives every point once.
 - A timeout, a connection error, a 5xx, 408 or 429 is retried with exponential backoff and jitter:
   a random wait between half and all of 1, 2, 4 ... 30 s (never an immediate retry into an outage).
+  So is a 3xx: a redirect is never followed (the key header would go with it to another host), and
+  it is no answer about the payload either.
 - Any other 4xx (a bad key: 403; a bad payload: 400, 413) is logged clearly, counted as failed and not
   retried: sending the same request again cannot succeed.
 - The buffer holds at most `datadog_buffer_points` points; past that the oldest payloads are dropped and
-  counted (`points_dropped{reason="buffer_full"}`). A payload expires with its oldest timestamp (1 h for
+  counted (`points_dropped{reason="buffer_full"}`), never those of the newest flush (a flush larger than
+  the bound is kept whole, alone). A payload expires with its oldest timestamp (1 h for
   metrics, 10 min for service checks, 18 h for events, less a margin for the request): past that it is
   dropped as `expired` instead of being sent to be refused; points far apart in time never share one.
 - On stop (SIGTERM, after the sources flushed their partial interval): a final flush, then retries until
@@ -40,11 +43,13 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit, urlunsplit
 
 from agent import __version__, heavy
 from agent.config import Config
 from agent.urlmask import mask_url
 from agent.hub import Hub
+from agent.identity import INFO_TAG_KEYS
 from agent.logs import RateLimitedLog
 from agent.model import Batch, Event, Kind, Points, Sample, ServiceCheck, Tags
 from agent.redact import Redactor, config_secrets
@@ -62,6 +67,7 @@ REJECTED = "tasklens.sink.points_rejected"  # {sink, reason}: every sink counts 
 RETRYABLE = frozenset({408, 429})
 METRICS_MAX_AGE = 3600.0  # the series API refuses points more than an hour old
 ERROR_BODY_LIMIT = 65536  # bytes of a refusal's body read: enough for its reason, never a flood
+ERROR_BODY_SECONDS = 2.0  # at most this long to read it: the status has decided, the body is only for the log
 
 
 def base_url(config: Config) -> str:
@@ -69,6 +75,13 @@ def base_url(config: Config) -> str:
         return config.dd_url.rstrip("/")
     site = config.dd_site.strip().rstrip("/").removeprefix("https://").removeprefix("app.")
     return f"https://api.{site}"
+
+
+def endpoint(base: str, path: str) -> str:
+    """`path` under the base URL's own path (a proxy may serve the intake under a prefix); a query or
+    fragment of the base (refused in DD_DD_URL) never comes before the path."""
+    parts = urlsplit(base)
+    return urlunsplit(parts._replace(path=parts.path.rstrip("/") + path, query="", fragment=""))
 
 
 async def check_api_key(config: Config, timeout: float = 5.0) -> dict[str, str]:
@@ -79,7 +92,7 @@ async def check_api_key(config: Config, timeout: float = 5.0) -> dict[str, str]:
     out = {"url": mask_url(url)}  # a DD_DD_URL may carry proxy credentials
     try:
         async with aiohttp.ClientSession(trust_env=True) as session:
-            async with session.get(url + "/api/v1/validate", headers={"DD-API-KEY": config.dd_api_key},
+            async with session.get(endpoint(url, "/api/v1/validate"), headers={"DD-API-KEY": config.dd_api_key},
                                    allow_redirects=False, timeout=aiohttp.ClientTimeout(total=timeout)) as r:
                 body = await r.json(content_type=None) if r.status == 200 else None
                 status = r.status
@@ -152,6 +165,8 @@ class DatadogSink:
                                         "too_large"), sink=EXPORTER)
         # a point must still be inside the intake's window when a request sent at its expiry lands
         self._margin = max(dd.SEND_MARGIN, config.datadog_timeout)
+        # the sidecar's own tag keys as Datadog stores them: one tag each, the client's if it sent one
+        self._unique = frozenset(dd.tag_key(dd.normalize_tag(k)) for k in INFO_TAG_KEYS + tuple(k for k, _ in config.tags))
         # points a histogram sample becomes: what one rejected whole counts
         self._per_histogram = len(config.histogram_aggregates) + len(config.histogram_percentiles)
         # the current interval, filled by accept()
@@ -169,6 +184,7 @@ class DatadogSink:
         # what waits for the intake
         self._buffer: deque[dd.Payload] = deque()
         self._buffered = 0
+        self._newest: set[int] = set()  # id() of the newest flush's payloads still here: never dropped for space
         self._in_flight: dd.Payload | None = None
         self._wake = asyncio.Event()
         self._failures = 0  # consecutive retryable failures: drives the backoff
@@ -194,10 +210,11 @@ class DatadogSink:
             self._keep_object(self._checks, self._check_stamps, dd.service_check, c, now, "timestamp")
 
     def _keep_object(self, into: list[bytes], stamps: list[float],
-                     build: Callable[[Any, float, float], dict[str, Any]], what: Event | ServiceCheck, now: float,
+                     build: Callable[[Any, float, float, frozenset[str]], dict[str, Any]], what: Event | ServiceCheck,
+                     now: float,
                      stamp_key: str) -> None:
         try:
-            obj = build(what, now, self._margin)
+            obj = build(what, now, self._margin, self._unique)
             body = dd.dumps(obj)
         except dd.Rejected as exc:
             self._reject(exc.reason, 1, str(exc))
@@ -258,7 +275,9 @@ class DatadogSink:
                 self._counts[key] = self._counts.get(key, 0.0) + delta
         elif s.kind is Kind.COUNT:
             if s.interval:  # a StatsD counter summed over its interval -> a rate, as DogStatsD sends it
-                self._series_point(name, dd.RATE, value / s.interval, ts, s.tags, s.interval)
+                # over the whole seconds the point carries as `interval`: rate x interval is the count exactly
+                seconds = dd.interval_seconds(s.interval)
+                self._series_point(name, dd.RATE, value / seconds, ts, s.tags, seconds)
             else:  # a timestamped count, not aggregated
                 self._series_point(name, dd.COUNT, value, ts, s.tags, self.interval)
         else:
@@ -276,7 +295,7 @@ class DatadogSink:
                 self._reject("name_too_long", len(value.values), f"{name[:100]!r}... ({len(name)} characters)")
                 return
             values = dd.expand_weights(value)
-            body = dd.dumps(dd.distribution(name, values, ts, s.tags))
+            body = dd.dumps(dd.distribution(name, values, ts, s.tags, self._unique))
             if len(body) > dd.MAX_OBJECT:
                 self._reject("too_large", len(values), f"distribution {name[:100]!r} of {len(body)} bytes")
                 return
@@ -284,7 +303,7 @@ class DatadogSink:
             self._distribution_points.append(len(values))
             self._distribution_stamps.append(ts)
             return
-        interval = s.interval or self.interval
+        interval = dd.interval_seconds(s.interval or self.interval)  # `.count` x interval: the weighted count
         for suffix, agg, kind in dd.histogram_aggregates(value, interval, self.config.histogram_aggregates,
                                                          self.config.histogram_percentiles):
             # each aggregate is a point of its own: an overflowing `.avg` costs neither `.max` nor another context
@@ -298,10 +317,10 @@ class DatadogSink:
 
     def _series_point(self, name: str, kind: int, value: float, ts: float, tags: Tags,
                       interval: float | None = None) -> None:
-        if not math.isfinite(value):  # a finite count over a tiny interval can still overflow as a rate
+        if not math.isfinite(value):  # computed values too (`.avg` of an overflowing sum)
             self._reject("not_finite", 1, f"{name[:100]!r} = {value!r}")
             return
-        body = dd.series(name, kind, value, ts, tags, interval)
+        body = dd.series(name, kind, value, ts, tags, interval, self._unique)
         if len(body) > dd.MAX_OBJECT:
             self._reject("too_large", 1, f"{name[:100]!r} of {len(body)} bytes")
             return
@@ -341,22 +360,30 @@ class DatadogSink:
         return closed
 
     def queue(self, payloads: list[dd.Payload]) -> int:
-        """Payloads into the send buffer (oldest dropped past its bound); returns the points queued."""
+        """One flush's payloads into the send buffer (oldest dropped past its bound); returns the points queued."""
         produced = 0
         for payload in payloads:
             self._buffer.append(payload)
             self._buffered += payload.points
             produced += payload.points
+        self._newest = {id(p) for p in payloads}
         self._count("points_queued", produced)
         self._enforce_bound()
         self._wake.set()
         return produced
 
     def _enforce_bound(self) -> None:
+        """Drop the oldest payloads past the bound, never the newest flush's: a flush larger than the
+        bound is kept whole (dropping it as it arrives would lose everything with a healthy intake)."""
         limit = self.config.datadog_buffer_points
         in_flight = self._in_flight.points if self._in_flight else 0
-        while self._buffered + in_flight > limit and self._buffer:
-            dropped = self._buffer.popleft()
+        while self._buffered + in_flight > limit:
+            # the oldest not of the newest flush (one of those may be back at the head for a retry)
+            i = next((i for i, p in enumerate(self._buffer) if id(p) not in self._newest), None)
+            if i is None:
+                break
+            dropped = self._buffer[i]
+            del self._buffer[i]
             self._buffered -= dropped.points
             self._count("points_dropped", dropped.points, "buffer_full")
             self._log.warning("buffer_full", "datadog: buffer full (%d points): dropped the oldest %d points",
@@ -432,6 +459,7 @@ class DatadogSink:
                       pending, why, self.last_error or "none")
         self._buffer.clear()
         self._buffered = 0
+        self._newest.clear()
         self._in_flight = None
 
     async def _send_loop(self, session: aiohttp.ClientSession) -> None:
@@ -455,6 +483,8 @@ class DatadogSink:
             try:
                 await self._deliver(session, payload)
             finally:
+                if not (self._buffer and self._buffer[0] is payload):  # gone for good, not back for a retry
+                    self._newest.discard(id(payload))
                 self._in_flight = None
                 self.metrics.set("tasklens.exporter.buffer_points", self._buffered, exporter=EXPORTER)
 
@@ -502,14 +532,18 @@ class DatadogSink:
 
         headers = {"Content-Encoding": payload.encoding} if payload.encoding else {}
         # no redirects: the key header must never follow a redirect to another host
-        async with session.post(self.url + payload.path, data=payload.body, headers=headers, allow_redirects=False,
+        async with session.post(endpoint(self.url, payload.path), data=payload.body, headers=headers, allow_redirects=False,
                                 timeout=aiohttp.ClientTimeout(total=timeout)) as response:
             code = response.status
-            body = b"" if 200 <= code < 300 else await _read_at_most(response, ERROR_BODY_LIMIT)
+            # the status decides from here on: a refusal's body is read for the log only, best effort
+            final = 400 <= code < 500 and code not in RETRYABLE  # a 3xx, 5xx, 408, 429: tried again
+            body = await _read_at_most(response, ERROR_BODY_LIMIT, min(ERROR_BODY_SECONDS, timeout)) if final else b""
         self.metrics.inc("tasklens.exporter.submissions", exporter=EXPORTER, status=str(code))
         if 200 <= code < 300:
             return "ok"
-        if code in RETRYABLE or code >= 500:
+        if 300 <= code < 400:  # not followed (the key would go along), not final either: the intake may come back
+            return f"http_{code} (a redirect, not followed: check DD_SITE and DD_DD_URL)"
+        if not final:
             return f"http_{code}"
         # the intake may echo what it was sent (the key among it): masked before it is kept or logged
         detail = self._redact.remote_text(body)
@@ -553,15 +587,26 @@ def exporter_total(metrics: SelfMetrics, name: str, exporter: str = EXPORTER) ->
                      if s.name == name and ("exporter", exporter) in s.tags)
 
 
-async def _read_at_most(response: aiohttp.ClientResponse, limit: int) -> bytes:
-    """The start of a response body, without holding more than `limit` bytes of a hostile one."""
-    chunks, size = [], 0
-    while size < limit:
-        chunk = await response.content.read(limit - size)
-        if not chunk:
-            break
-        chunks.append(chunk)
-        size += len(chunk)
+async def _read_at_most(response: aiohttp.ClientResponse, limit: int, seconds: float) -> bytes:
+    """The start of a response body, without holding more than `limit` bytes of a hostile one.
+
+    Best effort: what arrived within `seconds` (or before the request's own timeout, or before the
+    connection broke). Never raises: the caller has its answer in the status already.
+    """
+    import aiohttp
+
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        async with asyncio.timeout(seconds):
+            while size < limit:
+                chunk = await response.content.read(limit - size)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+                size += len(chunk)
+    except (TimeoutError, aiohttp.ClientError, OSError):
+        pass
     return b"".join(chunks)
 
 

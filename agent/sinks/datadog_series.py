@@ -11,7 +11,8 @@ Endpoints and shapes (Datadog API reference):
 
 How each kind is typed (as the Datadog agent's DogStatsD does):
 - GAUGE -> gauge. COUNT (a StatsD counter summed over `interval`) -> rate = sum / interval, with the
-  interval. COUNTER (cumulative) -> the caller turns it into deltas (`deltas.py`), sent as counts.
+  interval, both in whole seconds (`interval_seconds`: the field is an integer, and rate x interval
+  must give the sum back). COUNTER (cumulative) -> the caller turns it into deltas (`deltas.py`), sent as counts.
 - HISTOGRAM -> `.max .median .avg .count .<p>percentile` (and `.min .sum` if configured) with the agent's
   weighted rank rule; `.count` is a rate (weighted count / interval), the others gauges.
 - DISTRIBUTION -> distribution points. The API takes plain values, so a value with weight w (sample rate
@@ -122,13 +123,28 @@ def normalize_tag(tag: str) -> str:
     return "".join(out).rstrip(":_")
 
 
+def tag_key(tag: str) -> str:
+    """The key of a normalised tag (a bare tag is its own key, as `merge_tags` takes it)."""
+    return tag.partition(":")[0]
+
+
+NO_KEYS: frozenset[str] = frozenset()
+
+
 @functools.lru_cache(maxsize=65536)
-def tag_list(tags: Tags) -> list[str]:
+def tag_list(tags: Tags, unique: frozenset[str] = NO_KEYS) -> list[str]:
     """Normalised `key:value` strings (a bare tag stays bare), without the empty and the repeated ones.
 
+    `unique`: normalised keys that keep one tag, the last (the sidecar's identity keys: `Hub.enrich`
+    puts the client's tags after the sidecar's, and a client's `Service:x` or `1service:x` is the
+    sidecar's `service` once normalised, as Datadog stores it: the client's wins, as for `service:x`).
     Cached: the same tag sets repeat every flush. Callers must not mutate the returned list.
     """
-    return list(dict.fromkeys(t for t in (normalize_tag(format_tag(k, v)) for k, v in tags) if t))
+    out = [t for t in (normalize_tag(format_tag(k, v)) for k, v in tags) if t]
+    if unique:
+        last = {tag_key(t): i for i, t in enumerate(out) if tag_key(t) in unique}
+        out = [t for i, t in enumerate(out) if last.get(tag_key(t), i) == i]
+    return list(dict.fromkeys(out))
 
 
 def in_window(ts: float, now: float, window: tuple[float, float], margin: float = SEND_MARGIN) -> bool:
@@ -200,7 +216,11 @@ def expand_weights(points: Points, limit: int = MAX_EXPANDED) -> list[float]:
 
 
 def interval_seconds(interval: float) -> int:
-    """The API wants whole seconds; a sub-second test interval still needs a valid (>= 1) field."""
+    """The `interval` field of a count or rate: whole seconds (the API's type), at least 1.
+
+    A rate is divided by this, not by the interval it covered, so that value x interval (what Datadog's
+    `as_count()` shows) is the count exactly: 300 increments over a 1.5 s flush are 150/s over 2 s.
+    """
     if not 0 < interval <= MAX_INTERVAL:  # NaN too
         raise Rejected("invalid", f"interval {interval!r}")
     return max(1, round(interval))
@@ -218,12 +238,12 @@ def _json_name(name: str) -> bytes:
 
 
 @functools.lru_cache(maxsize=SERIES_CACHE)
-def _json_tags(tags: Tags) -> bytes:
-    return json.dumps(tag_list(tags), separators=(",", ":")).encode()
+def _json_tags(tags: Tags, unique: frozenset[str]) -> bytes:
+    return json.dumps(tag_list(tags, unique), separators=(",", ":")).encode()
 
 
 def series(name: str, kind: int, value: float, timestamp: float, tags: Tags,
-           interval: float | None = None) -> bytes:
+           interval: float | None = None, unique: frozenset[str] = NO_KEYS) -> bytes:
     """One series with one point, as the JSON the intake reads.
 
     The hot path of the exporter: written directly as bytes, with the name's and tags' JSON cached
@@ -233,14 +253,16 @@ def series(name: str, kind: int, value: float, timestamp: float, tags: Tags,
     """
     extra = b',"interval":%d' % interval_seconds(interval) if interval is not None else b""
     return b'{"metric":%s,"type":%d,"points":[{"timestamp":%d,"value":%s}],"tags":%s%s}' % (
-        _json_name(name), kind, int(timestamp), repr(float(value)).encode(), _json_tags(tags), extra)
+        _json_name(name), kind, int(timestamp), repr(float(value)).encode(), _json_tags(tags, unique), extra)
 
 
-def distribution(name: str, values: list[float], timestamp: float, tags: Tags) -> dict[str, Any]:
-    return {"metric": name, "points": [[int(timestamp), values]], "tags": tag_list(tags), "type": "distribution"}
+def distribution(name: str, values: list[float], timestamp: float, tags: Tags,
+                 unique: frozenset[str] = NO_KEYS) -> dict[str, Any]:
+    return {"metric": name, "points": [[int(timestamp), values]], "tags": tag_list(tags, unique),
+            "type": "distribution"}
 
 
-def event(e: Event, now: float, margin: float = SEND_MARGIN) -> dict[str, Any]:
+def event(e: Event, now: float, margin: float = SEND_MARGIN, unique: frozenset[str] = NO_KEYS) -> dict[str, Any]:
     """The API object for an event; raises `Rejected` for one the intake would refuse.
 
     Repaired: title, text and aggregation key cut to their documented lengths, an unknown priority or
@@ -253,7 +275,7 @@ def event(e: Event, now: float, margin: float = SEND_MARGIN) -> dict[str, Any]:
     if not title:
         raise Rejected("invalid_event", "event without a title")
     obj: dict[str, Any] = {"title": title, "text": text(e.text, MAX_TEXT), "date_happened": int(ts),
-                           "tags": tag_list(e.tags)}
+                           "tags": tag_list(e.tags, unique)}
     if e.hostname:
         obj["host"] = text(e.hostname, MAX_FIELD)
     if e.aggregation_key:
@@ -267,7 +289,8 @@ def event(e: Event, now: float, margin: float = SEND_MARGIN) -> dict[str, Any]:
     return obj
 
 
-def service_check(c: ServiceCheck, now: float, margin: float = SEND_MARGIN) -> dict[str, Any]:
+def service_check(c: ServiceCheck, now: float, margin: float = SEND_MARGIN,
+                  unique: frozenset[str] = NO_KEYS) -> dict[str, Any]:
     """The API object for a service check; raises `Rejected` for one the intake would refuse.
 
     Repaired: tags normalised. A message past the 500 characters Datadog shows is taken (and shown cut):
@@ -285,7 +308,7 @@ def service_check(c: ServiceCheck, now: float, margin: float = SEND_MARGIN) -> d
         "check": name,
         "host_name": text(c.hostname or "", MAX_FIELD),  # required; a task is not a host, its tags identify it
         "status": c.status,
-        "tags": tag_list(c.tags),
+        "tags": tag_list(c.tags, unique),
         "timestamp": int(ts),
     }
     if c.message:

@@ -150,3 +150,14 @@ def test_check_shows_no_password_of_a_queue_url(code: int, url: str, password: s
     for form in {shown, unquote(shown), unquote(unquote(shown))}:
         for part in (password, quote(password, safe=""), *password.split("/")):
             assert part not in form, f"{part!r} in {shown}"
+
+
+@pytest.mark.parametrize("url", ["http://127.0.0.1:19510/#f", "http://127.0.0.1:19510?x=1"])
+def test_a_datadog_url_with_a_query_or_fragment_is_refused_by_run_and_check(url: str) -> None:
+    env: dict[str, str | bytes] = {"DD_API_KEY": "0123456789abcdef0123456789abcdef", "DD_DD_URL": url}
+    for command in ("run", "check"):
+        result = run(command, env)
+        lines = result.stderr.decode("utf-8", "replace").splitlines()
+        assert result.returncode == 2 and len(lines) == 1, (command, result.stderr[:500])
+        assert lines[0].startswith("tasklens: invalid configuration: DD_DD_URL=")
+        assert "without a query or fragment" in lines[0]

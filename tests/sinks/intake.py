@@ -21,7 +21,9 @@ the sidecar sends exactly what Datadog would store.
 
 Failure injection: `fail_next(n, status)` answers `status` to the next n requests; `always(status)` to
 every request; `fail_text` replaces the body of those answers (an intake that echoes the request);
-`delay` holds every answer for that many seconds (for timeouts).
+`delay` holds every answer for that many seconds (for timeouts); `slow_body` makes those injected
+answers send their status, headers (a `Content-Length` 1000 bytes past the text) and text, then stall
+for that many seconds before the rest (a refusal whose body never comes).
 """
 
 from __future__ import annotations
@@ -166,6 +168,7 @@ class Intake:
         self.redirect_to = ""
         self._fail: list[int] = []
         self.fail_text: str | None = None  # the body of injected failures, instead of Datadog's
+        self.slow_body = 0.0  # injected failures: headers and text sent, then the rest of the body stalls
         self._always: int | None = None
         self._fail_until = 0.0
         self._fail_status = 500
@@ -218,6 +221,8 @@ class Intake:
             self.requests.append((path, status))
             text = self.fail_text or {403: '{"errors":["Forbidden"]}', 429: '{"errors":["Too many requests"]}'}.get(
                 status, '{"errors":["Internal Server Error"]}')
+            if self.slow_body:
+                return await self._stall(request, status, text.encode())
             return web.Response(status=status, text=text, content_type="application/json")
         try:
             doc = self.validate(request, body)
@@ -237,6 +242,18 @@ class Intake:
         else:
             self.checks.extend(doc)
         return web.json_response(answer, status=202)
+
+    async def _stall(self, request: web.Request, status: int, text: bytes) -> web.StreamResponse:
+        response = web.StreamResponse(status=status, headers={"Content-Type": "application/json"})
+        response.content_length = len(text) + 1000
+        await response.prepare(request)
+        await response.write(text)
+        await asyncio.sleep(self.slow_body)  # the client gives up first; the rest never comes
+        try:
+            await response.write(b" " * 1000)
+        except ConnectionError:  # the client has gone, as expected
+            pass
+        return response
 
     def validate(self, request: web.Request, body: bytes) -> Any:
         if request.method != "POST":

@@ -20,7 +20,7 @@ from agent.config import Config
 from agent.hub import Hub
 from agent.identity import Identity
 from agent.model import Batch, Event, Kind, Points, Sample, ServiceCheck
-from agent.sinks.datadog import DatadogSink, base_url, check_api_key
+from agent.sinks.datadog import DatadogSink, base_url, check_api_key, endpoint
 from tests.sinks.intake import Intake, start_intake
 from tests.support import until
 
@@ -59,6 +59,18 @@ def test_site_and_url_override() -> None:
     assert base_url(Config(dd_site="datadoghq.eu")) == "https://api.datadoghq.eu"
     assert base_url(Config(dd_site="us5.datadoghq.com")) == "https://api.us5.datadoghq.com"
     assert base_url(Config(dd_site="datadoghq.com", dd_url="http://127.0.0.1:9/")) == "http://127.0.0.1:9"
+
+
+@pytest.mark.parametrize(("base", "url"), [
+    ("http://127.0.0.1:9", "http://127.0.0.1:9/api/v2/series"),
+    ("http://127.0.0.1:9/", "http://127.0.0.1:9/api/v2/series"),
+    ("https://proxy.example/datadog/", "https://proxy.example/datadog/api/v2/series"),  # a prefix is kept
+    ("http://u:p@127.0.0.1:9/dd", "http://u:p@127.0.0.1:9/dd/api/v2/series"),
+    ("http://127.0.0.1:9/#f", "http://127.0.0.1:9/api/v2/series"),  # never before the path
+    ("http://127.0.0.1:9?x=1", "http://127.0.0.1:9/api/v2/series"),
+])
+def test_request_urls_are_the_path_under_the_base(base: str, url: str) -> None:
+    assert endpoint(base, "/api/v2/series") == url
 
 
 async def test_known_statsd_and_ecs_samples_arrive_typed_with_exact_values(intake: Intake) -> None:
@@ -153,6 +165,33 @@ async def test_buffer_bound_drops_the_oldest_and_counts_them(intake: Intake) -> 
     assert sorted(v for _, v, _, _, _ in intake.points("m0")) == [3.0, 4.0]
 
 
+async def test_a_bound_smaller_than_a_flush_still_delivers_every_flush(intake: Intake) -> None:
+    sink, hub = make(intake, flush_interval=0.1, datadog_buffer_points=20)  # the self-metrics alone are more
+    stop = asyncio.Event()
+    task = asyncio.create_task(sink.run(stop))
+    for _ in range(50):
+        hub.publish(Batch("statsd", [Sample("jobs", 1.0, Kind.COUNT, interval=1.0)]))
+        await asyncio.sleep(0.01)
+    stop.set()
+    await asyncio.wait_for(task, 10)
+    assert sum(v * i for _, v, _, _, i in intake.points("jobs")) == 50
+    assert exported(sink, "points_dropped", reason="buffer_full") == 0
+    assert exported(sink, "points_sent") == exported(sink, "points_queued")
+
+
+async def test_a_flush_larger_than_the_bound_is_kept_while_it_is_retried(intake: Intake) -> None:
+    sink, hub = make(intake, flush_interval=3600.0, datadog_buffer_points=20)
+    hub.pull = list  # type: ignore[method-assign]
+    intake.fail_next(2, 500)
+    stop = asyncio.Event()
+    task = asyncio.create_task(sink.run(stop))
+    hub.publish(Batch("s", [Sample(f"m{j}", 1.0) for j in range(30)]))
+    stop.set()  # one flush of 30 points, back at the head of the buffer after each 500
+    await asyncio.wait_for(task, 10)
+    assert len(intake.metrics()) == 30 and exported(sink, "retries") == 2
+    assert exported(sink, "points_dropped", reason="buffer_full") == 0
+
+
 async def test_intake_that_never_recovers_keeps_memory_bounded(intake: Intake) -> None:
     sink, hub = make(intake, flush_interval=0.05, datadog_buffer_points=200, drain_timeout=0.3)
     intake.always(503)
@@ -243,6 +282,27 @@ async def test_timeouts_are_retried(intake: Intake) -> None:
     assert exported(sink, "points_sent") == exported(sink, "points_queued")
 
 
+@pytest.mark.parametrize("timeout", [1.0, 3.0])  # the request's timeout first, or the body's own bound (2 s)
+async def test_a_refusal_whose_body_stalls_is_final_not_a_timeout(
+        intake: Intake, caplog: pytest.LogCaptureFixture, timeout: float) -> None:
+    caplog.set_level(logging.INFO, logger="tasklens")
+    sink, hub = make(intake, flush_interval=3600.0, datadog_timeout=timeout, drain_timeout=10.0)
+    hub.pull = list  # type: ignore[method-assign]
+    intake.slow_body = timeout + 1.5  # status, headers and text at once, then the body stalls past the timeout
+    intake.fail_next(1, 400)  # a retry would be accepted: it must not happen
+    intake.fail_text = '{"errors":["Bad Request: metric"]}'
+    stop = asyncio.Event()
+    task = asyncio.create_task(sink.run(stop))
+    hub.publish(Batch("s", [Sample("m", 1.0)]))
+    stop.set()
+    await asyncio.wait_for(task, 10)
+    assert intake.requests == [("/api/v2/series", 400)] and intake.points("m") == []
+    assert exported(sink, "retries") == 0 and exported(sink, "points_failed", reason="http_400") == 1
+    assert "timeout" not in caplog.text and "retrying" not in caplog.text
+    # the body is read for the log as far as it came
+    assert sink.status()["last_error"].startswith('http_400: {"errors":["Bad Request: metric"]}')
+
+
 async def test_the_api_key_is_never_shown(intake: Intake, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG)
     sink, hub = make(intake, flush_interval=0.05, drain_timeout=0.3)
@@ -307,7 +367,7 @@ async def test_retries_back_off_exponentially_with_jitter(intake: Intake) -> Non
     assert exported(sink, "retries") >= 6
 
 
-async def test_redirects_are_not_followed_with_the_key(intake: Intake) -> None:
+async def test_redirects_are_not_followed_with_the_key_and_are_retried(intake: Intake) -> None:
     async for elsewhere in start_intake(Intake(KEY)):
         sink, hub = make(intake, flush_interval=3600.0)
         hub.pull = list  # type: ignore[method-assign]
@@ -315,10 +375,17 @@ async def test_redirects_are_not_followed_with_the_key(intake: Intake) -> None:
         stop = asyncio.Event()
         task = asyncio.create_task(sink.run(stop))
         hub.publish(Batch("s", [Sample("m", 1.0)]))
+        sink.flush()
+        await until(lambda: exported(sink, "retries") >= 2, what="two redirects")
+        intake.redirect_to = ""  # the intake answers again: the payload was kept for it
+        await until(lambda: intake.points("m"), what="delivery")
         stop.set()
         await asyncio.wait_for(task, 5)
         assert elsewhere.requests == [] and elsewhere.arrivals == []
-        assert exported(sink, "points_failed", reason="http_307") == 1
+        assert sink.metrics.get("tasklens.exporter.submissions", exporter="datadog", status="307") >= 2
+        assert exported(sink, "points_failed", reason="http_307") == 0
+        assert [v for _, v, _, _, _ in intake.points("m")] == [1.0]
+        assert "http_307 (a redirect, not followed" in sink.last_error
 
 
 async def test_check_api_key(intake: Intake) -> None:

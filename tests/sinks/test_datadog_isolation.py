@@ -62,7 +62,7 @@ async def test_each_hostile_class_costs_only_itself(intake: Intake) -> None:
         Sample("big", Points((1e308, 1e308), (1.0, 1.0)), Kind.HISTOGRAM, interval=10.0),  # its sum overflows
         Sample("denormal", Points((1.0,), (math.inf,)), Kind.HISTOGRAM, interval=10.0),  # rate 5e-324
         Sample("nan", math.nan),
-        Sample("rate", 1e308, Kind.COUNT, interval=1e-300),  # finite count, infinite rate
+        Sample("rate", 1e308, Kind.COUNT, interval=1e-300),  # a rate over the 1 s it is sent with: finite
         Sample("123", 1.0),
         Sample("bad.type", "x", Kind.GAUGE),  # type: ignore[arg-type]
         Sample("bad.interval", 1.0, Kind.COUNT, interval=math.nan),
@@ -86,13 +86,14 @@ async def test_each_hostile_class_costs_only_itself(intake: Intake) -> None:
     assert {m for m in intake.metrics() if m.startswith("big")} == {
         "big.max", "big.median", "big.count", "big.95percentile"}
     assert [p[1] for p in intake.points("big.max")] == [1e308]
-    assert intake.metrics() & {"old", "future", "denormal.max", "nan", "rate", "bad.type", "bad.interval"} == set()
+    assert intake.metrics() & {"old", "future", "denormal.max", "nan", "bad.type", "bad.interval"} == set()
+    assert [(p[1], p[3], p[4]) for p in intake.points("rate")] == [(1e308, dd.RATE, 1)]  # value x interval: the count
     assert [(e["title"], e["tags"]) for e in intake.events] == [("deploy", list(TASK_TAGS) + ["team:core"])]
     assert [(c["check"], len(c.get("message", ""))) for c in intake.checks] == [("orders.up", 600)]
     assert rejected_by_reason(sink) == {
-        "name_too_long": 3, "timestamp_out_of_range": 4, "not_finite": 8, "invalid_name": 1, "invalid": 3,
+        "name_too_long": 3, "timestamp_out_of_range": 4, "not_finite": 7, "invalid_name": 1, "invalid": 3,
         "invalid_event": 1, "invalid_service_check": 2}
-    assert sink.status()["points_rejected"] == 22
+    assert sink.status()["points_rejected"] == 21
     # nothing queued was lost: the rejected points never entered the accounting of delivery
     assert exported(sink, "points_sent") == exported(sink, "points_queued")
 
@@ -222,9 +223,9 @@ HOSTILE_CHECKS = st.builds(ServiceCheck, TEXT, st.integers(-2, 5), TAGS, STAMPS,
                            st.none() | TEXT | st.just("m" * 600))
 
 
-def flushed(batch: Batch) -> tuple[DatadogSink, dict[str, list[Any]]]:
+def flushed(batch: Batch, flush_interval: float = 10.0) -> tuple[DatadogSink, dict[str, list[Any]]]:
     """The batch through a sink (clock at NOW), and every payload it queued as the intake reads it."""
-    config = replace(Config(), dd_api_key=KEY, dd_url="http://127.0.0.1:9", flush_interval=10.0)
+    config = replace(Config(), dd_api_key=KEY, dd_url="http://127.0.0.1:9", flush_interval=flush_interval)
     hub = Hub(IDENTITY)
     hub.pull = list  # type: ignore[method-assign]
     sink = DatadogSink(config, hub, wall=lambda: NOW)
@@ -279,3 +280,85 @@ def test_every_hostile_point_is_delivered_or_counted(samples: list[Sample], even
     delivered = (sum(len(s["points"]) for s in docs[dd.SERIES_PATH]) + len(docs[dd.EVENTS_PATH])
                  + len(docs[dd.CHECK_RUN_PATH]) - 3)  # less the three controls
     assert delivered + sum(rejected_by_reason(sink).values()) == expected
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.floats(1, 3600), st.integers(1, 3), st.lists(st.floats(0, 1e9), min_size=1, max_size=4),
+       st.lists(st.lists(st.sampled_from([1.0, 2.0, 4.0, 10.0, 1 / 0.3]), min_size=1, max_size=4), max_size=3))
+def test_a_rate_times_its_interval_is_the_count_for_any_flush_interval(
+        flush_interval: float, periods: int, counts: list[float], weights: list[list[float]]) -> None:
+    # as the StatsD flush makes them: over the interval times the periods it covered (1.5 s, 2.5 s ...)
+    seconds = flush_interval * periods
+    samples = [Sample(f"c{i}", c, Kind.COUNT, interval=seconds) for i, c in enumerate(counts)]
+    samples += [Sample(f"h{i}", Points(tuple(float(v) for v in range(len(w))), tuple(w)), Kind.HISTOGRAM,
+                       interval=seconds) for i, w in enumerate(weights)]
+    sink, docs = flushed(Batch("statsd", samples), flush_interval)
+    sent = {s["metric"]: [p["value"] * s["interval"] for p in s["points"]]
+            for s in docs[dd.SERIES_PATH] if s["type"] == dd.RATE}
+    assert all(isinstance(s["interval"], int) for s in docs[dd.SERIES_PATH] if "interval" in s)
+    for i, c in enumerate(counts):
+        assert sent[f"c{i}"] == [pytest.approx(c, rel=1e-12)]
+    for i, w in enumerate(weights):  # `.count`: the weighted count, sample rates applied
+        assert sent[f"h{i}.count"] == [pytest.approx(math.fsum(w), rel=1e-12)]
+    assert math.fsum(v for vs in sent.values() for v in vs) == pytest.approx(
+        math.fsum(counts) + math.fsum(math.fsum(w) for w in weights), rel=1e-12)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(1, 100), st.lists(st.lists(st.integers(1, 60), min_size=1, max_size=4), min_size=1, max_size=8))
+def test_the_buffer_bound_drops_the_oldest_never_the_newest_flush(bound: int, flushes: list[list[int]]) -> None:
+    config = replace(Config(), dd_api_key=KEY, dd_url="http://127.0.0.1:9", datadog_buffer_points=bound)
+    sink = DatadogSink(config, Hub(IDENTITY), wall=lambda: NOW)
+    queued: list[dd.Payload] = []
+    for sizes in flushes:  # not running: nothing leaves but what the bound drops
+        payloads = [dd.Payload(dd.SERIES_PATH, b"", "deflate", n, NOW + 3000) for n in sizes]
+        queued += payloads
+        sink.queue(payloads)
+        kept = sink.pending()
+        assert kept[-len(payloads):] == payloads and all(a is b for a, b in zip(kept[-len(payloads):], payloads))
+        buffered = sum(p.points for p in kept)
+        assert buffered <= bound or kept == payloads  # over the bound only with the newest flush alone
+        # the oldest go first: what is kept is the newest payloads, in order
+        assert kept == queued[len(queued) - len(kept):]
+        dropped = exported(sink, "points_dropped", reason="buffer_full")
+        assert dropped + buffered == exported(sink, "points_queued") == sum(p.points for p in queued)
+
+
+SIDECAR_KEYS = [t.partition(":")[0] for t in TASK_TAGS]
+# a client's spelling of a sidecar key that Datadog normalises to it: case, leading non-letters, a trailing `_`
+CLIENT_KEYS = st.builds(lambda key, upper, lead, trail: lead + "".join(c.upper() if u else c for c, u in zip(
+    key, upper)) + trail, st.sampled_from(SIDECAR_KEYS), st.lists(st.booleans(), min_size=20, max_size=20),
+    st.sampled_from(["", "1", "#", "_", "$#", "9 "]), st.sampled_from(["", "_", "__"]))
+CLIENT_TAGS = st.lists(st.tuples(CLIENT_KEYS | st.sampled_from(["q", "Q", "role"]),
+                                 st.sampled_from(["mine", "Mine", "z", "a b", "x:y"])), max_size=5).map(tuple)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(CLIENT_TAGS)
+def test_a_client_tag_that_normalises_to_a_sidecar_key_replaces_the_sidecars(tags: tuple[tuple[str, str], ...]) -> None:
+    _, docs = flushed(Batch("s", [Sample("m", 1.0, Kind.GAUGE, tags)], events=[Event("e", "t", tags)],
+                            service_checks=[ServiceCheck("c", 0, tags)]))
+    client = [dd.normalize_tag(f"{k}:{v}") for k, v in tags]
+    for obj in (docs[dd.SERIES_PATH] + docs[dd.EVENTS_PATH] + docs[dd.CHECK_RUN_PATH]):
+        sent = obj["tags"]
+        for sidecar in TASK_TAGS:
+            key = sidecar.partition(":")[0]
+            theirs = [t for t in client if t.partition(":")[0] == key]
+            # one tag of each sidecar key: the client's last spelling of it, else the sidecar's
+            assert [t for t in sent if t.partition(":")[0] == key] == [theirs[-1] if theirs else sidecar]
+        # the client's other tags all kept
+        assert [t for t in sent if t.partition(":")[0] not in SIDECAR_KEYS] == list(dict.fromkeys(
+            t for t in client if t.partition(":")[0] not in SIDECAR_KEYS))
+
+
+def test_a_configured_tag_key_is_the_sidecars_too() -> None:
+    config = replace(Config(), dd_api_key=KEY, dd_url="http://127.0.0.1:9", tags=(("Team", "pay"),))
+    hub = Hub(replace(IDENTITY, extra=config.tags))
+    hub.pull = list  # type: ignore[method-assign]
+    sink = DatadogSink(config, hub, wall=lambda: NOW)
+    hub.add_sink(sink)
+    hub.publish(Batch("s", [Sample("m", 1.0, Kind.GAUGE, (("team", "core"),)), Sample("n", 1.0)]))
+    sink.flush()
+    (payload,) = sink.pending()
+    doc = check_payload(payload.path, payload.encoding, payload.body, now=NOW)
+    assert {s["metric"]: s["tags"][len(TASK_TAGS):] for s in doc["series"]} == {"m": ["team:core"], "n": ["team:pay"]}

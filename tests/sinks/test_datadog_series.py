@@ -166,3 +166,17 @@ def test_a_normalised_tag_is_one_the_intake_takes_and_stays_as_it_is(raw: str) -
     assert dd.normalize_tag(tag) == tag  # idempotent: the fast path and the slow one agree
     if tag_problem(raw) is None:  # already normal: unchanged
         assert tag == raw
+
+
+def test_one_tag_per_sidecar_key_after_normalising_the_clients_last() -> None:
+    unique = frozenset({"service", "env"})
+    # `Service:Mine` and `1service:z` are `service:...` as Datadog stores them: the client's (later) wins
+    assert dd.tag_list((("service", "tester"), ("env", "test"), ("Service", "Mine")), unique) == [
+        "env:test", "service:mine"]
+    assert dd.tag_list((("service", "tester"), ("1service", "z")), unique) == ["service:z"]
+    assert dd.tag_list((("service", "tester"), ("#Service", "")), unique) == ["service"]  # bare, as merge_tags
+    # a key that is not the sidecar's keeps all its values (Datadog takes several values of a key)
+    assert dd.tag_list((("service", "tester"), ("role", "a"), ("Role", "b")), unique) == [
+        "service:tester", "role:a", "role:b"]
+    # without sidecar keys: every value kept, as before
+    assert dd.tag_list((("service", "tester"), ("Service", "Mine"))) == ["service:tester", "service:mine"]

@@ -248,11 +248,12 @@ def parse_http_url(text: str) -> str:
 
 
 def parse_base_url(text: str) -> str:
-    """An http(s) URL that paths are appended to (`/api/v2/series`): a query or fragment would end up
-    before them, so every request would go to the base path."""
+    """An http(s) URL that paths are appended to (`/api/v2/series`, `/v1/metrics`, `/ingest`): a query or
+    fragment would end up before them, so every request would go to the base path."""
     text = parse_http_url(text)
     if "?" in text or "#" in text:
-        raise ValueError("an http:// or https:// base URL without a query or fragment, e.g. https://api.datadoghq.eu")
+        raise ValueError("an http:// or https:// base URL without a query or fragment (paths are appended "
+                         "to it), e.g. https://host:4318")
     return text
 
 
@@ -519,7 +520,7 @@ class Config:
     queue_backlog_threshold: float = setting(100.0, parse_number, low=0, high=1e15,
                                             doc="depth above which growth means backing up")
     # profiling
-    pyroscope_url: str = setting("", parse_http_url, secret=True, url=True, doc="Pyroscope server; enables profiling")
+    pyroscope_url: str = setting("", parse_base_url, secret=True, url=True, doc="Pyroscope server; enables profiling")
     pyroscope_user: str = setting("")
     pyroscope_password: str = setting("", parse_secret, secret=True)
     pyroscope_tenant: str = setting("", doc="X-Scope-OrgID")
@@ -544,7 +545,7 @@ class Config:
     remote_write_batch_samples: int = setting(2000, parse_positive_int, doc="samples per request at most")
     remote_write_buffer_points: int = setting(1_000_000, parse_positive_int, doc="samples kept while the store is down")
     remote_write_timeout: float = setting(10.0, parse_seconds)
-    otlp_endpoint: str = setting("", parse_http_url, env="OTEL_EXPORTER_OTLP_ENDPOINT", url=True,
+    otlp_endpoint: str = setting("", parse_base_url, env="OTEL_EXPORTER_OTLP_ENDPOINT", url=True,
                                  doc="OTLP/HTTP base URL; enables OTLP (+ /v1/metrics)")
     otlp_metrics_endpoint: str = setting("", parse_http_url, env="OTEL_EXPORTER_OTLP_METRICS_ENDPOINT", url=True,
                                          doc="OTLP/HTTP metrics URL, used as is")

@@ -183,11 +183,13 @@ def test_a_number_outside_its_range_names_the_variable_and_the_range(f) -> None:
         ("TASKLENS_HTTP_ADDR", "not a host:9102", "host:port"),
         ("TASKLENS_PROFILE_MATCH", "worker(", "regular expression"),
         ("DD_SITE", "datadoghq.com/evil path", "host name"),
-        ("TASKLENS_DATADOG_BUFFER_POINTS", "20", "from 1000 to 100000000"),
+        ("TASKLENS_DATADOG_BUFFER_POINTS", "20", "from 1000 to 100000000"),  # less than one flush of the sidecar's own
         # paths are appended to it: a query or fragment would send every request to the base path
         ("DD_DD_URL", "http://127.0.0.1:19510/#f", "without a query or fragment"),
         ("DD_DD_URL", "http://127.0.0.1:19510?x=1", "without a query or fragment"),
-        ("DD_DD_URL", "http://127.0.0.1:19510/?", "without a query or fragment"),  # less than one flush of the sidecar's own
+        ("DD_DD_URL", "http://127.0.0.1:19510/?", "without a query or fragment"),
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4318/?token=x", "without a query or fragment"),
+        ("TASKLENS_PYROSCOPE_URL", "http://127.0.0.1:4040/#f", "without a query or fragment"),
         ("TASKLENS_QUEUES", "redis://h:6379/0?list=a b", "URLs"),
         # CloudWatch's rules (API reference: Dimension, PutMetricData), refused by `check` as by `run`
         ("TASKLENS_CLOUDWATCH_DIMENSIONS", "service,service", "'service' is repeated"),

@@ -236,5 +236,15 @@ def merge_tags(base: Tags, own: Tags) -> Tags:
     return tuple(kv for kv in base if kv[0] not in own_keys) + own
 
 
+def encodable(text: str) -> str:
+    """`text` as UTF-8 can hold it: lone surrogates (from an environment variable, a JSON `\\ud800`
+    escape) as `?`."""
+    try:
+        text.encode()
+        return text
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "replace").decode()
+
+
 def format_tag(key: str, value: str) -> str:
     return f"{key}:{value}" if value else key

@@ -35,7 +35,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from agent.model import Event, Points, ServiceCheck, Tags, format_tag
+from agent.model import Event, Points, ServiceCheck, Tags, encodable, format_tag
 
 SERIES_PATH = "/api/v2/series"
 DISTRIBUTION_PATH = "/api/v1/distribution_points"
@@ -157,7 +157,7 @@ def text(value: str, limit: int) -> str:
     """Free text for JSON: lone surrogates (undecodable input) replaced, cut to `limit` characters."""
     if not isinstance(value, str):
         raise TypeError(f"expected text, got {type(value).__name__}")
-    return value.encode("utf-8", "replace").decode("utf-8")[:limit]
+    return encodable(value)[:limit]
 
 
 def percentile_suffix(p: float) -> str:

@@ -29,7 +29,7 @@ from prometheus_client.registry import CollectorRegistry
 
 from agent.logs import RateLimitedLog
 from agent.memory import BURST, release_freed_memory
-from agent.model import Batch, Kind, Points, Sample, Tags
+from agent.model import Batch, Kind, Points, Sample, Tags, encodable
 from agent.selfmetrics import SelfMetrics
 from agent.sinks.cumulative import Histogram, count_refusal, counter_refusal
 from agent.sinks.metric_help import own_help, worker_help
@@ -108,17 +108,8 @@ def _printable(text: str) -> str:
     """HELP text: the name as sent, with `?` for what is not printable and `'` for `"` (which the
     text format cannot escape in HELP and OpenMetrics must)."""
     if not (text.isascii() and text.isprintable()):
-        text = "".join(c if c.isprintable() else "?" for c in _encodable(text))
+        text = "".join(c if c.isprintable() else "?" for c in encodable(text))
     return text.replace('"', "'")
-
-
-def _encodable(text: str) -> str:
-    """Lone surrogates (from environment variables, say) cannot be written as UTF-8: `?` instead."""
-    try:
-        text.encode()
-        return text
-    except UnicodeEncodeError:
-        return text.encode("utf-8", "replace").decode()
 
 
 def labels_of(tags: Tags, identity: dict[str, str] | None = None) -> LabelSet | str:
@@ -139,7 +130,7 @@ def labels_of(tags: Tags, identity: dict[str, str] | None = None) -> LabelSet | 
             name = "exported_" + name
         if name in labels:
             return "label_conflict"  # `a-b` and `a_b`, or a worker's `exported_x` beside a renamed `x`
-        labels[name] = _encodable(value) if value else "true"
+        labels[name] = encodable(value) if value else "true"
     return LabelSet(labels)
 
 

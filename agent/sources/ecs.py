@@ -21,7 +21,7 @@ from agent.health import HealthMonitor
 from agent.hub import Hub
 from agent.identity import task_identity
 from agent.logs import RateLimitedLog
-from agent.model import Batch, Sample
+from agent.model import Batch, Sample, encodable
 from agent.sources.ecs_stats import derive
 
 log = logging.getLogger("tasklens.ecs")
@@ -221,7 +221,7 @@ class EcsSource:
 def _valid_text(data: Any) -> Any:
     """`data` with every string (keys too) encodable as UTF-8: lone surrogates become `?`."""
     if isinstance(data, str):
-        return data.encode("utf-8", "replace").decode("utf-8")
+        return encodable(data)
     if isinstance(data, list):
         return [_valid_text(v) for v in data]
     if isinstance(data, dict):

@@ -59,6 +59,19 @@ def _fields(rest: bytes | None) -> Iterator[bytes]:
         rest = tail if sep else None
 
 
+def _common_field(p: Parsed, f: bytes) -> bool:
+    """The fields events and service checks share (`d:`, `h:`, `#`): set on `p`; False for another."""
+    if f.startswith(b"d:"):
+        p.timestamp = int(f[2:])
+    elif f.startswith(b"h:"):
+        p.hostname = f[2:].decode()
+    elif f.startswith(b"#"):
+        p.tags = _tags(f[1:])  # a later `#` field replaces an earlier one, as in the agent
+    else:
+        return False
+    return True
+
+
 def dd_parse(line: bytes) -> Parsed:
     if line.startswith(b"_e{"):
         header, _, body = line.partition(b":")
@@ -68,13 +81,7 @@ def dd_parse(line: bytes) -> Parsed:
                    text=body[title_len + 1:title_len + 1 + text_len].decode().replace("\\n", "\n"))
         rest = body[title_len + 1 + text_len + 1:] if len(body) > title_len + 1 + text_len else None
         for f in _fields(rest):
-            if f.startswith(b"d:"):
-                p.timestamp = int(f[2:])
-            elif f.startswith(b"h:"):
-                p.hostname = f[2:].decode()
-            elif f.startswith(b"#"):
-                p.tags = _tags(f[1:])
-            elif f[:2] in (b"k:", b"p:", b"s:", b"t:"):
+            if not _common_field(p, f) and f[:2] in (b"k:", b"p:", b"s:", b"t:"):
                 p.extra[f[:1].decode()] = f[2:].decode()
         return p
     if line.startswith(b"_sc"):
@@ -84,13 +91,7 @@ def dd_parse(line: bytes) -> Parsed:
         assert name, line
         p = Parsed("service_check", name=name.decode(), status=int(next(fields)))
         for f in fields:
-            if f.startswith(b"d:"):
-                p.timestamp = int(f[2:])
-            elif f.startswith(b"h:"):
-                p.hostname = f[2:].decode()
-            elif f.startswith(b"#"):
-                p.tags = _tags(f[1:])
-            elif f.startswith(b"m:"):
+            if not _common_field(p, f) and f.startswith(b"m:"):
                 p.message = f[2:].decode()
         return p
     fields = _fields(line)

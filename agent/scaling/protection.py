@@ -33,6 +33,7 @@ from typing import Any
 import aiohttp
 import yarl
 
+from agent.capped import read_capped
 from agent.hub import Hub
 from agent.logs import RateLimitedLog
 from agent.model import Batch, Kind, Sample
@@ -181,7 +182,8 @@ class ProtectionClient:
                     raise ProtectionError("redirect", f"HTTP {response.status} to "
                                           f"{response.headers.get('Location', '')[:200]!r}: not followed",
                                           response.status)
-                return interpret(response.status, await _read_capped(response))
+                return interpret(response.status,
+                                 await read_capped(response, MAX_BODY, lambda: _too_large(response.status)))
         except ProtectionError:
             raise
         except Exception as exc:  # anything but cancellation: a counted failure, never a crash
@@ -191,22 +193,6 @@ class ProtectionClient:
         if self._session is not None:
             await self._session.close()
             self._session = None
-
-
-async def _read_capped(response: aiohttp.ClientResponse) -> bytes:
-    """The whole body, however many pieces it arrives in (`content.read(n)` returns only what is
-    buffered: the first TCP segment), or ProtectionError("too_large") as soon as it passes MAX_BODY."""
-    if response.content_length is not None and response.content_length > MAX_BODY:
-        raise _too_large(response.status)
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in response.content.iter_chunked(16384):
-        size += len(chunk)
-        if size > MAX_BODY:
-            chunks.clear()  # the error's traceback holds this frame: not its chunks
-            raise _too_large(response.status)
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 def _too_large(status: int) -> ProtectionError:

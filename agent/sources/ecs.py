@@ -16,6 +16,7 @@ from typing import Any
 
 import aiohttp
 
+from agent.capped import read_capped
 from agent.config import Config
 from agent.health import HealthMonitor
 from agent.hub import Hub
@@ -176,7 +177,7 @@ class EcsSource:
         async with self._session.get(url, allow_redirects=False) as response:
             if 300 <= response.status < 400:
                 raise PollError("redirect", f"{path}: HTTP {response.status}: redirect refused")
-            body = await _read_capped(response, path)
+            body = await read_capped(response, MAX_BODY, lambda: _too_large(path))
             if response.status >= 500:
                 raise PollError("http_5xx", f"{path}: HTTP {response.status}: {_snippet(body)}")
             if response.status >= 400:
@@ -249,24 +250,6 @@ def _as_poll_error(exc: BaseException) -> PollError:
     if isinstance(exc, aiohttp.ClientError):
         return PollError("http_error", f"{type(exc).__name__}: {exc}")
     return PollError("unexpected", f"{type(exc).__name__}: {exc}")
-
-
-async def _read_capped(response: aiohttp.ClientResponse, path: str) -> bytes:
-    """The body, or PollError("too_large") as soon as it passes MAX_BODY (the connection is closed)."""
-    if response.content_length is not None and response.content_length > MAX_BODY:
-        raise _too_large(path)
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in response.content.iter_chunked(64 * 1024):
-        size += len(chunk)
-        if size > MAX_BODY:
-            # the error's traceback holds this frame: without its chunks, and with no reference back to
-            # the error (an error kept in a local is a cycle, and each refusal kept 4 MiB until the
-            # rarely run cyclic collector found it)
-            chunks.clear()
-            raise _too_large(path)
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 def _too_large(path: str) -> PollError:

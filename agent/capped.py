@@ -1,0 +1,28 @@
+"""A peer's whole response body, refused as soon as it passes a limit (the ECS metadata endpoint, the ECS
+agent's task-protection answers): a broken or hostile endpoint never makes the sidecar hold more."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import aiohttp
+
+
+async def read_capped(response: aiohttp.ClientResponse, limit: int, too_large: Callable[[], Exception]) -> bytes:
+    """The body, however many pieces it arrives in (`content.read(n)` returns only what is buffered), or
+    `too_large()` raised as soon as it passes `limit` bytes (declared or read; the connection is closed)."""
+    if response.content_length is not None and response.content_length > limit:
+        raise too_large()
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in response.content.iter_chunked(64 * 1024):
+        size += len(chunk)
+        if size > limit:
+            # the error's traceback holds this frame: without its chunks (an error kept in a local would
+            # be a cycle with them, left to the rarely run cyclic collector: 4 MiB per refusal)
+            chunks.clear()
+            raise too_large()
+        chunks.append(chunk)
+    return b"".join(chunks)

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 from urllib.parse import urlsplit
 
-from agent.urlmask import mask_url
+from agent.urlmask import mask_url, split_password
 
 PREFIX = "TASKLENS_"
 
@@ -259,6 +259,8 @@ def parse_base_url(text: str) -> str:
 
 def parse_url_list(text: str) -> tuple[str, ...]:
     expected = "comma-separated URLs, e.g. sqs://orders?region=eu-west-1,redis://host:6379/0?list=jobs"
+    if split_password(text):
+        raise ValueError(f"{expected}: a password's , must be percent-encoded (%2C): the list is split at every comma")
     urls = tuple(u.strip() for u in text.split(",") if u.strip())
     for url in urls:
         check_text(url, expected, 2048)

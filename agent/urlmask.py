@@ -41,6 +41,7 @@ class Authority:
     end: int  # where this URL's text ends (the next `scheme://`, or the end)
     userinfo: str | None  # up to the last `@` before `end`: a password may hold / ? # @
     readable: bool  # urlsplit reads the same user info and a port that is a number
+    port: int | None = None  # as urlsplit reads it, when readable
 
     @property
     def password(self) -> str | None:
@@ -58,16 +59,16 @@ def authorities(text: str) -> Iterator[Authority]:
         end = found[i + 1].start() if i + 1 < len(found) else len(text)
         rest = text[match.end():end]
         userinfo = rest.rpartition("@")[0] if "@" in rest else None
-        url = text[match.start():end]
+        url = text[match.start():end - 1 if i + 1 < len(found) else end]  # not the next one's `,` or `=`
         if text[match.start() - 1:match.start()] == "=":  # a parameter's value ends at `&` or `#`
             url = re.split(r"[&#]", url, maxsplit=1)[0]
         try:
             parts = urlsplit(url)
-            parts.port  # noqa: B018 - raises ValueError on a port that is not a number
+            port = parts.port  # raises ValueError on a port that is not a number
             readable = userinfo == (parts.netloc.rpartition("@")[0] if "@" in parts.netloc else None)
         except ValueError:
-            readable = False
-        yield Authority(match.group()[:-3].lower(), match.end(), end, userinfo, readable)
+            port, readable = None, False
+        yield Authority(match.group()[:-3].lower(), match.end(), end, userinfo, readable, port if readable else None)
 
 
 def _decodings(text: str) -> list[str]:
@@ -79,13 +80,33 @@ def _decodings(text: str) -> list[str]:
     return found
 
 
+def _spanning(text: str, found: list[Authority]) -> Iterator[tuple[Authority, str]]:
+    """Passwords read across the next `scheme://`: a password may hold `,x://` or `=x://` (`redis://:pa,
+    x://ss@host`), which reads as a list of two URLs, the first without a password, the second without
+    one of its own (`ss` is no password). Unless the URL's `:` is its port, or the URL and the next each
+    read as written with user info of their own, its user info is also read up to the last `@` of the
+    text (a list of URLs may then be masked more than it needs). Left: a password of digits, `/` and a
+    `,x://` (`redis://u:12/x,y://ss@h`) reads as a port and a path, and shows its end.)"""
+    at = text.rfind("@")
+    for this, after in zip(found, found[1:]):
+        if at < after.start or this.port is not None:
+            continue  # no user info after it; a `:` that is a port (`redis://h:6379/0,redis://u@h2`)
+        if this.readable and this.userinfo is not None and not (after.readable and after.password is None):
+            continue  # a list of URLs, each with its user info (one in a parameter spans itself)
+        if this.scheme != "nats" and ":" not in text[this.start:after.start - len(after.scheme) - 3]:
+            continue  # a password starts after a `:` of this URL's own text (`sqs://q,redis://u@h` holds none)
+        password = Authority(this.scheme, this.start, len(text), text[this.start:at], False).password
+        if password:
+            yield this, password
+
+
 def url_passwords(url: str) -> list[str]:
     """Every secret the text may carry (for masking it in other text), as written and decoded."""
     found: dict[str, None] = {}
     for text in _decodings(url.strip()):
-        for authority in authorities(text):
-            if authority.password:
-                found.update(dict.fromkeys(_decodings(authority.password)))
+        listed = list(authorities(text))
+        for password in [a.password for a in listed if a.password] + [p for _, p in _spanning(text, listed)]:
+            found.update(dict.fromkeys(_decodings(password)))
         for match in _PARAM.finditer(text):
             if match.group(1):
                 found.update(dict.fromkeys(_decodings(match.group(1))))
@@ -107,27 +128,39 @@ def url_credentials(url: str) -> list[tuple[str, str]]:
 def mask_url(url: str) -> str:
     """The text with every secret as `***`; never raises. `redis://:secret@host` -> `redis://:***@host`.
 
-    Where the text cannot be read as written (`amqp://u:pa/ss@host`: a port `pa`), nothing of the user
-    info is shown (`amqp://***@host`), nor a port that is not a number (it may be half a password)."""
-    text = url.strip()
-    secrets = url_passwords(text)
+    Where the text cannot be read as written (`amqp://u:pa/ss@host`: a port `pa`), the password is read
+    as a person reads it (`amqp://u:***@host`); what is left of an unreadable URL's user info, and its
+    port, are masked too (either may be half a password)."""
+    text = mask_secrets(url.strip(), url_passwords(url))
     for authority in reversed(list(authorities(text))):
         if authority.readable:
             continue
+        # a port may be half a password (`amqp://u:Sec/ret`, `amqp://@:Sec`); after an `@`, digits are a port
+        host = authority.start + (len(authority.userinfo) + 1 if authority.userinfo is not None else 0)
+        netloc = re.split(r"[/?#]", text[host:authority.end], maxsplit=1)[0]
+        colon = netloc.find(":", netloc.find("]") + 1)  # after an IPv6 address's brackets
+        if colon >= 0 and not (authority.userinfo is not None and netloc[colon + 1:].isdigit()):
+            text = text[:host + colon + 1] + MASK + text[host + len(netloc):]
         if authority.userinfo is not None:
             text = text[:authority.start] + MASK + text[authority.start + len(authority.userinfo):]
-        else:  # no user info: a port that is not a number may be half a password (`amqp://u:Sec/ret`)
-            netloc = re.split(r"[/?#]", text[authority.start:authority.end], maxsplit=1)[0]
-            colon = netloc.find(":", netloc.find("]") + 1)  # after an IPv6 address's brackets
-            if colon >= 0:
-                text = text[:authority.start + colon + 1] + MASK + text[authority.start + len(netloc):]
-    return mask_secrets(text, secrets)
+    return text
+
+
+def split_password(text: str) -> bool:
+    """Whether a raw `,` in a password reads as the start of another URL of a list (`amqp://u:pa,x://ss@h`):
+    split at its commas, the list's second URL would show the password's end as its user name. Not where
+    the `:` is a URL's port (`redis://h:6379/0,redis://u@h2`: a list whose second URL has a user name)."""
+    return any("," in password for _, password in _spanning(text, list(authorities(text))))
 
 
 def is_readable(url: str) -> bool:
     """Whether every URL in the text reads as written: its user info holds no unencoded / ? # (nor an
-    `@` after the host) and its port is a number."""
-    return all(a.readable for a in authorities(url.strip()))
+    `@` after the host), its port is a number, and no password reads as spanning the next URL, whose
+    user info then has no password of its own (`amqp://?:pa=x://ss@h`: a parameter `:pa`)."""
+    text = url.strip()
+    found = list(authorities(text))
+    after = {a.start: b for a, b in zip(found, found[1:])}
+    return all(a.readable for a in found) and all(after[a.start].password is not None for a, _ in _spanning(text, found))
 
 
 def mask_secrets(text: str, secrets: Iterable[str]) -> str:

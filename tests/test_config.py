@@ -401,3 +401,13 @@ def test_any_toml_value_for_any_key_loads_within_bound_or_names_it(tmp_path, f, 
         assert str(exc).startswith(f"{path}: {f.name}="), str(exc)
         return
     within_bound(f, getattr(config, f.name))
+
+
+def test_a_raw_comma_in_a_password_is_refused_without_showing_it() -> None:
+    # split at the comma, the second URL would read `ss` as a user name: the list is refused instead
+    with pytest.raises(ConfigError) as err:
+        load({"TASKLENS_QUEUES": "redis://:Pw4,x://Tail7@127.0.0.1:6379/0?list=jobs"})
+    assert "%2C" in str(err.value) and "Pw4" not in str(err.value) and "Tail7" not in str(err.value)
+    # a list whose first URL has a port and whose second has a user name is a list
+    config = load({"TASKLENS_QUEUES": "redis://h:6379/0?list=a,redis://u:pw@h2:6379/0?list=b"})
+    assert len(config.queues) == 2

@@ -36,12 +36,14 @@ HEAD, TAIL = "Qv7Wj", "Xk9Zb"  # a password's start and end: no user name, host 
 PIECES = st.one_of(
     st.sampled_from(list("/?#@:=&%, +;~!*'()[]$\\\"")),
     st.sampled_from(["%2F", "%40", "%3A", "%25", "%2C", "%3D", "%26", "%20", "%C3%A9", "%zz", "%"]),
+    # what reads as the start of another URL (a list's, a parameter's)
+    st.sampled_from([",x://", "=x://", " x://", ",nats://", "=http://", ",redis://u:", "@h,y://"]),
     st.characters(codec="utf-8", exclude_categories=("Cs",)),
     st.text("abcdefghijklmnopqrstuvwxyz0123456789", min_size=1, max_size=4),
 )
-# `=x://` or `,x://` starts another URL (a parameter's, a list's): a password cannot hold it
+# Left: `/ ? #` and then `=x://` or `,x://` in a password read as a path or a query holding another URL
 PASSWORDS = st.lists(PIECES, min_size=1, max_size=12).map(lambda p: HEAD + "".join(p) + TAIL).filter(
-    lambda p: not re.search(r"[=,\s][A-Za-z][A-Za-z0-9+.-]*://", p))
+    lambda p: not re.search(r"[/?#].*[=,\s][A-Za-z][A-Za-z0-9+.-]*://", p))
 USERS = st.lists(st.one_of(st.sampled_from(list("=&:@/%?# ")), st.text("guestmn", min_size=1, max_size=3)),
                  max_size=4).map("".join)
 ENCODINGS = st.sampled_from(["raw", "encoded"])
@@ -136,6 +138,9 @@ def environ() -> dict[str, str]:
                "%40127.0.0.1%3A15672", "Qv7WjMgmtXk9Zb"))
 @example(case=("redis://us=er:Qv7WjEqXk9Zb@127.0.0.1:6379/9?list=x", "Qv7WjEqXk9Zb"))
 @example(case=("amqp://u:Qv7Wj/Xk9Zb@127.0.0.1:5672/?queue=x", "Qv7Wj/Xk9Zb"))
+# `,x://` and `=x://` in a password read as a second URL, whose user info is the password's end
+@example(case=("redis://:Qv7Wj,x://Xk9Zb@127.0.0.1:6379/9?list=x", "Qv7Wj,x://Xk9Zb"))
+@example(case=("amqp://u:Qv7Wj=x://Xk9Zb@127.0.0.1:5672/?queue=x", "Qv7Wj=x://Xk9Zb"))
 def test_no_password_is_shown_by_run_or_check(case: tuple[str, str], environ: dict[str, str],
                                                caplog: pytest.LogCaptureFixture) -> None:
     url, password = case
@@ -165,9 +170,13 @@ def test_a_password_is_masked_in_any_encoding() -> None:
     assert "MgmtS3cret" in url_passwords("amqp://h/?queue=q&management=http%3A%2F%2Fg%3AMgmtS3cret%40h")
 
 
-def test_a_url_that_does_not_read_as_written_shows_no_user_info() -> None:
-    assert mask_url("amqp://u:Sec/ret@127.0.0.1:5672/?queue=x") == "amqp://***@127.0.0.1:5672/?queue=x"
-    assert mask_url("amqp://u:Sec#ret@h/?queue=x") == "amqp://***@h/?queue=x"
+def test_a_url_that_does_not_read_as_written_shows_no_password_nor_port() -> None:
+    assert mask_url("amqp://u:Sec/ret@127.0.0.1:5672/?queue=x") == "amqp://u:***@127.0.0.1:5672/?queue=x"
+    assert mask_url("amqp://u:Sec#ret@h/?queue=x") == "amqp://u:***@h/?queue=x"
+    assert mask_url("amqp://@:Sec") == "amqp://***@:***"  # the port of an unreadable URL, with user info
+    # a password holding `,x://`: masked whole, and refused in a list, which it would split
+    assert mask_url("redis://:pa,x://ss@host") == "redis://:***@host"
+    assert mask_url("redis://h:6379/0,redis://u:pw@h2") == "redis://h:6379/0,redis://u:***@h2"
     assert mask_url("amqp://u:Sec") == "amqp://u:***"  # no host: the port may be half a password
     # what reads as written keeps its user name and everything but the password
     assert mask_url("redis://us=er:pw1@h:6379/9?list=x") == "redis://us=er:***@h:6379/9?list=x"

@@ -136,7 +136,22 @@ def validate(environ: Mapping[str, str] | None = None) -> tuple[Config, list[str
         from agent.sinks.remote_write import sigv4_region
 
         sigv4_region(config)  # SigV4 on needs a region
+    if config.scale_in_protection:
+        _check_agent_uri(environ, warnings)
     return config, warnings
+
+
+def _check_agent_uri(environ: Mapping[str, str], warnings: list[str]) -> None:
+    """The ECS agent's `ECS_AGENT_URI` (its variable, not a setting: a warning, as the sidecar runs on and
+    reports the busy state without protection), read as the protection client reads it."""
+    from agent.scaling.protection import ENV_AGENT_URI, endpoint_url
+
+    uri = environ.get(ENV_AGENT_URI, "").strip()
+    try:
+        if uri:
+            endpoint_url(uri)
+    except ValueError as exc:
+        warnings.append(f"{ENV_AGENT_URI}={uri[:200]!r} is invalid: {exc}; scale-in protection is unavailable")
 
 
 def _say(text: str) -> None:

@@ -449,6 +449,20 @@ async def test_a_hostile_agent_uri_is_refused_once_and_the_busy_state_still_repo
     assert len(warnings) == 1 and "invalid" in warnings[0], warnings
 
 
+@pytest.mark.parametrize("uri", HOSTILE_URIS.values(), ids=HOSTILE_URIS.keys())
+def test_check_and_run_warn_of_a_hostile_agent_uri_as_the_component_reads_it(uri) -> None:
+    from agent.cli import validate
+
+    environ = {"TASKLENS_SCALE_IN_PROTECTION": "jobs.in_progress>0", "ECS_AGENT_URI": uri,
+               "TASKLENS_STATSD_ADDR": "off", "TASKLENS_HTTP_ADDR": "127.0.0.1:0"}
+    _, warnings = validate(environ)
+    component, _, _ = make(uri, time.monotonic)
+    assert [w for w in warnings if w.startswith("ECS_AGENT_URI=")] == [
+        f"{component.invalid_uri}; scale-in protection is unavailable"]
+    _, warnings = validate({**environ, "ECS_AGENT_URI": "http://169.254.170.2/api/abc-123"})
+    assert not [w for w in warnings if "ECS_AGENT_URI" in w]
+
+
 UNREQUESTABLE = {k: v for k, v in HOSTILE_URIS.items() if k not in ("space-in-host", "query")}  # these go out
 
 

@@ -74,7 +74,7 @@ def run(tmp: Path, intervals: int = 3, flush: float = 10.0, flood: bool = False)
                 control += 1
 
             # 1. contexts until the bytes budget refuses them (each line charged ~10 KB: ~13,000 fit)
-            per_line = 100 * (3 + 32 + 8 + 200) + 512 + 24  # see interval.cost and pair_cost
+            per_line = 100 * (3 + 32 + 8 + 200) + 512 + 24  # see interval.Context.cost and pair_cost
             contexts = int(limits.context_bytes / per_line * 1.1)
             storm = tag_storm(contexts)
             datagrams = [b"\n".join(storm[k:k + 15]) for k in range(0, len(storm), 15)]

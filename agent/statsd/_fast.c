@@ -8,8 +8,11 @@
  * cannot handle and returns that line's offset, so that Python parses it fully and calls `run` again
  * after it: lines are applied in the order they were sent, whichever side handles them.
  *
- * At the context cap, a line whose head is not in the table and whose context is not live is refused
- * here, without a Python object (`refuse_or_leave`); Python keeps the set of live contexts up to date.
+ * A line whose head is not in the table and whose context is not live is handled here too when its head
+ * is simple (`read_head`): below the cap its context is made here (`make`), within the room Python gave
+ * for it, and Python makes its objects for all such contexts at once when `run` returns (`take_pending`,
+ * `bind`); at the cap it is refused here, without a Python object (`new_head`). Python keeps the set of
+ * live contexts up to date.
  *
  * Counters and histogram values accumulate here, per entry, until `harvest()` hands them to Python
  * (at the end of each interval); gauges and sets are written to the interval's dicts directly.
@@ -37,9 +40,10 @@ typedef struct {
     char *key;                 /* name, then tail, without separator */
     Py_ssize_t name_len, tail_len;
     uint64_t hash;
-    PyObject *slot, *ctx;      /* strong references */
+    PyObject *slot, *ctx;      /* strong references; NULL while pending: made here, not yet bound by Python */
     int code;
     int touched;               /* in `touched` since the last harvest */
+    int has_gauge;             /* pending gauge: its last value is `sum` */
     double sum;                /* counters */
     double *values;            /* histograms */
     Py_ssize_t n, cap;
@@ -61,6 +65,8 @@ typedef struct {
     Py_ssize_t at;             /* entry index + 1, 0 when empty */
 } Bucket;
 
+#define MAX_SHARED 16           /* tag positions whose last pair `head_items` remembers */
+
 typedef struct {
     PyObject_HEAD
     Entry *entries;
@@ -71,10 +77,19 @@ typedef struct {
     Py_ssize_t ntouched;
     uint64_t key[2];           /* SipHash key, random per table */
     long long lines;           /* lines handled since the last take_counts() */
-    /* Refusals at the context cap, decided here (see `refuse_or_leave`) */
-    HashSet live;              /* hashes of the live contexts' keys (`context_key`), as Python adds them */
+    /* New contexts, made or refused here (see `new_head`) */
+    HashSet live;              /* hashes of the live contexts' keys (`context_key`): Python's and pending */
     Py_ssize_t contexts, max_contexts;
-    int decide;                /* may refuse new contexts itself: no mapping rules (they rename) */
+    int decide;                /* may make and refuse new contexts itself: no mapping rules (they rename) */
+    int gauge_deltas;          /* `+N`/`-N` change a gauge: its contexts are Python's to make */
+    Py_ssize_t context_cost, tag_ref_cost, pair_cost;  /* interval.py's charges (`configure`) */
+    /* the room Python gives before each `run` (Limits.context_bytes, the head cache's bounds), taken
+     * by each context made here: charged as if every tag pair were new, never more than Python charges */
+    Py_ssize_t bytes_left, heads_left, head_bytes_left;
+    Py_ssize_t *pending, npending, pending_cap;  /* entries made here, in order, until `bind` */
+    /* the strings and tag pairs `head_items` made last (new references): a storm's lines share their
+     * name, type, container and most tags, and Python's TagPool keeps the first objects it sees */
+    PyObject *last_text[3], *last_pair[MAX_SHARED], *last_rate;
     HashSet refused;           /* heads refused at the cap: their lines are counted without a parse */
     Py_ssize_t refused_bytes, refused_limit, refused_max_bytes, head_cost;
     long long refused_lines, refused_heads;  /* since the last take_counts() */
@@ -451,6 +466,20 @@ static int key_order(const Head *hd, int a, int b) {
     return c != 0 ? c : (la > lb) - (la < lb);
 }
 
+/* The order of a head's tags by key (`order`: their indices), as `Aggregator._slot` sorts them; 1 when
+ * they were in that order already. An insertion sort: few tags, usually in order. */
+static int sort_tags(const Head *hd, int *order) {
+    int sorted = 1;
+    for (int k = 0; k < hd->ntags; k++) {
+        int j = k;
+        for (; j > 0 && key_order(hd, order[j - 1], k) > 0; j--)
+            order[j] = order[j - 1];
+        order[j] = k;
+        sorted &= j == k;
+    }
+    return sorted;
+}
+
 /* The hash of the context a line names, when `read_head` reads its head and its value is one Python
  * would accept (else that error comes first): 1 and *h set; 0 when Python must look; -1 on an error.
  * `head`: the line's head_hash. A context's tags are sorted by key (`Aggregator._slot`): `#b:2,a:1`
@@ -464,15 +493,8 @@ static int line_context(Table *t, const char *name, Py_ssize_t nlen, const char 
         return 0;
     if (hd.type_len == 1 && hd.type[0] == 's' ? value == bar : !plain_number(value, bar, &v))
         return 0;
-    int order[MAX_TAGS], sorted = 1;
-    for (int k = 0; k < hd.ntags; k++) {  /* insertion sort by key: few tags, usually in order already */
-        int j = k;
-        for (; j > 0 && key_order(&hd, order[j - 1], k) > 0; j--)
-            order[j] = order[j - 1];
-        order[j] = k;
-        sorted &= j == k;
-    }
-    if (sorted && written_one_way(&hd, tail, end)) {
+    int order[MAX_TAGS];
+    if (sort_tags(&hd, order) && written_one_way(&hd, tail, end)) {
         *h = head;
         return 1;
     }
@@ -623,14 +645,125 @@ static void cut(Table *t, const char *p, const char *end, int storm, Cut *c) {
     }
 }
 
-/* A line whose head is not in the table: counted here when its head was refused before, or when its
- * context is new and the cap is reached (1); else left to Python (0). -1 on a Python error. */
-static int refuse_or_leave(Table *t, Cut *c) {
+static int grow(Table *t);
+
+/* A new entry for head h (not in the table), or NULL: with *failed 0 when it has no bucket near its hash
+ * (Python keeps handling it then), 1 with MemoryError set. `slot` and `ctx` are new references or NULL
+ * (pending: see `make`). */
+static Entry *insert(Table *t, uint64_t h, const char *name, Py_ssize_t nlen, const char *tail, Py_ssize_t tlen,
+                     int code, int *failed) {
+    Py_ssize_t bucket;
+    char *key;
+    *failed = 0;
+    if (t->count == t->room && grow(t) != 0) {
+        *failed = 1;
+        return NULL;
+    }
+    if ((bucket = free_bucket(t->slots, t->mask, h)) < 0)
+        return NULL;
+    if ((key = PyMem_RawMalloc((size_t)(nlen + tlen) + 1)) == NULL) {
+        PyErr_NoMemory();
+        *failed = 1;
+        return NULL;
+    }
+    memcpy(key, name, (size_t)nlen);
+    memcpy(key + nlen, tail, (size_t)tlen);
+    Entry *e = &t->entries[t->count];
+    memset(e, 0, sizeof(*e));
+    e->key = key;
+    e->name_len = nlen;
+    e->tail_len = tlen;
+    e->hash = h;
+    e->code = code;
+    t->slots[bucket] = (Bucket){h, ++t->count};
+    return e;
+}
+
+/* Account value v to entry e: 1, or -1 on a Python error. Room for a histogram value was checked. */
+static int accumulate(Table *t, Entry *e, double v, PyObject *gauges) {
+    if (e->code == COUNTER) {
+        e->sum += v;
+        touch(t, e);
+        return 1;
+    }
+    if (e->code == HISTOGRAM) {
+        if (append(e, v)) {
+            PyErr_NoMemory();
+            return -1;
+        }
+        t->values_left--;
+        touch(t, e);
+        return 1;
+    }
+    if (e->ctx == NULL) {  /* a pending gauge: its value goes to the interval when Python binds it */
+        e->sum = v;
+        e->has_gauge = 1;
+        return 1;
+    }
+    PyObject *f = PyFloat_FromDouble(v);  /* GAUGE: the last value wins, in order */
+    if (f == NULL)
+        return -1;
+    int failed = PyDict_SetItem(gauges, e->ctx, f);
+    Py_DECREF(f);
+    return failed ? -1 : 1;
+}
+
+/* Make the context of a line whose head is simple, whose context is not live and below the cap, as
+ * Python would (`Aggregator._slot`): a pending entry for its head, its hash in the live set, its value
+ * accounted. 1 when made, 0 when Python must (a set, a gauge with deltas, no room left, no bucket), -1 on
+ * a Python error. */
+static int make(Table *t, Cut *c, PyObject *gauges) {
+    Head hd;
+    double v;
+    const char *tail = c->bar + 1;
+    Py_ssize_t nlen = c->value - 1 - c->line, tlen = c->end - tail;
+    if (!read_head(c->line, nlen, tail, c->end, &hd) || !plain_number(c->value, c->bar, &v))
+        return 0;  /* (line_context read both already: not reached) */
+    char type = hd.type[0];
+    int code = type == 'c' ? COUNTER : type == 'g' ? GAUGE : type == 's' ? SET : HISTOGRAM;
+    if (code == SET || (code == GAUGE && t->gauge_deltas) || (code == HISTOGRAM && t->values_left <= 0))
+        return 0;
+    Py_ssize_t charge = nlen + (hd.container_end - hd.container) + t->context_cost;
+    for (int k = 0; k < hd.ntags; k++)
+        charge += t->tag_ref_cost + hd.key_lens[k] + hd.value_lens[k] + t->pair_cost;
+    Py_ssize_t head_size = nlen + tlen + t->head_cost;
+    if (charge > t->bytes_left || t->heads_left <= 0 || head_size > t->head_bytes_left)
+        return 0;
+    if (t->npending == t->pending_cap) {
+        Py_ssize_t cap = t->pending_cap ? 2 * t->pending_cap : 256;
+        Py_ssize_t *grown = PyMem_RawRealloc(t->pending, (size_t)cap * sizeof(Py_ssize_t));
+        if (grown == NULL) {
+            PyErr_NoMemory();
+            return -1;
+        }
+        t->pending = grown;
+        t->pending_cap = cap;
+    }
+    if (hs_add(&t->live, c->context_hash) < 0)
+        return -1;
+    int failed;
+    Entry *e = insert(t, c->head, c->line, nlen, tail, tlen, code, &failed);
+    if (e == NULL) {
+        hs_remove(&t->live, c->context_hash);
+        return failed ? -1 : 0;
+    }
+    t->pending[t->npending++] = e - t->entries;
+    t->contexts++;
+    t->bytes_left -= charge;
+    t->heads_left--;
+    t->head_bytes_left -= head_size;
+    return accumulate(t, e, v, gauges);
+}
+
+/* A line whose head is not in the table: counted here when its head was refused before, or when the cap
+ * is reached and its context is new (1); its context made here when it is new and below the cap (1, see
+ * `make`); else left to Python (0). -1 on a Python error. */
+static int new_head(Table *t, Cut *c, PyObject *gauges) {
     if (hs_find(&t->refused, c->head)) {
         t->refused_lines++;
         return 1;
     }
-    if (!t->decide || t->contexts < t->max_contexts)
+    if (!t->decide)
         return 0;
     Py_ssize_t nlen = c->value - 1 - c->line;
     if (c->context == UNKNOWN)
@@ -639,6 +772,8 @@ static int refuse_or_leave(Table *t, Cut *c) {
         return c->context;
     if (hs_find(&t->live, c->context_hash))
         return 0;  /* another head of a live context (another rate, `|e:` field, ...): Python finds it */
+    if (t->contexts < t->max_contexts)
+        return make(t, c, gauges);
     if (remember_refused(t, c->head, nlen + (c->end - c->bar - 1)) < 0)
         return -1;
     t->refused_lines++;
@@ -654,7 +789,7 @@ static int handle(Table *t, Cut *c, PyObject *gauges, PyObject *sets) {
     Py_ssize_t nlen = value - 1 - line, tlen = c->end - tail;
     Entry *e = find(t, c->head, line, nlen, tail, tlen);
     if (e == NULL)
-        return refuse_or_leave(t, c);
+        return new_head(t, c, gauges);
     if (e->code == SET) {
         if (value == bar)
             return 0;
@@ -675,30 +810,9 @@ static int handle(Table *t, Cut *c, PyObject *gauges, PyObject *sets) {
         return failed ? -1 : 1;
     }
     double v;
-    if (!plain_number(value, bar, &v))
+    if (!plain_number(value, bar, &v) || (e->code == HISTOGRAM && t->values_left <= 0))
         return 0;
-    if (e->code == COUNTER) {
-        e->sum += v;
-        touch(t, e);
-        return 1;
-    }
-    if (e->code == HISTOGRAM) {
-        if (t->values_left <= 0)
-            return 0;
-        if (append(e, v)) {
-            PyErr_NoMemory();
-            return -1;
-        }
-        t->values_left--;
-        touch(t, e);
-        return 1;
-    }
-    PyObject *f = PyFloat_FromDouble(v);  /* GAUGE: the last value wins, in order */
-    if (f == NULL)
-        return -1;
-    int failed = PyDict_SetItem(gauges, e->ctx, f);
-    Py_DECREF(f);
-    return failed ? -1 : 1;
+    return accumulate(t, e, v, gauges);
 }
 
 static PyObject *Table_run(Table *t, PyObject *args) {
@@ -827,34 +941,20 @@ static PyObject *Table_add(Table *t, PyObject *const *args, Py_ssize_t nargs) {
     long code = PyLong_AsLong(args[4]);
     PyObject *result = NULL;
     uint64_t h = head_hash(t, name.buf, name.len, tail.buf, tail.len);
-    Py_ssize_t bucket;
-    char *key;
+    Entry *e;
+    int failed;
     if (code == -1 && PyErr_Occurred()) {
         /* TypeError or OverflowError set */
     } else if (code != COUNTER && code != HISTOGRAM && code != GAUGE && code != SET) {
         PyErr_Format(PyExc_ValueError, "slot code %ld is not handled here", code);
     } else if (find(t, h, name.buf, name.len, tail.buf, tail.len) != NULL) {
         PyErr_SetString(PyExc_KeyError, "head already in the table");
-    } else if (t->count == t->room && grow(t) != 0) {
-        /* MemoryError set */
-    } else if ((bucket = free_bucket(t->slots, t->mask, h)) < 0) {
-        result = Py_NewRef(Py_False);
-    } else if ((key = PyMem_RawMalloc((size_t)(name.len + tail.len) + 1)) == NULL) {
-        PyErr_NoMemory();
-    } else {
-        memcpy(key, name.buf, (size_t)name.len);
-        memcpy(key + name.len, tail.buf, (size_t)tail.len);
-        Entry *e = &t->entries[t->count];
-        memset(e, 0, sizeof(*e));
-        e->key = key;
-        e->name_len = name.len;
-        e->tail_len = tail.len;
-        e->hash = h;
+    } else if ((e = insert(t, h, name.buf, name.len, tail.buf, tail.len, (int)code, &failed)) != NULL) {
         e->slot = Py_NewRef(slot);
         e->ctx = Py_NewRef(ctx);
-        e->code = (int)code;
-        t->slots[bucket] = (Bucket){h, ++t->count};
         result = Py_NewRef(Py_True);
+    } else if (!failed) {
+        result = Py_NewRef(Py_False);
     }
     PyBuffer_Release(&name);
     PyBuffer_Release(&tail);
@@ -896,11 +996,22 @@ static PyObject *Table_feed(Table *t, PyObject *const *args, Py_ssize_t nargs) {
     Py_RETURN_TRUE;
 }
 
+/* Entries made here and not bound yet have no slot to hand over, nor a context to forget. */
+static int check_bound(Table *t) {
+    if (t->npending) {
+        PyErr_SetString(PyExc_RuntimeError, "bind() the contexts made here first");
+        return -1;
+    }
+    return 0;
+}
+
 /* (slots, sums, values): the entries touched since the last harvest, their counter sums (bytes of
  * doubles, 0 for histograms) and their histogram values (bytes of doubles, None for counters). Three
  * objects whatever the number of entries: no tuple per entry, so no garbage collection pass over a
  * large heap in the middle of the receive thread. The accumulators start again from zero. */
 static PyObject *Table_harvest(Table *t, PyObject *Py_UNUSED(ignored)) {
+    if (check_bound(t) < 0)
+        return NULL;
     Py_ssize_t n = t->ntouched;
     PyObject *slots = PyList_New(n), *values = PyList_New(n);
     PyObject *sums = PyBytes_FromStringAndSize(NULL, n * (Py_ssize_t)sizeof(double));
@@ -947,25 +1058,38 @@ static void forget(Table *t) {
         Entry *e = &t->entries[k];
         PyMem_RawFree(e->key);
         PyMem_RawFree(e->values);
-        Py_DECREF(e->slot);
-        Py_DECREF(e->ctx);
+        Py_XDECREF(e->slot);
+        Py_XDECREF(e->ctx);
     }
     PyMem_RawFree(t->entries);
     PyMem_RawFree(t->slots);
     PyMem_RawFree(t->touched);
+    PyMem_RawFree(t->pending);
     t->entries = NULL;
     t->slots = NULL;
     t->touched = NULL;
-    t->count = t->room = t->ntouched = 0;
+    t->pending = NULL;
+    t->count = t->room = t->ntouched = t->npending = t->pending_cap = 0;
     t->mask = 0;
 }
 
 static PyObject *Table_clear(Table *t, PyObject *Py_UNUSED(ignored)) {
+    if (check_bound(t) < 0)
+        return NULL;
     if (t->ntouched) {
         PyErr_SetString(PyExc_RuntimeError, "harvest before clearing: values would be lost");
         return NULL;
     }
     forget(t);
+    Py_RETURN_NONE;
+}
+
+/* reset(): every head, pending or bound, and every live context forgotten, with what the heads held
+ * (Python starts the table again from its own contexts after an error while binding) */
+static PyObject *Table_reset(Table *t, PyObject *Py_UNUSED(ignored)) {
+    forget(t);
+    hs_clear(&t->live);
+    t->contexts = 0;
     Py_RETURN_NONE;
 }
 
@@ -978,12 +1102,17 @@ static PyObject *Table_take_counts(Table *t, PyObject *Py_UNUSED(ignored)) {
 }
 
 static PyObject *Table_configure(Table *t, PyObject *args) {
-    Py_ssize_t max_contexts, refused_limit, refused_max_bytes, head_cost;
-    int decide;
-    if (!PyArg_ParseTuple(args, "npnnn", &max_contexts, &decide, &refused_limit, &refused_max_bytes, &head_cost))
+    Py_ssize_t max_contexts, refused_limit, refused_max_bytes, head_cost, costs[3];
+    int decide, gauge_deltas;
+    if (!PyArg_ParseTuple(args, "npnnnp(nnn)", &max_contexts, &decide, &refused_limit, &refused_max_bytes,
+                          &head_cost, &gauge_deltas, &costs[0], &costs[1], &costs[2]))
         return NULL;
     t->max_contexts = max_contexts;
     t->decide = decide;
+    t->gauge_deltas = gauge_deltas;
+    t->context_cost = costs[0];
+    t->tag_ref_cost = costs[1];
+    t->pair_cost = costs[2];
     t->refused_limit = refused_limit;
     t->refused_max_bytes = refused_max_bytes;
     t->head_cost = head_cost;
@@ -1005,6 +1134,8 @@ static PyObject *Table_live_add(Table *t, PyObject *const *args, Py_ssize_t narg
 /* forget_contexts(contexts): they are gone from the live set, and so are the heads that point to them
  * (harvest first). Heads of other contexts stay: they need no parse again. */
 static PyObject *Table_forget_contexts(Table *t, PyObject *arg) {
+    if (check_bound(t) < 0)
+        return NULL;
     if (t->ntouched) {
         PyErr_SetString(PyExc_RuntimeError, "harvest before forgetting: values would be lost");
         return NULL;
@@ -1097,40 +1228,130 @@ static PyObject *tuple_of(Py_ssize_t n, PyObject **items) {
     return tuple;
 }
 
-/* head(name, tail) -> (name, type, rate, tags, container) as parser.parse_head gives them, or None
- * when `read_head` leaves it to parse_head. Built directly (a context is made from it per new head:
+/* An ASCII str of text[0:len]: the one in *last when it holds that text (a new reference), else a new one,
+ * remembered there instead. */
+static PyObject *shared_str(PyObject **last, const char *text, Py_ssize_t len) {
+    PyObject *s = *last;
+    if (s != NULL && PyUnicode_GET_LENGTH(s) == len && memcmp(PyUnicode_1BYTE_DATA(s), text, (size_t)len) == 0)
+        return Py_NewRef(s);
+    if ((s = PyUnicode_DecodeASCII(text, len, NULL)) != NULL)
+        Py_XSETREF(*last, Py_NewRef(s));
+    return s;
+}
+
+/* The pair (key, value) as a tuple of str, shared as `shared_str` does (`last` NULL: not shared). */
+static PyObject *shared_pair(PyObject **last, const char *key, Py_ssize_t klen, const char *value,
+                             Py_ssize_t vlen) {
+    PyObject *p = last ? *last : NULL, *k = NULL;
+    if (p != NULL) {
+        PyObject *v = PyTuple_GET_ITEM(p, 1);
+        k = PyTuple_GET_ITEM(p, 0);
+        if (PyUnicode_GET_LENGTH(k) != klen || memcmp(PyUnicode_1BYTE_DATA(k), key, (size_t)klen) != 0)
+            k = NULL;
+        else if (PyUnicode_GET_LENGTH(v) == vlen && memcmp(PyUnicode_1BYTE_DATA(v), value, (size_t)vlen) == 0)
+            return Py_NewRef(p);
+    }
+    /* a pair of its own (`request_id:<id>`), its key shared when it is the last one's */
+    PyObject *pair[2] = {k ? Py_NewRef(k) : PyUnicode_DecodeASCII(key, klen, NULL),
+                         PyUnicode_DecodeASCII(value, vlen, NULL)};
+    if ((p = tuple_of(2, pair)) != NULL && last != NULL)
+        Py_XSETREF(*last, Py_NewRef(p));
+    return p;
+}
+
+/* items[0:5] = name, type, rate, tags, container (new references, or NULL on a Python error) as
+ * parser.parse_head gives them for a head `read_head` reads (the tags in the order of the text, or
+ * `sorted` by key as `Aggregator._slot` sorts them); 0 when read_head leaves the head to parse_head. */
+static int head_items(Table *t, const char *name, Py_ssize_t nlen, const char *tail, Py_ssize_t tlen, int sorted,
+                      PyObject **items) {
+    Head hd;
+    int order[MAX_TAGS];
+    if (!read_head(name, nlen, tail, tail + tlen, &hd))
+        return 0;
+    PyObject *tags = PyTuple_New(hd.ntags);
+    if (sorted)
+        sort_tags(&hd, order);
+    for (int k = 0; tags != NULL && k < hd.ntags; k++) {  /* ASCII: read_head checked */
+        int i = sorted ? order[k] : k;
+        PyObject *pair = shared_pair(k < MAX_SHARED ? &t->last_pair[k] : NULL, hd.keys[i], hd.key_lens[i],
+                                     hd.values[i], hd.value_lens[i]);
+        if (pair == NULL)
+            Py_CLEAR(tags);
+        else
+            PyTuple_SET_ITEM(tags, k, pair);
+    }
+    items[0] = shared_str(&t->last_text[0], name, nlen);
+    items[1] = shared_str(&t->last_text[1], hd.type, hd.type_len);
+    if (t->last_rate == NULL || PyFloat_AS_DOUBLE(t->last_rate) != hd.rate)
+        Py_XSETREF(t->last_rate, PyFloat_FromDouble(hd.rate));
+    items[2] = Py_XNewRef(t->last_rate);
+    items[3] = tags;
+    items[4] = shared_str(&t->last_text[2], hd.container, hd.container_end - hd.container);
+    return 1;
+}
+
+/* head(name, tail) -> (name, type, rate, tags, container) as parser.parse_head gives them, or None when
+ * `read_head` leaves it to parse_head. Built directly (a context is made from it per new head:
  * Py_BuildValue's format parsing was most of this call). */
 static PyObject *Table_head(Table *t, PyObject *const *args, Py_ssize_t nargs) {
     Py_buffer name, tail;
-    Head hd;
-    (void)t;
+    PyObject *items[5];
     if (head_args("head", args, nargs, 2, &name, &tail) < 0)
         return NULL;
-    PyObject *result = NULL, *tags = NULL;
-    if (!read_head(name.buf, name.len, tail.buf, (const char *)tail.buf + tail.len, &hd)) {
-        result = Py_NewRef(Py_None);
-    } else if ((tags = PyTuple_New(hd.ntags)) != NULL) {
-        int k = 0;
-        for (; k < hd.ntags; k++) {  /* ASCII: read_head checked */
-            PyObject *pair[2] = {PyUnicode_DecodeASCII(hd.keys[k], hd.key_lens[k], NULL),
-                                 PyUnicode_DecodeASCII(hd.values[k], hd.value_lens[k], NULL)};
-            PyObject *each = tuple_of(2, pair);
-            if (each == NULL)
-                break;
-            PyTuple_SET_ITEM(tags, k, each);
-        }
-        if (k == hd.ntags) {
-            PyObject *fields[5] = {PyUnicode_DecodeASCII(name.buf, name.len, NULL),
-                                   PyUnicode_DecodeASCII(hd.type, hd.type_len, NULL), PyFloat_FromDouble(hd.rate),
-                                   Py_NewRef(tags),
-                                   PyUnicode_DecodeASCII(hd.container, hd.container_end - hd.container, NULL)};
-            result = tuple_of(5, fields);
-        }
-        Py_DECREF(tags);
-    }
+    int simple = head_items(t, name.buf, name.len, tail.buf, tail.len, 0, items);
     PyBuffer_Release(&name);
     PyBuffer_Release(&tail);
-    return result;
+    return simple ? tuple_of(5, items) : Py_NewRef(Py_None);
+}
+
+/* take_pending() -> [(name, tail, head name, type, rate, tags sorted by key, container, last gauge value or
+ * None)] of the contexts made here since the last `bind`, in the order they were made: for Python to make
+ * their objects. */
+static PyObject *Table_take_pending(Table *t, PyObject *Py_UNUSED(ignored)) {
+    PyObject *out = PyList_New(t->npending);
+    for (Py_ssize_t k = 0; out != NULL && k < t->npending; k++) {
+        Entry *e = &t->entries[t->pending[k]];
+        const char *tail = e->key + e->name_len;
+        PyObject *items[8] = {PyBytes_FromStringAndSize(e->key, e->name_len),
+                              PyBytes_FromStringAndSize(tail, e->tail_len)};
+        if (!head_items(t, e->key, e->name_len, tail, e->tail_len, 1, items + 2))  /* simple: made here */
+            PyErr_SetString(PyExc_RuntimeError, "a head made here no longer reads as simple");
+        items[7] = e->has_gauge ? PyFloat_FromDouble(e->sum) : Py_NewRef(Py_None);
+        PyObject *each = tuple_of(8, items);
+        if (each == NULL)
+            Py_CLEAR(out);
+        else
+            PyList_SET_ITEM(out, k, each);
+    }
+    return out;
+}
+
+/* bind(slots): the Slots Python made for the pending contexts, in the order `take_pending` gave them; each
+ * entry now holds its slot and context, as if `add` had put it here. */
+static PyObject *Table_bind(Table *t, PyObject *slots) {
+    if (!PyList_Check(slots) || PyList_GET_SIZE(slots) != t->npending) {
+        PyErr_Format(PyExc_ValueError, "bind() takes a list of the %zd pending slots", t->npending);
+        return NULL;
+    }
+    for (Py_ssize_t k = 0; k < t->npending; k++) {
+        PyObject *slot = PyList_GET_ITEM(slots, k);
+        PyObject *code = PyObject_GetAttrString(slot, "code"), *ctx = PyObject_GetAttrString(slot, "ctx");
+        Entry *e = &t->entries[t->pending[k]];
+        long c = code != NULL ? PyLong_AsLong(code) : -1;
+        Py_XDECREF(code);
+        if (ctx == NULL || c != e->code || ctx == Py_None) {
+            Py_XDECREF(ctx);
+            if (!PyErr_Occurred())
+                PyErr_Format(PyExc_ValueError, "pending slot %zd: code %ld and a context expected, as made here",
+                             k, (long)e->code);
+            return NULL;  /* the entries bound so far stay bound; the others pending */
+        }
+        e->slot = Py_NewRef(slot);
+        e->ctx = ctx;
+        e->has_gauge = 0;
+    }
+    t->npending = 0;
+    Py_RETURN_NONE;
 }
 
 static PyObject *Table_forget_refused(Table *t, PyObject *Py_UNUSED(ignored)) {
@@ -1172,6 +1393,11 @@ static PyObject *Table_new(PyTypeObject *type, PyObject *args, PyObject *kwds) {
 
 static void Table_dealloc(Table *t) {
     forget(t);
+    for (int k = 0; k < 3; k++)
+        Py_CLEAR(t->last_text[k]);
+    for (int k = 0; k < MAX_SHARED; k++)
+        Py_CLEAR(t->last_pair[k]);
+    Py_CLEAR(t->last_rate);
     hs_clear(&t->live);
     hs_clear(&t->refused);
     PyMem_RawFree(t->scratch);
@@ -1378,7 +1604,8 @@ static PyMethodDef Table_methods[] = {
     {"take_counts", (PyCFunction)Table_take_counts, METH_NOARGS,
      "take_counts() -> (lines handled, lines refused at the cap, heads refused first) since the last call"},
     {"configure", (PyCFunction)Table_configure, METH_VARARGS,
-     "configure(max_contexts, decide, refused_limit, refused_max_bytes, head_cost): refusals at the cap"},
+     "configure(max_contexts, decide, refused_limit, refused_max_bytes, head_cost, gauge_deltas, "
+     "(context_cost, tag_ref_cost, pair_cost)): new contexts made and refused here"},
     {"live_add", (PyCFunction)(void (*)(void))Table_live_add, METH_FASTCALL,
      "live_add(name, type, tags, container): a new context"},
     {"forget_contexts", (PyCFunction)Table_forget_contexts, METH_O,
@@ -1388,6 +1615,10 @@ static PyMethodDef Table_methods[] = {
     {"head", (PyCFunction)(void (*)(void))Table_head, METH_FASTCALL,
      "head(name, tail) -> (name, type, rate, tags, container) as parse_head reads them, or None: Python's"},
     {"live", (PyCFunction)Table_live, METH_NOARGS, "live() -> (live contexts, refused heads remembered)"},
+    {"take_pending", (PyCFunction)Table_take_pending, METH_NOARGS,
+     "take_pending() -> [(name, tail, head fields, gauge or None)] of the contexts made here, in order"},
+    {"bind", (PyCFunction)Table_bind, METH_O, "bind(slots): the Slots of the pending contexts, in that order"},
+    {"reset", (PyCFunction)Table_reset, METH_NOARGS, "reset(): no head, no live context (what they held is lost)"},
     {NULL, NULL, 0, NULL},
 };
 
@@ -1396,6 +1627,11 @@ static PySequenceMethods Table_as_sequence = {.sq_length = (lenfunc)Table_len};
 static PyMemberDef Table_members[] = {
     {"values_left", T_PYSSIZET, offsetof(Table, values_left), 0,
      "histogram values the interval may still take (set by Python at each interval)"},
+    {"bytes_left", T_PYSSIZET, offsetof(Table, bytes_left), 0,
+     "Limits.context_bytes left for contexts made here (set by Python before each run)"},
+    {"heads_left", T_PYSSIZET, offsetof(Table, heads_left), 0, "heads the head cache may still take"},
+    {"head_bytes_left", T_PYSSIZET, offsetof(Table, head_bytes_left), 0, "bytes the head cache may still take"},
+    {"pending", T_PYSSIZET, offsetof(Table, npending), READONLY, "contexts made here and not bound yet"},
     {NULL, 0, 0, 0, NULL},
 };
 

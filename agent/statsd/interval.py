@@ -35,7 +35,7 @@ class Limits:
     gigabytes. Each overflow refuses the line (never truncates it) and counts it by reason."""
 
     max_contexts: int = 100_000
-    context_bytes: int = 128 * 1024**2  # what live contexts hold, as `cost` and `TagPool` charge it
+    context_bytes: int = 128 * 1024**2  # what live contexts hold, as `Context.cost` and `TagPool` charge it
     events: int = 10_000  # events, and service checks, each per interval
     event_bytes: int = 4 * 1024**2  # per interval: titles, texts, messages and tags of both
     set_members: int = 200_000  # distinct set members per interval, all contexts together
@@ -44,12 +44,6 @@ class Limits:
     timestamped: int = 100_000  # lines with `|T<ts>` per interval (each one is a sample of its own)
     histogram_values: int = 8_000_000  # histogram, timer and distribution values per interval: 64 MiB
     set_bytes_per_context: int = 4 * 1024**2
-
-
-def cost(name: str, tags: Tags, container: str) -> int:
-    """What a context is charged for itself against `Limits.context_bytes` (its tag pairs are charged
-    once for all contexts by `TagPool`). Lengths of str: never more than their UTF-8 bytes."""
-    return len(name) + len(container) + CONTEXT_COST + TAG_REF_COST * len(tags)
 
 
 def pair_cost(kv: tuple[str, str]) -> int:
@@ -88,6 +82,21 @@ class TagPool:
                 self.bytes += pair_cost(kv)
         self.tuples.setdefault(tags, tags)
 
+    def keep(self, tags: Tags) -> Tags:
+        """`canonical` and `add` in one pass, for the tags of a context known to fit (made by the C loop,
+        which hands over the pairs it made last again: then they are the stored ones already)."""
+        pairs, stored_already = self.pairs, True
+        for kv in tags:
+            stored = pairs.get(kv)
+            if stored is None:
+                pairs[kv] = kv
+                self.bytes += pair_cost(kv)
+            elif stored is not kv:
+                stored_already = False
+        if not stored_already:
+            tags = tuple(map(pairs.__getitem__, tags))
+        return self.tuples.setdefault(tags, tags)
+
     def rebuild(self, contexts: Iterable[Context]) -> None:
         self.pairs, self.tuples, self.bytes, self.stale = {}, {}, 0, False
         for ctx in contexts:
@@ -112,7 +121,9 @@ class Context:
     def __init__(self, name: str, type_: str, tags: Tags, container: str) -> None:
         self.name, self.type, self.tags, self.container = name, type_, tags, container
         self.merge = 0  # export side only: do this histogram's values repeat? (see `points`)
-        self.cost = cost(name, tags, container)  # charged against Limits.context_bytes while it lives
+        # charged against Limits.context_bytes while it lives, for itself (its tag pairs are charged once
+        # for all contexts by `TagPool`); lengths of str: never more than their UTF-8 bytes
+        self.cost = len(name) + len(container) + CONTEXT_COST + TAG_REF_COST * len(tags)
 
     def __repr__(self) -> str:
         return f"Context({self.name!r}, {self.type!r}, {self.tags!r}, {self.container!r})"

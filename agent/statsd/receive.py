@@ -30,8 +30,9 @@ from typing import Any
 from agent.memory import BURST, release_freed_memory
 from agent.model import Event, ServiceCheck, Tags, merge_tags
 from agent.statsd import mapping, parser
-from agent.statsd.interval import (COUNTER, DROPPED, ERROR, GAUGE, GAUGE_DELTA, HISTOGRAM, SET, SLOT_CODES,
-                                   Context, Interval, Limits, Slot, TagPool, item_bytes)
+from agent.statsd.interval import (CONTEXT_COST, COUNTER, DROPPED, ERROR, GAUGE, GAUGE_DELTA, HISTOGRAM, PAIR_COST,
+                                   SET, SLOT_CODES, TAG_REF_COST, Context, Interval, Limits, Slot, TagPool,
+                                   item_bytes)
 from agent.statsd.parser import (CHECK_PREFIX, EVENT_PREFIX, MAX_DATAGRAM, ParseError, finite,
                                  parse_event, parse_head, parse_service_check, parse_values)
 
@@ -112,12 +113,13 @@ class Aggregator:
             self._table.values_left = self.limits.histogram_values
 
     def _configure_table(self) -> None:
-        """What the C loop needs to refuse new contexts at the cap itself: the cap (the contexts there
-        are while shedding), and the bounds of the refused heads it remembers (those of `_refused`).
-        Not with mapping rules: they rename."""
+        """What the C loop needs to make and refuse new contexts itself: the cap (the contexts there are
+        while shedding), the bounds of the refused heads it remembers (those of `_refused`), whether
+        gauges take deltas, and what a context is charged. Not with mapping rules: they rename."""
         if self._table is not None:
             cap = min(len(self.contexts), self.max_contexts) if self.shedding else self.max_contexts
-            self._table.configure(cap, not self.rules, self._cache_limit, HEAD_CACHE_BYTES, HEAD_COST)
+            self._table.configure(cap, not self.rules, self._cache_limit, HEAD_CACHE_BYTES, HEAD_COST,
+                                  self.gauge_deltas, (CONTEXT_COST, TAG_REF_COST, PAIR_COST))
 
     def shed(self, on: bool) -> None:
         """Refuse new contexts (`overload`) while `on`: the receive side is far behind (server.py).
@@ -174,22 +176,57 @@ class Aggregator:
         self._each(lines)
 
     def _run(self, data: bytes) -> None:
-        """The C loop, with the Python slow path for each line it leaves (`_fast.c`)."""
+        """The C loop, with the Python slow path for each line it leaves (`_fast.c`). The contexts the C
+        loop made get their Python objects before Python reads the next line (`_adopt`)."""
         table, end, stats = self._table, len(data), self.stats
         assert table is not None
-        pos = table.run(data, 0, self.interval.gauges, self.interval.sets)
-        while pos < end:
+        pos = 0
+        while True:
+            table.bytes_left = self.limits.context_bytes - self.held_bytes  # the room the C loop may take
+            table.heads_left = self._cache_limit - len(self._cache)
+            table.head_bytes_left = HEAD_CACHE_BYTES - self._cache_bytes
+            pos = table.run(data, pos, self.interval.gauges, self.interval.sets)
+            if table.pending:
+                self._adopt(table)
+            if pos >= end:
+                break
             eol = data.find(b"\n", pos)
             if eol < 0:
                 eol = end
             stats.lines += 1  # never an empty line: the C loop skips those
             self._slow(data[pos:eol])
-            pos = table.run(data, eol + 1, self.interval.gauges, self.interval.sets)
+            pos = eol + 1
         lines, refused, dropped = table.take_counts()
         stats.lines += lines
         if refused:  # refused at the cap in C (`refuse_or_leave`): no Python object per line
             stats.errors[self._refusal] += refused
             stats.contexts_dropped += dropped
+
+    def _adopt(self, table: Any) -> None:
+        """The Python side of the contexts the C loop made, in the order it made them: each `Context` and
+        `Slot` as `_slot` makes them for a head Python reads, the head cached, a gauge's value set. The C
+        loop made them within the room `_run` gave it (charging every tag pair as new), so each fits."""
+        slots, cache, gauges, pool = [], self._cache, self.interval.gauges, self._pool
+        try:
+            for name, tail, hname, kind, rate, tags, container, gauge in table.take_pending():
+                tags = pool.keep(tags)  # sorted by key, as `_slot` makes them
+                ctx = Context(hname, kind, tags, container)
+                self._add_context((hname, kind, tags, container), ctx)  # in the C loop's live set already
+                slot = cache[(name, tail)] = self._slot_of(ctx, rate)
+                self._cache_bytes += len(name) + len(tail) + HEAD_COST
+                slots.append(slot)
+                if gauge is not None:
+                    gauges[ctx] = gauge
+            table.bind(slots)  # refuses a slot of another code than the one it made: a defect
+        except BaseException:  # out of memory, say: the C side starts again from Python's contexts
+            table.reset()  # what it held of this interval is lost; the server counts the error
+            for ctx in self.contexts.values():
+                table.live_add(ctx.name, ctx.type, ctx.tags, ctx.container)
+            self._cache.clear()
+            self._cache_bytes = 0
+            raise
+        if len(self.contexts) > self.max_contexts or self.held_bytes > self.limits.context_bytes:
+            raise AssertionError("the C loop made contexts past the limits")  # never: see `_run`'s room
 
     def _each(self, lines: list[bytes]) -> None:
         """The hot loop in Python, where the C extension is missing: one line at a time, in order."""
@@ -462,10 +499,17 @@ class Aggregator:
                 self.stats.contexts_dropped += 1
                 return _DROPPED
             self._pool.add(tags)
-            self.contexts[key] = ctx
+            self._add_context(key, ctx)
             if self._table is not None:
                 self._table.live_add(name, kind, tags, container)
-            self.context_bytes += ctx.cost
+        return self._slot_of(ctx, rate)
+
+    def _add_context(self, key: tuple[str, str, Tags, str], ctx: Context) -> None:
+        self.contexts[key] = ctx
+        self.context_bytes += ctx.cost
+
+    def _slot_of(self, ctx: Context, rate: float) -> Slot:
+        kind = ctx.type
         if kind == "c":
             return Slot(COUNTER, ctx, 1.0 / rate)
         if kind == "g":

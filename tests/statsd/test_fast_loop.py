@@ -17,6 +17,7 @@ from agent.statsd import interval, receive, server
 from agent.statsd.flush import Flusher
 from agent.statsd.receive import Aggregator
 
+COSTS = (interval.CONTEXT_COST, interval.TAG_REF_COST, interval.PAIR_COST)  # Table.configure's charges
 SETTINGS = settings(max_examples=int(os.environ.get("STATSD_EXAMPLES", "300")), deadline=None,
                     suppress_health_check=[HealthCheck.too_slow])
 
@@ -234,6 +235,72 @@ def test_the_c_loop_and_the_python_loop_agree_through_storms_expiry_and_re_creat
         assert len(sides[0].contexts) == len(sides[1].contexts) == sides[0]._table.live()[0]
 
 
+@SETTINGS
+@given(st.lists(st.lists(storm_datagram, min_size=1, max_size=4), min_size=1, max_size=3),
+       st.sampled_from([600, 1400, 3000, 10**6]), st.sampled_from([1, 4, 10**6]), st.sampled_from([2, 5, 10**4]),
+       st.booleans())
+def test_the_c_loop_makes_contexts_as_python_does_at_the_edges_of_every_limit(
+        intervals: list[list[bytes]], context_bytes: int, values: int, heads: int, deltas: bool) -> None:
+    """The C loop makes new contexts itself within the room the aggregator gives it (context bytes,
+    histogram values, the head cache's entries): at each edge the two loops make and refuse the same
+    contexts, keep the same heads and charge the same bytes."""
+    limits = interval.Limits(max_contexts=20, context_bytes=context_bytes, histogram_values=values)
+    sides = [Aggregator(limits=limits, gauge_deltas=deltas, accelerated=a) for a in (True, False)]
+    for agg in sides:
+        agg._cache_limit = heads  # a head cache that fills: emptied, both sides, at the same line
+        agg._configure_table()
+    flushers = [Flusher(10.0, ttl=15.0), Flusher(10.0, ttl=15.0)]
+    for i, datagrams in enumerate(intervals * 2):
+        now = 1000.0 + 10 * i
+        batches = []
+        for agg, flusher in zip(sides, flushers):
+            if i % 2 == 0:
+                agg.ingest_many(datagrams)
+            batches.append(flusher.batch(agg.swap(now), now=now))
+            agg.expire(flusher.expired(now))
+        assert canonical(batches[0]) == canonical(batches[1])
+        assert stats(sides[0]) == stats(sides[1])
+        assert [len(a.contexts) for a in sides] == [sides[0]._table.live()[0]] * 2
+        assert sides[0].held_bytes == sides[1].held_bytes <= context_bytes
+        assert len(sides[0]._cache) == len(sides[1]._cache)
+
+
+def test_a_storm_under_the_cap_is_made_in_c_and_given_its_python_objects_in_one_go() -> None:
+    agg = Aggregator(max_contexts=10_000)
+    calls = []
+    adopt = agg._adopt
+    agg._adopt = lambda table: (calls.append(table.pending), adopt(table))  # type: ignore[method-assign]
+    agg.ingest_many(storm("a", 3000) + [b"g1:5|g|#id:1\nh1:2|ms|#id:1"])
+    assert calls == [3002] and len(agg.contexts) == 3002 and agg._table.live()[0] == 3002
+    batch = Flusher(10.0).batch(agg.swap(1000.0), now=1000.0)
+    assert sum(1 for s in batch.samples if s.name == "req" and s.value == 1.0) == 3000
+    assert {s.name: s.value for s in batch.samples if s.name == "g1"} == {"g1": 5.0}  # a gauge made in C
+    assert any(s.name == "h1" for s in batch.samples)
+
+
+def test_an_error_while_adopting_loses_what_the_c_side_held_and_nothing_after() -> None:
+    agg = Aggregator(max_contexts=10_000)
+    agg.ingest_many([b"known:1|c"])
+    made, slot_of = [], agg._slot_of
+
+    def failing(ctx, rate):  # out of memory on the 5th context
+        if len(made) == 4:
+            raise MemoryError
+        made.append(ctx)
+        return slot_of(ctx, rate)
+
+    agg._slot_of = failing  # type: ignore[method-assign]
+    with pytest.raises(MemoryError):
+        agg.ingest_many(storm("a", 30))
+    agg._slot_of = slot_of  # type: ignore[method-assign]
+    assert agg._table.live()[0] == len(agg.contexts) == 1 + 5  # the 5th was in Python's dict already
+    agg.ingest_many(storm("b", 30) + [b"known:2|c"])
+    assert agg._table.live()[0] == len(agg.contexts) == 1 + 5 + 30
+    batch = Flusher(10.0).batch(agg.swap(1000.0), now=1000.0)
+    assert {s.value for s in batch.samples if s.tags and s.tags[1][1].startswith("b")} == {1.0}
+    assert [s.value for s in batch.samples if s.name == "known"] == [2.0]  # the 1 held in C was lost
+
+
 def storm(prefix: str, n: int) -> list[bytes]:
     return [b"\n".join(b"req:1|c|#env:prod,id:%s%d" % (prefix.encode(), i * 30 + j) for j in range(30))
             for i in range(n // 30)]
@@ -305,7 +372,7 @@ def test_expiry_keeps_the_heads_of_live_contexts_and_makes_room_again() -> None:
 
 def test_the_table_refuses_a_new_context_at_the_cap_and_leaves_the_rest_to_python() -> None:
     table = receive.Table()
-    table.configure(1, True, 10, 1 << 20, 128)
+    table.configure(1, True, 10, 1 << 20, 128, False, COSTS)
     table.live_add("x", "c", (("a", "1"),), "")
     new, live_again, not_simple = b"y:1|c|#a:1", b"x:1|c|#a:1|@0.5", b"y:1|c|#a:1,a:2"
     assert table.run(new + b"\n" + new, 0, {}, {}) == len(new) * 2 + 1  # refused, then by its head
@@ -313,7 +380,7 @@ def test_the_table_refuses_a_new_context_at_the_cap_and_leaves_the_rest_to_pytho
     assert table.run(live_again, 0, {}, {}) == 0  # a live context under a new head: Python's
     assert table.run(not_simple, 0, {}, {}) == 0  # a tag given twice: Python's
     assert table.run(b"z:x|c", 0, {}, {}) == 0  # a bad value: Python says which error
-    table.configure(1, False, 10, 1 << 20, 128)  # mapping rules: never decided here
+    table.configure(1, False, 10, 1 << 20, 128, False, COSTS)  # mapping rules: never decided here
     assert table.run(b"w:1|c", 0, {}, {}) == 0
     assert table.run(new, 0, {}, {}) == len(new)  # but a head refused before is still counted here
     table.forget_refused()
@@ -325,7 +392,7 @@ def test_a_live_context_is_found_under_each_way_of_writing_its_head() -> None:
     that way and one written otherwise (a bare tag, tags or fields in another order, a rate) both find it
     live."""
     table = receive.Table()
-    table.configure(1, True, 10, 1 << 20, 128)
+    table.configure(1, True, 10, 1 << 20, 128, False, COSTS)
     table.live_add("x", "c", (("a", "1"), ("bare", "")), "c1")
     for live in (b"x:1|c|#a:1,bare:|c:c1", b"x:1|c|#a:1,bare|c:c1", b"x:1|c|c:c1|#a:1,bare:", b"x:1|c|@0.5|#a:1,bare|c:c1",
                  b"x:1|c|#a:1,,bare:|c:c1|e:z", b"x:1|c|#a:1,bare|c:c1|c:", b"x:1|c|#bare:,a:1|c:c1",
@@ -341,7 +408,7 @@ def test_a_live_context_is_found_under_each_way_of_writing_its_head() -> None:
 def test_a_line_whose_context_is_live_is_never_refused_in_c(line: bytes) -> None:
     """The key hashed from a line (`line_context`) and from the context's strings (`live_add`) agree."""
     table = receive.Table()
-    table.configure(1, True, 10, 1 << 20, 128)
+    table.configure(1, True, 10, 1 << 20, 128, False, COSTS)
     name, _, rest = line.partition(b":")
     tail = rest.partition(b"|")[2]
     head = table.head(name, tail)

@@ -24,27 +24,35 @@ def names(url: QueueURL) -> tuple[str, str]:
     return stream, consumer
 
 
-def _error(exc: Exception) -> Exception:
+def _error(exc: Exception, nc: Any, reported: Exception | None) -> Exception:
+    """What nats-py's `exc` means; `nc` is the client it came from, `reported` the last error it passed
+    to the error callback (why it could not connect, which NoServersError does not say)."""
     import nats.errors as e
     import nats.js.errors as jse
+    from nats.protocol.parser import AUTHORIZATION_VIOLATION
 
     text = str(exc) or type(exc).__name__
     if isinstance(exc, jse.NotFoundError):
         return ProbeError("not_found", text)
-    if isinstance(exc, (e.AuthorizationError, e.InvalidUserCredentialsError)):
+    if isinstance(exc, (e.AuthorizationError, e.InvalidUserCredentialsError)) \
+            or AUTHORIZATION_VIOLATION in text.lower():  # the server's -ERR at connect is a plain nats Error
         return ProbeError("auth", text)
-    if isinstance(exc, (e.TimeoutError, e.NoRespondersError)):
+    if isinstance(exc, TimeoutError):  # nats' own TimeoutError too
+        return ProbeError("timeout", text)
+    if isinstance(exc, e.NoServersError):  # each connect attempt failed: refused, unreachable, no such host
+        return ProbeError("connection", f"{text}: {reported}" if reported else text)
+    if isinstance(exc, (e.NoRespondersError, e.ConnectionClosedError, e.StaleConnectionError, OSError)):
         # no responders: JetStream is not enabled, or the server went away mid-request
-        return ProbeError("timeout" if isinstance(exc, e.TimeoutError) else "connection", text)
-    if isinstance(exc, (e.NoServersError, e.ConnectionClosedError, e.StaleConnectionError, ConnectionError, OSError)):
         return ProbeError("connection", text)
-    if isinstance(exc, jse.APIError):
+    if isinstance(exc, (jse.APIError, e.ProtocolError, e.JsonParseError)):
         return ProbeError("bad_reply", text)
+    if isinstance(exc, e.Error) and nc is not None and nc.is_connecting:
+        # the handshake failed (nats-py says "empty response ... expecting INFO" for both): the server
+        # closed the connection (or refused it with an -ERR), or what answered is not NATS
+        transport = getattr(nc, "_transport", None)
+        closed = transport is None or transport.at_eof()
+        return ProbeError("connection" if closed else "bad_reply", text)
     return exc
-
-
-async def _quiet(exc: Exception) -> None:
-    """nats-py logs connection errors itself by default; the source counts and logs them once."""
 
 
 class NATSProbe:
@@ -52,16 +60,26 @@ class NATSProbe:
         self.url = url
         self.stream, self.consumer = names(url)
         self._nc: Any = None
+        self._reported: Exception | None = None
+
+    async def _error_cb(self, exc: Exception) -> None:
+        """nats-py would log connection errors itself; the source counts and logs them once. The last
+        one says why a connect failed, which NoServersError does not."""
+        self._reported = exc
 
     async def read(self) -> Reading:
-        import nats
+        from nats.aio.client import Client
 
         timeout = self.url.poll_timeout
         try:
             if self._nc is None or self._nc.is_closed:
-                # our poll loop reconnects with backoff; nats-py's own reconnect loop would hide outages
-                self._nc = await nats.connect(servers=[self.url.client_url()], connect_timeout=timeout,
-                                              allow_reconnect=False, name="tasklens", error_cb=_quiet)
+                # kept before connecting, so that close() closes the socket of a failed connect (nats-py
+                # leaves it open). Our poll loop reconnects with backoff: nats-py's own retries (every 2 s,
+                # 60 times, even without reconnects) would hide outages, and make a refused port a timeout
+                self._nc, self._reported = Client(), None
+                await self._nc.connect(servers=[self.url.client_url()], connect_timeout=timeout,
+                                       allow_reconnect=False, max_reconnect_attempts=1, reconnect_time_wait=0,
+                                       name="tasklens", error_cb=self._error_cb)
             jsm = self._nc.jsm(timeout=timeout)
             info = await jsm.consumer_info(self.stream, self.consumer)
             stream = await jsm.stream_info(self.stream)
@@ -71,7 +89,7 @@ class NATSProbe:
                 msg = await jsm.get_msg(self.stream, seq=info.delivered.stream_seq + 1, subject=subject, next=True)
                 age = age_of(msg.time, datetime.now(timezone.utc)) if msg.time else None
         except Exception as exc:
-            raise _error(exc) from exc
+            raise _error(exc, self._nc, self._reported) from exc
         return Reading(depth=info.num_pending, in_flight=info.num_ack_pending,
                        consumers=stream.state.consumer_count, oldest_age_seconds=age)
 

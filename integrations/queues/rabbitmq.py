@@ -12,6 +12,7 @@ user and password unless the management URL carries its own. RabbitMQ has no del
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
 from urllib.parse import quote, unquote, urlsplit, urlunsplit
@@ -81,13 +82,23 @@ def reading_of_management(doc: dict[str, Any], now: float) -> Reading:
 def _amqp_error(exc: Exception) -> Exception:
     import aiormq.exceptions as e
 
-    text = str(exc)
+    text = str(exc) or type(exc).__name__
     if isinstance(exc, e.ChannelNotFoundEntity):
         return ProbeError("not_found", text)
-    if isinstance(exc, (e.ProbableAuthenticationError, e.ChannelAccessRefused)) or "ACCESS_REFUSED" in text:
+    if isinstance(exc, (e.AuthenticationError, e.ProbableAuthenticationError, e.ChannelAccessRefused)) \
+            or "ACCESS_REFUSED" in text:
         return ProbeError("auth", text)
-    if isinstance(exc, (e.AMQPConnectionError, e.ConnectionClosed, ConnectionError)):
+    if isinstance(exc, e.InvalidFrameError) and "Connection.Close" in text:
+        # the broker closed the connection during the handshake (an unknown vhost, a connection limit)
         return ProbeError("connection", text)
+    if isinstance(exc, (e.IncompatibleProtocolError, e.ProtocolSyntaxError)):  # not AMQP 0-9-1
+        return ProbeError("bad_reply", text)
+    if isinstance(exc.__cause__, asyncio.IncompleteReadError) and exc.__cause__.partial:
+        # "Server connection unexpectedly closed. Read 350 bytes but 1327528739 bytes expected": what
+        # answered sent bytes that are no AMQP frame, then closed (an HTTP server's 400, a NATS -ERR)
+        return ProbeError("bad_reply", text)
+    if isinstance(exc, (e.AMQPConnectionError, e.ChannelInvalidStateError, ConnectionError)):
+        return ProbeError("connection", text)  # refused, reset, closed by the broker
     return exc
 
 
@@ -99,6 +110,12 @@ class AMQPProbe:
         self.queue = queue_name(url)
         self._connection: Any = None
         self._channel: Any = None
+        self._lost: BaseException | None = None  # why the broker closed the connection since the last poll
+
+    def _closed(self, connection: Any, exc: BaseException | None) -> None:
+        """aio-pika's close callback: the broker closed the connection (a restart, a forced close)."""
+        if connection is self._connection:  # not one close() dropped
+            self._lost = exc if isinstance(exc, Exception) else ConnectionError("the broker closed the connection")
 
     async def read(self) -> Reading:
         import aio_pika
@@ -108,6 +125,9 @@ class AMQPProbe:
                 self._connection = await aio_pika.connect(
                     self.url.client_url(keep=lambda k: k not in OWN_PARAMS), timeout=self.url.poll_timeout,
                     client_properties={"connection_name": "tasklens"})
+                self._connection.close_callbacks.add(self._closed)
+            if self._lost is not None:  # a connection the broker closed is an outage, not a fresh connect
+                raise self._lost
             if self._channel is None or self._channel.is_closed:
                 self._channel = await self._connection.channel()
             queue = await self._channel.declare_queue(self.queue, passive=True)
@@ -117,9 +137,22 @@ class AMQPProbe:
         return Reading(depth=ok.message_count, consumers=ok.consumer_count)
 
     async def close(self) -> None:
-        connection, self._connection, self._channel = self._connection, None, None
+        connection, self._connection, self._channel, self._lost = self._connection, None, None, None
         if connection is not None:
             await connection.close()
+
+
+def _http_error(exc: Exception) -> Exception:
+    import aiohttp
+
+    text = str(exc) or type(exc).__name__
+    if isinstance(exc, TimeoutError):
+        return exc
+    if isinstance(exc, aiohttp.ClientConnectionError):  # refused, reset, closed without an answer
+        return ProbeError("connection", text)
+    if isinstance(exc, (aiohttp.ClientResponseError, aiohttp.ClientPayloadError)):  # not HTTP, not JSON
+        return ProbeError("bad_reply", text)
+    return exc
 
 
 class ManagementProbe:
@@ -137,14 +170,17 @@ class ManagementProbe:
             self._session = aiohttp.ClientSession(
                 headers={"Authorization": basic_auth(*self.auth)},
                 timeout=aiohttp.ClientTimeout(total=self.url.poll_timeout))
-        async with self._session.get(self.endpoint) as response:
-            if response.status == 404:
-                raise ProbeError("not_found", f"queue {self.url.params['queue']!r} not found (HTTP 404)")
-            if response.status in (401, 403):
-                raise ProbeError("auth", f"management API refused the credentials (HTTP {response.status})")
-            if response.status != 200:
-                raise ProbeError("bad_reply", f"management API answered HTTP {response.status}")
-            doc = await response.json()
+        try:
+            async with self._session.get(self.endpoint) as response:
+                if response.status == 404:
+                    raise ProbeError("not_found", f"queue {self.url.params['queue']!r} not found (HTTP 404)")
+                if response.status in (401, 403):
+                    raise ProbeError("auth", f"management API refused the credentials (HTTP {response.status})")
+                if response.status != 200:
+                    raise ProbeError("bad_reply", f"management API answered HTTP {response.status}")
+                doc = await response.json()
+        except Exception as exc:
+            raise _http_error(exc) from exc
         if not isinstance(doc, dict) or doc.get("messages_ready") is None:
             # `[]` or no totals: the broker has no statistics for the queue yet (new, or stats disabled)
             raise ProbeError("bad_reply", "the management API has no statistics for this queue (yet)")

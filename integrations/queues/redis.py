@@ -66,8 +66,10 @@ def _error(exc: Exception) -> Exception:
         return ProbeError("auth", text)
     if isinstance(exc, e.TimeoutError):
         return ProbeError("timeout", text)
-    if isinstance(exc, e.ConnectionError):
+    if isinstance(exc, e.ConnectionError):  # refused, reset, closed by the server
         return ProbeError("connection", text)
+    if isinstance(exc, e.InvalidResponse):  # not RESP: what answers is not Redis (an HTTP server, garbage)
+        return ProbeError("bad_reply", text)
     if isinstance(exc, e.ResponseError):
         if "no such key" in text.lower() or "NOGROUP" in text:
             return ProbeError("not_found", text)

@@ -43,7 +43,7 @@ from statsd_peers import collectd, etsy, netdata, traffic  # noqa: E402
 from statsd_peers.base import Reading, Server, ServerError  # noqa: E402
 from statsd_peers.measure import cpu_seconds, rss_bytes, send, udp_drops  # noqa: E402
 from statsd_peers.measure import free_port  # noqa: E402
-from statsd_peers.sidecar import Sidecar, SidecarPythonReceiver  # noqa: E402
+from statsd_peers.sidecar import Sidecar, SidecarPythonReceiver, baseline  # noqa: E402
 
 SERVERS: dict[str, type[Server]] = {
     "tasklens": Sidecar, "tasklens-python": SidecarPythonReceiver, "netdata": netdata.Netdata,
@@ -457,6 +457,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                     help=f"smoke run: steps {QUICK_STEPS}, 2 s each, 2 s flush, 1,000 contexts")
     ap.add_argument("--install", action="store_true", help="install missing peers (npm, apt) first")
     ap.add_argument("--out", type=Path, help="write the results as JSON here")
+    ap.add_argument("--baseline", metavar="REV",
+                    help="also run the sidecar of this git revision (server tasklens@REV), e.g. with --interleave")
     args = ap.parse_args(argv)
     if args.quick:  # smaller defaults; what is given explicitly stays
         quick = {"steps": QUICK_STEPS, "step_seconds": 2.0, "flush_interval": 2.0, "pool_datagrams": 4000,
@@ -465,6 +467,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             if getattr(args, key) == ap.get_default(key):
                 setattr(args, key, value)
     names = [n.strip() for n in args.servers.split(",") if n.strip()]
+    if args.baseline:
+        from baseline import export  # bench/baseline.py
+
+        tree = Path(tempfile.mkdtemp(prefix="statsd-baseline-"))
+        server = SERVERS[f"tasklens@{args.baseline}"] = baseline(export(args.baseline, tree), args.baseline)
+        names.append(server.name)
     unknown = set(names) - set(SERVERS)
     if unknown:
         ap.error(f"unknown servers: {', '.join(sorted(unknown))}")

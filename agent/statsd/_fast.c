@@ -2,9 +2,9 @@
  * accumulate. Everything else stays in Python (agent/statsd/receive.py).
  *
  * A `Table` maps the head of a line (`name` and `tail` of `name:value|tail`) to what the receive side's
- * slow path decided for it (a Python `Slot` and its `Context`). `run(data, pos, gauges, sets)` walks
- * the lines of `data` from `pos` and handles, in order, every line whose head is in the table and
- * whose value is a plain decimal number (or any member, for sets). It stops at the first line it
+ * slow path decided for it (a Python `Slot` and its `Context`). `run(data, pos, gauges)` walks the
+ * lines of `data` from `pos` and handles, in order, every line whose head is a counter's, a histogram's
+ * or a gauge's in the table and whose value is a plain decimal number. It stops at the first line it
  * cannot handle and returns that line's offset, so that Python parses it fully and calls `run` again
  * after it: lines are applied in the order they were sent, whichever side handles them.
  *
@@ -15,7 +15,9 @@
  * live contexts up to date.
  *
  * Counters and histogram values accumulate here, per entry, until `harvest()` hands them to Python
- * (at the end of each interval); gauges and sets are written to the interval's dicts directly.
+ * (at the end of each interval); gauges are written to the interval's dict directly. The heads of sets,
+ * of gauges with Etsy deltas and of errors are in the table too, as Python's: their lines go to Python
+ * at once, without a second look.
  * Memory comes from malloc, so that it goes back to the system (malloc_trim) once freed.
  *
  * `drain(fd, limit)` reads up to `limit` datagrams from a non-blocking socket in one call, joined by
@@ -41,9 +43,9 @@ typedef struct {
     Py_ssize_t name_len, tail_len;
     uint64_t hash;
     PyObject *slot, *ctx;      /* strong references; NULL while pending: made here, not yet bound by Python */
-    int code;
-    int touched;               /* in `touched` since the last harvest */
-    int has_gauge;             /* pending gauge: its last value is `sum` */
+    unsigned char code;
+    unsigned char touched;     /* in `touched` since the last harvest */
+    unsigned char has_gauge;   /* pending gauge: its last value is `sum` */
     double sum;                /* counters */
     double *values;            /* histograms */
     Py_ssize_t n, cap;
@@ -679,8 +681,9 @@ static Entry *insert(Table *t, uint64_t h, const char *name, Py_ssize_t nlen, co
     return e;
 }
 
-/* Account value v to entry e: 1, or -1 on a Python error. Room for a histogram value was checked. */
-static int accumulate(Table *t, Entry *e, double v, PyObject *gauges) {
+/* Account value v to entry e: 1, or -1 on a Python error. Room for a histogram value was checked.
+ * Inlined: it is most of the work on a known line. */
+static inline __attribute__((always_inline)) int accumulate(Table *t, Entry *e, double v, PyObject *gauges) {
     if (e->code == COUNTER) {
         e->sum += v;
         touch(t, e);
@@ -782,7 +785,7 @@ static int new_head(Table *t, Cut *c, PyObject *gauges) {
 }
 
 /* Account one line; 1 when done, 0 when Python must parse it, -1 on a Python error. */
-static int handle(Table *t, Cut *c, PyObject *gauges, PyObject *sets) {
+static int handle(Table *t, Cut *c, PyObject *gauges) {
     if (c->value == NULL)
         return 0;
     const char *line = c->line, *value = c->value, *bar = c->bar, *tail = bar + 1;
@@ -790,25 +793,8 @@ static int handle(Table *t, Cut *c, PyObject *gauges, PyObject *sets) {
     Entry *e = find(t, c->head, line, nlen, tail, tlen);
     if (e == NULL)
         return new_head(t, c, gauges);
-    if (e->code == SET) {
-        if (value == bar)
-            return 0;
-        PyObject *members = PyDict_GetItemWithError(sets, e->ctx);  /* borrowed */
-        if (members == NULL) {
-            if (PyErr_Occurred() || (members = PySet_New(NULL)) == NULL)
-                return -1;
-            int failed = PyDict_SetItem(sets, e->ctx, members);
-            Py_DECREF(members);  /* the dict holds it */
-            if (failed)
-                return -1;
-        }
-        PyObject *member = PyBytes_FromStringAndSize(value, bar - value);
-        if (member == NULL)
-            return -1;
-        int failed = PySet_Add(members, member);
-        Py_DECREF(member);
-        return failed ? -1 : 1;
-    }
+    if (e->code != COUNTER && e->code != HISTOGRAM && e->code != GAUGE)
+        return 0;  /* a set's (Python checks its members against the set limits), an error's, ... */
     double v;
     if (!plain_number(value, bar, &v) || (e->code == HISTOGRAM && t->values_left <= 0))
         return 0;
@@ -818,8 +804,8 @@ static int handle(Table *t, Cut *c, PyObject *gauges, PyObject *sets) {
 static PyObject *Table_run(Table *t, PyObject *args) {
     Py_buffer data;
     Py_ssize_t pos;
-    PyObject *gauges, *sets;
-    if (!PyArg_ParseTuple(args, "y*nO!O!", &data, &pos, &PyDict_Type, &gauges, &PyDict_Type, &sets))
+    PyObject *gauges;
+    if (!PyArg_ParseTuple(args, "y*nO!", &data, &pos, &PyDict_Type, &gauges))
         return NULL;
     const char *start = data.buf, *end = start + data.len;
     const char *p = start + (pos < 0 ? 0 : pos > data.len ? data.len : pos);
@@ -832,7 +818,7 @@ static PyObject *Table_run(Table *t, PyObject *args) {
         cut(t, c->after, end, storm, next);  /* one line ahead of the one handled (one call: inlined) */
         if (c->line != NULL) {
             long long refused = t->refused_lines, heads = t->refused_heads;
-            int done = handle(t, c, gauges, sets);
+            int done = handle(t, c, gauges);
             if (done < 0) {
                 PyBuffer_Release(&data);
                 return NULL;
@@ -932,7 +918,8 @@ static int head_args(const char *method, PyObject *const *args, Py_ssize_t nargs
 }
 
 /* add(name, tail, slot, ctx, code) -> True, or False when the head has no bucket near its hash
- * (Python keeps handling it then). */
+ * (Python keeps handling it then). A counter's, histogram's or gauge's head is handled here from now on;
+ * any other (a set's, an error's, ...) is known here as Python's. */
 static PyObject *Table_add(Table *t, PyObject *const *args, Py_ssize_t nargs) {
     Py_buffer name, tail;
     if (head_args("add", args, nargs, 5, &name, &tail) < 0)
@@ -945,8 +932,8 @@ static PyObject *Table_add(Table *t, PyObject *const *args, Py_ssize_t nargs) {
     int failed;
     if (code == -1 && PyErr_Occurred()) {
         /* TypeError or OverflowError set */
-    } else if (code != COUNTER && code != HISTOGRAM && code != GAUGE && code != SET) {
-        PyErr_Format(PyExc_ValueError, "slot code %ld is not handled here", code);
+    } else if (code < COUNTER || code >= DROPPED) {  /* refused heads have a set of their own */
+        PyErr_Format(PyExc_ValueError, "slot code %ld is not a head's", code);
     } else if (find(t, h, name.buf, name.len, tail.buf, tail.len) != NULL) {
         PyErr_SetString(PyExc_KeyError, "head already in the table");
     } else if ((e = insert(t, h, name.buf, name.len, tail.buf, tail.len, (int)code, &failed)) != NULL) {
@@ -1593,9 +1580,9 @@ static PyMethodDef module_methods[] = {
 
 static PyMethodDef Table_methods[] = {
     {"run", (PyCFunction)Table_run, METH_VARARGS,
-     "run(data, pos, gauges, sets) -> offset of the first line left to Python, or len(data)"},
+     "run(data, pos, gauges) -> offset of the first line left to Python, or len(data)"},
     {"add", (PyCFunction)(void (*)(void))Table_add, METH_FASTCALL,
-     "add(name, tail, slot, ctx, code) -> whether this head is handled here from now on"},
+     "add(name, tail, slot, ctx, code) -> whether this head is known here from now on"},
     {"feed", (PyCFunction)(void (*)(void))Table_feed, METH_FASTCALL,
      "feed(name, tail, values) -> whether the head's counter or histogram is here and took the values"},
     {"harvest", (PyCFunction)Table_harvest, METH_NOARGS,

@@ -48,8 +48,6 @@ if _fast is not None and any(getattr(_fast, n, None) != value for n, value in pa
                       "(`pip install -e .`)")
 Table = _fast.Table if _fast is not None else None
 
-# what the C loop handles; set members stay in Python, which bounds them (`Limits`), and are rare
-FAST_CODES = (COUNTER, HISTOGRAM, GAUGE)
 NUMBER_CACHE = 100_000  # distinct value texts remembered
 NUMBER_CACHE_TEXT = 32  # bytes: a longer value text is converted but not remembered
 HEAD_CACHE_BYTES = 64 * 1024**2  # keys of the head cache (each is held twice: here and in the C table)
@@ -180,12 +178,12 @@ class Aggregator:
         loop made get their Python objects before Python reads the next line (`_adopt`)."""
         table, end, stats = self._table, len(data), self.stats
         assert table is not None
-        pos = 0
+        pos, contexts, heads = 0, -1, -1
         while True:
-            table.bytes_left = self.limits.context_bytes - self.held_bytes  # the room the C loop may take
-            table.heads_left = self._cache_limit - len(self._cache)
-            table.head_bytes_left = HEAD_CACHE_BYTES - self._cache_bytes
-            pos = table.run(data, pos, self.interval.gauges, self.interval.sets)
+            if len(self.contexts) != contexts or self._cache_bytes != heads:  # else the room given holds
+                contexts, heads = len(self.contexts), self._cache_bytes
+                self._give_room(table)
+            pos = table.run(data, pos, self.interval.gauges)
             if table.pending:
                 self._adopt(table)
             if pos >= end:
@@ -201,6 +199,15 @@ class Aggregator:
         if refused:  # refused at the cap in C (`refuse_or_leave`): no Python object per line
             stats.errors[self._refusal] += refused
             stats.contexts_dropped += dropped
+
+    def _give_room(self, table: Any) -> None:
+        """What the C loop may take for the contexts it makes: what is left of `Limits.context_bytes`
+        and of the head cache. Only a new context or a new head takes from it, and each changes the
+        number of contexts or the bytes of the head cache (then `_run` gives it again); anything else
+        (a pool rebuilt; the head cache emptied, then at most one head before `_run` looks) only adds."""
+        table.bytes_left = self.limits.context_bytes - self.held_bytes
+        table.heads_left = self._cache_limit - len(self._cache)
+        table.head_bytes_left = HEAD_CACHE_BYTES - self._cache_bytes
 
     def _adopt(self, table: Any) -> None:
         """The Python side of the contexts the C loop made, in the order it made them: each `Context` and
@@ -440,7 +447,7 @@ class Aggregator:
             self._forget_heads()
         self._cache[key] = slot
         self._cache_bytes += size
-        if self._table is not None and slot.code in FAST_CODES:
+        if self._table is not None:  # a set's or an error's head too: the C loop passes its lines on at once
             self._table.add(key[0], key[1], slot, slot.ctx, slot.code)
 
     def _refuse(self, key: tuple[bytes, bytes], size: int) -> None:

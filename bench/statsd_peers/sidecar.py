@@ -94,3 +94,19 @@ class SidecarPythonReceiver(Sidecar):
     name = "tasklens-python"
     note = "this project with TASKLENS_STATSD_RECEIVER=python: the sockets read from Python, as before"
     receiver = "python"
+
+
+def baseline(tree: Path, rev: str) -> type[Sidecar]:
+    """The sidecar of another commit (`bench/baseline.py`'s export of its `agent/` into `tree`), run as
+    `python -m agent run` with that tree first on the path: the same measurement, side by side."""
+
+    class SidecarBaseline(Sidecar):
+        name = f"tasklens@{rev}"
+        note = f"this project at {rev}"
+
+        def command(self) -> tuple[list[str], dict[str, str | None], Path | None]:
+            _, env, cwd = super().command()
+            return [sys.executable, "-m", "agent", "run"], {**env, "PYTHONPATH": str(tree)}, cwd
+
+    return SidecarBaseline
+

@@ -1331,7 +1331,7 @@ static PyObject *Table_bind(Table *t, PyObject *slots) {
             if (!PyErr_Occurred())
                 PyErr_Format(PyExc_ValueError, "pending slot %zd: code %ld and a context expected, as made here",
                              k, (long)e->code);
-            return NULL;  /* the entries bound so far stay bound; the others pending */
+            return NULL;  /* some bound, some not: the caller starts the table again (`reset`) */
         }
         e->slot = Py_NewRef(slot);
         e->ctx = ctx;
@@ -1603,7 +1603,8 @@ static PyMethodDef Table_methods[] = {
      "head(name, tail) -> (name, type, rate, tags, container) as parse_head reads them, or None: Python's"},
     {"live", (PyCFunction)Table_live, METH_NOARGS, "live() -> (live contexts, refused heads remembered)"},
     {"take_pending", (PyCFunction)Table_take_pending, METH_NOARGS,
-     "take_pending() -> [(name, tail, head fields, gauge or None)] of the contexts made here, in order"},
+     "take_pending() -> [(name, tail, head name, type, rate, sorted tags, container, gauge or None)] of the "
+     "contexts made here, in order"},
     {"bind", (PyCFunction)Table_bind, METH_O, "bind(slots): the Slots of the pending contexts, in that order"},
     {"reset", (PyCFunction)Table_reset, METH_NOARGS, "reset(): no head, no live context (what they held is lost)"},
     {NULL, NULL, 0, NULL},

@@ -196,7 +196,7 @@ class Aggregator:
             pos = eol + 1
         lines, refused, dropped = table.take_counts()
         stats.lines += lines
-        if refused:  # refused at the cap in C (`refuse_or_leave`): no Python object per line
+        if refused:  # refused at the cap in C (`new_head`): no Python object per line
             stats.errors[self._refusal] += refused
             stats.contexts_dropped += dropped
 

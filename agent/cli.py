@@ -136,14 +136,13 @@ def validate(environ: Mapping[str, str] | None = None) -> tuple[Config, list[str
         from agent.sinks.remote_write import sigv4_region
 
         sigv4_region(config)  # SigV4 on needs a region
-    if config.scale_in_protection:
-        _check_agent_uri(environ, warnings)
     return config, warnings
 
 
-def _check_agent_uri(environ: Mapping[str, str], warnings: list[str]) -> None:
-    """The ECS agent's `ECS_AGENT_URI` (its variable, not a setting: a warning, as the sidecar runs on and
-    reports the busy state without protection), read as the protection client reads it."""
+def agent_uri_warning(environ: Mapping[str, str]) -> str | None:
+    """Why the ECS agent's `ECS_AGENT_URI` cannot be used, as the protection client reads it, or None.
+    Its variable, not a setting: `check` warns (the sidecar runs on and reports the busy state without
+    protection); `run` says it once, from the protection component, which counts it."""
     from agent.scaling.protection import ENV_AGENT_URI, endpoint_url
 
     uri = environ.get(ENV_AGENT_URI, "").strip()
@@ -151,7 +150,8 @@ def _check_agent_uri(environ: Mapping[str, str], warnings: list[str]) -> None:
         if uri:
             endpoint_url(uri)
     except ValueError as exc:
-        warnings.append(f"{ENV_AGENT_URI}={uri[:200]!r} is invalid: {exc}; scale-in protection is unavailable")
+        return f"{ENV_AGENT_URI}={uri[:200]!r} is invalid: {exc}; scale-in protection is unavailable"
+    return None
 
 
 def _say(text: str) -> None:
@@ -201,6 +201,9 @@ async def _resolve_identity(config: Config) -> tuple[dict[str, Any], str]:
 
 def cmd_check(args: argparse.Namespace) -> int:
     config, warnings = _validate_or_exit()
+    if config.scale_in_protection and (warning := agent_uri_warning(os.environ)):
+        _say(f"tasklens: warning: {warning}")
+        warnings.append(warning)
     out: dict[str, Any] = {"version": __version__, "configuration": describe(config), "warnings": warnings}
     code = 0
     try:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import subprocess
 import time
 
 import pytest
@@ -23,7 +24,7 @@ from agent.scaling.protection import (
     request_body,
 )
 from agent.sinks.prometheus import PrometheusSink
-from tests.support import free_port, serve_app, until
+from tests.support import TASKLENS, clean_env, free_port, serve_app, until
 
 ARN = "arn:aws:ecs:eu-west-1:123456789012:task/prod/0123456789abcdef"
 
@@ -450,17 +451,22 @@ async def test_a_hostile_agent_uri_is_refused_once_and_the_busy_state_still_repo
 
 
 @pytest.mark.parametrize("uri", HOSTILE_URIS.values(), ids=HOSTILE_URIS.keys())
-def test_check_and_run_warn_of_a_hostile_agent_uri_as_the_component_reads_it(uri) -> None:
-    from agent.cli import validate
+def test_check_warns_of_a_hostile_agent_uri_as_the_component_reads_it(uri) -> None:
+    from agent.cli import agent_uri_warning
 
-    environ = {"TASKLENS_SCALE_IN_PROTECTION": "jobs.in_progress>0", "ECS_AGENT_URI": uri,
-               "TASKLENS_STATSD_ADDR": "off", "TASKLENS_HTTP_ADDR": "127.0.0.1:0"}
-    _, warnings = validate(environ)
     component, _, _ = make(uri, time.monotonic)
-    assert [w for w in warnings if w.startswith("ECS_AGENT_URI=")] == [
-        f"{component.invalid_uri}; scale-in protection is unavailable"]
-    _, warnings = validate({**environ, "ECS_AGENT_URI": "http://169.254.170.2/api/abc-123"})
-    assert not [w for w in warnings if "ECS_AGENT_URI" in w]
+    assert agent_uri_warning({"ECS_AGENT_URI": uri}) == f"{component.invalid_uri}; scale-in protection is unavailable"
+    assert agent_uri_warning({"ECS_AGENT_URI": "http://169.254.170.2/api/abc-123"}) is None
+    assert agent_uri_warning({}) is None
+
+
+def test_check_shows_the_agent_uri_warning() -> None:
+    env = clean_env(TASKLENS_SCALE_IN_PROTECTION="jobs.in_progress>0", ECS_AGENT_URI="http://a b/api/x",
+                    TASKLENS_STATSD_ADDR="off", TASKLENS_HTTP_ADDR=f"127.0.0.1:{free_port()}")
+    check = subprocess.run([TASKLENS, "check"], env=env, capture_output=True, text=True, timeout=30)
+    warnings = json.loads(check.stdout)["warnings"]
+    assert [w for w in warnings if w.startswith("ECS_AGENT_URI=")], (warnings, check.stderr)
+    assert "ECS_AGENT_URI=" in check.stderr
 
 
 UNREQUESTABLE = {k: v for k, v in HOSTILE_URIS.items() if k not in ("space-in-host", "query")}  # these go out

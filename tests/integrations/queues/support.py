@@ -5,12 +5,14 @@ backing-up checks every broker's test runs."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 import pytest
@@ -18,6 +20,7 @@ from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from agent.sinks.prometheus import PrometheusSink
+from tests.support import free_port
 
 
 def port_open(port: int, host: str = "127.0.0.1") -> bool:
@@ -117,6 +120,22 @@ class Server:
                 self.proc.wait()
         self.proc = None
         wait_port(self.port, up=False)
+
+
+@contextlib.contextmanager
+def private_server(binary: str, argv: Callable[[str, int], list[str]]) -> Iterator[Server]:
+    """A broker of our own (`argv(path to binary, free port)`), started, stopped after; the test is
+    skipped where the binary is not installed."""
+    path = shutil.which(binary)
+    if path is None:
+        pytest.skip(f"{binary} is not installed")
+    port = free_port()
+    server = Server(argv(path, port), port)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 async def step_polls(source: Any, clock: Clock, change: Callable[[], Awaitable[None]], steps: int) -> None:

@@ -4,41 +4,29 @@ the poll fails into a gap with a counted error, and the client reconnects when t
 from __future__ import annotations
 
 import asyncio
-import shutil
 
 import nats
 import pytest
 import redis.asyncio
 
-from tests.support import free_port
-from tests.integrations.queues.support import Server, eventually
+from tests.integrations.queues.support import Server, eventually, private_server
 from integrations.queues.source import QueueSource
 
 
 @pytest.fixture
 def redis_server(tmp_path):
-    binary = shutil.which("redis-server")
-    if binary is None:
-        pytest.skip("redis-server is not installed")
-    port = free_port()
     # an append-only file, so that the queue survives the restart
-    server = Server([binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(tmp_path),
-                     "--appendonly", "yes", "--appendfsync", "always", "--save", ""], port)
-    server.start()
-    yield server
-    server.stop()
+    with private_server("redis-server", lambda binary, port: [
+            binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(tmp_path), "--appendonly", "yes",
+            "--appendfsync", "always", "--save", ""]) as server:
+        yield server
 
 
 @pytest.fixture
 def nats_server(tmp_path):
-    binary = shutil.which("nats-server")
-    if binary is None:
-        pytest.skip("nats-server is not installed")
-    port = free_port()
-    server = Server([binary, "-a", "127.0.0.1", "-p", str(port), "-js", "-sd", str(tmp_path)], port)
-    server.start()
-    yield server
-    server.stop()
+    with private_server("nats-server", lambda binary, port: [
+            binary, "-a", "127.0.0.1", "-p", str(port), "-js", "-sd", str(tmp_path)]) as server:
+        yield server
 
 
 async def outage(source: QueueSource, server: Server, exported, hub, want: dict[str, float],

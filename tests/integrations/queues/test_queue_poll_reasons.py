@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-import shutil
 import time
 import urllib.error
 import urllib.parse
@@ -22,7 +21,7 @@ import aio_pika
 import psutil
 import pytest
 
-from tests.integrations.queues.support import Server, port_open
+from tests.integrations.queues.support import port_open, private_server
 from tests.support import free_port, until
 from integrations.queues.source import POLL_ERRORS, QueueSource
 
@@ -148,15 +147,10 @@ async def test_accepted_then_closed_is_connection_at_once(config, hub, serve, ki
 
 @pytest.fixture
 def nats_with_password(tmp_path):
-    binary = shutil.which("nats-server")
-    if binary is None:
-        pytest.skip("nats-server is not installed")
-    port = free_port()
-    server = Server([binary, "-a", "127.0.0.1", "-p", str(port), "--user", "worker", "--pass", "right",
-                     "-js", "-sd", str(tmp_path)], port)
-    server.start()
-    yield server
-    server.stop()
+    with private_server("nats-server", lambda binary, port: [
+            binary, "-a", "127.0.0.1", "-p", str(port), "--user", "worker", "--pass", "right", "-js", "-sd",
+            str(tmp_path)]) as server:
+        yield server
 
 
 async def test_nats_refused_credentials_are_auth(config, hub, nats_with_password):

@@ -143,14 +143,14 @@ def agent_uri_warning(environ: Mapping[str, str]) -> str | None:
     """Why the ECS agent's `ECS_AGENT_URI` cannot be used, as the protection client reads it, or None.
     Its variable, not a setting: `check` warns (the sidecar runs on and reports the busy state without
     protection); `run` says it once, from the protection component, which counts it."""
-    from agent.scaling.protection import ENV_AGENT_URI, endpoint_url
+    from agent.scaling.protection import ENV_AGENT_URI, endpoint_url, invalid_uri
 
     uri = environ.get(ENV_AGENT_URI, "").strip()
     try:
         if uri:
             endpoint_url(uri)
     except ValueError as exc:
-        return f"{ENV_AGENT_URI}={uri[:200]!r} is invalid: {exc}; scale-in protection is unavailable"
+        return f"{invalid_uri(uri, exc)}; scale-in protection is unavailable"
     return None
 
 

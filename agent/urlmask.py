@@ -80,13 +80,14 @@ def _decodings(text: str) -> list[str]:
     return found
 
 
-def _spanning(text: str, found: list[Authority]) -> Iterator[tuple[Authority, str]]:
+def _spanning(text: str, found: list[Authority]) -> Iterator[tuple[Authority, Authority, str]]:
     """Passwords read across the next `scheme://`: a password may hold `,x://` or `=x://` (`redis://:pa,
     x://ss@host`), which reads as a list of two URLs, the first without a password, the second without
     one of its own (`ss` is no password). Unless the URL's `:` is its port, or the URL and the next each
     read as written with user info of their own, its user info is also read up to the last `@` of the
     text (a list of URLs may then be masked more than it needs). Left: a password of digits, `/` and a
-    `,x://` (`redis://u:12/x,y://ss@h`) reads as a port and a path, and shows its end.)"""
+    `,x://` (`redis://u:12/x,y://ss@h`) reads as a port and a path, and shows its end. Yields (the
+    URL, the next one, the password)."""
     at = text.rfind("@")
     for this, after in zip(found, found[1:]):
         if at < after.start or this.port is not None:
@@ -97,7 +98,7 @@ def _spanning(text: str, found: list[Authority]) -> Iterator[tuple[Authority, st
             continue  # a password starts after a `:` of this URL's own text (`sqs://q,redis://u@h` holds none)
         password = Authority(this.scheme, this.start, len(text), text[this.start:at], False).password
         if password:
-            yield this, password
+            yield this, after, password
 
 
 def url_passwords(url: str) -> list[str]:
@@ -105,7 +106,7 @@ def url_passwords(url: str) -> list[str]:
     found: dict[str, None] = {}
     for text in _decodings(url.strip()):
         listed = list(authorities(text))
-        for password in [a.password for a in listed if a.password] + [p for _, p in _spanning(text, listed)]:
+        for password in [a.password for a in listed if a.password] + [p for _, _, p in _spanning(text, listed)]:
             found.update(dict.fromkeys(_decodings(password)))
         for match in _PARAM.finditer(text):
             if match.group(1):
@@ -150,7 +151,7 @@ def split_password(text: str) -> bool:
     """Whether a raw `,` in a password reads as the start of another URL of a list (`amqp://u:pa,x://ss@h`):
     split at its commas, the list's second URL would show the password's end as its user name. Not where
     the `:` is a URL's port (`redis://h:6379/0,redis://u@h2`: a list whose second URL has a user name)."""
-    return any("," in password for _, password in _spanning(text, list(authorities(text))))
+    return any("," in password for _, _, password in _spanning(text, list(authorities(text))))
 
 
 def is_readable(url: str) -> bool:
@@ -159,8 +160,7 @@ def is_readable(url: str) -> bool:
     user info then has no password of its own (`amqp://?:pa=x://ss@h`: a parameter `:pa`)."""
     text = url.strip()
     found = list(authorities(text))
-    after = {a.start: b for a, b in zip(found, found[1:])}
-    return all(a.readable for a in found) and all(after[a.start].password is not None for a, _ in _spanning(text, found))
+    return all(a.readable for a in found) and all(after.password is not None for _, after, _ in _spanning(text, found))
 
 
 def mask_secrets(text: str, secrets: Iterable[str]) -> str:

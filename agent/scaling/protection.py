@@ -127,6 +127,11 @@ _LABEL = re.compile(r"(?!-)[A-Za-z0-9_-]{1,63}(?<!-)")  # a DNS label, as IDNA e
 _BAD_URL = (aiohttp.InvalidURL, getattr(aiohttp, "NonHttpUrlClientError", aiohttp.InvalidURL), ValueError)
 
 
+def invalid_uri(agent_uri: str, exc: ValueError) -> str:
+    """Why `agent_uri` cannot be used (`endpoint_url`'s error), as the component and `tasklens check` say it."""
+    return f"{ENV_AGENT_URI}={agent_uri[:200]!r} is invalid: {exc}"
+
+
 def endpoint_url(agent_uri: str) -> str:
     """The task-protection URL under `agent_uri` (`http://169.254.170.2/api/<id>` on ECS), or ValueError
     saying what is wrong: checked once at start, so a hostile value is one clear error, not a
@@ -260,7 +265,7 @@ class ScaleInProtection:
             try:
                 self.client = ProtectionClient(agent_uri, request_timeout)
             except ValueError as exc:
-                self.invalid_uri = f"{ENV_AGENT_URI}={agent_uri[:200]!r} is invalid: {exc}"
+                self.invalid_uri = invalid_uri(agent_uri, exc)
                 self.state.disabled = self.invalid_uri
         self.own_container: str | None = None
         self.holding: list[str] = []

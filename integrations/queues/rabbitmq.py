@@ -179,6 +179,8 @@ class ManagementProbe:
                 if response.status != 200:
                     raise ProbeError("bad_reply", f"management API answered HTTP {response.status}")
                 doc = await response.json()
+        except ProbeError:
+            raise
         except Exception as exc:
             raise _http_error(exc) from exc
         if not isinstance(doc, dict) or doc.get("messages_ready") is None:

@@ -106,6 +106,9 @@ def test_busy_worker_protects_the_task_and_idle_releases_it(ecs, sidecar_factory
                               TASKLENS_POLL_INTERVAL="0.5", TASKLENS_FLUSH_INTERVAL="1")
     flag = tmp_path / "busy"
     worker = subprocess.Popen([sys.executable, WORKER, str(sidecar.statsd_port), str(flag)])
+    # the agent reports the worker's CPU from when its start-up is over: on a busy machine, its imports
+    # alone are above 20 % of a core for a stats interval, which protects the task before the test begins
+    wait_until(lambda: Path(f"{flag}.ready").exists(), what="the worker's start-up")
     writer = StatsWriter(files / "stats.json", {"worker0": worker.pid, "sidecar0": sidecar.proc.pid})
     writer.start()
     try:

@@ -1570,11 +1570,146 @@ done:
     return out;
 }
 
+/* merge(parts, most) -> (values, weights) or None: one context's histogram values with equal values
+ * merged, their weights summed, for `flush.points`. `parts` is a sequence of (values, weight): a
+ * buffer of doubles (array('d'), a harvest) and the weight of each of them (one slot, one sample
+ * rate). None as soon as there are more than `most` distinct values, or when a value is not finite
+ * (such points are dropped whole anyway). Otherwise two new bytearrays of doubles: the distinct
+ * values, in no particular order, and the weight of each, summed as `flush._merged` does: per part,
+ * the number of times a value occurs times the part's weight, parts in order. Equal values are
+ * equal as floats (0.0 and -0.0 are one value: the first seen stays). The table's hash is keyed, as
+ * the head table's: a worker cannot choose values that collide. Counting runs without the GIL. */
+typedef struct {
+    double value, weight;  /* weight: summed over the parts before the current one */
+    uint32_t part, count;  /* occurrences in part `part` (1-based), not yet in weight */
+} MergeEntry;
+
+static uint64_t merge_key[2];
+
+static Py_ssize_t merge_count(Py_buffer *views, const double *weights, Py_ssize_t nparts, Py_ssize_t most,
+                              MergeEntry *table, size_t mask, uint32_t *touched) {
+    Py_ssize_t distinct = 0;
+    for (Py_ssize_t p = 0; p < nparts; p++) {
+        const double *values = views[p].buf;
+        Py_ssize_t n = views[p].len / (Py_ssize_t)sizeof(double), ntouched = 0;
+        for (Py_ssize_t i = 0; i < n; i++) {
+            double v = values[i];
+            if (!isfinite(v))
+                return -1;
+            uint64_t bits = 0;
+            if (v != 0.0)  /* 0.0 and -0.0 hash alike */
+                memcpy(&bits, &v, sizeof(bits));
+            size_t b = (size_t)siphash13(merge_key[0], merge_key[1], (const char *)&bits, sizeof(bits)) & mask;
+            while (table[b].part != 0 && table[b].value != v)
+                b = (b + 1) & mask;
+            MergeEntry *e = &table[b];
+            if (e->part == 0) {
+                if (++distinct > most)
+                    return -1;
+                e->value = v;
+            }
+            if (e->part != (uint32_t)p + 1) {
+                e->part = (uint32_t)p + 1;
+                e->count = 0;
+                touched[ntouched++] = (uint32_t)b;
+            }
+            if (++e->count == UINT32_MAX)  /* cannot happen below 4G values a part; kept exact anyway */
+                return -1;
+        }
+        for (Py_ssize_t k = 0; k < ntouched; k++)
+            table[touched[k]].weight += (double)table[touched[k]].count * weights[p];
+    }
+    return distinct;
+}
+
+static PyObject *merge(PyObject *Py_UNUSED(module), PyObject *args) {
+    PyObject *parts_obj;
+    Py_ssize_t most;
+    if (!PyArg_ParseTuple(args, "On", &parts_obj, &most))
+        return NULL;
+    PyObject *parts = PySequence_Fast(parts_obj, "merge: parts must be a sequence of (values, weight)");
+    if (parts == NULL)
+        return NULL;
+    Py_ssize_t nparts = PySequence_Fast_GET_SIZE(parts), ready = 0;
+    PyObject *out = NULL, *values_out = NULL, *weights_out = NULL;
+    Py_buffer *views = PyMem_Calloc((size_t)nparts + 1, sizeof(Py_buffer));
+    double *weights = PyMem_Calloc((size_t)nparts + 1, sizeof(double));
+    MergeEntry *table = NULL;
+    uint32_t *touched = NULL;
+    if (views == NULL || weights == NULL || most < 0 || most >= (Py_ssize_t)(UINT32_MAX / 4)) {
+        if (views != NULL && weights != NULL)
+            PyErr_SetString(PyExc_ValueError, "merge: most out of range");
+        else
+            PyErr_NoMemory();
+        goto done;
+    }
+    for (; ready < nparts; ready++) {
+        PyObject *part = PySequence_Fast_GET_ITEM(parts, ready);
+        PyObject *buffer, *weight;
+        if (!PyTuple_Check(part) || !PyArg_ParseTuple(part, "OO!", &buffer, &PyFloat_Type, &weight)) {
+            if (!PyErr_Occurred())
+                PyErr_SetString(PyExc_TypeError, "merge: a part is (values, weight)");
+            goto done;
+        }
+        if (PyObject_GetBuffer(buffer, &views[ready], PyBUF_C_CONTIGUOUS) < 0)
+            goto done;
+        weights[ready] = PyFloat_AS_DOUBLE(weight);
+        if (views[ready].len % (Py_ssize_t)sizeof(double) != 0) {
+            PyBuffer_Release(&views[ready]);
+            PyErr_SetString(PyExc_ValueError, "merge: values must be doubles");
+            goto done;
+        }
+    }
+    size_t capacity = 16;
+    while (capacity < 2 * (size_t)most + 2)
+        capacity <<= 1;
+    table = PyMem_RawCalloc(capacity, sizeof(MergeEntry));
+    touched = PyMem_RawMalloc(((size_t)most + 1) * sizeof(uint32_t));
+    if (table == NULL || touched == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    Py_ssize_t distinct;
+    Py_BEGIN_ALLOW_THREADS
+    distinct = merge_count(views, weights, nparts, most, table, capacity - 1, touched);
+    Py_END_ALLOW_THREADS
+    if (distinct < 0) {
+        out = Py_NewRef(Py_None);
+        goto done;
+    }
+    values_out = PyByteArray_FromStringAndSize(NULL, distinct * (Py_ssize_t)sizeof(double));
+    weights_out = PyByteArray_FromStringAndSize(NULL, distinct * (Py_ssize_t)sizeof(double));
+    if (values_out == NULL || weights_out == NULL)
+        goto done;
+    double *v = (double *)PyByteArray_AS_STRING(values_out), *w = (double *)PyByteArray_AS_STRING(weights_out);
+    for (size_t b = 0, k = 0; b < capacity; b++) {
+        if (table[b].part != 0) {
+            v[k] = table[b].value;
+            w[k++] = table[b].weight;
+        }
+    }
+    out = PyTuple_Pack(2, values_out, weights_out);
+done:
+    for (Py_ssize_t k = 0; k < ready; k++)
+        PyBuffer_Release(&views[k]);
+    Py_XDECREF(values_out);
+    Py_XDECREF(weights_out);
+    PyMem_RawFree(table);
+    PyMem_RawFree(touched);
+    PyMem_Free(views);
+    PyMem_Free(weights);
+    Py_DECREF(parts);
+    return out;
+}
+
 static PyMethodDef module_methods[] = {
     {"drain", drain, METH_VARARGS,
      "drain(fd, limit) -> (datagrams joined by newlines, packets, bytes, too long)"},
     {"order", order, METH_VARARGS,
      "order(values, weights) -> (total, valid, cumulative): sorted in place, without the GIL"},
+    {"merge", merge, METH_VARARGS,
+     "merge([(values, weight), ...], most) -> (distinct values, their weights) as bytearrays of doubles, "
+     "or None past `most` distinct values"},
     {NULL, NULL, 0, NULL},
 };
 
@@ -1645,6 +1780,15 @@ PyMODINIT_FUNC PyInit__fast(void) {
     PyObject *m = PyModule_Create(&module);
     if (m == NULL)
         return NULL;
+    PyObject *os = PyImport_ImportModule("os");  /* merge's key: see siphash13 */
+    PyObject *key = os ? PyObject_CallMethod(os, "urandom", "i", (int)sizeof(merge_key)) : NULL;
+    Py_XDECREF(os);
+    if (key == NULL) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    memcpy(merge_key, PyBytes_AS_STRING(key), sizeof(merge_key));
+    Py_DECREF(key);
     if (PyModule_AddObjectRef(m, "Table", (PyObject *)&TableType) < 0
             || PyModule_AddIntMacro(m, COUNTER) < 0 || PyModule_AddIntMacro(m, HISTOGRAM) < 0
             || PyModule_AddIntMacro(m, GAUGE) < 0 || PyModule_AddIntMacro(m, GAUGE_DELTA) < 0

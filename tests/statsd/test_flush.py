@@ -6,6 +6,7 @@ exported within the TTL, is a zero, with the tags of its container and the inter
 
 from __future__ import annotations
 
+import math
 import os
 
 from hypothesis import HealthCheck, given, settings
@@ -138,3 +139,41 @@ def test_two_harvests_of_one_slot_in_an_interval_are_joined_in_order() -> None:
     assert list(iv.values[slot]) == [3.0, 1.0, 2.0]
     points = Flusher(10.0).batch(iv, now=1.0).samples[0].value
     assert list(points.values) == [1.0, 2.0, 3.0] and list(points.weights) == [2.0] * 3  # type: ignore[union-attr]
+
+
+RATE_WEIGHTS = [1.0, 2.0, 10.0, 1 / 0.3, 4.0, 1000.0]
+repeating = st.lists(st.one_of(st.sampled_from([0.0, -0.0, 1.0, 2.5, 7.0, 1e-300, -3.0]),
+                               st.integers(-20, 20).map(float), st.floats(-1e9, 1e9)), max_size=200)
+
+
+@SETTINGS
+@given(st.lists(st.tuples(repeating, st.sampled_from(RATE_WEIGHTS), st.sampled_from(["array", "harvest"])),
+                min_size=1, max_size=4), st.integers(0, 60))
+def test_equal_values_merge_to_the_same_result_in_c_and_in_python(parts_drawn, most) -> None:
+    """`_fast.merge` and `flush._merged` agree on every input, bit for bit (0.0 and -0.0 are one value,
+    the first seen stays; each part adds its count times its weight), and both follow the definition:
+    None past `most` distinct values."""
+    from array import array
+
+    from agent.statsd import _fast, flush
+
+    parts = [(array("d", values) if form == "array" else memoryview(bytearray(array("d", values))).cast("d"), w)
+             for values, w, form in parts_drawn]
+    expected: dict[float, float] = {}
+    first: dict[float, float] = {}
+    for values, w, _ in parts_drawn:
+        for v in values:
+            first.setdefault(v, v)  # a dict finds -0.0 under 0.0: the first seen is kept
+        for v in dict.fromkeys(values):
+            expected[v] = expected.get(v, 0.0) + values.count(v) * w
+    results = []
+    for merge in (_fast.merge, flush._merged):
+        out = merge(parts, most)
+        if len(expected) > most:
+            assert out is None
+            continue
+        pairs = sorted(zip(memoryview(out[0]).cast("d"), memoryview(out[1]).cast("d")))
+        assert pairs == sorted(expected.items())
+        assert [math.copysign(1.0, v) for v, _ in pairs] == [math.copysign(1.0, first[v]) for v, _ in pairs]
+        results.append(pairs)
+    assert not results or results[0] == results[1]

@@ -72,6 +72,7 @@ class Hub:
             events=[replace(e, tags=merge_tags(base, e.tags)) for e in batch.events],
             service_checks=[replace(c, tags=merge_tags(base, c.tags)) for c in batch.service_checks],
             snapshot=batch.snapshot,
+            idle=batch.idle,
         )
 
     def publish(self, batch: Batch) -> None:

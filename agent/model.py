@@ -217,6 +217,11 @@ class Batch:
     `source` names the producer (`ecs`, `statsd`, `queue:orders`). With `snapshot=True` the batch is
     the complete current state of that source: a sink drops the series of that source that are not in
     it (a container that went away, a queue whose poll failed: a gap, never a stale value).
+
+    The last `idle` samples are the zeros of StatsD counters idle since an earlier batch: a sink that
+    sends intervals sends them (Datadog's 0 until the context TTL); a sink that keeps totals may skip
+    them, as the Prometheus sink does: they change no total, and a flush then costs it what changed,
+    not what sits idle.
     """
 
     source: str
@@ -224,6 +229,7 @@ class Batch:
     events: list[Event] = field(default_factory=list)
     service_checks: list[ServiceCheck] = field(default_factory=list)
     snapshot: bool = False
+    idle: int = 0
 
 
 def merge_tags(base: Tags, own: Tags) -> Tags:

@@ -11,7 +11,8 @@ lines of the same shape (`storm.requests:1|c|#env:prod,service:api,request_id:<i
 - *refused*: lines that each name a new context once the cap is reached (200,000);
 
 then the export side: `Flusher.batch` of an interval that touched only the 1,000 known contexts while
-the 100,000 storm counters sit idle (each is exported as a zero until its TTL); and RSS before the storm,
+the 100,000 storm counters sit idle (each is exported as a zero until its TTL), and the Prometheus
+sink's `accept` of that batch (its series made at the flush before); and RSS before the storm,
 after it, and after the storm's contexts expired (`Aggregator.expire`, as the server does after the TTL).
 CPU per line is the median over chunks of 10,000 lines; each figure is the median over `--rounds`
 processes, the versions alternating.
@@ -27,6 +28,7 @@ C loop there with gcc.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import random
@@ -74,6 +76,8 @@ def rss() -> int:
 
 def worker(profile: str | None) -> dict[str, Any]:
     from agent import memory
+    from agent.selfmetrics import SelfMetrics
+    from agent.sinks.prometheus import PrometheusSink
     try:
         from agent.statsd.flush import Flusher
         from agent.statsd.receive import Aggregator
@@ -109,9 +113,12 @@ def worker(profile: str | None) -> dict[str, Any]:
     del phases, batch, spread  # the storm's lines themselves are not what the sidecar holds
     assert len(agg.contexts) == KNOWN + NEW and agg.stats.contexts_dropped == REFUSED
     assert agg.stats.errors["cardinality_limit"] == REFUSED
-    flusher.batch(agg.swap(10.0), now=10.0)  # the storm's counters: exported once, idle from now on
+    storm = flusher.batch(agg.swap(10.0), now=10.0)  # the storm's counters: exported once, idle from now on
     result["rss_storm"] = rss()
-    flushes = []
+    sink = PrometheusSink(SelfMetrics())  # made after the RSS above, dropped before the one below
+    sink.accept(storm)
+    del storm
+    flushes, accepts = [], []
     for i in range(2, 7):
         for group in calls(known):
             agg.ingest_many(group)
@@ -119,9 +126,14 @@ def worker(profile: str | None) -> dict[str, Any]:
         t = time.perf_counter()
         batch = flusher.batch(iv, now=10.0 * i)
         flushes.append((time.perf_counter() - t) * 1e3)
+        t = time.perf_counter()
+        sink.accept(batch)
+        accepts.append((time.perf_counter() - t) * 1e3)
         samples = len(batch.samples)
     result["flush_ms"], result["flush_samples"] = statistics.median(flushes), samples
-    del batch, iv  # the last batch holds a sample per idle counter: the sidecar drops it after the flush
+    result["prometheus_ms"] = statistics.median(accepts)
+    del batch, iv, sink  # the last batch holds a sample per idle counter: the sidecar drops it after the flush
+    gc.collect()  # the sink and its registry refer to each other
     agg.expire(flusher.expired(now=10.0 * 7 + 300.0))  # past the TTL: all but the known contexts
     for group in calls(known):
         agg.ingest_many(group)
@@ -146,7 +158,8 @@ def report(label: str, results: list[dict[str, Any]]) -> dict[str, float]:
           f"({m['new'] / m['known']:.1f}x), refused at the cap {m['refused']:.3f} us "
           f"({m['refused'] / m['known']:.1f}x); a known line of one of {KNOWN + NEW:,} live contexts in "
           f"turn {m['known_spread']:.3f} us (refused: {m['refused'] / m['known_spread']:.1f}x that)")
-    print(f"{label}: flush with {NEW:,} idle counters: {m['flush_ms']:.1f} ms ({m['flush_samples']:.0f} samples); "
+    print(f"{label}: flush with {NEW:,} idle counters: {m['flush_ms']:.1f} ms ({m['flush_samples']:.0f} samples), "
+          f"the Prometheus sink's part {m['prometheus_ms']:.1f} ms; "
           f"RSS {m['rss_before'] / MIB:.0f} MiB before, {m['rss_storm'] / MIB:.0f} after the storm, "
           f"{m['rss_after'] / MIB:.0f} after its contexts expired")
     return m
@@ -180,7 +193,7 @@ def main() -> None:
         now, before = medians.values()
         print("this tree / baseline: " + ", ".join(f"{k} {now[k] / before[k]:.2f}" for k in
                                                      ("known", "new", "known_spread", "refused", "flush_ms",
-                                                      "rss_after")))
+                                                      "prometheus_ms", "rss_after")))
 
 
 if __name__ == "__main__":

@@ -10,7 +10,8 @@ names reach /metrics").
 Names: every character outside `[a-zA-Z0-9_]` becomes `_`. Counters (cumulative sources and StatsD
 counts, summed since start) are exported as `<name>_total`; StatsD histograms, timers (converted to
 seconds, as statsd_exporter does) and distributions as Prometheus histograms. Series of a snapshot
-source are replaced by each snapshot; other series expire after the TTL.
+source are replaced by each snapshot; other series expire after the TTL, which for a StatsD counter
+runs from its last count: the zeros of idle counters (`Batch.idle`) are skipped.
 """
 
 from __future__ import annotations
@@ -194,8 +195,9 @@ class PrometheusSink:
             self.version += 1
             if batch.snapshot:
                 self._accept_snapshot(batch, identity, now, refused)
-            else:
-                self._accept_points(batch.samples, identity, now, refused)
+            else:  # idle counters' zeros change no total: skipped (`Batch.idle`)
+                samples = batch.samples[:len(batch.samples) - batch.idle] if batch.idle else batch.samples
+                self._accept_points(samples, identity, now, refused)
         for reason, n in refused.items():
             self.metrics.inc("tasklens.sink.points_rejected", n, sink="prometheus", reason=reason)
             self._log.warning(f"prometheus:{reason}", "prometheus: %d point(s) of source %s refused: %s "

@@ -1,7 +1,7 @@
 """The export side of the StatsD aggregator: what runs off the receive thread, once per interval.
 
 `Flusher.batch(interval)` turns a finished `Interval` (handed over by `receive.Aggregator.swap`) into one
-`Batch`: counters merged per context, zeros for idle counters, the tags of the task's containers, and
+`Batch`: counters merged per context, zeros for idle counters (last, `Batch.idle`), the tags of the task's containers, and
 histogram values merged into weights where they repeat (`points`). `Flusher.expired()` says which
 contexts were idle past the TTL; the server passes them back to `Aggregator.expire`, which forgets them
 at its next swap. The server runs this on a worker thread of the event loop.
@@ -84,7 +84,6 @@ class Flusher:
             counters_seen.pop(ctx, None)
             counters_seen[ctx] = now
         self._idle_zeros(counters, (dict(containers), seconds, base), now, tags_of)
-        samples.extend(zeros.values())
         for ctx, value in iv.gauges.items():
             add(Sample(ctx.name, value, Kind.GAUGE, tags_of(ctx)))
         for ctx, members in iv.sets.items():
@@ -108,7 +107,8 @@ class Flusher:
         for ctx in iv.contexts():
             seen.pop(ctx, None)
             seen[ctx] = now
-        return Batch("statsd", samples, events, checks, snapshot=False)  # type: ignore[arg-type]
+        samples.extend(zeros.values())  # last: see `Batch.idle`
+        return Batch("statsd", samples, events, checks, snapshot=False, idle=len(zeros))  # type: ignore[arg-type]
 
     def _idle_zeros(self, counters: Mapping[Context, float], made_for: tuple[dict[str, Tags], float, Tags],
                     now: float, tags_of: Callable[[Context], Tags]) -> None:

@@ -427,13 +427,15 @@ class StatsdServer:
             batch, expired = await heavy.run(self._build, interval, dict(self.hub.identity.containers))
             samples = batch.samples
             self._last_samples = len(samples)
+            idle_from = len(samples) - batch.idle
             start, size = 0, PUBLISH_CHUNK
             while True:
                 turn = time.perf_counter()
                 first = start == 0
-                self.hub.deliver(Batch(batch.source, samples[start:start + size],
-                                       batch.events if first else [], batch.service_checks if first else [],
-                                       snapshot=False))
+                chunk = samples[start:start + size]
+                self.hub.deliver(Batch(batch.source, chunk, batch.events if first else [],
+                                       batch.service_checks if first else [], snapshot=False,
+                                       idle=min(len(chunk), max(0, start + len(chunk) - idle_from))))
                 start += size
                 if start >= len(samples):
                     break

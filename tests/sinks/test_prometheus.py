@@ -200,3 +200,39 @@ def test_identity_labels_keep_the_tasks_values_and_reserved_labels_are_exported(
                       ("exported_team_name", "other"), ("service", "orders"), ("task_id", "abc"),
                       ("team_name", "core")))] == 1.0
     assert got[("h", (("service", "orders"), ("task_id", "abc"), ("team_name", "core")))] == 2.0
+
+
+def test_an_idle_counter_keeps_its_total_and_its_ttl_runs_from_its_last_count() -> None:
+    """The flusher sends the zeros of idle counters (a sink of intervals needs them); the Prometheus sink
+    skips them (`Batch.idle`): they change no total, and the series leaves at the TTL after its last
+    count, not after the flusher's last zero. Through the real flusher, over the hub, with a sink of
+    intervals beside it that receives every zero."""
+    from agent.statsd.flush import Flusher
+    from agent.statsd.receive import Aggregator
+
+    class Intervals:
+        name = "intervals"
+
+        def __init__(self) -> None:
+            self.got: list[list[tuple[str, float]]] = []
+
+        def accept(self, batch: Batch) -> None:
+            self.got.append([(s.name, s.value) for s in batch.samples])
+
+    hub, sink, clock = make()
+    intervals = Intervals()
+    hub.add_sink(intervals)  # type: ignore[arg-type]
+    agg, flusher = Aggregator(), Flusher(10.0, ttl=300.0)
+    agg.ingest(b"jobs:3|c\nbusy:1|c")
+    labels = (("service", "orders"), ("task_id", "abc"))
+    for step in range(7):  # `busy` counts every interval, `jobs` only in the first (the sink's TTL: 60 s)
+        hub.deliver(flusher.batch(agg.swap(), now=clock.now, base=hub.identity.tags))
+        assert intervals.got[-1] == ([("jobs", 3.0), ("busy", 1.0)] if step == 0 else [("busy", 1.0), ("jobs", 0.0)])
+        got = scrape(sink)
+        assert got[("jobs_total", labels)] == 3.0 and got[("busy_total", labels)] == step + 1.0
+        assert sink.expire() == 0
+        clock.now += 10
+        agg.ingest(b"busy:1|c")
+    clock.now -= 9  # 61 s after the last count of `jobs`, 1 s after its last zero
+    assert sink.expire() == 1
+    assert ("jobs_total", labels) not in scrape(sink) and ("busy_total", labels) in scrape(sink)

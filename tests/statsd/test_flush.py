@@ -52,6 +52,10 @@ def test_idle_counters_are_zero_until_their_ttl(intervals: list[tuple[set[int], 
             assert s.kind is Kind.COUNT and s.interval == 10.0 * periods
             assert s.name not in got
             got[s.name] = (s.value, s.tags)
+        # the zeros come last, and `idle` says how many (a sink that keeps totals skips them)
+        idle = batch.samples[len(batch.samples) - batch.idle:]
+        assert all(s.value == 0.0 and s.name not in values for s in idle)
+        assert all(s.value != 0.0 for s in batch.samples[:len(batch.samples) - batch.idle])
         expected = {}
         for name in values:
             if not (name == "big" and overflow):

@@ -8,9 +8,10 @@ MTU without fragmentation, the DogStatsD clients' default).
 - GAUGE -> `|g`; COUNT (already summed, sample rate applied) -> `|c`; COUNTER (cumulative) -> the delta
   since the previous sighting as `|c` (first sighting and resets skipped); HISTOGRAM -> `|h` (`|ms` for
   timers) and DISTRIBUTION -> `|d`, the raw values packed (`name:1:2:3|h`) with `@rate` = 1/weight, so
-  the agent computes the aggregates itself. Past `MAX_VALUES` values in an interval, that many values
-  at evenly spaced ranks go instead, with the rate that makes their count right (as a client that
-  samples would send them). Timestamped samples keep `|T<ts>`.
+  the agent computes the aggregates itself. The agent weighs a value `int(1 / rate)` times: weights go
+  whole (`whole_weights`, `agent_rate`), so that its count is the interval's. Past `MAX_VALUES` values
+  in an interval, that many values at evenly spaced ranks go instead, with the rates that make their
+  count right (as a client that samples would send them). Timestamped samples keep `|T<ts>`.
 - Events -> `_e{..}`, service checks -> `_sc|..`. No field may hold what the agent splits on there
   (it reads every `|` piece of a line as a field, a later `#` replacing the tags): in names, hosts and
   tags those characters become `_`, in a service check message `|` becomes `¦` (docs/datadog.md).
@@ -168,6 +169,31 @@ def value_lines(name: str, values: Iterable[float], kind: str, tail: str, limit:
         yield f"{line}|{kind}{tail}"
 
 
+def whole_weights(values: Iterable[float], weight: float) -> Iterator[tuple[float, int]]:
+    """(value, whole weight) for values of one weight: the agent weighs a value `int(1 / rate)` times
+    (datadog-agent `pkg/metrics`), so a weight that is not whole (`@0.3`, a spread of a flood, a merge
+    of such values) goes as whole weights of `floor` and `ceil` spread among the values, which add up to
+    the values' count rounded."""
+    if weight.is_integer():
+        for v in values:
+            yield v, int(weight)
+        return
+    before = 0
+    for i, v in enumerate(values, 1):
+        upto = math.floor(i * weight + 0.5)
+        yield v, upto - before
+        before = upto
+
+
+def agent_rate(weight: int) -> str:
+    """The `@rate` that the agent reads back as this weight: `int(1 / rate) == weight` (`1 / (1 / 93)`
+    is 92.99999999999999, which the agent would count as 92)."""
+    rate = 1.0 / weight
+    while int(1.0 / rate) < weight:
+        rate = math.nextafter(rate, 0.0)
+    return number(rate)
+
+
 def sample_lines(s: Sample, deltas: CounterDeltas, now: float, limit: int = MAX_DATAGRAM) -> list[str]:
     name = metric_name(s.name)
     if not name:
@@ -177,16 +203,21 @@ def sample_lines(s: Sample, deltas: CounterDeltas, now: float, limit: int = MAX_
     value = s.value
     if isinstance(value, Points):
         kind = "d" if s.kind is Kind.DISTRIBUTION else ("ms" if value.milliseconds else "h")
-        by_weight: dict[float, list[float]] = {}
+        groups: dict[float, list[float]] = {}
         if value.valid and len(value.values) > MAX_VALUES:  # a flood: its shape, as a sampling client sends it
-            by_weight[value.count / MAX_VALUES] = value.spread(MAX_VALUES)
+            groups[value.count / MAX_VALUES] = value.spread(MAX_VALUES)
         else:
             for v, w in zip(value.values, value.weights):
-                if math.isfinite(v):  # `nan` would make the agent reject the whole line
+                if math.isfinite(v) and math.isfinite(w) and w > 0:  # `nan` would make the agent reject the line
+                    groups.setdefault(w, []).append(v)
+        by_weight: dict[int, list[float]] = {}
+        for weight, values in groups.items():
+            for v, w in whole_weights(values, weight):
+                if w > 0:  # a weight below 1, rounded away: its count went with its neighbours'
                     by_weight.setdefault(w, []).append(v)
         out: list[str] = []
         for weight, values in by_weight.items():
-            rate = f"|@{number(1.0 / weight)}" if weight > 1 else ""
+            rate = f"|@{agent_rate(weight)}" if weight > 1 else ""
             out.extend(value_lines(name, values, kind, rate + tags, limit))
         return out
     value = float(value)

@@ -120,6 +120,14 @@ def parse_seconds(text: str) -> float:
     return value
 
 
+def parse_milliseconds(text: str) -> float:
+    """What OpenTelemetry's settings take (`OTEL_METRIC_EXPORT_INTERVAL`, `OTEL_EXPORTER_OTLP_TIMEOUT`)."""
+    try:
+        return parse_seconds(text)
+    except ValueError:
+        raise ValueError("a number of milliseconds > 0, e.g. 10000") from None
+
+
 def parse_number(text: str) -> float:
     """A finite number (`nan` and `inf` parse as floats but mean nothing as a threshold)."""
     try:
@@ -430,6 +438,7 @@ def number_text(value: float) -> str:
 # the range a parser's numbers get when a setting gives none, and how a range is described
 DEFAULT_RANGE: dict[Callable[[str], Any], tuple[float, float, str]] = {
     parse_seconds: (0.001, 7 * 86400, "a number of seconds"),
+    parse_milliseconds: (1, 7 * 86400 * 1000, "a number of milliseconds"),
     parse_positive_int: (1, 2**31 - 1, "a whole number"),
     parse_count: (0, 2**31 - 1, "a whole number"),
     parse_size: (1, 2**40, "a size in bytes (K, M, G suffixes allowed)"),
@@ -541,12 +550,12 @@ class Config:
                                       doc="SigV4 signing; auto: on for aps-workspaces URLs")
     remote_write_sigv4_region: str = setting("", doc="SigV4 region; else from the URL")
     remote_write_sigv4_service: str = setting("aps", doc="SigV4 service name")
-    remote_write_interval: float = setting(10.0, parse_seconds, doc="seconds between pushes")
+    remote_write_interval: float = setting(10.0, parse_seconds, low=1, high=3600, doc="seconds between pushes")
     remote_write_metrics: tuple[str, ...] = setting(("*",), parse_str_list,
                                                     doc="Prometheus-style names (fnmatch globs) pushed")
     remote_write_batch_samples: int = setting(2000, parse_positive_int, doc="samples per request at most")
     remote_write_buffer_points: int = setting(1_000_000, parse_positive_int, doc="samples kept while the store is down")
-    remote_write_timeout: float = setting(10.0, parse_seconds)
+    remote_write_timeout: float = setting(10.0, parse_seconds, low=0.1, high=300)
     otlp_endpoint: str = setting("", parse_base_url, env="OTEL_EXPORTER_OTLP_ENDPOINT", url=True,
                                  doc="OTLP/HTTP base URL; enables OTLP (+ /v1/metrics)")
     otlp_metrics_endpoint: str = setting("", parse_http_url, env="OTEL_EXPORTER_OTLP_METRICS_ENDPOINT", url=True,
@@ -554,8 +563,10 @@ class Config:
     otlp_headers: str = setting("", headers_text, env="OTEL_EXPORTER_OTLP_HEADERS", secret=True)
     otlp_metrics_headers: str = setting("", headers_text, env="OTEL_EXPORTER_OTLP_METRICS_HEADERS", secret=True)
     otlp_compression: str = setting("gzip", parse_choice("gzip", "none"), env="OTEL_EXPORTER_OTLP_COMPRESSION")
-    otlp_timeout_ms: float = setting(10000.0, parse_seconds, env="OTEL_EXPORTER_OTLP_TIMEOUT", doc="milliseconds")
-    otlp_interval_ms: float = setting(10000.0, parse_seconds, env="OTEL_METRIC_EXPORT_INTERVAL", doc="milliseconds")
+    otlp_timeout_ms: float = setting(10000.0, parse_milliseconds, env="OTEL_EXPORTER_OTLP_TIMEOUT", low=100,
+                                     high=300_000, doc="milliseconds")
+    otlp_interval_ms: float = setting(10000.0, parse_milliseconds, env="OTEL_METRIC_EXPORT_INTERVAL", low=1000,
+                                      high=3_600_000, doc="milliseconds")
     otlp_temporality: str = setting("cumulative", parse_choice("cumulative", "delta", "lowmemory"),
                                     env="OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE")
     otel_resource_attributes: tuple[tuple[str, str], ...] = setting((), parse_headers, env="OTEL_RESOURCE_ATTRIBUTES")
@@ -569,7 +580,7 @@ class Config:
         doc="Prometheus-style names (fnmatch globs) sent as EMF")
     cloudwatch_dimensions: tuple[str, ...] = setting(("ecs_cluster", "service", "queue"), parse_cloudwatch_dimensions,
                                                      doc="tags used as EMF dimensions, in order")
-    cloudwatch_interval: float = setting(60.0, parse_seconds, doc="seconds between EMF records")
+    cloudwatch_interval: float = setting(60.0, parse_seconds, low=1, high=3600, doc="seconds between EMF records")
     # health signals and the status page (docs/health.md)
     memory_trend_window: float = setting(1800.0, parse_seconds, low=60, high=86400,
                                          doc="working-set trend window for the leak forecast (s)")

@@ -282,9 +282,12 @@ class PrometheusSink:
         if reserve and (pname + "_").startswith(RESERVED_PREFIXES):  # `tasklens` alone: `tasklens_total`
             refused["reserved_name"] += 1
             return None
-        labels = self._labels.get(s.tags)
-        if labels is None:
-            labels = self._labels[s.tags] = labels_of(s.tags, identity)
+        if reserve:  # a worker's tags: an identity label keeps the task's value (`labels_of`)
+            labels = self._labels.get(s.tags)
+            if labels is None:
+                labels = self._labels[s.tags] = labels_of(s.tags, identity)
+        else:  # the sidecar's own series: their own labels win over the task's tags, as in every sink
+            labels = labels_of(s.tags)
         if isinstance(labels, str):
             refused[labels] += 1
             return None
@@ -396,7 +399,6 @@ class PrometheusSink:
 
     def _sidecar_families(self) -> tuple[list[Family], int]:
         """The sidecar's own series (snapshots and the hub's pull), grouped; a clash among them left out."""
-        identity = dict(self.identity())
         now = self.clock()
         families: dict[str, Family] = {}
         blocks: set[tuple[str, str]] = set()
@@ -406,7 +408,7 @@ class PrometheusSink:
         for snap in list(self._snapshots.values()):
             entries.extend(snap)
         for s in self.pull():
-            labels = labels_of(s.tags, identity)
+            labels = labels_of(s.tags)  # the sidecar's own: see `_check`
             kind = rendered_kind(s)
             value = float(s.value)  # type: ignore[arg-type]
             if isinstance(labels, str) or (kind is Kind.COUNTER and counter_refusal(value)):

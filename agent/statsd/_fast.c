@@ -1645,23 +1645,22 @@ static PyObject *merge(PyObject *Py_UNUSED(module), PyObject *args) {
     }
     for (; ready < nparts; ready++) {
         PyObject *part = PySequence_Fast_GET_ITEM(parts, ready);
-        PyObject *buffer, *weight;
-        if (!PyTuple_Check(part) || !PyArg_ParseTuple(part, "OO!", &buffer, &PyFloat_Type, &weight)) {
+        PyObject *buffer;
+        if (!PyTuple_Check(part) || !PyArg_ParseTuple(part, "Od", &buffer, &weights[ready])) {
             if (!PyErr_Occurred())
                 PyErr_SetString(PyExc_TypeError, "merge: a part is (values, weight)");
             goto done;
         }
         if (PyObject_GetBuffer(buffer, &views[ready], PyBUF_C_CONTIGUOUS) < 0)
             goto done;
-        weights[ready] = PyFloat_AS_DOUBLE(weight);
         if (views[ready].len % (Py_ssize_t)sizeof(double) != 0) {
             PyBuffer_Release(&views[ready]);
             PyErr_SetString(PyExc_ValueError, "merge: values must be doubles");
             goto done;
         }
     }
-    size_t capacity = 16;
-    while (capacity < 2 * (size_t)most + 2)
+    size_t capacity = 16;  /* at most two thirds full */
+    while (capacity < (size_t)most + (size_t)most / 2 + 2)
         capacity <<= 1;
     table = PyMem_RawCalloc(capacity, sizeof(MergeEntry));
     touched = PyMem_RawMalloc(((size_t)most + 1) * sizeof(uint32_t));

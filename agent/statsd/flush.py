@@ -2,9 +2,10 @@
 
 `Flusher.batch(interval)` turns a finished `Interval` (handed over by `receive.Aggregator.swap`) into one
 `Batch`: counters merged per context, zeros for idle counters (last: `Batch.idle`), the tags of the
-task's containers, and histogram values merged into weights where they repeat (`points`). `Flusher.expired()` says which
-contexts were idle past the TTL; the server passes them back to `Aggregator.expire`, which forgets them
-at its next swap. The server runs this on a worker thread of the event loop.
+task's containers, and histogram values merged into weights where they repeat (`points`).
+`Flusher.expired()` says which contexts were idle past the TTL; the server passes them back to
+`Aggregator.expire`, which forgets them at its next swap. The server runs this on a worker thread of
+the event loop.
 """
 
 from __future__ import annotations

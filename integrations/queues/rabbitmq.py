@@ -13,10 +13,13 @@ user and password unless the management URL carries its own. RabbitMQ has no del
 from __future__ import annotations
 
 import asyncio
+import json
+import math
 import time
 from typing import Any
 from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
+from agent.capped import read_capped
 from agent.redact import basic_auth
 from integrations.queues.base import Broker, ProbeError, QueueURL, Reading
 
@@ -24,6 +27,7 @@ OWN_PARAMS = ("queue", "management")  # the rest (heartbeat, ssl...) are aio-pik
 # Only the fields we read. (`disable_stats=true` would also drop the totals and
 # `head_message_timestamp` from the single-queue endpoint, at least on RabbitMQ 3.10.)
 MANAGEMENT_QUERY = "columns=messages_ready,messages_unacknowledged,consumers,head_message_timestamp"
+MAX_ANSWER = 64 * 1024  # bytes of a management answer: the four columns asked for take about 120
 
 
 def queue_name(url: QueueURL) -> str:
@@ -70,7 +74,15 @@ def reading_of_management(doc: dict[str, Any], now: float) -> Reading:
     ready = doc.get("messages_ready")
     head = doc.get("head_message_timestamp")
     if head is not None:
-        age: float | None = max(0.0, now - float(head))
+        # a time in seconds, or the poll is a gap: `NaN` would be an age of 0, `"1700000000"` or `true`
+        # one of years (a time ahead of this clock is an age of 0)
+        try:
+            stamp = float(head) if isinstance(head, (int, float)) and not isinstance(head, bool) else math.nan
+        except OverflowError:  # an int past any float
+            stamp = math.nan
+        if not math.isfinite(stamp):
+            raise ProbeError("bad_reply", f"head_message_timestamp is {str(head)[:40]!r}: not a time")
+        age: float | None = max(0.0, now - stamp)
     elif ready == 0:
         age = 0.0
     else:
@@ -178,7 +190,12 @@ class ManagementProbe:
                     raise ProbeError("auth", f"management API refused the credentials (HTTP {response.status})")
                 if response.status != 200:
                     raise ProbeError("bad_reply", f"management API answered HTTP {response.status}")
-                doc = await response.json()
+                body = await read_capped(response, MAX_ANSWER, lambda: ProbeError(
+                    "bad_reply", f"the management API's answer is over {MAX_ANSWER} bytes"))
+            try:
+                doc = json.loads(body)
+            except (ValueError, RecursionError) as exc:  # not JSON, or nested past what a parser takes
+                raise ProbeError("bad_reply", f"the management API's answer is not JSON: {str(exc)[:80]}") from None
         except ProbeError:
             raise
         except Exception as exc:

@@ -12,7 +12,7 @@ import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Protocol
-from urllib.parse import SplitResult, parse_qsl, quote, urlencode, urlsplit, urlunsplit
+from urllib.parse import SplitResult, quote, unquote, urlencode, urlsplit, urlunsplit
 
 from agent.config import parse_number, parse_seconds
 from agent.urlmask import is_readable, mask_secrets, mask_url, url_passwords
@@ -107,9 +107,17 @@ class QueueURL:
 
     def client_url(self, keep: Callable[[str], bool] = lambda key: False) -> str:
         """The URL without our parameters, for a client that parses URLs itself (redis, asyncpg)."""
-        query = urlencode([(k, v) for k, v in parse_qsl(self.parts.query, keep_blank_values=True)
+        query = urlencode([(k, v) for k, v in query_params(self.parts.query)
                            if k not in COMMON_PARAMS and keep(k)])
         return urlunsplit(self.parts._replace(query=query, fragment=""))
+
+
+def query_params(query: str) -> list[tuple[str, str]]:
+    """`k=v&k=v` percent-decoded as a URL's query (RFC 3986), not as an HTML form: `+` is a plus (a Redis
+    key `jobs+high`; `parse_qsl` would poll `jobs high`, an absent key that reads as an empty queue), and
+    a space is `%20`."""
+    return [(unquote(key), unquote(value)) for key, _, value in
+            (field.partition("=") for field in query.split("&") if field)]
 
 
 def with_password(parts: SplitResult, password: str) -> SplitResult:
@@ -151,7 +159,7 @@ def _parse_queue_url(url: str, broker_params: frozenset[str], pass_through: bool
         raise ValueError(f"not a valid URL: {exc}") from None
     params: dict[str, str] = {}
     common: dict[str, str] = {}
-    for key, value in parse_qsl(parts.query, keep_blank_values=True):
+    for key, value in query_params(parts.query):
         if "://" in value and not is_readable(value):  # a URL in a parameter (`management=`), decoded
             raise ValueError(f"{key}=: {UNREADABLE}")
         if key in COMMON_PARAMS:

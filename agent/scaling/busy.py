@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from agent.model import Batch, Kind, Points, Tags
 
 CPU_METRIC = "ecs.container.cpu.utilization_percent"
+MAX_TAG_SETS = 100_000  # of one gauge, kept by `Observations` (TASKLENS_STATSD_MAX_CONTEXTS' default)
 
 NAME = r"[A-Za-z_][A-Za-z0-9_.]*"  # a Datadog metric name: no `-`, so `a-b>0` is a difference
 NUMBER = r"-?[0-9]+(?:\.[0-9]+)?"
@@ -151,7 +152,12 @@ def _value(value: float | Points) -> float:
 
 @dataclass
 class Observations:
-    """The latest values of what a rule reads, fed with every batch the hub publishes."""
+    """The latest values of what a rule reads, fed with every batch the hub publishes.
+
+    A gauge keeps the last value of each tag set, but a tag set at 0 adds nothing to the sum and is not
+    kept: a worker that tags its in-progress gauge per job grows nothing once its jobs are done. At most
+    MAX_TAG_SETS tag sets a gauge are kept (the StatsD side holds no more contexts), the first seen
+    forgotten first."""
 
     rule: Rule
     cpu: dict[str, float] = field(default_factory=dict)  # container name -> % of its allocation
@@ -175,7 +181,13 @@ class Observations:
                     continue
                 if s.name in self._counted and s.kind in (Kind.COUNT, Kind.HISTOGRAM, Kind.DISTRIBUTION):
                     self.counts[s.name] = self.counts.get(s.name, 0.0) + value
-                self.gauges.setdefault(s.name, {})[s.tags] = value
+                values = self.gauges.setdefault(s.name, {})
+                if value == 0.0:
+                    values.pop(s.tags, None)
+                    continue
+                if s.tags not in values and len(values) >= MAX_TAG_SETS:
+                    del values[next(iter(values))]
+                values[s.tags] = value
         if cpu:  # an ECS poll that produced no CPU (an outage, a first poll) keeps the last known values
             self.cpu = cpu
 

@@ -168,6 +168,35 @@ def test_gauge_rule_sums_tag_sets_and_keeps_the_last_value() -> None:
     assert not evaluate(rule, seen)[0]  # a NaN is ignored, not busy
 
 
+def test_gauge_tag_sets_of_finished_jobs_are_not_kept() -> None:
+    """A worker that tags its in-progress gauge per job: 150,000 jobs, each 1 for a flush then 0. What
+    the rule keeps is bounded (a tag set at 0 adds nothing to the sum), and the task is not busy."""
+    rule = parse_rule("jobs.in_progress>0")
+    seen = Observations(rule)
+    for job in range(150_000):
+        tags = (("job", str(job)),)
+        seen.observe(Batch("statsd", [Sample("jobs.in_progress", 1.0, Kind.GAUGE, tags)]))
+        seen.observe(Batch("statsd", [Sample("jobs.in_progress", 0.0, Kind.GAUGE, tags)]))
+    assert evaluate(rule, seen) == (False, [])
+    assert len(seen.gauges["jobs.in_progress"]) == 0
+
+
+@given(st.lists(st.tuples(st.integers(0, 5), st.sampled_from([0.0, -0.0, 1.0, 2.0, -1.0, 0.5])), max_size=60),
+       st.sampled_from([">0", ">=0", ">-1", ">1", ">=2"]))
+def test_a_gauge_rule_is_the_sum_of_each_tag_sets_last_value(updates, condition) -> None:
+    """Whatever is forgotten, the rule holds exactly when the sum of the last value of every tag set
+    ever sent does."""
+    rule = parse_rule("jobs.in_progress" + condition)
+    seen = Observations(rule)
+    last: dict[int, float] = {}
+    for tag, value in updates:
+        seen.observe(Batch("statsd", [Sample("jobs.in_progress", value, Kind.GAUGE, (("job", str(tag)),))]))
+        last[tag] = value
+        total = sum(last.values())
+        threshold = float(condition.lstrip(">="))
+        assert evaluate(rule, seen)[0] == (total >= threshold if ">=" in condition else total > threshold)
+
+
 def test_started_minus_finished_counts_since_start() -> None:
     rule = parse_rule("jobs.started - jobs.finished > 0")
     seen = Observations(rule)

@@ -162,6 +162,9 @@ def oom_killed(exit_code: float | None, last_running: Observation, limit_hit: bo
 # --- CPU saturation ------------------------------------------------------------------------------
 
 
+MAX_STEP = 600.0  # seconds between two readings that a run of saturation may span (see `saturation_step`)
+
+
 @dataclass(slots=True)
 class Saturation:
     """A run of readings at or above the threshold, and the seconds spent saturated so far."""
@@ -173,13 +176,17 @@ class Saturation:
 
 
 def saturation_step(state: Saturation, t: float, utilization: float | None, *, threshold: float,
-                    window: float) -> Saturation:
+                    window: float, max_step: float = MAX_STEP) -> Saturation:
     """Advance by one reading. A utilization is the average since the previous reading, so a run
     starts at the previous reading's time. Saturated once the run has lasted `window` seconds;
     `seconds` integrates the saturated state (rate() of it is the share of time saturated). A missing
-    reading ends the run: unknown is never saturated."""
-    if state.last_t is not None and t <= state.last_t:
+    reading ends the run: unknown is never saturated. So does a time that went back, or one more than
+    `max_step` after the previous (a clock stepped, polls that failed for long): a run never spans a
+    hole, and one reading stamped a day ahead neither adds a day nor stops every later reading."""
+    if state.last_t is not None and t == state.last_t:
         return state  # the same sample again (the agent had not refreshed its stats)
+    if state.last_t is not None and not 0.0 < t - state.last_t <= max_step:
+        state = Saturation(None, None, state.seconds, False)
     if utilization is None or utilization < threshold:
         return Saturation(None, t if utilization is not None else None, state.seconds, False)
     since = state.above_since if state.above_since is not None else (state.last_t if state.last_t is not None else t)
@@ -214,14 +221,16 @@ class HealthMonitor:
     def from_config(cls, config: Any, metrics: SelfMetrics | None = None) -> HealthMonitor:
         return cls(memory_window=config.memory_trend_window,
                    saturation_threshold=config.cpu_saturation_threshold,
-                   saturation_window=config.cpu_saturation_window, metrics=metrics)
+                   saturation_window=config.cpu_saturation_window, metrics=metrics,
+                   max_step=max(MAX_STEP, 3 * config.poll_interval))
 
     def __init__(self, *, memory_window: float, saturation_threshold: float, saturation_window: float,
-                 metrics: SelfMetrics | None = None) -> None:
+                 metrics: SelfMetrics | None = None, max_step: float = MAX_STEP) -> None:
         self.metrics = metrics or SelfMetrics()
         self.memory_window = memory_window
         self.saturation_threshold = saturation_threshold
         self.saturation_window = saturation_window
+        self.max_step = max_step  # see `saturation_step`
         self._containers: dict[str, _Container] = {}
         self._task_saturation = Saturation()
         self._throttling_real = False
@@ -265,7 +274,7 @@ class HealthMonitor:
             del self._containers[gone]
         state = self._task_saturation = saturation_step(
             self._task_saturation, poll_time, utilization.get(("ecs.task.cpu.utilization_percent", ())),
-            threshold=self.saturation_threshold, window=self.saturation_window)
+            threshold=self.saturation_threshold, window=self.saturation_window, max_step=self.max_step)
         if state.last_t is not None:
             out.append(Sample("ecs.task.cpu.saturated", 1.0 if state.saturated else 0.0))
             out.append(Sample("ecs.task.cpu.saturated_seconds_total", state.seconds, Kind.COUNTER))
@@ -289,8 +298,11 @@ class HealthMonitor:
             c.restarts += restarts
             c.memory = trend.History(self.memory_window)  # a new process: its memory starts afresh
             c.saturation = Saturation()
-        # the agent refreshes stats every 1-10 s: a `read` already seen is the same sample, not a point
-        if obs.running and obs.working_set is not None and (c.last_running is None or obs.t > c.last_running.t):
+        # the agent refreshes stats every 1-10 s: a `read` already seen is the same sample, not a point; an
+        # earlier one means the clock went back (after a reading stamped ahead): the trend starts afresh
+        if obs.running and c.last_running is not None and obs.t < c.last_running.t:
+            c.memory = trend.History(self.memory_window)
+        if obs.running and obs.working_set is not None and (c.last_running is None or obs.t != c.last_running.t):
             previous = c.last_running.failcnt if c.last_running is not None else None
             if obs.failcnt is not None and previous is not None:
                 c.failcnt_rose = obs.failcnt > previous
@@ -299,8 +311,8 @@ class HealthMonitor:
             c.peak_working_set = max(c.peak_working_set or 0.0, obs.working_set)
         c.last = obs
         if obs.running:
-            c.saturation = saturation_step(c.saturation, obs.t, utilization,
-                                           threshold=self.saturation_threshold, window=self.saturation_window)
+            c.saturation = saturation_step(c.saturation, obs.t, utilization, threshold=self.saturation_threshold,
+                                           window=self.saturation_window, max_step=self.max_step)
 
         out: list[Sample] = []
 

@@ -311,6 +311,25 @@ def test_saturated_seconds_never_exceed_the_time_and_only_grow(steps, threshold,
         previous = state.seconds
 
 
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.one_of(st.floats(0.5, 30), st.floats(-86400, 86400)), st.one_of(st.none(), st.floats(0, 150))),
+                max_size=60), st.floats(1, 100), st.floats(1, 600))
+def test_a_clock_that_jumps_either_way_never_adds_what_did_not_pass(steps, threshold, window):
+    """Readings whose times go back or leap ahead (a stepped clock, a reading stamped a day off): the
+    saturated seconds only grow, and by no more than the steps a run may span (0 to MAX_STEP)."""
+    from agent.health import MAX_STEP
+
+    t, previous, spanned, state = 0.0, 0.0, 0.0, Saturation()
+    for dt, u in steps:
+        if 0.0 < dt <= MAX_STEP:
+            spanned += dt
+        t += dt
+        state = saturation_step(state, t, u, threshold=threshold, window=window)
+        assert previous <= state.seconds <= spanned + 1e-9
+        assert not state.saturated or (u is not None and u >= threshold)
+        previous = state.seconds
+
+
 def test_task_and_container_saturation_from_the_derived_utilization():
     from agent.identity import container_tags
     from agent.model import Sample

@@ -145,6 +145,8 @@ def endpoint_url(agent_uri: str) -> str:
         raise ValueError("expected an http URL with a host, like http://169.254.170.2/api/<id>")
     if url.query_string or url.fragment or url.user is not None:
         raise ValueError("expected no user, query or fragment: the endpoint's path is appended to it")
+    if url.explicit_port == 0:  # (yarl refuses a port past 65535) nothing listens on 0: every request would fail
+        raise ValueError("port 0: expected a port from 1 to 65535")
     try:
         ipaddress.ip_address(host)
     except ValueError:

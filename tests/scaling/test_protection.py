@@ -419,6 +419,7 @@ HOSTILE_URIS = {
     "unicode-host-invalid": "http://\u2100x.example/api/x",
     "unicode-zero-width": "http://a\u200b.example/api/x",
     "port-out-of-range": "http://127.0.0.1:99999/api/x",
+    "port-zero": "http://127.0.0.1:0/api/x",
     "port-not-a-number": "http://127.0.0.1:abc/api/x",
     "no-scheme": "169.254.170.2/api/x",
     "non-http-scheme": "ftp://169.254.170.2/api/x",

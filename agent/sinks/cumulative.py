@@ -70,6 +70,7 @@ class Series:
     start: float  # wall clock: when this stream started (OTLP's start_time_unix_nano)
     source: str = ""
     summed: bool = False  # a sum of StatsD counts from 0: its first value is all increase
+    worker: bool = False  # a worker's (not from a snapshot): its tags cannot replace the task's identity
     cache: object = None  # a sink's encoded form of the labels, built once per series
 
 
@@ -162,7 +163,7 @@ class CumulativeState:
                 if entry is not None:
                     self._ended.append((key, entry))
                 entry = series[key] = Series(kind, Histogram(self.bounds) if is_points else 0.0, now, wall, batch.source,
-                                             summed=s.kind is Kind.COUNT)
+                                             summed=s.kind is Kind.COUNT, worker=True)
             value = s.value
             if isinstance(value, Points):
                 if entry.value.add(value):  # type: ignore[union-attr]

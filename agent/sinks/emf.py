@@ -51,6 +51,9 @@ MAX_METRICS = 100
 MAX_VALUES = 100
 MAX_DIMENSION_VALUE = 1024
 MAX_BYTES = 256 * 1024
+# CloudWatch refuses values "either too small or too large" (PutMetricData's MetricDatum): -2^360 to 2^360
+# now, 8.515920e-109 to 1.174271e+108 in magnitude in earlier text; the narrower range is kept
+SMALLEST, LARGEST = 8.515920e-109, 1.174271e+108
 _UNITS = (("_percent", "Percent"), ("_bytes", "Bytes"), ("_seconds", "Seconds"), ("_total", "Count"))
 
 
@@ -126,6 +129,8 @@ class EmfSink:
                 self._reject("invalid_dimension", f"{pname!r}: {dims}")
             elif not math.isfinite(value):
                 self._reject("non_finite", f"{pname!r}: its increase is {value!r}")
+            elif value and not SMALLEST <= abs(value) <= LARGEST:
+                self._reject("out_of_range", f"{pname!r}: {value!r} is a value CloudWatch refuses")
             else:
                 groups.setdefault(dims, {}).setdefault(pname, []).append(value)
         self._deltas.prune(boundary - 3 * self.interval)

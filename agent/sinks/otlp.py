@@ -27,7 +27,7 @@ import gzip
 import logging
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from agent import __version__
@@ -36,7 +36,7 @@ from agent.urlmask import mask_url
 from agent.hub import Hub
 from agent.identity import Identity
 from agent.logs import RateLimitedLog
-from agent.model import Batch, Kind
+from agent.model import Batch, Kind, Tags
 from agent.sinks.cumulative import CumulativeState, Histogram, Series
 from agent.redact import Redactor, config_secrets
 from agent.sinks.push import Outcome, Payload, Pusher, post
@@ -106,7 +106,7 @@ class OtlpSink:
         self.state = CumulativeState(NAME, hub.metrics, config.histogram_buckets, config.series_ttl, wall=wall)
         self._last: dict[tuple[str, Any], tuple[int, Any]] = {}  # delta mode: previous (time, value) per stream
         self._log = RateLimitedLog(log, interval=60.0)
-        self._resource_keys: frozenset[str] = frozenset()
+        self._resource: tuple[tuple[str, str], ...] = ()  # the identity the attribute templates were made for
         headers = dict(parse_headers(config.otlp_headers))
         headers.update(parse_headers(config.otlp_metrics_headers))
         headers.update({"Content-Type": "application/x-protobuf", "User-Agent": f"tasklens/{__version__}"})
@@ -144,10 +144,11 @@ class OtlpSink:
         now = self.wall()
         now_ns = int(now * 1e9)
         identity = self.hub.identity
-        keys = frozenset(k for k, _ in identity.info_tags)
-        if keys != self._resource_keys:  # the identity grew (the first ECS poll): attributes are rebuilt
-            self._resource_keys = keys
-        resource_keys = self._resource_keys
+        if identity.info_tags != self._resource:  # the identity changed (the first ECS poll): attributes rebuilt
+            self._resource = identity.info_tags
+        made_for = self._resource
+        on_resource = dict(made_for)
+        streams: set[tuple[str, tuple[tuple[str, str], ...]]] = set()  # (instrument, attributes) in this flush
         metrics: dict[str, Any] = {}
         kinds: dict[str, Kind] = {}
         temporalities: dict[str, int] = {}
@@ -167,17 +168,21 @@ class OtlpSink:
             value = series.value
             # the point's attributes are built once per series, into a template copied each flush (5x cheaper)
             cached = series.cache
-            if not isinstance(cached, tuple) or cached[0] is not resource_keys:
+            if not isinstance(cached, tuple) or cached[0] is not made_for:
+                attributes = point_attributes(tags, on_resource)
                 try:
                     template = (m.HistogramDataPoint if isinstance(value, Histogram) else m.NumberDataPoint)(
-                        attributes=[KeyValue(key=k, value=AnyValue(string_value=v or "true"))
-                                    for k, v in tags if k not in resource_keys])
+                        attributes=[KeyValue(key=k, value=AnyValue(string_value=v)) for k, v in attributes])
                 except ValueError:  # text protobuf cannot encode (a lone surrogate): this series alone
                     self.state.reject("invalid_utf8")
                     continue
                 if isinstance(value, Histogram):
                     template.explicit_bounds.extend(value.bounds)
-                cached = series.cache = (resource_keys, template)
+                cached = series.cache = (made_for, template, attributes)
+            if (iname, cached[2]) in streams:  # `a b` and `a_b` with the same tags: one stream, the first keeps it
+                self.state.reject("duplicate_series")
+                continue
+            streams.add((iname, cached[2]))
             metric = metrics.get(iname)
             if metric is None:
                 metric = metrics[iname] = m.Metric(name=iname)
@@ -206,9 +211,12 @@ class OtlpSink:
                 start = int(series.start * 1e9)
                 if delta:
                     start, (counts, total, count) = self._delta(name, tags, now_ns, start, (counts, total, count))
-                metric.histogram.aggregation_temporality = temporality
                 buckets = [round(c) for c in counts]  # uint64: weighted (sampled) counts are rounded per bucket,
-                hp = metric.histogram.data_points.add()  # and the count is their sum, so the two always agree
+                if sum(buckets) >= 2**64:  # and the count is their sum, so the two always agree
+                    self.state.reject("count_overflow")  # (`x:1|h|@1e-20` weighs 1e20): this series alone
+                    continue
+                metric.histogram.aggregation_temporality = temporality
+                hp = metric.histogram.data_points.add()
                 hp.CopyFrom(cached[1])
                 hp.start_time_unix_nano, hp.time_unix_nano = min(start, now_ns), now_ns
                 hp.count, hp.sum = sum(buckets), total
@@ -235,6 +243,8 @@ class OtlpSink:
         chunk: list[Any] = []
         chunk_points = 0
         for metric in metrics.values():
+            if not _points_of(metric):  # each of its points was refused: a metric without data is invalid
+                continue
             chunk.append(metric)
             chunk_points += len(_points_of(metric))
             if chunk_points >= MAX_POINTS_PER_REQUEST:
@@ -301,6 +311,14 @@ class OtlpSink:
     def status(self) -> dict[str, Any]:
         return {"url": mask_url(self.url), "temporality": self.temporality,
                 "series": len(self.state), **self.pusher.status()}
+
+
+def point_attributes(tags: Tags, resource: Mapping[str, str]) -> tuple[tuple[str, str], ...]:
+    """A point's attributes: its own tags, but those the resource carries with the same value (the task's
+    identity, sent once per request). A worker's tag of an identity key with another value (`service:a`)
+    is kept as `exported_<key>`, as on `/metrics`: dropped, two series would be one stream."""
+    return tuple((k if k not in resource else "exported_" + k, v or "true")
+                 for k, v in tags if resource.get(k) != v)
 
 
 def _points_of(metric: Any) -> Any:

@@ -137,10 +137,13 @@ class _Encoded:
     last_ms: int = 0  # the last timestamp sent: the next one must be greater
 
 
-def label_sets(name: str, tags: Tags, series: Series, external: Tags) -> list[list[tuple[str, str]]]:
-    """The sorted label sets of the wire series of one series; ValueError when it cannot be sent."""
+def label_sets(name: str, tags: Tags, series: Series, external: Tags,
+               identity: dict[str, str] | None = None) -> list[list[tuple[str, str]]]:
+    """The sorted label sets of the wire series of one series; ValueError when it cannot be sent.
+    `identity`: the task's identity tags, for a worker's series (a worker's `task_id:x` is
+    `exported_task_id`, as on /metrics: tasks never write into each other's series)."""
     pname = metric_name(name)
-    found = labels_of(tags)
+    found = labels_of(tags, identity if series.worker else None)
     if isinstance(found, str):  # the reason it cannot be sent (the same rules as /metrics)
         raise ValueError(found)
     labels = dict(found.items)
@@ -277,7 +280,7 @@ class RemoteWriteSink:
             return None
         TimeSeries, Label = pb()["TimeSeries"], pb()["Label"]
         try:
-            sets = label_sets(key[0], key[1], series, self.external)
+            sets = label_sets(key[0], key[1], series, self.external, dict(self.hub.identity.tags))
             blocks = [TimeSeries(labels=[Label(name=k, value=v) for k, v in s]).SerializeToString() for s in sets]
         except ValueError as exc:  # a bad label, or text protobuf cannot encode (a lone surrogate)
             known = ("bad_label", "label_conflict", "reserved_label")  # the reasons label_sets gives

@@ -27,7 +27,6 @@ import random
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -99,17 +98,10 @@ def main() -> None:
     if args.worker:
         print(json.dumps(worker(args.lines)))
         return
-    with tempfile.TemporaryDirectory() as tmp:
-        roots = {"this tree": HERE.parent}
-        if args.baseline:
-            sys.path.insert(0, str(HERE.parent))
-            from bench.baseline import export
+    sys.path.insert(0, str(HERE.parent))  # here, not at the top: the workers run other trees
+    from bench.baseline import side_by_side
 
-            roots[f"baseline {args.baseline}"] = export(args.baseline, Path(tmp))
-        results: dict[str, list[dict[str, float]]] = {label: [] for label in roots}
-        for _ in range(args.rounds):
-            for label, root in roots.items():
-                results[label].append(run(root, args.lines))
+    results = side_by_side(args.baseline, args.rounds, lambda root: run(root, args.lines))
     medians = {label: report(label, rs) for label, rs in results.items()}
     if len(medians) == 2:
         now, before = medians.values()

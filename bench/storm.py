@@ -35,7 +35,6 @@ import random
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -177,17 +176,10 @@ def main() -> None:
         if args.worker:
             print(json.dumps(result))
         return
-    with tempfile.TemporaryDirectory() as tmp:
-        roots = {"this tree": HERE.parent}
-        if args.baseline:
-            sys.path.insert(0, str(HERE.parent))  # here, not at the top: the workers run other trees
-            from bench.baseline import export
+    sys.path.insert(0, str(HERE.parent))  # here, not at the top: the workers run other trees
+    from bench.baseline import side_by_side
 
-            roots[f"baseline {args.baseline}"] = export(args.baseline, Path(tmp))
-        results: dict[str, list[dict[str, Any]]] = {label: [] for label in roots}
-        for _ in range(args.rounds):
-            for label, root in roots.items():
-                results[label].append(run(root))
+    results = side_by_side(args.baseline, args.rounds, run)
     medians = {label: report(label, rs) for label, rs in results.items()}
     if len(medians) == 2:
         now, before = medians.values()

@@ -6,10 +6,12 @@ its first 64 KiB and cannot turn a refusal into a retry, and EMF never writes a 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gzip
 import io
 import json
 from dataclasses import replace
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -108,13 +110,31 @@ def test_otlp_never_sends_two_points_with_the_same_attributes_in_one_metric() ->
 
 # -- push sinks: what a store's answer may cost ------------------------------------------------------
 
+@contextlib.asynccontextmanager
+async def pushing(handle: Any, **settings: Any) -> AsyncIterator[Hub]:
+    """A remote_write sink with one point to push, running against a store that answers with `handle`."""
+    from tests.sinks.test_remote_write import make
+
+    app = web.Application()
+    app.router.add_post("/api/v1/write", handle)
+    runner, url = await serve_app(app)
+    sink, hub = make(url + "/api/v1/write", **settings)
+    sink.pusher.backoff_base = sink.pusher.backoff_max = 30.0  # one attempt is enough
+    hub.publish(Batch("statsd", [Sample("jobs.done", 1.0, Kind.COUNT)]))
+    task = asyncio.create_task(sink.run(asyncio.Event()))
+    try:
+        yield hub
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await runner.cleanup()
+
+
 async def test_a_refusal_whose_body_stalls_is_still_a_refusal_not_a_retried_timeout() -> None:
     """docs/export.md: "any other 4xx (400 bad labels, 401/403 credentials, 413 too large) cannot
-    succeed by retrying: it is logged once a minute ... and its samples are counted in
-    points_failed{reason="http_403"}". A store (or a proxy) that sends `400` and then never finishes
-    the body makes push.post time out reading it: the payload is retried as `timeout` forever, at the
-    head of the queue, and everything behind it waits."""
-    from tests.sinks.test_remote_write import make
+    succeed by retrying". A store (or a proxy) that sends `400` and then never finishes the body made
+    push.post time out reading it: the payload was retried as `timeout` for ever, at the head of the
+    queue, and everything behind it waited."""
 
     async def handle(request: web.Request) -> web.StreamResponse:
         await request.read()
@@ -125,32 +145,16 @@ async def test_a_refusal_whose_body_stalls_is_still_a_refusal_not_a_retried_time
         await asyncio.sleep(5)  # the rest does not come within the sink's timeout
         return resp
 
-    app = web.Application()
-    app.router.add_post("/api/v1/write", handle)
-    runner, url = await serve_app(app)
-    try:
-        sink, hub = make(url + "/api/v1/write", remote_write_timeout=0.5)
-        hub.publish(Batch("statsd", [Sample("jobs.done", 1.0, Kind.COUNT)]))
-        stop = asyncio.Event()
-        task = asyncio.create_task(sink.run(stop))
+    async with pushing(handle, remote_write_timeout=0.5) as hub:
         await asyncio.sleep(3.0)
         failed = hub.metrics.get("tasklens.exporter.points_failed", exporter="remote_write", reason="http_400")
         timeouts = hub.metrics.get("tasklens.exporter.submissions", exporter="remote_write", status="timeout")
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
-    finally:
-        await runner.cleanup()
     assert timeouts == 0 and failed > 0, (failed, timeouts)
 
 
 async def test_a_huge_error_body_from_the_store_is_not_read_whole() -> None:
-    """A 503 with a 128 MiB body (a misconfigured URL, a hostile proxy): push.post reads the whole body
-    into memory for every attempt (`await r.read()`, agent/sinks/push.py), so the sidecar's memory is
-    bounded by nothing the store does not choose (measured: +530 MiB RSS with a 256 MiB body). The
-    Datadog sink reads a refusal's body "up to 64 KiB and for at most 2 s" (docs/datadog.md); here the
-    server counts what the client actually took before closing."""
-    from tests.sinks.test_remote_write import make
-
+    """A 503 with a 128 MiB body (a misconfigured URL, a hostile proxy) was read whole on every attempt
+    (+530 MiB RSS with a 256 MiB body). The server counts what the client took before closing."""
     taken: list[int] = []
     chunk = b"x" * (1 << 20)
 
@@ -170,23 +174,11 @@ async def test_a_huge_error_body_from_the_store_is_not_read_whole() -> None:
             taken.append(sent)
         return resp
 
-    app = web.Application()
-    app.router.add_post("/api/v1/write", handle)
-    runner, url = await serve_app(app)
-    try:
-        sink, hub = make(url + "/api/v1/write", remote_write_timeout=5.0)
-        sink.pusher.backoff_base = sink.pusher.backoff_max = 30.0  # one attempt is enough
-        hub.publish(Batch("statsd", [Sample("jobs.done", 1.0, Kind.COUNT)]))
-        stop = asyncio.Event()
-        task = asyncio.create_task(sink.run(stop))
+    async with pushing(handle, remote_write_timeout=5.0):
         for _ in range(100):
             await asyncio.sleep(0.1)
             if taken:
                 break
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
-    finally:
-        await runner.cleanup()
     assert taken and taken[0] <= 16 * len(chunk), f"the client read {taken[0] / 2**20:.0f} MiB of an error body"
 
 

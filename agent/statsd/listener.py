@@ -42,10 +42,10 @@ def set_rcvbuf(sock: socket.socket, size: int) -> int:
 
 def _listener(name: str, sock: socket.socket, rcvbuf: int) -> Listener:
     sock.setblocking(False)
-    granted = set_rcvbuf(sock, rcvbuf)
-    if granted < rcvbuf:
+    granted = set_rcvbuf(sock, rcvbuf)  # Linux doubles what it grants (the double is what it reports)
+    if granted < 2 * rcvbuf:
         log.warning("StatsD %s: receive buffer %d bytes requested, %d granted; raise net.core.rmem_max "
-                    "(sysctl) or give CAP_NET_ADMIN to avoid drops under load", name, rcvbuf, granted)
+                    "(sysctl) or give CAP_NET_ADMIN to avoid drops under load", name, rcvbuf, granted // 2)
     addr = sock.getsockname()
     return Listener(name, sock, granted, os.fstat(sock.fileno()).st_ino,
                     addr if isinstance(addr, str) else (addr[0], addr[1]))
@@ -111,8 +111,11 @@ def open_unix(path: str, rcvbuf: int) -> Listener:
         probe = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         try:
             probe.connect(path)
-        except OSError:
+        except ConnectionRefusedError:
             os.unlink(path)  # nobody is bound to it
+        except OSError as exc:  # bound by a socket of another type (EPROTOTYPE), not ours to look at (EACCES)...
+            raise OSError(exc.errno, f"StatsD socket {path} (TASKLENS_STATSD_SOCKET): in use or not ours to "
+                                     f"replace ({exc.strerror or exc})") from None
         else:
             raise OSError(errno.EADDRINUSE, f"StatsD socket {path} (TASKLENS_STATSD_SOCKET): in use by another process")
         finally:

@@ -4,7 +4,7 @@ From the configuration file:
 
     [[mappings]]
     match = "jobs.*.processed"      # glob: `*` is one dot-free, non-empty part of the name
-    name = "jobs_processed"         # may use $1, ${1} ...
+    name = "jobs_processed"         # may use $1, ${1} ... ($0: the whole name)
     labels = { queue = "$1" }       # optional
     # match_type = "regex"          # optional: `match` is then a Python regex (full match)
 
@@ -58,6 +58,8 @@ def compile_rules(mappings: Sequence[Mapping[str, Any]]) -> tuple[Rule, ...]:
                                                       for k, v in labels.items()):
             raise ConfigError(f"{where}: labels must be a table of strings, e.g. {{ queue = \"$1\" }}")
         if match_type == "glob":
+            if "**" in match:  # two parts with no dot between them: ambiguous, and exponential to match
+                raise ConfigError(f"{where}: `**` in a glob: each `*` is one dot-free part, write `*.*`")
             source = glob_to_regex(match)
         elif match_type == "regex":
             source = match
@@ -77,7 +79,8 @@ def compile_rules(mappings: Sequence[Mapping[str, Any]]) -> tuple[Rule, ...]:
 
 
 def _expand(template: str, groups: Sequence[str]) -> str:
-    return _REF.sub(lambda r: groups[int(r.group(1) or r.group(2)) - 1] or "", template)
+    """`groups`: the whole match, then each group ($0, $1, ...); a group that did not take part is ""."""
+    return _REF.sub(lambda r: groups[int(r.group(1) or r.group(2))] or "", template)
 
 
 def apply(rules: Sequence[Rule], name: str) -> tuple[str, Tags] | None:
@@ -85,6 +88,6 @@ def apply(rules: Sequence[Rule], name: str) -> tuple[str, Tags] | None:
     for rule in rules:
         found = rule.pattern.fullmatch(name)
         if found is not None:
-            groups = found.groups()
+            groups = (found.group(0), *found.groups())
             return _expand(rule.name, groups), tuple((k, _expand(v, groups)) for k, v in rule.labels)
     return None

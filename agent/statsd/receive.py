@@ -32,7 +32,7 @@ from agent.model import Event, ServiceCheck, Tags, merge_tags
 from agent.statsd import mapping, parser
 from agent.statsd.interval import (CONTEXT_COST, COUNTER, DROPPED, ERROR, GAUGE, GAUGE_DELTA, HISTOGRAM, PAIR_COST,
                                    SET, SLOT_CODES, TAG_REF_COST, Context, Interval, Limits, Slot, TagPool,
-                                   item_bytes)
+                                   item_bytes, utf8_len)
 from agent.statsd.parser import (CHECK_PREFIX, EVENT_PREFIX, MAX_DATAGRAM, ParseError, finite,
                                  parse_event, parse_head, parse_service_check, parse_values)
 
@@ -312,7 +312,7 @@ class Aggregator:
                 self._metric(line)
         except ParseError as exc:
             stats.errors[exc.reason] += 1
-        except (ValueError, OverflowError):  # a gap in the parser: this line is lost, never the batch
+        except Exception:  # a gap in the parser or a defect: this line is lost, never the rest of the batch
             stats.errors["malformed_line"] += 1
 
     def _event(self, event: tuple[Event, str], stats: Stats) -> None:
@@ -322,7 +322,7 @@ class Aggregator:
     def _keep(self, kept: list[Any], item: tuple[Event | ServiceCheck, str]) -> None:
         """An event or service check joins the interval within its count and byte limits."""
         iv, limits = self.interval, self.limits
-        size = item_bytes(item[0]) + len(item[1])
+        size = item_bytes(item[0]) + utf8_len(item[1])
         if len(kept) >= limits.events or iv.event_bytes + size > limits.event_bytes:
             raise ParseError("event_limit")
         iv.event_bytes += size
@@ -568,6 +568,8 @@ class Aggregator:
         if gone:
             self.contexts = dict(self.contexts)  # a dict never shrinks by deletion: rebuild it
             self._forget_contexts(gone)
+            if self.shedding:  # the C loop's cap is the number of contexts while shedding: fewer now
+                self._configure_table()
             self._pool.stale = True
             if len(gone) > BURST or len(self._pool.tuples) > 2 * len(self.contexts) + BURST:
                 self._pool.rebuild(self.contexts.values())  # after a storm; or it would only grow

@@ -108,7 +108,7 @@ def make_app(task_path: str | None, stats_path: str | None,
     async def container(request: web.Request) -> web.Response:
         try:
             found = _this_container(json.loads(await task_bytes()), request.match_info["id"])
-        except (OSError, ValueError):
+        except (OSError, ValueError, RecursionError):
             return _error(500, "task metadata is not readable JSON")
         return web.json_response(found) if found else _error(404, "no such container")
 
@@ -116,7 +116,7 @@ def make_app(task_path: str | None, stats_path: str | None,
         try:
             found = _this_container(json.loads(await task_bytes()), request.match_info["id"])
             all_stats = json.loads(await stats_bytes())
-        except (OSError, ValueError):
+        except (OSError, ValueError, RecursionError):
             return _error(500, "metadata is not valid JSON")
         if not found or not isinstance(all_stats, Mapping):
             return _error(404, "no such container")
@@ -143,7 +143,7 @@ def container_id(task_path: str | None) -> str:
     if task_path:
         try:
             found = _this_container(json.loads(Path(task_path).read_bytes()), "")
-        except (OSError, ValueError):
+        except (OSError, ValueError, RecursionError):
             found = None
         if found and found.get("DockerId"):
             return str(found["DockerId"])
@@ -158,8 +158,9 @@ def check_fixtures(task_path: str, stats_path: str) -> None:
             raise ValueError(f"{what} {path}: no such file")
         try:
             json.loads(Path(path).read_bytes())
-        except (OSError, ValueError) as exc:
-            raise ValueError(f"{what} {path}: not readable JSON ({exc})") from None
+        except (OSError, ValueError, RecursionError) as exc:
+            detail = "nested too deep" if isinstance(exc, RecursionError) else str(exc)
+            raise ValueError(f"{what} {path}: not readable JSON ({detail})") from None
 
 
 async def serve(host: str, port: int, task_path: str | None, stats_path: str | None) -> None:

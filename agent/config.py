@@ -521,6 +521,8 @@ class Config:
     # low: a buffer smaller than one flush of the sidecar's own series holds nothing past the newest flush
     datadog_buffer_points: int = setting(2_000_000, parse_positive_int, low=1000, high=100_000_000,
                                          doc="points kept while the intake is down")
+    datadog_buffer_bytes: int = setting(32 * 1024**2, parse_size, low=1024**2, high=2**30,
+                                        doc="bytes of payloads kept while the intake is down")
     datadog_timeout: float = setting(10.0, parse_seconds, low=0.1, high=300)
     dogstatsd_forward: tuple[str, int] | None = setting(None, parse_target,
                                                         doc="forward enriched lines to a DogStatsD agent")

@@ -20,7 +20,8 @@ Delivery guarantees:
   it is no answer about the payload either.
 - Any other 4xx (a bad key: 403; a bad payload: 400, 413) is logged clearly, counted as failed and not
   retried: sending the same request again cannot succeed.
-- The buffer holds at most `datadog_buffer_points` points; past that the oldest payloads are dropped and
+- The buffer holds at most `datadog_buffer_points` points and `datadog_buffer_bytes` bytes of payloads
+  (events and service checks weigh kilobytes a point); past either the oldest payloads are dropped and
   counted (`points_dropped{reason="buffer_full"}`), never those of the newest flush (a flush larger than
   the bound is kept whole, alone). A payload expires with its oldest timestamp (1 h for
   metrics, 10 min for service checks, 18 h for events, less a margin for the request): past that it is
@@ -184,6 +185,7 @@ class DatadogSink:
         # what waits for the intake
         self._buffer: deque[dd.Payload] = deque()
         self._buffered = 0
+        self._buffered_bytes = 0  # of the payloads' bodies: an event is one point of up to ~8 KB
         self._newest: set[int] = set()  # id() of the newest flush's payloads still here: never dropped for space
         self._in_flight: dd.Payload | None = None
         self._wake = asyncio.Event()
@@ -365,6 +367,7 @@ class DatadogSink:
         for payload in payloads:
             self._buffer.append(payload)
             self._buffered += payload.points
+            self._buffered_bytes += len(payload.body)
             produced += payload.points
         self._newest = {id(p) for p in payloads}
         self._count("points_queued", produced)
@@ -373,11 +376,13 @@ class DatadogSink:
         return produced
 
     def _enforce_bound(self) -> None:
-        """Drop the oldest payloads past the bound, never the newest flush's: a flush larger than the
-        bound is kept whole (dropping it as it arrives would lose everything with a healthy intake)."""
-        limit = self.config.datadog_buffer_points
+        """Drop the oldest payloads past the bounds (points, and bytes: events and service checks cost
+        kilobytes a point), never the newest flush's: a flush larger than a bound is kept whole (dropping
+        it as it arrives would lose everything with a healthy intake)."""
+        limit, byte_limit = self.config.datadog_buffer_points, self.config.datadog_buffer_bytes
         in_flight = self._in_flight.points if self._in_flight else 0
-        while self._buffered + in_flight > limit:
+        in_flight_bytes = len(self._in_flight.body) if self._in_flight else 0
+        while self._buffered + in_flight > limit or self._buffered_bytes + in_flight_bytes > byte_limit:
             # the oldest not of the newest flush (one of those may be back at the head for a retry)
             i = next((i for i, p in enumerate(self._buffer) if id(p) not in self._newest), None)
             if i is None:
@@ -385,9 +390,10 @@ class DatadogSink:
             dropped = self._buffer[i]
             del self._buffer[i]
             self._buffered -= dropped.points
+            self._buffered_bytes -= len(dropped.body)
             self._count("points_dropped", dropped.points, "buffer_full")
-            self._log.warning("buffer_full", "datadog: buffer full (%d points): dropped the oldest %d points",
-                              limit, dropped.points)
+            self._log.warning("buffer_full", "datadog: buffer full (%d points or %d bytes): dropped the oldest "
+                              "%d points", limit, byte_limit, dropped.points)
         self.metrics.set("tasklens.exporter.buffer_points", self._buffered, exporter=EXPORTER)
 
     def _count(self, what: str, amount: float, reason: str | None = None) -> None:
@@ -458,7 +464,7 @@ class DatadogSink:
             log.error("datadog: %d points could not be delivered before the %s (last error: %s)",
                       pending, why, self.last_error or "none")
         self._buffer.clear()
-        self._buffered = 0
+        self._buffered = self._buffered_bytes = 0
         self._newest.clear()
         self._in_flight = None
 
@@ -479,6 +485,7 @@ class DatadogSink:
                 continue
             payload = self._buffer.popleft()
             self._buffered -= payload.points
+            self._buffered_bytes -= len(payload.body)
             self._in_flight = payload
             try:
                 await self._deliver(session, payload)
@@ -516,6 +523,7 @@ class DatadogSink:
         self._in_flight = None
         self._buffer.appendleft(payload)
         self._buffered += payload.points
+        self._buffered_bytes += len(payload.body)
         self._enforce_bound()
         self._failures += 1
         self._count("retries", 1)
@@ -569,6 +577,8 @@ class DatadogSink:
             "flush_interval_seconds": self.interval,
             "buffered_points": self._buffered + (self._in_flight.points if self._in_flight else 0),
             "buffer_limit_points": self.config.datadog_buffer_points,
+            "buffered_bytes": self._buffered_bytes,
+            "buffer_limit_bytes": self.config.datadog_buffer_bytes,
             "buffered_payloads": len(self._buffer),
             "points_sent": m.get("tasklens.exporter.points_sent", **labels),
             "points_failed": exporter_total(m, "tasklens.exporter.points_failed"),

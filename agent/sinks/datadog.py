@@ -483,7 +483,7 @@ class DatadogSink:
                 except TimeoutError:
                     pass
                 continue
-            payload = self._buffer.popleft()
+            payload = self._take()
             self._buffered -= payload.points
             self._buffered_bytes -= len(payload.body)
             self._in_flight = payload
@@ -494,6 +494,16 @@ class DatadogSink:
                     self._newest.discard(id(payload))
                 self._in_flight = None
                 self.metrics.set("tasklens.exporter.buffer_points", self._buffered, exporter=EXPORTER)
+
+    def _take(self) -> dd.Payload:
+        """The oldest payload that is not an event, else the oldest event. Events go one a request: a
+        burst of them (one per failed job in an incident) must not hold back the metrics queued after
+        it, which would fall further behind at every flush."""
+        buffer = self._buffer
+        i = next((i for i, p in enumerate(buffer) if p.path != dd.EVENTS_PATH), 0)
+        payload = buffer[i]
+        del buffer[i]
+        return payload
 
     async def _deliver(self, session: aiohttp.ClientSession, payload: dd.Payload) -> None:
         loop = asyncio.get_running_loop()

@@ -33,6 +33,7 @@ MAX_POINTS = 360  # per series: one hour at the default 10 s poll; faster polls 
 TOP_STATSD = 10
 MAX_ERRORS = 20
 WATCHING = 300.0  # seconds after the last page fetch during which StatsD batches are ranked
+SNAPSHOT_REUSE = 1.0  # seconds a snapshot of /status/history is served again
 
 # no external request can leave the page: scripts and styles only inline, fetches only to us
 CSP = ("default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'; "
@@ -280,12 +281,17 @@ def page_html() -> bytes:
 def add_routes(app: web.Application, history: PageHistory, components: Callable[[], dict[str, Any]]) -> None:
     """`GET /` (the page) and `GET /status/history` (its data) on the sidecar's HTTP app."""
     html = page_html()  # read once: the page is static, the data comes from the JSON
+    made: list[tuple[float, str]] = []  # the last snapshot's JSON and when it was made
 
     async def page(request: web.Request) -> web.Response:
         return web.Response(body=html, content_type="text/html", charset="utf-8", headers=HEADERS)
 
     async def data(request: web.Request) -> web.Response:
-        response = web.json_response(history.snapshot(components()), headers=HEADERS, dumps=json_text)
+        # a snapshot is built on the event loop: at most one a second, however many tabs (or clients) ask
+        now = time.monotonic()
+        if not made or now - made[0][0] >= SNAPSHOT_REUSE:
+            made[:] = [(now, json_text(history.snapshot(components())))]
+        response = web.Response(text=made[0][1], content_type="application/json", headers=HEADERS)
         response.enable_compression()  # ~400 KB of JSON at the caps, ~25 KB gzipped
         return response
 

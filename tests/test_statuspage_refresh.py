@@ -38,3 +38,35 @@ async def test_a_long_refresh_interval_does_not_poll_in_a_loop(chromium: Browser
         assert fetches <= 2, f"{fetches} fetches of /status/history in about 2 s with ?refresh={refresh}"
     finally:
         await runner.cleanup()
+
+
+async def test_many_clients_at_once_cost_one_snapshot_a_second():
+    """However many tabs (or scripts) ask at once, the history is snapshotted on the event loop once a
+    second; each of them gets the same, valid JSON."""
+    import aiohttp
+
+    from tests.test_statuspage import strict_json
+
+    page, _ = fed(polls=3)
+    made = 0
+    snapshot = page.snapshot
+
+    def counted(components):
+        nonlocal made
+        made += 1
+        return snapshot(components)
+
+    page.snapshot = counted  # type: ignore[method-assign]
+    runner, url = await serve(page)
+    try:
+        async with aiohttp.ClientSession() as session:
+            async def get() -> str:
+                async with session.get(f"{url}/status/history") as r:
+                    assert r.status == 200 and r.content_type == "application/json"
+                    return await r.text()
+
+            bodies = await asyncio.gather(*(get() for _ in range(50)))
+        assert made == 1 and len(set(bodies)) == 1
+        assert strict_json(bodies[0])["generated_at"]
+    finally:
+        await runner.cleanup()

@@ -67,6 +67,8 @@ def _error(exc: Exception) -> Exception:
         return ProbeError("not_found", text)
     if isinstance(exc, asyncpg.QueryCanceledError):
         return ProbeError("timeout", text)
+    if isinstance(exc, asyncpg.InterfaceError) and "connection" not in text:
+        return ProbeError("query", text)  # asyncpg's own refusal of the query (`$1` without an argument, ...)
     if isinstance(exc, (asyncpg.PostgresConnectionError, asyncpg.InterfaceError, ConnectionError, OSError)):
         return ProbeError("connection", text)
     if isinstance(exc, asyncpg.PostgresError):

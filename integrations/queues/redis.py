@@ -142,10 +142,13 @@ class RedisProbe:
         lag = group.get("lag")  # nil before Redis 7, or after deletions Redis cannot count across
         age: float | None = None
         if lag:
-            first = await r.xrange(self.key, min=next_id(group["last-delivered-id"]), count=1)
+            # undecoded: the entry's fields may be binary (msgpack, protobuf), which a decoding client refuses
+            first = await r.execute_command("XRANGE", self.key, next_id(group["last-delivered-id"]), "+", "COUNT", 1,
+                                            NEVER_DECODE=True)
             if first:
                 seconds, micros = await r.time()
-                age = max(0.0, seconds + micros / 1e6 - stream_id_ms(first[0][0]) / 1000)
+                entry_id = first[0][0].decode("ascii", "replace")
+                age = max(0.0, seconds + micros / 1e6 - stream_id_ms(entry_id) / 1000)
         elif lag == 0:
             age = 0.0
         return Reading(depth=lag, in_flight=group["pending"], consumers=group["consumers"],

@@ -44,6 +44,9 @@ _APP_CHARS = _KEY_CHARS | frozenset(".-")
 # interpreter options that take the next argument as their value
 _OPTIONS_WITH_VALUE = ("-W", "-X", "-Q", "--check-hash-based-pycs")
 MAX_VALUE_LENGTH = 128
+# labels a profile carries: Grafana Pyroscope refuses a series of more than 30 label names (its default
+# max_label_names_per_series), `__name__` and `service_name` among them
+MAX_LABELS = 28
 
 
 def _only(text: str, allowed: frozenset[str]) -> str:
@@ -75,12 +78,15 @@ def labels(tags: Iterable[tuple[str, str]], own: Iterable[tuple[str, str]] = ())
     """(key, value) pairs -> a dict of valid labels; the first of two keys that collide wins.
 
     `own` are the process's own labels (`container_name`, `process`): they win over task tags of the
-    same name (`TASKLENS_TAGS=process:x` must not merge every process's profiles into one)."""
+    same name (`TASKLENS_TAGS=process:x` must not merge every process's profiles into one). At most
+    MAX_LABELS in all: the own labels, then the tags in order (the task's identity before
+    `TASKLENS_TAGS`); past that a server refuses every profile."""
     out: dict[str, str] = {}
     mine = labels(own) if own else {}
+    room = MAX_LABELS - len(mine)
     for key, value in tags:
         name = label_key(key)
-        if name and name not in out and name not in mine:
+        if name and name not in out and name not in mine and len(out) < room:
             out[name] = label_value(value)
     out.update(mine)
     return out

@@ -188,3 +188,23 @@ def test_bootstrap_labels_its_own_process_whatever_the_task_tags_say(monkeypatch
     # without metadata the container is unknown: the task tag stays, the process is still its own
     _, labels = site.resolve_labels(OWN_TAGS)
     assert (labels["process"], labels["container_name"]) == ("worker.py", "y")
+
+
+@pytest.mark.parametrize("extra", [0, 19, 20, 25, 100])
+def test_a_profile_never_carries_more_labels_than_pyroscope_takes(extra: int) -> None:
+    """TASKLENS_TAGS takes up to 100 tags; Grafana Pyroscope refuses a series of more than 30 label names
+    (`__name__` and `service_name` among them), so with 25 extra tags every profile was refused. The
+    process's own labels and the task's identity are kept first; the last extra tags are left out."""
+    from integrations.profilers.ingest import profile_name
+    from tests.integrations.profilers.pyroscope_fake import parse_key
+    from tests.integrations.profilers.support import task_json
+
+    tags = ",".join(f"t{i}:v{i}" for i in range(extra))
+    identity = task_identity(load({"TASKLENS_TAGS": tags} if tags else {}), task_json(), {})
+    own = [("container_name", "worker"), ("process", "worker.py")]
+    labels = site.labels([kv for kv in identity.tags if kv[0] != "service"], own)
+    _, _, parsed = parse_key(profile_name(identity.service, labels))  # raises past the server's limit
+    assert parsed["process"] == "worker.py" and parsed["container_name"] == "worker"
+    assert parsed["task_id"] == dict(identity.tags)["task_id"]
+    kept = [i for i in range(extra) if f"t{i}" in parsed]
+    assert kept == list(range(len(kept)))  # the first extra tags, in order

@@ -38,6 +38,7 @@ MAX_SPIES = 4  # py-spy runs at once; more processes take turns window by window
 SCAN_INTERVAL = 5.0  # at most, seconds between process scans: how soon a new process is picked up
 PUSH_TIMEOUT = 10.0
 INTERRUPT_GRACE = 5.0  # seconds py-spy gets to write what it has after SIGINT
+OVERRUN = 10.0  # seconds past its window after which a py-spy run is interrupted (see `_record`)
 DENIED_RETRY = 300.0  # a permission does not come back by itself: retry rarely
 EMPTY_SCANS_BEFORE_HINT = 3
 
@@ -230,7 +231,8 @@ class PySpyProfiler:
             self._count_processes()
 
     async def _record(self, pid: int, stop: asyncio.Event) -> tuple[int, str, str]:
-        """One py-spy window: (exit status, stderr, raw folded output). Stop ends it early."""
+        """One py-spy window: (exit status, stderr, raw folded output). Stop ends it early; so does a run
+        past its window and OVERRUN (stuck on a process, a defect): it held one of the slots for ever."""
         read_end, write_end = os.pipe()
         try:
             proc = await self._spawn(pid, write_end)
@@ -244,8 +246,9 @@ class PySpyProfiler:
         done = asyncio.ensure_future(proc.communicate())
         try:
             stopped = asyncio.ensure_future(stop.wait())
-            await asyncio.wait({done, stopped}, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait({done, stopped}, timeout=self._duration + OVERRUN, return_when=asyncio.FIRST_COMPLETED)
             stopped.cancel()
+            overran = not done.done() and not stop.is_set()
             if not done.done():
                 proc.send_signal(signal.SIGINT)  # py-spy then writes the samples it has
                 try:
@@ -254,6 +257,8 @@ class PySpyProfiler:
                     proc.kill()
             _, err = await done
             out = await output
+            if overran and proc.returncode:
+                err += f"\npy-spy did not end within its {self._duration} s window: interrupted".encode()
         finally:
             if proc.returncode is None:
                 proc.kill()

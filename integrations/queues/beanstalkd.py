@@ -2,8 +2,12 @@
 
     beanstalk://host:11300/<tube>        (also beanstalkd://; no tube means `default`)
 
-greenstalk is a blocking client, so each poll runs in a worker thread on a socket with a timeout:
-a dead broker cannot hang the thread past the poll timeout. `peek-ready` returns the job the next
+greenstalk is a blocking client, so each poll runs in a worker thread on a socket with a timeout. A
+socket timeout bounds each read, not a reply: a peer that keeps sending bytes without a line end would
+hold the thread (and the connection's lock) for ever, and each later poll would park one more thread
+of the event loop's executor, which other parts of the sidecar share. So a poll that times out shuts
+the socket down (the thread's read ends at once), and a thread waits for the lock no longer than a
+poll may last. `peek-ready` returns the job the next
 `reserve` would get (highest priority first, then oldest), so with mixed priorities its age is that
 job's age, not necessarily the oldest ready job's.
 """
@@ -54,16 +58,19 @@ class BeanstalkdProbe:
         self.tube = tube_of(url)
         self.address = (url.parts.hostname or "127.0.0.1", url.parts.port or DEFAULT_PORT)
         self._client: Any = None
+        self._sock: socket.socket | None = None
         self._lock = threading.Lock()  # a timed-out poll's thread may still hold the client
 
     def _read_sync(self) -> Reading:
         import greenstalk
 
-        with self._lock:
+        if not self._lock.acquire(timeout=self.url.poll_timeout):
+            raise ProbeError("timeout", "the last poll's connection is still busy")
+        try:
             try:
                 if self._client is None:
-                    sock = socket.create_connection(self.address, timeout=self.url.poll_timeout)
-                    self._client = greenstalk.Client(sock, encoding=None, use=self.tube, watch=PROBE_TUBE)
+                    self._sock = socket.create_connection(self.address, timeout=self.url.poll_timeout)
+                    self._client = greenstalk.Client(self._sock, encoding=None, use=self.tube, watch=PROBE_TUBE)
                 stats = self._client.stats_tube(self.tube)
                 age: float | None = 0.0
                 if stats["current-jobs-ready"]:
@@ -75,15 +82,34 @@ class BeanstalkdProbe:
                 return reading_of(stats, age)
             except Exception as exc:
                 raise _error(exc) from exc
+        finally:
+            self._lock.release()
 
     def _close_sync(self) -> None:
-        with self._lock:
-            client, self._client = self._client, None
+        if not self._lock.acquire(timeout=self.url.poll_timeout):
+            self._abort()  # still busy: its thread ends at once, and the next poll connects anew
+            return
+        try:
+            client, self._client, self._sock = self._client, None, None
             if client is not None:
                 client.close()
+        finally:
+            self._lock.release()
+
+    def _abort(self) -> None:
+        sock = self._sock
+        if sock is not None:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
 
     async def read(self) -> Reading:
-        return await asyncio.to_thread(self._read_sync)
+        try:
+            return await asyncio.to_thread(self._read_sync)
+        except asyncio.CancelledError:  # the poll timed out (or the sidecar stops): end the thread's read
+            self._abort()
+            raise
 
     async def close(self) -> None:
         await asyncio.to_thread(self._close_sync)

@@ -470,7 +470,8 @@ def test_check_shows_the_agent_uri_warning() -> None:
     assert "ECS_AGENT_URI=" in check.stderr
 
 
-UNREQUESTABLE = {k: v for k, v in HOSTILE_URIS.items() if k not in ("space-in-host", "query")}  # these go out
+# these go out: a request to them fails otherwise (port 0: a refused connection)
+UNREQUESTABLE = {k: v for k, v in HOSTILE_URIS.items() if k not in ("space-in-host", "query", "port-zero")}
 
 
 @pytest.mark.parametrize("url", [u + "/task-protection/v1/state" for u in UNREQUESTABLE.values()],

@@ -67,10 +67,11 @@ async def test_management_api_adds_unacked_and_age(config, hub, exported, channe
     await fill(channel, unique, ready=5, unacked=2, enqueued_at=two_minutes_ago)
     source = QueueSource(config, hub, f"{AMQP}%2F?queue={unique}&management={rabbitmq_management}", clock=clock)
 
-    async def complete():  # the API's numbers refresh every few seconds
+    async def complete():  # the API's numbers refresh every few seconds, the head's timestamp with them or later
         assert await source.poll(), source.last_error
         values = exported.queue(unique)
         assert values.get("depth") == 5.0 and values.get("in_flight") == 2.0, values
+        assert "oldest_age_seconds" in values, values
         return values
 
     values = await eventually(complete, timeout=30)

@@ -91,8 +91,10 @@ class QueueSource:
         self.timeout = parsed.poll_timeout
         self.threshold = parsed.threshold if parsed.threshold is not None else config.queue_backlog_threshold
         self.history = History(parsed.window or config.queue_trend_window)
-        self.backlog = BacklogTracker(self.queue_type, config.scaling_smoothing_window,
-                                      config.scaling_consumers_per_task, config.scaling_hold)  # docs/scaling.md
+        # the smoothing window holds at least 2.5 polls: with polls 60 s apart (+-10%) a 60 s window holds
+        # one reading, which proves nothing, and the policy's metric would vanish (docs/scaling.md)
+        window = max(config.scaling_smoothing_window, 2.5 * self.interval)
+        self.backlog = BacklogTracker(self.queue_type, window, config.scaling_consumers_per_task, config.scaling_hold)
         self.tags = (("queue", queue), ("queue_type", self.queue_type))
         hub.metrics.declare("tasklens.queue.poll_errors", POLL_ERRORS, queue=queue)
         self.clock, self.wall = clock, wall

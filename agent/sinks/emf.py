@@ -105,8 +105,9 @@ class EmfSink:
 
     # -- one emission --------------------------------------------------------------------------------
 
-    def documents(self, boundary: float) -> list[dict[str, Any]]:
-        """The EMF documents for the interval that ended at `boundary` (wall clock, seconds)."""
+    def documents(self, boundary: float, since: float | None = None) -> list[dict[str, Any]]:
+        """The EMF documents for the interval from `since` (one interval before, by default) to `boundary`
+        (wall clock, seconds)."""
         self.state.accept(Batch("tasklens:pull", self.hub.pull(), snapshot=True))
         self.state.expire()
         self.state.take_ended()
@@ -134,8 +135,10 @@ class EmfSink:
             else:
                 groups.setdefault(dims, {}).setdefault(pname, []).append(value)
         self._deltas.prune(boundary - 3 * self.interval)
-        # explicitly inside the period the values describe (its middle), never on the next boundary
-        timestamp = int((boundary - self.interval / 2) * 1000)
+        # explicitly inside the period the values describe (its middle), never on the next boundary: the
+        # final record, a moment after a regular one, lands in its own minute (one heartbeat a minute)
+        start = boundary - self.interval if since is None else since
+        timestamp = int((start + boundary) / 2 * 1000)
         docs: list[dict[str, Any]] = []
         for dims, by_name in groups.items():
             docs += self._split(timestamp, dims, by_name)
@@ -205,9 +208,9 @@ class EmfSink:
         half = len(chunk) // 2
         return self._fit(timestamp, dims, chunk[:half]) + self._fit(timestamp, dims, chunk[half:])
 
-    def render(self, boundary: float) -> tuple[str, int, int]:
+    def render(self, boundary: float, since: float | None = None) -> tuple[str, int, int]:
         """(the JSON lines, records, metrics) for the interval that ended at `boundary`."""
-        docs = self.documents(boundary)
+        docs = self.documents(boundary, since)
         lines = "".join(json.dumps(d, separators=(",", ":"), allow_nan=False) + "\n" for d in docs)
         return lines, len(docs), sum(len(d["_aws"]["CloudWatchMetrics"][0]["Metrics"]) for d in docs)
 
@@ -230,14 +233,20 @@ class EmfSink:
 
     async def run(self, stop: asyncio.Event) -> None:
         due = next_tick(self.wall(), self.interval)
+        last: float | None = None  # the boundary of the last regular record
         while True:
             try:
                 await asyncio.wait_for(stop.wait(), timeout=max(0.0, due - self.wall()))
             except TimeoutError:
                 pass
             offset = min(1.0, self.interval / 10)
-            # the boundary the values belong to: the tick less its offset (or now, for the final record)
-            rendered = self.render(due - offset if not stop.is_set() else self.wall())
+            # the boundary the values belong to: the tick less its offset (or now, for the final record,
+            # which covers what came since the last one)
+            if stop.is_set():
+                rendered = self.render(self.wall(), since=last)
+            else:
+                last = due - offset
+                rendered = self.render(last)
             # in a thread: with the awslogs driver's default blocking mode a slow log stream blocks writes
             # to stdout, which must never stall the event loop (StatsD, the other sinks)
             await asyncio.to_thread(self.write, *rendered)

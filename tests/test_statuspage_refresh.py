@@ -16,26 +16,31 @@ import pytest
 from tests.test_statuspage import Browser, browser, chromium, fed, serve, wait_js  # noqa: F401 - fixture
 
 
-@browser
-@pytest.mark.parametrize("refresh", ["3000000", "Infinity"])  # ~35 days ("never, really"), and infinity
-async def test_a_long_refresh_interval_does_not_poll_in_a_loop(chromium: Browser, refresh: str):  # noqa: F811
+def counted_page() -> tuple[object, list[int]]:
+    """A fed history whose snapshots are counted (in the list's one item)."""
     page, _ = fed(polls=3)
-    fetches = 0
+    made = [0]
     snapshot = page.snapshot
 
     def counted(components):
-        nonlocal fetches
-        fetches += 1
+        made[0] += 1
         return snapshot(components)
 
     page.snapshot = counted  # type: ignore[method-assign]
+    return page, made
+
+
+@browser
+@pytest.mark.parametrize("refresh", ["3000000", "Infinity"])  # ~35 days ("never, really"), and infinity
+async def test_a_long_refresh_interval_does_not_poll_in_a_loop(chromium: Browser, refresh: str):  # noqa: F811
+    page, made = counted_page()
     runner, url = await serve(page)
     try:
         await asyncio.to_thread(chromium.driver.get, f"{url}/?refresh={refresh}")
         await wait_js(chromium, "return document.body.dataset.updated", "the first render")
         await asyncio.sleep(2.0)
         # the first render, then the next one in 35 days (or never): not one every few milliseconds
-        assert fetches <= 2, f"{fetches} fetches of /status/history in about 2 s with ?refresh={refresh}"
+        assert made[0] <= 2, f"{made[0]} fetches of /status/history in about 2 s with ?refresh={refresh}"
     finally:
         await runner.cleanup()
 
@@ -47,16 +52,7 @@ async def test_many_clients_at_once_cost_one_snapshot_a_second():
 
     from tests.test_statuspage import strict_json
 
-    page, _ = fed(polls=3)
-    made = 0
-    snapshot = page.snapshot
-
-    def counted(components):
-        nonlocal made
-        made += 1
-        return snapshot(components)
-
-    page.snapshot = counted  # type: ignore[method-assign]
+    page, made = counted_page()
     runner, url = await serve(page)
     try:
         async with aiohttp.ClientSession() as session:
@@ -66,7 +62,7 @@ async def test_many_clients_at_once_cost_one_snapshot_a_second():
                     return await r.text()
 
             bodies = await asyncio.gather(*(get() for _ in range(50)))
-        assert made == 1 and len(set(bodies)) == 1
+        assert made[0] == 1 and len(set(bodies)) == 1
         assert strict_json(bodies[0])["generated_at"]
     finally:
         await runner.cleanup()

@@ -57,7 +57,8 @@ class Runtime:
         self.metrics = SelfMetrics()
         self.hub = Hub(identity, self.metrics)
         self.prometheus = PrometheusSink(self.metrics, pull=self.hub.pull, ttl=config.series_ttl,
-                                         buckets=config.histogram_buckets, identity=lambda: self.hub.identity.tags)
+                                         buckets=config.histogram_buckets, identity=lambda: self.hub.identity.tags,
+                                         counter_ttl=config.statsd_context_ttl)
         self.sources: list[Component] = []
         self.sinks: list[Sink] = [self.prometheus]
         self.http_addresses: list[tuple[str, int]] = []

@@ -10,8 +10,9 @@ names reach /metrics").
 Names: every character outside `[a-zA-Z0-9_]` becomes `_`. Counters (cumulative sources and StatsD
 counts, summed since start) are exported as `<name>_total`; StatsD histograms, timers (converted to
 seconds, as statsd_exporter does) and distributions as Prometheus histograms. Series of a snapshot
-source are replaced by each snapshot; other series expire after the TTL, which for a StatsD counter
-runs from its last count: the zeros of idle counters (`Batch.idle`) are skipped.
+source are replaced by each snapshot; other series expire after the TTL. The zeros of idle StatsD
+counters (`Batch.idle`) are skipped, since they change no total; a counter series lives as long as its
+zeros would have kept it (`counter_ttl`).
 """
 
 from __future__ import annotations
@@ -159,8 +160,12 @@ class PrometheusSink:
     def __init__(self, metrics: SelfMetrics, pull: Callable[[], list[Sample]] = list,
                  ttl: float = 300.0, buckets: Iterable[float] = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
                  clock: Callable[[], float] = time.monotonic, identity: Callable[[], Tags] = tuple,
-                 max_label_bytes: int = MAX_LABEL_BYTES) -> None:
+                 max_label_bytes: int = MAX_LABEL_BYTES, counter_ttl: float = 0.0) -> None:
         self.metrics = metrics
+        # how long after its last count the StatsD flusher still sends an idle counter's zero
+        # (TASKLENS_STATSD_CONTEXT_TTL): the zeros are skipped (`Batch.idle`), so a counter series lives
+        # that much longer than `ttl` from its last count, as if each zero had updated it
+        self.counter_ttl = counter_ttl
         self.pull = pull
         self.identity = identity
         self.ttl = ttl
@@ -363,11 +368,13 @@ class PrometheusSink:
     def _expire(self, tag_sets: list[Tags], cutoff: float) -> int:
         expired = 0
         buckets = len(self.buckets)
+        counters_cutoff = cutoff - self.counter_ttl  # see `counter_ttl`
         for tags in tag_sets:
             inner = self._by_tags.get(tags)
             if inner is None:
                 continue
-            stale = [name for name, entry in inner.items() if entry.updated < cutoff]
+            stale = [name for name, entry in inner.items()
+                     if entry.updated < (counters_cutoff if entry.kind is Kind.COUNTER else cutoff)]
             for name in stale:
                 entry = inner.pop(name)
                 family = self._families[entry.family]

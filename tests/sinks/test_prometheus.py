@@ -202,11 +202,12 @@ def test_identity_labels_keep_the_tasks_values_and_reserved_labels_are_exported(
     assert got[("h", (("service", "orders"), ("task_id", "abc"), ("team_name", "core")))] == 2.0
 
 
-def test_an_idle_counter_keeps_its_total_and_its_ttl_runs_from_its_last_count() -> None:
-    """The flusher sends the zeros of idle counters (a sink of intervals needs them); the Prometheus sink
-    skips them (`Batch.idle`): they change no total, and the series leaves at the TTL after its last
-    count, not after the flusher's last zero. Through the real flusher, over the hub, with a sink of
-    intervals beside it that receives every zero."""
+def test_an_idle_counter_keeps_its_total_as_long_as_its_zeros_would_keep_it() -> None:
+    """The flusher sends the zeros of idle counters until its TTL (a sink of intervals needs them); the
+    Prometheus sink skips them (`Batch.idle`: they change no total), and keeps the series as long as
+    the zeros would have: the sink's TTL after the last one (`counter_ttl`). A counter idle for longer
+    than the sink's TTL but within the flusher's comes back to its total, not to a reset. Through the
+    real flusher, over the hub, with a sink of intervals beside it that receives every zero."""
     from agent.statsd.flush import Flusher
     from agent.statsd.receive import Aggregator
 
@@ -219,20 +220,42 @@ def test_an_idle_counter_keeps_its_total_and_its_ttl_runs_from_its_last_count() 
         def accept(self, batch: Batch) -> None:
             self.got.append([(s.name, s.value) for s in batch.samples])
 
-    hub, sink, clock = make()
+    hub, sink, clock = make()  # the sink's TTL: 60 s
+    sink.counter_ttl = 30.0
     intervals = Intervals()
     hub.add_sink(intervals)  # type: ignore[arg-type]
-    agg, flusher = Aggregator(), Flusher(10.0, ttl=300.0)
-    agg.ingest(b"jobs:3|c\nbusy:1|c")
+    agg, flusher = Aggregator(), Flusher(10.0, ttl=30.0)  # zeros for 30 s after a count
     labels = (("service", "orders"), ("task_id", "abc"))
-    for step in range(7):  # `busy` counts every interval, `jobs` only in the first (the sink's TTL: 60 s)
+    start = clock.now
+    agg.ingest(b"jobs:3|c")
+    for step in range(10):  # one flush every 10 s; `busy` counts in each, `jobs` at 0 s only
+        agg.ingest(b"busy:1|c")
         hub.deliver(flusher.batch(agg.swap(), now=clock.now, base=hub.identity.tags))
-        assert intervals.got[-1] == ([("jobs", 3.0), ("busy", 1.0)] if step == 0 else [("busy", 1.0), ("jobs", 0.0)])
+        jobs = [v for n, v in intervals.got[-1] if n == "jobs"]
+        assert jobs == ([3.0] if step == 0 else [0.0] if step <= 3 else []), (step, intervals.got[-1])
         got = scrape(sink)
         assert got[("jobs_total", labels)] == 3.0 and got[("busy_total", labels)] == step + 1.0
-        assert sink.expire() == 0
+        assert sink.expire() == 0  # up to 90 s: the last zero (30 s) and the sink's TTL (60 s)
         clock.now += 10
-        agg.ingest(b"busy:1|c")
-    clock.now -= 9  # 61 s after the last count of `jobs`, 1 s after its last zero
+    clock.now = start + 91
     assert sink.expire() == 1
     assert ("jobs_total", labels) not in scrape(sink) and ("busy_total", labels) in scrape(sink)
+
+
+def test_a_counter_back_within_its_zeros_continues_its_total() -> None:
+    from agent.statsd.flush import Flusher
+    from agent.statsd.receive import Aggregator
+
+    hub, sink, clock = make()  # the sink's TTL: 60 s
+    sink.counter_ttl = 300.0
+    agg, flusher = Aggregator(), Flusher(10.0, ttl=300.0)
+    labels = (("service", "orders"), ("task_id", "abc"))
+    agg.ingest(b"jobs:3|c")
+    hub.deliver(flusher.batch(agg.swap(), now=clock.now, base=hub.identity.tags))
+    for _ in range(12):  # two minutes idle: past the sink's TTL, within the flusher's zeros
+        clock.now += 10
+        hub.deliver(flusher.batch(agg.swap(), now=clock.now, base=hub.identity.tags))
+        assert sink.expire() == 0
+    agg.ingest(b"jobs:1|c")
+    hub.deliver(flusher.batch(agg.swap(), now=clock.now, base=hub.identity.tags))
+    assert scrape(sink)[("jobs_total", labels)] == 4.0  # not a reset to 1

@@ -1,7 +1,11 @@
-"""A peer's whole response body, refused as soon as it passes a limit (the ECS metadata endpoint, the ECS
-agent's task-protection answers): a broken or hostile endpoint never makes the sidecar hold more."""
+"""A peer's response body within a bound: whole, refused as soon as it passes a limit (the ECS metadata
+endpoint, the ECS agent's task-protection answers: `read_capped`), or only its start, for a while (an
+exporter's answer, which its status has decided: `read_at_most`). A broken or hostile endpoint never
+makes the sidecar hold more."""
 
 from __future__ import annotations
+
+import asyncio
 
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -25,4 +29,27 @@ async def read_capped(response: aiohttp.ClientResponse, limit: int, too_large: C
             chunks.clear()
             raise too_large()
         chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def read_at_most(response: aiohttp.ClientResponse, limit: int, seconds: float) -> bytes:
+    """The start of a response body, without holding more than `limit` bytes of a hostile one.
+
+    Best effort: what arrived within `seconds` (or before the request's own timeout, or before the
+    connection broke). Never raises: the caller has its answer in the status already.
+    """
+    import aiohttp
+
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        async with asyncio.timeout(seconds):
+            while size < limit:
+                chunk = await response.content.read(limit - size)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+                size += len(chunk)
+    except (TimeoutError, aiohttp.ClientError, OSError):
+        pass
     return b"".join(chunks)

@@ -47,6 +47,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
 from agent import __version__, heavy
+from agent.capped import read_at_most
 from agent.config import Config
 from agent.urlmask import mask_url
 from agent.hub import Hub
@@ -555,7 +556,7 @@ class DatadogSink:
             code = response.status
             # the status decides from here on: a refusal's body is read for the log only, best effort
             final = 400 <= code < 500 and code not in RETRYABLE  # a 3xx, 5xx, 408, 429: tried again
-            body = await _read_at_most(response, ERROR_BODY_LIMIT, min(ERROR_BODY_SECONDS, timeout)) if final else b""
+            body = await read_at_most(response, ERROR_BODY_LIMIT, min(ERROR_BODY_SECONDS, timeout)) if final else b""
         self.metrics.inc("tasklens.exporter.submissions", exporter=EXPORTER, status=str(code))
         if 200 <= code < 300:
             return "ok"
@@ -606,28 +607,6 @@ def exporter_total(metrics: SelfMetrics, name: str, exporter: str = EXPORTER) ->
     return math.fsum(s.value for s in metrics.samples()  # type: ignore[misc]
                      if s.name == name and ("exporter", exporter) in s.tags)
 
-
-async def _read_at_most(response: aiohttp.ClientResponse, limit: int, seconds: float) -> bytes:
-    """The start of a response body, without holding more than `limit` bytes of a hostile one.
-
-    Best effort: what arrived within `seconds` (or before the request's own timeout, or before the
-    connection broke). Never raises: the caller has its answer in the status already.
-    """
-    import aiohttp
-
-    chunks: list[bytes] = []
-    size = 0
-    try:
-        async with asyncio.timeout(seconds):
-            while size < limit:
-                chunk = await response.content.read(limit - size)
-                if not chunk:
-                    break
-                chunks.append(chunk)
-                size += len(chunk)
-    except (TimeoutError, aiohttp.ClientError, OSError):
-        pass
-    return b"".join(chunks)
 
 
 def rejected_total(metrics: SelfMetrics, sink: str = EXPORTER) -> float:

@@ -32,6 +32,7 @@ from collections.abc import Awaitable, Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from agent.capped import read_at_most
 from agent.logs import RateLimitedLog
 from agent.selfmetrics import SelfMetrics
 
@@ -42,7 +43,9 @@ log = logging.getLogger("tasklens.push")
 
 RETRYABLE = frozenset({408, 429})
 MAX_RETRY_AFTER = 300.0  # a server asking for more than five minutes is capped: the queue keeps filling
-BODY_BYTES, BODY_SECONDS = 64 * 1024, 2.0  # of an answer's body, read at most (see `_head_of_body`)
+# of an answer's body, read at most: a store that sends a huge body or never finishes one costs neither
+# memory nor a retry (`400` and a stalled body is a refusal, not a timeout)
+BODY_BYTES, BODY_SECONDS = 64 * 1024, 2.0
 
 
 @dataclass(slots=True)
@@ -110,7 +113,7 @@ async def post(session: aiohttp.ClientSession, url: str, payload: Payload, timeo
         # no redirects: credentials in headers must never follow a redirect to another host
         async with session.post(url, data=payload.body, headers={**payload.headers, **(headers or {})},
                                 allow_redirects=False, timeout=aiohttp.ClientTimeout(total=timeout)) as r:
-            body = await _head_of_body(r)
+            body = await read_at_most(r, BODY_BYTES, BODY_SECONDS)  # the status decides; the body says more
             outcome = classify(r.status, r.headers, body, retryable)
         if outcome.kind == "ok" and on_ok is not None:
             on_ok(body)
@@ -119,31 +122,6 @@ async def post(session: aiohttp.ClientSession, url: str, payload: Payload, timeo
         return Outcome("retry", "timeout")
     except (aiohttp.ClientError, OSError) as exc:
         return Outcome("retry", "connection", detail=type(exc).__name__)
-
-
-async def _head_of_body(response: aiohttp.ClientResponse) -> bytes:
-    """The first BODY_BYTES of an answer, read for at most BODY_SECONDS: the status decides what happened,
-    the body only says more (a refusal's text for the log, OTLP's partial success). A store that sends a
-    huge body or never finishes one costs neither memory nor a retry: `400` and a stalled body is a
-    refusal, not a timeout."""
-    import aiohttp
-
-    chunks: list[bytes] = []
-    size = 0
-
-    async def read() -> None:
-        nonlocal size
-        async for chunk in response.content.iter_chunked(16 * 1024):
-            chunks.append(chunk[:BODY_BYTES - size])
-            size += len(chunks[-1])
-            if size >= BODY_BYTES:
-                return
-
-    try:
-        await asyncio.wait_for(read(), BODY_SECONDS)
-    except (TimeoutError, aiohttp.ClientError, OSError):
-        pass  # what came is enough to say more
-    return b"".join(chunks)
 
 
 def next_tick(after: float, interval: float) -> float:

@@ -2,7 +2,8 @@
 
 `Flusher.batch(interval)` turns a finished `Interval` (handed over by `receive.Aggregator.swap`) into one
 `Batch`: counters merged per context, zeros for idle counters (last: `Batch.idle`), the tags of the
-task's containers, and histogram values merged into weights where they repeat (`points`).
+task's containers, histogram values merged into weights where they repeat (`points`), and one sample
+per series where contexts resolve to the same one (`one_per_series`).
 `Flusher.expired()` says which contexts were idle past the TTL; the server passes them back to
 `Aggregator.expire`, which forgets them at its next swap. The server runs this on a worker thread of
 the event loop.
@@ -43,10 +44,19 @@ class Flusher:
         self._counters_seen: dict[Context, float] = {}
         # An idle counter is exported as 0 until its TTL: the same Sample every flush, made once when it
         # goes idle (again when the containers' tags or the interval change), so that a flush costs what
-        # changed, not what sits idle (100,000 idle counters: see docs/statsd.md, "Measured")
-        self._zeros: dict[Context, Sample] = {}
+        # changed, not what sits idle (100,000 idle counters: see docs/statsd.md, "Measured"). One zero
+        # per series (`series_key`), held by the idle counters that resolve to it.
+        self._zeros: dict[SeriesKey, Sample] = {}
+        self._zero_of: dict[Context, SeriesKey] = {}
+        self._holders: Counter[SeriesKey] = Counter()
         self._exported: set[Context] = set()  # the counters of the last batch
         self._zeros_for: tuple[dict[str, Tags], float, Tags] = ({}, 0.0, ())  # what `_zeros` were made with
+        # A context's tags with its container's and the task's, by (id of its own tags, container), with
+        # its own tags held so that the id stays theirs; the tags as a set by the id of the full tags
+        # (`one_per_series`). Kept while the containers' and the task's tags stay the same.
+        self._full: dict[tuple[int, str], tuple[Tags, Tags]] = {}
+        self._sets: dict[int, frozenset[tuple[str, str]]] = {}
+        self._full_for: tuple[dict[str, Tags], Tags] = ({}, ())
         self.overflows = 0  # counter sums that overflowed to infinity: dropped, counted as bad_value
         self.histogram_values = 0  # in the last batch
 
@@ -59,14 +69,16 @@ class Flusher:
         iv.settle()
         samples: list[Sample] = []
         add = samples.append
-        merged: dict[tuple[int, str], Tags] = {}  # by id: contexts share pooled tag tuples (`TagPool`)
+        full, sets = self._full_tags(containers, base)
 
         def tags_of(ctx: Context) -> Tags:
             key = (id(ctx.tags), ctx.container)
-            out = merged.get(key)
-            if out is None:
-                out = merged[key] = _full_tags(ctx.tags, ctx.container, containers, base)
-            return out
+            hit = full.get(key)
+            if hit is None:
+                tags = _full_tags(ctx.tags, ctx.container, containers, base)
+                hit = full[key] = (ctx.tags, tags)
+                sets[id(tags)] = frozenset(tags)
+            return hit[1]
 
         seen = self._last_seen
         seconds = self.interval * iv.periods  # what counts and histograms of this interval cover
@@ -75,9 +87,9 @@ class Flusher:
             ctx = slot.ctx
             assert ctx is not None  # only slots with a context accumulate
             counters[ctx] = counters.get(ctx, 0.0) + total * slot.weight
-        counters_seen, zeros = self._counters_seen, self._zeros
+        counters_seen = self._counters_seen
         for ctx, total in counters.items():
-            zeros.pop(ctx, None)
+            self._drop_zero(ctx)
             if total - total != 0.0:  # finite values whose sum overflowed: never export an infinity
                 self.overflows += 1
                 continue
@@ -108,25 +120,58 @@ class Flusher:
         for ctx in iv.contexts():
             seen.pop(ctx, None)
             seen[ctx] = now
-        samples.extend(zeros.values())  # last: see `Batch.idle`
-        return Batch("statsd", samples, events, checks, snapshot=False, idle=len(zeros))  # type: ignore[arg-type]
+        samples, keys, overflows = one_per_series(samples, self._sets)
+        self.overflows += overflows
+        zeros = self._zeros
+        covered = {key for key in keys if key in zeros}  # an idle counter's series has a count from another
+        if covered:
+            samples.extend(zero for key, zero in zeros.items() if key not in covered)
+        else:
+            samples.extend(zeros.values())  # last: see `Batch.idle`
+        return Batch("statsd", samples, events, checks, snapshot=False,  # type: ignore[arg-type]
+                     idle=len(zeros) - len(covered))
+
+    def _full_tags(self, containers: Mapping[str, Tags], base: Tags) -> tuple[
+            dict[tuple[int, str], tuple[Tags, Tags]], dict[int, frozenset[tuple[str, str]]]]:
+        """The caches of full tags, emptied when the tags they add change or when they hold far more
+        than the live contexts (after a storm)."""
+        made_for = (dict(containers), base)
+        if made_for != self._full_for or len(self._full) > 2 * len(self._last_seen) + BURST:
+            self._full_for, self._full, self._sets = made_for, {}, {}
+        return self._full, self._sets
 
     def _idle_zeros(self, counters: Mapping[Context, float], made_for: tuple[dict[str, Tags], float, Tags],
                     now: float, tags_of: Callable[[Context], Tags]) -> None:
         """Keep `_zeros` to the counters exported before, not in this batch, within their TTL.
         `made_for`: the containers' tags, the interval and the task's tags the zeros are made with."""
-        zeros, counters_seen, seconds = self._zeros, self._counters_seen, made_for[1]
+        counters_seen, seconds = self._counters_seen, made_for[1]
         if made_for != self._zeros_for:  # the zeros' tags or interval changed: all anew
             self._zeros_for = made_for
-            for ctx in zeros:
-                zeros[ctx] = Sample(ctx.name, 0.0, Kind.COUNT, tags_of(ctx), None, seconds)
+            idle = list(self._zero_of)
+            self._zeros, self._zero_of, self._holders = {}, {}, Counter()
+            for ctx in idle:
+                self._hold_zero(ctx, tags_of(ctx), seconds)
         for ctx in self._exported:
             if ctx not in counters and ctx in counters_seen:  # idle from this batch on
-                zeros[ctx] = Sample(ctx.name, 0.0, Kind.COUNT, tags_of(ctx), None, seconds)
+                self._hold_zero(ctx, tags_of(ctx), seconds)
         self._exported = set(counters)
         for ctx in _older_than(counters_seen, now - self.ttl):
             del counters_seen[ctx]
-            zeros.pop(ctx, None)
+            self._drop_zero(ctx)
+
+    def _hold_zero(self, ctx: Context, tags: Tags, seconds: float) -> None:
+        zero = Sample(ctx.name, 0.0, Kind.COUNT, tags, None, seconds)
+        key = self._zero_of[ctx] = series_key(zero, self._sets[id(tags)])
+        self._holders[key] += 1
+        if key not in self._zeros:
+            self._zeros[key] = zero
+
+    def _drop_zero(self, ctx: Context) -> None:
+        key = self._zero_of.pop(ctx, None)
+        if key is not None:
+            self._holders[key] -= 1
+            if not self._holders[key]:
+                del self._holders[key], self._zeros[key]
 
     def expired(self, now: float | None = None) -> list[Context]:
         """Contexts idle for longer than the TTL; forgotten here, to be passed to `Aggregator.expire`."""
@@ -135,13 +180,73 @@ class Flusher:
         for ctx in old:
             del self._last_seen[ctx]
             self._counters_seen.pop(ctx, None)
-            self._zeros.pop(ctx, None)
+            self._drop_zero(ctx)
             self._exported.discard(ctx)
         if len(old) > BURST:  # a dict never shrinks by deletion: rebuild them after a burst
             self._last_seen = dict(self._last_seen)
             self._counters_seen = dict(self._counters_seen)
-            self._zeros = dict(self._zeros)
+            self._zeros, self._zero_of, self._holders = dict(self._zeros), dict(self._zero_of), Counter(self._holders)
         return old
+
+
+SeriesKey = tuple[str, int, "float | None", bool, frozenset[tuple[str, str]]]
+
+
+def series_key(s: Sample, tags: frozenset[tuple[str, str]]) -> SeriesKey:
+    """What makes a sample one series for every sink: name, kind, timestamp, unit and tags as a set
+    (`one_per_series` writes it inline)."""
+    return (s.name, id(s.kind), s.timestamp, isinstance(s.value, Points) and s.value.milliseconds, tags)
+
+
+def one_per_series(samples: list[Sample], sets: dict[int, frozenset[tuple[str, str]]] | None = None,
+                   ) -> tuple[list[Sample], dict[SeriesKey, int], int]:
+    """`samples` with one sample per series, where each series is, and how many counts were dropped
+    because their sum overflowed. Distinct contexts can resolve to one series: a `c:` that names no
+    container of the task (no container tags: the same series as the line without `c:`), a line's tag
+    equal to its container's or the task's, a gauge and a set, a timestamped line sent twice. A sink
+    that keeps one point per series and time (the Datadog intake) would keep one of them, so they are
+    merged here, as the Datadog agent aggregates by resolved tags: counts summed, histogram values
+    joined, the later gauge kept. Costs a dict entry per sample; the list is copied only when something
+    merges. `sets`: the samples' tags as sets, by the id of the tag tuple, where known."""
+    known, sets = sets or {}, {}
+    where: dict[SeriesKey, int] = {}
+    out: list[Sample] | None = None
+    overflows = 0
+    for i, s in enumerate(samples):
+        tags = known.get(id(s.tags)) or sets.get(id(s.tags))
+        if tags is None:
+            tags = sets[id(s.tags)] = frozenset(s.tags)
+        value = s.value
+        key = (s.name, id(s.kind), s.timestamp, value.milliseconds if type(value) is Points else False, tags)
+        at = where.get(key)
+        if at is None:
+            where[key] = i if out is None else len(out)
+            if out is not None:
+                out.append(s)
+            continue
+        if out is None:
+            out = samples[:i]  # all distinct so far: `where` holds their places
+        merged = _merged_sample(out[at], s)
+        if merged is None:
+            overflows += 1
+        else:
+            out[at] = merged
+    return (samples if out is None else out), where, overflows
+
+
+def _merged_sample(first: Sample, later: Sample) -> Sample | None:
+    """One sample for two of one series; None when counts overflow (the first is kept)."""
+    if first.kind is Kind.COUNT:
+        total = first.value + later.value  # type: ignore[operator]
+        return None if total - total != 0.0 else replace(first, value=total)
+    if isinstance(first.value, Points) and isinstance(later.value, Points):
+        values, weights = array("d"), array("d")
+        for p in (first.value, later.value):
+            values.frombytes(memoryview(p.values).cast("B"))  # type: ignore[arg-type]
+            weights.extend(array("d", [p.weights.weight]) * len(p.weights) if isinstance(p.weights, Repeated)
+                           else p.weights)
+        return replace(first, value=Points(values, weights, first.value.milliseconds))
+    return later  # a gauge: the later one
 
 
 def _older_than(when: dict[Context, float], cutoff: float) -> list[Context]:

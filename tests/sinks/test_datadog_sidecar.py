@@ -76,11 +76,13 @@ async def test_sigterm_delivers_statsd_and_ecs_points_with_exact_values(sidecar:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as raw:
         for _ in range(3):  # what a client sampling at 0.5 sends for 3 of its 6 increments
             raw.sendto(b"jobs.done:1|c|@0.5", ("127.0.0.1", sidecar.statsd_port))
+        # a container id the task does not have: no container tags, so the same series as the lines above
+        raw.sendto(b"jobs.done:2|c|c:0123456789abcdef", ("127.0.0.1", sidecar.statsd_port))
     statsd.close_socket()
 
     def received() -> bool:
         status = json.loads(sidecar.get("/status")[1])
-        return status["components"]["statsd"]["lines"] >= 16
+        return status["components"]["statsd"]["lines"] >= 17
     await wait_for(received, what="the StatsD lines to be received")
     status = sidecar.get("/status")[1]
     assert '"datadog"' in status and KEY not in status and KEY[-8:] not in status
@@ -97,7 +99,7 @@ async def test_sigterm_delivers_statsd_and_ecs_points_with_exact_values(sidecar:
     # StatsD: the worked examples, exact
     hour = 3600
     ((_, rate, tags, kind, interval),) = intake.points("jobs.done")
-    assert (rate, kind, interval) == (6 / hour, 2, hour)  # 3 x 1 at rate 0.5 = 6 in the interval
+    assert (rate, kind, interval) == (8 / hour, 2, hour)  # 3 x 1 at rate 0.5 = 6, and 2, in the interval
     assert set(TASK_TAGS) <= set(tags)
     got = {m: intake.points(m)[0][1] for m in intake.metrics() if m.startswith("job.seconds.")}
     assert got == {"job.seconds.max": 10.0, "job.seconds.median": 5.0, "job.seconds.avg": 5.5,

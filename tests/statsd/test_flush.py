@@ -181,3 +181,56 @@ def test_equal_values_merge_to_the_same_result_in_c_and_in_python(parts_drawn, m
         assert [math.copysign(1.0, v) for v, _ in pairs] == [math.copysign(1.0, first[v]) for v, _ in pairs]
         results.append(pairs)
     assert not results or results[0] == results[1]
+
+
+# Lines whose contexts differ but whose series may be one: (line with {v} for the value, own tags, container).
+# `c:c1` with c1 unknown resolves to the line without `c:`; with c1 known, to the line that carries c1's tag
+# itself; `service:orders` is the task's own tag; a gauge and a set of one name; a timestamped line twice.
+SAME_SERIES = [
+    (b"jobs:{v}|c", {}, ""), (b"jobs:{v}|c|c:c1", {}, "c1"), (b"jobs:{v}|c|#container_name:one", {"container_name": "one"}, ""),
+    (b"jobs:{v}|c|#service:orders", {"service": "orders"}, ""), (b"jobs:{v}|c|#service:orders|c:c1", {"service": "orders"}, "c1"),
+    (b"lat:{v}|h", {}, ""), (b"lat:{v}|h|c:c1", {}, "c1"), (b"lat:{v}|h|#container_name:one", {"container_name": "one"}, ""),
+    (b"level:{v}|g", {}, ""), (b"level:{v}|g|c:c1", {}, "c1"), (b"level:x{v}|s|c:c1", {}, "c1"),
+    (b"then:{v}|c|T1700000000", {}, ""), (b"then:{v}|c|T1700000000|c:c1", {}, "c1"),
+]
+
+
+@SETTINGS
+@given(st.booleans(), st.lists(st.lists(st.tuples(st.sampled_from(range(len(SAME_SERIES))), st.integers(1, 9)),
+                                        max_size=12), min_size=1, max_size=5))
+def test_contexts_that_resolve_to_one_series_are_exported_as_one(known: bool, intervals: list[list[tuple[int, int]]]) -> None:
+    """Whatever lines of colliding contexts come in whatever order: one sample per series in every batch,
+    counts summed over every line of the series, histogram weights too, a gauge one of its values, and
+    an idle counter's series is a zero only when no context of it counted in this interval."""
+    containers = {"c1": (("container_name", "one"),)} if known else {}
+    base = (("service", "orders"),)
+    agg, flusher = Aggregator(), Flusher(10.0, ttl=1e9)
+    counted_before: set[frozenset[tuple[str, str]]] = set()
+    now = 1000.0
+    for lines in intervals:
+        now += 10.0
+        sent: dict[tuple[str, frozenset[tuple[str, str]]], list[float]] = {}
+        for which, v in lines:
+            text, own, container = SAME_SERIES[which]
+            agg.ingest(text.replace(b"{v}", str(v).encode()))
+            tags = dict(base) | dict(containers.get(container, ())) | own
+            sent.setdefault((text.split(b":")[0].decode(), frozenset(tags.items())), []).append(float(v))
+        batch = flusher.batch(agg.swap(now), containers, now=now, base=base)
+        keys = [(s.name, s.kind, s.timestamp, frozenset(s.tags)) for s in batch.samples]
+        assert len(keys) == len(set(keys)), "one sample per series"
+        got = {(s.name, frozenset(s.tags)): s for s in batch.samples}
+        for (name, tags), values in sent.items():
+            s = got[(name, tags)]
+            if name in ("jobs", "then"):
+                assert s.value == sum(values)
+            elif name == "lat":
+                assert s.value.count == len(values)  # type: ignore[union-attr]
+            else:  # one of its gauge values, or the size of its set
+                gauges = [v for (w, v) in lines if b"|g" in SAME_SERIES[w][0]]
+                members = {v for (w, v) in lines if b"|s" in SAME_SERIES[w][0]}
+                assert s.value in gauges or s.value == len(members)
+        zeros = {(s.name, frozenset(s.tags)) for s in batch.samples[len(batch.samples) - batch.idle:]}
+        counted = {tags for name, tags in sent if name == "jobs"}
+        assert zeros == {("jobs", tags) for tags in counted_before - counted}
+        assert all(s.value == 0.0 for s in batch.samples[len(batch.samples) - batch.idle:])
+        counted_before |= counted

@@ -19,7 +19,7 @@ from typing import Any
 
 from agent import __version__, logs
 from agent.config import (DATADOG_FALLBACKS, Config, ConfigError, check_range, datadog_fallback, describe, load,
-                          number_text, parse_addr, unknown_variables)
+                          number_text, parse_addr, parse_target, unknown_variables)
 from agent.examples import EXAMPLES as EMULATOR_EXAMPLES
 
 
@@ -267,15 +267,31 @@ def cmd_emulate_ecs(args: argparse.Namespace) -> int:
     return 0
 
 
+def _send_target(addr: str | None) -> tuple[str, int] | str:
+    from agent.send import SendError, listener
+
+    if addr is None:  # where `run` listens: the same settings, read by the same function
+        return listener(load())
+    try:
+        target = parse_target(addr)
+    except ValueError as exc:
+        raise SendError(f"--addr {addr!r} is invalid: expected {exc}") from None
+    if target is None:
+        raise SendError(f"--addr {addr!r} is invalid: expected host:port")
+    return target
+
+
 def cmd_send(args: argparse.Namespace) -> int:
     from agent.send import SendError, datagram, send
 
     try:
-        body = datagram(args.lines)
-        host, port = parse_addr(args.addr or os.environ.get("TASKLENS_STATSD_ADDR") or "127.0.0.1:8125")
-        send(host, port, body)
+        body = datagram(args.lines)  # checked first: a refused line sends nothing
+        send(_send_target(args.addr), body)
+    except ConfigError as exc:
+        _say(f"tasklens send: invalid configuration: {exc}")
+        return 2
     except (SendError, ValueError, OSError) as exc:
-        print(f"tasklens send: {exc}", file=sys.stderr)
+        _say(f"tasklens send: {exc}")
         return 2
     return 0
 
@@ -320,9 +336,13 @@ def main(argv: list[str] | None = None) -> int:
     emulate.add_argument("--stats", help="a /task/stats JSON file")
     emulate.add_argument("--example", choices=sorted(EMULATOR_EXAMPLES), help="a packaged capture instead of files")
     emulate.add_argument("--addr", default="127.0.0.1:51678", help="listen address (default 127.0.0.1:51678)")
-    send = sub.add_parser("send", help="send StatsD lines to the sidecar (one datagram), checked first")
+    send = sub.add_parser("send", help="send StatsD lines to the sidecar (one datagram), checked first",
+                          description="Checks every line with the sidecar's parser, then sends them as one datagram. "
+                                      "An empty or invalid line is refused (exit 2) and nothing is sent.")
     send.add_argument("lines", nargs="+", metavar="LINE", help="e.g. 'jobs.processed:1|c|#queue:orders'")
-    send.add_argument("--addr", help="host:port of the StatsD listener (default TASKLENS_STATSD_ADDR or 127.0.0.1:8125)")
+    send.add_argument("--addr", help="host:port of the StatsD listener (default: where `tasklens run` listens: "
+                                     "TASKLENS_STATSD_ADDR, else statsd_addr in TASKLENS_CONFIG_FILE, else "
+                                     "127.0.0.1:8125; the Unix socket when UDP is off)")
     bootstrap = sub.add_parser("profiler-bootstrap", help="populate a directory for PYTHONPATH that profiles the worker")
     bootstrap.add_argument("directory")
     args = parser.parse_args(argv)

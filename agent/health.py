@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from agent import trend
-from agent.identity import container_tags, is_workload
+from agent.identity import container_tags, distinct_containers, is_workload
 from agent.logs import RateLimitedLog
 from agent.model import Kind, Sample, Tags
 from agent.selfmetrics import SelfMetrics
@@ -251,8 +251,7 @@ class HealthMonitor:
         utilization = {(s.name, s.tags): float(s.value) for s in derived
                        if s.name.endswith("cpu.utilization_percent") and isinstance(s.value, (int, float))}
         observed: dict[str, tuple[Tags, Observation]] = {}
-        containers = _get(task, "Containers")
-        for container in containers if isinstance(containers, list) else []:
+        for container in distinct_containers(_get(task, "Containers"))[0]:
             if not isinstance(container, dict) or not is_workload(container):
                 continue
             name = str(container.get("Name") or container.get("DockerId") or "")

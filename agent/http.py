@@ -23,6 +23,12 @@ SCRAPES_AT_ONCE = 2  # `/metrics` requests served at the same time; the others w
 # exposition of 100,000 series (53 MB) handed over whole was copied into the transport's buffer at
 # once, the event loop 111 ms late (bench/metrics_exposition.py)
 WRITE_CHUNK = 1 << 20
+# A connection that has not delivered a complete request this long after it opened, or after its
+# last response, is closed: aiohttp's keep-alive timeout, which it also applies from the connection's
+# start (aiohttp >= 3.14.4). Without it a peer that connects and sends nothing, or trickles its
+# headers, holds its connection for the default hour. Scrapers send a request at once; one that
+# scrapes every 15 s reconnects for each scrape.
+REQUEST_DEADLINE = 5.0
 
 
 class SingleFlight:

@@ -35,6 +35,24 @@ def is_workload(container: Mapping[str, Any]) -> bool:
     return container.get("Name") != PAUSE_CONTAINER and container.get("Type", "NORMAL") != "CNI_PAUSE"
 
 
+def distinct_containers(containers: Any) -> tuple[list[Any], int]:
+    """A `/task` Containers list with each DockerId kept once (its first entry), and how many later
+    entries were left out. Both entries of a repeated DockerId read the same stats: counting both
+    would double the task's totals. Entries without a string DockerId are kept as they are."""
+    if not isinstance(containers, list):
+        return [], 0
+    kept: list[Any] = []
+    seen: set[str] = set()
+    for container in containers:
+        docker_id = container.get("DockerId") if isinstance(container, Mapping) else None
+        if isinstance(docker_id, str):
+            if docker_id in seen:
+                continue
+            seen.add(docker_id)
+        kept.append(container)
+    return kept, len(containers) - len(kept)
+
+
 def container_tags(container: Mapping[str, Any]) -> Tags:
     repo, tag = split_image(str(container.get("Image") or ""))
     return (("container_name", str(container.get("Name") or "")), ("image", repo), ("image_tag", tag))
@@ -124,7 +142,7 @@ def task_identity(config: Config, task: Mapping[str, Any], environ: Mapping[str,
         raise ValueError("task metadata Containers is not a list")
     by_id = {
         str(c["DockerId"]): container_tags(c)
-        for c in containers
+        for c in distinct_containers(containers)[0]
         if isinstance(c, Mapping) and c.get("DockerId") and is_workload(c)
     }
     return Identity(

@@ -155,7 +155,8 @@ class Runtime:
             from agent.statuspage import add_routes
 
             add_routes(app, self.page, self.status)
-        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        self._runner = web.AppRunner(app, access_log=None, handle_signals=False,
+                                     keepalive_timeout=http.REQUEST_DEADLINE)
         await self._runner.setup()
         host, port = self.config.http_addr
         site = web.TCPSite(self._runner, host, port, reuse_address=True)

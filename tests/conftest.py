@@ -15,7 +15,7 @@ from tests.support import Sidecar
 def sidecar_factory(tmp_path: Path) -> Iterator:
     started: list[Sidecar] = []
 
-    def start(**env: str) -> Sidecar:
+    def start(**env: str | None) -> Sidecar:
         s = Sidecar(tmp_path, **env)
         started.append(s)
         return s

@@ -110,14 +110,16 @@ def clean_env(**extra: str) -> dict[str, str]:
 class Sidecar:
     """`tasklens run` as a subprocess on free ports; stopped with SIGTERM at the end."""
 
-    def __init__(self, tmp_path: Path, **env: str) -> None:
+    def __init__(self, tmp_path: Path, **env: str | None) -> None:
+        """`env`: variables to set; a variable given as None is left unset (to come from a file)."""
         self.http_port = free_port()
         self.statsd_port = free_port(socket.SOCK_DGRAM)
         self.log_path = tmp_path / f"sidecar-{self.http_port}.log"
         env.setdefault("TASKLENS_HTTP_ADDR", f"127.0.0.1:{self.http_port}")
         env.setdefault("TASKLENS_STATSD_ADDR", f"127.0.0.1:{self.statsd_port}")
         self._log = open(self.log_path, "wb")
-        self.proc = subprocess.Popen([TASKLENS, "run"], env=clean_env(**env), stdout=self._log, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen([TASKLENS, "run"], env=clean_env(**{k: v for k, v in env.items() if v is not None}),
+                                     stdout=self._log, stderr=subprocess.STDOUT)
         self.url = f"http://127.0.0.1:{self.http_port}"
 
     def get(self, path: str) -> tuple[int, str]:

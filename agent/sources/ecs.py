@@ -164,6 +164,10 @@ class EcsSource:
         derived.samples.extend(self.health.observe(task, stats, derived.samples, time.time()))
         for reason in derived.errors:
             self.hub.metrics.inc("tasklens.ecs.container_errors", reason=reason)
+        repeats = derived.errors.count("duplicate_container")
+        if repeats:
+            self._log.warning("container:duplicate_container", "ECS /task lists %d more containers under a "
+                              "DockerId it already listed: each DockerId counted once (its first entry)", repeats)
         if error is None:
             self._remember(stats)
         return derived.samples, error

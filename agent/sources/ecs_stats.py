@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, NamedTuple
 
-from agent.identity import container_tags, is_workload
+from agent.identity import container_tags, distinct_containers, is_workload
 from agent.model import Kind, Sample, Tags
 
 MIB = 1024 * 1024
@@ -27,7 +27,7 @@ _TIME = re.compile(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d+))?(Z|[+-]\d\d:?\d
 
 class Derived(NamedTuple):
     samples: list[Sample]
-    errors: list[str]  # one reason per problem found (`bad_container`, `bad_stats`, `no_stats`)
+    errors: list[str]  # one reason per problem found (`bad_container`, `bad_stats`, `no_stats`, `duplicate_container`)
 
 
 # --- tolerant accessors -------------------------------------------------------------------------
@@ -424,7 +424,8 @@ def derive(task: Any, stats: Any, previous: Mapping[str, Any] | None = None) -> 
 
     `task` is the `/task` JSON, `stats` the `/task/stats` JSON (DockerId -> Docker stats), and
     `previous` our own earlier stats per DockerId (for rates over the poll interval). Containers
-    not in `/task` are ignored; the pause container only counts toward the task totals.
+    not in `/task` are ignored, a DockerId listed again counts once (its first entry); the pause
+    container only counts toward the task totals.
     """
     previous = previous or {}
     errors: list[str] = []
@@ -433,9 +434,14 @@ def derive(task: Any, stats: Any, previous: Mapping[str, Any] | None = None) -> 
     if not isinstance(stats, dict):
         errors.append("bad_shape")
         stats = {}
+    # a DockerId listed twice (under one name or two) has one set of stats: count it once
+    containers, repeats = distinct_containers(task.get("Containers"))
+    if repeats:
+        errors += ["duplicate_container"] * repeats
+        task = dict(task, Containers=containers)
     samples: list[Sample] = []
     totals = _Totals()
-    for container in _list(task.get("Containers")):
+    for container in containers:
         if not isinstance(container, dict) or not isinstance(container.get("DockerId"), str):
             errors.append("bad_container")
             continue

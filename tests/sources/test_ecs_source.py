@@ -367,6 +367,33 @@ async def test_one_bad_container_entry_does_not_hide_the_others(metadata: Metada
     assert harness.metric("tasklens.ecs.container_errors", reason="bad_stats") == 1
 
 
+@pytest.mark.parametrize("capture", ["fargate-2023", "ec2-bridge-2020"])
+async def test_a_repeated_docker_id_counts_once(capture: str, metadata: MetadataServer, harness: Harness,
+                                                caplog: pytest.LogCaptureFixture) -> None:
+    h = harness
+    task, stats = load(f"{capture}.task"), load(f"{capture}.stats")
+    metadata.serve(task, stats)
+    assert await h.source.poll_once()
+    clean = {k: v for k, v in h.scrape().items() if k[0].startswith("ecs_task_")}
+    assert clean["ecs_task_memory_working_set_bytes", None] > 0
+    first, second = task["Containers"][0], task["Containers"][1]
+    renamed = dict(copy.deepcopy(second), Name="second-name")
+    task["Containers"] += [copy.deepcopy(first), renamed, copy.deepcopy(first)]
+    stats["not-in-the-task"] = copy.deepcopy(stats[first["DockerId"]])  # an entry /task does not list
+    metadata.serve(task, stats)
+    with caplog.at_level(logging.WARNING, logger="tasklens.ecs"):
+        assert await h.source.poll_once()
+        assert await h.source.poll_once()
+    got = h.scrape()
+    assert {k: v for k, v in got.items() if k[0].startswith("ecs_task_")} == pytest.approx(clean)
+    assert ("ecs_container_running", "second-name") not in got
+    assert got["ecs_container_running", second["Name"]] == 1
+    assert h.metric("tasklens.ecs.container_errors", reason="duplicate_container") == 6  # 3 per poll
+    assert h.hub.identity.containers[second["DockerId"]][0] == ("container_name", second["Name"])
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "DockerId" in warnings[0], warnings
+
+
 async def test_errors_are_logged_once_per_interval(metadata: MetadataServer, caplog: pytest.LogCaptureFixture) -> None:
     h = Harness(metadata.url, log_interval=60.0)
     metadata.serve(raw("fargate-2023.task"), raw("fargate-2023.stats"))

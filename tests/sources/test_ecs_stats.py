@@ -558,3 +558,62 @@ def test_device_mapper_over_a_disk_counts_its_io_once(disks: list[tuple[int, int
         entries += [{"major": 253, "minor": level, "op": "read", "value": read},
                     {"major": 253, "minor": level, "op": "write", "value": write}]
     assert blkio_read_write(entries) == (sum(r for r, _ in disks), sum(w for _, w in disks))
+
+
+# --- a DockerId listed more than once -----------------------------------------------------------
+
+
+def _pool() -> tuple[dict[str, Any], list[dict[str, Any]], dict[str, Any]]:
+    """ec2-bridge-2020's task (no task-level limits: its totals are sums over the containers) with
+    fargate-2023's two containers added in bridge mode, so that CPU, memory, the memory reservation
+    and the per-container network all add up across five distinct DockerIds."""
+    task, stats = load("ec2-bridge-2020.task"), load("ec2-bridge-2020.stats")
+    fargate = load("fargate-2023.task")["Containers"]
+    for c in fargate:
+        c["Limits"]["Memory"] = 256
+        c["Networks"] = [dict(n, NetworkMode="bridge") for n in c["Networks"]]
+    stats.update(load("fargate-2023.stats"))
+    return task, task.pop("Containers") + fargate, stats
+
+
+def test_a_repeated_docker_id_counts_once() -> None:
+    task, pool, stats = _pool()
+    task["Containers"] = copy.deepcopy(pool)
+    v = values(derive(task, stats).samples)
+    task["Containers"] += [copy.deepcopy(pool[3]), dict(copy.deepcopy(pool[4]), Name="same-id-other-name")]
+    d = derive(task, stats)
+    assert values(d.samples) == v  # the same series, the same numbers
+    assert d.errors == ["duplicate_container", "duplicate_container"]
+
+
+@settings(max_examples=200, deadline=None)
+@given(listed=st.lists(st.tuples(st.integers(0, 4), st.booleans()), max_size=12),
+       unlisted=st.lists(st.integers(0, 4), max_size=3, unique=True))
+def test_task_totals_are_sums_over_distinct_docker_ids(listed: list[tuple[int, bool]], unlisted: list[int]) -> None:
+    """Whatever the repeats (under the same name or another), their order, and stats entries for
+    containers the task does not list, the task totals are sums over the distinct DockerIds."""
+    from agent.sources.ecs_stats import cpu_vcpus, interfaces
+
+    task, pool, stats = _pool()
+    task["Containers"] = [dict(copy.deepcopy(pool[i]), Name=f"copy-{n}") if renamed else copy.deepcopy(pool[i])
+                          for n, (i, renamed) in enumerate(listed)]
+    for i in unlisted:
+        stats[f"unlisted-{i}"] = copy.deepcopy(stats[pool[i]["DockerId"]])
+    first: dict[str, dict[str, Any]] = {}
+    for c in task["Containers"]:
+        first.setdefault(c["DockerId"], c)
+    d = derive(task, stats)
+    v = values(d.samples)
+
+    entries = [stats[docker_id] for docker_id in first]
+    cpu = [x for e in entries if (x := cpu_vcpus(e)) is not None]
+    assert v.get(("ecs.task.cpu.usage_vcpus", None)) == (pytest.approx(sum(cpu)) if cpu else None)
+    ws = [x for e in entries if e and (x := working_set_bytes(e["memory_stats"])) is not None]
+    assert v.get(("ecs.task.memory.working_set_bytes", None)) == (pytest.approx(sum(ws)) if ws else None)
+    running = [c for c in first.values() if c["KnownStatus"] == "RUNNING"]
+    reservation = sum(c["Limits"]["Memory"] for c in running) * MIB
+    assert v.get(("ecs.task.memory.reservation_bytes", None)) == (reservation if running else None)
+    rx = [n["rx_bytes"] for e in entries for n in interfaces(e).values()]
+    assert v.get(("ecs.task.network.receive_bytes_total", None)) == (sum(rx) if rx else None)
+    assert containers(d.samples) == {c["Name"] for c in first.values()}
+    assert d.errors.count("duplicate_container") == len(listed) - len(first)

@@ -1,14 +1,14 @@
 """A peer's response body within a bound: whole, refused as soon as it passes a limit (the ECS metadata
-endpoint, the ECS agent's task-protection answers: `read_capped`), or only its start, for a while (an
-exporter's answer, which its status has decided: `read_at_most`). A broken or hostile endpoint never
-makes the sidecar hold more."""
+endpoint, the ECS agent's task-protection answers: `read_capped`; a line from a blocking socket, such
+as beanstalkd's replies: `readline_capped`), or only its start, for a while (an exporter's answer, which
+its status has decided: `read_at_most`). A broken or hostile endpoint never makes the sidecar hold more."""
 
 from __future__ import annotations
 
 import asyncio
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, BinaryIO
 
 if TYPE_CHECKING:
     import aiohttp
@@ -30,6 +30,15 @@ async def read_capped(response: aiohttp.ClientResponse, limit: int, too_large: C
             raise too_large()
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+def readline_capped(file: BinaryIO, limit: int, too_large: Callable[[], Exception]) -> bytes:
+    """One line from a blocking reader, with its line end, or `too_large()` raised once `limit` bytes came
+    without one: a peer that never ends a line is refused at the limit, not at the timeout."""
+    line = file.readline(limit + 1)
+    if len(line) > limit:
+        raise too_large()
+    return line
 
 
 async def read_at_most(response: aiohttp.ClientResponse, limit: int, seconds: float) -> bytes:

@@ -25,6 +25,7 @@ from typing import BinaryIO
 import aiohttp
 import psutil
 
+from agent.capped import read_all_capped
 from agent.config import Config, ConfigError
 from agent.urlmask import mask_url
 from agent.hub import Hub
@@ -39,6 +40,12 @@ SCAN_INTERVAL = 5.0  # at most, seconds between process scans: how soon a new pr
 PUSH_TIMEOUT = 10.0
 INTERRUPT_GRACE = 5.0  # seconds py-spy gets to write what it has after SIGINT
 OVERRUN = 10.0  # seconds past its window after which a py-spy run is interrupted (see `_record`)
+# What is read of a run's pipes; past it the run is stopped and counted (`pyspy_failed`). A window's folded
+# stacks, one line per distinct stack: at the default 100 Hz for 10 s, even 1,000 distinct stacks of 100
+# frames (about 8 KiB a line) take 8 MiB; 64 MiB leaves room for longer windows and higher rates while
+# bounding a run that writes without end (MAX_SPIES runs at once). py-spy's errors take a few KiB.
+MAX_OUTPUT = 64 * 1024 * 1024
+MAX_STDERR = 64 * 1024
 DENIED_RETRY = 300.0  # a permission does not come back by itself: retry rarely
 EMPTY_SCANS_BEFORE_HINT = 3
 
@@ -242,8 +249,7 @@ class PySpyProfiler:
         finally:
             os.close(write_end)  # py-spy has its copy: end of file when it exits
         self._spies.add(proc.pid)
-        output = asyncio.ensure_future(_read_all(os.fdopen(read_end, "rb", buffering=0)))
-        done = asyncio.ensure_future(proc.communicate())
+        done = asyncio.ensure_future(_outputs(proc, os.fdopen(read_end, "rb", buffering=0)))
         try:
             stopped = asyncio.ensure_future(stop.wait())
             await asyncio.wait({done, stopped}, timeout=self._duration + OVERRUN, return_when=asyncio.FIRST_COMPLETED)
@@ -251,19 +257,19 @@ class PySpyProfiler:
             overran = not done.done() and not stop.is_set()
             if not done.done():
                 proc.send_signal(signal.SIGINT)  # py-spy then writes the samples it has
-                try:
-                    await asyncio.wait_for(asyncio.shield(done), INTERRUPT_GRACE)
-                except asyncio.TimeoutError:
+                await asyncio.wait({done}, timeout=INTERRUPT_GRACE)
+                if not done.done():
                     proc.kill()
-            _, err = await done
-            out = await output
+            try:
+                out, err = await done
+            except _TooLarge as exc:  # py-spy was killed: whatever it wrote is dropped
+                return 1, str(exc), ""
             if overran and proc.returncode:
                 err += f"\npy-spy did not end within its {self._duration} s window: interrupted".encode()
         finally:
             if proc.returncode is None:
                 proc.kill()
-                done.cancel()
-            output.cancel()
+            done.cancel()
             self._spies.discard(proc.pid)
         return proc.returncode or 0, err.decode("utf-8", "replace"), out.decode("utf-8", "replace")
 
@@ -366,13 +372,40 @@ class PySpyProfiler:
         }
 
 
-async def _read_all(pipe: BinaryIO) -> bytes:
-    """Everything from a pipe until its writer exits, without blocking the loop."""
+class _TooLarge(Exception):
+    """A py-spy run wrote more than its bound on one of its pipes."""
+
+    def __init__(self, what: str, limit: int) -> None:
+        super().__init__(f"py-spy's {what} passed {limit} bytes: stopped")
+
+
+async def _outputs(proc: asyncio.subprocess.Process, output: BinaryIO) -> tuple[bytes, bytes]:
+    """(the folded stacks, stderr) once py-spy exits. As soon as either passes its bound, py-spy is killed
+    and _TooLarge raised: a run that writes without end never makes the sidecar hold more."""
+    assert proc.stderr is not None
+    reads = [asyncio.ensure_future(_read_pipe(output)),
+             asyncio.ensure_future(read_all_capped(proc.stderr.read, MAX_STDERR,
+                                                   lambda: _TooLarge("error output", MAX_STDERR)))]
+    try:
+        out, err = await asyncio.gather(*reads)
+    except _TooLarge:
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+        raise
+    finally:
+        for read in reads:
+            read.cancel()
+    await proc.wait()
+    return out, err
+
+
+async def _read_pipe(pipe: BinaryIO) -> bytes:
+    """The folded stacks from py-spy's output pipe, within MAX_OUTPUT, without blocking the loop."""
     reader = asyncio.StreamReader()
     transport, _ = await asyncio.get_running_loop().connect_read_pipe(
         lambda: asyncio.StreamReaderProtocol(reader), pipe)
     try:
-        return await reader.read()
+        return await read_all_capped(reader.read, MAX_OUTPUT, lambda: _TooLarge("output", MAX_OUTPUT))
     finally:
         transport.close()
 

@@ -10,7 +10,8 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
+from decimal import Decimal
 from typing import Protocol
 from urllib.parse import SplitResult, quote, unquote, urlencode, urlsplit, urlunsplit
 
@@ -18,7 +19,28 @@ from agent.config import parse_number, parse_seconds
 from agent.urlmask import is_readable, mask_secrets, mask_url, url_passwords
 
 
-MAX_COUNT = float(2**53)
+# past it a float does not hold every whole number (2**53 + 1 would read as 2**53); sums such as the backlog
+# stay far from overflowing
+MAX_COUNT = 2**53
+COUNTS = ("depth", "in_flight", "delayed", "consumers")  # whole numbers; the age is any number of seconds
+
+
+def exact_number(name: str, value: object) -> float:
+    """`value` as a float, when it is a number from 0 to 2**53 (int, float or Decimal: a broker's API, a
+    user's query) and, for a count, a whole one: then the float holds it exactly. Else ProbeError("bad_reply"):
+    NaN, infinity, a negative or fractional count, a count past 2**53 (it would be rounded), text, a bool."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, Decimal)) or not _finite(value) \
+            or not 0 <= value <= MAX_COUNT:
+        raise ProbeError("bad_reply", f"{name} is {str(value)[:40]!r}: not a number from 0 to 2**53")
+    if name in COUNTS and value != int(value):
+        raise ProbeError("bad_reply", f"{name} is {str(value)[:40]!r}: not a whole number")
+    return float(value)
+
+
+def _finite(value: int | float | Decimal) -> bool:
+    if isinstance(value, Decimal):
+        return value.is_finite()  # before any comparison, which raises on a Decimal NaN
+    return isinstance(value, int) or math.isfinite(value)  # an int is finite however large: the range refuses it
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,21 +57,11 @@ class Reading:
         return {f.name: float(v) for f in fields(self) if (v := getattr(self, f.name)) is not None}
 
     def checked(self) -> Reading:
-        """This reading when each number is a count or an age from 0 to 2**53 (past that no float counts
-        exactly, and sums such as the backlog could overflow); else ProbeError("bad_reply") naming the first
-        that is not (a NaN, an infinity, a negative number or text from a broker's API or a user's query):
-        the poll is then a gap, and nothing derived from it (backlog, trend) is wrong."""
-        for f in fields(self):
-            value = getattr(self, f.name)
-            if value is None:
-                continue
-            try:
-                number = float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else math.nan
-            except OverflowError:  # an int past any float
-                number = math.inf
-            if not 0.0 <= number <= MAX_COUNT:  # also NaN
-                raise ProbeError("bad_reply", f"{f.name} is {str(value)[:40]!r}: not a number from 0 to 2**53")
-        return self
+        """This reading with each number a float that holds it exactly (`exact_number`), or ProbeError("bad_reply")
+        naming the first that is not: the poll is then a gap, and nothing derived from it (backlog, trend) is
+        wrong. Probes pass numbers on as their client gave them (an int, a Decimal), never rounded first."""
+        return replace(self, **{f.name: exact_number(f.name, v) for f in fields(self)
+                                if (v := getattr(self, f.name)) is not None})
 
 
 class Probe(Protocol):

@@ -7,9 +7,13 @@ socket timeout bounds each read, not a reply: a peer that keeps sending bytes wi
 hold the thread (and the connection's lock) for ever, and each later poll would park one more thread
 of the event loop's executor, which other parts of the sidecar share. So a poll that times out shuts
 the socket down (the thread's read ends at once), and a thread waits for the lock no longer than a
-poll may last. `peek-ready` returns the job the next
-`reserve` would get (highest priority first, then oldest), so with mixed priorities its age is that
-job's age, not necessarily the oldest ready job's.
+poll may last. Every reply is read within `MAX_REPLY` bytes a line and a body: greenstalk would hold a
+line, or a body of any announced size, whole, so a peer that sends fast without a line end grew one
+reply until the poll's timeout; past the bound the poll is a `bad_reply` at once.
+
+`peek-ready` returns the job the next `reserve` would get (highest priority first, then oldest), so with
+mixed priorities its age is that job's age, not necessarily the oldest ready job's. Only its id is
+needed: its body, as large as the server's `-z` allows, is read past, never held.
 """
 
 from __future__ import annotations
@@ -17,14 +21,17 @@ from __future__ import annotations
 import asyncio
 import socket
 import threading
-from typing import Any
+from typing import Any, BinaryIO
 
+from agent.capped import readline_capped
 from integrations.queues.base import Broker, ProbeError, QueueURL, Reading
 
 DEFAULT_PORT = 11300
 # A connection watches `default` unless told otherwise, and would count itself in `current-watching`
 # of that tube; it watches a tube of its own instead (it never reserves from it).
 PROBE_TUBE = "tasklens-probe"
+# bytes of one reply line or body: a `stats-tube` reply's YAML takes about 270, a reply line a few dozen
+MAX_REPLY = 64 * 1024
 
 
 def tube_of(url: QueueURL) -> str:
@@ -52,6 +59,34 @@ def _error(exc: Exception) -> Exception:
     return exc
 
 
+class CappedReader:
+    """The socket's file that greenstalk reads every reply through, within `MAX_REPLY` bytes a line and a
+    body (greenstalk reads a line, or a body of the size the peer announces, whole)."""
+
+    def __init__(self, file: BinaryIO) -> None:
+        self._file = file
+
+    def readline(self) -> bytes:
+        return readline_capped(self._file, MAX_REPLY, lambda: ProbeError(
+            "bad_reply", f"a reply line over {MAX_REPLY} bytes, not beanstalkd"))
+
+    def read(self, size: int) -> bytes:
+        if size > MAX_REPLY + 2:  # a body and its CRLF
+            raise ProbeError("bad_reply", f"a reply body of {size - 2} bytes, over {MAX_REPLY}: not beanstalkd")
+        return self._file.read(size)
+
+    def skip(self, size: int) -> None:
+        """Read past `size` bytes, holding at most `MAX_REPLY` of them at a time."""
+        while size > 0:
+            chunk = self._file.read(min(size, MAX_REPLY))
+            if not chunk:
+                raise ConnectionError("reply cut off")
+            size -= len(chunk)
+
+    def close(self) -> None:
+        self._file.close()
+
+
 class BeanstalkdProbe:
     def __init__(self, url: QueueURL) -> None:
         self.url = url
@@ -59,6 +94,7 @@ class BeanstalkdProbe:
         self.address = (url.parts.hostname or "127.0.0.1", url.parts.port or DEFAULT_PORT)
         self._client: Any = None
         self._sock: socket.socket | None = None
+        self._reader: CappedReader | None = None
         self._lock = threading.Lock()  # a timed-out poll's thread may still hold the client
 
     def _read_sync(self) -> Reading:
@@ -69,14 +105,13 @@ class BeanstalkdProbe:
         try:
             try:
                 if self._client is None:
-                    self._sock = socket.create_connection(self.address, timeout=self.url.poll_timeout)
-                    self._client = greenstalk.Client(self._sock, encoding=None, use=self.tube, watch=PROBE_TUBE)
+                    self._connect()
                 stats = self._client.stats_tube(self.tube)
                 age: float | None = 0.0
                 if stats["current-jobs-ready"]:
                     try:
-                        job = self._client.peek_ready()
-                        age = float(self._client.stats_job(job)["age"])
+                        job = self._next_job()
+                        age = None if job is None else float(self._client.stats_job(job)["age"])
                     except greenstalk.NotFoundError:  # reserved or deleted between the two commands
                         age = None
                 return reading_of(stats, age)
@@ -85,12 +120,38 @@ class BeanstalkdProbe:
         finally:
             self._lock.release()
 
+    def _connect(self) -> None:
+        import greenstalk
+
+        self._sock = socket.create_connection(self.address, timeout=self.url.poll_timeout)
+        self._client = greenstalk.Client(self._sock, encoding=None)  # sends nothing yet
+        # greenstalk reads every reply from its `_reader` (the socket's file): through the bound from here on
+        self._client._reader = self._reader = CappedReader(self._client._reader)
+        self._client.use(self.tube)
+        self._client.watch(PROBE_TUBE)
+        self._client.ignore("default")
+
+    def _next_job(self) -> int | None:
+        """The id of the job `peek-ready` shows (None when none is ready), its body read past."""
+        assert self._sock is not None and self._reader is not None
+        self._sock.sendall(b"peek-ready\r\n")
+        line = self._reader.readline()
+        if not line:
+            raise ConnectionError("the connection closed")
+        status, *values = line.split() or [b""]
+        if status == b"NOT_FOUND":  # reserved or deleted since `stats-tube`
+            return None
+        if status != b"FOUND" or len(values) != 2 or not all(v.isdigit() for v in values):
+            raise ProbeError("bad_reply", f"peek-ready answered {line[:60]!r}")
+        self._reader.skip(int(values[1]) + 2)  # the body and its CRLF
+        return int(values[0])
+
     def _close_sync(self) -> None:
         if not self._lock.acquire(timeout=self.url.poll_timeout):
             self._abort()  # still busy: its thread ends at once, and the next poll connects anew
             return
         try:
-            client, self._client, self._sock = self._client, None, None
+            client, self._client, self._sock, self._reader = self._client, None, None, None
             if client is not None:
                 client.close()
         finally:

@@ -35,13 +35,15 @@ def query_of(url: QueueURL) -> str:
     return query
 
 
-def number(value: Any) -> float | None:
+def number(value: Any) -> int | float | Decimal | None:
+    """A column's value as asyncpg gives it (a bigint as an int, a numeric as a Decimal), not rounded to a
+    float here: `Reading.checked` refuses a count a float cannot hold exactly (2**53 + 1, 2.5)."""
     if value is None:
         return None
     if isinstance(value, timedelta):
         return value.total_seconds()
     if isinstance(value, (int, float, Decimal)) and not isinstance(value, bool):
-        return float(value)
+        return value
     raise ProbeError("bad_reply", f"expected a number, got {type(value).__name__}")
 
 
@@ -50,7 +52,7 @@ def reading_of(row: Mapping[str, Any] | None) -> Reading:
         raise ProbeError("bad_reply", "the queue query returned no row")
     if "depth" not in row.keys():
         raise ProbeError("bad_reply", f"the queue query returned no `depth` column (got {', '.join(row.keys())})")
-    values = {c: number(row[c]) for c in COLUMNS if c in row.keys()}
+    values: dict[str, Any] = {c: number(row[c]) for c in COLUMNS if c in row.keys()}  # checked by the source
     if values["depth"] == 0 and "oldest_age_seconds" in values and values["oldest_age_seconds"] is None:
         values["oldest_age_seconds"] = 0.0  # min(created_at) over no rows is NULL: nothing is waiting
     return Reading(**values)

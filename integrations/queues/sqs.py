@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -54,9 +55,10 @@ def region_of_host(host: str) -> str | None:
 
 
 def reading_of(attributes: dict[str, str]) -> Reading:
-    return Reading(depth=float(attributes["ApproximateNumberOfMessages"]),
-                   in_flight=float(attributes["ApproximateNumberOfMessagesNotVisible"]),
-                   delayed=float(attributes["ApproximateNumberOfMessagesDelayed"]))
+    # whole numbers as text: int() keeps them exact for `Reading.checked` (float() would round past 2**53)
+    return Reading(depth=int(attributes["ApproximateNumberOfMessages"]),
+                   in_flight=int(attributes["ApproximateNumberOfMessagesNotVisible"]),
+                   delayed=int(attributes["ApproximateNumberOfMessagesDelayed"]))
 
 
 def latest_maximum(reply: dict[str, Any]) -> float | None:
@@ -131,7 +133,7 @@ class SQSProbe:
             reply = await self._sqs.get_queue_attributes(QueueUrl=self.queue_url, AttributeNames=list(ATTRIBUTES))
             reading = reading_of(reply["Attributes"])
             if self.cloudwatch_age:
-                reading = Reading(**{**reading.values(), "oldest_age_seconds": await self._oldest_age()})
+                reading = replace(reading, oldest_age_seconds=await self._oldest_age())
             return reading
         except Exception as exc:
             raise _error(exc) from exc

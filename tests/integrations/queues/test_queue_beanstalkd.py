@@ -9,7 +9,8 @@ import greenstalk
 import pytest
 import redis.asyncio
 
-from tests.integrations.queues.support import check_drain, eventually, port_open
+from tests.integrations.queues.support import check_drain, eventually, port_open, private_server
+from integrations.queues.beanstalkd import MAX_REPLY
 from integrations.queues.source import POLL_ERRORS, QueueSource
 
 
@@ -50,6 +51,22 @@ async def test_default_tube(config, hub, exported, beanstalkd, clock):
     values = exported.queue("default")
     assert (values["depth"], values["consumers"]) == (1.0, 0.0)  # the probe watches a tube of its own
     await source.probe.close()
+
+
+async def test_a_job_larger_than_a_reply_may_be_is_read_past_for_its_age(config, hub, exported, clock, unique):
+    """`peek-ready` answers the job's body; a server may take jobs far past MAX_REPLY (`-z`): the probe
+    reads past the body (never holding it), the age is known, and the connection stays in step."""
+    with private_server("beanstalkd", lambda binary, port: [binary, "-l", "127.0.0.1", "-p", str(port),
+                                                            "-z", str(1 << 20)]) as server:
+        with producer(server.port, unique) as p:
+            p.put(b"x" * (10 * MAX_REPLY))
+        source = QueueSource(config, hub, f"beanstalk://127.0.0.1:{server.port}/{unique}", clock=clock)
+        for _ in range(2):  # the second poll on the same connection: the body was read to its end
+            assert await source.poll(), source.last_error
+            values = exported.queue(unique)
+            assert (values["depth"], values["consumers"]) == (1.0, 0.0)
+            assert 0 <= values["oldest_age_seconds"] <= 5
+        await source.probe.close()
 
 
 async def test_drain_trend(config, hub, exported, beanstalkd, clock, unique):

@@ -8,6 +8,8 @@ import math
 import subprocess
 import sys
 import time
+from decimal import Decimal
+from fractions import Fraction
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -248,29 +250,39 @@ class Scripted:
 
 
 ANY_VALUE = st.one_of(st.none(), st.floats(allow_nan=True, allow_infinity=True), st.integers(-10, 10**6),
-                      st.sampled_from([10**400, -1, -0.0, 1e308, 1.7e308, 2**53, 2**53 + 1, "12", "abc", True, b"1",
-                                       [], {}]))
+                      st.integers(2**53 - 3, 2**53 + 3), st.decimals(), st.integers(2**53 - 3, 2**53 + 3).map(Decimal),
+                      st.sampled_from([10**400, -1, -0.0, 1e308, 1.7e308, 2.0**53, "12", "abc", True, b"1", [], {},
+                                       Decimal("2.5"), Decimal("-0"), Decimal("sNaN")]))
 READINGS = st.builds(Reading, depth=ANY_VALUE, in_flight=ANY_VALUE, delayed=ANY_VALUE, consumers=ANY_VALUE,
                      oldest_age_seconds=ANY_VALUE)
+COUNTS = ("depth", "in_flight", "delayed", "consumers")
 
 
-def valid(value: object) -> bool:
+def exactly(value: object) -> Fraction | None:
+    """The number `value` is, exactly; None for what is not a finite number (text, a bool, NaN, infinity)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, Decimal)):
+        return None
+    try:
+        return Fraction(value)
+    except (ValueError, OverflowError):
+        return None
+
+
+def valid(name: str, value: object) -> bool:
+    """A count is a whole number from 0 to 2**53 (each one a float holds exactly), an age any number in that range."""
     if value is None:
         return True
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return False
-    try:
-        return 0 <= float(value) <= 2**53
-    except OverflowError:
-        return False
+    number = exactly(value)
+    return number is not None and 0 <= number <= 2**53 and (name not in COUNTS or number.denominator == 1)
 
 
 @settings(max_examples=200, deadline=None, suppress_health_check=list(HealthCheck))
 @given(st.lists(READINGS, min_size=1, max_size=12))
 def test_any_reading_is_published_whole_or_is_a_counted_gap(readings: list[Reading]) -> None:
-    """Whatever a broker's API or a user's query answers (NaN, infinity, negative, huge, text): a poll
-    never crashes; a reading with a number that is not a count from 0 to 2**53 is a gap counted as
-    `bad_reply`; every number published is finite, and a trend only comes with a depth."""
+    """Whatever a broker's API or a user's query answers (NaN, infinity, negative, huge, fractional, text): a
+    poll never crashes; a reading with a count that is not a whole number from 0 to 2**53, or an age outside
+    that range, is a gap counted as `bad_reply`; every count published is the one read, exactly (2**53 + 1 is
+    not published as 2**53), every age the nearest float, and a trend only comes with a depth."""
     hub = Hub(Identity(service="worker"))
     recorder = Recorder()
     hub.add_sink(recorder)
@@ -280,13 +292,18 @@ def test_any_reading_is_published_whole_or_is_a_counted_gap(readings: list[Readi
     source.probe = Scripted(readings)
     bad = 0
     for reading in readings:
-        ok = all(valid(getattr(reading, f)) for f in ("depth", "in_flight", "delayed", "consumers",
-                                                      "oldest_age_seconds"))
+        fields = {f: getattr(reading, f) for f in (*COUNTS, "oldest_age_seconds")}
+        ok = all(valid(name, value) for name, value in fields.items())
         assert asyncio.run(source.poll()) is ok
         bad += not ok
         published = recorder.last("queue:jobs").samples
         values = {s.name: s.value for s in published}
         assert all(math.isfinite(v) for v in values.values()), values  # type: ignore[arg-type]
+        if ok:
+            for name, value in fields.items():
+                if value is not None:
+                    got = values[f"queue.{name}"]
+                    assert got == float(value) and (name not in COUNTS or Fraction(got) == exactly(value)), (name, value)
         if not ok or reading.depth is None:
             assert "queue.growth_rate" not in values and "queue.backing_up" not in values
         now[0] += 1.0

@@ -3,7 +3,8 @@ The probe's blocking client waits for a line end with a timeout per read, not pe
 thread (and its connection's lock) were held for ever, and every later poll and close parked one more
 thread of the event loop's default executor, which other parts of the sidecar share (the StatsD stats,
 the EMF sink, remote_write signing, the container stats, the profiler's scans). A poll that times out
-now ends its thread's read, and a thread waits for the lock no longer than a poll may last."""
+now ends its thread's read, and a thread waits for the lock no longer than a poll may last. A peer that
+sends fast (a line with no end, a huge body) is refused at the reply bound: a `bad_reply` at once."""
 
 from __future__ import annotations
 
@@ -13,6 +14,9 @@ import socket
 import threading
 import time
 
+import pytest
+
+from integrations.queues.beanstalkd import MAX_REPLY
 from integrations.queues.source import QueueSource
 
 
@@ -70,3 +74,43 @@ async def test_a_peer_that_keeps_talking_never_holds_a_thread_past_the_poll(conf
         await source._close()
         server.close()
         executor.shutdown(wait=False, cancel_futures=True)
+
+
+FLOOD = 8 * 1024 * 1024  # the client held it all until the poll's timeout (bounded here: a test machine's memory)
+HANDSHAKE = {b"use": b"USING tasklens_tube\r\n", b"watch": b"WATCHING 2\r\n", b"ignore": b"WATCHING 1\r\n"}
+
+
+async def flooding_peer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, reply: bytes) -> None:
+    """Speaks beanstalkd's handshake, then answers `stats-tube` with `reply` and FLOOD bytes without a line
+    end (the connection is kept open)."""
+    try:
+        while line := await reader.readline():
+            command = line.split()[0]
+            if command in HANDSHAKE:
+                writer.write(HANDSHAKE[command])
+                continue
+            writer.write(reply)
+            for _ in range(FLOOD // 65536):
+                writer.write(b"x" * 65536)
+                await writer.drain()
+    except ConnectionError:  # the client hung up: what this test wants
+        pass
+    finally:
+        writer.close()
+
+
+@pytest.mark.parametrize("reply", [b"", b"OK 100000000\r\n"], ids=["line_without_end", "huge_body"])
+async def test_a_reply_past_its_bound_is_a_bad_reply_at_once(config, hub, reply: bytes) -> None:
+    server = await asyncio.start_server(lambda r, w: flooding_peer(r, w, reply), "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    source = QueueSource(config, hub, f"beanstalk://127.0.0.1:{port}/tasklens_tube?timeout=10")
+    try:
+        started = time.monotonic()
+        assert not await source.poll()
+        assert time.monotonic() - started < 4.0, "the client read on until the poll's timeout"
+        assert hub.metrics.get("tasklens.queue.poll_errors", queue="tasklens_tube", reason="bad_reply") == 1
+        assert f"over {MAX_REPLY}" in source.status()["last_error"]
+    finally:
+        await source._close()
+        server.close()
+        await server.wait_closed()

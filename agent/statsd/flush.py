@@ -186,6 +186,7 @@ class Flusher:
             self._last_seen = dict(self._last_seen)
             self._counters_seen = dict(self._counters_seen)
             self._zeros, self._zero_of, self._holders = dict(self._zeros), dict(self._zero_of), Counter(self._holders)
+            self._full, self._sets = {}, {}  # they hold the tags of what expired: made again as needed
         return old
 
 

@@ -34,10 +34,14 @@ class Derived(NamedTuple):
 
 
 def _num(value: Any) -> float | None:
-    """A finite JSON number, else None (booleans, strings such as Windows' "None", NaN)."""
+    """A finite JSON number, else None (booleans, strings such as Windows' "None", NaN, an integer
+    past the float range: JSON integers have no size limit)."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return None
-    value = float(value)
+    try:
+        value = float(value)
+    except OverflowError:
+        return None
     return value if math.isfinite(value) else None
 
 

@@ -444,6 +444,24 @@ def test_absurd_limits_never_export_infinity(mib: float) -> None:
     assert ("ecs.task.cpu.utilization_percent", None) not in v  # 0.0093 / 1e-320 overflows
 
 
+@pytest.mark.parametrize(("document", "path"), [("stats", ("memory_stats", "usage")),
+                                                  ("task", ("Limits", "CPU")), ("task", ("Limits", "Memory"))])
+def test_an_integer_past_the_float_range_is_left_out_alone(document: str, path: tuple[str, ...]) -> None:
+    """JSON integers have no size limit; one that no float can hold is garbage in that one field: it
+    must not cost the container's (or every container's) other series."""
+    task, stats = load("fargate-2023.task"), load("fargate-2023.stats")
+    target = next(iter(stats.values())) if document == "stats" else task
+    for key in path[:-1]:
+        target = target[key]
+    target[path[-1]] = 10**400
+    d = derive(task, stats)
+    v = values(d.samples)
+    assert d.errors == []
+    assert v["ecs.container.running", "dd-agent"] == 1
+    assert v["ecs.container.cpu.usage_vcpus", "apmtest-ping"] == pytest.approx(6_672_562 / 9_999_801_725)
+    assert v["ecs.task.network.receive_bytes_total", None] == 781_187_362
+
+
 def test_working_set_rules() -> None:
     assert working_set_bytes({"usage": 100, "stats": {"total_inactive_file": 30, "cache": 50}}) == 70
     assert working_set_bytes({"usage": 100, "stats": {"cache": 50, "inactive_file": 10}}) == 50  # v1, no totals

@@ -33,16 +33,17 @@ class Derived(NamedTuple):
 # --- tolerant accessors -------------------------------------------------------------------------
 
 
-def _num(value: Any) -> float | None:
+def _num(value: Any, *, signed: bool = False) -> float | None:
     """A finite JSON number, else None (booleans, strings such as Windows' "None", NaN, an integer
-    past the float range: JSON integers have no size limit)."""
+    past the float range: JSON integers have no size limit). Below 0 only when `signed`: bytes, counts,
+    times and limits cannot be negative; an exit code can (Windows)."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return None
     try:
         value = float(value)
     except OverflowError:
         return None
-    return value if math.isfinite(value) else None
+    return value if math.isfinite(value) and (signed or value >= 0) else None
 
 
 def _get(obj: Any, *path: str) -> Any:
@@ -322,7 +323,7 @@ def _container_samples(container: Mapping[str, Any], stats: Any, previous: Any, 
 
     running = container.get("KnownStatus") == "RUNNING"
     emit("running", 1.0 if running else 0.0)
-    exit_code = _num(container.get("ExitCode"))
+    exit_code = _num(container.get("ExitCode"), signed=True)
     if not running:
         emit("exit_code", exit_code)
     emit("restarts", _num(container.get("RestartCount")))  # only with a restart policy

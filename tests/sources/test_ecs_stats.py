@@ -462,6 +462,36 @@ def test_an_integer_past_the_float_range_is_left_out_alone(document: str, path: 
     assert v["ecs.task.network.receive_bytes_total", None] == 781_187_362
 
 
+@pytest.mark.parametrize(("document", "path", "series"), [
+    ("stats", ("memory_stats", "usage"), "ecs.container.memory.usage_bytes"),
+    ("stats", ("memory_stats", "stats", "rss"), "ecs.container.memory.rss_bytes"),
+    ("stats", ("pids_stats", "current"), "ecs.container.pids"),
+    ("stats", ("blkio_stats", "io_service_bytes_recursive", 0, "value"), "ecs.container.io.read_bytes_total"),
+    ("stats", ("networks", "eth1", "rx_bytes"), "ecs.task.network.receive_bytes_total"),
+    ("stats", ("network_rate_stats", "rx_bytes_per_sec"), "ecs.task.network.receive_bytes_per_second"),
+    ("task", ("Containers", 0, "RestartCount"), "ecs.container.restarts"),
+    ("task", ("EphemeralStorageMetrics", "Utilized"), "ecs.task.ephemeral_storage.used_bytes"),
+])
+def test_a_negative_amount_is_left_out(document: str, path: tuple[Any, ...], series: str) -> None:
+    """Bytes, counts and rates cannot be below 0: a negative one is junk, not a number to export."""
+    task, stats = load("fargate-2023.task"), load("fargate-2023.stats")
+    for entry in stats.values():
+        entry["network_rate_stats"] = {"rx_bytes_per_sec": 10.0}
+    target = next(iter(stats.values())) if document == "stats" else task
+    for key in path[:-1]:
+        target = target[key]
+    target[path[-1]] = -4096
+    got = [s.value for s in derive(task, stats).samples if s.name == series]
+    assert all(value >= 0 for value in got), got
+
+
+def test_a_negative_exit_code_is_kept() -> None:
+    task, stats = load("ec2-bridge-2020.task"), load("ec2-bridge-2020.stats")
+    stopped = next(c for c in task["Containers"] if c["Name"] == "nginx200")
+    stopped["ExitCode"] = -1073741510  # Windows: an NTSTATUS read as a signed 32-bit integer
+    assert values(derive(task, stats).samples)["ecs.container.exit_code", "nginx200"] == -1073741510
+
+
 def test_working_set_rules() -> None:
     assert working_set_bytes({"usage": 100, "stats": {"total_inactive_file": 30, "cache": 50}}) == 70
     assert working_set_bytes({"usage": 100, "stats": {"cache": 50, "inactive_file": 10}}) == 50  # v1, no totals

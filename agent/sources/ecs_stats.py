@@ -21,6 +21,9 @@ MIB = 1024 * 1024
 UNLIMITED = 2**62  # memory limits at or above this are "no limit" sentinels (2^63-4096, 2^64-1)
 CPU_UNITS_PER_VCPU = 1024
 CPU_UNITS_UNSET = 2  # container `Limits.CPU` of 0 (EC2) or 2 (Fargate) means "not set"
+# a rate above the host's online CPUs by more than this share is a counter that jumped, not usage (the
+# two ends of a delta are read a little apart from their timestamps: a busy host can seem a bit over)
+CPU_SLACK = 1.1
 
 _TIME = re.compile(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d+))?(Z|[+-]\d\d:?\d\d)?$")
 
@@ -104,11 +107,13 @@ def cpu_vcpus(stats: Any, previous: Any = None) -> float | None:
     now = _cpu_point(stats)
     if now is None:
         return None
+    online = _num(_get(stats, "cpu_stats", "online_cpus"))
     for before in (_cpu_point(previous), _cpu_point(stats, "pre")):
         if before is None:
             continue
         dt, dcpu = now[1] - before[1], now[0] - before[0]
-        if dt > 0 and dcpu >= 0:  # a negative delta is a restart: no rate for this sample
+        # a negative delta is a restart, one past every CPU of the host a jump: no rate from that pair
+        if dt > 0 and dcpu >= 0 and not (online and dcpu / dt > online * CPU_SLACK):
             return dcpu / dt
     return None
 

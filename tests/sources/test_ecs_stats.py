@@ -367,6 +367,20 @@ def test_restart_negative_delta_and_no_precpu_give_no_cpu() -> None:
     assert v["ecs.container.memory.working_set_bytes", "dd-agent"] == 156_966_912
 
 
+def test_a_cpu_counter_that_jumped_gives_no_rate() -> None:
+    """More CPU time than the host's online CPUs have in the interval is not usage: the counter jumped
+    (a garbled value, or a restart that came back higher). No rate from that pair, as for a restart."""
+    task, stats = load("fargate-2023.task"), load("fargate-2023.stats")
+    dd, ping = list(stats)
+    stats[dd]["cpu_stats"]["cpu_usage"]["total_usage"] += 2**50  # 112,590 vCPUs over 10 s, on 2 CPUs
+    before = copy.deepcopy(stats)
+    stats[ping]["cpu_stats"]["cpu_usage"]["total_usage"] += 2 * 10_000_000_000  # both CPUs busy for 10 s
+    stats[ping]["read"] = format_time_ns(parse_time_ns(stats[ping]["read"]) + 10_000_000_000)
+    v = values(derive(task, stats, before).samples)
+    assert ("ecs.container.cpu.usage_vcpus", "dd-agent") not in v
+    assert v["ecs.container.cpu.usage_vcpus", "apmtest-ping"] == pytest.approx(2.0)  # the host's whole
+
+
 def test_read_not_after_preread_gives_no_cpu() -> None:
     task, stats = load("fargate-2023.task"), load("fargate-2023.stats")
     for entry in stats.values():

@@ -517,3 +517,23 @@ async def test_a_hostile_answer_is_refused_counted_and_the_identity_kept(
     hostile.mode = "ok"
     assert await h.source.poll_once()  # and it recovers by itself
     await h.source.aclose()
+
+
+async def test_huge_names_in_the_task_cannot_make_every_series_huge(metadata: MetadataServer,
+                                                                  harness: Harness) -> None:
+    """Names within the body cap can still be megabytes: each would be a label of every series (of every
+    StatsD series too, through the identity), so /metrics would repeat it on every line. ECS names are
+    at most 255 characters, an ARN at most 2048: longer ones are cut there."""
+    task = load("fargate-2023.task")
+    task["Family"] = "f" * 1_000_000
+    task["Cluster"] = "c" * 1_000_000
+    task["TaskARN"] = "arn:aws:ecs:ap-northeast-1:1:task/x/" + "t" * 1_000_000
+    task["Containers"][0].update(Name="n" * 100_000, Image="i" * 100_000 + ":" + "v" * 100_000)
+    metadata.serve(task, raw("fargate-2023.stats"))
+    assert await harness.source.poll_once()
+    text = generate_latest(harness.prometheus.registry)
+    assert len(text) < 1024 * 1024, len(text)  # it was 295 MB
+    for family in text_string_to_metric_families(text.decode()):
+        for s in family.samples:
+            assert all(len(v) <= (2048 if k == "task_arn" else 255) for k, v in s.labels.items()), s.name
+    assert harness.hub.identity.task_family == "f" * 255

@@ -22,6 +22,9 @@ INFO_TAG_KEYS = TAG_KEYS + ("task_arn",)
 # at most 2048. A longer value from the metadata endpoint is cut there: each is a label of every series.
 MAX_NAME = 255
 MAX_ARN = 2048
+# a task definition holds at most 10 containers, and ECS adds a few (pause, Service Connect): a task
+# listing more is not a task, and thousands of them fit in the body cap (seconds of the event loop)
+MAX_CONTAINERS = 100
 
 
 def _text(value: Any, limit: int = MAX_NAME) -> str:
@@ -130,6 +133,8 @@ def task_identity(config: Config, task: Mapping[str, Any], environ: Mapping[str,
     containers = task.get("Containers", [])
     if not isinstance(containers, list):
         raise ValueError("task metadata Containers is not a list")
+    if len(containers) > MAX_CONTAINERS:
+        raise ValueError(f"task metadata lists {len(containers)} containers, more than a task can have ({MAX_CONTAINERS})")
     by_id = {
         str(c["DockerId"]): container_tags(c)
         for c in containers

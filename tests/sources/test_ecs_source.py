@@ -537,3 +537,19 @@ async def test_huge_names_in_the_task_cannot_make_every_series_huge(metadata: Me
         for s in family.samples:
             assert all(len(v) <= (2048 if k == "task_arn" else 255) for k, v in s.labels.items()), s.name
     assert harness.hub.identity.task_family == "f" * 255
+
+
+async def test_a_task_with_more_containers_than_ecs_allows_is_refused(metadata: MetadataServer,
+                                                                      harness: Harness) -> None:
+    """ECS runs at most 10 containers in a task (a few more with the ones it adds). 55,000 of them fit
+    in the body cap, and deriving and rendering their series held the event loop for seconds."""
+    metadata.serve(raw("fargate-2023.task"), raw("fargate-2023.stats"))
+    assert await harness.source.poll_once()
+    task = load("fargate-2023.task")
+    task["TaskARN"] = task["TaskARN"][:-4] + "ffff"
+    task["Containers"] = [{"DockerId": f"d{i}", "Name": f"n{i}", "KnownStatus": "RUNNING"} for i in range(1000)]
+    metadata.serve(task, raw("fargate-2023.stats"))
+    assert not await harness.source.poll_once()
+    assert harness.metric("tasklens.ecs.poll_errors", reason="bad_shape") == 1
+    assert harness.scrape() == {}  # a gap
+    assert harness.hub.identity.task_id == "67cd8a22b533459696d4ccab5278e009"  # the last identity kept

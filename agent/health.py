@@ -115,7 +115,7 @@ def observe(container: Mapping[str, Any], stats: Any, task: Any, poll_time: floa
     return Observation(
         t=read / 1e9 if read is not None else poll_time,
         running=container.get("KnownStatus") == "RUNNING",
-        exit_code=_num(container.get("ExitCode")),
+        exit_code=_num(container.get("ExitCode"), signed=True),
         restart_count=_num(container.get("RestartCount")),
         started_ns=parse_time_ns(container.get("StartedAt")),
         working_set=ws,

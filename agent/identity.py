@@ -18,6 +18,17 @@ PAUSE_CONTAINER = "~internal~ecs~pause"
 TAG_KEYS = ("service", "env", "version", "ecs_cluster", "task_family", "task_revision", "task_id",
             "availability_zone", "region", "launch_type")
 INFO_TAG_KEYS = TAG_KEYS + ("task_arn",)
+# ECS names (cluster, family, container, image repository and tag) are at most 255 characters, an ARN
+# at most 2048. A longer value from the metadata endpoint is cut there: each is a label of every series.
+MAX_NAME = 255
+MAX_ARN = 2048
+# a task definition holds at most 10 containers, and ECS adds a few (pause, Service Connect): a task
+# listing more is not a task, and thousands of them fit in the body cap (seconds of the event loop)
+MAX_CONTAINERS = 100
+
+
+def _text(value: Any, limit: int = MAX_NAME) -> str:
+    return str(value or "")[:limit]
 
 
 def split_image(image: str) -> tuple[str, str]:
@@ -55,7 +66,7 @@ def distinct_containers(containers: Any) -> tuple[list[Any], int]:
 
 def container_tags(container: Mapping[str, Any]) -> Tags:
     repo, tag = split_image(str(container.get("Image") or ""))
-    return (("container_name", str(container.get("Name") or "")), ("image", repo), ("image_tag", tag))
+    return (("container_name", _text(container.get("Name"))), ("image", repo[:MAX_NAME]), ("image_tag", tag[:MAX_NAME]))
 
 
 @dataclass(frozen=True)
@@ -114,9 +125,9 @@ def _cluster_name(task: Mapping[str, Any], arn: str) -> str:
     """`Cluster` may be a name or an ARN; without it, the new-style task ARN `task/<cluster>/<id>` has it."""
     cluster = str(task.get("Cluster") or "")
     if cluster:
-        return cluster.rsplit("/", 1)[-1]
+        return _text(cluster.rsplit("/", 1)[-1])
     parts = arn.split(":", 5)[-1].split("/")
-    return parts[1] if len(parts) == 3 else ""
+    return _text(parts[1]) if len(parts) == 3 else ""
 
 
 def task_identity(config: Config, task: Mapping[str, Any], environ: Mapping[str, str] | None = None) -> Identity:
@@ -130,7 +141,7 @@ def task_identity(config: Config, task: Mapping[str, Any], environ: Mapping[str,
     group = str(task.get("Group") or "")
     family = str(task.get("Family") or "")
     service, env, version = _explicit(config, environ)
-    service = (
+    service = _text(
         service
         or str(task.get("ServiceName") or "")
         or (group.removeprefix("service:") if group.startswith("service:") else "")
@@ -140,6 +151,8 @@ def task_identity(config: Config, task: Mapping[str, Any], environ: Mapping[str,
     containers = task.get("Containers", [])
     if not isinstance(containers, list):
         raise ValueError("task metadata Containers is not a list")
+    if len(containers) > MAX_CONTAINERS:
+        raise ValueError(f"task metadata lists {len(containers)} containers, more than a task can have ({MAX_CONTAINERS})")
     by_id = {
         str(c["DockerId"]): container_tags(c)
         for c in distinct_containers(containers)[0]
@@ -150,13 +163,13 @@ def task_identity(config: Config, task: Mapping[str, Any], environ: Mapping[str,
         env=env,
         version=version,
         ecs_cluster=_cluster_name(task, arn),
-        task_family=family,
-        task_revision=str(task.get("Revision") or ""),
-        task_id=arn.rsplit("/", 1)[-1],
-        task_arn=arn,
-        availability_zone=str(task.get("AvailabilityZone") or ""),
-        region=region,
-        launch_type=str(task.get("LaunchType") or "").upper(),
+        task_family=_text(family),
+        task_revision=_text(task.get("Revision")),
+        task_id=_text(arn.rsplit("/", 1)[-1]),
+        task_arn=_text(arn, MAX_ARN),
+        availability_zone=_text(task.get("AvailabilityZone")),
+        region=_text(region),
+        launch_type=_text(task.get("LaunchType")).upper(),
         extra=config.tags,
         containers=by_id,
     )

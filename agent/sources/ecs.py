@@ -159,6 +159,10 @@ class EcsSource:
             error, stats = _as_poll_error(stats), {}
         elif not isinstance(stats, Mapping):
             error, stats = PollError("bad_shape", "/task/stats: not a JSON object"), {}
+        else:  # only the task's containers are read: the entries of others are not kept for the next poll
+            ids = {c["DockerId"] for c in task.get("Containers", [])
+                   if isinstance(c, dict) and isinstance(c.get("DockerId"), str)}
+            stats = {docker_id: entry for docker_id, entry in stats.items() if docker_id in ids}
         # the task's own series (state, limits) still go out when only the stats failed
         derived = derive(task, stats, self._previous(stats))
         derived.samples.extend(self.health.observe(task, stats, derived.samples, time.time()))

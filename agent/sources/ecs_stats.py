@@ -21,6 +21,9 @@ MIB = 1024 * 1024
 UNLIMITED = 2**62  # memory limits at or above this are "no limit" sentinels (2^63-4096, 2^64-1)
 CPU_UNITS_PER_VCPU = 1024
 CPU_UNITS_UNSET = 2  # container `Limits.CPU` of 0 (EC2) or 2 (Fargate) means "not set"
+# a rate above the host's online CPUs by more than this share is a counter that jumped, not usage (the
+# two ends of a delta are read a little apart from their timestamps: a busy host can seem a bit over)
+CPU_SLACK = 1.1
 
 _TIME = re.compile(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d+))?(Z|[+-]\d\d:?\d\d)?$")
 
@@ -33,12 +36,17 @@ class Derived(NamedTuple):
 # --- tolerant accessors -------------------------------------------------------------------------
 
 
-def _num(value: Any) -> float | None:
-    """A finite JSON number, else None (booleans, strings such as Windows' "None", NaN)."""
+def _num(value: Any, *, signed: bool = False) -> float | None:
+    """A finite JSON number, else None (booleans, strings such as Windows' "None", NaN, an integer
+    past the float range: JSON integers have no size limit). Below 0 only when `signed`: bytes, counts,
+    times and limits cannot be negative; an exit code can (Windows)."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return None
-    value = float(value)
-    return value if math.isfinite(value) else None
+    try:
+        value = float(value)
+    except OverflowError:
+        return None
+    return value if math.isfinite(value) and (signed or value >= 0) else None
 
 
 def _get(obj: Any, *path: str) -> Any:
@@ -99,11 +107,13 @@ def cpu_vcpus(stats: Any, previous: Any = None) -> float | None:
     now = _cpu_point(stats)
     if now is None:
         return None
+    online = _num(_get(stats, "cpu_stats", "online_cpus"))
     for before in (_cpu_point(previous), _cpu_point(stats, "pre")):
         if before is None:
             continue
         dt, dcpu = now[1] - before[1], now[0] - before[0]
-        if dt > 0 and dcpu >= 0:  # a negative delta is a restart: no rate for this sample
+        # a negative delta is a restart, one past every CPU of the host a jump: no rate from that pair
+        if dt > 0 and dcpu >= 0 and not (online and dcpu / dt > online * CPU_SLACK):
             return dcpu / dt
     return None
 
@@ -318,7 +328,7 @@ def _container_samples(container: Mapping[str, Any], stats: Any, previous: Any, 
 
     running = container.get("KnownStatus") == "RUNNING"
     emit("running", 1.0 if running else 0.0)
-    exit_code = _num(container.get("ExitCode"))
+    exit_code = _num(container.get("ExitCode"), signed=True)
     if not running:
         emit("exit_code", exit_code)
     emit("restarts", _num(container.get("RestartCount")))  # only with a restart policy

@@ -544,3 +544,57 @@ async def test_a_hostile_answer_is_refused_counted_and_the_identity_kept(
     hostile.mode = "ok"
     assert await h.source.poll_once()  # and it recovers by itself
     await h.source.aclose()
+
+
+async def test_huge_names_in_the_task_cannot_make_every_series_huge(metadata: MetadataServer,
+                                                                  harness: Harness) -> None:
+    """Names within the body cap can still be megabytes: each would be a label of every series (of every
+    StatsD series too, through the identity), so /metrics would repeat it on every line. ECS names are
+    at most 255 characters, an ARN at most 2048: longer ones are cut there."""
+    task = load("fargate-2023.task")
+    task["Family"] = "f" * 1_000_000
+    task["Cluster"] = "c" * 1_000_000
+    task["TaskARN"] = "arn:aws:ecs:ap-northeast-1:1:task/x/" + "t" * 1_000_000
+    task["Containers"][0].update(Name="n" * 100_000, Image="i" * 100_000 + ":" + "v" * 100_000)
+    metadata.serve(task, raw("fargate-2023.stats"))
+    assert await harness.source.poll_once()
+    text = generate_latest(harness.prometheus.registry)
+    assert len(text) < 1024 * 1024, len(text)  # it was 295 MB
+    for family in text_string_to_metric_families(text.decode()):
+        for s in family.samples:
+            assert all(len(v) <= (2048 if k == "task_arn" else 255) for k, v in s.labels.items()), s.name
+    assert harness.hub.identity.task_family == "f" * 255
+
+
+async def test_a_task_with_more_containers_than_ecs_allows_is_refused(metadata: MetadataServer,
+                                                                      harness: Harness) -> None:
+    """ECS runs at most 10 containers in a task (a few more with the ones it adds). 55,000 of them fit
+    in the body cap, and deriving and rendering their series held the event loop for seconds."""
+    metadata.serve(raw("fargate-2023.task"), raw("fargate-2023.stats"))
+    assert await harness.source.poll_once()
+    task = load("fargate-2023.task")
+    task["TaskARN"] = task["TaskARN"][:-4] + "ffff"
+    task["Containers"] = [{"DockerId": f"d{i}", "Name": f"n{i}", "KnownStatus": "RUNNING"} for i in range(1000)]
+    metadata.serve(task, raw("fargate-2023.stats"))
+    assert not await harness.source.poll_once()
+    assert harness.metric("tasklens.ecs.poll_errors", reason="bad_shape") == 1
+    assert harness.scrape() == {}  # a gap
+    assert harness.hub.identity.task_id == "67cd8a22b533459696d4ccab5278e009"  # the last identity kept
+
+
+async def test_stats_of_containers_not_in_the_task_are_not_kept(metadata: MetadataServer, harness: Harness) -> None:
+    """Only the task's containers are derived, so only their stats are kept for the next poll's rates,
+    not the entries of unknown ids that fit in the body cap (75,000 of them kept about 32 MB between
+    polls, as measured by tracemalloc)."""
+    stats = load("fargate-2023.stats")
+    for i in range(20_000):
+        stats[f"unknown-{i}"] = {"read": "2023-06-20T01:19:45.077342978Z", "unknown": [i]}
+    metadata.serve(raw("fargate-2023.task"), stats)
+    del stats
+    for _ in range(2):
+        assert await harness.source.poll_once()
+    await asyncio.sleep(0)  # one turn of the loop: the handle that woke this task holds the last answer
+    gc.collect()
+    unknown = sum(1 for o in gc.get_objects() if isinstance(o, dict) and "unknown" in o and "read" in o)
+    assert unknown == 0, unknown  # it was 20,000: kept for the next poll
+    assert harness.scrape()["ecs_container_memory_working_set_bytes", "dd-agent"] == 156_966_912

@@ -367,6 +367,20 @@ def test_restart_negative_delta_and_no_precpu_give_no_cpu() -> None:
     assert v["ecs.container.memory.working_set_bytes", "dd-agent"] == 156_966_912
 
 
+def test_a_cpu_counter_that_jumped_gives_no_rate() -> None:
+    """More CPU time than the host's online CPUs have in the interval is not usage: the counter jumped
+    (a garbled value, or a restart that came back higher). No rate from that pair, as for a restart."""
+    task, stats = load("fargate-2023.task"), load("fargate-2023.stats")
+    dd, ping = list(stats)
+    stats[dd]["cpu_stats"]["cpu_usage"]["total_usage"] += 2**50  # 112,590 vCPUs over 10 s, on 2 CPUs
+    before = copy.deepcopy(stats)
+    stats[ping]["cpu_stats"]["cpu_usage"]["total_usage"] += 2 * 10_000_000_000  # both CPUs busy for 10 s
+    stats[ping]["read"] = format_time_ns(parse_time_ns(stats[ping]["read"]) + 10_000_000_000)
+    v = values(derive(task, stats, before).samples)
+    assert ("ecs.container.cpu.usage_vcpus", "dd-agent") not in v
+    assert v["ecs.container.cpu.usage_vcpus", "apmtest-ping"] == pytest.approx(2.0)  # the host's whole
+
+
 def test_read_not_after_preread_gives_no_cpu() -> None:
     task, stats = load("fargate-2023.task"), load("fargate-2023.stats")
     for entry in stats.values():
@@ -442,6 +456,54 @@ def test_absurd_limits_never_export_infinity(mib: float) -> None:
     assert all(math.isfinite(x) for x in v.values())
     assert v["ecs.task.memory.working_set_bytes", None] == 191_832_064
     assert ("ecs.task.cpu.utilization_percent", None) not in v  # 0.0093 / 1e-320 overflows
+
+
+@pytest.mark.parametrize(("document", "path"), [("stats", ("memory_stats", "usage")),
+                                                  ("task", ("Limits", "CPU")), ("task", ("Limits", "Memory"))])
+def test_an_integer_past_the_float_range_is_left_out_alone(document: str, path: tuple[str, ...]) -> None:
+    """JSON integers have no size limit; one that no float can hold is garbage in that one field: it
+    must not cost the container's (or every container's) other series."""
+    task, stats = load("fargate-2023.task"), load("fargate-2023.stats")
+    target = next(iter(stats.values())) if document == "stats" else task
+    for key in path[:-1]:
+        target = target[key]
+    target[path[-1]] = 10**400
+    d = derive(task, stats)
+    v = values(d.samples)
+    assert d.errors == []
+    assert v["ecs.container.running", "dd-agent"] == 1
+    assert v["ecs.container.cpu.usage_vcpus", "apmtest-ping"] == pytest.approx(6_672_562 / 9_999_801_725)
+    assert v["ecs.task.network.receive_bytes_total", None] == 781_187_362
+
+
+@pytest.mark.parametrize(("document", "path", "series"), [
+    ("stats", ("memory_stats", "usage"), "ecs.container.memory.usage_bytes"),
+    ("stats", ("memory_stats", "stats", "rss"), "ecs.container.memory.rss_bytes"),
+    ("stats", ("pids_stats", "current"), "ecs.container.pids"),
+    ("stats", ("blkio_stats", "io_service_bytes_recursive", 0, "value"), "ecs.container.io.read_bytes_total"),
+    ("stats", ("networks", "eth1", "rx_bytes"), "ecs.task.network.receive_bytes_total"),
+    ("stats", ("network_rate_stats", "rx_bytes_per_sec"), "ecs.task.network.receive_bytes_per_second"),
+    ("task", ("Containers", 0, "RestartCount"), "ecs.container.restarts"),
+    ("task", ("EphemeralStorageMetrics", "Utilized"), "ecs.task.ephemeral_storage.used_bytes"),
+])
+def test_a_negative_amount_is_left_out(document: str, path: tuple[Any, ...], series: str) -> None:
+    """Bytes, counts and rates cannot be below 0: a negative one is junk, not a number to export."""
+    task, stats = load("fargate-2023.task"), load("fargate-2023.stats")
+    for entry in stats.values():
+        entry["network_rate_stats"] = {"rx_bytes_per_sec": 10.0}
+    target = next(iter(stats.values())) if document == "stats" else task
+    for key in path[:-1]:
+        target = target[key]
+    target[path[-1]] = -4096
+    got = [s.value for s in derive(task, stats).samples if s.name == series]
+    assert all(value >= 0 for value in got), got
+
+
+def test_a_negative_exit_code_is_kept() -> None:
+    task, stats = load("ec2-bridge-2020.task"), load("ec2-bridge-2020.stats")
+    stopped = next(c for c in task["Containers"] if c["Name"] == "nginx200")
+    stopped["ExitCode"] = -1073741510  # Windows: an NTSTATUS read as a signed 32-bit integer
+    assert values(derive(task, stats).samples)["ecs.container.exit_code", "nginx200"] == -1073741510
 
 
 def test_working_set_rules() -> None:

@@ -124,9 +124,8 @@ static uint64_t siphash13(uint64_t k0, uint64_t k1, const char *p, Py_ssize_t n)
         SIPROUND;
         v0 ^= m;
     }
-    m = 0;
-    memcpy(&m, p, (size_t)n);
-    last |= m;
+    for (int i = 0; i < n; i++)  /* the last 0-7 bytes: a loop, not a call to memcpy */
+        last |= (uint64_t)(unsigned char)p[i] << (8 * i);
     v3 ^= last;
     SIPROUND;
     v0 ^= last;
@@ -137,8 +136,18 @@ static uint64_t siphash13(uint64_t k0, uint64_t k1, const char *p, Py_ssize_t n)
     return v0 ^ v1 ^ v2 ^ v3;
 }
 
+/* A head's hash: its tail's, keyed with its name's (`name_hash`). A line's context key has the line's
+ * name: its hash reuses the name's. */
+static uint64_t name_hash(const Table *t, const char *name, Py_ssize_t nlen) {
+    return siphash13(t->key[0], t->key[1], name, nlen);
+}
+
+static uint64_t tail_hash(const Table *t, uint64_t name, const char *tail, Py_ssize_t tlen) {
+    return siphash13(t->key[0] ^ name, t->key[1], tail, tlen);
+}
+
 static uint64_t head_hash(const Table *t, const char *name, Py_ssize_t nlen, const char *tail, Py_ssize_t tlen) {
-    return siphash13(t->key[0] ^ siphash13(t->key[0], t->key[1], name, nlen), t->key[1], tail, tlen);
+    return tail_hash(t, name_hash(t, name, nlen), tail, tlen);
 }
 
 /* a head further than this from its bucket is left to Python: at the load factor of 1/2 the longest
@@ -484,10 +493,10 @@ static int sort_tags(const Head *hd, int *order) {
 
 /* The hash of the context a line names, when `read_head` reads its head and its value is one Python
  * would accept (else that error comes first): 1 and *h set; 0 when Python must look; -1 on an error.
- * `head`: the line's head_hash. A context's tags are sorted by key (`Aggregator._slot`): `#b:2,a:1`
- * names the context of `#a:1,b:2`. */
+ * `named`, `head`: the line's name_hash and head_hash. A context's tags are sorted by key
+ * (`Aggregator._slot`): `#b:2,a:1` names the context of `#a:1,b:2`. */
 static int line_context(Table *t, const char *name, Py_ssize_t nlen, const char *value, const char *bar,
-                        const char *end, uint64_t head, uint64_t *h) {
+                        const char *end, uint64_t named, uint64_t head, uint64_t *h) {
     Head hd;
     double v;
     const char *tail = bar + 1;
@@ -517,7 +526,7 @@ static int line_context(Table *t, const char *name, Py_ssize_t nlen, const char 
     }
     if (clen > 0)
         w = put(put(w, "|c:", 3), hd.container, clen);
-    *h = head_hash(t, name, nlen, buf, w - buf);
+    *h = tail_hash(t, named, buf, w - buf);
     return 1;
 }
 
@@ -590,7 +599,7 @@ static int remember_refused(Table *t, uint64_t head, Py_ssize_t size) {
 typedef struct {
     const char *line, *end, *after;    /* the line, its end, where the next one starts; line NULL: none left */
     const char *value, *bar;           /* NULL when a `:` or the `|` after it is missing: Python's */
-    uint64_t head;
+    uint64_t named, head;              /* name_hash, head_hash */
     int context;                       /* line_context's answer when worked out ahead, else UNKNOWN */
     uint64_t context_hash;
 } Cut;
@@ -629,7 +638,8 @@ static void cut(Table *t, const char *p, const char *end, int storm, Cut *c) {
     c->value = colon + 1;
     c->bar = bar;
     Py_ssize_t nlen = colon - c->line;
-    c->head = head_hash(t, c->line, nlen, bar + 1, c->end - bar - 1);
+    c->named = name_hash(t, c->line, nlen);
+    c->head = tail_hash(t, c->named, bar + 1, c->end - bar - 1);
     if (t->slots != NULL)
         __builtin_prefetch(&t->slots[c->head & t->mask]);
     if (storm == CALM)
@@ -637,7 +647,7 @@ static void cut(Table *t, const char *p, const char *end, int storm, Cut *c) {
     if (t->refused.buckets != NULL)
         __builtin_prefetch(&t->refused.buckets[hs_norm(c->head) & t->refused.mask]);
     if (storm == REFUSED_NEW && t->decide && t->contexts >= t->max_contexts) {
-        c->context = line_context(t, c->line, nlen, c->value, bar, c->end, c->head, &c->context_hash);
+        c->context = line_context(t, c->line, nlen, c->value, bar, c->end, c->named, c->head, &c->context_hash);
         if (c->context < 0) {  /* out of memory: worked out again, and raised, if the line needs it */
             PyErr_Clear();
             c->context = UNKNOWN;
@@ -770,7 +780,7 @@ static int new_head(Table *t, Cut *c, PyObject *gauges) {
         return 0;
     Py_ssize_t nlen = c->value - 1 - c->line;
     if (c->context == UNKNOWN)
-        c->context = line_context(t, c->line, nlen, c->value, c->bar, c->end, c->head, &c->context_hash);
+        c->context = line_context(t, c->line, nlen, c->value, c->bar, c->end, c->named, c->head, &c->context_hash);
     if (c->context <= 0)
         return c->context;
     if (hs_find(&t->live, c->context_hash))

@@ -28,7 +28,7 @@ _log = RateLimitedLog(logging.getLogger("tasklens.health"))
 
 OOM_EXIT_CODE = 137  # 128 + SIGKILL: what the kernel's OOM killer leaves (and any other SIGKILL)
 NEAR_LIMIT = 0.9  # working set at or above this share of the limit counts as "at the limit"
-LEAK_SIGNIFICANCE = 3.0  # standard errors (~99.7 %): stricter than the queue's 2, a false countdown pages
+LEAK_SIGNIFICANCE = 5.0  # standard errors: see docs/health.md (3 was a false leak in ~1 of 1,600 noisy windows)
 MIN_GROWTH = 0.01  # the fitted growth over the window must reach 1 % of the limit to be a leak
 FLOOR_BINS = 6  # the floor (lowest point of each sixth of the window) must rise by half that too: _floor_growth
 

@@ -29,6 +29,11 @@ WRITE_CHUNK = 1 << 20
 # headers, holds its connection for the default hour. Scrapers send a request at once; one that
 # scrapes every 15 s reconnects for each scrape.
 REQUEST_DEADLINE = 5.0
+# A `/metrics` answer must be taken within this: a peer that asks and stops reading (its window
+# closed) held a scrape slot for as long as it kept the connection, and two such peers held every
+# scrape back. Prometheus gives up on a scrape after 10 s by default, so an answer later than that
+# is read by nobody; the connection is then dropped and counted (`tasklens.http.scrapes_abandoned`).
+WRITE_DEADLINE = 10.0
 
 
 class SingleFlight:
@@ -145,9 +150,16 @@ def make_app(hub: Hub, prometheus: PrometheusSink, ready: Callable[[], bool],
             response.content_length = len(body)
             await response.prepare(request)
             view = memoryview(body)
-            for start in range(0, len(body) if request.method != "HEAD" else 0, WRITE_CHUNK):
-                await response.write(view[start:start + WRITE_CHUNK])  # as the socket drains: no 53 MB at once
-            await response.write_eof()
+            try:
+                async with asyncio.timeout(WRITE_DEADLINE):
+                    for start in range(0, len(body) if request.method != "HEAD" else 0, WRITE_CHUNK):
+                        await response.write(view[start:start + WRITE_CHUNK])  # as the socket drains: no 53 MB at once
+                    await response.write_eof()
+            except TimeoutError:
+                hub.metrics.inc("tasklens.http.scrapes_abandoned")
+                if request.transport is not None:
+                    request.transport.abort()  # what is buffered for it goes too
+                return response
         hub.metrics.inc("tasklens.http.scrapes")
         return response
 

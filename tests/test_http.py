@@ -7,7 +7,7 @@ import select
 import socket
 import time
 
-from agent.http import REQUEST_DEADLINE
+from agent.http import REQUEST_DEADLINE, WRITE_DEADLINE
 from tests.support import http_get
 
 MARGIN = 10.0  # seconds past the deadline a close may take on a loaded machine
@@ -62,3 +62,43 @@ def test_connections_without_a_complete_request_are_closed_and_scrapes_go_on(sid
         for sock in silent + partial + [idle, trickling]:
             sock.close()
     assert sidecar.stop() == 0
+
+
+def test_peers_that_ask_for_metrics_and_stop_reading_are_dropped_and_scrapes_go_on(sidecar_factory) -> None:
+    """Two scrape slots: two peers that ask for a large `/metrics` and never read held both for as long
+    as they kept their connections, and every other scrape waited."""
+    sidecar = sidecar_factory(TASKLENS_FLUSH_INTERVAL="1")
+    sidecar.wait_ready()
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as statsd:  # ~20 MB of exposition
+        for i in range(0, 60_000, 40):
+            statsd.sendto(b"\n".join(b"stalled.reader.padding.%s.%d:1|c|#k:%s" % (b"x" * 150, n, b"v" * 100)
+                                     for n in range(i, i + 40)), ("127.0.0.1", sidecar.statsd_port))
+    until_big = time.monotonic() + 60
+    while len(http_get(sidecar.url + "/metrics", timeout=10)[1]) < 10_000_000:
+        assert time.monotonic() < until_big, "the exposition never grew past 10 MB"
+        time.sleep(0.5)
+    readers = []
+    for _ in range(3):  # more than the scrape slots
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.connect(("127.0.0.1", sidecar.http_port))
+        sock.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")  # and never read
+        readers.append(sock)
+    try:
+        time.sleep(1.0)  # the three are being served, stalled
+        started = time.monotonic()
+        assert http_get(sidecar.url + "/metrics", timeout=WRITE_DEADLINE + MARGIN)[0] == 200
+        assert time.monotonic() - started < WRITE_DEADLINE + MARGIN
+        until_all = time.monotonic() + 2 * (WRITE_DEADLINE + MARGIN)
+        while abandoned(http_get(sidecar.url + "/metrics", timeout=10)[1]) < 3:  # the third one's turn came too
+            assert time.monotonic() < until_all, "the peers that stopped reading were not all dropped"
+            time.sleep(0.5)
+    finally:
+        for sock in readers:
+            sock.close()
+    assert sidecar.stop() == 0
+
+
+def abandoned(exposition: str) -> float:
+    found = [line for line in exposition.splitlines() if line.startswith("tasklens_http_scrapes_abandoned_total")]
+    return float(found[0].split()[-1]) if found else 0.0

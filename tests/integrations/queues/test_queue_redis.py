@@ -148,6 +148,25 @@ async def test_stream_group_lag_pending_consumers_and_age(config, hub, exported,
     await source.probe.close()
 
 
+@pytest.mark.parametrize("delivered", ["5-18446744073709551615", "0-0"])
+async def test_stream_group_delivered_up_to_an_odd_id(config, hub, exported, r, unique, delivered):
+    """Ids given by the producer: the group's last-delivered-id at the largest sequence of its millisecond
+    (the next id is in the next millisecond), or at 0-0 (nothing delivered yet)."""
+    await r.xgroup_create(unique, "workers", id="0", mkstream=True)
+    if delivered != "0-0":
+        await r.xadd(unique, {"n": 0}, id=delivered)
+        await r.xreadgroup("workers", "c1", {unique: ">"}, count=1)
+    await r.xadd(unique, {"n": 1}, id="6-0")
+    await r.xadd(unique, {"n": 2}, id="7-0")
+    source = QueueSource(config, hub, f"{REDIS}?stream={unique}&group=workers")
+    assert await source.poll(), source.last_error
+    values = exported.queue(unique)
+    age = values.pop("oldest_age_seconds")
+    assert values == {"depth": 2.0, "in_flight": 0.0 if delivered == "0-0" else 1.0, "consumers": float(delivered != "0-0")}
+    assert time.time() - 1 < age + 0.006 < time.time() + 1  # entry 6-0: 6 ms after the epoch
+    await source.probe.close()
+
+
 async def test_stream_without_group_is_its_length(config, hub, exported, r, unique):
     for i in range(4):
         await r.xadd(unique, {"n": i})

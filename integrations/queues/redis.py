@@ -129,8 +129,9 @@ class RedisProbe:
     async def _read_stream(self, r: Any) -> Reading:
         if not self.group:
             return Reading(depth=await r.xlen(self.key))
-        groups = await r.xinfo_groups(self.key)
-        group = next((g for g in groups if g["name"] == self.group), None)
+        # undecoded: another application's group may have a name that is not UTF-8
+        groups = await r.execute_command("XINFO GROUPS", self.key, NEVER_DECODE=True)
+        group = next((g for g in groups if g["name"] == self.group.encode()), None)
         if group is None:
             raise ProbeError("not_found", f"stream {self.key!r} has no group {self.group!r}")
         lag = group.get("lag")  # nil before Redis 7, or after deletions Redis cannot count across
@@ -138,7 +139,8 @@ class RedisProbe:
         if lag:
             # undecoded: the entry's fields may be binary (msgpack, protobuf), which a decoding client refuses.
             # `(` excludes the delivered id (Redis 6.2+; `lag` is 7+): its sequence may be the largest there is
-            first = await r.execute_command("XRANGE", self.key, "(" + group["last-delivered-id"], "+", "COUNT", 1,
+            delivered = group["last-delivered-id"].decode("ascii")
+            first = await r.execute_command("XRANGE", self.key, f"({delivered}", "+", "COUNT", 1,
                                             NEVER_DECODE=True)
             if first:
                 seconds, micros = await r.time()

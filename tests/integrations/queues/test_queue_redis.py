@@ -167,6 +167,21 @@ async def test_stream_group_delivered_up_to_an_odd_id(config, hub, exported, r, 
     await source.probe.close()
 
 
+async def test_stream_group_beside_a_group_with_a_binary_name(config, hub, exported, r, unique):
+    """Another application's group named in bytes that are not UTF-8 is none of this queue's business."""
+    await r.xgroup_create(unique, "workers", id="0", mkstream=True)
+    await r.execute_command("XGROUP", "CREATE", unique, b"\xff\xfe", "0")
+    for i in range(3):
+        await r.xadd(unique, {"n": i})
+    await r.xreadgroup("workers", "c1", {unique: ">"}, count=1)
+    source = QueueSource(config, hub, f"{REDIS}?stream={unique}&group=workers")
+    assert await source.poll(), source.last_error
+    values = exported.queue(unique)
+    assert values.pop("oldest_age_seconds") < 60
+    assert values == {"depth": 2.0, "in_flight": 1.0, "consumers": 1.0}
+    await source.probe.close()
+
+
 async def test_stream_without_group_is_its_length(config, hub, exported, r, unique):
     for i in range(4):
         await r.xadd(unique, {"n": i})

@@ -19,10 +19,18 @@ from integrations.queues.base import Broker, ProbeError, QueueURL, Reading
 NO_MESSAGE_FOUND = 10037  # JetStream's err_code for a STREAM.MSG.GET with nothing to get
 
 
+# characters no stream or consumer name has (nats-py and the server refuse them): the name is a token of
+# the API subject `$JS.API.CONSUMER.INFO.<stream>.<consumer>`
+NOT_IN_NAMES = ". *>/\\\t\r\n"
+
+
 def names(url: QueueURL) -> tuple[str, str]:
     stream, consumer = url.params.get("stream", ""), url.params.get("consumer", "")
     if not stream or not consumer:
         raise ValueError("a NATS URL names the stream and the durable consumer: nats://host:4222?stream=S&consumer=C")
+    for what, name in (("stream", stream), ("consumer", consumer)):
+        if any(c in NOT_IN_NAMES for c in name):
+            raise ValueError(f"{what} {name!r}: a NATS name has no . * > / \\, space, tab or line end")
     return stream, consumer
 
 

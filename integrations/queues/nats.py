@@ -16,11 +16,21 @@ from typing import Any
 
 from integrations.queues.base import Broker, ProbeError, QueueURL, Reading
 
+NO_MESSAGE_FOUND = 10037  # JetStream's err_code for a STREAM.MSG.GET with nothing to get
+
+
+# characters no stream or consumer name has (nats-py and the server refuse them): the name is a token of
+# the API subject `$JS.API.CONSUMER.INFO.<stream>.<consumer>`
+NOT_IN_NAMES = ". *>/\\\t\r\n"
+
 
 def names(url: QueueURL) -> tuple[str, str]:
     stream, consumer = url.params.get("stream", ""), url.params.get("consumer", "")
     if not stream or not consumer:
         raise ValueError("a NATS URL names the stream and the durable consumer: nats://host:4222?stream=S&consumer=C")
+    for what, name in (("stream", stream), ("consumer", consumer)):
+        if any(c in NOT_IN_NAMES for c in name):
+            raise ValueError(f"{what} {name!r}: a NATS name has no . * > / \\, space, tab or line end")
     return stream, consumer
 
 
@@ -83,15 +93,25 @@ class NATSProbe:
             jsm = self._nc.jsm(timeout=timeout)
             info = await jsm.consumer_info(self.stream, self.consumer)
             stream = await jsm.stream_info(self.stream)
-            age: float | None = 0.0
-            if info.num_pending:
-                subject = info.config.filter_subject or ">"
-                msg = await jsm.get_msg(self.stream, seq=info.delivered.stream_seq + 1, subject=subject, next=True)
-                age = age_of(msg.time, datetime.now(timezone.utc)) if msg.time else None
+            age = await self._oldest_age(jsm, info) if info.num_pending else 0.0
         except Exception as exc:
             raise _error(exc, self._nc, self._reported) from exc
         return Reading(depth=info.num_pending, in_flight=info.num_ack_pending,
                        consumers=stream.state.consumer_count, oldest_age_seconds=age)
+
+    async def _oldest_age(self, jsm: Any, info: Any) -> float | None:
+        """The age of the first message after the consumer's delivered sequence that matches its filter; None
+        when there is none: taken (and, on a work-queue stream, deleted) since `info` counted it."""
+        from nats.js.errors import NotFoundError
+
+        subject = info.config.filter_subject or ">"
+        try:
+            msg = await jsm.get_msg(self.stream, seq=info.delivered.stream_seq + 1, subject=subject, next=True)
+        except NotFoundError as exc:
+            if exc.err_code != NO_MESSAGE_FOUND:  # the stream itself is gone
+                raise
+            return None
+        return age_of(msg.time, datetime.now(timezone.utc)) if msg.time else None
 
     async def close(self) -> None:
         nc, self._nc = self._nc, None

@@ -44,12 +44,6 @@ def stream_id_ms(entry_id: str) -> int:
     return int(entry_id.split("-", 1)[0])
 
 
-def next_id(entry_id: str) -> str:
-    """The smallest id after `entry_id` (for XRANGE from the group's last-delivered-id, exclusive)."""
-    ms, _, seq = entry_id.partition("-")
-    return f"{ms}-{int(seq or 0) + 1}"
-
-
 def rq_age(enqueued_at: str | None, now: float) -> float | None:
     """RQ writes `enqueued_at` as `2024-05-01T12:00:00.123456Z` (UTC)."""
     if not enqueued_at:
@@ -135,15 +129,18 @@ class RedisProbe:
     async def _read_stream(self, r: Any) -> Reading:
         if not self.group:
             return Reading(depth=await r.xlen(self.key))
-        groups = await r.xinfo_groups(self.key)
-        group = next((g for g in groups if g["name"] == self.group), None)
+        # undecoded: another application's group may have a name that is not UTF-8
+        groups = await r.execute_command("XINFO GROUPS", self.key, NEVER_DECODE=True)
+        group = next((g for g in groups if g["name"] == self.group.encode()), None)
         if group is None:
             raise ProbeError("not_found", f"stream {self.key!r} has no group {self.group!r}")
         lag = group.get("lag")  # nil before Redis 7, or after deletions Redis cannot count across
         age: float | None = None
         if lag:
-            # undecoded: the entry's fields may be binary (msgpack, protobuf), which a decoding client refuses
-            first = await r.execute_command("XRANGE", self.key, next_id(group["last-delivered-id"]), "+", "COUNT", 1,
+            # undecoded: the entry's fields may be binary (msgpack, protobuf), which a decoding client refuses.
+            # `(` excludes the delivered id (Redis 6.2+; `lag` is 7+): its sequence may be the largest there is
+            delivered = group["last-delivered-id"].decode("ascii")
+            first = await r.execute_command("XRANGE", self.key, f"({delivered}", "+", "COUNT", 1,
                                             NEVER_DECODE=True)
             if first:
                 seconds, micros = await r.time()

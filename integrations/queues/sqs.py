@@ -8,7 +8,8 @@
 Credentials come from the standard AWS chain (the task role on ECS). Never `ReceiveMessage`: a peek
 would raise receive counts and could move messages to a dead-letter queue. The counts are
 approximate and settle within about a minute. CloudWatch publishes SQS metrics once a minute, so
-its value is fetched at most once per `CLOUDWATCH_PERIOD` and reused in between (each call costs).
+its value is fetched at most once per `CLOUDWATCH_PERIOD` and reused in between (each call costs), never
+past a failed poll.
 """
 
 from __future__ import annotations
@@ -152,6 +153,8 @@ class SQSProbe:
         return self._age[1]
 
     async def close(self) -> None:
+        # after a failure nothing read before it is reused: the queue may be another one of the same name
+        self._age = None
         stack, self._stack, self._sqs, self._cloudwatch = self._stack, None, None, None
         if stack is not None:
             await stack.aclose()

@@ -7,7 +7,7 @@ import time
 
 import nats
 import pytest
-from nats.js.api import AckPolicy, ConsumerConfig
+from nats.js.api import AckPolicy, ConsumerConfig, RetentionPolicy
 
 from tests.integrations.queues.support import check_drain, port_open
 from integrations.queues.source import QueueSource
@@ -93,3 +93,30 @@ async def test_drain_trend(config, hub, exported, js, clock):
 
     await check_drain(source, clock, exported, take, depth=20)
     await source.probe.close()
+
+
+async def test_busy_work_queue_is_never_a_gap(config, hub, js, clock):
+    """A worker that takes each message as it comes: on a work-queue stream an acked message is deleted,
+    often between the poll's consumer info (a backlog of 1) and its read of the oldest message. That poll
+    has exact counts and no age to read; it is not a failure."""
+    stream = js.test_stream + "_WQ"
+    await js.add_stream(name=stream, subjects=[f"{stream}.>"], retention=RetentionPolicy.WORK_QUEUE)
+    await js.add_consumer(stream, ConsumerConfig(durable_name="worker", ack_policy=AckPolicy.EXPLICIT))
+    sub = await js.pull_subscribe(f"{stream}.>", durable="worker", stream=stream)
+    source = QueueSource(config, hub, f"{NATS}?stream={stream}&consumer=worker", clock=clock)
+
+    async def work():
+        while True:
+            await js.publish(f"{stream}.jobs", b"x")
+            for msg in await sub.fetch(1, timeout=5):
+                await msg.ack_sync()
+
+    worker = asyncio.create_task(work())
+    try:
+        for _ in range(300):
+            assert await source.poll(), source.last_error
+            assert not worker.done()
+    finally:
+        worker.cancel()
+        await source.probe.close()
+        await js.delete_stream(stream)

@@ -2,17 +2,24 @@
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
 import time
+import uuid
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
 import redis
 import redis.asyncio
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tests.integrations.queues.support import check_backing_up, check_drain, eventually, port_open
+from agent.config import Config
+from agent.hub import Hub
+from agent.identity import Identity
 from integrations.queues.source import QueueSource
 
 REDIS = "redis://127.0.0.1:6379/0"
@@ -148,6 +155,40 @@ async def test_stream_group_lag_pending_consumers_and_age(config, hub, exported,
     await source.probe.close()
 
 
+@pytest.mark.parametrize("delivered", ["5-18446744073709551615", "0-0"])
+async def test_stream_group_delivered_up_to_an_odd_id(config, hub, exported, r, unique, delivered):
+    """Ids given by the producer: the group's last-delivered-id at the largest sequence of its millisecond
+    (the next id is in the next millisecond), or at 0-0 (nothing delivered yet)."""
+    await r.xgroup_create(unique, "workers", id="0", mkstream=True)
+    if delivered != "0-0":
+        await r.xadd(unique, {"n": 0}, id=delivered)
+        await r.xreadgroup("workers", "c1", {unique: ">"}, count=1)
+    await r.xadd(unique, {"n": 1}, id="6-0")
+    await r.xadd(unique, {"n": 2}, id="7-0")
+    source = QueueSource(config, hub, f"{REDIS}?stream={unique}&group=workers")
+    assert await source.poll(), source.last_error
+    values = exported.queue(unique)
+    age = values.pop("oldest_age_seconds")
+    assert values == {"depth": 2.0, "in_flight": 0.0 if delivered == "0-0" else 1.0, "consumers": float(delivered != "0-0")}
+    assert time.time() - 1 < age + 0.006 < time.time() + 1  # entry 6-0: 6 ms after the epoch
+    await source.probe.close()
+
+
+async def test_stream_group_beside_a_group_with_a_binary_name(config, hub, exported, r, unique):
+    """Another application's group named in bytes that are not UTF-8 is none of this queue's business."""
+    await r.xgroup_create(unique, "workers", id="0", mkstream=True)
+    await r.execute_command("XGROUP", "CREATE", unique, b"\xff\xfe", "0")
+    for i in range(3):
+        await r.xadd(unique, {"n": i})
+    await r.xreadgroup("workers", "c1", {unique: ">"}, count=1)
+    source = QueueSource(config, hub, f"{REDIS}?stream={unique}&group=workers")
+    assert await source.poll(), source.last_error
+    values = exported.queue(unique)
+    assert values.pop("oldest_age_seconds") < 60
+    assert values == {"depth": 2.0, "in_flight": 1.0, "consumers": 1.0}
+    await source.probe.close()
+
+
 async def test_stream_without_group_is_its_length(config, hub, exported, r, unique):
     for i in range(4):
         await r.xadd(unique, {"n": i})
@@ -186,3 +227,69 @@ async def test_list_backing_up(config, hub, exported, r, clock, unique):
 
     await check_backing_up(source, clock, exported, put)
     await source.probe.close()
+
+
+# one step: the key becomes (or stays) a key of that type, with n more members (a list may also lose some);
+# a key of another type is deleted first, so the key changes type between polls
+KEY_STEPS = st.tuples(st.sampled_from(["list", "zset", "set", "hash", "stream", "string", "absent"]),
+                      st.integers(-3, 5))
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(KEY_STEPS, min_size=1, max_size=12))
+def test_any_changes_to_the_key_read_exactly_or_as_a_gap(steps):
+    asyncio.run(_poll_through(steps))
+
+
+async def _poll_through(steps: list[tuple[str, int]]) -> None:
+    key = "tl-" + uuid.uuid4().hex[:10]
+    r = redis.asyncio.from_url(REDIS)
+    source = QueueSource(Config(), Hub(Identity(service="worker")), f"{REDIS}?list={key}")
+    kind, length, errors = "absent", 0, 0
+    try:
+        for step_kind, n in steps:
+            if step_kind != kind:
+                await r.delete(key)
+                kind, length = step_kind, 0
+            length = await _grow(r, key, kind, length, n)
+            if length == 0 and kind != "string":
+                kind = "absent"  # Redis deletes a key left empty
+            ok = await source.poll()
+            if kind == "string":
+                errors += 1
+                assert not ok and source.last_values == {}
+                assert source.hub.metrics.get("tasklens.queue.poll_errors", queue=key, reason="bad_reply") == errors
+            else:
+                assert ok, source.last_error
+                assert source.last_values == {"queue.depth": float(length)}
+    finally:
+        await source.probe.close()
+        await r.delete(key)
+        await r.aclose()
+
+
+async def _grow(r: redis.asyncio.Redis, key: str, kind: str, length: int, n: int) -> int:
+    """Add `n` members to a key of type `kind` (a list pops when n < 0); its length after."""
+    new = [f"m{length + i}" for i in range(max(n, 0))]
+    if kind == "string":
+        await r.set(key, "not a queue")
+        return 1
+    if kind == "list" and n < 0:
+        await r.lpop(key, -n)
+        return max(0, length + n)
+    if not new:
+        return length
+    if kind == "list":
+        await r.rpush(key, *new)
+    elif kind == "zset":
+        await r.zadd(key, {m: i for i, m in enumerate(new)})
+    elif kind == "set":
+        await r.sadd(key, *new)
+    elif kind == "hash":
+        await r.hset(key, mapping={m: 1 for m in new})
+    elif kind == "stream":
+        for m in new:
+            await r.xadd(key, {"m": m})
+    else:  # absent
+        return 0
+    return length + len(new)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
 import boto3
 import pytest
@@ -27,6 +27,14 @@ def fill(sqs, queue_url: str, ready: int, in_flight: int, delayed: int) -> None:
     while taken < in_flight:  # received and not deleted: in flight for the visibility timeout
         got = sqs.receive_message(QueueUrl=queue_url, MaxNumberOfMessages=in_flight - taken, VisibilityTimeout=900)
         taken += len(got.get("Messages", []))
+
+
+def put_age(port: int, queue: str, seconds: float, minutes_ago: int) -> None:
+    """The datapoint CloudWatch would have (moto does not derive SQS metrics itself)."""
+    client("cloudwatch", port).put_metric_data(Namespace="AWS/SQS", MetricData=[{
+        "MetricName": "ApproximateAgeOfOldestMessage", "Dimensions": [{"Name": "QueueName", "Value": queue}],
+        "Timestamp": datetime.now(timezone.utc) - timedelta(minutes=minutes_ago), "Value": seconds,
+        "Unit": "Seconds"}])
 
 
 async def test_ready_in_flight_and_delayed_by_name(config, hub, exported, moto_port, unique):
@@ -55,14 +63,31 @@ async def test_by_queue_url(config, hub, exported, moto_port, unique):
 async def test_cloudwatch_oldest_age_when_asked(config, hub, exported, moto_port, unique):
     sqs = client("sqs", moto_port)
     sqs.create_queue(QueueName=unique)
-    # moto does not derive SQS metrics itself: publish the datapoint CloudWatch would have
-    client("cloudwatch", moto_port).put_metric_data(Namespace="AWS/SQS", MetricData=[{
-        "MetricName": "ApproximateAgeOfOldestMessage", "Dimensions": [{"Name": "QueueName", "Value": unique}],
-        "Timestamp": datetime.now(timezone.utc), "Value": 420.0, "Unit": "Seconds"}])
+    put_age(moto_port, unique, 420.0, minutes_ago=0)
     source = QueueSource(config, hub, f"sqs://{unique}?region=us-east-1&endpoint=http://127.0.0.1:{moto_port}"
                                       "&cloudwatch_age=true")
     assert await source.poll(), source.last_error
     assert exported.queue(unique) == {"depth": 0.0, "in_flight": 0.0, "delayed": 0.0, "oldest_age_seconds": 420.0}
+    await source.probe.close()
+
+
+async def test_cloudwatch_age_is_not_held_across_a_failed_poll(config, hub, exported, moto_port, unique):
+    """The age is reused for a minute between polls, but not past a failure: the queue deleted and created
+    again under its name is a new queue, whose age is not the old one's."""
+    sqs = client("sqs", moto_port)
+    queue_url = sqs.create_queue(QueueName=unique)["QueueUrl"]
+    put_age(moto_port, unique, 420.0, minutes_ago=3)
+    source = QueueSource(config, hub, f"sqs://{unique}?region=us-east-1&endpoint=http://127.0.0.1:{moto_port}"
+                                      "&cloudwatch_age=true")
+    assert await source.poll(), source.last_error
+    assert exported.queue(unique)["oldest_age_seconds"] == 420.0
+    sqs.delete_queue(QueueUrl=queue_url)
+    assert not await source.poll()
+    assert exported.queue(unique) == {}
+    sqs.create_queue(QueueName=unique)
+    put_age(moto_port, unique, 5.0, minutes_ago=0)
+    assert await source.poll(), source.last_error
+    assert exported.queue(unique) == {"depth": 0.0, "in_flight": 0.0, "delayed": 0.0, "oldest_age_seconds": 5.0}
     await source.probe.close()
 
 

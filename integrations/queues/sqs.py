@@ -15,6 +15,8 @@ past a failed poll.
 from __future__ import annotations
 
 import contextlib
+import os
+import re
 import time
 from dataclasses import replace
 from datetime import datetime, timedelta, timezone
@@ -30,7 +32,8 @@ DEFAULT_REGION = "us-east-1"
 
 
 def location(url: QueueURL) -> tuple[str, str | None, str]:
-    """(queue name, queue URL when given in full, region)."""
+    """(queue name, queue URL when given in full, region). The region: `?region=`, else the one a queue
+    URL's host names, else the task's (`AWS_REGION`, `AWS_DEFAULT_REGION`: ECS sets them), else us-east-1."""
     parts = url.parts
     path = parts.path.strip("/")
     host = parts.hostname or ""
@@ -38,21 +41,24 @@ def location(url: QueueURL) -> tuple[str, str | None, str]:
         name = path.rsplit("/", 1)[-1]
         endpoint = url.params.get("endpoint")
         base = endpoint.rstrip("/") if endpoint else f"https://{parts.netloc}"
-        region = url.params.get("region") or region_of_host(host) or DEFAULT_REGION
-        return name, f"{base}/{path}", region
+        return name, f"{base}/{path}", url.params.get("region") or region_of_host(host) or default_region()
     if not host:
         raise ValueError("an SQS URL names the queue: sqs://<name>?region=... or sqs://<sqs host>/<account>/<name>")
-    return parts.netloc, None, url.params.get("region") or DEFAULT_REGION
+    return parts.netloc, None, url.params.get("region") or default_region()
+
+
+def default_region() -> str:
+    return os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or DEFAULT_REGION
+
+
+REGION = re.compile(r"[a-z]{2}(-[a-z]+)+-[0-9]+")  # eu-west-1, us-gov-west-1, us-iso-east-1, cn-north-1
 
 
 def region_of_host(host: str) -> str | None:
-    """`sqs.eu-west-1.amazonaws.com` -> `eu-west-1` (also `eu-west-1.queue.amazonaws.com`)."""
-    labels = host.split(".")
-    if len(labels) >= 4 and labels[0] == "sqs":
-        return labels[1]
-    if len(labels) >= 4 and labels[1] == "queue":
-        return labels[0]
-    return None
+    """The region an SQS host names, the first label shaped like one: `sqs.eu-west-1.amazonaws.com`,
+    `eu-west-1.queue.amazonaws.com`, `sqs-fips.us-gov-west-1.amazonaws.com`,
+    `vpce-0a1b-c2d3.sqs.eu-west-1.vpce.amazonaws.com`, `sqs.eu-west-1.api.aws`."""
+    return next((label for label in host.lower().split(".")[:-1] if REGION.fullmatch(label)), None)
 
 
 def reading_of(attributes: dict[str, str]) -> Reading:

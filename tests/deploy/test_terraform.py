@@ -21,7 +21,7 @@ from typing import Any
 import hcl2
 import pytest
 
-from tests.deploy.deploy_checks import DEPLOY, datadog_unparsed, task_definition_errors
+from tests.deploy.deploy_checks import DEPLOY, SECRET_VARIABLES, datadog_unparsed, task_definition_errors
 
 TERRAFORM = DEPLOY / "terraform"
 MODULES = TERRAFORM / "modules"
@@ -514,6 +514,37 @@ module "t" {
 }
 output "t" { value = module.t.task_definition }''')
     assert "Fargate tasks use network_mode awsvpc" in error
+
+
+
+def test_sidecar_environment_takes_every_setting_but_the_secrets(terraform: Any, tmp_path: Path) -> None:
+    """`sidecar.environment` refuses every variable the sidecar holds as a secret (they belong in
+    `secrets`/`valueFrom`: a plain value is readable by anyone who can describe the task definition),
+    and takes the sidecar's other settings, the OpenTelemetry ones (`OTEL_*`) included."""
+    blocks = "".join(f'''
+module "{name.lower()}" {{
+  source      = "MODULES/sidecar"
+  service     = "w"
+  environment = {{ {name} = "value" }}
+}}''' for name in sorted(SECRET_VARIABLES))
+    error = apply_error(terraform, tmp_path / "secrets", blocks)
+    assert error.count("Invalid value for variable") == len(SECRET_VARIABLES), error
+
+    out = apply_root(terraform, tmp_path / "otlp", '''
+module "s" {
+  source      = "MODULES/sidecar"
+  service     = "w"
+  environment = { OTEL_EXPORTER_OTLP_ENDPOINT = "http://collector:4318", OTEL_METRIC_EXPORT_INTERVAL = "30000" }
+}
+output "s" { value = module.s }
+''')["s"]
+    env = env_of(out["container_definition"]["environment"])
+    assert env["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://collector:4318"
+    task = {"family": "w", "networkMode": "awsvpc", "requiresCompatibilities": ["FARGATE"], "cpu": "256",
+            "memory": "512", "containerDefinitions": [
+                {"name": "w", "image": "w:1", "essential": True, "environment": out["worker"]["environment"]},
+                out["container_definition"]]}
+    assert task_definition_errors(task) == []
 
 
 @pytest.fixture(scope="module")

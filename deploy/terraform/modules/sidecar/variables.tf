@@ -172,13 +172,21 @@ variable "tags" {
 }
 
 variable "environment" {
-  description = "Further sidecar settings as TASKLENS_* variables (see `tasklens check`), e.g. TASKLENS_FLUSH_INTERVAL."
+  description = "Further sidecar settings as TASKLENS_*, DD_* or OTEL_* variables (see `tasklens check`), e.g. TASKLENS_FLUSH_INTERVAL or OTEL_EXPORTER_OTLP_ENDPOINT. Not the secret ones: those go in queue_secrets (name -> ARN)."
   type        = map(string)
   default     = {}
 
   validation {
-    condition     = alltrue([for k in keys(var.environment) : can(regex("^(TASKLENS_|DD_)", k)) && !contains(["DD_API_KEY", "TASKLENS_PYROSCOPE_PASSWORD"], k)])
-    error_message = "environment takes TASKLENS_* and DD_* settings; secrets go through datadog/profiling *_secret_arn."
+    condition     = alltrue([for k in keys(var.environment) : can(regex("^(TASKLENS_|DD_|OTEL_)", k))])
+    error_message = "environment takes the sidecar's TASKLENS_*, DD_* and OTEL_* settings."
+  }
+  validation {
+    # the sidecar's secret settings (agent/config.py, `secret=True`; tests/deploy compares)
+    condition = length(setintersection(keys(var.environment), [
+      "DD_API_KEY", "TASKLENS_PYROSCOPE_PASSWORD", "TASKLENS_REMOTE_WRITE_PASSWORD", "TASKLENS_REMOTE_WRITE_BEARER_TOKEN",
+      "TASKLENS_REMOTE_WRITE_HEADERS", "OTEL_EXPORTER_OTLP_HEADERS", "OTEL_EXPORTER_OTLP_METRICS_HEADERS",
+    ])) == 0
+    error_message = "A secret setting must not be plain environment: pass it as an ECS secret with queue_secrets = { NAME = <secret ARN> } (datadog.api_key_secret_arn and profiling.password_secret_arn for those two)."
   }
 }
 
@@ -189,7 +197,7 @@ variable "log_configuration" {
 }
 
 variable "queue_secrets" {
-  description = "Broker passwords as secrets: variable name -> Secrets Manager or SSM parameter ARN. A queue URL takes one with `password_env=NAME` (docs/queues.md)."
+  description = "The sidecar's secrets: variable name -> Secrets Manager or SSM parameter ARN. Broker passwords, which a queue URL names with `password_env=NAME` (docs/queues.md), and the export credentials (e.g. TASKLENS_REMOTE_WRITE_PASSWORD, OTEL_EXPORTER_OTLP_HEADERS)."
   type        = map(string)
   default     = {}
 

@@ -517,6 +517,39 @@ output "t" { value = module.t.task_definition }''')
 
 
 
+def test_task_sizes_fargate_refuses_are_refused(terraform: Any, tmp_path: Path) -> None:
+    """Fargate takes only some task cpu/memory pairs (RegisterTaskDefinition's `memory` documentation):
+    Terraform refuses the others at plan time, not ECS at apply time; every pair Fargate takes passes."""
+    def task(name: str, cpu: int, memory: int, launch_type: str = "FARGATE") -> str:
+        return f'''
+module "{name}" {{
+  source      = "MODULES/task-definition"
+  name        = "w"
+  image       = "w:1"
+  region      = "eu-west-1"
+  cpu         = {cpu}
+  memory      = {memory}
+  launch_type = "{launch_type}"
+}}
+output "{name}" {{ value = module.{name}.task_definition }}'''
+
+    bad = [(256, 4096), (512, 512), (1024, 1024), (2048, 4000), (4096, 32768), (8192, 17408), (300, 1024)]
+    error = apply_error(terraform, tmp_path / "bad", "".join(task(f"bad{i}", c, m) for i, (c, m) in enumerate(bad)))
+    assert error.count("Fargate takes") == len(bad), error
+    error = apply_error(terraform, tmp_path / "ec2", task("ec2", 64, 512, "EC2"))
+    assert "EC2 task cpu is 128 to 196608 units" in error, error
+
+    good = [(256, 512), (256, 2048), (512, 4096), (1024, 8192), (2048, 16384), (4096, 30720), (8192, 61440),
+            (16384, 122880)]
+    out = apply_root(terraform, tmp_path / "good", "".join(task(f"good{i}", c, m) for i, (c, m) in enumerate(good)))
+    for i, (cpu, memory) in enumerate(good):
+        td = out[f"good{i}"]
+        assert (td["cpu"], td["memory"]) == (str(cpu), str(memory))
+        assert task_definition_errors(td) == [], (cpu, memory)
+    td["memory"] = "4096"  # and the shared check knows the sizes too
+    assert task_definition_errors(td) == ["Fargate takes no task of 16384 CPU units and 4096 MiB"]
+
+
 def test_sidecar_environment_takes_every_setting_but_the_secrets(terraform: Any, tmp_path: Path) -> None:
     """`sidecar.environment` refuses every variable the sidecar holds as a secret (they belong in
     `secrets`/`valueFrom`: a plain value is readable by anyone who can describe the task definition),

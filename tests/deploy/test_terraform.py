@@ -517,6 +517,39 @@ output "t" { value = module.t.task_definition }''')
 
 
 
+@pytest.mark.parametrize("tags", ['{ owners = "payments,search" }', '{ "team:name" = "payments" }',
+                                  '{ " " = "x" }', '{ note = "line\\nbreak" }', f'{{ long = "{"x" * 200}" }}'])
+def test_tags_the_sidecar_would_refuse_are_refused(terraform: Any, tmp_path: Path, tags: str) -> None:
+    """`tags` become TASKLENS_TAGS=k:v,k:v: a comma or a colon in a key, a comma in a value, a blank
+    key, a control character or a tag over 200 characters would stop the sidecar at start (its
+    configuration refuses them) or split into other tags; Terraform refuses them instead."""
+    body = f'''
+module "s" {{
+  source  = "MODULES/sidecar"
+  service = "w"
+  tags    = {tags}
+}}
+output "s" {{ value = module.s.container_definition }}'''
+    error = apply_error(terraform, tmp_path / "tags", body)
+    assert "Invalid value for variable: tags are key:value pairs" in error, error
+
+
+def test_tags_the_sidecar_takes_are_rendered(terraform: Any, tmp_path: Path) -> None:
+    out = apply_root(terraform, tmp_path, '''
+module "s" {
+  source  = "MODULES/sidecar"
+  service = "w"
+  tags    = { team = "payments", "cost-center" = "a:b/c", tier = "" }
+}
+output "s" { value = module.s.container_definition }
+''')["s"]
+    env = env_of(out["environment"])
+    assert env["TASKLENS_TAGS"] == "cost-center:a:b/c,team:payments,tier:"
+    from tests.deploy.deploy_checks import config_errors
+
+    assert config_errors(env) == []
+
+
 def test_task_sizes_fargate_refuses_are_refused(terraform: Any, tmp_path: Path) -> None:
     """Fargate takes only some task cpu/memory pairs (RegisterTaskDefinition's `memory` documentation):
     Terraform refuses the others at plan time, not ECS at apply time; every pair Fargate takes passes."""

@@ -166,9 +166,18 @@ variable "profiling" {
 }
 
 variable "tags" {
-  description = "Extra tags on every series (TASKLENS_TAGS)."
+  description = "Extra tags on every series (TASKLENS_TAGS=k:v,k:v): at most 100, keys without ',' or ':', values without ',', each key:value at most 200 characters."
   type        = map(string)
   default     = {}
+
+  validation {
+    # what the sidecar's TASKLENS_TAGS parser takes (agent/config.py, parse_tags)
+    condition = length(var.tags) <= 100 && alltrue([
+      for k, v in var.tags : trimspace(k) != "" && !can(regex("[,:]", k)) && !can(regex(",", v)) &&
+      !can(regex("[[:cntrl:]]", "${k}${v}")) && length("${k}:${v}") <= 200
+    ])
+    error_message = "tags are key:value pairs of TASKLENS_TAGS: at most 100, keys not blank and without ',' or ':', values without ',', no control characters, each key:value at most 200 characters."
+  }
 }
 
 variable "environment" {

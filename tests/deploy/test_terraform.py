@@ -517,6 +517,33 @@ output "t" { value = module.t.task_definition }''')
 
 
 
+def test_worker_ports_the_task_cannot_have_are_refused(terraform: Any, tmp_path: Path) -> None:
+    """The worker's port is a TCP port (1-65535), and not the sidecar's 9102 where both share the
+    network namespace (awsvpc, host): one of the two would fail to listen. In bridge mode each
+    container has its own."""
+    def task(name: str, port: Any, mode: str = "awsvpc") -> str:
+        return f'''
+module "{name}" {{
+  source       = "MODULES/task-definition"
+  name         = "w"
+  image        = "w:1"
+  region       = "eu-west-1"
+  port         = {port}
+  launch_type  = "{"FARGATE" if mode == "awsvpc" else "EC2"}"
+  network_mode = "{mode}"
+}}
+output "{name}" {{ value = module.{name}.task_definition }}'''
+
+    error = apply_error(terraform, tmp_path / "range", task("zero", 0) + task("big", 70000) + task("half", 80.5))
+    assert error.count("port must be a whole number from 1 to 65535") == 3, error
+    for mode in ("awsvpc", "host"):
+        error = apply_error(terraform, tmp_path / mode, task(mode, 9102, mode))
+        assert "9102 is the sidecar's HTTP port" in error, error
+    out = apply_root(terraform, tmp_path / "ok", task("bridge", 9102, "bridge") + task("awsvpc", 8080))
+    assert out["bridge"]["containerDefinitions"][0]["portMappings"] == [{"containerPort": 9102, "protocol": "tcp"}]
+    assert out["awsvpc"]["containerDefinitions"][0]["portMappings"] == [{"containerPort": 8080, "protocol": "tcp"}]
+
+
 @pytest.mark.parametrize("tags", ['{ owners = "payments,search" }', '{ "team:name" = "payments" }',
                                   '{ " " = "x" }', '{ note = "line\\nbreak" }', f'{{ long = "{"x" * 200}" }}'])
 def test_tags_the_sidecar_would_refuse_are_refused(terraform: Any, tmp_path: Path, tags: str) -> None:

@@ -7,6 +7,11 @@ output "task_definition" {
     error_message = "Fargate tasks use network_mode awsvpc."
   }
   precondition {
+    # awsvpc and host: one network namespace for both containers
+    condition     = var.network_mode == "bridge" || var.port != 9102
+    error_message = "port 9102 is the sidecar's HTTP port, and in awsvpc and host mode the worker shares its network namespace: give the worker another port."
+  }
+  precondition {
     condition     = var.launch_type != "FARGATE" || contains(lookup(local.fargate_memory, tostring(var.cpu), []), var.memory)
     error_message = "Fargate takes task cpu/memory (MiB) of 256/512-2048, 512/1024-4096, 1024/2048-8192, 2048/4096-16384 and 4096/8192-30720 (steps of 1024), 8192/16384-61440 (steps of 4096), 16384/32768-122880 (steps of 8192)."
   }

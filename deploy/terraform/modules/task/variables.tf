@@ -26,9 +26,14 @@ variable "service_version" {
 }
 
 variable "port" {
-  description = "The worker's TCP port, if it listens on one."
+  description = "The worker's TCP port, if it listens on one (not 9102, the sidecar's, in awsvpc and host mode)."
   type        = number
   default     = null
+
+  validation {
+    condition     = var.port == null ? true : var.port >= 1 && var.port <= 65535 && floor(var.port) == var.port
+    error_message = "port must be a whole number from 1 to 65535."
+  }
 }
 
 variable "queue" {

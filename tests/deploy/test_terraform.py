@@ -544,6 +544,30 @@ output "{name}" {{ value = module.{name}.task_definition }}'''
     assert out["awsvpc"]["containerDefinitions"][0]["portMappings"] == [{"containerPort": 8080, "protocol": "tcp"}]
 
 
+def test_sidecar_sizes_ecs_refuses_are_refused(terraform: Any, tmp_path: Path) -> None:
+    """ECS takes whole CPU units and MiB, and a container's hard `memory` limit only above its
+    `memoryReservation` (RegisterTaskDefinition, ContainerDefinition.memory)."""
+    def sidecar(name: str, settings: str) -> str:
+        return f'''
+module "{name}" {{
+  source  = "MODULES/sidecar"
+  service = "w"
+  {settings}
+}}
+output "{name}" {{ value = module.{name}.container_definition }}'''
+
+    error = apply_error(terraform, tmp_path / "limit", sidecar("below", "memory = 32") + sidecar("equal", "memory = 48"))
+    assert error.count("memory (the hard limit) must be above memory_reservation") == 2, error
+    error = apply_error(terraform, tmp_path / "units", sidecar("cpu", "cpu = 16.5")
+                        + sidecar("reservation", "memory_reservation = 40.5") + sidecar("memory", "memory = 100.5"))
+    assert error.count("whole") == 3, error
+    out = apply_root(terraform, tmp_path / "ok", sidecar("ok", "memory = 128"))["ok"]
+    assert (out["memory"], out["memoryReservation"]) == (128, 48)
+    task = {"family": "w", "networkMode": "awsvpc", "requiresCompatibilities": ["FARGATE"], "cpu": "256",
+            "memory": "512", "containerDefinitions": [{"name": "w", "image": "w:1", "essential": True}, out]}
+    assert task_definition_errors(task) == []
+
+
 @pytest.mark.parametrize("tags", ['{ owners = "payments,search" }', '{ "team:name" = "payments" }',
                                   '{ " " = "x" }', '{ note = "line\\nbreak" }', f'{{ long = "{"x" * 200}" }}'])
 def test_tags_the_sidecar_would_refuse_are_refused(terraform: Any, tmp_path: Path, tags: str) -> None:

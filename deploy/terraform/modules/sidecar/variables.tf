@@ -44,8 +44,8 @@ variable "cpu" {
   default     = 32
 
   validation {
-    condition     = var.cpu >= 0 && var.cpu <= 1024
-    error_message = "cpu must be between 0 and 1024 units."
+    condition     = var.cpu >= 0 && var.cpu <= 1024 && floor(var.cpu) == var.cpu
+    error_message = "cpu must be a whole number of units between 0 and 1024."
   }
 }
 
@@ -55,15 +55,20 @@ variable "memory_reservation" {
   default     = 48
 
   validation {
-    condition     = var.memory_reservation >= 32 && var.memory_reservation <= 512
-    error_message = "memory_reservation must be between 32 and 512 MiB."
+    condition     = var.memory_reservation >= 32 && var.memory_reservation <= 512 && floor(var.memory_reservation) == var.memory_reservation
+    error_message = "memory_reservation must be a whole number of MiB between 32 and 512."
   }
 }
 
 variable "memory" {
-  description = "Optional hard memory limit for the sidecar, MiB (null: none)."
+  description = "Optional hard memory limit for the sidecar, MiB (null: none); above memory_reservation."
   type        = number
   default     = null
+
+  validation {
+    condition     = var.memory == null ? true : floor(var.memory) == var.memory
+    error_message = "memory must be a whole number of MiB."
+  }
 }
 
 variable "network_mode" {

@@ -729,3 +729,101 @@ def test_monitoring_dashboards_and_monitors(monitoring_outputs: dict[str, Any]) 
     pytest.importorskip("datadog_api_client", reason="pip install datadog-api-client")
     assert not datadog_unparsed(datadog, "dashboard")
     assert not any(datadog_unparsed(m, "monitor") for m in monitors)
+
+
+# --- the modules with the AWS provider: `terraform test` with a mocked provider ----------------------
+
+AWS_MOCK = '''
+mock_provider "aws" {
+  mock_data "aws_region" {
+    defaults = { name = "eu-west-1" }
+  }
+  mock_data "aws_caller_identity" {
+    defaults = { account_id = "123456789012" }
+  }
+  mock_data "aws_partition" {
+    defaults = { partition = "aws" }
+  }
+  mock_data "aws_iam_policy_document" {
+    defaults = { json = "{}" }
+  }
+}
+'''
+
+
+@pytest.fixture(scope="module")
+def terraform_test(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """`terraform test` (plan only, the AWS provider mocked) of a root module: needs a terraform
+    binary and the AWS provider in a local mirror (TASKLENS_TF_PLUGINS, default /opt/tf-plugins), as
+    nothing can be downloaded here."""
+    binary = shutil.which("terraform")
+    mirror = Path(os.environ.get("TASKLENS_TF_PLUGINS", "/opt/tf-plugins"))
+    if not binary or not (mirror / "registry.terraform.io" / "hashicorp" / "aws").is_dir():
+        pytest.skip("needs terraform and the hashicorp/aws provider in a local mirror (TASKLENS_TF_PLUGINS)")
+    rc = tmp_path_factory.mktemp("tfrc") / "terraformrc"
+    rc.write_text(f'provider_installation {{\n  filesystem_mirror {{\n    path = "{mirror}"\n  }}\n}}\n')
+    env = {**os.environ, "TF_CLI_CONFIG_FILE": str(rc), "CHECKPOINT_DISABLE": "1", "TF_IN_AUTOMATION": "1"}
+
+    def run(root: Path, body: str, runs: dict[str, str]) -> subprocess.CompletedProcess[str]:
+        """`runs`: test file name -> its run blocks (a file stops at its first failed run)."""
+        (root / "tests").mkdir(parents=True, exist_ok=True)
+        (root / "main.tf").write_text('terraform {\n  required_providers {\n    aws = { source = "hashicorp/aws" }\n  }\n}\n'
+                                      + body.replace("MODULES", os.path.relpath(MODULES, root)))
+        for name, blocks in runs.items():
+            (root / "tests" / f"{name}.tftest.hcl").write_text(AWS_MOCK + blocks)
+        init = subprocess.run([binary, "init", "-input=false", "-no-color"], cwd=root, env=env,
+                              capture_output=True, text=True, timeout=300)
+        assert init.returncode == 0, init.stdout + init.stderr
+        return subprocess.run([binary, "test", "-no-color"], cwd=root, env=env, capture_output=True, text=True,
+                              timeout=300)
+    return run
+
+
+def test_service_refuses_sidecar_settings_that_contradict_its_autoscaling(terraform_test: Any, tmp_path: Path) -> None:
+    """With autoscaling the service module sets the sidecar's EMF namespace and dimensions to what
+    the scaling policy reads. `sidecar.environment` may repeat them, but another value would send the
+    metrics where the policy does not look (it would scale on no data): refused at plan time."""
+    result = terraform_test(tmp_path, '''
+variable "sidecar_environment" {
+  type    = map(string)
+  default = {}
+}
+module "svc" {
+  source      = "MODULES/service"
+  name        = "orders-worker"
+  image       = "orders:1.2"
+  queue       = "sqs://orders?region=eu-west-1"
+  cluster     = "arn:aws:ecs:eu-west-1:123456789012:cluster/workers"
+  subnets     = ["subnet-1"]
+  sidecar     = { environment = var.sidecar_environment }
+  autoscaling = { min = 1, max = 10, backlog_per_task = 100 }
+}
+''', {"accepted": '''
+run "defaults" {
+  command = plan
+}
+run "same_values" {
+  command = plan
+  variables {
+    sidecar_environment = { TASKLENS_CLOUDWATCH_NAMESPACE = "tasklens", TASKLENS_FLUSH_INTERVAL = "10" }
+  }
+}
+''', "namespace": '''
+run "other_namespace" {
+  command = plan
+  variables {
+    sidecar_environment = { TASKLENS_CLOUDWATCH_NAMESPACE = "MyApp/Workers" }
+  }
+}
+''', "dimensions": '''
+run "other_dimensions" {
+  command = plan
+  variables {
+    sidecar_environment = { TASKLENS_CLOUDWATCH_DIMENSIONS = "service,queue" }
+  }
+}
+'''})
+    out = result.stdout + result.stderr
+    assert re.search(r'run "defaults"\.\.\. pass', out) and re.search(r'run "same_values"\.\.\. pass', out), out
+    assert re.search(r'run "other_namespace"\.\.\. fail', out) and re.search(r'run "other_dimensions"\.\.\. fail', out), out
+    assert out.count("sidecar.environment sets what autoscaling sets") == 2, out

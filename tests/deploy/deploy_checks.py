@@ -30,6 +30,18 @@ EXTRA_SIDECAR_VARIABLES = frozenset({"DD_SERVICE", "DD_ENV", "DD_VERSION", "ECS_
 SECRET_VARIABLES = frozenset(env_name(f) for f in fields(Config) if f.name in SECRET_FIELDS) - {"TASKLENS_PYROSCOPE_URL"}
 
 
+# The task sizes Fargate takes: CPU units -> memory MiB (botocore's RegisterTaskDefinition `memory` doc).
+FARGATE_MEMORY = {
+    256: (512, 1024, 2048),
+    512: tuple(range(1024, 4097, 1024)),
+    1024: tuple(range(2048, 8193, 1024)),
+    2048: tuple(range(4096, 16385, 1024)),
+    4096: tuple(range(8192, 30721, 1024)),
+    8192: tuple(range(16384, 61441, 4096)),
+    16384: tuple(range(32768, 122881, 8192)),
+}
+
+
 @cache
 def sidecar_variables() -> frozenset[str]:
     """Every environment variable the sidecar reads, from the `Config` declaration itself."""
@@ -170,6 +182,8 @@ def task_definition_errors(task: dict[str, Any]) -> list[str]:
             errors.append("Fargate needs networkMode awsvpc")
         if not task.get("cpu") or not task.get("memory"):
             errors.append("Fargate needs task-level cpu and memory")
+        elif int(task["memory"]) not in FARGATE_MEMORY.get(int(task["cpu"]), ()):
+            errors.append(f"Fargate takes no task of {task['cpu']} CPU units and {task['memory']} MiB")
     return errors
 
 

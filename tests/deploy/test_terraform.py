@@ -21,7 +21,7 @@ from typing import Any
 import hcl2
 import pytest
 
-from tests.deploy.deploy_checks import DEPLOY, datadog_unparsed, task_definition_errors
+from tests.deploy.deploy_checks import DEPLOY, SECRET_VARIABLES, datadog_unparsed, task_definition_errors
 
 TERRAFORM = DEPLOY / "terraform"
 MODULES = TERRAFORM / "modules"
@@ -516,6 +516,154 @@ output "t" { value = module.t.task_definition }''')
     assert "Fargate tasks use network_mode awsvpc" in error
 
 
+
+def test_worker_ports_the_task_cannot_have_are_refused(terraform: Any, tmp_path: Path) -> None:
+    """The worker's port is a TCP port (1-65535), and not the sidecar's 9102 where both share the
+    network namespace (awsvpc, host): one of the two would fail to listen. In bridge mode each
+    container has its own."""
+    def task(name: str, port: Any, mode: str = "awsvpc") -> str:
+        return f'''
+module "{name}" {{
+  source       = "MODULES/task-definition"
+  name         = "w"
+  image        = "w:1"
+  region       = "eu-west-1"
+  port         = {port}
+  launch_type  = "{"FARGATE" if mode == "awsvpc" else "EC2"}"
+  network_mode = "{mode}"
+}}
+output "{name}" {{ value = module.{name}.task_definition }}'''
+
+    error = apply_error(terraform, tmp_path / "range", task("zero", 0) + task("big", 70000) + task("half", 80.5))
+    assert error.count("port must be a whole number from 1 to 65535") == 3, error
+    for mode in ("awsvpc", "host"):
+        error = apply_error(terraform, tmp_path / mode, task(mode, 9102, mode))
+        assert "9102 is the sidecar's HTTP port" in error, error
+    out = apply_root(terraform, tmp_path / "ok", task("bridge", 9102, "bridge") + task("awsvpc", 8080))
+    assert out["bridge"]["containerDefinitions"][0]["portMappings"] == [{"containerPort": 9102, "protocol": "tcp"}]
+    assert out["awsvpc"]["containerDefinitions"][0]["portMappings"] == [{"containerPort": 8080, "protocol": "tcp"}]
+
+
+def test_sidecar_sizes_ecs_refuses_are_refused(terraform: Any, tmp_path: Path) -> None:
+    """ECS takes whole CPU units and MiB, and a container's hard `memory` limit only above its
+    `memoryReservation` (RegisterTaskDefinition, ContainerDefinition.memory)."""
+    def sidecar(name: str, settings: str) -> str:
+        return f'''
+module "{name}" {{
+  source  = "MODULES/sidecar"
+  service = "w"
+  {settings}
+}}
+output "{name}" {{ value = module.{name}.container_definition }}'''
+
+    error = apply_error(terraform, tmp_path / "limit", sidecar("below", "memory = 32") + sidecar("equal", "memory = 48"))
+    assert error.count("memory (the hard limit) must be above memory_reservation") == 2, error
+    error = apply_error(terraform, tmp_path / "units", sidecar("cpu", "cpu = 16.5")
+                        + sidecar("reservation", "memory_reservation = 40.5") + sidecar("memory", "memory = 100.5"))
+    assert error.count("whole") == 3, error
+    out = apply_root(terraform, tmp_path / "ok", sidecar("ok", "memory = 128"))["ok"]
+    assert (out["memory"], out["memoryReservation"]) == (128, 48)
+    task = {"family": "w", "networkMode": "awsvpc", "requiresCompatibilities": ["FARGATE"], "cpu": "256",
+            "memory": "512", "containerDefinitions": [{"name": "w", "image": "w:1", "essential": True}, out]}
+    assert task_definition_errors(task) == []
+
+
+@pytest.mark.parametrize("tags", ['{ owners = "payments,search" }', '{ "team:name" = "payments" }',
+                                  '{ " " = "x" }', '{ note = "line\\nbreak" }', f'{{ long = "{"x" * 200}" }}'])
+def test_tags_the_sidecar_would_refuse_are_refused(terraform: Any, tmp_path: Path, tags: str) -> None:
+    """`tags` become TASKLENS_TAGS=k:v,k:v: a comma or a colon in a key, a comma in a value, a blank
+    key, a control character or a tag over 200 characters would stop the sidecar at start (its
+    configuration refuses them) or split into other tags; Terraform refuses them instead."""
+    body = f'''
+module "s" {{
+  source  = "MODULES/sidecar"
+  service = "w"
+  tags    = {tags}
+}}
+output "s" {{ value = module.s.container_definition }}'''
+    error = apply_error(terraform, tmp_path / "tags", body)
+    assert "Invalid value for variable: tags are key:value pairs" in error, error
+
+
+def test_tags_the_sidecar_takes_are_rendered(terraform: Any, tmp_path: Path) -> None:
+    out = apply_root(terraform, tmp_path, '''
+module "s" {
+  source  = "MODULES/sidecar"
+  service = "w"
+  tags    = { team = "payments", "cost-center" = "a:b/c", tier = "" }
+}
+output "s" { value = module.s.container_definition }
+''')["s"]
+    env = env_of(out["environment"])
+    assert env["TASKLENS_TAGS"] == "cost-center:a:b/c,team:payments,tier:"
+    from tests.deploy.deploy_checks import config_errors
+
+    assert config_errors(env) == []
+
+
+def test_task_sizes_fargate_refuses_are_refused(terraform: Any, tmp_path: Path) -> None:
+    """Fargate takes only some task cpu/memory pairs (RegisterTaskDefinition's `memory` documentation):
+    Terraform refuses the others at plan time, not ECS at apply time; every pair Fargate takes passes."""
+    def task(name: str, cpu: int, memory: int, launch_type: str = "FARGATE") -> str:
+        return f'''
+module "{name}" {{
+  source      = "MODULES/task-definition"
+  name        = "w"
+  image       = "w:1"
+  region      = "eu-west-1"
+  cpu         = {cpu}
+  memory      = {memory}
+  launch_type = "{launch_type}"
+}}
+output "{name}" {{ value = module.{name}.task_definition }}'''
+
+    bad = [(256, 4096), (512, 512), (1024, 1024), (2048, 4000), (4096, 32768), (8192, 17408), (300, 1024)]
+    error = apply_error(terraform, tmp_path / "bad", "".join(task(f"bad{i}", c, m) for i, (c, m) in enumerate(bad)))
+    assert error.count("Fargate takes") == len(bad), error
+    error = apply_error(terraform, tmp_path / "ec2", task("ec2", 64, 512, "EC2"))
+    assert "EC2 task cpu is 128 to 196608 units" in error, error
+
+    good = [(256, 512), (256, 2048), (512, 4096), (1024, 8192), (2048, 16384), (4096, 30720), (8192, 61440),
+            (16384, 122880)]
+    out = apply_root(terraform, tmp_path / "good", "".join(task(f"good{i}", c, m) for i, (c, m) in enumerate(good)))
+    for i, (cpu, memory) in enumerate(good):
+        td = out[f"good{i}"]
+        assert (td["cpu"], td["memory"]) == (str(cpu), str(memory))
+        assert task_definition_errors(td) == [], (cpu, memory)
+    td["memory"] = "4096"  # and the shared check knows the sizes too
+    assert task_definition_errors(td) == ["Fargate takes no task of 16384 CPU units and 4096 MiB"]
+
+
+def test_sidecar_environment_takes_every_setting_but_the_secrets(terraform: Any, tmp_path: Path) -> None:
+    """`sidecar.environment` refuses every variable the sidecar holds as a secret (they belong in
+    `secrets`/`valueFrom`: a plain value is readable by anyone who can describe the task definition),
+    and takes the sidecar's other settings, the OpenTelemetry ones (`OTEL_*`) included."""
+    blocks = "".join(f'''
+module "{name.lower()}" {{
+  source      = "MODULES/sidecar"
+  service     = "w"
+  environment = {{ {name} = "value" }}
+}}''' for name in sorted(SECRET_VARIABLES))
+    error = apply_error(terraform, tmp_path / "secrets", blocks)
+    assert error.count("Invalid value for variable") == len(SECRET_VARIABLES), error
+
+    out = apply_root(terraform, tmp_path / "otlp", '''
+module "s" {
+  source      = "MODULES/sidecar"
+  service     = "w"
+  environment = { OTEL_EXPORTER_OTLP_ENDPOINT = "http://collector:4318", OTEL_METRIC_EXPORT_INTERVAL = "30000" }
+}
+output "s" { value = module.s }
+''')["s"]
+    env = env_of(out["container_definition"]["environment"])
+    assert env["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://collector:4318"
+    task = {"family": "w", "networkMode": "awsvpc", "requiresCompatibilities": ["FARGATE"], "cpu": "256",
+            "memory": "512", "containerDefinitions": [
+                {"name": "w", "image": "w:1", "essential": True, "environment": out["worker"]["environment"]},
+                out["container_definition"]]}
+    assert task_definition_errors(task) == []
+
+
 @pytest.fixture(scope="module")
 def monitoring_outputs(terraform: Any, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     return apply_root(terraform, tmp_path_factory.mktemp("monitoring"), '''
@@ -581,3 +729,101 @@ def test_monitoring_dashboards_and_monitors(monitoring_outputs: dict[str, Any]) 
     pytest.importorskip("datadog_api_client", reason="pip install datadog-api-client")
     assert not datadog_unparsed(datadog, "dashboard")
     assert not any(datadog_unparsed(m, "monitor") for m in monitors)
+
+
+# --- the modules with the AWS provider: `terraform test` with a mocked provider ----------------------
+
+AWS_MOCK = '''
+mock_provider "aws" {
+  mock_data "aws_region" {
+    defaults = { name = "eu-west-1" }
+  }
+  mock_data "aws_caller_identity" {
+    defaults = { account_id = "123456789012" }
+  }
+  mock_data "aws_partition" {
+    defaults = { partition = "aws" }
+  }
+  mock_data "aws_iam_policy_document" {
+    defaults = { json = "{}" }
+  }
+}
+'''
+
+
+@pytest.fixture(scope="module")
+def terraform_test(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """`terraform test` (plan only, the AWS provider mocked) of a root module: needs a terraform
+    binary and the AWS provider in a local mirror (TASKLENS_TF_PLUGINS, default /opt/tf-plugins), as
+    nothing can be downloaded here."""
+    binary = shutil.which("terraform")
+    mirror = Path(os.environ.get("TASKLENS_TF_PLUGINS", "/opt/tf-plugins"))
+    if not binary or not (mirror / "registry.terraform.io" / "hashicorp" / "aws").is_dir():
+        pytest.skip("needs terraform and the hashicorp/aws provider in a local mirror (TASKLENS_TF_PLUGINS)")
+    rc = tmp_path_factory.mktemp("tfrc") / "terraformrc"
+    rc.write_text(f'provider_installation {{\n  filesystem_mirror {{\n    path = "{mirror}"\n  }}\n}}\n')
+    env = {**os.environ, "TF_CLI_CONFIG_FILE": str(rc), "CHECKPOINT_DISABLE": "1", "TF_IN_AUTOMATION": "1"}
+
+    def run(root: Path, body: str, runs: dict[str, str]) -> subprocess.CompletedProcess[str]:
+        """`runs`: test file name -> its run blocks (a file stops at its first failed run)."""
+        (root / "tests").mkdir(parents=True, exist_ok=True)
+        (root / "main.tf").write_text('terraform {\n  required_providers {\n    aws = { source = "hashicorp/aws" }\n  }\n}\n'
+                                      + body.replace("MODULES", os.path.relpath(MODULES, root)))
+        for name, blocks in runs.items():
+            (root / "tests" / f"{name}.tftest.hcl").write_text(AWS_MOCK + blocks)
+        init = subprocess.run([binary, "init", "-input=false", "-no-color"], cwd=root, env=env,
+                              capture_output=True, text=True, timeout=300)
+        assert init.returncode == 0, init.stdout + init.stderr
+        return subprocess.run([binary, "test", "-no-color"], cwd=root, env=env, capture_output=True, text=True,
+                              timeout=300)
+    return run
+
+
+def test_service_refuses_sidecar_settings_that_contradict_its_autoscaling(terraform_test: Any, tmp_path: Path) -> None:
+    """With autoscaling the service module sets the sidecar's EMF namespace and dimensions to what
+    the scaling policy reads. `sidecar.environment` may repeat them, but another value would send the
+    metrics where the policy does not look (it would scale on no data): refused at plan time."""
+    result = terraform_test(tmp_path, '''
+variable "sidecar_environment" {
+  type    = map(string)
+  default = {}
+}
+module "svc" {
+  source      = "MODULES/service"
+  name        = "orders-worker"
+  image       = "orders:1.2"
+  queue       = "sqs://orders?region=eu-west-1"
+  cluster     = "arn:aws:ecs:eu-west-1:123456789012:cluster/workers"
+  subnets     = ["subnet-1"]
+  sidecar     = { environment = var.sidecar_environment }
+  autoscaling = { min = 1, max = 10, backlog_per_task = 100 }
+}
+''', {"accepted": '''
+run "defaults" {
+  command = plan
+}
+run "same_values" {
+  command = plan
+  variables {
+    sidecar_environment = { TASKLENS_CLOUDWATCH_NAMESPACE = "tasklens", TASKLENS_FLUSH_INTERVAL = "10" }
+  }
+}
+''', "namespace": '''
+run "other_namespace" {
+  command = plan
+  variables {
+    sidecar_environment = { TASKLENS_CLOUDWATCH_NAMESPACE = "MyApp/Workers" }
+  }
+}
+''', "dimensions": '''
+run "other_dimensions" {
+  command = plan
+  variables {
+    sidecar_environment = { TASKLENS_CLOUDWATCH_DIMENSIONS = "service,queue" }
+  }
+}
+'''})
+    out = result.stdout + result.stderr
+    assert re.search(r'run "defaults"\.\.\. pass', out) and re.search(r'run "same_values"\.\.\. pass', out), out
+    assert re.search(r'run "other_namespace"\.\.\. fail', out) and re.search(r'run "other_dimensions"\.\.\. fail', out), out
+    assert out.count("sidecar.environment sets what autoscaling sets") == 2, out

@@ -189,6 +189,29 @@ output "a" {{ value = module.a.target_tracking }}''')
     assert "Invalid value for variable" in error and says in error, error
 
 
+@pytest.mark.parametrize("namespace", ["AWS/ECS", ":tasklens", "", "   ", " tasklens", "t\\u00e5sklens", "n" * 256])
+def test_a_namespace_the_sidecar_cannot_publish_to_is_refused(terraform, tmp_path: Path, namespace: str) -> None:  # noqa: F811
+    """The policy reads the namespace the sidecar writes its EMF records to: one the sidecar refuses
+    (it would stop at start, and the policy would read nothing) or one it writes without the spaces
+    (another namespace than the policy's) is refused by Terraform."""
+    decoded = namespace.encode().decode("unicode_escape")
+    try:
+        accepted = load({"TASKLENS_CLOUDWATCH_NAMESPACE": decoded}).cloudwatch_namespace == decoded
+    except Exception:
+        accepted = False
+    assert not accepted
+    error = apply_error(terraform, tmp_path, f'''
+module "a" {{
+  source      = "MODULES/autoscaling"
+  cluster     = "prod"
+  service     = "w"
+  queue_url   = "sqs://orders?region=eu-west-1"
+  autoscaling = {{ min = 1, max = 5, backlog_per_task = 9, namespace = "{namespace}" }}
+}}
+output "a" {{ value = module.a.sidecar_environment }}''')
+    assert "autoscaling.namespace must be a CloudWatch namespace" in error, error
+
+
 def test_an_underivable_queue_name_asks_for_autoscaling_queue(terraform, tmp_path: Path) -> None:  # noqa: F811
     error = apply_error(terraform, tmp_path, '''
 module "a" {

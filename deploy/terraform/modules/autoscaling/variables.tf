@@ -58,6 +58,13 @@ variable "autoscaling" {
     error_message = "autoscaling.scale_in_idle must be > 0 and protection_expires_minutes a whole number from 1 to 2880."
   }
   validation {
+    # the sidecar's rule (agent/config.py, parse_cloudwatch_namespace), less the spaces it strips:
+    # the policy must read the very namespace the sidecar writes to
+    condition = (can(regex("^[ -~]{1,255}$", var.autoscaling.namespace)) && trimspace(var.autoscaling.namespace) == var.autoscaling.namespace
+    && !startswith(var.autoscaling.namespace, ":") && !startswith(var.autoscaling.namespace, "AWS/"))
+    error_message = "autoscaling.namespace must be a CloudWatch namespace: 1-255 printable ASCII characters, no leading or trailing space, not starting with ':' nor with 'AWS/' (reserved for AWS services)."
+  }
+  validation {
     # the sidecar's grammar (agent/scaling/busy.py), term by term; the sidecar checks it again at start
     condition = var.autoscaling.scale_in_protection == null ? true : alltrue([
       for term in regexall("(?:[^,\\[]|\\[[^\\]]*\\])+", replace(var.autoscaling.scale_in_protection, "/\\s+or\\s+/", ",")) :

@@ -156,6 +156,14 @@ resource "aws_appautoscaling_policy" "backlog_per_task" {
       }
     }
   }
+
+  lifecycle {
+    # the policy reads the namespace and dimensions the module gives the sidecar
+    precondition {
+      condition     = alltrue([for k, v in local.scaling.sidecar_environment : lookup(var.sidecar.environment, k, v) == v])
+      error_message = "sidecar.environment sets what autoscaling sets, to another value: ${join(", ", [for k, v in local.scaling.sidecar_environment : "${k}=${v}" if lookup(var.sidecar.environment, k, v) != v])} (the policy reads these). Set autoscaling.namespace instead of TASKLENS_CLOUDWATCH_NAMESPACE."
+    }
+  }
 }
 
 # Scale from zero (SQS, min = 0): SQS's own metric wakes the service; target tracking takes over.

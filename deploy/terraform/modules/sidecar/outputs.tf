@@ -11,6 +11,10 @@ output "container_definition" {
     error_message = "Each password_env=NAME of a queue URL needs NAME in queue_secrets (the secret holding the password)."
   }
   precondition {
+    condition     = var.memory == null ? true : var.memory > var.memory_reservation
+    error_message = "memory (the hard limit) must be above memory_reservation: ECS refuses a container definition otherwise."
+  }
+  precondition {
     condition     = var.profiling.mode != "off" || var.profiling.url == null
     error_message = "profiling.url is set but profiling.mode is off: set mode to sidecar or bootstrap."
   }

@@ -44,8 +44,8 @@ variable "cpu" {
   default     = 32
 
   validation {
-    condition     = var.cpu >= 0 && var.cpu <= 1024
-    error_message = "cpu must be between 0 and 1024 units."
+    condition     = var.cpu >= 0 && var.cpu <= 1024 && floor(var.cpu) == var.cpu
+    error_message = "cpu must be a whole number of units between 0 and 1024."
   }
 }
 
@@ -55,15 +55,20 @@ variable "memory_reservation" {
   default     = 48
 
   validation {
-    condition     = var.memory_reservation >= 32 && var.memory_reservation <= 512
-    error_message = "memory_reservation must be between 32 and 512 MiB."
+    condition     = var.memory_reservation >= 32 && var.memory_reservation <= 512 && floor(var.memory_reservation) == var.memory_reservation
+    error_message = "memory_reservation must be a whole number of MiB between 32 and 512."
   }
 }
 
 variable "memory" {
-  description = "Optional hard memory limit for the sidecar, MiB (null: none)."
+  description = "Optional hard memory limit for the sidecar, MiB (null: none); above memory_reservation."
   type        = number
   default     = null
+
+  validation {
+    condition     = var.memory == null ? true : floor(var.memory) == var.memory
+    error_message = "memory must be a whole number of MiB."
+  }
 }
 
 variable "network_mode" {
@@ -166,19 +171,36 @@ variable "profiling" {
 }
 
 variable "tags" {
-  description = "Extra tags on every series (TASKLENS_TAGS)."
-  type        = map(string)
-  default     = {}
-}
-
-variable "environment" {
-  description = "Further sidecar settings as TASKLENS_* variables (see `tasklens check`), e.g. TASKLENS_FLUSH_INTERVAL."
+  description = "Extra tags on every series (TASKLENS_TAGS=k:v,k:v): at most 100, keys without ',' or ':', values without ',', each key:value at most 200 characters."
   type        = map(string)
   default     = {}
 
   validation {
-    condition     = alltrue([for k in keys(var.environment) : can(regex("^(TASKLENS_|DD_)", k)) && !contains(["DD_API_KEY", "TASKLENS_PYROSCOPE_PASSWORD"], k)])
-    error_message = "environment takes TASKLENS_* and DD_* settings; secrets go through datadog/profiling *_secret_arn."
+    # what the sidecar's TASKLENS_TAGS parser takes (agent/config.py, parse_tags)
+    condition = length(var.tags) <= 100 && alltrue([
+      for k, v in var.tags : trimspace(k) != "" && !can(regex("[,:]", k)) && !can(regex(",", v)) &&
+      !can(regex("[[:cntrl:]]", "${k}${v}")) && length("${k}:${v}") <= 200
+    ])
+    error_message = "tags are key:value pairs of TASKLENS_TAGS: at most 100, keys not blank and without ',' or ':', values without ',', no control characters, each key:value at most 200 characters."
+  }
+}
+
+variable "environment" {
+  description = "Further sidecar settings as TASKLENS_*, DD_* or OTEL_* variables (see `tasklens check`), e.g. TASKLENS_FLUSH_INTERVAL or OTEL_EXPORTER_OTLP_ENDPOINT. Not the secret ones: those go in queue_secrets (name -> ARN)."
+  type        = map(string)
+  default     = {}
+
+  validation {
+    condition     = alltrue([for k in keys(var.environment) : can(regex("^(TASKLENS_|DD_|OTEL_)", k))])
+    error_message = "environment takes the sidecar's TASKLENS_*, DD_* and OTEL_* settings."
+  }
+  validation {
+    # the sidecar's secret settings (agent/config.py, `secret=True`; tests/deploy compares)
+    condition = length(setintersection(keys(var.environment), [
+      "DD_API_KEY", "TASKLENS_PYROSCOPE_PASSWORD", "TASKLENS_REMOTE_WRITE_PASSWORD", "TASKLENS_REMOTE_WRITE_BEARER_TOKEN",
+      "TASKLENS_REMOTE_WRITE_HEADERS", "OTEL_EXPORTER_OTLP_HEADERS", "OTEL_EXPORTER_OTLP_METRICS_HEADERS",
+    ])) == 0
+    error_message = "A secret setting must not be plain environment: pass it as an ECS secret with queue_secrets = { NAME = <secret ARN> } (datadog.api_key_secret_arn and profiling.password_secret_arn for those two)."
   }
 }
 
@@ -189,7 +211,7 @@ variable "log_configuration" {
 }
 
 variable "queue_secrets" {
-  description = "Broker passwords as secrets: variable name -> Secrets Manager or SSM parameter ARN. A queue URL takes one with `password_env=NAME` (docs/queues.md)."
+  description = "The sidecar's secrets: variable name -> Secrets Manager or SSM parameter ARN. Broker passwords, which a queue URL names with `password_env=NAME` (docs/queues.md), and the export credentials (e.g. TASKLENS_REMOTE_WRITE_PASSWORD, OTEL_EXPORTER_OTLP_HEADERS)."
   type        = map(string)
   default     = {}
 

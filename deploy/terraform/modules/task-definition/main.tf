@@ -2,6 +2,17 @@
 # the `task` module feeds it to aws_ecs_task_definition, the tests to botocore's validator.
 
 locals {
+  # The task sizes Fargate takes: CPU units -> memory MiB (RegisterTaskDefinition, `memory`).
+  fargate_memory = {
+    "256"   = [512, 1024, 2048]
+    "512"   = range(1024, 4097, 1024)
+    "1024"  = range(2048, 8193, 1024)
+    "2048"  = range(4096, 16385, 1024)
+    "4096"  = range(8192, 30721, 1024)
+    "8192"  = range(16384, 61441, 4096)
+    "16384" = range(32768, 122881, 8192)
+  }
+
   image_tag       = try(regex(":([^:/@]+)$", split("@", var.image)[0])[0], "latest")
   service_version = coalesce(var.service_version, local.image_tag)
 

@@ -6,6 +6,19 @@ output "task_definition" {
     condition     = var.launch_type != "FARGATE" || var.network_mode == "awsvpc"
     error_message = "Fargate tasks use network_mode awsvpc."
   }
+  precondition {
+    # awsvpc and host: one network namespace for both containers
+    condition     = var.network_mode == "bridge" || var.port != 9102
+    error_message = "port 9102 is the sidecar's HTTP port, and in awsvpc and host mode the worker shares its network namespace: give the worker another port."
+  }
+  precondition {
+    condition     = var.launch_type != "FARGATE" || contains(lookup(local.fargate_memory, tostring(var.cpu), []), var.memory)
+    error_message = "Fargate takes task cpu/memory (MiB) of 256/512-2048, 512/1024-4096, 1024/2048-8192, 2048/4096-16384 and 4096/8192-30720 (steps of 1024), 8192/16384-61440 (steps of 4096), 16384/32768-122880 (steps of 8192)."
+  }
+  precondition {
+    condition     = var.launch_type != "EC2" || (var.cpu >= 128 && var.cpu <= 196608)
+    error_message = "EC2 task cpu is 128 to 196608 units."
+  }
 }
 
 output "container_definitions_json" {

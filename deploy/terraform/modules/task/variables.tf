@@ -26,9 +26,14 @@ variable "service_version" {
 }
 
 variable "port" {
-  description = "The worker's TCP port, if it listens on one."
+  description = "The worker's TCP port, if it listens on one (not 9102, the sidecar's, in awsvpc and host mode)."
   type        = number
   default     = null
+
+  validation {
+    condition     = var.port == null ? true : var.port >= 1 && var.port <= 65535 && floor(var.port) == var.port
+    error_message = "port must be a whole number from 1 to 65535."
+  }
 }
 
 variable "queue" {
@@ -67,13 +72,13 @@ variable "command" {
 }
 
 variable "cpu" {
-  description = "Task CPU units (the sidecar takes 32 of them)."
+  description = "Task CPU units (the sidecar takes 32 of them). Fargate: 256, 512, 1024, 2048, 4096, 8192 or 16384, with a memory it pairs with (checked at plan)."
   type        = number
   default     = 256
 }
 
 variable "memory" {
-  description = "Task memory, MiB (the sidecar reserves 48)."
+  description = "Task memory, MiB (the sidecar reserves 48). Fargate: 512-2048 with 256 CPU units, 1024-4096 with 512, 2048-8192 with 1024, 4096-16384 with 2048, 8192-30720 with 4096 (steps of 1024), 16384-61440 with 8192 (steps of 4096), 32768-122880 with 16384 (steps of 8192)."
   type        = number
   default     = 512
 }

@@ -110,6 +110,23 @@ def test_health_command(sidecar_factory) -> None:
     assert sidecar.stop() == 0
 
 
+def test_health_finds_the_sidecar_where_run_listens_from_the_config_file(sidecar_factory, tmp_path) -> None:
+    port = free_port()
+    config = tmp_path / "tasklens.toml"
+    config.write_text(f'http_addr = "127.0.0.1:{port}"\n')
+    sidecar = sidecar_factory(TASKLENS_CONFIG_FILE=str(config), TASKLENS_HTTP_ADDR=None)
+    sidecar.url = f"http://127.0.0.1:{port}"  # where the file says it listens
+    sidecar.wait_ready()
+    ok = subprocess.run([TASKLENS, "health"], env=clean_env(TASKLENS_CONFIG_FILE=str(config)),
+                        capture_output=True, text=True, timeout=10)
+    assert ok.returncode == 0, ok.stderr
+    assert sidecar.stop() == 0
+    config.write_text('http_addr = "nope"\n')  # a bad setting: the same one line as `run` and `check` say
+    bad = subprocess.run([TASKLENS, "health"], env=clean_env(TASKLENS_CONFIG_FILE=str(config)),
+                         capture_output=True, text=True, timeout=10)
+    assert bad.returncode == 2 and "http_addr='nope' is invalid" in bad.stderr and "Traceback" not in bad.stderr
+
+
 def test_port_in_use_is_a_clear_error(sidecar_factory) -> None:
     import socket
 

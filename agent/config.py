@@ -738,7 +738,8 @@ def load(environ: Mapping[str, str] | None = None) -> Config:
         try:
             path = parse_path(path)
         except ValueError as exc:
-            raise ConfigError(f"{PREFIX}CONFIG_FILE={path!r} is invalid: expected {exc}") from None
+            raise ConfigError(f"{PREFIX}CONFIG_FILE={_show(by_name['config_file'], path)} is invalid: "
+                              f"expected {exc}") from None
         file_values = read_file(path)
     for key in file_values:
         if key not in by_name:

@@ -308,6 +308,10 @@ def cmd_profiler_bootstrap(args: argparse.Namespace) -> int:
     except BootstrapError as exc:
         print(f"tasklens profiler-bootstrap: {exc}", file=sys.stderr)
         return 1
+    except OSError as exc:  # a path that is a file, below a file, not writable, a full disk
+        _say(f"tasklens profiler-bootstrap: cannot write {logs.shown(str(exc.filename or args.directory))}: "
+             f"{exc.strerror or exc}")
+        return 1
     return 0
 
 

@@ -293,6 +293,16 @@ def test_the_other_commands_refuse_bad_arguments_without_a_traceback(argv: list[
     assert result.returncode == 2 and "Traceback" not in result.stderr and result.stderr.strip()
 
 
+def test_profiler_bootstrap_into_a_path_it_cannot_write_says_so_without_a_traceback(tmp_path) -> None:
+    a_file = tmp_path / "a-file"
+    a_file.write_text("")
+    for directory in (a_file, a_file / "x\nforged"):  # a file; a path below a file (and a newline: one line)
+        result = subprocess.run([TASKLENS, "profiler-bootstrap", str(directory)], env=clean_env(),
+                                capture_output=True, text=True, timeout=60)
+        assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+        assert result.stderr.startswith("tasklens profiler-bootstrap: cannot write ") and result.stderr.count("\n") == 1
+
+
 def _queue_urls():  # type: ignore[no-untyped-def]
     from hypothesis import strategies as st
 

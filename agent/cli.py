@@ -226,12 +226,15 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_health(args: argparse.Namespace) -> int:
-    """Exit 0 iff the sidecar answers `/health`: the container health check (no curl needed)."""
-    addr = args.addr or os.environ.get("TASKLENS_HTTP_ADDR", "127.0.0.1:9102")
+    """Exit 0 iff the sidecar answers `/health`: the container health check (no curl needed). Without
+    `--addr`, where `run` listens: the same settings, read by the same `config.load`."""
     try:
-        host, port = parse_addr(addr)
+        host, port = parse_addr(args.addr) if args.addr else load().http_addr
+    except ConfigError as exc:
+        _say(f"tasklens health: invalid configuration: {exc}")
+        return 2
     except ValueError as exc:
-        print(f"tasklens health: bad address {addr!r}: expected {exc}", file=sys.stderr)
+        print(f"tasklens health: bad address {args.addr!r}: expected {exc}", file=sys.stderr)
         return 2
     if host in ("0.0.0.0", "::", ""):
         host = "127.0.0.1"
@@ -305,6 +308,10 @@ def cmd_profiler_bootstrap(args: argparse.Namespace) -> int:
     except BootstrapError as exc:
         print(f"tasklens profiler-bootstrap: {exc}", file=sys.stderr)
         return 1
+    except OSError as exc:  # a path that is a file, below a file, not writable, a full disk
+        _say(f"tasklens profiler-bootstrap: cannot write {logs.shown(str(exc.filename or args.directory))}: "
+             f"{exc.strerror or exc}")
+        return 1
     return 0
 
 
@@ -325,7 +332,8 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("run", help="run the sidecar (configured by TASKLENS_* variables)")
     sub.add_parser("check", help="print the resolved configuration and identity; non-zero if invalid")
     health = sub.add_parser("health", help="exit 0 iff the sidecar's /health answers (container health check)")
-    health.add_argument("--addr", help="host:port of the sidecar's HTTP listener (default TASKLENS_HTTP_ADDR)")
+    health.add_argument("--addr", help="host:port of the sidecar's HTTP listener (default: where `tasklens run` "
+                                       "listens: TASKLENS_HTTP_ADDR, else http_addr in TASKLENS_CONFIG_FILE)")
     health.add_argument("--endpoint", default="health", choices=["health", "ready"])
     health.add_argument("--timeout", type=_timeout, default=2.0, help="seconds (0.1 to 60)")
     emulate = sub.add_parser("emulate-ecs", help="serve ECS task metadata locally (fixtures or live)",

@@ -268,7 +268,9 @@ def parse_base_url(text: str) -> str:
 def parse_url_list(text: str) -> tuple[str, ...]:
     expected = "comma-separated URLs, e.g. sqs://orders?region=eu-west-1,redis://host:6379/0?list=jobs"
     if split_password(text):
-        raise ValueError(f"{expected}: a password's , must be percent-encoded (%2C): the list is split at every comma")
+        raise ValueError(f"{expected}: a password's , must be percent-encoded (%2C): the list is split at every comma "
+                         "(a URL with a user name and no password after one with a port reads as such a password: "
+                         "list it first)")
     urls = tuple(u.strip() for u in text.split(",") if u.strip())
     for url in urls:
         check_text(url, expected, 2048)
@@ -736,7 +738,8 @@ def load(environ: Mapping[str, str] | None = None) -> Config:
         try:
             path = parse_path(path)
         except ValueError as exc:
-            raise ConfigError(f"{PREFIX}CONFIG_FILE={path!r} is invalid: expected {exc}") from None
+            raise ConfigError(f"{PREFIX}CONFIG_FILE={_show(by_name['config_file'], path)} is invalid: "
+                              f"expected {exc}") from None
         file_values = read_file(path)
     for key in file_values:
         if key not in by_name:

@@ -18,7 +18,7 @@ from collections.abc import Iterable, Mapping
 from urllib.parse import parse_qsl, quote, quote_plus, unquote, urlsplit
 
 from agent.config import SECRET_FIELDS, URL_FIELDS, Config, parse_headers
-from agent.urlmask import url_credentials, url_passwords
+from agent.urlmask import mask_matches, url_credentials, url_passwords
 
 MASK = "***"
 REMOTE_TEXT_LIMIT = 200  # characters of a remote error kept: enough to say what went wrong
@@ -55,7 +55,7 @@ class Redactor:
         self._pattern = re.compile("|".join(map(re.escape, alternatives)), re.IGNORECASE) if alternatives else None
 
     def mask(self, text: str) -> str:
-        return self._pattern.sub(MASK, text) if self._pattern else text
+        return mask_matches(self._pattern, text) if self._pattern else text
 
     def remote_text(self, body: bytes | str, limit: int = REMOTE_TEXT_LIMIT) -> str:
         """A peer's text made safe to keep and log: decoded, secrets masked, control characters shown as

@@ -83,17 +83,18 @@ def _decodings(text: str) -> list[str]:
 def _spanning(text: str, found: list[Authority]) -> Iterator[tuple[Authority, Authority, str]]:
     """Passwords read across the next `scheme://`: a password may hold `,x://` or `=x://` (`redis://:pa,
     x://ss@host`), which reads as a list of two URLs, the first without a password, the second without
-    one of its own (`ss` is no password). Unless the URL's `:` is its port, or the URL and the next each
-    read as written with user info of their own, its user info is also read up to the last `@` of the
-    text (a list of URLs may then be masked more than it needs). Left: a password of digits, `/` and a
-    `,x://` (`redis://u:12/x,y://ss@h`) reads as a port and a path, and shows its end. Yields (the
-    URL, the next one, the password)."""
+    one of its own (`ss` is no password). Unless the URL reads as written up to its port or its own user
+    info and the next URL with user info has a password of its own, its user info is also read up to the
+    last `@` of the text (a list of URLs may then be masked more than it needs): a password of digits
+    and `/` reads as a port and a path (`redis://u:12/x,y://ss@h`). Yields (the URL, the next one, the
+    password)."""
     at = text.rfind("@")
-    for this, after in zip(found, found[1:]):
-        if at < after.start or this.port is not None:
-            continue  # no user info after it; a `:` that is a port (`redis://h:6379/0,redis://u@h2`)
-        if this.readable and this.userinfo is not None and not (after.readable and after.password is None):
-            continue  # a list of URLs, each with its user info (one in a parameter spans itself)
+    for i, (this, after) in enumerate(zip(found, found[1:])):
+        if at < after.start:
+            continue  # no user info after it
+        next_password = next((a.password for a in found[i + 1:] if a.userinfo is not None), None)
+        if (this.port is not None or (this.readable and this.userinfo is not None)) and next_password is not None:
+            continue  # a list of URLs (`redis://h:6379/0,redis://u:pw@h2`; one in a parameter spans itself)
         if this.scheme != "nats" and ":" not in text[this.start:after.start - len(after.scheme) - 3]:
             continue  # a password starts after a `:` of this URL's own text (`sqs://q,redis://u@h` holds none)
         password = Authority(this.scheme, this.start, len(text), text[this.start:at], False).password
@@ -167,7 +168,25 @@ def mask_secrets(text: str, secrets: Iterable[str]) -> str:
     """`text` with every occurrence of each secret as `***`, its characters literal or percent-encoded
     (up to DECODE_LEVELS deep, any case): `a/b` hides `a/b`, `a%2Fb`, `a%252fb`, `%61/b`."""
     pattern = _pattern(tuple(sorted({s for s in secrets if s}, key=len, reverse=True)))
-    return pattern.sub(MASK, text) if pattern else text
+    return mask_matches(pattern, text) if pattern else text
+
+
+def mask_matches(pattern: re.Pattern[str], text: str) -> str:
+    """`text` with every match of `pattern` as `***`, overlapping ones too: `re.sub` resumes after a
+    match, so a secret starting inside another's match (`:pw` before `pw@h,x://tail`) would show its end.
+    Each position's match (the longest alternative first) is taken, and overlapping ones mask as one."""
+    spans: list[list[int]] = []
+    for match in re.finditer(f"(?=({pattern.pattern}))", text, pattern.flags):
+        start, end = match.start(), match.end(1)
+        if end == start:
+            continue
+        if spans and start <= spans[-1][1]:
+            spans[-1][1] = max(spans[-1][1], end)
+        else:
+            spans.append([start, end])
+    for start, end in reversed(spans):
+        text = text[:start] + MASK + text[end:]
+    return text
 
 
 @functools.lru_cache(maxsize=256)

@@ -110,6 +110,23 @@ def test_health_command(sidecar_factory) -> None:
     assert sidecar.stop() == 0
 
 
+def test_health_finds_the_sidecar_where_run_listens_from_the_config_file(sidecar_factory, tmp_path) -> None:
+    port = free_port()
+    config = tmp_path / "tasklens.toml"
+    config.write_text(f'http_addr = "127.0.0.1:{port}"\n')
+    sidecar = sidecar_factory(TASKLENS_CONFIG_FILE=str(config), TASKLENS_HTTP_ADDR=None)
+    sidecar.url = f"http://127.0.0.1:{port}"  # where the file says it listens
+    sidecar.wait_ready()
+    ok = subprocess.run([TASKLENS, "health"], env=clean_env(TASKLENS_CONFIG_FILE=str(config)),
+                        capture_output=True, text=True, timeout=10)
+    assert ok.returncode == 0, ok.stderr
+    assert sidecar.stop() == 0
+    config.write_text('http_addr = "nope"\n')  # a bad setting: the same one line as `run` and `check` say
+    bad = subprocess.run([TASKLENS, "health"], env=clean_env(TASKLENS_CONFIG_FILE=str(config)),
+                         capture_output=True, text=True, timeout=10)
+    assert bad.returncode == 2 and "http_addr='nope' is invalid" in bad.stderr and "Traceback" not in bad.stderr
+
+
 def test_port_in_use_is_a_clear_error(sidecar_factory) -> None:
     import socket
 
@@ -274,6 +291,16 @@ def test_datadog_fallbacks_that_are_not_names_are_ignored_with_a_warning() -> No
 def test_the_other_commands_refuse_bad_arguments_without_a_traceback(argv: list[str]) -> None:
     result = subprocess.run([TASKLENS, *argv], env=clean_env(), capture_output=True, text=True, timeout=30)
     assert result.returncode == 2 and "Traceback" not in result.stderr and result.stderr.strip()
+
+
+def test_profiler_bootstrap_into_a_path_it_cannot_write_says_so_without_a_traceback(tmp_path) -> None:
+    a_file = tmp_path / "a-file"
+    a_file.write_text("")
+    for directory in (a_file, a_file / "x\nforged"):  # a file; a path below a file (and a newline: one line)
+        result = subprocess.run([TASKLENS, "profiler-bootstrap", str(directory)], env=clean_env(),
+                                capture_output=True, text=True, timeout=60)
+        assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+        assert result.stderr.startswith("tasklens profiler-bootstrap: cannot write ") and result.stderr.count("\n") == 1
 
 
 def _queue_urls():  # type: ignore[no-untyped-def]

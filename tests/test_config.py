@@ -283,6 +283,12 @@ def test_an_unusable_file_names_the_variable(tmp_path) -> None:
     assert "expected a TOML file (" in error(syntax)
 
 
+def test_a_long_config_file_path_is_named_cut_short() -> None:
+    with pytest.raises(ConfigError) as err:
+        load({"TASKLENS_CONFIG_FILE": "/x" * 50_000})  # refused by its length: one short line, like any value
+    assert str(err.value).startswith("TASKLENS_CONFIG_FILE='/x/x") and len(str(err.value)) < 400
+
+
 def test_an_unknown_file_key_suggests_the_closest() -> None:
     assert closest("srevice", {f.name for f in fields(Config)}) == "; did you mean 'service'?"
 

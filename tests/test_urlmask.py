@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 from typing import Any
 from urllib.parse import quote, unquote, unquote_plus
 
@@ -41,9 +40,7 @@ PIECES = st.one_of(
     st.characters(codec="utf-8", exclude_categories=("Cs",)),
     st.text("abcdefghijklmnopqrstuvwxyz0123456789", min_size=1, max_size=4),
 )
-# Left: `/ ? #` and then `=x://` or `,x://` in a password read as a path or a query holding another URL
-PASSWORDS = st.lists(PIECES, min_size=1, max_size=12).map(lambda p: HEAD + "".join(p) + TAIL).filter(
-    lambda p: not re.search(r"[/?#].*[=,\s][A-Za-z][A-Za-z0-9+.-]*://", p))
+PASSWORDS = st.lists(PIECES, min_size=1, max_size=12).map(lambda p: HEAD + "".join(p) + TAIL)
 USERS = st.lists(st.one_of(st.sampled_from(list("=&:@/%?# ")), st.text("guestmn", min_size=1, max_size=3)),
                  max_size=4).map("".join)
 ENCODINGS = st.sampled_from(["raw", "encoded"])
@@ -177,8 +174,51 @@ def test_a_url_that_does_not_read_as_written_shows_no_password_nor_port() -> Non
     # a password holding `,x://`: masked whole, and refused in a list, which it would split
     assert mask_url("redis://:pa,x://ss@host") == "redis://:***@host"
     assert mask_url("redis://h:6379/0,redis://u:pw@h2") == "redis://h:6379/0,redis://u:***@h2"
+    # a password of digits and `/` before `,x://` reads as a port and a path: masked whole all the same
+    assert mask_url("redis://u:12/x,y://ss@h") == "redis://u:***@h"
+    assert mask_url("redis://:12/abc,x://@host") == "redis://:***@host"
+    # secrets that overlap (`:pw` of one reading, `pw@h,y://tail` of another) are masked as one
+    assert mask_secrets("https://:pw@h,y://tail@h2", [":pw", "pw@h,y://tail"]) == "https://***@h2"
     assert mask_url("amqp://u:Sec") == "amqp://u:***"  # no host: the port may be half a password
     # what reads as written keeps its user name and everything but the password
     assert mask_url("redis://us=er:pw1@h:6379/9?list=x") == "redis://us=er:***@h:6379/9?list=x"
     assert mask_url("amqp://app:s3cret@h/?queue=q&management=http%3A%2F%2Fg%3Ahunter2%40h") == (
         "amqp://app:***@h/?queue=q&management=http%3A%2F%2Fg%3A***%40h")
+
+
+# Every setting that carries a URL, with a password in any shape: what `check` prints or refuses with,
+# what a sink shows of its URL (`/status`, its log lines: mask_url), and a log line in which a client
+# quotes the URL (masked with the configuration's secrets). A password may start with digits, so that
+# the `:` before it reads as a port (`redis://:40817/a,x://Xk9Zb@h`: a port, a path, then another URL).
+URL_SETTINGS = {
+    "TASKLENS_QUEUES": "redis://{}@127.0.0.1:6379/9?list=x",
+    "DD_DD_URL": "https://{}@127.0.0.1:9",
+    "TASKLENS_PYROSCOPE_URL": "http://{}@127.0.0.1:4040",
+    "TASKLENS_REMOTE_WRITE_URL": "http://{}@127.0.0.1:9/api/v1/write",
+    "OTEL_EXPORTER_OTLP_ENDPOINT": "http://{}@127.0.0.1:4318",
+    "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT": "http://{}@127.0.0.1:4318/v1/metrics",
+}
+PORT_HEAD = "40817"  # digits a port can be
+ANY_PASSWORDS = st.builds(lambda head, pieces: head + "".join(pieces) + TAIL,
+                          st.sampled_from([HEAD, PORT_HEAD]), st.lists(PIECES, min_size=1, max_size=12))
+
+
+@settings(max_examples=500, deadline=None)
+@given(variable=st.sampled_from(sorted(URL_SETTINGS)), user=USERS, password=ANY_PASSWORDS, encoding=ENCODINGS)
+@example(variable="TASKLENS_QUEUES", user="", password="40817/abc,x://Xk9Zb", encoding="raw")
+@example(variable="DD_DD_URL", user="u", password="40817/x,y://Xk9Zb", encoding="raw")
+def test_no_password_of_any_url_setting_is_shown(variable: str, user: str, password: str, encoding: str) -> None:
+    from agent.redact import Redactor, config_secrets
+
+    url = URL_SETTINGS[variable].format(userinfo(user, password, encoding))
+    environ = {variable: url, "TASKLENS_HTTP_ADDR": "127.0.0.1:0", "TASKLENS_STATSD_ADDR": "off",
+               "TASKLENS_REMOTE_WRITE_SIGV4": "off"}
+    shown = [mask_url(url)]
+    try:
+        config, warnings = validate(environ)
+    except ConfigError as exc:
+        shown.append(str(exc))
+    else:
+        redact = Redactor(config_secrets(config, environ))
+        shown += warnings + strings(describe(config)) + [redact.mask(f"cannot connect to {url} ({unquote(url)})")]
+    assert_hidden(password, shown)

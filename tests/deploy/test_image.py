@@ -181,59 +181,62 @@ def test_pod_like_an_awsvpc_task(
     containers, /metrics is reachable for a scraper, and py-spy in the sidecar samples the worker."""
     net, _ = network
     pod = podman.pod("task", "--network", net, "--share", "net,ipc,uts,pid")
-    metadata = podman.start(
-        "metadata", image, "--pod", pod, "--read-only", command=("emulate-ecs", "--addr", "127.0.0.1:51678")
-    )
-    settings = env(
-        ECS_CONTAINER_METADATA_URI_V4="http://127.0.0.1:51678/v4/sidecar",
-        TASKLENS_SERVICE="orders-worker",
-        # what the Terraform modules set in awsvpc mode: StatsD on loopback, HTTP for the scraper
-        TASKLENS_STATSD_ADDR="127.0.0.1:8125",
-        TASKLENS_HTTP_ADDR="0.0.0.0:9102",
-        TASKLENS_FLUSH_INTERVAL="1",
-        TASKLENS_POLL_INTERVAL="2",
-        TASKLENS_PYROSCOPE_URL=pyroscope.url,
-        TASKLENS_PROFILE_WINDOW="2",
-        TASKLENS_PROFILE_MATCH="burn_cpu_for_the_profiler|DogStatsd",
-    )
-    sidecar = podman.start("pod-sidecar", image, "--pod", pod, "--read-only", "--cap-add", "SYS_PTRACE", *settings)
-    worker_settings = env(DD_AGENT_HOST="127.0.0.1", DD_DOGSTATSD_PORT="8125")
-    podman.start(
-        "worker", image, "--pod", pod, "--read-only", "--entrypoint", "python", *worker_settings, command=("-c", WORKER)
-    )
-    infra = podman("pod", "inspect", pod, "--format", "{{.InfraContainerID}}").stdout.strip()
-    ip = podman.ip(infra, net)
-    metrics = f"http://{ip}:9102/metrics"
+    try:
+        metadata = podman.start(
+            "metadata", image, "--pod", pod, "--read-only", command=("emulate-ecs", "--addr", "127.0.0.1:51678")
+        )
+        settings = env(
+            ECS_CONTAINER_METADATA_URI_V4="http://127.0.0.1:51678/v4/sidecar",
+            TASKLENS_SERVICE="orders-worker",
+            # what the Terraform modules set in awsvpc mode: StatsD on loopback, HTTP for the scraper
+            TASKLENS_STATSD_ADDR="127.0.0.1:8125",
+            TASKLENS_HTTP_ADDR="0.0.0.0:9102",
+            TASKLENS_FLUSH_INTERVAL="1",
+            TASKLENS_POLL_INTERVAL="2",
+            TASKLENS_PYROSCOPE_URL=pyroscope.url,
+            TASKLENS_PROFILE_WINDOW="2",
+            TASKLENS_PROFILE_MATCH="burn_cpu_for_the_profiler|DogStatsd",
+        )
+        sidecar = podman.start("pod-sidecar", image, "--pod", pod, "--read-only", "--cap-add", "SYS_PTRACE", *settings)
+        worker_settings = env(DD_AGENT_HOST="127.0.0.1", DD_DOGSTATSD_PORT="8125")
+        podman.start(
+            "worker", image, "--pod", pod, "--read-only", "--entrypoint", "python", *worker_settings, command=("-c", WORKER)
+        )
+        infra = podman("pod", "inspect", pod, "--format", "{{.InfraContainerID}}").stdout.strip()
+        ip = podman.ip(infra, net)
+        metrics = f"http://{ip}:9102/metrics"
 
-    def jobs() -> float | None:
-        return metric_value(scrape(metrics), "worker_jobs_total", kind="resize", service="orders-worker")
+        def jobs() -> float | None:
+            return metric_value(scrape(metrics), "worker_jobs_total", kind="resize", service="orders-worker")
 
-    wait_until(lambda: (jobs() or 0) > 0, timeout=60, interval=0.5, what="the worker's DogStatsD on /metrics")
-    body = scrape(metrics)
-    # the task identity comes from the emulator, which describes its own container as the task
-    task_id = podman.inspect(metadata)["Id"]
-    jobs_lines = [line for line in body.splitlines() if line.startswith("worker_jobs_total{")]
-    assert jobs_lines and all(task_id in line and 'ecs_cluster="local"' in line for line in jobs_lines), jobs_lines
+        wait_until(lambda: (jobs() or 0) > 0, timeout=60, interval=0.5, what="the worker's DogStatsD on /metrics")
+        body = scrape(metrics)
+        # the task identity comes from the emulator, which describes its own container as the task
+        task_id = podman.inspect(metadata)["Id"]
+        jobs_lines = [line for line in body.splitlines() if line.startswith("worker_jobs_total{")]
+        assert jobs_lines and all(task_id in line and 'ecs_cluster="local"' in line for line in jobs_lines), jobs_lines
 
-    # StatsD on 127.0.0.1 inside the pod: a container outside it cannot inject metrics
-    flushes = metric_value(body, "tasklens_statsd_flushes_total") or 0
-    inject = f"from datadog import DogStatsd; DogStatsd(host={ip!r}, port=8125).increment('outside.injected')"
-    podman("run", "--rm", "--network", net, "--entrypoint", "python", image, "-c", inject)
-    wait_until(
-        lambda: (metric_value(scrape(metrics), "tasklens_statsd_flushes_total") or 0) >= flushes + 2,
-        timeout=20,
-        what="two more StatsD flushes",
-    )
-    assert "outside_injected" not in scrape(metrics)
+        # StatsD on 127.0.0.1 inside the pod: a container outside it cannot inject metrics
+        flushes = metric_value(body, "tasklens_statsd_flushes_total") or 0
+        inject = f"from datadog import DogStatsd; DogStatsd(host={ip!r}, port=8125).increment('outside.injected')"
+        podman("run", "--rm", "--network", net, "--entrypoint", "python", image, "-c", inject)
+        wait_until(
+            lambda: (metric_value(scrape(metrics), "tasklens_statsd_flushes_total") or 0) >= flushes + 2,
+            timeout=20,
+            what="two more StatsD flushes",
+        )
+        assert "outside_injected" not in scrape(metrics)
 
-    # py-spy in the sidecar sees the worker's process through the shared PID namespace
-    wait_until(
-        lambda: any(i.stacks and i.share("burn_cpu_for_the_profiler") > 0 for i in pyroscope.ingested),
-        timeout=60,
-        interval=0.5,
-        what="a profile of the worker",
-    )
-    assert pyroscope.errors == []
+        # py-spy in the sidecar sees the worker's process through the shared PID namespace
+        wait_until(
+            lambda: any(i.stacks and i.share("burn_cpu_for_the_profiler") > 0 for i in pyroscope.ingested),
+            timeout=60,
+            interval=0.5,
+            what="a profile of the worker",
+        )
+        assert pyroscope.errors == []
 
-    podman("stop", "-t", "30", sidecar)
-    assert exit_code(podman, sidecar) == 0, podman("logs", sidecar).stderr[-2000:]
+        podman("stop", "-t", "30", sidecar)
+        assert exit_code(podman, sidecar) == 0, podman("logs", sidecar).stderr[-2000:]
+    finally:  # now, not at the end of the session: its worker burns CPU for the profiler
+        podman.remove("pod", pod)

@@ -28,7 +28,10 @@ _log = RateLimitedLog(logging.getLogger("tasklens.health"))
 
 OOM_EXIT_CODE = 137  # 128 + SIGKILL: what the kernel's OOM killer leaves (and any other SIGKILL)
 NEAR_LIMIT = 0.9  # working set at or above this share of the limit counts as "at the limit"
-LEAK_SIGNIFICANCE = 5.0  # standard errors: see docs/health.md (3 was a false leak in ~1 of 1,600 noisy windows)
+LEAK_SIGNIFICANCE = 5.0  # standard errors: see docs/health.md (3 was a false leak in ~1 of 2,000 noisy windows)
+# what an exit with code 137 needs to be an OOM kill when memory was last seen below the limit: growth at
+# this many standard errors, projected to the exit (the exit code is evidence already; see `oom_killed`)
+EXIT_SIGNIFICANCE = 3.0
 MIN_GROWTH = 0.01  # the fitted growth over the window must reach 1 % of the limit to be a leak
 FLOOR_BINS = 6  # the floor (lowest point of each sixth of the window) must rise by half that too: _floor_growth
 
@@ -44,10 +47,10 @@ class MemoryForecast:
 
 
 def memory_forecast(points: Iterable[trend.Point], *, limit: float | None, window: float,
-                    now: float | None = None) -> MemoryForecast | None:
+                    now: float | None = None, significance: float = LEAK_SIGNIFICANCE) -> MemoryForecast | None:
     """The working set's trend over the last `window` seconds; None until the window holds enough points.
 
-    A leak is suspected when the slope is more than `LEAK_SIGNIFICANCE` standard errors above 0 (it is
+    A leak is suspected when the slope is more than `significance` standard errors above 0 (it is
     growing, not noise) and the fitted growth over the window is at least `MIN_GROWTH` of the limit
     (or of the working set when there is no limit): a cache warming by a few kilobytes is real growth
     but not a leak anybody should be told about. The time to the limit extrapolates the fitted line
@@ -57,7 +60,7 @@ def memory_forecast(points: Iterable[trend.Point], *, limit: float | None, windo
     if pts is None or f is None:
         return None
     scale = limit if limit else abs(f.level)
-    leaking = (f.direction(LEAK_SIGNIFICANCE) > 0 and f.slope * window >= MIN_GROWTH * scale
+    leaking = (f.direction(significance) > 0 and f.slope * window >= MIN_GROWTH * scale
                and _floor_growth(pts) >= MIN_GROWTH * scale / 2)  # half: six minima are a noisy estimate
     if not leaking:
         return MemoryForecast(False, None, None)
@@ -210,7 +213,7 @@ class _Container:
     restarts: float = 0.0
     oom_kills: float = 0.0
     failcnt_rose: bool = False
-    growth_per_second: float = 0.0  # of the last forecast that suspected a leak, else 0
+    growth_per_second: float = 0.0  # of the last forecast that saw growth at EXIT_SIGNIFICANCE, else 0
     saturation: Saturation = field(default_factory=Saturation)
 
 
@@ -325,7 +328,10 @@ class HealthMonitor:
         if obs.running and obs.working_set is not None:
             forecast = memory_forecast(c.memory.points, limit=obs.limit, window=self.memory_window, now=obs.t)
             if forecast is not None:
-                c.growth_per_second = (forecast.growth_bytes_per_hour or 0.0) / 3600 if forecast.leak_suspected else 0.0
+                growing = forecast if forecast.leak_suspected else memory_forecast(
+                    c.memory.points, limit=obs.limit, window=self.memory_window, now=obs.t,
+                    significance=EXIT_SIGNIFICANCE)
+                c.growth_per_second = (growing.growth_bytes_per_hour or 0.0) / 3600 if growing else 0.0
                 emit("memory.leak_suspected", 1.0 if forecast.leak_suspected else 0.0)
                 emit("memory.growth_bytes_per_hour", forecast.growth_bytes_per_hour)
                 emit("memory.time_to_limit_seconds", forecast.time_to_limit_seconds)

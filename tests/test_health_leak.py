@@ -40,12 +40,14 @@ MEMORY = Path("/sys/fs/cgroup/memory")
 MIB = 1024 * 1024
 LIMIT = 160 * MIB
 CHUNK, EVERY = 4 * MIB, 0.5  # 8 MiB/s
+# each chunk at its time on the clock, not EVERY after the one before: on a busy machine a sleep that
+# overshoots is made up, so the growth stays the same all its life (the countdowns assume it does)
 LEAKY = f"""
 import time
-chunks = []
+chunks, start = [], time.monotonic()
 while True:
     chunks.append(b"x" * {CHUNK})  # written, so resident: the working set grows
-    time.sleep({EVERY})
+    time.sleep(max(0.0, start + len(chunks) * {EVERY} - time.monotonic()))
 """
 
 

@@ -124,6 +124,13 @@ async def post(session: aiohttp.ClientSession, url: str, payload: Payload, timeo
         return Outcome("retry", "connection", detail=type(exc).__name__)
 
 
+def backoff_delay(failures: int, base: float, most: float) -> float:
+    """The longest wait before retrying after `failures` consecutive failures: `base` doubling, at most
+    `most`. The doubling stops at 2 ** 64: past 2 ** 1023 it is no float, and an outage of a day reaches
+    that many failures."""
+    return min(most, base * 2.0 ** min(failures - 1, 64))
+
+
 def next_tick(after: float, interval: float) -> float:
     """The first flush time after `after`: just past the next clock-aligned interval boundary."""
     offset = min(1.0, interval / 10)
@@ -324,7 +331,7 @@ class Pusher:
         self._enforce_bound()
         self._failures += 1
         self.count("retries", 1)
-        delay = min(self.backoff_max, self.backoff_base * 2 ** (self._failures - 1))
+        delay = backoff_delay(self._failures, self.backoff_base, self.backoff_max)
         wait = random.uniform(delay / 2, delay)
         if outcome.retry_after is not None:
             wait = outcome.retry_after

@@ -114,6 +114,25 @@ async def test_a_hanging_store_times_out_and_is_retried(server: tuple[Server, st
         sender.cancel()
 
 
+async def test_delivery_resumes_after_more_failures_than_the_backoff_has_doublings(server: tuple[Server, str]) -> None:
+    """2 ** 1024 is past the float range: an outage of over 1,024 failed attempts (six hours at the
+    real backoff) must not end the sender, or nothing is sent again until a restart."""
+    srv, url = server
+    srv.status = 503
+    metrics = SelfMetrics()
+    p = pusher(url, metrics, backoff_base=0.0001, backoff_max=0.0002)
+    p.put([Payload(b"x", 1)])
+    async with aiohttp.ClientSession() as session:
+        sender = asyncio.create_task(p._send_loop(session))
+        await until(lambda: srv.hits > 1100 or sender.done(), 30, "1,100 failed attempts")
+        srv.status = 204
+        await until(lambda: metrics.get("tasklens.exporter.points_sent", exporter="test") == 1 or sender.done(),
+                    10, "delivery after the store recovered")
+        assert not sender.done(), sender.exception()
+        assert metrics.get("tasklens.exporter.points_sent", exporter="test") == 1
+        sender.cancel()
+
+
 async def test_expired_payloads_are_dropped_not_sent(server: tuple[Server, str]) -> None:
     srv, url = server
     metrics = SelfMetrics()

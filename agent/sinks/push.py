@@ -8,7 +8,8 @@ timeout)` (one attempt, usually through `post()`, returning an `Outcome`). The `
 - one sender, FIFO: a payload leaves the queue only when accepted, and a retried payload goes back to the
   head, so per-series timestamp order survives an outage (remote_write requires it);
 - retries a timeout, a connection error, 408, 429 and 5xx with exponential backoff and jitter (a random
-  wait between half and all of 1, 2, 4 ... `backoff_max` s), or after `Retry-After` when the server says;
+  wait between half and all of 1, 2, 4 ... `backoff_max` s), or after `Retry-After` when the server asks
+  for longer;
 - never retries another 4xx: it cannot succeed; logged (once a minute per status) and counted;
 - bounds the queue in points: past `max_points` the oldest payloads are dropped and counted; a payload
   past its `expires` time is dropped as `expired` instead of being sent to be refused;
@@ -333,8 +334,8 @@ class Pusher:
         self.count("retries", 1)
         delay = backoff_delay(self._failures, self.backoff_base, self.backoff_max)
         wait = random.uniform(delay / 2, delay)
-        if outcome.retry_after is not None:
-            wait = outcome.retry_after
+        if outcome.retry_after is not None:  # never sooner than the backoff: `Retry-After: 0` is no busy loop
+            wait = max(wait, outcome.retry_after)
         if self._draining:  # the deadline is near: keep trying often
             wait = min(wait, 1.0)
         self._backoff_until = loop.time() + wait

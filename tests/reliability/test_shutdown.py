@@ -160,6 +160,33 @@ def test_sigterm_with_stdout_blocked_exits_in_time(tmp_path) -> None:
         os.close(write_end)
 
 
+@pytest.mark.slow
+def test_a_blocked_stderr_never_stalls_the_sidecar_nor_its_exit(tmp_path) -> None:
+    """The log goes to stderr, which the awslogs driver blocks as it blocks stdout: a log line must wait
+    for it on a thread of its own, never on the event loop (start-up, `/health`, the SIGTERM flush)."""
+    read_end, write_end = full_pipe()
+    try:
+        sidecar = Sidecar(tmp_path, stderr=write_end, TASKLENS_FLUSH_INTERVAL="1", TASKLENS_SHUTDOWN_TIMEOUT="3")
+        try:
+            sidecar.wait_ready(timeout=20)  # start-up logs several lines
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+                s.sendto(b"blocked.log:1|c", ("127.0.0.1", sidecar.statsd_port))
+            wait_until(lambda: scrape(sidecar).value("blocked_log_total") == 1, 10, what="a line counted")
+            stopping = time.monotonic()
+            sidecar.proc.send_signal(signal.SIGTERM)
+            code = sidecar.proc.wait(30)
+            took = time.monotonic() - stopping
+            assert code == 0
+            assert took < 3 + 1, took
+        finally:
+            if sidecar.proc.poll() is None:
+                sidecar.proc.kill()
+                sidecar.proc.wait()
+    finally:
+        os.close(read_end)
+        os.close(write_end)
+
+
 def at(sidecar: Sidecar, http: int, udp: int) -> Sidecar:
     """A sidecar started on addresses chosen by the test (to start another one on the same)."""
     sidecar.http_port, sidecar.statsd_port, sidecar.url = http, udp, f"http://127.0.0.1:{http}"

@@ -176,7 +176,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     memory.use_system_allocator()  # exec again with PYTHONMALLOC=malloc: memory returns after a storm
     memory.configure()
     config, _ = _validate_or_exit()
-    logs.setup(config.log_level)
+    logs.setup(config.log_level, aside=True)  # stderr may block (awslogs): never the event loop
     from agent.runtime import run
 
     return run(config)

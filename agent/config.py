@@ -559,6 +559,8 @@ class Config:
                                                     doc="Prometheus-style names (fnmatch globs) pushed")
     remote_write_batch_samples: int = setting(2000, parse_positive_int, doc="samples per request at most")
     remote_write_buffer_points: int = setting(1_000_000, parse_positive_int, doc="samples kept while the store is down")
+    remote_write_buffer_bytes: int = setting(32 * 1024**2, parse_size, low=1024**2, high=2**30,
+                                             doc="bytes of requests kept while the store is down")
     remote_write_timeout: float = setting(10.0, parse_seconds, low=0.1, high=300)
     otlp_endpoint: str = setting("", parse_base_url, env="OTEL_EXPORTER_OTLP_ENDPOINT", url=True,
                                  doc="OTLP/HTTP base URL; enables OTLP (+ /v1/metrics)")
@@ -576,6 +578,8 @@ class Config:
     otel_resource_attributes: tuple[tuple[str, str], ...] = setting((), parse_headers, env="OTEL_RESOURCE_ATTRIBUTES")
     otel_service_name: str = setting("", env="OTEL_SERVICE_NAME")
     otlp_buffer_points: int = setting(1_000_000, parse_positive_int, doc="points kept while the collector is down")
+    otlp_buffer_bytes: int = setting(32 * 1024**2, parse_size, low=1024**2, high=2**30,
+                                     doc="bytes of requests kept while the collector is down")
     cloudwatch: str = setting("off", parse_choice("off", "emf"), doc="emf: CloudWatch EMF records on stdout")
     cloudwatch_namespace: str = setting("tasklens", parse_cloudwatch_namespace, doc="EMF namespace")
     cloudwatch_metrics: tuple[str, ...] = setting(

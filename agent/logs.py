@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import logging
+import os
+import queue
+import threading
 import time
 
 log = logging.getLogger("tasklens")
@@ -42,8 +45,65 @@ def shown(text: str) -> str:
     return text if text.isprintable() else "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
-def setup(level: str = "info") -> None:
+class AsideHandler(logging.Handler):
+    """Formats a record on the caller's thread and writes it to stderr on a daemon thread of its own.
+
+    Under the awslogs driver in its default blocking mode, a write to stderr blocks while CloudWatch
+    Logs does not take the stream: on the event loop it would stop everything (StatsD flushes, `/health`,
+    the SIGTERM flush), and the exit would wait for it. Here a log line never waits: past `capacity`
+    lines waiting, new ones are dropped and counted, and a line says how many once stderr moves again.
+    The writer uses `os.write`, not `sys.stderr`, so it holds no lock the interpreter needs at exit."""
+
+    def __init__(self, fd: int = 2, capacity: int = 1000) -> None:
+        super().__init__()
+        self.fd = fd
+        self.dropped = 0
+        self._lines: queue.Queue[bytes] = queue.Queue(maxsize=capacity)
+        threading.Thread(target=self._write_all, name="tasklens-log", daemon=True).start()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            line = self.format(record) + "\n"
+        except Exception:
+            self.handleError(record)
+            return
+        try:
+            self._lines.put_nowait(line.encode(errors="backslashreplace"))
+        except queue.Full:
+            self.dropped += 1
+
+    @property
+    def waiting(self) -> int:
+        """Lines not written yet."""
+        return self._lines.unfinished_tasks
+
+    def flush(self, timeout: float = 0.5) -> None:
+        """Wait, a little, for the lines queued (at exit: the last ones say what could not be delivered)."""
+        deadline = time.monotonic() + timeout
+        while self.waiting and time.monotonic() < deadline:
+            time.sleep(0.01)
+
+    def _write_all(self) -> None:
+        written_dropped = 0
+        while True:
+            data = self._lines.get()
+            if self.dropped > written_dropped:
+                now = self.dropped
+                data = f"{now - written_dropped} log lines dropped while stderr was blocked\n".encode() + data
+                written_dropped = now
+            try:
+                while data:
+                    data = data[os.write(self.fd, data):]
+            except OSError:  # stderr closed: nothing else to do with a log line
+                pass
+            finally:
+                self._lines.task_done()
+
+
+def setup(level: str = "info", *, aside: bool = False) -> None:
+    """The log on stderr; `aside`: written by a thread of its own (`tasklens run`, see AsideHandler)."""
     logging.basicConfig(
         level=getattr(logging, level.upper(), logging.INFO),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        handlers=[AsideHandler()] if aside else None,
     )

@@ -58,6 +58,7 @@ from agent.redact import Redactor, config_secrets
 from agent.selfmetrics import SelfMetrics
 from agent.sinks import datadog_series as dd
 from agent.sinks.deltas import CounterDeltas
+from agent.sinks.push import backoff_delay
 
 if TYPE_CHECKING:
     import aiohttp
@@ -538,7 +539,7 @@ class DatadogSink:
         self._enforce_bound()
         self._failures += 1
         self._count("retries", 1)
-        delay = min(self.backoff_max, self.backoff_base * 2 ** (self._failures - 1))
+        delay = backoff_delay(self._failures, self.backoff_base, self.backoff_max)
         if self._draining:  # the deadline is near: keep trying often
             delay = min(delay, 1.0)
         self._backoff_until = loop.time() + random.uniform(delay / 2, delay)

@@ -33,6 +33,7 @@ import fnmatch
 import json
 import math
 import sys
+import threading
 import time
 from collections.abc import Callable
 from typing import IO, Any
@@ -247,12 +248,34 @@ class EmfSink:
             else:
                 last = due - offset
                 rendered = self.render(last)
-            # in a thread: with the awslogs driver's default blocking mode a slow log stream blocks writes
-            # to stdout, which must never stall the event loop (StatsD, the other sinks)
-            await asyncio.to_thread(self.write, *rendered)
+            await self._write_aside(*rendered)
             if stop.is_set():
                 return
             due = next_tick(max(self.wall(), due), self.interval)
+
+    async def _write_aside(self, lines: str, records: int, metrics: int) -> None:
+        """`write` on a daemon thread of its own. With the awslogs driver's default blocking mode a slow
+        log stream blocks writes to stdout: that must never stall the event loop (StatsD, the other
+        sinks), nor the exit on SIGTERM, which waits for the default executor's threads, never for a
+        daemon thread."""
+        loop = asyncio.get_running_loop()
+        written: asyncio.Future[None] = loop.create_future()
+
+        def done() -> None:
+            if not written.done():
+                written.set_result(None)
+
+        def target() -> None:
+            try:
+                self.write(lines, records, metrics)
+            finally:
+                try:
+                    loop.call_soon_threadsafe(done)
+                except RuntimeError:  # the loop closed while stdout was blocked
+                    pass
+
+        threading.Thread(target=target, name="tasklens-emf", daemon=True).start()
+        await written
 
     def status(self) -> dict[str, Any]:
         return {"namespace": self.namespace, "interval_seconds": self.interval, "metrics": list(self.patterns),

@@ -115,7 +115,8 @@ class OtlpSink:
         self.headers = headers
         self.pusher = Pusher(NAME, hub.metrics, flush=self.flush, send=self._send, on_stop=self.stop_series,
                              interval=config.otlp_interval_ms / 1000,
-                             max_points=config.otlp_buffer_points, timeout=config.otlp_timeout_ms / 1000, wall=wall, mask=Redactor(config_secrets(config)).remote_text,
+                             max_points=config.otlp_buffer_points, max_bytes=config.otlp_buffer_bytes,
+                             timeout=config.otlp_timeout_ms / 1000, wall=wall, mask=Redactor(config_secrets(config)).remote_text,
                              drain_timeout=config.shutdown_timeout * 0.75 if drain_timeout is None else drain_timeout)
 
     def __repr__(self) -> str:

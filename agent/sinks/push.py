@@ -8,10 +8,13 @@ timeout)` (one attempt, usually through `post()`, returning an `Outcome`). The `
 - one sender, FIFO: a payload leaves the queue only when accepted, and a retried payload goes back to the
   head, so per-series timestamp order survives an outage (remote_write requires it);
 - retries a timeout, a connection error, 408, 429 and 5xx with exponential backoff and jitter (a random
-  wait between half and all of 1, 2, 4 ... `backoff_max` s), or after `Retry-After` when the server says;
+  wait between half and all of 1, 2, 4 ... `backoff_max` s), or after `Retry-After` when the server asks
+  for longer;
 - never retries another 4xx: it cannot succeed; logged (once a minute per status) and counted;
-- bounds the queue in points: past `max_points` the oldest payloads are dropped and counted; a payload
-  past its `expires` time is dropped as `expired` instead of being sent to be refused;
+- bounds the queue in points and in bytes (labels of random text do not compress: a sample may cost
+  kilobytes): past `max_points` or `max_bytes` the oldest payloads are dropped and counted, never the
+  newest flush's (dropping those as they arrive would lose everything with a healthy receiver); a
+  payload past its `expires` time is dropped as `expired` instead of being sent to be refused;
 - on stop: the final flush, then sends until the drain deadline; what is left is counted as `shutdown`.
 
 Self-metrics, labelled `exporter=<sink>` (the Datadog sink's names): `tasklens.exporter.points_queued`,
@@ -124,6 +127,13 @@ async def post(session: aiohttp.ClientSession, url: str, payload: Payload, timeo
         return Outcome("retry", "connection", detail=type(exc).__name__)
 
 
+def backoff_delay(failures: int, base: float, most: float) -> float:
+    """The longest wait before retrying after `failures` consecutive failures: `base` doubling, at most
+    `most`. The doubling stops at 2 ** 64: past 2 ** 1023 it is no float, and an outage of a day reaches
+    that many failures."""
+    return min(most, base * 2.0 ** min(failures - 1, 64))
+
+
 def next_tick(after: float, interval: float) -> float:
     """The first flush time after `after`: just past the next clock-aligned interval boundary."""
     offset = min(1.0, interval / 10)
@@ -135,7 +145,8 @@ Send = Callable[["aiohttp.ClientSession", Payload, float], Awaitable[Outcome]]
 
 class Pusher:
     def __init__(self, name: str, metrics: SelfMetrics, *, flush: Callable[[], list[Payload]], send: Send,
-                 interval: float, max_points: int, timeout: float = 10.0, drain_timeout: float = 15.0,
+                 interval: float, max_points: int, max_bytes: float = math.inf, timeout: float = 10.0,
+                 drain_timeout: float = 15.0,
                  backoff_base: float = 1.0, backoff_max: float = 30.0,
                  on_stop: Callable[[], list[Payload]] | None = None, wall: Callable[[], float] = time.time,
                  mask: Callable[[str], str] = str) -> None:
@@ -150,6 +161,7 @@ class Pusher:
         self.on_stop = on_stop
         self.interval = interval
         self.max_points = max_points
+        self.max_bytes = max_bytes
         self.timeout = timeout
         self.drain_timeout = drain_timeout
         self.backoff_base = backoff_base
@@ -158,6 +170,8 @@ class Pusher:
         self._log = RateLimitedLog(log, interval=60.0)
         self._queue: deque[Payload] = deque()
         self._queued = 0  # points in _queue
+        self._queued_bytes = 0  # of the bodies in _queue
+        self._newest = 0  # payloads of the last flush: the rightmost ones in _queue, never dropped for space
         self._in_flight: Payload | None = None
         self._wake = asyncio.Event()
         self._failures = 0  # consecutive retryable failures: drives the backoff
@@ -171,10 +185,13 @@ class Pusher:
 
     def put(self, payloads: list[Payload]) -> None:
         produced = 0
+        self._newest = 0
         for p in payloads:
             if p.points or p.body:
                 self._queue.append(p)
                 self._queued += p.points
+                self._queued_bytes += len(p.body)
+                self._newest += 1
                 produced += p.points
         if produced:
             self.count("points_queued", produced)
@@ -188,12 +205,16 @@ class Pusher:
 
     def _enforce_bound(self) -> None:
         in_flight = self._in_flight.points if self._in_flight else 0
-        while self._queued + in_flight > self.max_points and self._queue:
+        in_flight_bytes = len(self._in_flight.body) if self._in_flight else 0
+        # the queue's payloads past the last flush's (which the sender takes last, being the rightmost)
+        while ((self._queued + in_flight > self.max_points or self._queued_bytes + in_flight_bytes > self.max_bytes)
+               and len(self._queue) > self._newest):
             dropped = self._queue.popleft()
             self._queued -= dropped.points
+            self._queued_bytes -= len(dropped.body)
             self.count("points_dropped", dropped.points, "buffer_full")
-            self._log.warning(f"{self.name}:buffer_full", "%s: queue full (%d points): dropped the oldest %d points",
-                              self.name, self.max_points, dropped.points)
+            self._log.warning(f"{self.name}:buffer_full", "%s: queue full (%d points or %d bytes): dropped the "
+                              "oldest %d points", self.name, self.max_points, self.max_bytes, dropped.points)
         self.metrics.set("tasklens.exporter.buffer_points", self._queued, exporter=self.name)
 
     def count(self, what: str, amount: float, reason: str | None = None) -> None:
@@ -260,7 +281,7 @@ class Pusher:
             log.error("%s: %d points could not be delivered before the %s (last error: %s)",
                       self.name, self.pending, why, self.last_error or "none")
         self._queue.clear()
-        self._queued = 0
+        self._queued = self._queued_bytes = 0
         self._in_flight = None
 
     async def _send_loop(self, session: aiohttp.ClientSession) -> None:
@@ -280,6 +301,7 @@ class Pusher:
                 continue
             payload = self._queue.popleft()
             self._queued -= payload.points
+            self._queued_bytes -= len(payload.body)
             self._in_flight = payload
             try:
                 await self._deliver(session, payload)
@@ -321,13 +343,14 @@ class Pusher:
         self._in_flight = None
         self._queue.appendleft(payload)
         self._queued += payload.points
+        self._queued_bytes += len(payload.body)
         self._enforce_bound()
         self._failures += 1
         self.count("retries", 1)
-        delay = min(self.backoff_max, self.backoff_base * 2 ** (self._failures - 1))
+        delay = backoff_delay(self._failures, self.backoff_base, self.backoff_max)
         wait = random.uniform(delay / 2, delay)
-        if outcome.retry_after is not None:
-            wait = outcome.retry_after
+        if outcome.retry_after is not None:  # never sooner than the backoff: `Retry-After: 0` is no busy loop
+            wait = max(wait, outcome.retry_after)
         if self._draining:  # the deadline is near: keep trying often
             wait = min(wait, 1.0)
         self._backoff_until = loop.time() + wait
@@ -340,6 +363,8 @@ class Pusher:
             "flush_interval_seconds": self.interval,
             "queued_points": self.pending,
             "queue_limit_points": self.max_points,
+            "queued_bytes": self._queued_bytes + (len(self._in_flight.body) if self._in_flight else 0),
+            "queue_limit_bytes": None if math.isinf(self.max_bytes) else self.max_bytes,
             "queued_payloads": len(self._queue),
             "points_sent": m.get("tasklens.exporter.points_sent", **labels),
             "retries": m.get("tasklens.exporter.retries", **labels),

@@ -242,6 +242,7 @@ class RemoteWriteSink:
         self.headers = self._headers(config)
         self.pusher = Pusher(NAME, hub.metrics, flush=self.flush, send=self._send, on_stop=self.stop_series,
                              interval=config.remote_write_interval, max_points=config.remote_write_buffer_points,
+                             max_bytes=config.remote_write_buffer_bytes,
                              timeout=config.remote_write_timeout, wall=wall, mask=Redactor(config_secrets(config)).remote_text,
                              drain_timeout=config.shutdown_timeout * 0.75 if drain_timeout is None else drain_timeout)
 

@@ -367,6 +367,23 @@ async def test_retries_back_off_exponentially_with_jitter(intake: Intake) -> Non
     assert exported(sink, "retries") >= 6
 
 
+async def test_delivery_resumes_after_more_failures_than_the_backoff_has_doublings(intake: Intake) -> None:
+    """2 ** 1024 is past the float range: an intake down for over 1,024 attempts (six hours at the real
+    backoff) must not end the sender, or nothing is sent again until a restart."""
+    sink, hub = make(intake, flush_interval=3600.0, backoff_base=0.0001, backoff_max=0.0002)
+    hub.pull = list  # type: ignore[method-assign]
+    intake.fail_next(1100, 503)
+    hub.publish(Batch("s", [Sample("m", 1.0)]))
+    sink.flush()
+    stop = asyncio.Event()
+    task = asyncio.create_task(sink.run(stop))
+    await until(lambda: intake.points("m"), 30, "delivery after 1,100 failures")
+    stop.set()
+    await asyncio.wait_for(task, 5)
+    assert [v for _, v, _, _, _ in intake.points("m")] == [1.0]
+    assert exported(sink, "retries") == 1100
+
+
 async def test_redirects_are_not_followed_with_the_key_and_are_retried(intake: Intake) -> None:
     async for elsewhere in start_intake(Intake(KEY)):
         sink, hub = make(intake, flush_interval=3600.0)

@@ -53,13 +53,14 @@ class Server:
         self.status = 204
         self.hits = 0
         self.hang = False
+        self.headers: dict[str, str] = {}
 
     async def handle(self, request: web.Request) -> web.Response:
         self.hits += 1
         await request.read()
         if self.hang:
             await asyncio.sleep(30)
-        return web.Response(status=self.status)
+        return web.Response(status=self.status, headers=self.headers)
 
 
 @pytest.fixture
@@ -112,6 +113,45 @@ async def test_a_hanging_store_times_out_and_is_retried(server: tuple[Server, st
         srv.hang = False
         await until(lambda: metrics.get("tasklens.exporter.points_sent", exporter="test") == 1, 10, "delivery")
         sender.cancel()
+
+
+async def test_delivery_resumes_after_more_failures_than_the_backoff_has_doublings(server: tuple[Server, str]) -> None:
+    """2 ** 1024 is past the float range: an outage of over 1,024 failed attempts (six hours at the
+    real backoff) must not end the sender, or nothing is sent again until a restart."""
+    srv, url = server
+    srv.status = 503
+    metrics = SelfMetrics()
+    p = pusher(url, metrics, backoff_base=0.0001, backoff_max=0.0002)
+    p.put([Payload(b"x", 1)])
+    async with aiohttp.ClientSession() as session:
+        sender = asyncio.create_task(p._send_loop(session))
+        await until(lambda: srv.hits > 1100 or sender.done(), 30, "1,100 failed attempts")
+        srv.status = 204
+        await until(lambda: metrics.get("tasklens.exporter.points_sent", exporter="test") == 1 or sender.done(),
+                    10, "delivery after the store recovered")
+        assert not sender.done(), sender.exception()
+        assert metrics.get("tasklens.exporter.points_sent", exporter="test") == 1
+        sender.cancel()
+
+
+@pytest.mark.parametrize("value", ["0", "-5", "0.001", "Mon, 01 Jan 2001 00:00:00 GMT"])
+async def test_a_retry_after_shorter_than_the_backoff_never_makes_a_busy_loop(
+        server: tuple[Server, str], value: str) -> None:
+    """A store that answers `429 Retry-After: 0` (or a negative number, or a date gone by) forever is
+    retried no sooner than the backoff would: it asked for no less."""
+    srv, url = server
+    srv.status, srv.headers = 429, {"Retry-After": value}
+    metrics = SelfMetrics()
+    p = pusher(url, metrics, backoff_base=0.2, backoff_max=0.4)
+    p.put([Payload(b"x", 1)])
+    async with aiohttp.ClientSession() as session:
+        started = time.monotonic()
+        sender = asyncio.create_task(p._send_loop(session))
+        await until(lambda: srv.hits >= 4, 10, "four attempts")
+        took = time.monotonic() - started
+        sender.cancel()
+    # the three waits between them are drawn from [0.1, 0.2], [0.2, 0.4] and [0.2, 0.4] s
+    assert took >= 0.5, f"{srv.hits} attempts in {took:.3f} s"
 
 
 async def test_expired_payloads_are_dropped_not_sent(server: tuple[Server, str]) -> None:

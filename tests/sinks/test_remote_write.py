@@ -340,6 +340,26 @@ async def test_queue_bound_drops_the_oldest_and_counts(receiver: tuple[Receiver,
     assert sent(sink, "points_dropped", reason="buffer_full") >= 5 * 10 - 40
 
 
+async def test_queue_bound_in_bytes_holds_for_series_with_heavy_labels(receiver: tuple[Receiver, str]) -> None:
+    """Labels of random text do not compress: 200 series with 3 KB of labels are about 600 KB a push, and
+    a bound in samples alone (1,000,000) would let an outage hold gigabytes."""
+    import random
+    import string
+
+    _, url = receiver
+    limit = 2 * 1024**2
+    sink, hub = make(url + "/api/v1/write", remote_write_buffer_bytes=limit)
+    rnd = random.Random(7)
+    tags = [tuple((f"t{k}", "".join(rnd.choices(string.ascii_lowercase, k=150))) for k in range(20)) for _ in range(200)]
+    for i in range(12):  # not running: nothing is sent, as in an outage
+        hub.publish(Batch("statsd", [Sample(f"heavy{j}", float(i), Kind.GAUGE, tags[j]) for j in range(200)]))
+        sink.pusher.put(sink.flush())
+        assert sink.pusher.status()["queued_bytes"] <= limit
+    assert sent(sink, "points_dropped", reason="buffer_full") > 0
+    # the newest flush is still there whole (the oldest went first)
+    assert sink.pusher.pending >= 200
+
+
 # -- bad input ------------------------------------------------------------------------------------
 
 tag_text = st.text(st.characters(blacklist_categories=("Cs",)), max_size=12)

@@ -491,6 +491,11 @@ class DatadogSink:
             self._in_flight = payload
             try:
                 await self._deliver(session, payload)
+            except Exception as exc:  # a defect while sending costs at most this payload, never the sink
+                if not (self._buffer and self._buffer[0] is payload):  # not back in the buffer for a retry
+                    self._count("points_dropped", payload.points, "internal")
+                self._backoff_until = loop.time() + self.backoff_max  # a defect that repeats: no busy loop
+                self._log.error("internal", "datadog: sending %d points failed: %r", payload.points, exc)
             finally:
                 if not (self._buffer and self._buffer[0] is payload):  # gone for good, not back for a retry
                     self._newest.discard(id(payload))

@@ -305,6 +305,12 @@ class Pusher:
             self._in_flight = payload
             try:
                 await self._deliver(session, payload)
+            except Exception as exc:  # a defect while sending costs at most this payload, never the sink
+                if not (self._queue and self._queue[0] is payload):  # not back in the queue for a retry
+                    self.count("points_dropped", payload.points, "internal")
+                self._backoff_until = loop.time() + self.backoff_max  # a defect that repeats: no busy loop
+                self._log.error(f"{self.name}:internal", "%s: sending %d points failed: %r", self.name,
+                                payload.points, exc)
             finally:
                 self._in_flight = None
                 self.metrics.set("tasklens.exporter.buffer_points", self._queued, exporter=self.name)

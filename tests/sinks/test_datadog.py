@@ -384,6 +384,35 @@ async def test_delivery_resumes_after_more_failures_than_the_backoff_has_doublin
     assert exported(sink, "retries") == 1100
 
 
+async def test_a_defect_while_sending_costs_that_payload_never_the_sink(intake: Intake) -> None:
+    """An exception the sender does not expect loses the payload it was sending, counted, and the sender
+    goes on with the next one."""
+    sink, hub = make(intake, flush_interval=3600.0, backoff_base=0.01, backoff_max=0.02)
+    hub.pull = list  # type: ignore[method-assign]
+    deliver = sink._deliver
+    broken = []
+
+    async def broken_once(session, payload):  # type: ignore[no-untyped-def]
+        if not broken:
+            broken.append(payload)
+            raise RuntimeError("a defect")
+        await deliver(session, payload)
+
+    sink._deliver = broken_once  # type: ignore[method-assign]
+    stop = asyncio.Event()
+    task = asyncio.create_task(sink.run(stop))
+    hub.publish(Batch("s", [Sample("lost", 1.0)]))
+    sink.flush()
+    await until(lambda: broken, 10, "the defect")
+    hub.publish(Batch("s", [Sample("kept", 2.0)]))
+    sink.flush()
+    await until(lambda: intake.points("kept") or task.done(), 10, "the next payload delivered")
+    assert not task.done(), task.exception()
+    assert intake.points("lost") == [] and exported(sink, "points_dropped", reason="internal") == broken[0].points
+    stop.set()
+    await asyncio.wait_for(task, 5)
+
+
 async def test_redirects_are_not_followed_with_the_key_and_are_retried(intake: Intake) -> None:
     async for elsewhere in start_intake(Intake(KEY)):
         sink, hub = make(intake, flush_interval=3600.0)

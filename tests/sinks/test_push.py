@@ -134,6 +134,48 @@ async def test_delivery_resumes_after_more_failures_than_the_backoff_has_doublin
         sender.cancel()
 
 
+async def test_a_defect_while_sending_costs_that_payload_never_the_sink(server: tuple[Server, str]) -> None:
+    """An exception the sender does not expect (here: the error-text masker) loses the payload it was
+    sending, counted, and the sender goes on with the next one; one after the payload went back to the
+    queue for a retry loses nothing."""
+    srv, url = server
+    srv.status = 503
+    metrics = SelfMetrics()
+    p = pusher(url, metrics)
+    calls = 0
+
+    def broken_mask(text: str) -> str:
+        nonlocal calls
+        calls += 1
+        raise RuntimeError("a defect")
+
+    p.mask = broken_mask
+    p.put([Payload(b"x", 3)])
+    async with aiohttp.ClientSession() as session:
+        sender = asyncio.create_task(p._send_loop(session))
+        await until(lambda: calls == 1, 10, "the defect")
+        await until(lambda: metrics.get("tasklens.exporter.points_dropped", exporter="test", reason="internal") == 3,
+                    10, "the payload counted as dropped")
+        p.mask = str
+        srv.status, first = 503, srv.hits
+        p.put([Payload(b"y", 2)])
+        raised = []
+
+        def broken_bound() -> None:
+            raised.append(True)
+            raise RuntimeError("a defect after the retry was queued")
+
+        p._enforce_bound = broken_bound
+        await until(lambda: raised and srv.hits > first, 10, "the next payload tried, and the defect")
+        p._enforce_bound = lambda: None
+        srv.status = 204
+        await until(lambda: metrics.get("tasklens.exporter.points_sent", exporter="test") == 2 or sender.done(),
+                    10, "the payload queued again delivered")
+        assert not sender.done(), sender.exception()
+        assert metrics.get("tasklens.exporter.points_dropped", exporter="test", reason="internal") == 3
+        sender.cancel()
+
+
 @pytest.mark.parametrize("value", ["0", "-5", "0.001", "Mon, 01 Jan 2001 00:00:00 GMT"])
 async def test_a_retry_after_shorter_than_the_backoff_never_makes_a_busy_loop(
         server: tuple[Server, str], value: str) -> None:

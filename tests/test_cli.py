@@ -44,11 +44,13 @@ def test_openmetrics_when_asked(sidecar_factory) -> None:
     assert sidecar.stop() == 0
 
 
-def test_sigint_also_stops_cleanly(sidecar_factory) -> None:
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGHUP])
+def test_sigint_and_sighup_also_stop_cleanly(sidecar_factory, sig: signal.Signals) -> None:
     sidecar = sidecar_factory()
     sidecar.wait_ready()
-    sidecar.proc.send_signal(signal.SIGINT)
+    sidecar.proc.send_signal(sig)
     assert sidecar.proc.wait(timeout=30) == 0
+    assert "stopped" in sidecar.log
 
 
 def test_bad_configuration_stops_startup_with_a_clear_message() -> None:

@@ -303,6 +303,9 @@ def cmd_profiler_bootstrap(args: argparse.Namespace) -> int:
     from integrations.profilers.bootstrap import BootstrapError, populate
 
     logs.setup("info")
+    if not args.directory.strip():  # "" would be the current directory: never meant
+        _say("tasklens profiler-bootstrap: the directory is empty: name the directory to populate")
+        return 2
     try:
         populate(args.directory)
     except BootstrapError as exc:

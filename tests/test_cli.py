@@ -305,6 +305,15 @@ def test_profiler_bootstrap_into_a_path_it_cannot_write_says_so_without_a_traceb
         assert result.stderr.startswith("tasklens profiler-bootstrap: cannot write ") and result.stderr.count("\n") == 1
 
 
+def test_profiler_bootstrap_into_an_empty_path_is_refused(tmp_path) -> None:
+    """`""` would populate the current directory: a variable left empty in a script, never meant."""
+    for directory in ("", "  "):
+        result = subprocess.run([TASKLENS, "profiler-bootstrap", directory], env=clean_env(), cwd=tmp_path,
+                                capture_output=True, text=True, timeout=60)
+        assert result.returncode == 2 and "the directory is empty" in result.stderr, result.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
 def _queue_urls():  # type: ignore[no-untyped-def]
     from hypothesis import strategies as st
 

@@ -745,6 +745,18 @@ def load(environ: Mapping[str, str] | None = None) -> Config:
             raise ConfigError(f"{PREFIX}CONFIG_FILE={_show(by_name['config_file'], path)} is invalid: "
                               f"expected {exc}") from None
         file_values = read_file(path)
+    # a setting whose variable is not `TASKLENS_*` (DD_DD_URL, OTEL_*) is also found in the file under
+    # that variable lowercased, as a reader of the README would write it (`otel_exporter_otlp_endpoint`)
+    aliases = {env_name(f).lower(): f.name for f in fields(Config)
+               if f.name != "mappings" and env_name(f).lower() not in by_name}
+    written: dict[str, str] = {}  # field -> the key the file used, for messages
+    for key in list(file_values):
+        if key in aliases:
+            name = aliases[key]
+            if name in file_values:
+                raise ConfigError(f"{path}: {key!r} and {name!r} are the same setting: give one of them")
+            file_values[name] = file_values.pop(key)
+            written[name] = key
     for key in file_values:
         if key not in by_name:
             raise ConfigError(f"{path}: unknown key {key!r}{closest(key, by_name)}")
@@ -759,7 +771,7 @@ def load(environ: Mapping[str, str] | None = None) -> Config:
                 raw, where = environ[name], name
                 values[f.name] = parse_value(f, raw)
             elif f.name in file_values:
-                raw, where = file_values[f.name], f"{path}: {f.name}"
+                raw, where = file_values[f.name], f"{path}: {written.get(f.name, f.name)}"
                 raw = _file_text(f, raw)  # shown as text from here: masked like a variable's
                 values[f.name] = parse_value(f, raw)
         except ValueError as exc:

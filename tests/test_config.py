@@ -89,6 +89,33 @@ def test_file_errors(tmp_path) -> None:
         load({"TASKLENS_CONFIG_FILE": str(unknown)})
 
 
+def test_file_takes_a_non_tasklens_variable_lowercased(tmp_path) -> None:
+    # the README's rule: a setting's file key is its variable lowercased (without `TASKLENS_`)
+    path = tmp_path / "tasklens.toml"
+    path.write_text(
+        'otel_exporter_otlp_endpoint = "http://collector:4318"\n'
+        "otel_exporter_otlp_timeout = 2000\n"
+        'otel_exporter_otlp_metrics_temporality_preference = "delta"\n'
+        'dd_dd_url = "http://127.0.0.1:8126"\n'
+        'dd_site = "datadoghq.eu"\n'
+    )
+    config = load({"TASKLENS_CONFIG_FILE": str(path)})
+    assert config.otlp_endpoint == "http://collector:4318"
+    assert config.otlp_timeout_ms == 2000.0
+    assert config.otlp_temporality == "delta"
+    assert config.dd_url == "http://127.0.0.1:8126"
+    assert config.dd_site == "datadoghq.eu"
+    # the environment still wins, and an error names the key as written
+    config = load({"TASKLENS_CONFIG_FILE": str(path), "OTEL_EXPORTER_OTLP_TIMEOUT": "3000"})
+    assert config.otlp_timeout_ms == 3000.0
+    path.write_text("otel_exporter_otlp_timeout = 5\n")
+    with pytest.raises(ConfigError, match="otel_exporter_otlp_timeout=.5. is invalid"):
+        load({"TASKLENS_CONFIG_FILE": str(path)})
+    path.write_text("otel_exporter_otlp_timeout = 2000\notlp_timeout_ms = 3000\n")
+    with pytest.raises(ConfigError, match="'otel_exporter_otlp_timeout' and 'otlp_timeout_ms' are the same setting"):
+        load({"TASKLENS_CONFIG_FILE": str(path)})
+
+
 def test_secrets_are_masked() -> None:
     key = "0123456789abcdef0123456789abcdef"
     config = load({

@@ -270,7 +270,7 @@ def parse_url_list(text: str) -> tuple[str, ...]:
     if split_password(text):
         raise ValueError(f"{expected}: a password's , must be percent-encoded (%2C): the list is split at every comma "
                          "(a URL with a user name and no password after one with a port reads as such a password: "
-                         "list it first)")
+                         "list it first, or give its password with password_env=)")
     urls = tuple(u.strip() for u in text.split(",") if u.strip())
     for url in urls:
         check_text(url, expected, 2048)

@@ -30,6 +30,7 @@ DECODE_LEVELS = 3  # one more than the code decodes: parse_qsl, then a client's 
 _SCHEME = re.compile(r"(?:^|(?<=[=,\s]))[A-Za-z][A-Za-z0-9+.-]*://")
 # a password as a query parameter (`postgresql://app@db/app?password=...`, as libpq and asyncpg read it)
 _PARAM = re.compile(r"[?&;][A-Za-z_]*password=([^&#\s]*)", re.IGNORECASE)
+_PASSWORD_ENV = re.compile(r"[?&;]password_env=", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -71,6 +72,12 @@ def authorities(text: str) -> Iterator[Authority]:
         yield Authority(match.group()[:-3].lower(), match.end(), end, userinfo, readable, port if readable else None)
 
 
+def _has_password(url: Authority, text: str) -> bool:
+    """The URL has a password of its own: in its user info, or from the environment (`password_env=`,
+    as the Terraform modules write a broker URL whose password is an ECS secret)."""
+    return url.password is not None or _PASSWORD_ENV.search(text, url.start, url.end) is not None
+
+
 def _decodings(text: str) -> list[str]:
     """`text` and what it becomes percent-decoded, once and again, as `%2B` or as `+` for a space."""
     found, frontier = [text], [text]
@@ -92,8 +99,8 @@ def _spanning(text: str, found: list[Authority]) -> Iterator[tuple[Authority, Au
     for i, (this, after) in enumerate(zip(found, found[1:])):
         if at < after.start:
             continue  # no user info after it
-        next_password = next((a.password for a in found[i + 1:] if a.userinfo is not None), None)
-        if (this.port is not None or (this.readable and this.userinfo is not None)) and next_password is not None:
+        has_own = next((_has_password(a, text) for a in found[i + 1:] if a.userinfo is not None), False)
+        if (this.port is not None or (this.readable and this.userinfo is not None)) and has_own:
             continue  # a list of URLs (`redis://h:6379/0,redis://u:pw@h2`; one in a parameter spans itself)
         if this.scheme != "nats" and ":" not in text[this.start:after.start - len(after.scheme) - 3]:
             continue  # a password starts after a `:` of this URL's own text (`sqs://q,redis://u@h` holds none)

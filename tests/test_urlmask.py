@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 from tests.support import free_port
 
 from agent.cli import validate
-from agent.config import ConfigError, describe
+from agent.config import ConfigError, describe, parse_url_list
 from agent.hub import Hub
 from agent.identity import Identity
 from agent.urlmask import mask_secrets, mask_url, url_passwords
@@ -174,6 +174,11 @@ def test_a_url_that_does_not_read_as_written_shows_no_password_nor_port() -> Non
     # a password holding `,x://`: masked whole, and refused in a list, which it would split
     assert mask_url("redis://:pa,x://ss@host") == "redis://:***@host"
     assert mask_url("redis://h:6379/0,redis://u:pw@h2") == "redis://h:6379/0,redis://u:***@h2"
+    # a URL whose password is an ECS secret (`password_env=`, as the Terraform modules write it) after
+    # one with a port is a URL of the list, not the end of a password
+    listed = "redis://cache:6379/0?list=jobs,amqp://worker@mq:5672/prod?queue=orders&password_env=RABBIT_PASSWORD"
+    assert mask_url(listed) == listed
+    assert parse_url_list(listed) == tuple(listed.split(","))
     # a password of digits and `/` before `,x://` reads as a port and a path: masked whole all the same
     assert mask_url("redis://u:12/x,y://ss@h") == "redis://u:***@h"
     assert mask_url("redis://:12/abc,x://@host") == "redis://:***@host"

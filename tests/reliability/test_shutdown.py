@@ -19,6 +19,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -116,9 +117,11 @@ async def test_sigterm_with_the_intake_down_exits_in_time_and_logs_the_loss(tmp_
                 sidecar.proc.wait()
 
 
-def full_pipe() -> tuple[int, int]:
-    """A pipe whose buffer is full and that nobody reads: a write to it blocks, as stdout does under the
-    awslogs driver's default blocking mode while CloudWatch Logs does not take the stream."""
+@pytest.fixture
+def full_pipe() -> Iterator[int]:
+    """The write end of a pipe whose buffer is full and that nobody reads: a write to it blocks, as
+    stdout and stderr do under the awslogs driver's default blocking mode while CloudWatch Logs does not
+    take the stream."""
     read_end, write_end = os.pipe()
     os.set_blocking(write_end, False)
     try:
@@ -127,64 +130,48 @@ def full_pipe() -> tuple[int, int]:
     except BlockingIOError:
         pass
     os.set_blocking(write_end, True)  # the flag is the pipe's: the sidecar's writes must block
-    return read_end, write_end
+    yield write_end
+    os.close(read_end)
+    os.close(write_end)
+
+
+def sigterm(sidecar: Sidecar) -> tuple[int, float]:
+    """SIGTERM: the exit code and the seconds it took."""
+    stopping = time.monotonic()
+    sidecar.proc.send_signal(signal.SIGTERM)
+    code = sidecar.proc.wait(30)
+    return code, time.monotonic() - stopping
 
 
 @pytest.mark.slow
-def test_sigterm_with_stdout_blocked_exits_in_time(tmp_path) -> None:
+def test_sigterm_with_stdout_blocked_exits_in_time(sidecar_factory, full_pipe: int) -> None:
     """The EMF records go to stdout; a write blocked there may stay blocked, but the exit must not wait
     for it."""
-    read_end, write_end = full_pipe()
-    try:
-        sidecar = Sidecar(tmp_path, stdout=write_end, TASKLENS_CLOUDWATCH="emf", TASKLENS_CLOUDWATCH_INTERVAL="1",
-                          TASKLENS_FLUSH_INTERVAL="1", TASKLENS_CLOUDWATCH_METRICS="*", TASKLENS_SHUTDOWN_TIMEOUT="3")
-        try:
-            sidecar.wait_ready()
-            # StatsD flushes on the boundaries EMF writes on: two flushes, and the first record is held
-            wait_until(lambda: scrape(sidecar).value("tasklens_statsd_flushes_total") >= 2, 10, what="two intervals")
-            assert not scrape(sidecar).has("tasklens_exporter_points_sent_total", exporter="emf")
-            assert sidecar.get("/health")[0] == 200  # the event loop goes on meanwhile
-            stopping = time.monotonic()
-            sidecar.proc.send_signal(signal.SIGTERM)
-            code = sidecar.proc.wait(30)
-            took = time.monotonic() - stopping
-            assert code == 0, sidecar.log
-            assert took < 3 + 1, took
-            assert "component emf did not finish in time" in sidecar.log
-        finally:
-            if sidecar.proc.poll() is None:
-                sidecar.proc.kill()
-                sidecar.proc.wait()
-    finally:
-        os.close(read_end)
-        os.close(write_end)
+    sidecar = sidecar_factory(stdout=full_pipe, TASKLENS_CLOUDWATCH="emf", TASKLENS_CLOUDWATCH_INTERVAL="1",
+                              TASKLENS_FLUSH_INTERVAL="1", TASKLENS_CLOUDWATCH_METRICS="*", TASKLENS_SHUTDOWN_TIMEOUT="3")
+    sidecar.wait_ready()
+    # StatsD flushes on the boundaries EMF writes on: two flushes, and the first record is held
+    wait_until(lambda: scrape(sidecar).value("tasklens_statsd_flushes_total") >= 2, 10, what="two intervals")
+    assert not scrape(sidecar).has("tasklens_exporter_points_sent_total", exporter="emf")
+    assert sidecar.get("/health")[0] == 200  # the event loop goes on meanwhile
+    code, took = sigterm(sidecar)
+    assert code == 0, sidecar.log
+    assert took < 3 + 1, took
+    assert "component emf did not finish in time" in sidecar.log
 
 
 @pytest.mark.slow
-def test_a_blocked_stderr_never_stalls_the_sidecar_nor_its_exit(tmp_path) -> None:
+def test_a_blocked_stderr_never_stalls_the_sidecar_nor_its_exit(sidecar_factory, full_pipe: int) -> None:
     """The log goes to stderr, which the awslogs driver blocks as it blocks stdout: a log line must wait
     for it on a thread of its own, never on the event loop (start-up, `/health`, the SIGTERM flush)."""
-    read_end, write_end = full_pipe()
-    try:
-        sidecar = Sidecar(tmp_path, stderr=write_end, TASKLENS_FLUSH_INTERVAL="1", TASKLENS_SHUTDOWN_TIMEOUT="3")
-        try:
-            sidecar.wait_ready(timeout=20)  # start-up logs several lines
-            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-                s.sendto(b"blocked.log:1|c", ("127.0.0.1", sidecar.statsd_port))
-            wait_until(lambda: scrape(sidecar).value("blocked_log_total") == 1, 10, what="a line counted")
-            stopping = time.monotonic()
-            sidecar.proc.send_signal(signal.SIGTERM)
-            code = sidecar.proc.wait(30)
-            took = time.monotonic() - stopping
-            assert code == 0
-            assert took < 3 + 1, took
-        finally:
-            if sidecar.proc.poll() is None:
-                sidecar.proc.kill()
-                sidecar.proc.wait()
-    finally:
-        os.close(read_end)
-        os.close(write_end)
+    sidecar = sidecar_factory(stderr=full_pipe, TASKLENS_FLUSH_INTERVAL="1", TASKLENS_SHUTDOWN_TIMEOUT="3")
+    sidecar.wait_ready(timeout=20)  # start-up logs several lines
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.sendto(b"blocked.log:1|c", ("127.0.0.1", sidecar.statsd_port))
+    wait_until(lambda: scrape(sidecar).value("blocked_log_total") == 1, 10, what="a line counted")
+    code, took = sigterm(sidecar)
+    assert code == 0
+    assert took < 3 + 1, took
 
 
 def at(sidecar: Sidecar, http: int, udp: int) -> Sidecar:

@@ -517,22 +517,26 @@ output "t" { value = module.t.task_definition }''')
 
 
 
+def task_module(name: str, **inputs: Any) -> str:
+    """A task-definition module `name` for worker `w:1` in eu-west-1 with these inputs (numbers and
+    strings, written as JSON, which HCL reads alike), and its task definition as the output `name`."""
+    settings = "".join(f"  {key} = {json.dumps(value)}\n" for key, value in inputs.items())
+    return f'''
+module "{name}" {{
+  source = "MODULES/task-definition"
+  name   = "w"
+  image  = "w:1"
+  region = "eu-west-1"
+{settings}}}
+output "{name}" {{ value = module.{name}.task_definition }}'''
+
+
 def test_worker_ports_the_task_cannot_have_are_refused(terraform: Any, tmp_path: Path) -> None:
     """The worker's port is a TCP port (1-65535), and not the sidecar's 9102 where both share the
     network namespace (awsvpc, host): one of the two would fail to listen. In bridge mode each
     container has its own."""
     def task(name: str, port: Any, mode: str = "awsvpc") -> str:
-        return f'''
-module "{name}" {{
-  source       = "MODULES/task-definition"
-  name         = "w"
-  image        = "w:1"
-  region       = "eu-west-1"
-  port         = {port}
-  launch_type  = "{"FARGATE" if mode == "awsvpc" else "EC2"}"
-  network_mode = "{mode}"
-}}
-output "{name}" {{ value = module.{name}.task_definition }}'''
+        return task_module(name, port=port, launch_type="FARGATE" if mode == "awsvpc" else "EC2", network_mode=mode)
 
     error = apply_error(terraform, tmp_path / "range", task("zero", 0) + task("big", 70000) + task("half", 80.5))
     assert error.count("port must be a whole number from 1 to 65535") == 3, error
@@ -605,17 +609,7 @@ def test_task_sizes_fargate_refuses_are_refused(terraform: Any, tmp_path: Path) 
     """Fargate takes only some task cpu/memory pairs (RegisterTaskDefinition's `memory` documentation):
     Terraform refuses the others at plan time, not ECS at apply time; every pair Fargate takes passes."""
     def task(name: str, cpu: int, memory: int, launch_type: str = "FARGATE") -> str:
-        return f'''
-module "{name}" {{
-  source      = "MODULES/task-definition"
-  name        = "w"
-  image       = "w:1"
-  region      = "eu-west-1"
-  cpu         = {cpu}
-  memory      = {memory}
-  launch_type = "{launch_type}"
-}}
-output "{name}" {{ value = module.{name}.task_definition }}'''
+        return task_module(name, cpu=cpu, memory=memory, launch_type=launch_type)
 
     bad = [(256, 4096), (512, 512), (1024, 1024), (2048, 4000), (4096, 32768), (8192, 17408), (300, 1024)]
     error = apply_error(terraform, tmp_path / "bad", "".join(task(f"bad{i}", c, m) for i, (c, m) in enumerate(bad)))

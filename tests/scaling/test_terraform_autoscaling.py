@@ -177,16 +177,22 @@ def test_bad_settings_are_refused_naming_the_variable(terraform, tmp_path: Path,
     if rule:  # the sidecar refuses it too
         with pytest.raises(ValueError):
             parse_rule(rule.group(1))
-    error = apply_error(terraform, tmp_path, f'''
+    error = apply_error(terraform, tmp_path, autoscaling_module(setting, "target_tracking"))
+    assert "Invalid value for variable" in error and says in error, error
+
+
+def autoscaling_module(settings: str, output: str) -> str:
+    """The autoscaling module `a` for service `w` of cluster `prod` and an SQS queue, with these
+    `autoscaling` settings (HCL), and its `output` as the output `a`."""
+    return f'''
 module "a" {{
   source      = "MODULES/autoscaling"
   cluster     = "prod"
   service     = "w"
   queue_url   = "sqs://orders?region=eu-west-1"
-  autoscaling = {{ {setting} }}
+  autoscaling = {{ {settings} }}
 }}
-output "a" {{ value = module.a.target_tracking }}''')
-    assert "Invalid value for variable" in error and says in error, error
+output "a" {{ value = module.a.{output} }}'''
 
 
 @pytest.mark.parametrize("namespace", ["AWS/ECS", ":tasklens", "", "   ", " tasklens", "t\\u00e5sklens", "n" * 256])
@@ -200,15 +206,8 @@ def test_a_namespace_the_sidecar_cannot_publish_to_is_refused(terraform, tmp_pat
     except Exception:
         accepted = False
     assert not accepted
-    error = apply_error(terraform, tmp_path, f'''
-module "a" {{
-  source      = "MODULES/autoscaling"
-  cluster     = "prod"
-  service     = "w"
-  queue_url   = "sqs://orders?region=eu-west-1"
-  autoscaling = {{ min = 1, max = 5, backlog_per_task = 9, namespace = "{namespace}" }}
-}}
-output "a" {{ value = module.a.sidecar_environment }}''')
+    error = apply_error(terraform, tmp_path, autoscaling_module(
+        f'min = 1, max = 5, backlog_per_task = 9, namespace = "{namespace}"', "sidecar_environment"))
     assert "autoscaling.namespace must be a CloudWatch namespace" in error, error
 
 

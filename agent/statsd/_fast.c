@@ -2,9 +2,10 @@
  * accumulate. Everything else stays in Python (agent/statsd/receive.py).
  *
  * A `Table` maps the head of a line (`name` and `tail` of `name:value|tail`) to what the receive side's
- * slow path decided for it (a Python `Slot` and its `Context`). `run(data, pos, gauges)` walks the
+ * slow path decided for it (a Python `Slot` and its `Context`). `run(data, pos, interval)` walks the
  * lines of `data` from `pos` and handles, in order, every line whose head is a counter's, a histogram's
- * or a gauge's in the table and whose value is a plain decimal number. It stops at the first line it
+ * or a gauge's in the table and whose value is a plain decimal number, and every line of a set's head
+ * whose member fits the set limits. It stops at the first line it
  * cannot handle and returns that line's offset, so that Python parses it fully and calls `run` again
  * after it: lines are applied in the order they were sent, whichever side handles them.
  *
@@ -15,9 +16,9 @@
  * live contexts up to date.
  *
  * Counters and histogram values accumulate here, per entry, until `harvest()` hands them to Python
- * (at the end of each interval); gauges are written to the interval's dict directly. The heads of sets,
- * of gauges with Etsy deltas and of errors are in the table too, as Python's: their lines go to Python
- * at once, without a second look.
+ * (at the end of each interval); gauges and set members are written to the open interval's dicts
+ * directly (`Open`). The heads of gauges with Etsy deltas and of errors are in the table too, as
+ * Python's: their lines go to Python at once, without a second look.
  * Memory comes from malloc, so that it goes back to the system (malloc_trim) once freed.
  *
  * `drain(fd, limit)` reads up to `limit` datagrams from a non-blocking socket in one call, joined by
@@ -101,6 +102,8 @@ typedef struct {
      * set by Python at each interval, taken by both; at 0 a histogram line is left to Python, which
      * refuses it (`value_limit`) */
     Py_ssize_t values_left;
+    /* Limits.set_members, set_bytes, set_members_per_context, set_bytes_per_context (`configure`) */
+    Py_ssize_t set_limits[4];
 } Table;
 
 /* SipHash-1-3, keyed: a client that cannot read the key cannot choose heads that collide (the
@@ -691,9 +694,17 @@ static Entry *insert(Table *t, uint64_t h, const char *name, Py_ssize_t nlen, co
     return e;
 }
 
+/* The open interval, as `run` writes to it: its dicts (borrowed: the Interval holds them), and its set
+ * counts, read at the start of `run` and written back when it returns. */
+typedef struct {
+    PyObject *gauges, *sets, *set_bytes_of;
+    Py_ssize_t set_members, set_bytes;
+    int set_counts_changed;
+} Open;
+
 /* Account value v to entry e: 1, or -1 on a Python error. Room for a histogram value was checked.
  * Inlined: it is most of the work on a known line. */
-static inline __attribute__((always_inline)) int accumulate(Table *t, Entry *e, double v, PyObject *gauges) {
+static inline __attribute__((always_inline)) int accumulate(Table *t, Entry *e, double v, Open *o) {
     if (e->code == COUNTER) {
         e->sum += v;
         touch(t, e);
@@ -716,7 +727,7 @@ static inline __attribute__((always_inline)) int accumulate(Table *t, Entry *e, 
     PyObject *f = PyFloat_FromDouble(v);  /* GAUGE: the last value wins, in order */
     if (f == NULL)
         return -1;
-    int failed = PyDict_SetItem(gauges, e->ctx, f);
+    int failed = PyDict_SetItem(o->gauges, e->ctx, f);
     Py_DECREF(f);
     return failed ? -1 : 1;
 }
@@ -725,7 +736,7 @@ static inline __attribute__((always_inline)) int accumulate(Table *t, Entry *e, 
  * Python would (`Aggregator._slot`): a pending entry for its head, its hash in the live set, its value
  * accounted. 1 when made, 0 when Python must (a set, a gauge with deltas, no room left, no bucket), -1 on
  * a Python error. */
-static int make(Table *t, Cut *c, PyObject *gauges) {
+static int make(Table *t, Cut *c, Open *o) {
     Head hd;
     double v;
     const char *tail = c->bar + 1;
@@ -765,13 +776,13 @@ static int make(Table *t, Cut *c, PyObject *gauges) {
     t->bytes_left -= charge;
     t->heads_left--;
     t->head_bytes_left -= head_size;
-    return accumulate(t, e, v, gauges);
+    return accumulate(t, e, v, o);
 }
 
 /* A line whose head is not in the table: counted here when its head was refused before, or when the cap
  * is reached and its context is new (1); its context made here when it is new and below the cap (1, see
  * `make`); else left to Python (0). -1 on a Python error. */
-static int new_head(Table *t, Cut *c, PyObject *gauges) {
+static int new_head(Table *t, Cut *c, Open *o) {
     if (hs_find(&t->refused, c->head)) {
         t->refused_lines++;
         return 1;
@@ -786,7 +797,7 @@ static int new_head(Table *t, Cut *c, PyObject *gauges) {
     if (hs_find(&t->live, c->context_hash))
         return 0;  /* another head of a live context (another rate, `|e:` field, ...): Python finds it */
     if (t->contexts < t->max_contexts)
-        return make(t, c, gauges);
+        return make(t, c, o);
     if (remember_refused(t, c->head, nlen + (c->end - c->bar - 1)) < 0)
         return -1;
     t->refused_lines++;
@@ -794,29 +805,139 @@ static int new_head(Table *t, Cut *c, PyObject *gauges) {
     return 1;
 }
 
+/* A set line's member (the text from the first `:` to the `|`), as Python's `_apply` takes it: nothing
+ * changes when it is in its context's set already this interval (never refused); a new one joins the set
+ * within the set limits, counted in the interval (`set_bytes_of`, `set_members`, `set_bytes`). 1 when
+ * done; 0 when Python must look (past a limit: Python refuses it, `set_limit`; an empty member; a head
+ * made here and not yet bound); -1 on a Python error. */
+static int set_member(Table *t, Open *o, PyObject *ctx, const char *value, const char *bar) {
+    Py_ssize_t size = bar - value;
+    if (ctx == NULL || size == 0)
+        return 0;
+    PyObject *members = PyDict_GetItemWithError(o->sets, ctx);  /* borrowed; a Context hashes by identity */
+    if (members == NULL && PyErr_Occurred())
+        return -1;
+    PyObject *member = PyBytes_FromStringAndSize(value, size), *held_obj;
+    if (member == NULL)
+        return -1;
+    int done = members != NULL ? PySet_Contains(members, member) : 0;
+    if (done != 0)
+        goto out;
+    Py_ssize_t held = 0;
+    if ((held_obj = PyDict_GetItemWithError(o->set_bytes_of, ctx)) != NULL) {
+        if ((held = PyLong_AsSsize_t(held_obj)) < 0 && PyErr_Occurred()) {
+            done = -1;
+            goto out;
+        }
+    } else if (PyErr_Occurred()) {
+        done = -1;
+        goto out;
+    }
+    const Py_ssize_t *limit = t->set_limits;
+    if ((members != NULL && PySet_GET_SIZE(members) >= limit[2]) || held + size > limit[3]
+            || o->set_members >= limit[0] || o->set_bytes + size > limit[1])
+        goto out;  /* 0: Python refuses it, and says why */
+    if (members == NULL) {
+        if ((members = PySet_New(NULL)) == NULL) {
+            done = -1;
+            goto out;
+        }
+        int failed = PyDict_SetItem(o->sets, ctx, members);
+        Py_DECREF(members);  /* the dict holds it */
+        if (failed) {
+            done = -1;
+            goto out;
+        }
+    }
+    PyObject *total = PyLong_FromSsize_t(held + size);
+    if (total == NULL || PySet_Add(members, member) < 0 || PyDict_SetItem(o->set_bytes_of, ctx, total) < 0) {
+        Py_XDECREF(total);
+        done = -1;
+        goto out;
+    }
+    Py_DECREF(total);
+    o->set_members++;
+    o->set_bytes += size;
+    o->set_counts_changed = 1;
+    done = 1;
+out:
+    Py_DECREF(member);
+    return done;
+}
+
 /* Account one line; 1 when done, 0 when Python must parse it, -1 on a Python error. */
-static int handle(Table *t, Cut *c, PyObject *gauges) {
+static int handle(Table *t, Cut *c, Open *o) {
     if (c->value == NULL)
         return 0;
     const char *line = c->line, *value = c->value, *bar = c->bar, *tail = bar + 1;
     Py_ssize_t nlen = value - 1 - line, tlen = c->end - tail;
     Entry *e = find(t, c->head, line, nlen, tail, tlen);
     if (e == NULL)
-        return new_head(t, c, gauges);
+        return new_head(t, c, o);
+    if (e->code == SET)
+        return set_member(t, o, e->ctx, value, bar);
     if (e->code != COUNTER && e->code != HISTOGRAM && e->code != GAUGE)
-        return 0;  /* a set's (Python checks its members against the set limits), an error's, ... */
+        return 0;  /* an error's, a gauge's with deltas, ... */
     double v;
     if (!plain_number(value, bar, &v) || (e->code == HISTOGRAM && t->values_left <= 0))
         return 0;
-    return accumulate(t, e, v, gauges);
+    return accumulate(t, e, v, o);
+}
+
+/* The parts of the Interval `run` writes to (`Open`): 0, or -1 with an exception set. */
+static int open_interval(PyObject *interval, Open *o) {
+    static const char *dicts[] = {"gauges", "sets", "set_bytes_of"};
+    PyObject **into[] = {&o->gauges, &o->sets, &o->set_bytes_of};
+    Py_ssize_t *counts[] = {&o->set_members, &o->set_bytes};
+    static const char *names[] = {"set_members", "set_bytes"};
+    o->set_counts_changed = 0;
+    for (int k = 0; k < 3; k++) {
+        PyObject *d = PyObject_GetAttrString(interval, dicts[k]);
+        if (d == NULL)
+            return -1;
+        int ok = PyDict_CheckExact(d);
+        Py_DECREF(d);  /* borrowed from here on: the interval holds it, and the caller the interval */
+        if (!ok) {
+            PyErr_Format(PyExc_TypeError, "interval.%s must be a dict", dicts[k]);
+            return -1;
+        }
+        *into[k] = d;
+    }
+    for (int k = 0; k < 2; k++) {
+        PyObject *n = PyObject_GetAttrString(interval, names[k]);
+        if (n == NULL)
+            return -1;
+        *counts[k] = PyLong_AsSsize_t(n);
+        Py_DECREF(n);
+        if (*counts[k] == -1 && PyErr_Occurred())
+            return -1;
+    }
+    return 0;
+}
+
+/* The set counts back into the Interval, when members were added: 0, or -1 with an exception set. */
+static int close_interval(PyObject *interval, Open *o) {
+    if (!o->set_counts_changed)
+        return 0;
+    PyObject *members = PyLong_FromSsize_t(o->set_members), *bytes = PyLong_FromSsize_t(o->set_bytes);
+    int failed = members == NULL || bytes == NULL || PyObject_SetAttrString(interval, "set_members", members) < 0
+        || PyObject_SetAttrString(interval, "set_bytes", bytes) < 0;
+    Py_XDECREF(members);
+    Py_XDECREF(bytes);
+    return failed ? -1 : 0;
 }
 
 static PyObject *Table_run(Table *t, PyObject *args) {
     Py_buffer data;
     Py_ssize_t pos;
-    PyObject *gauges;
-    if (!PyArg_ParseTuple(args, "y*nO!", &data, &pos, &PyDict_Type, &gauges))
+    PyObject *interval;
+    Open o;
+    if (!PyArg_ParseTuple(args, "y*nO", &data, &pos, &interval))
         return NULL;
+    if (open_interval(interval, &o) < 0) {
+        PyBuffer_Release(&data);
+        return NULL;
+    }
     const char *start = data.buf, *end = start + data.len;
     const char *p = start + (pos < 0 ? 0 : pos > data.len ? data.len : pos);
     Cut cuts[2], *c = &cuts[0], *next = &cuts[1], *swap;
@@ -828,8 +949,9 @@ static PyObject *Table_run(Table *t, PyObject *args) {
         cut(t, c->after, end, storm, next);  /* one line ahead of the one handled (one call: inlined) */
         if (c->line != NULL) {
             long long refused = t->refused_lines, heads = t->refused_heads;
-            int done = handle(t, c, gauges);
+            int done = handle(t, c, &o);
             if (done < 0) {
+                close_interval(interval, &o);  /* the members added are in their sets: counted too */
                 PyBuffer_Release(&data);
                 return NULL;
             }
@@ -847,6 +969,8 @@ static PyObject *Table_run(Table *t, PyObject *args) {
         next = swap;
     }
     PyBuffer_Release(&data);
+    if (close_interval(interval, &o) < 0)
+        return NULL;
     return PyLong_FromSsize_t(p - start);
 }
 
@@ -1101,8 +1225,9 @@ static PyObject *Table_take_counts(Table *t, PyObject *Py_UNUSED(ignored)) {
 static PyObject *Table_configure(Table *t, PyObject *args) {
     Py_ssize_t max_contexts, refused_limit, refused_max_bytes, head_cost, costs[3];
     int decide, gauge_deltas;
-    if (!PyArg_ParseTuple(args, "npnnnp(nnn)", &max_contexts, &decide, &refused_limit, &refused_max_bytes,
-                          &head_cost, &gauge_deltas, &costs[0], &costs[1], &costs[2]))
+    if (!PyArg_ParseTuple(args, "npnnnp(nnn)(nnnn)", &max_contexts, &decide, &refused_limit, &refused_max_bytes,
+                          &head_cost, &gauge_deltas, &costs[0], &costs[1], &costs[2], &t->set_limits[0],
+                          &t->set_limits[1], &t->set_limits[2], &t->set_limits[3]))
         return NULL;
     t->max_contexts = max_contexts;
     t->decide = decide;
@@ -1724,7 +1849,7 @@ static PyMethodDef module_methods[] = {
 
 static PyMethodDef Table_methods[] = {
     {"run", (PyCFunction)Table_run, METH_VARARGS,
-     "run(data, pos, gauges) -> offset of the first line left to Python, or len(data)"},
+     "run(data, pos, interval) -> offset of the first line left to Python, or len(data)"},
     {"add", (PyCFunction)(void (*)(void))Table_add, METH_FASTCALL,
      "add(name, tail, slot, ctx, code) -> whether this head is known here from now on"},
     {"feed", (PyCFunction)(void (*)(void))Table_feed, METH_FASTCALL,
@@ -1736,7 +1861,8 @@ static PyMethodDef Table_methods[] = {
      "take_counts() -> (lines handled, lines refused at the cap, heads refused first) since the last call"},
     {"configure", (PyCFunction)Table_configure, METH_VARARGS,
      "configure(max_contexts, decide, refused_limit, refused_max_bytes, head_cost, gauge_deltas, "
-     "(context_cost, tag_ref_cost, pair_cost)): new contexts made and refused here"},
+     "(context_cost, tag_ref_cost, pair_cost), (set_members, set_bytes, set_members_per_context, "
+     "set_bytes_per_context)): new contexts made and refused here; set members added here"},
     {"live_add", (PyCFunction)(void (*)(void))Table_live_add, METH_FASTCALL,
      "live_add(name, type, tags, container): a new context"},
     {"forget_contexts", (PyCFunction)Table_forget_contexts, METH_O,

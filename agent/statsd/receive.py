@@ -116,8 +116,11 @@ class Aggregator:
         gauges take deltas, and what a context is charged. Not with mapping rules: they rename."""
         if self._table is not None:
             cap = min(len(self.contexts), self.max_contexts) if self.shedding else self.max_contexts
+            limits = self.limits
             self._table.configure(cap, not self.rules, self._cache_limit, HEAD_CACHE_BYTES, HEAD_COST,
-                                  self.gauge_deltas, (CONTEXT_COST, TAG_REF_COST, PAIR_COST))
+                                  self.gauge_deltas, (CONTEXT_COST, TAG_REF_COST, PAIR_COST),
+                                  (limits.set_members, limits.set_bytes, limits.set_members_per_context,
+                                   limits.set_bytes_per_context))
 
     def shed(self, on: bool) -> None:
         """Refuse new contexts (`overload`) while `on`: the receive side is far behind (server.py).
@@ -183,7 +186,7 @@ class Aggregator:
             if len(self.contexts) != contexts or self._cache_bytes != heads:  # else the room given holds
                 contexts, heads = len(self.contexts), self._cache_bytes
                 self._give_room(table)
-            pos = table.run(data, pos, self.interval.gauges)
+            pos = table.run(data, pos, self.interval)
             if table.pending:
                 self._adopt(table)
             if pos >= end:

@@ -18,6 +18,8 @@ from agent.statsd.flush import Flusher
 from agent.statsd.receive import Aggregator
 
 COSTS = (interval.CONTEXT_COST, interval.TAG_REF_COST, interval.PAIR_COST)  # Table.configure's charges
+LIMITS = interval.Limits()
+SET_LIMITS = (LIMITS.set_members, LIMITS.set_bytes, LIMITS.set_members_per_context, LIMITS.set_bytes_per_context)
 SETTINGS = settings(max_examples=int(os.environ.get("STATSD_EXAMPLES", "300")), deadline=None,
                     suppress_health_check=[HealthCheck.too_slow])
 
@@ -108,6 +110,27 @@ def test_values_accumulated_in_c_are_not_counted_twice_or_carried_over() -> None
     assert second == {"c": 5.0}
 
 
+def test_set_lines_of_a_known_head_stay_in_c_within_the_set_limits() -> None:
+    """A set line whose head Python made is handled in C: a known member changes nothing, a new one joins
+    the set and is counted in the interval as Python counts it; past a limit, or empty, it is Python's
+    (which refuses it and says why), and nothing was added."""
+    agg = Aggregator(limits=interval.Limits(set_members=4, set_bytes=1000, set_members_per_context=3,
+                                            set_bytes_per_context=12))
+    agg.ingest(b"u:alice|s|#k:v")  # Python parses the head; C knows it from now on
+    iv, table = agg.interval, agg._table
+    (ctx,) = iv.sets
+    lines = b"u:alice|s|#k:v\nu:bob|s|#k:v\nu:\xff\x00|s|#k:v"
+    assert table.run(lines, 0, iv) == len(lines)
+    assert iv.sets[ctx] == {b"alice", b"bob", b"\xff\x00"}
+    assert (iv.set_members, iv.set_bytes, iv.set_bytes_of[ctx]) == (3, 10, 10)
+    for refused in (b"u:carol|s|#k:v", b"u:|s|#k:v"):  # past 3 members (and 12 bytes); empty
+        assert table.run(refused, 0, iv) == 0
+    assert table.run(b"u:bob|s|#k:v", 0, iv) == len(b"u:bob|s|#k:v")  # known: never refused
+    assert (iv.set_members, iv.set_bytes, len(iv.sets[ctx])) == (3, 10, 3)
+    agg.ingest(b"u:carol|s|#k:v\nu:|s|#k:v")
+    assert agg.stats.errors == {"set_limit": 1, "bad_value": 1}
+
+
 def test_the_table_refuses_what_would_lose_data() -> None:
     table = receive.Table()
     slot = interval.Slot(interval.COUNTER)
@@ -117,14 +140,14 @@ def test_the_table_refuses_what_would_lose_data() -> None:
         table.add(b"a", b"c", slot, None, interval.COUNTER)
     with pytest.raises(ValueError):
         table.add(b"b", b"g", slot, None, interval.DROPPED)
-    assert table.run(b"a:2|c\na:3.5|c\nb:1|c\na:1|c", 0, {}) == len(b"a:2|c\na:3.5|c\n")
+    assert table.run(b"a:2|c\na:3.5|c\nb:1|c\na:1|c", 0, interval.Interval(0.0)) == len(b"a:2|c\na:3.5|c\n")
     with pytest.raises(RuntimeError):
         table.clear()  # accumulated values would be lost
     slots, sums, packs = table.harvest()
     assert (slots, array("d", sums).tolist(), packs, table.take_counts()) == ([slot], [5.5], [None], (2, 0, 0))
     assert table.harvest() == ([], b"", [])
     table.clear()
-    assert len(table) == 0 and table.run(b"a:1|c", 0, {}) == 0
+    assert len(table) == 0 and table.run(b"a:1|c", 0, interval.Interval(0.0)) == 0
 
 
 def test_drain_reads_what_the_socket_holds_and_counts_too_long_datagrams() -> None:
@@ -191,7 +214,7 @@ def test_every_head_finds_a_bucket() -> None:
     assert all(table.add(b"jobs.%d.done" % i, b"c|#queue:q%d" % (i % 7), slot, None, interval.COUNTER)
                for i in range(100_000))
     assert len(table) == 100_000
-    assert table.run(b"jobs.99999.done:3|c|#queue:q4\njobs.5.done:1|c|#queue:q5", 0, {}) == 55
+    assert table.run(b"jobs.99999.done:3|c|#queue:q4\njobs.5.done:1|c|#queue:q5", 0, interval.Interval(0.0)) == 55
 
 
 # -- storms: refusals at the cap decided in C, expiry, re-creation ---------------------------------
@@ -363,7 +386,7 @@ def test_expiry_keeps_the_heads_of_live_contexts_and_makes_room_again() -> None:
     assert len(agg.contexts) == 2 == agg._table.live()[0]
     assert len(agg._table) == 2 and agg._table.live()[1] == 0  # the heads of `keep` stay parsed
     agg.ingest(b"keep:1|c")  # handled in C at once: no parse
-    assert agg._table.run(b"keep:1|c", 0, {}) == len(b"keep:1|c")
+    assert agg._table.run(b"keep:1|c", 0, interval.Interval(0.0)) == len(b"keep:1|c")
     agg.ingest_many(storm("a", 300))  # the refused names of before find room now
     assert len(agg.contexts) == 100 and agg.stats.contexts_dropped == 202 + 202
     batch = flusher.batch(agg.swap(1030.0), now=1030.0)
@@ -372,19 +395,19 @@ def test_expiry_keeps_the_heads_of_live_contexts_and_makes_room_again() -> None:
 
 def test_the_table_refuses_a_new_context_at_the_cap_and_leaves_the_rest_to_python() -> None:
     table = receive.Table()
-    table.configure(1, True, 10, 1 << 20, 128, False, COSTS)
+    table.configure(1, True, 10, 1 << 20, 128, False, COSTS, SET_LIMITS)
     table.live_add("x", "c", (("a", "1"),), "")
     new, live_again, not_simple = b"y:1|c|#a:1", b"x:1|c|#a:1|@0.5", b"y:1|c|#a:1,a:2"
-    assert table.run(new + b"\n" + new, 0, {}) == len(new) * 2 + 1  # refused, then by its head
+    assert table.run(new + b"\n" + new, 0, interval.Interval(0.0)) == len(new) * 2 + 1  # refused, then by its head
     assert table.take_counts() == (2, 2, 1) and table.live() == (1, 1)
-    assert table.run(live_again, 0, {}) == 0  # a live context under a new head: Python's
-    assert table.run(not_simple, 0, {}) == 0  # a tag given twice: Python's
-    assert table.run(b"z:x|c", 0, {}) == 0  # a bad value: Python says which error
-    table.configure(1, False, 10, 1 << 20, 128, False, COSTS)  # mapping rules: never decided here
-    assert table.run(b"w:1|c", 0, {}) == 0
-    assert table.run(new, 0, {}) == len(new)  # but a head refused before is still counted here
+    assert table.run(live_again, 0, interval.Interval(0.0)) == 0  # a live context under a new head: Python's
+    assert table.run(not_simple, 0, interval.Interval(0.0)) == 0  # a tag given twice: Python's
+    assert table.run(b"z:x|c", 0, interval.Interval(0.0)) == 0  # a bad value: Python says which error
+    table.configure(1, False, 10, 1 << 20, 128, False, COSTS, SET_LIMITS)  # mapping rules: never decided here
+    assert table.run(b"w:1|c", 0, interval.Interval(0.0)) == 0
+    assert table.run(new, 0, interval.Interval(0.0)) == len(new)  # but a head refused before is still counted here
     table.forget_refused()
-    assert table.run(new, 0, {}) == 0
+    assert table.run(new, 0, interval.Interval(0.0)) == 0
 
 
 def test_a_live_context_is_found_under_each_way_of_writing_its_head() -> None:
@@ -392,14 +415,14 @@ def test_a_live_context_is_found_under_each_way_of_writing_its_head() -> None:
     that way and one written otherwise (a bare tag, tags or fields in another order, a rate) both find it
     live."""
     table = receive.Table()
-    table.configure(1, True, 10, 1 << 20, 128, False, COSTS)
+    table.configure(1, True, 10, 1 << 20, 128, False, COSTS, SET_LIMITS)
     table.live_add("x", "c", (("a", "1"), ("bare", "")), "c1")
     for live in (b"x:1|c|#a:1,bare:|c:c1", b"x:1|c|#a:1,bare|c:c1", b"x:1|c|c:c1|#a:1,bare:", b"x:1|c|@0.5|#a:1,bare|c:c1",
                  b"x:1|c|#a:1,,bare:|c:c1|e:z", b"x:1|c|#a:1,bare|c:c1|c:", b"x:1|c|#bare:,a:1|c:c1",
                  b"x:1|c|c:c1|#bare,a:1"):
-        assert table.run(live, 0, {}) == 0, live  # Python's: it finds the live context
+        assert table.run(live, 0, interval.Interval(0.0)) == 0, live  # Python's: it finds the live context
     for new in (b"x:1|c|#a:1,bare:", b"x:1|c|#a:1,bare:|c:c2", b"x:1|g|#a:1,bare:|c:c1", b"x:1|c|#bare:,a:2|c:c1"):
-        assert table.run(new, 0, {}) == len(new), new  # refused here
+        assert table.run(new, 0, interval.Interval(0.0)) == len(new), new  # refused here
     assert table.take_counts() == (4, 4, 4)
 
 
@@ -408,14 +431,14 @@ def test_a_live_context_is_found_under_each_way_of_writing_its_head() -> None:
 def test_a_line_whose_context_is_live_is_never_refused_in_c(line: bytes) -> None:
     """The key hashed from a line (`line_context`) and from the context's strings (`live_add`) agree."""
     table = receive.Table()
-    table.configure(1, True, 10, 1 << 20, 128, False, COSTS)
+    table.configure(1, True, 10, 1 << 20, 128, False, COSTS, SET_LIMITS)
     name, _, rest = line.partition(b":")
     tail = rest.partition(b"|")[2]
     head = table.head(name, tail)
     if head is not None:
         hname, kind, _, tags, container = head
         table.live_add(hname, kind, tuple(sorted(tags)), container)  # as `Aggregator._slot` makes them
-    assert table.run(line, 0, {}) == 0 or head is None
+    assert table.run(line, 0, interval.Interval(0.0)) == 0 or head is None
 
 
 @SETTINGS

@@ -9,7 +9,7 @@ from pathlib import Path
 from prometheus_client.parser import text_string_to_metric_families
 
 from agent.sinks.prometheus import metric_name
-from statsd_peers.base import Reading, Server, http_get
+from statsd_peers.base import Reading, Server, ServerError, http_get
 from statsd_peers.measure import free_port, udp_drops
 from statsd_peers.traffic import TAG_KEYS, Context
 
@@ -98,15 +98,28 @@ class SidecarPythonReceiver(Sidecar):
 
 def baseline(tree: Path, rev: str) -> type[Sidecar]:
     """The sidecar of another commit (`bench/baseline.py`'s export of its `agent/` into `tree`), run as
-    `python -m agent run` with that tree first on the path: the same measurement, side by side."""
+    `python -m agent run` in that tree: the same measurement, side by side.
+
+    In the tree, not only with it on PYTHONPATH: `-m` puts the working directory first on the path, and
+    from this checkout that imported this checkout's `agent/`, so that a baseline was this tree again.
+    `ready` checks which C loop the process loaded."""
 
     class SidecarBaseline(Sidecar):
         name = f"tasklens@{rev}"
         note = f"this project at {rev}"
 
         def command(self) -> tuple[list[str], dict[str, str | None], Path | None]:
-            _, env, cwd = super().command()
-            return [sys.executable, "-m", "agent", "run"], {**env, "PYTHONPATH": str(tree)}, cwd
+            _, env, _ = super().command()
+            return [sys.executable, "-m", "agent", "run"], {**env, "PYTHONPATH": str(tree)}, tree
+
+        def ready(self) -> bool:
+            if not super().ready():
+                return False
+            with open(f"/proc/{self.pid}/maps") as maps:
+                loaded = {line.split()[-1] for line in maps if "/agent/statsd/_fast" in line}
+            if not loaded or any(not path.startswith(str(tree.resolve())) for path in loaded):
+                raise ServerError(f"{self.name} runs another tree's agent/: {sorted(loaded)}")
+            return True
 
     return SidecarBaseline
 

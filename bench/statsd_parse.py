@@ -6,13 +6,24 @@ Prints lines/s and CPU seconds per million lines for `Aggregator.ingest`, then t
 (`swap` on the receive side, `Flusher.batch` on the export side).
 
     .venv/bin/python bench/statsd_parse.py [--contexts 2000] [--seconds 5] [--plain] [--batch 16] [--skew 1.1]
+    .venv/bin/python bench/statsd_parse.py --baseline 6d65ff6 --rounds 3   # the C loop against that commit's
+
+`--baseline REV` measures only the C loop, in a process per version (`agent/` of REV exported as
+`bench/baseline.py` does), the versions alternating for `--rounds` rounds; it prints each version's
+median and their ratio.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import random
+import statistics
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 from agent.model import Points
 from agent.selfmetrics import SelfMetrics
@@ -109,7 +120,13 @@ def main() -> None:
     ap.add_argument("--skew", type=float, default=0.0, help="Zipf exponent of context popularity (0: uniform)")
     ap.add_argument("--batch", type=int, default=16,
                     help="datagrams parsed together, as the server does with what one wake-up drains")
+    ap.add_argument("--baseline", help="the C loop of this tree against that of this git revision")
+    ap.add_argument("--rounds", type=int, default=3, help="with --baseline: processes per version")
+    ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.baseline:
+        compare(args)
+        return
     rng = random.Random(42)
     contexts = make_contexts(args.contexts, rng, tagged=not args.plain)
     datagrams, lines_per_pass = make_datagrams(contexts, args.datagrams, rng, skew=args.skew)
@@ -119,6 +136,10 @@ def main() -> None:
           f"{lines_per_pass / len(datagrams):.1f} lines and {size:.0f} bytes per datagram")
 
     batches = [datagrams[i:i + args.batch] for i in range(0, len(datagrams), args.batch)]
+    if args.worker:
+        agg = Aggregator(max_contexts=100_000)
+        print(json.dumps({"c": measure(agg, datagrams, batches, lines_per_pass, args.seconds, "c loop")}))
+        return
     costs = {}
     for loop in ("c", "python"):  # side by side, in one run
         if loop == "c" and Table is None:
@@ -147,6 +168,31 @@ def main() -> None:
     print(f"flush of {lines_per_pass:,} lines: swap {1e3 * (t1 - t0):.3f} ms (receive side); batch of {len(batch.samples)} samples "
           f"{1e3 * (t2 - t1):.1f} ms, {held:,} histogram values merged into {kept:,}; Prometheus sink "
           f"{1e3 * (t3 - t2):.1f} ms (export side)")
+
+
+def compare(args: argparse.Namespace) -> None:
+    """--baseline: the C loop's CPU per line in this tree and in the baseline's, alternating."""
+    here = Path(__file__).resolve()
+    sys.path.insert(0, str(here.parent.parent))  # the workers run other trees: imported here only
+    from bench.baseline import side_by_side
+
+    argv = [sys.executable, str(here), "--worker", "--contexts", str(args.contexts), "--datagrams",
+            str(args.datagrams), "--seconds", str(args.seconds), "--skew", str(args.skew), "--batch", str(args.batch)]
+    if args.plain:
+        argv.append("--plain")
+
+    def run(root: Path) -> dict[str, float]:
+        env = dict(os.environ, PYTHONPATH=str(root), PYTHONMALLOC="malloc")
+        out = subprocess.run(argv, cwd=root, env=env, check=True, capture_output=True, text=True).stdout
+        result: dict[str, float] = json.loads(out.splitlines()[-1])
+        return result
+
+    medians = {label: statistics.median(r["c"] for r in rs)
+               for label, rs in side_by_side(args.baseline, args.rounds, run).items()}
+    for label, cost in medians.items():
+        print(f"{label}: C loop {cost:.3f} CPU-s per million lines (median of {args.rounds})")
+    now, before = medians.values()
+    print(f"this tree / baseline: {now / before:.2f}")
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ See bench/README.md ("StatsD throughput") for what the numbers mean.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -168,6 +169,32 @@ class Busy:
         self.emulator.wait(timeout=10)
 
 
+CGROUP_V1, CGROUP_V2 = Path("/sys/fs/cgroup/cpu"), Path("/sys/fs/cgroup")
+CPU_PERIOD_US = 10_000  # the quota is given per 10 ms: a throttled server waits at most that long
+
+
+def limit_cpu(server: Server, share: float) -> Path:
+    """--cpu-limit: the server's process in a cgroup of its own with a CPU quota of `share` of a core (an
+    ECS container's `cpu`, or a Fargate task's, is such a quota); the cgroup's directory."""
+    v1 = (CGROUP_V1 / "cpu.cfs_quota_us").exists()
+    group = (CGROUP_V1 if v1 else CGROUP_V2) / f"statsd-bench-{server.pid}"
+    group.mkdir()
+    quota = round(share * CPU_PERIOD_US)
+    if v1:
+        (group / "cpu.cfs_period_us").write_text(str(CPU_PERIOD_US))
+        (group / "cpu.cfs_quota_us").write_text(str(quota))
+    else:
+        (group / "cpu.max").write_text(f"{quota} {CPU_PERIOD_US}")
+    (group / "cgroup.procs").write_text(str(server.pid))  # the process, all of its threads
+    return group
+
+
+def release_cgroup(result: Result) -> None:
+    if result.get("cgroup"):
+        with contextlib.suppress(OSError):  # empty once the server exited
+            Path(result["cgroup"]).rmdir()
+
+
 def run_step(server: Server, tr: Traffic, positions: list[int], rate: int, args: argparse.Namespace) -> Result:
     before = server.read()
     drops0 = udp_drops(server.port) or 0
@@ -218,6 +245,8 @@ def run_step(server: Server, tr: Traffic, positions: list[int], rate: int, args:
         "cpu_seconds": round(cpu, 3),
         "cpu_seconds_per_million_lines": round(cpu / expected.lines * 1e6, 3),
         "core_percent": round(100 * cpu / wall, 1),
+        # of what the server may use: its core, or its quota with --cpu-limit
+        "busy_percent": round(100 * cpu / wall / (args.cpu_limit or 1.0), 1),
         # the core's busy share, every process on it: near 100 with a lower core_percent, others took it
         "core_total_percent": round(100 * (busy1 - busy0) / (total1 - total0), 1) if total1 > total0 else None,
         "load": os.getloadavg()[0],
@@ -238,6 +267,8 @@ def run_server(cls: type[Server], variant: str, tr: Traffic, steps: Sequence[int
         return {**result, "skipped": "rejects tagged lines"}
     try:
         server.start()
+        if args.cpu_limit:
+            result["cgroup"] = str(limit_cpu(server, args.cpu_limit))
     except (ServerError, OSError) as exc:
         return {**result, "skipped": f"could not start: {exc}"}
     busy: Busy | None = args.busy_load
@@ -275,6 +306,7 @@ def run_server(cls: type[Server], variant: str, tr: Traffic, steps: Sequence[int
         if busy is not None:
             busy.url = None
         server.stop()
+        release_cgroup(result)
     result["summary"] = summarize(result["steps"])
     return result
 
@@ -288,8 +320,10 @@ def run_interleaved(classes: Sequence[type[Server]], variant: str, tr: Traffic, 
     results: list[Result] = [{"server": s.name, "variant": variant, "note": s.note, "steps": []} for s in servers]
     busy: Busy | None = args.busy_load
     try:
-        for server in servers:
+        for server, result in zip(servers, results):
             server.start()
+            if args.cpu_limit:
+                result["cgroup"] = str(limit_cpu(server, args.cpu_limit))
         time.sleep(2.0)
         positions = [[0] * len(tr.pools) for _ in servers]
         lossy = [0] * len(servers)
@@ -307,8 +341,9 @@ def run_interleaved(classes: Sequence[type[Server]], variant: str, tr: Traffic, 
     finally:
         if busy is not None:
             busy.url = None
-        for server in servers:
+        for server, result in zip(servers, results):
             server.stop()
+            release_cgroup(result)
     for result in results:
         result["summary"] = summarize(result["steps"])
     return results
@@ -340,7 +375,7 @@ def summarize(steps: list[Result]) -> Result:
     # the rate that saturates the core: the server's busy share against the rate over the steps that
     # counted every line (least squares: a fixed cost, the scrapes and polls, plus a cost per line),
     # extended to 100%
-    fit = [(s["lines_per_s"], s["core_percent"]) for s in steps if s["lines_counted"] == s["lines_sent"]]
+    fit = [(s["lines_per_s"], s["busy_percent"]) for s in steps if s["lines_counted"] == s["lines_sent"]]
     saturation = None
     if len(fit) >= 3:
         mean_x, mean_y = sum(x for x, _ in fit) / len(fit), sum(y for _, y in fit) / len(fit)
@@ -382,7 +417,8 @@ def print_report(results: list[Result]) -> None:
     for r in results:
         s = r.get("summary") or {}
         if s.get("saturation_lines_per_s"):
-            print(f"{r['server']} ({r['variant']}): its core would be full at ~{s['saturation_lines_per_s']:,} lines/s "
+            print(f"{r['server']} ({r['variant']}): its core{' quota' if r.get('cgroup') else ''} would be full "
+                  f"at ~{s['saturation_lines_per_s']:,} lines/s "
                   f"(busy share against rate, extended); highest lossless rate {s['max_lossless_lines_per_s']:,} = "
                   f"{100 * s['max_lossless_of_saturation']:.0f}% of that")
     for line in ratios(results):
@@ -457,6 +493,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                     help=f"smoke run: steps {QUICK_STEPS}, 2 s each, 2 s flush, 1,000 contexts")
     ap.add_argument("--install", action="store_true", help="install missing peers (npm, apt) first")
     ap.add_argument("--out", type=Path, help="write the results as JSON here")
+    ap.add_argument("--cpu-limit", type=float, metavar="SHARE",
+                    help="run each server with a CPU quota of this share of a core (cgroup, as root), e.g. 0.5: "
+                         "the rate that fills it is then within the senders' reach")
     ap.add_argument("--baseline", metavar="REV",
                     help="also run the sidecar of this git revision (server tasklens@REV), e.g. with --interleave")
     args = ap.parse_args(argv)

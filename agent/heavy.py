@@ -5,13 +5,31 @@ ways with the event loop instead of two; queued on one thread, each waits for th
 from __future__ import annotations
 
 import asyncio
+import os
+import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
 T = TypeVar("T")
 
-_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tasklens-heavy")
+# The thread's nice value (Linux: per thread). What it does can wait; the StatsD receive side cannot.
+# At the same priority, the flush's sort of histogram values and the gzip of a scrape (C code that lets
+# go of the GIL) took the core from the receive threads for as long as they ran, and near a full core
+# the receive buffer filled and the kernel dropped datagrams (docs/statsd.md, "The export side yields").
+# Within a container's cgroup only the sidecar's own threads compete with it.
+NICE = 19
+
+
+def _yield_to_receiving() -> None:
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), NICE)
+    except OSError:  # not allowed here: the same work at the same priority
+        pass
+
+
+_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tasklens-heavy",
+                               initializer=_yield_to_receiving)
 
 
 async def run(fn: Callable[..., T], *args: object) -> T:

@@ -76,7 +76,15 @@ module "zero" {
   queue_url   = "sqs://sqs.eu-west-1.amazonaws.com/123456789012/orders?name=orders-eu"
   autoscaling = { min = 0, max = 10, backlog_per_task = 100 }
 }
-output "zero" { value = module.zero }''')
+output "zero" { value = module.zero }
+module "china" {
+  source        = "MODULES/autoscaling"
+  cluster       = "prod"
+  service       = "thumbs"
+  aws_partition = "aws-cn"
+  autoscaling   = { min = 1, max = 3, backlog_per_task = 1, queue = "q", scale_in_protection = "cpu>20%" }
+}
+output "china" { value = module.china }''')
     return apply_root(terraform, tmp_path_factory.mktemp("autoscaling"), "\n".join(blocks))
 
 
@@ -157,6 +165,13 @@ def test_protection_settings_reach_the_sidecar_and_the_task_role(outputs) -> Non
             "Action": ["ecs:GetTaskProtection", "ecs:UpdateTaskProtection"],
             "Resource": ["arn:aws:ecs:*:*:task/prod/*"]}]
     assert outputs["rule0"]["target_tracking"]["scale_in_cooldown"] == 600
+
+
+def test_a_cluster_by_name_outside_the_aws_partition_gets_task_arns_of_its_partition(outputs) -> None:
+    """The service module passes its provider's partition (`aws-cn`, `aws-us-gov`): a task ARN of
+    `arn:aws:` would never match a task there, and protection would be refused."""
+    (statement,) = outputs["china"]["task_role_statements"]
+    assert statement["Resource"] == ["arn:aws-cn:ecs:*:*:task/prod/*"]
 
 
 @pytest.mark.parametrize("setting, says", [

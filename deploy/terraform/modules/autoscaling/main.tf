@@ -129,7 +129,7 @@ locals {
   )
 
   # The agent calls ECS with the task role: the sidecar needs these to protect its own task.
-  task_arns = can(regex("^arn:", var.cluster)) ? "${replace(var.cluster, ":cluster/", ":task/")}/*" : "arn:aws:ecs:*:*:task/${local.cluster_name}/*"
+  task_arns = can(regex("^arn:", var.cluster)) ? "${replace(var.cluster, ":cluster/", ":task/")}/*" : "arn:${var.aws_partition}:ecs:*:*:task/${local.cluster_name}/*"
   task_role_statements = local.protection ? [{
     Sid      = "TasklensScaleInProtection"
     Effect   = "Allow"

@@ -73,3 +73,9 @@ variable "autoscaling" {
     error_message = "autoscaling.scale_in_protection must be a busy rule: cpu>N%, <statsd gauge>>N or <started>-<finished>>N, joined by ' or ' (docs/scaling.md)."
   }
 }
+
+variable "aws_partition" {
+  description = "ARN partition of the task ARNs the sidecar may protect, when `cluster` is a name (`aws-cn`, `aws-us-gov`); an ARN brings its own."
+  type        = string
+  default     = "aws"
+}

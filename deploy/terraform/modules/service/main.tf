@@ -85,11 +85,14 @@ module "autoscaling" {
   source = "../autoscaling"
   count  = var.autoscaling == null ? 0 : 1
 
-  cluster     = var.cluster
-  service     = var.name
-  queue_url   = var.queue
-  autoscaling = var.autoscaling
+  cluster       = var.cluster
+  service       = var.name
+  queue_url     = var.queue
+  autoscaling   = var.autoscaling
+  aws_partition = data.aws_partition.current.partition
 }
+
+data "aws_partition" "current" {}
 
 locals {
   scaling = one(module.autoscaling[*])

@@ -16,7 +16,7 @@ T = TypeVar("T")
 # The thread's nice value (Linux: per thread). What it does can wait; the StatsD receive side cannot.
 # At the same priority, the flush's sort of histogram values and the gzip of a scrape (C code that lets
 # go of the GIL) took the core from the receive threads for as long as they ran, and near a full core
-# the receive buffer filled and the kernel dropped datagrams (docs/statsd.md, "The export side yields").
+# the receive buffer filled and the kernel dropped datagrams (docs/statsd.md, "The export side yields the core").
 # Within a container's cgroup only the sidecar's own threads compete with it.
 NICE = 19
 

@@ -951,7 +951,11 @@ static PyObject *Table_run(Table *t, PyObject *args) {
             long long refused = t->refused_lines, heads = t->refused_heads;
             int done = handle(t, c, &o);
             if (done < 0) {
-                close_interval(interval, &o);  /* the members added are in their sets: counted too */
+                PyObject *type, *value, *traceback;  /* the members added are in their sets: counted too */
+                PyErr_Fetch(&type, &value, &traceback);
+                if (close_interval(interval, &o) < 0)
+                    PyErr_Clear();
+                PyErr_Restore(type, value, traceback);
                 PyBuffer_Release(&data);
                 return NULL;
             }

@@ -171,9 +171,11 @@ def _validate_or_exit() -> tuple[Config, list[str]]:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from agent import memory
+    from agent import memory, stopping
 
+    stopping.block()  # a SIGTERM from here on stops the sidecar the usual way, not by the signal
     memory.use_system_allocator()  # exec again with PYTHONMALLOC=malloc: memory returns after a storm
+    stopping.hold()
     memory.configure()
     config, _ = _validate_or_exit()
     logs.setup(config.log_level, aside=True)  # stderr may block (awslogs): never the event loop

@@ -13,14 +13,13 @@ import gc
 import importlib
 import logging
 import os
-import signal
 import time
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from agent import http, memory
+from agent import http, memory, stopping
 from agent.config import Config, ConfigError
 from agent.hub import Component, Hub, Sink
 from agent.identity import Identity, local_identity
@@ -34,7 +33,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("tasklens")
 # stop with the final flush; SIGHUP too (a closed terminal, `kill -HUP`): there is no reload to do, and
 # Python's default for it would end the process at once, losing the open interval
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+STOP_SIGNALS = stopping.STOP_SIGNALS
 MEMORY_RELEASE_EVERY = 30.0  # seconds; a trim with nothing to give back costs well under a millisecond
 MEMORY_CHECK_EVERY = 1.0  # seconds between looks for a burst's second trim (see agent/memory.py)
 # push sinks: name -> (is it configured?, "module:Class" taking (config, hub)); imported only when configured
@@ -221,6 +220,8 @@ class Runtime:
                 loop.add_signal_handler(sig, shutdown.set)
             except (NotImplementedError, RuntimeError):  # not the main thread (tests)
                 pass
+        if stopping.requested():  # during the start (agent/stopping.py): stop as soon as it is built
+            shutdown.set()
         await self.build()
         await self.start_http()
         stop_sources, stop_sinks = asyncio.Event(), asyncio.Event()

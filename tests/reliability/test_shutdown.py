@@ -181,6 +181,33 @@ def at(sidecar: Sidecar, http: int, udp: int) -> Sidecar:
 
 
 @pytest.mark.slow
+def exec_done(pid: int) -> bool:
+    """Whether `tasklens run` has started itself again with the system allocator (memory.py)."""
+    try:
+        return b"PYTHONMALLOC=malloc" in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    except OSError:  # in the middle of the exec
+        return False
+
+
+def test_sigterm_while_the_sidecar_starts_stops_it_the_usual_way(tmp_path, monkeypatch) -> None:
+    """A SIGTERM right after the exec, before the event loop handles signals (ECS stops a task that
+    way when it is stopped as it starts): exit 0 with "stopped" logged, never death by the signal."""
+    monkeypatch.delenv("PYTHONMALLOC", raising=False)  # else there is no exec to wait for
+    sidecar = Sidecar(tmp_path)
+    try:
+        deadline = time.monotonic() + 30
+        while not exec_done(sidecar.proc.pid) and time.monotonic() < deadline:
+            time.sleep(0.001)
+        assert exec_done(sidecar.proc.pid), sidecar.log
+        sidecar.proc.send_signal(signal.SIGTERM)
+        assert sidecar.stop() == 0, sidecar.log
+        assert "stopped" in sidecar.log
+    finally:
+        if sidecar.proc.poll() is None:
+            sidecar.proc.kill()
+            sidecar.proc.wait()
+
+
 def test_sigkill_of_the_sidecar_never_blocks_or_breaks_the_worker(tmp_path) -> None:
     path = str(tmp_path / "dsd.socket")
     http, udp = free_port(), free_port(socket.SOCK_DGRAM)

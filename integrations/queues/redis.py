@@ -13,7 +13,7 @@ id's first part is its enqueue time in milliseconds.
 from __future__ import annotations
 
 import time
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Any
 
 from integrations.queues.base import Broker, ProbeError, QueueURL, Reading
@@ -45,10 +45,14 @@ def stream_id_ms(entry_id: str) -> int:
 
 
 def rq_age(enqueued_at: str | None, now: float) -> float | None:
-    """RQ writes `enqueued_at` as `2024-05-01T12:00:00.123456Z` (UTC)."""
+    """RQ writes `enqueued_at` as `2024-05-01T12:00:00.123456Z`, in UTC; a time without a zone (another
+    writer) is UTC too, never the sidecar's local time."""
     if not enqueued_at:
         return None
-    return max(0.0, now - datetime.fromisoformat(enqueued_at.replace("Z", "+00:00")).timestamp())
+    when = datetime.fromisoformat(enqueued_at.replace("Z", "+00:00"))
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=timezone.utc)
+    return max(0.0, now - when.timestamp())
 
 
 def _error(exc: Exception) -> Exception:

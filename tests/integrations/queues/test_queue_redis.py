@@ -293,3 +293,18 @@ async def _grow(r: redis.asyncio.Redis, key: str, kind: str, length: int, n: int
     else:  # absent
         return 0
     return length + len(new)
+
+
+@pytest.mark.parametrize("zone", ["UTC", "Asia/Tokyo", "America/Los_Angeles"])
+def test_an_rq_time_without_a_zone_is_utc_whatever_the_local_time(monkeypatch, zone: str) -> None:
+    from integrations.queues.redis import rq_age
+
+    monkeypatch.setenv("TZ", zone)
+    time.tzset()
+    try:
+        now = 1_714_564_800.0  # 2024-05-01T12:00:00Z
+        for written in ("2024-05-01T11:59:30", "2024-05-01T11:59:30.000000Z", "2024-05-01T13:59:30+02:00"):
+            assert rq_age(written, now) == 30.0, written
+    finally:
+        monkeypatch.undo()
+        time.tzset()

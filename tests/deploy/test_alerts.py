@@ -24,7 +24,7 @@ def run(promtool: str, *args: str, cwd: Path = RULES_DIR) -> subprocess.Complete
 def test_rules_are_valid(promtool: str) -> None:
     result = run(promtool, "check", "rules", RULES.name)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "SUCCESS: 12 rules found" in result.stdout
+    assert "SUCCESS: 13 rules found" in result.stdout
 
 
 def test_rule_unit_tests_pass(promtool: str) -> None:

@@ -123,7 +123,7 @@ def test_prometheus_config_passes_promtool(tmp_path: Path) -> None:
     result = subprocess.run([promtool, "check", "config", str(tmp_path / "prometheus.yml")],
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "SUCCESS: 12 rules found" in result.stdout
+    assert "SUCCESS: 13 rules found" in result.stdout
 
 
 # --- the pipeline, outside Docker ------------------------------------------------------------------

@@ -688,7 +688,7 @@ def test_monitoring_rules_are_scoped_and_valid(monitoring_outputs: dict[str, Any
     if promtool:
         (tmp_path / "rules.yml").write_text(text)
         result = subprocess.run([promtool, "check", "rules", str(tmp_path / "rules.yml")], capture_output=True, text=True)
-        assert result.returncode == 0 and "SUCCESS: 12 rules found" in result.stdout, result.stdout + result.stderr
+        assert result.returncode == 0 and "SUCCESS: 13 rules found" in result.stdout, result.stdout + result.stderr
         # scoped for real: the same growing backlog alerts for this worker only, not another
         # service nor another env
         series = "queue_depth{{service={0!r},env={1!r},queue=\"q\",queue_type=\"sqs\"}}"

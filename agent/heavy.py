@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import sys
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -22,6 +23,8 @@ NICE = 19
 
 
 def _yield_to_receiving() -> None:
+    if not sys.platform.startswith("linux"):  # elsewhere a thread id given as a process id is another's
+        return
     try:
         os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), NICE)
     except OSError:  # not allowed here: the same work at the same priority

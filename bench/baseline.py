@@ -3,7 +3,10 @@ that compare old and new code in one run (bench/health_under_load.py, bench/stor
 
 from __future__ import annotations
 
+import json
+import os
 import subprocess
+import sys
 import sysconfig
 import tempfile
 from collections.abc import Callable
@@ -24,6 +27,22 @@ def export(rev: str, into: Path) -> Path:
         subprocess.run(["gcc", "-shared", "-fPIC", "-O2", "-pthread", f"-I{include}", str(source), "-o",
                         str(source.with_suffix("")) + suffix], check=True)
     return into
+
+
+def worker(root: Path, argv: list[str]) -> dict[str, Any]:
+    """A bench's worker process (`python <argv>`) run with `root`'s `agent/`: in that tree, first on the
+    path, with the allocator of `tasklens run`; what it printed last, as JSON."""
+    env = dict(os.environ, PYTHONPATH=str(root), PYTHONMALLOC="malloc")
+    out = subprocess.run([sys.executable, *argv], cwd=root, env=env, check=True, capture_output=True,
+                         text=True).stdout
+    result: dict[str, Any] = json.loads(out.splitlines()[-1])
+    return result
+
+
+def loaded_c_loops(pid: int) -> set[str]:
+    """The files of the StatsD C loop (`agent/statsd/_fast`) process `pid` loaded: which tree it runs."""
+    with open(f"/proc/{pid}/maps") as maps:
+        return {line.split()[-1] for line in maps if "/agent/statsd/_fast" in line}
 
 
 def side_by_side(baseline: str | None, rounds: int, run: Callable[[Path], dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:

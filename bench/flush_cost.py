@@ -23,10 +23,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -74,11 +72,9 @@ def worker(lines_wanted: int) -> dict[str, float]:
 
 
 def run(root: Path, lines: int) -> dict[str, float]:
-    env = dict(os.environ, PYTHONPATH=str(root), PYTHONMALLOC="malloc")
-    out = subprocess.run([sys.executable, __file__, "--worker", "--lines", str(lines)], cwd=root, env=env,
-                         check=True, capture_output=True, text=True).stdout
-    result: dict[str, float] = json.loads(out.splitlines()[-1])
-    return result
+    from bench.baseline import worker
+
+    return worker(root, [__file__, "--worker", "--lines", str(lines)])
 
 
 def report(label: str, results: list[dict[str, float]]) -> dict[str, float]:

@@ -17,10 +17,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -174,21 +172,15 @@ def compare(args: argparse.Namespace) -> None:
     """--baseline: the C loop's CPU per line in this tree and in the baseline's, alternating."""
     here = Path(__file__).resolve()
     sys.path.insert(0, str(here.parent.parent))  # the workers run other trees: imported here only
-    from bench.baseline import side_by_side
+    from bench.baseline import side_by_side, worker
 
-    argv = [sys.executable, str(here), "--worker", "--contexts", str(args.contexts), "--datagrams",
+    argv = [str(here), "--worker", "--contexts", str(args.contexts), "--datagrams",
             str(args.datagrams), "--seconds", str(args.seconds), "--skew", str(args.skew), "--batch", str(args.batch)]
     if args.plain:
         argv.append("--plain")
 
-    def run(root: Path) -> dict[str, float]:
-        env = dict(os.environ, PYTHONPATH=str(root), PYTHONMALLOC="malloc")
-        out = subprocess.run(argv, cwd=root, env=env, check=True, capture_output=True, text=True).stdout
-        result: dict[str, float] = json.loads(out.splitlines()[-1])
-        return result
-
     medians = {label: statistics.median(r["c"] for r in rs)
-               for label, rs in side_by_side(args.baseline, args.rounds, run).items()}
+               for label, rs in side_by_side(args.baseline, args.rounds, lambda root: worker(root, argv)).items()}
     for label, cost in medians.items():
         print(f"{label}: C loop {cost:.3f} CPU-s per million lines (median of {args.rounds})")
     now, before = medians.values()

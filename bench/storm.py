@@ -33,7 +33,6 @@ import json
 import os
 import random
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -144,11 +143,9 @@ def worker(profile: str | None) -> dict[str, Any]:
 
 
 def run(root: Path) -> dict[str, Any]:
-    env = dict(os.environ, PYTHONPATH=str(root), PYTHONMALLOC="malloc")
-    out = subprocess.run([sys.executable, __file__, "--worker"], cwd=root, env=env, check=True,
-                         capture_output=True, text=True).stdout
-    result: dict[str, Any] = json.loads(out.splitlines()[-1])
-    return result
+    from bench.baseline import worker
+
+    return worker(root, [__file__, "--worker"])
 
 
 def report(label: str, results: list[dict[str, Any]]) -> dict[str, float]:

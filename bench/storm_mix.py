@@ -50,7 +50,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 import psutil  # noqa: E402
 from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
 
-from bench.baseline import export  # noqa: E402
+from bench.baseline import export, loaded_c_loops  # noqa: E402
 from statsd_peers.measure import udp_drops  # noqa: E402
 from tests.support import Sidecar, http_get, wait_until  # noqa: E402
 
@@ -245,8 +245,8 @@ def run(args: argparse.Namespace, p: Plan, env: dict[str, str]) -> dict[str, Any
 def measure(args: argparse.Namespace, p: Plan, sidecar: Sidecar) -> dict[str, Any]:
     sidecar.wait_ready()
     port = sidecar.statsd_port
-    with open(f"/proc/{sidecar.proc.pid}/maps") as fh:  # which tree's C loop runs: this one, or --baseline's
-        tree = next((line.split()[-1] for line in fh if "/agent/statsd/_fast" in line), "no _fast")
+    # which tree's C loop runs: this one, or --baseline's
+    tree = next(iter(loaded_c_loops(sidecar.proc.pid)), "no _fast")
     # the known contexts first, as a worker that has run for a while has them
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         for k in range(0, args.known, 20):

@@ -113,10 +113,11 @@ def baseline(tree: Path, rev: str) -> type[Sidecar]:
             return [sys.executable, "-m", "agent", "run"], {**env, "PYTHONPATH": str(tree)}, tree
 
         def ready(self) -> bool:
+            from baseline import loaded_c_loops  # bench/baseline.py
+
             if not super().ready():
                 return False
-            with open(f"/proc/{self.pid}/maps") as maps:
-                loaded = {line.split()[-1] for line in maps if "/agent/statsd/_fast" in line}
+            loaded = loaded_c_loops(self.pid)
             if not loaded or any(not path.startswith(str(tree.resolve())) for path in loaded):
                 raise ServerError(f"{self.name} runs another tree's agent/: {sorted(loaded)}")
             return True

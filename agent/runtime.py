@@ -31,9 +31,6 @@ if TYPE_CHECKING:
     from agent.statuspage import PageHistory
 
 log = logging.getLogger("tasklens")
-# stop with the final flush; SIGHUP too (a closed terminal, `kill -HUP`): there is no reload to do, and
-# Python's default for it would end the process at once, losing the open interval
-STOP_SIGNALS = stopping.STOP_SIGNALS
 MEMORY_RELEASE_EVERY = 30.0  # seconds; a trim with nothing to give back costs well under a millisecond
 MEMORY_CHECK_EVERY = 1.0  # seconds between looks for a burst's second trim (see agent/memory.py)
 # push sinks: name -> (is it configured?, "module:Class" taking (config, hub)); imported only when configured
@@ -215,7 +212,7 @@ class Runtime:
     async def serve(self, shutdown: asyncio.Event | None = None) -> int:
         shutdown = shutdown or asyncio.Event()
         loop = asyncio.get_running_loop()
-        for sig in STOP_SIGNALS:
+        for sig in stopping.STOP_SIGNALS:
             try:
                 loop.add_signal_handler(sig, shutdown.set)
             except (NotImplementedError, RuntimeError):  # not the main thread (tests)
@@ -238,7 +235,7 @@ class Runtime:
         await self._drain(sink_tasks, deadline - loop.time())
         if self._runner is not None:
             await self._runner.cleanup()
-        for sig in STOP_SIGNALS:
+        for sig in stopping.STOP_SIGNALS:
             try:
                 loop.remove_signal_handler(sig)
             except (NotImplementedError, RuntimeError):

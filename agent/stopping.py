@@ -14,6 +14,8 @@ from __future__ import annotations
 import signal
 from types import FrameType
 
+# stop with the final flush; SIGHUP too (a closed terminal, `kill -HUP`): there is no reload to do, and
+# Python's default for it would end the process at once, losing the open interval
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 _requested = False
 

@@ -101,6 +101,12 @@ class Recorder:
         return [s for b in self.batches for s in b.samples]
 
 
+def environ_of(pid: int) -> dict[str, str]:
+    """The environment process `pid` was started (or last exec'd) with."""
+    raw = Path(f"/proc/{pid}/environ").read_bytes()
+    return dict(item.decode().partition("=")[::2] for item in raw.split(b"\0") if item)
+
+
 def clean_env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("TASKLENS_", "DD_", "ECS_"))}
     env.update(extra)

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from agent import memory
-from tests.support import Sidecar
+from tests.support import Sidecar, environ_of
 
 # a burst of small objects, one in 2,000 of them kept (as the objects a storm leaves behind: counters,
 # strings, dict entries made while it lasted), then the rest freed and a trim
@@ -58,11 +58,6 @@ def test_a_burst_asks_for_a_second_trim_once_it_settled() -> None:
     assert not memory.second_trim_due(now)
     assert memory.second_trim_due(now + memory.SETTLE + 0.1)
     assert not memory.second_trim_due(now + memory.SETTLE + 0.2)  # once per burst
-
-
-def environ_of(pid: int) -> dict[str, str]:
-    raw = Path(f"/proc/{pid}/environ").read_bytes()
-    return dict(item.decode().partition("=")[::2] for item in raw.split(b"\0") if item)
 
 
 @pytest.mark.parametrize("given, expected", [(None, "malloc"), ("pymalloc", "pymalloc")])

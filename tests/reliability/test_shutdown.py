@@ -26,7 +26,7 @@ import pytest
 from aiohttp import web
 from datadog.dogstatsd import DogStatsd
 
-from tests.support import Sidecar, free_port, wait_until
+from tests.support import Sidecar, environ_of, free_port, wait_until
 from tests.reliability.scenarios import DD_KEY
 from tests.reliability.support import SteadyLoad, context_datagrams, poll, scrape, send_paced
 from tests.sinks.intake import Intake, start_intake
@@ -184,7 +184,7 @@ def at(sidecar: Sidecar, http: int, udp: int) -> Sidecar:
 def exec_done(pid: int) -> bool:
     """Whether `tasklens run` has started itself again with the system allocator (memory.py)."""
     try:
-        return b"PYTHONMALLOC=malloc" in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        return environ_of(pid).get("PYTHONMALLOC") == "malloc"
     except OSError:  # in the middle of the exec
         return False
 

@@ -170,21 +170,19 @@ class Busy:
 
 
 CGROUP_V1, CGROUP_V2 = Path("/sys/fs/cgroup/cpu"), Path("/sys/fs/cgroup")
-CPU_PERIOD_US = 10_000  # the quota is given per 10 ms: a throttled server waits at most that long
-
-
-def limit_cpu(server: Server, share: float) -> Path:
+def limit_cpu(server: Server, share: float, period_ms: float) -> Path:
     """--cpu-limit: the server's process in a cgroup of its own with a CPU quota of `share` of a core (an
     ECS container's `cpu`, or a Fargate task's, is such a quota); the cgroup's directory."""
     v1 = (CGROUP_V1 / "cpu.cfs_quota_us").exists()
     group = (CGROUP_V1 if v1 else CGROUP_V2) / f"statsd-bench-{server.pid}"
     group.mkdir()
-    quota = round(share * CPU_PERIOD_US)
+    period = round(period_ms * 1000)  # a throttled server waits up to (1 - share) of it
+    quota = round(share * period)
     if v1:
-        (group / "cpu.cfs_period_us").write_text(str(CPU_PERIOD_US))
+        (group / "cpu.cfs_period_us").write_text(str(period))
         (group / "cpu.cfs_quota_us").write_text(str(quota))
     else:
-        (group / "cpu.max").write_text(f"{quota} {CPU_PERIOD_US}")
+        (group / "cpu.max").write_text(f"{quota} {period}")
     (group / "cgroup.procs").write_text(str(server.pid))  # the process, all of its threads
     return group
 
@@ -268,7 +266,7 @@ def run_server(cls: type[Server], variant: str, tr: Traffic, steps: Sequence[int
     try:
         server.start()
         if args.cpu_limit:
-            result["cgroup"] = str(limit_cpu(server, args.cpu_limit))
+            result["cgroup"] = str(limit_cpu(server, args.cpu_limit, args.cpu_period_ms))
     except (ServerError, OSError) as exc:
         return {**result, "skipped": f"could not start: {exc}"}
     busy: Busy | None = args.busy_load
@@ -323,7 +321,7 @@ def run_interleaved(classes: Sequence[type[Server]], variant: str, tr: Traffic, 
         for server, result in zip(servers, results):
             server.start()
             if args.cpu_limit:
-                result["cgroup"] = str(limit_cpu(server, args.cpu_limit))
+                result["cgroup"] = str(limit_cpu(server, args.cpu_limit, args.cpu_period_ms))
         time.sleep(2.0)
         positions = [[0] * len(tr.pools) for _ in servers]
         lossy = [0] * len(servers)
@@ -496,6 +494,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--cpu-limit", type=float, metavar="SHARE",
                     help="run each server with a CPU quota of this share of a core (cgroup, as root), e.g. 0.5: "
                          "the rate that fills it is then within the senders' reach")
+    ap.add_argument("--cpu-period-ms", type=float, default=10.0,
+                    help="with --cpu-limit: the period the quota is given per (Docker and ECS: 100)")
     ap.add_argument("--baseline", metavar="REV",
                     help="also run the sidecar of this git revision (server tasklens@REV), e.g. with --interleave")
     args = ap.parse_args(argv)

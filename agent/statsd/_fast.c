@@ -11,8 +11,8 @@
  *
  * A line whose head is not in the table and whose context is not live is handled here too when its head
  * is simple (`read_head`): below the cap its context is made here (`make`), within the room Python gave
- * for it, and Python makes its objects for all such contexts at once when `run` returns (`take_pending`,
- * `bind`); at the cap it is refused here, without a Python object (`new_head`). Python keeps the set of
+ * for it, and the Python objects of all such contexts are made at once when `run` returns (`adopt`, in
+ * C too); at the cap it is refused here, without a Python object (`new_head`). Python keeps the set of
  * live contexts up to date.
  *
  * Counters and histogram values accumulate here, per entry, until `harvest()` hands them to Python
@@ -43,7 +43,7 @@ typedef struct {
     char *key;                 /* name, then tail, without separator */
     Py_ssize_t name_len, tail_len;
     uint64_t hash;
-    PyObject *slot, *ctx;      /* strong references; NULL while pending: made here, not yet bound by Python */
+    PyObject *slot, *ctx;      /* strong references; NULL while pending: made here, not yet adopted */
     unsigned char code;
     unsigned char touched;     /* in `touched` since the last harvest */
     unsigned char has_gauge;   /* pending gauge: its last value is `sum` */
@@ -89,7 +89,7 @@ typedef struct {
     /* the room Python gives before each `run` (Limits.context_bytes, the head cache's bounds), taken
      * by each context made here: charged as if every tag pair were new, never more than Python charges */
     Py_ssize_t bytes_left, heads_left, head_bytes_left;
-    Py_ssize_t *pending, npending, pending_cap;  /* entries made here, in order, until `bind` */
+    Py_ssize_t *pending, npending, pending_cap;  /* entries made here, in order, until `adopt` */
     /* the strings and tag pairs `head_items` made last (new references): a storm's lines share their
      * name, type, container and most tags, and Python's TagPool keeps the first objects it sees */
     PyObject *last_text[3], *last_pair[MAX_SHARED], *last_rate;
@@ -719,7 +719,7 @@ static inline __attribute__((always_inline)) int accumulate(Table *t, Entry *e, 
         touch(t, e);
         return 1;
     }
-    if (e->ctx == NULL) {  /* a pending gauge: its value goes to the interval when Python binds it */
+    if (e->ctx == NULL) {  /* a pending gauge: its value goes to the interval when it is adopted */
         e->sum = v;
         e->has_gauge = 1;
         return 1;
@@ -809,7 +809,7 @@ static int new_head(Table *t, Cut *c, Open *o) {
  * changes when it is in its context's set already this interval (never refused); a new one joins the set
  * within the set limits, counted in the interval (`set_bytes_of`, `set_members`, `set_bytes`). 1 when
  * done; 0 when Python must look (past a limit: Python refuses it, `set_limit`; an empty member; a head
- * made here and not yet bound); -1 on a Python error. */
+ * made here and not yet adopted); -1 on a Python error. */
 static int set_member(Table *t, Open *o, PyObject *ctx, const char *value, const char *bar) {
     Py_ssize_t size = bar - value;
     if (ctx == NULL || size == 0)
@@ -1121,10 +1121,10 @@ static PyObject *Table_feed(Table *t, PyObject *const *args, Py_ssize_t nargs) {
     Py_RETURN_TRUE;
 }
 
-/* Entries made here and not bound yet have no slot to hand over, nor a context to forget. */
+/* Entries made here and not adopted yet have no slot to hand over, nor a context to forget. */
 static int check_bound(Table *t) {
     if (t->npending) {
-        PyErr_SetString(PyExc_RuntimeError, "bind() the contexts made here first");
+        PyErr_SetString(PyExc_RuntimeError, "adopt() the contexts made here first");
         return -1;
     }
     return 0;
@@ -1209,8 +1209,8 @@ static PyObject *Table_clear(Table *t, PyObject *Py_UNUSED(ignored)) {
     Py_RETURN_NONE;
 }
 
-/* reset(): every head, pending or bound, and every live context forgotten, with what the heads held
- * (Python starts the table again from its own contexts after an error while binding) */
+/* reset(): every head, pending or adopted, and every live context forgotten, with what the heads held
+ * (Python starts the table again from its own contexts after an error while adopting) */
 static PyObject *Table_reset(Table *t, PyObject *Py_UNUSED(ignored)) {
     forget(t);
     hs_clear(&t->live);
@@ -1430,54 +1430,137 @@ static PyObject *Table_head(Table *t, PyObject *const *args, Py_ssize_t nargs) {
     return simple ? tuple_of(5, items) : Py_NewRef(Py_None);
 }
 
-/* take_pending() -> [(name, tail, head name, type, rate, tags sorted by key, container, last gauge value or
- * None)] of the contexts made here since the last `bind`, in the order they were made: for Python to make
- * their objects. */
-static PyObject *Table_take_pending(Table *t, PyObject *Py_UNUSED(ignored)) {
-    PyObject *out = PyList_New(t->npending);
-    for (Py_ssize_t k = 0; out != NULL && k < t->npending; k++) {
-        Entry *e = &t->entries[t->pending[k]];
-        const char *tail = e->key + e->name_len;
-        PyObject *items[8] = {PyBytes_FromStringAndSize(e->key, e->name_len),
-                              PyBytes_FromStringAndSize(tail, e->tail_len)};
-        if (!head_items(t, e->key, e->name_len, tail, e->tail_len, 1, items + 2))  /* simple: made here */
-            PyErr_SetString(PyExc_RuntimeError, "a head made here no longer reads as simple");
-        items[7] = e->has_gauge ? PyFloat_FromDouble(e->sum) : Py_NewRef(Py_None);
-        PyObject *each = tuple_of(8, items);
-        if (each == NULL)
-            Py_CLEAR(out);
-        else
-            PyList_SET_ITEM(out, k, each);
+/* TagPool.keep, for the tags of a context made here: each pair of *tags as the pool stores it (added, and
+ * its bytes added to *bytes, when new), then the tuple as the pool stores it (*tags replaced by it).
+ * *tags is a tuple `head_items` just made, which no one else holds yet: its items are replaced in place.
+ * 0, or -1 with an exception set. */
+static int keep_tags(Table *t, PyObject *pairs, PyObject *tuples, PyObject **tags, Py_ssize_t *bytes) {
+    PyObject *tuple = *tags;
+    for (Py_ssize_t k = 0; k < PyTuple_GET_SIZE(tuple); k++) {
+        PyObject *pair = PyTuple_GET_ITEM(tuple, k);
+        PyObject *stored = PyDict_GetItemWithError(pairs, pair);  /* borrowed */
+        if (stored == NULL) {
+            if (PyErr_Occurred() || PyDict_SetItem(pairs, pair, pair) < 0)
+                return -1;
+            *bytes += PyUnicode_GET_LENGTH(PyTuple_GET_ITEM(pair, 0)) + PyUnicode_GET_LENGTH(PyTuple_GET_ITEM(pair, 1))
+                + t->pair_cost;  /* interval.pair_cost: ASCII, so characters are bytes */
+        } else if (stored != pair) {
+            PyTuple_SET_ITEM(tuple, k, Py_NewRef(stored));
+            Py_DECREF(pair);
+        }
     }
-    return out;
+    PyObject *kept = PyDict_SetDefault(tuples, tuple, tuple);  /* borrowed */
+    if (kept == NULL)
+        return -1;
+    Py_SETREF(*tags, Py_NewRef(kept));
+    return 0;
 }
 
-/* bind(slots): the Slots Python made for the pending contexts, in the order `take_pending` gave them; each
- * entry now holds its slot and context, as if `add` had put it here. */
-static PyObject *Table_bind(Table *t, PyObject *slots) {
-    if (!PyList_Check(slots) || PyList_GET_SIZE(slots) != t->npending) {
-        PyErr_Format(PyExc_ValueError, "bind() takes a list of the %zd pending slots", t->npending);
+static PyObject *COST;  /* "cost", interned */
+
+/* o, out of the garbage collector's lists (NULL stays NULL). For the objects `adopt` makes, which can
+ * never be part of a reference cycle: a Context refers to strs and to a tuple of pairs of strs, a Slot to
+ * its Context, a float and a str, the keys to strs, bytes and that tuple. A storm makes six of them per
+ * context; tracked, each young collection walked them and the full ones walked every live context again
+ * (a third of a storm's CPU). The collector untracks such tuples itself, later, after walking them. */
+static PyObject *untracked(PyObject *o) {
+    if (o != NULL && PyObject_GC_IsTracked(o))
+        PyObject_GC_UnTrack(o);
+    return o;
+}
+
+/* The Python side of one entry made here (see `adopt`): 0, or -1 with an exception set. */
+static int adopt_one(Table *t, Entry *e, PyObject *const *args, Py_ssize_t *charged) {
+    PyObject *context_type = args[0], *slot_type = args[1], *contexts = args[2], *cache = args[3];
+    const char *tail = e->key + e->name_len;
+    PyObject *items[5], *ctx = NULL, *slot = NULL, *cost = NULL, *key;
+    int failed = -1;
+    if (!head_items(t, e->key, e->name_len, tail, e->tail_len, 1, items)) {  /* simple: made here */
+        PyErr_SetString(PyExc_RuntimeError, "a head made here no longer reads as simple");
+        return -1;
+    }
+    double rate = items[2] != NULL ? PyFloat_AS_DOUBLE(items[2]) : 1.0;
+    Py_CLEAR(items[2]);
+    if (items[0] == NULL || items[1] == NULL || items[3] == NULL || items[4] == NULL
+            || keep_tags(t, args[4], args[5], &items[3], &charged[1]) < 0)
+        goto out;
+    for (Py_ssize_t k = 0; k < PyTuple_GET_SIZE(items[3]); k++)
+        untracked(PyTuple_GET_ITEM(items[3], k));
+    untracked(items[3]);
+    PyObject *fields[4] = {items[0], items[1], items[3], items[4]};  /* name, type, tags, container */
+    if ((ctx = untracked(PyObject_Vectorcall(context_type, fields, 4, NULL))) == NULL
+            || (key = untracked(PyTuple_Pack(4, fields[0], fields[1], fields[2], fields[3]))) == NULL)
+        goto out;
+    int bad = PyDict_SetItem(contexts, key, ctx);
+    Py_DECREF(key);
+    if (bad || (cost = PyObject_GetAttr(ctx, COST)) == NULL)
+        goto out;
+    Py_ssize_t size = PyLong_AsSsize_t(cost);
+    if (size == -1 && PyErr_Occurred())
+        goto out;
+    charged[0] += size;
+    /* Aggregator._slot_of: a counter's and a histogram's values weigh 1/rate; gauges with deltas and
+     * sets are never made here */
+    PyObject *slot_args[3] = {PyLong_FromLong(e->code), ctx, PyFloat_FromDouble(e->code == GAUGE ? 1.0 : 1.0 / rate)};
+    if (slot_args[0] != NULL && slot_args[2] != NULL)
+        slot = untracked(PyObject_Vectorcall(slot_type, slot_args, 3, NULL));
+    Py_XDECREF(slot_args[0]);
+    Py_XDECREF(slot_args[2]);
+    PyObject *head[2] = {PyBytes_FromStringAndSize(e->key, e->name_len), PyBytes_FromStringAndSize(tail, e->tail_len)};
+    if (slot == NULL || (key = untracked(tuple_of(2, head))) == NULL) {
+        if (slot == NULL) {
+            Py_XDECREF(head[0]);
+            Py_XDECREF(head[1]);
+        }
+        goto out;
+    }
+    bad = PyDict_SetItem(cache, key, slot);
+    Py_DECREF(key);
+    if (bad)
+        goto out;
+    charged[2] += e->name_len + e->tail_len + t->head_cost;
+    if (e->has_gauge) {
+        PyObject *gauge = PyFloat_FromDouble(e->sum);
+        bad = gauge == NULL || PyDict_SetItem(args[6], ctx, gauge) < 0;
+        Py_XDECREF(gauge);
+        if (bad)
+            goto out;
+    }
+    e->slot = slot;  /* the references move to the entry */
+    e->ctx = ctx;
+    e->has_gauge = 0;
+    slot = ctx = NULL;
+    failed = 0;
+out:
+    for (int k = 0; k < 5; k++)
+        Py_XDECREF(items[k]);
+    Py_XDECREF(ctx);
+    Py_XDECREF(slot);
+    Py_XDECREF(cost);
+    return failed;
+}
+
+/* adopt(Context, Slot, contexts, cache, pairs, tuples, gauges) -> (context bytes, pair bytes, head bytes):
+ * the Python side of the contexts made here since the last call, in the order they were made, as
+ * `Aggregator._slot` makes it for a head Python reads: each Context (its tags sorted by key, kept as
+ * TagPool.keep keeps them in the pool's `pairs` and `tuples`) in `contexts`, its Slot in the head cache
+ * `cache` and in its entry, a pending gauge's value in `gauges`; and what they are charged: the sum of
+ * Context.cost, the bytes of the tag pairs new to the pool, the head cache's. One call for them all,
+ * without a Python frame per context. On an error, the entries before the failing one are adopted and
+ * the others not: the caller starts the table again (`reset`). */
+static PyObject *Table_adopt(Table *t, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 7 || !PyDict_CheckExact(args[2]) || !PyDict_CheckExact(args[3]) || !PyDict_CheckExact(args[4])
+            || !PyDict_CheckExact(args[5]) || !PyDict_CheckExact(args[6])) {
+        PyErr_SetString(PyExc_TypeError, "adopt(Context, Slot, contexts, cache, pairs, tuples, gauges): "
+                        "the last five are dicts");
         return NULL;
     }
-    for (Py_ssize_t k = 0; k < t->npending; k++) {
-        PyObject *slot = PyList_GET_ITEM(slots, k);
-        PyObject *code = PyObject_GetAttrString(slot, "code"), *ctx = PyObject_GetAttrString(slot, "ctx");
-        Entry *e = &t->entries[t->pending[k]];
-        long c = code != NULL ? PyLong_AsLong(code) : -1;
-        Py_XDECREF(code);
-        if (ctx == NULL || c != e->code || ctx == Py_None) {
-            Py_XDECREF(ctx);
-            if (!PyErr_Occurred())
-                PyErr_Format(PyExc_ValueError, "pending slot %zd: code %ld and a context expected, as made here",
-                             k, (long)e->code);
-            return NULL;  /* some bound, some not: the caller starts the table again (`reset`) */
-        }
-        e->slot = Py_NewRef(slot);
-        e->ctx = ctx;
-        e->has_gauge = 0;
-    }
+    Py_ssize_t charged[3] = {0, 0, 0};
+    for (Py_ssize_t k = 0; k < t->npending; k++)
+        if (adopt_one(t, &t->entries[t->pending[k]], args, charged) < 0)
+            return NULL;
     t->npending = 0;
-    Py_RETURN_NONE;
+    return Py_BuildValue("(nnn)", charged[0], charged[1], charged[2]);
 }
 
 static PyObject *Table_forget_refused(Table *t, PyObject *Py_UNUSED(ignored)) {
@@ -1876,10 +1959,9 @@ static PyMethodDef Table_methods[] = {
     {"head", (PyCFunction)(void (*)(void))Table_head, METH_FASTCALL,
      "head(name, tail) -> (name, type, rate, tags, container) as parse_head reads them, or None: Python's"},
     {"live", (PyCFunction)Table_live, METH_NOARGS, "live() -> (live contexts, refused heads remembered)"},
-    {"take_pending", (PyCFunction)Table_take_pending, METH_NOARGS,
-     "take_pending() -> [(name, tail, head name, type, rate, sorted tags, container, gauge or None)] of the "
-     "contexts made here, in order"},
-    {"bind", (PyCFunction)Table_bind, METH_O, "bind(slots): the Slots of the pending contexts, in that order"},
+    {"adopt", (PyCFunction)(void (*)(void))Table_adopt, METH_FASTCALL,
+     "adopt(Context, Slot, contexts, cache, pairs, tuples, gauges) -> (context bytes, pair bytes, head bytes): "
+     "the Python side of the contexts made here"},
     {"reset", (PyCFunction)Table_reset, METH_NOARGS, "reset(): no head, no live context (what they held is lost)"},
     {NULL, NULL, 0, NULL},
 };
@@ -1893,7 +1975,7 @@ static PyMemberDef Table_members[] = {
      "Limits.context_bytes left for contexts made here (set by Python before each run)"},
     {"heads_left", T_PYSSIZET, offsetof(Table, heads_left), 0, "heads the head cache may still take"},
     {"head_bytes_left", T_PYSSIZET, offsetof(Table, head_bytes_left), 0, "bytes the head cache may still take"},
-    {"pending", T_PYSSIZET, offsetof(Table, npending), READONLY, "contexts made here and not bound yet"},
+    {"pending", T_PYSSIZET, offsetof(Table, npending), READONLY, "contexts made here and not adopted yet"},
     {NULL, 0, 0, 0, NULL},
 };
 
@@ -1914,7 +1996,7 @@ static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "agent.statsd._fast",
                                     "The StatsD hot loop in C (see agent/statsd/receive.py).", -1, module_methods};
 
 PyMODINIT_FUNC PyInit__fast(void) {
-    if (PyType_Ready(&TableType) < 0)
+    if (PyType_Ready(&TableType) < 0 || (COST == NULL && (COST = PyUnicode_InternFromString("cost")) == NULL))
         return NULL;
     PyObject *m = PyModule_Create(&module);
     if (m == NULL)

@@ -213,28 +213,26 @@ class Aggregator:
         table.head_bytes_left = HEAD_CACHE_BYTES - self._cache_bytes
 
     def _adopt(self, table: Any) -> None:
-        """The Python side of the contexts the C loop made, in the order it made them: each `Context` and
-        `Slot` as `_slot` makes them for a head Python reads, the head cached, a gauge's value set. The C
-        loop made them within the room `_run` gave it (charging every tag pair as new), so each fits."""
-        slots, cache, gauges, pool = [], self._cache, self.interval.gauges, self._pool
+        """The Python side of the contexts the C loop made, in the order it made them, made by the C side
+        too (`Table.adopt`, without a Python frame per context): each `Context` and `Slot` as `_slot` makes
+        them for a head Python reads, its tags kept in the pool, the head cached, a gauge's value set. The
+        C loop made them within the room `_run` gave it (charging every tag pair as new), so each fits."""
+        pool = self._pool
         try:
-            for name, tail, hname, kind, rate, tags, container, gauge in table.take_pending():
-                tags = pool.keep(tags)  # sorted by key, as `_slot` makes them
-                ctx = Context(hname, kind, tags, container)
-                self._add_context((hname, kind, tags, container), ctx)  # in the C loop's live set already
-                slot = cache[(name, tail)] = self._slot_of(ctx, rate)
-                self._cache_bytes += len(name) + len(tail) + HEAD_COST
-                slots.append(slot)
-                if gauge is not None:
-                    gauges[ctx] = gauge
-            table.bind(slots)  # refuses a slot of another code than the one it made: a defect
+            size, pairs, heads = table.adopt(Context, Slot, self.contexts, self._cache, pool.pairs, pool.tuples,
+                                             self.interval.gauges)
         except BaseException:  # out of memory, say: the C side starts again from Python's contexts
             table.reset()  # what it held of this interval is lost; the server counts the error
+            self.context_bytes = sum(ctx.cost for ctx in self.contexts.values())  # some were adopted
+            pool.rebuild(self.contexts.values())
             for ctx in self.contexts.values():
                 table.live_add(ctx.name, ctx.type, ctx.tags, ctx.container)
             self._cache.clear()
             self._cache_bytes = 0
             raise
+        self.context_bytes += size
+        pool.bytes += pairs
+        self._cache_bytes += heads
         if len(self.contexts) > self.max_contexts or self.held_bytes > self.limits.context_bytes:
             raise AssertionError("the C loop made contexts past the limits")  # never: see `_run`'s room
 

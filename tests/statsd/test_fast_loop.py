@@ -4,6 +4,7 @@ forgotten in the middle of an interval, and its own bookkeeping."""
 
 from __future__ import annotations
 
+import gc
 import os
 import socket
 from array import array
@@ -301,22 +302,38 @@ def test_a_storm_under_the_cap_is_made_in_c_and_given_its_python_objects_in_one_
     assert any(s.name == "h1" for s in batch.samples)
 
 
-def test_an_error_while_adopting_loses_what_the_c_side_held_and_nothing_after() -> None:
+def test_a_storm_adds_nothing_for_the_garbage_collector_to_walk() -> None:
+    """The objects the C side makes per context cannot be in a cycle: out of the collector's lists (a
+    full collection walked every live context again)."""
+    agg = Aggregator(max_contexts=10_000)
+    agg.ingest_many(storm("warm", 30))
+    gc.collect()
+    before = len(gc.get_objects())
+    agg.ingest_many(storm("a", 3000))
+    assert len(agg.contexts) == 3030
+    assert len(gc.get_objects()) - before < 100
+    ctx = next(iter(agg.contexts.values()))
+    assert not gc.is_tracked(ctx) and not gc.is_tracked(agg._cache[(b"req", b"c|#env:prod,id:warm0")])
+
+
+def test_an_error_while_adopting_loses_what_the_c_side_held_and_nothing_after(monkeypatch) -> None:
     agg = Aggregator(max_contexts=10_000)
     agg.ingest_many([b"known:1|c"])
-    made, slot_of = [], agg._slot_of
+    made = []
 
-    def failing(ctx, rate):  # out of memory on the 5th context
+    def failing(code, ctx, weight=1.0):  # out of memory on the 5th context (the C side calls it)
         if len(made) == 4:
             raise MemoryError
         made.append(ctx)
-        return slot_of(ctx, rate)
+        return interval.Slot(code, ctx, weight)
 
-    agg._slot_of = failing  # type: ignore[method-assign]
+    monkeypatch.setattr(receive, "Slot", failing)
     with pytest.raises(MemoryError):
         agg.ingest_many(storm("a", 30))
-    agg._slot_of = slot_of  # type: ignore[method-assign]
+    monkeypatch.undo()
     assert agg._table.live()[0] == len(agg.contexts) == 1 + 5  # the 5th was in Python's dict already
+    assert agg.context_bytes == sum(ctx.cost for ctx in agg.contexts.values())
+    assert agg._pool.bytes == sum(map(interval.pair_cost, {kv for c in agg.contexts.values() for kv in c.tags}))
     agg.ingest_many(storm("b", 30) + [b"known:2|c"])
     assert agg._table.live()[0] == len(agg.contexts) == 1 + 5 + 30
     batch = Flusher(10.0).batch(agg.swap(1000.0), now=1000.0)

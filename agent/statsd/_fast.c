@@ -1479,11 +1479,10 @@ static int adopt_one(Table *t, Entry *e, PyObject *const *args, Py_ssize_t *char
         PyErr_SetString(PyExc_RuntimeError, "a head made here no longer reads as simple");
         return -1;
     }
-    double rate = items[2] != NULL ? PyFloat_AS_DOUBLE(items[2]) : 1.0;
-    Py_CLEAR(items[2]);
-    if (items[0] == NULL || items[1] == NULL || items[3] == NULL || items[4] == NULL
+    if (items[0] == NULL || items[1] == NULL || items[2] == NULL || items[3] == NULL || items[4] == NULL
             || keep_tags(t, args[4], args[5], &items[3], &charged[1]) < 0)
         goto out;
+    double rate = PyFloat_AS_DOUBLE(items[2]);
     for (Py_ssize_t k = 0; k < PyTuple_GET_SIZE(items[3]); k++)
         untracked(PyTuple_GET_ITEM(items[3], k));
     untracked(items[3]);

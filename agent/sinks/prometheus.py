@@ -114,25 +114,47 @@ def _printable(text: str) -> str:
     return text.replace('"', "'")
 
 
-def labels_of(tags: Tags, identity: dict[str, str] | None = None) -> LabelSet | str:
+# A tag pair's label: (label name, value as exported, the task's value for that key when the pair gives
+# another: then it is exported as `exported_<name>`), or the reason it has none
+Label = tuple[str, str, str | None] | str
+KNOWN_PAIRS = 65_536  # tag pairs whose labels a sink remembers (a storm's pairs are each new: bounded)
+
+
+def _label(key: str, value: str, identity: dict[str, str] | None) -> Label:
+    name = label_name(key)
+    if not name:
+        return "bad_label"
+    theirs = identity.get(key, value) if identity is not None else value
+    return name, encodable(value) if value else "true", None if theirs == value else theirs
+
+
+def labels_of(tags: Tags, identity: dict[str, str] | None = None,
+              known: dict[tuple[str, str], Label] | None = None) -> LabelSet | str:
     """The label set for a tag set, or the reason it has none.
 
     A bare tag (`canary`) becomes `canary="true"`: an empty label value means "no label" in PromQL.
     A tag that gives an identity key (`service`, `task_id`, ...) another value than the sidecar's is
     exported as `exported_<key>`; the identity label keeps the sidecar's value.
+    `known`: the labels of the pairs seen before with this identity, added to here. Most pairs of a new
+    tag set were seen (the task's ten identity tags, `env:prod`): each costs a lookup, not a rename.
     """
     labels: dict[str, str] = {}
-    for key, value in tags:
-        name = label_name(key)
-        if not name:
-            return "bad_label"
-        if identity is not None and identity.get(key, value) != value:  # a worker's value for an identity key
-            if labels.setdefault(name, identity[key]) != identity[key]:
+    for kv in tags:
+        label = known.get(kv) if known is not None else None
+        if label is None:
+            label = _label(kv[0], kv[1], identity)
+            if known is not None:
+                known[kv] = label
+        if isinstance(label, str):
+            return label
+        name, text, theirs = label
+        if theirs is not None:  # a worker's value for an identity key
+            if labels.setdefault(name, theirs) != theirs:
                 return "label_conflict"
             name = "exported_" + name
         if name in labels:
             return "label_conflict"  # `a-b` and `a_b`, or a worker's `exported_x` beside a renamed `x`
-        labels[name] = encodable(value) if value else "true"
+        labels[name] = text
     return LabelSet(labels)
 
 
@@ -181,6 +203,8 @@ class PrometheusSink:
         self._families: dict[str, _Owner] = {}  # the worker's families, by family name
         self._owners: dict[tuple[str, str], _Series] = {}  # (family, label block) -> the series that has it
         self._labels: dict[Tags, LabelSet | str] = {}  # cache for the current identity
+        self._pairs: dict[tuple[str, str], Label] = {}  # the same, per tag pair (`labels_of`)
+        self._names: dict[str, str] = {}  # metric_name of the worker's names (bounded as `_pairs`)
         self._identity: Tags = ()
         self._log = RateLimitedLog()
         self.registry = CollectorRegistry(auto_describe=False)
@@ -275,12 +299,19 @@ class PrometheusSink:
         if tags != self._identity:  # the label cache depends on it
             self._identity = tags
             self._labels.clear()
+            self._pairs.clear()
         return dict(tags)
 
     def _check(self, s: Sample, identity: dict[str, str], now: float, refused: Counter[str], *,
                reserve: bool) -> _Series | None:
         """A new series for `s` with its name and labels checked (not yet registered), or None."""
-        pname = metric_name(s.name)  # once per new series: not worth a cache the size of the name table
+        pname = self._names.get(s.name) if reserve else None  # a storm's series share their name
+        if pname is None:
+            pname = metric_name(s.name)
+            if reserve:
+                if len(self._names) >= KNOWN_PAIRS:
+                    self._names.clear()
+                self._names[s.name] = pname
         if not pname:
             refused["bad_name"] += 1
             return None
@@ -290,7 +321,9 @@ class PrometheusSink:
         if reserve:  # a worker's tags: an identity label keeps the task's value (`labels_of`)
             labels = self._labels.get(s.tags)
             if labels is None:
-                labels = self._labels[s.tags] = labels_of(s.tags, identity)
+                if len(self._pairs) >= KNOWN_PAIRS:
+                    self._pairs.clear()
+                labels = self._labels[s.tags] = labels_of(s.tags, identity, self._pairs)
         else:  # the sidecar's own series: their own labels win over the task's tags, as in every sink
             labels = labels_of(s.tags)
         if isinstance(labels, str):

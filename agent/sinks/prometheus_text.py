@@ -33,7 +33,9 @@ go_float: Callable[[float], str] = floatToGoString  # typed: prometheus_client's
 
 
 def _escape(value: str) -> str:
-    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+    if "\\" in value or "\n" in value or '"' in value:  # rarely: three tests cost less than three calls
+        return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+    return value
 
 
 def _escape_help(text: str) -> str:
@@ -48,15 +50,21 @@ def _number(value: float, go: Callable[[float], str] = floatToGoString) -> str:
 class LabelSet:
     """The labels of a series: sorted, escaped once, shared by every series with the same tags."""
 
-    __slots__ = ("after_le", "before_le", "block", "items", "size")
+    __slots__ = ("block", "items", "size", "_around_le")
 
     def __init__(self, labels: dict[str, str]) -> None:
         self.items = tuple(sorted(labels.items()))
-        self.block = ",".join(f'{k}="{_escape(v)}"' for k, v in self.items)
-        # the block split where `le` sorts in, for bucket lines: (`a="x",`, `,z="y"`)
-        self.before_le = "".join(f'{k}="{_escape(v)}",' for k, v in self.items if k < "le")
-        self.after_le = "".join(f',{k}="{_escape(v)}"' for k, v in self.items if k > "le")
-        self.size = len(self.block.encode()) + 2  # with the braces
+        self.block = ",".join([f'{k}="{_escape(v)}"' for k, v in self.items])
+        self.size = (len(self.block) if self.block.isascii() else len(self.block.encode())) + 2  # with the braces
+        self._around_le: tuple[str, str] | None = None
+
+    def around_le(self) -> tuple[str, str]:
+        """The block split where `le` sorts in, for bucket lines: (`a="x",`, `,z="y"`). Made when a
+        histogram's buckets are first rendered: most series are not histograms."""
+        if self._around_le is None:
+            self._around_le = ("".join([f'{k}="{_escape(v)}",' for k, v in self.items if k < "le"]),
+                               "".join([f',{k}="{_escape(v)}"' for k, v in self.items if k > "le"]))
+        return self._around_le
 
     def cost(self, kind: Kind, buckets: int) -> int:
         """Bytes of label text this series puts into `/metrics` (counted against the limit)."""
@@ -107,7 +115,7 @@ class Renderer:
         for entry in entries:
             h = entry.value
             labels = entry.labels
-            before, after = labels.before_le, labels.after_le
+            before, after = labels.around_le()
             count, total = h.count, h.total
             cumulative = h.cumulative()
             if openmetrics:  # integer counts; rounding a non-decreasing list keeps it non-decreasing

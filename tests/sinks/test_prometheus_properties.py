@@ -161,3 +161,24 @@ def promtool(renderings: list[str]) -> None:
     report = (out.stdout + out.stderr).decode(errors="replace")
     # exit 3 is lint advice only (names without help, non-snake-case names a worker chose); 1 is an error
     assert out.returncode in (0, 3) and "error while linting" not in report, report[:2000]
+
+
+identities = st.dictionaries(st.sampled_from(["service", "task_id", "env", "team-name", "a-b"]), values, max_size=3)
+
+
+@given(st.lists(tags, max_size=8), identities)
+@settings(max_examples=300, deadline=None)
+def test_remembered_pair_labels_give_the_labels_of_a_fresh_look(tag_sets: list, identity: dict) -> None:
+    """The sink remembers each tag pair's label (`labels_of(..., known)`): whatever tag sets came
+    before, a tag set gets the labels, or the refusal, that a look without memory gives it."""
+    from agent.sinks.prometheus import labels_of
+
+    known: dict = {}
+    for tag_set in tag_sets + tag_sets:  # each again, its pairs remembered by then
+        fresh, remembered = labels_of(tag_set, identity), labels_of(tag_set, identity, known)
+        if isinstance(fresh, str):
+            assert remembered == fresh
+        else:
+            assert not isinstance(remembered, str)
+            assert (remembered.items, remembered.block, remembered.size, remembered.around_le()) == \
+                (fresh.items, fresh.block, fresh.size, fresh.around_le())

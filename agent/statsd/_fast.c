@@ -1430,8 +1430,9 @@ static PyObject *Table_head(Table *t, PyObject *const *args, Py_ssize_t nargs) {
     return simple ? tuple_of(5, items) : Py_NewRef(Py_None);
 }
 
-/* TagPool.keep, for the tags of a context made here: each pair of *tags as the pool stores it (added, and
- * its bytes added to *bytes, when new), then the tuple as the pool stores it (*tags replaced by it).
+/* The tags of a context made here, kept in Python's TagPool (its `pairs` and `tuples` dicts) as
+ * `TagPool.add` and `canonical` keep a context's tags: each pair of *tags as the pool stores it (added,
+ * and its bytes added to *bytes, when new), then the tuple as the pool stores it (*tags replaced by it).
  * *tags is a tuple `head_items` just made, which no one else holds yet: its items are replaced in place.
  * 0, or -1 with an exception set. */
 static int keep_tags(Table *t, PyObject *pairs, PyObject *tuples, PyObject **tags, Py_ssize_t *bytes) {
@@ -1541,8 +1542,8 @@ out:
 
 /* adopt(Context, Slot, contexts, cache, pairs, tuples, gauges) -> (context bytes, pair bytes, head bytes):
  * the Python side of the contexts made here since the last call, in the order they were made, as
- * `Aggregator._slot` makes it for a head Python reads: each Context (its tags sorted by key, kept as
- * TagPool.keep keeps them in the pool's `pairs` and `tuples`) in `contexts`, its Slot in the head cache
+ * `Aggregator._slot` makes it for a head Python reads: each Context (its tags sorted by key, kept in the
+ * tag pool's `pairs` and `tuples`: `keep_tags`) in `contexts`, its Slot in the head cache
  * `cache` and in its entry, a pending gauge's value in `gauges`; and what they are charged: the sum of
  * Context.cost, the bytes of the tag pairs new to the pool, the head cache's. One call for them all,
  * without a Python frame per context. On an error, the entries before the failing one are adopted and

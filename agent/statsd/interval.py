@@ -54,7 +54,9 @@ class TagPool:
     """Equal tag pairs and tag tuples are stored once (`env:prod` on 10,000 contexts is one tuple) and
     charged once: a worker whose contexts share their tags is charged what it really costs, and one whose
     every tag is unique is charged every pair. Pairs of forgotten contexts stay (and stay charged) until
-    `rebuild`, which the aggregator calls when that could make room, or after a storm of expiries."""
+    `rebuild`, which the aggregator calls when that could make room, or after a storm of expiries.
+    The C loop keeps the tags of the contexts it makes in the same two dicts, the same way (`keep_tags`
+    in `_fast.c`)."""
 
     def __init__(self) -> None:
         self.pairs: dict[tuple[str, str], tuple[str, str]] = {}
@@ -81,21 +83,6 @@ class TagPool:
                 pairs[kv] = kv
                 self.bytes += pair_cost(kv)
         self.tuples.setdefault(tags, tags)
-
-    def keep(self, tags: Tags) -> Tags:
-        """`canonical` and `add` in one pass, for the tags of a context known to fit (made by the C loop,
-        which hands over the pairs it made last again: then they are the stored ones already)."""
-        pairs, stored_already = self.pairs, True
-        for kv in tags:
-            stored = pairs.get(kv)
-            if stored is None:
-                pairs[kv] = kv
-                self.bytes += pair_cost(kv)
-            elif stored is not kv:
-                stored_already = False
-        if not stored_already:
-            tags = tuple(map(pairs.__getitem__, tags))
-        return self.tuples.setdefault(tags, tags)
 
     def rebuild(self, contexts: Iterable[Context]) -> None:
         self.pairs, self.tuples, self.bytes, self.stale = {}, {}, 0, False

@@ -125,9 +125,9 @@ class Aggregator:
     def shed(self, on: bool) -> None:
         """Refuse new contexts (`overload`) while `on`: the receive side is far behind (server.py).
 
-        A line that makes a context costs ~55 known lines (docs/statsd.md): a storm of 100,000 new
-        names a second needs half a core for its first 100,000, while the steady traffic waits in
-        the receive buffer, and under a busy neighbour the kernel then drops datagrams of every metric
+        A line that makes a context costs ~50 known lines, and its first flush ~350 more
+        (docs/statsd.md): a storm of 100,000 new names a second needs more than a core for its first
+        100,000, while the steady traffic waits in the receive buffer, and under a busy neighbour the kernel then drops datagrams of every metric
         (bench/storm_mix.py). Refused as at the cap (in C, ~5 known lines each), the buffer empties; the
         known contexts go on, and new ones are made again once it has (their refusals are forgotten)."""
         if on == self.shedding:

@@ -1545,9 +1545,9 @@ out:
  * `Aggregator._slot` makes it for a head Python reads: each Context (its tags sorted by key, kept in the
  * tag pool's `pairs` and `tuples`: `keep_tags`) in `contexts`, its Slot in the head cache
  * `cache` and in its entry, a pending gauge's value in `gauges`; and what they are charged: the sum of
- * Context.cost, the bytes of the tag pairs new to the pool, the head cache's. One call for them all,
- * without a Python frame per context. On an error, the entries before the failing one are adopted and
- * the others not: the caller starts the table again (`reset`). */
+ * Context.cost, the bytes of the tag pairs new to the pool, the head cache's. One call for them all, with
+ * no Python code per context but `Context.__init__` and `Slot.__init__`. On an error, the entries before
+ * the failing one are adopted and the others not: the caller starts the table again (`reset`). */
 static PyObject *Table_adopt(Table *t, PyObject *const *args, Py_ssize_t nargs) {
     if (nargs != 7 || !PyDict_CheckExact(args[2]) || !PyDict_CheckExact(args[3]) || !PyDict_CheckExact(args[4])
             || !PyDict_CheckExact(args[5]) || !PyDict_CheckExact(args[6])) {

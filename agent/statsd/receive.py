@@ -214,9 +214,10 @@ class Aggregator:
 
     def _adopt(self, table: Any) -> None:
         """The Python side of the contexts the C loop made, in the order it made them, made by the C side
-        too (`Table.adopt`, without a Python frame per context): each `Context` and `Slot` as `_slot` makes
-        them for a head Python reads, its tags kept in the pool, the head cached, a gauge's value set. The
-        C loop made them within the room `_run` gave it (charging every tag pair as new), so each fits."""
+        too (`Table.adopt`: no Python code per context but their `__init__`s): each `Context` and `Slot`
+        as `_slot` makes them for a head Python reads, its tags kept in the pool, the head cached, a
+        gauge's value set. The C loop made them within the room `_run` gave it (charging every tag pair
+        as new), so each fits."""
         pool = self._pool
         try:
             size, pairs, heads = table.adopt(Context, Slot, self.contexts, self._cache, pool.pairs, pool.tuples,

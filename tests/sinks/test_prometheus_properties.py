@@ -26,7 +26,7 @@ from prometheus_client.parser import text_string_to_metric_families as text_fami
 from agent.hub import Hub
 from agent.identity import Identity
 from agent.model import Batch, Kind, Points, Sample
-from agent.sinks.prometheus import PrometheusSink
+from agent.sinks.prometheus import PrometheusSink, labels_of
 
 CONTROL = Sample("zz.control", 1.0, Kind.COUNT, (("queue", "orders"),), interval=10)
 # with an extra tag from TASKLENS_TAGS whose key is no label name as it is
@@ -171,8 +171,6 @@ identities = st.dictionaries(st.sampled_from(["service", "task_id", "env", "team
 def test_remembered_pair_labels_give_the_labels_of_a_fresh_look(tag_sets: list, identity: dict) -> None:
     """The sink remembers each tag pair's label (`labels_of(..., known)`): whatever tag sets came
     before, a tag set gets the labels, or the refusal, that a look without memory gives it."""
-    from agent.sinks.prometheus import labels_of
-
     known: dict = {}
     for tag_set in tag_sets + tag_sets:  # each again, its pairs remembered by then
         fresh, remembered = labels_of(tag_set, identity), labels_of(tag_set, identity, known)

@@ -433,6 +433,9 @@ class PrometheusSink:
         if len(self._labels) > 2 * self.live + 1024:
             self._labels.clear()  # tag sets came and went
         if expired > BURST:  # a dict never shrinks by deletion: rebuild them after a burst
+            # and forget the pairs and names of a storm: a few thousand small objects left among its
+            # freed memory would keep its pages (RSS) from going back
+            self._pairs, self._names = {}, {}
             self._by_tags = dict(self._by_tags)
             self._families = dict(self._families)
             self._owners = dict(self._owners)

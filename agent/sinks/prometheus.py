@@ -120,7 +120,7 @@ def _printable(text: str) -> str:
 # A tag pair's label: (label name, value as exported, the task's value for that key when the pair gives
 # another: then it is exported as `exported_<name>`), or the reason it has none
 Label = tuple[str, str, str | None] | str
-KNOWN_PAIRS = 8192  # tag pairs whose labels a sink remembers (a storm's pairs are each new: ~1 MiB at most)
+KNOWN_PAIRS = 8192  # tag pairs whose labels a sink remembers: bounded, a storm's pairs are each new (8 MiB with 200-byte tags)
 
 
 def _label(key: str, value: str, identity: dict[str, str] | None) -> Label:

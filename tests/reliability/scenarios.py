@@ -305,6 +305,12 @@ def run_storm(tmp_path: Path, names: int, max_contexts: int, ttl: float, prometh
         wait_until(lambda: scrape(sidecar).value("tasklens_statsd_lines_total") >= sent_lines, 120,
                    what="every storm line received")
         wait_until(lambda: exported_keep() == keep, 60 + 3 * flush_interval, what="the long-lived counters")
+        # a flush reaches /metrics in chunks (server.py `_publish_paused`): the one that completed the
+        # long-lived counters may still be publishing the storm's series; once the flush counter has
+        # moved on from here, it is published whole
+        flushes = scrape(sidecar).value("tasklens_statsd_flushes_total")
+        wait_until(lambda: scrape(sidecar).value("tasklens_statsd_flushes_total") > flushes, 10 + 3 * flush_interval,
+                   what="a whole flush after the long-lived counters")
         t = time.monotonic()
         after = scrape(sidecar)
         scrape_seconds = time.monotonic() - t

@@ -34,6 +34,12 @@ class Kind(enum.Enum):
     DISTRIBUTION = "distribution"  # weighted values of one interval (StatsD d)
 
 
+# The members as module globals, for loops that read them per sample: `Kind.GAUGE` is an enum property
+# lookup on Python 3.11 (~75 ns), a global ~6 ns (several per sample, 100,000 samples a flush)
+KIND_GAUGE, KIND_COUNTER, KIND_COUNT, KIND_HISTOGRAM, KIND_DISTRIBUTION = (
+    Kind.GAUGE, Kind.COUNTER, Kind.COUNT, Kind.HISTOGRAM, Kind.DISTRIBUTION)
+
+
 class Repeated(Sequence[float]):
     """One weight, `n` times, without an array of them: the weights of values sent at one sample rate.
     As `Points.cumulative`, `Repeated(w, n, running=True)` is the running weight: (i + 1) * w."""

@@ -26,9 +26,8 @@ from typing import Any
 
 from prometheus_client.utils import floatToGoString
 
-from agent.model import Kind
+from agent.model import KIND_HISTOGRAM, Kind
 
-_HISTOGRAM = Kind.HISTOGRAM  # a global: `Kind.HISTOGRAM` costs ~75 ns on Python 3.11 (per new series)
 _TYPES = {Kind.COUNTER: "counter", Kind.GAUGE: "gauge", Kind.HISTOGRAM: "histogram"}
 go_float: Callable[[float], str] = floatToGoString  # typed: prometheus_client's is not
 
@@ -69,7 +68,7 @@ class LabelSet:
 
     def cost(self, kind: Kind, buckets: int) -> int:
         """Bytes of label text this series puts into `/metrics` (counted against the limit)."""
-        lines = buckets + 3 if kind is _HISTOGRAM else 1
+        lines = buckets + 3 if kind is KIND_HISTOGRAM else 1
         return self.size * lines
 
 

@@ -19,7 +19,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 
 from agent.memory import BURST
-from agent.model import Batch, Event, Kind, Points, Repeated, Sample, ServiceCheck, Tags, merge_tags
+from agent.model import KIND_COUNT, KIND_GAUGE, Batch, Event, Kind, Points, Repeated, Sample, ServiceCheck, Tags, merge_tags
 from agent.statsd.interval import Context, Interval, Slot
 
 try:
@@ -27,7 +27,6 @@ try:
 except ImportError:  # not built: the same in Python
     _fast = None
 
-COUNT, GAUGE = Kind.COUNT, Kind.GAUGE  # globals: `Kind.COUNT` costs ~75 ns on Python 3.11, per sample
 HISTOGRAM_TYPES = {"h": Kind.HISTOGRAM, "ms": Kind.HISTOGRAM, "d": Kind.DISTRIBUTION}
 MERGE_MIN, MERGE_RATIO, MERGE_RETRY = 1024, 0.5, 16  # see `points`
 MERGE_MAX, MERGE_CHUNK = 262_144, 65_536  # distinct values a merge may hold; values counted at a time
@@ -95,14 +94,14 @@ class Flusher:
             if total - total != 0.0:  # finite values whose sum overflowed: never export an infinity
                 self.overflows += 1
                 continue
-            add(Sample(ctx.name, total, COUNT, tags_of(ctx), None, seconds))
+            add(Sample(ctx.name, total, KIND_COUNT, tags_of(ctx), None, seconds))
             counters_seen.pop(ctx, None)
             counters_seen[ctx] = now
         self._idle_zeros(counters, (dict(containers), seconds, base), now, tags_of)
         for ctx, value in iv.gauges.items():
-            add(Sample(ctx.name, value, GAUGE, tags_of(ctx)))
+            add(Sample(ctx.name, value, KIND_GAUGE, tags_of(ctx)))
         for ctx, members in iv.sets.items():
-            add(Sample(ctx.name, float(len(members)), GAUGE, tags_of(ctx)))
+            add(Sample(ctx.name, float(len(members)), KIND_GAUGE, tags_of(ctx)))
         grouped: dict[Context, list[Slot]] = {}
         for slot in iv.values:
             grouped.setdefault(slot.ctx, []).append(slot)  # type: ignore[arg-type]
@@ -162,7 +161,7 @@ class Flusher:
             self._drop_zero(ctx)
 
     def _hold_zero(self, ctx: Context, tags: Tags, seconds: float) -> None:
-        zero = Sample(ctx.name, 0.0, COUNT, tags, None, seconds)
+        zero = Sample(ctx.name, 0.0, KIND_COUNT, tags, None, seconds)
         key = self._zero_of[ctx] = series_key(zero, self._sets[id(tags)])
         self._holders[key] = self._holders.get(key, 0) + 1
         if key not in self._zeros:

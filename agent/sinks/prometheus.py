@@ -305,13 +305,7 @@ class PrometheusSink:
     def _check(self, s: Sample, identity: dict[str, str], now: float, refused: Counter[str], *,
                reserve: bool) -> _Series | None:
         """A new series for `s` with its name and labels checked (not yet registered), or None."""
-        pname = self._names.get(s.name) if reserve else None  # a storm's series share their name
-        if pname is None:
-            pname = metric_name(s.name)
-            if reserve:
-                if len(self._names) >= KNOWN_PAIRS:
-                    self._names.clear()
-                self._names[s.name] = pname
+        pname = self._worker_metric_name(s.name) if reserve else metric_name(s.name)
         if not pname:
             refused["bad_name"] += 1
             return None
@@ -332,6 +326,15 @@ class PrometheusSink:
         kind = rendered_kind(s)
         value: float | Histogram = Histogram(self.buckets) if kind is KIND_HISTOGRAM else 0.0
         return _Series(kind, value, now, family_name(pname, kind), labels)
+
+    def _worker_metric_name(self, name: str) -> str:
+        """`metric_name`, remembered (bounded as the pairs' labels): a storm's series share their name."""
+        pname = self._names.get(name)
+        if pname is None:
+            if len(self._names) >= KNOWN_PAIRS:
+                self._names.clear()
+            pname = self._names[name] = metric_name(name)
+        return pname
 
     def _admit(self, inner: dict[str, _Series], s: Sample, identity: dict[str, str], now: float,
                refused: Counter[str]) -> _Series | None:

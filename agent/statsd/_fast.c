@@ -1506,14 +1506,11 @@ static int adopt_one(Table *t, Entry *e, PyObject *const *args, Py_ssize_t *char
         slot = untracked(PyObject_Vectorcall(slot_type, slot_args, 3, NULL));
     Py_XDECREF(slot_args[0]);
     Py_XDECREF(slot_args[2]);
-    PyObject *head[2] = {PyBytes_FromStringAndSize(e->key, e->name_len), PyBytes_FromStringAndSize(tail, e->tail_len)};
-    if (slot == NULL || (key = untracked(tuple_of(2, head))) == NULL) {
-        if (slot == NULL) {
-            Py_XDECREF(head[0]);
-            Py_XDECREF(head[1]);
-        }
+    if (slot == NULL)
         goto out;
-    }
+    PyObject *head[2] = {PyBytes_FromStringAndSize(e->key, e->name_len), PyBytes_FromStringAndSize(tail, e->tail_len)};
+    if ((key = untracked(tuple_of(2, head))) == NULL)  /* tuple_of releases the two on failure */
+        goto out;
     bad = PyDict_SetItem(cache, key, slot);
     Py_DECREF(key);
     if (bad)

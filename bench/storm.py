@@ -74,6 +74,18 @@ def per_line(agg: Any, batch: list[bytes]) -> list[float]:
     return out
 
 
+def flush_cpu_ms(call: Any, *args: Any, **kwargs: Any) -> tuple[Any, float]:
+    """call(*args, **kwargs)'s result and CPU milliseconds, the collector paused as the server pauses it for a flush
+    (`paused_gc`)."""
+    gc.disable()
+    try:
+        cpu = time.process_time()
+        out = call(*args, **kwargs)
+        return out, (time.process_time() - cpu) * 1e3
+    finally:
+        gc.enable()
+
+
 def rss() -> int:
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
@@ -119,18 +131,11 @@ def worker(profile: str | None) -> dict[str, Any]:
     assert len(agg.contexts) == KNOWN + NEW and agg.stats.contexts_dropped == REFUSED
     assert agg.stats.errors["cardinality_limit"] == REFUSED
     iv = agg.swap(10.0)
-    gc.disable()  # as the server's flush (`paused_gc`)
-    t = time.process_time()
-    storm = flusher.batch(iv, now=10.0, base=IDENTITY)  # the storm's counters: exported once, idle from now on
-    result["storm_batch_ms"] = (time.process_time() - t) * 1e3
-    gc.enable()
+    # the storm's counters: exported once, idle from now on
+    storm, result["storm_batch_ms"] = flush_cpu_ms(flusher.batch, iv, now=10.0, base=IDENTITY)
     result["rss_storm"] = rss()
     sink = PrometheusSink(SelfMetrics(), identity=lambda: IDENTITY)  # made after the RSS above, dropped before the one below
-    gc.disable()
-    t = time.process_time()
-    sink.accept(storm)
-    result["storm_prometheus_ms"] = (time.process_time() - t) * 1e3
-    gc.enable()
+    _, result["storm_prometheus_ms"] = flush_cpu_ms(sink.accept, storm)
     del storm, iv
     flushes, accepts = [], []
     for i in range(2, 7):

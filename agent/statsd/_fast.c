@@ -381,8 +381,9 @@ static int read_head(const char *name, Py_ssize_t nlen, const char *tail, const 
         type_end = end;
     hd->type = tail;
     hd->type_len = type_end - tail;
-    if (!(hd->type_len == 1 && tail[0] != 0 && strchr("cghsd", tail[0]) != NULL)
-            && !(hd->type_len == 2 && memcmp(tail, "ms", 2) == 0))
+    int known_type = hd->type_len == 2 ? tail[0] == 'm' && tail[1] == 's' : hd->type_len == 1
+        && (tail[0] == 'c' || tail[0] == 'g' || tail[0] == 'h' || tail[0] == 's' || tail[0] == 'd');
+    if (!known_type)
         return 0;
     const char *tags = NULL, *tags_end = NULL;
     hd->container = hd->container_end = NULL;

@@ -25,6 +25,9 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
+from functools import lru_cache
+from operator import itemgetter
+from typing import cast
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import CollectorRegistry
@@ -35,7 +38,7 @@ from agent.model import KIND_COUNT, KIND_COUNTER, KIND_GAUGE, KIND_HISTOGRAM, Ba
 from agent.selfmetrics import SelfMetrics
 from agent.sinks.cumulative import Histogram, count_refusal, counter_refusal
 from agent.sinks.metric_help import own_help, worker_help
-from agent.sinks.prometheus_text import Family, LabelSet, Renderer, go_float
+from agent.sinks.prometheus_text import Family, LabelSet, Renderer, go_float, label_text
 
 _INVALID = re.compile(r"[^a-zA-Z0-9_]")
 
@@ -64,6 +67,7 @@ def metric_name(name: str) -> str:
     return "_" + out if out[:1].isdigit() else out
 
 
+@lru_cache(maxsize=4096)  # a new tag pair mostly has a key seen before (`request_id:<new id>`)
 def label_name(key: str) -> str:
     """The label for a tag key; "" when none can be made (an empty key)."""
     out = metric_name(key)
@@ -114,10 +118,23 @@ def _printable(text: str) -> str:
     return text.replace('"', "'")
 
 
-# A tag pair's label: (label name, value as exported, the task's value for that key when the pair gives
-# another: then it is exported as `exported_<name>`), or the reason it has none
-Label = tuple[str, str, str | None] | str
+@dataclass(frozen=True, slots=True)
+class _Renamed:
+    """The label of a pair that gives an identity key another value than the task's: exported as
+    `exported_<name>`, beside the identity label (`labels_of`)."""
+
+    name: str
+    text: str
+    block_text: str
+    theirs: str  # the task's value for that key
+
+
+# A tag pair's label: (label name, value as exported, its text in the label block), a `_Renamed`, or
+# the reason it has none
+Label = tuple[str, str, str] | _Renamed | str
 KNOWN_PAIRS = 8192  # tag pairs whose labels a sink remembers: bounded, a storm's pairs are each new (8 MiB with 200-byte tags)
+_PLAIN = {tuple}  # the type of every label of a tag set that none renames or refuses
+_NAME = itemgetter(0)
 
 
 def _label(key: str, value: str, identity: dict[str, str] | None) -> Label:
@@ -125,7 +142,10 @@ def _label(key: str, value: str, identity: dict[str, str] | None) -> Label:
     if not name:
         return "bad_label"
     theirs = identity.get(key, value) if identity is not None else value
-    return name, encodable(value) if value else "true", None if theirs == value else theirs
+    text = encodable(value) if value else "true"
+    if theirs != value:
+        return _Renamed(name, text, label_text(name, text), theirs)
+    return name, text, label_text(name, text)
 
 
 def labels_of(tags: Tags, identity: dict[str, str] | None = None,
@@ -136,26 +156,42 @@ def labels_of(tags: Tags, identity: dict[str, str] | None = None,
     A tag that gives an identity key (`service`, `task_id`, ...) another value than the sidecar's is
     exported as `exported_<key>`; the identity label keeps the sidecar's value.
     `known`: the labels of the pairs seen before with this identity, added to here. Most pairs of a new
-    tag set were seen (the task's ten identity tags, `env:prod`): each costs a lookup, not a rename.
+    tag set were seen (the task's ten identity tags, `env:prod`): each costs a lookup, not a rename,
+    and brings its text in the label block made already. A tag set whose labels are all plain is
+    looked at with C-level calls (map, set, sort), not a Python loop per pair.
     """
-    labels: dict[str, str] = {}
-    for kv in tags:
-        label = known.get(kv) if known is not None else None
-        if label is None:
-            label = _label(kv[0], kv[1], identity)
-            if known is not None:
-                known[kv] = label
+    known = {} if known is None else known
+    found: list[Label] = list(map(known.get, tags))  # type: ignore[arg-type]
+    if None in found:
+        for i, label in enumerate(found):
+            if label is None:
+                key, value = pair = tags[i]
+                found[i] = known[pair] = _label(key, value, identity)
+    if set(map(type, found)) != _PLAIN:  # a reason, or an identity key's other value
+        return _labels_in_turn(found)
+    plain = cast(list[tuple[str, str, str]], found)
+    plain.sort(key=_NAME)
+    if len(set(map(_NAME, plain))) != len(plain):
+        return "label_conflict"  # `a-b` and `a_b`
+    return LabelSet(plain)
+
+
+def _labels_in_turn(found: list[Label]) -> LabelSet | str:
+    """`labels_of` of labels that rename or refuse, pair by pair: the first reason found, in the order of
+    the tags."""
+    labels: dict[str, tuple[str, str, str]] = {}
+    for label in found:
         if isinstance(label, str):
             return label
-        name, text, theirs = label
-        if theirs is not None:  # a worker's value for an identity key
-            if labels.setdefault(name, theirs) != theirs:
+        if isinstance(label, _Renamed):  # a worker's value for an identity key
+            name, theirs = label.name, label.theirs
+            if labels.setdefault(name, (name, theirs, label_text(name, theirs)))[1] != theirs:
                 return "label_conflict"
-            name = "exported_" + name
-        if name in labels:
+            label = ("exported_" + name, label.text, "exported_" + label.block_text)
+        if label[0] in labels:
             return "label_conflict"  # `a-b` and `a_b`, or a worker's `exported_x` beside a renamed `x`
-        labels[name] = text
-    return LabelSet(labels)
+        labels[label[0]] = label
+    return LabelSet(sorted(labels.values(), key=_NAME))
 
 
 @dataclass(slots=True)

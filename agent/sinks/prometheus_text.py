@@ -22,12 +22,14 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from operator import itemgetter
 from typing import Any
 
 from prometheus_client.utils import floatToGoString
 
 from agent.model import KIND_HISTOGRAM, Kind
 
+_TEXT = itemgetter(2)  # of a label (`LabelSet`)
 _TYPES = {Kind.COUNTER: "counter", Kind.GAUGE: "gauge", Kind.HISTOGRAM: "histogram"}
 go_float: Callable[[float], str] = floatToGoString  # typed: prometheus_client's is not
 
@@ -47,23 +49,35 @@ def _number(value: float, go: Callable[[float], str] = floatToGoString) -> str:
     return repr(value) if -1e16 < value < 1e6 else go(value)
 
 
+def label_text(name: str, value: str) -> str:
+    """A label as written in a series' label block: `name="value"`, escaped."""
+    return f'{name}="{_escape(value)}"'
+
+
 class LabelSet:
-    """The labels of a series: sorted, escaped once, shared by every series with the same tags."""
+    """The labels of a series: sorted, escaped once, shared by every series with the same tags. Made
+    from (name, value, label_text) of each label, sorted by name: a label's text is made once per tag
+    pair (`labels_of` remembers them), not once per series."""
 
-    __slots__ = ("block", "items", "size", "_around_le")
+    __slots__ = ("block", "size", "_labels", "_around_le")
 
-    def __init__(self, labels: dict[str, str]) -> None:
-        self.items = tuple(sorted(labels.items()))
-        self.block = ",".join([f'{k}="{_escape(v)}"' for k, v in self.items])
+    def __init__(self, labels: list[tuple[str, str, str]]) -> None:
+        self._labels = labels
+        self.block = ",".join(map(_TEXT, labels))
         self.size = (len(self.block) if self.block.isascii() else len(self.block.encode())) + 2  # with the braces
         self._around_le: tuple[str, str] | None = None
+
+    @property
+    def items(self) -> tuple[tuple[str, str], ...]:
+        """(name, value) of each label, sorted by name."""
+        return tuple((name, value) for name, value, _ in self._labels)
 
     def around_le(self) -> tuple[str, str]:
         """The block split where `le` sorts in, for bucket lines: (`a="x",`, `,z="y"`). Made when a
         histogram's buckets are first rendered: most series are not histograms."""
         if self._around_le is None:
-            self._around_le = ("".join([f'{k}="{_escape(v)}",' for k, v in self.items if k < "le"]),
-                               "".join([f',{k}="{_escape(v)}"' for k, v in self.items if k > "le"]))
+            self._around_le = ("".join([text + "," for name, _, text in self._labels if name < "le"]),
+                               "".join(["," + text for name, _, text in self._labels if name > "le"]))
         return self._around_le
 
     def cost(self, kind: Kind, buckets: int) -> int:

@@ -157,8 +157,8 @@ def labels_of(tags: Tags, identity: dict[str, str] | None = None,
     exported as `exported_<key>`; the identity label keeps the sidecar's value.
     `known`: the labels of the pairs seen before with this identity, added to here. Most pairs of a new
     tag set were seen (the task's ten identity tags, `env:prod`): each costs a lookup, not a rename,
-    and brings its text in the label block made already. A tag set whose labels are all plain is
-    looked at with C-level calls (map, set, sort), not a Python loop per pair.
+    and brings its text in the label block made already. A tag set whose pairs were all seen and whose
+    labels are all plain is looked at with C-level calls (map, set, sort), not a Python loop per pair.
     """
     known = {} if known is None else known
     found: list[Label] = list(map(known.get, tags))  # type: ignore[arg-type]

@@ -126,7 +126,7 @@ class _Renamed:
     name: str
     text: str
     block_text: str
-    theirs: str  # the task's value for that key
+    theirs: str  # the task's value for that key, as exported (`_value_text`)
 
 
 # A tag pair's label: (label name, value as exported, its text in the label block), a `_Renamed`, or
@@ -142,10 +142,15 @@ def _label(key: str, value: str, identity: dict[str, str] | None) -> Label:
     if not name:
         return "bad_label"
     theirs = identity.get(key, value) if identity is not None else value
-    text = encodable(value) if value else "true"
+    text = _value_text(value)
     if theirs != value:
-        return _Renamed(name, text, label_text(name, text), theirs)
+        return _Renamed(name, text, label_text(name, text), _value_text(theirs))
     return name, text, label_text(name, text)
+
+
+def _value_text(value: str) -> str:
+    """A tag value as a label's value: a bare tag's as `true`, lone surrogates as `?` (`encodable`)."""
+    return encodable(value) if value else "true"
 
 
 def labels_of(tags: Tags, identity: dict[str, str] | None = None,

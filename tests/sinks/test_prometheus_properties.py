@@ -198,3 +198,16 @@ def assert_same_labels(got: LabelSet | str, want: LabelSet | str) -> None:
         assert not isinstance(got, str)
         assert (got.items, got.block, got.size, got.around_le()) == \
             (want.items, want.block, want.size, want.around_le())
+
+
+def test_the_task_value_of_a_renamed_key_is_written_as_its_own_pair_would_be() -> None:
+    """A worker's value for an identity key puts the task's value into the series without the task's
+    pair: written as that pair's label would be (a lone surrogate as `?`, a bare value as `true`), or
+    the block could not be encoded and the batch's other series would be lost with it."""
+    for task_value, written in (("a\ud800", "a?"), ("", "true")):
+        got = labels_of((("service", "mine"),), {"service": task_value})
+        assert not isinstance(got, str)
+        assert got.items == (("exported_service", "mine"), ("service", written))
+        assert got.block.encode() == f'exported_service="mine",service="{written}"'.encode()
+        with_pair = labels_of((("service", task_value), ("service", "mine")), {"service": task_value})
+        assert not isinstance(with_pair, str) and with_pair.block == got.block  # the same, pair or not

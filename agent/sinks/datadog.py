@@ -51,6 +51,7 @@ from agent.capped import read_at_most
 from agent.config import Config
 from agent.urlmask import mask_url
 from agent.hub import Hub
+from agent.sinks.push import cancel
 from agent.identity import INFO_TAG_KEYS
 from agent.logs import RateLimitedLog
 from agent.model import Batch, Event, Kind, Points, Sample, ServiceCheck, Tags
@@ -431,11 +432,7 @@ class DatadogSink:
                 self._give_up("cancelled")
                 raise
             finally:
-                sender.cancel()
-                try:
-                    await sender
-                except asyncio.CancelledError:
-                    pass
+                await cancel(sender)
 
     def _next_flush(self, after: float) -> float:
         """The first flush time after `after`: just past each clock-aligned interval boundary.

@@ -127,6 +127,18 @@ async def post(session: aiohttp.ClientSession, url: str, payload: Payload, timeo
         return Outcome("retry", "connection", detail=type(exc).__name__)
 
 
+async def cancel(task: asyncio.Task[None]) -> None:
+    """Cancel `task` and wait until it has ended. A request whose own timeout fires just as it is
+    cancelled turns the cancellation into a timeout (aiohttp #5979): `post` returns it as an outcome and
+    the task goes on, and a plain `await` after one `cancel()` would wait for it forever (a sidecar that
+    does not exit on SIGTERM while a store hangs). So it is cancelled again until it ends."""
+    while not task.done():
+        task.cancel()
+        await asyncio.wait({task}, timeout=0.1)
+    if not task.cancelled():
+        task.result()  # an error it ended with is raised, as `await task` raised it
+
+
 def backoff_delay(failures: int, base: float, most: float) -> float:
     """The longest wait before retrying after `failures` consecutive failures: `base` doubling, at most
     `most`. The doubling stops at 2 ** 64: past 2 ** 1023 it is no float, and an outage of a day reaches
@@ -247,11 +259,7 @@ class Pusher:
             self._give_up("cancelled")
             raise
         finally:
-            sender.cancel()
-            try:
-                await sender
-            except asyncio.CancelledError:
-                pass
+            await cancel(sender)
 
     def _flush(self) -> None:
         try:

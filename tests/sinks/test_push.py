@@ -16,7 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from agent.selfmetrics import SelfMetrics
-from agent.sinks.push import MAX_RETRY_AFTER, Payload, Pusher, classify, post, retry_after
+from agent.sinks.push import MAX_RETRY_AFTER, Outcome, Payload, Pusher, classify, post, retry_after
 from tests.support import serve_app
 from tests.sinks.stores import until
 
@@ -98,6 +98,42 @@ async def test_a_store_that_stays_down_is_given_up_at_the_drain_deadline(
     assert metrics.get("tasklens.exporter.points_dropped", exporter="test", reason="shutdown") == 12
     assert srv.hits >= 2 and p.pending == 0
     assert any("12 points could not be delivered" in r.message for r in caplog.records)
+
+
+async def test_a_sender_whose_request_turns_its_cancellation_into_a_timeout_still_ends() -> None:
+    """aiohttp can turn a task's cancellation into a TimeoutError when the request's own timeout fires
+    at the same moment (aiohttp #5979); `post` returns that as a retryable timeout and the sender goes
+    on. The pusher must end anyway, soon after its drain deadline: a sidecar that never exits on
+    SIGTERM while a store hangs would be killed by ECS with nothing flushed."""
+    swallowed = 0
+
+    async def send(session: aiohttp.ClientSession, payload: Payload, timeout: float) -> Outcome:
+        nonlocal swallowed
+        try:
+            await asyncio.sleep(3600)  # a store that never answers
+        except asyncio.CancelledError:
+            if swallowed < 3:  # the race, three times over: the cancellation becomes a timeout
+                swallowed += 1
+                asyncio.current_task().uncancel()  # type: ignore[union-attr]
+                return Outcome("retry", "timeout")
+            raise
+        return Outcome("ok")
+
+    p = Pusher("test", SelfMetrics(), flush=list, send=send, interval=60.0, max_points=100, timeout=3600.0,
+               drain_timeout=0.3, backoff_base=0.01, backoff_max=0.01)
+    p.put([Payload(b"x", 5)])
+    stop = asyncio.Event()
+    stop.set()
+    started = time.monotonic()
+    async with aiohttp.ClientSession() as session:
+        run = asyncio.create_task(p.run(stop, session))
+        done, _ = await asyncio.wait({run}, timeout=5.0)
+        took = time.monotonic() - started
+        while not run.done():  # it hangs: end it here, so that the test fails instead (three swallows at most)
+            run.cancel()
+            await asyncio.wait({run}, timeout=0.1)
+    assert run in done, "the pusher did not end after its drain deadline"
+    assert swallowed == 3 and took < 3.0  # each swallowed cancellation was followed by another
 
 
 async def test_a_hanging_store_times_out_and_is_retried(server: tuple[Server, str]) -> None:

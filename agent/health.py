@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections import deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -32,6 +33,7 @@ LEAK_SIGNIFICANCE = 5.0  # standard errors: see docs/health.md (3 was a false le
 # what an exit with code 137 needs to be an OOM kill when memory was last seen below the limit: growth at
 # this many standard errors, projected to the exit (the exit code is evidence already; see `oom_killed`)
 EXIT_SIGNIFICANCE = 3.0
+EXIT_LOOKBACK = 3  # running readings before an exit that can show memory at the limit: see `oom_killed`
 MIN_GROWTH = 0.01  # the fitted growth over the window must reach 1 % of the limit to be a leak
 FLOOR_BINS = 6  # the floor (lowest point of each sixth of the window) must rise by half that too: _floor_growth
 
@@ -152,14 +154,28 @@ def reached_limit(last_running: Observation, growth_per_second: float, at: float
     return projected >= NEAR_LIMIT * last_running.limit
 
 
-def oom_killed(exit_code: float | None, last_running: Observation, limit_hit: bool) -> bool:
-    """An exit (a stop or a restart) was an OOM kill when its exit code is 137, or unknown (a restart
-    whose exit code ECS does not show), and memory was at the limit before it: the last working set
-    seen running was at least `NEAR_LIMIT` of the limit, or the cgroup's `failcnt` rose just before, or
-    a suspected leak projected to the exit reaches it (`limit_hit` carries the last two)."""
+@dataclass(frozen=True, slots=True)
+class Reading:
+    """A running container's observation, with what the forecast and `failcnt` said at it."""
+
+    obs: Observation
+    growth_per_second: float = 0.0  # of the forecast at this reading, at EXIT_SIGNIFICANCE; else 0
+    failcnt_rose: bool = False  # since the reading before
+
+    def limit_hit(self, at: float) -> bool:
+        """Memory was at the limit at this reading, or its growth reaches the limit by `at`."""
+        return self.obs.near_limit or self.failcnt_rose or reached_limit(self.obs, self.growth_per_second, at)
+
+
+def oom_killed(exit_code: float | None, before: Iterable[Reading], at: float) -> bool:
+    """An exit (a stop or a restart) seen by the poll at `at` was an OOM kill when its exit code is 137,
+    or unknown (a restart whose exit code ECS does not show), and memory was at the limit at one of
+    the last `EXIT_LOOKBACK` readings `before` it: the working set at least `NEAR_LIMIT` of the limit,
+    or the cgroup's `failcnt` risen, or a suspected leak projected to the exit reaching it. Not only
+    the last reading: one taken after the kill, before ECS shows the stop, sees the memory freed."""
     if exit_code is not None and exit_code != OOM_EXIT_CODE:
         return False
-    return last_running.near_limit or limit_hit
+    return any(r.limit_hit(at) for r in list(before)[-EXIT_LOOKBACK:])
 
 
 # --- CPU saturation ------------------------------------------------------------------------------
@@ -208,11 +224,11 @@ class _Container:
     tags: Tags
     last: Observation | None = None
     last_running: Observation | None = None
+    readings: deque[Reading] = field(default_factory=lambda: deque(maxlen=EXIT_LOOKBACK))  # this process's
     memory: trend.History = field(default_factory=lambda: trend.History(0.0))
     peak_working_set: float | None = None
     restarts: float = 0.0
     oom_kills: float = 0.0
-    failcnt_rose: bool = False
     growth_per_second: float = 0.0  # of the last forecast that saw growth at EXIT_SIGNIFICANCE, else 0
     saturation: Saturation = field(default_factory=Saturation)
 
@@ -293,24 +309,27 @@ class HealthMonitor:
         restarts = restarts_between(before, obs) if before is not None else 0
         # an exit is judged once: when the stop is seen, or at the restart if the stop fell between polls
         judged = exited or bool(restarts and before is not None and before.running)
-        if judged and c.last_running is not None and oom_killed(
-                obs.exit_code, c.last_running, c.failcnt_rose or reached_limit(c.last_running, c.growth_per_second, obs.t)):
+        if judged and oom_killed(obs.exit_code, c.readings, at=obs.t):
             c.oom_kills += 1
         if restarts or exited:
             c.restarts += restarts
             c.memory = trend.History(self.memory_window)  # a new process: its memory starts afresh
+            c.readings.clear()
+            c.growth_per_second = 0.0  # of the process before: not this one's
             c.saturation = Saturation()
         # the agent refreshes stats every 1-10 s: a `read` already seen is the same sample, not a point; an
         # earlier one means the clock went back (after a reading stamped ahead): the trend starts afresh
         if obs.running and c.last_running is not None and obs.t < c.last_running.t:
             c.memory = trend.History(self.memory_window)
-        if obs.running and obs.working_set is not None and (c.last_running is None or obs.t != c.last_running.t):
+        # a new reading of the running process, not the same `read` again
+        new = obs.working_set if obs.running and (c.last_running is None or obs.t != c.last_running.t) else None
+        failcnt_rose = False
+        if new is not None:
             previous = c.last_running.failcnt if c.last_running is not None else None
-            if obs.failcnt is not None and previous is not None:
-                c.failcnt_rose = obs.failcnt > previous
+            failcnt_rose = obs.failcnt is not None and previous is not None and obs.failcnt > previous
             c.last_running = obs
-            c.memory.add(obs.t, obs.working_set)
-            c.peak_working_set = max(c.peak_working_set or 0.0, obs.working_set)
+            c.memory.add(obs.t, new)
+            c.peak_working_set = max(c.peak_working_set or 0.0, new)
         c.last = obs
         if obs.running:
             c.saturation = saturation_step(c.saturation, obs.t, utilization, threshold=self.saturation_threshold,
@@ -335,6 +354,8 @@ class HealthMonitor:
                 emit("memory.leak_suspected", 1.0 if forecast.leak_suspected else 0.0)
                 emit("memory.growth_bytes_per_hour", forecast.growth_bytes_per_hour)
                 emit("memory.time_to_limit_seconds", forecast.time_to_limit_seconds)
+        if new is not None:
+            c.readings.append(Reading(obs, c.growth_per_second, failcnt_rose))
         if obs.running and c.saturation.last_t is not None:
             emit("cpu.saturated", 1.0 if c.saturation.saturated else 0.0)
             emit("cpu.saturated_seconds_total", c.saturation.seconds, Kind.COUNTER)

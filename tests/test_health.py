@@ -8,15 +8,18 @@ from __future__ import annotations
 
 import math
 import random
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from agent.health import (
+    EXIT_LOOKBACK,
     NEAR_LIMIT,
     HealthMonitor,
     Observation,
+    Reading,
     Saturation,
     memory_forecast,
     oom_killed,
@@ -36,6 +39,7 @@ from tests.health_support import (
     with_memory,
     with_restart,
 )
+from agent.sources.ecs_stats import parse_time_ns
 from tests.sources.ecs_helpers import load
 
 WINDOW = 1800.0
@@ -146,14 +150,26 @@ def test_restarts_from_restart_count_else_from_started_at():
 
 
 def test_oom_needs_exit_137_or_unknown_and_memory_at_the_limit():
-    high = obs(working_set=NEAR_LIMIT * GIB, limit=GIB)
-    low = obs(working_set=0.5 * GIB, limit=GIB)
-    assert oom_killed(137, high, limit_hit=False)
-    assert oom_killed(None, high, limit_hit=False)  # a restart whose exit code ECS does not show
-    assert not oom_killed(137, low, limit_hit=False)  # a SIGKILL after the stop timeout, say
-    assert oom_killed(137, low, limit_hit=True)  # failcnt rose just before
-    assert not oom_killed(1, high, limit_hit=True)  # the program exited by itself
-    assert not oom_killed(137, obs(working_set=GIB), limit_hit=False)  # no limit known: cannot tell
+    high = [Reading(obs(working_set=NEAR_LIMIT * GIB, limit=GIB))]
+    low = [Reading(obs(working_set=0.5 * GIB, limit=GIB))]
+    assert oom_killed(137, high, at=10.0)
+    assert oom_killed(None, high, at=10.0)  # a restart whose exit code ECS does not show
+    assert not oom_killed(137, low, at=10.0)  # a SIGKILL after the stop timeout, say
+    assert oom_killed(137, [Reading(low[0].obs, failcnt_rose=True)], at=10.0)  # failcnt rose just before
+    assert not oom_killed(1, [Reading(high[0].obs, failcnt_rose=True)], at=10.0)  # it exited by itself
+    assert not oom_killed(137, [Reading(obs(working_set=GIB))], at=10.0)  # no limit known: cannot tell
+    assert not oom_killed(137, [], at=10.0)  # never seen running with memory: nothing to judge on
+
+
+def test_a_reading_after_the_kill_does_not_hide_the_limit_before_it():
+    # the kernel frees a killed process's memory at once; ECS shows the stop a moment later, so the
+    # last reading can be a running container at 0.05 % of its limit
+    at_limit, freed = obs(t=1.0, working_set=0.95 * GIB, limit=GIB), obs(t=2.0, working_set=0.5 * MIB, limit=GIB)
+    assert oom_killed(137, [Reading(at_limit), Reading(freed)], at=3.0)
+    growing = Reading(obs(t=1.0, working_set=0.7 * GIB, limit=GIB), growth_per_second=200 * MIB)
+    assert oom_killed(137, [growing, Reading(freed)], at=3.0)  # 0.7 GiB + 400 MiB by the exit
+    # only the last EXIT_LOOKBACK readings count: memory at the limit long before is not this exit's cause
+    assert not oom_killed(137, [Reading(at_limit)] + [Reading(freed)] * EXIT_LOOKBACK, at=3.0)
 
 
 # --- every capture, one poll -------------------------------------------------------------------------
@@ -188,13 +204,24 @@ def test_fargate_2023_leaking_dd_agent_counts_down_to_the_task_limit():
     assert "ecs.container.memory.growth_bytes_per_hour" not in ping
 
 
+def v2017(t: float) -> tuple[dict[str, Any], dict[str, Any]]:
+    return poll("fargate-v2-2017", "fargate-v2-2017-wrong-system-delta", t=t)
+
+
+def oom_kills_after_exit_137(m: HealthMonitor, name: str, *, t: float) -> float:
+    """The poll at `t` shows `name` STOPPED with exit code 137: its OOM kill count after it."""
+    task, stats = v2017(t)
+    stopped(task, stats, name, exit_code=137)
+    return container_values(m.observe(task, stats, [], t))[name]["ecs.container.oom_kills_total"]
+
+
 def test_oom_kill_from_exit_137_after_memory_at_the_limit():
     # fargate-v2-2017 redis (limit 256 MiB) at 95 % of its limit, then STOPPED with exit code 137
     m = monitor()
-    task, stats = poll("fargate-v2-2017", "fargate-v2-2017-wrong-system-delta", t=0)
+    task, stats = v2017(0)
     with_memory(stats, task, "redis", working_set=0.95 * 256 * MIB)
     m.observe(task, stats, [], 0)
-    task2, stats2 = poll("fargate-v2-2017", "fargate-v2-2017-wrong-system-delta", t=10)
+    task2, stats2 = v2017(10)
     stopped(task2, stats2, "redis", exit_code=137)
     got = container_values(m.observe(task2, stats2, [], 10))
     assert got["redis"]["ecs.container.oom_kills_total"] == 1
@@ -210,23 +237,46 @@ def test_oom_kill_from_failcnt_in_the_capture():
     # 8977, max_usage at the limit. Next poll failcnt 9001 (it hit the limit again), then exit 137.
     m = monitor()
     for t, failcnt in ((0, None), (10, 9001)):
-        task, stats = poll("fargate-v2-2017", "fargate-v2-2017-wrong-system-delta", t=t)
+        task, stats = v2017(t)
         if failcnt:
             stats[next(k for k in stats if k.startswith("e8d4"))]["memory_stats"]["failcnt"] = failcnt
         m.observe(task, stats, [], t)
-    task, stats = poll("fargate-v2-2017", "fargate-v2-2017-wrong-system-delta", t=20)
-    stopped(task, stats, "dd-agent", exit_code=137)
-    assert container_values(m.observe(task, stats, [], 20))["dd-agent"]["ecs.container.oom_kills_total"] == 1
+    assert oom_kills_after_exit_137(m, "dd-agent", t=20) == 1
+
+
+def test_oom_kill_seen_after_a_reading_of_the_freed_memory():
+    # redis at 95 % of its 256 MiB; the next poll still shows it RUNNING, its memory freed (the kernel
+    # killed it between the two); the one after shows exit 137: one OOM kill, the last reading low
+    m = monitor()
+    for t, working_set in ((0, 0.95 * 256 * MIB), (10, 0.5 * MIB)):
+        task, stats = v2017(t)
+        with_memory(stats, task, "redis", working_set=working_set)
+        m.observe(task, stats, [], t)
+    assert oom_kills_after_exit_137(m, "redis", t=20) == 1
+
+
+def test_an_exit_is_judged_on_its_own_process_not_the_one_before():
+    # redis at 95 %, OOM-killed and restarted (StartedAt moved); the new process runs at 10 % and is then
+    # SIGKILLed (exit 137): the first process's memory does not make the second exit an OOM kill
+    m = monitor()
+    task, stats = v2017(0)
+    with_memory(stats, task, "redis", working_set=0.95 * 256 * MIB)
+    m.observe(task, stats, [], 0)
+    for t in (10, 20):
+        task, stats = v2017(t)
+        next(c for c in task["Containers"] if c["Name"] == "redis")["StartedAt"] = "2030-01-01T00:00:00Z"
+        with_memory(stats, task, "redis", working_set=0.1 * 256 * MIB)
+        got = container_values(m.observe(task, stats, [], t))["redis"]
+    assert (got["ecs.container.restarts_total"], got["ecs.container.oom_kills_total"]) == (1, 1)
+    assert oom_kills_after_exit_137(m, "redis", t=30) == 1
 
 
 def test_exit_137_without_memory_pressure_is_not_an_oom_kill():
     # the same capture, failcnt unchanged: a SIGKILL after the stop timeout looks exactly like this
     m = monitor()
     for t in (0, 10):
-        m.observe(*poll("fargate-v2-2017", "fargate-v2-2017-wrong-system-delta", t=t), [], t)
-    task, stats = poll("fargate-v2-2017", "fargate-v2-2017-wrong-system-delta", t=20)
-    stopped(task, stats, "dd-agent", exit_code=137)
-    assert container_values(m.observe(task, stats, [], 20))["dd-agent"]["ecs.container.oom_kills_total"] == 0
+        m.observe(*v2017(t), [], t)
+    assert oom_kills_after_exit_137(m, "dd-agent", t=20) == 0
 
 
 def test_restart_policy_restarts_and_an_oom_restart_between_polls():
@@ -255,6 +305,13 @@ def test_a_restart_without_restart_count_is_seen_from_started_at_and_resets_the_
     assert got["ecs.container.restarts_total"] == 1
     assert "ecs.container.memory.leak_suspected" not in got  # a new process: no history yet
     assert got["ecs.container.memory.peak_working_set_bytes"] == 156_966_912 + 10 * 50 * MIB  # kept
+    # SIGKILLed 680 s later, low in memory: the leak (5 MiB/s would reach 90 % of the 3 GiB limit by
+    # then) was the process before's; nothing is projected from it
+    task, stats = poll("fargate-2023", "fargate-2023", t=800)
+    read = next(e["read"] for e in stats.values() if e.get("read"))
+    stopped(task, stats, "dd-agent", exit_code=137)
+    got = container_values(m.observe(task, stats, [], parse_time_ns(read) / 1e9))["dd-agent"]
+    assert got["ecs.container.oom_kills_total"] == 0
 
 
 def test_a_stale_read_is_not_a_second_point():

@@ -36,10 +36,18 @@ class Histogram:
     counts: list[float] = field(default_factory=list)  # per bucket, not cumulative; the last is +Inf
     total: float = 0.0
     count: float = 0.0
+    # the unit of the points it holds: a timer's (milliseconds, kept in seconds) or not; None while empty
+    milliseconds: bool | None = None
+
+    def takes(self, points: Points) -> bool:
+        """The points are of the unit of those it holds: a timer's values and a histogram's raw ones are
+        never added together (`x:500|ms` is 0.5 here, `x:500|h` 500)."""
+        return self.milliseconds is None or self.milliseconds == points.milliseconds
 
     def add(self, points: Points) -> bool:
         """Add the points; False (and nothing added) when they are not valid or a total would stop being
-        finite. O(buckets * log values): the points are sorted."""
+        finite. O(buckets * log values): the points are sorted. Points of another unit (`takes`) are the
+        caller's to refuse."""
         if not points.valid:
             return False
         scale = 0.001 if points.milliseconds else 1.0
@@ -51,6 +59,7 @@ class Histogram:
         # whole-list assignment: a scrape rendering in another thread sees the old or the new buckets
         self.counts = counts
         self.total, self.count = total, count
+        self.milliseconds = points.milliseconds
         return True
 
     def cumulative(self) -> list[float]:
@@ -159,7 +168,8 @@ class CumulativeState:
             entry = series.get(key)
             is_points = isinstance(s.value, Points)
             kind = Kind.HISTOGRAM if is_points else Kind.COUNTER if s.kind in (Kind.COUNT, Kind.COUNTER) else Kind.GAUGE
-            if entry is None or entry.kind is not kind:
+            # another type, or a timer's points where a histogram's were (or the other way): a new stream
+            if entry is None or entry.kind is not kind or (is_points and not entry.value.takes(s.value)):  # type: ignore[union-attr,arg-type]
                 if entry is not None:
                     self._ended.append((key, entry))
                 entry = series[key] = Series(kind, Histogram(self.bounds) if is_points else 0.0, now, wall, batch.source,

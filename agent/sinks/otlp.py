@@ -151,7 +151,7 @@ class OtlpSink:
         on_resource = dict(made_for)
         streams: set[tuple[str, tuple[tuple[str, str], ...]]] = set()  # (instrument, attributes) in this flush
         metrics: dict[str, Any] = {}
-        kinds: dict[str, Kind] = {}
+        kinds: dict[str, tuple[Kind, bool | None]] = {}
         temporalities: dict[str, int] = {}
         points = 0
         no_value = m.DATA_POINT_FLAGS_NO_RECORDED_VALUE_MASK
@@ -162,11 +162,11 @@ class OtlpSink:
             if not iname:
                 self.state.reject("invalid_name")
                 continue
-            kind = series.kind
-            if kinds.setdefault(iname, kind) is not kind:
-                self.state.reject("type_conflict")  # one instrument has one type
+            kind, value = series.kind, series.value
+            unit = value.milliseconds if isinstance(value, Histogram) else None  # a timer's are seconds
+            if kinds.setdefault(iname, (kind, unit)) != (kind, unit):
+                self.state.reject("type_conflict")  # one instrument has one type (and unit)
                 continue
-            value = series.value
             # the point's attributes are built once per series, into a template copied each flush (5x cheaper)
             cached = series.cache
             if not isinstance(cached, tuple) or cached[0] is not made_for:

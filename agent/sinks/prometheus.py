@@ -110,6 +110,11 @@ def rendered_kind(sample: Sample) -> Kind:
     return KIND_COUNTER if sample.kind is KIND_COUNT or sample.kind is KIND_COUNTER else KIND_GAUGE
 
 
+def _milliseconds(sample: Sample) -> bool:
+    """A StatsD timer's points: exported in seconds, so not the same type as a histogram's."""
+    return isinstance(sample.value, Points) and sample.value.milliseconds
+
+
 def _printable(text: str) -> str:
     """HELP text: the name as sent, with `?` for what is not printable and `'` for `"` (which the
     text format cannot escape in HELP and OpenMetrics must)."""
@@ -205,6 +210,7 @@ class _Owner:
 
     kind: Kind
     help: str
+    milliseconds: bool = False  # a histogram family of timers (in seconds) or of raw values: never both
     count: int = 0
 
 
@@ -326,8 +332,8 @@ class PrometheusSink:
                 else:
                     refused[count_refusal(entry.value, value)] += 1  # type: ignore[arg-type]
                 continue
-            if kind is not rendered_kind(s):
-                refused["type_conflict"] += 1  # same name and tags, another type: the first keeps it
+            if kind is not rendered_kind(s) or (kind is KIND_HISTOGRAM and not entry.value.takes(value)):  # type: ignore[union-attr,arg-type]
+                refused["type_conflict"] += 1  # same name and tags, another type (or unit): the first keeps it
                 continue
             reason = _update(entry, s)
             if reason:
@@ -388,8 +394,8 @@ class PrometheusSink:
             if clash(entry.family, entry.kind, self._families):  # `x` counter vs `x_total` gauge ...
                 refused["name_conflict"] += 1
                 return None
-        elif family.kind is not entry.kind:
-            refused["type_conflict"] += 1  # README: the first type seen keeps the name
+        elif family.kind is not entry.kind or family.milliseconds != _milliseconds(s):
+            refused["type_conflict"] += 1  # README: the first type seen keeps the name (a timer is one)
             return None
         elif (entry.family, entry.labels.block) in self._owners:
             refused["duplicate_series"] += 1  # `a.b` and `a_b` with the same tags: the first keeps it
@@ -399,8 +405,8 @@ class PrometheusSink:
             refused["label_bytes_limit"] += 1
             return None
         if family is None:
-            ms = isinstance(s.value, Points) and s.value.milliseconds
-            family = self._families[entry.family] = _Owner(entry.kind, _printable(worker_help(s.name, s.kind, ms)))
+            ms = _milliseconds(s)
+            family = self._families[entry.family] = _Owner(entry.kind, _printable(worker_help(s.name, s.kind, ms)), ms)
         family.count += 1
         self._owners[(entry.family, entry.labels.block)] = entry
         self.label_bytes += cost

@@ -72,3 +72,35 @@ def test_a_histogram_whose_sum_would_overflow_keeps_its_last_finite_value() -> N
     assert isinstance(series.value, Histogram)
     assert (series.value.total, series.value.count, series.value.cumulative()) == (1e308, 1.0, [0.0, 1.0])
     assert rejected(metrics, "otlp")["non_finite"] == 1
+
+
+# a histogram point: a timer's (milliseconds) or not, of one of two tag sets, its value
+unit_points = st.lists(st.tuples(st.booleans(), st.sampled_from([(), (("queue", "a"),)]),
+                                 st.floats(min_value=0.0, max_value=1e6)), min_size=1, max_size=12)
+
+
+def histogram_sample(ms: bool, tags: tuple[tuple[str, str], ...], value: float) -> Sample:
+    kind = Kind.HISTOGRAM if ms else Kind.DISTRIBUTION  # `d` is raw as `h` is
+    return Sample("lat", Points((value,), (1.0,), milliseconds=ms), kind, tags, interval=10)
+
+
+@given(unit_points)
+def test_a_stream_never_adds_a_timers_seconds_to_raw_values(points: list[tuple[bool, tuple, float]]) -> None:
+    # a timer's points where raw ones were (or the other way) end the stream and start one of their unit
+    metrics = SelfMetrics()
+    state = CumulativeState("otlp", metrics, buckets=(1.0,))
+    expected: dict[tuple, tuple[bool, float]] = {}  # tags -> (unit, sum of the stream)
+    ends = 0
+    for ms, tags, value in points:
+        state.accept(Batch("statsd", [histogram_sample(ms, tags, value)]))
+        unit, total = expected.get(tags, (ms, 0.0))
+        if unit != ms:
+            ends, total = ends + 1, 0.0
+        expected[tags] = (ms, total + (value / 1000 if ms else value))
+    got = {tags: series.value for (_, tags), series in state.items()}
+    assert got.keys() == expected.keys()
+    for tags, (ms, total) in expected.items():
+        histogram = got[tags]
+        assert isinstance(histogram, Histogram) and histogram.milliseconds is ms
+        assert math.isclose(histogram.total, total, rel_tol=1e-9)
+    assert len(state.take_ended()) == ends

@@ -230,6 +230,23 @@ async def test_lowmemory_deltas_only_the_synchronous_instruments(collector: tupl
     assert cpu.aggregation_temporality == m.AGGREGATION_TEMPORALITY_CUMULATIVE and cpu.data_points[0].as_double == 10.0
 
 
+def test_a_timer_and_a_histogram_are_two_types_of_instrument() -> None:
+    # `lat:500|ms` (0.5 s) with one tag set, `lat:500|h` (500) with another: one instrument cannot hold
+    # both units; the first series keeps it, the other is counted
+    import gzip as gz
+
+    sink, hub = make("http://127.0.0.1:9")
+    hub.publish(Batch("statsd", [
+        Sample("lat", Points((500.0,), (1.0,), milliseconds=True), Kind.HISTOGRAM, (("queue", "a"),)),
+        Sample("lat", Points((500.0,), (1.0,)), Kind.HISTOGRAM, (("queue", "b"),))]))
+    [payload] = sink.flush()
+    req = ExportMetricsServiceRequest()
+    req.ParseFromString(gz.decompress(payload.body))
+    [point] = by_name(req)["lat"].histogram.data_points
+    assert attrs(point.attributes)["queue"] == "a" and point.sum == 0.5
+    assert hub.metrics.get("tasklens.sink.points_rejected", sink="otlp", reason="type_conflict") == 1
+
+
 # lone surrogates included (undecodable input: a `\ud800` escape in ECS metadata, an environment variable)
 HOSTILE_TEXT = st.one_of(st.text(max_size=6), st.text(st.characters(blacklist_categories=()), max_size=6),
                          st.sampled_from(["\ud800", "x\udfff", "é", "", "\x00"]))

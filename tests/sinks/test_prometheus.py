@@ -1,5 +1,9 @@
 from __future__ import annotations
 
+import math
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from prometheus_client.exposition import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -259,3 +263,25 @@ def test_a_counter_back_within_its_zeros_continues_its_total() -> None:
     agg.ingest(b"jobs:1|c")
     hub.deliver(flusher.batch(agg.swap(), now=clock.now, base=hub.identity.tags))
     assert scrape(sink)[("jobs_total", labels)] == 4.0  # not a reset to 1
+
+
+@settings(max_examples=200)
+@given(st.lists(st.tuples(st.booleans(), st.sampled_from([(), (("queue", "a"),)]),
+                          st.floats(min_value=0.0, max_value=1e6)), min_size=1, max_size=12))
+def test_a_timer_and_a_histogram_of_one_name_are_two_types(points: list[tuple[bool, tuple, float]]) -> None:
+    """`lat:500|ms` is 0.5 s on /metrics and `lat:500|h` is 500: the first unit seen keeps the name, as
+    the first type does, and the other's points are counted as `type_conflict`, whatever the tags."""
+    hub, sink, _ = make()
+    first = points[0][0]
+    sums: dict[tuple, float] = {}
+    for ms, tags, value in points:
+        kind = Kind.HISTOGRAM if ms else Kind.DISTRIBUTION  # `d` is raw as `h` is
+        hub.publish(Batch("statsd", [Sample("lat", Points((value,), (1.0,), milliseconds=ms), kind, tags, interval=10)]))
+        if ms == first:
+            key = tuple(sorted(tags + (("service", "orders"), ("task_id", "abc"))))
+            sums[key] = sums.get(key, 0.0) + (value / 1000 if ms else value)
+    got = {labels: value for (name, labels), value in scrape(sink).items() if name == "lat_sum"}
+    assert got.keys() == sums.keys()
+    for labels, total in sums.items():
+        assert math.isclose(got[labels], total, rel_tol=1e-9)
+    assert rejected(hub, "type_conflict") == sum(ms != first for ms, _, _ in points)

@@ -202,6 +202,14 @@ async def test_prometheus_exposition_of_statsd_metrics(start) -> None:
     assert got[("tasklens_statsd_lines_total", base)] == 8.0
     assert got[("tasklens_statsd_samples_total", base)] == 8.0
     assert got[("tasklens_statsd_packets_total", base)] == 2.0
+    # a histogram under the timer's name is another type: raw 500 is never added to the 2.7 s
+    send(r.port, b"api.lat:500|h\napi.lat:300|ms")
+    await r.wait_lines(10)
+    await r.server.flush()
+    got = r.scrape()
+    assert (got[("api_lat_count", base)], got[("api_lat_sum", base)]) == (4.0, pytest.approx(3.0))
+    rejected = (("reason", "type_conflict"), ("sink", "prometheus"))
+    assert got[("tasklens_sink_points_rejected_total", tuple(sorted(base + rejected)))] == 1.0
 
 
 async def test_self_metrics_count_every_error_reason(start) -> None:

@@ -217,7 +217,10 @@ def parse_addr(text: str) -> tuple[str, int]:
     host, sep, port_text = text.rpartition(":")
     if not sep:
         raise ValueError(expected)
-    host = host.strip("[]")
+    if "[" in host or "]" in host:  # `[v6]` exactly: `[]`, `]` or `[[::1]]` is no host, not every interface
+        if not (host.startswith("[") and host.endswith("]")) or not host[1:-1] or "[" in host[1:-1] or "]" in host[1:-1]:
+            raise ValueError(expected)
+        host = host[1:-1]
     try:
         port = int(port_text)
     except ValueError:
@@ -697,10 +700,16 @@ def _file_text(f: Any, raw: Any) -> str:
     if isinstance(raw, list) and many:
         if not all(isinstance(v, (str, int, float)) and not isinstance(v, bool) for v in raw):
             raise ValueError("a list of strings or numbers")
+        if any("," in str(v) for v in raw):  # the text is split at `,` again: one item would become two
+            raise ValueError("a list of strings or numbers, one value each: an item holds a `,`")
         return ",".join(str(v) for v in raw)
     if isinstance(raw, dict) and parse is parse_tags:
         if not all(isinstance(v, (str, int, float)) and not isinstance(v, bool) for v in raw.values()):
             raise ValueError("a table of strings, e.g. { team = \"payments\" }")
+        # read again as `key:value,...`: a `,` would make another tag, a `:` in a key move it into the value
+        if any("," in k or ":" in k or "," in str(v) for k, v in raw.items()):
+            raise ValueError("a table of strings, e.g. { team = \"payments\" }, with no `,` in a key or value "
+                             "and no `:` in a key")
         return ",".join(f"{k}:{v}" for k, v in raw.items())
     kind = "a list" if isinstance(raw, list) else "a table" if isinstance(raw, dict) else "a date or time"
     form = "a string or a list of them" if many else "a string or a number"

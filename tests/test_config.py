@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from agent.config import (DEFAULT_RANGE, Config, ConfigError, closest, describe, env_name, known_variables, load,
-                          number_text, parse_value, unknown_variables)
+                          number_text, parse_addr, parse_value, unknown_variables)
 from agent.urlmask import mask_url, url_passwords
 
 
@@ -268,6 +268,48 @@ def test_a_toml_table_for_tags_and_lists_for_lists_are_taken(tmp_path) -> None:
     config = load({"TASKLENS_CONFIG_FILE": str(path)})
     assert config.tags == (("team", "pay"), ("tier", "1")) and config.histogram_buckets == (1.0, 2.5)
     assert config.statsd_gauge_deltas is True
+
+
+SEPARATED = st.text(alphabet="ab,:_", max_size=5)  # tag text with the separators the file's text is split at
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.dictionaries(SEPARATED, SEPARATED, max_size=3))
+def test_a_toml_table_of_tags_is_taken_as_written_or_refused(tmp_path, table: dict[str, str]) -> None:
+    """Never re-split: `{team = "pay,tier:1"}` is not two tags, `{"owner:x" = "y"}` not `owner:x:y`."""
+    path = tmp_path / "tasklens.toml"
+    path.write_text(f"tags = {toml_value(table)}\n", encoding="utf-8")
+    try:
+        config = load({"TASKLENS_CONFIG_FILE": str(path)})
+    except ConfigError as exc:
+        assert str(exc).startswith(f"{path}: tags="), str(exc)
+        return
+    assert config.tags == tuple(table.items())
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(st.sampled_from(["0.1", "0.5", "1", "2.5", "0.1,0.5", ",", "1,"]), min_size=1, max_size=4))
+def test_a_toml_list_item_is_one_value(tmp_path, items: list[str]) -> None:
+    path = tmp_path / "tasklens.toml"
+    path.write_text(f"histogram_buckets = {toml_value(items)}\n", encoding="utf-8")
+    try:
+        config = load({"TASKLENS_CONFIG_FILE": str(path)})
+    except ConfigError as exc:
+        assert str(exc).startswith(f"{path}: histogram_buckets="), str(exc)
+        return
+    assert config.histogram_buckets == tuple(float(item) for item in items)
+
+
+@given(st.text(alphabet="[]:.019af ", max_size=10), st.integers(0, 65535))
+def test_a_listen_address_is_every_interface_only_when_it_says_so(host: str, port: int) -> None:
+    """`:port` (or 0.0.0.0) binds every interface; `[]:port`, `]:port` and the like are errors."""
+    try:
+        got = parse_addr(f"{host}:{port}")
+    except ValueError:
+        return
+    assert got[1] == port
+    if got[0] == "0.0.0.0":
+        assert host.strip() in ("", "0.0.0.0", "[0.0.0.0]"), host
 
 
 def test_a_secret_in_a_toml_value_of_the_wrong_type_is_not_shown(tmp_path) -> None:

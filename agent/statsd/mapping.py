@@ -71,9 +71,10 @@ def compile_rules(mappings: Sequence[Mapping[str, Any]]) -> tuple[Rule, ...]:
             raise ConfigError(f"{where}: invalid regex: {exc}") from None
         for template in (name, *labels.values()):
             for ref in _REF.finditer(template):
-                n = int(ref.group(1) or ref.group(2))
-                if n > pattern.groups:
-                    raise ConfigError(f"{where}: {template!r} uses ${n} but the match has {pattern.groups} group(s)")
+                digits = ref.group(1) or ref.group(2)
+                if len(digits) > 4 or int(digits) > pattern.groups:  # `$999...9`: no int() of 5,000 digits
+                    raise ConfigError(f"{where}: {template[:60]!r} uses ${digits[:8]}{'...' if len(digits) > 8 else ''} "
+                                      f"but the match has {pattern.groups} group(s)")
         rules.append(Rule(match, name, tuple(labels.items()), pattern))
     return tuple(rules)
 

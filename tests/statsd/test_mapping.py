@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import example, given
+from hypothesis import strategies as st
 
 from agent.config import ConfigError, load
 from agent.statsd.mapping import apply, compile_rules
@@ -39,6 +41,19 @@ def test_validation_names_the_rule(rule: dict, message: str) -> None:
     with pytest.raises(ConfigError) as info:
         compile_rules([rule])
     assert message in str(info.value)
+
+
+@given(st.text(alphabet="0123456789", min_size=1, max_size=6000), st.booleans())
+@example("9" * 5000, False)  # past int()'s 4,300 digits, which a random draw rarely reaches
+def test_any_group_reference_is_taken_or_refused_naming_the_rule(digits: str, braced: bool) -> None:
+    # `$999...9` of thousands of digits: a ConfigError, never int()'s ValueError (a traceback at start-up)
+    ref = f"${{{digits}}}" if braced else f"${digits}"
+    try:
+        [rule] = compile_rules([{"match": "jobs.*.*", "name": f"jobs_{ref}"}])
+    except ConfigError as exc:
+        assert str(exc).startswith("mappings[0]") and "group(s)" in str(exc) and len(str(exc)) < 300
+        return
+    assert int(digits) <= 2 and apply([rule], "jobs.a.b") == (f"jobs_{('jobs.a.b', 'a', 'b')[int(digits)]}", ())
 
 
 def test_rules_from_the_configuration_file(tmp_path) -> None:

@@ -5,6 +5,7 @@ look like a healthy, empty queue")."""
 
 from __future__ import annotations
 
+import unicodedata
 import uuid
 from urllib.parse import quote
 
@@ -13,7 +14,7 @@ import redis.asyncio
 from hypothesis import given
 from hypothesis import strategies as st
 
-from integrations.queues.base import query_params
+from integrations.queues.base import parse_queue_url, query_params
 from integrations.queues.source import QueueSource
 from tests.integrations.queues.support import port_open
 
@@ -26,6 +27,17 @@ def test_a_name_reads_back_as_written_however_it_is_quoted(name: str, safe: str)
     """Whatever a user leaves unencoded of `& = % #` (which a query must encode), the name reads back."""
     written = quote(name, safe=safe)
     assert query_params(f"list={written}&name=n") == [("list", name), ("name", "n")]
+
+
+@given(st.text(st.characters(blacklist_categories=("Cs",)), min_size=1, max_size=20), st.sampled_from(["name", "list"]))
+def test_a_decoded_parameter_never_brings_a_control_character_into_a_label_or_log(text: str, key: str) -> None:
+    """`name=orders%0A<a forged log line>`: refused, as a control character in any other setting is."""
+    try:
+        url = parse_queue_url(f"{REDIS}?{key}={quote(text, safe='')}", frozenset({"list"}))
+    except ValueError as exc:
+        assert "control characters" in str(exc) and any(unicodedata.category(c) == "Cc" for c in text)
+        return
+    assert not any(unicodedata.category(c) == "Cc" for c in (url.name or "") + "".join(url.params.values()))
 
 
 @pytest.mark.skipif(not port_open(6379), reason="Redis is not running on 127.0.0.1:6379")

@@ -270,6 +270,17 @@ def test_a_toml_table_for_tags_and_lists_for_lists_are_taken(tmp_path) -> None:
     assert config.statsd_gauge_deltas is True
 
 
+def load_or_refuse(tmp_path: Path, key: str, value: object) -> Config | None:
+    """The configuration of a file setting `key` to `value`, or None when it is refused naming the key."""
+    path = tmp_path / "tasklens.toml"
+    path.write_text(f"{key} = {toml_value(value)}\n", encoding="utf-8")
+    try:
+        return load({"TASKLENS_CONFIG_FILE": str(path)})
+    except ConfigError as exc:
+        assert str(exc).startswith(f"{path}: {key}="), str(exc)
+        return None
+
+
 SEPARATED = st.text(alphabet="ab,:_", max_size=5)  # tag text with the separators the file's text is split at
 
 
@@ -277,27 +288,15 @@ SEPARATED = st.text(alphabet="ab,:_", max_size=5)  # tag text with the separator
 @given(st.dictionaries(SEPARATED, SEPARATED, max_size=3))
 def test_a_toml_table_of_tags_is_taken_as_written_or_refused(tmp_path, table: dict[str, str]) -> None:
     """Never re-split: `{team = "pay,tier:1"}` is not two tags, `{"owner:x" = "y"}` not `owner:x:y`."""
-    path = tmp_path / "tasklens.toml"
-    path.write_text(f"tags = {toml_value(table)}\n", encoding="utf-8")
-    try:
-        config = load({"TASKLENS_CONFIG_FILE": str(path)})
-    except ConfigError as exc:
-        assert str(exc).startswith(f"{path}: tags="), str(exc)
-        return
-    assert config.tags == tuple(table.items())
+    config = load_or_refuse(tmp_path, "tags", table)
+    assert config is None or config.tags == tuple(table.items())
 
 
 @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.lists(st.sampled_from(["0.1", "0.5", "1", "2.5", "0.1,0.5", ",", "1,"]), min_size=1, max_size=4))
 def test_a_toml_list_item_is_one_value(tmp_path, items: list[str]) -> None:
-    path = tmp_path / "tasklens.toml"
-    path.write_text(f"histogram_buckets = {toml_value(items)}\n", encoding="utf-8")
-    try:
-        config = load({"TASKLENS_CONFIG_FILE": str(path)})
-    except ConfigError as exc:
-        assert str(exc).startswith(f"{path}: histogram_buckets="), str(exc)
-        return
-    assert config.histogram_buckets == tuple(float(item) for item in items)
+    config = load_or_refuse(tmp_path, "histogram_buckets", items)
+    assert config is None or config.histogram_buckets == tuple(float(item) for item in items)
 
 
 @given(st.text(alphabet="[]:.019af ", max_size=10), st.integers(0, 65535))

@@ -38,6 +38,34 @@ class RateLimitedLog:
         return self(logging.ERROR, key, msg, *args)
 
 
+class OneLinePerInterval(logging.Filter):
+    """For a library logger that logs a traceback per bad request (aiohttp's "Error handling request"
+    for a header over 8 KiB): each message at most once per `interval` seconds, as one line with the
+    exception's first 200 characters instead of its traceback, saying how many were left out. A
+    client cannot flood the log."""
+
+    def __init__(self, interval: float = 60.0) -> None:
+        super().__init__()
+        self.interval = interval
+        self._last: dict[str, tuple[float, int]] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        now, key = time.monotonic(), str(record.msg)[:200]
+        last, skipped = self._last.get(key, (-float("inf"), 0))
+        if now - last < self.interval:
+            self._last[key] = (last, skipped + 1)
+            return False
+        if len(self._last) >= 100:  # a library's messages are few format strings: a bound all the same
+            self._last.clear()
+        self._last[key] = (now, 0)
+        text = shown(record.getMessage())
+        if record.exc_info and record.exc_info[1] is not None:
+            text += ": " + shown(repr(record.exc_info[1]))[:200]
+            record.exc_info = record.exc_text = None
+        record.msg, record.args = text + (f" ({skipped} similar messages suppressed)" if skipped else ""), None
+        return True
+
+
 def shown(text: str) -> str:
     """`text` for a log line: control and other unprintable characters escaped as in a Python literal
     (`\\n`, `\\x1b`), so that a name from elsewhere (a script file name, a command line) can neither
@@ -107,3 +135,6 @@ def setup(level: str = "info", *, aside: bool = False) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         handlers=[AsideHandler()] if aside else None,
     )
+    server = logging.getLogger("aiohttp.server")  # a traceback per malformed HTTP request
+    if not any(isinstance(f, OneLinePerInterval) for f in server.filters):
+        server.addFilter(OneLinePerInterval())

@@ -55,3 +55,52 @@ def test_a_blocked_stream_never_holds_up_a_log_call_and_every_line_is_written_or
         logger.removeHandler(handler)
         os.close(read_end)
         os.close(write_end)
+
+
+async def test_malformed_http_requests_log_one_line_a_minute_not_a_traceback_each(caplog) -> None:
+    # a header over aiohttp's 8,190 bytes: aiohttp answers 400 and logs "Error handling request" with
+    # its traceback, per request; `setup` makes that one line per minute, whatever a client sends
+    import asyncio
+
+    from aiohttp import web
+
+    from agent import logs
+
+    logs.setup()
+    app = web.Application()
+
+    async def health(request: web.Request) -> web.Response:
+        return web.Response(text="ok")
+
+    app.router.add_get("/health", health)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    try:
+        with caplog.at_level(logging.INFO):
+            for size in (9_000, 20_000, 60_000):
+                reader, writer = await asyncio.open_connection("127.0.0.1", port)
+                writer.write(b"GET /health HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * size + b"\r\n\r\n")
+                await writer.drain()
+                assert (await reader.read(12)).startswith(b"HTTP/1.")
+                writer.close()
+    finally:
+        await runner.cleanup()
+    records = [r for r in caplog.records if r.name == "aiohttp.server"]
+    assert len(records) == 1, [r.getMessage()[:80] for r in records]
+    [record] = records
+    assert record.exc_info is None and record.exc_text is None
+    assert "\n" not in record.getMessage() and len(record.getMessage()) < 300
+
+
+def test_a_suppressed_message_is_counted_on_its_next_line() -> None:
+    from agent.logs import OneLinePerInterval
+
+    gate = OneLinePerInterval(interval=0.05)
+    record = lambda: logging.LogRecord("aiohttp.server", logging.ERROR, "", 0, "Error from %s", ("a\nb",), None)  # noqa: E731
+    assert gate.filter(first := record()) and first.getMessage() == "Error from a\\nb"  # one line
+    assert not gate.filter(record()) and not gate.filter(record())
+    time.sleep(0.06)
+    assert gate.filter(again := record()) and again.getMessage().endswith("(2 similar messages suppressed)")

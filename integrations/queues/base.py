@@ -16,6 +16,7 @@ from typing import Protocol
 from urllib.parse import SplitResult, quote, unquote, urlencode, urlsplit, urlunsplit
 
 from agent.config import check_text, parse_number, parse_seconds
+from agent.logs import shown
 from agent.urlmask import is_readable, mask_secrets, mask_url, url_passwords
 
 
@@ -173,7 +174,7 @@ def _parse_queue_url(url: str, broker_params: frozenset[str], pass_through: bool
     common: dict[str, str] = {}
     for key, value in query_params(parts.query):
         # decoded: `%0A` must not smuggle a newline into a label or a log line (`name=`, `list=`, ...)
-        check_text(key + value, f"{key}=: text (decoded)", 2048)
+        check_text(key + value, f"{shown(key)}=: text (decoded)", 2048)
         if "://" in value and not is_readable(value):  # a URL in a parameter (`management=`), decoded
             raise ValueError(f"{key}=: {UNREADABLE}")
         if key in COMMON_PARAMS:

@@ -128,9 +128,14 @@ class QueueURL:
 def query_params(query: str) -> list[tuple[str, str]]:
     """`k=v&k=v` percent-decoded as a URL's query (RFC 3986), not as an HTML form: `+` is a plus (a Redis
     key `jobs+high`; `parse_qsl` would poll `jobs high`, an absent key that reads as an empty queue), and
-    a space is `%20`."""
-    return [(unquote(key), unquote(value)) for key, _, value in
-            (field.partition("=") for field in query.split("&") if field)]
+    a space is `%20`. Octets that are not UTF-8 (`%FF`) are an error: read as U+FFFD they would name
+    another key, absent, and the queue would read as empty."""
+    try:
+        return [(unquote(key, errors="strict"), unquote(value, errors="strict")) for key, _, value in
+                (field.partition("=") for field in query.split("&") if field)]
+    except UnicodeDecodeError:
+        raise ValueError("a parameter holds percent-encoded bytes that are not UTF-8 (%FF, say): "
+                         "such a key or name cannot be read") from None
 
 
 def with_password(parts: SplitResult, password: str) -> SplitResult:
@@ -173,8 +178,9 @@ def _parse_queue_url(url: str, broker_params: frozenset[str], pass_through: bool
     params: dict[str, str] = {}
     common: dict[str, str] = {}
     for key, value in query_params(parts.query):
-        # decoded: `%0A` must not smuggle a newline into a label or a log line (`name=`, `list=`, ...)
-        check_text(key + value, f"{shown(key)}=: text (decoded)", 2048)
+        # decoded: `%0A` must not smuggle a newline into a label or a log line (`name=`, `list=`, ...);
+        # an SQL query is the one value where a newline is only white space
+        check_text(key if key == "query" else key + value, f"{shown(key)}=: text (decoded)", 2048)
         if "://" in value and not is_readable(value):  # a URL in a parameter (`management=`), decoded
             raise ValueError(f"{key}=: {UNREADABLE}")
         if key in COMMON_PARAMS:

@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from datetime import timedelta
 from decimal import Decimal
 from typing import Any
+from urllib.parse import unquote
 
 from integrations.queues.base import Broker, ProbeError, QueueURL, Reading
 
@@ -110,7 +111,7 @@ class PostgresProbe:
 
 def _name(url: QueueURL) -> str:
     query_of(url)  # validate early: a missing query is a configuration error, not a poll error
-    return url.parts.path.strip("/") or "postgres"
+    return unquote(url.parts.path.strip("/")) or "postgres"  # `/review%20db` is the database `review db`
 
 
 BROKER = Broker(

@@ -75,6 +75,12 @@ def _error(exc: Exception) -> Exception:
     return exc
 
 
+# Lua run by Redis, so that only an id crosses the network, whatever the size of the entry it names
+NEXT_ID = "local e = redis.call('XRANGE', KEYS[1], ARGV[1], '+', 'COUNT', 1) if e[1] then return e[1][1] end return false"
+HEAD_ID = "local v = redis.call('LINDEX', KEYS[1], 0) if v and #v <= tonumber(ARGV[1]) then return v end return false"
+MAX_ID = 1024  # bytes of an RQ job id (a UUID, 36): a longer head is no job, and its age unknown
+
+
 class RedisProbe:
     def __init__(self, url: QueueURL) -> None:
         self.url = url
@@ -116,13 +122,14 @@ class RedisProbe:
         return Reading(depth=sum(lengths))
 
     async def _read_rq(self, r: Any) -> Reading:
+        # the head's id, not the head: an element of any size (up to 512 MiB) would be read whole
         now = time.time()
         async with r.pipeline(transaction=False) as p:
             p.llen(f"rq:queue:{self.key}")
             p.zcount(f"rq:wip:{self.key}", now, "+inf")  # score = expiry: older entries are abandoned
             p.zcard(f"rq:scheduled:{self.key}")
             p.scard(f"rq:workers:{self.key}")
-            p.lindex(f"rq:queue:{self.key}", 0)  # RQ pushes right, workers pop left: the oldest
+            p.eval(HEAD_ID, 1, f"rq:queue:{self.key}", MAX_ID)  # RQ pushes right, workers pop left: the oldest
             depth, started, scheduled, workers, head = await p.execute()
         age = 0.0 if not depth else None
         if head:
@@ -141,14 +148,12 @@ class RedisProbe:
         lag = group.get("lag")  # nil before Redis 7, or after deletions Redis cannot count across
         age: float | None = None
         if lag:
-            # undecoded: the entry's fields may be binary (msgpack, protobuf), which a decoding client refuses.
+            # the next entry's id only, read by Redis: its fields may be of any size (up to 512 MiB each).
             # `(` excludes the delivered id (Redis 6.2+; `lag` is 7+): its sequence may be the largest there is
             delivered = group["last-delivered-id"].decode("ascii")
-            first = await r.execute_command("XRANGE", self.key, f"({delivered}", "+", "COUNT", 1,
-                                            NEVER_DECODE=True)
-            if first:
+            entry_id = await r.eval(NEXT_ID, 1, self.key, f"({delivered}")
+            if entry_id:
                 seconds, micros = await r.time()
-                entry_id = first[0][0].decode("ascii", "replace")
                 age = max(0.0, seconds + micros / 1e6 - stream_id_ms(entry_id) / 1000)
         elif lag == 0:
             age = 0.0

@@ -29,6 +29,19 @@ def test_a_name_reads_back_as_written_however_it_is_quoted(name: str, safe: str)
     assert query_params(f"list={written}&name=n") == [("list", name), ("name", "n")]
 
 
+@given(st.binary(min_size=1, max_size=12))
+def test_a_name_of_bytes_reads_back_or_is_refused_never_replaced(name: bytes) -> None:
+    """`list=review%FF`: a key UTF-8 cannot hold is refused; read as `review\ufffd` it would name another
+    key, absent, and the queue would look healthy and empty."""
+    try:
+        text = name.decode()
+    except UnicodeDecodeError:
+        with pytest.raises(ValueError, match="not UTF-8"):
+            query_params(f"list={quote(name, safe='')}")
+        return
+    assert query_params(f"list={quote(name, safe='')}") == [("list", text)]
+
+
 @given(st.text(st.characters(blacklist_categories=("Cs",)), min_size=1, max_size=20), st.sampled_from(["name", "list"]))
 def test_a_decoded_parameter_never_brings_a_control_character_into_a_label_or_log(text: str, key: str) -> None:
     """`name=orders%0A<a forged log line>`: refused, as a control character in any other setting is."""

@@ -175,3 +175,13 @@ async def test_drain_trend(config, hub, exported, table, clock):
 
     await check_drain(source, clock, exported, take, depth=20)
     await source.probe.close()
+
+
+@given(st.text(st.characters(blacklist_categories=("Cs", "Cc")), min_size=1, max_size=30))
+def test_the_queue_is_named_after_the_database_as_the_client_reads_it(database: str) -> None:
+    # `/review%20db` is the database `review db` for asyncpg, and so for the `queue` label
+    from integrations.queues.base import parse_queue_url
+    from integrations.queues.postgres import BROKER
+
+    url = parse_queue_url(f"postgresql://u@h/{quote(database, safe='')}?query=SELECT%201", BROKER.params, True)
+    assert BROKER.name(url) == database

@@ -189,6 +189,38 @@ async def test_stream_group_beside_a_group_with_a_binary_name(config, hub, expor
     await source.probe.close()
 
 
+@pytest.mark.parametrize("kind", ["stream", "rq"])
+async def test_a_huge_message_is_never_read_to_know_its_age(config, hub, exported, r, unique, kind):
+    """The age needs the next entry's id (a stream) or the head's job id (RQ), not the message: one of
+    32 MiB, which Redis allows up to 512 MiB, is left where it is."""
+    import tracemalloc
+
+    huge = "x" * (32 * 1024 * 1024)
+    if kind == "stream":
+        await r.xgroup_create(unique, "workers", id="0", mkstream=True)
+        await r.xadd(unique, {"blob": huge})
+        url = f"{REDIS}?stream={unique}&group=workers"
+    else:
+        await r.rpush(f"rq:queue:{unique}", huge)  # no job has such an id: its age is unknown
+        url = f"{REDIS}?rq={unique}"
+    del huge
+    source = QueueSource(config, hub, url)
+    tracemalloc.start()
+    try:
+        assert await source.poll(), source.last_error
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+        await source.probe.close()
+    assert peak < 4 * 1024 * 1024, peak
+    values = exported.queue(unique)
+    assert values["depth"] == 1.0
+    if kind == "stream":
+        assert 0.0 <= values["oldest_age_seconds"] < 60
+    else:
+        assert "oldest_age_seconds" not in values
+
+
 async def test_stream_without_group_is_its_length(config, hub, exported, r, unique):
     for i in range(4):
         await r.xadd(unique, {"n": i})

@@ -11,7 +11,9 @@ A series *ends* when its snapshot source leaves it out (a container that went aw
 failed), when it is not updated for `ttl` seconds, or when the sink stops: `take_ended()` hands those
 over once, so a sink can mark them stale (remote_write) instead of letting the line hang flat.
 
-Bad points are dropped alone, counted as `tasklens.sink.points_rejected{sink,reason}`.
+A worker's series keeps the type of its first point (a histogram its unit: a timer's or raw values)
+until it ends; a point of another type is refused as `type_conflict`, as `/metrics` does. Bad points
+are dropped alone, counted as `tasklens.sink.points_rejected{sink,reason}`.
 """
 
 from __future__ import annotations
@@ -168,10 +170,12 @@ class CumulativeState:
             entry = series.get(key)
             is_points = isinstance(s.value, Points)
             kind = Kind.HISTOGRAM if is_points else Kind.COUNTER if s.kind in (Kind.COUNT, Kind.COUNTER) else Kind.GAUGE
-            # another type, or a timer's points where a histogram's were (or the other way): a new stream
-            if entry is None or entry.kind is not kind or (is_points and not entry.value.takes(s.value)):  # type: ignore[union-attr,arg-type]
-                if entry is not None:
-                    self._ended.append((key, entry))
+            # another type, or a timer's points where a histogram's were (or the other way): as on /metrics,
+            # the first keeps the series until it ends (a counter's stream never restarts at 0 for a gauge)
+            if entry is not None and (entry.kind is not kind or (is_points and not entry.value.takes(s.value))):  # type: ignore[union-attr,arg-type]
+                self.reject("type_conflict")
+                continue
+            if entry is None:
                 entry = series[key] = Series(kind, Histogram(self.bounds) if is_points else 0.0, now, wall, batch.source,
                                              summed=s.kind is Kind.COUNT, worker=True)
             value = s.value

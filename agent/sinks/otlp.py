@@ -171,6 +171,9 @@ class OtlpSink:
             cached = series.cache
             if not isinstance(cached, tuple) or cached[0] is not made_for:
                 attributes = point_attributes(tags, on_resource)
+                if attributes is None:
+                    self.state.reject("label_conflict")
+                    continue
                 try:
                     template = (m.HistogramDataPoint if isinstance(value, Histogram) else m.NumberDataPoint)(
                         attributes=[KeyValue(key=k, value=AnyValue(string_value=v)) for k, v in attributes])
@@ -314,12 +317,14 @@ class OtlpSink:
                 "series": len(self.state), **self.pusher.status()}
 
 
-def point_attributes(tags: Tags, resource: Mapping[str, str]) -> tuple[tuple[str, str], ...]:
+def point_attributes(tags: Tags, resource: Mapping[str, str]) -> tuple[tuple[str, str], ...] | None:
     """A point's attributes: its own tags, but those the resource carries with the same value (the task's
     identity, sent once per request). A worker's tag of an identity key with another value (`service:a`)
-    is kept as `exported_<key>`, as on `/metrics`: dropped, two series would be one stream."""
-    return tuple((k if k not in resource else "exported_" + k, v or "true")
-                 for k, v in tags if resource.get(k) != v)
+    is kept as `exported_<key>`, as on `/metrics`: dropped, two series would be one stream. None when
+    that name is taken by another of its tags (`service:a,exported_service:b`): a point's attribute keys
+    are unique, and `/metrics` refuses it too (`label_conflict`)."""
+    out = tuple((k if k not in resource else "exported_" + k, v or "true") for k, v in tags if resource.get(k) != v)
+    return out if len({k for k, _ in out}) == len(out) else None
 
 
 def _points_of(metric: Any) -> Any:

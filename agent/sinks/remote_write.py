@@ -315,11 +315,13 @@ class RemoteWriteSink:
             enc = self._encoded(key, series)
             if enc is None:
                 continue
-            if enc.blocks[0] in seen:  # two tag sets that sanitise to one label set: one series only
+            # two tag sets that sanitise to one label set, or a gauge named as a histogram's `_count`: each
+            # wire series once (a histogram has several), or the store refuses the whole request
+            if not seen.isdisjoint(enc.blocks):
                 if not stale:  # an ended series whose labels live on needs no stale marker
                     self.state.reject("duplicate_series")
                 continue
-            seen.add(enc.blocks[0])
+            seen.update(enc.blocks)
             ts = max(now_ms, enc.last_ms + 1)
             enc.last_ms = ts
             tail = tails.get(ts)

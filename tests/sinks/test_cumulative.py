@@ -74,33 +74,37 @@ def test_a_histogram_whose_sum_would_overflow_keeps_its_last_finite_value() -> N
     assert rejected(metrics, "otlp")["non_finite"] == 1
 
 
-# a histogram point: a timer's (milliseconds) or not, of one of two tag sets, its value
-unit_points = st.lists(st.tuples(st.booleans(), st.sampled_from([(), (("queue", "a"),)]),
-                                 st.floats(min_value=0.0, max_value=1e6)), min_size=1, max_size=12)
+# one name and tags: a count, a gauge, a timer's points or a histogram's, any order (`q:1|c` then `q:5|g`)
+MIXED = st.lists(st.sampled_from(["count", "gauge", "timer", "histogram"]), min_size=1, max_size=10)
 
 
-def histogram_sample(ms: bool, tags: tuple[tuple[str, str], ...], value: float) -> Sample:
-    kind = Kind.HISTOGRAM if ms else Kind.DISTRIBUTION  # `d` is raw as `h` is
-    return Sample("lat", Points((value,), (1.0,), milliseconds=ms), kind, tags, interval=10)
+def mixed_sample(kind: str) -> Sample:
+    if kind in ("timer", "histogram"):
+        return Sample("q", Points((500.0,), (1.0,), milliseconds=kind == "timer"), Kind.HISTOGRAM, interval=10)
+    return Sample("q", 1.0, Kind.COUNT if kind == "count" else Kind.GAUGE, interval=10)
 
 
-@given(unit_points)
-def test_a_stream_never_adds_a_timers_seconds_to_raw_values(points: list[tuple[bool, tuple, float]]) -> None:
-    # a timer's points where raw ones were (or the other way) end the stream and start one of their unit
+@given(MIXED)
+def test_the_first_type_keeps_a_series_as_on_metrics(kinds: list[str]) -> None:
+    """remote_write and OTLP send what /metrics shows: the first type (a timer's unit too) keeps the
+    series, whose counter never restarts at 0 for a gauge line; the others are counted as on /metrics."""
     metrics = SelfMetrics()
+    prometheus = PrometheusSink(metrics)
     state = CumulativeState("otlp", metrics, buckets=(1.0,))
-    expected: dict[tuple, tuple[bool, float]] = {}  # tags -> (unit, sum of the stream)
-    ends = 0
-    for ms, tags, value in points:
-        state.accept(Batch("statsd", [histogram_sample(ms, tags, value)]))
-        unit, total = expected.get(tags, (ms, 0.0))
-        if unit != ms:
-            ends, total = ends + 1, 0.0
-        expected[tags] = (ms, total + (value / 1000 if ms else value))
-    got = {tags: series.value for (_, tags), series in state.items()}
-    assert got.keys() == expected.keys()
-    for tags, (ms, total) in expected.items():
-        histogram = got[tags]
-        assert isinstance(histogram, Histogram) and histogram.milliseconds is ms
-        assert math.isclose(histogram.total, total, rel_tol=1e-9)
-    assert len(state.take_ended()) == ends
+    for kind in kinds:
+        batch = Batch("statsd", [mixed_sample(kind)])
+        prometheus.accept(batch)
+        state.accept(batch)
+    [(_, series)] = list(state.items())
+    kept = [k for k in kinds if k == kinds[0]]
+    if kinds[0] == "count":
+        assert series.kind is Kind.COUNTER and series.value == len(kept)
+    elif kinds[0] == "gauge":
+        assert series.kind is Kind.GAUGE and series.value == 1.0
+    else:
+        assert isinstance(series.value, Histogram) and series.value.count == len(kept)
+        assert series.value.total == len(kept) * (0.5 if kinds[0] == "timer" else 500.0)
+    conflicts = {sink: metrics.get("tasklens.sink.points_rejected", sink=sink, reason="type_conflict")
+                 for sink in ("otlp", "prometheus")}
+    assert conflicts == {"otlp": len(kinds) - len(kept), "prometheus": len(kinds) - len(kept)}
+    assert state.take_ended() == []

@@ -247,6 +247,22 @@ def test_a_timer_and_a_histogram_are_two_types_of_instrument() -> None:
     assert hub.metrics.get("tasklens.sink.points_rejected", sink="otlp", reason="type_conflict") == 1
 
 
+def test_a_renamed_identity_key_never_meets_a_tag_of_its_new_name() -> None:
+    # `service:other,exported_service:mine`: `service` would become a second `exported_service`; a
+    # point's attribute keys are unique, so it is refused and counted, as on /metrics
+    import gzip as gz
+
+    sink, hub = make("http://127.0.0.1:9")
+    hub.publish(Batch("statsd", [Sample("col", 1.0, tags=(("exported_service", "mine"), ("service", "other"))),
+                                 Sample("ok", 1.0, tags=(("service", "other"),))]))
+    [payload] = sink.flush()
+    req = ExportMetricsServiceRequest()
+    req.ParseFromString(gz.decompress(payload.body))
+    metrics = by_name(req)
+    assert "col" not in metrics and attrs(metrics["ok"].gauge.data_points[0].attributes) == {"exported_service": "other"}
+    assert hub.metrics.get("tasklens.sink.points_rejected", sink="otlp", reason="label_conflict") == 1
+
+
 # lone surrogates included (undecodable input: a `\ud800` escape in ECS metadata, an environment variable)
 HOSTILE_TEXT = st.one_of(st.text(max_size=6), st.text(st.characters(blacklist_categories=()), max_size=6),
                          st.sampled_from(["\ud800", "x\udfff", "é", "", "\x00"]))

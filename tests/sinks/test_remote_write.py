@@ -600,6 +600,30 @@ def test_a_sidecar_pushes_to_prometheus_writes_emf_and_ends_its_series_on_sigter
         prom.stop()
 
 
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["hx", "hx_count", "hx.sum", "hx_bucket", "c", "c_total", "c.total"]),
+                          st.sampled_from([Kind.GAUGE, Kind.COUNT, Kind.HISTOGRAM]),
+                          st.sampled_from([(), (("le", "1"),), (("a", "b"),)])), min_size=1, max_size=12),
+       st.integers(1, 30))
+def test_no_label_set_goes_out_twice_in_a_flush(samples: list[Any], batch: int) -> None:
+    """A gauge `hx_count` beside a histogram `hx`, `c.total` beside the counter `c`: one wire series each
+    per flush, in whatever requests they are cut into (a second one, at the same timestamp, makes the
+    store refuse its whole request: `duplicate sample for timestamp`). The other is counted."""
+    import cramjam
+
+    sink, hub = make("http://127.0.0.1:9/api/v1/write", remote_write_batch_samples=batch)
+    batch_of = Batch("statsd", [Sample(n, Points((1.0,), (1.0,)) if k is Kind.HISTOGRAM else 1.0, k, t, interval=10)
+                                for n, k, t in samples])
+    for _ in range(2):
+        hub.publish(batch_of)
+        label_sets = []
+        for p in sink.flush():
+            req = pb()["WriteRequest"]()
+            req.ParseFromString(bytes(cramjam.snappy.decompress_raw(p.body)))
+            label_sets += [tuple((label.name, label.value) for label in ts.labels) for ts in req.timeseries]
+        assert len(label_sets) == len(set(label_sets))
+
+
 def test_a_burst_of_new_series_is_spread_over_flushes_and_nothing_is_lost() -> None:
     sink, hub = make("http://127.0.0.1:9/api/v1/write")
     sink.new_series_per_flush = 40
@@ -733,12 +757,14 @@ async def test_a_failing_store_never_holds_up_the_other_sinks(fault: str) -> Non
 
 
 def test_a_series_that_ends_while_its_labels_live_on_gets_no_stale_marker_in_the_same_push() -> None:
-    """A gauge `x_total` replaced by a counter `x_total`: one label set; a stale marker beside the live
-    sample could share its timestamp, and Prometheus would refuse the whole request."""
+    """A source's gauge `jobs.x_total` that ends as a worker's counter `jobs.x` (`jobs_x_total` too)
+    starts: one label set; a stale marker beside the live sample could share its timestamp, and
+    Prometheus would refuse the whole request."""
     sink, hub = make("http://127.0.0.1:9/api/v1/write")
-    hub.publish(Batch("statsd", [Sample("jobs.x_total", 1.0, Kind.GAUGE)]))
+    hub.publish(Batch("ecs", [Sample("jobs.x_total", 1.0, Kind.GAUGE)], snapshot=True))
     sink.flush()
-    hub.publish(Batch("statsd", [Sample("jobs.x_total", 5.0, Kind.COUNTER)]))
+    hub.publish(Batch("ecs", [], snapshot=True))
+    hub.publish(Batch("statsd", [Sample("jobs.x", 5.0, Kind.COUNT, interval=10)]))
     import cramjam
 
     samples = []

@@ -28,8 +28,10 @@ DECODE_LEVELS = 3  # one more than the code decodes: parse_qsl, then a client's 
 # a URL starts the text, a parameter's value (`management=http://`) or an entry of a list (`,redis://`);
 # elsewhere `x://` is part of a password
 _SCHEME = re.compile(r"(?:^|(?<=[=,\s]))[A-Za-z][A-Za-z0-9+.-]*://")
-# a password as a query parameter (`postgresql://app@db/app?password=...`, as libpq and asyncpg read it)
-_PARAM = re.compile(r"[?&;][A-Za-z_]*password=([^&#\s]*)", re.IGNORECASE)
+# a password as a query parameter (`postgresql://app@db/app?password=...`, as libpq and asyncpg read it), or
+# another credential a store's URL may carry in its query (`?token=`, `?api_key=`, `X-Amz-Signature=`)
+_PARAM = re.compile(r"[?&;][A-Za-z_-]*(?:password|passwd|token|secret|api_?key|access_?key|signature)=([^&#\s]*)",
+                    re.IGNORECASE)
 _PASSWORD_ENV = re.compile(r"[?&;]password_env=", re.IGNORECASE)
 
 
@@ -91,7 +93,7 @@ def _spanning(text: str, found: list[Authority]) -> Iterator[tuple[Authority, Au
     """Passwords read across the next `scheme://`: a password may hold `,x://` or `=x://` (`redis://:pa,
     x://ss@host`), which reads as a list of two URLs, the first without a password, the second without
     one of its own (`ss` is no password). Unless the URL reads as written up to its port or its own user
-    info and the next URL with user info has a password of its own, its user info is also read up to the
+    info (not an empty one: `https://@/:pa,nats://ss@h`) and the next URL with user info has a password of its own, its user info is also read up to the
     last `@` of the text (a list of URLs may then be masked more than it needs): a password of digits
     and `/` reads as a port and a path (`redis://u:12/x,y://ss@h`). Yields (the URL, the next one, the
     password)."""
@@ -100,7 +102,7 @@ def _spanning(text: str, found: list[Authority]) -> Iterator[tuple[Authority, Au
         if at < after.start:
             continue  # no user info after it
         has_own = next((_has_password(a, text) for a in found[i + 1:] if a.userinfo is not None), False)
-        if (this.port is not None or (this.readable and this.userinfo is not None)) and has_own:
+        if (this.port is not None or (this.readable and this.userinfo)) and has_own:
             continue  # a list of URLs (`redis://h:6379/0,redis://u:pw@h2`; one in a parameter spans itself)
         if this.scheme != "nats" and ":" not in text[this.start:after.start - len(after.scheme) - 3]:
             continue  # a password starts after a `:` of this URL's own text (`sqs://q,redis://u@h` holds none)

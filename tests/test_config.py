@@ -215,7 +215,7 @@ def test_a_number_outside_its_range_names_the_variable_and_the_range(f) -> None:
         ("DD_DD_URL", "http://127.0.0.1:19510/#f", "without a query or fragment"),
         ("DD_DD_URL", "http://127.0.0.1:19510?x=1", "without a query or fragment"),
         ("DD_DD_URL", "http://127.0.0.1:19510/?", "without a query or fragment"),
-        ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4318/?token=x", "without a query or fragment"),
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4318/?v=1", "without a query or fragment"),
         ("TASKLENS_PYROSCOPE_URL", "http://127.0.0.1:4040/#f", "without a query or fragment"),
         ("TASKLENS_QUEUES", "redis://h:6379/0?list=a b", "URLs"),
         # CloudWatch's rules (API reference: Dimension, PutMetricData), refused by `check` as by `run`

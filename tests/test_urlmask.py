@@ -164,6 +164,10 @@ def test_a_password_is_masked_in_any_encoding() -> None:
     assert mask_secrets("a/b a%2Fb a%252fb %61/b A/B", ["a/b"]) == "*** *** *** *** ***"
     assert mask_secrets("p w, p+w, p%20w", ["p w"]) == "***, ***, ***"
     assert url_passwords("amqp://u:Sec/ret@h/?queue=x") == ["Sec/ret"]
+    # a store's credential in the query: `?token=` (a remote_write or OTLP URL), `api_key`, a signature
+    for param in ("token", "access_token", "api_key", "apikey", "client_secret", "X-Amz-Signature"):
+        assert url_passwords(f"https://h/api/v1/write?x=1&{param}=T0k%2Fn") == ["T0k%2Fn", "T0k/n"], param
+    assert url_passwords("redis://h/0?list=jobs&password_env=REDIS_PASSWORD") == []
     assert "MgmtS3cret" in url_passwords("amqp://h/?queue=q&management=http%3A%2F%2Fg%3AMgmtS3cret%40h")
 
 
@@ -212,6 +216,7 @@ ANY_PASSWORDS = st.builds(lambda head, pieces: head + "".join(pieces) + TAIL,
 @given(variable=st.sampled_from(sorted(URL_SETTINGS)), user=USERS, password=ANY_PASSWORDS, encoding=ENCODINGS)
 @example(variable="TASKLENS_QUEUES", user="", password="40817/abc,x://Xk9Zb", encoding="raw")
 @example(variable="DD_DD_URL", user="u", password="40817/x,y://Xk9Zb", encoding="raw")
+@example(variable="DD_DD_URL", user="@/", password="Qv7Wj,nats://Xk9Zb", encoding="raw")  # `https://@/:Qv7Wj,...`
 def test_no_password_of_any_url_setting_is_shown(variable: str, user: str, password: str, encoding: str) -> None:
     from agent.redact import Redactor, config_secrets
 

@@ -24,6 +24,7 @@ from agent.model import Batch, Kind, Points, Tags
 
 CPU_METRIC = "ecs.container.cpu.utilization_percent"
 MAX_TAG_SETS = 100_000  # of one gauge, kept by `Observations` (TASKLENS_STATSD_MAX_CONTEXTS' default)
+MAX_IDENTITY_PAIRS = 1_000  # identity pairs `Observations` leaves out of a tag set (an identity has about ten)
 
 NAME = r"[A-Za-z_][A-Za-z0-9_.]*"  # a Datadog metric name: no `-`, so `a-b>0` is a difference
 NUMBER = r"-?[0-9]+(?:\.[0-9]+)?"
@@ -157,19 +158,28 @@ class Observations:
     A gauge keeps the last value of each tag set, but a tag set at 0 adds nothing to the sum and is not
     kept: a worker that tags its in-progress gauge per job grows nothing once its jobs are done. At most
     MAX_TAG_SETS tag sets a gauge are kept (the StatsD side holds no more contexts), the first seen
-    forgotten first."""
+    forgotten first.
+
+    A tag set is the worker's: the task's identity pairs the hub adds (every pair of every identity
+    seen) are not part of it. When the first metadata poll turns `service:<host name>` into the task's
+    identity, the worker's 0 for `slot:1` clears the 1 it sent for `slot:1` before, instead of leaving
+    it under the old identity, busy for good."""
 
     rule: Rule
     cpu: dict[str, float] = field(default_factory=dict)  # container name -> % of its allocation
     gauges: dict[str, dict[Tags, float]] = field(default_factory=dict)  # name -> tags -> last value
     counts: dict[str, float] = field(default_factory=dict)  # name -> total since start
+    identity: set[tuple[str, str]] = field(default_factory=set)  # the pairs of every identity seen
 
     def __post_init__(self) -> None:
         self._names = self.rule.metric_names
         self._counted = frozenset(n for t in self.rule.terms if isinstance(t, InProgress)
                                   for n in (t.started, t.finished))
 
-    def observe(self, batch: Batch) -> None:
+    def observe(self, batch: Batch, identity: Tags = ()) -> None:
+        """`identity`: the task's tags now (`Hub.identity.tags`), which the batch's samples carry."""
+        if not self.identity.issuperset(identity):
+            self._learn(identity)
         cpu: dict[str, float] = {}
         for s in batch.samples:
             if s.name == CPU_METRIC and self.rule.uses_cpu:
@@ -182,14 +192,25 @@ class Observations:
                 if s.name in self._counted and s.kind in (Kind.COUNT, Kind.HISTOGRAM, Kind.DISTRIBUTION):
                     self.counts[s.name] = self.counts.get(s.name, 0.0) + value
                 values = self.gauges.setdefault(s.name, {})
+                key = self._own(s.tags)
                 if value == 0.0:
-                    values.pop(s.tags, None)
+                    values.pop(key, None)
                     continue
-                if s.tags not in values and len(values) >= MAX_TAG_SETS:
+                if key not in values and len(values) >= MAX_TAG_SETS:
                     del values[next(iter(values))]
-                values[s.tags] = value
+                values[key] = value
         if cpu:  # an ECS poll that produced no CPU (an outage, a first poll) keeps the last known values
             self.cpu = cpu
+
+    def _own(self, tags: Tags) -> Tags:
+        return tuple(pair for pair in tags if pair not in self.identity)
+
+    def _learn(self, identity: Tags) -> None:
+        """Take a new identity's pairs, and key what is kept without them."""
+        if len(self.identity) >= MAX_IDENTITY_PAIRS:  # identities that never stop changing: bounded
+            self.identity.clear()
+        self.identity.update(identity)
+        self.gauges = {name: {self._own(tags): v for tags, v in values.items()} for name, values in self.gauges.items()}
 
     def total(self, name: str) -> float:
         return self.counts.get(name, sum(self.gauges.get(name, {}).values()))

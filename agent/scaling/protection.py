@@ -281,7 +281,7 @@ class ScaleInProtection:
 
     def accept(self, batch: Batch) -> None:
         if batch.source != self.name:
-            self.seen.observe(batch)
+            self.seen.observe(batch, self.hub.identity.tags)
 
     # -- component side -----------------------------------------------------------------------
 

@@ -228,3 +228,36 @@ def test_what_the_setting_takes_run_takes_too() -> None:
     text = "x>1" + ",x>1" * 120
     config = load({"TASKLENS_SCALE_IN_PROTECTION": text})
     assert ScaleInProtection(config.scale_in_protection, Hub(Identity(service="s")), None).rule == parse_rule(text)
+
+
+IDENTITIES = [(("service", "vm"),),  # local mode: the host name, before the first metadata poll
+              (("service", "orders"), ("task_id", "t1")),
+              (("ecs_cluster", "c"), ("service", "orders"), ("task_id", "t1")),
+              ()]
+
+
+@given(st.lists(st.tuples(st.integers(0, len(IDENTITIES) - 1), st.integers(0, 2), st.sampled_from([0.0, 1.0, 3.0])),
+                max_size=40))
+def test_a_slot_is_one_tag_set_whatever_identity_its_samples_carried(updates) -> None:
+    """The identity changes under the worker (the first metadata poll, a field missing from one poll):
+    the last value of each slot counts once, and a 0 over a slot clears what it sent before."""
+    rule = parse_rule("jobs.in_progress>0")
+    seen = Observations(rule)
+    last: dict[int, float] = {}
+    for which, slot, value in updates:
+        identity = IDENTITIES[which]
+        tags = tuple(sorted(identity + (("slot", str(slot)),)))  # as the hub merges them
+        seen.observe(Batch("statsd", [Sample("jobs.in_progress", value, Kind.GAUGE, tags)]), identity)
+        last[slot] = value
+        assert seen.total("jobs.in_progress") == sum(last.values())
+        assert evaluate(rule, seen)[0] == (sum(last.values()) > 0)
+
+
+def test_a_worker_tag_of_an_identity_key_with_its_own_value_stays_its_own() -> None:
+    # `service:mine` is the worker's, not the task's `service:orders`: two tag sets, summed
+    rule = parse_rule("jobs.in_progress>1")
+    seen = Observations(rule)
+    identity = (("service", "orders"),)
+    for service in ("orders", "mine"):
+        seen.observe(Batch("statsd", [Sample("jobs.in_progress", 1.0, Kind.GAUGE, (("service", service),))]), identity)
+    assert seen.total("jobs.in_progress") == 2.0 and evaluate(rule, seen)[0]

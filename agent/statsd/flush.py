@@ -317,9 +317,14 @@ _merge = _fast.merge if _fast is not None else _merged
 
 
 def _full_tags(own: Tags, container: str, containers: Mapping[str, Tags], base: Tags) -> Tags:
-    """The task's tags, then the container's, then the line's own, each winning over the one before."""
+    """The task's tags, then the container's, then the line's own, each winning over the one before.
+    `container`: the line's `c:` field, a DockerId as written, or `ci-<DockerId>` as the Datadog
+    clients' origin detection sends it (`in-<cgroup inode>` names no container here: no tags)."""
     if container:
-        own = merge_tags(containers.get(container, ()), own)
+        tags = containers.get(container)
+        if tags is None and container.startswith("ci-"):
+            tags = containers.get(container[3:])
+        own = merge_tags(tags or (), own)
     return merge_tags(base, own)
 
 

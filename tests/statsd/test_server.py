@@ -178,6 +178,26 @@ async def test_tag_enrichment_client_tags_win_and_origin_detection(start) -> Non
     assert samples["other1.0"] == TASK_TAGS
 
 
+async def test_origin_detection_of_the_real_client_reading_its_cgroup(start, tmp_path, monkeypatch) -> None:
+    """`datadog.DogStatsd` finds its container id in /proc/self/cgroup and sends `c:ci-<id>`: the line
+    gets its container's tags as a bare `c:<id>` does."""
+    from datadog.dogstatsd import container
+
+    cgroup = tmp_path / "cgroup"
+    cgroup.write_text(f"9:memory:/docker/{DOCKER_ID}\n")
+    monkeypatch.setattr(container.Cgroup, "CGROUP_PATH", str(cgroup))
+    monkeypatch.setattr(container.Cgroup, "_is_host_cgroup_namespace", lambda self: True)
+    r = await start()
+    client = DogStatsd(host="127.0.0.1", port=r.port, origin_detection_enabled=True, disable_telemetry=True)
+    assert client._container_id == f"ci-{DOCKER_ID}"
+    client.increment("hits", 2)
+    client.close_socket()
+    await r.wait_lines(1)
+    await r.server.flush()
+    [sample] = [s for s in r.recorder.samples() if s.name == "hits"]
+    assert sample.tags == TASK_TAGS + CONTAINER_TAGS
+
+
 async def test_prometheus_exposition_of_statsd_metrics(start) -> None:
     r = await start(TASKLENS_HISTOGRAM_BUCKETS="0.1,0.5,1")
     send(r.port, b"api.req-count:3|c|#route:/login,canary\napi.req-count:1|c|@0.5|#route:/login,canary\n"

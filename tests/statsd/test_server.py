@@ -198,6 +198,20 @@ async def test_origin_detection_of_the_real_client_reading_its_cgroup(start, tmp
     assert sample.tags == TASK_TAGS + CONTAINER_TAGS
 
 
+async def test_keys_datadog_stores_alike_give_one_winner_whatever_their_order(start) -> None:
+    """docs/datadog.md: a line's tags are a set; of `service` and `Service` (one key in Datadog) the key
+    that sorts last as written wins, in either order on the line."""
+    from agent.sinks.datadog_series import tag_list
+
+    r = await start()
+    send(r.port, b"a:1|c|#service:zzz,Service:aaa", b"b:1|c|#Service:aaa,service:zzz")
+    await r.wait_lines(2)
+    await r.server.flush()
+    tags = {s.name: s.tags for s in r.recorder.samples()}
+    assert tags["a"] == tags["b"]
+    assert [t for t in tag_list(tags["a"], frozenset({"service"})) if t.startswith("service:")] == ["service:zzz"]
+
+
 async def test_prometheus_exposition_of_statsd_metrics(start) -> None:
     r = await start(TASKLENS_HISTOGRAM_BUCKETS="0.1,0.5,1")
     send(r.port, b"api.req-count:3|c|#route:/login,canary\napi.req-count:1|c|@0.5|#route:/login,canary\n"

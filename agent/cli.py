@@ -238,8 +238,7 @@ def cmd_health(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"tasklens health: bad address {args.addr!r}: expected {exc}", file=sys.stderr)
         return 2
-    if host in ("0.0.0.0", "::", ""):
-        host = "127.0.0.1"
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host)  # a wildcard: on loopback
     if ":" in host:
         host = f"[{host}]"
     try:
@@ -287,11 +286,13 @@ def _send_target(addr: str | None) -> tuple[str, int] | str:
 
 
 def cmd_send(args: argparse.Namespace) -> int:
-    from agent.send import SendError, datagram, send
+    from agent.send import UDP_MAX, SendError, datagram, send
+    from agent.statsd.parser import MAX_DATAGRAM
 
     try:
-        body = datagram(args.lines)  # checked first: a refused line sends nothing
-        send(_send_target(args.addr), body)
+        target = _send_target(args.addr)
+        body = datagram(args.lines, MAX_DATAGRAM if isinstance(target, str) else UDP_MAX)  # a refused line sends nothing
+        send(target, body)
     except ConfigError as exc:
         _say(f"tasklens send: invalid configuration: {exc}")
         return 2

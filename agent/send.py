@@ -7,6 +7,7 @@ lines go where `tasklens run` listens: the same settings, read by the same `conf
 
 from __future__ import annotations
 
+import os
 import socket
 
 from agent.config import Config
@@ -20,10 +21,12 @@ class SendError(ValueError):
     pass
 
 
-def datagram(lines: list[str]) -> bytes:
-    """The lines joined into one datagram; SendError names the first line the sidecar would refuse
-    or skip (an empty line: the sidecar would receive nothing for it)."""
-    encoded = [line.encode() for line in lines]
+def datagram(lines: list[str], limit: int = UDP_MAX) -> bytes:
+    """The lines joined into one datagram of at most `limit` bytes (`UDP_MAX`, or `MAX_DATAGRAM` to a
+    Unix socket); SendError names the first line the sidecar would refuse or skip (an empty line: the
+    sidecar would receive nothing for it). A line is sent as its bytes were given: an argument that
+    is not UTF-8 (`$'users.seen:\\xff|s'`) is the bytes the sidecar would receive from a client."""
+    encoded = [os.fsencode(line) for line in lines]
     # the sidecar reads a datagram line by line: an argument holding newlines is that many lines
     for line in (part for arg in encoded for part in arg.split(b"\n")):
         shown = line[:80].decode(errors="replace") + ("..." if len(line) > 80 else "")
@@ -34,8 +37,8 @@ def datagram(lines: list[str]) -> bytes:
         if empty:
             raise SendError(f"{shown!r} is an empty line: expected a StatsD line such as {EXAMPLE!r}")
     body = b"\n".join(encoded)
-    if len(body) > min(MAX_DATAGRAM, UDP_MAX):
-        raise SendError(f"{len(body)} bytes do not fit in one datagram (at most {UDP_MAX})")
+    if len(body) > min(MAX_DATAGRAM, limit):
+        raise SendError(f"{len(body)} bytes do not fit in one datagram (at most {min(MAX_DATAGRAM, limit)})")
     return body
 
 

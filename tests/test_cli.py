@@ -129,6 +129,25 @@ def test_health_finds_the_sidecar_where_run_listens_from_the_config_file(sidecar
     assert bad.returncode == 2 and "http_addr='nope' is invalid" in bad.stderr and "Traceback" not in bad.stderr
 
 
+def test_health_finds_a_sidecar_listening_on_every_ipv6_interface(sidecar_factory) -> None:
+    """`TASKLENS_HTTP_ADDR=[::]:port` is reached on ::1, as `send` reaches a StatsD listener on `::`."""
+    import socket
+
+    try:
+        with socket.socket(socket.AF_INET6) as probe:
+            probe.bind(("::1", 0))
+    except OSError:
+        pytest.skip("no IPv6 loopback on this machine")
+    port = free_port()
+    sidecar = sidecar_factory(TASKLENS_HTTP_ADDR=f"[::]:{port}")
+    sidecar.url = f"http://[::1]:{port}"
+    sidecar.wait_ready()
+    ok = subprocess.run([TASKLENS, "health"], env=clean_env(TASKLENS_HTTP_ADDR=f"[::]:{port}"),
+                        capture_output=True, text=True, timeout=10)
+    assert ok.returncode == 0, ok.stderr
+    assert sidecar.stop() == 0
+
+
 def test_port_in_use_is_a_clear_error(sidecar_factory) -> None:
     import socket
 

@@ -11,8 +11,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent.send import SendError, datagram
-from agent.statsd.parser import parse
+from agent.send import UDP_MAX, SendError, datagram
+from agent.statsd.parser import MAX_DATAGRAM, parse
 from tests.support import TASKLENS, clean_env, free_port, wait_until
 
 
@@ -40,6 +40,32 @@ def test_what_send_accepts_the_sidecar_accepts_whole(lines: list[str]) -> None:
     parsed = parse(body)
     assert not parsed.errors
     assert parsed.lines == body.count(b"\n") + 1
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.binary(max_size=24).map(lambda b: b"x:" + b), min_size=1, max_size=3))
+def test_an_argument_of_any_bytes_is_sent_as_those_bytes_or_refused_with_its_reason(args: list[bytes]) -> None:
+    """A shell passes bytes; Python holds those that are not UTF-8 as surrogates (`$'users.seen:\\xff|s'`).
+    send checks and sends the bytes themselves, as the sidecar will receive them from any client."""
+    import os
+
+    try:
+        body = datagram([os.fsdecode(arg) for arg in args])
+    except SendError as exc:
+        assert "would be refused" in str(exc) or "empty line" in str(exc), exc
+        return
+    assert body == b"\n".join(args)
+    parsed = parse(body)
+    assert not parsed.errors and parsed.lines == body.count(b"\n") + 1
+
+
+def test_to_a_unix_socket_a_datagram_may_be_as_long_as_the_sidecar_reads() -> None:
+    lines = [f"metric.{i}:1|c" for i in range(4150)]  # 65,289 bytes
+    lines += ["a:1|c|#k:" + "v" * 100, "b:1|c|#k:" + "v" * 111]  # 65,520 bytes in all
+    body = datagram(lines, limit=MAX_DATAGRAM)
+    assert UDP_MAX < len(body) == 65_520 <= MAX_DATAGRAM
+    with pytest.raises(SendError, match=f"at most {UDP_MAX}"):
+        datagram(lines)
 
 
 def test_an_argument_with_a_newline_is_checked_line_by_line() -> None:

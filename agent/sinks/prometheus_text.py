@@ -20,6 +20,7 @@ family names, one series per label block. What differs between the two formats i
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from operator import itemgetter
@@ -54,30 +55,45 @@ def label_text(name: str, value: str) -> str:
     return f'{name}="{_escape(value)}"'
 
 
+# a label in a block, as `label_text` writes it: a name (never `=`, `,` or `"`), its value escaped
+_LABEL = re.compile(r'([^=,"]+)="((?:[^"\\]|\\.)*)"', re.DOTALL)
+_UNESCAPE = re.compile(r"\\(.)", re.DOTALL)
+
+
+def _unescaped(match: re.Match[str]) -> str:
+    return "\n" if match[1] == "n" else match[1]  # `\\` is `\`, `\"` is `"` (what `_escape` makes)
+
+
 class LabelSet:
     """The labels of a series: sorted, escaped once, shared by every series with the same tags. Made
     from (name, value, label_text) of each label, sorted by name: a label's text is made once per tag
-    pair (`labels_of` remembers them), not once per series."""
+    pair (`labels_of` remembers them), not once per series. Only the block is kept: the labels of a
+    series whose pairs are its own (a storm's `request_id:<id>`, or a hundred tags a series) would
+    hold their text twice; `items` and `around_le`, needed once a series if at all, read it back."""
 
-    __slots__ = ("block", "size", "_labels", "_around_le")
+    __slots__ = ("block", "size", "_around_le")
 
     def __init__(self, labels: list[tuple[str, str, str]]) -> None:
-        self._labels = labels
         self.block = ",".join(map(_TEXT, labels))
         self.size = (len(self.block) if self.block.isascii() else len(self.block.encode())) + 2  # with the braces
         self._around_le: tuple[str, str] | None = None
 
+    def _labels(self) -> list[tuple[str, str, str]]:
+        """(name, value, label_text) of each label, read back from the block."""
+        return [(m[1], _UNESCAPE.sub(_unescaped, m[2]), m[0]) for m in _LABEL.finditer(self.block)]
+
     @property
     def items(self) -> tuple[tuple[str, str], ...]:
         """(name, value) of each label, sorted by name."""
-        return tuple((name, value) for name, value, _ in self._labels)
+        return tuple((name, value) for name, value, _ in self._labels())
 
     def around_le(self) -> tuple[str, str]:
         """The block split where `le` sorts in, for bucket lines: (`a="x",`, `,z="y"`). Made when a
         histogram's buckets are first rendered: most series are not histograms."""
         if self._around_le is None:
-            self._around_le = ("".join([text + "," for name, _, text in self._labels if name < "le"]),
-                               "".join(["," + text for name, _, text in self._labels if name > "le"]))
+            labels = self._labels()
+            self._around_le = ("".join([text + "," for name, _, text in labels if name < "le"]),
+                               "".join(["," + text for name, _, text in labels if name > "le"]))
         return self._around_le
 
     def cost(self, kind: Kind, buckets: int) -> int:

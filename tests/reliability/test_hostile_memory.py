@@ -23,10 +23,10 @@ from tests.reliability.support import (SteadyLoad, context_datagrams, histogram_
                                        rss_bytes, scrape, send_paced, status)
 
 MIB = 1024 * 1024
-# docs/guarantees.md and the README's Guarantees (bench/worst_case_memory.py): measured peak 410-433 MiB
+# docs/guarantees.md and the README's Guarantees (bench/worst_case_memory.py): measured peak 392-404 MiB
 # without the histogram flood; with a flood in two slots at TASKLENS_STATSD_MAX_HISTOGRAM_VALUES, up
 # to 36 bytes a value come on top (the interval flushed: values, weights, running weights, sort index;
-# the interval received: values), 275 MiB at 8,000,000: measured 561 MiB
+# the interval received: values), 275 MiB at 8,000,000: measured 536 MiB
 RSS_CEILING = 512 * MIB
 RSS_CEILING_FLOOD = 768 * MIB
 

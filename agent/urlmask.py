@@ -93,10 +93,10 @@ def _spanning(text: str, found: list[Authority]) -> Iterator[tuple[Authority, Au
     """Passwords read across the next `scheme://`: a password may hold `,x://` or `=x://` (`redis://:pa,
     x://ss@host`), which reads as a list of two URLs, the first without a password, the second without
     one of its own (`ss` is no password). Unless the URL reads as written up to its port or its own user
-    info (not an empty one: `https://@/:pa,nats://ss@h`) and the next URL with user info has a password of its own, its user info is also read up to the
-    last `@` of the text (a list of URLs may then be masked more than it needs): a password of digits
-    and `/` reads as a port and a path (`redis://u:12/x,y://ss@h`). Yields (the URL, the next one, the
-    password)."""
+    info (not an empty one: `https://@/:pa,nats://ss@h`) and the next URL with user info has a password
+    of its own, its user info is also read up to the last `@` of the text (a list of URLs may then be
+    masked more than it needs): a password of digits and `/` reads as a port and a path
+    (`redis://u:12/x,y://ss@h`). Yields (the URL, the next one, the password)."""
     at = text.rfind("@")
     for i, (this, after) in enumerate(zip(found, found[1:])):
         if at < after.start:

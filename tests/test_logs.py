@@ -8,7 +8,7 @@ import re
 import time
 
 from agent.logs import AsideHandler
-from tests.support import wait_until
+from tests.support import serve_app, wait_until
 
 
 def test_a_blocked_stream_never_holds_up_a_log_call_and_every_line_is_written_or_counted() -> None:
@@ -73,11 +73,8 @@ async def test_malformed_http_requests_log_one_line_a_minute_not_a_traceback_eac
         return web.Response(text="ok")
 
     app.router.add_get("/health", health)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    runner, url = await serve_app(app)
+    port = int(url.rsplit(":", 1)[1])
     try:
         with caplog.at_level(logging.INFO):
             for size in (9_000, 20_000, 60_000):

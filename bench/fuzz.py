@@ -91,7 +91,7 @@ def check_statsd(data: bytes) -> None:
 
 def _counts(agg: Aggregator) -> tuple[Any, ...]:
     s = agg.stats
-    return s.lines, s.samples, {k: v for k, v in s.errors.items() if v}, s.contexts_dropped, len(agg.contexts)
+    return s.lines, s.samples, {k: v for k, v in s.errors.items() if v}, s.contexts_dropped, agg.context_count
 
 
 def _samples(batch: Any) -> list[tuple[Any, ...]]:

@@ -105,7 +105,7 @@ def measure(agg: Aggregator, datagrams: list[bytes], batches: list[list[bytes]],
     per_million = cpu / lines * 1e6
     print(f"ingest, {label} ({len(batches[0])} datagrams per call): {lines / wall:,.0f} lines/s, {per_million:.3f} "
           f"CPU-s per million lines (best pass {best:.3f}; {lines:,} lines in {wall:.2f} s); "
-          f"errors: {sum(agg.stats.errors.values())}, contexts: {len(agg.contexts)}")
+          f"errors: {sum(agg.stats.errors.values())}, contexts: {agg.context_count}")
     return per_million
 
 

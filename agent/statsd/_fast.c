@@ -1538,8 +1538,9 @@ out:
     return failed;
 }
 
-/* adopt(Context, Slot, contexts, cache, pairs, tuples, gauges) -> (context bytes, pair bytes, head bytes):
- * the Python side of the contexts made here since the last call, in the order they were made, as
+/* adopt(Context, Slot, contexts, cache, pairs, tuples, gauges[, most]) -> (context bytes, pair bytes, head
+ * bytes): the Python side of the contexts made here and not adopted yet (at most `most` of them, the
+ * oldest: the others stay pending), in the order they were made, as
  * `Aggregator._slot` makes it for a head Python reads: each Context (its tags sorted by key, kept in the
  * tag pool's `pairs` and `tuples`: `keep_tags`) in `contexts`, its Slot in the head cache
  * `cache` and in its entry, a pending gauge's value in `gauges`; and what they are charged: the sum of
@@ -1547,17 +1548,29 @@ out:
  * no Python code per context but `Context.__init__` and `Slot.__init__`. On an error, the entries before
  * the failing one are adopted and the others not: the caller starts the table again (`reset`). */
 static PyObject *Table_adopt(Table *t, PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs != 7 || !PyDict_CheckExact(args[2]) || !PyDict_CheckExact(args[3]) || !PyDict_CheckExact(args[4])
-            || !PyDict_CheckExact(args[5]) || !PyDict_CheckExact(args[6])) {
-        PyErr_SetString(PyExc_TypeError, "adopt(Context, Slot, contexts, cache, pairs, tuples, gauges): "
-                        "the last five are dicts");
+    Py_ssize_t most = t->npending;
+    if ((nargs != 7 && nargs != 8) || !PyDict_CheckExact(args[2]) || !PyDict_CheckExact(args[3])
+            || !PyDict_CheckExact(args[4]) || !PyDict_CheckExact(args[5]) || !PyDict_CheckExact(args[6])) {
+        PyErr_SetString(PyExc_TypeError, "adopt(Context, Slot, contexts, cache, pairs, tuples, gauges[, most]): "
+                        "the five after Slot are dicts");
         return NULL;
     }
+    if (nargs == 8) {
+        Py_ssize_t asked = PyLong_AsSsize_t(args[7]);
+        if (asked < 0) {
+            if (!PyErr_Occurred())
+                PyErr_SetString(PyExc_ValueError, "adopt(): most must be >= 0");
+            return NULL;
+        }
+        if (asked < most)
+            most = asked;
+    }
     Py_ssize_t charged[3] = {0, 0, 0};
-    for (Py_ssize_t k = 0; k < t->npending; k++)
+    for (Py_ssize_t k = 0; k < most; k++)
         if (adopt_one(t, &t->entries[t->pending[k]], args, charged) < 0)
             return NULL;
-    t->npending = 0;
+    t->npending -= most;
+    memmove(t->pending, t->pending + most, (size_t)t->npending * sizeof(Py_ssize_t));
     return Py_BuildValue("(nnn)", charged[0], charged[1], charged[2]);
 }
 

@@ -289,17 +289,40 @@ def test_the_c_loop_makes_contexts_as_python_does_at_the_edges_of_every_limit(
         assert len(sides[0]._cache) == len(sides[1]._cache)
 
 
-def test_a_storm_under_the_cap_is_made_in_c_and_given_its_python_objects_in_one_go() -> None:
+def test_a_storm_under_the_cap_is_made_in_c_and_given_its_python_objects_in_one_go_at_the_swap() -> None:
     agg = Aggregator(max_contexts=10_000)
     calls = []
     adopt = agg._adopt
-    agg._adopt = lambda table: (calls.append(table.pending), adopt(table))  # type: ignore[method-assign]
+    agg._adopt = lambda table, most=None: (calls.append(table.pending), adopt(table, most))  # type: ignore[method-assign]
     agg.ingest_many(storm("a", 3000) + [b"g1:5|g|#id:1\nh1:2|ms|#id:1"])
-    assert calls == [3002] and len(agg.contexts) == 3002 and agg._table.live()[0] == 3002
+    agg.ingest_many(storm("a", 3000) + [b"g1:6|g|#id:1\nh1:3|ms|#id:1"])  # their lines again: in C
+    assert calls == [] and len(agg.contexts) == 0 and agg.context_count == 3002 == agg._table.live()[0]
     batch = Flusher(10.0).batch(agg.swap(1000.0), now=1000.0)
-    assert sum(1 for s in batch.samples if s.name == "req" and s.value == 1.0) == 3000
-    assert {s.name: s.value for s in batch.samples if s.name == "g1"} == {"g1": 5.0}  # a gauge made in C
+    assert calls == [3002] and len(agg.contexts) == 3002
+    assert sum(1 for s in batch.samples if s.name == "req" and s.value == 2.0) == 3000
+    assert {s.name: s.value for s in batch.samples if s.name == "g1"} == {"g1": 6.0}  # a gauge made in C
     assert any(s.name == "h1" for s in batch.samples)
+
+
+@SETTINGS
+@given(st.lists(st.integers(0, 400), min_size=1, max_size=6), st.integers(1, 10_000))
+def test_contexts_adopted_a_few_at_a_time_are_those_adopted_at_once(steps: list[int], context_bytes: int) -> None:
+    """`adopt(most)` (the server's, while it has nothing to read) between batches of a storm, against the
+    same storm adopted at the swap only: the same contexts, in the same order, within the same limits."""
+    limits = interval.Limits(max_contexts=500, context_bytes=context_bytes * 100)
+    sides = [Aggregator(limits=limits), Aggregator(limits=limits)]
+    for n, most in enumerate(steps):
+        for agg in sides:
+            agg.ingest_many(storm(f"s{n}-", 300) + [b"g%d:%d|g|#n:%d" % (n, n, n)])
+        waiting = sides[0].waiting
+        sides[0].adopt(most)
+        assert sides[0].waiting == max(0, waiting - most)
+        assert sides[0].held_bytes <= limits.context_bytes
+    batches = [Flusher(10.0).batch(agg.swap(1000.0), now=1000.0) for agg in sides]
+    assert canonical(batches[0]) == canonical(batches[1])
+    assert list(sides[0].contexts) == list(sides[1].contexts)
+    assert sides[0].held_bytes == sides[1].held_bytes <= limits.context_bytes
+    assert stats(sides[0]) == stats(sides[1])
 
 
 def test_a_storm_adds_nothing_for_the_garbage_collector_to_walk() -> None:
@@ -310,6 +333,7 @@ def test_a_storm_adds_nothing_for_the_garbage_collector_to_walk() -> None:
     gc.collect()
     before = len(gc.get_objects())
     agg.ingest_many(storm("a", 3000))
+    agg.adopt()
     assert len(agg.contexts) == 3030
     assert len(gc.get_objects()) - before < 100
     ctx = next(iter(agg.contexts.values()))
@@ -319,6 +343,7 @@ def test_a_storm_adds_nothing_for_the_garbage_collector_to_walk() -> None:
 def test_an_error_while_adopting_loses_what_the_c_side_held_and_nothing_after(monkeypatch) -> None:
     agg = Aggregator(max_contexts=10_000)
     agg.ingest_many([b"known:1|c"])
+    agg.adopt()
     made = []
 
     def failing(code, ctx, weight=1.0):  # out of memory on the 5th context (the C side calls it)
@@ -328,13 +353,15 @@ def test_an_error_while_adopting_loses_what_the_c_side_held_and_nothing_after(mo
         return interval.Slot(code, ctx, weight)
 
     monkeypatch.setattr(receive, "Slot", failing)
+    agg.ingest_many(storm("a", 30))
     with pytest.raises(MemoryError):
-        agg.ingest_many(storm("a", 30))
+        agg.adopt()
     monkeypatch.undo()
     assert agg._table.live()[0] == len(agg.contexts) == 1 + 5  # the 5th was in Python's dict already
     assert agg.context_bytes == sum(ctx.cost for ctx in agg.contexts.values())
     assert agg._pool.bytes == sum(map(interval.pair_cost, {kv for c in agg.contexts.values() for kv in c.tags}))
     agg.ingest_many(storm("b", 30) + [b"known:2|c"])
+    agg.adopt()
     assert agg._table.live()[0] == len(agg.contexts) == 1 + 5 + 30
     batch = Flusher(10.0).batch(agg.swap(1000.0), now=1000.0)
     assert {s.value for s in batch.samples if s.tags and s.tags[1][1].startswith("b")} == {1.0}
@@ -349,8 +376,9 @@ def storm(prefix: str, n: int) -> list[bytes]:
 def test_at_the_cap_a_storm_is_refused_in_c_without_python_state() -> None:
     agg = Aggregator(max_contexts=100)
     agg.ingest_many(storm("a", 3000))  # 100 contexts, then 2,900 refused heads
+    agg.adopt()
     heads, refused = len(agg._cache), agg._table.live()[1]
-    assert (len(agg.contexts), agg.stats.contexts_dropped, agg.stats.errors["cardinality_limit"]) == (100, 2900, 2900)
+    assert (agg.context_count, agg.stats.contexts_dropped, agg.stats.errors["cardinality_limit"]) == (100, 2900, 2900)
     assert (heads, refused) == (100, 2900)  # the refusals are remembered in C only
     agg.ingest_many(storm("a", 3000))  # the same lines again: refused by their heads, not counted as new
     assert (agg.stats.contexts_dropped, agg.stats.errors["cardinality_limit"]) == (2900, 5800)
@@ -405,7 +433,7 @@ def test_expiry_keeps_the_heads_of_live_contexts_and_makes_room_again() -> None:
     agg.ingest(b"keep:1|c")  # handled in C at once: no parse
     assert agg._table.run(b"keep:1|c", 0, interval.Interval(0.0)) == len(b"keep:1|c")
     agg.ingest_many(storm("a", 300))  # the refused names of before find room now
-    assert len(agg.contexts) == 100 and agg.stats.contexts_dropped == 202 + 202
+    assert agg.context_count == 100 and agg.stats.contexts_dropped == 202 + 202
     batch = flusher.batch(agg.swap(1030.0), now=1030.0)
     assert sum(1 for s in batch.samples if s.name == "req" and s.value == 1.0) == 98
 
@@ -474,7 +502,7 @@ def test_tags_in_any_order_name_one_context(tags: dict[str, str], rnd, kind: str
     for accelerated in (True, False):
         agg = Aggregator(max_contexts=1, accelerated=accelerated)
         agg.ingest(b"\n".join(lines))
-        assert len(agg.contexts) == 1 and agg.stats.errors == {"cardinality_limit": 1}, accelerated
+        assert agg.context_count == 1 and agg.stats.errors == {"cardinality_limit": 1}, accelerated
         batch = Flusher(10.0).batch(agg.swap(1000.0), now=1000.0)
         assert {s.tags for s in batch.samples} == {tuple(sorted(tags.items()))}, accelerated
 

@@ -21,6 +21,7 @@ def run(datagram: bytes, limits: Limits | None = None) -> Aggregator:
     agg = Aggregator(limits=limits or Limits())
     agg.ingest(CONTROL)  # known before: the C loop handles its later lines
     agg.ingest(b"\n".join([CONTROL, datagram, CONTROL]))
+    agg.adopt()  # the contexts the C loop made, in `contexts` and `held_bytes` (else at the swap)
     return agg
 
 
@@ -85,6 +86,7 @@ def test_expired_contexts_make_room_again() -> None:
     agg.swap()
     agg.ingest(b"\n".join(b"b%d:1|c|#k:%d" % (i, i + 5) for i in range(4)))  # new pairs, as long
     assert agg.stats.contexts_dropped == 1  # the pairs of the forgotten contexts were dropped too
+    agg.adopt()
     assert sorted(c.name for c in agg.contexts.values()) == ["b0", "b1", "b2", "b3", "control"]
 
 

@@ -42,6 +42,7 @@ def run_both(datagrams: list[bytes], limits: Limits) -> list[Aggregator]:
         agg.ingest(CONTROL)  # a known context before the storm: its lines must never be refused
         for d in datagrams:
             agg.ingest(d)
+        agg.adopt()  # the contexts the C loop made, in `contexts` and `held_bytes` (else at the swap)
         out.append(agg)
     return out
 

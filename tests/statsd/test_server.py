@@ -446,3 +446,20 @@ async def test_a_refusal_by_a_limit_is_counted_and_logged_once_a_minute(start, c
     assert "docs/statsd.md" in logged[0]
     await r.server.flush()
     assert sum(s.value for s in r.recorder.samples() if s.name == "ok") == 1.0  # (an idle counter's zeros too)
+
+
+async def test_a_storms_contexts_get_their_objects_between_datagrams_not_at_the_swap(start, every_receiver: str) -> None:
+    """The contexts the C loop makes wait for their Python objects; the receive thread makes them when it
+    has nothing to read, so the swap that ends the interval has none left to make."""
+    r = await start(TASKLENS_FLUSH_INTERVAL="3600")
+    names = 5_000
+    for k in range(0, names, 25):
+        send(r.port, b"\n".join(b"storm.req:1|c|#request_id:%d" % i for i in range(k, k + 25)))
+    agg = r.server.aggregator
+    deadline = time.monotonic() + 10
+    while (agg.waiting or len(agg.contexts) < names) and time.monotonic() < deadline:
+        await asyncio.sleep(0.01)
+    assert agg.waiting == 0 and len(agg.contexts) == agg.context_count == names, agg.stats.errors
+    await r.server.flush()
+    storm = [s for b in r.recorder.batches for s in b.samples if s.name == "storm.req"]
+    assert len(storm) == names and {s.value for s in storm} == {1.0}

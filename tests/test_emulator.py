@@ -13,12 +13,14 @@ from collections.abc import AsyncIterator
 
 import aiohttp
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 from tests.support import FIXTURES, TASKLENS, clean_env, free_port, http_get, serve_app, wait_until
 
 from agent.config import Config
 from agent.emulator import make_app, serve
 from agent.hub import Hub
 from agent.identity import Identity
+from agent.sinks.prometheus import PrometheusSink
 from agent.sources.ecs import EcsSource
 
 PAIRS = [
@@ -99,6 +101,37 @@ async def test_the_ecs_source_reads_every_pair(task: str, stats: str) -> None:
     finally:
         await source.aclose()
         await runner.cleanup()
+
+
+@pytest.mark.parametrize(("task", "stats"), PAIRS)
+async def test_every_pair_renders_every_series_without_a_clash(tmp_path, task: str, stats: str) -> None:
+    """Each capture, as is and with a `RestartCount` on every container (a restart policy), through the
+    ECS source, the health monitor and the Prometheus sink: every series the sidecar makes is on
+    `/metrics` (none left out for sharing a family), among them a restart counter per container."""
+    for restarts in (None, 2):
+        doc = json.loads((FIXTURES / f"{task}.json").read_text())
+        if restarts is not None:
+            for container in doc["Containers"]:
+                container["RestartCount"] = restarts
+        task_file = tmp_path / f"{task}-{restarts}.json"
+        task_file.write_text(json.dumps(doc))
+        runner, base = await serve_app(make_app(str(task_file), path(stats)))
+        hub = Hub(Identity(service="configured"))
+        sink = PrometheusSink(hub.metrics, pull=hub.pull)
+        hub.add_sink(sink)
+        source = EcsSource(Config(), hub, f"{base}/v4/abc")
+        try:
+            assert await source.poll_once() and await source.poll_once()
+            families = list(text_string_to_metric_families(sink.render().decode()))
+        finally:
+            await source.aclose()
+            await runner.cleanup()
+        assert not hub.metrics.get("tasklens.prometheus.render_conflicts"), task
+        counted = {s.labels["container_name"]: s.value for f in families for s in f.samples
+                   if s.name == "ecs_container_restarts_total"}
+        running = {s.labels["container_name"] for f in families for s in f.samples if s.name == "ecs_container_running"}
+        assert counted == {name: float(restarts or 0) for name in running}, (task, restarts)
+        assert running or all(c.get("Type") == "CNI_PAUSE" for c in doc["Containers"])  # ECS's own only
 
 
 async def test_live_mode_serves_this_machine() -> None:

@@ -561,6 +561,9 @@ class PrometheusSink:
         if refused or self.metrics.get("tasklens.prometheus.render_conflicts"):
             # a gauge: sidecar series left out of the last scrape (never expected; a bug if seen)
             self.metrics.set("tasklens.prometheus.render_conflicts", refused)
+        if refused:
+            self._log.error("prometheus:render_conflicts", "prometheus: %d of the sidecar's own series left out "
+                            "of /metrics: they share a name with another (a bug: please report it)", refused)
         cached = self._cache.get(openmetrics)
         now = time.perf_counter()
         if cached is not None and (cached[0] == version or now - cached[2] < RENDER_SPACING * cached[3]):

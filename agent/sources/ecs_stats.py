@@ -331,7 +331,7 @@ def _container_samples(container: Mapping[str, Any], stats: Any, previous: Any, 
     exit_code = _num(container.get("ExitCode"), signed=True)
     if not running:
         emit("exit_code", exit_code)
-    emit("restarts", _num(container.get("RestartCount")))  # only with a restart policy
+    emit("restart_count", _num(container.get("RestartCount")))  # only with a restart policy (`restarts_total`: always)
     health = str(_get(container, "Health", "status") or "").upper()
     if health in ("HEALTHY", "UNHEALTHY"):  # UNKNOWN: no health check yet, or none defined
         emit("healthy", 1.0 if health == "HEALTHY" else 0.0)

@@ -303,8 +303,8 @@ def test_health_and_restarts() -> None:
     v = values(derive(task, {}).samples)
     assert v["ecs.container.healthy", "datadog-agent"] == 1  # "HEALTHY" in the capture
     assert v["ecs.container.healthy", "log_router"] == 0
-    assert v["ecs.container.restarts", "log_router"] == 3
-    assert ("ecs.container.restarts", "datadog-agent") not in v  # no restart policy, no count
+    assert v["ecs.container.restart_count", "log_router"] == 3
+    assert ("ecs.container.restart_count", "datadog-agent") not in v  # no restart policy, no count
     task["Containers"][1]["Health"] = {"status": "UNKNOWN"}
     assert ("ecs.container.healthy", "datadog-agent") not in values(derive(task, {}).samples)
 
@@ -483,7 +483,7 @@ def test_an_integer_past_the_float_range_is_left_out_alone(document: str, path: 
     ("stats", ("blkio_stats", "io_service_bytes_recursive", 0, "value"), "ecs.container.io.read_bytes_total"),
     ("stats", ("networks", "eth1", "rx_bytes"), "ecs.task.network.receive_bytes_total"),
     ("stats", ("network_rate_stats", "rx_bytes_per_sec"), "ecs.task.network.receive_bytes_per_second"),
-    ("task", ("Containers", 0, "RestartCount"), "ecs.container.restarts"),
+    ("task", ("Containers", 0, "RestartCount"), "ecs.container.restart_count"),
     ("task", ("EphemeralStorageMetrics", "Utilized"), "ecs.task.ephemeral_storage.used_bytes"),
 ])
 def test_a_negative_amount_is_left_out(document: str, path: tuple[Any, ...], series: str) -> None:

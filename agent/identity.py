@@ -96,6 +96,12 @@ class Identity:
         return base + tuple(kv for kv in self.extra if kv[0] not in keys)
 
     @property
+    def added_tags(self) -> Tags:
+        """Every pair the hub may add to a worker's series: the task's tags, and each container's (for a
+        StatsD line whose `c:` names it)."""
+        return self.tags + tuple(pair for tags in self.containers.values() for pair in tags)
+
+    @property
     def info_tags(self) -> Tags:
         return self.tags + ((("task_arn", self.task_arn),) if self.task_arn else ())
 

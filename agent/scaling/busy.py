@@ -160,10 +160,11 @@ class Observations:
     MAX_TAG_SETS tag sets a gauge are kept (the StatsD side holds no more contexts), the first seen
     forgotten first.
 
-    A tag set is the worker's: the task's identity pairs the hub adds (every pair of every identity
-    seen) are not part of it. When the first metadata poll turns `service:<host name>` into the task's
-    identity, the worker's 0 for `slot:1` clears the 1 it sent for `slot:1` before, instead of leaving
-    it under the old identity, busy for good."""
+    A tag set is the worker's: the pairs the hub adds (every pair of every identity seen: the task's,
+    and its containers', which a line's `c:` adds once the metadata names the container) are not part
+    of it. When the first metadata poll turns `service:<host name>` into the task's identity, the
+    worker's 0 for `slot:1` clears the 1 it sent for `slot:1` before, instead of leaving it under the
+    old identity, busy for good."""
 
     rule: Rule
     cpu: dict[str, float] = field(default_factory=dict)  # container name -> % of its allocation
@@ -177,7 +178,8 @@ class Observations:
                                   for n in (t.started, t.finished))
 
     def observe(self, batch: Batch, identity: Tags = ()) -> None:
-        """`identity`: the task's tags now (`Hub.identity.tags`), which the batch's samples carry."""
+        """`identity`: the pairs the hub adds now (`Identity.added_tags`: the task's tags, and a
+        container's when a line's `c:` names it), which the batch's samples may carry."""
         if not self.identity.issuperset(identity):
             self._learn(identity)
         cpu: dict[str, float] = {}

@@ -281,7 +281,7 @@ class ScaleInProtection:
 
     def accept(self, batch: Batch) -> None:
         if batch.source != self.name:
-            self.seen.observe(batch, self.hub.identity.tags)
+            self.seen.observe(batch, self.hub.identity.added_tags)
 
     # -- component side -----------------------------------------------------------------------
 

@@ -230,24 +230,28 @@ def test_what_the_setting_takes_run_takes_too() -> None:
     assert ScaleInProtection(config.scale_in_protection, Hub(Identity(service="s")), None).rule == parse_rule(text)
 
 
-IDENTITIES = [(("service", "vm"),),  # local mode: the host name, before the first metadata poll
-              (("service", "orders"), ("task_id", "t1")),
-              (("ecs_cluster", "c"), ("service", "orders"), ("task_id", "t1")),
-              ()]
+# (the task's tags, its worker container's: what origin detection adds to a line whose `c:` names it)
+CONTAINER = (("container_name", "worker"), ("image", "acme/worker"), ("image_tag", "1.2"))
+IDENTITIES = [((("service", "vm"),), ()),  # local mode: the host name, before the first metadata poll
+              ((("service", "orders"), ("task_id", "t1")), CONTAINER),
+              ((("ecs_cluster", "c"), ("service", "orders"), ("task_id", "t1")), CONTAINER),
+              ((), ())]
 
 
-@given(st.lists(st.tuples(st.integers(0, len(IDENTITIES) - 1), st.integers(0, 2), st.sampled_from([0.0, 1.0, 3.0])),
-                max_size=40))
+@given(st.lists(st.tuples(st.integers(0, len(IDENTITIES) - 1), st.integers(0, 2), st.sampled_from([0.0, 1.0, 3.0]),
+                          st.booleans()), max_size=40))
 def test_a_slot_is_one_tag_set_whatever_identity_its_samples_carried(updates) -> None:
-    """The identity changes under the worker (the first metadata poll, a field missing from one poll):
-    the last value of each slot counts once, and a 0 over a slot clears what it sent before."""
+    """The identity changes under the worker (the first metadata poll, a field missing from one poll),
+    and with it the container tags origin detection adds: the last value of each slot counts once, and a
+    0 over a slot clears what it sent before."""
     rule = parse_rule("jobs.in_progress>0")
     seen = Observations(rule)
     last: dict[int, float] = {}
-    for which, slot, value in updates:
-        identity = IDENTITIES[which]
-        tags = tuple(sorted(identity + (("slot", str(slot)),)))  # as the hub merges them
-        seen.observe(Batch("statsd", [Sample("jobs.in_progress", value, Kind.GAUGE, tags)]), identity)
+    for which, slot, value, origin in updates:
+        task, container = IDENTITIES[which]
+        added = task + (container if origin else ())
+        tags = tuple(sorted(added + (("slot", str(slot)),)))  # as the hub merges them
+        seen.observe(Batch("statsd", [Sample("jobs.in_progress", value, Kind.GAUGE, tags)]), task + container)
         last[slot] = value
         assert seen.total("jobs.in_progress") == sum(last.values())
         assert evaluate(rule, seen)[0] == (sum(last.values()) > 0)
@@ -261,3 +265,23 @@ def test_a_worker_tag_of_an_identity_key_with_its_own_value_stays_its_own() -> N
     for service in ("orders", "mine"):
         seen.observe(Batch("statsd", [Sample("jobs.in_progress", 1.0, Kind.GAUGE, (("service", service),))]), identity)
     assert seen.total("jobs.in_progress") == 2.0 and evaluate(rule, seen)[0]
+
+
+def test_a_slot_sent_before_the_first_poll_is_cleared_after_it_with_origin_detection() -> None:
+    """The Datadog client adds `c:<container id>` to every line: before the first metadata poll it names
+    no container, after it the hub adds the container's tags. The 0 sent for the slot after the poll
+    clears the 1 sent before (it was left busy for good: the container's tags made another tag set)."""
+    from agent.scaling.protection import ScaleInProtection
+
+    hub = Hub(Identity(service="vm"))
+    protection = ScaleInProtection(parse_rule("jobs.in_progress>0"), hub, None)
+
+    def send(value: float) -> None:
+        tags = tuple(sorted(hub.identity.added_tags + (("slot", "a"),)))  # as the hub merges them
+        protection.accept(Batch("statsd", [Sample("jobs.in_progress", value, Kind.GAUGE, tags)]))
+
+    send(1.0)
+    assert evaluate(protection.rule, protection.seen)[0]
+    hub.set_identity(Identity(service="orders", task_id="t1", containers={"1e3b": CONTAINER}))
+    send(0.0)
+    assert not evaluate(protection.rule, protection.seen)[0]

@@ -44,9 +44,12 @@ _APP_CHARS = _KEY_CHARS | frozenset(".-")
 # interpreter options that take the next argument as their value
 _OPTIONS_WITH_VALUE = ("-W", "-X", "-Q", "--check-hash-based-pycs")
 MAX_VALUE_LENGTH = 128
-# labels a profile carries: Grafana Pyroscope refuses a series of more than 30 label names (its default
-# max_label_names_per_series), `__name__` and `service_name` among them
-MAX_LABELS = 28
+# labels of tasklens's own a profile may carry: Grafana Pyroscope refuses a series of more than 30 label
+# names (its default max_label_names_per_series), counting those added on the way: its `/ingest` (sidecar
+# mode) adds `__name__`, `service_name`, `__delta__` and `pyroscope_spy`; pyroscope-io (bootstrap mode)
+# sends `__name__`, `service_name`, `otel.scope.name`, `otel.scope.version`, `process.runtime.name` and
+# `process.runtime.version` with them
+MAX_LABELS_INGEST, MAX_LABELS_PUSH = 26, 24
 
 
 def _only(text: str, allowed: frozenset[str]) -> str:
@@ -74,16 +77,17 @@ def app_name(service: str) -> str:
     return _only(service.strip(), _APP_CHARS) or "unknown"
 
 
-def labels(tags: Iterable[tuple[str, str]], own: Iterable[tuple[str, str]] = ()) -> dict[str, str]:
+def labels(tags: Iterable[tuple[str, str]], own: Iterable[tuple[str, str]] = (),
+           most: int = MAX_LABELS_INGEST) -> dict[str, str]:
     """(key, value) pairs -> a dict of valid labels; the first of two keys that collide wins.
 
     `own` are the process's own labels (`container_name`, `process`): they win over task tags of the
     same name (`TASKLENS_TAGS=process:x` must not merge every process's profiles into one). At most
-    MAX_LABELS in all: the own labels, then the tags in order (the task's identity before
+    `most` in all: the own labels, then the tags in order (the task's identity before
     `TASKLENS_TAGS`); past that a server refuses every profile."""
     out: dict[str, str] = {}
     mine = labels(own) if own else {}
-    room = MAX_LABELS - len(mine)
+    room = most - len(mine)
     for key, value in tags:
         name = label_key(key)
         if name and name not in out and name not in mine and len(out) < room:
@@ -272,7 +276,7 @@ def resolve_labels(environ: Mapping[str, str]) -> tuple[str, dict[str, str]]:
     own = [("process", process_name(_own_cmdline()))]
     if isinstance(container, dict) and container.get("Name"):
         own.insert(0, ("container_name", str(container["Name"])))
-    return app_name(service), labels(tags, own)
+    return app_name(service), labels(tags, own, MAX_LABELS_PUSH)
 
 
 def _log() -> logging.Logger:

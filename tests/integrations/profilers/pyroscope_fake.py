@@ -66,13 +66,17 @@ def parse_key(name: str) -> tuple[str, str, dict[str, str]]:
             if key in labels:
                 raise Invalid(f"name {name!r}: label {key!r} twice")
             labels[key] = value.strip()
-    check_limits(labels)
+    check_limits(labels, len(INGEST_ADDS))
     return service, kind, labels
 
 
-def check_limits(labels: dict[str, str]) -> None:
-    if len(labels) + 2 > MAX_LABELS:  # + __name__ and service_name
-        raise Invalid(f"{len(labels)} labels: over the limit of {MAX_LABELS}")
+# what `/ingest` adds to the labels of the name it is given before checking their number
+INGEST_ADDS = ("__name__", "service_name", "__delta__", "pyroscope_spy")
+
+
+def check_limits(labels: dict[str, str], added: int = 0) -> None:
+    if len(labels) + added > MAX_LABELS:
+        raise Invalid(f"profile series has {len(labels) + added} label names; limit {MAX_LABELS}")
     for key, value in labels.items():
         if len(key) > MAX_NAME_LENGTH or len(value) > MAX_VALUE_LENGTH:
             raise Invalid(f"label {key!r}: name or value too long")
@@ -219,7 +223,7 @@ def decode_push(body: bytes) -> list[Series]:
                 raise Invalid(f"invalid label name {name!r}")
         if "__name__" not in labels or "service_name" not in labels:
             raise Invalid(f"series without __name__ or service_name: {labels}")
-        check_limits({k: v for k, v in labels.items() if k not in ("__name__", "service_name")})
+        check_limits(labels)  # all of them: pyroscope-io's own (`otel.scope.name`, ...) count too
         profiles = [decode_pprof(bytes(_by_number(bytes(s))[1][0])) for s in d.get(2, [])]  # type: ignore[arg-type]
         out.append(Series(labels, profiles))
     return out

@@ -87,7 +87,9 @@ async def test_worker_profiles_itself_with_service_and_task_tags(pyroscope, meta
     pyroscope.require_auth = ("u1", "pw")
     pyroscope.require_tenant = "team-a"
     env = profiled_env(bootstrap_dir, pyroscope.url, TASKLENS_PYROSCOPE_USER="u1", TASKLENS_PYROSCOPE_PASSWORD="pw",
-                       TASKLENS_PYROSCOPE_TENANT="team-a", TASKLENS_ENV="prod", TASKLENS_TAGS="team:payments",
+                       TASKLENS_PYROSCOPE_TENANT="team-a", TASKLENS_ENV="prod",
+                       # more tags than a series takes labels: the first are kept, the last left out
+                       TASKLENS_TAGS="team:payments," + ",".join(f"t{i}:v" for i in range(40)),
                        ECS_CONTAINER_METADATA_URI_V4=metadata.url)
     worker = start_worker(seconds=4, env=env)
     # start-up did not wait: the metadata lookup was still in flight when the worker's code ran
@@ -107,6 +109,7 @@ async def test_worker_profiles_itself_with_service_and_task_tags(pyroscope, meta
         "team": "payments", "container_name": CONTAINER, "process": "hot_worker.py",
     }
     assert {k: series.labels.get(k) for k in expected} == expected
+    assert len(series.labels) == 30  # Grafana Pyroscope's limit, reached: the first extra tags kept
     profile = series.profiles[0]
     assert profile.sample_types == [("cpu", "nanoseconds")]
     assert profile.share(HOT_FUNCTION) >= 0.8, profile.stacks.most_common(3)

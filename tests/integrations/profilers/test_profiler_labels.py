@@ -193,7 +193,7 @@ def test_bootstrap_labels_its_own_process_whatever_the_task_tags_say(monkeypatch
 @pytest.mark.parametrize("extra", [0, 19, 20, 25, 100])
 def test_a_profile_never_carries_more_labels_than_pyroscope_takes(extra: int) -> None:
     """TASKLENS_TAGS takes up to 100 tags; Grafana Pyroscope refuses a series of more than 30 label names
-    (`__name__` and `service_name` among them), so with 25 extra tags every profile was refused. The
+    (what `/ingest` adds among them), so with 19 extra tags every profile was refused. The
     process's own labels and the task's identity are kept first; the last extra tags are left out."""
     from integrations.profilers.ingest import profile_name
     from tests.integrations.profilers.pyroscope_fake import parse_key

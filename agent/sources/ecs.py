@@ -23,7 +23,7 @@ from agent.hub import Hub
 from agent.identity import task_identity
 from agent.logs import RateLimitedLog
 from agent.model import Batch, Sample, encodable
-from agent.sources.ecs_stats import derive
+from agent.sources.ecs_stats import NetworkTotals, derive
 
 log = logging.getLogger("tasklens.ecs")
 
@@ -70,6 +70,7 @@ class EcsSource:
         # DockerId -> (older, latest) stats with distinct `read`s: rates span a whole poll even when
         # the agent has not refreshed its stats since the last one
         self._history: dict[str, tuple[Any, Any]] = {}
+        self._network = NetworkTotals()  # the task's network counters, poll after poll
         self._failures = 0
         hub.metrics.declare("tasklens.ecs.poll_errors", POLL_ERRORS)  # at 0 from the start, for increase()
         self.health = HealthMonitor.from_config(config, hub.metrics)  # leak forecast, OOM kills, restarts, saturation
@@ -164,7 +165,7 @@ class EcsSource:
                    if isinstance(c, dict) and isinstance(c.get("DockerId"), str)}
             stats = {docker_id: entry for docker_id, entry in stats.items() if docker_id in ids}
         # the task's own series (state, limits) still go out when only the stats failed
-        derived = derive(task, stats, self._previous(stats))
+        derived = derive(task, stats, self._previous(stats), self._network)
         derived.samples.extend(self.health.observe(task, stats, derived.samples, time.time()))
         for reason in derived.errors:
             self.hub.metrics.inc("tasklens.ecs.container_errors", reason=reason)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, NamedTuple
@@ -277,6 +277,49 @@ def task_interfaces(stats_by_id: Mapping[str, Any], shared: bool) -> dict[str, t
     return out
 
 
+MAX_NETWORK_KEYS = 1_024  # interfaces `NetworkTotals` follows (a task has a few)
+
+
+@dataclass
+class NetworkTotals:
+    """The task's network counters across polls: each interface's growth since the poll before, added
+    up, so that they never go down. Read as they are, they did: the sum over the containers' own
+    interfaces (bridge mode) lost a container's traffic when it stopped, and the newest of the copies of
+    a shared interface (awsvpc) went back to an older copy when the container read last stopped;
+    Prometheus reads either as a counter reset, that is all the task's traffic at once.
+
+    An interface not seen before adds all its counters (at the first poll: the totals so far); one that
+    went down adds nothing when shared (an older copy of the same interface) and its new value when a
+    container's own (its counters started again: the container restarted in place)."""
+
+    last: dict[str, dict[str, float]] = field(default_factory=dict)  # key -> counters last seen
+    totals: dict[str, float] = field(default_factory=dict)
+
+    def update(self, nets: Mapping[str, tuple[dict[str, float], int | None]], shared: bool,
+               containers: Iterable[str]) -> dict[str, float]:
+        """`nets`: `task_interfaces` of this poll; `containers`: the task's DockerIds now (the interfaces
+        of the others are forgotten; a container without stats in one poll keeps its own)."""
+        for key, (counters, _) in nets.items():
+            old = self.last.get(key, {})
+            kept = dict(old)
+            for counter, value in counters.items():
+                before = old.get(counter)
+                if before is None:
+                    growth = value
+                elif value >= before:
+                    growth = value - before
+                else:
+                    growth = 0.0 if shared else value
+                self.totals[counter] = self.totals.get(counter, 0.0) + growth
+                kept[counter] = value if before is None or not shared else max(value, before)
+            self.last[key] = kept
+        ids = set(containers)
+        self.last = {k: v for k, v in self.last.items() if shared or k.split("/", 1)[0] in ids}
+        while len(self.last) > MAX_NETWORK_KEYS:  # interfaces that keep changing names: bounded
+            del self.last[next(iter(self.last))]
+        return dict(self.totals)
+
+
 def network_rates(stats_by_id: Mapping[str, Any], previous: Mapping[str, Any], shared: bool) -> dict[str, float]:
     """Task receive/transmit bytes per second: the agent's `network_rate_stats` when present (one
     copy when shared), else the counter deltas between two polls over the `read` difference."""
@@ -313,6 +356,10 @@ class _Totals:
     working_set: list[float] = field(default_factory=list)
     online_cpus: list[float] = field(default_factory=list)
     stats: dict[str, Any] = field(default_factory=dict)  # DockerId -> stats, for the network
+    # a running container without a CPU or a working set this poll (no stats yet, a first sample, a
+    # counter that went back): the task's total is a gap then, never the sum of the others
+    cpu_unknown: bool = False
+    memory_unknown: bool = False
 
 
 def _container_samples(container: Mapping[str, Any], stats: Any, previous: Any, task: Any,
@@ -336,6 +383,8 @@ def _container_samples(container: Mapping[str, Any], stats: Any, previous: Any, 
     if health in ("HEALTHY", "UNHEALTHY"):  # UNKNOWN: no health check yet, or none defined
         emit("healthy", 1.0 if health == "HEALTHY" else 0.0)
     if not isinstance(stats, dict) or not stats:
+        totals.cpu_unknown |= running
+        totals.memory_unknown |= running
         return out
 
     read = parse_time_ns(stats.get("read"))
@@ -344,6 +393,7 @@ def _container_samples(container: Mapping[str, Any], stats: Any, previous: Any, 
         emit("uptime_seconds", (read - started) / 1e9)
 
     vcpus = cpu_vcpus(stats, previous)
+    totals.cpu_unknown |= running and vcpus is None
     if vcpus is not None:
         totals.vcpus.append(vcpus)
         emit("cpu.usage_vcpus", vcpus)
@@ -357,6 +407,7 @@ def _container_samples(container: Mapping[str, Any], stats: Any, previous: Any, 
     memory = _map(stats.get("memory_stats"))
     emit("memory.usage_bytes", _num(memory.get("usage")))
     ws = working_set_bytes(memory)
+    totals.memory_unknown |= running and ws is None
     if ws is not None:
         totals.working_set.append(ws)
         emit("memory.working_set_bytes", ws)
@@ -374,7 +425,7 @@ def _container_samples(container: Mapping[str, Any], stats: Any, previous: Any, 
     return out
 
 
-def _task_samples(task: Any, totals: _Totals, previous: Mapping[str, Any]) -> list[Sample]:
+def _task_samples(task: Any, totals: _Totals, previous: Mapping[str, Any], network: NetworkTotals) -> list[Sample]:
     out: list[Sample] = []
 
     def emit(name: str, value: float | None, kind: Kind = Kind.GAUGE) -> None:
@@ -391,7 +442,7 @@ def _task_samples(task: Any, totals: _Totals, previous: Mapping[str, Any]) -> li
             cpu_limit = sum(units) / CPU_UNITS_PER_VCPU
         else:  # EC2 without reservations: the host's CPUs bound the task
             cpu_limit = max(totals.online_cpus, default=None)
-    usage = sum(totals.vcpus) if totals.vcpus else None
+    usage = sum(totals.vcpus) if totals.vcpus and not totals.cpu_unknown else None
     emit("cpu.usage_vcpus", usage)
     emit("cpu.limit_vcpus", cpu_limit)
     if usage is not None and cpu_limit:
@@ -408,18 +459,18 @@ def _task_samples(task: Any, totals: _Totals, previous: Mapping[str, Any]) -> li
         mibs = [_num(_get(c, "Limits", "Memory")) or 0.0 for c in running]
         if mibs and all(m > 0 for m in mibs):
             emit("memory.reservation_bytes", sum(mibs) * MIB)
-    ws = sum(totals.working_set) if totals.working_set else None
+    ws = sum(totals.working_set) if totals.working_set and not totals.memory_unknown else None
     emit("memory.working_set_bytes", ws)
     emit("memory.limit_bytes", mem_limit)
     if ws is not None and mem_limit:
         emit("memory.utilization_percent", ws / mem_limit * 100)
 
     shared = shared_network(task)
-    nets = task_interfaces(totals.stats, shared)
+    ids = [c["DockerId"] for c in _list(_get(task, "Containers")) if isinstance(_get(c, "DockerId"), str)]
+    counted = network.update(task_interfaces(totals.stats, shared), shared, ids)
     for counter, name in _NET_NAMES.items():
-        values = [c[counter] for c, _ in nets.values() if counter in c]
-        if values:
-            emit(f"network.{name}", sum(values), Kind.COUNTER)
+        if counter in counted:
+            emit(f"network.{name}", counted[counter], Kind.COUNTER)
     for direction, rate in network_rates(totals.stats, previous, shared).items():
         emit(f"network.{direction}_bytes_per_second", rate)
 
@@ -429,11 +480,13 @@ def _task_samples(task: Any, totals: _Totals, previous: Mapping[str, Any]) -> li
     return out
 
 
-def derive(task: Any, stats: Any, previous: Mapping[str, Any] | None = None) -> Derived:
+def derive(task: Any, stats: Any, previous: Mapping[str, Any] | None = None,
+           network: NetworkTotals | None = None) -> Derived:
     """All container and task samples of one poll.
 
-    `task` is the `/task` JSON, `stats` the `/task/stats` JSON (DockerId -> Docker stats), and
-    `previous` our own earlier stats per DockerId (for rates over the poll interval). Containers
+    `task` is the `/task` JSON, `stats` the `/task/stats` JSON (DockerId -> Docker stats),
+    `previous` our own earlier stats per DockerId (for rates over the poll interval), and `network`
+    the task's network counters so far (the same object poll after poll; without it, they start here). Containers
     not in `/task` are ignored, a DockerId listed again counts once (its first entry); the pause
     container only counts toward the task totals.
     """
@@ -470,7 +523,8 @@ def derive(task: Any, stats: Any, previous: Mapping[str, Any] | None = None) -> 
         if entry:
             totals.stats[docker_id] = entry
     try:
-        samples += _task_samples(task, totals, {k: v for k, v in previous.items() if k in totals.stats})
+        samples += _task_samples(task, totals, {k: v for k, v in previous.items() if k in totals.stats},
+                                 network if network is not None else NetworkTotals())
     except Exception:
         errors.append("bad_task")
     return Derived(samples, errors)

@@ -17,7 +17,7 @@ from agent.health import HealthMonitor
 from agent.hub import Hub
 from agent.logs import RateLimitedLog
 from agent.model import Batch
-from agent.sources.ecs_stats import derive
+from agent.sources.ecs_stats import NetworkTotals, derive
 from agent.sources.localstats import LocalStats
 
 log = logging.getLogger("tasklens.local")
@@ -34,6 +34,7 @@ class LocalSource:
         self._task = self.stats.task(hub.identity.service)
         self._measuring = self.stats.source  # reads cgroup files: once, not on every /status
         self._previous: dict[str, Any] = {}
+        self._network = NetworkTotals()  # the task's network counters, poll after poll
         self.health = HealthMonitor.from_config(config, hub.metrics)
         self._log = RateLimitedLog(log)
         self._last_poll: float | None = None
@@ -53,7 +54,7 @@ class LocalSource:
         self._last_poll = time.time()
         try:
             stats = {self.stats.docker_id: await asyncio.to_thread(self.stats.sample)}
-            derived = derive(self._task, stats, self._previous)
+            derived = derive(self._task, stats, self._previous, self._network)
             derived.samples.extend(self.health.observe(self._task, stats, derived.samples, time.time()))
         except Exception as exc:  # a vanished file or a psutil error: count it, keep going
             self.hub.metrics.inc("tasklens.local.poll_errors", reason=type(exc).__name__)

@@ -288,8 +288,12 @@ def test_task_with_tags_missing_and_extra_stats_entries() -> None:
     assert containers(d.samples) == {"log_router", "datadog-agent"}
     assert v["ecs.container.running", "log_router"] == 1
     assert ("ecs.container.cpu.usage_vcpus", "log_router") not in v
-    # only datadog-agent is in the task totals (the extra key is not this task's)
-    assert v["ecs.task.memory.working_set_bytes", None] == 398_942_208 - 149_512_192
+    # a running container without stats: the task's total is a gap, not datadog-agent's alone (the
+    # extra key is not this task's, and counts for nothing)
+    assert ("ecs.task.memory.working_set_bytes", None) not in v
+    del task["Containers"][[c["Name"] for c in task["Containers"]].index("log_router")]
+    assert values(derive(task, load("managed-instances-2025-cgroupv2.stats")).samples)[
+        "ecs.task.memory.working_set_bytes", None] == 398_942_208 - 149_512_192
     assert v["ecs.task.ephemeral_storage.used_bytes", None] == 2298 * MIB
     assert v["ecs.task.ephemeral_storage.reserved_bytes", None] == 20496 * MIB
     image = {dict(s.tags)["container_name"]: dict(s.tags) for s in d.samples if s.name == "ecs.container.running"}
@@ -403,9 +407,9 @@ def test_container_stats_null_empty_or_junk(entry: Any) -> None:
     assert d.errors == [expected]
     assert v["ecs.container.running", "dd-agent"] == 1
     assert ("ecs.container.memory.usage_bytes", "dd-agent") not in v
-    # the other container is untouched
+    # the other container is untouched; the task's total is a gap, not the other container's alone
     assert v["ecs.container.memory.working_set_bytes", "apmtest-ping"] == 34_865_152
-    assert v["ecs.task.memory.working_set_bytes", None] == 34_865_152
+    assert ("ecs.task.memory.working_set_bytes", None) not in v
 
 
 def test_one_bad_container_entry_does_not_hide_the_others() -> None:

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 
 from agent.model import Batch, Kind, Points, Sample, Tags
 from agent.selfmetrics import SelfMetrics
+from agent.sinks.names import metric_name, reserved
 
 Key = tuple[str, Tags]
 
@@ -176,6 +177,9 @@ class CumulativeState:
                 self.reject("type_conflict")
                 continue
             if entry is None:
+                if reserved(metric_name(s.name)):  # a worker's series never stands beside the sidecar's
+                    self.reject("reserved_name")
+                    continue
                 entry = series[key] = Series(kind, Histogram(self.bounds) if is_points else 0.0, now, wall, batch.source,
                                              summed=s.kind is Kind.COUNT, worker=True)
             value = s.value

@@ -44,7 +44,7 @@ from agent.logs import RateLimitedLog
 from agent.model import Batch, Kind, Tags
 from agent.sinks.cumulative import CumulativeState, Histogram, Series
 from agent.sinks.deltas import CounterDeltas
-from agent.sinks.prometheus import metric_name
+from agent.sinks.names import metric_name
 from agent.sinks.push import next_tick
 
 NAME = "emf"

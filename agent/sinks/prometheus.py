@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import math
-import re
 import threading
 import time
 from collections import Counter
@@ -38,13 +37,9 @@ from agent.model import KIND_COUNT, KIND_COUNTER, KIND_GAUGE, KIND_HISTOGRAM, Ba
 from agent.selfmetrics import SelfMetrics
 from agent.sinks.cumulative import Histogram, count_refusal, counter_refusal
 from agent.sinks.metric_help import own_help, worker_help
+from agent.sinks.names import metric_name, reserved
 from agent.sinks.prometheus_text import Family, LabelSet, Renderer, go_float, label_text
 
-_INVALID = re.compile(r"[^a-zA-Z0-9_]")
-
-# Names the sidecar exports itself. A worker's name that sanitises to one of these prefixes would
-# shadow (or be mistaken for) the sidecar's own series: it is refused, not renamed.
-RESERVED_PREFIXES = ("tasklens_", "ecs_", "queue_")
 # Labels the formats give a meaning: `le` (histogram buckets), `quantile` (summaries), `__*` (Prometheus
 # internal). A tag with such a key is exported as `exported_<key>`, as Prometheus itself does when a
 # scraped label collides with a target label.
@@ -60,11 +55,6 @@ EXPIRE_CHUNK = 2000  # tag sets looked at per event loop turn when expiring seri
 _SUFFIXES = {Kind.COUNTER: ("_total", "_created"), Kind.GAUGE: (),
              Kind.HISTOGRAM: ("_bucket", "_count", "_sum", "_created")}
 _ALL_SUFFIXES = ("_total", "_created", "_bucket", "_count", "_sum")
-
-
-def metric_name(name: str) -> str:
-    out = _INVALID.sub("_", name)
-    return "_" + out if out[:1].isdigit() else out
 
 
 @lru_cache(maxsize=4096)  # a new tag pair mostly has a key seen before (`request_id:<new id>`)
@@ -356,7 +346,7 @@ class PrometheusSink:
         if not pname:
             refused["bad_name"] += 1
             return None
-        if reserve and (pname + "_").startswith(RESERVED_PREFIXES):  # `tasklens` alone: `tasklens_total`
+        if reserve and reserved(pname):
             refused["reserved_name"] += 1
             return None
         if reserve:  # a worker's tags: an identity label keeps the task's value (`labels_of`)

@@ -42,7 +42,8 @@ from agent.hub import Hub
 from agent.model import Batch, Kind, Tags
 from agent.redact import Redactor, basic_auth, config_secrets
 from agent.sinks.cumulative import CumulativeState, Histogram, Series
-from agent.sinks.prometheus import labels_of, metric_name
+from agent.sinks.names import metric_name
+from agent.sinks.prometheus import labels_of
 from agent.sinks.push import Outcome, Payload, Pusher, post
 
 if TYPE_CHECKING:

@@ -108,3 +108,23 @@ def test_the_first_type_keeps_a_series_as_on_metrics(kinds: list[str]) -> None:
                  for sink in ("otlp", "prometheus")}
     assert conflicts == {"otlp": len(kinds) - len(kept), "prometheus": len(kinds) - len(kept)}
     assert state.take_ended() == []
+
+
+@given(st.text(min_size=1, max_size=20), st.sampled_from(["count", "gauge", "timer", "histogram"]))
+def test_a_workers_series_is_refused_by_the_push_sinks_where_metrics_refuses_it(name: str, kind: str) -> None:
+    """A worker's name that sanitises into the sidecar's (`queue.depth`, `tasklens.scaling.task.heartbeat`,
+    `ecs`) never reaches remote_write, OTLP or EMF either: it shadowed the sidecar's queue depth and
+    doubled the heartbeat CloudWatch counts tasks by. The same verdict as /metrics, counted alike."""
+    metrics = SelfMetrics()
+    prometheus = PrometheusSink(metrics)
+    state = CumulativeState("otlp", metrics, buckets=(1.0,))
+    for prefix in ("", "queue.", "tasklens_", "ecs-", "queue"):
+        sample = mixed_sample(kind)
+        batch = Batch("statsd", [Sample(prefix + name, sample.value, sample.kind)])
+        prometheus.accept(batch)
+        state.accept(batch)
+    refused = {sink: metrics.get("tasklens.sink.points_rejected", sink=sink, reason="reserved_name")
+               for sink in ("otlp", "prometheus")}
+    assert refused["otlp"] == refused["prometheus"] >= 3
+    names = {key[0] for key, _ in state.items()}
+    assert names <= {name, "queue" + name} and len(names) == 5 - refused["otlp"]

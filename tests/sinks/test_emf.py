@@ -21,7 +21,7 @@ from agent.identity import Identity
 from agent.model import Batch, Kind, Points, Sample
 from agent.sinks import emf
 from agent.sinks.emf import EmfSink
-from agent.sinks.prometheus import metric_name
+from agent.sinks.names import metric_name, reserved
 from tests.sinks.stores import until
 
 TASK = Identity(service="orders-worker", env="test", ecs_cluster="prod", task_family="orders", task_revision="7",
@@ -106,7 +106,7 @@ def test_the_default_selection_sends_queue_scaling_and_task_percentages_per_serv
         Sample("queue.oldest_age_seconds", 33.0, tags=(("queue", "orders"),)),
         Sample("queue.backlog_per_task", 30.0, tags=(("queue", "orders"),)),
     ], snapshot=True))
-    hub.publish(Batch("scaling", [Sample("tasklens.scaling.desired_tasks", 5.0)]))
+    hub.publish(Batch("scaling", [Sample("tasklens.scaling.desired_tasks", 5.0)], snapshot=True))  # as the sidecar publishes
     boundary = 1_800_000_020.0
     assert sink.emit(boundary) == 2
     docs = records(out)
@@ -194,7 +194,7 @@ def refused(sample: Sample) -> bool:
     number = float(sample.value)  # type: ignore[arg-type]
     in_range = not number or emf.SMALLEST <= abs(number) <= emf.LARGEST  # what CloudWatch takes (non-finite: not)
     return (not pname or pname in ("_aws", *DIMENSIONS) or len(pname) > 255 or not in_range
-            or not all(cloudwatch_text(v) for v in values))
+            or not all(cloudwatch_text(v) for v in values) or reserved(pname))  # a worker's under the sidecar's names
 
 
 @settings(max_examples=200, deadline=None)
@@ -205,10 +205,10 @@ def test_hostile_names_tags_and_values_drop_only_their_own_point_and_count_it(
     # each its own series (its `point` tag), beside well-formed points and the autoscaling heartbeat
     hostile = [Sample(name, value, tags=(*tags, ("point", str(i)))) for i, (name, tags, value) in enumerate(points)]
     good = [Sample(f"good.{i}", float(i), tags=(("queue", f"q{i % 2}"),)) for i in range(4)]
-    heartbeat = Sample("tasklens.scaling.task_heartbeat", 1.0)
-    batch = Batch("statsd", hostile + good + [heartbeat])
+    batch = Batch("statsd", hostile + good)
     expected_refused = sum(refused(s) for s in hub.enrich(batch).samples)
     hub.publish(batch)
+    hub.publish(Batch("heartbeat", [Sample("tasklens.scaling.task_heartbeat", 1.0)], snapshot=True))
     sink.emit(1_800_000_060.0)  # never raises
     written = written_values(records(out))  # every record valid EMF
     task = (("ecs_cluster", "prod"), ("service", "orders-worker"))
@@ -229,17 +229,17 @@ def test_a_point_that_would_corrupt_its_record_is_dropped_alone_and_counted() ->
     sink, hub, out = make(cloudwatch_metrics=("*",))
     hub.publish(Batch("statsd", [
         Sample("_aws", 1.0), Sample("ecs_cluster", 7.0), Sample("service", 8.0, tags=(("queue", "q1"),)),
-        Sample("queue_depth", 5.0, tags=(("queue", "a\x01b"),)), Sample("queue_depth", 5.0, tags=(("queue", "ünï"),)),
-        Sample("queue_depth", 5.0, tags=(("queue", "   "),)),
-        Sample("queue_depth", 9.0, tags=(("queue", "q1"),)), Sample("jobs_done", 3.0, tags=(("queue", "q1"),)),
-        Sample("tasklens.scaling.task_heartbeat", 1.0),
+        Sample("jobs_waiting", 5.0, tags=(("queue", "a\x01b"),)), Sample("jobs_waiting", 5.0, tags=(("queue", "ünï"),)),
+        Sample("jobs_waiting", 5.0, tags=(("queue", "   "),)),
+        Sample("jobs_waiting", 9.0, tags=(("queue", "q1"),)), Sample("jobs_done", 3.0, tags=(("queue", "q1"),)),
     ]))
+    hub.publish(Batch("heartbeat", [Sample("tasklens.scaling.task_heartbeat", 1.0)], snapshot=True))
     assert sink.emit(1_800_000_060.0) == 2
     by_dims = {tuple(d["_aws"]["CloudWatchMetrics"][0]["Dimensions"][0]): d for d in records(out)}
     task, queue = by_dims[("ecs_cluster", "service")], by_dims[("ecs_cluster", "service", "queue")]
     assert task["ecs_cluster"] == "prod" and task["service"] == "orders-worker"
     assert task["tasklens_scaling_task_heartbeat"] == 1.0
-    assert queue["queue"] == "q1" and queue["queue_depth"] == 9.0 and queue["jobs_done"] == 3.0
+    assert queue["queue"] == "q1" and queue["jobs_waiting"] == 9.0 and queue["jobs_done"] == 3.0
     assert "_aws" not in [m["Name"] for d in by_dims.values() for m in d["_aws"]["CloudWatchMetrics"][0]["Metrics"]]
     rejected = {reason: hub.metrics.get("tasklens.sink.points_rejected", sink="emf", reason=reason)
                 for reason in ("reserved_name", "invalid_dimension")}

@@ -665,8 +665,8 @@ def test_a_worker_tag_named_le_is_renamed_as_on_metrics() -> None:
 
 def test_only_the_selected_metrics_are_pushed() -> None:
     sink, hub = make("http://127.0.0.1:9/api/v1/write", remote_write_metrics=("queue_*", "jobs_done_total"))
-    hub.publish(Batch("statsd", [Sample("jobs.done", 1.0, Kind.COUNT), Sample("jobs.other", 1.0, Kind.COUNT),
-                                 Sample("queue.depth", 3.0)]))
+    hub.publish(Batch("statsd", [Sample("jobs.done", 1.0, Kind.COUNT), Sample("jobs.other", 1.0, Kind.COUNT)]))
+    hub.publish(Batch("queue:orders", [Sample("queue.depth", 3.0)], snapshot=True))
     import cramjam
 
     names = set()

@@ -23,6 +23,10 @@ class CounterDeltas:
             return None
         return value - previous[0]
 
+    def forget(self, key: Hashable) -> None:
+        """A counter that ended: the next one under this key starts a new count."""
+        self._last.pop(key, None)
+
     def prune(self, older_than: float) -> int:
         """Forget counters not seen since `older_than` (a container that went away)."""
         stale = [k for k, (_, seen) in self._last.items() if seen < older_than]

@@ -111,7 +111,8 @@ class EmfSink:
         (wall clock, seconds)."""
         self.state.accept(Batch("tasklens:pull", self.hub.pull(), snapshot=True))
         self.state.expire()
-        self.state.take_ended()
+        for (name, tags), series in self.state.take_ended():  # one that comes back is a new count from 0
+            self._deltas.forget((prometheus_name(name, series.kind), tags))
         groups: dict[tuple[tuple[str, str], ...], dict[str, list[float]]] = {}
         for (name, tags), series in list(self.state.items()):
             if isinstance(series.value, Histogram):

@@ -138,6 +138,8 @@ class OtlpSink:
 
     def _encode(self, items: list[tuple[tuple[str, Any], Series]],
                 ended: list[tuple[tuple[str, Any], Series]]) -> list[Payload]:
+        for key, _ in ended:  # a series of that name and tags that comes back is a new stream from 0
+            self._last.pop(key, None)
         from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
         from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
         from opentelemetry.proto.metrics.v1 import metrics_pb2 as m

@@ -44,6 +44,7 @@ from agent.redact import Redactor, basic_auth, config_secrets
 from agent.sinks.cumulative import CumulativeState, Histogram, Series
 from agent.sinks.names import metric_name
 from agent.sinks.prometheus import labels_of
+from agent.sinks.prometheus_text import go_float
 from agent.sinks.push import Outcome, Payload, Pusher, post
 
 if TYPE_CHECKING:
@@ -153,7 +154,7 @@ def label_sets(name: str, tags: Tags, series: Series, external: Tags,
     if isinstance(series.value, Histogram):
         if "le" in labels:
             raise ValueError("reserved_label")  # would collide with the bucket label
-        out = [sorted({**labels, "__name__": pname + "_bucket", "le": repr(b)}.items()) for b in series.value.bounds]
+        out = [sorted({**labels, "__name__": pname + "_bucket", "le": go_float(b)}.items()) for b in series.value.bounds]
         out.append(sorted({**labels, "__name__": pname + "_bucket", "le": "+Inf"}.items()))
         out.append(sorted({**labels, "__name__": pname + "_sum"}.items()))
         out.append(sorted({**labels, "__name__": pname + "_count"}.items()))

@@ -316,3 +316,27 @@ async def test_a_blocked_stdout_never_stalls_the_event_loop() -> None:
     stop.set()
     await asyncio.wait_for(runner, 5)
     assert "queue_depth" in stream.getvalue()
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.one_of(st.integers(0, 1000), st.none()), min_size=1, max_size=12))
+def test_counter_increases_add_up_to_what_was_counted_across_series_that_end(steps: list[int | None]) -> None:
+    """A StatsD count sent in bursts, its series ending (idle past the TTL) between some of them: the
+    increases written add up to what was counted (a series that came back within 3 intervals of its end
+    was counted from the old one's sum: 2 written for a new 5 after an ended 3)."""
+    sink, hub, out = make(cloudwatch_metrics=("*",))
+    now, boundary = [0.0], 1_800_000_000.0
+    sink.state.clock = lambda: now[0]
+    counted = 0.0
+    for step in steps + [None]:
+        if step is None:
+            now[0] += sink.state.ttl + 1  # idle past the TTL: the series ends at this record
+        else:
+            hub.publish(Batch("statsd", [Sample("jobs.done", float(step), Kind.COUNT, interval=10.0)]))
+            counted += step
+        boundary += sink.interval
+        sink.emit(boundary)
+        now[0] += 1
+    written = sum(sum(values) for (name, _), values in written_values(records(out)).items() if name == "jobs_done_total")
+    assert written == counted
+    assert not [key for key in sink._deltas._last if key[0] == "jobs_done_total"]  # it ended: nothing kept

@@ -295,3 +295,33 @@ def test_any_input_gives_a_valid_request_and_rejects_are_counted(items: list[Any
                     assert 0 < p.start_time_unix_nano <= p.time_unix_nano
     bad = sum(1 for _, _, _, v in items if not math.isfinite(v))
     assert hub.metrics.total("tasklens.sink.points_rejected") >= bad
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.one_of(st.integers(0, 1000), st.none()), min_size=1, max_size=12),
+       st.sampled_from(["delta", "lowmemory"]))
+def test_delta_counts_add_up_to_what_was_counted_across_series_that_end(steps: list[int | None],
+                                                                         temporality: str) -> None:
+    """A StatsD count sent in bursts, its series ending (idle past the TTL) between some of them: the
+    deltas sent add up to what was counted. A series that comes back is a new stream from 0 (it sent 2
+    for a new 5 after an ended 3), and an ended series' last value is not kept (it was, forever)."""
+    sink, hub = make("http://127.0.0.1:9", otlp_temporality=temporality, otlp_compression="none")
+    now = [0.0]
+    sink.state.clock = lambda: now[0]
+    counted = sent = 0.0
+    for step in steps + [None]:
+        if step is None:
+            now[0] += sink.state.ttl + 1  # idle past the TTL: the series ends at this flush
+        else:
+            hub.publish(Batch("statsd", [Sample("jobs.done", float(step), Kind.COUNT, interval=10.0)]))
+            counted += step
+        for payload in sink.flush():
+            req = ExportMetricsServiceRequest()
+            req.ParseFromString(payload.body)
+            metric = by_name(req).get("jobs.done")
+            if metric is not None:
+                sent += sum(p.as_double for p in metric.sum.data_points
+                            if not p.flags & m.DATA_POINT_FLAGS_NO_RECORDED_VALUE_MASK)
+        now[0] += 1
+    assert sent == counted
+    assert not [key for key in sink._last if key[0] == "jobs.done"]  # it ended: nothing of it is kept

@@ -801,3 +801,28 @@ async def test_a_receiver_echoing_the_credentials_never_gets_them_logged(
     assert "refused: Authorization was" in shown
     encoded = base64.b64encode(f"team:{secret}".encode()).decode()
     assert secret not in shown and encoded not in shown and encoded.rstrip("=") not in shown
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.floats(min_value=-1e300, max_value=1e300, allow_nan=False, allow_infinity=False),
+                min_size=1, max_size=6, unique=True))
+def test_bucket_labels_are_those_of_metrics_for_any_bounds(bounds: list[float]) -> None:
+    """The `le` of every bucket as /metrics writes it (`1e+06`, not remote_write's own `1000000.0`): a
+    query written against the scrape finds the pushed series too."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from agent.selfmetrics import SelfMetrics
+    from agent.sinks.cumulative import Histogram as CumulativeHistogram
+    from agent.sinks.cumulative import Series
+    from agent.sinks.prometheus import PrometheusSink
+    from agent.sinks.remote_write import label_sets
+
+    bounds = sorted(bounds)
+    prometheus = PrometheusSink(SelfMetrics(), buckets=bounds)
+    prometheus.accept(Batch("statsd", [Sample("size", Points((1.0,), (1.0,)), Kind.HISTOGRAM)]))
+    scraped = {s.labels["le"] for f in text_string_to_metric_families(prometheus.render().decode())
+               for s in f.samples if s.name == "size_bucket"}
+    histogram = CumulativeHistogram(tuple(bounds))
+    series = Series(Kind.HISTOGRAM, histogram, 0.0, 0.0, worker=True)
+    pushed = {dict(labels)["le"] for labels in label_sets("size", (), series, ()) if "le" in dict(labels)}
+    assert pushed == scraped

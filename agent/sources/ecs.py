@@ -149,6 +149,7 @@ class EcsSource:
         except Exception as exc:  # ValueError, or a TypeError from a field of the wrong type
             return [], PollError("bad_shape", f"/task: {exc}")
         if not self.ready:  # once: where the metadata came from and which task it describes
+            self.ready = True  # the identity is known: ready, even while the stats fail (counted apart)
             log.info("ECS mode: metadata from %s; task %s of %s:%s in cluster %s (%s), service %r, %d containers",
                      self.base_url, identity.task_id or "?", identity.task_family or "?",
                      identity.task_revision or "?", identity.ecs_cluster or "?", identity.launch_type or "?",
@@ -168,6 +169,8 @@ class EcsSource:
         derived = derive(task, stats, self._previous(stats), self._network)
         derived.samples.extend(self.health.observe(task, stats, derived.samples, time.time()))
         for reason in derived.errors:
+            if error is not None and reason == "no_stats":
+                continue  # the stats request failed: counted once as a poll error, not again per container
             self.hub.metrics.inc("tasklens.ecs.container_errors", reason=reason)
         repeats = derived.errors.count("duplicate_container")
         if repeats:

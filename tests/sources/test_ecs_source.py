@@ -341,16 +341,24 @@ async def test_bad_bodies(task: bytes, stats: bytes, reason: str | None, metadat
         assert harness.hub.metrics.total("tasklens.ecs.poll_errors") == 1  # one reason per poll
 
 
-async def test_stats_failure_still_publishes_the_task_state(metadata: MetadataServer, harness: Harness) -> None:
+async def test_stats_failure_still_publishes_the_task_state(metadata: MetadataServer, harness: Harness,
+                                                             caplog: pytest.LogCaptureFixture) -> None:
+    """`/task` answers, `/task/stats` fails at every poll: the task's state and identity go out, the
+    sidecar is ready (the identity is what it waits for), the failure is counted once a poll (not again
+    as `no_stats` per container) and the start-up line is written once (it was, every poll)."""
     metadata.serve(raw("ec2-bridge-2020.task"), raw("ec2-bridge-2020.stats"))
     metadata.stats_status = 500
-    assert not await harness.source.poll_once()
+    with caplog.at_level(logging.INFO, logger="tasklens.ecs"):
+        for _ in range(4):
+            assert not await harness.source.poll_once()
     got = harness.scrape()
     assert got["ecs_container_exit_code", "nginx200"] == 3
     assert got["ecs_container_running", "nginx100"] == 1
     assert ("ecs_container_memory_usage_bytes", "nginx100") not in got
-    assert harness.hub.identity.task_family == "three-nginx"
-    assert harness.metric("tasklens.ecs.poll_errors", reason="http_5xx") == 1
+    assert harness.hub.identity.task_family == "three-nginx" and harness.source.ready
+    assert harness.metric("tasklens.ecs.poll_errors", reason="http_5xx") == 4
+    assert harness.hub.metrics.total("tasklens.ecs.container_errors") == 0
+    assert sum("ECS mode: metadata from" in r.getMessage() for r in caplog.records) == 1
 
 
 async def test_one_bad_container_entry_does_not_hide_the_others(metadata: MetadataServer, harness: Harness) -> None:

@@ -21,6 +21,7 @@ from typing import Any
 import hcl2
 import pytest
 
+from agent.config import ConfigError, load
 from tests.deploy.deploy_checks import DEPLOY, SECRET_VARIABLES, datadog_unparsed, task_definition_errors
 
 TERRAFORM = DEPLOY / "terraform"
@@ -821,3 +822,54 @@ run "other_dimensions" {
     assert re.search(r'run "defaults"\.\.\. pass', out) and re.search(r'run "same_values"\.\.\. pass', out), out
     assert re.search(r'run "other_namespace"\.\.\. fail', out) and re.search(r'run "other_dimensions"\.\.\. fail', out), out
     assert out.count("sidecar.environment sets what autoscaling sets") == 2, out
+
+
+# busy rules and idle times of every class: valid ones, empty terms (a trailing, leading or doubled
+# comma), container names with spaces or an ` or ` inside cpu[...], a dangling ` or `, a CPU share
+# without `%`, no container in the brackets, a threshold that is not a number, idle times past the range
+BUSY_RULES = ["cpu>20%", "jobs.in_progress>0", "a>0 or b>=1.5", "cpu[worker]>=50%", "cpu[ a , b ]>20%",
+              "cpu[,a]>1%", "started-finished>0", " cpu>20%, jobs>0 ", "", "cpu>20%,", ",jobs>0", "a>0,,b>0",
+              "cpu[my worker]>20%", "cpu[a or b]>20%", "or a>0", "a>0 or", "cpu>20", "cpu[]>1%", "jobs>-",
+              "cpu>-1%", "cpu[" + "w" * 256 + "]>1%"]
+IDLE_TIMES = [0.0001, 0.001, 60, 604800, 1000000]
+
+
+def test_the_plan_takes_the_busy_rules_and_idle_times_the_sidecar_takes(terraform: Any, tmp_path: Path) -> None:
+    """A rule or an idle time the autoscaling module's plan accepts and the sidecar refuses at start
+    (exit 2 in every task: no metrics, no protection, and a worker waiting on it never starts), or the
+    other way round: neither. The sidecar's verdict is its own configuration loader's."""
+    cases = [(rule, 60) for rule in BUSY_RULES] + [("cpu>20%", idle) for idle in IDLE_TIMES]
+    for n, (rule, idle) in enumerate(cases):
+        try:
+            load({"TASKLENS_SCALE_IN_PROTECTION": rule, "TASKLENS_SCALE_IN_IDLE": str(idle)})
+            sidecar_takes = True
+        except ConfigError:
+            sidecar_takes = False
+        root = tmp_path / f"case{n}"
+        root.mkdir()
+        (root / "main.tf").write_text(f'''
+module "a" {{
+  source      = "{os.path.relpath(MODULES, root)}/autoscaling"
+  cluster     = "workers"
+  service     = "orders-worker"
+  queue_url   = "sqs://orders?region=eu-west-1"
+  autoscaling = {{ min = 1, max = 10, backlog_per_task = 100, scale_in_protection = {json.dumps(rule)}, scale_in_idle = {idle} }}
+}}
+output "e" {{ value = module.a.sidecar_environment }}''')
+        tf = terraform(str(root))
+        assert tf.init().retcode == 0
+        plan_takes = tf.apply(auto_approve=True).retcode == 0
+        assert plan_takes == sidecar_takes, (rule, idle, sidecar_takes)
+
+
+def test_bootstrap_profiling_keeps_the_workers_own_pythonpath_after_its_own(terraform: Any, tmp_path: Path) -> None:
+    """A worker with a PYTHONPATH of its own, profiled in bootstrap mode: the bootstrap first, then the
+    worker's (its own replaced the bootstrap's: the plan passed and the worker was never profiled)."""
+    profiling = {"mode": "bootstrap", "url": "https://profiles.example.com"}
+    for own, expected in (("/app", "/opt/tasklens/bootstrap:/app"), ("", "")):
+        environment = {"PYTHONPATH": own} if own else {"OTHER": "x"}
+        outputs = apply_root(terraform, tmp_path / f"case{bool(own)}", task_module(
+            "t", network_mode="awsvpc", environment=environment, sidecar={"profiling": profiling}))
+        worker = next(c for c in outputs["t"]["containerDefinitions"] if c["name"] != "tasklens")
+        env = {e["name"]: e["value"] for e in worker["environment"]}
+        assert env["PYTHONPATH"] == (expected or "/opt/tasklens/bootstrap")

@@ -54,8 +54,8 @@ variable "autoscaling" {
     error_message = "autoscaling cooldowns are seconds >= 0."
   }
   validation {
-    condition     = var.autoscaling.scale_in_idle > 0 && var.autoscaling.protection_expires_minutes >= 1 && var.autoscaling.protection_expires_minutes <= 2880 && floor(var.autoscaling.protection_expires_minutes) == var.autoscaling.protection_expires_minutes
-    error_message = "autoscaling.scale_in_idle must be > 0 and protection_expires_minutes a whole number from 1 to 2880."
+    condition     = var.autoscaling.scale_in_idle >= 0.001 && var.autoscaling.scale_in_idle <= 604800 && var.autoscaling.protection_expires_minutes >= 1 && var.autoscaling.protection_expires_minutes <= 2880 && floor(var.autoscaling.protection_expires_minutes) == var.autoscaling.protection_expires_minutes
+    error_message = "autoscaling.scale_in_idle must be seconds from 0.001 to 604800 (7 days) and protection_expires_minutes a whole number from 1 to 2880."
   }
   validation {
     # the sidecar's rule (agent/config.py, parse_cloudwatch_namespace), less the spaces it strips:
@@ -65,11 +65,16 @@ variable "autoscaling" {
     error_message = "autoscaling.namespace must be a CloudWatch namespace: 1-255 printable ASCII characters, no leading or trailing space, not starting with ':' nor with 'AWS/' (reserved for AWS services)."
   }
   validation {
-    # the sidecar's grammar (agent/scaling/busy.py), term by term; the sidecar checks it again at start
-    condition = var.autoscaling.scale_in_protection == null ? true : alltrue([
-      for term in regexall("(?:[^,\\[]|\\[[^\\]]*\\])+", replace(var.autoscaling.scale_in_protection, "/\\s+or\\s+/", ",")) :
-      can(regex("^\\s*(cpu(\\[[A-Za-z0-9][A-Za-z0-9_,\\s-]*\\])?\\s*>=?\\s*[0-9]+(\\.[0-9]+)?\\s*%|[A-Za-z_][A-Za-z0-9_.]*(\\s*-\\s*[A-Za-z_][A-Za-z0-9_.]*)?\\s*>=?\\s*-?[0-9]+(\\.[0-9]+)?)\\s*$", term)) && (can(regex("%\\s*$", term)) || !can(regex("^\\s*cpu[\\s>\\[]", term)))
-    ])
+    # the sidecar's grammar (agent/scaling/busy.py), term by term; the sidecar checks it again at start.
+    # Terms are split at `,` (not inside cpu[...]) and at ` or `; an empty one (`cpu>20%,`, `a>0,,b>0`)
+    # is refused: the terms found, joined again, must be the whole text; ` or ` splits inside cpu[...] too
+    condition = var.autoscaling.scale_in_protection == null ? true : (
+      !can(regex("\\[[^\\]]*\\sor\\s", var.autoscaling.scale_in_protection)) &&
+      join(",", regexall("(?:[^,\\[]|\\[[^\\]]*\\])+", replace(trimspace(var.autoscaling.scale_in_protection), "/\\s+or\\s+/", ","))) == replace(trimspace(var.autoscaling.scale_in_protection), "/\\s+or\\s+/", ",")
+      && alltrue([
+        for term in regexall("(?:[^,\\[]|\\[[^\\]]*\\])+", replace(trimspace(var.autoscaling.scale_in_protection), "/\\s+or\\s+/", ",")) :
+        can(regex("^\\s*(cpu(\\[\\s*(,\\s*)*[A-Za-z0-9][A-Za-z0-9_-]{0,254}(\\s*,[\\s,]*[A-Za-z0-9][A-Za-z0-9_-]{0,254})*[\\s,]*\\])?\\s*>=?\\s*[0-9]+(\\.[0-9]+)?\\s*%|[A-Za-z_][A-Za-z0-9_.]*(\\s*-\\s*[A-Za-z_][A-Za-z0-9_.]*)?\\s*>=?\\s*-?[0-9]+(\\.[0-9]+)?)\\s*$", term)) && (can(regex("%\\s*$", term)) || !can(regex("^\\s*cpu[\\s>\\[]", term)))
+    ]))
     error_message = "autoscaling.scale_in_protection must be a busy rule: cpu>N%, <statsd gauge>>N or <started>-<finished>>N, joined by ' or ' (docs/scaling.md)."
   }
 }

@@ -51,8 +51,13 @@ module "sidecar" {
 }
 
 locals {
-  # the worker's own settings win over what the sidecar suggests (e.g. DD_AGENT_HOST)
-  worker_env = merge({ for e in module.sidecar.worker.environment : e.name => e.value }, var.environment)
+  suggested = { for e in module.sidecar.worker.environment : e.name => e.value }
+  # the worker's own settings win over what the sidecar suggests (e.g. DD_AGENT_HOST); but a PYTHONPATH
+  # of its own goes after the profiling bootstrap's, which must be on it (docs/profiling.md)
+  worker_env = merge(local.suggested, var.environment,
+    lookup(local.suggested, "PYTHONPATH", "") != "" && lookup(var.environment, "PYTHONPATH", "") != "" ? {
+      PYTHONPATH = "${local.suggested["PYTHONPATH"]}:${var.environment["PYTHONPATH"]}"
+  } : {})
   worker_secrets = merge(
     { for s in module.sidecar.worker.secrets : s.name => s.valueFrom },
     var.secrets,

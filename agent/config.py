@@ -250,10 +250,14 @@ def parse_http_url(text: str) -> str:
     check_text(text, expected, 2048)
     try:
         parts = urlsplit(text)
+    except ValueError:
+        raise ValueError(expected) from None
+    try:
         parts.port  # noqa: B018 - raises ValueError on a bad port
     except ValueError:
-        parts = None
-    if parts is None or parts.scheme not in ("http", "https") or not parts.hostname or " " in text:
+        hint = " (or a password holds an unencoded / ? # or @)" if "@" in text else ""
+        raise ValueError(f"{expected}; its port is not a number from 0 to 65535{hint}") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname or " " in text:
         raise ValueError(expected)
     return text
 

@@ -146,11 +146,13 @@ def mask_url(url: str) -> str:
     for authority in reversed(list(authorities(text))):
         if authority.readable:
             continue
-        # a port may be half a password (`amqp://u:Sec/ret`, `amqp://@:Sec`); after an `@`, digits are a port
+        # a port may be half a password (`amqp://u:Sec/ret`, `amqp://@:Sec`); digits are a port after an
+        # `@`, or with no `@` after them (`http://host:99999`: a port out of range, shown as such)
         host = authority.start + (len(authority.userinfo) + 1 if authority.userinfo is not None else 0)
         netloc = re.split(r"[/?#]", text[host:authority.end], maxsplit=1)[0]
         colon = netloc.find(":", netloc.find("]") + 1)  # after an IPv6 address's brackets
-        if colon >= 0 and not (authority.userinfo is not None and netloc[colon + 1:].isdigit()):
+        digits = netloc[colon + 1:].isdigit() and (authority.userinfo is not None or "@" not in text[host:])
+        if colon >= 0 and not digits:
             text = text[:host + colon + 1] + MASK + text[host + len(netloc):]
         if authority.userinfo is not None:
             text = text[:authority.start] + MASK + text[authority.start + len(authority.userinfo):]

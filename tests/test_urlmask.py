@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 from tests.support import free_port
 
 from agent.cli import validate
-from agent.config import ConfigError, describe, parse_url_list
+from agent.config import ConfigError, describe, load, parse_url_list
 from agent.hub import Hub
 from agent.identity import Identity
 from agent.urlmask import mask_secrets, mask_url, url_passwords
@@ -232,3 +232,15 @@ def test_no_password_of_any_url_setting_is_shown(variable: str, user: str, passw
         redact = Redactor(config_secrets(config, environ))
         shown += warnings + strings(describe(config)) + [redact.mask(f"cannot connect to {url} ({unquote(url)})")]
     assert_hidden(password, shown)
+
+
+def test_a_port_out_of_range_is_shown_where_it_cannot_be_a_password() -> None:
+    """`http://pyroscope:99999` (no `@` anywhere after it) was shown as `http://pyroscope:***`: the one
+    thing wrong hidden, as if it were a password. Digits with no `@` after them are a port; anything
+    else in that place may still be half a password and stays masked."""
+    assert mask_url("http://pyroscope:99999") == "http://pyroscope:99999"
+    assert mask_url("http://pyroscope:99999/ingest?x=1") == "http://pyroscope:99999/ingest?x=1"
+    assert mask_url("http://pyroscope:4040x") == "http://pyroscope:***"
+    assert mask_url("amqp://u:12345/x@h") == "amqp://u:***@h"
+    with pytest.raises(ConfigError, match=r"TASKLENS_PYROSCOPE_URL='http://pyroscope:99999' .*port is not a number"):
+        load({"TASKLENS_PYROSCOPE_URL": "http://pyroscope:99999"})

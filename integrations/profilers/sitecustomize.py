@@ -10,7 +10,7 @@ any failure (a wheel that does not fit this interpreter, an unreachable endpoint
 then the worker runs as before. A `sitecustomize` of the worker's own, further down `sys.path`, still
 runs (chained).
 
-This file must stay standard-library only and importable by old interpreters (no `agent` import: the
+This file must stay standard-library only and importable by Python 3.7+ (no `agent` import: the
 shared directory must not shadow the worker's packages). The sidecar imports the label helpers below
 so both modes label profiles the same way.
 """

@@ -187,10 +187,11 @@ class Aggregator:
     def _run(self, data: bytes) -> None:
         """The C loop, with the Python slow path for each line it leaves (`_fast.c`).
 
-        The contexts the C loop makes live in its table, accumulating there, until Python needs their
-        objects: before Python reads a line itself (it may name one of them), and at the swap, which
-        hands them to the export side. So a storm's new contexts cost the receive path only the C
-        loop's work (`_adopt` makes their objects in one batch: docs/statsd.md, "Cardinality storms")."""
+        The contexts the C loop makes live in its table, accumulating there, until their objects are
+        made (`adopt`, in batches): before Python reads a line itself (it may name one of them), by the
+        server while it has nothing to read, and at the swap, which hands them to the export side. So a
+        storm's new contexts cost the lines that bring them only the C loop's work (docs/statsd.md,
+        "Cardinality storms")."""
         table, end, stats = self._table, len(data), self.stats
         assert table is not None
         pos, contexts, heads = 0, -1, -1
@@ -567,8 +568,9 @@ class Aggregator:
 
     def swap(self, now: float | None = None) -> Interval:
         """Start a new interval and return the finished one: the objects of the contexts the C loop made
-        in it (about 3 us each: 0.3 s after a storm of 100,000), then O(contexts touched) in C, without a
-        Python object per context (85,000 contexts: 7 ms), plus pending expiries."""
+        that are not made yet (about 3 us each; the server makes them while it has nothing to read),
+        then O(contexts touched) in C, without a Python object per context (85,000 contexts: 7 ms), plus
+        pending expiries."""
         done = self.interval
         self.adopt()
         if self._table is not None:

@@ -3,8 +3,9 @@
 The sockets are read by a thread in C that never needs the GIL (`_recv.Receiver`): it fills a buffer
 of TASKLENS_STATSD_BUFFER_BYTES while the interpreter is busy elsewhere. Parsing runs on a Python
 thread, not on the event loop: it takes the filled chunks, parses and aggregates them in place, and at
-each clock-aligned interval boundary swaps the interval out (a few ms, and about 3 us more per context
-made in the interval: see `Aggregator.swap`) and hands it to the event loop. Without the C module (or with TASKLENS_STATSD_RECEIVER=python) that
+each clock-aligned interval boundary swaps the interval out (a few ms: see `Aggregator.swap`) and
+hands it to the event loop; while it has nothing to read, it makes the Python objects of the contexts
+the C loop made (`IDLE_ADOPT`). Without the C module (or with TASKLENS_STATSD_RECEIVER=python) that
 Python thread reads the sockets itself (non-blocking reads until EAGAIN, in C: `_fast.drain`).
 Building the batch, the hub's tag enrichment, the sinks and `/metrics` rendering all happen off these
 threads, so none of them can pause receiving long enough to fill the socket buffer (measured:

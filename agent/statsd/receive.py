@@ -148,9 +148,10 @@ class Aggregator:
 
     @property
     def context_count(self) -> int:
-        """The live contexts, those the C loop made and Python has not adopted yet included: safe to read
-        from another thread (`contexts` lacks those until `adopt`)."""
-        return len(self.contexts) + self.waiting
+        """The live contexts, those the C loop made and Python has not adopted yet included: the C side's
+        own count, which moves in one step, so safe to read from another thread (`contexts` lacks those
+        until `adopt`, which adds them one by one before the C side's count of waiting ones falls)."""
+        return self._table.live()[0] if self._table is not None else len(self.contexts)
 
     # -- receive side ----------------------------------------------------------------------------
 

@@ -556,3 +556,24 @@ def test_the_c_side_reads_simple_heads_and_leaves_the_others() -> None:
     assert table.head(b"a", b"c|@2") == ("a", "c", 1.0, (), "")  # out of range: unsampled, as parse_head
     for tail in (b"c|#k:1,k:2", b"c|T5", b"c\r", b"c|#\xc3\xa9", b"c|#a|#b", b"c|c:a|c:b", b"x", b"c|@1e-3"):
         assert table.head(b"a", tail) is None, tail
+
+
+def test_the_count_of_live_contexts_is_right_in_the_middle_of_an_adoption(monkeypatch) -> None:
+    """Another thread (the status page, the self-metrics) may read `context_count` while `adopt` is
+    making a batch of contexts (it runs their `__init__`s, so the thread can switch there): it was
+    the dict's length plus the contexts waiting, and counted each context adopted so far twice
+    (199,681 for 100,000 in an outside test). Read from inside each `Context.__init__` here."""
+    agg = Aggregator(max_contexts=10_000)
+    agg.ingest_many(storm("a", 3000))
+    seen = []
+
+    class Counted(interval.Context):
+        __slots__ = ()
+
+        def __init__(self, *args) -> None:
+            super().__init__(*args)
+            seen.append(agg.context_count)
+
+    monkeypatch.setattr(receive, "Context", Counted)
+    agg.adopt()
+    assert len(seen) == 3000 and set(seen) == {3000}

@@ -59,8 +59,10 @@ def _error(exc: Exception) -> Exception:
     from redis import exceptions as e
 
     text = str(exc)
-    if isinstance(exc, (e.AuthenticationError, e.AuthenticationWrongNumberOfArgsError)) or "NOAUTH" in text \
-            or "WRONGPASS" in text or "NOPERM" in text:
+    # an ACL's denial too: redis-py raises NoPermissionError and strips NOPERM from its text (a denial
+    # inside the age's Lua script keeps it in the script's error)
+    if isinstance(exc, (e.AuthenticationError, e.AuthenticationWrongNumberOfArgsError, e.NoPermissionError)) \
+            or "NOAUTH" in text or "WRONGPASS" in text or "NOPERM" in text:
         return ProbeError("auth", text)
     if isinstance(exc, e.TimeoutError):
         return ProbeError("timeout", text)

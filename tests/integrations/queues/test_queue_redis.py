@@ -340,3 +340,19 @@ def test_an_rq_time_without_a_zone_is_utc_whatever_the_local_time(monkeypatch, z
     finally:
         monkeypatch.undo()
         time.tzset()
+
+
+@pytest.mark.parametrize("denied", ["+@all -type", "+@all resetkeys ~other:*"], ids=["a_command", "the_key"])
+async def test_a_user_denied_a_command_or_the_key_is_an_auth_error(config, hub, r, unique, denied):
+    """An ACL that denies the probe a command or the queue's key: `auth` (redis-py raises
+    NoPermissionError and strips the NOPERM prefix from its text, so this was counted `bad_reply`,
+    the reason for a server that is not Redis)."""
+    user = f"tl_{unique}"
+    await r.rpush(unique, 1)
+    await r.execute_command("ACL", "SETUSER", user, "on", ">pw", "~*", *denied.split())
+    try:
+        source = QueueSource(config, hub, f"redis://{user}:pw@127.0.0.1:6379/0?list={unique}")
+        assert not await source.poll()
+        assert hub.metrics.get("tasklens.queue.poll_errors", queue=unique, reason="auth") == 1, source.last_error
+    finally:
+        await r.execute_command("ACL", "DELUSER", user)

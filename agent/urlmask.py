@@ -24,6 +24,10 @@ from urllib.parse import unquote, unquote_plus, urlsplit
 
 MASK = "***"
 DECODE_LEVELS = 3  # one more than the code decodes: parse_qsl, then a client's unquote of the password
+# characters of a password that may span the URLs of a list (`_spanning`): past that, the text is shown
+# as its first scheme and `***` (the pattern of a secret grows 425 characters per character, and such a
+# text of fifteen URLs took minutes to mask; a list that reads so is refused anyway: `split_password`)
+LONG_SPANNING = 128
 
 # a URL starts the text, a parameter's value (`management=http://`) or an entry of a list (`,redis://`);
 # elsewhere `x://` is part of a password
@@ -142,7 +146,11 @@ def mask_url(url: str) -> str:
     Where the text cannot be read as written (`amqp://u:pa/ss@host`: a port `pa`), the password is read
     as a person reads it (`amqp://u:***@host`); what is left of an unreadable URL's user info, and its
     port, are masked too (either may be half a password)."""
-    text = mask_secrets(url.strip(), url_passwords(url))
+    text = url.strip()
+    if any(len(password) > LONG_SPANNING for written in _decodings(text)
+           for _, _, password in _spanning(written, list(authorities(written)))):
+        return text[:text.find("://") + 3] + MASK if "://" in text else MASK
+    text = mask_secrets(text, url_passwords(url))
     for authority in reversed(list(authorities(text))):
         if authority.readable:
             continue

@@ -25,7 +25,7 @@ from agent.cli import validate
 from agent.config import ConfigError, describe, load, parse_url_list
 from agent.hub import Hub
 from agent.identity import Identity
-from agent.urlmask import mask_secrets, mask_url, url_passwords
+from agent.urlmask import mask_secrets, mask_url, split_password, url_passwords
 from integrations.queues import describe_url, parse
 from integrations.queues.base import Reading, parse_queue_url
 from integrations.queues.source import queue_sources
@@ -244,3 +244,18 @@ def test_a_port_out_of_range_is_shown_where_it_cannot_be_a_password() -> None:
     assert mask_url("amqp://u:12345/x@h") == "amqp://u:***@h"
     with pytest.raises(ConfigError, match=r"TASKLENS_PYROSCOPE_URL='http://pyroscope:99999' .*port is not a number"):
         load({"TASKLENS_PYROSCOPE_URL": "http://pyroscope:99999"})
+
+
+def test_a_list_read_as_one_long_password_is_masked_whole_and_at_once() -> None:
+    """URLs with a user name and a port but no password, listed: the text reads as one URL whose
+    password spans the list (`_spanning`), a secret of thousands of characters whose pattern took
+    minutes to build (fifteen URLs: 137 s of `tasklens check` before its one-line error). Such a text
+    is shown as its first scheme and `***`; the list itself is refused (`split_password`)."""
+    one = "postgresql://app@127.0.0.1:5432/app?name=q{n}&query=SELECT%20count(*)%20FROM%20jobs"
+    listed = ",".join(one.format(n=n) for n in range(100))
+    assert split_password(listed)
+    assert mask_url(listed) == "postgresql://***"
+    with pytest.raises(ConfigError, match=r"^TASKLENS_QUEUES='postgresql://\*\*\*' is invalid"):
+        load({"TASKLENS_QUEUES": listed})
+    # a short one is still masked character by character, its user name and host shown
+    assert mask_url("redis://:pa,x://ss@host") == "redis://:***@host"

@@ -19,9 +19,11 @@ needed: its body, as large as the server's `-z` allows, is read past, never held
 from __future__ import annotations
 
 import asyncio
+import re
 import socket
 import threading
 from typing import Any, BinaryIO
+from urllib.parse import unquote
 
 from agent.capped import readline_capped
 from integrations.queues.base import Broker, ProbeError, QueueURL, Reading
@@ -34,8 +36,17 @@ PROBE_TUBE = "tasklens-probe"
 MAX_REPLY = 64 * 1024
 
 
+# what beanstalkd takes as a tube name (its protocol.txt): at most 200 bytes of letters, digits and
+# - + / ; . $ _ ( ), not starting with a hyphen; any other is refused at start, not at every poll
+_TUBE = re.compile(r"[A-Za-z0-9+/;.$_()][A-Za-z0-9+/;.$_()-]{0,199}")
+
+
 def tube_of(url: QueueURL) -> str:
-    return url.parts.path.strip("/") or "default"
+    tube = unquote(url.parts.path.strip("/")) or "default"
+    if not _TUBE.fullmatch(tube):
+        raise ValueError(f"tube {tube!r}: a beanstalkd tube name is at most 200 letters, digits and - + / ; . $ _ "
+                         "( ), not starting with -")
+    return tube
 
 
 def reading_of(stats: dict[str, Any], next_job_age: float | None) -> Reading:

@@ -135,3 +135,31 @@ async def test_broker_outage_is_a_gap_and_other_queues_go_on(config, hub, export
         await asyncio.gather(*tasks)
         await r.delete(unique)
         await r.aclose()
+
+
+# tube names of every class: plain, every punctuation beanstalkd takes, 200 bytes, percent-encoded; a
+# leading hyphen, 201 bytes, a character it refuses, an encoded space
+GOOD_TUBES = ["jobs", "a+b/c;d.e$f_g(h)-i", "t" * 200, "a%2Fb"]
+BAD_TUBES = ["-tube", "t" * 201, "a!b", "a%20b", "caf%C3%A9"]
+FREE = {"TASKLENS_HTTP_ADDR": "127.0.0.1:0", "TASKLENS_STATSD_ADDR": "127.0.0.1:0"}  # `validate` binds them
+
+
+async def test_a_tube_name_beanstalkd_takes_is_polled_and_any_other_refused_at_start(config, hub, beanstalkd):
+    """A name beanstalkd refuses (`BAD_FORMAT`) passed `check` and `run`, then every poll failed as
+    `error: []` (greenstalk's error carries no text); now it stops start-up, naming the tube. Every name
+    taken is polled by the real beanstalkd."""
+    from agent.cli import validate
+    from agent.config import ConfigError
+
+    for tube in BAD_TUBES:
+        url = f"beanstalk://127.0.0.1:{beanstalkd.port}/{tube}"
+        with pytest.raises(ConfigError, match="a beanstalkd tube name is"):
+            validate({"TASKLENS_QUEUES": url, **FREE})  # what `run` and `check` do at start
+    for tube in GOOD_TUBES:
+        url = f"beanstalk://127.0.0.1:{beanstalkd.port}/{tube}"
+        validate({"TASKLENS_QUEUES": url, **FREE})
+        source = QueueSource(config, hub, url)
+        with producer(beanstalkd.port, source.queue) as worker:  # the tube exists while a client uses it
+            worker.put("job")
+            assert await source.poll(), (tube, source.last_error)
+        await source.probe.close()

@@ -11,13 +11,18 @@ the enqueue time. This works for any retention policy, not only work queues.
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Awaitable
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, TypeVar
 
 from integrations.queues.base import Broker, ProbeError, QueueURL, Reading
 
 NO_MESSAGE_FOUND = 10037  # JetStream's err_code for a STREAM.MSG.GET with nothing to get
 MAX_FILTERS = 16  # a consumer's filter subjects whose first messages are looked up for the age (one request each)
+PERMISSIONS_VIOLATION = "permissions violation"  # the server's -ERR for a subject the user may not use
+
+T = TypeVar("T")
 
 
 # characters no stream or consumer name has (nats-py and the server refuse them): the name is a token of
@@ -72,11 +77,32 @@ class NATSProbe:
         self.stream, self.consumer = names(url)
         self._nc: Any = None
         self._reported: Exception | None = None
+        self._denied = asyncio.Event()
 
     async def _error_cb(self, exc: Exception) -> None:
         """nats-py would log connection errors itself; the source counts and logs them once. The last
-        one says why a connect failed, which NoServersError does not."""
+        one says why a connect failed, which NoServersError does not. A permissions violation (the user
+        may not publish to a JetStream API subject, or not subscribe to its inbox) comes only here: the
+        request it refused gets no answer, and `_ask` fails it at once."""
         self._reported = exc
+        if PERMISSIONS_VIOLATION in str(exc).lower():
+            self._denied.set()
+
+    async def _ask(self, request: Awaitable[T]) -> T:
+        """A JetStream request's answer, or `auth` as soon as the server reports a permissions violation
+        (nats-py would let the request wait out the poll's timeout)."""
+        asked = asyncio.ensure_future(request)
+        denied = asyncio.ensure_future(self._denied.wait())
+        try:
+            await asyncio.wait((asked, denied), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            denied.cancel()
+            answered = asked.done()
+            if not answered:
+                asked.cancel()
+        if not answered:
+            raise ProbeError("auth", str(self._reported))
+        return asked.result()
 
     async def read(self) -> Reading:
         from nats.aio.client import Client
@@ -91,10 +117,13 @@ class NATSProbe:
                 await self._nc.connect(servers=[self.url.client_url()], connect_timeout=timeout,
                                        allow_reconnect=False, max_reconnect_attempts=1, reconnect_time_wait=0,
                                        name="tasklens", error_cb=self._error_cb)
+            self._denied.clear()  # a violation reported during an earlier poll is not this poll's
             jsm = self._nc.jsm(timeout=timeout)
-            info = await jsm.consumer_info(self.stream, self.consumer)
-            stream = await jsm.stream_info(self.stream)
+            info = await self._ask(jsm.consumer_info(self.stream, self.consumer))
+            stream = await self._ask(jsm.stream_info(self.stream))
             age = await self._oldest_age(jsm, info) if info.num_pending else 0.0
+        except ProbeError:
+            raise
         except Exception as exc:
             raise _error(exc, self._nc, self._reported) from exc
         return Reading(depth=info.num_pending, in_flight=info.num_ack_pending,
@@ -115,7 +144,8 @@ class NATSProbe:
         from nats.js.errors import NotFoundError
 
         try:
-            return await jsm.get_msg(self.stream, seq=info.delivered.stream_seq + 1, subject=subject, next=True)
+            return await self._ask(jsm.get_msg(self.stream, seq=info.delivered.stream_seq + 1, subject=subject,
+                                               next=True))
         except NotFoundError as exc:
             if exc.err_code != NO_MESSAGE_FOUND:  # the stream itself is gone
                 raise

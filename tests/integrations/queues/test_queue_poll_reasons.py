@@ -161,6 +161,57 @@ async def test_nats_refused_credentials_are_auth(config, hub, nats_with_password
     assert elapsed < PROMPT
 
 
+# the JetStream API subjects a poll publishes to: a user lacking any of them is refused that request
+NATS_POLL_SUBJECTS = {"consumer_info": "$JS.API.CONSUMER.INFO.>", "stream_info": "$JS.API.STREAM.INFO.>",
+                      "msg_get": "$JS.API.STREAM.MSG.GET.>"}
+
+
+@pytest.fixture
+def nats_with_users(tmp_path):
+    """A NATS server with an `admin` user and a `worker` user per subject of a poll, who may use every
+    other subject of a poll but that one."""
+    users = ["{user: admin, password: admin}"]
+    for missing in NATS_POLL_SUBJECTS:
+        allowed = ", ".join(f'"{s}"' for k, s in NATS_POLL_SUBJECTS.items() if k != missing)
+        users.append(f'{{user: "no_{missing}", password: p, permissions: {{publish: {{allow: [{allowed}]}}, '
+                     f'subscribe: {{allow: ["_INBOX.>"]}}}}}}')
+
+    def argv(binary: str, port: int) -> list[str]:
+        conf = tmp_path / "nats.conf"
+        conf.write_text(f'listen: "127.0.0.1:{port}"\njetstream {{ store_dir: "{tmp_path}" }}\n'
+                        f"authorization {{ users = [\n{chr(10).join(users)}\n] }}\n")
+        return [binary, "-c", str(conf)]
+
+    with private_server("nats-server", argv) as server:
+        yield server
+
+
+@pytest.mark.parametrize("missing", list(NATS_POLL_SUBJECTS))
+async def test_nats_request_the_user_may_not_make_is_auth_at_once(config, hub, nats_with_users, missing):
+    """The server answers a refused request with a permissions violation, which nats-py only passes to
+    the error callback: without `_ask`, the poll waited out its timeout and was counted as `timeout`."""
+    import nats
+    from nats.js.api import AckPolicy, ConsumerConfig
+
+    port = nats_with_users.port
+    nc = await nats.connect(f"nats://admin:admin@127.0.0.1:{port}")
+    js = nc.jetstream()
+    await js.add_stream(name="JOBS", subjects=["jobs.>"])
+    await js.add_consumer("JOBS", ConsumerConfig(durable_name="worker", ack_policy=AckPolicy.EXPLICIT))
+    await js.publish("jobs.a", b"waiting")  # a backlog: the poll asks for the oldest message's age
+    try:
+        url = f"nats://no_{missing}:p@127.0.0.1:{port}?stream=JOBS&consumer=worker"
+        reason, elapsed = await failed_poll(config, hub, url)
+        assert reason == "auth"
+        assert elapsed < PROMPT
+        # the user with every subject polls (the server itself refuses nothing else)
+        source = QueueSource(config, hub, f"nats://admin:admin@127.0.0.1:{port}?stream=JOBS&consumer=worker")
+        assert await source.poll(), source.last_error
+        await source._close()
+    finally:
+        await nc.close()
+
+
 @pytest.mark.skipif(not port_open(5672), reason="RabbitMQ is not running on 127.0.0.1:5672")
 async def test_rabbitmq_unknown_vhost_is_connection(config, hub, unique):
     # the broker answers Connection.Open with Connection.Close (NOT_ALLOWED): it closed the connection

@@ -69,11 +69,13 @@ class Stats:
     service_checks: int = 0
     contexts_dropped: int = 0
     errors: Counter[str] = field(default_factory=Counter)
+    samples: int = 0  # metric values accepted, as of the end of the last batch (`settle`)
 
-    @property
-    def samples(self) -> int:
-        """Metric values accepted."""
-        return self.lines + self.extra_values - self.events - self.service_checks - sum(self.errors.values())
+    def settle(self) -> None:
+        """Work out `samples` from the other counts, at the end of a batch. Worked out when read, it
+        could go down: a batch's lines are counted before their errors, and the event loop reads the
+        counts while the receive thread adds to them."""
+        self.samples = self.lines + self.extra_values - self.events - self.service_checks - sum(self.errors.values())
 
 
 class Aggregator:
@@ -178,12 +180,13 @@ class Aggregator:
             stats.errors["too_long"] += too_long
         if self._table is not None:
             self._run(data)
-            return
-        lines = data.split(b"\n")
-        if not lines[-1]:
-            lines.pop()  # the trailing newline most clients send; those inside are skipped below
-        stats.lines += len(lines)
-        self._each(lines)
+        else:
+            lines = data.split(b"\n")
+            if not lines[-1]:
+                lines.pop()  # the trailing newline most clients send; those inside are skipped below
+            stats.lines += len(lines)
+            self._each(lines)
+        stats.settle()
 
     def _run(self, data: bytes) -> None:
         """The C loop, with the Python slow path for each line it leaves (`_fast.c`).
@@ -389,9 +392,9 @@ class Aggregator:
             elif not value:
                 raise ParseError("bad_value")
             slot = self._slot(hname, kind, rate, tags, container)
-            if stamp is not None and kind in ("c", "g"):
+            if stamp is not None and kind in ("c", "g") and slot is not _DROPPED:
                 timestamp = float(stamp)  # exported as sent, not aggregated
-            else:  # other types ignore a timestamp: cached like any head
+            else:  # other types ignore a timestamp, and a refusal is the head's: cached like any head
                 self._remember(key, slot)
         self._apply(slot, value, timestamp, key, parsed)
 

@@ -4,11 +4,13 @@ into garbage are still counted exactly."""
 from __future__ import annotations
 
 import os
+import sys
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from agent.statsd.flush import Flusher
+from agent.statsd import receive
 from agent.statsd.receive import Aggregator
 from agent.statsd.parser import parse
 
@@ -122,3 +124,36 @@ def test_repeated_lines_keep_every_semantic(datagrams: list[bytes]) -> None:
     assert a.events == b.events and a.service_checks == b.service_checks
     assert [t for t in a.samples if t.timestamp] == [t for t in b.samples if t.timestamp]
     assert dict(fast.stats.errors) == dict(plain.stats.errors) and fast.stats.samples == plain.stats.samples
+
+
+counted_line = st.one_of(gauge_line, other_line, st.sampled_from(
+    [b"", b"\r", b"x:y|c", b"h:1:2:3|h", b"n1:1|c", b"n2:1|c|#a:b", b"n3:1|c", b"n4:1|c|T5", b"_e{9,1}:a|b"]))
+
+
+@settings(SETTINGS, max_examples=max(10, SETTINGS.max_examples // 3))
+@given(st.lists(st.lists(counted_line, min_size=1, max_size=30).map(b"\n".join), min_size=1, max_size=8),
+       st.booleans())
+def test_samples_read_while_a_batch_is_counted_never_go_down(datagrams: list[bytes], accelerated: bool) -> None:
+    """`tasklens_statsd_samples_total` is read by the event loop while the receive thread counts: read
+    at every line the aggregator runs, it never goes down (Prometheus would take it for a reset), and
+    ends where lines handled one at a time end. The cap is small: refusals are counted too."""
+    agg, seen = Aggregator(max_contexts=3, accelerated=accelerated), []
+
+    def trace(frame, event, arg):  # noqa: ANN001, ANN202
+        if frame.f_code.co_filename != receive.__file__:
+            return None
+        seen.append(agg.stats.samples)
+        return trace
+
+    sys.settrace(trace)
+    try:
+        for d in datagrams:
+            agg.ingest(d)
+    finally:
+        sys.settrace(None)
+    assert seen == sorted(seen)
+    apart = Aggregator(max_contexts=3, accelerated=accelerated)
+    for d in datagrams:
+        for line in d.split(b"\n"):
+            apart.ingest(line)
+    assert agg.stats.samples == apart.stats.samples

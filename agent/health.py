@@ -100,13 +100,26 @@ class Observation:
     started_ns: int | None = None
     working_set: float | None = None
     limit: float | None = None
-    failcnt: float | None = None  # cgroup v1: times the usage hit the limit; v2: memory.events `oom`
+    failcnt: float | None = None  # cgroup v2 only: memory.events `oom` (`oom_events`)
     throttled_periods: float | None = None
     throttled_seconds: float | None = None
 
     @property
     def near_limit(self) -> bool:
         return bool(self.working_set is not None and self.limit and self.working_set >= NEAR_LIMIT * self.limit)
+
+
+def oom_events(memory: Any) -> float | None:
+    """Docker's `failcnt` where it says an allocation failed at the limit: on cgroup v2, where it is
+    memory.events `oom`. On cgroup v1 (stats with `cache`, `rss` or `total_inactive_file`, or a
+    `max_usage`) it counts every time the usage touched the limit, page cache reclaimed there as a
+    routine included: no sign of an OOM kill (docs/health.md), so None."""
+    if not isinstance(memory, dict) or "max_usage" in memory:
+        return None
+    stats = memory.get("stats")
+    if isinstance(stats, dict) and any(k in stats for k in ("cache", "rss", "total_inactive_file")):
+        return None
+    return _num(memory.get("failcnt"))
 
 
 def observe(container: Mapping[str, Any], stats: Any, task: Any, poll_time: float) -> Observation:
@@ -125,7 +138,7 @@ def observe(container: Mapping[str, Any], stats: Any, task: Any, poll_time: floa
         started_ns=parse_time_ns(container.get("StartedAt")),
         working_set=ws,
         limit=memory_limit_bytes(memory, container, task) if ws is not None else None,
-        failcnt=_num(_get(memory, "failcnt")),
+        failcnt=oom_events(memory),
         throttled_periods=_num(_get(throttling, "throttled_periods")),
         throttled_seconds=throttled_ns / 1e9 if throttled_ns is not None else None,
     )
@@ -171,7 +184,8 @@ def oom_killed(exit_code: float | None, before: Iterable[Reading], at: float) ->
     """An exit (a stop or a restart) seen by the poll at `at` was an OOM kill when its exit code is 137,
     or unknown (a restart whose exit code ECS does not show), and memory was at the limit at one of
     the last `EXIT_LOOKBACK` readings `before` it: the working set at least `NEAR_LIMIT` of the limit,
-    or the cgroup's `failcnt` risen, or a suspected leak projected to the exit reaching it. Not only
+    or the cgroup v2 `oom` events risen (`oom_events`), or a suspected leak projected to the exit
+    reaching it. Not only
     the last reading: one taken after the kill, before ECS shows the stop, sees the memory freed."""
     if exit_code is not None and exit_code != OOM_EXIT_CODE:
         return False

@@ -39,7 +39,7 @@ from tests.health_support import (
     with_memory,
     with_restart,
 )
-from agent.sources.ecs_stats import parse_time_ns
+from agent.sources.ecs_stats import memory_limit_bytes, parse_time_ns
 from tests.sources.ecs_helpers import load
 
 WINDOW = 1800.0
@@ -232,16 +232,51 @@ def test_oom_kill_from_exit_137_after_memory_at_the_limit():
     assert got["redis"]["ecs.container.oom_kills_total"] == 1
 
 
-def test_oom_kill_from_failcnt_in_the_capture():
+def as_cgroup_v2(memory: dict[str, Any]) -> None:
+    """cgroup v1 memory stats in cgroup v2's shape, the same working set: no `max_usage`, v2's keys."""
+    v1 = memory.pop("stats")
+    memory.pop("max_usage", None)
+    memory["stats"] = {"anon": v1.get("rss", 0), "file": v1.get("cache", 0),
+                       "inactive_file": v1.get("total_inactive_file", 0)}
+
+
+@pytest.mark.parametrize("cgroup, kills", [("v1", 0), ("v2", 1)])
+def test_failcnt_risen_before_exit_137_is_an_oom_kill_on_cgroup_v2_only(cgroup, kills):
     # fargate-v2-2017 dd-agent: working set 231,104,512 B = 86 % of 256 MiB (below NEAR_LIMIT), failcnt
-    # 8977, max_usage at the limit. Next poll failcnt 9001 (it hit the limit again), then exit 137.
+    # 8977, then 9001, then exit 137. On cgroup v1 (the capture) failcnt counts every time the usage
+    # touched the limit, page cache reclaimed there included: no sign of a kill. On v2 it is
+    # memory.events `oom`: an allocation failed at the limit.
     m = monitor()
     for t, failcnt in ((0, None), (10, 9001)):
         task, stats = v2017(t)
+        memory = stats[next(k for k in stats if k.startswith("e8d4"))]["memory_stats"]
         if failcnt:
-            stats[next(k for k in stats if k.startswith("e8d4"))]["memory_stats"]["failcnt"] = failcnt
+            memory["failcnt"] = failcnt
+        if cgroup == "v2":
+            as_cgroup_v2(memory)
         m.observe(task, stats, [], t)
-    assert oom_kills_after_exit_137(m, "dd-agent", t=20) == 1
+    assert oom_kills_after_exit_137(m, "dd-agent", t=20) == kills
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.floats(0.0, 0.89), st.lists(st.integers(0, 10_000), min_size=1, max_size=5),
+       st.sampled_from(["total_inactive_file", "cache"]))
+def test_failcnt_on_cgroup_v1_never_makes_an_oom_kill(share, rises, reclaimable):
+    """A worker whose page cache fills its cgroup v1 limit (failcnt rising at the polls), its working set
+    steady below NEAR_LIMIT, stopped by a SIGKILL after its stop timeout: exit 137, no OOM kill."""
+    m, failcnt = monitor(), 0
+    for i, rise in enumerate(rises):
+        task, stats = v2017(10 * i)
+        memory = stats[next(k for k in stats if k.startswith("e8d4"))]["memory_stats"]
+        limit = memory_limit_bytes(memory, None, None)
+        inactive = limit - int(share * limit)  # the usage at the limit: page cache fills the rest
+        memory["stats"].pop("total_inactive_file", None)
+        memory["stats"][reclaimable] = inactive
+        memory["usage"] = limit
+        failcnt += rise
+        memory["failcnt"] = failcnt
+        m.observe(task, stats, [], 10 * i)
+    assert oom_kills_after_exit_137(m, "dd-agent", t=10 * len(rises)) == 0
 
 
 def test_oom_kill_seen_after_a_reading_of_the_freed_memory():

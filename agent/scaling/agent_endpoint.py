@@ -41,6 +41,7 @@ class TaskProtectionAgent:
     requests: list[dict[str, Any]] = field(default_factory=list)  # every accepted PUT body, in order
     rejected: list[str] = field(default_factory=list)  # why each refused request was refused
     canned: deque[Canned] = field(default_factory=deque)
+    late: deque[float] = field(default_factory=deque)  # seconds before the answer to each next PUT applied
     clock: Any = time.time
     _tokens: float = BURST
     _refilled: float = field(default_factory=time.monotonic)
@@ -48,6 +49,11 @@ class TaskProtectionAgent:
     def fail(self, status: int, body: Any, times: int = 1, delay: float = 0.0) -> None:
         """The next `times` requests get this answer (after `delay` seconds) instead of the real one."""
         self.canned.extend(Canned(status, body, delay) for _ in range(times))
+
+    def answer_late(self, delay: float, times: int = 1) -> None:
+        """The next `times` requests are applied, and answered `delay` seconds later (an answer lost on
+        the way, or the agent's own timeout after the ECS call went through)."""
+        self.late.extend(delay for _ in range(times))
 
     def protected(self) -> bool:
         if self.enabled and self.expires_at is not None and self.clock() >= self.expires_at:
@@ -110,7 +116,10 @@ class TaskProtectionAgent:
         self.requests.append(body)
         self.enabled = enabled
         self.expires_at = self.clock() + minutes * 60 if enabled else None
-        return web.json_response(self._protection())
+        answer = self._protection()
+        if self.late:
+            await asyncio.sleep(self.late.popleft())
+        return web.json_response(answer)
 
     async def get(self, request: web.Request) -> web.Response:
         if self._rate_limited():

@@ -319,8 +319,13 @@ class ScaleInProtection:
         state, metrics = self.state, self.hub.metrics
         action = "protect" if enabled else "release"
         expiry = sent + self.expires_minutes * 60  # from our send time: never later than the agent's
+        confirmed = state.confirmed_until
         if enabled:
             state.possibly_until = max(state.possibly_until or 0.0, expiry)
+        else:  # once asked, a release may have been applied, whatever becomes of its answer: a busy
+            # worker protects again at once (decide), and the release is retried until answered
+            state.possibly_until = max(state.possibly_until or 0.0, confirmed or 0.0)
+            state.confirmed_until = None
         assert self.client is not None
         try:
             answer = await self.client.put(enabled, self.expires_minutes if enabled else None)
@@ -331,6 +336,8 @@ class ScaleInProtection:
                             "TaskArn": answer.task_arn}
         if not answer.enabled:
             state.confirmed_until = None
+        elif not enabled:  # the agent says the release was not applied: protected as before
+            state.confirmed_until = confirmed
         if answer.enabled != enabled:
             # a well-formed answer that does not say what was asked: not a success, or `decide` would
             # ask again every tick; a release keeps the task possibly protected, so it is retried

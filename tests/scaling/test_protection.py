@@ -231,6 +231,34 @@ async def test_a_release_the_agent_does_not_confirm_is_retried_with_backoff(agen
     assert hub.metrics.get("tasklens.scaling.protection_errors", reason="not_confirmed") == 2
 
 
+async def test_a_release_applied_but_answered_late_is_followed_by_a_protect_when_busy_again(agent, fake_clock) -> None:
+    """The agent applies a release and answers after the client's deadline (an answer lost, or its 504
+    after the ECS call went through): the task may be unprotected, so a worker busy again protects it
+    after the backoff, not at the renewal, half an expiry after the last protect."""
+    fake, uri = agent
+    component, hub, sink = make(uri, fake_clock, request_timeout=0.5)
+    in_progress(hub, 1.0)
+    await component.step()
+    in_progress(hub, 0.0)
+    await component.step()
+    fake_clock.advance(60)
+    fake.answer_late(2.0)
+    await component.step()
+    assert fake.requests[-1] == {"ProtectionEnabled": False} and not fake.protected()
+    assert hub.metrics.get("tasklens.scaling.protection_errors", reason="timeout") == 1
+    assert states(hub, sink)["tasklens_scaling_protected"] == 0.0  # not as far as anyone knows
+    in_progress(hub, 1.0)
+    fake_clock.advance(5)  # the backoff after one failure
+    await component.step()
+    assert fake.requests[-1] == {"ProtectionEnabled": True, "ExpiresInMinutes": 30} and fake.protected()
+    assert states(hub, sink) == {"tasklens_scaling_busy": 1.0, "tasklens_scaling_protected": 1.0}
+    in_progress(hub, 0.0)  # idle again: released as usual
+    await component.step()
+    fake_clock.advance(60)
+    await component.step()
+    assert fake.requests[-1] == {"ProtectionEnabled": False} and not fake.protected()
+
+
 async def test_a_standalone_task_stops_trying(agent, fake_clock, caplog) -> None:
     fake, uri = agent
     component, hub, _ = make(uri, fake_clock)

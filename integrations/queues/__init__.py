@@ -11,6 +11,7 @@ import importlib
 import importlib.util
 from typing import Any
 
+from integrations.queues.trend import trend_window
 from integrations.queues.base import (DEFAULT_TIMEOUT, Broker, Probe, ProbeError, QueueURL, Reading, Target,
                                       parse_queue_url)
 
@@ -79,7 +80,8 @@ def describe_url(url: str, defaults: Any = None) -> dict[str, Any]:
         "reports": ["queue." + r for r in broker.reports(parsed)],
         "interval_seconds": interval,
         "timeout_seconds": parsed.poll_timeout,
-        "trend_window_seconds": parsed.window or getattr(defaults, "queue_trend_window", 300.0),
+        "trend_window_seconds": trend_window(parsed.window or getattr(defaults, "queue_trend_window", 300.0),
+                                             interval, getattr(defaults, "queue_poll_share", 1)),
         "backlog_threshold": parsed.threshold if parsed.threshold is not None
         else getattr(defaults, "queue_backlog_threshold", 100.0),
         "client": broker.client if client_installed(broker) else f"missing: pip install 'tasklens[{broker.extra}]'",

@@ -34,7 +34,7 @@ from agent.model import Batch, Kind, Sample
 from agent.scaling.backlog import BacklogTracker
 from integrations.queues import parse, probe_for
 from integrations.queues.base import Probe, ProbeError, Reading, mask_secret
-from integrations.queues.trend import History, Trend
+from integrations.queues.trend import History, Trend, trend_window
 
 JITTER = 0.1
 MAX_BACKOFF = 8  # intervals
@@ -90,7 +90,8 @@ class QueueSource:
         self.interval = parsed.interval or config.queue_poll_interval
         self.timeout = parsed.poll_timeout
         self.threshold = parsed.threshold if parsed.threshold is not None else config.queue_backlog_threshold
-        self.history = History(parsed.window or config.queue_trend_window)
+        self.history = History(trend_window(parsed.window or config.queue_trend_window, self.interval,
+                                            config.queue_poll_share))
         # the smoothing window holds at least 2.5 polls: with polls 60 s apart (+-10%) a 60 s window holds
         # one reading, which proves nothing, and the policy's metric would vanish (docs/scaling.md)
         window = max(config.scaling_smoothing_window, 2.5 * self.interval)
@@ -212,6 +213,7 @@ class QueueSource:
             "url": self.url.masked,
             "interval_seconds": self.interval,
             "poll_share": self.share,
+            "trend_window_seconds": self.history.window,
             "polls_skipped": self.skipped,
             "last_poll": self.last_poll,
             "last_success": self.last_success,

@@ -14,7 +14,18 @@ from dataclasses import dataclass
 from agent import trend as _trend
 from agent.trend import SIGNIFICANCE, Fit, fit, recent
 
-__all__ = ["SIGNIFICANCE", "Fit", "History", "Trend", "fit", "trend"]
+__all__ = ["SIGNIFICANCE", "Fit", "History", "Trend", "fit", "trend", "trend_window"]
+
+# real polls a trend window spans at least: with +-10 % jitter, 3 points then fit in it and span more
+# than half of it (`agent.trend.recent`)
+TREND_POLLS = 3
+
+
+def trend_window(window: float, interval: float, share: int = 1) -> float:
+    """The trend's window: `window` as set, widened to TREND_POLLS real polls (`interval * share` apart
+    under shared polling, whose held readings are no points). A window that cannot hold three polls
+    would never give a trend, and `backing_up` would never be reported."""
+    return max(window, TREND_POLLS * interval * share)
 
 
 @dataclass(frozen=True, slots=True)

@@ -261,6 +261,23 @@ async def test_list_backing_up(config, hub, exported, r, clock, unique):
     await source.probe.close()
 
 
+@pytest.mark.parametrize("interval, share", [(3.0, 1), (1.0, 4)])
+async def test_a_window_narrower_than_three_polls_still_gives_a_trend(hub, exported, r, clock, unique, interval, share):
+    """`window=5` with polls 3 s apart, or 1 s apart with each task polling one interval in 4, could never
+    hold the 3 points a trend needs: the window used is 3 real polls, and `backing_up` is reported."""
+    config = Config(queue_poll_interval=interval, queue_trend_window=300.0, queue_backlog_threshold=5.0,
+                    queue_poll_share=share)
+    await r.rpush(unique, *range(10))
+    source = QueueSource(config, hub, f"{REDIS}?list={unique}&window=5", clock=clock)
+    assert source.status()["trend_window_seconds"] == 3 * interval * share
+    for _ in range(4 * share):
+        await source.step()
+        await r.rpush(unique, *range(20))
+        clock.advance(interval)
+    assert exported.queue(unique)["backing_up"] == 1.0
+    await source.probe.close()
+
+
 # one step: the key becomes (or stays) a key of that type, with n more members (a list may also lose some);
 # a key of another type is deleted first, so the key changes type between polls
 KEY_STEPS = st.tuples(st.sampled_from(["list", "zset", "set", "hash", "stream", "string", "absent"]),

@@ -124,8 +124,8 @@ def test_per_queue_overrides(hub):
     config = Config(queue_poll_interval=15, queue_trend_window=300, queue_backlog_threshold=100)
     default = QueueSource(config, hub, "redis://h?list=a")
     assert (default.interval, default.timeout, default.history.window, default.threshold) == (15, 10, 300, 100)
-    custom = QueueSource(config, hub, "redis://h?list=a&interval=30&timeout=3&window=60&threshold=500")
-    assert (custom.interval, custom.timeout, custom.history.window, custom.threshold) == (30, 3, 60, 500)
+    custom = QueueSource(config, hub, "redis://h?list=a&interval=30&timeout=3&window=120&threshold=500")
+    assert (custom.interval, custom.timeout, custom.history.window, custom.threshold) == (30, 3, 120, 500)
 
 
 def test_clients_are_imported_only_for_the_schemes_in_use():

@@ -8,7 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from integrations.queues.trend import History, fit, trend
+from agent.trend import recent
+from integrations.queues.trend import History, fit, trend, trend_window
 
 WINDOW = 300.0
 TIMES = [15.0 * i for i in range(21)]  # a 15 s poll over 5 minutes: 0, 15, ..., 300
@@ -153,3 +154,21 @@ def test_any_exact_line_is_recovered(intercept, slope, start, step, threshold):
         assert got.drain_seconds == pytest.approx(last / -slope, rel=1e-6, abs=1e-6)
     # the order in which points arrive does not matter
     assert trend(list(reversed(points)), window=WINDOW, threshold=threshold) == got
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.floats(1, 3600), st.floats(1, 3600), st.integers(1, 100),
+       st.lists(st.floats(0.9, 1.1), min_size=40, max_size=40))
+def test_the_window_used_gives_a_trend_at_every_poll_once_polls_span_it(window, interval, share, jitter):
+    """Whatever the window, the interval (+-10 % jitter) and the share, the window used holds, at every
+    real poll once the polls span it, the 3 points over half of it that a trend needs: a window set
+    narrower than 3 polls would have given none, ever."""
+    used = trend_window(window, interval, share)
+    t, times = 0.0, []
+    for k, j in enumerate(jitter):
+        if k % share == 0:  # a real poll; the other intervals only hold the last reading
+            times.append(t)
+        t += interval * j
+    for now in times:
+        if now >= used:
+            assert recent([(x, 1.0) for x in times if x <= now], window=used, now=now) is not None

@@ -21,6 +21,7 @@ from agent import __version__, logs
 from agent.config import (DATADOG_FALLBACKS, Config, ConfigError, check_range, datadog_fallback, describe, load,
                           number_text, parse_addr, parse_target, unknown_variables)
 from agent.examples import EXAMPLES as EMULATOR_EXAMPLES
+from agent.urlmask import mask_url, url_passwords
 
 
 def _show_addr(addr: tuple[str, int]) -> str:
@@ -198,7 +199,7 @@ async def _resolve_identity(config: Config) -> tuple[dict[str, Any], str]:
         async with session.get(base + "/task") as response:
             response.raise_for_status()
             task = await response.json(content_type=None)
-    return task_identity(config, task).as_dict(), f"ECS task metadata at {base}"
+    return task_identity(config, task).as_dict(), f"ECS task metadata at {mask_url(base)}"
 
 
 def cmd_check(args: argparse.Namespace) -> int:
@@ -211,7 +212,11 @@ def cmd_check(args: argparse.Namespace) -> int:
     try:
         out["identity"], out["identity_source"] = asyncio.run(_resolve_identity(config))
     except Exception as exc:  # the metadata endpoint is down: say so, the sidecar would still run
-        out["identity_error"] = f"{type(exc).__name__}: {exc}"
+        from agent.redact import Redactor
+        from agent.sources.ecs import metadata_base_url
+
+        redact = Redactor(url_passwords(metadata_base_url(os.environ) or ""))
+        out["identity_error"] = redact.remote_text(f"{type(exc).__name__}: {exc}", limit=400)
         code = 1
     if config.datadog_enabled:  # does the intake take the key? (the key itself is never shown)
         from agent.sinks.datadog import check_api_key

@@ -61,7 +61,10 @@ class Redactor:
         """A peer's text made safe to keep and log: decoded, secrets masked, control characters shown as
         one space, at most `limit` characters (masked before it is cut, so a cut never shows half a key)."""
         text = body.decode("utf-8", errors="replace") if isinstance(body, bytes) else body
-        text = _CONTROL.sub(" ", self.mask(text)).strip()
+        text = _CONTROL.sub(" ", self.mask(text))
+        if not text.isprintable():  # other breaks and invisible characters too (U+2028, U+200E, ...)
+            text = "".join(c if c.isprintable() else " " for c in text)
+        text = text.strip()
         return text if len(text) <= limit else text[:limit] + "..."
 
 

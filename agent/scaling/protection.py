@@ -39,6 +39,7 @@ from agent.logs import RateLimitedLog
 from agent.model import Batch, Kind, Sample
 from agent.scaling import BUSY, PROTECTED
 from agent.scaling.busy import Observations, Rule, evaluate, parse_rule
+from agent.urlmask import mask_secrets, url_passwords
 
 log = logging.getLogger("tasklens.scaling")
 
@@ -379,7 +380,8 @@ class ScaleInProtection:
                 doc = await response.json(content_type=None) if response.status == 200 else None
         except Exception as exc:  # any failure (a bad URL too) is a gap here; cancellation passes
             self._log.warning("protection:own", "scale-in protection: cannot read this container's metadata "
-                              "(%r); counting every container's CPU until it can", exc)
+                              "(%s); counting every container's CPU until it can",
+                              mask_secrets(repr(exc), url_passwords(self.metadata_url)))
             return None
         name = doc.get("Name") if isinstance(doc, Mapping) else None
         return name if isinstance(name, str) and name else None

@@ -23,7 +23,9 @@ from agent.hub import Hub
 from agent.identity import task_identity
 from agent.logs import RateLimitedLog
 from agent.model import Batch, Sample, encodable
+from agent.redact import Redactor
 from agent.sources.ecs_stats import NetworkTotals, derive
+from agent.urlmask import mask_url, url_passwords
 
 log = logging.getLogger("tasklens.ecs")
 
@@ -32,6 +34,7 @@ ENV_V3 = "ECS_CONTAINER_METADATA_URI"
 # A response body larger than this is refused (`too_large`), read no further: the agent's `/task/stats`
 # for a task of 10 containers is about 50 KB, and a body that never ends must not fill the memory.
 MAX_BODY = 4 * 1024 * 1024
+ERROR_TEXT_LIMIT = 400  # characters of a poll error kept and logged: the path, the status and the start of the answer
 
 
 def metadata_base_url(environ: Mapping[str, str]) -> str | None:
@@ -64,6 +67,10 @@ class EcsSource:
         self.config = config
         self.hub = hub
         self.base_url = base_url.strip().rstrip("/")
+        # what is shown of it, and of the errors that quote it or the endpoint's answers: no credential of
+        # the URL, no line break or escape from the endpoint (`Redactor.remote_text`)
+        self.shown_url = mask_url(self.base_url)
+        self._redact = Redactor(url_passwords(self.base_url))
         self.backoff_initial = backoff_initial
         self._log = RateLimitedLog(log, interval=log_interval)
         self._session: aiohttp.ClientSession | None = None
@@ -75,7 +82,7 @@ class EcsSource:
         hub.metrics.declare("tasklens.ecs.poll_errors", POLL_ERRORS)  # at 0 from the start, for increase()
         self.health = HealthMonitor.from_config(config, hub.metrics)  # leak forecast, OOM kills, restarts, saturation
         self.ready = False
-        self._status: dict[str, Any] = {"base_url": self.base_url, "last_poll": None, "last_success": None,
+        self._status: dict[str, Any] = {"base_url": self.shown_url, "last_poll": None, "last_success": None,
                                         "last_error": None, "last_error_reason": None, "last_error_at": None,
                                         "containers": 0}
 
@@ -135,9 +142,10 @@ class EcsSource:
             return True
         self._failures += 1
         metrics.inc("tasklens.ecs.poll_errors", reason=error.reason)
-        self._status.update(last_error=str(error), last_error_reason=error.reason, last_error_at=time.time())
+        text = self._redact.remote_text(str(error), limit=ERROR_TEXT_LIMIT)
+        self._status.update(last_error=text, last_error_reason=error.reason, last_error_at=time.time())
         self._log.warning(f"poll:{error.reason}", "ECS metadata poll failed (%s): %s; keeping the last "
-                          "known identity and retrying", error.reason, error)
+                          "known identity and retrying", error.reason, text)
         return False
 
     def _apply(self, task: Any, stats: Any) -> tuple[list[Sample], PollError | None]:
@@ -151,7 +159,7 @@ class EcsSource:
         if not self.ready:  # once: where the metadata came from and which task it describes
             self.ready = True  # the identity is known: ready, even while the stats fail (counted apart)
             log.info("ECS mode: metadata from %s; task %s of %s:%s in cluster %s (%s), service %r, %d containers",
-                     self.base_url, identity.task_id or "?", identity.task_family or "?",
+                     self.shown_url, identity.task_id or "?", identity.task_family or "?",
                      identity.task_revision or "?", identity.ecs_cluster or "?", identity.launch_type or "?",
                      identity.service, len(identity.containers))
         self.hub.set_identity(identity)

@@ -41,6 +41,7 @@ class MetadataServer:
         self.stats: bytes = b"{}"
         self.status = 200
         self.stats_status: int | None = None  # overrides `status` for /task/stats only
+        self.error_body = json.dumps("agent error").encode()  # the body of an answer that is not 200
         self.delay = 0.0
         self.requests = 0
         self.port = 0
@@ -62,7 +63,7 @@ class MetadataServer:
         is_stats = request.path.endswith("/task/stats")
         status = self.stats_status if is_stats and self.stats_status is not None else self.status
         if status != 200:
-            return web.Response(status=status, text=json.dumps("agent error"), content_type="application/json")
+            return web.Response(status=status, body=self.error_body, content_type="application/json")
         return web.Response(body=self.stats if is_stats else self.task, content_type="application/json")
 
     async def start(self, port: int = 0) -> None:

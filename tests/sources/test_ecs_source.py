@@ -11,6 +11,7 @@ import logging
 import time
 import tracemalloc
 from typing import Any
+from urllib.parse import quote
 
 import psutil
 import pytest
@@ -318,6 +319,37 @@ async def test_http_errors(status: int, reason: str, metadata: MetadataServer, h
     assert harness.hub.identity.task_id == "67cd8a22b533459696d4ccab5278e009"
     assert harness.source.ready  # it was ready once; /ready does not flap on one failure
     assert "HTTP %d" % status in harness.source.status()["last_error"]
+
+
+PASSWORD = "S3cr/et pw@x"  # a generated password: `/`, a space and `@` in it, percent-encoded in the URL
+
+
+@pytest.mark.parametrize("body", [
+    b"oops\n2026-12-07 00:00:00,000 ERROR tasklens: FORGED LINE \x1b[31mred\x1b[0m",
+    b"\x00\r\x85" + "a\u2028b\u200ec\ufeff".encode() + b"\x07" * 50,
+    ("denied for admin:" + PASSWORD).encode(),
+    ("denied: http://admin:" + quote(PASSWORD, safe="") + "@host/v4/x").encode(),
+    json.dumps({"error": "bad auth " + PASSWORD}).encode(),
+], ids=["forged-line", "controls", "password", "url-echoed", "json"])
+async def test_what_is_shown_of_a_failed_poll_has_no_credential_and_no_line_break(
+        body: bytes, metadata: MetadataServer, caplog: pytest.LogCaptureFixture) -> None:
+    """The URL's credentials and the endpoint's answer reach /status, `check` and the log: masked, with
+    no control character from the endpoint (a line break there forges a log line)."""
+    metadata.serve(raw("fargate-2023.task"), raw("fargate-2023.stats"))
+    url = metadata.url.replace("http://", f"http://admin:{quote(PASSWORD, safe='')}@")
+    h = Harness(url)
+    caplog.set_level(logging.INFO)
+    assert await h.source.poll_once()
+    metadata.status, metadata.error_body = 500, body
+    assert not await h.source.poll_once()
+    status = h.source.status()
+    logged = [r.getMessage() for r in caplog.records]
+    for text in [status["base_url"], status["last_error"], *logged]:
+        for secret in (PASSWORD, quote(PASSWORD, safe=""), quote(PASSWORD)):
+            assert secret not in text
+        assert text.isprintable(), text
+    assert "HTTP 500" in status["last_error"] and status["base_url"].startswith("http://admin:***@")
+    await h.source.aclose()
 
 
 @pytest.mark.parametrize(("task", "stats", "reason"), [

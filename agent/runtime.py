@@ -33,6 +33,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("tasklens")
 MEMORY_RELEASE_EVERY = 30.0  # seconds; a trim with nothing to give back costs well under a millisecond
 MEMORY_CHECK_EVERY = 1.0  # seconds between looks for a burst's second trim (see agent/memory.py)
+HTTP_GRACE = 1.0  # seconds an answer under way at shutdown may take to finish (aiohttp waits 60 s)
 # push sinks: name -> (is it configured?, "module:Class" taking (config, hub)); imported only when configured
 SINKS: dict[str, tuple[Callable[[Config], bool], str]] = {
     "remote_write": (lambda c: bool(c.remote_write_url), "agent.sinks.remote_write:RemoteWriteSink"),
@@ -155,7 +156,7 @@ class Runtime:
 
             add_routes(app, self.page, self.status)
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False,
-                                     keepalive_timeout=http.REQUEST_DEADLINE)
+                                     keepalive_timeout=http.REQUEST_DEADLINE, shutdown_timeout=HTTP_GRACE)
         await self._runner.setup()
         host, port = self.config.http_addr
         site = web.TCPSite(self._runner, host, port, reuse_address=True)
@@ -234,7 +235,12 @@ class Runtime:
         stop_sinks.set()
         await self._drain(sink_tasks, deadline - loop.time())
         if self._runner is not None:
-            await self._runner.cleanup()
+            # answers under way get what is left of the deadline, HTTP_GRACE at least: a scraper that
+            # stopped reading would hold its answer for WRITE_DEADLINE, one after another
+            try:
+                await asyncio.wait_for(self._runner.cleanup(), max(deadline - loop.time(), HTTP_GRACE))
+            except TimeoutError:
+                log.warning("stopping: HTTP answers still under way at the deadline were dropped")
         for sig in stopping.STOP_SIGNALS:
             try:
                 loop.remove_signal_handler(sig)

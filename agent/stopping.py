@@ -6,8 +6,8 @@ then imports, validates and builds for a fraction of a second before `serve` lis
 stop signal in that window killed the process by signal, nothing flushed (ECS stops a task that way
 when it is stopped right after starting). Now the signals are blocked before the exec (a pending
 signal survives it, and so does the mask), and from the start of the new process a handler remembers
-them; `serve` then stops at once, the usual way. What is left is the interpreter's own start before
-`cmd_run` in the first process (tens of ms)."""
+them; `serve` then stops at once, the usual way. The first process blocks them before it imports the
+command line (`agent/entry.py`): what is left is the interpreter's own start (tens of ms)."""
 
 from __future__ import annotations
 

@@ -248,6 +248,63 @@ def test_sigkill_of_the_sidecar_never_blocks_or_breaks_the_worker(tmp_path) -> N
 
 
 @pytest.mark.slow
+def test_scrapers_that_stop_reading_never_hold_the_exit_past_the_deadline(tmp_path) -> None:
+    """Three `/metrics` answers of megabytes that nobody reads (a scraper hung, a peer that asks and
+    stops): SIGTERM still exits 0 within TASKLENS_SHUTDOWN_TIMEOUT (each answer would otherwise hold
+    its write deadline, one after another, and aiohttp waits 60 s for them)."""
+    sidecar = Sidecar(tmp_path, TASKLENS_FLUSH_INTERVAL="1", TASKLENS_SHUTDOWN_TIMEOUT="2")
+    stuck: list[socket.socket] = []
+    try:
+        sidecar.wait_ready()
+        send_paced(sidecar, context_datagrams("wide." + "x" * 150, 40_000))  # about 8 MB of /metrics
+        wait_until(lambda: scrape(sidecar).value("tasklens_statsd_contexts") >= 40_000, 30, what="40,000 contexts")
+        for _ in range(3):
+            s = socket.socket()
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            s.connect(("127.0.0.1", sidecar.http_port))
+            s.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")  # and never read the answer
+            stuck.append(s)
+        time.sleep(1.0)  # the answers are being written
+        code, took = sigterm(sidecar)
+        assert code == 0, sidecar.log
+        assert took < 2 + 1, took
+        assert "last interval flushed" in sidecar.log
+    finally:
+        for s in stuck:
+            s.close()
+        if sidecar.proc.poll() is None:
+            sidecar.proc.kill()
+            sidecar.proc.wait()
+
+
+SPY_ON_THE_IMPORT = """
+import json, signal, sys
+class Spy:
+    def find_spec(self, name, path=None, target=None):
+        if name == "agent.cli":  # what the process has done by the time it imports the command line
+            blocked = signal.pthread_sigmask(signal.SIG_BLOCK, [])
+            print(json.dumps([sorted(s.name for s in blocked), "asyncio" in sys.modules]), flush=True)
+            sys.exit(0)
+sys.meta_path.insert(0, Spy())
+sys.argv = ["tasklens"] + sys.argv[1:]
+from agent.entry import main
+main()
+"""
+
+
+@pytest.mark.parametrize("command, blocked", [("run", ["SIGHUP", "SIGINT", "SIGTERM"]), ("check", [])])
+def test_run_blocks_the_stop_signals_before_it_imports_the_command_line(command, blocked) -> None:
+    """The imports of the command line take about 0.1 s: `run` blocks the stop signals before them (a
+    SIGTERM then is remembered, not fatal), and only `run` does."""
+    out = subprocess.run([sys.executable, "-c", SPY_ON_THE_IMPORT, command], capture_output=True, text=True,
+                         timeout=60, check=True).stdout
+    assert json.loads(out) == [blocked, False]  # and nothing heavy imported yet
+    from importlib.metadata import entry_points
+
+    assert {e.value for e in entry_points(group="console_scripts", name="tasklens")} == {"agent.entry:main"}
+
+
+@pytest.mark.slow
 def test_sigterm_at_100k_contexts_and_a_1s_flush_flushes_the_last_interval_in_time(tmp_path) -> None:
     sidecar = Sidecar(tmp_path, TASKLENS_FLUSH_INTERVAL="1", TASKLENS_SHUTDOWN_TIMEOUT="10")
     load = None

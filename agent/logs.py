@@ -8,6 +8,8 @@ import queue
 import threading
 import time
 
+from agent.urlmask import mask_query_secrets
+
 log = logging.getLogger("tasklens")
 
 
@@ -58,9 +60,9 @@ class OneLinePerInterval(logging.Filter):
         if len(self._last) >= 100:  # a library's messages are few format strings: a bound all the same
             self._last.clear()
         self._last[key] = (now, 0)
-        text = shown(record.getMessage())
+        text = shown(mask_query_secrets(record.getMessage()))  # a client's request line may hold a token
         if record.exc_info and record.exc_info[1] is not None:
-            text += ": " + shown(repr(record.exc_info[1]))[:200]
+            text += ": " + shown(mask_query_secrets(repr(record.exc_info[1])))[:200]
             record.exc_info = record.exc_text = None
         record.msg, record.args = text + (f" ({skipped} similar messages suppressed)" if skipped else ""), None
         return True

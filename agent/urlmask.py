@@ -33,8 +33,11 @@ LONG_SPANNING = 128
 # elsewhere `x://` is part of a password
 _SCHEME = re.compile(r"(?:^|(?<=[=,\s]))[A-Za-z][A-Za-z0-9+.-]*://")
 # a password as a query parameter (`postgresql://app@db/app?password=...`, as libpq and asyncpg read it), or
-# another credential a store's URL may carry in its query (`?token=`, `?api_key=`, `X-Amz-Signature=`)
-_PARAM = re.compile(r"[?&;][A-Za-z_-]*(?:password|passwd|token|secret|api_?key|access_?key|signature)=([^&#\s]*)",
+# another credential a store's URL may carry in its query (`?token=`, `?api_key=`, `X-Amz-Signature=`); its
+# value runs to the next parameter, spaces included (`password=abc def`: a refused URL's error shows it), or
+# to the next URL of a list (`,redis://`, ` redis://`)
+_PARAM = re.compile(r"[?&;][A-Za-z_-]*(?:password|passwd|token|secret|api_?key|access_?key|signature)="
+                    r"((?:(?![,\s]+[A-Za-z][A-Za-z0-9+.-]*://)[^&#])*)",
                     re.IGNORECASE)
 _PASSWORD_ENV = re.compile(r"[?&;]password_env=", re.IGNORECASE)
 
@@ -165,6 +168,12 @@ def mask_url(url: str) -> str:
         if authority.userinfo is not None:
             text = text[:authority.start] + MASK + text[authority.start + len(authority.userinfo):]
     return text
+
+
+def mask_query_secrets(text: str) -> str:
+    """`text` with the value of every credential query parameter (`password=`, `token=`, ...) as `***`:
+    for a text whose secrets no setting names (a client's request line quoted in an error)."""
+    return _PARAM.sub(lambda m: m.group(0)[:m.start(1) - m.start(0)] + MASK, text)
 
 
 def split_password(text: str) -> bool:

@@ -79,7 +79,7 @@ async def test_malformed_http_requests_log_one_line_a_minute_not_a_traceback_eac
         with caplog.at_level(logging.INFO):
             for size in (9_000, 20_000, 60_000):
                 reader, writer = await asyncio.open_connection("127.0.0.1", port)
-                writer.write(b"GET /health HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * size + b"\r\n\r\n")
+                writer.write(b"GET /health?token=Tok3n123&pad=" + b"a" * size + b" HTTP/1.1\r\nHost: x\r\n\r\n")
                 await writer.drain()
                 assert (await reader.read(12)).startswith(b"HTTP/1.")
                 writer.close()
@@ -90,6 +90,7 @@ async def test_malformed_http_requests_log_one_line_a_minute_not_a_traceback_eac
     [record] = records
     assert record.exc_info is None and record.exc_text is None
     assert "\n" not in record.getMessage() and len(record.getMessage()) < 300
+    assert "Tok3n123" not in record.getMessage() and "token=***" in record.getMessage()  # the request line
 
 
 def test_a_suppressed_message_is_counted_on_its_next_line() -> None:

@@ -259,3 +259,26 @@ def test_a_list_read_as_one_long_password_is_masked_whole_and_at_once() -> None:
         load({"TASKLENS_QUEUES": listed})
     # a short one is still masked character by character, its user name and host shown
     assert mask_url("redis://:pa,x://ss@host") == "redis://:***@host"
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.sampled_from(["password", "token", "api_key", "X-Amz-Signature", "secret"]),
+       st.lists(st.text(st.characters(min_codepoint=0x21, max_codepoint=0x7e, blacklist_characters="&#,"),
+                        min_size=1, max_size=6), min_size=2, max_size=4).map(" ".join))
+def test_a_credential_parameter_with_spaces_is_masked_whole(name: str, value: str) -> None:
+    """A refused URL's error quotes its value: a credential in its query with spaces in it (`token=open
+    sesame`) is masked whole, not to its first space."""
+    assert mask_url(f"https://h.example/api?{name}={value}&x=1") == f"https://h.example/api?{name}=***&x=1"
+
+
+def test_a_refused_url_with_a_spaced_credential_shows_none_of_it() -> None:
+    with pytest.raises(ConfigError) as refused:
+        load({"TASKLENS_REMOTE_WRITE_URL": "https://h.example/api?password=abc def ghi"})
+    assert "password=***" in str(refused.value) and not {"abc", "def", "ghi"} & set(str(refused.value).split())
+
+
+@pytest.mark.parametrize("sep", [",", " ", ", "])
+def test_a_list_of_urls_with_credential_parameters_is_masked_url_by_url(sep: str) -> None:
+    urls = [f"postgresql://app@db{i}/app?password=p{i}secret&sslmode=require" for i in range(50)]
+    shown = mask_url(sep.join(urls))
+    assert shown == sep.join(u.replace(f"p{i}secret", "***") for i, u in enumerate(urls))

@@ -72,7 +72,8 @@ def describe_url(url: str, defaults: Any = None) -> dict[str, Any]:
     """
     target = parse(url)
     broker, parsed = target.broker, target.url
-    interval = parsed.interval or getattr(defaults, "queue_poll_interval", 15.0)
+    interval = parsed.interval if parsed.interval else getattr(defaults, "queue_poll_interval", 15.0)
+    window = parsed.window if parsed.window else getattr(defaults, "queue_trend_window", 300.0)
     return {
         "url": parsed.masked,
         "queue": target.name,
@@ -80,8 +81,7 @@ def describe_url(url: str, defaults: Any = None) -> dict[str, Any]:
         "reports": ["queue." + r for r in broker.reports(parsed)],
         "interval_seconds": interval,
         "timeout_seconds": parsed.poll_timeout,
-        "trend_window_seconds": trend_window(parsed.window or getattr(defaults, "queue_trend_window", 300.0),
-                                             interval, getattr(defaults, "queue_poll_share", 1)),
+        "trend_window_seconds": trend_window(window, interval, getattr(defaults, "queue_poll_share", 1)),
         "backlog_threshold": parsed.threshold if parsed.threshold is not None
         else getattr(defaults, "queue_backlog_threshold", 100.0),
         "client": broker.client if client_installed(broker) else f"missing: pip install 'tasklens[{broker.extra}]'",

@@ -83,6 +83,44 @@ HEAD_ID = "local v = redis.call('LINDEX', KEYS[1], 0) if v and #v <= tonumber(AR
 MAX_ID = 1024  # bytes of an RQ job id (a UUID, 36): a longer head is no job, and its age unknown
 
 
+MAX_REPLY = 1024 * 1024  # bytes of one reply: the answers read are a type, numbers, a stream's groups, an id
+
+
+def _capped_parser() -> type:
+    """redis-py's own parser (RESP3, its default), refusing a reply past MAX_REPLY bytes as it reads it: a bulk string of
+    a larger announced length before it is read, an array whose elements add up past it. Without it a
+    server that is not a queue (or a hostile one) made each poll read and keep what it sent: 100 MB a
+    poll, and the poll's timeout did not give the memory back."""
+    from redis._parsers import _AsyncRESP3Parser
+    from redis.exceptions import InvalidResponse
+
+    class CappedParser(_AsyncRESP3Parser):
+        taken = 0  # bytes of the reply being read
+
+        async def read_response(self, disable_decoding: bool = False, push_request: bool = False) -> Any:
+            self.taken = 0
+            return await super().read_response(disable_decoding, push_request)
+
+        def _take(self, size: int) -> None:
+            self.taken += size
+            if size < 0 or self.taken > MAX_REPLY:
+                # what was read goes now: the error's traceback holds this parser until a full collection
+                self._chunks.clear()
+                self._buffer = b""
+                raise InvalidResponse(f"a reply over {MAX_REPLY} bytes: refused")
+
+        async def _read(self, length: int) -> bytes:
+            self._take(length + 2)
+            return await super()._read(length)
+
+        async def _readline(self) -> bytes:
+            line = await super()._readline()
+            self._take(len(line) + 2)
+            return line
+
+    return CappedParser
+
+
 class RedisProbe:
     def __init__(self, url: QueueURL) -> None:
         self.url = url
@@ -96,7 +134,8 @@ class RedisProbe:
         timeout = self.url.poll_timeout
         return redis.asyncio.from_url(
             self.url.client_url(keep=lambda k: k.startswith("ssl_")), decode_responses=True,
-            socket_timeout=timeout, socket_connect_timeout=timeout)  # no CLIENT SETNAME: one ACL fewer
+            socket_timeout=timeout, socket_connect_timeout=timeout,  # no CLIENT SETNAME: one ACL fewer
+            parser_class=_capped_parser())
 
     async def read(self) -> Reading:
         if self._client is None:

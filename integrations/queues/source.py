@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
+import traceback
 import zlib
 from collections.abc import Callable
 from typing import Any
@@ -67,6 +68,17 @@ def samples_of(reading: Reading, trend: Trend | None, tags: tuple[tuple[str, str
             values["queue.drain_seconds"] = trend.drain_seconds
         values["queue.backing_up"] = 1.0 if trend.backing_up else 0.0
     return [Sample(name, value, Kind.GAUGE, tags, timestamp) for name, value in values.items()]
+
+
+def release(exc: BaseException) -> None:
+    """Clear the frames of a failed read's exceptions (the error, its cause, the one it arose in): they
+    hold the client's state as the read left it (a refused reply's parser, what it had read), in a cycle
+    that only a full collection frees, and the collector runs rarely (agent/memory.py)."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        traceback.clear_frames(exc.__traceback__)
+        exc = exc.__cause__ or exc.__context__  # type: ignore[assignment]
 
 
 def shared_slot(slot: int, phase: int, share: int) -> bool:
@@ -174,6 +186,7 @@ class QueueSource:
             raise
         except Exception as exc:  # the read, or a reading nothing can be worked out from: a gap, never a crash
             self._failed(exc)
+            release(exc)
             self._held = None
             await self._close()
             self.hub.publish(Batch(source=self.name, snapshot=True))

@@ -6,8 +6,9 @@ Enabled by `OTEL_EXPORTER_OTLP_ENDPOINT` (`/v1/metrics` is appended) or
 (milliseconds) and temporality preference follow the standard variables.
 
 Mapping (the OpenTelemetry Prometheus compatibility rules, reversed):
-- the task's identity is the *resource* (`service.name`, `cloud.platform=aws_ecs`, `aws.ecs.task.arn`,
-  ...); a point's attributes are its own tags (`container_name`, `queue`, StatsD tags);
+- the task's identity and `TASKLENS_TAGS` are the *resource* (`service.name`, `cloud.platform=aws_ecs`,
+  `aws.ecs.task.arn`, ..., `team`); a point's attributes are the rest of the labels `/metrics` shows
+  (`container_name`, `queue`, StatsD tags, and an identity tag the resource does not carry as it is);
 - gauges -> Gauge; source counters and StatsD counts -> monotonic Sum, cumulative (start time = when
   the stream started; a reset starts a new one) or delta on request: `delta` for every counter and
   histogram, `lowmemory` for the synchronous ones only (StatsD counts and histograms; a source's own
@@ -28,6 +29,7 @@ import logging
 import re
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from agent import __version__
@@ -64,32 +66,56 @@ def instrument_name(name: str) -> str:
     return out if out[:1].isalpha() else ("m" + out)[:255] if out else ""
 
 
-def resource_attributes(identity: Identity, config: Config) -> dict[str, str]:
-    """The ECS resource per the semantic conventions (what the Collector's `ecs` detector derives)."""
-    attrs: dict[str, str] = {}
-    arn = identity.task_arn
-    parts = arn.split(":")
-    if arn and len(parts) > 5:
-        region, account = parts[3], parts[4]
-        attrs.update({"cloud.provider": "aws", "cloud.platform": "aws_ecs", "cloud.region": region,
-                      "cloud.account.id": account, "aws.ecs.task.arn": arn, "aws.ecs.task.id": identity.task_id})
-        if identity.ecs_cluster:
-            attrs["aws.ecs.cluster.arn"] = f"arn:aws:ecs:{region}:{account}:cluster/{identity.ecs_cluster}"
-    for key, value in (("cloud.availability_zone", identity.availability_zone),
-                       ("aws.ecs.task.family", identity.task_family),
-                       ("aws.ecs.task.revision", identity.task_revision),
-                       ("aws.ecs.launchtype", identity.launch_type.lower()),
-                       ("service.version", identity.version),
-                       ("deployment.environment.name", identity.env)):
-        if value:
-            attrs[key] = value
-    attrs["service.name"] = identity.service
+# The identity's tags under the names the semantic conventions for ECS give them; any other tag (the
+# `TASKLENS_TAGS`) is a resource attribute of its own name, as is `ecs_cluster` when the task ARN gives no
+# region and account to build `aws.ecs.cluster.arn` from.
+SEMCONV = {"service": "service.name", "version": "service.version", "env": "deployment.environment.name",
+           "region": "cloud.region", "availability_zone": "cloud.availability_zone", "task_arn": "aws.ecs.task.arn",
+           "task_id": "aws.ecs.task.id", "task_family": "aws.ecs.task.family",
+           "task_revision": "aws.ecs.task.revision", "launch_type": "aws.ecs.launchtype"}
+
+
+@dataclass(frozen=True)
+class Resource:
+    """The attributes sent once per request, and the rule that keeps each label of a series once: a point
+    leaves off exactly the tags the resource `carries`."""
+
+    attributes: dict[str, str]
+    region: str = ""  # from the task ARN: what `aws.ecs.cluster.arn` is built with
+    account: str = ""
+
+    def attribute(self, key: str, value: str) -> tuple[str, str]:
+        """A tag as a resource attribute: (name, value)."""
+        if key == "ecs_cluster" and self.region and self.account:
+            return "aws.ecs.cluster.arn", f"arn:aws:ecs:{self.region}:{self.account}:cluster/{value}"
+        return SEMCONV.get(key, key), value.lower() if key == "launch_type" else value  # `fargate`, `ec2`
+
+    def carries(self, key: str, value: str) -> bool:
+        """It has the tag's attribute with the tag's value, whatever set it (the identity, the user's
+        attributes): what it does not carry as it is stays on the point."""
+        name, text = self.attribute(key, value)
+        return self.attributes.get(name) == text
+
+
+def resource_of(identity: Identity, config: Config) -> Resource:
+    """The task's identity and `TASKLENS_TAGS` as a resource (the ECS attributes are what the Collector's
+    `ecs` detector derives); `OTEL_RESOURCE_ATTRIBUTES` and `OTEL_SERVICE_NAME` win, and a tag they replace
+    (`service` for `OTEL_SERVICE_NAME`) is left on the points."""
+    parts = identity.task_arn.split(":")
+    region, account = (parts[3], parts[4]) if len(parts) > 5 else ("", "")
+    resource = Resource({}, region, account)
+    attrs = resource.attributes
+    if len(parts) > 5:
+        attrs.update({"cloud.provider": "aws", "cloud.platform": "aws_ecs"})
+    if account:
+        attrs["cloud.account.id"] = account
+    attrs.update(resource.attribute(key, value or "true") for key, value in identity.info_tags)  # bare: `true`
     attrs["telemetry.sdk.name"] = "tasklens"
     attrs["telemetry.sdk.version"] = __version__
     attrs.update(dict(config.otel_resource_attributes))  # the user's word wins
     if config.otel_service_name:
         attrs["service.name"] = config.otel_service_name
-    return attrs
+    return resource
 
 
 class OtlpSink:
@@ -106,7 +132,9 @@ class OtlpSink:
         self.state = CumulativeState(NAME, hub.metrics, config.histogram_buckets, config.series_ttl, wall=wall)
         self._last: dict[tuple[str, Any], tuple[int, Any]] = {}  # delta mode: previous (time, value) per stream
         self._log = RateLimitedLog(log, interval=60.0)
-        self._resource: tuple[tuple[str, str], ...] = ()  # the identity the attribute templates were made for
+        self._made_for: Tags | None = None  # the identity the resource and the attribute templates were made for
+        self._resource = Resource({})
+        self._task_tags: dict[str, str] = {}  # the identity's tags, which a worker's tags cannot replace
         headers = dict(parse_headers(config.otlp_headers))
         headers.update(parse_headers(config.otlp_metrics_headers))
         headers.update({"Content-Type": "application/x-protobuf", "User-Agent": f"tasklens/{__version__}"})
@@ -138,8 +166,9 @@ class OtlpSink:
 
     def _encode(self, items: list[tuple[tuple[str, Any], Series]],
                 ended: list[tuple[tuple[str, Any], Series]]) -> list[Payload]:
-        for key, _ in ended:  # a series of that name and tags that comes back is a new stream from 0
-            self._last.pop(key, None)
+        # a series of that name and tags that comes back is a new stream from 0; a delta stream's last
+        # point (its end, flagged) starts where its previous point ended
+        delta_end = {key: self._last.pop(key)[0] for key, _ in ended if key in self._last}
         from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
         from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
         from opentelemetry.proto.metrics.v1 import metrics_pb2 as m
@@ -147,10 +176,11 @@ class OtlpSink:
         now = self.wall()
         now_ns = int(now * 1e9)
         identity = self.hub.identity
-        if identity.info_tags != self._resource:  # the identity changed (the first ECS poll): attributes rebuilt
-            self._resource = identity.info_tags
-        made_for = self._resource
-        on_resource = dict(made_for)
+        if identity.info_tags != self._made_for:  # the identity changed (the first ECS poll): attributes rebuilt
+            self._made_for = identity.info_tags
+            self._resource = resource_of(identity, self.config)
+            self._task_tags = dict(identity.tags)
+        made_for = self._made_for
         streams: set[tuple[str, tuple[tuple[str, str], ...]]] = set()  # (instrument, attributes) in this flush
         metrics: dict[str, Any] = {}
         kinds: dict[str, tuple[Kind, bool | None]] = {}
@@ -159,7 +189,8 @@ class OtlpSink:
         no_value = m.DATA_POINT_FLAGS_NO_RECORDED_VALUE_MASK
         # the ended series that were sent: a flagged point each, so the line ends (a gap, not a flat line)
         last = [(kv, True) for kv in ended if isinstance(kv[1].cache, tuple)]
-        for ((name, tags), series), stale in [(kv, False) for kv in items] + last:
+        for (key, series), stale in [(kv, False) for kv in items] + last:
+            name, tags = key
             iname = instrument_name(name)
             if not iname:
                 self.state.reject("invalid_name")
@@ -172,7 +203,7 @@ class OtlpSink:
             # the point's attributes are built once per series, into a template copied each flush (5x cheaper)
             cached = series.cache
             if not isinstance(cached, tuple) or cached[0] is not made_for:
-                attributes = point_attributes(tags, on_resource)
+                attributes = point_attributes(tags, self._resource, self._task_tags if series.worker else None)
                 if attributes is None:
                     self.state.reject("label_conflict")
                     continue
@@ -210,7 +241,10 @@ class OtlpSink:
                 if field == "histogram":
                     del p.explicit_bounds[:]  # no buckets at all: the layout rule allows both empty
                 if field != "gauge":
-                    p.start_time_unix_nano = min(int(series.start * 1e9), now_ns)
+                    start = int(series.start * 1e9)
+                    if delta:  # not the stream's first start: intervals sent already would be counted twice
+                        start = delta_end.get(key, start)
+                    p.start_time_unix_nano = min(start, now_ns)
                 p.time_unix_nano, p.flags = now_ns, no_value
             elif isinstance(value, Histogram):
                 counts, total, count = list(value.counts or [0.0] * (len(value.bounds) + 1)), value.total, value.count
@@ -244,7 +278,7 @@ class OtlpSink:
         if not metrics:
             return []
         resource = [KeyValue(key=k, value=AnyValue(string_value=v))
-                    for k, v in resource_attributes(identity, self.config).items()]
+                    for k, v in self._resource.attributes.items()]
         payloads = []
         chunk: list[Any] = []
         chunk_points = 0
@@ -319,14 +353,26 @@ class OtlpSink:
                 "series": len(self.state), **self.pusher.status()}
 
 
-def point_attributes(tags: Tags, resource: Mapping[str, str]) -> tuple[tuple[str, str], ...] | None:
-    """A point's attributes: its own tags, but those the resource carries with the same value (the task's
-    identity, sent once per request). A worker's tag of an identity key with another value (`service:a`)
-    is kept as `exported_<key>`, as on `/metrics`: dropped, two series would be one stream. None when
-    that name is taken by another of its tags (`service:a,exported_service:b`): a point's attribute keys
-    are unique, and `/metrics` refuses it too (`label_conflict`)."""
-    out = tuple((k if k not in resource else "exported_" + k, v or "true") for k, v in tags if resource.get(k) != v)
-    return out if len({k for k, _ in out}) == len(out) else None
+def point_attributes(tags: Tags, resource: Resource,
+                     identity: Mapping[str, str] | None) -> tuple[tuple[str, str], ...] | None:
+    """A point's attributes: the labels `/metrics` shows for the series, but those the resource carries
+    (`Resource.carries`: the task's identity, sent once per request). For a worker's series
+    (`identity`, the task's tags), a tag that gives an identity key another value (`service:a`) is
+    `exported_service`, the key keeping the task's value, as on `/metrics`: dropped, two series would be
+    one stream. The sidecar's own series (`identity` None) keep their own tags (a queue's `queue`), as on
+    `/metrics`. None when two attributes would have one key (`service:a,exported_service:b`): a point's
+    attribute keys are unique, and `/metrics` refuses it too (`label_conflict`)."""
+    shown: dict[str, str] = {}
+    for key, value in tags:
+        theirs = identity.get(key, value) if identity is not None else value
+        if theirs != value:
+            if shown.setdefault(key, theirs or "true") != (theirs or "true"):
+                return None
+            key = "exported_" + key
+        if key in shown:
+            return None
+        shown[key] = value or "true"
+    return tuple((key, value) for key, value in shown.items() if not resource.carries(key, value))
 
 
 def _points_of(metric: Any) -> Any:

@@ -22,7 +22,7 @@ import hcl2
 import pytest
 
 from agent.config import ConfigError, load
-from tests.deploy.deploy_checks import DEPLOY, SECRET_VARIABLES, datadog_unparsed, task_definition_errors
+from tests.deploy.deploy_checks import DEPLOY, SECRET_VARIABLES, config_errors, datadog_unparsed, task_definition_errors
 
 TERRAFORM = DEPLOY / "terraform"
 MODULES = TERRAFORM / "modules"
@@ -601,9 +601,93 @@ output "s" { value = module.s.container_definition }
 ''')["s"]
     env = env_of(out["environment"])
     assert env["TASKLENS_TAGS"] == "cost-center:a:b/c,team:payments,tier:"
-    from tests.deploy.deploy_checks import config_errors
-
     assert config_errors(env) == []
+
+
+def hcl_string(text: str) -> str:
+    """`text` as an HCL string literal: every character but ASCII letters, digits and ` .-_` escaped."""
+    return '"' + "".join(c if c.isascii() and (c.isalnum() or c in " .-_") else f"\\U{ord(c):08x}" for c in text) + '"'
+
+
+def refused_modules(terraform: Any, root: Path, body: str) -> set[str]:
+    """The module calls of a root module whose inputs Terraform refuses (a failed validation)."""
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "main.tf").write_text(body.replace("MODULES", os.path.relpath(MODULES, root)))
+    tf = terraform(str(root))
+    assert tf.init().retcode == 0
+    result = tf.apply(auto_approve=True)
+    diagnostics = [m["diagnostic"] for m in result.value if isinstance(m, dict) and m.get("@level") == "error"]
+    assert all(d["summary"] == "Invalid value for variable" for d in diagnostics), diagnostics
+    assert (result.retcode == 0) == (not diagnostics)
+    return {re.fullmatch(r'module "(\w+)"', d["snippet"]["context"]).group(1) for d in diagnostics}
+
+
+# Python's str.strip() takes these off a setting's ends (Go's and Terraform's trimspace() do not all)
+PYTHON_WHITESPACE = "".join(c for c in map(chr, range(0x110000)) if c.isspace())
+FLAG = "\U0001f1eb\U0001f1f7"  # two code points, one character to Terraform's length()
+# env and service_version: names as parse_name takes them (stripped, no control character, at most 200)
+NAMES = ["prod", "", "e" * 200, "e" * 201, " " + "e" * 200 + " \t\n", "1.0\t2", "1.0\n", "\x00", "1.0\x7f",
+         "\x85prod", "pr\x85od", "\x1f" + "e" * 200, "\u200b" + "e" * 200, FLAG * 100, FLAG * 100 + "e",
+         PYTHON_WHITESPACE + "e" * 200 + PYTHON_WHITESPACE]
+# tags: the same rules for each key:value; keys that become one Prometheus label; what would split into
+# other pairs (`,` `:` in a key, `,` in a value, two keys that are one once stripped); at most 100
+TAG_MAPS = [
+    {"team": "payments"}, {"team": ""}, {" team ": " payments "}, {"cost-center": "a:b/c"},
+    {"team.name": "a", "team-name": "b"}, {"a b": "x", "a_b": "y"}, {"le": "a", "exported_le": "b"},
+    {"quantile": "a", "exported_quantile": "b"}, {"__x": "a", "exported_x": "b"}, {"__x": "a", "_x": "b"},
+    {"1a": "x", "_1a": "y"}, {"é": "x", "_": "y"}, {"é": "x", "ü": "y"}, {"a": "x", " a ": "y"},
+    {"team": "a,b"}, {"team:name": "x"}, {"a,b": "x"}, {" ": "x"}, {"\x1c": "x"}, {"\x1cteam": "x"},
+    {"team": "x\ty"}, {"team": "x\t"}, {"\tteam": "x"}, {"team\t": "x"}, {"team": "x\x85"}, {"team": "x\x85y"},
+    {"team": "x\x7f"}, {"k": "v" * 198}, {"k": "v" * 199}, {"k": "v" * 198 + PYTHON_WHITESPACE},
+    {"k": FLAG * 99}, {"k": FLAG * 100}, {f"k{i}": "v" for i in range(100)}, {f"k{i}": "v" for i in range(101)},
+]
+
+
+def sidecar_takes_tags(tags: dict[str, str]) -> bool:
+    """Whether the sidecar starts with exactly these tags (stripped, as it strips them) from the
+    TASKLENS_TAGS the module writes: it refuses them, or reads other pairs, otherwise."""
+    try:
+        config = load({"TASKLENS_TAGS": ",".join(f"{k}:{v}" for k, v in sorted(tags.items()))})
+    except ConfigError:
+        return False
+    return len(config.tags) == len(tags) and dict(config.tags) == {k.strip(): v.strip() for k, v in tags.items()}
+
+
+def sidecar_takes(variable: str, value: str) -> bool:
+    try:
+        load({variable: value})
+        return True
+    except ConfigError:
+        return False
+
+
+def test_the_plan_takes_the_tags_env_and_version_the_sidecar_takes(terraform: Any, tmp_path: Path) -> None:
+    """`tags`, `env` and `service_version` the sidecar module's plan accepts and the sidecar refuses at
+    start (it never starts), or the other way round: neither. The sidecar's verdict is its own
+    configuration loader's; what the plan accepts, rendered, loads as given."""
+    cases: dict[str, tuple[str, bool]] = {}  # module -> (its inputs, the sidecar's verdict)
+    for n, tags in enumerate(TAG_MAPS):
+        items = ", ".join(f"{hcl_string(k)} = {hcl_string(v)}" for k, v in tags.items())
+        cases[f"tags{n}"] = (f"tags = {{ {items} }}", sidecar_takes_tags(tags))
+    for n, name in enumerate(NAMES):
+        cases[f"env{n}"] = (f"env = {hcl_string(name)}", sidecar_takes("TASKLENS_ENV", name))
+        cases[f"version{n}"] = (f"service_version = {hcl_string(name)}", sidecar_takes("TASKLENS_VERSION", name))
+    assert {True, False} <= {verdict for _, verdict in cases.values()}
+
+    def modules(names: list[str]) -> str:
+        return "".join(f'''
+module "{name}" {{
+  source  = "MODULES/sidecar"
+  service = "w"
+  {cases[name][0]}
+}}
+output "{name}" {{ value = module.{name}.container_definition.environment }}''' for name in names)
+
+    refused = refused_modules(terraform, tmp_path / "all", modules(list(cases)))
+    assert {name: name not in refused for name in cases} == {name: verdict for name, (_, verdict) in cases.items()}
+    taken = apply_root(terraform, tmp_path / "taken", modules([name for name in cases if name not in refused]))
+    for name, environment in taken.items():
+        assert config_errors(env_of(environment)) == [], name
 
 
 def test_task_sizes_fargate_refuses_are_refused(terraform: Any, tmp_path: Path) -> None:
@@ -873,3 +957,139 @@ def test_bootstrap_profiling_keeps_the_workers_own_pythonpath_after_its_own(terr
         worker = next(c for c in outputs["t"]["containerDefinitions"] if c["name"] != "tasklens")
         env = {e["name"]: e["value"] for e in worker["environment"]}
         assert env["PYTHONPATH"] == (expected or "/opt/tasklens/bootstrap")
+
+
+def test_sidecar_container_names_ecs_refuses_are_refused(terraform: Any, tmp_path: Path) -> None:
+    """An ECS container name is 1-255 letters, digits, `_` and `-` (RegisterTaskDefinition)."""
+    def sidecar(name: str, container_name: str) -> str:
+        return f'''
+module "{name}" {{
+  source         = "MODULES/sidecar"
+  service        = "w"
+  container_name = "{container_name}"
+}}
+output "{name}" {{ value = module.{name}.container_definition.name }}'''
+
+    bad = ["tasklens.sidecar", "", "a" * 256, "side car"]
+    error = apply_error(terraform, tmp_path / "bad", "".join(sidecar(f"bad{i}", n) for i, n in enumerate(bad)))
+    assert error.count("container_name must be 1-255 letters, digits, '_' or '-'") == len(bad), error
+    good = ["a" * 255, "tasklens_side-car1", "T"]
+    out = apply_root(terraform, tmp_path / "good", "".join(sidecar(f"good{i}", n) for i, n in enumerate(good)))
+    assert [out[f"good{i}"] for i in range(len(good))] == good
+
+
+def test_a_worker_named_like_the_sidecar_is_refused(terraform: Any, tmp_path: Path) -> None:
+    """The worker's container is named after the worker: `tasklens` would be a second container of
+    the sidecar's name, which ECS refuses."""
+    error = apply_error(terraform, tmp_path, '''
+module "t" {
+  source = "MODULES/task-definition"
+  name   = "tasklens"
+  image  = "w:1"
+  region = "eu-west-1"
+}
+output "t" { value = module.t.task_definition }''')
+    assert 'name "tasklens" is the sidecar\'s container name' in error, error
+
+
+def test_worker_names_the_plan_would_fail_on_are_refused(terraform_test: Any, tmp_path: Path) -> None:
+    """A worker's name names more than its containers: IAM roles `<name>-task` and `<name>-execution`
+    (IAM: 64 characters at most) and, with alerts, the rule group namespace `tasklens-<name>` (Amazon
+    Managed Prometheus: 64). 54 characters plan with every derived name (alerts and autoscaling
+    on); 55 are refused by the validation, which says why, not by the provider. `tasklens`, the
+    sidecar's container name, is refused in the task and service modules too."""
+    result = terraform_test(tmp_path, '''
+variable "name" {
+  type = string
+}
+module "task" {
+  source = "MODULES/task"
+  name   = var.name
+  image  = "orders:1.2"
+  queue  = "sqs://orders?region=eu-west-1"
+}
+module "svc" {
+  source      = "MODULES/service"
+  name        = var.name
+  image       = "orders:1.2"
+  queue       = "sqs://orders?region=eu-west-1"
+  cluster     = "arn:aws:ecs:eu-west-1:123456789012:cluster/workers"
+  subnets     = ["subnet-1"]
+  alerts      = { prometheus_workspace_id = "ws-0123456789" }
+  autoscaling = { min = 0, max = 10, backlog_per_task = 100 }
+}
+''', {run: f'''
+run "{run}" {{
+  command = plan
+  variables {{
+    name = "{name}"
+  }}
+}}
+''' for run, name in (("longest", "w" * 54), ("too_long", "w" * 55), ("sidecar_name", "tasklens"))})
+    out = result.stdout + result.stderr
+    assert re.search(r'run "longest"\.\.\. pass', out), out
+    assert re.search(r'run "too_long"\.\.\. fail', out) and re.search(r'run "sidecar_name"\.\.\. fail', out), out
+    flat = re.sub(r"\s+", " ", out)
+    assert flat.count("name must be 1-54 letters, digits, '_' or '-'") == 2, out
+    assert flat.count('name "tasklens" is the sidecar\'s container name') == 2, out
+
+
+class ReadLog(dict[str, str]):
+    """An environment that notes the variables read from it."""
+
+    def __init__(self, values: dict[str, str]) -> None:
+        super().__init__(values)
+        self.read: set[str] = set()
+
+    def get(self, key: str, default: Any = None) -> Any:
+        self.read.add(key)
+        return super().get(key, default)
+
+    def __getitem__(self, key: str) -> str:
+        self.read.add(key)
+        return super().__getitem__(key)
+
+
+def bootstrap_variables() -> set[str]:
+    """The TASKLENS_* variables the profiling bootstrap reads when profiling is on: its settings and
+    its labels (what its start-up thread calls)."""
+    from integrations.profilers.sitecustomize import resolve_labels, settings
+
+    environ = ReadLog({"TASKLENS_PYROSCOPE_URL": "http://pyroscope:4040"})
+    settings(environ)
+    resolve_labels(environ)
+    return {name for name in environ.read if name.startswith("TASKLENS_")}
+
+
+def test_bootstrap_profiling_gives_the_worker_what_the_bootstrap_reads(terraform: Any, tmp_path: Path) -> None:
+    """In bootstrap mode the worker profiles itself, reading the sidecar's variables
+    (integrations/profilers/sitecustomize.py): each the sidecar has reaches the worker with the same
+    value, and the profiling settings too (the password as a secret), so that its profiles carry the
+    task's tags as in sidecar mode (docs/profiling.md)."""
+    from integrations.profilers.sitecustomize import identity, settings
+
+    readable = bootstrap_variables()
+    assert {"TASKLENS_TAGS", "TASKLENS_PROFILE_RATE", "TASKLENS_PYROSCOPE_URL"} <= readable
+    out = apply_root(terraform, tmp_path, f'''
+module "s" {{
+  source          = "MODULES/sidecar"
+  service         = "reports"
+  env             = "prod"
+  service_version = "1.2"
+  tags            = {{ team = "payments", tier = "1" }}
+  profiling       = {{ mode = "bootstrap", url = "https://profiles.example.com", user = "tl", tenant = "t1", password_secret_arn = "{PYRO_SECRET}" }}
+  environment     = {{ TASKLENS_PROFILE_RATE = "50", TASKLENS_PROFILE_WINDOW = "15", TASKLENS_FLUSH_INTERVAL = "5" }}
+}}
+output "s" {{ value = module.s }}''')["s"]
+    sidecar = env_of(out["container_definition"]["environment"])
+    worker = env_of(out["worker"]["environment"])
+    assert {name: worker.get(name) for name in readable & set(sidecar)} == {name: sidecar[name] for name in readable & set(sidecar)}
+    assert readable - set(worker) == {"TASKLENS_PYROSCOPE_PASSWORD", "TASKLENS_PROFILE_MODE"}  # the latter: not set
+    assert out["worker"]["secrets"] == [{"name": "TASKLENS_PYROSCOPE_PASSWORD", "valueFrom": PYRO_SECRET}]
+    assert "TASKLENS_FLUSH_INTERVAL" not in worker  # the sidecar's own
+    service, tags = identity(worker)
+    assert (service, tags) == ("reports", [("env", "prod"), ("version", "1.2"), ("team", "payments"), ("tier", "1")])
+    config = settings(worker)
+    assert config is not None
+    assert (config["server_address"], config["basic_auth_username"], config["tenant_id"], config["sample_rate"],
+            config["upload_interval"]) == ("https://profiles.example.com", "tl", "t1", 50, 15)

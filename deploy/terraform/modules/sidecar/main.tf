@@ -111,8 +111,17 @@ locals {
     var.service_version != "" ? { DD_VERSION = var.service_version } : {},
     # the datadog client prefers DD_DOGSTATSD_URL over host and port
     var.statsd.socket ? { DD_DOGSTATSD_URL = "unix://${local.socket_path}" } : {},
-    local.profile_bootstrap ? merge(local.identity_env, local.profiling_env, { PYTHONPATH = local.bootstrap_dir }) : {},
+    local.profile_bootstrap ? merge(local.profiling_env, local.bootstrap_env, { PYTHONPATH = local.bootstrap_dir }) : {},
   )
+  # What the bootstrap reads (integrations/profilers/sitecustomize.py; tests/deploy compares), as the
+  # sidecar has it: profiles are labelled alike in both modes. The password goes as a secret.
+  bootstrap_env = {
+    for k, v in local.environment : k => v if contains([
+      "TASKLENS_SERVICE", "TASKLENS_ENV", "TASKLENS_VERSION", "TASKLENS_TAGS", "TASKLENS_PYROSCOPE_URL",
+      "TASKLENS_PYROSCOPE_USER", "TASKLENS_PYROSCOPE_TENANT", "TASKLENS_PROFILE_MODE", "TASKLENS_PROFILE_RATE",
+      "TASKLENS_PROFILE_WINDOW",
+    ], k)
+  }
 
   # --- IAM -----------------------------------------------------------------------------------
   # SQS URLs: sqs://<name>?region=R (account from var.aws_account_id) or sqs://<host>/<account>/<name>.

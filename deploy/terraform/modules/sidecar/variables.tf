@@ -12,12 +12,26 @@ variable "env" {
   description = "Environment tag (TASKLENS_ENV); empty to leave it out."
   type        = string
   default     = ""
+
+  validation {
+    # what the sidecar's parse_name takes (agent/config.py; tests/deploy compares): once stripped of
+    # the whitespace Python strips ([\p{Z}\t-\r\x1c-\x1f\x85]), no control character, at most 200
+    condition     = can(regex("^[\\p{Z}\\t-\\r\\x1c-\\x1f\\x85]*[^\\p{Cc}]{0,200}[\\p{Z}\\t-\\r\\x1c-\\x1f\\x85]*$", var.env))
+    error_message = "env must be at most 200 characters without control characters (tab, newline...), leading and trailing whitespace aside: the sidecar refuses anything else at start."
+  }
 }
 
 variable "service_version" {
   description = "Version tag (TASKLENS_VERSION), usually the worker's image tag; empty to leave it out."
   type        = string
   default     = ""
+
+  validation {
+    # what the sidecar's parse_name takes (agent/config.py; tests/deploy compares): once stripped of
+    # the whitespace Python strips ([\p{Z}\t-\r\x1c-\x1f\x85]), no control character, at most 200
+    condition     = can(regex("^[\\p{Z}\\t-\\r\\x1c-\\x1f\\x85]*[^\\p{Cc}]{0,200}[\\p{Z}\\t-\\r\\x1c-\\x1f\\x85]*$", var.service_version))
+    error_message = "service_version must be at most 200 characters without control characters (tab, newline...), leading and trailing whitespace aside: the sidecar refuses anything else at start."
+  }
 }
 
 variable "image" {
@@ -30,6 +44,11 @@ variable "container_name" {
   description = "Name of the sidecar container in the task."
   type        = string
   default     = "tasklens"
+
+  validation {
+    condition     = can(regex("^[a-zA-Z0-9_-]{1,255}$", var.container_name))
+    error_message = "container_name must be 1-255 letters, digits, '_' or '-' (an ECS container name)."
+  }
 }
 
 variable "essential" {
@@ -171,17 +190,31 @@ variable "profiling" {
 }
 
 variable "tags" {
-  description = "Extra tags on every series (TASKLENS_TAGS=k:v,k:v): at most 100, keys without ',' or ':', values without ',', each key:value at most 200 characters."
+  description = "Extra tags on every series (TASKLENS_TAGS=k:v,k:v): at most 100, keys without ',' or ':', values without ',', each key:value at most 200 characters, keys that stay apart as Prometheus labels."
   type        = map(string)
   default     = {}
 
+  # What the sidecar's TASKLENS_TAGS parser takes (agent/config.py, parse_tags; tests/deploy compares).
+  # Each key:value is checked as env is (once stripped of whitespace, no control character, at most 200)
+  # and the keys, stripped, must stay apart as Prometheus labels. The module also refuses what the
+  # sidecar would read as other tags than these: `,` or `:` in a key, `,` in a value, two keys that
+  # are one once stripped.
   validation {
-    # what the sidecar's TASKLENS_TAGS parser takes (agent/config.py, parse_tags)
     condition = length(var.tags) <= 100 && alltrue([
-      for k, v in var.tags : trimspace(k) != "" && !can(regex("[,:]", k)) && !can(regex(",", v)) &&
-      !can(regex("[[:cntrl:]]", "${k}${v}")) && length("${k}:${v}") <= 200
+      for k, v in var.tags : can(regex("[^\\p{Z}\\t-\\r\\x1c-\\x1f\\x85]", k)) && !can(regex("[,:]", k)) && !can(regex(",", v)) &&
+      can(regex("^[\\p{Z}\\t-\\r\\x1c-\\x1f\\x85]*[^\\p{Cc}]{0,200}[\\p{Z}\\t-\\r\\x1c-\\x1f\\x85]*$", "${k}:${v}"))
     ])
-    error_message = "tags are key:value pairs of TASKLENS_TAGS: at most 100, keys not blank and without ',' or ':', values without ',', no control characters, each key:value at most 200 characters."
+    error_message = "tags are key:value pairs of TASKLENS_TAGS: at most 100, keys not blank and without ',' or ':', values without ',', each key:value at most 200 characters without control characters (leading and trailing whitespace aside)."
+  }
+  validation {
+    # the label of a key (agent/sinks/prometheus.py, label_name): `_` for each character outside
+    # [a-zA-Z0-9_], `_` before a leading digit, exported_* for le, quantile and __*
+    condition = length(var.tags) == length(distinct([
+      for name in [
+        for k in keys(var.tags) : replace(replace(replace(k, "/^[\\p{Z}\\t-\\r\\x1c-\\x1f\\x85]+|[\\p{Z}\\t-\\r\\x1c-\\x1f\\x85]+$/", ""), "/[^a-zA-Z0-9_]/", "_"), "/^[0-9]/", "_$0")
+      ] : contains(["le", "quantile"], name) || startswith(name, "__") ? "exported_${replace(name, "/^_+/", "")}" : name
+    ]))
+    error_message = "tags: two keys make the same Prometheus label (team.name and team-name are both team_name; le and exported_le are one; so are a key and the same key with spaces around it), which the sidecar refuses at start: keep one of them."
   }
 }
 

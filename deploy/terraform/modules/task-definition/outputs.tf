@@ -3,6 +3,11 @@ output "task_definition" {
   value       = local.task_definition
 
   precondition {
+    # ECS refuses a task with two containers of one name
+    condition     = var.name != module.sidecar.container_definition.name
+    error_message = "name \"${var.name}\" is the sidecar's container name: the worker container is named after the worker, and a task's containers need distinct names. Give the worker another name."
+  }
+  precondition {
     condition     = var.launch_type != "FARGATE" || var.network_mode == "awsvpc"
     error_message = "Fargate tasks use network_mode awsvpc."
   }

@@ -3,8 +3,9 @@ variable "name" {
   type        = string
 
   validation {
-    condition     = can(regex("^[a-zA-Z0-9][a-zA-Z0-9_-]{0,62}$", var.name))
-    error_message = "name must be 1-63 letters, digits, '_' or '-' (an ECS family and container name)."
+    # the longest name made from it must fit: the IAM role "<name>-execution" (64 characters at most)
+    condition     = can(regex("^[a-zA-Z0-9][a-zA-Z0-9_-]{0,53}$", var.name))
+    error_message = "name must be 1-54 letters, digits, '_' or '-', starting with a letter or digit: the longest name made from it, the IAM role \"<name>-execution\", must fit IAM's 64 characters."
   }
 }
 

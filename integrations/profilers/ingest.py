@@ -30,14 +30,17 @@ STATUS_PREFIX = "py-spy> "  # py-spy's own messages, on the same stdout as the s
 
 
 def parse_raw(text: str) -> Folded:
-    """Aggregate py-spy's lines by stack; drop py-spy's messages, empty stacks, lines that do not parse."""
+    r"""Aggregate py-spy's lines by stack; drop py-spy's messages, empty stacks, lines that do not parse.
+
+    Lines end at "\n" only, which is all py-spy writes (not "\r\n"): `splitlines()` would also split at
+    \x0b \x0c \x1c-\x1e \x85 U+2028 U+2029, which a frame's file or function name may hold. A stack is
+    kept as written, spaces and all: a frame's name may start or end with one."""
     stacks: dict[str, int] = {}
     skipped = 0
-    for line in text.splitlines():
+    for line in text.split("\n"):
         if not line.strip() or line.startswith(STATUS_PREFIX):
             continue
         stack, _, count_text = line.rpartition(" ")
-        stack = stack.strip()
         count = int(count_text) if count_text.isascii() and count_text.isdigit() else 0
         if count <= 0:
             skipped += 1

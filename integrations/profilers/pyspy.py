@@ -111,7 +111,7 @@ class PySpyProfiler:
         self._redact = Redactor(config_secrets(config))  # a server's error text may echo the password
         hub.metrics.declare("tasklens.profiler.record_errors",
                             ("pyspy_missing", "ptrace_denied", "not_python", "pyspy_failed", "internal"))
-        hub.metrics.declare("tasklens.profiler.push_errors", ("timeout", "connection", "error"))
+        hub.metrics.declare("tasklens.profiler.push_errors", ("redirect", "timeout", "connection", "error"))
         self._states: dict[tuple[int, float], _State] = {}
         self._workers: dict[tuple[int, float], asyncio.Task[None]] = {}
         self._skip: set[tuple[int, float]] = set()  # not Python, or profiling itself (bootstrap mode)
@@ -119,6 +119,7 @@ class PySpyProfiler:
         self._spies: set[int] = set()  # pids of our py-spy runs: never targets
         self._empty_scans = 0
         self._problem = ""
+        self._last_push_error: str | None = None  # why the last push failed; None once one succeeds
         self._log = RateLimitedLog()
         self._session: aiohttp.ClientSession | None = None
         self._slots = asyncio.Semaphore(MAX_SPIES)
@@ -318,9 +319,16 @@ class PySpyProfiler:
         params = ingest_params(name, start, end, self.config.profile_rate)
         reason = detail = ""
         try:
+            # a redirect is not followed: after a 301/302 (an ALB's HTTP-to-HTTPS redirect is a 301) aiohttp
+            # sends a GET without the profile, which a server may answer 200, and the profile counted as pushed
             async with self._session.post(self._ingest_url, params=params, data=render(folded),
-                                          headers=self._headers) as resp:
-                if resp.status >= 300:
+                                          headers=self._headers, allow_redirects=False) as resp:
+                if 300 <= resp.status < 400:
+                    reason = "redirect"
+                    location = self._redact.remote_text(mask_url(resp.headers.get("Location", "")))
+                    detail = (f"HTTP {resp.status} to {location or '(no Location)'}, not followed: set "
+                              "TASKLENS_PYROSCOPE_URL to the address the server redirects to")
+                elif resp.status >= 300:
                     reason = f"http_{resp.status}"
                     detail = self._redact.remote_text(await resp.content.read(64 * 1024))
         except asyncio.TimeoutError:
@@ -331,9 +339,11 @@ class PySpyProfiler:
             reason, detail = "error", repr(exc)
         if reason:
             self.hub.metrics.inc("tasklens.profiler.push_errors", reason=reason)
+            self._last_push_error = f"{reason}: {detail}"
             self._log.warning(f"profiler:push:{reason}", "profiler: push to %s failed (%s): %s",
                               mask_url(self._ingest_url), reason, detail)
             return
+        self._last_push_error = None
         self.hub.metrics.inc("tasklens.profiler.pushes")
         self.hub.metrics.inc("tasklens.profiler.samples", folded.samples)
         state.samples += folded.samples
@@ -363,6 +373,7 @@ class PySpyProfiler:
             "problem": self._problem or None,
             "pushes": metrics.total("tasklens.profiler.pushes"),
             "push_errors": metrics.total("tasklens.profiler.push_errors"),
+            "last_error": self._last_push_error,
             "processes": [
                 {"pid": s.target.pid, "process": s.target.process, "container": self.container_of(s.target),
                  "command": s.target.command, "windows": s.windows, "samples": s.samples,

@@ -35,6 +35,7 @@ LOGGER_NAME = "tasklens.profiler"
 # (default, lowest, highest) of the numbers read here, as the sidecar's settings have them (a test
 # compares the two)
 NUMBERS = {"PROFILE_RATE": (100, 1, 1000), "PROFILE_WINDOW": (10, 1, 3600)}
+MAX_NAME_LENGTH = 200  # characters of a service, env or version name: the sidecar's (a test compares them)
 
 # --- label rules shared with the sidecar's py-spy mode --------------------------------------------
 
@@ -171,11 +172,28 @@ def _cluster(task: Mapping[str, Any], arn: str) -> str:
     return parts[1] if len(parts) == 3 else ""
 
 
+def is_name(text: str) -> bool:
+    """The sidecar's rule for a name (agent/config.py `parse_name`, after trimming): no control character
+    (Unicode's Cc: U+0000-U+001F, U+007F-U+009F), no byte that was not UTF-8 (a surrogate), not too long."""
+    return len(text) <= MAX_NAME_LENGTH and not any(
+        c < " " or "\x7f" <= c <= "\x9f" or "\ud800" <= c <= "\udfff" for c in text)
+
+
+def _name(environ: Mapping[str, str], variable: str) -> str:
+    """A service, env or version variable, trimmed; a value that is not a name is ignored with a warning,
+    as the sidecar ignores such a `DD_*` (it refuses such a `TASKLENS_*` at start; the worker cannot)."""
+    value = environ.get(variable, "").strip()
+    if is_name(value):
+        return value
+    _log().warning("tasklens profiling: %s=%r is ignored: expected a name of at most %d characters, without "
+                   "control characters, in UTF-8", variable, environ[variable][:80], MAX_NAME_LENGTH)
+    return ""
+
+
 def identity(environ: Mapping[str, str], task: Any = None) -> tuple[str, list[tuple[str, str]]]:
     """(service, tags without `service`) from the variables and, if given, the ECS `/task` document."""
-    service = environ.get(ENV_PREFIX + "SERVICE") or environ.get("DD_SERVICE", "")
-    env = environ.get(ENV_PREFIX + "ENV") or environ.get("DD_ENV", "")
-    version = environ.get(ENV_PREFIX + "VERSION") or environ.get("DD_VERSION", "")
+    service, env, version = (_name(environ, ENV_PREFIX + name) or _name(environ, "DD_" + name)
+                             for name in ("SERVICE", "ENV", "VERSION"))
     pairs = [("env", env), ("version", version)]
     if isinstance(task, dict) and isinstance(task.get("TaskARN"), str):
         arn = task["TaskARN"]

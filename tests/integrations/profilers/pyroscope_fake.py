@@ -14,7 +14,10 @@ the two ways tasklens pushes profiles:
 
 Bad requests get 400 with the reason, which is also kept in `errors`: every test asserts it empty.
 `require_auth` / `require_tenant` make it answer 401 without the right credentials; `status`
-overrides the answer to good requests (failure injection).
+overrides the answer to good requests (failure injection); `redirect` makes both endpoints answer a
+redirect (`(status, Location)`, before any check, as a load balancer in front would). A request to
+any other path or with another method (a client that followed the redirect) is an error too, but
+answered 200, as a permissive target would: the client believes it pushed.
 """
 
 from __future__ import annotations
@@ -84,7 +87,8 @@ def check_limits(labels: dict[str, str], added: int = 0) -> None:
 
 def parse_folded(body: bytes) -> Counter[str]:
     stacks: Counter[str] = Counter()
-    for n, line in enumerate(body.decode("utf-8").splitlines(), 1):
+    # lines end at "\n" only, as Go reads lines: U+2028, \x0c, \x1c... are part of a frame's name
+    for n, line in enumerate(body.decode("utf-8").split("\n"), 1):
         if not line.strip():
             continue
         stack, _, count = line.rpartition(" ")
@@ -259,8 +263,12 @@ class FakePyroscope:
     errors: list[str] = field(default_factory=list)
     url: str = ""
     error_text: str = ""  # the body of a non-200 answer to an ingest (servers echo what they got)
+    redirect: tuple[int, str] | None = None  # (status, Location) answered to every push
 
     def _check_headers(self, request: web.Request) -> web.Response | None:
+        if self.redirect:
+            status, location = self.redirect
+            return web.Response(status=status, headers={"Location": location})
         if self.require_auth:
             token = base64.b64encode(":".join(self.require_auth).encode()).decode()
             if request.headers.get("Authorization") != f"Basic {token}":
@@ -294,6 +302,11 @@ class FakePyroscope:
             return web.Response(status=200)
         return web.Response(status=self.status, text=self.error_text)
 
+    async def other(self, request: web.Request) -> web.Response:
+        body = await request.read()
+        self.errors.append(f"unexpected {request.method} {request.path} ({len(body)} bytes)")
+        return web.Response(status=200)
+
     async def push(self, request: web.Request) -> web.Response:
         denied = self._check_headers(request)
         if denied:
@@ -313,6 +326,7 @@ async def start_pyroscope(fake: FakePyroscope) -> AsyncIterator[FakePyroscope]:
     app = web.Application()
     app.router.add_post("/ingest", fake.ingest)
     app.router.add_post("/push.v1.PusherService/Push", fake.push)
+    app.router.add_route("*", "/{anything:.*}", fake.other)
     runner, fake.url = await serve_app(app)
     try:
         yield fake

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import assume, given
+from hypothesis import strategies as st
 
-from integrations.profilers.ingest import Folded, ingest_params, parse_raw, profile_name, render
+from integrations.profilers.ingest import STATUS_PREFIX, Folded, ingest_params, parse_raw, profile_name, render
 from integrations.profilers.pyspy import failure_reason
 from tests.integrations.profilers.pyroscope_fake import parse_folded, parse_key
 
@@ -38,6 +40,30 @@ def test_parse_raw_aggregates_stacks_and_drops_empty_ones():
 def test_parse_raw_counts_lines_that_are_not_stack_count():
     folded = parse_raw("a;b 3\nnot a count\na;b -2\na;b 0\n\na;c ²\n")
     assert (folded.stacks, folded.skipped) == ({"a;b": 3}, 4)
+
+
+def test_a_line_break_other_than_newline_in_a_name_does_not_split_the_stack():
+    stack = "main (/app/run.py);handle (/app/jobs\u2028v2.py);page\x0cbreak (/app/a\x1cb\x85c.py)"
+    assert parse_raw(f"{stack} 7\n<module> (x.py) 2\n").stacks == {stack: 7, "<module> (x.py)": 2}
+
+
+# any text py-spy's output decodes to (UTF-8: no lone surrogate), but the line and frame separators
+FRAME = st.text(st.characters(codec="utf-8", exclude_characters="\n;"), min_size=1)
+
+
+@given(st.lists(st.tuples(st.lists(FRAME, min_size=1, max_size=8), st.integers(1, 10**6)), max_size=5))
+def test_any_stack_of_frames_round_trips_with_its_count(samples):
+    """Frames hold any character but the line and frame separators (spaces at either end included)."""
+    expected: dict[str, int] = {}
+    for frames, count in samples:
+        stack = ";".join(frames)
+        assume(not stack.startswith(STATUS_PREFIX))  # a py-spy message, not a stack
+        expected[stack] = expected.get(stack, 0) + count
+    folded = parse_raw("".join(f"{';'.join(frames)} {count}\n" for frames, count in samples))
+    assert (folded.stacks, folded.skipped) == (expected, 0)
+    assert parse_raw(render(folded).decode()).stacks == expected
+    if expected and all(stack.strip() for stack in expected):  # the server refuses an empty profile, a blank stack
+        assert dict(parse_folded(render(folded))) == expected
 
 
 def test_render_is_what_pyroscope_reads_back():

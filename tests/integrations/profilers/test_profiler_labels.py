@@ -7,10 +7,11 @@ the same variables and `/task` document; these tests keep the two in step on eve
 from __future__ import annotations
 
 import json
+import sys
 
 import pytest
 
-from agent.config import load
+from agent.config import MAX_TAG, ConfigError, load, parse_name
 from agent.identity import local_identity, task_identity
 from integrations.profilers import sitecustomize as site
 from tests.support import FIXTURES
@@ -47,6 +48,53 @@ def test_bootstrap_identity_matches_without_a_cluster_field(environ):
 def test_bootstrap_identity_without_ecs_matches_local_mode(environ):
     expected = local_identity(load(environ), environ)
     assert site.identity(environ) == (expected.service, [kv for kv in expected.tags if kv[0] != "service"])
+
+
+# DD_SERVICE values: the sidecar ignores one that is not a name (with a warning); the bootstrap must too
+SERVICE_NAMES = [
+    "orders-worker", "  orders-worker ", "orders\tworker", "orders\nworker", "orders\x1b[31mworker",
+    "orders\x7fworker", "orders\x85worker", "\x1corders\x1c", "", "   ", "x" * 200, "x" * 201,
+    "commandes-été", "注文-worker", "orders\u2028worker", "orders\udcffworker",
+]
+
+
+@pytest.mark.parametrize("task", [None, "ecs"], ids=["local", "ecs"])
+@pytest.mark.parametrize("name", SERVICE_NAMES, ids=[ascii(n)[:40] for n in SERVICE_NAMES])
+def test_both_modes_name_the_application_the_same_whatever_dd_service_holds(name, task):
+    from integrations.profilers.ingest import profile_name
+    from tests.integrations.profilers.pyroscope_fake import parse_key
+    from tests.integrations.profilers.support import task_json
+
+    task = task_json() if task else None
+    environ = {"DD_SERVICE": name, "DD_ENV": name, "DD_VERSION": name}
+    sidecar = task_identity(load(environ), task, environ) if task else local_identity(load(environ), environ)
+    service, tags = site.identity(environ, task)
+    assert (service, tags) == (sidecar.service, [kv for kv in sidecar.tags if kv[0] != "service"])
+    application, _, _ = parse_key(profile_name(sidecar.service, {}))  # what the sidecar pushes under
+    assert site.app_name(service) == application
+    if not task:
+        assert site.resolve_labels(environ)[0] == application
+
+
+def test_a_name_the_sidecar_would_refuse_is_ignored_by_the_bootstrap_with_a_warning(caplog):
+    environ = {"TASKLENS_SERVICE": "orders\tworker", "DD_SERVICE": "dd-orders"}
+    with pytest.raises(ConfigError, match="TASKLENS_SERVICE"):
+        load(environ)  # the sidecar does not start; the worker must, under the next name it has
+    with caplog.at_level("WARNING", logger=site.LOGGER_NAME):
+        assert site.identity(environ)[0] == "dd-orders"
+    assert "TASKLENS_SERVICE='orders\\tworker' is ignored" in caplog.text
+
+
+def test_the_bootstraps_name_rule_is_the_sidecars_for_every_character():
+    assert site.MAX_NAME_LENGTH == MAX_TAG
+    for code in range(sys.maxunicode + 1):
+        text = f"a{chr(code)}a"  # inside: trimming is not what is compared
+        try:
+            parse_name(text)
+            accepted = True
+        except ValueError:
+            accepted = False
+        assert site.is_name(text) is accepted, hex(code)
 
 
 @pytest.mark.parametrize(("key", "label"), [

@@ -191,6 +191,45 @@ async def test_unreachable_server_is_a_connection_error(start_worker, ptrace_ok,
     assert metrics.total("tasklens.profiler.pushes") == 0
 
 
+@pytest.mark.parametrize("status", [301, 302, 307, 308])
+async def test_a_redirect_is_not_followed_and_the_profile_is_not_counted_pushed(pyroscope, start_worker, ptrace_ok,
+                                                                                identity, status):
+    """Followed, a 301/302 (an ALB's HTTP-to-HTTPS redirect) would become a GET without the profile, which
+    the target accepts, and the profile would count as pushed; the fake takes any followed request as an error."""
+    # to another host name of the same server (the server's own URL would show as `***`: it is a secret)
+    target = pyroscope.url.replace("127.0.0.1", "localhost") + "/ingest2"
+    pyroscope.redirect = (status, target)
+    worker = start_worker()
+    profiler = profiler_for(pyroscope.url, worker.marker, identity, window=1.0)
+    stop = asyncio.Event()
+    task = asyncio.create_task(profiler.run(stop))
+    metrics = profiler.hub.metrics
+    await until(lambda: metrics.get("tasklens.profiler.push_errors", reason="redirect") >= 2, 30, "two redirects")
+    assert (metrics.total("tasklens.profiler.pushes"), metrics.total("tasklens.profiler.samples")) == (0, 0)
+    assert profiler.status()["last_error"].startswith(f"redirect: HTTP {status} to {target}, not followed")
+    assert pyroscope.ingested == []
+    pyroscope.redirect = None  # the URL is fixed: profiles get through, and the error is no longer shown
+    await until(lambda: metrics.total("tasklens.profiler.pushes") >= 1, 30, "a push after the redirect")
+    await stopped(profiler, stop, task)
+    assert profiler.status()["last_error"] is None
+
+
+async def test_a_redirects_location_is_shown_without_its_credentials(pyroscope, start_worker, ptrace_ok, identity,
+                                                                      caplog):
+    caplog.set_level(logging.WARNING, logger="tasklens")
+    pyroscope.redirect = (301, "https://user:L0cation-pw@pyroscope.example.net/ingest?token=T0ken-s3cret")
+    worker = start_worker()
+    profiler = profiler_for(pyroscope.url, worker.marker, identity, window=1.0)
+    stop = asyncio.Event()
+    task = asyncio.create_task(profiler.run(stop))
+    metrics = profiler.hub.metrics
+    await until(lambda: metrics.get("tasklens.profiler.push_errors", reason="redirect") >= 1, 30, "a redirect")
+    await stopped(profiler, stop, task)
+    for shown in (caplog.text, profiler.status()["last_error"]):
+        assert "HTTP 301 to https://user:***@pyroscope.example.net/ingest?token=***, not followed" in shown
+        assert "L0cation-pw" not in shown and "T0ken-s3cret" not in shown
+
+
 async def test_stop_pushes_the_window_in_flight(pyroscope, start_worker, ptrace_ok, identity):
     worker = start_worker()
     profiler = profiler_for(pyroscope.url, worker.marker, identity, window=60.0)
@@ -236,7 +275,7 @@ async def test_missing_py_spy_is_one_clear_problem(identity, caplog):
     # every known reason is exported from the start, at 0 until it happens
     pushes = {dict(s.tags)["reason"]: s.value for s in profiler.hub.metrics.samples()
               if s.name == "tasklens.profiler.push_errors"}
-    assert pushes == {"timeout": 0, "connection": 0, "error": 0}
+    assert pushes == {"redirect": 0, "timeout": 0, "connection": 0, "error": 0}
     assert len([r for r in caplog.records if r.levelno >= logging.ERROR]) == 1
 
 

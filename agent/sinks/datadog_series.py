@@ -7,7 +7,8 @@ Endpoints and shapes (Datadog API reference):
 - `POST /api/v1/distribution_points`: `{"series": [{"metric", "points": [[ts, [values]]], "tags",
   "type": "distribution"}]}`, deflate-compressed (the only encoding it documents).
 - `POST /api/v1/events`: one event per request (`title`, `text` <= 4000 chars, `date_happened` ...).
-- `POST /api/v1/check_run`: a JSON array of `{"check", "host_name", "status": 0-3, "tags", ...}`.
+- `POST /api/v1/check_run`: a JSON array of `{"check", "host_name", "status": 0-3, "tags", ...}`, sent
+  uncompressed, within the 512,000 bytes of a payload (the API documents no other bound).
 
 How each kind is typed (as the Datadog agent's DogStatsD does):
 - GAUGE -> gauge. COUNT (a StatsD counter summed over `interval`) -> rate = sum / interval, with the
@@ -364,9 +365,11 @@ def encode(path: str, items: Sequence[bytes], points: Sequence[int], stamps: Seq
             g_items, g_points = [items[i] for i in group], [points[i] for i in group]
             oldest = min(stamps[i] for i in group)
         expires = oldest + past - margin
+        # service checks go uncompressed: their raw array is what must fit (a check of MAX_OBJECT fits alone)
+        limit = MAX_COMPRESSED - 2 if path == CHECK_RUN_PATH else CHUNK_RAW
         start, size = 0, 0
         for i, item in enumerate(g_items):
-            if size and size + len(item) + 1 > CHUNK_RAW:
+            if size and size + len(item) + 1 > limit:
                 payloads.extend(_compress(path, g_items[start:i], g_points[start:i], expires))
                 start, size = i, 0
             size += len(item) + 1

@@ -148,6 +148,20 @@ def test_encode_events_one_per_request_and_checks_as_an_array() -> None:
     assert [c["check"] for c in json.loads(payload.body)] == ["a", "b"] and payload.points == 2
 
 
+@settings(max_examples=50, deadline=None)
+@given(st.lists(st.integers(0, dd.MAX_OBJECT - 200), min_size=1, max_size=14))
+def test_service_checks_of_any_size_are_split_under_the_payload_limit(sizes: list[int]) -> None:
+    """Checks go uncompressed: however long their messages, each payload's array is within the intake's
+    512,000 bytes and every check is in one payload, in order (nine checks of 60,000 characters went in
+    one payload of 541,142 bytes, refused whole, an ordinary check with them)."""
+    checks = [dd.dumps(dd.service_check(ServiceCheck(f"c{i}", 0, message="m" * n), 1700000000))
+              for i, n in enumerate(sizes)]
+    payloads = dd.encode(dd.CHECK_RUN_PATH, checks, [1] * len(checks), [1700000000.0] * len(checks), dd.CHECK_WINDOW)
+    assert all(p.encoding is None and len(p.body) <= dd.MAX_COMPRESSED for p in payloads)
+    assert [c["check"] for p in payloads for c in json.loads(p.body)] == [f"c{i}" for i in range(len(sizes))]
+    assert sum(p.points for p in payloads) == len(sizes)
+
+
 def test_counter_deltas_skip_first_sighting_and_resets() -> None:
     d = CounterDeltas()
     assert d.update("k", 1000.0, now=1.0) is None  # first sighting

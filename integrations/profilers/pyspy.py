@@ -21,6 +21,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import BinaryIO
+from urllib.parse import urlsplit
 
 import aiohttp
 import psutil
@@ -83,6 +84,20 @@ class _State:
     last_push: float | None = None
     note: str = "profiling"
 
+
+
+def shown_location(location: str) -> str:
+    """Where a redirect points, as shown in the log and `/status`: its scheme, host, port and path, never
+    its user info or query (the server wrote them: they may hold credentials, and masking a long text
+    takes long)."""
+    try:
+        parts = urlsplit(location)
+        host, port = parts.hostname or "", parts.port
+    except ValueError:
+        return "(an unreadable address)"
+    if not parts.scheme or not host:
+        return parts.path[:200]
+    return f"{parts.scheme}://{host}{f':{port}' if port else ''}{parts.path[:200]}"
 
 class PySpyProfiler:
     name = "profiler"
@@ -325,7 +340,7 @@ class PySpyProfiler:
                                           headers=self._headers, allow_redirects=False) as resp:
                 if 300 <= resp.status < 400:
                     reason = "redirect"
-                    location = self._redact.remote_text(mask_url(resp.headers.get("Location", "")))
+                    location = self._redact.remote_text(shown_location(resp.headers.get("Location", "")))
                     detail = (f"HTTP {resp.status} to {location or '(no Location)'}, not followed: set "
                               "TASKLENS_PYROSCOPE_URL to the address the server redirects to")
                 elif resp.status >= 300:

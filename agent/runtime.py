@@ -235,10 +235,10 @@ class Runtime:
         stop_sinks.set()
         await self._drain(sink_tasks, deadline - loop.time())
         if self._runner is not None:
-            # answers under way get what is left of the deadline, HTTP_GRACE at least: a scraper that
-            # stopped reading would hold its answer for WRITE_DEADLINE, one after another
+            # answers under way get HTTP_GRACE, within what is left of the deadline: a scraper that stopped
+            # reading would hold its answer for WRITE_DEADLINE, and aiohttp waits 60 s by default
             try:
-                await asyncio.wait_for(self._runner.cleanup(), max(deadline - loop.time(), HTTP_GRACE))
+                await asyncio.wait_for(self._runner.cleanup(), max(deadline - loop.time(), 0.1))
             except TimeoutError:
                 log.warning("stopping: HTTP answers still under way at the deadline were dropped")
         for sig in stopping.STOP_SIGNALS:

@@ -14,6 +14,7 @@ import asyncio
 import json
 import os
 import re
+import select
 import signal
 import socket
 import subprocess
@@ -264,7 +265,8 @@ def test_scrapers_that_stop_reading_never_hold_the_exit_past_the_deadline(tmp_pa
             s.connect(("127.0.0.1", sidecar.http_port))
             s.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")  # and never read the answer
             stuck.append(s)
-        time.sleep(1.0)  # the answers are being written
+        # two answers are being written (SCRAPES_AT_ONCE), the third waits its turn
+        wait_until(lambda: len(select.select(stuck, [], [], 0)[0]) >= 2, 30, what="two answers under way")
         code, took = sigterm(sidecar)
         assert code == 0, sidecar.log
         assert took < 2 + 1, took

@@ -36,9 +36,11 @@ _SCHEME = re.compile(r"(?:^|(?<=[=,\s]))[A-Za-z][A-Za-z0-9+.-]*://")
 # another credential a store's URL may carry in its query (`?token=`, `?api_key=`, `X-Amz-Signature=`); its
 # value runs to the next parameter, spaces included (`password=abc def`: a refused URL's error shows it), or
 # to the next URL of a list (`,redis://`, ` redis://`)
-_PARAM = re.compile(r"[?&;][A-Za-z_-]*(?:password|passwd|token|secret|api_?key|access_?key|signature)="
-                    r"((?:(?![,\s]+[A-Za-z][A-Za-z0-9+.-]*://)[^&#])*)",
-                    re.IGNORECASE)
+_CREDENTIAL = r"[?&;][A-Za-z_-]*(?:password|passwd|token|secret|api_?key|access_?key|signature)="
+# (a run of separators is taken whole, then looked past once: linear in the text)
+_PARAM = re.compile(_CREDENTIAL + r"((?:[^&#,\s]|[,\s]++(?![A-Za-z][A-Za-z0-9+.-]*://))*)", re.IGNORECASE)
+# in free text (a request line in an error) a value ends at a space too
+_PARAM_IN_TEXT = re.compile(_CREDENTIAL + r"([^&#\s]*)", re.IGNORECASE)
 _PASSWORD_ENV = re.compile(r"[?&;]password_env=", re.IGNORECASE)
 
 
@@ -173,7 +175,7 @@ def mask_url(url: str) -> str:
 def mask_query_secrets(text: str) -> str:
     """`text` with the value of every credential query parameter (`password=`, `token=`, ...) as `***`:
     for a text whose secrets no setting names (a client's request line quoted in an error)."""
-    return _PARAM.sub(lambda m: m.group(0)[:m.start(1) - m.start(0)] + MASK, text)
+    return _PARAM_IN_TEXT.sub(lambda m: m.group(0)[:m.start(1) - m.start(0)] + MASK, text)
 
 
 def split_password(text: str) -> bool:

@@ -213,10 +213,10 @@ def cmd_check(args: argparse.Namespace) -> int:
         out["identity"], out["identity_source"] = asyncio.run(_resolve_identity(config))
     except Exception as exc:  # the metadata endpoint is down: say so, the sidecar would still run
         from agent.redact import Redactor
-        from agent.sources.ecs import metadata_base_url
+        from agent.sources.ecs import ERROR_TEXT_LIMIT, metadata_base_url
 
-        redact = Redactor(url_passwords(metadata_base_url(os.environ) or ""))
-        out["identity_error"] = redact.remote_text(f"{type(exc).__name__}: {exc}", limit=400)
+        redact = Redactor(url_passwords(metadata_base_url(os.environ) or ""))  # as the ECS source shows it
+        out["identity_error"] = redact.remote_text(f"{type(exc).__name__}: {exc}", limit=ERROR_TEXT_LIMIT)
         code = 1
     if config.datadog_enabled:  # does the intake take the key? (the key itself is never shown)
         from agent.sinks.datadog import check_api_key

@@ -75,7 +75,7 @@ SEMCONV = {"service": "service.name", "version": "service.version", "env": "depl
            "task_revision": "aws.ecs.task.revision", "launch_type": "aws.ecs.launchtype"}
 
 
-@dataclass(frozen=True)
+@dataclass
 class Resource:
     """The attributes sent once per request, and the rule that keeps each label of a series once: a point
     leaves off exactly the tags the resource `carries`."""

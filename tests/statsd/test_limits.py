@@ -67,7 +67,6 @@ def test_context_bytes_refuse_new_contexts_and_keep_the_old_ones() -> None:
     assert control(agg) == 3.0
 
 
-
 @pytest.mark.parametrize("tail", [b"c", b"c|T1700000000", b"g|T1700000000", b"c|#a:b|T1", b"h|T1", b"c|@0.5"])
 def test_a_refused_head_is_one_dropped_context_while_remembered(tail: bytes) -> None:
     """Every line of a head refused at the cap is counted as refused; the context once. A timestamped
@@ -76,6 +75,7 @@ def test_a_refused_head_is_one_dropped_context_while_remembered(tail: bytes) -> 
     assert agg.stats.errors == {"cardinality_limit": 5}
     assert agg.stats.contexts_dropped == 1
     assert control(agg) == 3.0
+
 
 def test_a_shared_tag_is_charged_once() -> None:
     agg = run(b"\n".join(b"n%d:1|c|#env:prod" % i for i in range(10)))

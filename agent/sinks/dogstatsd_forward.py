@@ -15,7 +15,9 @@ MTU without fragmentation, the DogStatsD clients' default).
 - Events -> `_e{..}`, service checks -> `_sc|..`. No field may hold what the agent splits on there
   (it reads every `|` piece of a line as a field, a later `#` replacing the tags): in names, hosts and
   tags those characters become `_`, in a service check message `|` becomes `¦` (docs/datadog.md).
-- A line that cannot fit a datagram is dropped and counted (`reason="too_long"`), never cut.
+- A line longer than a datagram of MAX_DATAGRAM goes alone in one of its own, as the clients send
+  it, up to MAX_LINE (the agent's read buffer); a longer one is dropped and counted
+  (`reason="too_long"`), never cut.
 - Sending never blocks: a full socket buffer or an agent that is not listening drops the datagram and
   counts it; pending lines are bounded (`max_pending`, oldest dropped first).
 
@@ -57,6 +59,7 @@ log = logging.getLogger("tasklens.dogstatsd_forward")
 
 EXPORTER = "dogstatsd_forward"
 MAX_DATAGRAM = 1432
+MAX_LINE = 8192  # the agent's `dogstatsd_buffer_size` (its default): what it reads of a datagram
 MAX_VALUES = 10_000  # histogram values forwarded per series and interval; more are sent as a spread
 LOOP_CHECK = "tasklens.dogstatsd_forward.loop_check"
 LOOP_HOLD_INTERVALS = 5  # intervals without an echo before forwarding resumes (an echo takes 1-2)
@@ -253,17 +256,19 @@ def check_line(c: ServiceCheck) -> str:
 
 
 def pack(lines: Iterable[str], limit: int = MAX_DATAGRAM) -> tuple[list[bytes], int]:
-    """Lines joined by `\\n` into datagrams of at most `limit` bytes; also the count of lines too long."""
+    """Lines joined by `\\n` into datagrams of at most `limit` bytes, in order, a longer line alone in
+    its own datagram (an event's long text, a check's message) up to MAX_LINE; also the count of the
+    lines longer than that."""
     datagrams: list[bytes] = []
     current: list[bytes] = []
     size = 0
     too_long = 0
     for line in lines:
         data = line.encode()
-        if len(data) > limit:
+        if len(data) > max(limit, MAX_LINE):
             too_long += 1
             continue
-        if current and size + 1 + len(data) > limit:
+        if current and (len(data) > limit or size + 1 + len(data) > limit):
             datagrams.append(b"\n".join(current))
             current, size = [], 0
         size += len(data) + (1 if current else 0)

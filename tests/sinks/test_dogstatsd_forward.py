@@ -97,9 +97,22 @@ def test_lines_round_trip_through_a_dogstatsd_parser() -> None:
     assert (check.name, check.status, check.message) == ("c", 1, "m\u00a6n")
 
 
+
+@pytest.mark.parametrize("size", [1433, 4000, 8192])
+def test_a_line_longer_than_a_datagram_goes_alone_in_its_own_in_order(size: int) -> None:
+    """An event's text or a check's message of up to 8,192 bytes, which the agent reads (clients send
+    such a line alone): forwarded in a datagram of its own, between the others, never cut."""
+    before, after = [f"a.{i}:1|c" for i in range(100)], [f"b.{i}:1|c" for i in range(100)]
+    long = "_sc|c|2|m:" + "x" * (size - 10)  # a check whose message is a stack trace: `size` bytes
+    assert len(long.encode()) == size
+    datagrams, too_long = pack(before + [long] + after)
+    assert too_long == 0 and long.encode() in datagrams
+    assert b"\n".join(datagrams).split(b"\n") == [line.encode() for line in before + [long] + after]
+    assert all(len(d) <= 1432 for d in datagrams if d != long.encode())
+
 def test_pack_fills_datagrams_up_to_the_limit() -> None:
     lines = [f"metric.{i}:1|c|#service:orders-worker" for i in range(200)]
-    datagrams, too_long = pack(lines + ["x" * 1433])
+    datagrams, too_long = pack(lines + ["x" * 8193])
     assert too_long == 1
     assert all(len(d) <= 1432 for d in datagrams)
     assert b"\n".join(datagrams).split(b"\n") == [line.encode() for line in lines]  # all, in order

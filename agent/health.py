@@ -185,8 +185,8 @@ def oom_killed(exit_code: float | None, before: Iterable[Reading], at: float) ->
     or unknown (a restart whose exit code ECS does not show), and memory was at the limit at one of
     the last `EXIT_LOOKBACK` readings `before` it: the working set at least `NEAR_LIMIT` of the limit,
     or the cgroup v2 `oom` events risen (`oom_events`), or a suspected leak projected to the exit
-    reaching it. Not only
-    the last reading: one taken after the kill, before ECS shows the stop, sees the memory freed."""
+    reaching it. Not only the last reading: one taken after the kill, before ECS shows the stop, sees
+    the memory freed."""
     if exit_code is not None and exit_code != OOM_EXIT_CODE:
         return False
     return any(r.limit_hit(at) for r in list(before)[-EXIT_LOOKBACK:])

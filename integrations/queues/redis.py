@@ -87,21 +87,19 @@ MAX_REPLY = 1024 * 1024  # bytes of one reply: the answers read are a type, numb
 
 
 def _capped_parser() -> type:
-    """redis-py's RESP2 parser, refusing a reply past MAX_REPLY bytes as it reads it: a bulk string of a
-    larger announced length before it is read, an array whose elements add up past it. Without it a
+    """redis-py's own parser (RESP3, its default), refusing a reply past MAX_REPLY bytes as it reads it: a bulk string of
+    a larger announced length before it is read, an array whose elements add up past it. Without it a
     server that is not a queue (or a hostile one) made each poll read and keep what it sent: 100 MB a
-    poll, and the poll's timeout did not give the memory back. RESP2 (`protocol=2`): with RESP3 the
-    client says `HELLO 3` first and, where the server does not know it, swaps in a parser of its own.
-    redis-py has no public bound on a reply: this overrides its parser's reads."""
-    from redis._parsers import _AsyncRESP2Parser
+    poll, and the poll's timeout did not give the memory back."""
+    from redis._parsers import _AsyncRESP3Parser
     from redis.exceptions import InvalidResponse
 
-    class CappedParser(_AsyncRESP2Parser):
+    class CappedParser(_AsyncRESP3Parser):
         taken = 0  # bytes of the reply being read
 
-        async def read_response(self, disable_decoding: bool = False) -> Any:
+        async def read_response(self, disable_decoding: bool = False, push_request: bool = False) -> Any:
             self.taken = 0
-            return await super().read_response(disable_decoding)
+            return await super().read_response(disable_decoding, push_request)
 
         def _take(self, size: int) -> None:
             self.taken += size
@@ -137,7 +135,7 @@ class RedisProbe:
         return redis.asyncio.from_url(
             self.url.client_url(keep=lambda k: k.startswith("ssl_")), decode_responses=True,
             socket_timeout=timeout, socket_connect_timeout=timeout,  # no CLIENT SETNAME: one ACL fewer
-            protocol=2, parser_class=_capped_parser())
+            parser_class=_capped_parser())
 
     async def read(self) -> Reading:
         if self._client is None:

@@ -87,10 +87,11 @@ MAX_REPLY = 1024 * 1024  # bytes of one reply: the answers read are a type, numb
 
 
 def _capped_parser() -> type:
-    """redis-py's own parser (RESP3, its default), refusing a reply past MAX_REPLY bytes as it reads it: a bulk string of
-    a larger announced length before it is read, an array whose elements add up past it. Without it a
-    server that is not a queue (or a hostile one) made each poll read and keep what it sent: 100 MB a
-    poll, and the poll's timeout did not give the memory back."""
+    """redis-py's own parser (RESP3, its default), refusing a reply past MAX_REPLY bytes as it reads it: a
+    bulk string of a larger announced length before it is read, an array whose elements add up past it.
+    Without it a server that is not a queue (or a hostile one) made each poll read and keep what it
+    sent: 100 MB a poll, and the poll's timeout did not give the memory back. A server that refuses
+    `HELLO` (Redis before 6) makes redis-py fall back to RESP2 with a parser of its own, unbounded."""
     from redis._parsers import _AsyncRESP3Parser
     from redis.exceptions import InvalidResponse
 

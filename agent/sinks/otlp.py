@@ -94,6 +94,10 @@ class Resource:
         """It has the tag's attribute with the tag's value, whatever set it (the identity, the user's
         attributes): what it does not carry as it is stays on the point."""
         name, text = self.attribute(key, value)
+        # `launch_type` is lower-cased on the resource (`fargate`), where /metrics shows ECS's `FARGATE`:
+        # `fargate` or `Fargate` on a series is another label value, which the resource cannot tell apart
+        if key == "launch_type" and text.upper() != value:
+            return False
         return self.attributes.get(name) == text
 
 

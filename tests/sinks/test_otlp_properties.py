@@ -4,7 +4,8 @@
   (under the name the ECS semantic conventions give it, or its own for a `TASKLENS_TAGS` tag) or on the
   point, never both, never neither. OTLP once left `TASKLENS_TAGS` off both (the points dropped them as
   "on the resource", the resource never had them), and the identity's `service` when `OTEL_SERVICE_NAME`
-  replaced it; a worker's `team:other` arrived as `exported_team` beside no `team`.
+  replaced it; a worker's `team:other` arrived as `exported_team` beside no `team`; a series' own
+  `launch_type:fargate` was left off the point as the task's `aws.ecs.launchtype=fargate` (`FARGATE`).
 - Delta: the points of one stream never overlap and each starts where the one before ended, the point
   flagged NO_RECORDED_VALUE that ends a series included (it started at the series' first start, over
   intervals reported already).
@@ -69,8 +70,9 @@ def carries(resource: dict[str, str], key: str, value: str) -> bool:
     """The resource has the tag `key:value`."""
     if key == "ecs_cluster" and resource.get("aws.ecs.cluster.arn", "").endswith(f":cluster/{value}"):
         return True
-    if key == "launch_type":
-        return resource.get("aws.ecs.launchtype") == value.lower()
+    if key == "launch_type":  # lower-cased there (`fargate`): it stands for ECS's `FARGATE`, no other case of it
+        launch_type = resource.get("aws.ecs.launchtype")
+        return launch_type is not None and launch_type == value.lower() and launch_type.upper() == value
     return resource.get(CONVENTIONS.get(key, key)) == value
 
 
@@ -95,10 +97,13 @@ def test_the_cluster_is_on_the_resource_when_the_task_arn_gives_no_region_and_ac
 
 
 VALUES = st.sampled_from(["", "true", "a", "b", "demo", "payments", "prod", "x y", 'q"\\', "é"])
-# label names as they are (no sanitising to undo), identity keys among them; not `launch_type`, whose
-# resource value is lower-cased
+# label names as they are (no sanitising to undo), identity keys among them
 KEYS = st.sampled_from(["service", "env", "version", "ecs_cluster", "task_id", "task_arn", "region",
                         "availability_zone", "team", "tier", "queue", "exported_team", "exported_service", "q"])
+# `launch_type` in both cases: ECS's (`FARGATE`, what /metrics shows for the task) and semconv's (`fargate`,
+# the resource's), which a series may carry too: a label value of its own, not the task's
+LAUNCH_TYPES = st.sampled_from(["", "FARGATE", "fargate", "Fargate", "EC2", "ec2"])
+TAGS = st.one_of(st.tuples(KEYS, VALUES), st.tuples(st.just("launch_type"), LAUNCH_TYPES))
 ARNS = st.one_of(st.sampled_from(["", "arn:aws:ecs:eu-west-1:123456789012:task/prod/4f1c",
                                   "arn:aws:ecs:eu-west-1:123456789012:task/4f1c", "task/prod/4f1c",
                                   "arn:aws:ecs:eu-west-1", "arn:aws:ecs:::task/x", "a:b:c:d:e:f:g"]),
@@ -108,13 +113,14 @@ IDENTITIES = st.builds(
     task_family=VALUES, task_revision=VALUES, task_id=VALUES, task_arn=ARNS, availability_zone=VALUES,
     region=VALUES, launch_type=st.sampled_from(["", "FARGATE", "EC2"]),
     extra=st.lists(st.tuples(KEYS, VALUES), max_size=4, unique_by=lambda kv: kv[0]).map(tuple))
-TAG_SETS = st.lists(st.lists(st.tuples(KEYS, VALUES), max_size=4).map(tuple), max_size=4)
+TAG_SETS = st.lists(st.lists(TAGS, max_size=4).map(tuple), max_size=4)
 
 
 @settings(max_examples=300, deadline=None)
 @given(IDENTITIES, st.sampled_from(["", "demo", "orders-otel"]),
-       st.lists(st.tuples(st.sampled_from(["team", "service.name", "aws.ecs.cluster.arn", "cloud.region", "q"]),
-                          VALUES), max_size=2).map(tuple),
+       st.lists(st.one_of(st.tuples(st.sampled_from(["team", "service.name", "aws.ecs.cluster.arn", "cloud.region",
+                                                      "q"]), VALUES),
+                          st.tuples(st.just("aws.ecs.launchtype"), LAUNCH_TYPES)), max_size=2).map(tuple),
        TAG_SETS, TAG_SETS)
 def test_every_label_of_metrics_is_on_the_resource_or_the_point_once(
         identity: Identity, service_name: str, resource_attributes: tuple[tuple[str, str], ...],

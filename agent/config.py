@@ -25,6 +25,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from agent.urlmask import mask_url, split_password
+from integrations.profilers.sitecustomize import parse_tags as tag_list
 
 PREFIX = "TASKLENS_"
 
@@ -176,28 +177,10 @@ def parse_size(text: str) -> int:
 
 
 def parse_tags(text: str) -> tuple[tuple[str, str], ...]:
-    expected = "comma-separated key:value pairs, e.g. team:payments,tier:1"
-    tags: dict[str, str] = {}
-    for item in text.split(","):
-        item = item.strip()
-        if not item:
-            continue
-        key, sep, value = item.partition(":")
-        if not key.strip() or not sep:
-            raise ValueError(expected)
-        check_text(item, expected, MAX_TAG)
-        tags[key.strip()] = value.strip()
-    if len(tags) > MAX_ITEMS:
-        raise ValueError(f"{expected}, at most {MAX_ITEMS}")
-    from agent.sinks.prometheus import label_name  # the task's tags are labels of every series
-
-    labels: dict[str, str] = {}
-    for key in tags:
-        other = labels.setdefault(label_name(key), key)
-        if other != key:
-            raise ValueError(f"{expected}, keys that stay apart as Prometheus labels "
-                             f"({other!r} and {key!r} are both {label_name(key)!r})")
-    return tuple(tags.items())
+    """`k:v,k:v`: each item at most MAX_TAG characters, at most MAX_ITEMS, keys that stay apart as
+    Prometheus labels. The rule lives in the profiling bootstrap, which runs in the worker where `agent`
+    cannot be imported, so that both profiling modes take the same `TASKLENS_TAGS`."""
+    return tuple(tag_list(text))
 
 
 def _host(host: str, expected: str) -> str:

@@ -154,13 +154,62 @@ def split_credentials(url: str) -> tuple[str, str, str]:
 # --- identity: the same rules as agent.identity, over the same variables --------------------------
 
 
-def _extra_tags(text: str) -> list[tuple[str, str]]:
-    tags: dict[str, str] = {}  # a repeated key: the last value wins, as in agent.config.parse_tags
+TAGS_FORM = "comma-separated key:value pairs, e.g. team:payments,tier:1"
+MAX_TAGS = 100  # the sidecar's MAX_ITEMS (a test compares them)
+_PROMETHEUS_RESERVED = ("le", "quantile")
+
+
+def prometheus_label(key: str) -> str:
+    """The label a tag key is on the sidecar's `/metrics` (agent/sinks/prometheus.py `label_name`; a
+    test compares them)."""
+    out = _only(key, _KEY_CHARS)
+    if out[:1].isdigit():
+        out = "_" + out
+    if out in _PROMETHEUS_RESERVED or out.startswith("__"):
+        return "exported_" + out.lstrip("_")
+    return out
+
+
+def parse_tags(text: str) -> list[tuple[str, str]]:
+    """`TASKLENS_TAGS` as both modes read it: agent/config.py's `parse_tags` is this function (the
+    bootstrap cannot import `agent`), so that the worker takes exactly the tags the sidecar takes, and
+    refuses what it refuses. ValueError with the expected form."""
+    tags: dict[str, str] = {}  # a repeated key: the last value wins
     for item in text.split(","):
-        key, sep, value = item.strip().partition(":")
-        if key.strip() and sep:
-            tags[key.strip()] = value.strip()
+        item = item.strip()
+        if not item:
+            continue
+        key, sep, value = item.partition(":")
+        if not key.strip() or not sep:
+            raise ValueError(TAGS_FORM)
+        if any("\ud800" <= c <= "\udfff" for c in item):
+            raise ValueError(TAGS_FORM + ", in UTF-8 (this value has bytes that are not)")
+        if any(c < " " or "\x7f" <= c <= "\x9f" for c in item):  # Unicode's Cc, as `is_name`
+            raise ValueError(TAGS_FORM + ", without control characters (newline, tab, escape...)")
+        if len(item) > MAX_NAME_LENGTH:
+            raise ValueError(TAGS_FORM + ", at most %d characters" % MAX_NAME_LENGTH)
+        tags[key.strip()] = value.strip()
+    if len(tags) > MAX_TAGS:
+        raise ValueError(TAGS_FORM + ", at most %d" % MAX_TAGS)
+    # the task's tags are labels of every series on /metrics: two keys that are one label there are refused
+    labels: dict[str, str] = {}
+    for key in tags:
+        other = labels.setdefault(prometheus_label(key), key)
+        if other != key:
+            raise ValueError("%s, keys that stay apart as Prometheus labels (%r and %r are both %r)"
+                             % (TAGS_FORM, other, key, prometheus_label(key)))
     return list(tags.items())
+
+
+def _extra_tags(environ: Mapping[str, str]) -> list[tuple[str, str]]:
+    """`TASKLENS_TAGS`; a value the sidecar would refuse is ignored with a warning, as a bad name is
+    (`_name`): the sidecar does not start with it, the worker must."""
+    variable = ENV_PREFIX + "TAGS"
+    try:
+        return parse_tags(environ.get(variable, ""))
+    except ValueError as exc:
+        _log().warning("tasklens profiling: %s=%r is ignored: expected %s", variable, environ[variable][:80], exc)
+        return []
 
 
 def _cluster(task: Mapping[str, Any], arn: str) -> str:
@@ -217,7 +266,7 @@ def identity(environ: Mapping[str, str], task: Any = None) -> tuple[str, list[tu
         ]
     tags = [(k, v) for k, v in pairs if v]
     keys = {k for k, _ in tags} | {"service"}
-    tags += [kv for kv in _extra_tags(environ.get(ENV_PREFIX + "TAGS", "")) if kv[0] not in keys]
+    tags += [kv for kv in _extra_tags(environ) if kv[0] not in keys]
     if not service:
         import socket
 

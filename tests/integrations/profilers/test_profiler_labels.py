@@ -7,9 +7,12 @@ the same variables and `/task` document; these tests keep the two in step on eve
 from __future__ import annotations
 
 import json
+import logging
 import sys
 
 import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 
 from agent.config import MAX_TAG, ConfigError, load, parse_name
 from agent.identity import local_identity, task_identity
@@ -95,6 +98,66 @@ def test_the_bootstraps_name_rule_is_the_sidecars_for_every_character():
         except ValueError:
             accepted = False
         assert site.is_name(text) is accepted, hex(code)
+
+
+def bootstrap_tags(environ: dict[str, str]) -> tuple[list[tuple[str, str]], list[str]]:
+    """The bootstrap's tags for `environ`, and the warnings it logged."""
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append  # type: ignore[method-assign]
+    logger = logging.getLogger(site.LOGGER_NAME)
+    logger.addHandler(handler)
+    try:
+        _, tags = site.identity(environ)
+    finally:
+        logger.removeHandler(handler)
+    return tags, [r.getMessage() for r in records]
+
+
+# what TASKLENS_TAGS is made of: separators, spaces, characters a label cannot hold, control characters
+# (Cc: tab, escape, U+0085), a byte that was not UTF-8 (a surrogate), keys that are one Prometheus label
+TAG_TEXT = st.lists(st.sampled_from(list("ab_1.-: ,") + ["\t", "\x1b", "\x85", "é", "\udcff", "le", "quantile",
+                                                          "exported_", "__", "x" * 60]), max_size=40).map("".join)
+TAG_ITEMS = st.lists(st.tuples(st.sampled_from(["team", "tier", "a.b", "a_b", "1a", "_1a", "le", "exported_le",
+                                                "__x", "exported_x", " team ", ""]),
+                               st.sampled_from(["", "pay", " pay ", "a:b", "x" * 196, "x" * 197, "\x1b"])),
+                     max_size=6).map(lambda items: ",".join(f"{k}:{v}" for k, v in items))
+MANY = st.integers(95, 105).map(lambda n: ",".join(f"k{i}:v" for i in range(n)))
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.one_of(TAG_TEXT, TAG_ITEMS, MANY))
+@example("team:payments,canary")  # an item without `:`
+@example("a.b:1,a_b:2")  # one Prometheus label
+@example("team:pay\x1bments")
+def test_the_bootstrap_takes_the_tags_the_sidecar_takes_and_ignores_what_it_refuses(text: str) -> None:
+    """Differential: the sidecar's configuration loader against the bootstrap, on TASKLENS_TAGS alone.
+    The bootstrap once skipped an item without `:`, and took control characters, items of any length
+    and keys that are one label on /metrics, all of which the sidecar refuses at start."""
+    environ = {"TASKLENS_SERVICE": "orders", "TASKLENS_TAGS": text}
+    try:
+        sidecar: list[tuple[str, str]] | None = [
+            kv for kv in local_identity(load(environ), environ).tags if kv[0] != "service"]
+    except ConfigError:
+        sidecar = None
+    tags, warnings = bootstrap_tags(environ)
+    if sidecar is None:  # refused: the worker runs on without the tags, and says why
+        assert tags == [] and len(warnings) == 1 and warnings[0].startswith("tasklens profiling: TASKLENS_TAGS=")
+    else:
+        assert (tags, warnings) == (sidecar, [])
+
+
+def test_the_bootstraps_label_rule_is_the_prometheus_sinks_for_every_character():
+    """`prometheus_label` decides which keys collide; it must be the sink's `label_name`."""
+    from agent.config import MAX_ITEMS
+    from agent.sinks.prometheus import label_name
+
+    assert site.MAX_TAGS == MAX_ITEMS
+    for code in range(sys.maxunicode + 1):
+        for key in (chr(code), f"a{chr(code)}", f"_{chr(code)}a"):
+            assert site.prometheus_label(key) == label_name(key), hex(code)
+    for key in ("le", "quantile", "__x", "___", "9", "exported_le", "_le", "__le"):
+        assert site.prometheus_label(key) == label_name(key), key
 
 
 @pytest.mark.parametrize(("key", "label"), [

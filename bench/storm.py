@@ -9,6 +9,8 @@ lines of the same shape (`storm.requests:1|c|#env:prod,service:api,request_id:<i
 - *known, spread*: one line of each of the 101,000 live contexts, in random order (what a known line
   costs when the contexts do not fit in the CPU's caches);
 - *refused*: lines that each name a new context once the cap is reached (200,000);
+- *refused again*: lines of 1,000 of those refused contexts, each sent again (what a bounded
+  high-cardinality tag, a user id say, costs once its values have been refused);
 
 then the export side: the storm's first flush (`Flusher.batch` of the interval that made its 100,000
 contexts, and the Prometheus sink's `accept` of that batch, which makes their series; with the ten tags
@@ -22,7 +24,7 @@ processes, the versions alternating.
 
     .venv/bin/python bench/storm.py                       # this tree
     .venv/bin/python bench/storm.py --baseline 4f27b28    # and agent/ of that commit, same run
-    .venv/bin/python bench/storm.py --profile new         # cProfile of one phase (known, new, known_spread, refused)
+    .venv/bin/python bench/storm.py --profile new         # cProfile of one phase (known, new, known_spread, refused, refused_again)
 
 `--baseline REV` exports `agent/` of that commit (`git archive`) into a temporary directory and builds its
 C loop there with gcc.
@@ -43,6 +45,7 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 KNOWN, NEW, REFUSED = 1_000, 100_000, 200_000
+AGAIN = 1_000  # refused contexts whose lines come again
 CHUNK = 10_000  # lines per measurement
 LINES_PER_DATAGRAM, DATAGRAMS_PER_CALL = 30, 16
 MIB = 2**20
@@ -111,7 +114,8 @@ def worker(profile: str | None) -> dict[str, Any]:
     spread = lines("n", range(NEW))
     random.Random(7).shuffle(spread)
     phases = {"known": known * (3 * CHUNK // KNOWN), "new": lines("n", range(NEW)), "known_spread": spread,
-              "refused": lines("r", range(REFUSED))}
+              "refused": lines("r", range(REFUSED)),
+              "refused_again": lines("r", range(REFUSED - AGAIN, REFUSED)) * (3 * CHUNK // AGAIN)}
     if profile:
         import cProfile
         import pstats
@@ -128,7 +132,8 @@ def worker(profile: str | None) -> dict[str, Any]:
     for name, batch in phases.items():
         result[name] = statistics.median(per_line(agg, batch))
     del phases, batch, spread  # the storm's lines themselves are not what the sidecar holds
-    assert agg.stats.contexts_dropped == REFUSED and agg.stats.errors["cardinality_limit"] == REFUSED
+    assert agg.stats.contexts_dropped == REFUSED
+    assert agg.stats.errors["cardinality_limit"] == REFUSED + 3 * CHUNK
     # the swap that ends the storm's interval: it makes the Python objects of the contexts the C loop
     # made and kept (trees before that made them as the lines came: their swap has none to make)
     cpu = time.process_time()
@@ -178,7 +183,8 @@ def report(label: str, results: list[dict[str, Any]]) -> dict[str, float]:
     print(f"{label}: CPU per line: known {m['known']:.3f} us, new context {m['new']:.3f} us "
           f"({m['new'] / m['known']:.1f}x), refused at the cap {m['refused']:.3f} us "
           f"({m['refused'] / m['known']:.1f}x); a known line of one of {KNOWN + NEW:,} live contexts in "
-          f"turn {m['known_spread']:.3f} us (refused: {m['refused'] / m['known_spread']:.1f}x that)")
+          f"turn {m['known_spread']:.3f} us (refused: {m['refused'] / m['known_spread']:.1f}x that); a line of a "
+          f"context refused before {m['refused_again']:.3f} us ({m['refused_again'] / m['known']:.1f}x a known line)")
     whole = m['new'] + m['storm_swap_ms'] * 1e3 / NEW
     print(f"{label}: the swap after the storm: {m['storm_swap_ms']:.0f} ms; a new context all told (its line, and "
           f"its share of the swap) {whole:.3f} us ({whole / m['known']:.1f}x a known line)")
@@ -196,7 +202,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--baseline", help="also measure agent/ of this git revision")
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--profile", choices=["known", "new", "known_spread", "refused"])
+    parser.add_argument("--profile", choices=["known", "new", "known_spread", "refused", "refused_again"])
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker or args.profile:
@@ -212,7 +218,7 @@ def main() -> None:
     if len(medians) == 2:
         now, before = medians.values()
         print("this tree / baseline: " + ", ".join(f"{k} {now[k] / before[k]:.2f}" for k in
-                                                     ("known", "new", "known_spread", "refused", "storm_swap_ms",
+                                                     ("known", "new", "known_spread", "refused", "refused_again", "storm_swap_ms",
                                                       "storm_batch_ms",
                                                       "storm_prometheus_ms", "flush_ms", "prometheus_ms",
                                                       "rss_after")))

@@ -86,21 +86,19 @@ MAX_ID = 1024  # bytes of an RQ job id (a UUID, 36): a longer head is no job, an
 MAX_REPLY = 1024 * 1024  # bytes of one reply: the answers read are a type, numbers, a stream's groups, an id
 
 
-def _capped_parser() -> type:
-    """redis-py's own parser (RESP3, its default), refusing a reply past MAX_REPLY bytes as it reads it: a
-    bulk string of a larger announced length before it is read, an array whose elements add up past it.
-    Without it a server that is not a queue (or a hostile one) made each poll read and keep what it
-    sent: 100 MB a poll, and the poll's timeout did not give the memory back. A server that refuses
-    `HELLO` (Redis before 6) makes redis-py fall back to RESP2 with a parser of its own, unbounded."""
-    from redis._parsers import _AsyncRESP3Parser
+def _capped(parser: type) -> type:
+    """redis-py's `parser`, refusing a reply past MAX_REPLY bytes as it reads it: a bulk string of a
+    larger announced length before it is read, an array whose elements add up past it. Without it a
+    server that is not a queue (or a hostile one) made each poll read and keep what it sent: 100 MB a
+    poll, and the poll's timeout did not give the memory back."""
     from redis.exceptions import InvalidResponse
 
-    class CappedParser(_AsyncRESP3Parser):
+    class Capped(parser):  # type: ignore[misc]
         taken = 0  # bytes of the reply being read
 
-        async def read_response(self, disable_decoding: bool = False, push_request: bool = False) -> Any:
+        async def read_response(self, *args: Any, **kwargs: Any) -> Any:
             self.taken = 0
-            return await super().read_response(disable_decoding, push_request)
+            return await super().read_response(*args, **kwargs)
 
         def _take(self, size: int) -> None:
             self.taken += size
@@ -112,14 +110,30 @@ def _capped_parser() -> type:
 
         async def _read(self, length: int) -> bytes:
             self._take(length + 2)
-            return await super()._read(length)
+            data: bytes = await super()._read(length)
+            return data
 
         async def _readline(self) -> bytes:
-            line = await super()._readline()
+            line: bytes = await super()._readline()
             self._take(len(line) + 2)
             return line
 
-    return CappedParser
+    return Capped
+
+
+def _capped_connection(base: type) -> type:
+    """`base`, redis-py's connection for the URL's scheme, whose parsers are all capped (`_capped`): it
+    speaks RESP3, and when the server refuses `HELLO` (Redis before 6, some proxies) redis-py swaps in
+    its RESP2 parser (`set_parser`), which is capped too."""
+    from redis._parsers import _AsyncRESP2Parser, _AsyncRESP3Parser
+
+    capped: dict[type, type] = {parser: _capped(parser) for parser in (_AsyncRESP3Parser, _AsyncRESP2Parser)}
+
+    class CappedConnection(base):  # type: ignore[misc]
+        def set_parser(self, parser_class: type) -> None:
+            super().set_parser(capped.get(parser_class, parser_class))
+
+    return CappedConnection
 
 
 class RedisProbe:
@@ -131,12 +145,15 @@ class RedisProbe:
 
     def _connect(self) -> Any:
         import redis.asyncio
+        from redis._parsers import _AsyncRESP3Parser
+        from redis.asyncio.connection import Connection, parse_url
 
         timeout = self.url.poll_timeout
+        url = self.url.client_url(keep=lambda k: k.startswith("ssl_"))
+        connection = _capped_connection(parse_url(url).get("connection_class", Connection))
         return redis.asyncio.from_url(
-            self.url.client_url(keep=lambda k: k.startswith("ssl_")), decode_responses=True,
-            socket_timeout=timeout, socket_connect_timeout=timeout,  # no CLIENT SETNAME: one ACL fewer
-            parser_class=_capped_parser())
+            url, decode_responses=True, socket_timeout=timeout, socket_connect_timeout=timeout,  # no CLIENT
+            connection_class=connection, parser_class=_AsyncRESP3Parser)  # SETNAME: one ACL fewer
 
     async def read(self) -> Reading:
         if self._client is None:

@@ -17,11 +17,24 @@ from integrations.queues.source import QueueSource
 FLOOD = 64 * 1024 * 1024  # what the peer sends after its reply's head, at most (a test machine's memory)
 
 
-def flooding_redis(head: bytes, unit: bytes):
-    """Answers the first command with `head`, then `unit` over and over, FLOOD bytes at most."""
+async def read_command(reader: asyncio.StreamReader) -> list[bytes]:
+    """One command as a client sends it: `*<n>` and n bulk strings."""
+    count = int((await reader.readuntil(b"\r\n"))[1:-2])
+    args = []
+    for _ in range(count):
+        size = int((await reader.readuntil(b"\r\n"))[1:-2])
+        args.append((await reader.readexactly(size + 2))[:-2])
+    return args
+
+
+def flooding_redis(head: bytes, unit: bytes, hello: bool):
+    """Answers the first command with `head`, then `unit` over and over, FLOOD bytes at most. Without
+    `hello`, a `HELLO` is refused as an unknown command first, as Redis before 6 and some proxies do
+    (redis-py then falls back to RESP2, with a parser of its own)."""
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
-            await reader.readuntil(b"\r\n")  # the first line of the first command
+            while (await read_command(reader))[0].upper() == b"HELLO" and not hello:
+                writer.write(b"-ERR unknown command 'HELLO'\r\n")
             writer.write(head)
             chunk = unit * max(1, 65536 // len(unit))
             for _ in range(FLOOD // len(chunk)):
@@ -39,8 +52,9 @@ def flooding_redis(head: bytes, unit: bytes):
     (b"*100000000\r\n", b":1\r\n"),  # an array of 100 million numbers
     (b"*3\r\n$" + str(MAX_REPLY).encode() + b"\r\n", b"y"),  # each element within the bound, not the sum
 ], ids=["bulk", "array", "elements"])
-async def test_a_reply_past_its_bound_is_a_bad_reply_at_once(config, hub, head: bytes, unit: bytes) -> None:
-    server = await asyncio.start_server(flooding_redis(head, unit), "127.0.0.1", 0)
+@pytest.mark.parametrize("hello", [True, False], ids=["hello", "no_hello"])
+async def test_a_reply_past_its_bound_is_a_bad_reply_at_once(config, hub, head: bytes, unit: bytes, hello: bool) -> None:
+    server = await asyncio.start_server(flooding_redis(head, unit, hello), "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
     source = QueueSource(config, hub, f"redis://127.0.0.1:{port}/0?list=jobs&timeout=30")
     rss = psutil.Process().memory_info().rss

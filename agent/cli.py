@@ -76,7 +76,7 @@ def _check_mappings(mappings: Sequence[Mapping[str, Any]]) -> None:
         compile_rules(mappings)
 
 
-def _check_queue_overrides(url: Any) -> None:
+def _check_queue_overrides(url: Any, where: str) -> None:
     """A queue URL's own `interval=`, `window=`, `threshold=` get the range of the setting they
     override, `timeout=` (a poll's) 0.1 to 300 s: `?interval=1e-300` would poll in a tight loop."""
     bounds: dict[str, tuple[float, float, str]] = {f.name: f.metadata["bounds"] for f in fields(Config)
@@ -90,7 +90,7 @@ def _check_queue_overrides(url: Any) -> None:
         try:
             check_range(value, low, high, form)
         except ValueError as exc:
-            raise ConfigError(f"TASKLENS_QUEUES: {url.masked}: {key}={number_text(value)!r}: expected {exc}") from None
+            raise ConfigError(f"{where}: {url.masked}: {key}={number_text(value)!r}: expected {exc}") from None
 
 
 def _check_forward(config: Config, warnings: list[str]) -> None:
@@ -125,7 +125,7 @@ def validate(environ: Mapping[str, str] | None = None) -> tuple[Config, list[str
         from integrations.queues.source import queue_sources
 
         for source in queue_sources(config, Hub(Identity(service="check"))):  # built, not connected
-            _check_queue_overrides(source.url)
+            _check_queue_overrides(source.url, config.where("queues"))
     _check_bindable("TASKLENS_HTTP_ADDR", config.http_addr, socket.SOCK_STREAM)
     if config.statsd_addr is not None:
         _check_bindable("TASKLENS_STATSD_ADDR", config.statsd_addr, socket.SOCK_DGRAM)

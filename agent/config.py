@@ -21,7 +21,8 @@ import unicodedata
 import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
-from typing import Any
+from types import MappingProxyType
+from typing import Any, ClassVar
 from urllib.parse import urlsplit
 
 from agent.urlmask import mask_url, split_password
@@ -639,6 +640,14 @@ class Config:
     def profiling_enabled(self) -> bool:
         return bool(self.pyroscope_url) and self.profile_mode != "off"
 
+    # the settings `load` read from the file -> `<file>: <key>`; not a field: no variable sets it
+    _from_file: ClassVar[Mapping[str, str]] = MappingProxyType({})
+
+    def where(self, name: str) -> str:
+        """What an error about setting `name` calls it, as `load` does: `<file>: <key>` when the file
+        gave it, else its variable. For the checks made after loading (the queue URLs' brokers)."""
+        return self._from_file.get(name) or env_name(next(f for f in fields(self) if f.name == name))
+
 
 def env_name(f: Any) -> str:
     return str(f.metadata.get("env") or PREFIX + f.name.upper())
@@ -758,6 +767,7 @@ def load(environ: Mapping[str, str] | None = None) -> Config:
             raise ConfigError(f"{path}: unknown key {key!r}{closest(key, by_name)}")
 
     values: dict[str, Any] = {}
+    from_file: dict[str, str] = {}
     for f in fields(Config):
         if f.name == "mappings":
             continue
@@ -768,6 +778,7 @@ def load(environ: Mapping[str, str] | None = None) -> Config:
                 values[f.name] = parse_value(f, raw)
             elif f.name in file_values:
                 raw, where = file_values[f.name], f"{path}: {written.get(f.name, f.name)}"
+                from_file[f.name] = where
                 raw = _file_text(f, raw)  # shown as text from here: masked like a variable's
                 values[f.name] = parse_value(f, raw)
         except ValueError as exc:
@@ -776,7 +787,9 @@ def load(environ: Mapping[str, str] | None = None) -> Config:
     if not isinstance(mappings, list) or not all(isinstance(m, dict) for m in mappings):
         raise ConfigError(f"{path}: mappings: expected a list of tables ([[mappings]])")
     values["mappings"] = tuple(mappings)
-    return Config(**values)
+    config = Config(**values)
+    object.__setattr__(config, "_from_file", MappingProxyType(from_file))  # frozen: set once, here
+    return config
 
 
 # `TASKLENS_*` variables read by something other than a Config field. None today: the profiler

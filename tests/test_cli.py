@@ -349,17 +349,28 @@ def _queue_urls():  # type: ignore[no-untyped-def]
 
 
 @settings(max_examples=300, deadline=None)
-@given(urls=st.lists(_queue_urls(), min_size=1, max_size=3))
-def test_any_queue_url_validates_or_fails_naming_tasklens_queues(urls: list[str]) -> None:
+@given(urls=st.lists(_queue_urls(), min_size=1, max_size=3),
+       key=st.sampled_from([None, "queues", "tasklens_queues"]))
+def test_any_queue_url_validates_or_fails_naming_where_it_was_given(tmp_path_factory, urls: list[str],
+                                                                     key: str | None) -> None:
     """The shared validation builds the queue sources as `run` does: whatever the URLs, a ConfigError
-    naming the variable or a configuration `run` accepts, never another exception."""
+    naming where they were given (the variable, or the file's key as `load` names it) or a configuration
+    `run` accepts, never another exception. Errors about a URL once named TASKLENS_QUEUES whatever had
+    given it."""
     from agent.cli import validate
     from agent.config import ConfigError
 
+    if key is None:
+        environ, where = {"TASKLENS_QUEUES": ",".join(urls)}, "TASKLENS_QUEUES"
+    else:
+        path = tmp_path_factory.mktemp("queues") / "tasklens.toml"
+        path.write_text(f"{key} = [{', '.join(map(_toml_string, urls))}]\n")
+        environ, where = {"TASKLENS_CONFIG_FILE": str(path)}, f"{path}: {key}"
     try:
-        validate({"TASKLENS_QUEUES": ",".join(urls)})
+        validate(environ)
     except ConfigError as exc:
-        assert str(exc).startswith("TASKLENS_QUEUES"), str(exc)
+        assert str(exc).startswith(where), str(exc)
+        assert key is None or "TASKLENS_QUEUES" not in str(exc), str(exc)
 
 
 def _toml_string(text: str) -> str:

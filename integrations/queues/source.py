@@ -93,7 +93,8 @@ class QueueSource:
             target = parse(url)
             self.probe: Probe = probe_for(target)
         except ValueError as exc:  # a broker's or client's message may quote the URL: masked too
-            raise ConfigError(f"TASKLENS_QUEUES: {mask_url(url)}: {mask_secrets(str(exc), url_passwords(url))}") from None
+            raise ConfigError(f"{config.where('queues')}: {mask_url(url)}: "
+                              f"{mask_secrets(str(exc), url_passwords(url))}") from None
         self.hub = hub
         parsed = self.url = target.url
         queue = self.queue = target.name
@@ -245,6 +246,6 @@ def queue_sources(config: Config, hub: Hub) -> list[QueueSource]:
     for source in sources:
         other = seen.setdefault(source.name, source)
         if other is not source:
-            raise ConfigError(f"TASKLENS_QUEUES: {other.url.masked} and {source.url.masked} are both named "
+            raise ConfigError(f"{config.where('queues')}: {other.url.masked} and {source.url.masked} are both named "
                               f"{source.queue!r}; give one a name= parameter")
     return sources

@@ -126,9 +126,9 @@ def validate(environ: Mapping[str, str] | None = None) -> tuple[Config, list[str
 
         for source in queue_sources(config, Hub(Identity(service="check"))):  # built, not connected
             _check_queue_overrides(source.url, config.where("queues"))
-    _check_bindable("TASKLENS_HTTP_ADDR", config.http_addr, socket.SOCK_STREAM)
+    _check_bindable(config.where("http_addr"), config.http_addr, socket.SOCK_STREAM)
     if config.statsd_addr is not None:
-        _check_bindable("TASKLENS_STATSD_ADDR", config.statsd_addr, socket.SOCK_DGRAM)
+        _check_bindable(config.where("statsd_addr"), config.statsd_addr, socket.SOCK_DGRAM)
     if config.statsd_socket:
         _check_socket_path(config.statsd_socket)
     if config.dogstatsd_forward is not None:
@@ -236,9 +236,17 @@ def cmd_health(args: argparse.Namespace) -> int:
     """Exit 0 iff the sidecar answers `/health`: the container health check (no curl needed). Without
     `--addr`, where `run` listens: the same settings, read by the same `config.load`."""
     try:
-        host, port = parse_addr(args.addr) if args.addr else load().http_addr
+        if args.addr:
+            host, port = parse_addr(args.addr)
+            where = "--addr"
+        else:
+            config = load()
+            (host, port), where = config.http_addr, config.where("http_addr")
+        # the sidecar listens on this host: another host's address is bad input (2), as `run` refuses it,
+        # not an unhealthy sidecar (1)
+        _check_bindable(where, (host, port), socket.SOCK_STREAM)
     except ConfigError as exc:
-        _say(f"tasklens health: invalid configuration: {exc}")
+        _say(f"tasklens health: {exc}" if args.addr else f"tasklens health: invalid configuration: {exc}")
         return 2
     except ValueError as exc:
         print(f"tasklens health: bad address {args.addr!r}: expected {exc}", file=sys.stderr)

@@ -129,6 +129,43 @@ def test_health_finds_the_sidecar_where_run_listens_from_the_config_file(sidecar
     assert bad.returncode == 2 and "http_addr='nope' is invalid" in bad.stderr and "Traceback" not in bad.stderr
 
 
+# addresses that are never this host's: TEST-NET-1/2/3, IPv6's documentation prefix, names that do not resolve
+OTHER_HOSTS = st.one_of(
+    st.builds("{}.{}".format, st.sampled_from(["192.0.2", "198.51.100", "203.0.113"]), st.integers(1, 254)),
+    st.integers(1, 0xFFFF).map("[2001:db8::{:x}]".format),
+    st.text(alphabet="abc1", min_size=1, max_size=8).map("{}.invalid".format))
+
+
+@settings(max_examples=60, deadline=None)
+@given(host=OTHER_HOSTS, port=st.integers(1, 65535), given_as=st.sampled_from(["--addr", "TASKLENS_HTTP_ADDR", "file"]))
+def test_health_refuses_an_address_of_another_host_as_bad_input(tmp_path_factory, host: str, port: int,
+                                                                given_as: str) -> None:
+    """Exit 2, as `run` refuses such a TASKLENS_HTTP_ADDR, naming where it was given: the sidecar listens
+    on this host, so no answer from there says anything of its health. It once exited 1, "unhealthy"."""
+    import contextlib
+    import io
+    import os
+    from unittest import mock
+
+    from agent.cli import main
+
+    argv, environ, where = ["health", "--timeout", "0.1"], {}, "--addr"
+    if given_as == "--addr":
+        argv += ["--addr", f"{host}:{port}"]
+    elif given_as == "TASKLENS_HTTP_ADDR":
+        environ, where = {"TASKLENS_HTTP_ADDR": f"{host}:{port}"}, "TASKLENS_HTTP_ADDR"
+    else:
+        path = tmp_path_factory.mktemp("health") / "tasklens.toml"
+        path.write_text(f'http_addr = "{host}:{port}"\n')
+        environ, where = {"TASKLENS_CONFIG_FILE": str(path)}, f"{path}: http_addr"
+    said = io.StringIO()
+    with mock.patch.dict(os.environ, environ, clear=True), contextlib.redirect_stderr(said):
+        code = main(argv)
+    assert code == 2, said.getvalue()
+    (line,) = said.getvalue().splitlines()
+    assert line.startswith("tasklens health: ") and f"{where}=" in line and "an address of this host" in line, line
+
+
 def test_health_finds_a_sidecar_listening_on_every_ipv6_interface(sidecar_factory) -> None:
     """`TASKLENS_HTTP_ADDR=[::]:port` is reached on ::1, as `send` reaches a StatsD listener on `::`."""
     import socket

@@ -44,15 +44,15 @@ def _check_bindable(name: str, addr: tuple[str, int], kind: socket.SocketKind) -
                           f"({host}: {exc.strerror or exc})") from None
 
 
-def _check_socket_path(path: str) -> None:
+def _check_socket_path(path: str, name: str) -> None:
     """What the Unix listener would refuse: a missing directory, a path that is not a socket. (A live
-    socket is left to `run`: it may be a sidecar already running beside `check`.)"""
+    socket is left to `run`: it may be a sidecar already running beside `check`.) `name`: the setting's."""
     directory = os.path.dirname(path) or "."
     if not os.path.isdir(directory):
-        raise ConfigError(f"TASKLENS_STATSD_SOCKET={path!r} is invalid: expected a path in an existing "
+        raise ConfigError(f"{name}={path!r} is invalid: expected a path in an existing "
                           f"directory ({directory!r} is not one)")
     if os.path.lexists(path) and not stat.S_ISSOCK(os.lstat(path).st_mode):
-        raise ConfigError(f"TASKLENS_STATSD_SOCKET={path!r} is invalid: expected a path that is free or a "
+        raise ConfigError(f"{name}={path!r} is invalid: expected a path that is free or a "
                           "socket (a file that is not a socket is there)")
 
 
@@ -97,16 +97,16 @@ def _check_forward(config: Config, warnings: list[str]) -> None:
     from agent.sinks.dogstatsd_forward import loop_reason
 
     assert config.dogstatsd_forward is not None
-    shown = _show_addr(config.dogstatsd_forward)
+    shown, name = _show_addr(config.dogstatsd_forward), config.where("dogstatsd_forward")
     try:
         reason = loop_reason(config.dogstatsd_forward, config.statsd_addr)
     except OSError as exc:  # a name that does not resolve yet: the forwarder retries at every send
-        warnings.append(f"TASKLENS_DOGSTATSD_FORWARD={shown!r}: cannot resolve it now ({exc.strerror or exc}); "
+        warnings.append(f"{name}={shown!r}: cannot resolve it now ({exc.strerror or exc}); "
                         "lines are dropped until it does")
         return
     if reason:
-        raise ConfigError(f"TASKLENS_DOGSTATSD_FORWARD={shown!r} is invalid: expected the address of another "
-                          f"DogStatsD agent, not this sidecar's (TASKLENS_STATSD_ADDR): {reason}")
+        raise ConfigError(f"{name}={shown!r} is invalid: expected the address of another "
+                          f"DogStatsD agent, not this sidecar's ({config.where('statsd_addr')}): {reason}")
 
 
 def validate(environ: Mapping[str, str] | None = None) -> tuple[Config, list[str]]:
@@ -130,7 +130,7 @@ def validate(environ: Mapping[str, str] | None = None) -> tuple[Config, list[str
     if config.statsd_addr is not None:
         _check_bindable(config.where("statsd_addr"), config.statsd_addr, socket.SOCK_DGRAM)
     if config.statsd_socket:
-        _check_socket_path(config.statsd_socket)
+        _check_socket_path(config.statsd_socket, config.where("statsd_socket"))
     if config.dogstatsd_forward is not None:
         _check_forward(config, warnings)
     if config.remote_write_url:

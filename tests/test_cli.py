@@ -436,3 +436,24 @@ def test_any_mapping_rules_validate_or_fail_naming_the_rule(tmp_path_factory, ru
         validate({"TASKLENS_CONFIG_FILE": str(path)})
     except ConfigError as exc:
         assert str(exc).startswith("mappings["), str(exc)
+
+
+@pytest.mark.parametrize("key, value, said", [
+    ("statsd_socket", "/no/such/directory/statsd.sock", "is invalid: expected a path in an existing directory"),
+    ("dogstatsd_forward", "127.0.0.1:{port}", "is invalid: expected the address of another DogStatsD agent"),
+    ("remote_write_url", "https://example.com/api/v1/write", "is required: SigV4 is on"),
+])
+def test_the_checks_after_loading_name_a_file_key_as_load_does(tmp_path, key: str, value: str, said: str) -> None:
+    """A setting the file gave is named `<file>: <key>` by the checks that need several settings or a
+    look at this host, as by `load`; they once named its variable, which the user had not set."""
+    from agent.cli import validate
+    from agent.config import ConfigError
+
+    port = free_port()
+    path = tmp_path / "tasklens.toml"
+    extra = 'remote_write_sigv4 = "on"\n' if key == "remote_write_url" else ""
+    path.write_text(f'statsd_addr = "127.0.0.1:{port}"\n{key} = "{value.format(port=port)}"\n{extra}')
+    with pytest.raises(ConfigError) as raised:
+        validate({"TASKLENS_CONFIG_FILE": str(path)})
+    assert f"{path}: {key}=" in str(raised.value) and said in str(raised.value), raised.value
+    assert "TASKLENS_" + key.upper() not in str(raised.value)

@@ -180,8 +180,9 @@ def sigv4_region(config: Config) -> str | None:
         return None
     region = config.remote_write_sigv4_region or (amp.group(1) if amp else "")
     if not region:
-        raise ConfigError("TASKLENS_REMOTE_WRITE_SIGV4_REGION is required: SigV4 is on and the region cannot "
-                          f"be read from TASKLENS_REMOTE_WRITE_URL={mask_url(config.remote_write_url)!r}")
+        raise ConfigError(f"{config.where('remote_write_sigv4_region')} is required: SigV4 is on and the region "
+                          f"cannot be read from {config.where('remote_write_url')}="
+                          f"{mask_url(config.remote_write_url)!r}")
     return region
 
 
@@ -229,7 +230,7 @@ class RemoteWriteSink:
         self.wall = wall
         external = labels_of(config.remote_write_labels)
         if isinstance(external, str):
-            raise ConfigError(f"TASKLENS_REMOTE_WRITE_LABELS: {external} (two keys give the same label name)")
+            raise ConfigError(f"{config.where('remote_write_labels')}: {external} (two keys give the same label name)")
         self.external = external.items
         self.batch_samples = config.remote_write_batch_samples
         # a new series costs ~80 us to encode (its labels, once): a burst of them is spread over flushes so

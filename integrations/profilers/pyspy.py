@@ -111,7 +111,7 @@ class PySpyProfiler:
         try:
             self._match = re.compile(config.profile_match) if config.profile_match else None
         except re.error as exc:
-            raise ConfigError(f"TASKLENS_PROFILE_MATCH={config.profile_match!r} is invalid: "
+            raise ConfigError(f"{config.where('profile_match')}={config.profile_match!r} is invalid: "
                               f"expected a regular expression ({exc})") from None
         url, user, password = split_credentials(config.pyroscope_url)
         self._ingest_url = url.rstrip("/") + "/ingest"

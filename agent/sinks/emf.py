@@ -22,7 +22,9 @@ counted in `tasklens.sink.points_rejected{sink="emf"}` by reason, so the rest of
 - `invalid_dimension`: a dimension value that is not 1 to 1,024 ASCII characters without control
   characters and not only spaces (CloudWatch API reference, Dimension). Not repaired: a rewritten
   value could merge two queues into one metric;
-- `non_finite`: a counter's increase that overflowed.
+- `non_finite`: a counter's increase that overflowed;
+- `duplicate_series`: a second series that `/metrics` shows as the same one (`jobs.done` and `jobs_done`
+  with the same tags: one name, one label set); the first keeps it, as there.
 Histograms are not sent (CloudWatch would need every value); use remote_write or OTLP for them.
 """
 
@@ -42,9 +44,10 @@ from agent.config import EMF_MAX_NAME, EMF_ROOT, Config, is_cloudwatch_text
 from agent.hub import Hub
 from agent.logs import RateLimitedLog
 from agent.model import Batch, Kind, Tags
-from agent.sinks.cumulative import CumulativeState, Histogram, Series
+from agent.sinks.cumulative import CumulativeState, Histogram, Key, Series
 from agent.sinks.deltas import CounterDeltas
 from agent.sinks.names import metric_name
+from agent.sinks.prometheus import labels_of
 from agent.sinks.push import next_tick
 
 NAME = "emf"
@@ -70,6 +73,14 @@ def prometheus_name(name: str, kind: Kind) -> str:
     if kind is Kind.COUNTER and not pname.endswith("_total"):
         return pname + "_total"
     return pname
+
+
+def shown_labels(tags: Tags, identity: dict[str, str] | None) -> object:
+    """A series' labels as `/metrics` shows them (`labels_of`; `identity`: the task's tags, for a worker's
+    series): two series with the same name and labels are one series there. The tags themselves when
+    `/metrics` shows none."""
+    labels = labels_of(tags, identity)
+    return tags if isinstance(labels, str) else labels.block
 
 
 class EmfSink:
@@ -111,16 +122,21 @@ class EmfSink:
         (wall clock, seconds)."""
         self.state.accept(Batch("tasklens:pull", self.hub.pull(), snapshot=True))
         self.state.expire()
-        for (name, tags), series in self.state.take_ended():  # one that comes back is a new count from 0
-            self._deltas.forget((prometheus_name(name, series.kind), tags))
+        for key, _ in self.state.take_ended():  # one that comes back is a new count from 0
+            self._deltas.forget(key)
         groups: dict[tuple[tuple[str, str], ...], dict[str, list[float]]] = {}
-        for (name, tags), series in list(self.state.items()):
+        written: set[tuple[str, object]] = set()  # (metric name, its labels on /metrics)
+        identity = dict(self.hub.identity.tags)
+        for key, series in list(self.state.items()):
+            name, tags = key
             if isinstance(series.value, Histogram):
                 continue
             pname = prometheus_name(name, series.kind)
             if not self.selected(pname):
                 continue
-            value = self._value(pname, tags, series, boundary)
+            # the increase is tracked per series (its own name and tags), never per sanitised name:
+            # `jobs.done` and `jobs_done` would overwrite each other's last value
+            value = self._value(key, series, boundary)
             if value is None:
                 continue
             dims = self._dimensions(tags)
@@ -134,7 +150,10 @@ class EmfSink:
                 self._reject("non_finite", f"{pname!r}: its increase is {value!r}")
             elif value and not SMALLEST <= abs(value) <= LARGEST:
                 self._reject("out_of_range", f"{pname!r}: {value!r} is a value CloudWatch refuses")
+            elif (same := (pname, shown_labels(tags, identity if series.worker else None))) in written:
+                self._reject("duplicate_series", f"{name!r}: another series is {pname!r} with the same tags")
             else:
+                written.add(same)
                 groups.setdefault(dims, {}).setdefault(pname, []).append(value)
         self._deltas.prune(boundary - 3 * self.interval)
         # explicitly inside the period the values describe (its middle), never on the next boundary: the
@@ -146,13 +165,13 @@ class EmfSink:
             docs += self._split(timestamp, dims, by_name)
         return docs
 
-    def _value(self, pname: str, tags: Tags, series: Series, now: float) -> float | None:
+    def _value(self, key: Key, series: Series, now: float) -> float | None:
         value = float(series.value)  # type: ignore[arg-type]
         if series.kind is not Kind.COUNTER:
             return value
         # counters: the increase since the last record (none for a source's counter first seen or reset;
         # a StatsD count summed from 0 is all increase)
-        delta = self._deltas.update((pname, tags), value, now)
+        delta = self._deltas.update(key, value, now)
         if delta is None and series.summed:
             return value
         return delta

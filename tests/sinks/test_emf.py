@@ -339,4 +339,4 @@ def test_counter_increases_add_up_to_what_was_counted_across_series_that_end(ste
         now[0] += 1
     written = sum(sum(values) for (name, _), values in written_values(records(out)).items() if name == "jobs_done_total")
     assert written == counted
-    assert not [key for key in sink._deltas._last if key[0] == "jobs_done_total"]  # it ended: nothing kept
+    assert not [key for key in sink._deltas._last if key[0] == "jobs.done"]  # it ended: nothing kept

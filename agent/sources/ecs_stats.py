@@ -278,6 +278,9 @@ def task_interfaces(stats_by_id: Mapping[str, Any], shared: bool) -> dict[str, t
 
 
 MAX_NETWORK_KEYS = 1_024  # interfaces `NetworkTotals` follows (a task has a few)
+# polls a container's interfaces are remembered after it left `/task` (an hour at the default 10 s): one
+# that comes back with the same DockerId (a poll that missed it) continues from where it was
+DEPARTED_POLLS = 360
 
 
 @dataclass
@@ -288,33 +291,49 @@ class NetworkTotals:
     a shared interface (awsvpc) went back to an older copy when the container read last stopped;
     Prometheus reads either as a counter reset, that is all the task's traffic at once.
 
-    An interface not seen before adds all its counters (at the first poll: the totals so far); one that
-    went down adds nothing when shared (an older copy of the same interface) and its new value when a
-    container's own (its counters started again: the container restarted in place)."""
+    An interface not seen before adds all its counters (at the first poll: the totals so far). A shared
+    one that went down adds nothing (an older copy of the same interface). A container's own interface
+    (bridge) is ordered by its sample's `read`: a sample not newer than the one counted last is the same
+    or an older one served again and adds nothing; counters that went down in a newer sample started
+    again (the container restarted in place) and add their new value. Without a `read` to tell, a
+    counter that went down adds nothing until it passes where it was (too little, never too much)."""
 
-    last: dict[str, dict[str, float]] = field(default_factory=dict)  # key -> counters last seen
+    # key -> counters and `read` last counted
+    last: dict[str, tuple[dict[str, float], int | None]] = field(default_factory=dict)
+    present: dict[str, int] = field(default_factory=dict)  # DockerId -> the poll it was last in `/task`
+    polls: int = 0
     totals: dict[str, float] = field(default_factory=dict)
 
     def update(self, nets: Mapping[str, tuple[dict[str, float], int | None]], shared: bool,
                containers: Iterable[str]) -> dict[str, float]:
         """`nets`: `task_interfaces` of this poll; `containers`: the task's DockerIds now (the interfaces
-        of the others are forgotten; a container without stats in one poll keeps its own)."""
-        for key, (counters, _) in nets.items():
-            old = self.last.get(key, {})
+        of a container gone from the task for DEPARTED_POLLS polls are forgotten; a container without
+        stats in one poll keeps its own)."""
+        self.polls += 1
+        for docker_id in containers:
+            self.present[docker_id] = self.polls
+        for key, (counters, read) in nets.items():
+            old, old_read = self.last.get(key, ({}, None))
+            restarted = False
+            if not shared and read is not None and old_read is not None:
+                if read <= old_read:
+                    continue
+                restarted = any(value < old.get(counter, 0.0) for counter, value in counters.items())
             kept = dict(old)
             for counter, value in counters.items():
                 before = old.get(counter)
-                if before is None:
+                if before is None or restarted:
                     growth = value
-                elif value >= before:
-                    growth = value - before
                 else:
-                    growth = 0.0 if shared else value
+                    growth = max(0.0, value - before)
                 self.totals[counter] = self.totals.get(counter, 0.0) + growth
-                kept[counter] = value if before is None or not shared else max(value, before)
-            self.last[key] = kept
-        ids = set(containers)
-        self.last = {k: v for k, v in self.last.items() if shared or k.split("/", 1)[0] in ids}
+                kept[counter] = value if before is None or restarted else max(value, before)
+            self.last[key] = (kept, read if read is not None else old_read)
+        self.present = {k: p for k, p in self.present.items() if self.polls - p <= DEPARTED_POLLS}
+        while len(self.present) > MAX_NETWORK_KEYS:  # containers that keep being replaced: bounded
+            del self.present[next(iter(self.present))]
+        if not shared:
+            self.last = {k: v for k, v in self.last.items() if k.split("/", 1)[0] in self.present}
         while len(self.last) > MAX_NETWORK_KEYS:  # interfaces that keep changing names: bounded
             del self.last[next(iter(self.last))]
         return dict(self.totals)

@@ -549,6 +549,10 @@ class Config:
     remote_write_metrics: tuple[str, ...] = setting(("*",), parse_str_list,
                                                     doc="Prometheus-style names (fnmatch globs) pushed")
     remote_write_batch_samples: int = setting(2000, parse_positive_int, doc="samples per request at most")
+    # VictoriaMetrics keeps 30 labels by default and drops the rest silently (the identity labels among
+    # them); AMP refuses over 70: a series over the bound is refused here and counted instead
+    remote_write_max_labels: int = setting(30, parse_positive_int, low=10, high=1000,
+                                           doc="labels per series at most (__name__ and le included)")
     remote_write_buffer_points: int = setting(1_000_000, parse_positive_int, doc="samples kept while the store is down")
     remote_write_buffer_bytes: int = setting(32 * 1024**2, parse_size, low=1024**2, high=2**30,
                                              doc="bytes of requests kept while the store is down")

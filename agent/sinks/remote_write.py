@@ -39,6 +39,7 @@ from agent import __version__
 from agent.config import Config, ConfigError, parse_headers
 from agent.urlmask import mask_url
 from agent.hub import Hub
+from agent.logs import RateLimitedLog
 from agent.model import Batch, Kind, Tags
 from agent.redact import Redactor, basic_auth, config_secrets
 from agent.sinks.cumulative import CumulativeState, Histogram, Series
@@ -140,10 +141,12 @@ class _Encoded:
 
 
 def label_sets(name: str, tags: Tags, series: Series, external: Tags,
-               identity: dict[str, str] | None = None) -> list[list[tuple[str, str]]]:
+               identity: dict[str, str] | None = None, max_labels: int = 30) -> list[list[tuple[str, str]]]:
     """The sorted label sets of the wire series of one series; ValueError when it cannot be sent.
     `identity`: the task's identity tags, for a worker's series (a worker's `task_id:x` is
-    `exported_task_id`, as on /metrics: tasks never write into each other's series)."""
+    `exported_task_id`, as on /metrics: tasks never write into each other's series).
+    `max_labels`: a wire series with more labels is refused (`too_many_labels`): a store that keeps only
+    the first ones in sorted order (VictoriaMetrics) would drop identity labels and merge tasks' series."""
     pname = metric_name(name)
     found = labels_of(tags, identity if series.worker else None)
     if isinstance(found, str):  # the reason it cannot be sent (the same rules as /metrics)
@@ -158,9 +161,12 @@ def label_sets(name: str, tags: Tags, series: Series, external: Tags,
         out.append(sorted({**labels, "__name__": pname + "_bucket", "le": "+Inf"}.items()))
         out.append(sorted({**labels, "__name__": pname + "_sum"}.items()))
         out.append(sorted({**labels, "__name__": pname + "_count"}.items()))
-        return out
-    wire = counter_name(pname) if series.kind is Kind.COUNTER else pname
-    return [sorted({**labels, "__name__": wire}.items())]
+    else:
+        wire = counter_name(pname) if series.kind is Kind.COUNTER else pname
+        out = [sorted({**labels, "__name__": wire}.items())]
+    if max(map(len, out)) > max_labels:
+        raise ValueError("too_many_labels")
+    return out
 
 
 def values_of(series: Series) -> list[float]:
@@ -233,6 +239,8 @@ class RemoteWriteSink:
             raise ConfigError(f"{config.where('remote_write_labels')}: {external} (two keys give the same label name)")
         self.external = external.items
         self.batch_samples = config.remote_write_batch_samples
+        self.max_labels = config.remote_write_max_labels
+        self._log = RateLimitedLog(log, interval=60.0)
         # a new series costs ~80 us to encode (its labels, once): a burst of them is spread over flushes so
         # that one flush never holds the event loop (and StatsD reading) for more than ~1 s
         self.new_series_per_flush = NEW_SERIES_PER_FLUSH
@@ -284,13 +292,17 @@ class RemoteWriteSink:
             return None
         TimeSeries, Label = pb()["TimeSeries"], pb()["Label"]
         try:
-            sets = label_sets(key[0], key[1], series, self.external, dict(self.hub.identity.tags))
+            sets = label_sets(key[0], key[1], series, self.external, dict(self.hub.identity.tags), self.max_labels)
             blocks = [TimeSeries(labels=[Label(name=k, value=v) for k, v in s]).SerializeToString() for s in sets]
         except ValueError as exc:  # a bad label, or text protobuf cannot encode (a lone surrogate)
-            known = ("bad_label", "label_conflict", "reserved_label")  # the reasons label_sets gives
+            known = ("bad_label", "label_conflict", "reserved_label", "too_many_labels")  # label_sets' reasons
             reason = exc.args[0] if exc.args and exc.args[0] in known else "invalid_utf8"
             series.cache = reason
             self.state.reject(reason)
+            if reason == "too_many_labels":
+                self._log.warning(f"{NAME}:{reason}", "remote_write: a series is not sent (too_many_labels): %r "
+                                  "has over %d labels (TASKLENS_REMOTE_WRITE_MAX_LABELS)", key[0][:100],
+                                  self.max_labels)
             return None
         series.cache = enc = _Encoded(blocks)
         return enc

@@ -52,6 +52,9 @@ NAME = "otlp"
 RETRYABLE = frozenset({429, 502, 503, 504})
 _BAD_NAME = re.compile(r"[^A-Za-z0-9_.\-/]")
 MAX_POINTS_PER_REQUEST = 10_000
+# Collector-based receivers commonly cap a request body (20 MiB in Grafana Agent): requests are cut
+# well below, by their serialised (uncompressed) size as well as by points
+MAX_REQUEST_BYTES = 4 * 1024**2
 
 
 def metrics_url(config: Config) -> str:
@@ -136,6 +139,8 @@ class OtlpSink:
         self.state = CumulativeState(NAME, hub.metrics, config.histogram_buckets, config.series_ttl, wall=wall)
         self._last: dict[tuple[str, Any], tuple[int, Any]] = {}  # delta mode: previous (time, value) per stream
         self._log = RateLimitedLog(log, interval=60.0)
+        self.max_points_per_request = MAX_POINTS_PER_REQUEST
+        self.max_request_bytes = MAX_REQUEST_BYTES
         self._made_for: Tags | None = None  # the identity the resource and the attribute templates were made for
         self._resource = Resource({})
         self._task_tags: dict[str, str] = {}  # the identity's tags, which a worker's tags cannot replace
@@ -283,20 +288,52 @@ class OtlpSink:
             return []
         resource = [KeyValue(key=k, value=AnyValue(string_value=v))
                     for k, v in self._resource.attributes.items()]
-        payloads = []
+        return [self._payload(ExportMetricsServiceRequest, resource, chunk, n, now)
+                for chunk, n in self._requests(ExportMetricsServiceRequest, resource, list(metrics.values()))]
+
+    def _requests(self, request_cls: Any, resource: Any, metrics: list[Any]) -> list[tuple[list[Any], int]]:
+        """The metrics cut into requests of at most `max_points_per_request` points and
+        `max_request_bytes` bytes serialised, each point in exactly one: a metric too big for what is left
+        of a request is split, each piece the same metric (name, type, temporality) with some of its points.
+        Sizes are counted from each part's own `ByteSize()`, with room for the length prefixes."""
+        out: list[tuple[list[Any], int]] = []
+        empty = len(self._request(request_cls, resource, []).SerializeToString()) + 10  # + the prefixes' growth
         chunk: list[Any] = []
-        chunk_points = 0
-        for metric in metrics.values():
-            if not _points_of(metric):  # each of its points was refused: a metric without data is invalid
+        points, size = 0, empty
+        for metric in metrics:
+            data = _points_of(metric)
+            if not data:  # each of its points was refused: a metric without data is invalid
                 continue
-            chunk.append(metric)
-            chunk_points += len(_points_of(metric))
-            if chunk_points >= MAX_POINTS_PER_REQUEST:
-                payloads.append(self._payload(ExportMetricsServiceRequest, resource, chunk, chunk_points, now))
-                chunk, chunk_points = [], 0
+            cost = metric.ByteSize() + 6  # its tag and length
+            if points + len(data) <= self.max_points_per_request and size + cost <= self.max_request_bytes:
+                chunk.append(metric)  # the usual case: the whole metric, not copied
+                points, size = points + len(data), size + cost
+                continue
+            field = metric.WhichOneof("data")
+            header = type(metric)()
+            header.CopyFrom(metric)
+            getattr(header, field).ClearField("data_points")
+            header_cost = header.ByteSize() + 12  # + the length prefixes of the metric and of its data
+            piece = None
+            for p in data:
+                cost = p.ByteSize() + 6
+                if empty + header_cost + cost > self.max_request_bytes:  # fits in no request at all
+                    self.state.reject("too_large")
+                    continue
+                if points >= self.max_points_per_request or size + cost + (header_cost if piece is None else 0) > \
+                        self.max_request_bytes:
+                    out.append((chunk, points))
+                    chunk, points, size, piece = [], 0, empty, None
+                if piece is None:
+                    piece = type(metric)()
+                    piece.CopyFrom(header)
+                    chunk.append(piece)
+                    size += header_cost
+                getattr(piece, field).data_points.add().CopyFrom(p)
+                points, size = points + 1, size + cost
         if chunk:
-            payloads.append(self._payload(ExportMetricsServiceRequest, resource, chunk, chunk_points, now))
-        return payloads
+            out.append((chunk, points))
+        return [(c, n) for c, n in out if n]
 
     def _delta(self, name: str, tags: Any, now_ns: int, start: int, value: Any,
                summed: bool = False) -> tuple[int, Any]:
@@ -313,17 +350,20 @@ class OtlpSink:
             return (start, value) if summed or previous is not None else (now_ns, 0.0)
         return previous[0], value - previous[1]
 
-    def _payload(self, request_cls: Any, resource: Any, metrics: list[Any], points: int, now: float) -> Payload:
+    @staticmethod
+    def _request(request_cls: Any, resource: Any, metrics: list[Any]) -> Any:
         from opentelemetry.proto.common.v1.common_pb2 import InstrumentationScope
         from opentelemetry.proto.metrics.v1.metrics_pb2 import ResourceMetrics, ScopeMetrics
         from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 
-        request = request_cls(resource_metrics=[ResourceMetrics(
+        return request_cls(resource_metrics=[ResourceMetrics(
             resource=Resource(attributes=resource),
             scope_metrics=[ScopeMetrics(scope=InstrumentationScope(name="tasklens", version=__version__),
                                         metrics=metrics)],
         )])
-        body = request.SerializeToString()
+
+    def _payload(self, request_cls: Any, resource: Any, metrics: list[Any], points: int, now: float) -> Payload:
+        body = self._request(request_cls, resource, metrics).SerializeToString()
         return Payload(gzip.compress(body, 6) if self.gzip else body, points, now + 3600)
 
     # -- delivery ---------------------------------------------------------------------------------

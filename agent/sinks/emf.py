@@ -6,7 +6,9 @@ one document per dimension set:
 - metrics: the series whose Prometheus-style name (as on `/metrics`: `queue_depth`, counters `*_total`)
   matches one of the `TASKLENS_CLOUDWATCH_METRICS` globs; the EMF metric name is that name;
 - dimensions: the series' tags restricted to `TASKLENS_CLOUDWATCH_DIMENSIONS` (default
-  `ecs_cluster,service,queue`), in that order; series with the same dimension values share a document;
+  `ecs_cluster,service,queue`), in that order; series with the same dimension values share a document.
+  A worker's tag that gives an identity key another value (`service:billing`) is `exported_service`,
+  the key keeping the task's value, as on `/metrics`;
 - values: a gauge's last value; a counter's increase over the interval (a StatsD count's sum, a
   cumulative counter's difference), since CloudWatch aggregates per period; several series of one name
   in a document (two containers) give an array of values, as EMF allows;
@@ -139,7 +141,8 @@ class EmfSink:
             value = self._value(key, series, boundary)
             if value is None:
                 continue
-            dims = self._dimensions(tags)
+            task = identity if series.worker else None  # a worker's tags cannot replace the task's identity
+            dims = self._dimensions(tags, task)
             if pname in self.reserved:
                 self._reject("reserved_name", f"the metric name {pname!r} is a dimension key or _aws")
             elif len(pname) > EMF_MAX_NAME:
@@ -150,7 +153,7 @@ class EmfSink:
                 self._reject("non_finite", f"{pname!r}: its increase is {value!r}")
             elif value and not SMALLEST <= abs(value) <= LARGEST:
                 self._reject("out_of_range", f"{pname!r}: {value!r} is a value CloudWatch refuses")
-            elif (same := (pname, shown_labels(tags, identity if series.worker else None))) in written:
+            elif (same := (pname, shown_labels(tags, task))) in written:
                 self._reject("duplicate_series", f"{name!r}: another series is {pname!r} with the same tags")
             else:
                 written.add(same)
@@ -180,9 +183,18 @@ class EmfSink:
         self.state.reject(reason)
         self._log.warning(f"emf:{reason}", "emf: a point is not sent (%s): %s", reason, detail)
 
-    def _dimensions(self, tags: Tags) -> tuple[tuple[str, str], ...] | str:
-        """The point's dimensions, or why CloudWatch would refuse one of them."""
+    def _dimensions(self, tags: Tags, identity: dict[str, str] | None) -> tuple[tuple[str, str], ...] | str:
+        """The point's dimensions, or why CloudWatch would refuse one of them. `identity`: the task's tags,
+        for a worker's series."""
         have = dict(tags)
+        if identity is not None:
+            # a worker's `service:billing` in service `orders`: `exported_service`, the key keeping the
+            # task's value, as on /metrics (`labels_of`), in remote_write and OTLP; else this task's
+            # numbers would count in another service's metric (and its scaling policy)
+            for tag, given in tags:
+                theirs = identity.get(tag, given)
+                if theirs != given:
+                    have[tag], have["exported_" + tag] = theirs, given
         out = []
         for key in self.dimensions:
             value = have.get(key)

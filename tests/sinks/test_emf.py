@@ -187,9 +187,10 @@ def written_values(docs: list[dict[str, Any]]) -> dict[tuple[str, tuple[tuple[st
 
 
 def refused(sample: Sample) -> bool:
-    """What CloudWatch would refuse, or what would take another member's place at the record's root."""
+    """What CloudWatch would refuse, or what would take another member's place at the record's root. A
+    worker's point: its tag of an identity key does not give that dimension (the task's value does)."""
     pname = metric_name(sample.name)
-    have = dict(sample.tags)
+    have = {**dict(sample.tags), **dict(TASK.tags)}
     values = [have[k] or "true" for k in DIMENSIONS if k in have]
     number = float(sample.value)  # type: ignore[arg-type]
     in_range = not number or emf.SMALLEST <= abs(number) <= emf.LARGEST  # what CloudWatch takes (non-finite: not)

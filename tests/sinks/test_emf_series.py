@@ -40,3 +40,20 @@ def test_two_containers_series_of_one_name_are_still_both_sent() -> None:
     [doc] = records(out)
     assert sorted(doc["jobs_waiting"]) == [3.0, 4.0]
     assert hub.metrics.get("tasklens.sink.points_rejected", sink="emf", reason="duplicate_series") == 0
+
+
+def test_a_workers_tag_of_an_identity_key_never_replaces_the_tasks_dimension() -> None:
+    """`jobs.backlog:7|g|#service:billing` from a worker of service `orders-worker`: /metrics, remote_write
+    and OTLP keep `service="orders-worker"` and show the worker's value as `exported_service`; the EMF
+    record had the dimension service=billing, counting this task's numbers in another service."""
+    sink, hub, out = make(cloudwatch_metrics=("jobs_*", "queue_*"), cloudwatch_dimensions=("service", "exported_service"))
+    hub.publish(Batch("statsd", [Sample("jobs.backlog", 7.0, tags=(("service", "billing"),)),
+                                 Sample("jobs.waiting", 2.0)]))
+    # the sidecar's own series keep their tags, as on /metrics
+    hub.publish(Batch("queue:q", [Sample("queue.depth", 3.0, tags=(("service", "shared"),))], snapshot=True))
+    sink.emit(1_800_000_060.0)
+    dims = {name: {k: d[k] for k in d["_aws"]["CloudWatchMetrics"][0]["Dimensions"][0]}
+            for d in records(out) for name in d if not name.startswith("_") and isinstance(d[name], float)}
+    assert dims["jobs_backlog"] == {"service": "orders-worker", "exported_service": "billing"}
+    assert dims["jobs_waiting"] == {"service": "orders-worker"}
+    assert dims["queue_depth"] == {"service": "shared"}

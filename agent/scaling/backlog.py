@@ -32,8 +32,10 @@ from agent.scaling import (
     TASKS_ESTIMATE,
 )
 
-# queue types whose `consumers` are live connections (gone when a worker dies). NATS counts consumers
-# defined on the stream and a Redis stream group keeps its consumer names: neither counts workers.
+# queue types whose `consumers` count running workers: connections (gone when a worker dies), or RQ's
+# registered workers whose key has not expired (a killed one counts until then, `--worker-ttl` + 60 s; a
+# plain Redis list has no consumers). NATS counts consumers defined on the stream and a Redis stream
+# group keeps its consumer names: neither counts workers.
 LIVE_CONSUMERS = frozenset({"rabbitmq", "beanstalkd", "redis", "postgres"})
 
 

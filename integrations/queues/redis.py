@@ -2,7 +2,7 @@
 
     redis://[:password@]host:6379/0?list=jobs          LLEN (ZCARD/SCARD/HLEN/XLEN by key type)
     redis://host:6379/0?celery=celery                  sum of the kombu priority lists
-    redis://host:6379/0?rq=default                     RQ: ready, started, scheduled, workers, age
+    redis://host:6379/0?rq=default                     RQ: ready, started, scheduled, live workers, age
     redis://host:6379/0?stream=orders&group=workers    XINFO GROUPS: lag, pending, consumers, age
 
 An absent key is an empty queue (Redis deletes empty lists), so it reads 0. Lists carry no
@@ -81,6 +81,14 @@ def _error(exc: Exception) -> Exception:
 NEXT_ID = "local e = redis.call('XRANGE', KEYS[1], ARGV[1], '+', 'COUNT', 1) if e[1] then return e[1][1] end return false"
 HEAD_ID = "local v = redis.call('LINDEX', KEYS[1], 0) if v and #v <= tonumber(ARGV[1]) then return v end return false"
 MAX_ID = 1024  # bytes of an RQ job id (a UUID, 36): a longer head is no job, and its age unknown
+# RQ's workers of a queue: the members of `rq:workers:<name>` whose own key `rq:worker:<name>` is still
+# there. A worker killed with SIGKILL stays in the set (RQ prunes it only when a worker starts or `rq info`
+# runs); its key expires worker_ttl + 60 s after its last heartbeat. Counted in Redis, one number back;
+# past MAX_WORKERS members nothing is checked (a script that long would stall Redis): no count (nil).
+LIVE_WORKERS = (
+    "if redis.call('SCARD', KEYS[1]) > tonumber(ARGV[1]) then return false end local n = 0 "
+    "for _, w in ipairs(redis.call('SMEMBERS', KEYS[1])) do n = n + redis.call('EXISTS', w) end return n")
+MAX_WORKERS = 10_000
 
 
 MAX_REPLY = 1024 * 1024  # bytes of one reply: the answers read are a type, numbers, a stream's groups, an id
@@ -187,7 +195,7 @@ class RedisProbe:
             p.llen(f"rq:queue:{self.key}")
             p.zcount(f"rq:wip:{self.key}", now, "+inf")  # score = expiry: older entries are abandoned
             p.zcard(f"rq:scheduled:{self.key}")
-            p.scard(f"rq:workers:{self.key}")
+            p.eval(LIVE_WORKERS, 1, f"rq:workers:{self.key}", MAX_WORKERS)
             p.eval(HEAD_ID, 1, f"rq:queue:{self.key}", MAX_ID)  # RQ pushes right, workers pop left: the oldest
             depth, started, scheduled, workers, head = await p.execute()
         age = 0.0 if not depth else None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import signal
 import subprocess
 import sys
 import time
@@ -20,6 +21,7 @@ from tests.integrations.queues.support import check_backing_up, check_drain, eve
 from agent.config import Config
 from agent.hub import Hub
 from agent.identity import Identity
+from integrations.queues.redis import MAX_WORKERS
 from integrations.queues.source import QueueSource
 
 REDIS = "redis://127.0.0.1:6379/0"
@@ -131,6 +133,87 @@ async def test_rq_ready_started_scheduled_workers_and_age(config, hub, exported,
     assert exported.queue(unique) == {"depth": 0.0, "in_flight": 0.0, "delayed": 2.0, "consumers": 0.0,
                                       "oldest_age_seconds": 0.0}
     await source.probe.close()
+
+
+def scaling_values(exported, queue: str) -> dict[str, float]:
+    """The backlog-per-task series of one queue (agent/scaling/backlog.py), by metric name."""
+    return {s.name: s.value for s in exported.samples()
+            if s.name.startswith(("queue_consumers", "queue_backlog", "queue_tasks")) and s.labels.get("queue") == queue}
+
+
+async def test_rq_workers_killed_with_sigkill_stop_counting_once_their_key_expires(config, hub, exported, r, unique):
+    """A worker killed with SIGKILL (an OOM kill, a task stopped hard) never leaves `rq:workers:<queue>`:
+    RQ prunes that set only when a worker starts or `rq info` runs. Its own key `rq:worker:<name>` expires
+    (`worker_ttl` + 60 s after its last heartbeat, at least 61 s), and only workers whose key is there
+    count. Two real `rq worker`s are killed; rather than wait a minute, their keys are then expired by
+    hand, as their TTL would. Two workers registered by RQ's own code in this process stay alive."""
+    rq = pytest.importorskip("rq")
+    sync = redis.Redis.from_url(REDIS)
+    q = rq.Queue(unique, connection=sync)
+    alive = [rq.Worker([q], connection=sync, name=f"{unique}-alive{i}") for i in range(2)]
+    for worker in alive:
+        worker.register_birth()  # what a starting worker writes; these ones never take a job
+    binary = Path(sys.executable).with_name("rq")
+    killed = [subprocess.Popen([str(binary), "worker", "--url", REDIS, "--name", f"{unique}-killed{i}",
+                                "--worker-ttl", "5", unique], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+              for i in range(2)]
+    source = QueueSource(config, hub, f"{REDIS}?rq={unique}")
+    try:
+        async def all_four():
+            assert await source.poll(), source.last_error
+            assert exported.queue(unique)["consumers"] == 4.0, exported.queue(unique)
+            return True
+        await eventually(all_four, 30)
+        for worker in killed:
+            worker.send_signal(signal.SIGKILL)
+            worker.wait()
+        await r.rpush(f"rq:queue:{unique}", *[f"job-{i}" for i in range(8)])  # nobody takes these
+        assert await source.poll()
+        assert exported.queue(unique)["consumers"] == 4.0  # until their keys expire, they look alive
+        members = await r.smembers(f"rq:workers:{unique}")
+        dead = {f"rq:worker:{unique}-killed{i}" for i in range(2)}
+        assert dead <= members and await r.ttl(next(iter(dead))) > 0  # RQ left them in the set, with a TTL
+        for key in dead:
+            await r.pexpire(key, 1)  # the TTL runs out
+        await eventually(lambda: _absent(r, dead))
+        assert await r.smembers(f"rq:workers:{unique}") == members  # still listed
+        assert await source.poll()
+        assert scaling_values(exported, unique) == {
+            "queue_consumers": 2.0, "queue_backlog": 8.0, "queue_tasks_estimate": 2.0, "queue_backlog_per_task": 4.0}
+    finally:
+        for worker in killed:
+            if worker.poll() is None:
+                worker.kill()
+                worker.wait()
+        await r.srem("rq:workers", *[f"rq:worker:{unique}-{name}" for name in ("alive0", "alive1", "killed0", "killed1")])
+        await r.srem("rq:queues", f"rq:queue:{unique}")
+        await source.probe.close()
+
+
+async def _absent(r: redis.asyncio.Redis, keys: set[str]) -> bool:
+    return await r.exists(*keys) == 0
+
+
+@pytest.mark.parametrize("registered", [MAX_WORKERS, MAX_WORKERS + 1])
+async def test_rq_workers_past_the_bound_are_not_counted(config, hub, exported, r, unique, registered):
+    """Redis checks at most MAX_WORKERS registered workers in one script; past that the consumer count
+    (and the local tasks estimate) is omitted, the rest of the poll is reported."""
+    members = [f"rq:worker:{unique}-{i}" for i in range(registered)]
+    await r.sadd(f"rq:workers:{unique}", *members)
+    await r.mset({m: 1 for m in members[:3]})  # three alive
+    await r.rpush(f"rq:queue:{unique}", "job-1")
+    source = QueueSource(config, hub, f"{REDIS}?rq={unique}")
+    try:
+        assert await source.poll(), source.last_error
+        values = scaling_values(exported, unique)
+        if registered <= MAX_WORKERS:
+            assert values == {"queue_consumers": 3.0, "queue_backlog": 1.0, "queue_tasks_estimate": 3.0,
+                              "queue_backlog_per_task": 1.0 / 3}
+        else:
+            assert values == {"queue_backlog": 1.0}
+            assert exported.queue(unique)["depth"] == 1.0
+    finally:
+        await source.probe.close()
 
 
 async def test_stream_group_lag_pending_consumers_and_age(config, hub, exported, r, unique):
@@ -372,4 +455,25 @@ async def test_a_user_denied_a_command_or_the_key_is_an_auth_error(config, hub, 
         assert not await source.poll()
         assert hub.metrics.get("tasklens.queue.poll_errors", queue=unique, reason="auth") == 1, source.last_error
     finally:
+        await r.execute_command("ACL", "DELUSER", user)
+
+
+async def test_an_rq_user_with_the_documented_acl_reads_every_value(config, hub, exported, r, unique):
+    """docs/queues.md's ACL for RQ, exactly: the commands the worker count's script runs in Redis
+    (SCARD, SMEMBERS, EXISTS) are checked against the user too."""
+    user = f"tl_{unique}"
+    await r.rpush(f"rq:queue:{unique}", f"{unique}-job")
+    await r.hset(f"rq:job:{unique}-job", "enqueued_at", "2024-05-01T12:00:00.000000Z")
+    await r.sadd(f"rq:workers:{unique}", f"rq:worker:{unique}-a", f"rq:worker:{unique}-b")
+    await r.set(f"rq:worker:{unique}-a", 1)
+    acl = "+llen +zcount +zcard +scard +smembers +exists +eval +lindex +hget".split()
+    await r.execute_command("ACL", "SETUSER", user, "on", ">pw", "resetkeys", "~rq:*", "-@all", *acl)
+    source = QueueSource(config, hub, f"redis://{user}:pw@127.0.0.1:6379/0?rq={unique}")
+    try:
+        assert await source.poll(), source.last_error
+        values = exported.queue(unique)
+        assert values.pop("oldest_age_seconds") > 3600
+        assert values == {"depth": 1.0, "in_flight": 0.0, "delayed": 0.0, "consumers": 1.0}
+    finally:
+        await source.probe.close()
         await r.execute_command("ACL", "DELUSER", user)

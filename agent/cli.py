@@ -207,7 +207,11 @@ def cmd_check(args: argparse.Namespace) -> int:
     if config.scale_in_protection and (warning := agent_uri_warning(os.environ)):
         _say(f"tasklens: warning: {warning}")
         warnings.append(warning)
-    out: dict[str, Any] = {"version": __version__, "configuration": describe(config), "warnings": warnings}
+    from agent.health import settings as health_settings
+
+    # the windows the health rules use: the memory window may be wider than set (3 polls at least)
+    out: dict[str, Any] = {"version": __version__, "configuration": describe(config), "warnings": warnings,
+                           "health": health_settings(config)}
     code = 0
     try:
         out["identity"], out["identity_source"] = asyncio.run(_resolve_identity(config))

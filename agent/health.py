@@ -24,6 +24,7 @@ from agent.model import Kind, Sample, Tags
 from agent.selfmetrics import SelfMetrics
 from agent.sources.ecs_stats import memory_limit_bytes, parse_time_ns, working_set_bytes
 from agent.sources.ecs_stats import _get, _num  # the same tolerant JSON accessors as the derivations
+from integrations.queues.trend import trend_window  # the queues' rule: a trend window holds 3 polls
 
 _log = RateLimitedLog(logging.getLogger("tasklens.health"))
 
@@ -247,12 +248,26 @@ class _Container:
     saturation: Saturation = field(default_factory=Saturation)
 
 
+def memory_window(config: Any) -> float:
+    """The leak forecast's window: TASKLENS_MEMORY_TREND_WINDOW, widened to 3 ECS polls (`trend_window`)."""
+    return trend_window(config.memory_trend_window, config.poll_interval)
+
+
+def settings(config: Any) -> dict[str, float]:
+    """The windows the health rules use (`check` shows them): the memory window may be wider than set."""
+    return {"memory_trend_window_seconds": memory_window(config),
+            "cpu_saturation_window_seconds": config.cpu_saturation_window}
+
+
 class HealthMonitor:
     """Feeds each poll's snapshots through the rules above and returns the health samples."""
 
     @classmethod
     def from_config(cls, config: Any, metrics: SelfMetrics | None = None) -> HealthMonitor:
-        return cls(memory_window=config.memory_trend_window,
+        # a window shorter than 3 polls never holds the points a forecast needs: no leak would ever be
+        # reported. The saturation window needs no widening: one reading above the threshold is an
+        # average over a whole poll, so a run lasts at least a poll, and MAX_STEP follows the interval.
+        return cls(memory_window=memory_window(config),
                    saturation_threshold=config.cpu_saturation_threshold,
                    saturation_window=config.cpu_saturation_window, metrics=metrics,
                    max_step=max(MAX_STEP, 3 * config.poll_interval))

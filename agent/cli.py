@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import http.client
 import json
 import math
 import os
@@ -255,6 +256,10 @@ def cmd_health(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"tasklens health: bad address {args.addr!r}: expected {exc}", file=sys.stderr)
         return 2
+    if port == 0:  # "any free port": only the running sidecar knows which; as `tasklens send` says it
+        _say(f"tasklens health: --addr {args.addr!r} has port 0, any free port: pass the port the sidecar listens on"
+             if args.addr else f"tasklens health: {where} has port 0, any free port: pass --addr")
+        return 2
     host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host)  # a wildcard: on loopback
     if ":" in host:
         host = f"[{host}]"
@@ -262,7 +267,12 @@ def cmd_health(args: argparse.Namespace) -> int:
         with urllib.request.urlopen(f"http://{host}:{port}/{args.endpoint}", timeout=args.timeout) as resp:
             ok = resp.status == 200
     except (OSError, urllib.error.URLError) as exc:
-        print(f"tasklens health: {exc}", file=sys.stderr)
+        _say(f"tasklens health: {logs.shown(str(exc))[:300]}")  # a reason phrase is the peer's text
+        return 1
+    except http.client.HTTPException as exc:  # something else answers on the port (SSH, a bare "ok", ...)
+        detail = logs.shown(str(exc))[:200]  # may be the peer's first line: escaped, one line, bounded
+        _say(f"tasklens health: not an HTTP answer at {host}:{port}: {type(exc).__name__}"
+             + (f": {detail}" if detail else ""))
         return 1
     return 0 if ok else 1
 

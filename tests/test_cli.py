@@ -166,6 +166,108 @@ def test_health_refuses_an_address_of_another_host_as_bad_input(tmp_path_factory
     assert line.startswith("tasklens health: ") and f"{where}=" in line and "an address of this host" in line, line
 
 
+def _health_in_process(argv: list[str], environ: dict[str, str]) -> tuple[int, str]:
+    """`tasklens health` run by `main` here: its exit code and stderr. An exception would be the traceback."""
+    import contextlib
+    import io
+    import os
+    from unittest import mock
+
+    from agent.cli import main
+
+    said = io.StringIO()
+    with mock.patch.dict(os.environ, environ, clear=True), contextlib.redirect_stderr(said):
+        code = main(argv)
+    return code, said.getvalue()
+
+
+class _Answers:
+    """A TCP port that answers every connection with `reply` (after reading the request), then closes."""
+
+    def __init__(self) -> None:
+        import socket
+        import threading
+
+        self.reply = b""
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.port = self.server.getsockname()[1]
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.server.accept()
+            except OSError:  # closed: the test is over
+                return
+            with conn:
+                try:
+                    conn.recv(65536)
+                    conn.sendall(self.reply)
+                except OSError:
+                    pass
+
+
+@pytest.fixture(scope="module")
+def answers():  # type: ignore[no-untyped-def]
+    server = _Answers()
+    yield server
+    server.server.close()
+
+
+# what another service on the port says: a banner, a bare word, binary, or an HTTP status line with a
+# header block that http.client refuses (a line over 64 KiB, over 100 headers)
+NOT_HTTP = st.one_of(
+    st.binary(max_size=300).filter(lambda b: not b.startswith(b"HTTP/")),
+    st.text(max_size=80).map(lambda t: (t + "\r\n").encode()).filter(lambda b: not b.startswith(b"HTTP/")),
+    st.sampled_from([b"SSH-2.0-OpenSSH_9\r\n", b"ok", b"+OK\r\n", b"\x1b[31mred\r\n", b""]),
+    st.builds(lambda status, n: f"HTTP/1.1 {status} OK\r\n".encode() + b"X: " + b"a" * n + b"\r\n\r\n",
+              st.sampled_from([200, 503]), st.integers(65537, 70000)),
+    st.builds(lambda status, n: f"HTTP/1.1 {status} OK\r\n".encode() + b"X: y\r\n" * n + b"\r\n",
+              st.sampled_from([200, 503]), st.integers(101, 300)),
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(reply=NOT_HTTP)
+def test_health_against_a_port_that_does_not_answer_http_says_so_in_one_line(answers, reply: bytes) -> None:
+    """Exit 1 (no healthy sidecar there) with one line, never a traceback: http.client's HTTPException is
+    no OSError, and an SSH banner or a bare `ok` once ended `tasklens health` with one."""
+    answers.reply = reply
+    code, said = _health_in_process(["health", "--addr", f"127.0.0.1:{answers.port}", "--timeout", "2"], {})
+    assert code == 1, said
+    (line,) = said.splitlines()
+    assert line.startswith("tasklens health: "), line
+
+
+def test_health_against_a_port_that_does_not_answer_http_as_a_command(answers) -> None:
+    answers.reply = b"SSH-2.0-OpenSSH_9\r\n"
+    result = subprocess.run([TASKLENS, "health", "--addr", f"127.0.0.1:{answers.port}"], env=clean_env(),
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.splitlines() == [f"tasklens health: not an HTTP answer at 127.0.0.1:{answers.port}: "
+                                          "BadStatusLine: SSH-2.0-OpenSSH_9\\r\\n"]
+
+
+@pytest.mark.parametrize("given_as", ["--addr", "TASKLENS_HTTP_ADDR", "file"])
+def test_health_with_port_0_is_bad_input_as_send_says_it(tmp_path, given_as: str) -> None:
+    """Port 0 is "any free port" to `run`: only the running sidecar knows which. Connecting to port 0 was
+    "Connection refused" (exit 1: as a container health check, restarts forever); it is bad input (2)."""
+    argv, environ = ["health"], {}
+    if given_as == "--addr":
+        argv += ["--addr", "127.0.0.1:0"]
+        expected = "tasklens health: --addr '127.0.0.1:0' has port 0, any free port: pass the port the sidecar listens on"
+    elif given_as == "TASKLENS_HTTP_ADDR":
+        environ = {"TASKLENS_HTTP_ADDR": "0.0.0.0:0"}
+        expected = "tasklens health: TASKLENS_HTTP_ADDR has port 0, any free port: pass --addr"
+    else:
+        path = tmp_path / "tasklens.toml"
+        path.write_text('http_addr = "127.0.0.1:0"\n')
+        environ = {"TASKLENS_CONFIG_FILE": str(path)}
+        expected = f"tasklens health: {path}: http_addr has port 0, any free port: pass --addr"
+    code, said = _health_in_process(argv, environ)
+    assert (code, said.splitlines()) == (2, [expected])
+
+
 def test_health_finds_a_sidecar_listening_on_every_ipv6_interface(sidecar_factory) -> None:
     """`TASKLENS_HTTP_ADDR=[::]:port` is reached on ::1, as `send` reaches a StatsD listener on `::`."""
     import socket

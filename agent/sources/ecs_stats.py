@@ -24,6 +24,9 @@ CPU_UNITS_UNSET = 2  # container `Limits.CPU` of 0 (EC2) or 2 (Fargate) means "n
 # a rate above the host's online CPUs by more than this share is a counter that jumped, not usage (the
 # two ends of a delta are read a little apart from their timestamps: a busy host can seem a bit over)
 CPU_SLACK = 1.1
+# without a bound on the CPUs, the shortest gap between two reads a rate is taken over (ns): the agent's
+# own pairs are about 1 s apart (EC2) or 10 s (Fargate)
+MIN_UNBOUNDED_DT = 500_000_000
 
 _TIME = re.compile(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d+))?(Z|[+-]\d\d:?\d\d)?$")
 
@@ -101,20 +104,51 @@ def _cpu_point(stats: Any, prefix: str = "") -> tuple[float, int] | None:
     return total, read
 
 
-def cpu_vcpus(stats: Any, previous: Any = None) -> float | None:
+def cpu_bound_vcpus(stats: Any, task: Any) -> float | None:
+    """The most vCPUs a container can use: the host's online CPUs (else as many as `percpu_usage` lists),
+    and on Fargate the task's size, a hard quota there (`online_cpus` is the host's: 2 for a 0.25-vCPU
+    task). Elsewhere the task's `Limits.CPU` is not taken as a bound: on EC2 it is not enforced for
+    Windows containers, and a container's CPU units are a share, not a cap. None when nothing is known
+    (Windows stats have neither CPU count)."""
+    bounds = []
+    online = _num(_get(stats, "cpu_stats", "online_cpus"))
+    percpu = _get(stats, "cpu_stats", "cpu_usage", "percpu_usage")
+    if online:
+        bounds.append(online)
+    elif isinstance(percpu, list) and percpu:
+        bounds.append(float(len(percpu)))
+    task_vcpus = _num(_get(task, "Limits", "CPU"))
+    if is_fargate(task) and task_vcpus:
+        bounds.append(task_vcpus)
+    return min(bounds) if bounds else None
+
+
+def is_fargate(task: Any) -> bool:
+    return str(_get(task, "LaunchType") or "").upper() == "FARGATE"
+
+
+def cpu_vcpus(stats: Any, previous: Any = None, bound: float | None = None) -> float | None:
     """vCPUs used = CPU-time delta / wall-time delta. Uses our own previous poll when it is older
-    (a rate over the whole poll interval), else the agent's `precpu_stats`. None when no valid pair."""
+    (a rate over the whole poll interval), else the agent's `precpu_stats`. None when no valid pair.
+
+    `bound` is `cpu_bound_vcpus`: a rate past it by more than CPU_SLACK is a counter that jumped. Without
+    one, a pair read less than MIN_UNBOUNDED_DT apart is refused: a small error in either end over a
+    tiny gap makes any rate at all (1 s of CPU over 1 ms: 1000 vCPUs)."""
     now = _cpu_point(stats)
     if now is None:
         return None
-    online = _num(_get(stats, "cpu_stats", "online_cpus"))
     for before in (_cpu_point(previous), _cpu_point(stats, "pre")):
         if before is None:
             continue
         dt, dcpu = now[1] - before[1], now[0] - before[0]
-        # a negative delta is a restart, one past every CPU of the host a jump: no rate from that pair
-        if dt > 0 and dcpu >= 0 and not (online and dcpu / dt > online * CPU_SLACK):
-            return dcpu / dt
+        # a negative delta is a restart, one past every CPU the container can have a jump: no rate from that pair
+        if dt <= 0 or dcpu < 0:
+            continue
+        if bound is None and dt < MIN_UNBOUNDED_DT:
+            continue
+        if bound is not None and dcpu / dt > bound * CPU_SLACK:
+            continue
+        return dcpu / dt
     return None
 
 
@@ -374,6 +408,7 @@ class _Totals:
     vcpus: list[float] = field(default_factory=list)
     working_set: list[float] = field(default_factory=list)
     online_cpus: list[float] = field(default_factory=list)
+    cpu_bounds: list[float] = field(default_factory=list)  # `cpu_bound_vcpus` of each container that has one
     stats: dict[str, Any] = field(default_factory=dict)  # DockerId -> stats, for the network
     # a running container without a CPU or a working set this poll (no stats yet, a first sample, a
     # counter that went back): the task's total is a gap then, never the sum of the others
@@ -411,7 +446,10 @@ def _container_samples(container: Mapping[str, Any], stats: Any, previous: Any, 
     if running and read is not None and started is not None and read >= started:
         emit("uptime_seconds", (read - started) / 1e9)
 
-    vcpus = cpu_vcpus(stats, previous)
+    bound = cpu_bound_vcpus(stats, task)
+    if bound is not None:
+        totals.cpu_bounds.append(bound)
+    vcpus = cpu_vcpus(stats, previous, bound)
     totals.cpu_unknown |= running and vcpus is None
     if vcpus is not None:
         totals.vcpus.append(vcpus)
@@ -462,6 +500,10 @@ def _task_samples(task: Any, totals: _Totals, previous: Mapping[str, Any], netwo
         else:  # EC2 without reservations: the host's CPUs bound the task
             cpu_limit = max(totals.online_cpus, default=None)
     usage = sum(totals.vcpus) if totals.vcpus and not totals.cpu_unknown else None
+    # the containers share one host (on Fargate, one task size): their sum past its bound is impossible
+    bound = max(totals.cpu_bounds, default=None)
+    if usage is not None and bound is not None and usage > bound * CPU_SLACK:
+        usage = None
     emit("cpu.usage_vcpus", usage)
     emit("cpu.limit_vcpus", cpu_limit)
     if usage is not None and cpu_limit:

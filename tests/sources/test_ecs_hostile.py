@@ -85,7 +85,10 @@ def online_cpus(stats: Any) -> dict[str, float]:
             continue
         online, name = entry["cpu_stats"].get("online_cpus"), entry.get("name")
         if isinstance(name, str) and isinstance(online, (int, float)) and not isinstance(online, bool) and online > 0:
-            out[name.lstrip("/")] = float(online)
+            try:  # (a JSON integer past the float range is no CPU count)
+                out[name.lstrip("/")] = float(online)
+            except OverflowError:
+                continue
     return out
 
 

@@ -375,6 +375,7 @@ def test_a_cpu_counter_that_jumped_gives_no_rate() -> None:
     """More CPU time than the host's online CPUs have in the interval is not usage: the counter jumped
     (a garbled value, or a restart that came back higher). No rate from that pair, as for a restart."""
     task, stats = load("fargate-2023.task"), load("fargate-2023.stats")
+    task["Limits"]["CPU"] = 2  # a task as large as its host (Fargate caps a task at its size)
     dd, ping = list(stats)
     stats[dd]["cpu_stats"]["cpu_usage"]["total_usage"] += 2**50  # 112,590 vCPUs over 10 s, on 2 CPUs
     before = copy.deepcopy(stats)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
 import http.client
 import json
 import math
@@ -46,8 +47,9 @@ def _check_bindable(name: str, addr: tuple[str, int], kind: socket.SocketKind) -
 
 
 def _check_socket_path(path: str, name: str) -> None:
-    """What the Unix listener would refuse: a missing directory, a path that is not a socket. (A live
-    socket is left to `run`: it may be a sidecar already running beside `check`.) `name`: the setting's."""
+    """What the Unix listener would refuse: a missing directory, one where this user cannot create a
+    socket, a path that is not a socket. (A live socket is left to `run`: it may be a sidecar already
+    running beside `check`.) `name`: the setting's."""
     directory = os.path.dirname(path) or "."
     if not os.path.isdir(directory):
         raise ConfigError(f"{name}={path!r} is invalid: expected a path in an existing "
@@ -55,6 +57,32 @@ def _check_socket_path(path: str, name: str) -> None:
     if os.path.lexists(path) and not stat.S_ISSOCK(os.lstat(path).st_mode):
         raise ConfigError(f"{name}={path!r} is invalid: expected a path that is free or a "
                           "socket (a file that is not a socket is there)")
+    reason = _cannot_create_socket_in(directory)
+    if reason:
+        raise ConfigError(f"{name}={path!r} is invalid: expected a path in a directory where this user "
+                          f"can create a socket ({directory!r}: {reason})")
+
+
+def _cannot_create_socket_in(directory: str) -> str | None:
+    """Why a socket cannot be created in `directory`, else None. The permission bits first (a non-root
+    image with a root-owned directory); then a socket bound there and removed at once, as root passes
+    every permission check yet /proc, /sys or a read-only volume refuse the bind. `check` leaves
+    nothing behind: the trial socket is unlinked as soon as it exists."""
+    if not os.access(directory, os.W_OK | os.X_OK):
+        return "not writable by this user"
+    trial = os.path.join(directory, f".tasklens-check-{os.getpid()}-{os.urandom(4).hex()}")
+    if len(os.fsencode(trial)) > 107:  # too long a name to try where the path itself fits: the bits must do
+        return None
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        try:
+            sock.bind(trial)
+        except OSError as exc:
+            return None if exc.errno == errno.EADDRINUSE else (exc.strerror or str(exc))
+        try:
+            os.unlink(trial)
+        except OSError:
+            pass  # already gone (somebody cleaned the directory): nothing left behind either way
+    return None
 
 
 def _check_mappings(mappings: Sequence[Mapping[str, Any]]) -> None:

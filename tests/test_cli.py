@@ -559,3 +559,62 @@ def test_the_checks_after_loading_name_a_file_key_as_load_does(tmp_path, key: st
         validate({"TASKLENS_CONFIG_FILE": str(path)})
     assert f"{path}: {key}=" in str(raised.value) and said in str(raised.value), raised.value
     assert "TASKLENS_" + key.upper() not in str(raised.value)
+
+
+@pytest.mark.parametrize("path", ["/proc/x.sock", "/sys/x.sock"])
+def test_check_refuses_a_socket_path_where_no_socket_can_be_created(path: str) -> None:
+    """`run` cannot bind there (even as root): `check` said the configuration was fine."""
+    from agent.cli import validate
+    from agent.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"TASKLENS_STATSD_SOCKET='/(proc|sys)/x.sock' is invalid: expected a path "
+                                          r"in a directory where this user can create a socket"):
+        validate(clean_env(TASKLENS_STATSD_SOCKET=path))
+
+
+def test_check_refuses_a_socket_directory_this_user_cannot_write(tmp_path) -> None:
+    """The usual case: a non-root image, a directory owned by root. When the tests run as root, the
+    check runs in a child process that became nobody (the interpreter under /root is not nobody's to run)."""
+    import os
+    import tempfile
+
+    from agent.cli import validate
+    from agent.config import ConfigError
+
+    if os.geteuid() != 0:
+        directory = tmp_path / "read-only"
+        directory.mkdir(mode=0o555)
+        with pytest.raises(ConfigError) as refused:
+            validate(clean_env(TASKLENS_STATSD_SOCKET=str(directory / "statsd.sock")))
+        said = str(refused.value)
+    else:
+        import encodings.idna  # noqa: F401  (the child resolves names: nobody cannot import from /root)
+
+        with tempfile.TemporaryDirectory() as root_owned:  # in /tmp: pytest's tmp_path is root's alone
+            os.chmod(root_owned, 0o755)  # nobody may look into it, not write to it
+            env = clean_env(TASKLENS_STATSD_SOCKET=os.path.join(root_owned, "statsd.sock"))
+            read, write = os.pipe()
+            child = os.fork()
+            if child == 0:  # pragma: no cover (the child)
+                try:
+                    os.setgroups([])
+                    os.setgid(65534)
+                    os.setuid(65534)
+                    validate(env)
+                    os.write(write, b"accepted")
+                except BaseException as exc:  # anything else fails the test with what it was
+                    os.write(write, (str(exc) if isinstance(exc, ConfigError) else repr(exc)).encode())
+                finally:
+                    os._exit(0)
+            os.close(write)
+            with os.fdopen(read, "rb") as pipe:
+                said = pipe.read().decode()
+            os.waitpid(child, 0)
+    assert "can create a socket" in said and "not writable by this user" in said, said
+
+
+def test_check_accepts_a_writable_socket_directory_and_leaves_nothing_there(tmp_path) -> None:
+    from agent.cli import validate
+
+    validate(clean_env(TASKLENS_STATSD_SOCKET=str(tmp_path / "statsd.sock")))
+    assert list(tmp_path.iterdir()) == []

@@ -13,7 +13,9 @@ over once, so a sink can mark them stale (remote_write) instead of letting the l
 
 A worker's series keeps the type of its first point (a histogram its unit: a timer's or raw values)
 until it ends; a point of another type is refused as `type_conflict`, as `/metrics` does. Bad points
-are dropped alone, counted as `tasklens.sink.points_rejected{sink,reason}`.
+are dropped alone, counted as `tasklens.sink.points_rejected{sink,reason}`, and logged (given a `log`) at
+most once a minute per sink and reason, naming the series: a refusal only this sink makes
+(`count_overflow`, `too_many_labels`) is otherwise seen on no other path.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
+from agent.logs import RateLimitedLog
 from agent.model import Batch, Kind, Points, Sample, Tags
 from agent.selfmetrics import SelfMetrics
 from agent.sinks.names import metric_name, reserved
@@ -122,8 +125,10 @@ def _reject_reason(s: Sample) -> str | None:
 
 class CumulativeState:
     def __init__(self, sink: str, metrics: SelfMetrics, buckets: Iterable[float], ttl: float = 300.0,
-                 clock: Callable[[], float] = time.monotonic, wall: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.monotonic, wall: Callable[[], float] = time.time,
+                 log: RateLimitedLog | None = None) -> None:
         self.sink = sink
+        self.log = log  # None: the sink logs its refusals itself (EMF, with its own details)
         self.metrics = metrics
         self.bounds = tuple(sorted(float(b) for b in buckets))
         self.ttl = ttl
@@ -133,8 +138,12 @@ class CumulativeState:
         self._series: dict[Key, Series] = {}
         self._ended: list[tuple[Key, Series]] = []
 
-    def reject(self, reason: str, amount: float = 1.0) -> None:
+    def reject(self, reason: str, amount: float = 1.0, name: str = "", detail: str = "") -> None:
+        """Count a refused point of the series `name` (and log it, rate-limited; `detail` says more)."""
         self.metrics.inc("tasklens.sink.points_rejected", amount, sink=self.sink, reason=reason)
+        if self.log is not None:
+            self.log.warning(f"{self.sink}:{reason}", "%s: a point of %r is not sent (%s)%s", self.sink, name[:100],
+                             reason, f": {detail}" if detail else "")
 
     def accept(self, batch: Batch) -> None:
         now, wall = self.clock(), self.wall()
@@ -144,7 +153,7 @@ class CumulativeState:
             for s in batch.samples:
                 reason = "histogram_in_snapshot" if isinstance(s.value, Points) else _reject_reason(s)
                 if reason:
-                    self.reject(reason)
+                    self.reject(reason, name=s.name)
                     continue
                 key = (s.name, s.tags)
                 entry = old.get(key)
@@ -152,7 +161,7 @@ class CumulativeState:
                 number = float(s.value)  # type: ignore[arg-type]  # not Points: checked above
                 reason = counter_refusal(number) if kind is Kind.COUNTER else ""
                 if reason:
-                    self.reject(reason)
+                    self.reject(reason, name=s.name)
                     continue
                 if entry is None or entry.kind is not kind or (kind is Kind.COUNTER and number < entry.value):  # type: ignore[operator]
                     entry = Series(kind, 0.0, now, wall, batch.source)  # new, or a counter reset: a new stream
@@ -165,7 +174,7 @@ class CumulativeState:
         for s in batch.samples:
             reason = _reject_reason(s)
             if reason:
-                self.reject(reason)
+                self.reject(reason, name=s.name)
                 continue
             key = (s.name, s.tags)
             entry = series.get(key)
@@ -174,11 +183,11 @@ class CumulativeState:
             # another type, or a timer's points where a histogram's were (or the other way): as on /metrics,
             # the first keeps the series until it ends (a counter's stream never restarts at 0 for a gauge)
             if entry is not None and (entry.kind is not kind or (is_points and not entry.value.takes(s.value))):  # type: ignore[union-attr,arg-type]
-                self.reject("type_conflict")
+                self.reject("type_conflict", name=s.name)
                 continue
             if entry is None:
                 if reserved(metric_name(s.name)):  # a worker's series never stands beside the sidecar's
-                    self.reject("reserved_name")
+                    self.reject("reserved_name", name=s.name)
                     continue
                 entry = series[key] = Series(kind, Histogram(self.bounds) if is_points else 0.0, now, wall, batch.source,
                                              summed=s.kind is Kind.COUNT, worker=True)
@@ -187,13 +196,13 @@ class CumulativeState:
                 if entry.value.add(value):  # type: ignore[union-attr]
                     entry.updated = now
                 else:
-                    self.reject("non_finite")  # a sum, count or bucket would become infinite
+                    self.reject("non_finite", name=s.name)  # a sum, count or bucket would become infinite
                 continue
             number = float(value)
             reason = (count_refusal(entry.value, number) if s.kind is Kind.COUNT  # type: ignore[arg-type]
                       else counter_refusal(number) if s.kind is Kind.COUNTER else "")
             if reason:
-                self.reject(reason)  # the series stays as it was (a new one at 0), as on /metrics
+                self.reject(reason, name=s.name)  # the series stays as it was (a new one at 0), as on /metrics
                 continue
             if s.kind is Kind.COUNT:
                 number += entry.value  # type: ignore[operator]

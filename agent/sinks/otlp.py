@@ -136,7 +136,8 @@ class OtlpSink:
         self.wall = wall
         self.temporality = config.otlp_temporality
         self.gzip = config.otlp_compression == "gzip"
-        self.state = CumulativeState(NAME, hub.metrics, config.histogram_buckets, config.series_ttl, wall=wall)
+        self.state = CumulativeState(NAME, hub.metrics, config.histogram_buckets, config.series_ttl, wall=wall,
+                                     log=RateLimitedLog(log, interval=60.0))
         self._last: dict[tuple[str, Any], tuple[int, Any]] = {}  # delta mode: previous (time, value) per stream
         self._log = RateLimitedLog(log, interval=60.0)
         self.max_points_per_request = MAX_POINTS_PER_REQUEST
@@ -202,31 +203,31 @@ class OtlpSink:
             name, tags = key
             iname = instrument_name(name)
             if not iname:
-                self.state.reject("invalid_name")
+                self.state.reject("invalid_name", name=name)
                 continue
             kind, value = series.kind, series.value
             unit = value.milliseconds if isinstance(value, Histogram) else None  # a timer's are seconds
             if kinds.setdefault(iname, (kind, unit)) != (kind, unit):
-                self.state.reject("type_conflict")  # one instrument has one type (and unit)
+                self.state.reject("type_conflict", name=name)  # one instrument has one type (and unit)
                 continue
             # the point's attributes are built once per series, into a template copied each flush (5x cheaper)
             cached = series.cache
             if not isinstance(cached, tuple) or cached[0] is not made_for:
                 attributes = point_attributes(tags, self._resource, self._task_tags if series.worker else None)
                 if attributes is None:
-                    self.state.reject("label_conflict")
+                    self.state.reject("label_conflict", name=name)
                     continue
                 try:
                     template = (m.HistogramDataPoint if isinstance(value, Histogram) else m.NumberDataPoint)(
                         attributes=[KeyValue(key=k, value=AnyValue(string_value=v)) for k, v in attributes])
                 except ValueError:  # text protobuf cannot encode (a lone surrogate): this series alone
-                    self.state.reject("invalid_utf8")
+                    self.state.reject("invalid_utf8", name=name)
                     continue
                 if isinstance(value, Histogram):
                     template.explicit_bounds.extend(value.bounds)
                 cached = series.cache = (made_for, template, attributes)
             if (iname, cached[2]) in streams:  # `a b` and `a_b` with the same tags: one stream, the first keeps it
-                self.state.reject("duplicate_series")
+                self.state.reject("duplicate_series", name=name)
                 continue
             streams.add((iname, cached[2]))
             metric = metrics.get(iname)
@@ -237,7 +238,7 @@ class OtlpSink:
                                                     and (series.summed or isinstance(value, Histogram)))
             temporality = m.AGGREGATION_TEMPORALITY_DELTA if delta else m.AGGREGATION_TEMPORALITY_CUMULATIVE
             if kind is not Kind.GAUGE and temporalities.setdefault(iname, temporality) != temporality:
-                self.state.reject("type_conflict")  # one metric has one temporality
+                self.state.reject("type_conflict", name=name)  # one metric has one temporality
                 continue
             if stale:
                 field = "histogram" if isinstance(value, Histogram) else "sum" if kind is Kind.COUNTER else "gauge"
@@ -262,7 +263,7 @@ class OtlpSink:
                     start, (counts, total, count) = self._delta(name, tags, now_ns, start, (counts, total, count))
                 buckets = [round(c) for c in counts]  # uint64: weighted (sampled) counts are rounded per bucket,
                 if sum(buckets) >= 2**64:  # and the count is their sum, so the two always agree
-                    self.state.reject("count_overflow")  # (`x:1|h|@1e-20` weighs 1e20): this series alone
+                    self.state.reject("count_overflow", name=name)  # (`x:1|h|@1e-20` weighs 1e20): this series alone
                     continue
                 metric.histogram.aggregation_temporality = temporality
                 hp = metric.histogram.data_points.add()
@@ -318,7 +319,8 @@ class OtlpSink:
             for p in data:
                 cost = p.ByteSize() + 6
                 if empty + header_cost + cost > self.max_request_bytes:  # fits in no request at all
-                    self.state.reject("too_large")
+                    self.state.reject("too_large", name=metric.name,
+                                      detail=f"one point is over {self.max_request_bytes} bytes")
                     continue
                 if points >= self.max_points_per_request or size + cost + (header_cost if piece is None else 0) > \
                         self.max_request_bytes:

@@ -240,14 +240,14 @@ class RemoteWriteSink:
         self.external = external.items
         self.batch_samples = config.remote_write_batch_samples
         self.max_labels = config.remote_write_max_labels
-        self._log = RateLimitedLog(log, interval=60.0)
         # a new series costs ~80 us to encode (its labels, once): a burst of them is spread over flushes so
         # that one flush never holds the event loop (and StatsD reading) for more than ~1 s
         self.new_series_per_flush = NEW_SERIES_PER_FLUSH
         self.patterns = config.remote_write_metrics
         self.select_all = "*" in self.patterns
         self._selected: dict[tuple[str, Kind], bool] = {}
-        self.state = CumulativeState(NAME, hub.metrics, config.histogram_buckets, config.series_ttl, wall=wall)
+        self.state = CumulativeState(NAME, hub.metrics, config.histogram_buckets, config.series_ttl, wall=wall,
+                                     log=RateLimitedLog(log, interval=60.0))
         region = sigv4_region(config)
         self.signer = SigV4Signer(region, config.remote_write_sigv4_service) if region else None
         self.headers = self._headers(config)
@@ -288,7 +288,7 @@ class RemoteWriteSink:
         if isinstance(enc, _Encoded):
             return enc
         if isinstance(enc, str):  # refused before: each of its points is refused, without encoding again
-            self.state.reject(enc)
+            self.state.reject(enc, name=key[0])
             return None
         TimeSeries, Label = pb()["TimeSeries"], pb()["Label"]
         try:
@@ -298,11 +298,9 @@ class RemoteWriteSink:
             known = ("bad_label", "label_conflict", "reserved_label", "too_many_labels")  # label_sets' reasons
             reason = exc.args[0] if exc.args and exc.args[0] in known else "invalid_utf8"
             series.cache = reason
-            self.state.reject(reason)
-            if reason == "too_many_labels":
-                self._log.warning(f"{NAME}:{reason}", "remote_write: a series is not sent (too_many_labels): %r "
-                                  "has over %d labels (TASKLENS_REMOTE_WRITE_MAX_LABELS)", key[0][:100],
-                                  self.max_labels)
+            detail = f"over {self.max_labels} labels (TASKLENS_REMOTE_WRITE_MAX_LABELS)" \
+                if reason == "too_many_labels" else ""
+            self.state.reject(reason, name=key[0], detail=detail)
             return None
         series.cache = enc = _Encoded(blocks)
         return enc
@@ -334,7 +332,7 @@ class RemoteWriteSink:
             # wire series once (a histogram has several), or the store refuses the whole request
             if not seen.isdisjoint(enc.blocks):
                 if not stale:  # an ended series whose labels live on needs no stale marker
-                    self.state.reject("duplicate_series")
+                    self.state.reject("duplicate_series", name=key[0])
                 continue
             seen.update(enc.blocks)
             ts = max(now_ms, enc.last_ms + 1)

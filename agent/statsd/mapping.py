@@ -10,6 +10,8 @@ From the configuration file:
 
 The first matching rule wins. Labels from a rule win over the client's tags of the same key (the rule
 is explicit configuration for that name). Rules are validated at start: every error names the rule.
+Their texts are held to the rule of every other text setting (`check_text`: UTF-8, no control
+character, bounded length), and there are at most `MAX_RULES` of them.
 """
 
 from __future__ import annotations
@@ -19,10 +21,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from agent.config import ConfigError
+from agent.config import MAX_ITEMS, MAX_TAG, MAX_TEXT, ConfigError, check_text
 from agent.model import Tags
 
 KEYS = frozenset({"match", "name", "labels", "match_type"})
+# a name no rule matches is tried against every rule (once: contexts are cached): a few dozen rules is
+# a large configuration, thousands are a generated file gone wrong
+MAX_RULES = 1000
 _REF = re.compile(r"\$(?:(\d+)|\{(\d+)\})")
 
 
@@ -40,9 +45,11 @@ def glob_to_regex(glob: str) -> str:
 
 def compile_rules(mappings: Sequence[Mapping[str, Any]]) -> tuple[Rule, ...]:
     """Validate and compile `config.mappings`; raises ConfigError naming the rule and the problem."""
+    if len(mappings) > MAX_RULES:
+        raise ConfigError(f"mappings: expected at most {MAX_RULES} rules ([[mappings]] tables), not {len(mappings)}")
     rules = []
     for i, m in enumerate(mappings):
-        where = f"mappings[{i}]" + (f" (match {m.get('match')!r})" if isinstance(m, Mapping) and "match" in m else "")
+        where = f"mappings[{i}]" + (f" (match {_shown(m.get('match'))})" if isinstance(m, Mapping) and "match" in m else "")
         if not isinstance(m, Mapping):
             raise ConfigError(f"{where}: expected a table with match, name and optional labels, match_type")
         unknown = set(m) - KEYS
@@ -57,6 +64,14 @@ def compile_rules(mappings: Sequence[Mapping[str, Any]]) -> tuple[Rule, ...]:
         if not isinstance(labels, Mapping) or not all(isinstance(k, str) and k and isinstance(v, str)
                                                       for k, v in labels.items()):
             raise ConfigError(f"{where}: labels must be a table of strings, e.g. {{ queue = \"$1\" }}")
+        # as every other text setting: a NUL or a newline would reach /metrics and the sinks raw
+        _check_text(where, "match", match, "a glob or regex", MAX_TEXT)
+        _check_text(where, "name", name, "a metric name", MAX_TAG)
+        if len(labels) > MAX_ITEMS:
+            raise ConfigError(f"{where}: labels: expected at most {MAX_ITEMS} labels, not {len(labels)}")
+        for key, value in labels.items():
+            _check_text(where, "labels", key, "a label name", MAX_TAG)
+            _check_text(where, f"labels[{_shown(key)}]", value, "a label value", MAX_TAG)
         if match_type == "glob":
             if "**" in match:  # two parts with no dot between them: ambiguous, and exponential to match
                 raise ConfigError(f"{where}: `**` in a glob: each `*` is one dot-free part, write `*.*`")
@@ -77,6 +92,19 @@ def compile_rules(mappings: Sequence[Mapping[str, Any]]) -> tuple[Rule, ...]:
                                       f"but the match has {pattern.groups} group(s)")
         rules.append(Rule(match, name, tuple(labels.items()), pattern))
     return tuple(rules)
+
+
+def _shown(value: Any) -> str:
+    """`value` in an error message: escaped (repr), and short whatever its length."""
+    text = repr(value)
+    return text if len(text) <= 60 else text[:60] + "..."
+
+
+def _check_text(where: str, field: str, text: str, form: str, limit: int) -> None:
+    try:
+        check_text(text, form, limit)
+    except ValueError as exc:
+        raise ConfigError(f"{where}: {field}: expected {exc}") from None
 
 
 def _expand(template: str, groups: Sequence[str]) -> str:

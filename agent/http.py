@@ -32,8 +32,12 @@ REQUEST_DEADLINE = 5.0
 # A `/metrics` answer must be taken within this: a peer that asks and stops reading (its window
 # closed) held a scrape slot for as long as it kept the connection, and two such peers held every
 # scrape back. Prometheus gives up on a scrape after 10 s by default, so an answer later than that
-# is read by nobody; the connection is then dropped and counted (`tasklens.http.scrapes_abandoned`).
+# is read by nobody; the connection is then dropped and counted (`tasklens.http.scrapes_abandoned`
+# with reason="stalled").
 WRITE_DEADLINE = 10.0
+# Why a `/metrics` request is counted in `tasklens.http.scrapes_abandoned`: its peer hung up before
+# the answer was written (reason "gone"), or stopped reading it (reason "stalled").
+ABANDONED = ("gone", "stalled")
 
 
 class SingleFlight:
@@ -127,8 +131,19 @@ def make_app(hub: Hub, prometheus: PrometheusSink, ready: Callable[[], bool],
     flights = SingleFlight()
     gzipped = GzipCache()  # used by one rendering at a time per key (SingleFlight)
     scraping = asyncio.Semaphore(SCRAPES_AT_ONCE)
+    hub.metrics.declare("tasklens.http.scrapes_abandoned", ABANDONED)
 
     async def metrics(request: web.Request) -> web.StreamResponse:
+        try:
+            return await answer_metrics(request)
+        except asyncio.CancelledError:
+            # the runner cancels a handler whose peer hangs up (handler_cancellation); at shutdown the
+            # peer is still there, and that is not counted
+            if gone(request):
+                hub.metrics.inc("tasklens.http.scrapes_abandoned", reason="gone")
+            raise
+
+    async def answer_metrics(request: web.Request) -> web.StreamResponse:
         openmetrics = negotiate(request.headers.get("Accept", ""))
         headers = {"Content-Type": OPENMETRICS if openmetrics else TEXT}
         compress = quality(request.headers.get("Accept-Encoding", ""), "gzip") > 0
@@ -145,18 +160,24 @@ def make_app(hub: Hub, prometheus: PrometheusSink, ready: Callable[[], bool],
         # other), compresses and writes 1.2-53 MB at 100,000 series; twenty at once would fill the
         # event loop's queue ahead of `/health` (measured: bench/health_under_load.py)
         async with scraping:
+            if gone(request):  # it hung up while it waited its turn: render and write nothing for it
+                hub.metrics.inc("tasklens.http.scrapes_abandoned", reason="gone")
+                return web.Response()  # aiohttp finds the connection closed and sends nothing
             body = await flights.run((openmetrics, compress), render)
             response = web.StreamResponse(headers=headers)
             response.content_length = len(body)
-            await response.prepare(request)
             view = memoryview(body)
             try:
+                await response.prepare(request)
                 async with asyncio.timeout(WRITE_DEADLINE):
                     for start in range(0, len(body) if request.method != "HEAD" else 0, WRITE_CHUNK):
                         await response.write(view[start:start + WRITE_CHUNK])  # as the socket drains: no 53 MB at once
                     await response.write_eof()
+            except ConnectionError:  # it hung up during the answer
+                hub.metrics.inc("tasklens.http.scrapes_abandoned", reason="gone")
+                return response
             except TimeoutError:
-                hub.metrics.inc("tasklens.http.scrapes_abandoned")
+                hub.metrics.inc("tasklens.http.scrapes_abandoned", reason="stalled")
                 if request.transport is not None:
                     request.transport.abort()  # what is buffered for it goes too
                 return response
@@ -185,6 +206,12 @@ def make_app(hub: Hub, prometheus: PrometheusSink, ready: Callable[[], bool],
     app.router.add_get("/ready", ready_handler)
     app.router.add_get("/status", status_handler)
     return app
+
+
+def gone(request: web.Request) -> bool:
+    """The peer hung up (or half-closed: aiohttp closes the connection on the peer's FIN, so no
+    answer could reach it)."""
+    return request.transport is None or request.transport.is_closing()
 
 
 def json_text(obj: Any, indent: int | None = None) -> str:

@@ -155,7 +155,10 @@ class Runtime:
             from agent.statuspage import add_routes
 
             add_routes(app, self.page, self.status)
-        self._runner = web.AppRunner(app, access_log=None, handle_signals=False,
+        # handler_cancellation: a request whose peer hangs up stops where it is (aiohttp >= 3.9 lets it
+        # run on): a `/metrics` request then no longer waits its turn, renders and writes for nobody.
+        # The handlers only read, so stopping one anywhere leaves nothing half done.
+        self._runner = web.AppRunner(app, access_log=None, handle_signals=False, handler_cancellation=True,
                                      keepalive_timeout=http.REQUEST_DEADLINE, shutdown_timeout=HTTP_GRACE)
         await self._runner.setup()
         host, port = self.config.http_addr

@@ -8,7 +8,7 @@ import socket
 import time
 
 from agent.http import REQUEST_DEADLINE, WRITE_DEADLINE
-from tests.support import http_get
+from tests.support import http_get, wait_until
 
 MARGIN = 10.0  # seconds past the deadline a close may take on a loaded machine
 
@@ -64,19 +64,43 @@ def test_connections_without_a_complete_request_are_closed_and_scrapes_go_on(sid
     assert sidecar.stop() == 0
 
 
+def large_exposition(sidecar) -> None:
+    """Fills the sidecar with ~60,000 wide counters: 10-20 MB of `/metrics`, ~0.1 s to render."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as statsd:
+        for i in range(0, 60_000, 40):
+            statsd.sendto(b"\n".join(b"stalled.reader.padding.%s.%d:1|c|#k:%s" % (b"x" * 150, n, b"v" * 100)
+                                     for n in range(i, i + 40)), ("127.0.0.1", sidecar.statsd_port))
+            if i % 4000 == 0:
+                time.sleep(0.05)  # no kernel drops: every series arrives
+    until_big = time.monotonic() + 60
+    while len(http_get(sidecar.url + "/metrics", timeout=10)[1]) < 10_000_000:
+        assert time.monotonic() < until_big, "the exposition never grew past 10 MB"
+        time.sleep(0.5)
+
+
+def test_metrics_requests_whose_peer_hung_up_cost_nothing_and_are_counted(sidecar_factory) -> None:
+    """200 peers that ask for a large `/metrics` and hang up at once: each one waited its turn, then
+    rendered and wrote for nobody (a scrape behind them took 21.7 s, and nothing was counted)."""
+    sidecar = sidecar_factory(TASKLENS_FLUSH_INTERVAL="1")
+    sidecar.wait_ready()
+    large_exposition(sidecar)
+    for _ in range(200):
+        with socket.create_connection(("127.0.0.1", sidecar.http_port), timeout=5) as sock:
+            sock.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+    started = time.monotonic()
+    assert http_get(sidecar.url + "/metrics", timeout=60)[0] == 200
+    assert time.monotonic() - started < 5.0  # one rendering and a write, not 200
+    wait_until(lambda: abandoned(http_get(sidecar.url + "/metrics", timeout=10)[1], "gone") > 0, 10,
+               what="the hang-ups counted")
+    assert sidecar.stop() == 0
+
+
 def test_peers_that_ask_for_metrics_and_stop_reading_are_dropped_and_scrapes_go_on(sidecar_factory) -> None:
     """Two scrape slots: two peers that ask for a large `/metrics` and never read held both for as long
     as they kept their connections, and every other scrape waited."""
     sidecar = sidecar_factory(TASKLENS_FLUSH_INTERVAL="1")
     sidecar.wait_ready()
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as statsd:  # ~20 MB of exposition
-        for i in range(0, 60_000, 40):
-            statsd.sendto(b"\n".join(b"stalled.reader.padding.%s.%d:1|c|#k:%s" % (b"x" * 150, n, b"v" * 100)
-                                     for n in range(i, i + 40)), ("127.0.0.1", sidecar.statsd_port))
-    until_big = time.monotonic() + 60
-    while len(http_get(sidecar.url + "/metrics", timeout=10)[1]) < 10_000_000:
-        assert time.monotonic() < until_big, "the exposition never grew past 10 MB"
-        time.sleep(0.5)
+    large_exposition(sidecar)
     readers = []
     for _ in range(3):  # more than the scrape slots
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -90,7 +114,7 @@ def test_peers_that_ask_for_metrics_and_stop_reading_are_dropped_and_scrapes_go_
         assert http_get(sidecar.url + "/metrics", timeout=WRITE_DEADLINE + MARGIN)[0] == 200
         assert time.monotonic() - started < WRITE_DEADLINE + MARGIN
         until_all = time.monotonic() + 2 * (WRITE_DEADLINE + MARGIN)
-        while abandoned(http_get(sidecar.url + "/metrics", timeout=10)[1]) < 3:  # the third one's turn came too
+        while abandoned(http_get(sidecar.url + "/metrics", timeout=10)[1], "stalled") < 3:  # the third one's turn came too
             assert time.monotonic() < until_all, "the peers that stopped reading were not all dropped"
             time.sleep(0.5)
     finally:
@@ -99,6 +123,8 @@ def test_peers_that_ask_for_metrics_and_stop_reading_are_dropped_and_scrapes_go_
     assert sidecar.stop() == 0
 
 
-def abandoned(exposition: str) -> float:
-    found = [line for line in exposition.splitlines() if line.startswith("tasklens_http_scrapes_abandoned_total")]
+def abandoned(exposition: str, reason: str) -> float:
+    """`tasklens_http_scrapes_abandoned_total` for one reason (`gone`, `stalled`)."""
+    found = [line for line in exposition.splitlines()
+             if line.startswith("tasklens_http_scrapes_abandoned_total") and f'reason="{reason}"' in line]
     return float(found[0].split()[-1]) if found else 0.0

@@ -251,7 +251,10 @@ class Pusher:
                 self._flush()  # on stop too: the final, partial interval
                 if stop.is_set():
                     break
-                due = next_tick(max(self.wall(), due), self.interval)  # a late loop skips ticks, never piles them
+                now = self.wall()
+                due = next_tick(max(now, due), self.interval)  # a late loop skips ticks, never piles them
+                if due - now > self.interval:  # the wall clock stepped back: tick from now, not in an hour
+                    due = next_tick(now, self.interval)
             if self.on_stop is not None:
                 self.put(self.on_stop())
             await self.drain(loop.time() + self.drain_timeout)

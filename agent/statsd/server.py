@@ -131,9 +131,10 @@ def next_boundary(now: float, interval: float) -> float:
 class StatsdServer:
     name = "statsd"
 
-    def __init__(self, config: Config, hub: Hub) -> None:
+    def __init__(self, config: Config, hub: Hub, *, wall: Callable[[], float] = time.time) -> None:
         self.config = config
         self.hub = hub
+        self.wall = wall  # intervals close on its boundaries
         self.rules = mapping.compile_rules(config.mappings)  # ConfigError naming the rule
         limits = Limits(max_contexts=config.statsd_max_contexts, context_bytes=config.statsd_max_context_bytes,
                         event_bytes=config.statsd_max_event_bytes, set_members=config.statsd_max_set_members,
@@ -283,11 +284,13 @@ class StatsdServer:
                 readers[listener.sock.fileno()] = listener.sock
         poller.register(self._wake_r, select.POLLIN)
         interval = self.config.flush_interval
-        boundary = next_boundary(time.time(), interval)
+        boundary = next_boundary(self.wall(), interval)
         agg.interval.start = boundary - interval
         while True:
             try:
-                now = time.time()
+                now = self.wall()
+                if boundary - now > interval:  # the wall clock stepped back: the next boundary from now, not in an hour
+                    boundary = next_boundary(now, interval)
                 if now >= boundary:
                     following = next_boundary(now, interval)
                     periods = max(1, round((following - boundary) / interval))  # more after a pause

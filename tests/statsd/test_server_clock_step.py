@@ -1,0 +1,53 @@
+"""The StatsD receive loop when the wall clock steps back (an NTP step, a VM clock correction): it closed
+intervals on wall-clock boundaries and, after a one-hour step back, waited for the old next boundary:
+no StatsD interval was published for an hour (and so nothing reached any sink)."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+
+import pytest
+
+from agent.config import load
+from agent.hub import Hub
+from agent.identity import Identity
+from agent.selfmetrics import SelfMetrics
+from agent.statsd.server import StatsdServer
+from tests.support import Recorder, until
+
+pytestmark = pytest.mark.usefixtures("every_receiver")
+
+
+def send(port: int, line: bytes) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.sendto(line, ("127.0.0.1", port))
+
+
+def published(recorder: Recorder, name: str) -> bool:
+    return any(s.name == name for b in recorder.batches if b.source == "statsd" for s in b.samples)
+
+
+@pytest.mark.parametrize("step", [-3600.0, -30.0])
+async def test_intervals_close_at_the_interval_after_the_wall_clock_steps_back(step: float) -> None:
+    offset = [0.0]
+    config = load({"TASKLENS_STATSD_ADDR": "127.0.0.1:0", "TASKLENS_FLUSH_INTERVAL": "1"})
+    hub = Hub(Identity(service="orders"), SelfMetrics())
+    recorder = Recorder()
+    hub.add_sink(recorder)
+    server = StatsdServer(config, hub, wall=lambda: time.time() + offset[0])
+    await server.start()
+    stop = asyncio.Event()
+    task = asyncio.create_task(server.run(stop))
+    try:
+        port = server.udp_addresses[0][1]
+        send(port, b"before.step:1|c")
+        await until(lambda: published(recorder, "before.step"), 5, "an interval before the step")
+        offset[0] = step
+        await asyncio.sleep(0.1)  # the loop sees the new time before the line arrives
+        send(port, b"after.step:1|c")
+        await until(lambda: published(recorder, "after.step"), 5, "an interval closed after the step")
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 10)

@@ -35,6 +35,11 @@ ENV_V3 = "ECS_CONTAINER_METADATA_URI"
 # for a task of 10 containers is about 50 KB, and a body that never ends must not fill the memory.
 MAX_BODY = 4 * 1024 * 1024
 ERROR_TEXT_LIMIT = 400  # characters of a poll error kept and logged: the path, the status and the start of the answer
+# A container's sample unchanged (same `read`) for longer than this many poll intervals, and at least
+# STALE_MIN_SECONDS, gives no CPU rate: the agent refreshes every 1-10 s (spec), so a sample that old is
+# not refreshed any more (a container stuck, a stats lookup that fails) and its rate is from before.
+STALE_POLLS = 3
+STALE_MIN_SECONDS = 30.0
 
 
 def metadata_base_url(environ: Mapping[str, str]) -> str | None:
@@ -63,7 +68,7 @@ class EcsSource:
     name = "ecs"
 
     def __init__(self, config: Config, hub: Hub, base_url: str, *, backoff_initial: float = 1.0,
-                 log_interval: float = 60.0) -> None:
+                 log_interval: float = 60.0, stale_after: float | None = None) -> None:
         self.config = config
         self.hub = hub
         self.base_url = base_url.strip().rstrip("/")
@@ -74,9 +79,12 @@ class EcsSource:
         self.backoff_initial = backoff_initial
         self._log = RateLimitedLog(log, interval=log_interval)
         self._session: aiohttp.ClientSession | None = None
-        # DockerId -> (older, latest) stats with distinct `read`s: rates span a whole poll even when
-        # the agent has not refreshed its stats since the last one
-        self._history: dict[str, tuple[Any, Any]] = {}
+        # DockerId -> (older, latest) stats with distinct `read`s, and when (monotonic) the latest was
+        # first seen: rates span a whole poll even when the agent has not refreshed its stats since the
+        # last one, until the latest is older than `stale_after` seconds
+        self._history: dict[str, tuple[Any, Any, float]] = {}
+        self.stale_after = stale_after if stale_after is not None else max(
+            STALE_POLLS * config.poll_interval, STALE_MIN_SECONDS)
         self._network = NetworkTotals()  # the task's network counters, poll after poll
         self._failures = 0
         hub.metrics.declare("tasklens.ecs.poll_errors", POLL_ERRORS)  # at 0 from the start, for increase()
@@ -174,7 +182,8 @@ class EcsSource:
                    if isinstance(c, dict) and isinstance(c.get("DockerId"), str)}
             stats = {docker_id: entry for docker_id, entry in stats.items() if docker_id in ids}
         # the task's own series (state, limits) still go out when only the stats failed
-        derived = derive(task, stats, self._previous(stats), self._network)
+        previous, stale = self._previous(stats)
+        derived = derive(task, stats, previous, self._network, stale)
         derived.samples.extend(self.health.observe(task, stats, derived.samples, time.time()))
         for reason in derived.errors:
             if error is not None and reason == "no_stats":
@@ -216,26 +225,35 @@ class EcsSource:
 
     # -- rates -------------------------------------------------------------------------------
 
-    def _previous(self, stats: Mapping[str, Any]) -> dict[str, Any]:
-        out = {}
+    def _previous(self, stats: Mapping[str, Any]) -> tuple[dict[str, Any], set[str]]:
+        """Our earlier sample per DockerId to take rates from, and the DockerIds whose sample has not
+        changed for longer than `stale_after` (no rate from those)."""
+        out, stale = {}, set()
+        now = time.monotonic()
         for docker_id, entry in stats.items():
-            older, latest = self._history.get(docker_id, (None, None))
+            older, latest, since = self._history.get(docker_id, (None, None, now))
             if latest is None or not isinstance(entry, Mapping):
                 continue
             # the agent refreshes its stats every 1-10 s; an unchanged `read` is the same sample
-            out[docker_id] = older if entry.get("read") == _get_read(latest) else latest
-        return {k: v for k, v in out.items() if v is not None}
+            if entry.get("read") != _get_read(latest):
+                out[docker_id] = latest
+            elif now - since > self.stale_after:
+                stale.add(docker_id)
+            else:
+                out[docker_id] = older
+        return {k: v for k, v in out.items() if v is not None}, stale
 
     def _remember(self, stats: Mapping[str, Any]) -> None:
-        history: dict[str, tuple[Any, Any]] = {}
+        history: dict[str, tuple[Any, Any, float]] = {}
+        now = time.monotonic()
         for docker_id, entry in stats.items():
             if not isinstance(entry, Mapping) or not entry.get("read"):
                 continue
-            older, latest = self._history.get(docker_id, (None, None))
+            older, latest, since = self._history.get(docker_id, (None, None, now))
             if latest is not None and entry.get("read") == _get_read(latest):
-                history[docker_id] = (older, latest)
+                history[docker_id] = (older, latest, since)
             else:
-                history[docker_id] = (latest, entry)
+                history[docker_id] = (latest, entry, now)
         self._history = history  # containers that went away are forgotten
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, NamedTuple
@@ -416,8 +416,16 @@ class _Totals:
     memory_unknown: bool = False
 
 
+def in_use(container: Mapping[str, Any]) -> bool:
+    """A container whose stats are usage now: RUNNING, or the pause container while it holds the task's
+    network (its status is RESOURCES_PROVISIONED then, never RUNNING). The stats entry of a container
+    that stopped can keep its last sample for good: that is no usage."""
+    status = container.get("KnownStatus")
+    return status == "RUNNING" or (status == "RESOURCES_PROVISIONED" and not is_workload(container))
+
+
 def _container_samples(container: Mapping[str, Any], stats: Any, previous: Any, task: Any,
-                       totals: _Totals) -> list[Sample]:
+                       totals: _Totals, stale: bool = False) -> list[Sample]:
     tags: Tags = container_tags(container)
     out: list[Sample] = []
     workload = is_workload(container)
@@ -440,6 +448,8 @@ def _container_samples(container: Mapping[str, Any], stats: Any, previous: Any, 
         totals.cpu_unknown |= running
         totals.memory_unknown |= running
         return out
+    if not in_use(container):  # stopped, or not started yet: its state only
+        return out
 
     read = parse_time_ns(stats.get("read"))
     started = parse_time_ns(container.get("StartedAt"))
@@ -449,7 +459,8 @@ def _container_samples(container: Mapping[str, Any], stats: Any, previous: Any, 
     bound = cpu_bound_vcpus(stats, task)
     if bound is not None:
         totals.cpu_bounds.append(bound)
-    vcpus = cpu_vcpus(stats, previous, bound)
+    # a sample that has not changed for a while: the rate it gives is from before, not now
+    vcpus = None if stale else cpu_vcpus(stats, previous, bound)
     totals.cpu_unknown |= running and vcpus is None
     if vcpus is not None:
         totals.vcpus.append(vcpus)
@@ -542,14 +553,16 @@ def _task_samples(task: Any, totals: _Totals, previous: Mapping[str, Any], netwo
 
 
 def derive(task: Any, stats: Any, previous: Mapping[str, Any] | None = None,
-           network: NetworkTotals | None = None) -> Derived:
+           network: NetworkTotals | None = None, stale: Collection[str] = ()) -> Derived:
     """All container and task samples of one poll.
 
     `task` is the `/task` JSON, `stats` the `/task/stats` JSON (DockerId -> Docker stats),
-    `previous` our own earlier stats per DockerId (for rates over the poll interval), and `network`
-    the task's network counters so far (the same object poll after poll; without it, they start here). Containers
-    not in `/task` are ignored, a DockerId listed again counts once (its first entry); the pause
-    container only counts toward the task totals.
+    `previous` our own earlier stats per DockerId (for rates over the poll interval), `network`
+    the task's network counters so far (the same object poll after poll; without it, they start here),
+    and `stale` the DockerIds whose sample has not changed for several polls (no CPU rate from them).
+    Containers not in `/task` are ignored, a DockerId listed again counts once (its first entry); the
+    pause container only counts toward the task totals; a container not in use (`in_use`: stopped, not
+    started) has its state series only, and counts toward nothing.
     """
     previous = previous or {}
     errors: list[str] = []
@@ -577,11 +590,12 @@ def derive(task: Any, stats: Any, previous: Mapping[str, Any] | None = None,
         elif not entry and container.get("KnownStatus") == "RUNNING" and is_workload(container):
             errors.append("no_stats")  # not started long enough, or a failed lookup
         try:
-            samples += _container_samples(container, entry, previous.get(docker_id), task, totals)
+            samples += _container_samples(container, entry, previous.get(docker_id), task, totals,
+                                          docker_id in stale)
         except Exception:  # a shape nobody has seen yet: lose this container, not the task
             errors.append("bad_container")
             continue
-        if entry:
+        if entry and in_use(container):
             totals.stats[docker_id] = entry
     try:
         samples += _task_samples(task, totals, {k: v for k, v in previous.items() if k in totals.stats},

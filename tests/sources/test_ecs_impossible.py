@@ -7,6 +7,7 @@ import asyncio
 import copy
 from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from tests.sources.ecs_helpers import MetadataServer, load, managed_instances_task
@@ -118,3 +119,98 @@ def test_fargate_windows_or_no_cpu_count_repro() -> None:
     assert "dd-agent" not in values(samples, "ecs.container.cpu.usage_vcpus")
     assert values(samples, "ecs.container.cpu.usage_vcpus")["apmtest-ping"] == 0.0
     assert values(samples, "ecs.task.cpu.utilization_percent") == {}  # a gap: one container has no reading
+
+
+# --- containers that are not running, samples that stopped changing ------------------------------
+
+# what a container's stats give (the health monitor's series, such as the peak working set seen while it
+# ran, are history, not this sample)
+USAGE_SERIES = ("ecs.container.cpu.", "ecs.container.memory.usage", "ecs.container.memory.working_set",
+                "ecs.container.memory.limit", "ecs.container.memory.utilization", "ecs.container.memory.rss",
+                "ecs.container.memory.cache", "ecs.container.memory.anon", "ecs.container.memory.file",
+                "ecs.container.io.", "ecs.container.pids", "ecs.container.uptime")
+STATUS_PAIRS = [("fargate-2023.task", "fargate-2023.stats"), ("ec2-bridge-2020.task", "ec2-bridge-2020.stats"),
+                ("fargate-v2-2017.task", "fargate-v2-2017-wrong-system-delta.stats"),
+                ("ec2-awsvpc-2023-cgroupv2.task", "ec2-awsvpc-2023-cgroupv2.stats")]
+
+
+def by_series(samples: list[Sample]) -> dict[tuple[str, str | None], float]:
+    return {(s.name, dict(s.tags).get("container_name")): s.value for s in samples}
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(pair=st.sampled_from(STATUS_PAIRS),
+       statuses=st.lists(st.sampled_from(["RUNNING", "STOPPED", "PULLED", "CREATED", "NONE"]), min_size=3, max_size=3),
+       pause_up=st.booleans())
+def test_a_container_not_running_counts_for_nothing_whatever_its_stats_entry_holds(
+        pair: tuple[str, str], statuses: list[str], pause_up: bool) -> None:
+    """ECS keeps the last sample of a container that stopped (or serves one for a container not started):
+    its stats entry changes nothing but its state series. Every series, the task's sums included, is
+    the same as without that entry; the pause container counts toward the task while it is
+    RESOURCES_PROVISIONED (as it is while the task runs)."""
+    task, stats = load(pair[0]), load(pair[1])
+    for container, status in zip(task["Containers"], statuses):
+        if container["Type"] == "CNI_PAUSE":
+            container["KnownStatus"] = "RESOURCES_PROVISIONED" if pause_up else "STOPPED"
+        else:
+            container["KnownStatus"] = status
+    in_use = {c["DockerId"] for c in task["Containers"]
+              if c["KnownStatus"] in ("RUNNING", "RESOURCES_PROVISIONED")}
+    later = {k: advance(v, 10 * 10**9, 10**9) if v else v for k, v in stats.items()}
+    frozen = dict(later, **{k: v for k, v in stats.items() if k not in in_use})  # theirs stay as they were
+    without = {k: v for k, v in later.items() if k in in_use}
+
+    got = by_series(asyncio.run(polls(task, stats, frozen))[1])
+    expected = by_series(asyncio.run(polls(task, {k: v for k, v in stats.items() if k in in_use}, without))[1])
+
+    assert got == expected
+    for container in task["Containers"]:
+        if container["DockerId"] not in in_use:
+            assert not [name for name, who in got if who == container["Name"] and name.startswith(USAGE_SERIES)]
+
+
+async def test_a_sample_that_stopped_changing_gives_no_rate_once_stale(metadata: MetadataServer) -> None:
+    """The same sample poll after poll: its rate is from before. Within `stale_after` the rate over the
+    last two samples stands (the agent refreshes every 1-10 s); past it, no CPU rate for the container
+    and a gap for the task's; a new sample gives a rate again."""
+    task, first = load("fargate-2023.task"), load("fargate-2023.stats")
+    second = {k: advance(v, 10 * 10**9, 10**9) for k, v in first.items()}
+    third = {k: advance(v, 10 * 10**9, 10**9) for k, v in second.items()}
+    dd, ping = first
+    for stale_after, rate_stands in ((60.0, True), (0.0, False)):
+        harness = Harness(metadata.url, stale_after=stale_after)
+        for stats in (first, second, dict(second, **{dd: third[dd]})):  # apmtest-ping's sample stays
+            metadata.serve(task, stats)
+            assert await harness.source.poll_once()
+        got = by_series(harness.recorder.last("ecs").samples)
+        assert got["ecs.container.cpu.usage_vcpus", "dd-agent"] == pytest.approx(0.1)
+        assert (("ecs.container.cpu.usage_vcpus", "apmtest-ping") in got) is rate_stands
+        assert (("ecs.task.cpu.usage_vcpus", None) in got) is rate_stands
+        assert got["ecs.container.memory.working_set_bytes", "apmtest-ping"] > 0  # a gauge: the last known
+        metadata.serve(task, {dd: advance(third[dd], 10 * 10**9, 10**9), ping: third[ping]})
+        assert await harness.source.poll_once()
+        assert by_series(harness.recorder.last("ecs").samples)["ecs.task.cpu.usage_vcpus", None] == pytest.approx(0.2)
+        await harness.source.aclose()
+
+
+async def test_the_reviewers_stopped_container(metadata: MetadataServer) -> None:
+    """fargate-2023, apmtest-ping STOPPED with its last sample still served, five polls: the task is
+    dd-agent alone (0.1 vCPU, working set 156,966,912), apmtest-ping has its state only."""
+    task, stats = load("fargate-2023.task"), load("fargate-2023.stats")
+    dd, ping = stats
+    harness = Harness(metadata.url)
+    stats = {k: advance(v, 10 * 10**9, 10**9) for k, v in stats.items()}
+    metadata.serve(task, stats)
+    assert await harness.source.poll_once()
+    task["Containers"][1].update(KnownStatus="STOPPED", DesiredStatus="STOPPED", ExitCode=0)
+    for _ in range(5):
+        stats = {dd: advance(stats[dd], 10 * 10**9, 10**9), ping: stats[ping]}
+        metadata.serve(task, stats)
+        assert await harness.source.poll_once()
+    got = harness.scrape()
+    assert got["ecs_task_cpu_usage_vcpus", None] == pytest.approx(0.1)
+    assert got["ecs_task_memory_working_set_bytes", None] == 156_966_912
+    assert got["ecs_container_running", "apmtest-ping"] == 0
+    sent = by_series(harness.recorder.last("ecs").samples)
+    assert not [name for name, who in sent if who == "apmtest-ping" and name.startswith(USAGE_SERIES)]
+    await harness.source.aclose()

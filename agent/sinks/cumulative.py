@@ -44,6 +44,8 @@ class Histogram:
     count: float = 0.0
     # the unit of the points it holds: a timer's (milliseconds, kept in seconds) or not; None while empty
     milliseconds: bool | None = None
+    # a value below 0 was recorded: OTLP then leaves `sum` out (its proto: a sum is for non-negative events)
+    negative: bool = False
 
     def takes(self, points: Points) -> bool:
         """The points are of the unit of those it holds: a timer's values and a histogram's raw ones are
@@ -66,6 +68,7 @@ class Histogram:
         self.counts = counts
         self.total, self.count = total, count
         self.milliseconds = points.milliseconds
+        self.negative = self.negative or (len(points.values) > 0 and points.values[0] < 0.0)  # sorted: [0] is the least
         return True
 
     def cumulative(self) -> list[float]:

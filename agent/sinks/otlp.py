@@ -269,7 +269,9 @@ class OtlpSink:
                 hp = metric.histogram.data_points.add()
                 hp.CopyFrom(cached[1])
                 hp.start_time_unix_nano, hp.time_unix_nano = min(start, now_ns), now_ns
-                hp.count, hp.sum = sum(buckets), total
+                hp.count = sum(buckets)
+                if not value.negative:  # the proto: no sum once negative values are recorded (it is optional)
+                    hp.sum = total
                 hp.bucket_counts.extend(buckets)
             elif kind is Kind.COUNTER:
                 start, v = int(series.start * 1e9), float(value)

@@ -7,7 +7,7 @@
 
 An absent key is an empty queue (Redis deletes empty lists), so it reads 0. Lists carry no
 timestamps: plain and Celery lists report no age; RQ's job hash has `enqueued_at`, and a stream
-id's first part is its enqueue time in milliseconds.
+id's first part is its enqueue time in milliseconds (when Redis generated it: see `stream_age`).
 """
 
 from __future__ import annotations
@@ -40,8 +40,23 @@ def celery_keys(queue: str) -> list[str]:
     return [queue if p == 0 else f"{queue}{CELERY_SEP}{p}" for p in CELERY_PRIORITY_STEPS]
 
 
+# an id's ms part is its enqueue time only when Redis generated it (`XADD s * ...`); a producer's own ids
+# (`XADD s 1-1 ...`, a sequence) are no time. An id reads as one only from 2000 to Redis' clock plus a
+# skew (a producer that writes its own clock's time, a little ahead of Redis')
+PLAUSIBLE_FROM_MS = 946_684_800_000  # 2000-01-01T00:00:00Z
+CLOCK_SKEW_MS = 60_000
+
+
 def stream_id_ms(entry_id: str) -> int:
     return int(entry_id.split("-", 1)[0])
+
+
+def stream_age(entry_id: str, now: float) -> float | None:
+    """The age of the entry `entry_id` at `now` (Redis' TIME, seconds); None when its id is no time."""
+    ms = stream_id_ms(entry_id)
+    if ms < PLAUSIBLE_FROM_MS or ms > now * 1000 + CLOCK_SKEW_MS:
+        return None
+    return max(0.0, now - ms / 1000)
 
 
 def rq_age(enqueued_at: str | None, now: float) -> float | None:
@@ -221,7 +236,7 @@ class RedisProbe:
             entry_id = await r.eval(NEXT_ID, 1, self.key, f"({delivered}")
             if entry_id:
                 seconds, micros = await r.time()
-                age = max(0.0, seconds + micros / 1e6 - stream_id_ms(entry_id) / 1000)
+                age = stream_age(entry_id, seconds + micros / 1e6)
         elif lag == 0:
             age = 0.0
         return Reading(depth=lag, in_flight=group["pending"], consumers=group["consumers"],

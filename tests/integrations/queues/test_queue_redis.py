@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import redis
 import redis.asyncio
-from hypothesis import given, settings
+from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
 from tests.integrations.queues.support import check_backing_up, check_drain, eventually, port_open
@@ -137,8 +137,8 @@ async def test_rq_ready_started_scheduled_workers_and_age(config, hub, exported,
 
 def scaling_values(exported, queue: str) -> dict[str, float]:
     """The backlog-per-task series of one queue (agent/scaling/backlog.py), by metric name."""
-    return {s.name: s.value for s in exported.samples()
-            if s.name.startswith(("queue_consumers", "queue_backlog", "queue_tasks")) and s.labels.get("queue") == queue}
+    return {s.name: s.value for s in exported.samples() if s.labels.get("queue") == queue
+            and s.name.startswith(("queue_consumers", "queue_backlog", "queue_tasks"))}
 
 
 async def test_rq_workers_killed_with_sigkill_stop_counting_once_their_key_expires(config, hub, exported, r, unique):
@@ -185,7 +185,8 @@ async def test_rq_workers_killed_with_sigkill_stop_counting_once_their_key_expir
             if worker.poll() is None:
                 worker.kill()
                 worker.wait()
-        await r.srem("rq:workers", *[f"rq:worker:{unique}-{name}" for name in ("alive0", "alive1", "killed0", "killed1")])
+        names = ("alive0", "alive1", "killed0", "killed1")
+        await r.srem("rq:workers", *[f"rq:worker:{unique}-{name}" for name in names])
         await r.srem("rq:queues", f"rq:queue:{unique}")
         await source.probe.close()
 
@@ -241,7 +242,8 @@ async def test_stream_group_lag_pending_consumers_and_age(config, hub, exported,
 @pytest.mark.parametrize("delivered", ["5-18446744073709551615", "0-0"])
 async def test_stream_group_delivered_up_to_an_odd_id(config, hub, exported, r, unique, delivered):
     """Ids given by the producer: the group's last-delivered-id at the largest sequence of its millisecond
-    (the next id is in the next millisecond), or at 0-0 (nothing delivered yet)."""
+    (the next id is in the next millisecond), or at 0-0 (nothing delivered yet). The next entry, 6-0, is
+    not a time (6 ms after the epoch): no age."""
     await r.xgroup_create(unique, "workers", id="0", mkstream=True)
     if delivered != "0-0":
         await r.xadd(unique, {"n": 0}, id=delivered)
@@ -250,10 +252,8 @@ async def test_stream_group_delivered_up_to_an_odd_id(config, hub, exported, r, 
     await r.xadd(unique, {"n": 2}, id="7-0")
     source = QueueSource(config, hub, f"{REDIS}?stream={unique}&group=workers")
     assert await source.poll(), source.last_error
-    values = exported.queue(unique)
-    age = values.pop("oldest_age_seconds")
-    assert values == {"depth": 2.0, "in_flight": 0.0 if delivered == "0-0" else 1.0, "consumers": float(delivered != "0-0")}
-    assert time.time() - 1 < age + 0.006 < time.time() + 1  # entry 6-0: 6 ms after the epoch
+    assert exported.queue(unique) == {"depth": 2.0, "in_flight": 0.0 if delivered == "0-0" else 1.0,
+                                      "consumers": float(delivered != "0-0")}
     await source.probe.close()
 
 
@@ -270,6 +270,86 @@ async def test_stream_group_beside_a_group_with_a_binary_name(config, hub, expor
     assert values.pop("oldest_age_seconds") < 60
     assert values == {"depth": 2.0, "in_flight": 1.0, "consumers": 1.0}
     await source.probe.close()
+
+
+# Ids a producer gives (`XADD s <ms>-<seq>`): any ms part, one since 2000 (a time, by its looks), or one
+# a little before or after now (the bounds of a plausible time); None is an auto id (`*`), which after an
+# id in the future takes that id's ms
+YEAR_2000_MS = 946_684_800_000
+ABSOLUTE_IDS = st.tuples(st.just("abs"),
+                         st.one_of(st.integers(0, 2**64 - 1), st.integers(YEAR_2000_MS, 1_700_000_000_000)),
+                         st.integers(0, 2**64 - 1))
+NEAR_NOW_IDS = st.tuples(st.just("rel"), st.integers(-120_000, 120_000), st.integers(0, 3))
+STREAM_STEPS = st.lists(st.one_of(st.none(), ABSOLUTE_IDS, NEAR_NOW_IDS), min_size=1, max_size=6)
+SKEW_MS = 60_000  # how far past Redis' TIME an id still reads as a time (integrations/queues/redis.py)
+
+
+@settings(max_examples=100, deadline=None)
+@given(STREAM_STEPS, st.integers(0, 3))
+def test_a_stream_age_is_absent_or_within_the_real_age(steps, delivered):
+    """Whatever ids the producer gives, the age is absent or within [0, real age + skew]; an id that
+    claims a time between 2000 and now is read as that time (it cannot be told from an auto id)."""
+    asyncio.run(_stream_age(steps, delivered))
+
+
+async def _stream_age(steps: list[tuple[str, int, int] | None], delivered: int) -> None:
+    key = "tl-" + uuid.uuid4().hex[:10]
+    r = redis.asyncio.from_url(REDIS, decode_responses=True)
+    source = QueueSource(Config(), Hub(Identity(service="worker")), f"{REDIS}?stream={key}&group=g")
+    added: list[tuple[str, float, bool]] = []  # (id, wall time just before its XADD, given by the producer)
+    try:
+        await r.xgroup_create(key, "g", id="0", mkstream=True)
+        for step in steps:
+            before = time.time()
+            if step is None:
+                entry_id = "*"
+            else:
+                kind, ms, seq = step
+                entry_id = f"{ms if kind == 'abs' else int(before * 1000) + ms}-{seq}"
+            try:
+                added.append((await r.xadd(key, {"n": len(added)}, id=entry_id), before, step is not None))
+            except redis.ResponseError:  # not above the last id (or the last possible id is taken)
+                pass
+        if delivered:
+            await r.xreadgroup("g", "c1", {key: ">"}, count=delivered)
+        t0 = time.time()
+        assert await source.poll(), source.last_error
+        t1 = time.time()
+        age = source.last_values.get("queue.oldest_age_seconds")
+        waiting = added[delivered:]
+        if not waiting:
+            event("nothing waiting")
+            assert age == 0.0
+            return
+        entry_id, added_at, given = waiting[0]
+        ms = int(entry_id.split("-")[0])
+        event("auto id" if not given else "no time" if ms < YEAR_2000_MS or ms > t1 * 1000 + SKEW_MS
+              else "a past time" if ms <= t0 * 1000 else "within the skew")
+        if ms < YEAR_2000_MS or ms > t1 * 1000 + SKEW_MS:
+            assert age is None, (entry_id, age)
+        elif ms <= t0 * 1000:  # a time in the past: what the id says
+            assert age is not None and t0 - ms / 1000 - 0.01 <= age <= t1 - ms / 1000 + 0.01, (entry_id, age)
+        else:  # a little ahead of Redis' clock: 0, or none on the bound
+            assert age is None or 0.0 <= age <= 0.01, (entry_id, age)
+        if age is not None and not (given and ms <= t0 * 1000):  # an id that claims a past time aside
+            assert 0.0 <= age <= t1 - added_at + SKEW_MS / 1000, (entry_id, age)
+    finally:
+        await source.probe.close()
+        await r.delete(key)
+        await r.aclose()
+
+
+def test_a_stream_id_reads_as_a_time_only_between_2000_and_a_minute_past_redis_clock() -> None:
+    from integrations.queues.redis import stream_age
+
+    now = 1_714_564_800.5  # Redis' TIME
+    assert stream_age("1714564740500-0", now) == 60.0
+    assert stream_age(f"{YEAR_2000_MS}-0", now) == now - YEAR_2000_MS / 1000
+    assert stream_age(f"{YEAR_2000_MS - 1}-5", now) is None  # a sequence number, not a time
+    assert stream_age("1-1", now) is None
+    assert stream_age("1714564860500-0", now) == 0.0  # 60 s ahead: a producer's clock ahead of Redis'
+    assert stream_age("1714564860501-0", now) is None
+    assert stream_age(f"{2**64 - 1}-{2**64 - 1}", now) is None
 
 
 @pytest.mark.parametrize("kind", ["stream", "rq"])

@@ -401,8 +401,9 @@ def main(argv: list[str] | None = None) -> int:
                              description="Serves /v4/<id>, /v4/<id>/stats, /v4/<id>/task, /v4/<id>/taskWithTags "
                                          "and /v4/<id>/task/stats, the same under /v3, and the agent's task protection at "
                                          "/api/<id>/task-protection/v1/state; any other path is 404.")
-    emulate.add_argument("--task", help="a /task JSON file (with --stats); default: live from this machine")
-    emulate.add_argument("--stats", help="a /task/stats JSON file")
+    emulate.add_argument("--task", help="a /task JSON file (with --stats): an object whose Containers is a list of "
+                                        "container objects; default: live from this machine")
+    emulate.add_argument("--stats", help="a /task/stats JSON file: an object of stats by DockerId")
     emulate.add_argument("--example", choices=sorted(EMULATOR_EXAMPLES), help="a packaged capture instead of files")
     emulate.add_argument("--addr", default="127.0.0.1:51678", help="listen address (default 127.0.0.1:51678)")
     send = sub.add_parser("send", help="send StatsD lines to the sidecar (one datagram), checked first",

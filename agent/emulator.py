@@ -13,7 +13,9 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import signal
+import stat
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -21,6 +23,7 @@ from typing import Any
 
 from aiohttp import web
 
+from agent.logs import shown
 from agent.scaling.agent_endpoint import TaskProtectionAgent
 from agent.sources.localstats import LocalStats
 
@@ -65,7 +68,8 @@ def _error(status: int, message: str) -> web.Response:
 
 def _this_container(task: Any, wanted: str) -> Mapping[str, Any] | None:
     """The container the id in the URL names (a DockerId or its prefix), else the first one."""
-    containers = [c for c in (task.get("Containers") or []) if isinstance(c, Mapping)] if isinstance(task, Mapping) else []
+    listed = task.get("Containers") if isinstance(task, Mapping) else None  # the file may change after start
+    containers = [c for c in listed if isinstance(c, Mapping)] if isinstance(listed, list) else []
     for c in containers:
         docker_id = str(c.get("DockerId") or "")
         if docker_id and (docker_id == wanted or docker_id.startswith(wanted)):
@@ -152,15 +156,62 @@ def container_id(task_path: str | None) -> str:
 
 
 def check_fixtures(task_path: str, stats_path: str) -> None:
-    """Refuse at start what would only fail at the first request: a missing or unreadable file."""
-    for what, path in (("--task", task_path), ("--stats", stats_path)):
-        if not Path(path).is_file():
-            raise ValueError(f"{what} {path}: no such file")
-        try:
-            json.loads(Path(path).read_bytes())
-        except (OSError, ValueError, RecursionError) as exc:
-            detail = "nested too deep" if isinstance(exc, RecursionError) else str(exc)
-            raise ValueError(f"{what} {path}: not readable JSON ({detail})") from None
+    """Refuse at start what would only fail at the first request, or what no ECS agent answers: a file
+    that is missing, not a regular file, or not JSON; a task that is not an object whose `Containers`
+    is a list of objects (each `DockerId` a string: it goes in the URL and keys the stats); stats that
+    are not an object. Raises ValueError with one line naming the option and the file."""
+    task = _read_json("--task", task_path)
+    stats = _read_json("--stats", stats_path)  # both read first: a file that is not JSON says so first
+    problem = task_problem(task)
+    if problem:
+        raise ValueError(f"--task {shown(task_path)}: {problem}")
+    if not isinstance(stats, dict):
+        raise ValueError(f"--stats {shown(stats_path)}: expected a JSON object of stats by DockerId, "
+                         f"not {_json_kind(stats)}")
+
+
+def task_problem(task: Any) -> str | None:
+    """What makes `task` no `/task` answer the emulator can serve, else None."""
+    if not isinstance(task, dict):
+        return f"expected a JSON object with Containers, not {_json_kind(task)}"
+    containers = task.get("Containers")
+    if not isinstance(containers, list) or not containers:
+        shown_kind = "missing" if "Containers" not in task else _json_kind(containers)
+        return f"Containers: expected a list of one or more container objects, not {shown_kind}"
+    for i, container in enumerate(containers):
+        if not isinstance(container, dict):
+            return f"Containers[{i}]: expected a container object, not {_json_kind(container)}"
+        if "DockerId" in container and not isinstance(container["DockerId"], str):
+            return f"Containers[{i}].DockerId: expected a string, not {_json_kind(container['DockerId'])}"
+    return None
+
+
+def _json_kind(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true/false"
+    if isinstance(value, (int, float)):
+        return "a number"  # NaN and Infinity too: Python's json takes them
+    if isinstance(value, str):
+        return "a string"
+    return "an array" if isinstance(value, list) else "an object"
+
+
+def _read_json(what: str, path: str) -> Any:
+    try:
+        mode = os.stat(path).st_mode
+    except (FileNotFoundError, NotADirectoryError):
+        raise ValueError(f"{what} {shown(path)}: no such file") from None
+    except OSError as exc:
+        raise ValueError(f"{what} {shown(path)}: cannot read it ({exc.strerror or exc})") from None
+    if not stat.S_ISREG(mode):  # a directory, a FIFO (would block), /dev/zero (would never end)
+        raise ValueError(f"{what} {shown(path)}: not a regular file")
+    try:
+        return json.loads(Path(path).read_bytes())
+    except (OSError, ValueError, RecursionError) as exc:
+        detail = "nested too deep" if isinstance(exc, RecursionError) else str(exc)
+        raise ValueError(f"{what} {shown(path)}: not readable JSON ({shown(detail)})") from None
 
 
 async def serve(host: str, port: int, task_path: str | None, stats_path: str | None) -> None:

@@ -272,3 +272,18 @@ def test_sidecar_outlives_a_dead_endpoint_and_recovers_when_it_starts(sidecar_fa
     finally:
         emulator.terminate()
         emulator.wait(10)
+
+
+@pytest.mark.parametrize("shape", ['{"Containers": NaN}', '{"Containers": 5}', '{"Containers": "abc"}', "7"])
+async def test_a_task_file_changed_to_a_wrong_shape_after_start_is_no_container(tmp_path, shape: str) -> None:
+    """The file is re-read at every request: one of the wrong shape is "no such container" (404), never
+    a handler that raised (`NaN`, `5`: not iterable)."""
+    task = tmp_path / "task.json"
+    task.write_text(shape)
+    runner, base = await serve_app(make_app(str(task), path("fargate-2023.stats")))
+    try:
+        for route in ("", "/stats"):
+            status, body = await get(f"{base}/v4/x{route}")
+            assert status == 404 and json.loads(body) == "no such container"
+    finally:
+        await runner.cleanup()

@@ -187,20 +187,28 @@ def working_set_bytes(memory: Any) -> float | None:
     return max(0.0, usage - (_num(reclaimable) or 0.0))
 
 
+def plausible_limit(limit: float | None, used: float | None) -> float | None:
+    """`limit` when it can be a memory limit: finite, above 0, below the "unlimited" sentinels, and not
+    below what is in use (the kernel enforces a hard limit; captures with hand-truncated limits exist,
+    and a 1e308 MiB one is +Inf bytes)."""
+    if limit is None or not math.isfinite(limit) or not 0 < limit < UNLIMITED:
+        return None
+    return limit if used is None or limit >= used else None
+
+
 def memory_limit_bytes(memory: Any, container: Any, task: Any) -> float | None:
     """The smallest of the limits that apply: the stats limit, the container's hard limit and the
     task's hard limit (`Limits.Memory`, MiB). On EC2 with awsvpc on cgroup v2 the stats can report
     the host's memory as the limit of a container without a limit of its own, while the task's
-    limit is what the kernel enforces. A stats limit that is a sentinel, 0, or below the usage is
-    not a limit (captures with hand-truncated limits exist)."""
-    limits = []
-    limit = _num(_get(memory, "limit"))
-    usage = _num(_get(memory, "usage"))
-    if limit is not None and 0 < limit < UNLIMITED and (usage is None or limit >= usage):
-        limits.append(limit)
+    limit is what the kernel enforces. Each is taken only where `plausible_limit` (a sentinel, 0, or one
+    below the usage is not a limit)."""
+    used = _num(_get(memory, "usage"))
+    if used is None:
+        used = working_set_bytes(memory)
+    candidates = [_num(_get(memory, "limit"))]
     for mib in (_num(_get(container, "Limits", "Memory")), _num(_get(task, "Limits", "Memory"))):
-        if mib is not None and mib > 0:
-            limits.append(mib * MIB)
+        candidates.append(mib * MIB if mib is not None else None)
+    limits = [limit for c in candidates if (limit := plausible_limit(c, used)) is not None]
     return min(limits) if limits else None
 
 
@@ -481,7 +489,7 @@ def _container_samples(container: Mapping[str, Any], stats: Any, previous: Any, 
         emit("memory.working_set_bytes", ws)
         limit = memory_limit_bytes(memory, container, task)
         emit("memory.limit_bytes", limit)
-        if limit:
+        if limit is not None:  # (finite and above 0: `plausible_limit`)
             emit("memory.utilization_percent", ws / limit * 100)
     mstats = _map(memory.get("stats"))
     for key in ("rss", "cache", "anon", "file"):
@@ -523,18 +531,17 @@ def _task_samples(task: Any, totals: _Totals, previous: Mapping[str, Any], netwo
     # Without a task-level size (EC2) the task has no memory limit of its own: each container has
     # its own. The sum of what the containers were given is a reservation, not a limit (the working
     # set can pass it), so it gets its own name and no utilisation.
-    mem_limit = _num(_get(task, "Limits", "Memory"))
-    if mem_limit and mem_limit > 0:
-        mem_limit *= MIB
-    else:
-        mem_limit = None
+    ws = sum(totals.working_set) if totals.working_set and not totals.memory_unknown else None
+    task_mib = _num(_get(task, "Limits", "Memory"))
+    # a task size that cannot be one (+Inf bytes, a sentinel, below the task's working set) is no limit
+    mem_limit = plausible_limit(task_mib * MIB, ws) if task_mib else None
+    if not task_mib:
         mibs = [_num(_get(c, "Limits", "Memory")) or 0.0 for c in running]
         if mibs and all(m > 0 for m in mibs):
             emit("memory.reservation_bytes", sum(mibs) * MIB)
-    ws = sum(totals.working_set) if totals.working_set and not totals.memory_unknown else None
     emit("memory.working_set_bytes", ws)
     emit("memory.limit_bytes", mem_limit)
-    if ws is not None and mem_limit:
+    if ws is not None and mem_limit is not None:
         emit("memory.utilization_percent", ws / mem_limit * 100)
 
     shared = shared_network(task)

@@ -1,5 +1,7 @@
-"""Real captures, moved on poll after poll in ways a real endpoint can, served on loopback: no CPU rate past
-what the container could use, whatever the CPU count the stats give (or leave out)."""
+"""Real captures, moved on poll after poll in ways a real endpoint can, served on loopback: no number that
+cannot be real. No CPU rate past what the container could use, whatever CPU count the stats give (or
+leave out); no usage from a container that is not running, nor a rate from a sample that stopped
+changing; no memory utilization against a limit that cannot be one."""
 
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ from tests.sources.ecs_helpers import MetadataServer, load, managed_instances_ta
 from tests.sources.test_ecs_source import Harness
 
 from agent.model import Sample
-from agent.sources.ecs_stats import CPU_SLACK, MIN_UNBOUNDED_DT, parse_time_ns
+from agent.sources.ecs_stats import CPU_SLACK, MIB, MIN_UNBOUNDED_DT, parse_time_ns
 from agent.sources.localstats import format_time_ns
 
 # (task, stats): Fargate (cgroup v1, percpu_usage), EC2 bridge, Windows (no CPU count at all), Managed Instances
@@ -214,3 +216,61 @@ async def test_the_reviewers_stopped_container(metadata: MetadataServer) -> None
     sent = by_series(harness.recorder.last("ecs").samples)
     assert not [name for name, who in sent if who == "apmtest-ping" and name.startswith(USAGE_SERIES)]
     await harness.source.aclose()
+
+
+# --- memory limits that cannot be real -----------------------------------------------------------
+
+MEMORY_PAIRS = STATUS_PAIRS + [("fargate-v2-2017.task", "fargate-windows.stats"),
+                               ("fargate-2021.task", "fargate-2021.stats")]
+LIMIT_MIB = st.one_of(st.none(), st.integers(0, 1 << 20), st.sampled_from([1, 1e308, 2**62 // MIB, 2**64, 1e-300]))
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(pair=st.sampled_from(MEMORY_PAIRS), task_mib=LIMIT_MIB, container_mibs=st.lists(LIMIT_MIB, min_size=3, max_size=3),
+       usage=st.sampled_from([None, 1e308, 2**63]))
+def test_a_memory_utilization_only_against_a_limit_that_can_be_real(
+        pair: tuple[str, str], task_mib: float | None, container_mibs: list[float | None], usage: float | None) -> None:
+    """Whatever `Limits.Memory` the task and its containers claim (none, 0, 1 MiB under the usage, 1e308
+    MiB, the sentinels) and whatever usage the stats claim: a utilization goes out only beside the limit
+    it is of, that limit is finite, below the "unlimited" sentinels and not below the usage, so the
+    utilization is at most 100 %."""
+    task, stats = load(pair[0]), load(pair[1])
+    task["Limits"] = {k: v for k, v in dict(task.get("Limits") or {}, Memory=task_mib).items() if v is not None}
+    for container, mib in zip(task["Containers"], container_mibs):
+        container["Limits"] = {k: v for k, v in dict(container.get("Limits") or {}, Memory=mib).items() if v is not None}
+    if usage is not None:
+        first = next(k for k, v in stats.items() if v)
+        stats[first]["memory_stats"]["usage"] = usage
+
+    got = by_series(asyncio.run(polls(task, stats))[0])
+
+    for (name, who), value in got.items():
+        if name.endswith("memory.utilization_percent"):
+            limit = got[name.replace("utilization_percent", "limit_bytes"), who]
+            assert 0 <= value <= 100, (who, value, limit)
+        if name.endswith("memory.limit_bytes"):
+            assert 0 < value < 2**62, (who, value)
+            used = got.get((name.replace("limit_bytes", "usage_bytes"), who))
+            assert used is None or value >= used, (who, value, used)
+
+
+async def test_the_reviewers_memory_limits(metadata: MetadataServer) -> None:
+    """fargate-2023: a task of 1e308 MiB has no limit and no utilization (0.0 % before); dd-agent limited
+    to 1 MiB under a 157 MB working set takes the task's 3 GiB instead (14,969 % before)."""
+    task, stats = load("fargate-2023.task"), load("fargate-2023.stats")
+    task["Limits"]["Memory"] = 1e308
+    got = by_series((await _poll(metadata, task, stats)))
+    assert not [k for k in got if "memory.limit" in k[0] or "memory.utilization" in k[0]]
+    task = load("fargate-2023.task")
+    task["Containers"][0]["Limits"]["Memory"] = 1
+    got = by_series((await _poll(metadata, task, stats)))
+    assert got["ecs.container.memory.limit_bytes", "dd-agent"] == 3072 * 1024 * 1024
+    assert got["ecs.container.memory.utilization_percent", "dd-agent"] == pytest.approx(156_966_912 / 3072 / 1024 / 1024 * 100)
+
+
+async def _poll(metadata: MetadataServer, task: Any, stats: Any) -> list[Sample]:
+    harness = Harness(metadata.url)
+    metadata.serve(task, stats)
+    assert await harness.source.poll_once()
+    await harness.source.aclose()
+    return harness.recorder.last("ecs").samples

@@ -594,18 +594,23 @@ def test_host_memory_reported_as_the_limit_gives_way_to_the_task_limit() -> None
     assert v["ecs.task.memory.limit_bytes", None] == 1024 * MIB
 
 
+MIBS = st.one_of(st.integers(0, 1 << 20), st.sampled_from([1e308, float(2**62 // MIB), 2**64, 1e-300]))
+
+
 @settings(max_examples=300, deadline=None)
-@given(stats_limit=st.one_of(st.none(), st.integers(0, 2**64)), container_mib=st.integers(0, 1 << 20),
-       task_mib=st.integers(0, 1 << 20), usage=st.integers(0, 1 << 40))
-def test_memory_limit_is_the_smallest_limit_that_applies(stats_limit: int | None, container_mib: int,
-                                                         task_mib: int, usage: int) -> None:
+@given(stats_limit=st.one_of(st.none(), st.integers(0, 2**64)), container_mib=MIBS, task_mib=MIBS,
+       usage=st.one_of(st.integers(0, 1 << 40), st.just(1e308)))
+def test_memory_limit_is_the_smallest_limit_that_applies(stats_limit: int | None, container_mib: float,
+                                                         task_mib: float, usage: float) -> None:
+    """Each of the stats limit, the container's and the task's `Limits.Memory` is a limit only when it can
+    be one: above 0, below the "unlimited" sentinels (so finite: 1e308 MiB is +Inf bytes), and not below
+    the usage the kernel let the container reach."""
     from agent.sources.ecs_stats import UNLIMITED, memory_limit_bytes
 
     memory = {"usage": usage} if stats_limit is None else {"usage": usage, "limit": stats_limit}
     got = memory_limit_bytes(memory, {"Limits": {"Memory": container_mib}}, {"Limits": {"Memory": task_mib}})
-    real = [m * MIB for m in (container_mib, task_mib) if m > 0]
-    if stats_limit is not None and 0 < stats_limit < UNLIMITED and stats_limit >= usage:
-        real.append(stats_limit)
+    candidates = [m * MIB for m in (container_mib, task_mib)] + ([stats_limit] if stats_limit is not None else [])
+    real = [c for c in candidates if 0 < c < UNLIMITED and c >= usage]
     # as the float every sample value is (a limit past 2**53 bytes is rounded, as it is exported)
     assert got == (float(min(real)) if real else None)
 

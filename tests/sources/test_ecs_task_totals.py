@@ -155,7 +155,7 @@ async def test_bridge_counters_over_http_an_older_sample_or_a_container_back_add
     from `/task` for one poll and back, add only what the counters grew."""
     task = load("ec2-bridge-2020.task")
     first = {k: v for k, v in load("ec2-bridge-2020.stats").items() if v}  # 3 interfaces, 4322 bytes
-    harness = Harness(metadata.url)
+    harness = Harness(metadata.url, timeout=5.0)
     got = []
     second = _next_sample(first, 1_000_000)
     for stats in (first, second, first, second):

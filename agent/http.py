@@ -18,7 +18,13 @@ from agent.sinks.prometheus import PrometheusSink
 
 TEXT = "text/plain; version=0.0.4; charset=utf-8"
 OPENMETRICS = "application/openmetrics-text; version=1.0.0; charset=utf-8"
-SCRAPES_AT_ONCE = 2  # `/metrics` requests served at the same time; the others wait their turn
+SCRAPES_AT_ONCE = 2  # `/metrics` renderings at the same time; the others wait their turn (SingleFlight)
+# `/metrics` answers written at the same time; the others wait their turn. Writing waits on the peer,
+# not on the CPU, so it holds no rendering slot: peers that stop reading held both slots, and every
+# scrape waited behind them (44 s behind 8). This bounds the memory held for slow and stalled peers:
+# each answer keeps its body (shared by the scrapes rendered together: at 100,000 series 1.2 MB with
+# gzip, as Prometheus asks, 53 MB without) and up to WRITE_CHUNK in its connection's buffer.
+ANSWERS_AT_ONCE = 16
 # `/metrics` is written this much at a time, each piece once the socket took the one before: a plain
 # exposition of 100,000 series (53 MB) handed over whole was copied into the transport's buffer at
 # once, the event loop 111 ms late (bench/metrics_exposition.py)
@@ -29,34 +35,42 @@ WRITE_CHUNK = 1 << 20
 # headers, holds its connection for the default hour. Scrapers send a request at once; one that
 # scrapes every 15 s reconnects for each scrape.
 REQUEST_DEADLINE = 5.0
-# A `/metrics` answer must be taken within this: a peer that asks and stops reading (its window
-# closed) held a scrape slot for as long as it kept the connection, and two such peers held every
-# scrape back. Prometheus gives up on a scrape after 10 s by default, so an answer later than that
-# is read by nobody; the connection is then dropped and counted (`tasklens.http.scrapes_abandoned`
-# with reason="stalled").
-WRITE_DEADLINE = 10.0
+# Each piece (WRITE_CHUNK) of a `/metrics` answer must be taken within this, or the answer is dropped
+# with its connection and counted (`tasklens.http.scrapes_abandoned`, reason "stalled"): a peer that
+# asks and stops reading (its window closed) would hold its place among the ANSWERS_AT_ONCE for as
+# long as it kept the connection. A deadline per piece rather than for the whole answer: a scraper
+# that reads (1 MiB in 5 s is 0.2 MB/s) is served however large the answer.
+STALL_DEADLINE = 5.0
 # Why a `/metrics` request is counted in `tasklens.http.scrapes_abandoned`: its peer hung up before
 # the answer was written (reason "gone"), or stopped reading it (reason "stalled").
 ABANDONED = ("gone", "stalled")
 
 
 class SingleFlight:
-    """Concurrent callers with the same key share one run of `fn` in a worker thread.
+    """Concurrent callers with the same key share one run of `fn` in a worker thread, and at most
+    `at_once` runs (of different keys) go at a time.
 
     Twenty scrapes arriving together render `/metrics` once instead of twenty times side by side,
-    each holding the GIL in turn while the event loop (StatsD, `/health`) waits for it.
+    each holding the GIL in turn while the event loop (StatsD, `/health`) waits for it. A caller joins
+    the run of its key also while that run waits for its turn: when each caller took a turn first,
+    eight scrapes arriving together rendered four times, one pair after the other.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, at_once: int) -> None:
         self._running: dict[object, asyncio.Future[bytes]] = {}
+        self._turns = asyncio.Semaphore(at_once)
 
     async def run(self, key: object, fn: Callable[[], bytes]) -> bytes:
         future = self._running.get(key)
         if future is None:
-            future = self._running[key] = asyncio.ensure_future(heavy.run(fn))
+            future = self._running[key] = asyncio.ensure_future(self._in_turn(fn))
             future.add_done_callback(lambda f: self._forget(key, f))
         # shield: a scraper that hangs up does not cancel the rendering the others wait for
         return await asyncio.shield(future)
+
+    async def _in_turn(self, fn: Callable[[], bytes]) -> bytes:
+        async with self._turns:
+            return await heavy.run(fn)
 
     def _forget(self, key: object, future: asyncio.Future[bytes]) -> None:
         if self._running.get(key) is future:
@@ -128,9 +142,12 @@ def negotiate(accept: str) -> bool:
 def make_app(hub: Hub, prometheus: PrometheusSink, ready: Callable[[], bool],
              status: Callable[[], dict[str, Any]]) -> web.Application:
     started = time.time()
-    flights = SingleFlight()
+    # two renderings at a time: each one renders (off the event loop) and compresses 1.2-53 MB at
+    # 100,000 series; twenty at once would fill the event loop's queue ahead of `/health` (measured:
+    # bench/health_under_load.py)
+    flights = SingleFlight(SCRAPES_AT_ONCE)
     gzipped = GzipCache()  # used by one rendering at a time per key (SingleFlight)
-    scraping = asyncio.Semaphore(SCRAPES_AT_ONCE)
+    answering = asyncio.Semaphore(ANSWERS_AT_ONCE)
     hub.metrics.declare("tasklens.http.scrapes_abandoned", ABANDONED)
 
     async def metrics(request: web.Request) -> web.StreamResponse:
@@ -154,24 +171,25 @@ def make_app(hub: Hub, prometheus: PrometheusSink, ready: Callable[[], bool],
             parts = prometheus.render_parts(openmetrics)
             return gzipped.compress(openmetrics, parts) if compress else b"".join(parts)
 
-        # off the event loop, and shared by concurrent scrapes: a large exposition must not stall
-        # the StatsD receive path or `/health`
-        # two scrapes at a time: each one renders (off the event loop, sharing a rendering with the
-        # other), compresses and writes 1.2-53 MB at 100,000 series; twenty at once would fill the
-        # event loop's queue ahead of `/health` (measured: bench/health_under_load.py)
-        async with scraping:
+        # its place to write is taken first: no body is rendered, and kept, for an answer that must
+        # wait to be written
+        async with answering:
             if gone(request):  # it hung up while it waited its turn: render and write nothing for it
                 hub.metrics.inc("tasklens.http.scrapes_abandoned", reason="gone")
                 return web.Response()  # aiohttp finds the connection closed and sends nothing
+            # off the event loop, and shared by concurrent scrapes: a large exposition must not stall
+            # the StatsD receive path or `/health`
             body = await flights.run((openmetrics, compress), render)
             response = web.StreamResponse(headers=headers)
             response.content_length = len(body)
             view = memoryview(body)
+            loop = asyncio.get_running_loop()
             try:
-                await response.prepare(request)
-                async with asyncio.timeout(WRITE_DEADLINE):
+                async with asyncio.timeout(STALL_DEADLINE) as deadline:
+                    await response.prepare(request)
                     for start in range(0, len(body) if request.method != "HEAD" else 0, WRITE_CHUNK):
                         await response.write(view[start:start + WRITE_CHUNK])  # as the socket drains: no 53 MB at once
+                        deadline.reschedule(loop.time() + STALL_DEADLINE)  # it took the piece: as long for the next
                     await response.write_eof()
             except ConnectionError:  # it hung up during the answer
                 hub.metrics.inc("tasklens.http.scrapes_abandoned", reason="gone")

@@ -239,7 +239,7 @@ class Runtime:
         await self._drain(sink_tasks, deadline - loop.time())
         if self._runner is not None:
             # answers under way get HTTP_GRACE, within what is left of the deadline: a scraper that stopped
-            # reading would hold its answer for WRITE_DEADLINE, and aiohttp waits 60 s by default
+            # reading would hold its answer for STALL_DEADLINE, and aiohttp waits 60 s by default
             try:
                 await asyncio.wait_for(self._runner.cleanup(), max(deadline - loop.time(), 0.1))
             except TimeoutError:

@@ -265,7 +265,7 @@ def test_scrapers_that_stop_reading_never_hold_the_exit_past_the_deadline(tmp_pa
             s.connect(("127.0.0.1", sidecar.http_port))
             s.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")  # and never read the answer
             stuck.append(s)
-        # two answers are being written (SCRAPES_AT_ONCE), the third waits its turn
+        # the answers are being written, and nobody reads them
         wait_until(lambda: len(select.select(stuck, [], [], 0)[0]) >= 2, 30, what="two answers under way")
         code, took = sigterm(sidecar)
         assert code == 0, sidecar.log

@@ -13,6 +13,7 @@ import gc
 import importlib
 import logging
 import os
+import resource
 import time
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
@@ -40,6 +41,20 @@ SINKS: dict[str, tuple[Callable[[Config], bool], str]] = {
     "otlp": (lambda c: bool(c.otlp_endpoint or c.otlp_metrics_endpoint), "agent.sinks.otlp:OtlpSink"),
     "emf": (lambda c: c.cloudwatch == "emf", "agent.sinks.emf:EmfSink"),
 }
+
+
+def raise_open_files_limit() -> None:
+    """The soft limit on open files up to the hard one: docker's soft limit is often 1024 (its hard
+    one far higher), and each HTTP connection takes a descriptor that `/health`, the pollers and the
+    sinks need too: 1,100 connections held open failed `/health` and the resource poll (EMFILE)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError) as exc:  # a hard limit of "unlimited" is refused on Linux
+            log.debug("open files: soft limit %s kept, not raised to %s: %s", soft, hard, exc)
+            return
+    log.debug("open files: limit %s (was %s)", hard, soft)
 
 
 class Runtime:
@@ -223,6 +238,7 @@ class Runtime:
                 pass
         if stopping.requested():  # during the start (agent/stopping.py): stop as soon as it is built
             shutdown.set()
+        raise_open_files_limit()
         await self.build()
         await self.start_http()
         stop_sources, stop_sinks = asyncio.Event(), asyncio.Event()

@@ -3,6 +3,7 @@ to a real `tasklens run`."""
 
 from __future__ import annotations
 
+import resource
 import select
 import socket
 import time
@@ -13,6 +14,7 @@ from agent.http import ANSWERS_AT_ONCE, REQUEST_DEADLINE, STALL_DEADLINE
 from tests.support import http_get, wait_until
 
 MARGIN = 10.0  # seconds past the deadline a close may take on a loaded machine
+LOW_SOFT_LIMIT = 1024  # open files: docker's default soft limit
 
 
 def connect(port: int) -> socket.socket:
@@ -135,3 +137,24 @@ def abandoned(exposition: str, reason: str) -> float:
     found = [line for line in exposition.splitlines()
              if line.startswith("tasklens_http_scrapes_abandoned_total") and f'reason="{reason}"' in line]
     return float(found[0].split()[-1]) if found else 0.0
+
+
+def test_held_connections_leave_health_answerable_under_a_low_open_files_limit(sidecar_factory) -> None:
+    """Docker's soft limit on open files is often 1024, its hard one far higher: 1,100 connections held
+    open took every descriptor, and `/health` (and the resource poll) failed with EMFILE."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < 2 * LOW_SOFT_LIMIT:
+        pytest.skip(f"the hard limit on open files is {hard}")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (LOW_SOFT_LIMIT, hard))  # the sidecar inherits it
+    try:
+        sidecar = sidecar_factory()
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    sidecar.wait_ready()
+    held = [connect(sidecar.http_port) for _ in range(LOW_SOFT_LIMIT + 100)]
+    try:
+        assert http_get(sidecar.url + "/health")[0] == 200  # within REQUEST_DEADLINE: they are all held
+    finally:
+        for sock in held:
+            sock.close()
+    assert sidecar.stop() == 0

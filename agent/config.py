@@ -26,6 +26,7 @@ from typing import Any, ClassVar
 from urllib.parse import urlsplit
 
 from agent.urlmask import mask_url, split_password
+from integrations.profilers.sitecustomize import is_decimal
 from integrations.profilers.sitecustomize import parse_tags as tag_list
 
 PREFIX = "TASKLENS_"
@@ -103,6 +104,24 @@ def parse_hostname(text: str) -> str:
     return text
 
 
+_WHOLE = re.compile(r"\s*[+-]?[0-9]+\s*")
+
+
+def _float(text: str) -> float:
+    """float() of a number written as a decimal (`10`, `2.5`, `1e3`): float() alone also takes `1_0`,
+    `１０` and other scripts' digits, `nan` and `infinity`, so that a typo is read as a number."""
+    if not is_decimal(text):
+        raise ValueError(text)
+    return float(text)
+
+
+def _int(text: str) -> int:
+    """int() of a whole number written in ASCII digits, for the same reason as `_float`."""
+    if not _WHOLE.fullmatch(text):
+        raise ValueError(text)
+    return int(text)
+
+
 def parse_bool(text: str) -> bool:
     low = text.strip().lower()
     if low in ("1", "true", "yes", "on"):
@@ -114,7 +133,7 @@ def parse_bool(text: str) -> bool:
 
 def parse_seconds(text: str) -> float:
     try:
-        value = float(text)
+        value = _float(text)
     except ValueError:
         raise ValueError("a number of seconds > 0, e.g. 10 or 2.5") from None
     if not value > 0 or value == float("inf"):
@@ -133,7 +152,7 @@ def parse_milliseconds(text: str) -> float:
 def parse_number(text: str) -> float:
     """A finite number (`nan` and `inf` parse as floats but mean nothing as a threshold)."""
     try:
-        value = float(text)
+        value = _float(text)
     except ValueError:
         raise ValueError("a number") from None
     if not math.isfinite(value):
@@ -143,7 +162,7 @@ def parse_number(text: str) -> float:
 
 def parse_positive_int(text: str) -> int:
     try:
-        value = int(text)
+        value = _int(text)
     except ValueError:
         raise ValueError("a whole number > 0") from None
     if value <= 0:
@@ -154,7 +173,7 @@ def parse_positive_int(text: str) -> int:
 def parse_count(text: str) -> int:
     """A whole number, 0 allowed (0 usually means "off" or "not set")."""
     try:
-        value = int(text)
+        value = _int(text)
     except ValueError:
         raise ValueError("a whole number >= 0") from None
     if value < 0:
@@ -169,7 +188,7 @@ def parse_size(text: str) -> int:
     if scale != 1:
         t = t[:-1]
     try:
-        value = int(float(t) * scale)
+        value = int(_float(t) * scale)
     except (ValueError, OverflowError):  # `1e400` is an infinite float, which int() refuses
         raise ValueError("a size in bytes, e.g. 8M or 65536") from None
     if value <= 0:
@@ -206,7 +225,7 @@ def parse_addr(text: str) -> tuple[str, int]:
             raise ValueError(expected)
         host = host[1:-1]
     try:
-        port = int(port_text)
+        port = _int(port_text)
     except ValueError:
         raise ValueError(expected) from None
     if not 0 <= port <= 65535:
@@ -275,9 +294,9 @@ def parse_url_list(text: str) -> tuple[str, ...]:
 def parse_float_list(text: str) -> tuple[float, ...]:
     expected = "comma-separated numbers, e.g. 0.005,0.01,0.1,1"
     try:
-        values = tuple(float(v) for v in text.split(",") if v.strip())
+        values = tuple(_float(v) for v in text.split(",") if v.strip())
     except ValueError:
-        raise ValueError(expected) from None
+        values = ()
     if not values or len(values) > MAX_ITEMS or not all(math.isfinite(v) for v in values):
         raise ValueError(f"{expected}: 1 to {MAX_ITEMS} finite numbers")
     return values
@@ -348,8 +367,17 @@ def parse_cloudwatch_dimensions(text: str) -> tuple[str, ...]:
     return names
 
 
+def parse_selection(text: str) -> tuple[str, ...]:
+    """Names or globs of the metrics an exporter sends: at least one (an empty selection sent nothing
+    while the exporter ran, silently; to turn an exporter off, leave its URL or switch unset)."""
+    names = parse_str_list(text)
+    if not names:
+        raise ValueError("comma-separated names as on /metrics (fnmatch globs, e.g. queue_*), at least one")
+    return names
+
+
 def parse_cloudwatch_metrics(text: str) -> tuple[str, ...]:
-    globs = parse_str_list(text)
+    globs = parse_selection(text)
     for glob in globs:
         if not _EMF_GLOB.fullmatch(glob):
             raise ValueError("comma-separated Prometheus-style names or fnmatch globs, e.g. queue_depth,ecs_task_* "
@@ -556,7 +584,7 @@ class Config:
     remote_write_sigv4_region: str = setting("", doc="SigV4 region; else from the URL")
     remote_write_sigv4_service: str = setting("aps", doc="SigV4 service name")
     remote_write_interval: float = setting(10.0, parse_seconds, low=1, high=3600, doc="seconds between pushes")
-    remote_write_metrics: tuple[str, ...] = setting(("*",), parse_str_list,
+    remote_write_metrics: tuple[str, ...] = setting(("*",), parse_selection,
                                                     doc="Prometheus-style names (fnmatch globs) pushed")
     remote_write_batch_samples: int = setting(2000, parse_positive_int, doc="samples per request at most")
     # VictoriaMetrics keeps 30 labels by default and drops the rest silently (the identity labels among
@@ -791,7 +819,7 @@ def load(environ: Mapping[str, str] | None = None) -> Config:
             continue
         name = env_name(f)
         try:
-            if name in environ:
+            if environ.get(name, "").strip():  # an empty variable is unset (compose's `${VAR}` of nothing)
                 raw, where = environ[name], name
                 values[f.name] = parse_value(f, raw)
             elif f.name in file_values:

@@ -190,7 +190,7 @@ def test_a_number_outside_its_range_names_the_variable_and_the_range(f) -> None:
         ("TASKLENS_HISTOGRAM_BUCKETS", "1,0.5", "(0.5 is not above 1)"),
         ("TASKLENS_HISTOGRAM_BUCKETS", "0.1,nan", "finite"),
         ("TASKLENS_HISTOGRAM_BUCKETS", "0.1,inf", "finite"),
-        ("TASKLENS_HISTOGRAM_BUCKETS", "", "finite numbers"),
+        ("TASKLENS_HISTOGRAM_BUCKETS", ",", "finite numbers"),
         ("TASKLENS_HISTOGRAM_PERCENTILES", "0.95,0.95", "without repeats"),
         ("TASKLENS_HISTOGRAM_PERCENTILES", "0.9999999", "from 1e-06 to 0.999999"),  # would be `100percentile`
         ("TASKLENS_HISTOGRAM_AGGREGATES", "max,p99", "from max, min, median, avg, sum, count ('p99' is not one)"),
@@ -226,7 +226,6 @@ def test_a_number_outside_its_range_names_the_variable_and_the_range(f) -> None:
         ("TASKLENS_CLOUDWATCH_DIMENSIONS", "caf\u00e9", "ASCII"),
         ("TASKLENS_CLOUDWATCH_NAMESPACE", "AWS/ECS", "'AWS/'"),
         ("TASKLENS_CLOUDWATCH_NAMESPACE", ":x", "not starting with ':'"),
-        ("TASKLENS_CLOUDWATCH_NAMESPACE", " ", "CloudWatch namespace"),
         ("TASKLENS_CLOUDWATCH_NAMESPACE", "caf\u00e9", "ASCII"),
         ("TASKLENS_CLOUDWATCH_NAMESPACE", "n" * 256, "1-255"),
         ("TASKLENS_CLOUDWATCH_METRICS", "queue depth", "'queue depth' is not one"),
@@ -485,3 +484,49 @@ def test_a_raw_comma_in_a_password_is_refused_without_showing_it() -> None:
     # a list whose first URL has a port and whose second has a user name is a list
     config = load({"TASKLENS_QUEUES": "redis://h:6379/0?list=a,redis://u:pw@h2:6379/0?list=b"})
     assert len(config.queues) == 2
+
+
+@settings(max_examples=200, deadline=None)
+@given(f=st.sampled_from(SETTINGS), blank=st.text(alphabet=" \t", max_size=3), from_file=st.booleans())
+def test_an_empty_variable_is_unset(tmp_path_factory, f, blank: str, from_file: bool) -> None:  # type: ignore[no-untyped-def]
+    """An empty (or blank) variable is as if it were not set: the file's value, else the default. Compose
+    writes `${VAR}` of an unset variable as an empty one; `TASKLENS_STATSD_ADDR=` once turned StatsD off
+    without a word, and `TASKLENS_SERVICE=` threw away the file's service."""
+    environ = {env_name(f): blank}
+    expected = load({})
+    if from_file:
+        path = tmp_path_factory.mktemp("cfg") / "tasklens.toml"
+        path.write_text('service = "from-file"\n')
+        environ["TASKLENS_CONFIG_FILE"] = str(path)
+        expected = load({"TASKLENS_CONFIG_FILE": str(path)})
+    if f.name == "config_file":
+        return  # the file's own variable: blank is no file, as before
+    assert getattr(load(environ), f.name) == getattr(expected, f.name)
+
+
+@pytest.mark.parametrize("name", ["TASKLENS_REMOTE_WRITE_METRICS", "TASKLENS_CLOUDWATCH_METRICS"])
+@pytest.mark.parametrize("value", [",", " , ", ",,,"])
+def test_a_selection_of_no_metric_is_refused(name: str, value: str) -> None:
+    """An exporter whose selection names nothing sent nothing, silently, while it looked configured."""
+    with pytest.raises(ConfigError) as err:
+        load({name: value})
+    assert str(err.value).startswith(f"{name}=") and "at least one" in str(err.value)
+
+
+@settings(max_examples=300, deadline=None)
+@given(text=st.one_of(st.from_regex(r"\A[+-]?[0-9]{1,4}(\.[0-9]{0,3})?([eE][+-]?[0-9])?\Z"),
+                      st.text(alphabet="0123456789_.eE+-x \uff11\u0663\u0966nafity", min_size=1, max_size=8)))
+def test_numbers_are_ascii_decimals(text: str) -> None:
+    """A number setting takes ASCII digits with an optional sign, point and exponent, nothing else that
+    float() takes: `1_0` (a typo read as ten), `１０` and other scripts' digits, `0x10`, `nan`, `inf`."""
+    import re
+
+    decimal = re.fullmatch(r"\s*[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?\s*", text)
+    try:
+        load({"TASKLENS_POLL_INTERVAL": text})
+        taken = True
+    except ConfigError:
+        taken = False
+    assert not taken or decimal, text
+    if decimal and 0.5 <= float(text) <= 3600:
+        assert taken, text

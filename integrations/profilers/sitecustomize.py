@@ -40,6 +40,15 @@ MAX_NAME_LENGTH = 200  # characters of a service, env or version name: the sidec
 # --- label rules shared with the sidecar's py-spy mode --------------------------------------------
 
 _DIGITS = "0123456789"
+# a number as the settings take it: ASCII digits, an optional sign, point and exponent; float() alone
+# also takes `1_0`, other scripts' digits (`１０`), `nan` and `infinity`, so that a typo reads as a number
+_DECIMAL = r"\s*[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?\s*"
+
+
+def is_decimal(text: str) -> bool:
+    import re
+
+    return re.fullmatch(_DECIMAL, text) is not None
 _KEY_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ_" + _DIGITS)
 _APP_CHARS = _KEY_CHARS | frozenset(".-")
 # interpreter options that take the next argument as their value
@@ -292,10 +301,7 @@ def settings(environ: Mapping[str, str]) -> dict[str, Any] | None:
         raw = environ.get(ENV_PREFIX + name, "").strip()
         if not raw:
             return default
-        try:
-            value = float(raw)
-        except ValueError:
-            value = math.nan
+        value = float(raw) if is_decimal(raw) else math.nan
         if not low <= value <= high:  # NaN too
             _log().warning("tasklens profiling: %s%s=%r is ignored: expected a number from %g to %g; using %g",
                            ENV_PREFIX, name, raw[:40], low, high, default)

@@ -1,8 +1,9 @@
 """The task heartbeat: `tasklens.scaling.task_heartbeat` = 1, for CloudWatch to count running tasks.
 
-Every sidecar publishes the same constant series; the EMF sink writes it once per 60 s flush with
-the dimensions `ecs_cluster` and `service`, so CloudWatch's `SampleCount` of it over one minute is the
-number of running tasks of the service: no Container Insights and no ECS API call (docs/scaling.md
+Every sidecar publishes the same constant series; the EMF sink writes it once per wall-clock minute
+(in the first record stamped in it, whatever `TASKLENS_CLOUDWATCH_INTERVAL`) with the dimensions
+`ecs_cluster` and `service`, so CloudWatch's `SampleCount` of it over one minute is the number of
+running tasks of the service: no Container Insights and no ECS API call (docs/scaling.md
 has the arithmetic). In Prometheus, `count by (ecs_cluster, service) (tasklens_scaling_task_heartbeat)`
 is the same count, exactly.
 
@@ -22,7 +23,7 @@ from agent.hub import Hub
 from agent.model import Batch, Kind, Sample
 from agent.scaling import HEARTBEAT, MAX_TASKS, TARGET
 
-PERIOD = 60.0  # seconds; the EMF sink flushes every 60 s and takes the latest value
+PERIOD = 60.0  # seconds; keeps it in sinks with a TTL (the EMF sink writes the latest value once a minute)
 
 
 class Heartbeat:

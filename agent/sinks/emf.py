@@ -13,7 +13,11 @@ one document per dimension set:
   cumulative counter's difference), since CloudWatch aggregates per period; several series of one name
   in a document (two containers) give an array of values, as EMF allows;
 - `_aws.Timestamp`: set explicitly to the middle of the interval the values describe, so that a
-  60-second record lands inside the minute it covers, not on the next minute's boundary.
+  60-second record lands inside the minute it covers, not on the next minute's boundary;
+- the task heartbeat (`tasklens_scaling_task_heartbeat`): only in the first record stamped in each
+  wall-clock minute, whatever the interval, since its one-minute SampleCount is the running-task count
+  the scaling policy divides by (docs/scaling.md). An interval over 60 s, which would leave minutes
+  without one, is refused while the heartbeat is selected.
 Limits (EMF specification): at most 100 metrics per directive and 100 values per metric (larger
 documents are split), a document at most 256 KB (the older event limit; today's is 1 MB). The settings
 are checked when loaded (agent/config.py: at most 9 dimension keys, each once, not `_aws`). A point
@@ -42,10 +46,11 @@ import time
 from collections.abc import Callable
 from typing import IO, Any
 
-from agent.config import EMF_MAX_NAME, EMF_ROOT, Config, is_cloudwatch_text
+from agent.config import EMF_MAX_NAME, EMF_ROOT, Config, ConfigError, is_cloudwatch_text, number_text
 from agent.hub import Hub
 from agent.logs import RateLimitedLog
 from agent.model import Batch, Kind, Tags
+from agent.scaling import HEARTBEAT
 from agent.sinks.cumulative import CumulativeState, Histogram, Key, Series
 from agent.sinks.deltas import CounterDeltas
 from agent.sinks.names import metric_name
@@ -85,6 +90,10 @@ def shown_labels(tags: Tags, identity: dict[str, str] | None) -> object:
     return tags if isinstance(labels, str) else labels.block
 
 
+# CloudWatch counts a service's tasks as the SampleCount of this metric over one minute
+TASK_HEARTBEAT = metric_name(HEARTBEAT)
+
+
 class EmfSink:
     name = NAME
 
@@ -105,6 +114,14 @@ class EmfSink:
         self._deltas = CounterDeltas()
         self._selected: dict[str, bool] = {}
         self._log = RateLimitedLog(interval=60.0)
+        self._heartbeat_minute = -1  # the wall-clock minute of the last heartbeat written
+        if self.interval > 60 and self.selected(TASK_HEARTBEAT):
+            # minutes without a record would count no task (the scale-from-zero alarm fires); a heartbeat
+            # stamped back into each minute would arrive up to an interval late, after alarms read it
+            raise ConfigError(
+                f"{config.where('cloudwatch_interval')}={number_text(self.interval)} is invalid: expected at most "
+                f"60 seconds while {TASK_HEARTBEAT} is exported (CloudWatch counts the running tasks as its "
+                "datapoints per minute); leave it out of TASKLENS_CLOUDWATCH_METRICS for a longer interval")
 
     def accept(self, batch: Batch) -> None:
         self.state.accept(batch)
@@ -122,6 +139,11 @@ class EmfSink:
     def documents(self, boundary: float, since: float | None = None) -> list[dict[str, Any]]:
         """The EMF documents for the interval from `since` (one interval before, by default) to `boundary`
         (wall clock, seconds)."""
+        # explicitly inside the period the values describe (its middle), never on the next boundary: the
+        # final record, a moment after a regular one, lands in its own minute (one heartbeat a minute)
+        start = boundary - self.interval if since is None else since
+        timestamp = int((start + boundary) / 2 * 1000)
+        minute = timestamp // 60_000
         self.state.accept(Batch("tasklens:pull", self.hub.pull(), snapshot=True))
         self.state.expire()
         for key, _ in self.state.take_ended():  # one that comes back is a new count from 0
@@ -136,6 +158,8 @@ class EmfSink:
             pname = prometheus_name(name, series.kind)
             if not self.selected(pname):
                 continue
+            if pname == TASK_HEARTBEAT and minute == self._heartbeat_minute:
+                continue  # this minute has its heartbeat: a second would count this task twice
             # the increase is tracked per series (its own name and tags), never per sanitised name:
             # `jobs.done` and `jobs_done` would overwrite each other's last value
             value = self._value(key, series, boundary)
@@ -158,11 +182,9 @@ class EmfSink:
             else:
                 written.add(same)
                 groups.setdefault(dims, {}).setdefault(pname, []).append(value)
+                if pname == TASK_HEARTBEAT:
+                    self._heartbeat_minute = minute
         self._deltas.prune(boundary - 3 * self.interval)
-        # explicitly inside the period the values describe (its middle), never on the next boundary: the
-        # final record, a moment after a regular one, lands in its own minute (one heartbeat a minute)
-        start = boundary - self.interval if since is None else since
-        timestamp = int((start + boundary) / 2 * 1000)
         docs: list[dict[str, Any]] = []
         for dims, by_name in groups.items():
             docs += self._split(timestamp, dims, by_name)

@@ -306,6 +306,8 @@ class EmfSink:
             if stop.is_set():
                 return
             due = next_tick(max(self.wall(), due), self.interval)
+            if due - self.wall() > self.interval:  # the wall clock stepped back: wait an interval, not the step
+                due = next_tick(self.wall(), self.interval)
 
     async def _write_aside(self, lines: str, records: int, metrics: int) -> None:
         """`write` on a daemon thread of its own. With the awslogs driver's default blocking mode a slow

@@ -1,0 +1,35 @@
+"""The EMF loop after the wall clock steps back (an NTP step, a VM's clock corrected): it schedules on
+wall-clock due times, and it waited out the whole step (an hour back: no record for an hour)."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import time
+from dataclasses import replace
+
+from agent.config import Config
+from agent.hub import Hub
+from agent.model import Batch, Sample
+from agent.sinks.emf import EmfSink
+from tests.sinks.stores import until
+from tests.sinks.test_emf import TASK
+
+
+async def test_records_go_on_at_the_interval_after_the_wall_clock_steps_back_an_hour() -> None:
+    step = [0.0]
+    config = replace(Config(), cloudwatch="emf", cloudwatch_interval=0.2)
+    hub, out = Hub(TASK), io.StringIO()
+    sink = EmfSink(config, hub, stream=out, wall=lambda: time.time() + step[0])
+    hub.add_sink(sink)
+    hub.publish(Batch("queue:orders", [Sample("queue.depth", 3.0, tags=(("queue", "orders"),))], snapshot=True))
+    stop = asyncio.Event()
+    runner = asyncio.create_task(sink.run(stop))
+    try:
+        await until(lambda: len(out.getvalue().splitlines()) >= 2, 5, "two records")
+        step[0] = -3600.0
+        n = len(out.getvalue().splitlines())
+        await until(lambda: len(out.getvalue().splitlines()) >= n + 3, 5, "three records after the step")
+    finally:
+        stop.set()
+        await asyncio.wait_for(runner, 5)

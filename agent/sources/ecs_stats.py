@@ -418,6 +418,7 @@ class _Totals:
     online_cpus: list[float] = field(default_factory=list)
     cpu_bounds: list[float] = field(default_factory=list)  # `cpu_bound_vcpus` of each container that has one
     stats: dict[str, Any] = field(default_factory=dict)  # DockerId -> stats, for the network
+    stale: set[str] = field(default_factory=set)  # those of them whose sample stopped changing
     # a running container without a CPU or a working set this poll (no stats yet, a first sample, a
     # counter that went back): the task's total is a gap then, never the sum of the others
     cpu_unknown: bool = False
@@ -550,8 +551,12 @@ def _task_samples(task: Any, totals: _Totals, previous: Mapping[str, Any], netwo
     for counter, name in _NET_NAMES.items():
         if counter in counted:
             emit(f"network.{name}", counted[counter], Kind.COUNTER)
-    for direction, rate in network_rates(totals.stats, previous, shared).items():
-        emit(f"network.{direction}_bytes_per_second", rate)
+    # a sample that stopped changing holds an old rate: when shared, the other copies tell the same
+    # interfaces; a container's own (bridge) makes the task's rate a gap, never the sum of the others
+    fresh = {k: v for k, v in totals.stats.items() if k not in totals.stale}
+    if shared or len(fresh) == len(totals.stats):
+        for direction, rate in network_rates(fresh, previous, shared).items():
+            emit(f"network.{direction}_bytes_per_second", rate)
 
     for name, key in (("used_bytes", "Utilized"), ("reserved_bytes", "Reserved")):
         mib = _num(_get(task, "EphemeralStorageMetrics", key))
@@ -566,7 +571,8 @@ def derive(task: Any, stats: Any, previous: Mapping[str, Any] | None = None,
     `task` is the `/task` JSON, `stats` the `/task/stats` JSON (DockerId -> Docker stats),
     `previous` our own earlier stats per DockerId (for rates over the poll interval), `network`
     the task's network counters so far (the same object poll after poll; without it, they start here),
-    and `stale` the DockerIds whose sample has not changed for several polls (no CPU rate from them).
+    and `stale` the DockerIds whose sample has not changed for several polls (no CPU or network rate
+    from them).
     Containers not in `/task` are ignored, a DockerId listed again counts once (its first entry); the
     pause container only counts toward the task totals; a container not in use (`in_use`: stopped, not
     started) has its state series only, and counts toward nothing.
@@ -604,6 +610,8 @@ def derive(task: Any, stats: Any, previous: Mapping[str, Any] | None = None,
             continue
         if entry and in_use(container):
             totals.stats[docker_id] = entry
+            if docker_id in stale:
+                totals.stale.add(docker_id)
     try:
         samples += _task_samples(task, totals, {k: v for k, v in previous.items() if k in totals.stats},
                                  network if network is not None else NetworkTotals())

@@ -199,6 +199,38 @@ async def test_a_sample_that_stopped_changing_gives_no_rate_once_stale(metadata:
         await harness.source.aclose()
 
 
+def with_rate(stats: dict[str, Any], rx_per_second: float) -> dict[str, Any]:
+    return {k: dict(v, network_rate_stats={"rx_bytes_per_sec": rx_per_second, "tx_bytes_per_sec": 0.0})
+            for k, v in stats.items()}
+
+
+# capture -> the task's receive rate once one container's sample froze (its last rate 5,000,000 B/s, the
+# other's now 100 B/s): while that sample may still be refreshed (stale_after 60 s), and once stale (0 s)
+FROZEN_RATE = {"fargate-2023": (5_000_000.0, 100.0),  # shared: the largest copy; then the fresh one's alone
+               "ec2-bridge-2020": (5_000_100.0, None)}  # its own interfaces: the sum; then a gap
+
+
+@pytest.mark.parametrize("capture", sorted(FROZEN_RATE))
+async def test_a_network_rate_from_a_sample_that_stopped_changing_is_not_published(
+        capture: str, metadata: MetadataServer) -> None:
+    """The agent's `network_rate_stats` of a sample that stopped changing is an old rate too. Shared
+    interfaces (awsvpc): the other containers' copies give the rate; a container's own (bridge): the
+    task's rate is a gap, never the sum of the others."""
+    task = load(f"{capture}.task")
+    first = {k: v for k, v in load(f"{capture}.stats").items() if v}
+    second = with_rate({k: advance(v, 10 * 10**9, 10**9) for k, v in first.items()}, 5_000_000.0)
+    fresh = next(iter(second))
+    third = dict(second, **with_rate({fresh: advance(second[fresh], 10 * 10**9, 10**9)}, 100.0))
+    for stale_after, expected in zip((60.0, 0.0), FROZEN_RATE[capture]):
+        harness = Harness(metadata.url, timeout=5.0, stale_after=stale_after)
+        for stats in (first, second, third):
+            metadata.serve(task, stats)
+            assert await harness.source.poll_once()
+        got = by_series(harness.recorder.last("ecs").samples)
+        assert got.get(("ecs.task.network.receive_bytes_per_second", None)) == expected, stale_after
+        await harness.source.aclose()
+
+
 async def test_the_reviewers_stopped_container(metadata: MetadataServer) -> None:
     """fargate-2023, apmtest-ping STOPPED with its last sample still served, five polls: the task is
     dd-agent alone (0.1 vCPU, working set 156,966,912), apmtest-ping has its state only."""

@@ -100,8 +100,25 @@ class Flusher:
         self._idle_zeros(counters, (dict(containers), seconds, base), now, tags_of)
         for ctx, value in iv.gauges.items():
             add(Sample(ctx.name, value, KIND_GAUGE, tags_of(ctx)))
+        # Set contexts that resolve to one series (a `c:` of no container here, the task's own tag sent)
+        # count the distinct members of them all: their union, made only where contexts share a series,
+        # copied once and then added to (each member is looked at once; they are bounded by the set
+        # limits). One sample per series, at its first context's place.
+        distinct: dict[tuple[str, frozenset[tuple[str, str]]], tuple[Tags, set[bytes]]] = {}
+        unions: set[tuple[str, frozenset[tuple[str, str]]]] = set()  # keys whose members are a copy
         for ctx, members in iv.sets.items():
-            add(Sample(ctx.name, float(len(members)), KIND_GAUGE, tags_of(ctx)))
+            tags = tags_of(ctx)
+            key = (ctx.name, sets[id(tags)])
+            held = distinct.get(key)
+            if held is None:
+                distinct[key] = (tags, members)
+            elif key in unions:
+                held[1].update(members)
+            else:  # the first context's own set stays as received
+                distinct[key] = (held[0], held[1] | members)
+                unions.add(key)
+        for (name, _), (tags, members) in distinct.items():
+            add(Sample(name, float(len(members)), KIND_GAUGE, tags))
         grouped: dict[Context, list[Slot]] = {}
         for slot in iv.values:
             grouped.setdefault(slot.ctx, []).append(slot)  # type: ignore[arg-type]

@@ -121,7 +121,7 @@ class EmfSink:
             raise ConfigError(
                 f"{config.where('cloudwatch_interval')}={number_text(self.interval)} is invalid: expected at most "
                 f"60 seconds while {TASK_HEARTBEAT} is exported (CloudWatch counts the running tasks as its "
-                "datapoints per minute); leave it out of TASKLENS_CLOUDWATCH_METRICS for a longer interval")
+                f"datapoints per minute); leave it out of {config.where('cloudwatch_metrics')} for a longer interval")
 
     def accept(self, batch: Batch) -> None:
         self.state.accept(batch)

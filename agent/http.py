@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import resource
 import time
 import zlib
 from collections.abc import Callable
@@ -14,6 +15,7 @@ from aiohttp import web
 
 from agent import heavy
 from agent.hub import Hub
+from agent.selfmetrics import SelfMetrics
 from agent.sinks.prometheus import PrometheusSink
 
 TEXT = "text/plain; version=0.0.4; charset=utf-8"
@@ -44,6 +46,62 @@ STALL_DEADLINE = 5.0
 # Why a `/metrics` request is counted in `tasklens.http.scrapes_abandoned`: its peer hung up before
 # the answer was written (reason "gone"), or stopped reading it (reason "stalled").
 ABANDONED = ("gone", "stalled")
+
+# HTTP connections open at once, at most (ConnectionLimit): far more than scrapers and health checks
+# use, and fewer under a low limit on open files, where SPARE_FILES stay for the rest of the sidecar
+# (its pollers, sinks, StatsD sockets and files)
+CONNECTIONS_MAX = 4096
+SPARE_FILES = 128
+
+
+def connections_limit() -> int:
+    """CONNECTIONS_MAX, or what the limit on open files leaves of it."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return CONNECTIONS_MAX
+    return max(min(CONNECTIONS_MAX, soft - SPARE_FILES), 16)
+
+
+class ConnectionLimit:
+    """At most `limit` HTTP connections: over it, a new connection closes the oldest one that has no
+    request under way (one idle after an answer, or that has not sent a whole request yet), counted in
+    `tasklens.http.connections_over_limit`.
+
+    A peer that holds connections open took every descriptor: `/health` and the resource poll failed
+    with EMFILE. Refusing the new connection instead would refuse `/health` while the peer holds the
+    rest; aiohttp has no limit of its own."""
+
+    def __init__(self, limit: int, metrics: SelfMetrics) -> None:
+        self.limit = limit
+        self._metrics = metrics
+        self._answering: set[web.RequestHandler] = set()  # connections with a request under way
+        metrics.inc("tasklens.http.connections_over_limit", 0.0)  # exported from the start
+
+    def protocols(self, server: web.Server) -> Callable[[], asyncio.BaseProtocol]:
+        """The protocol factory to listen with, in front of aiohttp's `server`."""
+
+        def protocol() -> asyncio.BaseProtocol:
+            # a connection closed here leaves `server.connections` a moment later: not counted again
+            connections = [c for c in server.connections if c.transport is not None]  # oldest first
+            over = len(connections) + 1 - self.limit
+            for connection in connections:
+                if over <= 0:
+                    break
+                if connection not in self._answering:
+                    connection.force_close()
+                    self._metrics.inc("tasklens.http.connections_over_limit")
+                    over -= 1
+            return server()
+
+        return protocol
+
+    @web.middleware
+    async def middleware(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        self._answering.add(request.protocol)
+        try:
+            return await handler(request)  # type: ignore[no-any-return]
+        finally:
+            self._answering.discard(request.protocol)
 
 
 class SingleFlight:

@@ -78,6 +78,7 @@ class Runtime:
         self.sinks: list[Sink] = [self.prometheus]
         self.http_addresses: list[tuple[str, int]] = []
         self._runner: web.AppRunner | None = None
+        self._listener: asyncio.Server | None = None
         self.page: PageHistory | None = None  # the status page's history, when enabled
         self._log = RateLimitedLog(log, interval=60.0)
 
@@ -170,21 +171,25 @@ class Runtime:
             from agent.statuspage import add_routes
 
             add_routes(app, self.page, self.status)
+        limit = http.ConnectionLimit(http.connections_limit(), self.metrics)
+        app.middlewares.append(limit.middleware)
         # handler_cancellation: a request whose peer hangs up stops where it is (aiohttp >= 3.9 lets it
         # run on): a `/metrics` request then no longer waits its turn, renders and writes for nobody.
         # The handlers only read, so stopping one anywhere leaves nothing half done.
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False, handler_cancellation=True,
                                      keepalive_timeout=http.REQUEST_DEADLINE, shutdown_timeout=HTTP_GRACE)
         await self._runner.setup()
+        assert self._runner.server is not None  # made by setup()
         host, port = self.config.http_addr
-        site = web.TCPSite(self._runner, host, port, reuse_address=True)
+        # listening here rather than through a TCPSite: the connection limit sits in front of aiohttp's
+        # protocol factory (closed in serve(), before the runner's cleanup)
         try:
-            await site.start()
+            self._listener = await asyncio.get_running_loop().create_server(
+                limit.protocols(self._runner.server), host, port, reuse_address=True, backlog=128)
         except OSError as exc:
             raise OSError(exc.errno, f"HTTP listener on {host}:{port} (TASKLENS_HTTP_ADDR): {exc.strerror}") from None
-        server = site._server
-        sockets = getattr(server, "sockets", None) or []
-        self.http_addresses = [s.getsockname()[:2] for s in sockets]
+        log.debug("HTTP: at most %d connections", limit.limit)
+        self.http_addresses = [s.getsockname()[:2] for s in self._listener.sockets]
         log.info("HTTP on %s (/metrics, /health, /ready, /status)",
                  ", ".join(f"{h}:{p}" for h, p in self.http_addresses))
 
@@ -253,6 +258,8 @@ class Runtime:
         await self._drain(source_tasks, deadline - loop.time() - min(5.0, self.config.shutdown_timeout / 4))
         stop_sinks.set()
         await self._drain(sink_tasks, deadline - loop.time())
+        if self._listener is not None:
+            self._listener.close()  # no new connection from here on
         if self._runner is not None:
             # answers under way get HTTP_GRACE, within what is left of the deadline: a scraper that stopped
             # reading would hold its answer for STALL_DEADLINE, and aiohttp waits 60 s by default

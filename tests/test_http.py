@@ -3,6 +3,7 @@ to a real `tasklens run`."""
 
 from __future__ import annotations
 
+import os
 import resource
 import select
 import socket
@@ -158,3 +159,29 @@ def test_held_connections_leave_health_answerable_under_a_low_open_files_limit(s
         for sock in held:
             sock.close()
     assert sidecar.stop() == 0
+
+
+def test_connections_over_the_limit_close_the_oldest_idle_ones_and_health_answers(sidecar_factory) -> None:
+    """With a hard limit of 1024 open files too (nothing to raise), 1,100 connections held open took
+    every descriptor: `/health` and the resource poll failed with EMFILE."""
+    sidecar = sidecar_factory()
+    # before it reads the limit at start (its imports alone take longer than this)
+    resource.prlimit(sidecar.proc.pid, resource.RLIMIT_NOFILE, (LOW_SOFT_LIMIT, LOW_SOFT_LIMIT))
+    sidecar.wait_ready()
+    assert resource.prlimit(sidecar.proc.pid, resource.RLIMIT_NOFILE) == (LOW_SOFT_LIMIT, LOW_SOFT_LIMIT)
+    held = [connect(sidecar.http_port) for _ in range(LOW_SOFT_LIMIT + 100)]
+    try:
+        assert http_get(sidecar.url + "/health")[0] == 200  # within REQUEST_DEADLINE: they are all held
+        assert len(os.listdir(f"/proc/{sidecar.proc.pid}/fd")) < LOW_SOFT_LIMIT
+        status, body = http_get(sidecar.url + "/metrics", timeout=10)
+        assert status == 200 and over_limit(body) > 0
+    finally:
+        for sock in held:
+            sock.close()
+    assert sidecar.stop() == 0
+    assert "Too many open files" not in sidecar.log
+
+
+def over_limit(exposition: str) -> float:
+    found = [line for line in exposition.splitlines() if line.startswith("tasklens_http_connections_over_limit_total")]
+    return float(found[0].split()[-1]) if found else 0.0

@@ -166,6 +166,10 @@ def validate(environ: Mapping[str, str] | None = None) -> tuple[Config, list[str
         from agent.sinks.remote_write import sigv4_region
 
         sigv4_region(config)  # SigV4 on needs a region
+    if config.cloudwatch == "emf":
+        from agent.sinks.emf import check_interval
+
+        check_interval(config)  # the heartbeat needs a record every minute
     return config, warnings
 
 

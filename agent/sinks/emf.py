@@ -94,6 +94,18 @@ def shown_labels(tags: Tags, identity: dict[str, str] | None) -> object:
 TASK_HEARTBEAT = metric_name(HEARTBEAT)
 
 
+def check_interval(config: Config) -> None:
+    """ConfigError for an interval over a minute while the heartbeat is exported: minutes without a
+    record would count no task (the scale-from-zero alarm fires), and a heartbeat stamped back into each
+    minute would arrive up to an interval late, after alarms read it. `check` and the sink both ask."""
+    interval = config.cloudwatch_interval
+    if interval > 60 and any(fnmatch.fnmatchcase(TASK_HEARTBEAT, p) for p in config.cloudwatch_metrics):
+        raise ConfigError(
+            f"{config.where('cloudwatch_interval')}={number_text(interval)} is invalid: expected at most "
+            f"60 seconds while {TASK_HEARTBEAT} is exported (CloudWatch counts the running tasks as its "
+            f"datapoints per minute); leave it out of {config.where('cloudwatch_metrics')} for a longer interval")
+
+
 class EmfSink:
     name = NAME
 
@@ -115,13 +127,7 @@ class EmfSink:
         self._selected: dict[str, bool] = {}
         self._log = RateLimitedLog(interval=60.0)
         self._heartbeat_minute = -1  # the wall-clock minute of the last heartbeat written
-        if self.interval > 60 and self.selected(TASK_HEARTBEAT):
-            # minutes without a record would count no task (the scale-from-zero alarm fires); a heartbeat
-            # stamped back into each minute would arrive up to an interval late, after alarms read it
-            raise ConfigError(
-                f"{config.where('cloudwatch_interval')}={number_text(self.interval)} is invalid: expected at most "
-                f"60 seconds while {TASK_HEARTBEAT} is exported (CloudWatch counts the running tasks as its "
-                f"datapoints per minute); leave it out of {config.where('cloudwatch_metrics')} for a longer interval")
+        check_interval(config)
 
     def accept(self, batch: Batch) -> None:
         self.state.accept(batch)

@@ -82,3 +82,21 @@ def test_an_interval_over_a_minute_is_refused_while_the_heartbeat_is_sent() -> N
     assert sink.interval == 60.0
     config = replace(Config(), cloudwatch="emf", cloudwatch_interval=120.0)
     assert config.where("cloudwatch_interval") == "TASKLENS_CLOUDWATCH_INTERVAL"
+
+
+@pytest.mark.parametrize("interval, metrics, refused", [
+    ("61", None, True), ("300", "queue_*", False), ("60", None, False), ("120", "tasklens_scaling_*", True)])
+def test_check_refuses_what_the_sink_refuses(interval: str, metrics: str | None, refused: bool) -> None:
+    """`check` and `run` validate alike: the interval is refused by `check` too, not only when the sink
+    is built by `run`."""
+    from agent.cli import validate
+
+    environ = {"TASKLENS_CLOUDWATCH": "emf", "TASKLENS_CLOUDWATCH_INTERVAL": interval,
+               "TASKLENS_HTTP_ADDR": "127.0.0.1:0", "TASKLENS_STATSD_ADDR": "off"}
+    if metrics:
+        environ["TASKLENS_CLOUDWATCH_METRICS"] = metrics
+    if refused:
+        with pytest.raises(ConfigError, match=rf"TASKLENS_CLOUDWATCH_INTERVAL={interval} is invalid"):
+            validate(environ)
+    else:
+        validate(environ)

@@ -32,11 +32,19 @@ LONG_SPANNING = 128
 # a URL starts the text, a parameter's value (`management=http://`) or an entry of a list (`,redis://`);
 # elsewhere `x://` is part of a password
 _SCHEME = re.compile(r"(?:^|(?<=[=,\s]))[A-Za-z][A-Za-z0-9+.-]*://")
-# a password as a query parameter (`postgresql://app@db/app?password=...`, as libpq and asyncpg read it), or
-# another credential a store's URL may carry in its query (`?token=`, `?api_key=`, `X-Amz-Signature=`); its
-# value runs to the next parameter, spaces included (`password=abc def`: a refused URL's error shows it), or
-# to the next URL of a list (`,redis://`, ` redis://`)
-_CREDENTIAL = r"[?&;][A-Za-z_-]*(?:password|passwd|token|secret|api_?key|access_?key|signature)="
+# a credential as a query parameter: a password (`postgresql://app@db/app?password=...`, as libpq and asyncpg
+# read it) or whatever else a store, a proxy or a signed URL takes there. No list of names keeps up with
+# them (`api-key`, `x-api-key`, Azure's `sig`, `X-Amz-Credential`, `client_secret`, `pwd`, `code`...), so
+# a name is a credential's when it holds one of these stems anywhere, in any case; an ordinary parameter
+# with such a name (`keyfile=`) is masked too: unreadable beats leaked. A `*_env` name holds the name of
+# the variable with the password (`password_env=`), not the password. Its value runs to the next parameter,
+# spaces included (`password=abc def`: a refused URL's error shows it), or to the next URL of a list
+# (`,redis://`, ` redis://`).
+CREDENTIAL_STEMS = ("key", "token", "secret", "pass", "pwd", "auth", "sig", "cred", "session", "code", "jwt",
+                    "bearer")
+_NAME_CHAR = r"[^\s=&#;?,]"
+# (the lookahead and the name stop at the next separator, so each name is read once: linear in the text)
+_CREDENTIAL = (rf"[?&;](?={_NAME_CHAR}*?(?:{'|'.join(CREDENTIAL_STEMS)})){_NAME_CHAR}*(?<!_env)=")
 # (a run of separators is taken whole, then looked past once: linear in the text)
 _PARAM = re.compile(_CREDENTIAL + r"((?:[^&#,\s]|[,\s]++(?![A-Za-z][A-Za-z0-9+.-]*://))*)", re.IGNORECASE)
 # in free text (a request line in an error) a value ends at a space too

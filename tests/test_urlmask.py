@@ -26,7 +26,7 @@ from agent.cli import validate
 from agent.config import ConfigError, describe, load, parse_url_list
 from agent.hub import Hub
 from agent.identity import Identity
-from agent.urlmask import mask_secrets, mask_url, split_password, url_passwords
+from agent.urlmask import mask_query_secrets, mask_secrets, mask_url, split_password, url_passwords
 from integrations.queues import describe_url, parse
 from integrations.queues.base import Reading, parse_queue_url
 from integrations.queues.source import queue_sources
@@ -295,4 +295,54 @@ def test_a_long_credential_value_is_read_in_linear_time(filler: str) -> None:
         text = "http://h/?token=" + filler * (n // len(filler)) + "x"
         started = time.monotonic()
         assert _PARAM.search(text)
+        assert time.monotonic() - started < 0.5
+
+
+# A credential in a query under any name a store, proxy or signed URL uses: names built from the stems
+# (`api-key`, `X-Amz-Security-Token`, Azure's `sig`, `client_secret`, `pwd`, `code`...) in any case, with
+# any separator and prefix. Ordinary parameters keep their values.
+STEMS = ["key", "token", "secret", "pass", "password", "passwd", "pwd", "auth", "sig", "signature",
+         "credential", "session", "code", "apikey", "api_key", "access_key"]
+CREDENTIAL_NAMES = st.builds(
+    lambda prefix, before, stem, after, case: case("".join((prefix, before, stem, after))),
+    st.sampled_from(["", "x-", "X-Amz-", "x_", "client", "private_", "access", "oauth_"]),
+    st.sampled_from(["", "api", "security", "session"]).flatmap(
+        lambda word: st.sampled_from([word + sep for sep in ("-", "_", "")]) if word else st.just("")),
+    st.sampled_from(STEMS),
+    st.sampled_from(["", "_id", "-token", "s", "Id"]),
+    st.sampled_from([str.lower, str.upper, str.title, lambda s: s]))
+QUERY_SECRET = "Zq7QrYsEcx"
+ORDINARY = "list=jobs&group=g1&timeout=5&region=eu-west-1"
+
+
+@settings(max_examples=150, deadline=None)
+@given(name=CREDENTIAL_NAMES, encoded=st.booleans())
+@example(name="sig", encoded=False)  # an Azure SAS URL (`sv=...&sig=`): the outside reviewer's
+@example(name="api-key", encoded=False)
+@example(name="X-Amz-Security-Token", encoded=True)
+def test_a_credential_parameter_of_any_name_is_masked_and_ordinary_ones_are_kept(name: str, encoded: bool) -> None:
+    value = quote(QUERY_SECRET + "/=", safe="") if encoded else QUERY_SECRET
+    url = f"https://h.example/api/v1/push?sv=2020&{name}={value}&{ORDINARY}"
+    assert mask_url(url) == f"https://h.example/api/v1/push?sv=2020&{name}=***&{ORDINARY}"
+    assert QUERY_SECRET in "".join(url_passwords(url))
+    line = f"bad request POST /api/v1/push?{ORDINARY}&{name}={value} HTTP/1.1"
+    assert mask_query_secrets(line) == f"bad request POST /api/v1/push?{ORDINARY}&{name}=*** HTTP/1.1"
+
+
+def test_ordinary_parameters_and_a_variable_name_are_kept() -> None:
+    for url in (f"redis://h:6379/0?{ORDINARY}", "amqp://worker@mq/prod?queue=orders&password_env=RABBIT_PASSWORD",
+                "postgresql://db/app?name=jobs&query=SELECT%201%20AS%20depth&sslmode=require"):
+        assert mask_url(url) == url and url_passwords(url) == []
+        assert mask_query_secrets(f"GET /x?{url.partition('?')[2]}") == f"GET /x?{url.partition('?')[2]}"
+
+
+@pytest.mark.parametrize("filler", ["a", "key", "&a", "?key", ";"])
+def test_any_parameter_name_is_read_in_linear_time(filler: str) -> None:
+    """The name's stems are looked for once per name: a long name, or many, with no `=`."""
+    from agent.urlmask import _PARAM, _PARAM_IN_TEXT
+
+    for n in (8_000, 64_000):
+        text = "http://h/?" + filler * (n // len(filler))
+        started = time.monotonic()
+        _PARAM.search(text), _PARAM_IN_TEXT.search(text), mask_url(text)
         assert time.monotonic() - started < 0.5

@@ -75,7 +75,7 @@ def config_secrets(config: Config, environ: Mapping[str, str] | None = None) -> 
     """Every secret the configuration holds: secret settings, the passwords inside URL settings, those a
     URL takes from another variable (`password_env=NAME`), and `user:password` for every basic-auth pair
     the sidecar may build from them (a user setting or a URL's user, with a password setting or a URL's
-    password; as written and percent-decoded)."""
+    password; as written and percent-decoded), and `token:` for an HTTP URL's bare token."""
     environ = os.environ if environ is None else environ
     found: list[str] = []
     users = {"", config.pyroscope_user, config.remote_write_username}
@@ -94,6 +94,8 @@ def config_secrets(config: Config, environ: Mapping[str, str] | None = None) -> 
             for user, password in url_credentials(item):
                 users.update((user, unquote(user)))
                 passwords.update((password, unquote(password)))
+                if not password:  # a bare token (`http://<token>@proxy`), sent as basic auth `<token>:`
+                    found.extend((f"{user}:", f"{unquote(user)}:"))
             try:
                 params = parse_qsl(urlsplit(item).query)
             except ValueError:

@@ -97,6 +97,28 @@ def _has_password(url: Authority, text: str) -> bool:
     return url.password is not None or _PASSWORD_ENV.search(text, url.start, url.end) is not None
 
 
+def bare_user(url: Authority, text: str) -> str | None:
+    """The user name of a URL without a password of its own (none in its user info, nor from the
+    environment, nor a credential in its query): over HTTP a bare token (`https://<token>@proxy`, sent
+    as basic auth `<token>:`); for a broker, a user name that may be one. Never shown (`***@`)."""
+    if not url.userinfo or url.password or _PASSWORD_ENV.search(text, url.start, url.end):
+        return None
+    scheme_at = url.start - len(url.scheme) - 3
+    end = url.end
+    if text[scheme_at - 1:scheme_at] == "=":  # a parameter's URL ends at `&` or `#`
+        end = min((i for i in (text.find("&", url.start, end), text.find("#", url.start, end)) if i >= 0),
+                  default=end)
+    if _PARAM.search(text, url.start, end):
+        return None
+    return url.userinfo.partition(":")[0] or None
+
+
+def http_token(url: Authority, text: str) -> str | None:
+    """A bare user name that an HTTP client sends as a credential: the secret of `http://<token>@proxy`.
+    (A broker's bare user name is no secret: masked in everything else's text it would blank its words.)"""
+    return bare_user(url, text) if url.scheme in ("http", "https") else None
+
+
 def _decodings(text: str) -> list[str]:
     """`text` and what it becomes percent-decoded, once and again, as `%2B` or as `+` for a space."""
     found, frontier = [text], [text]
@@ -133,7 +155,8 @@ def url_passwords(url: str) -> list[str]:
     found: dict[str, None] = {}
     for text in _decodings(url.strip()):
         listed = list(authorities(text))
-        for password in [a.password for a in listed if a.password] + [p for _, _, p in _spanning(text, listed)]:
+        tokens = [t for a in listed if (t := http_token(a, text))]
+        for password in [a.password for a in listed if a.password] + [p for _, _, p in _spanning(text, listed)] + tokens:
             found.update(dict.fromkeys(_decodings(password)))
         for match in _PARAM.finditer(text):
             if match.group(1):
@@ -143,13 +166,15 @@ def url_passwords(url: str) -> list[str]:
 
 def url_credentials(url: str) -> list[tuple[str, str]]:
     """Every `user:password` of the text's URLs (its own, any in a parameter), as written and decoded:
-    what a client sends as basic auth."""
+    what a client sends as basic auth (`token:` for an HTTP URL's bare token)."""
     found: dict[tuple[str, str], None] = {}
     for text in _decodings(url.strip()):
         for authority in authorities(text):
             if authority.userinfo and ":" in authority.userinfo:
                 user, _, password = authority.userinfo.partition(":")
                 found[(user, password)] = None
+            elif token := http_token(authority, text):
+                found[(token, "")] = None
     return list(found)
 
 
@@ -158,7 +183,8 @@ def mask_url(url: str) -> str:
 
     Where the text cannot be read as written (`amqp://u:pa/ss@host`: a port `pa`), the password is read
     as a person reads it (`amqp://u:***@host`); what is left of an unreadable URL's user info, and its
-    port, are masked too (either may be half a password)."""
+    port, are masked too (either may be half a password). The user info of a URL without a password of
+    its own (`bare_user`: `http://<token>@proxy`) is masked whole (`http://***@proxy`)."""
     text = url.strip()
     if any(len(password) > LONG_SPANNING for written in _decodings(text)
            for _, _, password in _spanning(written, list(authorities(written)))):
@@ -166,6 +192,8 @@ def mask_url(url: str) -> str:
     text = mask_secrets(text, url_passwords(url))
     for authority in reversed(list(authorities(text))):
         if authority.readable:
+            if authority.userinfo and bare_user(authority, text):
+                text = text[:authority.start] + MASK + text[authority.start + len(authority.userinfo):]
             continue
         # a port may be half a password (`amqp://u:Sec/ret`, `amqp://@:Sec`); digits are a port after an
         # `@`, or with no `@` after them (`http://host:99999`: a port out of range, shown as such)

@@ -346,3 +346,35 @@ def test_any_parameter_name_is_read_in_linear_time(filler: str) -> None:
         started = time.monotonic()
         _PARAM.search(text), _PARAM_IN_TEXT.search(text), mask_url(text)
         assert time.monotonic() - started < 0.5
+
+
+# A bare token as a URL's user info (`http://<token>@proxy`): no password, so `mask_url` showed it whole,
+# and only the configuration section of `check` hid it (config.mask_value's own rule).
+TOKENS = st.builds(lambda pieces: HEAD + "".join(pieces) + TAIL,
+                   st.lists(st.one_of(st.text("abcdefghijklmnopqrstuvwxyz0123456789-._~", min_size=1, max_size=4),
+                                      st.sampled_from(["%2F", "%40", "%3A", "%25", "%C3%A9"])), max_size=6))
+
+
+@settings(max_examples=60, deadline=None)
+@given(variable=st.sampled_from(sorted(URL_SETTINGS)), token=TOKENS, colon=st.booleans())
+def test_a_bare_token_of_any_url_setting_is_never_shown(variable: str, token: str, colon: bool) -> None:
+    from agent.redact import Redactor, basic_auth, config_secrets
+
+    url = URL_SETTINGS[variable].format(token + (":" if colon else ""))
+    environ = {variable: url, "TASKLENS_HTTP_ADDR": "127.0.0.1:0", "TASKLENS_STATSD_ADDR": "off",
+               "TASKLENS_REMOTE_WRITE_SIGV4": "off"}
+    assert mask_url(url) == URL_SETTINGS[variable].format("***")
+    config, warnings = validate(environ)
+    shown = warnings + strings(describe(config))
+    if variable != "TASKLENS_QUEUES":  # an HTTP client sends it as basic auth: a peer may echo either
+        redact = Redactor(config_secrets(config, environ))
+        shown.append(redact.mask(f"cannot connect to {url} ({unquote(url)}); "
+                                 f"Authorization: {basic_auth(unquote(token), '')}"))
+    assert_hidden(token, shown)
+
+
+def test_a_user_with_a_password_of_its_own_is_shown() -> None:
+    assert mask_url("postgresql://app@db/app?password=pw&x=1") == "postgresql://app@db/app?password=***&x=1"
+    assert mask_url("amqp://worker@mq/prod?password_env=P") == "amqp://worker@mq/prod?password_env=P"
+    assert mask_url("redis://u:pw@h/0") == "redis://u:***@h/0"
+    assert mask_url("postgresql://postgres@127.0.0.1:5432/test") == "postgresql://***@127.0.0.1:5432/test"

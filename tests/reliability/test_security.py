@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import re
@@ -81,6 +82,55 @@ async def test_no_secret_in_any_endpoint_the_log_or_check(tmp_path) -> None:
             assert described["DD_API_KEY"] == "***" + DD_KEY[-4:]
     finally:
         broker.kill()
+
+
+# What a proxy, a store or a signed URL takes as a credential, in the shapes the sidecar used to show:
+# a bare token as DD_DD_URL's user info, and query parameters named other than `password=`/`token=`.
+DD_URL_TOKEN = "Zq7DdTokenX"
+RW_QUERY_KEY = "Zq7RwApiKeyX"
+OTLP_SIGNATURE = "Zq7OtlpSigX"
+
+
+@pytest.mark.slow
+async def test_no_url_credential_in_status_history_the_log_or_check(tmp_path) -> None:
+    """Each sink's peer answers 500 quoting the request line and the Authorization header, as a proxy's
+    error page may: the credentials are then in the sink's URL (`/status`), its last error (`/status`,
+    `/status/history`, the log) and in both sections of `check`."""
+    from aiohttp import web
+
+    from tests.support import serve_app
+
+    async def echo(request: web.Request) -> web.Response:
+        await request.read()
+        return web.Response(status=500, text=f"bad request {request.method} {request.path_qs} "
+                                             f"auth={request.headers.get('Authorization')}")
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", echo)
+    runner, peer = await serve_app(app)
+    secrets = (DD_URL_TOKEN, RW_QUERY_KEY, OTLP_SIGNATURE, base64.b64encode(f"{DD_URL_TOKEN}:".encode()).decode())
+    env = dict(DD_API_KEY=DD_KEY, DD_DD_URL=peer.replace("://", f"://{DD_URL_TOKEN}@"),
+               TASKLENS_REMOTE_WRITE_URL=f"{peer}/api/v1/write?X-Api-Key={RW_QUERY_KEY}",
+               TASKLENS_REMOTE_WRITE_INTERVAL="1", TASKLENS_REMOTE_WRITE_SIGV4="off",
+               OTEL_EXPORTER_OTLP_METRICS_ENDPOINT=f"{peer}/v1/metrics?sv=2020&sig={OTLP_SIGNATURE}",
+               OTEL_METRIC_EXPORT_INTERVAL="1000", TASKLENS_FLUSH_INTERVAL="1", TASKLENS_LOG_LEVEL="debug",
+               TASKLENS_PROFILE_MODE="off")
+    try:
+        sidecar = Sidecar(tmp_path, **env)
+        try:
+            await poll(lambda: sidecar.get("/status")[1].count("http_500") >= 3, 30, "every sink's error")
+            shown = {path: sidecar.get(path)[1] for path in ("/status", "/status/history", "/metrics", "/")}
+        finally:
+            await asyncio_stop(sidecar)
+        shown["log"] = sidecar.log
+        check = subprocess.run([TASKLENS, "check"], env=clean_env(**env), capture_output=True, text=True, timeout=60)
+        shown["tasklens check"] = check.stdout + check.stderr
+    finally:
+        await runner.cleanup()
+    assert {where: [s for s in secrets if s in text] for where, text in shown.items()
+            if any(s in text for s in secrets)} == {}
+    assert "X-Api-Key=***" in shown["/status"] and "sig=***" in shown["/status"]
+    assert shown["tasklens check"].count("://***@127.0.0.1") >= 2  # the configuration's and the intake's
 
 
 async def asyncio_stop(sidecar: Sidecar) -> None:

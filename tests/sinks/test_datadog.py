@@ -441,3 +441,26 @@ async def test_check_api_key(intake: Intake) -> None:
     assert bad["api_key"] == "invalid (HTTP 403): check DD_API_KEY and DD_SITE" and "wrong" not in str(bad)
     down = await check_api_key(replace(good, dd_url="http://127.0.0.1:9"), timeout=2.0)
     assert down["api_key"].startswith("not checked: the intake did not answer")
+
+
+@pytest.mark.parametrize("token", ["Zq7DdTok", "Zq7-Dd.Tok_~x", "Zq7%2FDd%40Tok", "Zq7DdTok:"])
+async def test_a_token_as_the_urls_user_info_is_never_shown(intake: Intake, token: str,
+                                                            caplog: pytest.LogCaptureFixture) -> None:
+    """`DD_DD_URL=http://<token>@proxy`: a proxy's token with no password. `check`'s configuration section
+    hid it; its intake section, `/status` and the log lines that name the URL showed it."""
+    caplog.set_level(logging.INFO, logger="tasklens")
+    url = intake.url.replace("://", f"://{token}@")
+    shown_url = intake.url.replace("://", "://***@")
+    checked = await check_api_key(replace(Config(), dd_api_key=KEY, dd_url=url))
+    assert checked["url"] == shown_url
+    sink, hub = make(intake, dd_url=url)
+    intake.always(403)
+    stop = asyncio.Event()
+    task = asyncio.create_task(sink.run(stop))
+    hub.publish(Batch("s", [Sample("m", 1.0, Kind.GAUGE)]))
+    await until(lambda: "http_403" in (sink.status()["last_error"] or ""), what="the refusal")
+    stop.set()
+    await asyncio.wait_for(task, 5)
+    assert sink.status()["url"] == shown_url and shown_url in caplog.text
+    for text in (str(checked), str(sink.status()), repr(sink), caplog.text):
+        assert "Zq7" not in text, text

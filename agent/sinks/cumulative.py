@@ -1,9 +1,10 @@
 """The current cumulative state of every series, for push sinks whose receivers want cumulative values
 (remote_write, OTLP): what `/metrics` would show, kept between flushes.
 
-Kinds: a gauge keeps its last value; a source's cumulative counter (`*_total`) is kept as is; a StatsD
-count is summed since the series was first seen; StatsD histograms, timers (in seconds) and distributions
-become cumulative bucket counts, a sum and a count. Counters follow `/metrics`' rule, which lives here
+Kinds: a gauge keeps its newest reading (by its `|T` timestamp; a point without one is read now, and an
+older reading does not replace a newer one, as on `/metrics`); a source's cumulative counter (`*_total`)
+is kept as is; a StatsD count is summed since the series was first seen; StatsD histograms, timers (in
+seconds) and distributions become cumulative bucket counts, a sum and a count. Counters follow `/metrics`' rule, which lives here
 and which the Prometheus sink uses too (`count_refusal`, `counter_refusal`): a counter never decreases
 and never becomes infinite, so an OTLP monotonic Sum and a remote_write `_total` are what `/metrics` shows.
 
@@ -90,6 +91,9 @@ class Series:
     summed: bool = False  # a sum of StatsD counts from 0: its first value is all increase
     worker: bool = False  # a worker's (not from a snapshot): its tags cannot replace the task's identity
     cache: object = None  # a sink's encoded form of the labels, built once per series
+    # a worker's gauge: when its value was read (wall clock: a `|T` timestamp, else its batch), so that an
+    # older reading never replaces a newer one (`CumulativeState.accept`)
+    read: float = -math.inf
 
 
 def count_refusal(total: float, value: float) -> str:
@@ -202,6 +206,18 @@ class CumulativeState:
                     self.reject("non_finite", name=s.name)  # a sum, count or bucket would become infinite
                 continue
             number = float(value)
+            if kind is Kind.GAUGE:
+                # The newest reading, as on /metrics: every flush sends the current value stamped with
+                # the flush time, so a backfilled `|T` reading (an hour old) would be sent as current.
+                # Without a timestamp (or stamped ahead of this clock) a point is read now and always
+                # replaces the value; an older reading changes nothing, not even the series' age.
+                read = s.timestamp
+                if read is None or read >= wall:
+                    read = wall
+                elif read < entry.read:
+                    continue
+                entry.value, entry.read, entry.updated = number, read, now
+                continue
             reason = (count_refusal(entry.value, number) if s.kind is Kind.COUNT  # type: ignore[arg-type]
                       else counter_refusal(number) if s.kind is Kind.COUNTER else "")
             if reason:

@@ -211,6 +211,9 @@ class _Series:
     updated: float
     family: str
     labels: LabelSet
+    # a gauge's: when its value was read (wall clock: a `|T` timestamp, else its flush), so that an
+    # older reading never replaces a newer one (`_accept_points`)
+    read: float = -math.inf
 
 
 class PrometheusSink:
@@ -219,8 +222,10 @@ class PrometheusSink:
     def __init__(self, metrics: SelfMetrics, pull: Callable[[], list[Sample]] = list,
                  ttl: float = 300.0, buckets: Iterable[float] = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
                  clock: Callable[[], float] = time.monotonic, identity: Callable[[], Tags] = tuple,
-                 max_label_bytes: int = MAX_LABEL_BYTES, counter_ttl: float = 0.0) -> None:
+                 max_label_bytes: int = MAX_LABEL_BYTES, counter_ttl: float = 0.0,
+                 wall: Callable[[], float] = time.time) -> None:
         self.metrics = metrics
+        self.wall = wall  # when a gauge without a timestamp was read: its flush (see `_Series.read`)
         # how long after its last count the StatsD flusher still sends an idle counter's zero
         # (TASKLENS_STATSD_CONTEXT_TTL): the zeros are skipped (`Batch.idle`), so a counter series lives
         # that much longer than `ttl` from its last count, as if each zero had updated it
@@ -263,7 +268,7 @@ class PrometheusSink:
                 self._accept_snapshot(batch, identity, now, refused)
             else:  # idle counters' zeros change no total: skipped (`Batch.idle`)
                 samples = batch.samples[:len(batch.samples) - batch.idle] if batch.idle else batch.samples
-                self._accept_points(samples, identity, now, refused)
+                self._accept_points(samples, identity, now, self.wall(), refused)
         for reason, n in refused.items():
             self.metrics.inc("tasklens.sink.points_rejected", n, sink="prometheus", reason=reason)
             self._log.warning(f"prometheus:{reason}", "prometheus: %d point(s) of source %s refused: %s "
@@ -287,11 +292,18 @@ class PrometheusSink:
             kept.append(entry)
         self._snapshots[batch.source] = kept
 
-    def _accept_points(self, samples: list[Sample], identity: dict[str, str], now: float,
+    def _accept_points(self, samples: list[Sample], identity: dict[str, str], now: float, wall: float,
                        refused: Counter[str]) -> None:
         """The hot path: 100,000 points per flush. Series are found by tags, then name: the samples of a
         batch share a few tag tuples (the hub merges each distinct set once), and a tuple of tuples is
-        hashed anew on every lookup, so each distinct tuple object is looked up once per batch."""
+        hashed anew on every lookup, so each distinct tuple object is looked up once per batch.
+
+        A gauge shows its newest reading: `/metrics` has no timestamps, so a scraper reads what it shows
+        as current, and a backfilled `|T` reading (an hour old) must not replace the live one, whatever
+        the order they came in. A point without a timestamp was read at `wall` (its flush) and always
+        replaces the value (a wall clock stepped back must not freeze a gauge); one stamped after `wall`
+        counts as read then (a clock ahead must not hold a value past the live readings). An older
+        reading changes nothing, not even the series' age (it is not refused: Datadog takes it)."""
         by_tags = self._by_tags
         groups: dict[int, dict[str, _Series]] = {}
         isfinite = math.isfinite
@@ -311,7 +323,12 @@ class PrometheusSink:
             value = s.value
             kind = entry.kind
             if kind is KIND_GAUGE and s.kind is KIND_GAUGE:  # the common cases first, inline
-                entry.value = value  # type: ignore[assignment]
+                read = s.timestamp
+                if read is None or read >= wall:
+                    read = wall
+                elif read < entry.read:
+                    continue  # an older reading than the one shown
+                entry.value, entry.read = value, read  # type: ignore[assignment]
                 entry.updated = now
                 continue
             if kind is KIND_COUNTER and s.kind is KIND_COUNT:

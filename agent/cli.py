@@ -166,6 +166,10 @@ def validate(environ: Mapping[str, str] | None = None) -> tuple[Config, list[str
         from agent.sinks.remote_write import sigv4_region
 
         sigv4_region(config)  # SigV4 on needs a region
+    if config.otlp_endpoint or config.otlp_metrics_endpoint:
+        from agent.sinks.otlp import check_protocol
+
+        check_protocol(config)  # the one protocol sent
     if config.cloudwatch == "emf":
         from agent.sinks.emf import check_interval
 

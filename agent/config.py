@@ -441,13 +441,11 @@ def parse_choice(*choices: str) -> Callable[[str], str]:
 
 
 def parse_otlp_protocol(text: str) -> str:
-    """`OTEL_EXPORTER_OTLP_PROTOCOL`: only `http/protobuf` is sent. `grpc` or `http/json` is refused,
-    not ignored: posting OTLP/HTTP protobuf at a gRPC port fails on every push, for as long as it runs."""
-    low = text.strip().lower() or "http/protobuf"  # empty is unset, as the specification says
-    if low != "http/protobuf":
-        raise ValueError("http/protobuf (the only OTLP protocol tasklens sends; grpc and http/json are not "
-                         "supported: point the endpoint at the receiver's OTLP/HTTP port, usually 4318)")
-    return low
+    """`OTEL_EXPORTER_OTLP_PROTOCOL`, `..._METRICS_PROTOCOL`: read as written, lower-cased. Only
+    `http/protobuf` is sent: the OTLP sink and `check` refuse another one, when OTLP is on
+    (`agent/sinks/otlp.py` `check_protocol`); the variables are often set for the whole task, for the
+    application's own OpenTelemetry SDK too."""
+    return check_text(text.strip().lower(), "an OTLP protocol, e.g. http/protobuf", 64)
 
 
 def _parse_busy_rule(text: str) -> str:
@@ -601,10 +599,10 @@ class Config:
                                          doc="OTLP/HTTP metrics URL, used as is")
     otlp_headers: str = setting("", headers_text, env="OTEL_EXPORTER_OTLP_HEADERS", secret=True)
     otlp_metrics_headers: str = setting("", headers_text, env="OTEL_EXPORTER_OTLP_METRICS_HEADERS", secret=True)
-    otlp_protocol: str = setting("http/protobuf", parse_otlp_protocol, env="OTEL_EXPORTER_OTLP_PROTOCOL",
-                                 doc="http/protobuf only (grpc and http/json are refused at start)")
-    otlp_metrics_protocol: str = setting("http/protobuf", parse_otlp_protocol,
-                                         env="OTEL_EXPORTER_OTLP_METRICS_PROTOCOL", doc="as OTEL_EXPORTER_OTLP_PROTOCOL")
+    otlp_protocol: str = setting("", parse_otlp_protocol, env="OTEL_EXPORTER_OTLP_PROTOCOL",
+                                 doc="http/protobuf only (grpc and http/json are refused at start when OTLP is on)")
+    otlp_metrics_protocol: str = setting("", parse_otlp_protocol, env="OTEL_EXPORTER_OTLP_METRICS_PROTOCOL",
+                                         doc="as OTEL_EXPORTER_OTLP_PROTOCOL, and before it")
     otlp_compression: str = setting("gzip", parse_choice("gzip", "none"), env="OTEL_EXPORTER_OTLP_COMPRESSION")
     otlp_timeout_ms: float = setting(10000.0, parse_milliseconds, env="OTEL_EXPORTER_OTLP_TIMEOUT", low=100,
                                      high=300_000, doc="milliseconds")

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from agent import __version__
-from agent.config import Config, parse_headers
+from agent.config import Config, ConfigError, parse_headers
 from agent.urlmask import mask_url
 from agent.hub import Hub
 from agent.identity import Identity
@@ -125,11 +125,24 @@ def resource_of(identity: Identity, config: Config) -> Resource:
     return resource
 
 
+def check_protocol(config: Config) -> None:
+    """ConfigError unless the protocol OTLP would use is `http/protobuf`, the one sent here: the metrics
+    variable, else the general one, else that default (as the specification orders them). Posting
+    OTLP/HTTP protobuf at a gRPC port fails on every push, for as long as the sidecar runs."""
+    name = "otlp_metrics_protocol" if config.otlp_metrics_protocol else "otlp_protocol"
+    protocol = getattr(config, name) or "http/protobuf"
+    if protocol != "http/protobuf":
+        raise ConfigError(f"{config.where(name)}={protocol!r} is invalid: expected http/protobuf (the only OTLP "
+                          "protocol tasklens sends; grpc and http/json are not supported: point the endpoint at "
+                          "the receiver's OTLP/HTTP port, usually 4318)")
+
+
 class OtlpSink:
     name = NAME
 
     def __init__(self, config: Config, hub: Hub, *, wall: Callable[[], float] = time.time,
                  drain_timeout: float | None = None) -> None:
+        check_protocol(config)
         self.config = config
         self.hub = hub
         self.url = metrics_url(config)

@@ -324,6 +324,8 @@ def parse_percentiles(text: str) -> tuple[float, ...]:
 
 
 def parse_str_list(text: str) -> tuple[str, ...]:
+    if text.strip().lower() == "none":  # an empty list: an empty variable is unset (the default)
+        return ()
     values = tuple(check_text(v.strip(), "comma-separated names", MAX_TAG) for v in text.split(",") if v.strip())
     if len(values) > MAX_ITEMS:
         raise ValueError(f"comma-separated names, at most {MAX_ITEMS}")

@@ -530,3 +530,21 @@ def test_numbers_are_ascii_decimals(text: str) -> None:
     assert not taken or decimal, text
     if decimal and 0.5 <= float(text) <= 3600:
         assert taken, text
+
+
+@pytest.mark.parametrize("name", ["TASKLENS_HISTOGRAM_AGGREGATES", "TASKLENS_CLOUDWATCH_DIMENSIONS", "TASKLENS_TAGS",
+                                  "TASKLENS_REMOTE_WRITE_LABELS"])
+@pytest.mark.parametrize("none", ["none", " NONE "])
+def test_none_empties_a_list_over_the_file_and_the_default(tmp_path, name: str, none: str) -> None:
+    """An empty variable is unset, so a list is emptied with `none` (over the file's value too)."""
+    key = name.removeprefix("TASKLENS_").lower()
+    path = tmp_path / "tasklens.toml"
+    path.write_text(f'{key} = "team:a"\n' if "TAGS" in name or "LABELS" in name else f'{key} = "max"\n')
+    field = {"TASKLENS_TAGS": "tags"}.get(name, key)
+    assert getattr(load({"TASKLENS_CONFIG_FILE": str(path)}), field) != ()
+    assert getattr(load({"TASKLENS_CONFIG_FILE": str(path), name: none}), field) == ()
+
+
+def test_none_selects_no_metric_and_is_refused() -> None:
+    with pytest.raises(ConfigError, match="at least one"):
+        load({"TASKLENS_REMOTE_WRITE_METRICS": "none"})

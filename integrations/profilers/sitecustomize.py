@@ -184,6 +184,8 @@ def parse_tags(text: str) -> list[tuple[str, str]]:
     bootstrap cannot import `agent`), so that the worker takes exactly the tags the sidecar takes, and
     refuses what it refuses. ValueError with the expected form."""
     tags: dict[str, str] = {}  # a repeated key: the last value wins
+    if text.strip().lower() == "none":  # no tags: an empty variable is unset (the file's tags)
+        return []
     for item in text.split(","):
         item = item.strip()
         if not item:

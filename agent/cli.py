@@ -171,9 +171,10 @@ def validate(environ: Mapping[str, str] | None = None) -> tuple[Config, list[str
 
         check_protocol(config)  # the one protocol sent
     if config.cloudwatch == "emf":
-        from agent.sinks.emf import check_interval
+        from agent.sinks.emf import HEARTBEAT_LEFT_OUT, heartbeat_fits
 
-        check_interval(config)  # the heartbeat needs a record every minute
+        if not heartbeat_fits(config):  # one a minute needs a record every minute
+            warnings.append(HEARTBEAT_LEFT_OUT)
     return config, warnings
 
 

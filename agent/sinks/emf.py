@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import asyncio
 import fnmatch
+import logging
 import json
 import math
 import sys
@@ -94,16 +95,25 @@ def shown_labels(tags: Tags, identity: dict[str, str] | None) -> object:
 TASK_HEARTBEAT = metric_name(HEARTBEAT)
 
 
-def check_interval(config: Config) -> None:
-    """ConfigError for an interval over a minute while the heartbeat is exported: minutes without a
-    record would count no task (the scale-from-zero alarm fires), and a heartbeat stamped back into each
-    minute would arrive up to an interval late, after alarms read it. `check` and the sink both ask."""
+def heartbeat_fits(config: Config) -> bool:
+    """Whether the records can carry the heartbeat: one a minute needs a record every minute. Over a
+    minute, minutes without a record would count no task (the scale-from-zero alarm fires), and a
+    heartbeat stamped back into each minute would arrive up to an interval late, after alarms read it.
+    So it is left out, with a warning (`check`, the log), when only the default selection names it, and
+    the interval is refused when the user's selection does: `check` and the sink both ask."""
     interval = config.cloudwatch_interval
-    if interval > 60 and any(fnmatch.fnmatchcase(TASK_HEARTBEAT, p) for p in config.cloudwatch_metrics):
+    if interval <= 60 or not any(fnmatch.fnmatchcase(TASK_HEARTBEAT, p) for p in config.cloudwatch_metrics):
+        return True
+    if config.cloudwatch_metrics != Config.__dataclass_fields__["cloudwatch_metrics"].default:
         raise ConfigError(
             f"{config.where('cloudwatch_interval')}={number_text(interval)} is invalid: expected at most "
             f"60 seconds while {TASK_HEARTBEAT} is exported (CloudWatch counts the running tasks as its "
             f"datapoints per minute); leave it out of {config.where('cloudwatch_metrics')} for a longer interval")
+    return False
+
+
+HEARTBEAT_LEFT_OUT = (f"{TASK_HEARTBEAT} is left out of the EMF records: one a minute needs an interval of at most "
+                      "60 seconds (scaling on the task count it gives needs it)")
 
 
 class EmfSink:
@@ -127,7 +137,9 @@ class EmfSink:
         self._selected: dict[str, bool] = {}
         self._log = RateLimitedLog(interval=60.0)
         self._heartbeat_minute = -1  # the wall-clock minute of the last heartbeat written
-        check_interval(config)
+        self._heartbeat = heartbeat_fits(config)
+        if not self._heartbeat:
+            logging.getLogger("tasklens.emf").warning("%s", HEARTBEAT_LEFT_OUT)
 
     def accept(self, batch: Batch) -> None:
         self.state.accept(batch)
@@ -164,8 +176,8 @@ class EmfSink:
             pname = prometheus_name(name, series.kind)
             if not self.selected(pname):
                 continue
-            if pname == TASK_HEARTBEAT and minute == self._heartbeat_minute:
-                continue  # this minute has its heartbeat: a second would count this task twice
+            if pname == TASK_HEARTBEAT and (not self._heartbeat or minute == self._heartbeat_minute):
+                continue  # this minute has its heartbeat (a second would count this task twice), or none fits
             # the increase is tracked per series (its own name and tags), never per sanitised name:
             # `jobs.done` and `jobs_done` would overwrite each other's last value
             value = self._value(key, series, boundary)

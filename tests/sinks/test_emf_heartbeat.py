@@ -9,13 +9,12 @@ from __future__ import annotations
 import json
 import math
 from collections import Counter
-from dataclasses import replace
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent.config import Config, ConfigError
+from agent.config import ConfigError
 from agent.model import Batch, Sample
 from agent.scaling.heartbeat import Heartbeat
 from agent.sinks.push import next_tick
@@ -70,33 +69,36 @@ def test_the_other_metrics_of_the_record_are_still_in_every_record() -> None:
     assert [HEARTBEAT in d for d in docs] == [True] + [False] * 5
 
 
-def test_an_interval_over_a_minute_is_refused_while_the_heartbeat_is_sent() -> None:
+def test_an_interval_over_a_minute_leaves_the_heartbeat_out_or_is_refused_when_it_is_asked_for() -> None:
     """Records further apart than a minute leave minutes without a heartbeat (0 tasks: the scale-from-zero
     alarm fires), and a heartbeat stamped back in each minute covered would reach CloudWatch up to an
-    interval late, after the alarms evaluated that minute."""
+    interval late, after the alarms evaluated that minute. With the default selection (which names it
+    through `tasklens_scaling_*`) it is left out, with a warning: a longer interval to cut CloudWatch's
+    cost was valid before the heartbeat was; a selection that names it makes the interval refused."""
     with pytest.raises(ConfigError, match=r"TASKLENS_CLOUDWATCH_INTERVAL=61 .*tasklens_scaling_task_heartbeat"):
-        make(cloudwatch_interval=61.0)
-    sink, hub, out = make(cloudwatch_interval=300.0, cloudwatch_metrics=("queue_*",))  # no heartbeat: taken
-    assert sink.interval == 300.0
+        make(cloudwatch_interval=61.0, cloudwatch_metrics=("tasklens_scaling_*",))
+    sink, hub, out = make(cloudwatch_interval=300.0)  # the default selection
+    Heartbeat(hub, target=200.0).beat()
+    docs = [check_emf(line) for b in range(3) for line in sink.render(1_800_000_000.0 + 300 * b)[0].splitlines()]
+    assert docs and all(HEARTBEAT not in d and d["tasklens_scaling_target_backlog_per_task"] == 200.0 for d in docs)
     sink, hub, out = make(cloudwatch_interval=60.0)
     assert sink.interval == 60.0
-    config = replace(Config(), cloudwatch="emf", cloudwatch_interval=120.0)
-    assert config.where("cloudwatch_interval") == "TASKLENS_CLOUDWATCH_INTERVAL"
 
 
-@pytest.mark.parametrize("interval, metrics, refused", [
-    ("61", None, True), ("300", "queue_*", False), ("60", None, False), ("120", "tasklens_scaling_*", True)])
-def test_check_refuses_what_the_sink_refuses(interval: str, metrics: str | None, refused: bool) -> None:
-    """`check` and `run` validate alike: the interval is refused by `check` too, not only when the sink
-    is built by `run`."""
+@pytest.mark.parametrize("interval, metrics, outcome", [
+    ("61", "tasklens_scaling_*", "refused"), ("120", "queue_*,tasklens_scaling_task_heartbeat", "refused"),
+    ("300", "queue_*", "taken"), ("60", None, "taken"), ("300", None, "warned")])
+def test_check_says_what_the_sink_does(interval: str, metrics: str | None, outcome: str) -> None:
+    """`check` and `run` validate alike: refused by `check` too, not only when `run` builds the sink."""
     from agent.cli import validate
 
     environ = {"TASKLENS_CLOUDWATCH": "emf", "TASKLENS_CLOUDWATCH_INTERVAL": interval,
                "TASKLENS_HTTP_ADDR": "127.0.0.1:0", "TASKLENS_STATSD_ADDR": "off"}
     if metrics:
         environ["TASKLENS_CLOUDWATCH_METRICS"] = metrics
-    if refused:
+    if outcome == "refused":
         with pytest.raises(ConfigError, match=rf"TASKLENS_CLOUDWATCH_INTERVAL={interval} is invalid"):
             validate(environ)
     else:
-        validate(environ)
+        _, warnings = validate(environ)
+        assert any("left out of the EMF records" in w for w in warnings) == (outcome == "warned"), warnings

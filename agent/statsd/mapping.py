@@ -28,6 +28,7 @@ KEYS = frozenset({"match", "name", "labels", "match_type"})
 # a name no rule matches is tried against every rule (once: contexts are cached): a few dozen rules is
 # a large configuration, thousands are a generated file gone wrong
 MAX_RULES = 1000
+MAX_REGEX = 65_536  # characters of a `regex` rule's match (a glob's: MAX_TEXT)
 _REF = re.compile(r"\$(?:(\d+)|\{(\d+)\})")
 
 
@@ -65,7 +66,8 @@ def compile_rules(mappings: Sequence[Mapping[str, Any]]) -> tuple[Rule, ...]:
                                                       for k, v in labels.items()):
             raise ConfigError(f"{where}: labels must be a table of strings, e.g. {{ queue = \"$1\" }}")
         # as every other text setting: a NUL or a newline would reach /metrics and the sinks raw
-        _check_text(where, "match", match, "a glob or regex", MAX_TEXT)
+        # a regex listing many names (statsd_exporter's style) is long; a glob needs no more than a name
+        _check_text(where, "match", match, "a glob or regex", MAX_REGEX if match_type == "regex" else MAX_TEXT)
         _check_text(where, "name", name, "a metric name", MAX_TAG)
         if len(labels) > MAX_ITEMS:
             raise ConfigError(f"{where}: labels: expected at most {MAX_ITEMS} labels, not {len(labels)}")

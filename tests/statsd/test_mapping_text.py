@@ -76,3 +76,18 @@ def test_check_refuses_them_in_one_line(tmp_path, toml: str, said: str) -> None:
     assert check.returncode == 2, check.stderr
     (line,) = check.stderr.splitlines()
     assert line.startswith("tasklens: invalid configuration: " + said), line
+
+
+def test_a_regex_listing_many_names_is_taken() -> None:
+    """A statsd_exporter-style regex of many queue names runs past a glob's 1,024 characters: taken,
+    up to MAX_REGEX; a glob stays within MAX_TEXT."""
+    from agent.statsd.mapping import MAX_REGEX
+
+    names = "|".join(f"queue_{i:03d}_orders_priority" for i in range(60))
+    regex = rf"^jobs\.({names})\.processed$"
+    assert MAX_TEXT < len(regex) <= MAX_REGEX
+    assert compile_rules([{"match": regex, "match_type": "regex", "name": "jobs_processed", "labels": {"q": "$1"}}])
+    with pytest.raises(ConfigError, match=f"at most {MAX_REGEX} characters"):
+        compile_rules([{"match": "a" * (MAX_REGEX + 1), "match_type": "regex", "name": "n"}])
+    with pytest.raises(ConfigError, match=f"at most {MAX_TEXT} characters"):
+        compile_rules([{"match": "a." * MAX_TEXT, "name": "n"}])

@@ -22,12 +22,13 @@ most once a minute per sink and reason, naming the series: a refusal only this s
 from __future__ import annotations
 
 import math
+import operator
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 from agent.logs import RateLimitedLog
-from agent.model import Batch, Kind, Points, Sample, Tags
+from agent.model import Batch, Kind, Points, Repeated, Sample, Tags
 from agent.selfmetrics import SelfMetrics
 from agent.sinks.names import metric_name, reserved
 
@@ -62,7 +63,7 @@ class Histogram:
         scale = 0.001 if points.milliseconds else 1.0
         added = points.buckets(self.bounds, scale)
         counts = [a + b for a, b in zip(self.counts, added)] if self.counts else added
-        total, count = self.total + points.total * scale, self.count + points.count
+        total, count = self.total + scaled_total(points, scale), self.count + points.count
         if not (math.isfinite(total) and math.isfinite(count) and all(map(math.isfinite, counts))):
             return False
         # whole-list assignment: a scrape rendering in another thread sees the old or the new buckets
@@ -96,6 +97,21 @@ class Series:
     read: float = -math.inf
 
 
+def scaled_total(points: Points, scale: float) -> float:
+    """The weighted sum of the values times `scale` (a timer's in seconds). `Points.total` is summed in
+    the points' own unit: `1e308|ms` twice is 2e308 ms, not finite, although it is a finite 2e305 s.
+    Where the scaled sum of it is not finite, it is summed again from the scaled values: a cost only
+    such values pay."""
+    total = points.total * scale
+    if math.isfinite(total) or scale == 1.0 or not points.valid:
+        return total
+    scaled = map(scale.__mul__, points.values)
+    weights = points.weights
+    if isinstance(weights, Repeated):
+        return sum(scaled) * weights.weight
+    return float(sum(map(operator.mul, scaled, weights)))
+
+
 def count_refusal(total: float, value: float) -> str:
     """Why a StatsD count interval `value` cannot be added to a counter at `total`, or "" when it can:
     the counter would not be finite (`1e308` twice, NaN), or the interval is negative (`decrement()`
@@ -119,7 +135,7 @@ def _reject_reason(s: Sample) -> str | None:
     if isinstance(v, Points):
         if len(v.values) != len(v.weights):
             return "invalid_points"
-        return None if v.valid and math.isfinite(v.total) else "non_finite"
+        return None if v.valid and math.isfinite(scaled_total(v, 0.001 if v.milliseconds else 1.0)) else "non_finite"
     try:
         f = float(v)
     except (TypeError, ValueError):
@@ -192,16 +208,19 @@ class CumulativeState:
             if entry is not None and (entry.kind is not kind or (is_points and not entry.value.takes(s.value))):  # type: ignore[union-attr,arg-type]
                 self.reject("type_conflict", name=s.name)
                 continue
+            fresh = entry is None  # kept only once its first point is taken, as on /metrics
             if entry is None:
                 if reserved(metric_name(s.name)):  # a worker's series never stands beside the sidecar's
                     self.reject("reserved_name", name=s.name)
                     continue
-                entry = series[key] = Series(kind, Histogram(self.bounds) if is_points else 0.0, now, wall, batch.source,
-                                             summed=s.kind is Kind.COUNT, worker=True)
+                entry = Series(kind, Histogram(self.bounds) if is_points else 0.0, now, wall, batch.source,
+                               summed=s.kind is Kind.COUNT, worker=True)
             value = s.value
             if isinstance(value, Points):
                 if entry.value.add(value):  # type: ignore[union-attr]
                     entry.updated = now
+                    if fresh:
+                        series[key] = entry
                 else:
                     self.reject("non_finite", name=s.name)  # a sum, count or bucket would become infinite
                 continue
@@ -217,17 +236,21 @@ class CumulativeState:
                 elif read < entry.read:
                     continue
                 entry.value, entry.read, entry.updated = number, read, now
+                if fresh:
+                    series[key] = entry
                 continue
             reason = (count_refusal(entry.value, number) if s.kind is Kind.COUNT  # type: ignore[arg-type]
                       else counter_refusal(number) if s.kind is Kind.COUNTER else "")
             if reason:
-                self.reject(reason, name=s.name)  # the series stays as it was (a new one at 0), as on /metrics
+                self.reject(reason, name=s.name)  # the series stays as it was (a new one: none), as on /metrics
                 continue
             if s.kind is Kind.COUNT:
                 number += entry.value  # type: ignore[operator]
             elif s.kind is Kind.COUNTER and number < entry.value:  # type: ignore[operator]
                 entry.start = wall  # the source restarted: a new cumulative stream
             entry.value, entry.updated = number, now
+            if fresh:
+                series[key] = entry
 
     def expire(self) -> int:
         cutoff = self.clock() - self.ttl

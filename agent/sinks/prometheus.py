@@ -316,6 +316,7 @@ class PrometheusSink:
                     inner = by_tags[tags] = {}
                 groups[id(tags)] = inner
             entry = inner.get(s.name)
+            fresh = entry is None  # a series stays only if its first point is taken (`_withdraw`)
             if entry is None:
                 entry = self._admit(inner, s, identity, now, refused)
                 if entry is None:
@@ -338,6 +339,8 @@ class PrometheusSink:
                     entry.updated = now
                 else:
                     refused[count_refusal(entry.value, value)] += 1  # type: ignore[arg-type]
+                    if fresh:
+                        self._withdraw(inner, s.name, entry)
                 continue
             if kind is not rendered_kind(s) or (kind is KIND_HISTOGRAM and not entry.value.takes(value)):  # type: ignore[union-attr,arg-type]
                 refused["type_conflict"] += 1  # same name and tags, another type (or unit): the first keeps it
@@ -345,6 +348,8 @@ class PrometheusSink:
             reason = _update(entry, s)
             if reason:
                 refused[reason] += 1
+                if fresh:
+                    self._withdraw(inner, s.name, entry)
             else:
                 entry.updated = now
 
@@ -421,6 +426,23 @@ class PrometheusSink:
         self.live += 1
         return entry
 
+    def _withdraw(self, inner: dict[str, _Series], name: str, entry: _Series) -> None:
+        """Undo `_admit` for a series whose first point was refused (`1e308|h` twice: a sum that is not
+        finite): it would show `_count 0` and hold its family's name and type for the TTL."""
+        del inner[name]
+        self._forget(entry)
+        self.live -= 1
+
+    def _forget(self, entry: _Series) -> None:
+        """Release what a worker series held: its label block, label bytes, and its family's name once
+        the family has no series left (the name is free again, for any type)."""
+        family = self._families[entry.family]
+        del self._owners[(entry.family, entry.labels.block)]
+        self.label_bytes -= entry.labels.cost(entry.kind, len(self.buckets))
+        family.count -= 1
+        if not family.count:
+            del self._families[entry.family]
+
     async def run(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
             try:
@@ -457,7 +479,6 @@ class PrometheusSink:
 
     def _expire(self, tag_sets: list[Tags], cutoff: float) -> int:
         expired = 0
-        buckets = len(self.buckets)
         counters_cutoff = cutoff - self.counter_ttl  # see `counter_ttl`
         for tags in tag_sets:
             inner = self._by_tags.get(tags)
@@ -466,13 +487,7 @@ class PrometheusSink:
             stale = [name for name, entry in inner.items()
                      if entry.updated < (counters_cutoff if entry.kind is Kind.COUNTER else cutoff)]
             for name in stale:
-                entry = inner.pop(name)
-                family = self._families[entry.family]
-                del self._owners[(entry.family, entry.labels.block)]
-                self.label_bytes -= entry.labels.cost(entry.kind, buckets)
-                family.count -= 1
-                if not family.count:  # the name is free again, for any type
-                    del self._families[entry.family]
+                self._forget(inner.pop(name))
             expired += len(stale)
             if not inner:
                 del self._by_tags[tags]

@@ -56,7 +56,7 @@ from agent.sinks.cumulative import CumulativeState, Histogram, Key, Series
 from agent.sinks.deltas import CounterDeltas
 from agent.sinks.names import metric_name
 from agent.sinks.prometheus import labels_of
-from agent.sinks.push import next_tick
+from agent.sinks.push import next_tick, stepped_back
 
 NAME = "emf"
 MAX_METRICS = 100
@@ -323,9 +323,10 @@ class EmfSink:
             await self._write_aside(*rendered)
             if stop.is_set():
                 return
-            due = next_tick(max(self.wall(), due), self.interval)
-            if due - self.wall() > self.interval:  # the wall clock stepped back: wait an interval, not the step
-                due = next_tick(self.wall(), self.interval)
+            now = self.wall()
+            due = next_tick(max(now, due), self.interval)
+            if stepped_back(due, now, self.interval):
+                due = next_tick(now, self.interval)
 
     async def _write_aside(self, lines: str, records: int, metrics: int) -> None:
         """`write` on a daemon thread of its own. With the awslogs driver's default blocking mode a slow

@@ -152,6 +152,14 @@ def next_tick(after: float, interval: float) -> float:
     return (math.floor((after - offset) / interval) + 1) * interval + offset
 
 
+def stepped_back(due: float, now: float, interval: float) -> bool:
+    """Whether the wall clock stepped back past a schedule that ticks every `interval` (an NTP step, a
+    VM's clock corrected): its next tick is then more than an interval and the step away, and the loop
+    must tick from now rather than wait out the step (an hour for an hour). Only a step of more than an
+    interval counts: after a smaller one the tick from now is the tick just flushed, flushed twice."""
+    return due - now > 2 * interval
+
+
 Send = Callable[["aiohttp.ClientSession", Payload, float], Awaitable[Outcome]]
 
 
@@ -253,7 +261,7 @@ class Pusher:
                     break
                 now = self.wall()
                 due = next_tick(max(now, due), self.interval)  # a late loop skips ticks, never piles them
-                if due - now > self.interval:  # the wall clock stepped back: tick from now, not in an hour
+                if stepped_back(due, now, self.interval):
                     due = next_tick(now, self.interval)
             if self.on_stop is not None:
                 self.put(self.on_stop())

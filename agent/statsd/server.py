@@ -289,7 +289,9 @@ class StatsdServer:
         while True:
             try:
                 now = self.wall()
-                if boundary - now > interval:  # the wall clock stepped back: the next boundary from now, not in an hour
+                # the wall clock stepped back by more than an interval: the next boundary from now, not in
+                # an hour (a smaller step is waited out: the boundary from now would be the one just closed)
+                if boundary - now > 2 * interval:
                     boundary = next_boundary(now, interval)
                 if now >= boundary:
                     following = next_boundary(now, interval)

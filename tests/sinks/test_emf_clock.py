@@ -33,3 +33,27 @@ async def test_records_go_on_at_the_interval_after_the_wall_clock_steps_back_an_
     finally:
         stop.set()
         await asyncio.wait_for(runner, 5)
+
+
+async def test_a_step_back_smaller_than_the_interval_writes_no_record_twice() -> None:
+    """A record stamped as one already written adds a datapoint to that minute's SampleCount."""
+    import json
+
+    step = [0.0]
+    config = replace(Config(), cloudwatch="emf", cloudwatch_interval=0.2)
+    hub, out = Hub(TASK), io.StringIO()
+    sink = EmfSink(config, hub, stream=out, wall=lambda: time.time() + step[0])
+    hub.add_sink(sink)
+    hub.publish(Batch("queue:orders", [Sample("queue.depth", 3.0, tags=(("queue", "orders"),))], snapshot=True))
+    stop = asyncio.Event()
+    runner = asyncio.create_task(sink.run(stop))
+    try:
+        await until(lambda: len(out.getvalue().splitlines()) >= 2, 5, "two records")
+        step[0] = -0.06
+        n = len(out.getvalue().splitlines())
+        await until(lambda: len(out.getvalue().splitlines()) >= n + 4, 5, "four records after the step")
+    finally:
+        stop.set()
+        await asyncio.wait_for(runner, 5)
+    stamps = [json.loads(line)["_aws"]["Timestamp"] for line in out.getvalue().splitlines()][:-1]  # the final one
+    assert len(stamps) == len(set(stamps)), stamps

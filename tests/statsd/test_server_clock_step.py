@@ -51,3 +51,42 @@ async def test_intervals_close_at_the_interval_after_the_wall_clock_steps_back(s
     finally:
         stop.set()
         await asyncio.wait_for(task, 10)
+
+
+async def test_a_step_back_smaller_than_the_interval_closes_no_interval_twice() -> None:
+    """The boundary from now, after a step back of less than an interval, is the one just closed: a
+    second interval of a fraction of a second would follow. Such a step is waited out."""
+    offset = [0.0]
+    config = load({"TASKLENS_STATSD_ADDR": "127.0.0.1:0", "TASKLENS_FLUSH_INTERVAL": "1"})
+    hub = Hub(Identity(service="orders"), SelfMetrics())
+    closed: list[float] = []
+
+    class Times(Recorder):
+        def accept(self, batch):  # type: ignore[no-untyped-def]
+            if batch.source == "statsd":
+                closed.append(time.monotonic())
+            super().accept(batch)
+
+    hub.add_sink(Times())
+    server = StatsdServer(config, hub, wall=lambda: time.time() + offset[0])
+    await server.start()
+    stop = asyncio.Event()
+    task = asyncio.create_task(server.run(stop))
+    try:
+        port = server.udp_addresses[0][1]
+        async def steady() -> None:
+            while not stop.is_set():
+                send(port, b"steady:1|c")
+                await asyncio.sleep(0.05)
+        sender = asyncio.create_task(steady())
+        await until(lambda: len(closed) >= 1, 5, "an interval before the step")
+        await asyncio.sleep(0.05)
+        offset[0] = -0.3
+        before = len(closed)
+        await until(lambda: len(closed) >= before + 3, 6, "three intervals after the step")
+        gaps = [b - a for a, b in zip(closed[before - 1:], closed[before:])]
+        assert all(gap > 0.5 for gap in gaps), gaps
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 10)
+        await sender

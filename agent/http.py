@@ -7,6 +7,7 @@ import json
 import math
 import resource
 import time
+import weakref
 import zlib
 from collections.abc import Callable
 from typing import Any
@@ -62,6 +63,11 @@ def connections_limit() -> int:
     return max(min(CONNECTIONS_MAX, soft - SPARE_FILES), 16)
 
 
+# connections the sidecar itself closed (`ConnectionLimit`): their peers did not hang up, and a request
+# already read from one is not counted as abandoned ("gone") as well
+CLOSED_HERE: weakref.WeakSet[asyncio.BaseProtocol] = weakref.WeakSet()
+
+
 class ConnectionLimit:
     """At most `limit` HTTP connections: over it, a new connection closes the oldest one that has no
     request under way (one idle after an answer, or that has not sent a whole request yet), counted in
@@ -88,6 +94,7 @@ class ConnectionLimit:
                 if over <= 0:
                     break
                 if connection not in self._answering:
+                    CLOSED_HERE.add(connection)
                     connection.force_close()
                     self._metrics.inc("tasklens.http.connections_over_limit")
                     over -= 1
@@ -250,7 +257,8 @@ def make_app(hub: Hub, prometheus: PrometheusSink, ready: Callable[[], bool],
                         deadline.reschedule(loop.time() + STALL_DEADLINE)  # it took the piece: as long for the next
                     await response.write_eof()
             except ConnectionError:  # it hung up during the answer
-                hub.metrics.inc("tasklens.http.scrapes_abandoned", reason="gone")
+                if request.protocol not in CLOSED_HERE:
+                    hub.metrics.inc("tasklens.http.scrapes_abandoned", reason="gone")
                 return response
             except TimeoutError:
                 hub.metrics.inc("tasklens.http.scrapes_abandoned", reason="stalled")
@@ -286,8 +294,9 @@ def make_app(hub: Hub, prometheus: PrometheusSink, ready: Callable[[], bool],
 
 def gone(request: web.Request) -> bool:
     """The peer hung up (or half-closed: aiohttp closes the connection on the peer's FIN, so no
-    answer could reach it)."""
-    return request.transport is None or request.transport.is_closing()
+    answer could reach it); not a connection closed here (`CLOSED_HERE`), counted as such."""
+    closed = request.transport is None or request.transport.is_closing()
+    return closed and request.protocol not in CLOSED_HERE
 
 
 def json_text(obj: Any, indent: int | None = None) -> str:

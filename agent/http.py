@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import json
 import math
 import resource
 import time
-import weakref
 import zlib
 from collections.abc import Callable
 from typing import Any
@@ -63,9 +63,17 @@ def connections_limit() -> int:
     return max(min(CONNECTIONS_MAX, soft - SPARE_FILES), 16)
 
 
-# connections the sidecar itself closed (`ConnectionLimit`): their peers did not hang up, and a request
-# already read from one is not counted as abandoned ("gone") as well
-CLOSED_HERE: weakref.WeakSet[asyncio.BaseProtocol] = weakref.WeakSet()
+# the last connections the sidecar itself closed (`ConnectionLimit`): their peers did not hang up, and a
+# request already read from one is not counted as abandoned ("gone") as well. aiohttp's connections take
+# no weak reference: the newest CLOSED_KEPT are held (a request finds its connection closed at once)
+CLOSED_KEPT = 1024
+CLOSED_HERE: collections.OrderedDict[object, None] = collections.OrderedDict()
+
+
+def closed_here(connection: object) -> None:
+    CLOSED_HERE[connection] = None
+    while len(CLOSED_HERE) > CLOSED_KEPT:
+        CLOSED_HERE.popitem(last=False)
 
 
 class ConnectionLimit:
@@ -94,7 +102,7 @@ class ConnectionLimit:
                 if over <= 0:
                     break
                 if connection not in self._answering:
-                    CLOSED_HERE.add(connection)
+                    closed_here(connection)
                     connection.force_close()
                     self._metrics.inc("tasklens.http.connections_over_limit")
                     over -= 1

@@ -196,13 +196,16 @@ def test_a_connection_closed_over_the_limit_is_not_also_counted_as_its_peer_gone
 
     from aiohttp.test_utils import make_mocked_request
 
-    from agent.http import CLOSED_HERE, gone
+    from agent.http import CLOSED_KEPT, closed_here, gone
 
     transport = mock.Mock()
     transport.is_closing.return_value = True
-    hung_up, closed_here = mock.Mock(), mock.Mock()
-    CLOSED_HERE.add(closed_here)
+    hung_up, by_the_limit = mock.Mock(), mock.Mock()
+    closed_here(by_the_limit)
     assert gone(make_mocked_request("GET", "/metrics", protocol=hung_up, transport=transport))
-    assert not gone(make_mocked_request("GET", "/metrics", protocol=closed_here, transport=transport))
+    assert not gone(make_mocked_request("GET", "/metrics", protocol=by_the_limit, transport=transport))
+    for _ in range(CLOSED_KEPT):  # bounded: the oldest are let go
+        closed_here(mock.Mock())
+    assert gone(make_mocked_request("GET", "/metrics", protocol=by_the_limit, transport=transport))
     transport.is_closing.return_value = False
     assert not gone(make_mocked_request("GET", "/metrics", protocol=hung_up, transport=transport))

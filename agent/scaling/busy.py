@@ -111,7 +111,21 @@ def _threshold(text: str, what: str) -> float:
     return value
 
 
+def _never_idle(text: str, threshold: float, inclusive: bool) -> None:
+    """Refuse a term that holds at 0: a metric never seen reads 0, so the task would be busy from
+    start, and protected for good (`x>=0`, `x>-1`, `a-b>=-0.5`, `cpu>=0%`)."""
+    if _above(0.0, threshold, inclusive):
+        raise ValueError(f"{EXPECTED}; {text!r} holds when the metric is 0 or never seen: the task would be "
+                         "protected for good")
+
+
 def parse_term(text: str) -> Term:
+    term = _parse_term(text)
+    _never_idle(text, term.threshold, term.inclusive)
+    return term
+
+
+def _parse_term(text: str) -> Term:
     if m := _CPU.fullmatch(text):
         containers = tuple(c.strip() for c in (m["containers"] or "").split(",") if c.strip())
         if m["containers"] is not None and not containers:

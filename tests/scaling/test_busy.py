@@ -33,7 +33,7 @@ from agent.scaling.busy import (
     ("jobs.started - jobs.finished > 0", Rule((InProgress("jobs.started", "jobs.finished", 0.0),))),
     ("jobs.started-jobs.finished>=2", Rule((InProgress("jobs.started", "jobs.finished", 2.0, True),))),
     ("cpu>20% or jobs.in_progress>0", Rule((Cpu(20.0), Gauge("jobs.in_progress", 0.0)))),
-    ("cpu>20%, queue.depth>-1", Rule((Cpu(20.0), Gauge("queue.depth", -1.0)))),
+    ("cpu>20%, queue.depth>0.5", Rule((Cpu(20.0), Gauge("queue.depth", 0.5)))),
 ])
 def test_examples(text: str, expected: Rule) -> None:
     rule = parse_rule(text)
@@ -76,10 +76,36 @@ def test_a_bad_rule_is_a_start_up_error_naming_the_variable() -> None:
     assert load({}).scale_in_protection == ""
 
 
+@pytest.mark.parametrize("text", ["jobs.in_progress>=0", "jobs.in_progress>-1", "jobs.started-jobs.finished>=-0.5",
+                                  "cpu>=0%", "cpu[worker]>=0%", "a - b > -0.001", "x>0 or y>=0"])
+def test_a_rule_that_holds_on_nothing_seen_is_refused(text: str) -> None:
+    """A metric never seen reads 0: a term that holds at 0 would keep the task protected for good."""
+    with pytest.raises(ValueError, match="holds when the metric is 0 or never seen: the task would be protected"):
+        parse_rule(text)
+    with pytest.raises(ConfigError, match="^TASKLENS_SCALE_IN_PROTECTION=.*never seen"):
+        load({"TASKLENS_SCALE_IN_PROTECTION": text})
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.sampled_from(["cpu{}%", "cpu[worker]{}%", "jobs.in_progress{}", "jobs.started-jobs.finished{}"]),
+       st.sampled_from([">", ">="]),
+       st.integers(-3, 3) | st.floats(-2, 2, allow_nan=False).map(lambda f: round(f, 3)) | st.just(-0.0))
+def test_a_rule_is_accepted_exactly_when_it_does_not_hold_on_nothing_seen(form: str, op: str, threshold: float) -> None:
+    text = form.format(f"{op}{threshold:f}")
+    holds_at_zero = 0 >= threshold if op == ">=" else 0 > threshold
+    try:
+        rule = parse_rule(text)
+    except ValueError as exc:
+        assert holds_at_zero, exc  # (a negative CPU share is refused on its own, as before)
+    else:
+        assert not holds_at_zero
+        assert evaluate(rule, Observations(rule)) == (False, [])
+
+
 @pytest.mark.parametrize("text, canonical", [
     ("cpu>100000000000000000000%", "cpu>100000000000000000000%"),
     ("x>0.0000001", "x>0.0000001"),
-    ("x >= -0.000000000000000000001", "x>=-0.000000000000000000001"),
+    ("x >= 0.000000000000000000001", "x>=0.000000000000000000001"),
     ("a - b > 12345678901234567890", "a - b > 12345678901234567000"),  # a float keeps 17 digits
     ("x>0.10", "x>0.1"),
     ("x>-0", "x>0"),
@@ -102,7 +128,7 @@ terms = st.one_of(
     st.builds(lambda t, i, c: Cpu(float(t), i, tuple(c)), thresholds, st.booleans(), containers),
     st.builds(lambda n, t, i: Gauge(n, float(t), i), names, thresholds | st.integers(-100, 0), st.booleans()),
     st.builds(lambda a, b, t, i: InProgress(a, b, float(t), i), names, names, thresholds, st.booleans()),
-)
+).filter(lambda t: not (t.threshold < 0 or (t.inclusive and t.threshold == 0)))  # those hold at 0: refused
 
 
 @settings(max_examples=300, deadline=None)
@@ -182,7 +208,7 @@ def test_gauge_tag_sets_of_finished_jobs_are_not_kept() -> None:
 
 
 @given(st.lists(st.tuples(st.integers(0, 5), st.sampled_from([0.0, -0.0, 1.0, 2.0, -1.0, 0.5])), max_size=60),
-       st.sampled_from([">0", ">=0", ">-1", ">1", ">=2"]))
+       st.sampled_from([">0", ">=0.5", ">1", ">=2"]))
 def test_a_gauge_rule_is_the_sum_of_each_tag_sets_last_value(updates, condition) -> None:
     """Whatever is forgotten, the rule holds exactly when the sum of the last value of every tag set
     ever sent does."""

@@ -46,7 +46,7 @@ URLS = {
     "named": "sqs://orders?region=eu-west-1&name=orders-eu",
 }
 RULES = ["cpu>20%", "jobs.in_progress>0", "cpu[worker,thumbs]>=5.5% or jobs.started-jobs.finished>0",
-         "jobs.started - jobs.finished > 2, queue.depth>-1"]
+         "jobs.started - jobs.finished > 2, queue.depth>0.5"]
 
 
 @pytest.fixture(scope="module")

@@ -150,7 +150,7 @@ class Runtime:
             protection = ScaleInProtection(
                 self.config.scale_in_protection, self.hub, self.environ.get(ENV_AGENT_URI, "").strip() or None,
                 idle=self.config.scale_in_idle, expires_minutes=self.config.scale_in_expires_minutes,
-                metadata_url=self.metadata_url)
+                metadata_url=self.metadata_url, poll_interval=self.config.poll_interval)
             self.sources.append(protection)
             self.hub.add_sink(protection)
 

@@ -17,12 +17,17 @@ from __future__ import annotations
 import decimal
 import math
 import re
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from agent.model import Batch, Kind, Points, Tags
+from agent.sources.ecs import STALE_MIN_SECONDS, STALE_POLLS
 
 CPU_METRIC = "ecs.container.cpu.utilization_percent"
+# sent for every container whose stats a metadata poll read: such a poll without CPU for the container
+# has no CPU rate for it now (its sample stopped changing), so its last CPU is dropped at once
+STATS_READ_METRIC = "ecs.container.memory.usage_bytes"
 MAX_TAG_SETS = 100_000  # of one gauge, kept by `Observations` (TASKLENS_STATSD_MAX_CONTEXTS' default)
 MAX_IDENTITY_PAIRS = 1_000  # identity pairs `Observations` leaves out of a tag set (an identity has about ten)
 
@@ -178,10 +183,17 @@ class Observations:
     and its containers', which a line's `c:` adds once the metadata names the container) are not part
     of it. When the first metadata poll turns `service:<host name>` into the task's identity, the
     worker's 0 for `slot:1` clears the 1 it sent for `slot:1` before, instead of leaving it under the
-    old identity, busy for good."""
+    old identity, busy for good.
+
+    A container's CPU is kept with the time it came (`clock`): a poll that read the stats and gave none
+    for the container drops it, and any value is used for `cpu_stale_after` seconds at most, the ECS
+    source's own limit for a sample that stopped changing (`poll_interval`), so a metadata outage
+    does not keep the task busy, and protected, for good."""
 
     rule: Rule
-    cpu: dict[str, float] = field(default_factory=dict)  # container name -> % of its allocation
+    poll_interval: float = 10.0  # TASKLENS_POLL_INTERVAL
+    clock: Callable[[], float] = time.monotonic
+    cpu: dict[str, tuple[float, float]] = field(default_factory=dict)  # container -> (% of its allocation, when)
     gauges: dict[str, dict[Tags, float]] = field(default_factory=dict)  # name -> tags -> last value
     counts: dict[str, float] = field(default_factory=dict)  # name -> total since start
     identity: set[tuple[str, str]] = field(default_factory=set)  # the pairs of every identity seen
@@ -190,6 +202,7 @@ class Observations:
         self._names = self.rule.metric_names
         self._counted = frozenset(n for t in self.rule.terms if isinstance(t, InProgress)
                                   for n in (t.started, t.finished))
+        self.cpu_stale_after = max(STALE_POLLS * self.poll_interval, STALE_MIN_SECONDS)
 
     def observe(self, batch: Batch, identity: Tags = ()) -> None:
         """`identity`: the pairs the hub adds now (`Identity.added_tags`: the task's tags, and a
@@ -197,7 +210,10 @@ class Observations:
         if not self.identity.issuperset(identity):
             self._learn(identity)
         cpu: dict[str, float] = {}
+        stats_read = False
         for s in batch.samples:
+            if s.name == STATS_READ_METRIC:
+                stats_read = True
             if s.name == CPU_METRIC and self.rule.uses_cpu:
                 container = dict(s.tags).get("container_name", "")
                 cpu[container] = _value(s.value)
@@ -215,8 +231,15 @@ class Observations:
                 if key not in values and len(values) >= MAX_TAG_SETS:
                     del values[next(iter(values))]
                 values[key] = value
-        if cpu:  # an ECS poll that produced no CPU (an outage, a first poll) keeps the last known values
-            self.cpu = cpu
+        if cpu or stats_read:  # a poll that read the stats: a container without CPU in it has none now
+            now = self.clock()
+            self.cpu = {container: (value, now) for container, value in cpu.items()}
+        # else a failed poll, or another source's batch: the values stay until they are too old (current_cpu)
+
+    def current_cpu(self) -> dict[str, float]:
+        """Each container's CPU, but none older than `cpu_stale_after`."""
+        now = self.clock()
+        return {c: value for c, (value, at) in self.cpu.items() if now - at <= self.cpu_stale_after}
 
     def _own(self, tags: Tags) -> Tags:
         return tuple(pair for pair in tags if pair not in self.identity)
@@ -239,10 +262,11 @@ def _above(value: float, threshold: float, inclusive: bool) -> bool:
 def holds(term: Term, seen: Observations, own_container: str | None) -> bool:
     if isinstance(term, Cpu):
         chosen: Iterable[float]
+        cpu = seen.current_cpu()
         if term.containers:
-            chosen = (v for c, v in seen.cpu.items() if c in term.containers)
+            chosen = (v for c, v in cpu.items() if c in term.containers)
         else:
-            chosen = (v for c, v in seen.cpu.items() if c != own_container)
+            chosen = (v for c, v in cpu.items() if c != own_container)
         return any(_above(v, term.threshold, term.inclusive) for v in chosen)
     if isinstance(term, Gauge):
         return _above(sum(seen.gauges.get(term.name, {}).values()), term.threshold, term.inclusive)

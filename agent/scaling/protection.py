@@ -252,13 +252,14 @@ class ScaleInProtection:
 
     def __init__(self, rule: Rule | str, hub: Hub, agent_uri: str | None, *, idle: float = 60.0,
                  expires_minutes: int = 30, metadata_url: str | None = None, tick: float = 1.0,
-                 request_timeout: float = REQUEST_TIMEOUT, clock: Callable[[], float] = time.monotonic) -> None:
+                 request_timeout: float = REQUEST_TIMEOUT, clock: Callable[[], float] = time.monotonic,
+                 poll_interval: float = 10.0) -> None:
         self.rule = parse_rule(rule) if isinstance(rule, str) else rule
         self.hub = hub
         self.idle, self.expires_minutes, self.tick = idle, expires_minutes, tick
         self.metadata_url = metadata_url
         self.clock = clock
-        self.seen = Observations(self.rule)
+        self.seen = Observations(self.rule, poll_interval, clock)
         self.state = State()
         self.client: ProtectionClient | None = None
         self.invalid_uri: str | None = None  # why ECS_AGENT_URI cannot be used

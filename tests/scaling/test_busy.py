@@ -177,6 +177,46 @@ def test_cpu_rule_reads_the_workers_and_not_the_sidecar() -> None:
     assert not evaluate(named, seen)[0]
 
 
+class Clock:
+    def __init__(self) -> None:
+        self.t = 1000.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+@pytest.mark.parametrize("poll_interval, limit", [(10.0, 30.0), (5.0, 30.0), (20.0, 60.0)])
+def test_a_cpu_reading_stops_counting_after_the_ecs_sources_stale_limit(poll_interval: float, limit: float) -> None:
+    """Failed polls (an outage) keep the last CPU for max(3 polls, 30 s), the age at which the ECS
+    source itself stops giving a rate from a sample that stopped changing; then the task is idle."""
+    clock = Clock()
+    rule = parse_rule("cpu>20%")
+    seen = Observations(rule, poll_interval, clock)
+    seen.observe(cpu_batch(worker=80.0))
+    while clock.t < 1000.0 + limit:
+        clock.t += 1.0
+        seen.observe(Batch("ecs", [], snapshot=True))  # a failed poll
+        seen.observe(Batch("statsd", [Sample("other", 1.0, Kind.GAUGE)]))  # other sources' batches
+        assert evaluate(rule, seen) == (True, ["cpu>20%"])
+    clock.t += 0.5
+    assert evaluate(rule, seen) == (False, [])
+    seen.observe(cpu_batch(worker=81.0))  # a fresh reading counts again
+    assert evaluate(rule, seen)[0]
+
+
+def test_a_poll_that_read_the_stats_without_cpu_drops_the_cpu_at_once() -> None:
+    """The ECS source gives no CPU rate for a sample that stopped changing, but the container's other
+    series (memory) still come: its last CPU is not the CPU now."""
+    clock = Clock()
+    rule = parse_rule("cpu[worker]>20%")
+    seen = Observations(rule, clock=clock)
+    seen.observe(cpu_batch(worker=80.0))
+    assert evaluate(rule, seen)[0]
+    tags = (("container_name", "worker"), ("task_id", "t"))
+    seen.observe(Batch("ecs", [Sample("ecs.container.memory.usage_bytes", 1e8, Kind.GAUGE, tags)], snapshot=True))
+    assert evaluate(rule, seen) == (False, [])
+
+
 def test_gauge_rule_sums_tag_sets_and_keeps_the_last_value() -> None:
     rule = parse_rule("jobs.in_progress>0")
     seen = Observations(rule)

@@ -345,6 +345,35 @@ async def test_cpu_rule_skips_the_sidecars_own_container(fake_clock) -> None:
         await runner.cleanup()
 
 
+@pytest.mark.parametrize("poll, idle_after", [
+    ("outage", 30.0),  # failed polls: the last CPU counts for the ECS source's stale limit, then idle
+    ("stale", 0.0),  # polls that read the stats but give no CPU rate: idle at once
+])
+async def test_a_cpu_reading_that_stops_coming_ends_protection(agent, fake_clock, poll, idle_after) -> None:
+    """Not protected for ever on a CPU reading that stopped coming: released after the stale limit
+    and the idle time, and never renewed."""
+    fake, uri = agent
+    component, hub, _ = make(uri, fake_clock, rule="cpu>20%", poll_interval=10.0)
+    tags = (("container_name", "worker"),)
+    hub.publish(Batch("ecs", [Sample("ecs.container.cpu.utilization_percent", 80.0, Kind.GAUGE, tags),
+                              Sample("ecs.container.memory.usage_bytes", 1e8, Kind.GAUGE, tags)], snapshot=True))
+    await component.step()
+    assert fake.requests == [{"ProtectionEnabled": True, "ExpiresInMinutes": 30}] and fake.protected()
+    start = fake_clock()
+    busy_until = None
+    for _ in range(60 * 60):  # an hour of polls each second without CPU (the expiry is 30 min)
+        fake_clock.advance(1)
+        samples = [] if poll == "outage" else [Sample("ecs.container.memory.usage_bytes", 1e8, Kind.GAUGE, tags)]
+        hub.publish(Batch("ecs", samples, snapshot=True))
+        await component.step()
+        if component.status()["busy"]:
+            busy_until = fake_clock() - start
+    assert (busy_until or 0.0) == idle_after
+    released = [r for r in fake.requests if not r["ProtectionEnabled"]]
+    assert len(fake.requests) == 2 and released == [{"ProtectionEnabled": False}] and not fake.protected()
+    assert component.status()["idle_seconds"] >= 3600 - idle_after - 1
+
+
 # --- an agent whose answer comes in pieces, is too large, or redirects ----------------------------
 
 

@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import asyncio
 import fnmatch
-import logging
 import json
 import math
 import sys
@@ -137,9 +136,7 @@ class EmfSink:
         self._selected: dict[str, bool] = {}
         self._log = RateLimitedLog(interval=60.0)
         self._heartbeat_minute = -1  # the wall-clock minute of the last heartbeat written
-        self._heartbeat = heartbeat_fits(config)
-        if not self._heartbeat:
-            logging.getLogger("tasklens.emf").warning("%s", HEARTBEAT_LEFT_OUT)
+        self._heartbeat = heartbeat_fits(config)  # when not, `check` and `run` warn (cli.validate)
 
     def accept(self, batch: Batch) -> None:
         self.state.accept(batch)

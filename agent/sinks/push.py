@@ -154,10 +154,10 @@ def next_tick(after: float, interval: float) -> float:
 
 def stepped_back(due: float, now: float, interval: float) -> bool:
     """Whether the wall clock stepped back past a schedule that ticks every `interval` (an NTP step, a
-    VM's clock corrected): its next tick is then more than an interval and the step away, and the loop
-    must tick from now rather than wait out the step (an hour for an hour). Only a step of more than an
-    interval counts: after a smaller one the tick from now is the tick just flushed, flushed twice."""
-    return due - now > 2 * interval
+    VM's clock corrected): its next tick is then an interval and the step away, and the loop must tick
+    from now rather than wait out the step (an hour for an hour). A step of up to two intervals is
+    waited out (three intervals at most): after it the tick from now is one already flushed."""
+    return due - now > 3 * interval
 
 
 Send = Callable[["aiohttp.ClientSession", Payload, float], Awaitable[Outcome]]

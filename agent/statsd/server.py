@@ -35,6 +35,7 @@ from agent.config import Config
 from agent.hub import Hub
 from agent.logs import RateLimitedLog
 from agent.memory import release_freed_memory
+from agent.sinks.push import stepped_back  # the one rule of the loops that tick on the wall clock
 from agent.statsd import mapping
 from agent.model import Batch
 from agent.statsd.flush import Flusher
@@ -289,9 +290,9 @@ class StatsdServer:
         while True:
             try:
                 now = self.wall()
-                # the wall clock stepped back by more than an interval: the next boundary from now, not in
-                # an hour (a smaller step is waited out: the boundary from now would be the one just closed)
-                if boundary - now > 2 * interval:
+                # the wall clock stepped back: the next boundary from now, not in an hour (a step of up to
+                # two intervals is waited out: the boundary from now would be one already closed)
+                if stepped_back(boundary, now, interval):
                     boundary = next_boundary(now, interval)
                 if now >= boundary:
                     following = next_boundary(now, interval)

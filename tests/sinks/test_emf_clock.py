@@ -8,6 +8,8 @@ import io
 import time
 from dataclasses import replace
 
+import pytest
+
 from agent.config import Config
 from agent.hub import Hub
 from agent.model import Batch, Sample
@@ -35,21 +37,22 @@ async def test_records_go_on_at_the_interval_after_the_wall_clock_steps_back_an_
         await asyncio.wait_for(runner, 5)
 
 
-async def test_a_step_back_smaller_than_the_interval_writes_no_record_twice() -> None:
+@pytest.mark.parametrize("step", [-0.06, -0.3])
+async def test_a_step_back_of_up_to_two_intervals_writes_no_record_twice(step: float) -> None:
     """A record stamped as one already written adds a datapoint to that minute's SampleCount."""
     import json
 
-    step = [0.0]
+    offset = [0.0]
     config = replace(Config(), cloudwatch="emf", cloudwatch_interval=0.2)
     hub, out = Hub(TASK), io.StringIO()
-    sink = EmfSink(config, hub, stream=out, wall=lambda: time.time() + step[0])
+    sink = EmfSink(config, hub, stream=out, wall=lambda: time.time() + offset[0])
     hub.add_sink(sink)
     hub.publish(Batch("queue:orders", [Sample("queue.depth", 3.0, tags=(("queue", "orders"),))], snapshot=True))
     stop = asyncio.Event()
     runner = asyncio.create_task(sink.run(stop))
     try:
         await until(lambda: len(out.getvalue().splitlines()) >= 2, 5, "two records")
-        step[0] = -0.06
+        offset[0] = step
         n = len(out.getvalue().splitlines())
         await until(lambda: len(out.getvalue().splitlines()) >= n + 4, 5, "four records after the step")
     finally:

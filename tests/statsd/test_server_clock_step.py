@@ -53,7 +53,8 @@ async def test_intervals_close_at_the_interval_after_the_wall_clock_steps_back(s
         await asyncio.wait_for(task, 10)
 
 
-async def test_a_step_back_smaller_than_the_interval_closes_no_interval_twice() -> None:
+@pytest.mark.parametrize("step", [-0.3, -1.5])
+async def test_a_step_back_of_up_to_two_intervals_closes_no_interval_twice(step: float) -> None:
     """The boundary from now, after a step back of less than an interval, is the one just closed: a
     second interval of a fraction of a second would follow. Such a step is waited out."""
     offset = [0.0]
@@ -81,9 +82,9 @@ async def test_a_step_back_smaller_than_the_interval_closes_no_interval_twice() 
         sender = asyncio.create_task(steady())
         await until(lambda: len(closed) >= 1, 5, "an interval before the step")
         await asyncio.sleep(0.05)
-        offset[0] = -0.3
+        offset[0] = step
         before = len(closed)
-        await until(lambda: len(closed) >= before + 3, 6, "three intervals after the step")
+        await until(lambda: len(closed) >= before + 3, 8, "three intervals after the step")
         gaps = [b - a for a, b in zip(closed[before - 1:], closed[before:])]
         assert all(gap > 0.5 for gap in gaps), gaps
     finally:

@@ -186,6 +186,13 @@ def test_a_cluster_by_name_outside_the_aws_partition_gets_task_arns_of_its_parti
     ('min = 1, max = 5, backlog_per_task = 9, scale_in_protection = "jobs<1"', "scale_in_protection must be a busy rule"),
     ('min = 1, max = 5, backlog_per_task = 9, scale_in_protection = "cpu>20% or my-app.x-y>1"',
      "scale_in_protection must be a busy rule"),
+    # a term that holds when the metric is 0 or never seen: the task would be protected for good
+    ('min = 1, max = 5, backlog_per_task = 9, scale_in_protection = "jobs.in_progress>=0"',
+     "scale_in_protection must be a busy rule"),
+    ('min = 1, max = 5, backlog_per_task = 9, scale_in_protection = "cpu>1% or a-b>-0.5"',
+     "scale_in_protection must be a busy rule"),
+    ('min = 1, max = 5, backlog_per_task = 9, scale_in_protection = "cpu>=0.0%"',
+     "scale_in_protection must be a busy rule"),
 ])
 def test_bad_settings_are_refused_naming_the_variable(terraform, tmp_path: Path, setting: str, says: str) -> None:  # noqa: F811
     rule = re.search(r'scale_in_protection = "([^"]*)"', setting)

@@ -74,6 +74,8 @@ variable "autoscaling" {
       && alltrue([
         for term in regexall("(?:[^,\\[]|\\[[^\\]]*\\])+", replace(trimspace(var.autoscaling.scale_in_protection), "/\\s+or\\s+/", ",")) :
         can(regex("^\\s*(cpu(\\[\\s*(,\\s*)*[A-Za-z0-9][A-Za-z0-9_-]{0,254}(\\s*,[\\s,]*[A-Za-z0-9][A-Za-z0-9_-]{0,254})*[\\s,]*\\])?\\s*>=?\\s*[0-9]+(\\.[0-9]+)?\\s*%|[A-Za-z_][A-Za-z0-9_.]*(\\s*-\\s*[A-Za-z_][A-Za-z0-9_.]*)?\\s*>=?\\s*-?[0-9]+(\\.[0-9]+)?)\\s*$", term)) && (can(regex("%\\s*$", term)) || !can(regex("^\\s*cpu[\\s>\\[]", term)))
+        # a term that holds at 0 (a metric never seen) would protect the task for good: > below 0, >= at or below 0
+        && !can(regex(">\\s*-[0-9.]*[1-9]", term)) && !can(regex(">=\\s*(-|0+(\\.0+)?\\s*%?\\s*$)", term))
     ]))
     error_message = "autoscaling.scale_in_protection must be a busy rule: cpu>N%, <statsd gauge>>N or <started>-<finished>>N, joined by ' or ' (docs/scaling.md)."
   }

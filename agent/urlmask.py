@@ -42,9 +42,16 @@ _SCHEME = re.compile(r"(?:^|(?<=[=,\s]))[A-Za-z][A-Za-z0-9+.-]*://")
 # (`,redis://`, ` redis://`).
 CREDENTIAL_STEMS = ("key", "token", "secret", "pass", "pwd", "auth", "sig", "cred", "session", "code", "jwt",
                     "bearer")
+# names with a stem whose values are no secret, but words or paths that libpq, the AMQP and MongoDB-style
+# clients take (`target_session_attrs=any`, `require_auth=password`, `sslkey=/path`): as secrets they
+# would be masked in every log line (`too m*** tasks`)
+NOT_CREDENTIALS = ("target_session_attrs", "require_auth", "auth_mechanism", "authmechanism", "authsource",
+                   "sslkey", "passfile", "keyfile", "sslkeylogfile")
 _NAME_CHAR = r"[^\s=&#;?,]"
 # (the lookahead and the name stop at the next separator, so each name is read once: linear in the text)
-_CREDENTIAL = (rf"[?&;](?={_NAME_CHAR}*?(?:{'|'.join(CREDENTIAL_STEMS)})){_NAME_CHAR}*(?<!_env)=")
+_CREDENTIAL = (rf"[?&;](?!(?:{'|'.join(NOT_CREDENTIALS)})=)(?={_NAME_CHAR}*?(?:{'|'.join(CREDENTIAL_STEMS)}))"
+               rf"{_NAME_CHAR}*(?<!_env)=")
+
 # (a run of separators is taken whole, then looked past once: linear in the text)
 _PARAM = re.compile(_CREDENTIAL + r"((?:[^&#,\s]|[,\s]++(?![A-Za-z][A-Za-z0-9+.-]*://))*)", re.IGNORECASE)
 # in free text (a request line in an error) a value ends at a space too
@@ -98,17 +105,21 @@ def _has_password(url: Authority, text: str) -> bool:
 
 
 def bare_user(url: Authority, text: str) -> str | None:
-    """The user name of a URL without a password of its own (none in its user info, nor from the
-    environment, nor a credential in its query): over HTTP a bare token (`https://<token>@proxy`, sent
-    as basic auth `<token>:`); for a broker, a user name that may be one. Never shown (`***@`)."""
-    if not url.userinfo or url.password or _PASSWORD_ENV.search(text, url.start, url.end):
+    """The user name of a URL without a password of its own: over HTTP a bare token
+    (`https://<token>@proxy`, sent as basic auth `<token>:` whatever the query holds); for a broker, a
+    user name that may be one, unless the environment (`password_env=`) or a credential in its query
+    gives its password. Never shown (`***@`)."""
+    if not url.userinfo or url.password:
         return None
+    if url.scheme in ("http", "https") and url.readable:
+        return url.userinfo.partition(":")[0] or None
+    # (a user info that does not read may be a query's `@`: `https://h/api?password=a @b`)
     scheme_at = url.start - len(url.scheme) - 3
     end = url.end
     if text[scheme_at - 1:scheme_at] == "=":  # a parameter's URL ends at `&` or `#`
         end = min((i for i in (text.find("&", url.start, end), text.find("#", url.start, end)) if i >= 0),
                   default=end)
-    if _PARAM.search(text, url.start, end):
+    if _PASSWORD_ENV.search(text, url.start, end) or _PARAM.search(text, url.start, end):
         return None
     return url.userinfo.partition(":")[0] or None
 
@@ -141,7 +152,9 @@ def _spanning(text: str, found: list[Authority]) -> Iterator[tuple[Authority, Au
         if at < after.start:
             continue  # no user info after it
         has_own = next((_has_password(a, text) for a in found[i + 1:] if a.userinfo is not None), False)
-        if (this.port is not None or (this.readable and this.userinfo)) and has_own:
+        # a host right after its user info: `amqp://=@/:pa,x://ss@h` has none (its user is `=@/`)
+        hosted = this.userinfo is not None and text[this.start + len(this.userinfo) + 1:][:1] not in ("", "/", ":")
+        if (this.port is not None or (this.readable and this.userinfo and hosted)) and has_own:
             continue  # a list of URLs (`redis://h:6379/0,redis://u:pw@h2`; one in a parameter spans itself)
         if this.scheme != "nats" and ":" not in text[this.start:after.start - len(after.scheme) - 3]:
             continue  # a password starts after a `:` of this URL's own text (`sqs://q,redis://u@h` holds none)

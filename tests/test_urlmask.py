@@ -139,6 +139,8 @@ def environ() -> dict[str, str]:
 # `,x://` and `=x://` in a password read as a second URL, whose user info is the password's end
 @example(case=("redis://:Qv7Wj,x://Xk9Zb@127.0.0.1:6379/9?list=x", "Qv7Wj,x://Xk9Zb"))
 @example(case=("amqp://u:Qv7Wj=x://Xk9Zb@127.0.0.1:5672/?queue=x", "Qv7Wj=x://Xk9Zb"))
+# a user `=@/` leaves no host after the user info that reads: the password spans the next URL
+@example(case=("amqp://=@/:Qv7Wj,nats://Xk9Zb@127.0.0.1:5672/?queue=q1", "Qv7Wj,nats://Xk9Zb"))
 def test_no_password_is_shown_by_run_or_check(case: tuple[str, str], environ: dict[str, str],
                                                caplog: pytest.LogCaptureFixture) -> None:
     url, password = case
@@ -378,3 +380,25 @@ def test_a_user_with_a_password_of_its_own_is_shown() -> None:
     assert mask_url("amqp://worker@mq/prod?password_env=P") == "amqp://worker@mq/prod?password_env=P"
     assert mask_url("redis://u:pw@h/0") == "redis://u:***@h/0"
     assert mask_url("postgresql://postgres@127.0.0.1:5432/test") == "postgresql://***@127.0.0.1:5432/test"
+
+
+@settings(max_examples=200, deadline=None)
+@given(token=st.text(alphabet="abcXYZ0189", min_size=6, max_size=16),
+       name=st.sampled_from(["api_key", "signal", "passthrough", "x-amz-signature", "auth"]),
+       value=st.text(alphabet="abcdef123", min_size=1, max_size=8))
+def test_an_http_token_is_masked_whatever_the_query_holds(token: str, name: str, value: str) -> None:
+    """An HTTP client sends a bare user as basic auth `<token>:` whatever the query holds: a parameter
+    whose name holds a stem (`?api_key=`, even `?signal=`) once made the token a user name, shown and
+    left out of the secrets an echoed error is cleaned of."""
+    url = f"https://{token}@proxy.example/api/v1/write?{name}={value}"
+    assert token not in mask_url(url)
+    assert token in url_passwords(url)
+
+
+@pytest.mark.parametrize("query", ["target_session_attrs=any", "require_auth=password", "sslkey=/etc/k.pem",
+                                   "passfile=/p", "authSource=admin", "keyfile=k"])
+def test_a_word_a_client_takes_beside_a_credential_name_is_no_secret(query: str) -> None:
+    """libpq's `target_session_attrs=any` as a secret masked `any` in every log line (`too m*** tasks`)."""
+    url = f"postgresql://app@db/app?query=select+1&{query}"
+    value = query.partition("=")[2]
+    assert value not in url_passwords(url) and mask_url(url).endswith(query)

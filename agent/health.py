@@ -283,6 +283,11 @@ class HealthMonitor:
         self._task_saturation = Saturation()
         self._throttling_real = False
 
+    def settings(self) -> dict[str, float]:
+        """The windows in use, as `settings` gives them from a configuration (`/status` shows them)."""
+        return {"memory_trend_window_seconds": self.memory_window,
+                "cpu_saturation_window_seconds": self.saturation_window}
+
     def observe(self, task: Any, stats: Any, derived: Iterable[Sample], poll_time: float) -> list[Sample]:
         """`task`/`stats`: this poll's JSON; `derived`: what `ecs_stats.derive` made of it (for the
         CPU utilization, computed there once); `poll_time`: Unix seconds of the poll. Never raises:

@@ -128,9 +128,9 @@ class Runtime:
                 module, _, cls = target.partition(":")
                 self.sinks.append(getattr(importlib.import_module(module), cls)(config, hub))
         if config.status_page:  # GET /: keeps the last hour of a few series per container and queue
-            from agent.statuspage import PageHistory
+            from agent.statuspage import PageHistory, status_window
 
-            self.page = PageHistory(hub, history_seconds=config.status_history)
+            self.page = PageHistory(hub, history_seconds=status_window(config, self.sources))
             self.sinks.append(self.page)
         for sink in self.sinks:
             if sink is not self.prometheus:

@@ -17,7 +17,7 @@ import math
 import time
 from array import array
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from importlib import resources
 from typing import Any, TypeGuard
 
@@ -26,6 +26,7 @@ from aiohttp import web
 from agent.hub import Hub
 from agent.http import json_text
 from agent.model import Batch, Kind, Points
+from integrations.queues.trend import trend_window  # the trend windows' rule: 3 polls at least
 
 MAX_CONTAINERS = 20
 MAX_QUEUES = 20
@@ -158,7 +159,8 @@ class PageHistory:
             logger.removeHandler(self.errors)
 
     def status(self) -> dict[str, Any]:
-        return {"containers": len(self.containers), "queues": len(self.queues), "dropped": self.dropped}
+        return {"containers": len(self.containers), "queues": len(self.queues), "dropped": self.dropped,
+                "history_seconds": self.history_seconds}
 
     # -- what each batch leaves behind ---------------------------------------------------------
 
@@ -255,6 +257,19 @@ class PageHistory:
             "errors": list(self.errors.records)[::-1],
             "components": {name: _health(status) for name, status in components.items()},
         }
+
+
+def status_window(config: Any, sources: Iterable[object] = ()) -> float:
+    """The history the page keeps: TASKLENS_STATUS_HISTORY, widened to 3 polls of the slowest source it
+    charts (ECS, each queue under shared polling), as the trend windows are (`trend_window`): a history
+    shorter than that would chart one point or none."""
+    share = getattr(config, "queue_poll_share", 1)
+    window = trend_window(config.status_history, config.poll_interval)
+    for source in sources:
+        interval = getattr(source, "interval", None)
+        if str(getattr(source, "name", "")).startswith("queue:") and isinstance(interval, (int, float)):
+            window = max(window, trend_window(config.status_history, interval, share))
+    return window
 
 
 def _number(value: object) -> TypeGuard[float]:

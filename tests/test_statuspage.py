@@ -379,3 +379,45 @@ async def test_a_gap_now_is_shown_as_missing_not_as_the_last_value(chromium: Bro
         assert points == 3  # the three polls that answered; the gap is not drawn
     finally:
         await runner.cleanup()
+
+
+async def test_a_history_shorter_than_three_polls_is_widened_to_three_of_the_slowest_source():
+    """A page that keeps less history than 3 polls would chart one point or none: the history is
+    widened as the trend windows are, to 3 polls of the ECS poller and of each queue (under shared
+    polling, 3 of the task's own polls), and `/status` says which history is kept."""
+    from agent.config import Config
+    from agent.runtime import Runtime
+
+    config = Config(statsd_addr=None, poll_interval=100.0, status_history=60.0, queue_poll_share=2,
+                    queues=("redis://127.0.0.1:6379/0?list=tasklens_page_window&interval=200",))
+    runtime = Runtime(config, environ={})
+    await runtime.build()
+    assert runtime.page is not None and runtime.page.history_seconds == 3 * 200 * 2
+    assert runtime.status()["statuspage"]["history_seconds"] == 1200
+    runtime = Runtime(Config(statsd_addr=None, poll_interval=100.0, status_history=60.0), environ={})
+    await runtime.build()
+    assert runtime.page is not None and runtime.page.history_seconds == 300
+    runtime = Runtime(Config(statsd_addr=None, poll_interval=10.0, status_history=7200.0), environ={})
+    await runtime.build()
+    assert runtime.page is not None and runtime.page.history_seconds == 7200  # wide enough: as set
+
+    # at polls 100 s apart, what the page draws (the points of the last `history_seconds`) is 3 points
+    clock = Clock()
+    page = PageHistory(Hub(IDENTITY), history_seconds=300.0, clock=clock)
+    feed_page(page, clock, polls=10, step=100.0)
+    data = page.snapshot(components())
+    drawn = [t for t, _ in data["task"]["working_set_bytes"] if t >= data["generated_at"] - data["history_seconds"]]
+    assert len(drawn) >= 3  # where a history of the 60 s set draws 1
+
+
+async def test_status_shows_the_health_windows_in_use():
+    """`check` and `/status` name the same windows, the leak forecast's widened to 3 ECS polls."""
+    from agent.config import Config
+    from agent.health import settings as health_settings
+    from agent.runtime import Runtime
+
+    config = Config(statsd_addr=None, poll_interval=900.0, memory_trend_window=60.0, status_page=False)
+    runtime = Runtime(config, environ={})
+    await runtime.build()
+    shown = runtime.status()["local"]["health"]
+    assert shown == health_settings(config) and shown["memory_trend_window_seconds"] == 2700

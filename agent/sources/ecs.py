@@ -118,7 +118,7 @@ class EcsSource:
             await self.aclose()
 
     def status(self) -> dict[str, Any]:
-        return dict(self._status, ready=self.ready, consecutive_failures=self._failures)
+        return dict(self._status, ready=self.ready, consecutive_failures=self._failures, health=self.health.settings())
 
     async def aclose(self) -> None:
         if self._session is not None:

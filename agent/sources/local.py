@@ -67,4 +67,5 @@ class LocalSource:
 
     def status(self) -> dict[str, Any]:
         return {"mode": "local", "measuring": self._measuring, "container_name": self.stats.container_name,
-                "last_poll": self._last_poll, "last_error": self._last_error, "ready": True}
+                "last_poll": self._last_poll, "last_error": self._last_error, "ready": True,
+                "health": self.health.settings()}

@@ -66,7 +66,13 @@ QUEUE_LATEST = {"queue.growth_rate": "growth_rate", "queue.drain_seconds": "drai
 
 
 class Ring:
-    """The last `capacity` (time, value) points in two preallocated arrays: 16 bytes a point."""
+    """The last `capacity` (time, value) points in two preallocated arrays: 16 bytes a point.
+
+    Time is cut into buckets of `spacing` seconds and a bucket keeps its latest point: polls faster than
+    that are thinned out, the last point is always the latest reading, and `capacity` points span
+    `capacity - 1` buckets however often the polls come (a rule of "at least `spacing` after the last
+    point" would space them further apart than that and keep less than the history). A step of the
+    clock back by more than a bucket starts the ring afresh: its points' times are the old clock's."""
 
     __slots__ = ("head", "size", "spacing", "t", "v")
 
@@ -75,25 +81,32 @@ class Ring:
         self.v = array("d", bytes(8 * capacity))
         self.head = 0
         self.size = 0
-        self.spacing = spacing  # points closer than this to the previous one are dropped
+        self.spacing = spacing
 
     def add(self, t: float, value: float | None) -> None:
         cap = len(self.t)
-        if self.size and t - self.t[(self.head - 1) % cap] < self.spacing:
-            return
+        if self.size:
+            last = self.t[(self.head - 1) % cap]
+            if t < last - self.spacing:
+                self.size = 0  # the clock stepped back
+            elif t <= last:
+                return
+            elif self.spacing > 0 and t // self.spacing == last // self.spacing:
+                self.head, self.size = (self.head - 1) % cap, self.size - 1  # replaced
         self.t[self.head] = t
         self.v[self.head] = math.nan if value is None or not math.isfinite(value) else value
         self.head = (self.head + 1) % cap
         self.size = min(self.size + 1, cap)
 
-    def points(self) -> list[list[float | None]]:
-        """Oldest first; a missing value is None (shown as a gap, never as 0)."""
+    def points(self, since: float = -math.inf) -> list[list[float | None]]:
+        """Oldest first, from `since` on; a missing value is None (shown as a gap, never as 0)."""
         cap = len(self.t)
         out: list[list[float | None]] = []
         for i in range(self.head - self.size, self.head):
-            v = self.v[i % cap]
-            # 3 decimals: plenty for a chart (bytes are whole), half the JSON of full doubles
-            out.append([round(self.t[i % cap], 1), None if math.isnan(v) else round(v, 3)])
+            t, v = self.t[i % cap], self.v[i % cap]
+            if t >= since:
+                # 3 decimals: plenty for a chart (bytes are whole), half the JSON of full doubles
+                out.append([round(t, 1), None if math.isnan(v) else round(v, 3)])
         return out
 
 
@@ -121,7 +134,7 @@ class PageHistory:
     def __init__(self, hub: Hub, *, history_seconds: float = 3600.0, clock: Callable[[], float] = time.time) -> None:
         self.hub = hub
         self.history_seconds = history_seconds
-        self.spacing = history_seconds / MAX_POINTS * 0.9  # a little slack for jittery polls
+        self.spacing = history_seconds / (MAX_POINTS - 1)  # MAX_POINTS points span the history (`Ring`)
         self.clock = clock
         self.task: dict[str, Ring] = {}
         self.containers: dict[str, dict[str, Any]] = {}
@@ -243,14 +256,15 @@ class PageHistory:
 
     def snapshot(self, components: dict[str, Any]) -> dict[str, Any]:
         self.watched_at = self.clock()
+        since = self.watched_at - self.history_seconds
         return {
             "generated_at": self.watched_at,
             "history_seconds": self.history_seconds,
             "identity": self.hub.identity.as_dict(),
-            "task": {k: r.points() for k, r in self.task.items()},
-            "containers": [{"name": name, **{k: r.points() for k, r in e["series"].items()}, **e.get("latest", {})}
+            "task": {k: r.points(since) for k, r in self.task.items()},
+            "containers": [{"name": name, **{k: r.points(since) for k, r in e["series"].items()}, **e.get("latest", {})}
                            for name, e in sorted(self.containers.items())],
-            "queues": [{"name": name, **{k: r.points() for k, r in e["series"].items()}, **e.get("latest", {})}
+            "queues": [{"name": name, **{k: r.points(since) for k, r in e["series"].items()}, **e.get("latest", {})}
                        for name, e in sorted(self.queues.items())],
             "statsd": {"busiest": self.statsd, "at": self.statsd_at},
             "processes": self.processes,

@@ -75,7 +75,7 @@ def test_ring_thins_out_polls_faster_than_its_spacing():
     r = Ring(10, spacing=10.0)
     for t in range(100):
         r.add(float(t), 1.0)
-    assert [t for t, _ in r.points()] == [0.0, 10.0, 20.0, 30.0, 40.0, 50.0, 60.0, 70.0, 80.0, 90.0]
+    assert [t for t, _ in r.points()] == [9.0, 19.0, 29.0, 39.0, 49.0, 59.0, 69.0, 79.0, 89.0, 99.0]
 
 
 def test_snapshot_has_the_fixture_numbers():
@@ -421,3 +421,45 @@ async def test_status_shows_the_health_windows_in_use():
     await runtime.build()
     shown = runtime.status()["local"]["health"]
     assert shown == health_settings(config) and shown["memory_trend_window_seconds"] == 2700
+
+
+@settings(max_examples=60, deadline=None)
+@given(poll=st.floats(0.5, 3600), history=st.floats(60, 86400), jitter=st.lists(st.floats(-0.1, 0.1), min_size=1, max_size=7))
+def test_the_page_charts_exactly_its_history_whatever_the_poll(poll: float, history: float, jitter: list[float]):
+    """What `/status/history` holds is the last `history_seconds` (the setting, widened to 3 polls),
+    covered from end to end, however fast or slow the polls come (+-10 % jitter): never older points,
+    never a span cut short by thinning, never more than MAX_POINTS points."""
+    from types import SimpleNamespace
+
+    from agent.statuspage import status_window
+
+    window = status_window(SimpleNamespace(status_history=history, poll_interval=poll))
+    clock = Clock()
+    page = PageHistory(Hub(IDENTITY), history_seconds=window, clock=clock)
+    start = clock.now
+    polls = 0
+    while clock.now - start < 2 * window and polls < 20_000:
+        clock.now += poll * (1 + jitter[polls % len(jitter)])
+        polls += 1
+        page.accept(Batch("local", [Sample("ecs.task.memory.working_set_bytes", float(polls))]))
+    if clock.now - start < 2 * window:
+        return  # (polls far faster than the history needs: the run is long enough to say nothing new)
+    drawn = page.snapshot({})["task"]["working_set_bytes"]
+    times = [t for t, _ in drawn]
+    assert len(times) <= MAX_POINTS and times == sorted(times) and times[-1] == round(clock.now, 1)
+    assert times[0] >= round(clock.now - window, 1) - 0.1  # nothing older than the history
+    # the oldest point is within one thinning bucket and one poll of the history's start
+    assert times[0] <= clock.now - window + window / (MAX_POINTS - 1) + 1.1 * poll + 0.1
+    assert len(times) >= 3
+
+
+def test_a_clock_stepped_back_starts_the_chart_afresh():
+    r = Ring(10, spacing=10.0)
+    for t in (1000.0, 1010.0, 1020.0):
+        r.add(t, 1.0)
+    r.add(1015.0, 2.0)  # back by less than a bucket: a late point, dropped
+    assert r.points() == [[1000.0, 1.0], [1010.0, 1.0], [1020.0, 1.0]]
+    r.add(400.0, 3.0)  # back by ten minutes: the old points' times are the old clock's
+    r.add(410.0, 4.0)
+    assert r.points() == [[400.0, 3.0], [410.0, 4.0]]
+    assert r.points(since=405.0) == [[410.0, 4.0]]

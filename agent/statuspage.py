@@ -292,15 +292,16 @@ def _number(value: object) -> TypeGuard[float]:
 
 
 def _health(status: Any) -> dict[str, Any]:
-    """A component's status reduced to what the page shows: ok or not, and why."""
+    """A component's status reduced to what the page shows: ok or not, and why. A component that reports
+    no failure (not ready, failed polls or pushes, an error) is ok: it runs, and a crash is restarted,
+    counted and logged (the page's recent errors show it)."""
     if not isinstance(status, dict):
         return {"ok": None}
     error = status.get("last_error")
     ok = status.get("ready")
     if ok is None and "consecutive_failures" in status:
         ok = not status["consecutive_failures"]
-    return {"ok": ok if isinstance(ok, bool) else (None if error is None else False),
-            "error": str(error)[:300] if error else None}
+    return {"ok": ok if isinstance(ok, bool) else not error, "error": str(error)[:300] if error else None}
 
 
 def page_html() -> bytes:

@@ -463,3 +463,17 @@ def test_a_clock_stepped_back_starts_the_chart_afresh():
     r.add(410.0, 4.0)
     assert r.points() == [[400.0, 3.0], [410.0, 4.0]]
     assert r.points(since=405.0) == [[410.0, 4.0]]
+
+
+def test_a_component_that_reports_no_failure_is_ok_on_the_page():
+    """StatsD, the heartbeat, the sinks that report no failure read ok, not "?"; a failure still shows."""
+    from agent.statuspage import _health
+
+    assert _health({"packets": 10, "kernel_drops": 0, "last_flush": None}) == {"ok": True, "error": None}
+    assert _health({"beats": 3}) == {"ok": True, "error": None}
+    assert _health({"processes_seen": 4, "last_error": None}) == {"ok": True, "error": None}
+    assert _health({"last_error": ""}) == {"ok": True, "error": None}
+    assert _health({"processes_seen": 0, "last_error": "PermissionError()"}) == {"ok": False, "error": "PermissionError()"}
+    assert _health({"consecutive_failures": 2, "last_error": "http_500"}) == {"ok": False, "error": "http_500"}
+    assert _health({"ready": False, "last_error": None}) == {"ok": False, "error": None}
+    assert _health(None) == {"ok": None}

@@ -769,11 +769,14 @@ def test_monitoring_rules_are_scoped_and_valid(monitoring_outputs: dict[str, Any
     for rule in rules["groups"][0]["rules"]:
         for name in listed:  # every listed metric in an expression carries the selector
             assert not re.search(rf"\b{name}\b(?!\{{service=)", rule["expr"]), (name, rule["expr"])
+        # and every rule is this worker's: one that cannot be scoped (`up`) would fire once per worker
+        assert 'service="orders-worker"' in rule["expr"], rule
+    assert "TasklensSidecarDown" not in [r["alert"] for r in rules["groups"][0]["rules"]]
     promtool = shutil.which("promtool")
     if promtool:
         (tmp_path / "rules.yml").write_text(text)
         result = subprocess.run([promtool, "check", "rules", str(tmp_path / "rules.yml")], capture_output=True, text=True)
-        assert result.returncode == 0 and "SUCCESS: 13 rules found" in result.stdout, result.stdout + result.stderr
+        assert result.returncode == 0 and "SUCCESS: 12 rules found" in result.stdout, result.stdout + result.stderr
         # scoped for real: the same growing backlog alerts for this worker only, not another
         # service nor another env
         series = "queue_depth{{service={0!r},env={1!r},queue=\"q\",queue_type=\"sqs\"}}"

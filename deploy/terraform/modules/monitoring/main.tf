@@ -13,15 +13,18 @@ locals {
     ["service=\"${var.service}\""],
     var.env == "" ? [] : ["env=\"${var.env}\""],
   ))
-  metric_pattern = "/\\b(${join("|", local.metric_names)})\\b/"
+  metric_regex   = "\\b(${join("|", local.metric_names)})\\b"
+  metric_pattern = "/${local.metric_regex}/" # replace() takes a regex between slashes
 
   rules = yamldecode(file("${local.deploy_dir}/alerts/prometheus/tasklens.rules.yml"))
+  # a rule that names none of those metrics cannot be scoped (`TasklensSidecarDown` watches `up`, which
+  # has no `service` label): it is the fleet's, loaded once from the file, not once per worker
   scoped_rules = {
     groups = [for group in local.rules.groups : {
       name = "${group.name}-${var.service}"
       rules = [for rule in group.rules : merge(rule, {
         expr = replace(rule.expr, local.metric_pattern, "$${1}{${local.selector}}")
-      })]
+      }) if length(regexall(local.metric_regex, rule.expr)) > 0]
     }]
   }
 

@@ -89,6 +89,18 @@ def test_file_errors(tmp_path) -> None:
         load({"TASKLENS_CONFIG_FILE": str(unknown)})
 
 
+@pytest.mark.parametrize("name", ["service", "env", "version"])
+def test_the_datadog_fallbacks_are_no_file_keys_and_the_error_names_the_key_to_write(tmp_path, name) -> None:
+    """DD_SERVICE, DD_ENV, DD_VERSION are read from the environment only (the README says so): in the
+    file, `dd_<name>` is refused with the key that sets it."""
+    path = tmp_path / "tasklens.toml"
+    path.write_text(f'dd_{name} = "x"\n')
+    with pytest.raises(ConfigError, match=f"unknown key 'dd_{name}'; did you mean '{name}'"):
+        load({"TASKLENS_CONFIG_FILE": str(path)})
+    path.write_text(f'{name} = "x"\n')
+    assert getattr(load({"TASKLENS_CONFIG_FILE": str(path)}), name) == "x"
+
+
 def test_file_takes_a_non_tasklens_variable_lowercased(tmp_path) -> None:
     # the README's rule: a setting's file key is its variable lowercased (without `TASKLENS_`)
     path = tmp_path / "tasklens.toml"

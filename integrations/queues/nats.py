@@ -1,6 +1,6 @@
 """NATS JetStream: a stream and its durable consumer.
 
-    nats://[user:pass@]host:4222?stream=ORDERS&consumer=worker
+    nats://[user:pass@]host:4222?stream=ORDERS&consumer=worker     (or nats://<token>@host:4222?...)
 
 Consumer info gives `num_pending` (the backlog; excludes delivered, unacked messages) and
 `num_ack_pending` (in flight); stream info gives `consumer_count` (consumers defined on the stream,
@@ -15,6 +15,7 @@ import asyncio
 from collections.abc import Awaitable
 from datetime import datetime, timezone
 from typing import Any, TypeVar
+from urllib.parse import unquote, urlunsplit
 
 from integrations.queues.base import Broker, ProbeError, QueueURL, Reading
 
@@ -38,6 +39,27 @@ def names(url: QueueURL) -> tuple[str, str]:
         if any(c in NOT_IN_NAMES for c in name):
             raise ValueError(f"{what} {name!r}: a NATS name has no . * > / \\, space, tab or line end")
     return stream, consumer
+
+
+def connect_options(url: QueueURL) -> dict[str, Any]:
+    """nats-py's server and credentials for `url`. nats-py reads a URL's user info with `urlparse` and
+    sends it undecoded (`Pass%21word1`, and a password from `password_env=`, which `with_password`
+    percent-encodes, were refused), so the server's URL goes without them and the user and password (or a
+    user name alone: a token, `nats://<token>@host`) go decoded, as connect's own arguments."""
+    parts = url.parts
+    host = parts.hostname or ""
+    netloc = (f"[{host}]" if ":" in host else host) + (f":{parts.port}" if parts.port is not None else "")
+    options: dict[str, Any] = {"servers": [urlunsplit((parts.scheme, netloc, "", "", ""))]}
+    try:
+        user = unquote(parts.username or "", errors="strict")
+        password = None if parts.password is None else unquote(parts.password, errors="strict")
+    except UnicodeDecodeError:
+        raise ValueError("the user name or password holds percent-encoded bytes that are not UTF-8") from None
+    if password is not None:
+        options.update(user=user, password=password)
+    elif user:
+        options.update(token=user)
+    return options
 
 
 def _error(exc: Exception, nc: Any, reported: Exception | None) -> Exception:
@@ -75,6 +97,7 @@ class NATSProbe:
     def __init__(self, url: QueueURL) -> None:
         self.url = url
         self.stream, self.consumer = names(url)
+        self._options = connect_options(url)
         self._nc: Any = None
         self._reported: Exception | None = None
         self._denied = asyncio.Event()
@@ -114,7 +137,7 @@ class NATSProbe:
                 # leaves it open). Our poll loop reconnects with backoff: nats-py's own retries (every 2 s,
                 # 60 times, even without reconnects) would hide outages, and make a refused port a timeout
                 self._nc, self._reported = Client(), None
-                await self._nc.connect(servers=[self.url.client_url()], connect_timeout=timeout,
+                await self._nc.connect(**self._options, connect_timeout=timeout,
                                        allow_reconnect=False, max_reconnect_attempts=1, reconnect_time_wait=0,
                                        name="tasklens", error_cb=self._error_cb)
             self._denied.clear()  # a violation reported during an earlier poll is not this poll's

@@ -689,6 +689,14 @@ class Config:
     # the settings `load` read from the file -> `<file>: <key>`; not a field: no variable sets it
     _from_file: ClassVar[Mapping[str, str]] = MappingProxyType({})
 
+    # the settings `load` read from the environment or the file: see `chosen`
+    _given: ClassVar[frozenset[str]] = frozenset()
+
+    def chosen(self, name: str) -> bool:
+        """Whether the user chose setting `name`: set in the environment or the file, even to the default
+        value, or (a Config made in code) other than the default."""
+        return name in self._given or getattr(self, name) != Config.__dataclass_fields__[name].default
+
     def where(self, name: str) -> str:
         """What an error about setting `name` calls it, as `load` does: `<file>: <key>` when the file
         gave it, else its variable. For the checks made after loading (the queue URLs' brokers)."""
@@ -835,6 +843,7 @@ def load(environ: Mapping[str, str] | None = None) -> Config:
     values["mappings"] = tuple(mappings)
     config = Config(**values)
     object.__setattr__(config, "_from_file", MappingProxyType(from_file))  # frozen: set once, here
+    object.__setattr__(config, "_given", frozenset(values.keys() - {"mappings"}) | ({"mappings"} if mappings else set()))
     return config
 
 

@@ -560,3 +560,14 @@ def test_none_empties_a_list_over_the_file_and_the_default(tmp_path, name: str, 
 def test_none_selects_no_metric_and_is_refused() -> None:
     with pytest.raises(ConfigError, match="at least one"):
         load({"TASKLENS_REMOTE_WRITE_METRICS": "none"})
+
+
+def test_chosen_tells_a_setting_set_to_its_default_from_one_left_unset(tmp_path) -> None:
+    path = tmp_path / "tasklens.toml"
+    path.write_text("poll_interval = 10\n")
+    config = load({"TASKLENS_CONFIG_FILE": str(path), "TASKLENS_FLUSH_INTERVAL": "10"})
+    assert config.poll_interval == Config().poll_interval and config.chosen("poll_interval")
+    assert config.flush_interval == Config().flush_interval and config.chosen("flush_interval")
+    assert not config.chosen("queue_poll_interval")
+    assert Config(queue_poll_interval=5.0).chosen("queue_poll_interval")  # a Config made in code
+    assert not load({"TASKLENS_POLL_INTERVAL": ""}).chosen("poll_interval")  # empty: unset

@@ -99,11 +99,12 @@ def heartbeat_fits(config: Config) -> bool:
     minute, minutes without a record would count no task (the scale-from-zero alarm fires), and a
     heartbeat stamped back into each minute would arrive up to an interval late, after alarms read it.
     So it is left out, with a warning (`check`, the log), when only the default selection names it, and
-    the interval is refused when the user's selection does: `check` and the sink both ask."""
+    the interval is refused when the user's selection does (even one written out equal to the default):
+    `check` and the sink both ask."""
     interval = config.cloudwatch_interval
     if interval <= 60 or not any(fnmatch.fnmatchcase(TASK_HEARTBEAT, p) for p in config.cloudwatch_metrics):
         return True
-    if config.cloudwatch_metrics != Config.__dataclass_fields__["cloudwatch_metrics"].default:
+    if config.chosen("cloudwatch_metrics"):
         raise ConfigError(
             f"{config.where('cloudwatch_interval')}={number_text(interval)} is invalid: expected at most "
             f"60 seconds while {TASK_HEARTBEAT} is exported (CloudWatch counts the running tasks as its "

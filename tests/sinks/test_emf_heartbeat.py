@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent.config import ConfigError
+from agent.config import Config, ConfigError
 from agent.model import Batch, Sample
 from agent.scaling.heartbeat import Heartbeat
 from agent.sinks.push import next_tick
@@ -87,7 +87,9 @@ def test_an_interval_over_a_minute_leaves_the_heartbeat_out_or_is_refused_when_i
 
 @pytest.mark.parametrize("interval, metrics, outcome", [
     ("61", "tasklens_scaling_*", "refused"), ("120", "queue_*,tasklens_scaling_task_heartbeat", "refused"),
-    ("300", "queue_*", "taken"), ("60", None, "taken"), ("300", None, "warned")])
+    ("300", "queue_*", "taken"), ("60", None, "taken"), ("300", None, "warned"),
+    # a selection written out equal to the default is the user's: it names the heartbeat
+    ("300", ",".join(Config.__dataclass_fields__["cloudwatch_metrics"].default), "refused")])
 def test_check_says_what_the_sink_does(interval: str, metrics: str | None, outcome: str) -> None:
     """`check` and `run` validate alike: refused by `check` too, not only when `run` builds the sink."""
     from agent.cli import validate

@@ -843,7 +843,7 @@ def load(environ: Mapping[str, str] | None = None) -> Config:
     values["mappings"] = tuple(mappings)
     config = Config(**values)
     object.__setattr__(config, "_from_file", MappingProxyType(from_file))  # frozen: set once, here
-    object.__setattr__(config, "_given", frozenset(values.keys() - {"mappings"}) | ({"mappings"} if mappings else set()))
+    object.__setattr__(config, "_given", frozenset(k for k in values if k != "mappings" or mappings))
     return config
 
 

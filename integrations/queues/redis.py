@@ -40,11 +40,20 @@ def celery_keys(queue: str) -> list[str]:
     return [queue if p == 0 else f"{queue}{CELERY_SEP}{p}" for p in CELERY_PRIORITY_STEPS]
 
 
-# an id's ms part is its enqueue time only when Redis generated it (`XADD s * ...`); a producer's own ids
-# (`XADD s 1-1 ...`, a sequence) are no time. An id reads as one only from 2000 to Redis' clock plus a
-# skew (a producer that writes its own clock's time, a little ahead of Redis')
-PLAUSIBLE_FROM_MS = 946_684_800_000  # 2000-01-01T00:00:00Z
-CLOCK_SKEW_MS = 60_000
+# A time read from a message (a stream id's ms part, RQ's `enqueued_at`, a RabbitMQ publisher's `timestamp`)
+# is its enqueue time only when it could be one: from 2000 to the reader's clock plus a skew (a producer
+# whose clock is a little ahead). Anything else is a producer's own numbering (`XADD s 1-1 ...`), another
+# unit (milliseconds read as seconds), 0 or a sentinel: no age, never one of 0 or of 56 years.
+PLAUSIBLE_FROM = 946_684_800  # 2000-01-01T00:00:00Z, seconds
+CLOCK_SKEW = 60  # seconds
+
+
+def age_of(stamp: int | float, now: float) -> float | None:
+    """The age at `now` (the reader's clock, seconds) of a message stamped `stamp` (seconds since the epoch),
+    or None when `stamp` is no plausible enqueue time (NaN too). An int is compared as it is, however large."""
+    if not PLAUSIBLE_FROM <= stamp <= now + CLOCK_SKEW:
+        return None
+    return max(0.0, now - stamp)
 
 
 def stream_id_ms(entry_id: str) -> int:
@@ -53,21 +62,28 @@ def stream_id_ms(entry_id: str) -> int:
 
 def stream_age(entry_id: str, now: float) -> float | None:
     """The age of the entry `entry_id` at `now` (Redis' TIME, seconds); None when its id is no time."""
-    ms = stream_id_ms(entry_id)
-    if ms < PLAUSIBLE_FROM_MS or ms > now * 1000 + CLOCK_SKEW_MS:
-        return None
-    return max(0.0, now - ms / 1000)
+    return age_of(stream_id_ms(entry_id) / 1000, now)
 
 
-def rq_age(enqueued_at: str | None, now: float) -> float | None:
-    """RQ writes `enqueued_at` as `2024-05-01T12:00:00.123456Z`, in UTC; a time without a zone (another
-    writer) is UTC too, never the sidecar's local time."""
-    if not enqueued_at:
+MAX_ENQUEUED_AT = 64  # bytes of RQ's `enqueued_at` (`2024-05-01T12:00:00.123456Z`: 27): a longer one is no time
+
+
+def rq_age(enqueued_at: bytes | str | None, now: float) -> float | None:
+    """The age of an RQ job whose `enqueued_at` is this, at `now`; None for any value that is not a plausible
+    time (`age_of`): text, a number, bytes that are not UTF-8, a year before 2000. Never raises: the job hash
+    is any writer's, and its head's odd field must not blank the queue's other numbers. RQ writes
+    `2024-05-01T12:00:00.123456Z`, in UTC; a time without a zone (another writer) is UTC too, never the
+    sidecar's local time."""
+    if not enqueued_at or len(enqueued_at) > MAX_ENQUEUED_AT:
         return None
-    when = datetime.fromisoformat(enqueued_at.replace("Z", "+00:00"))
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=timezone.utc)
-    return max(0.0, now - when.timestamp())
+    try:
+        text = enqueued_at.decode("ascii") if isinstance(enqueued_at, bytes) else enqueued_at
+        when = datetime.fromisoformat(text.replace("Z", "+00:00"))
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=timezone.utc)
+        return age_of(when.timestamp(), now)
+    except (ValueError, OverflowError):  # UnicodeDecodeError is a ValueError
+        return None
 
 
 def _error(exc: Exception) -> Exception:
@@ -96,6 +112,9 @@ def _error(exc: Exception) -> Exception:
 NEXT_ID = "local e = redis.call('XRANGE', KEYS[1], ARGV[1], '+', 'COUNT', 1) if e[1] then return e[1][1] end return false"
 HEAD_ID = "local v = redis.call('LINDEX', KEYS[1], 0) if v and #v <= tonumber(ARGV[1]) then return v end return false"
 MAX_ID = 1024  # bytes of an RQ job id (a UUID, 36): a longer head is no job, and its age unknown
+# the head job's `enqueued_at` only when it is short enough to be a time: any writer may put anything there
+ENQUEUED_AT = ("local v = redis.call('HGET', KEYS[1], 'enqueued_at') if v and #v <= tonumber(ARGV[1]) then "
+               "return v end return false")
 # RQ's workers of a queue: the members of `rq:workers:<name>` whose own key `rq:worker:<name>` is still
 # there. A worker killed with SIGKILL stays in the set (RQ prunes it only when a worker starts or `rq info`
 # runs); its key expires worker_ttl + 60 s after its last heartbeat. Counted in Redis, one number back;
@@ -211,11 +230,15 @@ class RedisProbe:
             p.zcount(f"rq:wip:{self.key}", now, "+inf")  # score = expiry: older entries are abandoned
             p.zcard(f"rq:scheduled:{self.key}")
             p.eval(LIVE_WORKERS, 1, f"rq:workers:{self.key}", MAX_WORKERS)
-            p.eval(HEAD_ID, 1, f"rq:queue:{self.key}", MAX_ID)  # RQ pushes right, workers pop left: the oldest
+            # RQ pushes right, workers pop left: the oldest. Undecoded, as is its `enqueued_at`: bytes that are
+            # not UTF-8 are no job id or time, and give no age, where decoding them failed the whole poll
+            p.execute_command("EVAL", HEAD_ID, 1, f"rq:queue:{self.key}", MAX_ID, NEVER_DECODE=True)
             depth, started, scheduled, workers, head = await p.execute()
         age = 0.0 if not depth else None
         if head:
-            age = rq_age(await r.hget(f"rq:job:{head}", "enqueued_at"), now)
+            enqueued_at = await r.execute_command("EVAL", ENQUEUED_AT, 1, b"rq:job:" + head, MAX_ENQUEUED_AT,
+                                                  NEVER_DECODE=True)
+            age = rq_age(enqueued_at, now)
         return Reading(depth=depth, in_flight=started, delayed=scheduled, consumers=workers,
                        oldest_age_seconds=age)
 

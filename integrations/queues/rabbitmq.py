@@ -5,7 +5,8 @@
 
 The passive declare only knows ready messages and consumers. The management API
 (`GET /api/queues/{vhost}/{queue}`) adds `messages_unacknowledged` and `head_message_timestamp`
-(the oldest ready message's age, only when publishers set the AMQP `timestamp` property). Its
+(the oldest ready message's age, only when publishers set the AMQP `timestamp` property, and only when that
+is a plausible time in seconds: `head_age`). Its
 numbers refresh with the broker's statistics interval (5 s by default). It uses the AMQP URL's
 user and password unless the management URL carries its own. RabbitMQ has no delayed count.
 """
@@ -20,8 +21,10 @@ from typing import Any
 from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 from agent.capped import read_capped
+from agent.logs import RateLimitedLog, shown
 from agent.redact import basic_auth
 from integrations.queues.base import Broker, ProbeError, QueueURL, Reading
+from integrations.queues.redis import age_of  # the rule every broker's message time is read by (no client import)
 
 OWN_PARAMS = ("queue", "management")  # the rest (heartbeat, ssl...) are aio-pika's URL options
 # Only the fields we read. (`disable_stats=true` would also drop the totals and
@@ -70,19 +73,26 @@ def management_endpoint(url: QueueURL) -> tuple[str, tuple[str, str]]:
     return f"{base}{path}?{MANAGEMENT_QUERY}", auth
 
 
+def head_age(head: object, now: float) -> float | None:
+    """The oldest ready message's age from `head_message_timestamp`, its publisher's AMQP `timestamp` (any
+    64-bit number the publisher chose). A number that is no plausible time in seconds (`age_of`: milliseconds,
+    0, negative, 2**62) gives no age: the publisher's mistake costs the age only, not the depth scaling reads.
+    What is not a finite JSON number (`NaN`, text, `true`, an int past any float) is no RabbitMQ answer:
+    ProbeError("bad_reply"), a gap."""
+    try:
+        stamp = float(head) if isinstance(head, (int, float)) and not isinstance(head, bool) else math.nan
+    except OverflowError:  # an int past any float
+        stamp = math.nan
+    if not math.isfinite(stamp):
+        raise ProbeError("bad_reply", f"head_message_timestamp is {str(head)[:40]!r}: not a time")
+    return age_of(stamp, now)
+
+
 def reading_of_management(doc: dict[str, Any], now: float) -> Reading:
     ready = doc.get("messages_ready")
     head = doc.get("head_message_timestamp")
     if head is not None:
-        # a time in seconds, or the poll is a gap: `NaN` would be an age of 0, `"1700000000"` or `true`
-        # one of years (a time ahead of this clock is an age of 0)
-        try:
-            stamp = float(head) if isinstance(head, (int, float)) and not isinstance(head, bool) else math.nan
-        except OverflowError:  # an int past any float
-            stamp = math.nan
-        if not math.isfinite(stamp):
-            raise ProbeError("bad_reply", f"head_message_timestamp is {str(head)[:40]!r}: not a time")
-        age: float | None = max(0.0, now - stamp)
+        age = head_age(head, now)
     elif ready == 0:
         age = 0.0
     else:
@@ -174,6 +184,7 @@ class ManagementProbe:
         self.url = url
         self.endpoint, self.auth = management_endpoint(url)
         self._session: Any = None
+        self._log = RateLimitedLog()
 
     async def read(self) -> Reading:
         import aiohttp
@@ -203,7 +214,12 @@ class ManagementProbe:
         if not isinstance(doc, dict) or doc.get("messages_ready") is None:
             # `[]` or no totals: the broker has no statistics for the queue yet (new, or stats disabled)
             raise ProbeError("bad_reply", "the management API has no statistics for this queue (yet)")
-        return reading_of_management(doc, time.time())
+        reading = reading_of_management(doc, time.time())
+        if reading.oldest_age_seconds is None and doc.get("head_message_timestamp") is not None:
+            self._log.warning("implausible head", "queue %s: head_message_timestamp %s is no time in seconds from "
+                              "2000 to now + 60 s (a publisher's timestamp in milliseconds?): the age is left out",
+                              shown(self.url.params["queue"]), str(doc["head_message_timestamp"])[:40])
+        return reading
 
     async def close(self) -> None:
         session, self._session = self._session, None

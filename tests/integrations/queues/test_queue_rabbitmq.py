@@ -135,13 +135,14 @@ def test_management_endpoint_and_credentials():
 def test_management_reading():
     from integrations.queues.rabbitmq import reading_of_management
 
-    doc = {"messages_ready": 4, "messages_unacknowledged": 1, "consumers": 2, "head_message_timestamp": 1000}
-    got = reading_of_management(doc, now=1090.0)
+    now = 1_714_564_800.0  # 2024-05-01T12:00:00Z
+    doc = {"messages_ready": 4, "messages_unacknowledged": 1, "consumers": 2, "head_message_timestamp": 1_714_564_710}
+    got = reading_of_management(doc, now=now)
     assert (got.depth, got.in_flight, got.consumers, got.oldest_age_seconds, got.delayed) == (4, 1, 2, 90.0, None)
     # no timestamp property on the messages: age unknown; an empty queue: age 0
-    assert reading_of_management({**doc, "head_message_timestamp": None}, 1090.0).oldest_age_seconds is None
+    assert reading_of_management({**doc, "head_message_timestamp": None}, now).oldest_age_seconds is None
     empty = {"messages_ready": 0, "messages_unacknowledged": 0, "consumers": 1, "head_message_timestamp": None}
-    assert reading_of_management(empty, 1090.0).oldest_age_seconds == 0.0
+    assert reading_of_management(empty, now).oldest_age_seconds == 0.0
 
 
 async def test_management_password_is_masked_everywhere(config, hub, clock, unique, caplog):

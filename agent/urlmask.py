@@ -10,7 +10,8 @@ passwords as generated: `/ ? # @ = & %` unencoded, unicode, percent-encoded once
 - the text is read again percent-decoded (as `parse_qsl` and then a client decode it), and every
   password found at any level is a secret;
 - a secret is masked wherever it occurs, literally or with any of its characters percent-encoded (or
-  escaped, as a `repr` or JSON shows it).
+  escaped, as a `repr` or JSON shows it); one shorter than SHORT_SECRET characters only where it stands
+  as a word of its own.
 """
 
 from __future__ import annotations
@@ -24,6 +25,15 @@ from urllib.parse import unquote, unquote_plus, urlsplit
 
 MASK = "***"
 DECODE_LEVELS = 3  # one more than the code decodes: parse_qsl, then a client's unquote of the password
+# a secret of fewer characters is masked only where it stands as a word of its own: no letter, digit or `_`
+# right before or after it (an escape before it, `%3A` or `\n`, is none). Masked inside words, a NATS token
+# `u` made every log line unreadable (`A***thorization Violation`, `Connection ref***sed`, `cons***mer=c`);
+# where it is a credential it stands apart (`nats://u@`, `'u'`, `password=u&`), and is masked there
+SHORT_SECRET = 4
+_ESCAPE_BEFORE = ("%[0-9A-F]{2}", "%25[0-9A-F]{2}", "%2525[0-9A-F]{2}", r"\\[abfnrtv0]", r"\\x[0-9A-F]{2}",
+                  r"\\u[0-9A-F]{4}", r"\\U[0-9A-F]{8}")
+_WORD_START = "(?:(?<!\\w)|" + "|".join(f"(?<={e})" for e in _ESCAPE_BEFORE) + ")"
+_WORD_END = "(?!\\w)"
 # characters of a password that may span the URLs of a list (`_spanning`): past that, the text is shown
 # as its first scheme and `***` (the pattern of a secret grows 425 characters per character, and such a
 # text of fifteen URLs took minutes to mask; a list that reads so is refused anyway: `split_password`)
@@ -75,9 +85,7 @@ class Authority:
         if self.userinfo is None:
             return None
         user, colon, password = self.userinfo.partition(":")
-        if colon:
-            return password
-        return user if self.scheme == "nats" else None  # NATS takes a bare token: `nats://<token>@host`
+        return password if colon else None  # a bare user name may be a token: `url_token`
 
 
 def authorities(text: str) -> Iterator[Authority]:
@@ -130,6 +138,12 @@ def http_token(url: Authority, text: str) -> str | None:
     return bare_user(url, text) if url.scheme in ("http", "https") else None
 
 
+def url_token(url: Authority, text: str) -> str | None:
+    """A bare user name that the client sends as a credential: over HTTP (`http_token`), and to NATS,
+    which takes `nats://<token>@host` as its token, unless `password_env=` gives the user a password."""
+    return bare_user(url, text) if url.scheme in ("http", "https", "nats") else None
+
+
 def _decodings(text: str) -> list[str]:
     """`text` and what it becomes percent-decoded, once and again, as `%2B` or as `+` for a space."""
     found, frontier = [text], [text]
@@ -158,7 +172,10 @@ def _spanning(text: str, found: list[Authority]) -> Iterator[tuple[Authority, Au
             continue  # a list of URLs (`redis://h:6379/0,redis://u:pw@h2`; one in a parameter spans itself)
         if this.scheme != "nats" and ":" not in text[this.start:after.start - len(after.scheme) - 3]:
             continue  # a password starts after a `:` of this URL's own text (`sqs://q,redis://u@h` holds none)
-        password = Authority(this.scheme, this.start, len(text), text[this.start:at], False).password
+        spanned = text[this.start:at]  # for NATS, without a `:`, a token
+        password = Authority(this.scheme, this.start, len(text), spanned, False).password
+        if password is None and this.scheme == "nats":
+            password = spanned
         if password:
             yield this, after, password
 
@@ -168,7 +185,7 @@ def url_passwords(url: str) -> list[str]:
     found: dict[str, None] = {}
     for text in _decodings(url.strip()):
         listed = list(authorities(text))
-        tokens = [t for a in listed if (t := http_token(a, text))]
+        tokens = [t for a in listed if (t := url_token(a, text))]
         for password in [a.password for a in listed if a.password] + [p for _, _, p in _spanning(text, listed)] + tokens:
             found.update(dict.fromkeys(_decodings(password)))
         for match in _PARAM.finditer(text):
@@ -245,7 +262,8 @@ def is_readable(url: str) -> bool:
 
 def mask_secrets(text: str, secrets: Iterable[str]) -> str:
     """`text` with every occurrence of each secret as `***`, its characters literal or percent-encoded
-    (up to DECODE_LEVELS deep, any case): `a/b` hides `a/b`, `a%2Fb`, `a%252fb`, `%61/b`."""
+    (up to DECODE_LEVELS deep, any case): `a/b` hides `a/b`, `a%2Fb`, `a%252fb`, `%61/b`. A secret shorter
+    than SHORT_SECRET only where it stands as a word: `u` hides `nats://u@h`, not `consumer`."""
     pattern = _pattern(tuple(sorted({s for s in secrets if s}, key=len, reverse=True)))
     return mask_matches(pattern, text) if pattern else text
 
@@ -272,7 +290,12 @@ def mask_matches(pattern: re.Pattern[str], text: str) -> str:
 def _pattern(secrets: tuple[str, ...]) -> re.Pattern[str] | None:
     if not secrets:
         return None
-    return re.compile("|".join("".join(_char(c, DECODE_LEVELS) for c in s) for s in secrets), re.IGNORECASE)
+    return re.compile("|".join(_secret(s) for s in secrets), re.IGNORECASE)
+
+
+def _secret(secret: str) -> str:
+    pattern = "".join(_char(c, DECODE_LEVELS) for c in secret)
+    return pattern if len(secret) >= SHORT_SECRET else f"{_WORD_START}(?:{pattern}){_WORD_END}"
 
 
 @functools.lru_cache(maxsize=4096)

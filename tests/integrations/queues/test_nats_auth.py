@@ -20,7 +20,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from tests.integrations.queues.support import Server, private_server
 
-from integrations.queues.base import parse_queue_url
+from integrations.queues.base import mask_secret, parse_queue_url
 from integrations.queues.nats import BROKER, connect_options
 from integrations.queues.source import QueueSource
 
@@ -128,6 +128,17 @@ async def test_a_wrong_password_is_still_refused(config, hub, exported, with_use
     assert not await source.poll()
     await source.probe.close()
     assert source.last_error is not None and source.last_error.startswith("auth:")
+
+
+async def test_a_refused_token_leaves_the_server_s_words_whole(config, hub, with_users):
+    """A token `u` masked inside words made the error `nats: 'A***thorization Violation'`."""
+    url = f"nats://u@127.0.0.1:{with_users.port}?{query()}"
+    source = QueueSource(config, hub, url)
+    assert not await source.poll()
+    await source.probe.close()
+    assert source.last_error == "auth: nats: 'Authorization Violation'"
+    assert source.url.masked == f"nats://***@127.0.0.1:{with_users.port}?{query()}"
+    assert mask_secret("cannot connect to nats://u@h as 'u'", source.url) == "cannot connect to nats://***@h as '***'"
 
 
 async def test_a_percent_encoded_token_is_accepted(config, hub, exported, with_token):

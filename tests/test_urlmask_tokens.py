@@ -1,0 +1,78 @@
+"""A NATS user name is a token only when nothing gives it a password, and a short secret is masked where it
+stands as a word, not inside other words.
+
+The outside tester's: `nats://worker@h?...&password_env=X` showed `nats://***@h` (amqp:// and redis://
+show `worker@`); with a token `u`, `mask_url` gave `cons***mer=c` and `/status` read
+`nats: 'A***thorization Violation'`.
+"""
+
+from __future__ import annotations
+
+import re
+
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
+
+from agent.urlmask import SHORT_SECRET, mask_secrets, mask_url, url_passwords
+from integrations.queues.base import mask_secret, parse_queue_url
+from integrations.queues.nats import BROKER
+
+USERS = st.text("abcdefghijklmnopqrstuvwxyz0123456789-._~", min_size=1, max_size=12)
+
+
+@settings(max_examples=200, deadline=None)
+@given(user=USERS, scheme=st.sampled_from(["nats", "amqp", "redis"]))
+@example(user="worker", scheme="nats")
+@example(user="u", scheme="nats")
+def test_a_user_name_whose_password_comes_from_password_env_is_shown_and_no_secret(user: str, scheme: str) -> None:
+    url = f"{scheme}://{user}@127.0.0.1:4222/?stream=S&consumer=c&password_env=X"
+    assert mask_url(url) == url
+    assert url_passwords(url) == []
+
+
+@settings(max_examples=200, deadline=None)
+@given(token=USERS)
+@example(token="u")
+@example(token="worker")
+def test_a_bare_nats_user_name_is_a_token_masked_as_the_user_info(token: str) -> None:
+    url = f"nats://{token}@127.0.0.1:4222?stream=S&consumer=c"
+    shown = mask_url(url)
+    assert shown.startswith("nats://***@") and token in url_passwords(url)
+    # a short one is masked only where it stands as a word: the host's `0` is one, `consumer` is none
+    words = set(re.split(r"\W+", url.lower().partition("@")[2]))
+    if len(token) < SHORT_SECRET and token.lower() not in words:
+        assert shown == "nats://***@127.0.0.1:4222?stream=S&consumer=c"
+
+
+WORDS = st.text("abcuxyzABCU019_", min_size=1, max_size=8)
+SEPARATORS = st.sampled_from([" ", ", ", "'", ": ", "/", "@", "=", "&", "(", ")", "\n", "%3A", "%40"])
+
+
+@settings(max_examples=500, deadline=None)
+@given(secret=st.text("abcuxyzU01", min_size=1, max_size=SHORT_SECRET - 1),
+       words=st.lists(st.tuples(WORDS, SEPARATORS), min_size=1, max_size=10))
+@example(secret="u", words=[("nats", ": "), ("'Authorization", " "), ("Violation'", ", "), ("consumer", "="),
+                            ("c", " "), ("u", "@")])
+def test_a_short_secret_is_masked_as_a_word_and_not_inside_one(secret: str, words: list[tuple[str, str]]) -> None:
+    text = "".join(word + sep for word, sep in words)
+    expected = "".join(("***" if word.lower() == secret.lower() else word) + sep for word, sep in words)
+    assert mask_secrets(text, [secret]) == expected
+
+
+def test_a_short_secret_after_an_escape_is_masked() -> None:
+    """An escape ends in a letter or digit (`%3A`, `\\n`, `\\x0a`, `\\u00e9`): the secret after it is no part
+    of a word."""
+    for before in ("%3A", "%253A", "%25253A", "\\n", "\\x0a", "\\u00e9", "\\U0001f600"):
+        assert mask_secrets(f"{before}ab%40", ["ab"]) == f"{before}***%40", before
+    assert mask_url("amqp://h/?queue=q&management=http%3A%2F%2Fg%3Aab%40h") == (
+        "amqp://h/?queue=q&management=http%3A%2F%2Fg%3A***%40h")
+
+
+def test_a_longer_secret_is_masked_wherever_it_occurs() -> None:
+    assert mask_secrets("coworkers, worker", ["work"]) == "co***ers, ***er"
+
+
+def test_a_password_from_password_env_is_the_secret_not_the_user_name() -> None:
+    url = parse_queue_url("nats://u@h?stream=S&consumer=c&password_env=P", BROKER.params, environ={"P": "pw9"})
+    assert url.secrets == ["pw9"]
+    assert mask_secret("user u refused: 'pw9'", url) == "user u refused: '***'"

@@ -11,6 +11,10 @@ poll may last. Every reply is read within `MAX_REPLY` bytes a line and a body: g
 line, or a body of any announced size, whole, so a peer that sends fast without a line end grew one
 reply until the poll's timeout; past the bound the poll is a `bad_reply` at once.
 
+The probe never creates the tube it reads (`use` and `watch` create a tube): `stats-tube` needs neither, so
+a tube beanstalkd does not know is `not_found`, a gap, not an empty queue. Only `peek-ready` reads the tube
+in use; the probe uses its tube for that one command, once `stats-tube` found it, and then its own again.
+
 `peek-ready` returns the job the next `reserve` would get (highest priority first, then oldest), so with
 mixed priorities its age is that job's age, not necessarily the oldest ready job's. Only its id is
 needed: its body, as large as the server's `-z` allows, is read past, never held.
@@ -42,7 +46,16 @@ _TUBE = re.compile(r"[A-Za-z0-9+/;.$_()][A-Za-z0-9+/;.$_()-]{0,199}")
 
 
 def tube_of(url: QueueURL) -> str:
-    tube = unquote(url.parts.path.strip("/")) or "default"
+    """The tube the path names, read as written: what follows the `/` after the host, percent-decoded; no
+    path (or `/` alone) is `default`. A `/` at the start or end of that name (`/jobs/`, `//jobs`) is refused:
+    stripped, it polled another tube than written (`jobs`, not `jobs/`), and kept, it would be one a
+    trailing `/` out of habit made up. Either is written `%2F`: `/jobs%2F` is the tube `jobs/`."""
+    path = url.parts.path
+    written = path[1:]
+    if written.startswith("/") or written.endswith("/"):
+        raise ValueError(f"the path {path!r} puts a '/' at the start or end of the tube's name: name the tube "
+                         f"without it (/{written.strip('/')}), or write that '/' as %2F when it is part of the name")
+    tube = unquote(written) or "default"
     if not _TUBE.fullmatch(tube):
         raise ValueError(f"tube {tube!r}: a beanstalkd tube name is at most 200 letters, digits and - + / ; . $ _ "
                          "( ), not starting with -")
@@ -59,7 +72,8 @@ def _error(exc: Exception) -> Exception:
     import greenstalk
 
     if isinstance(exc, greenstalk.NotFoundError):
-        return ProbeError("not_found", "tube not found (beanstalkd forgets a tube nobody uses or watches)")
+        return ProbeError("not_found", "tube not found (beanstalkd knows a tube only while it holds a job or a "
+                                       "client uses or watches it: a misspelt name, or no worker and no job)")
     if isinstance(exc, socket.timeout):
         return ProbeError("timeout", str(exc) or "socket timeout")
     if isinstance(exc, (OSError, greenstalk.UnknownResponseError)):
@@ -109,22 +123,18 @@ class BeanstalkdProbe:
         self._lock = threading.Lock()  # a timed-out poll's thread may still hold the client
 
     def _read_sync(self) -> Reading:
-        import greenstalk
-
         if not self._lock.acquire(timeout=self.url.poll_timeout):
             raise ProbeError("timeout", "the last poll's connection is still busy")
         try:
             try:
                 if self._client is None:
                     self._connect()
+                # `stats-tube` names its tube: a tube nobody uses, watches or fills is NOT_FOUND (a gap), where
+                # the probe's own `use` had created it, empty, and a misspelt tube read as a healthy queue
                 stats = self._client.stats_tube(self.tube)
                 age: float | None = 0.0
                 if stats["current-jobs-ready"]:
-                    try:
-                        job = self._next_job()
-                        age = None if job is None else float(self._client.stats_job(job)["age"])
-                    except greenstalk.NotFoundError:  # reserved or deleted between the two commands
-                        age = None
+                    age = self._next_job_age()
                 return reading_of(stats, age)
             except Exception as exc:
                 raise _error(exc) from exc
@@ -138,9 +148,25 @@ class BeanstalkdProbe:
         self._client = greenstalk.Client(self._sock, encoding=None)  # sends nothing yet
         # greenstalk reads every reply from its `_reader` (the socket's file): through the bound from here on
         self._client._reader = self._reader = CappedReader(self._client._reader)
-        self._client.use(self.tube)
+        # its own tube, used and watched, never one it reads: what a connection uses or watches exists
+        self._client.use(PROBE_TUBE)
         self._client.watch(PROBE_TUBE)
         self._client.ignore("default")
+
+    def _next_job_age(self) -> float | None:
+        """The age of the job `peek-ready` shows, None when there is none any more. `peek-ready` reads the
+        tube in use: the probe uses its tube only now that `stats-tube` found it, and leaves it at once, so
+        that beanstalkd still forgets it once nobody else uses it (a failure closes the connection)."""
+        import greenstalk
+
+        self._client.use(self.tube)
+        try:
+            job = self._next_job()
+            age = None if job is None else float(self._client.stats_job(job)["age"])
+        except greenstalk.NotFoundError:  # reserved or deleted between the two commands
+            age = None
+        self._client.use(PROBE_TUBE)
+        return age
 
     def _next_job(self) -> int | None:
         """The id of the job `peek-ready` shows (None when none is ready), its body read past."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from typing import Protocol
 from urllib.parse import SplitResult, quote, unquote, urlencode, urlsplit, urlunsplit
@@ -23,7 +23,14 @@ from agent.urlmask import is_readable, mask_secrets, mask_url, url_passwords
 # past it a float does not hold every whole number (2**53 + 1 would read as 2**53); sums such as the backlog
 # stay far from overflowing
 MAX_COUNT = 2**53
+# A time read from a message (a stream id's ms part, RQ's `enqueued_at`, a RabbitMQ publisher's `timestamp`)
+# is its enqueue time only when it could be one: from 2000 to the reader's clock plus a skew (a producer
+# whose clock is a little ahead). Anything else is a producer's own numbering (`XADD s 1-1 ...`), another
+# unit (milliseconds read as seconds), 0 or a sentinel: no age, never one of 0 or of 56 years.
+PLAUSIBLE_FROM = 946_684_800  # 2000-01-01T00:00:00Z, seconds
+CLOCK_SKEW = 60  # seconds a message time may lie ahead of the reader's clock (then its age is 0)
 COUNTS = ("depth", "in_flight", "delayed", "consumers")  # whole numbers; the age is any number of seconds
+NUMBERS = (*COUNTS, "oldest_age_seconds")  # a Reading's numbers
 
 
 def exact_number(name: str, value: object) -> float:
@@ -44,6 +51,14 @@ def _finite(value: int | float | Decimal) -> bool:
     return isinstance(value, int) or math.isfinite(value)  # an int is finite however large: the range refuses it
 
 
+def age_of(stamp: int | float, now: float) -> float | None:
+    """The age at `now` (the reader's clock, seconds) of a message stamped `stamp` (seconds since the epoch),
+    or None when `stamp` is no plausible enqueue time (NaN too). An int is compared as it is, however large."""
+    if not PLAUSIBLE_FROM <= stamp <= now + CLOCK_SKEW:
+        return None
+    return max(0.0, now - stamp)
+
+
 @dataclass(frozen=True, slots=True)
 class Reading:
     """One poll's numbers. None means the broker does not have that number (never a 0)."""
@@ -53,16 +68,23 @@ class Reading:
     delayed: float | None = None
     consumers: float | None = None
     oldest_age_seconds: float | None = None
+    # what the broker gave for the oldest message's time when it is no plausible time (`age_of`): the age
+    # is then left out, and the source counts and logs it (a publisher's bug, not a failed poll)
+    unreadable_age: str | None = field(default=None, compare=False)
 
     def values(self) -> dict[str, float]:
-        return {f.name: float(v) for f in fields(self) if (v := getattr(self, f.name)) is not None}
+        return {name: float(v) for name in NUMBERS if (v := getattr(self, name)) is not None}
 
     def checked(self) -> Reading:
         """This reading with each number a float that holds it exactly (`exact_number`), or ProbeError("bad_reply")
         naming the first that is not: the poll is then a gap, and nothing derived from it (backlog, trend) is
         wrong. Probes pass numbers on as their client gave them (an int, a Decimal), never rounded first."""
-        return replace(self, **{f.name: exact_number(f.name, v) for f in fields(self)
-                                if (v := getattr(self, f.name)) is not None})
+        def exact(name: str, v: float | None) -> float | None:
+            return None if v is None else exact_number(name, v)
+
+        return replace(self, depth=exact("depth", self.depth), in_flight=exact("in_flight", self.in_flight),
+                       delayed=exact("delayed", self.delayed), consumers=exact("consumers", self.consumers),
+                       oldest_age_seconds=exact("oldest_age_seconds", self.oldest_age_seconds))
 
 
 class Probe(Protocol):

@@ -21,10 +21,8 @@ from typing import Any
 from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 from agent.capped import read_capped
-from agent.logs import RateLimitedLog, shown
 from agent.redact import basic_auth
-from integrations.queues.base import Broker, ProbeError, QueueURL, Reading
-from integrations.queues.redis import age_of  # the rule every broker's message time is read by (no client import)
+from integrations.queues.base import Broker, ProbeError, QueueURL, Reading, age_of
 
 OWN_PARAMS = ("queue", "management")  # the rest (heartbeat, ssl...) are aio-pika's URL options
 # Only the fields we read. (`disable_stats=true` would also drop the totals and
@@ -91,14 +89,17 @@ def head_age(head: object, now: float) -> float | None:
 def reading_of_management(doc: dict[str, Any], now: float) -> Reading:
     ready = doc.get("messages_ready")
     head = doc.get("head_message_timestamp")
+    unreadable = None
     if head is not None:
         age = head_age(head, now)
+        if age is None:  # (a publisher's timestamp in milliseconds?)
+            unreadable = f"head_message_timestamp {str(head)[:40]}"
     elif ready == 0:
         age = 0.0
     else:
         age = None  # messages without a timestamp property
     return Reading(depth=ready, in_flight=doc.get("messages_unacknowledged"), consumers=doc.get("consumers"),
-                   oldest_age_seconds=age)
+                   oldest_age_seconds=age, unreadable_age=unreadable)
 
 
 def _amqp_error(exc: Exception) -> Exception:
@@ -184,7 +185,6 @@ class ManagementProbe:
         self.url = url
         self.endpoint, self.auth = management_endpoint(url)
         self._session: Any = None
-        self._log = RateLimitedLog()
 
     async def read(self) -> Reading:
         import aiohttp
@@ -214,12 +214,7 @@ class ManagementProbe:
         if not isinstance(doc, dict) or doc.get("messages_ready") is None:
             # `[]` or no totals: the broker has no statistics for the queue yet (new, or stats disabled)
             raise ProbeError("bad_reply", "the management API has no statistics for this queue (yet)")
-        reading = reading_of_management(doc, time.time())
-        if reading.oldest_age_seconds is None and doc.get("head_message_timestamp") is not None:
-            self._log.warning("implausible head", "queue %s: head_message_timestamp %s is no time in seconds from "
-                              "2000 to now + 60 s (a publisher's timestamp in milliseconds?): the age is left out",
-                              shown(self.url.params["queue"]), str(doc["head_message_timestamp"])[:40])
-        return reading
+        return reading_of_management(doc, time.time())
 
     async def close(self) -> None:
         session, self._session = self._session, None

@@ -16,7 +16,7 @@ import time
 from datetime import datetime, timezone
 from typing import Any
 
-from integrations.queues.base import Broker, ProbeError, QueueURL, Reading
+from integrations.queues.base import Broker, ProbeError, QueueURL, Reading, age_of
 
 KINDS = ("list", "celery", "rq", "stream")
 # kombu's Redis transport: priority steps 0, 3, 6, 9; level 0 is the bare name
@@ -38,22 +38,6 @@ def kind_of(url: QueueURL) -> tuple[str, str]:
 
 def celery_keys(queue: str) -> list[str]:
     return [queue if p == 0 else f"{queue}{CELERY_SEP}{p}" for p in CELERY_PRIORITY_STEPS]
-
-
-# A time read from a message (a stream id's ms part, RQ's `enqueued_at`, a RabbitMQ publisher's `timestamp`)
-# is its enqueue time only when it could be one: from 2000 to the reader's clock plus a skew (a producer
-# whose clock is a little ahead). Anything else is a producer's own numbering (`XADD s 1-1 ...`), another
-# unit (milliseconds read as seconds), 0 or a sentinel: no age, never one of 0 or of 56 years.
-PLAUSIBLE_FROM = 946_684_800  # 2000-01-01T00:00:00Z, seconds
-CLOCK_SKEW = 60  # seconds
-
-
-def age_of(stamp: int | float, now: float) -> float | None:
-    """The age at `now` (the reader's clock, seconds) of a message stamped `stamp` (seconds since the epoch),
-    or None when `stamp` is no plausible enqueue time (NaN too). An int is compared as it is, however large."""
-    if not PLAUSIBLE_FROM <= stamp <= now + CLOCK_SKEW:
-        return None
-    return max(0.0, now - stamp)
 
 
 def stream_id_ms(entry_id: str) -> int:
@@ -235,12 +219,15 @@ class RedisProbe:
             p.execute_command("EVAL", HEAD_ID, 1, f"rq:queue:{self.key}", MAX_ID, NEVER_DECODE=True)
             depth, started, scheduled, workers, head = await p.execute()
         age = 0.0 if not depth else None
+        unreadable = None
         if head:
             enqueued_at = await r.execute_command("EVAL", ENQUEUED_AT, 1, b"rq:job:" + head, MAX_ENQUEUED_AT,
                                                   NEVER_DECODE=True)
             age = rq_age(enqueued_at, now)
+            if age is None and enqueued_at is not None:
+                unreadable = f"the head job's enqueued_at {enqueued_at!r:.60}"
         return Reading(depth=depth, in_flight=started, delayed=scheduled, consumers=workers,
-                       oldest_age_seconds=age)
+                       oldest_age_seconds=age, unreadable_age=unreadable)
 
     async def _read_stream(self, r: Any) -> Reading:
         if not self.group:
@@ -262,6 +249,7 @@ class RedisProbe:
                 age = stream_age(entry_id, seconds + micros / 1e6)
         elif lag == 0:
             age = 0.0
+        # an id that is no time is a producer's own numbering (`XADD s 1-1`), not a mistake: not counted
         return Reading(depth=lag, in_flight=group["pending"], consumers=group["consumers"],
                        oldest_age_seconds=age)
 

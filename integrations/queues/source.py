@@ -30,7 +30,7 @@ from typing import Any
 from agent.config import Config, ConfigError
 from agent.urlmask import mask_secrets, mask_url, url_passwords
 from agent.hub import Hub
-from agent.logs import RateLimitedLog, log
+from agent.logs import RateLimitedLog, log, shown
 from agent.model import Batch, Kind, Sample
 from agent.scaling.backlog import BacklogTracker
 from integrations.queues import parse, probe_for
@@ -194,6 +194,10 @@ class QueueSource:
             return False
         finally:
             metrics.set("tasklens.queue.poll_duration_seconds", self.clock() - started, queue=self.queue)
+        if reading.unreadable_age is not None:  # the broker's answer was read; one of its numbers was not
+            self.hub.metrics.inc("tasklens.queue.ages_unreadable", queue=self.queue)
+            self._log.warning(f"{self.name}:age", "queue %s: %s is no time from 2000 to now + 60 s (in "
+                              "milliseconds?): the age is left out", self.queue, shown(reading.unreadable_age))
         if self.failures:
             log.info("queue %s: polled again after %d failed polls", self.queue, self.failures)
         self.failures, self.last_error = 0, None

@@ -99,6 +99,8 @@ async def test_a_publishers_implausible_timestamp_leaves_out_only_the_age(config
                 assert values == {"depth": 3.0, "in_flight": 0.0, "consumers": 0.0}, (kind, values)
                 assert f"queue {queues[kind]}: head_message_timestamp {stamps[kind]} is no time" in caplog.text, kind
             assert hub.metrics.total("tasklens.queue.poll_errors") == 0
+            for kind, queue in queues.items():  # counted: a publisher's bug, not a failed poll
+                assert hub.metrics.get("tasklens.queue.ages_unreadable", queue=queue) == (kind in IMPLAUSIBLE), kind
         finally:
             for source in sources.values():
                 await source.probe.close()

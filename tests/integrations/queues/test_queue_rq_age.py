@@ -134,6 +134,7 @@ async def test_an_unreadable_head_time_keeps_depth_in_flight_consumers_and_backl
         assert await source.poll(), source.last_error
         assert 600 <= exported.queue(unique)["oldest_age_seconds"] < 610
         assert hub.metrics.total("tasklens.queue.poll_errors") == 0
+        assert hub.metrics.get("tasklens.queue.ages_unreadable", queue=unique) == 4  # one a poll of each bad time
     finally:
         await source.probe.close()
         await r.delete(f"rq:queue:{unique}", f"rq:job:{head}")

@@ -51,7 +51,12 @@ ABANDONED = ("gone", "stalled")
 # HTTP connections open at once, at most (ConnectionLimit): far more than scrapers and health checks
 # use, and fewer under a low limit on open files, where SPARE_FILES stay for the rest of the sidecar
 # (its pollers, sinks, StatsD sockets and files)
-CONNECTIONS_MAX = 4096
+# A connection that has not sent its whole request yet holds what it sent: up to HEADERS_MAX header
+# lines of 8190 bytes (aiohttp's bound on one line) and the request line, about 0.5 MiB of memory with
+# the parser's copies. CONNECTIONS_MAX of them bound that memory (64 MiB: tests/test_http_memory.py); a
+# scraper, a health check and a browser need a few connections each.
+CONNECTIONS_MAX = 128
+HEADERS_MAX = 32  # aiohttp's default is 128; a browser sends about 15, Prometheus 6
 SPARE_FILES = 128
 
 

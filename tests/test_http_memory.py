@@ -1,0 +1,63 @@
+"""The memory HTTP peers can make the sidecar hold: requests that never end their headers.
+
+A peer that sends large headers and never the blank line after them had the sidecar hold about 1.5 MiB
+a connection, for up to 4096 connections (1,000 took it to 1.49 GiB). Now a request has at most
+HEADERS_MAX header lines, and at most CONNECTIONS_MAX connections are open (over it the oldest one
+without a request under way is closed): the memory they can hold is bounded whatever the peers do.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+
+from agent.http import CONNECTIONS_MAX, HEADERS_MAX
+from tests.support import http_get
+
+FIELD = 8000  # under aiohttp's 8190 bytes a line
+
+
+def rss_mib(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:")) / 1024
+
+
+def half_request(port: int, headers: int) -> socket.socket:
+    sock = socket.create_connection(("127.0.0.1", port))
+    sock.setblocking(False)
+    head = b"GET /health HTTP/1.1\r\nHost: x\r\n" + b"".join(
+        b"X-Pad-%d: %s\r\n" % (i, b"a" * FIELD) for i in range(headers - 1))
+    try:
+        sock.sendall(head)  # never the blank line that ends the headers
+    except BlockingIOError:
+        pass  # the rest stays in our buffer: the sidecar holds less
+    return sock
+
+
+def test_peers_that_never_end_their_headers_hold_bounded_memory(sidecar_factory) -> None:
+    sidecar = sidecar_factory(TASKLENS_STATSD_ADDR="off")
+    sidecar.wait_ready()
+    before = rss_mib(sidecar.proc.pid)
+    held = []
+    try:
+        for _ in range(3 * CONNECTIONS_MAX):
+            held.append(half_request(sidecar.http_port, HEADERS_MAX))
+        time.sleep(1.0)  # the sidecar reads what was sent (within the 5 s request deadline)
+        grown = rss_mib(sidecar.proc.pid) - before
+        status, body = http_get(sidecar.url + "/metrics", timeout=10)
+        assert status == 200
+        over = next(float(line.split()[-1]) for line in body.splitlines()
+                    if line.startswith("tasklens_http_connections_over_limit_total"))
+        # 384 peers of 248 KB each: 95 MB sent; what the sidecar holds is bounded by CONNECTIONS_MAX of them
+        assert grown < 96, f"RSS grew {grown:.0f} MiB"
+        assert over >= 2 * CONNECTIONS_MAX - 1
+    finally:
+        for sock in held:
+            sock.close()
+    # one header line more than HEADERS_MAX is refused
+    sock = socket.create_connection(("127.0.0.1", sidecar.http_port), timeout=5)
+    sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n" + b"X-A: b\r\n" * HEADERS_MAX + b"\r\n")
+    assert sock.recv(100).split(b"\r\n")[0].endswith(b" 400 Bad Request")
+    sock.close()
+    assert http_get(sidecar.url + "/health")[0] == 200
+    assert sidecar.stop() == 0

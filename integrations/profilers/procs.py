@@ -3,7 +3,8 @@
 With `pidMode: task` the sidecar sees every process of the task. It profiles the Python processes
 that are not itself (nor its parents, nor the py-spy it runs), or, with `TASKLENS_PROFILE_MATCH`,
 those whose command line matches the pattern. A process is known by (pid, start time), so a reused pid is a new
-process.
+process; what it runs is known by its executable and command line, which an `exec` changes (a shell or a
+pyenv shim that execs Python keeps its pid and start time): a new `Target.key`, examined and labelled again.
 """
 
 from __future__ import annotations
@@ -40,10 +41,19 @@ class Target:
     process: str  # label: what it runs (`worker.py`, `app.main`, `celery`)
     command: str  # for logs and /status
     cgroup: str  # names its container once the task metadata is known (`container_name`)
+    exe: str
+    cmdline: tuple[str, ...]
 
     @property
-    def key(self) -> tuple[int, float]:
+    def lifetime(self) -> tuple[int, float]:
+        """The process from its start to its exit, whatever it execs: one py-spy at a time on it."""
         return self.pid, self.started
+
+    @property
+    def key(self) -> tuple[int, float, str, tuple[str, ...]]:
+        """The process and what it runs now: after an exec it is a new target (a shell that was not
+        Python may now be; a label taken from the shim is wrong). The scan reads both anyway."""
+        return self.pid, self.started, self.exe, self.cmdline
 
 
 def lineage(procs: Iterable[ProcessInfo], pid: int) -> set[int]:
@@ -83,7 +93,8 @@ def select(procs: Iterable[ProcessInfo], exclude: set[int], match: re.Pattern[st
         command = " ".join(p.cmdline)
         wanted = match.search(command) if match else is_python(p.exe or p.cmdline[0])
         if wanted:
-            out.append(Target(p.pid, p.started, process_name(p.cmdline), command[:_CMDLINE_SHOWN], p.cgroup))
+            out.append(Target(p.pid, p.started, process_name(p.cmdline), command[:_CMDLINE_SHOWN], p.cgroup, p.exe,
+                              p.cmdline))
     return out
 
 

@@ -4,8 +4,9 @@ Needs a shared PID namespace (`pidMode: task`) and `SYS_PTRACE` on the sidecar; 
 unchanged. Every `TASKLENS_PROFILE_WINDOW` seconds each process gets one
 `py-spy record --nonblocking --format raw` run (at most `MAX_SPIES` at once), whose folded stacks go
 to `POST <TASKLENS_PYROSCOPE_URL>/ingest` as `<service>.cpu{task tags, container_name, process}`.
-Processes that start later are picked up at the next scan; one that exits is dropped quietly. A
-profile that cannot be pushed is dropped (counted and logged): profiles are samples, not records.
+Processes that start later are picked up at the next scan, and so is one that execs another program
+(examined again, labelled with what it runs now); one that exits is dropped quietly. A profile that
+cannot be pushed is dropped (counted and logged): profiles are samples, not records.
 """
 
 from __future__ import annotations
@@ -127,9 +128,11 @@ class PySpyProfiler:
         hub.metrics.declare("tasklens.profiler.record_errors",
                             ("pyspy_missing", "ptrace_denied", "not_python", "pyspy_failed", "internal"))
         hub.metrics.declare("tasklens.profiler.push_errors", ("redirect", "timeout", "connection", "error"))
+        # by `Target.lifetime`: one worker, one py-spy at a time, per process whatever it execs
         self._states: dict[tuple[int, float], _State] = {}
         self._workers: dict[tuple[int, float], asyncio.Task[None]] = {}
-        self._skip: set[tuple[int, float]] = set()  # not Python, or profiling itself (bootstrap mode)
+        # by `Target.key`: not Python, or profiling itself (bootstrap mode), as long as it runs the same program
+        self._skip: set[tuple[int, float, str, tuple[str, ...]]] = set()
         self._pushes: set[asyncio.Task[None]] = set()
         self._spies: set[int] = set()  # pids of our py-spy runs: never targets
         self._empty_scans = 0
@@ -178,16 +181,19 @@ class PySpyProfiler:
         spy = os.path.realpath(self.py_spy or "")
         exclude = procs.lineage(found, os.getpid()) | self._spies | {p.pid for p in found if p.exe == spy}
         targets = procs.select(found, exclude, self._match)
-        live = {t.key for t in targets}
-        self._skip &= live  # forget processes that are gone
+        self._skip &= {t.key for t in targets}  # forget processes that are gone, or now run another program
         for target in targets:
-            if target.key in self._workers or target.key in self._skip:
+            if target.lifetime in self._workers:
+                self._follow(self._states[target.lifetime], target)
+                continue
+            if target.key in self._skip:
                 continue
             container = self.container_of(target)
             log.info("profiler: profiling pid %d (%s%s)", target.pid, shown(target.process),
                      f" in container {shown(container)}" if container else "")
-            self._states[target.key] = _State(target)
-            self._workers[target.key] = asyncio.create_task(self._profile(target, stop))
+            self._states[target.lifetime] = _State(target)
+            self._workers[target.lifetime] = asyncio.create_task(self._profile(target, stop))
+        live = {t.lifetime for t in targets}
         for key in list(self._states):
             if key not in live and key not in self._workers:
                 del self._states[key]
@@ -197,24 +203,49 @@ class PySpyProfiler:
             log.warning("profiler: no Python process to profile besides the sidecar; if the worker runs in "
                         "another container, %s, or set TASKLENS_PROFILE_MATCH", PTRACE_FIX)
 
+    def _follow(self, state: _State, target: procs.Target) -> None:
+        """A process being profiled that exec'd another program (a pyenv shim execs Python) or retitled
+        itself: its next windows are labelled with what it runs now."""
+        if state.target == target:
+            return
+        if state.target.process != target.process:
+            log.info("profiler: pid %d now runs %s (was %s)", target.pid, shown(target.process),
+                     shown(state.target.process))
+        state.target = target
+
+    async def _left_alone(self, state: _State) -> bool:
+        """Whether the process loaded pyroscope-io (bootstrap mode): it profiles itself, and is skipped."""
+        # /proc/<pid>/maps of a large worker is long, and reading it takes the process's mmap lock: read once a window
+        if not await asyncio.to_thread(procs.profiles_itself, state.target.pid):
+            return False
+        log.info("profiler: pid %d (%s) profiles itself (pyroscope-io bootstrap): not sampling it",
+                 state.target.pid, shown(state.target.process))
+        self._skip.add(state.target.key)
+        return True
+
     async def _profile(self, target: procs.Target, stop: asyncio.Event) -> None:
         """Window after window until the process exits or the sidecar stops."""
-        state = self._states[target.key]
+        state = self._states[target.lifetime]
+        looked = False  # for pyroscope-io, since the last window
         try:
             while not stop.is_set():
-                # /proc/<pid>/maps of a large worker is long, and reading it takes the process's mmap lock
-                if await asyncio.to_thread(procs.profiles_itself, target.pid):
-                    log.info("profiler: pid %d (%s) profiles itself (pyroscope-io bootstrap): not sampling it",
-                             target.pid, shown(target.process))
-                    self._skip.add(target.key)
+                if not looked and await self._left_alone(state):
                     return
+                looked = False
                 async with self._slots:
                     if stop.is_set():
                         return
-                    start = time.time()
+                    start, examined = time.time(), state.target  # what it ran when py-spy started
                     returncode, stderr, text = await self._record(target.pid, stop)
                     end = time.time()
                 if returncode == 0:
+                    # The bootstrap loads pyroscope-io in a thread after start-up, so a new process may have
+                    # started profiling itself during this window: then part of its CPU is in its own
+                    # profiles, and pushed here too it would count twice, under two applications. Before it
+                    # is loaded, pyroscope-io samples nothing: a window that ends before is no one else's.
+                    if await self._left_alone(state):
+                        return
+                    looked = True
                     if state.note != "profiling":
                         state.note = "profiling"
                         self._count_processes()
@@ -234,23 +265,24 @@ class PySpyProfiler:
                 self._count_processes()
                 if reason == "ptrace_denied":
                     self._report("profiler: py-spy may not read pid %d (%s): %s; %s",
-                                 target.pid, shown(target.process), shown(last), PTRACE_FIX)
+                                 target.pid, shown(state.target.process), shown(last), PTRACE_FIX)
                     await _wait(stop, DENIED_RETRY)
                 elif reason == "not_python":
                     log.info("profiler: pid %d (%s) is not a Python process py-spy can read: skipped",
-                             target.pid, shown(target.command))
-                    self._skip.add(target.key)
+                             target.pid, shown(examined.command))
+                    # until it runs another program: not what a scan saw since (it may have exec'd Python)
+                    self._skip.add(examined.key)
                     return
                 else:
                     self._log.warning(f"profiler:{reason}", "profiler: py-spy failed on pid %d (%s): %s",
-                                      target.pid, shown(target.process), shown(last))
+                                      target.pid, shown(state.target.process), shown(last))
                     await _wait(stop, self._duration)
         except Exception as exc:  # a bug here must not end profiling: the next scan starts it again
             self.hub.metrics.inc("tasklens.profiler.record_errors", reason="internal")
-            self._log.error("profiler:internal", "profiler: pid %d (%s): %r", target.pid, shown(target.process),
+            self._log.error("profiler:internal", "profiler: pid %d (%s): %r", target.pid, shown(state.target.process),
                             exc)
         finally:
-            self._workers.pop(target.key, None)
+            self._workers.pop(target.lifetime, None)
             self._count_processes()
 
     async def _record(self, pid: int, stop: asyncio.Event) -> tuple[int, str, str]:
@@ -272,10 +304,10 @@ class PySpyProfiler:
             stopped.cancel()
             overran = not done.done() and not stop.is_set()
             if not done.done():
-                proc.send_signal(signal.SIGINT)  # py-spy then writes the samples it has
+                _signal(proc, signal.SIGINT)  # py-spy then writes the samples it has
                 await asyncio.wait({done}, timeout=INTERRUPT_GRACE)
                 if not done.done():
-                    proc.kill()
+                    _signal(proc, signal.SIGKILL)
             try:
                 out, err = await done
             except _TooLarge as exc:  # py-spy was killed: whatever it wrote is dropped
@@ -284,7 +316,7 @@ class PySpyProfiler:
                 err += f"\npy-spy did not end within its {self._duration} s window: interrupted".encode()
         finally:
             if proc.returncode is None:
-                proc.kill()
+                _signal(proc, signal.SIGKILL)
             done.cancel()
             self._spies.discard(proc.pid)
         return proc.returncode or 0, err.decode("utf-8", "replace"), out.decode("utf-8", "replace")
@@ -415,8 +447,7 @@ async def _outputs(proc: asyncio.subprocess.Process, output: BinaryIO) -> tuple[
     try:
         out, err = await asyncio.gather(*reads)
     except _TooLarge:
-        with contextlib.suppress(ProcessLookupError):
-            proc.kill()
+        _signal(proc, signal.SIGKILL)
         raise
     finally:
         for read in reads:
@@ -434,6 +465,14 @@ async def _read_pipe(pipe: BinaryIO) -> bytes:
         return await read_all_capped(reader.read, MAX_OUTPUT, lambda: _TooLarge("output", MAX_OUTPUT))
     finally:
         transport.close()
+
+
+def _signal(proc: asyncio.subprocess.Process, signum: int) -> None:
+    """Every signal to a py-spy run goes through here. It may have exited already while its output is
+    still being read (or its pipe is held open): asyncio then raises ProcessLookupError, which must not
+    lose the window it wrote."""
+    with contextlib.suppress(ProcessLookupError):
+        proc.send_signal(signum)
 
 
 def _message(stderr: str) -> str:

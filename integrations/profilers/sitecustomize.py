@@ -15,13 +15,13 @@ shared directory must not shadow the worker's packages). The sidecar imports the
 so both modes label profiles the same way.
 """
 
-from __future__ import annotations
-
 import os
 import sys
 
 # Start-up cost matters in every worker, profiled or not: at import this module needs only `os` and
-# `sys` (already loaded by `site`); the rest is imported when profiling is configured.
+# `sys` (already loaded by `site`); the rest is imported when profiling is configured. Not even
+# `__future__` (`from __future__ import annotations` imports it): annotations that Python 3.7 cannot
+# evaluate are strings. A test holds this to what docs/profiling.md promises.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     import logging
@@ -62,7 +62,7 @@ MAX_VALUE_LENGTH = 128
 MAX_LABELS_INGEST, MAX_LABELS_PUSH = 26, 24
 
 
-def _only(text: str, allowed: frozenset[str]) -> str:
+def _only(text: str, allowed: "frozenset[str]") -> str:
     return "".join(c if c in allowed else "_" for c in text)
 
 
@@ -87,8 +87,8 @@ def app_name(service: str) -> str:
     return _only(service.strip(), _APP_CHARS) or "unknown"
 
 
-def labels(tags: Iterable[tuple[str, str]], own: Iterable[tuple[str, str]] = (),
-           most: int = MAX_LABELS_INGEST) -> dict[str, str]:
+def labels(tags: "Iterable[tuple[str, str]]", own: "Iterable[tuple[str, str]]" = (),
+           most: int = MAX_LABELS_INGEST) -> "dict[str, str]":
     """(key, value) pairs -> a dict of valid labels; the first of two keys that collide wins.
 
     `own` are the process's own labels (`container_name`, `process`): they win over task tags of the
@@ -117,7 +117,7 @@ def is_python(exe: str) -> bool:
     return all(c in _DIGITS or c == "." for c in version)
 
 
-def process_name(cmdline: Sequence[str]) -> str:
+def process_name(cmdline: "Sequence[str]") -> str:
     """A short, stable name for what a process runs: `-m` module, script, or executable.
 
     `python -u /app/worker.py` -> `worker.py`; `python -m app.main` -> `app.main`;
@@ -149,7 +149,7 @@ def process_name(cmdline: Sequence[str]) -> str:
     return exe
 
 
-def split_credentials(url: str) -> tuple[str, str, str]:
+def split_credentials(url: str) -> "tuple[str, str, str]":
     """`https://user:pw@host/p` -> (`https://host/p`, user, pw); a URL without them is unchanged."""
     from urllib.parse import unquote, urlsplit, urlunsplit
 
@@ -179,7 +179,7 @@ def prometheus_label(key: str) -> str:
     return out
 
 
-def parse_tags(text: str) -> list[tuple[str, str]]:
+def parse_tags(text: str) -> "list[tuple[str, str]]":
     """`TASKLENS_TAGS` as both modes read it: agent/config.py's `parse_tags` is this function (the
     bootstrap cannot import `agent`), so that the worker takes exactly the tags the sidecar takes, and
     refuses what it refuses. ValueError with the expected form."""
@@ -212,7 +212,7 @@ def parse_tags(text: str) -> list[tuple[str, str]]:
     return list(tags.items())
 
 
-def _extra_tags(environ: Mapping[str, str]) -> list[tuple[str, str]]:
+def _extra_tags(environ: "Mapping[str, str]") -> "list[tuple[str, str]]":
     """`TASKLENS_TAGS`; a value the sidecar would refuse is ignored with a warning, as a bad name is
     (`_name`): the sidecar does not start with it, the worker must."""
     variable = ENV_PREFIX + "TAGS"
@@ -223,7 +223,7 @@ def _extra_tags(environ: Mapping[str, str]) -> list[tuple[str, str]]:
         return []
 
 
-def _cluster(task: Mapping[str, Any], arn: str) -> str:
+def _cluster(task: "Mapping[str, Any]", arn: str) -> str:
     """`Cluster` (a name or an ARN), else the cluster in a new-style task ARN `task/<cluster>/<id>`."""
     cluster = str(task.get("Cluster") or "")
     if cluster:
@@ -239,7 +239,7 @@ def is_name(text: str) -> bool:
         c < " " or "\x7f" <= c <= "\x9f" or "\ud800" <= c <= "\udfff" for c in text)
 
 
-def _name(environ: Mapping[str, str], variable: str) -> str:
+def _name(environ: "Mapping[str, str]", variable: str) -> str:
     """A service, env or version variable, trimmed; a value that is not a name is ignored with a warning,
     as the sidecar ignores such a `DD_*` (it refuses such a `TASKLENS_*` at start; the worker cannot)."""
     value = environ.get(variable, "").strip()
@@ -250,7 +250,7 @@ def _name(environ: Mapping[str, str], variable: str) -> str:
     return ""
 
 
-def identity(environ: Mapping[str, str], task: Any = None) -> tuple[str, list[tuple[str, str]]]:
+def identity(environ: "Mapping[str, str]", task: "Any" = None) -> "tuple[str, list[tuple[str, str]]]":
     """(service, tags without `service`) from the variables and, if given, the ECS `/task` document."""
     service, env, version = (_name(environ, ENV_PREFIX + name) or _name(environ, "DD_" + name)
                              for name in ("SERVICE", "ENV", "VERSION"))
@@ -288,7 +288,7 @@ def identity(environ: Mapping[str, str], task: Any = None) -> tuple[str, list[tu
 # --- the bootstrap ---------------------------------------------------------------------------------
 
 
-def settings(environ: Mapping[str, str]) -> dict[str, Any] | None:
+def settings(environ: "Mapping[str, str]") -> "dict[str, Any] | None":
     """What to configure pyroscope-io with, or None when profiling is not configured here."""
     url = environ.get(ENV_PREFIX + "PYROSCOPE_URL", "").strip()
     if not url or environ.get(ENV_PREFIX + "PROFILE_MODE", "").strip().lower() == "off":
@@ -320,7 +320,7 @@ def settings(environ: Mapping[str, str]) -> dict[str, Any] | None:
     }
 
 
-def _fetch_json(url: str, timeout: float) -> Any:
+def _fetch_json(url: str, timeout: float) -> "Any":
     import json
     import urllib.request
 
@@ -329,7 +329,7 @@ def _fetch_json(url: str, timeout: float) -> Any:
         return json.loads(response.read().decode("utf-8"))
 
 
-def _own_cmdline() -> list[str]:
+def _own_cmdline() -> "list[str]":
     try:
         with open("/proc/self/cmdline", "rb") as fh:
             return [a.decode("utf-8", "replace") for a in fh.read().split(b"\0") if a]
@@ -337,7 +337,7 @@ def _own_cmdline() -> list[str]:
         return list(getattr(sys, "orig_argv", None) or [sys.executable] + sys.argv)
 
 
-def resolve_labels(environ: Mapping[str, str]) -> tuple[str, dict[str, str]]:
+def resolve_labels(environ: "Mapping[str, str]") -> "tuple[str, dict[str, str]]":
     """(application name, labels): identity from ECS metadata when reachable, else the variables."""
     task = container = None
     base = environ.get("ECS_CONTAINER_METADATA_URI_V4", "").rstrip("/")
@@ -354,13 +354,13 @@ def resolve_labels(environ: Mapping[str, str]) -> tuple[str, dict[str, str]]:
     return app_name(service), labels(tags, own, MAX_LABELS_PUSH)
 
 
-def _log() -> logging.Logger:
+def _log() -> "logging.Logger":
     import logging
 
     return logging.getLogger(LOGGER_NAME)
 
 
-def _start(config: dict[str, Any], environ: Mapping[str, str]) -> None:
+def _start(config: "dict[str, Any]", environ: "Mapping[str, str]") -> None:
     try:
         import pyroscope
     except Exception as exc:  # another Python version, musl, a missing directory: step aside
@@ -378,7 +378,7 @@ def _start(config: dict[str, Any], environ: Mapping[str, str]) -> None:
         _log().warning("tasklens profiling disabled: pyroscope-io did not start (%s: %s)", type(exc).__name__, exc)
 
 
-def _supported(function: Any, options: dict[str, Any]) -> dict[str, Any]:
+def _supported(function: "Any", options: "dict[str, Any]") -> "dict[str, Any]":
     """The options `function` takes: an older pyroscope-io lacks some (memory profiling, the interval)."""
     import inspect
 
@@ -388,7 +388,7 @@ def _supported(function: Any, options: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in options.items() if k in parameters}
 
 
-def _stop_at_exit(pyroscope: Any) -> None:
+def _stop_at_exit(pyroscope: "Any") -> None:
     """Send the last profile at exit, but never hold the worker for long.
 
     Left alone, pyroscope-io's own exit hook waits for pending uploads as long as its HTTP timeout
@@ -404,14 +404,19 @@ def _stop_at_exit(pyroscope: Any) -> None:
 
 def _chain(own_file: str) -> None:
     """Run the next `sitecustomize` on sys.path (the worker's own), which this file shadows."""
-    import importlib.machinery  # loaded by Python's start-up already
-
     own_dir = os.path.dirname(own_file)
     rest = [p for p in sys.path if os.path.realpath(p or ".") != own_dir]
-    spec = importlib.machinery.PathFinder.find_spec("sitecustomize", rest)
+    # the path finder Python imports with: on sys.meta_path already, where `importlib.machinery` is a module
+    # to import (`importlib` is not loaded at start-up in every interpreter)
+    finder = next((f for f in sys.meta_path if getattr(f, "__name__", "") == "PathFinder"), None)
+    if finder is None:
+        import importlib.machinery
+
+        finder = importlib.machinery.PathFinder
+    spec = finder.find_spec("sitecustomize", rest)
     if spec is None or spec.loader is None or os.path.realpath(spec.origin or "") == own_file:
         return
-    import importlib.util
+    import importlib.util  # only when the worker has a sitecustomize of its own
 
     module = importlib.util.module_from_spec(spec)
     sys.modules["sitecustomize"] = module

@@ -33,24 +33,35 @@ async def pyroscope() -> AsyncIterator[FakePyroscope]:
 
 
 @pytest.fixture
-def start_worker() -> Iterator[Callable[..., Worker]]:
+def spawn() -> Iterator[Callable[..., Worker]]:
+    """Start a command as a worker (the stand-in worker, or a wrapper that execs it), not waiting for it:
+    `wait_ready()` once it should be running the stand-in. Killed at the end of the test."""
     started: list[Worker] = []
 
-    def start(seconds: float = 3600.0, env: dict[str, str] | None = None, cwd: str | None = None,
-              marker: str = "") -> Worker:
-        marker = marker or f"tasklens-test-{uuid.uuid4().hex[:12]}"
-        proc = subprocess.Popen([WORKER_PYTHON, HOT_WORKER, marker, str(seconds)], env=env or clean_env(),
-                                cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    def run(argv: list[str], marker: str, env: dict[str, str] | None = None, cwd: str | None = None) -> Worker:
+        proc = subprocess.Popen(argv, env=env or clean_env(), cwd=cwd, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
         worker = Worker(proc, marker)
         started.append(worker)
-        worker.wait_ready()
         return worker
 
-    yield start
+    yield run
     for w in started:
         if w.proc.poll() is None:
             w.proc.kill()
         w.proc.communicate()
+
+
+@pytest.fixture
+def start_worker(spawn: Callable[..., Worker]) -> Callable[..., Worker]:
+    def start(seconds: float = 3600.0, env: dict[str, str] | None = None, cwd: str | None = None,
+              marker: str = "") -> Worker:
+        marker = marker or f"tasklens-test-{uuid.uuid4().hex[:12]}"
+        worker = spawn([WORKER_PYTHON, HOT_WORKER, marker, str(seconds)], marker, env, cwd)
+        worker.wait_ready()
+        return worker
+
+    return start
 
 
 @pytest.fixture(scope="session")

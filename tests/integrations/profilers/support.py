@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
 
+from agent.config import Config
+from agent.hub import Hub
+from agent.identity import Identity
+from integrations.profilers.pyspy import PySpyProfiler
 from tests.support import FIXTURES
 from tests.support import until  # noqa: F401 (the profiler tests import it from here)
 
@@ -40,3 +46,21 @@ class Worker:
     def finish(self, timeout: float = 30.0) -> tuple[int, str, str]:
         out, err = self.proc.communicate(timeout=timeout)
         return self.proc.returncode, out, err
+
+
+def profiler_for(url: str, marker: str, identity: Identity, window: float = 2.0, **settings: object
+                 ) -> PySpyProfiler:
+    """A sidecar-mode profiler of the processes whose command line holds `marker` (a test's own)."""
+    config = Config(pyroscope_url=url, profile_window=window, profile_match=re.escape(marker), **settings)
+    return PySpyProfiler(config, Hub(identity))
+
+
+async def scans(profiler: PySpyProfiler, more: int) -> None:
+    """Wait until the profiler has listed the processes `more` more times."""
+    target = profiler.hub.metrics.get("tasklens.profiler.scans") + more
+    await until(lambda: profiler.hub.metrics.get("tasklens.profiler.scans") >= target, 30, f"{more} more scans")
+
+
+async def stopped(profiler: PySpyProfiler, stop: asyncio.Event, task: asyncio.Task[None]) -> None:
+    stop.set()
+    await asyncio.wait_for(task, 20)

@@ -142,6 +142,44 @@ def test_unconfigured_the_worker_runs_as_before(start_worker, bootstrap_dir, set
     assert "pyroscope loaded: False" in out
 
 
+def imported_by(name: str, importtime: str) -> list[str]:
+    """The modules `name`'s import imported, from `python -X importtime`'s report (each import is listed
+    after those it made, indented deeper)."""
+    rows = [line.split("|")[-1] for line in importtime.splitlines() if line.startswith("import time:")]
+    depth = lambda row: len(row) - len(row.lstrip())  # noqa: E731
+    [at] = [i for i, row in enumerate(rows) if row.strip() == name]
+    nested = []
+    for row in reversed(rows[:at]):
+        if depth(row) <= depth(rows[at]):
+            break
+        nested.append(row.strip())
+    return nested
+
+
+def loaded_at_start(env: dict[str, str]) -> set[str]:
+    """The modules the worker's interpreter has loaded when its code starts."""
+    done = subprocess.run([WORKER_PYTHON, "-c", "import sys; print('\\n'.join(sys.modules))"], capture_output=True,
+                          text=True, timeout=30, env=env)
+    assert done.returncode == 0, done.stderr
+    return set(done.stdout.split())
+
+
+@pytest.mark.parametrize("settings", [{}, {"TASKLENS_PYROSCOPE_URL": "http://127.0.0.1:9", "TASKLENS_PROFILE_MODE": "off"}],
+                         ids=["unconfigured", "mode-off"])
+def test_unconfigured_the_bootstrap_imports_nothing(bootstrap_dir, settings):
+    """docs/profiling.md: "no import beyond `os` and `sys`, which Python has loaded already" (not even
+    `__future__`), seen with the command it names."""
+    env = clean_env(PYTHONPATH=str(bootstrap_dir), **settings)
+    done = subprocess.run([WORKER_PYTHON, "-X", "importtime", "-c", "pass"], capture_output=True, text=True,
+                          timeout=30, env=env)
+    assert done.returncode == 0, done.stderr
+    assert imported_by("sitecustomize", done.stderr) == []
+    plain = loaded_at_start(clean_env(**settings))
+    if "sitecustomize" in plain:
+        pytest.skip("this interpreter has a sitecustomize of its own, which the bootstrap runs")
+    assert loaded_at_start(env) - plain == {"sitecustomize"}
+
+
 @pytest.mark.parametrize("breakage", ["garbage-native-module", "no-pyroscope-io"])
 def test_a_broken_bootstrap_is_one_line_then_the_worker_runs(start_worker, bootstrap_dir, tmp_path, breakage):
     broken = tmp_path / "broken"

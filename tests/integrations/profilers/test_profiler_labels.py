@@ -281,7 +281,8 @@ def test_sidecar_mode_labels_each_process_whatever_the_task_tags_say():
     identity = task_identity(load(OWN_TAGS), task_json(), {})
     docker_id, tags = next(iter(identity.containers.items()))
     profiler = PySpyProfiler(Config(pyroscope_url="http://127.0.0.1:9"), Hub(identity), py_spy="")
-    got = [profiler.labels_for(Target(pid, 1.0, name, f"python {name}", f"0::/ecs/task/{docker_id}"))
+    got = [profiler.labels_for(Target(pid, 1.0, name, f"python {name}", f"0::/ecs/task/{docker_id}",
+                                      "/usr/bin/python3", ("python", name)))
            for pid, name in ((10, "worker.py"), (11, "beat.py"))]
     assert [(g["process"], g["container_name"], g["team"]) for g in got] == [
         ("worker.py", dict(tags)["container_name"], "pay"), ("beat.py", dict(tags)["container_name"], "pay")]

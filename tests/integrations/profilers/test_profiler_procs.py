@@ -42,7 +42,19 @@ def test_select_picks_the_python_processes_that_are_not_the_sidecar():
     assert [(t.pid, t.started, t.process, container_name(t.cgroup, CONTAINERS)) for t in targets] == [
         (41, 3.1, "app.main", "worker"), (42, 3.2, "app.main", "worker"),
     ]
-    assert targets[0].key == (41, 3.1) and targets[0].command == "python -m app.main"
+    assert targets[0].lifetime == (41, 3.1) and targets[0].command == "python -m app.main"
+
+
+def test_what_a_process_runs_is_part_of_its_key():
+    """exec keeps the pid and the start time: a shell or a pyenv shim that execs Python is a new target."""
+    shim = ProcessInfo(60, 1, 5.0, "/usr/bin/bash", ("bash", "/root/.pyenv/shims/python", "worker.py"))
+    python = ProcessInfo(60, 1, 5.0, "/usr/local/bin/python3.12", ("python3.12", "worker.py"))
+    retitled = ProcessInfo(60, 1, 5.0, "/usr/local/bin/python3.12", ("worker: busy",))
+    [before], [after], [renamed] = (select([p], set(), re.compile("worker")) for p in (shim, python, retitled))
+    assert before.lifetime == after.lifetime == renamed.lifetime == (60, 5.0)
+    assert len({before.key, after.key, renamed.key}) == 3
+    assert (before.process, after.process, renamed.process) == ("bash", "worker.py", "worker")
+    assert after.key == (60, 5.0, "/usr/local/bin/python3.12", ("python3.12", "worker.py"))
 
 
 def test_select_with_a_pattern_takes_what_it_matches_python_or_not():

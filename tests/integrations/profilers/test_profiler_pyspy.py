@@ -20,10 +20,11 @@ import pytest
 
 from agent.config import Config
 from agent.hub import Hub
-from agent.identity import Identity
 from integrations.profilers.pyspy import PySpyProfiler, shown_location
 from tests.support import clean_env, free_port
-from tests.integrations.profilers.support import HOT_FUNCTION, HOT_WORKER, WORKER_PYTHON, Worker, until
+from tests.integrations.profilers.support import (
+    HOT_FUNCTION, HOT_WORKER, WORKER_PYTHON, Worker, profiler_for, scans, stopped, until,
+)
 
 EXPECTED_LABELS = {  # fargate-2023.task.json, as agent.identity derives it, minus the service
     "ecs_cluster": "akira-fargate-check-cluster",
@@ -35,23 +36,6 @@ EXPECTED_LABELS = {  # fargate-2023.task.json, as agent.identity derives it, min
     "launch_type": "FARGATE",
     "process": "hot_worker.py",
 }
-
-
-def profiler_for(url: str, marker: str, identity: Identity, window: float = 2.0, **settings: object
-                 ) -> PySpyProfiler:
-    config = Config(pyroscope_url=url, profile_window=window, profile_match=re.escape(marker), **settings)
-    return PySpyProfiler(config, Hub(identity))
-
-
-async def scans(profiler: PySpyProfiler, more: int) -> None:
-    """Wait until the profiler has listed the processes `more` more times."""
-    target = profiler.hub.metrics.get("tasklens.profiler.scans") + more
-    await until(lambda: profiler.hub.metrics.get("tasklens.profiler.scans") >= target, 30, f"{more} more scans")
-
-
-async def stopped(profiler: PySpyProfiler, stop: asyncio.Event, task: asyncio.Task[None]) -> None:
-    stop.set()
-    await asyncio.wait_for(task, 20)
 
 
 async def test_hot_function_dominates_under_service_name_and_task_tags(pyroscope, start_worker, ptrace_ok,

@@ -278,9 +278,8 @@ def parse_base_url(text: str) -> str:
 def parse_url_list(text: str) -> tuple[str, ...]:
     expected = "comma-separated URLs, e.g. sqs://orders?region=eu-west-1,redis://host:6379/0?list=jobs"
     if split_password(text):
-        raise ValueError(f"{expected}: a password's , must be percent-encoded (%2C): the list is split at every comma "
-                         "(a URL with a user name and no password after one with a port reads as such a password: "
-                         "list it first, or give its password with password_env=)")
+        raise ValueError(f"{expected}: a password's , must be percent-encoded (%2C): the list is split at every comma, "
+                         "and the URL before it does not read as one by itself")
     urls = tuple(u.strip() for u in text.split(",") if u.strip())
     for url in urls:
         check_text(url, expected, 2048)

@@ -36,7 +36,8 @@ _WORD_START = "(?:(?<!\\w)|" + "|".join(f"(?<={e})" for e in _ESCAPE_BEFORE) + "
 _WORD_END = "(?!\\w)"
 # characters of a password that may span the URLs of a list (`_spanning`): past that, the text is shown
 # as its first scheme and `***` (the pattern of a secret grows 425 characters per character, and such a
-# text of fifteen URLs took minutes to mask; a list that reads so is refused anyway: `split_password`)
+# text of fifteen URLs took minutes to mask: a list of URLs with user names and ports, each without a
+# password, reads so)
 LONG_SPANNING = 128
 
 # a URL starts the text, a parameter's value (`management=http://`) or an entry of a list (`,redis://`);
@@ -79,6 +80,12 @@ class Authority:
     userinfo: str | None  # up to the last `@` before `end`: a password may hold / ? # @
     readable: bool  # urlsplit reads the same user info and a port that is a number
     port: int | None = None  # as urlsplit reads it, when readable
+    host: str | None = None  # as urlsplit reads it, when readable
+
+    @property
+    def alone(self) -> bool:
+        """It reads as a URL by itself, with a host: in a list, an entry, not the start of a password."""
+        return self.readable and bool(self.host)
 
     @property
     def password(self) -> str | None:
@@ -94,16 +101,19 @@ def authorities(text: str) -> Iterator[Authority]:
         end = found[i + 1].start() if i + 1 < len(found) else len(text)
         rest = text[match.end():end]
         userinfo = rest.rpartition("@")[0] if "@" in rest else None
-        url = text[match.start():end - 1 if i + 1 < len(found) else end]  # not the next one's `,` or `=`
+        url = text[match.start():end]
+        if i + 1 < len(found):  # not the next one's `=`, nor the `,` or spaces before it (`a, b`)
+            url = url[:-1] if url.endswith("=") else url.rstrip(", \t\r\n\f\v")
         if text[match.start() - 1:match.start()] == "=":  # a parameter's value ends at `&` or `#`
             url = re.split(r"[&#]", url, maxsplit=1)[0]
         try:
             parts = urlsplit(url)
-            port = parts.port  # raises ValueError on a port that is not a number
+            port, host = parts.port, parts.hostname  # the port raises ValueError when it is not a number
             readable = userinfo == (parts.netloc.rpartition("@")[0] if "@" in parts.netloc else None)
         except ValueError:
-            port, readable = None, False
-        yield Authority(match.group()[:-3].lower(), match.end(), end, userinfo, readable, port if readable else None)
+            port, host, readable = None, None, False
+        yield Authority(match.group()[:-3].lower(), match.end(), end, userinfo, readable, port if readable else None,
+                        host if readable else None)
 
 
 def _has_password(url: Authority, text: str) -> bool:
@@ -247,8 +257,11 @@ def mask_query_secrets(text: str) -> str:
 def split_password(text: str) -> bool:
     """Whether a raw `,` in a password reads as the start of another URL of a list (`amqp://u:pa,x://ss@h`):
     split at its commas, the list's second URL would show the password's end as its user name. Not where
-    the `:` is a URL's port (`redis://h:6379/0,redis://u@h2`: a list whose second URL has a user name)."""
-    return any("," in password for _, _, password in _spanning(text, list(authorities(text))))
+    the URL before the comma reads as one by itself, with a host (`Authority.alone`): `redis://h:6379/0,
+    redis://u@h2` and `amqp://guest@h:5672/?queue=a,amqp://guest@h:5672/?queue=b` are lists of two URLs,
+    whatever a person could read across them (so is a raw `,x://` in a password whose start reads as a
+    host, port and path: `redis://u:12/x,y://ss@h`; every `,` of a password must be percent-encoded)."""
+    return any("," in password for this, _, password in _spanning(text, list(authorities(text))) if not this.alone)
 
 
 def is_readable(url: str) -> bool:

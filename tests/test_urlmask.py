@@ -178,7 +178,8 @@ def test_a_url_that_does_not_read_as_written_shows_no_password_nor_port() -> Non
     assert mask_url("amqp://u:Sec/ret@127.0.0.1:5672/?queue=x") == "amqp://u:***@127.0.0.1:5672/?queue=x"
     assert mask_url("amqp://u:Sec#ret@h/?queue=x") == "amqp://u:***@h/?queue=x"
     assert mask_url("amqp://@:Sec") == "amqp://***@:***"  # the port of an unreadable URL, with user info
-    # a password holding `,x://`: masked whole, and refused in a list, which it would split
+    # a password holding `,x://`: masked whole, and refused in a list, which it would split (where the URL
+    # before the comma does not read by itself: test_urlmask_lists.py)
     assert mask_url("redis://:pa,x://ss@host") == "redis://:***@host"
     assert mask_url("redis://h:6379/0,redis://u:pw@h2") == "redis://h:6379/0,redis://u:***@h2"
     # a URL whose password is an ECS secret (`password_env=`, as the Terraform modules write it) after
@@ -253,13 +254,15 @@ def test_a_list_read_as_one_long_password_is_masked_whole_and_at_once() -> None:
     """URLs with a user name and a port but no password, listed: the text reads as one URL whose
     password spans the list (`_spanning`), a secret of thousands of characters whose pattern took
     minutes to build (fifteen URLs: 137 s of `tasklens check` before its one-line error). Such a text
-    is shown as its first scheme and `***`; the list itself is refused (`split_password`)."""
+    is shown as its first scheme and `***`. The list itself is a list: each URL reads by itself
+    (`split_password`), and one more than it may hold is refused at once."""
     one = "postgresql://app@127.0.0.1:5432/app?name=q{n}&query=SELECT%20count(*)%20FROM%20jobs"
     listed = ",".join(one.format(n=n) for n in range(100))
-    assert split_password(listed)
+    assert not split_password(listed)
     assert mask_url(listed) == "postgresql://***"
-    with pytest.raises(ConfigError, match=r"^TASKLENS_QUEUES='postgresql://\*\*\*' is invalid"):
-        load({"TASKLENS_QUEUES": listed})
+    assert len(load({"TASKLENS_QUEUES": listed}).queues) == 100
+    with pytest.raises(ConfigError, match=r"^TASKLENS_QUEUES='postgresql://\*\*\*' is invalid: .*at most 100"):
+        load({"TASKLENS_QUEUES": listed + "," + one.format(n=100)})
     # a short one is still masked character by character, its user name and host shown
     assert mask_url("redis://:pa,x://ss@host") == "redis://:***@host"
 

@@ -1806,10 +1806,12 @@ done:
 /* merge(parts, most) -> (values, weights) or None: one context's histogram values with equal values
  * merged, their weights summed, for `flush.points`. `parts` is a sequence of (values, weight): a
  * buffer of doubles (array('d'), a harvest) and the weight of each of them (one slot, one sample
- * rate). None as soon as there are more than `most` distinct values, or when a value is not finite
- * (such points are dropped whole anyway). Otherwise two new bytearrays of doubles: the distinct
- * values, in no particular order, and the weight of each, summed as `flush._merged` does: per part,
- * the number of times a value occurs times the part's weight, parts in order. Equal values are
+ * rate), or a buffer of doubles with a weight per value (values of many sample rates folded into one
+ * slot: `Interval.fold`). None as soon as there are more than `most` distinct values, or when a value
+ * is not finite (such points are dropped whole anyway). Otherwise two new bytearrays of doubles: the
+ * distinct values, in no particular order, and the weight of each, summed as `flush._merged` does: per
+ * part, the number of times a value occurs times the part's weight, parts in order (a weight per
+ * value: each added in the order of the values). Equal values are
  * equal as floats (0.0 and -0.0 are one value: the first seen stays). The table's hash is keyed, as
  * the head table's: a worker cannot choose values that collide. Counting runs without the GIL. */
 typedef struct {
@@ -1819,11 +1821,11 @@ typedef struct {
 
 static uint64_t merge_key[2];
 
-static Py_ssize_t merge_count(Py_buffer *views, const double *weights, Py_ssize_t nparts, Py_ssize_t most,
-                              MergeEntry *table, size_t mask, uint32_t *touched) {
+static Py_ssize_t merge_count(Py_buffer *views, const double *weights, Py_buffer *each, Py_ssize_t nparts,
+                              Py_ssize_t most, MergeEntry *table, size_t mask, uint32_t *touched) {
     Py_ssize_t distinct = 0;
     for (Py_ssize_t p = 0; p < nparts; p++) {
-        const double *values = views[p].buf;
+        const double *values = views[p].buf, *own = each[p].buf;  /* own: a weight per value, or NULL */
         Py_ssize_t n = views[p].len / (Py_ssize_t)sizeof(double), ntouched = 0;
         for (Py_ssize_t i = 0; i < n; i++) {
             double v = values[i];
@@ -1840,6 +1842,12 @@ static Py_ssize_t merge_count(Py_buffer *views, const double *weights, Py_ssize_
                 if (++distinct > most)
                     return -1;
                 e->value = v;
+            }
+            if (own != NULL) {  /* counted as it comes: nothing left for the end of the part */
+                e->part = (uint32_t)p + 1;
+                e->count = 0;
+                e->weight += own[i];
+                continue;
             }
             if (e->part != (uint32_t)p + 1) {
                 e->part = (uint32_t)p + 1;
@@ -1866,11 +1874,12 @@ static PyObject *merge(PyObject *Py_UNUSED(module), PyObject *args) {
     Py_ssize_t nparts = PySequence_Fast_GET_SIZE(parts), ready = 0;
     PyObject *out = NULL, *values_out = NULL, *weights_out = NULL;
     Py_buffer *views = PyMem_Calloc((size_t)nparts + 1, sizeof(Py_buffer));
+    Py_buffer *each = PyMem_Calloc((size_t)nparts + 1, sizeof(Py_buffer));  /* .buf NULL: one weight */
     double *weights = PyMem_Calloc((size_t)nparts + 1, sizeof(double));
     MergeEntry *table = NULL;
     uint32_t *touched = NULL;
-    if (views == NULL || weights == NULL || most < 0 || most >= (Py_ssize_t)(UINT32_MAX / 4)) {
-        if (views != NULL && weights != NULL)
+    if (views == NULL || each == NULL || weights == NULL || most < 0 || most >= (Py_ssize_t)(UINT32_MAX / 4)) {
+        if (views != NULL && each != NULL && weights != NULL)
             PyErr_SetString(PyExc_ValueError, "merge: most out of range");
         else
             PyErr_NoMemory();
@@ -1878,17 +1887,31 @@ static PyObject *merge(PyObject *Py_UNUSED(module), PyObject *args) {
     }
     for (; ready < nparts; ready++) {
         PyObject *part = PySequence_Fast_GET_ITEM(parts, ready);
-        PyObject *buffer;
-        if (!PyTuple_Check(part) || !PyArg_ParseTuple(part, "Od", &buffer, &weights[ready])) {
+        PyObject *buffer, *weight;
+        if (!PyTuple_Check(part) || !PyArg_ParseTuple(part, "OO", &buffer, &weight)) {
             if (!PyErr_Occurred())
                 PyErr_SetString(PyExc_TypeError, "merge: a part is (values, weight)");
             goto done;
         }
-        if (PyObject_GetBuffer(buffer, &views[ready], PyBUF_C_CONTIGUOUS) < 0)
+        if (PyObject_CheckBuffer(weight)) {
+            if (PyObject_GetBuffer(weight, &each[ready], PyBUF_C_CONTIGUOUS) < 0) {
+                each[ready].buf = NULL;
+                goto done;
+            }
+        } else if ((weights[ready] = PyFloat_AsDouble(weight)) == -1.0 && PyErr_Occurred()) {
             goto done;
-        if (views[ready].len % (Py_ssize_t)sizeof(double) != 0) {
+        }
+        if (PyObject_GetBuffer(buffer, &views[ready], PyBUF_C_CONTIGUOUS) < 0) {
+            if (each[ready].buf != NULL)
+                PyBuffer_Release(&each[ready]);
+            goto done;
+        }
+        if (views[ready].len % (Py_ssize_t)sizeof(double) != 0
+                || (each[ready].buf != NULL && each[ready].len != views[ready].len)) {
             PyBuffer_Release(&views[ready]);
-            PyErr_SetString(PyExc_ValueError, "merge: values must be doubles");
+            if (each[ready].buf != NULL)
+                PyBuffer_Release(&each[ready]);
+            PyErr_SetString(PyExc_ValueError, "merge: values must be doubles, and weights one a value");
             goto done;
         }
     }
@@ -1903,7 +1926,7 @@ static PyObject *merge(PyObject *Py_UNUSED(module), PyObject *args) {
     }
     Py_ssize_t distinct;
     Py_BEGIN_ALLOW_THREADS
-    distinct = merge_count(views, weights, nparts, most, table, capacity - 1, touched);
+    distinct = merge_count(views, weights, each, nparts, most, table, capacity - 1, touched);
     Py_END_ALLOW_THREADS
     if (distinct < 0) {
         out = Py_NewRef(Py_None);
@@ -1922,13 +1945,17 @@ static PyObject *merge(PyObject *Py_UNUSED(module), PyObject *args) {
     }
     out = PyTuple_Pack(2, values_out, weights_out);
 done:
-    for (Py_ssize_t k = 0; k < ready; k++)
+    for (Py_ssize_t k = 0; k < ready; k++) {
         PyBuffer_Release(&views[k]);
+        if (each[k].buf != NULL)
+            PyBuffer_Release(&each[k]);
+    }
     Py_XDECREF(values_out);
     Py_XDECREF(weights_out);
     PyMem_RawFree(table);
     PyMem_RawFree(touched);
     PyMem_Free(views);
+    PyMem_Free(each);
     PyMem_Free(weights);
     Py_DECREF(parts);
     return out;
@@ -1940,7 +1967,7 @@ static PyMethodDef module_methods[] = {
     {"order", order, METH_VARARGS,
      "order(values, weights) -> (total, valid, cumulative): sorted in place, without the GIL"},
     {"merge", merge, METH_VARARGS,
-     "merge([(values, weight), ...], most) -> (distinct values, their weights) as bytearrays of doubles, "
+     "merge([(values, weight or a weight per value), ...], most) -> (distinct values, their weights) as bytearrays of doubles, "
      "or None past `most` distinct values"},
     {NULL, NULL, 0, NULL},
 };

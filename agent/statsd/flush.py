@@ -125,7 +125,7 @@ class Flusher:
         self.histogram_values = 0
         for ctx, slots in grouped.items():
             self.histogram_values += sum(len(iv.values[slot]) for slot in slots)  # as received
-            add(Sample(ctx.name, points(iv.values, slots, ctx.type == "ms"), HISTOGRAM_TYPES[ctx.type],
+            add(Sample(ctx.name, points(iv.values, slots, ctx.type == "ms", iv.weights), HISTOGRAM_TYPES[ctx.type],
                        tags_of(ctx), None, seconds))
         for ctx, value, ts in iv.timestamped:
             if value - value != 0.0:
@@ -278,8 +278,10 @@ def _older_than(when: dict[Context, float], cutoff: float) -> list[Context]:
     return old
 
 
-def points(values: dict[Slot, array[float]], slots: Sequence[Slot], milliseconds: bool) -> Points:
-    """One context's values and weights (weights are built only here: most are 1).
+def points(values: dict[Slot, array[float]], slots: Sequence[Slot], milliseconds: bool,
+           each: Mapping[Slot, array[float]] = {}) -> Points:
+    """One context's values and weights (weights are built only here: most are 1). `each`: the weight
+    of each value of a slot whose values have several (`Interval.fold`); the others have their slot's.
 
     When values repeat (timers in whole milliseconds, small sizes), equal values are merged into one
     with the sum of their weights, so that every sink works per distinct value, not per sample: in C
@@ -288,7 +290,8 @@ def points(values: dict[Slot, array[float]], slots: Sequence[Slot], milliseconds
     ctx: Context = slots[0].ctx  # type: ignore[assignment]
     total = sum(len(values[slot]) for slot in slots)
     if total >= MERGE_MIN and ctx.merge >= 0:
-        merged = _merge([(values[slot], slot.weight) for slot in slots], min(int(total * MERGE_RATIO), MERGE_MAX))
+        merged = _merge([(values[slot], each.get(slot, slot.weight)) for slot in slots],
+                        min(int(total * MERGE_RATIO), MERGE_MAX))
         if merged is not None:
             ctx.merge = 1
             return Points(memoryview(merged[0]).cast("d"), memoryview(merged[1]).cast("d"), milliseconds)
@@ -297,25 +300,35 @@ def points(values: dict[Slot, array[float]], slots: Sequence[Slot], milliseconds
         ctx.merge += 1
     if len(slots) == 1:
         vals = values[slots[0]]
-        return Points(vals, Repeated(slots[0].weight, len(vals)), milliseconds)
+        own = each.get(slots[0])
+        return Points(vals, Repeated(slots[0].weight, len(vals)) if own is None else own, milliseconds)
     vals, weights = array("d"), array("d")
     for slot in slots:
         held = values[slot]
         vals.frombytes(memoryview(held).cast("B"))  # an array or a harvest: no float objects
-        weights.extend(array("d", [slot.weight]) * len(held))
+        own = each.get(slot)
+        weights.extend(array("d", [slot.weight]) * len(held) if own is None else own)
         values[slot] = array("d")  # copied: freed now, not with the interval (8 bytes a value of a flood)
     del held
     return Points(vals, weights, milliseconds)
 
 
-def _merged(parts: Sequence[tuple[Sequence[float], float]], most: int) -> tuple[bytearray, bytearray] | None:
+def _merged(parts: Sequence[tuple[Sequence[float], float | Sequence[float]]], most: int,
+            ) -> tuple[bytearray, bytearray] | None:
     """`_fast.merge` in Python: the distinct values of `parts` ((values, weight of each) pairs) and
     their summed weights, as bytearrays of doubles; None past `most` distinct values or for a value
     that is not finite. Each part's values are counted, MERGE_CHUNK at a time (4,000,000 distinct
     values counted at once held 470 MiB for a moment, for a merge that was not worth it), then added
-    as count times weight."""
+    as count times weight. A part with a weight per value (`Interval.fold`) adds each as it comes."""
     merged: dict[float, float] = {}
     for held, weight in parts:
+        if not isinstance(weight, float):
+            for start in range(0, len(held), MERGE_CHUNK):
+                for value, own in zip(held[start:start + MERGE_CHUNK], weight[start:start + MERGE_CHUNK]):
+                    merged[value] = merged.get(value, 0.0) + own
+                if len(merged) > most:
+                    return None
+            continue
         counted: Counter[float] = Counter()
         for start in range(0, len(held), MERGE_CHUNK):
             counted.update(held[start:start + MERGE_CHUNK])  # C-level counting

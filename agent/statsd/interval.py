@@ -154,6 +154,10 @@ class Interval:
     # what the C loop accumulated, as `Table.harvest` returns it: merged into counts and values by
     # `settle`, off the receive thread
     pending: list[tuple[list[Slot], bytes, list[bytearray | None]]] = field(default_factory=list)
+    # each context's own slot, into which `fold` joins what the slots of forgotten heads held; the
+    # weight of each of its values where they differ (values of several sample rates folded together)
+    folds: dict[Context, Slot] = field(default_factory=dict)
+    weights: dict[Slot, array[float]] = field(default_factory=dict)
 
     def settle(self) -> None:
         """Merge what the C loop accumulated into `counts` and `values` (called by the export side)."""
@@ -174,6 +178,58 @@ class Interval:
                     acc.frombytes(packed)
         self.pending = []
 
+    def fold(self) -> None:
+        """Join what every slot holds into one slot per context: called by the receive side when it
+        forgets its heads (`Aggregator._forget_heads`), so that the interval holds per context, not per
+        head that reached it. One context can have any number of heads (a sample rate, an unknown field,
+        a tag order each); without this, every forgotten head's slot, and a histogram's own buffer, stayed
+        here until the flush (docs/statsd.md, "Limits").
+
+        A counter's fold has weight 1 and holds the sum of `total * weight` of its slots, added in the
+        order the flush adds them: the flush's sum is the same to the last bit. A histogram's values are
+        joined in the order of their slots; where their weights differ, `weights` keeps one beside each
+        value (8 bytes more a value; the values stay within `Limits.histogram_values`)."""
+        pending, self.pending = self.pending, []
+        totals: dict[Slot, float] = dict(self.counts)
+        held: dict[Slot, array[float] | memoryview | bytearray] = dict(self.values)
+        for slots, sums, packs in pending:  # merged as `settle` merges them, without a view per slot
+            for slot, total, packed in zip(slots, array("d", sums), packs):
+                if packed is None:
+                    totals[slot] = totals.get(slot, 0.0) + total
+                elif (acc := held.get(slot)) is None:
+                    held[slot] = packed
+                else:
+                    held[slot] = _joined(acc, packed)
+        del pending
+        counts, values, folds, weights = self.counts, self.values, self.folds, self.weights
+        counts.clear()  # in place: the Python loop holds these dicts (`Aggregator._each`)
+        for slot, total in totals.items():
+            ctx = slot.ctx
+            fold = folds.get(ctx)  # type: ignore[arg-type]
+            if fold is None:
+                fold = folds[ctx] = Slot(COUNTER, ctx)  # type: ignore[index]
+            counts[fold] = counts.get(fold, 0.0) + total * slot.weight
+        del totals
+        values.clear()
+        for slot, vals in held.items():
+            ctx = slot.ctx
+            fold = folds.get(ctx)  # type: ignore[arg-type]
+            if fold is None:
+                fold = folds[ctx] = slot  # type: ignore[index]  # no head holds it any more: it is the context's
+            acc = values.get(fold)
+            if acc is None:  # the fold's own values (`slot is fold`), or the first slot's
+                acc = values[fold] = vals if isinstance(vals, array) else _joined(array("d"), vals)
+                if slot is fold or slot.weight == fold.weight and fold not in weights:
+                    continue
+            else:
+                acc.frombytes(memoryview(vals).cast("B"))
+            each = weights.get(fold)
+            if each is None:
+                if slot.weight == fold.weight:
+                    continue
+                each = weights[fold] = array("d", [fold.weight]) * (len(acc) - _count(vals))
+            each.extend(array("d", [slot.weight]) * _count(vals))
+
     def contexts(self) -> set[Context]:
         self.settle()
         out = set(self.gauges) | set(self.sets)
@@ -181,3 +237,18 @@ class Interval:
         out.update(s.ctx for s in self.values)  # type: ignore[misc]
         out.update(c for c, _, _ in self.timestamped)
         return out
+
+
+def _count(vals: array[float] | memoryview | bytearray) -> int:
+    """The number of doubles in an array, a view of doubles or a harvest's bytes."""
+    return len(vals) if isinstance(vals, array) else memoryview(vals).nbytes // 8
+
+
+def _joined(acc: array[float] | memoryview | bytearray, more: array[float] | memoryview | bytearray) -> array[float]:
+    """`acc`'s doubles, then `more`'s, in an array (`acc` itself when it is one)."""
+    if not isinstance(acc, array):
+        copied = array("d")
+        copied.frombytes(memoryview(acc).cast("B"))
+        acc = copied
+    acc.frombytes(memoryview(more).cast("B"))
+    return acc

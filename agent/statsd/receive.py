@@ -510,12 +510,19 @@ class Aggregator:
         self._refused, self._refused_bytes = set(), 0
 
     def _forget_heads(self) -> None:
-        """Empty the head cache (both sides); what the C side accumulated stays in the interval."""
+        """Empty the head cache (both sides). What the forgotten heads accumulated is folded into one
+        slot per context (`Interval.fold`): the open interval holds per context, not per head, so that
+        a storm of heads of one context (a new sample rate or unknown field per line) is bounded by the
+        head cache, and the memory of its heads goes back to the system as after expiries."""
+        forgotten = len(self._cache)
         if self._table is not None:
             self.interval.pending.append(self._table.harvest())
             self._table.clear()
         self._cache.clear()  # in place: `_each` holds its `get`
         self._cache_bytes = 0
+        self.interval.fold()
+        if forgotten > BURST:
+            release_freed_memory()
 
     @property
     def held_bytes(self) -> int:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -24,7 +25,7 @@ from agent.identity import task_identity
 from agent.logs import RateLimitedLog
 from agent.model import Batch, Sample, encodable
 from agent.redact import Redactor
-from agent.sources.ecs_stats import NetworkTotals, derive
+from agent.sources.ecs_stats import NetworkTotals, derive, rate_basis
 from agent.urlmask import mask_url, url_passwords
 
 log = logging.getLogger("tasklens.ecs")
@@ -34,6 +35,13 @@ ENV_V3 = "ECS_CONTAINER_METADATA_URI"
 # A response body larger than this is refused (`too_large`), read no further: the agent's `/task/stats`
 # for a task of 10 containers is about 50 KB, and a body that never ends must not fill the memory.
 MAX_BODY = 4 * 1024 * 1024
+# A body within MAX_BODY can still cost far more once parsed: a 3-byte `{}` is a dict of 64 bytes or more,
+# and 4 MiB of them held 100 MiB a copy. So an answer is refused before it is parsed past MAX_VALUES JSON
+# values (`too_large`) or nested deeper than MAX_DEPTH (`bad_shape`). The real captures hold at most 237
+# values a container and nest 6 deep: a task of 100 containers (the most `/task` may list) on a host of
+# 192 CPUs holds about 60,000. Parsed, 100,000 values of the costliest kind take about 10 MiB.
+MAX_VALUES = 100_000
+MAX_DEPTH = 32
 ERROR_TEXT_LIMIT = 400  # characters of a poll error kept and logged: the path, the status and the start of the answer
 # A container's sample unchanged (same `read`) for longer than this many poll intervals, and at least
 # STALE_MIN_SECONDS, gives no CPU rate: the agent refreshes every 1-10 s (spec), so a sample that old is
@@ -81,8 +89,9 @@ class EcsSource:
         self._session: aiohttp.ClientSession | None = None
         # DockerId -> (older, latest) stats with distinct `read`s, and when (monotonic) the latest was
         # first seen: rates span a whole poll even when the agent has not refreshed its stats since the
-        # last one, until the latest is older than `stale_after` seconds
-        self._history: dict[str, tuple[Any, Any, float]] = {}
+        # last one, until the latest is older than `stale_after` seconds. Only what rates read of each
+        # (`rate_basis`): a few kilobytes a container, whatever the answer carried beside it
+        self._history: dict[str, tuple[dict[str, Any] | None, dict[str, Any], float]] = {}
         self.stale_after = stale_after if stale_after is not None else max(
             STALE_POLLS * config.poll_interval, STALE_MIN_SECONDS)
         self._network = NetworkTotals()  # the task's network counters, poll after poll
@@ -213,6 +222,7 @@ class EcsSource:
                 raise PollError("http_4xx", f"{path}: HTTP {response.status}: {_snippet(body)}")
             if response.status != 200:
                 raise PollError("http_other", f"{path}: HTTP {response.status}")
+        json_bounds(path, body)
         try:
             data = json.loads(body)
             # `\ud800` escapes JSON allows, alone, decode to text no UTF-8 output (OTLP, remote_write,
@@ -225,17 +235,19 @@ class EcsSource:
 
     # -- rates -------------------------------------------------------------------------------
 
-    def _previous(self, stats: Mapping[str, Any]) -> tuple[dict[str, Any], set[str]]:
+    def _previous(self, stats: Mapping[str, Any]) -> tuple[dict[str, dict[str, Any]], set[str]]:
         """Our earlier sample per DockerId to take rates from, and the DockerIds whose sample has not
         changed for longer than `stale_after` (no rate from those)."""
-        out, stale = {}, set()
+        out: dict[str, dict[str, Any] | None] = {}
+        stale: set[str] = set()
         now = time.monotonic()
         for docker_id, entry in stats.items():
-            older, latest, since = self._history.get(docker_id, (None, None, now))
-            if latest is None or not isinstance(entry, Mapping):
+            remembered = self._history.get(docker_id)
+            if remembered is None or not isinstance(entry, Mapping):
                 continue
+            older, latest, since = remembered
             # the agent refreshes its stats every 1-10 s; an unchanged `read` is the same sample
-            if entry.get("read") != _get_read(latest):
+            if entry.get("read") != latest["read"]:
                 out[docker_id] = latest
             elif now - since > self.stale_after:
                 stale.add(docker_id)
@@ -244,16 +256,17 @@ class EcsSource:
         return {k: v for k, v in out.items() if v is not None}, stale
 
     def _remember(self, stats: Mapping[str, Any]) -> None:
-        history: dict[str, tuple[Any, Any, float]] = {}
+        history: dict[str, tuple[dict[str, Any] | None, dict[str, Any], float]] = {}
         now = time.monotonic()
         for docker_id, entry in stats.items():
-            if not isinstance(entry, Mapping) or not entry.get("read"):
+            basis = rate_basis(entry)
+            if basis is None:
                 continue
-            older, latest, since = self._history.get(docker_id, (None, None, now))
-            if latest is not None and entry.get("read") == _get_read(latest):
-                history[docker_id] = (older, latest, since)
+            previous = self._history.get(docker_id)
+            if previous is not None and basis["read"] == previous[1]["read"]:
+                history[docker_id] = previous
             else:
-                history[docker_id] = (latest, entry, now)
+                history[docker_id] = (previous[1] if previous is not None else None, basis, now)
         self._history = history  # containers that went away are forgotten
 
 
@@ -268,8 +281,46 @@ def _valid_text(data: Any) -> Any:
     return data
 
 
-def _get_read(stats: Any) -> Any:
-    return stats.get("read") if isinstance(stats, Mapping) else None
+_STRING = re.compile(rb'"(?:[^"\\]++|\\.)*+"?', re.DOTALL)  # a JSON string, or one the end cut short
+_NOT_BRACKET = re.compile(rb"[^\[\]{}]+")
+_INNERMOST = re.compile(rb"\[\]|\{\}")
+
+
+def json_values(bare: bytes) -> int:
+    """How many JSON values a body holds (objects, arrays, strings, numbers, literals; a key is part of its
+    member), exactly for valid JSON, from its structure (`json_structure`), without parsing it."""
+    empty = bare.count(b"[]") + bare.count(b"{}")
+    # every value but the first of a container follows a comma; the first is there when it is not empty
+    return 1 + bare.count(b",") + bare.count(b"[") + bare.count(b"{") - empty
+
+
+def json_structure(body: bytes) -> bytes:
+    """`body` with each string one character and no whitespace: a comma or bracket in a string is text."""
+    # whitespace first: a string without its own is still a string, and there is less left to copy
+    return _STRING.sub(b"0", body.translate(None, b" \t\r\n"))
+
+
+def json_bounds(path: str, body: bytes) -> None:
+    """Refuse, before parsing, an answer past MAX_VALUES values or strings (keys too: `too_large`) or
+    MAX_DEPTH levels (`bad_shape`). Linear in the body, in C: under 100 ms for 4 MiB."""
+    # first the strings, whose removal costs a piece each: a quote that is no delimiter (`\\"`) counts too
+    strings = body.count(b'"') // 2
+    if strings > MAX_VALUES:
+        raise PollError("too_large", f"{path}: up to {strings:,} JSON strings in {len(body):,} bytes, over "
+                                     f"{MAX_VALUES:,}: refused")
+    bare = json_structure(body)
+    values = json_values(bare)
+    if values > MAX_VALUES:
+        raise PollError("too_large", f"{path}: {values:,} JSON values in {len(body):,} bytes, over "
+                                     f"{MAX_VALUES:,}: refused")
+    brackets = _NOT_BRACKET.sub(b"", bare)
+    for _ in range(MAX_DEPTH + 1):  # each pass takes away the innermost level
+        if not brackets:
+            return
+        brackets, removed = _INNERMOST.subn(b"", brackets)
+        if not removed:
+            return  # brackets that do not pair: not JSON, which json.loads says where
+    raise PollError("bad_shape", f"{path}: JSON nested deeper than {MAX_DEPTH} levels: refused")
 
 
 # aiohttp >= 3.10 raises NonHttpUrlClientError (not an InvalidURL) for other schemes

@@ -280,13 +280,24 @@ _NET_NAMES = {
 }
 
 
+# a container's network namespace has 1-3 interfaces (eth0, eth1, `Ethernet 3`; a Linux name is at most 15
+# bytes): more, or a longer name, is junk, and junk kept for the next poll's rates must stay small
+MAX_INTERFACES = 64
+MAX_INTERFACE_NAME = 256
+
+
 def interfaces(stats: Any) -> dict[str, dict[str, float]]:
-    """Interface name -> counters; `networks` may be missing or spelled `network` (old agents)."""
+    """Interface name -> counters; `networks` may be missing or spelled `network` (old agents). None
+    from an entry with more than MAX_INTERFACES interfaces or a name past MAX_INTERFACE_NAME characters
+    (junk: a gap, never a part of it)."""
     nets = _get(stats, "networks")
     if not isinstance(nets, dict):
         nets = _get(stats, "network")
+    nets = _map(nets)
+    if len(nets) > MAX_INTERFACES or any(len(name) > MAX_INTERFACE_NAME for name in nets):
+        return {}
     out: dict[str, dict[str, float]] = {}
-    for name, counters in _map(nets).items():
+    for name, counters in nets.items():
         values = {k: v for k in _NET_COUNTERS if (v := _num(_get(counters, k))) is not None}
         if values:
             out[str(name)] = values
@@ -403,6 +414,27 @@ def network_rates(stats_by_id: Mapping[str, Any], previous: Mapping[str, Any], s
             if delta >= 0:
                 rates[direction] = rates.get(direction, 0.0) + delta / dt
     return rates
+
+
+MAX_READ_CHARS = 64  # an RFC 3339 time with nanoseconds and an offset takes 35
+
+
+def rate_basis(stats: Any) -> dict[str, Any] | None:
+    """What a later poll takes its rates from in this sample, as `derive`'s `previous`: the `read`, the
+    CPU counter and the interfaces' counters (`cpu_vcpus`, `network_rates` read nothing else of it), a
+    few kilobytes whatever else the entry carried: kept whole, junk beside them stayed for two polls.
+    None without a `read` (a string of at most MAX_READ_CHARS, or a number) to tell samples apart."""
+    read = _get(stats, "read")
+    if not read or not isinstance(read, (str, int, float)) or (isinstance(read, str) and len(read) > MAX_READ_CHARS):
+        return None
+    out: dict[str, Any] = {"read": read}
+    total = _num(_get(stats, "cpu_stats", "cpu_usage", "total_usage"))
+    if total is not None:
+        out["cpu_stats"] = {"cpu_usage": {"total_usage": total}}
+    nets = interfaces(stats)
+    if nets:
+        out["networks"] = nets
+    return out
 
 
 # --- per container and task ---------------------------------------------------------------------

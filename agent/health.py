@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from collections import deque
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -273,9 +274,11 @@ class HealthMonitor:
                    max_step=max(MAX_STEP, 3 * config.poll_interval))
 
     def __init__(self, *, memory_window: float, saturation_threshold: float, saturation_window: float,
-                 metrics: SelfMetrics | None = None, max_step: float = MAX_STEP) -> None:
+                 metrics: SelfMetrics | None = None, max_step: float = MAX_STEP,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.metrics = metrics or SelfMetrics()
         self.memory_window = memory_window
+        self.clock = clock  # the sidecar's: bounds the memory trend whatever the `read`s do (`trend.History`)
         self.saturation_threshold = saturation_threshold
         self.saturation_window = saturation_window
         self.max_step = max_step  # see `saturation_step`
@@ -335,7 +338,7 @@ class HealthMonitor:
     def _container(self, name: str, tags: Tags, obs: Observation, utilization: float | None) -> list[Sample]:
         c = self._containers.get(name)
         if c is None:
-            c = self._containers[name] = _Container(tags, memory=trend.History(self.memory_window))
+            c = self._containers[name] = _Container(tags, memory=trend.History(self.memory_window, self.clock))
             c.restarts = obs.restart_count or 0.0  # RestartCount counts from the task's start
         c.tags = tags
         before = c.last
@@ -347,14 +350,14 @@ class HealthMonitor:
             c.oom_kills += 1
         if restarts or exited:
             c.restarts += restarts
-            c.memory = trend.History(self.memory_window)  # a new process: its memory starts afresh
+            c.memory = trend.History(self.memory_window, self.clock)  # a new process: its memory starts afresh
             c.readings.clear()
             c.growth_per_second = 0.0  # of the process before: not this one's
             c.saturation = Saturation()
         # the agent refreshes stats every 1-10 s: a `read` already seen is the same sample, not a point; an
         # earlier one means the clock went back (after a reading stamped ahead): the trend starts afresh
         if obs.running and c.last_running is not None and obs.t < c.last_running.t:
-            c.memory = trend.History(self.memory_window)
+            c.memory = trend.History(self.memory_window, self.clock)
         # a new reading of the running process, not the same `read` again
         new = obs.working_set if obs.running and (c.last_running is None or obs.t != c.last_running.t) else None
         failcnt_rose = False

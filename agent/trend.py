@@ -11,8 +11,9 @@ few points, or points covering less than half the window, give no trend at all r
 from __future__ import annotations
 
 import math
+import time
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 SIGNIFICANCE = 2.0  # standard errors; about 95 % confidence that the slope is not 0
@@ -78,17 +79,32 @@ def windowed_fit(points: Iterable[Point], *, window: float, now: float | None = 
     return fit(pts) if pts is not None else None
 
 
-class History:
-    """The (time, value) points of the last `window` seconds; older ones fall off."""
+KEPT_WINDOWS = 2.0  # a point goes at the latest this many windows after it was added, by the sidecar's clock
 
-    def __init__(self, window: float) -> None:
+
+class History:
+    """The (time, value) points of the last `window` seconds; older ones fall off.
+
+    The times are the caller's, and may be another machine's (a stats `read`): they can crawl, stand
+    still or go back. So a point also goes once it was added KEPT_WINDOWS windows ago by the sidecar's
+    own `clock`: a History holds at most the points added over two windows of real time (one a poll:
+    2 x window / interval + 1), whatever its times do. Before, a `read` moving 1 us a poll kept every
+    point for good, and each poll fitted them all. A clock that agrees with ours loses no point to it."""
+
+    def __init__(self, window: float, clock: Callable[[], float] = time.monotonic) -> None:
         self.window = window
         self.points: deque[Point] = deque()
+        self._added: deque[float] = deque()  # when each point was added, by `clock`: never decreasing
+        self._clock = clock
 
     def add(self, t: float, value: float) -> None:
+        now = self._clock()
         self.points.append((t, value))
-        while self.points and self.points[0][0] < t - self.window:
+        self._added.append(now)
+        while self.points and (self.points[0][0] < t - self.window
+                               or self._added[0] < now - KEPT_WINDOWS * self.window):
             self.points.popleft()
+            self._added.popleft()
 
     def fit(self, now: float | None = None) -> Fit | None:
         return windowed_fit(self.points, window=self.window, now=now)

@@ -30,6 +30,7 @@ DECODE_LEVELS = 3  # one more than the code decodes: parse_qsl, then a client's 
 # `u` made every log line unreadable (`A***thorization Violation`, `Connection ref***sed`, `cons***mer=c`);
 # where it is a credential it stands apart (`nats://u@`, `'u'`, `password=u&`), and is masked there
 SHORT_SECRET = 4
+_HOST = re.compile(r"[A-Za-z0-9._~-]+|[0-9A-Fa-f:.]+(%[A-Za-z0-9._~-]+)?")  # a name, or an IP address
 _ESCAPE_BEFORE = ("%[0-9A-F]{2}", "%25[0-9A-F]{2}", "%2525[0-9A-F]{2}", r"\\[abfnrtv0]", r"\\x[0-9A-F]{2}",
                   r"\\u[0-9A-F]{4}", r"\\U[0-9A-F]{8}")
 _WORD_START = "(?:(?<!\\w)|" + "|".join(f"(?<={e})" for e in _ESCAPE_BEFORE) + ")"
@@ -81,11 +82,15 @@ class Authority:
     readable: bool  # urlsplit reads the same user info and a port that is a number
     port: int | None = None  # as urlsplit reads it, when readable
     host: str | None = None  # as urlsplit reads it, when readable
+    colon_after_host: bool = False  # a `:` in its path, query or fragment (`amqp://guest/:pa`)
 
     @property
     def alone(self) -> bool:
-        """It reads as a URL by itself, with a host: in a list, an entry, not the start of a password."""
-        return self.readable and bool(self.host)
+        """It reads as a URL by itself, with a host name or address and no `:` after it: in a list, an
+        entry, not the start of a password (`amqp://=/:pa,x://ss@h` has a host `=`, and
+        `amqp://guest/:pa,x://ss@h` a path `/:pa`: a user info with a raw `/`, its password after it)."""
+        return (self.readable and not self.colon_after_host and self.host is not None
+                and _HOST.fullmatch(self.host) is not None)
 
     @property
     def password(self) -> str | None:
@@ -110,10 +115,11 @@ def authorities(text: str) -> Iterator[Authority]:
             parts = urlsplit(url)
             port, host = parts.port, parts.hostname  # the port raises ValueError when it is not a number
             readable = userinfo == (parts.netloc.rpartition("@")[0] if "@" in parts.netloc else None)
+            colon = ":" in parts.path + parts.query + parts.fragment
         except ValueError:
-            port, host, readable = None, None, False
+            port, host, readable, colon = None, None, False, False
         yield Authority(match.group()[:-3].lower(), match.end(), end, userinfo, readable, port if readable else None,
-                        host if readable else None)
+                        host if readable else None, colon)
 
 
 def _has_password(url: Authority, text: str) -> bool:
@@ -150,8 +156,11 @@ def http_token(url: Authority, text: str) -> str | None:
 
 def url_token(url: Authority, text: str) -> str | None:
     """A bare user name that the client sends as a credential: over HTTP (`http_token`), and to NATS,
-    which takes `nats://<token>@host` as its token, unless `password_env=` gives the user a password."""
-    return bare_user(url, text) if url.scheme in ("http", "https", "nats") else None
+    which takes `nats://<token>@host` as its token unless the user has a password (in the URL, or from
+    `password_env=`), whatever else the query holds: the rule `nats.connect_options` sends it by."""
+    if url.scheme == "nats":
+        return None if not url.userinfo or _has_password(url, text) else url.userinfo.partition(":")[0] or None
+    return bare_user(url, text) if url.scheme in ("http", "https") else None
 
 
 def _decodings(text: str) -> list[str]:

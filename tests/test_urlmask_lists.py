@@ -157,3 +157,18 @@ def test_a_password_that_reads_as_a_port_before_a_comma_is_a_list() -> None:
         assert split_password(text), text
         with pytest.raises(ValueError, match="%2C"):
             parse_url_list(text)
+
+
+def test_a_raw_comma_after_a_user_info_with_a_raw_slash_is_refused_and_masked() -> None:
+    """A diff review's and the property test's find: read as a list, `amqp://guest/:Qv7Wj` (host `guest`,
+    path `/:Qv7Wj`) showed the password's start in the error about it. A `:` after the host, or no host
+    name, makes the text before the comma the start of a password, refused and masked as before."""
+    from agent.config import ConfigError, load
+
+    for user in ("guest/", "=/", "%/", "g?x", "g#x"):
+        value = f"amqp://{user}:Qv7Wj,x://Xk9Zb@127.0.0.1:5672/?queue=q1"
+        try:
+            load({"TASKLENS_QUEUES": value})
+            raise AssertionError(f"{value} taken")
+        except ConfigError as exc:
+            assert "Qv7Wj" not in str(exc) and "Xk9Zb" not in str(exc), str(exc)

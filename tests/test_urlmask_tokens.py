@@ -76,3 +76,32 @@ def test_a_password_from_password_env_is_the_secret_not_the_user_name() -> None:
     url = parse_queue_url("nats://u@h?stream=S&consumer=c&password_env=P", BROKER.params, environ={"P": "pw9"})
     assert url.secrets == ["pw9"]
     assert mask_secret("user u refused: 'pw9'", url) == "user u refused: '***'"
+
+
+@settings(max_examples=300, deadline=None)
+@given(user=st.text("abcdefghijklmnopqrstuvwxyz0123456789-._~", min_size=4, max_size=12),
+       extra=st.lists(st.tuples(st.sampled_from(["creds", "key", "token", "password", "name", "x", "auth_key"]),
+                                st.text("ABCDEFGHIJKLMNOPQRSTUVWXYZ/._", min_size=1, max_size=12)),  # never the user
+                      max_size=3),
+       sep=st.sampled_from(["&", ";"]), with_password=st.booleans())
+@example(user="s3cr3tTok", extra=[("creds", "/etc/nats/user.creds")], sep="&", with_password=False)
+@example(user="s3cr3tTok", extra=[("name", "orders"), ("key", "1")], sep=";", with_password=False)
+def test_a_nats_user_name_sent_as_a_token_is_never_shown_whatever_the_query_holds(
+        user: str, extra: list[tuple[str, str]], sep: str, with_password: bool) -> None:
+    """What `connect_options` sends as a token (a user name without a password, whatever the query holds)
+    is masked; a user with a password is shown (a diff review: `&creds=...` or `;key=1` in the query made
+    the token a plain user name, shown in `check`, config errors and `/status`)."""
+    from urllib.parse import urlsplit
+
+    from integrations.queues.base import QueueURL
+    from integrations.queues.nats import connect_options
+
+    userinfo = f"{user}:pw" if with_password else user
+    query = "stream=S&consumer=c" + "".join(f"{sep}{k}={v}" for k, v in extra)
+    url = f"nats://{userinfo}@127.0.0.1:4222?{query}"
+    sent = connect_options(QueueURL(url, urlsplit(url)))  # (the parts it reads: no check of the parameters)
+    assert ("token" in sent) == (not with_password)
+    if "token" in sent:
+        assert user not in mask_url(url) and user in url_passwords(url)
+    elif not any(v.lower() in user.lower() for _, v in extra):  # (else masked as that value's secret)
+        assert mask_url(url).startswith(f"nats://{user}:***@")

@@ -293,10 +293,14 @@ def _number(value: object) -> TypeGuard[float]:
 
 def _health(status: Any) -> dict[str, Any]:
     """A component's status reduced to what the page shows: ok or not, and why. A component that reports
-    no failure (not ready, failed polls or pushes, an error) is ok: it runs, and a crash is restarted,
-    counted and logged (the page's recent errors show it)."""
+    no failure (not ready, failed polls or pushes, an error, a problem its deployment must fix, a loop) is
+    ok: it runs, and a crash is restarted, counted and logged (the page's recent errors show it)."""
     if not isinstance(status, dict):
         return {"ok": None}
+    if status.get("problem"):  # the profiler cannot run (py-spy missing, ptrace denied)
+        return {"ok": False, "error": str(status["problem"])[:300]}
+    if status.get("loop_detected"):  # the forwarder's lines come back to this sidecar
+        return {"ok": False, "error": str(status.get("last_error") or "loop detected")[:300]}
     error = status.get("last_error")
     ok = status.get("ready")
     if ok is None and "consecutive_failures" in status:

@@ -477,3 +477,27 @@ def test_a_component_that_reports_no_failure_is_ok_on_the_page():
     assert _health({"consecutive_failures": 2, "last_error": "http_500"}) == {"ok": False, "error": "http_500"}
     assert _health({"ready": False, "last_error": None}) == {"ok": False, "error": None}
     assert _health(None) == {"ok": None}
+    # what a component that runs but cannot do its work says: not ok
+    assert _health({"problem": "profiler: py-spy not found", "last_error": None}) == {
+        "ok": False, "error": "profiler: py-spy not found"}
+    assert _health({"loop_detected": True, "last_error": "loop: lines come back"}) == {
+        "ok": False, "error": "loop: lines come back"}
+
+
+async def test_the_page_reads_a_profiler_that_cannot_run_as_failing() -> None:
+    """A diff review's find: the real profiler reports py-spy missing in `problem`, read as ok."""
+    from agent.config import Config
+    from agent.statuspage import _health
+    from integrations.profilers.pyspy import PySpyProfiler
+
+    profiler = PySpyProfiler(Config(pyroscope_url="http://127.0.0.1:9"), Hub(IDENTITY), py_spy="/nonexistent/py-spy")
+    stop = asyncio.Event()
+    running = asyncio.create_task(profiler.run(stop))
+    for _ in range(100):
+        if profiler.status()["problem"]:
+            break
+        await asyncio.sleep(0.05)
+    stop.set()
+    await asyncio.wait_for(running, 10)
+    shown = _health(profiler.status())
+    assert shown["ok"] is False and "py-spy" in shown["error"], shown

@@ -97,8 +97,8 @@ NEXT_ID = "local e = redis.call('XRANGE', KEYS[1], ARGV[1], '+', 'COUNT', 1) if 
 HEAD_ID = "local v = redis.call('LINDEX', KEYS[1], 0) if v and #v <= tonumber(ARGV[1]) then return v end return false"
 MAX_ID = 1024  # bytes of an RQ job id (a UUID, 36): a longer head is no job, and its age unknown
 # the head job's `enqueued_at` only when it is short enough to be a time: any writer may put anything there
-ENQUEUED_AT = ("local v = redis.call('HGET', KEYS[1], 'enqueued_at') if v and #v <= tonumber(ARGV[1]) then "
-               "return v end return false")
+ENQUEUED_AT = ("local v = redis.call('HGET', KEYS[1], 'enqueued_at') if not v then return false end "
+               "if #v <= tonumber(ARGV[1]) then return v end return #v")  # its length, when too long
 # RQ's workers of a queue: the members of `rq:workers:<name>` whose own key `rq:worker:<name>` is still
 # there. A worker killed with SIGKILL stays in the set (RQ prunes it only when a worker starts or `rq info`
 # runs); its key expires worker_ttl + 60 s after its last heartbeat. Counted in Redis, one number back;
@@ -223,9 +223,12 @@ class RedisProbe:
         if head:
             enqueued_at = await r.execute_command("EVAL", ENQUEUED_AT, 1, b"rq:job:" + head, MAX_ENQUEUED_AT,
                                                   NEVER_DECODE=True)
-            age = rq_age(enqueued_at, now)
-            if age is None and enqueued_at is not None:
-                unreadable = f"the head job's enqueued_at {enqueued_at!r:.60}"
+            if isinstance(enqueued_at, int):  # longer than any time: its length only came back
+                age, unreadable = None, f"the head job's enqueued_at of {enqueued_at} bytes"
+            else:
+                age = rq_age(enqueued_at, now)
+                if age is None and enqueued_at is not None:
+                    unreadable = f"the head job's enqueued_at {enqueued_at!r:.60}"
         return Reading(depth=depth, in_flight=started, delayed=scheduled, consumers=workers,
                        oldest_age_seconds=age, unreadable_age=unreadable)
 

@@ -78,8 +78,10 @@ async def test_a_publishers_implausible_timestamp_leaves_out_only_the_age(config
                 return await response.json() if method == "GET" else None
 
         async def head_shown(queue: str) -> bool:  # the API's statistics refresh every few seconds
-            doc = await call("GET", f"/api/queues/%2F/{queue}?columns=head_message_timestamp")
+            doc = await call("GET", f"/api/queues/%2F/{queue}?columns=messages_ready,head_message_timestamp")
+            # both: the probe reads the totals too, which may come a refresh after the head's time
             assert isinstance(doc, dict) and doc.get("head_message_timestamp") is not None, (queue, doc)
+            assert doc.get("messages_ready") == 3, (queue, doc)
             return True
 
         try:

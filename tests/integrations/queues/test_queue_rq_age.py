@@ -124,7 +124,8 @@ async def test_an_unreadable_head_time_keeps_depth_in_flight_consumers_and_backl
     head = f"{unique}-a"
     try:
         await r.rpush(f"rq:queue:{unique}", head, f"{unique}-b", f"{unique}-c")
-        for written in ("not a date", "1714564800", "1970-01-01T00:00:00Z", "2099-01-01T00:00:00Z"):
+        for written in ("not a date", "1714564800", "1970-01-01T00:00:00Z", "2099-01-01T00:00:00Z",
+                        "2024-05-01T12:00:00.123456Z" + " " * 60):  # over 64 bytes: only its length comes back
             await r.hset(f"rq:job:{head}", "enqueued_at", written)
             assert await source.poll(), (written, source.last_error)
             assert exported.queue(unique) == {"depth": 3.0, "in_flight": 0.0, "delayed": 0.0, "consumers": 0.0}
@@ -134,7 +135,7 @@ async def test_an_unreadable_head_time_keeps_depth_in_flight_consumers_and_backl
         assert await source.poll(), source.last_error
         assert 600 <= exported.queue(unique)["oldest_age_seconds"] < 610
         assert hub.metrics.total("tasklens.queue.poll_errors") == 0
-        assert hub.metrics.get("tasklens.queue.ages_unreadable", queue=unique) == 4  # one a poll of each bad time
+        assert hub.metrics.get("tasklens.queue.ages_unreadable", queue=unique) == 5  # one a poll of each bad time
     finally:
         await source.probe.close()
         await r.delete(f"rq:queue:{unique}", f"rq:job:{head}")

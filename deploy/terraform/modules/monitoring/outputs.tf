@@ -1,5 +1,5 @@
 output "prometheus_rules_yaml" {
-  description = "Prometheus alert rules for this worker (a rule file; e.g. for aws_prometheus_rule_group_namespace)."
+  description = "Prometheus alert rules for this worker (a rule file; e.g. for aws_prometheus_rule_group_namespace); without TasklensSidecarDown, which is the fleet's (README)."
   value       = yamlencode(local.scoped_rules)
 }
 

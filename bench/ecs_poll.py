@@ -32,7 +32,7 @@ from agent.sources.ecs_stats import derive
 from agent.sources.localstats import LocalStats
 
 ROOT = Path(__file__).resolve().parents[1]
-FIXTURES = ROOT.parent / "shared" / "fixtures" / "ecs"
+FIXTURES = ROOT / "tests" / "fixtures" / "ecs"
 PAIRS = [
     ("fargate-2023.task", "fargate-2023.stats"),
     ("ec2-bridge-2020.task", "ec2-bridge-2020.stats"),

@@ -33,7 +33,7 @@ import atheris
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-FIXTURES = ROOT.parent / "shared" / "fixtures" / "ecs"
+FIXTURES = ROOT / "tests" / "fixtures" / "ecs"
 
 with atheris.instrument_imports():
     from agent.config import Config

@@ -22,7 +22,7 @@ from pathlib import Path
 import psutil
 
 ROOT = Path(__file__).resolve().parents[1]
-FIXTURES = ROOT.parent / "shared" / "fixtures" / "ecs"
+FIXTURES = ROOT / "tests" / "fixtures" / "ecs"
 TASKLENS = str(Path(sys.executable).with_name("tasklens"))
 
 

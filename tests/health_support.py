@@ -1,6 +1,6 @@
 """Helpers for the health tests: the ECS captures as successive polls, and series derived from them.
 
-A derived poll is a capture (../shared/fixtures/ecs, see its SOURCES.md) with only the fields named
+A derived poll is a capture (tests/fixtures/ecs, see its SOURCES.md) with only the fields named
 by the helper changed: `read` moved by `t` seconds, a container's memory usage, status, exit code or
 restart count. Everything else is the captured JSON.
 """

@@ -18,7 +18,7 @@ from aiohttp import web
 from agent.model import Batch, Sample
 
 ROOT = Path(__file__).resolve().parents[1]
-FIXTURES = ROOT.parent / "shared" / "fixtures" / "ecs"
+FIXTURES = ROOT / "tests" / "fixtures" / "ecs"  # copied from the shared captures, with their SOURCES.md
 TASKLENS = str(Path(sys.executable).with_name("tasklens"))
 
 

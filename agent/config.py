@@ -314,7 +314,11 @@ def parse_buckets(text: str) -> tuple[float, ...]:
 
 def parse_percentiles(text: str) -> tuple[float, ...]:
     """Fractions (their range, 0.000001 to 0.999999, is DEFAULT_RANGE's)."""
-    values = parse_float_list(text)
+    try:
+        values = parse_float_list(text)
+    except ValueError:  # its message shows bucket bounds, of which 1 is one and a percentile is not
+        raise ValueError(f"comma-separated fractions between 0 and 1, e.g. 0.95,0.99, at most {MAX_ITEMS} "
+                         "(none: no percentile series)") from None
     # each becomes a `<p>percentile` series, p in percent with 4 decimals: two that round alike collide
     suffixes = [round(v * 100, 4) for v in values]
     if len(set(suffixes)) != len(suffixes):
@@ -368,12 +372,18 @@ def parse_cloudwatch_dimensions(text: str) -> tuple[str, ...]:
     return names
 
 
+# why a metric selection may not be empty: the refusal of `none` and of a list of no name alike
+NO_METRIC = ("comma-separated names as on /metrics (fnmatch globs, e.g. queue_*): a selection must name at least one "
+             "metric (one of none would send nothing while the exporter runs; to turn it off, leave its URL or "
+             "switch unset)")
+
+
 def parse_selection(text: str) -> tuple[str, ...]:
     """Names or globs of the metrics an exporter sends: at least one (an empty selection sent nothing
     while the exporter ran, silently; to turn an exporter off, leave its URL or switch unset)."""
     names = parse_str_list(text)
     if not names:
-        raise ValueError("comma-separated names as on /metrics (fnmatch globs, e.g. queue_*), at least one")
+        raise ValueError(NO_METRIC)
     return names
 
 
@@ -488,12 +498,14 @@ def check_range(value: Any, low: float, high: float, form: str) -> None:
 
 
 def setting(default: Any, parse: Callable[[str], Any] = parse_text, *, env: str = "", secret: bool = False,
-            url: bool = False, doc: str = "", low: float | None = None, high: float | None = None) -> Any:
+            url: bool = False, doc: str = "", low: float | None = None, high: float | None = None,
+            empty: str = "") -> Any:
     """A dataclass field that knows its variable (default `TASKLENS_<NAME>`), how to parse it and, for a
     number, its range (`low`..`high`, inclusive; the parser's default range when not given).
 
     `secret`: shown masked, and deployed only through secrets (`valueFrom`); `url`: URLs that may carry
-    a password, shown with it masked.
+    a password, shown with it masked. `empty`: for a list that may not be empty, why (the error given for
+    `none`, which empties every other list: see `parse_value`).
     """
     bounds: tuple[float, float, str] | None = None
     if parse in DEFAULT_RANGE:
@@ -503,7 +515,8 @@ def setting(default: Any, parse: Callable[[str], Any] = parse_text, *, env: str 
         bounds = (-math.inf if low is None else low, math.inf if high is None else high, "a value")
     # neither stays in repr(config): a traceback or a debug log must not print the API key or a password
     return field(default=default, repr=not (secret or url),
-                 metadata={"parse": parse, "env": env, "secret": secret, "url": url, "doc": doc, "bounds": bounds})
+                 metadata={"parse": parse, "env": env, "secret": secret, "url": url, "doc": doc, "bounds": bounds,
+                           "empty": empty})
 
 
 @dataclass(frozen=True)
@@ -583,7 +596,7 @@ class Config:
     remote_write_sigv4_region: str = setting("", doc="SigV4 region; else from the URL")
     remote_write_sigv4_service: str = setting("aps", doc="SigV4 service name")
     remote_write_interval: float = setting(10.0, parse_seconds, low=1, high=3600, doc="seconds between pushes")
-    remote_write_metrics: tuple[str, ...] = setting(("*",), parse_selection,
+    remote_write_metrics: tuple[str, ...] = setting(("*",), parse_selection, empty=NO_METRIC,
                                                     doc="Prometheus-style names (fnmatch globs) pushed")
     remote_write_batch_samples: int = setting(2000, parse_positive_int, doc="samples per request at most")
     # VictoriaMetrics keeps 30 labels by default and drops the rest silently (the identity labels among
@@ -621,7 +634,7 @@ class Config:
     cloudwatch_metrics: tuple[str, ...] = setting(
         ("queue_backlog*", "queue_depth", "queue_in_flight", "queue_oldest_age_seconds", "tasklens_scaling_*",
          "ecs_task_cpu_utilization_percent", "ecs_task_memory_utilization_percent"), parse_cloudwatch_metrics,
-        doc="Prometheus-style names (fnmatch globs) sent as EMF")
+        empty=NO_METRIC, doc="Prometheus-style names (fnmatch globs) sent as EMF")
     cloudwatch_dimensions: tuple[str, ...] = setting(("ecs_cluster", "service", "queue"), parse_cloudwatch_dimensions,
                                                      doc="tags used as EMF dimensions, in order")
     cloudwatch_interval: float = setting(60.0, parse_seconds, low=1, high=3600, doc="seconds between EMF records")
@@ -735,10 +748,15 @@ def read_file(path: str) -> dict[str, Any]:
         raise fail("expected a TOML file (nested too deep)") from None
 
 
+def is_list(f: Any) -> bool:
+    """Whether field `f` is a list setting (`tuple[str, ...]`), not a pair (`tuple[str, int]`)."""
+    return "..." in str(f.type)
+
+
 def _file_text(f: Any, raw: Any) -> str:
     """A value from the TOML file as the text its variable would hold; ValueError for a TOML type
     the setting cannot take (a table as the service name, a list for a port)."""
-    many = "..." in str(f.type)  # `tuple[str, ...]`: a list setting
+    many = is_list(f)
     parse = f.metadata["parse"]
     if isinstance(raw, bool):
         if parse is not parse_bool:
@@ -766,7 +784,15 @@ def _file_text(f: Any, raw: Any) -> str:
 
 
 def parse_value(f: Any, raw: str) -> Any:
-    """One setting's value from its text: the parser's form, then the setting's range."""
+    """One setting's value from its text: the parser's form, then the setting's range.
+
+    A list is emptied by `none` (any case; an empty variable is unset, so it cannot) or, from the file, by
+    `[]` or `""`, before its parser sees the text: the rule holds for every list, one added later too,
+    unless the setting says why it may not be empty (`setting(empty=)`)."""
+    if is_list(f) and raw.strip().lower() in ("none", ""):
+        if f.metadata["empty"]:
+            raise ValueError(f.metadata["empty"])
+        return ()
     bounds = f.metadata.get("bounds")
     try:
         value = f.metadata["parse"](raw)

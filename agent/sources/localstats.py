@@ -156,10 +156,18 @@ class Cgroup:
                     if key in values and f"{major}{minor}{values[key]}".isdigit():
                         into.append({"major": int(major), "minor": int(minor), "op": op, "value": int(values[key])})
             return {"io_service_bytes_recursive": nbytes or None, "io_serviced_recursive": ops or None}
+        # v1 at the hierarchy's root counts only the root group's own tasks, not the host's I/O; and a
+        # kernel counts throttle stats only on disks where some cgroup set a limit (6.x: blkio.throttle
+        # holds just "Total 0" then), so no device line means "not counted here", not "no I/O"
+        if self.paths.get("blkio") == "/":
+            return None
         d = self._dir("blkio", "blkio.throttle.io_service_bytes")
         if d is None:
             return None
-        return {"io_service_bytes_recursive": _blkio_v1(d / "blkio.throttle.io_service_bytes"),
+        nbytes = _blkio_v1(d / "blkio.throttle.io_service_bytes")
+        if not nbytes:
+            return None
+        return {"io_service_bytes_recursive": nbytes,
                 "io_serviced_recursive": _blkio_v1(d / "blkio.throttle.io_serviced")}
 
     def pids(self) -> int | None:
@@ -236,7 +244,8 @@ class LocalStats:
         if self.cgroup.v2:
             return f"cgroup v2 {self.cgroup.v2}"
         if self.cgroup.memory() is not None:
-            return "cgroup v1 " + ", ".join(f"{c}:{p}" for c, p in sorted(self.cgroup.paths.items()) if c)
+            where = "cgroup v1 " + ", ".join(f"{c}:{p}" for c, p in sorted(self.cgroup.paths.items()) if c)
+            return where + ("" if self.cgroup.blkio() is not None else "; block I/O of the host (psutil)")
         return "host (psutil)"
 
     def sample(self) -> dict[str, Any]:
@@ -253,7 +262,7 @@ class LocalStats:
             "cpu_stats": cpu_stats,
             "precpu_stats": self._previous.get("cpu_stats", {}),
             "memory_stats": self.cgroup.memory() or host_memory(),
-            "blkio_stats": self.cgroup.blkio() or host_blkio(),
+            "blkio_stats": blkio if (blkio := self.cgroup.blkio()) is not None else host_blkio(),
             "pids_stats": {"current": pids if pids is not None else len(psutil.pids())},
             "networks": networks(),
         }

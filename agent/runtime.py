@@ -14,6 +14,7 @@ import importlib
 import logging
 import os
 import resource
+import socket
 import time
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
@@ -182,17 +183,30 @@ class Runtime:
         await self._runner.setup()
         assert self._runner.server is not None  # made by setup()
         host, port = self.config.http_addr
+
+        def hostport(h: str, p: int) -> str:
+            return f"[{h}]:{p}" if ":" in h else f"{h}:{p}"
+
         # listening here rather than through a TCPSite: the connection limit sits in front of aiohttp's
         # protocol factory (closed in serve(), before the runner's cleanup)
         try:
-            self._listener = await asyncio.get_running_loop().create_server(
-                limit.protocols(self._runner.server), host, port, reuse_address=True, backlog=128)
+            if host == "::" and socket.has_dualstack_ipv6():
+                # asyncio sets IPV6_V6ONLY: `::` would not answer on 127.0.0.1. One socket for both
+                # families, as the StatsD listener binds `::`; create_server sets SO_REUSEADDR
+                sock = socket.create_server((host, port), family=socket.AF_INET6, backlog=128,
+                                            reuse_port=False, dualstack_ipv6=True)
+                self._listener = await asyncio.get_running_loop().create_server(
+                    limit.protocols(self._runner.server), sock=sock)
+            else:
+                self._listener = await asyncio.get_running_loop().create_server(
+                    limit.protocols(self._runner.server), host, port, reuse_address=True, backlog=128)
         except OSError as exc:
-            raise OSError(exc.errno, f"HTTP listener on {host}:{port} (TASKLENS_HTTP_ADDR): {exc.strerror}") from None
+            raise OSError(exc.errno, f"HTTP listener on {hostport(host, port)} (TASKLENS_HTTP_ADDR): "
+                                     f"{exc.strerror}") from None
         log.debug("HTTP: at most %d connections", limit.limit)
         self.http_addresses = [s.getsockname()[:2] for s in self._listener.sockets]
         log.info("HTTP on %s (/metrics, /health, /ready, /status)",
-                 ", ".join(f"{h}:{p}" for h, p in self.http_addresses))
+                 ", ".join(hostport(h, p) for h, p in self.http_addresses))
 
     # -- running -------------------------------------------------------------------------------
 

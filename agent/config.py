@@ -279,7 +279,8 @@ def parse_url_list(text: str) -> tuple[str, ...]:
     expected = "comma-separated URLs, e.g. sqs://orders?region=eu-west-1,redis://host:6379/0?list=jobs"
     if split_password(text):
         raise ValueError(f"{expected}: a password's , must be percent-encoded (%2C): the list is split at every comma, "
-                         "and the URL before it does not read as one by itself")
+                         "and the URL before it does not read as one by itself (a `:` after its host may be a "
+                         "password's, spanning the next URL; if none is, list the URL with the user name first)")
     urls = tuple(u.strip() for u in text.split(",") if u.strip())
     for url in urls:
         check_text(url, expected, 2048)

@@ -9,6 +9,7 @@ within `shutdown_timeout`. What is still running then is cancelled and logged.
 from __future__ import annotations
 
 import asyncio
+import errno
 import gc
 import importlib
 import logging
@@ -56,6 +57,22 @@ def raise_open_files_limit() -> None:
             log.debug("open files: soft limit %s kept, not raised to %s: %s", soft, hard, exc)
             return
     log.debug("open files: limit %s (was %s)", hard, soft)
+
+
+def _dual_stack(port: int) -> socket.socket | None:
+    """One socket on `::` for both families (asyncio sets IPV6_V6ONLY: `::` would not answer on
+    127.0.0.1), as the StatsD listener binds `::`; None where the system has none, or where another
+    process holds the port over IPv4 only: then `::` serves IPv6 alone, as it did, with a warning."""
+    if not socket.has_dualstack_ipv6():
+        return None
+    try:
+        return socket.create_server(("::", port), family=socket.AF_INET6, backlog=128, reuse_port=False,
+                                    dualstack_ipv6=True)  # (SO_REUSEADDR set)
+    except OSError as exc:
+        if exc.errno != errno.EADDRINUSE:
+            raise
+        log.warning("HTTP on [::]:%d: the port is taken over IPv4 (another process): serving IPv6 only", port)
+        return None
 
 
 class Runtime:
@@ -190,11 +207,8 @@ class Runtime:
         # listening here rather than through a TCPSite: the connection limit sits in front of aiohttp's
         # protocol factory (closed in serve(), before the runner's cleanup)
         try:
-            if host == "::" and socket.has_dualstack_ipv6():
-                # asyncio sets IPV6_V6ONLY: `::` would not answer on 127.0.0.1. One socket for both
-                # families, as the StatsD listener binds `::`; create_server sets SO_REUSEADDR
-                sock = socket.create_server((host, port), family=socket.AF_INET6, backlog=128,
-                                            reuse_port=False, dualstack_ipv6=True)
+            sock = _dual_stack(port) if host == "::" else None
+            if sock is not None:
                 self._listener = await asyncio.get_running_loop().create_server(
                     limit.protocols(self._runner.server), sock=sock)
             else:

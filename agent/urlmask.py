@@ -115,6 +115,7 @@ def authorities(text: str) -> Iterator[Authority]:
             parts = urlsplit(url)
             port, host = parts.port, parts.hostname  # the port raises ValueError when it is not a number
             readable = userinfo == (parts.netloc.rpartition("@")[0] if "@" in parts.netloc else None)
+            # where a user info's raw `/`, `?` or `#` leaves its password; `?list=jobs:high` reads the same
             colon = ":" in parts.path + parts.query + parts.fragment
         except ValueError:
             port, host, readable, colon = None, None, False, False

@@ -28,3 +28,14 @@ def test_unspecified_ipv6_address_answers_both_families(sidecar_factory) -> None
     wait_until(lambda: http_get(f"http://[::1]:{port}/health")[0] == 200, what="/health over ::1")
     assert http_get(f"http://127.0.0.1:{port}/health")[0] == 200
     assert f"HTTP on [::]:{port} (" in sidecar.log
+
+
+@pytest.mark.skipif(not _ipv6_loopback(), reason="no IPv6 loopback (::1) or no dual-stack sockets on this machine")
+def test_unspecified_ipv6_address_with_the_port_taken_over_ipv4_serves_ipv6(sidecar_factory) -> None:
+    """Another process on 127.0.0.1:port (an app in the same network namespace): `[::]:port` served
+    IPv6 before the dual-stack socket, and still does, with a warning, instead of refusing to start."""
+    port = free_port()
+    with socket.create_server(("127.0.0.1", port)):
+        sidecar = sidecar_factory(TASKLENS_HTTP_ADDR=f"[::]:{port}")
+        wait_until(lambda: http_get(f"http://[::1]:{port}/health")[0] == 200, what="/health over ::1")
+        assert "the port is taken over IPv4" in sidecar.log

@@ -172,3 +172,18 @@ def test_a_raw_comma_after_a_user_info_with_a_raw_slash_is_refused_and_masked() 
             raise AssertionError(f"{value} taken")
         except ConfigError as exc:
             assert "Qv7Wj" not in str(exc) and "Xk9Zb" not in str(exc), str(exc)
+
+
+def test_a_colon_after_the_host_then_a_bare_user_name_is_refused_in_that_order_only() -> None:
+    """`?list=jobs:high` reads like a password's start after a raw `?` in a user info (`amqp://g?x:pa`):
+    followed by a URL whose user name has no password, the two may be one URL, and are refused (masked);
+    listed the other way round, or with the user's password, they are a list."""
+    from agent.config import ConfigError, load
+
+    first, token = "redis://cache:6379/0?list=jobs:high", "nats://tok3n@nats:4222?stream=S&consumer=c"
+    try:
+        load({"TASKLENS_QUEUES": f"{first},{token}"})
+        raise AssertionError("taken")
+    except ConfigError as exc:
+        assert "tok3n" not in str(exc) and "list the URL with the user name first" in str(exc), str(exc)
+    assert load({"TASKLENS_QUEUES": f"{token},{first}"}).queues == (token, first)

@@ -156,10 +156,12 @@ class Cgroup:
                     if key in values and f"{major}{minor}{values[key]}".isdigit():
                         into.append({"major": int(major), "minor": int(minor), "op": op, "value": int(values[key])})
             return {"io_service_bytes_recursive": nbytes or None, "io_serviced_recursive": ops or None}
-        # v1 at the hierarchy's root counts only the root group's own tasks, not the host's I/O; and a
-        # kernel counts throttle stats only on disks where some cgroup set a limit (6.x: blkio.throttle
-        # holds just "Total 0" then), so no device line means "not counted here", not "no I/O"
-        if self.paths.get("blkio") == "/":
+        # v1 at the hierarchy's root counts only the root group's own tasks, not the host's I/O: "/" is
+        # that root when another controller shows a path of ours (no cgroup namespace; inside one, every
+        # controller shows "/", our own). And a kernel counts throttle stats only on disks where some
+        # cgroup set a limit (6.x: the file holds just "Total 0"), so no device line means "not counted
+        # here", not "no I/O"
+        if self.paths.get("blkio") == "/" and any(p not in ("", "/") for p in self.paths.values()):
             return None
         d = self._dir("blkio", "blkio.throttle.io_service_bytes")
         if d is None:

@@ -65,6 +65,18 @@ def test_blkio_with_device_lines_is_the_cgroups(tmp_path: Path) -> None:
                                 "ecs.container.io.read_ops_total": 3, "ecs.container.io.write_ops_total": 4}
 
 
+def test_blkio_at_the_root_of_a_cgroup_namespace_is_the_cgroups(tmp_path: Path) -> None:
+    """Inside a cgroup namespace every controller shows "/": that is our own cgroup, its lines count
+    (a diff review: the "/" rule alone reported the host's I/O there)."""
+    tree = v1_tree("/", "8:0 Read 1000\n8:0 Write 2000\nTotal 3000\n", "8:0 Read 3\n8:0 Write 4\nTotal 7\n")
+    tree["proc/self/cgroup"] = "7:blkio:/\n4:memory:/\n2:cpuacct:/\n0::/\n"
+    tree = {k.replace("cg/memory/process_api/abc/", "cg/memory/"): v for k, v in tree.items()}
+    write_tree(tmp_path, tree)
+    local = LocalStats(str(tmp_path / "proc"), str(tmp_path / "cg"))
+    assert "block I/O" not in local.source
+    assert io_values(local)["ecs.container.io.write_bytes_total"] == 2000
+
+
 def _metric(text: str, name: str) -> float | None:
     for line in text.splitlines():
         if line.startswith(name + "{") or line.startswith(name + " "):

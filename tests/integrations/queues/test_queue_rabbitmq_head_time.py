@@ -18,14 +18,14 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 
 from agent.redact import basic_auth
+from integrations.queues.base import CLOCK_SKEW as SKEW
+from integrations.queues.base import PLAUSIBLE_FROM as YEAR_2000
 from integrations.queues.base import ProbeError
 from integrations.queues.rabbitmq import head_age, reading_of_management
 from integrations.queues.source import QueueSource
 from tests.integrations.queues.support import eventually, port_open
 
 AMQP = "amqp://guest:guest@127.0.0.1:5672/"
-YEAR_2000 = 946_684_800
-SKEW = 60  # seconds past the sidecar's clock a time still reads as one (integrations/queues/redis.py)
 NOW = 1_796_626_113.0  # the tester's clock, 2026-12-08
 
 pytestmark = pytest.mark.skipif(not port_open(5672), reason="RabbitMQ is not running on 127.0.0.1:5672")

@@ -18,12 +18,12 @@ from hypothesis import strategies as st
 from agent.config import Config
 from agent.hub import Hub
 from agent.identity import Identity
+from integrations.queues.base import CLOCK_SKEW as SKEW
+from integrations.queues.base import PLAUSIBLE_FROM as YEAR_2000
 from integrations.queues.source import QueueSource
 from tests.integrations.queues.support import port_open
 
 REDIS = "redis://127.0.0.1:6379/0"
-YEAR_2000 = 946_684_800
-SKEW = 60  # how far past the sidecar's clock a time still reads as one (integrations/queues/redis.py)
 
 pytestmark = pytest.mark.skipif(not port_open(6379), reason="Redis is not running on 127.0.0.1:6379")
 

@@ -81,7 +81,7 @@ def test_a_password_from_password_env_is_the_secret_not_the_user_name() -> None:
 @settings(max_examples=300, deadline=None)
 @given(user=st.text("abcdefghijklmnopqrstuvwxyz0123456789-._~", min_size=4, max_size=12),
        extra=st.lists(st.tuples(st.sampled_from(["creds", "key", "token", "password", "name", "x", "auth_key"]),
-                                st.text("ABCDEFGHIJKLMNOPQRSTUVWXYZ/._", min_size=1, max_size=12)),  # never the user
+                                st.text("/._", min_size=4, max_size=12)),  # a secret nowhere else in the URL
                       max_size=3),
        sep=st.sampled_from(["&", ";"]), with_password=st.booleans())
 @example(user="s3cr3tTok", extra=[("creds", "/etc/nats/user.creds")], sep="&", with_password=False)

@@ -27,8 +27,9 @@ from agent.urlmask import mask_url, url_passwords
 
 
 def _show_addr(addr: tuple[str, int]) -> str:
-    host, port = addr
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    from agent.http import show_addr
+
+    return show_addr(*addr)
 
 
 def _check_bindable(name: str, addr: tuple[str, int], kind: socket.SocketKind) -> None:

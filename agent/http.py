@@ -51,6 +51,11 @@ ABANDONED = ("gone", "stalled")
 # HTTP connections open at once, at most (ConnectionLimit): far more than scrapers and health checks
 # use, and fewer under a low limit on open files, where SPARE_FILES stay for the rest of the sidecar
 # (its pollers, sinks, StatsD sockets and files)
+def show_addr(host: str, port: int) -> str:
+    """`host:port`, an IPv6 host in brackets (`[::]:9102`), as the settings write it."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 # A connection that has not sent its whole request yet holds what it sent: up to HEADERS_MAX header
 # lines of 8190 bytes (aiohttp's bound on one line) and the request line, about 0.5 MiB of memory with
 # the parser's copies. CONNECTIONS_MAX of them bound that memory (64 MiB: tests/test_http_memory.py); a

@@ -201,26 +201,21 @@ class Runtime:
         assert self._runner.server is not None  # made by setup()
         host, port = self.config.http_addr
 
-        def hostport(h: str, p: int) -> str:
-            return f"[{h}]:{p}" if ":" in h else f"{h}:{p}"
-
         # listening here rather than through a TCPSite: the connection limit sits in front of aiohttp's
         # protocol factory (closed in serve(), before the runner's cleanup)
         try:
             sock = _dual_stack(port) if host == "::" else None
-            if sock is not None:
-                self._listener = await asyncio.get_running_loop().create_server(
-                    limit.protocols(self._runner.server), sock=sock)
-            else:
-                self._listener = await asyncio.get_running_loop().create_server(
-                    limit.protocols(self._runner.server), host, port, reuse_address=True, backlog=128)
+            where: dict[str, Any] = {"sock": sock} if sock is not None else {
+                "host": host, "port": port, "reuse_address": True, "backlog": 128}
+            self._listener = await asyncio.get_running_loop().create_server(limit.protocols(self._runner.server),
+                                                                            **where)
         except OSError as exc:
-            raise OSError(exc.errno, f"HTTP listener on {hostport(host, port)} (TASKLENS_HTTP_ADDR): "
+            raise OSError(exc.errno, f"HTTP listener on {http.show_addr(host, port)} (TASKLENS_HTTP_ADDR): "
                                      f"{exc.strerror}") from None
         log.debug("HTTP: at most %d connections", limit.limit)
         self.http_addresses = [s.getsockname()[:2] for s in self._listener.sockets]
         log.info("HTTP on %s (/metrics, /health, /ready, /status)",
-                 ", ".join(hostport(h, p) for h, p in self.http_addresses))
+                 ", ".join(http.show_addr(h, p) for h, p in self.http_addresses))
 
     # -- running -------------------------------------------------------------------------------
 

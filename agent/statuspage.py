@@ -273,16 +273,15 @@ class PageHistory:
         }
 
 
-def status_window(config: Any, sources: Iterable[object] = ()) -> float:
+def status_window(config: Any, sources: Iterable[Any] = ()) -> float:
     """The history the page keeps: TASKLENS_STATUS_HISTORY, widened to 3 polls of the slowest source it
     charts (ECS, each queue under shared polling), as the trend windows are (`trend_window`): a history
     shorter than that would chart one point or none."""
-    share = getattr(config, "queue_poll_share", 1)
     window = trend_window(config.status_history, config.poll_interval)
     for source in sources:
-        interval = getattr(source, "interval", None)
-        if str(getattr(source, "name", "")).startswith("queue:") and isinstance(interval, (int, float)):
-            window = max(window, trend_window(config.status_history, interval, share))
+        share = getattr(source, "share", None)  # a queue source's: its interval and its share of the polls
+        if share is not None:
+            window = max(window, trend_window(config.status_history, source.interval, share))
     return window
 
 

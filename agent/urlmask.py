@@ -161,7 +161,7 @@ def url_token(url: Authority, text: str) -> str | None:
     `password_env=`), whatever else the query holds: the rule `nats.connect_options` sends it by."""
     if url.scheme == "nats":
         return None if not url.userinfo or _has_password(url, text) else url.userinfo.partition(":")[0] or None
-    return bare_user(url, text) if url.scheme in ("http", "https") else None
+    return http_token(url, text)
 
 
 def _decodings(text: str) -> list[str]:

@@ -287,8 +287,8 @@ MAX_INTERFACE_NAME = 256
 
 
 def interfaces(stats: Any) -> dict[str, dict[str, float]]:
-    """Interface name -> counters; `networks` may be missing or spelled `network` (old agents). None
-    from an entry with more than MAX_INTERFACES interfaces or a name past MAX_INTERFACE_NAME characters
+    """Interface name -> counters; `networks` may be missing or spelled `network` (old agents). Empty
+    for an entry with more than MAX_INTERFACES interfaces or a name past MAX_INTERFACE_NAME characters
     (junk: a gap, never a part of it)."""
     nets = _get(stats, "networks")
     if not isinstance(nets, dict):

@@ -74,13 +74,17 @@ async def start(tmp_path) -> AsyncIterator[Callable[..., asyncio.Future]]:
 
     async def starter(**env: str) -> Running:
         env.setdefault("TASKLENS_STATSD_ADDR", "127.0.0.1:0")
+        # a test that sets no interval closes intervals with its own flush() only: a wall-clock boundary
+        # between its sends and that flush would split them over two batches (a second, zero sample)
+        frozen = time.time()
+        wall = time.time if "TASKLENS_FLUSH_INTERVAL" in env else (lambda: frozen)
         config = load(env)
         hub = Hub(identity(), SelfMetrics())
         recorder = Recorder()
         prometheus = PrometheusSink(hub.metrics, pull=hub.pull, buckets=config.histogram_buckets)
         hub.add_sink(recorder)
         hub.add_sink(prometheus)
-        server = StatsdServer(config, hub)
+        server = StatsdServer(config, hub, wall=wall)
         await server.start()
         stop = asyncio.Event()
         r = Running(server, hub, recorder, prometheus, stop, asyncio.create_task(server.run(stop)))

@@ -6,6 +6,7 @@ import logging
 import os
 import re
 import time
+from types import SimpleNamespace
 
 from agent.logs import AsideHandler
 from tests.support import serve_app, wait_until
@@ -93,12 +94,18 @@ async def test_malformed_http_requests_log_one_line_a_minute_not_a_traceback_eac
     assert "Tok3n123" not in record.getMessage() and "token=***" in record.getMessage()  # the request line
 
 
-def test_a_suppressed_message_is_counted_on_its_next_line() -> None:
+def test_a_suppressed_message_is_counted_on_its_next_line(monkeypatch) -> None:
+    from agent import logs
     from agent.logs import OneLinePerInterval
 
+    # the gate's clock is the test's: on a loaded machine, 0.05 s of real time could pass between the first
+    # message and the next two, which would then pass the gate instead of being suppressed
+    now = [1000.0]
+    monkeypatch.setattr(logs, "time", SimpleNamespace(monotonic=lambda: now[0], sleep=time.sleep))
     gate = OneLinePerInterval(interval=0.05)
     record = lambda: logging.LogRecord("aiohttp.server", logging.ERROR, "", 0, "Error from %s", ("a\nb",), None)  # noqa: E731
     assert gate.filter(first := record()) and first.getMessage() == "Error from a\\nb"  # one line
+    now[0] += 0.04
     assert not gate.filter(record()) and not gate.filter(record())
-    time.sleep(0.06)
+    now[0] += 0.02  # 0.06 s after the first: past the interval
     assert gate.filter(again := record()) and again.getMessage().endswith("(2 similar messages suppressed)")

@@ -5,7 +5,6 @@ kernel capped (warned about), and no new context while shedding, even after an e
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import socket
 
@@ -67,7 +66,7 @@ async def test_a_dollar_zero_rule_costs_the_rest_of_the_datagram_in_the_server(s
     path.write_text('[[mappings]]\nmatch = "jobs.done"\nname = "jobs_done_$0"\n')
     r = await start(TASKLENS_CONFIG_FILE=str(path))  # `tasklens check` accepts this file
     send(r.port, b"jobs.done:1|c\nother:5|c")
-    await asyncio.sleep(0.3)
+    await r.wait_lines(2)  # both lines parsed (a fixed 0.3 s could pass first on a loaded machine)
     await r.server.flush()
     other = sum(s.value for s in r.recorder.samples() if s.name == "other")
     assert other == 5.0, (f"other={other}; receive_errors={r.hub.metrics.get('tasklens.statsd.receive_errors', reason='internal')}, "

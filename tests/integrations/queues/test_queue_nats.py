@@ -4,17 +4,30 @@ from __future__ import annotations
 
 import asyncio
 import time
+from datetime import datetime
 
 import nats
 import pytest
 from nats.js.api import AckPolicy, ConsumerConfig, RetentionPolicy
 
 from tests.integrations.queues.support import check_drain, port_open
+from integrations.queues import nats as nats_probe
 from integrations.queues.source import QueueSource
 
 NATS = "nats://127.0.0.1:4222"
 
 pytestmark = pytest.mark.skipif(not port_open(4222), reason="NATS is not running on 127.0.0.1:4222")
+
+
+def at_time(at: float) -> type[datetime]:
+    """`datetime` whose `now()` is `at` (seconds since the epoch): the moment the NATS probe reads ages at."""
+
+    class At(datetime):
+        @classmethod
+        def now(cls, tz=None):  # type: ignore[no-untyped-def, override]
+            return datetime.fromtimestamp(at, tz)
+
+    return At
 
 
 @pytest.fixture
@@ -151,7 +164,7 @@ async def nats_2_10(tmp_path):
 
 
 async def test_a_consumer_with_several_filters_is_as_old_as_its_first_waiting_message(config, hub, exported,
-                                                                                       nats_2_10, clock):
+                                                                                       nats_2_10, clock, monkeypatch):
     """`filter_subjects`: the age is that of the earliest message any of its filters takes, not the
     stream's oldest (a subject it does not take) nor the first filter's."""
     nc = await nats.connect(nats_2_10)
@@ -161,16 +174,20 @@ async def test_a_consumer_with_several_filters_is_as_old_as_its_first_waiting_me
                                                  ack_policy=AckPolicy.EXPLICIT))
     await js.publish("jobs.other", b"not for this consumer")
     await asyncio.sleep(1.5)
-    await js.publish("jobs.b", b"the first it takes")
+    sent = time.time()
+    await js.publish("jobs.b", b"the first it takes")  # stamped by the server between `sent` and `first`
     first = time.time()
     await asyncio.sleep(1.0)
     await js.publish("jobs.a", b"a later one")
+    # the age is read at `now`, not at whatever moment of the poll a loaded machine lets it run: jobs.b's
+    # stamp, somewhere between `sent` and `first`, then gives it within those bounds exactly
+    now = time.time()
+    monkeypatch.setattr(nats_probe, "datetime", at_time(now))
     source = QueueSource(config, hub, f"{nats_2_10}?stream=JOBS&consumer=worker", clock=clock)
     assert await source.poll(), source.last_error
-    after = time.time()
     values = exported.queue("JOBS")
     age = values.pop("oldest_age_seconds")
     assert values["depth"] == 2.0
-    assert after - first - 0.1 <= age <= after - first + 0.5  # jobs.b's: not 2.5 s (other), not 0 (jobs.a)
+    assert now - first - 0.05 <= age <= now - sent + 0.05  # jobs.b's: not 2.5 s (other), not 0 (jobs.a)
     await source.probe.close()
     await nc.close()

@@ -176,7 +176,24 @@ def validate(environ: Mapping[str, str] | None = None) -> tuple[Config, list[str
 
         if not heartbeat_fits(config):  # one a minute needs a record every minute
             warnings.append(HEARTBEAT_LEFT_OUT)
+    warnings += settings_run_changes(config)
     return config, warnings
+
+
+def settings_run_changes(config: Config) -> list[str]:
+    """Warnings for settings that `run` takes, but not as written: what it uses instead."""
+    from agent.identity import TAG_KEYS
+
+    out = []
+    if config.chosen("prometheus_ttl") and config.series_ttl > config.prometheus_ttl:
+        out.append(f"{config.where('prometheus_ttl')}={config.prometheus_ttl:g} is shorter than two flush intervals "
+                   f"({config.where('flush_interval')}={config.flush_interval:g}): series are kept "
+                   f"{config.series_ttl:g} s, so that a StatsD counter's total never starts again between flushes")
+    for key in sorted({k for k, _ in config.tags} & set(TAG_KEYS)):
+        used = ("never used: the identity always has a service (TASKLENS_SERVICE sets it)" if key == "service"
+                else "used only where the identity has none")
+        out.append(f"{config.where('tags')}: {key!r} is a tag of the task's identity; this value is {used}")
+    return out
 
 
 def agent_uri_warning(environ: Mapping[str, str]) -> str | None:

@@ -11,6 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 
+from agent.config import load
+from agent.identity import TAG_KEYS, Identity
 from tests.support import FIXTURES, TASKLENS, clean_env, free_port, http_get, wait_until
 
 
@@ -626,3 +628,37 @@ def test_check_accepts_a_writable_socket_directory_and_leaves_nothing_there(tmp_
 
     validate(clean_env(TASKLENS_STATSD_SOCKET=str(tmp_path / "statsd.sock")))
     assert list(tmp_path.iterdir()) == []
+
+
+def test_check_warns_of_a_prometheus_ttl_run_lengthens() -> None:
+    env = {"TASKLENS_PROMETHEUS_TTL": "1", "TASKLENS_FLUSH_INTERVAL": "10"}
+    check = subprocess.run([TASKLENS, "check"], env=clean_env(**env), capture_output=True, text=True, timeout=30)
+    assert check.returncode == 0, check.stderr
+    (warning,) = json.loads(check.stdout)["warnings"]
+    assert warning.startswith("TASKLENS_PROMETHEUS_TTL=1 is shorter than two flush intervals") and "kept 20 s" in warning
+    assert f"tasklens: warning: {warning}" in check.stderr.splitlines()
+
+
+@settings(max_examples=60, deadline=None)
+@given(ttl=st.integers(1, 7 * 86400), flush=st.integers(1, 3600), given_ttl=st.booleans())
+def test_a_ttl_is_warned_of_exactly_when_run_keeps_series_longer(ttl: int, flush: int, given_ttl: bool) -> None:
+    from agent.cli import settings_run_changes
+
+    env = {"TASKLENS_FLUSH_INTERVAL": str(flush)} | ({"TASKLENS_PROMETHEUS_TTL": str(ttl)} if given_ttl else {})
+    config = load(env)
+    warned = [w for w in settings_run_changes(config) if w.startswith("TASKLENS_PROMETHEUS_TTL=")]
+    assert len(warned) == (given_ttl and ttl < 2 * flush)
+    assert config.series_ttl == (max(ttl, 2 * flush) if given_ttl else max(300, 2 * flush))
+
+
+@settings(max_examples=60, deadline=None)
+@given(keys=st.lists(st.sampled_from(TAG_KEYS + ("team", "queue", "owner")), min_size=1, max_size=6, unique=True))
+def test_identity_keys_in_tasklens_tags_are_warned_of_and_the_identity_wins(keys: list[str]) -> None:
+    from agent.cli import settings_run_changes
+
+    config = load({"TASKLENS_TAGS": ",".join(f"{k}:mine" for k in keys), "TASKLENS_SERVICE": "svc"})
+    warned = sorted(w.split("'")[1] for w in settings_run_changes(config))
+    assert warned == sorted(set(keys) & set(TAG_KEYS))
+    tags = dict(Identity(service="svc", task_id="t-1", extra=config.tags).tags)
+    assert tags["service"] == "svc" and tags["task_id"] == "t-1"  # the identity's, never "mine"
+    assert all(tags[k] == "mine" for k in keys if k not in ("service", "task_id"))  # where it has none

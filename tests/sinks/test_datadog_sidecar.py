@@ -55,8 +55,17 @@ def values(intake: Intake, metric: str, *tags: str) -> set[tuple[float, int]]:
     return found
 
 
+HOUR_MARGIN = 60.0  # seconds the test below may take from the sidecar's start to its SIGTERM
+
+
 @pytest.fixture
 def sidecar(tmp_path, intake: Intake, metadata_url: str) -> AsyncIterator[Sidecar]:  # type: ignore[no-untyped-def]
+    # the hour-long interval closes on the wall clock's hour (its StatsD interval, then the exporter's flush):
+    # one that fell between the sends and the SIGTERM would send before it, and split the StatsD interval.
+    # The process's clock is the machine's, so the test starts past the hour when one is near.
+    left = 3600 - time.time() % 3600
+    if left < HOUR_MARGIN:
+        time.sleep(left + 1.0)  # nothing runs on the loop yet: the metadata server and the intake are idle
     s = Sidecar(tmp_path, DD_API_KEY=KEY, DD_DD_URL=intake.url, ECS_CONTAINER_METADATA_URI_V4=metadata_url,
                 TASKLENS_FLUSH_INTERVAL="3600", TASKLENS_POLL_INTERVAL="1", TASKLENS_SHUTDOWN_TIMEOUT="10")
     yield s
@@ -86,7 +95,11 @@ async def test_sigterm_delivers_statsd_and_ecs_points_with_exact_values(sidecar:
     await wait_for(received, what="the StatsD lines to be received")
     status = sidecar.get("/status")[1]
     assert '"datadog"' in status and KEY not in status and KEY[-8:] not in status
-    await asyncio.sleep(1.2)  # at least one more ECS poll, so counters have a previous sighting
+    # at least one more ECS poll, so counters have a previous sighting (a fixed 1.2 s was not always one
+    # on a loaded machine)
+    polled = json.loads(status)["components"]["ecs"]["last_success"]
+    await wait_for(lambda: json.loads(sidecar.get("/status")[1])["components"]["ecs"]["last_success"] != polled,
+                   what="one more ECS poll")
     assert intake.requests == []  # nothing sent yet: it is all pending in the sidecar
 
     sidecar.proc.send_signal(signal.SIGTERM)

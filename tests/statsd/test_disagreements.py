@@ -120,3 +120,29 @@ def test_row_names_are_kept_and_sanitised_only_for_prometheus() -> None:
 def test_row_timestamped_gauge_is_exported_as_sent() -> None:
     batch = interval(b"g:3|g|T1700000000", b"g:4|g")
     assert sorted((s.timestamp or 0, s.value) for s in batch.samples) == [(0, 4.0), (1700000000.0, 3.0)]
+
+
+@pytest.mark.parametrize("use_ms", [False, True])
+def test_datadog_timed_sends_seconds_in_a_ms_line_unless_use_ms(use_ms: bool) -> None:
+    """docs/statsd.md: `datadog.DogStatsd.timed()` writes its elapsed time in seconds on a `|ms` line by
+    default; read as milliseconds, the Prometheus histogram is 1000 times too small. `use_ms=True` sends ms."""
+    import socket
+    import time
+
+    from datadog.dogstatsd import DogStatsd
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as server:
+        server.bind(("127.0.0.1", 0))
+        server.settimeout(5)
+        client = DogStatsd(host="127.0.0.1", port=server.getsockname()[1], disable_buffering=True,
+                           disable_telemetry=True, use_ms=use_ms)
+        started = time.perf_counter()
+        with client.timed("t"):
+            time.sleep(0.05)
+        elapsed = time.perf_counter() - started
+        client.close_socket()
+        line = server.recv(4096).rstrip(b"\n")
+    assert line.startswith(b"t:") and line.endswith(b"|ms")
+    seconds = prometheus(interval(line))[("t_sum", (("service", "svc"),))]
+    true_seconds = seconds if use_ms else seconds * 1000
+    assert 0.05 <= true_seconds <= elapsed + 0.001

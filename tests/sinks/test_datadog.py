@@ -40,7 +40,7 @@ async def intake() -> AsyncIterator[Intake]:
 
 def make(intake: Intake, **overrides: object) -> tuple[DatadogSink, Hub]:
     options = {"dd_api_key": KEY, "dd_url": intake.url, "flush_interval": 0.1, "datadog_timeout": 2.0, **overrides}
-    sink_options = {k: options.pop(k) for k in ("backoff_base", "backoff_max", "drain_timeout") if k in options}
+    sink_options = {k: options.pop(k) for k in ("backoff_base", "backoff_max", "drain_timeout", "wall") if k in options}
     config = replace(Config(), **options)  # type: ignore[arg-type]
     hub = Hub(IDENTITY)
     sink = DatadogSink(config, hub, **{"backoff_base": 0.05, "backoff_max": 0.2, **sink_options})  # type: ignore[arg-type]
@@ -74,10 +74,12 @@ def test_request_urls_are_the_path_under_the_base(base: str, url: str) -> None:
 
 
 async def test_known_statsd_and_ecs_samples_arrive_typed_with_exact_values(intake: Intake) -> None:
-    sink, hub = make(intake, flush_interval=3600.0)  # flushed by stop, so one interval holds it all
+    now = time.time()
+    # flushed by stop, so one interval holds it all; the sink's clock stands at `now`: a second (or the hour)
+    # that began between `now` and the publish would stamp the points a second later (or flush them early)
+    sink, hub = make(intake, flush_interval=3600.0, wall=lambda: now)
     stop = asyncio.Event()
     task = asyncio.create_task(sink.run(stop))
-    now = time.time()
     own = (("endpoint", "/pay"),)
     hub.publish(Batch("statsd", [
         # `x:1|c|@0.5` received 3 times in a 10 s interval: sum 6 -> rate 0.6/s with interval 10

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import json
+import logging
 import math
 import resource
 import time
@@ -13,6 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from agent import heavy
 from agent.hub import Hub
@@ -127,6 +129,25 @@ class ConnectionLimit:
             return await handler(request)  # type: ignore[no-any-return]
         finally:
             self._answering.discard(request.protocol)
+
+
+class CountingLogger(logging.LoggerAdapter):  # type: ignore[type-arg]
+    """aiohttp's server logger (`logger=` of its request handlers), counting each request it answers with
+    an error of its own in `tasklens.http.errors{reason}`: `bad_request` (malformed: a header over 8 KiB,
+    too many headers, garbage on the port: its 400), or `handler` (an exception in a handler: its 500).
+    Those answers never reach the middleware; the log lines stay rate-limited (`logs.OneLinePerInterval`)."""
+
+    def __init__(self, metrics: SelfMetrics) -> None:
+        super().__init__(logging.getLogger("aiohttp.server"), {})
+        self._metrics = metrics
+        for reason in ("bad_request", "handler"):
+            metrics.inc("tasklens.http.errors", 0.0, reason=reason)  # exported from the start
+
+    def log(self, level: int, msg: object, *args: Any, **kwargs: Any) -> None:
+        if isinstance(msg, str) and msg.startswith(("Error handling request", "Unhandled exception")):
+            bad = isinstance(kwargs.get("exc_info"), HttpProcessingError)
+            self._metrics.inc("tasklens.http.errors", reason="bad_request" if bad else "handler")
+        super().log(level, msg, *args, **kwargs)
 
 
 class SingleFlight:

@@ -196,7 +196,8 @@ class Runtime:
         # The handlers only read, so stopping one anywhere leaves nothing half done.
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False, handler_cancellation=True,
                                      keepalive_timeout=http.REQUEST_DEADLINE, shutdown_timeout=HTTP_GRACE,
-                                     max_headers=http.HEADERS_MAX)
+                                     max_headers=http.HEADERS_MAX,
+                                     logger=http.CountingLogger(self.metrics))
         await self._runner.setup()
         assert self._runner.server is not None  # made by setup()
         host, port = self.config.http_addr

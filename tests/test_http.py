@@ -209,3 +209,39 @@ def test_a_connection_closed_over_the_limit_is_not_also_counted_as_its_peer_gone
     assert gone(make_mocked_request("GET", "/metrics", protocol=by_the_limit, transport=transport))
     transport.is_closing.return_value = False
     assert not gone(make_mocked_request("GET", "/metrics", protocol=hung_up, transport=transport))
+
+
+MALFORMED = {  # each answered 400 by aiohttp itself, before any handler or middleware
+    "header_too_long": b"GET /health HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 9000 + b"\r\n\r\n",
+    "too_many_headers": b"GET /health HTTP/1.1\r\n" + b"".join(b"X-%d: 1\r\n" % i for i in range(40)) + b"\r\n",
+    "not_http": b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03 TLS hello\r\n\r\n",
+    "bad_version": b"GET /health HTTP/9\r\n\r\n",
+    "bad_header_name": b"GET /health HTTP/1.1\r\nBad Header: 1\r\n\r\n",
+    "bad_content_length": b"POST /health HTTP/1.1\r\nContent-Length: -5\r\n\r\n",
+}
+
+
+def errors_total(exposition: str, reason: str) -> float:
+    found = [line for line in exposition.splitlines()
+             if line.startswith("tasklens_http_errors_total{") and f'reason="{reason}"' in line]
+    assert found, f"tasklens_http_errors_total{{reason={reason!r}}} not exported"
+    return float(found[0].split()[-1])
+
+
+def test_malformed_requests_get_their_400_each_counted_and_health_answers(sidecar_factory) -> None:
+    """aiohttp answers a malformed request itself (its 400 never reaches the middleware): each is counted
+    in `tasklens_http_errors_total{reason="bad_request"}`, a good request on the next connection answers."""
+    sidecar = sidecar_factory()
+    sidecar.wait_ready()
+    assert errors_total(http_get(sidecar.url + "/metrics")[1], "bad_request") == 0
+    assert errors_total(http_get(sidecar.url + "/metrics")[1], "handler") == 0
+    for name, request in MALFORMED.items():
+        with connect(sidecar.http_port) as sock:
+            sock.sendall(request)
+            answer = sock.recv(65536)
+        assert answer.split(b" ", 2)[1] == b"400", (name, answer[:100])
+    wait_until(lambda: errors_total(http_get(sidecar.url + "/metrics")[1], "bad_request") == len(MALFORMED), 10)
+    status, body = http_get(sidecar.url + "/metrics")
+    assert status == 200 and errors_total(body, "handler") == 0
+    assert http_get(sidecar.url + "/health")[0] == 200
+    assert sidecar.stop() == 0

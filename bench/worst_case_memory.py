@@ -9,13 +9,17 @@ sends, while sampling its RSS every 50 ms:
    members past the per-interval count (32-byte members) and three times past its bytes (1 KB
    members); with `--flood`, distinct timer values 10% past the per-interval histogram values
    (8,800,000 by default, 6,000 to a line, the lines in two slots: sorted with their weights, the
-   costlier way); and the contexts of step 1 again (all live);
+   costlier way); with `--head-storm`, a head storm: one histogram context with a new sample rate
+   in every line (`h:1|h|@0.<9 digits>`, the costliest head per byte charged), as many heads as the
+   head cache takes beside the contexts' own (its entries or its bytes, whichever is reached first),
+   the same heads in every interval so that the cache stays full through every flush; and the
+   contexts of step 1 again (all live);
 3. a control counter alongside everything, which must be exported exactly.
 
 Then it stops sending and waits until the idle contexts and their series expired, and memory was given
 back (the lowest RSS over 10 s). Prints RSS before / peak / after.
 
-    .venv/bin/python bench/worst_case_memory.py [--intervals 3] [--flood]
+    .venv/bin/python bench/worst_case_memory.py [--intervals 3] [--flood] [--head-storm]
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from agent.statsd.interval import Limits  # noqa: E402
+from agent.statsd.receive import HEAD_CACHE_BYTES, HEAD_COST, Aggregator  # noqa: E402
 from tests.support import Sidecar, wait_until  # noqa: E402
 from tests.reliability.support import (event_storm, histogram_flood, memory_sidecar, rss_bytes,  # noqa: E402
                                        scrape, send_paced, set_storm, status, tag_storm)
@@ -62,7 +67,22 @@ def wait_for_flush(sidecar: Sidecar, flush: float) -> None:
     wait_until(lambda: statsd(sidecar)["last_flush"] != last, flush * 3, what="a flush")
 
 
-def run(tmp: Path, intervals: int = 3, flush: float = 10.0, flood: bool = False) -> Result:
+def head_storm(live: int, head_bytes: int, limits: Limits) -> list[bytes]:
+    """A head storm that fills the head cache to just below its bound beside `live` heads of `head_bytes`
+    bytes each (their key text, as `Aggregator._remember` charges it): `h:1|h|@0.<9 digits>`, one histogram
+    context, a new head per line, in datagrams of ~60 KB."""
+    cache = Aggregator(limits=limits)  # the bounds as the sidecar computes them from the limits
+    others = live + 16  # the sets', the flood's and the control counter's heads, with room to spare
+    key = len(b"h") + len(b"h|@0.100000000")
+    by_bytes = (HEAD_CACHE_BYTES - live * (head_bytes + HEAD_COST) - 16 * 256) // (key + HEAD_COST)
+    n = min(cache._cache_limit - others, by_bytes) * 99 // 100  # never past it: that would empty the cache
+    lines = [b"h:1|h|@0.%09d" % (100_000_000 + i) for i in range(n)]
+    per = 60_000 // (len(lines[0]) + 1)
+    return [b"\n".join(lines[k:k + per]) for k in range(0, len(lines), per)]
+
+
+def run(tmp: Path, intervals: int = 3, flush: float = 10.0, flood: bool = False,
+        heads: bool = False) -> Result:
     limits = Limits()
     sidecar, before, sampler = memory_sidecar(tmp, flush)
     try:
@@ -81,6 +101,11 @@ def run(tmp: Path, intervals: int = 3, flush: float = 10.0, flood: bool = False)
             send_control()
             send_paced(sidecar, datagrams, step=20)
             send_control()
+            storm_heads: list[bytes] = []
+            if heads:
+                name, _, rest = storm[-1].partition(b":")
+                storm_heads = head_storm(statsd(sidecar)["contexts"], len(name) + len(rest.partition(b"|")[2]),
+                                         limits)
             # 2. every interval: the contexts again, events and set members past their limits
             # three times the event and set bytes: past them even when a flush splits the storm in two
             events = event_storm(3 * limits.event_bytes // 60_000)
@@ -88,7 +113,7 @@ def run(tmp: Path, intervals: int = 3, flush: float = 10.0, flood: bool = False)
                 members = set_storm(contexts=8, members=limits.set_members + 50_000, salt=n)  # the count
                 members += set_storm(contexts=8, members=3 * limits.set_bytes // 1000, member_bytes=1000,
                                      salt=n)  # the bytes
-                send_paced(sidecar, datagrams + events + members, step=20)
+                send_paced(sidecar, datagrams + events + members + storm_heads, step=20)
                 if flood:  # 12 MB at a time (the socket and receive buffers hold them)
                     send_paced(sidecar, histogram_flood(limits.histogram_values * 11 // 10, salt=n, rates=2),
                                step=200)
@@ -127,9 +152,11 @@ def main() -> None:
     parser.add_argument("--intervals", type=int, default=3)
     parser.add_argument("--flush", type=float, default=10.0)
     parser.add_argument("--flood", action="store_true", help="a histogram flood in every interval too")
+    parser.add_argument("--head-storm", action="store_true",
+                        help="a head storm too, filling the head cache to its bound (the same heads every interval)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        r = run(Path(tmp), args.intervals, args.flush, args.flood)
+        r = run(Path(tmp), args.intervals, args.flush, args.flood, args.head_storm)
     print(f"RSS before {r.rss_before / MIB:.0f} MiB, peak {r.rss_peak / MIB:.0f} MiB, after {r.rss_after / MIB:.0f} MiB")
     print(f"contexts at the peak {r.contexts_peak}; control counter sent {r.control_sent}, exported "
           f"{r.control_exported:g}; refused lines by reason: {r.errors}")

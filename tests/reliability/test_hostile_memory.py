@@ -29,15 +29,21 @@ MIB = 1024 * 1024
 # the interval received: values), 275 MiB at 8,000,000: measured 536 MiB
 RSS_CEILING = 512 * MIB
 RSS_CEILING_FLOOD = 768 * MIB
+# with a head storm on top (`--head-storm`: the head cache full, 64 MiB charged at its key + 128 bytes an
+# entry, ~324,000 heads of one histogram context beside the contexts' own): measured 776 MiB. Not within
+# RSS_CEILING: each head holds ~470 bytes, and its slot ~490 more at the swap and the flush. An open gap
+# (docs/statsd.md, "The worst case, measured"); this ceiling only keeps it from growing
+RSS_CEILING_HEAD_STORM = 896 * MIB
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("flood", [False, True], ids=["without_flood", "with_histogram_flood"])
-def test_the_worst_input_within_the_limits_stays_under_the_rss_ceiling(tmp_path, flood: bool) -> None:
-    result = worst_case(tmp_path, intervals=2, flush=5.0, flood=flood)
+@pytest.mark.parametrize("flood, heads", [(False, False), (True, False), (False, True)],
+                         ids=["without_flood", "with_histogram_flood", "with_head_storm"])
+def test_the_worst_input_within_the_limits_stays_under_the_rss_ceiling(tmp_path, flood: bool, heads: bool) -> None:
+    result = worst_case(tmp_path, intervals=2, flush=5.0, flood=flood, heads=heads)
     print(f"RSS before {result.rss_before / MIB:.0f} MiB, peak {result.rss_peak / MIB:.0f} MiB, "
           f"after {result.rss_after / MIB:.0f} MiB; refused: {result.errors}")
-    assert result.rss_peak < (RSS_CEILING_FLOOD if flood else RSS_CEILING)
+    assert result.rss_peak < (RSS_CEILING_FLOOD if flood else RSS_CEILING_HEAD_STORM if heads else RSS_CEILING)
     assert result.control_exported == result.control_sent  # the control counter, exactly
     # every limit was reached, and each refusal counted under its reason
     assert result.errors.get("cardinality_limit", 0) > 0

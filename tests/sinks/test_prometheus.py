@@ -128,11 +128,11 @@ def test_collisions_after_sanitising_keep_the_first_and_count_the_rest() -> None
     ident = (("service", "orders"), ("task_id", "abc"))
     assert got[("a_b", ident)] == 1.0 and got[("a_b", tuple(sorted(ident + (("k", "v"),))))] == 3.0
     assert got[("x_total", ident)] == 1.0 and got[("y_count", ident)] == 1.0
-    assert got[("_1st", ident)] == 1.0 and got[("__", ident)] == 2.0
+    assert got[("_1st", ident)] == 1.0 and ("__", ident) not in got  # `..`: a name beginning `__` is Prometheus's
     assert got[("ecs_task_info", ident)] == 1.0 and ("tasklens_http_scrapes_total", ident) not in got
     assert not any(k[0] == "t" for k in got)
     assert (rejected(hub, "duplicate_series"), rejected(hub, "name_conflict"), rejected(hub, "label_conflict"),
-            rejected(hub, "reserved_name"), rejected(hub, "bad_name")) == (1, 3, 1, 3, 1)
+            rejected(hub, "reserved_name"), rejected(hub, "bad_name")) == (1, 3, 1, 4, 1)
 
 
 def test_counters_never_decrease_nor_reach_infinity() -> None:

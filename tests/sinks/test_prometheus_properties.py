@@ -211,3 +211,29 @@ def test_the_task_value_of_a_renamed_key_is_written_as_its_own_pair_would_be() -
         assert got.block.encode() == f'exported_service="mine",service="{written}"'.encode()
         with_pair = labels_of((("service", task_value), ("service", "mine")), {"service": task_value})
         assert not isinstance(with_pair, str) and with_pair.block == got.block  # the same, pair or not
+
+
+def test_names_prometheus_writes_itself_never_come_from_a_worker() -> None:
+    """A worker's `up:0|g` was served as `up{service=...} 0` and stored by Prometheus: `up == 0` fired for a
+    healthy target. The same for `scrape_*` series and names beginning `__`, however written."""
+    from agent.sinks.names import PROMETHEUS_OWN
+
+    written = st.tuples(st.sampled_from(sorted(PROMETHEUS_OWN)), st.sampled_from(["_", ".", "-"]))
+
+    @settings(max_examples=150)
+    @given(st.one_of(written.map(lambda ns: ns[0].replace("_", ns[1])),
+                     st.builds(lambda sep, rest: "_" + sep + rest, st.sampled_from(["_", ".", "-", " "]), names)),
+           st.sampled_from([Kind.COUNT, Kind.GAUGE, Kind.COUNTER, Kind.HISTOGRAM]))
+    def one(name: str, kind: Kind) -> None:
+        hub = Hub(IDENTITY)
+        sink = PrometheusSink(hub.metrics, pull=hub.pull, identity=lambda: hub.identity.tags)
+        hub.add_sink(sink)
+        value = Points((12345.5,), (1.0,), False) if kind is Kind.HISTOGRAM else 12345.5
+        hub.publish(Batch("statsd", [Sample(name, value, kind, (("mark", "reserved"),), interval=10),
+                                     Sample("jobs.done", 1.0, Kind.GAUGE)]))
+        for body in (sink.render(), sink.render(openmetrics=True)):
+            assert b'mark="reserved"' not in body and b"\njobs_done{" in body
+        assert hub.metrics.get("tasklens.sink.points_rejected", sink="prometheus", reason="reserved_name") == 1
+
+    one()
+

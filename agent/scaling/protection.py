@@ -5,11 +5,14 @@
 second over the latest metrics (it is a sink of the hub: it sees the ECS source's CPU and the StatsD
 gauges as they are published) and:
 
-- busy and not protected, or protected for less than half the expiry: PUT protection with the expiry;
+- busy and not protected, or protected for less than half of what the agent granted: PUT protection
+  with the expiry;
 - idle for `TASKLENS_SCALE_IN_IDLE` seconds while protected: PUT release.
 
 Never protected forever: every protection carries an expiry (default 30 min), so a sidecar that dies
-or hangs leaves the task protected at most that long. Failures are counted by reason, logged at most
+or hangs leaves the task protected at most that long. The protection counted as ours is what the agent
+granted, never more than what was asked (`granted_seconds`): an agent that grants less is renewed at
+half of what it granted, and `/status` never says protected past it. Failures are counted by reason, logged at most
 once a minute per reason, retried with a backoff (5 s doubling to 5 min), and never block anything
 else: the requests run in this component's own task with a 5 s deadline. A task that ECS says is not
 in a service (`TASK_NOT_VALID`) stops trying, and so does an `ECS_AGENT_URI` no request could use
@@ -27,7 +30,9 @@ import logging
 import re
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
 from typing import Any
 
 import aiohttp
@@ -49,6 +54,8 @@ REQUEST_TIMEOUT = 5.0  # the agent gives up on ECS after 4 s and on its own conn
 BACKOFF_FIRST, BACKOFF_MAX = 5.0, 300.0
 PUBLISH_EVERY = 15.0  # seconds between state samples when nothing changes
 MAX_BODY = 65536  # the agent's answers are a few hundred bytes
+MAX_EXPIRES_MINUTES = 2880  # the most the agent grants (48 h)
+DATE_RESOLUTION = 1.0  # an HTTP Date is whole seconds, cut down: the agent's clock may be up to this much later
 
 # error codes and failure reasons of the agent's answers -> our bounded `reason` label
 _CODES = {
@@ -77,6 +84,7 @@ class Protection:
     enabled: bool
     expiration: str | None  # ISO time from the agent, None when not protected
     task_arn: str | None
+    date: str | None = None  # the answer's HTTP `Date` header: the agent's clock when it answered
 
 
 def request_body(enabled: bool, expires_minutes: int | None) -> dict[str, Any]:
@@ -113,6 +121,50 @@ def interpret(status: int, body: bytes) -> Protection:
     if status >= 400 or status < 200:
         raise ProtectionError(_by_status(status), f"HTTP {status}: {body[:200].decode('utf-8', 'replace')}", status)
     raise ProtectionError("bad_reply", f"HTTP {status} without a protection object: {body[:200]!r}", status)
+
+
+def _timestamp(text: str) -> float | None:
+    """An ISO 8601 time with a zone (`2022-10-06T02:29:16Z`, Go's nanoseconds too) as a POSIX time."""
+    try:
+        parsed = datetime.fromisoformat(text.strip())
+    except ValueError:
+        return None
+    return parsed.timestamp() if parsed.tzinfo is not None else None  # no zone: no telling when it is
+
+
+def _http_date(text: str | None) -> float | None:
+    """An HTTP `Date` header (`Mon, 07 Dec 2026 10:39:07 GMT`, always GMT) as a POSIX time."""
+    if not text:
+        return None
+    try:
+        parsed = parsedate_to_datetime(text)
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+    return (parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)).timestamp()
+
+
+def granted_seconds(expiration: str | None, date: str | None, sent_wall: float) -> float:
+    """How long the protection the agent confirmed lasts, counted from when the request was sent (so
+    never past the agent's own expiry), or ProtectionError `bad_expiry` for an `ExpirationDate` that is
+    missing, unparseable or not in the future.
+
+    The `ExpirationDate` is the agent's (ECS's) clock, which may differ from ours: the span is measured
+    against the answer's own `Date` header (the agent's clock when it answered, after the request was
+    sent), less its one-second resolution; only without a usable `Date` is it measured against our
+    wall clock when the request was sent (`sent_wall`). The caller caps it at what was asked."""
+    if expiration is None:
+        raise ProtectionError("bad_expiry", "protected without an ExpirationDate: no telling until when", 200)
+    expires = _timestamp(expiration)
+    if expires is None:
+        raise ProtectionError("bad_expiry", f"ExpirationDate {expiration[:80]!r} is not a time with a zone", 200)
+    answered = _http_date(date)
+    if answered is not None:
+        granted, since = expires - answered - DATE_RESOLUTION, f"the answer's Date {date!r}"
+    else:
+        granted, since = expires - sent_wall, "the time the request was sent"
+    if not granted > 0:
+        raise ProtectionError("bad_expiry", f"ExpirationDate {expiration[:80]!r} is not after {since}", 200)
+    return granted
 
 
 def _by_status(status: int) -> str:
@@ -190,8 +242,9 @@ class ProtectionClient:
                     raise ProtectionError("redirect", f"HTTP {response.status} to "
                                           f"{response.headers.get('Location', '')[:200]!r}: not followed",
                                           response.status)
-                return interpret(response.status,
-                                 await read_capped(response, MAX_BODY, lambda: _too_large(response.status)))
+                answer = interpret(response.status,
+                                   await read_capped(response, MAX_BODY, lambda: _too_large(response.status)))
+                return replace(answer, date=response.headers.get("Date"))
         except ProtectionError:
             raise
         except Exception as exc:  # anything but cancellation: a counted failure, never a crash
@@ -214,6 +267,7 @@ class State:
     busy: bool = False
     idle_since: float | None = None
     confirmed_until: float | None = None  # protected, as the agent confirmed, until then
+    granted: float | None = None  # seconds the last confirmed protection lasts (at most what was asked)
     possibly_until: float | None = None  # may be protected until then (a protect whose answer was lost)
     next_attempt: float = 0.0
     failures: int = 0
@@ -238,7 +292,9 @@ def decide(state: State, busy: bool, now: float, idle: float, expires_minutes: i
         return None
     if busy:
         remaining = (state.confirmed_until or now) - now
-        return "protect" if remaining < expires_minutes * 60 / 2 else None
+        span = state.granted if state.confirmed_until is not None and state.granted is not None \
+            else expires_minutes * 60
+        return "protect" if remaining < span / 2 else None
     assert state.idle_since is not None
     if state.maybe_protected(now) and now - state.idle_since >= idle:
         return "release"
@@ -253,12 +309,12 @@ class ScaleInProtection:
     def __init__(self, rule: Rule | str, hub: Hub, agent_uri: str | None, *, idle: float = 60.0,
                  expires_minutes: int = 30, metadata_url: str | None = None, tick: float = 1.0,
                  request_timeout: float = REQUEST_TIMEOUT, clock: Callable[[], float] = time.monotonic,
-                 poll_interval: float = 10.0) -> None:
+                 poll_interval: float = 10.0, wall: Callable[[], float] = time.time) -> None:
         self.rule = parse_rule(rule) if isinstance(rule, str) else rule
         self.hub = hub
         self.idle, self.expires_minutes, self.tick = idle, expires_minutes, tick
         self.metadata_url = metadata_url
-        self.clock = clock
+        self.clock, self.wall = clock, wall  # wall: only without the answer's Date (granted_seconds)
         self.seen = Observations(self.rule, poll_interval, clock)
         self.state = State()
         self.client: ProtectionClient | None = None
@@ -320,7 +376,9 @@ class ScaleInProtection:
     async def _request(self, enabled: bool, sent: float) -> None:
         state, metrics = self.state, self.hub.metrics
         action = "protect" if enabled else "release"
-        expiry = sent + self.expires_minutes * 60  # from our send time: never later than the agent's
+        asked = self.expires_minutes * 60
+        expiry = sent + asked  # from our send time: never later than the agent's
+        sent_wall = self.wall()
         confirmed = state.confirmed_until
         if enabled:
             state.possibly_until = max(state.possibly_until or 0.0, expiry)
@@ -346,12 +404,23 @@ class ScaleInProtection:
             self._failed(action, ProtectionError(
                 "not_confirmed", f"asked ProtectionEnabled={enabled}, the agent answered {answer.enabled}", 200))
             return
+        if enabled:
+            try:
+                granted = granted_seconds(answer.expiration, answer.date, sent_wall)
+            except ProtectionError as exc:  # protected, but until when is unknown: the PUT reset the
+                state.confirmed_until = None  # expiry, so the earlier one no longer holds either
+                self._failed(action, exc)
+                return
+            # longer than asked: counted as asked, but it may hold that long (a release is tried till then)
+            state.possibly_until = max(state.possibly_until or 0.0, sent + min(granted, MAX_EXPIRES_MINUTES * 60))
+            state.granted = min(granted, asked)
         metrics.inc("tasklens.scaling.protection_requests", action=action, result="ok")
         if state.failures:
             log.info("scale-in protection: %s succeeded after %d failed attempts", action, state.failures)
         state.failures, state.next_attempt, self.last_error = 0, 0.0, None
         if answer.enabled:
-            state.confirmed_until = expiry
+            assert state.granted is not None
+            state.confirmed_until = sent + state.granted  # the earlier of what was asked and what was granted
         else:
             state.possibly_until = None
 

@@ -4,6 +4,7 @@ ports, RabbitMQ's management API), and the emulated ECS agent's task-protection 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from email.utils import formatdate
 
 import pytest
 from aiohttp import web
@@ -31,6 +32,12 @@ async def agent(fake_clock: FakeClock) -> AsyncIterator[tuple[TaskProtectionAgen
     fake = TaskProtectionAgent(clock=fake_clock.wall)
     app = web.Application()
     fake.add_routes(app)
+
+    async def agent_date(request: web.Request, response: web.StreamResponse) -> None:
+        # the agent's answers carry its own clock's Date (the sidecar measures the granted expiry by it)
+        response.headers["Date"] = formatdate(fake_clock.wall(), usegmt=True)
+
+    app.on_response_prepare.append(agent_date)
     runner, base = await serve_app(app)
     yield fake, f"{base}/api/0123456789abcdef-agent"
     await runner.cleanup()

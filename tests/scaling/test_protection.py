@@ -115,7 +115,8 @@ def make(uri: str | None, clock, rule: str = "jobs.in_progress>0", **kw) -> tupl
     hub = Hub(Identity(service="thumbs", ecs_cluster="prod", task_id="t1"))
     sink = PrometheusSink(hub.metrics, hub.pull)
     hub.add_sink(sink)
-    component = ScaleInProtection(rule, hub, uri, idle=60.0, expires_minutes=30, clock=clock, **kw)
+    component = ScaleInProtection(rule, hub, uri, idle=60.0, expires_minutes=30, clock=clock,
+                                  wall=getattr(clock, "wall", time.time), **kw)
     hub.add_sink(component)
     _made.append(component)
     return component, hub, sink
@@ -377,8 +378,13 @@ async def test_a_cpu_reading_that_stops_coming_ends_protection(agent, fake_clock
 # --- an agent whose answer comes in pieces, is too large, or redirects ----------------------------
 
 
-def protected_answer(enabled: bool = True) -> bytes:
-    return json.dumps({"protection": {"ExpirationDate": "2026-01-01T00:30:00Z" if enabled else None,
+def expiration_in(minutes: float) -> str:
+    """An ExpirationDate that far after now (these hand-written agents answer with the real Date)."""
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + minutes * 60))
+
+
+def protected_answer(enabled: bool = True, expiration: str | None = None) -> bytes:
+    return json.dumps({"protection": {"ExpirationDate": (expiration or expiration_in(30)) if enabled else None,
                                       "ProtectionEnabled": enabled, "TaskArn": ARN}}).encode()
 
 
@@ -416,7 +422,8 @@ def in_pieces(pieces: list[bytes], pause: float, *, declared: int | None = None)
 
 @pytest.mark.parametrize("declared", [None, len(protected_answer())], ids=["chunked", "content-length"])
 async def test_an_answer_in_two_pieces_is_read_whole(fake_clock, declared) -> None:
-    body = protected_answer()
+    expiration = expiration_in(30)
+    body = protected_answer(expiration=expiration)
     runner, uri, seen = await serve_agent(in_pieces([body[:10], body[10:]], 0.2, declared=declared))
     try:
         component, hub, sink = make(uri, fake_clock)
@@ -426,7 +433,7 @@ async def test_an_answer_in_two_pieces_is_read_whole(fake_clock, declared) -> No
         assert hub.metrics.get("tasklens.scaling.protection_requests", action="protect", result="ok") == 1
         assert states(hub, sink) == {"tasklens_scaling_busy": 1.0, "tasklens_scaling_protected": 1.0}
         assert component.status()["last_answer"] == {"ProtectionEnabled": True,
-                                                      "ExpirationDate": "2026-01-01T00:30:00Z", "TaskArn": ARN}
+                                                      "ExpirationDate": expiration, "TaskArn": ARN}
         fake_clock.advance(60)
         await component.step()
         assert len(seen) == 1  # confirmed: no retry
@@ -437,7 +444,8 @@ async def test_an_answer_in_two_pieces_is_read_whole(fake_clock, declared) -> No
 @pytest.mark.parametrize("declared", [None, 70000], ids=["chunked", "content-length"])
 async def test_an_answer_over_the_cap_is_refused_and_counted(fake_clock, declared) -> None:
     piece = b" " * 16384  # JSON allows the whitespace: only the size is wrong
-    pieces = [piece] * 4 + [b" " * (70000 - 4 * 16384 - len(protected_answer())) + protected_answer()]
+    answer = protected_answer()
+    pieces = [piece] * 4 + [b" " * (70000 - 4 * 16384 - len(answer)) + answer]
     runner, uri, _ = await serve_agent(in_pieces(pieces, 0.0, declared=declared))
     try:
         component, hub, sink = make(uri, fake_clock)

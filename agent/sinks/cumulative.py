@@ -12,8 +12,14 @@ A series *ends* when its snapshot source leaves it out (a container that went aw
 failed), when it is not updated for `ttl` seconds, or when the sink stops: `take_ended()` hands those
 over once, so a sink can mark them stale (remote_write) instead of letting the line hang flat.
 
-A worker's series keeps the type of its first point (a histogram its unit: a timer's or raw values)
-until it ends; a point of another type is refused as `type_conflict`, as `/metrics` does. Bad points
+A worker's name keeps one type per family, as on `/metrics` (docs/statsd.md, "How names reach /metrics"):
+the family is the name as `/metrics` shows it (`san.same` and `san_same` are one, a counter `x_total` is
+`x`), and the type of the first series to take it (a histogram its unit: a timer's or raw values) keeps
+it until all its series have ended; a point of another type, under any tags, is refused as
+`type_conflict`, and a new family whose names overlap another's (`x_total` beside a counter `x`) as
+`name_conflict`. Without this remote_write and EMF sent `tc_x{a="1"}` beside `tc_x_total{a="2"}`, which
+`/metrics` refuses. The zeros of idle StatsD counters (`Batch.idle`) never make a series: they only keep
+a counter that exists alive (a counter only ever decremented has no series, as on `/metrics`). Bad points
 are dropped alone, counted as `tasklens.sink.points_rejected{sink,reason}`, and logged (given a `log`) at
 most once a minute per sink and reason, naming the series: a refusal only this sink makes
 (`count_overflow`, `too_many_labels`) is otherwise seen on no other path.
@@ -97,6 +103,15 @@ class Series:
     read: float = -math.inf
 
 
+@dataclass(slots=True)
+class Family:
+    """A worker family (a name as `/metrics` shows it): the type that took it first, and its series."""
+
+    kind: Kind
+    milliseconds: bool = False  # a histogram family of timers (in seconds) or of raw values: never both
+    count: int = 0
+
+
 def scaled_total(points: Points, scale: float) -> float:
     """The weighted sum of the values times `scale` (a timer's in seconds). `Points.total` is summed in
     the points' own unit: `1e308|ms` twice is 2e308 ms, not finite, although it is a finite 2e305 s.
@@ -160,6 +175,8 @@ class CumulativeState:
         self._snapshots: dict[str, dict[Key, Series]] = {}
         self._series: dict[Key, Series] = {}
         self._ended: list[tuple[Key, Series]] = []
+        # the worker's families, as on /metrics: family name -> its type and how many series it has
+        self._families: dict[str, Family] = {}
 
     def reject(self, reason: str, amount: float = 1.0, name: str = "", detail: str = "") -> None:
         """Count a refused point of the series `name` (and log it, rate-limited; `detail` says more)."""
@@ -194,7 +211,13 @@ class CumulativeState:
             self._snapshots[batch.source] = new
             return
         series = self._series
-        for s in batch.samples:
+        first_idle = len(batch.samples) - batch.idle
+        for i, s in enumerate(batch.samples):
+            if i >= first_idle:  # an idle counter's zero: it keeps its counter alive, and does nothing else
+                entry = series.get((s.name, s.tags))
+                if entry is not None and entry.summed:
+                    entry.updated = now
+                continue
             reason = _reject_reason(s)
             if reason:
                 self.reject(reason, name=s.name)
@@ -210,8 +233,13 @@ class CumulativeState:
                 continue
             fresh = entry is None  # kept only once its first point is taken, as on /metrics
             if entry is None:
-                if reserved(metric_name(s.name)):  # a worker's series never stands beside the sidecar's
+                pname = metric_name(s.name)
+                if reserved(pname):  # a worker's series never stands beside the sidecar's
                     self.reject("reserved_name", name=s.name)
+                    continue
+                reason = self._family_refusal(pname, kind, is_points and s.value.milliseconds)  # type: ignore[union-attr]
+                if reason:
+                    self.reject(reason, name=s.name)
                     continue
                 entry = Series(kind, Histogram(self.bounds) if is_points else 0.0, now, wall, batch.source,
                                summed=s.kind is Kind.COUNT, worker=True)
@@ -220,7 +248,7 @@ class CumulativeState:
                 if entry.value.add(value):  # type: ignore[union-attr]
                     entry.updated = now
                     if fresh:
-                        series[key] = entry
+                        self._admit(key, entry)
                 else:
                     self.reject("non_finite", name=s.name)  # a sum, count or bucket would become infinite
                 continue
@@ -237,7 +265,7 @@ class CumulativeState:
                     continue
                 entry.value, entry.read, entry.updated = number, read, now
                 if fresh:
-                    series[key] = entry
+                    self._admit(key, entry)
                 continue
             reason = (count_refusal(entry.value, number) if s.kind is Kind.COUNT  # type: ignore[arg-type]
                       else counter_refusal(number) if s.kind is Kind.COUNTER else "")
@@ -250,13 +278,50 @@ class CumulativeState:
                 entry.start = wall  # the source restarted: a new cumulative stream
             entry.value, entry.updated = number, now
             if fresh:
-                series[key] = entry
+                self._admit(key, entry)
+
+    def _family_refusal(self, pname: str, kind: Kind, milliseconds: bool) -> str:
+        """Why a new worker series named `pname` (sanitised) of `kind` cannot join its family, or "":
+        `/metrics`' rule (`PrometheusSink._admit`), so that no push sink sends a series it refuses."""
+        from agent.sinks.prometheus import clash, family_name  # it imports this module
+
+        name = family_name(pname, kind)
+        family = self._families.get(name)
+        if family is None:
+            return "name_conflict" if clash(name, kind, self._families) else ""  # type: ignore[arg-type]
+        return "type_conflict" if family.kind is not kind or family.milliseconds != milliseconds else ""
+
+    def _admit(self, key: Key, entry: Series) -> None:
+        """Keep a worker's new series, whose first point was taken, in its family."""
+        from agent.sinks.prometheus import family_name
+
+        self._series[key] = entry
+        value = entry.value
+        name = family_name(metric_name(key[0]), entry.kind)
+        family = self._families.get(name)
+        if family is None:
+            milliseconds = bool(value.milliseconds) if isinstance(value, Histogram) else False
+            family = self._families[name] = Family(entry.kind, milliseconds)
+        family.count += 1
+
+    def _release(self, key: Key, entry: Series) -> None:
+        """A worker's series ended: its family's name is free again, for any type, once it has none."""
+        from agent.sinks.prometheus import family_name
+
+        name = family_name(metric_name(key[0]), entry.kind)
+        family = self._families.get(name)
+        if family is not None:
+            family.count -= 1
+            if family.count <= 0:
+                del self._families[name]
 
     def expire(self) -> int:
         cutoff = self.clock() - self.ttl
         stale = [k for k, v in self._series.items() if v.updated < cutoff]
         for key in stale:
-            self._ended.append((key, self._series.pop(key)))
+            entry = self._series.pop(key)
+            self._release(key, entry)
+            self._ended.append((key, entry))
         return len(stale)
 
     def items(self) -> Iterator[tuple[Key, Series]]:
@@ -276,4 +341,5 @@ class CumulativeState:
         ended = self.take_ended() + list(self.items())
         self._snapshots.clear()
         self._series.clear()
+        self._families.clear()
         return ended

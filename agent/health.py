@@ -3,7 +3,8 @@ CPU saturation and the throttling counters that are real.
 
 The rules (and their known false positives) are in docs/health.md. Everything but `HealthMonitor` is
 a pure function over parsed `/task` + `/task/stats` JSON or over the observations made from them;
-`HealthMonitor` only remembers, per container name, what the next poll needs to compare against. It
+`HealthMonitor` only remembers, per container name, what the next poll needs to compare against (for a
+bounded time after the container left `/task`: one back continues its counters). It
 runs inside the ECS (or local) source right after `ecs_stats.derive`, on the same snapshots, and its
 samples go out in the same snapshot batch.
 """
@@ -19,11 +20,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from agent import trend
-from agent.identity import container_tags, distinct_containers, is_workload
+from agent.identity import container_tags, distinct_containers
 from agent.logs import RateLimitedLog
 from agent.model import Kind, Sample, Tags
 from agent.selfmetrics import SelfMetrics
-from agent.sources.ecs_stats import memory_limit_bytes, parse_time_ns, working_set_bytes
+from agent.sources.ecs_stats import DEPARTED_POLLS, instances_by_name, memory_limit_bytes, parse_time_ns
+from agent.sources.ecs_stats import working_set_bytes
 from agent.sources.ecs_stats import _get, _num  # the same tolerant JSON accessors as the derivations
 from integrations.queues.trend import trend_window  # the queues' rule: a trend window holds 3 polls
 
@@ -38,6 +40,10 @@ EXIT_SIGNIFICANCE = 3.0
 EXIT_LOOKBACK = 3  # running readings before an exit that can show memory at the limit: see `oom_killed`
 MIN_GROWTH = 0.01  # the fitted growth over the window must reach 1 % of the limit to be a leak
 FLOOR_BINS = 6  # the floor (lowest point of each sixth of the window) must rise by half that too: _floor_growth
+# a container gone from `/task` is remembered for DEPARTED_POLLS polls (as the network totals remember
+# its interfaces), so that one back after a gap continues its counters and peak; at most this many at
+# once (the oldest departure is forgotten first): a task whose containers keep changing names stays bounded
+MAX_DEPARTED = 32
 
 
 # --- memory forecast ----------------------------------------------------------------------------
@@ -238,6 +244,8 @@ def saturation_step(state: Saturation, t: float, utilization: float | None, *, t
 @dataclass
 class _Container:
     tags: Tags
+    docker_id: str | None = None  # of the instance `last` observed
+    seen: int = 0  # the poll (`HealthMonitor._polls`) it was last in `/task`
     last: Observation | None = None
     last_running: Observation | None = None
     readings: deque[Reading] = field(default_factory=lambda: deque(maxlen=EXIT_LOOKBACK))  # this process's
@@ -282,7 +290,8 @@ class HealthMonitor:
         self.saturation_threshold = saturation_threshold
         self.saturation_window = saturation_window
         self.max_step = max_step  # see `saturation_step`
-        self._containers: dict[str, _Container] = {}
+        self._containers: dict[str, _Container] = {}  # by container name: those in `/task`, and departed ones
+        self._polls = 0
         self._task_saturation = Saturation()
         self._throttling_real = False
 
@@ -306,27 +315,28 @@ class HealthMonitor:
         stats = stats if isinstance(stats, dict) else {}
         utilization = {(s.name, s.tags): float(s.value) for s in derived
                        if s.name.endswith("cpu.utilization_percent") and isinstance(s.value, (int, float))}
-        observed: dict[str, tuple[Tags, Observation]] = {}
-        for container in distinct_containers(_get(task, "Containers"))[0]:
-            if not isinstance(container, dict) or not is_workload(container):
-                continue
-            name = str(container.get("Name") or container.get("DockerId") or "")
-            if not name or name in observed:
-                continue
+        self._polls += 1
+        # one container per name, as derive shows it (`instances_by_name`); the other instances listed
+        # under that name, by DockerId, for the exit of the one replaced
+        observed: dict[str, tuple[Tags, str, Observation, dict[str, Any]]] = {}
+        for name, (container, *rest) in instances_by_name(distinct_containers(_get(task, "Containers"))[0]).items():
             try:
-                obs = observe(container, stats.get(str(container.get("DockerId"))), task, poll_time)
-                observed[name] = (container_tags(container), obs)
+                obs = observe(container, stats.get(container["DockerId"]), task, poll_time)
+                observed[name] = (container_tags(container), container["DockerId"], obs,
+                                  {c["DockerId"]: c for c in rest})
             except Exception:  # a shape nobody has seen: this container's health is a gap, not a crash
                 continue
         # ECS reports throttling as 0 even under throttling (a platform bug): a constant 0 would be a
         # lie, so the counters appear only once some container of the task shows a non-zero value
-        self._throttling_real |= any(obs.throttled_periods for _, obs in observed.values())
+        self._throttling_real |= any(obs.throttled_periods for _, _, obs, _ in observed.values())
         out: list[Sample] = []
-        for name, (tags, obs) in observed.items():
+        for name, (tags, docker_id, obs, others) in observed.items():
             util = utilization.get(("ecs.container.cpu.utilization_percent", tags))
-            out += self._container(name, tags, obs, util)
-        for gone in set(self._containers) - set(observed):
-            del self._containers[gone]
+            replaced = others.get(self._containers[name].docker_id or "") if name in self._containers else None
+            out += self._container(name, tags, obs, util, docker_id=docker_id,
+                                   replaced=observe(replaced, stats.get(replaced["DockerId"]), task, poll_time)
+                                   if replaced is not None else None)
+        self._forget_departed()
         state = self._task_saturation = saturation_step(
             self._task_saturation, poll_time, utilization.get(("ecs.task.cpu.utilization_percent", ())),
             threshold=self.saturation_threshold, window=self.saturation_window, max_step=self.max_step)
@@ -335,18 +345,52 @@ class HealthMonitor:
             out.append(Sample("ecs.task.cpu.saturated_seconds_total", state.seconds, Kind.COUNTER))
         return out
 
-    def _container(self, name: str, tags: Tags, obs: Observation, utilization: float | None) -> list[Sample]:
+    def _forget_departed(self) -> None:
+        """Containers gone from `/task` for more than DEPARTED_POLLS polls, and the oldest departed
+        beyond MAX_DEPARTED, are forgotten; until then one that comes back continues where it was."""
+        departed = sorted((c.seen, name) for name, c in self._containers.items() if c.seen != self._polls)
+        for i, (seen, name) in enumerate(departed):
+            if self._polls - seen > DEPARTED_POLLS or i < len(departed) - MAX_DEPARTED:
+                del self._containers[name]
+
+    @staticmethod
+    def _counters(c: _Container, tags: Tags) -> list[Sample]:
+        """The series kept across polls, as they are (a poll that tells nothing new of the container)."""
+        out = [Sample("ecs.container.restarts_total", c.restarts, Kind.COUNTER, tags),
+               Sample("ecs.container.oom_kills_total", c.oom_kills, Kind.COUNTER, tags)]
+        if c.peak_working_set is not None:
+            out.append(Sample("ecs.container.memory.peak_working_set_bytes", c.peak_working_set, Kind.GAUGE, tags))
+        return out
+
+    def _container(self, name: str, tags: Tags, obs: Observation, utilization: float | None, *,
+                   docker_id: str | None = None, replaced: Observation | None = None) -> list[Sample]:
+        """`obs`: the container (the instance `docker_id`); `replaced`: this poll's observation of the
+        instance seen before under this name when `/task` lists it beside another that is now the
+        container (`instances_by_name`)."""
         c = self._containers.get(name)
         if c is None:
             c = self._containers[name] = _Container(tags, memory=trend.History(self.memory_window, self.clock))
             c.restarts = obs.restart_count or 0.0  # RestartCount counts from the task's start
         c.tags = tags
+        c.seen = self._polls
         before = c.last
-        exited = before is not None and before.running and not obs.running
-        restarts = restarts_between(before, obs) if before is not None else 0
+        if before is not None and c.docker_id is not None and docker_id is not None and docker_id != c.docker_id:
+            # another instance under this name: a restart when it started after the one seen before, whose
+            # exit (its own exit code when still listed) is judged now if it was running then; an older
+            # one listed again changes nothing (the series stay those of the instance seen before)
+            if before.started_ns is not None and (obs.started_ns is None or obs.started_ns <= before.started_ns):
+                return self._counters(c, tags)
+            exited = before.running and (replaced is None or not replaced.running)
+            exit_code = replaced.exit_code if replaced is not None else None
+            restarts = 1
+        else:
+            exited = before is not None and before.running and not obs.running
+            exit_code = obs.exit_code
+            restarts = restarts_between(before, obs) if before is not None else 0
+        c.docker_id = docker_id
         # an exit is judged once: when the stop is seen, or at the restart if the stop fell between polls
         judged = exited or bool(restarts and before is not None and before.running)
-        if judged and oom_killed(obs.exit_code, c.readings, at=obs.t):
+        if judged and oom_killed(exit_code, c.readings, at=obs.t):
             c.oom_kills += 1
         if restarts or exited:
             c.restarts += restarts
@@ -371,7 +415,6 @@ class HealthMonitor:
         if obs.running:
             c.saturation = saturation_step(c.saturation, obs.t, utilization, threshold=self.saturation_threshold,
                                            window=self.saturation_window, max_step=self.max_step)
-
         out: list[Sample] = []
 
         def emit(metric: str, value: float | None, kind: Kind = Kind.GAUGE) -> None:

@@ -596,6 +596,26 @@ def _task_samples(task: Any, totals: _Totals, previous: Mapping[str, Any], netwo
     return out
 
 
+def instances_by_name(containers: Iterable[Any]) -> dict[str, list[dict[str, Any]]]:
+    """The workload entries (with a string DockerId) of a `/task` Containers list already made distinct
+    by DockerId, grouped by their `container_name` label: the container first, then the other instances
+    listed under its name, if any. After a container restarts under a new DockerId (essential=false),
+    ECS lists the stopped instance beside the new one under the same name, and every series of both
+    would carry the same labels. The container is the running instance; among several, or none
+    running, the one started last (a later `StartedAt`); on a tie, the one listed first. The others
+    show no series of their own (derive: a running one still counts toward the task totals; health: a
+    stopped one's exit is judged once, see `HealthMonitor`)."""
+    groups: dict[str, list[tuple[tuple[bool, int], int, dict[str, Any]]]] = {}
+    for index, container in enumerate(containers):
+        if not isinstance(container, dict) or not isinstance(container.get("DockerId"), str) \
+                or not is_workload(container):
+            continue
+        rank = (container.get("KnownStatus") == "RUNNING", parse_time_ns(container.get("StartedAt")) or 0)
+        groups.setdefault(dict(container_tags(container))["container_name"], []).append((rank, -index, container))
+    return {name: [c for _, _, c in sorted(group, key=lambda e: (e[0], e[1]), reverse=True)]
+            for name, group in groups.items()}
+
+
 def derive(task: Any, stats: Any, previous: Mapping[str, Any] | None = None,
            network: NetworkTotals | None = None, stale: Collection[str] = ()) -> Derived:
     """All container and task samples of one poll.
@@ -607,7 +627,8 @@ def derive(task: Any, stats: Any, previous: Mapping[str, Any] | None = None,
     from them).
     Containers not in `/task` are ignored, a DockerId listed again counts once (its first entry); the
     pause container only counts toward the task totals; a container not in use (`in_use`: stopped, not
-    started) has its state series only, and counts toward nothing.
+    started) has its state series only, and counts toward nothing; of several instances listed under
+    one container name only the container (`instances_by_name`) has series.
     """
     previous = previous or {}
     errors: list[str] = []
@@ -621,6 +642,8 @@ def derive(task: Any, stats: Any, previous: Mapping[str, Any] | None = None,
     if repeats:
         errors += ["duplicate_container"] * repeats
         task = dict(task, Containers=containers)
+    # instances replaced under the same name: no series (they would share the container's labels)
+    replaced = {c["DockerId"] for group in instances_by_name(containers).values() for c in group[1:]}
     samples: list[Sample] = []
     totals = _Totals()
     for container in containers:
@@ -635,8 +658,10 @@ def derive(task: Any, stats: Any, previous: Mapping[str, Any] | None = None,
         elif not entry and container.get("KnownStatus") == "RUNNING" and is_workload(container):
             errors.append("no_stats")  # not started long enough, or a failed lookup
         try:
-            samples += _container_samples(container, entry, previous.get(docker_id), task, totals,
-                                          docker_id in stale)
+            shown = _container_samples(container, entry, previous.get(docker_id), task, totals,
+                                       docker_id in stale)
+            if docker_id not in replaced:
+                samples += shown
         except Exception:  # a shape nobody has seen yet: lose this container, not the task
             errors.append("bad_container")
             continue

@@ -121,14 +121,23 @@ static uint64_t siphash13(uint64_t k0, uint64_t k1, const char *p, Py_ssize_t n)
     uint64_t v0 = 0x736f6d6570736575ULL ^ k0, v1 = 0x646f72616e646f6dULL ^ k1;
     uint64_t v2 = 0x6c7967656e657261ULL ^ k0, v3 = 0x7465646279746573ULL ^ k1;
     uint64_t last = (uint64_t)n << 56, m;
+    int longer = n >= 8;
     for (; n >= 8; p += 8, n -= 8) {
         memcpy(&m, p, 8);
         v3 ^= m;
         SIPROUND;
         v0 ^= m;
     }
-    for (int i = 0; i < n; i++)  /* the last 0-7 bytes: a loop, not a call to memcpy */
-        last |= (uint64_t)(unsigned char)p[i] << (8 * i);
+    if (longer && n > 0) {  /* the last 1-7 bytes: the 8 that end the text, shifted (no call to memcpy) */
+        memcpy(&m, p + n - 8, 8);
+#if __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
+        m = __builtin_bswap64(m);  /* as the loop below reads them */
+#endif
+        last |= m >> (8 * (8 - n));
+    } else {
+        for (int i = 0; i < n; i++)  /* a short text: a loop */
+            last |= (uint64_t)(unsigned char)p[i] << (8 * i);
+    }
     v3 ^= last;
     SIPROUND;
     v0 ^= last;

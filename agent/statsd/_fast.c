@@ -387,16 +387,31 @@ static inline uint64_t bytes_equal(uint64_t w, unsigned char c) {
     return ~(((x & LOW7) + LOW7) | x) & HIGH;
 }
 
-/* The offsets in [p, end) of the bytes `|`, `,` and `:`, in order: their number, or -1 when there are
- * more than MAX_SEPARATORS or a byte is not ASCII. One pass instead of a memchr per field, item and colon
- * and an ASCII check per span: 16 bytes at a time with SSE2 (any x86-64), else 8 (`bytes_equal`). */
-#define MAX_SEPARATORS 512
+/* Where a tail's `|`, `,` and `:` are: a bit per byte of the text (bit i of word i / 64 at byte i),
+ * marked in one pass (`mark`), which checks that the text is ASCII too: fields, items and colons are then
+ * found by a bit scan (`next_mark`) instead of a memchr each, and no span is checked for ASCII apart. */
+#define MARK_WORDS (MAX_TAIL / 64 + 1)
+typedef struct {
+    uint64_t bar[MARK_WORDS], comma[MARK_WORDS], colon[MARK_WORDS];
+} Marks;
+
+static inline void put_marks(Marks *mk, Py_ssize_t off, unsigned bar, unsigned comma, unsigned colon) {
+    Py_ssize_t w = off >> 6;  /* off: a multiple of 16 (SSE2) or 8: its bits stay in one word */
+    int at = (int)(off & 63);
+    if (at == 0)
+        mk->bar[w] = mk->comma[w] = mk->colon[w] = 0;
+    mk->bar[w] |= (uint64_t)bar << at;
+    mk->comma[w] |= (uint64_t)comma << at;
+    mk->colon[w] |= (uint64_t)colon << at;
+}
+
+/* 0 when a byte of [p, end) is not ASCII; 16 bytes at a time with SSE2 (any x86-64), else 8 */
 #ifdef __SSE2__
 #include <emmintrin.h>
-static int separators(const char *p, const char *end, uint16_t *at) {
+static int mark(const char *p, const char *end, Marks *mk) {
     Py_ssize_t len = end - p;
     const __m128i bar = _mm_set1_epi8('|'), comma = _mm_set1_epi8(','), colon = _mm_set1_epi8(':');
-    int n = 0, high = 0;
+    int high = 0;
     for (Py_ssize_t off = 0; off < len; off += 16) {
         __m128i v;
         int skip = 0;  /* the last 16 bytes of a longer text are read at once: those before off, skipped */
@@ -406,39 +421,49 @@ static int separators(const char *p, const char *end, uint16_t *at) {
             skip = (int)(16 - (len - off));
             v = _mm_loadu_si128((const __m128i *)(end - 16));
         } else {
-            char part[16] = {0};  /* zeros: no separator, ASCII */
+            char part[16] = {0};  /* zeros: no mark, ASCII */
             memcpy(part, p, (size_t)len);
             v = _mm_loadu_si128((const __m128i *)part);
         }
         high |= _mm_movemask_epi8(v);
-        unsigned m = (unsigned)_mm_movemask_epi8(_mm_or_si128(_mm_or_si128(_mm_cmpeq_epi8(v, bar),
-            _mm_cmpeq_epi8(v, comma)), _mm_cmpeq_epi8(v, colon))) >> skip;
-        for (; m != 0; m &= m - 1) {
-            if (n == MAX_SEPARATORS)
-                return -1;
-            at[n++] = (uint16_t)(off + __builtin_ctz(m));
-        }
+        put_marks(mk, off, (unsigned)_mm_movemask_epi8(_mm_cmpeq_epi8(v, bar)) >> skip,
+                  (unsigned)_mm_movemask_epi8(_mm_cmpeq_epi8(v, comma)) >> skip,
+                  (unsigned)_mm_movemask_epi8(_mm_cmpeq_epi8(v, colon)) >> skip);
     }
-    return high ? -1 : n;
+    return high == 0;
 }
 #else
-static int separators(const char *p, const char *end, uint16_t *at) {
+static inline unsigned movemask8(uint64_t m) {  /* bit 7 of byte i -> bit i */
+    return (unsigned)(((m & HIGH) * 0x02040810204081ULL) >> 56);
+}
+
+static int mark(const char *p, const char *end, Marks *mk) {
     Py_ssize_t len = end - p;
     uint64_t seen = 0;
-    int n = 0;
     for (Py_ssize_t off = 0; off < len; off += 8) {
         uint64_t w = len - off >= 8 ? load8(p + off) : load_last(p + off, len - off, p);
         seen |= w;
-        uint64_t m = bytes_equal(w, '|') | bytes_equal(w, ',') | bytes_equal(w, ':');
-        for (; m != 0; m &= m - 1) {
-            if (n == MAX_SEPARATORS)
-                return -1;
-            at[n++] = (uint16_t)(off + __builtin_ctzll(m) / 8);
-        }
+        put_marks(mk, off, movemask8(bytes_equal(w, '|')), movemask8(bytes_equal(w, ',')),
+                  movemask8(bytes_equal(w, ':')));
     }
-    return seen & HIGH ? -1 : n;
+    return (seen & HIGH) == 0;
 }
 #endif
+
+/* The first marked byte in [from, to) (to: at most the text's length), or to. */
+static inline Py_ssize_t next_mark(const uint64_t *m, Py_ssize_t from, Py_ssize_t to) {
+    if (from >= to)
+        return to;
+    Py_ssize_t w = from >> 6;
+    uint64_t bits = m[w] & (~0ULL << (from & 63));
+    while (bits == 0) {
+        if (++w << 6 >= to)
+            return to;
+        bits = m[w];
+    }
+    Py_ssize_t at = (w << 6) + __builtin_ctzll(bits);
+    return at < to ? at : to;
+}
 
 /* A head read as parser.parse_head reads it, when that is simple (`read_head`): spans of the text. */
 typedef struct {
@@ -495,29 +520,20 @@ static int read_head(const char *name, Py_ssize_t nlen, const char *tail, const 
         seen |= w;
         bars |= bytes_equal(w, '|');
     }
-    uint16_t at[MAX_SEPARATORS];
-    int n = separators(tail, end, at);
-    if ((seen & HIGH) || bars || n < 0)
+    Marks mk;
+    if ((seen & HIGH) || bars || !mark(tail, end, &mk))
         return 0;
-    int i = 0;  /* the separator looked at */
-    while (i < n && tail[at[i]] != '|')
-        i++;
     hd->type = tail;
-    hd->type_len = i < n ? at[i] : tlen;
+    hd->type_len = next_mark(mk.bar, 0, tlen);
     int known_type = hd->type_len == 2 ? tail[0] == 'm' && tail[1] == 's' : hd->type_len == 1
         && (tail[0] == 'c' || tail[0] == 'g' || tail[0] == 'h' || tail[0] == 's' || tail[0] == 'd');
     if (!known_type)
         return 0;
-    int tags = 0, items = 0;  /* items: non-empty ones, as parse_tags counts them */
+    int tags = 0, items = 0, ntags = 0;  /* items: non-empty ones, as parse_tags counts them */
     hd->container = hd->container_end = NULL;
     hd->rate = 1.0;
-    hd->ntags = 0;
-    while (i < n) {  /* at[i]: the `|` before a field, which ends at the next `|` (at[j]) or at the end */
-        Py_ssize_t start = at[i] + 1;
-        int j = i + 1;
-        while (j < n && tail[at[j]] != '|')
-            j++;
-        Py_ssize_t fe = j < n ? at[j] : tlen;
+    for (Py_ssize_t f = hd->type_len; f < tlen;) {  /* f: the `|` before a field */
+        Py_ssize_t start = f + 1, fe = next_mark(mk.bar, start, tlen);
         if (fe > start) {
             char kind = tail[start];
             if (kind == '@') {
@@ -531,25 +547,18 @@ static int read_head(const char *name, Py_ssize_t nlen, const char *tail, const 
             } else if (kind == '#') {
                 if (tags++ || fe - start - 1 > MAX_TAGS_BYTES)
                     return 0;
-                /* items between `,`: a key up to the item's first `:`, its value after it */
-                Py_ssize_t item = start + 1, colon = -1;
-                for (int k = i + 1; k <= j; k++) {
-                    Py_ssize_t s = k < j ? at[k] : fe;
-                    if (k < j && tail[s] == ':') {
-                        if (colon < 0)
-                            colon = s;
-                        continue;
-                    }
-                    if (s > item) {  /* an item ends at s */
-                        if (s - item > MAX_TAG || items++ == MAX_TAGS)
+                for (Py_ssize_t item = start + 1; item < fe;) {  /* items between `,` */
+                    Py_ssize_t ie = next_mark(mk.comma, item, fe);
+                    if (ie > item) {
+                        if (ie - item > MAX_TAG || items++ == MAX_TAGS)
                             return 0;
-                        Py_ssize_t klen = (colon >= 0 ? colon : s) - item;
-                        if (klen > 0) {
-                            int q = hd->ntags++;
+                        Py_ssize_t colon = next_mark(mk.colon, item, ie), klen = colon - item;
+                        if (klen > 0) {  /* a key up to the item's first `:`, its value after it */
+                            int q = ntags++;
                             hd->keys[q] = tail + item;
                             hd->key_lens[q] = klen;
-                            hd->values[q] = tail + (colon >= 0 ? colon + 1 : s);
-                            hd->value_lens[q] = colon >= 0 ? s - colon - 1 : 0;
+                            hd->values[q] = tail + (colon < ie ? colon + 1 : ie);
+                            hd->value_lens[q] = colon < ie ? ie - colon - 1 : 0;
                             /* 8 bytes from the key when the tail has them, else the 8 that end it */
                             uint64_t w = tlen - item >= 8 ? load8(tail + item) : load_last(tail + item, tlen - item, tail);
                             if (klen < 8)
@@ -561,8 +570,7 @@ static int read_head(const char *name, Py_ssize_t nlen, const char *tail, const 
 #endif
                         }
                     }
-                    item = s + 1;
-                    colon = -1;
+                    item = ie + 1;
                 }
             } else if (fe - start >= 2 && kind == 'c' && tail[start + 1] == ':') {
                 if (hd->container != NULL)
@@ -571,8 +579,9 @@ static int read_head(const char *name, Py_ssize_t nlen, const char *tail, const 
                 hd->container_end = tail + fe;
             }
         }
-        i = j;
+        f = fe;
     }
+    hd->ntags = ntags;
     if (hd->container == NULL)
         hd->container = hd->container_end = end;
     return sort_tags(hd);

@@ -611,47 +611,15 @@ static int written_one_way(const Head *hd, const char *tail, const char *end) {
     return hd->container - p == 3 && memcmp(p, "|c:", 3) == 0 && hd->container_end == end;
 }
 
-/* A context's key written from a line's spans: as long as the key follows the line's text, nothing is
- * copied but the run grows (`from`, `to`); it is copied when the key leaves it. Tags in the order of the
- * text are one copy, not one per key, `:`, value and `,`. */
-typedef struct {
-    const char *from, *to;     /* the run of text not yet copied; NULL after a separator written alone */
-    char *w;
-    const char *end;           /* of the text */
-} Run;
-
-static void run_flush(Run *r) {
-    if (r->to != r->from)
-        r->w = put(r->w, r->from, r->to - r->from);
-}
-
-/* text spans of the line */
-static inline void run_span(Run *r, const char *p, Py_ssize_t n) {
-    if (p != r->to) {
-        run_flush(r);
-        r->from = p;
-    }
-    r->to = p + n;
-}
-
-/* a separator: the line's own bytes when they follow the run */
-static inline void run_text(Run *r, const char *sep, Py_ssize_t n) {
-    Py_ssize_t same = 0;  /* (1-3 bytes: compared here, not by a call) */
-    if (r->to != NULL && r->end - r->to >= n)
-        while (same < n && r->to[same] == sep[same])
-            same++;
-    if (same == n) {
-        r->to += n;
-        return;
-    }
-    run_flush(r);
-    r->w = put(r->w, sep, n);
-    r->from = r->to = NULL;
-}
-
-static char *run_end(Run *r) {
-    run_flush(r);
-    return r->w;
+/* Whether `sep` is the line's own text from `to` to `next`: a tag (or the container) that follows the
+ * key written so far in the text, separator included, extends the run of text copied at once. */
+static inline int follows(const char *to, const char *next, const char *sep, int n) {
+    if (next - to != n)
+        return 0;
+    for (int k = 0; k < n; k++)  /* (1-3 bytes: compared here, not by a call) */
+        if (to[k] != sep[k])
+            return 0;
+    return 1;
 }
 
 /* The hash of the context a line names, when `read_head` reads its head and its value is one Python
@@ -672,23 +640,35 @@ static int line_context(Table *t, const char *name, Py_ssize_t nlen, const char 
         return 1;
     }
     /* the key is no longer than the tail: its spans are in it, with one `:` more per tag at most */
-    Py_ssize_t clen = hd.container_end - hd.container;
     char *buf = reserve(t, (size_t)(end - tail + hd.ntags) + 8);
     if (buf == NULL)
         return -1;
-    Run r = {hd.type, hd.type + hd.type_len, buf, end};
+    /* the key is written in runs of the line's text (`from` to `to`, copied when the key leaves it):
+     * tags in the order of the text are one copy, not one per key, `:`, value and `,` */
+    const char *from = hd.type, *to = hd.type + hd.type_len;
+    char *w = buf;
     for (int k = 0; k < hd.ntags; k++) {
         int i = hd.order[k];
-        run_text(&r, k == 0 ? "|#" : ",", k == 0 ? 2 : 1);
-        run_span(&r, hd.keys[i], hd.key_lens[i]);
-        run_text(&r, ":", 1);
-        run_span(&r, hd.values[i], hd.value_lens[i]);
+        const char *key = hd.keys[i];
+        if (!follows(to, key, k == 0 ? "|#" : ",", k == 0 ? 2 : 1)) {
+            w = put(put(w, from, to - from), k == 0 ? "|#" : ",", k == 0 ? 2 : 1);
+            from = key;
+        }
+        to = key + hd.key_lens[i];
+        if (hd.values[i] - to != 1) {  /* no `:` in the text (read_head: a value is after its key's `:`) */
+            w = put(put(w, from, to - from), ":", 1);
+            from = to = hd.values[i];
+        }
+        to = hd.values[i] + hd.value_lens[i];
     }
-    if (clen > 0) {
-        run_text(&r, "|c:", 3);
-        run_span(&r, hd.container, clen);
+    if (hd.container_end > hd.container) {
+        if (!follows(to, hd.container, "|c:", 3)) {
+            w = put(put(w, from, to - from), "|c:", 3);
+            from = hd.container;
+        }
+        to = hd.container_end;
     }
-    char *w = run_end(&r);
+    w = put(w, from, to - from);
     *h = tail_hash(t, named, buf, w - buf);
     return 1;
 }

@@ -121,14 +121,23 @@ static uint64_t siphash13(uint64_t k0, uint64_t k1, const char *p, Py_ssize_t n)
     uint64_t v0 = 0x736f6d6570736575ULL ^ k0, v1 = 0x646f72616e646f6dULL ^ k1;
     uint64_t v2 = 0x6c7967656e657261ULL ^ k0, v3 = 0x7465646279746573ULL ^ k1;
     uint64_t last = (uint64_t)n << 56, m;
+    int longer = n >= 8;
     for (; n >= 8; p += 8, n -= 8) {
         memcpy(&m, p, 8);
         v3 ^= m;
         SIPROUND;
         v0 ^= m;
     }
-    for (int i = 0; i < n; i++)  /* the last 0-7 bytes: a loop, not a call to memcpy */
-        last |= (uint64_t)(unsigned char)p[i] << (8 * i);
+    if (longer && n > 0) {  /* the last 1-7 bytes: the 8 that end the text, shifted (no call to memcpy) */
+        memcpy(&m, p + n - 8, 8);
+#if __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
+        m = __builtin_bswap64(m);  /* as the loop below reads them */
+#endif
+        last |= m >> (8 * (8 - n));
+    } else {
+        for (int i = 0; i < n; i++)  /* a short text: a loop */
+            last |= (uint64_t)(unsigned char)p[i] << (8 * i);
+    }
     v3 ^= last;
     SIPROUND;
     v0 ^= last;
@@ -346,15 +355,114 @@ static char *reserve(Table *t, size_t n) {
     return t->scratch;
 }
 
-static int ascii(const char *p, const char *end) {
-    uint64_t seen = 0, word;  /* the bytes or'ed together, eight at a time */
-    for (; end - p >= 8; p += 8) {
-        memcpy(&word, p, 8);
-        seen |= word;
+/* -- reading a head, eight bytes at a time ---------------------------------------------------- */
+
+#define ONES 0x0101010101010101ULL
+#define HIGH 0x8080808080808080ULL
+#define LOW7 0x7f7f7f7f7f7f7f7fULL
+
+static inline uint64_t load8(const char *p) {  /* little-endian, as SipHash reads */
+    uint64_t w;
+    memcpy(&w, p, 8);
+#if __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
+    w = __builtin_bswap64(w);
+#endif
+    return w;
+}
+
+/* The n (0-8) bytes at p as load8 reads them, the bytes above zero, read within [lo, p + n) only: the
+ * 8 bytes that end at p + n, shifted, when there are 8 from lo (a short tail: one byte at a time). */
+static inline uint64_t load_last(const char *p, Py_ssize_t n, const char *lo) {
+    if ((p - lo) + n >= 8)
+        return n == 0 ? 0 : load8(p + n - 8) >> (8 * (8 - n));
+    uint64_t w = 0;
+    for (Py_ssize_t i = 0; i < n; i++)
+        w |= (uint64_t)(unsigned char)p[i] << (8 * i);
+    return w;
+}
+
+/* Bit 7 of each byte of w that is c: exact (no borrow from one byte into the next, as `x - ONES` has). */
+static inline uint64_t bytes_equal(uint64_t w, unsigned char c) {
+    uint64_t x = w ^ (c * ONES);
+    return ~(((x & LOW7) + LOW7) | x) & HIGH;
+}
+
+/* Where a tail's `|`, `,` and `:` are: a bit per byte of the text (bit i of word i / 64 at byte i),
+ * marked in one pass (`mark`), which checks that the text is ASCII too: fields, items and colons are then
+ * found by a bit scan (`next_mark`) instead of a memchr each, and no span is checked for ASCII apart. */
+#define MARK_WORDS (MAX_TAIL / 64 + 1)
+typedef struct {
+    uint64_t bar[MARK_WORDS], comma[MARK_WORDS], colon[MARK_WORDS];
+} Marks;
+
+static inline void put_marks(Marks *mk, Py_ssize_t off, unsigned bar, unsigned comma, unsigned colon) {
+    Py_ssize_t w = off >> 6;  /* off: a multiple of 16 (SSE2) or 8: its bits stay in one word */
+    int at = (int)(off & 63);
+    if (at == 0)
+        mk->bar[w] = mk->comma[w] = mk->colon[w] = 0;
+    mk->bar[w] |= (uint64_t)bar << at;
+    mk->comma[w] |= (uint64_t)comma << at;
+    mk->colon[w] |= (uint64_t)colon << at;
+}
+
+/* 0 when a byte of [p, end) is not ASCII; 16 bytes at a time with SSE2 (any x86-64), else 8 */
+#ifdef __SSE2__
+#include <emmintrin.h>
+static int mark(const char *p, const char *end, Marks *mk) {
+    Py_ssize_t len = end - p;
+    const __m128i bar = _mm_set1_epi8('|'), comma = _mm_set1_epi8(','), colon = _mm_set1_epi8(':');
+    int high = 0;
+    for (Py_ssize_t off = 0; off < len; off += 16) {
+        __m128i v;
+        int skip = 0;  /* the last 16 bytes of a longer text are read at once: those before off, skipped */
+        if (len - off >= 16) {
+            v = _mm_loadu_si128((const __m128i *)(p + off));
+        } else if (len >= 16) {
+            skip = (int)(16 - (len - off));
+            v = _mm_loadu_si128((const __m128i *)(end - 16));
+        } else {
+            char part[16] = {0};  /* zeros: no mark, ASCII */
+            memcpy(part, p, (size_t)len);
+            v = _mm_loadu_si128((const __m128i *)part);
+        }
+        high |= _mm_movemask_epi8(v);
+        put_marks(mk, off, (unsigned)_mm_movemask_epi8(_mm_cmpeq_epi8(v, bar)) >> skip,
+                  (unsigned)_mm_movemask_epi8(_mm_cmpeq_epi8(v, comma)) >> skip,
+                  (unsigned)_mm_movemask_epi8(_mm_cmpeq_epi8(v, colon)) >> skip);
     }
-    for (; p < end; p++)
-        seen |= (unsigned char)*p;
-    return (seen & 0x8080808080808080ULL) == 0;
+    return high == 0;
+}
+#else
+static inline unsigned movemask8(uint64_t m) {  /* bit 7 of byte i -> bit i */
+    return (unsigned)(((m & HIGH) * 0x02040810204081ULL) >> 56);
+}
+
+static int mark(const char *p, const char *end, Marks *mk) {
+    Py_ssize_t len = end - p;
+    uint64_t seen = 0;
+    for (Py_ssize_t off = 0; off < len; off += 8) {
+        uint64_t w = len - off >= 8 ? load8(p + off) : load_last(p + off, len - off, p);
+        seen |= w;
+        put_marks(mk, off, movemask8(bytes_equal(w, '|')), movemask8(bytes_equal(w, ',')),
+                  movemask8(bytes_equal(w, ':')));
+    }
+    return (seen & HIGH) == 0;
+}
+#endif
+
+/* The first marked byte in [from, to) (to: at most the text's length), or to. */
+static inline Py_ssize_t next_mark(const uint64_t *m, Py_ssize_t from, Py_ssize_t to) {
+    if (from >= to)
+        return to;
+    Py_ssize_t w = from >> 6;
+    uint64_t bits = m[w] & (~0ULL << (from & 63));
+    while (bits == 0) {
+        if (++w << 6 >= to)
+            return to;
+        bits = m[w];
+    }
+    Py_ssize_t at = (w << 6) + __builtin_ctzll(bits);
+    return at < to ? at : to;
 }
 
 /* A head read as parser.parse_head reads it, when that is simple (`read_head`): spans of the text. */
@@ -366,88 +474,117 @@ typedef struct {
     int ntags;                         /* tags kept: no empty key, no key given twice */
     const char *keys[MAX_TAGS], *values[MAX_TAGS];
     Py_ssize_t key_lens[MAX_TAGS], value_lens[MAX_TAGS];
+    uint64_t prefix[MAX_TAGS];         /* a key's first 8 bytes (0 after its end), to compare as a number */
+    int order[MAX_TAGS];               /* the tags' indices by key, as `Aggregator._slot` sorts them */
+    int sorted;                        /* in that order in the text */
 } Head;
+
+/* How Python orders two of a head's tags: by key (unique in a head), as str; ASCII here, so as bytes.
+ * The first 8 bytes at once: most keys differ there. */
+static int key_order(const Head *hd, int a, int b) {
+    if (hd->prefix[a] != hd->prefix[b])
+        return hd->prefix[a] < hd->prefix[b] ? -1 : 1;
+    Py_ssize_t la = hd->key_lens[a], lb = hd->key_lens[b], m = la < lb ? la : lb;
+    int c = m > 8 ? memcmp(hd->keys[a] + 8, hd->keys[b] + 8, (size_t)(m - 8)) : 0;
+    return c != 0 ? c : (la > lb) - (la < lb);
+}
+
+/* Sort a head's tags by key (`order`, `sorted`): 0 when a key is given twice (the last value at the first
+ * position: Python's dict does it, Python reads it). An insertion sort: few tags, usually in order; a key
+ * equal to one before it meets it, as the largest key not above it. */
+static int sort_tags(Head *hd) {
+    hd->sorted = 1;
+    for (int k = 0; k < hd->ntags; k++) {
+        int j = k, c = 1;
+        for (; j > 0 && (c = key_order(hd, hd->order[j - 1], k)) > 0; j--)
+            hd->order[j] = hd->order[j - 1];
+        if (j > 0 && c == 0)
+            return 0;
+        hd->order[j] = k;
+        hd->sorted &= j == k;
+    }
+    return 1;
+}
 
 /* 1 and *hd filled when the head is plain ASCII, has no `T` field, no trailing `\r`, at most one `#`
  * field and one `c:` field, no tag key given twice, and parse_head would accept it; else 0 (Python
- * reads it, and says which error). */
+ * reads it, and says which error). The tail's separators are found first, in one pass (`separators`). */
 static int read_head(const char *name, Py_ssize_t nlen, const char *tail, const char *end, Head *hd) {
-    if (nlen < 1 || nlen > MAX_NAME || end - tail > MAX_TAIL || !ascii(name, name + nlen)
-            || memchr(name, '|', (size_t)nlen) != NULL || (nlen >= 3 && memcmp(name, "_e{", 3) == 0)
-            || (end > tail && end[-1] == '\r'))
+    Py_ssize_t tlen = end - tail;
+    if (nlen < 1 || nlen > MAX_NAME || tlen > MAX_TAIL || (nlen >= 3 && memcmp(name, "_e{", 3) == 0)
+            || (tlen > 0 && end[-1] == '\r'))
         return 0;
-    const char *type_end = memchr(tail, '|', (size_t)(end - tail));
-    if (type_end == NULL)
-        type_end = end;
+    uint64_t seen = 0, bars = 0;  /* the name: ASCII, without `|` */
+    for (Py_ssize_t off = 0; off < nlen; off += 8) {
+        uint64_t w = nlen - off >= 8 ? load8(name + off) : load_last(name + off, nlen - off, name);
+        seen |= w;
+        bars |= bytes_equal(w, '|');
+    }
+    Marks mk;
+    if ((seen & HIGH) || bars || !mark(tail, end, &mk))
+        return 0;
     hd->type = tail;
-    hd->type_len = type_end - tail;
+    hd->type_len = next_mark(mk.bar, 0, tlen);
     int known_type = hd->type_len == 2 ? tail[0] == 'm' && tail[1] == 's' : hd->type_len == 1
         && (tail[0] == 'c' || tail[0] == 'g' || tail[0] == 'h' || tail[0] == 's' || tail[0] == 'd');
     if (!known_type)
         return 0;
-    const char *tags = NULL, *tags_end = NULL;
+    int tags = 0, items = 0, ntags = 0;  /* items: non-empty ones, as parse_tags counts them */
     hd->container = hd->container_end = NULL;
     hd->rate = 1.0;
-    for (const char *f = type_end; f < end;) {
-        const char *start = f + 1, *fe = memchr(start, '|', (size_t)(end - start));
-        if (fe == NULL)
-            fe = end;
+    for (Py_ssize_t f = hd->type_len; f < tlen;) {  /* f: the `|` before a field */
+        Py_ssize_t start = f + 1, fe = next_mark(mk.bar, start, tlen);
         if (fe > start) {
-            if (*start == '@') {
+            char kind = tail[start];
+            if (kind == '@') {
                 double rate;
-                if (!plain_number(start + 1, fe, &rate))
+                if (!plain_number(tail + start + 1, tail + fe, &rate))
                     return 0;
                 /* 0, out of range, or so small that 1/rate overflows: unsampled, as parse_head */
                 hd->rate = rate > 0.0 && rate <= 1.0 && isfinite(1.0 / rate) ? rate : 1.0;
-            } else if (*start == 'T') {
+            } else if (kind == 'T') {
                 return 0;
-            } else if (*start == '#') {
-                if (tags != NULL)
+            } else if (kind == '#') {
+                if (tags++ || fe - start - 1 > MAX_TAGS_BYTES)
                     return 0;
-                tags = start + 1;
-                tags_end = fe;
-            } else if (fe - start >= 2 && start[0] == 'c' && start[1] == ':') {
+                for (Py_ssize_t item = start + 1; item < fe;) {  /* items between `,` */
+                    Py_ssize_t ie = next_mark(mk.comma, item, fe);
+                    if (ie > item) {
+                        if (ie - item > MAX_TAG || items++ == MAX_TAGS)
+                            return 0;
+                        Py_ssize_t colon = next_mark(mk.colon, item, ie), klen = colon - item;
+                        if (klen > 0) {  /* a key up to the item's first `:`, its value after it */
+                            int q = ntags++;
+                            hd->keys[q] = tail + item;
+                            hd->key_lens[q] = klen;
+                            hd->values[q] = tail + (colon < ie ? colon + 1 : ie);
+                            hd->value_lens[q] = colon < ie ? ie - colon - 1 : 0;
+                            /* 8 bytes from the key when the tail has them, else the 8 that end it */
+                            uint64_t w = tlen - item >= 8 ? load8(tail + item) : load_last(tail + item, tlen - item, tail);
+                            if (klen < 8)
+                                w &= (1ULL << (8 * klen)) - 1;
+#if __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
+                            hd->prefix[q] = w;
+#else
+                            hd->prefix[q] = __builtin_bswap64(w);  /* the first byte the most significant */
+#endif
+                        }
+                    }
+                    item = ie + 1;
+                }
+            } else if (fe - start >= 2 && kind == 'c' && tail[start + 1] == ':') {
                 if (hd->container != NULL)
                     return 0;
-                hd->container = start + 2;
-                hd->container_end = fe;
+                hd->container = tail + start + 2;
+                hd->container_end = tail + fe;
             }
         }
         f = fe;
     }
+    hd->ntags = ntags;
     if (hd->container == NULL)
         hd->container = hd->container_end = end;
-    if (!ascii(hd->container, hd->container_end))
-        return 0;
-    hd->ntags = 0;
-    if (tags == NULL)
-        return 1;
-    if (tags_end - tags > MAX_TAGS_BYTES || !ascii(tags, tags_end))
-        return 0;
-    int items = 0;  /* non-empty ones, as parse_tags counts them */
-    for (const char *item = tags; item < tags_end;) {
-        const char *ie = memchr(item, ',', (size_t)(tags_end - item));
-        if (ie == NULL)
-            ie = tags_end;
-        if (ie > item) {
-            if (ie - item > MAX_TAG || items++ == MAX_TAGS)
-                return 0;
-            const char *colon = memchr(item, ':', (size_t)(ie - item));
-            Py_ssize_t klen = (colon ? colon : ie) - item;
-            if (klen > 0) {
-                for (int k = 0; k < hd->ntags; k++)
-                    if (hd->key_lens[k] == klen && memcmp(hd->keys[k], item, (size_t)klen) == 0)
-                        return 0;  /* the last value at the first position: Python's dict does it */
-                int k = hd->ntags++;
-                hd->keys[k] = item;
-                hd->key_lens[k] = klen;
-                hd->values[k] = colon ? colon + 1 : ie;
-                hd->value_lens[k] = colon ? ie - colon - 1 : 0;
-            }
-        }
-        item = ie + 1;
-    }
-    return 1;
+    return sort_tags(hd);
 }
 
 static char *put(char *w, const char *text, Py_ssize_t len) {
@@ -474,25 +611,15 @@ static int written_one_way(const Head *hd, const char *tail, const char *end) {
     return hd->container - p == 3 && memcmp(p, "|c:", 3) == 0 && hd->container_end == end;
 }
 
-/* How Python orders two of a head's tags: by key (unique in a head), as str; ASCII here, so as bytes. */
-static int key_order(const Head *hd, int a, int b) {
-    Py_ssize_t la = hd->key_lens[a], lb = hd->key_lens[b];
-    int c = memcmp(hd->keys[a], hd->keys[b], (size_t)(la < lb ? la : lb));
-    return c != 0 ? c : (la > lb) - (la < lb);
-}
-
-/* The order of a head's tags by key (`order`: their indices), as `Aggregator._slot` sorts them; 1 when
- * they were in that order already. An insertion sort: few tags, usually in order. */
-static int sort_tags(const Head *hd, int *order) {
-    int sorted = 1;
-    for (int k = 0; k < hd->ntags; k++) {
-        int j = k;
-        for (; j > 0 && key_order(hd, order[j - 1], k) > 0; j--)
-            order[j] = order[j - 1];
-        order[j] = k;
-        sorted &= j == k;
-    }
-    return sorted;
+/* Whether `sep` is the line's own text from `to` to `next`: a tag (or the container) that follows the
+ * key written so far in the text, separator included, extends the run of text copied at once. */
+static inline int follows(const char *to, const char *next, const char *sep, int n) {
+    if (next - to != n)
+        return 0;
+    for (int k = 0; k < n; k++)  /* (1-3 bytes: compared here, not by a call) */
+        if (to[k] != sep[k])
+            return 0;
+    return 1;
 }
 
 /* The hash of the context a line names, when `read_head` reads its head and its value is one Python
@@ -508,28 +635,40 @@ static int line_context(Table *t, const char *name, Py_ssize_t nlen, const char 
         return 0;
     if (hd.type_len == 1 && hd.type[0] == 's' ? value == bar : !plain_number(value, bar, &v))
         return 0;
-    int order[MAX_TAGS];
-    if (sort_tags(&hd, order) && written_one_way(&hd, tail, end)) {
+    if (hd.sorted && written_one_way(&hd, tail, end)) {
         *h = head;
         return 1;
     }
-    Py_ssize_t clen = hd.container_end - hd.container;
-    size_t size = (size_t)(hd.type_len + clen) + 5;
-    for (int k = 0; k < hd.ntags; k++)
-        size += (size_t)(hd.key_lens[k] + hd.value_lens[k]) + 2;
-    char *buf = reserve(t, size), *w = buf;
+    /* the key is no longer than the tail: its spans are in it, with one `:` more per tag at most */
+    char *buf = reserve(t, (size_t)(end - tail + hd.ntags) + 8);
     if (buf == NULL)
         return -1;
-    w = put(w, hd.type, hd.type_len);
+    /* the key is written in runs of the line's text (`from` to `to`, copied when the key leaves it):
+     * tags in the order of the text are one copy, not one per key, `:`, value and `,` */
+    const char *from = hd.type, *to = hd.type + hd.type_len;
+    char *w = buf;
     for (int k = 0; k < hd.ntags; k++) {
-        int i = order[k];
-        w = put(w, k == 0 ? "|#" : ",", k == 0 ? 2 : 1);
-        w = put(w, hd.keys[i], hd.key_lens[i]);
-        *w++ = ':';
-        w = put(w, hd.values[i], hd.value_lens[i]);
+        int i = hd.order[k];
+        const char *key = hd.keys[i];
+        if (!follows(to, key, k == 0 ? "|#" : ",", k == 0 ? 2 : 1)) {
+            w = put(put(w, from, to - from), k == 0 ? "|#" : ",", k == 0 ? 2 : 1);
+            from = key;
+        }
+        to = key + hd.key_lens[i];
+        if (hd.values[i] - to != 1) {  /* no `:` in the text (read_head: a value is after its key's `:`) */
+            w = put(put(w, from, to - from), ":", 1);
+            from = to = hd.values[i];
+        }
+        to = hd.values[i] + hd.value_lens[i];
     }
-    if (clen > 0)
-        w = put(put(w, "|c:", 3), hd.container, clen);
+    if (hd.container_end > hd.container) {
+        if (!follows(to, hd.container, "|c:", 3)) {
+            w = put(put(w, from, to - from), "|c:", 3);
+            from = hd.container;
+        }
+        to = hd.container_end;
+    }
+    w = put(w, from, to - from);
     *h = tail_hash(t, named, buf, w - buf);
     return 1;
 }
@@ -1392,14 +1531,11 @@ static PyObject *shared_pair(PyObject **last, const char *key, Py_ssize_t klen, 
 static int head_items(Table *t, const char *name, Py_ssize_t nlen, const char *tail, Py_ssize_t tlen, int sorted,
                       PyObject **items) {
     Head hd;
-    int order[MAX_TAGS];
     if (!read_head(name, nlen, tail, tail + tlen, &hd))
         return 0;
     PyObject *tags = PyTuple_New(hd.ntags);
-    if (sorted)
-        sort_tags(&hd, order);
     for (int k = 0; tags != NULL && k < hd.ntags; k++) {  /* ASCII: read_head checked */
-        int i = sorted ? order[k] : k;
+        int i = sorted ? hd.order[k] : k;
         PyObject *pair = shared_pair(k < MAX_SHARED ? &t->last_pair[k] : NULL, hd.keys[i], hd.key_lens[i],
                                      hd.values[i], hd.value_lens[i]);
         if (pair == NULL)

@@ -577,3 +577,52 @@ def test_the_count_of_live_contexts_is_right_in_the_middle_of_an_adoption(monkey
     monkeypatch.setattr(receive, "Context", Counted)
     agg.adopt()
     assert len(seen) == 3000 and set(seen) == {3000}
+
+
+# -- heads read by one pass over their separators, tags sorted by their first 8 bytes -------------
+
+# keys equal in their first 8 bytes or more, one the prefix of another, short and long: the sort's
+# comparison of the first 8 bytes as a number and its fallback on ties
+prefix_key = st.sampled_from(["service", "servicen", "servicename", "servicenamf", "servicename_long_x", "service_a",
+                              "s", "a", "request_id", "request_ie", "z" * 9, "z" * 8, "z" * 7, "k\x01", "k"])
+prefix_item = st.one_of(st.tuples(prefix_key, st.sampled_from(["v", "", "x:y", "é", "prod", "r" * 12]))
+                        .map(lambda t: f"{t[0]}:{t[1]}"), prefix_key, st.sampled_from(["", ":v", "bare:"]))
+prefix_field = st.sampled_from(["|@0.5", "|c:c0ffee", "|c:" + "c" * 17, "|e:x", "|@0.25", "|c:é"])
+prefix_line = st.tuples(st.sampled_from(["req", "storm.requests", "x"]), st.sampled_from(["c", "ms", "g", "h", "s"]),
+                        st.lists(prefix_item, max_size=6), st.lists(prefix_field, max_size=2), st.booleans(),
+                        st.randoms(use_true_random=False)).map(
+    lambda t: f"{t[0]}:1|{t[1]}{''.join(t[3][:1])}|#{','.join(t[4] and t[5].sample(t[2], len(t[2])) or t[2])}"
+              f"{''.join(t[3][1:])}".encode())
+
+
+@SETTINGS
+@given(st.lists(st.lists(prefix_line, min_size=1, max_size=30).map(b"\n".join), min_size=1, max_size=4),
+       st.sampled_from([1, 2, 5]))
+def test_the_c_loop_and_the_python_loop_agree_on_tags_out_of_key_order_at_the_cap(
+        datagrams: list[bytes], cap: int) -> None:
+    """Tags out of key order with keys that share their first 8 bytes or more, given twice, empty, without
+    a value; containers, rates and ignored fields before or after them: the contexts made below the cap,
+    found live at it under another order, and refused, as Python finds and refuses them."""
+    sides = [Aggregator(max_contexts=cap, accelerated=a) for a in (True, False)]
+    for agg in sides:
+        agg.ingest_many(datagrams)
+        agg.ingest_many(datagrams)  # again: the heads refused and the contexts made the first time
+    batches = [Flusher(10.0).batch(agg.swap(1000.0), now=1000.0) for agg in sides]
+    assert canonical(batches[0]) == canonical(batches[1])
+    assert stats(sides[0]) == stats(sides[1])
+
+
+@SETTINGS
+@given(prefix_line)
+def test_a_line_with_tags_out_of_key_order_is_found_live_in_c(line: bytes) -> None:
+    """The key hashed from a line, its tags sorted (`line_context`), is the key of the context's strings."""
+    test_a_line_whose_context_is_live_is_never_refused_in_c.hypothesis.inner_test(line)  # type: ignore[attr-defined]
+    name, _, rest = line.partition(b":")
+    from agent.statsd.parser import ParseError, parse_head
+    simple = receive.Table().head(name, rest.partition(b"|")[2])
+    if simple is not None:
+        try:
+            parsed = parse_head(name, rest.partition(b"|")[2])
+        except ParseError as exc:
+            raise AssertionError(f"read in C, refused by parse_head: {exc.reason}") from None
+        assert simple == (parsed.name, parsed.type, parsed.rate, parsed.tags, parsed.container)

@@ -161,10 +161,10 @@ class SingleFlight:
     """
 
     def __init__(self, at_once: int) -> None:
-        self._running: dict[object, asyncio.Future[bytes]] = {}
+        self._running: dict[object, asyncio.Future[list[bytes]]] = {}
         self._turns = asyncio.Semaphore(at_once)
 
-    async def run(self, key: object, fn: Callable[[], bytes]) -> bytes:
+    async def run(self, key: object, fn: Callable[[], list[bytes]]) -> list[bytes]:
         future = self._running.get(key)
         if future is None:
             future = self._running[key] = asyncio.ensure_future(self._in_turn(fn))
@@ -172,11 +172,11 @@ class SingleFlight:
         # shield: a scraper that hangs up does not cancel the rendering the others wait for
         return await asyncio.shield(future)
 
-    async def _in_turn(self, fn: Callable[[], bytes]) -> bytes:
+    async def _in_turn(self, fn: Callable[[], list[bytes]]) -> list[bytes]:
         async with self._turns:
             return await heavy.run(fn)
 
-    def _forget(self, key: object, future: asyncio.Future[bytes]) -> None:
+    def _forget(self, key: object, future: asyncio.Future[list[bytes]]) -> None:
         if self._running.get(key) is future:
             del self._running[key]
         if not future.cancelled():
@@ -271,9 +271,11 @@ def make_app(hub: Hub, prometheus: PrometheusSink, ready: Callable[[], bool],
         if compress:  # Prometheus asks: 53 MB -> 1.2 MB at 100k series
             headers["Content-Encoding"] = "gzip"
 
-        def render() -> bytes:
+        def render() -> list[bytes]:
             parts = prometheus.render_parts(openmetrics)
-            return gzipped.compress(openmetrics, parts) if compress else b"".join(parts)
+            # uncompressed, the parts are written as they are: the worker's is the sink's cached rendering
+            # (~70 MB with its label bytes full), and joining them made a copy of it for every scrape
+            return [gzipped.compress(openmetrics, parts)] if compress else parts
 
         # its place to write is taken first: no body is rendered, and kept, for an answer that must
         # wait to be written
@@ -283,17 +285,18 @@ def make_app(hub: Hub, prometheus: PrometheusSink, ready: Callable[[], bool],
                 return web.Response()  # aiohttp finds the connection closed and sends nothing
             # off the event loop, and shared by concurrent scrapes: a large exposition must not stall
             # the StatsD receive path or `/health`
-            body = await flights.run((openmetrics, compress), render)
+            parts = await flights.run((openmetrics, compress), render)
             response = web.StreamResponse(headers=headers)
-            response.content_length = len(body)
-            view = memoryview(body)
+            response.content_length = sum(map(len, parts))
             loop = asyncio.get_running_loop()
             try:
                 async with asyncio.timeout(STALL_DEADLINE) as deadline:
                     await response.prepare(request)
-                    for start in range(0, len(body) if request.method != "HEAD" else 0, WRITE_CHUNK):
-                        await response.write(view[start:start + WRITE_CHUNK])  # as the socket drains: no 53 MB at once
-                        deadline.reschedule(loop.time() + STALL_DEADLINE)  # it took the piece: as long for the next
+                    for part in parts if request.method != "HEAD" else ():
+                        view = memoryview(part)
+                        for start in range(0, len(part), WRITE_CHUNK):
+                            await response.write(view[start:start + WRITE_CHUNK])  # as the socket drains: no 53 MB at once
+                            deadline.reschedule(loop.time() + STALL_DEADLINE)  # it took the piece: as long for the next
                     await response.write_eof()
             except ConnectionError:  # it hung up during the answer
                 if request.protocol not in CLOSED_HERE:

@@ -398,12 +398,12 @@ def latency(url: str, timeout: float = 5.0) -> float:
 # --- the worst input within the StatsD limits (bench/worst_case_memory.py, test_hostile_memory.py) ---
 
 
-def memory_sidecar(tmp: Path, flush: float) -> tuple[Sidecar, int, RssSampler]:
-    """A ready sidecar whose contexts expire 10 s after their last line and series 10 s after their last
-    update (at least two flushes: `Config.series_ttl`), scraped once (the first rendering's memory is
+def memory_sidecar(tmp: Path, flush: float, ttl: int = 10) -> tuple[Sidecar, int, RssSampler]:
+    """A ready sidecar whose contexts expire `ttl` s after their last line and series `ttl` s after their
+    last update (at least two flushes: `Config.series_ttl`), scraped once (the first rendering's memory is
     part of its baseline): the sidecar, its RSS now, and a sampler of its peak RSS from now on."""
-    sidecar = Sidecar(tmp, TASKLENS_FLUSH_INTERVAL=f"{flush:g}", TASKLENS_STATSD_CONTEXT_TTL="10",
-                      TASKLENS_PROMETHEUS_TTL="10")
+    sidecar = Sidecar(tmp, TASKLENS_FLUSH_INTERVAL=f"{flush:g}", TASKLENS_STATSD_CONTEXT_TTL=str(ttl),
+                      TASKLENS_PROMETHEUS_TTL=str(ttl))
     try:
         sidecar.wait_ready()
         scrape(sidecar)
@@ -446,6 +446,14 @@ def tag_storm(contexts: int, start: int = 0) -> list[bytes]:
         tags = ",".join(f"k{j:02d}:{i:08d}{'x' * 24}" for j in range(100))
         out.append(f"hostile.tags.{i}:1|c|#{tags}".encode())
     return out
+
+
+def shared_tag_storm(contexts: int) -> list[bytes]:
+    """One counter line per context, distinct names, every one with the same 100 tags (a 4,000-byte tag
+    field): the tags are charged once (the tag pool), so the context count is reached before the context
+    bytes, and every series' labels are charged again by the Prometheus sink (its label bytes fill)."""
+    tags = ",".join(f"k{j:02d}:" + "v" * 34 for j in range(100)).encode()
+    return [b"hostile.shared.%d:1|c|#%s" % (i, tags) for i in range(contexts)]
 
 
 def event_storm(count: int, text_bytes: int = 60_000) -> list[bytes]:

@@ -1338,14 +1338,40 @@ static void forget(Table *t) {
     t->mask = 0;
 }
 
-static PyObject *Table_clear(Table *t, PyObject *Py_UNUSED(ignored)) {
-    if (check_bound(t) < 0)
+/* clear(): every head forgotten. clear(slots): only the heads whose slot is in the set `slots` (the extra
+ * heads of receive.py: a context's heads beyond its first), the others stay, indexed again. Harvest first. */
+static PyObject *Table_clear(Table *t, PyObject *args) {
+    PyObject *drop = NULL;
+    if (!PyArg_ParseTuple(args, "|O!:clear", &PySet_Type, &drop) || check_bound(t) < 0)
         return NULL;
     if (t->ntouched) {
         PyErr_SetString(PyExc_RuntimeError, "harvest before clearing: values would be lost");
         return NULL;
     }
-    forget(t);
+    if (drop == NULL) {
+        forget(t);
+        Py_RETURN_NONE;
+    }
+    Py_ssize_t kept = 0;
+    for (Py_ssize_t k = 0; k < t->count; k++) {
+        Entry *e = &t->entries[k];
+        int dead = PySet_Contains(drop, e->slot);  /* a Slot hashes by identity: never fails */
+        if (dead < 0) {
+            PyErr_Clear();
+            dead = 0;
+        }
+        if (dead) {
+            PyMem_RawFree(e->key);
+            PyMem_RawFree(e->values);
+            Py_XDECREF(e->slot);
+            Py_XDECREF(e->ctx);
+        } else {
+            t->entries[kept++] = *e;
+        }
+    }
+    t->count = kept;
+    if (t->slots != NULL && reindex(t) < 0)
+        return NULL;
     Py_RETURN_NONE;
 }
 
@@ -2117,7 +2143,8 @@ static PyMethodDef Table_methods[] = {
      "feed(name, tail, values) -> whether the head's counter or histogram is here and took the values"},
     {"harvest", (PyCFunction)Table_harvest, METH_NOARGS,
      "harvest() -> (slots, counter sums as bytes of doubles, histogram values as a bytearray or None)"},
-    {"clear", (PyCFunction)Table_clear, METH_NOARGS, "forget every head (harvest first)"},
+    {"clear", (PyCFunction)Table_clear, METH_VARARGS,
+     "clear([slots]): forget every head, or those whose slot is in the set `slots` (harvest first)"},
     {"take_counts", (PyCFunction)Table_take_counts, METH_NOARGS,
      "take_counts() -> (lines handled, lines refused at the cap, heads refused first) since the last call"},
     {"configure", (PyCFunction)Table_configure, METH_VARARGS,

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 import time
+from itertools import islice
 from array import array
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Sequence
@@ -51,8 +52,14 @@ Table = _fast.Table if _fast is not None else None
 
 NUMBER_CACHE = 100_000  # distinct value texts remembered
 NUMBER_CACHE_TEXT = 32  # bytes: a longer value text is converted but not remembered
-HEAD_CACHE_BYTES = 64 * 1024**2  # keys of the head cache (each is held twice: here and in the C table)
-HEAD_COST = 128  # bytes a head cache entry is charged beyond its key
+HEAD_CACHE_BYTES = 64 * 1024**2  # keys of the head cache's first heads (each held twice: here and in C)
+HEAD_COST = 128  # bytes a first head is charged beyond its key
+# A context's other heads (another sample rate, an unknown field, a tag order: `h:1|h|@0.<n>` can make a
+# new one per line) and the heads of refused lines are bounded apart, charged what they really cost: each
+# key twice (here and in C), and the entries, the Slot and what its slot costs at the swap and the flush
+# (docs/statsd.md, "Limits")
+EXTRA_HEAD_BYTES = 32 * 1024**2
+EXTRA_HEAD_COST = 1024
 
 _DROPPED = Slot(DROPPED)  # one for every refused context: the cache may hold many keys pointing to it
 
@@ -92,8 +99,13 @@ class Aggregator:
         self.contexts: dict[tuple[str, str, Tags, str], Context] = {}
         # (name, tail) -> Slot; bounded: cleared when it outgrows the context cap (rebuilt lazily)
         self._cache: dict[tuple[bytes, bytes], Slot] = {}
-        self._cache_limit = max(4 * self.max_contexts, 10_000)
-        self._cache_bytes = 0  # of the keys in `_cache`; cleared too at HEAD_CACHE_BYTES
+        self._cache_limit = max(4 * self.max_contexts, 10_000)  # of its first heads
+        self._cache_bytes = 0  # of its first heads; cleared too at HEAD_CACHE_BYTES
+        # the first head of a context is the one cached while it had none; the others in `_cache` (and the
+        # heads of errors) are its extra heads, bounded apart by EXTRA_HEAD_BYTES and forgotten alone
+        self._headed: set[Context] = set()  # contexts with a first head in `_cache`
+        self._extras: dict[tuple[bytes, bytes], Slot] = {}
+        self._extra_bytes, self._extra_limit = 0, EXTRA_HEAD_BYTES
         # heads refused at the cap (not in `_cache`: a storm of refused heads never evicts live ones)
         self._refused: set[tuple[bytes, bytes]] = set()  # the Python loop's; the C loop keeps its own
         self._refused_bytes = 0
@@ -227,7 +239,7 @@ class Aggregator:
         number of contexts or the bytes of the head cache (then `_run` gives it again); anything else
         (a pool rebuilt; the head cache emptied, then at most one head before `_run` looks) only adds."""
         table.bytes_left = self.limits.context_bytes - self.held_bytes
-        table.heads_left = self._cache_limit - len(self._cache)
+        table.heads_left = self._cache_limit - (len(self._cache) - len(self._extras))
         table.head_bytes_left = HEAD_CACHE_BYTES - self._cache_bytes
 
     @property
@@ -249,7 +261,7 @@ class Aggregator:
         as `_slot` makes them for a head Python reads, its tags kept in the pool, the head cached, a
         gauge's value set. The C loop made them within the room `_run` gave it (charging every tag pair
         as new), so each fits."""
-        pool = self._pool
+        pool, before = self._pool, len(self.contexts)
         try:
             size, pairs, heads = table.adopt(Context, Slot, self.contexts, self._cache, pool.pairs, pool.tuples,
                                              self.interval.gauges, table.pending if most is None else most)
@@ -261,10 +273,13 @@ class Aggregator:
                 table.live_add(ctx.name, ctx.type, ctx.tags, ctx.container)
             self._cache.clear()
             self._cache_bytes = 0
+            self._headed, self._extras, self._extra_bytes = set(), {}, 0
             raise
         self.context_bytes += size
         pool.bytes += pairs
         self._cache_bytes += heads
+        # each made with its first head, added last to `contexts` (a dict keeps the order of insertion)
+        self._headed.update(islice(reversed(self.contexts.values()), len(self.contexts) - before))
         if len(self.contexts) > self.max_contexts or self.held_bytes > self.limits.context_bytes:
             raise AssertionError("the C loop made contexts past the limits")  # never: see `_run`'s room
 
@@ -472,14 +487,24 @@ class Aggregator:
         return True
 
     def _remember(self, key: tuple[bytes, bytes], slot: Slot) -> None:
-        size = len(key[0]) + len(key[1]) + HEAD_COST
+        size = len(key[0]) + len(key[1])
         if slot is _DROPPED:
-            self._refuse(key, size)
+            self._refuse(key, size + HEAD_COST)
             return
-        if len(self._cache) >= self._cache_limit or self._cache_bytes + size > HEAD_CACHE_BYTES:
-            self._forget_heads()
+        ctx = slot.ctx
+        if ctx is not None and ctx not in self._headed:  # its context's first head
+            size += HEAD_COST
+            if len(self._cache) - len(self._extras) >= self._cache_limit or self._cache_bytes + size > HEAD_CACHE_BYTES:
+                self._forget_heads()
+            self._headed.add(ctx)
+            self._cache_bytes += size
+        else:  # another head of a context whose first is cached, or an error's head
+            size = 2 * size + EXTRA_HEAD_COST
+            if self._extra_bytes + size > self._extra_limit:
+                self._forget_extra_heads()
+            self._extras[key] = slot
+            self._extra_bytes += size
         self._cache[key] = slot
-        self._cache_bytes += size
         if self._table is not None:  # a set's or an error's head too: the C loop passes its lines on at once
             self._table.add(key[0], key[1], slot, slot.ctx, slot.code)
 
@@ -501,12 +526,16 @@ class Aggregator:
         if self._table is not None:
             self._table.forget_contexts(gone)
             self._table.forget_refused()
-        kept, size = {}, 0
+        kept, size, extras = {}, 0, self._extras
         for key, slot in self._cache.items():
             if slot.ctx not in gone:
                 kept[key] = slot
-                size += len(key[0]) + len(key[1]) + HEAD_COST
+                if key not in extras:
+                    size += len(key[0]) + len(key[1]) + HEAD_COST
         self._cache, self._cache_bytes = kept, size
+        self._extras = {key: slot for key, slot in extras.items() if slot.ctx not in gone}
+        self._extra_bytes = sum(2 * (len(key[0]) + len(key[1])) + EXTRA_HEAD_COST for key in self._extras)
+        self._headed -= gone
         self._refused, self._refused_bytes = set(), 0
 
     def _forget_heads(self) -> None:
@@ -520,8 +549,24 @@ class Aggregator:
             self._table.clear()
         self._cache.clear()  # in place: `_each` holds its `get`
         self._cache_bytes = 0
+        self._headed, self._extras, self._extra_bytes = set(), {}, 0
         self.interval.fold()
         if forgotten > BURST:
+            release_freed_memory()
+
+    def _forget_extra_heads(self) -> None:
+        """Forget the extra heads alone (`_remember`), on both sides, their accumulations folded as
+        `_forget_heads` folds them: the first heads of the live contexts stay parsed, so that a storm of
+        heads of a few contexts costs at most EXTRA_HEAD_BYTES and never the other contexts' next lines."""
+        extras, cache = self._extras, self._cache
+        for key in extras:
+            del cache[key]  # in place: `_each` holds its `get`
+        if self._table is not None:
+            self.interval.pending.append(self._table.harvest())
+            self._table.clear(set(extras.values()))
+        self._extras, self._extra_bytes = {}, 0
+        self.interval.fold()
+        if len(extras) > BURST:
             release_freed_memory()
 
     @property

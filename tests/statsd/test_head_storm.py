@@ -10,13 +10,22 @@ import tracemalloc
 
 import pytest
 
-from agent.statsd import interval
+from agent.statsd import interval, receive
 from agent.statsd.flush import Flusher
 from agent.statsd.receive import Aggregator
 from tests.statsd.test_fast_loop import canonical, stats
 from tests.statsd.test_server import start  # noqa: F401  (the fixture: a real server on a real socket)
 
 HEADS = 2_000  # the head cache's entries in the unit tests: emptied every 2,000 new heads
+
+
+def small(agg: Aggregator, heads: int) -> Aggregator:
+    """The head cache of `agg` made small: `heads` first heads, and about as many extra heads (a context's
+    others: these storms' heads), as the C table is told."""
+    agg._cache_limit = heads
+    agg._extra_limit = heads * receive.EXTRA_HEAD_COST
+    agg._configure_table()
+    return agg
 
 
 def counter_storm(n: int, first: int = 0) -> list[bytes]:
@@ -49,9 +58,7 @@ def histogram_points(batch) -> list[tuple[float, float]]:
 
 @pytest.mark.usefixtures("both_loops")
 def test_a_storm_of_heads_of_two_contexts_holds_a_slot_per_context_and_per_cached_head() -> None:
-    agg = Aggregator()
-    agg._cache_limit = HEADS
-    agg._configure_table()
+    agg = small(Aggregator(), HEADS)
     lines = counter_storm(20_000) + histogram_storm(20_000)
     most = 0
     for k in range(0, len(lines), 500):
@@ -73,9 +80,7 @@ def test_the_c_loop_and_the_python_loop_fold_to_the_same_batch() -> None:
     lines += [b"c:0.1|c|@0.%d|x:%d" % (1 + i % 9, i) for i in range(6_000)]
     batches = []
     for accelerated in (True, False):
-        agg = Aggregator(accelerated=accelerated)
-        agg._cache_limit = 50
-        agg._configure_table()
+        agg = small(Aggregator(accelerated=accelerated), 50)
         for k in range(0, len(lines), 700):
             agg.ingest(b"\n".join(lines[k:k + 700]))
         batches.append((stats(agg), canonical(Flusher(10.0).batch(agg.swap(1000.0), now=1000.0))))
@@ -88,9 +93,7 @@ def test_the_c_loop_and_the_python_loop_fold_to_the_same_batch() -> None:
 def test_folding_keeps_the_histogram_value_limit() -> None:
     """The value limit counts values as before: folding moves them, it neither frees nor takes room."""
     limits = interval.Limits(histogram_values=5_000)
-    agg = Aggregator(limits=limits)
-    agg._cache_limit = 100
-    agg._configure_table()
+    agg = small(Aggregator(limits=limits), 100)
     for k in range(0, 8_000, 400):
         agg.ingest(b"\n".join(histogram_storm(400, k)))
     assert agg.stats.errors == {"value_limit": 3_000}
@@ -101,12 +104,13 @@ def test_folding_keeps_the_histogram_value_limit() -> None:
 async def test_a_head_storm_through_the_server_keeps_memory_bounded_and_counts_every_line(start, every_receiver) -> None:  # noqa: F811
     """The tester's storm, scaled down: one counter and one histogram context, a new head in every line, sent
     over UDP to the real server with a cap of 2,500 contexts (a head cache of 10,000 entries). What the
-    process allocates while the interval is open (tracemalloc: the C table's memory too) stays within the
-    head cache and the contexts' values; before, the interval kept every forgotten head's slot and buffer
-    (120,000 heads: 20-24 MiB here before, 4-6 MiB now)."""
+    process allocates while the interval is open (tracemalloc: the C table's memory too) stays within what
+    the extra heads are charged (here 10,000 of them) and the contexts' values; before, the interval kept
+    every forgotten head's slot and buffer (120,000 heads: 20-24 MiB here before, 4-6 MiB with the fold)."""
     r = await start(TASKLENS_STATSD_MAX_CONTEXTS="2500", TASKLENS_FLUSH_INTERVAL="3600")
     agg = r.server.aggregator
     assert agg._cache_limit == 10_000
+    agg._extra_limit = 10_000 * receive.EXTRA_HEAD_COST  # before any line: 32 MiB by default
     n = 60_000  # lines of each context
     lines = [line for pair in zip(counter_storm(n), histogram_storm(n)) for line in pair]
     tracemalloc.start()
@@ -120,8 +124,8 @@ async def test_a_head_storm_through_the_server_keeps_memory_bounded_and_counts_e
         held = tracemalloc.get_traced_memory()[0] - base
     finally:
         tracemalloc.stop()
-    # the head cache at most (10,000 heads at ~600 bytes on both sides) and 16 bytes per histogram value
-    assert held < 10_000 * 600 + 16 * n + 2 * 2**20, f"{held / 2**20:.1f} MiB held by the open interval"
+    # the extra heads at most as charged (each key twice and 1,024 bytes) and 16 bytes per histogram value
+    assert held < agg._extra_limit + 16 * n + 2 * 2**20, f"{held / 2**20:.1f} MiB held by the open interval"
     await r.server.flush()
     await asyncio.sleep(0)
     batches = [b for b in r.recorder.batches if b.source == "statsd"]
@@ -132,18 +136,51 @@ async def test_a_head_storm_through_the_server_keeps_memory_bounded_and_counts_e
     assert agg.stats.lines == 2 * n and not agg.stats.errors
 
 
-def test_a_reset_of_a_large_head_cache_hands_the_memory_back(monkeypatch: pytest.MonkeyPatch) -> None:
-    from agent.statsd import receive
+def test_a_reset_of_many_extra_heads_hands_the_memory_back(monkeypatch: pytest.MonkeyPatch) -> None:
     released = []
     monkeypatch.setattr(receive, "release_freed_memory", lambda: released.append(True))
     agg = Aggregator()
-    agg._cache_limit = receive.BURST + 1
-    agg._configure_table()
-    agg.ingest(b"\n".join(counter_storm(receive.BURST + 1)))
-    assert released == []
-    agg.ingest(b"\n".join(counter_storm(1, receive.BURST + 1)))  # the cache is full: emptied for this head
-    assert released == [True] and len(agg._cache) == 1
-    assert sum(agg.interval.counts.values()) == receive.BURST + 1  # the forgotten heads' counts, folded
+    agg.ingest(b"\n".join(counter_storm(receive.BURST + 2)))  # a first head, BURST + 1 extra ones
+    agg._extra_limit = agg._extra_bytes  # full
+    assert released == [] and len(agg._extras) == receive.BURST + 1
+    agg.ingest(b"\n".join(counter_storm(1, receive.BURST + 2)))  # emptied of its extra heads for this one
+    assert released == [True] and len(agg._cache) == 2 and len(agg._extras) == 1
+    assert sum(agg.interval.counts.values()) == receive.BURST + 2  # the forgotten heads' counts, folded (the new one: in C)
+
+
+@pytest.mark.usefixtures("both_loops")
+def test_a_storm_of_extra_heads_leaves_the_first_heads_of_the_other_contexts_cached() -> None:
+    """The extra heads (a context's heads beyond its first) are bounded and forgotten apart: a head storm of
+    one context never empties the first heads of the others (before, it emptied the whole head cache every
+    4 x the context cap heads, and each live context's next line was parsed again)."""
+    agg = Aggregator()
+    agg._extra_limit = 100 * receive.EXTRA_HEAD_COST
+    known = b"\n".join(b"c%d:1|c|#k:v" % i for i in range(500))
+    agg.ingest(known)
+    for k in range(0, 3_000, 300):
+        agg.ingest(b"\n".join(counter_storm(300, k)))  # about 30 x the extra heads' bound
+    assert all((b"c%d" % i, b"c|#k:v") in agg._cache for i in range(500)) and len(agg._extras) <= 100
+    if agg._table is not None:  # and on the C side: their lines never leave the C loop
+        assert agg._table.run(known, 0, agg.interval) == len(known)
+    else:
+        agg.ingest(known)
+    agg.ingest(known)
+    batch = {s.name: s.value for s in Flusher(10.0).batch(agg.swap(1000.0), now=1000.0).samples}
+    assert batch["m"] == 3_000 and all(batch[f"c{i}"] == 3 for i in range(500))
+    assert agg.stats.lines == 4_500 and not agg.stats.errors
+
+
+@pytest.mark.usefixtures("both_loops")
+def test_a_few_sample_rates_per_context_stay_cached() -> None:
+    """2,000 contexts with 10 sample rates each, at the default bounds: 20,000 heads, parsed once."""
+    agg = Aggregator()
+    lines = [b"\n".join(b"t%d:%d|ms|@0.%d" % (i, r, r) for i in range(k, k + 100) for r in range(1, 11))
+             for k in range(0, 2_000, 100)]
+    agg.ingest_many(lines)
+    assert len(agg._cache) == 20_000 and len(agg._extras) == 18_000
+    cached = dict(agg._cache)
+    agg.ingest_many(lines)
+    assert agg._cache == cached and not agg.interval.folds  # nothing parsed again, nothing forgotten
 
 
 def test_a_weight_per_value_merges_alike_in_c_and_in_python() -> None:

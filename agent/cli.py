@@ -322,6 +322,12 @@ def cmd_health(args: argparse.Namespace) -> int:
         with urllib.request.urlopen(f"http://{host}:{port}/{args.endpoint}", timeout=args.timeout) as resp:
             ok = resp.status == 200
     except (OSError, urllib.error.URLError) as exc:
+        reason = exc.reason if isinstance(exc, urllib.error.URLError) else exc
+        if isinstance(reason, (ConnectionResetError, BrokenPipeError)):  # reset or closed instead of an answer:
+            # a broker that writes its own greeting and resets (RabbitMQ's `AMQP\0\0\t\1`), or closes
+            _say(f"tasklens health: not an HTTP answer at {host}:{port}: {type(reason).__name__}: "
+                 f"{logs.shown(str(reason))[:200]}")
+            return 1
         _say(f"tasklens health: {logs.shown(str(exc))[:300]}")  # a reason phrase is the peer's text
         return 1
     except http.client.HTTPException as exc:  # something else answers on the port (SSH, a bare "ok", ...)

@@ -6,6 +6,7 @@ import json
 import os
 import signal
 import socket
+import struct
 import subprocess
 import time
 
@@ -295,6 +296,39 @@ def test_health_against_a_port_that_does_not_answer_http_as_a_command(answers) -
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert result.stderr.splitlines() == [f"tasklens health: not an HTTP answer at 127.0.0.1:{answers.port}: "
                                           "BadStatusLine: SSH-2.0-OpenSSH_9\\r\\n"]
+
+
+def _greets_and_resets(server: socket.socket, greeting: bytes) -> None:
+    """What RabbitMQ does to an HTTP request: reads 8 bytes, writes its own protocol header, and closes
+    with the rest of the request unread (a reset; SO_LINGER 0 makes sure)."""
+    while True:
+        try:
+            conn, _ = server.accept()
+        except OSError:  # closed: the test is over
+            return
+        with conn:
+            try:
+                conn.recv(8)
+                conn.sendall(greeting)
+                conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            except OSError:
+                pass
+
+
+@pytest.mark.parametrize("greeting", [b"AMQP\x00\x00\t\x01", b""])
+def test_health_against_a_port_that_answers_other_bytes_then_resets_says_so_in_one_line(greeting: bytes) -> None:
+    """A broker's port (RabbitMQ's 5672) answers with its own greeting and resets: not an HTTP answer,
+    said as such, exit 1 (was `[Errno 104] Connection reset by peer` alone)."""
+    import threading
+
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        port = server.getsockname()[1]
+        threading.Thread(target=_greets_and_resets, args=(server, greeting), daemon=True).start()
+        result = subprocess.run([TASKLENS, "health", "--addr", f"127.0.0.1:{port}"], env=clean_env(),
+                                capture_output=True, text=True, timeout=30)
+    assert result.returncode == 1, result.stderr
+    (line,) = result.stderr.splitlines()
+    assert line.startswith(f"tasklens health: not an HTTP answer at 127.0.0.1:{port}: ConnectionResetError: "), line
 
 
 @pytest.mark.parametrize("given_as", ["--addr", "TASKLENS_HTTP_ADDR", "file"])

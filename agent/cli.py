@@ -292,12 +292,21 @@ def cmd_check(args: argparse.Namespace) -> int:
     return code
 
 
+def _addr_option(text: str) -> tuple[str, int]:
+    """A listen address given as `--addr` (health, emulate-ecs), refused naming the option and the value as
+    `send` refuses its own."""
+    try:
+        return parse_addr(text)
+    except ValueError as exc:
+        raise ConfigError(f"--addr {text!r} is invalid: expected {exc}") from None
+
+
 def cmd_health(args: argparse.Namespace) -> int:
     """Exit 0 iff the sidecar answers `/health`: the container health check (no curl needed). Without
     `--addr`, where `run` listens: the same settings, read by the same `config.load`."""
     try:
         if args.addr:
-            host, port = parse_addr(args.addr)
+            host, port = _addr_option(args.addr)
             where = "--addr"
         else:
             config = load()
@@ -307,9 +316,6 @@ def cmd_health(args: argparse.Namespace) -> int:
         _check_bindable(where, (host, port), socket.SOCK_STREAM)
     except ConfigError as exc:
         _say(f"tasklens health: {exc}" if args.addr else f"tasklens health: invalid configuration: {exc}")
-        return 2
-    except ValueError as exc:
-        print(f"tasklens health: bad address {args.addr!r}: expected {exc}", file=sys.stderr)
         return 2
     if port == 0:  # "any free port": only the running sidecar knows which; as `tasklens send` says it
         _say(f"tasklens health: --addr {args.addr!r} has port 0, any free port: pass the port the sidecar listens on"
@@ -347,7 +353,7 @@ def cmd_emulate_ecs(args: argparse.Namespace) -> int:
         task, stats = example(args.example) if args.example else (args.task, args.stats)
         if task and stats:
             check_fixtures(task, stats)
-        host, port = parse_addr(args.addr)
+        host, port = _addr_option(args.addr)
     except (ValueError, ConfigError) as exc:
         print(f"tasklens emulate-ecs: {exc}", file=sys.stderr)
         return 2

@@ -536,6 +536,15 @@ def test_the_other_commands_refuse_bad_arguments_without_a_traceback(argv: list[
     assert result.returncode == 2 and "Traceback" not in result.stderr and result.stderr.strip()
 
 
+@pytest.mark.parametrize("command", [["health"], ["send", "x:1|c"], ["emulate-ecs", "--example", "fargate"]])
+def test_a_bad_addr_option_is_refused_alike_naming_the_option_and_the_value(command: list[str]) -> None:
+    result = subprocess.run([TASKLENS, command[0], "--addr", "bogus", *command[1:]], env=clean_env(),
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [f"tasklens {command[0]}: --addr 'bogus' is invalid: expected host:port, "
+                                          "e.g. 127.0.0.1:9102 or [::1]:9102"]
+
+
 def test_profiler_bootstrap_into_a_path_it_cannot_write_says_so_without_a_traceback(tmp_path) -> None:
     a_file = tmp_path / "a-file"
     a_file.write_text("")

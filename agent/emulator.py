@@ -129,8 +129,18 @@ def make_app(task_path: str | None, stats_path: str | None,
     async def not_found(request: web.Request) -> web.Response:
         return _error(404, f"unknown path {request.path}")
 
+    async def served_arn() -> str | None:
+        """The TaskARN of the task `/task` serves now (the task protection reports it, as the agent does)."""
+        try:
+            doc = json.loads(await task_bytes())
+        except (OSError, ValueError, RecursionError):
+            return None
+        arn = doc.get("TaskARN") if isinstance(doc, Mapping) else None
+        return arn if isinstance(arn, str) else None
+
     app = web.Application()
-    (protection or TaskProtectionAgent()).add_routes(app)  # ECS_AGENT_URI=http://host:port/api/<any id>
+    # ECS_AGENT_URI=http://host:port/api/<any id>
+    (protection or TaskProtectionAgent(arn_of=served_arn)).add_routes(app)
     for version in ("v3", "v4"):
         base = f"/{version}/{{id}}"
         app.router.add_get(base, container)

@@ -134,6 +134,23 @@ async def test_every_pair_renders_every_series_without_a_clash(tmp_path, task: s
         assert running or all(c.get("Type") == "CNI_PAUSE" for c in doc["Containers"])  # ECS's own only
 
 
+@pytest.mark.parametrize("files", [("fargate-2023.task", "fargate-2023.stats"), None])
+async def test_task_protection_reports_the_arn_of_the_task_served(files: tuple[str, str] | None) -> None:
+    """The agent's task-protection answers name the task `/task` serves (a fixture's, or this machine's
+    live one), not a made-up ARN of another region and account."""
+    runner, base = await serve_app(make_app(*(map(path, files) if files else (None, None))))
+    try:
+        _, body = await get(f"{base}/v4/x/task")
+        arn = json.loads(body)["TaskARN"]
+        _, body = await get(f"{base}/api/x/task-protection/v1/state")
+        assert json.loads(body)["protection"]["TaskArn"] == arn
+        async with aiohttp.ClientSession() as session, session.put(
+                f"{base}/api/x/task-protection/v1/state", json={"ProtectionEnabled": True}) as response:
+            assert response.status == 200 and (await response.json())["protection"]["TaskArn"] == arn
+    finally:
+        await runner.cleanup()
+
+
 async def test_live_mode_serves_this_machine() -> None:
     runner, base = await serve_app(make_app(None, None))
     try:

@@ -14,6 +14,7 @@ import asyncio
 import json
 import time
 from collections import deque
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -43,6 +44,9 @@ class TaskProtectionAgent:
     canned: deque[Canned] = field(default_factory=deque)
     late: deque[float] = field(default_factory=deque)  # seconds before the answer to each next PUT applied
     clock: Any = time.time
+    # where the ARN comes from when it is another's (the emulator: the task its `/task` serves, re-read
+    # at each request as that file is): None, or an empty answer, keeps `task_arn`
+    arn_of: Callable[[], Awaitable[str | None]] | None = None
     _tokens: float = BURST
     _refilled: float = field(default_factory=time.monotonic)
 
@@ -66,6 +70,10 @@ class TaskProtectionAgent:
             expiration = datetime.fromtimestamp(self.expires_at, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         return {"protection": {"ExpirationDate": expiration, "ProtectionEnabled": self.enabled,
                                "TaskArn": self.task_arn}}
+
+    async def _current_arn(self) -> None:
+        if self.arn_of is not None:
+            self.task_arn = await self.arn_of() or self.task_arn
 
     def _rate_limited(self) -> bool:
         now = time.monotonic()
@@ -116,6 +124,7 @@ class TaskProtectionAgent:
         self.requests.append(body)
         self.enabled = enabled
         self.expires_at = self.clock() + minutes * 60 if enabled else None
+        await self._current_arn()
         answer = self._protection()
         if self.late:
             await asyncio.sleep(self.late.popleft())
@@ -125,7 +134,10 @@ class TaskProtectionAgent:
         if self._rate_limited():
             return web.Response(status=429, text="You have reached maximum request limit.")
         canned = await self._canned()
-        return canned if canned is not None else web.json_response(self._protection())
+        if canned is not None:
+            return canned
+        await self._current_arn()
+        return web.json_response(self._protection())
 
     def add_routes(self, app: web.Application) -> None:
         app.router.add_put(ROUTE, self.put)

@@ -9,6 +9,7 @@ import logging
 import math
 import resource
 import time
+import weakref
 import zlib
 from collections.abc import Callable
 from typing import Any
@@ -19,7 +20,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 from agent import heavy
 from agent.hub import Hub
 from agent.selfmetrics import SelfMetrics
-from agent.sinks.prometheus import PrometheusSink
+from agent.sinks.prometheus import Part, PrometheusSink
 
 TEXT = "text/plain; version=0.0.4; charset=utf-8"
 OPENMETRICS = "application/openmetrics-text; version=1.0.0; charset=utf-8"
@@ -161,10 +162,10 @@ class SingleFlight:
     """
 
     def __init__(self, at_once: int) -> None:
-        self._running: dict[object, asyncio.Future[list[bytes]]] = {}
+        self._running: dict[object, asyncio.Future[list[Part]]] = {}
         self._turns = asyncio.Semaphore(at_once)
 
-    async def run(self, key: object, fn: Callable[[], list[bytes]]) -> list[bytes]:
+    async def run(self, key: object, fn: Callable[[], list[Part]]) -> list[Part]:
         future = self._running.get(key)
         if future is None:
             future = self._running[key] = asyncio.ensure_future(self._in_turn(fn))
@@ -172,11 +173,11 @@ class SingleFlight:
         # shield: a scraper that hangs up does not cancel the rendering the others wait for
         return await asyncio.shield(future)
 
-    async def _in_turn(self, fn: Callable[[], list[bytes]]) -> list[bytes]:
+    async def _in_turn(self, fn: Callable[[], list[Part]]) -> list[Part]:
         async with self._turns:
             return await heavy.run(fn)
 
-    def _forget(self, key: object, future: asyncio.Future[list[bytes]]) -> None:
+    def _forget(self, key: object, future: asyncio.Future[list[Part]]) -> None:
         if self._running.get(key) is future:
             del self._running[key]
         if not future.cancelled():
@@ -186,24 +187,44 @@ class SingleFlight:
 class GzipCache:
     """gzip of `/metrics` without compressing the worker's series again for every scrape.
 
-    The first part (the worker's series: nearly all of a large exposition, the same bytes object
-    until the data changes) is compressed once; the compressor's state after it is kept, and each
-    scrape continues a copy of it with the rest (the sidecar's series, new every time). One gzip
-    member, as if compressed whole. 100,000 series: 20 MB compressed once per change instead of
-    once per scrape."""
+    The first part (the worker's series: nearly all of a large exposition, the same object until
+    the data changes) is compressed once; the compressor's state after it is kept, and each scrape
+    continues a copy of it with the rest (the sidecar's series, new every time). One gzip member, as
+    if compressed whole. 100,000 series: 20 MB compressed once per change instead of once per scrape.
+
+    The first part is referenced weakly where it can be (the sink's memoryview): a kept state must
+    not keep a rendering the sink let go (~70 MB with the label bytes full) alive while the sink
+    renders the next one; its output and state go with it. Bytes are held."""
 
     def __init__(self) -> None:
-        self._kept: dict[object, tuple[bytes, bytes, Any]] = {}  # key -> (first part, its output, state)
+        # key -> (the first part, or a weak reference to it; its output; the state after it)
+        self._kept: dict[object, tuple[Callable[[], object], bytes, Any]] = {}
 
-    def compress(self, key: object, parts: list[bytes]) -> bytes:
+    def compress(self, key: object, parts: list[Part]) -> bytes:
         first, rest = parts[0], parts[1:]
         kept = self._kept.get(key)
-        if kept is None or kept[0] is not first:
+        if kept is None or kept[0]() is not first:
+            # the last one's output and state go before the new ones are made (from this frame too)
+            self._kept.pop(key, None)
+            kept = None
             # level 1: ~0.15 s for 53 MB, with the GIL released
             gz = zlib.compressobj(1, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
-            kept = self._kept[key] = (first, gz.compress(first), gz)
+            kept = self._kept[key] = (self._reference(key, first), gz.compress(first), gz)
         gz = kept[2].copy()
         return b"".join([kept[1]] + [gz.compress(p) for p in rest] + [gz.flush()])
+
+    def _reference(self, key: object, first: Part) -> Callable[[], object]:
+        try:
+            return weakref.ref(first, lambda gone: self._forget(key, gone))
+        except TypeError:  # bytes cannot be referenced weakly: held
+            return lambda: first
+
+    def _forget(self, key: object, ref: object) -> None:
+        """The first part is gone: its output and state too. (Another thread may have just kept another
+        in its place: then that one is compressed again, once.)"""
+        kept = self._kept.get(key)
+        if kept is not None and kept[0] is ref:
+            self._kept.pop(key, None)
 
 
 def quality(header: str, wanted: str) -> float:
@@ -271,7 +292,7 @@ def make_app(hub: Hub, prometheus: PrometheusSink, ready: Callable[[], bool],
         if compress:  # Prometheus asks: 53 MB -> 1.2 MB at 100k series
             headers["Content-Encoding"] = "gzip"
 
-        def render() -> list[bytes]:
+        def render() -> list[Part]:
             parts = prometheus.render_parts(openmetrics)
             # uncompressed, the parts are written as they are: the worker's is the sink's cached rendering
             # (~70 MB with its label bytes full), and joining them made a copy of it for every scrape

@@ -55,6 +55,23 @@ def test_gzip_compresses_the_first_part_once_per_object() -> None:
     assert cache._kept[False] is not kept
 
 
+def test_gzip_keeps_a_memoryview_first_part_weakly() -> None:
+    """The sink's rendering (a memoryview) is not kept alive by the gzip state kept for it: once the
+    sink and the scrapes let it go, the state and output go too; compressed anew for the next."""
+    import weakref
+
+    cache = GzipCache()
+    first = memoryview(b"worker series\n" * 10_000)
+    gone = weakref.ref(first)
+    assert gunzip(cache.compress(True, [first, b"x"])) == bytes(first) + b"x"
+    kept = cache._kept[True]
+    assert gunzip(cache.compress(True, [first, b"y"])).endswith(b"y") and cache._kept[True] is kept
+    del first, kept
+    gc.collect()
+    assert gone() is None and True not in cache._kept
+    again = memoryview(b"worker series\n" * 9_999)
+    assert gunzip(cache.compress(True, [again, b"z"])) == bytes(again) + b"z"
+
 def make() -> tuple[Hub, PrometheusSink, list[float]]:
     clock = [1000.0]
     hub = Hub(Identity(service="orders"), SelfMetrics())

@@ -55,6 +55,7 @@ EXPIRE_CHUNK = 2000  # tag sets looked at per event loop turn when expiring seri
 _SUFFIXES = {Kind.COUNTER: ("_total", "_created"), Kind.GAUGE: (),
              Kind.HISTOGRAM: ("_bucket", "_count", "_sum", "_created")}
 _ALL_SUFFIXES = ("_total", "_created", "_bucket", "_count", "_sum")
+Part = bytes | memoryview  # of `/metrics` (`PrometheusSink.render_parts`)
 
 
 @lru_cache(maxsize=4096)  # a new tag pair mostly has a key seen before (`request_id:<new id>`)
@@ -253,7 +254,7 @@ class PrometheusSink:
         self.registry.register(self)
         self._renderer = Renderer(self.buckets)
         # openmetrics? -> (version, worker part, when it was rendered, how long that took if slow)
-        self._cache: dict[bool, tuple[int, bytes, float, float]] = {}
+        self._cache: dict[bool, tuple[int, memoryview, float, float]] = {}
 
     # -- sink side ---------------------------------------------------------------------------
 
@@ -569,7 +570,7 @@ class PrometheusSink:
         """`/metrics` in text format 0.0.4 or OpenMetrics 1.0 (see prometheus_text.py)."""
         return b"".join(self.render_parts(openmetrics))
 
-    def render_parts(self, openmetrics: bool = False) -> list[bytes]:
+    def render_parts(self, openmetrics: bool = False) -> list[Part]:
         """`/metrics` in pieces: the worker's series, the sidecar's, and OpenMetrics' `# EOF`.
 
         Safe to call from another thread than the event loop. The worker's part (nearly all of it
@@ -577,6 +578,11 @@ class PrometheusSink:
         SLOW_RENDER, not again before RENDER_SPACING times as long has passed: under back-to-back
         scrapes of 100,000 series, rendering then holds the GIL a third of the time at most, not
         all of it (scrapes meanwhile get the last rendering). The sidecar's part is new every time.
+
+        The worker's part is a memoryview of the kept rendering: unlike bytes it can be referenced
+        weakly, so that `http.GzipCache` does not keep a rendering alive once the sink let it go. The
+        last rendering is let go before the next one is made: with the label bytes full, each is
+        ~70 MB. A scrape that has it already holds it until it is written, whole.
         """
         version = self.version
         sidecar, refused = self._sidecar_families()
@@ -591,11 +597,13 @@ class PrometheusSink:
         if cached is not None and (cached[0] == version or now - cached[2] < RENDER_SPACING * cached[3]):
             worker = cached[1]
         else:
-            worker = self._renderer.render(self._worker_families(sidecar), openmetrics).encode()
+            self._cache.pop(openmetrics, None)  # not held while the next one is rendered (nor here)
+            cached = None
+            worker = memoryview(self._renderer.render(self._worker_families(sidecar), openmetrics))
             took = time.perf_counter() - now
             self._cache[openmetrics] = (version, worker, now, took if took > SLOW_RENDER else 0.0)
         # the worker's part first: a gzip stream of it is kept and continued (`http.GzipCache`)
-        parts = [worker, self._renderer.render(sidecar, openmetrics).encode()]
+        parts: list[Part] = [worker, self._renderer.render(sidecar, openmetrics)]
         if openmetrics:
             parts.append(b"# EOF\n")
         return parts

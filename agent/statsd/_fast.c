@@ -130,7 +130,7 @@ static uint64_t siphash13(uint64_t k0, uint64_t k1, const char *p, Py_ssize_t n)
     }
     if (longer && n > 0) {  /* the last 1-7 bytes: the 8 that end the text, shifted (no call to memcpy) */
         memcpy(&m, p + n - 8, 8);
-#if __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
         m = __builtin_bswap64(m);  /* as the loop below reads them */
 #endif
         last |= m >> (8 * (8 - n));
@@ -361,10 +361,10 @@ static char *reserve(Table *t, size_t n) {
 #define HIGH 0x8080808080808080ULL
 #define LOW7 0x7f7f7f7f7f7f7f7fULL
 
-static inline uint64_t load8(const char *p) {  /* little-endian, as SipHash reads */
+static inline uint64_t load8(const char *p) {  /* the first byte lowest, on every machine */
     uint64_t w;
     memcpy(&w, p, 8);
-#if __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
     w = __builtin_bswap64(w);
 #endif
     return w;
@@ -508,7 +508,7 @@ static int sort_tags(Head *hd) {
 
 /* 1 and *hd filled when the head is plain ASCII, has no `T` field, no trailing `\r`, at most one `#`
  * field and one `c:` field, no tag key given twice, and parse_head would accept it; else 0 (Python
- * reads it, and says which error). The tail's separators are found first, in one pass (`separators`). */
+ * reads it, and says which error). The tail's separators are found first, in one pass (`mark`). */
 static int read_head(const char *name, Py_ssize_t nlen, const char *tail, const char *end, Head *hd) {
     Py_ssize_t tlen = end - tail;
     if (nlen < 1 || nlen > MAX_NAME || tlen > MAX_TAIL || (nlen >= 3 && memcmp(name, "_e{", 3) == 0)
@@ -563,11 +563,9 @@ static int read_head(const char *name, Py_ssize_t nlen, const char *tail, const 
                             uint64_t w = tlen - item >= 8 ? load8(tail + item) : load_last(tail + item, tlen - item, tail);
                             if (klen < 8)
                                 w &= (1ULL << (8 * klen)) - 1;
-#if __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
-                            hd->prefix[q] = w;
-#else
-                            hd->prefix[q] = __builtin_bswap64(w);  /* the first byte the most significant */
-#endif
+                            /* load8 puts the first byte lowest on every machine: swapped, it is the most
+                             * significant, and the numbers compare as the bytes do */
+                            hd->prefix[q] = __builtin_bswap64(w);
                         }
                     }
                     item = ie + 1;

@@ -24,7 +24,7 @@ from agent.identity import container_tags, distinct_containers
 from agent.logs import RateLimitedLog
 from agent.model import Kind, Sample, Tags
 from agent.selfmetrics import SelfMetrics
-from agent.sources.ecs_stats import DEPARTED_POLLS, instances_by_name, memory_limit_bytes, parse_time_ns
+from agent.sources.ecs_stats import DEPARTED_POLLS, MAX_DEPARTED, Instances, memory_limit_bytes, parse_time_ns
 from agent.sources.ecs_stats import working_set_bytes
 from agent.sources.ecs_stats import _get, _num  # the same tolerant JSON accessors as the derivations
 from integrations.queues.trend import trend_window  # the queues' rule: a trend window holds 3 polls
@@ -38,12 +38,16 @@ LEAK_SIGNIFICANCE = 5.0  # standard errors: see docs/health.md (3 was a false le
 # this many standard errors, projected to the exit (the exit code is evidence already; see `oom_killed`)
 EXIT_SIGNIFICANCE = 3.0
 EXIT_LOOKBACK = 3  # running readings before an exit that can show memory at the limit: see `oom_killed`
+# a leak is projected to an exit at most this many polls past the last reading of the process seen running
+# (polls of at least STATS_REFRESH seconds): the exit normally shows one poll later; a container back
+# after a longer gap may have been killed at any time in it, and the forecast does not say when
+EXIT_PROJECTION_POLLS = 3
+STATS_REFRESH = 10.0  # seconds: the agent refreshes a container's stats (and its `read`) up to this far apart
 MIN_GROWTH = 0.01  # the fitted growth over the window must reach 1 % of the limit to be a leak
 FLOOR_BINS = 6  # the floor (lowest point of each sixth of the window) must rise by half that too: _floor_growth
 # a container gone from `/task` is remembered for DEPARTED_POLLS polls (as the network totals remember
-# its interfaces), so that one back after a gap continues its counters and peak; at most this many at
+# its interfaces), so that one back after a gap continues its counters and peak; at most MAX_DEPARTED at
 # once (the oldest departure is forgotten first): a task whose containers keep changing names stays bounded
-MAX_DEPARTED = 32
 
 
 # --- memory forecast ----------------------------------------------------------------------------
@@ -188,16 +192,20 @@ class Reading:
         return self.obs.near_limit or self.failcnt_rose or reached_limit(self.obs, self.growth_per_second, at)
 
 
-def oom_killed(exit_code: float | None, before: Iterable[Reading], at: float) -> bool:
+def oom_killed(exit_code: float | None, before: Iterable[Reading], at: float, horizon: float = math.inf) -> bool:
     """An exit (a stop or a restart) seen by the poll at `at` was an OOM kill when its exit code is 137,
     or unknown (a restart whose exit code ECS does not show), and memory was at the limit at one of
     the last `EXIT_LOOKBACK` readings `before` it: the working set at least `NEAR_LIMIT` of the limit,
     or the cgroup v2 `oom` events risen (`oom_events`), or a suspected leak projected to the exit
-    reaching it. Not only the last reading: one taken after the kill, before ECS shows the stop, sees
-    the memory freed."""
+    reaching it, but never further than `horizon` seconds past the last reading (a container back
+    after a gap of many polls was killed at some time in it, not necessarily at its end). Not only the
+    last reading: one taken after the kill, before ECS shows the stop, sees the memory freed."""
     if exit_code is not None and exit_code != OOM_EXIT_CODE:
         return False
-    return any(r.limit_hit(at) for r in list(before)[-EXIT_LOOKBACK:])
+    readings = list(before)[-EXIT_LOOKBACK:]
+    if readings:
+        at = min(at, readings[-1].obs.t + horizon)
+    return any(r.limit_hit(at) for r in readings)
 
 
 # --- CPU saturation ------------------------------------------------------------------------------
@@ -279,10 +287,10 @@ class HealthMonitor:
         return cls(memory_window=memory_window(config),
                    saturation_threshold=config.cpu_saturation_threshold,
                    saturation_window=config.cpu_saturation_window, metrics=metrics,
-                   max_step=max(MAX_STEP, 3 * config.poll_interval))
+                   max_step=max(MAX_STEP, 3 * config.poll_interval), poll_interval=config.poll_interval)
 
     def __init__(self, *, memory_window: float, saturation_threshold: float, saturation_window: float,
-                 metrics: SelfMetrics | None = None, max_step: float = MAX_STEP,
+                 metrics: SelfMetrics | None = None, max_step: float = MAX_STEP, poll_interval: float = 10.0,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.metrics = metrics or SelfMetrics()
         self.memory_window = memory_window
@@ -290,6 +298,9 @@ class HealthMonitor:
         self.saturation_threshold = saturation_threshold
         self.saturation_window = saturation_window
         self.max_step = max_step  # see `saturation_step`
+        # how far past the last reading a leak is projected to an exit (`oom_killed`)
+        self.exit_horizon = EXIT_PROJECTION_POLLS * max(poll_interval, STATS_REFRESH)
+        self._instances = Instances()  # which instance stands for each name: as derive's, fed the same answers
         self._containers: dict[str, _Container] = {}  # by container name: those in `/task`, and departed ones
         self._polls = 0
         self._task_saturation = Saturation()
@@ -316,24 +327,28 @@ class HealthMonitor:
         utilization = {(s.name, s.tags): float(s.value) for s in derived
                        if s.name.endswith("cpu.utilization_percent") and isinstance(s.value, (int, float))}
         self._polls += 1
-        # one container per name, as derive shows it (`instances_by_name`); the other instances listed
-        # under that name, by DockerId, for the exit of the one replaced
-        observed: dict[str, tuple[Tags, str, Observation, dict[str, Any]]] = {}
-        for name, (container, *rest) in instances_by_name(distinct_containers(_get(task, "Containers"))[0]).items():
+        # one container per name, as derive shows it (`Instances`: none when only instances older than one
+        # already seen are listed, as if absent); the other instances listed under that name, by DockerId,
+        # for the exit of the one followed before; whether the container is an instance new to the name
+        observed: dict[str, tuple[Tags, str, Observation, dict[str, Any], bool]] = {}
+        for name, choice in self._instances.choose(distinct_containers(_get(task, "Containers"))[0]).items():
+            container = choice.container
+            if container is None:
+                continue
             try:
                 obs = observe(container, stats.get(container["DockerId"]), task, poll_time)
                 observed[name] = (container_tags(container), container["DockerId"], obs,
-                                  {c["DockerId"]: c for c in rest})
+                                  {c["DockerId"]: c for c in choice.others}, choice.new)
             except Exception:  # a shape nobody has seen: this container's health is a gap, not a crash
                 continue
         # ECS reports throttling as 0 even under throttling (a platform bug): a constant 0 would be a
         # lie, so the counters appear only once some container of the task shows a non-zero value
-        self._throttling_real |= any(obs.throttled_periods for _, _, obs, _ in observed.values())
+        self._throttling_real |= any(obs.throttled_periods for _, _, obs, _, _ in observed.values())
         out: list[Sample] = []
-        for name, (tags, docker_id, obs, others) in observed.items():
+        for name, (tags, docker_id, obs, others, new) in observed.items():
             util = utilization.get(("ecs.container.cpu.utilization_percent", tags))
             replaced = others.get(self._containers[name].docker_id or "") if name in self._containers else None
-            out += self._container(name, tags, obs, util, docker_id=docker_id,
+            out += self._container(name, tags, obs, util, docker_id=docker_id, new_instance=new,
                                    replaced=observe(replaced, stats.get(replaced["DockerId"]), task, poll_time)
                                    if replaced is not None else None)
         self._forget_departed()
@@ -353,20 +368,12 @@ class HealthMonitor:
             if self._polls - seen > DEPARTED_POLLS or i < len(departed) - MAX_DEPARTED:
                 del self._containers[name]
 
-    @staticmethod
-    def _counters(c: _Container, tags: Tags) -> list[Sample]:
-        """The series kept across polls, as they are (a poll that tells nothing new of the container)."""
-        out = [Sample("ecs.container.restarts_total", c.restarts, Kind.COUNTER, tags),
-               Sample("ecs.container.oom_kills_total", c.oom_kills, Kind.COUNTER, tags)]
-        if c.peak_working_set is not None:
-            out.append(Sample("ecs.container.memory.peak_working_set_bytes", c.peak_working_set, Kind.GAUGE, tags))
-        return out
-
     def _container(self, name: str, tags: Tags, obs: Observation, utilization: float | None, *,
-                   docker_id: str | None = None, replaced: Observation | None = None) -> list[Sample]:
-        """`obs`: the container (the instance `docker_id`); `replaced`: this poll's observation of the
-        instance seen before under this name when `/task` lists it beside another that is now the
-        container (`instances_by_name`)."""
+                   docker_id: str | None = None, new_instance: bool = True,
+                   replaced: Observation | None = None) -> list[Sample]:
+        """`obs`: the container (the instance `docker_id`); `new_instance`: that instance never stood for the
+        container before (`Instances.choose`); `replaced`: this poll's observation of the instance
+        followed before under this name when `/task` lists it beside another that is now the container."""
         c = self._containers.get(name)
         if c is None:
             c = self._containers[name] = _Container(tags, memory=trend.History(self.memory_window, self.clock))
@@ -374,15 +381,20 @@ class HealthMonitor:
         c.tags = tags
         c.seen = self._polls
         before = c.last
-        if before is not None and c.docker_id is not None and docker_id is not None and docker_id != c.docker_id:
-            # another instance under this name: a restart when it started after the one seen before, whose
-            # exit (its own exit code when still listed) is judged now if it was running then; an older
-            # one listed again changes nothing (the series stay those of the instance seen before)
-            if before.started_ns is not None and (obs.started_ns is None or obs.started_ns <= before.started_ns):
-                return self._counters(c, tags)
-            exited = before.running and (replaced is None or not replaced.running)
+        switched = before is not None and c.docker_id is not None and docker_id is not None \
+            and docker_id != c.docker_id
+        if switched and new_instance:
+            # a new instance under this name (`Instances`): a restart; the exit of the one followed before
+            # (its own exit code when still listed) is judged now if it was running then
+            exited = bool(before and before.running) and (replaced is None or not replaced.running)
             exit_code = replaced.exit_code if replaced is not None else None
             restarts = 1
+        elif switched:
+            # back to an instance that stood before (the newer one stopped while it kept running): no
+            # restart; the exit of the one followed before is judged when it is listed stopped
+            exited = bool(before and before.running) and replaced is not None and not replaced.running
+            exit_code = replaced.exit_code if replaced is not None else None
+            restarts = 0
         else:
             exited = before is not None and before.running and not obs.running
             exit_code = obs.exit_code
@@ -390,9 +402,11 @@ class HealthMonitor:
         c.docker_id = docker_id
         # an exit is judged once: when the stop is seen, or at the restart if the stop fell between polls
         judged = exited or bool(restarts and before is not None and before.running)
-        if judged and oom_killed(exit_code, c.readings, at=obs.t):
+        if judged and oom_killed(exit_code, c.readings, at=obs.t, horizon=self.exit_horizon):
             c.oom_kills += 1
-        if restarts or exited:
+        if switched:
+            c.last_running = None  # another process, in another cgroup: nothing of it compares with this one
+        if restarts or exited or switched:
             c.restarts += restarts
             c.memory = trend.History(self.memory_window, self.clock)  # a new process: its memory starts afresh
             c.readings.clear()

@@ -335,6 +335,85 @@ MAX_NETWORK_KEYS = 1_024  # interfaces `NetworkTotals` follows (a task has a few
 # that comes back with the same DockerId (a poll that missed it) continues from where it was
 DEPARTED_POLLS = 360
 
+# a container name the sidecar follows: in `/task` now, or gone for at most DEPARTED_POLLS polls, and at
+# most MAX_DEPARTED gone at once (the oldest departure forgotten first), by `Instances` and the health
+# monitor alike: a task whose containers keep changing names stays bounded
+MAX_DEPARTED = 32
+MAX_INSTANCES = 16  # DockerIds `Instances` remembers per container name (those that stood for it, replaced)
+
+
+class Choice(NamedTuple):
+    """Which instance stands for a container this poll (`Instances.choose`)."""
+
+    container: dict[str, Any] | None  # None: absent this poll (only instances older than one seen are listed)
+    others: list[dict[str, Any]]  # the other instances listed under its name
+    new: bool = False  # an instance that never stood for the container before (the first, or a replacement)
+
+
+@dataclass
+class _Lineage:
+    current: str  # DockerId of the instance that stood for the container last
+    newest: str  # the latest started of those that stood for it
+    newest_started: int | None
+    stood: int  # the poll it last stood
+    # DockerIds known to be replaced or seen: True for those that stood, False for a stopped one listed
+    # beside the container (insertion order: the oldest forgotten first beyond MAX_INSTANCES)
+    known: dict[str, bool] = field(default_factory=dict)
+
+
+@dataclass
+class Instances:
+    """Which instance stands for each container name, poll after poll: `instances_by_name`'s choice (the
+    running one, else the one started last), unless that instance is older than one that already stood
+    for the container (started earlier, or known to have been replaced) while that newer one is not
+    listed at all: then the container is absent this poll, as a container left out of `/task` is (one
+    answer that leaves out the new instance and still lists the stopped one it replaced must not show
+    the old exit as the container's). An older instance still stands when it is the one that stood last,
+    or when the newer one is listed stopped beside it while it runs (the newer stopped, the
+    older kept running: the container is the running one). derive and the health monitor each keep
+    one, fed the same answers: they agree. Bounded as the health monitor's containers are."""
+
+    names: dict[str, _Lineage] = field(default_factory=dict)
+    polls: int = 0
+
+    def choose(self, containers: Iterable[Any]) -> dict[str, Choice]:
+        """`containers`: a `/task` Containers list made distinct by DockerId (`distinct_containers`)."""
+        self.polls += 1
+        out: dict[str, Choice] = {}
+        for name, (pick, *rest) in instances_by_name(containers).items():
+            docker_id, started = pick["DockerId"], parse_time_ns(pick.get("StartedAt"))
+            line = self.names.get(name)
+            if line is None:
+                line = self.names[name] = _Lineage(docker_id, docker_id, started, self.polls)
+                out[name] = Choice(pick, rest, True)
+            else:
+                older = docker_id != line.newest and (
+                    docker_id in line.known or (started is not None and line.newest_started is not None
+                                                and started < line.newest_started))
+                if older and docker_id != line.current and all(c["DockerId"] != line.newest for c in rest):
+                    out[name] = Choice(None, [pick, *rest])
+                    continue
+                out[name] = Choice(pick, rest, not line.known.get(docker_id, False) and not older
+                                   and docker_id != line.newest)
+                if not older:
+                    line.newest, line.newest_started = docker_id, started
+                line.current, line.stood = docker_id, self.polls
+            line.known.pop(docker_id, None)
+            line.known[docker_id] = True
+            for other in rest:  # a stopped instance listed beside the container, not started after it: replaced
+                other_started = parse_time_ns(other.get("StartedAt"))
+                if other.get("KnownStatus") == "STOPPED" and other["DockerId"] not in line.known and (
+                        started is None or other_started is None or other_started <= started):
+                    line.known[other["DockerId"]] = False
+            while len(line.known) > MAX_INSTANCES:
+                del line.known[next(iter(line.known))]
+        departed = sorted((line.stood, name) for name, line in self.names.items() if line.stood != self.polls)
+        for i, (stood, name) in enumerate(departed):
+            if self.polls - stood > DEPARTED_POLLS or i < len(departed) - MAX_DEPARTED:
+                del self.names[name]
+        return out
+
+
 
 @dataclass
 class NetworkTotals:
@@ -356,6 +435,9 @@ class NetworkTotals:
     present: dict[str, int] = field(default_factory=dict)  # DockerId -> the poll it was last in `/task`
     polls: int = 0
     totals: dict[str, float] = field(default_factory=dict)
+    # not the network's, but derive's other state across polls: which instance stands for each container
+    # name (the source passes this object poll after poll)
+    instances: Instances = field(default_factory=Instances)
 
     def update(self, nets: Mapping[str, tuple[dict[str, float], int | None]], shared: bool,
                containers: Iterable[str]) -> dict[str, float]:
@@ -628,11 +710,14 @@ def derive(task: Any, stats: Any, previous: Mapping[str, Any] | None = None,
     Containers not in `/task` are ignored, a DockerId listed again counts once (its first entry); the
     pause container only counts toward the task totals; a container not in use (`in_use`: stopped, not
     started) has its state series only, and counts toward nothing; of several instances listed under
-    one container name only the container (`instances_by_name`) has series.
+    one container name only the container (`instances_by_name`) has series, and none when only
+    instances older than one already seen are listed (`Instances`, kept in `network`).
     """
     previous = previous or {}
+    network = network if network is not None else NetworkTotals()
     errors: list[str] = []
     if not isinstance(task, dict):
+        network.instances.choose([])  # a poll all the same: in step with the health monitor's
         return Derived([], ["bad_shape"])
     if not isinstance(stats, dict):
         errors.append("bad_shape")
@@ -642,8 +727,9 @@ def derive(task: Any, stats: Any, previous: Mapping[str, Any] | None = None,
     if repeats:
         errors += ["duplicate_container"] * repeats
         task = dict(task, Containers=containers)
-    # instances replaced under the same name: no series (they would share the container's labels)
-    replaced = {c["DockerId"] for group in instances_by_name(containers).values() for c in group[1:]}
+    # instances replaced under the same name: no series (they would share the container's labels); all
+    # of them when none stands for the container this poll (`Instances`)
+    replaced = {c["DockerId"] for choice in network.instances.choose(containers).values() for c in choice.others}
     samples: list[Sample] = []
     totals = _Totals()
     for container in containers:
@@ -671,7 +757,7 @@ def derive(task: Any, stats: Any, previous: Mapping[str, Any] | None = None,
                 totals.stale.add(docker_id)
     try:
         samples += _task_samples(task, totals, {k: v for k, v in previous.items() if k in totals.stats},
-                                 network if network is not None else NetworkTotals())
+                                 network)
     except Exception:
         errors.append("bad_task")
     return Derived(samples, errors)

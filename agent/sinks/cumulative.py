@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from agent.logs import RateLimitedLog
 from agent.model import Batch, Kind, Points, Repeated, Sample, Tags
 from agent.selfmetrics import SelfMetrics
-from agent.sinks.names import metric_name, reserved
+from agent.sinks.names import clash, family_name, metric_name, reserved
 
 Key = tuple[str, Tags]
 
@@ -101,6 +101,7 @@ class Series:
     # a worker's gauge: when its value was read (wall clock: a `|T` timestamp, else its batch), so that an
     # older reading never replaces a newer one (`CumulativeState.accept`)
     read: float = -math.inf
+    family: str = ""  # a worker's: the name of its family as /metrics shows it (`family_name`)
 
 
 @dataclass(slots=True)
@@ -237,12 +238,13 @@ class CumulativeState:
                 if reserved(pname):  # a worker's series never stands beside the sidecar's
                     self.reject("reserved_name", name=s.name)
                     continue
-                reason = self._family_refusal(pname, kind, is_points and s.value.milliseconds)  # type: ignore[union-attr]
+                family = family_name(pname, kind)
+                reason = self._family_refusal(family, kind, is_points and s.value.milliseconds)  # type: ignore[union-attr]
                 if reason:
                     self.reject(reason, name=s.name)
                     continue
                 entry = Series(kind, Histogram(self.bounds) if is_points else 0.0, now, wall, batch.source,
-                               summed=s.kind is Kind.COUNT, worker=True)
+                               summed=s.kind is Kind.COUNT, worker=True, family=family)
             value = s.value
             if isinstance(value, Points):
                 if entry.value.add(value):  # type: ignore[union-attr]
@@ -280,40 +282,31 @@ class CumulativeState:
             if fresh:
                 self._admit(key, entry)
 
-    def _family_refusal(self, pname: str, kind: Kind, milliseconds: bool) -> str:
-        """Why a new worker series named `pname` (sanitised) of `kind` cannot join its family, or "":
+    def _family_refusal(self, name: str, kind: Kind, milliseconds: bool) -> str:
+        """Why a new worker series of `kind` cannot join its family `name` (`family_name`), or "":
         `/metrics`' rule (`PrometheusSink._admit`), so that no push sink sends a series it refuses."""
-        from agent.sinks.prometheus import clash, family_name  # it imports this module
-
-        name = family_name(pname, kind)
         family = self._families.get(name)
         if family is None:
-            return "name_conflict" if clash(name, kind, self._families) else ""  # type: ignore[arg-type]
+            return "name_conflict" if clash(name, kind, self._families) else ""
         return "type_conflict" if family.kind is not kind or family.milliseconds != milliseconds else ""
 
     def _admit(self, key: Key, entry: Series) -> None:
         """Keep a worker's new series, whose first point was taken, in its family."""
-        from agent.sinks.prometheus import family_name
-
         self._series[key] = entry
         value = entry.value
-        name = family_name(metric_name(key[0]), entry.kind)
-        family = self._families.get(name)
+        family = self._families.get(entry.family)
         if family is None:
             milliseconds = bool(value.milliseconds) if isinstance(value, Histogram) else False
-            family = self._families[name] = Family(entry.kind, milliseconds)
+            family = self._families[entry.family] = Family(entry.kind, milliseconds)
         family.count += 1
 
     def _release(self, key: Key, entry: Series) -> None:
         """A worker's series ended: its family's name is free again, for any type, once it has none."""
-        from agent.sinks.prometheus import family_name
-
-        name = family_name(metric_name(key[0]), entry.kind)
-        family = self._families.get(name)
+        family = self._families.get(entry.family)
         if family is not None:
             family.count -= 1
             if family.count <= 0:
-                del self._families[name]
+                del self._families[entry.family]
 
     def expire(self) -> int:
         cutoff = self.clock() - self.ttl

@@ -5,6 +5,10 @@ everywhere it would stand beside the sidecar's."""
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
+from typing import Protocol
+
+from agent.model import Kind
 
 _INVALID = re.compile(r"[^a-zA-Z0-9_]")
 # Names the sidecar exports itself. A worker's name that sanitises to one of these prefixes would
@@ -27,3 +31,45 @@ def reserved(pname: str) -> bool:
     """Whether a sanitised name (`metric_name`) is the sidecar's (`tasklens` alone too: `tasklens_total`)
     or Prometheus's own (`up`, `scrape_*` of a target, `__*`)."""
     return (pname + "_").startswith(RESERVED_PREFIXES) or pname in PROMETHEUS_OWN or pname.startswith("__")
+
+
+# The names a family of each type takes on `/metrics` beside its own (either format)
+SUFFIXES = {Kind.COUNTER: ("_total", "_created"), Kind.GAUGE: (),
+            Kind.HISTOGRAM: ("_bucket", "_count", "_sum", "_created")}
+ALL_SUFFIXES = ("_total", "_created", "_bucket", "_count", "_sum")
+
+
+class Typed(Protocol):
+    """A family as the sinks keep it: the type that took its name."""
+
+    kind: Kind
+
+
+def family_name(pname: str, kind: Kind) -> str:
+    """`x_total` as a counter is the family `x` (OpenMetrics names a counter without `_total`)."""
+    if kind is Kind.COUNTER and pname.endswith("_total") and len(pname) > 6:
+        return pname[:-6]
+    return pname
+
+
+def claims(family: str, kind: Kind) -> tuple[str, ...]:
+    """Every name a family occupies in either format: its own, and its samples' suffixed names."""
+    return (family,) + tuple(family + suffix for suffix in SUFFIXES[kind])
+
+
+def clash(name: str, kind: Kind, families: Mapping[str, Typed]) -> str | None:
+    """The family among `families` (other than `name` itself) whose names overlap those of a family
+    `name` of `kind`: `x_total` beside counter `x`, counter `x` beside `x_total`, `y_count` beside
+    histogram `y`... No suffix ends with another, so checking both directions finds every overlap
+    without keeping a table of every claimed name (which cost ~300 bytes per series)."""
+    for suffix in SUFFIXES[kind]:
+        if name + suffix in families:
+            return name + suffix
+    if not name.endswith(ALL_SUFFIXES):  # most names: one call
+        return None
+    for suffix in ALL_SUFFIXES:
+        if name.endswith(suffix):
+            other = families.get(name[:-len(suffix)])
+            if other is not None and suffix in SUFFIXES[other.kind]:
+                return name[:-len(suffix)]
+    return None

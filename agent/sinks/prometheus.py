@@ -22,7 +22,7 @@ import math
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from functools import lru_cache
 from operator import itemgetter
@@ -37,7 +37,7 @@ from agent.model import KIND_COUNT, KIND_COUNTER, KIND_GAUGE, KIND_HISTOGRAM, Ba
 from agent.selfmetrics import SelfMetrics
 from agent.sinks.cumulative import Histogram, count_refusal, counter_refusal
 from agent.sinks.metric_help import own_help, worker_help
-from agent.sinks.names import metric_name, reserved
+from agent.sinks.names import claims, clash, family_name, metric_name, reserved
 from agent.sinks.prometheus_text import Family, LabelSet, Renderer, go_float, label_text
 
 # Labels the formats give a meaning: `le` (histogram buckets), `quantile` (summaries), `__*` (Prometheus
@@ -52,9 +52,6 @@ MAX_LABEL_BYTES = 64 * 1024 * 1024
 SLOW_RENDER, RENDER_SPACING = 0.05, 2.0
 EXPIRE_CHUNK = 2000  # tag sets looked at per event loop turn when expiring series
 
-_SUFFIXES = {Kind.COUNTER: ("_total", "_created"), Kind.GAUGE: (),
-             Kind.HISTOGRAM: ("_bucket", "_count", "_sum", "_created")}
-_ALL_SUFFIXES = ("_total", "_created", "_bucket", "_count", "_sum")
 Part = bytes | memoryview  # of `/metrics` (`PrometheusSink.render_parts`)
 
 
@@ -65,34 +62,6 @@ def label_name(key: str) -> str:
     if out in RESERVED_LABELS or out.startswith("__"):
         return "exported_" + out.lstrip("_")
     return out
-
-
-def family_name(pname: str, kind: Kind) -> str:
-    """`x_total` as a counter is the family `x` (OpenMetrics names a counter without `_total`)."""
-    if kind is Kind.COUNTER and pname.endswith("_total") and len(pname) > 6:
-        return pname[:-6]
-    return pname
-
-
-def claims(family: str, kind: Kind) -> tuple[str, ...]:
-    """Every name a family occupies in either format: its own, and its samples' suffixed names."""
-    return (family,) + tuple(family + suffix for suffix in _SUFFIXES[kind])
-
-
-def clash(name: str, kind: Kind, families: Mapping[str, _Owner | Family]) -> str | None:
-    """The family among `families` (other than `name` itself) whose names overlap those of a family
-    `name` of `kind`: `x_total` beside counter `x`, counter `x` beside `x_total`, `y_count` beside
-    histogram `y`... No suffix ends with another, so checking both directions finds every overlap
-    without keeping a table of every claimed name (which cost ~300 bytes per series)."""
-    for suffix in _SUFFIXES[kind]:
-        if name + suffix in families:
-            return name + suffix
-    for suffix in _ALL_SUFFIXES:
-        if name.endswith(suffix):
-            other = families.get(name[:-len(suffix)])
-            if other is not None and suffix in _SUFFIXES[other.kind]:
-                return name[:-len(suffix)]
-    return None
 
 
 def rendered_kind(sample: Sample) -> Kind:

@@ -36,7 +36,8 @@ from agent.sinks.cumulative import CumulativeState
 from agent.sinks.emf import EmfSink
 from agent.sinks.names import metric_name
 from agent.sinks.otlp import OtlpSink
-from agent.sinks.prometheus import PrometheusSink, family_name
+from agent.sinks.names import family_name
+from agent.sinks.prometheus import PrometheusSink
 from agent.sinks.remote_write import RemoteWriteSink, pb
 from tests.sinks.stores import have, start_prometheus
 from tests.sinks.test_otlp import TASK

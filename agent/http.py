@@ -134,20 +134,22 @@ class ConnectionLimit:
 
 class CountingLogger(logging.LoggerAdapter):  # type: ignore[type-arg]
     """aiohttp's server logger (`logger=` of its request handlers), counting each request it answers with
-    an error of its own in `tasklens.http.errors{reason}`: `bad_request` (malformed: a header over 8 KiB,
-    too many headers, garbage on the port: its 400), or `handler` (an exception in a handler: its 500).
-    Those answers never reach the middleware; the log lines stay rate-limited (`logs.OneLinePerInterval`)."""
+    an error of its own ("Error handling request", logged by `handle_error` for every such answer) in
+    `tasklens.http.errors{reason}`: `bad_request` (malformed: a header over 8 KiB, too many headers,
+    garbage on the port: its 400), or `server_error` (the sidecar failed the request: an exception in a
+    handler, its 500; a handler past its deadline, its 504). Those answers never reach the middleware;
+    the log lines stay rate-limited (`logs.OneLinePerInterval`)."""
 
     def __init__(self, metrics: SelfMetrics) -> None:
         super().__init__(logging.getLogger("aiohttp.server"), {})
         self._metrics = metrics
-        for reason in ("bad_request", "handler"):
+        for reason in ("bad_request", "server_error"):
             metrics.inc("tasklens.http.errors", 0.0, reason=reason)  # exported from the start
 
     def log(self, level: int, msg: object, *args: Any, **kwargs: Any) -> None:
-        if isinstance(msg, str) and msg.startswith(("Error handling request", "Unhandled exception")):
+        if isinstance(msg, str) and msg.startswith("Error handling request"):
             bad = isinstance(kwargs.get("exc_info"), HttpProcessingError)
-            self._metrics.inc("tasklens.http.errors", reason="bad_request" if bad else "handler")
+            self._metrics.inc("tasklens.http.errors", reason="bad_request" if bad else "server_error")
         super().log(level, msg, *args, **kwargs)
 
 

@@ -234,7 +234,7 @@ def test_malformed_requests_get_their_400_each_counted_and_health_answers(sideca
     sidecar = sidecar_factory()
     sidecar.wait_ready()
     assert errors_total(http_get(sidecar.url + "/metrics")[1], "bad_request") == 0
-    assert errors_total(http_get(sidecar.url + "/metrics")[1], "handler") == 0
+    assert errors_total(http_get(sidecar.url + "/metrics")[1], "server_error") == 0
     for name, request in MALFORMED.items():
         with connect(sidecar.http_port) as sock:
             sock.sendall(request)
@@ -242,6 +242,49 @@ def test_malformed_requests_get_their_400_each_counted_and_health_answers(sideca
         assert answer.split(b" ", 2)[1] == b"400", (name, answer[:100])
     wait_until(lambda: errors_total(http_get(sidecar.url + "/metrics")[1], "bad_request") == len(MALFORMED), 10)
     status, body = http_get(sidecar.url + "/metrics")
-    assert status == 200 and errors_total(body, "handler") == 0
+    assert status == 200 and errors_total(body, "server_error") == 0
     assert http_get(sidecar.url + "/health")[0] == 200
     assert sidecar.stop() == 0
+
+
+async def test_a_failing_handler_is_counted_as_a_server_error_and_a_malformed_request_as_bad() -> None:
+    """The counting logger with aiohttp's real request handlers: a handler that raises gets aiohttp's 500
+    (`server_error`), a malformed request its 400 (`bad_request`); a good answer counts nothing."""
+    import asyncio
+
+    from aiohttp import web
+
+    from agent.http import CountingLogger
+    from agent.selfmetrics import SelfMetrics
+
+    async def fails(request: web.Request) -> web.Response:
+        raise RuntimeError("a defect")
+
+    async def fine(request: web.Request) -> web.Response:
+        return web.Response(text="ok")
+
+    app = web.Application()
+    app.router.add_get("/fails", fails)
+    app.router.add_get("/fine", fine)
+    metrics = SelfMetrics()
+    runner = web.AppRunner(app, access_log=None, logger=CountingLogger(metrics))
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+
+    async def ask(request: bytes) -> bytes:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(request)
+        answer = await reader.read(65536)
+        writer.close()
+        return answer
+
+    try:
+        assert (await ask(b"GET /fine HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")).split(b" ")[1] == b"200"
+        assert (await ask(b"GET /fails HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")).split(b" ")[1] == b"500"
+        assert (await ask(MALFORMED["bad_version"])).split(b" ")[1] == b"400"
+    finally:
+        await runner.cleanup()
+    counted = {r: metrics.get("tasklens.http.errors", reason=r) for r in ("bad_request", "server_error")}
+    assert counted == {"bad_request": 1, "server_error": 1}

@@ -15,7 +15,7 @@ import json
 import os
 import re
 from collections.abc import Iterable, Mapping
-from urllib.parse import parse_qsl, quote, quote_plus, unquote, urlsplit
+from urllib.parse import quote, quote_plus, unquote
 
 from agent.config import SECRET_FIELDS, URL_FIELDS, Config, parse_headers
 from agent.urlmask import mask_matches, url_credentials, url_passwords
@@ -90,17 +90,12 @@ def config_secrets(config: Config, environ: Mapping[str, str] | None = None) -> 
                 found.append(item)
             if name in HEADER_FIELDS:  # each header's value as sent (`Authorization=Bearer%20x`: `Bearer x`)
                 found.extend(value for _, value in parse_headers(item))
-            found.extend(url_passwords(item))
+            found.extend(url_passwords(item, environ))  # with those from `password_env=NAME` in `environ`
             for user, password in url_credentials(item):
                 users.update((user, unquote(user)))
                 passwords.update((password, unquote(password)))
                 if not password:  # a bare token (`http://<token>@proxy`), sent as basic auth `<token>:`
                     found.extend((f"{user}:", f"{unquote(user)}:"))
-            try:
-                params = parse_qsl(urlsplit(item).query)
-            except ValueError:
-                continue
-            found.extend(environ.get(v, "") for k, v in params if k == "password_env")
     found.extend(passwords)
     found.extend(f"{user}:{password}" for user in sorted(users) for password in sorted(passwords) if password)
     return [f for f in found if f]

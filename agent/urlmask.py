@@ -9,6 +9,9 @@ passwords as generated: `/ ? # @ = & %` unencoded, unicode, percent-encoded once
   written, and nothing of its user info is shown;
 - the text is read again percent-decoded (as `parse_qsl` and then a client decode it), and every
   password found at any level is a secret;
+- a password a URL takes from the environment (`password_env=NAME`: the value of the variable NAME) is a
+  secret like one in the URL: `url_passwords` and `mask_url` look it up, so that every text that shows
+  the URL, or is masked with its passwords, hides it (a user name, a queue or a path holding it too);
 - a secret is masked wherever it occurs, literally or with any of its characters percent-encoded (or
   escaped, as a `repr` or JSON shows it); one shorter than SHORT_SECRET characters only where it stands
   as a word of its own.
@@ -18,8 +21,9 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from urllib.parse import unquote, unquote_plus, urlsplit
 
@@ -69,6 +73,8 @@ _PARAM = re.compile(_CREDENTIAL + r"((?:[^&#,\s]|[,\s]++(?![A-Za-z][A-Za-z0-9+.-
 # in free text (a request line in an error) a value ends at a space too
 _PARAM_IN_TEXT = re.compile(_CREDENTIAL + r"([^&#\s]*)", re.IGNORECASE)
 _PASSWORD_ENV = re.compile(r"[?&;]password_env=", re.IGNORECASE)
+# the name of the variable it takes the password from (a list's next URL, `,redis://`, ends it too)
+_PASSWORD_ENV_NAME = re.compile(r"[?&;]password_env=([^&#,\s]*)", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -200,9 +206,26 @@ def _spanning(text: str, found: list[Authority]) -> Iterator[tuple[Authority, Au
             yield this, after, password
 
 
-def url_passwords(url: str) -> list[str]:
-    """Every secret the text may carry (for masking it in other text), as written and decoded."""
+def env_passwords(url: str, environ: Mapping[str, str] | None = None) -> list[str]:
+    """The passwords the text's URLs take from the environment: the value of each set variable that a
+    `password_env=NAME` names (the name as written or percent-decoded, at any level of the text)."""
+    environ = os.environ if environ is None else environ
     found: dict[str, None] = {}
+    for text in _decodings(url.strip()):
+        for match in _PASSWORD_ENV_NAME.finditer(text):
+            for name in (match.group(1), unquote(match.group(1)), match.group(1).partition(";")[0]):
+                if value := environ.get(name):
+                    found[value] = None
+    return list(found)
+
+
+def url_passwords(url: str, environ: Mapping[str, str] | None = None) -> list[str]:
+    """Every secret the text may carry (for masking it in other text), as written and decoded: the
+    passwords in it, and those its URLs take from `environ` (`password_env=NAME`; default os.environ,
+    which the queue URLs are resolved from)."""
+    found: dict[str, None] = {}
+    for password in env_passwords(url, environ):
+        found.update(dict.fromkeys(_decodings(password)))
     for text in _decodings(url.strip()):
         listed = list(authorities(text))
         tokens = [t for a in listed if (t := url_token(a, text))]
@@ -228,8 +251,11 @@ def url_credentials(url: str) -> list[tuple[str, str]]:
     return list(found)
 
 
-def mask_url(url: str) -> str:
+def mask_url(url: str, environ: Mapping[str, str] | None = None, secrets: Iterable[str] = ()) -> str:
     """The text with every secret as `***`; never raises. `redis://:secret@host` -> `redis://:***@host`.
+    A password from `password_env=NAME` (looked up in `environ`, default os.environ), and `secrets` (one
+    already resolved), are masked wherever they occur too: `amqp://<it>@h/?queue=q<it>&password_env=P`
+    shows as `amqp://***@h/?queue=q***&password_env=P`.
 
     Where the text cannot be read as written (`amqp://u:pa/ss@host`: a port `pa`), the password is read
     as a person reads it (`amqp://u:***@host`); what is left of an unreadable URL's user info, and its
@@ -239,7 +265,7 @@ def mask_url(url: str) -> str:
     if any(len(password) > LONG_SPANNING for written in _decodings(text)
            for _, _, password in _spanning(written, list(authorities(written)))):
         return text[:text.find("://") + 3] + MASK if "://" in text else MASK
-    text = mask_secrets(text, url_passwords(url))
+    text = mask_secrets(text, url_passwords(url, environ) + [d for s in secrets for d in _decodings(s)])
     for authority in reversed(list(authorities(text))):
         if authority.readable:
             if authority.userinfo and bare_user(authority, text):
@@ -330,4 +356,5 @@ def _char(c: str, levels: int) -> str:
         return "(?:" + "|".join(map(re.escape, sorted(shown, key=len, reverse=True))) + ")"
     encoded = "".join("".join(_char(e, levels - 1) for e in f"%{byte:02X}")
                       for byte in c.encode("utf-8", "surrogatepass"))
-    return f"(?:{_char(c, levels - 1)}|{encoded})"
+    # encoded first: a `%` of the secret written `%25` is masked whole, not as `%` and a `25` shown
+    return f"(?:{encoded}|{_char(c, levels - 1)})"

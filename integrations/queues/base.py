@@ -129,7 +129,9 @@ class QueueURL:
 
     @property
     def masked(self) -> str:
-        return mask_url(self.raw)
+        """The URL as shown (`check`, `/status`, logs, errors): every password masked, one from
+        `password_env=` too, wherever it occurs (a user name, a parameter, a path holding it)."""
+        return mask_url(self.raw, secrets=self.injected_secrets)
 
     @property
     def poll_timeout(self) -> float:
@@ -178,7 +180,7 @@ def parse_queue_url(url: str, broker_params: frozenset[str], pass_through: bool 
     try:
         return _parse_queue_url(url, broker_params, pass_through, environ)
     except ValueError as exc:
-        raise ValueError(mask_secrets(str(exc), url_passwords(url))) from None
+        raise ValueError(mask_secrets(str(exc), url_passwords(url, environ))) from None
 
 
 # A URL read otherwise than written would send part of its password as a host, port, path or parameter,

@@ -197,7 +197,8 @@ class QueueSource:
         if reading.unreadable_age is not None:  # the broker's answer was read; one of its numbers was not
             self.hub.metrics.inc("tasklens.queue.ages_unreadable", queue=self.queue)
             self._log.warning(f"{self.name}:age", "queue %s: %s is no time from 2000 to now + 60 s (in "
-                              "milliseconds?): the age is left out", self.queue, shown(reading.unreadable_age))
+                              "milliseconds?): the age is left out", self.queue,
+                              shown(mask_secret(reading.unreadable_age, self.url)))
         if self.failures:
             log.info("queue %s: polled again after %d failed polls", self.queue, self.failures)
         self.failures, self.last_error = 0, None
@@ -222,7 +223,8 @@ class QueueSource:
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # closing a dead connection may fail; the next read reconnects anyway
-            self._log.warning(f"{self.name}:close", "queue %s: close failed: %r", self.queue, exc)
+            self._log.warning(f"{self.name}:close", "queue %s: close failed: %s", self.queue,
+                              mask_secret(repr(exc), self.url))  # a client's error may quote its URL
 
     def status(self) -> dict[str, Any]:
         return {

@@ -35,6 +35,9 @@ def location(url: QueueURL) -> tuple[str, str | None, str]:
     """(queue name, queue URL when given in full, region). The region: `?region=`, else the one a queue
     URL's host names, else the task's (`AWS_REGION`, `AWS_DEFAULT_REGION`: ECS sets them), else us-east-1."""
     parts = url.parts
+    if "@" in parts.netloc:  # (`password_env=` puts its password there): it would be the queue's name
+        raise ValueError("an SQS URL takes no user name or password (password_env= neither): the credentials "
+                         "come from the AWS chain (the task role)")
     path = parts.path.strip("/")
     host = parts.hostname or ""
     if path:  # sqs://<sqs host>/<account>/<name>

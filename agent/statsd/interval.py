@@ -215,7 +215,10 @@ class Interval:
             ctx = slot.ctx
             fold = folds.get(ctx)  # type: ignore[arg-type]
             if fold is None:
-                fold = folds[ctx] = slot  # type: ignore[index]  # no head holds it any more: it is the context's
+                # a slot of its own, as a counter's: a head may still hold `slot` (only a context's extra
+                # heads are forgotten when they fill their bound), and its next lines would join the fold's
+                # values without a weight each
+                fold = folds[ctx] = Slot(slot.code, ctx, slot.weight)  # type: ignore[index]
             acc = values.get(fold)
             if acc is None:  # the fold's own values (`slot is fold`), or the first slot's
                 acc = values[fold] = vals if isinstance(vals, array) else _joined(array("d"), vals)

@@ -9,6 +9,8 @@ import socket
 import tracemalloc
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from agent.statsd import interval, receive
 from agent.statsd.flush import Flusher
@@ -216,3 +218,39 @@ def test_a_weight_per_value_merges_alike_in_c_and_in_python() -> None:
                 assert sorted(zip(memoryview(out[0]).cast("d"), memoryview(out[1]).cast("d"))) == sorted(expected.items())
     with pytest.raises(ValueError):
         _fast.merge([(array("d", [1.0, 2.0]), array("d", [1.0]))], 10)  # a weight per value, or none
+
+
+@pytest.mark.parametrize("accelerated", [True, False], ids=["c_loop", "python_loop"])
+@settings(max_examples=40, deadline=None)
+@given(steps=st.lists(st.tuples(st.sampled_from(["first", "extra", "swap"]), st.integers(1, 40)), max_size=12),
+       rates=st.lists(st.sampled_from(["0.5", "0.25", "1"]), min_size=1, max_size=3))
+def test_every_histogram_value_is_counted_with_its_weight_across_partial_folds(
+        accelerated: bool, steps: list[tuple[str, int]], rates: list[str]) -> None:
+    """A context's first head stays cached while its extra heads are forgotten and folded (their bound
+    made small): lines of the first head after a fold must join the interval with their weights. The fold
+    once reused the first head's slot, whose later values then had no weight: the histogram was dropped
+    whole, or (1,024 values and more) the flush failed and lost the interval."""
+    agg = Aggregator(accelerated=accelerated)
+    agg._extra_limit = 10 * receive.EXTRA_HEAD_COST
+    expected, got, n = 0.0, 0.0, 0
+    for what, count in steps:
+        if what == "swap":
+            got += _weights(agg, 1000.0 + n)
+            n += 1
+            continue
+        if what == "first":
+            lines = [b"h:3|h"] * count * 40  # past 1,024 values: the flush merges them
+            expected += len(lines)
+        else:
+            lines = [b"h:2|h|@%s|x:%d" % (rates[i % len(rates)].encode(), i) for i in range(count)]
+            expected += sum(1 / float(rates[i % len(rates)]) for i in range(count))
+        agg.ingest(b"\n".join(lines))
+    got += _weights(agg, 1000.0 + n)
+    assert got == pytest.approx(expected)
+
+
+def _weights(agg: Aggregator, now: float) -> float:
+    batch = Flusher(10.0).batch(agg.swap(now), now=now)
+    points = [s.value for s in batch.samples if s.name == "h"]
+    assert all(p.valid for p in points)
+    return sum(sum(p.weights) for p in points)

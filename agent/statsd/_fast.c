@@ -1368,8 +1368,10 @@ static PyObject *Table_clear(Table *t, PyObject *args) {
         }
     }
     t->count = kept;
-    if (t->slots != NULL && reindex(t) < 0)
+    if (t->slots != NULL && reindex(t) < 0) {
+        forget(t);  /* the old index points past the kept entries: none kept (Python reads the heads) */
         return NULL;
+    }
     Py_RETURN_NONE;
 }
 
@@ -1485,8 +1487,10 @@ static PyObject *Table_forget_contexts(Table *t, PyObject *arg) {
     /* after a storm, memory goes back: the live set and the table shrink to what is left */
     if (t->live.buckets != NULL && (size_t)(8 * (t->live.used + 1)) < t->live.mask + 1 && hs_rehash(&t->live) < 0)
         return NULL;
-    if (t->slots != NULL && reindex(t) < 0)
+    if (t->slots != NULL && reindex(t) < 0) {
+        forget(t);  /* as in clear(slots) */
         return NULL;
+    }
     Py_RETURN_NONE;
 }
 

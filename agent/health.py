@@ -24,7 +24,7 @@ from agent.identity import container_tags, distinct_containers
 from agent.logs import RateLimitedLog
 from agent.model import Kind, Sample, Tags
 from agent.selfmetrics import SelfMetrics
-from agent.sources.ecs_stats import DEPARTED_POLLS, MAX_DEPARTED, Instances, memory_limit_bytes, parse_time_ns
+from agent.sources.ecs_stats import DEPARTED_POLLS, MAX_DEPARTED, Choice, choose_once, memory_limit_bytes, parse_time_ns
 from agent.sources.ecs_stats import working_set_bytes
 from agent.sources.ecs_stats import _get, _num  # the same tolerant JSON accessors as the derivations
 from integrations.queues.trend import trend_window  # the queues' rule: a trend window holds 3 polls
@@ -300,7 +300,6 @@ class HealthMonitor:
         self.max_step = max_step  # see `saturation_step`
         # how far past the last reading a leak is projected to an exit (`oom_killed`)
         self.exit_horizon = EXIT_PROJECTION_POLLS * max(poll_interval, STATS_REFRESH)
-        self._instances = Instances()  # which instance stands for each name: as derive's, fed the same answers
         self._containers: dict[str, _Container] = {}  # by container name: those in `/task`, and departed ones
         self._polls = 0
         self._task_saturation = Saturation()
@@ -311,44 +310,49 @@ class HealthMonitor:
         return {"memory_trend_window_seconds": self.memory_window,
                 "cpu_saturation_window_seconds": self.saturation_window}
 
-    def observe(self, task: Any, stats: Any, derived: Iterable[Sample], poll_time: float) -> list[Sample]:
+    def observe(self, task: Any, stats: Any, derived: Iterable[Sample], poll_time: float,
+                standing: Mapping[str, Choice] | None = None) -> list[Sample]:
         """`task`/`stats`: this poll's JSON; `derived`: what `ecs_stats.derive` made of it (for the
-        CPU utilization, computed there once); `poll_time`: Unix seconds of the poll. Never raises:
-        a bug here costs the health series of one poll, never the container metrics beside them."""
+        CPU utilization, computed there once); `poll_time`: Unix seconds of the poll; `standing`: which
+        instance stands for each container name, the choice derive was given (the source's `Instances`;
+        without it, `choose_once`). Never raises: a bug here costs the health series of one poll, never
+        the container metrics beside them."""
         try:
-            return self._observe(task, stats, derived, poll_time)
+            return self._observe(task, stats, derived, poll_time, standing)
         except Exception as exc:
             self.metrics.inc("tasklens.health.errors")
             _log.error("observe", "health signals failed for this poll: %r", exc)
             return []
 
-    def _observe(self, task: Any, stats: Any, derived: Iterable[Sample], poll_time: float) -> list[Sample]:
+    def _observe(self, task: Any, stats: Any, derived: Iterable[Sample], poll_time: float,
+                 standing: Mapping[str, Choice] | None) -> list[Sample]:
         stats = stats if isinstance(stats, dict) else {}
         utilization = {(s.name, s.tags): float(s.value) for s in derived
                        if s.name.endswith("cpu.utilization_percent") and isinstance(s.value, (int, float))}
         self._polls += 1
-        # one container per name, as derive shows it (`Instances`: none when only instances older than one
-        # already seen are listed, as if absent); the other instances listed under that name, by DockerId,
-        # for the exit of the one followed before; whether the container is an instance new to the name
-        observed: dict[str, tuple[Tags, str, Observation, dict[str, Any], bool]] = {}
-        for name, choice in self._instances.choose(distinct_containers(_get(task, "Containers"))[0]).items():
+        # one container per name, the instance standing for it (none: absent this poll); the other
+        # instances listed under that name, by DockerId, for the exit of the one that stood before
+        if standing is None:
+            standing = choose_once(distinct_containers(_get(task, "Containers"))[0])
+        observed: dict[str, tuple[Tags, str, Observation, dict[str, Any]]] = {}
+        for name, choice in standing.items():
             container = choice.container
             if container is None:
                 continue
             try:
                 obs = observe(container, stats.get(container["DockerId"]), task, poll_time)
                 observed[name] = (container_tags(container), container["DockerId"], obs,
-                                  {c["DockerId"]: c for c in choice.others}, choice.new)
+                                  {c["DockerId"]: c for c in choice.others})
             except Exception:  # a shape nobody has seen: this container's health is a gap, not a crash
                 continue
         # ECS reports throttling as 0 even under throttling (a platform bug): a constant 0 would be a
         # lie, so the counters appear only once some container of the task shows a non-zero value
-        self._throttling_real |= any(obs.throttled_periods for _, _, obs, _, _ in observed.values())
+        self._throttling_real |= any(obs.throttled_periods for _, _, obs, _ in observed.values())
         out: list[Sample] = []
-        for name, (tags, docker_id, obs, others, new) in observed.items():
+        for name, (tags, docker_id, obs, others) in observed.items():
             util = utilization.get(("ecs.container.cpu.utilization_percent", tags))
             replaced = others.get(self._containers[name].docker_id or "") if name in self._containers else None
-            out += self._container(name, tags, obs, util, docker_id=docker_id, new_instance=new,
+            out += self._container(name, tags, obs, util, docker_id=docker_id,
                                    replaced=observe(replaced, stats.get(replaced["DockerId"]), task, poll_time)
                                    if replaced is not None else None)
         self._forget_departed()
@@ -369,11 +373,9 @@ class HealthMonitor:
                 del self._containers[name]
 
     def _container(self, name: str, tags: Tags, obs: Observation, utilization: float | None, *,
-                   docker_id: str | None = None, new_instance: bool = True,
-                   replaced: Observation | None = None) -> list[Sample]:
-        """`obs`: the container (the instance `docker_id`); `new_instance`: that instance never stood for the
-        container before (`Instances.choose`); `replaced`: this poll's observation of the instance
-        followed before under this name when `/task` lists it beside another that is now the container."""
+                   docker_id: str | None = None, replaced: Observation | None = None) -> list[Sample]:
+        """`obs`: the container (the instance `docker_id`); `replaced`: this poll's observation of the
+        instance that stood before under this name when `/task` lists it beside another that stands now."""
         c = self._containers.get(name)
         if c is None:
             c = self._containers[name] = _Container(tags, memory=trend.History(self.memory_window, self.clock))
@@ -383,25 +385,20 @@ class HealthMonitor:
         before = c.last
         switched = before is not None and c.docker_id is not None and docker_id is not None \
             and docker_id != c.docker_id
-        if switched and new_instance:
-            # a new instance under this name (`Instances`): a restart; the exit of the one followed before
-            # (its own exit code when still listed) is judged now if it was running then
+        if switched:
+            # another instance stands (`Instances`): one restart; the exit of the one that stood before is
+            # judged now if it was running then, with its own exit code when listed stopped, else as
+            # unknown; never while it is listed RUNNING (the source's `Instances` keeps it standing then)
             exited = bool(before and before.running) and (replaced is None or not replaced.running)
             exit_code = replaced.exit_code if replaced is not None else None
             restarts = 1
-        elif switched:
-            # back to an instance that stood before (the newer one stopped while it kept running): no
-            # restart; the exit of the one followed before is judged when it is listed stopped
-            exited = bool(before and before.running) and replaced is not None and not replaced.running
-            exit_code = replaced.exit_code if replaced is not None else None
-            restarts = 0
         else:
             exited = before is not None and before.running and not obs.running
             exit_code = obs.exit_code
             restarts = restarts_between(before, obs) if before is not None else 0
         c.docker_id = docker_id
         # an exit is judged once: when the stop is seen, or at the restart if the stop fell between polls
-        judged = exited or bool(restarts and before is not None and before.running)
+        judged = exited or bool(restarts and not switched and before is not None and before.running)
         if judged and oom_killed(exit_code, c.readings, at=obs.t, horizon=self.exit_horizon):
             c.oom_kills += 1
         if switched:

@@ -21,11 +21,11 @@ from agent.capped import read_capped
 from agent.config import Config
 from agent.health import HealthMonitor
 from agent.hub import Hub
-from agent.identity import task_identity
+from agent.identity import distinct_containers, task_identity
 from agent.logs import RateLimitedLog
 from agent.model import Batch, Sample, encodable
 from agent.redact import Redactor
-from agent.sources.ecs_stats import NetworkTotals, derive, rate_basis
+from agent.sources.ecs_stats import Instances, NetworkTotals, derive, rate_basis
 from agent.urlmask import mask_url, url_passwords
 
 log = logging.getLogger("tasklens.ecs")
@@ -95,6 +95,9 @@ class EcsSource:
         self.stale_after = stale_after if stale_after is not None else max(
             STALE_POLLS * config.poll_interval, STALE_MIN_SECONDS)
         self._network = NetworkTotals()  # the task's network counters, poll after poll
+        # which instance stands for each container name, poll after poll: chosen once a poll, read by
+        # derive and the health monitor alike
+        self._instances = Instances()
         self._failures = 0
         hub.metrics.declare("tasklens.ecs.poll_errors", POLL_ERRORS)  # at 0 from the start, for increase()
         self.health = HealthMonitor.from_config(config, hub.metrics)  # leak forecast, OOM kills, restarts, saturation
@@ -192,8 +195,9 @@ class EcsSource:
             stats = {docker_id: entry for docker_id, entry in stats.items() if docker_id in ids}
         # the task's own series (state, limits) still go out when only the stats failed
         previous, stale = self._previous(stats)
-        derived = derive(task, stats, previous, self._network, stale)
-        derived.samples.extend(self.health.observe(task, stats, derived.samples, time.time()))
+        standing = self._instances.choose(distinct_containers(task.get("Containers"))[0])
+        derived = derive(task, stats, previous, self._network, stale, standing)
+        derived.samples.extend(self.health.observe(task, stats, derived.samples, time.time(), standing))
         for reason in derived.errors:
             if error is not None and reason == "no_stats":
                 continue  # the stats request failed: counted once as a poll error, not again per container

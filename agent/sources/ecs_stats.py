@@ -339,80 +339,74 @@ DEPARTED_POLLS = 360
 # most MAX_DEPARTED gone at once (the oldest departure forgotten first), by `Instances` and the health
 # monitor alike: a task whose containers keep changing names stays bounded
 MAX_DEPARTED = 32
-MAX_INSTANCES = 16  # DockerIds `Instances` remembers per container name (those that stood for it, replaced)
 
 
 class Choice(NamedTuple):
     """Which instance stands for a container this poll (`Instances.choose`)."""
 
-    container: dict[str, Any] | None  # None: absent this poll (only instances older than one seen are listed)
-    others: list[dict[str, Any]]  # the other instances listed under its name
-    new: bool = False  # an instance that never stood for the container before (the first, or a replacement)
+    container: dict[str, Any] | None  # None: absent this poll (only instances it replaced are listed)
+    others: list[dict[str, Any]]  # the other instances listed under its name (all of them when absent)
 
 
 @dataclass
-class _Lineage:
-    current: str  # DockerId of the instance that stood for the container last
-    newest: str  # the latest started of those that stood for it
-    newest_started: int | None
-    stood: int  # the poll it last stood
-    # DockerIds known to be replaced or seen: True for those that stood, False for a stopped one listed
-    # beside the container (insertion order: the oldest forgotten first beyond MAX_INSTANCES)
-    known: dict[str, bool] = field(default_factory=dict)
+class _Standing:
+    docker_id: str  # the instance that stood for the container last
+    started: int | None  # its StartedAt (ns)
+    poll: int  # the poll it last stood (`Instances.polls`)
+
+
+def _recency(container: dict[str, Any]) -> tuple[int, str]:
+    """Started last first (an unknown StartedAt as the earliest); on a tie the larger DockerId: never the
+    listing order, which ECS does not keep from one answer to the next."""
+    return parse_time_ns(container.get("StartedAt")) or -1, container["DockerId"]
+
+
+def _stands(group: list[dict[str, Any]], last: _Standing | None) -> dict[str, Any] | None:
+    """The rule of docs/health.md ("Series"): the instance that stood last while it is listed RUNNING;
+    else the RUNNING one started last; else the one that stood last, listed stopped; else the one
+    started last of those started after it (all of them when none stood yet); else none (absent)."""
+    current = next((c for c in group if last is not None and c["DockerId"] == last.docker_id), None)
+    running = [c for c in group if c.get("KnownStatus") == "RUNNING"]
+    if current is not None and (current.get("KnownStatus") == "RUNNING" or not running):
+        return current
+    if running:
+        return max(running, key=_recency)
+    # an unknown StartedAt (either's) is not "after": the container stays absent (a false negative)
+    newer = [c for c in group if last is None or (last.started is not None
+                                                  and (parse_time_ns(c.get("StartedAt")) or -1) > last.started)]
+    return max(newer, key=_recency) if newer else None
 
 
 @dataclass
 class Instances:
-    """Which instance stands for each container name, poll after poll: `instances_by_name`'s choice (the
-    running one, else the one started last), unless that instance is older than one that already stood
-    for the container (started earlier, or known to have been replaced) while that newer one is not
-    listed at all: then the container is absent this poll, as a container left out of `/task` is (one
-    answer that leaves out the new instance and still lists the stopped one it replaced must not show
-    the old exit as the container's). An older instance still stands when it is the one that stood last,
-    or when the newer one is listed stopped beside it while it runs (the newer stopped, the
-    older kept running: the container is the running one). derive and the health monitor each keep
-    one, fed the same answers: they agree. Bounded as the health monitor's containers are."""
+    """Which instance stands for each container name, poll after poll (`_stands`). The source keeps one
+    and passes its choice to derive and to the health monitor, computed once a poll. Bounded as the
+    health monitor's containers are: a name not seen for DEPARTED_POLLS polls, or the oldest departed
+    beyond MAX_DEPARTED, is forgotten."""
 
-    names: dict[str, _Lineage] = field(default_factory=dict)
+    names: dict[str, _Standing] = field(default_factory=dict)
     polls: int = 0
 
     def choose(self, containers: Iterable[Any]) -> dict[str, Choice]:
         """`containers`: a `/task` Containers list made distinct by DockerId (`distinct_containers`)."""
         self.polls += 1
         out: dict[str, Choice] = {}
-        for name, (pick, *rest) in instances_by_name(containers).items():
-            docker_id, started = pick["DockerId"], parse_time_ns(pick.get("StartedAt"))
-            line = self.names.get(name)
-            if line is None:
-                line = self.names[name] = _Lineage(docker_id, docker_id, started, self.polls)
-                out[name] = Choice(pick, rest, True)
-            else:
-                older = docker_id != line.newest and (
-                    docker_id in line.known or (started is not None and line.newest_started is not None
-                                                and started < line.newest_started))
-                if older and docker_id != line.current and all(c["DockerId"] != line.newest for c in rest):
-                    out[name] = Choice(None, [pick, *rest])
-                    continue
-                out[name] = Choice(pick, rest, not line.known.get(docker_id, False) and not older
-                                   and docker_id != line.newest)
-                if not older:
-                    line.newest, line.newest_started = docker_id, started
-                line.current, line.stood = docker_id, self.polls
-            line.known.pop(docker_id, None)
-            line.known[docker_id] = True
-            for other in rest:  # a stopped instance listed beside the container, not started after it: replaced
-                other_started = parse_time_ns(other.get("StartedAt"))
-                if other.get("KnownStatus") == "STOPPED" and other["DockerId"] not in line.known and (
-                        started is None or other_started is None or other_started <= started):
-                    line.known[other["DockerId"]] = False
-            while len(line.known) > MAX_INSTANCES:
-                del line.known[next(iter(line.known))]
-        departed = sorted((line.stood, name) for name, line in self.names.items() if line.stood != self.polls)
+        for name, group in instances_by_name(containers).items():
+            pick = _stands(group, self.names.get(name))
+            out[name] = Choice(pick, [c for c in group if c is not pick])
+            if pick is not None:
+                self.names[name] = _Standing(pick["DockerId"], parse_time_ns(pick.get("StartedAt")), self.polls)
+        departed = sorted((s.poll, name) for name, s in self.names.items() if s.poll != self.polls)
         for i, (stood, name) in enumerate(departed):
             if self.polls - stood > DEPARTED_POLLS or i < len(departed) - MAX_DEPARTED:
                 del self.names[name]
         return out
 
+
+def choose_once(containers: Iterable[Any]) -> dict[str, Choice]:
+    """The choice of a caller that keeps no `Instances` (one poll, or a single instance a name: the local
+    source): the RUNNING instance started last, else the one started last."""
+    return Instances().choose(containers)
 
 
 @dataclass
@@ -435,9 +429,6 @@ class NetworkTotals:
     present: dict[str, int] = field(default_factory=dict)  # DockerId -> the poll it was last in `/task`
     polls: int = 0
     totals: dict[str, float] = field(default_factory=dict)
-    # not the network's, but derive's other state across polls: which instance stands for each container
-    # name (the source passes this object poll after poll)
-    instances: Instances = field(default_factory=Instances)
 
     def update(self, nets: Mapping[str, tuple[dict[str, float], int | None]], shared: bool,
                containers: Iterable[str]) -> dict[str, float]:
@@ -680,44 +671,37 @@ def _task_samples(task: Any, totals: _Totals, previous: Mapping[str, Any], netwo
 
 def instances_by_name(containers: Iterable[Any]) -> dict[str, list[dict[str, Any]]]:
     """The workload entries (with a string DockerId) of a `/task` Containers list already made distinct
-    by DockerId, grouped by their `container_name` label: the container first, then the other instances
-    listed under its name, if any. After a container restarts under a new DockerId (essential=false),
-    ECS lists the stopped instance beside the new one under the same name, and every series of both
-    would carry the same labels. The container is the running instance; among several, or none
-    running, the one started last (a later `StartedAt`); on a tie, the one listed first. The others
-    show no series of their own (derive: a running one still counts toward the task totals; health: a
-    stopped one's exit is judged once, see `HealthMonitor`)."""
-    groups: dict[str, list[tuple[tuple[bool, int], int, dict[str, Any]]]] = {}
-    for index, container in enumerate(containers):
-        if not isinstance(container, dict) or not isinstance(container.get("DockerId"), str) \
-                or not is_workload(container):
-            continue
-        rank = (container.get("KnownStatus") == "RUNNING", parse_time_ns(container.get("StartedAt")) or 0)
-        groups.setdefault(dict(container_tags(container))["container_name"], []).append((rank, -index, container))
-    return {name: [c for _, _, c in sorted(group, key=lambda e: (e[0], e[1]), reverse=True)]
-            for name, group in groups.items()}
+    by DockerId, grouped by their `container_name` label, in the order listed. After a container
+    restarts under a new DockerId (essential=false), ECS lists the stopped instance beside the new one
+    under the same name, and every series of both would carry the same labels: one of them stands for
+    the container (`Instances`), the others show no series of their own (derive: a running one still
+    counts toward the task totals; health: the exit of one that stood before is judged once)."""
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for container in containers:
+        if isinstance(container, dict) and isinstance(container.get("DockerId"), str) and is_workload(container):
+            groups.setdefault(dict(container_tags(container))["container_name"], []).append(container)
+    return groups
 
 
 def derive(task: Any, stats: Any, previous: Mapping[str, Any] | None = None,
-           network: NetworkTotals | None = None, stale: Collection[str] = ()) -> Derived:
+           network: NetworkTotals | None = None, stale: Collection[str] = (),
+           standing: Mapping[str, Choice] | None = None) -> Derived:
     """All container and task samples of one poll.
 
     `task` is the `/task` JSON, `stats` the `/task/stats` JSON (DockerId -> Docker stats),
     `previous` our own earlier stats per DockerId (for rates over the poll interval), `network`
     the task's network counters so far (the same object poll after poll; without it, they start here),
-    and `stale` the DockerIds whose sample has not changed for several polls (no CPU or network rate
-    from them).
+    `stale` the DockerIds whose sample has not changed for several polls (no CPU or network rate
+    from them), and `standing` which instance stands for each container name this poll (the source's
+    `Instances`, the same choice the health monitor reads; without it, `choose_once`).
     Containers not in `/task` are ignored, a DockerId listed again counts once (its first entry); the
     pause container only counts toward the task totals; a container not in use (`in_use`: stopped, not
     started) has its state series only, and counts toward nothing; of several instances listed under
-    one container name only the container (`instances_by_name`) has series, and none when only
-    instances older than one already seen are listed (`Instances`, kept in `network`).
+    one container name only the one standing for it has series, and none when none stands this poll.
     """
     previous = previous or {}
-    network = network if network is not None else NetworkTotals()
     errors: list[str] = []
     if not isinstance(task, dict):
-        network.instances.choose([])  # a poll all the same: in step with the health monitor's
         return Derived([], ["bad_shape"])
     if not isinstance(stats, dict):
         errors.append("bad_shape")
@@ -727,9 +711,10 @@ def derive(task: Any, stats: Any, previous: Mapping[str, Any] | None = None,
     if repeats:
         errors += ["duplicate_container"] * repeats
         task = dict(task, Containers=containers)
-    # instances replaced under the same name: no series (they would share the container's labels); all
-    # of them when none stands for the container this poll (`Instances`)
-    replaced = {c["DockerId"] for choice in network.instances.choose(containers).values() for c in choice.others}
+    # the other instances under a container's name: no series (they would share the container's labels);
+    # all of them when none stands for the container this poll (`Instances`)
+    standing = standing if standing is not None else choose_once(containers)
+    replaced = {c["DockerId"] for choice in standing.values() for c in choice.others}
     samples: list[Sample] = []
     totals = _Totals()
     for container in containers:
@@ -757,7 +742,7 @@ def derive(task: Any, stats: Any, previous: Mapping[str, Any] | None = None,
                 totals.stale.add(docker_id)
     try:
         samples += _task_samples(task, totals, {k: v for k, v in previous.items() if k in totals.stats},
-                                 network)
+                                 network if network is not None else NetworkTotals())
     except Exception:
         errors.append("bad_task")
     return Derived(samples, errors)

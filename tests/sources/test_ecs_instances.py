@@ -25,7 +25,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from tests.sources.ecs_helpers import MetadataServer, load
 from tests.sources.test_ecs_source import Harness
 
-from agent.sources.ecs_stats import instances_by_name, parse_time_ns
+from agent.sources.ecs_stats import DEPARTED_POLLS, MAX_DEPARTED, Choice, Instances, choose_once, parse_time_ns
 from agent.sources.localstats import format_time_ns
 
 MIB = 1024 * 1024
@@ -86,12 +86,13 @@ class Polls:
         self.restarts += 1
 
     def poll(self, working_set_mib: float, *, present: bool = True, list_old: bool = True, old_first: bool = True,
-             repeat: bool = False, old_mib: float | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
+             repeat: bool = False, old_mib: float | None = None, rotate: int = 0) -> tuple[dict[str, Any], dict[str, Any]]:
         """The next poll's `/task` and `/task/stats`: dd-agent's working set that much (when running);
         `present`: dd-agent's current instance listed (when not, its replaced instances still are with
         `list_old`); `list_old`: its replaced instances listed beside the current one (`old_first`:
         before it); `repeat`: the current one listed twice (its DockerId again); `old_mib`: the working
-        set of a replaced instance still running (else the same)."""
+        set of a replaced instance still running (else the same); `rotate`: dd-agent's entries listed
+        rotated by that many places."""
         self.t += STEP
         task, stats = load("fargate-2023.task"), load("fargate-2023.stats")
         shift = int(self.t * 1e9)
@@ -106,6 +107,8 @@ class Polls:
             listed = [*listed, self.current] if old_first else [self.current, *listed]
             if repeat:
                 listed.append(self.current)
+        if listed:
+            listed = listed[rotate % len(listed):] + listed[:rotate % len(listed)]
         entries = []
         for inst in listed:
             c = copy.deepcopy(self.template)
@@ -155,13 +158,18 @@ def published_once(h: Harness) -> None:
     assert len(keys) == len(set(keys)), sorted(k for k in keys if keys.count(k) > 1)
 
 
-def run(polls: list[tuple[dict[str, Any], dict[str, Any]]]) -> list[Scrape]:
-    """Each (task, stats) served and polled in turn over HTTP; what /metrics said after each."""
+def run(polls: list[tuple[dict[str, Any], dict[str, Any]]], memory_window: float | None = None,
+        stood: list[str | None] | None = None) -> list[Scrape]:
+    """Each (task, stats) served and polled in turn over HTTP; what /metrics said after each (with the
+    leak forecast's window `memory_window` seconds, else the default); `stood`: gets the DockerId that
+    stood for dd-agent after each poll (the source's `Instances`)."""
 
     async def go() -> list[Scrape]:
         server = MetadataServer()
         await server.start()
         h = Harness(server.url)
+        if memory_window is not None:
+            h.source.health.memory_window = memory_window
         out = []
         try:
             for task, stats in polls:
@@ -169,6 +177,10 @@ def run(polls: list[tuple[dict[str, Any], dict[str, Any]]]) -> list[Scrape]:
                 assert await h.source.poll_once()
                 published_once(h)
                 out.append(scrape(h))
+                if stood is not None:
+                    last = h.source._instances.names.get("dd-agent")
+                    stood.append(last.docker_id if last is not None and last.poll == h.source._instances.polls
+                                 else None)
         finally:
             await h.source.aclose()
             await server.stop()
@@ -253,21 +265,6 @@ def test_both_instances_listed_at_the_first_poll() -> None:
     assert (d["ecs_container_oom_kills_total"], d["ecs_container_restarts_total"]) == (0, 0)
 
 
-def test_two_running_instances_under_one_name_count_toward_the_task_once_each() -> None:
-    # the one replaced still running beside the new one: the task's totals hold both (distinct DockerIds),
-    # the container's series are the newer's only
-    p = Polls()
-    first = p.poll(100)
-    p.old.append(Instance(p.current.docker_id, p.current.started))
-    p.current = Instance(p._new_id(), p.t + STEP / 2, restart_count=0)
-    both = p.poll(40, old_mib=100)
-    single = run([first])[0]
-    got = run([first, both])[1]
-    assert dd(got)["ecs_container_memory_working_set_bytes"] == 40 * MIB
-    ping = single["ecs_container_memory_working_set_bytes", "apmtest-ping"]
-    assert got["ecs_task_memory_working_set_bytes", None] == 100 * MIB + 40 * MIB + ping
-
-
 @pytest.mark.parametrize("started_at", [True, False], ids=["started-at", "no-started-at"])
 @pytest.mark.parametrize("exit_code", [0, 137])
 def test_an_answer_listing_only_the_replaced_instance_leaves_the_container_absent(
@@ -295,147 +292,283 @@ def test_an_answer_listing_only_the_replaced_instance_leaves_the_container_absen
         assert d["ecs_container_oom_kills_total"] == kills
 
 
-def test_an_answer_leaving_out_the_newer_of_two_running_instances_leaves_the_container_absent() -> None:
-    # the replaced instance still running: an answer without the newer one does not show the older one's
-    # numbers as the container's for one poll (nor count the switch back as a restart)
-    p = Polls()
-    polls = [p.poll(100)]
-    p.old.append(Instance(p.current.docker_id, p.current.started, restart_count=0))
-    p.current = Instance(p._new_id(), p.t + STEP / 2, restart_count=0)
-    polls += [p.poll(40, old_mib=100), p.poll(40, old_mib=100, present=False), p.poll(40, old_mib=100)]
-    got = [dd(g) for g in run(polls)]
-    assert got[2] == {}
-    for d in (got[1], got[3]):
-        assert d["ecs_container_memory_working_set_bytes"] == 40 * MIB
-        assert d["ecs_container_restarts_total"] == 1
+def beside(p: Polls, docker_id: str | None = None, started: float | None = None) -> Instance:
+    """A newer instance listed RUNNING under dd-agent's name beside the current one, which keeps running
+    (listed among the old ones): the new one is `p.current` from now on; the one it joined is returned."""
+    older = p.current
+    p.old.append(older)
+    p.current = Instance(docker_id or p._new_id(), p.t + STEP / 2 if started is None else started, restart_count=0)
+    return older
 
 
-def test_the_newer_of_two_running_instances_stops_its_exit_is_judged_and_the_older_followed() -> None:
-    # both RUNNING under one name, the newer is killed at 240 of 256 MiB while the older keeps running:
-    # the container is the running one (the older), its exit (137, memory at the limit) is an OOM kill,
-    # judged once, and the container's series go on (CPU saturation included)
+def test_two_running_instances_under_one_name_count_toward_the_task_once_each() -> None:
+    # a newer instance running beside the one standing: the task's totals hold both (distinct DockerIds),
+    # the container's series are the standing one's only (it still runs: it keeps standing; before
+    # today's rule they were the newer one's)
     p = Polls()
-    polls = [p.poll(100)]
-    p.old.append(Instance(p.current.docker_id, p.current.started, restart_count=0))  # still running
-    p.current = Instance(p._new_id(), p.t + STEP / 2, restart_count=0)
-    polls += [p.poll(240, old_mib=100) for _ in range(3)]
-    p.stop(137)
-    polls += [p.poll(240, old_mib=100) for _ in range(5)]
-    got = [dd(g) for g in run(polls)]
-    for i, d in enumerate(got):
+    first = p.poll(100)
+    beside(p)
+    both = p.poll(40, old_mib=100)
+    single = run([first])[0]
+    got = run([first, both])[1]
+    assert dd(got)["ecs_container_memory_working_set_bytes"] == 100 * MIB
+    ping = single["ecs_container_memory_working_set_bytes", "apmtest-ping"]
+    assert got["ecs_task_memory_working_set_bytes", None] == 100 * MIB + 40 * MIB + ping
+
+
+@pytest.mark.parametrize("old_first", [True, False], ids=["old-listed-first", "new-listed-first"])
+@pytest.mark.parametrize("end, kills", [(0, 0), (137, 1), (None, 1)], ids=["exit-0", "exit-137", "leaves"])
+def test_a_newer_instance_beside_the_running_one_is_no_restart_until_that_one_stops(
+        old_first: bool, end: int | None, kills: int) -> None:
+    # the reviewer's r3: A at 240 of 256 MiB, a newer B listed RUNNING beside it. Nothing exited: A still
+    # stands (its series; no restart, no OOM kill: it was a restart and an OOM kill at once). Once A is
+    # listed stopped B stands: one restart, A's exit judged once with its own exit code; when A leaves
+    # `/task` unlisted its exit is unknown, and memory was at the limit: an OOM kill (docs/health.md)
+    p = Polls()
+    polls = [p.poll(240) for _ in range(3)]
+    a = beside(p)
+    polls += [p.poll(30, old_mib=240, old_first=old_first) for _ in range(3)]
+    if end is None:
+        p.old.remove(a)
+    else:
+        a.running, a.exit_code = False, end
+    polls += [p.poll(30, old_first=old_first) for _ in range(3)]
+    for i, d in enumerate(dd(g) for g in run(polls)):
         assert d["ecs_container_running"] == 1
-        assert "ecs_container_cpu_saturated" in d, i
-        assert d["ecs_container_restarts_total"] == (0 if i == 0 else 1)
-        assert d["ecs_container_oom_kills_total"] == (1 if i >= 4 else 0)
-        assert d["ecs_container_memory_working_set_bytes"] == (240 if 1 <= i <= 3 else 100) * MIB
+        assert "ecs_container_exit_code" not in d
+        assert d["ecs_container_memory_working_set_bytes"] == (240 if i < 6 else 30) * MIB, i
+        assert d["ecs_container_restarts_total"] == (0 if i < 6 else 1), i
+        assert d["ecs_container_oom_kills_total"] == (0 if i < 6 else kills), i
+        assert d["ecs_container_memory_peak_working_set_bytes"] == 240 * MIB
 
 
-def test_which_instance_is_the_container() -> None:
-    # running first; then the one started last; on a tie, the one listed first
-    def entry(docker_id: str, status: str, started: str) -> dict[str, Any]:
-        return {"Name": "app", "DockerId": docker_id, "KnownStatus": status, "StartedAt": started, "Image": "app:1"}
+@pytest.mark.parametrize("started_at", [True, False], ids=["same-started-at", "no-started-at"])
+def test_two_running_instances_listed_in_either_order_do_not_flip(started_at: bool) -> None:
+    # the reviewer's r1 and r1b: two RUNNING instances, StartedAt equal or missing, ECS listing them in
+    # another order each poll. The tie went to the one listed first: the container flipped instance every
+    # poll (a restart and an OOM kill each time, the other at 240 of 256 MiB; the leak trend reset). Now
+    # the larger DockerId stands, every poll: no restart, no OOM kill, and its leak (2 MiB a poll) is
+    # forecast as with a fixed order
+    p = Polls()
+    big = p.template["DockerId"][:-4] + "ffff"
+    assert big > p.template["DockerId"]
+    beside(p, big, started=p.current.started)
+    polls = [p.poll(100 + 2 * i, old_mib=240, old_first=i % 2 == 0) for i in range(40)]
+    if not started_at:
+        for task, _ in polls:
+            for c in task["Containers"]:
+                c.pop("StartedAt", None)
+    got = [dd(g) for g in run(polls, memory_window=300)]
+    for i, d in enumerate(got):
+        assert d["ecs_container_memory_working_set_bytes"] == (100 + 2 * i) * MIB
+        assert (d["ecs_container_restarts_total"], d["ecs_container_oom_kills_total"]) == (0, 0)
+    assert got[-1]["ecs_container_memory_leak_suspected"] == 1
 
-    early, late = "2023-06-20T01:13:35Z", "2023-06-20T01:20:00Z"
-    cases = [([entry("a", "STOPPED", late), entry("b", "RUNNING", early)], ["b", "a"]),
-             ([entry("a", "RUNNING", early), entry("b", "RUNNING", late)], ["b", "a"]),
-             ([entry("a", "STOPPED", early), entry("b", "STOPPED", late), entry("c", "PENDING", "")], ["b", "a", "c"]),
-             ([entry("a", "RUNNING", early), entry("b", "RUNNING", early)], ["a", "b"])]
-    for containers, order in cases:
-        groups = instances_by_name(containers)
-        assert list(groups) == ["app"]
-        assert [c["DockerId"] for c in groups["app"]] == order
+
+def test_the_older_instance_left_alone_in_the_answer_stands_at_once() -> None:
+    # the reviewer's r2: A stands; B, newer, is listed RUNNING beside it; B leaves `/task` without being
+    # listed STOPPED while A runs on. A was "older" and B unlisted: A, the only instance listed, had no
+    # series for DEPARTED_POLLS polls, then came back as a new container (restarts_total 1 -> 0). Now A
+    # stands all along (it runs); and when B did stand (an answer left A out), A stands again once B is
+    # gone: another instance standing is one restart, counters never go down
+    p = Polls()
+    polls = [p.poll(50)]
+    a = beside(p)
+    polls.append(p.poll(60, old_mib=50))
+    polls.append(p.poll(60, old_mib=50, list_old=False))  # A left out: B stands
+    polls.append(p.poll(60, old_mib=50))
+    p.current, p.old = a, []  # B gone, never listed STOPPED
+    polls += [p.poll(50) for _ in range(3)]
+    got = [dd(g) for g in run(polls)]
+    assert [d["ecs_container_memory_working_set_bytes"] / MIB for d in got] == [50, 50, 60, 60, 50, 50, 50]
+    assert [d["ecs_container_restarts_total"] for d in got] == [0, 0, 1, 1, 2, 2, 2]
+    assert all(d["ecs_container_running"] == 1 and d["ecs_container_oom_kills_total"] == 0 for d in got)
+
+
+def test_which_instance_stands_for_the_container() -> None:
+    # the rule of docs/health.md, in order: (a) the one that stood last while listed RUNNING; (b) else the
+    # RUNNING one started last, on a tie the larger DockerId (never the order listed); (c) else the one
+    # that stood last, listed stopped; (d) else the one started last of those started after it; (e) else
+    # none: absent. (Before today's rule: the running one, else the one started last, ties to the one
+    # listed first, and only instances_by_name's order said so.)
+    def entry(docker_id: str, status: str = "RUNNING", started: str | None = None) -> dict[str, Any]:
+        c = {"Name": "app", "DockerId": docker_id, "KnownStatus": status, "Image": "app:1"}
+        if started is not None:
+            c["StartedAt"] = started
+        return c
+
+    def stands(choices: dict[str, Choice]) -> str | None:
+        c = choices["app"].container
+        return c["DockerId"] if c is not None else None
+
+    t1, t2, t3 = "2023-06-20T01:13:35Z", "2023-06-20T01:20:00Z", "2023-06-20T01:30:00Z"
+    for listed, expected in [([entry("a", "STOPPED", t2), entry("b", "RUNNING", t1)], "b"),
+                             ([entry("a", "RUNNING", t1), entry("b", "RUNNING", t2)], "b"),
+                             ([entry("a", "STOPPED", t1), entry("b", "STOPPED", t2), entry("c", "PENDING")], "b"),
+                             ([entry("a", started=t1), entry("b", started=t1)], "b"),
+                             ([entry("b", started=t1), entry("a", started=t1)], "b"),
+                             ([entry("b"), entry("a")], "b")]:
+        assert stands(choose_once(listed)) == expected, listed
+    inst = Instances()
+    for listed, expected in [([entry("a", started=t1)], "a"),
+                             ([entry("b", started=t2), entry("a", started=t1)], "a"),  # (a)
+                             ([entry("a", "STOPPED", t1), entry("b", started=t2)], "b"),  # (b)
+                             ([entry("b", "STOPPED", t2), entry("c", "PENDING")], "b"),  # (c)
+                             ([entry("a", "STOPPED", t1)], None),  # (e): only the one b replaced
+                             ([entry("c", "STOPPED", t3), entry("a", "STOPPED", t1)], "c"),  # (d)
+                             ([entry("b", "STOPPED")], None),  # (e): no StartedAt, not after c
+                             ([entry("a", started=t1), entry("c", "STOPPED", t3)], "a")]:  # (b)
+        assert stands(inst.choose(listed)) == expected, listed
+    assert list(inst.names) == ["app"] and inst.names["app"].docker_id == "a"
+
+
+def test_instances_forget_departed_names_within_the_bounds() -> None:
+    inst = Instances()
+    for i in range(MAX_DEPARTED + 10):
+        inst.choose([{"Name": f"c{i}", "DockerId": f"d{i}", "KnownStatus": "RUNNING", "Image": "x"}])
+    assert len(inst.names) == 1 + MAX_DEPARTED
+    for _ in range(DEPARTED_POLLS + 1):
+        inst.choose([])
+    assert inst.names == {}
+
 
 
 # --- any sequence of polls ----------------------------------------------------------------------
 
 STEPS = st.tuples(
-    st.sampled_from(["run", "run", "absent", "restart", "stop", "replace"]),
-    st.sampled_from([30, 120, 200, 240, 250]),  # working set, MiB of 256
+    st.sampled_from(["run", "run", "absent", "restart", "stop", "replace", "beside", "stop_old", "drop_old"]),
+    st.sampled_from([30, 120, 200, 240, 250]),  # working set of the newest instance, MiB of 256
+    st.sampled_from([30, 240]),  # working set of an older instance still running
     st.sampled_from([0, 1, 137]),  # exit code of a stop
-    # replaced instances listed (also when the current one is absent), listed first, a DockerId repeated
-    st.booleans(), st.booleans(), st.booleans())
+    # older instances listed (also when the newest is absent), the listing rotated, a DockerId repeated,
+    # a newer instance beside with the same StartedAt
+    st.booleans(), st.integers(0, 3), st.booleans(), st.booleans())
 
 
 @dataclass
 class Expected:
-    """What the rule of docs/health.md must have counted by each poll that lists dd-agent, from what the
-    polls showed: exact, since within 14 polls 10 s apart no leak forecast exists (it needs half the
-    1800 s window) and the stats are cgroup v1 (no `failcnt`): an exit judged (a stop seen, or a restart
-    or a replacement after the instance was seen running) is an OOM kill when its exit code shown is 137
-    or none is shown, and one of the last three working sets of that process was at least 90 % of the
-    limit. A restart: the rise of RestartCount (restart policy), else StartedAt moved; a new DockerId is
-    one. Several in one gap may count as one: the polls could not tell them apart."""
+    """The rule of docs/health.md applied to what the polls showed: which instance stands for dd-agent
+    (none: absent), and exactly the OOM kills and restarts counted, since within 14 polls 10 s apart no
+    leak forecast exists (it needs half the 1800 s window) and the stats are cgroup v1 (no `failcnt`).
+    Another instance standing is one restart, and the exit of the one that stood before is judged then
+    if it was running (its exit code when listed stopped, else unknown); in place: the rise of
+    RestartCount (restart policy), else StartedAt moved, the exit judged when a stop is seen or at the
+    restart. An exit judged is an OOM kill when its exit code is 137 or unknown, and one of the last three
+    working sets of that process was at least 90 % of the limit."""
 
     restarts: float = 0.0
     kills: float = 0.0
-    followed: Instance | None = None  # as the last poll that listed the container showed it
-    live: Instance | None = None  # that instance as it is now (its exit code once replaced)
-    readings: list[int] = field(default_factory=list)  # working sets of the running process followed
+    stood: Instance | None = None  # the instance standing, as the last poll it stood showed it
+    readings: list[int] = field(default_factory=list)  # working sets of the process standing
 
-    def poll(self, current: Instance, ws: int, *, old_listed: bool) -> None:
-        """A poll that lists `current` (with its replaced instances when `old_listed`)."""
-        f = self.followed
-        if f is None:
-            self.restarts = current.restart_count or 0
+    def poll(self, listed: list[Instance], ws: dict[str, int]) -> Instance | None:
+        """A poll listing `listed` (each instance once) with each running one's working set: the one standing."""
+        f = self.stood
+        current = next((i for i in listed if f is not None and i.docker_id == f.docker_id), None)
+        running = [i for i in listed if i.running]
+        if current is not None and (current.running or not running):
+            pick: Instance | None = current
+        elif running:
+            pick = max(running, key=lambda i: (i.started, i.docker_id))
         else:
-            if current.docker_id != f.docker_id:  # replaced: its exit code when still listed, else unknown
-                assert self.live is not None
-                restarts, exited, code = 1, f.running, (self.live.exit_code if old_listed else None)
+            pick = max((i for i in listed if f is None or i.started > f.started),
+                       key=lambda i: (i.started, i.docker_id), default=None)
+        if pick is None:
+            return None
+        if f is None:
+            self.restarts = pick.restart_count or 0
+        else:
+            switched = pick.docker_id != f.docker_id
+            if switched:  # never while `f` is listed RUNNING (it would still stand)
+                assert current is None or not current.running
+                restarts, exited, code = 1, f.running, (current.exit_code if current is not None else None)
             else:
-                if f.restart_count is not None and current.restart_count is not None:
-                    restarts = current.restart_count - f.restart_count
+                if f.restart_count is not None and pick.restart_count is not None:
+                    restarts = pick.restart_count - f.restart_count
                 else:
-                    restarts = 1 if current.started > f.started else 0
-                exited, code = f.running and not current.running, current.exit_code
-            if (exited or (restarts and f.running)) and code in (137, None) \
+                    restarts = 1 if pick.started > f.started else 0
+                exited, code = f.running and not pick.running, pick.exit_code
+            if (exited or (restarts and f.running and not switched)) and code in (137, None) \
                     and any(w >= 0.9 * LIMIT_MIB for w in self.readings[-3:]):
                 self.kills += 1
-            if restarts or exited:
+            if restarts or exited or switched:
                 self.readings = []
             self.restarts += restarts
-        if current.running:
-            self.readings.append(ws)
-        self.followed, self.live = dataclasses.replace(current), current
+        if pick.running:
+            self.readings.append(ws[pick.docker_id])
+        self.stood = dataclasses.replace(pick)
+        return pick
 
 
 @settings(max_examples=60, deadline=None)
 @given(policy=st.booleans(), steps=st.lists(STEPS, min_size=1, max_size=14))
 def test_any_sequence_of_polls_keeps_counters_up_and_one_series_per_label_set(
-        policy: bool, steps: list[tuple[str, int, int, bool, bool, bool]]) -> None:
+        policy: bool, steps: list[tuple[str, int, int, int, bool, int, bool, bool]]) -> None:
     """Containers present, absent, restarted in place, stopped, replaced under a new DockerId with the
-    replaced instances listed or not, in either order, also while the current one is left out, a DockerId
-    listed twice: no two of the sidecar's own series share a label set (checked on the batch and on
-    /metrics, in `run`); a health counter or the peak never goes down, across gaps too; the container
-    is its current instance, and absent while only replaced ones are listed; the OOM kills and restarts
-    are exactly what the rule makes of what the polls showed (`Expected`), never more than happened."""
+    replaced instances listed or not, a newer instance started beside a running one (at the same
+    StartedAt or later) and the older one stopped or gone later, listed in any order, also while the
+    newest is left out, a DockerId listed twice: no two of the sidecar's own series share a label set
+    (checked on the batch and on /metrics, in `run`); a health counter or the peak never goes down,
+    across gaps too; the instance standing is the rule's (`Expected`) for the series of derive and of
+    health alike, never changes while it is listed RUNNING (whatever the order), and no OOM kill is
+    counted then; the OOM kills and restarts are exactly what the rule makes of what the polls showed,
+    and never more than happened while no instance ran beside another."""
     p = Polls(restart_policy=policy)
-    polls, present, exits, restarts, expected = [], [], [], [], []
+    polls, shown, bounds = [], [], []
     rule = Expected()
-    for action, ws, exit_code, list_old, old_first, repeat in steps:
+    beside_seen = False
+    for action, ws, old_mib, exit_code, list_old, rotate, repeat, tie in steps:
         if action == "restart":
             p.restart_in_place()
         elif action == "stop":
             p.stop(exit_code)
         elif action == "replace":
             p.replace(exit_code)
-        polls.append(p.poll(ws, present=action != "absent", list_old=list_old, old_first=old_first, repeat=repeat))
-        present.append((action != "absent", p.current.running, p.current.exit_code))
-        exits.append(p.exits)
-        restarts.append(p.restarts)
-        if action != "absent":
-            rule.poll(p.current, ws, old_listed=list_old)
-        expected.append((rule.kills, rule.restarts))
+        elif action == "beside":  # a newer instance starts, the one before runs on
+            beside(p, started=p.current.started if tie else None)
+            p.restarts += 1
+            beside_seen = True
+        elif action in ("stop_old", "drop_old"):
+            older = next((i for i in p.old if i.running), None)
+            if older is not None:
+                p.exits += 1
+                if action == "stop_old":
+                    older.running, older.exit_code = False, exit_code
+                else:
+                    p.old.remove(older)
+        present = action != "absent"
+        polls.append(p.poll(ws, present=present, list_old=list_old, repeat=repeat, old_mib=old_mib, rotate=rotate))
+        listed = ([*p.old] if list_old else []) + ([p.current] if present else [])
+        was = rule.stood
+        ws_of = {i.docker_id: (ws if i is p.current else old_mib) for i in listed}
+        pick = rule.poll(listed, ws_of)
+        running_ids = {i.docker_id for i in listed if i.running}
+        shown.append((pick and dataclasses.replace(pick), was, running_ids,
+                      ws_of[pick.docker_id] if pick is not None else 0, rule.kills, rule.restarts))
+        bounds.append((p.exits, p.restarts))
+    stood: list[str | None] = []
     last: dict[tuple[str, str | None], float] = {}
-    for got, (listed, running, exit_code), n_exits, n_restarts, (kills, n) in zip(
-            run(polls), present, exits, restarts, expected):
+    kills_before = 0.0
+    for got, (pick, was, running_ids, ws, kills, n), (n_exits, n_restarts), docker_id in zip(
+            run(polls, stood=stood), shown, bounds, stood):
         d = dd(got)
-        if not listed:
-            assert d == {}
+        if pick is None:
+            assert d == {} and docker_id is None
             continue
-        assert d["ecs_container_running"] == (1 if running else 0)
-        assert d.get("ecs_container_exit_code") == (None if running else exit_code)
-        assert d["ecs_container_oom_kills_total"] == kills <= n_exits
-        assert d["ecs_container_restarts_total"] == n <= n_restarts
+        assert docker_id == pick.docker_id
+        if was is not None and was.docker_id in running_ids:  # the one standing, listed RUNNING: it stands on
+            assert docker_id == was.docker_id
+            if (pick.started, pick.restart_count) == (was.started, was.restart_count):  # not restarted in place
+                assert kills == kills_before  # nothing exited
+        kills_before = kills
+        assert d["ecs_container_running"] == (1 if pick.running else 0)
+        assert d.get("ecs_container_exit_code") == (None if pick.running else pick.exit_code)
+        if pick.running:
+            assert d["ecs_container_memory_working_set_bytes"] == ws * MIB
+        assert d["ecs_container_oom_kills_total"] == kills
+        assert d["ecs_container_restarts_total"] == n
+        if not beside_seen:
+            assert kills <= n_exits and n <= n_restarts
         for key, value in got.items():
             if key[0] in NEVER_DOWN or (key[0].startswith("ecs_task_") and key[0].endswith("_total")):
                 assert value >= last.get(key, 0.0), (key, last.get(key), value)

@@ -27,6 +27,7 @@ import asyncio
 import ipaddress
 import json
 import logging
+import math
 import re
 import time
 from collections.abc import Callable, Mapping
@@ -472,7 +473,7 @@ class ScaleInProtection:
             "busy": state.busy,
             "holding": list(self.holding),
             "protected": state.protected(now),
-            "protected_for_seconds": (round(state.confirmed_until - now, 1)
+            "protected_for_seconds": (math.floor((state.confirmed_until - now) * 10) / 10  # never more than left
                                       if state.confirmed_until is not None and state.protected(now) else None),
             "idle_seconds": round(now - state.idle_since, 1) if state.idle_since is not None else None,
             "unavailable": state.disabled,

@@ -32,6 +32,7 @@ import pytest
 from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 from tests.support import TASKLENS, Sidecar, clean_env, free_port, wait_until
+from tests.test_urlmask import strings
 
 from agent.cli import validate
 from agent.config import ConfigError, describe
@@ -111,17 +112,6 @@ class Lines(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         self.lines.append(record.getMessage())
-
-
-def strings(value: Any) -> list[str]:
-    """Every string in a describe()/status() answer (not its repr: that would escape the secret)."""
-    if isinstance(value, str):
-        return [value]
-    if isinstance(value, dict):
-        return [s for k, v in value.items() for s in strings(k) + strings(v)]
-    if isinstance(value, (list, tuple)):
-        return [s for v in value for s in strings(v)]
-    return [str(value)]
 
 
 def shown_by_run_and_check(url: str, secret: str) -> tuple[list[str], list[str]]:

@@ -1316,14 +1316,17 @@ failed:
     return NULL;
 }
 
+/* What an entry holds: its key, its values, its references (NULL while pending). */
+static void free_entry(Entry *e) {
+    PyMem_RawFree(e->key);
+    PyMem_RawFree(e->values);
+    Py_XDECREF(e->slot);
+    Py_XDECREF(e->ctx);
+}
+
 static void forget(Table *t) {
-    for (Py_ssize_t k = 0; k < t->count; k++) {
-        Entry *e = &t->entries[k];
-        PyMem_RawFree(e->key);
-        PyMem_RawFree(e->values);
-        Py_XDECREF(e->slot);
-        Py_XDECREF(e->ctx);
-    }
+    for (Py_ssize_t k = 0; k < t->count; k++)
+        free_entry(&t->entries[k]);
     PyMem_RawFree(t->entries);
     PyMem_RawFree(t->slots);
     PyMem_RawFree(t->touched);
@@ -1359,10 +1362,7 @@ static PyObject *Table_clear(Table *t, PyObject *args) {
             dead = 0;
         }
         if (dead) {
-            PyMem_RawFree(e->key);
-            PyMem_RawFree(e->values);
-            Py_XDECREF(e->slot);
-            Py_XDECREF(e->ctx);
+            free_entry(e);
         } else {
             t->entries[kept++] = *e;
         }
@@ -1474,10 +1474,7 @@ static PyObject *Table_forget_contexts(Table *t, PyObject *arg) {
             dead = 0;
         }
         if (dead) {
-            PyMem_RawFree(e->key);
-            PyMem_RawFree(e->values);
-            Py_DECREF(e->slot);
-            Py_DECREF(e->ctx);
+            free_entry(e);
         } else {
             t->entries[kept++] = *e;
         }

@@ -101,6 +101,7 @@ class NATSProbe:
         self._nc: Any = None
         self._reported: Exception | None = None
         self._denied = asyncio.Event()
+        self._lost = asyncio.Event()  # the current client's connection closed (set by its closed_cb)
 
     async def _error_cb(self, exc: Exception) -> None:
         """nats-py would log connection errors itself; the source counts and logs them once. The last
@@ -112,20 +113,26 @@ class NATSProbe:
             self._denied.set()
 
     async def _ask(self, request: Awaitable[T]) -> T:
-        """A JetStream request's answer, or `auth` as soon as the server reports a permissions violation
-        (nats-py would let the request wait out the poll's timeout)."""
+        """A JetStream request's answer; `auth` as soon as the server reports a permissions violation, and
+        `connection` as soon as the connection closes (closed or reset by the server): nats-py fails
+        neither pending request, which would wait out the poll's timeout."""
         asked = asyncio.ensure_future(request)
         denied = asyncio.ensure_future(self._denied.wait())
+        lost = asyncio.ensure_future(self._lost.wait())
         try:
-            await asyncio.wait((asked, denied), return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait((asked, denied, lost), return_when=asyncio.FIRST_COMPLETED)
         finally:
             denied.cancel()
+            lost.cancel()
             answered = asked.done()
             if not answered:
                 asked.cancel()
-        if not answered:
+        if answered:
+            return asked.result()
+        if self._denied.is_set():
             raise ProbeError("auth", str(self._reported))
-        return asked.result()
+        why = f": {self._reported}" if self._reported else ""
+        raise ProbeError("connection", f"the connection closed during the request{why}")
 
     async def read(self) -> Reading:
         from nats.aio.client import Client
@@ -137,9 +144,15 @@ class NATSProbe:
                 # leaves it open). Our poll loop reconnects with backoff: nats-py's own retries (every 2 s,
                 # 60 times, even without reconnects) would hide outages, and make a refused port a timeout
                 self._nc, self._reported = Client(), None
+                # one event per client: a closed client's late callback cannot fail the next one's requests
+                lost = self._lost = asyncio.Event()
+
+                async def closed_cb() -> None:
+                    lost.set()
+
                 await self._nc.connect(**self._options, connect_timeout=timeout,
                                        allow_reconnect=False, max_reconnect_attempts=1, reconnect_time_wait=0,
-                                       name="tasklens", error_cb=self._error_cb)
+                                       name="tasklens", error_cb=self._error_cb, closed_cb=closed_cb)
             self._denied.clear()  # a violation reported during an earlier poll is not this poll's
             jsm = self._nc.jsm(timeout=timeout)
             info = await self._ask(jsm.consumer_info(self.stream, self.consumer))

@@ -690,6 +690,47 @@ output "{name}" {{ value = module.{name}.container_definition.environment }}''' 
         assert config_errors(env_of(environment)) == [], name
 
 
+# queue URLs by what the sidecar's SQS probe makes of user info and password_env= (its last field wins;
+# one in the fragment, in the path or in another parameter's value is none), and the same for AMQP
+SQS_URLS = [
+    "sqs://orders?region=eu-west-1", "sqs://orders?region=eu-west-1&password_env=X",
+    "sqs://orders?password_env=X&region=eu-west-1", "sqs://user@orders?region=eu-west-1",
+    "sqs://@orders?region=eu-west-1", "sqs://sqs.eu-west-1.amazonaws.com/123456789012/orders?password_env=X",
+    "sqs://orders?password_env=&region=eu-west-1", "sqs://orders?region=eu-west-1&password_env",
+    "sqs://orders?region=eu-west-1&password_env=X&password_env=", "sqs://orders?password_env&password_env=X",
+    "sqs://orders?region=eu-west-1#&password_env=X", "sqs://orders?region=eu-west-1&name=password_env=X",
+    "sqs://sqs.eu-west-1.amazonaws.com/123456789012/orders&password_env=X",
+    "sqs://orders?region=eu-west-1&endpoint=http://u@h:4566", RABBIT_URL.replace("RABBIT_PASSWORD", "X"),
+]
+
+
+def test_the_plan_takes_the_sqs_urls_the_sidecar_takes(terraform: Any, tmp_path: Path) -> None:
+    """An SQS URL with user info or password_env= applied and rendered TASKLENS_QUEUES, and the sidecar
+    (essential=false: silently) exited 2 at start. The plan refuses exactly the URLs the sidecar's own
+    queue URL parser refuses among these; what it takes, rendered, loads."""
+    verdicts = {f"q{n}": not config_errors({"TASKLENS_QUEUES": url, "X": "pw"}) for n, url in enumerate(SQS_URLS)}
+    assert {True, False} <= set(verdicts.values())
+
+    def modules(names: list[str]) -> str:
+        return "".join(f'''
+module "{name}" {{
+  source         = "MODULES/sidecar"
+  service        = "w"
+  aws_account_id = "{ACCOUNT}"
+  queues         = [{{ url = {json.dumps(SQS_URLS[int(name[1:])])} }}]
+  queue_secrets  = {{ X = "{RABBIT_SECRET}" }}
+}}
+output "{name}" {{ value = module.{name}.container_definition.environment }}''' for name in names)
+
+    refused = refused_modules(terraform, tmp_path / "all", modules(list(verdicts)))
+    assert {name: name not in refused for name in verdicts} == verdicts
+    taken = apply_root(terraform, tmp_path / "taken", modules([name for name in verdicts if name not in refused]))
+    for name, environment in taken.items():
+        env = env_of(environment)
+        assert env["TASKLENS_QUEUES"] == SQS_URLS[int(name[1:])]
+        assert config_errors({**env, "X": "pw"}) == [], name
+
+
 def test_task_sizes_fargate_refuses_are_refused(terraform: Any, tmp_path: Path) -> None:
     """Fargate takes only some task cpu/memory pairs (RegisterTaskDefinition's `memory` documentation):
     Terraform refuses the others at plan time, not ECS at apply time; every pair Fargate takes passes."""

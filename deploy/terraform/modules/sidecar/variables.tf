@@ -125,6 +125,18 @@ variable "queues" {
     condition     = alltrue([for q in var.queues : !can(regex("://[^/@?]*:[^/@?]*@", q.url))])
     error_message = "A queue url must not carry a password in plain environment: write password_env=NAME in the URL and pass queue_secrets = { NAME = <secret ARN> }."
   }
+  validation {
+    # what the sidecar's SQS probe refuses at start (integrations/queues/sqs.py, location; tests/deploy
+    # compares): user info (an @ in the host part: before the first /, ? or #), or a password from the
+    # environment (the query's last password_env field, when not empty: the sidecar puts that password
+    # in the user info). SQS credentials come from the AWS chain (the task role).
+    condition = alltrue([for q in var.queues : !startswith(lower(q.url), "sqs://") || (
+      !can(regex("(?i)^sqs://[^/?#]*@", q.url)) && contains(["password_env", "password_env="], try(reverse([
+        for f in split("&", try(regex("^[^?#]*\\?([^#]*)", q.url)[0], "")) : f if split("=", f)[0] == "password_env"
+      ])[0], "password_env"))
+    )])
+    error_message = "An sqs:// queue url takes no user name or password, password_env= neither: the sidecar reads SQS with the task role's credentials and refuses such a URL at start (remove password_env= and its queue_secrets entry)."
+  }
 }
 
 variable "aws_account_id" {

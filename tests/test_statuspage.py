@@ -293,7 +293,7 @@ async def test_the_page_in_chromium(chromium: Browser, tmp_path, width, height, 
         assert await asyncio.to_thread(chromium.js, card_text("dd-agent", "ttl")) == "3.6 h"  # 12,812 s
         assert await asyncio.to_thread(chromium.js, card_text("dd-agent", "cpu")) == "56.0 %"
         # a hostile container name and StatsD name are shown as text: no element, no script ran
-        assert await asyncio.to_thread(chromium.js, (CARD % json.dumps(HOSTILE)) + ".querySelector('h3').firstChild.data") == HOSTILE
+        assert await asyncio.to_thread(chromium.js, (CARD % json.dumps(HOSTILE)) + ".querySelector('h3 bdi').firstChild.data") == HOSTILE
         assert await asyncio.to_thread(chromium.js, "return document.querySelectorAll('img').length") == 0
         assert await asyncio.to_thread(chromium.js, "return window.__pwned === undefined")
         statsd = await asyncio.to_thread(chromium.js, "return [...document.querySelectorAll('#statsd td')].map(t => t.textContent)")
@@ -363,6 +363,87 @@ async def test_the_sidecar_serves_the_page(tmp_path):
     finally:
         shutdown.set()
         assert await serving == 0
+
+
+RLO = "\u202e"  # RIGHT-TO-LEFT OVERRIDE: what follows it, to the end of its paragraph or isolate, is reversed
+
+
+class BidiHistory:
+    """The page's data with a U+202E in every piece of text that comes from outside the sidecar."""
+
+    NOW = 1_700_000_000.0
+    TEXTS = {"service": "s" + RLO + "vc", "cluster": "c" + RLO + "lu", "container": "a" + RLO + "evil",
+             "queue": "q" + RLO + "evil", "metric": "m" + RLO + "evil", "process": "p" + RLO + "evil",
+             "component": "queue:q" + RLO + "evil", "component error": "e" + RLO + "rr",
+             "error": "queue q" + RLO + "evil: poll failed"}
+
+    def snapshot(self, components: dict[str, Any]) -> dict[str, Any]:
+        t, now = self.TEXTS, self.NOW
+        series = [[now - 10, 5.0], [now, 6.0]]
+        return {
+            "generated_at": now, "history_seconds": 3600,
+            "identity": {"service": t["service"], "ecs_cluster": t["cluster"], "task_family": "orders", "env": "prod"},
+            "task": {"cpu_percent": series, "working_set_bytes": series},
+            "containers": [{"name": t["container"], "cpu_percent": series, "working_set_bytes": series,
+                            "limit_bytes": 100.0, "running": 0, "oom_kills": 2}],
+            "queues": [{"name": t["queue"], "depth": series, "backing_up": 1}],
+            "statsd": {"busiest": [{"name": t["metric"], "per_second": 3.0}], "at": now},
+            "processes": [{"name": t["process"], "cpu_vcpus": 0.1, "rss_bytes": 1024.0}],
+            "errors": [{"time": now, "level": "WARNING", "logger": "tasklens.queue", "message": t["error"]}],
+            "components": {t["component"]: {"ok": False, "error": t["component error"]}},
+        }
+
+
+# the pieces (text nodes and elements) of `e`, in document order, each drawn right of the one before
+IN_ORDER = """
+const boxes = [...arguments[0].childNodes].map(n => {
+  if (n.nodeType !== Node.TEXT_NODE) return n.getBoundingClientRect();
+  const r = document.createRange(); r.selectNodeContents(n); return r.getBoundingClientRect();
+}).filter(b => b.width > 0);
+// (on one line: a wrapped line would start left of the one before)
+return boxes.length > 1 && boxes.every(b => b.top < boxes[0].bottom && b.bottom > boxes[0].top)
+  && boxes.every((b, i) => i === 0 || b.left >= boxes[i - 1].right - 0.5);
+"""
+# for each text node whose text is one of these, the unicode-bidi of the element holding it, when it holds
+# nothing else (the browser's own isolation of an h3 or a td does not keep a badge next to it in place)
+ISOLATION = """
+const wanted = new Set(arguments[0]), found = {};
+const walk = document.createTreeWalker(document.body, NodeFilter.SHOW_TEXT);
+for (let n = walk.nextNode(); n; n = walk.nextNode()) {
+  const e = n.parentElement;
+  if (wanted.has(n.data))
+    (found[n.data] = found[n.data] || []).push(e.textContent === n.data ? getComputedStyle(e).unicodeBidi : "shared");
+}
+return found;
+"""
+
+
+@browser
+async def test_direction_controls_in_names_stay_in_them(chromium: Browser):
+    """A U+202E in a container name reversed the card's heading to its end: the badges were drawn inside
+    the name ("a", the badges, "live"). Every piece of text from outside (names of containers, queues,
+    metrics, processes, components; the identity; errors) is held by a bidi-isolated element, so the
+    labels, badges and values around it stay in place."""
+    app = web.Application()
+    add_routes(app, BidiHistory(), components)  # type: ignore[arg-type]
+    runner, url = await serve_app(app)
+    try:
+        await asyncio.to_thread(chromium.viewport, 1280, 900, False)
+        await asyncio.to_thread(chromium.driver.get, url + "/")
+        await wait_js(chromium, "return document.body.dataset.updated", "the first render")
+        for where in (".container h3", ".queue h3", "#ident", "#title"):
+            element = await asyncio.to_thread(chromium.driver.find_element, "css selector", where)
+            assert await asyncio.to_thread(chromium.driver.execute_script, IN_ORDER, element), where
+        texts = list(BidiHistory.TEXTS.values())
+        isolation = await asyncio.to_thread(chromium.driver.execute_script, ISOLATION, texts)
+        assert isolation == {text: ["isolate"] for text in texts}
+        badges = await asyncio.to_thread(chromium.js, "return [...document.querySelectorAll('.container h3 .badge')]"
+                                                      ".map(b => b.textContent)")
+        assert badges == ["stopped", "OOM killed ×2"]
+        errors = [m for m in await asyncio.to_thread(chromium.console) if m["level"] in ("SEVERE", "WARNING")]
+        assert errors == []
+    finally:
+        await runner.cleanup()
 
 
 @browser

@@ -3,11 +3,31 @@ holds them from there): the imports of the command line take about 0.1 s, and a 
 task as it starts) would have killed the process by signal, nothing flushed. They use the C module `_signal`:
 `signal` imports enum and functools first (about 5 ms in an interpreter that has not loaded them). What is
 left is the interpreter's own start before this module runs (site and the .pth files included): 20-70 ms
-(README, Guarantees)."""
+(README, Guarantees).
+
+Next, file descriptors 0, 1 and 2 are made sure to be open (`open_standard_fds`), before anything else opens a
+file: started with one of them closed (`2>&-`), the next file or socket opened would take its number. uvloop's
+epoll descriptor did, and libuv refuses to close a descriptor below 3: every exit was an abort (134)."""
 
 from __future__ import annotations
 
+import os
 import sys
+
+
+def open_standard_fds() -> None:
+    """Open /dev/null onto each of fds 0, 1, 2 that is closed (inheritable, so the exec with the system
+    allocator keeps it). `os` is loaded by the interpreter's start: no import cost here."""
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            null = os.open(os.devnull, os.O_RDWR)  # the lowest free number: `fd` itself, the lower ones are open
+            if null != fd:
+                os.dup2(null, fd)  # inheritable by default
+                os.close(null)
+            else:
+                os.set_inheritable(fd, True)
 
 
 def main() -> int:
@@ -16,6 +36,7 @@ def main() -> int:
 
         # stopping.STOP_SIGNALS: SIGTERM, SIGINT, SIGHUP (held pending across the exec too: stopping.block)
         _signal.pthread_sigmask(_signal.SIG_BLOCK, (_signal.SIGTERM, _signal.SIGINT, _signal.SIGHUP))
+    open_standard_fds()
     from agent.cli import main as cli
 
     return cli()

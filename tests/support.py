@@ -117,17 +117,21 @@ class Sidecar:
     """`tasklens run` as a subprocess on free ports; stopped with SIGTERM at the end."""
 
     def __init__(self, tmp_path: Path, *, stdout: int | None = None, stderr: int | None = None,
-                 **env: str | None) -> None:
+                 closed: tuple[int, ...] = (), **env: str | None) -> None:
         """`env`: variables to set; a variable given as None is left unset (to come from a file).
         `stdout`, `stderr`: file descriptors for the sidecar's stdout (EMF records) and stderr (its log);
-        by default both go to the log file."""
+        by default both go to the log file. `closed`: of fds 0, 1, 2, those the sidecar starts without
+        (a shell closes them and execs it: `2>&-`)."""
         self.http_port = free_port()
         self.statsd_port = free_port(socket.SOCK_DGRAM)
         self.log_path = tmp_path / f"sidecar-{self.http_port}.log"
         env.setdefault("TASKLENS_HTTP_ADDR", f"127.0.0.1:{self.http_port}")
         env.setdefault("TASKLENS_STATSD_ADDR", f"127.0.0.1:{self.statsd_port}")
         self._log = open(self.log_path, "wb")
-        self.proc = subprocess.Popen([TASKLENS, "run"], env=clean_env(**{k: v for k, v in env.items() if v is not None}),
+        argv = [TASKLENS, "run"]
+        if closed:
+            argv = ["sh", "-c", 'exec "$0" run ' + " ".join(f"{fd}<&-" for fd in closed), TASKLENS]
+        self.proc = subprocess.Popen(argv, env=clean_env(**{k: v for k, v in env.items() if v is not None}),
                                      stdout=self._log if stdout is None else stdout, stderr=self._log if stderr is None else stderr)
         self.url = f"http://127.0.0.1:{self.http_port}"
 

@@ -286,11 +286,16 @@ class EmfSink:
         return lines, len(docs), sum(len(d["_aws"]["CloudWatchMetrics"][0]["Metrics"]) for d in docs)
 
     def write(self, lines: str, records: int, metrics: int) -> int:
+        # sys.stdout is None when fd 1 was closed as the interpreter started (`1>&-` without the entry
+        # point's /dev/null, `python -c`); any other failure of the stream is a broken stdout too: the
+        # records are lost and counted, the sink goes on
         out = self.stream or sys.stdout
         try:
+            if out is None:
+                raise OSError("stdout is closed (sys.stdout is None)")
             out.write(lines)
             out.flush()
-        except (OSError, ValueError) as exc:  # a closed stdout must not stop the sidecar
+        except Exception as exc:  # a closed or broken stdout must not stop the sidecar
             self.metrics.inc("tasklens.exporter.points_dropped", metrics, exporter=NAME, reason="write_error")
             self._log.error("emf:write", "emf: cannot write to stdout: %r", exc)
             return 0

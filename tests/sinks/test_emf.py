@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import io
+import logging
+import sys
 import json
+import re
 import time
 from dataclasses import replace
 from typing import Any
@@ -23,6 +26,7 @@ from agent.sinks import emf
 from agent.sinks.emf import EmfSink
 from agent.sinks.names import metric_name, reserved
 from tests.sinks.stores import until
+from tests.support import wait_until
 
 TASK = Identity(service="orders-worker", env="test", ecs_cluster="prod", task_family="orders", task_revision="7",
                 task_id="4f1c2d3e")
@@ -341,3 +345,47 @@ def test_counter_increases_add_up_to_what_was_counted_across_series_that_end(ste
     written = sum(sum(values) for (name, _), values in written_values(records(out)).items() if name == "jobs_done_total")
     assert written == counted
     assert not [key for key in sink._deltas._last if key[0] == "jobs.done"]  # it ended: nothing kept
+
+
+class _BrokenStream:
+    """A stdout that is there but fails in a way that is not an OSError."""
+
+    def write(self, text: str) -> int:
+        raise AttributeError("'NoneType' object has no attribute 'write'")
+
+    def flush(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize("broken", ["none", "attribute_error", "closed"])
+def test_a_missing_or_broken_stdout_is_counted_as_write_error_and_logged_once_never_raised(
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, broken: str) -> None:
+    """sys.stdout is None when fd 1 was closed as the interpreter started: each record is lost, counted as
+    `write_error` with its metrics, and one log line says so (rate-limited), not a traceback a record."""
+    sink, hub, _ = make()
+    sink.stream = None
+    stream: Any = {"none": None, "attribute_error": _BrokenStream(), "closed": io.StringIO()}[broken]
+    if broken == "closed":
+        stream.close()
+    monkeypatch.setattr(sys, "stdout", stream)
+    hub.publish(Batch("queue:q", [Sample("queue.depth", 1.0, tags=(("queue", "q"),))], snapshot=True))
+    with caplog.at_level(logging.ERROR, logger="tasklens"):
+        written = [sink.emit(time.time()) for _ in range(5)]
+    assert written == [0] * 5
+    dropped = sink.metrics.get("tasklens.exporter.points_dropped", exporter=emf.NAME, reason="write_error")
+    assert dropped == 5  # one metric a record
+    assert sink.metrics.get("tasklens.exporter.submissions", exporter=emf.NAME, status="ok") == 0
+    lines = [r.getMessage() for r in caplog.records if "cannot write to stdout" in r.getMessage()]
+    assert len(lines) == 1, lines
+
+
+def test_the_sidecar_started_with_stdout_closed_counts_emf_records_as_write_error(sidecar_factory) -> None:
+    """The real process, stdout closed at start; PYTHONMALLOC set, so no exec with the system allocator
+    gives it a fresh sys.stdout over the /dev/null the entry point opened: sys.stdout stays None."""
+    sidecar = sidecar_factory(closed=(1,), TASKLENS_CLOUDWATCH="emf", TASKLENS_CLOUDWATCH_INTERVAL="1",
+                              PYTHONMALLOC="malloc")
+    dropped = re.compile(r'points_dropped_total\{exporter="emf",reason="write_error"[^}]*\} [2-9]')
+    wait_until(lambda: dropped.search(sidecar.get("/metrics")[1]), 30, what="two write errors")
+    assert sidecar.stop() == 0
+    assert "Traceback" not in sidecar.log and "Exception in thread" not in sidecar.log, sidecar.log[-2000:]
+    assert sidecar.log.count("emf: cannot write to stdout") == 1, sidecar.log[-2000:]

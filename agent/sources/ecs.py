@@ -153,7 +153,8 @@ class EcsSource:
         metrics.set("tasklens.ecs.poll_duration_seconds", time.monotonic() - started)
         if error is None:
             if self._failures:
-                log.info("ECS metadata poll recovered after %d failed attempts", self._failures)
+                # rate-limited like the failures: an endpoint that flaps would log this every other poll
+                self._log.info("poll:recovered", "ECS metadata poll recovered after %d failed attempts", self._failures)
             self._failures = 0
             self.ready = True
             now = time.time()

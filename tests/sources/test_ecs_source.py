@@ -455,6 +455,25 @@ async def test_errors_are_logged_once_per_interval(metadata: MetadataServer, cap
     await h.source.aclose()
 
 
+async def test_a_flapping_endpoint_logs_its_recoveries_once_per_interval(metadata: MetadataServer,
+                                                                         caplog: pytest.LogCaptureFixture) -> None:
+    """One answer 200, the next 500, and so on: one failure line and one recovery line an interval, not
+    one each a poll; every failure still counted."""
+    h = Harness(metadata.url, log_interval=60.0)
+    metadata.serve(raw("fargate-2023.task"), raw("fargate-2023.stats"))
+    with caplog.at_level(logging.INFO, logger="tasklens.ecs"):
+        for _ in range(10):
+            metadata.status = 500
+            assert not await h.source.poll_once()
+            metadata.status = 200
+            assert await h.source.poll_once()
+    recovered = [r.getMessage() for r in caplog.records if "recovered" in r.getMessage()]
+    assert recovered == ["ECS metadata poll recovered after 1 failed attempts"], recovered
+    assert len([r for r in caplog.records if r.levelno == logging.WARNING]) == 1
+    assert h.metric("tasklens.ecs.poll_errors", reason="http_5xx") == 10
+    await h.source.aclose()
+
+
 async def test_self_metrics_and_status(metadata: MetadataServer, harness: Harness) -> None:
     metadata.serve(raw("fargate-2023.task"), raw("fargate-2023.stats"))
     before = time.time()

@@ -153,6 +153,7 @@ class OtlpSink:
                                      log=RateLimitedLog(log, interval=60.0))
         self._last: dict[tuple[str, Any], tuple[int, Any]] = {}  # delta mode: previous (time, value) per stream
         self._log = RateLimitedLog(log, interval=60.0)
+        self._redact = Redactor(config_secrets(config))  # a receiver's text, before it is kept or logged
         self.max_points_per_request = MAX_POINTS_PER_REQUEST
         self.max_request_bytes = MAX_REQUEST_BYTES
         self._made_for: Tags | None = None  # the identity the resource and the attribute templates were made for
@@ -167,7 +168,7 @@ class OtlpSink:
         self.pusher = Pusher(NAME, hub.metrics, flush=self.flush, send=self._send, on_stop=self.stop_series,
                              interval=config.otlp_interval_ms / 1000,
                              max_points=config.otlp_buffer_points, max_bytes=config.otlp_buffer_bytes,
-                             timeout=config.otlp_timeout_ms / 1000, wall=wall, mask=Redactor(config_secrets(config)).remote_text,
+                             timeout=config.otlp_timeout_ms / 1000, wall=wall, mask=self._redact.remote_text,
                              drain_timeout=config.shutdown_timeout * 0.75 if drain_timeout is None else drain_timeout)
 
     def __repr__(self) -> str:
@@ -385,7 +386,11 @@ class OtlpSink:
 
     # -- delivery ---------------------------------------------------------------------------------
 
-    def _partial(self, body: bytes) -> None:
+    def _partial(self, body: bytes, points: int) -> None:
+        """Count and log a partial success of an accepted request of `points` points. A rejected count
+        outside 0..points is an impossible answer: how many were refused is unknown, so the whole request
+        is counted as failed (never a negative or inflated counter). The receiver's message is shown as
+        every remote text is (`Redactor.remote_text`: secrets masked, no line break or escape)."""
         from google.protobuf.message import DecodeError
         from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceResponse
 
@@ -395,13 +400,22 @@ class OtlpSink:
         except DecodeError:  # the spec asks receivers for a protobuf body; a bad one is not our loss
             return
         rejected = response.partial_success.rejected_data_points
-        if rejected or response.partial_success.error_message:
-            self.hub.metrics.inc("tasklens.exporter.points_failed", rejected, exporter=NAME, reason="partial_success")
-            self._log.warning("partial", "otlp: the receiver rejected %d points: %s", rejected,
-                              response.partial_success.error_message[:300])
+        message = response.partial_success.error_message
+        if not rejected and not message:
+            return
+        text = self._redact.remote_text(message, limit=300)
+        if 0 <= rejected <= points:
+            failed = rejected
+            self._log.warning("partial", "otlp: the receiver rejected %d of %d points: %s", rejected, points, text)
+        else:
+            failed = points
+            self._log.warning("partial:impossible", "otlp: the receiver rejected %d points of a request of %d; "
+                              "counting all %d as failed: %s", rejected, points, points, text)
+        self.hub.metrics.inc("tasklens.exporter.points_failed", failed, exporter=NAME, reason="partial_success")
 
     async def _send(self, session: aiohttp.ClientSession, payload: Payload, timeout: float) -> Outcome:
-        return await post(session, self.url, payload, timeout, self.headers, retryable=RETRYABLE, on_ok=self._partial)
+        return await post(session, self.url, payload, timeout, self.headers, retryable=RETRYABLE,
+                          on_ok=lambda body: self._partial(body, payload.points))
 
     async def run(self, stop: asyncio.Event) -> None:
         import aiohttp

@@ -7,6 +7,7 @@ gzip, the ECS semantic-convention resource, temporality, monotonicity, start tim
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import re
 from collections.abc import AsyncIterator
@@ -61,6 +62,18 @@ class Collector:
         self.requests.append(req)
         return web.Response(body=ExportMetricsServiceResponse().SerializeToString(),
                             content_type="application/x-protobuf")
+
+
+def partial_reply(rejected: int, message: str) -> bytes:
+    """A receiver's answer to an accepted request that says it refused some points."""
+    response = ExportMetricsServiceResponse()
+    response.partial_success.rejected_data_points = rejected
+    response.partial_success.error_message = message
+    return response.SerializeToString()
+
+
+def one_line(text: str) -> bool:
+    return text.isprintable()  # no line break, escape or other control character
 
 
 @pytest.fixture
@@ -184,11 +197,8 @@ async def test_delta_temporality_sends_increases(collector: tuple[Collector, str
 async def test_retry_rules_of_the_otlp_specification(collector: tuple[Collector, str]) -> None:
     c, url = collector
     sink, hub = make(url)
-    partial = ExportMetricsServiceResponse()
-    partial.partial_success.rejected_data_points = 2
-    partial.partial_success.error_message = "bad point"
     # 503 and 429 are retried; 500 is not retryable in OTLP/HTTP; a partial success is counted
-    c.script = [(503, {}, b""), (429, {"Retry-After": "0"}, b""), (200, {}, partial.SerializeToString()),
+    c.script = [(503, {}, b""), (429, {"Retry-After": "0"}, b""), (200, {}, partial_reply(2, "bad point")),
                 (500, {}, b"boom")]
     publish(hub, 1.0, 1.0)
     sink.pusher.put(sink.flush())
@@ -202,6 +212,28 @@ async def test_retry_rules_of_the_otlp_specification(collector: tuple[Collector,
     assert get("tasklens.exporter.retries", exporter="otlp") == 2
     assert get("tasklens.exporter.points_failed", exporter="otlp", reason="partial_success") == 2
     assert get("tasklens.exporter.points_failed", exporter="otlp", reason="http_500") > 0
+
+
+@pytest.mark.parametrize("rejected", [-1_000_000, 2**62])
+async def test_an_impossible_rejected_count_from_a_real_reply_counts_the_request_as_failed(
+        collector: tuple[Collector, str], caplog: pytest.LogCaptureFixture, rejected: int) -> None:
+    c, url = collector
+    sink, hub = make(url)
+    c.script = [(200, {}, partial_reply(rejected, "bad points\n2026-01-01 ERROR forged line\x1b[31m"))]
+    publish(hub, 1.0, 1.0)
+    payloads = sink.flush()
+    sink.pusher.put(payloads)
+    stop = asyncio.Event()
+    with caplog.at_level(logging.WARNING, "tasklens"):
+        runner = asyncio.create_task(sink.run(stop))
+        await until(lambda: c.attempts >= 1 and hub.metrics.get("tasklens.exporter.points_sent", exporter="otlp"),
+                    10, "the first request answered")
+        stop.set()
+        await asyncio.wait_for(runner, 10)
+    failed = hub.metrics.get("tasklens.exporter.points_failed", exporter="otlp", reason="partial_success")
+    assert failed == payloads[0].points > 0
+    (line,) = [r.getMessage() for r in caplog.records if "rejected" in r.getMessage()]
+    assert one_line(line) and "forged line" in line, line
 
 
 def test_endpoints_follow_the_standard_variables() -> None:

@@ -14,6 +14,7 @@ past a failed poll.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import re
@@ -98,6 +99,25 @@ def _error(exc: Exception) -> Exception:
     return exc
 
 
+# (event loop, aiobotocore session): see shared_session
+_session: tuple[asyncio.AbstractEventLoop, Any] | None = None
+
+
+def shared_session() -> Any:
+    """The aiobotocore session every SQS probe of this event loop makes its clients from (in the sidecar,
+    one per process). A session loads and caches the service models, endpoint rules and credential chain,
+    megabytes per session, much of it in reference cycles: one per queue costs that per queue, and
+    one per reconnect left it as garbage after every failed poll, which only a full collection frees (those
+    are rare: agent/memory.py). Per loop, as its clients' locks are bound to the loop that first awaits them."""
+    global _session
+    from aiobotocore.session import get_session
+
+    loop = asyncio.get_running_loop()
+    if _session is None or _session[0] is not loop:
+        _session = (loop, get_session())
+    return _session[1]
+
+
 class SQSProbe:
     def __init__(self, url: QueueURL) -> None:
         self.url = url
@@ -112,12 +132,11 @@ class SQSProbe:
 
     async def _connect(self) -> None:
         from aiobotocore.config import AioConfig
-        from aiobotocore.session import get_session
 
         timeout = self.url.poll_timeout
         # our poll loop is the retry; botocore's own retries would only stretch a failed poll
         config = AioConfig(connect_timeout=timeout, read_timeout=timeout, retries={"max_attempts": 1})
-        session = get_session()
+        session = shared_session()  # a reconnect makes new clients, never a new session
         stack = contextlib.AsyncExitStack()
         try:
             self._sqs = await stack.enter_async_context(session.create_client(

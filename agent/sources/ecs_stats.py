@@ -510,6 +510,49 @@ def rate_basis(stats: Any) -> dict[str, Any] | None:
     return out
 
 
+# --- unusable stats -----------------------------------------------------------------------------
+
+
+def _given(value: Any) -> bool:
+    """Whether a stats field carries something: not absent, null, empty, nor Windows' "None"."""
+    return value is not None and not (isinstance(value, (dict, list, str)) and value in ({}, [], "None"))
+
+
+def _memory_numbers(memory: Any) -> bool:
+    mstats = _map(_get(memory, "stats"))
+    return (_num(_get(memory, "usage")) is not None or working_set_bytes(memory) is not None
+            or any(_num(mstats.get(key)) is not None for key in ("rss", "cache", "anon", "file")))
+
+
+def _blkio_numbers(blkio: Any) -> bool:
+    if not isinstance(blkio, dict):
+        return False
+    lists = [blkio.get(key) for key in ("io_service_bytes_recursive", "io_serviced_recursive")]
+    return all(blkio_read_write(entries) is not None for entries in lists if _given(entries))
+
+
+def unusable_parts(stats: Mapping[str, Any]) -> list[str]:
+    """The parts of a container's stats entry that carry something (`_given`) but give no number of
+    their kind: the rule of `bad_stats`. `cpu_stats` without a CPU counter or CPU count; `memory_stats`
+    without usage, a working set or any of rss, cache, anon, file; `blkio_stats` that is no object, or
+    whose bytes or operations list gives no total (`blkio_read_write` None); `storage_stats` without
+    any of its four counters; `pids_stats` without `current`; `networks` (or `network`) without one
+    usable interface. Their series are a gap then, like those of a part that is absent."""
+    cpu, storage = stats.get("cpu_stats"), _map(stats.get("storage_stats"))
+    network = bool(interfaces(stats))
+    gives = {
+        "cpu_stats": _num(_get(cpu, "cpu_usage", "total_usage")) is not None or _num(_get(cpu, "online_cpus")) is not None,
+        "memory_stats": _memory_numbers(stats.get("memory_stats")),
+        "blkio_stats": _blkio_numbers(stats.get("blkio_stats")),
+        "storage_stats": any(_num(storage.get(key)) is not None for key in (
+            "read_size_bytes", "write_size_bytes", "read_count_normalized", "write_count_normalized")),
+        "pids_stats": _num(_get(stats, "pids_stats", "current")) is not None,
+        "networks": network,
+        "network": network,  # old agents' spelling
+    }
+    return [key for key, usable in gives.items() if not usable and _given(stats.get(key))]
+
+
 # --- per container and task ---------------------------------------------------------------------
 
 
@@ -694,7 +737,9 @@ def derive(task: Any, stats: Any, previous: Mapping[str, Any] | None = None,
     `stale` the DockerIds whose sample has not changed for several polls (no CPU or network rate
     from them), and `standing` which instance stands for each container name this poll (the source's
     `Instances`, the same choice the health monitor reads; without it, `choose_once`).
-    Containers not in `/task` are ignored, a DockerId listed again counts once (its first entry); the
+    Containers not in `/task` are ignored, a DockerId listed again counts once (its first entry); an
+    entry that is not an object, or one read whose parts give no number (`unusable_parts`), is
+    `bad_stats`; the
     pause container only counts toward the task totals; a container not in use (`in_use`: stopped, not
     started) has its state series only, and counts toward nothing; of several instances listed under
     one container name only the one standing for it has series, and none when none stands this poll.
@@ -728,6 +773,8 @@ def derive(task: Any, stats: Any, previous: Mapping[str, Any] | None = None,
             entry = None
         elif not entry and container.get("KnownStatus") == "RUNNING" and is_workload(container):
             errors.append("no_stats")  # not started long enough, or a failed lookup
+        elif entry and in_use(container) and unusable_parts(entry):
+            errors.append("bad_stats")  # once an entry, whatever the number of its unusable parts
         try:
             shown = _container_samples(container, entry, previous.get(docker_id), task, totals,
                                        docker_id in stale)

@@ -18,7 +18,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from agent.model import Kind, Sample
-from agent.sources.ecs_stats import derive, parse_time_ns, working_set_bytes
+from agent.sources.ecs_stats import derive, parse_time_ns, unusable_parts, working_set_bytes
 from agent.sources.localstats import format_time_ns
 
 MIB = 1024 * 1024
@@ -424,7 +424,7 @@ def test_one_bad_container_entry_does_not_hide_the_others() -> None:
     stats[dd]["networks"] = {"eth1": "nope"}
     d = derive(task, stats)
     v = values(d.samples)
-    assert d.errors == ["bad_container", "bad_container"]
+    assert d.errors == ["bad_container", "bad_container", "bad_stats"]  # dd-agent's CPU, memory, network
     assert v["ecs.container.running", "dd-agent"] == 1
     assert v["ecs.container.io.read_bytes_total", "dd-agent"] == 5
     assert ("ecs.container.cpu.usage_vcpus", "dd-agent") not in v
@@ -578,6 +578,68 @@ def test_never_raises_on_any_section(mem: Any, cpu: Any, blkio: Any, nets: Any) 
     d = derive(task, stats)
     assert "bad_container" not in d.errors
     assert values(d.samples)["ecs.container.running", "dd-agent"] == 1
+
+
+# the parts of a stats entry `bad_stats` is about, and the fields of each (docs: README, ECS containers)
+STATS_PARTS = {
+    "cpu_stats": ["cpu_usage", "online_cpus", "system_cpu_usage"],
+    "memory_stats": ["usage", "limit", "stats", "privateworkingset"],
+    "blkio_stats": ["io_service_bytes_recursive", "io_serviced_recursive"],
+    "storage_stats": ["read_size_bytes", "write_size_bytes", "read_count_normalized", "write_count_normalized"],
+    "pids_stats": ["current"],
+    "networks": ["eth0", "eth1"],
+}
+# no usable number: a string (not Windows' "None"), a boolean, a non-empty list, a number where an object
+# is expected; a field of the right name holding one of those
+_wrong_scalar = (st.text(min_size=1).filter(lambda t: t != "None") | st.booleans()
+                 | st.lists(st.integers(), min_size=1, max_size=3))
+_NOT_GIVEN = [None, {}, [], "None"]
+
+
+def _wrong_part(part: str) -> st.SearchStrategy[Any]:
+    # a block I/O list that is null is cgroup v2's "none" (0 bytes): not wrong; one that is no list is
+    field = (st.text(min_size=1).filter(lambda t: t != "None") | st.booleans() | st.integers()
+             if part == "blkio_stats" else _wrong_scalar | st.none())
+    fields = st.dictionaries(st.sampled_from(STATS_PARTS[part]), field, min_size=1)
+    return _wrong_scalar | st.integers() | st.floats() | fields
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.data())
+def test_a_part_of_wrong_json_types_is_bad_stats_once_an_entry(data: st.DataObject) -> None:
+    """An entry whose parts are there but of the wrong JSON types gives none of their series: that is
+    counted as one `bad_stats` for the entry, however many parts are bad; the other container and
+    the entry's good parts are untouched."""
+    task, stats = load("fargate-2023.task"), load("fargate-2023.stats")
+    clean = values(derive(task, stats).samples)
+    dd = next(iter(stats))
+    bad = data.draw(st.lists(st.sampled_from(sorted(STATS_PARTS)), min_size=1, unique=True))
+    for part in bad:
+        stats[dd][part] = data.draw(_wrong_part(part), label=part)
+    d = derive(task, stats)
+    v = values(d.samples)
+    assert d.errors == ["bad_stats"]
+    assert v["ecs.container.running", "dd-agent"] == 1
+    assert {k: x for k, x in v.items() if k[1] == "apmtest-ping"} == {k: x for k, x in clean.items() if k[1] == "apmtest-ping"}
+    if "memory_stats" not in bad:
+        assert v["ecs.container.memory.usage_bytes", "dd-agent"] == clean["ecs.container.memory.usage_bytes", "dd-agent"]
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.dictionaries(st.sampled_from(sorted(STATS_PARTS)), st.sampled_from(_NOT_GIVEN), min_size=1))
+def test_a_part_absent_null_or_empty_is_no_error(parts: dict[str, Any]) -> None:
+    """What real agents send for what they do not measure (`"pids_stats": {}` on Fargate, `null` lists on
+    cgroup v2, `"None"` on Windows) carries nothing: no error."""
+    task, stats = load("fargate-2023.task"), load("fargate-2023.stats")
+    stats[next(iter(stats))].update(parts)
+    assert derive(task, stats).errors == []
+
+
+@pytest.mark.parametrize("name", ["ec2-awsvpc-2023-cgroupv2", "ec2-bridge-2020", "fargate-2021", "fargate-2023",
+                                  "fargate-v2-2017-wrong-system-delta", "fargate-windows",
+                                  "managed-instances-2025-cgroupv2", "managed-instances-2025-no-networks"])
+def test_no_real_capture_has_unusable_parts(name: str) -> None:
+    assert not [unusable_parts(e) for e in load(f"{name}.stats").values() if isinstance(e, dict) and unusable_parts(e)]
 
 
 def test_host_memory_reported_as_the_limit_gives_way_to_the_task_limit() -> None:

@@ -235,7 +235,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     stopping.hold()
     memory.configure()
     config, _ = _validate_or_exit()
-    logs.setup(config.log_level, aside=True)  # stderr may block (awslogs): never the event loop
+    from agent.redact import config_secrets
+
+    # stderr may block (awslogs): never the event loop; the configuration's secrets masked in every line
+    logs.setup(config.log_level, aside=True, secrets=config_secrets(config))
     from agent.runtime import run
 
     return run(config)

@@ -7,8 +7,10 @@ import os
 import queue
 import threading
 import time
+from collections.abc import Iterable
+from typing import Any
 
-from agent.urlmask import mask_query_secrets
+from agent.urlmask import mask_query_secrets, mask_text
 
 log = logging.getLogger("tasklens")
 
@@ -32,6 +34,9 @@ class RateLimitedLog:
             msg += f" ({skipped} similar messages suppressed)"
         self.logger.log(level, msg, *args)
         return True
+
+    def info(self, key: str, msg: str, *args: object) -> bool:
+        return self(logging.INFO, key, msg, *args)
 
     def warning(self, key: str, msg: str, *args: object) -> bool:
         return self(logging.WARNING, key, msg, *args)
@@ -66,6 +71,32 @@ class OneLinePerInterval(logging.Filter):
             record.exc_info = record.exc_text = None
         record.msg, record.args = text + (f" ({skipped} similar messages suppressed)" if skipped else ""), None
         return True
+
+
+class Masked(logging.Formatter):
+    """Every message, traceback and stack as written, with what reads as a secret as `***`
+    (`urlmask.mask_text`): the configuration's secrets and whatever a library prints (botocore's request
+    headers at debug level, a client's URL with its password). The time, level and logger name are not
+    read (`aiobotocore.credentials: Found ...` is no header)."""
+
+    def __init__(self, fmt: str, secrets: Iterable[str] = ()) -> None:
+        super().__init__(fmt)
+        self.secrets = tuple(secrets)
+
+    def format(self, record: logging.LogRecord) -> str:
+        if record.exc_text:  # a traceback another handler formatted first (not by formatException below)
+            record.exc_text = mask_text(record.exc_text, self.secrets)
+        return super().format(record)
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        record.message = mask_text(record.message, self.secrets)
+        return super().formatMessage(record)
+
+    def formatException(self, ei: Any) -> str:
+        return mask_text(super().formatException(ei), self.secrets)
+
+    def formatStack(self, stack_info: str) -> str:
+        return mask_text(super().formatStack(stack_info), self.secrets)
 
 
 def shown(text: str) -> str:
@@ -130,13 +161,26 @@ class AsideHandler(logging.Handler):
                 self._lines.task_done()
 
 
-def setup(level: str = "info", *, aside: bool = False) -> None:
-    """The log on stderr; `aside`: written by a thread of its own (`tasklens run`, see AsideHandler)."""
-    logging.basicConfig(
-        level=getattr(logging, level.upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        handlers=[AsideHandler()] if aside else None,
-    )
+# the AWS SDK's credentials from the environment: botocore prints what it signs with at debug level
+AWS_SECRET_VARIABLES = ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN")
+FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def setup(level: str = "info", *, aside: bool = False, secrets: Iterable[str] = ()) -> logging.Handler:
+    """The log on stderr; `aside`: written by a thread of its own (`tasklens run`, see AsideHandler).
+    Every record that reaches it, whatever logged it, is masked (`Masked`: `secrets`, the configuration's,
+    and the AWS credentials of the environment, besides what reads as one)."""
+    number = getattr(logging, level.upper(), logging.INFO)
+    root = logging.getLogger()
+    for old in [h for h in root.handlers if getattr(h, "tasklens", False)]:  # set up again (tests): replaced
+        root.removeHandler(old)
+        old.close()
+    handler: logging.Handler = AsideHandler() if aside else logging.StreamHandler()
+    handler.tasklens = True  # type: ignore[attr-defined]
+    handler.setFormatter(Masked(FORMAT, [*secrets, *(os.environ.get(v, "") for v in AWS_SECRET_VARIABLES)]))
+    root.addHandler(handler)
+    root.setLevel(number)
     server = logging.getLogger("aiohttp.server")  # a traceback per malformed HTTP request
     if not any(isinstance(f, OneLinePerInterval) for f in server.filters):
         server.addFilter(OneLinePerInterval())
+    return handler

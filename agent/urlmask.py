@@ -358,3 +358,53 @@ def _char(c: str, levels: int) -> str:
                       for byte in c.encode("utf-8", "surrogatepass"))
     # encoded first: a `%` of the secret written `%25` is masked whole, not as `%` and a `25` shown
     return f"(?:{encoded}|{_char(c, levels - 1)})"
+
+
+# --- free text: a log line of any library, a command line ----------------------------------------------
+
+# a name that holds a credential where no setting names it (a header, a JSON or dict key, a keyword
+# argument, a command-line flag, an environment word): one holding a stem of CREDENTIAL_STEMS, as in a
+# query. In a log line without `code`, which there is an error's number or name (aiormq's `reply_code=320`,
+# botocore's `'Code': 'AccessDenied'`), the first thing to read in a failure.
+LOG_STEMS = tuple(s for s in CREDENTIAL_STEMS if s != "code")
+
+
+def _name(stems: tuple[str, ...]) -> str:
+    """A regex for such a name, from a word's start (dashes first: `--api-key`), not ending in `_env`
+    (it names the variable a password is in) nor one of NOT_CREDENTIALS (a path: `--sslkey=/etc/k`)."""
+    return (rf"(?<![\w.-])(?!-*(?:{'|'.join(NOT_CREDENTIALS)})(?![\w.-]))"
+            rf"[\w.-]*?(?:{'|'.join(stems)})[\w.-]*(?<!_env)")
+
+
+_LOG_NAME = _name(LOG_STEMS)
+# `'X-Amz-Security-Token': b'...'`, `"SecretAccessKey": "..."`, `password='...'`: the quoted value
+_QUOTED = re.compile(rf"({_LOG_NAME}['\"]?\s*[:=]\s*b?)(['\"])((?:\\.|(?!\2)[^\\])*)\2", re.IGNORECASE | re.DOTALL)
+# `Signature=abc,` `--api-key=abc`, `AWS_SESSION_TOKEN=abc`: an unquoted value, up to a space or a separator
+_ASSIGNED = re.compile(rf"({_LOG_NAME}=)(?![\"'])[^\s,;&'\"()<>\[\]{{}}]+", re.IGNORECASE)
+# `<SessionToken>...</SessionToken>` (an STS answer's body)
+_ELEMENT = re.compile(rf"<({_LOG_NAME})>[^<]*</\1>", re.IGNORECASE)
+# a header as a client writes it (`Authorization: AWS4-HMAC-SHA256 Credential=..., Signature=...`,
+# botocore's canonical request `x-amz-security-token:...`): its value up to the end of the line, or the
+# next line's when this one ends at the colon (botocore's `Signature:\n<hex>`). Only names a header holds
+# a credential under: `auth: WRONGPASS ...` is a poll's reason, and its text is what to read.
+_HEADER = re.compile(r"((?<![\w.-])[\w-]*(?:authorization|token|secret|password|passwd|api-?key|signature|"
+                     r"credential|cookie)[\w-]*\s*:[ \t]*(?:\r?\n[ \t]*)?)[^\s'\"\\][^\r\n'\"\\]*", re.IGNORECASE)
+# a URL's user info in free text (`url=http://user:pw@host/`): the password up to its last `@` before a
+# space, a quote, a `/` or the next `scheme://`; a bare user name over HTTP or NATS is a token
+_USER_PASSWORD = re.compile(r"\b([A-Za-z][A-Za-z0-9+.-]*://[^\s:/@'\"]*:)(?:(?!://)[^\s'\"/])*@")
+_USER_TOKEN = re.compile(r"\b((?:https?|nats)://)[^\s:/@'\"]+@", re.IGNORECASE)
+
+
+def mask_text(text: str, secrets: Iterable[str] = ()) -> str:
+    """`text` from anywhere (a library's log line, its traceback, a command line) with `***` for what
+    reads as a secret: each of `secrets` (as `mask_secrets`), a URL's password or bare token, a credential
+    query parameter, and the value of a name that holds a credential (LOG_STEMS) as a header, a key, an
+    argument or an XML element writes it."""
+    text = mask_secrets(text, secrets)
+    text = _QUOTED.sub(lambda m: f"{m.group(1)}{m.group(2)}{MASK}{m.group(2)}", text)
+    text = _ELEMENT.sub(lambda m: f"<{m.group(1)}>{MASK}</{m.group(1)}>", text)
+    text = _HEADER.sub(lambda m: m.group(1) + MASK, text)
+    text = _ASSIGNED.sub(lambda m: m.group(1) + MASK, text)
+    text = _USER_PASSWORD.sub(lambda m: m.group(1) + MASK + "@", text)
+    text = _USER_TOKEN.sub(lambda m: m.group(1) + MASK + "@", text)
+    return mask_query_secrets(text)

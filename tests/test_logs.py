@@ -67,7 +67,8 @@ async def test_malformed_http_requests_log_one_line_a_minute_not_a_traceback_eac
 
     from agent import logs
 
-    logs.setup()
+    level = logging.getLogger().level
+    handler = logs.setup()
     app = web.Application()
 
     async def health(request: web.Request) -> web.Response:
@@ -86,6 +87,8 @@ async def test_malformed_http_requests_log_one_line_a_minute_not_a_traceback_eac
                 writer.close()
     finally:
         await runner.cleanup()
+        logging.getLogger().removeHandler(handler)
+        logging.getLogger().setLevel(level)
     records = [r for r in caplog.records if r.name == "aiohttp.server"]
     assert len(records) == 1, [r.getMessage()[:80] for r in records]
     [record] = records

@@ -220,6 +220,10 @@ def blkio_read_write(entries: Any) -> tuple[float, float] | None:
 
     Entries are per device (`major`, `minor`) and op, compared lowercased (cgroup v2 writes `read`,
     v1 `Read`); entries without a value count 0; `null`, `"None"` or `[]` -> (0, 0); None if absent.
+    None too (a gap, never a wrong total) when a read or write entry has a value that is no usable
+    number (`"57344"`, `null`, -1, 1e400, an object), or when the list has entries but none of them is
+    an object with an op: a total without them would be too small, a false counter reset. Other
+    entries that are not objects with a string op are passed over.
     A device stacked over another (device-mapper over its disk: real captures show a dm device with
     exactly the numbers of the disk under it, sometimes two levels deep) sees the same I/O again, so
     devices whose read and write are both identical are counted once. Two distinct disks with the
@@ -229,16 +233,22 @@ def blkio_read_write(entries: Any) -> tuple[float, float] | None:
     if not isinstance(entries, list):
         return None
     devices: dict[tuple[Any, Any], list[float]] = {}
+    usable = False
     for entry in entries:
         op = _get(entry, "op")
-        value = _num(_get(entry, "value"))
-        if not isinstance(op, str) or value is None:
+        if not isinstance(op, str):
             continue
+        usable = True
+        op = op.lower()
+        if op not in ("read", "write"):
+            continue
+        value = _num(entry["value"]) if "value" in entry else 0.0
+        if value is None:
+            return None
         device = devices.setdefault((_scalar(_get(entry, "major")), _scalar(_get(entry, "minor"))), [0.0, 0.0])
-        if op.lower() == "read":
-            device[0] += value
-        elif op.lower() == "write":
-            device[1] += value
+        device[op == "write"] += value
+    if entries and not usable:
+        return None
     distinct = {(read, write) for read, write in devices.values()}
     return sum(read for read, _ in distinct), sum(write for _, write in distinct)
 

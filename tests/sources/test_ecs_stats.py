@@ -504,6 +504,40 @@ def test_a_negative_amount_is_left_out(document: str, path: tuple[Any, ...], ser
     assert all(value >= 0 for value in got), got
 
 
+@pytest.mark.parametrize("bad", ["57344", 10**400, float("inf"), -1, None, {}, [8], True],
+                         ids=["string", "10**400", "inf", "negative", "null", "object", "list", "true"])
+@pytest.mark.parametrize("which", ["one", "all"])
+def test_an_unusable_blkio_value_makes_the_io_total_a_gap_and_is_counted(bad: Any, which: str) -> None:
+    """A block I/O entry for a read or a write whose value is there but is no usable number: the totals
+    of its list are a gap that poll (0 would be a counter reset), counted as `bad_stats`; the other list
+    (operations) and the container's other series stay."""
+    task, stats = load("fargate-2023.task"), load("fargate-2023.stats")
+    clean = values(derive(task, stats).samples)
+    dd = next(iter(stats))
+    entries = stats[dd]["blkio_stats"]["io_service_bytes_recursive"]
+    for entry in [e for e in entries if e["op"] == "Write"][:1] if which == "one" else entries:
+        entry["value"] = bad
+    d = derive(task, stats)
+    v = values(d.samples)
+    assert d.errors == ["bad_stats"]
+    assert ("ecs.container.io.read_bytes_total", "dd-agent") not in v
+    assert ("ecs.container.io.write_bytes_total", "dd-agent") not in v
+    for name in ("ecs.container.io.read_ops_total", "ecs.container.memory.usage_bytes"):
+        assert v[name, "dd-agent"] == clean[name, "dd-agent"]
+    assert v["ecs.container.io.read_bytes_total", "apmtest-ping"] == clean["ecs.container.io.read_bytes_total", "apmtest-ping"]
+
+
+def test_blkio_entries_without_a_value_count_0_and_a_list_of_no_entries_is_a_gap() -> None:
+    from agent.sources.ecs_stats import blkio_read_write
+
+    read = {"major": 8, "minor": 0, "op": "Read", "value": 4096}
+    assert blkio_read_write([read, {"major": 8, "minor": 0, "op": "Write"}]) == (4096, 0)
+    assert blkio_read_write([read, {"major": 8, "minor": 0, "op": "Total", "value": "x"}]) == (4096, 0)  # not an I/O
+    assert blkio_read_write([read, None, {"op": 7, "value": "x"}]) == (4096, 0)  # entries that are no entry
+    assert blkio_read_write([0]) is None and blkio_read_write([{"major": 8}]) is None
+    assert blkio_read_write([]) == blkio_read_write(None) == blkio_read_write("None") == (0, 0)
+
+
 def test_a_negative_exit_code_is_kept() -> None:
     task, stats = load("ec2-bridge-2020.task"), load("ec2-bridge-2020.stats")
     stopped = next(c for c in task["Containers"] if c["Name"] == "nginx200")
@@ -596,9 +630,16 @@ _wrong_scalar = (st.text(min_size=1).filter(lambda t: t != "None") | st.booleans
 _NOT_GIVEN = [None, {}, [], "None"]
 
 
+# a block I/O list with no entry at all in it, or with a read or write whose value is no usable number
+_bad_blkio_list = (st.lists(_wrong_scalar | st.integers() | st.none(), min_size=1, max_size=3)
+                   | st.builds(lambda op, value: [{"major": 8, "minor": 0, "op": op, "value": value}],
+                               st.sampled_from(["Read", "write", "READ"]),
+                               _wrong_scalar | st.none() | st.integers(max_value=-1) | st.just(10**400)))
+
+
 def _wrong_part(part: str) -> st.SearchStrategy[Any]:
     # a block I/O list that is null is cgroup v2's "none" (0 bytes): not wrong; one that is no list is
-    field = (st.text(min_size=1).filter(lambda t: t != "None") | st.booleans() | st.integers()
+    field = (st.text(min_size=1).filter(lambda t: t != "None") | st.booleans() | st.integers() | _bad_blkio_list
              if part == "blkio_stats" else _wrong_scalar | st.none())
     fields = st.dictionaries(st.sampled_from(STATS_PARTS[part]), field, min_size=1)
     return _wrong_scalar | st.integers() | st.floats() | fields

@@ -7,7 +7,7 @@ import os
 import queue
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Hashable, Iterable
 from typing import Any
 
 from agent.urlmask import mask_query_secrets, mask_text
@@ -15,24 +15,47 @@ from agent.urlmask import mask_query_secrets, mask_text
 log = logging.getLogger("tasklens")
 
 
+class Gate:
+    """Per key, `burst` lines in `interval` seconds, then none until `interval` has passed since the
+    first of them; while lines keep being left out, one line an interval (a burst again after a quiet
+    interval). `admit(key)` is None for a line to leave out, else how many were left out before it.
+    Past `keys` keys all are forgotten at once: a bound for keys that come from elsewhere."""
+
+    def __init__(self, interval: float = 60.0, burst: int = 1, keys: int | None = None) -> None:
+        self.interval, self.burst, self.keys = interval, burst, keys
+        self._seen: dict[Hashable, tuple[float, int, int]] = {}  # key -> window start, lines let through, left out
+
+    def admit(self, key: Hashable) -> int | None:
+        now = time.monotonic()
+        start, passed, skipped = self._seen.get(key, (-float("inf"), 0, 0))
+        if now - start >= self.interval:
+            if self.keys is not None and len(self._seen) >= self.keys and key not in self._seen:
+                self._seen.clear()
+            self._seen[key] = (now, self.burst if skipped else 1, 0)
+            return skipped
+        if passed < self.burst:
+            self._seen[key] = (start, passed + 1, skipped)
+            return 0
+        self._seen[key] = (start, passed, skipped + 1)
+        return None
+
+
+def suppressed(skipped: int) -> str:
+    return f" ({skipped} similar messages suppressed)" if skipped else ""
+
+
 class RateLimitedLog:
     """Logs a message at most once per `interval` seconds per key, and says how many were skipped."""
 
     def __init__(self, logger: logging.Logger = log, interval: float = 60.0) -> None:
         self.logger = logger
-        self.interval = interval
-        self._last: dict[str, tuple[float, int]] = {}
+        self._gate = Gate(interval)
 
     def __call__(self, level: int, key: str, msg: str, *args: object) -> bool:
-        now = time.monotonic()
-        last, skipped = self._last.get(key, (-float("inf"), 0))
-        if now - last < self.interval:
-            self._last[key] = (last, skipped + 1)
+        skipped = self._gate.admit(key)
+        if skipped is None:
             return False
-        self._last[key] = (now, 0)
-        if skipped:
-            msg += f" ({skipped} similar messages suppressed)"
-        self.logger.log(level, msg, *args)
+        self.logger.log(level, msg + suppressed(skipped), *args)
         return True
 
     def info(self, key: str, msg: str, *args: object) -> bool:
@@ -45,6 +68,16 @@ class RateLimitedLog:
         return self(logging.ERROR, key, msg, *args)
 
 
+def one_line(record: logging.LogRecord, suffix: str = "") -> None:
+    """The record's message as one line, masked as for a client's text, with its exception's first 200
+    characters instead of its traceback."""
+    text = shown(mask_query_secrets(record.getMessage()))  # a client's request line may hold a token
+    if record.exc_info and record.exc_info[1] is not None:
+        text += ": " + shown(mask_query_secrets(repr(record.exc_info[1])))[:200]
+    record.exc_info = record.exc_text = None
+    record.msg, record.args = text + suffix, None
+
+
 class OneLinePerInterval(logging.Filter):
     """For a library logger that logs a traceback per bad request (aiohttp's "Error handling request"
     for a header over 8 KiB): each message at most once per `interval` seconds, as one line with the
@@ -53,23 +86,38 @@ class OneLinePerInterval(logging.Filter):
 
     def __init__(self, interval: float = 60.0) -> None:
         super().__init__()
-        self.interval = interval
-        self._last: dict[str, tuple[float, int]] = {}
+        # a library's messages are few format strings: a bound all the same
+        self._gate = Gate(interval, keys=100)
 
     def filter(self, record: logging.LogRecord) -> bool:
-        now, key = time.monotonic(), str(record.msg)[:200]
-        last, skipped = self._last.get(key, (-float("inf"), 0))
-        if now - last < self.interval:
-            self._last[key] = (last, skipped + 1)
+        skipped = self._gate.admit(str(record.msg)[:200])
+        if skipped is None:
             return False
-        if len(self._last) >= 100:  # a library's messages are few format strings: a bound all the same
-            self._last.clear()
-        self._last[key] = (now, 0)
-        text = shown(mask_query_secrets(record.getMessage()))  # a client's request line may hold a token
-        if record.exc_info and record.exc_info[1] is not None:
-            text += ": " + shown(mask_query_secrets(repr(record.exc_info[1])))[:200]
-            record.exc_info = record.exc_text = None
-        record.msg, record.args = text + (f" ({skipped} similar messages suppressed)" if skipped else ""), None
+        one_line(record, suppressed(skipped))
+        return True
+
+
+class LibraryLines(logging.Filter):
+    """On the handler, for the records of every other library's loggers (aiormq, botocore, nats, ...),
+    which log per failed attempt what the sidecar already logs once a minute: at INFO and above, per
+    logger and level, `burst` lines in `interval` seconds, then none until it has passed, the next line
+    saying how many were left out; below debug level, an exception as one line, not its traceback."""
+
+    def __init__(self, tracebacks: bool = False, burst: int = 5, interval: float = 60.0) -> None:
+        super().__init__()
+        self.tracebacks = tracebacks
+        self._gate = Gate(interval, burst, keys=1000)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.name == log.name or record.name.startswith(log.name + "."):
+            return True
+        skipped = self._gate.admit((record.name, record.levelno)) if record.levelno >= logging.INFO else 0
+        if skipped is None:
+            return False
+        if record.exc_info and not self.tracebacks:
+            one_line(record, suppressed(skipped))
+        elif skipped:
+            record.msg, record.args = record.getMessage() + suppressed(skipped), None
         return True
 
 
@@ -169,7 +217,8 @@ FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 def setup(level: str = "info", *, aside: bool = False, secrets: Iterable[str] = ()) -> logging.Handler:
     """The log on stderr; `aside`: written by a thread of its own (`tasklens run`, see AsideHandler).
     Every record that reaches it, whatever logged it, is masked (`Masked`: `secrets`, the configuration's,
-    and the AWS credentials of the environment, besides what reads as one)."""
+    and the AWS credentials of the environment, besides what reads as one) and, from another library,
+    rate-limited (`LibraryLines`)."""
     number = getattr(logging, level.upper(), logging.INFO)
     root = logging.getLogger()
     for old in [h for h in root.handlers if getattr(h, "tasklens", False)]:  # set up again (tests): replaced
@@ -178,6 +227,7 @@ def setup(level: str = "info", *, aside: bool = False, secrets: Iterable[str] = 
     handler: logging.Handler = AsideHandler() if aside else logging.StreamHandler()
     handler.tasklens = True  # type: ignore[attr-defined]
     handler.setFormatter(Masked(FORMAT, [*secrets, *(os.environ.get(v, "") for v in AWS_SECRET_VARIABLES)]))
+    handler.addFilter(LibraryLines(tracebacks=number <= logging.DEBUG))
     root.addHandler(handler)
     root.setLevel(number)
     server = logging.getLogger("aiohttp.server")  # a traceback per malformed HTTP request

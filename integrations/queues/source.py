@@ -30,7 +30,7 @@ from typing import Any
 from agent.config import Config, ConfigError
 from agent.urlmask import mask_secrets, mask_url, url_passwords
 from agent.hub import Hub
-from agent.logs import RateLimitedLog, log, shown
+from agent.logs import RateLimitedLog, shown
 from agent.model import Batch, Kind, Sample
 from agent.scaling.backlog import BacklogTracker
 from integrations.queues import parse, probe_for
@@ -200,7 +200,9 @@ class QueueSource:
                               "milliseconds?): the age is left out", self.queue,
                               shown(mask_secret(reading.unreadable_age, self.url)))
         if self.failures:
-            log.info("queue %s: polled again after %d failed polls", self.queue, self.failures)
+            # a broker failing every other poll would log this at every other poll: once a minute, as failures
+            self._log.info(f"{self.name}:recovered", "queue %s: polled again after %d failed polls", self.queue,
+                           self.failures)
         self.failures, self.last_error = 0, None
         self.last_success = self.last_poll
         self.last_values = {s.name: float(s.value) for s in samples}  # type: ignore[arg-type]

@@ -235,10 +235,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     stopping.hold()
     memory.configure()
     config, _ = _validate_or_exit()
-    from agent.redact import config_secrets
+    from agent.redact import log_secrets
 
     # stderr may block (awslogs): never the event loop; the configuration's secrets masked in every line
-    logs.setup(config.log_level, aside=True, secrets=config_secrets(config))
+    logs.setup(config.log_level, aside=True, secrets=log_secrets(config))
     from agent.runtime import run
 
     return run(config)

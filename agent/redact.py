@@ -99,3 +99,10 @@ def config_secrets(config: Config, environ: Mapping[str, str] | None = None) -> 
     found.extend(passwords)
     found.extend(f"{user}:{password}" for user in sorted(users) for password in sorted(passwords) if password)
     return [f for f in found if f]
+
+
+def log_secrets(config: Config, environ: Mapping[str, str] | None = None) -> list[str]:
+    """`config_secrets` but the whole value of a secret URL setting (`TASKLENS_PYROSCOPE_URL`): the log
+    shows such a URL as `mask_url` does, its host and path, and its password (a secret here) masked."""
+    urls = {getattr(config, name) for name in SECRET_FIELDS & URL_FIELDS}
+    return [s for s in config_secrets(config, environ) if s not in urls]

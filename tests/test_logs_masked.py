@@ -99,3 +99,12 @@ def test_a_library_line_keeps_what_is_no_secret(restore_logging) -> None:
                  "Unexpected connection close from remote \"amqp://guest:******@127.0.0.1:5672/\", "
                  "Connection.Close(reply_code=320, reply_text='CONNECTION_FORCED')", error=False, secrets=[])
     assert "amqp://guest:***@127.0.0.1:5672/" in out and "reply_code=320" in out and "CONNECTION_FORCED" in out
+
+
+def test_a_secret_url_setting_shows_its_host_but_not_its_password(restore_logging) -> None:
+    from agent.redact import log_secrets
+
+    config = Config(pyroscope_url="http://tl:PyroPw123456@pyro.internal:4040")
+    out = logged("info", "tasklens", logging.INFO, "pushing to http://tl:PyroPw123456@pyro.internal:4040/ingest",
+                 error=False, secrets=log_secrets(config))
+    assert "PyroPw123456" not in out and "@pyro.internal:4040/ingest" in out, out

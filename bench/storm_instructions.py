@@ -9,7 +9,9 @@ fit in the caches and what is counted is the work on a line:
 - *refused*: lines that each name a new context, refused at the cap;
 - *refused, tags in key order*: the same with `request_id` written before `service`, the order of
   the context's key, which spares rewriting the key and hashing it again;
-- *refused again*: lines of 1,000 contexts refused before.
+- *refused again*: lines of 1,000 contexts refused before;
+- *refused, two values*: lines that each name a new context by two tag values at once, which no shape
+  of a head fits (`fits` in _fast.c): each head is read in full.
 
 Each phase runs twice, with N and 3N lines; the difference divided by 2N is the cost of a line, without
 what a run costs once. Instructions are not time (a cache miss is one instruction): `bench/storm.py`
@@ -34,6 +36,7 @@ PHASES = {
     "refused": "a line of a new context, refused at the cap",
     "sorted": "the same, its tags in key order",
     "again": "a line of a context refused before",
+    "two": "a line of a new context, refused, two of its tag values new",
 }
 
 
@@ -42,6 +45,8 @@ def lines(phase: str, n: int) -> list[bytes]:
         return [b"storm.requests:1|c|#env:prod,service:api,request_id:k%d" % (i % KNOWN) for i in range(n)]
     if phase == "sorted":
         return [b"storm.requests:1|c|#env:prod,request_id:r%d,service:api" % i for i in range(n)]
+    if phase == "two":
+        return [b"storm.requests:1|c|#env:prod,service:api,request_id:r%d,user:u%d" % (i, i) for i in range(n)]
     ids = (i % KNOWN for i in range(n)) if phase == "again" else range(n)
     return [b"storm.requests:1|c|#env:prod,service:api,request_id:r%d" % i for i in ids]
 

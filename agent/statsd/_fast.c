@@ -96,6 +96,7 @@ typedef struct {
     HashSet refused;           /* heads refused at the cap: their lines are counted without a parse */
     Py_ssize_t refused_bytes, refused_limit, refused_max_bytes, head_cost;
     long long refused_lines, refused_heads;  /* since the last take_counts() */
+    struct Shape *shapes;      /* the last head read per name (`read_shaped`), NULL until one is kept */
     char *scratch;             /* a context's key, built for hashing */
     size_t scratch_cap;
     /* histogram values this interval may still take, here or in Python (Limits.histogram_values):
@@ -117,10 +118,33 @@ typedef struct {
         v2 += v1; v1 = ROTL(v1, 17); v1 ^= v2; v2 = ROTL(v2, 32);                     \
     } while (0)
 
-static uint64_t siphash13(uint64_t k0, uint64_t k1, const char *p, Py_ssize_t n) {
-    uint64_t v0 = 0x736f6d6570736575ULL ^ k0, v1 = 0x646f72616e646f6dULL ^ k1;
-    uint64_t v2 = 0x6c7967656e657261ULL ^ k0, v3 = 0x7465646279746573ULL ^ k1;
-    uint64_t last = (uint64_t)n << 56, m;
+typedef struct {
+    uint64_t v0, v1, v2, v3;
+} Sip;
+
+static inline Sip sip_start(uint64_t k0, uint64_t k1) {
+    return (Sip){0x736f6d6570736575ULL ^ k0, 0x646f72616e646f6dULL ^ k1, 0x6c7967656e657261ULL ^ k0,
+                 0x7465646279746573ULL ^ k1};
+}
+
+/* The whole 8-byte blocks of [p, p + n) into s. */
+static inline void sip_blocks(Sip *s, const char *p, Py_ssize_t n) {
+    uint64_t v0 = s->v0, v1 = s->v1, v2 = s->v2, v3 = s->v3, m;
+    for (; n >= 8; p += 8, n -= 8) {
+        memcpy(&m, p, 8);
+        v3 ^= m;
+        SIPROUND;
+        v0 ^= m;
+    }
+    *s = (Sip){v0, v1, v2, v3};
+}
+
+/* The hash of a text of `total` bytes whose first total - n bytes (whole blocks) are in s and whose
+ * last n are at p. */
+static inline __attribute__((always_inline)) uint64_t sip_finish(Sip s, const char *p, Py_ssize_t n,
+                                                                 Py_ssize_t total) {
+    uint64_t v0 = s.v0, v1 = s.v1, v2 = s.v2, v3 = s.v3;
+    uint64_t last = (uint64_t)total << 56, m;
     int longer = n >= 8;
     for (; n >= 8; p += 8, n -= 8) {
         memcpy(&m, p, 8);
@@ -146,6 +170,10 @@ static uint64_t siphash13(uint64_t k0, uint64_t k1, const char *p, Py_ssize_t n)
     SIPROUND;
     SIPROUND;
     return v0 ^ v1 ^ v2 ^ v3;
+}
+
+static uint64_t siphash13(uint64_t k0, uint64_t k1, const char *p, Py_ssize_t n) {
+    return sip_finish(sip_start(k0, k1), p, n, n);
 }
 
 /* A head's hash: its tail's, keyed with its name's (`name_hash`). A line's context key has the line's
@@ -472,6 +500,7 @@ typedef struct {
     double rate;
     const char *container, *container_end;
     int ntags;                         /* tags kept: no empty key, no key given twice */
+    Py_ssize_t tags_len;               /* the `#` field's length, without the `#` */
     const char *keys[MAX_TAGS], *values[MAX_TAGS];
     Py_ssize_t key_lens[MAX_TAGS], value_lens[MAX_TAGS];
     uint64_t prefix[MAX_TAGS];         /* a key's first 8 bytes (0 after its end), to compare as a number */
@@ -532,6 +561,7 @@ static int read_head(const char *name, Py_ssize_t nlen, const char *tail, const 
     int tags = 0, items = 0, ntags = 0;  /* items: non-empty ones, as parse_tags counts them */
     hd->container = hd->container_end = NULL;
     hd->rate = 1.0;
+    hd->tags_len = 0;
     for (Py_ssize_t f = hd->type_len; f < tlen;) {  /* f: the `|` before a field */
         Py_ssize_t start = f + 1, fe = next_mark(mk.bar, start, tlen);
         if (fe > start) {
@@ -547,6 +577,7 @@ static int read_head(const char *name, Py_ssize_t nlen, const char *tail, const 
             } else if (kind == '#') {
                 if (tags++ || fe - start - 1 > MAX_TAGS_BYTES)
                     return 0;
+                hd->tags_len = fe - start - 1;
                 for (Py_ssize_t item = start + 1; item < fe;) {  /* items between `,` */
                     Py_ssize_t ie = next_mark(mk.comma, item, fe);
                     if (ie > item) {
@@ -620,54 +651,313 @@ static inline int follows(const char *to, const char *next, const char *sep, int
     return 1;
 }
 
+/* -- the shapes of a storm's heads ------------------------------------------------------------ */
+
+/* A storm's lines differ in one tag's value (a request id): their heads read alike but for that value.
+ * The last head read for a name is kept (`Shape`, one per bucket of the name's hash), its spans as
+ * offsets into a copy of its text. A head of that name whose tail differs from the copy only inside one
+ * tag's value (after its `:`), by ASCII bytes that are neither `|` nor `,`, reads as the copy does with
+ * that value in its place: the same fields, keys and key order, the spans after the value moved by the
+ * difference in length (`fits`, `unshape`), and its context's key is the shape's with that value in
+ * its place. Any other head is read (`read_head`) and becomes its name's shape. A shape depends on text
+ * alone: it never goes stale. */
+#define SHAPES 32
+#define SHAPE_TEXT 256
+#define SHAPE_TAGS 16
+
+typedef struct Shape {
+    uint64_t named;                    /* the name's hash */
+    int16_t nlen, tlen;                /* 0 and 0: empty */
+    int16_t type_len, container, container_end, tags_len, ntags, sorted;  /* offsets in the tail */
+    int16_t key[SHAPE_TAGS], key_len[SHAPE_TAGS], value[SHAPE_TAGS], value_len[SHAPE_TAGS];
+    int16_t value_end[SHAPE_TAGS];     /* of a value after a `:`; else -1: the tag never changes (`fits`) */
+    int8_t order[SHAPE_TAGS];
+    int8_t last_changed;               /* the tag that changed last, tried first */
+    double rate;
+    uint64_t prefix[SHAPE_TAGS];
+    char text[SHAPE_TEXT];             /* the name, then the tail */
+    uint8_t skip, backoff;             /* heads of the name not compared to the shape (`fitting_shape`) */
+    int16_t one_way;                   /* the tail is its context's key (`written_one_way`) */
+    int16_t context_len, value_at[SHAPE_TAGS];  /* else the key, and where each tag's value is in it */
+    int8_t hashed_for;                 /* the tag `hashed` is for, -1: none */
+    Sip hashed;                        /* the key's hash over its whole blocks before that tag's value */
+    char context[SHAPE_TEXT + SHAPE_TAGS];
+} Shape;
+
+/* How many bytes a and b have in common from their start, at most n. */
+static inline Py_ssize_t same_start(const char *a, const char *b, Py_ssize_t n) {
+    Py_ssize_t k = 0;
+    for (; k + 8 <= n; k += 8) {
+        uint64_t x = load8(a + k) ^ load8(b + k);
+        if (x)
+            return k + (__builtin_ctzll(x) >> 3);  /* load8: the first byte lowest */
+    }
+    if (k == n)
+        return n;
+    if (n >= 8) {  /* the last 8 bytes: those before k are equal */
+        uint64_t x = load8(a + n - 8) ^ load8(b + n - 8);
+        return x ? n - 8 + (__builtin_ctzll(x) >> 3) : n;
+    }
+    while (k < n && a[k] == b[k])
+        k++;
+    return k;
+}
+
+/* How many bytes the texts that end at a and at b have in common at their end, at most n. */
+static inline Py_ssize_t same_end(const char *a, const char *b, Py_ssize_t n) {
+    Py_ssize_t k = 0;
+    for (; k + 8 <= n; k += 8) {
+        uint64_t x = load8(a - k - 8) ^ load8(b - k - 8);
+        if (x)
+            return k + (__builtin_clzll(x) >> 3);  /* the last byte highest */
+    }
+    if (k == n)
+        return n;
+    if (n >= 8) {  /* the first 8 of the n bytes: those after the k last are equal */
+        uint64_t x = load8(a - n) ^ load8(b - n);
+        return x ? n - 8 + (__builtin_clzll(x) >> 3) : n;
+    }
+    while (k < n && a[-k - 1] == b[-k - 1])
+        k++;
+    return k;
+}
+
+/* Whether the n bytes at p, within a text that starts at lo, are ASCII and none is `|` or `,`. */
+static inline int plain_value(const char *p, Py_ssize_t n, const char *lo) {
+    uint64_t bad = 0;
+    for (; n > 0; p += 8, n -= 8) {
+        uint64_t w = n >= 8 ? load8(p) : load_last(p, n, lo);  /* the bytes above the n: zero */
+        bad |= (w & HIGH) | bytes_equal(w, '|') | bytes_equal(w, ',');
+    }
+    return bad == 0;
+}
+
+/* The context key of a head `read_head` read, written at buf (room for the tail and one `:` per tag):
+ * its length. value_at (or NULL): where each tag's value is in the key. */
+static Py_ssize_t write_key(const Head *hd, char *buf, int16_t *value_at) {
+    /* the key is written in runs of the line's text (`from` to `to`, copied when the key leaves it):
+     * tags in the order of the text are one copy, not one per key, `:`, value and `,` */
+    const char *from = hd->type, *to = hd->type + hd->type_len;
+    char *w = buf;
+    for (int k = 0; k < hd->ntags; k++) {
+        int i = hd->order[k];
+        const char *key = hd->keys[i];
+        if (!follows(to, key, k == 0 ? "|#" : ",", k == 0 ? 2 : 1)) {
+            w = put(put(w, from, to - from), k == 0 ? "|#" : ",", k == 0 ? 2 : 1);
+            from = key;
+        }
+        to = key + hd->key_lens[i];
+        if (hd->values[i] - to != 1) {  /* no `:` in the text (read_head: a value is after its key's `:`) */
+            w = put(put(w, from, to - from), ":", 1);
+            from = to = hd->values[i];
+        }
+        if (value_at != NULL)
+            value_at[i] = (int16_t)((w - buf) + (hd->values[i] - from));
+        to = hd->values[i] + hd->value_lens[i];
+    }
+    if (hd->container_end > hd->container) {
+        if (!follows(to, hd->container, "|c:", 3)) {
+            w = put(put(w, from, to - from), "|c:", 3);
+            from = hd->container;
+        }
+        to = hd->container_end;
+    }
+    return put(w, from, to - from) - buf;
+}
+
+/* The shape of a name, or NULL. */
+static Shape *shape_of(Table *t, uint64_t named, const char *name, Py_ssize_t nlen) {
+    Shape *s = t->shapes != NULL ? &t->shapes[named & (SHAPES - 1)] : NULL;
+    return s != NULL && s->named == named && s->nlen == nlen && same_start(s->text, name, nlen) == nlen ? s : NULL;
+}
+
+/* Whether the tail [tail, tail + tlen) of the name of shape s reads as the shape does but for one tag's
+ * value (*changed: its index, -1 when the tail is the shape's). */
+static int fits(const Shape *s, const char *tail, Py_ssize_t tlen, int *changed) {
+    const char *x = s->text + s->nlen;
+    Py_ssize_t xlen = s->tlen, least = xlen < tlen ? xlen : tlen;
+    Py_ssize_t from = same_start(x, tail, least);
+    Py_ssize_t to = xlen - same_end(x + xlen, tail + tlen, least - from);  /* the shape's [from, to) differs */
+    Py_ssize_t delta = tlen - xlen;
+    *changed = -1;
+    if (from == xlen && delta == 0)
+        return 1;
+    int k = s->last_changed;
+    if (!(s->value[k] <= from && to <= s->value_end[k]))
+        for (k = 0; k < s->ntags && !(s->value[k] <= from && to <= s->value_end[k]); k++)
+            ;
+    *changed = k < s->ntags ? k : -1;
+    return *changed >= 0 && tlen <= MAX_TAIL && s->tags_len + delta <= MAX_TAGS_BYTES
+        && s->key_len[*changed] + 1 + s->value_len[*changed] + delta <= MAX_TAG && tail[tlen - 1] != '\r'
+        && plain_value(tail + from, tlen - (xlen - to) - from, tail);  /* the new bytes */
+}
+
+/* The name's shape when the tail fits it (*changed: see `fits`), else NULL; *keep: whether the head, read
+ * instead, is to be the name's shape. A name whose heads keep missing its shape (two values change at
+ * once, ...) is neither compared to it nor its shape replaced for 1, 2, 4, ... up to 64 heads in turn. */
+static Shape *fitting_shape(Table *t, uint64_t named, const char *name, Py_ssize_t nlen, const char *tail,
+                            Py_ssize_t tlen, int *changed, int *keep) {
+    Shape *s = shape_of(t, named, name, nlen);
+    *keep = 1;
+    if (s == NULL)
+        return NULL;
+    if (s->skip > 0) {
+        s->skip--;
+        *keep = 0;
+        return NULL;
+    }
+    if (fits(s, tail, tlen, changed)) {
+        s->last_changed = (int8_t)(*changed < 0 ? 0 : *changed);
+        s->backoff = 0;
+        return s;
+    }
+    s->skip = s->backoff = s->backoff == 0 ? 1 : s->backoff < 64 ? 2 * s->backoff : 64;
+    return NULL;
+}
+
+/* *hd for a tail that `fits` shape s. */
+static void unshape(const Shape *s, const char *tail, Py_ssize_t tlen, int changed, Head *hd) {
+    Py_ssize_t delta = tlen - s->tlen;  /* the spans from `moved` on move by delta */
+    Py_ssize_t moved = changed < 0 ? SHAPE_TEXT : s->value[changed] + s->value_len[changed];
+    hd->type = tail;
+    hd->type_len = s->type_len;
+    hd->rate = s->rate;
+    hd->ntags = s->ntags;
+    hd->sorted = s->sorted;
+    hd->tags_len = s->tags_len + delta;
+    for (int k = 0; k < s->ntags; k++) {
+        Py_ssize_t key = s->key[k], value = s->value[k], value_len = s->value_len[k];
+        if (k == changed) {
+            value_len += delta;
+        } else {
+            key += key >= moved ? delta : 0;
+            value += value >= moved ? delta : 0;
+        }
+        hd->keys[k] = tail + key;
+        hd->key_lens[k] = s->key_len[k];
+        hd->values[k] = tail + value;
+        hd->value_lens[k] = value_len;
+        hd->prefix[k] = s->prefix[k];
+        hd->order[k] = s->order[k];
+    }
+    hd->container = tail + s->container + (s->container >= moved ? delta : 0);
+    hd->container_end = tail + s->container_end + (s->container_end >= moved ? delta : 0);
+}
+
+/* Keep *hd, just read, as its name's shape when it fits one: the shape, or NULL (none kept). */
+static Shape *keep_shape(Table *t, uint64_t named, const char *name, Py_ssize_t nlen, const char *tail,
+                         Py_ssize_t tlen, const Head *hd) {
+    if (nlen + tlen > SHAPE_TEXT || hd->ntags > SHAPE_TAGS)
+        return NULL;
+    if (t->shapes == NULL && (t->shapes = PyMem_RawCalloc(SHAPES, sizeof(Shape))) == NULL)
+        return NULL;
+    Shape *s = &t->shapes[named & (SHAPES - 1)];
+    if (s->named != named)
+        s->skip = s->backoff = 0;
+    s->named = named;
+    s->nlen = (int16_t)nlen;
+    s->tlen = (int16_t)tlen;
+    memcpy(s->text, name, (size_t)nlen);
+    memcpy(s->text + nlen, tail, (size_t)tlen);
+    s->type_len = (int16_t)hd->type_len;
+    s->container = (int16_t)(hd->container - tail);
+    s->container_end = (int16_t)(hd->container_end - tail);
+    s->tags_len = (int16_t)hd->tags_len;
+    s->ntags = (int16_t)hd->ntags;
+    s->sorted = (int16_t)hd->sorted;
+    s->rate = hd->rate;
+    for (int k = 0; k < hd->ntags; k++) {
+        s->key[k] = (int16_t)(hd->keys[k] - tail);
+        s->key_len[k] = (int16_t)hd->key_lens[k];
+        s->value[k] = (int16_t)(hd->values[k] - tail);
+        s->value_len[k] = (int16_t)hd->value_lens[k];
+        s->value_end[k] = (int16_t)(hd->values[k] == hd->keys[k] + hd->key_lens[k] + 1 ? s->value[k] + s->value_len[k] : -1);
+        s->order[k] = (int8_t)hd->order[k];
+        s->prefix[k] = hd->prefix[k];
+    }
+    s->last_changed = 0;
+    s->hashed_for = -1;
+    s->one_way = (int16_t)(hd->sorted && written_one_way(hd, tail, tail + tlen));
+    s->context_len = s->one_way ? 0 : (int16_t)write_key(hd, s->context, s->value_at);
+    return s;
+}
+
+/* `read_head`, from the name's shape when the head fits it (`named`: the name's hash). */
+static int read_shaped(Table *t, uint64_t named, const char *name, Py_ssize_t nlen, const char *tail,
+                       const char *end, Head *hd) {
+    int changed, keep;
+    const Shape *s = fitting_shape(t, named, name, nlen, tail, end - tail, &changed, &keep);
+    if (s != NULL) {
+        unshape(s, tail, end - tail, changed, hd);
+        return 1;
+    }
+    if (!read_head(name, nlen, tail, end, hd))
+        return 0;
+    if (keep)
+        keep_shape(t, named, name, nlen, tail, end - tail, hd);
+    return 1;
+}
+
+/* Whether Python would accept the value [value, bar) of a line of this type. */
+static int value_ok(const char *type, Py_ssize_t type_len, const char *value, const char *bar) {
+    double v;
+    return type_len == 1 && type[0] == 's' ? value < bar : plain_number(value, bar, &v);
+}
+
 /* The hash of the context a line names, when `read_head` reads its head and its value is one Python
  * would accept (else that error comes first): 1 and *h set; 0 when Python must look; -1 on an error.
  * `named`, `head`: the line's name_hash and head_hash. A context's tags are sorted by key
  * (`Aggregator._slot`): `#b:2,a:1` names the context of `#a:1,b:2`. */
 static int line_context(Table *t, const char *name, Py_ssize_t nlen, const char *value, const char *bar,
                         const char *end, uint64_t named, uint64_t head, uint64_t *h) {
-    Head hd;
-    double v;
     const char *tail = bar + 1;
-    if (!read_head(name, nlen, tail, end, &hd))
+    Py_ssize_t tlen = end - tail;
+    int changed, keep;
+    Shape *s = fitting_shape(t, named, name, nlen, tail, tlen, &changed, &keep);
+    if (s == NULL) {
+        Head hd;
+        if (!read_head(name, nlen, tail, end, &hd))
+            return 0;
+        changed = -1;
+        if (!keep || (s = keep_shape(t, named, name, nlen, tail, tlen, &hd)) == NULL) {  /* the head alone */
+            if (!value_ok(hd.type, hd.type_len, value, bar))
+                return 0;
+            if (hd.sorted && written_one_way(&hd, tail, end)) {
+                *h = head;
+                return 1;
+            }
+            char *buf = reserve(t, (size_t)(tlen + hd.ntags) + 8);
+            if (buf == NULL)
+                return -1;
+            *h = tail_hash(t, named, buf, write_key(&hd, buf, NULL));
+            return 1;
+        }
+    }
+    if (!value_ok(tail, s->type_len, value, bar))
         return 0;
-    if (hd.type_len == 1 && hd.type[0] == 's' ? value == bar : !plain_number(value, bar, &v))
-        return 0;
-    if (hd.sorted && written_one_way(&hd, tail, end)) {
+    if (s->one_way) {  /* and so is this tail */
         *h = head;
         return 1;
     }
-    /* the key is no longer than the tail: its spans are in it, with one `:` more per tag at most */
-    char *buf = reserve(t, (size_t)(end - tail + hd.ntags) + 8);
+    if (changed < 0) {
+        *h = tail_hash(t, named, s->context, s->context_len);
+        return 1;
+    }
+    /* the shape's key, the changed value in its place: hashed on from the blocks before the value */
+    Py_ssize_t at = s->value_at[changed], old = s->value_len[changed], delta = tlen - s->tlen;
+    Py_ssize_t same = at & ~(Py_ssize_t)7;
+    if (s->hashed_for != changed) {
+        s->hashed = sip_start(t->key[0] ^ named, t->key[1]);  /* as `tail_hash` starts */
+        sip_blocks(&s->hashed, s->context, same);
+        s->hashed_for = (int8_t)changed;
+    }
+    char *buf = reserve(t, (size_t)(s->context_len + delta - same) + 8);
     if (buf == NULL)
         return -1;
-    /* the key is written in runs of the line's text (`from` to `to`, copied when the key leaves it):
-     * tags in the order of the text are one copy, not one per key, `:`, value and `,` */
-    const char *from = hd.type, *to = hd.type + hd.type_len;
-    char *w = buf;
-    for (int k = 0; k < hd.ntags; k++) {
-        int i = hd.order[k];
-        const char *key = hd.keys[i];
-        if (!follows(to, key, k == 0 ? "|#" : ",", k == 0 ? 2 : 1)) {
-            w = put(put(w, from, to - from), k == 0 ? "|#" : ",", k == 0 ? 2 : 1);
-            from = key;
-        }
-        to = key + hd.key_lens[i];
-        if (hd.values[i] - to != 1) {  /* no `:` in the text (read_head: a value is after its key's `:`) */
-            w = put(put(w, from, to - from), ":", 1);
-            from = to = hd.values[i];
-        }
-        to = hd.values[i] + hd.value_lens[i];
-    }
-    if (hd.container_end > hd.container) {
-        if (!follows(to, hd.container, "|c:", 3)) {
-            w = put(put(w, from, to - from), "|c:", 3);
-            from = hd.container;
-        }
-        to = hd.container_end;
-    }
-    w = put(w, from, to - from);
-    *h = tail_hash(t, named, buf, w - buf);
+    char *w = put(buf, s->context + same, at - same);
+    w = put(w, tail + s->value[changed], old + delta);
+    w = put(w, s->context + at + old, s->context_len - at - old);
+    *h = sip_finish(s->hashed, buf, w - buf, s->context_len + delta);
     return 1;
 }
 
@@ -879,7 +1169,7 @@ static int make(Table *t, Cut *c, Open *o) {
     double v;
     const char *tail = c->bar + 1;
     Py_ssize_t nlen = c->value - 1 - c->line, tlen = c->end - tail;
-    if (!read_head(c->line, nlen, tail, c->end, &hd) || !plain_number(c->value, c->bar, &v))
+    if (!read_shaped(t, c->named, c->line, nlen, tail, c->end, &hd) || !plain_number(c->value, c->bar, &v))
         return 0;  /* (line_context read both already: not reached) */
     char type = hd.type[0];
     int code = type == 'c' ? COUNTER : type == 'g' ? GAUGE : type == 's' ? SET : HISTOGRAM;
@@ -1556,7 +1846,7 @@ static PyObject *shared_pair(PyObject **last, const char *key, Py_ssize_t klen, 
 static int head_items(Table *t, const char *name, Py_ssize_t nlen, const char *tail, Py_ssize_t tlen, int sorted,
                       PyObject **items) {
     Head hd;
-    if (!read_head(name, nlen, tail, tail + tlen, &hd))
+    if (!read_shaped(t, name_hash(t, name, nlen), name, nlen, tail, tail + tlen, &hd))
         return 0;
     PyObject *tags = PyTuple_New(hd.ntags);
     for (int k = 0; tags != NULL && k < hd.ntags; k++) {  /* ASCII: read_head checked */
@@ -1782,6 +2072,7 @@ static void Table_dealloc(Table *t) {
     hs_clear(&t->live);
     hs_clear(&t->refused);
     PyMem_RawFree(t->scratch);
+    PyMem_RawFree(t->shapes);
     Py_TYPE(t)->tp_free((PyObject *)t);
 }
 

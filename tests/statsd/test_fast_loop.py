@@ -626,3 +626,80 @@ def test_a_line_with_tags_out_of_key_order_is_found_live_in_c(line: bytes) -> No
         except ParseError as exc:
             raise AssertionError(f"read in C, refused by parse_head: {exc.reason}") from None
         assert simple == (parsed.name, parsed.type, parsed.rate, parsed.tags, parsed.container)
+
+
+# A storm's heads are read from the shape of the head read last for their name when they differ from it
+# only inside one tag's value (`fits` in _fast.c). The edits below hit a value or not, keep the value plain
+# or put a separator, a `\r`, a non-ASCII byte or too many bytes in it; each head must read, and name its
+# context, exactly as a head read alone does.
+edit_text = st.one_of(st.text(alphabet="az09_.:|,#@\r é", max_size=6).map(str.encode),
+                      st.sampled_from([b"v" * 200, b"v" * 4100, b"\xff"]))
+
+
+@st.composite
+def shaped_heads(draw) -> tuple[bytes, list[bytes]]:
+    name = draw(st.sampled_from([b"a", b"storm.requests", b"n" * 60]))
+    kind = draw(st.sampled_from(["c", "ms", "g", "h", "s", "d"]))
+    tags = draw(st.lists(st.tuples(st.sampled_from(["env", "a", "request_id", "service", "kk_longer_key", ""]),
+                                   st.sampled_from([":prod", ":", "", ":r1", ":x:y"])), min_size=0, max_size=5))
+    fields = [kind, "#" + ",".join(k + v for k, v in tags)]
+    fields += draw(st.lists(st.sampled_from(["@0.5", "c:c1", "e:z", ""]), max_size=2))
+    first = fields[0]
+    rest = draw(st.permutations(fields[1:]))
+    base = "|".join([first, *rest]).encode()
+    variants = []
+    for _ in range(draw(st.integers(1, 6))):
+        text = draw(edit_text)
+        if draw(st.booleans()) and b":" in base:  # one tag's value (after a `:`)
+            at = draw(st.sampled_from([i + 1 for i, b in enumerate(base) if b == ord(":")]))
+            end = at
+            while end < len(base) and base[end] not in b",|":
+                end += 1
+            start, stop = sorted(draw(st.tuples(st.integers(at, end), st.integers(at, end))))
+        else:  # anywhere
+            start, stop = sorted(draw(st.tuples(st.integers(0, len(base)), st.integers(0, len(base)))))
+        variants.append(base[:start] + text + base[stop:])
+    return name, [base, *variants]
+
+
+@SETTINGS
+@given(shaped_heads())
+def test_a_head_read_from_its_names_shape_reads_as_one_read_alone(heads: tuple[bytes, list[bytes]]) -> None:
+    from agent.statsd.parser import ParseError, parse_head
+    name, tails = heads
+    table = receive.Table()
+    for tail in tails:
+        alone = receive.Table().head(name, tail)
+        assert table.head(name, tail) == alone, tail
+        if alone is not None:
+            try:
+                parsed = parse_head(name, tail)
+            except ParseError as exc:
+                raise AssertionError(f"read in C, refused by parse_head: {exc.reason}") from None
+            assert alone == (parsed.name, parsed.type, parsed.rate, parsed.tags, parsed.container)
+
+
+@SETTINGS
+@given(shaped_heads())
+def test_a_line_read_from_its_names_shape_names_its_context(heads: tuple[bytes, list[bytes]]) -> None:
+    """At the cap, a line whose head fits its name's shape is refused when its context is not live and
+    left to Python when it is: the key spliced from the shape is the key of the context's strings."""
+    name, tails = heads
+    table = receive.Table()
+    table.configure(1, True, 10, 1 << 20, 128, False, COSTS, SET_LIMITS)
+    table.live_add("other", "c", (), "")  # the cap is reached
+    added = set()
+    for tail in tails:
+        line = name + b":1|" + tail
+        head = receive.Table().head(name, tail)
+        if head is None:
+            assert table.run(line, 0, interval.Interval(0.0)) == 0, line  # Python's to read
+            continue
+        hname, kind, _, tags, container = head
+        context = (hname, kind, tuple(sorted(tags)), container)
+        if context not in added:
+            assert table.run(line, 0, interval.Interval(0.0)) == len(line), line  # refused here
+            table.forget_refused()
+            table.live_add(*context)
+            added.add(context)
+        assert table.run(line, 0, interval.Interval(0.0)) == 0, line  # live: Python finds it

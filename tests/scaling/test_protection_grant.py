@@ -6,8 +6,9 @@ say protected past the agent's expiry."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 from email.utils import formatdate
 from typing import Any
@@ -101,6 +102,19 @@ def component_for(uri: str, clock: FakeClock, expires_minutes: int) -> tuple[Sca
     return component, hub, sink
 
 
+@contextlib.asynccontextmanager
+async def protecting(agent: GrantingAgent, clock: FakeClock,
+                     expires_minutes: int) -> AsyncIterator[tuple[ScaleInProtection, Hub, PrometheusSink]]:
+    """The agent served, a component asking it for protection; both closed after."""
+    runner, uri = await agent.serve()
+    component, hub, sink = component_for(uri, clock, expires_minutes)
+    try:
+        yield component, hub, sink
+    finally:
+        await component.client.close()  # type: ignore[union-attr]
+        await runner.cleanup()
+
+
 def in_progress(hub: Hub, value: float) -> None:
     hub.publish(Batch("statsd", [Sample("jobs.in_progress", value, Kind.GAUGE)]))
 
@@ -143,9 +157,7 @@ async def busy_for(component: ScaleInProtection, hub: Hub, sink: PrometheusSink,
 async def test_a_shorter_grant_is_renewed_at_half_of_it_and_never_claimed_past(offset) -> None:
     clock = FakeClock()
     agent = GrantingAgent(clock, 60.0, offset=offset)
-    runner, uri = await agent.serve()
-    component, hub, sink = component_for(uri, clock, expires_minutes=4)
-    try:
+    async with protecting(agent, clock, 4) as (component, hub, sink):
         in_progress(hub, 1.0)
         await component.step()
         assert agent.requests == [{"ProtectionEnabled": True, "ExpiresInMinutes": 4}] and agent.protected()
@@ -164,9 +176,6 @@ async def test_a_shorter_grant_is_renewed_at_half_of_it_and_never_claimed_past(o
             never_claimed_past(component, agent)
         assert agent.requests[-1] == {"ProtectionEnabled": False} and not agent.protected()
         assert not component.status()["protected"] and gauge(sink) == 0.0
-    finally:
-        await component.client.close()  # type: ignore[union-attr]
-        await runner.cleanup()
 
 
 async def test_a_grant_that_lapses_unrenewed_is_not_claimed_past_its_end() -> None:
@@ -174,9 +183,7 @@ async def test_a_grant_that_lapses_unrenewed_is_not_claimed_past_its_end() -> No
     unprotected when the 60 s the agent granted end, not when the 4 minutes asked would have."""
     clock = FakeClock()
     agent = GrantingAgent(clock, 60.0)
-    runner, uri = await agent.serve()
-    component, hub, sink = component_for(uri, clock, expires_minutes=4)
-    try:
+    async with protecting(agent, clock, 4) as (component, hub, sink):
         in_progress(hub, 1.0)
         await component.step()
         component.client.url += "-gone"  # type: ignore[union-attr]  # a 404 from now on
@@ -190,9 +197,6 @@ async def test_a_grant_that_lapses_unrenewed_is_not_claimed_past_its_end() -> No
                 assert gauge(sink) == 0.0
         assert turned is not None and turned <= 60, turned
         assert hub.metrics.get("tasklens.scaling.protection_errors", reason="http_4xx") >= 2
-    finally:
-        await component.client.close()  # type: ignore[union-attr]
-        await runner.cleanup()
 
 
 # --- every grant, clock offset and answer time --------------------------------------------------------
@@ -217,9 +221,7 @@ def test_never_claimed_past_the_grant_and_renewed_before_it_ends(expires_minutes
         clock = FakeClock()
         clock.t += fraction  # the sidecar's clocks need not be on a whole second
         agent = GrantingAgent(clock, float(grant), offset=offset, latency=latency, date=date, nanos=nanos)
-        runner, uri = await agent.serve()
-        component, hub, sink = component_for(uri, clock, expires_minutes)
-        try:
+        async with protecting(agent, clock, expires_minutes) as (component, hub, sink):
             in_progress(hub, 1.0)
             await component.step()
             assert agent.protected() and component.status()["protected"], component.last_error
@@ -229,9 +231,6 @@ def test_never_claimed_past_the_grant_and_renewed_before_it_ends(expires_minutes
             assert hub.metrics.total("tasklens.scaling.protection_errors") == 0, component.last_error
             # renewed at about half of what was granted: not more often than a third of it
             assert len(agent.requests) <= min(int(2.5 * span) + 5, 3600) / (span / 3) + 2, len(agent.requests)
-        finally:
-            await component.client.close()  # type: ignore[union-attr]
-            await runner.cleanup()
 
     asyncio.run(scenario())
 
@@ -256,9 +255,7 @@ async def test_an_unusable_expiration_is_a_counted_failure_never_a_claim(expirat
     clock = FakeClock()
     agent = GrantingAgent(clock, None)
     agent.expiration = expiration
-    runner, uri = await agent.serve()
-    component, hub, sink = component_for(uri, clock, expires_minutes=30)
-    try:
+    async with protecting(agent, clock, 30) as (component, hub, sink):
         in_progress(hub, 1.0)
         await component.step()
         assert agent.protected()  # it did protect: only until when is unknown
@@ -274,9 +271,6 @@ async def test_an_unusable_expiration_is_a_counted_failure_never_a_claim(expirat
         clock.advance(4)
         await component.step()
         assert len(agent.requests) == 2 and component.status()["protected"] and gauge(sink) == 1.0
-    finally:
-        await component.client.close()  # type: ignore[union-attr]
-        await runner.cleanup()
 
 
 async def test_an_unusable_expiration_still_leads_to_a_release_when_idle() -> None:
@@ -284,9 +278,7 @@ async def test_an_unusable_expiration_still_leads_to_a_release_when_idle() -> No
     clock = FakeClock()
     agent = GrantingAgent(clock, None)
     agent.expiration = BAD_EXPIRATIONS["garbage"]
-    runner, uri = await agent.serve()
-    component, hub, _ = component_for(uri, clock, expires_minutes=30)
-    try:
+    async with protecting(agent, clock, 30) as (component, hub, _):
         in_progress(hub, 1.0)
         await component.step()
         in_progress(hub, 0.0)
@@ -294,9 +286,6 @@ async def test_an_unusable_expiration_still_leads_to_a_release_when_idle() -> No
             clock.advance(1)
             await component.step()
         assert agent.requests[-1] == {"ProtectionEnabled": False} and not agent.protected()
-    finally:
-        await component.client.close()  # type: ignore[union-attr]
-        await runner.cleanup()
 
 
 async def test_a_longer_grant_counts_as_asked_and_is_released_until_the_agents_end() -> None:
@@ -304,9 +293,7 @@ async def test_a_longer_grant_counts_as_asked_and_is_released_until_the_agents_e
     failing is retried past the 30 minutes, up to the 2 hours the agent said it holds."""
     clock = FakeClock()
     agent = GrantingAgent(clock, 7200.0)
-    runner, uri = await agent.serve()
-    component, hub, sink = component_for(uri, clock, expires_minutes=30)
-    try:
+    async with protecting(agent, clock, 30) as (component, hub, sink):
         in_progress(hub, 1.0)
         await component.step()
         assert 1799 <= component.status()["protected_for_seconds"] <= 1800
@@ -328,27 +315,19 @@ async def test_a_longer_grant_counts_as_asked_and_is_released_until_the_agents_e
             clock.advance(1)
             await component.step()
         assert agent.requests[-1] == {"ProtectionEnabled": False} and not agent.protected()
-    finally:
-        await component.client.close()  # type: ignore[union-attr]
-        await runner.cleanup()
 
 
 @pytest.mark.parametrize("date", ["none", "garbage"])
 async def test_without_a_usable_date_the_grant_counts_from_the_send_time(date) -> None:
     clock = FakeClock()
     agent = GrantingAgent(clock, 60.0, date=date, latency=2.0)
-    runner, uri = await agent.serve()
-    component, hub, sink = component_for(uri, clock, expires_minutes=4)
-    try:
+    async with protecting(agent, clock, 4) as (component, hub, sink):
         in_progress(hub, 1.0)
         await component.step()
         # 60 s from when the agent applied it (1 s after the send), counted from the send: 61 s less 1
         assert component.status()["protected_for_seconds"] == pytest.approx(59.0, abs=0.05)
         await busy_for(component, hub, sink, agent, clock, 300)
         assert hub.metrics.total("tasklens.scaling.protection_errors") == 0
-    finally:
-        await component.client.close()  # type: ignore[union-attr]
-        await runner.cleanup()
 
 
 async def test_without_a_date_an_agent_clock_far_behind_is_a_counted_failure() -> None:
@@ -356,16 +335,11 @@ async def test_without_a_date_an_agent_clock_far_behind_is_a_counted_failure() -
     claimed (counted as `bad_expiry`); the documented limit of the fallback."""
     clock = FakeClock()
     agent = GrantingAgent(clock, 60.0, date="none", offset=-3600.0)
-    runner, uri = await agent.serve()
-    component, hub, sink = component_for(uri, clock, expires_minutes=4)
-    try:
+    async with protecting(agent, clock, 4) as (component, hub, sink):
         in_progress(hub, 1.0)
         await component.step()
         assert hub.metrics.get("tasklens.scaling.protection_errors", reason="bad_expiry") == 1
         assert not component.status()["protected"] and gauge(sink) == 0.0
-    finally:
-        await component.client.close()  # type: ignore[union-attr]
-        await runner.cleanup()
 
 
 # --- granted_seconds itself ---------------------------------------------------------------------------

@@ -14,6 +14,11 @@ from __future__ import annotations
 import os
 import sys
 
+# stop with the final flush (agent/stopping.py); SIGHUP too (a closed terminal, `kill -HUP`): there is no
+# reload to do, and Python's default for it would end the process at once, losing the open interval.
+# Named here, where `signal` is not loaded yet; stopping.py makes its signals from these names.
+STOP_SIGNAL_NAMES = ("SIGTERM", "SIGINT", "SIGHUP")
+
 
 def open_standard_fds() -> None:
     """Open /dev/null onto each of fds 0, 1, 2 that is closed (inheritable, so the exec with the system
@@ -34,8 +39,8 @@ def main() -> int:
     if sys.argv[1:2] == ["run"]:
         import _signal  # the C module under signal: the same calls
 
-        # stopping.STOP_SIGNALS: SIGTERM, SIGINT, SIGHUP (held pending across the exec too: stopping.block)
-        _signal.pthread_sigmask(_signal.SIG_BLOCK, (_signal.SIGTERM, _signal.SIGINT, _signal.SIGHUP))
+        # held pending across the exec too (stopping.block)
+        _signal.pthread_sigmask(_signal.SIG_BLOCK, tuple(getattr(_signal, name) for name in STOP_SIGNAL_NAMES))
     open_standard_fds()
     from agent.cli import main as cli
 

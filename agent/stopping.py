@@ -14,9 +14,9 @@ from __future__ import annotations
 import signal
 from types import FrameType
 
-# stop with the final flush; SIGHUP too (a closed terminal, `kill -HUP`): there is no reload to do, and
-# Python's default for it would end the process at once, losing the open interval
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+from agent.entry import STOP_SIGNAL_NAMES
+
+STOP_SIGNALS = tuple(getattr(signal, name) for name in STOP_SIGNAL_NAMES)
 _requested = False
 
 

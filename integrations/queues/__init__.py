@@ -46,6 +46,7 @@ def parse(url: str) -> Target:
     """The queue a URL names. Raises ValueError saying what is wrong (never with the password)."""
     broker = broker_for(url)
     parsed = parse_queue_url(url, broker.params, broker.pass_through)
+    broker.check(parsed)
     return Target(broker, parsed, parsed.name or broker.name(parsed), broker.type_of(parsed))
 
 

@@ -260,6 +260,8 @@ class Broker:
     open: Callable[[QueueURL], Probe]
     pass_through: bool = False  # unknown parameters go to the client's URL
     queue_type_of: Callable[[QueueURL], str] | None = None  # when one module serves two types
+    # what else makes the URL unusable, found at start-up rather than at every poll; raises ValueError
+    check: Callable[[QueueURL], None] = lambda url: None
 
     def type_of(self, url: QueueURL) -> str:
         return self.queue_type_of(url) if self.queue_type_of else self.queue_type

@@ -36,6 +36,28 @@ def kind_of(url: QueueURL) -> tuple[str, str]:
     return given[0]
 
 
+MAX_DATABASE = 2**31 - 1  # Redis' bound on `databases` (an int); the server's own setting bounds it further
+
+
+def database(url: QueueURL) -> int:
+    """The database the URL's path names: none or `/` is 0, `/<n>` (ASCII digits) is n. Anything else is
+    refused: redis-py drops every `/` and reads the rest as a number, or reads database 0 when that fails
+    (`/0/1` is 1, `/1/0` is 10, `/abc`, `/-0` and `/0x1` are 0), so the queue polled would be another one."""
+    path = url.parts.path
+    if path in ("", "/"):
+        return 0
+    digits = path[1:]
+    if not (digits.isascii() and digits.isdigit()) or int(digits) > MAX_DATABASE:
+        raise ValueError(f"database {digits[:40]!r}: the path is the database number, /0 to /{MAX_DATABASE} "
+                         "(none for 0)")
+    return int(digits)
+
+
+def check(url: QueueURL) -> None:
+    kind_of(url)
+    database(url)
+
+
 def celery_keys(queue: str) -> list[str]:
     return [queue if p == 0 else f"{queue}{CELERY_SEP}{p}" for p in CELERY_PRIORITY_STEPS]
 
@@ -284,4 +306,5 @@ BROKER = Broker(
     reports=_reports,
     open=RedisProbe,
     queue_type_of=_queue_type,
+    check=check,
 )

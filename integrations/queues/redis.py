@@ -139,7 +139,7 @@ def _capped(parser: type) -> type:
     larger announced length before it is read, an array whose elements add up past it. Without it a
     server that is not a queue (or a hostile one) made each poll read and keep what it sent: 100 MB a
     poll, and the poll's timeout did not give the memory back."""
-    from redis.exceptions import InvalidResponse
+    from redis.exceptions import ConnectionError, InvalidResponse
 
     class Capped(parser):  # type: ignore[misc]
         taken = 0  # bytes of the reply being read
@@ -162,11 +162,22 @@ def _capped(parser: type) -> type:
             return data
 
         async def _readline(self) -> bytes:
-            line: bytes = await super()._readline()
+            try:
+                line: bytes = await super()._readline()
+            except ConnectionError:
+                # redis-py says "closed by server" for any line not ended by CRLF; one ended by a bare LF
+                # on an open connection is no RESP (random bytes, another protocol)
+                if self._stream is not None and not self._stream.at_eof():
+                    raise InvalidResponse("a line ended by a bare LF, not CRLF: no Redis reply") from None
+                raise
             self._take(len(line) + 2)
             return line
 
     return Capped
+
+
+# redis-py's ConnectionErrors for a handshake answer it did not expect (the connection itself is fine)
+HANDSHAKE_REFUSALS = ("Invalid RESP version", "Invalid Database", "Error setting client name")
 
 
 def _capped_connection(base: type) -> type:
@@ -174,12 +185,26 @@ def _capped_connection(base: type) -> type:
     speaks RESP3, and when the server refuses `HELLO` (Redis before 6, some proxies) redis-py swaps in
     its RESP2 parser (`set_parser`), which is capped too."""
     from redis._parsers import _AsyncRESP2Parser, _AsyncRESP3Parser
+    from redis.exceptions import ConnectionError, InvalidResponse
 
     capped: dict[type, type] = {parser: _capped(parser) for parser in (_AsyncRESP3Parser, _AsyncRESP2Parser)}
 
     class CappedConnection(base):  # type: ignore[misc]
         def set_parser(self, parser_class: type) -> None:
             super().set_parser(capped.get(parser_class, parser_class))
+
+        async def on_connect_check_health(self, check_health: bool = True) -> None:
+            """The handshake (HELLO, SELECT); an answer of the wrong shape (`+OK` or `:-5` to HELLO, whose
+            reply redis-py reads as a map) is no Redis answer: InvalidResponse, where redis-py raised an
+            AttributeError, or a ConnectionError for a map without the protocol asked for."""
+            try:
+                await super().on_connect_check_health(check_health)
+            except (AttributeError, TypeError, KeyError, IndexError) as exc:
+                raise InvalidResponse(f"the answer to the handshake is no Redis answer ({exc})") from exc
+            except ConnectionError as exc:
+                if str(exc) in HANDSHAKE_REFUSALS:
+                    raise InvalidResponse(f"the answer to the handshake is no Redis answer ({exc})") from exc
+                raise
 
     return CappedConnection
 

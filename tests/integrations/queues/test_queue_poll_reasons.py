@@ -30,9 +30,15 @@ PROMPT = 4.0  # generous on a shared 2-core machine, still far from TIMEOUT
 
 HTTP_400 = b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n"
 RANDOM = bytes(range(14, 250)) + b"\r\n"  # no line end until the last two bytes: a line of garbage
+# RESP of the wrong shape or framing for Redis' handshake (HELLO answers a map holding `proto`, SELECT `+OK`)
+HELLO_3 = b"%1\r\n+proto\r\n:3\r\n"
+NOT_HELLO = {"ok": b"+OK\r\n", "negative": b":-5\r\n", "array": b"*1\r\n:1\r\n", "null": b"_\r\n",
+             "proto-2": b"%1\r\n+proto\r\n:2\r\n", "no-proto": b"%1\r\n+server\r\n+redis\r\n",
+             "bare-lf": b"+OK\n", "random-lf": bytes(range(14, 250)) + b"\n"}
 
 URLS = {
     "redis": "redis://127.0.0.1:{port}/0?list=jobs",
+    "redis-db": "redis://127.0.0.1:{port}/1?list=jobs",  # SELECT after HELLO
     "nats": "nats://127.0.0.1:{port}?stream=JOBS&consumer=worker",
     "rabbitmq": "amqp://guest:guest@127.0.0.1:{port}/?queue=jobs",
     "management": "amqp://guest:guest@127.0.0.1:5672/?queue=jobs&management=http://127.0.0.1:{port}",
@@ -131,6 +137,17 @@ async def test_garbage_answer_is_bad_reply_at_once(config, hub, serve, kind, han
     port = await serve(handler)
     reason, elapsed = await failed_poll(config, hub, URLS[kind].format(port=port))
     assert (reason, kind) == ("bad_reply", kind)
+    assert elapsed < PROMPT
+
+
+@pytest.mark.parametrize("kind, answer", [("redis", a) for a in NOT_HELLO.values()] + [("redis-db", HELLO_3)],
+                         ids=[*NOT_HELLO, "hello-then-no-ok-to-select"])
+async def test_redis_answer_of_the_wrong_shape_is_bad_reply_at_once(config, hub, serve, kind, answer):
+    """Valid RESP that is not what Redis answers (redis-py raised an AttributeError on `+OK` to HELLO:
+    `error`), and lines ended by a bare LF on an open connection (redis-py: "closed by server")."""
+    port = await serve(answers(answer))
+    reason, elapsed = await failed_poll(config, hub, URLS[kind].format(port=port))
+    assert (reason, answer) == ("bad_reply", answer)
     assert elapsed < PROMPT
 
 

@@ -29,12 +29,17 @@ OWN_PARAMS = ("queue", "management")  # the rest (heartbeat, ssl...) are aio-pik
 # `head_message_timestamp` from the single-queue endpoint, at least on RabbitMQ 3.10.)
 MANAGEMENT_QUERY = "columns=messages_ready,messages_unacknowledged,consumers,head_message_timestamp"
 MAX_ANSWER = 64 * 1024  # bytes of a management answer: the four columns asked for take about 120
+MAX_SHORT_STRING = 255  # bytes (UTF-8) of an AMQP short string: a queue's name (any queue's), a vhost
+MAX_VHOST = 127  # characters of a vhost in Connection.Open (AMQP's `path` domain; pamqp checks it)
 
 
 def queue_name(url: QueueURL) -> str:
     name = url.params.get("queue", "")
     if not name:
         raise ValueError("a RabbitMQ URL names the queue: amqp://host:5672/vhost?queue=<name>")
+    if len(name.encode()) > MAX_SHORT_STRING:
+        raise ValueError(f"queue= of {len(name.encode())} bytes: a RabbitMQ queue name is at most "
+                         f"{MAX_SHORT_STRING} bytes")
     if not url.params.get("management") and not _amqp_name(name):
         raise ValueError(f"queue={name!r}: the AMQP client (pamqp) refuses this name (non-ASCII, say); "
                          "read it through the management API: add &management=http://host:15672")
@@ -54,6 +59,14 @@ def vhost_of(url: QueueURL) -> str:
     """AMQP URI rule: the path (percent-decoded) is the vhost; none or `/` alone means `/`."""
     path = url.parts.path
     return unquote(path[1:]) if len(path) > 1 else "/"
+
+
+def check(url: QueueURL) -> None:
+    queue_name(url)
+    vhost = vhost_of(url)
+    if not url.params.get("management") and (len(vhost) > MAX_VHOST or len(vhost.encode()) > MAX_SHORT_STRING):
+        raise ValueError(f"a vhost of {len(vhost)} characters ({len(vhost.encode())} bytes): an AMQP vhost is at "
+                         f"most {MAX_VHOST} characters and {MAX_SHORT_STRING} bytes")
 
 
 def management_endpoint(url: QueueURL) -> tuple[str, tuple[str, str]]:
@@ -240,4 +253,5 @@ BROKER = Broker(
     name=queue_name,
     reports=_reports,
     open=_open,
+    check=check,
 )

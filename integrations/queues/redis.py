@@ -53,9 +53,30 @@ def database(url: QueueURL) -> int:
     return int(digits)
 
 
+TLS_PARAMS = ("ssl_cert_reqs", "ssl_ca_certs", "ssl_check_hostname")
+CERT_REQS = ("none", "optional", "required")  # as redis-py takes them (lower case only)
+# what redis-py reads as true or false (anything else is true to it, `off` too): the forms taken
+BOOLEANS = ("true", "false", "yes", "no", "1", "0")
+
+
+def tls_options(url: QueueURL) -> None:
+    """The TLS parameters, as redis-py will take them: on a redis:// URL it passes them to a connection
+    without TLS, which refuses them at every poll, and it refuses an unknown `ssl_cert_reqs` at every poll."""
+    given = [key for key in TLS_PARAMS if key in url.params]
+    if given and url.scheme != "rediss":
+        raise ValueError(f"{given[0]}= goes with rediss:// (TLS): a redis:// connection has no TLS")
+    reqs = url.params.get("ssl_cert_reqs")
+    if reqs is not None and reqs not in CERT_REQS:
+        raise ValueError(f"ssl_cert_reqs={reqs[:40]!r}: expected {', '.join(CERT_REQS)}")
+    hostname = url.params.get("ssl_check_hostname")
+    if hostname is not None and hostname.lower() not in BOOLEANS:
+        raise ValueError(f"ssl_check_hostname={hostname[:40]!r}: expected true or false")
+
+
 def check(url: QueueURL) -> None:
     kind_of(url)
     database(url)
+    tls_options(url)
 
 
 def celery_keys(queue: str) -> list[str]:

@@ -1,0 +1,100 @@
+"""URL parameters the client would refuse at every poll stop start-up instead (a gap for ever is no way to
+learn of a typo): Redis' TLS parameters, which only a rediss:// connection takes (redis-py passed them to a
+plain connection, which raised at every poll), and an `ssl_cert_reqs` redis-py does not know; an AMQP queue
+name or vhost longer than an AMQP short string (255 bytes), which pamqp refused at every poll.
+
+Each property holds the parse against the client's own check: what start-up accepts, the client takes."""
+
+from __future__ import annotations
+
+import pytest
+import redis.asyncio
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
+from pamqp import commands, frame
+
+from urllib.parse import quote
+
+from integrations.queues import parse
+from integrations.queues.base import query_params
+
+TEXT = st.text(st.characters(blacklist_categories=("Cs", "Cc")), max_size=12)
+
+
+def encoded(value: str) -> str:
+    return quote(value, safe="")
+
+
+@pytest.mark.parametrize("param", ["ssl_cert_reqs=required", "ssl_ca_certs=/etc/ssl/ca.pem",
+                                   "ssl_check_hostname=true"])
+def test_tls_parameters_on_a_redis_url_without_tls_are_refused(param):
+    with pytest.raises(ValueError, match="rediss://"):
+        parse(f"redis://127.0.0.1:6379/0?list=jobs&{param}")
+    parse(f"rediss://127.0.0.1:6379/0?list=jobs&{param}")
+
+
+@given(value=st.one_of(TEXT, st.sampled_from(["none", "optional", "required", "Required", "bogus", ""])))
+@settings(max_examples=200, deadline=None)
+def test_ssl_cert_reqs_accepted_is_taken_by_redis_py(value):
+    url = f"rediss://127.0.0.1:6379/0?list=jobs&ssl_cert_reqs={encoded(value)}"
+    try:
+        target = parse(url)
+    except ValueError:
+        assert value not in ("none", "optional", "required")  # ("" too: redis-py would read it as required)
+        return
+    client_url = target.url.client_url(keep=lambda k: k.startswith("ssl_"))
+    redis.asyncio.from_url(client_url).connection_pool.make_connection()  # raises for a value it refuses
+
+
+@given(value=st.one_of(TEXT, st.sampled_from(["true", "False", "YES", "no", "1", "0", "off", "on", ""])))
+@example(value="off")  # redis-py reads `off` as true: refused, not checked the other way round
+@settings(max_examples=200, deadline=None)
+def test_ssl_check_hostname_is_a_boolean_redis_py_reads_as_written(value):
+    url = f"rediss://127.0.0.1:6379/0?list=jobs&ssl_check_hostname={encoded(value)}"
+    try:
+        target = parse(url)
+    except ValueError:
+        assert value.lower() not in ("true", "false", "yes", "no", "1", "0")
+        return
+    client_url = target.url.client_url(keep=lambda k: k.startswith("ssl_"))
+    taken = redis.asyncio.from_url(client_url).connection_pool.connection_kwargs["ssl_check_hostname"]
+    assert taken is (value.lower() in ("true", "yes", "1"))
+
+
+NAMES = st.one_of(st.text(st.sampled_from("qé.-_"), min_size=1, max_size=300),
+                  st.integers(1, 400).map(lambda n: "q" * n))
+
+
+@given(name=NAMES, management=st.booleans())
+@example(name="q" * 255, management=False)
+@example(name="q" * 256, management=False)
+@example(name="é" * 128, management=True)
+@settings(max_examples=200, deadline=None)
+def test_an_amqp_queue_name_accepted_is_one_pamqp_sends(name, management):
+    url = f"amqp://guest:guest@127.0.0.1:5672/?queue={encoded(name)}"
+    if management:
+        url += "&management=http://127.0.0.1:15672"
+    try:
+        target = parse(url)
+    except ValueError as exc:
+        assert len(name.encode()) > 255 or not management, exc
+        return
+    assert dict(query_params(target.url.parts.query))["queue"] == name
+    assert len(name.encode()) <= 255  # RabbitMQ's bound for any queue name, read through either form
+    if not management:
+        frame.marshal(commands.Queue.Declare(queue=name, passive=True), 1)
+
+
+@given(vhost=st.text(st.sampled_from("vé\U0001f600"), min_size=1, max_size=300))
+@example(vhost="v" * 127)
+@example(vhost="v" * 128)
+@settings(max_examples=100, deadline=None)
+def test_an_amqp_vhost_accepted_is_one_pamqp_sends(vhost):
+    url = f"amqp://guest:guest@127.0.0.1:5672/{encoded(vhost)}?queue=jobs"
+    try:
+        parse(url)
+    except ValueError:
+        with pytest.raises((ValueError, TypeError)):  # pamqp's refusals: too many characters, too many bytes
+            frame.marshal(commands.Connection.Open(virtual_host=vhost), 0)
+        return
+    frame.marshal(commands.Connection.Open(virtual_host=vhost), 0)

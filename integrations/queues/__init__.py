@@ -16,7 +16,7 @@ from integrations.queues.base import (DEFAULT_TIMEOUT, Broker, Probe, ProbeError
                                       parse_queue_url)
 
 __all__ = ["DEFAULT_TIMEOUT", "SCHEMES", "Probe", "ProbeError", "QueueURL", "Reading", "Target", "broker_for",
-           "describe_url", "open_probe", "parse", "probe_for", "read_once"]
+           "describe_url", "load_client", "open_probe", "parse", "probe_for", "read_once"]
 
 # scheme -> module defining `BROKER`
 SCHEMES: dict[str, str] = {
@@ -52,6 +52,14 @@ def parse(url: str) -> Target:
 
 def client_installed(broker: Broker) -> bool:
     return importlib.util.find_spec(broker.client) is not None
+
+
+def load_client(broker: Broker) -> None:
+    """Import what `broker`'s probe imports on its first read, before a poll's timeout starts: a client
+    takes up to a second to import on a busy machine (aiobotocore, nats-py), which a first poll with a short
+    timeout spent before it connected, and a refused port was counted `timeout` instead of `connection`."""
+    for module in broker.imports or (broker.client,):
+        importlib.import_module(module)
 
 
 def open_probe(url: str) -> Probe:
@@ -92,8 +100,10 @@ def describe_url(url: str, defaults: Any = None) -> dict[str, Any]:
 
 async def read_once(url: str, timeout: float = 10.0) -> Reading:
     """One live read (for `tasklens check --live` and tests); always closes the probe."""
-    probe = open_probe(url)
+    target = parse(url)
+    probe = probe_for(target)
     try:
+        load_client(target.broker)
         return await asyncio.wait_for(probe.read(), timeout)
     finally:
         await probe.close()

@@ -262,6 +262,7 @@ class Broker:
     queue_type_of: Callable[[QueueURL], str] | None = None  # when one module serves two types
     # what else makes the URL unusable, found at start-up rather than at every poll; raises ValueError
     check: Callable[[QueueURL], None] = lambda url: None
+    imports: tuple[str, ...] = ()  # the modules its probe imports on its first read (none given: `client`)
 
     def type_of(self, url: QueueURL) -> str:
         return self.queue_type_of(url) if self.queue_type_of else self.queue_type

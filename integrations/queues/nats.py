@@ -205,4 +205,5 @@ BROKER = Broker(
     name=lambda url: names(url)[0],
     reports=lambda url: ("depth", "in_flight", "consumers", "oldest_age_seconds"),
     open=NATSProbe,
+    imports=("nats.aio.client", "nats.errors", "nats.js.errors", "nats.protocol.parser"),
 )

@@ -254,4 +254,5 @@ BROKER = Broker(
     reports=_reports,
     open=_open,
     check=check,
+    imports=("aio_pika", "aiormq.exceptions", "aiohttp"),
 )

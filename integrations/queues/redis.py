@@ -353,4 +353,5 @@ BROKER = Broker(
     open=RedisProbe,
     queue_type_of=_queue_type,
     check=check,
+    imports=("redis.asyncio", "redis.asyncio.connection", "redis._parsers", "redis.exceptions"),
 )

@@ -33,7 +33,7 @@ from agent.hub import Hub
 from agent.logs import RateLimitedLog, shown
 from agent.model import Batch, Kind, Sample
 from agent.scaling.backlog import BacklogTracker
-from integrations.queues import parse, probe_for
+from integrations.queues import load_client, parse, probe_for
 from integrations.queues.base import Probe, ProbeError, Reading, mask_secret
 from integrations.queues.trend import History, Trend, trend_window
 
@@ -96,6 +96,8 @@ class QueueSource:
             raise ConfigError(f"{config.where('queues')}: {mask_url(url)}: "
                               f"{mask_secrets(str(exc), url_passwords(url))}") from None
         self.hub = hub
+        self.broker = target.broker
+        self._client_loaded = False
         parsed = self.url = target.url
         queue = self.queue = target.name
         self.queue_type = target.queue_type
@@ -173,6 +175,9 @@ class QueueSource:
         self.last_poll = self.wall()
         metrics.inc("tasklens.queue.polls", queue=self.queue)
         try:
+            if not self._client_loaded:  # outside the poll's timeout: a first import takes up to a second
+                load_client(self.broker)
+                self._client_loaded = True
             reading = (await asyncio.wait_for(self.probe.read(), self.timeout)).checked()
             now = self.clock()
             if reading.depth is not None:

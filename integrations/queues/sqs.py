@@ -201,4 +201,5 @@ BROKER = Broker(
     name=lambda url: location(url)[0],
     reports=_reports,
     open=SQSProbe,
+    imports=("aiobotocore.session", "aiobotocore.config", "botocore.exceptions"),
 )

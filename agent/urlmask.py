@@ -390,9 +390,10 @@ _ELEMENT = re.compile(rf"<({_LOG_NAME})>[^<]*</\1>", re.IGNORECASE)
 _HEADER = re.compile(r"((?<![\w.-])[\w-]*(?:authorization|token|secret|password|passwd|api-?key|signature|"
                      r"credential|cookie)[\w-]*\s*:[ \t]*(?:\r?\n[ \t]*)?)[^\s'\"\\][^\r\n'\"\\]*", re.IGNORECASE)
 # a URL's user info in free text (`url=http://user:pw@host/`): the password up to its last `@` before a
-# space, a quote, a `/` or the next `scheme://`; a bare user name over HTTP or NATS is a token
+# space, a quote, a `/` or the next `scheme://`; a bare user name over HTTP is a token (a NATS one may
+# be a user whose password is in `password_env=`: a configured token is among the secrets)
 _USER_PASSWORD = re.compile(r"\b([A-Za-z][A-Za-z0-9+.-]*://[^\s:/@'\"]*:)(?:(?!://)[^\s'\"/])*@")
-_USER_TOKEN = re.compile(r"\b((?:https?|nats)://)[^\s:/@'\"]+@", re.IGNORECASE)
+_USER_TOKEN = re.compile(r"\b(https?://)[^\s:/@'\"]+@", re.IGNORECASE)
 
 
 def mask_text(text: str, secrets: Iterable[str] = ()) -> str:

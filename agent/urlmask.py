@@ -409,3 +409,30 @@ def mask_text(text: str, secrets: Iterable[str] = ()) -> str:
     text = _USER_PASSWORD.sub(lambda m: m.group(1) + MASK + "@", text)
     text = _USER_TOKEN.sub(lambda m: m.group(1) + MASK + "@", text)
     return mask_query_secrets(text)
+
+
+# a flag or an environment word of a command line (`--api-key`, `DB_PASSWORD`): with the query's stems
+_ARGUMENT_NAME = re.compile(_name(CREDENTIAL_STEMS), re.IGNORECASE)
+
+
+def mask_command(argv: Iterable[str], secrets: Iterable[str] = ()) -> str:
+    """A command line to show (`/status`, the log), its words joined by spaces, with `***` for the
+    value of each `--flag=value`, `--flag value` and `NAME=value` whose name holds a CREDENTIAL_STEMS
+    stem, and for what `mask_text` masks (a URL's password: `--db postgresql://app:***@db/app`). A word
+    with spaces (`bash -c '...'`, a retitled process) is read word by word too."""
+    secrets = tuple(secrets)
+    shown: list[str] = []
+    value_next = False
+    for arg in argv:
+        if value_next:
+            shown.append(MASK)
+            value_next = False
+            continue
+        name, assigned, _ = arg.partition("=")
+        if assigned and _ARGUMENT_NAME.fullmatch(name):
+            shown.append(f"{name}={MASK}")
+            continue
+        value_next = arg.startswith("-") and not assigned and _ARGUMENT_NAME.fullmatch(arg) is not None
+        arg = mask_text(arg, secrets)
+        shown.append(mask_command(arg.split(" "), secrets) if " " in arg else arg)
+    return " ".join(shown)

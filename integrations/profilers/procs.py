@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import psutil
 
 from agent.model import Tags
+from agent.urlmask import mask_command
 from integrations.profilers.sitecustomize import is_python, process_name
 
 _CMDLINE_SHOWN = 200
@@ -39,7 +40,7 @@ class Target:
     pid: int
     started: float
     process: str  # label: what it runs (`worker.py`, `app.main`, `celery`)
-    command: str  # for logs and /status
+    command: str  # for logs and /status: masked (urlmask.mask_command)
     cgroup: str  # names its container once the task metadata is known (`container_name`)
     exe: str
     cmdline: tuple[str, ...]
@@ -93,8 +94,9 @@ def select(procs: Iterable[ProcessInfo], exclude: set[int], match: re.Pattern[st
         command = " ".join(p.cmdline)
         wanted = match.search(command) if match else is_python(p.exe or p.cmdline[0])
         if wanted:
-            out.append(Target(p.pid, p.started, process_name(p.cmdline), command[:_CMDLINE_SHOWN], p.cgroup, p.exe,
-                              p.cmdline))
+            # shown masked (a worker's `--db postgresql://app:pw@db/app --api-key=...`), cut after masking
+            out.append(Target(p.pid, p.started, process_name(p.cmdline), mask_command(p.cmdline)[:_CMDLINE_SHOWN],
+                              p.cgroup, p.exe, p.cmdline))
     return out
 
 

@@ -13,7 +13,7 @@ from typing import Any
 
 from integrations.queues.trend import trend_window
 from integrations.queues.base import (DEFAULT_TIMEOUT, Broker, Probe, ProbeError, QueueURL, Reading, Target,
-                                      parse_queue_url)
+                                      mask_secret, parse_queue_url)
 
 __all__ = ["DEFAULT_TIMEOUT", "SCHEMES", "Probe", "ProbeError", "QueueURL", "Reading", "Target", "broker_for",
            "describe_url", "load_client", "open_probe", "parse", "probe_for", "read_once"]
@@ -46,7 +46,10 @@ def parse(url: str) -> Target:
     """The queue a URL names. Raises ValueError saying what is wrong (never with the password)."""
     broker = broker_for(url)
     parsed = parse_queue_url(url, broker.params, broker.pass_through)
-    broker.check(parsed)
+    try:
+        broker.check(parsed)
+    except ValueError as exc:  # it may quote part of the URL, as parse_queue_url's errors do
+        raise ValueError(mask_secret(str(exc), parsed)) from None
     return Target(broker, parsed, parsed.name or broker.name(parsed), broker.type_of(parsed))
 
 

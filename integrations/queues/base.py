@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from decimal import Decimal
@@ -213,7 +214,9 @@ def _parse_queue_url(url: str, broker_params: frozenset[str], pass_through: bool
             params[key] = value
         else:
             known = ", ".join(sorted(COMMON_PARAMS | broker_params))
-            raise ValueError(f"unknown parameter {key!r} (known: {known})")
+            # a name no parameter has may be a password's end, cut off at an unencoded `&`: not quoted
+            named = repr(key) if re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", key) else "(its name not shown: not a parameter's)"
+            raise ValueError(f"unknown parameter {named} (known: {known})")
     overrides: dict[str, float] = {}
     for key, parse in (("interval", parse_seconds), ("window", parse_seconds), ("timeout", parse_seconds),
                        ("threshold", parse_number)):

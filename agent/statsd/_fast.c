@@ -772,7 +772,7 @@ static Shape *shape_of(Table *t, uint64_t named, const char *name, Py_ssize_t nl
 }
 
 /* Whether the tail [tail, tail + tlen) of the name of shape s reads as the shape does but for one tag's
- * value (*changed: its index, -1 when the tail is the shape's). */
+ * value (*changed, read only when it does: that tag's index, -1 when the tail is the shape's). */
 static int fits(const Shape *s, const char *tail, Py_ssize_t tlen, int *changed) {
     const char *x = s->text + s->nlen;
     Py_ssize_t xlen = s->tlen, least = xlen < tlen ? xlen : tlen;
@@ -794,7 +794,9 @@ static int fits(const Shape *s, const char *tail, Py_ssize_t tlen, int *changed)
 
 /* The name's shape when the tail fits it (*changed: see `fits`), else NULL; *keep: whether the head, read
  * instead, is to be the name's shape. A name whose heads keep missing its shape (two values change at
- * once, ...) is neither compared to it nor its shape replaced for 1, 2, 4, ... up to 64 heads in turn. */
+ * once, ...) is neither compared to it nor its shape replaced for 1, 2, 4, ... up to 64 reads in turn (a
+ * head made below the cap is read up to three times: for its context, by `make`, by `adopt`). Two names
+ * whose shapes share a bucket replace each other at each head, without a pause. */
 static Shape *fitting_shape(Table *t, uint64_t named, const char *name, Py_ssize_t nlen, const char *tail,
                             Py_ssize_t tlen, int *changed, int *keep) {
     Shape *s = shape_of(t, named, name, nlen);
@@ -933,7 +935,7 @@ static int line_context(Table *t, const char *name, Py_ssize_t nlen, const char 
             return 1;
         }
     }
-    if (!value_ok(tail, s->type_len, value, bar))
+    if (!value_ok(tail, s->type_len, value, bar))  /* the type: the tail's first field, as the shape's */
         return 0;
     if (s->one_way) {  /* and so is this tail */
         *h = head;
@@ -1170,7 +1172,7 @@ static int make(Table *t, Cut *c, Open *o) {
     const char *tail = c->bar + 1;
     Py_ssize_t nlen = c->value - 1 - c->line, tlen = c->end - tail;
     if (!read_shaped(t, c->named, c->line, nlen, tail, c->end, &hd) || !plain_number(c->value, c->bar, &v))
-        return 0;  /* (line_context read both already: not reached) */
+        return 0;  /* (line_context read both already: not reached; the head is read again, from its shape) */
     char type = hd.type[0];
     int code = type == 'c' ? COUNTER : type == 'g' ? GAUGE : type == 's' ? SET : HISTOGRAM;
     if (code == SET || (code == GAUGE && t->gauge_deltas) || (code == HISTOGRAM && t->values_left <= 0))

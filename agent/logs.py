@@ -10,7 +10,7 @@ import time
 from collections.abc import Hashable, Iterable
 from typing import Any
 
-from agent.urlmask import mask_query_secrets, mask_text
+from agent.urlmask import mask_text
 
 log = logging.getLogger("tasklens")
 
@@ -68,12 +68,13 @@ class RateLimitedLog:
         return self(logging.ERROR, key, msg, *args)
 
 
-def one_line(record: logging.LogRecord, suffix: str = "") -> None:
-    """The record's message as one line, masked as for a client's text, with its exception's first 200
-    characters instead of its traceback."""
-    text = shown(mask_query_secrets(record.getMessage()))  # a client's request line may hold a token
+def one_line(record: logging.LogRecord, suffix: str = "", secrets: Iterable[str] = ()) -> None:
+    """The record's message as one line, masked as the handler masks (`mask_text`), with its exception's
+    first 200 characters instead of its traceback: cut after masking, so that no cut leaves part of a
+    secret (a quoted token without its closing quote, a known secret's start) unmasked."""
+    text = shown(mask_text(record.getMessage(), secrets))
     if record.exc_info and record.exc_info[1] is not None:
-        text += ": " + shown(mask_query_secrets(repr(record.exc_info[1])))[:200]
+        text += ": " + shown(mask_text(repr(record.exc_info[1]), secrets))[:200]
     record.exc_info = record.exc_text = None
     record.msg, record.args = text + suffix, None
 
@@ -103,9 +104,11 @@ class LibraryLines(logging.Filter):
     logger and level, `burst` lines in `interval` seconds, then none until it has passed, the next line
     saying how many were left out; below debug level, an exception as one line, not its traceback."""
 
-    def __init__(self, tracebacks: bool = False, burst: int = 5, interval: float = 60.0) -> None:
+    def __init__(self, tracebacks: bool = False, burst: int = 5, interval: float = 60.0,
+                 secrets: Iterable[str] = ()) -> None:
         super().__init__()
         self.tracebacks = tracebacks
+        self.secrets = tuple(secrets)
         self._gate = Gate(interval, burst, keys=1000)
 
     def filter(self, record: logging.LogRecord) -> bool:
@@ -115,7 +118,7 @@ class LibraryLines(logging.Filter):
         if skipped is None:
             return False
         if record.exc_info and not self.tracebacks:
-            one_line(record, suppressed(skipped))
+            one_line(record, suppressed(skipped), self.secrets)
         elif skipped:
             record.msg, record.args = record.getMessage() + suppressed(skipped), None
         return True
@@ -226,8 +229,9 @@ def setup(level: str = "info", *, aside: bool = False, secrets: Iterable[str] = 
         old.close()
     handler: logging.Handler = AsideHandler() if aside else logging.StreamHandler()
     handler.tasklens = True  # type: ignore[attr-defined]
-    handler.setFormatter(Masked(FORMAT, [*secrets, *(os.environ.get(v, "") for v in AWS_SECRET_VARIABLES)]))
-    handler.addFilter(LibraryLines(tracebacks=number <= logging.DEBUG))
+    known = [*secrets, *(os.environ.get(v, "") for v in AWS_SECRET_VARIABLES)]
+    handler.setFormatter(Masked(FORMAT, known))
+    handler.addFilter(LibraryLines(tracebacks=number <= logging.DEBUG, secrets=known))
     root.addHandler(handler)
     root.setLevel(number)
     server = logging.getLogger("aiohttp.server")  # a traceback per malformed HTTP request

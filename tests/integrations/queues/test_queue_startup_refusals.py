@@ -25,6 +25,15 @@ def encoded(value: str) -> str:
     return quote(value, safe="")
 
 
+def redis_client_url(param: str, value: str) -> str | None:
+    """The URL redis-py is given for a rediss:// queue URL with `param=value`, or None: refused at start."""
+    try:
+        target = parse(f"rediss://127.0.0.1:6379/0?list=jobs&{param}={encoded(value)}")
+    except ValueError:
+        return None
+    return target.url.client_url(keep=lambda k: k.startswith("ssl_"))
+
+
 @pytest.mark.parametrize("param", ["ssl_cert_reqs=required", "ssl_ca_certs=/etc/ssl/ca.pem",
                                    "ssl_check_hostname=true"])
 def test_tls_parameters_on_a_redis_url_without_tls_are_refused(param):
@@ -36,13 +45,10 @@ def test_tls_parameters_on_a_redis_url_without_tls_are_refused(param):
 @given(value=st.one_of(TEXT, st.sampled_from(["none", "optional", "required", "Required", "bogus", ""])))
 @settings(max_examples=200, deadline=None)
 def test_ssl_cert_reqs_accepted_is_taken_by_redis_py(value):
-    url = f"rediss://127.0.0.1:6379/0?list=jobs&ssl_cert_reqs={encoded(value)}"
-    try:
-        target = parse(url)
-    except ValueError:
+    client_url = redis_client_url("ssl_cert_reqs", value)
+    if client_url is None:
         assert value not in ("none", "optional", "required")  # ("" too: redis-py would read it as required)
         return
-    client_url = target.url.client_url(keep=lambda k: k.startswith("ssl_"))
     redis.asyncio.from_url(client_url).connection_pool.make_connection()  # raises for a value it refuses
 
 
@@ -50,13 +56,10 @@ def test_ssl_cert_reqs_accepted_is_taken_by_redis_py(value):
 @example(value="off")  # redis-py reads `off` as true: refused, not checked the other way round
 @settings(max_examples=200, deadline=None)
 def test_ssl_check_hostname_is_a_boolean_redis_py_reads_as_written(value):
-    url = f"rediss://127.0.0.1:6379/0?list=jobs&ssl_check_hostname={encoded(value)}"
-    try:
-        target = parse(url)
-    except ValueError:
+    client_url = redis_client_url("ssl_check_hostname", value)
+    if client_url is None:
         assert value.lower() not in ("true", "false", "yes", "no", "1", "0")
         return
-    client_url = target.url.client_url(keep=lambda k: k.startswith("ssl_"))
     taken = redis.asyncio.from_url(client_url).connection_pool.connection_kwargs["ssl_check_hostname"]
     assert taken is (value.lower() in ("true", "yes", "1"))
 

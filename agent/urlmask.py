@@ -322,14 +322,15 @@ def mask_matches(pattern: re.Pattern[str], text: str) -> str:
     match, so a secret starting inside another's match (`:pw` before `pw@h,x://tail`) would show its end.
     Each position's match (the longest alternative first) is taken, and overlapping ones mask as one."""
     spans: list[list[int]] = []
-    for match in re.finditer(f"(?=({pattern.pattern}))", text, pattern.flags):
-        start, end = match.start(), match.end(1)
-        if end == start:
-            continue
-        if spans and start <= spans[-1][1]:
-            spans[-1][1] = max(spans[-1][1], end)
-        else:
-            spans.append([start, end])
+    match = pattern.search(text)
+    while match:
+        start, end = match.span()
+        if end > start:
+            if spans and start <= spans[-1][1]:
+                spans[-1][1] = max(spans[-1][1], end)
+            else:
+                spans.append([start, end])
+        match = pattern.search(text, start + 1)
     for start, end in reversed(spans):
         text = text[:start] + MASK + text[end:]
     return text
@@ -350,14 +351,20 @@ def _secret(secret: str) -> str:
 @functools.lru_cache(maxsize=4096)
 def _char(c: str, levels: int) -> str:
     """A regex for the character `c` written literally (a space also as `+`, escaped as a repr or JSON
-    shows it) or percent-encoded, each character of the encoding itself encoded again, `levels` deep."""
-    if levels == 0:  # also as an error's repr or JSON shows it: `\xa0`, `\U0001f600`, `\"`
-        shown = {c, repr(c)[1:-1], ascii(c)[1:-1], json.dumps(c)[1:-1], *(("+",) if c == " " else ())}
-        return "(?:" + "|".join(map(re.escape, sorted(shown, key=len, reverse=True))) + ")"
+    shows it) or percent-encoded, each character of the encoding itself encoded again, `levels` deep.
+
+    Written `c | encoded one level less deep` (the forms of `levels - 1` but the literal ones are among
+    the encoded ones), so that the three characters of an encoding, the same few for every character,
+    are spelled once a level: 4x shorter than `c | encoded | c one level less deep`, the same strings."""
+    # also as an error's repr or JSON shows it: `\xa0`, `\U0001f600`, `\"`
+    shown = {c, repr(c)[1:-1], ascii(c)[1:-1], json.dumps(c)[1:-1], *(("+",) if c == " " else ())}
+    literal = "|".join(map(re.escape, sorted(shown, key=len, reverse=True)))
+    if levels == 0:
+        return literal if len(shown) == 1 and len(literal) == 1 else f"(?:{literal})"
     encoded = "".join("".join(_char(e, levels - 1) for e in f"%{byte:02X}")
                       for byte in c.encode("utf-8", "surrogatepass"))
     # encoded first: a `%` of the secret written `%25` is masked whole, not as `%` and a `25` shown
-    return f"(?:{encoded}|{_char(c, levels - 1)})"
+    return f"(?:{encoded}|{literal})"
 
 
 # --- free text: a log line of any library, a command line ----------------------------------------------

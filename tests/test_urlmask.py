@@ -12,6 +12,7 @@ as written, percent-encoded or decoded.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from typing import Any
@@ -172,6 +173,31 @@ def test_a_password_is_masked_in_any_encoding() -> None:
         assert url_passwords(f"https://h/api/v1/write?x=1&{param}=T0k%2Fn") == ["T0k%2Fn", "T0k/n"], param
     assert url_passwords("redis://h/0?list=jobs&password_env=REDIS_PASSWORD") == []
     assert "MgmtS3cret" in url_passwords("amqp://h/?queue=q&management=http%3A%2F%2Fg%3AMgmtS3cret%40h")
+
+
+def written(data: st.DataObject, c: str, depth: int) -> str:
+    """`c` as a secret may be written: literally (as a repr or JSON shows it, a space also as `+`), or
+    percent-encoded, each character of its encoding written the same way one level less deep, each to
+    a depth of its own."""
+    level = data.draw(st.integers(0, depth))
+    if level == 0:
+        shown = [c, repr(c)[1:-1], ascii(c)[1:-1], json.dumps(c)[1:-1], *(["+"] if c == " " else [])]
+        form = data.draw(st.sampled_from(shown))
+        return form.lower() if c in "ABCDEF" and data.draw(st.booleans()) else form  # `%2f` as `%2F`
+    return "".join(written(data, e, level - 1) for byte in c.encode("utf-8", "surrogatepass")
+                   for e in f"%{byte:02X}")
+
+
+@settings(max_examples=300, deadline=None)
+@given(secret=st.text(st.characters(codec="utf-8", exclude_characters="#"), min_size=1, max_size=12),
+       data=st.data())
+@example(secret="a/b", data=None)  # type: ignore[arg-type]  # data is not used by this example's form
+def test_a_secret_written_in_any_encoding_up_to_three_levels_deep_is_masked_whole(
+        secret: str, data: st.DataObject | None) -> None:
+    """Each character of the secret encoded to its own depth, literal ones as a repr or JSON shows them:
+    the whole form is masked, and nothing beside it."""
+    form = "".join(written(data, c, 3) for c in secret) if data else "%61%252Fb"
+    assert mask_secrets(f"# {form} #", [secret]) == "# *** #", form
 
 
 def test_a_url_that_does_not_read_as_written_shows_no_password_nor_port() -> None:

@@ -241,6 +241,18 @@ def mask_secret(text: str, url: QueueURL) -> str:
     return mask_secrets(text, url.secrets)
 
 
+def readable_files(url: QueueURL, keys: tuple[str, ...]) -> None:
+    """Raises ValueError when a parameter among `keys` names no file the sidecar can read (a CA bundle, a
+    client certificate or key): the client would fail at every poll, its error counted and logged each time."""
+    for key in keys:
+        path = url.params.get(key)
+        if path is None:
+            continue
+        if not os.path.isfile(path) or not os.access(path, os.R_OK):
+            why = "not readable" if os.path.isfile(path) else "no such file"
+            raise ValueError(f"{key}={path[:200]!r}: {why}")
+
+
 def flag(url: QueueURL, key: str) -> bool:
     value = url.params.get(key, "").strip().lower()
     if value in ("", "0", "false", "no", "off"):

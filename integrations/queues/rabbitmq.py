@@ -22,7 +22,7 @@ from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 from agent.capped import read_capped
 from agent.redact import basic_auth
-from integrations.queues.base import Broker, ProbeError, QueueURL, Reading, age_of
+from integrations.queues.base import Broker, ProbeError, QueueURL, Reading, age_of, readable_files
 
 OWN_PARAMS = ("queue", "management")  # the rest (heartbeat, ssl...) are aio-pika's URL options
 # Only the fields we read. (`disable_stats=true` would also drop the totals and
@@ -67,6 +67,11 @@ def check(url: QueueURL) -> None:
     if not url.params.get("management") and (len(vhost) > MAX_VHOST or len(vhost.encode()) > MAX_SHORT_STRING):
         raise ValueError(f"a vhost of {len(vhost)} characters ({len(vhost.encode())} bytes): an AMQP vhost is at "
                          f"most {MAX_VHOST} characters and {MAX_SHORT_STRING} bytes")
+    heartbeat = url.params.get("heartbeat")
+    # aiormq reads anything else as 0: no heartbeat at all, and a dead connection found only by the timeout
+    if heartbeat is not None and not (heartbeat.isascii() and heartbeat.isdigit() and int(heartbeat) < 65535):
+        raise ValueError(f"heartbeat={heartbeat[:40]!r}: expected seconds, a whole number from 0 to 65534")
+    readable_files(url, ("cafile", "keyfile", "certfile"))
 
 
 def management_endpoint(url: QueueURL) -> tuple[str, tuple[str, str]]:

@@ -16,7 +16,7 @@ import time
 from datetime import datetime, timezone
 from typing import Any
 
-from integrations.queues.base import Broker, ProbeError, QueueURL, Reading, age_of
+from integrations.queues.base import Broker, ProbeError, QueueURL, Reading, age_of, readable_files
 
 KINDS = ("list", "celery", "rq", "stream")
 # kombu's Redis transport: priority steps 0, 3, 6, 9; level 0 is the bare name
@@ -71,6 +71,7 @@ def tls_options(url: QueueURL) -> None:
     hostname = url.params.get("ssl_check_hostname")
     if hostname is not None and hostname.lower() not in BOOLEANS:
         raise ValueError(f"ssl_check_hostname={hostname[:40]!r}: expected true or false")
+    readable_files(url, ("ssl_ca_certs",))
 
 
 def check(url: QueueURL) -> None:

@@ -23,6 +23,7 @@ from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
+from agent.urlmask import mask_url
 from integrations.queues.base import Broker, ProbeError, QueueURL, Reading, flag
 
 ATTRIBUTES = ("ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible",
@@ -49,6 +50,34 @@ def location(url: QueueURL) -> tuple[str, str | None, str]:
     if not host:
         raise ValueError("an SQS URL names the queue: sqs://<name>?region=... or sqs://<sqs host>/<account>/<name>")
     return parts.netloc, None, url.params.get("region") or default_region()
+
+
+ENDPOINTS = ("endpoint", "cloudwatch_endpoint")
+
+
+def check(url: QueueURL) -> None:
+    """What botocore would refuse at every poll, refused at start: a region that is no host label, an
+    endpoint that is no http(s) URL with a host (botocore's own tests where it has them: they decide)."""
+    import importlib.util
+
+    region = location(url)[2]
+    has_botocore = importlib.util.find_spec("botocore") is not None
+    if has_botocore:
+        from botocore.utils import is_valid_endpoint_url, is_valid_ipv6_endpoint_url, validate_region_name
+        try:
+            validate_region_name(region)
+        except ValueError:
+            raise ValueError(f"region {region[:64]!r} is no AWS region name (a host label: letters, digits, "
+                             "'-')") from None
+    for key in ENDPOINTS:
+        endpoint = url.params.get(key)
+        if not endpoint:  # empty: the default, as the probe reads it
+            continue
+        scheme = endpoint.partition("://")[0].lower()
+        usable = scheme in ("http", "https") and (not has_botocore or bool(
+            is_valid_endpoint_url(endpoint) or is_valid_ipv6_endpoint_url(endpoint)))
+        if not usable:
+            raise ValueError(f"{key}={mask_url(endpoint)[:200]!r}: expected an http:// or https:// URL with a host")
 
 
 def default_region() -> str:
@@ -201,5 +230,6 @@ BROKER = Broker(
     name=lambda url: location(url)[0],
     reports=_reports,
     open=SQSProbe,
+    check=check,
     imports=("aiobotocore.session", "aiobotocore.config", "botocore.exceptions"),
 )

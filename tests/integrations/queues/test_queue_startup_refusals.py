@@ -1,7 +1,9 @@
 """URL parameters the client would refuse at every poll stop start-up instead (a gap for ever is no way to
 learn of a typo): Redis' TLS parameters, which only a rediss:// connection takes (redis-py passed them to a
 plain connection, which raised at every poll), and an `ssl_cert_reqs` redis-py does not know; an AMQP queue
-name or vhost longer than an AMQP short string (255 bytes), which pamqp refused at every poll.
+name or vhost longer than an AMQP short string (255 bytes), which pamqp refused at every poll; an AMQP
+`heartbeat=` aiormq reads as 0 (no heartbeat) unless it spells a number; a CA bundle, certificate or key
+file that is not there; an SQS region or endpoint botocore refuses at every client it makes.
 
 Each property holds the parse against the client's own check: what start-up accepts, the client takes."""
 
@@ -36,10 +38,84 @@ def redis_client_url(param: str, value: str) -> str | None:
 
 @pytest.mark.parametrize("param", ["ssl_cert_reqs=required", "ssl_ca_certs=/etc/ssl/ca.pem",
                                    "ssl_check_hostname=true"])
-def test_tls_parameters_on_a_redis_url_without_tls_are_refused(param):
+def test_tls_parameters_on_a_redis_url_without_tls_are_refused(param, tmp_path):
+    (tmp_path / "ca.pem").write_text("")
+    param = param.replace("/etc/ssl/ca.pem", str(tmp_path / "ca.pem"))
     with pytest.raises(ValueError, match="rediss://"):
         parse(f"redis://127.0.0.1:6379/0?list=jobs&{param}")
     parse(f"rediss://127.0.0.1:6379/0?list=jobs&{param}")
+
+
+@pytest.mark.parametrize("url", ["rediss://127.0.0.1:6379/0?list=jobs&ssl_ca_certs={}",
+                                 "amqps://guest:guest@127.0.0.1:5671/?queue=jobs&cafile={}",
+                                 "amqps://guest:guest@127.0.0.1:5671/?queue=jobs&certfile={}",
+                                 "amqps://guest:guest@127.0.0.1:5671/?queue=jobs&keyfile={}"])
+def test_a_tls_file_that_is_not_there_is_refused_naming_its_parameter(url, tmp_path):
+    param = url.rpartition("&")[2].partition("=")[0]
+    for missing in (tmp_path / "missing.pem", tmp_path):  # nothing there; a directory
+        with pytest.raises(ValueError, match=f"{param}=.*(no such file)"):
+            parse(url.format(quote(str(missing))))
+    (tmp_path / "ca.pem").write_text("")
+    parse(url.format(quote(str(tmp_path / "ca.pem"))))
+
+
+@given(value=st.one_of(TEXT, st.integers(-5, 70000).map(str), st.sampled_from(["60", "0", "00", "65534", "65535",
+                                                                              " 30", "+30", "1e3", "٣"])))
+@settings(max_examples=200, deadline=None)
+def test_an_amqp_heartbeat_accepted_is_the_number_aiormq_reads(value):
+    from aiormq.connection import parse_heartbeat
+
+    try:
+        parse(f"amqp://guest:guest@127.0.0.1:5672/?queue=jobs&heartbeat={encoded(value)}")
+    except ValueError as exc:
+        assert "heartbeat=" in str(exc)
+        return
+    assert parse_heartbeat(value) == int(value)
+    assert value.isascii() and value == value.strip()
+
+
+def test_every_heartbeat_aiormq_would_read_as_no_heartbeat_is_refused():
+    from aiormq.connection import parse_heartbeat
+
+    for value in ("abc", "", "65535", "-1", "1.5", "30s"):
+        assert parse_heartbeat(value) == 0
+        with pytest.raises(ValueError, match="heartbeat="):
+            parse(f"amqp://guest:guest@127.0.0.1:5672/?queue=jobs&heartbeat={encoded(value)}")
+
+
+def botocore_refuses(region: str, endpoint: str | None) -> bool:
+    import botocore.session
+
+    try:
+        botocore.session.get_session().create_client(
+            "sqs", region_name=region, endpoint_url=endpoint, aws_access_key_id="x", aws_secret_access_key="y")
+    except ValueError:  # InvalidRegionError is one; "Invalid endpoint: ..."
+        return True
+    return False
+
+
+ENDPOINTS = st.one_of(
+    st.builds("{}://{}{}".format, st.sampled_from(["http", "https", "HTTP", "ftp", "", "file"]),
+              st.sampled_from(["127.0.0.1", "[::1]", "localhost", "sqs.local", "", "a_b", "-x", "h" * 70]),
+              st.sampled_from(["", ":4566", ":4566/", "/path", ":x", ":99999"])),
+    TEXT)
+
+
+@given(region=st.one_of(st.sampled_from(["us-east-1", "eu-west-1", "us-gov-west-1", "cn-north-1", "local"]), TEXT),
+       endpoint=ENDPOINTS)
+@example(region="bad_region!", endpoint="http://127.0.0.1:4566")
+@example(region="us-east-1", endpoint="127.0.0.1:4566")
+@example(region="us-east-1", endpoint="ftp://127.0.0.1:4566")
+@settings(max_examples=150, deadline=None)
+def test_an_sqs_region_and_endpoint_accepted_are_ones_botocore_takes(region, endpoint):
+    url = f"sqs://orders?region={encoded(region)}&endpoint={encoded(endpoint)}"
+    try:
+        target = parse(url)
+    except ValueError as exc:  # naming what: the region, the endpoint, or a URL that does not read as written
+        assert any(what in str(exc) for what in ("region", "endpoint=", "as written")), exc
+        return
+    assert not botocore_refuses(target.url.params.get("region") or "us-east-1", endpoint or None)
+    assert endpoint == "" or endpoint.lower().startswith(("http://", "https://"))
 
 
 @given(value=st.one_of(TEXT, st.sampled_from(["none", "optional", "required", "Required", "bogus", ""])))

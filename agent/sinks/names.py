@@ -29,8 +29,10 @@ def metric_name(name: str) -> str:
 
 def reserved(pname: str) -> bool:
     """Whether a sanitised name (`metric_name`) is the sidecar's (`tasklens` alone too: `tasklens_total`)
-    or Prometheus's own (`up`, `scrape_*` of a target, `__*`)."""
-    return (pname + "_").startswith(RESERVED_PREFIXES) or pname in PROMETHEUS_OWN or pname.startswith("__")
+    or Prometheus's own (`up`, `scrape_*` of a target, `__*`; `_` alone too, whose samples would be `__total`,
+    `__bucket`: a name of nothing but characters sanitised away, `.` or `é`)."""
+    return ((pname + "_").startswith(RESERVED_PREFIXES) or pname in PROMETHEUS_OWN or pname.startswith("__")
+            or pname == "_")
 
 
 # The names a family of each type takes on `/metrics` beside its own (either format)

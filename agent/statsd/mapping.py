@@ -115,10 +115,13 @@ def _expand(template: str, groups: Sequence[str]) -> str:
 
 
 def apply(rules: Sequence[Rule], name: str) -> tuple[str, Tags] | None:
-    """(new name, labels) from the first rule that matches `name`, or None."""
+    """(new name, labels) from the first rule that matches `name`, or None. A label whose value is empty
+    (`""`, or a group that did not take part) is not given: an empty value is no label in Prometheus, and
+    a bare tag's label reads `true`, which no one sent."""
     for rule in rules:
         found = rule.pattern.fullmatch(name)
         if found is not None:
             groups = (found.group(0), *found.groups())
-            return _expand(rule.name, groups), tuple((k, _expand(v, groups)) for k, v in rule.labels)
+            labels = ((k, _expand(v, groups)) for k, v in rule.labels)
+            return _expand(rule.name, groups), tuple((k, v) for k, v in labels if v)
     return None

@@ -72,6 +72,7 @@ def parsed(families: Iterable[object]) -> Series:
         for s in family.samples:  # type: ignore[attr-defined]
             key = (s.name, tuple(sorted(s.labels.items())))
             assert key not in out, f"two series {key!r}"
+            assert not s.name.startswith("__"), f"a name Prometheus keeps for itself: {s.name!r}"  # `.` as `__total`
             out[key] = s.value
     return out
 

@@ -28,6 +28,15 @@ def test_regex_rules_and_first_match_wins() -> None:
     assert apply(rules, "db.users.rows") == ("db_other", ())
 
 
+def test_a_label_whose_value_is_empty_is_not_given() -> None:
+    """A group that did not take part, or a label given as `""`: no label (on /metrics a bare tag's label reads
+    `true`, a value no one sent); the client's own tag of that key stays."""
+    rules = compile_rules([{"match": r"req\.(\w+)(?:\.(\w+))?", "match_type": "regex", "name": "requests",
+                            "labels": {"route": "$1", "status": "$2", "shard": ""}}])
+    assert apply(rules, "req.home") == ("requests", (("route", "home"),))
+    assert apply(rules, "req.api.500") == ("requests", (("route", "api"), ("status", "500")))
+
+
 @pytest.mark.parametrize("rule, message", [
     ({"name": "x"}, "mappings[0]: match is required"),
     ({"match": "a.*"}, "mappings[0] (match 'a.*'): name is required"),

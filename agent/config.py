@@ -674,7 +674,7 @@ class Config:
     statsd_max_context_bytes: int = setting(128 * 1024**2, parse_size,
                                             doc="names, tags and container ids of live StatsD contexts")
     statsd_max_event_bytes: int = setting(4 * 1024**2, parse_size,
-                                          doc="StatsD events and service checks per interval")
+                                          doc="StatsD events per interval, and service checks")
     statsd_max_set_members: int = setting(200_000, parse_positive_int, doc="StatsD set members per interval")
     statsd_max_set_bytes: int = setting(8 * 1024**2, parse_size, doc="bytes of StatsD set members per interval")
     statsd_max_histogram_values: int = setting(8_000_000, parse_positive_int, low=1000, high=100_000_000,

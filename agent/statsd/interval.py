@@ -37,7 +37,7 @@ class Limits:
     max_contexts: int = 100_000
     context_bytes: int = 128 * 1024**2  # what live contexts hold, as `Context.cost` and `TagPool` charge it
     events: int = 10_000  # events, and service checks, each per interval
-    event_bytes: int = 4 * 1024**2  # per interval: titles, texts, messages and tags of both
+    event_bytes: int = 4 * 1024**2  # per interval, each: titles, texts, messages and tags (`item_bytes`)
     set_members: int = 200_000  # distinct set members per interval, all contexts together
     set_bytes: int = 8 * 1024**2  # their bytes, per interval
     set_members_per_context: int = 100_000
@@ -147,6 +147,7 @@ class Interval:
     service_checks: list[tuple[ServiceCheck, str]] = field(default_factory=list)
     # what the interval holds against Limits: bytes of events and checks, set members and their bytes
     event_bytes: int = 0
+    check_bytes: int = 0  # of service checks
     set_members: int = 0
     set_bytes: int = 0
     set_bytes_of: dict[Context, int] = field(default_factory=dict)

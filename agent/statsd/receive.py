@@ -368,12 +368,17 @@ class Aggregator:
         stats.events += 1  # kept ones only: a refused one is a parse error (`samples` counts neither)
 
     def _keep(self, kept: list[Any], item: tuple[Event | ServiceCheck, str]) -> None:
-        """An event or service check joins the interval within its count and byte limits."""
+        """An event or service check joins the interval within its count and byte limits, each kind its own:
+        a burst of events never refuses a service check (a health signal)."""
         iv, limits = self.interval, self.limits
         size = item_bytes(item[0]) + utf8_len(item[1])
-        if len(kept) >= limits.events or iv.event_bytes + size > limits.event_bytes:
+        held = iv.event_bytes if kept is iv.events else iv.check_bytes
+        if len(kept) >= limits.events or held + size > limits.event_bytes:
             raise ParseError("event_limit")
-        iv.event_bytes += size
+        if kept is iv.events:
+            iv.event_bytes += size
+        else:
+            iv.check_bytes += size
         kept.append(item)
 
     def _metric(self, line: bytes) -> None:

@@ -103,12 +103,22 @@ def test_expired_contexts_make_room_again() -> None:
 def test_events_and_service_checks_past_their_bytes_are_refused_alone() -> None:
     event = b"_e{5,1000}:title|" + b"x" * 1000
     check = b"_sc|check|0|m:" + b"y" * 1000
-    # each is charged its text plus 512 bytes (about 1,517): three fit in 4,800
+    # each is charged its text plus 512 bytes (about 1,517): three of each fit in 4,800 (each kind its own)
     agg = run(b"\n".join([event, check] * 5), Limits(event_bytes=3 * 1600))
-    assert len(agg.interval.events) + len(agg.interval.service_checks) == 3
-    assert agg.stats.errors == {"event_limit": 7}
-    assert agg.stats.events + agg.stats.service_checks == 3
+    assert len(agg.interval.events) == len(agg.interval.service_checks) == 3
+    assert agg.stats.errors == {"event_limit": 4}
+    assert agg.stats.events == agg.stats.service_checks == 3
     assert control(agg) == 3.0
+
+
+def test_a_burst_of_events_never_refuses_a_service_check() -> None:
+    """Events and service checks have a byte budget each: a worker's burst of events past its budget cost the
+    interval's service checks (health signals) theirs (an outside tester: 9 of 10 checks refused)."""
+    events = [b"_e{1,1}:t|x|#i:%d" % i for i in range(100)]
+    checks = [b"_sc|check%d|0" % i for i in range(10)]
+    agg = run(b"\n".join(events + checks), Limits(event_bytes=20 * 720))
+    assert len(agg.interval.service_checks) == 10 and agg.stats.service_checks == 10
+    assert 0 < len(agg.interval.events) < 100 and agg.stats.errors == {"event_limit": 100 - len(agg.interval.events)}
 
 
 def test_events_past_their_count_are_refused() -> None:

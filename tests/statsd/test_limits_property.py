@@ -88,7 +88,7 @@ def test_events_never_pass_their_bytes_or_count(sizes: list[tuple[int, int, int]
     aggs = run_both(datagrams, limits)
     for agg in aggs:
         iv = agg.interval
-        assert iv.event_bytes <= budget
+        assert iv.event_bytes <= budget and iv.check_bytes <= budget
         assert len(iv.events) <= count and len(iv.service_checks) <= count
         kept = len(iv.events) + len(iv.service_checks)
         assert kept + agg.stats.errors["event_limit"] == 2 * len(sizes)

@@ -22,6 +22,7 @@ from agent.urlmask import mask_matches, url_credentials, url_passwords
 
 MASK = "***"
 REMOTE_TEXT_LIMIT = 200  # characters of a remote error kept: enough to say what went wrong
+CUT_SHOWN = 3  # characters of a secret's start that a text cut inside it may end with, unmasked
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]+")  # no line breaks or escapes from a peer in our log
 
 
@@ -53,15 +54,27 @@ class Redactor:
         # longest first, so that a secret containing another is masked whole
         alternatives = sorted(variants, key=len, reverse=True)
         self._pattern = re.compile("|".join(map(re.escape, alternatives)), re.IGNORECASE) if alternatives else None
+        self._starts = sorted({v.lower() for v in alternatives if len(v) > CUT_SHOWN}, key=len, reverse=True)
 
     def mask(self, text: str) -> str:
         return mask_matches(self._pattern, text) if self._pattern else text
+
+    def _cut_end(self, text: str) -> str:
+        """`text` without the start of a secret it ends with: a body read up to a bound (`push.BODY_BYTES`) may
+        end inside one, which no mask matches whole; masked, 64 KiB of copies of a key shrink to `***`, and
+        the piece after them would be shown. More than CUT_SHOWN characters of it are masked."""
+        end = text.rstrip()[-max(map(len, self._starts), default=0):].lower()
+        for secret in self._starts:
+            for k in range(min(len(secret) - 1, len(end)), CUT_SHOWN, -1):
+                if end.endswith(secret[:k]):
+                    return text.rstrip()[:-k] + MASK
+        return text
 
     def remote_text(self, body: bytes | str, limit: int = REMOTE_TEXT_LIMIT) -> str:
         """A peer's text made safe to keep and log: decoded, secrets masked, control characters shown as
         one space, at most `limit` characters (masked before it is cut, so a cut never shows half a key)."""
         text = body.decode("utf-8", errors="replace") if isinstance(body, bytes) else body
-        text = _CONTROL.sub(" ", self.mask(text))
+        text = _CONTROL.sub(" ", self._cut_end(self.mask(text)))
         if not text.isprintable():  # other breaks and invisible characters too (U+2028, U+200E, ...)
             text = "".join(c if c.isprintable() else " " for c in text)
         text = text.strip()

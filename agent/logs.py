@@ -7,7 +7,7 @@ import os
 import queue
 import threading
 import time
-from collections.abc import Hashable, Iterable
+from collections.abc import Hashable, Iterable, Mapping
 from typing import Any
 
 from agent.urlmask import mask_text
@@ -217,6 +217,30 @@ AWS_SECRET_VARIABLES = ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_SECUR
 FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
+def known_secrets(secrets: Iterable[str] = (), environ: Mapping[str, str] | None = None) -> tuple[str, ...]:
+    """The secrets every log line is masked with besides what reads as one (`setup`): `secrets` (the
+    configuration's, `redact.log_secrets`) and the AWS credentials of the environment. What the sidecar
+    shows elsewhere (`/status`, `/status/history`: `masked`) is masked with the same."""
+    environ = os.environ if environ is None else environ
+    return tuple(s for s in (*secrets, *(environ.get(v, "") for v in AWS_SECRET_VARIABLES)) if s)
+
+
+def masked(value: Any, secrets: Iterable[str] = ()) -> Any:
+    """`value` (a component's status: dicts, lists, strings, numbers) with every string in it, a key too,
+    masked as a log line is (`mask_text` with `secrets`: `known_secrets`): a component's last error quotes
+    its peer's answer (an endpoint's error body echoing a credential), and `/status` shows it as kept."""
+    secrets = tuple(secrets)
+    if isinstance(value, str):
+        return mask_text(value, secrets)
+    if isinstance(value, Mapping):
+        return {masked(k, secrets): masked(v, secrets) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return [masked(v, secrets) for v in value]
+    if value is None or isinstance(value, (bool, int, float)):
+        return value
+    return mask_text(str(value), secrets)  # what the JSON would show of it (`http.json_text`: default=str)
+
+
 def setup(level: str = "info", *, aside: bool = False, secrets: Iterable[str] = ()) -> logging.Handler:
     """The log on stderr; `aside`: written by a thread of its own (`tasklens run`, see AsideHandler).
     Every record that reaches it, whatever logged it, is masked (`Masked`: `secrets`, the configuration's,
@@ -229,7 +253,7 @@ def setup(level: str = "info", *, aside: bool = False, secrets: Iterable[str] = 
         old.close()
     handler: logging.Handler = AsideHandler() if aside else logging.StreamHandler()
     handler.tasklens = True  # type: ignore[attr-defined]
-    known = [*secrets, *(os.environ.get(v, "") for v in AWS_SECRET_VARIABLES)]
+    known = known_secrets(secrets)
     handler.setFormatter(Masked(FORMAT, known))
     handler.addFilter(LibraryLines(tracebacks=number <= logging.DEBUG, secrets=known))
     root.addHandler(handler)

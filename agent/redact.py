@@ -18,6 +18,7 @@ from collections.abc import Iterable, Mapping
 from urllib.parse import quote, quote_plus, unquote
 
 from agent.config import SECRET_FIELDS, URL_FIELDS, Config, parse_headers
+from agent.logs import known_secrets
 from agent.urlmask import mask_matches, url_credentials, url_passwords
 
 MASK = "***"
@@ -40,11 +41,14 @@ class Redactor:
     """Replaces every occurrence of a secret in every form the sidecar sends it: as written,
     percent-encoded or decoded, JSON-escaped (`\\uXXXX` or not), base64 (with or without its `=` padding); any case.
     `config_secrets` adds `user:password` for each basic-auth pair, so its base64 is masked too.
-    A secret of a few characters masks those characters everywhere: unreadable beats leaked."""
+    A secret of a few characters masks those characters everywhere: unreadable beats leaked.
+    Besides `secrets`, the AWS credentials of the environment (`environ`, by default the process's) are
+    masked, as every log line masks them (`logs.known_secrets`): the ECS endpoint's answer, or a store's
+    under SigV4 (it is sent the session token), may quote them, and a long answer is cut after this mask."""
 
-    def __init__(self, secrets: Iterable[str]) -> None:
+    def __init__(self, secrets: Iterable[str], environ: Mapping[str, str] | None = None) -> None:
         variants: set[str] = set()
-        for secret in secrets:
+        for secret in known_secrets(secrets, environ):
             if secret:
                 encoded = _base64(secret)
                 variants.update((secret, unquote(secret), quote(secret, safe=""), quote_plus(secret),

@@ -26,7 +26,8 @@ from agent import http, memory, stopping
 from agent.config import Config, ConfigError
 from agent.hub import Component, Hub, Sink
 from agent.identity import Identity, local_identity
-from agent.logs import RateLimitedLog
+from agent.logs import RateLimitedLog, known_secrets, masked
+from agent.redact import log_secrets
 from agent.selfmetrics import SelfMetrics
 from agent.sinks.prometheus import PrometheusSink
 
@@ -81,6 +82,8 @@ class Runtime:
 
         self.config = config
         self.environ = os.environ if environ is None else environ
+        # what every log line is masked with (`logs.setup`): the status and the page's errors are too
+        self.secrets = known_secrets(log_secrets(config, self.environ), self.environ)
         self.metadata_url = metadata_base_url(self.environ)
         identity = local_identity(config, self.environ)
         if self.metadata_url:
@@ -148,7 +151,7 @@ class Runtime:
         if config.status_page:  # GET /: keeps the last hour of a few series per container and queue
             from agent.statuspage import PageHistory, status_window
 
-            self.page = PageHistory(hub, history_seconds=status_window(config, self.sources))
+            self.page = PageHistory(hub, history_seconds=status_window(config, self.sources), secrets=self.secrets)
             self.sinks.append(self.page)
         for sink in self.sinks:
             if sink is not self.prometheus:
@@ -177,11 +180,15 @@ class Runtime:
         return bool(getattr(first, "ready", True))
 
     def status(self) -> dict[str, Any]:
+        """Each component's status, as `/status` and `/status/history` show it: every text in it masked as
+        a log line is (`logs.masked`), whatever the component kept (an endpoint's error body quoting a
+        credential, a library's exception text)."""
         out: dict[str, Any] = {}
         for component in [*self.sources, *self.sinks]:
             status = getattr(component, "status", None)
             out[component.name] = status() if callable(status) else {}
-        return out
+        shown: dict[str, Any] = masked(out, self.secrets)
+        return shown
 
     async def start_http(self) -> None:
         app = http.make_app(self.hub, self.prometheus, self.ready, self.status)

@@ -26,6 +26,7 @@ from aiohttp import web
 from agent.hub import Hub
 from agent.http import json_text
 from agent.model import Batch, Kind, Points
+from agent.urlmask import mask_text
 from integrations.queues.trend import trend_window  # the trend windows' rule: 3 polls at least
 
 MAX_CONTAINERS = 20
@@ -111,11 +112,15 @@ class Ring:
 
 
 class RecentErrors(logging.Handler):
-    """The last warnings and errors of the sidecar's own log, for the page."""
+    """The last warnings and errors of the sidecar's own log, for the page: each message masked as the
+    log masks it (`mask_text` with `secrets`, `logs.known_secrets`) when it is kept, then cut (a cut
+    never shows part of what the mask would have matched whole). This handler is not the log's: without
+    it, a message quoting an endpoint's answer was kept as written."""
 
-    def __init__(self, size: int = MAX_ERRORS) -> None:
+    def __init__(self, size: int = MAX_ERRORS, secrets: Iterable[str] = ()) -> None:
         super().__init__(logging.WARNING)
         self.records: deque[dict[str, Any]] = deque(maxlen=size)
+        self.secrets = tuple(secrets)
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
@@ -123,7 +128,7 @@ class RecentErrors(logging.Handler):
         except Exception:  # a bad format string in somebody's log call: keep the raw text
             message = str(record.msg)
         self.records.append({"time": record.created, "level": record.levelname, "logger": record.name,
-                             "message": message[:500]})
+                             "message": mask_text(message, self.secrets)[:500]})
 
 
 class PageHistory:
@@ -131,7 +136,8 @@ class PageHistory:
 
     name = "statuspage"
 
-    def __init__(self, hub: Hub, *, history_seconds: float = 3600.0, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, hub: Hub, *, history_seconds: float = 3600.0, clock: Callable[[], float] = time.time,
+                 secrets: Iterable[str] = ()) -> None:
         self.hub = hub
         self.history_seconds = history_seconds
         self.spacing = history_seconds / (MAX_POINTS - 1)  # MAX_POINTS points span the history (`Ring`)
@@ -143,7 +149,7 @@ class PageHistory:
         self.processes: list[dict[str, Any]] = []  # the latest top processes (agent/processes.py)
         self.statsd_at: float | None = None
         self.dropped = 0  # containers or queues beyond the caps
-        self.errors = RecentErrors()
+        self.errors = RecentErrors(secrets=secrets)  # `secrets`: what the log masks (`logs.known_secrets`)
         self.watched_at = -math.inf
 
     def _ring(self) -> Ring:

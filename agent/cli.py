@@ -164,13 +164,14 @@ def validate(environ: Mapping[str, str] | None = None) -> tuple[Config, list[str
     if config.dogstatsd_forward is not None:
         _check_forward(config, warnings)
     if config.remote_write_url:
-        from agent.sinks.remote_write import sigv4_region
+        from agent.sinks.remote_write import check as check_remote_write
 
-        sigv4_region(config)  # SigV4 on needs a region
+        check_remote_write(config)  # SigV4 on needs a region; headers and auth as `run` would send them
     if config.otlp_endpoint or config.otlp_metrics_endpoint:
-        from agent.sinks.otlp import check_protocol
+        from agent.sinks.otlp import check_headers, check_protocol
 
         check_protocol(config)  # the one protocol sent
+        check_headers(config)  # none the HTTP client or the sink writes itself
     if config.cloudwatch == "emf":
         from agent.sinks.emf import HEARTBEAT_LEFT_OUT, heartbeat_fits
 

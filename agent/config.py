@@ -433,6 +433,33 @@ def parse_headers(text: str) -> tuple[tuple[str, str], ...]:
 _FIELD_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # an HTTP field name (RFC 9110, 5.1)
 
 
+# Headers the HTTP client writes itself: the message's framing, its target and the connection's own
+# (hop-by-hop, RFC 9110 7.6.1 and 7.2; `Expect` asks for a 100-continue exchange the client does not
+# do). One given as an extra header is sent beside (or instead of) the client's own on every request:
+# `Content-Length=5` made a real Prometheus refuse every push (`snappy: corrupt input`), and a lenient
+# receiver read 5 bytes of each body. Refused at start by the push sinks that take extra headers.
+CLIENT_HEADERS = frozenset({"content-length", "transfer-encoding", "host", "connection", "keep-alive", "te",
+                            "trailer", "upgrade", "proxy-connection", "expect"})
+
+
+def refused_header(headers: tuple[tuple[str, str], ...], own: Mapping[str, str]) -> str | None:
+    """Why a list of extra headers cannot be sent as written, or None: a header the HTTP client owns
+    (`CLIENT_HEADERS`), one the sink sets itself (`own`: lower-case name -> what it is), or a name given
+    twice in two cases (`X-A=1,x-a=2`: both would be sent). Names compare case-insensitively, as HTTP's."""
+    seen: set[str] = set()
+    for name, _ in headers:
+        low = name.lower()
+        if low in CLIENT_HEADERS:
+            return (f"{name!r} is written by the HTTP client itself (framing and connection headers: "
+                    f"{', '.join(sorted(CLIENT_HEADERS))}); sent as well, it breaks every request")
+        if low in own:
+            return f"{name!r} is set by tasklens itself ({own[low]}) and cannot be overridden"
+        if low in seen:
+            return f"{name!r} is given twice (header names are case-insensitive)"
+        seen.add(low)
+    return None
+
+
 def headers_text(text: str) -> str:
     """Checked like `parse_headers`, each name an HTTP field name, but kept as text: a secret setting
     must be a string to be masked."""

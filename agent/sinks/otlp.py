@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from agent import __version__
-from agent.config import Config, ConfigError, parse_headers
+from agent.config import Config, ConfigError, parse_headers, refused_header
 from agent.urlmask import mask_url
 from agent.hub import Hub
 from agent.identity import Identity
@@ -137,12 +137,37 @@ def check_protocol(config: Config) -> None:
                           "the receiver's OTLP/HTTP port, usually 4318)")
 
 
+# the headers the sink sets itself (`OtlpSink.__init__`): refused as extra headers
+OWN_HEADERS = {"content-type": "the OTLP/HTTP protobuf body's", "content-encoding": "OTEL_EXPORTER_OTLP_COMPRESSION",
+               "user-agent": "tasklens's"}
+
+
+def check_headers(config: Config) -> None:
+    """ConfigError for an extra header OTLP cannot send as written (checked only with OTLP on: the
+    variables may be set for the application's own SDK): one the HTTP client writes itself
+    (`Content-Length`, `Host`, ...), one the sink sets, or one name given twice in two cases."""
+    for name in ("otlp_headers", "otlp_metrics_headers"):
+        why = refused_header(parse_headers(getattr(config, name)), OWN_HEADERS)
+        if why:
+            raise ConfigError(f"{config.where(name)}='***' is invalid: {why}")
+
+
+def merged_headers(config: Config) -> dict[str, str]:
+    """`OTEL_EXPORTER_OTLP_HEADERS`, then `..._METRICS_HEADERS` over it (the specification's order),
+    a name replacing the same name in any case (HTTP's names are case-insensitive: both would be sent)."""
+    out: dict[str, tuple[str, str]] = {}
+    for text in (config.otlp_headers, config.otlp_metrics_headers):
+        out.update({name.lower(): (name, value) for name, value in parse_headers(text)})
+    return dict(out.values())
+
+
 class OtlpSink:
     name = NAME
 
     def __init__(self, config: Config, hub: Hub, *, wall: Callable[[], float] = time.time,
                  drain_timeout: float | None = None) -> None:
         check_protocol(config)
+        check_headers(config)
         self.config = config
         self.hub = hub
         self.url = metrics_url(config)
@@ -159,8 +184,7 @@ class OtlpSink:
         self._made_for: Tags | None = None  # the identity the resource and the attribute templates were made for
         self._resource = Resource({})
         self._task_tags: dict[str, str] = {}  # the identity's tags, which a worker's tags cannot replace
-        headers = dict(parse_headers(config.otlp_headers))
-        headers.update(parse_headers(config.otlp_metrics_headers))
+        headers = merged_headers(config)
         headers.update({"Content-Type": "application/x-protobuf", "User-Agent": f"tasklens/{__version__}"})
         if self.gzip:
             headers["Content-Encoding"] = "gzip"

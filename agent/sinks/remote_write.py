@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from agent import __version__
-from agent.config import Config, ConfigError, parse_headers
+from agent.config import Config, ConfigError, parse_headers, refused_header
 from agent.urlmask import mask_url
 from agent.hub import Hub
 from agent.logs import RateLimitedLog
@@ -56,6 +56,7 @@ log = logging.getLogger("tasklens.remote_write")
 NAME = "remote_write"
 # the one NaN that means "this series ended" (remote-write 1.0); no other value may use these bits
 STALE_NAN: float = struct.unpack("<d", struct.pack("<Q", 0x7FF0000000000002))[0]
+# the remote-write headers the sink sets itself (`RemoteWriteSink._headers`): refused as extra headers
 RESERVED_HEADERS = frozenset({"content-encoding", "content-type", "user-agent", "x-prometheus-remote-write-version"})
 NEW_SERIES_PER_FLUSH = 10_000
 MAX_AGE = 3000.0  # Prometheus refuses samples ~1 h behind its head ("out of bounds"): give up before
@@ -192,6 +193,17 @@ def sigv4_region(config: Config) -> str | None:
     return region
 
 
+def check(config: Config) -> None:
+    """ConfigError for settings of an enabled remote_write that `run` could not use as written (`tasklens
+    check` and the sink both call it): SigV4 on without a region; an extra header the HTTP client or the
+    sink writes itself (`Content-Length=5` broke every request)."""
+    sigv4_region(config)
+    headers = parse_headers(config.remote_write_headers)
+    why = refused_header(headers, {h: "the remote-write protocol's" for h in RESERVED_HEADERS})
+    if why:
+        raise ConfigError(f"{config.where('remote_write_headers')}='***' is invalid: {why}")
+
+
 class SigV4Signer:
     """botocore's SigV4 over the standard credential chain (env, web identity, ECS task role, ...).
 
@@ -248,6 +260,7 @@ class RemoteWriteSink:
         self._selected: dict[tuple[str, Kind], bool] = {}
         self.state = CumulativeState(NAME, hub.metrics, config.histogram_buckets, config.series_ttl, wall=wall,
                                      log=RateLimitedLog(log, interval=60.0))
+        check(config)
         region = sigv4_region(config)
         self.signer = SigV4Signer(region, config.remote_write_sigv4_service) if region else None
         self.headers = self._headers(config)

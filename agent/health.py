@@ -24,8 +24,8 @@ from agent.identity import container_tags, distinct_containers
 from agent.logs import RateLimitedLog
 from agent.model import Kind, Sample, Tags
 from agent.selfmetrics import SelfMetrics
-from agent.sources.ecs_stats import DEPARTED_POLLS, MAX_DEPARTED, Choice, choose_once, memory_limit_bytes, parse_time_ns
-from agent.sources.ecs_stats import working_set_bytes
+from agent.sources.ecs_stats import DEPARTED_POLLS, MAX_DEPARTED, Choice, CounterFloors, choose_once, memory_limit_bytes
+from agent.sources.ecs_stats import checked_working_set, parse_time_ns
 from agent.sources.ecs_stats import _get, _num  # the same tolerant JSON accessors as the derivations
 from integrations.queues.trend import trend_window  # the queues' rule: a trend window holds 3 polls
 
@@ -44,6 +44,9 @@ EXIT_LOOKBACK = 3  # running readings before an exit that can show memory at the
 EXIT_PROJECTION_POLLS = 3
 STATS_REFRESH = 10.0  # seconds: the agent refreshes a container's stats (and its `read`) up to this far apart
 MIN_GROWTH = 0.01  # the fitted growth over the window must reach 1 % of the limit to be a leak
+# ECS restarts a container (restart policy) only once it ran `restartAttemptPeriod` seconds, 60 at least:
+# a `RestartCount` that rose by more than 1 + elapsed / MIN_RESTART_PERIOD cannot be (`max_restarts`)
+MIN_RESTART_PERIOD = 60.0
 FLOOR_BINS = 6  # the floor (lowest point of each sixth of the window) must rise by half that too: _floor_growth
 # a container gone from `/task` is remembered for DEPARTED_POLLS polls (as the network totals remember
 # its interfaces), so that one back after a gap continues its counters and peak; at most MAX_DEPARTED at
@@ -115,6 +118,8 @@ class Observation:
     failcnt: float | None = None  # cgroup v2 only: memory.events `oom` (`oom_events`)
     throttled_periods: float | None = None
     throttled_seconds: float | None = None
+    polled: float | None = None  # Unix seconds of the poll that made it
+    created_ns: int | None = None  # the container's `CreatedAt`: a restart in place keeps it
 
     @property
     def near_limit(self) -> bool:
@@ -139,7 +144,8 @@ def observe(container: Mapping[str, Any], stats: Any, task: Any, poll_time: floa
     stats = stats if isinstance(stats, dict) else {}
     memory = _get(stats, "memory_stats")
     read = parse_time_ns(stats.get("read"))
-    ws = working_set_bytes(memory) if isinstance(memory, dict) and memory else None
+    # a usage above every limit the container has is garbage (`memory_is_garbage`): no reading, no peak
+    ws = checked_working_set(memory, container, task) if isinstance(memory, dict) and memory else None
     throttling = _get(stats, "cpu_stats", "throttling_data")
     throttled_ns = _num(_get(throttling, "throttled_time"))
     return Observation(
@@ -153,17 +159,30 @@ def observe(container: Mapping[str, Any], stats: Any, task: Any, poll_time: floa
         failcnt=oom_events(memory),
         throttled_periods=_num(_get(throttling, "throttled_periods")),
         throttled_seconds=throttled_ns / 1e9 if throttled_ns is not None else None,
+        polled=poll_time,
+        created_ns=parse_time_ns(container.get("CreatedAt")),
     )
 
 
 # --- transitions between two polls --------------------------------------------------------------
 
 
-def restarts_between(before: Observation, now: Observation) -> int:
-    """Restarts between two polls: the rise of `RestartCount` when ECS gives it (restart policy), else
-    1 when the container's `StartedAt` moved forward (it started again), else 0."""
+def max_restarts(seconds: float) -> float:
+    """The most restarts a restart policy can make in `seconds`: one each MIN_RESTART_PERIOD, and one more
+    (the polls and the restarts are not in step)."""
+    return 1.0 + max(0.0, seconds) / MIN_RESTART_PERIOD
+
+
+def restarts_between(before: Observation, now: Observation, elapsed: float | None = None) -> int | None:
+    """Restarts between two polls `elapsed` seconds apart: the rise of `RestartCount` when ECS gives it
+    (restart policy), else 1 when the container's `StartedAt` moved forward (it started again), else 0.
+    None when `RestartCount` says what cannot be: it went down (the same instance: a restart count
+    never does), or it rose by more than `max_restarts(elapsed)` (without `elapsed`, not checked)."""
     if before.restart_count is not None and now.restart_count is not None:
-        return max(0, int(now.restart_count - before.restart_count))
+        rise = now.restart_count - before.restart_count
+        if rise < 0 or (elapsed is not None and rise > max_restarts(elapsed)):
+            return None
+        return int(rise)
     if before.started_ns is not None and now.started_ns is not None and now.started_ns > before.started_ns:
         return 1
     return 0
@@ -259,7 +278,9 @@ class _Container:
     readings: deque[Reading] = field(default_factory=lambda: deque(maxlen=EXIT_LOOKBACK))  # this process's
     memory: trend.History = field(default_factory=lambda: trend.History(0.0))
     peak_working_set: float | None = None
-    restarts: float = 0.0
+    restarts: float | None = None  # None until a first `RestartCount` is believed (`_restarts`)
+    counted: Observation | None = None  # the last observation whose `RestartCount` was believed
+    refused: Observation | None = None  # the one refused at the poll before, or the first one held (`_restarts`)
     oom_kills: float = 0.0
     growth_per_second: float = 0.0  # of the last forecast that saw growth at EXIT_SIGNIFICANCE, else 0
     saturation: Saturation = field(default_factory=Saturation)
@@ -304,6 +325,10 @@ class HealthMonitor:
         self._polls = 0
         self._task_saturation = Saturation()
         self._throttling_real = False
+        self._counters = CounterFloors()  # the throttling counters: never exported lower without a restart
+        # reasons of what the last poll held that cannot be (a `RestartCount` refused, a counter that went
+        # back): `bad_stats` once a container, which the ECS source counts with derive's
+        self.errors: list[str] = []
 
     def settings(self) -> dict[str, float]:
         """The windows in use, as `settings` gives them from a configuration (`/status` shows them)."""
@@ -327,6 +352,7 @@ class HealthMonitor:
     def _observe(self, task: Any, stats: Any, derived: Iterable[Sample], poll_time: float,
                  standing: Mapping[str, Choice] | None) -> list[Sample]:
         stats = stats if isinstance(stats, dict) else {}
+        self.errors = []
         utilization = {(s.name, s.tags): float(s.value) for s in derived
                        if s.name.endswith("cpu.utilization_percent") and isinstance(s.value, (int, float))}
         self._polls += 1
@@ -348,6 +374,7 @@ class HealthMonitor:
         # ECS reports throttling as 0 even under throttling (a platform bug): a constant 0 would be a
         # lie, so the counters appear only once some container of the task shows a non-zero value
         self._throttling_real |= any(obs.throttled_periods for _, _, obs, _ in observed.values())
+        self._counters.begin(docker_id for _, docker_id, _, _ in observed.values())
         out: list[Sample] = []
         for name, (tags, docker_id, obs, others) in observed.items():
             util = utilization.get(("ecs.container.cpu.utilization_percent", tags))
@@ -379,7 +406,7 @@ class HealthMonitor:
         c = self._containers.get(name)
         if c is None:
             c = self._containers[name] = _Container(tags, memory=trend.History(self.memory_window, self.clock))
-            c.restarts = obs.restart_count or 0.0  # RestartCount counts from the task's start
+        bad = False
         c.tags = tags
         c.seen = self._polls
         before = c.last
@@ -392,10 +419,14 @@ class HealthMonitor:
             exited = bool(before and before.running) and (replaced is None or not replaced.running)
             exit_code = replaced.exit_code if replaced is not None else None
             restarts = 1
+            c.counted, c.refused = obs, None  # another instance: its own RestartCount
+            if c.restarts is None:  # none believed yet: the counter starts here
+                c.restarts = 0.0
         else:
             exited = before is not None and before.running and not obs.running
             exit_code = obs.exit_code
-            restarts = restarts_between(before, obs) if before is not None else 0
+            restarts, refused = self._restarts(c, obs)
+            bad |= refused
         c.docker_id = docker_id
         # an exit is judged once: when the stop is seen, or at the restart if the stop fell between polls
         judged = exited or bool(restarts and not switched and before is not None and before.running)
@@ -404,7 +435,7 @@ class HealthMonitor:
         if switched:
             c.last_running = None  # another process, in another cgroup: nothing of it compares with this one
         if restarts or exited or switched:
-            c.restarts += restarts
+            c.restarts = c.restarts + restarts if c.restarts is not None else None
             c.memory = trend.History(self.memory_window, self.clock)  # a new process: its memory starts afresh
             c.readings.clear()
             c.growth_per_second = 0.0  # of the process before: not this one's
@@ -450,7 +481,54 @@ class HealthMonitor:
         if obs.running and c.saturation.last_t is not None:
             emit("cpu.saturated", 1.0 if c.saturation.saturated else 0.0)
             emit("cpu.saturated_seconds_total", c.saturation.seconds, Kind.COUNTER)
-        if self._throttling_real:
-            emit("cpu.throttled_periods_total", obs.throttled_periods, Kind.COUNTER)
-            emit("cpu.throttled_seconds_total", obs.throttled_seconds, Kind.COUNTER)
+        for metric, value in (("cpu.throttled_periods_total", obs.throttled_periods),
+                              ("cpu.throttled_seconds_total", obs.throttled_seconds)):
+            # cumulative: one below the value exported last for this instance (no restart) is a gap
+            if value is not None and docker_id is not None \
+                    and not self._counters.check(docker_id, obs.started_ns, metric, value):
+                bad = True
+                continue
+            if self._throttling_real:
+                emit(metric, value, Kind.COUNTER)
+        if bad:
+            self.errors.append("bad_stats")
         return out
+
+    @staticmethod
+    def _restarts(c: _Container, obs: Observation) -> tuple[int, bool]:
+        """Restarts since the last believed `RestartCount` (`c.counted`), and whether this one was refused.
+
+        `restarts_total` starts at the `RestartCount` first seen (it counts from the task's start): at
+        once when it is at most 1 (or absent), else once the next poll agrees with it (the same count, or
+        a rise `restarts_between` allows): a count above 1 seen once may be garbage, and would stay in
+        the counter for good. Until then `restarts_total` is a gap. After, a count that went down or rose
+        past what the time since allows (`restarts_between` None) is refused: it adds nothing and
+        `c.counted` stays. The same count refused at two polls in a row is what the container says now:
+        it becomes the one compared against, still adding nothing (the reading believed before was the
+        wrong one: too few restarts counted, never too many)."""
+        if c.counted is None:
+            held = c.refused
+            if obs.restart_count is None or obs.restart_count <= max_restarts(0.0):
+                c.restarts, c.counted, c.refused = obs.restart_count or 0.0, obs, None
+                return 0, False
+            if held is None:  # the first count seen: held until the next poll says the same
+                c.refused = obs
+                return 0, False
+            rise = restarts_between(held, obs, _elapsed(held, obs))
+            c.refused = None if rise is not None else obs
+            if rise is None:
+                return 0, True
+            c.restarts, c.counted = held.restart_count or 0.0, obs
+            return rise, False
+        restarts = restarts_between(c.counted, obs, _elapsed(c.counted, obs))
+        if restarts is None:
+            again = c.refused is not None and c.refused.restart_count == obs.restart_count
+            c.counted, c.refused = (obs, None) if again else (c.counted, obs)
+            return 0, True
+        c.counted, c.refused = obs, None
+        return restarts, False
+
+
+def _elapsed(before: Observation, now: Observation) -> float | None:
+    """Seconds between the polls that made two observations (None when either time is unknown)."""
+    return now.polled - before.polled if now.polled is not None and before.polled is not None else None

@@ -315,16 +315,17 @@ def test_exit_137_without_memory_pressure_is_not_an_oom_kill():
 
 
 def test_restart_policy_restarts_and_an_oom_restart_between_polls():
-    # fargate-2021 `essential` with a restart policy: RestartCount 0 -> 2 (two restarts between polls,
-    # memory at the limit before them: one OOM kill judged, as the exits themselves were not seen)
+    # fargate-2021 `essential` with a restart policy: RestartCount 0 -> 2 (two restarts between polls
+    # 130 s apart: a restart policy restarts at most once a minute; memory at the limit before them: one
+    # OOM kill judged, as the exits themselves were not seen)
     m = monitor()
     task, stats = poll("fargate-2021", "fargate-2021", t=0)
     with_restart(task, "essential", restart_count=0)
     with_memory(stats, task, "essential", working_set=510 * MIB)  # of the task's 512 MiB
     assert container_values(m.observe(task, stats, [], 0))["essential"]["ecs.container.restarts_total"] == 0
-    task, stats = poll("fargate-2021", "fargate-2021", t=10)
+    task, stats = poll("fargate-2021", "fargate-2021", t=130)
     with_restart(task, "essential", restart_count=2)
-    got = container_values(m.observe(task, stats, [], 10))["essential"]
+    got = container_values(m.observe(task, stats, [], 130))["essential"]
     assert got["ecs.container.restarts_total"] == 2
     assert got["ecs.container.oom_kills_total"] == 1
 

@@ -25,7 +25,7 @@ from agent.identity import distinct_containers, task_identity
 from agent.logs import RateLimitedLog
 from agent.model import Batch, Sample, encodable
 from agent.redact import Redactor
-from agent.sources.ecs_stats import Instances, NetworkTotals, derive, rate_basis
+from agent.sources.ecs_stats import CounterFloors, Instances, NetworkTotals, derive, rate_basis
 from agent.urlmask import mask_url, url_passwords
 
 log = logging.getLogger("tasklens.ecs")
@@ -95,6 +95,7 @@ class EcsSource:
         self.stale_after = stale_after if stale_after is not None else max(
             STALE_POLLS * config.poll_interval, STALE_MIN_SECONDS)
         self._network = NetworkTotals()  # the task's network counters, poll after poll
+        self._counters = CounterFloors()  # the containers' cumulative counters: never exported lower
         # which instance stands for each container name, poll after poll: chosen once a poll, read by
         # derive and the health monitor alike
         self._instances = Instances()
@@ -197,8 +198,9 @@ class EcsSource:
         # the task's own series (state, limits) still go out when only the stats failed
         previous, stale = self._previous(stats)
         standing = self._instances.choose(distinct_containers(task.get("Containers"))[0])
-        derived = derive(task, stats, previous, self._network, stale, standing)
+        derived = derive(task, stats, previous, self._network, stale, standing, self._counters)
         derived.samples.extend(self.health.observe(task, stats, derived.samples, time.time(), standing))
+        derived.errors.extend(self.health.errors)  # readings of the task the health rules could not believe
         for reason in derived.errors:
             if error is not None and reason == "no_stats":
                 continue  # the stats request failed: counted once as a poll error, not again per container

@@ -18,6 +18,9 @@ from agent.identity import container_tags, distinct_containers, is_workload
 from agent.model import Kind, Sample, Tags
 
 MIB = 1024 * 1024
+# the smallest hard limit Docker ever allowed (4 MiB; 6 MiB since 20.10, and ECS' minimum): a smaller
+# `Limits.Memory` is junk, not a ceiling (`memory_ceiling`)
+MIN_MEMORY_LIMIT = 4 * 1024 * 1024
 UNLIMITED = 2**62  # memory limits at or above this are "no limit" sentinels (2^63-4096, 2^64-1)
 CPU_UNITS_PER_VCPU = 1024
 CPU_UNITS_UNSET = 2  # container `Limits.CPU` of 0 (EC2) or 2 (Fargate) means "not set"
@@ -210,6 +213,37 @@ def memory_limit_bytes(memory: Any, container: Any, task: Any) -> float | None:
         candidates.append(mib * MIB if mib is not None else None)
     limits = [limit for c in candidates if (limit := plausible_limit(c, used)) is not None]
     return min(limits) if limits else None
+
+
+def memory_ceiling(container: Any, task: Any) -> float | None:
+    """The most memory a container can hold: the larger of its own and its task's hard limits
+    (`Limits.Memory`, MiB, in `/task`), each a real one (finite, at least MIN_MEMORY_LIMIT, below the
+    "unlimited" sentinels). None when neither is known. The stats `limit` is no ceiling: it is the host's memory
+    where the container has no limit, a sentinel, or in hand-edited captures a truncated number (the
+    rule of `plausible_limit`: a limit below the usage is no limit). A usage, working set, rss, cache,
+    anon or file above the ceiling cannot be: garbage in a valid answer (a gap, `bad_stats`), never a
+    reading, never a peak."""
+    limits = []
+    for mib in (_num(_get(container, "Limits", "Memory")), _num(_get(task, "Limits", "Memory"))):
+        limit = plausible_limit(mib * MIB, None) if mib is not None else None
+        if limit is not None and limit >= MIN_MEMORY_LIMIT:
+            limits.append(limit)
+    return max(limits) if limits else None
+
+
+def memory_is_garbage(memory: Any, container: Any, task: Any) -> bool:
+    """Whether `memory_stats` holds a usage (or Windows' private working set) above `memory_ceiling`:
+    then none of its readings is believed (its working set is computed from it)."""
+    ceiling = memory_ceiling(container, task)
+    if ceiling is None:
+        return False
+    used = [_num(_get(memory, key)) for key in ("usage", "privateworkingset")]
+    return any(v is not None and v > ceiling for v in used)
+
+
+def checked_working_set(memory: Any, container: Any, task: Any) -> float | None:
+    """`working_set_bytes`, None when the memory reading is garbage (`memory_is_garbage`)."""
+    return None if memory_is_garbage(memory, container, task) else working_set_bytes(memory)
 
 
 # --- block I/O ----------------------------------------------------------------------------------
@@ -475,6 +509,43 @@ class NetworkTotals:
         return dict(self.totals)
 
 
+@dataclass
+class CounterFloors:
+    """The last value exported of each cumulative counter a container's stats pass through as they are
+    (block I/O, CPU throttling), per instance: the guard of `NetworkTotals` for counters that are not
+    summed. A counter below the value exported last for the same DockerId and the same `StartedAt` (no
+    restart: a sample served out of order, garbage) is not exported lower: a gap for that poll
+    (`check` False, counted as `bad_stats` by the caller), and the value before stays the floor, so
+    101, 102, 50, 104 is exported 101, 102, -, 104. A new `StartedAt` (a restart in place) or DockerId
+    starts afresh: its counters start again from 0. Containers gone from `/task` for DEPARTED_POLLS
+    polls are forgotten, and at most MAX_NETWORK_KEYS instances are followed."""
+
+    # (DockerId, counter) -> (StartedAt ns of the instance, value exported last)
+    last: dict[tuple[str, str], tuple[int | None, float]] = field(default_factory=dict)
+    present: dict[str, int] = field(default_factory=dict)  # DockerId -> the poll it was last in `/task`
+    polls: int = 0
+
+    def begin(self, containers: Iterable[str]) -> None:
+        """A new poll whose `/task` lists these DockerIds."""
+        self.polls += 1
+        for docker_id in containers:
+            self.present[docker_id] = self.polls
+        self.present = {k: p for k, p in self.present.items() if self.polls - p <= DEPARTED_POLLS}
+        while len(self.present) > MAX_NETWORK_KEYS:  # containers that keep being replaced: bounded
+            del self.present[next(iter(self.present))]
+        if any(docker_id not in self.present for docker_id, _ in self.last):
+            self.last = {k: v for k, v in self.last.items() if k[0] in self.present}
+
+    def check(self, docker_id: str, started: int | None, counter: str, value: float) -> bool:
+        """Whether `value` of `counter` may be exported for this instance (it becomes the floor)."""
+        key = (docker_id, counter)
+        before = self.last.get(key)
+        if before is not None and before[0] == started and value < before[1]:
+            return False
+        self.last[key] = (started, value)
+        return True
+
+
 def network_rates(stats_by_id: Mapping[str, Any], previous: Mapping[str, Any], shared: bool) -> dict[str, float]:
     """Task receive/transmit bytes per second: the agent's `network_rate_stats` when present (one
     copy when shared), else the counter deltas between two polls over the `read` difference."""
@@ -581,6 +652,9 @@ class _Totals:
     # counter that went back): the task's total is a gap then, never the sum of the others
     cpu_unknown: bool = False
     memory_unknown: bool = False
+    # DockerIds whose entry held a reading that cannot be (memory above every limit, a counter that went
+    # back): `bad_stats`, once an entry and poll
+    bad: set[str] = field(default_factory=set)
 
 
 def in_use(container: Mapping[str, Any]) -> bool:
@@ -592,8 +666,9 @@ def in_use(container: Mapping[str, Any]) -> bool:
 
 
 def _container_samples(container: Mapping[str, Any], stats: Any, previous: Any, task: Any,
-                       totals: _Totals, stale: bool = False) -> list[Sample]:
+                       totals: _Totals, stale: bool = False, counters: CounterFloors | None = None) -> list[Sample]:
     tags: Tags = container_tags(container)
+    docker_id = str(container.get("DockerId"))
     out: list[Sample] = []
     workload = is_workload(container)
 
@@ -640,8 +715,15 @@ def _container_samples(container: Mapping[str, Any], stats: Any, previous: Any, 
         totals.online_cpus.append(online)
 
     memory = _map(stats.get("memory_stats"))
-    emit("memory.usage_bytes", _num(memory.get("usage")))
-    ws = working_set_bytes(memory)
+    # a usage above every limit the container has (`memory_ceiling`) is garbage: none of its memory
+    # readings is believed (the working set, the task's sum, the health monitor's peak are gaps)
+    garbage = memory_is_garbage(memory, container, task)
+    ceiling = memory_ceiling(container, task)
+    if garbage:
+        totals.bad.add(docker_id)
+    else:
+        emit("memory.usage_bytes", _num(memory.get("usage")))
+    ws = None if garbage else working_set_bytes(memory)
     totals.memory_unknown |= running and ws is None
     if ws is not None:
         totals.working_set.append(ws)
@@ -652,9 +734,17 @@ def _container_samples(container: Mapping[str, Any], stats: Any, previous: Any, 
             emit("memory.utilization_percent", ws / limit * 100)
     mstats = _map(memory.get("stats"))
     for key in ("rss", "cache", "anon", "file"):
-        emit(f"memory.{key}_bytes", _num(mstats.get(key)))
+        value = None if garbage else _num(mstats.get(key))
+        if value is not None and ceiling is not None and value > ceiling:
+            totals.bad.add(docker_id)  # a part of the memory above every limit: that part is a gap
+            value = None
+        emit(f"memory.{key}_bytes", value)
 
     for name, value in io_totals(stats).items():
+        # a cumulative counter below the one exported last for this instance (no restart): a gap, counted
+        if counters is not None and not counters.check(docker_id, started, f"io.{name}", value):
+            totals.bad.add(docker_id)
+            continue
         emit(f"io.{name}", value, Kind.COUNTER)
     emit("pids", _num(_get(stats, "pids_stats", "current")))
     return out
@@ -705,9 +795,13 @@ def _task_samples(task: Any, totals: _Totals, previous: Mapping[str, Any], netwo
 
     shared = shared_network(task)
     ids = [c["DockerId"] for c in _list(_get(task, "Containers")) if isinstance(_get(c, "DockerId"), str)]
-    counted = network.update(task_interfaces(totals.stats, shared), shared, ids)
+    nets = task_interfaces(totals.stats, shared)
+    counted = network.update(nets, shared, ids)
+    # only the counters this poll read: with no interface read (the stats request failed, no container
+    # has stats) the totals are a gap, as the containers' series are, never the last values again
+    read_now = {counter for counters, _ in nets.values() for counter in counters}
     for counter, name in _NET_NAMES.items():
-        if counter in counted:
+        if counter in counted and counter in read_now:
             emit(f"network.{name}", counted[counter], Kind.COUNTER)
     # a sample that stopped changing holds an old rate: when shared, the other copies tell the same
     # interfaces; a container's own (bridge) makes the task's rate a gap, never the sum of the others
@@ -738,7 +832,7 @@ def instances_by_name(containers: Iterable[Any]) -> dict[str, list[dict[str, Any
 
 def derive(task: Any, stats: Any, previous: Mapping[str, Any] | None = None,
            network: NetworkTotals | None = None, stale: Collection[str] = (),
-           standing: Mapping[str, Choice] | None = None) -> Derived:
+           standing: Mapping[str, Choice] | None = None, counters: CounterFloors | None = None) -> Derived:
     """All container and task samples of one poll.
 
     `task` is the `/task` JSON, `stats` the `/task/stats` JSON (DockerId -> Docker stats),
@@ -746,7 +840,9 @@ def derive(task: Any, stats: Any, previous: Mapping[str, Any] | None = None,
     the task's network counters so far (the same object poll after poll; without it, they start here),
     `stale` the DockerIds whose sample has not changed for several polls (no CPU or network rate
     from them), and `standing` which instance stands for each container name this poll (the source's
-    `Instances`, the same choice the health monitor reads; without it, `choose_once`).
+    `Instances`, the same choice the health monitor reads; without it, `choose_once`), and `counters`
+    the floors of the containers' cumulative counters (the same object poll after poll: a counter
+    below its floor without a restart is a gap and `bad_stats`; without it, not checked).
     Containers not in `/task` are ignored, a DockerId listed again counts once (its first entry); an
     entry that is not an object, or one read whose parts give no number (`unusable_parts`), is
     `bad_stats`; the
@@ -772,6 +868,8 @@ def derive(task: Any, stats: Any, previous: Mapping[str, Any] | None = None,
     replaced = {c["DockerId"] for choice in standing.values() for c in choice.others}
     samples: list[Sample] = []
     totals = _Totals()
+    if counters is not None:
+        counters.begin(c["DockerId"] for c in containers if isinstance(_get(c, "DockerId"), str))
     for container in containers:
         if not isinstance(container, dict) or not isinstance(container.get("DockerId"), str):
             errors.append("bad_container")
@@ -785,9 +883,13 @@ def derive(task: Any, stats: Any, previous: Mapping[str, Any] | None = None,
             errors.append("no_stats")  # not started long enough, or a failed lookup
         elif entry and in_use(container) and unusable_parts(entry):
             errors.append("bad_stats")  # once an entry, whatever the number of its unusable parts
+            totals.bad.add(docker_id)
         try:
+            counted_bad = docker_id in totals.bad
             shown = _container_samples(container, entry, previous.get(docker_id), task, totals,
-                                       docker_id in stale)
+                                       docker_id in stale, counters)
+            if docker_id in totals.bad and not counted_bad:
+                errors.append("bad_stats")  # a reading that cannot be: once an entry and poll too
             if docker_id not in replaced:
                 samples += shown
         except Exception:  # a shape nobody has seen yet: lose this container, not the task

@@ -43,6 +43,7 @@ class MetadataServer:
         self.stats_status: int | None = None  # overrides `status` for /task/stats only
         self.error_body = json.dumps("agent error").encode()  # the body of an answer that is not 200
         self.delay = 0.0
+        self.stats_delay = 0.0  # added to `delay` for /task/stats only
         self.requests = 0
         self.port = 0
         self._runner: web.AppRunner | None = None
@@ -50,7 +51,7 @@ class MetadataServer:
     def serve(self, task: Any, stats: Any) -> None:
         self.task = task if isinstance(task, bytes) else json.dumps(task).encode()
         self.stats = stats if isinstance(stats, bytes) else json.dumps(stats).encode()
-        self.status, self.stats_status, self.delay = 200, None, 0.0
+        self.status, self.stats_status, self.delay, self.stats_delay = 200, None, 0.0, 0.0
 
     @property
     def url(self) -> str:
@@ -58,9 +59,9 @@ class MetadataServer:
 
     async def _handle(self, request: web.Request) -> web.Response:
         self.requests += 1
-        if self.delay:
-            await asyncio.sleep(self.delay)
         is_stats = request.path.endswith("/task/stats")
+        if self.delay or (is_stats and self.stats_delay):
+            await asyncio.sleep(self.delay + (self.stats_delay if is_stats else 0.0))
         status = self.stats_status if is_stats and self.stats_status is not None else self.status
         if status != 200:
             return web.Response(status=status, body=self.error_body, content_type="application/json")

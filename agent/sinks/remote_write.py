@@ -196,12 +196,38 @@ def sigv4_region(config: Config) -> str | None:
 def check(config: Config) -> None:
     """ConfigError for settings of an enabled remote_write that `run` could not use as written (`tasklens
     check` and the sink both call it): SigV4 on without a region; an extra header the HTTP client or the
-    sink writes itself (`Content-Length=5` broke every request)."""
-    sigv4_region(config)
+    sink writes itself (`Content-Length=5` broke every request); two ways to authenticate at once (the
+    store gets one `Authorization` header: basic auth given with a bearer token was silently dropped)."""
+    region = sigv4_region(config)
     headers = parse_headers(config.remote_write_headers)
     why = refused_header(headers, {h: "the remote-write protocol's" for h in RESERVED_HEADERS})
     if why:
         raise ConfigError(f"{config.where('remote_write_headers')}='***' is invalid: {why}")
+    methods = auth_methods(config, region, headers)
+    if len(methods) > 1:
+        named = " and ".join(f"{where} ({what})" for where, what in methods)
+        count = "two" if len(methods) == 2 else str(len(methods))
+        raise ConfigError(f"{named} are {count} ways to authenticate to the store, which takes one Authorization "
+                          "header: give one of them")
+
+
+def auth_methods(config: Config, region: str | None, headers: tuple[tuple[str, str], ...]) -> list[tuple[str, str]]:
+    """The ways of authenticating the settings give, each as (what names it, what it is)."""
+    out = []
+    if region is not None:
+        sigv4 = config.where("remote_write_sigv4")
+        out.append((sigv4 if config.remote_write_sigv4 == "on" else f"{sigv4}=auto with an AMP URL", "SigV4"))
+    if config.remote_write_username or config.remote_write_password:
+        given = [config.where(n) for n in ("remote_write_username", "remote_write_password") if getattr(config, n)]
+        out.append(("/".join(given), "basic auth"))
+    parts = urlsplit(config.remote_write_url)
+    if parts.username or parts.password:
+        out.append((config.where("remote_write_url"), "basic auth from the URL's user:password@"))
+    if config.remote_write_bearer_token:
+        out.append((config.where("remote_write_bearer_token"), "a bearer token"))
+    if any(name.lower() == "authorization" for name, _ in headers):
+        out.append((config.where("remote_write_headers"), "an Authorization header"))
+    return out
 
 
 class SigV4Signer:

@@ -384,12 +384,16 @@ def _name(stems: tuple[str, ...]) -> str:
 
 
 _LOG_NAME = _name(LOG_STEMS)
-# `'X-Amz-Security-Token': b'...'`, `"SecretAccessKey": "..."`, `password='...'`: the quoted value
-_QUOTED = re.compile(rf"({_LOG_NAME}['\"]?\s*[:=]\s*b?)(['\"])((?:\\.|(?!\2)[^\\])*)\2", re.IGNORECASE | re.DOTALL)
+# `'X-Amz-Security-Token': b'...'`, `"SecretAccessKey": "..."`, `password='...'`: the quoted value, up to
+# the text's end when it has no closing quote (a text cut to a bound inside the value)
+_QUOTED = re.compile(rf"({_LOG_NAME}['\"]?\s*[:=]\s*b?)(['\"])((?:\\.|(?!\2)[^\\])*)(?:\2|\\?\Z)",
+                     re.IGNORECASE | re.DOTALL)
 # `Signature=abc,` `--api-key=abc`, `AWS_SESSION_TOKEN=abc`: an unquoted value, up to a space or a separator
 _ASSIGNED = re.compile(rf"({_LOG_NAME}=)(?![\"'])[^\s,;&'\"()<>\[\]{{}}]+", re.IGNORECASE)
-# `<SessionToken>...</SessionToken>` (an STS answer's body)
-_ELEMENT = re.compile(rf"<({_LOG_NAME})>[^<]*</\1>", re.IGNORECASE)
+# `<SessionToken>...</SessionToken>` (an STS answer's body), or up to the text's end (cut inside it)
+_ELEMENT = re.compile(rf"<({_LOG_NAME})>[^<]*(?:</\1>|<[^<>]*\Z|\Z)", re.IGNORECASE)
+# an HTTP bearer token without its header's name (`Bearer eyJ...`, echoed by a store)
+_BEARER = re.compile(r"(?<![\w-])(Bearer\s+)[A-Za-z0-9._~+/=-]{4,}", re.IGNORECASE)
 # a header as a client writes it (`Authorization: AWS4-HMAC-SHA256 Credential=..., Signature=...`,
 # botocore's canonical request `x-amz-security-token:...`): its value up to the end of the line, or the
 # next line's when this one ends at the colon (botocore's `Signature:\n<hex>`). Only names a header holds
@@ -412,6 +416,7 @@ def mask_text(text: str, secrets: Iterable[str] = ()) -> str:
     text = _QUOTED.sub(lambda m: f"{m.group(1)}{m.group(2)}{MASK}{m.group(2)}", text)
     text = _ELEMENT.sub(lambda m: f"<{m.group(1)}>{MASK}</{m.group(1)}>", text)
     text = _HEADER.sub(lambda m: m.group(1) + MASK, text)
+    text = _BEARER.sub(lambda m: m.group(1) + MASK, text)
     text = _ASSIGNED.sub(lambda m: m.group(1) + MASK, text)
     text = _USER_PASSWORD.sub(lambda m: m.group(1) + MASK + "@", text)
     text = _USER_TOKEN.sub(lambda m: m.group(1) + MASK + "@", text)

@@ -13,7 +13,7 @@ import re
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from agent.urlmask import SHORT_SECRET, mask_secrets, mask_url, url_passwords
+from agent.urlmask import SHORT_SECRET, mask_secrets, mask_text, mask_url, url_passwords
 from integrations.queues.base import mask_secret, parse_queue_url
 from integrations.queues.nats import BROKER
 
@@ -105,3 +105,21 @@ def test_a_nats_user_name_sent_as_a_token_is_never_shown_whatever_the_query_hold
         assert user not in mask_url(url) and user in url_passwords(url)
     elif not any(v.lower() in user.lower() for _, v in extra):  # (else masked as that value's secret)
         assert mask_url(url).startswith(f"nats://{user}:***@")
+
+
+TOKEN = st.text("ABCDEFGHJKLMNPQRSTUVWXYZ0123456789", min_size=8, max_size=40)
+CUT_FORMS = ["'X-Amz-Security-Token': b'{}'", '"token": "{}"', "password='{}'", "<SessionToken>{}</SessionToken>",
+             "Authorization: Bearer {}", "error: Bearer {} (refused)", "api_key={}&x=1"]
+
+
+@settings(max_examples=300, deadline=None)
+@given(token=TOKEN, form=st.sampled_from(CUT_FORMS), cut=st.integers(0, 120), before=st.text("ab :\n", max_size=8))
+@example(token="SECRETTOKEN123", form='"token": "{}"', cut=16, before="")
+@example(token="SECRETTOKEN123", form="error: Bearer {} (refused)", cut=100, before="")
+def test_a_text_cut_inside_a_secret_shows_none_of_it(token: str, form: str, cut: int, before: str) -> None:
+    """A text cut to a bound (a store's error body, an ECS error) may end inside a quoted value or an element
+    whose closing quote or tag is gone, which the rules did not read as a value: its start was shown. And a
+    bearer token a store echoes without the header's name was shown whole. No 4 characters of it now."""
+    text = (before + form.format(token))[:cut]
+    shown = mask_text(text)
+    assert not any(token[i:i + 4] in shown for i in range(len(token) - 3)), shown

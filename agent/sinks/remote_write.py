@@ -43,7 +43,7 @@ from agent.logs import RateLimitedLog
 from agent.model import Batch, Kind, Tags
 from agent.redact import Redactor, basic_auth, config_secrets
 from agent.sinks.cumulative import CumulativeState, Histogram, Series
-from agent.sinks.names import metric_name
+from agent.sinks.names import family_name, metric_name
 from agent.sinks.prometheus import labels_of
 from agent.sinks.prometheus_text import go_float
 from agent.sinks.push import Outcome, Payload, Pusher, post
@@ -133,6 +133,17 @@ def snappy_block(data: bytes) -> bytes:
 
 def counter_name(pname: str) -> str:
     return pname if pname.endswith("_total") else pname + "_total"
+
+
+def shown_names(pname: str, kind: Kind) -> tuple[str, ...]:
+    """Every name a series of `kind` named `pname` (`metric_name`) shows on `/metrics`: its family's
+    (`# TYPE`), then its samples': a counter `jobs` (or `jobs_total`) is the family `jobs` with the sample
+    `jobs_total`; a histogram `lat` is `lat` with `lat_bucket`, `lat_sum`, `lat_count`; a gauge its name."""
+    if kind is Kind.COUNTER:
+        return (family_name(pname, kind), counter_name(pname))
+    if kind is Kind.HISTOGRAM:
+        return (pname, pname + "_bucket", pname + "_sum", pname + "_count")
+    return (pname,)
 
 
 @dataclass(slots=True)
@@ -406,16 +417,16 @@ class RemoteWriteSink:
         return self._payloads(frames, now)
 
     def selected(self, item: tuple[tuple[str, Tags], Series]) -> bool:
-        """Is this series pushed (`TASKLENS_REMOTE_WRITE_METRICS`)? By its name on `/metrics`."""
+        """Is this series pushed (`TASKLENS_REMOTE_WRITE_METRICS`)? When a selector matches any name it
+        shows on `/metrics` (`shown_names`); a histogram is pushed whole, as /metrics shows it."""
         (name, _), series = item
         hit = self._selected.get((name, series.kind))
         if hit is None:
-            pname = metric_name(name)
-            if series.kind is Kind.COUNTER:
-                pname = counter_name(pname)
+            names = shown_names(metric_name(name), series.kind)
             if len(self._selected) > 100_000:
                 self._selected.clear()
-            hit = self._selected[(name, series.kind)] = any(fnmatch.fnmatchcase(pname, p) for p in self.patterns)
+            hit = self._selected[(name, series.kind)] = any(
+                fnmatch.fnmatchcase(n, p) for p in self.patterns for n in names)
         return hit
 
     def stop_series(self) -> list[Payload]:

@@ -139,6 +139,26 @@ def _check_forward(config: Config, warnings: list[str]) -> None:
                           f"DogStatsD agent, not this sidecar's ({config.where('statsd_addr')}): {reason}")
 
 
+def _check_statsd_off(config: Config) -> None:
+    """ConfigError for a setting that acts only on StatsD metrics, given with every StatsD listener off:
+    it could never act, and nothing would say so. A busy rule's StatsD term would never hold (the task
+    never protected: an outside tester's `jobs.in_progress>0` with `TASKLENS_STATSD_ADDR=off`); a mapping
+    rule would never match."""
+    off = (f"StatsD is off ({config.where('statsd_addr')}=off and no {config.where('statsd_socket')}), "
+           "so no StatsD metric ever arrives")
+    if config.scale_in_protection:
+        from agent.scaling.busy import Cpu, parse_rule
+
+        terms = [str(t) for t in parse_rule(config.scale_in_protection).terms if not isinstance(t, Cpu)]
+        if terms:
+            raise ConfigError(f"{config.where('scale_in_protection')}={config.scale_in_protection!r} is invalid: "
+                              f"{' and '.join(repr(t) for t in terms)} read StatsD metrics and {off}: never true, "
+                              "they would never protect the task (turn StatsD on, or use cpu>N%)")
+    if config.mappings:
+        raise ConfigError(f"{config.config_file}: mappings: {len(config.mappings)} StatsD mapping rule(s) given and "
+                          f"{off}: they would never apply (turn StatsD on, or remove them)")
+
+
 def validate(environ: Mapping[str, str] | None = None) -> tuple[Config, list[str]]:
     """The one validation of `run` and `check`, so that they cannot disagree: the settings (agent/config.py),
     then what needs several settings or a look at this host, with the code `run` builds with (mapping
@@ -156,6 +176,8 @@ def validate(environ: Mapping[str, str] | None = None) -> tuple[Config, list[str
 
         for source in queue_sources(config, Hub(Identity(service="check"))):  # built, not connected
             _check_queue_overrides(source.url, config.where("queues"))
+    if not config.statsd_enabled:
+        _check_statsd_off(config)
     _check_bindable(config.where("http_addr"), config.http_addr, socket.SOCK_STREAM)
     if config.statsd_addr is not None:
         _check_bindable(config.where("statsd_addr"), config.statsd_addr, socket.SOCK_DGRAM)

@@ -527,7 +527,7 @@ def test_check_warns_of_a_hostile_agent_uri_as_the_component_reads_it(uri) -> No
 
 
 def test_check_shows_the_agent_uri_warning() -> None:
-    env = clean_env(TASKLENS_SCALE_IN_PROTECTION="jobs.in_progress>0", ECS_AGENT_URI="http://a b/api/x",
+    env = clean_env(TASKLENS_SCALE_IN_PROTECTION="cpu>20%", ECS_AGENT_URI="http://a b/api/x",
                     TASKLENS_STATSD_ADDR="off", TASKLENS_HTTP_ADDR=f"127.0.0.1:{free_port()}")
     check = subprocess.run([TASKLENS, "check"], env=env, capture_output=True, text=True, timeout=30)
     warnings = json.loads(check.stdout)["warnings"]

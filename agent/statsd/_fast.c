@@ -585,6 +585,8 @@ static int read_head(const char *name, Py_ssize_t nlen, const char *tail, const 
                             return 0;
                         Py_ssize_t colon = next_mark(mk.colon, item, ie), klen = colon - item;
                         if (klen > 0) {  /* a key up to the item's first `:`, its value after it */
+                            if (colon == ie - 1)
+                                return 0;  /* `key:`, no tag: Python's to leave out */
                             int q = ntags++;
                             hd->keys[q] = tail + item;
                             hd->key_lens[q] = klen;
@@ -772,7 +774,8 @@ static Shape *shape_of(Table *t, uint64_t named, const char *name, Py_ssize_t nl
 }
 
 /* Whether the tail [tail, tail + tlen) of the name of shape s reads as the shape does but for one tag's
- * value (*changed, read only when it does: that tag's index, -1 when the tail is the shape's). */
+ * value, which stays non-empty (*changed, read only when it does: that tag's index, -1 when the tail is the
+ * shape's). */
 static int fits(const Shape *s, const char *tail, Py_ssize_t tlen, int *changed) {
     const char *x = s->text + s->nlen;
     Py_ssize_t xlen = s->tlen, least = xlen < tlen ? xlen : tlen;
@@ -788,7 +791,8 @@ static int fits(const Shape *s, const char *tail, Py_ssize_t tlen, int *changed)
             ;
     *changed = k < s->ntags ? k : -1;
     return *changed >= 0 && tlen <= MAX_TAIL && s->tags_len + delta <= MAX_TAGS_BYTES
-        && s->key_len[*changed] + 1 + s->value_len[*changed] + delta <= MAX_TAG && tail[tlen - 1] != '\r'
+        && s->key_len[*changed] + 1 + s->value_len[*changed] + delta <= MAX_TAG && s->value_len[*changed] + delta > 0
+        && tail[tlen - 1] != '\r'
         && plain_value(tail + from, tlen - (xlen - to) - from, tail);  /* the new bytes */
 }
 

@@ -107,6 +107,8 @@ def decode(raw: bytes, reason: str) -> str:
 
 def parse_tags(raw: bytes, reason: str = "malformed_line") -> Tags:
     """`a:b,c,a:d` -> (("a", "d"), ("c", "")): first position kept, last value wins, empty items skipped.
+    A tag with `:` and nothing after it (`status:`) is no tag, as statsd_exporter reads it: an empty value is
+    no label in Prometheus, and kept it would read as the bare tag `status` (`status="true"`).
 
     At most MAX_TAGS items and MAX_TAGS_BYTES bytes, checked before anything is decoded."""
     if len(raw) > MAX_TAGS_BYTES:
@@ -120,8 +122,8 @@ def parse_tags(raw: bytes, reason: str = "malformed_line") -> Tags:
             continue
         if len(item) > MAX_TAG:
             raise ParseError("too_long")
-        key, _, value = decode(item, reason).partition(":")
-        if key:
+        key, colon, value = decode(item, reason).partition(":")
+        if key and (value or not colon):
             tags[key] = value
     return tuple(tags.items())
 

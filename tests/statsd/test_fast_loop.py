@@ -462,11 +462,14 @@ def test_a_live_context_is_found_under_each_way_of_writing_its_head() -> None:
     table = receive.Table()
     table.configure(1, True, 10, 1 << 20, 128, False, COSTS, SET_LIMITS)
     table.live_add("x", "c", (("a", "1"), ("bare", "")), "c1")
-    for live in (b"x:1|c|#a:1,bare:|c:c1", b"x:1|c|#a:1,bare|c:c1", b"x:1|c|c:c1|#a:1,bare:", b"x:1|c|@0.5|#a:1,bare|c:c1",
-                 b"x:1|c|#a:1,,bare:|c:c1|e:z", b"x:1|c|#a:1,bare|c:c1|c:", b"x:1|c|#bare:,a:1|c:c1",
+    for live in (b"x:1|c|#a:1,bare|c:c1", b"x:1|c|c:c1|#a:1,bare", b"x:1|c|@0.5|#a:1,bare|c:c1",
+                 b"x:1|c|#a:1,,bare|c:c1|e:z", b"x:1|c|#a:1,bare|c:c1|c:", b"x:1|c|#bare,a:1|c:c1",
                  b"x:1|c|c:c1|#bare,a:1"):
         assert table.run(live, 0, interval.Interval(0.0)) == 0, live  # Python's: it finds the live context
-    for new in (b"x:1|c|#a:1,bare:", b"x:1|c|#a:1,bare:|c:c2", b"x:1|g|#a:1,bare:|c:c1", b"x:1|c|#bare:,a:2|c:c1"):
+    # `bare:` (a `:` and no value) is no tag: Python's to leave out, and never read here as the bare tag
+    for empty in (b"x:1|c|#a:1,bare:|c:c1", b"x:1|c|#bare:,a:2|c:c1", b"x:1|c|#a:,b:1"):
+        assert table.run(empty, 0, interval.Interval(0.0)) == 0, empty
+    for new in (b"x:1|c|#a:1,bare", b"x:1|c|#a:1,bare|c:c2", b"x:1|g|#a:1,bare|c:c1", b"x:1|c|#bare,a:2|c:c1"):
         assert table.run(new, 0, interval.Interval(0.0)) == len(new), new  # refused here
     assert table.take_counts() == (4, 4, 4)
 
@@ -552,9 +555,10 @@ def test_the_c_side_reads_a_head_as_parse_head_or_leaves_it(head: tuple[bytes, b
 
 def test_the_c_side_reads_simple_heads_and_leaves_the_others() -> None:
     table = receive.Table()
-    assert table.head(b"a", b"ms|@0.5|#k:v,b,,:x,c:|c:c1|e:z") == ("a", "ms", 0.5, (("k", "v"), ("b", ""), ("c", "")), "c1")
+    assert table.head(b"a", b"ms|@0.5|#k:v,b,,:x,c|c:c1|e:z") == ("a", "ms", 0.5, (("k", "v"), ("b", ""), ("c", "")), "c1")
     assert table.head(b"a", b"c|@2") == ("a", "c", 1.0, (), "")  # out of range: unsampled, as parse_head
-    for tail in (b"c|#k:1,k:2", b"c|T5", b"c\r", b"c|#\xc3\xa9", b"c|#a|#b", b"c|c:a|c:b", b"x", b"c|@1e-3"):
+    for tail in (b"c|#k:1,k:2", b"c|T5", b"c\r", b"c|#\xc3\xa9", b"c|#a|#b", b"c|c:a|c:b", b"x", b"c|@1e-3",
+                 b"c|#k:v,c:"):  # `c:`: no tag, left out by parse_head
         assert table.head(b"a", tail) is None, tail
 
 

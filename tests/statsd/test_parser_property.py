@@ -157,3 +157,29 @@ def test_samples_read_while_a_batch_is_counted_never_go_down(datagrams: list[byt
         for line in d.split(b"\n"):
             apart.ingest(line)
     assert agg.stats.samples == apart.stats.samples
+
+
+KEYS = st.text("abkz_.-", min_size=1, max_size=4)
+TAG_ITEMS = st.lists(st.one_of(st.builds("{}:{}".format, KEYS, st.text("xy:0", min_size=1, max_size=4)),  # key:value
+                               KEYS,  # a bare tag
+                               KEYS.map(lambda k: k + ":")),  # no value: no tag
+                     max_size=8)
+
+
+@settings(max_examples=300, deadline=None)
+@given(TAG_ITEMS, st.sampled_from([b"c", b"g", b"ms"]))
+def test_a_tag_with_a_colon_and_no_value_is_no_tag_in_either_loop(items: list[str], kind: bytes) -> None:
+    """`status:` is left out, as statsd_exporter leaves it: kept, it read as the bare tag `status` and was
+    exported as `status="true"`, a value no one sent (an outside tester). The same line without those items
+    makes the same context, read by the C loop and by the Python loop alike."""
+    written = b"m:1|" + kind + b"|#" + ",".join(items).encode()
+    without = b"m:1|" + kind + b"|#" + ",".join(i for i in items if not i.partition(":")[1:] == (":", "")).encode()
+    contexts = []
+    for accelerated in (True, False):
+        for line in (written, without):
+            agg = Aggregator(accelerated=accelerated)
+            agg.ingest(line)
+            batch = Flusher(10.0).batch(agg.swap())
+            contexts.append([(s.name, s.tags) for s in batch.samples])
+    assert contexts[0] == contexts[1] == contexts[2] == contexts[3]
+    assert all(value or key in items for sample in contexts[0] for key, value in sample[1])  # empty: bare only

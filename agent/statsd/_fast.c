@@ -53,12 +53,14 @@ typedef struct {
 } Entry;
 
 /* A set of 64-bit hashes (open addressing; 0 empty, 1 deleted): contexts by the hash of their key,
- * refused heads by the hash of their text. Keyed SipHash: a new head shares the hash of a refused one
- * (and is counted as refused without a look) with odds of 2**-64 per pair, and a client cannot steer it. */
+ * refused heads by the hash of their text (stamped: `rs_find`). Keyed SipHash: a new head shares the hash
+ * of a refused one (and is counted as refused without a look) with odds of 2**-56 per pair, and a client
+ * cannot steer it. */
 typedef struct {
     uint64_t *buckets;
     size_t mask;
     Py_ssize_t used, deleted;
+    uint64_t stamp;  /* of the refused heads' set: see `rs_find` */
 } HashSet;
 
 /* A bucket holds its entry's hash: a lookup that misses (a new head) compares hashes in one array
@@ -345,6 +347,74 @@ static void hs_remove(HashSet *s, uint64_t h) {
             s->deleted++;
             return;
         }
+    }
+}
+
+/* The refused heads: each bucket holds a hash with its low byte replaced by the set's stamp (1 to 255),
+ * placed by the bits above that byte; a bucket of another stamp is empty. Emptying the set, when it is full
+ * (a storm of new contexts at the cap fills it at once again), is a new stamp: neither a write to every
+ * bucket nor, freed, the doublings of growing it again, each a calloc and a rehash (37 instructions a
+ * line of such a storm). No removal. */
+#define STAMP 0xFFULL
+
+static int rs_find(const HashSet *s, uint64_t h) {
+    if (s->buckets == NULL)
+        return 0;
+    uint64_t v = (h & ~STAMP) | s->stamp;
+    for (size_t i = (h >> 8) & s->mask;; i = (i + 1) & s->mask) {  /* at most half full: ends at another stamp */
+        uint64_t b = s->buckets[i];
+        if (b == v)
+            return 1;
+        if ((b & STAMP) != s->stamp)
+            return 0;
+    }
+}
+
+/* Into a table a quarter full, the hashes of this stamp only. */
+static int rs_grow(HashSet *s) {
+    size_t size = s->buckets ? s->mask + 1 : 0, want = 1024;
+    while (want < 4 * (size_t)(s->used + 1))
+        want *= 2;
+    uint64_t *buckets = PyMem_RawCalloc(want, sizeof(uint64_t));
+    if (buckets == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    for (size_t k = 0; k < size; k++) {
+        uint64_t b = s->buckets[k];
+        if ((b & STAMP) == s->stamp) {
+            size_t i = (b >> 8) & (want - 1);
+            while (buckets[i])
+                i = (i + 1) & (want - 1);
+            buckets[i] = b;
+        }
+    }
+    PyMem_RawFree(s->buckets);
+    s->buckets = buckets;
+    s->mask = want - 1;
+    return 0;
+}
+
+/* Add a hash not in the set (`rs_find` said so). */
+static int rs_add(HashSet *s, uint64_t h) {
+    if (s->stamp == 0)  /* a set never used: 0 is no stamp (calloc's buckets) */
+        s->stamp = 1;
+    if (2 * (size_t)(s->used + 1) > (s->buckets ? s->mask + 1 : 0) && rs_grow(s) < 0)
+        return -1;
+    size_t i = (h >> 8) & s->mask;
+    while ((s->buckets[i] & STAMP) == s->stamp)
+        i = (i + 1) & s->mask;
+    s->buckets[i] = (h & ~STAMP) | s->stamp;
+    s->used++;
+    return 0;
+}
+
+/* Every hash forgotten, the buckets kept: a new stamp (once in 255 emptyings, the buckets zeroed). */
+static void rs_empty(HashSet *s) {
+    s->used = 0;
+    if (s->buckets != NULL && ++s->stamp > STAMP) {
+        memset(s->buckets, 0, (s->mask + 1) * sizeof(uint64_t));
+        s->stamp = 1;
     }
 }
 
@@ -1020,10 +1090,10 @@ static int object_context(Table *t, PyObject *name, PyObject *type, PyObject *ta
 static int remember_refused(Table *t, uint64_t head, Py_ssize_t size) {
     size += t->head_cost;
     if (t->refused.used >= t->refused_limit || t->refused_bytes + size > t->refused_max_bytes) {
-        hs_clear(&t->refused);
+        rs_empty(&t->refused);
         t->refused_bytes = 0;
     }
-    if (hs_add(&t->refused, head) < 0)
+    if (rs_add(&t->refused, head) < 0)
         return -1;
     t->refused_bytes += size;
     return 0;
@@ -1082,7 +1152,7 @@ static void cut(Table *t, const char *p, const char *end, int storm, Cut *c) {
     if (storm == CALM)
         return;
     if (t->refused.buckets != NULL)
-        __builtin_prefetch(&t->refused.buckets[hs_norm(c->head) & t->refused.mask]);
+        __builtin_prefetch(&t->refused.buckets[(c->head >> 8) & t->refused.mask]);
     if (storm == REFUSED_NEW && t->decide && t->contexts >= t->max_contexts) {
         c->context = line_context(t, c->line, nlen, c->value, bar, c->end, c->named, c->head, &c->context_hash);
         if (c->context < 0) {  /* out of memory: worked out again, and raised, if the line needs it */
@@ -1217,7 +1287,7 @@ static int make(Table *t, Cut *c, Open *o) {
  * is reached and its context is new (1); its context made here when it is new and below the cap (1, see
  * `make`); else left to Python (0). -1 on a Python error. */
 static int new_head(Table *t, Cut *c, Open *o) {
-    if (hs_find(&t->refused, c->head)) {
+    if (rs_find(&t->refused, c->head)) {
         t->refused_lines++;
         return 1;
     }
@@ -1793,7 +1863,7 @@ static PyObject *Table_refuse(Table *t, PyObject *args) {
     if (!PyArg_ParseTuple(args, "y*y*", &name, &tail))
         return NULL;
     uint64_t head = head_hash(t, name.buf, name.len, tail.buf, tail.len);
-    int failed = !hs_find(&t->refused, head) && remember_refused(t, head, name.len + tail.len) < 0;
+    int failed = !rs_find(&t->refused, head) && remember_refused(t, head, name.len + tail.len) < 0;
     PyBuffer_Release(&name);
     PyBuffer_Release(&tail);
     if (failed)

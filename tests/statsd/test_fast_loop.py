@@ -438,6 +438,31 @@ def test_expiry_keeps_the_heads_of_live_contexts_and_makes_room_again() -> None:
     assert sum(1 for s in batch.samples if s.name == "req" and s.value == 1.0) == 98
 
 
+def test_refused_heads_are_forgotten_all_at_once_when_they_fill_their_set() -> None:
+    """The refused heads (10 at most here) are forgotten together when the set is full: each emptying is a
+    new stamp on its buckets, and every 255th zeroes them (`rs_empty`). Over 600 emptyings, a head refused
+    since the last one is found (counted without a look), and one refused before it is refused anew."""
+    table = receive.Table()
+    table.configure(1, True, 10, 1 << 20, 128, False, COSTS, SET_LIMITS)
+    table.live_add("x", "c", (), "")  # the cap reached: every new context is refused here
+    table.take_counts()
+
+    def run(n: int) -> tuple[int, int, int]:
+        line = b"y:1|c|#id:%d" % n
+        assert table.run(line, 0, interval.Interval(0.0)) == len(line)
+        return table.take_counts()
+
+    for generation in range(600):
+        heads = range(generation * 10, generation * 10 + 10)
+        assert [run(n) for n in heads] == [(1, 1, 1)] * 10  # new: refused, remembered
+        assert [run(n) for n in reversed(heads)] == [(1, 1, 0)] * 10  # found
+        if generation == 255:  # the stamp of generation 0 again: its heads' buckets were zeroed, not found
+            assert [run(n) for n in range(10)] == [(1, 1, 1)] * 10
+    assert run(1) == (1, 1, 1)  # forgotten many emptyings ago
+    assert run(5990) == (1, 1, 1)  # the set was full: emptied for head 1, so 5990 is forgotten too
+    assert run(1) == (1, 1, 0)
+
+
 def test_the_table_refuses_a_new_context_at_the_cap_and_leaves_the_rest_to_python() -> None:
     table = receive.Table()
     table.configure(1, True, 10, 1 << 20, 128, False, COSTS, SET_LIMITS)

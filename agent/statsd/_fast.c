@@ -295,8 +295,12 @@ static int hs_find(const HashSet *s, uint64_t h) {
     }
 }
 
-/* Rehash into a table a quarter full: to grow, or to shrink after many removals. */
-static int hs_rehash(HashSet *s) {
+#define STAMP 0xFFULL  /* the stamp's bits in a refused head's bucket: see `rs_find` */
+
+/* Rehash into a table a quarter full: to grow, or to shrink after many removals. `shift`: 0 for a set of
+ * plain hashes (placed by their bits, 0 and 1 not hashes), 8 for the stamped one (placed by the bits above
+ * the stamp, only those of its stamp kept). */
+static int hs_rebuild(HashSet *s, int shift) {
     size_t size = s->buckets ? s->mask + 1 : 0, want = 1024;
     while (want < 4 * (size_t)(s->used + 1))
         want *= 2;
@@ -307,8 +311,8 @@ static int hs_rehash(HashSet *s) {
     }
     for (size_t k = 0; k < size; k++) {
         uint64_t b = s->buckets[k];
-        if (b > 1) {
-            size_t i = b & (want - 1);
+        if (shift ? (b & STAMP) == s->stamp : b > 1) {
+            size_t i = (b >> shift) & (want - 1);
             while (buckets[i])
                 i = (i + 1) & (want - 1);
             buckets[i] = b;
@@ -323,7 +327,7 @@ static int hs_rehash(HashSet *s) {
 
 static int hs_add(HashSet *s, uint64_t h) {
     size_t size = s->buckets ? s->mask + 1 : 0;
-    if (2 * (size_t)(s->used + s->deleted + 1) > size && hs_rehash(s) < 0)
+    if (2 * (size_t)(s->used + s->deleted + 1) > size && hs_rebuild(s, 0) < 0)
         return -1;
     h = hs_norm(h);
     size_t i = h & s->mask;
@@ -355,8 +359,6 @@ static void hs_remove(HashSet *s, uint64_t h) {
  * (a storm of new contexts at the cap fills it at once again), is a new stamp: neither a write to every
  * bucket nor, freed, the doublings of growing it again, each a calloc and a rehash (37 instructions a
  * line of such a storm). No removal. */
-#define STAMP 0xFFULL
-
 static int rs_find(const HashSet *s, uint64_t h) {
     if (s->buckets == NULL)
         return 0;
@@ -370,36 +372,11 @@ static int rs_find(const HashSet *s, uint64_t h) {
     }
 }
 
-/* Into a table a quarter full, the hashes of this stamp only. */
-static int rs_grow(HashSet *s) {
-    size_t size = s->buckets ? s->mask + 1 : 0, want = 1024;
-    while (want < 4 * (size_t)(s->used + 1))
-        want *= 2;
-    uint64_t *buckets = PyMem_RawCalloc(want, sizeof(uint64_t));
-    if (buckets == NULL) {
-        PyErr_NoMemory();
-        return -1;
-    }
-    for (size_t k = 0; k < size; k++) {
-        uint64_t b = s->buckets[k];
-        if ((b & STAMP) == s->stamp) {
-            size_t i = (b >> 8) & (want - 1);
-            while (buckets[i])
-                i = (i + 1) & (want - 1);
-            buckets[i] = b;
-        }
-    }
-    PyMem_RawFree(s->buckets);
-    s->buckets = buckets;
-    s->mask = want - 1;
-    return 0;
-}
-
 /* Add a hash not in the set (`rs_find` said so). */
 static int rs_add(HashSet *s, uint64_t h) {
     if (s->stamp == 0)  /* a set never used: 0 is no stamp (calloc's buckets) */
         s->stamp = 1;
-    if (2 * (size_t)(s->used + 1) > (s->buckets ? s->mask + 1 : 0) && rs_grow(s) < 0)
+    if (2 * (size_t)(s->used + 1) > (s->buckets ? s->mask + 1 : 0) && hs_rebuild(s, 8) < 0)
         return -1;
     size_t i = (h >> 8) & s->mask;
     while ((s->buckets[i] & STAMP) == s->stamp)
@@ -1848,7 +1825,7 @@ static PyObject *Table_forget_contexts(Table *t, PyObject *arg) {
     Py_DECREF(gone);
     t->count = kept;
     /* after a storm, memory goes back: the live set and the table shrink to what is left */
-    if (t->live.buckets != NULL && (size_t)(8 * (t->live.used + 1)) < t->live.mask + 1 && hs_rehash(&t->live) < 0)
+    if (t->live.buckets != NULL && (size_t)(8 * (t->live.used + 1)) < t->live.mask + 1 && hs_rebuild(&t->live, 0) < 0)
         return NULL;
     if (t->slots != NULL && reindex(t) < 0) {
         forget(t);  /* as in clear(slots) */

@@ -53,7 +53,7 @@ from agent.model import Batch, Kind, Tags
 from agent.scaling import HEARTBEAT
 from agent.sinks.cumulative import CumulativeState, Histogram, Key, Series
 from agent.sinks.deltas import CounterDeltas
-from agent.sinks.names import metric_name
+from agent.sinks.names import counter_name, metric_name, shown_names
 from agent.sinks.prometheus import labels_of
 from agent.sinks.push import next_tick, stepped_back
 
@@ -77,9 +77,7 @@ def unit_of(name: str) -> str:
 
 def prometheus_name(name: str, kind: Kind) -> str:
     pname = metric_name(name)
-    if kind is Kind.COUNTER and not pname.endswith("_total"):
-        return pname + "_total"
-    return pname
+    return counter_name(pname) if kind is Kind.COUNTER else pname
 
 
 def shown_labels(tags: Tags, identity: dict[str, str] | None) -> object:
@@ -134,7 +132,7 @@ class EmfSink:
         # a long TTL: a series is sent while it lives; snapshots end theirs themselves
         self.state = CumulativeState(NAME, hub.metrics, (), max(config.series_ttl, 2 * self.interval), wall=wall)
         self._deltas = CounterDeltas()
-        self._selected: dict[str, bool] = {}
+        self._selected: dict[tuple[str, Kind], bool] = {}
         self._log = RateLimitedLog(interval=60.0)
         self._heartbeat_minute = -1  # the wall-clock minute of the last heartbeat written
         self._heartbeat = heartbeat_fits(config)  # when not, `check` and `run` warn (cli.validate)
@@ -142,12 +140,15 @@ class EmfSink:
     def accept(self, batch: Batch) -> None:
         self.state.accept(batch)
 
-    def selected(self, pname: str) -> bool:
-        hit = self._selected.get(pname)
+    def selected(self, name: str, kind: Kind) -> bool:
+        """Is this series sent (`TASKLENS_CLOUDWATCH_METRICS`)? When a glob matches any name it shows on
+        `/metrics` (`shown_names`: a counter `jobs` by `jobs` or `jobs_total`), as remote_write selects."""
+        hit = self._selected.get((name, kind))
         if hit is None:
             if len(self._selected) > 100_000:
                 self._selected.clear()
-            hit = self._selected[pname] = any(fnmatch.fnmatchcase(pname, p) for p in self.patterns)
+            names = shown_names(metric_name(name), kind)
+            hit = self._selected[(name, kind)] = any(fnmatch.fnmatchcase(n, p) for p in self.patterns for n in names)
         return hit
 
     # -- one emission --------------------------------------------------------------------------------
@@ -172,7 +173,7 @@ class EmfSink:
             if isinstance(series.value, Histogram):
                 continue
             pname = prometheus_name(name, series.kind)
-            if not self.selected(pname):
+            if not self.selected(name, series.kind):
                 continue
             if pname == TASK_HEARTBEAT and (not self._heartbeat or minute == self._heartbeat_minute):
                 continue  # this minute has its heartbeat (a second would count this task twice), or none fits

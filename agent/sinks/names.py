@@ -47,6 +47,22 @@ class Typed(Protocol):
     kind: Kind
 
 
+def counter_name(pname: str) -> str:
+    return pname if pname.endswith("_total") else pname + "_total"
+
+
+def shown_names(pname: str, kind: Kind) -> tuple[str, ...]:
+    """Every name a series of `kind` named `pname` (`metric_name`) shows on `/metrics`: its family's
+    (`# TYPE`), then its samples': a counter `jobs` (or `jobs_total`) is the family `jobs` with the sample
+    `jobs_total`; a histogram `lat` is `lat` with `lat_bucket`, `lat_sum`, `lat_count`; a gauge its name.
+    What a selection of series by their names on `/metrics` (remote_write's, CloudWatch's) matches."""
+    if kind is Kind.COUNTER:
+        return (family_name(pname, kind), counter_name(pname))
+    if kind is Kind.HISTOGRAM:
+        return (pname, pname + "_bucket", pname + "_sum", pname + "_count")
+    return (pname,)
+
+
 def family_name(pname: str, kind: Kind) -> str:
     """`x_total` as a counter is the family `x` (OpenMetrics names a counter without `_total`)."""
     if kind is Kind.COUNTER and pname.endswith("_total") and len(pname) > 6:

@@ -43,7 +43,7 @@ from agent.logs import RateLimitedLog
 from agent.model import Batch, Kind, Tags
 from agent.redact import Redactor, basic_auth, config_secrets
 from agent.sinks.cumulative import CumulativeState, Histogram, Series
-from agent.sinks.names import family_name, metric_name
+from agent.sinks.names import counter_name, metric_name, shown_names
 from agent.sinks.prometheus import labels_of
 from agent.sinks.prometheus_text import go_float
 from agent.sinks.push import Outcome, Payload, Pusher, post
@@ -130,21 +130,6 @@ def snappy_block(data: bytes) -> bytes:
 
 
 # -- series -> labels ------------------------------------------------------------------------------
-
-def counter_name(pname: str) -> str:
-    return pname if pname.endswith("_total") else pname + "_total"
-
-
-def shown_names(pname: str, kind: Kind) -> tuple[str, ...]:
-    """Every name a series of `kind` named `pname` (`metric_name`) shows on `/metrics`: its family's
-    (`# TYPE`), then its samples': a counter `jobs` (or `jobs_total`) is the family `jobs` with the sample
-    `jobs_total`; a histogram `lat` is `lat` with `lat_bucket`, `lat_sum`, `lat_count`; a gauge its name."""
-    if kind is Kind.COUNTER:
-        return (family_name(pname, kind), counter_name(pname))
-    if kind is Kind.HISTOGRAM:
-        return (pname, pname + "_bucket", pname + "_sum", pname + "_count")
-    return (pname,)
-
 
 @dataclass(slots=True)
 class _Encoded:

@@ -153,6 +153,18 @@ def test_counters_send_their_increase_per_interval_and_names_are_prometheus_styl
     assert second["_aws"]["CloudWatchMetrics"][0]["Dimensions"] == [["service"]]
 
 
+@pytest.mark.parametrize("selector, sent", [("jobs", True), ("jobs_total", True), ("jobs*", True), ("job", False),
+                                             ("depth", False), ("depth_total", False)])
+def test_a_series_is_selected_by_any_name_it_shows_on_metrics(selector: str, sent: bool) -> None:
+    """A counter `jobs` shows the family `jobs` and the sample `jobs_total` on /metrics: either selects it
+    (only `jobs_total` did, and `jobs` selected nothing, silently), as TASKLENS_REMOTE_WRITE_METRICS selects."""
+    sink, hub, out = make(cloudwatch_metrics=(selector, "depth"), cloudwatch_dimensions=("service",))
+    hub.publish(Batch("statsd", [Sample("jobs", 5.0, Kind.COUNT, interval=10.0), Sample("depth", 3.0)]))
+    sink.emit(1_800_000_060.0)
+    (record,) = records(out)
+    assert ("jobs_total" in record) is sent and record["depth"] == 3.0
+
+
 def test_limits_split_documents_and_repeat_values_become_arrays() -> None:
     sink, hub, out = make(cloudwatch_metrics=("m_*", "same"), cloudwatch_dimensions=("service",))
     hub.publish(Batch("statsd", [Sample(f"m.{i}", float(i)) for i in range(250)]

@@ -701,13 +701,22 @@ SQS_URLS = [
     "sqs://orders?region=eu-west-1#&password_env=X", "sqs://orders?region=eu-west-1&name=password_env=X",
     "sqs://sqs.eu-west-1.amazonaws.com/123456789012/orders&password_env=X",
     "sqs://orders?region=eu-west-1&endpoint=http://u@h:4566", RABBIT_URL.replace("RABBIT_PASSWORD", "X"),
+    # what botocore refuses at every poll (sqs.check), and aiormq misreads (heartbeat=)
+    "sqs://orders?region=bad_region!", "sqs://orders?region=-x", "sqs://orders?region=123", "sqs://orders?region=x-1",
+    "sqs://orders?region=eu-west-1&endpoint=ftp://h:4566", "sqs://orders?region=eu-west-1&endpoint=h:4566",
+    "sqs://orders?region=eu-west-1&endpoint=https://sqs.local:4566/", "sqs://orders?region=eu-west-1&endpoint=",
+    "sqs://orders?region=eu-west-1&cloudwatch_age=true&cloudwatch_endpoint=http://[::1]:4566",
+    "sqs://orders?region=eu-west-1&endpoint=http://a_b:4566",
+    RABBIT_URL.replace("RABBIT_PASSWORD", "X") + "&heartbeat=abc", RABBIT_URL.replace("RABBIT_PASSWORD", "X") + "&heartbeat=30",
+    RABBIT_URL.replace("RABBIT_PASSWORD", "X") + "&heartbeat=65535",
 ]
 
 
 def test_the_plan_takes_the_sqs_urls_the_sidecar_takes(terraform: Any, tmp_path: Path) -> None:
     """An SQS URL with user info or password_env= applied and rendered TASKLENS_QUEUES, and the sidecar
-    (essential=false: silently) exited 2 at start. The plan refuses exactly the URLs the sidecar's own
-    queue URL parser refuses among these; what it takes, rendered, loads."""
+    (essential=false: silently) exited 2 at start; so would a region or endpoint botocore refuses, or an AMQP
+    heartbeat= that is no number. The plan refuses exactly the URLs the sidecar's own queue URL parser
+    refuses among these; what it takes, rendered, loads."""
     verdicts = {f"q{n}": not config_errors({"TASKLENS_QUEUES": url, "X": "pw"}) for n, url in enumerate(SQS_URLS)}
     assert {True, False} <= set(verdicts.values())
 

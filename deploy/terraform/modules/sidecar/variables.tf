@@ -137,6 +137,33 @@ variable "queues" {
     )])
     error_message = "An sqs:// queue url takes no user name or password, password_env= neither: the sidecar reads SQS with the task role's credentials and refuses such a URL at start (remove password_env= and its queue_secrets entry)."
   }
+  validation {
+    # what else the sidecar refuses at start in an SQS URL (integrations/queues/sqs.py, check: botocore's own
+    # rules; tests/deploy compares): a region= that is no host label (letters, digits, '-', not at either end,
+    # not all digits, at most 63), an endpoint= or cloudwatch_endpoint= that is no http(s) URL with a host.
+    # A value written percent-encoded is refused here, though the sidecar would decode it.
+    condition = alltrue([for q in var.queues : !startswith(lower(q.url), "sqs://") || alltrue([
+      for f in split("&", try(regex("^[^?#]*\\?([^#]*)", q.url)[0], "")) : (
+        split("=", f)[0] != "region" || (
+          can(regex("^([a-zA-Z0-9]([a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?)?$", trimprefix(f, "region=")))
+          && !can(regex("^[0-9]+$", trimprefix(f, "region=")))
+        )
+        ) && (
+        !contains(["endpoint", "cloudwatch_endpoint"], split("=", f)[0]) || trimprefix(f, "${split("=", f)[0]}=") == ""
+        || can(regex("(?i)^https?://([^/?#@]*@)?([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*\\.?|\\[[0-9a-f:.]+\\])(:[0-9]{1,5})?([/?][^ ]*)?$",
+        trimprefix(f, "${split("=", f)[0]}=")))
+      )
+    ])])
+    error_message = "An sqs:// queue url's region= must be an AWS region name, and its endpoint= (cloudwatch_endpoint=) an http:// or https:// URL with a host: the sidecar refuses anything else at start."
+  }
+  validation {
+    # aiormq reads a heartbeat= that is no whole number as 0 (no heartbeat): the sidecar refuses it at start
+    condition = alltrue([for q in var.queues : !can(regex("(?i)^amqps?://", q.url)) || alltrue([
+      for f in split("&", try(regex("^[^?#]*\\?([^#]*)", q.url)[0], "")) :
+      split("=", f)[0] != "heartbeat" || (can(regex("^[0-9]{1,5}$", trimprefix(f, "heartbeat="))) && try(tonumber(trimprefix(f, "heartbeat=")) < 65535, false))
+    ])])
+    error_message = "An amqp(s):// queue url's heartbeat= must be a whole number of seconds from 0 to 65534: the sidecar refuses anything else at start."
+  }
 }
 
 variable "aws_account_id" {

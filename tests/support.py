@@ -113,6 +113,32 @@ def clean_env(**extra: str) -> dict[str, str]:
     return env
 
 
+def remote_write_series(payloads: Any) -> list[tuple[dict[str, str], Any]]:
+    """(labels, samples) of each time series the remote_write payloads carry, decoded as a receiver does
+    (snappy, then the WriteRequest protobuf)."""
+    import cramjam
+
+    from agent.sinks.remote_write import pb
+
+    out = []
+    for payload in payloads:
+        req = pb()["WriteRequest"]()
+        req.ParseFromString(bytes(cramjam.snappy.decompress_raw(payload.body)))
+        out += [({label.name: label.value for label in ts.labels}, ts.samples) for ts in req.timeseries]
+    return out
+
+
+def refused_alike(env: dict[str, str]) -> str:
+    """The one line `tasklens check` and `tasklens run` both print for a configuration they refuse: each exits
+    2, with the same stderr and nothing on stdout."""
+    check, run = (subprocess.run([TASKLENS, command], env=env, capture_output=True, text=True, timeout=60)
+                  for command in ("check", "run"))
+    assert check.returncode == run.returncode == 2, (check.stderr, run.stderr)
+    assert check.stderr == run.stderr and check.stdout == ""
+    (line,) = check.stderr.splitlines()
+    return line
+
+
 class Sidecar:
     """`tasklens run` as a subprocess on free ports; stopped with SIGTERM at the end."""
 

@@ -9,7 +9,6 @@ a CPU rule needs no StatsD), so it is refused rather than warned about."""
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -18,7 +17,7 @@ from hypothesis import strategies as st
 
 from agent.cli import validate
 from agent.config import ConfigError
-from tests.support import TASKLENS, clean_env
+from tests.support import clean_env, refused_alike
 
 OFF = {"TASKLENS_HTTP_ADDR": "127.0.0.1:0", "TASKLENS_STATSD_ADDR": "off"}
 NAMES = st.from_regex(r"[a-z][a-z0-9_]{0,8}(\.[a-z][a-z0-9_]{0,8}){0,2}", fullmatch=True).filter(lambda n: n != "or")
@@ -74,10 +73,6 @@ def test_statsd_off_in_the_file_is_named_as_the_file_gives_it(tmp_path: Path) ->
 def test_run_and_check_refuse_alike(rule: str) -> None:
     """The tester's two cases, with the real commands: the same line, exit 2."""
     env = clean_env(**OFF, TASKLENS_SCALE_IN_PROTECTION=rule)
-    check, run = (subprocess.run([TASKLENS, command], env=env, capture_output=True, text=True, timeout=60)
-                  for command in ("check", "run"))
-    assert check.returncode == run.returncode == 2, (check.stderr, run.stderr)
-    assert check.stderr == run.stderr and check.stdout == ""
-    (line,) = check.stderr.splitlines()
+    line = refused_alike(env)
     assert line.startswith("tasklens: invalid configuration: TASKLENS_SCALE_IN_PROTECTION=")
     assert "TASKLENS_STATSD_ADDR=off" in line

@@ -20,7 +20,6 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import cramjam
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -38,10 +37,10 @@ from agent.sinks.names import metric_name
 from agent.sinks.otlp import OtlpSink
 from agent.sinks.names import family_name
 from agent.sinks.prometheus import PrometheusSink
-from agent.sinks.remote_write import RemoteWriteSink, pb
+from agent.sinks.remote_write import RemoteWriteSink
 from tests.sinks.stores import have, start_prometheus
 from tests.sinks.test_otlp import TASK
-from tests.support import until
+from tests.support import remote_write_series, until
 
 # names that sanitise alike (`tc.x`, `tc_x`, `tc-x`), and names whose family overlaps theirs: `tc_x_total`
 # (a counter is `tc_x`, a gauge clashes with the counter `tc_x`), `tc_x_count` (a histogram `tc_x`'s)
@@ -91,13 +90,9 @@ def on_metrics(prometheus: PrometheusSink) -> tuple[Shown, Shown]:
 def by_remote_write(sink: RemoteWriteSink) -> set[tuple[str, str | None]]:
     """(wire name, a) of what one push carries (its stale markers apart)."""
     out = set()
-    for payload in sink.flush():
-        req = pb()["WriteRequest"]()
-        req.ParseFromString(bytes(cramjam.snappy.decompress_raw(payload.body)))
-        for ts in req.timeseries:
-            labels = {label.name: label.value for label in ts.labels}
-            if labels["__name__"].startswith("tc") and not any(s.value != s.value for s in ts.samples):
-                out.add((labels["__name__"], labels.get("a")))
+    for labels, samples in remote_write_series(sink.flush()):
+        if labels["__name__"].startswith("tc") and not any(s.value != s.value for s in samples):
+            out.add((labels["__name__"], labels.get("a")))
     return out
 
 

@@ -20,9 +20,10 @@ from agent.hub import Hub
 from agent.identity import Identity
 from agent.model import Batch, Kind, Points, Sample
 from agent.sinks.prometheus import PrometheusSink
-from agent.sinks.remote_write import RemoteWriteSink, pb
+from agent.sinks.remote_write import RemoteWriteSink
+from tests.support import remote_write_series
 
-cramjam = pytest.importorskip("cramjam")
+pytest.importorskip("cramjam")
 
 PROBE = ("probe", "x1")  # the one series under test, told apart from the sidecar's own
 
@@ -52,15 +53,7 @@ def pushed(name: str, kind: Kind, selectors: tuple[str, ...]) -> set[str]:
     sink = RemoteWriteSink(config, hub)
     hub.add_sink(sink)
     hub.publish(Batch("statsd", [Sample(name, value_of(kind), kind, (PROBE,), interval=10.0)]))
-    out = set()
-    for payload in sink.flush():
-        req = pb()["WriteRequest"]()
-        req.ParseFromString(bytes(cramjam.snappy.decompress_raw(payload.body)))
-        for ts in req.timeseries:
-            labels = {label.name: label.value for label in ts.labels}
-            if labels.get(PROBE[0]) == PROBE[1]:
-                out.add(labels["__name__"])
-    return out
+    return {labels["__name__"] for labels, _ in remote_write_series(sink.flush()) if labels.get(PROBE[0]) == PROBE[1]}
 
 
 KINDS = {"counter": Kind.COUNT, "gauge": Kind.GAUGE, "histogram": Kind.HISTOGRAM}
